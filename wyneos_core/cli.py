@@ -1,0 +1,151 @@
+"""The ``wyneos`` command line.
+
+Subcommands live in their own modules (``COMMANDS``); each module provides
+``register(subparsers)`` which adds its parser and sets ``func`` to a function taking
+the parsed arguments and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import threading
+from collections.abc import Sequence
+
+from wyneos_core import __version__
+
+__all__ = ["main", "COMMANDS"]
+
+#: modules that add subcommands, in the order ``wyneos --help`` lists them.
+COMMANDS: tuple[str, ...] = (
+    "wyneos_core.cli",  # run, tick, plugins
+)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", metavar="FILE", help="YAML config (default: the demo cluster)")
+    parser.add_argument("--disable", "-p", metavar="PLUGIN", action="append", default=[],
+                        help="do not load this plugin (repeatable)")
+    parser.add_argument("--only", metavar="PLUGIN", action="append", default=None,
+                        help="load only these installed plugins (repeatable)")
+    parser.add_argument("--trace", action="store_true", help="print every hook call to stderr")
+    parser.add_argument("--state", metavar="FILE", help="SQLite state file (overrides state.path)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the orchestrator tick by tick")
+    _common(p)
+    p.add_argument("--interval", type=float, help="seconds between ticks (overrides tick.interval)")
+    p.add_argument("--ticks", type=int, help="stop after N ticks (default: run until interrupted)")
+    p.add_argument("--json", action="store_true", help="print each tick report as one JSON line")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("tick", help="run one tick and print its report")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print the full JSON report (default: summary)")
+    p.set_defaults(func=cmd_tick)
+
+    p = sub.add_parser("plugins", help="list plugins: name, version, origin, hooks")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_plugins)
+
+
+def build(args: argparse.Namespace, *, stdout_mode: str | None = None, store: bool = True):
+    """Load the config named by ``args`` and build an orchestrator from it."""
+    from wyneos_core.config import load_config
+    from wyneos_core.tick import Orchestrator
+
+    config = load_config(args.config)
+    plugins = config["plugins"]
+    plugins["disable"] = list(dict.fromkeys([*plugins["disable"], *args.disable]))
+    if args.only is not None:
+        plugins["only"] = args.only
+    if args.trace:
+        plugins["trace"] = True
+    if getattr(args, "state", None):
+        config["state"]["path"] = args.state
+    if stdout_mode is not None:
+        config["report"]["stdout"] = stdout_mode
+    return Orchestrator(config, store=store)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from wyneos_core.loop import run, stop_on_signals
+
+    orchestrator = build(args, stdout_mode="json" if args.json else None)
+    interval = args.interval if args.interval is not None else orchestrator.config["tick"]["interval"]
+    if args.ticks is not None and args.ticks < 1:
+        print("wyneos run: --ticks must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    stop = threading.Event()
+    if not args.json:
+        cfg = orchestrator.config
+        print(f"wyneos {__version__}: cluster {cfg['cluster']!r} from {cfg.source}, "
+              f"{len(orchestrator.registry)} nodes, tick every {interval:g}s, "
+              f"state in {cfg.resolve(cfg['state']['path'])}", flush=True)
+    with stop_on_signals(stop):
+        done = run(orchestrator, interval=interval, ticks=args.ticks, stop=stop)
+    if not args.json:
+        print(f"stopped after {done} tick(s); missed {orchestrator.missed_ticks}", flush=True)
+    return EXIT_OK
+
+
+def cmd_tick(args: argparse.Namespace) -> int:
+    orchestrator = build(args, stdout_mode="json" if args.json else "summary")
+    with orchestrator:
+        orchestrator.tick()
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    orchestrator = build(args, store=False)
+    infos = orchestrator.pm.plugin_infos()
+    if args.json:
+        print(json.dumps([i.to_dict() for i in infos], indent=2))
+        return EXIT_OK
+    width = max(len(i.name) for i in infos)
+    for i in infos:
+        print(f"{i.name:<{width}}  {i.version:<8}  {i.origin}")
+        print(f"{'':<{width}}  hooks: {', '.join(i.hooks)}")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wyneos", description="Keep a fleet of nodes governed, healthy and licensed.")
+    p.add_argument("--version", action="version", version=f"wyneos-core {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMANDS:
+        importlib.import_module(module_name).register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from wyneos_core.config import ConfigError
+    from wyneos_core.plugins import PluginLoadError
+    from wyneos_core.store import StoreError
+    from wyneos_core.yamlio import LocatedError
+
+    p = parser()
+    args = p.parse_args(argv)
+    if not getattr(args, "func", None):
+        p.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, LocatedError) as exc:
+        print(f"wyneos: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (PluginLoadError, StoreError) as exc:
+        print(f"wyneos: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The orchestrator's YAML configuration: loading, validation, defaults.
+
+The format is the JSON Schema in ``schemas/config.schema.json`` (documented field by
+field in ``docs/configuration.md``). A bad config is refused with the file, line and
+field at fault; defaults come from the schema itself, so the schema is the one place
+they are written.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from wyneos_core.yamlio import Located, LocatedError, load_yaml, validate_schema
+
+__all__ = ["Config", "ConfigError", "load_config", "schema", "DEMO_CONFIG"]
+
+DEMO_CONFIG = resources.files("wyneos_core") / "demo" / "demo.yaml"
+
+
+class ConfigError(LocatedError):
+    """A configuration that cannot be used; names the file, line and field."""
+
+
+@cache
+def schema(name: str = "config") -> dict[str, Any]:
+    text = (resources.files("wyneos_core") / "schemas" / f"{name}.schema.json").read_text()
+    return json.loads(text)
+
+
+class Config:
+    """A validated configuration with every default filled in.
+
+    Sections are plain dicts: ``config["heartbeat"]["offline_after"]``. ``source`` is
+    the file it came from (or ``<defaults>``), ``base_dir`` the directory relative
+    paths in it are resolved against.
+    """
+
+    __slots__ = ("data", "source", "base_dir")
+
+    def __init__(self, data: dict[str, Any], source: str = "<defaults>", base_dir: Path | None = None):
+        self.data = data
+        self.source = source
+        self.base_dir = base_dir or Path.cwd()
+
+    def __getitem__(self, section: str) -> Any:
+        return self.data[section]
+
+    def get(self, section: str, default: Any = None) -> Any:
+        return self.data.get(section, default)
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        p = Path(path)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        return self.data["plugins"]["settings"].get(name, {})
+
+    @classmethod
+    def defaults(cls) -> Config:
+        return cls(fill_defaults(schema(), {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.data)
+
+
+def fill_defaults(sch: dict[str, Any], data: Any) -> Any:
+    """Fill in schema ``default`` values, recursively, without touching given values."""
+    if not isinstance(data, dict) or sch.get("type") != "object":
+        if isinstance(data, list) and isinstance(sch.get("items"), dict):
+            return [fill_defaults(sch["items"], item) for item in data]
+        return data
+    out = dict(data)
+    for key, sub in sch.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if key in out:
+            out[key] = fill_defaults(sub, out[key])
+    return out
+
+
+def load_config(path: str | Path | None = None, *, text: str | None = None, overrides: dict | None = None) -> Config:
+    """Load and validate a config file (or ``text``); ``None`` gives the demo config.
+
+    :raises ConfigError: with file, line and field for any mistake.
+    """
+    if path is None and text is None:
+        located = load_yaml(str(DEMO_CONFIG), text=DEMO_CONFIG.read_text())
+        base_dir = Path.cwd()
+    else:
+        try:
+            located = load_yaml(path if path is not None else "<config>", text=text)
+        except LocatedError as exc:
+            raise ConfigError(exc.reason, file=exc.file, line=exc.line, column=exc.column, field=exc.field) from None
+        base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
+    return _build(located, base_dir, overrides or {})
+
+
+def _build(located: Located, base_dir: Path, overrides: dict) -> Config:
+    if located.data is None:
+        located.data = {}
+    if not isinstance(located.data, dict):
+        raise ConfigError("a config file must be a mapping of sections", file=located.file, line=1)
+    try:
+        validate_schema(located, schema())
+    except LocatedError as exc:
+        raise ConfigError(exc.reason, file=exc.file, line=exc.line, column=exc.column, field=exc.field) from None
+    data = fill_defaults(schema(), located.data)
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        data[section][key] = value
+    _check_semantics(located, data)
+    return Config(data, source=located.file, base_dir=base_dir)
+
+
+def _check_semantics(located: Located, data: dict[str, Any]) -> None:
+    hb = data["heartbeat"]
+    if hb["offline_after"] < hb["stale_after"]:
+        raise located.error(("heartbeat", "offline_after"),
+                            f"must be at least stale_after ({hb['stale_after']}), got {hb['offline_after']}")
+    seen: dict[str, int] = {}
+    for index, node in enumerate(data["nodes"]):
+        if node["id"] in seen:
+            raise located.error(("nodes", index, "id"),
+                                f"duplicate node id {node['id']!r} (first at nodes[{seen[node['id']]}])")
+        seen[node["id"]] = index
+    if data["mesh"]["topology"] == "explicit":
+        known = set(seen) | {"orchestrator"}
+        for index, (a, b) in enumerate(data["mesh"]["edges"]):
+            for end in (a, b):
+                if end not in known:
+                    raise located.error(("mesh", "edges", index), f"edge names unknown node {end!r}")

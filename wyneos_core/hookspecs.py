@@ -1,0 +1,250 @@
+"""Every extension point of WyneOS core, in tick order.
+
+This module is the single source of truth for hooks. A plugin implements a hook by
+defining a function (or method) with the hook's name, marked with
+``wyneos_core.hookimpl``; it may accept any subset of the arguments listed here, by
+name. Implementations are registered and checked when the plugin loads: a marked
+function whose name matches no hook below, or that asks for an argument the hook does
+not pass, is refused with a message naming the plugin, the hook and the argument.
+
+During a tick each implementation is called on its own: one that raises is recorded in
+the tick report (plugin, hook, error) and the others still run. Unless a hook says
+"first result", the results of all implementations are combined in call order
+(``tryfirst`` implementations first, then later-registered before earlier-registered,
+as in pluggy).
+
+All hooks were added in 0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from wyneos_core.config import Config
+    from wyneos_core.mesh import Mesh
+    from wyneos_core.model import Action, Delivery, Heartbeat, LicenceResult, Node, RuleResult, TickReport
+    from wyneos_core.plugins import PluginManager
+    from wyneos_core.tick import Orchestrator, TickContext
+
+PROJECT_NAME = "wyneos"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+# ---------------------------------------------------------------------------
+# Lifecycle: called once per process, outside the tick.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def wyneos_configure(config: Config, pluginmanager: PluginManager) -> None:
+    """Called once after every plugin is registered and the config is loaded.
+
+    :param config: the validated configuration (``wyneos_core.config.Config``).
+    :param pluginmanager: the plugin manager, for plugins that register others.
+    """
+
+
+@hookspec
+def wyneos_startup(orchestrator: Orchestrator) -> None:
+    """Called once before the first tick, with registry, mesh and state store ready.
+
+    A plugin that keeps state across ticks sets it up here.
+
+    :param orchestrator: the running ``wyneos_core.tick.Orchestrator``.
+    """
+
+
+@hookspec
+def wyneos_shutdown(orchestrator: Orchestrator) -> None:
+    """Called once when the orchestrator stops (end of ``--ticks``, SIGINT, SIGTERM).
+
+    :param orchestrator: the running ``wyneos_core.tick.Orchestrator``.
+    """
+
+
+@hookspec
+def wyneos_licence_sources(config: Config) -> Any:
+    """Contribute licence sources (objects with ``name`` and ``lookup``).
+
+    Called once at startup. Return one source, a list of sources, or None. The
+    builtin licence plugin asks the sources named in ``licence.sources`` of the config,
+    in that order; see ``docs/licences.md`` for the source interface.
+
+    :param config: the validated configuration.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Step 1: heartbeat.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def wyneos_heartbeat(ctx: TickContext) -> Sequence[Heartbeat] | None:
+    """Return the heartbeats received since the last tick.
+
+    The core checks each heartbeat (unknown node, load range, clock skew, metadata
+    size) before it touches the registry; rejected heartbeats are listed in the tick
+    report with the field at fault. After intake the core derives every node's status
+    (online / stale / offline) from heartbeat age and the configured grace periods.
+
+    :param ctx: the tick context (tick number, ``now``, config, registry, mesh, store).
+    :return: heartbeats, in the order they arrived, or None.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Step 2: licence.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def wyneos_licence_validate(
+    ctx: TickContext, nodes: Sequence[Node]
+) -> Sequence[LicenceResult] | None:
+    """Validate the licence of each node.
+
+    Results of all implementations are merged per node; when two disagree, the
+    invalid one wins (a plugin can refuse a licence, never rescue one).
+
+    :param ctx: the tick context.
+    :param nodes: every registered node, after heartbeat intake.
+    :return: one ``LicenceResult`` per node the plugin has an opinion on, or None.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Step 3: governance.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def wyneos_governance(
+    ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str, LicenceResult]
+) -> Sequence[RuleResult] | None:
+    """Evaluate governance rules against nodes: one result per (rule, node).
+
+    :param ctx: the tick context.
+    :param nodes: every registered node.
+    :param licences: the licence result of each node, by node id.
+    :return: rule results (passed or failed with the rule's message), or None.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Step 4: healing.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def wyneos_healing(
+    ctx: TickContext,
+    nodes: Sequence[Node],
+    licences: Mapping[str, LicenceResult],
+    results: Sequence[RuleResult],
+) -> Sequence[Action] | None:
+    """Propose remediation actions for offline, overloaded or degraded nodes.
+
+    :param ctx: the tick context.
+    :param nodes: every registered node.
+    :param licences: licence results by node id.
+    :param results: every governance result of this tick.
+    :return: proposed actions (isolate, reduce_load, redistribute, recover...), or None.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Step 5: enforcement.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def wyneos_enforcement(
+    ctx: TickContext,
+    nodes: Sequence[Node],
+    licences: Mapping[str, LicenceResult],
+    results: Sequence[RuleResult],
+) -> Sequence[Action] | None:
+    """Turn licence failures and governance violations into enforcement actions.
+
+    :param ctx: the tick context.
+    :param nodes: every registered node.
+    :param licences: licence results by node id.
+    :param results: every governance result of this tick.
+    :return: proposed actions (isolate, quarantine, gate_feature, revoke...), or None.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Step 6: decide.
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> Sequence[Action] | None:
+    """Merge, de-duplicate and limit the proposed actions into the tick's decisions.
+
+    First result: the first implementation returning a list wins; the builtin
+    ``decide`` plugin runs last (``trylast``) so a plugin can replace it.
+
+    :param ctx: the tick context.
+    :param proposed: every action proposed by healing and enforcement, in order.
+    :return: the decided actions, or None to leave the decision to the next plugin.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Step 7: propagate.
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def wyneos_propagate(
+    ctx: TickContext, actions: Sequence[Action], mesh: Mesh
+) -> Sequence[Delivery] | None:
+    """Route each decided action over the mesh to the nodes that must know it.
+
+    First result: the builtin ``propagate`` plugin (``trylast``) computes one routing
+    tree per tick and calls ``wyneos_deliver`` for every hop.
+
+    :param ctx: the tick context.
+    :param actions: the decided actions.
+    :param mesh: the mesh graph.
+    :return: one ``Delivery`` per (action, target node), or None.
+    """
+
+
+@hookspec(firstresult=True)
+def wyneos_deliver(ctx: TickContext, action: Action, sender: str, receiver: str) -> bool | None:
+    """Carry one action over one hop of the mesh, from ``sender`` to ``receiver``.
+
+    First result: a transport plugin (HTTP to node agents, a message bus) returns True
+    when the receiver acknowledged, False when it refused; None passes the hop to the
+    next implementation. The builtin logging transport (``trylast``) acknowledges
+    every hop.
+
+    :param ctx: the tick context.
+    :param action: the action being carried.
+    :param sender: mesh node (or ``orchestrator``) sending.
+    :param receiver: mesh node receiving.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Step 8: report.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
+    """Receive the finished tick's report (to logs, files, the state store, metrics).
+
+    Every implementation is called; ``report.to_dict()`` is its JSON form.
+
+    :param ctx: the tick context.
+    :param report: the ``TickReport`` of this tick.
+    """

@@ -1,0 +1,218 @@
+"""The mesh: a networkx graph of the nodes plus the orchestrator as origin.
+
+Routing is one breadth-first tree per tick from the origin over healthy vertices (not a
+search per action), so propagation costs O(nodes + edges) per tick. Isolating a node
+cuts its edges (kept aside so reinstating restores them); vertices that are offline are
+routed around for the tick without changing the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from wyneos_core.model import ORIGIN
+
+__all__ = ["Mesh", "MeshError", "RoutingTree", "build_topology", "TOPOLOGIES"]
+
+TOPOLOGIES = ("explicit", "ring", "star", "random_regular", "small_world", "full")
+
+
+class MeshError(ValueError):
+    """A mesh that cannot be built or an operation on a vertex it does not have."""
+
+
+@dataclass(slots=True)
+class RoutingTree:
+    """Parents of every vertex reachable from the origin over healthy vertices."""
+
+    parent: dict[str, str]
+    avoided: dict[str, str] = field(default_factory=dict)  # vertex -> why it was routed around
+
+    def reachable(self, node_id: str) -> bool:
+        return node_id == ORIGIN or node_id in self.parent
+
+    def path(self, node_id: str) -> list[str]:
+        """Hops from the origin to ``node_id`` (``[]`` when unreachable)."""
+        if node_id == ORIGIN:
+            return [ORIGIN]
+        if node_id not in self.parent:
+            return []
+        hops = [node_id]
+        parent = self.parent
+        while hops[-1] != ORIGIN:
+            hops.append(parent[hops[-1]])
+        hops.reverse()
+        return hops
+
+    def depth(self, node_id: str) -> int:
+        return len(self.path(node_id)) - 1
+
+
+class Mesh:
+    """The cluster's communication graph.
+
+    >>> m = Mesh()
+    >>> m.add_edges([("orchestrator", "a"), ("a", "b")])
+    >>> m.routing_tree().path("b")
+    ['orchestrator', 'a', 'b']
+    """
+
+    __slots__ = ("graph", "_cut")
+
+    def __init__(self, graph: nx.Graph | None = None) -> None:
+        self.graph: nx.Graph = graph if graph is not None else nx.Graph()
+        self.graph.add_node(ORIGIN)
+        self._cut: dict[str, list[str]] = {}  # isolated vertex -> neighbours it had
+
+    # -- shape ---------------------------------------------------------------------------
+
+    def add_node(self, node_id: str) -> None:
+        self.graph.add_node(node_id)
+
+    def remove_node(self, node_id: str) -> None:
+        if node_id == ORIGIN:
+            raise MeshError("the orchestrator cannot be removed from the mesh")
+        if node_id in self.graph:
+            self.graph.remove_node(node_id)
+        self._cut.pop(node_id, None)
+        for neighbours in self._cut.values():
+            if node_id in neighbours:
+                neighbours.remove(node_id)
+
+    def add_edges(self, edges: Iterable[tuple[str, str]]) -> None:
+        for a, b in edges:
+            if a == b:
+                raise MeshError(f"edge from {a!r} to itself")
+            self.graph.add_edge(a, b)
+
+    def neighbours(self, node_id: str) -> list[str]:
+        self._require(node_id)
+        return list(self.graph.adj[node_id])
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.graph
+
+    def __len__(self) -> int:
+        return self.graph.number_of_nodes()
+
+    # -- isolation -----------------------------------------------------------------------
+
+    def isolate(self, node_id: str) -> list[str]:
+        """Cut every edge of ``node_id``; return the neighbours it was cut from."""
+        self._require(node_id)
+        if node_id == ORIGIN:
+            raise MeshError("the orchestrator cannot be isolated")
+        if node_id in self._cut:
+            return []
+        neighbours = list(self.graph.adj[node_id])
+        self.graph.remove_edges_from((node_id, n) for n in neighbours)
+        self._cut[node_id] = neighbours
+        return neighbours
+
+    def reinstate(self, node_id: str) -> list[str]:
+        """Restore the edges cut by ``isolate`` (to neighbours still in the mesh)."""
+        neighbours = self._cut.pop(node_id, None)
+        if neighbours is None:
+            return []
+        restored = [n for n in neighbours if n in self.graph and n not in self._cut]
+        self.graph.add_edges_from((node_id, n) for n in restored)
+        # an edge to another isolated vertex comes back when that one is reinstated
+        for n in neighbours:
+            if n in self._cut and node_id not in self._cut[n]:
+                self._cut[n].append(node_id)
+        return restored
+
+    def is_isolated(self, node_id: str) -> bool:
+        return node_id in self._cut
+
+    @property
+    def isolated(self) -> frozenset[str]:
+        return frozenset(self._cut)
+
+    # -- routing -------------------------------------------------------------------------
+
+    def routing_tree(self, avoid: Mapping[str, str] | None = None) -> RoutingTree:
+        """One breadth-first tree from the origin, not entering vertices in ``avoid``.
+
+        :param avoid: vertex -> reason (``offline``...) for vertices that must not relay.
+            Such a vertex is not given a route either: an action for it is undeliverable.
+        """
+        avoid = dict(avoid or {})
+        adj = self.graph.adj
+        if avoid:
+            view = nx.restricted_view(self.graph, [v for v in avoid if v in adj and v != ORIGIN], [])
+        else:
+            view = self.graph
+        parent = dict(nx.bfs_predecessors(view, ORIGIN))
+        for vertex in self._cut:
+            avoid.setdefault(vertex, "isolated")
+        return RoutingTree(parent=parent, avoided=avoid)
+
+    def partitions(self, avoid: Iterable[str] = ()) -> list[list[str]]:
+        """Groups of (non-isolated) vertices with no path to the origin, largest first."""
+        skip = set(avoid) | set(self._cut)
+        view = nx.restricted_view(self.graph, [v for v in skip if v in self.graph and v != ORIGIN], [])
+        groups = [sorted(c) for c in nx.connected_components(view) if ORIGIN not in c]
+        groups = [g for g in groups if not (len(g) == 1 and g[0] in skip)]
+        groups.sort(key=lambda g: (-len(g), g[0]))
+        return groups
+
+    def _require(self, node_id: str) -> None:
+        if node_id not in self.graph:
+            raise MeshError(f"{node_id!r} is not in the mesh")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodes": sorted(self.graph.nodes),
+            "edges": sorted(sorted(e) for e in self.graph.edges),
+            "isolated": sorted(self._cut),
+        }
+
+
+def build_topology(node_ids: Sequence[str], settings: Mapping[str, Any]) -> Mesh:
+    """Build the mesh for ``node_ids`` from the ``mesh`` section of the config.
+
+    Generated topologies link the orchestrator to ``origin_links`` nodes spread evenly
+    over the node list (the hub, for ``star``). ``explicit`` uses ``edges`` as given.
+    """
+    topology = settings["topology"]
+    n = len(node_ids)
+    seed = settings.get("seed", 0)
+    degree = settings.get("degree", 4)
+    mesh = Mesh()
+    mesh.graph.add_nodes_from(node_ids)
+    if topology == "explicit":
+        mesh.add_edges((a, b) for a, b in settings.get("edges", []))
+        return mesh
+    if n == 0:
+        return mesh
+    if topology == "star":
+        mesh.add_edges((ORIGIN, v) for v in node_ids)
+        return mesh
+    if topology == "ring":
+        base = nx.cycle_graph(n) if n > 2 else nx.path_graph(n)
+    elif topology == "full":
+        base = nx.complete_graph(n)
+    elif topology == "random_regular":
+        d = min(degree, n - 1)
+        if (d * n) % 2:
+            d -= 1
+        base = nx.random_regular_graph(d, n, seed=seed) if d > 0 else nx.empty_graph(n)
+    elif topology == "small_world":
+        k = min(degree, n - 1)
+        base = (
+            nx.connected_watts_strogatz_graph(n, k, settings.get("rewire", 0.1), seed=seed)
+            if k >= 2 and n > 2
+            else nx.path_graph(n)
+        )
+    else:
+        raise MeshError(f"unknown topology {topology!r} (choose from {', '.join(TOPOLOGIES)})")
+    mesh.graph.add_edges_from((node_ids[a], node_ids[b]) for a, b in base.edges)
+    links = min(settings.get("origin_links", 3), n)
+    step = n / links
+    mesh.add_edges((ORIGIN, node_ids[int(i * step)]) for i in range(links))
+    return mesh

@@ -1,0 +1,352 @@
+"""The data that flows through a tick.
+
+Every object here is a small slotted dataclass with a ``to_dict`` that returns plain
+JSON types. The shapes are documented in ``docs/architecture.md`` and held stable by
+``tests/test_model.py`` against ``schemas/tick-report.schema.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Final
+
+__all__ = [
+    "ORIGIN",
+    "Action",
+    "ActionType",
+    "Delivery",
+    "Heartbeat",
+    "LicenceResult",
+    "Node",
+    "NodeStatus",
+    "PluginError",
+    "RuleResult",
+    "Severity",
+    "TickReport",
+]
+
+#: Name of the orchestrator's own vertex in the mesh: every route starts here.
+ORIGIN: Final = "orchestrator"
+
+
+class NodeStatus(str, Enum):
+    """Heartbeat-derived status of a node, ordered from healthy to gone."""
+
+    ONLINE = "online"
+    STALE = "stale"
+    OFFLINE = "offline"
+    UNKNOWN = "unknown"  # registered, never heard from, still inside its grace period
+
+    def __str__(self) -> str:  # pragma: no cover - cosmetic
+        return self.value
+
+
+class Severity(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+
+
+class ActionType(str, Enum):
+    """The actions the builtin plugins know how to carry out.
+
+    Plugins may propose other types (any ``[a-z_]+`` string); the core routes them like
+    any other action but only the types below have builtin effects.
+    """
+
+    ISOLATE = "isolate"
+    REINSTATE = "reinstate"
+    REDUCE_LOAD = "reduce_load"
+    REDISTRIBUTE = "redistribute"
+    RECOVER = "recover"
+    QUARANTINE = "quarantine"
+    DEGRADE = "degrade"
+    GATE_FEATURE = "gate_feature"
+    REVOKE = "revoke"
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, 6)
+
+
+@dataclass(slots=True)
+class Node:
+    """One participant of the cluster, as the registry knows it."""
+
+    id: str
+    status: NodeStatus = NodeStatus.UNKNOWN
+    last_seen: float | None = None
+    load: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    licence_ref: str | None = None
+    fingerprint: str | None = None
+    registered_at: float = 0.0
+    isolated: bool = False
+    #: When the node last reported a timestamp well before one it had reported already.
+    last_rollback: float | None = None
+
+    def heartbeat_age(self, now: float) -> float | None:
+        return None if self.last_seen is None else now - self.last_seen
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "last_seen": self.last_seen,
+            "load": _finite(self.load),
+            "metadata": self.metadata,
+            "licence_ref": self.licence_ref,
+            "fingerprint": self.fingerprint,
+            "isolated": self.isolated,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class Heartbeat:
+    """A node reporting in. ``timestamp`` is the node's own clock, epoch seconds."""
+
+    node_id: str
+    timestamp: float
+    load: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None
+    licence_ref: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "timestamp": self.timestamp,
+            "load": self.load,
+            "metadata": self.metadata,
+            "fingerprint": self.fingerprint,
+            "licence_ref": self.licence_ref,
+        }
+
+
+@dataclass(slots=True)
+class Action:
+    """Something the orchestrator decided should happen to a node (or to all: ``"*"``).
+
+    ``id`` is stable: the same type, target, origin and params give the same id in every
+    tick, which is how an action stays "in force" across ticks instead of being issued
+    anew.
+    """
+
+    type: str
+    target: str
+    reason: str
+    origin: str
+    severity: Severity = Severity.WARNING
+    params: dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.type, ActionType):
+            self.type = self.type.value
+        if not isinstance(self.severity, Severity):
+            self.severity = Severity(self.severity)
+        if not self.id:
+            self.id = action_id(self.type, self.target, self.origin, self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "target": self.target,
+            "reason": self.reason,
+            "origin": self.origin,
+            "severity": self.severity.value,
+            "params": self.params,
+        }
+
+
+def action_id(type_: str, target: str, origin: str, params: dict[str, Any]) -> str:
+    raw = json.dumps([type_, target, origin, params], sort_keys=True, default=str)
+    return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
+
+
+@dataclass(slots=True)
+class RuleResult:
+    """One rule evaluated against one node."""
+
+    rule_id: str
+    node_id: str
+    passed: bool
+    message: str = ""
+    severity: Severity = Severity.WARNING
+    source: str = ""  # ruleset name or plugin name
+    state: str | None = None  # inactive | pending | firing | resolved, for rules with state
+    error: str | None = None  # set when the rule could not be evaluated (counts as failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule_id": self.rule_id,
+            "node_id": self.node_id,
+            "passed": self.passed,
+            "message": self.message,
+            "severity": self.severity.value,
+            "source": self.source,
+            "state": self.state,
+            "error": self.error,
+        }
+
+
+@dataclass(slots=True)
+class LicenceResult:
+    """The outcome of validating one node's licence.
+
+    ``reason`` is a machine-readable code (``ok``, ``no_licence``, ``expired``, ...);
+    ``detail`` is for humans. ``in_grace`` marks a licence that is past its expiry (or
+    whose source is unreachable under a fail-open policy) but still inside its grace
+    period: valid, but not plainly so.
+    """
+
+    node_id: str
+    valid: bool
+    reason: str = "ok"
+    detail: str = ""
+    licence_id: str | None = None
+    customer: str | None = None
+    product: str | None = None
+    tier: str | None = None
+    features: tuple[str, ...] = ()
+    expires: float | None = None
+    in_grace: bool = False
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "valid": self.valid,
+            "reason": self.reason,
+            "detail": self.detail,
+            "licence_id": self.licence_id,
+            "customer": self.customer,
+            "product": self.product,
+            "tier": self.tier,
+            "features": list(self.features),
+            "expires": self.expires,
+            "in_grace": self.in_grace,
+            "source": self.source,
+        }
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What became of one action for one target node."""
+
+    action_id: str
+    target: str
+    delivered: bool
+    path: list[str] = field(default_factory=list)
+    reason: str = ""  # why undelivered: partition | isolated | offline | refused | unknown_node
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action_id": self.action_id,
+            "target": self.target,
+            "delivered": self.delivered,
+            "path": self.path,
+            "reason": self.reason,
+        }
+
+
+@dataclass(slots=True)
+class PluginError:
+    """A plugin that raised (or overran its budget) during a tick."""
+
+    plugin: str
+    hook: str
+    error: str
+    kind: str = "exception"  # exception | budget | invalid_result
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plugin": self.plugin, "hook": self.hook, "error": self.error, "kind": self.kind}
+
+
+@dataclass(slots=True)
+class TickReport:
+    """The snapshot of one tick; ``to_dict`` is its JSON form.
+
+    ``results`` holds the rule results that did not pass (and those whose rule state
+    changed); ``rule_summary`` counts passed and failed results per rule, so a report of
+    a 100k-node cluster stays readable.
+    """
+
+    tick: int
+    started_at: float
+    duration_ms: float = 0.0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    nodes: list[Node] = field(default_factory=list)
+    heartbeats_accepted: int = 0
+    heartbeats_rejected: list[dict[str, Any]] = field(default_factory=list)
+    licences: dict[str, LicenceResult] = field(default_factory=dict)
+    results: list[RuleResult] = field(default_factory=list)
+    rule_summary: dict[str, dict[str, int]] = field(default_factory=dict)
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    proposed: list[Action] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    lifecycle: list[dict[str, Any]] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    partitions: list[list[str]] = field(default_factory=list)
+    errors: list[PluginError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    missed_ticks: int = 0
+
+    def status_counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in NodeStatus}
+        counts["isolated"] = 0
+        for node in self.nodes:
+            counts[node.status.value] += 1
+            if node.isolated:
+                counts["isolated"] += 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "wyneos.tick-report/1",
+            "tick": self.tick,
+            "started_at": self.started_at,
+            "duration_ms": round(self.duration_ms, 3),
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "status_counts": self.status_counts(),
+            "nodes": [n.to_dict() for n in self.nodes],
+            "heartbeats": {
+                "accepted": self.heartbeats_accepted,
+                "rejected": self.heartbeats_rejected,
+            },
+            "licences": [r.to_dict() for r in self.licences.values() if not r.valid or r.in_grace],
+            "licence_summary": licence_summary(self.licences.values()),
+            "results": [r.to_dict() for r in self.results],
+            "rule_summary": self.rule_summary,
+            "transitions": self.transitions,
+            "proposed": [a.to_dict() for a in self.proposed],
+            "actions": [a.to_dict() for a in self.actions],
+            "lifecycle": self.lifecycle,
+            "deliveries": [d.to_dict() for d in self.deliveries],
+            "partitions": self.partitions,
+            "errors": [e.to_dict() for e in self.errors],
+            "notes": self.notes,
+            "missed_ticks": self.missed_ticks,
+        }
+
+
+def licence_summary(results: Any) -> dict[str, int]:
+    summary: dict[str, int] = {}
+    for r in results:
+        key = "in_grace" if (r.valid and r.in_grace) else r.reason
+        summary[key] = summary.get(key, 0) + 1
+    return summary

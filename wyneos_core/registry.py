@@ -1,0 +1,222 @@
+"""The node registry: who is in the cluster, what they last reported, their status."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from wyneos_core.model import Heartbeat, Node, NodeStatus
+
+__all__ = ["HeartbeatError", "Registry", "RegistryError", "NODE_ID_PATTERN"]
+
+NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+class RegistryError(ValueError):
+    """Registering or removing a node failed."""
+
+
+class HeartbeatError(ValueError):
+    """A heartbeat was refused; ``field`` names what was wrong with it."""
+
+    def __init__(self, node_id: str, field: str, reason: str, value: Any = None) -> None:
+        self.node_id = node_id
+        self.field = field
+        self.reason = reason
+        self.value = value
+        super().__init__(f"heartbeat from {node_id!r}: {field}: {reason}")
+
+    def to_dict(self) -> dict[str, Any]:
+        value = self.value if isinstance(self.value, (int, float, str, bool, type(None))) else repr(self.value)[:80]
+        if isinstance(value, float) and not math.isfinite(value):
+            value = repr(value)
+        return {"node_id": self.node_id, "field": self.field, "reason": self.reason, "value": value}
+
+
+class Registry:
+    """Nodes by id, heartbeat intake with checks, and status derivation.
+
+    :param settings: the ``heartbeat`` section of the config (``stale_after``,
+        ``offline_after``, ``max_clock_skew``, ``unknown_nodes``,
+        ``max_metadata_bytes``, ``max_load``).
+    """
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self._nodes: dict[str, Node] = {}
+        self.stale_after = float(settings["stale_after"])
+        self.offline_after = float(settings["offline_after"])
+        self.max_clock_skew = float(settings["max_clock_skew"])
+        self.unknown_nodes = settings["unknown_nodes"]
+        self.max_metadata_bytes = int(settings["max_metadata_bytes"])
+        self.max_load = float(settings["max_load"])
+
+    # -- membership -------------------------------------------------------------------
+
+    def register(
+        self,
+        node_id: str,
+        *,
+        now: float,
+        metadata: Mapping[str, Any] | None = None,
+        licence_ref: str | None = None,
+        fingerprint: str | None = None,
+    ) -> Node:
+        if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
+            raise RegistryError(
+                f"node id {node_id!r} is not valid: 1-128 letters, digits, '_', '.', ':' or '-', "
+                "starting with a letter or digit"
+            )
+        if node_id in self._nodes:
+            raise RegistryError(f"node {node_id!r} is already registered")
+        node = Node(
+            id=node_id,
+            metadata=dict(metadata or {}),
+            licence_ref=licence_ref,
+            fingerprint=fingerprint,
+            registered_at=now,
+        )
+        self._nodes[node_id] = node
+        return node
+
+    def deregister(self, node_id: str) -> Node:
+        try:
+            return self._nodes.pop(node_id)
+        except KeyError:
+            raise RegistryError(f"node {node_id!r} is not registered") from None
+
+    def get(self, node_id: str) -> Node | None:
+        return self._nodes.get(node_id)
+
+    def __getitem__(self, node_id: str) -> Node:
+        return self._nodes[node_id]
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._nodes
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self._nodes.values())
+
+    def nodes(self) -> list[Node]:
+        return list(self._nodes.values())
+
+    # -- heartbeats ---------------------------------------------------------------------
+
+    def check(self, hb: Heartbeat, now: float) -> None:
+        """Raise ``HeartbeatError`` if ``hb`` must not touch the registry."""
+        node_id = hb.node_id
+        if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
+            raise HeartbeatError(str(node_id)[:64], "node_id", "not a valid node id", node_id)
+        node = self._nodes.get(node_id)
+        if node is None and self.unknown_nodes == "reject":
+            raise HeartbeatError(node_id, "node_id", "unknown node (heartbeat.unknown_nodes is 'reject')", node_id)
+        ts = hb.timestamp
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+            raise HeartbeatError(node_id, "timestamp", "not a finite number", ts)
+        if ts > now + self.max_clock_skew:
+            raise HeartbeatError(
+                node_id, "timestamp",
+                f"{ts - now:.1f}s in the future (allowed skew {self.max_clock_skew:g}s)", ts,
+            )
+        if node is not None and node.last_seen is not None and ts < node.last_seen - self.max_clock_skew:
+            node.last_rollback = now
+            raise HeartbeatError(
+                node_id, "timestamp",
+                f"clock rollback: {node.last_seen - ts:.1f}s before the last heartbeat seen", ts,
+            )
+        load = hb.load
+        if load is not None:
+            if isinstance(load, bool) or not isinstance(load, (int, float)):
+                raise HeartbeatError(node_id, "load", "not a number", load)
+            if not math.isfinite(load) or load < 0 or load > self.max_load:
+                raise HeartbeatError(node_id, "load", f"out of range [0, {self.max_load:g}]", load)
+        if not isinstance(hb.metadata, dict):
+            raise HeartbeatError(node_id, "metadata", "not a mapping", hb.metadata)
+        if hb.metadata:
+            try:
+                size = len(json.dumps(hb.metadata, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                raise HeartbeatError(node_id, "metadata", f"not JSON data ({exc})") from None
+            if size > self.max_metadata_bytes:
+                raise HeartbeatError(
+                    node_id, "metadata", f"{size} bytes as JSON, more than {self.max_metadata_bytes}", size
+                )
+        for name in ("fingerprint", "licence_ref"):
+            value = getattr(hb, name)
+            if value is not None and (not isinstance(value, str) or len(value) > 256):
+                raise HeartbeatError(node_id, name, "not a string of at most 256 characters", value)
+
+    def accept(self, hb: Heartbeat, now: float) -> Node:
+        """Check ``hb`` and apply it. Older-than-seen heartbeats (within skew) are ignored.
+
+        :raises HeartbeatError: naming the field at fault; the registry is unchanged.
+        """
+        self.check(hb, now)
+        node = self._nodes.get(hb.node_id)
+        if node is None:
+            node = self.register(hb.node_id, now=now)
+        if node.last_seen is not None and hb.timestamp <= node.last_seen:
+            return node  # late duplicate or reordered delivery: nothing newer to learn
+        node.last_seen = float(hb.timestamp)
+        if hb.load is not None:
+            node.load = float(hb.load)
+        if hb.metadata:
+            node.metadata.update(hb.metadata)
+        if hb.fingerprint is not None:
+            node.fingerprint = hb.fingerprint
+        if hb.licence_ref is not None:
+            node.licence_ref = hb.licence_ref
+        return node
+
+    def accept_all(self, heartbeats: Iterable[Heartbeat], now: float) -> tuple[int, list[HeartbeatError]]:
+        accepted = 0
+        rejected: list[HeartbeatError] = []
+        for hb in heartbeats:
+            try:
+                self.accept(hb, now)
+            except HeartbeatError as exc:
+                rejected.append(exc)
+            else:
+                accepted += 1
+        return accepted, rejected
+
+    # -- status -------------------------------------------------------------------------
+
+    def status_of(self, node: Node, now: float) -> NodeStatus:
+        seen = node.last_seen
+        if seen is None:
+            return NodeStatus.UNKNOWN if now - node.registered_at <= self.offline_after else NodeStatus.OFFLINE
+        age = now - seen
+        if age <= self.stale_after:
+            return NodeStatus.ONLINE
+        if age <= self.offline_after:
+            return NodeStatus.STALE
+        return NodeStatus.OFFLINE
+
+    def refresh(self, now: float) -> dict[str, tuple[NodeStatus, NodeStatus]]:
+        """Derive every node's status at ``now``; return the changes ``{id: (old, new)}``."""
+        stale_cut = now - self.stale_after
+        offline_cut = now - self.offline_after
+        online, stale, offline, unknown = (
+            NodeStatus.ONLINE, NodeStatus.STALE, NodeStatus.OFFLINE, NodeStatus.UNKNOWN,
+        )
+        changes: dict[str, tuple[NodeStatus, NodeStatus]] = {}
+        for node in self._nodes.values():
+            seen = node.last_seen
+            if seen is None:
+                new = unknown if node.registered_at >= offline_cut else offline
+            elif seen >= stale_cut:
+                new = online
+            elif seen >= offline_cut:
+                new = stale
+            else:
+                new = offline
+            if new is not node.status:
+                changes[node.id] = (node.status, new)
+                node.status = new
+        return changes

@@ -1,0 +1,213 @@
+"""The state store: decisions, action lifecycle, node membership and tick history on SQLite.
+
+One SQLite file in WAL mode (the embedded default). Each tick's writes are one
+transaction, so a crash loses at most the tick in flight, never a committed decision.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wyneos_core.model import Node, NodeStatus
+
+if TYPE_CHECKING:
+    from wyneos_core.registry import Registry
+
+__all__ = ["StateStore", "StoreError", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    last_seen REAL,
+    load REAL,
+    metadata TEXT NOT NULL,
+    licence_ref TEXT,
+    fingerprint TEXT,
+    registered_at REAL NOT NULL,
+    isolated INTEGER NOT NULL DEFAULT 0,
+    updated_tick INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ticks (
+    tick INTEGER PRIMARY KEY,
+    started_at REAL NOT NULL,
+    duration_ms REAL NOT NULL,
+    summary TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS actions (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    target TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    params TEXT NOT NULL,
+    state TEXT NOT NULL,
+    first_tick INTEGER NOT NULL,
+    last_tick INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_state ON actions (state);
+CREATE TABLE IF NOT EXISTS action_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tick INTEGER NOT NULL,
+    action_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS action_events_tick ON action_events (tick);
+"""
+
+
+class StoreError(RuntimeError):
+    """The state file cannot be used (not a WyneOS store, newer schema, unreadable)."""
+
+
+class StateStore:
+    """SQLite-backed state. Use ``StateStore.open(path)``; ``":memory:"`` keeps nothing."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path) -> StateStore:
+        path = str(path)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: not a usable WyneOS state file ({exc})") from None
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(f"{path}: state schema {row[0]} is newer than this wyneos-core ({SCHEMA_VERSION})")
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def last_tick(self) -> int:
+        row = self.conn.execute("SELECT MAX(tick) FROM ticks").fetchone()
+        return int(row[0] or 0)
+
+    def restore_nodes(self, registry: Registry) -> int:
+        """Bring back nodes known from an earlier run (those not in the config too)."""
+        count = 0
+        for row in self.conn.execute(
+            "SELECT id, status, last_seen, load, metadata, licence_ref, fingerprint, registered_at, isolated FROM nodes"
+        ):
+            node = registry.get(row[0])
+            if node is None:
+                node = registry.register(row[0], now=row[7])
+            node.status = NodeStatus(row[1])
+            node.last_seen = row[2]
+            node.load = row[3]
+            node.metadata = {**json.loads(row[4]), **node.metadata}
+            node.licence_ref = node.licence_ref or row[5]
+            node.fingerprint = node.fingerprint or row[6]
+            node.registered_at = row[7]
+            node.isolated = bool(row[8])
+            count += 1
+        return count
+
+    def actions(self, state: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT id, type, target, origin, reason, severity, params, state, first_tick, last_tick FROM actions"
+        args: tuple = ()
+        if state is not None:
+            sql += " WHERE state = ?"
+            args = (state,)
+        cols = ("id", "type", "target", "origin", "reason", "severity", "params", "state", "first_tick", "last_tick")
+        out = []
+        for row in self.conn.execute(sql + " ORDER BY first_tick, id", args):
+            item = dict(zip(cols, row))
+            item["params"] = json.loads(item["params"])
+            out.append(item)
+        return out
+
+    def action_events(self, since_tick: int = 0) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT tick, action_id, state, detail FROM action_events WHERE tick >= ? ORDER BY seq", (since_tick,)
+        )
+        return [{"tick": t, "action_id": a, "state": s, "detail": d} for t, a, s, d in rows]
+
+    def tick_summaries(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT summary FROM ticks ORDER BY tick DESC LIMIT ?", (limit,))
+        return [json.loads(r[0]) for r in rows]
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write_tick(
+        self,
+        tick: int,
+        started_at: float,
+        duration_ms: float,
+        summary: dict[str, Any],
+        nodes: Iterable[Node],
+        actions: Iterable[dict[str, Any]],
+        events: Iterable[tuple[str, str, str]],
+        retention: int,
+        cleared: Iterable[str] = (),
+    ) -> None:
+        """Write one tick in a single transaction.
+
+        :param nodes: nodes whose stored row must be refreshed.
+        :param actions: action rows (``id``, ``type``... ``state``, ``first_tick``, ``last_tick``).
+        :param events: ``(action_id, state, detail)`` lifecycle events of this tick.
+        """
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany(
+                "INSERT INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                "status=excluded.status, last_seen=excluded.last_seen, load=excluded.load, "
+                "metadata=excluded.metadata, licence_ref=excluded.licence_ref, fingerprint=excluded.fingerprint, "
+                "isolated=excluded.isolated, updated_tick=excluded.updated_tick",
+                (
+                    (n.id, n.status.value, n.last_seen, n.load, json.dumps(n.metadata), n.licence_ref,
+                     n.fingerprint, n.registered_at, int(n.isolated), tick)
+                    for n in nodes
+                ),
+            )
+            c.executemany(
+                "INSERT INTO actions VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                "state=excluded.state, last_tick=excluded.last_tick, reason=excluded.reason",
+                (
+                    (a["id"], a["type"], a["target"], a["origin"], a["reason"], a["severity"],
+                     json.dumps(a["params"], sort_keys=True), a["state"], a["first_tick"], a["last_tick"])
+                    for a in actions
+                ),
+            )
+            c.executemany(
+                "UPDATE actions SET state='cleared', last_tick=? WHERE id=?", ((tick, aid) for aid in cleared)
+            )
+            c.executemany(
+                "INSERT INTO action_events (tick, action_id, state, detail) VALUES (?,?,?,?)",
+                ((tick, aid, state, detail) for aid, state, detail in events),
+            )
+            c.execute(
+                "INSERT OR REPLACE INTO ticks VALUES (?,?,?,?)",
+                (tick, started_at, duration_ms, json.dumps(summary, sort_keys=True)),
+            )
+            c.execute("DELETE FROM ticks WHERE tick <= ?", (tick - retention,))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def forget_node(self, node_id: str) -> None:
+        self.conn.execute("DELETE FROM nodes WHERE id = ?", (node_id,))

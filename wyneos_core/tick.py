@@ -1,0 +1,246 @@
+"""The orchestrator and its tick: every step a hook, each step's output the next's input."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from wyneos_core.config import Config
+from wyneos_core.intake import HeartbeatQueue
+from wyneos_core.mesh import Mesh, build_topology
+from wyneos_core.model import Action, Delivery, LicenceResult, Node, PluginError, RuleResult, TickReport
+from wyneos_core.plugins import PluginManager
+from wyneos_core.registry import Registry
+from wyneos_core.store import StateStore
+
+__all__ = ["Orchestrator", "TickContext"]
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class TickContext:
+    """What every tick hook can see. ``now`` is fixed for the whole tick."""
+
+    tick: int
+    now: float
+    config: Config
+    registry: Registry
+    mesh: Mesh
+    store: StateStore | None
+    orchestrator: Orchestrator
+    report: TickReport
+    #: scratch space shared by plugins for this tick only, by plugin name
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    def note(self, text: str) -> None:
+        """Add a human-readable line to the tick report."""
+        self.report.notes.append(text)
+
+
+class Orchestrator:
+    """Owns the registry, mesh, plugins and state store, and runs ticks.
+
+    :param config: a validated ``Config``.
+    :param clock: returns "now" in epoch seconds; inject a fake one for deterministic
+        tests and simulations.
+    :param plugins: extra plugin objects to register (after builtins and entry points).
+    :param load_entrypoints: load third-party plugins from the ``wyneos`` group.
+    :param store: a state store; by default one is opened at ``state.path``, or none
+        when that is ``":memory:"``... (see ``open_store``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock = time.time,
+        plugins: Iterable[Any] = (),
+        load_entrypoints: bool = True,
+        store: StateStore | None | bool = True,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.pm = PluginManager()
+        self.pm.budget = float(config["tick"]["plugin_budget"])
+        settings = config["plugins"]
+        self.pm.load_builtins(disable=settings["disable"])
+        if load_entrypoints:
+            self.pm.load_entrypoints(disable=settings["disable"], only=settings["only"])
+        if config["demo"].get("enabled"):
+            from wyneos_core.demo.simulator import DemoCluster
+
+            plugins = [DemoCluster(config["demo"]), *plugins]
+        for plugin in plugins:
+            name = getattr(plugin, "__wyneos_name__", None) or getattr(plugin, "__name__", None)
+            self.pm.register(plugin, name if isinstance(name, str) else None)
+        if settings["trace"]:
+            import sys
+
+            self.pm.trace_file = sys.stderr
+        if store is True:
+            store = StateStore.open(config.resolve(config["state"]["path"]))
+        self.store: StateStore | None = store or None
+        self.registry = Registry(config["heartbeat"])
+        self.intake = HeartbeatQueue(maxlen=config["heartbeat"]["max_queue"])
+        now = clock()
+        for spec in config["nodes"]:
+            self.registry.register(
+                spec["id"], now=now, metadata=spec["metadata"],
+                licence_ref=spec["licence"], fingerprint=spec["fingerprint"],
+            )
+        self.tick_number = 0
+        if self.store is not None:
+            self.tick_number = self.store.last_tick()
+            self.store.restore_nodes(self.registry)
+        self.mesh = build_topology([n.id for n in self.registry], config["mesh"])
+        self.missed_ticks = 0
+        self.last_report: TickReport | None = None
+        self.startup_errors: list[PluginError] = []
+        self._started = False
+        self.pm.hook.wyneos_configure(config=config, pluginmanager=self.pm)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.pm.call_each("wyneos_startup", self.startup_errors, orchestrator=self)
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        errors: list[PluginError] = []
+        self.pm.call_each("wyneos_shutdown", errors, orchestrator=self)
+        if self.store is not None:
+            self.store.close()
+
+    def __enter__(self) -> Orchestrator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the tick ------------------------------------------------------------------------
+
+    def tick(self) -> TickReport:
+        """Run one tick: heartbeat, licence, governance, healing, enforcement, decide,
+        propagate, report. Never raises because of a plugin."""
+        self.start()
+        now = self.clock()
+        self.tick_number += 1
+        report = TickReport(tick=self.tick_number, started_at=now, missed_ticks=self.missed_ticks)
+        if self.startup_errors:
+            report.errors.extend(self.startup_errors)
+            self.startup_errors = []
+        ctx = TickContext(
+            tick=self.tick_number, now=now, config=self.config, registry=self.registry,
+            mesh=self.mesh, store=self.store, orchestrator=self, report=report,
+        )
+        call = self.pm.call_each
+        errors = report.errors
+        timings = report.timings_ms
+        started = time.perf_counter()
+
+        # 1 heartbeat
+        t0 = time.perf_counter()
+        for plugin, batch in call("wyneos_heartbeat", errors, ctx=ctx):
+            accepted, rejected = self.registry.accept_all(_items(batch, plugin, "wyneos_heartbeat", errors), now)
+            report.heartbeats_accepted += accepted
+            report.heartbeats_rejected.extend(e.to_dict() for e in rejected)
+        for node_id, (old, new) in self.registry.refresh(now).items():
+            report.transitions.append({"kind": "status", "node_id": node_id, "from": old.value, "to": new.value})
+        nodes = self.registry.nodes()
+        report.nodes = nodes
+        timings["heartbeat"] = _ms(t0)
+
+        # 2 licence
+        t0 = time.perf_counter()
+        licences: dict[str, LicenceResult] = {}
+        for plugin, batch in call("wyneos_licence_validate", errors, ctx=ctx, nodes=nodes):
+            for result in _items(batch, plugin, "wyneos_licence_validate", errors, LicenceResult):
+                prior = licences.get(result.node_id)
+                if prior is None or (prior.valid and not result.valid):
+                    licences[result.node_id] = result
+        report.licences = licences
+        timings["licence"] = _ms(t0)
+
+        # 3 governance
+        t0 = time.perf_counter()
+        results: list[RuleResult] = []
+        for plugin, batch in call("wyneos_governance", errors, ctx=ctx, nodes=nodes, licences=licences):
+            results.extend(_items(batch, plugin, "wyneos_governance", errors, RuleResult))
+        _summarise(report, results)
+        timings["governance"] = _ms(t0)
+
+        # 4 healing, 5 enforcement
+        proposed: list[Action] = []
+        for step, hook in (("healing", "wyneos_healing"), ("enforcement", "wyneos_enforcement")):
+            t0 = time.perf_counter()
+            for plugin, batch in call(hook, errors, ctx=ctx, nodes=nodes, licences=licences, results=results):
+                proposed.extend(_items(batch, plugin, hook, errors, Action))
+            timings[step] = _ms(t0)
+        report.proposed = proposed
+
+        # 6 decide
+        t0 = time.perf_counter()
+        decided = call("wyneos_decide", errors, firstresult=True, ctx=ctx, proposed=proposed)
+        actions = list(_items(decided[0][1], decided[0][0], "wyneos_decide", errors, Action)) if decided else []
+        report.actions = actions
+        timings["decide"] = _ms(t0)
+
+        # 7 propagate
+        t0 = time.perf_counter()
+        delivered = call("wyneos_propagate", errors, firstresult=True, ctx=ctx, actions=actions, mesh=self.mesh)
+        report.deliveries = (
+            list(_items(delivered[0][1], delivered[0][0], "wyneos_propagate", errors, Delivery)) if delivered else []
+        )
+        timings["propagate"] = _ms(t0)
+
+        report.duration_ms = _ms(started)
+        # 8 report
+        t0 = time.perf_counter()
+        call("wyneos_tick_report", errors, ctx=ctx, report=report)
+        timings["report"] = _ms(t0)
+        self.last_report = report
+        return report
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _items(batch: Any, plugin: str, hook: str, errors: list[PluginError], kind: type | None = None) -> Sequence[Any]:
+    """Accept a list/tuple result from a plugin, dropping (and recording) wrong items."""
+    if not isinstance(batch, (list, tuple)):
+        errors.append(PluginError(plugin, hook, f"returned {type(batch).__name__}, expected a list", kind="invalid_result"))
+        return ()
+    if kind is None:
+        return batch
+    bad = [item for item in batch if not isinstance(item, kind)]
+    if not bad:
+        return batch
+    errors.append(PluginError(
+        plugin, hook, f"returned {len(bad)} item(s) that are not {kind.__name__} (first: {bad[0]!r:.80})",
+        kind="invalid_result",
+    ))
+    return [item for item in batch if isinstance(item, kind)]
+
+
+def _summarise(report: TickReport, results: list[RuleResult]) -> None:
+    summary = report.rule_summary
+    kept = report.results
+    for r in results:
+        counts = summary.get(r.rule_id)
+        if counts is None:
+            counts = summary[r.rule_id] = {"passed": 0, "failed": 0}
+        if r.passed:
+            counts["passed"] += 1
+        else:
+            counts["failed"] += 1
+            kept.append(r)
