@@ -1,0 +1,29 @@
+# The two commands of the README: `make run` and `make test`. Both create .venv and
+# install the project into it first (nothing needs to be installed by hand).
+PYTHON ?= python3
+VENV ?= .venv
+ARGS ?= --ticks 15
+PYTEST_ARGS ?=
+
+.PHONY: run test bench install clean
+
+run: $(VENV)/.installed
+	$(VENV)/bin/wyneos run $(ARGS)
+
+test: $(VENV)/.installed
+	bash scripts/test-deps.sh
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python bench/run_all.py
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .wyneos .pytest_cache
