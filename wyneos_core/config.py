@@ -108,13 +108,15 @@ def _build(located: Located, base_dir: Path, overrides: dict) -> Config:
         raise ConfigError("a config file must be a mapping of sections", file=located.file, line=1)
     try:
         validate_schema(located, schema())
+        data = fill_defaults(schema(), located.data)
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            data[section][key] = value
+        _check_semantics(located, data)
     except LocatedError as exc:
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError(exc.reason, file=exc.file, line=exc.line, column=exc.column, field=exc.field) from None
-    data = fill_defaults(schema(), located.data)
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        data[section][key] = value
-    _check_semantics(located, data)
     return Config(data, source=located.file, base_dir=base_dir)
 
 

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from wyneos_core.config import Config
+from wyneos_core.model import Heartbeat, NodeStatus
+from wyneos_core.registry import HeartbeatError, Registry, RegistryError
+
+NOW = 1_700_000_000.0
+
+
+def registry(**overrides) -> Registry:
+    settings = dict(Config.defaults()["heartbeat"])
+    settings.update(overrides)
+    r = Registry(settings)
+    r.register("a", now=NOW)
+    return r
+
+
+def test_defaults_follow_the_documented_rhythm():
+    hb = Config.defaults()["heartbeat"]
+    assert hb["interval"] == 6.0 and hb["stale_after"] == 18.0 and hb["offline_after"] == 48.0
+
+
+@pytest.mark.parametrize(
+    "hb, field, reason",
+    [
+        (Heartbeat("zzz", NOW), "node_id", "unknown node"),
+        (Heartbeat("bad id!", NOW), "node_id", "not a valid node id"),
+        (Heartbeat("a", NOW, load="high"), "load", "not a number"),
+        (Heartbeat("a", NOW, load=True), "load", "not a number"),
+        (Heartbeat("a", NOW, load=-0.1), "load", "out of range"),
+        (Heartbeat("a", NOW, load=math.nan), "load", "out of range"),
+        (Heartbeat("a", NOW, load=1e9), "load", "out of range"),
+        (Heartbeat("a", NOW + 31), "timestamp", "in the future"),
+        (Heartbeat("a", math.inf), "timestamp", "not a finite number"),
+        (Heartbeat("a", "yesterday"), "timestamp", "not a finite number"),
+        (Heartbeat("a", NOW, metadata={"blob": "x" * 9000}), "metadata", "more than 8192"),
+        (Heartbeat("a", NOW, metadata=["x"]), "metadata", "not a mapping"),
+        (Heartbeat("a", NOW, metadata={"x": object()}), "metadata", "not JSON data"),
+        (Heartbeat("a", NOW, fingerprint="f" * 300), "fingerprint", "at most 256"),
+    ],
+)
+def test_malformed_heartbeats_are_refused_naming_the_field(hb, field, reason):
+    r = registry()
+    before = r["a"].to_dict()
+    with pytest.raises(HeartbeatError) as info:
+        r.accept(hb, NOW)
+    assert info.value.field == field
+    assert reason in info.value.reason
+    assert r["a"].to_dict() == before, "a refused heartbeat must not change the registry"
+    assert len(r) == 1
+
+
+def test_unknown_nodes_can_be_registered_by_policy():
+    r = registry(unknown_nodes="register")
+    r.accept(Heartbeat("new-node", NOW, 0.5, {"zone": "b"}), NOW)
+    assert r["new-node"].load == 0.5 and r["new-node"].metadata == {"zone": "b"}
+
+
+def test_clock_rollback_is_refused_and_remembered():
+    r = registry()
+    r.accept(Heartbeat("a", NOW), NOW)
+    with pytest.raises(HeartbeatError, match="clock rollback"):
+        r.accept(Heartbeat("a", NOW - 3600), NOW + 1)
+    assert r["a"].last_rollback == NOW + 1
+    assert r["a"].last_seen == NOW
+
+
+def test_late_duplicate_within_skew_changes_nothing():
+    r = registry()
+    r.accept(Heartbeat("a", NOW, 0.2), NOW)
+    r.accept(Heartbeat("a", NOW - 5, 0.9), NOW)
+    assert r["a"].load == 0.2 and r["a"].last_seen == NOW
+
+
+def test_status_follows_heartbeat_age():
+    r = registry()
+    assert r.refresh(NOW) == {}  # unknown until the grace period passes
+    assert r["a"].status is NodeStatus.UNKNOWN
+    r.accept(Heartbeat("a", NOW), NOW)
+    assert r.refresh(NOW + 1) == {"a": (NodeStatus.UNKNOWN, NodeStatus.ONLINE)}
+    assert r.refresh(NOW + 18) == {}
+    assert r.refresh(NOW + 18.5) == {"a": (NodeStatus.ONLINE, NodeStatus.STALE)}
+    assert r.refresh(NOW + 48.5) == {"a": (NodeStatus.STALE, NodeStatus.OFFLINE)}
+    r.accept(Heartbeat("a", NOW + 50), NOW + 50)
+    assert r.refresh(NOW + 50) == {"a": (NodeStatus.OFFLINE, NodeStatus.ONLINE)}
+    assert r.status_of(r["a"], NOW + 100) is NodeStatus.OFFLINE
+
+
+def test_never_seen_node_goes_offline_after_grace():
+    r = registry()
+    r.refresh(NOW + 49)
+    assert r["a"].status is NodeStatus.OFFLINE
+
+
+def test_register_refuses_bad_and_duplicate_ids():
+    r = registry()
+    with pytest.raises(RegistryError, match="already registered"):
+        r.register("a", now=NOW)
+    with pytest.raises(RegistryError, match="not valid"):
+        r.register("../etc", now=NOW)
+    r.deregister("a")
+    with pytest.raises(RegistryError, match="not registered"):
+        r.deregister("a")
