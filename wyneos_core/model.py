@@ -98,6 +98,11 @@ class Node:
     #: When the node last reported a timestamp well before one it had reported already.
     last_rollback: float | None = None
 
+    def snapshot(self) -> Node:
+        """A copy frozen at this moment (metadata is replaced, never mutated, by the registry)."""
+        return Node(self.id, self.status, self.last_seen, self.load, self.metadata, self.licence_ref,
+                    self.fingerprint, self.registered_at, self.isolated, self.last_rollback)
+
     def heartbeat_age(self, now: float) -> float | None:
         return None if self.last_seen is None else now - self.last_seen
 

@@ -166,7 +166,7 @@ class Registry:
         if hb.load is not None:
             node.load = float(hb.load)
         if hb.metadata:
-            node.metadata.update(hb.metadata)
+            node.metadata = {**node.metadata, **hb.metadata}  # replaced, never mutated: snapshots share it
         if hb.fingerprint is not None:
             node.fingerprint = hb.fingerprint
         if hb.licence_ref is not None:

@@ -202,6 +202,7 @@ class Orchestrator:
         )
         timings["propagate"] = _ms(t0)
 
+        report.nodes = [n.snapshot() for n in nodes]
         report.duration_ms = _ms(started)
         # 8 report
         t0 = time.perf_counter()

@@ -31,7 +31,7 @@ def targets_of(action: Action, mesh: Mesh, ctx: TickContext) -> list[str]:
     if action.target == "*" or action.type == ActionType.REVOKE.value:
         return [n.id for n in ctx.registry]
     if action.type == ActionType.ISOLATE.value and action.target in mesh:
-        return [action.target, *sorted(mesh.neighbours(action.target))]
+        return [action.target, *sorted(n for n in mesh.neighbours(action.target) if n != ORIGIN)]
     return [action.target]
 
 
