@@ -141,23 +141,32 @@ class Mesh:
         :param avoid: vertex -> reason (``offline``...) for vertices that must not relay.
             Such a vertex is not given a route either: an action for it is undeliverable.
         """
-        avoid = dict(avoid or {})
+        avoided = dict(avoid or {})
         adj = self.graph.adj
-        if avoid:
-            view = nx.restricted_view(self.graph, [v for v in avoid if v in adj and v != ORIGIN], [])
-        else:
-            view = self.graph
-        parent = dict(nx.bfs_predecessors(view, ORIGIN))
-        for vertex in self._cut:
-            avoid.setdefault(vertex, "isolated")
-        return RoutingTree(parent=parent, avoided=avoid)
+        if avoided:
+            blocked = avoided.keys()
 
-    def partitions(self, avoid: Iterable[str] = ()) -> list[list[str]]:
-        """Groups of (non-isolated) vertices with no path to the origin, largest first."""
-        skip = set(avoid) | set(self._cut)
-        view = nx.restricted_view(self.graph, [v for v in skip if v in self.graph and v != ORIGIN], [])
-        groups = [sorted(c) for c in nx.connected_components(view) if ORIGIN not in c]
-        groups = [g for g in groups if not (len(g) == 1 and g[0] in skip)]
+            def neighbours(v: str) -> Iterable[str]:
+                return [w for w in adj[v] if w not in blocked]
+
+            edges = nx.generic_bfs_edges(self.graph, ORIGIN, neighbors=neighbours)
+        else:
+            edges = nx.generic_bfs_edges(self.graph, ORIGIN, neighbors=lambda v: iter(adj[v]))
+        parent = {child: par for par, child in edges}
+        for vertex in self._cut:
+            avoided.setdefault(vertex, "isolated")
+        return RoutingTree(parent=parent, avoided=avoided)
+
+    def partitions(self, tree: RoutingTree | None = None) -> list[list[str]]:
+        """Groups of vertices that are neither avoided nor isolated yet have no path from
+        the origin (largest first), computed from a routing tree (made here if not given)."""
+        tree = tree if tree is not None else self.routing_tree()
+        parent = tree.parent
+        cut_off = [v for v in self.graph if v != ORIGIN and v not in parent and v not in tree.avoided
+                   and v not in self._cut]
+        if not cut_off:
+            return []
+        groups = [sorted(c) for c in nx.connected_components(self.graph.subgraph(cut_off))]
         groups.sort(key=lambda g: (-len(g), g[0]))
         return groups
 

@@ -36,13 +36,16 @@ def evaluate(rules: Sequence[Rule], nodes: Iterable[Node], ctx: Any, source: str
     """One ``RuleResult`` per (rule, node). A rule that raises fails with ``error`` set."""
     out: list[RuleResult] = []
     append = out.append
+    prepared = [(r.id, r.evaluate, r.severity, r.message or r.description) for r in rules]
     for node in nodes:
-        for rule in rules:
+        node_id = node.id
+        for rule_id, fn, severity, message in prepared:
             try:
-                ok = bool(rule.evaluate(node, ctx))
+                if fn(node, ctx):
+                    append(RuleResult(rule_id, node_id, True, "", severity, source))
+                    continue
                 error = None
             except Exception as exc:  # noqa: BLE001 - a broken rule must not stop the tick
-                ok, error = False, f"{type(exc).__name__}: {exc}"
-            message = "" if ok else (rule.message or rule.description)
-            append(RuleResult(rule.id, node.id, ok, message, rule.severity, source, None, error))
+                error = f"{type(exc).__name__}: {exc}"
+            append(RuleResult(rule_id, node_id, False, message, severity, source, None, error))
     return out

@@ -110,20 +110,26 @@ class Registry:
     def check(self, hb: Heartbeat, now: float) -> None:
         """Raise ``HeartbeatError`` if ``hb`` must not touch the registry."""
         node_id = hb.node_id
-        if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
-            raise HeartbeatError(str(node_id)[:64], "node_id", "not a valid node id", node_id)
-        node = self._nodes.get(node_id)
-        if node is None and self.unknown_nodes == "reject":
-            raise HeartbeatError(node_id, "node_id", "unknown node (heartbeat.unknown_nodes is 'reject')", node_id)
+        node = self._nodes.get(node_id) if type(node_id) is str else None
+        if node is None:
+            if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
+                raise HeartbeatError(str(node_id)[:64], "node_id", "not a valid node id", node_id)
+            if self.unknown_nodes == "reject":
+                raise HeartbeatError(node_id, "node_id", "unknown node (heartbeat.unknown_nodes is 'reject')",
+                                     node_id)
         ts = hb.timestamp
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        if type(ts) is not float and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
             raise HeartbeatError(node_id, "timestamp", "not a finite number", ts)
-        if ts > now + self.max_clock_skew:
+        if not (ts <= now + self.max_clock_skew):  # also catches nan
+            if not math.isfinite(ts):
+                raise HeartbeatError(node_id, "timestamp", "not a finite number", ts)
             raise HeartbeatError(
                 node_id, "timestamp",
                 f"{ts - now:.1f}s in the future (allowed skew {self.max_clock_skew:g}s)", ts,
             )
         if node is not None and node.last_seen is not None and ts < node.last_seen - self.max_clock_skew:
+            if not math.isfinite(ts):
+                raise HeartbeatError(node_id, "timestamp", "not a finite number", ts)
             node.last_rollback = now
             raise HeartbeatError(
                 node_id, "timestamp",
@@ -131,25 +137,29 @@ class Registry:
             )
         load = hb.load
         if load is not None:
-            if isinstance(load, bool) or not isinstance(load, (int, float)):
+            if type(load) is not float and (isinstance(load, bool) or not isinstance(load, (int, float))):
                 raise HeartbeatError(node_id, "load", "not a number", load)
-            if not math.isfinite(load) or load < 0 or load > self.max_load:
+            if not (0 <= load <= self.max_load):  # also catches nan
                 raise HeartbeatError(node_id, "load", f"out of range [0, {self.max_load:g}]", load)
-        if not isinstance(hb.metadata, dict):
-            raise HeartbeatError(node_id, "metadata", "not a mapping", hb.metadata)
-        if hb.metadata:
+        metadata = hb.metadata
+        if metadata:
+            if not isinstance(metadata, dict):
+                raise HeartbeatError(node_id, "metadata", "not a mapping", metadata)
             try:
-                size = len(json.dumps(hb.metadata, allow_nan=False))
+                size = len(json.dumps(metadata, allow_nan=False))
             except (TypeError, ValueError) as exc:
                 raise HeartbeatError(node_id, "metadata", f"not JSON data ({exc})") from None
             if size > self.max_metadata_bytes:
                 raise HeartbeatError(
                     node_id, "metadata", f"{size} bytes as JSON, more than {self.max_metadata_bytes}", size
                 )
-        for name in ("fingerprint", "licence_ref"):
-            value = getattr(hb, name)
-            if value is not None and (not isinstance(value, str) or len(value) > 256):
-                raise HeartbeatError(node_id, name, "not a string of at most 256 characters", value)
+        elif not isinstance(metadata, dict):
+            raise HeartbeatError(node_id, "metadata", "not a mapping", metadata)
+        if hb.fingerprint is not None or hb.licence_ref is not None:
+            for name in ("fingerprint", "licence_ref"):
+                value = getattr(hb, name)
+                if value is not None and (not isinstance(value, str) or len(value) > 256):
+                    raise HeartbeatError(node_id, name, "not a string of at most 256 characters", value)
 
     def accept(self, hb: Heartbeat, now: float) -> Node:
         """Check ``hb`` and apply it. Older-than-seen heartbeats (within skew) are ignored.
@@ -160,7 +170,8 @@ class Registry:
         node = self._nodes.get(hb.node_id)
         if node is None:
             node = self.register(hb.node_id, now=now)
-        if node.last_seen is not None and hb.timestamp <= node.last_seen:
+        last = node.last_seen
+        if last is not None and hb.timestamp <= last:
             return node  # late duplicate or reordered delivery: nothing newer to learn
         node.last_seen = float(hb.timestamp)
         if hb.load is not None:

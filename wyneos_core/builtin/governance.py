@@ -16,22 +16,20 @@ from wyneos_core.pyrules import Rule, evaluate
 from wyneos_core.tick import TickContext
 
 
-def _fresh(node: Node, ctx: TickContext) -> bool:
-    return node.status is NodeStatus.ONLINE
+_ONLINE = NodeStatus.ONLINE
 
 
-def _below_ceiling(node: Node, ctx: TickContext) -> bool:
-    return node.load is None or node.load < ctx.config["healing"]["overload_threshold"]
-
-
-RULES: tuple[Rule, ...] = (
-    Rule("heartbeat-fresh", "Nodes report a heartbeat within the stale window", _fresh, Severity.WARNING,
-         "no fresh heartbeat"),
-    Rule("load-ceiling", "Nodes stay below the overload threshold", _below_ceiling, Severity.WARNING,
-         "load above the overload threshold"),
-)
+def rules(threshold: float) -> tuple[Rule, ...]:
+    """The builtin rules, with the overload threshold bound once per tick."""
+    return (
+        Rule("heartbeat-fresh", "Nodes report a heartbeat within the stale window",
+             lambda node, ctx: node.status is _ONLINE, Severity.WARNING, "no fresh heartbeat"),
+        Rule("load-ceiling", "Nodes stay below the overload threshold",
+             lambda node, ctx: node.load is None or node.load < threshold, Severity.WARNING,
+             f"load above the overload threshold ({threshold:g})"),
+    )
 
 
 @hookimpl
 def wyneos_governance(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str, LicenceResult]) -> list[RuleResult]:
-    return evaluate(RULES, nodes, ctx, source="builtin")
+    return evaluate(rules(ctx.config["healing"]["overload_threshold"]), nodes, ctx, source="builtin")

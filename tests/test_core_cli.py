@@ -1,0 +1,123 @@
+"""The ``wyneos`` command line, run as a real process in a scratch directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cluster_yaml
+
+
+def wyneos(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wyneos_core.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_run_governs_the_demo_cluster_tick_by_tick(tmp_path):
+    out = wyneos("run", "--ticks", "12", "--interval", "0.6", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "cluster 'demo'" in text and "tick 12:" in text and "stopped after 12 tick(s)" in text
+    assert "action   reduce_load node-03" in text  # overloaded
+    assert "node-10: timestamp:" in text  # clock-skewed heartbeats refused
+    assert "rogue-01: node_id: unknown node" in text or "rogue-01" in text
+    assert "status   node-07: online -> stale" in text  # crashed after tick 4
+    # the state file is real SQLite with every tick committed
+    db = sqlite3.connect(tmp_path / ".wyneos" / "state.db")
+    assert db.execute("SELECT COUNT(*) FROM ticks").fetchone()[0] == 12
+    assert db.execute("SELECT COUNT(*) FROM nodes").fetchone()[0] == 12
+    assert db.execute("SELECT COUNT(*) FROM action_events").fetchone()[0] > 0
+    report = json.loads((tmp_path / ".wyneos" / "last-tick.json").read_text())
+    assert report["tick"] == 12 and len(report["nodes"]) == 12
+
+
+def test_run_json_prints_one_report_per_line_and_continues_numbering(tmp_path):
+    first = wyneos("run", "--ticks", "2", "--interval", "0.05", "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    reports = [json.loads(line) for line in first.stdout.splitlines()]
+    assert [r["tick"] for r in reports] == [1, 2]
+    again = wyneos("run", "--ticks", "1", "--json", cwd=tmp_path)
+    assert json.loads(again.stdout)["tick"] == 3, "a restart carries on from the state file"
+
+
+def test_tick_with_config_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(cluster_yaml(3) + "state: {path: s.db}\n")
+    out = wyneos("tick", "--config", str(cfg), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["tick"] == 1 and report["status_counts"]["unknown"] == 3
+    assert (tmp_path / "s.db").exists()
+
+
+def test_bad_config_exits_2_naming_file_line_and_field(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("nodes:\n  - id: a\n    licnce: x\n")
+    out = wyneos("tick", "--config", str(cfg), cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"wyneos: error: {cfg}:3:5: nodes[0].licnce: unknown field 'licnce' " \
+                                 "(allowed: fingerprint, id, licence, metadata)"
+
+
+def test_plugins_lists_builtins_with_versions_and_hooks(tmp_path):
+    out = wyneos("plugins", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    plugins = {p["name"]: p for p in json.loads(out.stdout)}
+    assert {"heartbeat", "licence", "governance", "healing", "enforcement", "decide", "propagate", "report",
+            "state"} <= set(plugins)
+    assert plugins["healing"]["hooks"] == ["wyneos_healing"] and plugins["healing"]["origin"] == "builtin"
+    text = wyneos("plugins", "--disable", "healing", cwd=tmp_path).stdout
+    assert "healing" not in text.split() and "governance" in text
+
+
+def test_trace_switch_prints_hook_calls(tmp_path):
+    out = wyneos("tick", "--trace", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "[trace] -> wyneos_governance [governance]" in out.stderr
+
+
+def test_sigterm_stops_cleanly_after_the_tick_in_progress(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "wyneos_core.cli", "run", "--interval", "0.2"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    db = tmp_path / ".wyneos" / "state.db"
+    while time.monotonic() < deadline:
+        if db.exists() and sqlite3.connect(db).execute("SELECT COUNT(*) FROM ticks").fetchone()[0] >= 2:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped after" in out
+    ticks = sqlite3.connect(db).execute("SELECT MAX(tick) FROM ticks").fetchone()[0]
+    assert f"stopped after {ticks} tick(s)" in out
+
+
+def test_overrunning_ticks_are_counted_as_missed(make_orchestrator, clock):
+    from wyneos_core import hookimpl
+    from wyneos_core.loop import run
+
+    class Slow:
+        @hookimpl
+        def wyneos_governance(self):
+            time.sleep(0.25)
+
+    orch = make_orchestrator(cluster_yaml(1), plugins=[Slow()])
+    done = run(orch, interval=0.1, ticks=3)
+    assert done == 3
+    assert orch.missed_ticks >= 4  # each 0.25 s tick overruns two or three 0.1 s slots
+    assert orch.last_report.missed_ticks == orch.missed_ticks - (orch.missed_ticks - orch.last_report.missed_ticks)
+
+
+@pytest.mark.parametrize("args", [["run", "--ticks", "0"], ["bogus"]])
+def test_usage_errors(tmp_path, args):
+    out = wyneos(*args, cwd=tmp_path)
+    assert out.returncode == 2
