@@ -1,4 +1,16 @@
-"""Builtin healing: offline nodes are isolated, overloaded nodes get their load reduced."""
+"""Builtin healing: offline nodes are isolated, overloaded nodes shed load to neighbours.
+
+* a node that is ``offline`` (no heartbeat within ``heartbeat.offline_after``) is
+  proposed for ``isolate`` (when ``healing.isolate_offline``);
+* a node whose load has stayed above ``healing.overload_threshold`` for
+  ``healing.overload_ticks`` consecutive ticks is proposed for ``reduce_load`` down to
+  ``healing.target_load``: the ``propagate`` step moves the excess to healthy
+  neighbours with spare capacity and reports load that found no room.
+
+Proposals repeat every tick while their cause lasts; the ``decide`` step keeps one
+action in force instead of issuing it again. The action ids are stable (same type,
+target, origin and params), which is what makes that work.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +18,44 @@ from collections.abc import Sequence
 
 from wyneos_core import hookimpl
 from wyneos_core.model import Action, ActionType, Node, NodeStatus, Severity
-from wyneos_core.tick import TickContext
+from wyneos_core.tick import Orchestrator, TickContext
+
+__all__ = ["overloaded_since"]
+
+
+def overloaded_since(orchestrator: Orchestrator) -> dict[str, int]:
+    """Node id -> first tick of its current run of overloaded ticks."""
+    runs = getattr(orchestrator, "_overloaded_since", None)
+    if runs is None:
+        runs = orchestrator._overloaded_since = {}  # type: ignore[attr-defined]
+    return runs
 
 
 @hookimpl
 def wyneos_healing(ctx: TickContext, nodes: Sequence[Node]) -> list[Action]:
     settings = ctx.config["healing"]
     threshold = settings["overload_threshold"]
+    target_load = min(settings["target_load"], threshold)
+    need = settings["overload_ticks"]
     isolate_offline = settings["isolate_offline"]
+    runs = overloaded_since(ctx.orchestrator)
     offline = NodeStatus.OFFLINE
+    tick = ctx.tick
     actions = []
     for node in nodes:
         if node.status is offline:
+            runs.pop(node.id, None)
             if isolate_offline:
                 actions.append(Action(ActionType.ISOLATE, node.id, "offline: no heartbeat within the grace period",
                                       "healing", Severity.CRITICAL))
-        elif node.load is not None and node.load > threshold:
-            actions.append(Action(ActionType.REDUCE_LOAD, node.id, f"overloaded: load {node.load:.2f} > {threshold:g}",
-                                  "healing", Severity.WARNING, {"target_load": threshold}))
+        elif node.load is not None and node.load > threshold and not node.isolated:
+            first = runs.setdefault(node.id, tick)
+            if tick - first + 1 >= need:
+                actions.append(Action(
+                    ActionType.REDUCE_LOAD, node.id,
+                    f"overloaded: load {node.load:.2f} > {threshold:g} for {tick - first + 1} tick(s)",
+                    "healing", Severity.WARNING, {"target_load": target_load},
+                ))
+        elif node.id in runs:
+            del runs[node.id]
     return actions

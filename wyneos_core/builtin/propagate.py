@@ -1,136 +1,441 @@
-"""Builtin propagation: one routing tree per tick, hop-by-hop delivery, effects on the mesh.
+"""Builtin propagation: one routing tree per tick, hop-by-hop delivery, effects.
 
 Who must know an action:
 
 * ``isolate``: the target and its neighbours (they must stop talking to it);
-* ``revoke`` or any action targeted at ``"*"``: every reachable node;
+* ``reinstate``: the target and the neighbours its edges were restored to;
+* ``reduce_load`` / ``redistribute``: the target and the neighbours taking its load;
+* ``revoke`` or any action targeted at ``"*"``: every node;
 * anything else: its target.
 
-Each action travels down the routing tree from the orchestrator; every tree edge is
-crossed once per action (``wyneos_deliver`` for each hop, retried up to
-``propagate.retries`` times). A target with no route is reported with the reason:
-``offline``, ``isolated``, ``partition`` (no path from the origin) or ``unknown_node``;
-one below a hop that kept refusing is ``relay_failed``. After delivery ``isolate`` cuts
-the target's edges and ``reinstate`` restores them.
+The tick computes one breadth-first routing tree from the orchestrator over the mesh,
+avoiding offline nodes (O(nodes + edges), not a search per action). Each action goes
+down the tree: every tree edge on the way to its targets is crossed once, through the
+``wyneos_deliver`` hook, and a hop that is not acknowledged is retried up to
+``propagate.retries`` times. A target that could not be reached is reported with the
+reason: ``offline``, ``isolated``, ``partition`` (no mesh path from the orchestrator),
+``relay_failed`` (a hop on its path never acknowledged) or ``unknown_node``. Targets
+that did not acknowledge an action in force are tried again in later ticks once a route
+exists (``propagate.redeliver``).
+
+Effects, applied to the orchestrator's view of the cluster:
+
+* ``reinstate`` restores the node's edges (before routing, so it and its neighbours hear
+  of it); ``isolate`` cuts them (after routing, so the node hears of it first);
+* ``reduce_load`` and ``redistribute`` plan load moves to healthy neighbours with spare
+  capacity (up to ``healing.neighbour_max_load``) and carry the plan in the action's
+  ``params["moves"]``; load that finds no room is reported;
+* ``quarantine``, ``gate_feature`` and ``degrade`` restrict the node: while such an
+  action is in force the node's ``metadata["restrictions"]`` says so (maintained by the
+  orchestrator, overwriting whatever a heartbeat sent).
+
+Mesh partitions (groups of nodes with no path to the orchestrator) are detected each
+tick and listed in ``report.partitions``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from wyneos_core import hookimpl
-from wyneos_core.mesh import Mesh, RoutingTree
+from wyneos_core.builtin.decide import DecideState, event, state_of
+from wyneos_core.mesh import Mesh
 from wyneos_core.model import ORIGIN, Action, ActionType, Delivery, NodeStatus
-from wyneos_core.tick import TickContext
+from wyneos_core.tick import Orchestrator, TickContext
+
+__all__ = [
+    "LOAD_ACTIONS",
+    "RESTRICTING",
+    "plan_load_moves",
+    "restrictions_of",
+    "sync_restrictions",
+    "routing_parents",
+    "partition_groups",
+    "targets_of",
+]
 
 log = logging.getLogger("wyneos.propagate")
 
+LOAD_ACTIONS = frozenset({ActionType.REDUCE_LOAD.value, ActionType.REDISTRIBUTE.value})
+RESTRICTING = frozenset({ActionType.QUARANTINE.value, ActionType.GATE_FEATURE.value, ActionType.DEGRADE.value})
+#: undelivered reasons worth another try in a later tick
+_RETRYABLE = frozenset({"offline", "partition", "relay_failed"})
+_EPS = 1e-9
+_WITH_NEIGHBOURS = frozenset({ActionType.ISOLATE.value, ActionType.REINSTATE.value})
+
+
+@hookimpl
+def wyneos_startup(orchestrator: Orchestrator) -> None:
+    """Re-cut the mesh edges of nodes that were isolated when the orchestrator last stopped."""
+    for node in orchestrator.registry:
+        if node.isolated and node.id in orchestrator.mesh:
+            orchestrator.mesh.isolate(node.id)
+
+
+# -- routing -------------------------------------------------------------------------------
+
+
+def routing_parents(mesh: Mesh, avoid: Mapping[str, str] | set[str]) -> dict[str, str]:
+    """Parent of every vertex reachable from the orchestrator without entering ``avoid``.
+
+    One breadth-first search over the mesh (the routing tree of the tick).
+    """
+    adj = mesh.graph.adj
+    parent: dict[str, str] = {}
+    seen = set(avoid)
+    seen.add(ORIGIN)
+    frontier = [ORIGIN]
+    while frontier:
+        nxt = []
+        for v in frontier:
+            for w in adj[v]:
+                if w not in seen:
+                    seen.add(w)
+                    parent[w] = v
+                    nxt.append(w)
+        frontier = nxt
+    return parent
+
+
+def partition_groups(mesh: Mesh, parent: Mapping[str, str], avoid: Iterable[str]) -> list[list[str]]:
+    """Groups of (non-isolated, non-avoided) vertices with no path to the orchestrator."""
+    skip = set(avoid) | mesh.isolated
+    adj = mesh.graph.adj
+    left = {v for v in adj if v != ORIGIN and v not in parent and v not in skip}
+    groups = []
+    while left:
+        start = left.pop()
+        group = [start]
+        frontier = [start]
+        while frontier:
+            nxt = []
+            for v in frontier:
+                for w in adj[v]:
+                    if w in left:
+                        left.discard(w)
+                        group.append(w)
+                        nxt.append(w)
+            frontier = nxt
+        groups.append(sorted(group))
+    groups.sort(key=lambda g: (-len(g), g[0]))
+    return groups
+
+
+def path_to(parent: Mapping[str, str], target: str) -> list[str]:
+    hops = [target]
+    while hops[-1] != ORIGIN:
+        hops.append(parent[hops[-1]])
+    hops.reverse()
+    return hops
+
 
 def targets_of(action: Action, mesh: Mesh, ctx: TickContext) -> list[str]:
+    """The nodes that must know ``action``, the target first."""
     if action.target == "*" or action.type == ActionType.REVOKE.value:
         return [n.id for n in ctx.registry]
-    if action.type == ActionType.ISOLATE.value and action.target in mesh:
+    if action.type in _WITH_NEIGHBOURS and action.target in mesh:
         return [action.target, *sorted(n for n in mesh.neighbours(action.target) if n != ORIGIN)]
+    if action.type in LOAD_ACTIONS:
+        return [action.target, *sorted(action.params.get("moves", {}))]
     return [action.target]
 
 
-def _avoid(ctx: TickContext) -> dict[str, str]:
-    return {n.id: "offline" for n in ctx.registry if n.status is NodeStatus.OFFLINE}
+# -- load ----------------------------------------------------------------------------------
+
+
+def plan_load_moves(
+    ctx: TickContext, action: Action, parent: Mapping[str, str], planned: dict[str, float]
+) -> dict[str, Any]:
+    """Plan where the load of ``action.target`` goes; update ``planned`` loads.
+
+    ``reduce_load`` moves the load above ``params["target_load"]`` (default
+    ``healing.target_load``); ``redistribute`` moves it down to ``params["target_load"]``
+    (default 0: all of it). Receivers are the target's neighbours that are online, not
+    isolated, reachable and below ``healing.neighbour_max_load``; the most spare first.
+
+    :return: ``{"moves": {neighbour: amount}, "moved": x, "unplaced": y, "load": l}``.
+    """
+    healing = ctx.config["healing"]
+    node = ctx.registry.get(action.target)
+    load = planned.get(action.target, node.load if node is not None else None)
+    if node is None or load is None or action.target not in ctx.mesh:
+        return {"moves": {}, "moved": 0.0, "unplaced": 0.0, "load": load, "why": "load unknown"}
+    default = healing["target_load"] if action.type == ActionType.REDUCE_LOAD.value else 0.0
+    goal = float(action.params.get("target_load", default))
+    excess = load - goal
+    if excess <= _EPS:
+        return {"moves": {}, "moved": 0.0, "unplaced": 0.0, "load": load, "why": "at or below target"}
+    ceiling = healing["neighbour_max_load"]
+    registry = ctx.registry
+    spare: list[tuple[float, str]] = []
+    for n in ctx.mesh.neighbours(action.target):
+        other = registry.get(n)
+        if other is None or other.isolated or other.status is not NodeStatus.ONLINE or n not in parent:
+            continue
+        other_load = planned.get(n, other.load)
+        if other_load is None:
+            continue
+        room = ceiling - other_load
+        if room > _EPS:
+            spare.append((room, n))
+    spare.sort(key=lambda item: (-item[0], item[1]))
+    moves: dict[str, float] = {}
+    left = excess
+    for room, n in spare:
+        if left <= _EPS:
+            break
+        amount = min(room, left)
+        moves[n] = round(amount, 6)
+        planned[n] = planned.get(n, registry[n].load or 0.0) + amount
+        left -= amount
+    moved = excess - left
+    planned[action.target] = load - moved
+    return {"moves": moves, "moved": round(moved, 6), "unplaced": round(max(left, 0.0), 6), "load": load,
+            "why": "" if left <= _EPS else "no healthy neighbour with spare capacity for the rest"}
+
+
+# -- delivery ------------------------------------------------------------------------------
+
+
+class _Carrier:
+    """Carries actions down the tick's routing tree, hop by hop, with retries."""
+
+    def __init__(self, ctx: TickContext, parent: dict[str, str], avoid: Mapping[str, str], retries: int) -> None:
+        self.ctx = ctx
+        self.parent = parent
+        self.avoid = avoid
+        self.retries = retries
+        self.call = ctx.orchestrator.pm.call_each
+        self.errors = ctx.report.errors
+        self.mesh = ctx.mesh
+        self.hops = 0
+        self.retried = 0
+
+    def _hop(self, action: Action, sender: str, receiver: str) -> bool:
+        for attempt in range(self.retries + 1):
+            self.hops += 1
+            if attempt:
+                self.retried += 1
+            answer = self.call("wyneos_deliver", self.errors, firstresult=True, ctx=self.ctx, action=action,
+                               sender=sender, receiver=receiver)
+            if answer and answer[0][1] is True:
+                return True
+        return False
+
+    def carry(self, action: Action, targets: Sequence[str], direct: str | None = None) -> list[Delivery]:
+        """Deliver ``action`` to ``targets``; ``direct`` may be reached from the origin in one hop."""
+        parent = self.parent
+        mesh = self.mesh
+        out: list[Delivery] = []
+        reachable: list[str] = []
+        for target in targets:
+            if target not in mesh:
+                out.append(Delivery(action.id, target, False, [], "unknown_node"))
+            elif target in parent or target == direct:
+                reachable.append(target)
+            elif target in self.avoid:
+                out.append(Delivery(action.id, target, False, [], self.avoid[target]))
+            elif mesh.is_isolated(target):
+                out.append(Delivery(action.id, target, False, [], "isolated"))
+            else:
+                out.append(Delivery(action.id, target, False, [], "partition"))
+        # the hops needed: union of tree paths, each parent before its children
+        hops: list[tuple[str, str]] = []
+        seen = {ORIGIN}
+        for target in reachable:
+            chain = []
+            v = target
+            while v not in seen:
+                p = parent.get(v, ORIGIN)
+                chain.append((p, v))
+                seen.add(v)
+                v = p
+            hops.extend(reversed(chain))
+        failed: set[str] = set()
+        for sender, receiver in hops:
+            if sender in failed or not self._hop(action, sender, receiver):
+                failed.add(receiver)
+        for target in reachable:
+            path = path_to(parent, target) if target in parent else [ORIGIN, target]
+            if target in failed:
+                out.append(Delivery(action.id, target, False, path, "relay_failed"))
+            else:
+                out.append(Delivery(action.id, target, True, path))
+        return out
+
+
+def _summary(routed: Sequence[Delivery]) -> str:
+    ok = sum(1 for d in routed if d.delivered)
+    text = f"delivered to {ok}/{len(routed)}"
+    missed = [d for d in routed if not d.delivered]
+    if missed:
+        shown = ", ".join(f"{d.target} ({d.reason})" for d in missed[:5])
+        text += f"; unreachable: {shown}" + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
+    return text
+
+
+def _settings(ctx: TickContext) -> dict[str, Any]:
+    settings = dict(ctx.config["propagate"])
+    legacy = ctx.config.plugin_settings("propagate")
+    if "retries" in legacy:
+        settings["retries"] = int(legacy["retries"])
+    return settings
 
 
 @hookimpl(trylast=True)
 def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) -> list[Delivery]:
+    state = state_of(ctx.orchestrator)
+    settings = _settings(ctx)
+    avoid = {n.id: "offline" for n in ctx.registry if n.status is NodeStatus.OFFLINE}
+
+    # reinstate first: its edges are back before the tree is drawn, so it hears of it
+    for action in actions:
+        if action.type == ActionType.REINSTATE.value and action.target in mesh:
+            restored = mesh.reinstate(action.target)
+            node = ctx.registry.get(action.target)
+            if node is not None:
+                node.isolated = False
+            event(ctx, action, "restored", f"restored {len(restored)} edge(s)")
+
+    pending_redelivery = settings["redeliver"] and any(h.pending for h in state.in_force.values())
     deliveries: list[Delivery] = []
-    if actions:
-        tree = mesh.routing_tree(_avoid(ctx))
-        retries = int(ctx.config.plugin_settings("propagate").get("retries", 2))
-        deliver = ctx.orchestrator.pm.call_each
-        errors = ctx.report.errors
+    parent: dict[str, str] | None = None
+    if actions or pending_redelivery:
+        parent = routing_parents(mesh, avoid)
+        carrier = _Carrier(ctx, parent, avoid, settings["retries"])
+        planned: dict[str, float] = {}
+        effects: dict[str, dict[str, Any]] = {}
         for action in actions:
-            routed = _route(ctx, action, targets_of(action, mesh, ctx), tree, mesh, deliver, errors, retries)
-            ok = sum(1 for d in routed if d.delivered)
-            ctx.report.lifecycle.append({"action_id": action.id, "type": action.type, "target": action.target,
-                                         "state": "propagated", "detail": f"delivered to {ok}/{len(routed)}"})
+            carried = action
+            if action.type in LOAD_ACTIONS:
+                plan = plan_load_moves(ctx, action, parent, planned)
+                effects[action.id] = plan
+                carried = Action(action.type, action.target, action.reason, action.origin, action.severity,
+                                 {**action.params, "moves": plan["moves"]}, id=action.id)
+            direct = action.target if action.type == ActionType.REINSTATE.value else None
+            routed = carrier.carry(carried, targets_of(carried, mesh, ctx), direct)
             deliveries.extend(routed)
-    ctx.report.partitions = mesh.partitions(_avoid(ctx)) if len(mesh) < 200_000 else []
-    _apply_effects(ctx, actions, mesh)
+            event(ctx, action, "propagated", _summary(routed),
+                  delivered=sum(1 for d in routed if d.delivered), targets=len(routed))
+            held = state.in_force.get(action.id)
+            if held is not None:
+                held.carried = carried
+                held.pending = {d.target: d.reason for d in routed if not d.delivered and d.reason in _RETRYABLE}
+        if settings["redeliver"]:
+            fresh = {a.id for a in actions}
+            deliveries.extend(_redeliver(ctx, state, carrier, fresh, settings["max_redeliveries_per_tick"]))
+        _apply_effects(ctx, state, actions, mesh, effects)
+        ctx.scratch["propagate"] = {"hops": carrier.hops, "retried": carrier.retried}
+    # partitions: after the effects, over the mesh as it now is
+    parent_now = routing_parents(mesh, avoid) if (parent is None or actions) else parent
+    ctx.report.partitions = partition_groups(mesh, parent_now, avoid)
+    if ctx.report.partitions:
+        cut = sum(len(g) for g in ctx.report.partitions)
+        ctx.note(f"partition: {cut} node(s) in {len(ctx.report.partitions)} group(s) have no mesh path "
+                 "to the orchestrator")
+    sync_restrictions(ctx, state)
     return deliveries
 
 
-def _route(ctx, action, targets, tree: RoutingTree, mesh, deliver, errors, retries) -> list[Delivery]:
-    parent = tree.parent
+def _redeliver(ctx: TickContext, state: DecideState, carrier: _Carrier, fresh: set[str], budget: int) -> list[Delivery]:
     out: list[Delivery] = []
-    reachable: list[str] = []
-    for target in targets:
-        if target not in mesh:
-            out.append(Delivery(action.id, target, False, [], "unknown_node"))
-        elif target in parent:
-            reachable.append(target)
-        elif target in tree.avoided and not (action.type == ActionType.REINSTATE.value and target == action.target):
-            out.append(Delivery(action.id, target, False, [], tree.avoided[target]))
-        elif action.type == ActionType.REINSTATE.value and target == action.target:
-            # an isolated node has no edges until reinstated: the orchestrator tells it directly
-            reachable.append(target)
-        else:
-            out.append(Delivery(action.id, target, False, [], "partition"))
-    # hops needed: union of tree paths, parents before children
-    hops: list[tuple[str, str]] = []
-    seen: set[str] = {ORIGIN}
-    for target in reachable:
-        chain = []
-        v = target
-        while v not in seen:
-            p = parent.get(v, ORIGIN)
-            chain.append((p, v))
-            seen.add(v)
-            v = p
-        hops.extend(reversed(chain))
-    failed: set[str] = set()
-    for sender, receiver in hops:
-        if sender in failed:
-            failed.add(receiver)
+    parent = carrier.parent
+    for action_id, held in state.in_force.items():
+        if budget <= 0:
+            break
+        if action_id in fresh or not held.pending:
             continue
-        ok = False
-        for _ in range(retries + 1):
-            answer = deliver("wyneos_deliver", errors, firstresult=True, ctx=ctx, action=action,
-                             sender=sender, receiver=receiver)
-            if answer and answer[0][1]:
-                ok = True
-                break
-        if not ok:
-            failed.add(receiver)
-    for target in reachable:
-        path = tree.path(target) if target in parent else [ORIGIN, target]
-        if target in failed:
-            out.append(Delivery(action.id, target, False, path, "relay_failed"))
-        else:
-            out.append(Delivery(action.id, target, True, path))
+        ready = [t for t in held.pending if t in parent][:budget]
+        if not ready:
+            continue
+        budget -= len(ready)
+        routed = carrier.carry(held.carried or held.action, ready)
+        for d in routed:
+            if d.delivered:
+                held.pending.pop(d.target, None)
+            elif d.reason in _RETRYABLE:
+                held.pending[d.target] = d.reason
+            else:
+                held.pending.pop(d.target, None)
+        event(ctx, held.action, "redelivered", _summary(routed),
+              delivered=sum(1 for d in routed if d.delivered), targets=len(routed))
+        out.extend(routed)
     return out
 
 
-def _apply_effects(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) -> None:
+def _apply_effects(ctx: TickContext, state: DecideState, actions: Sequence[Action], mesh: Mesh,
+                   effects: Mapping[str, dict[str, Any]]) -> None:
+    registry = ctx.registry
+    unplaced = []
     for action in actions:
-        node = ctx.registry.get(action.target)
-        if node is None or action.target not in mesh:
-            continue
-        if action.type == ActionType.ISOLATE.value:
+        node = registry.get(action.target)
+        if action.type == ActionType.ISOLATE.value and node is not None and action.target in mesh:
             cut = mesh.isolate(action.target)
             node.isolated = True
-            ctx.report.lifecycle.append({"action_id": action.id, "type": action.type, "target": action.target,
-                                         "state": "in_force", "detail": f"cut {len(cut)} edge(s)"})
+            event(ctx, action, "in_force", f"cut {len(cut)} edge(s)", effect={"cut": sorted(cut)})
         elif action.type == ActionType.REINSTATE.value:
-            restored = mesh.reinstate(action.target)
-            node.isolated = False
-            ctx.report.lifecycle.append({"action_id": action.id, "type": action.type, "target": action.target,
-                                         "state": "in_force", "detail": f"restored {len(restored)} edge(s)"})
+            event(ctx, action, "in_force", "edges restored")
+            event(ctx, action, "cleared", "reinstated")
+        elif action.type in LOAD_ACTIONS and action.id in effects:
+            plan = effects[action.id]
+            moves = plan["moves"]
+            detail = (f"moved {plan['moved']:.3f} of load to {len(moves)} neighbour(s)"
+                      if moves else "no load moved")
+            if plan["unplaced"] > _EPS:
+                detail += f"; {plan['unplaced']:.3f} found no spare capacity"
+                unplaced.append(f"{action.target} ({plan['unplaced']:.3f})")
+            event(ctx, action, "in_force", detail, effect=plan)
+        elif action.type in RESTRICTING:
+            event(ctx, action, "in_force", f"node restricted: {action.type}")
         else:
-            ctx.report.lifecycle.append({"action_id": action.id, "type": action.type, "target": action.target,
-                                         "state": "in_force", "detail": ""})
+            event(ctx, action, "in_force")
+    if unplaced:
+        ctx.note("no spare capacity: load left on " + ", ".join(unplaced[:10])
+                 + (f" and {len(unplaced) - 10} more" if len(unplaced) > 10 else ""))
+
+
+def restrictions_of(state: DecideState) -> dict[str, dict[str, Any]]:
+    """Node id -> restrictions implied by the quarantine / gate_feature / degrade actions in force."""
+    out: dict[str, dict[str, Any]] = {}
+    for held in state.in_force.values():
+        action = held.action
+        if action.type not in RESTRICTING:
+            continue
+        entry = out.setdefault(action.target, {})
+        if action.type == ActionType.QUARANTINE.value:
+            entry["quarantined"] = action.reason
+        elif action.type == ActionType.DEGRADE.value:
+            entry["degraded"] = action.reason
+        else:
+            features = action.params.get("features") or ["*"]
+            gated = set(entry.get("gated_features", [])) | {str(f) for f in features}
+            entry["gated_features"] = sorted(gated)
+    return out
+
+
+def sync_restrictions(ctx: TickContext, state: DecideState) -> None:
+    """Write each node's restrictions into ``metadata["restrictions"]``; lift cleared ones."""
+    wanted = restrictions_of(state)
+    registry = ctx.registry
+    for node_id in state.restricted - set(wanted):
+        node = registry.get(node_id)
+        if node is not None:
+            node.metadata.pop("restrictions", None)
+    for node_id, entry in wanted.items():
+        node = registry.get(node_id)
+        if node is not None:
+            node.metadata["restrictions"] = entry
+    # a heartbeat must not be able to claim restrictions the orchestrator did not set
+    for node in registry:
+        if "restrictions" in node.metadata and node.id not in wanted:
+            del node.metadata["restrictions"]
+    state.restricted = set(wanted)
 
 
 @hookimpl(trylast=True)
 def wyneos_deliver(ctx: TickContext, action: Action, sender: str, receiver: str) -> bool:
     """The builtin transport: logs the hop and acknowledges it (in-process cluster)."""
-    log.debug("tick %d: %s %s -> %s (%s -> %s)", ctx.tick, action.type, action.target, receiver, sender, receiver)
+    log.debug("tick %d: %s %s: %s -> %s", ctx.tick, action.type, action.target, sender, receiver)
     return True
