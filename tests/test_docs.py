@@ -1,0 +1,29 @@
+"""Run the examples in the docs: every ```python block of the pages below, in order."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+#: pages whose python blocks form one program, run top to bottom.
+PAGES = ["architecture.md", "quickstart.md", "configuration.md"]
+
+
+def python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_python_examples_run(page, tmp_path, monkeypatch):
+    blocks = python_blocks(DOCS / page)
+    assert blocks, f"{page} has no python examples"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": f"docs_{page.replace('.', '_')}"}
+    for index, block in enumerate(blocks):
+        code = compile(block, f"{page} (example {index + 1})", "exec")
+        exec(code, namespace)  # noqa: S102 - our own documentation, not user input
