@@ -1,36 +1,129 @@
 """Builtin licence validation: asks the configured licence sources, in order, per node.
 
-(Interim version: the signed-licence implementation replaces this module.)
+At startup the plugin collects every source offered through ``wyneos_licence_sources``
+(its own contribution is the file source, named ``file``), loads the trusted issuer
+keys and builds a ``wyneos_core.licensing.engine.LicenceEngine``. Each tick it
+verifies signatures (once per document), checks dates, customer, product, machine
+pairing, seats, revocation, replay and entitlements, and caches results
+(``licence.cache_ttl``). A source that cannot answer follows ``licence.outage``.
+
+In the enforcement step it proposes one ``revoke`` action, targeted at every node
+(``"*"``), for each licence on the accepted revocation list; the decide step keeps
+them in force, and propagation carries them to every reachable node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from wyneos_core import hookimpl
-from wyneos_core.model import LicenceResult, Node
+from wyneos_core.config import Config
+from wyneos_core.licensing.engine import LicenceEngine
+from wyneos_core.licensing.keys import KeyError_, KeyRing
+from wyneos_core.licensing.settings import LicenceSettings
+from wyneos_core.licensing.sources import FileSource
+from wyneos_core.model import Action, ActionType, LicenceResult, Node, PluginError, Severity
 from wyneos_core.tick import Orchestrator, TickContext
+
+__all__ = ["engine_of", "settings_of"]
+
+
+def settings_of(config: Config) -> LicenceSettings:
+    return LicenceSettings.from_config(config["licence"], config.resolve)
+
+
+def engine_of(orchestrator: Orchestrator) -> LicenceEngine:
+    """The running licence engine of ``orchestrator`` (built at startup)."""
+    engine = getattr(orchestrator, "_licence_engine", None)
+    if engine is None:
+        orchestrator.start()
+        engine = getattr(orchestrator, "_licence_engine", None)
+        if engine is None:  # startup of this plugin failed; validate with nothing trusted
+            engine = _build(orchestrator, [])
+    return engine
+
+
+@hookimpl
+def wyneos_licence_sources(config: Config) -> Any:
+    settings = settings_of(config)
+    return FileSource(settings.directory, settings.mapping, name="file", rescan=settings.rescan)
+
+
+def _build(orchestrator: Orchestrator, errors: list[PluginError]) -> LicenceEngine:
+    settings = settings_of(orchestrator.config)
+    sources: dict[str, Any] = {}
+    for plugin, batch in orchestrator.pm.call_each("wyneos_licence_sources", errors, config=orchestrator.config):
+        for source in batch if isinstance(batch, (list, tuple)) else [batch]:
+            name = getattr(source, "name", None)
+            if not isinstance(name, str) or not callable(getattr(source, "lookup", None)):
+                errors.append(PluginError(plugin, "wyneos_licence_sources",
+                                          f"{source!r:.80} is not a licence source (needs name and lookup)",
+                                          kind="invalid_result"))
+                continue
+            if name in sources:
+                errors.append(PluginError(plugin, "wyneos_licence_sources",
+                                          f"a licence source named {name!r} exists already; this one is ignored",
+                                          kind="invalid_result"))
+                continue
+            sources[name] = source
+    try:
+        keyring = KeyRing.from_paths(settings.trusted_keys)
+    except KeyError_ as exc:
+        errors.append(PluginError("licence", "wyneos_startup", f"licence.trusted_keys: {exc}"))
+        keyring = KeyRing()
+    engine = LicenceEngine(settings, keyring, sources)
+    if not keyring:
+        engine.notes.append("licence.trusted_keys names no usable key: every licence fails with unknown_key")
+    orchestrator._licence_engine = engine  # type: ignore[attr-defined]
+    return engine
 
 
 @hookimpl
 def wyneos_startup(orchestrator: Orchestrator) -> None:
-    sources = {}
-    for batch in orchestrator.pm.hook.wyneos_licence_sources(config=orchestrator.config):
-        for source in batch if isinstance(batch, (list, tuple)) else [batch]:
-            sources[source.name] = source
-    orchestrator._licence_sources = sources  # type: ignore[attr-defined]
+    errors: list[PluginError] = []
+    engine = _build(orchestrator, errors)
+    orchestrator.startup_errors.extend(errors)
+    for name in engine.missing_sources:
+        orchestrator.startup_errors.append(PluginError(
+            "licence", "wyneos_startup",
+            f"licence.sources names {name!r}, but no installed plugin offers a source of that name "
+            f"(available: {', '.join(s.name for s in engine.sources) or 'none'})", kind="invalid_result"))
 
 
 @hookimpl
 def wyneos_licence_validate(ctx: TickContext, nodes: Sequence[Node]) -> list[LicenceResult]:
-    sources = getattr(ctx.orchestrator, "_licence_sources", {})
-    order = [sources[name] for name in ctx.config["licence"]["sources"] if name in sources]
-    out = []
-    for node in nodes:
-        result = None
-        for source in order:
-            result = source.lookup(node, ctx)
-            if result is not None:
-                break
-        out.append(result or LicenceResult(node.id, False, "no_licence", "no source has a licence for this node"))
-    return out
+    engine = engine_of(ctx.orchestrator)
+    pending_notes = engine.notes
+    engine.begin(ctx.now)
+    results = engine.validate(nodes, ctx.now)
+    for note in [*pending_notes, *engine.notes]:
+        ctx.note(note)
+    ctx.scratch["licence"] = dict(engine.stats)
+    return results
+
+
+@hookimpl
+def wyneos_enforcement(ctx: TickContext) -> list[Action]:
+    engine = getattr(ctx.orchestrator, "_licence_engine", None)
+    if engine is None:
+        return []
+    revocations = engine.revocations
+    return [
+        Action(ActionType.REVOKE, "*", f"licence {entry.licence_id} revoked (revocation list version "
+               f"{revocations.version})" + (f": {entry.reason}" if entry.reason else ""),
+               "licence", Severity.CRITICAL, {"licence_id": entry.licence_id})
+        for entry in sorted(revocations.entries.values(), key=lambda e: e.licence_id)
+    ]
+
+
+@hookimpl
+def wyneos_shutdown(orchestrator: Orchestrator) -> None:
+    engine = getattr(orchestrator, "_licence_engine", None)
+    if engine is None:
+        return
+    engine.ledger.save()
+    for source in engine.sources:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()

@@ -17,6 +17,7 @@ import random
 from typing import Any
 
 from wyneos_core import hookimpl
+from wyneos_core.demo.licences import demo_fingerprint
 from wyneos_core.model import Heartbeat
 from wyneos_core.tick import TickContext
 
@@ -34,10 +35,18 @@ class DemoCluster:
         rng = random.Random(settings.get("seed", 0))
         self._rng = rng
         self._loads: dict[str, float] = {}
+        self.settings_keys: str = settings.get("keys", ".wyneos/demo-keys")
 
     @hookimpl
-    def wyneos_licence_sources(self, config: Any) -> Any:
-        return _RefSource()
+    def wyneos_configure(self, config: Any) -> None:
+        """Make the demo's real signed licences (issuer key at first run, see ``demo.licences``)."""
+        import time
+
+        from wyneos_core.demo.licences import ensure_demo_licences
+
+        settings = config["licence"]
+        keys = config.resolve(self.settings_keys)
+        ensure_demo_licences(keys, config.resolve(settings["directory"]), config["nodes"], time.time())
 
     def _load(self, node_id: str) -> float:
         if node_id not in self._loads:
@@ -62,19 +71,5 @@ class DemoCluster:
             metadata.update(b.get("metadata", {}))
             for key in b.get("drop_metadata", []):
                 metadata.pop(key, None)
-            out.append(Heartbeat(node_id, ts, load, metadata))
+            out.append(Heartbeat(node_id, ts, load, metadata, fingerprint=demo_fingerprint(node_id)))
         return out
-
-
-class _RefSource:
-    """Interim demo licence source: a node with a licence reference holds a valid licence."""
-
-    name = "demo"
-
-    def lookup(self, node, ctx):  # noqa: ANN001
-        from wyneos_core.model import LicenceResult
-
-        if node.licence_ref:
-            return LicenceResult(node.id, True, "ok", "demo licence", licence_id=node.licence_ref, source="demo")
-        return None
-

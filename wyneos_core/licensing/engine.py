@@ -1,0 +1,359 @@
+"""The licence step's work: ask sources, verify, check, count seats, cache.
+
+``LicenceEngine.validate(nodes, now)`` returns one ``LicenceResult`` per node. It is
+kept apart from the plugin so that tests and benchmarks can drive it directly.
+
+Caching: a node's result is kept until the first of
+
+* ``cache_ttl`` seconds after the sources were last asked for it;
+* the next moment its licence changes state (not-before, expiry, end of grace, end of
+  a clock-rollback hold);
+* a change of what the result depends on: the node's licence reference, fingerprint,
+  rollback time, ``metadata.features`` or ``metadata.customer``, the revocation list,
+  the data of any source (its ``generation``) or a renewal seen of any licence.
+
+Signature verification is cached per document (by SHA-256 of its bytes), so an
+unchanged licence is verified once, however many nodes share it. Seat counting runs
+every tick over the nodes whose valid licence has a seat limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from wyneos_core.licensing.document import Licence, format_time, verify_licence
+from wyneos_core.licensing.entitlements import Entitlements, requested_features
+from wyneos_core.licensing.envelope import EnvelopeError
+from wyneos_core.licensing.keys import KeyRing
+from wyneos_core.licensing.ledger import Ledger
+from wyneos_core.licensing.revocation import Revocation, RevocationList
+from wyneos_core.licensing.seats import allocate_seats
+from wyneos_core.licensing.settings import LicenceSettings
+from wyneos_core.licensing.sources import LicenceRecord, SourceUnavailable
+from wyneos_core.model import LicenceResult, Node, NodeStatus
+
+__all__ = ["LicenceEngine"]
+
+_MAX_VERIFIED = 200_000
+_INF = float("inf")
+
+
+class LicenceEngine:
+    """Validates the licences of a cluster's nodes tick after tick.
+
+    :param settings: the resolved ``licence`` settings.
+    :param keyring: trusted issuer keys.
+    :param sources: available sources by name; they are asked in ``settings.sources`` order.
+    """
+
+    def __init__(self, settings: LicenceSettings, keyring: KeyRing, sources: dict[str, Any],
+                 ledger: Ledger | None = None) -> None:
+        self.settings = settings
+        self.keyring = keyring
+        self.sources = [sources[name] for name in settings.sources if name in sources]
+        self.missing_sources = [name for name in settings.sources if name not in sources]
+        self.entitlements = Entitlements(settings.tiers)
+        self.ledger = ledger if ledger is not None else Ledger(settings.ledger)
+        self.revocations = RevocationList()
+        self._rev_stamp: tuple[int, int, int] | None = None
+        self._verified: dict[str, Licence | EnvelopeError] = {}
+        #: node id -> (inputs, epoch, fresh_until, result, seat (licence_id, seats) or None)
+        self._cache: dict[str, tuple[Any, int, float, LicenceResult, tuple[str, int] | None]] = {}
+        self._last_good: dict[str, tuple[LicenceResult, float]] = {}
+        self._generations: tuple[Any, ...] = ()
+        self.epoch = 0
+        self._renewed = False
+        self.notes: list[str] = []
+        self.new_revocations: list[Revocation] = []
+        self.stats = {"cached": 0, "looked_up": 0, "verified": 0, "unavailable": 0}
+
+    # -- per tick -------------------------------------------------------------------------
+
+    def begin(self, now: float) -> None:
+        """Refresh sources and the revocation list; called once at the start of a tick."""
+        self.notes = []
+        self.new_revocations = []
+        self.stats = {"cached": 0, "looked_up": 0, "verified": 0, "unavailable": 0}
+        if self._renewed:
+            self._renewed = False
+            self.epoch += 1
+        for source in self.sources:
+            refresh = getattr(source, "refresh", None)
+            if refresh is not None:
+                try:
+                    refresh(now)
+                except Exception as exc:  # noqa: BLE001 - a source failing is an outage, not a crash
+                    self.notes.append(f"licence source {source.name!r} could not refresh: {type(exc).__name__}: {exc}")
+        generations = tuple(getattr(s, "generation", None) for s in self.sources)
+        if generations != self._generations:
+            self._generations = generations
+            self.epoch += 1
+        self._reload_revocations()
+
+    def _reload_revocations(self) -> None:
+        path = self.settings.revocations
+        if path is None:
+            return
+        try:
+            st = path.stat()
+            stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = None
+        if stamp == self._rev_stamp:
+            return
+        self._rev_stamp = stamp
+        if stamp is None:
+            if self.revocations.version:
+                self.notes.append(f"revocation list {path} disappeared; keeping version {self.revocations.version}")
+            return
+        try:
+            fresh = RevocationList.load(path, self.keyring)
+        except EnvelopeError as exc:
+            self.notes.append(f"revocation list {path} refused ({exc.reason}): {exc}; "
+                              f"keeping version {self.revocations.version}")
+            return
+        floor = max(self.revocations.version, self.ledger.revocation_version)
+        if fresh.version < floor:
+            self.notes.append(f"revocation list {path} has version {fresh.version}, older than version {floor} "
+                              "already accepted: refused (replayed old list?)")
+            if not self.revocations.version:
+                self.notes.append("no accepted revocation list in memory: revoked licences stay unknown until a "
+                                  "list at least as new is provided")
+            return
+        if fresh.version == self.revocations.version:
+            return
+        added = [fresh.entries[i] for i in sorted(set(fresh.entries) - set(self.revocations.entries))]
+        if fresh.version > self.ledger.revocation_version:
+            self.ledger.revocation_version = fresh.version
+            self.ledger.dirty = True
+        self.revocations = fresh
+        self.new_revocations = added
+        self.epoch += 1
+        self.notes.append(f"revocation list version {fresh.version} accepted: {len(fresh.entries)} revoked "
+                          f"licence(s), {len(added)} new")
+
+    def validate(self, nodes: Sequence[Node], now: float) -> list[LicenceResult]:
+        """One result per node, in the order of ``nodes``."""
+        out: list[LicenceResult | None] = []
+        append = out.append
+        misses: list[tuple[int, Node, tuple]] = []
+        seated: list[tuple[tuple[str, int], Node]] = []
+        cache_get = self._cache.get
+        epoch = self.epoch
+        for node in nodes:
+            md = node.metadata
+            key = (node.licence_ref, node.fingerprint, node.last_rollback, md.get("features"), md.get("customer"))
+            entry = cache_get(node.id)
+            if entry is not None and entry[1] == epoch and now < entry[2] and entry[0] == key:
+                append(entry[3])
+                if entry[4] is not None:
+                    seated.append((entry[4], node))
+            else:
+                misses.append((len(out), node, key))
+                append(None)
+        self.stats["cached"] = len(nodes) - len(misses)
+        if misses:
+            self._resolve(misses, out, seated, now)
+        if seated:
+            self._seats(seated, out, nodes, now)
+        self.ledger.save()
+        return out  # type: ignore[return-value]
+
+    # -- sources --------------------------------------------------------------------------
+
+    def _resolve(self, misses: list[tuple[int, Node, tuple]], out: list, seated: list, now: float) -> None:
+        self.stats["looked_up"] = len(misses)
+        pending = [node for _, node, _ in misses]
+        records: dict[str, LicenceRecord] = {}
+        failures: dict[str, list[str]] = {}
+        for source in self.sources:
+            if not pending:
+                break
+            answers = self._ask(source, pending, now, failures)
+            still = []
+            for node in pending:
+                record = answers.get(node.id)
+                if record is None:
+                    still.append(node)
+                else:
+                    records[node.id] = record
+            pending = still
+        unavailable_nodes = 0
+        policy = self.settings.outage_policy
+        for index, node, key in misses:
+            record = records.get(node.id)
+            if record is None:
+                if node.id in failures:
+                    unavailable_nodes += 1
+                    out[index] = self._outage(node, failures[node.id], now)
+                    continue
+                asked = ", ".join(s.name for s in self.sources) or "none configured"
+                result = LicenceResult(node.id, False, "no_licence",
+                                       f"no source ({asked}) has a licence for reference {node.licence_ref!r}"
+                                       if node.licence_ref else f"the node names no licence (sources: {asked})")
+                fresh, seat = now + self.settings.cache_ttl, None
+            else:
+                result, fresh, seat = self._check(node, record, now)
+                if result.valid:
+                    self._last_good[node.id] = (result, now)
+            self._cache[node.id] = (key, self.epoch, fresh, result, seat)
+            out[index] = result
+            if seat is not None:
+                seated.append((seat, node))
+        if unavailable_nodes:
+            self.stats["unavailable"] = unavailable_nodes
+            self.notes.append(f"licence sources could not answer for {unavailable_nodes} node(s); outage policy "
+                              f"{policy} applied (grace {self.settings.outage_grace:g}s)")
+
+    def _ask(self, source: Any, pending: list[Node], now: float, failures: dict[str, list[str]]) -> dict:
+        many = getattr(source, "lookup_many", None)
+        try:
+            if many is not None:
+                answers = many(pending, now)
+                if not isinstance(answers, dict):
+                    raise SourceUnavailable(f"lookup_many returned {type(answers).__name__}, expected a dict")
+            else:
+                answers = {}
+                for node in pending:
+                    try:
+                        answers[node.id] = source.lookup(node, now)
+                    except SourceUnavailable as exc:
+                        failures.setdefault(node.id, []).append(f"{source.name}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any failure of a source is an outage for its nodes
+            what = str(exc) if isinstance(exc, SourceUnavailable) else f"{type(exc).__name__}: {exc}"
+            self.notes.append(f"licence source {source.name!r} unavailable: {what}")
+            for node in pending:
+                failures.setdefault(node.id, []).append(f"{source.name}: {what}")
+            return {}
+        for node in pending:
+            if node.id not in answers and node.id not in failures:
+                failures.setdefault(node.id, []).append(f"{source.name}: no answer for this node")
+        bad = [nid for nid, rec in answers.items() if rec is not None and not isinstance(rec, LicenceRecord)]
+        for nid in bad:
+            failures.setdefault(nid, []).append(f"{source.name}: returned {type(answers[nid]).__name__}, "
+                                                "not a LicenceRecord")
+            answers[nid] = None
+        return answers
+
+    def _outage(self, node: Node, why: list[str], now: float) -> LicenceResult:
+        settings = self.settings
+        reasons = "; ".join(why)
+        if settings.outage_policy == "fail-open":
+            good = self._last_good.get(node.id)
+            if good is not None and now - good[1] <= settings.outage_grace:
+                r = good[0]
+                left = settings.outage_grace - (now - good[1])
+                return LicenceResult(
+                    node.id, True, "source_unavailable",
+                    f"{reasons}; policy fail-open: last good result (licence {r.licence_id}) kept, "
+                    f"{left:.0f}s of outage grace left", r.licence_id, r.customer, r.product, r.tier, r.features,
+                    r.expires, True, r.source)
+            detail = (f"{reasons}; policy fail-open, but " +
+                      ("no earlier good result is known" if good is None else
+                       f"the outage grace of {settings.outage_grace:g}s is over"))
+        else:
+            detail = f"{reasons}; policy fail-closed"
+        return LicenceResult(node.id, False, "source_unavailable", detail)
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def verify(self, record: LicenceRecord) -> Licence | EnvelopeError:
+        """Verify a document once; later calls with the same bytes answer from the cache."""
+        found = self._verified.get(record.digest)
+        if found is None:
+            self.stats["verified"] += 1
+            try:
+                found = verify_licence(record.document, self.keyring)
+            except EnvelopeError as exc:
+                found = exc
+            if len(self._verified) >= _MAX_VERIFIED:
+                self._verified.clear()
+            self._verified[record.digest] = found
+        return found
+
+    def _check(self, node: Node, record: LicenceRecord, now: float
+               ) -> tuple[LicenceResult, float, tuple[str, int] | None]:
+        settings = self.settings
+        fresh = now + settings.cache_ttl
+        lic = self.verify(record)
+        nid = node.id
+        if isinstance(lic, EnvelopeError):
+            return LicenceResult(nid, False, lic.reason, f"{record.origin or record.source}: {lic}",
+                                 source=record.source), fresh, None
+        granted = self.entitlements.granted(lic.tier, lic.features)
+        features = tuple(sorted(granted))
+
+        def result(valid: bool, reason: str, detail: str, in_grace: bool = False,
+                   feats: tuple[str, ...] = features) -> LicenceResult:
+            return LicenceResult(nid, valid, reason, detail, lic.licence_id, lic.customer, lic.product, lic.tier,
+                                 feats, lic.expires, in_grace, record.source)
+
+        lid = lic.licence_id
+        if lid in self.revocations:
+            entry = self.revocations.entries[lid]
+            return result(False, "revoked", f"licence {lid} revoked at {format_time(entry.revoked_at)} "
+                          f"(revocation list version {self.revocations.version})"
+                          + (f": {entry.reason}" if entry.reason else "")), fresh, None
+        if record.status == "suspended":
+            return result(False, "suspended", f"source {record.source} reports licence {lid} suspended"), fresh, None
+        if lic.product != settings.product:
+            return result(False, "product_mismatch",
+                          f"licence {lid} is for product {lic.product!r}, this cluster runs {settings.product!r}"
+                          ), fresh, None
+        customer = node.metadata.get("customer") or settings.customer
+        if customer and lic.customer != customer:
+            return result(False, "customer_mismatch",
+                          f"licence {lid} is issued to {lic.customer!r}, the node belongs to {customer!r}"), fresh, None
+        newer = self.ledger.seen(lid, lic.issued)
+        if newer is not None:
+            return result(False, "superseded", f"licence {lid} issued {format_time(lic.issued)} was replaced by "
+                          f"an issue of {format_time(newer)}: an old licence replayed"), fresh, None
+        if self.ledger.renewed:  # results cached from the older issue are dropped next tick
+            self.ledger.renewed = False
+            self._renewed = True
+        if lic.fingerprints and node.fingerprint not in lic.fingerprints:
+            shown = node.fingerprint if node.fingerprint is None else node.fingerprint[:23] + "..."
+            return result(False, "machine_mismatch", f"licence {lid} is paired with {len(lic.fingerprints)} "
+                          f"machine(s); node key {shown} is not one of them"), fresh, None
+        rollback = node.last_rollback
+        if rollback is not None and now - rollback < settings.rollback_hold:
+            return result(False, "clock_rollback", f"node reported a time well before its last one at "
+                          f"{format_time(rollback)}; licence checks distrust its clock for "
+                          f"{settings.rollback_hold:g}s"), min(fresh, rollback + settings.rollback_hold), None
+        if now < lic.not_before:
+            return result(False, "not_yet_valid", f"licence {lid} is valid from {format_time(lic.not_before)}"
+                          ), min(fresh, lic.not_before), None
+        grace_until = lic.grace_until
+        if now >= grace_until:
+            return result(False, "expired", f"licence {lid} expired {format_time(lic.expires)}"
+                          + (f", grace of {lic.grace_days} day(s) over" if lic.grace_days else "")), fresh, None
+        wanted = requested_features(node, settings.required_features)
+        if wanted:
+            missing = self.entitlements.missing(granted, wanted)
+            if missing:
+                return result(False, "entitlement_missing", f"licence {lid} (tier {lic.tier}) does not grant "
+                              f"{', '.join(missing)}", feats=tuple(missing)), fresh, None
+        seat = (lid, lic.seats) if lic.seats is not None else None
+        if now >= lic.expires:
+            return result(True, "expired", f"licence {lid} expired {format_time(lic.expires)}; in grace until "
+                          f"{format_time(grace_until)}", True), min(fresh, grace_until), seat
+        return result(True, "ok", f"licence {lid} valid until {format_time(lic.expires)}"), \
+            min(fresh, lic.expires), seat
+
+    def _seats(self, seated: list[tuple[tuple[str, int], Node]], out: list, nodes: Sequence[Node],
+               now: float) -> None:
+        count_offline = self.settings.count_offline_seats
+        offline = NodeStatus.OFFLINE
+        holders = [(seat, node) for seat, node in seated if count_offline or node.status is not offline]
+        losers = allocate_seats(holders)
+        if not losers:
+            return
+        index = {node.id: i for i, node in enumerate(nodes)} if len(losers) > 64 else None
+        for node_id, (lid, seats, users, rank) in losers.items():
+            i = index[node_id] if index is not None else next(k for k, n in enumerate(nodes) if n.id == node_id)
+            r = out[i]
+            out[i] = LicenceResult(node_id, False, "too_many_nodes",
+                                   f"licence {lid} has {seats} seat(s) and {users} nodes use it; this node is "
+                                   f"number {rank} by registration time then id", r.licence_id, r.customer,
+                                   r.product, r.tier, r.features, r.expires, False, r.source)

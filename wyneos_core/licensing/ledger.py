@@ -1,0 +1,52 @@
+"""Replay protection that survives restarts: the newest issue seen of each licence,
+and the newest revocation-list version accepted.
+
+Kept in a small JSON file written atomically when it changes (``licence.ledger``); with
+no path it lives in memory only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from wyneos_core.licensing.revocation import write_atomic
+
+__all__ = ["Ledger"]
+
+
+class Ledger:
+    __slots__ = ("path", "newest", "revocation_version", "dirty", "renewed")
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else None
+        self.newest: dict[str, float] = {}
+        self.revocation_version = 0
+        self.dirty = False
+        #: set when a newer issue of an already known licence was seen (a renewal)
+        self.renewed = False
+        if self.path is not None and self.path.exists():
+            try:
+                data = json.loads(self.path.read_text("utf-8"))
+                self.newest = {str(k): float(v) for k, v in data.get("newest_issue", {}).items()}
+                self.revocation_version = int(data.get("revocation_version", 0))
+            except (ValueError, TypeError, AttributeError, OSError) as exc:
+                raise ValueError(f"{self.path}: not a licence ledger ({exc}); move it away to start afresh") from None
+
+    def seen(self, licence_id: str, issued: float) -> float | None:
+        """Record an issue of ``licence_id``; return the newer issue time if this one is older."""
+        newest = self.newest.get(licence_id)
+        if newest is None or issued > newest:
+            if newest is not None:
+                self.renewed = True
+            self.newest[licence_id] = issued
+            self.dirty = True
+            return None
+        return newest if issued < newest else None
+
+    def save(self) -> None:
+        if self.path is None or not self.dirty:
+            return
+        data = {"newest_issue": self.newest, "revocation_version": self.revocation_version}
+        write_atomic(self.path, json.dumps(data, sort_keys=True) + "\n", mode=0o600)
+        self.dirty = False
