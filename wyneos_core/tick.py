@@ -9,8 +9,8 @@ from typing import Any
 
 from wyneos_core.config import Config
 from wyneos_core.intake import HeartbeatQueue
-from wyneos_core.mesh import Mesh, build_topology
-from wyneos_core.model import Action, Delivery, LicenceResult, Node, PluginError, RuleResult, TickReport
+from wyneos_core.mesh import Mesh, RoutingTree, build_topology
+from wyneos_core.model import Action, Delivery, LicenceResult, Node, NodeStatus, PluginError, RuleResult, TickReport
 from wyneos_core.plugins import PluginManager
 from wyneos_core.registry import Registry
 from wyneos_core.store import StateStore
@@ -38,6 +38,20 @@ class TickContext:
     def note(self, text: str) -> None:
         """Add a human-readable line to the tick report."""
         self.report.notes.append(text)
+
+    def routing_tree(self, refresh: bool = False) -> RoutingTree:
+        """The tick's routing tree from the orchestrator, avoiding offline nodes.
+
+        Computed once per tick and shared by every step that needs reachability
+        (decide, propagate, reports); ``refresh=True`` recomputes it after the mesh
+        changed (an isolation cut edges).
+        """
+        tree = self.scratch.get("routing_tree")
+        if tree is None or refresh:
+            offline = NodeStatus.OFFLINE
+            avoid = {n.id: "offline" for n in self.registry if n.status is offline}
+            tree = self.scratch["routing_tree"] = self.mesh.routing_tree(avoid)
+        return tree
 
 
 class Orchestrator:
