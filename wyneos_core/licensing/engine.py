@@ -194,7 +194,7 @@ class LicenceEngine:
                                        if node.licence_ref else f"the node names no licence (sources: {asked})")
                 fresh, seat = now + self.settings.cache_ttl, None
             else:
-                result, fresh, seat = self._check(node, record, now)
+                result, fresh, seat = self.check(node, record, now)
                 if result.valid:
                     self._last_good[node.id] = (result, now)
             self._cache[node.id] = (key, self.epoch, fresh, result, seat)
@@ -272,8 +272,12 @@ class LicenceEngine:
             self._verified[record.digest] = found
         return found
 
-    def _check(self, node: Node, record: LicenceRecord, now: float
+    def check(self, node: Node, record: LicenceRecord, now: float
                ) -> tuple[LicenceResult, float, tuple[str, int] | None]:
+        """Check one node's licence document: ``(result, fresh_until, seat or None)``.
+
+        Everything but seat counting, which needs the whole cluster.
+        """
         settings = self.settings
         fresh = now + settings.cache_ttl
         lic = self.verify(record)

@@ -1,0 +1,252 @@
+"""``wyneos licence``: keygen, issue, verify, inspect, revoke.
+
+Private keys are written with owner-only permissions and never printed. Exit codes:
+0 success (``verify``: the licence is valid), 1 the licence is not valid, 2 usage or
+input errors (a message names the file and field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from wyneos_core.licensing.document import FORMAT, format_time, issue_licence, parse_licence, parse_time
+from wyneos_core.licensing.engine import LicenceEngine
+from wyneos_core.licensing.envelope import EnvelopeError, parse_envelope, verify_envelope
+from wyneos_core.licensing.keys import (
+    KeyError_,
+    KeyRing,
+    generate_key,
+    key_id,
+    load_private_key,
+    write_private_key,
+    write_public_key,
+)
+from wyneos_core.licensing.revocation import RevocationList, write_atomic
+from wyneos_core.licensing.settings import LicenceSettings
+from wyneos_core.licensing.sources import LicenceRecord
+from wyneos_core.model import Node
+
+__all__ = ["register", "parse_when"]
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+_RELATIVE = re.compile(r"^([+-]?\d+)([dhms])$")
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_when(text: str, now: float, field: str) -> float:
+    """``2027-01-31``, ``2027-01-31T12:00:00Z``, ``+365d``, ``-2h`` or ``now`` -> epoch seconds."""
+    if text == "now":
+        return float(int(now))
+    m = _RELATIVE.match(text)
+    if m:
+        return float(int(now) + int(m.group(1)) * _UNITS[m.group(2)])
+    if re.match(r"^\d{4}-\d{2}-\d{2}$", text):
+        text += "T00:00:00Z"
+    try:
+        return parse_time(text, field)
+    except EnvelopeError as exc:
+        raise UsageError(f"{field}: expected YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ, now or +Nd/+Nh, got {text!r}") from exc
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("licence", help="make, check and revoke signed licences")
+    lsub = p.add_subparsers(dest="licence_command", metavar="ACTION")
+
+    k = lsub.add_parser("keygen", help="create an Ed25519 issuer key pair (NAME.key 0600, NAME.pub)")
+    k.add_argument("--out", default=".", metavar="DIR", help="directory for the key files (default: .)")
+    k.add_argument("--name", default="issuer", help="file name stem (default: issuer)")
+    k.add_argument("--force", action="store_true", help="replace existing key files")
+    k.set_defaults(func=cmd_keygen)
+
+    i = lsub.add_parser("issue", help="sign a new licence")
+    i.add_argument("--key", required=True, metavar="FILE", help="issuer private key (PEM)")
+    i.add_argument("--id", required=True, dest="licence_id", help="licence id")
+    i.add_argument("--customer", required=True)
+    i.add_argument("--expires", required=True, help="YYYY-MM-DD, full UTC time, or +365d")
+    i.add_argument("--product", default="wyneos")
+    i.add_argument("--tier", default="standard")
+    i.add_argument("--feature", action="append", default=[], help="granted feature (repeatable)")
+    i.add_argument("--seats", type=int, help="how many nodes may use it at once")
+    i.add_argument("--fingerprint", action="append", default=[], help="node key fingerprint it is paired with "
+                   "(repeatable)")
+    i.add_argument("--grace-days", type=int, default=0)
+    i.add_argument("--not-before", help="valid from (default: now)")
+    i.add_argument("--issued", help="issue time (default: now)")
+    i.add_argument("--out", "-o", metavar="FILE", help="write here (default: stdout)")
+    i.set_defaults(func=cmd_issue)
+
+    v = lsub.add_parser("verify", help="verify a licence file and check it as the orchestrator would")
+    v.add_argument("file")
+    v.add_argument("--trusted", action="append", required=True, metavar="PUB",
+                   help="trusted public key file or directory of *.pub (repeatable)")
+    v.add_argument("--product", default="wyneos")
+    v.add_argument("--customer")
+    v.add_argument("--fingerprint", help="the node's key fingerprint (for paired licences)")
+    v.add_argument("--feature", action="append", default=[], help="a feature the node needs (repeatable)")
+    v.add_argument("--revocations", metavar="FILE", help="signed revocation list to consult")
+    v.add_argument("--at", help="check at this time instead of now")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+
+    n = lsub.add_parser("inspect", help="show a licence's fields (and whether its signature verifies)")
+    n.add_argument("file")
+    n.add_argument("--trusted", action="append", default=[], metavar="PUB")
+    n.add_argument("--json", action="store_true")
+    n.set_defaults(func=cmd_inspect)
+
+    r = lsub.add_parser("revoke", help="add a licence to a signed revocation list (version + 1)")
+    r.add_argument("licence_id")
+    r.add_argument("--key", required=True, metavar="FILE", help="issuer private key (PEM)")
+    r.add_argument("--list", required=True, dest="list_path", metavar="FILE", help="revocation list file")
+    r.add_argument("--trusted", action="append", default=[], metavar="PUB",
+                   help="other keys the existing list may be signed with (rotation)")
+    r.add_argument("--reason", default="")
+    r.set_defaults(func=cmd_revoke)
+
+    p.set_defaults(func=lambda args: _help(p))
+
+
+def _help(p: argparse.ArgumentParser) -> int:
+    p.print_help()
+    return EXIT_USAGE
+
+
+def _guard(fn):  # noqa: ANN001, ANN202
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (UsageError, KeyError_, EnvelopeError, FileExistsError, OSError, ValueError) as exc:
+            if isinstance(exc, FileExistsError):
+                msg = f"{exc.filename}: exists already (use --force to replace it)"
+            elif isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
+                msg = f"{exc.filename or ''}: {exc.strerror or exc}"
+            else:
+                msg = str(exc)
+            print(f"wyneos licence: error: {msg}", file=sys.stderr)
+            return EXIT_USAGE
+    run.__name__ = fn.__name__
+    return run
+
+
+@_guard
+def cmd_keygen(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    key = generate_key()
+    private = write_private_key(out / f"{args.name}.key", key, overwrite=args.force)
+    public = write_public_key(out / f"{args.name}.pub", key, overwrite=args.force)
+    print(f"private key: {private} (mode 0600; keep it secret, it is not printed)")
+    print(f"public key:  {public}")
+    print(f"key id:      {key_id(key)}")
+    return EXIT_OK
+
+
+def _read(path: str) -> bytes:
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+@_guard
+def cmd_issue(args: argparse.Namespace) -> int:
+    now = time.time()
+    key = load_private_key(args.key)
+    issued = parse_when(args.issued, now, "--issued") if args.issued else float(int(now))
+    try:
+        doc = issue_licence(
+            key, licence_id=args.licence_id, customer=args.customer, product=args.product, tier=args.tier,
+            features=args.feature, issued=issued, expires=parse_when(args.expires, now, "--expires"),
+            not_before=parse_when(args.not_before, now, "--not-before") if args.not_before else None,
+            grace_days=args.grace_days, seats=args.seats, fingerprints=args.fingerprint,
+        )
+    except EnvelopeError as exc:
+        raise UsageError(f"cannot issue: {exc}") from None
+    text = json.dumps(doc, indent=1) + "\n"
+    if args.out:
+        write_atomic(Path(args.out), text)
+        print(f"licence {args.licence_id} written to {args.out} (key id {doc['payload']['key_id']})",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _keyring(paths: list[str]) -> KeyRing:
+    return KeyRing.from_paths(paths)
+
+
+@_guard
+def cmd_verify(args: argparse.Namespace) -> int:
+    now = time.time()
+    at = parse_when(args.at, now, "--at") if args.at else now
+    settings = LicenceSettings(product=args.product, customer=args.customer, cache_ttl=0,
+                               revocations=Path(args.revocations) if args.revocations else None,
+                               required_features=frozenset(args.feature))
+    engine = LicenceEngine(settings, _keyring(args.trusted), {})
+    engine.begin(at)
+    for note in engine.notes:
+        print(f"note: {note}", file=sys.stderr)
+    node = Node("cli", fingerprint=args.fingerprint)
+    record = LicenceRecord(_read(args.file), "file", origin=args.file)
+    result, _, _ = engine.check(node, record, at)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.to_dict().items() if k != "node_id"}, indent=1))
+    else:
+        state = ("VALID (in grace)" if result.in_grace else "VALID") if result.valid else "INVALID"
+        print(f"{state} {result.reason}: {result.detail}")
+    return EXIT_OK if result.valid else EXIT_INVALID
+
+
+@_guard
+def cmd_inspect(args: argparse.Namespace) -> int:
+    data = _read(args.file)
+    envelope = parse_envelope(data, FORMAT)
+    try:
+        _, lic = parse_licence(envelope)
+        fields = lic.to_payload()
+    except EnvelopeError as exc:
+        fields = dict(envelope["payload"])
+        fields["_problem"] = str(exc)
+    signature = "not checked (give --trusted)"
+    if args.trusted:
+        try:
+            verify_envelope(envelope, _keyring(args.trusted))
+            signature = "valid"
+        except EnvelopeError as exc:
+            signature = f"{exc.reason}: {exc}"
+    if args.json:
+        print(json.dumps({"payload": fields, "signature": signature}, indent=1))
+        return EXIT_OK
+    width = max(len(k) for k in fields)
+    for name, value in fields.items():
+        shown = ", ".join(value) if isinstance(value, list) else ("-" if value is None else value)
+        print(f"{name:<{width}}  {shown}")
+    print(f"{'signature':<{width}}  {signature}")
+    return EXIT_OK
+
+
+@_guard
+def cmd_revoke(args: argparse.Namespace) -> int:
+    key = load_private_key(args.key)
+    ring = _keyring(args.trusted)
+    ring.add(key.public_key(), args.key)
+    path = Path(args.list_path)
+    current = RevocationList.load(path, ring)
+    if args.licence_id in current:
+        print(f"licence {args.licence_id} is already revoked (list version {current.version})", file=sys.stderr)
+        return EXIT_OK
+    new = current.revoke(args.licence_id, now=time.time(), reason=args.reason)
+    new.save(path, key)
+    print(f"licence {args.licence_id} revoked: {path} is now version {new.version} "
+          f"({len(new.entries)} revoked, issued {format_time(new.issued)})")
+    return EXIT_OK
