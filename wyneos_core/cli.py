@@ -22,6 +22,7 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS: tuple[str, ...] = (
     "wyneos_core.cli",  # run, tick, plugins
     "wyneos_core.cli_licence",
+    "wyneos_core.cli_service",
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2

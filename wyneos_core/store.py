@@ -211,3 +211,100 @@ class StateStore:
 
     def forget_node(self, node_id: str) -> None:
         self.conn.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+
+    # -- service mode (wyneos serve): node keys, enrolment tokens, agent acknowledgements --
+
+    _SERVICE_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS node_keys (
+        node_id TEXT PRIMARY KEY,
+        public_key BLOB NOT NULL,
+        fingerprint TEXT NOT NULL,
+        enrolled_at REAL NOT NULL,
+        revoked_at REAL,
+        seq INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS enrol_tokens (
+        token_hash TEXT PRIMARY KEY,
+        node_id TEXT,
+        uses_left INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS action_acks (
+        action_id TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        acked_at REAL NOT NULL,
+        PRIMARY KEY (action_id, node_id)
+    );
+    """
+
+    def ensure_service_tables(self) -> None:
+        """Create the service-mode tables if missing (idempotent)."""
+        self.conn.executescript(self._SERVICE_SCHEMA)
+
+    def add_enrol_token(self, token_hash: str, node_id: str | None, uses: int, expires_at: float, now: float) -> None:
+        self.conn.execute("INSERT INTO enrol_tokens VALUES (?,?,?,?,?)", (token_hash, node_id, uses, expires_at, now))
+
+    def enrol_tokens(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT token_hash, node_id, uses_left, expires_at, created_at FROM enrol_tokens ORDER BY created_at")
+        return [{"token_hash": t, "node_id": n, "uses_left": u, "expires_at": e, "created_at": c}
+                for t, n, u, e, c in rows]
+
+    def use_enrol_token(self, token_hash: str, node_id: str, now: float) -> str | None:
+        """Spend one use of a token for ``node_id``; None on success, else why not."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            row = c.execute("SELECT node_id, uses_left, expires_at FROM enrol_tokens WHERE token_hash=?",
+                            (token_hash,)).fetchone()
+            if row is None:
+                reason = "unknown enrolment token"
+            elif row[0] is not None and row[0] != node_id:
+                reason = f"the enrolment token is for node {row[0]!r}"
+            elif row[1] <= 0:
+                reason = "the enrolment token is used up"
+            elif row[2] < now:
+                reason = "the enrolment token has expired"
+            else:
+                reason = None
+                c.execute("UPDATE enrol_tokens SET uses_left = uses_left - 1 WHERE token_hash=?", (token_hash,))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return reason
+
+    def put_node_key(self, node_id: str, public_key: bytes, fingerprint: str, now: float) -> None:
+        """Enrol (or re-enrol, clearing a revocation) ``node_id`` with ``public_key``."""
+        self.conn.execute(
+            "INSERT INTO node_keys VALUES (?,?,?,?,NULL,(SELECT COALESCE(MAX(seq),0)+1 FROM node_keys)) "
+            "ON CONFLICT(node_id) DO UPDATE SET public_key=excluded.public_key, fingerprint=excluded.fingerprint, "
+            "enrolled_at=excluded.enrolled_at, revoked_at=NULL, seq=excluded.seq",
+            (node_id, public_key, fingerprint, now),
+        )
+
+    def revoke_node_key(self, node_id: str, now: float) -> bool:
+        cur = self.conn.execute(
+            "UPDATE node_keys SET revoked_at=?, seq=(SELECT COALESCE(MAX(seq),0)+1 FROM node_keys) "
+            "WHERE node_id=? AND revoked_at IS NULL", (now, node_id))
+        return cur.rowcount > 0
+
+    def node_keys(self, since_seq: int = 0) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT node_id, public_key, fingerprint, enrolled_at, revoked_at, seq FROM node_keys "
+            "WHERE seq > ? ORDER BY seq", (since_seq,))
+        return [{"node_id": n, "public_key": bytes(k), "fingerprint": f, "enrolled_at": e, "revoked_at": r, "seq": s}
+                for n, k, f, e, r, s in rows]
+
+    def record_action_ack(self, action_id: str, node_id: str, status: str, detail: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO action_acks VALUES (?,?,?,?,?) ON CONFLICT(action_id, node_id) DO UPDATE SET "
+            "status=excluded.status, detail=excluded.detail, acked_at=excluded.acked_at",
+            (action_id, node_id, status, detail[:500], now))
+
+    def action_acks(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT action_id, node_id, status, detail, acked_at FROM action_acks ORDER BY acked_at")
+        return [{"action_id": a, "node_id": n, "status": s, "detail": d, "acked_at": t} for a, n, s, d, t in rows]

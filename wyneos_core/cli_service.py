@@ -1,0 +1,164 @@
+"""``wyneos serve``, ``wyneos agent`` and ``wyneos enrol``: service mode on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+from wyneos_core.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, _common, build
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the orchestrator as an HTTP service (API, dashboard, metrics)")
+    _common(p)
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8420; 0 picks a free one)")
+    p.add_argument("--interval", type=float, help="seconds between ticks (overrides tick.interval)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("agent", help="run a node agent: enrol, send signed heartbeats, apply actions")
+    p.add_argument("--server", required=True, metavar="URL", help="orchestrator URL, e.g. http://127.0.0.1:8420")
+    p.add_argument("--node", required=True, metavar="ID", help="this node's id")
+    p.add_argument("--state-dir", required=True, metavar="DIR", help="keeps node.key, state and actions.log")
+    p.add_argument("--token", help="enrolment token (first start only)")
+    p.add_argument("--interval", type=float, help="seconds between heartbeats (default: the server's)")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="extra metadata (repeatable)")
+    p.add_argument("--hook", metavar="PROGRAM", help="run PROGRAM TYPE TARGET for each action (JSON on stdin)")
+    p.add_argument("--count", type=int, help="stop after N heartbeats")
+    p.add_argument("--duration", type=float, help="stop after N seconds")
+    p.add_argument("--max-backoff", type=float, default=60.0, help="longest wait between retries (s)")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("enrol", help="manage node enrolment: tokens, enrolled keys, revocation")
+    esub = p.add_subparsers(dest="enrol_command", metavar="ACTION")
+    t = esub.add_parser("token", help="create an enrolment token (printed once)")
+    _common(t)
+    t.add_argument("--node", metavar="ID", help="only this node may use it")
+    t.add_argument("--uses", type=int, default=1, help="how many enrolments it allows (default 1)")
+    t.add_argument("--ttl", type=float, default=3600.0, help="seconds it stays valid (default 3600)")
+    t.set_defaults(func=cmd_enrol_token)
+    ls = esub.add_parser("list", help="list enrolled node keys")
+    _common(ls)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_enrol_list)
+    rv = esub.add_parser("revoke", help="revoke a node's key (takes effect at the server's next tick)")
+    _common(rv)
+    rv.add_argument("node", metavar="ID")
+    rv.set_defaults(func=cmd_enrol_revoke)
+    p.set_defaults(func=lambda args: (p.print_help(), EXIT_USAGE)[1])
+
+
+def _settings(args: argparse.Namespace, config):  # noqa: ANN001, ANN202
+    from wyneos_core.service.settings import ServiceSettings
+
+    return ServiceSettings.from_config(config, host=getattr(args, "host", None), port=getattr(args, "port", None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from wyneos_core.service.core import Service
+    from wyneos_core.service.server import serve
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s %(message)s")
+    orchestrator = build(args, stdout_mode="none")
+    settings = _settings(args, orchestrator.config)
+    service = Service(orchestrator, settings, interval=args.interval)
+    cfg = orchestrator.config
+
+    def listening(url: str) -> None:
+        print(f"wyneos serve: listening on {url} (dashboard {url}/, API docs {url}/docs); cluster "
+              f"{cfg['cluster']!r}, {len(orchestrator.registry)} nodes, tick every {service.interval:g}s, "
+              f"state in {cfg.resolve(cfg['state']['path'])}", flush=True)
+
+    serve(service, log_level=args.log_level, on_listening=listening)
+    print(f"wyneos serve: stopped after tick {orchestrator.tick_number}", flush=True)
+    return EXIT_OK
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from wyneos_core.loop import stop_on_signals
+    from wyneos_core.service.agent import Agent, AgentError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    metadata = {}
+    for item in args.meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"wyneos agent: --meta {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        metadata[key] = value
+    try:
+        agent = Agent(args.server, args.node, args.state_dir, token=args.token, interval=args.interval,
+                      metadata=metadata, hook=args.hook, max_backoff=args.max_backoff)
+        print(f"wyneos agent: node {args.node} key {agent.fingerprint}, server {args.server}", flush=True)
+        stop = threading.Event()
+        with stop_on_signals(stop):
+            stats = agent.run(count=args.count, duration=args.duration, stop=stop)
+    except AgentError as exc:
+        print(f"wyneos agent: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"wyneos agent: sent {stats.sent}, accepted {stats.accepted}, refused {stats.refused}, "
+          f"connection failures {stats.failures}, actions applied {len(stats.applied)}", flush=True)
+    return EXIT_OK
+
+
+def _store(args: argparse.Namespace):  # noqa: ANN202
+    from wyneos_core.config import load_config
+    from wyneos_core.store import StateStore
+
+    config = load_config(args.config)
+    path = args.state or config["state"]["path"]
+    store = StateStore.open(config.resolve(path))
+    store.ensure_service_tables()
+    return store
+
+
+def cmd_enrol_token(args: argparse.Namespace) -> int:
+    from wyneos_core.registry import NODE_ID_PATTERN
+    from wyneos_core.service.core import hash_token, new_token
+
+    if args.node is not None and not NODE_ID_PATTERN.match(args.node):
+        print(f"wyneos enrol token: --node {args.node!r} is not a valid node id", file=sys.stderr)
+        return EXIT_USAGE
+    if args.uses < 1 or args.ttl <= 0:
+        print("wyneos enrol token: --uses must be at least 1 and --ttl positive", file=sys.stderr)
+        return EXIT_USAGE
+    store = _store(args)
+    token = new_token()
+    now = time.time()
+    store.add_enrol_token(hash_token(token), args.node, args.uses, now + args.ttl, now)
+    store.close()
+    print(token)
+    return EXIT_OK
+
+
+def cmd_enrol_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    rows = store.node_keys()
+    store.close()
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "public_key"} for r in rows], indent=2))
+        return EXIT_OK
+    for r in rows:
+        when = datetime.fromtimestamp(r["enrolled_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        state = "revoked" if r["revoked_at"] is not None else "active"
+        print(f"{r['node_id']:<24} {state:<8} {when}  {r['fingerprint']}")
+    return EXIT_OK
+
+
+def cmd_enrol_revoke(args: argparse.Namespace) -> int:
+    store = _store(args)
+    done = store.revoke_node_key(args.node, time.time())
+    store.close()
+    if not done:
+        print(f"wyneos enrol revoke: no active key for node {args.node!r}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"revoked the key of {args.node}")
+    return EXIT_OK

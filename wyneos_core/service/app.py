@@ -1,0 +1,328 @@
+"""The HTTP API of ``wyneos serve``: a FastAPI application around a ``Service``.
+
+The OpenAPI document is at ``/openapi.json`` (interactive at ``/docs``). Request
+bodies of the signed endpoints are read raw (the signature covers their exact bytes)
+and checked by ``wyneos_core.service``; their schemas are declared for the OpenAPI
+document only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from wyneos_core import __version__
+from wyneos_core.service.core import ENROL_PATH, HEARTBEAT_PATH, ItemResult, Service, Unprocessable
+from wyneos_core.service.identity import (
+    HEADER_NODE,
+    HEADER_SIGNATURE,
+    AuthError,
+    SignedItem,
+    verify_item,
+)
+from wyneos_core.service.metrics import CONTENT_TYPE_LATEST
+
+__all__ = ["create_app"]
+
+_SIGNED = {
+    "parameters": [
+        {"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
+        for h in ("X-Wyneos-Node", "X-Wyneos-Timestamp", "X-Wyneos-Nonce", "X-Wyneos-Signature")
+    ]
+}
+_HEARTBEAT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "node_id": {"type": "string"}, "timestamp": {"type": "number"},
+        "load": {"type": ["number", "null"]}, "metadata": {"type": "object"},
+        "licence_ref": {"type": ["string", "null"]},
+    },
+    "additionalProperties": False,
+}
+_BATCH_SCHEMA = {
+    "type": "object",
+    "required": ["heartbeats"],
+    "properties": {"heartbeats": {"type": "array", "items": {
+        "type": "object", "required": ["node", "timestamp", "nonce", "signature", "body"],
+        "properties": {k: {"type": "string"} for k in ("node", "timestamp", "nonce", "signature", "body")},
+    }}},
+}
+_ERRORS = {
+    401: {"description": "unsigned, unknown node or bad signature"},
+    403: {"description": "revoked key, or a body speaking for another node"},
+    409: {"description": "replayed nonce, or timestamp outside the replay window"},
+    413: {"description": "body larger than the configured limit"},
+    422: {"description": "body not valid (names the field)"},
+}
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            if int(length) > limit:
+                raise _TooLarge(f"body of {int(length)} bytes is larger than the limit of {limit}")
+        except ValueError:
+            raise Unprocessable("content-length", "not a number") from None
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(f"body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, code: str, error: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"status": status, "code": code, "error": error, **extra}, status_code=status)
+
+
+def create_app(service: Service, *, manage: bool = True) -> FastAPI:
+    """The FastAPI application for ``service``.
+
+    :param manage: start the service's tick thread when the app starts and stop it
+        when the app stops.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        if manage:
+            service.start()
+        try:
+            yield
+        finally:
+            if manage:
+                await asyncio.get_running_loop().run_in_executor(None, service.stop)
+
+    app = FastAPI(title="WyneOS orchestrator", version=__version__, lifespan=lifespan,
+                  description="Heartbeats, node enrolment, cluster state and metrics of a WyneOS orchestrator.")
+    settings = service.settings
+    orch = service.orchestrator
+
+    @app.exception_handler(AuthError)
+    async def _auth(request: Request, exc: AuthError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.reason)
+
+    @app.exception_handler(Unprocessable)
+    async def _unprocessable(request: Request, exc: Unprocessable) -> JSONResponse:
+        return _error(422, "invalid", exc.reason, field=exc.field)
+
+    @app.exception_handler(_TooLarge)
+    async def _too_large(request: Request, exc: _TooLarge) -> JSONResponse:
+        return _error(413, "too_large", str(exc))
+
+    def authenticate(request: Request, body: bytes, node_id: str | None = None) -> SignedItem:
+        item = SignedItem.from_headers(request.headers, body)
+        now = time.time()
+        ts = verify_item(item, request.method, request.url.path, service.keys, now)
+        if node_id is not None and item.node_id != node_id:
+            raise AuthError(403, f"signed by {item.node_id!r}, not by {node_id!r}", "node_mismatch")
+        service.nonces.check_time(ts, now)
+        service.nonces.claim(item.node_id, item.nonce, ts, now)
+        return item
+
+    # -- node-facing ---------------------------------------------------------------------
+
+    @app.post(ENROL_PATH, status_code=201, tags=["nodes"], responses=_ERRORS,
+              openapi_extra={**_SIGNED, "requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"type": "object", "required": ["node_id", "public_key"], "properties": {
+                      "node_id": {"type": "string"}, "public_key": {"type": "string"}, "token": {"type": "string"}}}}}}})
+    async def enrol(request: Request) -> JSONResponse:
+        """Enrol a node's Ed25519 key, signed by that key; needs an enrolment token
+        (``wyneos enrol token``) unless the config pins the node's fingerprint."""
+        body = await _read_body(request, settings.max_request_bytes)
+        item = SignedItem.from_headers(request.headers, body)
+        try:
+            status, answer = service.enrol(item)
+        except AuthError as exc:
+            service.metrics.enrolments.labels(exc.code).inc()
+            raise
+        service.metrics.enrolments.labels("enrolled" if status == 201 else "again").inc()
+        return JSONResponse(answer, status_code=status)
+
+    @app.post(HEARTBEAT_PATH, status_code=202, tags=["nodes"], responses=_ERRORS,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"oneOf": [_HEARTBEAT_SCHEMA, _BATCH_SCHEMA]}}}}})
+    async def heartbeats(request: Request) -> JSONResponse:
+        """One heartbeat signed in the request headers, or ``{"heartbeats": [...]}``: a
+        batch whose items each carry their own node, timestamp, nonce, signature and
+        body (the exact bytes signed). Accepted heartbeats are queued for the next tick
+        (202); the answer to a single heartbeat carries the actions waiting for the node."""
+        single = HEADER_SIGNATURE in request.headers or HEADER_NODE in request.headers
+        limit = settings.max_request_bytes if single else settings.max_body_bytes
+        body = await _read_body(request, limit)
+        now = time.time()
+        if single:
+            item = SignedItem.from_headers(request.headers, body)
+            result = service.accept([item], service.verify_all([item], now), now)[0]
+            if result.status != 202:
+                return _error(result.status, result.code, result.error,
+                              **({"field": result.field} if result.field else {}))
+            return JSONResponse({"accepted": 1, "server_time": time.time(),
+                                 "actions": service.outbox.pending(item.node_id)}, status_code=202)
+        items, early = _parse_batch(body, settings.max_batch)
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(None, _process_batch, service, items, early, now)
+        accepted = sum(1 for r in results if r.status == 202)
+        refused = [{"index": i, **r.to_dict()} for i, r in enumerate(results) if r.status != 202]
+        status = 202 if accepted or not refused else refused[0]["status"]
+        return JSONResponse({"accepted": accepted, "refused": len(refused), "results": refused[:1000],
+                             "server_time": time.time()}, status_code=status)
+
+    @app.get("/v1/nodes/{node_id}/actions", tags=["nodes"], responses=_ERRORS, openapi_extra=_SIGNED)
+    async def node_actions(node_id: str, request: Request) -> dict[str, Any]:
+        """The actions waiting for this node (signed by the node itself)."""
+        authenticate(request, b"", node_id)
+        return {"node_id": node_id, "actions": service.outbox.pending(node_id), "server_time": time.time()}
+
+    @app.post("/v1/nodes/{node_id}/actions/ack", tags=["nodes"], responses=_ERRORS,
+              openapi_extra={**_SIGNED, "requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"type": "object", "properties": {"acks": {"type": "array", "items": {
+                      "type": "object", "required": ["action_id"], "properties": {
+                          "action_id": {"type": "string"}, "status": {"enum": ["applied", "failed", "ignored"]},
+                          "detail": {"type": "string"}}}}}}}}}})
+    async def node_ack(node_id: str, request: Request) -> dict[str, Any]:
+        """Acknowledge actions: applied, failed or ignored (stored with the time)."""
+        body = await _read_body(request, settings.max_request_bytes)
+        authenticate(request, body, node_id)
+        return service.acknowledge(node_id, body)
+
+    # -- operator-facing -----------------------------------------------------------------
+
+    @app.get("/v1/nodes", tags=["cluster"])
+    async def nodes(status: str | None = None) -> dict[str, Any]:
+        """Every node of the registry (optionally only those with ``status``)."""
+        with service.lock:
+            items = [_node(service, n) for n in orch.registry if status is None or n.status.value == status]
+        return {"count": len(items), "nodes": items}
+
+    @app.get("/v1/nodes/{node_id}", tags=["cluster"], responses={404: {"description": "unknown node"}})
+    async def node(node_id: str) -> JSONResponse:
+        with service.lock:
+            n = orch.registry.get(node_id)
+            data = None if n is None else _node(service, n)
+        if data is None:
+            return _error(404, "unknown_node", f"no node {node_id!r}")
+        data["pending_actions"] = service.outbox.pending(node_id)
+        return JSONResponse(data)
+
+    @app.get("/v1/ticks/latest", tags=["cluster"], responses={404: {"description": "no tick yet"}})
+    async def latest_tick() -> JSONResponse:
+        """The full report of the last tick (after a restart, before the first new tick:
+        the last committed summary)."""
+        with service.lock:
+            report = orch.last_report
+            data = None if report is None else report.to_dict()
+        if data is None:
+            summaries = service.committed_ticks(1)
+            if not summaries:
+                return _error(404, "no_tick", "no tick has run yet")
+            data = {**summaries[0], "summary_only": True}
+        return JSONResponse(data)
+
+    @app.get("/v1/ticks", tags=["cluster"])
+    async def ticks(limit: int = 20) -> dict[str, Any]:
+        """Summaries of the last ``limit`` committed ticks (kept: ``state.retention_ticks``)."""
+        return {"ticks": service.committed_ticks(max(1, min(limit, 1000)))}
+
+    @app.get("/v1/actions", tags=["cluster"])
+    async def actions() -> dict[str, Any]:
+        """Committed decisions: actions in force, recent lifecycle events, agent acks."""
+        return service.committed_actions()
+
+    @app.get("/v1/mesh", tags=["cluster"])
+    async def mesh() -> dict[str, Any]:
+        """The mesh for the dashboard: nodes with state, edges, isolated nodes."""
+        with service.lock:
+            graph = orch.mesh.graph
+            limit = 2000
+            names = sorted(n for n in graph.nodes if n != "orchestrator")[:limit]
+            keep = set(names) | {"orchestrator"}
+            edges = [[a, b] for a, b in graph.edges if a in keep and b in keep]
+            states = {n.id: {"status": n.status.value, "isolated": n.isolated, "load": n.load}
+                      for n in orch.registry if n.id in keep}
+        return {"nodes": names, "edges": edges[:20000], "states": states, "truncated": len(graph) - 1 > limit,
+                "isolated": sorted(orch.mesh.isolated)}
+
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> JSONResponse:
+        """Liveness: the tick thread is running and ticks are recent."""
+        report = orch.last_report
+        age = None if report is None else time.time() - report.started_at
+        ok = service.running and service.tick_error is None
+        body = {"status": "ok" if ok else "failing", "tick": orch.tick_number, "last_tick_age": age,
+                "nodes": len(orch.registry), "enrolled": service.keys.active_count(),
+                "tick_interval": service.interval, "tick_error": service.tick_error, "version": __version__}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        service.metrics.queue.set(len(orch.intake))
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        page = resources.files("wyneos_core.service").joinpath("dashboard.html").read_text()
+        return HTMLResponse(page)
+
+    return app
+
+
+def _node(service: Service, n: Any) -> dict[str, Any]:
+    data = n.to_dict()
+    data["enrolled"] = n.id in service.keys and not service.keys.is_revoked(n.id)
+    data["revoked"] = service.keys.is_revoked(n.id)
+    return data
+
+
+def _parse_batch(body: bytes, max_batch: int) -> tuple[list[SignedItem], dict[int, ItemResult]]:
+    """Items of a batch; those malformed get their refusal in the second value."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Unprocessable("body", f"not JSON ({exc})") from None
+    if not isinstance(data, dict) or "heartbeats" not in data:
+        raise AuthError(401, "unsigned request: a single heartbeat needs the X-Wyneos-* signature headers, "
+                             "a batch is {\"heartbeats\": [...]}", "unsigned")
+    raw = data["heartbeats"]
+    if not isinstance(raw, list):
+        raise Unprocessable("heartbeats", "expected a list")
+    if len(raw) > max_batch:
+        raise _TooLarge(f"batch of {len(raw)} heartbeats is larger than the limit of {max_batch}")
+    items: list[SignedItem] = []
+    early: dict[int, ItemResult] = {}
+    for i, entry in enumerate(raw):
+        fields = ("node", "timestamp", "nonce", "signature", "body")
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) for f in fields):
+            early[i] = ItemResult(401, "malformed", f"heartbeats[{i}]: needs string fields {', '.join(fields)}",
+                                  field=f"heartbeats[{i}]")
+            items.append(SignedItem("-", "0", "-", "", b""))
+            continue
+        items.append(SignedItem(entry["node"], entry["timestamp"], entry["nonce"], entry["signature"],
+                                entry["body"].encode()))
+    return items, early
+
+
+def _process_batch(service: Service, items: list[SignedItem], early: dict[int, ItemResult], now: float) -> list[ItemResult]:
+    good = [i for i in range(len(items)) if i not in early]
+    chosen = [items[i] for i in good]
+    results = service.accept(chosen, service.verify_all(chosen, now), now)
+    out: list[ItemResult] = [ItemResult(0)] * len(items)
+    for i, r in early.items():
+        out[i] = r
+    for i, r in zip(good, results):
+        out[i] = r
+    return out

@@ -1,0 +1,73 @@
+"""Prometheus metrics of a running service (``GET /metrics``, text format 0.0.4).
+
+Each ``Service`` has its own ``CollectorRegistry`` so several can live in one process
+(tests). Tick metrics are updated from each finished ``TickReport``; request metrics
+as requests are answered.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as _Tally
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from wyneos_core.model import NodeStatus, TickReport
+
+__all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
+
+
+class ServiceMetrics:
+    """The metric families of ``wyneos serve``."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.ticks = Counter("wyneos_ticks", "Ticks run by this server", registry=r)
+        self.tick_duration = Histogram(
+            "wyneos_tick_duration_seconds", "Wall time of one tick", registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+        self.missed = Gauge("wyneos_ticks_missed", "Tick slots skipped because a tick overran", registry=r)
+        self.last_tick = Gauge("wyneos_last_tick", "Number of the last finished tick", registry=r)
+        self.last_tick_time = Gauge("wyneos_last_tick_timestamp_seconds", "When the last tick started", registry=r)
+        self.nodes = Gauge("wyneos_nodes", "Nodes by heartbeat status (and isolated)", ["status"], registry=r)
+        self.decided = Counter("wyneos_actions_decided", "Actions decided, by type", ["type"], registry=r)
+        self.in_force = Gauge("wyneos_actions_in_force", "Actions in force after the last tick, by type",
+                              ["type"], registry=r)
+        self.plugin_errors = Counter("wyneos_plugin_errors", "Plugin failures recorded in ticks",
+                                     ["plugin", "hook", "kind"], registry=r)
+        self.heartbeats = Counter("wyneos_heartbeats_received", "Signed heartbeats received, by outcome",
+                                  ["outcome"], registry=r)
+        self.registry_rejected = Counter("wyneos_heartbeats_rejected_by_registry",
+                                         "Queued heartbeats the tick's registry checks refused", registry=r)
+        self.queue = Gauge("wyneos_heartbeat_queue_depth", "Heartbeats waiting for the next tick", registry=r)
+        self.enrolled = Gauge("wyneos_enrolled_nodes", "Nodes with an enrolled key (not revoked)", registry=r)
+        self.enrolments = Counter("wyneos_enrolments", "Enrolment requests, by outcome", ["outcome"], registry=r)
+        self.acks = Counter("wyneos_action_acks", "Action acknowledgements from agents, by status",
+                            ["status"], registry=r)
+        self.outbox = Gauge("wyneos_agent_outbox_depth", "Actions waiting for agents to fetch them", registry=r)
+        for status in [*(s.value for s in NodeStatus), "isolated"]:
+            self.nodes.labels(status)
+
+    def observe_tick(self, report: TickReport, missed: int, in_force: list[dict[str, Any]]) -> None:
+        self.ticks.inc()
+        self.tick_duration.observe(report.duration_ms / 1000.0)
+        self.missed.set(missed)
+        self.last_tick.set(report.tick)
+        self.last_tick_time.set(report.started_at)
+        for status, count in report.status_counts().items():
+            self.nodes.labels(status).set(count)
+        for action in report.actions:
+            self.decided.labels(action.type).inc()
+        tally = _Tally(a["type"] for a in in_force)
+        for sample in list(self.in_force.collect()[0].samples):
+            tally.setdefault(sample.labels["type"], 0)
+        for type_, count in tally.items():
+            self.in_force.labels(type_).set(count)
+        for error in report.errors:
+            self.plugin_errors.labels(error.plugin, error.hook, error.kind).inc()
+        if report.heartbeats_rejected:
+            self.registry_rejected.inc(len(report.heartbeats_rejected))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

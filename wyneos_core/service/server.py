@@ -1,0 +1,79 @@
+"""Running the API on uvicorn: ``wyneos serve`` and an in-thread server for embedding."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from wyneos_core.config import Config
+from wyneos_core.service.app import create_app
+from wyneos_core.service.core import Service
+from wyneos_core.service.settings import ServiceSettings
+from wyneos_core.tick import Orchestrator
+
+__all__ = ["ServerThread", "bind", "build_service", "serve"]
+
+
+def build_service(config: Config, settings: ServiceSettings, *, interval: float | None = None,
+                  **orchestrator_args: Any) -> Service:
+    """An orchestrator on ``config`` (with its state file) wrapped in a ``Service``."""
+    return Service(Orchestrator(config, **orchestrator_args), settings, interval=interval)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (``port`` 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn_config(service: Service, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(create_app(service), log_level=log_level, access_log=False, lifespan="on",
+                          timeout_keep_alive=30, limit_concurrency=4096, backlog=2048, server_header=False)
+
+
+def serve(service: Service, *, log_level: str = "warning", on_listening: Any = None) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn's graceful shutdown runs the last tick's
+    shutdown hooks and closes the state file)."""
+    sock = bind(service.settings.host, service.settings.port)
+    host, port = sock.getsockname()[:2]
+    if on_listening is not None:
+        on_listening(f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}")
+    server = uvicorn.Server(_uvicorn_config(service, log_level))
+    server.run(sockets=[sock])
+
+
+class ServerThread:
+    """A real uvicorn server for ``service`` on 127.0.0.1 in a background thread.
+
+    >>> # with ServerThread(service) as url: ...httpx.get(url + "/healthz")
+    """
+
+    def __init__(self, service: Service, host: str = "127.0.0.1", log_level: str = "warning") -> None:
+        self.service = service
+        self.sock = bind(host, 0)
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(_uvicorn_config(service, log_level))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()

@@ -1,0 +1,80 @@
+"""Settings of service mode, from ``plugins.settings.service`` of the config.
+
+Every key is optional; a wrong one is refused naming the config file and the field.
+
+=====================  ==========  ===================================================
+key                    default     meaning
+=====================  ==========  ===================================================
+host                   127.0.0.1   address ``wyneos serve`` binds to
+port                   8420        TCP port (0: any free port, printed at start)
+replay_window          120         seconds a signed request's timestamp may differ from
+                                   the server clock; nonces are remembered this long
+max_body_bytes         8388608     largest request body (a heartbeat batch) accepted
+max_request_bytes      65536       largest body of a single heartbeat, enrolment, ack
+max_batch              20000       most heartbeats in one batch
+verify_threads         0           threads verifying a batch's signatures (0: CPUs)
+register_on_enrol      true        an enrolled node not in the config joins the cluster
+=====================  ==========  ===================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from wyneos_core.config import Config, ConfigError
+
+__all__ = ["ServiceSettings"]
+
+
+@dataclass(slots=True)
+class ServiceSettings:
+    host: str = "127.0.0.1"
+    port: int = 8420
+    replay_window: float = 120.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_request_bytes: int = 64 * 1024
+    max_batch: int = 20_000
+    verify_threads: int = 0
+    register_on_enrol: bool = True
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides: Any) -> ServiceSettings:
+        """Read ``plugins.settings.service``; ``overrides`` (not None) win (command line)."""
+        raw = config.plugin_settings("service")
+        field_name = "plugins.settings.service"
+        if not isinstance(raw, dict):
+            raise ConfigError("must be a mapping", file=config.source, field=field_name)
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in {**raw, **{k: v for k, v in overrides.items() if v is not None}}.items():
+            f = known.get(key)
+            where = f"{field_name}.{key}"
+            if f is None:
+                raise ConfigError(f"unknown setting (known: {', '.join(known)})", file=config.source, field=where)
+            default = f.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            else:
+                ok = isinstance(value, str) and bool(value)
+            if not ok:
+                raise ConfigError(f"expected {_kind(default)}, got {value!r}", file=config.source, field=where)
+            values[key] = float(value) if isinstance(default, float) else value
+        settings = cls(**values)
+        if settings.port > 65535:
+            raise ConfigError(f"not a TCP port: {settings.port}", file=config.source, field=f"{field_name}.port")
+        return settings
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "a whole number >= 0"
+    if isinstance(default, float):
+        return "a number > 0"
+    return "a non-empty string"
