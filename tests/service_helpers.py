@@ -1,0 +1,85 @@
+"""Helpers for the service tests: configs, services on real loopback servers, signing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from wyneos_core import hookimpl
+from wyneos_core.config import load_config
+from wyneos_core.licensing.keys import generate_key, public_bytes
+from wyneos_core.model import Action, ActionType, Severity
+from wyneos_core.service.core import Service, hash_token, new_token
+from wyneos_core.service.identity import b64e, sign_request
+from wyneos_core.service.settings import ServiceSettings
+from wyneos_core.tick import Orchestrator
+
+CONFIG = """\
+cluster: test
+tick: {{interval: {interval}}}
+heartbeat: {{interval: {interval}, stale_after: {stale}, offline_after: {offline}, max_clock_skew: 30,
+            unknown_nodes: reject}}
+decide: {{probation_ticks: 1, max_unhealthy_fraction: 0.9}}
+mesh: {{topology: star}}
+plugins: {{disable: [licence], settings: {{service: {{port: 0, replay_window: 60}}}}}}
+state: {{path: state.db}}
+report: {{json_path: null, stdout: none}}
+{extra}
+"""
+
+
+def write_config(tmp: Path, *, interval: float = 0.2, stale: float = 1.0, offline: float = 2.0,
+                 extra: str = "") -> Path:
+    path = tmp / "config.yaml"
+    path.write_text(CONFIG.format(interval=interval, stale=stale, offline=offline, extra=extra))
+    return path
+
+
+class Quarantine:
+    """Test plugin: isolates every node whose heartbeat metadata says ``role: bad``."""
+
+    __wyneos_name__ = "test-quarantine"
+
+    @hookimpl
+    def wyneos_enforcement(self, ctx: Any, nodes: Any) -> list[Action]:
+        return [Action(ActionType.ISOLATE, n.id, "role is bad", "test-quarantine", Severity.CRITICAL)
+                for n in nodes if n.metadata.get("role") == "bad"]
+
+
+def make_service(config_path: Path, plugins: tuple = (), **settings: Any) -> Service:
+    config = load_config(config_path)
+    return Service(Orchestrator(config, plugins=plugins, load_entrypoints=False),
+                   ServiceSettings.from_config(config, **settings))
+
+
+def add_token(service: Service, node_id: str | None = None, uses: int = 1, ttl: float = 600) -> str:
+    token = new_token()
+    now = time.time()
+    with service.db_lock:
+        service.db.add_enrol_token(hash_token(token), node_id, uses, now + ttl, now)
+    return token
+
+
+class Node:
+    """A node identity for tests: a key, and signed requests with it."""
+
+    def __init__(self, node_id: str) -> None:
+        self.id = node_id
+        self.key = generate_key()
+
+    def enrol_request(self, token: str | None) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps({"node_id": self.id, "public_key": b64e(public_bytes(self.key)),
+                           **({"token": token} if token else {})}).encode()
+        return body, {**sign_request(self.key, self.id, "POST", "/v1/enrol", body), "content-type": "application/json"}
+
+    def heartbeat(self, load: float = 0.3, metadata: dict | None = None, **sign: Any) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps({"timestamp": time.time(), "load": load, "metadata": metadata or {}}).encode()
+        return body, {**sign_request(self.key, self.id, "POST", "/v1/heartbeats", body, **sign),
+                      "content-type": "application/json"}
+
+    def batch_item(self, load: float = 0.3) -> dict[str, str]:
+        body, headers = self.heartbeat(load)
+        return {"node": self.id, "timestamp": headers["x-wyneos-timestamp"], "nonce": headers["x-wyneos-nonce"],
+                "signature": headers["x-wyneos-signature"], "body": body.decode()}

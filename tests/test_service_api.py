@@ -1,0 +1,208 @@
+"""wyneos serve's HTTP API on a real uvicorn server on 127.0.0.1: enrolment, signed
+heartbeats and every refusal, batches, committed state, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from service_helpers import Node, add_token, make_service, write_config
+
+from wyneos_core.service.server import ServerThread
+
+
+@pytest.fixture
+def served(tmp_path):
+    service = make_service(write_config(tmp_path))
+    with ServerThread(service) as url, httpx.Client(base_url=url, timeout=10) as client:
+        yield service, client
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def enrol(client, node: Node, token: str | None):
+    body, headers = node.enrol_request(token)
+    return client.post("/v1/enrol", content=body, headers=headers)
+
+
+def test_enrol_then_signed_heartbeat_reaches_the_registry(served):
+    service, client = served
+    node = Node("edge-1")
+    r = enrol(client, node, add_token(service))
+    assert r.status_code == 201, r.text
+    fp = r.json()["fingerprint"]
+    assert fp.startswith("sha256:") and len(fp) == 71
+    body, headers = node.heartbeat(load=0.42, metadata={"rack": "r7"})
+    r = client.post("/v1/heartbeats", content=body, headers=headers)
+    assert r.status_code == 202, r.text
+    got = wait_for(lambda: (n := client.get("/v1/nodes/edge-1").json())["status"] == "online" and n)
+    assert got["load"] == 0.42 and got["metadata"] == {"rack": "r7"}
+    assert got["fingerprint"] == fp and got["enrolled"] is True
+    # enrolling again with the same key is idempotent; the token is not needed any more
+    assert enrol(client, node, None).status_code == 200
+
+
+def test_enrolment_refusals(served):
+    service, client = served
+    assert enrol(client, Node("a"), None).json()["code"] == "token_required"
+    r = enrol(client, Node("a"), "wyn_not-a-real-token")
+    assert r.status_code == 403 and r.json()["code"] == "bad_token"
+    token = add_token(service, node_id="only-b")
+    r = enrol(client, Node("a"), token)
+    assert r.status_code == 403 and "for node 'only-b'" in r.json()["error"]
+    assert enrol(client, Node("only-b"), token).status_code == 201
+    r = enrol(client, Node("only-b"), add_token(service))  # another key for an enrolled node
+    assert r.status_code == 409 and r.json()["code"] == "key_conflict"
+    # a request not signed by the key it enrols is refused (no proof of possession)
+    thief, victim = Node("c"), Node("c")
+    body, _ = victim.enrol_request(add_token(service))
+    _, headers = thief.enrol_request(None)
+    r = client.post("/v1/enrol", content=body, headers=headers)
+    assert r.status_code == 401 and r.json()["code"] == "bad_signature"
+    assert "c" not in service.keys and "a" not in service.orchestrator.registry
+
+
+def test_pinned_fingerprint_enrols_without_token(tmp_path):
+    node = Node("pinned-1")
+    from wyneos_core.licensing.keys import fingerprint, public_bytes
+
+    fp = fingerprint(public_bytes(node.key))
+    config = write_config(tmp_path, extra=f"nodes:\n  - {{id: pinned-1, fingerprint: '{fp}'}}\n"
+                                          f"  - {{id: pinned-2, fingerprint: '{fp}'}}")
+    service = make_service(config)
+    with ServerThread(service) as url, httpx.Client(base_url=url) as client:
+        assert enrol(client, node, None).status_code == 201
+        r = enrol(client, Node("pinned-2"), None)  # pinned to a key it does not hold
+        assert r.status_code == 403 and r.json()["code"] == "fingerprint_mismatch"
+
+
+def test_bad_requests_are_refused_with_the_right_status_and_change_nothing(served):
+    service, client = served
+    node = Node("n1")
+    assert enrol(client, node, add_token(service)).status_code == 201
+    registry, queue = service.orchestrator.registry, service.orchestrator.intake
+    body, headers = node.heartbeat()
+
+    def refused(status, code, **kw):
+        r = client.post("/v1/heartbeats", **kw)
+        assert r.status_code == status, r.text
+        assert r.json()["code"] == code
+        return r.json()
+
+    unsigned = {k: v for k, v in headers.items() if not k.startswith("x-wyneos")}
+    refused(401, "unsigned", content=body, headers={**unsigned, "x-wyneos-node": "n1"})
+    refused(401, "unsigned", content=body, headers=unsigned)
+    tampered = body.replace(b"0.3", b"0.9")
+    refused(401, "bad_signature", content=tampered, headers=headers)
+    stranger = Node("n1")  # right id, wrong key
+    sbody, sheaders = stranger.heartbeat()
+    refused(401, "bad_signature", content=sbody, headers=sheaders)
+    ubody, uheaders = Node("ghost").heartbeat()
+    refused(401, "not_enrolled", content=ubody, headers=uheaders)
+    refused(401, "malformed", content=body, headers={**headers, "x-wyneos-signature": "!!"})
+    old_body, old_headers = node.heartbeat(timestamp=time.time() - 3600)
+    refused(409, "stale_timestamp", content=old_body, headers=old_headers)
+    big = json.dumps({"metadata": {"x": "y" * 70_000}}).encode()
+    refused(413, "too_large", content=big, headers=node.heartbeat()[1])
+    bad_load_body = json.dumps({"load": "high"}).encode()
+    from wyneos_core.service.identity import sign_request
+
+    bad = sign_request(node.key, "n1", "POST", "/v1/heartbeats", bad_load_body)
+    assert refused(422, "invalid", content=bad_load_body, headers=bad)["field"] == "load"
+    other = json.dumps({"node_id": "n2", "load": 0.1}).encode()
+    refused(403, "node_mismatch", content=other, headers=sign_request(node.key, "n1", "POST", "/v1/heartbeats", other))
+    assert len(queue) == 0 and registry["n1"].last_seen is None
+    # the genuine request goes through once, and its replay is refused
+    assert client.post("/v1/heartbeats", content=body, headers=headers).status_code == 202
+    refused(409, "replay", content=body, headers=headers)
+    assert len(queue) <= 1
+    metrics = client.get("/metrics").text
+    assert 'wyneos_heartbeats_received_total{outcome="replay"} 1.0' in metrics
+    assert 'wyneos_heartbeats_received_total{outcome="bad_signature"} 2.0' in metrics
+
+
+def test_revoked_key_is_refused_after_the_next_tick(served):
+    service, client = served
+    node = Node("n-rev")
+    assert enrol(client, node, add_token(service)).status_code == 201
+    with service.db_lock:
+        assert service.db.revoke_node_key("n-rev", time.time())  # what `wyneos enrol revoke` does
+    wait_for(lambda: service.keys.is_revoked("n-rev"))
+    body, headers = node.heartbeat()
+    r = client.post("/v1/heartbeats", content=body, headers=headers)
+    assert r.status_code == 403 and r.json()["code"] == "revoked"
+    assert client.get("/v1/nodes/n-rev").json()["revoked"] is True
+
+
+def test_batches_of_individually_signed_heartbeats(served):
+    service, client = served
+    nodes = [Node(f"b{i:02d}") for i in range(20)]
+    token = add_token(service, uses=20)
+    for node in nodes:
+        assert enrol(client, node, token).status_code == 201
+    items = [n.batch_item(load=0.1 + i / 100) for i, n in enumerate(nodes)]
+    items[3]["signature"] = items[4]["signature"]  # corrupted
+    items[5]["body"] = items[5]["body"].replace("0.15", "0.99")  # tampered after signing
+    items.append(dict(items[0]))  # replayed inside the batch
+    items.append({"node": "b01"})  # malformed
+    r = client.post("/v1/heartbeats", json={"heartbeats": items})
+    assert r.status_code == 202, r.text
+    answer = r.json()
+    assert answer["accepted"] == 18 and answer["refused"] == 4
+    by_index = {x["index"]: x for x in answer["results"]}
+    assert by_index[3]["code"] == by_index[5]["code"] == "bad_signature"
+    assert by_index[20]["code"] == "replay" and by_index[21]["code"] == "malformed"
+    wait_for(lambda: client.get("/v1/nodes", params={"status": "online"}).json()["count"] == 18)
+    assert client.get("/v1/nodes/b05").json()["status"] != "online"
+    # a batch where everything is refused answers with the refusal's status
+    r = client.post("/v1/heartbeats", json={"heartbeats": [items[0]]})
+    assert r.status_code == 409 and r.json()["results"][0]["code"] == "replay"
+    r = client.post("/v1/heartbeats", json={"heartbeats": [items[1]] * 30_000})
+    assert r.status_code == 413
+
+
+def test_cluster_state_endpoints_metrics_and_openapi(served):
+    service, client = served
+    wait_for(lambda: client.get("/healthz").json()["tick"] >= 2)
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["tick_interval"] == 0.2
+    tick = client.get("/v1/ticks/latest").json()
+    assert tick["schema"] == "wyneos.tick-report/1" and tick["tick"] >= 2
+    assert client.get("/v1/ticks", params={"limit": 2}).json()["ticks"][0]["tick"] >= 1
+    assert set(client.get("/v1/actions").json()) >= {"in_force", "events", "acks", "committed_tick"}
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in ("wyneos_ticks_total", "wyneos_tick_duration_seconds_bucket", 'wyneos_nodes{status="online"}',
+                 "wyneos_heartbeat_queue_depth", "wyneos_enrolled_nodes"):
+        assert name in metrics.text
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/heartbeats", "/v1/enrol", "/v1/nodes", "/v1/nodes/{node_id}", "/v1/ticks/latest",
+                 "/v1/actions", "/healthz", "/metrics"):
+        assert path in spec["paths"], path
+    assert "409" in spec["paths"]["/v1/heartbeats"]["post"]["responses"]
+    assert client.get("/v1/nodes/nope").status_code == 404
+    page = client.get("/")
+    assert page.status_code == 200 and "<svg id=\"mesh\"" in page.text
+
+
+def test_service_settings_are_checked(tmp_path):
+    from wyneos_core.config import ConfigError, load_config
+    from wyneos_core.service.settings import ServiceSettings
+
+    path = tmp_path / "c.yaml"
+    path.write_text("plugins: {settings: {service: {replay_window: -1}}}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: plugins.settings.service.replay_window: expected a number > 0"):
+        ServiceSettings.from_config(load_config(path))
+    path.write_text("plugins: {settings: {service: {prot: 1}}}\n")
+    with pytest.raises(ConfigError, match=r"plugins.settings.service.prot: unknown setting"):
+        ServiceSettings.from_config(load_config(path))
