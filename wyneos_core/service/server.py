@@ -57,9 +57,9 @@ class ServerThread:
     >>> # with ServerThread(service) as url: ...httpx.get(url + "/healthz")
     """
 
-    def __init__(self, service: Service, host: str = "127.0.0.1", log_level: str = "warning") -> None:
+    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
         self.service = service
-        self.sock = bind(host, 0)
+        self.sock = bind(host, port)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(_uvicorn_config(service, log_level))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)

@@ -1,0 +1,99 @@
+"""The node agent against a real server: enrol, heartbeat with OS load, apply isolate
+and reinstate with acknowledgements, back off while the server is away."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+from service_helpers import Quarantine, add_token, make_service, write_config
+
+from wyneos_core.service.agent import Agent, AgentError, os_load
+from wyneos_core.service.server import ServerThread, bind
+
+
+def wait_for(predicate, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_agent_applies_isolate_and_reinstate_and_acknowledges(tmp_path):
+    service = make_service(write_config(tmp_path), plugins=(Quarantine(),))
+    with ServerThread(service) as url, httpx.Client(base_url=url) as client:
+        agent = Agent(url, "worker-1", tmp_path / "agent", token=add_token(service), interval=0.1,
+                      metadata={"role": "bad"})
+        stop = threading.Event()
+        thread = threading.Thread(target=agent.run, kwargs={"duration": 30, "stop": stop})
+        thread.start()
+        try:
+            node = wait_for(lambda: (n := client.get("/v1/nodes/worker-1").json()).get("isolated") and n)
+            assert node["metadata"]["hostname"] and node["metadata"]["cpus"] >= 1
+            assert 0 <= node["load"] <= 64
+            wait_for(lambda: agent.state["isolated"])
+            acks = wait_for(lambda: [a for a in client.get("/v1/actions").json()["acks"]
+                                     if a["node_id"] == "worker-1" and a["status"] == "applied"])
+            isolate_id = acks[0]["action_id"]
+            in_force = client.get("/v1/actions").json()["in_force"]
+            assert any(a["id"] == isolate_id and a["type"] == "isolate" for a in in_force)
+            # the node reports its isolation back in its metadata
+            wait_for(lambda: client.get("/v1/nodes/worker-1").json()["metadata"]["isolated"] is True)
+            # the cause clears: isolation is cleared, then the node is reinstated
+            agent.extra_metadata["role"] = "good"
+            wait_for(lambda: not agent.state["isolated"])
+            wait_for(lambda: client.get("/v1/nodes/worker-1").json()["isolated"] is False)
+        finally:
+            stop.set()
+            thread.join(10)
+    log = [json.loads(line) for line in (tmp_path / "agent" / "actions.log").read_text().splitlines()]
+    kinds = [(e["action"]["type"], e["status"]) for e in log if e["action"]["target"] == "worker-1"]
+    assert ("isolate", "applied") in kinds and ("reinstate", "applied") in kinds
+    assert kinds.index(("isolate", "applied")) < kinds.index(("reinstate", "applied"))
+    assert agent.stats.accepted >= 3 and agent.stats.refused == 0
+    assert (tmp_path / "agent" / "node.key").stat().st_mode & 0o077 == 0
+
+
+def test_agent_backs_off_while_the_server_is_away_then_enrols(tmp_path):
+    sock = bind("127.0.0.1", 0)  # reserve a port, then free it: nobody listens there yet
+    port = sock.getsockname()[1]
+    sock.close()
+    service = make_service(write_config(tmp_path), port=port)
+    token = add_token(service)
+    agent = Agent(f"http://127.0.0.1:{port}", "late-1", tmp_path / "a", token=token, interval=0.1, max_backoff=0.4)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, kwargs={"duration": 20, "stop": stop})
+    thread.start()
+    try:
+        wait_for(lambda: agent.stats.failures >= 3)
+        assert agent.stats.accepted == 0
+        with ServerThread(service, port=port) as url:
+            wait_for(lambda: agent.stats.accepted >= 2)
+            assert httpx.get(f"{url}/v1/nodes/late-1").json()["enrolled"] is True
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_agent_stops_on_a_refused_enrolment(tmp_path):
+    service = make_service(write_config(tmp_path))
+    with ServerThread(service) as url:
+        agent = Agent(url, "no-token", tmp_path / "a", interval=0.1)
+        try:
+            agent.run(count=1)
+        except AgentError as exc:
+            assert "token" in str(exc)
+        else:
+            raise AssertionError("enrolment without a token must fail")
+
+
+def test_os_load_is_the_load_average_per_cpu():
+    import os
+
+    expected = os.getloadavg()[0] / os.cpu_count()
+    assert abs(os_load() - expected) < 0.5
