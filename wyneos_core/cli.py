@@ -21,6 +21,7 @@ __all__ = ["main", "COMMANDS"]
 #: modules that add subcommands, in the order ``wyneos --help`` lists them.
 COMMANDS: tuple[str, ...] = (
     "wyneos_core.cli",  # run, tick, plugins
+    "wyneos_core.cli_simulate",
     "wyneos_core.cli_licence",
     "wyneos_core.cli_service",
 )

@@ -217,6 +217,17 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         if held is not None:
             held.last_tick = tick
             continue
+        if action.type in ISOLATING and action.target not in cut_off and action.target in state.probation:
+            # the node is still cut off, waiting out its probation: the isolation resumes
+            del state.probation[action.target]
+            cut_off.add(action.target)
+            state.isolations.setdefault(action.target, []).append(tick)
+            state.held.pop(action.id, None)
+            state.in_force[action.id] = InForce(action, tick, tick)
+            event(ctx, action, "proposed", action.reason)
+            event(ctx, action, "approved", "resumed: the node is still isolated (probation interrupted)")
+            event(ctx, action, "in_force", "edges still cut")
+            continue
         if action.type in ISOLATING and action.target not in cut_off:
             if safety_stop:
                 _hold(ctx, state, action, "suppressed", "safety stop")

@@ -416,21 +416,19 @@ def restrictions_of(state: DecideState) -> dict[str, dict[str, Any]]:
 
 
 def sync_restrictions(ctx: TickContext, state: DecideState) -> None:
-    """Write each node's restrictions into ``metadata["restrictions"]``; lift cleared ones."""
+    """Write each node's restrictions into ``metadata["restrictions"]``; lift cleared ones.
+
+    Metadata dicts are replaced, never mutated (earlier tick reports share them).
+    """
     wanted = restrictions_of(state)
-    registry = ctx.registry
-    for node_id in state.restricted - set(wanted):
-        node = registry.get(node_id)
-        if node is not None:
-            node.metadata.pop("restrictions", None)
-    for node_id, entry in wanted.items():
-        node = registry.get(node_id)
-        if node is not None:
-            node.metadata["restrictions"] = entry
-    # a heartbeat must not be able to claim restrictions the orchestrator did not set
-    for node in registry:
-        if "restrictions" in node.metadata and node.id not in wanted:
-            del node.metadata["restrictions"]
+    for node in ctx.registry:
+        entry = wanted.get(node.id)
+        if entry is not None:
+            if node.metadata.get("restrictions") != entry:
+                node.metadata = {**node.metadata, "restrictions": entry}
+        elif "restrictions" in node.metadata:
+            # lifted, or claimed by a heartbeat: only the orchestrator sets restrictions
+            node.metadata = {k: v for k, v in node.metadata.items() if k != "restrictions"}
     state.restricted = set(wanted)
 
 

@@ -1,0 +1,274 @@
+"""What a simulation measures, tick by tick, and the summary made of it.
+
+* **detection latency** per fault: ticks (and seconds) from the fault's start to the
+  first tick the orchestrator noticed it on a node (stale/offline status, refused
+  heartbeat, invalid licence, load above the threshold, a mesh partition), and to the
+  first action decided for it (isolate, reduce_load...);
+* **false isolations**: isolations of nodes that had no node fault at the time (or
+  within the grace period before);
+* actions per tick, propagation coverage (delivered share of (action, target) pairs),
+  safety stops, isolations per node (flapping), time per tick.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from wyneos_core.model import TickReport
+from wyneos_core.simulate.cluster import NODE_FAULTS, SimCluster
+from wyneos_core.simulate.scenario import Fault, Scenario
+
+__all__ = ["Recorder", "TickSample"]
+
+#: node faults tracked per node for latency; bigger faults are sampled (seeded order)
+TRACK_LIMIT = 1000
+_ACTS = {
+    "crash": {"isolate"}, "hang": {"isolate"}, "flapping": {"isolate"},
+    "overload": {"reduce_load", "redistribute"},
+    "licence_expiry": {"isolate", "quarantine", "degrade"},
+    "forged_licence": {"isolate", "quarantine", "revoke"},
+    "clock_skew": {"isolate"},
+}
+
+
+@dataclass(slots=True)
+class TickSample:
+    tick: int
+    time: float
+    duration_ms: float
+    counts: dict[str, int]
+    actions: dict[str, int]
+    delivered: int
+    deliveries: int
+    safety_stop: bool
+    partitioned: int
+    rejected: int
+    moved_load: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tick": self.tick, "time": self.time, "duration_ms": round(self.duration_ms, 3),
+                "counts": self.counts, "actions": self.actions, "delivered": self.delivered,
+                "deliveries": self.deliveries, "safety_stop": self.safety_stop,
+                "partitioned": self.partitioned, "rejected": self.rejected,
+                "moved_load": round(self.moved_load, 4)}
+
+
+@dataclass(slots=True)
+class _Track:
+    fault: Fault
+    nodes: list[str]
+    detected: dict[str, int] = field(default_factory=dict)
+    acted: dict[str, int] = field(default_factory=dict)
+
+
+class Recorder:
+    """Collects one ``TickSample`` per tick and the fault latencies; ``summary()`` at the end."""
+
+    def __init__(self, scenario: Scenario, cluster: SimCluster, interval: float, threshold: float,
+                 max_skew: float, grace_ticks: int) -> None:
+        self.scenario = scenario
+        self.cluster = cluster
+        self.interval = interval
+        self.threshold = threshold
+        self.max_skew = max_skew
+        self.grace_ticks = grace_ticks
+        self.samples: list[TickSample] = []
+        self.tracks: dict[int, _Track] = {}
+        self.isolations: Counter[str] = Counter()
+        self.false_isolations: list[dict[str, Any]] = []
+        self.last_node_fault: dict[str, int] = {}
+        self.safety_notes: list[str] = []
+        self.no_capacity: list[str] = []
+
+    def _track(self, fault: Fault) -> _Track:
+        track = self.tracks.get(fault.index)
+        if track is None:
+            nodes = self.cluster.targets.get(fault.index, [])
+            track = self.tracks[fault.index] = _Track(fault, list(nodes[:TRACK_LIMIT]))
+        return track
+
+    def record(self, report: TickReport) -> TickSample:
+        tick = report.tick
+        cluster = self.cluster
+        scratch = cluster.last_scratch.get("decide", {})
+        partitioned = scratch.get("partitioned", set())
+        for node_id in list(cluster.down) + list(cluster.hung) + list(cluster.expired) + list(cluster.forged):
+            self.last_node_fault[node_id] = tick
+        for node_id, skew in cluster.skew.items():
+            if abs(skew) > self.max_skew:
+                self.last_node_fault[node_id] = tick
+
+        actions: Counter[str] = Counter()
+        acted_on: dict[str, set[str]] = {}
+        for a in report.actions:
+            actions[a.type] += 1
+            acted_on.setdefault(a.target, set()).add(a.type)
+            if a.type == "isolate":
+                self.isolations[a.target] += 1
+                last = self.last_node_fault.get(a.target)
+                if last is None or tick - last > self.grace_ticks:
+                    self.false_isolations.append({"tick": tick, "node": a.target, "reason": a.reason})
+        moved = 0.0
+        for e in report.lifecycle:
+            if e["state"] == "in_force" and "effect" in e and isinstance(e["effect"], dict):
+                moved += float(e["effect"].get("moved", 0.0) or 0.0)
+        for note in report.notes:
+            if note.startswith("safety stop:") and len(self.safety_notes) < 5:
+                self.safety_notes.append(f"tick {tick}: {note}")
+            if note.startswith("no spare capacity") and len(self.no_capacity) < 5:
+                self.no_capacity.append(f"tick {tick}: {note}")
+
+        active = [f for f in self.scenario.faults if f.at <= tick]
+        if active:
+            by_id = {n.id: n for n in report.nodes} if any(f.kind in ("crash", "hang", "flapping", "overload")
+                                                           for f in active) else {}
+            rejected = {r["node_id"] for r in report.heartbeats_rejected if r.get("field") == "timestamp"}
+            for fault in active:
+                self._observe(self._track(fault), tick, by_id, rejected, report, partitioned, acted_on,
+                              bool(scratch.get("safety_stop")))
+
+        delivered = sum(1 for d in report.deliveries if d.delivered)
+        sample = TickSample(tick, report.started_at, report.duration_ms, report.status_counts(), dict(actions),
+                            delivered, len(report.deliveries), bool(scratch.get("safety_stop")),
+                            len(partitioned), len(report.heartbeats_rejected), moved)
+        self.samples.append(sample)
+        return sample
+
+    def _observe(self, track: _Track, tick: int, by_id: dict, rejected: set[str], report: TickReport,
+                 partitioned: set[str], acted_on: dict[str, set[str]], safety_stop: bool) -> None:
+        kind = track.fault.kind
+        wanted = _ACTS.get(kind, set())
+        for node_id in track.nodes:
+            if node_id not in track.detected:
+                seen = False
+                if kind in ("crash", "hang", "flapping"):
+                    node = by_id.get(node_id)
+                    seen = node is not None and node.status.value in ("stale", "offline")
+                elif kind == "overload":
+                    node = by_id.get(node_id)
+                    seen = node is not None and node.load is not None and node.load > self.threshold
+                elif kind == "partition":
+                    seen = node_id in partitioned
+                elif kind in ("licence_expiry", "forged_licence"):
+                    result = report.licences.get(node_id)
+                    seen = result is not None and not result.valid
+                elif kind == "clock_skew":
+                    seen = node_id in rejected
+                if seen:
+                    track.detected[node_id] = tick
+            if node_id not in track.acted and wanted & acted_on.get(node_id, set()):
+                track.acted[node_id] = tick
+            if kind == "partition" and safety_stop and node_id not in track.acted:
+                track.acted[node_id] = tick  # the safety stop is the action a partition calls for
+
+    # -- the summary --------------------------------------------------------------------------
+
+    def summary(self, wall_seconds: float) -> dict[str, Any]:
+        samples = self.samples
+        durations = sorted(s.duration_ms for s in samples)
+        per_tick = [sum(s.actions.values()) for s in samples]
+        delivered = sum(s.delivered for s in samples)
+        total = sum(s.deliveries for s in samples)
+        faults = []
+        for fault in self.scenario.faults:
+            track = self._track(fault)
+            detected = [t - fault.at for t in track.detected.values()]
+            acted = [t - fault.at for t in track.acted.values()]
+            detectable = fault.kind not in ("message_loss",) and not (
+                fault.kind == "clock_skew" and abs(float(fault.params.get("skew", 120))) <= self.max_skew)
+            faults.append({
+                "fault": fault.label,
+                "kind": fault.kind,
+                "at": fault.at,
+                "until": fault.until,
+                "nodes": len(self.cluster.targets.get(fault.index, [])),
+                "tracked": len(track.nodes),
+                "detectable": detectable,
+                "detected": len(track.detected),
+                "detection_ticks": _stats(detected),
+                "detection_seconds": _stats([d * self.interval for d in detected]),
+                "acted": len(track.acted),
+                "action_ticks": _stats(acted),
+                "action_seconds": _stats([d * self.interval for d in acted]),
+            })
+        counters = dict(self.cluster.counters)
+        counters["moved_load"] = round(counters["moved_load"], 4)
+        return {
+            "schema": "wyneos.simulation-summary/1",
+            "scenario": self.scenario.name,
+            "description": self.scenario.description,
+            "nodes": len(self.cluster.ids),
+            "ticks": len(samples),
+            "seed": self.scenario.seed,
+            "interval_s": self.interval,
+            "faults": faults,
+            "false_isolations": len(self.false_isolations),
+            "false_isolation_examples": self.false_isolations[:10],
+            "isolations": sum(self.isolations.values()),
+            "max_isolations_per_node": max(self.isolations.values(), default=0),
+            "actions_total": sum(per_tick),
+            "actions_per_tick": {"mean": round(statistics.fmean(per_tick), 3) if per_tick else 0.0,
+                                 "max": max(per_tick, default=0)},
+            "actions_by_type": dict(sum((Counter(s.actions) for s in samples), Counter())),
+            "coverage": round(delivered / total, 4) if total else 1.0,
+            "deliveries": {"delivered": delivered, "total": total},
+            "safety_stop_ticks": sum(1 for s in samples if s.safety_stop),
+            "safety_notes": self.safety_notes,
+            "no_spare_capacity": self.no_capacity,
+            "moved_load": round(sum(s.moved_load for s in samples), 4),
+            "transport": counters,
+            "tick_ms": {"mean": round(statistics.fmean(durations), 3) if durations else 0.0,
+                        "p95": round(_pct(durations, 0.95), 3), "max": round(max(durations, default=0.0), 3)},
+            "wall_seconds": round(wall_seconds, 3),
+        }
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"min": min(values), "mean": round(statistics.fmean(values), 3), "max": max(values)}
+
+
+def _pct(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def check_expectations(summary: dict[str, Any], expect: dict[str, Any]) -> list[str]:
+    """The expectations of the scenario that the run did not meet (empty: all met)."""
+    failures = []
+    for fault in summary["faults"]:
+        if not fault["detectable"]:
+            continue
+        limit = expect.get("detected_within_ticks")
+        if limit is not None:
+            worst = fault["detection_ticks"]["max"] if fault["detection_ticks"] else None
+            if fault["detected"] < fault["tracked"] or worst is None or worst > limit:
+                failures.append(f"{fault['fault']}: detected on {fault['detected']}/{fault['tracked']} node(s), "
+                                f"worst {worst} tick(s), expected within {limit}")
+        limit = expect.get("acted_within_ticks")
+        if limit is not None and fault["kind"] in _ACTS:
+            worst = fault["action_ticks"]["max"] if fault["action_ticks"] else None
+            if fault["acted"] < fault["tracked"] or worst is None or worst > limit:
+                failures.append(f"{fault['fault']}: acted on {fault['acted']}/{fault['tracked']} node(s), "
+                                f"worst {worst} tick(s), expected within {limit}")
+    if "max_false_isolations" in expect and summary["false_isolations"] > expect["max_false_isolations"]:
+        failures.append(f"{summary['false_isolations']} false isolation(s), at most "
+                        f"{expect['max_false_isolations']} expected")
+    if "safety_stop" in expect and bool(summary["safety_stop_ticks"]) != expect["safety_stop"]:
+        failures.append(f"safety stop in {summary['safety_stop_ticks']} tick(s), expected "
+                        + ("some" if expect["safety_stop"] else "none"))
+    if "max_isolations_per_node" in expect and summary["max_isolations_per_node"] > expect["max_isolations_per_node"]:
+        failures.append(f"a node was isolated {summary['max_isolations_per_node']} times, at most "
+                        f"{expect['max_isolations_per_node']} expected")
+    if "redistributed" in expect and (summary["moved_load"] > 0) != expect["redistributed"]:
+        failures.append(f"load moved: {summary['moved_load']}, expected "
+                        + ("some" if expect["redistributed"] else "none"))
+    if "min_coverage" in expect and summary["coverage"] < expect["min_coverage"]:
+        failures.append(f"propagation coverage {summary['coverage']:.2%} below {expect['min_coverage']:.2%}")
+    return failures

@@ -1,0 +1,174 @@
+"""Running a scenario: the real ``Orchestrator`` against a ``SimCluster`` on a fake clock."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wyneos_core.mesh import build_topology
+from wyneos_core.simulate.cluster import SimCluster
+from wyneos_core.simulate.metrics import Recorder, TickSample, check_expectations
+from wyneos_core.simulate.scenario import Scenario, node_ids
+from wyneos_core.store import StateStore
+from wyneos_core.tick import Orchestrator
+
+__all__ = ["SimClock", "SimResult", "simulate", "summary_text", "write_outputs"]
+
+#: the simulated epoch: 2026-01-01T00:00:00Z
+EPOCH = 1_767_225_600.0
+
+
+class SimClock:
+    """A clock that only moves when the simulator says so."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float = EPOCH) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(slots=True)
+class SimResult:
+    scenario: Scenario
+    summary: dict[str, Any]
+    samples: list[TickSample]
+    failures: list[str]
+    orchestrator: Orchestrator
+    cluster: SimCluster
+
+
+def build(scenario: Scenario, *, state_path: str | Path | None = None) -> tuple[Orchestrator, SimCluster, SimClock]:
+    """The orchestrator, the simulated cluster plugin and the clock of ``scenario``."""
+    config = scenario.orchestrator_config()
+    disable = set(config["plugins"]["disable"]) | {"licence"}
+    config["plugins"]["disable"] = sorted(disable)
+    config["plugins"]["trace"] = False
+    clock = SimClock()
+    store: StateStore | bool = False
+    if state_path is not None:
+        store = StateStore.open(state_path)
+    orchestrator = Orchestrator(config, clock=clock, load_entrypoints=False, store=store)
+    ids = node_ids(scenario.nodes)
+    for node_id in ids:
+        if node_id not in orchestrator.registry:
+            orchestrator.registry.register(node_id, now=clock.now, licence_ref=f"sim-{node_id}")
+    orchestrator.mesh = build_topology(ids, config["mesh"])
+    cluster = SimCluster(scenario, ids, orchestrator.mesh)
+    orchestrator.pm.register(cluster, SimCluster.__wyneos_name__)
+    return orchestrator, cluster, clock
+
+
+def simulate(scenario: Scenario, *, progress: bool = False, state_path: str | Path | None = None) -> SimResult:
+    """Run ``scenario`` tick by tick and measure it.
+
+    :param progress: show a progress bar (tqdm, on stderr).
+    :param state_path: keep the orchestrator's SQLite state there (default: none).
+    """
+    orchestrator, cluster, clock = build(scenario, state_path=state_path)
+    config = orchestrator.config
+    interval = float(config["tick"]["interval"])
+    grace = math.ceil(config["heartbeat"]["offline_after"] / interval) + 1
+    recorder = Recorder(scenario, cluster, interval, config["healing"]["overload_threshold"],
+                        config["heartbeat"]["max_clock_skew"], grace)
+    steps = range(1, scenario.ticks + 1)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=scenario.ticks, unit="tick", desc=scenario.name, leave=False)
+    started = time.perf_counter()
+    with orchestrator:
+        for tick in steps:
+            clock.now = EPOCH + tick * interval
+            report = orchestrator.tick()
+            recorder.record(report)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    summary = recorder.summary(time.perf_counter() - started)
+    failures = check_expectations(summary, scenario.expect)
+    summary["expectations"] = {"checked": sorted(scenario.expect), "failed": failures}
+    return SimResult(scenario, summary, recorder.samples, failures, orchestrator, cluster)
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """The human-readable summary printed by ``wyneos simulate``."""
+    s = summary
+    lines = [
+        f"scenario {s['scenario']}: {s['nodes']} nodes, {s['ticks']} ticks of {s['interval_s']:g}s, seed {s['seed']}",
+    ]
+    if s["description"]:
+        lines.append(f"  {s['description'].strip()}")
+    lines.append("faults:")
+    for f in s["faults"]:
+        det = f["detection_ticks"]
+        act = f["action_ticks"]
+        span = f"ticks {f['at']}-{f['until'] - 1}" if f["until"] else f"from tick {f['at']}"
+        text = f"  {f['fault']:<22} {span:<16} {f['nodes']} node(s)"
+        if not f["detectable"]:
+            text += "  (not detectable by design)"
+        else:
+            text += (f"  detected {f['detected']}/{f['tracked']}"
+                     + (f" in {det['mean']:g} ticks / {det['mean'] * s['interval_s']:g}s (max {det['max']})" if det else ""))
+            text += (f"; acted {f['acted']}/{f['tracked']}"
+                     + (f" in {act['mean']:g} ticks / {act['mean'] * s['interval_s']:g}s (max {act['max']})" if act else ""))
+        lines.append(text)
+    lines += [
+        f"false isolations: {s['false_isolations']}   isolations: {s['isolations']} "
+        f"(at most {s['max_isolations_per_node']} per node)",
+        f"actions: {s['actions_total']} ({s['actions_per_tick']['mean']:g} per tick, max {s['actions_per_tick']['max']})"
+        + ("  " + ", ".join(f"{k}={v}" for k, v in sorted(s["actions_by_type"].items())) if s["actions_by_type"] else ""),
+        f"propagation coverage: {s['coverage']:.1%} ({s['deliveries']['delivered']}/{s['deliveries']['total']} "
+        f"deliveries; {s['transport']['lost']} hop(s) lost, {s['transport']['refused']} refused)",
+        f"load moved to neighbours: {s['moved_load']:g}",
+        f"safety stop: {s['safety_stop_ticks']} tick(s)",
+        f"time per tick: mean {s['tick_ms']['mean']:.1f} ms, p95 {s['tick_ms']['p95']:.1f} ms, "
+        f"max {s['tick_ms']['max']:.1f} ms (run {s['wall_seconds']:.1f}s)",
+    ]
+    for note in s["safety_notes"][:1]:
+        lines.append(f"  {note}")
+    for note in s["no_spare_capacity"][:1]:
+        lines.append(f"  {note}")
+    failed = s.get("expectations", {}).get("failed", [])
+    checked = s.get("expectations", {}).get("checked", [])
+    if checked:
+        lines.append("expectations: " + ("all met" if not failed else f"{len(failed)} FAILED"))
+        lines += [f"  FAILED {f}" for f in failed]
+    return "\n".join(lines)
+
+
+def write_outputs(result: SimResult, out: str | Path, plot_format: str = "png") -> dict[str, Path]:
+    """Write summary.json, summary.txt, timeline.csv and the plot into ``out``."""
+    from wyneos_core.simulate.plot import plot_run
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "summary_json": out / "summary.json",
+        "summary_txt": out / "summary.txt",
+        "timeline": out / "timeline.csv",
+        "plot": out / f"plot.{plot_format}",
+    }
+    paths["summary_json"].write_text(json.dumps(result.summary, indent=1, sort_keys=False) + "\n")
+    paths["summary_txt"].write_text(summary_text(result.summary) + "\n")
+    with paths["timeline"].open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["tick", "time", "online", "stale", "offline", "unknown", "isolated", "partitioned",
+                         "actions", "delivered", "deliveries", "safety_stop", "rejected", "moved_load", "duration_ms"])
+        for s in result.samples:
+            c = s.counts
+            writer.writerow([s.tick, s.time, c.get("online", 0), c.get("stale", 0), c.get("offline", 0),
+                             c.get("unknown", 0), c.get("isolated", 0), s.partitioned, sum(s.actions.values()),
+                             s.delivered, s.deliveries, int(s.safety_stop), s.rejected, round(s.moved_load, 4),
+                             round(s.duration_ms, 3)])
+    plot_run(result.samples, result.scenario, paths["plot"])
+    return paths

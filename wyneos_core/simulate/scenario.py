@@ -1,0 +1,260 @@
+"""Fault-injection scenarios: the YAML format, loading, checking and finding them.
+
+A scenario names a cluster (size, mesh, orchestrator config), a list of faults over
+time and, optionally, what the outcome must be. The format is the JSON Schema
+``scenario.schema.json`` next to this module, documented in ``docs/simulation.md``.
+Mistakes are refused with file, line and field (``LocatedError``).
+
+``builtin:NAME`` names a shipped scenario: the repository's ``scenarios/`` directory
+(the source of truth) or, in an installed package, the copies installed with it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import sysconfig
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from wyneos_core.config import Config, _check_semantics, fill_defaults, schema as config_schema
+from wyneos_core.yamlio import Located, LocatedError, load_yaml, validate_schema
+
+__all__ = [
+    "FAULT_KINDS",
+    "Fault",
+    "Scenario",
+    "builtin_scenarios",
+    "load_scenario",
+    "node_ids",
+    "resolve_scenario",
+]
+
+FAULT_KINDS = ("crash", "hang", "overload", "flapping", "partition", "licence_expiry", "forged_licence",
+               "clock_skew", "message_loss")
+
+#: Orchestrator settings of a simulation unless the scenario says otherwise: the tick and
+#: the heartbeat share one rhythm, nothing is written to stdout or files.
+SIM_DEFAULTS: dict[str, Any] = {
+    "tick": {"interval": 5.0},
+    "heartbeat": {"interval": 5.0, "stale_after": 15.0, "offline_after": 40.0, "max_clock_skew": 30.0},
+    "report": {"stdout": "none", "json_path": None},
+    "state": {"path": ":memory:"},
+}
+
+
+@cache
+def scenario_schema() -> dict[str, Any]:
+    text = (resources.files("wyneos_core.simulate") / "scenario.schema.json").read_text()
+    return json.loads(text)
+
+
+@dataclass(slots=True)
+class Fault:
+    """One fault of a scenario; ``targets`` are resolved against the cluster size."""
+
+    kind: str
+    at: int
+    until: int | None
+    nodes: list[str] | None = None
+    count: int | None = None
+    fraction: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    index: int = 0
+
+    def active(self, tick: int) -> bool:
+        return self.at <= tick and (self.until is None or tick < self.until)
+
+    @property
+    def label(self) -> str:
+        return f"#{self.index} {self.kind}@{self.at}"
+
+
+@dataclass(slots=True)
+class Scenario:
+    """A loaded, checked scenario."""
+
+    name: str
+    description: str
+    nodes: int
+    ticks: int
+    seed: int
+    mesh: dict[str, Any]
+    config: dict[str, Any]
+    load: dict[str, float]
+    faults: list[Fault]
+    expect: dict[str, Any]
+    source: str = "<scenario>"
+    located: Located | None = None
+
+    def with_overrides(self, *, nodes: int | None = None, ticks: int | None = None,
+                       seed: int | None = None) -> Scenario:
+        """A copy with ``--nodes`` / ``--ticks`` / ``--seed`` applied and checked."""
+        out = Scenario(self.name, self.description, nodes or self.nodes, ticks or self.ticks,
+                       self.seed if seed is None else seed, dict(self.mesh), self.config, self.load,
+                       self.faults, self.expect, self.source, self.located)
+        if not 1 <= out.nodes <= 100_000:
+            raise LocatedError(f"must be between 1 and 100000, got {out.nodes}", file=self.source, field="nodes")
+        if out.ticks < 1:
+            raise LocatedError(f"must be at least 1, got {out.ticks}", file=self.source, field="ticks")
+        _check_faults(out)
+        return out
+
+    def orchestrator_config(self) -> Config:
+        """The orchestrator ``Config`` of this scenario (validated when it was loaded)."""
+        data = _merge(SIM_DEFAULTS, self.config)
+        data["mesh"] = {**data.get("mesh", {}), **self.mesh, "seed": self.seed}
+        data["cluster"] = f"sim-{self.name}"
+        return Config(fill_defaults(config_schema(), data), source=self.source)
+
+
+def node_ids(count: int) -> list[str]:
+    """The ids of a simulated cluster of ``count`` nodes: ``node-0001``..."""
+    width = max(4, len(str(count)))
+    return [f"node-{i:0{width}d}" for i in range(1, count + 1)]
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def load_scenario(path: str | Path | None = None, *, text: str | None = None, name: str | None = None) -> Scenario:
+    """Load and check a scenario file (or ``text``).
+
+    :raises LocatedError: naming file, line and field of the first mistake.
+    """
+    source = str(path) if path is not None else (name or "<scenario>")
+    located = load_yaml(source, text=text)
+    if not isinstance(located.data, dict):
+        raise LocatedError("a scenario must be a mapping (scenario:, faults: ...)", file=located.file, line=1)
+    validate_schema(located, scenario_schema())
+    data = fill_defaults(scenario_schema(), located.data)
+    _check_config(located, data)
+    faults = []
+    for index, raw in enumerate(data["faults"]):
+        picks = [k for k in ("nodes", "count", "fraction") if k in raw]
+        if raw["kind"] != "message_loss" and len(picks) != 1:
+            raise located.error(("faults", index), "give exactly one of nodes, count or fraction")
+        if raw["until"] is not None and raw["until"] <= raw["at"]:
+            raise located.error(("faults", index, "until"), f"must be after at ({raw['at']}), got {raw['until']}")
+        params = {k: raw[k] for k in ("extra", "down", "up", "skew", "probability") if k in raw}
+        faults.append(Fault(raw["kind"], raw["at"], raw["until"], raw.get("nodes"), raw.get("count"),
+                            raw.get("fraction"), params, index))
+    load = data["load"]
+    if load["max"] < load["min"]:
+        raise located.error(("load", "max"), f"must be at least load.min ({load['min']}), got {load['max']}")
+    scenario = Scenario(data["scenario"], data["description"], data["nodes"], data["ticks"], data["seed"],
+                        data["mesh"], data["config"], load, faults, data["expect"], located.file, located)
+    _check_faults(scenario)
+    return scenario
+
+
+def _check_config(located: Located, data: dict[str, Any]) -> None:
+    config = data["config"]
+    for section in ("nodes", "demo"):
+        if section in config:
+            raise located.error(("config", section), "is set by the simulator, not by the scenario")
+    sub = Located(config, located.file, located.positions)
+    validate_schema(sub, config_schema(), prefix=("config",))
+    mesh = Located(data["mesh"], located.file, located.positions)
+    mesh_schema = config_schema()["properties"]["mesh"]
+    validate_schema(mesh, mesh_schema, prefix=("mesh",))
+    if data["mesh"].get("topology") == "explicit":
+        raise located.error(("mesh", "topology"), "explicit meshes need node lists; pick a generated topology")
+    merged = fill_defaults(config_schema(), _merge(SIM_DEFAULTS, config))
+    try:
+        positions = {k[1:]: v for k, v in located.positions.items() if k[:1] == ("config",)}
+        _check_semantics(Located(merged, located.file, positions), merged)
+    except LocatedError as exc:
+        raise LocatedError(exc.reason, file=located.file, line=exc.line, column=exc.column,
+                           field=f"config.{exc.field}" if exc.field else "config") from None
+
+
+def _check_faults(scenario: Scenario) -> None:
+    known = set(node_ids(scenario.nodes))
+    for fault in scenario.faults:
+        for node_id in fault.nodes or ():
+            if node_id not in known:
+                _raise(scenario, ("faults", fault.index, "nodes"),
+                       f"unknown node {node_id!r} (this run has {node_ids(scenario.nodes)[0]} .. "
+                       f"{node_ids(scenario.nodes)[-1]})")
+        if fault.count is not None and fault.count > scenario.nodes:
+            _raise(scenario, ("faults", fault.index, "count"),
+                   f"{fault.count} nodes asked for, the cluster has {scenario.nodes}")
+        if fault.at > scenario.ticks:
+            _raise(scenario, ("faults", fault.index, "at"),
+                   f"tick {fault.at} is after the last tick ({scenario.ticks})")
+
+
+def _raise(scenario: Scenario, path: tuple[Any, ...], reason: str) -> None:
+    if scenario.located is not None:
+        raise scenario.located.error(path, reason)
+    raise LocatedError(reason, file=scenario.source)
+
+
+def pick_nodes(fault: Fault, ids: Sequence[str], rng: random.Random) -> list[str]:
+    """The nodes ``fault`` hits in a cluster of ``ids`` (seeded draws for count/fraction)."""
+    if fault.nodes is not None:
+        return list(fault.nodes)
+    if fault.count is not None:
+        return rng.sample(list(ids), fault.count)
+    if fault.fraction is not None:
+        return rng.sample(list(ids), max(1, round(fault.fraction * len(ids))))
+    return []
+
+
+# -- shipped scenarios ------------------------------------------------------------------------
+
+_REPO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+_SHARE = Path("share") / "wyneos" / "scenarios"
+
+
+def scenario_dirs() -> list[Path]:
+    """Where shipped scenarios are looked for: a source checkout first, then the install."""
+    dirs = [_REPO_DIR]
+    for base in {sysconfig.get_path("data"), sys.prefix, sysconfig.get_path("data", f"{_user_scheme()}")}:
+        if base:
+            dirs.append(Path(base) / _SHARE)
+    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+
+
+def _user_scheme() -> str:
+    return "posix_user" if sys.platform != "win32" else "nt_user"
+
+
+def builtin_scenarios() -> dict[str, Path]:
+    """Name -> file of every shipped scenario."""
+    found: dict[str, Path] = {}
+    for directory in scenario_dirs():
+        for path in sorted(directory.glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def resolve_scenario(spec: str) -> Path:
+    """A scenario file from a path or ``builtin:NAME``.
+
+    :raises LocatedError: when the file or the shipped scenario does not exist.
+    """
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        shipped = builtin_scenarios()
+        if name not in shipped:
+            known = ", ".join(sorted(shipped)) or "none found"
+            raise LocatedError(f"no shipped scenario {name!r} (shipped: {known})", file=spec)
+        return shipped[name]
+    path = Path(spec)
+    if not path.is_file():
+        raise LocatedError("no such scenario file", file=spec)
+    return path
