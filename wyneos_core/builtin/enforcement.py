@@ -30,6 +30,9 @@ LICENCE_ACTIONS: dict[str, tuple[ActionType, ...]] = {
     "not_yet_valid": (Q,),
     "entitlement_missing": (G,),
     "source_unavailable": (Q,),
+    "malformed": (I,),
+    "superseded": (I,),
+    "clock_rollback": (Q,),
 }
 
 
