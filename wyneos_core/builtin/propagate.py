@@ -29,8 +29,9 @@ Effects, applied to the orchestrator's view of the cluster:
   action is in force the node's ``metadata["restrictions"]`` says so (maintained by the
   orchestrator, overwriting whatever a heartbeat sent).
 
-Mesh partitions (groups of nodes with no path to the orchestrator) are detected each
-tick and listed in ``report.partitions``.
+Mesh partitions (groups of nodes with no mesh path to the orchestrator, whatever their
+status; isolated nodes are not counted) are detected each tick and listed in
+``report.partitions``.
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ def routing_parents(mesh: Mesh, avoid: Mapping[str, str] | set[str]) -> dict[str
 
 
 def partition_groups(mesh: Mesh, parent: Mapping[str, str], avoid: Iterable[str]) -> list[list[str]]:
-    """Groups of (non-isolated, non-avoided) vertices with no path to the orchestrator."""
+    """Groups of vertices (neither isolated nor in ``avoid``) with no path to the orchestrator.
+
+    ``parent`` is a routing tree: vertices in it are connected to the orchestrator.
+    """
     skip = set(avoid) | mesh.isolated
     adj = mesh.graph.adj
     left = {v for v in adj if v != ORIGIN and v not in parent and v not in skip}
@@ -329,8 +333,12 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
         _apply_effects(ctx, state, actions, mesh, effects)
         ctx.scratch["propagate"] = {"hops": carrier.hops, "retried": carrier.retried}
     # partitions: after the effects, over the mesh as it now is
-    parent_now = routing_parents(mesh, avoid) if (parent is None or actions) else parent
-    ctx.report.partitions = partition_groups(mesh, parent_now, avoid)
+    # structural: offline nodes count as members of the partition they sit in
+    if avoid or parent is None or actions:
+        parent_now = routing_parents(mesh, ())
+    else:
+        parent_now = parent
+    ctx.report.partitions = partition_groups(mesh, parent_now, ())
     if ctx.report.partitions:
         cut = sum(len(g) for g in ctx.report.partitions)
         ctx.note(f"partition: {cut} node(s) in {len(ctx.report.partitions)} group(s) have no mesh path "

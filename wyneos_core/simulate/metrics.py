@@ -114,6 +114,8 @@ class Recorder:
                     self.false_isolations.append({"tick": tick, "node": a.target, "reason": a.reason})
         moved = 0.0
         for e in report.lifecycle:
+            if e["state"] == "suppressed":
+                acted_on.setdefault(e["target"], set()).add("held")
             if e["state"] == "in_force" and "effect" in e and isinstance(e["effect"], dict):
                 moved += float(e["effect"].get("moved", 0.0) or 0.0)
         for note in report.notes:
@@ -162,8 +164,9 @@ class Recorder:
                     track.detected[node_id] = tick
             if node_id not in track.acted and wanted & acted_on.get(node_id, set()):
                 track.acted[node_id] = tick
-            if kind == "partition" and safety_stop and node_id not in track.acted:
-                track.acted[node_id] = tick  # the safety stop is the action a partition calls for
+            if kind == "partition" and node_id not in track.acted and (
+                    safety_stop or "held" in acted_on.get(node_id, set())):
+                track.acted[node_id] = tick  # holding isolation back is what a partition calls for
 
     # -- the summary --------------------------------------------------------------------------
 

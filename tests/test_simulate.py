@@ -1,0 +1,210 @@
+"""The fault-injection simulator: shipped scenarios, reproducibility, errors, CLI, packaging."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from wyneos_core.simulate import builtin_scenarios, load_scenario, resolve_scenario, simulate
+from wyneos_core.simulate.runner import write_outputs
+from wyneos_core.yamlio import LocatedError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(name: str, **overrides):
+    scenario = load_scenario(resolve_scenario(f"builtin:{name}")).with_overrides(**overrides)
+    return simulate(scenario)
+
+
+def test_single_crash_is_detected_and_isolated_within_the_grace_period():
+    result = run("single-crash")
+    config = result.orchestrator.config
+    interval, grace = config["tick"]["interval"], config["heartbeat"]["offline_after"]
+    [fault] = result.summary["faults"]
+    assert fault["detected"] == fault["acted"] == 1
+    # stale once stale_after has passed, isolated in the first tick past the grace period
+    assert fault["detection_seconds"]["max"] <= config["heartbeat"]["stale_after"] + interval
+    assert grace <= fault["action_seconds"]["max"] <= grace + interval
+    crashed = result.cluster.targets[0][0]
+    assert result.orchestrator.registry[crashed].isolated and result.orchestrator.mesh.is_isolated(crashed)
+    assert result.summary["false_isolations"] == 0 and result.summary["isolations"] == 1
+    assert result.failures == []
+
+
+def test_partition_of_half_the_cluster_triggers_the_safety_stop_not_mass_isolation():
+    result = run("half-partition")
+    s = result.summary
+    [fault] = s["faults"]
+    assert fault["nodes"] == 100 and fault["detected"] == 100
+    assert s["isolations"] == 0 and s["false_isolations"] == 0
+    stopped = [x.tick for x in result.samples if x.safety_stop]
+    assert stopped == list(range(5, 25))  # exactly while the partition lasts
+    assert any("no mesh path to the orchestrator" in n for n in s["safety_notes"])
+    # the cut-off half did go offline (so isolation would otherwise have hit it)
+    assert max(x.counts["offline"] for x in result.samples) == 100
+    # healed: everyone back online, nothing isolated, nothing partitioned
+    last = result.samples[-1]
+    assert last.counts["online"] == 200 and last.counts["isolated"] == 0 and last.partitioned == 0
+
+
+def test_without_the_partition_limit_the_same_run_would_isolate_nodes():
+    scenario = load_scenario(resolve_scenario("builtin:half-partition"))
+    scenario.config = {"decide": {"max_partitioned_fraction": 1.0, "max_unhealthy_fraction": 1.0}}
+    result = simulate(scenario)
+    # the per-node partition hold still keeps the cut-off nodes from being isolated
+    assert result.summary["isolations"] == 0
+    assert result.summary["safety_stop_ticks"] == 0
+
+
+def test_flapping_node_is_not_isolated_and_reinstated_every_tick():
+    result = run("flapping-node")
+    s = result.summary
+    assert s["max_isolations_per_node"] <= 4 and s["actions_by_type"].get("reinstate", 0) <= 3
+    busy = [x.tick for x in result.samples if x.actions.get("isolate") or x.actions.get("reinstate")]
+    assert all(b - a > 1 for a, b in zip(busy, busy[1:])), busy
+    assert s["false_isolations"] == 0
+
+
+def test_overload_is_redistributed_to_neighbours_and_returns_when_the_burst_ends():
+    result = run("overload")
+    cluster = result.cluster
+    hot = result.cluster.targets[0]
+    s = result.summary
+    assert s["moved_load"] > 0 and s["actions_by_type"] == {"reduce_load": 3}
+    threshold = result.orchestrator.config["healing"]["overload_threshold"]
+    # during the burst every hot node was brought down below the threshold
+    timeline = result.samples
+    assert all(x.counts["online"] == 60 for x in timeline)
+    for node_id in hot:
+        assert cluster.base_load[node_id] + 0.6 > threshold
+    # after the burst the moved load is gone again everywhere
+    assert all(abs(v) < 1e-9 for v in cluster.moved.values())
+    assert s["faults"][0]["acted"] == 3 and s["false_isolations"] == 0
+
+
+def test_overload_brings_the_node_below_the_threshold_while_the_burst_lasts():
+    scenario = load_scenario(resolve_scenario("builtin:overload")).with_overrides(ticks=12)
+    result = simulate(scenario)
+    registry = result.orchestrator.registry
+    threshold = result.orchestrator.config["healing"]["overload_threshold"]
+    for node_id in result.cluster.targets[0]:
+        assert registry[node_id].load <= threshold + 1e-9, (node_id, registry[node_id].load)
+    receivers = {n for _, moves in result.cluster.moves_from.values() for n, _ in moves}
+    assert receivers and all(registry[n].load <= 0.75 + 1e-6 for n in receivers)
+
+
+def test_licence_faults_carry_their_reason_codes_and_isolate():
+    result = run("licence-faults")
+    report = result.orchestrator.last_report
+    reasons = {r.reason for r in report.licences.values() if not r.valid}
+    assert reasons == {"expired", "invalid_signature"}
+    assert result.summary["actions_by_type"] == {"isolate": 3, "revoke": 1}
+    assert all(f["acted"] == f["nodes"] for f in result.summary["faults"])
+
+
+def test_same_seed_same_run_other_seed_other_run():
+    def strip(summary):
+        return {k: v for k, v in summary.items() if k not in ("tick_ms", "wall_seconds")}
+
+    a, b = run("chaos", nodes=300, ticks=30), run("chaos", nodes=300, ticks=30)
+    assert strip(a.summary) == strip(b.summary)
+    assert a.cluster.targets == b.cluster.targets
+    c = run("chaos", nodes=300, ticks=30, seed=99)
+    assert c.cluster.targets != a.cluster.targets
+
+
+def test_chaos_scenario_meets_its_expectations():
+    result = run("chaos")
+    assert result.failures == [], result.failures
+    kinds = {f["kind"] for f in result.summary["faults"]}
+    assert kinds == {"crash", "hang", "overload", "flapping", "partition", "licence_expiry", "forged_licence",
+                     "clock_skew", "message_loss"}
+    assert result.summary["transport"]["lost"] > 0  # lossy links were retried ...
+    assert result.summary["coverage"] > 0.9  # ... and most deliveries still made it
+
+
+@pytest.mark.parametrize(("text", "where", "why"), [
+    ("scenario: x\nfaults:\n  - {kind: crash, at: 3, count: 1, colour: red}\n", ":3:", "unknown field 'colour'"),
+    ("scenario: x\nfaults:\n  - {kind: quake, at: 3, count: 1}\n", ":3:", "'quake' is not one of"),
+    ("scenario: x\nfaults:\n  - {kind: crash, at: 3}\n", ":3:", "exactly one of nodes, count or fraction"),
+    ("scenario: x\nnodes: 5\nfaults:\n  - {kind: crash, at: 3, nodes: [node-0009]}\n", ":4:", "unknown node"),
+    ("scenario: x\nfaults:\n  - {kind: crash, at: 5, until: 4, count: 1}\n", ":3:", "must be after at"),
+    ("scenario: x\nconfig:\n  heartbeat: {stale_after: 50, offline_after: 10}\n", ":3:", "must be at least stale_after"),
+    ("scenario: x\nconfig:\n  decide: {max_isolations_per_tick: -1}\n", ":3:", "config.decide.max_isolations_per_tick"),
+    ("scenario: x\nticks: 10\nfaults:\n  - {kind: crash, at: 11, count: 1}\n", ":4:", "after the last tick"),
+])
+def test_bad_scenarios_are_refused_with_file_line_and_field(text, where, why):
+    with pytest.raises(LocatedError) as info:
+        load_scenario(text=text, name="bad.yaml")
+    message = str(info.value)
+    assert message.startswith("bad.yaml" + where) and why in message, message
+
+
+def test_overrides_are_checked_against_the_scenario():
+    scenario = load_scenario(text="scenario: x\nnodes: 20\nfaults:\n  - {kind: crash, at: 2, count: 15}\n")
+    with pytest.raises(LocatedError, match="15 nodes asked for, the cluster has 10"):
+        scenario.with_overrides(nodes=10)
+    with pytest.raises(LocatedError, match="between 1 and 100000"):
+        scenario.with_overrides(nodes=200_000)
+
+
+def test_outputs_summary_timeline_and_plot(tmp_path):
+    result = run("single-crash", ticks=15)
+    for fmt, magic in (("png", b"\x89PNG"), ("svg", b"<?xml")):
+        paths = write_outputs(result, tmp_path / fmt, fmt)
+        assert paths["plot"].read_bytes().startswith(magic)
+        summary = json.loads(paths["summary_json"].read_text())
+        assert summary["scenario"] == "single-crash" and summary["ticks"] == 15
+        rows = paths["timeline"].read_text().splitlines()
+        assert rows[0].startswith("tick,time,online") and len(rows) == 16
+
+
+def wyneos(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "wyneos_core.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_runs_a_shipped_scenario_and_writes_summary_and_plot(tmp_path):
+    out = wyneos("simulate", "builtin:single-crash", "--nodes", "80", "--seed", "4", "--out", "run",
+                 "--format", "svg", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "scenario single-crash: 80 nodes" in out.stdout and "expectations: all met" in out.stdout
+    assert "false isolations: 0" in out.stdout and "time per tick" in out.stdout
+    assert (tmp_path / "run" / "plot.svg").is_file() and (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_cli_exit_codes_for_unmet_expectations_and_bad_input(tmp_path):
+    (tmp_path / "strict.yaml").write_text(
+        "scenario: strict\nnodes: 20\nticks: 12\nfaults:\n  - {kind: crash, at: 2, count: 1}\n"
+        "expect: {acted_within_ticks: 2}\n")
+    out = wyneos("simulate", "strict.yaml", "--out", "o", cwd=tmp_path)
+    assert out.returncode == 1 and "FAILED #0 crash@2" in out.stdout
+    out = wyneos("simulate", "builtin:no-such-thing", cwd=tmp_path)
+    assert out.returncode == 2 and "no shipped scenario 'no-such-thing'" in out.stderr
+    (tmp_path / "bad.yaml").write_text("scenario: bad\nfaults: [{kind: crash, at: 0, count: 1}]\n")
+    out = wyneos("simulate", "bad.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "bad.yaml:2" in out.stderr
+    out = wyneos("simulate", "--list", cwd=tmp_path)
+    assert out.returncode == 0 and "builtin:half-partition" in out.stdout
+
+
+def test_shipped_scenarios_are_the_repository_files_and_go_into_the_wheel(tmp_path):
+    shipped = builtin_scenarios()
+    repo = sorted(p.stem for p in (ROOT / "scenarios").glob("*.yaml"))
+    assert sorted(shipped) == repo and all(p.parent == ROOT / "scenarios" for p in shipped.values())
+    for path in shipped.values():
+        load_scenario(path)  # every shipped scenario is valid
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("wyneos_core-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for stem in repo:
+        assert any(n.endswith(f".data/data/share/wyneos/scenarios/{stem}.yaml") for n in names), stem
+    assert "wyneos_core/simulate/scenario.schema.json" in names
