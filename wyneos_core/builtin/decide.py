@@ -34,7 +34,7 @@ longer and longer instead of being isolated and reinstated every few ticks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,7 @@ __all__ = [
     "Probation",
     "event",
     "in_force_actions",
+    "raw_adjacency",
     "reachable_from_origin",
     "state_of",
 ]
@@ -137,9 +138,18 @@ def _restore(state: DecideState, orchestrator: Orchestrator) -> None:
             state.probation[node.id] = Probation(tick, probation)
 
 
+def raw_adjacency(mesh: Mesh) -> Mapping[str, Mapping[str, Any]]:
+    """The mesh graph's adjacency as networkx stores it (a dict of dicts), read only.
+
+    Walking it directly instead of through ``graph.adj`` views makes the per-tick
+    breadth-first searches about twice as fast on 100k-node meshes (bench_propagate).
+    """
+    return mesh.graph._adj  # noqa: SLF001 - networkx's documented storage, never written here
+
+
 def reachable_from_origin(mesh: Mesh) -> set[str]:
     """Every vertex with a mesh path to the orchestrator (one breadth-first search)."""
-    adj = mesh.graph.adj
+    adj = raw_adjacency(mesh)
     seen = {ORIGIN}
     frontier = [ORIGIN]
     while frontier:

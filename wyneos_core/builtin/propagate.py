@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from wyneos_core import hookimpl
-from wyneos_core.builtin.decide import DecideState, event, state_of
+from wyneos_core.builtin.decide import DecideState, event, raw_adjacency, state_of
 from wyneos_core.mesh import Mesh
 from wyneos_core.model import ORIGIN, Action, ActionType, Delivery, NodeStatus
 from wyneos_core.tick import Orchestrator, TickContext
@@ -83,7 +83,7 @@ def routing_parents(mesh: Mesh, avoid: Mapping[str, str] | set[str]) -> dict[str
 
     One breadth-first search over the mesh (the routing tree of the tick).
     """
-    adj = mesh.graph.adj
+    adj = raw_adjacency(mesh)
     parent: dict[str, str] = {}
     seen = set(avoid)
     seen.add(ORIGIN)
@@ -106,7 +106,7 @@ def partition_groups(mesh: Mesh, parent: Mapping[str, str], avoid: Iterable[str]
     ``parent`` is a routing tree: vertices in it are connected to the orchestrator.
     """
     skip = set(avoid) | mesh.isolated
-    adj = mesh.graph.adj
+    adj = raw_adjacency(mesh)
     left = {v for v in adj if v != ORIGIN and v not in parent and v not in skip}
     groups = []
     while left:
@@ -334,7 +334,8 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
         ctx.scratch["propagate"] = {"hops": carrier.hops, "retried": carrier.retried}
     # partitions: after the effects, over the mesh as it now is
     # structural: offline nodes count as members of the partition they sit in
-    if avoid or parent is None or actions:
+    reshaped = any(a.type in _WITH_NEIGHBOURS for a in actions)
+    if avoid or parent is None or reshaped:
         parent_now = routing_parents(mesh, ())
     else:
         parent_now = parent
