@@ -41,7 +41,7 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from wyneos_core.licensing.keys import fingerprint, public_bytes
+from wyneos_core.licensing.keys import fingerprint
 
 __all__ = [
     "AuthError",
@@ -145,10 +145,11 @@ class SignedItem:
 class KeyCache:
     """Enrolled public keys by node id, and the revoked ones (thread-safe)."""
 
-    __slots__ = ("_keys", "_revoked", "_lock")
+    __slots__ = ("_keys", "_fingerprints", "_revoked", "_lock")
 
     def __init__(self) -> None:
         self._keys: dict[str, Ed25519PublicKey] = {}
+        self._fingerprints: dict[str, str] = {}
         self._revoked: set[str] = set()
         self._lock = threading.Lock()
 
@@ -156,6 +157,7 @@ class KeyCache:
         key = Ed25519PublicKey.from_public_bytes(raw_public_key)
         with self._lock:
             self._keys[node_id] = key
+            self._fingerprints[node_id] = fingerprint(raw_public_key)
             if revoked:
                 self._revoked.add(node_id)
             else:
@@ -164,6 +166,7 @@ class KeyCache:
     def forget(self, node_id: str) -> None:
         with self._lock:
             self._keys.pop(node_id, None)
+            self._fingerprints.pop(node_id, None)
             self._revoked.discard(node_id)
 
     def get(self, node_id: str) -> Ed25519PublicKey | None:
@@ -173,8 +176,7 @@ class KeyCache:
         return node_id in self._revoked
 
     def fingerprint(self, node_id: str) -> str | None:
-        key = self._keys.get(node_id)
-        return None if key is None else fingerprint(public_bytes(key))
+        return self._fingerprints.get(node_id)
 
     def active_count(self) -> int:
         with self._lock:

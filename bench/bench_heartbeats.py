@@ -1,0 +1,208 @@
+"""Load test of the heartbeat API: 10k simulated nodes, signed heartbeats over loopback.
+
+The server is a real ``wyneos serve`` process; this script is the second process that
+plays the nodes. It provisions N node keys into a fresh state file (as enrolment
+would), starts the server, pre-signs every heartbeat (signing is the nodes' cost, not
+the server's), then sends them
+
+* **batched**: ``{"heartbeats": [...]}`` of ``--batch`` individually signed items, on
+  ``--connections`` keep-alive connections;
+* **single**: one signed heartbeat per request, on ``--connections`` connections.
+
+It reports sustained accepted heartbeats per second and the p50/p99 request latency,
+and as the same-run baseline the rate at which this machine verifies Ed25519
+signatures on one core (the server's work per heartbeat is at least one such
+verification). Every loop is bounded; the server is stopped at the end.
+
+    python bench/bench_heartbeats.py            # 10k nodes, 5 batched rounds, 5000 singles
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes
+from wyneos_core.service.identity import canonical_bytes, sign_request
+from wyneos_core.store import StateStore
+
+CONFIG = """\
+cluster: bench
+tick: {interval: 1.0}
+heartbeat: {interval: 10, stale_after: 30, offline_after: 60, max_clock_skew: 60, max_queue: 2000000}
+mesh: {topology: star}
+healing: {isolate_offline: false}
+plugins: {disable: [licence], settings: {service: {port: 0, replay_window: 300}}}
+state: {path: state.db}
+report: {json_path: null, stdout: none}
+"""
+
+
+def provision(db: Path, n: int) -> list[tuple[str, object]]:
+    store = StateStore.open(db)
+    store.ensure_service_tables()
+    nodes = []
+    now = time.time()
+    store.conn.execute("BEGIN")
+    for i in range(n):
+        key = generate_key()
+        node_id = f"sim-{i:05d}"
+        raw = public_bytes(key)
+        store.put_node_key(node_id, raw, fingerprint(raw), now)
+        nodes.append((node_id, key))
+    store.conn.execute("COMMIT")
+    store.close()
+    return nodes
+
+
+def signed(node_id: str, key, load: float) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps({"load": load, "metadata": {"sim": True}}).encode()
+    return body, sign_request(key, node_id, "POST", "/v1/heartbeats", body)
+
+
+def batch_item(node_id: str, key, load: float) -> str:
+    body, h = signed(node_id, key, load)
+    return json.dumps({"node": node_id, "timestamp": h["x-wyneos-timestamp"], "nonce": h["x-wyneos-nonce"],
+                       "signature": h["x-wyneos-signature"], "body": body.decode()})
+
+
+def send_all(host: str, port: int, requests: list[tuple[bytes, dict[str, str]]], connections: int):
+    """Send every request (round-robin over threads); (latencies, statuses, accepted, elapsed)."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    accepted = [0]
+    lock = threading.Lock()
+
+    def worker(part: list[tuple[bytes, dict[str, str]]]) -> None:
+        conn = http.client.HTTPConnection(host, port, timeout=120)
+        mine, seen, ok = [], {}, 0
+        for body, headers in part:
+            t0 = time.perf_counter()
+            conn.request("POST", "/v1/heartbeats", body=body, headers={**headers, "content-type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+            mine.append(time.perf_counter() - t0)
+            seen[response.status] = seen.get(response.status, 0) + 1
+            if response.status == 202:
+                ok += json.loads(data).get("accepted", 0)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            for k, v in seen.items():
+                statuses[k] = statuses.get(k, 0) + v
+            accepted[0] += ok
+
+    parts = [requests[i::connections] for i in range(connections)]
+    threads = [threading.Thread(target=worker, args=(p,)) for p in parts]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, statuses, accepted[0], time.perf_counter() - t0
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) >= 2 else values[0] * 1000
+
+
+def verify_baseline(nodes, count: int) -> float:
+    """Ed25519 verifications per second on one core (cryptography), same message shape."""
+    items = []
+    for node_id, key in nodes[:count]:
+        body, h = signed(node_id, key, 0.5)
+        msg = canonical_bytes("POST", "/v1/heartbeats", node_id, h["x-wyneos-timestamp"], h["x-wyneos-nonce"], body)
+        items.append((key.public_key(), key.sign(msg), msg))
+    t0 = time.perf_counter()
+    for pub, sig, msg in items:
+        pub.verify(sig, msg)
+    return len(items) / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=10_000)
+    p.add_argument("--rounds", type=int, default=5, help="heartbeats per node in the batched phase")
+    p.add_argument("--batch", type=int, default=2000)
+    p.add_argument("--singles", type=int, default=5000)
+    p.add_argument("--connections", type=int, default=4)
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="wyneos-bench-") as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "config.yaml").write_text(CONFIG)
+        t0 = time.perf_counter()
+        nodes = provision(tmp_path / "state.db", args.nodes)
+        provision_s = time.perf_counter() - t0
+        server = subprocess.Popen(
+            [sys.executable, "-m", "wyneos_core.cli", "serve", "-c", str(tmp_path / "config.yaml")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp)
+        try:
+            line = server.stdout.readline()
+            if "listening on" not in line:
+                print(line + server.stdout.read(), file=sys.stderr)
+                return 1
+            url = line.split("listening on ")[1].split()[0]
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            port = int(port)
+
+            # batched: pre-sign every round, then send as fast as the server takes them
+            bodies = []
+            for r in range(args.rounds):
+                items = [batch_item(nid, key, (i % 100) / 100) for i, (nid, key) in enumerate(nodes)]
+                for i in range(0, len(items), args.batch):
+                    bodies.append((('{"heartbeats":[' + ",".join(items[i:i + args.batch]) + "]}").encode(), {}))
+            b_lat, b_status, b_ok, b_elapsed = send_all(host, port, bodies, args.connections)
+            batched_rate = b_ok / b_elapsed
+
+            singles = [signed(nid, key, 0.25) for nid, key in (nodes * (args.singles // len(nodes) + 1))[:args.singles]]
+            s_lat, s_status, s_ok, s_elapsed = send_all(host, port, singles, args.connections)
+            single_rate = s_ok / s_elapsed
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        baseline = verify_baseline(nodes, min(3000, len(nodes)))
+
+    result = {
+        "nodes": args.nodes, "cpus": os.cpu_count(), "provision_s": round(provision_s, 2),
+        "batched": {"heartbeats": b_ok, "sent": args.rounds * args.nodes, "batch": args.batch,
+                    "per_s": round(batched_rate), "p50_ms": round(pct(b_lat, 50), 1), "p99_ms": round(pct(b_lat, 99), 1),
+                    "statuses": b_status},
+        "single": {"heartbeats": s_ok, "sent": args.singles, "per_s": round(single_rate),
+                   "p50_ms": round(pct(s_lat, 50), 2), "p99_ms": round(pct(s_lat, 99), 2), "statuses": s_status},
+        "baseline_verify_per_s_one_core": round(baseline),
+        "ratio_batched_to_one_core_verify": round(batched_rate / baseline, 2),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"heartbeat API load test: {args.nodes} simulated nodes over loopback, {os.cpu_count()} CPUs, "
+          f"{args.connections} connections")
+    print(f"{'mode':<10} {'accepted':>9} {'sent':>9} {'heartbeats/s':>13} {'p50 ms':>8} {'p99 ms':>8}")
+    for mode in ("batched", "single"):
+        r = result[mode]
+        print(f"{mode:<10} {r['heartbeats']:>9} {r['sent']:>9} {r['per_s']:>13} {r['p50_ms']:>8} {r['p99_ms']:>8}")
+    print(f"baseline: Ed25519 verify on one core in this process: {result['baseline_verify_per_s_one_core']}/s; "
+          f"batched server rate / baseline = {result['ratio_batched_to_one_core_verify']}")
+    if b_ok != args.rounds * args.nodes or s_ok != args.singles:
+        print(f"NOT ALL ACCEPTED: batched statuses {b_status}, single statuses {s_status}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
