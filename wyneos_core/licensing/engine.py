@@ -58,10 +58,13 @@ class LicenceEngine:
         self.revocations = RevocationList()
         self._rev_stamp: tuple[int, int, int] | None = None
         self._verified: dict[str, Licence | EnvelopeError] = {}
-        #: node id -> (inputs, epoch, fresh_until, result, seat (licence_id, seats) or None)
-        self._cache: dict[str, tuple[Any, int, float, LicenceResult, tuple[str, int] | None]] = {}
+        #: node id -> (licence_ref, fingerprint, last_rollback, metadata features, metadata customer,
+        #:             epoch, fresh_until, result, seat (licence_id, seats) or None)
+        self._cache: dict[str, tuple[Any, ...]] = {}
         self._last_good: dict[str, tuple[LicenceResult, float]] = {}
         self._generations: tuple[Any, ...] = ()
+        self._seat_signature: tuple[Any, ...] = ()
+        self._seat_losers: dict[str, tuple[str, int, int, int]] = {}
         self.epoch = 0
         self._renewed = False
         self.notes: list[str] = []
@@ -138,20 +141,25 @@ class LicenceEngine:
         out: list[LicenceResult | None] = []
         append = out.append
         misses: list[tuple[int, Node, tuple]] = []
-        seated: list[tuple[tuple[str, int], Node]] = []
+        seated: list[Node] = []  # nodes whose valid licence has a seat limit
         cache_get = self._cache.get
         epoch = self.epoch
+        # the hot loop of a warm tick: no allocation per node unless something changed
         for node in nodes:
+            e = cache_get(node.id)
+            if (e is not None and e[5] == epoch and now < e[6] and e[0] == node.licence_ref
+                    and e[1] == node.fingerprint and e[2] == node.last_rollback):
+                md = node.metadata
+                if (md.get("features") == e[3] and md.get("customer") == e[4]) if md else \
+                        (e[3] is None and e[4] is None):
+                    append(e[7])
+                    if e[8] is not None:
+                        seated.append(node)
+                    continue
             md = node.metadata
-            key = (node.licence_ref, node.fingerprint, node.last_rollback, md.get("features"), md.get("customer"))
-            entry = cache_get(node.id)
-            if entry is not None and entry[1] == epoch and now < entry[2] and entry[0] == key:
-                append(entry[3])
-                if entry[4] is not None:
-                    seated.append((entry[4], node))
-            else:
-                misses.append((len(out), node, key))
-                append(None)
+            misses.append((len(out), node, (node.licence_ref, node.fingerprint, node.last_rollback,
+                                            md.get("features"), md.get("customer"))))
+            append(None)
         self.stats["cached"] = len(nodes) - len(misses)
         if misses:
             self._resolve(misses, out, seated, now)
@@ -162,7 +170,7 @@ class LicenceEngine:
 
     # -- sources --------------------------------------------------------------------------
 
-    def _resolve(self, misses: list[tuple[int, Node, tuple]], out: list, seated: list, now: float) -> None:
+    def _resolve(self, misses: list[tuple[int, Node, tuple]], out: list, seated: list[Node], now: float) -> None:
         self.stats["looked_up"] = len(misses)
         pending = [node for _, node, _ in misses]
         records: dict[str, LicenceRecord] = {}
@@ -197,10 +205,10 @@ class LicenceEngine:
                 result, fresh, seat = self.check(node, record, now)
                 if result.valid:
                     self._last_good[node.id] = (result, now)
-            self._cache[node.id] = (key, self.epoch, fresh, result, seat)
+            self._cache[node.id] = (*key, self.epoch, fresh, result, seat)
             out[index] = result
             if seat is not None:
-                seated.append((seat, node))
+                seated.append(node)
         if unavailable_nodes:
             self.stats["unavailable"] = unavailable_nodes
             self.notes.append(f"licence sources could not answer for {unavailable_nodes} node(s); outage policy "
@@ -345,19 +353,28 @@ class LicenceEngine:
         return result(True, "ok", f"licence {lid} valid until {format_time(lic.expires)}"), \
             min(fresh, lic.expires), seat
 
-    def _seats(self, seated: list[tuple[tuple[str, int], Node]], out: list, nodes: Sequence[Node],
-               now: float) -> None:
+    def _seats(self, seated: list[Node], out: list, nodes: Sequence[Node], now: float) -> None:
         count_offline = self.settings.count_offline_seats
         offline = NodeStatus.OFFLINE
-        holders = [(seat, node) for seat, node in seated if count_offline or node.status is not offline]
-        losers = allocate_seats(holders)
+        cache = self._cache
+        # same holders in the same states as last tick: same losers (no per-node allocation)
+        signature = (self.epoch, tuple(seated), tuple([n.status for n in seated]),
+                     tuple([n.registered_at for n in seated]))
+        if signature == self._seat_signature:
+            losers = self._seat_losers
+        else:
+            holders = [(cache[node.id][8], node) for node in seated if count_offline or node.status is not offline]
+            losers = allocate_seats(holders)
+            self._seat_signature, self._seat_losers = signature, losers
         if not losers:
             return
-        index = {node.id: i for i, node in enumerate(nodes)} if len(losers) > 64 else None
-        for node_id, (lid, seats, users, rank) in losers.items():
-            i = index[node_id] if index is not None else next(k for k, n in enumerate(nodes) if n.id == node_id)
+        for i, node in enumerate(nodes):
+            lost = losers.get(node.id)
+            if lost is None:
+                continue
+            lid, seats, users, rank = lost
             r = out[i]
-            out[i] = LicenceResult(node_id, False, "too_many_nodes",
+            out[i] = LicenceResult(node.id, False, "too_many_nodes",
                                    f"licence {lid} has {seats} seat(s) and {users} nodes use it; this node is "
                                    f"number {rank} by registration time then id", r.licence_id, r.customer,
                                    r.product, r.tier, r.features, r.expires, False, r.source)
