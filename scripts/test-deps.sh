@@ -15,8 +15,14 @@ if ! have_chromium; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         echo "test-deps: installing chromium (headless browser for the dashboard test)" >&2
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >/dev/null
-        apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+        log="$(mktemp)"
+        if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; } \
+                >"$log" 2>&1; then
+            cat "$log" >&2
+            rm -f "$log"
+            exit 1
+        fi
+        rm -f "$log"
     else
         echo "test-deps: chromium is missing; install it as root: apt-get install -y chromium" >&2
     fi
