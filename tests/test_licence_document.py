@@ -15,7 +15,7 @@ from wyneos_core.licensing.canonical import CanonicalError, canonical_json
 from wyneos_core.licensing.document import FORMAT, issue_licence, parse_licence, verify_licence
 from wyneos_core.licensing.envelope import FormatError, SignatureError, UnknownKeyError, signed_bytes
 from wyneos_core.licensing.keys import (
-    KeyError_,
+    KeyFileError,
     KeyRing,
     fingerprint,
     generate_key,
@@ -65,13 +65,13 @@ def test_key_files_owner_only_and_loadable(issuer, tmp_path):
     assert mode == 0o600
     assert public_bytes(load_private_key(issuer.private_path)) == public_bytes(issuer.key)
     assert public_bytes(load_public_key(issuer.public_path)) == public_bytes(issuer.key)
-    with pytest.raises(KeyError_, match="not a PEM private key"):
+    with pytest.raises(KeyFileError, match="not a PEM private key"):
         load_private_key(issuer.public_path)
     bad = tmp_path / "junk.pub"
     bad.write_bytes(b"\x00garbage")
-    with pytest.raises(KeyError_, match="junk.pub: not a PEM public key"):
+    with pytest.raises(KeyFileError, match="junk.pub: not a PEM public key"):
         load_public_key(bad)
-    with pytest.raises(KeyError_, match="cannot read"):
+    with pytest.raises(KeyFileError, match="cannot read"):
         load_public_key(tmp_path / "missing.pub")
 
 

@@ -358,3 +358,13 @@ def test_bad_trusted_key_file_is_reported_and_every_licence_unknown_key(tmp_path
     report = orch.tick()
     assert any("licence.trusted_keys" in e.error and "broken.pub" in e.error for e in report.errors)
     assert report.licences["a"].reason == "unknown_key"
+
+
+def test_corrupt_ledger_is_reported_left_untouched_and_checks_go_on(tmp_path, issuer, clock):
+    issuer.write(tmp_path / "licences", "l")
+    (tmp_path / "ledger.json").write_text("{not json")
+    orch = orchestrator(licence_config(tmp_path, [{"id": "a", "licence": "l"}], "ledger: ledger.json\n"), clock)
+    report = orch.tick()
+    assert any("licence.ledger" in e.error and "not a licence ledger" in e.error for e in report.errors)
+    assert report.licences["a"].reason == "ok"
+    assert (tmp_path / "ledger.json").read_text() == "{not json"

@@ -18,7 +18,7 @@ from wyneos_core.licensing.document import FORMAT, format_time, issue_licence, p
 from wyneos_core.licensing.engine import LicenceEngine
 from wyneos_core.licensing.envelope import EnvelopeError, parse_envelope, verify_envelope
 from wyneos_core.licensing.keys import (
-    KeyError_,
+    KeyFileError,
     KeyRing,
     generate_key,
     key_id,
@@ -124,7 +124,7 @@ def _guard(fn):  # noqa: ANN001, ANN202
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (UsageError, KeyError_, EnvelopeError, FileExistsError, OSError, ValueError) as exc:
+        except (UsageError, KeyFileError, EnvelopeError, FileExistsError, OSError, ValueError) as exc:
             if isinstance(exc, FileExistsError):
                 msg = f"{exc.filename}: exists already (use --force to replace it)"
             elif isinstance(exc, OSError) and not isinstance(exc, FileExistsError):

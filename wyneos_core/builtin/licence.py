@@ -20,7 +20,8 @@ from typing import Any
 from wyneos_core import hookimpl
 from wyneos_core.config import Config
 from wyneos_core.licensing.engine import LicenceEngine
-from wyneos_core.licensing.keys import KeyError_, KeyRing
+from wyneos_core.licensing.keys import KeyFileError, KeyRing
+from wyneos_core.licensing.ledger import Ledger
 from wyneos_core.licensing.settings import LicenceSettings
 from wyneos_core.licensing.sources import FileSource
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, PluginError, Severity
@@ -69,10 +70,15 @@ def _build(orchestrator: Orchestrator, errors: list[PluginError]) -> LicenceEngi
             sources[name] = source
     try:
         keyring = KeyRing.from_paths(settings.trusted_keys)
-    except KeyError_ as exc:
+    except KeyFileError as exc:
         errors.append(PluginError("licence", "wyneos_startup", f"licence.trusted_keys: {exc}"))
         keyring = KeyRing()
-    engine = LicenceEngine(settings, keyring, sources)
+    try:
+        ledger = Ledger(settings.ledger)
+    except ValueError as exc:  # unreadable ledger: keep it untouched for inspection, protect in memory
+        errors.append(PluginError("licence", "wyneos_startup", f"licence.ledger: {exc}"))
+        ledger = Ledger(None)
+    engine = LicenceEngine(settings, keyring, sources, ledger)
     if not keyring:
         engine.notes.append("licence.trusted_keys names no usable key: every licence fails with unknown_key")
     orchestrator._licence_engine = engine  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [
-    "KeyError_",
+    "KeyFileError",
     "KeyRing",
     "fingerprint",
     "generate_key",
@@ -36,7 +36,7 @@ __all__ = [
 MAX_KEY_FILE = 16 * 1024
 
 
-class KeyError_(ValueError):
+class KeyFileError(ValueError):
     """A key file that cannot be used; the message names the file."""
 
 
@@ -107,41 +107,41 @@ def write_public_key(path: str | Path, key: Ed25519PublicKey | Ed25519PrivateKey
 def _read(path: Path) -> bytes:
     try:
         if path.stat().st_size > MAX_KEY_FILE:
-            raise KeyError_(f"{path}: larger than {MAX_KEY_FILE} bytes, not a key file")
+            raise KeyFileError(f"{path}: larger than {MAX_KEY_FILE} bytes, not a key file")
         return path.read_bytes()
     except OSError as exc:
-        raise KeyError_(f"{path}: cannot read key file: {exc.strerror or exc}") from None
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from None
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     """Load an Ed25519 private key from a PEM file.
 
-    :raises KeyError_: naming the file, if it is unreadable or not an Ed25519 private key.
+    :raises KeyFileError: naming the file, if it is unreadable or not an Ed25519 private key.
     """
     path = Path(path)
     data = _read(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise KeyError_(f"{path}: not a PEM private key ({type(exc).__name__})") from None
+        raise KeyFileError(f"{path}: not a PEM private key ({type(exc).__name__})") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyError_(f"{path}: not an Ed25519 key ({type(key).__name__})")
+        raise KeyFileError(f"{path}: not an Ed25519 key ({type(key).__name__})")
     return key
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
     """Load an Ed25519 public key from a PEM file.
 
-    :raises KeyError_: naming the file, if it is unreadable or not an Ed25519 public key.
+    :raises KeyFileError: naming the file, if it is unreadable or not an Ed25519 public key.
     """
     path = Path(path)
     data = _read(path)
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
-        raise KeyError_(f"{path}: not a PEM public key ({type(exc).__name__})") from None
+        raise KeyFileError(f"{path}: not a PEM public key ({type(exc).__name__})") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise KeyError_(f"{path}: not an Ed25519 key ({type(key).__name__})")
+        raise KeyFileError(f"{path}: not an Ed25519 key ({type(key).__name__})")
     return key
 
 
