@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,6 +71,7 @@ def parse_time(text: Any, field: str) -> float:
         raise FormatError(f"not a valid date: {exc}", field) from None
 
 
+@lru_cache(maxsize=8192)
 def format_time(epoch: float) -> str:
     """Epoch seconds -> ``YYYY-MM-DDTHH:MM:SSZ`` (whole seconds, UTC)."""
     return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

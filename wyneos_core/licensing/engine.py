@@ -58,6 +58,7 @@ class LicenceEngine:
         self.revocations = RevocationList()
         self._rev_stamp: tuple[int, int, int] | None = None
         self._verified: dict[str, Licence | EnvelopeError] = {}
+        self._granted: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {}  # by document digest
         #: node id -> (licence_ref, fingerprint, last_rollback, metadata features, metadata customer,
         #:             epoch, fresh_until, result, seat (licence_id, seats) or None)
         self._cache: dict[str, tuple[Any, ...]] = {}
@@ -277,6 +278,7 @@ class LicenceEngine:
                 found = exc
             if len(self._verified) >= _MAX_VERIFIED:
                 self._verified.clear()
+                self._granted.clear()
             self._verified[record.digest] = found
         return found
 
@@ -293,8 +295,11 @@ class LicenceEngine:
         if isinstance(lic, EnvelopeError):
             return LicenceResult(nid, False, lic.reason, f"{record.origin or record.source}: {lic}",
                                  source=record.source), fresh, None
-        granted = self.entitlements.granted(lic.tier, lic.features)
-        features = tuple(sorted(granted))
+        derived = self._granted.get(record.digest)
+        if derived is None:
+            granted = self.entitlements.granted(lic.tier, lic.features)
+            derived = self._granted[record.digest] = (granted, tuple(sorted(granted)))
+        granted, features = derived
 
         def result(valid: bool, reason: str, detail: str, in_grace: bool = False,
                    feats: tuple[str, ...] = features) -> LicenceResult:
@@ -340,7 +345,8 @@ class LicenceEngine:
         if now >= grace_until:
             return result(False, "expired", f"licence {lid} expired {format_time(lic.expires)}"
                           + (f", grace of {lic.grace_days} day(s) over" if lic.grace_days else "")), fresh, None
-        wanted = requested_features(node, settings.required_features)
+        wanted = requested_features(node, settings.required_features) \
+            if (node.metadata or settings.required_features) else None
         if wanted:
             missing = self.entitlements.missing(granted, wanted)
             if missing:
