@@ -10,7 +10,7 @@ from typing import Any
 from wyneos_core.config import Config
 from wyneos_core.intake import HeartbeatQueue
 from wyneos_core.mesh import Mesh, RoutingTree, build_topology
-from wyneos_core.model import Action, Delivery, LicenceResult, Node, NodeStatus, PluginError, RuleResult, TickReport
+from wyneos_core.model import Action, Delivery, LicenceResult, NodeStatus, PluginError, RuleResult, TickReport
 from wyneos_core.plugins import PluginManager
 from wyneos_core.registry import Registry
 from wyneos_core.store import StateStore
@@ -51,6 +51,14 @@ class TickContext:
             offline = NodeStatus.OFFLINE
             avoid = {n.id: "offline" for n in self.registry if n.status is offline}
             tree = self.scratch["routing_tree"] = self.mesh.routing_tree(avoid)
+        return tree
+
+    def mesh_tree(self, refresh: bool = False) -> RoutingTree:
+        """The structural tree: every vertex with any mesh path to the orchestrator,
+        offline or not (what partitions are made of). Cached like ``routing_tree``."""
+        tree = self.scratch.get("mesh_tree")
+        if tree is None or refresh:
+            tree = self.scratch["mesh_tree"] = self.mesh.routing_tree()
         return tree
 
 

@@ -37,12 +37,12 @@ status; isolated nodes are not counted) are detected each tick and listed in
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from wyneos_core import hookimpl
-from wyneos_core.builtin.decide import DecideState, event, raw_adjacency, state_of
-from wyneos_core.mesh import Mesh
+from wyneos_core.builtin.decide import DecideState, event, state_of
+from wyneos_core.mesh import Mesh, RoutingTree
 from wyneos_core.model import ORIGIN, Action, ActionType, Delivery, NodeStatus
 from wyneos_core.tick import Orchestrator, TickContext
 
@@ -52,8 +52,6 @@ __all__ = [
     "plan_load_moves",
     "restrictions_of",
     "sync_restrictions",
-    "routing_parents",
-    "partition_groups",
     "targets_of",
 ]
 
@@ -76,63 +74,6 @@ def wyneos_startup(orchestrator: Orchestrator) -> None:
 
 
 # -- routing -------------------------------------------------------------------------------
-
-
-def routing_parents(mesh: Mesh, avoid: Mapping[str, str] | set[str]) -> dict[str, str]:
-    """Parent of every vertex reachable from the orchestrator without entering ``avoid``.
-
-    One breadth-first search over the mesh (the routing tree of the tick).
-    """
-    adj = raw_adjacency(mesh)
-    parent: dict[str, str] = {}
-    seen = set(avoid)
-    seen.add(ORIGIN)
-    frontier = [ORIGIN]
-    while frontier:
-        nxt = []
-        for v in frontier:
-            for w in adj[v]:
-                if w not in seen:
-                    seen.add(w)
-                    parent[w] = v
-                    nxt.append(w)
-        frontier = nxt
-    return parent
-
-
-def partition_groups(mesh: Mesh, parent: Mapping[str, str], avoid: Iterable[str]) -> list[list[str]]:
-    """Groups of vertices (neither isolated nor in ``avoid``) with no path to the orchestrator.
-
-    ``parent`` is a routing tree: vertices in it are connected to the orchestrator.
-    """
-    skip = set(avoid) | mesh.isolated
-    adj = raw_adjacency(mesh)
-    left = {v for v in adj if v != ORIGIN and v not in parent and v not in skip}
-    groups = []
-    while left:
-        start = left.pop()
-        group = [start]
-        frontier = [start]
-        while frontier:
-            nxt = []
-            for v in frontier:
-                for w in adj[v]:
-                    if w in left:
-                        left.discard(w)
-                        group.append(w)
-                        nxt.append(w)
-            frontier = nxt
-        groups.append(sorted(group))
-    groups.sort(key=lambda g: (-len(g), g[0]))
-    return groups
-
-
-def path_to(parent: Mapping[str, str], target: str) -> list[str]:
-    hops = [target]
-    while hops[-1] != ORIGIN:
-        hops.append(parent[hops[-1]])
-    hops.reverse()
-    return hops
 
 
 def targets_of(action: Action, mesh: Mesh, ctx: TickContext) -> list[str]:
@@ -206,10 +147,11 @@ def plan_load_moves(
 class _Carrier:
     """Carries actions down the tick's routing tree, hop by hop, with retries."""
 
-    def __init__(self, ctx: TickContext, parent: dict[str, str], avoid: Mapping[str, str], retries: int) -> None:
+    def __init__(self, ctx: TickContext, tree: RoutingTree, retries: int) -> None:
         self.ctx = ctx
-        self.parent = parent
-        self.avoid = avoid
+        self.tree = tree
+        self.parent = tree.parent
+        self.avoid = tree.avoided
         self.retries = retries
         self.call = ctx.orchestrator.pm.call_each
         self.errors = ctx.report.errors
@@ -241,8 +183,6 @@ class _Carrier:
                 reachable.append(target)
             elif target in self.avoid:
                 out.append(Delivery(action.id, target, False, [], self.avoid[target]))
-            elif mesh.is_isolated(target):
-                out.append(Delivery(action.id, target, False, [], "isolated"))
             else:
                 out.append(Delivery(action.id, target, False, [], "partition"))
         # the hops needed: union of tree paths, each parent before its children
@@ -262,7 +202,7 @@ class _Carrier:
             if sender in failed or not self._hop(action, sender, receiver):
                 failed.add(receiver)
         for target in reachable:
-            path = path_to(parent, target) if target in parent else [ORIGIN, target]
+            path = self.tree.path(target) if target in parent else [ORIGIN, target]
             if target in failed:
                 out.append(Delivery(action.id, target, False, path, "relay_failed"))
             else:
@@ -292,9 +232,9 @@ def _settings(ctx: TickContext) -> dict[str, Any]:
 def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) -> list[Delivery]:
     state = state_of(ctx.orchestrator)
     settings = _settings(ctx)
-    avoid = {n.id: "offline" for n in ctx.registry if n.status is NodeStatus.OFFLINE}
 
     # reinstate first: its edges are back before the tree is drawn, so it hears of it
+    reinstated = False
     for action in actions:
         if action.type == ActionType.REINSTATE.value and action.target in mesh:
             restored = mesh.reinstate(action.target)
@@ -302,13 +242,15 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
             if node is not None:
                 node.isolated = False
             event(ctx, action, "restored", f"restored {len(restored)} edge(s)")
+            reinstated = True
 
     pending_redelivery = settings["redeliver"] and any(h.pending for h in state.in_force.values())
     deliveries: list[Delivery] = []
     parent: dict[str, str] | None = None
     if actions or pending_redelivery:
-        parent = routing_parents(mesh, avoid)
-        carrier = _Carrier(ctx, parent, avoid, settings["retries"])
+        tree = ctx.routing_tree(refresh=reinstated)  # redrawn if reinstatements restored edges
+        parent = tree.parent
+        carrier = _Carrier(ctx, tree, settings["retries"])
         planned: dict[str, float] = {}
         effects: dict[str, dict[str, Any]] = {}
         for action in actions:
@@ -335,11 +277,7 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
     # partitions: after the effects, over the mesh as it now is
     # structural: offline nodes count as members of the partition they sit in
     reshaped = any(a.type in _WITH_NEIGHBOURS for a in actions)
-    if avoid or parent is None or reshaped:
-        parent_now = routing_parents(mesh, ())
-    else:
-        parent_now = parent
-    ctx.report.partitions = partition_groups(mesh, parent_now, ())
+    ctx.report.partitions = mesh.partitions(ctx.mesh_tree(refresh=reshaped))
     if ctx.report.partitions:
         cut = sum(len(g) for g in ctx.report.partitions)
         ctx.note(f"partition: {cut} node(s) in {len(ctx.report.partitions)} group(s) have no mesh path "

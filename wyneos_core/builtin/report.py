@@ -38,7 +38,7 @@ def summary_lines(report: TickReport) -> list[str]:
     undelivered = [d for d in report.deliveries if not d.delivered]
     if report.deliveries:
         lines.append(f"  deliver  {len(report.deliveries) - len(undelivered)}/{len(report.deliveries)} delivered"
-                     + (f"; unreachable: " + ", ".join(f"{d.target} ({d.reason})" for d in undelivered[:6])
+                     + ("; unreachable: " + ", ".join(f"{d.target} ({d.reason})" for d in undelivered[:6])
                         if undelivered else ""))
     if report.heartbeats_rejected:
         lines.append(f"  reject   {len(report.heartbeats_rejected)} heartbeat(s); first: "

@@ -139,7 +139,7 @@ class SimCluster:
         for a, b in edges:
             self.physical[a].discard(b)
             self.physical[b].discard(a)
-            _cut_edge(self.mesh, a, b)
+            self.mesh.cut_edge(a, b)
         self.cut[fault.index] = edges
 
     def _region(self, size: int) -> set[str]:
@@ -171,7 +171,7 @@ class SimCluster:
         for a, b in self.cut.pop(fault.index):
             self.physical[a].add(b)
             self.physical[b].add(a)
-            _restore_edge(self.mesh, a, b)
+            self.mesh.restore_edge(a, b)
 
     def _undo_moves(self, nodes: Iterable[str]) -> None:
         """The burst behind an overload is over: the load it pushed away ends too."""
@@ -273,31 +273,3 @@ def _reach(adj: dict[str, set[str]]) -> set[str]:
                     nxt.append(w)
         frontier = nxt
     return seen
-
-
-# The orchestrator's mesh keeps an isolated node's edges aside (to restore them on
-# reinstate). A partition that cuts or heals such an edge must update that record, or
-# reinstating the node would bring back an edge the network no longer has.
-
-
-def _cut_edge(mesh: Mesh, a: str, b: str) -> None:
-    graph = mesh.graph
-    if graph.has_edge(a, b):
-        graph.remove_edge(a, b)
-        return
-    for x, y in ((a, b), (b, a)):
-        kept = mesh._cut.get(x)  # noqa: SLF001 - see the comment above
-        if kept is not None and y in kept:
-            kept.remove(y)
-
-
-def _restore_edge(mesh: Mesh, a: str, b: str) -> None:
-    if a not in mesh.graph or b not in mesh.graph:
-        return
-    for x, y in ((a, b), (b, a)):
-        if mesh.is_isolated(x) and x != ORIGIN:
-            kept = mesh._cut[x]  # noqa: SLF001 - see the comment above
-            if y not in kept:
-                kept.append(y)
-            return
-    mesh.graph.add_edge(a, b)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wyneos_core.model import TickReport
-from wyneos_core.simulate.cluster import NODE_FAULTS, SimCluster
+from wyneos_core.simulate.cluster import SimCluster
 from wyneos_core.simulate.scenario import Fault, Scenario
 
 __all__ = ["Recorder", "TickSample"]

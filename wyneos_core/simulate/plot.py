@@ -43,7 +43,8 @@ def plot_run(samples: Sequence[TickSample], scenario: Scenario, path: str | Path
         top.axvspan(fault.at - 0.5, end - 0.5, color="#90caf9", alpha=0.18)
         top.text(fault.at - 0.4, top.get_ylim()[1] * 0.98, fault.kind, fontsize=7, va="top", rotation=90)
     top.set_ylabel("nodes")
-    top.set_title(f"{scenario.name}: {len(samples)} ticks, {sum(s.counts.get(k, 0) for k, _ in _STATES) if not samples else sum(samples[0].counts.get(k, 0) for k, _ in _STATES)} nodes")
+    total = sum(samples[0].counts.get(k, 0) for k, _ in _STATES) if samples else 0
+    top.set_title(f"{scenario.name}: {len(samples)} ticks, {total} nodes")
     top.legend(loc="lower left", fontsize=7, ncol=4)
     types = sorted({t for s in samples for t in s.actions})
     bottoms = [0] * len(samples)
