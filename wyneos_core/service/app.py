@@ -253,8 +253,10 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
             edges = [[a, b] for a, b in graph.edges if a in keep and b in keep]
             states = {n.id: {"status": n.status.value, "isolated": n.isolated, "load": n.load}
                       for n in orch.registry if n.id in keep}
-        return {"nodes": names, "edges": edges[:20000], "states": states, "truncated": len(graph) - 1 > limit,
-                "isolated": sorted(orch.mesh.isolated)}
+            isolated = sorted(orch.mesh.isolated)
+            truncated = len(graph) - 1 > limit
+        return {"nodes": names, "edges": edges[:20000], "states": states, "truncated": truncated,
+                "isolated": isolated}
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> JSONResponse:

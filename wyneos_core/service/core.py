@@ -119,7 +119,7 @@ class Service:
         self.lock = threading.RLock()
         self.started_at = time.time()
         self.keys = KeyCache()
-        self.nonces = NonceWindow(settings.replay_window, not_before=self.started_at - 1.0)
+        self.nonces = NonceWindow(settings.replay_window, not_before=self.started_at)
         self.metrics = ServiceMetrics()
         self.db = StateStore.open(orchestrator.store.path)  # own connection: committed state only
         self.db_lock = threading.Lock()
