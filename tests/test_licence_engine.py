@@ -12,7 +12,7 @@ from tests.test_licence_support import DAY, T0, Issuer, beat_all, licence_config
 from wyneos_core import hookimpl
 from wyneos_core.builtin.enforcement import LICENCE_ACTIONS
 from wyneos_core.builtin.licence import engine_of
-from wyneos_core.licensing.entitlements import entitled, gate_feature_action, require_feature
+from wyneos_core.licensing.entitlements import entitled, gate_feature_action, licence_entitled, require_feature
 from wyneos_core.licensing.keys import fingerprint, generate_key
 from wyneos_core.licensing.reasons import REASONS
 from wyneos_core.licensing.revocation import RevocationList
@@ -343,9 +343,14 @@ def test_entitlement_api_rule_helper_and_gate_action(tmp_path, issuer, clock):
     rule = require_feature("analytics")
     report = orch.tick()
     assert report.licences["b"].reason == "entitlement_missing"
-    results = {r.node_id: r.passed for r in evaluate([rule], orch.registry.nodes(), orch.last_report and
-                                                     type("C", (), {"report": report})())}
+    ctx = type("Ctx", (), {"report": report, "orchestrator": orch})()
+    results = {r.node_id: r.passed for r in evaluate([rule], orch.registry.nodes(), ctx)}
     assert results == {"p": True, "b": False}
+    # the exact answer knows what b's licence grants although it is refused for analytics
+    engine = engine_of(orch)
+    assert engine.entitled("b", "core") and not engine.entitled("b", "analytics") and not engine.entitled("b", "x")
+    assert licence_entitled(ctx, "p", "export") and not licence_entitled(ctx, "nobody", "core")
+    assert not entitled(report.licences["b"], "core")  # from the result alone: the conservative answer
     action = gate_feature_action("b", ["analytics", "analytics"], "tier basic")
     assert action.type == "gate_feature" and action.params == {"features": ["analytics"]}
     assert [a.params["features"] for a in report.proposed if a.type == "gate_feature"] == [["analytics"]]

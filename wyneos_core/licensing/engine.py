@@ -59,6 +59,8 @@ class LicenceEngine:
         self._rev_stamp: tuple[int, int, int] | None = None
         self._verified: dict[str, Licence | EnvelopeError] = {}
         self._granted: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {}  # by document digest
+        #: node id -> features granted, for nodes refused with entitlement_missing
+        self._granted_to: dict[str, frozenset[str]] = {}
         #: node id -> (licence_ref, fingerprint, last_rollback, metadata features, metadata customer,
         #:             epoch, fresh_until, result, seat (licence_id, seats) or None)
         self._cache: dict[str, tuple[Any, ...]] = {}
@@ -267,6 +269,18 @@ class LicenceEngine:
 
     # -- checks ---------------------------------------------------------------------------
 
+    def entitled(self, node_id: str, feature: str) -> bool:
+        """Whether ``node_id`` may use ``feature`` according to its latest licence result."""
+        entry = self._cache.get(node_id)
+        if entry is None:
+            return False
+        result = entry[7]
+        if result.valid:
+            return feature in result.features
+        if result.reason == "entitlement_missing":
+            return feature in self._granted_to.get(node_id, frozenset())
+        return False
+
     def verify(self, record: LicenceRecord) -> Licence | EnvelopeError:
         """Verify a document once; later calls with the same bytes answer from the cache."""
         found = self._verified.get(record.digest)
@@ -350,6 +364,7 @@ class LicenceEngine:
         if wanted:
             missing = self.entitlements.missing(granted, wanted)
             if missing:
+                self._granted_to[nid] = granted
                 return result(False, "entitlement_missing", f"licence {lid} (tier {lic.tier}) does not grant "
                               f"{', '.join(missing)}", feats=tuple(missing)), fresh, None
         seat = (lid, lic.seats) if lic.seats is not None else None

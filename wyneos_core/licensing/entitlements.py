@@ -21,7 +21,8 @@ from typing import Any
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, Severity
 from wyneos_core.pyrules import Rule
 
-__all__ = ["Entitlements", "entitled", "gate_feature_action", "require_feature", "requested_features"]
+__all__ = ["Entitlements", "entitled", "gate_feature_action", "licence_entitled", "require_feature",
+           "requested_features"]
 
 
 class Entitlements:
@@ -52,19 +53,23 @@ def requested_features(node: Node, required: Iterable[str] = ()) -> frozenset[st
 def entitled(result: LicenceResult | None, feature: str) -> bool:
     """Whether a node with licence ``result`` may use ``feature``.
 
-    A valid result (also in grace) answers from the features it grants; an
-    ``entitlement_missing`` result lists the features the node may *not* use, so the
-    others it asked for remain usable only if granted, which the caller cannot see:
-    it answers False for the missing ones and True otherwise. Any other invalid result
-    answers False.
+    A valid result (also in grace) answers from the features it grants. An
+    ``entitlement_missing`` result lists only the features the node may *not* use, so
+    from the result alone the answer is False for every feature (the conservative
+    answer); ``LicenceEngine.entitled(node_id, feature)`` (see ``licence_entitled``)
+    knows what the licence grants and answers exactly. Any other invalid result: False.
     """
-    if result is None:
+    if result is None or not result.valid:
         return False
-    if result.valid:
-        return feature in result.features
-    if result.reason == "entitlement_missing":
-        return feature not in result.features
-    return False
+    return feature in result.features
+
+
+def licence_entitled(ctx: Any, node_id: str, feature: str) -> bool:
+    """The exact answer for ``node_id`` in a tick: asks the running licence engine."""
+    engine = getattr(getattr(ctx, "orchestrator", None), "_licence_engine", None)
+    if engine is not None:
+        return engine.entitled(node_id, feature)
+    return entitled(ctx.report.licences.get(node_id), feature)
 
 
 def require_feature(feature: str, *, severity: Severity = Severity.WARNING) -> Rule:
@@ -77,7 +82,7 @@ def require_feature(feature: str, *, severity: Severity = Severity.WARNING) -> R
     def check(node: Node, ctx: Any) -> bool:
         if feature not in requested_features(node):
             return True
-        return entitled(ctx.report.licences.get(node.id), feature)
+        return licence_entitled(ctx, node.id, feature)
 
     return Rule(f"entitled-{feature}", f"Nodes that use {feature!r} are licensed for it", check, severity,
                 f"uses feature {feature!r} without a licence that grants it")
