@@ -26,9 +26,12 @@ def test_run_governs_the_demo_cluster_tick_by_tick(tmp_path):
     text = out.stdout
     assert "cluster 'demo'" in text and "tick 12:" in text and "stopped after 12 tick(s)" in text
     assert "action   reduce_load node-03" in text  # overloaded
-    assert "node-10: timestamp:" in text  # clock-skewed heartbeats refused
-    assert "rogue-01: node_id: unknown node" in text or "rogue-01" in text
+    assert "reject   node-10: timestamp: 120.0s in the future" in text  # clock-skewed heartbeats refused
+    assert "reject   rogue-01: node_id: unknown node" in text
     assert "status   node-07: online -> stale" in text  # crashed after tick 4
+    assert "licence  node-11: INVALID no_licence" in text
+    assert "action   isolate node-11" in text
+    assert "licence  still failing on" in text  # unchanged failures are counted, not repeated
     # the state file is real SQLite with every tick committed
     db = sqlite3.connect(tmp_path / ".wyneos" / "state.db")
     assert db.execute("SELECT COUNT(*) FROM ticks").fetchone()[0] == 12
