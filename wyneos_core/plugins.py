@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "heartbeat": "wyneos_core.builtin.heartbeat",
     "licence": "wyneos_core.builtin.licence",
     "governance": "wyneos_core.builtin.governance",
+    "rulesets": "wyneos_core.builtin.rulesets",
     "healing": "wyneos_core.builtin.healing",
     "enforcement": "wyneos_core.builtin.enforcement",
     "decide": "wyneos_core.builtin.decide",

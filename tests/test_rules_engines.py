@@ -1,0 +1,185 @@
+"""Both engines against the reference interpreter, on random clusters; durable worker failures."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from wyneos_core.model import LicenceResult, Node, NodeStatus
+from wyneos_core.rules.durable import DurableEngine, DurableEngineError, DurableUnsupported, translate
+from wyneos_core.rules.expr import parse
+from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, cluster_summary, evaluate, truthy
+from wyneos_core.rules.ir import Not
+from wyneos_core.rules.native import NativeEngine
+
+KEYS = ["region", "version", "tier", "rack", "gpu", "zone"]
+VALUES = [None, 0, 1, 2, 3, 1.0, 2.5, -1, True, False, "", "eu", "us", "eu-west", "2.4.0", "2.3.9", "10.0",
+          "v2.4.1", "x.y", "ünï", 'q"uote', "back\\slash", [1, 2], ["eu"], {"a": 1}]
+STR_CONSTS = ["eu", "us", "eu-west", "", "2.4.0", "ünï", 'q"uote', "back\\slash", "zz"]
+NUM_CONSTS = [0, 1, 2, 2.5, -1, 1.0, 3]
+
+
+def random_cluster(rng: random.Random, size: int) -> tuple[list[Node], list[LicenceResult], EvalEnv]:
+    nodes, lics = [], []
+    now = 10_000.0
+    for i in range(size):
+        metadata = {k: rng.choice(VALUES) for k in KEYS if rng.random() < 0.65}
+        if rng.random() < 0.2:
+            metadata["nested"] = {"a": rng.choice(VALUES), "b": {"c": rng.choice(VALUES)}}
+        node = Node(
+            f"n{i:05d}", rng.choice(list(NodeStatus)),
+            last_seen=None if rng.random() < 0.15 else now - rng.uniform(0, 60),
+            load=None if rng.random() < 0.15 else round(rng.uniform(0, 1.2), 3),
+            metadata=metadata, isolated=rng.random() < 0.1,
+        )
+        nodes.append(node)
+        r = rng.random()
+        if r < 0.2:
+            lics.append(NO_LICENCE)
+        else:
+            lics.append(LicenceResult(node.id, r > 0.4, rng.choice(["ok", "expired", "invalid_signature"]),
+                                      features=tuple(rng.sample(["gpu", "ha", "sso"], rng.randint(0, 3))),
+                                      in_grace=rng.random() < 0.2, tier=rng.choice([None, "gold", "free"])))
+    env = EvalEnv(now, cluster_summary(nodes, now), {"version-floor": {n.id for n in nodes[::7]}})
+    return nodes, lics, env
+
+
+def random_term(rng: random.Random) -> str:
+    return rng.choice([
+        f"node.metadata.{rng.choice(KEYS)}", f"node.metadata['{rng.choice(KEYS)}']", "node.load", "node.status",
+        "node.id", "node.isolated", "node.last_seen", "heartbeat_age(node)", "licence.reason", "licence.valid",
+        "licence.tier", "licence.in_grace", "node.metadata.nested.a", "node.metadata.nested.b.c",
+        f"version_at_least(node.metadata.{rng.choice(KEYS)}, '2.4.0')", "matches(node.id, 'n000*')",
+        "entitled(licence, 'gpu')", "length(node.metadata.rack)", "cluster.size", "violated('version-floor')",
+    ])
+
+
+def random_leaf(rng: random.Random) -> str:
+    term = random_term(rng)
+    shape = rng.random()
+    if shape < 0.55:
+        op = rng.choice(["==", "!=", "<", "<=", ">", ">="])
+        if op in ("==", "!="):
+            const = rng.choice([*map(repr, STR_CONSTS), *map(repr, NUM_CONSTS), "True", "False"])
+        else:
+            const = rng.choice([*map(repr, STR_CONSTS), *map(repr, NUM_CONSTS)])
+        return f"{const} {_flip(op)} {term}" if rng.random() < 0.2 else f"{term} {op} {const}"
+    if shape < 0.7:
+        items = rng.sample([*map(repr, STR_CONSTS), *map(repr, NUM_CONSTS), "True"], rng.randint(0, 4))
+        return f"{term} {'not in' if rng.random() < 0.4 else 'in'} [{', '.join(items)}]"
+    if shape < 0.85:
+        return f"{term} is {'not ' if rng.random() < 0.5 else ''}missing"
+    return term
+
+
+def _flip(op: str) -> str:
+    return {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, op)
+
+
+def random_condition(rng: random.Random, depth: int = 0) -> str:
+    if depth >= 2 or rng.random() < 0.35:
+        return random_leaf(rng)
+    r = rng.random()
+    if r < 0.2:
+        return f"not ({random_condition(rng, depth + 1)})"
+    op = "and" if r < 0.6 else "or"
+    parts = [random_condition(rng, depth + 1) for _ in range(rng.randint(2, 3))]
+    return "(" + f" {op} ".join(parts) + ")"
+
+
+def reference(conds, nodes, lics, env) -> list[list[int]]:
+    return [[i for i, (n, l) in enumerate(zip(nodes, lics)) if truthy(evaluate(c, n, l, env))] for c in conds]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_native_matches_the_reference_interpreter(seed: int) -> None:
+    rng = random.Random(seed)
+    nodes, lics, env = random_cluster(rng, 600)
+    texts = [random_condition(rng) for _ in range(60)]
+    conds = [parse(t, "enforcement") for t in texts]
+    conds += [Not(c) for c in conds]  # governance rules run as Not(require)
+    got = NativeEngine(conds).evaluate(nodes, lics, env)
+    want = reference(conds, nodes, lics, env)
+    for text, g, w in zip(texts + [f"not ({t})" for t in texts], got, want):
+        assert g == w, text
+
+
+@pytest.mark.slow
+def test_durable_and_native_agree_on_random_clusters() -> None:
+    """1,200 nodes x 24 random rules (metadata, missing values, kinds mixed), two seeds, two ticks."""
+    for seed in (11, 12):
+        rng = random.Random(seed)
+        nodes, lics, env = random_cluster(rng, 1200)
+        texts = [random_condition(rng) for _ in range(12)]
+        conds = [parse(t, "enforcement") for t in texts]
+        conds += [Not(parse(t, "enforcement")) for t in texts]
+        native = NativeEngine(conds).evaluate(nodes, lics, env)
+        durable = DurableEngine(conds, timeout=120)
+        try:
+            first = durable.evaluate(nodes, lics, env)
+            assert sum(map(len, first)) > 1000  # the rules do fire (past 1,024 facts too)
+            for text, n_hits, d_hits in zip(texts + [f"not ({t})" for t in texts], native, first):
+                assert d_hits == n_hits, f"seed {seed}: {text}"
+            # the next tick (facts retracted and asserted again) gives the same answer
+            second = durable.evaluate(nodes, lics, env)
+            assert second == first
+        finally:
+            durable.close()
+
+
+def test_durable_refuses_what_it_cannot_express() -> None:
+    for text, words in [
+        ("node.load * 2 > 1", "arithmetic"),
+        ("node.load > cluster.mean_load", "two values"),
+        ("'gpu' in licence.features", "literal list"),
+        ("(node.load > 0.5) == True", "not the result"),
+        (" and ".join(f"(node.metadata.{k} == 1 or node.metadata.{k} == 2)" for k in "abcdefghi"), "alternatives"),
+    ]:
+        with pytest.raises(DurableUnsupported, match=words):
+            translate([parse(text)])
+
+
+def _cluster_for_worker() -> tuple[list[Node], list[LicenceResult], EvalEnv]:
+    return random_cluster(random.Random(5), 200)
+
+
+def test_a_crashed_durable_worker_is_detected_and_restarted() -> None:
+    nodes, lics, env = _cluster_for_worker()
+    conds = [parse("node.load > 0.5"), parse("node.metadata.region == 'eu'")]
+    engine = DurableEngine(conds, timeout=30)
+    try:
+        want = engine.evaluate(nodes, lics, env)
+        assert want == NativeEngine(conds).evaluate(nodes, lics, env)
+        pid = engine.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSEGV)  # what an upstream segmentation fault looks like from here
+        time.sleep(0.2)
+        with pytest.raises(DurableEngineError, match="SIGSEGV"):
+            engine.evaluate(nodes, lics, env)
+        assert engine.evaluate(nodes, lics, env) == want  # a new worker at the next call
+        assert engine.pid not in (None, pid)
+    finally:
+        engine.close()
+
+
+def test_a_hung_durable_worker_is_killed_after_the_timeout() -> None:
+    nodes, lics, env = _cluster_for_worker()
+    engine = DurableEngine([parse("node.load > 0.5")], timeout=1.5)
+    try:
+        engine.evaluate(nodes, lics, env)
+        pid = engine.pid
+        os.kill(pid, signal.SIGSTOP)  # a worker stuck inside the C extension
+        started = time.monotonic()
+        with pytest.raises(DurableEngineError, match="hung"):
+            engine.evaluate(nodes, lics, env)
+        assert time.monotonic() - started < 10
+        with pytest.raises(ProcessLookupError):
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+    finally:
+        engine.close()

@@ -1,0 +1,205 @@
+"""Loading a ruleset file: YAML, schema, expressions, templates, engine checks.
+
+``load_ruleset(path)`` returns a ``Ruleset`` whose every condition is already parsed
+into the IR, or raises ``RulesetError`` (a ``LocatedError``) naming the file, line,
+column and field at fault. A ruleset that loads never fails half-way through a tick:
+everything that can be wrong with it is found here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from wyneos_core.model import Severity
+from wyneos_core.rules.expr import ExprError, parse
+from wyneos_core.rules.ir import Expr, Not
+from wyneos_core.rules.state import Duration, parse_duration
+from wyneos_core.rules.template import Template, TemplateError
+from wyneos_core.yamlio import Located, LocatedError, load_yaml, validate_schema
+
+__all__ = ["ActionSpec", "Rule", "Ruleset", "RulesetError", "load_ruleset", "ruleset_schema", "STAGES"]
+
+STAGES = ("governance", "healing", "enforcement")
+
+
+class RulesetError(LocatedError):
+    """A ruleset refused at load time; names file, line, column and field."""
+
+
+@cache
+def ruleset_schema() -> dict[str, Any]:
+    text = (resources.files("wyneos_core") / "schemas" / "ruleset.schema.json").read_text()
+    return json.loads(text)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """One entry of ``then:``: an action type and its params (string params may be templates)."""
+
+    type: str
+    params: tuple[tuple[str, Any], ...]  # (name, value or Template)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One compiled rule."""
+
+    id: str
+    description: str
+    source: str  # the condition as written
+    condition: Expr  # require (governance) or when (action rules)
+    active: Expr  # what makes the rule pending/firing: Not(require) or when
+    for_: Duration
+    keep_firing_for: Duration
+    severity: Severity
+    labels: Mapping[str, str]
+    message: Template
+    actions: tuple[ActionSpec, ...] = ()
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ruleset:
+    """One ruleset file, compiled."""
+
+    name: str
+    stage: str
+    engine: str
+    rules: tuple[Rule, ...]
+    file: str
+    description: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def conditions(self) -> list[Expr]:
+        return [r.active for r in self.rules]
+
+
+def _expr_position(located: Located, text: str | None, path: tuple, expr: str,
+                   exc: ExprError) -> tuple[int | None, int | None, str]:
+    """File line/column of an expression error, and a suffix when the column is unknown."""
+    line, col = located.position(path)
+    if line is None:
+        return None, None, ""
+    where = f" (column {exc.column} of the expression)" if exc.column else ""
+    if text is None:
+        return line, col, where
+    lines = text.splitlines()
+    first = expr.splitlines()[0].strip() if expr.strip() else ""
+    for candidate in range(line - 1, min(line + 2, len(lines))):
+        start = lines[candidate].find(first, (col or 1) - 1 if candidate == line - 1 else 0) if first else -1
+        if start >= 0:
+            if exc.line in (None, 1):
+                lead = len(expr.splitlines()[0]) - len(expr.splitlines()[0].lstrip())
+                column = start + 1 + ((exc.column or 1) - 1 - lead)
+                return candidate + 1, max(column, 1), ""
+            return candidate + exc.line, None, where  # type: ignore[operator]
+    return line, col, where
+
+
+def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: str = "native") -> Ruleset:
+    """Load, validate and compile one ruleset file (or ``text`` named ``path``).
+
+    :raises RulesetError: for any mistake, with file, line, column and field.
+    """
+    name = str(path)
+    try:
+        located = load_yaml(name, text=text)
+        if text is None:
+            text = Path(name).read_text(encoding="utf-8")
+    except LocatedError as exc:
+        raise RulesetError(exc.reason, file=exc.file, line=exc.line, column=exc.column, field=exc.field) from None
+    except OSError as exc:
+        raise RulesetError(f"cannot read file: {exc.strerror or exc}", file=name) from None
+    data = located.data
+    if not isinstance(data, dict):
+        raise RulesetError("a ruleset file must be a mapping with ruleset, stage and rules", file=name, line=1)
+    try:
+        validate_schema(located, ruleset_schema())
+    except LocatedError as exc:
+        raise RulesetError(exc.reason, file=exc.file, line=exc.line, column=exc.column, field=exc.field) from None
+
+    def fail(where: tuple, reason: str) -> RulesetError:
+        e = located.error(where, reason)
+        return RulesetError(e.reason, file=e.file, line=e.line, column=e.column, field=e.field)
+
+    stage = data["stage"]
+    engine = data.get("engine", default_engine)
+    rs_name = data["ruleset"]
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for index, spec in enumerate(data["rules"]):
+        at = ("rules", index)
+        rule_id = spec["id"]
+        if rule_id in seen:
+            raise fail(at + ("id",), f"duplicate rule id {rule_id!r} (first defined at rules[{seen[rule_id]}])")
+        seen[rule_id] = index
+        key = "require" if stage == "governance" else "when"
+        other = "when" if stage == "governance" else "require"
+        if other in spec:
+            hint = ("governance rules say what a compliant node looks like with 'require'"
+                    if stage == "governance" else f"{stage} rules say when to act with 'when' and 'then'")
+            raise fail(at + (other,), f"'{other}' is not allowed in a {stage} ruleset: {hint}")
+        if key not in spec:
+            raise fail(at, f"'{key}' is required in a {stage} ruleset")
+        if stage == "governance" and "then" in spec:
+            raise fail(at + ("then",), "governance rules have no actions; enforcement rulesets act on them "
+                                       "(violated(\"rule-id\"))")
+        if stage != "governance" and "then" not in spec:
+            raise fail(at, f"'then' (the actions) is required in a {stage} ruleset")
+        source = spec[key]
+        try:
+            condition = parse(source, stage)
+        except ExprError as exc:
+            line, column, suffix = _expr_position(located, text, at + (key,), source, exc)
+            raise RulesetError(exc.reason + suffix, file=name, line=line, column=column,
+                               field=f"rules[{index}].{key}") from None
+        durations = {}
+        for dkey in ("for", "keep_firing_for"):
+            try:
+                durations[dkey] = parse_duration(spec.get(dkey, 0))
+            except ValueError as exc:
+                raise fail(at + (dkey,), str(exc)) from None
+        static = {"rule.id": rule_id, "rule.description": spec["description"],
+                  "rule.severity": spec.get("severity", "warning"), "ruleset": rs_name}
+        try:
+            message = Template.parse(spec.get("message", spec["description"]), stage, static)
+        except TemplateError as exc:
+            raise fail(at + ("message",), str(exc)) from None
+        actions = []
+        for a_index, entry in enumerate(spec.get("then", [])):
+            (a_type, params), = entry.items()
+            compiled = []
+            for p_name, p_value in sorted((params or {}).items()):
+                if isinstance(p_value, str) and "{" in p_value:
+                    try:
+                        p_value = Template.parse(p_value, stage, static)
+                    except TemplateError as exc:
+                        raise fail(at + ("then", a_index, a_type, p_name), str(exc)) from None
+                compiled.append((p_name, p_value))
+            actions.append(ActionSpec(a_type, tuple(compiled)))
+        active = Not(condition) if stage == "governance" else condition
+        line, _ = located.position(at)
+        rules.append(Rule(
+            rule_id, spec["description"], source, condition, active, durations["for"],
+            durations["keep_firing_for"], Severity(spec.get("severity", "warning")),
+            dict(spec.get("labels", {})), message, tuple(actions), line,
+        ))
+    ruleset = Ruleset(rs_name, stage, engine, tuple(rules), name, data.get("description", ""),
+                      dict(data.get("labels", {})))
+    if engine == "durable":
+        from wyneos_core.rules.durable import DurableUnsupported, translate
+
+        for index, rule in enumerate(rules):
+            try:
+                translate([rule.active])
+            except DurableUnsupported as exc:
+                reason = str(exc).split(": ", 1)[-1]
+                raise fail(("rules", index, "require" if stage == "governance" else "when"),
+                           f"the durable engine cannot run this condition: {reason} (use engine: native)") from None
+    return ruleset

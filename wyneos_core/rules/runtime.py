@@ -1,0 +1,336 @@
+"""Running loaded rulesets tick after tick: engines, rule states, hot reload.
+
+``RulesetRunner`` holds every ruleset named by the config's ``rulesets.paths``, one
+engine per ruleset and one ``StateTracker`` per rule. Each tick it
+
+1. checks the files' modification stamps (``check_reload``): a changed file is loaded
+   again and swapped in; an invalid edit is refused, the last good version keeps
+   running and the tick report says so;
+2. evaluates each stage's rulesets (``governance`` gives ``RuleResult`` objects,
+   ``healing`` and ``enforcement`` give ``Action`` objects) and appends every rule
+   state transition to the report.
+
+A durable-rules worker that crashes or hangs is reported in the tick's errors and that
+ruleset is evaluated by the native engine for the tick (both engines give the same
+results); the worker is started again on the next tick.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import wyneos_core
+from wyneos_core.model import Action, LicenceResult, Node, PluginError, RuleResult
+from wyneos_core.rules.durable import DurableEngine, DurableEngineError
+from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, cluster_summary
+from wyneos_core.rules.loader import STAGES, Rule, Ruleset, RulesetError, load_ruleset
+from wyneos_core.rules.native import NativeEngine
+from wyneos_core.rules.state import FIRING, PENDING, StateTracker
+
+__all__ = ["RulesetRunner", "resolve_paths", "shipped_rulesets_dir", "BUILTIN_PREFIX"]
+
+BUILTIN_PREFIX = "builtin:"
+_SUFFIXES = (".yaml", ".yml")
+
+
+def shipped_rulesets_dir() -> Path:
+    """Where the shipped rulesets are: inside an installed package, or the source tree."""
+    packaged = resources.files("wyneos_core") / "shipped_rulesets"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    source = Path(wyneos_core.__file__).resolve().parent.parent / "rulesets"
+    return source
+
+
+def _ruleset_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+
+
+def resolve_paths(entries: Iterable[str], base_dir: Path | None = None) -> list[Path]:
+    """Ruleset files named by ``rulesets.paths`` entries (files, directories, ``builtin:``).
+
+    ``builtin:`` alone means every shipped ruleset; ``builtin:healing`` (or
+    ``builtin:healing.yaml``) one of them. A directory means its ``*.yaml`` / ``*.yml``
+    files (not its subdirectories).
+
+    :raises RulesetError: for a path that does not exist.
+    """
+    out: list[Path] = []
+    for entry in entries:
+        if entry.startswith(BUILTIN_PREFIX):
+            name = entry[len(BUILTIN_PREFIX):].strip()
+            shipped = shipped_rulesets_dir()
+            if not name:
+                out.extend(_ruleset_files(shipped))
+                continue
+            candidates = [shipped / name] + [shipped / (name + s) for s in _SUFFIXES]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None or "/" in name or "\\" in name or name.startswith("."):
+                known = ", ".join(p.stem for p in _ruleset_files(shipped))
+                raise RulesetError(f"no shipped ruleset {name!r} (shipped: {known})", file=entry)
+            out.append(found)
+            continue
+        p = Path(entry)
+        if not p.is_absolute() and base_dir is not None:
+            p = base_dir / p
+        if p.is_dir():
+            out.extend(_ruleset_files(p))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise RulesetError("no such ruleset file or directory", file=str(p))
+    return list(dict.fromkeys(out))
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+@dataclass(slots=True)
+class Loaded:
+    """One ruleset in service: its engine, a native fallback and the state of each rule."""
+
+    ruleset: Ruleset
+    path: Path
+    stamp: tuple[int, int] | None
+    engine: Any
+    native: NativeEngine
+    trackers: dict[str, StateTracker] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.engine is not self.native:
+            self.engine.close()
+
+
+class RulesetRunner:
+    """Every configured ruleset, ready to run; see the module docstring.
+
+    :param entries: ``rulesets.paths`` of the config.
+    :param base_dir: directory relative paths are resolved against.
+    :param default_engine: engine of rulesets that do not name one.
+    :param durable_timeout: seconds a durable-rules evaluation may take.
+    :param reload: check files for changes at every tick.
+    :raises RulesetError: when a ruleset cannot be loaded (at startup nothing runs on a
+        broken ruleset).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[str],
+        *,
+        base_dir: Path | None = None,
+        default_engine: str = "native",
+        durable_timeout: float = 60.0,
+        reload: bool = True,
+    ) -> None:
+        self.entries = list(entries)
+        self.base_dir = base_dir
+        self.default_engine = default_engine
+        self.durable_timeout = durable_timeout
+        self.reload = reload
+        self.loaded: dict[Path, Loaded] = {}
+        self._refused: dict[Path, tuple[int, int] | None] = {}
+        names: dict[str, Path] = {}
+        for path in resolve_paths(self.entries, base_dir):
+            loaded = self._load(path)
+            other = names.get(loaded.ruleset.name)
+            if other is not None:
+                loaded.close()
+                raise RulesetError(f"ruleset name {loaded.ruleset.name!r} is already used by {other}", file=str(path),
+                                   line=1, field="ruleset")
+            names[loaded.ruleset.name] = path
+            self.loaded[path] = loaded
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def _load(self, path: Path, previous: Loaded | None = None) -> Loaded:
+        stamp = _stamp(path)
+        ruleset = load_ruleset(path, default_engine=self.default_engine)
+        native = NativeEngine(ruleset.conditions())
+        engine: Any = native
+        if ruleset.engine == "durable":
+            engine = DurableEngine(ruleset.conditions(), timeout=self.durable_timeout)
+        trackers = {}
+        for rule in ruleset.rules:
+            tracker = StateTracker(rule.for_, rule.keep_firing_for)
+            if previous is not None and rule.id in previous.trackers:
+                tracker.states = previous.trackers[rule.id].states  # states survive a reload
+            trackers[rule.id] = tracker
+        return Loaded(ruleset, path, stamp, engine, native, trackers)
+
+    def rulesets(self, stage: str | None = None) -> list[Ruleset]:
+        return [l.ruleset for l in self.loaded.values() if stage is None or l.ruleset.stage == stage]
+
+    def check_reload(self, notes: list[str], errors: list[PluginError] | None = None) -> list[str]:
+        """Load changed, new and removed ruleset files; return what changed (also in ``notes``)."""
+        if not self.reload:
+            return []
+        changed: list[str] = []
+        try:
+            current = resolve_paths(self.entries, self.base_dir)
+        except RulesetError as exc:
+            current = [p for p in self.loaded if p.exists()]
+            key = Path(exc.file)
+            if self._refused.get(key, "?") is not None:
+                self._refused[key] = None
+                notes.append(f"rulesets: {exc}")
+        for path in list(self.loaded):
+            if path not in current:
+                gone = self.loaded.pop(path)
+                gone.close()
+                changed.append(f"rulesets: {path} was removed; ruleset {gone.ruleset.name!r} stopped")
+        names = {l.ruleset.name: p for p, l in self.loaded.items()}
+        for path in current:
+            stamp = _stamp(path)
+            old = self.loaded.get(path)
+            if old is not None and old.stamp == stamp:
+                continue
+            if path in self._refused and self._refused[path] == stamp:
+                continue  # the same bad edit, already reported
+            try:
+                new = self._load(path, old)
+                owner = names.get(new.ruleset.name)
+                if owner is not None and owner != path:
+                    new.close()
+                    raise RulesetError(f"ruleset name {new.ruleset.name!r} is already used by {owner}",
+                                       file=str(path), line=1, field="ruleset")
+            except RulesetError as exc:
+                self._refused[path] = stamp
+                if old is not None:
+                    old.stamp = old.stamp  # keep serving the last good version
+                    text = (f"rulesets: invalid edit of {path} refused, still running the last good version of "
+                            f"{old.ruleset.name!r}: {exc}")
+                else:
+                    text = f"rulesets: new ruleset file {path} refused: {exc}"
+                changed.append(text)
+                if errors is not None:
+                    errors.append(PluginError("rulesets", "reload", str(exc), kind="invalid_ruleset"))
+                continue
+            self._refused.pop(path, None)
+            if old is not None:
+                old.close()
+                changed.append(f"rulesets: reloaded {new.ruleset.name!r} from {path} ({len(new.ruleset.rules)} rules)")
+            else:
+                changed.append(f"rulesets: loaded new ruleset {new.ruleset.name!r} from {path}")
+            self.loaded[path] = new
+            names[new.ruleset.name] = path
+        notes.extend(changed)
+        return changed
+
+    def close(self) -> None:
+        for loaded in self.loaded.values():
+            loaded.close()
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    @staticmethod
+    def environment(nodes: Sequence[Node], now: float, violated: Mapping[str, set[str]] | None = None) -> EvalEnv:
+        return EvalEnv(now, cluster_summary(nodes, now), violated or {})
+
+    def _active(self, loaded: Loaded, nodes: Sequence[Node], lics: Sequence[LicenceResult], env: EvalEnv,
+                hook: str, errors: list[PluginError]) -> list[list[int]]:
+        try:
+            return loaded.engine.evaluate(nodes, lics, env)
+        except DurableEngineError as exc:
+            errors.append(PluginError(
+                "rulesets", hook,
+                f"ruleset {loaded.ruleset.name!r}: {exc}; evaluated with the native engine for this tick",
+                kind="engine",
+            ))
+            return loaded.native.evaluate(nodes, lics, env)
+
+    def _step(self, loaded: Loaded, rule: Rule, ids: list[str], tick: int, now: float,
+              transitions: list[dict[str, Any]], present: set[str] | None) -> StateTracker:
+        tracker = loaded.trackers[rule.id]
+        if present is not None:
+            tracker.forget(present)
+        for node_id, before, after in tracker.step(ids, tick, now):
+            transitions.append({"kind": "rule", "rule_id": rule.id, "node_id": node_id, "from": before,
+                                "to": after, "ruleset": loaded.ruleset.name})
+        return tracker
+
+    def governance(
+        self,
+        nodes: Sequence[Node],
+        licences: Mapping[str, LicenceResult],
+        *,
+        tick: int,
+        env: EvalEnv,
+        transitions: list[dict[str, Any]],
+        errors: list[PluginError],
+    ) -> list[RuleResult]:
+        """One ``RuleResult`` per (governance rule, node), with its state."""
+        out: list[RuleResult] = []
+        loaded_list = [l for l in self.loaded.values() if l.ruleset.stage == "governance"]
+        if not loaded_list:
+            return out
+        lics = [licences.get(n.id) or NO_LICENCE for n in nodes]
+        present = {n.id for n in nodes}
+        index = {n.id: i for i, n in enumerate(nodes)}
+        append = out.append
+        for loaded in loaded_list:
+            name = loaded.ruleset.name
+            active = self._active(loaded, nodes, lics, env, "wyneos_governance", errors)
+            for rule, hits in zip(loaded.ruleset.rules, active):
+                tracker = self._step(loaded, rule, [nodes[i].id for i in hits], tick, env.now, transitions, present)
+                states = tracker.states
+                severity = rule.severity
+                rid = rule.id
+                for node in nodes:
+                    st = states.get(node.id)
+                    if st is None:
+                        append(RuleResult(rid, node.id, True, "", severity, name, "inactive"))
+                    elif st.state == PENDING or st.state == FIRING:
+                        i = index[node.id]
+                        append(RuleResult(rid, node.id, False, rule.message.render(node, lics[i], env), severity,
+                                          name, st.state))
+                    else:
+                        append(RuleResult(rid, node.id, True, "", severity, name, st.state))
+        return out
+
+    def actions(
+        self,
+        stage: str,
+        nodes: Sequence[Node],
+        licences: Mapping[str, LicenceResult],
+        *,
+        tick: int,
+        env: EvalEnv,
+        transitions: list[dict[str, Any]],
+        errors: list[PluginError],
+    ) -> list[Action]:
+        """The actions of every firing rule of the ``stage`` rulesets."""
+        assert stage in STAGES and stage != "governance"
+        out: list[Action] = []
+        loaded_list = [l for l in self.loaded.values() if l.ruleset.stage == stage]
+        if not loaded_list:
+            return out
+        lics = [licences.get(n.id) or NO_LICENCE for n in nodes]
+        present = {n.id for n in nodes}
+        index = {n.id: i for i, n in enumerate(nodes)}
+        for loaded in loaded_list:
+            name = loaded.ruleset.name
+            active = self._active(loaded, nodes, lics, env, f"wyneos_{stage}", errors)
+            for rule, hits in zip(loaded.ruleset.rules, active):
+                tracker = self._step(loaded, rule, [nodes[i].id for i in hits], tick, env.now, transitions, present)
+                origin = f"ruleset:{name}/{rule.id}"
+                for node_id, st in sorted(tracker.states.items()):
+                    if st.state != FIRING:
+                        continue
+                    i = index[node_id]
+                    node, lic = nodes[i], lics[i]
+                    reason = rule.message.render(node, lic, env)
+                    for spec in rule.actions:
+                        params = {k: (v.render(node, lic, env) if hasattr(v, "render") else v)
+                                  for k, v in spec.params}
+                        out.append(Action(spec.type, node_id, reason, origin, rule.severity, params))
+        return out
