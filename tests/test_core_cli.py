@@ -86,14 +86,22 @@ def test_trace_switch_prints_hook_calls(tmp_path):
     assert "[trace] -> wyneos_governance [governance]" in out.stderr
 
 
+def _ticks_in(db: Path) -> int:
+    """Ticks committed to the state file so far (0 while it is still being created)."""
+    if not db.exists():
+        return 0
+    try:
+        return sqlite3.connect(db).execute("SELECT COUNT(*) FROM ticks").fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+
+
 def test_sigterm_stops_cleanly_after_the_tick_in_progress(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "wyneos_core.cli", "run", "--interval", "0.2"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     db = tmp_path / ".wyneos" / "state.db"
-    while time.monotonic() < deadline:
-        if db.exists() and sqlite3.connect(db).execute("SELECT COUNT(*) FROM ticks").fetchone()[0] >= 2:
-            break
+    while time.monotonic() < deadline and _ticks_in(db) < 2:
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
