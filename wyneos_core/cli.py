@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "wyneos_core.cli_simulate",
     "wyneos_core.cli_licence",
     "wyneos_core.cli_service",
+    "wyneos_core.cli_rules",
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2

@@ -152,9 +152,21 @@ class RulesetRunner:
 
     # -- loading ------------------------------------------------------------------------------
 
+    @classmethod
+    def from_rulesets(cls, rulesets: Sequence[Ruleset], *, durable_timeout: float = 60.0) -> RulesetRunner:
+        """A runner over rulesets already loaded (no files watched): for tests and tools."""
+        runner = cls([], durable_timeout=durable_timeout, reload=False)
+        for ruleset in rulesets:
+            runner.loaded[Path(ruleset.file)] = runner._wrap(ruleset, Path(ruleset.file), None)
+        return runner
+
     def _load(self, path: Path, previous: Loaded | None = None) -> Loaded:
         stamp = _stamp(path)
         ruleset = load_ruleset(path, default_engine=self.default_engine)
+        return self._wrap(ruleset, path, stamp, previous)
+
+    def _wrap(self, ruleset: Ruleset, path: Path, stamp: tuple[int, int] | None,
+              previous: Loaded | None = None) -> Loaded:
         native = NativeEngine(ruleset.conditions())
         engine: Any = native
         if ruleset.engine == "durable":

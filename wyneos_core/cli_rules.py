@@ -1,0 +1,215 @@
+"""``wyneos check``, ``wyneos test`` and ``wyneos explain``: rulesets from the command line.
+
+* ``check PATH...`` lints ruleset files (and ruleset test files): exit 0 when all load,
+  1 with one ``file:line:column: field: reason`` line per broken file.
+* ``test PATH...`` runs ruleset unit tests written in YAML (``wyneos_core.rules.testing``):
+  exit 0 when every case passes, 1 otherwise.
+* ``explain --node ID`` runs the configured orchestrator for ``--ticks`` ticks (1 by
+  default, nothing persisted) and shows, for that node, every rule's state and the value
+  of every part of its condition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+_SUFFIXES = (".yaml", ".yml")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="lint ruleset files (exit 1 on any error, with file:line)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="ruleset files or directories (searched recursively)")
+    p.add_argument("--engine", choices=["native", "durable"],
+                   help="also check that every ruleset can run on this engine")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("test", help="run ruleset unit tests written in YAML")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="test files or directories (searched recursively)")
+    p.add_argument("--engine", choices=["native", "durable"], help="run the rulesets on this engine")
+    p.add_argument("--verbose", "-v", action="store_true", help="list passing cases too")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("explain", help="show why each rule passed or failed for one node")
+    p.add_argument("--node", required=True, metavar="ID", help="the node to explain")
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML config (default: the demo cluster)")
+    p.add_argument("--ticks", type=int, default=1, help="ticks to run first, so rule states build up (default 1)")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_explain, disable=[], only=None, trace=False, state=None)
+
+
+def _files(paths: list[str]) -> tuple[list[Path], list[str]]:
+    out: list[Path] = []
+    missing: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix in _SUFFIXES and f.is_file()))
+        elif p.is_file():
+            out.append(p)
+        else:
+            missing.append(raw)
+    return out, missing
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from wyneos_core.rules.loader import load_ruleset
+    from wyneos_core.rules.testing import is_test_file, run_test_file
+    from wyneos_core.yamlio import LocatedError, load_yaml
+
+    files, missing = _files(args.paths)
+    report: list[dict[str, Any]] = []
+    for raw in missing:
+        report.append({"file": raw, "ok": False, "error": {"file": raw, "line": None, "column": None, "field": None,
+                                                            "reason": "no such file or directory"}})
+    for path in files:
+        try:
+            located = load_yaml(path)
+            if is_test_file(located):
+                run_test_file(path, engine=args.engine)  # loads the ruleset and validates every case
+                report.append({"file": str(path), "ok": True, "kind": "tests"})
+                continue
+            ruleset = load_ruleset(path, default_engine=args.engine or "native")
+            if args.engine and ruleset.engine != args.engine:
+                load_ruleset(path, text=path.read_text(encoding="utf-8"), default_engine=args.engine)
+                if args.engine == "durable":
+                    from wyneos_core.rules.durable import translate
+
+                    translate(ruleset.conditions())
+            report.append({"file": str(path), "ok": True, "kind": "ruleset", "ruleset": ruleset.name,
+                           "stage": ruleset.stage, "rules": len(ruleset.rules)})
+        except LocatedError as exc:
+            report.append({"file": str(path), "ok": False, "error": exc.to_dict(), "message": str(exc)})
+        except ValueError as exc:  # DurableUnsupported for an --engine override
+            report.append({"file": str(path), "ok": False, "message": f"{path}: {exc}",
+                           "error": {"file": str(path), "reason": str(exc)}})
+    failed = [r for r in report if not r["ok"]]
+    if args.json:
+        print(json.dumps({"ok": not failed, "files": report}, indent=2))
+    else:
+        for r in report:
+            if r["ok"]:
+                what = (f"ruleset {r['ruleset']!r} ({r['stage']}, {r['rules']} rules)" if r["kind"] == "ruleset"
+                        else "ruleset tests")
+                print(f"ok    {r['file']}: {what}")
+            else:
+                print(r.get("message") or f"{r['file']}: {r['error']['reason']}", file=sys.stderr)
+        print(f"{len(report) - len(failed)} ok, {len(failed)} with errors")
+    if not report:
+        print("wyneos check: no ruleset files found", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from wyneos_core.rules.testing import is_test_file, run_test_file
+    from wyneos_core.yamlio import LocatedError, load_yaml
+
+    files, missing = _files(args.paths)
+    passed = failed = 0
+    broken = 0
+    for raw in missing:
+        print(f"{raw}: no such file or directory", file=sys.stderr)
+        broken += 1
+    for path in files:
+        try:
+            if not is_test_file(load_yaml(path)):
+                continue
+            name, outcomes = run_test_file(path, engine=args.engine)
+        except LocatedError as exc:
+            print(f"ERROR {exc}", file=sys.stderr)
+            broken += 1
+            continue
+        for case in outcomes:
+            if case.passed:
+                passed += 1
+                if args.verbose:
+                    print(f"PASS  {path}: {name}: {case.name}")
+            else:
+                failed += 1
+                print(f"FAIL  {path}: {name}: {case.name}")
+                for line in case.failures:
+                    print(f"        {line}")
+    total = passed + failed
+    print(f"{passed}/{total} ruleset test(s) passed" + (f", {broken} file(s) with errors" if broken else ""))
+    if total == 0 and not broken:
+        print("wyneos test: no ruleset test files found", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK if failed == 0 and broken == 0 else EXIT_FAIL
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from wyneos_core.builtin.rulesets import _violated, runner_of
+    from wyneos_core.cli import build
+    from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, explain, truthy, evaluate
+    from wyneos_core.rules.runtime import RulesetRunner
+
+    if args.ticks < 1:
+        print("wyneos explain: --ticks must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    orchestrator = build(args, stdout_mode="none", store=False)
+    orchestrator.config["report"]["json_path"] = None
+    with orchestrator:
+        for _ in range(args.ticks):
+            report = orchestrator.tick()
+    node = orchestrator.registry.get(args.node)
+    if node is None:
+        known = ", ".join(n.id for n in orchestrator.registry)
+        print(f"wyneos explain: no node {args.node!r} (nodes: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    lic = report.licences.get(node.id) or NO_LICENCE
+    nodes = orchestrator.registry.nodes()
+    base = RulesetRunner.environment(nodes, report.started_at)
+    out: dict[str, Any] = {"node": node.to_dict(), "tick": report.tick, "licence": lic.to_dict(), "rulesets": [],
+                           "python_rules": []}
+    runner = runner_of(orchestrator.pm)
+    for loaded in (runner.loaded.values() if runner is not None else []):
+        rs = loaded.ruleset
+        env = base if rs.stage == "governance" else EvalEnv(base.now, base.cluster, _violated(report.results))
+        rules = []
+        for rule in rs.rules:
+            value = truthy(evaluate(rule.condition, node, lic, env))
+            state = loaded.trackers[rule.id].state_of(node.id)
+            if rs.stage == "governance":
+                verdict = "passes" if value else "fails"
+            else:
+                verdict = "applies" if value else "does not apply"
+            rules.append({"id": rule.id, "description": rule.description, "condition": rule.source,
+                          "value": value, "verdict": verdict, "state": state, "for": str(rule.for_),
+                          "keep_firing_for": str(rule.keep_firing_for),
+                          "trace": explain(rule.condition, node, lic, env),
+                          "actions": [a.type for a in rule.actions]})
+        out["rulesets"].append({"name": rs.name, "stage": rs.stage, "engine": rs.engine, "file": rs.file,
+                                "rules": rules})
+    for r in report.results:
+        if r.node_id == node.id and not any(r.source == rs["name"] for rs in out["rulesets"]):
+            out["python_rules"].append(r.to_dict())
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return EXIT_OK
+    print(f"node {node.id}: status {node.status.value}, load {node.load}, isolated {node.isolated}, "
+          f"metadata {json.dumps(node.metadata, sort_keys=True)}")
+    print(f"licence: {'valid' if lic.valid else 'INVALID'} ({lic.reason}) {lic.detail}")
+    print(f"after tick {report.tick}")
+    if not out["rulesets"]:
+        print("no YAML rulesets are configured (rulesets.paths)")
+    for rs in out["rulesets"]:
+        print(f"\nruleset {rs['name']} ({rs['stage']}, engine {rs['engine']}) from {rs['file']}")
+        for rule in rs["rules"]:
+            extra = f", for {rule['for']}" if rule["for"] != "0 ticks" else ""
+            acts = f" -> {', '.join(rule['actions'])}" if rule["actions"] else ""
+            print(f"  {rule['id']}: {rule['verdict']}; state {rule['state']}{extra}{acts}")
+            for line in rule["trace"]:
+                print(f"      {line}")
+    if out["python_rules"]:
+        print("\nother rules that failed on this node (Python rules and plugins):")
+        for r in out["python_rules"]:
+            print(f"  {r['rule_id']} ({r['source']}): {r['message']}")
+    return EXIT_OK

@@ -1,0 +1,252 @@
+"""Ruleset unit tests written in YAML, run by ``wyneos test`` (in the spirit of ``opa test``).
+
+A test file names the ruleset under test and lists cases. Each case gives nodes and
+licences, runs the ruleset for some ticks (rule states carry over, so ``for`` and
+``keep_firing_for`` can be tested) and states what must come out::
+
+    ruleset: ../healing.yaml          # a path relative to this file, builtin:NAME, or a mapping
+    tests:
+      - name: an overloaded node sheds load on its third tick
+        nodes:
+          - {id: n1, load: 0.97}
+        ticks: 3
+        expect:
+          actions:
+            - {type: reduce_load, target: n1, params: {target_load: 0.7}}
+
+A case with ``steps`` runs several inputs one after the other (nodes and licences carry
+over from the step before when a step does not give them). See docs/rulesets.md for
+every field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wyneos_core.model import Action, LicenceResult, Node, NodeStatus, PluginError, RuleResult
+from wyneos_core.rules.interp import EvalEnv, cluster_summary
+from wyneos_core.rules.loader import Ruleset, RulesetError, load_ruleset
+from wyneos_core.rules.runtime import BUILTIN_PREFIX, RulesetRunner, resolve_paths
+from wyneos_core.yamlio import Located, LocatedError, load_yaml, validate_schema
+
+__all__ = ["CaseResult", "TestFileError", "is_test_file", "run_test_file", "TEST_SCHEMA"]
+
+_NODE = {
+    "type": "object", "additionalProperties": False, "required": ["id"],
+    "properties": {
+        "id": {"type": "string"}, "status": {"enum": [s.value for s in NodeStatus]},
+        "load": {"type": ["number", "null"]}, "metadata": {"type": "object"},
+        "heartbeat_age": {"type": ["number", "null"]}, "last_seen": {"type": ["number", "null"]},
+        "isolated": {"type": "boolean"}, "licence_ref": {"type": ["string", "null"]},
+        "fingerprint": {"type": ["string", "null"]},
+    },
+}
+_LICENCE = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "valid": {"type": "boolean"}, "reason": {"type": "string"}, "detail": {"type": "string"},
+        "licence_id": {"type": ["string", "null"]}, "customer": {"type": ["string", "null"]},
+        "product": {"type": ["string", "null"]}, "tier": {"type": ["string", "null"]},
+        "features": {"type": "array", "items": {"type": "string"}}, "expires": {"type": ["number", "null"]},
+        "in_grace": {"type": "boolean"}, "source": {"type": "string"},
+    },
+}
+_EXPECT = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "results": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["rule", "node"],
+            "properties": {"rule": {"type": "string"}, "node": {"type": "string"}, "passed": {"type": "boolean"},
+                           "state": {"enum": ["inactive", "pending", "firing", "resolved"]},
+                           "message": {"type": "string"}}}},
+        "actions": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["type", "target"],
+            "properties": {"type": {"type": "string"}, "target": {"type": "string"}, "params": {"type": "object"},
+                           "reason": {"type": "string"}}}},
+    },
+}
+_STEP_PROPS = {
+    "nodes": {"type": "array", "items": _NODE},
+    "licences": {"type": "object", "additionalProperties": _LICENCE},
+    "violated": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+    "ticks": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "expect": _EXPECT,
+}
+TEST_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["ruleset", "tests"],
+    "properties": {
+        "ruleset": {"type": ["string", "object"]},
+        "engine": {"enum": ["native", "durable"]},
+        "interval": {"type": "number", "exclusiveMinimum": 0},
+        "tests": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "additionalProperties": False, "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "interval": {"type": "number", "exclusiveMinimum": 0},
+                "steps": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "properties": _STEP_PROPS}},
+                **_STEP_PROPS,
+            },
+        }},
+    },
+}
+
+
+class TestFileError(LocatedError):
+    """A ruleset test file that cannot be run; names file, line and field."""
+
+    __test__ = False  # not a pytest class
+
+
+@dataclass(slots=True)
+class CaseResult:
+    """The outcome of one test case."""
+
+    __test__ = False
+
+    name: str
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+
+def is_test_file(located: Located) -> bool:
+    return isinstance(located.data, dict) and "tests" in located.data
+
+
+def _load_ruleset(spec: Any, test_file: Path, engine: str | None) -> Ruleset:
+    if isinstance(spec, dict):
+        text = yaml.safe_dump(spec, sort_keys=False)
+        ruleset = load_ruleset(f"{test_file}#ruleset", text=text, default_engine=engine or "native")
+    elif spec.startswith(BUILTIN_PREFIX):
+        ruleset = load_ruleset(resolve_paths([spec])[0], default_engine=engine or "native")
+    else:
+        path = Path(spec)
+        if not path.is_absolute():
+            path = test_file.parent / path
+        ruleset = load_ruleset(path, default_engine=engine or "native")
+    if engine is not None and ruleset.engine != engine:
+        ruleset = dataclasses.replace(ruleset, engine=engine)
+        if engine == "durable":  # check it can run there, as the loader would
+            load_ruleset(ruleset.file, text=Path(ruleset.file).read_text() if Path(ruleset.file).is_file()
+                         else yaml.safe_dump(spec, sort_keys=False), default_engine="durable")
+    return ruleset
+
+
+def _node(spec: dict[str, Any], now: float) -> Node:
+    last_seen = spec.get("last_seen")
+    if "heartbeat_age" in spec:
+        age = spec["heartbeat_age"]
+        last_seen = None if age is None else now - age
+    status = spec.get("status")
+    if status is None:
+        status = "online" if last_seen is not None or "heartbeat_age" not in spec else "unknown"
+    return Node(spec["id"], NodeStatus(status), last_seen=last_seen, load=spec.get("load"),
+                metadata=dict(spec.get("metadata", {})), licence_ref=spec.get("licence_ref"),
+                fingerprint=spec.get("fingerprint"), isolated=bool(spec.get("isolated", False)))
+
+
+def _licence(node_id: str, spec: dict[str, Any]) -> LicenceResult:
+    valid = spec.get("valid", spec.get("reason", "ok") == "ok")
+    return LicenceResult(node_id, valid, spec.get("reason", "ok" if valid else "invalid"), spec.get("detail", ""),
+                         spec.get("licence_id"), spec.get("customer"), spec.get("product"), spec.get("tier"),
+                         tuple(spec.get("features", ())), spec.get("expires"), bool(spec.get("in_grace", False)),
+                         spec.get("source", "test"))
+
+
+def _check(expect: dict[str, Any], results: list[RuleResult], actions: list[Action], step: str) -> list[str]:
+    failures = []
+    by_key = {(r.rule_id, r.node_id): r for r in results}
+    for want in expect.get("results", []):
+        got = by_key.get((want["rule"], want["node"]))
+        if got is None:
+            failures.append(f"{step}no result for rule {want['rule']!r} on node {want['node']!r}")
+            continue
+        for key in ("passed", "state"):
+            if key in want and getattr(got, key) != want[key]:
+                failures.append(f"{step}rule {want['rule']} on {want['node']}: {key} is {getattr(got, key)!r}, "
+                                f"expected {want[key]!r}")
+        if "message" in want and want["message"] not in got.message:
+            failures.append(f"{step}rule {want['rule']} on {want['node']}: message {got.message!r} does not contain "
+                            f"{want['message']!r}")
+    if "actions" in expect:
+        remaining = list(actions)
+        for want in expect["actions"]:
+            match = next((a for a in remaining if a.type == want["type"] and a.target == want["target"]
+                          and all(a.params.get(k) == v for k, v in want.get("params", {}).items())
+                          and want.get("reason", "") in a.reason), None)
+            if match is None:
+                failures.append(f"{step}expected action {want['type']} on {want['target']}"
+                                + (f" with params {want['params']}" if want.get("params") else "")
+                                + " was not proposed")
+            else:
+                remaining.remove(match)
+        for extra in remaining:
+            failures.append(f"{step}unexpected action {extra.type} on {extra.target} ({extra.reason})")
+    return failures
+
+
+def run_test_file(path: str | Path, *, engine: str | None = None) -> tuple[str, list[CaseResult]]:
+    """Run every case of one test file; return the ruleset's name and each case's outcome.
+
+    :param engine: run the ruleset on this engine instead of the one it names.
+    :raises TestFileError: for a malformed test file; ``RulesetError`` for a bad ruleset.
+    """
+    path = Path(path)
+    located = load_yaml(path)
+    if not isinstance(located.data, dict):
+        raise TestFileError("a test file is a mapping with ruleset and tests", file=str(path), line=1)
+    try:
+        validate_schema(located, TEST_SCHEMA)
+    except LocatedError as exc:
+        raise TestFileError(exc.reason, file=exc.file, line=exc.line, column=exc.column, field=exc.field) from None
+    data = located.data
+    ruleset = _load_ruleset(data["ruleset"], path, engine or data.get("engine"))
+    outcomes = []
+    for index, case in enumerate(data["tests"]):
+        runner = RulesetRunner.from_rulesets([ruleset])
+        try:
+            outcomes.append(_run_case(runner, ruleset, case, float(case.get("interval", data.get("interval", 6.0)))))
+        finally:
+            runner.close()
+    return ruleset.name, outcomes
+
+
+def _run_case(runner: RulesetRunner, ruleset: Ruleset, case: dict[str, Any], interval: float) -> CaseResult:
+    steps = case.get("steps") or [{k: case[k] for k in ("nodes", "licences", "violated", "ticks", "expect")
+                                   if k in case}]
+    now = 1_000_000.0
+    tick = 0
+    node_specs: list[dict] = case.get("nodes", [])
+    licence_specs: dict[str, dict] = case.get("licences", {})
+    violated_specs: dict[str, list[str]] = case.get("violated", {})
+    failures: list[str] = []
+    for number, step in enumerate(steps, 1):
+        node_specs = step.get("nodes", node_specs)
+        licence_specs = step.get("licences", licence_specs)
+        violated_specs = step.get("violated", violated_specs)
+        violated = {k: set(v) for k, v in violated_specs.items()}
+        results: list[RuleResult] = []
+        actions: list[Action] = []
+        errors: list[PluginError] = []
+        for _ in range(step.get("ticks", 1)):
+            tick += 1
+            now += interval
+            nodes = [_node(spec, now) for spec in node_specs]
+            licences = {nid: _licence(nid, spec) for nid, spec in licence_specs.items()}
+            env = EvalEnv(now, cluster_summary(nodes, now), violated)
+            transitions: list[dict] = []
+            if ruleset.stage == "governance":
+                results = runner.governance(nodes, licences, tick=tick, env=env, transitions=transitions,
+                                            errors=errors)
+            else:
+                actions = runner.actions(ruleset.stage, nodes, licences, tick=tick, env=env,
+                                         transitions=transitions, errors=errors)
+        label = f"step {number}: " if len(steps) > 1 else ""
+        failures.extend(f"{label}engine error: {e.error}" for e in errors)
+        failures.extend(_check(step.get("expect", {}), results, actions, label))
+    return CaseResult(case["name"], not failures, failures)
