@@ -1,0 +1,101 @@
+"""wyneos check / test / explain, and the shipped rulesets' own YAML tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wyneos_core.cli import main
+from wyneos_core.rules.runtime import shipped_rulesets_dir
+from wyneos_core.rules.testing import run_test_file
+
+SHIPPED = shipped_rulesets_dir()
+
+
+def test_shipped_rulesets_pass_check(capsys) -> None:
+    assert main(["check", str(SHIPPED)]) == 0
+    out = capsys.readouterr().out
+    assert "ruleset 'governance' (governance, 4 rules)" in out
+    assert "ruleset 'healing'" in out and "ruleset 'licence-enforcement'" in out
+    assert "ruleset tests" in out  # the test files under rulesets/tests are checked too
+
+
+def test_shipped_rulesets_can_run_on_durable_rules(capsys) -> None:
+    assert main(["check", "--engine", "durable", str(SHIPPED)]) == 0
+
+
+@pytest.mark.parametrize("name", ["governance", "healing", "licence-enforcement"])
+def test_shipped_ruleset_unit_tests_pass(name: str) -> None:
+    ruleset, outcomes = run_test_file(SHIPPED / "tests" / f"{name}_test.yaml")
+    assert ruleset == name
+    assert len(outcomes) >= 5
+    failures = [(c.name, c.failures) for c in outcomes if not c.passed]
+    assert failures == []
+
+
+def test_check_reports_every_broken_file_with_file_and_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "ok.yaml").write_text("ruleset: ok\nstage: governance\nrules: []\n")
+    (tmp_path / "a.yaml").write_text("ruleset: a\nstage: governance\nrules:\n  - id: r\n    description: d\n"
+                                     "    require: node.load <\n")
+    (tmp_path / "b.yml").write_text("ruleset: b\nstage: healing\nrules:\n  - id: r\n    description: d\n"
+                                    "    when: node.load > 1\n    then: [isolate: {}]\n    severity: fatal\n")
+    assert main(["check", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert f"{tmp_path / 'a.yaml'}:6" in captured.err and "syntax error" in captured.err
+    assert f"{tmp_path / 'b.yml'}:8" in captured.err and "rules[0].severity" in captured.err
+    assert "1 ok, 2 with errors" in captured.out
+    assert main(["check", "--json", str(tmp_path / "a.yaml")]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is False and data["files"][0]["error"]["line"] == 6
+    assert main(["check", str(tmp_path / "absent.yaml")]) == 1
+
+
+def test_check_engine_durable_refuses_what_durable_cannot_run(tmp_path: Path, capsys) -> None:
+    (tmp_path / "r.yaml").write_text("ruleset: r\nstage: governance\nrules:\n  - id: r\n    description: d\n"
+                                     "    require: node.load * 2 < 1\n")
+    assert main(["check", str(tmp_path / "r.yaml")]) == 0
+    assert main(["check", "--engine", "durable", str(tmp_path / "r.yaml")]) == 1
+    assert "arithmetic" in capsys.readouterr().err
+
+
+def test_wyneos_test_reports_failing_cases(tmp_path: Path, capsys) -> None:
+    (tmp_path / "r.yaml").write_text(
+        "ruleset: r\nstage: enforcement\nrules:\n  - id: cut\n    description: d\n"
+        "    when: node.metadata.role == 'rogue'\n    then: [isolate: {}]\n")
+    (tmp_path / "r_test.yaml").write_text(
+        "ruleset: r.yaml\ntests:\n"
+        "  - name: rogue nodes are cut\n    nodes: [{id: x, metadata: {role: rogue}}, {id: y}]\n"
+        "    expect: {actions: [{type: isolate, target: x}]}\n"
+        "  - name: a wrong expectation\n    nodes: [{id: y}]\n"
+        "    expect: {actions: [{type: isolate, target: y}]}\n")
+    assert main(["test", "-v", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "PASS" in out and "rogue nodes are cut" in out
+    assert "FAIL" in out and "expected action isolate on y was not proposed" in out
+    assert "1/2 ruleset test(s) passed" in out
+
+
+def test_wyneos_test_refuses_a_malformed_test_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "t.yaml").write_text("ruleset: builtin:healing\ntests:\n  - name: x\n    nodez: []\n")
+    assert main(["test", str(tmp_path / "t.yaml")]) == 1
+    assert "t.yaml:4" in capsys.readouterr().err
+
+
+def test_explain_shows_each_rule_and_its_parts(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("nodes:\n  - {id: a, metadata: {region: eu, version: '2.3.9'}}\n"
+                   "rulesets: {paths: ['builtin:governance', 'builtin:licence-enforcement']}\n"
+                   "plugins: {disable: [licence]}\nstate: {path: ':memory:'}\n")
+    assert main(["explain", "--node", "a", "--config", str(cfg), "--ticks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "version-floor: fails; state firing" in out
+    assert "version_at_least(node.metadata.version, '2.4.0')  =>  False" in out
+    assert "node.metadata.version  =>  '2.3.9'" in out
+    assert "isolate-unlicensed: applies; state firing -> isolate" in out
+    assert main(["explain", "--node", "a", "--config", str(cfg), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    gov = next(rs for rs in data["rulesets"] if rs["name"] == "governance")
+    assert {r["id"]: r["value"] for r in gov["rules"]}["version-floor"] is False
+    assert main(["explain", "--node", "zz", "--config", str(cfg)]) == 2
