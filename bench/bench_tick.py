@@ -1,9 +1,14 @@
 """Benchmark: one full tick with the builtin plugins at 1k, 10k and 100k nodes.
 
+Every builtin plugin runs, the licence step included: nodes share signed licences
+(one per 100 nodes) from the builtin file source; after the first tick their results
+come from the licence cache, as in a running cluster.
+
 Baseline: a hand-written plain loop doing the same work on plain dicts in the same
-run (heartbeat checks and intake, status derivation, the two builtin governance rules,
-healing, de-duplication, one BFS routing tree over the same adjacency and delivery of
-the actions along it). The ratio tick / baseline is what to watch; absolute times
+run (heartbeat checks and intake, status derivation, a licence cache lookup per node,
+one result per (rule, node) for the two builtin governance rules, healing,
+de-duplication, one BFS routing tree over the same adjacency and delivery of the
+actions along it). The ratio tick / baseline is what to watch; absolute times
 depend on the machine.
 
     python bench/bench_tick.py [--sizes 1000 10000 100000] [--repeat 5] [--json FILE]
@@ -17,6 +22,7 @@ import math
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -24,28 +30,56 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wyneos_core.config import load_config  # noqa: E402
+from wyneos_core.licensing.document import issue_licence  # noqa: E402
+from wyneos_core.licensing.keys import generate_key, write_public_key  # noqa: E402
 from wyneos_core.model import ORIGIN, Heartbeat  # noqa: E402
 from wyneos_core.tick import Orchestrator  # noqa: E402
 
 
+KEY = generate_key()
+
+
 class Clock:
     def __init__(self) -> None:
-        self.now = 1_700_000_000.0
+        self.now = T0
 
     def __call__(self) -> float:
         return self.now
 
 
+T0 = 1_700_000_000.0
+WORK = Path(tempfile.mkdtemp(prefix="wyneos-bench-"))
+
+
+def licences(n: int) -> int:
+    """Write signed licences for ``n`` nodes (one per 100) once; return how many."""
+    count = max(1, n // 100)
+    root = WORK / "licences"
+    if not (WORK / "issuer.pub").exists():
+        write_public_key(WORK / "issuer.pub", KEY)
+        root.mkdir()
+    for i in range(count):
+        path = root / f"lic-{i:05d}.licence"
+        if not path.exists():
+            doc = issue_licence(KEY, licence_id=f"lic-{i:05d}", customer="acme", issued=T0 - 86400,
+                                expires=T0 + 365 * 86400)
+            path.write_text(json.dumps(doc))
+    return count
+
+
 def make(n: int, seed: int = 1):
     ids = [f"node-{i:06d}" for i in range(n)]
+    count = licences(n)
     text = (
         "heartbeat: {stale_after: 18, offline_after: 48}\n"
         "mesh: {topology: small_world, degree: 4, seed: 1}\n"
-        "plugins: {disable: [licence]}\n"
         "report: {stdout: none, json_path: null}\n"
+        f"licence: {{directory: {WORK / 'licences'}, trusted_keys: [{WORK / 'issuer.pub'}], customer: acme, "
+        "cache_ttl: 3600, rescan: 3600}\n"
     )
     config = load_config(text=text)
-    config.data["nodes"] = [{"id": i, "licence": None, "fingerprint": None, "metadata": {}} for i in ids]
+    config.data["nodes"] = [{"id": i, "licence": f"lic-{k % count:05d}", "fingerprint": None, "metadata": {}}
+                            for k, i in enumerate(ids)]
     clock = Clock()
     orch = Orchestrator(config, clock=clock, load_entrypoints=False, store=False)
     rng = random.Random(seed)
@@ -72,6 +106,7 @@ def time_ticks(n: int, repeat: int) -> tuple[float, int]:
         t0 = time.perf_counter()
         report = orch.tick()
         times.append(time.perf_counter() - t0)
+        assert not any(not r.valid for r in report.licences.values()), "bench licences must be valid"
         actions = max(actions, len(report.actions))
         orch._decide_state = None  # type: ignore[attr-defined]  # same work every round: actions are new again
         for node_id in list(orch.mesh.isolated):
@@ -85,7 +120,9 @@ def baseline(n: int, repeat: int) -> float:
     """The same work as a plain loop over dicts (no plugins, no objects per result)."""
     orch, clock, ids, overloaded, silent = make(n)
     adj = {v: list(orch.mesh.graph.adj[v]) for v in orch.mesh.graph}
-    nodes = {i: {"last_seen": clock.now, "load": 0.4, "status": "online", "metadata": {}} for i in ids}
+    nodes = {i: {"last_seen": clock.now, "load": 0.4, "status": "online", "metadata": {},
+                 "licence": orch.registry[i].licence_ref} for i in ids}
+    licence_cache = {i: ((node["licence"], None, None), ("valid", "ok")) for i, node in nodes.items()}
     clock.now += 60
     times = []
     for _ in range(repeat):
@@ -107,12 +144,17 @@ def baseline(n: int, repeat: int) -> float:
             if status != node["status"]:
                 node["status"] = status
                 changes += 1
-        failed = []
-        for node_id, node in nodes.items():  # governance: 2 rules
-            if node["status"] != "online":
-                failed.append(("heartbeat-fresh", node_id))
-            if node["load"] >= 0.9:
-                failed.append(("load-ceiling", node_id))
+        licence_results = []
+        for node_id, node in nodes.items():  # licence: one cache lookup per node
+            key, result = licence_cache[node_id]
+            if key == (node["licence"], None, None):
+                licence_results.append(result)
+        results = []
+        for node_id, node in nodes.items():  # governance: one result per (rule, node)
+            fresh = node["status"] == "online"
+            results.append(("heartbeat-fresh", node_id, fresh, "" if fresh else "no fresh heartbeat"))
+            below = node["load"] < 0.9
+            results.append(("load-ceiling", node_id, below, "" if below else "load above the overload threshold"))
         proposed = {}
         for node_id, node in nodes.items():  # healing
             if node["status"] == "offline":

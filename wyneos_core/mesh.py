@@ -8,7 +8,7 @@ routed around for the tick without changing the graph.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,14 +156,17 @@ class Mesh:
         groups = []
         while left:
             start = left.pop()
-            members = self._bfs(start, allowed=left)
-            left.difference_update(members)
+            members = self._bfs(start, within=left)  # takes what it reaches out of ``left``
             groups.append(sorted([start, *members]))
         groups.sort(key=lambda g: (-len(g), g[0]))
         return groups
 
-    def _bfs(self, source: str, *, blocked: Container[str] = (), allowed: Container[str] | None = None) -> dict[str, str]:
+    def _bfs(self, source: str, *, blocked: Iterable[str] = (), within: set[str] | None = None) -> dict[str, str]:
         """Parents of the vertices reached breadth-first from ``source``.
+
+        Vertices in ``blocked`` are not entered. With ``within``, only vertices of that
+        set are entered, and each one reached is removed from it (so repeated searches
+        over what is left cost O(edges) in all).
 
         Walks networkx's own adjacency storage (``Graph._adj``, a dict of dicts) level by
         level: on a 100k-node mesh this is about 3.5x faster than ``nx.bfs_predecessors``
@@ -172,17 +175,30 @@ class Mesh:
         """
         adj = self.graph._adj  # noqa: SLF001 - read only, see the docstring
         parent: dict[str, str] = {}
-        seen = {source}
         frontier = [source]
+        if within is None:
+            seen = set(blocked)  # one membership test per edge: blocked vertices count as seen
+            seen.add(source)
+            while frontier:
+                nxt = []
+                for v in frontier:
+                    for w in adj[v]:
+                        if w not in seen:
+                            seen.add(w)
+                            parent[w] = v
+                            nxt.append(w)
+                frontier = nxt
+            return parent
+        todo = within
+        todo.discard(source)
         while frontier:
             nxt = []
             for v in frontier:
                 for w in adj[v]:
-                    if w in seen or w in blocked or (allowed is not None and w not in allowed):
-                        continue
-                    seen.add(w)
-                    parent[w] = v
-                    nxt.append(w)
+                    if w in todo:
+                        todo.discard(w)
+                        parent[w] = v
+                        nxt.append(w)
             frontier = nxt
         return parent
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -152,7 +153,23 @@ class Orchestrator:
 
     def tick(self) -> TickReport:
         """Run one tick: heartbeat, licence, governance, healing, enforcement, decide,
-        propagate, report. Never raises because of a plugin."""
+        propagate, report. Never raises because of a plugin.
+
+        Python's cyclic garbage collector is paused for the tick (reference counting
+        still frees everything at once): a tick of a large cluster allocates hundreds of
+        thousands of short-lived results, and the collections they would trigger scan
+        every long-lived object of the cluster each time (measured: governance at 100k
+        nodes 440 ms with it, 110 ms without). It runs again between ticks.
+        """
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._tick()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _tick(self) -> TickReport:
         self.start()
         now = self.clock()
         self.tick_number += 1
