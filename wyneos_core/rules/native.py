@@ -49,6 +49,8 @@ _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 _STATUS_VALUE = {s: s.value for s in NodeStatus}
 _STATUS_BY_VALUE = {s.value: s for s in NodeStatus}
 #: node fields whose Python type is fixed by the model (None means missing)
+_LICENCE_KINDS = {"valid": "b", "reason": "s", "detail": "s", "licence_id": "s", "customer": "s", "product": "s",
+                  "tier": "s", "expires": "n", "in_grace": "b", "source": "s", "features": "o"}
 _TYPED_NODE = {"load": "n", "last_seen": "n", "id": "s", "isolated": "b", "licence_ref": "s", "fingerprint": "s"}
 
 
@@ -165,6 +167,15 @@ def compile_test(expr: Expr) -> Fn:
     if t is Const:
         value = bool(expr.value)
         return lambda n, l, e: value
+    if t is Call and expr.name == "entitled":
+        feature = expr.args[0].value  # type: ignore[union-attr]
+        return lambda n, l, e: bool(l.valid) and feature in l.features
+    if t is Ref and not expr.path and (expr.root == "node" and expr.field in _TYPED_NODE
+                                       or expr.root == "licence" and _LICENCE_KINDS.get(expr.field) in "nsb"):
+        g = operator.attrgetter(expr.field)
+        if expr.root == "node":
+            return lambda n, l, e: bool(g(n))
+        return lambda n, l, e: bool(g(l))
     get = compile_value(expr)
     return lambda n, l, e: bool(get(n, l, e))  # MISSING is falsy
 
@@ -245,13 +256,27 @@ def _compile_cmp(expr: Cmp, negate: bool = False) -> Fn:
                 return lambda n, l, e: (v := n.load) is not None and v > c
         return lambda n, l, e: (v := getter(n)) is not None and f(v, c)
 
-    get = compile_value(left)
+    # licence fields of a fixed kind: as for node fields, on the licence
+    if type(left) is Ref and left.root == "licence" and not left.path and _LICENCE_KINDS.get(left.field) in "nsb":
+        return _licence_cmp(operator.attrgetter(left.field), _LICENCE_KINDS[left.field], ck, op, c, negate)
+
+    # heartbeat_age(node) against a number
+    if type(left) is Call and left.name == "heartbeat_age" and ck == "n":
+        f = _OPS.get(op)
+        if op == "!=" or f is None:
+            pass
+        elif negate:
+            return lambda n, l, e: (s := n.last_seen) is None or not f(e.now - s, c)
+        else:
+            return lambda n, l, e: (s := n.last_seen) is not None and f(e.now - s, c)
+
+    # a top-level metadata key against a literal: the lookup inlined
     if type(left) is Ref and left.root == "node" and left.field == "metadata" and len(left.path) == 1 \
             and isinstance(left.path[0], str):
-        key = left.path[0]
-
-        def get(n: Node, l: LicenceResult, e: EvalEnv, key: str = key) -> Any:  # noqa: F811 - raw, None kept
-            return n.metadata.get(key)
+        fast = _metadata_cmp(left.path[0], ck, op, c, negate)
+        if fast is not None:
+            return fast
+    get = compile_value(left)
 
     if ck == "b":  # == / != only (ordering booleans is refused by the parser)
         if op == "==":
@@ -278,6 +303,57 @@ def _compile_cmp(expr: Cmp, negate: bool = False) -> Fn:
     if negate:
         return lambda n, l, e: not (type(v := get(n, l, e)) in _NUM and f(v, c))
     return lambda n, l, e: type(v := get(n, l, e)) in _NUM and f(v, c)
+
+
+def _metadata_cmp(key: str, ck: str, op: str, c: Any, negate: bool) -> Fn | None:
+    """``node.metadata.key op c`` with the dict lookup inlined (None means absent)."""
+    if ck == "s":
+        if op == "==":
+            if negate:
+                return lambda n, l, e: not (type(v := n.metadata.get(key)) is str and v == c)
+            return lambda n, l, e: type(v := n.metadata.get(key)) is str and v == c
+        if op == "!=":
+            if negate:
+                return lambda n, l, e: (v := n.metadata.get(key)) is None or (type(v) is str and v == c)
+            return lambda n, l, e: (v := n.metadata.get(key)) is not None and not (type(v) is str and v == c)
+        f = _OPS[op]
+        if negate:
+            return lambda n, l, e: not (type(v := n.metadata.get(key)) is str and f(v, c))
+        return lambda n, l, e: type(v := n.metadata.get(key)) is str and f(v, c)
+    if ck == "n":
+        if op == "==":
+            if negate:
+                return lambda n, l, e: not ((t := type(v := n.metadata.get(key))) in _NUM and v == c)
+            return lambda n, l, e: type(v := n.metadata.get(key)) in _NUM and v == c
+        if op == "!=":
+            if negate:
+                return lambda n, l, e: (v := n.metadata.get(key)) is None or (type(v) in _NUM and v == c)
+            return lambda n, l, e: (v := n.metadata.get(key)) is not None and not (type(v) in _NUM and v == c)
+        f = _OPS[op]
+        if negate:
+            return lambda n, l, e: not (type(v := n.metadata.get(key)) in _NUM and f(v, c))
+        return lambda n, l, e: type(v := n.metadata.get(key)) in _NUM and f(v, c)
+    return None
+
+
+def _licence_cmp(getter: Callable[[Any], Any], fk: str, ck: str, op: str, c: Any, negate: bool) -> Fn:
+    """A licence field of kind ``fk`` (None means missing) against a literal of kind ``ck``."""
+    if fk != ck:
+        if op == "!=":
+            if negate:
+                return lambda n, l, e: getter(l) is None
+            return lambda n, l, e: getter(l) is not None
+        return lambda n, l, e: negate
+    if op == "!=":
+        if negate:
+            return lambda n, l, e: (v := getter(l)) is None or v == c
+        return lambda n, l, e: (v := getter(l)) is not None and v != c
+    f = _OPS[op]
+    if negate:
+        return lambda n, l, e: (v := getter(l)) is None or not f(v, c)
+    if op == "==":
+        return lambda n, l, e: getter(l) == c
+    return lambda n, l, e: (v := getter(l)) is not None and f(v, c)
 
 
 def _present(v: Any) -> bool:
