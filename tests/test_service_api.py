@@ -206,3 +206,45 @@ def test_service_settings_are_checked(tmp_path):
     path.write_text("plugins: {settings: {service: {prot: 1}}}\n")
     with pytest.raises(ConfigError, match=r"plugins.settings.service.prot: unknown setting"):
         ServiceSettings.from_config(load_config(path))
+
+
+def test_a_full_heartbeat_queue_answers_503_and_changes_nothing(tmp_path):
+    path = write_config(tmp_path, interval=30, stale=60, offline=120)
+    path.write_text(path.read_text().replace("unknown_nodes: reject}", "unknown_nodes: reject, max_queue: 4}"))
+    service = make_service(path)
+    with ServerThread(service) as url, httpx.Client(base_url=url, timeout=10) as client:
+        wait_for(lambda: client.get("/healthz").json()["tick"] >= 1)  # the next tick is 30 s away
+        nodes = {name: Node(name) for name in "abcdefgh"}
+        token = add_token(service, uses=len(nodes))
+        for node in nodes.values():
+            assert enrol(client, node, token).status_code == 201
+        queue, registry = service.orchestrator.intake, service.orchestrator.registry
+
+        def single(name):
+            body, headers = nodes[name].heartbeat()
+            return body, headers, client.post("/v1/heartbeats", content=body, headers=headers)
+
+        assert all(single(name)[2].status_code == 202 for name in "ab")
+        remembered = len(service.nonces)
+        batch = json.dumps({"heartbeats": [nodes[name].batch_item(load=0.5) for name in "cde"]}).encode()
+        r = client.post("/v1/heartbeats", content=batch, headers={"content-type": "application/json"})
+        assert r.status_code == 503, r.text  # 2 waiting + 3 > 4: the whole batch is refused
+        answer = r.json()
+        assert answer["accepted"] == 0 and answer["refused"] == 3
+        assert [x["code"] for x in answer["results"]] == ["queue_full"] * 3
+        assert "queue is full" in answer["results"][0]["error"]
+        assert len(queue) == 2 and len(service.nonces) == remembered  # nonces given back
+        assert all(single(name)[2].status_code == 202 for name in "fg")
+        h_body, h_headers, r = single("h")
+        assert r.status_code == 503 and r.json()["code"] == "queue_full" and len(queue) == 4
+        assert 'wyneos_heartbeats_received_total{outcome="queue_full"} 4.0' in client.get("/metrics").text
+
+        service.tick()  # drains the queue: only the accepted heartbeats reach the registry
+        assert len(queue) == 0
+        assert {n: registry[n].last_seen is not None for n in "abcdefgh"} == {
+            "a": True, "b": True, "c": False, "d": False, "e": False, "f": True, "g": True, "h": False}
+        # the refused requests, sent again unchanged (same nonces), are now taken: no trace was left
+        r = client.post("/v1/heartbeats", content=batch, headers={"content-type": "application/json"})
+        assert r.status_code == 202 and r.json()["accepted"] == 3
+        assert client.post("/v1/heartbeats", content=h_body, headers=h_headers).status_code == 202
+        assert len(queue) == 4

@@ -172,9 +172,8 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
                               **({"field": result.field} if result.field else {}))
             return JSONResponse({"accepted": 1, "server_time": time.time(),
                                  "actions": service.outbox.pending(item.node_id)}, status_code=202)
-        items, early = _parse_batch(body, settings.max_batch)
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(None, _process_batch, service, items, early, now)
+        loop = asyncio.get_running_loop()  # parsing and verifying a batch keep off the event loop
+        results = await loop.run_in_executor(None, _process_batch, service, body, settings.max_batch, now)
         accepted = sum(1 for r in results if r.status == 202)
         refused = [{"index": i, **r.to_dict()} for i, r in enumerate(results) if r.status != 202]
         status = 202 if accepted or not refused else refused[0]["status"]
@@ -318,7 +317,10 @@ def _parse_batch(body: bytes, max_batch: int) -> tuple[list[SignedItem], dict[in
     return items, early
 
 
-def _process_batch(service: Service, items: list[SignedItem], early: dict[int, ItemResult], now: float) -> list[ItemResult]:
+def _process_batch(service: Service, body: bytes, max_batch: int, now: float) -> list[ItemResult]:
+    items, early = _parse_batch(body, max_batch)
+    if not early:
+        return service.accept(items, service.verify_all(items, now), now)
     good = [i for i in range(len(items)) if i not in early]
     chosen = [items[i] for i in good]
     results = service.accept(chosen, service.verify_all(chosen, now), now)

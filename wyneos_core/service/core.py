@@ -39,7 +39,7 @@ from wyneos_core.service.settings import ServiceSettings
 from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator
 
-__all__ = ["HEARTBEAT_PATH", "ItemResult", "Service", "hash_token", "new_token"]
+__all__ = ["HEARTBEAT_PATH", "ItemResult", "Service", "Verified", "hash_token", "new_token"]
 
 log = logging.getLogger("wyneos.service")
 
@@ -76,6 +76,16 @@ class ItemResult:
         if self.field:
             out["field"] = self.field
         return out
+
+
+@dataclass(slots=True)
+class Verified:
+    """A signed heartbeat whose signature checked out: its signed timestamp, and its
+    parsed body or the refusal of its body (reported after the replay checks)."""
+
+    ts: float
+    heartbeat: Heartbeat | None
+    problem: ItemResult | None = None
 
 
 class _Ticking:
@@ -249,9 +259,7 @@ class Service:
         fp = fingerprint(raw)
         existing = self.keys.get(node_id)
         if existing is not None:
-            from wyneos_core.licensing.keys import public_bytes
-
-            same = public_bytes(existing) == raw
+            same = existing == raw
             if self.keys.is_revoked(node_id):
                 raise AuthError(403, f"the key of node {node_id!r} is revoked", "revoked")
             if not same:
@@ -305,59 +313,68 @@ class Service:
 
     # -- heartbeats ----------------------------------------------------------------------
 
-    def verify_all(self, items: Sequence[SignedItem], now: float) -> list[ItemResult | float]:
-        """Verify signatures (on several threads for big batches); a timestamp or a refusal per item."""
+    def verify_all(self, items: Sequence[SignedItem], now: float) -> list[ItemResult | Verified]:
+        """Verify signatures and parse bodies, on several threads for big batches.
+
+        One result per item: a refusal, or a ``Verified`` for ``accept``. The threads
+        overlap: while one waits in libsodium (GIL released) another parses.
+        """
         if len(items) < _PARALLEL_FROM or self.verify_threads < 2:
-            return _verify_chunk(items, self.keys, now)
+            return _verify_chunk(items, self.keys)
         size = math.ceil(len(items) / self.verify_threads)
-        chunks = [items[i:i + size] for i in range(0, len(items), size)]
-        futures = [self.pool.submit(_verify_chunk, chunk, self.keys, now) for chunk in chunks]
-        out: list[ItemResult | float] = []
+        futures = [self.pool.submit(_verify_chunk, items[i:i + size], self.keys) for i in range(0, len(items), size)]
+        out: list[ItemResult | Verified] = []
         for f in futures:
             out.extend(f.result())
         return out
 
-    def accept(self, items: Sequence[SignedItem], verified: Sequence[ItemResult | float], now: float) -> list[ItemResult]:
-        """Replay checks, body checks and queueing for verified items (one result each)."""
+    def accept(self, items: Sequence[SignedItem], verified: Sequence[ItemResult | Verified],
+               now: float) -> list[ItemResult]:
+        """Replay checks, then body and registry checks, then queueing (one result each).
+
+        A body problem found while verifying is reported only for an item that passed
+        the replay checks, so a replay is a 409 whatever its body; registry checks run
+        only for fresh items (a replay never touches a node).
+        """
         results: list[ItemResult | None] = [None] * len(items)
-        claims: list[tuple[int, tuple[str, str, float]]] = []
-        for i, (item, v) in enumerate(zip(items, verified)):
-            if isinstance(v, ItemResult):
+        claims: list[tuple[int, Verified]] = []
+        window = self.nonces
+        low, high = now - window.window, now + window.window
+        for i, v in enumerate(verified):
+            if type(v) is ItemResult:
                 results[i] = v
                 continue
-            try:
-                self.nonces.check_time(v, now)
-            except AuthError as exc:
-                results[i] = ItemResult(exc.status, exc.code, exc.reason, item.node_id)
-                continue
-            claims.append((i, (item.node_id, item.nonce, v)))
-        outcomes = self.nonces.claim_many((c for _, c in claims), now)
+            ts = v.ts  # type: ignore[union-attr]
+            if not (low <= ts <= high and ts >= window.not_before):
+                try:
+                    window.check_time(ts, now)
+                except AuthError as exc:
+                    results[i] = ItemResult(exc.status, exc.code, exc.reason, items[i].node_id)
+                    continue
+            claims.append((i, v))  # type: ignore[arg-type]
+        outcomes = window.claim_many(((items[i].node_id, items[i].nonce, v.ts) for i, v in claims), now)
         heartbeats: list[tuple[int, Heartbeat]] = []
-        registry = self.orchestrator.registry
+        check = self.orchestrator.registry.check
         orch_now = self.orchestrator.clock()
-        for (i, (node_id, _nonce, ts)), refused in zip(claims, outcomes):
+        for (i, v), refused in zip(claims, outcomes):
+            node_id = items[i].node_id
             if refused is not None:
                 results[i] = ItemResult(refused.status, refused.code, refused.reason, node_id)
-                continue
-            try:
-                hb = self._heartbeat(items[i], ts)
-                registry.check(hb, orch_now)
-            except AuthError as exc:
-                results[i] = ItemResult(exc.status, exc.code, exc.reason, node_id)
-                continue
-            except _Unprocessable as exc:
-                results[i] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
-                continue
-            except HeartbeatError as exc:
-                results[i] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
-                continue
-            heartbeats.append((i, hb))
+            elif v.problem is not None:
+                results[i] = v.problem
+            else:
+                try:
+                    check(v.heartbeat, orch_now)
+                except HeartbeatError as exc:
+                    results[i] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
+                    continue
+                heartbeats.append((i, v.heartbeat))  # type: ignore[arg-type]
         if heartbeats:
             try:
                 self.orchestrator.intake.put_many(hb for _, hb in heartbeats)
             except QueueFull as exc:
                 for i, hb in heartbeats:
-                    self.nonces.release(hb.node_id, items[i].nonce)
+                    window.release(hb.node_id, items[i].nonce)
                     results[i] = ItemResult(503, "queue_full", str(exc), hb.node_id)
             else:
                 for i, hb in heartbeats:
@@ -369,22 +386,6 @@ class Service:
         for code, count in tally.items():
             self.metrics.heartbeats.labels(code).inc(count)
         return final
-
-    def _heartbeat(self, item: SignedItem, ts: float) -> Heartbeat:
-        body = _json_object(item.body)
-        node_id = body.get("node_id", item.node_id)
-        if node_id != item.node_id:
-            raise AuthError(403, f"heartbeat for {node_id!r} signed by {item.node_id!r}", "node_mismatch")
-        unknown = set(body) - {"node_id", "timestamp", "load", "metadata", "licence_ref"}
-        if unknown:
-            raise _Unprocessable(sorted(unknown)[0], "unknown field (known: node_id, timestamp, load, metadata, "
-                                                     "licence_ref)")
-        timestamp = body.get("timestamp", ts)
-        metadata = body.get("metadata", {})
-        if metadata is None:
-            metadata = {}
-        return Heartbeat(node_id, timestamp, body.get("load"), metadata, self.keys.fingerprint(node_id),
-                         body.get("licence_ref"))
 
     # -- actions for agents ---------------------------------------------------------------
 
@@ -450,11 +451,36 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _verify_chunk(items: Sequence[SignedItem], keys: KeyCache, now: float) -> list[ItemResult | float]:
-    out: list[ItemResult | float] = []
+_FIELDS = frozenset(("node_id", "timestamp", "load", "metadata", "licence_ref"))
+
+
+def _heartbeat(item: SignedItem, ts: float, fp: str | None) -> Heartbeat:
+    """The heartbeat in a verified item's body; ``AuthError`` / ``_Unprocessable`` when bad."""
+    body = _json_object(item.body)
+    node_id = body.get("node_id", item.node_id)
+    if node_id != item.node_id:
+        raise AuthError(403, f"heartbeat for {node_id!r} signed by {item.node_id!r}", "node_mismatch")
+    if not _FIELDS.issuperset(body):
+        unknown = sorted(set(body) - _FIELDS)
+        raise _Unprocessable(unknown[0], "unknown field (known: node_id, timestamp, load, metadata, licence_ref)")
+    metadata = body.get("metadata")
+    return Heartbeat(node_id, body.get("timestamp", ts), body.get("load"), {} if metadata is None else metadata, fp,
+                     body.get("licence_ref"))
+
+
+def _verify_chunk(items: Sequence[SignedItem], keys: KeyCache) -> list[ItemResult | Verified]:
+    """Signature, then body, of each item (runs on a verifier thread; touches no state)."""
+    out: list[ItemResult | Verified] = []
     for item in items:
         try:
-            out.append(verify_item(item, "POST", HEARTBEAT_PATH, keys, now))
+            ts = verify_item(item, "POST", HEARTBEAT_PATH, keys, 0.0)
         except AuthError as exc:
             out.append(ItemResult(exc.status, exc.code, exc.reason, str(item.node_id)[:128]))
+            continue
+        try:
+            out.append(Verified(ts, _heartbeat(item, ts, keys.fingerprint(item.node_id))))
+        except AuthError as exc:
+            out.append(Verified(ts, None, ItemResult(exc.status, exc.code, exc.reason, item.node_id)))
+        except _Unprocessable as exc:
+            out.append(Verified(ts, None, ItemResult(422, "invalid", exc.reason, item.node_id, exc.field)))
     return out

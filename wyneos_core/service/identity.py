@@ -23,6 +23,15 @@ The server refuses, before anything touches the registry:
 
 The node key fingerprint (``sha256:`` + hex SHA-256 of the raw public key) is what
 licences pair with; it comes from ``wyneos_core.licensing.keys.fingerprint``.
+
+Signatures are verified by ``verify_signature``: libsodium's Ed25519 (through PyNaCl),
+about 2.5x faster than the ``cryptography`` package on the hot path, and stricter. On
+top of RFC 8032 it refuses a non-canonical ``S`` (``S >= L``), a non-canonical or
+small-order public key and a small-order ``R``. With such a key (the identity point,
+say) ``cryptography`` accepts a signature that anyone can make for any message;
+libsodium does not, so a weak key can never enrol (enrolment proves possession through
+the same function). Keys stay plain Ed25519: ``cryptography`` still generates and
+serialises them and signs licences.
 """
 
 from __future__ import annotations
@@ -38,8 +47,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 from wyneos_core.licensing.keys import fingerprint
 
@@ -57,8 +67,10 @@ __all__ = [
     "canonical_bytes",
     "fingerprint",
     "new_nonce",
+    "parse_item",
     "sign_request",
     "verify_item",
+    "verify_signature",
 ]
 
 HEADER_NODE: Final = "x-wyneos-node"
@@ -112,6 +124,23 @@ def canonical_bytes(method: str, path: str, node_id: str, timestamp: str, nonce:
     ))
 
 
+def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``public_key``.
+
+    libsodium's strict verification (see the module docstring): a non-canonical
+    signature or a small-order / non-canonical key is refused. ``public_key`` is the
+    raw 32 bytes, ``signature`` the raw 64. The GIL is released while libsodium works,
+    so verifier threads use several cores.
+    """
+    if len(public_key) != 32 or len(signature) != 64:
+        return False
+    try:
+        crypto_sign_open(signature + message, public_key)
+    except BadSignatureError:
+        return False
+    return True
+
+
 def sign_request(
     key: Ed25519PrivateKey, node_id: str, method: str, path: str, body: bytes = b"",
     *, timestamp: float | None = None, nonce: str | None = None,
@@ -143,18 +172,20 @@ class SignedItem:
 
 
 class KeyCache:
-    """Enrolled public keys by node id, and the revoked ones (thread-safe)."""
+    """Enrolled public keys (raw 32 bytes, checked once) by node id, and the revoked ones
+    (thread-safe)."""
 
     __slots__ = ("_keys", "_fingerprints", "_revoked", "_lock")
 
     def __init__(self) -> None:
-        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._keys: dict[str, bytes] = {}
         self._fingerprints: dict[str, str] = {}
         self._revoked: set[str] = set()
         self._lock = threading.Lock()
 
     def set(self, node_id: str, raw_public_key: bytes, revoked: bool = False) -> None:
-        key = Ed25519PublicKey.from_public_bytes(raw_public_key)
+        Ed25519PublicKey.from_public_bytes(raw_public_key)  # ValueError when not a key encoding
+        key = bytes(raw_public_key)
         with self._lock:
             self._keys[node_id] = key
             self._fingerprints[node_id] = fingerprint(raw_public_key)
@@ -169,7 +200,8 @@ class KeyCache:
             self._fingerprints.pop(node_id, None)
             self._revoked.discard(node_id)
 
-    def get(self, node_id: str) -> Ed25519PublicKey | None:
+    def get(self, node_id: str) -> bytes | None:
+        """The node's raw public key, or None when it is not enrolled."""
         return self._keys.get(node_id)
 
     def is_revoked(self, node_id: str) -> bool:
@@ -298,8 +330,7 @@ def verify_item(item: SignedItem, method: str, path: str, keys: KeyCache, now: f
     if len(signature) != 64:
         raise AuthError(401, f"malformed {HEADER_SIGNATURE}: {len(signature)} bytes, an Ed25519 signature has 64",
                         "malformed")
-    try:
-        key.verify(signature, canonical_bytes(method, path, item.node_id, item.timestamp, item.nonce, item.body))
-    except InvalidSignature:
-        raise AuthError(401, f"bad signature from node {item.node_id!r}", "bad_signature") from None
+    if not verify_signature(key, signature, canonical_bytes(method, path, item.node_id, item.timestamp, item.nonce,
+                                                             item.body)):
+        raise AuthError(401, f"bad signature from node {item.node_id!r}", "bad_signature")
     return ts
