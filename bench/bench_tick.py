@@ -154,7 +154,7 @@ def baseline(n: int, repeat: int) -> float:
             fresh = node["status"] == "online"
             results.append(("heartbeat-fresh", node_id, fresh, "" if fresh else "no fresh heartbeat"))
             below = node["load"] < 0.9
-            results.append(("load-ceiling", node_id, below, "" if below else "load above the overload threshold"))
+            results.append(("load-threshold", node_id, below, "" if below else "load above the overload threshold"))
         proposed = {}
         for node_id, node in nodes.items():  # healing
             if node["status"] == "offline":

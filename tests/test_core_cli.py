@@ -70,20 +70,24 @@ def test_bad_config_exits_2_naming_file_line_and_field(tmp_path):
 
 
 def test_plugins_lists_builtins_with_versions_and_hooks(tmp_path):
-    out = wyneos("plugins", "--json", cwd=tmp_path)
+    (tmp_path / "c.yaml").write_text("nodes: [{id: a}]\n")
+    out = wyneos("plugins", "--json", "--config", "c.yaml", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     plugins = {p["name"]: p for p in json.loads(out.stdout)}
-    assert {"heartbeat", "licence", "governance", "healing", "enforcement", "decide", "propagate", "report",
-            "state"} <= set(plugins)
+    assert {"heartbeat", "licence", "governance", "rulesets", "healing", "enforcement", "decide", "propagate",
+            "report", "state"} <= set(plugins)
     assert plugins["healing"]["hooks"] == ["wyneos_healing"] and plugins["healing"]["origin"] == "builtin"
-    text = wyneos("plugins", "--disable", "healing", cwd=tmp_path).stdout
+    demo = {p["name"] for p in json.loads(wyneos("plugins", "--json", cwd=tmp_path).stdout)}
+    assert "rulesets" in demo and "healing" not in demo  # the demo runs the shipped rulesets instead
+    text = wyneos("plugins", "--disable", "healing", "--config", "c.yaml", cwd=tmp_path).stdout
     assert "healing" not in text.split() and "governance" in text
 
 
 def test_trace_switch_prints_hook_calls(tmp_path):
     out = wyneos("tick", "--trace", cwd=tmp_path)
     assert out.returncode == 0
-    assert "[trace] -> wyneos_governance [governance]" in out.stderr
+    assert "[trace] -> wyneos_governance [rulesets]" in out.stderr
+    assert "[trace] <- wyneos_decide [decide]" in out.stderr
 
 
 def _ticks_in(db: Path) -> int:

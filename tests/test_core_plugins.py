@@ -62,7 +62,7 @@ def test_raising_plugin_is_recorded_and_the_tick_goes_on(make_orchestrator, cloc
     assert "rule database unavailable" in errors[("tests.plugins.raising", "wyneos_governance", "exception")]
     assert "returned str" in errors[("tests.plugins.raising", "wyneos_healing", "invalid_result")]
     # the builtins still did their work in the same tick
-    assert report.rule_summary["load-ceiling"] == {"passed": 0, "failed": 4}
+    assert report.rule_summary["load-threshold"] == {"passed": 0, "failed": 4}
     assert {a.type for a in report.actions} == {"reduce_load"}
     assert json.dumps(report.to_dict())
 

@@ -139,8 +139,8 @@ def test_report_matches_its_published_schema(make_orchestrator, clock):
     report = orch.tick().to_dict()
     jsonschema.validate(report, REPORT_SCHEMA)
     assert report["licence_summary"] == {"no_licence": 4}
-    assert report["rule_summary"]["load-ceiling"] == {"passed": 1, "failed": 3}
-    assert {r["rule_id"] for r in report["results"]} == {"load-ceiling", "heartbeat-fresh"}
+    assert report["rule_summary"]["load-threshold"] == {"passed": 1, "failed": 3}
+    assert {r["rule_id"] for r in report["results"]} == {"load-threshold", "heartbeat-fresh"}
     assert report["status_counts"]["online"] == 3
     assert set(report["timings_ms"]) == {"heartbeat", "licence", "governance", "healing", "enforcement",
                                          "decide", "propagate", "report"}

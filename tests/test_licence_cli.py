@@ -96,7 +96,8 @@ def test_demo_cluster_uses_real_signed_licences_each_failure_enforced(tmp_path, 
     }
     enforced: dict[str, set[str]] = {}
     for a in report.proposed:
-        if a.origin == "enforcement" and "licence_reason" in a.params:
+        # the demo enforces through the shipped licence-enforcement ruleset
+        if a.origin.startswith("ruleset:licence-enforcement/") and "licence_reason" in a.params:
             enforced.setdefault(a.target, set()).add(a.params["licence_reason"])
     assert enforced == {"node-02": {"invalid_signature"}, "node-04": {"expired"}, "node-08": {"too_many_nodes"},
                         "node-09": {"machine_mismatch"}, "node-11": {"no_licence"}, "node-12": {"expired"}}

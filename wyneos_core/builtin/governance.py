@@ -24,7 +24,7 @@ def rules(threshold: float) -> tuple[Rule, ...]:
     return (
         Rule("heartbeat-fresh", "Nodes report a heartbeat within the stale window",
              lambda node, ctx: node.status is _ONLINE, Severity.WARNING, "no fresh heartbeat"),
-        Rule("load-ceiling", "Nodes stay below the overload threshold",
+        Rule("load-threshold", "Nodes stay below the overload threshold",
              lambda node, ctx: node.load is None or node.load < threshold, Severity.WARNING,
              f"load above the overload threshold ({threshold:g})"),
     )
