@@ -5,16 +5,13 @@ time and, optionally, what the outcome must be. The format is the JSON Schema
 ``scenario.schema.json`` next to this module, documented in ``docs/simulation.md``.
 Mistakes are refused with file, line and field (``LocatedError``).
 
-``builtin:NAME`` names a shipped scenario: the repository's ``scenarios/`` directory
-(the source of truth) or, in an installed package, the copies installed with it.
+``builtin:NAME`` names a shipped scenario (see ``scenario_dirs``).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import sys
-import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -216,21 +213,14 @@ def pick_nodes(fault: Fault, ids: Sequence[str], rng: random.Random) -> list[str
 
 # -- shipped scenarios ------------------------------------------------------------------------
 
-_REPO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
-_SHARE = Path("share") / "wyneos" / "scenarios"
 
 
 def scenario_dirs() -> list[Path]:
-    """Where shipped scenarios are looked for: a source checkout first, then the install."""
-    dirs = [_REPO_DIR]
-    for base in {sysconfig.get_path("data"), sys.prefix, sysconfig.get_path("data", f"{_user_scheme()}")}:
-        if base:
-            dirs.append(Path(base) / _SHARE)
-    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
-
-
-def _user_scheme() -> str:
-    return "posix_user" if sys.platform != "win32" else "nt_user"
+    """Where shipped scenarios are: ``wyneos_core/shipped_scenarios``, which in the source
+    tree is a link to the repository's ``scenarios/`` (the source of truth) and in an
+    installed package holds the copies packaged with it (as for shipped rulesets)."""
+    packaged = Path(str(resources.files("wyneos_core") / "shipped_scenarios"))
+    return [packaged] if packaged.is_dir() else []
 
 
 def builtin_scenarios() -> dict[str, Path]:
