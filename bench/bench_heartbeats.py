@@ -11,8 +11,12 @@ the server's), then sends them
 
 It reports sustained accepted heartbeats per second and the p50/p99 request latency,
 and as the same-run baseline the rate at which this machine verifies Ed25519
-signatures on one core (the server's work per heartbeat is at least one such
-verification). Every loop is bounded; the server is stopped at the end.
+signatures on one core with the server's own function (libsodium; the server's work
+per heartbeat is at least one such verification), next to ``cryptography``'s rate.
+To read a run on a shared machine it also reports the server's CPU time per
+accepted heartbeat and how idle the machine's CPUs were during the batched phase
+(Linux ``/proc``; left out elsewhere). Every loop is bounded; the server is stopped
+at the end.
 
     python bench/bench_heartbeats.py            # 10k nodes, 5 batched rounds, 5000 singles
 """
@@ -33,19 +37,38 @@ import time
 from pathlib import Path
 
 from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes
-from wyneos_core.service.identity import canonical_bytes, sign_request
+from wyneos_core.service.identity import canonical_bytes, sign_request, verify_signature
 from wyneos_core.store import StateStore
 
 CONFIG = """\
 cluster: bench
-tick: {interval: 1.0}
-heartbeat: {interval: 10, stale_after: 30, offline_after: 60, max_clock_skew: 60, max_queue: 2000000}
-mesh: {topology: star}
-healing: {isolate_offline: false}
-plugins: {disable: [licence], settings: {service: {port: 0, replay_window: 300}}}
-state: {path: state.db}
-report: {json_path: null, stdout: none}
+tick: {{interval: 1.0}}
+heartbeat: {{interval: 10, stale_after: 30, offline_after: 60, max_clock_skew: 60, max_queue: 2000000}}
+mesh: {{topology: star}}
+healing: {{isolate_offline: false}}
+plugins: {{disable: [licence], settings: {{service: {{port: 0, replay_window: 300, verify_threads: {threads}}}}}}}
+state: {{path: state.db}}
+report: {{json_path: null, stdout: none}}
 """
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int] | None:
+    """(idle, total) CPU ticks of the whole machine, from /proc/stat."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return values[3] + values[4], sum(values)
+
 
 
 def provision(db: Path, n: int) -> list[tuple[str, object]]:
@@ -116,17 +139,23 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) >= 2 else values[0] * 1000
 
 
-def verify_baseline(nodes, count: int) -> float:
-    """Ed25519 verifications per second on one core (cryptography), same message shape."""
+def verify_baseline(nodes, count: int) -> tuple[float, float]:
+    """Ed25519 verifications per second on one core, same message shape: with the
+    server's ``verify_signature`` (libsodium), and with ``cryptography``."""
     items = []
     for node_id, key in nodes[:count]:
         body, h = signed(node_id, key, 0.5)
         msg = canonical_bytes("POST", "/v1/heartbeats", node_id, h["x-wyneos-timestamp"], h["x-wyneos-nonce"], body)
-        items.append((key.public_key(), key.sign(msg), msg))
+        items.append((key.public_key(), public_bytes(key), key.sign(msg), msg))
     t0 = time.perf_counter()
-    for pub, sig, msg in items:
+    for _pub, raw, sig, msg in items:
+        if not verify_signature(raw, sig, msg):
+            raise AssertionError("baseline signature refused")
+    sodium = len(items) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for pub, _raw, sig, msg in items:
         pub.verify(sig, msg)
-    return len(items) / (time.perf_counter() - t0)
+    return sodium, len(items) / (time.perf_counter() - t0)
 
 
 def main() -> int:
@@ -136,12 +165,13 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=2000)
     p.add_argument("--singles", type=int, default=5000)
     p.add_argument("--connections", type=int, default=4)
+    p.add_argument("--verify-threads", type=int, default=0, help="server verifier threads (0: one per CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="wyneos-bench-") as tmp:
         tmp_path = Path(tmp)
-        (tmp_path / "config.yaml").write_text(CONFIG)
+        (tmp_path / "config.yaml").write_text(CONFIG.format(threads=args.verify_threads))
         t0 = time.perf_counter()
         nodes = provision(tmp_path / "state.db", args.nodes)
         provision_s = time.perf_counter() - t0
@@ -163,8 +193,14 @@ def main() -> int:
                 items = [batch_item(nid, key, (i % 100) / 100) for i, (nid, key) in enumerate(nodes)]
                 for i in range(0, len(items), args.batch):
                     bodies.append((('{"heartbeats":[' + ",".join(items[i:i + args.batch]) + "]}").encode(), {}))
+            cpu0, ticks0 = cpu_seconds(server.pid), machine_ticks()
             b_lat, b_status, b_ok, b_elapsed = send_all(host, port, bodies, args.connections)
+            cpu1, ticks1 = cpu_seconds(server.pid), machine_ticks()
             batched_rate = b_ok / b_elapsed
+            server_cpu_us = None if cpu0 is None or cpu1 is None or not b_ok else (cpu1 - cpu0) / b_ok * 1e6
+            idle = None
+            if ticks0 is not None and ticks1 is not None and ticks1[1] > ticks0[1]:
+                idle = (ticks1[0] - ticks0[0]) / (ticks1[1] - ticks0[1])
 
             singles = [signed(nid, key, 0.25) for nid, key in (nodes * (args.singles // len(nodes) + 1))[:args.singles]]
             s_lat, s_status, s_ok, s_elapsed = send_all(host, port, singles, args.connections)
@@ -175,28 +211,37 @@ def main() -> int:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
-        baseline = verify_baseline(nodes, min(3000, len(nodes)))
+        baseline, baseline_cryptography = verify_baseline(nodes, min(3000, len(nodes)))
 
     result = {
         "nodes": args.nodes, "cpus": os.cpu_count(), "provision_s": round(provision_s, 2),
         "batched": {"heartbeats": b_ok, "sent": args.rounds * args.nodes, "batch": args.batch,
                     "per_s": round(batched_rate), "p50_ms": round(pct(b_lat, 50), 1), "p99_ms": round(pct(b_lat, 99), 1),
-                    "statuses": b_status},
+                    "statuses": b_status,
+                    "server_cpu_us_per_heartbeat": None if server_cpu_us is None else round(server_cpu_us, 1),
+                    "machine_idle_share": None if idle is None else round(idle, 2)},
         "single": {"heartbeats": s_ok, "sent": args.singles, "per_s": round(single_rate),
                    "p50_ms": round(pct(s_lat, 50), 2), "p99_ms": round(pct(s_lat, 99), 2), "statuses": s_status},
+        "verify_threads": args.verify_threads or os.cpu_count(),
         "baseline_verify_per_s_one_core": round(baseline),
+        "baseline_cryptography_verify_per_s_one_core": round(baseline_cryptography),
         "ratio_batched_to_one_core_verify": round(batched_rate / baseline, 2),
     }
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"heartbeat API load test: {args.nodes} simulated nodes over loopback, {os.cpu_count()} CPUs, "
-          f"{args.connections} connections")
+          f"{args.connections} connections, {result['verify_threads']} verifier threads")
     print(f"{'mode':<10} {'accepted':>9} {'sent':>9} {'heartbeats/s':>13} {'p50 ms':>8} {'p99 ms':>8}")
     for mode in ("batched", "single"):
         r = result[mode]
         print(f"{mode:<10} {r['heartbeats']:>9} {r['sent']:>9} {r['per_s']:>13} {r['p50_ms']:>8} {r['p99_ms']:>8}")
-    print(f"baseline: Ed25519 verify on one core in this process: {result['baseline_verify_per_s_one_core']}/s; "
+    b = result["batched"]
+    if b["server_cpu_us_per_heartbeat"] is not None:
+        print(f"batched: server CPU {b['server_cpu_us_per_heartbeat']} us per heartbeat; "
+              f"machine CPUs idle {b['machine_idle_share']:.0%} of the time")
+    print(f"baseline: Ed25519 verify on one core in this process: {result['baseline_verify_per_s_one_core']}/s "
+          f"(libsodium, as the server), {result['baseline_cryptography_verify_per_s_one_core']}/s (cryptography); "
           f"batched server rate / baseline = {result['ratio_batched_to_one_core_verify']}")
     if b_ok != args.rounds * args.nodes or s_ok != args.singles:
         print(f"NOT ALL ACCEPTED: batched statuses {b_status}, single statuses {s_status}", file=sys.stderr)

@@ -289,6 +289,9 @@ def _node(service: Service, n: Any) -> dict[str, Any]:
     return data
 
 
+_ITEM_FIELDS = ("node", "timestamp", "nonce", "signature", "body")
+
+
 def _parse_batch(body: bytes, max_batch: int) -> tuple[list[SignedItem], dict[int, ItemResult]]:
     """Items of a batch; those malformed get their refusal in the second value."""
     try:
@@ -306,14 +309,19 @@ def _parse_batch(body: bytes, max_batch: int) -> tuple[list[SignedItem], dict[in
     items: list[SignedItem] = []
     early: dict[int, ItemResult] = {}
     for i, entry in enumerate(raw):
-        fields = ("node", "timestamp", "nonce", "signature", "body")
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) for f in fields):
-            early[i] = ItemResult(401, "malformed", f"heartbeats[{i}]: needs string fields {', '.join(fields)}",
+        try:
+            node, ts, nonce, signature, text = (entry["node"], entry["timestamp"], entry["nonce"], entry["signature"],
+                                                entry["body"])
+            if type(node) is not str or type(ts) is not str or type(nonce) is not str \
+                    or type(signature) is not str or type(text) is not str:
+                raise TypeError
+            signed_bytes = text.encode()
+        except (KeyError, TypeError, UnicodeEncodeError):  # lone surrogates cannot be the signed bytes
+            early[i] = ItemResult(401, "malformed", f"heartbeats[{i}]: needs string fields {', '.join(_ITEM_FIELDS)}",
                                   field=f"heartbeats[{i}]")
             items.append(SignedItem("-", "0", "-", "", b""))
             continue
-        items.append(SignedItem(entry["node"], entry["timestamp"], entry["nonce"], entry["signature"],
-                                entry["body"].encode()))
+        items.append(SignedItem(node, ts, nonce, signature, signed_bytes))
     return items, early
 
 

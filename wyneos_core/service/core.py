@@ -322,8 +322,8 @@ class Service:
         if len(items) < _PARALLEL_FROM or self.verify_threads < 2:
             return _verify_chunk(items, self.keys)
         size = math.ceil(len(items) / self.verify_threads)
-        futures = [self.pool.submit(_verify_chunk, items[i:i + size], self.keys) for i in range(0, len(items), size)]
-        out: list[ItemResult | Verified] = []
+        futures = [self.pool.submit(_verify_chunk, items[i:i + size], self.keys) for i in range(size, len(items), size)]
+        out = _verify_chunk(items[:size], self.keys)  # the calling thread takes the first share
         for f in futures:
             out.extend(f.result())
         return out

@@ -78,7 +78,8 @@ HEADER_TIMESTAMP: Final = "x-wyneos-timestamp"
 HEADER_NONCE: Final = "x-wyneos-nonce"
 HEADER_SIGNATURE: Final = "x-wyneos-signature"
 
-_PREFIX: Final = b"wyneos-sig-v1"
+_PREFIX: Final = "wyneos-sig-v1"
+_URLSAFE_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
@@ -106,7 +107,8 @@ def b64d(text: str) -> bytes:
     if not isinstance(text, str) or len(text) > 200:
         raise ValueError("not a base64url string")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = text.encode("ascii").translate(_URLSAFE_TO_STANDARD)
+        return binascii.a2b_base64(data + b"=" * (-len(data) % 4), strict_mode=True)
     except (binascii.Error, ValueError):
         raise ValueError("not a base64url string") from None
 
@@ -118,10 +120,8 @@ def new_nonce() -> str:
 
 def canonical_bytes(method: str, path: str, node_id: str, timestamp: str, nonce: str, body: bytes) -> bytes:
     """The bytes a node signs for one request (see the module docstring)."""
-    return b"\n".join((
-        _PREFIX, method.upper().encode(), path.encode(), node_id.encode(), timestamp.encode(), nonce.encode(),
-        hashlib.sha256(body).hexdigest().encode(),
-    ))
+    return (f"{_PREFIX}\n{method.upper()}\n{path}\n{node_id}\n{timestamp}\n{nonce}\n"
+            f"{hashlib.sha256(body).hexdigest()}").encode()
 
 
 def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> bool:
