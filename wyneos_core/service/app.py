@@ -295,7 +295,7 @@ _ITEM_FIELDS = ("node", "timestamp", "nonce", "signature", "body")
 def _parse_batch(body: bytes, max_batch: int) -> tuple[list[SignedItem], dict[int, ItemResult]]:
     """Items of a batch; those malformed get their refusal in the second value."""
     try:
-        data = json.loads(body)
+        data = json.loads(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise Unprocessable("body", f"not JSON ({exc})") from None
     if not isinstance(data, dict) or "heartbeats" not in data:

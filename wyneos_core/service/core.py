@@ -441,9 +441,14 @@ class _Unprocessable(Exception):
 Unprocessable = _Unprocessable
 
 
+_decode_json = json.JSONDecoder().decode
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object (UTF-8, as RFC 8259 asks; decoding it directly
+    skips ``json.loads``'s encoding detection, a third of the cost of a small body)."""
     try:
-        data = json.loads(body)
+        data = _decode_json(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise _Unprocessable("body", f"not JSON ({exc})") from None
     if not isinstance(data, dict):
