@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
@@ -31,6 +32,8 @@ __all__ = [
 
 #: Name of the orchestrator's own vertex in the mesh: every route starts here.
 ORIGIN: Final = "orchestrator"
+
+_ACTION_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class NodeStatus(str, Enum):
@@ -166,6 +169,21 @@ class Action:
         if not self.id:
             self.id = action_id(self.type, self.target, self.origin, self.params)
 
+    def problem(self) -> str | None:
+        """What makes this action unusable (a plugin built it wrong), or None."""
+        if type(self.type) is not str or not _ACTION_TYPE.match(self.type):
+            return f"type must be a lower-case word, got {self.type!r:.40}"
+        for name in ("target", "reason", "origin", "id"):
+            if type(getattr(self, name)) is not str:
+                return f"{name} must be a string, got {getattr(self, name)!r:.40}"
+        if not isinstance(self.params, dict):
+            return f"params must be a mapping, got {type(self.params).__name__}"
+        try:
+            json.dumps(self.params, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return f"params must be JSON data ({exc})"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -195,6 +213,18 @@ class RuleResult:
     source: str = ""  # ruleset name or plugin name
     state: str | None = None  # inactive | pending | firing | resolved, for rules with state
     error: str | None = None  # set when the rule could not be evaluated (counts as failed)
+
+    def problem(self) -> str | None:
+        """What makes this result unusable (a plugin built it wrong), or None."""
+        if type(self.rule_id) is not str or type(self.node_id) is not str:
+            return f"rule_id and node_id must be strings, got {self.rule_id!r:.40}, {self.node_id!r:.40}"
+        if type(self.passed) is not bool:
+            return f"passed must be True or False, got {self.passed!r:.40}"
+        if not isinstance(self.severity, Severity):
+            return f"severity must be a Severity, got {self.severity!r:.40}"
+        if type(self.message) is not str or not isinstance(self.source, str):
+            return "message and source must be strings"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -232,6 +262,20 @@ class LicenceResult:
     in_grace: bool = False
     source: str = ""
 
+    def problem(self) -> str | None:
+        """What makes this result unusable (a plugin built it wrong), or None."""
+        if type(self.node_id) is not str:
+            return f"node_id must be a string, got {self.node_id!r:.40}"
+        if type(self.valid) is not bool or type(self.in_grace) is not bool:
+            return "valid and in_grace must be True or False"
+        if type(self.reason) is not str or type(self.detail) is not str:
+            return "reason and detail must be strings"
+        if not all(type(f) is str for f in self.features):
+            return "features must be strings"
+        if self.expires is not None and (isinstance(self.expires, bool) or not isinstance(self.expires, (int, float))):
+            return f"expires must be a number or None, got {self.expires!r:.40}"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
@@ -258,6 +302,16 @@ class Delivery:
     delivered: bool
     path: list[str] = field(default_factory=list)
     reason: str = ""  # why undelivered: partition | isolated | offline | refused | unknown_node
+
+    def problem(self) -> str | None:
+        """What makes this delivery record unusable (a plugin built it wrong), or None."""
+        if type(self.action_id) is not str or type(self.target) is not str or type(self.reason) is not str:
+            return "action_id, target and reason must be strings"
+        if type(self.delivered) is not bool:
+            return f"delivered must be True or False, got {self.delivered!r:.40}"
+        if not isinstance(self.path, list) or not all(type(v) is str for v in self.path):
+            return "path must be a list of node ids"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -93,6 +93,13 @@ class PluginManager(pluggy.PluginManager):
         if registered is None:
             return None
         try:
+            for impl in self._impls_of(plugin):
+                if impl.hookwrapper or impl.wrapper:
+                    raise PluginLoadError(
+                        f"plugin {registered!r}: hook {impl.name!r} is declared as a wrapper; wyneos calls "
+                        "each implementation on its own (so one failing never stops the others) and does not "
+                        "support wrappers: use tryfirst/trylast instead"
+                    )
             self._check_unmarked(plugin, registered)
             self.check_pending()
         except (pluggy.PluginValidationError, PluginLoadError) as exc:
@@ -205,14 +212,18 @@ class PluginManager(pluggy.PluginManager):
         hook_name: str,
         errors: list[PluginError],
         firstresult: bool = False,
+        reraise: tuple[type[BaseException], ...] = (),
         **kwargs: Any,
     ) -> list[tuple[str, Any]]:
         """Call every implementation of ``hook_name`` on its own; return (plugin, result) pairs.
 
-        An implementation that raises is recorded in ``errors`` (plugin, hook, error) and
-        skipped; one that takes longer than ``self.budget`` seconds is recorded as
-        overrunning (its result is still used). With ``firstresult`` the first non-None
-        result ends the call.
+        An implementation that raises (``SystemExit`` included) is recorded in ``errors``
+        (plugin, hook, error) and skipped; one that takes longer than ``self.budget``
+        seconds is recorded as overrunning (its result is still used). With
+        ``firstresult`` the first non-None result ends the call, and so does an
+        implementation that raises: the call then has no result (a transport that fails
+        has not delivered; the builtin fallback must not answer in its place).
+        Exceptions of the ``reraise`` types are not recorded but propagate.
         """
         caller = getattr(self.hook, hook_name)
         results: list[tuple[str, Any]] = []
@@ -225,10 +236,14 @@ class PluginManager(pluggy.PluginManager):
             started = time.perf_counter()
             try:
                 result = impl.function(**args)
-            except Exception as exc:  # noqa: BLE001 - a plugin failure must not end the tick
+            except reraise:
+                raise
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin failure must not end the tick
                 errors.append(PluginError(impl.plugin_name, hook_name, _describe(exc)))
                 if self.trace_file is not None:
                     self._trace(f"<- {hook_name} [{impl.plugin_name}] raised {_describe(exc)}")
+                if firstresult:
+                    break
                 continue
             elapsed = time.perf_counter() - started
             if elapsed > self.budget:

@@ -10,9 +10,25 @@ from typing import Any
 
 from wyneos_core.model import Heartbeat, Node, NodeStatus
 
-__all__ = ["HeartbeatError", "Registry", "RegistryError", "NODE_ID_PATTERN"]
+__all__ = ["HeartbeatError", "Registry", "RegistryError", "NODE_ID_PATTERN", "RESERVED_METADATA"]
 
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+#: metadata keys only the orchestrator writes (a node cannot set or lift them)
+RESERVED_METADATA = frozenset({"restrictions"})
+#: how deeply heartbeat metadata may nest (mappings and lists)
+MAX_METADATA_DEPTH = 16
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of JSON-like ``value``, counting no further than ``limit + 1``."""
+    if limit < 0:
+        return 1
+    if isinstance(value, dict):
+        return 1 + max((_depth(v, limit - 1) for v in value.values()), default=0)
+    if isinstance(value, (list, tuple)):
+        return 1 + max((_depth(v, limit - 1) for v in value), default=0)
+    return 0
 
 
 class RegistryError(ValueError):
@@ -46,12 +62,15 @@ class Registry:
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self._nodes: dict[str, Node] = {}
+        #: nodes registered by their own heartbeat (``unknown_nodes: register``), not yet in the mesh
+        self.joined: list[str] = []
         self.stale_after = float(settings["stale_after"])
         self.offline_after = float(settings["offline_after"])
         self.max_clock_skew = float(settings["max_clock_skew"])
         self.unknown_nodes = settings["unknown_nodes"]
         self.max_metadata_bytes = int(settings["max_metadata_bytes"])
         self.max_load = float(settings["max_load"])
+        self.max_nodes = int(settings.get("max_nodes", 200_000))
 
     # -- membership -------------------------------------------------------------------
 
@@ -117,6 +136,9 @@ class Registry:
             if self.unknown_nodes == "reject":
                 raise HeartbeatError(node_id, "node_id", "unknown node (heartbeat.unknown_nodes is 'reject')",
                                      node_id)
+            if len(self._nodes) >= self.max_nodes:
+                raise HeartbeatError(node_id, "node_id",
+                                     f"registry full: heartbeat.max_nodes ({self.max_nodes}) nodes registered", node_id)
         ts = hb.timestamp
         if type(ts) is not float and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
             raise HeartbeatError(node_id, "timestamp", "not a finite number", ts)
@@ -145,6 +167,13 @@ class Registry:
         if metadata:
             if not isinstance(metadata, dict):
                 raise HeartbeatError(node_id, "metadata", "not a mapping", metadata)
+            reserved = RESERVED_METADATA.intersection(metadata)
+            if reserved:
+                raise HeartbeatError(node_id, f"metadata.{min(reserved)}",
+                                     "reserved: only the orchestrator sets it", min(reserved))
+            depth = _depth(metadata, MAX_METADATA_DEPTH)
+            if depth > MAX_METADATA_DEPTH:
+                raise HeartbeatError(node_id, "metadata", f"nested deeper than {MAX_METADATA_DEPTH} levels")
             try:
                 size = len(json.dumps(metadata, allow_nan=False))
             except (TypeError, ValueError) as exc:
@@ -170,6 +199,7 @@ class Registry:
         node = self._nodes.get(hb.node_id)
         if node is None:
             node = self.register(hb.node_id, now=now)
+            self.joined.append(node.id)
         last = node.last_seen
         if last is not None and hb.timestamp <= last:
             return node  # late duplicate or reordered delivery: nothing newer to learn

@@ -79,17 +79,19 @@ class StateStore:
     @classmethod
     def open(cls, path: str | Path) -> StateStore:
         path = str(path)
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create the state file (state.path): {exc.strerror or exc}") from None
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path}: not a usable WyneOS state file ({exc})") from None
+            raise StoreError(f"{path}: not a usable WyneOS state file (state.path): {exc}") from None
         if row is None:
             conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
@@ -211,6 +213,14 @@ class StateStore:
 
     def forget_node(self, node_id: str) -> None:
         self.conn.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        """A JSON value kept in the ``meta`` table (``default`` when absent)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
 
     # -- service mode (wyneos serve): node keys, enrolment tokens, agent acknowledgements --
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -11,10 +12,11 @@ from typing import Any
 from wyneos_core.config import Config
 from wyneos_core.intake import HeartbeatQueue
 from wyneos_core.mesh import Mesh, RoutingTree, build_topology
-from wyneos_core.model import Action, Delivery, LicenceResult, NodeStatus, PluginError, RuleResult, TickReport
-from wyneos_core.plugins import PluginManager
+from wyneos_core.model import ORIGIN, Action, Delivery, Heartbeat, LicenceResult, Node, NodeStatus, PluginError, RuleResult, TickReport
+from wyneos_core.plugins import PluginLoadError, PluginManager
 from wyneos_core.registry import Registry
 from wyneos_core.store import StateStore
+from wyneos_core.yamlio import LocatedError
 
 __all__ = ["Orchestrator", "TickContext"]
 
@@ -86,6 +88,8 @@ class Orchestrator:
     ) -> None:
         self.config = config
         self.clock = clock
+        #: errors of wyneos_configure / wyneos_startup, reported in the first tick's report
+        self.startup_errors: list[PluginError] = []
         self.pm = PluginManager()
         self.pm.budget = float(config["tick"]["plugin_budget"])
         settings = config["plugins"]
@@ -100,11 +104,10 @@ class Orchestrator:
             name = getattr(plugin, "__wyneos_name__", None) or getattr(plugin, "__name__", None)
             self.pm.register(plugin, name if isinstance(name, str) else None)
         if settings["trace"]:
-            import sys
-
             self.pm.trace_file = sys.stderr
         if store is True:
-            store = StateStore.open(config.resolve(config["state"]["path"]))
+            path = config["state"]["path"]
+            store = StateStore.open(path if path == ":memory:" else config.resolve(path))
         self.store: StateStore | None = store or None
         self.registry = Registry(config["heartbeat"])
         self.intake = HeartbeatQueue(maxlen=config["heartbeat"]["max_queue"])
@@ -115,15 +118,63 @@ class Orchestrator:
                 licence_ref=spec["licence"], fingerprint=spec["fingerprint"],
             )
         self.tick_number = 0
+        #: notes for the first tick's report (nodes dropped from the config, ...)
+        self.startup_notes: list[str] = []
+        configured = [spec["id"] for spec in config["nodes"]]
         if self.store is not None:
             self.tick_number = self.store.last_tick()
             self.store.restore_nodes(self.registry)
-        self.mesh = build_topology([n.id for n in self.registry], config["mesh"])
+            for node_id in sorted(set(self.store.meta("config_nodes", [])) - set(configured)):
+                if node_id in self.registry:
+                    self.registry.deregister(node_id)
+                    self.store.forget_node(node_id)
+                    self.startup_notes.append(f"node {node_id} is no longer in the config: deregistered")
+            self.store.set_meta("config_nodes", sorted(configured))
+        self.mesh = build_topology(configured, config["mesh"])
+        for node in self.registry:  # known from the state file only (enrolled or self-registered)
+            if node.id not in self.mesh:
+                self.mesh.add_node(node.id)
+                self.mesh.add_edges([(ORIGIN, node.id)])
         self.missed_ticks = 0
         self.last_report: TickReport | None = None
-        self.startup_errors: list[PluginError] = []
         self._started = False
-        self.pm.hook.wyneos_configure(config=config, pluginmanager=self.pm)
+        # a plugin that cannot configure itself is refused: the orchestrator does not start
+        # (a user file it names, such as a ruleset, is reported as that file's error)
+        failed: list[PluginError] = []
+        self.pm.call_each("wyneos_configure", failed, reraise=(LocatedError,), config=config, pluginmanager=self.pm)
+        if failed:
+            raise PluginLoadError("; ".join(f"plugin {e.plugin!r} failed in {e.hook}: {e.error}" for e in failed))
+
+    # -- membership ----------------------------------------------------------------------
+
+    def add_node(
+        self,
+        node_id: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        licence_ref: str | None = None,
+        fingerprint: str | None = None,
+        links: Iterable[str] = (ORIGIN,),
+    ) -> Node:
+        """Register a node and give it a place in the mesh (linked to ``links``,
+        by default straight to the orchestrator)."""
+        node = self.registry.register(node_id, now=self.clock(), metadata=metadata,
+                                      licence_ref=licence_ref, fingerprint=fingerprint)
+        self.mesh.add_node(node_id)
+        self.mesh.add_edges((node_id, other) for other in links if other in self.mesh)
+        return node
+
+    def remove_node(self, node_id: str) -> Node:
+        """Deregister a node: out of the registry, the mesh and the state file.
+
+        :raises RegistryError: if it is not registered.
+        """
+        node = self.registry.deregister(node_id)
+        if node_id in self.mesh:
+            self.mesh.remove_node(node_id)
+        if self.store is not None:
+            self.store.forget_node(node_id)
+        return node
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -139,6 +190,8 @@ class Orchestrator:
         self._started = False
         errors: list[PluginError] = []
         self.pm.call_each("wyneos_shutdown", errors, orchestrator=self)
+        for e in errors:  # no report follows a shutdown: say it here
+            print(f"wyneos: plugin {e.plugin} failed in {e.hook}: {e.error}", file=sys.stderr)
         if self.store is not None:
             self.store.close()
 
@@ -177,21 +230,35 @@ class Orchestrator:
         if self.startup_errors:
             report.errors.extend(self.startup_errors)
             self.startup_errors = []
+        if self.startup_notes:
+            report.notes.extend(self.startup_notes)
+            self.startup_notes = []
         ctx = TickContext(
             tick=self.tick_number, now=now, config=self.config, registry=self.registry,
             mesh=self.mesh, store=self.store, orchestrator=self, report=report,
         )
         call = self.pm.call_each
         errors = report.errors
+        origins = self.pm.origins
+
+        def take(batch: Any, plugin: str, hook: str, kind: type) -> Sequence[Any]:
+            return _items(batch, plugin, hook, errors, kind, trusted=origins.get(plugin) == "builtin")
+
         timings = report.timings_ms
         started = time.perf_counter()
 
         # 1 heartbeat
         t0 = time.perf_counter()
         for plugin, batch in call("wyneos_heartbeat", errors, ctx=ctx):
-            accepted, rejected = self.registry.accept_all(_items(batch, plugin, "wyneos_heartbeat", errors), now)
+            accepted, rejected = self.registry.accept_all(take(batch, plugin, "wyneos_heartbeat", Heartbeat), now)
             report.heartbeats_accepted += accepted
             report.heartbeats_rejected.extend(e.to_dict() for e in rejected)
+        for node_id in self.registry.joined:  # registered by their own heartbeat: into the mesh
+            if node_id in self.registry and node_id not in self.mesh:
+                self.mesh.add_node(node_id)
+                self.mesh.add_edges([(ORIGIN, node_id)])
+                report.notes.append(f"node {node_id} registered itself by heartbeat; linked to the orchestrator")
+        self.registry.joined.clear()
         for node_id, (old, new) in self.registry.refresh(now).items():
             report.transitions.append({"kind": "status", "node_id": node_id, "from": old.value, "to": new.value})
         nodes = self.registry.nodes()
@@ -202,7 +269,7 @@ class Orchestrator:
         t0 = time.perf_counter()
         licences: dict[str, LicenceResult] = {}
         for plugin, batch in call("wyneos_licence_validate", errors, ctx=ctx, nodes=nodes):
-            for result in _items(batch, plugin, "wyneos_licence_validate", errors, LicenceResult):
+            for result in take(batch, plugin, "wyneos_licence_validate", LicenceResult):
                 prior = licences.get(result.node_id)
                 if prior is None or (prior.valid and not result.valid):
                     licences[result.node_id] = result
@@ -213,7 +280,7 @@ class Orchestrator:
         t0 = time.perf_counter()
         results: list[RuleResult] = []
         for plugin, batch in call("wyneos_governance", errors, ctx=ctx, nodes=nodes, licences=licences):
-            results.extend(_items(batch, plugin, "wyneos_governance", errors, RuleResult))
+            results.extend(take(batch, plugin, "wyneos_governance", RuleResult))
         _summarise(report, results)
         timings["governance"] = _ms(t0)
 
@@ -222,14 +289,14 @@ class Orchestrator:
         for step, hook in (("healing", "wyneos_healing"), ("enforcement", "wyneos_enforcement")):
             t0 = time.perf_counter()
             for plugin, batch in call(hook, errors, ctx=ctx, nodes=nodes, licences=licences, results=results):
-                proposed.extend(_items(batch, plugin, hook, errors, Action))
+                proposed.extend(take(batch, plugin, hook, Action))
             timings[step] = _ms(t0)
         report.proposed = proposed
 
         # 6 decide
         t0 = time.perf_counter()
         decided = call("wyneos_decide", errors, firstresult=True, ctx=ctx, proposed=proposed)
-        actions = list(_items(decided[0][1], decided[0][0], "wyneos_decide", errors, Action)) if decided else []
+        actions = list(take(decided[0][1], decided[0][0], "wyneos_decide", Action)) if decided else []
         report.actions = actions
         timings["decide"] = _ms(t0)
 
@@ -237,7 +304,7 @@ class Orchestrator:
         t0 = time.perf_counter()
         delivered = call("wyneos_propagate", errors, firstresult=True, ctx=ctx, actions=actions, mesh=self.mesh)
         report.deliveries = (
-            list(_items(delivered[0][1], delivered[0][0], "wyneos_propagate", errors, Delivery)) if delivered else []
+            list(take(delivered[0][1], delivered[0][0], "wyneos_propagate", Delivery)) if delivered else []
         )
         timings["propagate"] = _ms(t0)
 
@@ -255,21 +322,31 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def _items(batch: Any, plugin: str, hook: str, errors: list[PluginError], kind: type | None = None) -> Sequence[Any]:
-    """Accept a list/tuple result from a plugin, dropping (and recording) wrong items."""
+def _items(batch: Any, plugin: str, hook: str, errors: list[PluginError], kind: type,
+           trusted: bool = False) -> Sequence[Any]:
+    """Accept a plugin's list result, dropping (and recording) items that are not ``kind``
+    or whose fields are unusable (``problem()``); builtin plugins' items are trusted."""
     if not isinstance(batch, (list, tuple)):
         errors.append(PluginError(plugin, hook, f"returned {type(batch).__name__}, expected a list", kind="invalid_result"))
         return ()
-    if kind is None:
+    if trusted:
         return batch
-    bad = [item for item in batch if not isinstance(item, kind)]
-    if not bad:
-        return batch
-    errors.append(PluginError(
-        plugin, hook, f"returned {len(bad)} item(s) that are not {kind.__name__} (first: {bad[0]!r:.80})",
-        kind="invalid_result",
-    ))
-    return [item for item in batch if isinstance(item, kind)]
+    check = getattr(kind, "problem", None)
+    good = []
+    bad: list[str] = []
+    for item in batch:
+        if not isinstance(item, kind):
+            bad.append(f"not a {kind.__name__}: {item!r:.80}")
+            continue
+        problem = check(item) if check is not None else None
+        if problem is not None:
+            bad.append(f"{kind.__name__}: {problem}")
+            continue
+        good.append(item)
+    if bad:
+        errors.append(PluginError(plugin, hook, f"returned {len(bad)} unusable item(s), dropped; first: {bad[0]}",
+                                  kind="invalid_result"))
+    return good
 
 
 def _summarise(report: TickReport, results: list[RuleResult]) -> None:

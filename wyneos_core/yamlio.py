@@ -117,6 +117,8 @@ def load_yaml(source: str | Path, *, text: str | None = None) -> Located:
         raise LocatedError(f"text is larger than {MAX_YAML_BYTES} bytes", file=name)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise LocatedError("nested too deeply", file=name) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         raise LocatedError(
@@ -130,7 +132,7 @@ def load_yaml(source: str | Path, *, text: str | None = None) -> Located:
     positions: dict[PathKey, tuple[int, int]] = {}
     if node is None:
         return Located(None, name, positions)
-    _walk(node, (), positions, name, set())
+    _walk(node, (), positions, name, set(), 0)
     loader = yaml.SafeLoader("")
     try:
         data = loader.construct_document(node)
@@ -147,7 +149,17 @@ def load_yaml(source: str | Path, *, text: str | None = None) -> Located:
     return Located(data, name, positions)
 
 
-def _walk(node: yaml.Node, path: PathKey, out: dict, name: str, seen: set[int]) -> None:
+#: how deeply mappings and sequences may nest in a user file
+MAX_YAML_DEPTH = 64
+
+
+def _walk(node: yaml.Node, path: PathKey, out: dict, name: str, seen: set[int], depth: int) -> None:
+    if depth > MAX_YAML_DEPTH:
+        raise LocatedError(
+            f"nested deeper than {MAX_YAML_DEPTH} levels",
+            file=name, line=node.start_mark.line + 1, column=node.start_mark.column + 1,
+            field=field_name(path) or None,
+        )
     if id(node) in seen and isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
         raise LocatedError(
             "anchors and aliases are not allowed",
@@ -179,11 +191,11 @@ def _walk(node: yaml.Node, path: PathKey, out: dict, name: str, seen: set[int]) 
                 )
             keys.add(key)
             child = path + (key,)
-            _walk(value_node, child, out, name, seen)
+            _walk(value_node, child, out, name, seen, depth + 1)
             out[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _walk(item, path + (index,), out, name, seen)
+            _walk(item, path + (index,), out, name, seen, depth + 1)
     elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
         pass
 
