@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from wyneos_core.action_params import param_problem
 from wyneos_core.model import Severity
 from wyneos_core.rules.expr import ExprError, parse
 from wyneos_core.rules.ir import Expr, Not
@@ -181,6 +182,9 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
                         p_value = Template.parse(p_value, stage, static)
                     except TemplateError as exc:
                         raise fail(at + ("then", a_index, a_type, p_name), str(exc)) from None
+                problem = param_problem(a_type, p_name, p_value, templated=isinstance(p_value, Template))
+                if problem is not None:
+                    raise fail(at + ("then", a_index, a_type, p_name), f"{a_type} param {p_name} {problem}")
                 compiled.append((p_name, p_value))
             actions.append(ActionSpec(a_type, tuple(compiled)))
         active = Not(condition) if stage == "governance" else condition
