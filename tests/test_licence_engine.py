@@ -203,8 +203,8 @@ def test_revocation_travels_as_action_to_every_reachable_node_and_applies(tmp_pa
     report = orch.tick()
     assert report.licences["r-bad"].reason == "revoked" and "chargeback" in report.licences["r-bad"].detail
     assert report.licences["r0"].valid
-    revoke = [a for a in report.actions if a.type == "revoke" and a.params.get("licence_id") == "bad"]
-    assert len(revoke) == 1 and revoke[0].target == "*"
+    revoke = [a for a in report.actions if a.type == "revoke" and a.params.get("new_revocations") == ["bad"]]
+    assert len(revoke) == 1 and revoke[0].target == "*" and revoke[0].params["licence_ids"] == ["bad"]
     delivered = {d.target for d in report.deliveries if d.action_id == revoke[0].id and d.delivered}
     assert delivered >= {f"r{i}" for i in range(5)}
     assert any("revocation list version 1 accepted" in n for n in report.notes)
@@ -218,13 +218,14 @@ def test_revocation_travels_as_action_to_every_reachable_node_and_applies(tmp_pa
     report = orch.tick()
     assert any("older than version 2" in n for n in report.notes)
     assert report.licences["r-bad"].reason == "revoked"
-    # a forged list is refused with a note, nothing crashes
+    # a forged list is refused with a note and an error, nothing crashes, the revocations stay
     doc = json.loads(old_text)
     doc["payload"]["version"] = 99
     rev.write_text(json.dumps(doc))
     clock.advance(5)
     report = orch.tick()
-    assert any("refused (invalid_signature)" in n for n in report.notes) and not report.errors
+    assert any("refused (invalid_signature)" in n for n in report.notes)
+    assert [e.kind for e in report.errors] == ["revocation_list"] and report.licences["r-bad"].reason == "revoked"
 
 
 def test_old_licence_replayed_after_renewal_is_superseded_even_after_restart(tmp_path, issuer, clock):

@@ -158,13 +158,13 @@ def test_in_ticks_outages_follow_the_policy_and_the_report_says_so(http_plugin, 
 def test_cache_keeps_the_api_from_being_asked_every_tick(http_plugin, api, tmp_path, clock):
     issuer = Issuer(tmp_path)
     api.licences["L1"] = {"status": "active", "document": issuer.licence("L1")}
-    config = licence_config(tmp_path, [{"id": "a", "licence": "L1"}], "sources: [http]\ncache_ttl: 30\n",
+    config = licence_config(tmp_path, [{"id": "a", "licence": "L1"}], "sources: [http]\ncache_ttl: 60\n",
                             extra=f"plugins: {{settings: {{licence-http: {{url: '{api.url}'}}}}}}\n")
     orch = orchestrator(config, clock, (http_plugin,))
-    for _ in range(5):
+    for _ in range(5):  # 20 s: less than the shortest staggered lifetime (half the ttl)
         assert orch.tick().licences["a"].valid
         clock.advance(5)
     assert len(api.requests) == 1
-    clock.advance(30)
+    clock.advance(60)
     orch.tick()
     assert len(api.requests) == 2

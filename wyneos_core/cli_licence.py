@@ -34,8 +34,9 @@ from wyneos_core.model import Node
 __all__ = ["register", "parse_when"]
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-_RELATIVE = re.compile(r"^([+-]?\d+)([dhms])$")
+_RELATIVE = re.compile(r"^([+-]?\d{1,12})([dhms])$")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z
 
 
 class UsageError(Exception):
@@ -48,7 +49,10 @@ def parse_when(text: str, now: float, field: str) -> float:
         return float(int(now))
     m = _RELATIVE.match(text)
     if m:
-        return float(int(now) + int(m.group(1)) * _UNITS[m.group(2)])
+        when = int(now) + int(m.group(1)) * _UNITS[m.group(2)]
+        if not 0 <= when <= _LAST_SECOND:
+            raise UsageError(f"{field}: {text!r} is outside 1970-01-01 .. 9999-12-31")
+        return float(when)
     if re.match(r"^\d{4}-\d{2}-\d{2}$", text):
         text += "T00:00:00Z"
     try:
@@ -190,9 +194,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     now = time.time()
     at = parse_when(args.at, now, "--at") if args.at else now
     settings = LicenceSettings(product=args.product, customer=args.customer, cache_ttl=0,
-                               revocations=Path(args.revocations) if args.revocations else None,
                                required_features=frozenset(args.feature))
-    engine = LicenceEngine(settings, _keyring(args.trusted), {})
+    keyring = _keyring(args.trusted)
+    engine = LicenceEngine(settings, keyring, {})
+    if args.revocations:  # asked for explicitly: a list that is missing or does not verify is an error
+        rev_path = Path(args.revocations)
+        if not rev_path.is_file():
+            raise UsageError(f"{rev_path}: no such revocation list")
+        try:
+            engine.revocations = RevocationList.load(rev_path, keyring)
+        except EnvelopeError as exc:
+            raise UsageError(f"{rev_path}: revocation list refused ({exc.reason}): {exc}") from None
     engine.begin(at)
     for note in engine.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -210,7 +222,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 @_guard
 def cmd_inspect(args: argparse.Namespace) -> int:
     data = _read(args.file)
-    envelope = parse_envelope(data, FORMAT)
+    try:
+        envelope = parse_envelope(data, FORMAT)
+    except EnvelopeError as exc:
+        raise UsageError(f"{args.file}: {exc}") from None
     try:
         _, lic = parse_licence(envelope)
         fields = lic.to_payload()
@@ -229,7 +244,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return EXIT_OK
     width = max(len(k) for k in fields)
     for name, value in fields.items():
-        shown = ", ".join(value) if isinstance(value, list) else ("-" if value is None else value)
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else ("-" if value is None else value)
         print(f"{name:<{width}}  {shown}")
     print(f"{'signature':<{width}}  {signature}")
     return EXIT_OK
@@ -241,7 +256,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     ring = _keyring(args.trusted)
     ring.add(key.public_key(), args.key)
     path = Path(args.list_path)
-    current = RevocationList.load(path, ring)
+    try:
+        current = RevocationList.load(path, ring)
+    except EnvelopeError as exc:
+        raise UsageError(f"{path}: revocation list refused ({exc.reason}): {exc}") from None
     if args.licence_id in current:
         print(f"licence {args.licence_id} is already revoked (list version {current.version})", file=sys.stderr)
         return EXIT_OK

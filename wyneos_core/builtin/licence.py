@@ -7,14 +7,21 @@ verifies signatures (once per document), checks dates, customer, product, machin
 pairing, seats, revocation, replay and entitlements, and caches results
 (``licence.cache_ttl``). A source that cannot answer follows ``licence.outage``.
 
-In the enforcement step it proposes one ``revoke`` action, targeted at every node
-(``"*"``), for each licence on the accepted revocation list; the decide step keeps
-them in force, and propagation carries them to every reachable node.
+In the enforcement step it proposes one ``revoke`` action for the accepted revocation
+list, targeted at every node (``"*"``): its params carry the list version, the ids that
+version added (``new_revocations``) and every revoked id (``licence_ids``, so a node
+that missed earlier versions catches up). One list is one action, however many
+licences it revokes; the decide step keeps it in force while that version is current,
+and propagation carries it to every reachable node once.
+
+Replay protection and the accepted revocation list survive restarts in the ledger
+(``licence.ledger``; by default ``licence-ledger.json`` next to the state file).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from wyneos_core import hookimpl
@@ -30,8 +37,21 @@ from wyneos_core.tick import Orchestrator, TickContext
 __all__ = ["engine_of", "settings_of"]
 
 
+LEDGER_NAME = "licence-ledger.json"
+
+
 def settings_of(config: Config) -> LicenceSettings:
     return LicenceSettings.from_config(config["licence"], config.resolve)
+
+
+def default_ledger(orchestrator: Orchestrator) -> Path | None:
+    """``licence-ledger.json`` next to the orchestrator's state file, or None without one."""
+    if orchestrator.store is None:
+        return None
+    path = orchestrator.config["state"]["path"]
+    if path == ":memory:":
+        return None
+    return orchestrator.config.resolve(path).parent / LEDGER_NAME
 
 
 def engine_of(orchestrator: Orchestrator) -> LicenceEngine:
@@ -53,6 +73,8 @@ def wyneos_licence_sources(config: Config) -> Any:
 
 def _build(orchestrator: Orchestrator, errors: list[PluginError]) -> LicenceEngine:
     settings = settings_of(orchestrator.config)
+    if settings.ledger is None:
+        settings.ledger = default_ledger(orchestrator)
     sources: dict[str, Any] = {}
     for plugin, batch in orchestrator.pm.call_each("wyneos_licence_sources", errors, config=orchestrator.config):
         for source in batch if isinstance(batch, (list, tuple)) else [batch]:
@@ -105,8 +127,30 @@ def wyneos_licence_validate(ctx: TickContext, nodes: Sequence[Node]) -> list[Lic
     results = engine.validate(nodes, ctx.now)
     for note in [*pending_notes, *engine.notes]:
         ctx.note(note)
+    if engine.revocation_problem:  # an error every tick until the list is put right
+        ctx.report.errors.append(PluginError("licence", "wyneos_licence_validate", engine.revocation_problem,
+                                             kind="revocation_list"))
     ctx.scratch["licence"] = dict(engine.stats)
     return results
+
+
+def revocation_action(engine: LicenceEngine) -> Action | None:
+    """The one ``revoke`` action of the accepted revocation list (None without revocations)."""
+    revocations = engine.revocations
+    if not revocations.entries:
+        return None
+    cached = getattr(engine, "_revocation_action", None)
+    if cached is not None and cached[0] is revocations:
+        return cached[1]
+    new = list(engine.revocation_new)
+    shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+    action = Action(ActionType.REVOKE, "*", f"revocation list version {revocations.version}: "
+                    f"{len(revocations.entries)} licence(s) revoked" + (f", new: {shown}" if new else ""),
+                    "licence", Severity.CRITICAL,
+                    {"revocation_list_version": revocations.version, "new_revocations": new,
+                     "licence_ids": sorted(revocations.entries)})
+    engine._revocation_action = (revocations, action)  # type: ignore[attr-defined]
+    return action
 
 
 @hookimpl
@@ -114,13 +158,11 @@ def wyneos_enforcement(ctx: TickContext) -> list[Action]:
     engine = getattr(ctx.orchestrator, "_licence_engine", None)
     if engine is None:
         return []
-    revocations = engine.revocations
-    return [
-        Action(ActionType.REVOKE, "*", f"licence {entry.licence_id} revoked (revocation list version "
-               f"{revocations.version})" + (f": {entry.reason}" if entry.reason else ""),
-               "licence", Severity.CRITICAL, {"licence_id": entry.licence_id})
-        for entry in sorted(revocations.entries.values(), key=lambda e: e.licence_id)
-    ]
+    action = revocation_action(engine)
+    if action is None:
+        return []
+    return [Action(action.type, action.target, action.reason, action.origin, action.severity, action.params,
+                   action.id)]
 
 
 @hookimpl

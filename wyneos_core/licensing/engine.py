@@ -19,12 +19,13 @@ every tick over the nodes whose valid licence has a seat limit.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
 from wyneos_core.licensing.document import Licence, format_time, verify_licence
 from wyneos_core.licensing.entitlements import Entitlements, requested_features
-from wyneos_core.licensing.envelope import EnvelopeError
+from wyneos_core.licensing.envelope import EnvelopeError, FormatError
 from wyneos_core.licensing.keys import KeyRing
 from wyneos_core.licensing.ledger import Ledger
 from wyneos_core.licensing.revocation import Revocation, RevocationList
@@ -37,6 +38,11 @@ __all__ = ["LicenceEngine"]
 
 _MAX_VERIFIED = 200_000
 _INF = float("inf")
+_UNSET = object()
+#: cached results expire between (1 - _STAGGER) * cache_ttl and cache_ttl after they were
+#: made, at a point fixed per node, so a cluster whose results were all made in one tick
+#: does not ask its sources for every node again in one later tick
+_STAGGER = 0.5
 
 
 class LicenceEngine:
@@ -56,7 +62,12 @@ class LicenceEngine:
         self.entitlements = Entitlements(settings.tiers)
         self.ledger = ledger if ledger is not None else Ledger(settings.ledger)
         self.revocations = RevocationList()
-        self._rev_stamp: tuple[int, int, int] | None = None
+        #: ids the accepted list added to the one accepted before it
+        self.revocation_new: list[str] = []
+        #: set while the revocation list on disk is older than the one accepted (or gone):
+        #: the licence plugin reports it as an error every tick until it is fixed
+        self.revocation_problem: str | None = None
+        self._rev_stamp: Any = _UNSET
         self._verified: dict[str, Licence | EnvelopeError] = {}
         self._granted: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {}  # by document digest
         #: node id -> features granted, for nodes refused with entitlement_missing
@@ -73,6 +84,27 @@ class LicenceEngine:
         self.notes: list[str] = []
         self.new_revocations: list[Revocation] = []
         self.stats = {"cached": 0, "looked_up": 0, "verified": 0, "unavailable": 0}
+        self._restore_revocations()
+
+    def _restore_revocations(self) -> None:
+        """Take the revocation list accepted before a restart from the ledger."""
+        document = self.ledger.revocation_document
+        if document is None:
+            return
+        try:
+            kept = RevocationList.from_document(document, self.keyring)
+        except EnvelopeError as exc:
+            try:  # our own copy: its key may have been rotated out since; the revocations still hold
+                kept = RevocationList.from_document(document, self.keyring, verify=False)
+            except EnvelopeError:
+                self.notes.append(f"licence.ledger: the kept revocation list is unreadable ({exc}); "
+                                  "revocations are known again once a list is provided")
+                return
+            self.notes.append(f"licence.ledger: the kept revocation list version {kept.version} no longer "
+                              f"verifies ({exc.reason}); its revocations stay in force")
+        self.revocations = kept
+        self.revocation_new = list(self.ledger.revocation_new)
+        self.epoch += 1
 
     # -- per tick -------------------------------------------------------------------------
 
@@ -109,32 +141,45 @@ class LicenceEngine:
         if stamp == self._rev_stamp:
             return
         self._rev_stamp = stamp
+        kept = self.revocations.version
         if stamp is None:
-            if self.revocations.version:
-                self.notes.append(f"revocation list {path} disappeared; keeping version {self.revocations.version}")
+            self.revocation_problem = None
+            if kept:
+                self.revocation_problem = (f"revocation list {path} is missing; the {len(self.revocations.entries)} "
+                                           f"revocation(s) of version {kept} accepted earlier stay in force")
+            elif self.ledger.revocation_version:
+                self.revocation_problem = (f"revocation list {path} is missing, and version "
+                                           f"{self.ledger.revocation_version} was accepted before: revoked "
+                                           "licences are unknown until that list (or a newer one) is provided")
+            if self.revocation_problem:
+                self.notes.append(self.revocation_problem)
             return
         try:
             fresh = RevocationList.load(path, self.keyring)
         except EnvelopeError as exc:
-            self.notes.append(f"revocation list {path} refused ({exc.reason}): {exc}; "
-                              f"keeping version {self.revocations.version}")
+            self.revocation_problem = (f"revocation list {path} refused ({exc.reason}): {exc}; "
+                                       f"keeping version {kept}")
+            self.notes.append(self.revocation_problem)
             return
-        floor = max(self.revocations.version, self.ledger.revocation_version)
+        floor = max(kept, self.ledger.revocation_version)
         if fresh.version < floor:
-            self.notes.append(f"revocation list {path} has version {fresh.version}, older than version {floor} "
-                              "already accepted: refused (replayed old list?)")
-            if not self.revocations.version:
-                self.notes.append("no accepted revocation list in memory: revoked licences stay unknown until a "
-                                  "list at least as new is provided")
+            self.revocation_problem = (f"revocation list {path} has version {fresh.version}, older than version "
+                                       f"{floor} already accepted: refused (replayed old list?)")
+            if kept:
+                self.revocation_problem += f"; the revocations of version {kept} stay in force"
+            else:
+                self.revocation_problem += ("; no accepted list is known: revoked licences are unknown until a list "
+                                            "at least as new is provided")
+            self.notes.append(self.revocation_problem)
             return
-        if fresh.version == self.revocations.version:
+        self.revocation_problem = None
+        if fresh.version == kept:
             return
         added = [fresh.entries[i] for i in sorted(set(fresh.entries) - set(self.revocations.entries))]
-        if fresh.version > self.ledger.revocation_version:
-            self.ledger.revocation_version = fresh.version
-            self.ledger.dirty = True
+        self.ledger.accept_revocations(fresh.version, fresh.document, [e.licence_id for e in added])
         self.revocations = fresh
         self.new_revocations = added
+        self.revocation_new = [e.licence_id for e in added]
         self.epoch += 1
         self.notes.append(f"revocation list version {fresh.version} accepted: {len(fresh.entries)} revoked "
                           f"licence(s), {len(added)} new")
@@ -164,12 +209,28 @@ class LicenceEngine:
                                             md.get("features"), md.get("customer"))))
             append(None)
         self.stats["cached"] = len(nodes) - len(misses)
+        if len(self._cache) > len(nodes):
+            self._forget_departed(nodes)
         if misses:
             self._resolve(misses, out, seated, now)
         if seated:
             self._seats(seated, out, nodes, now)
+        else:
+            self._seat_signature, self._seat_losers = (), {}
         self.ledger.save()
         return out  # type: ignore[return-value]
+
+    def _forget_departed(self, nodes: Sequence[Node]) -> None:
+        """Drop what is kept of nodes that are no longer in the cluster."""
+        live = {n.id for n in nodes}
+        for table in (self._cache, self._last_good, self._granted_to):
+            for node_id in [k for k in table if k not in live]:
+                del table[node_id]
+
+    def _fresh_until(self, node_id: str, now: float) -> float:
+        """When a result made now for ``node_id`` is to be looked up again (staggered per node)."""
+        ttl = self.settings.cache_ttl
+        return now + ttl * (1.0 - _STAGGER * (zlib.crc32(node_id.encode("utf-8", "surrogatepass")) / 4294967296.0))
 
     # -- sources --------------------------------------------------------------------------
 
@@ -197,17 +258,22 @@ class LicenceEngine:
             if record is None:
                 if node.id in failures:
                     unavailable_nodes += 1
-                    out[index] = self._outage(node, failures[node.id], now)
+                    result, seat = self._outage(node, failures[node.id], now)
+                    # kept for entitlements and seats, but never fresh: asked again next tick
+                    self._cache[node.id] = (*key, self.epoch, now, result, seat)
+                    out[index] = result
+                    if seat is not None:
+                        seated.append(node)
                     continue
                 asked = ", ".join(s.name for s in self.sources) or "none configured"
                 result = LicenceResult(node.id, False, "no_licence",
                                        f"no source ({asked}) has a licence for reference {node.licence_ref!r}"
                                        if node.licence_ref else f"the node names no licence (sources: {asked})")
-                fresh, seat = now + self.settings.cache_ttl, None
+                fresh, seat = self._fresh_until(node.id, now), None
             else:
                 result, fresh, seat = self.check(node, record, now)
                 if result.valid:
-                    self._last_good[node.id] = (result, now)
+                    self._last_good[node.id] = (record, now)
             self._cache[node.id] = (*key, self.epoch, fresh, result, seat)
             out[index] = result
             if seat is not None:
@@ -247,32 +313,44 @@ class LicenceEngine:
             answers[nid] = None
         return answers
 
-    def _outage(self, node: Node, why: list[str], now: float) -> LicenceResult:
+    def _outage(self, node: Node, why: list[str], now: float) -> tuple[LicenceResult, tuple[str, int] | None]:
+        """The result of a node no source could answer for: ``(result, seat or None)``.
+
+        Fail-open re-checks the last document a source gave for the node, now: a licence
+        revoked, expired (past its grace) or otherwise invalid since is not kept valid by
+        an outage.
+        """
         settings = self.settings
         reasons = "; ".join(why)
         if settings.outage_policy == "fail-open":
             good = self._last_good.get(node.id)
             if good is not None and now - good[1] <= settings.outage_grace:
-                r = good[0]
-                left = settings.outage_grace - (now - good[1])
+                record, since = good
+                r, _, seat = self.check(node, record, now)
+                if not r.valid:
+                    return LicenceResult(
+                        node.id, False, r.reason, f"{r.detail} (sources could not answer: {reasons}; the last "
+                        "document they gave was checked again)", r.licence_id, r.customer, r.product, r.tier,
+                        r.features, r.expires, False, r.source), None
+                left = settings.outage_grace - (now - since)
                 return LicenceResult(
                     node.id, True, "source_unavailable",
-                    f"{reasons}; policy fail-open: last good result (licence {r.licence_id}) kept, "
+                    f"{reasons}; policy fail-open: last good licence {r.licence_id} checked again and kept, "
                     f"{left:.0f}s of outage grace left", r.licence_id, r.customer, r.product, r.tier, r.features,
-                    r.expires, True, r.source)
+                    r.expires, True, r.source), seat
             detail = (f"{reasons}; policy fail-open, but " +
                       ("no earlier good result is known" if good is None else
                        f"the outage grace of {settings.outage_grace:g}s is over"))
         else:
             detail = f"{reasons}; policy fail-closed"
-        return LicenceResult(node.id, False, "source_unavailable", detail)
+        return LicenceResult(node.id, False, "source_unavailable", detail), None
 
     # -- checks ---------------------------------------------------------------------------
 
     def entitled(self, node_id: str, feature: str) -> bool:
         """Whether ``node_id`` may use ``feature`` according to its latest licence result."""
         entry = self._cache.get(node_id)
-        if entry is None:
+        if entry is None or node_id in self._seat_losers:
             return False
         result = entry[7]
         if result.valid:
@@ -287,9 +365,11 @@ class LicenceEngine:
         if found is None:
             self.stats["verified"] += 1
             try:
-                found = verify_licence(record.document, self.keyring)
+                found = FormatError(record.error) if record.error else verify_licence(record.document, self.keyring)
             except EnvelopeError as exc:
                 found = exc
+            except Exception as exc:  # noqa: BLE001 - a hostile document is malformed, never a crash
+                found = FormatError(f"unreadable document ({type(exc).__name__})")
             if len(self._verified) >= _MAX_VERIFIED:
                 self._verified.clear()
                 self._granted.clear()
@@ -303,7 +383,7 @@ class LicenceEngine:
         Everything but seat counting, which needs the whole cluster.
         """
         settings = self.settings
-        fresh = now + settings.cache_ttl
+        fresh = self._fresh_until(node.id, now)
         lic = self.verify(record)
         nid = node.id
         if isinstance(lic, EnvelopeError):
@@ -380,7 +460,7 @@ class LicenceEngine:
         cache = self._cache
         # same holders in the same states as last tick: same losers (no per-node allocation)
         signature = (self.epoch, tuple(seated), tuple([n.status for n in seated]),
-                     tuple([n.registered_at for n in seated]))
+                     tuple([n.registered_at for n in seated]), tuple([cache[n.id][8] for n in seated]))
         if signature == self._seat_signature:
             losers = self._seat_losers
         else:

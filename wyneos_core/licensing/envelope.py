@@ -15,13 +15,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
+from itertools import accumulate
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from wyneos_core.licensing.canonical import CanonicalError, canonical_json
+from wyneos_core.licensing.canonical import (
+    MAX_DEPTH,
+    MAX_INT_DIGITS,
+    CanonicalError,
+    OversizedInteger,
+    canonical_json,
+    check_canonical,
+)
 from wyneos_core.licensing.keys import key_id
 
 __all__ = [
@@ -30,6 +39,7 @@ __all__ = [
     "SignatureError",
     "UnknownKeyError",
     "MAX_DOCUMENT_BYTES",
+    "load_json",
     "open_envelope",
     "parse_envelope",
     "seal",
@@ -68,6 +78,57 @@ class SignatureError(EnvelopeError):
     reason = "invalid_signature"
 
 
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _nesting(raw: bytes) -> int:
+    """The deepest nesting of lists and objects in JSON text (strings skipped)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return 0
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(brackets, lambda d, b: d + 1 if b in (91, 123) else d - 1, initial=0))
+
+
+def _int(text: str) -> int | OversizedInteger:
+    return OversizedInteger(text) if len(text) > MAX_INT_DIGITS + 1 else int(text)
+
+
+def _constant(name: str) -> Any:
+    raise FormatError(f"{name} is not a JSON number")
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise FormatError(f"duplicate key {key!r:.60} in one object")
+        obj[key] = value
+    return obj
+
+
+def load_json(raw: bytes) -> Any:
+    """Parse untrusted JSON text strictly: ``FormatError`` instead of any other exception.
+
+    Refused with a message: not UTF-8, not JSON, nesting deeper than ``MAX_DEPTH``,
+    duplicate keys, NaN/Infinity. Integer literals longer than ``MAX_INT_DIGITS`` come
+    back as ``OversizedInteger`` (the canonical check names their field).
+    """
+    depth = _nesting(raw)
+    if depth > MAX_DEPTH:
+        raise FormatError(f"nested {depth} levels deep (at most {MAX_DEPTH})")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_int=_int, parse_constant=_constant, object_pairs_hook=_pairs)
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"not JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); truncated?") from None
+    except (RecursionError, ValueError, MemoryError) as exc:  # defence in depth: never anything but FormatError
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"not readable JSON ({type(exc).__name__})") from None
+
+
 def signed_bytes(fmt: str, payload: Mapping[str, Any]) -> bytes:
     """The exact bytes the signature covers."""
     return fmt.encode("ascii") + b"\n" + canonical_json(dict(payload))
@@ -89,12 +150,7 @@ def parse_envelope(data: bytes | str | Mapping[str, Any], fmt: str) -> dict[str,
             raise FormatError(f"document is larger than {MAX_DOCUMENT_BYTES} bytes")
         if not raw.strip():
             raise FormatError("document is empty")
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise FormatError(f"not UTF-8 text (byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"not JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); truncated?") from None
+        obj = load_json(raw)
     else:
         obj = data
     if not isinstance(obj, Mapping):
@@ -108,6 +164,10 @@ def parse_envelope(data: bytes | str | Mapping[str, Any], fmt: str) -> dict[str,
         raise FormatError("missing or not an object", "payload")
     if not isinstance(obj.get("signature"), str):
         raise FormatError("missing or not a string", "signature")
+    try:  # floats, huge integers, lone surrogates, deep nesting: named here, before any use
+        check_canonical(obj["payload"], "payload")
+    except CanonicalError as exc:
+        raise FormatError(str(exc)) from None
     if not isinstance(obj["payload"].get("key_id"), str):
         raise FormatError("missing or not a string", "payload.key_id")
     return dict(obj)

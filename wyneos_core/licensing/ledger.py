@@ -1,8 +1,11 @@
-"""Replay protection that survives restarts: the newest issue seen of each licence,
-and the newest revocation-list version accepted.
+"""What the licence step must not forget across restarts: the newest issue seen of
+each licence (replay protection) and the revocation list accepted last (its version,
+and the signed list itself, so revocations stay enforced when the list file goes
+missing or an older list is put in its place).
 
-Kept in a small JSON file written atomically when it changes (``licence.ledger``); with
-no path it lives in memory only.
+Kept in a small JSON file (mode 0600) written atomically when it changes
+(``licence.ledger``, by default next to the state file); with no path it lives in
+memory only.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ __all__ = ["Ledger"]
 
 
 class Ledger:
-    __slots__ = ("path", "newest", "revocation_version", "dirty", "renewed")
+    __slots__ = ("path", "newest", "revocation_version", "revocation_document", "revocation_new", "dirty", "renewed")
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else None
         self.newest: dict[str, float] = {}
         self.revocation_version = 0
+        #: the signed revocation list accepted last (its envelope), and the ids it added
+        self.revocation_document: dict | None = None
+        self.revocation_new: list[str] = []
         self.dirty = False
         #: set when a newer issue of an already known licence was seen (a renewal)
         self.renewed = False
@@ -30,6 +36,11 @@ class Ledger:
                 data = json.loads(self.path.read_text("utf-8"))
                 self.newest = {str(k): float(v) for k, v in data.get("newest_issue", {}).items()}
                 self.revocation_version = int(data.get("revocation_version", 0))
+                document = data.get("revocation_list")
+                if document is not None and not isinstance(document, dict):
+                    raise TypeError("revocation_list is not an object")
+                self.revocation_document = document
+                self.revocation_new = [str(i) for i in data.get("revocation_new", [])]
             except (ValueError, TypeError, AttributeError, OSError) as exc:
                 raise ValueError(f"{self.path}: not a licence ledger ({exc}); move it away to start afresh") from None
 
@@ -44,9 +55,17 @@ class Ledger:
             return None
         return newest if issued < newest else None
 
+    def accept_revocations(self, version: int, document: dict | None, new: list[str]) -> None:
+        """Remember the revocation list accepted last."""
+        self.revocation_version = max(self.revocation_version, version)
+        self.revocation_document = document
+        self.revocation_new = list(new)
+        self.dirty = True
+
     def save(self) -> None:
         if self.path is None or not self.dirty:
             return
-        data = {"newest_issue": self.newest, "revocation_version": self.revocation_version}
+        data = {"newest_issue": self.newest, "revocation_version": self.revocation_version,
+                "revocation_list": self.revocation_document, "revocation_new": self.revocation_new}
         write_atomic(self.path, json.dumps(data, sort_keys=True) + "\n", mode=0o600)
         self.dirty = False

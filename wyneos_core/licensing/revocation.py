@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from wyneos_core.licensing.document import ID_PATTERN, format_time, parse_time
-from wyneos_core.licensing.envelope import FormatError, open_envelope, seal
+from wyneos_core.licensing.envelope import FormatError, parse_envelope, seal, verify_envelope
 
 __all__ = ["FORMAT", "Revocation", "RevocationList", "write_atomic"]
 
@@ -49,6 +49,8 @@ class RevocationList:
     issued: float = 0.0
     entries: dict[str, Revocation] = field(default_factory=dict)
     key_id: str = ""
+    #: the signed envelope this list was read from (kept so it can be persisted as is)
+    document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __contains__(self, licence_id: object) -> bool:
         return licence_id in self.entries
@@ -71,9 +73,17 @@ class RevocationList:
         return seal(FORMAT, payload, key)
 
     @classmethod
-    def from_document(cls, data: bytes | str | Mapping[str, Any], keyring: Mapping[str, Any]) -> RevocationList:
-        """Verify and parse a signed list; raise ``EnvelopeError`` subclasses on failure."""
-        payload = open_envelope(data, FORMAT, keyring)
+    def from_document(cls, data: bytes | str | Mapping[str, Any], keyring: Mapping[str, Any], *,
+                      verify: bool = True) -> RevocationList:
+        """Verify and parse a signed list; raise ``EnvelopeError`` subclasses on failure.
+
+        :param verify: False only for a copy the orchestrator kept itself (its ledger),
+            whose signature may have been made by a key trusted no longer.
+        """
+        envelope = parse_envelope(data, FORMAT)
+        if verify:
+            verify_envelope(envelope, keyring)
+        payload = envelope["payload"]
         extra = sorted(set(payload) - {"version", "issued", "entries", "key_id"})
         if extra:
             raise FormatError(f"unknown field {extra[0]!r}", f"payload.{extra[0]}")
@@ -95,7 +105,7 @@ class RevocationList:
                 raise FormatError("expected a string", f"{where}.reason")
             entries[item["licence_id"]] = Revocation(
                 item["licence_id"], parse_time(item.get("revoked_at"), f"{where}.revoked_at"), reason)
-        return cls(version, issued, entries, payload["key_id"])
+        return cls(version, issued, entries, payload["key_id"], envelope)
 
     @classmethod
     def load(cls, path: str | Path, keyring: Mapping[str, Any]) -> RevocationList:

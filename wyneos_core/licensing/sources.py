@@ -19,7 +19,9 @@ and optionally
 
 Sources never verify anything: they hand over the signed document as it is stored,
 with the source's own status of the licence (``active`` or ``suspended``). The
-builtin licence plugin verifies, checks and caches.
+builtin licence plugin verifies, checks and caches. A source that finds one node's
+entry unreadable hands over a record with ``error`` set (that node's licence is
+``malformed``) instead of failing for every node.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from wyneos_core.licensing.document import parse_licence
-from wyneos_core.licensing.envelope import MAX_DOCUMENT_BYTES, EnvelopeError
+from wyneos_core.licensing.envelope import MAX_DOCUMENT_BYTES
 from wyneos_core.model import Node
 
 __all__ = ["FileSource", "LicenceRecord", "LicenceSource", "SourceUnavailable", "STATUSES"]
@@ -54,6 +56,10 @@ class LicenceRecord:
     status: str = "active"
     origin: str = ""  # where it came from: a file path, a URL, a table row
     digest: str = field(default="", compare=False)
+    #: set by a source that found this node's entry unreadable (a bad row, an entry it
+    #: cannot decode): the node's licence is then ``malformed`` with this message, and
+    #: only that node is affected
+    error: str = ""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -145,8 +151,8 @@ class FileSource:
             try:
                 _, lic = parse_licence(data)
                 licence_id, issued = lic.licence_id, lic.issued
-            except EnvelopeError:
-                pass  # kept by file name: validation reports it as malformed
+            except Exception:  # noqa: BLE001 - one bad file never stops the scan of the others
+                pass  # kept by file name: validation reports it as malformed, naming the file
             seen[str(path)] = _Entry(path, stamp, LicenceRecord(data, self.name, origin=str(path)), licence_id, issued)
         if set(seen) != set(self._entries):
             changed = True
