@@ -41,25 +41,36 @@ def test_partition_of_half_the_cluster_triggers_the_safety_stop_not_mass_isolati
     result = run("half-partition")
     s = result.summary
     [fault] = s["faults"]
-    assert fault["nodes"] == 100 and fault["detected"] == 100
-    assert s["isolations"] == 0 and s["false_isolations"] == 0
+    # the orchestrator's mesh is never edited: it learns of the partition from the silence
+    assert result.orchestrator.mesh.partitions() == [] and not any(x.partitioned for x in result.samples)
+    assert fault["nodes"] == 100 and fault["detected"] == 100 and fault["detection_ticks"]["max"] == 3
+    assert s["isolations"] == 0 and s["false_isolations"] == s["partition_isolations"] == 0
     stopped = [x.tick for x in result.samples if x.safety_stop]
-    assert stopped == list(range(5, 25))  # exactly while the partition lasts
-    assert any("no mesh path to the orchestrator" in n for n in s["safety_notes"])
+    # from the tick the silent half turns stale (3 ticks in), before any of it is offline,
+    # until the tick the partition heals and the heartbeats arrive again
+    assert stopped == list(range(8, 25))
+    assert any("went silent within 3 tick(s) of each other" in n for n in s["safety_notes"])
     # the cut-off half did go offline (so isolation would otherwise have hit it)
     assert max(x.counts["offline"] for x in result.samples) == 100
-    # healed: everyone back online, nothing isolated, nothing partitioned
+    # healed: everyone back online, nothing isolated
     last = result.samples[-1]
-    assert last.counts["online"] == 200 and last.counts["isolated"] == 0 and last.partitioned == 0
+    assert last.counts["online"] == 200 and last.counts["isolated"] == 0
+    assert result.failures == []
 
 
-def test_without_the_partition_limit_the_same_run_would_isolate_nodes():
+def test_without_the_correlated_failure_stop_the_same_partition_isolates_half_the_cluster():
     scenario = load_scenario(resolve_scenario("builtin:half-partition"))
-    scenario.config = {"decide": {"max_partitioned_fraction": 1.0, "max_unhealthy_fraction": 1.0}}
+    scenario.config = {"decide": {"max_correlated_fraction": 1.0}}
     result = simulate(scenario)
-    # the per-node partition hold still keeps the cut-off nodes from being isolated
-    assert result.summary["isolations"] == 0
-    assert result.summary["safety_stop_ticks"] == 0
+    s = result.summary
+    # 50% unhealthy is under max_unhealthy_fraction (0.55): nothing else stops it
+    assert s["safety_stop_ticks"] == 0
+    # every one of the silent (healthy) half is isolated, at the rate limit of 10 per tick
+    assert s["isolations"] == s["partition_isolations"] == 100 and s["false_isolations"] == 0
+    isolated = [x.counts["isolated"] for x in result.samples]
+    assert max(isolated) == 100 and isolated[12] == 10
+    assert sorted(result.failures) == ["100 isolation(s) of nodes silenced by a partition, at most 0 expected",
+                                       "safety stop in 0 tick(s), expected some"]
 
 
 def test_flapping_node_is_not_isolated_and_reinstated_every_tick():

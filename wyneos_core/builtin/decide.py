@@ -5,7 +5,8 @@ builtin ``state`` plugin, a row of the store's ``action_events`` table)::
 
     proposed -> approved -> propagated -> in_force -> cleared
              -> deferred    rate limit reached; proposed again next tick
-             -> suppressed  safety stop, or the target sits in a mesh partition
+             -> suppressed  safety stop, strand hold or partition hold
+             -> rejected    unusable params or target (reported as an error)
 
 ``propagated`` and ``in_force`` are written by the ``propagate`` step, which carries the
 action and applies its effect. An action in force is not issued again while its cause
@@ -18,13 +19,34 @@ Safety limits (as the Kubernetes node controller has them):
 
 * at most ``decide.max_isolations_per_tick`` new isolations per tick (the rest are
   deferred to the next tick);
-* **safety stop**: when more than ``decide.max_unhealthy_fraction`` of the nodes look
-  unhealthy at once (stale, offline or cut off from the orchestrator), or more than
-  ``decide.max_partitioned_fraction`` sit in mesh partitions, no new isolation is
-  approved and no isolation is released: the orchestrator itself is more likely cut off
-  than half the fleet broken. The tick report's notes say why;
-* a node in a mesh partition is not isolated for being unreachable (the network failed,
-  not the node; the isolation could not even be delivered).
+* **safety stop**: no new isolation is approved and no isolation is released while
+
+  - more than ``decide.max_unhealthy_fraction`` of the nodes look unhealthy (stale,
+    offline, or in a mesh partition), or
+  - more than ``decide.max_partitioned_fraction`` sit in mesh partitions, or
+  - a **correlated failure** holds: more than ``decide.max_correlated_fraction`` of the
+    nodes (and at least ``decide.min_correlated_nodes``) turned unhealthy within
+    ``decide.correlated_window_ticks`` ticks of each other and are still unhealthy.
+    Independent failures are spread out in time; a network partition, or the
+    orchestrator losing its own network, silences a whole region in the same tick.
+    This engages while the silent nodes are only *stale*, before any of them is
+    offline and proposed for isolation, so a silent half of the cluster is never
+    isolated piecemeal at the rate limit.
+
+  The orchestrator itself is more likely cut off than that much of the fleet broken.
+  The tick report's notes say which limit and by how much. Nodes cut off from the
+  orchestrator only by its *own* isolations (stranded behind an isolated node) count
+  towards none of these limits;
+* **strand hold**: an isolation that would cut healthy (online) nodes off from the
+  orchestrator (the target is their only way in) is not applied automatically; it is
+  ``suppressed`` with a note naming them;
+* **partition hold**: a node in a mesh partition is not isolated for being unreachable
+  (the network failed, not the node; the isolation could not even be delivered).
+
+An action whose params the builtin effects cannot use (``wyneos_core.action_params``),
+or whose target is not a node of the cluster, is ``rejected`` on its own: a lifecycle
+event and an ``invalid_result`` error naming the action and the field, once per run of
+proposals; the other actions of the tick go on.
 
 Flapping protection: the probation before a reinstate doubles with each isolation of
 the same node within ``decide.flap_window_ticks`` ticks (capped at
@@ -34,12 +56,16 @@ longer and longer instead of being isolated and reinstated every few ticks.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from wyneos_core import hookimpl
-from wyneos_core.model import Action, ActionType, NodeStatus, Severity
+from wyneos_core.action_params import action_problem
+from wyneos_core.mesh import Mesh
+from wyneos_core.model import ORIGIN, Action, ActionType, NodeStatus, PluginError, Severity
 from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = [
@@ -49,11 +75,23 @@ __all__ = [
     "Probation",
     "event",
     "in_force_actions",
+    "kept_edges",
     "state_of",
+    "would_strand",
 ]
 
 ISOLATING = frozenset({ActionType.ISOLATE.value})
 _UNHEALTHY = (NodeStatus.OFFLINE, NodeStatus.STALE)
+#: action types whose target must be a registered node (their effect changes that node)
+_NODE_TARGETED = frozenset({
+    ActionType.ISOLATE.value, ActionType.REINSTATE.value, ActionType.REDUCE_LOAD.value,
+    ActionType.REDISTRIBUTE.value, ActionType.QUARANTINE.value, ActionType.GATE_FEATURE.value,
+    ActionType.DEGRADE.value,
+})
+#: undelivered reasons worth another try in a later tick
+RETRYABLE = frozenset({"offline", "partition", "relay_failed"})
+#: pending marker of an action restored without its delivery record: carry it to all targets again
+RESEND = "*"
 
 
 @dataclass(slots=True)
@@ -86,12 +124,14 @@ class DecideState:
     probation: dict[str, Probation] = field(default_factory=dict)
     #: node id -> ticks at which it was isolated (flap history, trimmed to the window)
     isolations: dict[str, list[int]] = field(default_factory=dict)
-    #: action id -> "deferred" | "suppressed", to report a hold once rather than every tick
+    #: action id -> "deferred" | "suppressed" | "rejected", to report a hold once rather than every tick
     held: dict[str, str] = field(default_factory=dict)
     #: whether a safety stop was on in the previous tick
     stopped: bool = False
     #: nodes whose ``metadata["restrictions"]`` the orchestrator maintains
     restricted: set[str] = field(default_factory=set)
+    #: node id -> first tick of its current run of stale/offline ticks (correlated failures)
+    unhealthy_since: dict[str, int] = field(default_factory=dict)
 
 
 def event(ctx: TickContext, action: Action, state: str, detail: str = "", **extra: Any) -> None:
@@ -122,6 +162,7 @@ def _restore(state: DecideState, orchestrator: Orchestrator) -> None:
         action = Action(row["type"], row["target"], row["reason"], row["origin"],
                         Severity(row["severity"]), row["params"], row["id"])
         state.in_force[action.id] = InForce(action, row["first_tick"], row["last_tick"])
+    _restore_deliveries(state, store)
     window = orchestrator.config["decide"]["flap_window_ticks"]
     kinds = {row["id"]: row for row in store.actions()}
     for ev in store.action_events(since_tick=max(0, tick - window)):
@@ -135,11 +176,147 @@ def _restore(state: DecideState, orchestrator: Orchestrator) -> None:
             state.probation[node.id] = Probation(tick, probation)
 
 
+def _restore_deliveries(state: DecideState, store: Any) -> None:
+    """Pending targets and carried params of the actions in force, from the store.
+
+    An action in force with no stored delivery outcome at all (the orchestrator stopped
+    between approving it and recording its deliveries) is carried again, to every
+    target, in the next tick.
+    """
+    reader = getattr(store, "action_outcomes", None)
+    if reader is None or not state.in_force:
+        return
+    outcomes, carried = reader(list(state.in_force))
+    for action_id, held in state.in_force.items():
+        rows = outcomes.get(action_id)
+        params = carried.get(action_id)
+        if params is not None:
+            a = held.action
+            held.carried = Action(a.type, a.target, a.reason, a.origin, a.severity, params, id=a.id)
+        if rows is None:
+            held.pending = {RESEND: "restart"}  # marker: carry again to all its targets
+            continue
+        held.pending = {t: r for t, (ok, r) in rows.items() if not ok and r in RETRYABLE}
+
+
+# -- what the mesh says --------------------------------------------------------------------
+
+
+def kept_edges(mesh: Mesh) -> dict[str, list[str]]:
+    """Isolated vertex -> the neighbours its isolation cut it from (read only)."""
+    return getattr(mesh, "_cut", {})  # noqa: SLF001 - Mesh keeps them for reinstate
+
+
 def _partitioned(ctx: TickContext) -> set[str]:
     mesh = ctx.mesh
     reach = ctx.mesh_tree().parent
     isolated = mesh.isolated
     return {n.id for n in ctx.registry if n.id not in reach and n.id not in isolated and n.id in mesh}
+
+
+def _stranded(ctx: TickContext, partitioned: set[str]) -> set[str]:
+    """The nodes of ``partitioned`` that only the orchestrator's own isolations cut off:
+    they would have a mesh path again if the isolated nodes' edges were back."""
+    kept = kept_edges(ctx.mesh)
+    if not partitioned or not kept:
+        return set()
+    adj = ctx.mesh.graph._adj  # noqa: SLF001 - read only
+    seen = set(ctx.mesh_tree().parent)
+    seen.add(ORIGIN)
+    frontier = [v for v, ns in kept.items() if any(n in seen for n in ns)]
+    seen.update(frontier)
+    found: set[str] = set()
+    while frontier:
+        nxt = []
+        for v in frontier:
+            for w in chain(adj[v], kept.get(v, ())):
+                if w not in seen:
+                    seen.add(w)
+                    nxt.append(w)
+                    if w in partitioned:
+                        found.add(w)
+        frontier = nxt
+    return found
+
+
+def would_strand(ctx: TickContext, target: str, blocked: set[str], children: dict[str, list[str]]) -> list[str]:
+    """The vertices that cutting ``target`` (with ``blocked`` cut too) would leave without
+    a mesh path to the orchestrator.
+
+    Searches outward from ``target``'s children in the tick's structural tree and stops
+    at the first vertex whose tree path avoids ``target`` and ``blocked`` (a way in),
+    so on a well-meshed cluster it looks at a handful of vertices.
+
+    :param children: the structural tree's children by parent (see ``_children``).
+    """
+    parent = ctx.mesh_tree().parent
+    adj = ctx.mesh.graph._adj  # noqa: SLF001 - read only
+    cut = blocked | {target}
+
+    def way_in(v: str) -> bool:
+        while v != ORIGIN:
+            if v in cut:
+                return False
+            nxt = parent.get(v)
+            if nxt is None:
+                return False
+            v = nxt
+        return True
+
+    escaped: set[str] = set()
+    stranded: list[str] = []
+    for child in children.get(target, ()):
+        if child in escaped or child in cut:
+            continue
+        seen = {child}
+        frontier = [child]
+        ok = False
+        while frontier and not ok:
+            nxt = []
+            for v in frontier:
+                for w in adj[v]:
+                    if w in seen or w in cut:
+                        continue
+                    if w in escaped or way_in(w):
+                        ok = True
+                        break
+                    seen.add(w)
+                    nxt.append(w)
+                if ok:
+                    break
+            frontier = nxt
+        if ok:
+            escaped |= seen
+        else:
+            stranded.extend(seen)
+    return stranded
+
+
+def _children(ctx: TickContext) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for v, p in ctx.mesh_tree().parent.items():
+        out.setdefault(p, []).append(v)
+    return out
+
+
+def _correlated(state: DecideState, window: int) -> tuple[int, int]:
+    """Largest number of still-unhealthy nodes that turned unhealthy within ``window``
+    ticks of each other, and the first tick of that span."""
+    counts = Counter(state.unhealthy_since.values())
+    if not counts:
+        return 0, 0
+    ticks = sorted(counts)
+    best = best_start = 0
+    total = 0
+    lo = 0
+    for hi, t in enumerate(ticks):
+        total += counts[t]
+        while t - ticks[lo] >= window:
+            total -= counts[ticks[lo]]
+            lo += 1
+        if total > best:
+            best, best_start = total, ticks[lo]
+    return best, best_start
 
 
 def _flap_probation(state: DecideState, node_id: str, tick: int, settings: dict[str, Any]) -> int:
@@ -152,10 +329,60 @@ def _flap_probation(state: DecideState, node_id: str, tick: int, settings: dict[
     return min(settings["max_probation_ticks"], max(base, 1) * 2 ** (len(recent) - 1))
 
 
-def _hold(ctx: TickContext, state: DecideState, action: Action, kind: str, detail: str) -> None:
+def _hold(ctx: TickContext, state: DecideState, action: Action, kind: str, detail: str) -> bool:
+    """Report a hold of ``action`` once (True when it is new)."""
     if state.held.get(action.id) != kind:
         state.held[action.id] = kind
         event(ctx, action, kind, detail)
+        return True
+    return False
+
+
+def _problem(action: Action, registry: Any) -> str | None:
+    if action.type in _NODE_TARGETED and action.target not in registry:
+        return f"target {action.target!r:.60} is not a node of the cluster"
+    return action_problem(action.type, action.params)
+
+
+def _safety(ctx: TickContext, state: DecideState, settings: dict[str, Any], partitioned: set[str],
+            stranded: set[str]) -> tuple[list[str], float]:
+    """Why automatic isolation must stop this tick (empty: it need not), and the
+    unhealthy fraction."""
+    tick = ctx.tick
+    nodes = ctx.registry
+    total = len(nodes)
+    since = state.unhealthy_since
+    unhealthy = 0
+    for n in nodes:
+        if n.status in _UNHEALTHY:
+            unhealthy += 1
+            if n.id not in since:
+                since[n.id] = tick
+        else:
+            if n.id in since:
+                del since[n.id]
+            if n.id in partitioned and n.id not in stranded:
+                unhealthy += 1
+    cut = len(partitioned) - len(stranded & partitioned)
+    reasons: list[str] = []
+    if not total:
+        return reasons, 0.0
+    fraction = unhealthy / total
+    if fraction > settings["max_unhealthy_fraction"]:
+        reasons.append(f"{unhealthy}/{total} nodes ({fraction:.0%}) look unhealthy, more than "
+                       f"decide.max_unhealthy_fraction={settings['max_unhealthy_fraction']:g}")
+    if cut / total > settings["max_partitioned_fraction"]:
+        reasons.append(f"{cut}/{total} nodes ({cut / total:.0%}) have no mesh path to the "
+                       f"orchestrator, more than decide.max_partitioned_fraction="
+                       f"{settings['max_partitioned_fraction']:g}")
+    window = settings["correlated_window_ticks"]
+    group, start = _correlated(state, window)
+    if group >= settings["min_correlated_nodes"] and group / total > settings["max_correlated_fraction"]:
+        reasons.append(f"{group}/{total} nodes ({group / total:.0%}) went silent within {window} tick(s) of "
+                       f"each other (from tick {start}) and are still silent, more than "
+                       f"decide.max_correlated_fraction={settings['max_correlated_fraction']:g}: a partition or "
+                       "an outage on the orchestrator's side is likelier than that many failures at once")
+    return reasons, fraction
 
 
 @hookimpl(trylast=True)
@@ -163,25 +390,15 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
     state = state_of(ctx.orchestrator)
     settings = ctx.config["decide"]
     tick = ctx.tick
+    registry = ctx.registry
 
     unique: dict[str, Action] = {}
     for action in proposed:
         unique.setdefault(action.id, action)
 
-    nodes = ctx.registry
-    total = len(nodes)
     partitioned = _partitioned(ctx)
-    unhealthy = sum(1 for n in nodes if n.status in _UNHEALTHY or n.id in partitioned)
-    fraction = unhealthy / total if total else 0.0
-    cut_fraction = len(partitioned) / total if total else 0.0
-    reasons = []
-    if total and fraction > settings["max_unhealthy_fraction"]:
-        reasons.append(f"{unhealthy}/{total} nodes ({fraction:.0%}) look unhealthy, more than "
-                       f"decide.max_unhealthy_fraction={settings['max_unhealthy_fraction']:g}")
-    if total and cut_fraction > settings["max_partitioned_fraction"]:
-        reasons.append(f"{len(partitioned)}/{total} nodes ({cut_fraction:.0%}) have no mesh path to the "
-                       f"orchestrator, more than decide.max_partitioned_fraction="
-                       f"{settings['max_partitioned_fraction']:g}")
+    stranded = _stranded(ctx, partitioned)
+    reasons, fraction = _safety(ctx, state, settings, partitioned, stranded)
     safety_stop = bool(reasons)
     if safety_stop:
         ctx.note("safety stop: " + "; ".join(reasons) + ": automatic isolation paused "
@@ -189,15 +406,30 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
     elif state.stopped:
         ctx.note("safety stop lifted: automatic isolation resumes")
     state.stopped = safety_stop
+    if stranded:
+        ctx.note(f"stranded: {len(stranded)} node(s) have no mesh path to the orchestrator only because of "
+                 "isolations in force (not counted as a partition): "
+                 + ", ".join(sorted(stranded)[:5]) + (" ..." if len(stranded) > 5 else ""))
     budget = settings["max_isolations_per_tick"]
 
     decided: list[Action] = []
     deferred = suppressed = 0
+    strand_notes: list[str] = []
+    children: dict[str, list[str]] | None = None
+    approved_cuts: set[str] = set()
     cut_off = {h.action.target for h in state.in_force.values() if h.action.type in ISOLATING}
     for action in unique.values():
         held = state.in_force.get(action.id)
         if held is not None:
             held.last_tick = tick
+            continue
+        problem = _problem(action, registry)
+        if problem is not None:
+            if _hold(ctx, state, action, "rejected", problem):
+                ctx.report.errors.append(PluginError(
+                    "decide", "wyneos_decide",
+                    f"action {action.type} for {action.target!r:.60} (origin {action.origin!r:.40}, id {action.id}) "
+                    f"refused: {problem}", kind="invalid_result"))
             continue
         if action.type in ISOLATING and action.target not in cut_off and action.target in state.probation:
             # the node is still cut off, waiting out its probation: the isolation resumes
@@ -223,7 +455,20 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
                 _hold(ctx, state, action, "deferred", "decide.max_isolations_per_tick reached")
                 deferred += 1
                 continue
+            if children is None:
+                children = _children(ctx)
+            cut_away = would_strand(ctx, action.target, cut_off | approved_cuts, children)
+            healthy = sorted(v for v in cut_away if (n := registry.get(v)) is not None
+                             and n.status is NodeStatus.ONLINE and not n.isolated)
+            if healthy:
+                names = ", ".join(healthy[:5]) + (f" and {len(healthy) - 5} more" if len(healthy) > 5 else "")
+                _hold(ctx, state, action, "suppressed",
+                      f"would cut {len(healthy)} healthy node(s) off from the orchestrator: {names}")
+                strand_notes.append(f"{action.target} (would strand {names})")
+                suppressed += 1
+                continue
             budget -= 1
+            approved_cuts.add(action.target)
         state.held.pop(action.id, None)
         event(ctx, action, "proposed", action.reason)
         event(ctx, action, "approved")
@@ -236,24 +481,38 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
     if deferred:
         ctx.note(f"rate limit: {deferred} isolation(s) deferred to the next tick "
                  f"(decide.max_isolations_per_tick={settings['max_isolations_per_tick']})")
-    if suppressed and not safety_stop:
-        ctx.note(f"partition hold: {suppressed} isolation(s) of nodes in a mesh partition not approved")
+    if strand_notes:
+        ctx.note("strand hold: isolation not applied automatically, the target is the only way in for healthy "
+                 "nodes: " + "; ".join(strand_notes[:5]) + (" ..." if len(strand_notes) > 5 else ""))
+    partition_holds = suppressed - len(strand_notes)
+    if partition_holds and not safety_stop:
+        ctx.note(f"partition hold: {partition_holds} isolation(s) of nodes in a mesh partition not approved")
     # holds whose cause went away are forgotten, so a new hold is reported again
     for action_id in [a for a in state.held if a not in unique]:
         del state.held[action_id]
 
-    _clear(ctx, state, settings, safety_stop, partitioned)
+    _clear(ctx, state, settings, safety_stop, partitioned - stranded)
     decided.extend(_reinstate(ctx, state, settings))
+    if tick % 100 == 0:
+        _trim(state, tick, settings)
     ctx.scratch["decide"] = {
         "in_force": len(state.in_force),
         "safety_stop": safety_stop,
         "safety_reasons": reasons,
         "unhealthy_fraction": round(fraction, 4),
-        "partitioned": partitioned,
+        "partitioned": partitioned - stranded,
+        "stranded": stranded,
         "deferred": deferred,
         "suppressed": suppressed,
     }
     return decided
+
+
+def _trim(state: DecideState, tick: int, settings: dict[str, Any]) -> None:
+    """Forget flap history older than the window (nodes that stopped flapping long ago)."""
+    window = settings["flap_window_ticks"]
+    for node_id in [n for n, ticks in state.isolations.items() if not ticks or tick - ticks[-1] > window]:
+        del state.isolations[node_id]
 
 
 def _clear(ctx: TickContext, state: DecideState, settings: dict[str, Any], safety_stop: bool,

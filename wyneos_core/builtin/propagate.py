@@ -41,9 +41,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from wyneos_core import hookimpl
-from wyneos_core.builtin.decide import DecideState, event, state_of
+from wyneos_core.action_params import action_problem, gated_features
+from wyneos_core.builtin.decide import RESEND, RETRYABLE, DecideState, _stranded, event, kept_edges, state_of
 from wyneos_core.mesh import Mesh, RoutingTree
-from wyneos_core.model import ORIGIN, Action, ActionType, Delivery, NodeStatus
+from wyneos_core.model import ORIGIN, Action, ActionType, Delivery, NodeStatus, PluginError
 from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = [
@@ -59,8 +60,6 @@ log = logging.getLogger("wyneos.propagate")
 
 LOAD_ACTIONS = frozenset({ActionType.REDUCE_LOAD.value, ActionType.REDISTRIBUTE.value})
 RESTRICTING = frozenset({ActionType.QUARANTINE.value, ActionType.GATE_FEATURE.value, ActionType.DEGRADE.value})
-#: undelivered reasons worth another try in a later tick
-_RETRYABLE = frozenset({"offline", "partition", "relay_failed"})
 _EPS = 1e-9
 _WITH_NEIGHBOURS = frozenset({ActionType.ISOLATE.value, ActionType.REINSTATE.value})
 
@@ -228,10 +227,30 @@ def _settings(ctx: TickContext) -> dict[str, Any]:
     return settings
 
 
+def _refuse(ctx: TickContext, state: DecideState, action: Action, kind: str, error: str) -> None:
+    """One action could not be carried: report it on its own and drop it from the actions
+    in force, so its cause proposes it again (and it is tried again) next tick."""
+    ctx.report.errors.append(PluginError(
+        "propagate", "wyneos_propagate",
+        f"action {action.type} for {action.target!r:.60} (origin {action.origin!r:.40}, id {action.id}): {error}",
+        kind=kind))
+    event(ctx, action, "failed", error)
+    state.in_force.pop(action.id, None)
+
+
 @hookimpl(trylast=True)
 def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) -> list[Delivery]:
     state = state_of(ctx.orchestrator)
     settings = _settings(ctx)
+
+    usable = []
+    for action in actions:
+        problem = action_problem(action.type, action.params)
+        if problem is None:
+            usable.append(action)
+        else:
+            _refuse(ctx, state, action, "invalid_result", f"not carried: {problem}")
+    actions = usable
 
     # reinstate first: its edges are back before the tree is drawn, so it hears of it
     reinstated = False
@@ -241,38 +260,46 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
             node = ctx.registry.get(action.target)
             if node is not None:
                 node.isolated = False
-            event(ctx, action, "restored", f"restored {len(restored)} edge(s)")
+            event(ctx, action, "restored", f"restored {len(restored)} edge(s)", effect={"restored": sorted(restored)})
             reinstated = True
 
     pending_redelivery = settings["redeliver"] and any(h.pending for h in state.in_force.values())
     deliveries: list[Delivery] = []
-    parent: dict[str, str] | None = None
     if actions or pending_redelivery:
         tree = ctx.routing_tree(refresh=reinstated)  # redrawn if reinstatements restored edges
         parent = tree.parent
         carrier = _Carrier(ctx, tree, settings["retries"])
         planned: dict[str, float] = {}
         effects: dict[str, dict[str, Any]] = {}
+        carried_ok: list[Action] = []
         for action in actions:
-            carried = action
+            try:
+                carried = action
+                if action.type in LOAD_ACTIONS:
+                    trial = dict(planned)
+                    plan = plan_load_moves(ctx, action, parent, trial)
+                    carried = Action(action.type, action.target, action.reason, action.origin, action.severity,
+                                     {**action.params, "moves": plan["moves"]}, id=action.id)
+                direct = action.target if action.type == ActionType.REINSTATE.value else None
+                routed = carrier.carry(carried, targets_of(carried, mesh, ctx), direct)
+            except Exception as exc:  # noqa: BLE001 - one action never stops the others
+                _refuse(ctx, state, action, "exception", f"{type(exc).__name__}: {exc}")
+                continue
             if action.type in LOAD_ACTIONS:
-                plan = plan_load_moves(ctx, action, parent, planned)
+                planned = trial
                 effects[action.id] = plan
-                carried = Action(action.type, action.target, action.reason, action.origin, action.severity,
-                                 {**action.params, "moves": plan["moves"]}, id=action.id)
-            direct = action.target if action.type == ActionType.REINSTATE.value else None
-            routed = carrier.carry(carried, targets_of(carried, mesh, ctx), direct)
+            carried_ok.append(action)
             deliveries.extend(routed)
             event(ctx, action, "propagated", _summary(routed),
                   delivered=sum(1 for d in routed if d.delivered), targets=len(routed))
             held = state.in_force.get(action.id)
             if held is not None:
                 held.carried = carried
-                held.pending = {d.target: d.reason for d in routed if not d.delivered and d.reason in _RETRYABLE}
+                held.pending = {d.target: d.reason for d in routed if not d.delivered and d.reason in RETRYABLE}
         if settings["redeliver"]:
             fresh = {a.id for a in actions}
             deliveries.extend(_redeliver(ctx, state, carrier, fresh, settings["max_redeliveries_per_tick"]))
-        _apply_effects(ctx, state, actions, mesh, effects)
+        _apply_effects(ctx, state, carried_ok, mesh, effects)
         ctx.scratch["propagate"] = {"hops": carrier.hops, "retried": carrier.retried}
     # partitions: after the effects, over the mesh as it now is
     # structural: offline nodes count as members of the partition they sit in
@@ -280,8 +307,9 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
     ctx.report.partitions = mesh.partitions(ctx.mesh_tree(refresh=reshaped))
     if ctx.report.partitions:
         cut = sum(len(g) for g in ctx.report.partitions)
+        ours = len(_stranded(ctx, {v for g in ctx.report.partitions for v in g})) if kept_edges(mesh) else 0
         ctx.note(f"partition: {cut} node(s) in {len(ctx.report.partitions)} group(s) have no mesh path "
-                 "to the orchestrator")
+                 "to the orchestrator" + (f" ({ours} of them only because of isolations in force)" if ours else ""))
     sync_restrictions(ctx, state)
     return deliveries
 
@@ -289,20 +317,27 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
 def _redeliver(ctx: TickContext, state: DecideState, carrier: _Carrier, fresh: set[str], budget: int) -> list[Delivery]:
     out: list[Delivery] = []
     parent = carrier.parent
-    for action_id, held in state.in_force.items():
+    for action_id, held in list(state.in_force.items()):
         if budget <= 0:
             break
         if action_id in fresh or not held.pending:
             continue
-        ready = [t for t in held.pending if t in parent][:budget]
-        if not ready:
+        try:
+            action = held.carried or held.action
+            if RESEND in held.pending:  # restored after a restart without its delivery record
+                held.pending = {t: "restart" for t in targets_of(action, carrier.mesh, ctx)}
+            ready = [t for t in held.pending if t in parent][:budget]
+            if not ready:
+                continue
+            budget -= len(ready)
+            routed = carrier.carry(action, ready)
+        except Exception as exc:  # noqa: BLE001 - one action never stops the others
+            _refuse(ctx, state, held.action, "exception", f"redelivery: {type(exc).__name__}: {exc}")
             continue
-        budget -= len(ready)
-        routed = carrier.carry(held.carried or held.action, ready)
         for d in routed:
             if d.delivered:
                 held.pending.pop(d.target, None)
-            elif d.reason in _RETRYABLE:
+            elif d.reason in RETRYABLE:
                 held.pending[d.target] = d.reason
             else:
                 held.pending.pop(d.target, None)
@@ -314,33 +349,40 @@ def _redeliver(ctx: TickContext, state: DecideState, carrier: _Carrier, fresh: s
 
 def _apply_effects(ctx: TickContext, state: DecideState, actions: Sequence[Action], mesh: Mesh,
                    effects: Mapping[str, dict[str, Any]]) -> None:
-    registry = ctx.registry
-    unplaced = []
+    unplaced: list[str] = []
     for action in actions:
-        node = registry.get(action.target)
-        if action.type == ActionType.ISOLATE.value and node is not None and action.target in mesh:
-            cut = mesh.isolate(action.target)
-            node.isolated = True
-            event(ctx, action, "in_force", f"cut {len(cut)} edge(s)", effect={"cut": sorted(cut)})
-        elif action.type == ActionType.REINSTATE.value:
-            event(ctx, action, "in_force", "edges restored")
-            event(ctx, action, "cleared", "reinstated")
-        elif action.type in LOAD_ACTIONS and action.id in effects:
-            plan = effects[action.id]
-            moves = plan["moves"]
-            detail = (f"moved {plan['moved']:.3f} of load to {len(moves)} neighbour(s)"
-                      if moves else "no load moved")
-            if plan["unplaced"] > _EPS:
-                detail += f"; {plan['unplaced']:.3f} found no spare capacity"
-                unplaced.append(f"{action.target} ({plan['unplaced']:.3f})")
-            event(ctx, action, "in_force", detail, effect=plan)
-        elif action.type in RESTRICTING:
-            event(ctx, action, "in_force", f"node restricted: {action.type}")
-        else:
-            event(ctx, action, "in_force")
+        try:
+            _apply_one(ctx, action, mesh, effects, unplaced)
+        except Exception as exc:  # noqa: BLE001 - one action never stops the others
+            _refuse(ctx, state, action, "exception", f"effect: {type(exc).__name__}: {exc}")
     if unplaced:
         ctx.note("no spare capacity: load left on " + ", ".join(unplaced[:10])
                  + (f" and {len(unplaced) - 10} more" if len(unplaced) > 10 else ""))
+
+
+def _apply_one(ctx: TickContext, action: Action, mesh: Mesh, effects: Mapping[str, dict[str, Any]],
+               unplaced: list[str]) -> None:
+    node = ctx.registry.get(action.target)
+    if action.type == ActionType.ISOLATE.value and node is not None and action.target in mesh:
+        cut = mesh.isolate(action.target)
+        node.isolated = True
+        event(ctx, action, "in_force", f"cut {len(cut)} edge(s)", effect={"cut": sorted(cut)})
+    elif action.type == ActionType.REINSTATE.value:
+        event(ctx, action, "in_force", "edges restored")
+        event(ctx, action, "cleared", "reinstated")
+    elif action.type in LOAD_ACTIONS and action.id in effects:
+        plan = effects[action.id]
+        moves = plan["moves"]
+        detail = (f"moved {plan['moved']:.3f} of load to {len(moves)} neighbour(s)"
+                  if moves else "no load moved")
+        if plan["unplaced"] > _EPS:
+            detail += f"; {plan['unplaced']:.3f} found no spare capacity"
+            unplaced.append(f"{action.target} ({plan['unplaced']:.3f})")
+        event(ctx, action, "in_force", detail, effect=plan)
+    elif action.type in RESTRICTING:
+        event(ctx, action, "in_force", f"node restricted: {action.type}")
+    else:
+        event(ctx, action, "in_force")
 
 
 def restrictions_of(state: DecideState) -> dict[str, dict[str, Any]]:
@@ -356,8 +398,7 @@ def restrictions_of(state: DecideState) -> dict[str, dict[str, Any]]:
         elif action.type == ActionType.DEGRADE.value:
             entry["degraded"] = action.reason
         else:
-            features = action.params.get("features") or ["*"]
-            gated = set(entry.get("gated_features", [])) | {str(f) for f in features}
+            gated = set(entry.get("gated_features", [])) | set(gated_features(action.params))
             entry["gated_features"] = sorted(gated)
     return out
 

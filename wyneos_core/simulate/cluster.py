@@ -13,8 +13,10 @@
   acknowledged by its target moves the planned load to the receiving neighbours.
 
 Faults start and end at the tick boundaries the scenario gives. A partition cuts the
-edges between a connected region and the rest, both in the physical network (no
-heartbeats cross) and in the orchestrator's mesh (as link-state would tell it).
+links between a connected region and the rest in the simulated *network* only: the
+region's heartbeats stop arriving and every hop into it goes unacknowledged. The
+orchestrator's mesh is left alone, as in production, where nothing tells the
+orchestrator which links failed: it must infer the partition from the silence.
 """
 
 from __future__ import annotations
@@ -139,7 +141,6 @@ class SimCluster:
         for a, b in edges:
             self.physical[a].discard(b)
             self.physical[b].discard(a)
-            self.mesh.cut_edge(a, b)
         self.cut[fault.index] = edges
 
     def _region(self, size: int) -> set[str]:
@@ -171,7 +172,6 @@ class SimCluster:
         for a, b in self.cut.pop(fault.index):
             self.physical[a].add(b)
             self.physical[b].add(a)
-            self.mesh.restore_edge(a, b)
 
     def _undo_moves(self, nodes: Iterable[str]) -> None:
         """The burst behind an overload is over: the load it pushed away ends too."""
@@ -229,8 +229,9 @@ class SimCluster:
         if receiver in self.down or receiver in self.hung:
             self.counters["refused"] += 1
             return False
-        if sender == ORIGIN and self.reachable is not None and receiver not in self.reachable:
-            self.counters["refused"] += 1
+        reach = self.reachable
+        if reach is not None and (receiver not in reach or sender not in reach):
+            self.counters["refused"] += 1  # the hop crosses (or sits behind) a failed link
             return False
         if self.loss and self.rng.random() < self.loss:
             self.counters["lost"] += 1

@@ -2,10 +2,13 @@
 
 * **detection latency** per fault: ticks (and seconds) from the fault's start to the
   first tick the orchestrator noticed it on a node (stale/offline status, refused
-  heartbeat, invalid licence, load above the threshold, a mesh partition), and to the
+  heartbeat, invalid licence, load above the threshold; for a partition: its nodes
+  falling silent, stale then offline, which is all an orchestrator sees of one), and to the
   first action decided for it (isolate, reduce_load...);
 * **false isolations**: isolations of nodes that had no node fault at the time (or
-  within the grace period before);
+  within the grace period before) and were heard from; **partition isolations**:
+  isolations of healthy nodes that a partition had silenced (to an orchestrator on the
+  other side, indistinguishable from crashed nodes unless the safety stop engages);
 * actions per tick, propagation coverage (delivered share of (action, target) pairs),
   safety stops, isolations per node (flapping), time per tick.
 """
@@ -81,6 +84,9 @@ class Recorder:
         self.isolations: Counter[str] = Counter()
         self.false_isolations: list[dict[str, Any]] = []
         self.last_node_fault: dict[str, int] = {}
+        #: node -> last tick a partition kept it from being heard
+        self.last_silenced: dict[str, int] = {}
+        self.partition_isolations: list[dict[str, Any]] = []
         self.safety_notes: list[str] = []
         self.no_capacity: list[str] = []
 
@@ -101,6 +107,11 @@ class Recorder:
         for node_id, skew in cluster.skew.items():
             if abs(skew) > self.max_skew:
                 self.last_node_fault[node_id] = tick
+        if cluster.reachable is not None:
+            reach = cluster.reachable
+            for node_id in cluster.ids:
+                if node_id not in reach:
+                    self.last_silenced[node_id] = tick
 
         actions: Counter[str] = Counter()
         acted_on: dict[str, set[str]] = {}
@@ -111,7 +122,12 @@ class Recorder:
                 self.isolations[a.target] += 1
                 last = self.last_node_fault.get(a.target)
                 if last is None or tick - last > self.grace_ticks:
-                    self.false_isolations.append({"tick": tick, "node": a.target, "reason": a.reason})
+                    silenced = self.last_silenced.get(a.target)
+                    entry = {"tick": tick, "node": a.target, "reason": a.reason}
+                    if silenced is not None and tick - silenced <= self.grace_ticks:
+                        self.partition_isolations.append(entry)
+                    else:
+                        self.false_isolations.append(entry)
         moved = 0.0
         for e in report.lifecycle:
             if e["state"] == "suppressed":
@@ -126,7 +142,8 @@ class Recorder:
 
         active = [f for f in self.scenario.faults if f.at <= tick]
         if active:
-            by_id = {n.id: n for n in report.nodes} if any(f.kind in ("crash", "hang", "flapping", "overload")
+            by_id = {n.id: n for n in report.nodes} if any(f.kind in ("crash", "hang", "flapping", "overload",
+                                                                                 "partition")
                                                            for f in active) else {}
             rejected = {r["node_id"] for r in report.heartbeats_rejected if r.get("field") == "timestamp"}
             for fault in active:
@@ -147,14 +164,12 @@ class Recorder:
         for node_id in track.nodes:
             if node_id not in track.detected:
                 seen = False
-                if kind in ("crash", "hang", "flapping"):
+                if kind in ("crash", "hang", "flapping", "partition"):
                     node = by_id.get(node_id)
                     seen = node is not None and node.status.value in ("stale", "offline")
                 elif kind == "overload":
                     node = by_id.get(node_id)
                     seen = node is not None and node.load is not None and node.load > self.threshold
-                elif kind == "partition":
-                    seen = node_id in partitioned
                 elif kind in ("licence_expiry", "forged_licence"):
                     result = report.licences.get(node_id)
                     seen = result is not None and not result.valid
@@ -211,6 +226,8 @@ class Recorder:
             "faults": faults,
             "false_isolations": len(self.false_isolations),
             "false_isolation_examples": self.false_isolations[:10],
+            "partition_isolations": len(self.partition_isolations),
+            "partition_isolation_examples": self.partition_isolations[:10],
             "isolations": sum(self.isolations.values()),
             "max_isolations_per_node": max(self.isolations.values(), default=0),
             "actions_total": sum(per_tick),
@@ -266,6 +283,9 @@ def check_expectations(summary: dict[str, Any], expect: dict[str, Any]) -> list[
     if "safety_stop" in expect and bool(summary["safety_stop_ticks"]) != expect["safety_stop"]:
         failures.append(f"safety stop in {summary['safety_stop_ticks']} tick(s), expected "
                         + ("some" if expect["safety_stop"] else "none"))
+    if "max_partition_isolations" in expect and summary["partition_isolations"] > expect["max_partition_isolations"]:
+        failures.append(f"{summary['partition_isolations']} isolation(s) of nodes silenced by a partition, at most "
+                        f"{expect['max_partition_isolations']} expected")
     if "max_isolations_per_node" in expect and summary["max_isolations_per_node"] > expect["max_isolations_per_node"]:
         failures.append(f"a node was isolated {summary['max_isolations_per_node']} times, at most "
                         f"{expect['max_isolations_per_node']} expected")

@@ -123,8 +123,10 @@ def summary_text(summary: dict[str, Any]) -> str:
                      + (f" in {act['mean']:g} ticks / {act['mean'] * s['interval_s']:g}s (max {act['max']})" if act else ""))
         lines.append(text)
     lines += [
-        f"false isolations: {s['false_isolations']}   isolations: {s['isolations']} "
-        f"(at most {s['max_isolations_per_node']} per node)",
+        f"false isolations: {s['false_isolations']}   isolations decided: {s['isolations']} "
+        f"(at most {s['max_isolations_per_node']} per node"
+        + (f"; {s['partition_isolations']} of nodes a partition silenced" if s["partition_isolations"] else "")
+        + ")",
         f"actions: {s['actions_total']} ({s['actions_per_tick']['mean']:g} per tick, max {s['actions_per_tick']['max']})"
         + ("  " + ", ".join(f"{k}={v}" for k, v in sorted(s["actions_by_type"].items())) if s["actions_by_type"] else ""),
         f"propagation coverage: {s['coverage']:.1%} ({s['deliveries']['delivered']}/{s['deliveries']['total']} "
