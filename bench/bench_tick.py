@@ -1,6 +1,8 @@
 """Benchmark: one full tick with the builtin plugins at 1k, 10k and 100k nodes.
 
-Every builtin plugin runs, the licence step included: nodes share signed licences
+Every builtin plugin runs, the licence step included. Each size is timed twice: without
+outputs, and with the default outputs on (the summary printed to stdout, here sent to
+/dev/null, the JSON report file and the SQLite state file). The licence step included: nodes share signed licences
 (one per 100 nodes) from the builtin file source; after the first tick their results
 come from the licence cache, as in a running cluster.
 
@@ -17,7 +19,9 @@ depend on the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import math
 import random
 import statistics
@@ -67,21 +71,26 @@ def licences(n: int) -> int:
     return count
 
 
-def make(n: int, seed: int = 1):
+def make(n: int, seed: int = 1, outputs: bool = False):
+    """An orchestrator of ``n`` nodes; with ``outputs`` the default outputs are on: the
+    summary on stdout (sent to /dev/null by the caller), the JSON report file and the
+    SQLite state file, all in a scratch directory."""
     ids = [f"node-{i:06d}" for i in range(n)]
     count = licences(n)
     text = (
         "heartbeat: {stale_after: 18, offline_after: 48}\n"
         "mesh: {topology: small_world, degree: 4, seed: 1}\n"
-        "report: {stdout: none, json_path: null}\n"
-        f"licence: {{directory: {WORK / 'licences'}, trusted_keys: [{WORK / 'issuer.pub'}], customer: acme, "
+        + (f"report: {{stdout: summary, json_path: {WORK / f'report-{n}.json'}}}\n"
+           f"state: {{path: {WORK / f'state-{n}.db'}}}\n" if outputs else
+           "report: {stdout: none, json_path: null}\n")
+        + f"licence: {{directory: {WORK / 'licences'}, trusted_keys: [{WORK / 'issuer.pub'}], customer: acme, "
         "cache_ttl: 3600, rescan: 3600}\n"
     )
     config = load_config(text=text)
     config.data["nodes"] = [{"id": i, "licence": f"lic-{k % count:05d}", "fingerprint": None, "metadata": {}}
                             for k, i in enumerate(ids)]
     clock = Clock()
-    orch = Orchestrator(config, clock=clock, load_entrypoints=False, store=False)
+    orch = Orchestrator(config, clock=clock, load_entrypoints=False, store=outputs)
     rng = random.Random(seed)
     overloaded = set(rng.sample(ids, n // 100))
     silent = set(rng.sample(ids, n // 200))
@@ -92,8 +101,13 @@ def heartbeats(ids, overloaded, silent, now):
     return [Heartbeat(i, now, 0.95 if i in overloaded else 0.4) for i in ids if i not in silent]
 
 
-def time_ticks(n: int, repeat: int) -> tuple[float, int]:
-    orch, clock, ids, overloaded, silent = make(n)
+def time_ticks(n: int, repeat: int, outputs: bool = False) -> tuple[float, int]:
+    orch, clock, ids, overloaded, silent = make(n, outputs=outputs)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        return _time_ticks(orch, clock, ids, overloaded, silent, repeat)
+
+
+def _time_ticks(orch, clock, ids, overloaded, silent, repeat: int) -> tuple[float, int]:
     # warm-up tick with everyone reporting; then the silent ones go quiet for 60 s
     orch.intake.put_many(heartbeats(ids, set(), set(), clock.now))
     orch.tick()
@@ -200,12 +214,16 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rows = []
-    print(f"{'nodes':>8} {'tick (s)':>10} {'baseline (s)':>13} {'ratio':>7} {'actions':>8}")
+    print(f"{'nodes':>8} {'tick (s)':>10} {'+outputs (s)':>13} {'baseline (s)':>13} {'ratio':>7} "
+          f"{'ratio+out':>9} {'actions':>8}")
     for n in args.sizes:
         tick, actions = time_ticks(n, args.repeat)
+        full, _ = time_ticks(n, args.repeat, outputs=True)
         base = baseline(n, args.repeat)
-        rows.append({"nodes": n, "tick_s": tick, "baseline_s": base, "ratio": tick / base, "actions": actions})
-        print(f"{n:>8} {tick:>10.4f} {base:>13.4f} {tick / base:>7.2f} {actions:>8}", flush=True)
+        rows.append({"nodes": n, "tick_s": tick, "tick_with_outputs_s": full, "baseline_s": base,
+                     "ratio": tick / base, "ratio_with_outputs": full / base, "actions": actions})
+        print(f"{n:>8} {tick:>10.4f} {full:>13.4f} {base:>13.4f} {tick / base:>7.2f} {full / base:>9.2f} "
+              f"{actions:>8}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 import threading
 from collections.abc import Sequence
@@ -40,10 +41,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", metavar="FILE", help="SQLite state file (overrides state.path)")
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, got {text!r}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the orchestrator tick by tick")
     _common(p)
-    p.add_argument("--interval", type=float, help="seconds between ticks (overrides tick.interval)")
+    p.add_argument("--interval", type=_seconds, help="seconds between ticks (overrides tick.interval)")
     p.add_argument("--ticks", type=int, help="stop after N ticks (default: run until interrupted)")
     p.add_argument("--json", action="store_true", help="print each tick report as one JSON line")
     p.set_defaults(func=cmd_run)
@@ -115,7 +127,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     width = max(len(i.name) for i in infos)
     for i in infos:
         print(f"{i.name:<{width}}  {i.version:<8}  {i.origin}")
-        print(f"{'':<{width}}  hooks: {', '.join(i.hooks)}")
+        if i.hooks:
+            print(f"{'':<{width}}  hooks: {', '.join(i.hooks)}")
     return EXIT_OK
 
 

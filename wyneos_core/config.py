@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,10 @@ from wyneos_core.yamlio import Located, LocatedError, load_yaml, validate_schema
 __all__ = ["Config", "ConfigError", "load_config", "schema", "DEMO_CONFIG"]
 
 DEMO_CONFIG = resources.files("wyneos_core") / "demo" / "demo.yaml"
+
+
+#: largest cluster a 'full' mesh topology is built for (it has n * (n - 1) / 2 edges)
+MAX_FULL_MESH = 2000
 
 
 class ConfigError(LocatedError):
@@ -120,7 +125,19 @@ def _build(located: Located, base_dir: Path, overrides: dict) -> Config:
     return Config(data, source=located.file, base_dir=base_dir)
 
 
+def _check_finite(located: Located, value: Any, path: tuple = ()) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise located.error(path, f"must be a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(located, item, path + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite(located, item, path + (index,))
+
+
 def _check_semantics(located: Located, data: dict[str, Any]) -> None:
+    _check_finite(located, located.data)
     hb = data["heartbeat"]
     if hb["offline_after"] < hb["stale_after"]:
         raise located.error(("heartbeat", "offline_after"),
@@ -131,6 +148,10 @@ def _check_semantics(located: Located, data: dict[str, Any]) -> None:
             raise located.error(("nodes", index, "id"),
                                 f"duplicate node id {node['id']!r} (first at nodes[{seen[node['id']]}])")
         seen[node["id"]] = index
+    if data["mesh"]["topology"] == "full" and len(data["nodes"]) > MAX_FULL_MESH:
+        raise located.error(("mesh", "topology"),
+                            f"'full' links every node to every other: at most {MAX_FULL_MESH} nodes, "
+                            f"this config has {len(data['nodes'])}")
     if data["mesh"]["topology"] == "explicit":
         known = set(seen) | {"orchestrator"}
         for index, (a, b) in enumerate(data["mesh"]["edges"]):

@@ -56,8 +56,8 @@ def run(
 
     :return: the number of ticks run.
     """
-    if interval <= 0:
-        raise ValueError(f"interval must be positive, got {interval}")
+    if not math.isfinite(interval) or interval <= 0:
+        raise ValueError(f"interval must be a finite number of seconds above 0, got {interval}")
     stop = stop or threading.Event()
     done = 0
     orchestrator.start()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
@@ -366,15 +367,23 @@ class TickReport:
     missed_ticks: int = 0
 
     def status_counts(self) -> dict[str, int]:
-        counts = {s.value: 0 for s in NodeStatus}
-        counts["isolated"] = 0
-        for node in self.nodes:
-            counts[node.status.value] += 1
-            if node.isolated:
-                counts["isolated"] += 1
+        """Nodes per status, plus ``isolated``."""
+        by_status = Counter(node.status for node in self.nodes)
+        counts = {s.value: by_status.get(s, 0) for s in NodeStatus}
+        counts["isolated"] = sum(1 for node in self.nodes if node.isolated)
         return counts
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, max_nodes: int | None = None) -> dict[str, Any]:
+        """The JSON form. With ``max_nodes``, a cluster larger than that lists only the
+        nodes worth a look (not online, isolated, or changed status this tick) and counts
+        the others in ``nodes_omitted``."""
+        nodes = self.nodes
+        omitted = 0
+        if max_nodes is not None and len(nodes) > max_nodes:
+            changed = {t["node_id"] for t in self.transitions if t.get("kind") == "status"}
+            online = NodeStatus.ONLINE
+            nodes = [n for n in nodes if n.status is not online or n.isolated or n.id in changed]
+            omitted = len(self.nodes) - len(nodes)
         return {
             "schema": "wyneos.tick-report/1",
             "tick": self.tick,
@@ -382,7 +391,8 @@ class TickReport:
             "duration_ms": round(self.duration_ms, 3),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "status_counts": self.status_counts(),
-            "nodes": [n.to_dict() for n in self.nodes],
+            "nodes": [n.to_dict() for n in nodes],
+            "nodes_omitted": omitted,
             "heartbeats": {
                 "accepted": self.heartbeats_accepted,
                 "rejected": self.heartbeats_rejected,
@@ -404,8 +414,5 @@ class TickReport:
 
 
 def licence_summary(results: Any) -> dict[str, int]:
-    summary: dict[str, int] = {}
-    for r in results:
-        key = "in_grace" if (r.valid and r.in_grace) else r.reason
-        summary[key] = summary.get(key, 0) + 1
-    return summary
+    """Licence results per reason code (``in_grace`` for valid results in grace)."""
+    return dict(Counter("in_grace" if (r.valid and r.in_grace) else r.reason for r in results))

@@ -96,7 +96,7 @@ class PluginManager(pluggy.PluginManager):
             for impl in self._impls_of(plugin):
                 if impl.hookwrapper or impl.wrapper:
                     raise PluginLoadError(
-                        f"plugin {registered!r}: hook {impl.name!r} is declared as a wrapper; wyneos calls "
+                        f"plugin {registered!r}: hook {impl.function.__name__!r} is declared as a wrapper; wyneos calls "
                         "each implementation on its own (so one failing never stops the others) and does not "
                         "support wrappers: use tryfirst/trylast instead"
                     )
@@ -181,13 +181,30 @@ class PluginManager(pluggy.PluginManager):
                 loaded.append(ep.name)
         return loaded
 
+    def check_names(self, disable: Iterable[str], only: Iterable[str] | None) -> None:
+        """Refuse plugin names in ``plugins.disable`` / ``plugins.only`` that name nothing
+        (a typo there would silently leave a plugin running or not loaded)."""
+        installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        known = set(BUILTIN_PLUGINS) | installed | {name for name, _ in self.list_name_plugin()}
+        for name in disable:
+            if name not in known:
+                raise PluginLoadError(
+                    f"plugins.disable names {name!r}, which is no plugin here (known: {', '.join(sorted(known))})")
+        for name in only or ():
+            if name not in installed:
+                raise PluginLoadError(
+                    f"plugins.only names {name!r}, which is no installed plugin "
+                    f"(installed: {', '.join(sorted(installed)) or 'none'})")
+
     # -- introspection -------------------------------------------------------------------
 
     def plugin_infos(self) -> list[PluginInfo]:
         dists = {id(p): d for p, d in self.list_plugin_distinfo()}
         out = []
         for name, plugin in self.list_name_plugin():
-            if plugin is None:
+            if plugin is None:  # blocked: disabled by config or --disable
+                where = "builtin" if name in BUILTIN_PLUGINS else "entry point"
+                out.append(PluginInfo(name, "-", f"disabled ({where})", [], ""))
                 continue
             dist = dists.get(id(plugin))
             if dist is not None:

@@ -102,7 +102,12 @@ class Orchestrator:
             plugins = [DemoCluster(config["demo"]), *plugins]
         for plugin in plugins:
             name = getattr(plugin, "__wyneos_name__", None) or getattr(plugin, "__name__", None)
-            self.pm.register(plugin, name if isinstance(name, str) else None)
+            name = name if isinstance(name, str) else None
+            if name is not None and name in settings["disable"]:
+                self.pm.set_blocked(name)
+                continue
+            self.pm.register(plugin, name)
+        self.pm.check_names(settings["disable"], settings["only"] if load_entrypoints else None)
         if settings["trace"]:
             self.pm.trace_file = sys.stderr
         if store is True:

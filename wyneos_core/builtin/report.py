@@ -21,7 +21,8 @@ def summary_lines(report: TickReport, previous: TickReport | None = None) -> lis
     """
     counts = report.status_counts()
     status = " ".join(f"{k}={v}" for k, v in counts.items() if v)
-    lines = [f"tick {report.tick}: {len(report.nodes)} nodes ({status}) in {report.duration_ms:.1f} ms"]
+    lines = [f"tick {report.tick}: {len(report.nodes)} nodes" + (f" ({status})" if status else "")
+             + f" in {report.duration_ms:.1f} ms"]
     lines += _licence_lines(report, previous)
     lines += _rule_lines(report, previous)
     for t in report.transitions:
@@ -108,7 +109,7 @@ def write_json_atomic(path: Path, data: object) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=False)
+            fh.write(json.dumps(data, separators=(",", ":")))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -122,7 +123,15 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
     if mode == "summary":
         # last_report is still the tick before: it is replaced once every report hook ran
         print("\n".join(summary_lines(report, ctx.orchestrator.last_report)), flush=True)
-    elif mode == "json":
-        print(json.dumps(report.to_dict(), separators=(",", ":")), flush=True, file=sys.stdout)
+    limit = settings["max_nodes_in_file"]
+    data = None
+    if mode == "json":
+        data = report.to_dict(limit)
+        print(json.dumps(data, separators=(",", ":")), flush=True, file=sys.stdout)
     if settings["json_path"]:
-        write_json_atomic(ctx.config.resolve(settings["json_path"]), report.to_dict())
+        path = ctx.config.resolve(settings["json_path"])
+        try:
+            write_json_atomic(path, data if data is not None else report.to_dict(limit))
+        except OSError as exc:  # say it now: the report of this tick is already printed
+            print(f"wyneos: cannot write report.json_path {path}: {exc.strerror or exc}", file=sys.stderr)
+            raise
