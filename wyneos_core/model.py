@@ -2,7 +2,7 @@
 
 Every object here is a small slotted dataclass with a ``to_dict`` that returns plain
 JSON types. The shapes are documented in ``docs/architecture.md`` and held stable by
-``tests/test_model.py`` against ``schemas/tick-report.schema.json``.
+``tests/test_core_tick.py`` against ``schemas/tick-report.schema.json``.
 """
 
 from __future__ import annotations

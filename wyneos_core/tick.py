@@ -73,8 +73,9 @@ class Orchestrator:
         tests and simulations.
     :param plugins: extra plugin objects to register (after builtins and entry points).
     :param load_entrypoints: load third-party plugins from the ``wyneos`` group.
-    :param store: a state store; by default one is opened at ``state.path``, or none
-        when that is ``":memory:"``... (see ``open_store``).
+    :param store: ``True`` (default) opens the SQLite state file at ``state.path``
+        (``":memory:"`` keeps state in memory only); ``False`` or ``None`` runs without a
+        state store; or pass an open ``StateStore``.
     """
 
     def __init__(
