@@ -26,3 +26,13 @@ def test_python_examples_run(page, tmp_path, monkeypatch):
     for index, block in enumerate(blocks):
         code = compile(block, f"{page} (example {index + 1})", "exec")
         exec(code, namespace)  # noqa: S102 - our own documentation, not user input
+
+
+@pytest.mark.parametrize("page", ["quickstart.md", "writing-plugins.md"])
+def test_yaml_config_examples_are_valid_configs(page):
+    from wyneos_core.config import load_config
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (DOCS / page).read_text(), re.S)
+    assert blocks, f"{page} has no yaml examples"
+    for block in blocks:
+        load_config(text=block)  # raises ConfigError naming the field if the docs drift from the schema
