@@ -33,6 +33,8 @@ class LicenceAPI:
     def __init__(self) -> None:
         self.licences: dict[str, dict] = {}  # licence ref -> {"status", "document"}
         self.mode = "ok"
+        self.raw = b""  # the answer in mode "raw"
+        self.delay = 0.0  # seconds before each answer
         self.requests: list[dict] = []
         self.auth: list[str | None] = []
         api = self
@@ -49,6 +51,21 @@ class LicenceAPI:
                     return self._send(404, b"{}")
                 if api.mode == "slow":
                     time.sleep(1.5)
+                time.sleep(api.delay)
+                if api.mode == "raw":
+                    return self._send(200, api.raw)
+                if api.mode == "trickle":  # headers at once, then one byte of the body every 0.2 s
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    try:
+                        for _ in range(100):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except OSError:
+                        pass
+                    return None
                 if api.mode == "500":
                     return self._send(500, b'{"error": "boom"}')
                 if api.mode == "malformed":
@@ -113,7 +130,7 @@ def test_source_batches_nodes_and_returns_records(http_plugin, api, tmp_path, mo
 
 
 @pytest.mark.parametrize("mode,match", [("500", "HTTP 500"), ("malformed", "malformed JSON"),
-                                        ("slow", "no answer within 0.3s"), ("shape", "expected {status, document}")])
+                                        ("slow", "no complete answer within 0.3s"), ("shape", "expected {status, document}")])
 def test_failures_are_source_unavailable(http_plugin, api, mode, match):
     api.mode = mode
     src = http_plugin.HttpLicenceSource(api.url, timeout=0.3)
@@ -168,3 +185,66 @@ def test_cache_keeps_the_api_from_being_asked_every_tick(http_plugin, api, tmp_p
     clock.advance(60)
     orch.tick()
     assert len(api.requests) == 2
+
+
+def test_a_trickling_server_cannot_hold_the_lookup_past_its_timeout(http_plugin, api):
+    api.mode = "trickle"
+    src = http_plugin.HttpLicenceSource(api.url, timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(SourceUnavailable, match="no complete answer within 1s"):
+        src.lookup_many([Node("a", licence_ref="L1")], T0)
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_slow_api_costs_at_most_the_deadline_per_tick(http_plugin, api, tmp_path):
+    issuer = Issuer(tmp_path)
+    api.licences["L1"] = {"status": "active", "document": issuer.licence("L1")}
+    api.delay = 0.3
+    src = http_plugin.HttpLicenceSource(api.url, timeout=1.0, batch=1, deadline=1.0)
+    nodes = [Node(f"n{i}", licence_ref="L1") for i in range(20)]
+    started = time.monotonic()
+    got = src.lookup_many(nodes, T0)
+    assert time.monotonic() - started < 1.8
+    assert 1 <= len(got) < 20 and all(r is not None for r in got.values())  # the rest: unanswered this tick
+
+
+def test_hostile_documents_in_an_answer_are_malformed_for_their_node_only(http_plugin, api, tmp_path, clock):
+    issuer = Issuer(tmp_path)
+    good = json.dumps(issuer.licence("L1"))
+    big = good.replace('"grace_days": 0', '"grace_days": ' + "7" * 5000)
+    deep = '{"format": "wyneos.licence/1", "payload": ' + "[" * 5000 + "]" * 5000 + ', "signature": "x"}'
+    surrogate = json.dumps(good.replace('"customer": "acme"', '"customer": "\\ud800"'))
+    api.mode = "raw"
+    api.raw = ('{"licences": {"ok": {"status": "active", "document": %s}, "big": {"status": "active", "document": '
+               '%s}, "deep": {"status": "active", "document": %s}, "sur": {"status": "active", "document": %s}}}'
+               % (good, big, json.dumps(deep), surrogate)).encode()
+    config = licence_config(tmp_path, [{"id": n} for n in ("ok", "big", "deep", "sur")], "sources: [http]\n",
+                            extra=f"plugins: {{settings: {{licence-http: {{url: '{api.url}'}}}}}}\n")
+    report = orchestrator(config, clock, (http_plugin,)).tick()
+    assert reasons(report) == {"ok": "ok", "big": "malformed", "deep": "malformed", "sur": "malformed"}
+    assert "document.payload.grace_days: an integer of 5000 digits" in report.licences["big"].detail
+    assert "nested 5001 levels deep" in report.licences["deep"].detail
+    assert "[sur]: payload.customer: not valid Unicode text" in report.licences["sur"].detail
+    # a whole answer nested too deep is an outage of the source, not a crash
+    api.raw = b'{"licences": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    src = http_plugin.HttpLicenceSource(api.url, timeout=2.0)
+    with pytest.raises(SourceUnavailable, match="malformed JSON in response .*nested"):
+        src.lookup_many([Node("ok")], T0)
+
+
+@pytest.mark.parametrize("settings,match", [
+    ({"url": "http://127.0.0.1:9", "timeout": "abc"}, "licence-http.timeout: expected a number of seconds"),
+    ({"url": "http://127.0.0.1:9", "batch": 0}, "licence-http.batch: expected a whole number >= 1, got 0"),
+    ({"url": "http://127.0.0.1:9", "deadline": -1}, "licence-http.deadline"),
+    ({"url": "ftp://x"}, "licence-http.url: expected an http"),
+    ({"url": "http://127.0.0.1:9", "tiemout": 1}, "licence-http.tiemout: unknown setting"),
+])
+def test_bad_settings_are_refused_naming_the_setting(http_plugin, tmp_path, clock, settings, match):
+    with pytest.raises(ValueError, match=match):
+        http_plugin.source_from_settings(settings)
+    config = licence_config(tmp_path, [{"id": "a"}], "sources: [http, file]\n",
+                            extra="plugins: {settings: {licence-http: %s}}\n" % json.dumps(settings))
+    orch = orchestrator(config, clock, (http_plugin,))
+    report = orch.tick()
+    assert any("licence-http." in e.error for e in [*orch.startup_errors, *report.errors]), report.errors
+    assert report.licences["a"].reason == "no_licence"

@@ -53,7 +53,7 @@ def test_schema_is_as_documented(kv, tmp_path):
     assert reg.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with pytest.raises(sqlite3.IntegrityError):  # status is checked by the schema itself
         reg.conn.execute("INSERT INTO licences VALUES ('x', '{}', 'bogus', 1, 0)")
-    with pytest.raises(ValueError, match="payload.licence_id"):
+    with pytest.raises(ValueError, match="not a licence document: format"):
         reg.put("{}")
 
 
@@ -126,3 +126,104 @@ def test_in_ticks_a_registry_change_is_seen_at_once_despite_the_cache(kv, tmp_pa
     reg.assign("b", "L1")
     clock.advance(5)
     assert reasons(orch.tick()) == {"a": "suspended", "b": "suspended"}
+
+
+def _reader(db: str, plugin: str, rounds: int, queue) -> None:  # noqa: ANN001
+    sys.path.insert(0, plugin)
+    from wyneos_licence_kv.registry import KVLicenceSource
+
+    src = KVLicenceSource(db)
+    seen = []
+    for _ in range(rounds):
+        src.refresh(0)
+        got = src.lookup_many([Node(f"w0-n{i}") for i in range(40)], 0)
+        seen.append((src.generation, sum(r is not None for r in got.values())))
+    src.close()
+    queue.put(seen)
+
+
+def test_a_reader_during_concurrent_writes_sees_whole_writes_only(kv, tmp_path):
+    issuer = Issuer(tmp_path)
+    docs = [json.dumps(issuer.licence(f"L{i}")) for i in range(3)]
+    db = str(tmp_path / "r.db")
+    kv.LicenceRegistry(db).close()
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    reader = ctx.Process(target=_reader, args=(db, str(PLUGIN), 150, queue))
+    writers = [ctx.Process(target=_writer, args=(db, str(PLUGIN), w, docs, 40)) for w in range(2)]
+    for proc in [reader, *writers]:
+        proc.start()
+    seen = queue.get(timeout=60)
+    for proc in [reader, *writers]:
+        proc.join(60)
+    assert [proc.exitcode for proc in [reader, *writers]] == [0, 0, 0]
+    generations = [g for g, _ in seen]
+    assert generations == sorted(generations)  # never goes back
+    assert all(0 <= found <= 40 for _, found in seen)
+    # every answer is whole: the nodes found are a prefix of worker 0's assignments (they are made in order)
+    assert [found for _, found in seen] == sorted(found for _, found in seen)
+
+
+def test_an_unusable_row_is_malformed_for_its_nodes_only(kv, tmp_path, clock):
+    issuer = Issuer(tmp_path)
+    reg = kv.LicenceRegistry(tmp_path / "r.db")
+    reg.put(issuer.licence("good"))
+    reg.put(issuer.licence("bad"))
+    reg.put(issuer.licence("deep"))
+    # rows written behind the registry's back: bytes that are not UTF-8, a hostile document
+    reg.conn.execute("UPDATE licences SET document = CAST(? AS TEXT) WHERE licence_id = 'bad'",
+                     (b'{"format": "\xff\xfe"}',))
+    deep = '{"format": "wyneos.licence/1", "payload": ' + "[" * 50_000 + "]" * 50_000 + ', "signature": "x"}'
+    reg.conn.execute("UPDATE licences SET document = ? WHERE licence_id = 'deep'", (deep,))
+    config = licence_config(tmp_path, [{"id": "a", "licence": "good"}, {"id": "b", "licence": "bad"},
+                                       {"id": "c", "licence": "deep"}], "sources: [kv]\n",
+                            extra="plugins: {settings: {licence-kv: {path: r.db}}}\n")
+    report = orchestrator(config, clock, (kv,)).tick()
+    assert reasons(report) == {"a": "ok", "b": "malformed", "c": "malformed"}
+    assert "r.db [bad]: not UTF-8 text" in report.licences["b"].detail
+    assert "nested 50001 levels deep" in report.licences["c"].detail and not report.errors
+
+
+def test_the_source_opens_read_only_and_never_waits_long_for_a_lock(kv, tmp_path):
+    issuer = Issuer(tmp_path)
+    reg = kv.LicenceRegistry(tmp_path / "r.db")
+    reg.put(issuer.licence("L1"))
+    src = kv.KVLicenceSource(tmp_path / "r.db")
+    src.refresh(T0)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        src._db().execute("DELETE FROM licences")
+    assert src.lookup(Node("a", licence_ref="L1"), T0) is not None
+
+
+def test_command_errors_name_node_licence_and_file(kv, tmp_path, capsys):
+    issuer = Issuer(tmp_path)
+    main = kv.registry.main
+    db = str(tmp_path / "r.db")
+    lic = tmp_path / "L1.licence"
+    lic.write_text(json.dumps(issuer.licence("L1")))
+    assert main([db, "put", str(lic)]) == 0 and "revision 1" in capsys.readouterr().out
+    assert main([db, "assign", "n1", "nolic"]) == 2
+    assert "cannot assign node 'n1': licence 'nolic' is not in the registry" in capsys.readouterr().err
+    deep = tmp_path / "deep.licence"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert main([db, "put", str(deep)]) == 2
+    err = capsys.readouterr().err
+    assert str(deep) in err and "nested 100000 levels deep" in err
+    garbage = tmp_path / "g.licence"
+    garbage.write_text('{"payload": {"licence_id": "x"}}')
+    assert main([db, "put", str(garbage)]) == 2 and "not a licence document" in capsys.readouterr().err
+    notadb = tmp_path / "notadb"
+    notadb.write_bytes(b"not sqlite at all" * 100)
+    for target in (notadb, tmp_path):
+        assert main([str(target), "list"]) == 2
+        assert f"{target}: not a licence registry" in capsys.readouterr().err
+    assert main([db, "list"]) == 0 and "L1\tactive\trevision 1" in capsys.readouterr().out
+
+
+def test_path_setting_must_be_a_path(kv, tmp_path, clock):
+    config = licence_config(tmp_path, [{"id": "a"}], "sources: [kv, file]\n",
+                            extra="plugins: {settings: {licence-kv: {path: 42}}}\n")
+    orch = orchestrator(config, clock, (kv,))
+    report = orch.tick()
+    assert any("licence-kv.path: expected a file path, got 42" in e.error
+               for e in [*orch.startup_errors, *report.errors])

@@ -3,7 +3,9 @@
 Registered in the ``wyneos`` entry-point group as ``licence-kv``; it offers a source
 named ``kv`` when ``plugins.settings.licence-kv.path`` names the registry file. The
 schema and the write API are in ``wyneos_licence_kv.registry``; writers in several
-processes at once are safe (WAL, ``BEGIN IMMEDIATE``, busy timeout).
+processes at once are safe (WAL, ``BEGIN IMMEDIATE``, busy timeout). The source opens
+the file read-only with a short lock wait, and a row it cannot use makes only its
+nodes' licences ``malformed``.
 """
 
 from __future__ import annotations
@@ -22,4 +24,9 @@ def wyneos_licence_sources(config: Any) -> Any:
     settings = config.plugin_settings("licence-kv")
     if not settings.get("path"):
         return None
-    return KVLicenceSource(config.resolve(settings["path"]), name=settings.get("name", "kv"))
+    path, name = settings["path"], settings.get("name", "kv")
+    if not isinstance(path, str):
+        raise ValueError(f"plugins.settings.licence-kv.path: expected a file path, got {path!r:.40}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"plugins.settings.licence-kv.name: expected a non-empty string, got {name!r:.40}")
+    return KVLicenceSource(config.resolve(path), name=name)

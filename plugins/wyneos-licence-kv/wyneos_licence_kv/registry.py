@@ -31,10 +31,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from wyneos_core.licensing.sources import LicenceRecord, SourceUnavailable
+from wyneos_core.licensing.document import parse_licence
+from wyneos_core.licensing.envelope import EnvelopeError
+from wyneos_core.licensing.sources import STATUSES, LicenceRecord, SourceUnavailable
 from wyneos_core.model import Node
 
 __all__ = ["KVLicenceSource", "LicenceRegistry", "ConflictError", "SCHEMA", "SCHEMA_VERSION", "main"]
+
+#: seconds the (read-only) source waits for a lock before the tick goes on without it
+READ_TIMEOUT = 1.0
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -58,6 +63,15 @@ INSERT OR IGNORE INTO meta VALUES ('generation', '0');
 
 class ConflictError(RuntimeError):
     """A compare-and-set write found another revision than expected."""
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """The source's connection: read-only, short lock wait, text as bytes (decoded per row)."""
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=READ_TIMEOUT,
+                           isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={int(READ_TIMEOUT * 1000)}")
+    conn.text_factory = bytes
+    return conn
 
 
 def _connect(path: str | Path) -> sqlite3.Connection:
@@ -102,12 +116,13 @@ class LicenceRegistry:
             is this one (0: not stored yet); otherwise ``ConflictError``.
         """
         text = document if isinstance(document, str) else json.dumps(document, sort_keys=True)
-        try:
-            licence_id = json.loads(text)["payload"]["licence_id"]
-        except (ValueError, KeyError, TypeError):
-            raise ValueError("document: not a licence document (no payload.licence_id)") from None
-        if not isinstance(licence_id, str):
-            raise ValueError("document: payload.licence_id is not a string")
+        try:  # stored only if it parses as a licence (its signature is checked by whoever reads it)
+            _, licence = parse_licence(text.encode("utf-8", "surrogatepass"))
+        except EnvelopeError as exc:
+            raise ValueError(f"document: not a licence document: {exc}") from None
+        if status not in STATUSES:
+            raise ValueError(f"status: expected one of {sorted(STATUSES)}, got {status!r}")
+        licence_id = licence.licence_id
 
         def write(c: sqlite3.Connection) -> int:
             row = c.execute("SELECT revision FROM licences WHERE licence_id = ?", (licence_id,)).fetchone()
@@ -133,9 +148,13 @@ class LicenceRegistry:
         self._write(write)
 
     def assign(self, node_id: str, licence_id: str) -> None:
-        self._write(lambda c: c.execute(
-            "INSERT INTO assignments VALUES (?,?,?) ON CONFLICT(node_id) DO UPDATE SET "
-            "licence_id=excluded.licence_id, updated_at=excluded.updated_at", (node_id, licence_id, time.time())))
+        """Assign ``licence_id`` (which must be stored) to ``node_id``; ``KeyError`` otherwise."""
+        try:
+            self._write(lambda c: c.execute(
+                "INSERT INTO assignments VALUES (?,?,?) ON CONFLICT(node_id) DO UPDATE SET "
+                "licence_id=excluded.licence_id, updated_at=excluded.updated_at", (node_id, licence_id, time.time())))
+        except sqlite3.IntegrityError:
+            raise KeyError(f"cannot assign node {node_id!r}: licence {licence_id!r} is not in the registry") from None
 
     def unassign(self, node_id: str) -> None:
         self._write(lambda c: c.execute("DELETE FROM assignments WHERE node_id = ?", (node_id,)))
@@ -164,12 +183,15 @@ class KVLicenceSource:
         if self._conn is None:
             if not self.path.exists():
                 raise SourceUnavailable(f"{self.path}: registry file does not exist")
+            conn = None
             try:
-                self._conn = _connect(self.path)
-                self._conn.execute("SELECT 1 FROM licences LIMIT 1")
+                conn = _connect_readonly(self.path)
+                conn.execute("SELECT 1 FROM licences LIMIT 1")
             except sqlite3.DatabaseError as exc:
-                self._conn = None
+                if conn is not None:
+                    conn.close()
                 raise SourceUnavailable(f"{self.path}: not a licence registry ({exc})") from None
+            self._conn = conn
         return self._conn
 
     def refresh(self, now: float) -> None:
@@ -177,7 +199,10 @@ class KVLicenceSource:
             row = self._db().execute("SELECT value FROM meta WHERE key='generation'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise SourceUnavailable(f"{self.path}: {exc}") from None
-        self.generation = int(row[0]) if row else None
+        try:
+            self.generation = int(row[0]) if row else None
+        except ValueError:
+            raise SourceUnavailable(f"{self.path}: meta.generation is not a number") from None
 
     def lookup(self, node: Node, now: float) -> LicenceRecord | None:
         return self.lookup_many([node], now).get(node.id)
@@ -191,31 +216,51 @@ class KVLicenceSource:
                 for start in range(0, len(nodes), 500):
                     chunk = nodes[start:start + 500]
                     marks = ",".join("?" * len(chunk))
-                    assigned = dict(db.execute(
+                    assigned = {_text(k): _text(v) for k, v in db.execute(
                         f"SELECT node_id, licence_id FROM assignments WHERE node_id IN ({marks})",  # noqa: S608
-                        [n.id for n in chunk]))
+                        [n.id for n in chunk])}
                     wanted = {n.id: assigned.get(n.id) or n.licence_ref for n in chunk}
                     ids = sorted({v for v in wanted.values() if v})
                     rows = {}
                     if ids:
                         marks = ",".join("?" * len(ids))
-                        rows = {r[0]: r for r in db.execute(
+                        rows = {_text(r[0]): r for r in db.execute(
                             f"SELECT licence_id, document, status FROM licences WHERE licence_id IN ({marks})",  # noqa: S608
                             ids)}
                     for node_id, licence_id in wanted.items():
                         row = rows.get(licence_id) if licence_id else None
-                        out[node_id] = None if row is None else LicenceRecord(
-                            row[1].encode(), self.name, row[2], origin=f"{self.path} [{row[0]}]")
+                        out[node_id] = None if row is None else self._record(licence_id, row)
             finally:
                 db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise SourceUnavailable(f"{self.path}: {exc}") from None
         return out
 
+    def _record(self, licence_id: str, row: tuple) -> LicenceRecord:
+        """One row as a record; a row that cannot be used is ``malformed`` for its nodes only."""
+        origin = f"{self.path} [{licence_id}]"
+        document, status = row[1], _text(row[2])
+        if isinstance(document, str):
+            document = document.encode("utf-8", "surrogatepass")
+        if not isinstance(document, bytes):
+            return LicenceRecord(b"", self.name, origin=origin, error=f"document is {type(document).__name__}, "
+                                 "not text")
+        if status not in STATUSES:
+            return LicenceRecord(b"", self.name, origin=origin, error=f"status {status!r:.40} is not one of "
+                                 f"{sorted(STATUSES)}")
+        return LicenceRecord(document, self.name, status, origin=origin)
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _text(value: object) -> str:
+    """A TEXT column read as bytes: decoded, with undecodable bytes kept visible (never an error)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -233,10 +278,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_parser(name).add_argument("licence")
     sub.add_parser("list")
     args = p.parse_args(argv)
-    reg = LicenceRegistry(args.db)
+    try:
+        reg = LicenceRegistry(args.db)
+    except (sqlite3.DatabaseError, OSError, RuntimeError, ValueError) as exc:
+        print(f"wyneos-licence-kv: error: {args.db}: not a licence registry ({exc})", file=sys.stderr)
+        return 2
     try:
         if args.cmd == "put":
-            rev = reg.put(Path(args.file).read_text("utf-8"), status="suspended" if args.suspended else "active")
+            try:
+                text = Path(args.file).read_text("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{args.file}: cannot read ({exc})") from None
+            try:
+                rev = reg.put(text, status="suspended" if args.suspended else "active")
+            except ValueError as exc:
+                raise ValueError(f"{args.file}: {exc}") from None
             print(f"stored (revision {rev})")
         elif args.cmd == "assign":
             reg.assign(args.node, args.licence)
@@ -246,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for licence_id, status, revision in reg.licences():
                 print(f"{licence_id}\t{status}\trevision {revision}")
     except (ValueError, KeyError, OSError, ConflictError, sqlite3.DatabaseError) as exc:
-        print(f"wyneos-licence-kv: error: {exc}", file=sys.stderr)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"wyneos-licence-kv: error: {message}", file=sys.stderr)
         return 2
     finally:
         reg.close()
