@@ -318,3 +318,94 @@ class StateStore:
     def action_acks(self) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT action_id, node_id, status, detail, acked_at FROM action_acks ORDER BY acked_at")
         return [{"action_id": a, "node_id": n, "status": s, "detail": d, "acked_at": t} for a, n, s, d, t in rows]
+
+    # -- per-target delivery outcomes and effects of actions (builtin state plugin) --------
+
+    _DELIVERY_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS action_targets (
+        action_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        delivered INTEGER NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        tick INTEGER NOT NULL,
+        PRIMARY KEY (action_id, target)
+    );
+    CREATE TABLE IF NOT EXISTS action_effects (
+        action_id TEXT PRIMARY KEY,
+        carried TEXT,
+        effect TEXT,
+        tick INTEGER NOT NULL
+    );
+    """
+
+    def ensure_delivery_tables(self) -> None:
+        """Create the delivery-outcome tables if missing (idempotent)."""
+        if not getattr(self, "_delivery_ready", False):
+            self.conn.executescript(self._DELIVERY_SCHEMA)
+            self._delivery_ready = True
+
+    def write_action_outcomes(
+        self,
+        tick: int,
+        outcomes: Iterable[tuple[str, str, bool, str]],
+        effects: Iterable[tuple[str, dict[str, Any] | None, dict[str, Any] | None]],
+        retention: int,
+    ) -> None:
+        """Record, in one transaction, the latest delivery outcome of each (action, target)
+        and what an action carried and did; forget those of actions no longer in force
+        after ``retention`` ticks.
+
+        :param outcomes: ``(action_id, target, delivered, reason)``.
+        :param effects: ``(action_id, carried params or None, effect or None)``; None keeps
+            what was stored.
+        """
+        self.ensure_delivery_tables()
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany(
+                "INSERT INTO action_targets VALUES (?,?,?,?,?) ON CONFLICT(action_id, target) DO UPDATE SET "
+                "delivered=excluded.delivered, reason=excluded.reason, tick=excluded.tick",
+                ((a, t, int(ok), r, tick) for a, t, ok, r in outcomes),
+            )
+            c.executemany(
+                "INSERT INTO action_effects VALUES (?,?,?,?) ON CONFLICT(action_id) DO UPDATE SET "
+                "carried=COALESCE(excluded.carried, carried), effect=COALESCE(excluded.effect, effect), "
+                "tick=excluded.tick",
+                ((a, None if p is None else json.dumps(p, sort_keys=True),
+                  None if e is None else json.dumps(e, sort_keys=True, default=str), tick)
+                 for a, p, e in effects),
+            )
+            live = "SELECT id FROM actions WHERE state = 'in_force'"
+            c.execute(f"DELETE FROM action_targets WHERE tick <= ? AND action_id NOT IN ({live})",  # noqa: S608
+                      (tick - retention,))
+            c.execute(f"DELETE FROM action_effects WHERE tick <= ? AND action_id NOT IN ({live})",  # noqa: S608
+                      (tick - retention,))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def action_outcomes(
+        self, action_ids: Iterable[str]
+    ) -> tuple[dict[str, dict[str, tuple[bool, str]]], dict[str, dict[str, Any]]]:
+        """``({action_id: {target: (delivered, reason)}}, {action_id: carried params})``
+        of the given actions (those with nothing stored are absent)."""
+        self.ensure_delivery_tables()
+        wanted = set(action_ids)
+        outcomes: dict[str, dict[str, tuple[bool, str]]] = {}
+        for a, t, ok, r in self.conn.execute("SELECT action_id, target, delivered, reason FROM action_targets"):
+            if a in wanted:
+                outcomes.setdefault(a, {})[t] = (bool(ok), r)
+        carried: dict[str, dict[str, Any]] = {}
+        for a, p in self.conn.execute("SELECT action_id, carried FROM action_effects WHERE carried IS NOT NULL"):
+            if a in wanted:
+                carried[a] = json.loads(p)
+        return outcomes, carried
+
+    def action_effects(self) -> dict[str, dict[str, Any]]:
+        """``{action_id: {"carried": params, "effect": effect}}`` as stored."""
+        self.ensure_delivery_tables()
+        rows = self.conn.execute("SELECT action_id, carried, effect FROM action_effects")
+        return {a: {"carried": None if p is None else json.loads(p), "effect": None if e is None else json.loads(e)}
+                for a, p, e in rows}

@@ -447,7 +447,7 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
                 _hold(ctx, state, action, "suppressed", "safety stop")
                 suppressed += 1
                 continue
-            if action.target in partitioned:
+            if action.target in partitioned and action.target not in stranded:
                 _hold(ctx, state, action, "suppressed", "target is in a mesh partition")
                 suppressed += 1
                 continue

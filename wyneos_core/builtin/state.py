@@ -4,12 +4,24 @@ Written in one transaction per tick: the tick summary, every action lifecycle ev
 the actions table (in force / cleared), and the nodes whose status, isolation or
 membership changed (heartbeat times are soft state: after a restart they are refreshed
 by the next heartbeats).
+
+Before it, in a transaction of its own, the per-target outcome of every delivery of the
+tick (``action_targets``: delivered, or the reason it was not) and what each action
+carried and did (``action_effects``: the params as carried, with the planned load
+moves; the edges an isolation cut or a reinstatement restored). After a restart the
+decide step rebuilds each action in force with its targets still pending and its
+carried params, so redelivery carries on where it stopped. Written first on purpose: a
+crash between the two transactions leaves outcomes of actions the store does not know
+(ignored), never actions in force without their outcomes (those would be carried
+again to every target).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from wyneos_core import hookimpl
-from wyneos_core.builtin.decide import state_of
+from wyneos_core.builtin.decide import DecideState, state_of
 from wyneos_core.model import TickReport, licence_summary
 from wyneos_core.tick import TickContext
 
@@ -55,9 +67,31 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
         "errors": [e.to_dict() for e in report.errors],
         "notes": report.notes,
     }
+    _write_outcomes(ctx, report, decide)
     store.write_tick(
         report.tick, report.started_at, report.duration_ms, summary, nodes, rows,
         ((e["action_id"], e["state"], e.get("detail", "")) for e in report.lifecycle),
         ctx.config["state"]["retention_ticks"],
         cleared=cleared,
+    )
+
+
+def _write_outcomes(ctx: TickContext, report: TickReport, decide: DecideState) -> None:
+    store = ctx.store
+    assert store is not None
+    effects: dict[str, list[Any]] = {}
+    for e in report.lifecycle:
+        if e["state"] == "propagated":
+            held = decide.in_force.get(e["action_id"])
+            if held is not None and held.carried is not None:
+                effects.setdefault(e["action_id"], [None, None])[0] = held.carried.params
+        elif "effect" in e and e["state"] in ("in_force", "restored"):
+            effects.setdefault(e["action_id"], [None, None])[1] = e["effect"]
+    if not report.deliveries and not effects:
+        return
+    store.write_action_outcomes(
+        report.tick,
+        ((d.action_id, d.target, d.delivered, d.reason) for d in report.deliveries),
+        ((a, p, e) for a, (p, e) in effects.items()),
+        ctx.config["state"]["retention_ticks"],
     )
