@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from wyneos_core.simulate import builtin_scenarios, load_scenario, resolve_scenario, simulate
-from wyneos_core.simulate.runner import write_outputs
+from wyneos_core.simulate.runner import EPOCH, build, write_outputs
 from wyneos_core.yamlio import LocatedError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,11 +111,35 @@ def test_overload_brings_the_node_below_the_threshold_while_the_burst_lasts():
 
 def test_licence_faults_carry_their_reason_codes_and_isolate():
     result = run("licence-faults")
-    report = result.orchestrator.last_report
-    reasons = {r.reason for r in report.licences.values() if not r.valid}
-    assert reasons == {"expired", "invalid_signature"}
+    orch = result.orchestrator
+    assert "licence" not in orch.config["plugins"]["disable"]  # the real licence step ran
+    report = orch.last_report
+    bad = {r.node_id: r for r in report.licences.values() if not r.valid}
+    assert {r.reason for r in bad.values()} == {"expired", "invalid_signature"}
+    assert all(r.source == "file" for r in report.licences.values())
+    assert sum(r.reason == "ok" for r in report.licences.values()) == 37  # signed pool licences verify
+    # the expiry date is the simulated time of the fault's tick, reached on the fake clock
+    expired = [r for r in bad.values() if r.reason == "expired"]
+    at = result.scenario.faults[0].at
+    assert all(r.expires == EPOCH + at * 5.0 for r in expired)
     assert result.summary["actions_by_type"] == {"isolate": 3, "revoke": 1}
     assert all(f["acted"] == f["nodes"] for f in result.summary["faults"])
+    assert result.summary["faults"][0]["detection_ticks"]["max"] == 0
+
+
+def test_a_licence_signed_by_an_untrusted_key_is_refused_by_the_real_licence_step(tmp_path):
+    scenario = load_scenario(text="scenario: forged\nnodes: 30\nticks: 6\nfaults:\n"
+                                  "  - {kind: forged_licence, at: 3, until: 5, count: 1, forgery: untrusted_key}\n")
+    orch, cluster, clock = build(scenario, workdir=tmp_path / "sim")
+    [node] = cluster.targets[0]
+    reasons = []
+    with orch:
+        for tick in range(1, 7):
+            clock.now = EPOCH + tick * 5.0
+            reasons.append(orch.tick().licences[node].reason)
+    # presented from tick 3 to 4, then the node is back on its pool licence
+    assert reasons == ["ok", "ok", "unknown_key", "unknown_key", "ok", "ok"]
+    assert (tmp_path / "sim" / "licences" / f"forged-0-{node}.licence").is_file()
 
 
 def test_same_seed_same_run_other_seed_other_run():

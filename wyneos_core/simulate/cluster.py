@@ -6,8 +6,10 @@
   node's load and its clock (skewed or frozen when a fault says so). A node sends
   nothing when it is down, or when a partition leaves it no physical path to the
   orchestrator;
-* ``wyneos_licence_validate`` reports the licence faults (``expired``,
-  ``invalid_signature``) of the scenario; every other node holds a valid licence;
+* heartbeats name the licence each node presents (``licence_ref``): real signed
+  licences (``wyneos_core.simulate.licences``) that the orchestrator's own licence
+  step validates: an expiry is a real ``expires`` date reached in simulated time, a
+  forgery a tampered document or one signed by an untrusted key;
 * ``wyneos_deliver`` (first) is the transport: a hop to a node that is down or hung is
   not acknowledged, a lossy link loses hops at random (seeded), and a load action
   acknowledged by its target moves the planned load to the receiving neighbours.
@@ -27,11 +29,12 @@ from typing import Any
 
 from wyneos_core import hookimpl
 from wyneos_core.mesh import Mesh
-from wyneos_core.model import ORIGIN, Action, Heartbeat, LicenceResult, Node
+from wyneos_core.model import ORIGIN, Action, Heartbeat
+from wyneos_core.simulate.licences import SimLicences
 from wyneos_core.simulate.scenario import Fault, Scenario, pick_nodes
 from wyneos_core.tick import TickContext
 
-__all__ = ["SimCluster", "NODE_FAULTS"]
+__all__ = ["SimCluster", "NODE_FAULTS", "fault_targets"]
 
 #: faults that make a node itself unhealthy (isolating it is not a false isolation)
 NODE_FAULTS = frozenset({"crash", "hang", "flapping", "licence_expiry", "forged_licence", "clock_skew"})
@@ -52,11 +55,7 @@ class SimCluster:
         self.base_load = {i: round(rng.uniform(lo, hi), 4) for i in self.ids}
         self.moved: dict[str, float] = {}
         self.rng = random.Random(scenario.seed + 1)
-        self.targets: dict[int, list[str]] = {}
-        pick_rng = random.Random(scenario.seed + 2)
-        for fault in scenario.faults:
-            if fault.kind != "partition":
-                self.targets[fault.index] = pick_nodes(fault, self.ids, pick_rng)
+        self.targets = fault_targets(scenario, self.ids)
         self._partition_rng = random.Random(scenario.seed + 3)
         self.physical = {v: set(mesh.graph.adj[v]) for v in mesh.graph}
         self.cut: dict[int, list[tuple[str, str]]] = {}
@@ -73,6 +72,11 @@ class SimCluster:
         # load moves applied, by source node: (action id, [(receiver, amount)])
         self.moves_from: dict[str, tuple[str, list[tuple[str, float]]]] = {}
         self.counters = {"acked": 0, "refused": 0, "lost": 0, "moves": 0, "moved_load": 0.0}
+        #: the signed licences of the run (set by the runner) and the nodes licence faults hit
+        self.licences: SimLicences | None = None
+        self.licence_nodes = sorted({n for f in scenario.faults if f.kind in ("licence_expiry", "forged_licence")
+                                     for n in self.targets.get(f.index, ())})
+        self.refs: dict[str, str] = {}
         self.last_scratch: dict[str, Any] = {}
 
     # -- faults ------------------------------------------------------------------------------
@@ -127,6 +131,8 @@ class SimCluster:
             elif kind == "message_loss":
                 self.loss = max(self.loss, float(fault.params.get("probability", 0.3)))
         self.hung = hung
+        if self.licences is not None:
+            self.refs = {n: self.licences.reference(n, tick, self.scenario.faults) for n in self.licence_nodes}
         if changed:
             self.reachable = _reach(self.physical) if self.cut else None
 
@@ -199,6 +205,7 @@ class SimCluster:
         now = ctx.now
         down, hung, skew, reach = self.down, self.hung, self.skew, self.reachable
         base, moved, extra = self.base_load, self.moved, self.extra
+        refs = self.refs
         out = []
         for node_id in self.ids:
             if node_id in down or (reach is not None and node_id not in reach):
@@ -209,19 +216,7 @@ class SimCluster:
             load = base[node_id]
             if moved or extra:
                 load = max(0.0, load + moved.get(node_id, 0.0) + extra.get(node_id, 0.0))
-            out.append(Heartbeat(node_id, ts, round(load, 4)))
-        return out
-
-    @hookimpl
-    def wyneos_licence_validate(self, ctx: TickContext, nodes: Sequence[Node]) -> list[LicenceResult]:
-        out = []
-        for node_id in sorted(self.expired):
-            out.append(LicenceResult(node_id, False, "expired", "licence expired (simulated)",
-                                     licence_id=f"sim-{node_id}", source="simulated"))
-        for node_id in sorted(self.forged):
-            out.append(LicenceResult(node_id, False, "invalid_signature",
-                                     "licence signature does not verify (simulated forgery)",
-                                     licence_id=f"sim-{node_id}", source="simulated"))
+            out.append(Heartbeat(node_id, ts, round(load, 4), licence_ref=refs.get(node_id) if refs else None))
         return out
 
     @hookimpl(tryfirst=True)
@@ -260,6 +255,16 @@ class SimCluster:
         self.counters["moves"] += len(moves)
         previous = known[1] if known is not None else []
         self.moves_from[source] = (action.id, previous + moves)
+
+
+def fault_targets(scenario: Scenario, ids: Sequence[str]) -> dict[int, list[str]]:
+    """Fault index -> the nodes it hits (seeded draws; partitions are drawn when they start)."""
+    targets: dict[int, list[str]] = {}
+    pick_rng = random.Random(scenario.seed + 2)
+    for fault in scenario.faults:
+        if fault.kind != "partition":
+            targets[fault.index] = pick_nodes(fault, ids, pick_rng)
+    return targets
 
 
 def _reach(adj: dict[str, set[str]]) -> set[str]:

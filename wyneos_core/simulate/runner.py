@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wyneos_core.mesh import build_topology
-from wyneos_core.simulate.cluster import SimCluster
+from wyneos_core.simulate.cluster import SimCluster, fault_targets
+from wyneos_core.simulate.licences import CUSTOMER, write_licences
 from wyneos_core.simulate.metrics import Recorder, TickSample, check_expectations
 from wyneos_core.simulate.scenario import Scenario, node_ids
 from wyneos_core.store import StateStore
@@ -45,23 +48,35 @@ class SimResult:
     cluster: SimCluster
 
 
-def build(scenario: Scenario, *, state_path: str | Path | None = None) -> tuple[Orchestrator, SimCluster, SimClock]:
-    """The orchestrator, the simulated cluster plugin and the clock of ``scenario``."""
+def build(scenario: Scenario, *, state_path: str | Path | None = None,
+          workdir: str | Path | None = None) -> tuple[Orchestrator, SimCluster, SimClock]:
+    """The orchestrator, the simulated cluster plugin and the clock of ``scenario``.
+
+    :param workdir: a new directory for the run's signed licences and issuer key
+        (default: a temporary one, removed by ``simulate`` at the end).
+    """
     config = scenario.orchestrator_config()
-    disable = set(config["plugins"]["disable"]) | {"licence"}
-    config["plugins"]["disable"] = sorted(disable)
     config["plugins"]["trace"] = False
     clock = SimClock()
     store: StateStore | bool = False
     if state_path is not None:
         store = StateStore.open(state_path)
-    orchestrator = Orchestrator(config, clock=clock, load_entrypoints=False, store=store)
     ids = node_ids(scenario.nodes)
+    root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="wyneos-sim-"))
+    interval = float(config["tick"]["interval"])
+    licences = write_licences(root / "run" if workdir is None else root, ids, scenario.faults,
+                              fault_targets(scenario, ids), scenario.seed, EPOCH, interval)
+    config["licence"].update({"sources": ["file"], "directory": str(licences.directory),
+                              "trusted_keys": [str(licences.issuer_key)], "customer": CUSTOMER,
+                              "map": {}, "revocations": None, "ledger": None})
+    orchestrator = Orchestrator(config, clock=clock, load_entrypoints=False, store=store)
+    orchestrator._sim_workdir = root if workdir is None else None  # type: ignore[attr-defined]
     for node_id in ids:
         if node_id not in orchestrator.registry:
-            orchestrator.registry.register(node_id, now=clock.now, licence_ref=f"sim-{node_id}")
+            orchestrator.registry.register(node_id, now=clock.now, licence_ref=licences.initial[node_id])
     orchestrator.mesh = build_topology(ids, config["mesh"])
     cluster = SimCluster(scenario, ids, orchestrator.mesh)
+    cluster.licences = licences
     orchestrator.pm.register(cluster, SimCluster.__wyneos_name__)
     return orchestrator, cluster, clock
 
@@ -94,6 +109,9 @@ def simulate(scenario: Scenario, *, progress: bool = False, state_path: str | Pa
                 bar.update(1)
     if bar is not None:
         bar.close()
+    workdir = getattr(orchestrator, "_sim_workdir", None)
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
     summary = recorder.summary(time.perf_counter() - started)
     failures = check_expectations(summary, scenario.expect)
     summary["expectations"] = {"checked": sorted(scenario.expect), "failed": failures}

@@ -145,7 +145,7 @@ def load_scenario(path: str | Path | None = None, *, text: str | None = None, na
             raise located.error(("faults", index), "give exactly one of nodes, count or fraction")
         if raw["until"] is not None and raw["until"] <= raw["at"]:
             raise located.error(("faults", index, "until"), f"must be after at ({raw['at']}), got {raw['until']}")
-        params = {k: raw[k] for k in ("extra", "down", "up", "skew", "probability") if k in raw}
+        params = {k: raw[k] for k in ("extra", "down", "up", "skew", "probability", "forgery") if k in raw}
         faults.append(Fault(raw["kind"], raw["at"], raw["until"], raw.get("nodes"), raw.get("count"),
                             raw.get("fraction"), params, index))
     load = data["load"]
