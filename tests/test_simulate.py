@@ -243,3 +243,34 @@ def test_shipped_scenarios_are_the_repository_files_and_go_into_the_wheel(tmp_pa
     for stem in repo:
         assert f"wyneos_core/shipped_scenarios/{stem}.yaml" in names, stem
     assert "wyneos_core/simulate/scenario.schema.json" in names
+
+
+@pytest.mark.parametrize(("option", "value"), [("--nodes", "0"), ("--ticks", "0"), ("--ticks", "-3"),
+                                               ("--nodes", "100001")])
+def test_cli_refuses_out_of_range_overrides_naming_the_option(tmp_path, option, value):
+    out = wyneos("simulate", "builtin:single-crash", option, value, "--out", "o", cwd=tmp_path)
+    assert out.returncode == 2
+    assert f"argument {option}" in out.stderr and "must be between 1 and 100000" in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_overrides_of_zero_are_refused_not_ignored():
+    scenario = load_scenario(text="scenario: x\nnodes: 20\n", name="x.yaml")
+    for kwargs, option in (({"nodes": 0}, "--nodes"), ({"ticks": 0}, "--ticks"), ({"ticks": -3}, "--ticks")):
+        with pytest.raises(LocatedError) as info:
+            scenario.with_overrides(**kwargs)
+        assert str(info.value).startswith(option) and "x.yaml" not in str(info.value)
+
+
+def test_non_finite_fault_params_are_refused():
+    with pytest.raises(LocatedError, match=r"bad.yaml:4:.*faults\[0\].skew: must be a finite number"):
+        load_scenario(text="scenario: x\nnodes: 10\nfaults:\n  - {kind: clock_skew, at: 1, count: 1, skew: .inf}\n",
+                      name="bad.yaml")
+
+
+def test_cli_list_into_a_closed_pipe_ends_quietly(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "wyneos_core.cli", "simulate", "--list"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written (`| head -0`)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 __all__ = ["register", "cmd_simulate"]
@@ -22,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "of a YAML scenario; print and write the summary and a plot.")
     p.add_argument("scenario", nargs="?", help="scenario file, or builtin:NAME for a shipped one")
     p.add_argument("--list", action="store_true", help="list the shipped scenarios and exit")
-    p.add_argument("--nodes", "-n", type=int, help="cluster size (overrides the scenario; up to 100000)")
-    p.add_argument("--ticks", "-t", type=int, help="ticks to run (overrides the scenario)")
+    p.add_argument("--nodes", "-n", type=_count, help="cluster size (overrides the scenario; 1 to 100000)")
+    p.add_argument("--ticks", "-t", type=_count, help="ticks to run (overrides the scenario; 1 to 100000)")
     p.add_argument("--seed", "-s", type=int, help="seed of every random choice (overrides the scenario)")
     p.add_argument("--out", "-o", metavar="DIR", default="sim-out", help="output directory (default: sim-out)")
     p.add_argument("--format", choices=("png", "svg"), default="png", help="plot format (default: png)")
@@ -35,15 +36,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_simulate)
 
 
+def _count(text: str) -> int:
+    """An option value between 1 and 100000 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100000, got {value}")
+    return value
+
+
+def _list(builtin: dict) -> int:
+    try:
+        for name, path in sorted(builtin.items()):
+            first = next((line for line in path.read_text().splitlines() if line.startswith("description:")), "")
+            print(f"builtin:{name:<18} {first.partition(':')[2].strip()}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `wyneos simulate --list | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from wyneos_core.simulate import builtin_scenarios, load_scenario, resolve_scenario, simulate, summary_text
     from wyneos_core.simulate.runner import write_outputs
 
     if args.list:
-        for name, path in sorted(builtin_scenarios().items()):
-            first = next((line for line in path.read_text().splitlines() if line.startswith("description:")), "")
-            print(f"builtin:{name:<18} {first.partition(':')[2].strip()}")
-        return 0
+        return _list(builtin_scenarios())
     if not args.scenario:
         print("wyneos simulate: give a scenario file or builtin:NAME (see --list)", file=sys.stderr)
         return 2

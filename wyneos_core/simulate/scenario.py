@@ -11,6 +11,7 @@ Mistakes are refused with file, line and field (``LocatedError``).
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -92,13 +93,13 @@ class Scenario:
     def with_overrides(self, *, nodes: int | None = None, ticks: int | None = None,
                        seed: int | None = None) -> Scenario:
         """A copy with ``--nodes`` / ``--ticks`` / ``--seed`` applied and checked."""
-        out = Scenario(self.name, self.description, nodes or self.nodes, ticks or self.ticks,
+        out = Scenario(self.name, self.description, self.nodes if nodes is None else nodes,
+                       self.ticks if ticks is None else ticks,
                        self.seed if seed is None else seed, dict(self.mesh), self.config, self.load,
                        self.faults, self.expect, self.source, self.located)
-        if not 1 <= out.nodes <= 100_000:
-            raise LocatedError(f"must be between 1 and 100000, got {out.nodes}", file=self.source, field="nodes")
-        if out.ticks < 1:
-            raise LocatedError(f"must be at least 1, got {out.ticks}", file=self.source, field="ticks")
+        for option, value in (("--nodes", nodes), ("--ticks", ticks)):
+            if value is not None and not 1 <= value <= 100_000:
+                raise LocatedError(f"must be between 1 and 100000, got {value}", file=option)
         _check_faults(out)
         return out
 
@@ -146,6 +147,9 @@ def load_scenario(path: str | Path | None = None, *, text: str | None = None, na
         if raw["until"] is not None and raw["until"] <= raw["at"]:
             raise located.error(("faults", index, "until"), f"must be after at ({raw['at']}), got {raw['until']}")
         params = {k: raw[k] for k in ("extra", "down", "up", "skew", "probability", "forgery") if k in raw}
+        for name, value in params.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise located.error(("faults", index, name), f"must be a finite number, got {value}")
         faults.append(Fault(raw["kind"], raw["at"], raw["until"], raw.get("nodes"), raw.get("count"),
                             raw.get("fraction"), params, index))
     load = data["load"]
