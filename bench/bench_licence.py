@@ -1,17 +1,27 @@
 """Benchmark: the licence step at 100k nodes (cached) and cold signature verification.
 
-1. **Licence step, unchanged licences**: an orchestrator with N nodes (default 100k)
-   sharing L licence files (default 1,000, a tenth of them with seat limits) in the
-   builtin file source. The first tick verifies every document once; the following
-   ticks find every result in the cache. Reported: ``timings_ms["licence"]`` of each
-   tick (the real hook, as the tick measures it). Target: under 200 ms per warm tick.
-   Same-run baseline: a plain loop that does the least any per-node cache must do (one
-   dict lookup, build and compare a key tuple, append the result) over the same nodes.
+1. **Licence step, unchanged licences, default configuration**: an orchestrator with N
+   nodes (default 100k) sharing L licence files (default 1,000, a tenth of them with
+   seat limits) in the builtin file source, with the default ``licence`` settings
+   (``cache_ttl`` 300 s, ``rescan`` 5 s) and the default tick interval (6 s). The clock
+   moves one interval per tick, for enough ticks to pass twice the cache lifetime, so the
+   ticks in which cached results expire and the sources are asked again are measured
+   too. The first tick verifies every document once. Reported: ``timings_ms["licence"]``
+   of each tick (the real hook, as the tick measures it): median, 95th percentile and
+   max of the later ticks, and the max of the ticks that re-asked the sources. Target:
+   every later tick under 200 ms. Same-run baseline: a plain loop that does the least any
+   per-node cache must do (one dict lookup, build and compare a key tuple, append the
+   result) over the same nodes.
 2. **Cold verification**: ``verify_licence`` on D distinct signed documents (parse,
    canonical encoding, Ed25519 verify), as signatures per second. Same-run baseline:
    bare ``Ed25519PublicKey.verify`` on the same signed bytes.
+3. **Revocation propagation**: R nodes (default 2,000) and a signed revocation list of
+   R entries: the whole tick in which the list is accepted (one ``revoke`` action for
+   the list, carried to every node), against the same-run baseline of the same tick
+   with no list.
 
-    python bench/bench_licence.py [--nodes 100000] [--licences 1000] [--ticks 5] [--docs 2000]
+    python bench/bench_licence.py [--nodes 100000] [--licences 1000] [--ticks N] [--step S] [--docs 2000]
+                                  [--revoke-nodes 2000]
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -27,7 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from wyneos_core.builtin.licence import engine_of  # noqa: E402
 from wyneos_core.config import load_config  # noqa: E402
+from wyneos_core.licensing.revocation import RevocationList  # noqa: E402
 from wyneos_core.licensing.document import FORMAT, issue_licence, verify_licence  # noqa: E402
 from wyneos_core.licensing.envelope import signed_bytes  # noqa: E402
 from wyneos_core.licensing.keys import KeyRing, generate_key, write_public_key  # noqa: E402
@@ -44,7 +57,7 @@ class Clock:
         return self.now
 
 
-def licence_step(root: Path, nodes: int, licences: int, ticks: int) -> dict:
+def licence_step(root: Path, nodes: int, licences: int, ticks: int | None, step: float | None) -> dict:
     key = generate_key()
     write_public_key(root / "issuer.pub", key)
     (root / "licences").mkdir()
@@ -53,29 +66,33 @@ def licence_step(root: Path, nodes: int, licences: int, ticks: int) -> dict:
         doc = issue_licence(key, licence_id=f"lic-{i:05d}", customer="acme", issued=T0 - 86400,
                             expires=T0 + 365 * 86400, seats=per + 1 if i % 10 == 0 else None)
         (root / "licences" / f"lic-{i:05d}.licence").write_text(json.dumps(doc))
-    (root / "wyneos.yaml").write_text(
+    (root / "wyneos.yaml").write_text(  # licence settings and tick interval: the defaults
         "mesh: {topology: star}\n"
         "plugins: {disable: [governance, healing, enforcement, report, state]}\n"
         "report: {stdout: none, json_path: null}\n"
-        "licence: {directory: licences, trusted_keys: [issuer.pub], customer: acme, cache_ttl: 3600, rescan: 60}\n")
+        "licence: {directory: licences, trusted_keys: [issuer.pub], customer: acme}\n")
     config = load_config(root / "wyneos.yaml")
+    step = step or config["tick"]["interval"]
+    ttl = config["licence"]["cache_ttl"]
+    ticks = ticks or math.ceil(2 * ttl / step) + 2
     clock = Clock()
     orch = Orchestrator(config, clock=clock, load_entrypoints=False, store=False)
     for i in range(nodes):
         orch.registry.register(f"node-{i:06d}", now=T0, licence_ref=f"lic-{i % licences:05d}")
-    times = []
+    times, asked = [], []
     with orch:
         for _ in range(ticks):
             report = orch.tick()
             times.append(report.timings_ms["licence"])
+            asked.append(engine_of(orch).stats["looked_up"])
             assert report.licences and all(r.valid for r in report.licences.values()), "bench cluster must be valid"
-            clock.now += 6.0
+            clock.now += step
     # same-run baseline: the least a per-node cache lookup can do
     node_list = orch.registry.nodes()
     cache = {n.id: ((n.licence_ref, n.fingerprint, n.last_rollback, None, None), report.licences[n.id])
              for n in node_list}
     base = []
-    for _ in range(ticks):
+    for _ in range(5):
         t0 = time.perf_counter()
         out = []
         for n in node_list:
@@ -86,9 +103,46 @@ def licence_step(root: Path, nodes: int, licences: int, ticks: int) -> dict:
                 out.append(entry[1])
         base.append((time.perf_counter() - t0) * 1000)
     warm = times[1:]
+    expiring = [t for t, n in zip(times[1:], asked[1:]) if n]
     print("  per tick (ms):", " ".join(f"{t:.0f}" for t in times))
-    return {"nodes": nodes, "licences": licences, "cold_ms": times[0], "warm_ms_median": statistics.median(warm),
-            "warm_ms_max": max(warm), "baseline_ms_median": statistics.median(base)}
+    print("  nodes re-asked per tick:", " ".join(str(n) for n in asked))
+    return {"nodes": nodes, "licences": licences, "ticks": ticks, "step_s": step, "cache_ttl_s": ttl,
+            "cold_ms": times[0], "warm_ms_median": statistics.median(warm),
+            "warm_ms_p95": sorted(warm)[max(0, math.ceil(0.95 * len(warm)) - 1)], "warm_ms_max": max(warm),
+            "expiry_ticks": len(expiring), "expiry_ms_max": max(expiring, default=0.0),
+            "reasked_max": max(asked[1:], default=0), "baseline_ms_median": statistics.median(base)}
+
+
+def revocation_tick(root: Path, nodes: int) -> dict:
+    """The tick that accepts a list of ``nodes`` revocations, and the same tick without it."""
+    key = generate_key()
+    write_public_key(root / "issuer.pub", key)
+    (root / "licences").mkdir()
+    doc = issue_licence(key, licence_id="lic-a", customer="acme", issued=T0 - 86400, expires=T0 + 365 * 86400)
+    (root / "licences" / "lic-a.licence").write_text(json.dumps(doc))
+    rl = RevocationList()
+    for i in range(nodes):
+        rl = rl.revoke(f"gone-{i:05d}", now=T0)
+    result = {}
+    for case in ("baseline", "revoked"):
+        (root / "rev.json").unlink(missing_ok=True)
+        if case == "revoked":
+            rl.save(root / "rev.json", key)
+        (root / "wyneos.yaml").write_text(
+            "mesh: {topology: ring, origin_links: 2, seed: 1}\n"
+            "report: {stdout: none, json_path: null}\n"
+            "licence: {directory: licences, trusted_keys: [issuer.pub], customer: acme, revocations: rev.json}\n")
+        orch = Orchestrator(load_config(root / "wyneos.yaml"), clock=Clock(), load_entrypoints=False, store=False)
+        for i in range(nodes):
+            orch.registry.register(f"n{i:05d}", now=T0, licence_ref="lic-a")
+        with orch:
+            t0 = time.perf_counter()
+            report = orch.tick()
+            took = time.perf_counter() - t0
+        revokes = [a for a in report.actions if a.type == "revoke"]
+        result[case] = {"tick_s": took, "revoke_actions": len(revokes),
+                        "deliveries": len([d for d in report.deliveries if d.action_id in {a.id for a in revokes}])}
+    return {"nodes": nodes, "entries": nodes, **result}
 
 
 def cold_verify(docs: int) -> dict:
@@ -114,27 +168,40 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=100_000)
     p.add_argument("--licences", type=int, default=1000)
-    p.add_argument("--ticks", type=int, default=5)
+    p.add_argument("--ticks", type=int, default=None, help="default: past twice the cache lifetime")
+    p.add_argument("--step", type=float, default=None, help="seconds per tick (default: tick.interval)")
     p.add_argument("--docs", type=int, default=2000)
+    p.add_argument("--revoke-nodes", type=int, default=2000)
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        step = licence_step(Path(tmp), args.nodes, args.licences, max(2, args.ticks))
+        step = licence_step(Path(tmp), args.nodes, args.licences, args.ticks and max(2, args.ticks), args.step)
+    with tempfile.TemporaryDirectory() as tmp:
+        revoke = revocation_tick(Path(tmp), args.revoke_nodes)
     verify = cold_verify(args.docs)
-    print(f"licence step, {step['nodes']} nodes, {step['licences']} licence files")
+    print(f"licence step, {step['nodes']} nodes, {step['licences']} licence files, default settings "
+          f"(cache_ttl {step['cache_ttl_s']:g}s), {step['ticks']} ticks {step['step_s']:g}s apart")
     print(f"  first tick (cold: read + verify every file): {step['cold_ms']:8.1f} ms")
-    print(f"  later ticks (unchanged, cached), median:     {step['warm_ms_median']:8.1f} ms "
-          f"(max {step['warm_ms_max']:.1f} ms; target < 200 ms)")
+    print(f"  later ticks (unchanged licences), median:    {step['warm_ms_median']:8.1f} ms "
+          f"(p95 {step['warm_ms_p95']:.1f} ms, max {step['warm_ms_max']:.1f} ms; target < 200 ms)")
+    print(f"  ticks re-asking sources after cache expiry:  {step['expiry_ticks']:8d} "
+          f"(max {step['reasked_max']} nodes, max {step['expiry_ms_max']:.1f} ms)")
     print(f"  baseline plain cache-lookup loop, median:    {step['baseline_ms_median']:8.1f} ms "
           f"(ratio {step['warm_ms_median'] / step['baseline_ms_median']:.2f}x)")
+    print(f"revocation list of {revoke['entries']} entries accepted, {revoke['nodes']} nodes (whole tick)")
+    print(f"  tick with the list:    {revoke['revoked']['tick_s'] * 1000:8.1f} ms "
+          f"({revoke['revoked']['revoke_actions']} revoke action, {revoke['revoked']['deliveries']} deliveries)")
+    print(f"  baseline, no list:     {revoke['baseline']['tick_s'] * 1000:8.1f} ms "
+          f"(ratio {revoke['revoked']['tick_s'] / revoke['baseline']['tick_s']:.2f}x)")
     print(f"cold verification, {verify['documents']} distinct documents")
     print(f"  verify_licence (parse + canonical + Ed25519): {verify['verify_per_s']:8.0f} /s")
     print(f"  baseline bare Ed25519 verify:                 {verify['bare_ed25519_per_s']:8.0f} /s "
           f"(ratio {verify['bare_ed25519_per_s'] / verify['verify_per_s']:.2f}x)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"licence_step": step, "verify": verify}, indent=1))
-    ok = step["warm_ms_median"] < 200
-    print("target met" if ok else "TARGET MISSED: warm licence step >= 200 ms")
+        Path(args.json).write_text(json.dumps({"licence_step": step, "revocation": revoke, "verify": verify},
+                                              indent=1))
+    ok = step["warm_ms_max"] < 200 and revoke["revoked"]["revoke_actions"] == 1
+    print("target met" if ok else "TARGET MISSED: a later licence tick >= 200 ms, or not one revoke action")
     return 0 if ok else 1
 
 

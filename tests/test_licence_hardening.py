@@ -251,3 +251,24 @@ def test_one_revoke_action_per_list_version_however_many_licences(tmp_path, issu
     revokes = [a for a in report.actions if a.type == "revoke"]
     assert [a.params["new_revocations"] for a in revokes] == [["lic-a"]]
     assert len(revokes[0].params["licence_ids"]) == 301
+
+
+def test_a_forged_document_is_revoked_by_its_hash_never_by_the_id_it_claims(tmp_path, issuer, clock):
+    d = tmp_path / "licences"
+    issuer.write(d, "lic-real")
+    forged = issuer.licence("lic-real", seats=999)  # claims the id of a real licence
+    forged["payload"]["customer"] = "acme"
+    forged["payload"]["tier"] = "gold"  # edited after signing
+    (d / "forged.licence").write_text(json.dumps(forged))
+    data = (d / "forged.licence").read_bytes()
+    orch = orchestrator(licence_config(tmp_path, [{"id": "real", "licence": "lic-real"},
+                                                  {"id": "thief", "licence": "forged"}]), clock)
+    report = orch.tick()
+    thief = report.licences["thief"]
+    import hashlib
+    assert thief.reason == "invalid_signature" and thief.licence_id == "sha256:" + hashlib.sha256(data).hexdigest()
+    revokes = [a for a in report.proposed if a.type == "revoke"]
+    assert revokes and all(a.params.get("licence_id") != "lic-real" for a in revokes)
+    assert {a.params["licence_id"] for a in revokes if a.origin == "enforcement"} == {thief.licence_id}
+    clock.advance(5)
+    assert orch.tick().licences["real"].reason == "ok"  # the real licence is untouched

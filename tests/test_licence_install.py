@@ -4,6 +4,9 @@ discovered through the ``wyneos`` entry-point group and used in a tick."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from tests.test_licence_http import LicenceAPI
 from tests.test_licence_support import Issuer
 from tests.venvtools import make_venv, pip_install, run_in
+from wyneos_core.config import load_config
 from wyneos_core.licensing.document import issue_licence
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,5 +73,21 @@ report: {{json_path: null}}
         assert report["licence_summary"] == {"ok": 2, "no_licence": 1}
         assert [r["node_id"] for r in report["licences"]] == ["n-none"]
         assert len(api.requests) == 1 and {n["id"] for n in api.requests[0]["nodes"]} == {"n-web", "n-kv", "n-none"}
+        # the plugins' READMEs: their config examples load, their shell examples run as written
+        for name in ("wyneos-licence-http", "wyneos-licence-kv"):
+            readme = (ROOT / "plugins" / name / "README.md").read_text()
+            for text in re.findall(r"```yaml\n(.*?)```", readme, re.S):
+                load_config(text=text)
+            for block in re.findall(r"```sh\n(.*?)```", readme, re.S):
+                (tmp_path / "lic-acme-01.licence").write_text(json.dumps(issue_licence(
+                    issuer.key, licence_id="lic-acme-01", customer="acme", issued=now - 100, expires=now + 86400)))
+                for line in block.strip().splitlines():
+                    argv = shlex.split(line)
+                    done = subprocess.run([str(tmp_path / "venv" / "bin" / argv[0]), *argv[1:]], cwd=tmp_path,
+                                          capture_output=True, text=True)
+                    assert done.returncode == 0, (line, done.stderr)
+        listed = subprocess.run([str(cli), str(tmp_path / "licences.db"), "list"], capture_output=True, text=True)
+        assert listed.stdout.split("\t")[:2] == ["lic-acme-01", "suspended"], listed.stdout
     finally:
         api.close()
+

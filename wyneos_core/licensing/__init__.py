@@ -2,18 +2,19 @@
 
 The public API is re-exported here; each module holds one job:
 
-``canonical``     the canonical JSON encoding that signatures cover
+``canonical``     the canonical JSON encoding that signatures cover (and what has none)
 ``keys``          Ed25519 key generation, files, key ids, node fingerprints, key rings
+``envelope``      the signed envelope shared by licences and revocation lists; strict
+                  parsing of untrusted JSON (depth, size, duplicate keys, huge integers)
 ``document``      the licence document (payload fields, parsing, signing, verification)
 ``revocation``    the signed, versioned revocation list
 ``reasons``       the reason codes of a ``LicenceResult``
-``validate``      the checks that turn a document and a node into a ``LicenceResult``
 ``seats``         seat counting across the cluster with deterministic losers
 ``sources``       the licence-source interface and the builtin file source
-``cache``         per-node result cache with time-to-live
-``ledger``        replay protection: the newest issue seen per licence id
+``ledger``        what survives restarts: newest issue per licence, the accepted revocation list
 ``entitlements``  feature checks, tiers, the rule helper and the gate_feature action
 ``settings``      the ``licence`` config section, resolved
+``engine``        the licence step: sources, verification, checks, seats, caching, outages
 """
 
 from __future__ import annotations

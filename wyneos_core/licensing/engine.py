@@ -387,7 +387,10 @@ class LicenceEngine:
         lic = self.verify(record)
         nid = node.id
         if isinstance(lic, EnvelopeError):
-            return LicenceResult(nid, False, lic.reason, f"{record.origin or record.source}: {lic}",
+            # a forged document's licence id is unverified: it is named by its content hash, so a
+            # revocation of it (enforcement revokes forgeries) can never hit a real licence
+            forged = f"sha256:{record.digest}" if lic.reason == "invalid_signature" else None
+            return LicenceResult(nid, False, lic.reason, f"{record.origin or record.source}: {lic}", forged,
                                  source=record.source), fresh, None
         derived = self._granted.get(record.digest)
         if derived is None:
