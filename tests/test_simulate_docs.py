@@ -33,6 +33,11 @@ def test_healing_doc_config_is_valid_and_documents_every_setting():
     for section in ("healing", "decide", "propagate"):
         assert set(config[section]) == set(defaults[section]), section  # every setting is shown
     assert config["healing"]["overload_ticks"] == 2
+    # every other value shown is the default (the doc says so)
+    for section in ("healing", "decide", "propagate"):
+        for key, value in config[section].items():
+            if (section, key) != ("healing", "overload_ticks"):
+                assert value == defaults[section][key], (section, key)
 
 
 @pytest.mark.parametrize("code", blocks("healing.md", "python", "test"))

@@ -147,9 +147,11 @@ def summary_text(summary: dict[str, Any]) -> str:
         + ")",
         f"actions: {s['actions_total']} ({s['actions_per_tick']['mean']:g} per tick, max {s['actions_per_tick']['max']})"
         + ("  " + ", ".join(f"{k}={v}" for k, v in sorted(s["actions_by_type"].items())) if s["actions_by_type"] else ""),
-        f"propagation coverage: {s['coverage']:.1%} ({s['deliveries']['delivered']}/{s['deliveries']['total']} "
-        f"deliveries; {s['transport']['lost']} hop(s) lost, {s['transport']['refused']} refused)",
-        f"load moved to neighbours: {s['moved_load']:g}",
+        ("propagation coverage: n/a (nothing to deliver)" if s["coverage"] is None else
+         f"propagation coverage: {s['coverage']:.1%} ({s['deliveries']['delivered']}/{s['deliveries']['total']} "
+         f"deliveries; {s['transport']['lost']} hop(s) lost, {s['transport']['refused']} refused)"),
+        f"load moved to neighbours: planned {s['moved_load']:g}, applied {s['transport']['moved_load']:g} "
+        "(acknowledged by the overloaded node)",
         f"safety stop: {s['safety_stop_ticks']} tick(s)",
         f"time per tick: mean {s['tick_ms']['mean']:.1f} ms, p95 {s['tick_ms']['p95']:.1f} ms, "
         f"max {s['tick_ms']['max']:.1f} ms (run {s['wall_seconds']:.1f}s)",
