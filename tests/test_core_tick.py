@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from importlib import resources
 
 import jsonschema
@@ -219,3 +220,22 @@ def test_decide_replacement_returning_garbage_is_recorded(make_orchestrator, clo
         assert {a.type for a in report.actions} == {"reduce_load"}
     else:
         assert report.actions == [] and report.errors[0].kind == "invalid_result"
+
+
+def test_demo_reports_match_the_schema(tmp_path, monkeypatch):
+    """Every plugin's contributions (rulesets, licences, healing...) keep the report valid."""
+    from wyneos_core.config import load_config
+    from wyneos_core.tick import Orchestrator
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None)
+    config["report"]["stdout"] = "none"
+    now = [time.time()]  # the demo's licences are dated from the real clock
+    with Orchestrator(config, clock=lambda: now[0], load_entrypoints=False) as orch:
+        kinds = set()
+        for _ in range(8):
+            report = orch.tick()
+            jsonschema.validate(report.to_dict(), REPORT_SCHEMA)
+            kinds.update(a.type for a in report.actions)
+            now[0] += 1.0
+    assert {"isolate", "quarantine", "degrade", "reduce_load"} <= kinds

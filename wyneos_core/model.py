@@ -331,7 +331,9 @@ class PluginError:
     plugin: str
     hook: str
     error: str
-    kind: str = "exception"  # exception | budget | invalid_result
+    #: exception | budget | invalid_result | invalid_ruleset | engine | revocation_list
+    #: (each explained in schemas/tick-report.schema.json)
+    kind: str = "exception"
 
     def to_dict(self) -> dict[str, Any]:
         return {"plugin": self.plugin, "hook": self.hook, "error": self.error, "kind": self.kind}
