@@ -17,7 +17,7 @@ from typing import Any
 
 from wyneos_core import hookimpl
 from wyneos_core.config import Config
-from wyneos_core.model import Action, LicenceResult, Node, RuleResult
+from wyneos_core.model import Action, LicenceResult, Node, PluginError, RuleResult
 from wyneos_core.rules.interp import EvalEnv
 from wyneos_core.rules.runtime import RulesetRunner
 from wyneos_core.tick import Orchestrator, TickContext
@@ -62,9 +62,15 @@ def _prepare(ctx: TickContext, nodes: Sequence[Node]) -> tuple[RulesetRunner, Ev
     if slot is None or slot.runner is None:
         return None
     if slot.tick != ctx.tick:
-        slot.tick = ctx.tick
-        slot.runner.check_reload(ctx.report.notes, ctx.report.errors)
+        # the environment first: whatever happens to the reload, this tick's steps never
+        # see the previous tick's cluster
         slot.env = RulesetRunner.environment(nodes, ctx.now)
+        slot.tick = ctx.tick
+        try:
+            slot.runner.check_reload(ctx.report.notes, ctx.report.errors, ctx.report.transitions)
+        except Exception as exc:  # noqa: BLE001 - check_reload refuses per file; this is a last guard
+            ctx.report.errors.append(PluginError("rulesets", "reload", f"{type(exc).__name__}: {exc}",
+                                                 kind="invalid_ruleset"))
     assert slot.env is not None
     return slot.runner, slot.env
 

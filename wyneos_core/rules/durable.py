@@ -6,18 +6,29 @@ Translation (at load time). Every *value term* of a condition (a field such as
 ``t3_p`` (present), ``t3_n`` (its value if a number), ``t3_s`` (if a string), ``t3_b``
 (``"true"``/``"false"`` if a boolean), ``t3_t`` (present only when truthy). Typed slots
 keep durable-rules from comparing a string with a number, or ``true`` with ``1``
-(it does both). The boolean structure is pushed into negation normal form, every
+(it does both). Numbers and strings never reach durable-rules as themselves: each
+literal a term is compared with gets a rank among that term's sorted literals, and a
+node's value is sent as its rank code (``2k+1`` when equal to the k-th literal, ``2k``
+when it falls between literals k-1 and k), a small integer. Every comparison with a
+literal then gives exactly what Python's comparison gives (no float formatting, no
+precision loss past 2**53, no exponent forms the engine's JSON parser refuses, no lone
+surrogates or NUL bytes in strings), and the facts stay small. A NaN has no rank:
+like a value of another kind, it is present, truthy, unequal to every number and
+unordered. The boolean structure is pushed into negation normal form, every
 leaf with an exact negative form, so the shared semantics (a comparison with a missing
 value is false, ``not`` of it is true) hold. Helper values are computed in Python when
 the facts are built; durable-rules matches the comparisons and the logic.
 
 Refused for this engine at load time (``DurableUnsupported``; use ``engine: native``):
 arithmetic, comparing two fields with each other, ``in`` over a field rather than a
-literal list, and conditions whose disjunctive normal form exceeds ``MAX_DNF`` terms
-(durable-rules expands ``or`` into one rule path per term).
+literal list, a condition whose disjunctive normal form has more than ``MAX_DNF``
+alternatives (durable-rules expands ``or`` into one rule path per alternative), more
+than ``MAX_DURABLE_RULES`` rules in one ruleset, and (found by loading the rules into a
+worker, ``DurableEngine.start``) anything the C extension's fixed limits refuse.
 
-Execution (per tick) follows ``notes/durable-rules.md``: one ruleset and one session,
-facts asserted one at a time, ``MessageNotHandledException`` caught for facts no rule
+Execution (per tick) follows ``notes/durable-rules.md``: the rules spread over a few
+small durable-rules rulesets (``CHUNK_RULES`` says why), one session each, facts
+asserted one at a time, ``MessageNotHandledException`` caught for facts no rule
 matches, a unique function name per rule, all facts retracted after the tick. It runs
 in a worker process (``wyneos_core.rules.durable_worker``) spoken to over JSON lines,
 so a segmentation fault or a hang inside the C extension is detected (process exit,
@@ -26,8 +37,10 @@ timeout), reported as ``DurableEngineError`` and never takes the orchestrator do
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -36,7 +49,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from wyneos_core.model import LicenceResult, Node
 from wyneos_core.rules.interp import EvalEnv
@@ -54,12 +67,43 @@ from wyneos_core.rules.ir import (
     Neg,
     Not,
     Ref,
+    walk,
 )
 from wyneos_core.rules.native import compile_value
 
-__all__ = ["DurableEngine", "DurableEngineError", "DurableUnsupported", "MAX_DNF", "translate"]
+__all__ = [
+    "DurableEngine",
+    "DurableEngineError",
+    "DurableRefused",
+    "DurableUnsupported",
+    "CHUNK_PROPERTIES",
+    "CHUNK_RULES",
+    "CHUNK_TESTS",
+    "MAX_DNF",
+    "MAX_DURABLE_RULES",
+    "Translation",
+    "chunk_rules",
+    "properties_of",
+    "rank_code",
+    "translate",
+]
 
+#: alternatives one condition may expand to in disjunctive normal form
 MAX_DNF: Final = 256
+#: durable-rules 2.0.28 has fixed limits inside its C extension: it walks its alpha
+#: network with a stack of 64 entries and fails a fact that matches more branches at
+#: once (error 303), stops answering past 512 rules in one ruleset, refuses long lists
+#: of "does not exist" tests (error 107) and long expressions (error 113). The rules
+#: are therefore spread over several small durable-rules rulesets in the worker (each
+#: fact is asserted into every one), none with more than ``CHUNK_RULES`` rules or
+#: ``CHUNK_TESTS`` leaf tests; a ruleset the engine still refuses is refused at load
+#: time (``DurableEngine.start``), naming the rule.
+CHUNK_RULES: Final = 16
+CHUNK_TESTS: Final = 256
+#: fact properties one chunk may read (durable-rules refuses facts with more than 255)
+CHUNK_PROPERTIES: Final = 120
+#: rules one durable ruleset file may hold
+MAX_DURABLE_RULES: Final = 500
 
 _TRUE: Final = {"$ex": {"nid": 1}}
 _FALSE: Final = {"$nex": {"nid": 1}}
@@ -76,15 +120,95 @@ class DurableEngineError(RuntimeError):
     """The durable-rules worker crashed, hung or answered nonsense during a tick."""
 
 
+class DurableRefused(DurableEngineError):
+    """durable-rules refused to build the rules (a limit of its C extension).
+
+    ``rule`` is the 0-based index of the rule it refused, when known.
+    """
+
+    def __init__(self, message: str, rule: int | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+#: durable-rules 2.0.28 error codes (its rules.h) in plain words
+_ERROR_CODES: Final = {
+    "101": "out of memory",
+    "106": "too many tests on one property",
+    "107": "too many 'is missing' tests side by side",
+    "108": "too many joins",
+    "113": "the condition is longer than durable-rules' expression limit",
+    "201": "a value it cannot parse", "202": "a string it cannot parse", "203": "a number it cannot parse",
+    "204": "an object it cannot parse", "205": "an array it cannot parse",
+    "302": "a fact with too many properties",
+    "303": "a fact matching more branches at once than its evaluation stack holds",
+}
+
+
+def explain_error(text: str) -> str:
+    """``text`` with durable-rules' numeric error code explained, when it has one."""
+    m = re.search(r"error code: (\d+)", text)
+    if m and m.group(1) in _ERROR_CODES:
+        return f"{text} ({_ERROR_CODES[m.group(1)]})"
+    return text
+
+
 def _is_term(e: Expr) -> bool:
     return type(e) in (Ref, Call)
 
 
+def _literal_kind(c: Any) -> str | None:
+    t = type(c)
+    if t is int or t is float:
+        return "n"
+    if t is str:
+        return "s"
+    return None
+
+
+def rank_code(table: Sequence[Any], value: Any) -> int:
+    """The rank code of ``value`` among the sorted literals ``table``.
+
+    ``2k+1`` when ``value`` equals ``table[k]``, ``2k`` when it lies between
+    ``table[k-1]`` and ``table[k]``: for every literal ``c = table[k]`` and every
+    ``op``, ``value op c`` is ``rank_code(value) op 2k+1``.
+    """
+    i = bisect.bisect_left(table, value)
+    return 2 * i + 1 if i < len(table) and table[i] == value else 2 * i
+
+
+def _literal_tables(conditions: Sequence[Expr]) -> dict[tuple[Expr, str], list[Any]]:
+    """Per (term, kind): the sorted literals the term is compared with anywhere."""
+    found: dict[tuple[Expr, str], set[Any]] = {}
+
+    def add(term: Expr, c: Any) -> None:
+        kind = _literal_kind(c)
+        if kind is not None:
+            found.setdefault((term, kind), set()).add(c)
+
+    for cond in conditions:
+        for e in walk(cond):
+            if type(e) is Cmp:
+                if _is_term(e.left) and type(e.right) is Const:
+                    add(e.left, e.right.value)
+                elif _is_term(e.right) and type(e.left) is Const:
+                    add(e.right, e.left.value)
+            elif type(e) is In and type(e.container) is ListLit and _is_term(e.item):
+                for c in e.container.items:
+                    add(e.item, c)
+    return {key: sorted(values) for key, values in found.items()}
+
+
 class _Translator:
-    def __init__(self) -> None:
+    def __init__(self, tables: dict[tuple[Expr, str], list[Any]]) -> None:
         self.terms: list[Expr] = []
         self.slots: list[set[str]] = []
         self._index: dict[Expr, int] = {}
+        self.tables = tables
+
+    def code(self, t: Expr, kind: str, c: Any) -> int:
+        """The rank code of literal ``c`` in the table of term ``t`` (always odd)."""
+        return rank_code(self.tables[(t, kind)], c)
 
     def term(self, e: Expr, slot: str) -> str:
         i = self._index.get(e)
@@ -100,7 +224,7 @@ class _Translator:
     def eq(self, t: Expr, c: Any, positive: bool) -> dict:
         kind = "b" if type(c) is bool else ("n" if type(c) in (int, float) else "s")
         slot = self.term(t, kind)
-        value = ("true" if c else "false") if kind == "b" else c
+        value = ("true" if c else "false") if kind == "b" else self.code(t, kind, c)
         if positive:
             return {slot: value}
         return {"$or": [{"$nex": {slot: 1}}, {"$neq": {slot: value}}]}
@@ -163,9 +287,10 @@ class _Translator:
             return self.ne(left, c, positive)
         kind = "n" if type(c) in (int, float) else "s"
         slot = self.term(left, kind)
+        code = self.code(left, kind, c)
         if positive:
-            return {_ORDER[op]: {slot: c}}
-        return {"$or": [{"$nex": {slot: 1}}, {_NEG_ORDER[op]: {slot: c}}]}
+            return {_ORDER[op]: {slot: code}}
+        return {"$or": [{"$nex": {slot: 1}}, {_NEG_ORDER[op]: {slot: code}}]}
 
     def member(self, e: In, positive: bool) -> dict:
         if type(e.container) is not ListLit:
@@ -182,37 +307,106 @@ class _Translator:
         return {"$or": [self.present(e.item, False), found]}
 
 
-def _dnf_size(cond: dict) -> int:
+def _shape(cond: dict) -> tuple[int, int]:
+    """(alternatives, tests) of ``cond`` in disjunctive normal form.
+
+    ``tests`` counts every leaf test of every alternative: an upper bound of the
+    alpha nodes durable-rules builds for the condition.
+    """
     if "$and" in cond:
-        size = 1
+        alts, tests = 1, 0
         for part in cond["$and"]:
-            size *= _dnf_size(part)
-            if size > MAX_DNF:
-                return size
-        return size
+            a, t = _shape(part)
+            alts, tests = alts * a, tests * a + t * alts
+            if alts > MAX_DNF:
+                return alts, max(tests, alts)
+        return alts, tests
     if "$or" in cond:
-        return sum(_dnf_size(part) for part in cond["$or"])
-    return 1
+        alts = tests = 0
+        for part in cond["$or"]:
+            a, t = _shape(part)
+            alts, tests = alts + a, tests + t
+        return alts, tests
+    return 1, 1
 
 
-def translate(conditions: Sequence[Expr]) -> tuple[list[dict], list[Expr], list[set[str]]]:
+def properties_of(cond: dict) -> set[str]:
+    """The fact properties (slot names) a durable-rules condition reads."""
+    out: set[str] = set()
+    stack = [cond]
+    while stack:
+        d = stack.pop()
+        for key, value in d.items():
+            if key in ("$and", "$or"):
+                stack.extend(value)
+            elif key.startswith("$"):
+                out.update(value)
+            else:
+                out.add(key)
+    return out
+
+
+def chunk_rules(costs: Sequence[int], properties: Sequence[set[str]], max_rules: int = CHUNK_RULES,
+                max_tests: int = CHUNK_TESTS, max_properties: int = CHUNK_PROPERTIES) -> list[list[int]]:
+    """Consecutive rule indexes grouped: at most ``max_rules`` per group, tests adding up
+    to at most ``max_tests`` and at most ``max_properties`` fact properties read (a rule
+    alone past a limit is alone in its group)."""
+    chunks: list[list[int]] = []
+    total = max_tests + 1
+    props: set[str] = set()
+    for index, (cost, own) in enumerate(zip(costs, properties)):
+        if (not chunks or total + cost > max_tests or len(chunks[-1]) >= max_rules
+                or len(props | own) > max_properties):
+            chunks.append([])
+            total = 0
+            props = set()
+        chunks[-1].append(index)
+        total += cost
+        props |= own
+    return chunks
+
+
+class Translation(NamedTuple):
+    """What ``translate`` gives: the durable-rules conditions and how to build facts."""
+
+    #: the durable-rules condition of each rule
+    conditions: list[dict]
+    #: the value terms a fact carries, in slot order (``t0_``, ``t1_``...)
+    terms: list[Expr]
+    #: the slots of each term (``p``, ``t``, ``b``, ``n``, ``s``)
+    slots: list[set[str]]
+    #: per term, the sorted number literals and string literals its rank codes refer to
+    tables: list[tuple[list[Any], list[Any]]]
+    #: rule indexes grouped into the durable-rules rulesets the worker builds
+    chunks: list[list[int]]
+
+
+def translate(conditions: Sequence[Expr]) -> Translation:
     """The durable-rules condition of each rule, and the value terms the facts carry.
 
     :raises DurableUnsupported: naming the rule (by index, ``rule #N``) and the reason.
     """
-    tr = _Translator()
-    out = []
+    tables = _literal_tables(conditions)
+    tr = _Translator(tables)
+    out: list[dict] = []
+    costs: list[int] = []
     for index, cond in enumerate(conditions):
         try:
             json_cond = tr.tr(cond, True)
         except DurableUnsupported as exc:
             raise DurableUnsupported(f"rule #{index + 1}: {exc}") from None
-        size = _dnf_size(json_cond)
-        if size > MAX_DNF:
+        full = {"$and": [_TRUE, json_cond]}
+        alts, tests = _shape(full)
+        if alts > MAX_DNF:
             raise DurableUnsupported(
                 f"rule #{index + 1}: condition expands to more than {MAX_DNF} alternatives for durable-rules")
-        out.append({"$and": [_TRUE, json_cond]})
-    return out, tr.terms, tr.slots
+        out.append(full)
+        costs.append(tests)
+    if len(out) > MAX_DURABLE_RULES:
+        raise DurableUnsupported(f"more than {MAX_DURABLE_RULES} rules for the durable engine; split the ruleset")
+    per_term = [(tables.get((t, "n"), []), tables.get((t, "s"), [])) for t in tr.terms]
+    return Translation(out, tr.terms, tr.slots, per_term,
+                       chunk_rules(costs, [properties_of(c) for c in out]))
 
 
 class DurableEngine:
@@ -227,9 +421,14 @@ class DurableEngine:
     name = "durable"
 
     def __init__(self, conditions: Sequence[Expr], timeout: float = 60.0) -> None:
-        self.conditions, terms, slots = translate(conditions)
+        translation = translate(conditions)
+        self.conditions = translation.conditions
+        self.chunks = [{"rules": [[i, self.conditions[i]] for i in chunk],
+                        "properties": sorted(set().union(*(properties_of(self.conditions[i]) for i in chunk)))}
+                       for chunk in translation.chunks]
         self.timeout = timeout
-        self._terms = [(compile_value(t), frozenset(s)) for t, s in zip(terms, slots)]
+        self._terms = [(compile_value(t), frozenset(s), numbers, strings)
+                       for t, s, (numbers, strings) in zip(translation.terms, translation.slots, translation.tables)]
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
         self._buffer = b""
@@ -237,29 +436,36 @@ class DurableEngine:
     # -- facts --------------------------------------------------------------------------------
 
     def facts(self, nodes: Sequence[Node], lics: Sequence[LicenceResult], env: EvalEnv) -> list[dict]:
-        """One durable-rules fact per node: its index and the typed slots of every term."""
+        """One durable-rules fact per node: its index and the typed slots of every term.
+
+        Numbers and strings are sent as rank codes (see the module docstring); a NaN
+        gets no number slot.
+        """
         out = []
-        terms = [(f"t{i}_", fn, slots) for i, (fn, slots) in enumerate(self._terms)]
+        code = rank_code
+        terms = [(f"t{i}_", fn, "p" in slots, "t" in slots, "b" in slots, "n" in slots, "s" in slots,
+                  numbers, strings)
+                 for i, (fn, slots, numbers, strings) in enumerate(self._terms)]
         for index, (node, lic) in enumerate(zip(nodes, lics)):
             fact: dict[str, Any] = {"nid": index}
-            for prefix, fn, slots in terms:
+            for prefix, fn, p_slot, t_slot, b_slot, n_slot, s_slot, numbers, strings in terms:
                 v = fn(node, lic, env)
                 if v is MISSING:
                     continue
-                if "p" in slots:
+                if p_slot:
                     fact[prefix + "p"] = 1
-                if "t" in slots and v:
+                if t_slot and v:
                     fact[prefix + "t"] = 1
                 tv = type(v)
                 if tv is bool:
-                    if "b" in slots:
+                    if b_slot:
                         fact[prefix + "b"] = "true" if v else "false"
                 elif tv is int or tv is float:
-                    if "n" in slots:
-                        fact[prefix + "n"] = v
+                    if n_slot and v == v:  # NaN: no rank, like a value of another kind
+                        fact[prefix + "n"] = code(numbers, v)
                 elif tv is str:
-                    if "s" in slots:
-                        fact[prefix + "s"] = v
+                    if s_slot:
+                        fact[prefix + "s"] = code(strings, v)
             out.append(fact)
         return out
 
@@ -273,10 +479,23 @@ class DurableEngine:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
         )
         self._buffer = b""
-        reply = self._exchange({"op": "load", "rules": self.conditions}, timeout=max(30.0, self.timeout))
+        reply = self._exchange({"op": "load", "chunks": self.chunks}, timeout=max(30.0, self.timeout))
         if not reply.get("ok"):
             self._kill()
-            raise DurableEngineError(f"durable-rules refused the ruleset: {reply.get('error')}")
+            rule = reply.get("rule")
+            where = f"rule #{rule + 1}: " if isinstance(rule, int) else ""
+            raise DurableRefused(f"{where}durable-rules refused the ruleset: {explain_error(str(reply.get('error')))}",
+                                 rule if isinstance(rule, int) else None)
+
+    def start(self) -> None:
+        """Start the worker and load the rules into durable-rules now (not at the first tick).
+
+        :raises DurableRefused: durable-rules refused a rule (``rule`` is its index).
+        :raises DurableEngineError: the worker crashed or hung while loading.
+        """
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._start()
 
     @property
     def pid(self) -> int | None:
@@ -364,7 +583,7 @@ class DurableEngine:
         reply = self._exchange({"op": "eval", "facts": facts}, timeout=self.timeout)
         if not reply.get("ok"):
             self._kill()
-            raise DurableEngineError(f"durable-rules failed: {reply.get('error')}")
+            raise DurableEngineError(f"durable-rules failed: {explain_error(str(reply.get('error')))}")
         out: list[set[int]] = [set() for _ in self.conditions]
         for rule, nid in reply.get("fired", []):
             out[rule].add(nid)

@@ -24,7 +24,7 @@ from wyneos_core.rules.state import Duration, parse_duration
 from wyneos_core.rules.template import Template, TemplateError
 from wyneos_core.yamlio import Located, LocatedError, load_yaml, validate_schema
 
-__all__ = ["ActionSpec", "Rule", "Ruleset", "RulesetError", "load_ruleset", "ruleset_schema", "STAGES"]
+__all__ = ["ActionSpec", "Rule", "Ruleset", "RulesetError", "load_ruleset", "ruleset_schema", "start_durable", "STAGES"]
 
 STAGES = ("governance", "healing", "enforcement")
 
@@ -197,8 +197,11 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
     ruleset = Ruleset(rs_name, stage, engine, tuple(rules), name, data.get("description", ""),
                       dict(data.get("labels", {})))
     if engine == "durable":
-        from wyneos_core.rules.durable import DurableUnsupported, translate
+        from wyneos_core.rules.durable import MAX_DURABLE_RULES, DurableUnsupported, translate
 
+        if len(rules) > MAX_DURABLE_RULES:
+            raise fail(("rules",), f"{len(rules)} rules, more than the {MAX_DURABLE_RULES} the durable engine "
+                                   "takes in one ruleset; split the file or use engine: native")
         for index, rule in enumerate(rules):
             try:
                 translate([rule.active])
@@ -207,3 +210,33 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
                 raise fail(("rules", index, "require" if stage == "governance" else "when"),
                            f"the durable engine cannot run this condition: {reason} (use engine: native)") from None
     return ruleset
+
+
+def start_durable(ruleset: Ruleset, timeout: float = 60.0) -> Any:
+    """A ``DurableEngine`` for ``ruleset`` with its rules already loaded into a worker.
+
+    This is the load-time check that durable-rules itself accepts the rules (its C
+    extension has fixed limits that only building the rules reveals).
+
+    :raises RulesetError: naming the file and the line of the rule durable-rules refused.
+    """
+    from wyneos_core.rules.durable import DurableEngine, DurableEngineError, DurableRefused
+
+    engine = DurableEngine(ruleset.conditions(), timeout=timeout)
+    try:
+        engine.start()
+    except DurableRefused as exc:
+        engine.close()
+        key = "require" if ruleset.stage == "governance" else "when"
+        reason = str(exc).split(": ", 1)[-1] if exc.rule is not None else str(exc)
+        if exc.rule is not None and 0 <= exc.rule < len(ruleset.rules):
+            rule = ruleset.rules[exc.rule]
+            raise RulesetError(f"the durable engine cannot run this condition: {reason} (use engine: native)",
+                               file=ruleset.file, line=rule.line, field=f"rules[{exc.rule}].{key}") from None
+        raise RulesetError(f"the durable engine cannot run this ruleset: {reason} (use engine: native)",
+                           file=ruleset.file, line=1, field="engine") from None
+    except DurableEngineError as exc:
+        engine.close()
+        raise RulesetError(f"the durable-rules worker failed while loading the rules: {exc}",
+                           file=ruleset.file, line=1, field="engine") from None
+    return engine

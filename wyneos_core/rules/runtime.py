@@ -12,11 +12,15 @@ engine per ruleset and one ``StateTracker`` per rule. Each tick it
 
 A durable-rules worker that crashes or hangs is reported in the tick's errors and that
 ruleset is evaluated by the native engine for the tick (both engines give the same
-results); the worker is started again on the next tick.
+results); the worker is started again on the next tick, and after three failures in a
+row it rests for a growing number of ticks (backoff) while the native engine runs and
+every report says so. A durable ruleset is loaded into its worker when it is loaded
+(startup, hot reload), so rules durable-rules refuses are refused there, with a line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +32,9 @@ import wyneos_core
 from wyneos_core.model import Action, LicenceResult, Node, PluginError, RuleResult
 from wyneos_core.rules.durable import DurableEngine, DurableEngineError
 from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, cluster_summary
-from wyneos_core.rules.loader import STAGES, Rule, Ruleset, RulesetError, load_ruleset
+from wyneos_core.rules.loader import STAGES, Rule, Ruleset, RulesetError, load_ruleset, start_durable
 from wyneos_core.rules.native import NativeEngine
-from wyneos_core.rules.state import FIRING, PENDING, StateTracker
+from wyneos_core.rules.state import FIRING, INACTIVE, PENDING, RESOLVED, StateTracker
 
 __all__ = ["RulesetRunner", "resolve_paths", "shipped_rulesets_dir", "BUILTIN_PREFIX"]
 
@@ -95,6 +99,19 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+#: consecutive durable-engine failures after which it is rested (native runs instead)
+FAILURES_BEFORE_BACKOFF = 3
+#: longest rest, in ticks, between two tries of a failing durable engine
+MAX_BACKOFF_TICKS = 64
+
+
 @dataclass(slots=True)
 class Loaded:
     """One ruleset in service: its engine, a native fallback and the state of each rule."""
@@ -105,10 +122,27 @@ class Loaded:
     engine: Any
     native: NativeEngine
     trackers: dict[str, StateTracker] = field(default_factory=dict)
+    digest: str | None = None
+    #: consecutive ticks the durable engine failed; the tick it may be tried again
+    failures: int = 0
+    retry_tick: int = 0
+    last_error: str = ""
 
     def close(self) -> None:
         if self.engine is not self.native:
             self.engine.close()
+
+
+def _end_states(loaded: Loaded, rule_id: str, keep: set[str] | None, transitions: list[dict[str, Any]]) -> None:
+    """End the states of ``rule_id`` on every node not in ``keep`` (all when None), with
+    their transitions: a firing rule resolves, a pending or resolved one goes inactive."""
+    tracker = loaded.trackers.get(rule_id)
+    if tracker is None:
+        return
+    for node_id, before in tracker.forget(keep):
+        transitions.append({"kind": "rule", "rule_id": rule_id, "node_id": node_id, "from": before,
+                            "to": RESOLVED if before == FIRING else INACTIVE, "ruleset": loaded.ruleset.name,
+                            "why": "node left the cluster" if keep is not None else "rule removed"})
 
 
 class RulesetRunner:
@@ -162,15 +196,20 @@ class RulesetRunner:
 
     def _load(self, path: Path, previous: Loaded | None = None) -> Loaded:
         stamp = _stamp(path)
+        digest = _digest(path)
         ruleset = load_ruleset(path, default_engine=self.default_engine)
-        return self._wrap(ruleset, path, stamp, previous)
+        loaded = self._wrap(ruleset, path, stamp, previous, start=True)
+        loaded.digest = digest
+        return loaded
 
     def _wrap(self, ruleset: Ruleset, path: Path, stamp: tuple[int, int] | None,
-              previous: Loaded | None = None) -> Loaded:
+              previous: Loaded | None = None, start: bool = False) -> Loaded:
         native = NativeEngine(ruleset.conditions())
         engine: Any = native
         if ruleset.engine == "durable":
-            engine = DurableEngine(ruleset.conditions(), timeout=self.durable_timeout)
+            # loading the rules into a worker now is the check that durable-rules takes them
+            engine = (start_durable(ruleset, self.durable_timeout) if start
+                      else DurableEngine(ruleset.conditions(), timeout=self.durable_timeout))
         trackers = {}
         for rule in ruleset.rules:
             tracker = StateTracker(rule.for_, rule.keep_firing_for)
@@ -182,16 +221,26 @@ class RulesetRunner:
     def rulesets(self, stage: str | None = None) -> list[Ruleset]:
         return [l.ruleset for l in self.loaded.values() if stage is None or l.ruleset.stage == stage]
 
-    def check_reload(self, notes: list[str], errors: list[PluginError] | None = None) -> list[str]:
-        """Load changed, new and removed ruleset files; return what changed (also in ``notes``)."""
+    def check_reload(self, notes: list[str], errors: list[PluginError] | None = None,
+                     transitions: list[dict[str, Any]] | None = None) -> list[str]:
+        """Load changed, new and removed ruleset files; return what changed (also in ``notes``).
+
+        Never raises: whatever goes wrong with one file (a ruleset error, YAML nested too
+        deeply, an unreadable directory) refuses that edit, keeps the last good version
+        running, and is noted once; the same refused file (same modification time and
+        size) is not read again. Rule states that end because their ruleset file or rule
+        is gone are appended to ``transitions`` (firing -> resolved, pending -> inactive).
+        """
+        if transitions is None:
+            transitions = []
         if not self.reload:
             return []
         changed: list[str] = []
         try:
             current = resolve_paths(self.entries, self.base_dir)
-        except RulesetError as exc:
+        except Exception as exc:  # noqa: BLE001 - a missing or unreadable entry keeps the rest running
             current = [p for p in self.loaded if p.exists()]
-            key = Path(exc.file)
+            key = Path(getattr(exc, "file", None) or "rulesets.paths")
             if self._refused.get(key, "?") is not None:
                 self._refused[key] = None
                 notes.append(f"rulesets: {exc}")
@@ -199,6 +248,8 @@ class RulesetRunner:
             if path not in current:
                 gone = self.loaded.pop(path)
                 gone.close()
+                for rule in gone.ruleset.rules:
+                    _end_states(gone, rule.id, None, transitions)
                 changed.append(f"rulesets: {path} was removed; ruleset {gone.ruleset.name!r} stopped")
         names = {l.ruleset.name: p for p, l in self.loaded.items()}
         for path in current:
@@ -208,6 +259,10 @@ class RulesetRunner:
                 continue
             if path in self._refused and self._refused[path] == stamp:
                 continue  # the same bad edit, already reported
+            if old is not None and old.digest is not None and _digest(path) == old.digest:
+                old.stamp = stamp  # touched, not changed
+                self._refused.pop(path, None)
+                continue
             try:
                 new = self._load(path, old)
                 owner = names.get(new.ruleset.name)
@@ -215,20 +270,23 @@ class RulesetRunner:
                     new.close()
                     raise RulesetError(f"ruleset name {new.ruleset.name!r} is already used by {owner}",
                                        file=str(path), line=1, field="ruleset")
-            except RulesetError as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure refuses the edit, never the tick
                 self._refused[path] = stamp
+                reason = str(exc) if isinstance(exc, RulesetError) else f"{path}: {type(exc).__name__}: {exc}"
                 if old is not None:
-                    old.stamp = old.stamp  # keep serving the last good version
                     text = (f"rulesets: invalid edit of {path} refused, still running the last good version of "
-                            f"{old.ruleset.name!r}: {exc}")
+                            f"{old.ruleset.name!r}: {reason}")
                 else:
-                    text = f"rulesets: new ruleset file {path} refused: {exc}"
+                    text = f"rulesets: new ruleset file {path} refused: {reason}"
                 changed.append(text)
                 if errors is not None:
-                    errors.append(PluginError("rulesets", "reload", str(exc), kind="invalid_ruleset"))
+                    errors.append(PluginError("rulesets", "reload", reason, kind="invalid_ruleset"))
                 continue
             self._refused.pop(path, None)
             if old is not None:
+                for rule_id in old.trackers:
+                    if rule_id not in new.trackers:
+                        _end_states(old, rule_id, None, transitions)
                 old.close()
                 changed.append(f"rulesets: reloaded {new.ruleset.name!r} from {path} ({len(new.ruleset.rules)} rules)")
             else:
@@ -249,22 +307,48 @@ class RulesetRunner:
         return EvalEnv(now, cluster_summary(nodes, now), violated or {})
 
     def _active(self, loaded: Loaded, nodes: Sequence[Node], lics: Sequence[LicenceResult], env: EvalEnv,
-                hook: str, errors: list[PluginError]) -> list[list[int]]:
-        try:
-            return loaded.engine.evaluate(nodes, lics, env)
-        except DurableEngineError as exc:
+                hook: str, errors: list[PluginError], tick: int) -> list[list[int]]:
+        """Run the ruleset's engine; on a durable-rules failure, the native engine.
+
+        After ``FAILURES_BEFORE_BACKOFF`` failures in a row the durable engine is rested
+        (2, 4, 8... up to ``MAX_BACKOFF_TICKS`` ticks) instead of being started again at
+        every tick; while it rests, every tick report carries a standing error.
+        """
+        if loaded.engine is loaded.native:
+            return loaded.native.evaluate(nodes, lics, env)
+        name = loaded.ruleset.name
+        if tick < loaded.retry_tick:
             errors.append(PluginError(
                 "rulesets", hook,
-                f"ruleset {loaded.ruleset.name!r}: {exc}; evaluated with the native engine for this tick",
+                f"ruleset {name!r}: the durable engine failed {loaded.failures} ticks in a row (last: "
+                f"{loaded.last_error}); evaluated with the native engine until tick {loaded.retry_tick}",
                 kind="engine",
             ))
             return loaded.native.evaluate(nodes, lics, env)
+        try:
+            result = loaded.engine.evaluate(nodes, lics, env)
+        except DurableEngineError as exc:
+            loaded.failures += 1
+            loaded.last_error = str(exc)
+            rest = ""
+            if loaded.failures >= FAILURES_BEFORE_BACKOFF:
+                ticks = min(2 ** (loaded.failures - FAILURES_BEFORE_BACKOFF + 1), MAX_BACKOFF_TICKS)
+                loaded.retry_tick = tick + ticks
+                rest = f"; the durable engine rests until tick {loaded.retry_tick}"
+            errors.append(PluginError(
+                "rulesets", hook,
+                f"ruleset {name!r}: {exc}; evaluated with the native engine for this tick{rest}",
+                kind="engine",
+            ))
+            return loaded.native.evaluate(nodes, lics, env)
+        loaded.failures = 0
+        return result
 
     def _step(self, loaded: Loaded, rule: Rule, ids: list[str], tick: int, now: float,
               transitions: list[dict[str, Any]], present: set[str] | None) -> StateTracker:
         tracker = loaded.trackers[rule.id]
-        if present is not None:
-            tracker.forget(present)
+        if present is not None and len(tracker.states) and not present.issuperset(tracker.states):
+            _end_states(loaded, rule.id, present, transitions)
         for node_id, before, after in tracker.step(ids, tick, now):
             transitions.append({"kind": "rule", "rule_id": rule.id, "node_id": node_id, "from": before,
                                 "to": after, "ruleset": loaded.ruleset.name})
@@ -291,7 +375,7 @@ class RulesetRunner:
         append = out.append
         for loaded in loaded_list:
             name = loaded.ruleset.name
-            active = self._active(loaded, nodes, lics, env, "wyneos_governance", errors)
+            active = self._active(loaded, nodes, lics, env, "wyneos_governance", errors, tick)
             for rule, hits in zip(loaded.ruleset.rules, active):
                 tracker = self._step(loaded, rule, [nodes[i].id for i in hits], tick, env.now, transitions, present)
                 states = tracker.states
@@ -331,7 +415,7 @@ class RulesetRunner:
         index = {n.id: i for i, n in enumerate(nodes)}
         for loaded in loaded_list:
             name = loaded.ruleset.name
-            active = self._active(loaded, nodes, lics, env, f"wyneos_{stage}", errors)
+            active = self._active(loaded, nodes, lics, env, f"wyneos_{stage}", errors, tick)
             for rule, hits in zip(loaded.ruleset.rules, active):
                 tracker = self._step(loaded, rule, [nodes[i].id for i in hits], tick, env.now, transitions, present)
                 origin = f"ruleset:{name}/{rule.id}"

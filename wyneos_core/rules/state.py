@@ -139,7 +139,13 @@ class StateTracker:
                 changes.append((node_id, FIRING, RESOLVED))
         return changes
 
-    def forget(self, keep_only: set[str]) -> None:
-        """Drop the states of nodes that left the cluster."""
-        for node_id in [n for n in self.states if n not in keep_only]:
+    def forget(self, keep_only: set[str] | None = None) -> list[tuple[str, str]]:
+        """Drop the states of nodes not in ``keep_only`` (all when None).
+
+        :return: ``(node_id, state it was in)`` of every state dropped, so that the
+            caller can report how they ended.
+        """
+        dropped = [(n, st.state) for n, st in self.states.items() if keep_only is None or n not in keep_only]
+        for node_id, _ in dropped:
             del self.states[node_id]
+        return dropped
