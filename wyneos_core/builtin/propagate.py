@@ -276,8 +276,7 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
             try:
                 carried = action
                 if action.type in LOAD_ACTIONS:
-                    trial = dict(planned)
-                    plan = plan_load_moves(ctx, action, parent, trial)
+                    plan = plan_load_moves(ctx, action, parent, planned)
                     carried = Action(action.type, action.target, action.reason, action.origin, action.severity,
                                      {**action.params, "moves": plan["moves"]}, id=action.id)
                 direct = action.target if action.type == ActionType.REINSTATE.value else None
@@ -286,7 +285,6 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
                 _refuse(ctx, state, action, "exception", f"{type(exc).__name__}: {exc}")
                 continue
             if action.type in LOAD_ACTIONS:
-                planned = trial
                 effects[action.id] = plan
             carried_ok.append(action)
             deliveries.extend(routed)
