@@ -90,3 +90,14 @@ def test_origin_cannot_be_isolated_or_removed():
 def test_explicit_edges():
     mesh = build_topology(["x", "y"], settings(topology="explicit", edges=[["orchestrator", "x"], ["x", "y"]]))
     assert mesh.routing_tree().path("y") == [ORIGIN, "x", "y"]
+
+
+def test_reachable_if_reinstated_follows_cut_edges_both_ways():
+    m = Mesh()
+    # orchestrator - a - x(isolated) - b - y(isolated) - c ; and d hangs off y only
+    m.add_edges([(ORIGIN, "a"), ("a", "x"), ("x", "b"), ("b", "y"), ("y", "c"), ("y", "d")])
+    m.isolate("x")
+    m.isolate("y")
+    assert m.routing_tree().reachable("a") and not m.routing_tree().reachable("b")
+    assert m.reachable_if_reinstated() == {ORIGIN, "a", "x", "b", "y", "c", "d"}
+    assert dict(m.kept_edges) == {"x": ("a", "b"), "y": ("b", "c", "d")}

@@ -59,12 +59,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem
-from wyneos_core.mesh import Mesh
 from wyneos_core.model import ORIGIN, Action, ActionType, NodeStatus, PluginError, Severity
 from wyneos_core.tick import Orchestrator, TickContext
 
@@ -75,7 +73,6 @@ __all__ = [
     "Probation",
     "event",
     "in_force_actions",
-    "kept_edges",
     "state_of",
     "would_strand",
 ]
@@ -202,11 +199,6 @@ def _restore_deliveries(state: DecideState, store: Any) -> None:
 # -- what the mesh says --------------------------------------------------------------------
 
 
-def kept_edges(mesh: Mesh) -> dict[str, list[str]]:
-    """Isolated vertex -> the neighbours its isolation cut it from (read only)."""
-    return getattr(mesh, "_cut", {})  # noqa: SLF001 - Mesh keeps them for reinstate
-
-
 def _partitioned(ctx: TickContext) -> set[str]:
     mesh = ctx.mesh
     reach = ctx.mesh_tree().parent
@@ -217,26 +209,9 @@ def _partitioned(ctx: TickContext) -> set[str]:
 def _stranded(ctx: TickContext, partitioned: set[str]) -> set[str]:
     """The nodes of ``partitioned`` that only the orchestrator's own isolations cut off:
     they would have a mesh path again if the isolated nodes' edges were back."""
-    kept = kept_edges(ctx.mesh)
-    if not partitioned or not kept:
+    if not partitioned or not ctx.mesh.isolated:
         return set()
-    adj = ctx.mesh.graph._adj  # noqa: SLF001 - read only
-    seen = set(ctx.mesh_tree().parent)
-    seen.add(ORIGIN)
-    frontier = [v for v, ns in kept.items() if any(n in seen for n in ns)]
-    seen.update(frontier)
-    found: set[str] = set()
-    while frontier:
-        nxt = []
-        for v in frontier:
-            for w in chain(adj[v], kept.get(v, ())):
-                if w not in seen:
-                    seen.add(w)
-                    nxt.append(w)
-                    if w in partitioned:
-                        found.add(w)
-        frontier = nxt
-    return found
+    return partitioned & ctx.mesh.reachable_if_reinstated()
 
 
 def would_strand(ctx: TickContext, target: str, blocked: set[str], children: dict[str, list[str]]) -> list[str]:

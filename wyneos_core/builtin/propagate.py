@@ -42,7 +42,7 @@ from typing import Any
 
 from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem, gated_features
-from wyneos_core.builtin.decide import RESEND, RETRYABLE, DecideState, _stranded, event, kept_edges, state_of
+from wyneos_core.builtin.decide import RESEND, RETRYABLE, DecideState, _stranded, event, state_of
 from wyneos_core.mesh import Mesh, RoutingTree
 from wyneos_core.model import ORIGIN, Action, ActionType, Delivery, NodeStatus, PluginError
 from wyneos_core.tick import Orchestrator, TickContext
@@ -305,7 +305,7 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
     ctx.report.partitions = mesh.partitions(ctx.mesh_tree(refresh=reshaped))
     if ctx.report.partitions:
         cut = sum(len(g) for g in ctx.report.partitions)
-        ours = len(_stranded(ctx, {v for g in ctx.report.partitions for v in g})) if kept_edges(mesh) else 0
+        ours = len(_stranded(ctx, {v for g in ctx.report.partitions for v in g})) if mesh.isolated else 0
         ctx.note(f"partition: {cut} node(s) in {len(ctx.report.partitions)} group(s) have no mesh path "
                  "to the orchestrator" + (f" ({ours} of them only because of isolations in force)" if ours else ""))
     sync_restrictions(ctx, state)
