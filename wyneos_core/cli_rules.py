@@ -60,7 +60,7 @@ def _files(paths: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from wyneos_core.rules.loader import load_ruleset
+    from wyneos_core.rules.loader import load_ruleset, start_durable
     from wyneos_core.rules.testing import is_test_file, run_test_file
     from wyneos_core.yamlio import LocatedError, load_yaml
 
@@ -76,13 +76,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                 run_test_file(path, engine=args.engine)  # loads the ruleset and validates every case
                 report.append({"file": str(path), "ok": True, "kind": "tests"})
                 continue
-            ruleset = load_ruleset(path, default_engine=args.engine or "native")
-            if args.engine and ruleset.engine != args.engine:
-                load_ruleset(path, text=path.read_text(encoding="utf-8"), default_engine=args.engine)
-                if args.engine == "durable":
-                    from wyneos_core.rules.durable import translate
-
-                    translate(ruleset.conditions())
+            ruleset = load_ruleset(path, engine=args.engine)
+            if ruleset.engine == "durable":
+                start_durable(ruleset, timeout=60.0).close()  # durable-rules itself takes the rules
             report.append({"file": str(path), "ok": True, "kind": "ruleset", "ruleset": ruleset.name,
                            "stage": ruleset.stage, "rules": len(ruleset.rules)})
         except LocatedError as exc:

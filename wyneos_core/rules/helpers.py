@@ -8,7 +8,8 @@ that they are checked (a regex compiles, a version parses) when the ruleset load
 ``heartbeat_age(node)``     seconds since the node's last heartbeat (missing if never seen)
 ``has(x)``                  ``x is not missing``
 ``matches(x, "glob")``      ``x`` is a string matching the shell-style glob (``edge-*``)
-``regex(x, "pattern")``     ``x`` is a string in which the regular expression is found
+``regex(x, "pattern")``     ``x`` is a string in which the regular expression (RE2
+                            syntax, linear time) is found
 ``version_at_least(x, v)``  version string ``x`` is at least ``v`` (``"2.4.0"``)
 ``version_below(x, v)``     version string ``x`` is below ``v``
 ``entitled(licence, "f")``  the licence is valid and lists feature ``f``
@@ -16,6 +17,12 @@ that they are checked (a regex compiles, a version parses) when the ruleset load
 ``violated("rule-id")``     (healing and enforcement rulesets) this tick, a governance
                             rule of that id is firing on the node
 ==========================  ===============================================================
+
+Regular expressions run on RE2 (the ``google-re2`` package), whose matching time is
+linear in the length of the text whatever the pattern: a pattern like ``^(a+)+$``
+cannot take exponential time. RE2 has no backreferences or lookaround; a pattern that
+uses them is refused at load time. Globs and regular expressions only look at strings
+of at most ``MAX_MATCH_LENGTH`` characters; a longer string gives missing.
 """
 
 from __future__ import annotations
@@ -26,11 +33,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+import re2
+
 from wyneos_core.rules.ir import MISSING
 
-__all__ = ["HELPERS", "HelperSpec", "parse_version", "MAX_PATTERN_LENGTH"]
+__all__ = ["HELPERS", "HelperSpec", "parse_version", "MAX_PATTERN_LENGTH", "MAX_MATCH_LENGTH", "compile_regex"]
 
 MAX_PATTERN_LENGTH: Final = 200
+#: strings longer than this are not matched by globs or regular expressions (missing)
+MAX_MATCH_LENGTH: Final = 10_000
 
 _VERSION = re.compile(r"^\s*[vV]?(\d{1,9}(?:\.\d{1,9}){0,7})")
 
@@ -70,12 +81,35 @@ def _check_glob(text: str) -> str | None:
     return None
 
 
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # the refusal is reported by the loader, not logged to stderr
+    options.max_mem = 8 << 20
+    return options
+
+
+def compile_regex(pattern: str) -> re2._Regexp:
+    """``pattern`` compiled by RE2; ``ValueError`` with a plain reason if RE2 refuses it."""
+    try:
+        return re2.compile(pattern, _re2_options())
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        hint = ""
+        if re.search(r"\\[1-9]|\(\?P=", pattern):
+            hint = " (backreferences are not supported: RE2 matches in linear time)"
+        elif re.search(r"\(\?<?[=!]", pattern):
+            hint = " (lookahead and lookbehind are not supported: RE2 matches in linear time)"
+        raise ValueError(f"{detail}{hint}") from None
+
+
 def _check_regex(text: str) -> str | None:
     if len(text) > MAX_PATTERN_LENGTH:
         return f"regular expression longer than {MAX_PATTERN_LENGTH} characters"
     try:
-        re.compile(text)
-    except re.error as exc:
+        compile_regex(text)
+    except ValueError as exc:
         return f"invalid regular expression: {exc}"
     return None
 
@@ -112,21 +146,34 @@ HELPERS: Final[dict[str, HelperSpec]] = {
 # -- implementations (shared by the interpreter and the native compiler) --------------------
 
 
-def glob_matcher(pattern: str) -> Callable[[Any], bool]:
+def glob_matcher(pattern: str) -> Callable[[Any], Any]:
+    # fnmatch's translation avoids nested quantifiers (no catastrophic backtracking)
     rx = re.compile(fnmatch.translate(pattern))
     match = rx.match
 
-    def run(value: Any) -> bool:
-        return type(value) is str and match(value) is not None
+    def run(value: Any) -> Any:
+        if type(value) is not str:
+            return False
+        if len(value) > MAX_MATCH_LENGTH:
+            return MISSING
+        return match(value) is not None
 
     return run
 
 
-def regex_matcher(pattern: str) -> Callable[[Any], bool]:
-    search = re.compile(pattern).search
+def regex_matcher(pattern: str) -> Callable[[Any], Any]:
+    search = compile_regex(pattern).search
 
-    def run(value: Any) -> bool:
-        return type(value) is str and search(value) is not None
+    def run(value: Any) -> Any:
+        if type(value) is not str:
+            return False
+        if len(value) > MAX_MATCH_LENGTH:
+            return MISSING
+        try:
+            return search(value) is not None
+        except UnicodeEncodeError:  # a lone surrogate: matched as U+FFFD
+            fixed = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return search(fixed) is not None
 
     return run
 

@@ -103,8 +103,12 @@ def _expr_position(located: Located, text: str | None, path: tuple, expr: str,
     return line, col, where
 
 
-def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: str = "native") -> Ruleset:
+def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: str = "native",
+                 engine: str | None = None) -> Ruleset:
     """Load, validate and compile one ruleset file (or ``text`` named ``path``).
+
+    :param default_engine: the engine of a ruleset that does not name one.
+    :param engine: run on this engine whatever the file says (``wyneos check --engine``).
 
     :raises RulesetError: for any mistake, with file, line, column and field.
     """
@@ -130,7 +134,7 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
         return RulesetError(e.reason, file=e.file, line=e.line, column=e.column, field=e.field)
 
     stage = data["stage"]
-    engine = data.get("engine", default_engine)
+    engine = engine or data.get("engine", default_engine)
     rs_name = data["ruleset"]
     rules: list[Rule] = []
     seen: dict[str, int] = {}

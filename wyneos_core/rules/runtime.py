@@ -218,6 +218,12 @@ class RulesetRunner:
             trackers[rule.id] = tracker
         return Loaded(ruleset, path, stamp, engine, native, trackers)
 
+    def reset_states(self) -> None:
+        """Forget every rule state (all rules inactive everywhere), silently."""
+        for loaded in self.loaded.values():
+            for tracker in loaded.trackers.values():
+                tracker.states = {}
+
     def rulesets(self, stage: str | None = None) -> list[Ruleset]:
         return [l.ruleset for l in self.loaded.values() if stage is None or l.ruleset.stage == stage]
 

@@ -21,7 +21,6 @@ every field.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,20 +120,13 @@ def is_test_file(located: Located) -> bool:
 def _load_ruleset(spec: Any, test_file: Path, engine: str | None) -> Ruleset:
     if isinstance(spec, dict):
         text = yaml.safe_dump(spec, sort_keys=False)
-        ruleset = load_ruleset(f"{test_file}#ruleset", text=text, default_engine=engine or "native")
-    elif spec.startswith(BUILTIN_PREFIX):
-        ruleset = load_ruleset(resolve_paths([spec])[0], default_engine=engine or "native")
-    else:
-        path = Path(spec)
-        if not path.is_absolute():
-            path = test_file.parent / path
-        ruleset = load_ruleset(path, default_engine=engine or "native")
-    if engine is not None and ruleset.engine != engine:
-        ruleset = dataclasses.replace(ruleset, engine=engine)
-        if engine == "durable":  # check it can run there, as the loader would
-            load_ruleset(ruleset.file, text=Path(ruleset.file).read_text() if Path(ruleset.file).is_file()
-                         else yaml.safe_dump(spec, sort_keys=False), default_engine="durable")
-    return ruleset
+        return load_ruleset(f"{test_file}#ruleset", text=text, engine=engine)
+    if spec.startswith(BUILTIN_PREFIX):
+        return load_ruleset(resolve_paths([spec])[0], engine=engine)
+    path = Path(spec)
+    if not path.is_absolute():
+        path = test_file.parent / path
+    return load_ruleset(path, engine=engine)
 
 
 def _node(spec: dict[str, Any], now: float) -> Node:
@@ -207,12 +199,13 @@ def run_test_file(path: str | Path, *, engine: str | None = None) -> tuple[str, 
     data = located.data
     ruleset = _load_ruleset(data["ruleset"], path, engine or data.get("engine"))
     outcomes = []
-    for index, case in enumerate(data["tests"]):
-        runner = RulesetRunner.from_rulesets([ruleset])
-        try:
+    runner = RulesetRunner.from_rulesets([ruleset])  # one engine (one durable worker) for every case
+    try:
+        for case in data["tests"]:
+            runner.reset_states()
             outcomes.append(_run_case(runner, ruleset, case, float(case.get("interval", data.get("interval", 6.0)))))
-        finally:
-            runner.close()
+    finally:
+        runner.close()
     return ruleset.name, outcomes
 
 
