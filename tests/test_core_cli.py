@@ -110,12 +110,17 @@ def _ticks_in(db: Path) -> int:
 def test_sigterm_stops_cleanly_after_the_tick_in_progress(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "wyneos_core.cli", "run", "--interval", "0.2"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    db = tmp_path / ".wyneos" / "state.db"
-    while time.monotonic() < deadline and _ticks_in(db) < 2:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + 30
+        db = tmp_path / ".wyneos" / "state.db"
+        while time.monotonic() < deadline and _ticks_in(db) < 2:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # never leave the orchestrator running behind a failed test
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, err
     assert "stopped after" in out
     ticks = sqlite3.connect(db).execute("SELECT MAX(tick) FROM ticks").fetchone()[0]
