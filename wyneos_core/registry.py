@@ -127,7 +127,8 @@ class Registry:
     # -- heartbeats ---------------------------------------------------------------------
 
     def check(self, hb: Heartbeat, now: float) -> None:
-        """Raise ``HeartbeatError`` if ``hb`` must not touch the registry."""
+        """Raise ``HeartbeatError`` if ``hb`` must not touch the registry. Changes nothing
+        (safe to call from a request handler before queueing the heartbeat)."""
         node_id = hb.node_id
         node = self._nodes.get(node_id) if type(node_id) is str else None
         if node is None:
@@ -152,7 +153,6 @@ class Registry:
         if node is not None and node.last_seen is not None and ts < node.last_seen - self.max_clock_skew:
             if not math.isfinite(ts):
                 raise HeartbeatError(node_id, "timestamp", "not a finite number", ts)
-            node.last_rollback = now
             raise HeartbeatError(
                 node_id, "timestamp",
                 f"clock rollback: {node.last_seen - ts:.1f}s before the last heartbeat seen", ts,
@@ -193,9 +193,19 @@ class Registry:
     def accept(self, hb: Heartbeat, now: float) -> Node:
         """Check ``hb`` and apply it. Older-than-seen heartbeats (within skew) are ignored.
 
-        :raises HeartbeatError: naming the field at fault; the registry is unchanged.
+        A heartbeat refused for a clock rollback is remembered on its node
+        (``Node.last_rollback``): licence validation treats a node whose clock went back
+        as suspect (``clock_rollback``).
+
+        :raises HeartbeatError: naming the field at fault; apart from that record, the
+            registry is unchanged.
         """
-        self.check(hb, now)
+        try:
+            self.check(hb, now)
+        except HeartbeatError as exc:
+            if exc.field == "timestamp" and exc.reason.startswith("clock rollback"):
+                self._nodes[hb.node_id].last_rollback = now
+            raise
         node = self._nodes.get(hb.node_id)
         if node is None:
             node = self.register(hb.node_id, now=now)
