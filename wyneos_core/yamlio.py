@@ -120,13 +120,7 @@ def load_yaml(source: str | Path, *, text: str | None = None) -> Located:
     except RecursionError:
         raise LocatedError("nested too deeply", file=name) from None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        raise LocatedError(
-            f"invalid YAML: {exc.problem}",
-            file=name,
-            line=mark.line + 1 if mark else None,
-            column=mark.column + 1 if mark else None,
-        ) from None
+        raise _marked(exc, name) from None
     except yaml.YAMLError as exc:
         raise LocatedError(f"invalid YAML: {exc}", file=name) from None
     positions: dict[PathKey, tuple[int, int]] = {}
@@ -137,16 +131,20 @@ def load_yaml(source: str | Path, *, text: str | None = None) -> Located:
     try:
         data = loader.construct_document(node)
     except yaml.constructor.ConstructorError as exc:
-        mark = exc.problem_mark
-        raise LocatedError(
-            f"invalid YAML: {exc.problem}",
-            file=name,
-            line=mark.line + 1 if mark else None,
-            column=mark.column + 1 if mark else None,
-        ) from None
+        raise _marked(exc, name) from None
     finally:
         loader.dispose()
     return Located(data, name, positions)
+
+
+def _marked(exc: yaml.MarkedYAMLError, name: str) -> LocatedError:
+    mark = exc.problem_mark
+    return LocatedError(
+        f"invalid YAML: {exc.problem}",
+        file=name,
+        line=mark.line + 1 if mark else None,
+        column=mark.column + 1 if mark else None,
+    )
 
 
 #: how deeply mappings and sequences may nest in a user file
