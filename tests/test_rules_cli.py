@@ -99,3 +99,66 @@ def test_explain_shows_each_rule_and_its_parts(tmp_path: Path, capsys) -> None:
     gov = next(rs for rs in data["rulesets"] if rs["name"] == "governance")
     assert {r["id"]: r["value"] for r in gov["rules"]}["version-floor"] is False
     assert main(["explain", "--node", "zz", "--config", str(cfg)]) == 2
+
+
+def test_check_reports_every_broken_rule_of_a_file(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("ruleset: b\nstage: healing\nrules:\n"
+                    "  - {id: r1, description: x, when: node.load >, then: [isolate: {}]}\n"
+                    "  - {id: r1, description: y, when: node.load > 1, then: [isolate: {}]}\n"
+                    "  - {id: r3, description: z, when: node.load > 1, then: [isolte: {}]}\n"
+                    "  - {id: r4, description: w, when: node.load > 1, then: [x_page_oncall: {team: ops}]}\n")
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:4:" in err and "syntax error" in err
+    assert f"{path}:5:" in err and "duplicate rule id 'r1'" in err
+    assert f"{path}:6:" in err and "unknown action type 'isolte': did you mean 'isolate'?" in err
+    assert "r4" not in err and err.count(str(path)) == 3  # a custom x_ type is fine
+
+
+def test_error_messages_stay_short_and_point_at_the_real_line(tmp_path: Path, capsys) -> None:
+    many = tmp_path / "many.yaml"
+    many.write_text("ruleset: m\nstage: governance\nrules:\n" + "".join(
+        f"  - {{id: r{i}, description: d, require: node.load < 1}}\n" for i in range(1001)))
+    params = tmp_path / "params.yaml"
+    params.write_text("ruleset: p\nstage: healing\nrules:\n  - id: r\n    description: d\n    when: node.load > 1\n"
+                      "    then: [{isolate: {a: {b: 1}}}]\n")
+    folded = tmp_path / "folded.yaml"
+    folded.write_text("ruleset: f\nstage: governance\nrules:\n  - id: r1\n    description: x\n    require: >-\n"
+                      "      node.load < 0.9 and\n      node.bogus == 1\n")
+    literal = tmp_path / "literal.yaml"
+    literal.write_text(folded.read_text().replace(">-", "|").replace("      node.bogus", "        node.bogus"))
+    assert main(["check", str(many), str(params), str(folded), str(literal)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{many}:3: rules: 1001 rules, more than 1000 in one ruleset; split it into several files"
+    assert err[1].startswith(f"{params}:7:") and "rules[0].then[0].isolate.a: {'b': 1} is not of type" in err[1]
+    assert err[2].startswith(f"{folded}:8:7: rules[0].require: node has no field 'bogus'")
+    assert err[3].startswith(f"{literal}:8:9: rules[0].require: node has no field 'bogus'")
+    assert all(len(line) < 400 for line in err)
+
+
+def test_wyneos_test_refuses_expectations_that_check_nothing(tmp_path: Path, capsys) -> None:
+    base = f"ruleset: {SHIPPED / 'governance.yaml'}\ntests:\n  - name: c\n    nodes: [{{id: a, load: 0.1}}]\n"
+    for expect, words in [("    expect: {}\n", "'expect' checks nothing"),
+                          ("    expect: {results: []}\n", "'expect' checks nothing"),
+                          ("", "the case has no 'expect'")]:
+        path = tmp_path / "t_test.yaml"
+        path.write_text(base + expect)
+        assert main(["test", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert words in err and f"{path}:" in err
+    path.write_text(base + "    expect: {actions: []}\n")  # 'no actions' is a real expectation
+    assert main(["test", str(path)]) == 0
+
+
+def test_explain_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # `true` exits without reading: the first write of explain meets a closed pipe
+    for flag in ("--json", ""):
+        proc = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m wyneos_core.cli explain "
+                               f"--node node-05 {flag} | true"], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

@@ -1,7 +1,8 @@
 """``wyneos check``, ``wyneos test`` and ``wyneos explain``: rulesets from the command line.
 
 * ``check PATH...`` lints ruleset files (and ruleset test files): exit 0 when all load,
-  1 with one ``file:line:column: field: reason`` line per broken file.
+  1 with one ``file:line:column: field: reason`` line per mistake (every rule of a file
+  is checked, so one broken rule does not hide another).
 * ``test PATH...`` runs ruleset unit tests written in YAML (``wyneos_core.rules.testing``):
   exit 0 when every case passes, 1 otherwise.
 * ``explain --node ID`` runs the configured orchestrator for ``--ticks`` ticks (1 by
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,7 +78,16 @@ def cmd_check(args: argparse.Namespace) -> int:
                 run_test_file(path, engine=args.engine)  # loads the ruleset and validates every case
                 report.append({"file": str(path), "ok": True, "kind": "tests"})
                 continue
-            ruleset = load_ruleset(path, engine=args.engine)
+            found: list[LocatedError] = []
+            try:
+                ruleset = load_ruleset(path, engine=args.engine, errors=found)  # type: ignore[arg-type]
+            except LocatedError as exc:
+                if not found:
+                    raise
+                report.append({"file": str(path), "ok": False, "error": exc.to_dict(), "message": str(exc),
+                               "errors": [e.to_dict() for e in found],
+                               "messages": [str(e) for e in found]})
+                continue
             if ruleset.engine == "durable":
                 start_durable(ruleset, timeout=60.0).close()  # durable-rules itself takes the rules
             report.append({"file": str(path), "ok": True, "kind": "ruleset", "ruleset": ruleset.name,
@@ -96,7 +107,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                         else "ruleset tests")
                 print(f"ok    {r['file']}: {what}")
             else:
-                print(r.get("message") or f"{r['file']}: {r['error']['reason']}", file=sys.stderr)
+                for message in r.get("messages") or [r.get("message") or f"{r['file']}: {r['error']['reason']}"]:
+                    print(message, file=sys.stderr)
         print(f"{len(report) - len(failed)} ok, {len(failed)} with errors")
     if not report:
         print("wyneos check: no ruleset files found", file=sys.stderr)
@@ -187,9 +199,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for r in report.results:
         if r.node_id == node.id and not any(r.source == rs["name"] for rs in out["rulesets"]):
             out["python_rules"].append(r.to_dict())
-    if args.json:
+    try:
+        _print_explain(out, node, lic, report, args.json)
+    except BrokenPipeError:  # `wyneos explain ... | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is left to flush at exit goes nowhere
+        os.close(devnull)
+    return EXIT_OK
+
+
+def _print_explain(out: dict[str, Any], node: Any, lic: Any, report: Any, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(out, indent=2, default=str))
-        return EXIT_OK
+        return
     print(f"node {node.id}: status {node.status.value}, load {node.load}, isolated {node.isolated}, "
           f"metadata {json.dumps(node.metadata, sort_keys=True)}")
     print(f"licence: {'valid' if lic.valid else 'INVALID'} ({lic.reason}) {lic.detail}")
@@ -208,4 +230,3 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print("\nother rules that failed on this node (Python rules and plugins):")
         for r in out["python_rules"]:
             print(f"  {r['rule_id']} ({r['source']}): {r['message']}")
-    return EXIT_OK

@@ -8,7 +8,9 @@ everything that can be wrong with it is found here.
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -17,14 +19,25 @@ from pathlib import Path
 from typing import Any
 
 from wyneos_core.action_params import param_problem
-from wyneos_core.model import Severity
+from wyneos_core.model import ActionType, Severity
 from wyneos_core.rules.expr import ExprError, parse
 from wyneos_core.rules.ir import Expr, Not
 from wyneos_core.rules.state import Duration, parse_duration
 from wyneos_core.rules.template import Template, TemplateError
 from wyneos_core.yamlio import Located, LocatedError, load_yaml, validate_schema
 
-__all__ = ["ActionSpec", "Rule", "Ruleset", "RulesetError", "load_ruleset", "ruleset_schema", "start_durable", "STAGES"]
+__all__ = [
+    "MAX_RULES",
+    "STAGES",
+    "ActionSpec",
+    "Rule",
+    "Ruleset",
+    "RulesetError",
+    "action_type_problem",
+    "load_ruleset",
+    "ruleset_schema",
+    "start_durable",
+]
 
 STAGES = ("governance", "healing", "enforcement")
 
@@ -91,6 +104,9 @@ def _expr_position(located: Located, text: str | None, path: tuple, expr: str,
     if text is None:
         return line, col, where
     lines = text.splitlines()
+    block = _block_scalar_position(lines, line - 1, exc)
+    if block is not None:
+        return block[0], block[1], ""
     first = expr.splitlines()[0].strip() if expr.strip() else ""
     for candidate in range(line - 1, min(line + 2, len(lines))):
         start = lines[candidate].find(first, (col or 1) - 1 if candidate == line - 1 else 0) if first else -1
@@ -103,12 +119,85 @@ def _expr_position(located: Located, text: str | None, path: tuple, expr: str,
     return line, col, where
 
 
+#: rules one ruleset file may hold (the schema says the same)
+MAX_RULES = 1000
+#: prefix of action types a ruleset may propose beyond the builtin ones
+CUSTOM_ACTION_PREFIX = "x_"
+
+
+def action_type_problem(action_type: str) -> str | None:
+    """Why ``action_type`` cannot be used in ``then:``, or None.
+
+    The builtin types (``wyneos_core.model.ActionType``) and custom types starting with
+    ``x_`` (carried and routed like any action, no builtin effect) are accepted; anything
+    else is most likely a typo.
+    """
+    known = [t.value for t in ActionType]
+    if action_type in known or action_type.startswith(CUSTOM_ACTION_PREFIX):
+        return None
+    close = difflib.get_close_matches(action_type, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"unknown action type {action_type!r}: {hint}known types are {', '.join(known)}; a custom type "
+            f"must start with {CUSTOM_ACTION_PREFIX!r}")
+
+
+_BLOCK_KEY = re.compile(r"^(\s*)(?:-\s+)?[\w.-]+\s*:\s*([>|])[-+0-9]*\s*(?:#.*)?$")
+
+
+def _block_scalar_position(lines: list[str], key_index: int, exc: ExprError) -> tuple[int, int] | None:
+    """File (line, column) of an expression error inside a ``>`` or ``|`` block scalar
+    whose key is on line ``key_index`` (0-based); None when it is not one."""
+    if not 0 <= key_index < len(lines):
+        return None
+    m = _BLOCK_KEY.match(lines[key_index])
+    if m is None:
+        return None
+    rows: list[tuple[int, str]] = []  # (0-based file line, text without the block's indentation)
+    indent: int | None = None
+    for i in range(key_index + 1, len(lines)):
+        raw = lines[i]
+        if not raw.strip():
+            rows.append((i, ""))
+            continue
+        ind = len(raw) - len(raw.lstrip())
+        if indent is None:
+            if ind <= len(m.group(1)):
+                break
+            indent = ind
+        elif ind < indent:
+            break
+        rows.append((i, raw[indent:]))
+    if indent is None or not rows:
+        return None
+    if exc.line is None or exc.column is None:
+        first = next(r for r in rows if r[1])
+        return first[0] + 1, indent + 1
+    if m.group(2) == "|":  # literal: the expression's lines are the block's lines
+        if exc.line - 1 < len(rows):
+            return rows[exc.line - 1][0] + 1, indent + exc.column
+        return None
+    # folded: non-empty lines joined by one space (blank lines become line breaks)
+    offset, text_line = exc.column - 1, 1
+    for i, row in rows:
+        if not row:
+            text_line += 1
+            continue
+        if text_line < exc.line:
+            continue
+        if offset <= len(row):
+            return i + 1, indent + offset + 1
+        offset -= len(row) + 1
+    return None
+
+
 def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: str = "native",
-                 engine: str | None = None) -> Ruleset:
+                 engine: str | None = None, errors: list[RulesetError] | None = None) -> Ruleset:
     """Load, validate and compile one ruleset file (or ``text`` named ``path``).
 
     :param default_engine: the engine of a ruleset that does not name one.
     :param engine: run on this engine whatever the file says (``wyneos check --engine``).
+    :param errors: when given, a mistake in one rule does not stop the others from being
+        checked: every rule's first mistake is appended here (the first is also raised).
 
     :raises RulesetError: for any mistake, with file, line, column and field.
     """
@@ -124,6 +213,10 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
     data = located.data
     if not isinstance(data, dict):
         raise RulesetError("a ruleset file must be a mapping with ruleset, stage and rules", file=name, line=1)
+    rules_list = data.get("rules")
+    if isinstance(rules_list, list) and len(rules_list) > MAX_RULES:
+        raise RulesetError(f"{len(rules_list)} rules, more than {MAX_RULES} in one ruleset; split it into several "
+                           "files", file=name, line=located.position(("rules",))[0], field="rules")
     try:
         validate_schema(located, ruleset_schema())
     except LocatedError as exc:
@@ -138,7 +231,7 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
     rs_name = data["ruleset"]
     rules: list[Rule] = []
     seen: dict[str, int] = {}
-    for index, spec in enumerate(data["rules"]):
+    def compile_rule(index: int, spec: dict[str, Any]) -> Rule:
         at = ("rules", index)
         rule_id = spec["id"]
         if rule_id in seen:
@@ -179,6 +272,9 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
         actions = []
         for a_index, entry in enumerate(spec.get("then", [])):
             (a_type, params), = entry.items()
+            problem = action_type_problem(a_type)
+            if problem is not None:
+                raise fail(at + ("then", a_index, a_type), problem)
             compiled = []
             for p_name, p_value in sorted((params or {}).items()):
                 if isinstance(p_value, str) and "{" in p_value:
@@ -193,11 +289,19 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
             actions.append(ActionSpec(a_type, tuple(compiled)))
         active = Not(condition) if stage == "governance" else condition
         line, _ = located.position(at)
-        rules.append(Rule(
+        return Rule(
             rule_id, spec["description"], source, condition, active, durations["for"],
             durations["keep_firing_for"], Severity(spec.get("severity", "warning")),
             dict(spec.get("labels", {})), message, tuple(actions), line,
-        ))
+        )
+
+    for index, spec in enumerate(data["rules"]):
+        try:
+            rules.append(compile_rule(index, spec))
+        except RulesetError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
     ruleset = Ruleset(rs_name, stage, engine, tuple(rules), name, data.get("description", ""),
                       dict(data.get("labels", {})))
     if engine == "durable":
@@ -211,8 +315,13 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
                 translate([rule.active])
             except DurableUnsupported as exc:
                 reason = str(exc).split(": ", 1)[-1]
-                raise fail(("rules", index, "require" if stage == "governance" else "when"),
-                           f"the durable engine cannot run this condition: {reason} (use engine: native)") from None
+                exc2 = fail(("rules", index, "require" if stage == "governance" else "when"),
+                            f"the durable engine cannot run this condition: {reason} (use engine: native)")
+                if errors is None:
+                    raise exc2 from None
+                errors.append(exc2)
+    if errors:
+        raise errors[0]
     return ruleset
 
 

@@ -197,6 +197,23 @@ def run_test_file(path: str | Path, *, engine: str | None = None) -> tuple[str, 
     except LocatedError as exc:
         raise TestFileError(exc.reason, file=exc.file, line=exc.line, column=exc.column, field=exc.field) from None
     data = located.data
+    for index, case in enumerate(data["tests"]):
+        steps = case.get("steps")
+        where = [("tests", index, "steps", n) for n in range(len(steps))] if steps else [("tests", index)]
+        checks = 0
+        for at, step in zip(where, steps or [case]):
+            expect = step.get("expect")
+            if expect is None:
+                continue  # a set-up step
+            if not expect or expect.get("results") == []:
+                e = located.error(at + ("expect",), "'expect' checks nothing: give results to check, or actions "
+                                                    "(an empty actions list means 'no actions')")
+                raise TestFileError(e.reason, file=e.file, line=e.line, column=e.column, field=e.field)
+            checks += 1
+        if not checks:
+            e = located.error(("tests", index), "the case has no 'expect' (results or actions): nothing is checked "
+                                                "and it could never fail")
+            raise TestFileError(e.reason, file=e.file, line=e.line, column=e.column, field=e.field)
     ruleset = _load_ruleset(data["ruleset"], path, engine or data.get("engine"))
     outcomes = []
     runner = RulesetRunner.from_rulesets([ruleset])  # one engine (one durable worker) for every case
