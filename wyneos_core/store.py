@@ -206,6 +206,11 @@ class StateStore:
                 (tick, started_at, duration_ms, json.dumps(summary, sort_keys=True)),
             )
             c.execute("DELETE FROM ticks WHERE tick <= ?", (tick - retention,))
+            # the lifecycle of actions that ended more than ``retention`` ticks ago goes too
+            # (actions in force keep their whole history)
+            c.execute("DELETE FROM actions WHERE state != 'in_force' AND last_tick <= ?", (tick - retention,))
+            c.execute("DELETE FROM action_events WHERE tick <= ? AND action_id NOT IN "
+                      "(SELECT id FROM actions WHERE state = 'in_force')", (tick - retention,))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -409,3 +414,69 @@ class StateStore:
         rows = self.conn.execute("SELECT action_id, carried, effect FROM action_effects")
         return {a: {"carried": None if p is None else json.loads(p), "effect": None if e is None else json.loads(e)}
                 for a, p, e in rows}
+
+    # -- service mode: bounded reads and retention of agent acknowledgements ----------------
+
+    def recent_action_acks(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The ``limit`` latest acknowledgements, oldest first."""
+        rows = self.conn.execute(
+            "SELECT action_id, node_id, status, detail, acked_at FROM action_acks ORDER BY acked_at DESC LIMIT ?",
+            (limit,))
+        return [{"action_id": a, "node_id": n, "status": s, "detail": d, "acked_at": t}
+                for a, n, s, d, t in reversed(rows.fetchall())]
+
+    def recent_action_events(self, since_tick: int, limit: int = 500) -> list[dict[str, Any]]:
+        """At most ``limit`` lifecycle events from ``since_tick`` on (the latest), oldest first."""
+        rows = self.conn.execute(
+            "SELECT tick, action_id, state, detail FROM action_events WHERE tick >= ? ORDER BY seq DESC LIMIT ?",
+            (since_tick, limit))
+        return [{"tick": t, "action_id": a, "state": s, "detail": d} for t, a, s, d in reversed(rows.fetchall())]
+
+    def action_acks_of(self, node_id: str, action_ids: Iterable[str]) -> set[str]:
+        """Which of ``action_ids`` ``node_id`` has acknowledged."""
+        wanted = list(dict.fromkeys(action_ids))
+        found: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.conn.execute(
+                f"SELECT action_id FROM action_acks WHERE node_id = ? AND action_id IN ({marks})",  # noqa: S608
+                (node_id, *chunk)))
+        return found
+
+    def prune_action_acks(self, tick: int, retention: int) -> int:
+        """Forget acknowledgements of actions that ended ``retention`` ticks ago or more
+        (or are no longer stored); those of actions in force stay. The number removed."""
+        cur = self.conn.execute(
+            "DELETE FROM action_acks WHERE action_id NOT IN "
+            "(SELECT id FROM actions WHERE state = 'in_force' OR last_tick > ?)", (tick - retention,))
+        return cur.rowcount
+
+    def enrol_with_token(self, token_hash: str | None, node_id: str, public_key: bytes, fingerprint: str,
+                         now: float) -> str | None:
+        """Spend one use of a token (``None``: no token needed) and store the node's key,
+        in one transaction: both or neither. None on success, else why the token is refused."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            reason = None
+            if token_hash is not None:
+                row = c.execute("SELECT node_id, uses_left, expires_at FROM enrol_tokens WHERE token_hash=?",
+                                (token_hash,)).fetchone()
+                if row is None:
+                    reason = "unknown enrolment token"
+                elif row[0] is not None and row[0] != node_id:
+                    reason = f"the enrolment token is for node {row[0]!r}"
+                elif row[1] <= 0:
+                    reason = "the enrolment token is used up"
+                elif row[2] < now:
+                    reason = "the enrolment token has expired"
+                else:
+                    c.execute("UPDATE enrol_tokens SET uses_left = uses_left - 1 WHERE token_hash=?", (token_hash,))
+            if reason is None:
+                self.put_node_key(node_id, public_key, fingerprint, now)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return reason

@@ -144,8 +144,8 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         (``wyneos enrol token``) unless the config pins the node's fingerprint."""
         body = await _read_body(request, settings.max_request_bytes)
         item = SignedItem.from_headers(request.headers, body)
-        try:
-            status, answer = service.enrol(item)
+        try:  # enrolment takes the tick lock: a worker thread waits for it, not the event loop
+            status, answer = await asyncio.get_running_loop().run_in_executor(None, service.enrol, item)
         except AuthError as exc:
             service.metrics.enrolments.labels(exc.code).inc()
             raise
@@ -192,79 +192,76 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
                       "type": "object", "required": ["action_id"], "properties": {
                           "action_id": {"type": "string"}, "status": {"enum": ["applied", "failed", "ignored"]},
                           "detail": {"type": "string"}}}}}}}}}})
-    async def node_ack(node_id: str, request: Request) -> dict[str, Any]:
-        """Acknowledge actions: applied, failed or ignored (stored with the time)."""
+    async def node_ack(node_id: str, request: Request) -> JSONResponse:
+        """Acknowledge actions delivered to this node: applied, failed or ignored (stored
+        with the time). An action that was never delivered to the node is refused
+        (``refused`` in the answer; 422 when nothing was acknowledged)."""
         body = await _read_body(request, settings.max_request_bytes)
         authenticate(request, body, node_id)
-        return service.acknowledge(node_id, body)
+        status, answer = await asyncio.get_running_loop().run_in_executor(None, service.acknowledge, node_id, body)
+        return JSONResponse(answer, status_code=status)
 
     # -- operator-facing -----------------------------------------------------------------
 
+    # Read endpoints work on the published ``service.view`` (never the tick lock) and are
+    # plain functions: FastAPI runs them in worker threads, so a big answer being built
+    # never holds up the event loop (heartbeat intake).
+
     @app.get("/v1/nodes", tags=["cluster"])
-    async def nodes(status: str | None = None) -> dict[str, Any]:
-        """Every node of the registry (optionally only those with ``status``)."""
-        with service.lock:
-            items = [_node(service, n) for n in orch.registry if status is None or n.status.value == status]
-        return {"count": len(items), "nodes": items}
+    def nodes(status: str | None = None, limit: int | None = None, offset: int = 0) -> dict[str, Any]:
+        """Nodes of the registry as of the last tick (optionally only those with
+        ``status``; ``limit`` and ``offset`` page through them). ``count`` is the number
+        of matching nodes, ``nodes`` the page."""
+        view = service.view
+        chosen = [n for n in view.nodes.values() if status is None or n.status.value == status]
+        start = max(0, offset)
+        page = chosen[start:] if limit is None else chosen[start:start + max(0, limit)]
+        return {"count": len(chosen), "tick": view.tick, "nodes": [_node(service, n) for n in page]}
 
     @app.get("/v1/nodes/{node_id}", tags=["cluster"], responses={404: {"description": "unknown node"}})
-    async def node(node_id: str) -> JSONResponse:
-        with service.lock:
-            n = orch.registry.get(node_id)
-            data = None if n is None else _node(service, n)
-        if data is None:
+    def node(node_id: str) -> JSONResponse:
+        n = service.view.nodes.get(node_id)
+        if n is None:
             return _error(404, "unknown_node", f"no node {node_id!r}")
+        data = _node(service, n)
         data["pending_actions"] = service.outbox.pending(node_id)
         return JSONResponse(data)
 
     @app.get("/v1/ticks/latest", tags=["cluster"], responses={404: {"description": "no tick yet"}})
-    async def latest_tick() -> JSONResponse:
+    def latest_tick() -> JSONResponse:
         """The full report of the last tick (after a restart, before the first new tick:
         the last committed summary)."""
-        with service.lock:
-            report = orch.last_report
-            data = None if report is None else report.to_dict()
-        if data is None:
+        report = service.view.report
+        if report is None:
             summaries = service.committed_ticks(1)
             if not summaries:
                 return _error(404, "no_tick", "no tick has run yet")
-            data = {**summaries[0], "summary_only": True}
-        return JSONResponse(data)
+            return JSONResponse({**summaries[0], "summary_only": True})
+        return JSONResponse(report.to_dict())
 
     @app.get("/v1/ticks", tags=["cluster"])
-    async def ticks(limit: int = 20) -> dict[str, Any]:
+    def ticks(limit: int = 20) -> dict[str, Any]:
         """Summaries of the last ``limit`` committed ticks (kept: ``state.retention_ticks``)."""
         return {"ticks": service.committed_ticks(max(1, min(limit, 1000)))}
 
     @app.get("/v1/actions", tags=["cluster"])
-    async def actions() -> dict[str, Any]:
+    def actions() -> dict[str, Any]:
         """Committed decisions: actions in force, recent lifecycle events, agent acks."""
         return service.committed_actions()
 
     @app.get("/v1/mesh", tags=["cluster"])
-    async def mesh() -> dict[str, Any]:
+    def mesh() -> dict[str, Any]:
         """The mesh for the dashboard: nodes with state, edges, isolated nodes."""
-        with service.lock:
-            graph = orch.mesh.graph
-            limit = 2000
-            names = sorted(n for n in graph.nodes if n != "orchestrator")[:limit]
-            keep = set(names) | {"orchestrator"}
-            edges = [[a, b] for a, b in graph.edges if a in keep and b in keep]
-            states = {n.id: {"status": n.status.value, "isolated": n.isolated, "load": n.load}
-                      for n in orch.registry if n.id in keep}
-            isolated = sorted(orch.mesh.isolated)
-            truncated = len(graph) - 1 > limit
-        return {"nodes": names, "edges": edges[:20000], "states": states, "truncated": truncated,
-                "isolated": isolated}
+        return service.mesh_view()
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> JSONResponse:
         """Liveness: the tick thread is running and ticks are recent."""
-        report = orch.last_report
-        age = None if report is None else time.time() - report.started_at
+        view = service.view
+        age = None if view.report is None else time.time() - view.report.started_at
         ok = service.running and service.tick_error is None
-        body = {"status": "ok" if ok else "failing", "tick": orch.tick_number, "last_tick_age": age,
-                "nodes": len(orch.registry), "enrolled": service.keys.active_count(),
+        body = {"status": "ok" if ok else "failing", "tick": view.tick, "last_tick_age": age,
+                "nodes": len(view.nodes), "enrolled": service.keys.active_count(),
                 "tick_interval": service.interval, "tick_error": service.tick_error, "version": __version__}
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -298,6 +295,8 @@ def _parse_batch(body: bytes, max_batch: int) -> tuple[list[SignedItem], dict[in
         data = json.loads(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise Unprocessable("body", f"not JSON ({exc})") from None
+    except RecursionError:
+        raise Unprocessable("body", "JSON nested too deeply") from None
     if not isinstance(data, dict) or "heartbeats" not in data:
         raise AuthError(401, "unsigned request: a single heartbeat needs the X-Wyneos-* signature headers, "
                              "a batch is {\"heartbeats\": [...]}", "unsigned")

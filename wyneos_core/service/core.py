@@ -7,9 +7,13 @@ runs ``wyneos_core.loop.run``. The HTTP layer (``app``) only translates requests
 calls on it.
 
 Thread model: the tick runs in its own thread; HTTP handlers run on the event loop
-and in a small verification pool. Heartbeats cross over through the orchestrator's
-thread-safe ``HeartbeatQueue``; anything that mutates the registry or the mesh from a
-request (enrolment) holds ``Service.lock``, which each tick holds too.
+and in worker threads. Heartbeats cross over through the orchestrator's thread-safe
+``HeartbeatQueue``; anything that mutates the registry or the mesh from a request
+(enrolment) holds ``Service.lock``, which each tick holds too, and runs in a worker
+thread, never on the event loop. Readers never take that lock: after each tick (and
+each enrolment) the service publishes a ``ClusterView``, an immutable snapshot of the
+nodes, the last report and the actions in force, by swapping one reference; a reader
+takes the current one and works on it while the next tick runs.
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from wyneos_core.intake import QueueFull
 from wyneos_core.licensing.keys import fingerprint
 from wyneos_core.loop import run
-from wyneos_core.model import ORIGIN, Heartbeat, TickReport
-from wyneos_core.registry import HeartbeatError, RegistryError
+from wyneos_core.config import ConfigError
+from wyneos_core.model import ORIGIN, Heartbeat, Node, TickReport
+from wyneos_core.registry import NODE_ID_PATTERN, HeartbeatError, RegistryError
 from wyneos_core.service.identity import AuthError, KeyCache, NonceWindow, SignedItem, b64d, verify_item
 from wyneos_core.service.metrics import ServiceMetrics
 from wyneos_core.service.outbox import AgentOutbox
@@ -39,13 +44,18 @@ from wyneos_core.service.settings import ServiceSettings
 from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator
 
-__all__ = ["HEARTBEAT_PATH", "ItemResult", "Service", "Verified", "hash_token", "new_token"]
+__all__ = ["HEARTBEAT_PATH", "ClusterView", "ItemResult", "Service", "Verified", "hash_token", "new_token"]
 
 log = logging.getLogger("wyneos.service")
 
 HEARTBEAT_PATH = "/v1/heartbeats"
 ENROL_PATH = "/v1/enrol"
 _PARALLEL_FROM = 64  # batches at least this big are verified on several threads
+_MESH_LIMIT = 2000  # nodes the mesh view draws at most
+_MESH_DEMAND = 30.0  # seconds after a mesh request during which each tick prepares the mesh view
+_ACK_PRUNE_EVERY = 10  # ticks between prunes of old acknowledgements
+MAX_ACTION_ID = 128
+MAX_ACK_DETAIL = 1000
 
 
 def new_token() -> str:
@@ -88,6 +98,23 @@ class Verified:
     problem: ItemResult | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """What the read endpoints show: a snapshot published after each tick.
+
+    Nothing in it changes after it is published (the node objects are the tick's
+    snapshots), so readers use it without any lock while the next tick runs.
+    """
+
+    tick: int
+    nodes: dict[str, Node]
+    report: TickReport | None
+    #: ``{target: {action id, ...}}`` of the actions in force
+    in_force: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: the mesh as the dashboard draws it, when a recent request asked for it
+    mesh: dict[str, Any] | None = None
+
+
 class _Ticking:
     """What ``loop.run`` drives: the orchestrator, each tick under the service lock."""
 
@@ -122,7 +149,8 @@ class Service:
 
     def __init__(self, orchestrator: Orchestrator, settings: ServiceSettings, *, interval: float | None = None) -> None:
         if orchestrator.store is None or orchestrator.store.path == ":memory:":
-            raise ValueError("service mode needs a state file (state.path must not be ':memory:')")
+            raise ConfigError("service mode keeps its state in a file; ':memory:' keeps nothing across a restart "
+                              "(give a file name)", file=orchestrator.config.source, field="state.path")
         self.orchestrator = orchestrator
         self.settings = settings
         self.interval = float(interval if interval is not None else orchestrator.config["tick"]["interval"])
@@ -144,7 +172,11 @@ class Service:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.tick_error: str | None = None
+        self._mesh_wanted = 0.0
+        self.view = ClusterView(orchestrator.tick_number, {}, None)
         self._restore()
+        with self.lock:
+            self._publish(None)
 
     # -- startup -------------------------------------------------------------------------
 
@@ -152,11 +184,13 @@ class Service:
         """Carry on where the last run stopped: keys, enrolled nodes, isolations, outbox."""
         orch = self.orchestrator
         self.refresh_keys()
-        now = orch.clock()
         with self.lock:
             for row in self.db.node_keys():
                 if row["node_id"] not in orch.registry and row["revoked_at"] is None:
-                    self._join(row["node_id"], row["fingerprint"], now)
+                    try:
+                        self._join(row["node_id"], row["fingerprint"])
+                    except RegistryError as exc:
+                        log.warning("enrolled node %s cannot join: %s", row["node_id"], exc)
             for node in orch.registry:
                 if node.id in self.keys and node.fingerprint is None:
                     node.fingerprint = self.keys.fingerprint(node.id)
@@ -172,16 +206,26 @@ class Service:
     def _is_agent(self, node_id: str) -> bool:
         return node_id in self.keys and not self.keys.is_revoked(node_id)
 
-    def _join(self, node_id: str, fp: str, now: float) -> None:
-        """Add an enrolled node to the registry and the mesh (caller holds the lock)."""
+    def _join(self, node_id: str, fp: str, licence_ref: str | None = None) -> bool:
+        """Put an enrolled node in the registry and the mesh (caller holds the lock);
+        True when it was not registered before."""
         orch = self.orchestrator
         node = orch.registry.get(node_id)
+        added = node is None
         if node is None:
-            node = orch.registry.register(node_id, now=now, fingerprint=fp)
+            node = orch.add_node(node_id, fingerprint=fp, licence_ref=licence_ref)
         node.fingerprint = fp
         if node_id not in orch.mesh:
             orch.mesh.add_node(node_id)
             orch.mesh.add_edges([(ORIGIN, node_id)])
+        return added
+
+    def _leave(self, node_id: str) -> None:
+        """Undo ``_join`` of a node that was not registered before (caller holds the lock)."""
+        orch = self.orchestrator
+        orch.registry.deregister(node_id)
+        if node_id in orch.mesh:
+            orch.mesh.remove_node(node_id)
 
     def refresh_keys(self) -> int:
         """Pick up key changes from the state file (enrolments, ``wyneos enrol revoke``)."""
@@ -197,16 +241,68 @@ class Service:
     # -- tick thread ---------------------------------------------------------------------
 
     def tick(self) -> TickReport:
-        """One tick under the service lock, then metrics."""
+        """One tick under the service lock, a new ``view`` published, then metrics."""
+        from wyneos_core.builtin.decide import in_force_actions
+
         self.refresh_keys()
         self.metrics.queue.set(len(self.orchestrator.intake))
         with self.lock:
             report = self.orchestrator.tick()
-        from wyneos_core.builtin.decide import in_force_actions
-
-        self.metrics.observe_tick(report, self.orchestrator.missed_ticks, in_force_actions(self.orchestrator))
+            in_force = in_force_actions(self.orchestrator)
+            self._publish(report, in_force)
+        self.metrics.observe_tick(report, self.orchestrator.missed_ticks, in_force)
         self.metrics.outbox.set(self.outbox.depth())
+        if report.tick % _ACK_PRUNE_EVERY == 0:
+            with self.db_lock:
+                self.db.prune_action_acks(report.tick, self.orchestrator.config["state"]["retention_ticks"])
         return report
+
+    def _publish(self, report: TickReport | None, in_force: list[dict[str, Any]] | None = None) -> None:
+        """Publish a fresh ``view`` (caller holds the lock)."""
+        orch = self.orchestrator
+        if report is not None:
+            nodes = {n.id: n for n in report.nodes}
+            if len(nodes) != len(orch.registry):  # joined after the tick's snapshot, or removed
+                nodes = {n.id: nodes.get(n.id) or n.snapshot() for n in orch.registry}
+        else:
+            nodes = {n.id: n.snapshot() for n in orch.registry}
+            report = self.view.report
+        if in_force is None:
+            targets = self.view.in_force
+        else:
+            grouped: dict[str, set[str]] = {}
+            for a in in_force:
+                grouped.setdefault(a["target"], set()).add(a["id"])
+            targets = {t: frozenset(ids) for t, ids in grouped.items()}
+        wanted = time.monotonic() - self._mesh_wanted < _MESH_DEMAND
+        self.view = ClusterView(orch.tick_number, nodes, report, targets, self._mesh_data() if wanted else None)
+
+    def _mesh_data(self) -> dict[str, Any]:
+        """The mesh for the dashboard (caller holds the lock)."""
+        orch = self.orchestrator
+        graph = orch.mesh.graph
+        names = sorted(n for n in graph.nodes if n != ORIGIN)[:_MESH_LIMIT]
+        keep = set(names) | {ORIGIN}
+        edges = [[a, b] for a, b in graph.edges if a in keep and b in keep][:20000]
+        states = {}
+        for n in names:
+            node = orch.registry.get(n)
+            if node is not None:
+                states[n] = {"status": node.status.value, "isolated": node.isolated, "load": node.load}
+        return {"nodes": names, "edges": edges, "states": states, "truncated": len(graph) - 1 > _MESH_LIMIT,
+                "isolated": sorted(orch.mesh.isolated)}
+
+    def mesh_view(self) -> dict[str, Any]:
+        """The mesh as the dashboard draws it: from the current view when the last tick
+        prepared it; else (first request in a while) built under the lock, so call it
+        from a worker thread. Each request keeps the ticks preparing it for a while."""
+        self._mesh_wanted = time.monotonic()
+        view = self.view
+        if view.mesh is not None:
+            return view.mesh
+        with self.lock:
+            data = self._mesh_data()
+        return data
 
     def start(self) -> None:
         if self._thread is not None:
@@ -240,11 +336,17 @@ class Service:
     def enrol(self, item: SignedItem) -> tuple[int, dict[str, Any]]:
         """Enrol the key in an enrolment request (signed by that very key).
 
-        Body: ``{"node_id", "public_key" (base64url raw 32 bytes), "token"}``; the token
-        may be left out when the config pins the node's fingerprint.
+        Body: ``{"node_id", "public_key" (base64url raw 32 bytes), "token", "licence_ref"}``;
+        the token may be left out when the config pins the node's fingerprint;
+        ``licence_ref`` (optional) names the node's licence from the start.
+
+        All or nothing: every check runs before anything changes; the node joins, the
+        token is spent and the key is stored under the service lock, and a failure of
+        any of them undoes the others. Takes the tick lock: call it from a worker thread.
         """
         body = _json_object(item.body)
         node_id, pub_text, token = body.get("node_id"), body.get("public_key"), body.get("token")
+        licence_ref = body.get("licence_ref")
         if node_id != item.node_id:
             raise AuthError(403, f"the body enrols {node_id!r} but the request is signed as {item.node_id!r}",
                             "node_mismatch")
@@ -256,6 +358,8 @@ class Service:
             raise _Unprocessable("public_key", "not a base64url raw Ed25519 public key (32 bytes)")
         if token is not None and (not isinstance(token, str) or len(token) > 200):
             raise _Unprocessable("token", "not a string of at most 200 characters")
+        if licence_ref is not None and (not isinstance(licence_ref, str) or not 0 < len(licence_ref) <= 256):
+            raise _Unprocessable("licence_ref", "not a string of 1-256 characters")
         fp = fingerprint(raw)
         existing = self.keys.get(node_id)
         if existing is not None:
@@ -277,25 +381,32 @@ class Service:
         pinned = self._pinned_fingerprint(node_id)
         if pinned is not None and pinned != fp:
             raise AuthError(403, f"the config pins node {node_id!r} to {pinned}, not {fp}", "fingerprint_mismatch")
-        if pinned is None:
-            if not token:
-                raise AuthError(401, "enrolment needs a token (`wyneos enrol token`) or a fingerprint pinned "
-                                     "in the config", "token_required")
-            with self.db_lock:
-                why = self.db.use_enrol_token(hash_token(token), node_id, now)
-            if why is not None:
-                raise AuthError(403, why, "bad_token")
-        if node_id not in self.orchestrator.registry and not self.settings.register_on_enrol:
-            raise AuthError(403, f"node {node_id!r} is not in the config (service.register_on_enrol is false)",
-                            "not_registered")
-        with self.db_lock:
-            self.db.put_node_key(node_id, raw, fp, now)
-        self.keys.set(node_id, raw)
+        if pinned is None and not token:
+            raise AuthError(401, "enrolment needs a token (`wyneos enrol token`) or a fingerprint pinned "
+                                 "in the config", "token_required")
+        registry = self.orchestrator.registry
+        if node_id not in registry:
+            if not self.settings.register_on_enrol:
+                raise AuthError(403, f"node {node_id!r} is not in the config (service.register_on_enrol is false)",
+                                "not_registered")
+            if not NODE_ID_PATTERN.match(node_id):
+                raise _Unprocessable("node_id", "not a valid node id")
+            if len(registry) >= registry.max_nodes:
+                raise _Unprocessable("node_id", f"registry full: heartbeat.max_nodes ({registry.max_nodes}) nodes")
         with self.lock:
+            added = self._join(node_id, fp, licence_ref)
             try:
-                self._join(node_id, fp, self.orchestrator.clock())
-            except RegistryError as exc:
-                raise _Unprocessable("node_id", str(exc)) from None
+                with self.db_lock:
+                    why = self.db.enrol_with_token(None if pinned is not None else hash_token(token), node_id, raw,
+                                                   fp, now)
+                if why is not None:
+                    raise AuthError(403, why, "bad_token")
+            except BaseException:
+                if added:
+                    self._leave(node_id)
+                raise
+            self.keys.set(node_id, raw)
+            self._publish(None)
         self.refresh_keys()
         log.info("enrolled node %s with key %s", node_id, fp)
         return 201, self._enrolled(node_id, fp, created=True)
@@ -389,42 +500,68 @@ class Service:
 
     # -- actions for agents ---------------------------------------------------------------
 
-    def acknowledge(self, node_id: str, body: bytes) -> dict[str, Any]:
+    def acknowledge(self, node_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Store a node's acknowledgements of actions delivered to it.
+
+        Only an action waiting in the node's outbox, in force against the node, or
+        acknowledged by it before (a status update) can be acknowledged; others are
+        refused one by one (``refused`` in the answer) and leave no trace. The status:
+        200 when something was acknowledged (or nothing was asked), else 422. Writes
+        the state file: call it from a worker thread.
+        """
         data = _json_object(body)
         acks = data.get("acks")
         if not isinstance(acks, list) or len(acks) > 1000:
             raise _Unprocessable("acks", "expected a list of at most 1000 acknowledgements")
-        done = []
-        now = time.time()
         for index, ack in enumerate(acks):
-            if not isinstance(ack, dict) or not isinstance(ack.get("action_id"), str):
-                raise _Unprocessable(f"acks[{index}].action_id", "expected a string")
+            if not isinstance(ack, dict) or not isinstance(ack.get("action_id"), str) \
+                    or not 0 < len(ack["action_id"]) <= MAX_ACTION_ID:
+                raise _Unprocessable(f"acks[{index}].action_id", f"expected a string of 1-{MAX_ACTION_ID} characters")
             status = ack.get("status", "applied")
             if status not in ("applied", "failed", "ignored"):
                 raise _Unprocessable(f"acks[{index}].status", "expected applied, failed or ignored")
             detail = ack.get("detail", "")
-            if not isinstance(detail, str):
-                raise _Unprocessable(f"acks[{index}].detail", "expected a string")
-        for ack in acks:
-            status = ack.get("status", "applied")
-            with self.db_lock:
-                self.db.record_action_ack(ack["action_id"], node_id, status, ack.get("detail", ""), now)
-            self.outbox.ack(node_id, ack["action_id"])
-            self.metrics.acks.labels(status).inc()
-            log.info("node %s acknowledged action %s: %s", node_id, ack["action_id"], status)
-            done.append(ack["action_id"])
+            if not isinstance(detail, str) or len(detail) > MAX_ACK_DETAIL:
+                raise _Unprocessable(f"acks[{index}].detail", f"expected a string of at most {MAX_ACK_DETAIL} characters")
+        pending = {a["id"] for a in self.outbox.pending(node_id)}
+        known = pending | self.view.in_force.get(node_id, frozenset())
+        asked = [a["action_id"] for a in acks]
+        with self.db_lock:
+            known |= self.db.action_acks_of(node_id, (a for a in asked if a not in known))
+        done: list[str] = []
+        refused: list[dict[str, Any]] = []
+        now = time.time()
+        with self.db_lock:
+            for index, ack in enumerate(acks):
+                action_id = ack["action_id"]
+                if action_id not in known:
+                    refused.append({"index": index, "action_id": action_id, "field": f"acks[{index}].action_id",
+                                    "error": f"no action {action_id!r} was delivered to node {node_id!r}"})
+                    continue
+                status = ack.get("status", "applied")
+                self.db.record_action_ack(action_id, node_id, status, ack.get("detail", ""), now)
+                self.outbox.ack(node_id, action_id)
+                self.metrics.acks.labels(status).inc()
+                log.info("node %s acknowledged action %s: %s", node_id, action_id, status)
+                done.append(action_id)
         self.metrics.outbox.set(self.outbox.depth())
-        return {"acknowledged": done}
+        answer: dict[str, Any] = {"acknowledged": done, "refused": refused}
+        if refused and not done:
+            first = refused[0]
+            return 422, {"status": 422, "code": "unknown_action", "error": first["error"], "field": first["field"],
+                         **answer}
+        return 200, answer
 
     # -- committed state (reads) ---------------------------------------------------------
 
     def committed_actions(self) -> dict[str, Any]:
+        """Committed decisions (reads the state file: call it from a worker thread)."""
         with self.db_lock:
-            in_force = self.db.actions("in_force")
-            recent = self.db.action_events(max(0, self.db.last_tick() - 50))
-            acks = self.db.action_acks()
             last_tick = self.db.last_tick()
-        return {"committed_tick": last_tick, "in_force": in_force, "events": recent[-500:], "acks": acks[-500:]}
+            in_force = self.db.actions("in_force")
+            recent = self.db.recent_action_events(max(0, last_tick - 50), 500)
+            acks = self.db.recent_action_acks(500)
+        return {"committed_tick": last_tick, "in_force": in_force, "events": recent, "acks": acks}
 
     def committed_ticks(self, limit: int) -> list[dict[str, Any]]:
         with self.db_lock:
@@ -451,6 +588,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
         data = _decode_json(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise _Unprocessable("body", f"not JSON ({exc})") from None
+    except RecursionError:
+        raise _Unprocessable("body", "JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise _Unprocessable("body", "expected a JSON object")
     return data
