@@ -167,17 +167,20 @@ def test_unchanged_licences_are_not_verified_again_until_ttl(tmp_path, issuer, c
     assert engine.stats["verified"] == 3  # one verification per document, not per node
     clock.advance(10)
     report = orch.tick()
-    assert engine.stats == {"cached": 60, "looked_up": 0, "verified": 0, "unavailable": 0}
+    assert engine.stats == {"cached": 60, "looked_up": 0, "reused": 0, "verified": 0, "unavailable": 0}
     assert all(r.valid for r in report.licences.values())
-    clock.advance(100)  # TTL over: sources asked again, documents still verified from cache
-    orch.tick()
-    assert engine.stats["looked_up"] == 60 and engine.stats["verified"] == 0
-    # a changed file is noticed at the next rescan and verified once
+    kept = dict(report.licences)
+    clock.advance(100)  # TTL over: sources asked again; they hand back the same documents, so the
+    report = orch.tick()  # results made from them are kept as they are, not checked again
+    assert engine.stats["looked_up"] == 60 and engine.stats["reused"] == 60 and engine.stats["verified"] == 0
+    assert all(report.licences[n] is kept[n] for n in kept)
+    # a changed file is noticed at the next rescan and verified once; only its nodes are checked again
     issuer.write(tmp_path / "licences", "l1", expires=T0 - 1, issued=T0 - DAY)
     clock.advance(1001)
     report = orch.tick()
-    assert engine.stats["verified"] == 1
+    assert engine.stats["verified"] == 1 and engine.stats["looked_up"] == 60 and engine.stats["reused"] == 40
     assert {r.reason for n, r in report.licences.items() if orch.registry[n].licence_ref == "l1"} == {"expired"}
+    assert {r.reason for n, r in report.licences.items() if orch.registry[n].licence_ref != "l1"} == {"ok"}
 
 
 def test_cached_result_turns_expired_at_expiry_not_after_ttl(tmp_path, issuer, clock):

@@ -5,16 +5,24 @@ kept apart from the plugin so that tests and benchmarks can drive it directly.
 
 Caching: a node's result is kept until the first of
 
-* ``cache_ttl`` seconds after the sources were last asked for it;
+* its refresh point: the sources are asked again for each node at a moment fixed per
+  node within every ``cache_ttl`` window (at least a fifth of ``cache_ttl`` and less
+  than all of it after they were last asked), so the nodes of a cluster are re-asked
+  in an even trickle, the same share every tick, never all at once;
 * the next moment its licence changes state (not-before, expiry, end of grace, end of
   a clock-rollback hold);
 * a change of what the result depends on: the node's licence reference, fingerprint,
   rollback time, ``metadata.features`` or ``metadata.customer``, the revocation list,
   the data of any source (its ``generation``) or a renewal seen of any licence.
 
-Signature verification is cached per document (by SHA-256 of its bytes), so an
-unchanged licence is verified once, however many nodes share it. Seat counting runs
-every tick over the nodes whose valid licence has a seat limit.
+When the sources are asked again and hand back the very document (same bytes, same
+source, origin and status) that the cached result was made from, and neither the
+node's inputs, the revocation list, the renewals seen nor the licence's state have
+changed since, the cached result is kept as it is (``stats["reused"]``): an unchanged
+licence is not checked again. Signature verification is cached per document (by
+SHA-256 of its bytes), so a document is verified once, however many nodes share it.
+Seat counting runs every tick over the nodes whose valid licence has a seat limit; the
+allocation is reused while the holders, their states and their licences are unchanged.
 """
 
 from __future__ import annotations
@@ -39,10 +47,14 @@ __all__ = ["LicenceEngine"]
 _MAX_VERIFIED = 200_000
 _INF = float("inf")
 _UNSET = object()
-#: cached results expire between (1 - _STAGGER) * cache_ttl and cache_ttl after they were
-#: made, at a point fixed per node, so a cluster whose results were all made in one tick
-#: does not ask its sources for every node again in one later tick
-_STAGGER = 0.5
+#: a cached result is kept at least this share of ``cache_ttl``; it is refreshed at the
+#: node's own point of a grid of period ``(1 - _MIN_SHARE) * cache_ttl`` (its phase fixed
+#: by a hash of the node id), so its life is in ``[_MIN_SHARE * ttl, ttl)`` and, once a
+#: node is on its grid, every node is re-asked once per period at the same phase: an even
+#: share of the cluster per tick, whatever tick the results were made in
+_MIN_SHARE = 0.2
+#: cache entry fields (a tuple per node; the warm loop reads them by position)
+_REF, _FP, _ROLLBACK, _FEATURES, _CUSTOMER, _EPOCH, _FRESH, _RESULT, _SEAT, _RECORD, _UNTIL, _VERDICTS = range(12)
 
 
 class LicenceEngine:
@@ -73,17 +85,26 @@ class LicenceEngine:
         #: node id -> features granted, for nodes refused with entitlement_missing
         self._granted_to: dict[str, frozenset[str]] = {}
         #: node id -> (licence_ref, fingerprint, last_rollback, metadata features, metadata customer,
-        #:             epoch, fresh_until, result, seat (licence_id, seats) or None)
+        #:             epoch, fresh_until, result, seat (licence_id, seats) or None,
+        #:             record the result was made from (None: not reusable), the moment the
+        #:             result changes by time alone, verdicts counter when it was made)
         self._cache: dict[str, tuple[Any, ...]] = {}
         self._last_good: dict[str, tuple[LicenceResult, float]] = {}
         self._generations: tuple[Any, ...] = ()
         self._seat_signature: tuple[Any, ...] = ()
         self._seat_losers: dict[str, tuple[str, int, int, int]] = {}
         self.epoch = 0
+        #: bumped when what a document's verdict depends on besides the document and the
+        #: node changes (revocation list, a renewal seen); a cached result made under another
+        #: value is never reused
+        self._verdicts = 0
+        #: licence id -> the ``_verdicts`` value at which the revocation list or a renewal last
+        #: touched it: a cached result of that licence made before is never reused
+        self._touched: dict[str | None, int] = {}
         self._renewed = False
         self.notes: list[str] = []
         self.new_revocations: list[Revocation] = []
-        self.stats = {"cached": 0, "looked_up": 0, "verified": 0, "unavailable": 0}
+        self.stats = {"cached": 0, "looked_up": 0, "reused": 0, "verified": 0, "unavailable": 0}
         self._restore_revocations()
 
     def _restore_revocations(self) -> None:
@@ -105,6 +126,7 @@ class LicenceEngine:
         self.revocations = kept
         self.revocation_new = list(self.ledger.revocation_new)
         self.epoch += 1
+        self._verdicts += 1
 
     # -- per tick -------------------------------------------------------------------------
 
@@ -112,7 +134,7 @@ class LicenceEngine:
         """Refresh sources and the revocation list; called once at the start of a tick."""
         self.notes = []
         self.new_revocations = []
-        self.stats = {"cached": 0, "looked_up": 0, "verified": 0, "unavailable": 0}
+        self.stats = {"cached": 0, "looked_up": 0, "reused": 0, "verified": 0, "unavailable": 0}
         if self._renewed:
             self._renewed = False
             self.epoch += 1
@@ -177,6 +199,9 @@ class LicenceEngine:
             return
         added = [fresh.entries[i] for i in sorted(set(fresh.entries) - set(self.revocations.entries))]
         self.ledger.accept_revocations(fresh.version, fresh.document, [e.licence_id for e in added])
+        self._verdicts += 1
+        for licence_id in set(fresh.entries) | set(self.revocations.entries):  # the detail names the version
+            self._touched[licence_id] = self._verdicts
         self.revocations = fresh
         self.new_revocations = added
         self.revocation_new = [e.licence_id for e in added]
@@ -188,8 +213,9 @@ class LicenceEngine:
         """One result per node, in the order of ``nodes``."""
         out: list[LicenceResult | None] = []
         append = out.append
-        misses: list[tuple[int, Node, tuple]] = []
-        seated: list[Node] = []  # nodes whose valid licence has a seat limit
+        misses: list[tuple[int, Node, tuple, tuple | None]] = []
+        seated: list[int] = []  # positions of the nodes whose valid licence has a seat limit
+        seat_at = seated.append
         cache_get = self._cache.get
         epoch = self.epoch
         # the hot loop of a warm tick: no allocation per node unless something changed
@@ -200,21 +226,22 @@ class LicenceEngine:
                 md = node.metadata
                 if (md.get("features") == e[3] and md.get("customer") == e[4]) if md else \
                         (e[3] is None and e[4] is None):
-                    append(e[7])
                     if e[8] is not None:
-                        seated.append(node)
+                        seat_at(len(out))
+                    append(e[7])
                     continue
             md = node.metadata
             misses.append((len(out), node, (node.licence_ref, node.fingerprint, node.last_rollback,
-                                            md.get("features"), md.get("customer"))))
+                                            md.get("features"), md.get("customer")), e))
             append(None)
         self.stats["cached"] = len(nodes) - len(misses)
         if len(self._cache) > len(nodes):
             self._forget_departed(nodes)
         if misses:
             self._resolve(misses, out, seated, now)
+            seated.sort()  # in the order of ``nodes``, as on a tick without misses
         if seated:
-            self._seats(seated, out, nodes, now)
+            self._seats(seated, out, nodes)
         else:
             self._seat_signature, self._seat_losers = (), {}
         self.ledger.save()
@@ -228,15 +255,43 @@ class LicenceEngine:
                 del table[node_id]
 
     def _fresh_until(self, node_id: str, now: float) -> float:
-        """When a result made now for ``node_id`` is to be looked up again (staggered per node)."""
+        """When a result made now for ``node_id`` is to be looked up again.
+
+        The node's next point, at least ``_MIN_SHARE * cache_ttl`` from now, on a grid of
+        period ``(1 - _MIN_SHARE) * cache_ttl`` whose phase is fixed by a hash of the node
+        id: less than ``cache_ttl`` from now, and one refresh per period per node at the
+        same phase, so the refreshes of a cluster stay evenly spread over the ticks.
+        """
         ttl = self.settings.cache_ttl
-        return now + ttl * (1.0 - _STAGGER * (zlib.crc32(node_id.encode("utf-8", "surrogatepass")) / 4294967296.0))
+        if ttl <= 0:
+            return now
+        period = ttl * (1.0 - _MIN_SHARE)
+        base = now + ttl * _MIN_SHARE
+        phase = period * (zlib.crc32(node_id.encode("utf-8", "surrogatepass")) / 4294967296.0)
+        return base + (phase - base) % period
+
+    def _reusable(self, old: tuple | None, key: tuple, record: LicenceRecord, now: float) -> bool:
+        """Whether the cached entry ``old`` still holds for ``record``, handed over again now.
+
+        It does when it was made from the same document (bytes, source, origin, status),
+        for the same node inputs, its licence's state has not changed with time since, and
+        neither the revocation list nor a renewal has touched its licence since.
+        """
+        if old is None:
+            return False
+        kept = old[_RECORD]
+        if kept is None or now >= old[_UNTIL] or not (kept is record or kept == record):
+            return False
+        if old[_VERDICTS] < self._touched.get(old[_RESULT].licence_id, 0):
+            return False
+        return old[:5] == key
 
     # -- sources --------------------------------------------------------------------------
 
-    def _resolve(self, misses: list[tuple[int, Node, tuple]], out: list, seated: list[Node], now: float) -> None:
+    def _resolve(self, misses: list[tuple[int, Node, tuple, tuple | None]], out: list, seated: list[int],
+                 now: float) -> None:
         self.stats["looked_up"] = len(misses)
-        pending = [node for _, node, _ in misses]
+        pending = [node for _, node, _, _ in misses]
         records: dict[str, LicenceRecord] = {}
         failures: dict[str, list[str]] = {}
         for source in self.sources:
@@ -251,33 +306,41 @@ class LicenceEngine:
                 else:
                     records[node.id] = record
             pending = still
-        unavailable_nodes = 0
+        unavailable_nodes = reused = 0
         policy = self.settings.outage_policy
-        for index, node, key in misses:
-            record = records.get(node.id)
+        cache = self._cache
+        for index, node, key, old in misses:
+            nid = node.id
+            record = records.get(nid)
             if record is None:
-                if node.id in failures:
+                if nid in failures:
                     unavailable_nodes += 1
-                    result, seat = self._outage(node, failures[node.id], now)
+                    result, seat = self._outage(node, failures[nid], now)
                     # kept for entitlements and seats, but never fresh: asked again next tick
-                    self._cache[node.id] = (*key, self.epoch, now, result, seat)
+                    cache[nid] = (*key, self.epoch, now, result, seat, None, _INF, self._verdicts)
                     out[index] = result
                     if seat is not None:
-                        seated.append(node)
+                        seated.append(index)
                     continue
                 asked = ", ".join(s.name for s in self.sources) or "none configured"
-                result = LicenceResult(node.id, False, "no_licence",
+                result = LicenceResult(nid, False, "no_licence",
                                        f"no source ({asked}) has a licence for reference {node.licence_ref!r}"
                                        if node.licence_ref else f"the node names no licence (sources: {asked})")
-                fresh, seat = self._fresh_until(node.id, now), None
+                until, seat = _INF, None
             else:
-                result, fresh, seat = self.check(node, record, now)
+                if self._reusable(old, key, record, now):
+                    result, until, seat = old[_RESULT], old[_UNTIL], old[_SEAT]  # type: ignore[index]
+                    reused += 1
+                else:
+                    result, until, seat = self.check(node, record, now)
                 if result.valid:
-                    self._last_good[node.id] = (record, now)
-            self._cache[node.id] = (*key, self.epoch, fresh, result, seat)
+                    self._last_good[nid] = (record, now)
+            cache[nid] = (*key, self.epoch, min(self._fresh_until(nid, now), until), result, seat, record, until,
+                          self._verdicts)
             out[index] = result
             if seat is not None:
-                seated.append(node)
+                seated.append(index)
+        self.stats["reused"] = reused
         if unavailable_nodes:
             self.stats["unavailable"] = unavailable_nodes
             self.notes.append(f"licence sources could not answer for {unavailable_nodes} node(s); outage policy "
@@ -378,12 +441,14 @@ class LicenceEngine:
 
     def check(self, node: Node, record: LicenceRecord, now: float
                ) -> tuple[LicenceResult, float, tuple[str, int] | None]:
-        """Check one node's licence document: ``(result, fresh_until, seat or None)``.
+        """Check one node's licence document: ``(result, changes_at, seat or None)``.
 
+        ``changes_at`` is the moment the result would change with time alone (the licence
+        becomes valid, expires, its grace or a clock-rollback hold ends); infinity if never.
         Everything but seat counting, which needs the whole cluster.
         """
         settings = self.settings
-        fresh = self._fresh_until(node.id, now)
+        fresh = _INF
         lic = self.verify(record)
         nid = node.id
         if isinstance(lic, EnvelopeError):
@@ -426,6 +491,8 @@ class LicenceEngine:
         if self.ledger.renewed:  # results cached from the older issue are dropped next tick
             self.ledger.renewed = False
             self._renewed = True
+            self._verdicts += 1  # and never reused, from now on
+            self._touched[lid] = self._verdicts
         if lic.fingerprints and node.fingerprint not in lic.fingerprints:
             shown = node.fingerprint if node.fingerprint is None else node.fingerprint[:23] + "..."
             return result(False, "machine_mismatch", f"licence {lid} is paired with {len(lic.fingerprints)} "
@@ -434,10 +501,10 @@ class LicenceEngine:
         if rollback is not None and now - rollback < settings.rollback_hold:
             return result(False, "clock_rollback", f"node reported a time well before its last one at "
                           f"{format_time(rollback)}; licence checks distrust its clock for "
-                          f"{settings.rollback_hold:g}s"), min(fresh, rollback + settings.rollback_hold), None
+                          f"{settings.rollback_hold:g}s"), rollback + settings.rollback_hold, None
         if now < lic.not_before:
             return result(False, "not_yet_valid", f"licence {lid} is valid from {format_time(lic.not_before)}"
-                          ), min(fresh, lic.not_before), None
+                          ), lic.not_before, None
         grace_until = lic.grace_until
         if now >= grace_until:
             return result(False, "expired", f"licence {lid} expired {format_time(lic.expires)}"
@@ -449,18 +516,25 @@ class LicenceEngine:
             if missing:
                 self._granted_to[nid] = granted
                 return result(False, "entitlement_missing", f"licence {lid} (tier {lic.tier}) does not grant "
-                              f"{', '.join(missing)}", feats=tuple(missing)), fresh, None
+                              f"{', '.join(missing)}", feats=tuple(missing)), grace_until, None
         seat = (lid, lic.seats) if lic.seats is not None else None
         if now >= lic.expires:
             return result(True, "expired", f"licence {lid} expired {format_time(lic.expires)}; in grace until "
-                          f"{format_time(grace_until)}", True), min(fresh, grace_until), seat
+                          f"{format_time(grace_until)}", True), grace_until, seat
         return result(True, "ok", f"licence {lid} valid until {format_time(lic.expires)}"), \
-            min(fresh, lic.expires), seat
+            lic.expires, seat
 
-    def _seats(self, seated: list[Node], out: list, nodes: Sequence[Node], now: float) -> None:
+    def _seats(self, positions: list[int], out: list, nodes: Sequence[Node]) -> None:
+        """Turn the results of the nodes over their licence's seat limit into ``too_many_nodes``.
+
+        :param positions: where in ``nodes`` the holders of a seat-limited valid licence are,
+            in ascending order (the same holders give the same signature whichever of them
+            were looked up again this tick).
+        """
         count_offline = self.settings.count_offline_seats
         offline = NodeStatus.OFFLINE
         cache = self._cache
+        seated = [nodes[i] for i in positions]
         # same holders in the same states as last tick: same losers (no per-node allocation)
         signature = (self.epoch, tuple(seated), tuple([n.status for n in seated]),
                      tuple([n.registered_at for n in seated]), tuple([cache[n.id][8] for n in seated]))
@@ -472,7 +546,7 @@ class LicenceEngine:
             self._seat_signature, self._seat_losers = signature, losers
         if not losers:
             return
-        for i, node in enumerate(nodes):
+        for i, node in zip(positions, seated):
             lost = losers.get(node.id)
             if lost is None:
                 continue
