@@ -264,6 +264,9 @@ class _Converter:
                 cur = cur.value
             elif isinstance(cur, ast.Subscript):
                 key = cur.slice
+                if (isinstance(key, ast.UnaryOp) and isinstance(key.op, ast.USub) and isinstance(key.operand, ast.Constant)
+                        and type(key.operand.value) is int):  # tags[-1]: from the end
+                    key = ast.Constant(-key.operand.value)
                 if not isinstance(key, ast.Constant) or type(key.value) not in (str, int):
                     raise self.error(cur, "a key must be a string or integer literal, e.g. metadata[\"zone\"]")
                 if isinstance(key.value, str) and (key.value.startswith("__") or len(key.value) > 200):
