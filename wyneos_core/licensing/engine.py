@@ -27,7 +27,9 @@ allocation is reused while the holders, their states and their licences are unch
 
 from __future__ import annotations
 
+import math
 import zlib
+from heapq import heappop, heappush
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +48,7 @@ __all__ = ["LicenceEngine"]
 
 _MAX_VERIFIED = 200_000
 _INF = float("inf")
+_FAR = 10**15
 _UNSET = object()
 #: a cached result is kept at least this share of ``cache_ttl``; it is refreshed at the
 #: node's own point of a grid of period ``(1 - _MIN_SHARE) * cache_ttl`` (its phase fixed
@@ -54,7 +57,12 @@ _UNSET = object()
 #: share of the cluster per tick, whatever tick the results were made in
 _MIN_SHARE = 0.2
 #: cache entry fields (a tuple per node; the warm loop reads them by position)
-_REF, _FP, _ROLLBACK, _FEATURES, _CUSTOMER, _EPOCH, _FRESH, _RESULT, _SEAT, _RECORD, _UNTIL, _VERDICTS = range(12)
+_REF, _FP, _ROLLBACK, _FEATURES, _CUSTOMER, _FRESH, _RESULT, _SEAT, _RECORD, _UNTIL, _VERDICTS = range(11)
+
+
+def _second(moment: float) -> int:
+    """The whole second a refresh point is filed under (far-off or odd moments: the last one)."""
+    return math.floor(moment) if -_FAR < moment < _FAR else (-_FAR if moment <= -_FAR else _FAR)
 
 
 class LicenceEngine:
@@ -85,10 +93,20 @@ class LicenceEngine:
         #: node id -> features granted, for nodes refused with entitlement_missing
         self._granted_to: dict[str, frozenset[str]] = {}
         #: node id -> (licence_ref, fingerprint, last_rollback, metadata features, metadata customer,
-        #:             epoch, fresh_until, result, seat (licence_id, seats) or None,
-        #:             record the result was made from (None: not reusable), the moment the
-        #:             result changes by time alone, verdicts counter when it was made)
+        #:             fresh_until, result, seat (licence_id, seats) or
+        #:             None, record the result was made from (None: not reusable), the moment the
+        #:             result changes by time alone, verdicts counter when it was made).
+        #: Only fresh entries of the current epoch: the warm loop checks the node's inputs alone.
         self._cache: dict[str, tuple[Any, ...]] = {}
+        self._cache_epoch = 0
+        #: the cache's refresh points: node ids by whole second of their fresh_until (an id may
+        #: be filed more than once; the entry's own fresh_until decides), and a heap of the seconds
+        self._due: dict[int, list[str]] = {}
+        self._due_seconds: list[int] = []
+        self._due_count = 0
+        #: entries taken out of the cache this tick (expired, or of an older epoch): a re-asked
+        #: node may keep its result from them
+        self._stale: dict[str, tuple[Any, ...]] = {}
         self._last_good: dict[str, tuple[LicenceResult, float]] = {}
         self._generations: tuple[Any, ...] = ()
         self._seat_signature: tuple[Any, ...] = ()
@@ -211,34 +229,46 @@ class LicenceEngine:
 
     def validate(self, nodes: Sequence[Node], now: float) -> list[LicenceResult]:
         """One result per node, in the order of ``nodes``."""
+        cache = self._cache
+        if self._cache_epoch != self.epoch:  # everything is looked up again; old entries may be reused
+            self._cache_epoch = self.epoch
+            self._stale, self._cache = cache, {}
+            self._due, self._due_seconds, self._due_count = {}, [], 0
+            cache = self._cache
+        else:
+            self._expire(now)
+        stale = self._stale
         out: list[LicenceResult | None] = []
         append = out.append
         misses: list[tuple[int, Node, tuple, tuple | None]] = []
+        miss = misses.append
         seated: list[int] = []  # positions of the nodes whose valid licence has a seat limit
         seat_at = seated.append
-        cache_get = self._cache.get
-        epoch = self.epoch
-        # the hot loop of a warm tick: no allocation per node unless something changed
+        cache_get = cache.get
+        # the hot loop of a warm tick: no allocation per node unless something changed; an
+        # entry in the cache is fresh (expired ones were moved out) and of this epoch
         for node in nodes:
             e = cache_get(node.id)
-            if (e is not None and e[5] == epoch and now < e[6] and e[0] == node.licence_ref
-                    and e[1] == node.fingerprint and e[2] == node.last_rollback):
+            if e is not None and e[0] == node.licence_ref and e[1] == node.fingerprint and \
+                    e[2] == node.last_rollback:
                 md = node.metadata
                 if (md.get("features") == e[3] and md.get("customer") == e[4]) if md else \
                         (e[3] is None and e[4] is None):
-                    if e[8] is not None:
+                    if e[7] is not None:  # _SEAT
                         seat_at(len(out))
-                    append(e[7])
+                    append(e[6])  # _RESULT
                     continue
             md = node.metadata
-            misses.append((len(out), node, (node.licence_ref, node.fingerprint, node.last_rollback,
-                                            md.get("features"), md.get("customer")), e))
+            miss((len(out), node, (node.licence_ref, node.fingerprint, node.last_rollback, md.get("features"),
+                                   md.get("customer")), e if e is not None else stale.get(node.id)))
             append(None)
         self.stats["cached"] = len(nodes) - len(misses)
-        if len(self._cache) > len(nodes):
-            self._forget_departed(nodes)
         if misses:
             self._resolve(misses, out, seated, now)
+        if len(cache) > len(nodes) or any(nid not in cache for nid in stale):
+            self._forget_departed(nodes)
+        self._stale = {}
+        if misses:
             seated.sort()  # in the order of ``nodes``, as on a tick without misses
         if seated:
             self._seats(seated, out, nodes)
@@ -246,6 +276,37 @@ class LicenceEngine:
             self._seat_signature, self._seat_losers = (), {}
         self.ledger.save()
         return out  # type: ignore[return-value]
+
+    def _expire(self, now: float) -> None:
+        """Move the cache entries due for a refresh at ``now`` out of the cache (into ``_stale``)."""
+        due, seconds, cache, stale = self._due, self._due_seconds, self._cache, self._stale
+        current = _second(now)
+        later: list[str] = []
+        while seconds and seconds[0] <= current:
+            second = heappop(seconds)
+            ids = due.pop(second)
+            self._due_count -= len(ids)
+            for node_id in ids:
+                e = cache.get(node_id)
+                if e is not None:
+                    if e[_FRESH] <= now:
+                        stale[node_id] = cache.pop(node_id)
+                    elif second == current and _second(e[_FRESH]) == second:
+                        later.append(node_id)  # due later in this very second
+        if later:
+            self._schedule([(current, node_id) for node_id in later])
+
+    def _schedule(self, items: list[tuple[int, str]]) -> None:
+        """File ``(second, node_id)`` refresh points."""
+        due, seconds = self._due, self._due_seconds
+        for second, node_id in items:
+            ids = due.get(second)
+            if ids is None:
+                due[second] = [node_id]
+                heappush(seconds, second)
+            else:
+                ids.append(node_id)
+        self._due_count += len(items)
 
     def _forget_departed(self, nodes: Sequence[Node]) -> None:
         """Drop what is kept of nodes that are no longer in the cluster."""
@@ -309,6 +370,7 @@ class LicenceEngine:
         unavailable_nodes = reused = 0
         policy = self.settings.outage_policy
         cache = self._cache
+        scheduled: list[tuple[int, str]] = []
         for index, node, key, old in misses:
             nid = node.id
             record = records.get(nid)
@@ -317,7 +379,8 @@ class LicenceEngine:
                     unavailable_nodes += 1
                     result, seat = self._outage(node, failures[nid], now)
                     # kept for entitlements and seats, but never fresh: asked again next tick
-                    cache[nid] = (*key, self.epoch, now, result, seat, None, _INF, self._verdicts)
+                    cache[nid] = (*key, now, result, seat, None, _INF, self._verdicts)
+                    scheduled.append((_second(now), nid))
                     out[index] = result
                     if seat is not None:
                         seated.append(index)
@@ -335,12 +398,17 @@ class LicenceEngine:
                     result, until, seat = self.check(node, record, now)
                 if result.valid:
                     self._last_good[nid] = (record, now)
-            cache[nid] = (*key, self.epoch, min(self._fresh_until(nid, now), until), result, seat, record, until,
-                          self._verdicts)
+            fresh = min(self._fresh_until(nid, now), until)
+            cache[nid] = (*key, fresh, result, seat, record, until, self._verdicts)
+            scheduled.append((_second(fresh), nid))
             out[index] = result
             if seat is not None:
                 seated.append(index)
         self.stats["reused"] = reused
+        if self._due_count + len(scheduled) > 2 * len(cache) + 1024:  # many superseded points: file anew
+            self._due, self._due_seconds, self._due_count = {}, [], 0
+            scheduled = [(_second(e[_FRESH]), k) for k, e in cache.items()]
+        self._schedule(scheduled)
         if unavailable_nodes:
             self.stats["unavailable"] = unavailable_nodes
             self.notes.append(f"licence sources could not answer for {unavailable_nodes} node(s); outage policy "
@@ -415,7 +483,7 @@ class LicenceEngine:
         entry = self._cache.get(node_id)
         if entry is None or node_id in self._seat_losers:
             return False
-        result = entry[7]
+        result = entry[_RESULT]
         if result.valid:
             return feature in result.features
         if result.reason == "entitlement_missing":
@@ -537,11 +605,11 @@ class LicenceEngine:
         seated = [nodes[i] for i in positions]
         # same holders in the same states as last tick: same losers (no per-node allocation)
         signature = (self.epoch, tuple(seated), tuple([n.status for n in seated]),
-                     tuple([n.registered_at for n in seated]), tuple([cache[n.id][8] for n in seated]))
+                     tuple([n.registered_at for n in seated]), tuple([cache[n.id][_SEAT] for n in seated]))
         if signature == self._seat_signature:
             losers = self._seat_losers
         else:
-            holders = [(cache[node.id][8], node) for node in seated if count_offline or node.status is not offline]
+            holders = [(cache[node.id][_SEAT], node) for node in seated if count_offline or node.status is not offline]
             losers = allocate_seats(holders)
             self._seat_signature, self._seat_losers = signature, losers
         if not losers:

@@ -128,19 +128,22 @@ class FileSource:
             names = sorted(os.listdir(self.directory))
         except OSError:
             names = []
-        for fname in names:
+        directory = str(self.directory)
+        entries, join, stat = self._entries, os.path.join, os.stat
+        for fname in names:  # plain strings: this runs over every file at every rescan
             if not fname.endswith(SUFFIXES) or fname.startswith("."):
                 continue
-            path = self.directory / fname
+            full = join(directory, fname)
             try:
-                st = path.stat()
+                st = stat(full)
             except OSError:
                 continue
             stamp = (st.st_mtime_ns, st.st_size)
-            old = self._entries.get(str(path))
+            old = entries.get(full)
             if old is not None and old.stamp == stamp:
-                seen[str(path)] = old
+                seen[full] = old
                 continue
+            path = self.directory / fname
             try:
                 with open(path, "rb") as fh:
                     data = fh.read(MAX_DOCUMENT_BYTES + 1)
@@ -153,7 +156,7 @@ class FileSource:
                 licence_id, issued = lic.licence_id, lic.issued
             except Exception:  # noqa: BLE001 - one bad file never stops the scan of the others
                 pass  # kept by file name: validation reports it as malformed, naming the file
-            seen[str(path)] = _Entry(path, stamp, LicenceRecord(data, self.name, origin=str(path)), licence_id, issued)
+            seen[full] = _Entry(path, stamp, LicenceRecord(data, self.name, origin=str(path)), licence_id, issued)
         if set(seen) != set(self._entries):
             changed = True
         if changed:
