@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import pytest
 from service_helpers import Quarantine, add_token, make_service, write_config
 
 from wyneos_core.service.agent import Agent, AgentError, os_load
@@ -65,13 +66,18 @@ def test_agent_backs_off_while_the_server_is_away_then_enrols(tmp_path):
     sock.close()
     service = make_service(write_config(tmp_path), port=port)
     token = add_token(service)
-    agent = Agent(f"http://127.0.0.1:{port}", "late-1", tmp_path / "a", token=token, interval=0.1, max_backoff=0.4)
+    agent = Agent(f"http://127.0.0.1:{port}", "late-1", tmp_path / "a", token=token, interval=0.05, max_backoff=0.4)
     stop = threading.Event()
     thread = threading.Thread(target=agent.run, kwargs={"duration": 20, "stop": stop})
     thread.start()
     try:
-        wait_for(lambda: agent.stats.failures >= 3)
+        wait_for(lambda: agent.stats.failures >= 5)
         assert agent.stats.accepted == 0
+        # exponential: each wait lies in [base/2, base], base doubling from 2 x interval up to max_backoff
+        waits = agent.stats.backoffs[:5]
+        for wait, base in zip(waits, (0.1, 0.2, 0.4, 0.4, 0.4)):
+            assert base / 2 <= wait <= base, (waits, base)
+        assert waits[2] > waits[0] and waits[1] > waits[0] / 2
         with ServerThread(service, port=port) as url:
             wait_for(lambda: agent.stats.accepted >= 2)
             assert httpx.get(f"{url}/v1/nodes/late-1").json()["enrolled"] is True
@@ -97,3 +103,51 @@ def test_os_load_is_the_load_average_per_cpu():
 
     expected = os.getloadavg()[0] / os.cpu_count()
     assert abs(os_load() - expected) < 0.5
+
+
+def test_agent_keeps_each_outcome_and_resends_it_on_redelivery(tmp_path):
+    """A failed or ignored action is acknowledged as such, also when delivered again
+    (its acknowledgement lost); an isolation whose hook fails leaves the node as it was."""
+    hook = tmp_path / "hook.sh"
+    hook.write_text("#!/bin/sh\necho firewall down >&2\nexit 3\n")
+    hook.chmod(0o755)
+    agent = Agent("http://127.0.0.1:9", "n-1", tmp_path / "a", hook=str(hook))
+    sent = []
+    agent._request = lambda method, path, body=b"": (sent.append(json.loads(body)) or (200, {}, {}))  # no server
+    isolate = {"id": "a-iso", "type": "isolate", "target": "n-1", "reason": "test"}
+    notice = {"id": "a-other", "type": "isolate", "target": "n-2", "reason": "test"}
+    agent.apply([isolate, notice])
+    first = {a["action_id"]: a for a in sent[-1]["acks"]}
+    assert first["a-iso"]["status"] == "failed" and "hook exited 3" in first["a-iso"]["detail"]
+    assert first["a-other"]["status"] == "ignored"
+    assert agent.state["isolated"] is False
+    assert agent.stats.applied == [] and len(agent.stats.not_applied) == 2
+    # the same actions again (the acknowledgement was lost): not applied twice, same outcome
+    again = Agent("http://127.0.0.1:9", "n-1", tmp_path / "a", hook=str(hook))  # state file read back
+    again._request = agent._request
+    again.apply([isolate, notice])
+    second = {a["action_id"]: a for a in sent[-1]["acks"]}
+    assert second["a-iso"]["status"] == "failed" and second["a-other"]["status"] == "ignored"
+    log = (tmp_path / "a" / "actions.log").read_text().splitlines()
+    assert len(log) == 2  # applied once each
+
+
+def test_agent_sends_its_licence_and_checks_its_input(tmp_path):
+    service = make_service(write_config(tmp_path))
+    with ServerThread(service) as url, httpx.Client(base_url=url) as client:
+        agent = Agent(url, "lic-1", tmp_path / "a", token=add_token(service), interval=0.1, licence="lic-node-1")
+        agent.run(count=2)
+        assert service.orchestrator.registry["lic-1"].licence_ref == "lic-node-1"  # from the enrolment on
+        wait_for(lambda: client.get("/v1/nodes/lic-1").json()["licence_ref"] == "lic-node-1")
+    for kwargs, message in (({"interval": 0}, "interval must be"), ({"max_backoff": -1}, "max_backoff must be"),
+                            ({"interval": float("nan")}, "interval must be")):
+        with pytest.raises(AgentError, match=message):
+            Agent("http://127.0.0.1:9", "n", tmp_path / "b", **kwargs)
+    with pytest.raises(AgentError, match="node id 'bad id' is not valid"):
+        Agent("http://127.0.0.1:9", "bad id", tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # no key was created for it
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "node.key").write_text("junk")
+    with pytest.raises(AgentError) as info:
+        Agent("http://127.0.0.1:9", "n", tmp_path / "d")
+    assert str(info.value).count("node.key") == 1, info.value

@@ -248,3 +248,164 @@ def test_a_full_heartbeat_queue_answers_503_and_changes_nothing(tmp_path):
         assert r.status_code == 202 and r.json()["accepted"] == 3
         assert client.post("/v1/heartbeats", content=h_body, headers=h_headers).status_code == 202
         assert len(queue) == 4
+
+
+def test_deeply_nested_json_is_a_422_never_a_500(served):
+    service, client = served
+    node = Node("deep-1")
+    assert enrol(client, node, add_token(service)).status_code == 201
+    from wyneos_core.service.identity import sign_request
+
+    # unauthenticated batch: 100k '[' (the JSON parser's recursion limit, caught)
+    r = client.post("/v1/heartbeats", content=b"[" * 100_000, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "body", r.text
+    # enrolment parses its body before checking the signature: 30k '[' + 30k ']' (< 64 KB)
+    stranger = Node("deep-2")
+    deep = b"[" * 30_000 + b"]" * 30_000
+    r = client.post("/v1/enrol", content=deep, headers=sign_request(stranger.key, "deep-2", "POST", "/v1/enrol", deep))
+    assert r.status_code == 422 and r.json()["field"] == "body", r.text
+
+    def signed(payload: bytes):
+        return client.post("/v1/heartbeats", content=payload,
+                           headers=sign_request(node.key, "deep-1", "POST", "/v1/heartbeats", payload))
+
+    r = signed(b'{"metadata": ' + b"[" * 20_000 + b"]" * 20_000 + b"}")
+    assert r.status_code == 422 and r.json()["field"] == "body", r.text
+    # nested deeper than the registry allows (16), and a key only the orchestrator sets
+    nested: dict = {"leaf": 1}
+    for _ in range(20):
+        nested = {"x": nested}
+    r = signed(json.dumps({"metadata": nested}).encode())
+    assert r.status_code == 422 and r.json()["field"] == "metadata" and "16" in r.json()["error"], r.text
+    r = signed(json.dumps({"metadata": {"restrictions": {"features": []}}}).encode())
+    assert r.status_code == 422 and r.json()["field"] == "metadata.restrictions", r.text
+    # the same refusals inside a batch, item by item
+    items = []
+    for metadata in (nested, {"restrictions": 1}):
+        body = json.dumps({"metadata": metadata}).encode()
+        h = sign_request(node.key, "deep-1", "POST", "/v1/heartbeats", body)
+        items.append({"node": "deep-1", "timestamp": h["x-wyneos-timestamp"], "nonce": h["x-wyneos-nonce"],
+                      "signature": h["x-wyneos-signature"], "body": body.decode()})
+    r = client.post("/v1/heartbeats", json={"heartbeats": items})
+    assert r.status_code == 422 and [x["field"] for x in r.json()["results"]] == ["metadata", "metadata.restrictions"]
+    # acknowledgements too
+    deep_ack = b'{"acks": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    r = client.post("/v1/nodes/deep-1/actions/ack", content=deep_ack,
+                    headers=sign_request(node.key, "deep-1", "POST", "/v1/nodes/deep-1/actions/ack", deep_ack))
+    assert r.status_code == 422 and r.json()["field"] == "body", r.text
+    assert len(service.orchestrator.intake) == 0 and service.orchestrator.registry["deep-1"].last_seen is None
+    assert "deep-2" not in service.keys
+    # an enrolled node cannot store acknowledgements of actions it never received
+    fake = json.dumps({"acks": [{"action_id": "zzz"}] * 1000}).encode()
+    r = client.post("/v1/nodes/deep-1/actions/ack", content=fake,
+                    headers=sign_request(node.key, "deep-1", "POST", "/v1/nodes/deep-1/actions/ack", fake))
+    assert r.status_code == 422 and r.json()["code"] == "unknown_action" and r.json()["acknowledged"] == []
+    assert client.get("/v1/actions").json()["acks"] == []
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    line = f"{name}{{{want}}} " if labels else f"{name} "
+    found = [ln for ln in text.splitlines() if ln.startswith(line)]
+    assert len(found) == 1, (line, text)
+    return float(found[0].split()[-1])
+
+
+class Raiser:
+    """Test plugin: its governance hook always raises."""
+
+    __wyneos_name__ = "test-raiser"
+
+    from wyneos_core import hookimpl as _hookimpl
+
+    @_hookimpl
+    def wyneos_governance(self, ctx):
+        raise RuntimeError("rule engine down")
+
+
+def test_plugin_error_and_action_metrics_count_what_the_ticks_did(tmp_path):
+    from service_helpers import Quarantine
+
+    path = write_config(tmp_path, extra="nodes:\n  - {id: q1, metadata: {role: bad}}\n  - {id: q2}\n  - {id: q3}")
+    service = make_service(path, plugins=(Quarantine(), Raiser()))
+    try:
+        for _ in range(3):
+            service.tick()
+        text = service.metrics.render().decode()
+        assert "_created" not in text  # no doubled series
+        assert _metric(text, "wyneos_ticks_total") == 3
+        assert _metric(text, "wyneos_plugin_errors_total", plugin="test-raiser", hook="wyneos_governance",
+                       kind="exception") == 3
+        assert _metric(text, "wyneos_actions_decided_total", type="isolate") == 1  # decided once, then in force
+        assert _metric(text, "wyneos_actions_in_force", type="isolate") == 1
+        assert _metric(text, "wyneos_nodes", status="isolated") == 1
+        service.orchestrator.registry["q1"].metadata = {"role": "ok"}  # the cause clears
+        service.tick()
+        text = service.metrics.render().decode()
+        assert _metric(text, "wyneos_actions_in_force", type="isolate") == 0
+        assert _metric(text, "wyneos_actions_decided_total", type="isolate") == 1
+        assert _metric(text, "wyneos_plugin_errors_total", plugin="test-raiser", hook="wyneos_governance",
+                       kind="exception") == 4
+    finally:
+        service.stop()
+
+
+def test_acks_only_for_delivered_actions_and_retention_prunes_old_state(tmp_path):
+    from service_helpers import Quarantine
+
+    from wyneos_core.service.identity import SignedItem
+
+    path = write_config(tmp_path, stale=60, offline=120)
+    path.write_text(path.read_text().replace("state: {path: state.db}", "state: {path: state.db, retention_ticks: 3}"))
+    service = make_service(path, plugins=(Quarantine(),))
+    node, other = Node("q1"), Node("q2")
+
+    def signed(n: Node, body: bytes, headers: dict) -> SignedItem:
+        return SignedItem.from_headers(headers, body)
+
+    def beat(n: Node, role: str) -> None:
+        body, headers = n.heartbeat(metadata={"role": role})
+        item = signed(n, body, headers)
+        assert service.accept([item], service.verify_all([item], time.time()), time.time())[0].status == 202
+
+    def ack(n: Node, *ids: str) -> tuple[int, dict]:
+        return service.acknowledge(n.id, json.dumps({"acks": [{"action_id": i} for i in ids]}).encode())
+
+    try:
+        token = add_token(service, uses=2)
+        for n in (node, other):
+            assert service.enrol(signed(n, *n.enrol_request(token)))[0] == 201
+        beat(node, "bad")
+        beat(other, "ok")
+        service.tick()
+        pending = service.outbox.pending("q1")
+        iso = next(a["id"] for a in pending if a["type"] == "isolate" and a["target"] == "q1")
+        # a made-up id, or an action never delivered to that node, is refused and leaves no trace
+        status, answer = ack(node, "zzz")
+        assert status == 422 and answer["field"] == "acks[0].action_id"
+        from wyneos_core.service.core import Unprocessable
+
+        with pytest.raises(Unprocessable) as info:
+            ack(other, "x" * 129)
+        assert info.value.field == "acks[0].action_id"
+        other_ids = {a["id"] for a in service.outbox.pending("q2")}
+        status, answer = ack(node, iso, "zzz", *(other_ids - {iso}) or ["nope"])
+        assert status == 200 and answer["acknowledged"] == [iso] and len(answer["refused"]) >= 1
+        assert service.outbox.pending("q1") == [a for a in pending if a["id"] != iso]
+        assert ack(node, iso)[0] == 200  # acknowledging again (a lost answer) is fine
+        with service.db_lock:
+            stored = service.db.action_acks()
+        assert [(a["action_id"], a["node_id"]) for a in stored] == [(iso, "q1")]
+        # the cause clears; retention_ticks 3 forgets the ended action, its events and acks
+        beat(node, "ok")
+        while service.orchestrator.tick_number < 12:
+            beat(node, "ok")
+            service.tick()
+        with service.db_lock:
+            db = service.db
+            assert all(a["id"] != iso for a in db.actions())
+            assert all(e["action_id"] != iso for e in db.action_events())
+            assert db.action_acks() == []
+            assert len(db.tick_summaries(100)) == 3
+    finally:
+        service.stop()

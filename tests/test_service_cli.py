@@ -83,3 +83,47 @@ def test_unacknowledged_actions_are_queued_again_after_a_restart(tmp_path):
     finally:
         third.orchestrator.stop()
         third.stop()
+
+
+def test_serve_refuses_bad_startup_input_naming_it(tmp_path, capsys):
+    import pytest
+
+    from wyneos_core.cli import main
+    from wyneos_core.service.server import bind
+
+    config = write_config(tmp_path)
+    for option, value in (("--interval", "0"), ("--interval", "-1"), ("--port", "70000"), ("--port", "http")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", "-c", str(config), option, value])
+        assert exit_.value.code == 2
+        assert f"argument {option}" in capsys.readouterr().err
+    memory = tmp_path / "memory.yaml"
+    memory.write_text(config.read_text().replace("state: {path: state.db}", "state: {path: ':memory:'}"))
+    assert main(["serve", "-c", str(memory)]) == 2
+    assert "memory.yaml: state.path: service mode keeps its state in a file" in capsys.readouterr().err
+    busy = bind("127.0.0.1", 0)  # a port somebody already listens on
+    try:
+        port = busy.getsockname()[1]
+        assert main(["serve", "-c", str(config), "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot listen on 127.0.0.1:{port}" in err and "Address already in use" in err, err
+    finally:
+        busy.close()
+    assert main(["serve", "-c", str(config), "--host", "10.255.255.254", "--port", "0"]) == 2
+    assert "cannot listen on 10.255.255.254:0" in capsys.readouterr().err
+
+
+def test_agent_init_prints_the_fingerprint_and_refuses_bad_options(tmp_path, capsys):
+    import pytest
+
+    from wyneos_core.cli import main
+    from wyneos_core.licensing.keys import fingerprint, load_private_key, public_bytes
+
+    state = tmp_path / "agent"
+    assert main(["agent", "--server", "http://127.0.0.1:9", "--node", "n-1", "--state-dir", str(state), "--init"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == fingerprint(public_bytes(load_private_key(state / "node.key")))
+    for option, value in (("--interval", "0"), ("--max-backoff", "0"), ("--count", "0"), ("--duration", "-1")):
+        with pytest.raises(SystemExit):
+            main(["agent", "--server", "http://127.0.0.1:9", "--node", "n-1", "--state-dir", str(state), option, value])
+        assert f"argument {option}" in capsys.readouterr().err

@@ -10,17 +10,39 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from wyneos_core.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, _common, build
+from wyneos_core.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, _common, _seconds, build
 
 __all__ = ["register"]
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (0-65535): {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the orchestrator as an HTTP service (API, dashboard, metrics)")
     _common(p)
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="TCP port (default 8420; 0 picks a free one)")
-    p.add_argument("--interval", type=float, help="seconds between ticks (overrides tick.interval)")
+    p.add_argument("--port", type=_port, help="TCP port (default 8420; 0 picks a free one)")
+    p.add_argument("--interval", type=_seconds, help="seconds between ticks (overrides tick.interval)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
@@ -29,12 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node", required=True, metavar="ID", help="this node's id")
     p.add_argument("--state-dir", required=True, metavar="DIR", help="keeps node.key, state and actions.log")
     p.add_argument("--token", help="enrolment token (first start only)")
-    p.add_argument("--interval", type=float, help="seconds between heartbeats (default: the server's)")
+    p.add_argument("--licence", metavar="REF", help="this node's licence (sent as licence_ref; the licence must be "
+                                                  "paired with this node's key fingerprint, or be a seat licence)")
+    p.add_argument("--init", action="store_true",
+                   help="create the node key if missing, print its fingerprint and exit (to issue a licence first)")
+    p.add_argument("--interval", type=_seconds, help="seconds between heartbeats (default: the server's)")
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="extra metadata (repeatable)")
     p.add_argument("--hook", metavar="PROGRAM", help="run PROGRAM TYPE TARGET for each action (JSON on stdin)")
-    p.add_argument("--count", type=int, help="stop after N heartbeats")
-    p.add_argument("--duration", type=float, help="stop after N seconds")
-    p.add_argument("--max-backoff", type=float, default=60.0, help="longest wait between retries (s)")
+    p.add_argument("--count", type=_positive, help="stop after N heartbeats")
+    p.add_argument("--duration", type=_seconds, help="stop after N seconds")
+    p.add_argument("--max-backoff", type=_seconds, default=60.0, help="longest wait between retries (s)")
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("enrol", help="manage node enrolment: tokens, enrolled keys, revocation")
@@ -62,11 +88,26 @@ def _settings(args: argparse.Namespace, config):  # noqa: ANN001, ANN202
     return ServiceSettings.from_config(config, host=getattr(args, "host", None), port=getattr(args, "port", None))
 
 
+def _file_state_path(args: argparse.Namespace) -> None:
+    """Refuse ``state.path: ":memory:"`` before anything starts (service mode keeps a file)."""
+    from wyneos_core.config import ConfigError, load_config
+
+    if args.state == ":memory:":
+        print("wyneos serve: --state: service mode keeps its state in a file, ':memory:' keeps nothing",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    config = load_config(args.config)
+    if not args.state and config["state"]["path"] == ":memory:":
+        raise ConfigError("service mode keeps its state in a file; ':memory:' keeps nothing across a restart "
+                          "(give a file name)", file=config.source, field="state.path")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from wyneos_core.service.core import Service
-    from wyneos_core.service.server import serve
+    from wyneos_core.service.server import BindError, serve
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s %(message)s")
+    _file_state_path(args)
     orchestrator = build(args, stdout_mode="none")
     settings = _settings(args, orchestrator.config)
     service = Service(orchestrator, settings, interval=args.interval)
@@ -77,7 +118,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"{cfg['cluster']!r}, {len(orchestrator.registry)} nodes, tick every {service.interval:g}s, "
               f"state in {cfg.resolve(cfg['state']['path'])}", flush=True)
 
-    serve(service, log_level=args.log_level, on_listening=listening)
+    try:
+        serve(service, log_level=args.log_level, on_listening=listening)
+    except BindError as exc:
+        service.stop()
+        orchestrator.stop()
+        print(f"wyneos serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"wyneos serve: stopped after tick {orchestrator.tick_number}", flush=True)
     return EXIT_OK
 
@@ -96,8 +143,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
         metadata[key] = value
     try:
         agent = Agent(args.server, args.node, args.state_dir, token=args.token, interval=args.interval,
-                      metadata=metadata, hook=args.hook, max_backoff=args.max_backoff)
-        print(f"wyneos agent: node {args.node} key {agent.fingerprint}, server {args.server}", flush=True)
+                      metadata=metadata, hook=args.hook, max_backoff=args.max_backoff, licence=args.licence)
+        if args.init:
+            print(agent.fingerprint)
+            return EXIT_OK
+        print(f"wyneos agent: node {args.node} key {agent.fingerprint}, server {args.server}"
+              + (f", licence {args.licence}" if args.licence else ""), flush=True)
         stop = threading.Event()
         with stop_on_signals(stop):
             stats = agent.run(count=args.count, duration=args.duration, stop=stop)
@@ -105,7 +156,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"wyneos agent: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     print(f"wyneos agent: sent {stats.sent}, accepted {stats.accepted}, refused {stats.refused}, "
-          f"connection failures {stats.failures}, actions applied {len(stats.applied)}", flush=True)
+          f"connection failures {stats.failures}, actions applied {len(stats.applied)}, "
+          f"failed or ignored {len(stats.not_applied)}", flush=True)
     return EXIT_OK
 
 

@@ -8,9 +8,18 @@ carries the actions waiting for the node; the agent applies them and acknowledge
 each one:
 
 ``isolate``    the node marks itself isolated (kept in its state file and reported in
-               its heartbeat metadata) and runs the ``--hook`` program if one is given;
+               its heartbeat metadata) and runs the ``--hook`` program if one is given:
+               the agent only records the isolation, the hook is what actually cuts
+               the machine off (firewall rules, stopping services...);
 ``reinstate``  the isolation ends (and the hook runs);
 anything else  is logged and acknowledged as ``ignored`` (or handed to the hook).
+
+Each action's outcome (``applied``, ``failed`` or ``ignored``, with its detail) is kept
+in the state file; an action delivered again (its acknowledgement was lost) is not
+applied twice: the stored outcome is sent again.
+
+``licence`` names the node's licence (``licence_ref`` in the enrolment and in every
+heartbeat); the orchestrator pairs it with the fingerprint of the node's enrolled key.
 
 While the server cannot be reached the agent backs off exponentially (with jitter,
 up to ``max_backoff`` seconds) and keeps trying. Every applied action is logged to
@@ -22,6 +31,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -37,6 +47,7 @@ from urllib.parse import urlsplit
 
 from wyneos_core import __version__
 from wyneos_core.licensing.keys import fingerprint, generate_key, load_private_key, public_bytes, write_private_key
+from wyneos_core.registry import NODE_ID_PATTERN
 from wyneos_core.service.identity import b64e, sign_request
 
 __all__ = ["Agent", "AgentError", "AgentStats", "os_load"]
@@ -65,6 +76,10 @@ class AgentStats:
     failures: int = 0
     enrolments: int = 0
     applied: list[str] = field(default_factory=list)
+    #: the latest waits (seconds) before retrying an unreachable server
+    backoffs: list[float] = field(default_factory=list)
+    #: actions failed or ignored, as ``type:target:status``
+    not_applied: list[str] = field(default_factory=list)
 
 
 class Agent:
@@ -78,14 +93,27 @@ class Agent:
     :param interval: seconds between heartbeats (default: what the server says).
     :param hook: a program run for each action, as ``hook TYPE TARGET`` with the action
         as JSON on its standard input; exit status 0 means applied.
+    :param licence: the node's licence reference (sent as ``licence_ref``).
     """
 
     def __init__(self, server: str, node_id: str, state_dir: str | Path, *, token: str | None = None,
                  interval: float | None = None, metadata: dict[str, Any] | None = None, hook: str | None = None,
-                 max_backoff: float = 60.0, timeout: float = 10.0) -> None:
+                 max_backoff: float = 60.0, timeout: float = 10.0, licence: str | None = None) -> None:
         parts = urlsplit(server)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AgentError(f"server URL {server!r} must look like http://HOST:PORT")
+        if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
+            raise AgentError(f"node id {node_id!r} is not valid: 1-128 letters, digits, '_', '.', ':' or '-', "
+                             "starting with a letter or digit")
+        for name, value in (("interval", interval), ("max_backoff", max_backoff), ("timeout", timeout)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise AgentError(f"{name} must be a finite number of seconds above 0, got {value!r}")
+        if licence is not None and not 0 < len(licence) <= 256:
+            raise AgentError("licence must be a reference of 1-256 characters")
+        try:
+            parts.port
+        except ValueError as exc:
+            raise AgentError(f"server URL {server!r}: {exc}") from None
         self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
         self.node_id = node_id
         self.state_dir = Path(state_dir)
@@ -94,6 +122,7 @@ class Agent:
         self.interval = interval
         self.extra_metadata = dict(metadata or {})
         self.hook = hook
+        self.licence = licence
         self.max_backoff = max_backoff
         self.timeout = timeout
         self.key = self._load_key()
@@ -113,20 +142,30 @@ class Agent:
             try:
                 return load_private_key(path)
             except Exception as exc:  # noqa: BLE001 - any unreadable key file is fatal
-                raise AgentError(f"{path}: {exc}") from None
+                text = str(exc)
+                raise AgentError(text if str(path) in text else f"{path}: {text}") from None
         key = generate_key()
         write_private_key(path, key)
         log.info("created node key %s (%s)", path, fingerprint(public_bytes(key)))
         return key
 
     def _load_state(self) -> dict[str, Any]:
+        """``isolated`` and ``outcomes`` (``{action id: [status, detail]}``, the latest 500)."""
         try:
             state = json.loads(self._state_path.read_text())
-            if isinstance(state, dict):
-                return {"isolated": bool(state.get("isolated")), "applied": list(state.get("applied", []))[-500:]}
         except (OSError, ValueError):
-            pass
-        return {"isolated": False, "applied": []}
+            state = None
+        if not isinstance(state, dict):
+            return {"isolated": False, "outcomes": {}}
+        outcomes: dict[str, list[str]] = {}
+        raw = state.get("outcomes")
+        if isinstance(raw, dict):
+            for action_id, value in raw.items():
+                if isinstance(value, list) and len(value) == 2 and value[0] in ("applied", "failed", "ignored"):
+                    outcomes[str(action_id)] = [value[0], str(value[1])]
+        for action_id in state.get("applied", []) if isinstance(state.get("applied"), list) else []:
+            outcomes.setdefault(str(action_id), ["applied", ""])  # written by an earlier version
+        return {"isolated": bool(state.get("isolated")), "outcomes": dict(list(outcomes.items())[-500:])}
 
     def _save_state(self) -> None:
         tmp = self._state_path.with_suffix(".tmp")
@@ -181,7 +220,8 @@ class Agent:
 
     def enrol(self) -> dict[str, Any]:
         body = json.dumps({"node_id": self.node_id, "public_key": b64e(public_bytes(self.key)),
-                           **({"token": self.token} if self.token else {})}).encode()
+                           **({"token": self.token} if self.token else {}),
+                           **({"licence_ref": self.licence} if self.licence else {})}).encode()
         status, data, headers = self._request("POST", "/v1/enrol", body)
         if status in (200, 201):
             self.enrolled = True
@@ -206,7 +246,7 @@ class Agent:
             "agent": __version__, "isolated": self.state["isolated"], **self.extra_metadata,
         }
         body = json.dumps({"timestamp": round(time.time() + self.offset, 3), "load": os_load(),
-                           "metadata": metadata}).encode()
+                           "metadata": metadata, **({"licence_ref": self.licence} if self.licence else {})}).encode()
         status, data, headers = self._request("POST", "/v1/heartbeats", body)
         self.stats.sent += 1
         if status == 202:
@@ -244,13 +284,20 @@ class Agent:
         for action in actions:
             if not isinstance(action, dict) or not isinstance(action.get("id"), str):
                 continue
-            if action["id"] in self.state["applied"]:
-                acks.append({"action_id": action["id"], "status": "applied", "detail": "applied earlier"})
+            earlier = self.state["outcomes"].get(action["id"])
+            if earlier is not None:  # delivered again: its acknowledgement was lost
+                status, detail = earlier
+                acks.append({"action_id": action["id"], "status": status, "detail": f"{detail} (earlier)"[:1000]})
                 continue
             status, detail = self._apply_one(action)
-            self.state["applied"] = [*self.state["applied"], action["id"]][-500:]
+            outcomes = self.state["outcomes"]
+            outcomes[action["id"]] = [status, detail]
+            while len(outcomes) > 500:
+                del outcomes[next(iter(outcomes))]
             self._save_state()
-            self.stats.applied.append(f"{action.get('type')}:{action.get('target')}")
+            (self.stats.applied if status == "applied" else self.stats.not_applied).append(
+                f"{action.get('type')}:{action.get('target')}:{status}" if status != "applied"
+                else f"{action.get('type')}:{action.get('target')}")
             entry = {"time": time.time(), "action": action, "status": status, "detail": detail}
             with open(self.state_dir / "actions.log", "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
@@ -264,20 +311,23 @@ class Agent:
                 log.warning("acknowledgement refused (%s): %s", status, data.get("error"))
 
     def _apply_one(self, action: dict[str, Any]) -> tuple[str, str]:
+        """Apply one action: ``(status, detail)``. The isolation flag changes only when
+        the action is applied (a failing hook leaves it as it was)."""
         kind, target = action.get("type"), action.get("target")
         mine = target in (self.node_id, "*")
         if not mine:
             return "ignored", f"notice: {kind} of {target}"
         if kind == "isolate":
-            self.state["isolated"] = True
-            detail = "node isolated: it stops serving cluster traffic until reinstated"
+            isolated: bool | None = True
+            detail = "node marked isolated until reinstated"
         elif kind == "reinstate":
-            self.state["isolated"] = False
+            isolated = False
             detail = "node reinstated"
         elif self.hook is None:
             return "ignored", f"no handler for {kind!r} (give --hook)"
         else:
-            detail = f"{kind} handed to hook"
+            isolated = None
+            detail = f"{kind} handed to the hook"
         if self.hook is not None:
             try:
                 done = subprocess.run([self.hook, str(kind), str(target)], input=json.dumps(action).encode(),
@@ -286,6 +336,12 @@ class Agent:
                 return "failed", f"hook failed: {exc}"
             if done.returncode != 0:
                 return "failed", f"hook exited {done.returncode}: {done.stderr[-200:].decode(errors='replace')}"
+            if isolated is not None:
+                detail += "; hook applied it"
+        elif isolated is not None:
+            detail += " (recorded only: give --hook to act on the machine)"
+        if isolated is not None:
+            self.state["isolated"] = isolated
         return "applied", detail
 
     # -- loop ----------------------------------------------------------------------------
@@ -312,6 +368,7 @@ class Agent:
                 self.stats.failures += 1
                 base = min(self.max_backoff, (self.interval or 1.0) * 2 ** min(failures, 16))
                 wait = base * random.uniform(0.5, 1.0)
+                self.stats.backoffs = [*self.stats.backoffs[-99:], wait]
                 log.warning("server %s://%s:%s unreachable (%s); retrying in %.1fs",
                             self.scheme, self.host, self.port, exc, wait)
             if deadline is not None:

@@ -53,6 +53,7 @@ ENROL_PATH = "/v1/enrol"
 _PARALLEL_FROM = 64  # batches at least this big are verified on several threads
 _MESH_LIMIT = 2000  # nodes the mesh view draws at most
 _MESH_DEMAND = 30.0  # seconds after a mesh request during which each tick prepares the mesh view
+_MESH_ALWAYS = 5000  # up to this many mesh vertices each tick prepares the mesh view anyway
 _ACK_PRUNE_EVERY = 10  # ticks between prunes of old acknowledgements
 MAX_ACTION_ID = 128
 MAX_ACK_DETAIL = 1000
@@ -274,7 +275,7 @@ class Service:
             for a in in_force:
                 grouped.setdefault(a["target"], set()).add(a["id"])
             targets = {t: frozenset(ids) for t, ids in grouped.items()}
-        wanted = time.monotonic() - self._mesh_wanted < _MESH_DEMAND
+        wanted = len(orch.mesh.graph) <= _MESH_ALWAYS or time.monotonic() - self._mesh_wanted < _MESH_DEMAND
         self.view = ClusterView(orch.tick_number, nodes, report, targets, self._mesh_data() if wanted else None)
 
     def _mesh_data(self) -> dict[str, Any]:
@@ -294,8 +295,9 @@ class Service:
 
     def mesh_view(self) -> dict[str, Any]:
         """The mesh as the dashboard draws it: from the current view when the last tick
-        prepared it; else (first request in a while) built under the lock, so call it
-        from a worker thread. Each request keeps the ticks preparing it for a while."""
+        prepared it (always, up to 5,000 vertices; for bigger meshes while requests
+        keep coming); else built under the lock, waiting for a running tick: call it
+        from a worker thread."""
         self._mesh_wanted = time.monotonic()
         view = self.view
         if view.mesh is not None:

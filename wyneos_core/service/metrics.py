@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter as _Tally
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from wyneos_core.model import NodeStatus, TickReport
@@ -22,6 +22,9 @@ class ServiceMetrics:
     """The metric families of ``wyneos serve``."""
 
     def __init__(self) -> None:
+        # no ``*_created`` series: they doubled /metrics and no dashboard uses them
+        # (a process-wide switch of prometheus_client; set before the metrics exist)
+        disable_created_metrics()
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.ticks = Counter("wyneos_ticks", "Ticks run by this server", registry=r)
         self.tick_duration = Histogram(

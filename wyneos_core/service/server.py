@@ -18,7 +18,11 @@ from wyneos_core.service.core import Service
 from wyneos_core.service.settings import ServiceSettings
 from wyneos_core.tick import Orchestrator
 
-__all__ = ["ServerThread", "bind", "build_service", "serve"]
+__all__ = ["BindError", "ServerThread", "bind", "build_service", "serve"]
+
+
+class BindError(RuntimeError):
+    """The server cannot listen on the address and port it was given."""
 
 
 def build_service(config: Config, settings: ServiceSettings, *, interval: float | None = None,
@@ -32,9 +36,15 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then (no 40 ms Nagle stalls)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise BindError(f"cannot listen on {where} (service.host / service.port, --host / --port): {reason}") from None
     sock.set_inheritable(True)
     return sock
 
