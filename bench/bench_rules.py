@@ -7,6 +7,11 @@ For 10k and 100k nodes x 50 rules, times (best of ``--repeat``):
   handled the obvious way);
 * native: the same 50 rules as YAML conditions, compiled by the native engine.
 
+It does so for two sets of 50 rules: "fast shapes" (field or metadata key against a
+literal, ``in`` a list, boolean logic: the shapes with specialised closures) and
+"mixed" (35 of those and 15 with helpers and nested data: version comparison, globs,
+regular expressions, nested metadata, lists, ``violated``).
+
 The ratio native / baseline is the figure of merit (target: at most 1.5). Both must
 select exactly the same (rule, node) pairs, which is checked. Then the durable engine
 on 10k nodes (``--durable-nodes``): its cost per tick and whether it lost any firing
@@ -49,13 +54,18 @@ def make_cluster(size: int, seed: int = 1) -> tuple[list[Node], list[LicenceResu
             md["replicas"] = rng.randint(0, 5)
         if rng.random() < 0.3:
             md["gpu"] = rng.random() < 0.5
+        if rng.random() < 0.7:
+            md["hw"] = {"cpu": {"cores": rng.choice([2, 4, 8, 16])}, "gpu": rng.random() < 0.3}
+        if rng.random() < 0.6:
+            md["tags"] = rng.sample(["edge", "core", "batch", "canary", "pci"], rng.randint(0, 4))
         node = Node(f"node-{i:06d}", rng.choice([NodeStatus.ONLINE] * 8 + [NodeStatus.STALE, NodeStatus.OFFLINE]),
                     last_seen=now - rng.uniform(0, 60), load=None if rng.random() < 0.05 else rng.random(),
                     metadata=md, isolated=rng.random() < 0.02)
         nodes.append(node)
         lics.append(NO_LICENCE if rng.random() < 0.05 else LicenceResult(
             node.id, rng.random() < 0.95, "ok", features=("gpu",) if rng.random() < 0.5 else ()))
-    return nodes, lics, EvalEnv(now, cluster_summary(nodes, now))
+    violated = {"load-ceiling": {n.id for n in nodes if n.load is not None and n.load > 0.9}}
+    return nodes, lics, EvalEnv(now, cluster_summary(nodes, now), violated)
 
 
 def rules() -> list[tuple[str, Callable[[Node, LicenceResult], bool]]]:
@@ -108,6 +118,66 @@ def rules() -> list[tuple[str, Callable[[Node, LicenceResult], bool]]]:
 
 
 NOW = [0.0]
+VIOLATED: dict[str, set[str]] = {}
+
+
+def _version(v: object) -> tuple[int, ...] | None:
+    if not isinstance(v, str):
+        return None
+    try:
+        return tuple(int(p) for p in v.split("."))
+    except ValueError:
+        return None
+
+
+def mixed_rules() -> list[tuple[str, Callable[[Node, LicenceResult], bool]]]:
+    """50 rules as real rulesets mix them: 35 of the shapes above and 15 with helpers
+    and nested data that have no specialised closure (versions, globs, regular
+    expressions, nested metadata, lists, ``violated``)."""
+    import fnmatch
+    import re
+
+    eu_us = re.compile(r"^(eu|us)-[a-z]+$")
+    ends7 = re.compile(r"7$")
+    out = rules()[:35]
+
+    def md(n: Node, *path: str) -> Any:
+        v: Any = n.metadata
+        for p in path:
+            if not isinstance(v, dict):
+                return None
+            v = v.get(p)
+        return v
+
+    def cores(n: Node) -> Any:
+        v = md(n, "hw", "cpu", "cores")
+        return v if type(v) is int else None
+
+    out += [
+        ("version_at_least(node.metadata.version, '2.4.0')",
+         lambda n, l: (v := _version(md(n, "version"))) is not None and v >= (2, 4, 0)),
+        ("version_at_least(node.metadata.version, '2.5.0')",
+         lambda n, l: (v := _version(md(n, "version"))) is not None and v >= (2, 5, 0)),
+        ("version_below(node.metadata.version, '2.4.1')",
+         lambda n, l: (v := _version(md(n, "version"))) is not None and v < (2, 4, 1)),
+        ("matches(node.id, 'node-00*')", lambda n, l: fnmatch.fnmatchcase(n.id, "node-00*")),
+        ("matches(node.metadata.region, 'eu-*')",
+         lambda n, l: isinstance(r := md(n, "region"), str) and r.startswith("eu-")),
+        ("regex(node.metadata.region, '^(eu|us)-[a-z]+$')",
+         lambda n, l: isinstance(r := md(n, "region"), str) and eu_us.search(r) is not None),
+        ("regex(node.id, '7$')", lambda n, l: ends7.search(n.id) is not None),
+        ("node.metadata.hw.cpu.cores >= 8", lambda n, l: (c := cores(n)) is not None and c >= 8),
+        ("node.metadata.hw.cpu.cores < 4", lambda n, l: (c := cores(n)) is not None and c < 4),
+        ("node.metadata.hw.gpu == True", lambda n, l: md(n, "hw", "gpu") is True),
+        ("has(node.metadata.hw)", lambda n, l: md(n, "hw") is not None),
+        ("length(node.metadata.tags) > 2", lambda n, l: isinstance(t := md(n, "tags"), list) and len(t) > 2),
+        ("'edge' in node.metadata.tags", lambda n, l: isinstance(t := md(n, "tags"), list) and "edge" in t),
+        ("violated('load-ceiling')", lambda n, l: n.id in VIOLATED.get("load-ceiling", ())),
+        ("violated('load-ceiling') and node.metadata.region == 'eu-west'",
+         lambda n, l: n.id in VIOLATED.get("load-ceiling", ()) and md(n, "region") == "eu-west"),
+    ]
+    assert len(out) == 50, len(out)
+    return out
 
 
 def baseline(preds, nodes, lics) -> list[list[int]]:
@@ -139,25 +209,30 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes, args.durable_nodes, args.repeat = "2000", 2000, 2
     table = rules()
     conds = [parse(text) for text, _ in table]
-    preds = [p for _, p in table]
     engine = NativeEngine(conds)
     results: dict[str, Any] = {"rules": len(table), "sizes": []}
     ok = True
-    for size in [int(s) for s in args.sizes.split(",")]:
-        nodes, lics, env = make_cluster(size)
-        NOW[0] = env.now
-        t_base, want = best(lambda: baseline(preds, nodes, lics), args.repeat)
-        t_native, got = best(lambda: engine.evaluate(nodes, lics, env), args.repeat)
-        same = got == want
-        ratio = t_native / t_base
-        ok &= same and ratio <= 1.5
-        row = {"nodes": size, "baseline_s": round(t_base, 4), "native_s": round(t_native, 4),
-               "ratio": round(ratio, 3), "same_results": same, "firings": sum(map(len, want))}
-        results["sizes"].append(row)
-        if not args.json:
-            print(f"{size:>7} nodes x {len(table)} rules: hand-written loop {t_base * 1000:8.1f} ms, "
-                  f"native engine {t_native * 1000:8.1f} ms, ratio {ratio:.2f} "
-                  f"({'same' if same else 'DIFFERENT'} results, {row['firings']} firings)", flush=True)
+    for name, rows in (("fast shapes", table), ("mixed", mixed_rules())):
+        t_conds = [parse(text, "enforcement") for text, _ in rows]
+        preds = [p for _, p in rows]
+        t_engine = NativeEngine(t_conds)
+        for size in [int(s) for s in args.sizes.split(",")]:
+            nodes, lics, env = make_cluster(size)
+            NOW[0] = env.now
+            VIOLATED.clear()
+            VIOLATED.update(env.violated)
+            t_base, want = best(lambda: baseline(preds, nodes, lics), args.repeat)
+            t_native, got = best(lambda: t_engine.evaluate(nodes, lics, env), args.repeat)
+            same = got == want
+            ratio = t_native / t_base
+            ok &= same and ratio <= 1.5
+            row = {"rules": name, "nodes": size, "baseline_s": round(t_base, 4), "native_s": round(t_native, 4),
+                   "ratio": round(ratio, 3), "same_results": same, "firings": sum(map(len, want))}
+            results["sizes"].append(row)
+            if not args.json:
+                print(f"{name:>11}: {size:>7} nodes x {len(rows)} rules: hand-written loop {t_base * 1000:8.1f} ms, "
+                      f"native engine {t_native * 1000:8.1f} ms, ratio {ratio:.2f} "
+                      f"({'same' if same else 'DIFFERENT'} results, {row['firings']} firings)", flush=True)
     if args.durable_nodes:
         nodes, lics, env = make_cluster(args.durable_nodes, seed=2)
         NOW[0] = env.now

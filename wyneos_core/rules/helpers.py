@@ -161,8 +161,23 @@ def glob_matcher(pattern: str) -> Callable[[Any], Any]:
     return run
 
 
+def _found(compiled: Any) -> Callable[[bytes], bool]:
+    """``text -> found?`` on UTF-8 bytes: RE2's match call itself when the binding has it
+    (five times cheaper than ``search``, which builds a match object and offsets)."""
+    low = getattr(compiled, "_regexp", None)
+    anchor = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+    null = getattr(re2, "_NULL_SPAN", None)
+    if low is not None and anchor is not None and null is not None and hasattr(low, "Match"):
+        match = low.Match
+        return lambda data: match(anchor, data, 0, len(data))[0] != null
+    search = compiled.search
+    return lambda data: search(data.decode("utf-8")) is not None
+
+
 def regex_matcher(pattern: str) -> Callable[[Any], Any]:
-    search = compile_regex(pattern).search
+    options = _re2_options()
+    options.never_capture = True  # only "is it found" is asked
+    found = _found(re2.compile(pattern, options))
 
     def run(value: Any) -> Any:
         if type(value) is not str:
@@ -170,10 +185,10 @@ def regex_matcher(pattern: str) -> Callable[[Any], Any]:
         if len(value) > MAX_MATCH_LENGTH:
             return MISSING
         try:
-            return search(value) is not None
+            data = value.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate: matched as U+FFFD
-            fixed = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-            return search(fixed) is not None
+            data = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+        return found(data)
 
     return run
 
