@@ -7,11 +7,14 @@
    moves one interval per tick, for enough ticks to pass twice the cache lifetime, so the
    ticks in which cached results expire and the sources are asked again are measured
    too. The first tick verifies every document once. Reported: ``timings_ms["licence"]``
-   of each tick (the real hook, as the tick measures it): median, 95th percentile and
-   max of the later ticks, and the max of the ticks that re-asked the sources. Target:
-   every later tick under 200 ms. Same-run baseline: a plain loop that does the least any
-   per-node cache must do (one dict lookup, build and compare a key tuple, append the
-   result) over the same nodes.
+   of each tick (the real hook, as the tick measures it), separately for the later ticks
+   that re-asked no source and for the ticks in which cached results expired and the
+   sources were asked again (how many nodes, how many results kept because the same
+   document came back): median, 95th percentile and max of each. Target: every later
+   tick under 200 ms. Same-run baseline: a plain loop that does the least any per-node
+   cache must do (one dict lookup, build and compare a key tuple, append the result)
+   over the same nodes; each kind of tick is given as a ratio to it. The machine's load
+   average is printed alongside (the timings are wall-clock).
 2. **Cold verification**: ``verify_licence`` on D distinct signed documents (parse,
    canonical encoding, Ed25519 verify), as signatures per second. Same-run baseline:
    bare ``Ed25519PublicKey.verify`` on the same signed bytes.
@@ -30,6 +33,7 @@ import argparse
 import base64
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -79,12 +83,13 @@ def licence_step(root: Path, nodes: int, licences: int, ticks: int | None, step:
     orch = Orchestrator(config, clock=clock, load_entrypoints=False, store=False)
     for i in range(nodes):
         orch.registry.register(f"node-{i:06d}", now=T0, licence_ref=f"lic-{i % licences:05d}")
-    times, asked = [], []
+    times, asked, reused = [], [], []
     with orch:
         for _ in range(ticks):
             report = orch.tick()
             times.append(report.timings_ms["licence"])
             asked.append(engine_of(orch).stats["looked_up"])
+            reused.append(engine_of(orch).stats["reused"])
             assert report.licences and all(r.valid for r in report.licences.values()), "bench cluster must be valid"
             clock.now += step
     # same-run baseline: the least a per-node cache lookup can do
@@ -102,15 +107,24 @@ def licence_step(root: Path, nodes: int, licences: int, ticks: int | None, step:
             if entry is not None and entry[0] == key:
                 out.append(entry[1])
         base.append((time.perf_counter() - t0) * 1000)
-    warm = times[1:]
+    quiet = [t for t, n in zip(times[1:], asked[1:]) if not n]
     expiring = [t for t, n in zip(times[1:], asked[1:]) if n]
     print("  per tick (ms):", " ".join(f"{t:.0f}" for t in times))
     print("  nodes re-asked per tick:", " ".join(str(n) for n in asked))
+    print("  of them kept (same document):", " ".join(str(n) for n in reused))
     return {"nodes": nodes, "licences": licences, "ticks": ticks, "step_s": step, "cache_ttl_s": ttl,
-            "cold_ms": times[0], "warm_ms_median": statistics.median(warm),
-            "warm_ms_p95": sorted(warm)[max(0, math.ceil(0.95 * len(warm)) - 1)], "warm_ms_max": max(warm),
-            "expiry_ticks": len(expiring), "expiry_ms_max": max(expiring, default=0.0),
-            "reasked_max": max(asked[1:], default=0), "baseline_ms_median": statistics.median(base)}
+            "cold_ms": times[0], "quiet": _spread(quiet), "expiry": _spread(expiring),
+            "later_ms_max": max(times[1:]), "reasked_min": min((n for n in asked[1:] if n), default=0),
+            "reasked_max": max(asked[1:], default=0), "reused_total": sum(reused[1:]),
+            "reasked_total": sum(asked[1:]), "baseline_ms_median": statistics.median(base)}
+
+
+def _spread(values: list[float]) -> dict:
+    """``{"ticks", "median", "p95", "max"}`` of ``values`` (milliseconds)."""
+    if not values:
+        return {"ticks": 0, "median": 0.0, "p95": 0.0, "max": 0.0}
+    return {"ticks": len(values), "median": statistics.median(values),
+            "p95": sorted(values)[max(0, math.ceil(0.95 * len(values)) - 1)], "max": max(values)}
 
 
 def revocation_tick(root: Path, nodes: int) -> dict:
@@ -174,20 +188,26 @@ def main() -> int:
     p.add_argument("--revoke-nodes", type=int, default=2000)
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         step = licence_step(Path(tmp), args.nodes, args.licences, args.ticks and max(2, args.ticks), args.step)
     with tempfile.TemporaryDirectory() as tmp:
         revoke = revocation_tick(Path(tmp), args.revoke_nodes)
     verify = cold_verify(args.docs)
+    load_after = os.getloadavg()
+    base = step["baseline_ms_median"]
     print(f"licence step, {step['nodes']} nodes, {step['licences']} licence files, default settings "
           f"(cache_ttl {step['cache_ttl_s']:g}s), {step['ticks']} ticks {step['step_s']:g}s apart")
     print(f"  first tick (cold: read + verify every file): {step['cold_ms']:8.1f} ms")
-    print(f"  later ticks (unchanged licences), median:    {step['warm_ms_median']:8.1f} ms "
-          f"(p95 {step['warm_ms_p95']:.1f} ms, max {step['warm_ms_max']:.1f} ms; target < 200 ms)")
-    print(f"  ticks re-asking sources after cache expiry:  {step['expiry_ticks']:8d} "
-          f"(max {step['reasked_max']} nodes, max {step['expiry_ms_max']:.1f} ms)")
-    print(f"  baseline plain cache-lookup loop, median:    {step['baseline_ms_median']:8.1f} ms "
-          f"(ratio {step['warm_ms_median'] / step['baseline_ms_median']:.2f}x)")
+    for label, kind in (("later ticks re-asking no source", "quiet"),
+                        ("later ticks where cached results expire", "expiry")):
+        k = step[kind]
+        print(f"  {label + ', median:':47s} {k['median']:8.1f} ms (p95 {k['p95']:.1f} ms, max {k['max']:.1f} ms, "
+              f"{k['ticks']} ticks; ratio to baseline {k['median'] / base:.2f}x, max {k['max'] / base:.2f}x)")
+    print(f"  nodes re-asked in an expiry tick: {step['reasked_min']}-{step['reasked_max']}; "
+          f"results kept because the same document came back: {step['reused_total']} of {step['reasked_total']}")
+    print(f"  {'baseline plain cache-lookup loop, median:':47s} {base:8.1f} ms")
+    print(f"  target: every later tick < 200 ms; slowest {step['later_ms_max']:.1f} ms")
     print(f"revocation list of {revoke['entries']} entries accepted, {revoke['nodes']} nodes (whole tick)")
     print(f"  tick with the list:    {revoke['revoked']['tick_s'] * 1000:8.1f} ms "
           f"({revoke['revoked']['revoke_actions']} revoke action, {revoke['revoked']['deliveries']} deliveries)")
@@ -197,10 +217,12 @@ def main() -> int:
     print(f"  verify_licence (parse + canonical + Ed25519): {verify['verify_per_s']:8.0f} /s")
     print(f"  baseline bare Ed25519 verify:                 {verify['bare_ed25519_per_s']:8.0f} /s "
           f"(ratio {verify['bare_ed25519_per_s'] / verify['verify_per_s']:.2f}x)")
+    print(f"machine load average (1, 5, 15 min): before {' '.join(f'{x:.2f}' for x in load_before)}, "
+          f"after {' '.join(f'{x:.2f}' for x in load_after)} on {os.cpu_count()} CPUs")
     if args.json:
-        Path(args.json).write_text(json.dumps({"licence_step": step, "revocation": revoke, "verify": verify},
-                                              indent=1))
-    ok = step["warm_ms_max"] < 200 and revoke["revoked"]["revoke_actions"] == 1
+        Path(args.json).write_text(json.dumps({"licence_step": step, "revocation": revoke, "verify": verify,
+                                               "load_before": load_before, "load_after": load_after}, indent=1))
+    ok = step["later_ms_max"] < 200 and revoke["revoked"]["revoke_actions"] == 1
     print("target met" if ok else "TARGET MISSED: a later licence tick >= 200 ms, or not one revoke action")
     return 0 if ok else 1
 

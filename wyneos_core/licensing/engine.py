@@ -97,7 +97,7 @@ class LicenceEngine:
         #:             None, record the result was made from (None: not reusable), the moment the
         #:             result changes by time alone, verdicts counter when it was made).
         #: Only fresh entries of the current epoch: the warm loop checks the node's inputs alone.
-        self._cache: dict[str, tuple[Any, ...]] = {}
+        self._cache: dict[str, list[Any]] = {}
         self._cache_epoch = 0
         #: the cache's refresh points: node ids by whole second of their fresh_until (an id may
         #: be filed more than once; the entry's own fresh_until decides), and a heap of the seconds
@@ -106,7 +106,7 @@ class LicenceEngine:
         self._due_count = 0
         #: entries taken out of the cache this tick (expired, or of an older epoch): a re-asked
         #: node may keep its result from them
-        self._stale: dict[str, tuple[Any, ...]] = {}
+        self._stale: dict[str, list[Any]] = {}
         self._last_good: dict[str, tuple[LicenceResult, float]] = {}
         self._generations: tuple[Any, ...] = ()
         self._seat_signature: tuple[Any, ...] = ()
@@ -240,7 +240,7 @@ class LicenceEngine:
         stale = self._stale
         out: list[LicenceResult | None] = []
         append = out.append
-        misses: list[tuple[int, Node, tuple, tuple | None]] = []
+        misses: list[tuple[int, Node, tuple, list | None]] = []
         miss = misses.append
         seated: list[int] = []  # positions of the nodes whose valid licence has a seat limit
         seat_at = seated.append
@@ -331,7 +331,7 @@ class LicenceEngine:
         phase = period * (zlib.crc32(node_id.encode("utf-8", "surrogatepass")) / 4294967296.0)
         return base + (phase - base) % period
 
-    def _reusable(self, old: tuple | None, key: tuple, record: LicenceRecord, now: float) -> bool:
+    def _reusable(self, old: list | None, key: tuple, record: LicenceRecord, now: float) -> bool:
         """Whether the cached entry ``old`` still holds for ``record``, handed over again now.
 
         It does when it was made from the same document (bytes, source, origin, status),
@@ -345,11 +345,11 @@ class LicenceEngine:
             return False
         if old[_VERDICTS] < self._touched.get(old[_RESULT].licence_id, 0):
             return False
-        return old[:5] == key
+        return (old[0], old[1], old[2], old[3], old[4]) == key
 
     # -- sources --------------------------------------------------------------------------
 
-    def _resolve(self, misses: list[tuple[int, Node, tuple, tuple | None]], out: list, seated: list[int],
+    def _resolve(self, misses: list[tuple[int, Node, tuple, list | None]], out: list, seated: list[int],
                  now: float) -> None:
         self.stats["looked_up"] = len(misses)
         pending = [node for _, node, _, _ in misses]
@@ -379,7 +379,7 @@ class LicenceEngine:
                     unavailable_nodes += 1
                     result, seat = self._outage(node, failures[nid], now)
                     # kept for entitlements and seats, but never fresh: asked again next tick
-                    cache[nid] = (*key, now, result, seat, None, _INF, self._verdicts)
+                    cache[nid] = [*key, now, result, seat, None, _INF, self._verdicts]
                     scheduled.append((_second(now), nid))
                     out[index] = result
                     if seat is not None:
@@ -392,14 +392,23 @@ class LicenceEngine:
                 until, seat = _INF, None
             else:
                 if self._reusable(old, key, record, now):
-                    result, until, seat = old[_RESULT], old[_UNTIL], old[_SEAT]  # type: ignore[index]
+                    # kept as it is, in place: the entry stays where it is in memory, so the warm
+                    # loop keeps walking entries laid out in the order they were first made
+                    old[_FRESH] = fresh = min(self._fresh_until(nid, now), old[_UNTIL])  # type: ignore[index]
+                    cache[nid] = old  # type: ignore[assignment]
                     reused += 1
-                else:
-                    result, until, seat = self.check(node, record, now)
+                    out[index] = old[_RESULT]  # type: ignore[index]
+                    if old[_SEAT] is not None:  # type: ignore[index]
+                        seated.append(index)
+                    if old[_RESULT].valid:  # type: ignore[index]
+                        self._last_good[nid] = (record, now)
+                    scheduled.append((_second(fresh), nid))
+                    continue
+                result, until, seat = self.check(node, record, now)
                 if result.valid:
                     self._last_good[nid] = (record, now)
             fresh = min(self._fresh_until(nid, now), until)
-            cache[nid] = (*key, fresh, result, seat, record, until, self._verdicts)
+            cache[nid] = [*key, fresh, result, seat, record, until, self._verdicts]
             scheduled.append((_second(fresh), nid))
             out[index] = result
             if seat is not None:
