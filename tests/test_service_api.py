@@ -206,6 +206,11 @@ def test_service_settings_are_checked(tmp_path):
     path.write_text("plugins: {settings: {service: {prot: 1}}}\n")
     with pytest.raises(ConfigError, match=r"plugins.settings.service.prot: unknown setting"):
         ServiceSettings.from_config(load_config(path))
+    for key, value in (("max_batch", 0), ("max_body_bytes", 0), ("max_request_bytes", 0), ("replay_window", 0.001),
+                       ("replay_window", 1e9)):
+        path.write_text(f"plugins: {{settings: {{service: {{{key}: {value}}}}}}}\n")
+        with pytest.raises(ConfigError, match=rf"c.yaml: plugins.settings.service.{key}: must be at"):
+            ServiceSettings.from_config(load_config(path))
 
 
 def test_a_full_heartbeat_queue_answers_503_and_changes_nothing(tmp_path):

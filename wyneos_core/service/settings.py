@@ -9,9 +9,12 @@ host                   127.0.0.1   address ``wyneos serve`` binds to
 port                   8420        TCP port (0: any free port, printed at start)
 replay_window          120         seconds a signed request's timestamp may differ from
                                    the server clock; nonces are remembered this long
+                                   (1-86400)
 max_body_bytes         8388608     largest request body (a heartbeat batch) accepted
+                                   (at least 1024)
 max_request_bytes      65536       largest body of a single heartbeat, enrolment, ack
-max_batch              20000       most heartbeats in one batch
+                                   (at least 1024)
+max_batch              20000       most heartbeats in one batch (at least 1)
 verify_threads         0           threads verifying a batch's signatures (0: CPUs)
 register_on_enrol      true        an enrolled node not in the config joins the cluster
 =====================  ==========  ===================================================
@@ -67,7 +70,19 @@ class ServiceSettings:
         settings = cls(**values)
         if settings.port > 65535:
             raise ConfigError(f"not a TCP port: {settings.port}", file=config.source, field=f"{field_name}.port")
+        for key, low in _MINIMUM.items():
+            value = getattr(settings, key)
+            if value < low:
+                raise ConfigError(f"must be at least {low:g}, got {value!r} (it would refuse every request)",
+                                  file=config.source, field=f"{field_name}.{key}")
+        if not settings.replay_window <= 86400:
+            raise ConfigError(f"must be at most 86400 seconds, got {settings.replay_window!r}",
+                              file=config.source, field=f"{field_name}.replay_window")
         return settings
+
+
+#: the least value of a setting that still lets requests through
+_MINIMUM = {"max_batch": 1, "max_body_bytes": 1024, "max_request_bytes": 1024, "replay_window": 1.0}
 
 
 def _kind(default: Any) -> str:
