@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ class MemorySource:
     def lookup(self, node: Node, now: float) -> LicenceRecord | None:
         return self.records.get(node.id)
 
-    def lookup_many(self, nodes, now):  # noqa: ANN001 - the source protocol
+    def lookup_many(self, nodes: list[Node], now: float) -> dict[str, LicenceRecord | None]:
         return {n.id: self.records.get(n.id) for n in nodes}
 
 
@@ -151,5 +152,5 @@ def test_refreshes_are_spread_evenly_and_within_the_ttl(tmp_path):
     later = per_tick[60:]  # after the first lifetime, each tick asks for about 3000 * 6 / 240 nodes
     assert max(later) <= 75 * 1.6 and min(later) >= 75 * 0.4, later
     for times in asked_at.values():
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in pairwise(times)]
         assert gaps and all(60 <= g <= 300 for g in gaps)  # never longer than cache_ttl, never a churn

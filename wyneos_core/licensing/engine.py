@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import math
 import zlib
-from heapq import heappop, heappush
 from collections.abc import Sequence
+from heapq import heappop, heappush
 from typing import Any
 
 from wyneos_core.licensing.document import Licence, format_time, verify_licence
