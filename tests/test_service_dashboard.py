@@ -15,6 +15,7 @@ import pytest
 from matplotlib.image import imread
 from service_helpers import Node, Quarantine, add_token, make_service, write_config
 
+from wyneos_core.service.identity import SignedItem
 from wyneos_core.service.server import ServerThread
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,22 @@ def test_dashboard_shows_the_nodes_and_the_isolated_one(tmp_path):
             while not client.get("/v1/nodes/web-3").json()["isolated"]:
                 assert time.monotonic() < deadline, "web-3 was never isolated"
                 time.sleep(0.1)
+            # live updates: while the page's first refresh is answered, a fifth node enrols;
+            # the page must show it without being loaded again
+            late, late_token = Node("web-5"), add_token(service)
+            original, served = service.mesh_view, []
+
+            def mesh_view() -> dict:
+                data = original()
+                if not served:
+                    body, headers = late.enrol_request(late_token)
+                    assert service.enrol(SignedItem.from_headers(headers, body))[0] == 201
+                served.append(sorted(data["nodes"]))
+                return data
+
+            service.mesh_view = mesh_view
             dom = browse(url + "/", tmp_path, "--dump-dom")
+            service.mesh_view = original
             shot = tmp_path / "dashboard.png"
             browse(url + "/", tmp_path, f"--screenshot={shot}", "--window-size=1280,800", "--hide-scrollbars")
         finally:
@@ -68,7 +84,9 @@ def test_dashboard_shows_the_nodes_and_the_isolated_one(tmp_path):
     html = dom.stdout
     assert dom.returncode == 0, dom.stderr[-2000:]
     drawn = {node: cls for cls, node in re.findall(r'<g class="node ([a-z ]+)" data-node="([^"]+)"', html)}
-    assert set(drawn) == {n.id for n in nodes}, html[:3000]
+    assert "web-5" not in served[0] and len(served) >= 2, served  # first drawn without it, then refreshed
+    assert set(drawn) == {n.id for n in nodes} | {"web-5"}, html[:3000]
+    assert drawn["web-5"] == "unknown"  # enrolled, no heartbeat yet
     assert drawn["web-3"] == "online isolated"
     assert all(drawn[n] == "online" for n in ("web-1", "web-2", "web-4"))
     assert "web-3 (isolated)" in html and "Latest tick: #" in html
