@@ -414,3 +414,35 @@ def test_acks_only_for_delivered_actions_and_retention_prunes_old_state(tmp_path
             assert len(db.tick_summaries(100)) == 3
     finally:
         service.stop()
+
+
+def test_enrolment_is_all_or_nothing(tmp_path):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("replay_window: 60}", "replay_window: 60, register_on_enrol: false}")
+                    .replace("unknown_nodes: reject}", "unknown_nodes: reject, max_nodes: 2}")
+                    + "nodes:\n  - {id: known-1}\n  - {id: known-2}\n")
+    service = make_service(path)
+    with ServerThread(service) as url, httpx.Client(base_url=url) as client:
+        token = add_token(service, uses=1)
+        r = enrol(client, Node("stranger"), token)  # refused: the token is not spent on it
+        assert r.status_code == 403 and r.json()["code"] == "not_registered"
+        with service.db_lock:
+            assert [t["uses_left"] for t in service.db.enrol_tokens()] == [1]
+            assert service.db.node_keys() == []
+        assert "stranger" not in service.orchestrator.registry and "stranger" not in service.orchestrator.mesh
+        assert enrol(client, Node("known-1"), token).status_code == 201  # the token still works
+        r = enrol(client, Node("known-2"), token)  # used up now: no key, no node
+        assert r.status_code == 403 and r.json()["code"] == "bad_token"
+        with service.db_lock:
+            assert [k["node_id"] for k in service.db.node_keys()] == ["known-1"]
+    # a node the registry cannot take (full) is refused before the token or the key is touched
+    path.write_text(path.read_text().replace("register_on_enrol: false", "register_on_enrol: true"))
+    service = make_service(path)
+    with ServerThread(service) as url, httpx.Client(base_url=url) as client:
+        token = add_token(service, uses=1)
+        r = enrol(client, Node("extra-1"), token)
+        assert r.status_code == 422 and r.json()["field"] == "node_id" and "registry full" in r.json()["error"]
+        with service.db_lock:
+            assert sorted(t["uses_left"] for t in service.db.enrol_tokens()) == [0, 1]
+            assert [k["node_id"] for k in service.db.node_keys()] == ["known-1"]
+        assert "extra-1" not in service.orchestrator.registry
