@@ -268,30 +268,6 @@ class StateStore:
         return [{"token_hash": t, "node_id": n, "uses_left": u, "expires_at": e, "created_at": c}
                 for t, n, u, e, c in rows]
 
-    def use_enrol_token(self, token_hash: str, node_id: str, now: float) -> str | None:
-        """Spend one use of a token for ``node_id``; None on success, else why not."""
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            row = c.execute("SELECT node_id, uses_left, expires_at FROM enrol_tokens WHERE token_hash=?",
-                            (token_hash,)).fetchone()
-            if row is None:
-                reason = "unknown enrolment token"
-            elif row[0] is not None and row[0] != node_id:
-                reason = f"the enrolment token is for node {row[0]!r}"
-            elif row[1] <= 0:
-                reason = "the enrolment token is used up"
-            elif row[2] < now:
-                reason = "the enrolment token has expired"
-            else:
-                reason = None
-                c.execute("UPDATE enrol_tokens SET uses_left = uses_left - 1 WHERE token_hash=?", (token_hash,))
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        return reason
-
     def put_node_key(self, node_id: str, public_key: bytes, fingerprint: str, now: float) -> None:
         """Enrol (or re-enrol, clearing a revocation) ``node_id`` with ``public_key``."""
         self.conn.execute(
@@ -452,6 +428,23 @@ class StateStore:
             "(SELECT id FROM actions WHERE state = 'in_force' OR last_tick > ?)", (tick - retention,))
         return cur.rowcount
 
+    def _spend_token(self, token_hash: str, node_id: str, now: float) -> str | None:
+        """Inside a transaction: spend one use of a token for ``node_id``; None on
+        success, else why the token is refused."""
+        c = self.conn
+        row = c.execute("SELECT node_id, uses_left, expires_at FROM enrol_tokens WHERE token_hash=?",
+                        (token_hash,)).fetchone()
+        if row is None:
+            return "unknown enrolment token"
+        if row[0] is not None and row[0] != node_id:
+            return f"the enrolment token is for node {row[0]!r}"
+        if row[1] <= 0:
+            return "the enrolment token is used up"
+        if row[2] < now:
+            return "the enrolment token has expired"
+        c.execute("UPDATE enrol_tokens SET uses_left = uses_left - 1 WHERE token_hash=?", (token_hash,))
+        return None
+
     def enrol_with_token(self, token_hash: str | None, node_id: str, public_key: bytes, fingerprint: str,
                          now: float) -> str | None:
         """Spend one use of a token (``None``: no token needed) and store the node's key,
@@ -459,20 +452,7 @@ class StateStore:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            reason = None
-            if token_hash is not None:
-                row = c.execute("SELECT node_id, uses_left, expires_at FROM enrol_tokens WHERE token_hash=?",
-                                (token_hash,)).fetchone()
-                if row is None:
-                    reason = "unknown enrolment token"
-                elif row[0] is not None and row[0] != node_id:
-                    reason = f"the enrolment token is for node {row[0]!r}"
-                elif row[1] <= 0:
-                    reason = "the enrolment token is used up"
-                elif row[2] < now:
-                    reason = "the enrolment token has expired"
-                else:
-                    c.execute("UPDATE enrol_tokens SET uses_left = uses_left - 1 WHERE token_hash=?", (token_hash,))
+            reason = None if token_hash is None else self._spend_token(token_hash, node_id, now)
             if reason is None:
                 self.put_node_key(node_id, public_key, fingerprint, now)
             c.execute("COMMIT")
