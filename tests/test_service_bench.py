@@ -18,6 +18,8 @@ def test_bench_heartbeats_runs_small_and_counts_applied_heartbeats(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     batched = result["batched"]
     assert batched["heartbeats"] == batched["accepted_by_api"] == 400 and batched["rejected_by_registry"] == 0
-    assert batched["requests"] == 4 and batched["seconds"] >= batched["sending_seconds"] > 0
-    assert batched["per_s"] > 0 and result["single"]["heartbeats"] == 50
-    assert result["baseline_verify_per_s_one_core"] > 0
+    assert batched["requests"] == 4 and result["single"]["heartbeats"] == 50
+    # measured times and rates are reported, never asserted (a fast machine rounds them to 0)
+    for measure in (batched["seconds"], batched["sending_seconds"], batched["per_s"],
+                    result["baseline_verify_per_s_one_core"]):
+        assert isinstance(measure, (int, float)) and measure >= 0
