@@ -25,13 +25,16 @@ def test_run_governs_the_demo_cluster_tick_by_tick(tmp_path):
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "cluster 'demo'" in text and "tick 12:" in text and "stopped after 12 tick(s)" in text
-    assert "action   reduce_load node-03" in text  # overloaded
-    assert "reject   node-10: timestamp: 120.0s in the future" in text  # clock-skewed heartbeats refused
-    assert "reject   rogue-01: node_id: unknown node" in text
-    assert "status   node-07: online -> stale" in text  # crashed after tick 4
-    assert "licence  node-11: INVALID no_licence" in text
-    assert "action   isolate node-11" in text
-    assert "licence  still failing on" in text  # unchanged failures are counted, not repeated
+    assert "action   1 reduce_load (warning) by ruleset:healing/reduce-overload (node-03)" in text  # overloaded
+    assert "reject   timestamp: 120.0s in the future (allowed skew 10s): 1 node (node-10)" in text  # skewed clock
+    assert "reject   node_id: unknown node (heartbeat.unknown_nodes is 'reject'): 1 node (rogue-01)" in text
+    assert "status   1 online -> stale (node-07)" in text  # crashed after tick 4
+    assert "licence  1 INVALID no_licence (node-11): the node names no licence" in text
+    assert "action   1 isolate (critical) by ruleset:licence-enforcement/isolate-unlicensed (node-11)" in text
+    # unchanged failures are counted in one line, not repeated
+    assert text.count("licence  1 INVALID no_licence") == 1
+    assert "  still    licence failing on 6 nodes (expired=1, expired (in grace)=1, invalid_signature=1, " \
+           "machine_mismatch=1, no_licence=1, too_many_nodes=1)" in text
     # the state file is real SQLite with every tick committed
     db = sqlite3.connect(tmp_path / ".wyneos" / "state.db")
     assert db.execute("SELECT COUNT(*) FROM ticks").fetchone()[0] == 12

@@ -135,8 +135,8 @@ def test_docs_example_plugin_installs_and_runs(tmp_path):
 
     ran = run_in(python, "run", "--ticks", "3", "--interval", "0.01", "--config", "wyneos.yaml", cwd=work)
     assert ran.returncode == 0, ran.stderr
-    assert "has-owner: failed on 1 node(s): web-2" in ran.stdout
-    assert "quarantine web-2" in ran.stdout  # third tick without an owner
+    assert "has-owner: failing on 1 node, 1 new (web-2)" in ran.stdout
+    assert "quarantine (warning) by owner-check (web-2)" in ran.stdout  # third tick without an owner
     log = (work / "owner-check.log").read_text().splitlines()
     assert log == [f"tick {i}: 1 node(s) without owner" for i in (1, 2, 3)]
 

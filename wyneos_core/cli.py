@@ -52,17 +52,35 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    """``-q`` / ``-v``: how much the summary of each tick says (``report.stdout``)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", dest="verbosity", action="store_const", const="quiet",
+                       help="one line per tick")
+    group.add_argument("--verbose", "-v", dest="verbosity", action="store_const", const="verbose",
+                       help="every item of every node, every tick (default: what changed, grouped)")
+
+
+def _stdout_mode(args: argparse.Namespace, default: str | None) -> str | None:
+    """``report.stdout`` as the command line sets it (None: as the config says)."""
+    if args.json:
+        return "json"
+    return getattr(args, "verbosity", None) or default
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the orchestrator tick by tick")
     _common(p)
     p.add_argument("--interval", type=_seconds, help="seconds between ticks (overrides tick.interval)")
     p.add_argument("--ticks", type=int, help="stop after N ticks (default: run until interrupted)")
     p.add_argument("--json", action="store_true", help="print each tick report as one JSON line")
+    _output_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("tick", help="run one tick and print its report")
     _common(p)
     p.add_argument("--json", action="store_true", help="print the full JSON report (default: summary)")
+    _output_options(p)
     p.set_defaults(func=cmd_tick)
 
     p = sub.add_parser("plugins", help="list plugins: name, version, origin, hooks")
@@ -93,7 +111,7 @@ def build(args: argparse.Namespace, *, stdout_mode: str | None = None, store: bo
 def cmd_run(args: argparse.Namespace) -> int:
     from wyneos_core.loop import run, stop_on_signals
 
-    orchestrator = build(args, stdout_mode="json" if args.json else None)
+    orchestrator = build(args, stdout_mode=_stdout_mode(args, None))
     interval = args.interval if args.interval is not None else orchestrator.config["tick"]["interval"]
     if args.ticks is not None and args.ticks < 1:
         print("wyneos run: --ticks must be at least 1", file=sys.stderr)
@@ -112,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
-    orchestrator = build(args, stdout_mode="json" if args.json else "summary")
+    orchestrator = build(args, stdout_mode=_stdout_mode(args, "summary"))
     with orchestrator:
         orchestrator.tick()
     return EXIT_OK

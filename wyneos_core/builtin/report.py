@@ -6,52 +6,118 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from wyneos_core import hookimpl
-from wyneos_core.model import TickReport
+from wyneos_core.model import Action, TickReport
 from wyneos_core.tick import TickContext
 
 
-def summary_lines(report: TickReport, previous: TickReport | None = None) -> list[str]:
-    """The per-tick summary printed by ``wyneos run``.
+#: how much ``wyneos run`` prints per tick (``report.stdout``): ``quiet`` one line,
+#: ``summary`` what changed grouped with counts, ``verbose`` every item of every node
+VERBOSITIES = ("quiet", "summary", "verbose")
+#: example ids shown in a grouped line before ``+N``
+EXAMPLES = 3
+#: at most this many grouped lines per kind (the rest is counted in one line)
+MAX_GROUPS = 12
 
-    Licence and rule failures are listed in full when they change from ``previous``
-    (the tick before); while they hold, one line counts them.
+
+def examples(ids: Sequence[str], shown: int = EXAMPLES) -> str:
+    """``"a, b, c, +997"``: the first ``shown`` ids (sorted) and how many more."""
+    ids = sorted(ids)
+    head = ", ".join(ids[:shown])
+    return head + (f", +{len(ids) - shown}" if len(ids) > shown else "")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 rule"``, ``"3 rules"``."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def summary_lines(report: TickReport, previous: TickReport | None = None,
+                  verbosity: str = "summary") -> list[str]:
+    """The per-tick summary printed by ``wyneos run`` (see ``VERBOSITIES``).
+
+    ``summary`` groups what changed since ``previous`` (the tick before) by licence
+    reason, rule, transition and action type, each with a count and a few example
+    node ids; what still holds is one line per kind. ``quiet`` is one line per tick;
+    ``verbose`` lists every node of every item, held or not.
     """
+    if verbosity == "quiet":
+        return [quiet_line(report)]
+    if verbosity == "verbose":
+        return _verbose_lines(report, previous)
+    held: list[str] = []  # what still holds as in the tick before: one line at the end
+    lines = [_header(report)]
+    lines += _licence_lines(report, previous, held)
+    lines += _rule_lines(report, previous, held)
+    lines += _grouped_transitions(report)
+    lines += _action_lines(report)
+    lines += _delivery_lines(report)
+    lines += _reject_lines(report, previous, held)
+    lines += _capped([f"  partition {plural(len(p), 'node')} cut off from the orchestrator: {examples(p)}"
+                      for p in report.partitions], "partition", "partitions")
+    lines += _capped([f"  error    plugin {e.plugin} in {e.hook}: {e.error}" for e in report.errors],
+                     "error", "errors")
+    lines += _capped([f"  note     {n}" for n in report.notes], "note", "notes")
+    if held:
+        lines.append("  still    " + "; ".join(held))
+    return lines
+
+
+def _header(report: TickReport) -> str:
     counts = report.status_counts()
     status = " ".join(f"{k}={v}" for k, v in counts.items() if v)
-    lines = [f"tick {report.tick}: {len(report.nodes)} nodes" + (f" ({status})" if status else "")
-             + f" in {report.duration_ms:.1f} ms"]
-    lines += _licence_lines(report, previous)
-    lines += _rule_lines(report, previous)
-    for t in report.transitions:
-        if t.get("kind") == "status":
-            lines.append(f"  status   {t['node_id']}: {t['from']} -> {t['to']}")
-        elif t.get("kind") == "rule":
-            lines.append(f"  alert    {t['rule_id']} on {t['node_id']}: {t['from']} -> {t['to']}")
-    for a in report.actions:
-        lines.append(f"  action   {a.type} {a.target} ({a.severity.value}) by {a.origin}: {a.reason}")
-    undelivered = [d for d in report.deliveries if not d.delivered]
-    if report.deliveries:
-        lines.append(f"  deliver  {len(report.deliveries) - len(undelivered)}/{len(report.deliveries)} delivered"
-                     + ("; unreachable: " + ", ".join(f"{d.target} ({d.reason})" for d in undelivered[:6])
-                        if undelivered else ""))
-    rejected: dict[tuple[str, str, str], int] = {}
-    for r in report.heartbeats_rejected:
-        key = (r["node_id"], r["field"], r["reason"])
-        rejected[key] = rejected.get(key, 0) + 1
-    for (node_id, field, reason), n in list(rejected.items())[:8]:
-        lines.append(f"  reject   {node_id}: {field}: {reason}" + (f" (x{n})" if n > 1 else ""))
-    if len(rejected) > 8:
-        lines.append(f"  reject   ... and {len(rejected) - 8} more kinds of rejected heartbeat")
-    for p in report.partitions:
-        lines.append(f"  partition {len(p)} node(s) cut off from the orchestrator: {', '.join(p[:6])}")
-    for e in report.errors:
-        lines.append(f"  error    plugin {e.plugin} in {e.hook}: {e.error}")
-    for n in report.notes:
-        lines.append(f"  note     {n}")
-    return lines
+    return (f"tick {report.tick}: {plural(len(report.nodes), 'node')}" + (f" ({status})" if status else "")
+            + f" in {report.duration_ms:.1f} ms")
+
+
+def quiet_line(report: TickReport) -> str:
+    """One line for a tick: node states and how many licences, rules, actions and
+    problems there are (only the counts that are not zero)."""
+    counts = report.status_counts()
+    status = " ".join(f"{k}={v}" for k, v in counts.items() if v)
+    parts = []
+    failing = sum(1 for r in report.licences.values() if not r.valid)
+    grace = sum(1 for r in report.licences.values() if r.valid and r.in_grace)
+    if failing or grace:
+        parts.append("licences: " + ", ".join(t for t in (f"{failing} invalid" if failing else "",
+                                                          f"{grace} in grace" if grace else "") if t))
+    rules = {r.rule_id for r in report.results}
+    if rules:
+        parts.append(f"{plural(len(rules), 'rule')} failing on {plural(len({r.node_id for r in report.results}), 'node')}")
+    if report.actions:
+        parts.append(f"{plural(len(report.actions), 'new action')}")
+    cleared = sum(1 for e in report.lifecycle if e.get("state") == "cleared")
+    if cleared:
+        parts.append(f"{cleared} cleared")
+    undelivered = sum(1 for d in report.deliveries if not d.delivered)
+    if undelivered:
+        parts.append(f"{undelivered} undelivered")
+    if report.heartbeats_rejected:
+        parts.append(f"{len(report.heartbeats_rejected)} rejected")
+    if report.partitions:
+        parts.append(plural(len(report.partitions), "partition"))
+    if report.errors:
+        parts.append(plural(len(report.errors), "error"))
+    return (f"tick {report.tick}: {plural(len(report.nodes), 'node')}" + (f" ({status})" if status else "")
+            + "".join(f"; {p}" for p in parts) + f" in {report.duration_ms:.1f} ms")
+
+
+def _capped(lines: list[str], word: str, many: str) -> list[str]:
+    if len(lines) <= MAX_GROUPS:
+        return lines
+    kind = lines[0].split()[0]
+    return lines[:MAX_GROUPS] + [f"  {kind:<8} ... and {len(lines) - MAX_GROUPS} more {many} (-v lists all)"]
+
+
+def _one_text(texts: Sequence[str]) -> str:
+    """The text shared by a group, or its first one and how many others differ."""
+    distinct = list(dict.fromkeys(texts))
+    if len(distinct) == 1:
+        return distinct[0]
+    return f"{distinct[0]} (and {plural(len(distinct) - 1, 'other')})"
 
 
 def _licence_key(report: TickReport | None) -> dict[str, tuple[bool, str, bool]]:
@@ -60,26 +126,30 @@ def _licence_key(report: TickReport | None) -> dict[str, tuple[bool, str, bool]]
     return {r.node_id: (r.valid, r.reason, r.in_grace) for r in report.licences.values() if not r.valid or r.in_grace}
 
 
-def _licence_lines(report: TickReport, previous: TickReport | None) -> list[str]:
+def _licence_lines(report: TickReport, previous: TickReport | None, still: list[str]) -> list[str]:
     now = _licence_key(report)
-    if not now:
-        return []
     before = _licence_key(previous)
-    changed = [node_id for node_id in sorted(now) if before.get(node_id) != now[node_id]]
+    groups: dict[tuple[str, str], list[str]] = {}
+    held: dict[str, int] = {}
+    for node_id, (valid, reason, _grace) in now.items():
+        state = "in grace" if valid else "INVALID"
+        if before.get(node_id) == now[node_id]:
+            label = f"{reason} (in grace)" if valid else reason
+            held[label] = held.get(label, 0) + 1
+        else:
+            groups.setdefault((state, reason), []).append(node_id)
     lines = []
-    for node_id in changed:
-        r = report.licences[node_id]
-        state = "in grace" if r.valid else "INVALID"
-        lines.append(f"  licence  {node_id}: {state} {r.reason} - {r.detail}")
-    held = len(now) - len(changed)
+    for (state, reason), node_ids in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        detail = _one_text([report.licences[n].detail for n in sorted(node_ids)])
+        lines.append(f"  licence  {len(node_ids)} {state} {reason} ({examples(node_ids)}): {detail}")
+    lines = _capped(lines, "licence", "licence reasons")
+    recovered = [n for n in before if n not in now and n in report.licences]
+    if recovered:
+        lines.append(f"  licence  {len(recovered)} valid again ({examples(recovered)})")
     if held:
-        reasons: dict[str, int] = {}
-        for node_id, (valid, reason, _grace) in now.items():
-            if node_id not in changed:
-                label = f"{reason} (in grace)" if valid else reason
-                reasons[label] = reasons.get(label, 0) + 1
-        lines.append(f"  licence  still failing on {held} node(s): "
-                     + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
+        still.append(f"licence failing on {plural(sum(held.values()), 'node')} ("
+                     + ", ".join(f"{k}={v}" for k, v in sorted(held.items())[:MAX_GROUPS])
+                     + (", ..." if len(held) > MAX_GROUPS else "") + ")")
     return lines
 
 
@@ -90,17 +160,138 @@ def _failed_by_rule(report: TickReport | None) -> dict[str, list[str]]:
     return failed
 
 
-def _rule_lines(report: TickReport, previous: TickReport | None) -> list[str]:
+def _rule_lines(report: TickReport, previous: TickReport | None, still: list[str]) -> list[str]:
     failed = _failed_by_rule(report)
-    before = _failed_by_rule(previous)
+    before = {rule_id: set(ids) for rule_id, ids in _failed_by_rule(previous).items()}
+    messages: dict[tuple[str, str], str] = {(r.rule_id, r.node_id): r.problem() or r.message for r in report.results}
     lines = []
+    held: dict[str, int] = {}
     for rule_id, node_ids in sorted(failed.items()):
-        node_ids.sort()
-        if sorted(before.get(rule_id, [])) == node_ids:
-            lines.append(f"  rule     {rule_id}: still failing on {len(node_ids)} node(s)")
+        was = before.get(rule_id, set())
+        new = sorted(n for n in node_ids if n not in was)
+        gone = sorted(was - set(node_ids))
+        if not new and not gone:
+            held[rule_id] = len(node_ids)
             continue
-        shown = ", ".join(node_ids[:8]) + (" ..." if len(node_ids) > 8 else "")
-        lines.append(f"  rule     {rule_id}: failed on {len(node_ids)} node(s): {shown}")
+        text = f"  rule     {rule_id}: failing on {plural(len(node_ids), 'node')}"
+        if new:
+            text += f", {len(new)} new ({examples(new)}): {_one_text([messages[(rule_id, n)] for n in new])}"
+        if gone:
+            text += f"; passing again on {len(gone)} ({examples(gone)})"
+        lines.append(text)
+    lines = _capped(lines, "rule", "rules")
+    cleared = {rule_id: sorted(ids) for rule_id, ids in before.items() if rule_id not in failed}
+    for rule_id, node_ids in sorted(cleared.items())[:MAX_GROUPS]:
+        lines.append(f"  rule     {rule_id}: passing again on {plural(len(node_ids), 'node')} ({examples(node_ids)})")
+    if len(cleared) > MAX_GROUPS:
+        lines.append(f"  rule     ... and {len(cleared) - MAX_GROUPS} more rules passing again (-v lists all)")
+    if held:
+        shown = sorted(held.items())
+        still.append("rules failing: " + ", ".join(f"{k}={v}" for k, v in shown[:MAX_GROUPS])
+                     + (f" and {len(shown) - MAX_GROUPS} more" if len(shown) > MAX_GROUPS else ""))
+    return lines
+
+
+def _grouped_transitions(report: TickReport) -> list[str]:
+    status: dict[tuple[str, str], list[str]] = {}
+    alerts: dict[tuple[str, str, str], list[str]] = {}
+    for t in report.transitions:
+        if t.get("kind") == "status":
+            status.setdefault((t["from"], t["to"]), []).append(t["node_id"])
+        elif t.get("kind") == "rule":
+            alerts.setdefault((t["rule_id"], t["from"], t["to"]), []).append(t["node_id"])
+    lines = [f"  status   {len(ids)} {old} -> {new} ({examples(ids)})"
+             for (old, new), ids in sorted(status.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+    alert_lines = [f"  alert    {rule_id}: {len(ids)} {old} -> {new} ({examples(ids)})"
+                   for (rule_id, old, new), ids in sorted(alerts.items())]
+    return _capped(lines, "status", "status changes") + _capped(alert_lines, "alert", "alert changes")
+
+
+def _action_lines(report: TickReport) -> list[str]:
+    groups: dict[tuple[str, str, str], list[Action]] = {}
+    for a in report.actions:
+        groups.setdefault((a.type, a.origin, a.severity.value), []).append(a)
+    lines = [f"  action   {len(acts)} {type_} ({severity}) by {origin} ({examples([a.target for a in acts])}): "
+             + _one_text([a.reason for a in acts])
+             for (type_, origin, severity), acts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+    lines = _capped(lines, "action", "kinds of action")
+    cleared: dict[str, list[str]] = {}
+    for e in report.lifecycle:
+        if e.get("state") == "cleared":
+            cleared.setdefault(e.get("type", "?"), []).append(str(e.get("target", "?")))
+    lines += [f"  cleared  {len(ids)} {type_} ({examples(ids)})" for type_, ids in sorted(cleared.items())]
+    return lines
+
+
+def _delivery_lines(report: TickReport) -> list[str]:
+    if not report.deliveries:
+        return []
+    by_reason: dict[str, list[str]] = {}
+    for d in report.deliveries:
+        if not d.delivered:
+            by_reason.setdefault(d.reason or "unknown", []).append(d.target)
+    done = len(report.deliveries) - sum(len(v) for v in by_reason.values())
+    return [f"  deliver  {done}/{len(report.deliveries)} delivered"
+            + ("; unreachable: " + "; ".join(f"{len(ids)} {reason} ({examples(ids)})"
+                                             for reason, ids in sorted(by_reason.items())) if by_reason else "")]
+
+
+def _rejects(report: TickReport | None) -> dict[tuple[str, str], list[str]]:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in report.heartbeats_rejected if report is not None else ():
+        ids = groups.setdefault((str(r["field"]), str(r["reason"])), [])
+        if r["node_id"] not in ids:
+            ids.append(r["node_id"])
+    return groups
+
+
+def _reject_lines(report: TickReport, previous: TickReport | None, still: list[str]) -> list[str]:
+    """Rejected heartbeats grouped by field and reason; a group that already showed in the
+    tick before, on the same nodes, is only counted."""
+    before = _rejects(previous)
+    lines = []
+    again = 0
+    for (field_, reason), ids in _rejects(report).items():
+        if set(before.get((field_, reason), ())) >= set(ids):
+            again += len(ids)
+            continue
+        lines.append(f"  reject   {field_}: {reason}: {plural(len(ids), 'node')} ({examples(ids)})")
+    lines = _capped(lines, "reject", "kinds of rejected heartbeat")
+    if again:
+        still.append(f"heartbeats rejected from {plural(again, 'node')}")
+    return lines
+
+
+def _verbose_lines(report: TickReport, previous: TickReport | None) -> list[str]:
+    """Everything: one line per node of every licence failure, rule failure,
+    transition, action, delivery and rejected heartbeat."""
+    lines = [_header(report)]
+    for r in sorted(report.licences.values(), key=lambda r: r.node_id):
+        if not r.valid or r.in_grace:
+            lines.append(f"  licence  {r.node_id}: {'in grace' if r.valid else 'INVALID'} {r.reason} - {r.detail}")
+    for r in sorted(report.results, key=lambda r: (r.rule_id, r.node_id)):
+        lines.append(f"  rule     {r.rule_id} on {r.node_id}: {r.problem() or r.message}")
+    for t in report.transitions:
+        if t.get("kind") == "status":
+            lines.append(f"  status   {t['node_id']}: {t['from']} -> {t['to']}")
+        elif t.get("kind") == "rule":
+            lines.append(f"  alert    {t['rule_id']} on {t['node_id']}: {t['from']} -> {t['to']}")
+    for a in report.actions:
+        lines.append(f"  action   {a.type} {a.target} ({a.severity.value}) by {a.origin}: {a.reason}")
+    for e in report.lifecycle:
+        if e.get("state") in ("cleared", "deferred", "suppressed", "rejected"):
+            lines.append(f"  {e['state']:<8} {e.get('type')} {e.get('target')}: {e.get('detail', '')}")
+    for d in report.deliveries:
+        lines.append(f"  deliver  {d.action_id} to {d.target}: "
+                     + ("delivered" if d.delivered else f"NOT delivered ({d.reason})"))
+    for r in report.heartbeats_rejected:
+        lines.append(f"  reject   {r['node_id']}: {r['field']}: {r['reason']}")
+    for p in report.partitions:
+        lines.append(f"  partition {plural(len(p), 'node')} cut off from the orchestrator: {', '.join(p)}")
+    for e in report.errors:
+        lines.append(f"  error    plugin {e.plugin} in {e.hook}: {e.error}")
+    for n in report.notes:
+        lines.append(f"  note     {n}")
     return lines
 
 
@@ -120,9 +311,9 @@ def write_json_atomic(path: Path, data: object) -> None:
 def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
     settings = ctx.config["report"]
     mode = settings["stdout"]
-    if mode == "summary":
+    if mode in VERBOSITIES:
         # last_report is still the tick before: it is replaced once every report hook ran
-        print("\n".join(summary_lines(report, ctx.orchestrator.last_report)), flush=True)
+        print("\n".join(summary_lines(report, ctx.orchestrator.last_report, mode)), flush=True)
     limit = settings["max_nodes_in_file"]
     data = None
     if mode == "json":
