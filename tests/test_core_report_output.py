@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from wyneos_core.builtin.report import examples, plural, quiet_line, summary_lines
+from wyneos_core.builtin.report import quiet_line, summary_lines
 from wyneos_core.model import Action, LicenceResult, Node, NodeStatus, RuleResult, Severity, TickReport
+from wyneos_core.wording import examples, plural
 
 N = 1000
 

@@ -162,3 +162,10 @@ def test_explain_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
                               timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_check_counts_one_rule_in_the_singular(tmp_path: Path, capsys) -> None:
+    (tmp_path / "one.yaml").write_text("ruleset: one\nstage: governance\nrules:\n  - id: r\n    description: d\n"
+                                       "    require: node.load < 0.9\n")
+    assert main(["check", str(tmp_path / "one.yaml")]) == 0
+    assert "ruleset 'one' (governance, 1 rule)\n" in capsys.readouterr().out

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from wyneos_core.simulate import builtin_scenarios, load_scenario, resolve_scenario, simulate
-from wyneos_core.simulate.runner import EPOCH, build, write_outputs
+from wyneos_core.simulate.runner import EPOCH, build, summary_text, write_outputs
 from wyneos_core.yamlio import LocatedError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,6 +226,19 @@ def test_cli_exit_codes_for_unmet_expectations_and_bad_input(tmp_path):
     assert out.returncode == 2 and "bad.yaml:2" in out.stderr
     out = wyneos("simulate", "--list", cwd=tmp_path)
     assert out.returncode == 0 and "builtin:half-partition" in out.stdout
+
+
+def test_unmet_expectations_say_what_happened_without_none_and_with_plurals():
+    text = "scenario: late\nnodes: 20\nticks: 4\nfaults:\n  - {kind: crash, at: 3, count: 1}\n" \
+           "expect: {detected_within_ticks: 1, acted_within_ticks: 5}\n"
+    result = simulate(load_scenario(text=text))
+    assert result.failures == [
+        "#0 crash@3: detected on 0/1 node(s), expected on all within 1 tick",
+        "#0 crash@3: acted on 0/1 node(s), expected on all within 5 ticks",
+    ]
+    summary = summary_text(result.summary)
+    assert "None" not in summary and "scenario late: 20 nodes, 4 ticks of 5s" in summary
+    assert "  #0 crash@3             from tick 3      1 node  detected 0/1; acted 0/1" in summary
 
 
 def test_shipped_scenarios_are_the_repository_files_and_go_into_the_wheel(tmp_path):

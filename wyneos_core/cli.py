@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 
 from wyneos_core import __version__
+from wyneos_core.wording import plural
 
 __all__ = ["main", "COMMANDS"]
 
@@ -120,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.json:
         cfg = orchestrator.config
         print(f"wyneos {__version__}: cluster {cfg['cluster']!r} from {cfg.source}, "
-              f"{len(orchestrator.registry)} nodes, tick every {interval:g}s, "
+              f"{plural(len(orchestrator.registry), 'node')}, tick every {interval:g}s, "
               f"state in {cfg.resolve(cfg['state']['path'])}", flush=True)
     with stop_on_signals(stop):
         done = run(orchestrator, interval=interval, ticks=args.ticks, stop=stop)

@@ -64,6 +64,7 @@ def _files(paths: list[str]) -> tuple[list[Path], list[str]]:
 def cmd_check(args: argparse.Namespace) -> int:
     from wyneos_core.rules.loader import load_ruleset, start_durable
     from wyneos_core.rules.testing import is_test_file, run_test_file
+    from wyneos_core.wording import plural
     from wyneos_core.yamlio import LocatedError, load_yaml
 
     files, missing = _files(args.paths)
@@ -103,7 +104,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         for r in report:
             if r["ok"]:
-                what = (f"ruleset {r['ruleset']!r} ({r['stage']}, {r['rules']} rules)" if r["kind"] == "ruleset"
+                what = (f"ruleset {r['ruleset']!r} ({r['stage']}, {plural(r['rules'], 'rule')})"
+                        if r["kind"] == "ruleset"
                         else "ruleset tests")
                 print(f"ok    {r['file']}: {what}")
             else:

@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 
 from wyneos_core.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, _common, _seconds, build
+from wyneos_core.wording import plural
 
 __all__ = ["register"]
 
@@ -115,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def listening(url: str) -> None:
         print(f"wyneos serve: listening on {url} (dashboard {url}/, API docs {url}/docs); cluster "
-              f"{cfg['cluster']!r}, {len(orchestrator.registry)} nodes, tick every {service.interval:g}s, "
+              f"{cfg['cluster']!r}, {plural(len(orchestrator.registry), 'node')}, tick every {service.interval:g}s, "
               f"state in {cfg.resolve(cfg['state']['path'])}", flush=True)
 
     try:

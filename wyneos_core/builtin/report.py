@@ -12,27 +12,13 @@ from pathlib import Path
 from wyneos_core import hookimpl
 from wyneos_core.model import Action, TickReport
 from wyneos_core.tick import TickContext
-
+from wyneos_core.wording import examples, plural
 
 #: how much ``wyneos run`` prints per tick (``report.stdout``): ``quiet`` one line,
 #: ``summary`` what changed grouped with counts, ``verbose`` every item of every node
 VERBOSITIES = ("quiet", "summary", "verbose")
-#: example ids shown in a grouped line before ``+N``
-EXAMPLES = 3
 #: at most this many grouped lines per kind (the rest is counted in one line)
 MAX_GROUPS = 12
-
-
-def examples(ids: Sequence[str], shown: int = EXAMPLES) -> str:
-    """``"a, b, c, +997"``: the first ``shown`` ids (sorted) and how many more."""
-    ids = sorted(ids)
-    head = ", ".join(ids[:shown])
-    return head + (f", +{len(ids) - shown}" if len(ids) > shown else "")
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``"1 rule"``, ``"3 rules"``."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def summary_lines(report: TickReport, previous: TickReport | None = None,

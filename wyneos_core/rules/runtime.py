@@ -35,6 +35,7 @@ from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, cluster_summary
 from wyneos_core.rules.loader import STAGES, Rule, Ruleset, RulesetError, load_ruleset, start_durable
 from wyneos_core.rules.native import NativeEngine
 from wyneos_core.rules.state import FIRING, INACTIVE, PENDING, RESOLVED, StateTracker
+from wyneos_core.wording import plural
 
 __all__ = ["RulesetRunner", "resolve_paths", "shipped_rulesets_dir", "BUILTIN_PREFIX"]
 
@@ -294,7 +295,8 @@ class RulesetRunner:
                     if rule_id not in new.trackers:
                         _end_states(old, rule_id, None, transitions)
                 old.close()
-                changed.append(f"rulesets: reloaded {new.ruleset.name!r} from {path} ({len(new.ruleset.rules)} rules)")
+                changed.append(f"rulesets: reloaded {new.ruleset.name!r} from {path} "
+                               f"({plural(len(new.ruleset.rules), 'rule')})")
             else:
                 changed.append(f"rulesets: loaded new ruleset {new.ruleset.name!r} from {path}")
             self.loaded[path] = new

@@ -24,6 +24,7 @@ from typing import Any
 from wyneos_core.model import TickReport
 from wyneos_core.simulate.cluster import SimCluster
 from wyneos_core.simulate.scenario import Fault, Scenario
+from wyneos_core.wording import plural
 
 __all__ = ["Recorder", "TickSample"]
 
@@ -259,6 +260,11 @@ def _pct(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
+def _worst(worst: int | None) -> str:
+    """``", the slowest after 4 ticks"``, or nothing when none was detected or acted on."""
+    return "" if worst is None else f", the slowest after {plural(worst, 'tick')}"
+
+
 def check_expectations(summary: dict[str, Any], expect: dict[str, Any]) -> list[str]:
     """The expectations of the scenario that the run did not meet (empty: all met)."""
     failures = []
@@ -269,14 +275,14 @@ def check_expectations(summary: dict[str, Any], expect: dict[str, Any]) -> list[
         if limit is not None:
             worst = fault["detection_ticks"]["max"] if fault["detection_ticks"] else None
             if fault["detected"] < fault["tracked"] or worst is None or worst > limit:
-                failures.append(f"{fault['fault']}: detected on {fault['detected']}/{fault['tracked']} node(s), "
-                                f"worst {worst} tick(s), expected within {limit}")
+                failures.append(f"{fault['fault']}: detected on {fault['detected']}/{fault['tracked']} node(s)"
+                                f"{_worst(worst)}, expected on all within {plural(limit, 'tick')}")
         limit = expect.get("acted_within_ticks")
         if limit is not None and fault["kind"] in _ACTS:
             worst = fault["action_ticks"]["max"] if fault["action_ticks"] else None
             if fault["acted"] < fault["tracked"] or worst is None or worst > limit:
-                failures.append(f"{fault['fault']}: acted on {fault['acted']}/{fault['tracked']} node(s), "
-                                f"worst {worst} tick(s), expected within {limit}")
+                failures.append(f"{fault['fault']}: acted on {fault['acted']}/{fault['tracked']} node(s)"
+                                f"{_worst(worst)}, expected on all within {plural(limit, 'tick')}")
     if "max_false_isolations" in expect and summary["false_isolations"] > expect["max_false_isolations"]:
         failures.append(f"{summary['false_isolations']} false isolation(s), at most "
                         f"{expect['max_false_isolations']} expected")

@@ -15,6 +15,7 @@ from typing import Any
 from wyneos_core.mesh import build_topology
 from wyneos_core.simulate.cluster import SimCluster, fault_targets
 from wyneos_core.simulate.licences import CUSTOMER, write_licences
+from wyneos_core.wording import plural
 from wyneos_core.simulate.metrics import Recorder, TickSample, check_expectations
 from wyneos_core.simulate.scenario import Scenario, node_ids
 from wyneos_core.store import StateStore
@@ -122,7 +123,8 @@ def summary_text(summary: dict[str, Any]) -> str:
     """The human-readable summary printed by ``wyneos simulate``."""
     s = summary
     lines = [
-        f"scenario {s['scenario']}: {s['nodes']} nodes, {s['ticks']} ticks of {s['interval_s']:g}s, seed {s['seed']}",
+        f"scenario {s['scenario']}: {plural(s['nodes'], 'node')}, {plural(s['ticks'], 'tick')} of "
+        f"{s['interval_s']:g}s, seed {s['seed']}",
     ]
     if s["description"]:
         lines.append(f"  {s['description'].strip()}")
@@ -131,7 +133,7 @@ def summary_text(summary: dict[str, Any]) -> str:
         det = f["detection_ticks"]
         act = f["action_ticks"]
         span = f"ticks {f['at']}-{f['until'] - 1}" if f["until"] else f"from tick {f['at']}"
-        text = f"  {f['fault']:<22} {span:<16} {f['nodes']} node(s)"
+        text = f"  {f['fault']:<22} {span:<16} {plural(f['nodes'], 'node')}"
         if not f["detectable"]:
             text += "  (not detectable by design)"
         else:

@@ -1,0 +1,19 @@
+"""How counts and lists of ids read in messages: ``1 rule``, ``3 rules``, ``a, b, c, +7``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["examples", "plural"]
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 rule"``, ``"3 rules"``, ``"0 rules"`` (``many``: the plural when not ``word + "s"``)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def examples(ids: Iterable[str], shown: int = 3) -> str:
+    """The first ``shown`` ids in sorted order and how many more: ``"a, b, c, +997"``."""
+    ordered = sorted(ids)
+    head = ", ".join(ordered[:shown])
+    return head + (f", +{len(ordered) - shown}" if len(ordered) > shown else "")
