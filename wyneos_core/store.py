@@ -147,6 +147,17 @@ class StateStore:
         )
         return [{"tick": t, "action_id": a, "state": s, "detail": d} for t, a, s, d in rows]
 
+    def tick_times(self, ticks: Iterable[int]) -> dict[int, float]:
+        """When each of ``ticks`` started, for those still stored (``state.retention_ticks``)."""
+        wanted = sorted(set(ticks))
+        out: dict[int, float] = {}
+        for i in range(0, len(wanted), 500):  # bounded statements, whatever the number asked
+            chunk = wanted[i:i + 500]
+            rows = self.conn.execute(f"SELECT tick, started_at FROM ticks WHERE tick IN ({','.join('?' * len(chunk))})",
+                                     chunk)
+            out.update({int(t): float(s) for t, s in rows})
+        return out
+
     def tick_summaries(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT summary FROM ticks ORDER BY tick DESC LIMIT ?", (limit,))
         return [json.loads(r[0]) for r in rows]

@@ -28,6 +28,7 @@ from wyneos_core.service.identity import (
     verify_item,
 )
 from wyneos_core.service.metrics import CONTENT_TYPE_LATEST
+from wyneos_core.service.overview import licence_of, licence_overview, rule_overview
 
 __all__ = ["create_app"]
 
@@ -249,6 +250,18 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         """Committed decisions: actions in force, recent lifecycle events, agent acks."""
         return service.committed_actions()
 
+    @app.get("/v1/licences", tags=["cluster"])
+    def licences() -> dict[str, Any]:
+        """Licence results of the last tick by state and reason code: count, meaning of
+        the code, the first node's detail and a few node ids."""
+        return licence_overview(service.view.report)
+
+    @app.get("/v1/rules", tags=["cluster"])
+    def rules() -> dict[str, Any]:
+        """Every rule of the last tick: nodes passed, failing and firing, the first
+        failing node's message and a few node ids (failing rules first)."""
+        return rule_overview(service.view.report)
+
     @app.get("/v1/mesh", tags=["cluster"])
     def mesh() -> dict[str, Any]:
         """The mesh for the dashboard: nodes with state, edges, isolated nodes."""
@@ -283,6 +296,8 @@ def _node(service: Service, n: Any) -> dict[str, Any]:
     data = n.to_dict()
     data["enrolled"] = n.id in service.keys and not service.keys.is_revoked(n.id)
     data["revoked"] = service.keys.is_revoked(n.id)
+    report = service.view.report
+    data["licence"] = licence_of(report.licences.get(n.id)) if report is not None else None
     return data
 
 

@@ -558,12 +558,16 @@ class Service:
 
     def committed_actions(self) -> dict[str, Any]:
         """Committed decisions (reads the state file: call it from a worker thread)."""
+        from wyneos_core.service.overview import with_causes
+
         with self.db_lock:
             last_tick = self.db.last_tick()
             in_force = self.db.actions("in_force")
             recent = self.db.recent_action_events(max(0, last_tick - 50), 500)
             acks = self.db.recent_action_acks(500)
-        return {"committed_tick": last_tick, "in_force": in_force, "events": recent, "acks": acks}
+            started = self.db.tick_times(a["first_tick"] for a in in_force)
+        return {"committed_tick": last_tick, "in_force": with_causes(in_force, started), "events": recent,
+                "acks": acks}
 
     def committed_ticks(self, limit: int) -> list[dict[str, Any]]:
         with self.db_lock:

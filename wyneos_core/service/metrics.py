@@ -13,7 +13,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from wyneos_core.model import NodeStatus, TickReport
+from wyneos_core.causes import action_cause
+from wyneos_core.licensing.reasons import REASONS
+from wyneos_core.model import NodeStatus, TickReport, licence_summary
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
 
@@ -49,8 +51,19 @@ class ServiceMetrics:
         self.acks = Counter("wyneos_action_acks", "Action acknowledgements from agents, by status",
                             ["status"], registry=r)
         self.outbox = Gauge("wyneos_agent_outbox_depth", "Actions waiting for agents to fetch them", registry=r)
+        self.licences = Gauge("wyneos_licences", "Licence results of the last tick, by reason code (valid ones: ok; "
+                              "valid but in their grace period: in_grace)", ["reason"], registry=r)
+        self.rule_failing = Gauge("wyneos_rule_failing_nodes", "Nodes failing each rule in the last tick",
+                                  ["rule"], registry=r)
+        self.rule_firing = Gauge("wyneos_rule_firing_nodes", "Nodes on which each rule fires in the last tick "
+                                 "(failing past its 'for'; a rule without one fires when it fails)", ["rule"], registry=r)
+        self.in_force_by_reason = Gauge(
+            "wyneos_actions_in_force_by_reason", "Actions in force after the last tick, by type and reason "
+            "(licence:CODE, rule:RULESET/RULE, probation or plugin:NAME)", ["type", "reason"], registry=r)
         for status in [*(s.value for s in NodeStatus), "isolated"]:
             self.nodes.labels(status)
+        self._seen: dict[int, set[tuple[str, ...]]] = {}
+        self._set_all(self.licences, {(reason,): 0 for reason in [*REASONS, "in_grace"]})
 
     def observe_tick(self, report: TickReport, missed: int, in_force: list[dict[str, Any]]) -> None:
         self.ticks.inc()
@@ -67,10 +80,30 @@ class ServiceMetrics:
             tally.setdefault(sample.labels["type"], 0)
         for type_, count in tally.items():
             self.in_force.labels(type_).set(count)
+        self._set_all(self.licences, {(k,): v for k, v in licence_summary(report.licences.values()).items()})
+        failing = {(rule,): counts.get("failed", 0) for rule, counts in report.rule_summary.items()}
+        firing: dict[tuple[str, ...], int] = {}
+        for result in report.results:
+            if result.state in (None, "firing"):
+                firing[(result.rule_id,)] = firing.get((result.rule_id,), 0) + 1
+        self._set_all(self.rule_failing, failing)
+        self._set_all(self.rule_firing, {**{k: 0 for k in failing}, **firing})
+        self._set_all(self.in_force_by_reason, dict(_Tally((a["type"], action_cause(a).label) for a in in_force)))
         for error in report.errors:
             self.plugin_errors.labels(error.plugin, error.hook, error.kind).inc()
         if report.heartbeats_rejected:
             self.registry_rejected.inc(len(report.heartbeats_rejected))
 
+    def _set_all(self, gauge: Gauge, values: dict[tuple[str, ...], int]) -> None:
+        """Set ``gauge`` to ``values``; label sets set before that ``values`` lacks go to 0
+        (a reason or rule that no longer fails reads 0, not its last count)."""
+        seen = self._seen.setdefault(id(gauge), set())
+        for labels in seen - set(values):
+            gauge.labels(*labels).set(0)
+        for labels, value in values.items():
+            gauge.labels(*labels).set(value)
+        seen.update(values)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
