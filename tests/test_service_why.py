@@ -134,9 +134,12 @@ def test_what_clears_an_action_in_words():
                                 params={"licence_reason": "no_licence"}))
     assert clears_text(cause, keep_firing_ticks=2, rule_condition='licence.reason == "no_licence"',
                        licence_now="no_licence", isolating=True, probation_ticks=3) == (
-        "clears when the node's licence stops being no_licence (rule licence-enforcement/isolate-unlicensed: "
-        'when licence.reason == "no_licence"; now: no_licence) for more than 2 ticks (decide.keep_firing_ticks); '
-        "then the node is reinstated once it has been online for its probation (3 ticks, doubled for a "
-        "flapping node)")
+        "clears when the node's licence is no longer no_licence (now: no_licence) for more than 2 ticks "
+        "(decide.keep_firing_ticks); then the node is reinstated once it has been online for its probation "
+        "(3 ticks, doubled for a flapping node)")
+    rule = action_cause(Action("reduce_load", "n", "r", "ruleset:healing/reduce-overload"))
+    assert clears_text(rule, keep_firing_ticks=0, rule_condition="node.load > 0.9") == (
+        "clears when rule healing/reduce-overload stops firing on the node (node.load > 0.9 no longer true) "
+        "(in the first tick it no longer holds: decide.keep_firing_ticks is 0)")
     assert clears_text(action_cause(Action("reduce_load", "n", "r", "healing")), keep_firing_ticks=1) == (
         "clears when plugin healing stops proposing it for more than 1 tick (decide.keep_firing_ticks)")

@@ -7,7 +7,8 @@
   exit 0 when every case passes, 1 otherwise.
 * ``explain --node ID`` runs the configured orchestrator for ``--ticks`` ticks (1 by
   default, nothing persisted) and shows, for that node, every rule's state and the value
-  of every part of its condition.
+  of every part of its condition, and every action on it: why (rule or licence code),
+  since when (from the state file, read only, when it has the action) and what clears it.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="list passing cases too")
     p.set_defaults(func=cmd_test)
 
-    p = sub.add_parser("explain", help="show why each rule passed or failed for one node")
+    p = sub.add_parser("explain", help="show why each rule passed or failed for one node, and why its actions hold")
     p.add_argument("--node", required=True, metavar="ID", help="the node to explain")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML config (default: the demo cluster)")
+    p.add_argument("--state", metavar="FILE",
+                   help="state file to read the actions in force from, read only (default: state.path)")
     p.add_argument("--ticks", type=int, default=1, help="ticks to run first, so rule states build up (default 1)")
     p.add_argument("--json", action="store_true", help="print as JSON")
-    p.set_defaults(func=cmd_explain, disable=[], only=None, trace=False, state=None)
+    p.set_defaults(func=cmd_explain, disable=[], only=None, trace=False)
 
 
 def _files(paths: list[str]) -> tuple[list[Path], list[str]]:
@@ -166,9 +169,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     orchestrator = build(args, stdout_mode="none", store=False)
     orchestrator.config["report"]["json_path"] = None
+    events: list[dict[str, Any]] = []
     with orchestrator:
         for _ in range(args.ticks):
             report = orchestrator.tick()
+            events.extend(report.lifecycle)
     node = orchestrator.registry.get(args.node)
     if node is None:
         known = ", ".join(n.id for n in orchestrator.registry)
@@ -201,6 +206,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for r in report.results:
         if r.node_id == node.id and not any(r.source == rs["name"] for rs in out["rulesets"]):
             out["python_rules"].append(r.to_dict())
+    out["actions"] = _node_actions(orchestrator, node.id, lic, events, report)
     try:
         _print_explain(out, node, lic, report, args.json)
     except BrokenPipeError:  # `wyneos explain ... | head`: the reader has what it wanted
@@ -232,3 +238,60 @@ def _print_explain(out: dict[str, Any], node: Any, lic: Any, report: Any, as_jso
         print("\nother rules that failed on this node (Python rules and plugins):")
         for r in out["python_rules"]:
             print(f"  {r['rule_id']} ({r['source']}): {r['message']}")
+    _print_actions(node.id, out["actions"])
+
+
+def _node_actions(orchestrator: Any, node_id: str, lic: Any, events: list[dict[str, Any]],
+                  report: Any) -> list[dict[str, Any]]:
+    """The actions on ``node_id`` (``wyneos_core.causes.explain_actions``), with the
+    actions in force of the state file when there is one (read only)."""
+    from wyneos_core.causes import explain_actions
+    from wyneos_core.store import StateStore
+
+    config = orchestrator.config
+    committed: list[dict[str, Any]] = []
+    times: dict[int, float] = {}
+    path = config["state"]["path"]
+    store = StateStore.open_read_only(path if path == ":memory:" else config.resolve(path))
+    if store is not None:
+        try:
+            committed = [a for a in store.actions("in_force") if a["target"] == node_id]
+            times = store.tick_times(a["first_tick"] for a in committed)
+        finally:
+            store.close()
+    proposed = {a.id: a.to_dict() for a in report.proposed}
+    return explain_actions(orchestrator, node_id, lic, events, proposed, committed, times)
+
+
+def _print_actions(node_id: str, actions: list[dict[str, Any]]) -> None:
+    import datetime as _dt
+
+    print(f"\nactions on {node_id}:" + ("" if actions else " none"))
+    for a in actions:
+        status = {"in_force": "in force", "in_force_in_state_file": "in force (state file)"}.get(a["status"],
+                                                                                                a["status"])
+        since = ""
+        if a["since_tick"] is not None:
+            when = (f", {_dt.datetime.fromtimestamp(a['since'], _dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+                    if a["since"] else "")
+            since = f" since tick {a['since_tick']} ({a['since_source']}{when})"
+        print(f"  {a['type']} ({a['severity']}), {status}{since}" + (f": {a['detail']}" if a["detail"] else ""))
+        cause = a["cause"]
+        if cause["licence_code"]:
+            print(f"    why: licence {cause['licence_code']} ({cause['licence_meaning'] or 'unknown code'})")
+        elif cause["failing_rule"]:
+            print(f"    why: rule {cause['failing_rule']} fails on the node")
+        elif cause["kind"] == "rule":
+            print(f"    why: rule {cause['rule']} fires on the node")
+        elif cause["kind"] == "probation":
+            print("    why: the node's isolation cleared and it was online for its probation")
+        else:
+            print(f"    why: plugin {cause['origin']} proposed it")
+        if cause["rule"]:
+            print(f"    rule: {cause['rule']}" + (f": when {a['rule_condition']}" if a["rule_condition"] else "")
+                  + (f" ({a['rule_description']})" if a["rule_description"] else ""))
+        print(f"    message: {a['reason']}")
+        if a["pending_delivery"]:
+            print("    not yet acknowledged by: " + ", ".join(f"{t} ({r})" for t, r in a["pending_delivery"].items()))
+        if a["clears"]:
+            print(f"    {a['clears']}")

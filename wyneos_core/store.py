@@ -101,6 +101,21 @@ class StateStore:
     def close(self) -> None:
         self.conn.close()
 
+    @classmethod
+    def open_read_only(cls, path: str | Path) -> StateStore | None:
+        """The state file at ``path`` for reading only (nothing created or written), or
+        None when there is none or it is not a WyneOS state file."""
+        path = str(path)
+        if path == ":memory:" or not Path(path).is_file():
+            return None
+        try:
+            conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=10.0,
+                                   isolation_level=None, check_same_thread=False)
+            conn.execute("SELECT COUNT(*) FROM actions").fetchone()
+        except sqlite3.Error:
+            return None
+        return cls(conn, path)
+
     # -- reading -------------------------------------------------------------------------
 
     def last_tick(self) -> int:
