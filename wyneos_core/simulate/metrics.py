@@ -52,13 +52,21 @@ class TickSample:
     partitioned: int
     rejected: int
     moved_load: float
+    #: mean and highest load reported by the nodes (None: no node reported one)
+    load_mean: float | None = None
+    load_max: float | None = None
+    #: nodes whose load is above the healing threshold
+    overloaded: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"tick": self.tick, "time": self.time, "duration_ms": round(self.duration_ms, 3),
                 "counts": self.counts, "actions": self.actions, "delivered": self.delivered,
                 "deliveries": self.deliveries, "safety_stop": self.safety_stop,
                 "partitioned": self.partitioned, "rejected": self.rejected,
-                "moved_load": round(self.moved_load, 4)}
+                "moved_load": round(self.moved_load, 4),
+                "load_mean": None if self.load_mean is None else round(self.load_mean, 4),
+                "load_max": None if self.load_max is None else round(self.load_max, 4),
+                "overloaded": self.overloaded}
 
 
 @dataclass(slots=True)
@@ -152,9 +160,12 @@ class Recorder:
                               bool(scratch.get("safety_stop")))
 
         delivered = sum(1 for d in report.deliveries if d.delivered)
+        loads = [n.load for n in report.nodes if n.load is not None]
         sample = TickSample(tick, report.started_at, report.duration_ms, report.status_counts(), dict(actions),
                             delivered, len(report.deliveries), bool(scratch.get("safety_stop")),
-                            len(partitioned), len(report.heartbeats_rejected), moved)
+                            len(partitioned), len(report.heartbeats_rejected), moved,
+                            statistics.fmean(loads) if loads else None, max(loads) if loads else None,
+                            sum(1 for v in loads if v > self.threshold))
         self.samples.append(sample)
         return sample
 
@@ -213,6 +224,8 @@ class Recorder:
                 "acted": len(track.acted),
                 "action_ticks": _stats(acted),
                 "action_seconds": _stats([d * self.interval for d in acted]),
+                "detected_by_tick": sorted(Counter(track.detected.values()).items()),
+                "acted_by_tick": sorted(Counter(track.acted.values()).items()),
             })
         counters = dict(self.cluster.counters)
         counters["moved_load"] = round(counters["moved_load"], 4)

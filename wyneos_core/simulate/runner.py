@@ -171,8 +171,9 @@ def summary_text(summary: dict[str, Any]) -> str:
 
 
 def write_outputs(result: SimResult, out: str | Path, plot_format: str = "png") -> dict[str, Path]:
-    """Write summary.json, summary.txt, timeline.csv and the plot into ``out``."""
-    from wyneos_core.simulate.plot import plot_run
+    """Write summary.json, summary.txt, timeline.csv and the plot into ``out``, removing
+    the outputs of an earlier run there first."""
+    from wyneos_core.simulate.plot import FORMATS, plot_run
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,17 +183,24 @@ def write_outputs(result: SimResult, out: str | Path, plot_format: str = "png") 
         "timeline": out / "timeline.csv",
         "plot": out / f"plot.{plot_format}",
     }
+    # what an earlier run wrote goes first (a plot of the other format included), so the
+    # directory never mixes runs; files of other names are not ours and stay
+    for name in ("summary.json", "summary.txt", "timeline.csv", *(f"plot.{fmt}" for fmt in FORMATS)):
+        (out / name).unlink(missing_ok=True)
     paths["summary_json"].write_text(json.dumps(result.summary, indent=1, sort_keys=False) + "\n")
     paths["summary_txt"].write_text(summary_text(result.summary) + "\n")
     with paths["timeline"].open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["tick", "time", "online", "stale", "offline", "unknown", "isolated", "partitioned",
-                         "actions", "delivered", "deliveries", "safety_stop", "rejected", "moved_load", "duration_ms"])
+                         "actions", "delivered", "deliveries", "safety_stop", "rejected", "moved_load", "duration_ms",
+                         "load_mean", "load_max", "overloaded"])
         for s in result.samples:
             c = s.counts
             writer.writerow([s.tick, s.time, c.get("online", 0), c.get("stale", 0), c.get("offline", 0),
                              c.get("unknown", 0), c.get("isolated", 0), s.partitioned, sum(s.actions.values()),
                              s.delivered, s.deliveries, int(s.safety_stop), s.rejected, round(s.moved_load, 4),
-                             round(s.duration_ms, 3)])
-    plot_run(result.samples, result.scenario, paths["plot"])
+                             round(s.duration_ms, 3), "" if s.load_mean is None else round(s.load_mean, 4),
+                             "" if s.load_max is None else round(s.load_max, 4), s.overloaded])
+    plot_run(result.samples, result.scenario, paths["plot"], result.summary,
+             result.orchestrator.config["healing"]["overload_threshold"])
     return paths
