@@ -94,9 +94,7 @@ def test_metrics_count_licences_rules_and_actions_by_reason(served):
 
 
 def test_a_cause_that_clears_reads_zero(tmp_path):
-    from why_helpers import licensed_service as make
-
-    service = make(tmp_path)
+    service = licensed_service(tmp_path)
     try:
         for _ in range(2):
             service.tick()
@@ -114,8 +112,8 @@ def test_a_cause_that_clears_reads_zero(tmp_path):
 
 
 @pytest.mark.parametrize(("action", "kind", "label"), [
-    (Action("isolate", "n", "r", "ruleset:licence-enforcement/isolate-unlicensed", params={"licence_reason": "no_licence"}),
-     "licence", "licence:no_licence"),
+    (Action("isolate", "n", "r", "ruleset:licence-enforcement/isolate-unlicensed",
+            params={"licence_reason": "no_licence"}), "licence", "licence:no_licence"),
     (Action("isolate", "n", "r", "enforcement", params={"licence_reason": "revoked"}), "licence", "licence:revoked"),
     (Action("quarantine", "n", "r", "enforcement", params={"rule": "version-floor"}), "rule", "rule:version-floor"),
     (Action("reduce_load", "n", "r", "ruleset:healing/reduce-overload"), "rule", "rule:healing/reduce-overload"),

@@ -27,8 +27,9 @@ def summary_lines(report: TickReport, previous: TickReport | None = None,
 
     ``summary`` groups what changed since ``previous`` (the tick before) by licence
     reason, rule, transition and action type, each with a count and a few example
-    node ids; what still holds is one line per kind. ``quiet`` is one line per tick;
-    ``verbose`` lists every node of every item, held or not.
+    node ids; what still holds as in the tick before is counted in one ``still`` line.
+    ``quiet`` is one line per tick; ``verbose`` lists every node of every item, held or
+    not.
     """
     if verbosity == "quiet":
         return [quiet_line(report)]
@@ -43,10 +44,9 @@ def summary_lines(report: TickReport, previous: TickReport | None = None,
     lines += _delivery_lines(report)
     lines += _reject_lines(report, previous, held)
     lines += _capped([f"  partition {plural(len(p), 'node')} cut off from the orchestrator: {examples(p)}"
-                      for p in report.partitions], "partition", "partitions")
-    lines += _capped([f"  error    plugin {e.plugin} in {e.hook}: {e.error}" for e in report.errors],
-                     "error", "errors")
-    lines += _capped([f"  note     {n}" for n in report.notes], "note", "notes")
+                      for p in report.partitions], "partitions")
+    lines += _capped([f"  error    plugin {e.plugin} in {e.hook}: {e.error}" for e in report.errors], "errors")
+    lines += _capped([f"  note     {n}" for n in report.notes], "notes")
     if held:
         lines.append("  still    " + "; ".join(held))
     return lines
@@ -72,7 +72,8 @@ def quiet_line(report: TickReport) -> str:
                                                           f"{grace} in grace" if grace else "") if t))
     rules = {r.rule_id for r in report.results}
     if rules:
-        parts.append(f"{plural(len(rules), 'rule')} failing on {plural(len({r.node_id for r in report.results}), 'node')}")
+        failing_nodes = len({r.node_id for r in report.results})
+        parts.append(f"{plural(len(rules), 'rule')} failing on {plural(failing_nodes, 'node')}")
     if report.actions:
         parts.append(f"{plural(len(report.actions), 'new action')}")
     cleared = sum(1 for e in report.lifecycle if e.get("state") == "cleared")
@@ -91,7 +92,8 @@ def quiet_line(report: TickReport) -> str:
             + "".join(f"; {p}" for p in parts) + f" in {report.duration_ms:.1f} ms")
 
 
-def _capped(lines: list[str], word: str, many: str) -> list[str]:
+def _capped(lines: list[str], many: str) -> list[str]:
+    """At most ``MAX_GROUPS`` of ``lines``; the rest counted in one line."""
     if len(lines) <= MAX_GROUPS:
         return lines
     kind = lines[0].split()[0]
@@ -128,7 +130,7 @@ def _licence_lines(report: TickReport, previous: TickReport | None, still: list[
     for (state, reason), node_ids in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         detail = _one_text([report.licences[n].detail for n in sorted(node_ids)])
         lines.append(f"  licence  {len(node_ids)} {state} {reason} ({examples(node_ids)}): {detail}")
-    lines = _capped(lines, "licence", "licence reasons")
+    lines = _capped(lines, "licence reasons")
     recovered = [n for n in before if n not in now and n in report.licences]
     if recovered:
         lines.append(f"  licence  {len(recovered)} valid again ({examples(recovered)})")
@@ -165,7 +167,7 @@ def _rule_lines(report: TickReport, previous: TickReport | None, still: list[str
         if gone:
             text += f"; passing again on {len(gone)} ({examples(gone)})"
         lines.append(text)
-    lines = _capped(lines, "rule", "rules")
+    lines = _capped(lines, "rules")
     cleared = {rule_id: sorted(ids) for rule_id, ids in before.items() if rule_id not in failed}
     for rule_id, node_ids in sorted(cleared.items())[:MAX_GROUPS]:
         lines.append(f"  rule     {rule_id}: passing again on {plural(len(node_ids), 'node')} ({examples(node_ids)})")
@@ -190,7 +192,7 @@ def _grouped_transitions(report: TickReport) -> list[str]:
              for (old, new), ids in sorted(status.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
     alert_lines = [f"  alert    {rule_id}: {len(ids)} {old} -> {new} ({examples(ids)})"
                    for (rule_id, old, new), ids in sorted(alerts.items())]
-    return _capped(lines, "status", "status changes") + _capped(alert_lines, "alert", "alert changes")
+    return _capped(lines, "status changes") + _capped(alert_lines, "alert changes")
 
 
 def _action_lines(report: TickReport) -> list[str]:
@@ -200,7 +202,7 @@ def _action_lines(report: TickReport) -> list[str]:
     lines = [f"  action   {len(acts)} {type_} ({severity}) by {origin} ({examples([a.target for a in acts])}): "
              + _one_text([a.reason for a in acts])
              for (type_, origin, severity), acts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
-    lines = _capped(lines, "action", "kinds of action")
+    lines = _capped(lines, "kinds of action")
     cleared: dict[str, list[str]] = {}
     for e in report.lifecycle:
         if e.get("state") == "cleared":
@@ -242,7 +244,7 @@ def _reject_lines(report: TickReport, previous: TickReport | None, still: list[s
             again += len(ids)
             continue
         lines.append(f"  reject   {field_}: {reason}: {plural(len(ids), 'node')} ({examples(ids)})")
-    lines = _capped(lines, "reject", "kinds of rejected heartbeat")
+    lines = _capped(lines, "kinds of rejected heartbeat")
     if again:
         still.append(f"heartbeats rejected from {plural(again, 'node')}")
     return lines

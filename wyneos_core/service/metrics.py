@@ -56,7 +56,8 @@ class ServiceMetrics:
         self.rule_failing = Gauge("wyneos_rule_failing_nodes", "Nodes failing each rule in the last tick",
                                   ["rule"], registry=r)
         self.rule_firing = Gauge("wyneos_rule_firing_nodes", "Nodes on which each rule fires in the last tick "
-                                 "(failing past its 'for'; a rule without one fires when it fails)", ["rule"], registry=r)
+                                 "(failing past its 'for'; a rule without one fires when it fails)", ["rule"],
+                                 registry=r)
         self.in_force_by_reason = Gauge(
             "wyneos_actions_in_force_by_reason", "Actions in force after the last tick, by type and reason "
             "(licence:CODE, rule:RULESET/RULE, probation or plugin:NAME)", ["type", "reason"], registry=r)
