@@ -141,3 +141,15 @@ def test_what_clears_an_action_in_words():
         "(in the first tick it no longer holds: decide.keep_firing_ticks is 0)")
     assert clears_text(action_cause(Action("reduce_load", "n", "r", "healing")), keep_firing_ticks=1) == (
         "clears when plugin healing stops proposing it for more than 1 tick (decide.keep_firing_ticks)")
+
+
+def test_the_overviews_are_computed_once_per_tick():
+    from wyneos_core.model import TickReport
+    from wyneos_core.service.overview import PerTick
+
+    calls = []
+    cached = PerTick(lambda report: calls.append(report) or {"tick": report.tick if report else None})
+    first, second = TickReport(1, 0.0), TickReport(2, 0.0)
+    assert cached(first) == {"tick": 1} and cached(first) == {"tick": 1}
+    assert cached(second) == {"tick": 2} and cached(None) == {"tick": None} and cached(None) == {"tick": None}
+    assert calls == [first, second, None, None]  # no report: nothing to remember

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wyneos_core import hookimpl
-from wyneos_core.model import Action, TickReport
+from wyneos_core.model import Action, RuleResult, TickReport
 from wyneos_core.tick import TickContext
 from wyneos_core.wording import examples, plural
 
@@ -141,34 +141,35 @@ def _licence_lines(report: TickReport, previous: TickReport | None, still: list[
     return lines
 
 
-def _failed_by_rule(report: TickReport | None) -> dict[str, list[str]]:
-    failed: dict[str, list[str]] = {}
+def _failed_by_rule(report: TickReport | None) -> dict[str, dict[str, RuleResult]]:
+    failed: dict[str, dict[str, RuleResult]] = {}
     for r in report.results if report is not None else ():
-        failed.setdefault(r.rule_id, []).append(r.node_id)
+        failed.setdefault(r.rule_id, {})[r.node_id] = r
     return failed
 
 
 def _rule_lines(report: TickReport, previous: TickReport | None, still: list[str]) -> list[str]:
     failed = _failed_by_rule(report)
-    before = {rule_id: set(ids) for rule_id, ids in _failed_by_rule(previous).items()}
-    messages: dict[tuple[str, str], str] = {(r.rule_id, r.node_id): r.problem() or r.message for r in report.results}
+    before = _failed_by_rule(previous)
     lines = []
     held: dict[str, int] = {}
-    for rule_id, node_ids in sorted(failed.items()):
-        was = before.get(rule_id, set())
-        new = sorted(n for n in node_ids if n not in was)
-        gone = sorted(was - set(node_ids))
+    for rule_id, now in sorted(failed.items()):
+        was = before.get(rule_id, {})
+        new = [r for node_id, r in now.items() if node_id not in was]
+        gone = [node_id for node_id in was if node_id not in now]
         if not new and not gone:
-            held[rule_id] = len(node_ids)
+            held[rule_id] = len(now)
             continue
-        text = f"  rule     {rule_id}: failing on {plural(len(node_ids), 'node')}"
+        text = f"  rule     {rule_id}: failing on {plural(len(now), 'node')}"
         if new:
-            text += f", {len(new)} new ({examples(new)}): {_one_text([messages[(rule_id, n)] for n in new])}"
+            new.sort(key=lambda r: r.node_id)
+            text += (f", {len(new)} new ({examples(r.node_id for r in new)}): "
+                     + _one_text([r.problem() or r.message for r in new]))
         if gone:
             text += f"; passing again on {len(gone)} ({examples(gone)})"
         lines.append(text)
     lines = _capped(lines, "rules")
-    cleared = {rule_id: sorted(ids) for rule_id, ids in before.items() if rule_id not in failed}
+    cleared = {rule_id: list(ids) for rule_id, ids in before.items() if rule_id not in failed}
     for rule_id, node_ids in sorted(cleared.items())[:MAX_GROUPS]:
         lines.append(f"  rule     {rule_id}: passing again on {plural(len(node_ids), 'node')} ({examples(node_ids)})")
     if len(cleared) > MAX_GROUPS:

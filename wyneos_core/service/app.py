@@ -28,7 +28,7 @@ from wyneos_core.service.identity import (
     verify_item,
 )
 from wyneos_core.service.metrics import CONTENT_TYPE_LATEST
-from wyneos_core.service.overview import licence_of, licence_overview, rule_overview
+from wyneos_core.service.overview import PerTick, licence_of, licence_overview, rule_overview
 
 __all__ = ["create_app"]
 
@@ -250,17 +250,19 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         """Committed decisions: actions in force, recent lifecycle events, agent acks."""
         return service.committed_actions()
 
+    licences_of, rules_of = PerTick(licence_overview), PerTick(rule_overview)
+
     @app.get("/v1/licences", tags=["cluster"])
     def licences() -> dict[str, Any]:
         """Licence results of the last tick by state and reason code: count, meaning of
         the code, the first node's detail and a few node ids."""
-        return licence_overview(service.view.report)
+        return licences_of(service.view.report)
 
     @app.get("/v1/rules", tags=["cluster"])
     def rules() -> dict[str, Any]:
         """Every rule of the last tick: nodes passed, failing and firing, the first
         failing node's message and a few node ids (failing rules first)."""
-        return rule_overview(service.view.report)
+        return rules_of(service.view.report)
 
     @app.get("/v1/mesh", tags=["cluster"])
     def mesh() -> dict[str, Any]:

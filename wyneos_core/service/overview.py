@@ -6,14 +6,14 @@ bounded in size whatever the size of the cluster.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from wyneos_core.causes import action_cause
 from wyneos_core.licensing.reasons import REASONS
 from wyneos_core.model import LicenceResult, TickReport
 
-__all__ = ["licence_of", "licence_overview", "rule_overview", "with_causes", "EXAMPLES"]
+__all__ = ["licence_of", "licence_overview", "rule_overview", "with_causes", "PerTick", "EXAMPLES"]
 
 #: node ids listed per row as examples (the count says how many there are)
 EXAMPLES = 5
@@ -67,6 +67,23 @@ def rule_overview(report: TickReport | None) -> dict[str, Any]:
                      "examples": [r.node_id for r in results[:EXAMPLES]]})
     rows.sort(key=lambda row: (-row["failing"], -row["firing"], row["rule"]))
     return {"tick": report.tick, "rules": rows}
+
+
+class PerTick:
+    """``fn(report)``, computed once per tick: the dashboard asks every second, a tick of
+    a large cluster comes every few. (Two threads asking at once may both compute it.)"""
+
+    def __init__(self, fn: Callable[[TickReport | None], dict[str, Any]]) -> None:
+        self.fn = fn
+        self._last: tuple[TickReport | None, dict[str, Any] | None] = (None, None)
+
+    def __call__(self, report: TickReport | None) -> dict[str, Any]:
+        last, value = self._last
+        if report is not None and report is last and value is not None:
+            return value
+        value = self.fn(report)
+        self._last = (report, value)
+        return value
 
 
 def with_causes(actions: Iterable[Mapping[str, Any]], started_at: Mapping[int, float] | None = None
