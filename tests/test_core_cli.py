@@ -30,7 +30,8 @@ def test_run_governs_the_demo_cluster_tick_by_tick(tmp_path):
     assert "reject   node_id: unknown node (heartbeat.unknown_nodes is 'reject'): 1 node (rogue-01)" in text
     assert "status   1 online -> stale (node-07)" in text  # crashed after tick 4
     assert "licence  1 INVALID no_licence (node-11): the node names no licence" in text
-    assert "action   1 isolate (critical) by ruleset:licence-enforcement/isolate-unlicensed (node-11)" in text
+    assert ("action   1 isolate (critical) for licence:no_licence by ruleset:licence-enforcement/isolate-unlicensed "
+            "(node-11)") in text
     # unchanged failures are counted in one line, not repeated
     assert text.count("licence  1 INVALID no_licence") == 1
     assert "  still    licence failing on 6 nodes (expired=1, expired (in grace)=1, invalid_signature=1, " \

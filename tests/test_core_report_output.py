@@ -87,8 +87,9 @@ def test_a_thousand_nodes_print_grouped_changes_in_at_most_150_lines(cluster_dir
             "the node names no licence (sources: file)") in first
     assert "  status   999 unknown -> online (n-0000, n-0001, n-0002, +996)" in first
     assert "  alert    isolate-unlicensed: 1000 inactive -> firing (n-0000, n-0001, n-0002, +997)" in first
-    assert ("  action   10 isolate (critical) by ruleset:licence-enforcement/isolate-unlicensed "
-            "(n-0000, n-0001, n-0002, +7): no licence: the node names no licence (sources: file)") in first
+    assert ("  action   10 isolate (critical) for licence:no_licence by "
+            "ruleset:licence-enforcement/isolate-unlicensed (n-0000, n-0001, n-0002, +7): "
+            "no licence: the node names no licence (sources: file)") in first
     assert "  reject   timestamp: 120.0s in the future (allowed skew 10s): 1 node (n-0009)" in first
     assert "  reject   node_id: unknown node (heartbeat.unknown_nodes is 'reject'): 1 node (rogue-1)" in first
     # what stayed the same is not listed again: one "still" line counts it
@@ -120,6 +121,9 @@ def test_verbose_prints_every_node_every_tick(cluster_dir, tmp_path):
         licence = [line for line in by_tick[n] if line.startswith("  licence  ")]
         assert len(licence) == N  # held or not
         assert licence[0] == "  licence  n-0000: INVALID no_licence - the node names no licence (sources: file)"
+        assert ("  action   isolate n-0000 (critical) for licence:no_licence by "
+                "ruleset:licence-enforcement/isolate-unlicensed: no licence: the node names no licence (sources: file)"
+                in by_tick[1])
         assert sum(line.startswith("  action   isolate ") for line in by_tick[n]) == 10
         assert "  reject   n-0009: timestamp: 120.0s in the future (allowed skew 10s)" in by_tick[n]
     assert sum(line.startswith("  status   ") for line in by_tick[1]) == 999

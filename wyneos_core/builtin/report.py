@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wyneos_core import hookimpl
+from wyneos_core.causes import action_cause
 from wyneos_core.model import Action, RuleResult, TickReport
 from wyneos_core.tick import TickContext
 from wyneos_core.wording import examples, plural
@@ -196,13 +197,22 @@ def _grouped_transitions(report: TickReport) -> list[str]:
     return _capped(lines, "status changes") + _capped(alert_lines, "alert changes")
 
 
+def _for(action: Action) -> str:
+    """`` for licence:CODE`` or `` for rule:RULE`` when the action's cause says more than
+    its origin (``wyneos_core.causes``), else nothing."""
+    cause = action_cause(action)
+    if cause.kind == "licence" or (cause.kind == "rule" and cause.failing_rule):
+        return f" for {cause.label}"
+    return ""
+
+
 def _action_lines(report: TickReport) -> list[str]:
-    groups: dict[tuple[str, str, str], list[Action]] = {}
+    groups: dict[tuple[str, str, str, str], list[Action]] = {}
     for a in report.actions:
-        groups.setdefault((a.type, a.origin, a.severity.value), []).append(a)
-    lines = [f"  action   {len(acts)} {type_} ({severity}) by {origin} ({examples([a.target for a in acts])}): "
+        groups.setdefault((a.type, a.severity.value, _for(a), a.origin), []).append(a)
+    lines = [f"  action   {len(acts)} {type_} ({severity}){why} by {origin} ({examples([a.target for a in acts])}): "
              + _one_text([a.reason for a in acts])
-             for (type_, origin, severity), acts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+             for (type_, severity, why, origin), acts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
     lines = _capped(lines, "kinds of action")
     cleared: dict[str, list[str]] = {}
     for e in report.lifecycle:
@@ -266,7 +276,7 @@ def _verbose_lines(report: TickReport, previous: TickReport | None) -> list[str]
         elif t.get("kind") == "rule":
             lines.append(f"  alert    {t['rule_id']} on {t['node_id']}: {t['from']} -> {t['to']}")
     for a in report.actions:
-        lines.append(f"  action   {a.type} {a.target} ({a.severity.value}) by {a.origin}: {a.reason}")
+        lines.append(f"  action   {a.type} {a.target} ({a.severity.value}){_for(a)} by {a.origin}: {a.reason}")
     for e in report.lifecycle:
         if e.get("state") in ("cleared", "deferred", "suppressed", "rejected"):
             lines.append(f"  {e['state']:<8} {e.get('type')} {e.get('target')}: {e.get('detail', '')}")
