@@ -13,6 +13,7 @@ from wyneos_core.licensing.keys import generate_key, public_bytes
 from wyneos_core.model import Action, ActionType, Severity
 from wyneos_core.service.core import Service, hash_token, new_token
 from wyneos_core.service.identity import b64e, sign_request
+from wyneos_core.service.signed_actions import seal_ack, seal_action
 from wyneos_core.service.settings import ServiceSettings
 from wyneos_core.tick import Orchestrator
 
@@ -83,3 +84,25 @@ class Node:
         body, headers = self.heartbeat(load)
         return {"node": self.id, "timestamp": headers["x-wyneos-timestamp"], "nonce": headers["x-wyneos-nonce"],
                 "signature": headers["x-wyneos-signature"], "body": body.decode()}
+
+
+def signed(okey: Any, action: dict, issued_at: int | None = None, ttl: float = 3600.0, **extra: Any) -> dict:
+    """``action`` as the orchestrator key ``okey`` (an ``OrchestratorKey``) signs it."""
+    at = int(time.time() * 1000) if issued_at is None else issued_at
+    return seal_action(okey.private, {"params": {}, "origin": "test", "severity": "warning", **action, **extra},
+                       at, at + int(ttl * 1000))
+
+
+def write_pem(tmp: Path, okey: Any) -> Path:
+    """The orchestrator key's public half as a PEM file (what ``--orchestrator-key FILE`` reads)."""
+    from cryptography.hazmat.primitives import serialization
+
+    path = tmp / "orchestrator.pub"
+    path.write_bytes(okey.private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+def acks_body(node: "Node", *action_ids: str, status: str = "applied", issued_at: int | None = None) -> bytes:
+    """An acknowledgement request body: each ack signed by the node's key."""
+    return json.dumps({"acks": [seal_ack(node.key, node.id, a, issued_at, status, "") for a in action_ids]}).encode()

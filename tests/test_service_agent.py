@@ -9,9 +9,10 @@ import time
 
 import httpx
 import pytest
-from service_helpers import Quarantine, add_token, make_service, write_config
+from service_helpers import Quarantine, add_token, make_service, signed, write_config, write_pem
 
 from wyneos_core.service.agent import Agent, AgentError, os_load
+from wyneos_core.service.orchestrator_key import OrchestratorKey
 from wyneos_core.service.server import ServerThread, bind
 
 
@@ -111,23 +112,26 @@ def test_agent_keeps_each_outcome_and_resends_it_on_redelivery(tmp_path):
     hook = tmp_path / "hook.sh"
     hook.write_text("#!/bin/sh\necho firewall down >&2\nexit 3\n")
     hook.chmod(0o755)
-    agent = Agent("http://127.0.0.1:9", "n-1", tmp_path / "a", hook=str(hook))
+    orch = OrchestratorKey.for_state(tmp_path / "s.db")
+    pem = write_pem(tmp_path, orch)
+    agent = Agent("http://127.0.0.1:9", "n-1", tmp_path / "a", hook=str(hook), orchestrator_key=str(pem))
     sent = []
     agent._request = lambda method, path, body=b"": (sent.append(json.loads(body)) or (200, {}, {}))  # no server
-    isolate = {"id": "a-iso", "type": "isolate", "target": "n-1", "reason": "test"}
-    notice = {"id": "a-other", "type": "isolate", "target": "n-2", "reason": "test"}
+    isolate = signed(orch, {"id": "a-iso", "type": "isolate", "target": "n-1", "reason": "test"})
+    notice = signed(orch, {"id": "a-other", "type": "isolate", "target": "n-2", "reason": "test"})
     agent.apply([isolate, notice])
-    first = {a["action_id"]: a for a in sent[-1]["acks"]}
+    first = {a["payload"]["action_id"]: a["payload"] for a in sent[-1]["acks"]}
     assert first["a-iso"]["status"] == "failed" and "hook exited 3" in first["a-iso"]["detail"]
-    assert first["a-other"]["status"] == "ignored"
+    assert first["a-other"]["status"] == "ignored" and "addressed to n-2" in first["a-other"]["detail"]
     assert agent.state["isolated"] is False
     assert agent.stats.applied == [] and len(agent.stats.not_applied) == 2
     # the same actions again (the acknowledgement was lost): not applied twice, same outcome
-    again = Agent("http://127.0.0.1:9", "n-1", tmp_path / "a", hook=str(hook))  # state file read back
+    again = Agent("http://127.0.0.1:9", "n-1", tmp_path / "a", hook=str(hook))  # state file read back, key pinned
     again._request = agent._request
     again.apply([isolate, notice])
-    second = {a["action_id"]: a for a in sent[-1]["acks"]}
+    second = {a["payload"]["action_id"]: a["payload"] for a in sent[-1]["acks"]}
     assert second["a-iso"]["status"] == "failed" and second["a-other"]["status"] == "ignored"
+    assert again.stats.replayed == 2
     log = (tmp_path / "a" / "actions.log").read_text().splitlines()
     assert len(log) == 2  # applied once each
 

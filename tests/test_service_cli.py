@@ -9,7 +9,7 @@ import sys
 import time
 
 import httpx
-from service_helpers import Node, Quarantine, add_token, make_service, write_config
+from service_helpers import Node, Quarantine, acks_body, add_token, make_service, write_config
 
 from wyneos_core.service.identity import SignedItem
 from wyneos_core.service.server import ServerThread
@@ -70,9 +70,11 @@ def test_unacknowledged_actions_are_queued_again_after_a_restart(tmp_path):
     restarted = make_service(config, plugins=(Quarantine(),))
     try:
         assert [a["id"] for a in restarted.outbox.pending("q-1")] == [pending[0]["id"]]
+        # the same issuance (an agent that applied it before the restart does not apply it again)
+        assert restarted.outbox.pending("q-1")[0]["issued_at"] == pending[0]["issued_at"]
+        assert restarted.outbox.signed("q-1")[0]["payload"]["issued_at"] == pending[0]["issued_at"]
         assert restarted.orchestrator.mesh.is_isolated("q-1")
-        ack = json.dumps({"acks": [{"action_id": pending[0]["id"], "status": "applied"}]}).encode()
-        restarted.acknowledge("q-1", ack)
+        restarted.acknowledge("q-1", acks_body(node, pending[0]["id"]))
         assert restarted.outbox.pending("q-1") == []
     finally:
         restarted.orchestrator.stop()

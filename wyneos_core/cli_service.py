@@ -59,10 +59,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=_seconds, help="seconds between heartbeats (default: the server's)")
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="extra metadata (repeatable)")
     p.add_argument("--hook", metavar="PROGRAM", help="run PROGRAM TYPE TARGET for each action (JSON on stdin)")
+    p.add_argument("--hook-type", action="append", default=[], metavar="TYPE",
+                   help="also hand actions of this type (a plugin's own) to the hook (repeatable); "
+                        "types the agent does not know are never handed to it")
+    p.add_argument("--orchestrator-key", metavar="FINGERPRINT|FILE",
+                   help="pin the orchestrator key in advance (`wyneos orchestrator-key show` prints it): "
+                        "an enrolment answer with another key is refused")
     p.add_argument("--count", type=_positive, help="stop after N heartbeats")
     p.add_argument("--duration", type=_seconds, help="stop after N seconds")
     p.add_argument("--max-backoff", type=_seconds, default=60.0, help="longest wait between retries (s)")
     p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("orchestrator-key", help="show or rotate the key that signs every action handed to nodes")
+    ksub = p.add_subparsers(dest="key_command", metavar="ACTION")
+    k = ksub.add_parser("show", help="print the key id and fingerprint (what agents pin)")
+    _common(k)
+    k.add_argument("--pem", action="store_true", help="print the PEM public key instead (for --orchestrator-key FILE)")
+    k.set_defaults(func=cmd_key_show)
+    k = ksub.add_parser("rotate", help="make a new key; the old one signs the hand-over and stays trusted")
+    _common(k)
+    k.set_defaults(func=cmd_key_rotate)
+    p.set_defaults(func=lambda args: (p.print_help(), EXIT_USAGE)[1])
 
     p = sub.add_parser("enrol", help="manage node enrolment: tokens, enrolled keys, revocation")
     esub = p.add_subparsers(dest="enrol_command", metavar="ACTION")
@@ -144,7 +161,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         metadata[key] = value
     try:
         agent = Agent(args.server, args.node, args.state_dir, token=args.token, interval=args.interval,
-                      metadata=metadata, hook=args.hook, max_backoff=args.max_backoff, licence=args.licence)
+                      metadata=metadata, hook=args.hook, max_backoff=args.max_backoff, licence=args.licence,
+                      orchestrator_key=args.orchestrator_key, hook_types=args.hook_type)
         if args.init:
             print(agent.fingerprint)
             return EXIT_OK
@@ -158,7 +176,58 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     print(f"wyneos agent: sent {stats.sent}, accepted {stats.accepted}, refused {stats.refused}, "
           f"connection failures {stats.failures}, actions applied {len(stats.applied)}, "
-          f"failed or ignored {len(stats.not_applied)}", flush=True)
+          f"failed or ignored {len(stats.not_applied)}, refused {len(stats.refused_actions)}", flush=True)
+    return EXIT_OK
+
+
+def _key_path(args: argparse.Namespace):  # noqa: ANN202
+    from wyneos_core.config import load_config
+    from wyneos_core.service.orchestrator_key import key_path_for
+
+    config = load_config(args.config)
+    path = args.state or config["state"]["path"]
+    if path == ":memory:":
+        print("wyneos orchestrator-key: the state is ':memory:'; the key lives beside a state file",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    return key_path_for(config.resolve(path))
+
+
+def cmd_key_show(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from wyneos_core.licensing.keys import KeyFileError
+    from wyneos_core.service.orchestrator_key import OrchestratorKey
+
+    try:
+        key = OrchestratorKey.load_or_create(_key_path(args))
+    except KeyFileError as exc:
+        print(f"wyneos orchestrator-key: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.pem:
+        sys.stdout.write(key.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode())
+        return EXIT_OK
+    print(f"key id       {key.key_id}\nfingerprint  {key.fingerprint}\nfile         {key.path}")
+    for kid in key.keyring():
+        if kid != key.key_id:
+            print(f"previous     {kid} (still trusted; remove {key.path.name}.previous.pub to end the rotation)")
+    return EXIT_OK
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> int:
+    from wyneos_core.licensing.keys import KeyFileError
+    from wyneos_core.service import signed_actions
+    from wyneos_core.service.orchestrator_key import OrchestratorKey
+
+    try:
+        old = OrchestratorKey.load_or_create(_key_path(args))
+        new = signed_actions.rotate(old)
+    except (KeyFileError, OSError) as exc:
+        print(f"wyneos orchestrator-key: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"rotated: new key {new.key_id} ({new.fingerprint}); the old key {old.key_id} signed the hand-over and "
+          "stays trusted. Restart `wyneos serve` to sign with the new key.")
     return EXIT_OK
 
 

@@ -4,19 +4,31 @@ An agent runs on a node. It keeps the node's Ed25519 key (created on first start
 owner-only permissions), enrols it with the orchestrator, then every interval sends a
 signed heartbeat carrying the operating system's load (1-minute load average divided
 by the CPU count) and metadata about the machine. The answer to each heartbeat
-carries the actions waiting for the node; the agent applies them and acknowledges
-each one:
+carries the actions waiting for the node, each an envelope signed by the orchestrator
+key (``signed_actions``); the agent verifies them, applies them and acknowledges each
+one with an acknowledgement signed by the node key:
 
 ``isolate``    the node marks itself isolated (kept in its state file and reported in
                its heartbeat metadata) and runs the ``--hook`` program if one is given:
                the agent only records the isolation, the hook is what actually cuts
                the machine off (firewall rules, stopping services...);
 ``reinstate``  the isolation ends (and the hook runs);
-anything else  is logged and acknowledged as ``ignored`` (or handed to the hook).
+other known types (``reduce_load``, ``revoke``...) are handed to the hook (or
+               acknowledged as ``ignored`` without one); a type the agent does not
+               know (nor was told with ``hook_types``) never reaches the hook.
 
-Each action's outcome (``applied``, ``failed`` or ``ignored``, with its detail) is kept
-in the state file; an action delivered again (its acknowledgement was lost) is not
-applied twice: the stored outcome is sent again.
+Trust: the agent pins the orchestrator's public key at its first enrolment (from the
+enrolment answer), or in advance (``orchestrator_key``: a fingerprint or a key file),
+and then refuses an enrolment answer that carries another key. It refuses, logs and
+reports to the server (with its next acknowledgement) every action that is unsigned,
+badly signed, signed by another key, malformed or expired. A validly signed action
+addressed to another node, of a type it does not know, or seen before (a replay, or a
+redelivery after a lost acknowledgement) is not applied: it is acknowledged as
+``ignored`` (a replay: with the outcome it had) saying why. Each issuance (action id
+and ``issued_at``) is remembered in the state file (bounded: the oldest are forgotten
+once expired, or past the bound, after which anything issued before them is refused as
+a replay). After a key rotation the agent follows the old key's signed hand-over to
+the new key and keeps trusting the old one for what it signed before.
 
 ``licence`` names the node's licence (``licence_ref`` in the enrolment and in every
 heartbeat); the orchestrator pairs it with the fingerprint of the node's enrolled key.
@@ -46,9 +58,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wyneos_core import __version__
-from wyneos_core.licensing.keys import fingerprint, generate_key, load_private_key, public_bytes, write_private_key
+from wyneos_core.licensing.keys import (
+    KeyFileError,
+    fingerprint,
+    generate_key,
+    load_private_key,
+    load_public_key,
+    public_bytes,
+    write_private_key,
+)
 from wyneos_core.registry import NODE_ID_PATTERN
-from wyneos_core.service.identity import b64e, sign_request
+from wyneos_core.service import signed_actions as sa
+from wyneos_core.service.identity import b64d, b64e, sign_request
 
 __all__ = ["Agent", "AgentError", "AgentStats", "os_load"]
 
@@ -80,6 +101,10 @@ class AgentStats:
     backoffs: list[float] = field(default_factory=list)
     #: actions failed or ignored, as ``type:target:status``
     not_applied: list[str] = field(default_factory=list)
+    #: actions refused before use (unsigned, bad signature, expired...), as ``reason:action id``
+    refused_actions: list[str] = field(default_factory=list)
+    #: issuances delivered again (replays, redeliveries): not applied twice
+    replayed: int = 0
 
 
 class Agent:
@@ -94,11 +119,23 @@ class Agent:
     :param hook: a program run for each action, as ``hook TYPE TARGET`` with the action
         as JSON on its standard input; exit status 0 means applied.
     :param licence: the node's licence reference (sent as ``licence_ref``).
+    :param orchestrator_key: pin the orchestrator key in advance: its fingerprint
+        (``sha256:...``) or a file holding its PEM public key (or its fingerprint).
+    :param hook_types: action types beyond the builtin ones to hand to the hook.
+    :param clock_tolerance: seconds of clock difference allowed when checking the
+        validity times of signed actions.
     """
+
+    #: issuances remembered for replay protection
+    MAX_SEEN = 4096
+    #: refusal reports kept until the server has them
+    MAX_REPORTS = 100
 
     def __init__(self, server: str, node_id: str, state_dir: str | Path, *, token: str | None = None,
                  interval: float | None = None, metadata: dict[str, Any] | None = None, hook: str | None = None,
-                 max_backoff: float = 60.0, timeout: float = 10.0, licence: str | None = None) -> None:
+                 max_backoff: float = 60.0, timeout: float = 10.0, licence: str | None = None,
+                 orchestrator_key: str | None = None, hook_types: tuple[str, ...] | list[str] = (),
+                 clock_tolerance: float = 300.0) -> None:
         parts = urlsplit(server)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AgentError(f"server URL {server!r} must look like http://HOST:PORT")
@@ -114,6 +151,10 @@ class Agent:
             parts.port
         except ValueError as exc:
             raise AgentError(f"server URL {server!r}: {exc}") from None
+        for kind in hook_types:
+            if not isinstance(kind, str) or not sa._TYPE.match(kind):
+                raise AgentError(f"hook type {kind!r} is not an action type (lower-case letters and '_')")
+        pin = None if orchestrator_key is None else _read_pin(orchestrator_key)
         self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
         self.node_id = node_id
         self.state_dir = Path(state_dir)
@@ -131,8 +172,23 @@ class Agent:
         self.enrolled = False
         self.stats = AgentStats()
         self._conn: http.client.HTTPConnection | None = None
+        self.hook_types = frozenset(hook_types)
+        self.clock_tolerance = float(clock_tolerance)
         self._state_path = self.state_dir / "agent-state.json"
         self.state = self._load_state()
+        self.trusted = sa.TrustedKeys(self.state["orchestrator_keys"])
+        if pin is not None:
+            if isinstance(pin, bytes):
+                pin_fp = fingerprint(pin)
+            else:
+                pin_fp = pin
+            if len(self.trusted) and pin_fp not in self.trusted.fingerprints():
+                raise AgentError(f"--orchestrator-key {pin_fp} is not the key this agent pinned before "
+                                 f"({', '.join(self.trusted.fingerprints())}); to trust another orchestrator, "
+                                 f"remove {self._state_path}")
+            if isinstance(pin, bytes) and not len(self.trusted):
+                self._pin(pin)
+        self.pin = pin
 
     # -- files ---------------------------------------------------------------------------
 
@@ -150,27 +206,46 @@ class Agent:
         return key
 
     def _load_state(self) -> dict[str, Any]:
-        """``isolated`` and ``outcomes`` (``{action id: [status, detail]}``, the latest 500)."""
+        """``isolated``, ``seen`` (``{"id@issued_at": [status, detail, expires_at]}``),
+        ``horizon`` (issuances up to this ``issued_at`` are forgotten: refused as replays),
+        ``orchestrator_keys`` (pinned, base64url raw) and ``reports`` (refusals not yet
+        delivered to the server)."""
         try:
             state = json.loads(self._state_path.read_text())
         except (OSError, ValueError):
             state = None
         if not isinstance(state, dict):
-            return {"isolated": False, "outcomes": {}}
-        outcomes: dict[str, list[str]] = {}
-        raw = state.get("outcomes")
+            state = {}
+        seen: dict[str, list[Any]] = {}
+        raw = state.get("seen")
         if isinstance(raw, dict):
-            for action_id, value in raw.items():
-                if isinstance(value, list) and len(value) == 2 and value[0] in ("applied", "failed", "ignored"):
-                    outcomes[str(action_id)] = [value[0], str(value[1])]
-        for action_id in state.get("applied", []) if isinstance(state.get("applied"), list) else []:
-            outcomes.setdefault(str(action_id), ["applied", ""])  # written by an earlier version
-        return {"isolated": bool(state.get("isolated")), "outcomes": dict(list(outcomes.items())[-500:])}
+            for key, value in raw.items():
+                if isinstance(value, list) and len(value) == 3 and value[0] in sa.ACK_STATUSES \
+                        and isinstance(value[2], int):
+                    seen[str(key)] = [value[0], str(value[1]), value[2]]
+        keys: list[bytes] = []
+        for text in state.get("orchestrator_keys", []) if isinstance(state.get("orchestrator_keys"), list) else []:
+            try:
+                keys.append(b64d(text))
+            except ValueError:
+                continue
+        reports = [r for r in state.get("reports", []) if isinstance(r, dict)] \
+            if isinstance(state.get("reports"), list) else []
+        horizon = state.get("horizon") if isinstance(state.get("horizon"), int) else 0
+        return {"isolated": bool(state.get("isolated")), "seen": dict(list(seen.items())[-self.MAX_SEEN:]),
+                "horizon": horizon, "orchestrator_keys": [k for k in keys if len(k) == 32],
+                "reports": reports[-self.MAX_REPORTS:]}
 
     def _save_state(self) -> None:
+        self.state["orchestrator_keys"] = [b64e(raw) for raw in self.trusted.raw()]
         tmp = self._state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.state))
         os.replace(tmp, self._state_path)
+
+    def _pin(self, raw: bytes) -> None:
+        kid = self.trusted.add(raw)
+        self._save_state()
+        log.warning("pinned orchestrator key %s (%s)", kid, fingerprint(raw))
 
     # -- HTTP ----------------------------------------------------------------------------
 
@@ -224,6 +299,7 @@ class Agent:
                            **({"licence_ref": self.licence} if self.licence else {})}).encode()
         status, data, headers = self._request("POST", "/v1/enrol", body)
         if status in (200, 201):
+            self._check_enrolment_key(data.get("orchestrator_key"))
             self.enrolled = True
             self.stats.enrolments += 1
             self._sync_clock(data, headers)
@@ -237,6 +313,66 @@ class Agent:
         if status >= 500:
             raise ConnectionError(f"server error {status}")
         raise AgentError(f"enrolment of {self.node_id!r} refused ({status} {data.get('code')}): {data.get('error')}")
+
+    def _check_enrolment_key(self, info: Any) -> None:
+        """Pin the orchestrator key of an enrolment answer, or refuse the answer
+        (``AgentError``) when it carries another key than the one pinned."""
+        try:
+            if not isinstance(info, dict):
+                raise ValueError("no orchestrator_key")
+            raw = b64d(info["public_key"])
+            if len(raw) != 32:
+                raise ValueError("not 32 bytes")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AgentError(f"the enrolment answer of {self.host}:{self.port} carries no usable orchestrator key "
+                             f"({exc}); refusing to trust it") from None
+        fp = fingerprint(raw)
+        kid = sa.key_entry(raw)["key_id"]
+        if kid in self.trusted:
+            return
+        handover = info.get("handover")
+        if len(self.trusted) or self.pin is not None:
+            if handover is not None and len(self.trusted):
+                try:
+                    if sa.open_rotation(handover, self.trusted) == raw:
+                        self._pin(raw)
+                        return
+                except sa.Refused:
+                    pass
+            if isinstance(self.pin, str) and not len(self.trusted):
+                if fp == self.pin:
+                    self._pin(raw)
+                    return
+                for entry in info.get("previous") or []:  # rotated after the operator read the fingerprint
+                    try:
+                        old = b64d(entry["public_key"])
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    if fingerprint(old) == self.pin and handover is not None:
+                        try:
+                            if sa.open_rotation(handover, sa.TrustedKeys([old])) == raw:
+                                self._pin(old)
+                                self._pin(raw)
+                                return
+                        except sa.Refused:
+                            pass
+            pinned = ", ".join(self.trusted.fingerprints()) or str(self.pin)
+            raise AgentError(f"the enrolment answer carries orchestrator key {fp}, not the pinned {pinned}: "
+                             "refusing it (another orchestrator, or someone in between); if the orchestrator's key "
+                             f"was replaced without `wyneos orchestrator-key rotate`, remove {self._state_path} "
+                             "and pin the new key with --orchestrator-key")
+        self._pin(raw)  # trust on first use: pin what the enrolment answer says
+
+    def _follow_key(self, ref: Any) -> None:
+        """Trust the successor of a pinned key after a rotation (from its signed hand-over)."""
+        if not isinstance(ref, dict) or ref.get("key_id") in self.trusted or "handover" not in ref:
+            return
+        try:
+            raw = sa.open_rotation(ref["handover"], self.trusted)
+        except sa.Refused as exc:
+            self._report(exc.reason, f"orchestrator key hand-over refused: {exc.detail}", None)
+            return
+        self._pin(raw)
 
     def heartbeat(self) -> int:
         """Send one heartbeat, apply and acknowledge the actions in the answer; the HTTP status."""
@@ -252,8 +388,9 @@ class Agent:
         if status == 202:
             self.stats.accepted += 1
             self._sync_clock(data, headers)
+            self._follow_key(data.get("orchestrator_key"))
             actions = data.get("actions") or []
-            if actions:
+            if actions or self.state["reports"]:
                 self.apply(actions)
             return status
         self.stats.refused += 1
@@ -274,49 +411,93 @@ class Agent:
         status, data, _ = self._request("GET", f"/v1/nodes/{self.node_id}/actions")
         if status != 200:
             raise AgentError(f"action poll refused ({status}): {data.get('error')}")
+        self._follow_key(data.get("orchestrator_key"))
         actions = data.get("actions") or []
-        if actions:
+        if actions or self.state["reports"]:
             self.apply(actions)
         return actions
 
-    def apply(self, actions: list[dict[str, Any]]) -> None:
+    def _report(self, reason: str, detail: str, action_id: str | None) -> None:
+        """Log a refusal and keep it for the server (sent with the next acknowledgement)."""
+        log.warning("refused an action%s (%s): %s", f" {action_id}" if action_id else "", reason, detail)
+        self.stats.refused_actions.append(f"{reason}:{action_id}")
+        reports = self.state["reports"]
+        reports.append({"reason": reason, "detail": detail[:1000], "action_id": action_id})
+        del reports[:-self.MAX_REPORTS]
+
+    def _remember(self, key: str, status: str, detail: str, expires_at: int) -> None:
+        seen = self.state["seen"]
+        seen.pop(key, None)
+        seen[key] = [status, detail, expires_at]
+        now_ms = sa.now_ms() - int(self.clock_tolerance * 1000)
+        for old in [k for k, v in seen.items() if v[2] < now_ms]:  # expired: refused as such anyway
+            del seen[old]
+        while len(seen) > self.MAX_SEEN:
+            oldest = next(iter(seen))
+            del seen[oldest]
+            issued = int(oldest.rpartition("@")[2])
+            self.state["horizon"] = max(self.state["horizon"], issued)
+
+    def apply(self, actions: list[Any]) -> None:
+        """Verify, apply and acknowledge signed actions; send the acknowledgements and any
+        refusal reports to the server."""
         acks = []
-        for action in actions:
-            if not isinstance(action, dict) or not isinstance(action.get("id"), str):
+        for item in actions:
+            try:
+                action = sa.open_action(item, self.trusted, tolerance=self.clock_tolerance)
+            except sa.Refused as exc:
+                self._report(exc.reason, exc.detail, exc.action_id)
                 continue
-            earlier = self.state["outcomes"].get(action["id"])
-            if earlier is not None:  # delivered again: its acknowledgement was lost
-                status, detail = earlier
-                acks.append({"action_id": action["id"], "status": status, "detail": f"{detail} (earlier)"[:1000]})
+            key = f"{action['id']}@{action['issued_at']}"
+            earlier = self.state["seen"].get(key)
+            if earlier is None and action["issued_at"] <= self.state["horizon"]:
+                self._report("replayed", f"{action['type']} of {action['target']} issued before the oldest "
+                                         "issuance the agent still remembers", action["id"])
+                continue
+            if earlier is not None:  # delivered again: a lost acknowledgement, or a replay
+                self.stats.replayed += 1
+                status, detail = earlier[0], f"{earlier[1]} (delivered again: not applied twice)"
+                if action["expires_at"] > earlier[2]:
+                    earlier[2] = action["expires_at"]
+                log.info("action %s (%s of %s) delivered again: not applied twice", action["id"], action["type"],
+                         action["target"])
+                acks.append(sa.seal_ack(self.key, self.node_id, action["id"], action["issued_at"], status,
+                                        detail[:1000]))
                 continue
             status, detail = self._apply_one(action)
-            outcomes = self.state["outcomes"]
-            outcomes[action["id"]] = [status, detail]
-            while len(outcomes) > 500:
-                del outcomes[next(iter(outcomes))]
+            self._remember(key, status, detail, action["expires_at"])
             self._save_state()
             (self.stats.applied if status == "applied" else self.stats.not_applied).append(
-                f"{action.get('type')}:{action.get('target')}:{status}" if status != "applied"
-                else f"{action.get('type')}:{action.get('target')}")
+                f"{action['type']}:{action['target']}:{status}" if status != "applied"
+                else f"{action['type']}:{action['target']}")
             entry = {"time": time.time(), "action": action, "status": status, "detail": detail}
             with open(self.state_dir / "actions.log", "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
-            log.warning("action %s %s (%s): %s - %s", action.get("type"), action.get("target"),
-                        action.get("reason"), status, detail)
-            acks.append({"action_id": action["id"], "status": status, "detail": detail})
-        if acks:
-            body = json.dumps({"acks": acks}).encode()
+            log.warning("action %s %s (%s): %s - %s", action["type"], action["target"], action["reason"], status,
+                        detail)
+            acks.append(sa.seal_ack(self.key, self.node_id, action["id"], action["issued_at"], status, detail))
+        reports = list(self.state["reports"])
+        if acks or reports:
+            self._save_state()
+            body = json.dumps({"acks": acks, "refusals": reports}).encode()
             status, data, _ = self._request("POST", f"/v1/nodes/{self.node_id}/actions/ack", body)
-            if status != 200:
+            if status == 200:
+                if reports:
+                    del self.state["reports"][:len(reports)]
+                    self._save_state()
+            else:
                 log.warning("acknowledgement refused (%s): %s", status, data.get("error"))
 
     def _apply_one(self, action: dict[str, Any]) -> tuple[str, str]:
         """Apply one action: ``(status, detail)``. The isolation flag changes only when
         the action is applied (a failing hook leaves it as it was)."""
-        kind, target = action.get("type"), action.get("target")
-        mine = target in (self.node_id, "*")
-        if not mine:
-            return "ignored", f"notice: {kind} of {target}"
+        kind, target = action["type"], action["target"]
+        if target == "*" and kind not in sa.BROADCAST_TYPES:
+            return "ignored", f"refused: {kind} cannot be addressed to every node ('*'); not applied"
+        if target not in (self.node_id, "*"):
+            return "ignored", f"addressed to {target}, not to {self.node_id}: not applied"
+        if kind not in sa.KNOWN_TYPES and kind not in self.hook_types:
+            return "ignored", f"unknown action type {kind!r}: not applied and not handed to the hook"
         if kind == "isolate":
             isolated: bool | None = True
             detail = "node marked isolated until reinstated"
@@ -376,3 +557,26 @@ class Agent:
             stop.wait(wait)
         self._close()
         return self.stats
+
+
+def _read_pin(text: str) -> bytes | str:
+    """``--orchestrator-key``: a fingerprint, or a file with the PEM public key or a fingerprint."""
+    import re
+
+    if re.fullmatch(r"sha256:[0-9a-f]{64}", text.strip()):
+        return text.strip()
+    path = Path(text)
+    try:
+        if not path.is_file():
+            raise AgentError(f"--orchestrator-key {text!r}: neither a fingerprint (sha256:<64 hex digits>) nor a file")
+        if path.stat().st_size > 16 * 1024:
+            raise AgentError(f"{path}: larger than 16 KiB; not a key file")
+        content = path.read_text(errors="replace").strip()
+    except OSError as exc:
+        raise AgentError(f"{path}: cannot read the orchestrator key: {exc.strerror or exc}") from None
+    if re.fullmatch(r"sha256:[0-9a-f]{64}", content):
+        return content
+    try:
+        return public_bytes(load_public_key(path))
+    except KeyFileError as exc:
+        raise AgentError(f"{exc}; expected a PEM public key or a fingerprint (sha256:...)") from None

@@ -172,7 +172,8 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
                 return _error(result.status, result.code, result.error,
                               **({"field": result.field} if result.field else {}))
             return JSONResponse({"accepted": 1, "server_time": time.time(),
-                                 "actions": service.outbox.pending(item.node_id)}, status_code=202)
+                                 "actions": service.outbox.signed(item.node_id),
+                                 "orchestrator_key": service.key_ref()}, status_code=202)
         loop = asyncio.get_running_loop()  # parsing and verifying a batch keep off the event loop
         results = await loop.run_in_executor(None, _process_batch, service, body, settings.max_batch, now)
         accepted = sum(1 for r in results if r.status == 202)
@@ -183,20 +184,28 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
 
     @app.get("/v1/nodes/{node_id}/actions", tags=["nodes"], responses=_ERRORS, openapi_extra=_SIGNED)
     async def node_actions(node_id: str, request: Request) -> dict[str, Any]:
-        """The actions waiting for this node (signed by the node itself)."""
+        """The actions waiting for this node (the request signed by the node itself), each
+        an envelope signed by the orchestrator key."""
         authenticate(request, b"", node_id)
-        return {"node_id": node_id, "actions": service.outbox.pending(node_id), "server_time": time.time()}
+        return {"node_id": node_id, "actions": service.outbox.signed(node_id), "server_time": time.time(),
+                "orchestrator_key": service.key_ref()}
 
     @app.post("/v1/nodes/{node_id}/actions/ack", tags=["nodes"], responses=_ERRORS,
               openapi_extra={**_SIGNED, "requestBody": {"required": True, "content": {"application/json": {
-                  "schema": {"type": "object", "properties": {"acks": {"type": "array", "items": {
-                      "type": "object", "required": ["action_id"], "properties": {
-                          "action_id": {"type": "string"}, "status": {"enum": ["applied", "failed", "ignored"]},
-                          "detail": {"type": "string"}}}}}}}}}})
+                  "schema": {"type": "object", "properties": {
+                      "acks": {"type": "array", "items": {
+                          "type": "object", "required": ["format", "payload", "signature"], "properties": {
+                              "format": {"const": "wyneos.ack/1"}, "payload": {"type": "object"},
+                              "signature": {"type": "string"}}}},
+                      "refusals": {"type": "array", "items": {
+                          "type": "object", "required": ["reason"], "properties": {
+                              "reason": {"type": "string"}, "action_id": {"type": ["string", "null"]},
+                              "detail": {"type": "string"}}}}}}}}}})
     async def node_ack(node_id: str, request: Request) -> JSONResponse:
-        """Acknowledge actions delivered to this node: applied, failed or ignored (stored
-        with the time). An action that was never delivered to the node is refused
-        (``refused`` in the answer; 422 when nothing was acknowledged)."""
+        """Acknowledge actions delivered to this node (each ack a ``wyneos.ack/1``
+        envelope signed by the node key: applied, failed or ignored), and report actions
+        the node refused. An action that was never delivered to the node is refused
+        (``refused`` in the answer; 422 when nothing was acknowledged or reported)."""
         body = await _read_body(request, settings.max_request_bytes)
         authenticate(request, body, node_id)
         status, answer = await asyncio.get_running_loop().run_in_executor(None, service.acknowledge, node_id, body)

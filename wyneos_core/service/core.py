@@ -39,7 +39,9 @@ from wyneos_core.model import ORIGIN, Heartbeat, Node, TickReport
 from wyneos_core.registry import NODE_ID_PATTERN, HeartbeatError, RegistryError
 from wyneos_core.service.identity import AuthError, KeyCache, NonceWindow, SignedItem, b64d, verify_item
 from wyneos_core.service.metrics import ServiceMetrics
+from wyneos_core.service.orchestrator_key import OrchestratorKey
 from wyneos_core.service.outbox import AgentOutbox
+from wyneos_core.service import signed_actions as sa
 from wyneos_core.service.settings import ServiceSettings
 from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator
@@ -57,6 +59,30 @@ _MESH_ALWAYS = 5000  # up to this many mesh vertices each tick prepares the mesh
 _ACK_PRUNE_EVERY = 10  # ticks between prunes of old acknowledgements
 MAX_ACTION_ID = 128
 MAX_ACK_DETAIL = 1000
+#: seconds a signed action envelope stays valid (signed again at half-life while pending)
+ACTION_TTL = 3600.0
+MAX_REFUSALS = 100  # refusal reports per request
+_KEEP_REFUSALS = 10_000  # refusal reports kept in the state file
+_REFUSAL_CODES = frozenset(("malformed", "unsigned", "unknown_key", "bad_signature", "expired", "not_yet_valid",
+                            "replayed", "other_node", "unknown_type", "bad_answer"))
+_SIGNING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS signed_acks (
+    action_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    issued_at INTEGER,
+    envelope TEXT NOT NULL,
+    acked_at REAL NOT NULL,
+    PRIMARY KEY (action_id, node_id)
+);
+CREATE TABLE IF NOT EXISTS action_refusals (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    node_id TEXT NOT NULL,
+    reported_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    action_id TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"""
 
 
 def new_token() -> str:
@@ -164,8 +190,12 @@ class Service:
         self.db_lock = threading.Lock()
         with self.db_lock:
             self.db.ensure_service_tables()
+            self.db.conn.executescript(_SIGNING_SCHEMA)
         self._key_seq = 0
-        self.outbox = AgentOutbox(self._is_agent)
+        #: signs every action handed to agents (made beside the state file on first start)
+        self.okey = OrchestratorKey.for_state(orchestrator.store.path)
+        self.handover = sa.load_handover(self.okey.path, self.okey.key_id)
+        self.outbox = AgentOutbox(self._is_agent, sign=self._sign_action, ttl=ACTION_TTL)
         orchestrator.pm.register(self.outbox, AgentOutbox.__wyneos_name__)
         threads = settings.verify_threads or (os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wyneos-verify")
@@ -200,9 +230,36 @@ class Service:
         with self.db_lock:
             acked = {(a["action_id"], a["node_id"]) for a in self.db.action_acks()}
             rows = self.db.actions("in_force")
-        restored = self.outbox.restore(rows, acked)
+            ticks = sorted({r["first_tick"] for r in rows})
+            issued: dict[int, int] = {}
+            for i in range(0, len(ticks), 500):
+                chunk = ticks[i:i + 500]
+                issued.update((t, int(at * 1000)) for t, at in self.db.conn.execute(
+                    f"SELECT tick, started_at FROM ticks WHERE tick IN ({','.join('?' * len(chunk))})",  # noqa: S608
+                    chunk))
+        restored = self.outbox.restore(rows, acked, issued)
         if restored:
             log.info("outbox: %d unacknowledged action(s) queued again for agents", restored)
+
+    def _sign_action(self, action: dict[str, Any], issued_at: int, expires_at: int) -> dict[str, Any]:
+        return sa.seal_action(self.okey.private, action, issued_at, expires_at)
+
+    def key_info(self) -> dict[str, Any]:
+        """The orchestrator key as agents pin it: the current key, the previous one kept
+        during a rotation, and the old key's signed hand-over to the current one."""
+        info: dict[str, Any] = sa.key_entry(self.okey.private)
+        info["previous"] = [sa.key_entry(k) for kid, k in self.okey.keyring().items() if kid != self.okey.key_id]
+        if self.handover is not None:
+            info["handover"] = self.handover
+        return info
+
+    def key_ref(self) -> dict[str, Any]:
+        """What each answer to an agent says about the signing key: its id, and the
+        hand-over to it after a rotation (so an agent that pinned the old key moves on)."""
+        ref: dict[str, Any] = {"key_id": self.okey.key_id}
+        if self.handover is not None:
+            ref["handover"] = self.handover
+        return ref
 
     def _is_agent(self, node_id: str) -> bool:
         return node_id in self.keys and not self.keys.is_revoked(node_id)
@@ -422,7 +479,8 @@ class Service:
     def _enrolled(self, node_id: str, fp: str, created: bool) -> dict[str, Any]:
         hb = self.orchestrator.config["heartbeat"]
         return {"node_id": node_id, "fingerprint": fp, "enrolled": created, "server_time": time.time(),
-                "heartbeat_interval": hb["interval"], "replay_window": self.settings.replay_window}
+                "heartbeat_interval": hb["interval"], "replay_window": self.settings.replay_window,
+                "orchestrator_key": self.key_info()}
 
     # -- heartbeats ----------------------------------------------------------------------
 
@@ -503,56 +561,103 @@ class Service:
     # -- actions for agents ---------------------------------------------------------------
 
     def acknowledge(self, node_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Store a node's acknowledgements of actions delivered to it.
+        """Store a node's signed acknowledgements of actions delivered to it, and its
+        reports of actions it refused.
 
-        Only an action waiting in the node's outbox, in force against the node, or
-        acknowledged by it before (a status update) can be acknowledged; others are
-        refused one by one (``refused`` in the answer) and leave no trace. The status:
-        200 when something was acknowledged (or nothing was asked), else 422. Writes
-        the state file: call it from a worker thread.
+        Body: ``{"acks": [ack envelope, ...], "refusals": [report, ...]}``. Each ack is a
+        ``wyneos.ack/1`` envelope signed by the node's enrolled key (``signed_actions``);
+        one that is unsigned, signed by another key, or speaks for another node makes
+        the whole request a 422 that changes nothing. Only an action waiting in the
+        node's outbox, in force against the node, or acknowledged by it before (a
+        status update) can be acknowledged; others are refused one by one (``refused``
+        in the answer) and leave no trace. A report (``{"reason", "detail",
+        "action_id"}``) says the node refused something handed to it as an action
+        (unsigned, bad signature, expired, replayed...): it is logged, counted and kept
+        (``/v1/actions`` ``refusals``). The status: 200 when something was acknowledged
+        or reported (or nothing was asked), else 422. Writes the state file: call it
+        from a worker thread.
         """
         data = _json_object(body)
-        acks = data.get("acks")
+        acks = data.get("acks", [])
         if not isinstance(acks, list) or len(acks) > 1000:
             raise _Unprocessable("acks", "expected a list of at most 1000 acknowledgements")
+        reports = data.get("refusals", [])
+        if not isinstance(reports, list) or len(reports) > MAX_REFUSALS:
+            raise _Unprocessable("refusals", f"expected a list of at most {MAX_REFUSALS} reports")
+        raw_key = self.keys.get(node_id)
+        if raw_key is None:
+            raise AuthError(401, f"node {node_id!r} is not enrolled", "not_enrolled")
+        opened: list[dict[str, Any]] = []
         for index, ack in enumerate(acks):
-            if not isinstance(ack, dict) or not isinstance(ack.get("action_id"), str) \
-                    or not 0 < len(ack["action_id"]) <= MAX_ACTION_ID:
-                raise _Unprocessable(f"acks[{index}].action_id", f"expected a string of 1-{MAX_ACTION_ID} characters")
-            status = ack.get("status", "applied")
-            if status not in ("applied", "failed", "ignored"):
-                raise _Unprocessable(f"acks[{index}].status", "expected applied, failed or ignored")
-            detail = ack.get("detail", "")
+            try:
+                opened.append(sa.open_ack(ack, node_id, raw_key))
+            except sa.Refused as exc:
+                raise _Unprocessable(f"acks[{index}]", f"{exc.reason}: {exc.detail}"
+                                     + (" (acknowledgements are wyneos.ack/1 envelopes signed by the node key)"
+                                        if exc.reason == "unsigned" else "")) from None
+        cleaned: list[tuple[str, str | None, str]] = []
+        for index, report in enumerate(reports):
+            if not isinstance(report, dict) or report.get("reason") not in _REFUSAL_CODES:
+                raise _Unprocessable(f"refusals[{index}].reason", "expected one of " + ", ".join(sorted(_REFUSAL_CODES)))
+            action_id, detail = report.get("action_id"), report.get("detail", "")
+            if action_id is not None and (not isinstance(action_id, str) or not 0 < len(action_id) <= MAX_ACTION_ID):
+                raise _Unprocessable(f"refusals[{index}].action_id", f"expected a string of 1-{MAX_ACTION_ID} characters")
             if not isinstance(detail, str) or len(detail) > MAX_ACK_DETAIL:
-                raise _Unprocessable(f"acks[{index}].detail", f"expected a string of at most {MAX_ACK_DETAIL} characters")
+                raise _Unprocessable(f"refusals[{index}].detail", f"expected a string of at most {MAX_ACK_DETAIL} characters")
+            try:
+                (action_id or "").encode("utf-8")
+                detail.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Unprocessable(f"refusals[{index}]", "not valid Unicode text") from None
+            cleaned.append((report["reason"], action_id, detail))
         pending = {a["id"] for a in self.outbox.pending(node_id)}
         known = pending | self.view.in_force.get(node_id, frozenset())
-        asked = [a["action_id"] for a in acks]
+        asked = [a["action_id"] for a in opened]
         with self.db_lock:
             known |= self.db.action_acks_of(node_id, (a for a in asked if a not in known))
         done: list[str] = []
         refused: list[dict[str, Any]] = []
         now = time.time()
         with self.db_lock:
-            for index, ack in enumerate(acks):
+            for index, (ack, envelope) in enumerate(zip(opened, acks)):
                 action_id = ack["action_id"]
                 if action_id not in known:
                     refused.append({"index": index, "action_id": action_id, "field": f"acks[{index}].action_id",
                                     "error": f"no action {action_id!r} was delivered to node {node_id!r}"})
                     continue
-                status = ack.get("status", "applied")
-                self.db.record_action_ack(action_id, node_id, status, ack.get("detail", ""), now)
+                status = ack["status"]
+                self.db.record_action_ack(action_id, node_id, status, ack["detail"], now)
+                self.db.conn.execute(
+                    "INSERT INTO signed_acks VALUES (?,?,?,?,?) ON CONFLICT(action_id, node_id) DO UPDATE SET "
+                    "issued_at=excluded.issued_at, envelope=excluded.envelope, acked_at=excluded.acked_at",
+                    (action_id, node_id, ack["issued_at"], json.dumps(envelope, sort_keys=True), now))
                 self.outbox.ack(node_id, action_id)
                 self.metrics.acks.labels(status).inc()
                 log.info("node %s acknowledged action %s: %s", node_id, action_id, status)
                 done.append(action_id)
+            for reason, action_id, detail in cleaned:
+                self.db.conn.execute("INSERT INTO action_refusals (node_id, reported_at, reason, action_id, detail) "
+                                     "VALUES (?,?,?,?,?)", (node_id, now, reason, action_id, detail))
+                self.metrics.refusals.labels(reason).inc()
+                log.warning("node %s refused an action handed to it (%s, action %s): %s", node_id, reason,
+                            action_id, detail)
+            if cleaned:
+                self.db.conn.execute("DELETE FROM action_refusals WHERE seq <= (SELECT MAX(seq) FROM action_refusals)"
+                                     " - ?", (_KEEP_REFUSALS,))
         self.metrics.outbox.set(self.outbox.depth())
-        answer: dict[str, Any] = {"acknowledged": done, "refused": refused}
-        if refused and not done:
+        answer: dict[str, Any] = {"acknowledged": done, "refused": refused, "reported": len(cleaned)}
+        if refused and not done and not cleaned:
             first = refused[0]
             return 422, {"status": 422, "code": "unknown_action", "error": first["error"], "field": first["field"],
                          **answer}
         return 200, answer
+
+    def signed_ack(self, action_id: str, node_id: str) -> dict[str, Any] | None:
+        """The node-signed acknowledgement kept for ``action_id`` (None when there is none)."""
+        with self.db_lock:
+            row = self.db.conn.execute("SELECT envelope FROM signed_acks WHERE action_id=? AND node_id=?",
+                                       (action_id, node_id)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     # -- committed state (reads) ---------------------------------------------------------
 
@@ -566,8 +671,12 @@ class Service:
             recent = self.db.recent_action_events(max(0, last_tick - 50), 500)
             acks = self.db.recent_action_acks(500)
             started = self.db.tick_times(a["first_tick"] for a in in_force)
+            refusals = [{"node_id": n, "reported_at": t, "reason": r, "action_id": a, "detail": d}
+                        for n, t, r, a, d in reversed(self.db.conn.execute(
+                            "SELECT node_id, reported_at, reason, action_id, detail FROM action_refusals "
+                            "ORDER BY seq DESC LIMIT 200").fetchall())]
         return {"committed_tick": last_tick, "in_force": with_causes(in_force, started), "events": recent,
-                "acks": acks}
+                "acks": acks, "refusals": refusals}
 
     def committed_ticks(self, limit: int) -> list[dict[str, Any]]:
         with self.db_lock:

@@ -50,6 +50,8 @@ class ServiceMetrics:
         self.enrolments = Counter("wyneos_enrolments", "Enrolment requests, by outcome", ["outcome"], registry=r)
         self.acks = Counter("wyneos_action_acks", "Action acknowledgements from agents, by status",
                             ["status"], registry=r)
+        self.refusals = Counter("wyneos_action_refusals", "Actions agents refused and reported "
+                                "(unsigned, bad signature, expired, replayed...), by reason", ["reason"], registry=r)
         self.outbox = Gauge("wyneos_agent_outbox_depth", "Actions waiting for agents to fetch them", registry=r)
         self.licences = Gauge("wyneos_licences", "Licence results of the last tick, by reason code (valid ones: ok; "
                               "valid but in their grace period: in_grace)", ["reason"], registry=r)

@@ -3,14 +3,23 @@
 ``AgentOutbox`` implements ``wyneos_deliver``: a hop whose receiver is an enrolled node
 (one with an agent) queues the action in that node's outbox and counts as delivered
 to the transport. The agent picks its actions up (``GET /v1/nodes/{id}/actions`` or
-the answer to its heartbeat), applies them and acknowledges each; acknowledgements go
-to the state store (``action_acks``) and clear the outbox entry. After a restart the
-outbox is rebuilt from the actions in force that the target has not acknowledged.
+the answer to its heartbeat) as envelopes signed by the orchestrator key
+(``signed_actions``), applies them and acknowledges each; acknowledgements go to the
+state store (``action_acks``) and clear the outbox entry. After a restart the outbox is
+rebuilt from the actions in force that the target has not acknowledged.
+
+Each queued action carries ``issued_at`` (milliseconds): the start of the tick that
+decided it, which the state file keeps (``ticks.started_at`` of the action's
+``first_tick``), so an action queued again after a restart is the same issuance and an
+agent that already applied it does not apply it twice. Its envelope is signed when
+queued and signed again (same issuance, later expiry) when an agent fetches it in the
+second half of its lifetime.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,44 +34,85 @@ class AgentOutbox:
 
     __wyneos_name__ = "agent-outbox"
 
-    def __init__(self, is_agent: Callable[[str], bool], max_per_node: int = 1000) -> None:
+    def __init__(self, is_agent: Callable[[str], bool], max_per_node: int = 1000,
+                 sign: Callable[[dict[str, Any], int, int], dict[str, Any]] | None = None,
+                 ttl: float = 3600.0) -> None:
         self._is_agent = is_agent
         self._queues: dict[str, dict[str, dict[str, Any]]] = {}
+        #: ``{node: {action id: signed envelope}}``
+        self._signed: dict[str, dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.max_per_node = max_per_node
         self.queued_total = 0
+        self._sign = sign
+        self.ttl = ttl
 
     @hookimpl(tryfirst=True)
     def wyneos_deliver(self, ctx: Any, action: Action, sender: str, receiver: str) -> bool | None:
         if not self._is_agent(receiver):
             return None
-        self.put(receiver, {**action.to_dict(), "tick": ctx.tick})
+        self.put(receiver, {**action.to_dict(), "tick": ctx.tick, "issued_at": int(ctx.now * 1000)})
         return True
 
     def put(self, node_id: str, action: dict[str, Any]) -> None:
+        """Queue ``action`` (with its ``issued_at`` in ms; now when missing) for ``node_id``."""
+        if not isinstance(action.get("issued_at"), int):
+            action = {**action, "issued_at": int(time.time() * 1000)}
         with self._lock:
             queue = self._queues.setdefault(node_id, {})
             if action["id"] not in queue:
                 if len(queue) >= self.max_per_node:
-                    queue.pop(next(iter(queue)))  # the oldest notice goes first
+                    oldest = next(iter(queue))  # the oldest notice goes first
+                    queue.pop(oldest)
+                    self._signed.get(node_id, {}).pop(oldest, None)
                 queue[action["id"]] = action
                 self.queued_total += 1
+        if self._sign is not None:
+            self._envelope(node_id, action)
 
-    def restore(self, rows: Iterable[dict[str, Any]], acked: set[tuple[str, str]]) -> int:
-        """Queue again stored in-force actions whose agent target has not acknowledged them."""
+    def restore(self, rows: Iterable[dict[str, Any]], acked: set[tuple[str, str]],
+                issued: dict[int, int] | None = None) -> int:
+        """Queue again stored in-force actions whose agent target has not acknowledged them.
+
+        ``issued`` maps tick numbers to their start (ms): an action's ``issued_at`` is the
+        start of its ``first_tick``, as it was when first queued.
+        """
         count = 0
+        issued = issued or {}
         for row in rows:
             target = row["target"]
             if target == "*" or not self._is_agent(target) or (row["id"], target) in acked:
                 continue
             item = {k: row[k] for k in ("id", "type", "target", "reason", "origin", "severity", "params")}
-            self.put(target, {**item, "tick": row.get("last_tick")})
+            at = issued.get(row.get("first_tick"))  # type: ignore[arg-type]
+            self.put(target, {**item, "tick": row.get("last_tick"), **({"issued_at": at} if at else {})})
             count += 1
         return count
 
     def pending(self, node_id: str) -> list[dict[str, Any]]:
+        """The actions waiting for ``node_id``, as plain data (for operators)."""
         with self._lock:
             return list(self._queues.get(node_id, {}).values())
+
+    def _envelope(self, node_id: str, action: dict[str, Any], now_ms: int | None = None) -> dict[str, Any]:
+        """The signed envelope of a queued action, signed again when past half its lifetime."""
+        assert self._sign is not None
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        with self._lock:
+            envelope = self._signed.get(node_id, {}).get(action["id"])
+        if envelope is not None and envelope["payload"]["expires_at"] - now_ms > self.ttl * 500:
+            return envelope
+        envelope = self._sign(action, action["issued_at"], now_ms + int(self.ttl * 1000))
+        with self._lock:
+            if action["id"] in self._queues.get(node_id, {}):
+                self._signed.setdefault(node_id, {})[action["id"]] = envelope
+        return envelope
+
+    def signed(self, node_id: str) -> list[dict[str, Any]]:
+        """The actions waiting for ``node_id`` as signed envelopes (what agents get)."""
+        if self._sign is None:
+            raise RuntimeError("this outbox has no signing key")
+        return [self._envelope(node_id, a) for a in self.pending(node_id)]
 
     def ack(self, node_id: str, action_id: str) -> bool:
         with self._lock:
@@ -70,6 +120,7 @@ class AgentOutbox:
             if queue is None or action_id not in queue:
                 return False
             del queue[action_id]
+            self._signed.get(node_id, {}).pop(action_id, None)
             return True
 
     def depth(self) -> int:
