@@ -26,16 +26,28 @@ class Trickle:
 
 
 class Huge:
-    """A body of ``size`` bytes sent in 64 KiB pieces (announced with its length, or chunked)."""
+    """A body of ``size`` bytes sent in 64 KiB pieces (announced with its length, or
+    unannounced: read until the server closes the connection)."""
 
-    def __init__(self, size: int, fill: bytes = b" ", prefix: bytes = b'{"actions": [], "pad": "') -> None:
-        self.size, self.fill, self.prefix = size, fill, prefix
+    def __init__(self, size: int, fill: bytes = b" ", prefix: bytes = b'{"actions": [], "pad": "',
+                 announce: bool = True) -> None:
+        self.size, self.fill, self.prefix, self.announce = size, fill, prefix, announce
+
+
+class Raw:
+    """Raw bytes (status line and headers included) trickled one byte every ``every`` seconds."""
+
+    def __init__(self, data: bytes, every: float = 0.2) -> None:
+        self.data, self.every = data, every
 
 
 class HostileServer:
     def __init__(self, handler: Callable[[str, bytes], tuple[int, Any]]) -> None:
         self.handler = handler
         self.requests: list[tuple[str, str, bytes]] = []
+        self.headers: list[dict[str, str]] = []
+        #: bytes of answer bodies written, per answer (to see whether a client hung up early)
+        self.written: list[int] = []
         self.stop = threading.Event()
         outer = self
 
@@ -49,35 +61,53 @@ class HostileServer:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(min(length, 1 << 20)) if length else b""
                 outer.requests.append((self.command, self.path, body))
+                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                 status, answer = outer.handler(self.path, body)
                 try:
                     self._answer(status, answer)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    self.close_connection = True
 
             def _answer(self, status: int, answer: Any) -> None:
+                if isinstance(answer, Raw):
+                    outer.written.append(0)
+                    for i in range(min(len(answer.data), 10_000)):
+                        if outer.stop.wait(answer.every):
+                            return
+                        self.wfile.write(answer.data[i:i + 1])
+                        self.wfile.flush()
+                        outer.written[-1] += 1
+                    return
                 if isinstance(answer, Trickle):
                     self.send_response(status)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(answer.length))
                     self.end_headers()
+                    outer.written.append(0)
                     for i in range(0, min(len(answer.data), 10_000), answer.chunk):
                         if outer.stop.wait(answer.every):
                             return
                         self.wfile.write(answer.data[i:i + answer.chunk])
                         self.wfile.flush()
+                        outer.written[-1] += answer.chunk
                     return
                 if isinstance(answer, Huge):
                     self.send_response(status)
                     self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(answer.size))
+                    if answer.announce:
+                        self.send_header("content-length", str(answer.size))
+                    else:
+                        self.send_header("connection", "close")
+                        self.close_connection = True
                     self.end_headers()
                     self.wfile.write(answer.prefix)
                     sent, piece = len(answer.prefix), answer.fill * 65536
+                    outer.written.append(sent)
                     while sent < answer.size and not outer.stop.is_set():
                         n = min(len(piece), answer.size - sent)
                         self.wfile.write(piece[:n])
                         sent += n
+                        outer.written[-1] = sent
                     return
                 data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
                 self.send_response(status)

@@ -34,7 +34,18 @@ the new key and keeps trusting the old one for what it signed before.
 heartbeat); the orchestrator pairs it with the fingerprint of the node's enrolled key.
 
 While the server cannot be reached the agent backs off exponentially (with jitter,
-up to ``max_backoff`` seconds) and keeps trying. Every applied action is logged to
+up to ``max_backoff`` seconds) and keeps trying.
+
+Answers are hostile until checked: an answer is read with a cap (``MAX_ANSWER_BYTES``;
+a longer one is cut off, never read whole first), each request (connect, send, every
+byte of the answer) has one deadline (``timeout``, and never past the end of
+``run``'s ``duration``), a server time that is not finite or more than
+``max_clock_offset`` seconds from this machine's clock is ignored, a heartbeat interval
+outside ``MIN_INTERVAL``-``MAX_INTERVAL`` seconds is clamped (one that is not a positive
+number is ignored), and every malformed answer (not JSON, ``{"actions": 5}``, an
+unexpected status...) is logged and retried with backoff, never fatal. ``count`` counts
+heartbeat attempts, so ``count`` and ``duration`` end the agent also while the server
+is down. Every applied action is logged to
 ``<state-dir>/actions.log`` (JSON lines).
 """
 
@@ -67,6 +78,7 @@ from wyneos_core.licensing.keys import (
     public_bytes,
     write_private_key,
 )
+from wyneos_core.licensing.envelope import FormatError, load_json
 from wyneos_core.registry import NODE_ID_PATTERN
 from wyneos_core.service import signed_actions as sa
 from wyneos_core.service.identity import b64d, b64e, sign_request
@@ -78,6 +90,20 @@ log = logging.getLogger("wyneos.agent")
 
 class AgentError(RuntimeError):
     """The agent cannot go on (enrolment refused, bad key file, ...)."""
+
+
+class BadAnswer(ConnectionError):
+    """The server's answer cannot be used (too big, too slow, malformed): retried."""
+
+
+#: the largest answer the agent reads (a longer one is refused unread)
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+#: most actions one answer may carry
+MAX_ACTIONS = 1000
+#: bounds on the heartbeat interval a server may ask for (seconds)
+MIN_INTERVAL = 0.05
+MAX_INTERVAL = 3600.0
+DEFAULT_INTERVAL = 6.0
 
 
 def os_load() -> float:
@@ -105,6 +131,10 @@ class AgentStats:
     refused_actions: list[str] = field(default_factory=list)
     #: issuances delivered again (replays, redeliveries): not applied twice
     replayed: int = 0
+    #: heartbeat attempts (sent or not): what ``count`` counts
+    attempts: int = 0
+    #: answers refused as malformed, too big or too slow
+    bad_answers: int = 0
 
 
 class Agent:
@@ -135,7 +165,7 @@ class Agent:
                  interval: float | None = None, metadata: dict[str, Any] | None = None, hook: str | None = None,
                  max_backoff: float = 60.0, timeout: float = 10.0, licence: str | None = None,
                  orchestrator_key: str | None = None, hook_types: tuple[str, ...] | list[str] = (),
-                 clock_tolerance: float = 300.0) -> None:
+                 clock_tolerance: float = 300.0, max_clock_offset: float = 86400.0) -> None:
         parts = urlsplit(server)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AgentError(f"server URL {server!r} must look like http://HOST:PORT")
@@ -169,6 +199,8 @@ class Agent:
         self.key = self._load_key()
         self.fingerprint = fingerprint(public_bytes(self.key))
         self.offset = 0.0  # server clock minus ours
+        self.max_clock_offset = float(max_clock_offset)
+        self._deadline: float | None = None  # monotonic end of the current run
         self.enrolled = False
         self.stats = AgentStats()
         self._conn: http.client.HTTPConnection | None = None
@@ -250,29 +282,63 @@ class Agent:
     # -- HTTP ----------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, Any], dict[str, str]]:
+        """One request with one deadline for all of it; the answer read with a cap.
+
+        :raises BadAnswer: the answer is too big, too slow, or (2xx) not a JSON object.
+        :raises ConnectionError, OSError, http.client.HTTPException: network failures.
+        """
         headers = sign_request(self.key, self.node_id, method, path, body, timestamp=time.time() + self.offset)
         headers["content-type"] = "application/json"
+        deadline = time.monotonic() + self.timeout
+        if self._deadline is not None:
+            deadline = min(deadline, self._deadline)
         for attempt in (0, 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._close()
+                raise BadAnswer(f"no answer within the request deadline ({self.timeout:g}s or the end of the run)")
             if self._conn is None:
                 cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-                self._conn = cls(self.host, self.port, timeout=self.timeout)
+                self._conn = cls(self.host, self.port, timeout=remaining)
+            conn = self._conn
+            conn.timeout = remaining
+            if conn.sock is not None:
+                conn.sock.settimeout(remaining)
+            cut = threading.Event()
+            watchdog = threading.Timer(remaining, _cut, args=(conn, cut))
+            watchdog.daemon = True
+            watchdog.start()
             try:
-                self._conn.request(method, path, body=body or None, headers=headers)
-                response = self._conn.getresponse()
-                raw = response.read()
+                conn.request(method, path, body=body or None, headers=headers)
+                response = conn.getresponse()
+                raw = _read_capped(response, deadline)
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._close()
+                if cut.is_set():
+                    raise BadAnswer("the answer did not arrive within the request deadline") from None
                 if attempt:
                     raise ConnectionError(str(exc)) from None
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException, ValueError) as exc:
                 self._close()
-                raise
+                if cut.is_set() or isinstance(exc, TimeoutError):
+                    raise BadAnswer(f"the answer did not arrive within the request deadline ({exc})") from None
+                if isinstance(exc, (OSError, http.client.HTTPException)) and not isinstance(exc, BadAnswer):
+                    raise
+                raise BadAnswer(str(exc)) from None
+            finally:
+                watchdog.cancel()
         try:
-            data = json.loads(raw) if raw else {}
-        except ValueError:
+            data = load_json(raw) if raw.strip() else {}
+        except FormatError as exc:
+            if 200 <= response.status < 300:
+                raise BadAnswer(f"{method} {path}: answer {response.status} is not JSON ({exc})") from None
             data = {"error": raw[:200].decode(errors="replace")}
-        return response.status, data if isinstance(data, dict) else {}, dict(response.getheaders())
+        if not isinstance(data, dict):
+            if 200 <= response.status < 300:
+                raise BadAnswer(f"{method} {path}: answer {response.status} is not a JSON object")
+            data = {}
+        return response.status, data, {k.lower(): v for k, v in response.getheaders()}
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -280,16 +346,39 @@ class Agent:
             self._conn = None
 
     def _sync_clock(self, data: dict[str, Any], headers: dict[str, str]) -> None:
+        """Take the server's clock from its answer, unless it is absurd (logged, ignored)."""
+        now = time.time()
         server_time = data.get("server_time")
-        if isinstance(server_time, (int, float)):
-            self.offset = float(server_time) - time.time()
-            return
-        date = headers.get("date") or headers.get("Date")
+        if server_time is not None:
+            if type(server_time) in (int, float) and math.isfinite(server_time) \
+                    and abs(server_time - now) <= self.max_clock_offset:
+                self.offset = float(server_time) - now
+                return
+            log.warning("ignored server_time %.60r: not a finite time within %gs of this machine's clock",
+                        server_time, self.max_clock_offset)
+        date = headers.get("date")
         if date:
             try:
-                self.offset = parsedate_to_datetime(date).timestamp() - time.time()
-            except (TypeError, ValueError):
-                pass
+                at = parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError, OverflowError, IndexError):
+                return
+            if math.isfinite(at) and abs(at - now) <= self.max_clock_offset:
+                self.offset = at - now
+            else:
+                log.warning("ignored Date header %.60r: more than %gs from this machine's clock", date,
+                            self.max_clock_offset)
+
+    def _server_interval(self, value: Any) -> float:
+        """The heartbeat interval a server asks for, bounded (a bad one logged and ignored)."""
+        if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+            log.warning("ignored heartbeat_interval %.60r from the server: not a positive number of seconds; "
+                        "using %gs", value, DEFAULT_INTERVAL)
+            return DEFAULT_INTERVAL
+        bounded = min(MAX_INTERVAL, max(MIN_INTERVAL, float(value)))
+        if bounded != value:
+            log.warning("heartbeat_interval %r from the server is outside %g-%gs; using %gs", value, MIN_INTERVAL,
+                        MAX_INTERVAL, bounded)
+        return bounded
 
     # -- protocol ------------------------------------------------------------------------
 
@@ -304,7 +393,7 @@ class Agent:
             self.stats.enrolments += 1
             self._sync_clock(data, headers)
             if self.interval is None:
-                self.interval = float(data.get("heartbeat_interval") or 6.0)
+                self.interval = self._server_interval(data.get("heartbeat_interval"))
             log.info("node %s enrolled (%s), heartbeat every %gs", self.node_id, self.fingerprint, self.interval)
             return data
         if status == 409 and data.get("code") in ("stale_timestamp", "before_start", "replay"):
@@ -312,6 +401,8 @@ class Agent:
             raise ConnectionError(f"enrolment refused for now: {data.get('error')}")
         if status >= 500:
             raise ConnectionError(f"server error {status}")
+        if status < 400:
+            raise BadAnswer(f"enrolment answered with status {status}")
         raise AgentError(f"enrolment of {self.node_id!r} refused ({status} {data.get('code')}): {data.get('error')}")
 
     def _check_enrolment_key(self, info: Any) -> None:
@@ -324,8 +415,7 @@ class Agent:
             if len(raw) != 32:
                 raise ValueError("not 32 bytes")
         except (KeyError, TypeError, ValueError) as exc:
-            raise AgentError(f"the enrolment answer of {self.host}:{self.port} carries no usable orchestrator key "
-                             f"({exc}); refusing to trust it") from None
+            raise BadAnswer(f"the enrolment answer carries no usable orchestrator key ({exc})") from None
         fp = fingerprint(raw)
         kid = sa.key_entry(raw)["key_id"]
         if kid in self.trusted:
@@ -365,7 +455,8 @@ class Agent:
 
     def _follow_key(self, ref: Any) -> None:
         """Trust the successor of a pinned key after a rotation (from its signed hand-over)."""
-        if not isinstance(ref, dict) or ref.get("key_id") in self.trusted or "handover" not in ref:
+        if not isinstance(ref, dict) or not isinstance(ref.get("key_id"), str) or ref["key_id"] in self.trusted \
+                or "handover" not in ref:
             return
         try:
             raw = sa.open_rotation(ref["handover"], self.trusted)
@@ -389,10 +480,12 @@ class Agent:
             self.stats.accepted += 1
             self._sync_clock(data, headers)
             self._follow_key(data.get("orchestrator_key"))
-            actions = data.get("actions") or []
+            actions = _actions(data, "heartbeat")
             if actions or self.state["reports"]:
                 self.apply(actions)
             return status
+        if status < 400:
+            raise BadAnswer(f"heartbeat answered with status {status} (expected 202)")
         self.stats.refused += 1
         code = data.get("code")
         if status == 401 and code == "not_enrolled":
@@ -412,7 +505,7 @@ class Agent:
         if status != 200:
             raise AgentError(f"action poll refused ({status}): {data.get('error')}")
         self._follow_key(data.get("orchestrator_key"))
-        actions = data.get("actions") or []
+        actions = _actions(data, "action poll")
         if actions or self.state["reports"]:
             self.apply(actions)
         return actions
@@ -529,34 +622,103 @@ class Agent:
 
     def run(self, *, count: int | None = None, duration: float | None = None,
             stop: threading.Event | None = None) -> AgentStats:
-        """Heartbeat until ``count`` heartbeats were sent, ``duration`` passed, or ``stop``."""
+        """Heartbeat until ``count`` heartbeats were attempted, ``duration`` passed, or ``stop``.
+
+        Both bounds hold while the server is down or answers slowly: no request runs
+        past the end of ``duration``, and failed attempts count.
+        """
         stop = stop or threading.Event()
         deadline = None if duration is None else time.monotonic() + duration
+        self._deadline = deadline
         failures = 0
-        while not stop.is_set():
-            if count is not None and self.stats.sent >= count:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            try:
-                if not self.enrolled:
-                    self.enrol()
-                self.heartbeat()
-                failures = 0
-                wait = self.interval or 6.0
-            except (ConnectionError, OSError, http.client.HTTPException) as exc:
-                failures += 1
-                self.stats.failures += 1
-                base = min(self.max_backoff, (self.interval or 1.0) * 2 ** min(failures, 16))
-                wait = base * random.uniform(0.5, 1.0)
-                self.stats.backoffs = [*self.stats.backoffs[-99:], wait]
-                log.warning("server %s://%s:%s unreachable (%s); retrying in %.1fs",
-                            self.scheme, self.host, self.port, exc, wait)
-            if deadline is not None:
-                wait = min(wait, max(0.0, deadline - time.monotonic()))
-            stop.wait(wait)
-        self._close()
+        try:
+            while not stop.is_set():
+                if count is not None and self.stats.attempts >= count:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                self.stats.attempts += 1
+                try:
+                    if not self.enrolled:
+                        self.enrol()
+                    self.heartbeat()
+                    failures = 0
+                    wait = self.interval or DEFAULT_INTERVAL
+                except AgentError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - whatever the server sent, never fatal
+                    failures += 1
+                    self.stats.failures += 1
+                    base = min(self.max_backoff, (self.interval or 1.0) * 2 ** min(failures, 16))
+                    wait = max(MIN_INTERVAL / 2, base * random.uniform(0.5, 1.0))
+                    self.stats.backoffs = [*self.stats.backoffs[-99:], wait]
+                    if isinstance(exc, BadAnswer):
+                        self.stats.bad_answers += 1
+                        log.warning("bad answer from %s://%s:%s (%s); retrying in %.1fs", self.scheme, self.host,
+                                    self.port, exc, wait)
+                    elif isinstance(exc, (ConnectionError, OSError, http.client.HTTPException)):
+                        log.warning("server %s://%s:%s unreachable (%s); retrying in %.1fs",
+                                    self.scheme, self.host, self.port, exc, wait)
+                    else:
+                        self.stats.bad_answers += 1
+                        log.warning("could not use the answer of %s://%s:%s (%s: %s); retrying in %.1fs",
+                                    self.scheme, self.host, self.port, type(exc).__name__, exc, wait, exc_info=True)
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - time.monotonic()))
+                if count is not None and self.stats.attempts >= count:
+                    break
+                stop.wait(wait)
+        finally:
+            self._deadline = None
+            self._close()
         return self.stats
+
+
+def _actions(data: dict[str, Any], what: str) -> list[Any]:
+    """The ``actions`` of an answer: a list of at most ``MAX_ACTIONS`` (else ``BadAnswer``)."""
+    actions = data.get("actions", [])
+    if actions is None:
+        return []
+    if not isinstance(actions, list):
+        raise BadAnswer(f"{what} answer: actions is {type(actions).__name__}, not a list")
+    if len(actions) > MAX_ACTIONS:
+        raise BadAnswer(f"{what} answer: {len(actions)} actions, more than {MAX_ACTIONS}")
+    return actions
+
+
+def _cut(conn: http.client.HTTPConnection, flag: threading.Event) -> None:
+    """The request deadline passed: shut the socket so a blocked read returns at once."""
+    flag.set()
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _read_capped(response: http.client.HTTPResponse, deadline: float) -> bytes:
+    """The answer's body, at most ``MAX_ANSWER_BYTES``, read piece by piece before ``deadline``."""
+    if response.length is not None and response.length > MAX_ANSWER_BYTES:
+        raise BadAnswer(f"answer of {response.length} bytes is larger than {MAX_ANSWER_BYTES}; not read")
+    chunks: list[bytes] = []
+    size = 0
+    while response.length != 0:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BadAnswer("the answer was still arriving at the request deadline")
+        sock = response.fp.raw._sock if hasattr(response.fp, "raw") and hasattr(response.fp.raw, "_sock") else None
+        if sock is not None:
+            sock.settimeout(remaining)
+        piece = response.read1(65536)
+        if not piece:
+            break
+        size += len(piece)
+        if size > MAX_ANSWER_BYTES:
+            raise BadAnswer(f"answer larger than {MAX_ANSWER_BYTES} bytes; the rest not read")
+        chunks.append(piece)
+    response.close()  # read to its end: the connection can carry the next request
+    return b"".join(chunks)
 
 
 def _read_pin(text: str) -> bytes | str:
