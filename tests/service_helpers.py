@@ -103,6 +103,9 @@ def write_pem(tmp: Path, okey: Any) -> Path:
     return path
 
 
-def acks_body(node: "Node", *action_ids: str, status: str = "applied", issued_at: int | None = None) -> bytes:
-    """An acknowledgement request body: each ack signed by the node's key."""
-    return json.dumps({"acks": [seal_ack(node.key, node.id, a, issued_at, status, "") for a in action_ids]}).encode()
+def acks_body(node: "Node", *action_ids: str, status: str = "applied", service: Service | None = None) -> bytes:
+    """An acknowledgement request body: each ack signed by the node's key, naming the
+    issuance waiting in ``service``'s outbox (else a made-up one)."""
+    issued = {a["id"]: a["issued_at"] for a in service.outbox.pending(node.id)} if service is not None else {}
+    return json.dumps({"acks": [seal_ack(node.key, node.id, a, issued.get(a, 1), status, "")
+                                for a in action_ids]}).encode()

@@ -374,7 +374,7 @@ def test_acks_only_for_delivered_actions_and_retention_prunes_old_state(tmp_path
         assert service.accept([item], service.verify_all([item], time.time()), time.time())[0].status == 202
 
     def ack(n: Node, *ids: str) -> tuple[int, dict]:
-        return service.acknowledge(n.id, acks_body(n, *ids))
+        return service.acknowledge(n.id, acks_body(n, *ids, service=service))
 
     try:
         token = add_token(service, uses=2)

@@ -74,7 +74,7 @@ def test_unacknowledged_actions_are_queued_again_after_a_restart(tmp_path):
         assert restarted.outbox.pending("q-1")[0]["issued_at"] == pending[0]["issued_at"]
         assert restarted.outbox.signed("q-1")[0]["payload"]["issued_at"] == pending[0]["issued_at"]
         assert restarted.orchestrator.mesh.is_isolated("q-1")
-        restarted.acknowledge("q-1", acks_body(node, pending[0]["id"]))
+        assert restarted.acknowledge("q-1", acks_body(node, pending[0]["id"], service=restarted))[0] == 200
         assert restarted.outbox.pending("q-1") == []
     finally:
         restarted.orchestrator.stop()

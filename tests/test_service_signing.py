@@ -209,13 +209,14 @@ def test_server_refuses_acks_not_signed_by_the_node_and_keeps_refusal_reports(tm
         assert service.accept([item], service.verify_all([item], time.time()), time.time())[0].status == 202
         service.tick()
         iso = service.outbox.pending("q1")[0]["id"]
+        issued = service.outbox.pending("q1")[0]["issued_at"]
         from wyneos_core.service.core import Unprocessable
 
         # signed by another node's key, speaking for another node, unsigned: the whole request refused
-        forged = json.dumps({"acks": [sa.seal_ack(other.key, "q1", iso, None, "applied", "")]}).encode()
-        other_node = json.dumps({"acks": [sa.seal_ack(node.key, "q2", iso, None, "applied", "")]}).encode()
+        forged = json.dumps({"acks": [sa.seal_ack(other.key, "q1", iso, issued, "applied", "")]}).encode()
+        other_node = json.dumps({"acks": [sa.seal_ack(node.key, "q2", iso, issued, "applied", "")]}).encode()
         unsigned = json.dumps({"acks": [{"action_id": iso, "status": "applied"}]}).encode()
-        tampered_env = sa.seal_ack(node.key, "q1", iso, None, "failed", "")
+        tampered_env = sa.seal_ack(node.key, "q1", iso, issued, "failed", "")
         tampered_env["payload"]["status"] = "applied"
         tampered = json.dumps({"acks": [tampered_env]}).encode()
         for body, why in ((forged, "unknown_key"), (other_node, "other_node"), (unsigned, "unsigned"),
@@ -235,8 +236,13 @@ def test_server_refuses_acks_not_signed_by_the_node_and_keeps_refusal_reports(tm
         assert b'wyneos_action_refusals_total{reason="bad_signature"} 1.0' in service.metrics.render()
         with pytest.raises(Unprocessable):
             service.acknowledge("q1", json.dumps({"refusals": [{"reason": "made up"}]}).encode())
+        # an ack of another issuance of the same action (an old one, replayed) is refused
+        old = json.dumps({"acks": [sa.seal_ack(node.key, "q1", iso, issued - 60_000, "applied", "")]}).encode()
+        status, answer = service.acknowledge("q1", old)
+        assert status == 422 and answer["field"] == "acks[0].issued_at"
+        assert [a["id"] for a in service.outbox.pending("q1")] == [iso]
         # a genuine signed ack goes through
-        assert service.acknowledge("q1", acks_body(node, iso))[1]["acknowledged"] == [iso]
+        assert service.acknowledge("q1", acks_body(node, iso, service=service))[1]["acknowledged"] == [iso]
     finally:
         service.orchestrator.stop()
         service.stop()

@@ -182,7 +182,7 @@ class Agent:
         except ValueError as exc:
             raise AgentError(f"server URL {server!r}: {exc}") from None
         for kind in hook_types:
-            if not isinstance(kind, str) or not sa._TYPE.match(kind):
+            if not isinstance(kind, str) or not sa.TYPE_PATTERN.match(kind):
                 raise AgentError(f"hook type {kind!r} is not an action type (lower-case letters and '_')")
         pin = None if orchestrator_key is None else _read_pin(orchestrator_key)
         self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
@@ -503,7 +503,7 @@ class Agent:
         """Fetch and apply the actions waiting for this node (outside a heartbeat)."""
         status, data, _ = self._request("GET", f"/v1/nodes/{self.node_id}/actions")
         if status != 200:
-            raise AgentError(f"action poll refused ({status}): {data.get('error')}")
+            raise BadAnswer(f"action poll refused ({status}): {data.get('error')}")
         self._follow_key(data.get("orchestrator_key"))
         actions = _actions(data, "action poll")
         if actions or self.state["reports"]:

@@ -313,6 +313,8 @@ class Service:
         if report.tick % _ACK_PRUNE_EVERY == 0:
             with self.db_lock:
                 self.db.prune_action_acks(report.tick, self.orchestrator.config["state"]["retention_ticks"])
+                self.db.conn.execute("DELETE FROM signed_acks WHERE NOT EXISTS (SELECT 1 FROM action_acks a WHERE "
+                                     "a.action_id = signed_acks.action_id AND a.node_id = signed_acks.node_id)")
         return report
 
     def _publish(self, report: TickReport | None, in_force: list[dict[str, Any]] | None = None) -> None:
@@ -610,8 +612,8 @@ class Service:
             except UnicodeEncodeError:
                 raise _Unprocessable(f"refusals[{index}]", "not valid Unicode text") from None
             cleaned.append((report["reason"], action_id, detail))
-        pending = {a["id"] for a in self.outbox.pending(node_id)}
-        known = pending | self.view.in_force.get(node_id, frozenset())
+        issuances = {a["id"]: a.get("issued_at") for a in self.outbox.pending(node_id)}
+        known = set(issuances) | self.view.in_force.get(node_id, frozenset())
         asked = [a["action_id"] for a in opened]
         with self.db_lock:
             known |= self.db.action_acks_of(node_id, (a for a in asked if a not in known))
@@ -624,6 +626,12 @@ class Service:
                 if action_id not in known:
                     refused.append({"index": index, "action_id": action_id, "field": f"acks[{index}].action_id",
                                     "error": f"no action {action_id!r} was delivered to node {node_id!r}"})
+                    continue
+                waiting = issuances.get(action_id)
+                if waiting is not None and ack["issued_at"] != waiting:  # an old ack of an earlier issuance
+                    refused.append({"index": index, "action_id": action_id, "field": f"acks[{index}].issued_at",
+                                    "error": f"acknowledges the issuance of {ack['issued_at']} of {action_id!r}, "
+                                             f"not the one waiting ({waiting})"})
                     continue
                 status = ack["status"]
                 self.db.record_action_ack(action_id, node_id, status, ack["detail"], now)

@@ -85,7 +85,7 @@ KNOWN_TYPES: Final = frozenset(t.value for t in ActionType)
 BROADCAST_TYPES: Final = frozenset({ActionType.REVOKE.value})
 ACK_STATUSES: Final = ("applied", "failed", "ignored")
 
-_TYPE = re.compile(r"^[a-z_]{1,64}$")
+TYPE_PATTERN = re.compile(r"^[a-z_]{1,64}$")
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _ACTION_FIELDS = frozenset(("id", "type", "target", "params", "reason", "origin", "severity", "issued_at",
@@ -250,7 +250,7 @@ def open_action(data: Any, keys: TrustedKeys, *, now: float | None = None, toler
         if extra:
             raise Refused("malformed", f"payload.{extra[0]}: unknown field")
         _text(payload, "id", 128, _ID)
-        kind = _text(payload, "type", 64, _TYPE)
+        kind = _text(payload, "type", 64, TYPE_PATTERN)
         target = _text(payload, "target", 128)
         if target != "*" and not _NODE.match(target):
             raise Refused("malformed", "payload.target: not a node id or '*'")
@@ -281,7 +281,7 @@ def open_action(data: Any, keys: TrustedKeys, *, now: float | None = None, toler
 # -- acknowledgements --------------------------------------------------------------------
 
 
-def seal_ack(private: Ed25519PrivateKey, node_id: str, action_id: str, issued_at: int | None, status: str,
+def seal_ack(private: Ed25519PrivateKey, node_id: str, action_id: str, issued_at: int, status: str,
              detail: str, acked_at: int | None = None) -> dict[str, Any]:
     """A node's signed acknowledgement of one issuance of an action."""
     payload = {"node": node_id, "action_id": action_id, "issued_at": issued_at, "status": status,
@@ -305,8 +305,7 @@ def open_ack(data: Any, node_id: str, raw_key: bytes) -> dict[str, Any]:
     if payload.get("node") != node_id:
         raise Refused("other_node", f"acknowledgement of node {str(payload.get('node'))[:128]!r}, sent by {node_id!r}")
     _text(payload, "action_id", 128, _ID)
-    if payload.get("issued_at") is not None:
-        _ms(payload, "issued_at")
+    _ms(payload, "issued_at")
     if payload.get("status") not in ACK_STATUSES:
         raise Refused("malformed", "payload.status: expected applied, failed or ignored")
     _text(payload, "detail", 1000)
