@@ -55,11 +55,13 @@ def test_a_server_and_licensed_agents_as_the_page_says(tmp_path):
     (tmp_path / "licences").mkdir()
     server = None
     agents: dict[str, subprocess.Popen] = {}
-    url = token = fingerprint = ""
+    url = token = fingerprint = orchestrator_fp = ""
 
     def real(arg: str) -> str:
         if arg == "wyn_3k1...":
             return token
+        if arg == "sha256:9f3c...":
+            return orchestrator_fp
         if arg.startswith("sha256:") and arg.endswith("..."):
             return fingerprint
         return arg.replace("http://127.0.0.1:8420", url or "http://127.0.0.1:8420")
@@ -88,6 +90,9 @@ def test_a_server_and_licensed_agents_as_the_page_says(tmp_path):
                 elif args[:2] == ["enrol", "token"]:
                     token = done.stdout.strip()
                     assert token.startswith("wyn_")
+                elif args[:2] == ["orchestrator-key", "show"]:
+                    orchestrator_fp = done.stdout.split("fingerprint")[1].split()[0]
+                    assert orchestrator_fp.startswith("sha256:") and len(orchestrator_fp) == 71, done.stdout
         assert server is not None and set(agents) == {"node-a", "node-b", "node-c"}
         with httpx.Client(base_url=url, timeout=5) as client:
             deadline = time.monotonic() + 30
@@ -119,6 +124,8 @@ def test_a_server_and_licensed_agents_as_the_page_says(tmp_path):
             out, _ = agent.communicate(timeout=30)
             assert agent.returncode == 0, out
             assert "accepted 15, refused 0" in out, out
+        pinned = json.loads((tmp_path / "agents" / "node-a" / "agent-state.json").read_text())["orchestrator_keys"]
+        assert len(pinned) == 1  # the key pinned in advance is the server's: it was accepted
         log = (tmp_path / "agents" / "node-c" / "actions.log").read_text()
         assert '"type": "isolate"' in log and '"status": "applied"' in log
         for name in ("node-a", "node-b"):  # never isolated (a busy machine may get reduce_load: real OS load)

@@ -68,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=_positive, help="stop after N heartbeats")
     p.add_argument("--duration", type=_seconds, help="stop after N seconds")
     p.add_argument("--max-backoff", type=_seconds, default=60.0, help="longest wait between retries (s)")
+    p.add_argument("--timeout", type=_seconds, default=10.0,
+                   help="deadline of each request, from connecting to the last byte of the answer (s)")
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("orchestrator-key", help="show or rotate the key that signs every action handed to nodes")
@@ -162,7 +164,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     try:
         agent = Agent(args.server, args.node, args.state_dir, token=args.token, interval=args.interval,
                       metadata=metadata, hook=args.hook, max_backoff=args.max_backoff, licence=args.licence,
-                      orchestrator_key=args.orchestrator_key, hook_types=args.hook_type)
+                      orchestrator_key=args.orchestrator_key, hook_types=args.hook_type, timeout=args.timeout)
         if args.init:
             print(agent.fingerprint)
             return EXIT_OK
