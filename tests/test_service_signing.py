@@ -288,3 +288,38 @@ def test_rotation_hands_over_to_the_new_key_and_a_forged_handover_is_refused(tmp
     lonely._follow_key({"key_id": stranger.key_id, "handover": forged})
     assert lonely.trusted.fingerprints() == [restarted.okey.fingerprint]
     assert lonely.state["reports"][0]["reason"] == "unknown_key"
+
+
+def test_actions_apply_in_issue_order_and_an_older_reinstate_cannot_undo_a_later_isolation(tmp_path):
+    okey = OrchestratorKey.for_state(tmp_path / "s.db")
+    now = int(time.time() * 1000)
+    reinstate = signed(okey, {"id": "re-1", "type": "reinstate", "target": NODE}, issued_at=now - 5000)
+    isolate = signed(okey, {"id": "iso-1", "type": "isolate", "target": NODE}, issued_at=now - 1000)
+    # one answer delivers them out of order; a later answer plays the held-back reinstate again
+    held_back = signed(okey, {"id": "re-0", "type": "reinstate", "target": NODE}, issued_at=now - 3000)
+    with HostileServer(scripted(okey, [[isolate, reinstate], [held_back]])) as server:
+        agent = Agent(server.url, NODE, tmp_path / "a", token="t")
+        agent.run(count=3)
+    assert agent.state["isolated"] is True
+    acks = {a["payload"]["action_id"]: a["payload"] for body in server.posted("/actions/ack") for a in body["acks"]}
+    assert acks["re-1"]["status"] == "applied" and acks["iso-1"]["status"] == "applied"  # reinstate first, then isolate
+    assert acks["re-0"]["status"] == "ignored" and "superseded" in acks["re-0"]["detail"]
+
+
+def test_a_waiting_action_is_signed_again_before_it_expires_as_the_same_issuance(tmp_path):
+    from wyneos_core.service.outbox import AgentOutbox
+
+    okey = OrchestratorKey.for_state(tmp_path / "s.db")
+    outbox = AgentOutbox(lambda node: True, sign=lambda a, issued, expires: sa.seal_action(okey.private, a, issued,
+                                                                                           expires), ttl=3600)
+    outbox.put(NODE, {"id": "a1", "type": "isolate", "target": NODE, "reason": "r", "origin": "o",
+                      "severity": "critical", "params": {"x": 0.5}, "issued_at": 1_767_000_000_000})
+    [first] = outbox.signed(NODE)
+    assert outbox.signed(NODE) == [first]  # cached while in the first half of its life
+    later = first["payload"]["expires_at"] - 1_000_000  # past half its life
+    again = outbox._envelope(NODE, outbox.pending(NODE)[0], now_ms=later)
+    assert again["payload"]["issued_at"] == first["payload"]["issued_at"] == 1_767_000_000_000
+    assert again["payload"]["expires_at"] > first["payload"]["expires_at"]
+    assert sa.open_action(again, sa.TrustedKeys([okey.public_raw]), now=later / 1000)["params"] == {"x": 0.5}
+    outbox.ack(NODE, "a1")
+    assert outbox.signed(NODE) == []

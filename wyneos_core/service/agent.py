@@ -27,8 +27,12 @@ redelivery after a lost acknowledgement) is not applied: it is acknowledged as
 ``ignored`` (a replay: with the outcome it had) saying why. Each issuance (action id
 and ``issued_at``) is remembered in the state file (bounded: the oldest are forgotten
 once expired, or past the bound, after which anything issued before them is refused as
-a replay). After a key rotation the agent follows the old key's signed hand-over to
-the new key and keeps trusting the old one for what it signed before.
+a replay). The actions of one answer are applied in the order they were issued, and an
+``isolate`` or ``reinstate`` issued before the one that last changed the node's
+isolation is not applied (``superseded``), so reordering or holding back envelopes
+cannot undo a later decision. After a key rotation the agent follows the old key's
+signed hand-over to the new key and keeps trusting the old one for what it signed
+before.
 
 ``licence`` names the node's licence (``licence_ref`` in the enrolment and in every
 heartbeat); the orchestrator pairs it with the fingerprint of the node's enrolled key.
@@ -238,7 +242,9 @@ class Agent:
         return key
 
     def _load_state(self) -> dict[str, Any]:
-        """``isolated``, ``seen`` (``{"id@issued_at": [status, detail, expires_at]}``),
+        """``isolated`` (and ``isolation_at``: the ``issued_at`` of the isolate or reinstate
+        that set it; an older one is not applied), ``seen``
+        (``{"id@issued_at": [status, detail, expires_at]}``),
         ``horizon`` (issuances up to this ``issued_at`` are forgotten: refused as replays),
         ``orchestrator_keys`` (pinned, base64url raw) and ``reports`` (refusals not yet
         delivered to the server)."""
@@ -264,7 +270,9 @@ class Agent:
         reports = [r for r in state.get("reports", []) if isinstance(r, dict)] \
             if isinstance(state.get("reports"), list) else []
         horizon = state.get("horizon") if isinstance(state.get("horizon"), int) else 0
-        return {"isolated": bool(state.get("isolated")), "seen": dict(list(seen.items())[-self.MAX_SEEN:]),
+        isolation_at = state.get("isolation_at") if isinstance(state.get("isolation_at"), int) else 0
+        return {"isolated": bool(state.get("isolated")), "isolation_at": isolation_at,
+                "seen": dict(list(seen.items())[-self.MAX_SEEN:]),
                 "horizon": horizon, "orchestrator_keys": [k for k in keys if len(k) == 32],
                 "reports": reports[-self.MAX_REPORTS:]}
 
@@ -535,12 +543,14 @@ class Agent:
         """Verify, apply and acknowledge signed actions; send the acknowledgements and any
         refusal reports to the server."""
         acks = []
+        verified = []
         for item in actions:
             try:
-                action = sa.open_action(item, self.trusted, tolerance=self.clock_tolerance)
+                verified.append(sa.open_action(item, self.trusted, tolerance=self.clock_tolerance))
             except sa.Refused as exc:
                 self._report(exc.reason, exc.detail, exc.action_id)
-                continue
+        verified.sort(key=lambda a: a["issued_at"])  # in the order decided, however they arrived
+        for action in verified:
             key = f"{action['id']}@{action['issued_at']}"
             earlier = self.state["seen"].get(key)
             if earlier is None and action["issued_at"] <= self.state["horizon"]:
@@ -591,6 +601,9 @@ class Agent:
             return "ignored", f"addressed to {target}, not to {self.node_id}: not applied"
         if kind not in sa.KNOWN_TYPES and kind not in self.hook_types:
             return "ignored", f"unknown action type {kind!r}: not applied and not handed to the hook"
+        if kind in ("isolate", "reinstate") and action["issued_at"] < self.state["isolation_at"]:
+            return "ignored", (f"superseded: an isolate or reinstate issued later "
+                               f"({self.state['isolation_at']}) was applied already; not applied")
         if kind == "isolate":
             isolated: bool | None = True
             detail = "node marked isolated until reinstated"
@@ -616,6 +629,7 @@ class Agent:
             detail += " (recorded only: give --hook to act on the machine)"
         if isolated is not None:
             self.state["isolated"] = isolated
+            self.state["isolation_at"] = action["issued_at"]
         return "applied", detail
 
     # -- loop ----------------------------------------------------------------------------

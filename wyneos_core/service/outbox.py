@@ -11,9 +11,10 @@ rebuilt from the actions in force that the target has not acknowledged.
 Each queued action carries ``issued_at`` (milliseconds): the start of the tick that
 decided it, which the state file keeps (``ticks.started_at`` of the action's
 ``first_tick``), so an action queued again after a restart is the same issuance and an
-agent that already applied it does not apply it twice. Its envelope is signed when
-queued and signed again (same issuance, later expiry) when an agent fetches it in the
-second half of its lifetime.
+agent that already applied it does not apply it twice. Its envelope is signed when an
+agent first fetches it (not in the tick: a fleet-wide action would cost one signature
+per node there) and signed again (same issuance, later expiry) when an agent fetches it
+in the second half of its lifetime.
 """
 
 from __future__ import annotations
@@ -67,8 +68,6 @@ class AgentOutbox:
                     self._signed.get(node_id, {}).pop(oldest, None)
                 queue[action["id"]] = action
                 self.queued_total += 1
-        if self._sign is not None:
-            self._envelope(node_id, action)
 
     def restore(self, rows: Iterable[dict[str, Any]], acked: set[tuple[str, str]],
                 issued: dict[int, int] | None = None) -> int:
