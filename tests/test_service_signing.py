@@ -323,3 +323,43 @@ def test_a_waiting_action_is_signed_again_before_it_expires_as_the_same_issuance
     assert sa.open_action(again, sa.TrustedKeys([okey.public_raw]), now=later / 1000)["params"] == {"x": 0.5}
     outbox.ack(NODE, "a1")
     assert outbox.signed(NODE) == []
+
+
+def test_a_server_whose_key_was_replaced_without_rotation_gets_refusals_not_obedience(tmp_path):
+    """The orchestrator key file is replaced behind the agents' back (no hand-over): the
+    agent, still enrolled, refuses every action signed by the new key and reports it; a
+    real agent process pinned to the old key in advance refuses the new enrolment answer."""
+    config = write_config(tmp_path, stale=60, offline=120)
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    service = make_service(config, plugins=(Quarantine(),), port=port)
+    old_fp = service.okey.fingerprint
+    token = add_token(service, uses=2)
+    with ServerThread(service, port=port) as url:
+        agent = Agent(url, "k-1", tmp_path / "a", token=token, interval=0.1)
+        agent.run(count=1)
+    service.orchestrator.stop()
+    service.okey.path.unlink()  # a new key is made at the next start
+    restarted = make_service(config, plugins=(Quarantine(),), port=port)
+    assert restarted.okey.fingerprint != old_fp
+    try:
+        with ServerThread(restarted, port=port) as url, httpx.Client(base_url=url) as client:
+            agent.extra_metadata["role"] = "bad"
+            stop = threading.Event()
+            thread = threading.Thread(target=agent.run, kwargs={"duration": 30, "stop": stop})
+            thread.start()
+            try:
+                refusals = wait_for(lambda: client.get("/v1/actions").json()["refusals"])
+            finally:
+                stop.set()
+                thread.join(10)
+            assert {(r["node_id"], r["reason"]) for r in refusals} == {("k-1", "unknown_key")}
+            assert 'wyneos_action_refusals_total{reason="unknown_key"}' in client.get("/metrics").text
+            assert agent.state["isolated"] is False and not (tmp_path / "a" / "actions.log").exists()
+            done = subprocess.run([sys.executable, "-m", "wyneos_core.cli", "agent", "--server", url, "--node", "k-2",
+                                   "--state-dir", str(tmp_path / "b"), "--token", token, "--orchestrator-key", old_fp,
+                                   "--count", "1"], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 1 and f"not the pinned {old_fp}" in done.stderr, done.stderr
+    finally:
+        restarted.orchestrator.stop()
