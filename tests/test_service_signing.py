@@ -363,3 +363,13 @@ def test_a_server_whose_key_was_replaced_without_rotation_gets_refusals_not_obed
             assert done.returncode == 1 and f"not the pinned {old_fp}" in done.stderr, done.stderr
     finally:
         restarted.orchestrator.stop()
+
+
+def test_serve_refuses_an_orchestrator_key_others_can_read(tmp_path):
+    config = write_config(tmp_path)
+    key = OrchestratorKey.for_state(tmp_path / "state.db")
+    key.path.chmod(0o644)
+    done = subprocess.run([sys.executable, "-m", "wyneos_core.cli", "serve", "-c", str(config), "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "readable or writable by others" in done.stderr and "chmod 600" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -123,6 +123,7 @@ def _file_state_path(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from wyneos_core.licensing.keys import KeyFileError
     from wyneos_core.service.core import Service
     from wyneos_core.service.server import BindError, serve
 
@@ -130,7 +131,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _file_state_path(args)
     orchestrator = build(args, stdout_mode="none")
     settings = _settings(args, orchestrator.config)
-    service = Service(orchestrator, settings, interval=args.interval)
+    try:
+        service = Service(orchestrator, settings, interval=args.interval)
+    except KeyFileError as exc:  # the orchestrator key beside the state file is unusable
+        orchestrator.stop()
+        print(f"wyneos serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     cfg = orchestrator.config
 
     def listening(url: str) -> None:

@@ -186,14 +186,15 @@ class Service:
         self.keys = KeyCache()
         self.nonces = NonceWindow(settings.replay_window, not_before=self.started_at)
         self.metrics = ServiceMetrics()
+        #: signs every action handed to agents (made beside the state file on first start;
+        #: ``KeyFileError`` naming the file when it is unusable)
+        self.okey = OrchestratorKey.for_state(orchestrator.store.path)
         self.db = StateStore.open(orchestrator.store.path)  # own connection: committed state only
         self.db_lock = threading.Lock()
         with self.db_lock:
             self.db.ensure_service_tables()
             self.db.conn.executescript(_SIGNING_SCHEMA)
         self._key_seq = 0
-        #: signs every action handed to agents (made beside the state file on first start)
-        self.okey = OrchestratorKey.for_state(orchestrator.store.path)
         self.handover = sa.load_handover(self.okey.path, self.okey.key_id)
         self.outbox = AgentOutbox(self._is_agent, sign=self._sign_action, ttl=ACTION_TTL)
         orchestrator.pm.register(self.outbox, AgentOutbox.__wyneos_name__)
