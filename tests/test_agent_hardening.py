@@ -221,3 +221,9 @@ def test_a_malformed_enrolment_answer_is_retried(tmp_path, okey, answer):
         stats = agent.run(count=3)
     assert stats.bad_answers == 1 and stats.enrolments == 1 and stats.accepted == 2
     assert agent.trusted.fingerprints() == [okey.fingerprint]
+
+
+def test_an_interval_or_backoff_below_the_floor_is_raised_with_a_log_line(tmp_path, caplog):
+    agent = Agent("http://127.0.0.1:9", NODE, tmp_path / "a", interval=1e-6, max_backoff=1e-9)
+    assert agent.interval == agent_module.MIN_INTERVAL and agent.max_backoff == agent_module.MIN_INTERVAL
+    assert "interval 1e-06s is below" in caplog.text and "max_backoff 1e-09s is below" in caplog.text

@@ -158,6 +158,13 @@ class Agent:
     :param hook_types: action types beyond the builtin ones to hand to the hook.
     :param clock_tolerance: seconds of clock difference allowed when checking the
         validity times of signed actions.
+    :param timeout: the deadline of each request, from connecting to the last byte of
+        the answer (seconds).
+    :param max_clock_offset: a server time further than this from the local clock is
+        ignored (seconds).
+
+    ``interval`` and ``max_backoff`` below ``MIN_INTERVAL`` are raised to it (with a log
+    line): no setting removes the delay between requests.
     """
 
     #: issuances remembered for replay protection
@@ -194,6 +201,12 @@ class Agent:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.token = token
+        if interval is not None and interval < MIN_INTERVAL:
+            log.warning("interval %gs is below %gs; using %gs", interval, MIN_INTERVAL, MIN_INTERVAL)
+            interval = MIN_INTERVAL
+        if max_backoff < MIN_INTERVAL:
+            log.warning("max_backoff %gs is below %gs; using %gs", max_backoff, MIN_INTERVAL, MIN_INTERVAL)
+            max_backoff = MIN_INTERVAL
         self.interval = interval
         self.extra_metadata = dict(metadata or {})
         self.hook = hook
