@@ -227,3 +227,31 @@ def test_an_interval_or_backoff_below_the_floor_is_raised_with_a_log_line(tmp_pa
     agent = Agent("http://127.0.0.1:9", NODE, tmp_path / "a", interval=1e-6, max_backoff=1e-9)
     assert agent.interval == agent_module.MIN_INTERVAL and agent.max_backoff == agent_module.MIN_INTERVAL
     assert "interval 1e-06s is below" in caplog.text and "max_backoff 1e-09s is below" in caplog.text
+
+
+@pytest.mark.parametrize("status, body", [(429, {"code": "too_many", "error": "slow down"}), (400, b"<html>no</html>"),
+                                          (403, b"forbidden"), (418, {"code": "teapot"})],
+                         ids=["rate_limited", "html_400", "plain_403", "teapot"])
+def test_an_unstructured_or_rate_limited_enrolment_refusal_is_retried(tmp_path, okey, status, body):
+    answers = [(status, body)]
+
+    def handler(path, request_body):
+        if path == "/v1/enrol" and answers:
+            return answers.pop(0)
+        return orchestrator(okey, [])(path, request_body)
+
+    with HostileServer(handler) as server:
+        agent = Agent(server.url, NODE, tmp_path / "a", token="t", max_backoff=0.1, interval=0.05)
+        stats = agent.run(count=3)
+    assert stats.bad_answers == 1 and stats.enrolments == 1 and stats.accepted == 2
+
+
+def test_a_structured_enrolment_refusal_stops_the_agent(tmp_path, okey):
+    from wyneos_core.service.agent import AgentError
+
+    def handler(path, body):
+        return 403, {"status": 403, "code": "bad_token", "error": "token unknown or spent"}
+
+    with HostileServer(handler) as server:
+        with pytest.raises(AgentError, match="bad_token"):
+            Agent(server.url, NODE, tmp_path / "a", token="t").run(count=3)

@@ -424,7 +424,11 @@ class Agent:
             raise ConnectionError(f"server error {status}")
         if status < 400:
             raise BadAnswer(f"enrolment answered with status {status}")
-        raise AgentError(f"enrolment of {self.node_id!r} refused ({status} {data.get('code')}): {data.get('error')}")
+        code = data.get("code")
+        if status not in (401, 403, 409, 422) or not isinstance(code, str) or not sa.TYPE_PATTERN.match(code):
+            # a rate limit (429), or not the server's structured refusal: try again later
+            raise BadAnswer(f"enrolment answered {status} {str(code)[:60] if code is not None else ''}".rstrip())
+        raise AgentError(f"enrolment of {self.node_id!r} refused ({status} {code}): {str(data.get('error'))[:500]}")
 
     def _check_enrolment_key(self, info: Any) -> None:
         """Pin the orchestrator key of an enrolment answer, or refuse the answer
