@@ -373,3 +373,15 @@ def test_serve_refuses_an_orchestrator_key_others_can_read(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "readable or writable by others" in done.stderr and "chmod 600" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_damaged_agent_state_file_is_refused_not_reset(tmp_path):
+    okey = OrchestratorKey.for_state(tmp_path / "s.db")
+    Agent("http://127.0.0.1:9", NODE, tmp_path / "a", orchestrator_key=str(write_pem(tmp_path, okey)))
+    state = tmp_path / "a" / "agent-state.json"
+    assert json.loads(state.read_text())["orchestrator_keys"]  # the pin is kept there
+    for damage in ("", "{not json", "[1, 2]"):
+        state.write_text(damage)
+        with pytest.raises(AgentError, match="agent-state.json: damaged"):
+            Agent("http://127.0.0.1:9", NODE, tmp_path / "a")
+        assert state.read_text() == damage  # left as it was for the operator to look at

@@ -261,12 +261,18 @@ class Agent:
         ``horizon`` (issuances up to this ``issued_at`` are forgotten: refused as replays),
         ``orchestrator_keys`` (pinned, base64url raw) and ``reports`` (refusals not yet
         delivered to the server)."""
-        try:
-            state = json.loads(self._state_path.read_text())
-        except (OSError, ValueError):
-            state = None
-        if not isinstance(state, dict):
-            state = {}
+        if not self._state_path.exists():
+            state: Any = {}
+        else:  # damaged: refused, never silently reset (it holds the pinned orchestrator key)
+            try:
+                if self._state_path.stat().st_size > 64 * 1024 * 1024:
+                    raise ValueError("larger than 64 MiB")
+                state = json.loads(self._state_path.read_text())
+                if not isinstance(state, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as exc:
+                raise AgentError(f"{self._state_path}: damaged ({exc}); move it away to start afresh (the agent "
+                                 "then forgets the orchestrator key it pinned and the actions it handled)") from None
         seen: dict[str, list[Any]] = {}
         raw = state.get("seen")
         if isinstance(raw, dict):
@@ -292,7 +298,10 @@ class Agent:
     def _save_state(self) -> None:
         self.state["orchestrator_keys"] = [b64e(raw) for raw in self.trusted.raw()]
         tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state))
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(self.state))
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, self._state_path)
 
     def _pin(self, raw: bytes) -> None:
