@@ -77,6 +77,9 @@ REFUSED = {
     "garbage": (lambda ok, st: "isolate everything", "malformed"),
     "wrong_format": (lambda ok, st: {**signed(ok, {"id": "a1", "type": "isolate", "target": NODE}),
                                      "format": "wyneos.licence/1"}, "malformed"),
+    # a hostile id and detail must still make a report the server takes
+    "hostile_id": (lambda ok, st: {"id": "\ud800" + "x" * 500, "type": "isolate", "target": NODE}, "unsigned"),
+    "empty_id": (lambda ok, st: {"id": "", "type": "isolate", "target": NODE}, "unsigned"),
 }
 
 
@@ -91,6 +94,9 @@ def test_agent_refuses_logs_and_reports_an_action_that_is_not_validly_signed(tmp
         reports = wait_for(lambda: [r for body in server.posted("/actions/ack") for r in body["refusals"]])
     assert agent.state["isolated"] is False and hook_calls(tmp_path) == []
     assert [r["reason"] for r in reports] == [reason], reports
+    for r in reports:  # what the real server takes (else the reports would be refused for ever)
+        assert r["action_id"] is None or sa.ID_PATTERN.match(r["action_id"])
+        r["detail"].encode("utf-8")
     assert agent.stats.refused_actions and not agent.stats.applied
     assert all(body["acks"] == [] for body in server.posted("/actions/ack"))  # nothing acknowledged as done
     assert agent.state["reports"] == []  # delivered: not sent again

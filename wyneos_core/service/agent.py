@@ -546,10 +546,13 @@ class Agent:
 
     def _report(self, reason: str, detail: str, action_id: str | None) -> None:
         """Log a refusal and keep it for the server (sent with the next acknowledgement)."""
+        if action_id is not None and not sa.ID_PATTERN.match(action_id):
+            action_id = None  # whatever the sender put there, the report must be one the server takes
+        detail = detail[:1000].encode("utf-8", "replace").decode("utf-8")
         log.warning("refused an action%s (%s): %s", f" {action_id}" if action_id else "", reason, detail)
         self.stats.refused_actions.append(f"{reason}:{action_id}")
         reports = self.state["reports"]
-        reports.append({"reason": reason, "detail": detail[:1000], "action_id": action_id})
+        reports.append({"reason": reason, "detail": detail, "action_id": action_id})
         del reports[:-self.MAX_REPORTS]
 
     def _remember(self, key: str, status: str, detail: str, expires_at: int) -> None:

@@ -87,7 +87,7 @@ ACK_STATUSES: Final = ("applied", "failed", "ignored")
 
 TYPE_PATTERN = re.compile(r"^[a-z_]{1,64}$")
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _ACTION_FIELDS = frozenset(("id", "type", "target", "params", "reason", "origin", "severity", "issued_at",
                             "expires_at", "key_id"))
 _ACK_FIELDS = frozenset(("node", "action_id", "issued_at", "status", "detail", "acked_at", "key_id"))
@@ -249,7 +249,7 @@ def open_action(data: Any, keys: TrustedKeys, *, now: float | None = None, toler
     try:
         if extra:
             raise Refused("malformed", f"payload.{extra[0]}: unknown field")
-        _text(payload, "id", 128, _ID)
+        _text(payload, "id", 128, ID_PATTERN)
         kind = _text(payload, "type", 64, TYPE_PATTERN)
         target = _text(payload, "target", 128)
         if target != "*" and not _NODE.match(target):
@@ -304,7 +304,7 @@ def open_ack(data: Any, node_id: str, raw_key: bytes) -> dict[str, Any]:
         raise Refused("malformed", f"payload.{extra[0]}: unknown field")
     if payload.get("node") != node_id:
         raise Refused("other_node", f"acknowledgement of node {str(payload.get('node'))[:128]!r}, sent by {node_id!r}")
-    _text(payload, "action_id", 128, _ID)
+    _text(payload, "action_id", 128, ID_PATTERN)
     _ms(payload, "issued_at")
     if payload.get("status") not in ACK_STATUSES:
         raise Refused("malformed", "payload.status: expected applied, failed or ignored")
