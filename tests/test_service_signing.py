@@ -391,3 +391,29 @@ def test_a_damaged_agent_state_file_is_refused_not_reset(tmp_path):
         with pytest.raises(AgentError, match="agent-state.json: damaged"):
             Agent("http://127.0.0.1:9", NODE, tmp_path / "a")
         assert state.read_text() == damage  # left as it was for the operator to look at
+
+
+def test_one_issuance_is_signed_once_for_every_node_it_waits_for(tmp_path):
+    from wyneos_core.service.outbox import AgentOutbox
+
+    okey = OrchestratorKey.for_state(tmp_path / "s.db")
+    signatures = []
+
+    def sign(action, issued, expires):
+        signatures.append(action["id"])
+        return sa.seal_action(okey.private, action, issued, expires)
+
+    outbox = AgentOutbox(lambda node: True, sign=sign)
+    revoke = {"id": "rv", "type": "revoke", "target": "*", "reason": "r", "origin": "licence", "severity": "warning",
+              "params": {"licence_ids": ["l1"]}, "issued_at": 1_767_000_000_000}
+    for i in range(50):
+        outbox.put(f"n{i}", dict(revoke))
+    envelopes = [outbox.signed(f"n{i}")[0] for i in range(50)]
+    assert signatures == ["rv"] and all(e == envelopes[0] for e in envelopes)
+    for i in range(50):
+        outbox.ack(f"n{i}", "rv")
+    for i in range(300):  # other issuances come and go: the cache forgets the ones nobody waits for
+        outbox.put("m", {**revoke, "id": f"x{i}", "target": "m"})
+        outbox.signed("m")
+        outbox.ack("m", f"x{i}")
+    assert len(outbox._signed) <= 101

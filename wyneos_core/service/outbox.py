@@ -12,9 +12,9 @@ Each queued action carries ``issued_at`` (milliseconds): the start of the tick t
 decided it, which the state file keeps (``ticks.started_at`` of the action's
 ``first_tick``), so an action queued again after a restart is the same issuance and an
 agent that already applied it does not apply it twice. Its envelope is signed when an
-agent first fetches it (not in the tick: a fleet-wide action would cost one signature
-per node there) and signed again (same issuance, later expiry) when an agent fetches it
-in the second half of its lifetime.
+agent first fetches it (not in the tick), once per issuance whatever the number of nodes
+it waits for (a fleet-wide ``revoke`` is one signature), and signed again (same
+issuance, later expiry) when fetched in the second half of its lifetime.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ class AgentOutbox:
                  ttl: float = 3600.0) -> None:
         self._is_agent = is_agent
         self._queues: dict[str, dict[str, dict[str, Any]]] = {}
-        #: ``{node: {action id: signed envelope}}``
-        self._signed: dict[str, dict[str, dict[str, Any]]] = {}
+        #: ``{"id@issued_at": signed envelope}``: one per issuance, shared by every node it
+        #: waits for (the envelope does not depend on who fetches it)
+        self._signed: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self.max_per_node = max_per_node
         self.queued_total = 0
@@ -65,7 +66,6 @@ class AgentOutbox:
                 if len(queue) >= self.max_per_node:
                     oldest = next(iter(queue))  # the oldest notice goes first
                     queue.pop(oldest)
-                    self._signed.get(node_id, {}).pop(oldest, None)
                 queue[action["id"]] = action
                 self.queued_total += 1
 
@@ -97,15 +97,22 @@ class AgentOutbox:
         """The signed envelope of a queued action, signed again when past half its lifetime."""
         assert self._sign is not None
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        issuance = f"{action['id']}@{action['issued_at']}"
         with self._lock:
-            envelope = self._signed.get(node_id, {}).get(action["id"])
+            envelope = self._signed.get(issuance)
         if envelope is not None and envelope["payload"]["expires_at"] - now_ms > self.ttl * 500:
             return envelope
         envelope = self._sign(action, action["issued_at"], now_ms + int(self.ttl * 1000))
         with self._lock:
-            if action["id"] in self._queues.get(node_id, {}):
-                self._signed.setdefault(node_id, {})[action["id"]] = envelope
+            self._signed[issuance] = envelope
+            if len(self._signed) > 2 * self.queued_now() + 100:  # forget issuances no node waits for
+                waiting = {f"{a['id']}@{a['issued_at']}" for q in self._queues.values() for a in q.values()}
+                self._signed = {k: v for k, v in self._signed.items() if k in waiting}
         return envelope
+
+    def queued_now(self) -> int:
+        """Actions waiting in all queues (caller may hold the lock: reads only)."""
+        return sum(len(q) for q in self._queues.values())
 
     def signed(self, node_id: str) -> list[dict[str, Any]]:
         """The actions waiting for ``node_id`` as signed envelopes (what agents get)."""
@@ -119,7 +126,6 @@ class AgentOutbox:
             if queue is None or action_id not in queue:
                 return False
             del queue[action_id]
-            self._signed.get(node_id, {}).pop(action_id, None)
             return True
 
     def depth(self) -> int:
