@@ -417,3 +417,28 @@ def test_one_issuance_is_signed_once_for_every_node_it_waits_for(tmp_path):
         outbox.signed("m")
         outbox.ack("m", f"x{i}")
     assert len(outbox._signed) <= 101
+
+
+def test_many_acknowledgements_go_in_requests_the_real_server_takes(tmp_path):
+    """200 actions waiting (with long details): their acknowledgements are split into
+    requests under the server's body limit, and every one is taken."""
+    service = make_service(write_config(tmp_path, stale=60, offline=120))
+    node = Node("b-1")
+    try:
+        body, headers = node.enrol_request(add_token(service))
+        assert service.enrol(SignedItem.from_headers(headers, body))[0] == 201
+        now = int(time.time() * 1000)
+        for i in range(200):
+            service.outbox.put("b-1", {"id": f"act-{i}", "type": "wipe_disk", "target": "b-1", "reason": "r" * 900,
+                                       "origin": "test", "severity": "warning", "params": {}, "issued_at": now})
+        with ServerThread(service) as url:
+            agent = Agent(url, "b-1", tmp_path / "a", interval=0.05)
+            agent.key = node.key  # the enrolled key
+            agent.enrolled = True
+            agent._pin(service.okey.public_raw)
+            agent.run(count=2)
+            assert not [a for a in service.outbox.pending("b-1") if a["id"].startswith("act-")]
+            acked = [a for a in service.committed_actions()["acks"] if a["action_id"].startswith("act-")]
+        assert len(acked) == 200 and {a["status"] for a in acked} == {"ignored"}  # unknown type: never applied
+    finally:
+        service.orchestrator.stop()

@@ -591,8 +591,8 @@ class Agent:
                 status, detail = earlier[0], f"{earlier[1]} (delivered again: not applied twice)"
                 if action["expires_at"] > earlier[2]:
                     earlier[2] = action["expires_at"]
-                log.info("action %s (%s of %s) delivered again: not applied twice", action["id"], action["type"],
-                         action["target"])
+                log.warning("action %s (%s of %s, issued %s) delivered again (a lost acknowledgement or a replay): "
+                            "not applied twice", action["id"], action["type"], action["target"], action["issued_at"])
                 acks.append(sa.seal_ack(self.key, self.node_id, action["id"], action["issued_at"], status,
                                         detail[:1000]))
                 continue
@@ -611,11 +611,12 @@ class Agent:
         reports = list(self.state["reports"])
         if acks or reports:
             self._save_state()
-            body = json.dumps({"acks": acks, "refusals": reports}).encode()
+        for part in _batches(acks, reports):  # each request well under the server's body limit
+            body = json.dumps(part).encode()
             status, data, _ = self._request("POST", f"/v1/nodes/{self.node_id}/actions/ack", body)
             if status == 200:
-                if reports:
-                    del self.state["reports"][:len(reports)]
+                if part["refusals"]:
+                    del self.state["reports"][:len(part["refusals"])]
                     self._save_state()
             else:
                 log.warning("acknowledgement refused (%s): %s", status, data.get("error"))
@@ -715,6 +716,28 @@ class Agent:
             self._deadline = None
             self._close()
         return self.stats
+
+
+#: the largest acknowledgement request the agent sends (the server's default limit is 64 KiB)
+MAX_ACK_REQUEST = 48 * 1024
+
+
+def _batches(acks: list[dict[str, Any]], reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Acknowledgement request bodies of at most ``MAX_ACK_REQUEST`` bytes each (reports
+    go with the first)."""
+    parts: list[dict[str, Any]] = []
+    current: dict[str, Any] = {"acks": [], "refusals": reports}
+    size = len(json.dumps(reports))
+    for ack in acks:
+        length = len(json.dumps(ack)) + 2
+        if current["acks"] and size + length > MAX_ACK_REQUEST:
+            parts.append(current)
+            current, size = {"acks": [], "refusals": []}, 0
+        current["acks"].append(ack)
+        size += length
+    if current["acks"] or current["refusals"]:
+        parts.append(current)
+    return parts
 
 
 def _actions(data: dict[str, Any], what: str) -> list[Any]:
