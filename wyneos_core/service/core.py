@@ -231,13 +231,7 @@ class Service:
         with self.db_lock:
             acked = {(a["action_id"], a["node_id"]) for a in self.db.action_acks()}
             rows = self.db.actions("in_force")
-            ticks = sorted({r["first_tick"] for r in rows})
-            issued: dict[int, int] = {}
-            for i in range(0, len(ticks), 500):
-                chunk = ticks[i:i + 500]
-                issued.update((t, int(at * 1000)) for t, at in self.db.conn.execute(
-                    f"SELECT tick, started_at FROM ticks WHERE tick IN ({','.join('?' * len(chunk))})",  # noqa: S608
-                    chunk))
+            issued = {t: int(at * 1000) for t, at in self.db.tick_times(r["first_tick"] for r in rows).items()}
         restored = self.outbox.restore(rows, acked, issued)
         if restored:
             log.info("outbox: %d unacknowledged action(s) queued again for agents", restored)
