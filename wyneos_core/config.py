@@ -144,6 +144,8 @@ def _check_semantics(located: Located, data: dict[str, Any]) -> None:
                             f"must be at least stale_after ({hb['stale_after']}), got {hb['offline_after']}")
     seen: dict[str, int] = {}
     for index, node in enumerate(data["nodes"]):
+        if node["id"] == "orchestrator":
+            raise located.error(("nodes", index, "id"), "'orchestrator' is reserved (the origin of the mesh)")
         if node["id"] in seen:
             raise located.error(("nodes", index, "id"),
                                 f"duplicate node id {node['id']!r} (first at nodes[{seen[node['id']]}])")

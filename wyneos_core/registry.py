@@ -8,14 +8,20 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from wyneos_core.model import Heartbeat, Node, NodeStatus
+from wyneos_core.model import ORIGIN, Heartbeat, Node, NodeStatus
 
-__all__ = ["HeartbeatError", "Registry", "RegistryError", "NODE_ID_PATTERN", "RESERVED_METADATA"]
+__all__ = ["HeartbeatError", "Registry", "RegistryError", "NODE_ID_PATTERN", "RESERVED_METADATA",
+           "RESERVED_NODE_IDS"]
 
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
-#: metadata keys only the orchestrator writes (a node cannot set or lift them)
-RESERVED_METADATA = frozenset({"restrictions"})
+#: node ids no node can take: the orchestrator's own place in the mesh
+RESERVED_NODE_IDS = frozenset({ORIGIN})
+
+#: metadata keys only the orchestrator or the operator write (a node cannot set or lift
+#: them): ``restrictions`` are the orchestrator's, ``customer`` (whose licences the node
+#: may use) is the operator's, set in the config's ``nodes[].metadata``
+RESERVED_METADATA = frozenset({"restrictions", "customer"})
 #: how deeply heartbeat metadata may nest (mappings and lists)
 MAX_METADATA_DEPTH = 16
 
@@ -88,6 +94,8 @@ class Registry:
                 f"node id {node_id!r} is not valid: 1-128 letters, digits, '_', '.', ':' or '-', "
                 "starting with a letter or digit"
             )
+        if node_id in RESERVED_NODE_IDS:
+            raise RegistryError(f"node id {node_id!r} is reserved (the orchestrator's own place in the mesh)")
         if node_id in self._nodes:
             raise RegistryError(f"node {node_id!r} is already registered")
         node = Node(
@@ -134,6 +142,8 @@ class Registry:
         if node is None:
             if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
                 raise HeartbeatError(str(node_id)[:64], "node_id", "not a valid node id", node_id)
+            if node_id in RESERVED_NODE_IDS:
+                raise HeartbeatError(node_id, "node_id", "reserved: the orchestrator's own id", node_id)
             if self.unknown_nodes == "reject":
                 raise HeartbeatError(node_id, "node_id", "unknown node (heartbeat.unknown_nodes is 'reject')",
                                      node_id)
@@ -169,8 +179,10 @@ class Registry:
                 raise HeartbeatError(node_id, "metadata", "not a mapping", metadata)
             reserved = RESERVED_METADATA.intersection(metadata)
             if reserved:
-                raise HeartbeatError(node_id, f"metadata.{min(reserved)}",
-                                     "reserved: only the orchestrator sets it", min(reserved))
+                key = min(reserved)
+                raise HeartbeatError(node_id, f"metadata.{key}",
+                                     "reserved: only the operator sets it (config nodes[].metadata)"
+                                     if key == "customer" else "reserved: only the orchestrator sets it", key)
             depth = _depth(metadata, MAX_METADATA_DEPTH)
             if depth > MAX_METADATA_DEPTH:
                 raise HeartbeatError(node_id, "metadata", f"nested deeper than {MAX_METADATA_DEPTH} levels")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["StateStore", "StoreError", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
+
+#: node ids never restored (the orchestrator's own place in the mesh)
+_RESERVED_IDS = frozenset({"orchestrator"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -128,13 +131,17 @@ class StateStore:
         for row in self.conn.execute(
             "SELECT id, status, last_seen, load, metadata, licence_ref, fingerprint, registered_at, isolated FROM nodes"
         ):
+            if row[0] in _RESERVED_IDS:  # stored by a release that let a node enrol as the orchestrator
+                continue
             node = registry.get(row[0])
             if node is None:
                 node = registry.register(row[0], now=row[7])
             node.status = NodeStatus(row[1])
             node.last_seen = row[2]
             node.load = row[3]
-            node.metadata = {**json.loads(row[4]), **node.metadata}
+            stored = json.loads(row[4])
+            stored.pop("customer", None)  # the operator's (config) only, never what a node once reported
+            node.metadata = {**stored, **node.metadata}
             node.licence_ref = node.licence_ref or row[5]
             node.fingerprint = node.fingerprint or row[6]
             node.registered_at = row[7]
@@ -239,7 +246,7 @@ class StateStore:
                       "(SELECT id FROM actions WHERE state = 'in_force')", (tick - retention,))
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def forget_node(self, node_id: str) -> None:
@@ -390,7 +397,7 @@ class StateStore:
                       (tick - retention,))
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def action_outcomes(
@@ -472,17 +479,35 @@ class StateStore:
         return None
 
     def enrol_with_token(self, token_hash: str | None, node_id: str, public_key: bytes, fingerprint: str,
-                         now: float) -> str | None:
+                         now: float, join: Callable[[], None] | None = None) -> str | None:
         """Spend one use of a token (``None``: no token needed) and store the node's key,
-        in one transaction: both or neither. None on success, else why the token is refused."""
+        in one transaction: both or neither. None on success, else why the token is refused.
+
+        ``join`` runs inside the transaction once the token is verified, before the
+        commit: it is where the caller changes its memory, and if it raises, nothing is
+        written. (If the commit itself fails, the caller undoes what ``join`` did.)
+        """
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
             reason = None if token_hash is None else self._spend_token(token_hash, node_id, now)
-            if reason is None:
-                self.put_node_key(node_id, public_key, fingerprint, now)
+            if reason is not None:
+                self._rollback()
+                return reason
+            self.put_node_key(node_id, public_key, fingerprint, now)
+            if join is not None:
+                join()
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            self._rollback()
             raise
-        return reason
+        return None
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction, if SQLite has not already done so (after
+        "database or disk is full" it may have): never hides the error being handled."""
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass

@@ -26,7 +26,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +35,10 @@ from wyneos_core.intake import QueueFull
 from wyneos_core.licensing.keys import fingerprint
 from wyneos_core.loop import run
 from wyneos_core.config import ConfigError
+from wyneos_core.mesh import MeshError
 from wyneos_core.model import ORIGIN, Heartbeat, Node, TickReport
-from wyneos_core.registry import NODE_ID_PATTERN, HeartbeatError, RegistryError
+from wyneos_core.registry import NODE_ID_PATTERN, RESERVED_NODE_IDS, HeartbeatError, RegistryError
+from wyneos_core.safeio import bad_text, field_path
 from wyneos_core.service.identity import AuthError, KeyCache, NonceWindow, SignedItem, b64d, verify_item
 from wyneos_core.service.metrics import ServiceMetrics
 from wyneos_core.service.orchestrator_key import OrchestratorKey
@@ -221,7 +223,7 @@ class Service:
                 if row["node_id"] not in orch.registry and row["revoked_at"] is None:
                     try:
                         self._join(row["node_id"], row["fingerprint"])
-                    except RegistryError as exc:
+                    except (RegistryError, MeshError) as exc:
                         log.warning("enrolled node %s cannot join: %s", row["node_id"], exc)
             for node in orch.registry:
                 if node.id in self.keys and node.fingerprint is None:
@@ -259,26 +261,42 @@ class Service:
     def _is_agent(self, node_id: str) -> bool:
         return node_id in self.keys and not self.keys.is_revoked(node_id)
 
-    def _join(self, node_id: str, fp: str, licence_ref: str | None = None) -> bool:
-        """Put an enrolled node in the registry and the mesh (caller holds the lock);
-        True when it was not registered before."""
+    def _join(self, node_id: str, fp: str, licence_ref: str | None = None) -> Callable[[], None]:
+        """Put an enrolled node in the registry and the mesh (caller holds the lock).
+
+        All or nothing: if any step fails, what the earlier ones did is undone before the
+        error goes on. Returns a function that undoes the whole join (the node leaves
+        again if it was not registered before; a registered node gets its earlier
+        fingerprint back).
+        """
         orch = self.orchestrator
         node = orch.registry.get(node_id)
         added = node is None
-        if node is None:
-            node = orch.add_node(node_id, fingerprint=fp, licence_ref=licence_ref)
-        node.fingerprint = fp
-        if node_id not in orch.mesh:
-            orch.mesh.add_node(node_id)
-            orch.mesh.add_edges([(ORIGIN, node_id)])
-        return added
+        in_mesh = node_id in orch.mesh
+        before = None if node is None else node.fingerprint
 
-    def _leave(self, node_id: str) -> None:
-        """Undo ``_join`` of a node that was not registered before (caller holds the lock)."""
-        orch = self.orchestrator
-        orch.registry.deregister(node_id)
-        if node_id in orch.mesh:
-            orch.mesh.remove_node(node_id)
+        def undo() -> None:
+            if not in_mesh and node_id in orch.mesh:
+                orch.mesh.remove_node(node_id)
+            if added:
+                if node_id in orch.registry:
+                    orch.registry.deregister(node_id)
+            else:
+                current = orch.registry.get(node_id)
+                if current is not None:
+                    current.fingerprint = before
+
+        try:
+            if node is None:
+                node = orch.add_node(node_id, fingerprint=fp, licence_ref=licence_ref)
+            node.fingerprint = fp
+            if node_id not in orch.mesh:
+                orch.mesh.add_node(node_id)
+                orch.mesh.add_edges([(ORIGIN, node_id)])
+        except BaseException:
+            undo()
+            raise
+        return undo
 
     def refresh_keys(self) -> int:
         """Pick up key changes from the state file (enrolments, ``wyneos enrol revoke``)."""
@@ -406,6 +424,8 @@ class Service:
         if node_id != item.node_id:
             raise AuthError(403, f"the body enrols {node_id!r} but the request is signed as {item.node_id!r}",
                             "node_mismatch")
+        if node_id in RESERVED_NODE_IDS:
+            raise _Unprocessable("node_id", f"{node_id!r} is reserved (the orchestrator's own id)")
         try:
             raw = b64d(pub_text) if isinstance(pub_text, str) else b""
         except ValueError:
@@ -449,18 +469,20 @@ class Service:
                 raise _Unprocessable("node_id", "not a valid node id")
             if len(registry) >= registry.max_nodes:
                 raise _Unprocessable("node_id", f"registry full: heartbeat.max_nodes ({registry.max_nodes}) nodes")
+        undo: list[Callable[[], None]] = []
         with self.lock:
-            added = self._join(node_id, fp, licence_ref)
+            # the token is checked (and spent) in the same transaction that stores the key;
+            # only once it is good does the node join, and a failure of any step undoes all
             try:
                 with self.db_lock:
                     why = self.db.enrol_with_token(None if pinned is not None else hash_token(token), node_id, raw,
-                                                   fp, now)
-                if why is not None:
-                    raise AuthError(403, why, "bad_token")
+                                                   fp, now, lambda: undo.append(self._join(node_id, fp, licence_ref)))
             except BaseException:
-                if added:
-                    self._leave(node_id)
+                for step in undo:
+                    step()
                 raise
+            if why is not None:
+                raise AuthError(403, why, "bad_token")
             self.keys.set(node_id, raw)
             self._publish(None)
         self.refresh_keys()
@@ -710,6 +732,10 @@ def _json_object(body: bytes) -> dict[str, Any]:
         raise _Unprocessable("body", "JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise _Unprocessable("body", "expected a JSON object")
+    if b"\\u" in body:  # only a \u escape can make a lone surrogate (UTF-8 bytes cannot)
+        where = bad_text(data)
+        if where is not None:
+            raise _Unprocessable(field_path(where) or "body", "not valid Unicode text (a lone surrogate escape)")
     return data
 
 
