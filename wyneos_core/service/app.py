@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -59,8 +60,10 @@ _ERRORS = {
     401: {"description": "unsigned, unknown node or bad signature"},
     403: {"description": "revoked key, or a body speaking for another node"},
     409: {"description": "replayed nonce, or timestamp outside the replay window"},
+    408: {"description": "body not received within service.body_timeout"},
     413: {"description": "body larger than the configured limit"},
     422: {"description": "body not valid (names the field)"},
+    429: {"description": "rate limit: service.heartbeat_rate per node, service.enrol_rate per address"},
 }
 
 
@@ -68,21 +71,29 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+class _SlowBody(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int, deadline: float) -> bytes:
+    """The request body: at most ``limit`` bytes, all of it within ``deadline`` seconds."""
     length = request.headers.get("content-length")
     if length is not None:
-        try:
-            if int(length) > limit:
-                raise _TooLarge(f"body of {int(length)} bytes is larger than the limit of {limit}")
-        except ValueError:
-            raise Unprocessable("content-length", "not a number") from None
+        if not (0 < len(length) <= 20 and length.isdigit()):
+            raise Unprocessable("content-length", "not a number")
+        if int(length) > limit:
+            raise _TooLarge(f"body of {int(length)} bytes is larger than the limit of {limit}")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge(f"body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(deadline):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _TooLarge(f"body is larger than the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise _SlowBody(f"the body did not arrive within {deadline:g} s (service.body_timeout)") from None
     return b"".join(chunks)
 
 
@@ -124,6 +135,11 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
     async def _too_large(request: Request, exc: _TooLarge) -> JSONResponse:
         return _error(413, "too_large", str(exc))
 
+    @app.exception_handler(_SlowBody)
+    async def _slow_body(request: Request, exc: _SlowBody) -> JSONResponse:
+        return JSONResponse({"status": 408, "code": "body_timeout", "error": str(exc)}, status_code=408,
+                            headers={"connection": "close"})
+
     def authenticate(request: Request, body: bytes, node_id: str | None = None) -> SignedItem:
         item = SignedItem.from_headers(request.headers, body)
         now = time.time()
@@ -143,7 +159,14 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
     async def enrol(request: Request) -> JSONResponse:
         """Enrol a node's Ed25519 key, signed by that key; needs an enrolment token
         (``wyneos enrol token``) unless the config pins the node's fingerprint."""
-        body = await _read_body(request, settings.max_request_bytes)
+        source = request.client.host if request.client else "-"
+        if not service.enrol_limit.allow(source, time.monotonic()):
+            service.metrics.enrolments.labels("rate_limited").inc()
+            wait = max(1, math.ceil(service.enrol_limit.retry_after(source)))
+            return JSONResponse({"status": 429, "code": "rate_limited",
+                                 "error": f"too many enrolment attempts from {source} (service.enrol_rate)"},
+                                status_code=429, headers={"retry-after": str(wait)})
+        body = await _read_body(request, settings.max_request_bytes, settings.body_timeout)
         item = SignedItem.from_headers(request.headers, body)
         try:  # enrolment takes the tick lock: a worker thread waits for it, not the event loop
             status, answer = await asyncio.get_running_loop().run_in_executor(None, service.enrol, item)
@@ -163,7 +186,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         (202); the answer to a single heartbeat carries the actions waiting for the node."""
         single = HEADER_SIGNATURE in request.headers or HEADER_NODE in request.headers
         limit = settings.max_request_bytes if single else settings.max_body_bytes
-        body = await _read_body(request, limit)
+        body = await _read_body(request, limit, settings.body_timeout)
         now = time.time()
         if single:
             item = SignedItem.from_headers(request.headers, body)
@@ -206,7 +229,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         envelope signed by the node key: applied, failed or ignored), and report actions
         the node refused. An action that was never delivered to the node is refused
         (``refused`` in the answer; 422 when nothing was acknowledged or reported)."""
-        body = await _read_body(request, settings.max_request_bytes)
+        body = await _read_body(request, settings.max_request_bytes, settings.body_timeout)
         authenticate(request, body, node_id)
         status, answer = await asyncio.get_running_loop().run_in_executor(None, service.acknowledge, node_id, body)
         return JSONResponse(answer, status_code=status)

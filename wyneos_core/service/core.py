@@ -39,6 +39,7 @@ from wyneos_core.mesh import MeshError
 from wyneos_core.model import ORIGIN, Heartbeat, Node, TickReport
 from wyneos_core.registry import NODE_ID_PATTERN, RESERVED_NODE_IDS, HeartbeatError, RegistryError
 from wyneos_core.safeio import bad_text, field_path
+from wyneos_core.service.limits import RateLimiter
 from wyneos_core.service.identity import AuthError, KeyCache, NonceWindow, SignedItem, b64d, verify_item
 from wyneos_core.service.metrics import ServiceMetrics
 from wyneos_core.service.orchestrator_key import OrchestratorKey
@@ -187,6 +188,10 @@ class Service:
         self.started_at = time.time()
         self.keys = KeyCache()
         self.nonces = NonceWindow(settings.replay_window, not_before=self.started_at)
+        #: heartbeats per node (after the signature checks out: only enrolled nodes have a bucket)
+        self.heartbeat_limit = RateLimiter(settings.heartbeat_rate, settings.heartbeat_burst)
+        #: enrolment attempts per client address (before anything is read)
+        self.enrol_limit = RateLimiter(settings.enrol_rate, settings.enrol_burst, max_keys=65_536)
         self.metrics = ServiceMetrics()
         #: signs every action handed to agents (made beside the state file on first start;
         #: ``KeyFileError`` naming the file when it is unusable)
@@ -530,6 +535,8 @@ class Service:
         claims: list[tuple[int, Verified]] = []
         window = self.nonces
         low, high = now - window.window, now + window.window
+        allow = self.heartbeat_limit.allow
+        seen = window._seen  # read only: a dict lookup under the GIL
         for i, v in enumerate(verified):
             if type(v) is ItemResult:
                 results[i] = v
@@ -541,6 +548,13 @@ class Service:
                 except AuthError as exc:
                     results[i] = ItemResult(exc.status, exc.code, exc.reason, items[i].node_id)
                     continue
+            # the rate is checked before the nonce is remembered (a flood costs no memory),
+            # but a replay (refused by the claim below) takes nothing from the node's budget
+            if (items[i].node_id, items[i].nonce) not in seen and not allow(items[i].node_id, now):
+                results[i] = ItemResult(429, "rate_limited", f"more than {self.settings.heartbeat_rate:g} heartbeats/s "
+                                        f"(burst {self.settings.heartbeat_burst}) from this node "
+                                        "(service.heartbeat_rate)", items[i].node_id)
+                continue
             claims.append((i, v))  # type: ignore[arg-type]
         outcomes = window.claim_many(((items[i].node_id, items[i].nonce, v.ts) for i, v in claims), now)
         heartbeats: list[tuple[int, Heartbeat]] = []

@@ -15,6 +15,7 @@ import uvicorn
 from wyneos_core.config import Config
 from wyneos_core.service.app import create_app
 from wyneos_core.service.core import Service
+from wyneos_core.service.guard import guarded_protocol
 from wyneos_core.service.settings import ServiceSettings
 from wyneos_core.tick import Orchestrator
 
@@ -67,13 +68,34 @@ class _Server(uvicorn.Server):
 
 
 def _uvicorn_config(service: Service, log_level: str) -> uvicorn.Config:
-    return uvicorn.Config(create_app(service), log_level=log_level, access_log=False, lifespan="on",
-                          timeout_keep_alive=30, limit_concurrency=4096, backlog=2048, server_header=False)
+    s = service.settings
+    # the connection limit is the guard's (it sheds idle sockets instead of answering 503
+    # to everyone); uvicorn's limit_concurrency only bounds the requests being served
+    protocol = guarded_protocol(max_header_bytes=s.max_header_bytes, header_timeout=s.header_timeout,
+                                max_connections=s.max_connections)
+    return uvicorn.Config(create_app(service), http=protocol, log_level=log_level, access_log=False, lifespan="on",
+                          timeout_keep_alive=s.idle_timeout, limit_concurrency=s.max_connections + 64, backlog=2048,
+                          server_header=False)
+
+
+def _raise_open_files(wanted: int) -> None:
+    """Let the process hold ``wanted`` descriptors if the hard limit allows (each
+    connection is one)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def serve(service: Service, *, log_level: str = "warning", on_listening: Any = None) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's graceful shutdown runs the last tick's
     shutdown hooks and closes the state file)."""
+    _raise_open_files(service.settings.max_connections + 256)
     sock = bind(service.settings.host, service.settings.port)
     host, port = sock.getsockname()[:2]
     if on_listening is not None:

@@ -17,6 +17,25 @@ max_request_bytes      65536       largest body of a single heartbeat, enrolment
 max_batch              20000       most heartbeats in one batch (at least 1)
 verify_threads         0           threads verifying a batch's signatures (0: CPUs)
 register_on_enrol      true        an enrolled node not in the config joins the cluster
+max_header_bytes       32768       largest request head (request line and headers);
+                                   more: 431 and the connection closed (at least 1024)
+header_timeout         10          seconds a connection has to deliver a whole request
+                                   head (after connecting, or after the first byte of
+                                   its next request); then 408 and closed
+idle_timeout           30          seconds an idle keep-alive connection stays open
+body_timeout           30          seconds a request body has to arrive in full (408)
+max_connections        4096        connections kept; past it the longest idle one is
+                                   closed (only if all are serving requests: 503)
+enrol_rate             0.5         enrolment attempts per second per client address
+                                   (refill rate; 429 past the burst)
+enrol_burst            10          enrolment attempts a client address may make at once
+heartbeat_rate         5           heartbeats per second per node (refill rate; 429
+                                   past the burst); memory: one entry per enrolled node
+heartbeat_burst        20          heartbeats a node may send at once
+read_token             (none)      operator token for the read API and the dashboard
+                                   (``Authorization: Bearer ...``); required to bind a
+                                   non-loopback address
+read_token_file        (none)      file holding the read token (owner-only)
 =====================  ==========  ===================================================
 """
 
@@ -40,6 +59,17 @@ class ServiceSettings:
     max_batch: int = 20_000
     verify_threads: int = 0
     register_on_enrol: bool = True
+    max_header_bytes: int = 32 * 1024
+    header_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    body_timeout: float = 30.0
+    max_connections: int = 4096
+    enrol_rate: float = 0.5
+    enrol_burst: int = 10
+    heartbeat_rate: float = 5.0
+    heartbeat_burst: int = 20
+    read_token: str | None = None
+    read_token_file: str | None = None
 
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> ServiceSettings:
@@ -56,7 +86,9 @@ class ServiceSettings:
             if f is None:
                 raise ConfigError(f"unknown setting (known: {', '.join(known)})", file=config.source, field=where)
             default = f.default
-            if isinstance(default, bool):
+            if default is None:  # optional strings
+                ok = value is None or (isinstance(value, str) and bool(value))
+            elif isinstance(default, bool):
                 ok = isinstance(value, bool)
             elif isinstance(default, int):
                 ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
@@ -82,10 +114,13 @@ class ServiceSettings:
 
 
 #: the least value of a setting that still lets requests through
-_MINIMUM = {"max_batch": 1, "max_body_bytes": 1024, "max_request_bytes": 1024, "replay_window": 1.0}
+_MINIMUM = {"max_batch": 1, "max_body_bytes": 1024, "max_request_bytes": 1024, "replay_window": 1.0,
+            "max_header_bytes": 1024, "max_connections": 1, "enrol_burst": 1, "heartbeat_burst": 1}
 
 
 def _kind(default: Any) -> str:
+    if default is None:
+        return "a non-empty string or null"
     if isinstance(default, bool):
         return "true or false"
     if isinstance(default, int):

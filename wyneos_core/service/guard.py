@@ -1,0 +1,149 @@
+"""Connection limits of ``wyneos serve``: bounded request heads, deadlines, shedding.
+
+uvicorn parses HTTP with httptools, which puts no bound on the size of a request's
+head (request line and headers): a client sending 128 MB of header lines has all of
+it buffered. uvicorn's own ``limit_concurrency`` answers 503 to *every* new request
+once that many connections are open, so 4,100 sockets that trickle their headers
+lock heartbeats and ``/healthz`` out. ``guarded_protocol`` returns uvicorn's httptools
+protocol with three additions:
+
+* **head size**: bytes received while a request's head is incomplete are counted;
+  past ``max_header_bytes`` the connection gets ``431 Request Header Fields Too
+  Large`` and is closed (memory per connection stays under the limit plus one read).
+* **head deadline**: a connection must deliver a complete request head within
+  ``header_timeout`` seconds of connecting (or of the first byte of its next request);
+  else it is closed (``408``). Idle keep-alive connections close after
+  ``idle_timeout`` (uvicorn's ``timeout_keep_alive``).
+* **shedding**: at most ``max_connections`` connections are kept. When a new one
+  would exceed it, the connection idle the longest (no request being served:
+  waiting for its head, or idle between requests) is closed to make room; only if
+  every connection is busy serving a request is the new one refused (``503``). So
+  slow or idle sockets can never lock out a heartbeat, an enrolment or ``/healthz``:
+  those send their head at once and are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["guarded_protocol"]
+
+
+def _response(status: bytes, text: bytes) -> bytes:
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: " + str(len(text)).encode() + b"\r\nconnection: close\r\n\r\n" + text)
+
+
+_TOO_LARGE = _response(b"431 Request Header Fields Too Large", b"request head larger than the limit\n")
+_TIMEOUT = _response(b"408 Request Timeout", b"request head not complete in time\n")
+_BUSY = _response(b"503 Service Unavailable", b"too many connections serving requests\n")
+
+
+class _GuardedProtocol(HttpToolsProtocol):
+    max_header_bytes = 32 * 1024
+    header_timeout = 10.0
+    max_connections = 4096
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0
+        self._reading_head = True
+        self._head_timer: asyncio.TimerHandle | None = None
+        idle, closing = _idle(self.server_state), _closing(self.server_state)
+        # connections being closed still count in uvicorn's set until their
+        # connection_lost: they are not counted here
+        while len(self.connections) - len(closing) > self.max_connections and idle:
+            _, victim = idle.popitem(last=False)  # the longest idle first
+            victim._shed()
+        if len(self.connections) - len(closing) > self.max_connections:
+            self._refuse(_BUSY)
+            return
+        idle[id(self)] = self
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        _idle(self.server_state).pop(id(self), None)
+        _closing(self.server_state).discard(id(self))
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_head:
+            self._head_bytes += len(data)
+            if self._head_timer is None:
+                self._arm_head_timer()
+        super().data_received(data)
+        if self._reading_head and self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
+            self._refuse(_TOO_LARGE)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._cancel_head_timer()
+        _idle(self.server_state).pop(id(self), None)
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._reading_head = True
+            self._head_bytes = 0
+            idle = _idle(self.server_state)
+            idle[id(self)] = self
+            idle.move_to_end(id(self))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._reading_head and self._head_bytes and not self.transport.is_closing():
+            self._refuse(_TIMEOUT)
+        elif not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            _idle(self.server_state).pop(id(self), None)
+            self._close()  # connected and never said anything
+
+    def _refuse(self, answer: bytes) -> None:
+        _idle(self.server_state).pop(id(self), None)
+        self._cancel_head_timer()
+        self.transport.write(answer)
+        self._close()
+
+    def _shed(self) -> None:
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self._close()
+
+    def _close(self) -> None:
+        _closing(self.server_state).add(id(self))
+        self.transport.close()
+
+
+def _idle(state: Any) -> OrderedDict[int, _GuardedProtocol]:
+    idle = getattr(state, "wyneos_idle", None)
+    if idle is None:
+        idle = state.wyneos_idle = OrderedDict()
+    return idle
+
+
+def _closing(state: Any) -> set[int]:
+    closing = getattr(state, "wyneos_closing", None)
+    if closing is None:
+        closing = state.wyneos_closing = set()
+    return closing
+
+
+def guarded_protocol(*, max_header_bytes: int, header_timeout: float, max_connections: int) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with these limits (pass it as ``uvicorn.Config(http=...)``)."""
+    return type("WyneosHttpProtocol", (_GuardedProtocol,), {
+        "max_header_bytes": max_header_bytes, "header_timeout": header_timeout, "max_connections": max_connections})
