@@ -161,6 +161,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import sqlite3
+
     from wyneos_core.config import ConfigError
     from wyneos_core.plugins import PluginLoadError
     from wyneos_core.store import StoreError
@@ -178,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except (PluginLoadError, StoreError) as exc:
         print(f"wyneos: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except sqlite3.DatabaseError as exc:  # a state file damaged where no check looked
+        print(f"wyneos: error: the state file cannot be read: {exc} (check it with `wyneos state check`; "
+              "restore a backup, docs/operations.md)", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from wyneos_core.licensing.document import FORMAT, format_time, issue_licence, parse_licence, parse_time
 from wyneos_core.licensing.engine import LicenceEngine
-from wyneos_core.licensing.envelope import EnvelopeError, parse_envelope, verify_envelope
+from wyneos_core.licensing.envelope import MAX_DOCUMENT_BYTES, EnvelopeError, parse_envelope, verify_envelope
+from wyneos_core.safeio import read_regular_file
 from wyneos_core.licensing.keys import (
     KeyFileError,
     KeyRing,
@@ -154,9 +155,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _read(path: str) -> bytes:
-    p = Path(path)
-    try:
-        return p.read_bytes()
+    try:  # licence documents: a regular file, opened without blocking, its size checked first
+        return read_regular_file(path, 4 * MAX_DOCUMENT_BYTES)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
 

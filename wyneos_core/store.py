@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wyneos_core.model import Node, NodeStatus
+from wyneos_core.model import Node, NodeStatus, Severity
 
 if TYPE_CHECKING:
     from wyneos_core.registry import Registry
@@ -68,8 +68,78 @@ CREATE INDEX IF NOT EXISTS action_events_tick ON action_events (tick);
 """
 
 
+_STATUSES = frozenset(s.value for s in NodeStatus)
+_SEVERITIES = frozenset(s.value for s in Severity)
+
+
+def _json_problem(text: Any, kind: type) -> str | None:
+    if not isinstance(text, str):
+        return f"not text ({type(text).__name__})"
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return f"not JSON ({str(exc)[:80]})"
+    if not isinstance(value, kind):
+        return f"not a JSON {'object' if kind is dict else kind.__name__}"
+    return None
+
+
+def _number(value: Any, optional: bool = True) -> bool:
+    return (value is None and optional) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _node_row_problem(row: tuple) -> dict[str, Any] | tuple[str, str]:
+    """The stored metadata of a nodes row, or ``(column, why)`` when the row is damaged."""
+    node_id, status, last_seen, load, metadata, _ref, _fp, registered_at, isolated = row
+    if not isinstance(node_id, str) or not node_id:
+        return "id", "not a node id"
+    if status not in _STATUSES:
+        return "status", f"unknown status {str(status)[:40]!r} (known: {', '.join(sorted(_STATUSES))})"
+    for column, value, optional in (("last_seen", last_seen, True), ("load", load, True),
+                                    ("registered_at", registered_at, False)):
+        if not _number(value, optional):
+            return column, f"not a number ({str(value)[:40]!r})"
+    if isolated not in (0, 1):
+        return "isolated", f"not 0 or 1 ({str(isolated)[:40]!r})"
+    why = _json_problem(metadata, dict)
+    if why is not None:
+        return "metadata", why
+    return json.loads(metadata)
+
+
+def _action_row_problem(row: tuple) -> tuple[str, str] | None:
+    action_id, type_, target, _origin, _reason, severity, params, state, first_tick, last_tick = row
+    if not isinstance(type_, str) or not type_:
+        return "type", "not an action type"
+    if not isinstance(target, str):
+        return "target", "not a node id"
+    if severity not in _SEVERITIES:
+        return "severity", f"unknown severity {str(severity)[:40]!r}"
+    if not isinstance(state, str) or not state:
+        return "state", "not a lifecycle state"
+    if not (isinstance(first_tick, int) and isinstance(last_tick, int)):
+        return "first_tick", "not a tick number"
+    why = _json_problem(params, dict)
+    if why is not None:
+        return "params", why
+    return None
+
+
 class StoreError(RuntimeError):
     """The state file cannot be used (not a WyneOS store, newer schema, unreadable)."""
+
+
+def _check_version(path: str, row: tuple | None) -> None:
+    """Refuse an existing state file whose schema version is missing, not a number, or newer."""
+    if row is None:
+        raise StoreError(f"{path}: damaged state file: meta.schema_version is missing "
+                         "(check it with `wyneos state check`; restore a backup)")
+    version = str(row[0])
+    if not version.isdigit() or len(version) > 6:
+        raise StoreError(f"{path}: damaged state file: meta.schema_version is {version[:40]!r}, not a "
+                         "number (check it with `wyneos state check`; restore a backup)")
+    if int(version) > SCHEMA_VERSION:
+        raise StoreError(f"{path}: state schema {version} is newer than this wyneos-core ({SCHEMA_VERSION})")
 
 
 class StateStore:
@@ -81,25 +151,50 @@ class StateStore:
 
     @classmethod
     def open(cls, path: str | Path) -> StateStore:
+        """Open (or create) the state file at ``path``.
+
+        A file that exists must be a WyneOS state file: an empty (zero-length) file, a
+        database without WyneOS's ``meta`` table, or a ``schema_version`` that is not a
+        number is refused (``StoreError``, exit status 2), never silently started as a
+        new cluster. ``wyneos state check`` looks deeper (integrity, every row).
+        """
         path = str(path)
+        conn = None
         try:
             if path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                p = Path(path)
+                if p.exists() and p.is_file() and p.stat().st_size == 0:
+                    raise StoreError(f"{path}: the state file is empty (0 bytes), not a WyneOS state file; it would "
+                                     "start a new cluster (no nodes, keys or isolations). Restore a backup "
+                                     "(docs/operations.md), or move the file away to start anew")
+                p.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "meta" not in tables:
+                raise StoreError(f"{path}: not a WyneOS state file (state.path): a database with tables "
+                                 f"{', '.join(sorted(tables)[:5])} but no meta table")
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() if tables else None
+            if tables:  # checked before anything is written to the file
+                _check_version(path, row)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except StoreError:
+            if conn is not None:
+                conn.close()
+            raise
         except OSError as exc:
             raise StoreError(f"{path}: cannot create the state file (state.path): {exc.strerror or exc}") from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: not a usable WyneOS state file (state.path): {exc}") from None
         if row is None:
             conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise StoreError(f"{path}: state schema {row[0]} is newer than this wyneos-core ({SCHEMA_VERSION})")
         return cls(conn, path)
+
+    def _damaged(self, table: str, key: Any, column: str, why: str) -> StoreError:
+        return StoreError(f"{self.path}: damaged row in table {table} ({key!r}): {column}: {why} "
+                          "(check the file with `wyneos state check`; restore a backup, docs/operations.md)")
 
     def close(self) -> None:
         self.conn.close()
@@ -128,18 +223,25 @@ class StateStore:
     def restore_nodes(self, registry: Registry) -> int:
         """Bring back nodes known from an earlier run (those not in the config too)."""
         count = 0
-        for row in self.conn.execute(
-            "SELECT id, status, last_seen, load, metadata, licence_ref, fingerprint, registered_at, isolated FROM nodes"
-        ):
+        try:
+            rows = self.conn.execute(
+                "SELECT id, status, last_seen, load, metadata, licence_ref, fingerprint, registered_at, isolated "
+                "FROM nodes").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: damaged state file: table nodes cannot be read: {exc} "
+                             "(check it with `wyneos state check`; restore a backup)") from None
+        for row in rows:
             if row[0] in _RESERVED_IDS:  # stored by a release that let a node enrol as the orchestrator
                 continue
+            stored = _node_row_problem(row)
+            if isinstance(stored, tuple):
+                raise self._damaged("nodes", row[0], *stored)
             node = registry.get(row[0])
             if node is None:
                 node = registry.register(row[0], now=row[7])
             node.status = NodeStatus(row[1])
             node.last_seen = row[2]
             node.load = row[3]
-            stored = json.loads(row[4])
             stored.pop("customer", None)  # the operator's (config) only, never what a node once reported
             node.metadata = {**stored, **node.metadata}
             node.licence_ref = node.licence_ref or row[5]
@@ -147,6 +249,7 @@ class StateStore:
             node.registered_at = row[7]
             node.isolated = bool(row[8])
             count += 1
+        self.actions()  # every stored action decodes (a damaged row is refused now, not mid-tick)
         return count
 
     def actions(self, state: str | None = None) -> list[dict[str, Any]]:
@@ -158,10 +261,54 @@ class StateStore:
         cols = ("id", "type", "target", "origin", "reason", "severity", "params", "state", "first_tick", "last_tick")
         out = []
         for row in self.conn.execute(sql + " ORDER BY first_tick, id", args):
+            problem = _action_row_problem(row)
+            if problem is not None:
+                raise self._damaged("actions", row[0], *problem)
             item = dict(zip(cols, row))
             item["params"] = json.loads(item["params"])
             out.append(item)
         return out
+
+    # -- checking ---------------------------------------------------------------------------
+
+    def check(self, *, full: bool = True) -> list[str]:
+        """Problems of the state file, one line each (empty: it is sound): SQLite's
+        integrity check (``full``; else the quicker ``quick_check``), the schema
+        version, and every row of the nodes, actions, ticks and enrolled-key tables
+        decoded as WyneOS reads them."""
+        problems: list[str] = []
+        c = self.conn
+        try:
+            for (line,) in c.execute("PRAGMA integrity_check" if full else "PRAGMA quick_check"):
+                if line != "ok":
+                    problems.append(f"integrity: {line}")
+        except sqlite3.DatabaseError as exc:
+            return [f"integrity: {exc}"]
+        try:
+            row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None or not str(row[0]).isdigit():
+                problems.append(f"meta.schema_version: {None if row is None else str(row[0])[:40]!r} is not a number")
+            for row in c.execute("SELECT id, status, last_seen, load, metadata, licence_ref, fingerprint, "
+                                 "registered_at, isolated FROM nodes"):
+                found = _node_row_problem(row)
+                if isinstance(found, tuple):
+                    problems.append(f"nodes ({row[0]!r}): {found[0]}: {found[1]}")
+            for row in c.execute("SELECT id, type, target, origin, reason, severity, params, state, first_tick, "
+                                 "last_tick FROM actions"):
+                found = _action_row_problem(row)
+                if found is not None:
+                    problems.append(f"actions ({row[0]!r}): {found[0]}: {found[1]}")
+            for tick, summary in c.execute("SELECT tick, summary FROM ticks"):
+                if _json_problem(summary, dict) is not None:
+                    problems.append(f"ticks ({tick!r}): summary: {_json_problem(summary, dict)}")
+            tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "node_keys" in tables:
+                for node_id, key in c.execute("SELECT node_id, public_key FROM node_keys"):
+                    if not isinstance(key, bytes) or len(key) != 32:
+                        problems.append(f"node_keys ({node_id!r}): public_key: not a 32-byte Ed25519 key")
+        except sqlite3.DatabaseError as exc:
+            problems.append(f"cannot read: {exc}")
+        return problems
 
     def action_events(self, since_tick: int = 0) -> list[dict[str, Any]]:
         rows = self.conn.execute(

@@ -15,6 +15,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from wyneos_core.safeio import FileRefused, bad_text, read_regular_file
+
 __all__ = ["LocatedError", "Located", "load_yaml", "validate_schema"]
 
 MAX_YAML_BYTES = 2 * 1024 * 1024
@@ -78,6 +80,8 @@ class Located:
     data: Any
     file: str
     positions: dict[PathKey, tuple[int, int]]
+    #: the text it was parsed from
+    text: str | None = None
 
     def position(self, path: Iterable[Any]) -> tuple[int | None, int | None]:
         path = tuple(path)
@@ -98,17 +102,19 @@ class Located:
 def load_yaml(source: str | Path, *, text: str | None = None) -> Located:
     """Load one YAML document from ``source`` (a path), or from ``text`` named ``source``.
 
-    Raises ``LocatedError`` for unreadable files, syntax errors, duplicate keys,
-    anchors/aliases and files over 2 MiB.
+    Raises ``LocatedError`` for unreadable files, anything but a regular file (a FIFO,
+    a device such as ``/dev/zero``), files over 2 MiB (checked before reading), syntax
+    errors, duplicate keys, anchors/aliases, text that is not valid Unicode and
+    integers of more than 100 digits.
     """
     name = str(source)
     if text is None:
-        try:
-            raw = Path(source).read_bytes()
+        try:  # a regular file only, opened without blocking, its size checked before reading
+            raw = read_regular_file(source, MAX_YAML_BYTES)
+        except FileRefused as exc:
+            raise LocatedError(str(exc.strerror), file=name) from None
         except OSError as exc:
             raise LocatedError(f"cannot read file: {exc.strerror or exc}", file=name) from None
-        if len(raw) > MAX_YAML_BYTES:
-            raise LocatedError(f"file is larger than {MAX_YAML_BYTES} bytes", file=name)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -125,7 +131,7 @@ def load_yaml(source: str | Path, *, text: str | None = None) -> Located:
         raise LocatedError(f"invalid YAML: {exc}", file=name) from None
     positions: dict[PathKey, tuple[int, int]] = {}
     if node is None:
-        return Located(None, name, positions)
+        return Located(None, name, positions, text)
     _walk(node, (), positions, name, set(), 0)
     loader = yaml.SafeLoader("")
     try:
@@ -134,7 +140,7 @@ def load_yaml(source: str | Path, *, text: str | None = None) -> Located:
         raise _marked(exc, name) from None
     finally:
         loader.dispose()
-    return Located(data, name, positions)
+    return Located(data, name, positions, text)
 
 
 def _marked(exc: yaml.MarkedYAMLError, name: str) -> LocatedError:
@@ -172,6 +178,8 @@ def _walk(node: yaml.Node, path: PathKey, out: dict, name: str, seen: set[int], 
         keys: set[Any] = set()
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
+            if isinstance(key_node, yaml.ScalarNode):
+                _check_scalar(key_node, path, name)
             if key == "<<":
                 raise LocatedError(
                     "merge keys (<<) are not allowed",
@@ -194,8 +202,26 @@ def _walk(node: yaml.Node, path: PathKey, out: dict, name: str, seen: set[int], 
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _walk(item, path + (index,), out, name, seen, depth + 1)
-    elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
-        pass
+    elif isinstance(node, yaml.ScalarNode):
+        _check_scalar(node, path, name)
+
+
+#: the most digits an integer in a user file may have (Python refuses to convert more
+#: than 4,300 anyway; no setting needs more than a handful)
+MAX_INT_DIGITS = 100
+
+
+def _check_scalar(node: yaml.ScalarNode, path: PathKey, name: str) -> None:
+    """Refuse text that is not valid Unicode and integers too long to be a setting,
+    naming the place (the value is not echoed: it may be huge)."""
+    value = node.value
+    where = {"file": name, "line": node.start_mark.line + 1, "column": node.start_mark.column + 1,
+             "field": field_name(path) or None}
+    if bad_text(value) is not None:
+        raise LocatedError("not valid Unicode text (a lone surrogate escape)", **where)
+    if node.tag == "tag:yaml.org,2002:int" and len(value) > MAX_INT_DIGITS:
+        raise LocatedError(f"an integer of {len(value)} characters; at most {MAX_INT_DIGITS} digits are accepted",
+                           **where)
 
 
 def validate_schema(located: Located, schema: Mapping[str, Any], *, prefix: PathKey = ()) -> None:

@@ -14,15 +14,22 @@ carried params, so redelivery carries on where it stopped. Written first on purp
 crash between the two transactions leaves outcomes of actions the store does not know
 (ignored), never actions in force without their outcomes (those would be carried
 again to every target).
+
+A write that fails (the disk is full) does not lose the tick: it waits in memory and
+is written, in order, before the next tick's, at every tick until the disk has room
+(``orchestrator.state_error`` says why meanwhile; ``/healthz`` reports it).
 """
 
 from __future__ import annotations
 
+import sqlite3
+from collections import deque
 from typing import Any
 
 from wyneos_core import hookimpl
 from wyneos_core.builtin.decide import DecideState, state_of
 from wyneos_core.model import TickReport, licence_summary
+from wyneos_core.store import StoreError
 from wyneos_core.tick import TickContext
 
 
@@ -67,18 +74,68 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
         "errors": [e.to_dict() for e in report.errors],
         "notes": report.notes,
     }
-    _write_outcomes(ctx, report, decide)
-    store.write_tick(
-        report.tick, report.started_at, report.duration_ms, summary, nodes, rows,
-        ((e["action_id"], e["state"], e.get("detail", "")) for e in report.lifecycle),
-        ctx.config["state"]["retention_ticks"],
-        cleared=cleared,
-    )
+    entry = (_outcomes(ctx, report, decide), (
+        report.tick, report.started_at, report.duration_ms, summary, list(nodes), rows,
+        [(e["action_id"], e["state"], e.get("detail", "")) for e in report.lifecycle],
+        ctx.config["state"]["retention_ticks"], cleared))
+    _write(ctx, report, decide, entry)
 
 
-def _write_outcomes(ctx: TickContext, report: TickReport, decide: DecideState) -> None:
+#: ticks kept in memory while the state file cannot be written; past it, the oldest are
+#: dropped and the first write that works rewrites every action in force and every node
+MAX_BACKLOG = 1000
+
+
+def _write(ctx: TickContext, report: TickReport, decide: DecideState, entry: tuple) -> None:
+    """Write this tick, after any ticks a failed write left waiting (in order, each in
+    its own transactions, exactly as they would have been written on time).
+
+    A write that fails (disk full, I/O error, locked) is retried at every tick until
+    it works: nothing decided meanwhile is lost once the disk has room. While writes
+    fail, ``orchestrator.state_error`` names the cause (``/healthz`` reports it).
+    """
+    orch = ctx.orchestrator
     store = ctx.store
     assert store is not None
+    backlog: deque[tuple] = getattr(orch, "_state_backlog", None) or deque()
+    orch._state_backlog = backlog  # type: ignore[attr-defined]
+    backlog.append(entry)
+    if len(backlog) > MAX_BACKLOG:
+        backlog.clear()
+        backlog.append(_full_entry(ctx, report, decide, entry))
+    try:
+        while backlog:
+            outcomes, tick_args = backlog[0]
+            if outcomes is not None:
+                store.write_action_outcomes(*outcomes)
+            store.write_tick(*tick_args)
+            backlog.popleft()
+    except (sqlite3.Error, OSError) as exc:
+        orch.state_error = (f"state file not written: {exc} ({len(backlog)} tick(s) kept in memory, "  # type: ignore[attr-defined]
+                            f"retried at every tick)")
+        raise StoreError(f"{store.path}: {orch.state_error}") from None
+    orch.state_error = None  # type: ignore[attr-defined]
+
+
+def _full_entry(ctx: TickContext, report: TickReport, decide: DecideState, entry: tuple) -> tuple:
+    """This tick's write, widened to every node and every action in force (and every
+    stored action in force that no longer is, cleared): for when the backlog overflowed."""
+    store = ctx.store
+    assert store is not None
+    outcomes, (tick, started, duration, summary, _nodes, rows, events, retention, cleared) = entry
+    ids = {r["id"] for r in rows}
+    rows = rows + [{**held.action.to_dict(), "state": "in_force", "first_tick": held.first_tick,
+                    "last_tick": held.last_tick} for aid, held in decide.in_force.items() if aid not in ids]
+    try:
+        stored = {a["id"] for a in store.actions("in_force")}
+    except sqlite3.Error:
+        stored = set()
+    cleared = sorted(set(cleared) | (stored - set(decide.in_force)))
+    return outcomes, (tick, started, duration, summary, list(report.nodes), rows, events, retention, cleared)
+
+
+def _outcomes(ctx: TickContext, report: TickReport, decide: DecideState) -> tuple | None:
+    """The arguments of this tick's ``write_action_outcomes`` (None: nothing to write)."""
     effects: dict[str, list[Any]] = {}
     for e in report.lifecycle:
         if e["state"] == "propagated":
@@ -88,10 +145,6 @@ def _write_outcomes(ctx: TickContext, report: TickReport, decide: DecideState) -
         elif "effect" in e and e["state"] in ("in_force", "restored"):
             effects.setdefault(e["action_id"], [None, None])[1] = e["effect"]
     if not report.deliveries and not effects:
-        return
-    store.write_action_outcomes(
-        report.tick,
-        ((d.action_id, d.target, d.delivered, d.reason) for d in report.deliveries),
-        ((a, p, e) for a, (p, e) in effects.items()),
-        ctx.config["state"]["retention_ticks"],
-    )
+        return None
+    return (report.tick, [(d.action_id, d.target, d.delivered, d.reason) for d in report.deliveries],
+            [(a, p, e) for a, (p, e) in effects.items()], ctx.config["state"]["retention_ticks"])

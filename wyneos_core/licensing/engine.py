@@ -41,7 +41,7 @@ from wyneos_core.licensing.ledger import Ledger
 from wyneos_core.licensing.revocation import Revocation, RevocationList
 from wyneos_core.licensing.seats import allocate_seats
 from wyneos_core.licensing.settings import LicenceSettings
-from wyneos_core.licensing.sources import LicenceRecord, SourceUnavailable
+from wyneos_core.licensing.sources import LicenceRecord, SourceUnavailable, call_within
 from wyneos_core.model import LicenceResult, Node, NodeStatus
 
 __all__ = ["LicenceEngine"]
@@ -160,7 +160,7 @@ class LicenceEngine:
             refresh = getattr(source, "refresh", None)
             if refresh is not None:
                 try:
-                    refresh(now)
+                    call_within(source, self.settings.source_timeout, refresh, now)
                 except Exception as exc:  # noqa: BLE001 - a source failing is an outage, not a crash
                     self.notes.append(f"licence source {source.name!r} could not refresh: {type(exc).__name__}: {exc}")
         generations = tuple(getattr(s, "generation", None) for s in self.sources)
@@ -427,16 +427,15 @@ class LicenceEngine:
         many = getattr(source, "lookup_many", None)
         try:
             if many is not None:
-                answers = many(pending, now)
+                answers = call_within(source, self.settings.source_timeout, many, pending, now)
                 if not isinstance(answers, dict):
                     raise SourceUnavailable(f"lookup_many returned {type(answers).__name__}, expected a dict")
             else:
-                answers = {}
-                for node in pending:
-                    try:
-                        answers[node.id] = source.lookup(node, now)
-                    except SourceUnavailable as exc:
-                        failures.setdefault(node.id, []).append(f"{source.name}: {exc}")
+                failures_of: dict[str, str] = {}
+                answers = call_within(source, self.settings.source_timeout, _lookup_each, source, pending, now,
+                                      failures_of)
+                for nid, why in failures_of.items():
+                    failures.setdefault(nid, []).append(f"{source.name}: {why}")
         except Exception as exc:  # noqa: BLE001 - any failure of a source is an outage for its nodes
             what = str(exc) if isinstance(exc, SourceUnavailable) else f"{type(exc).__name__}: {exc}"
             self.notes.append(f"licence source {source.name!r} unavailable: {what}")
@@ -633,3 +632,15 @@ class LicenceEngine:
                                    f"licence {lid} has {seats} seat(s) and {users} nodes use it; this node is "
                                    f"number {rank} by registration time then id", r.licence_id, r.customer,
                                    r.product, r.tier, r.features, r.expires, False, r.source)
+
+
+def _lookup_each(source: Any, nodes: list[Node], now: float, failures: dict[str, str]) -> dict[str, Any]:
+    """``source.lookup`` for each node (a source without ``lookup_many``), in one call
+    that ``call_within`` can bound."""
+    answers: dict[str, Any] = {}
+    for node in nodes:
+        try:
+            answers[node.id] = source.lookup(node, now)
+        except SourceUnavailable as exc:
+            failures[node.id] = str(exc)
+    return answers

@@ -20,6 +20,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from wyneos_core.safeio import FileRefused, read_regular_file
+
 __all__ = [
     "KeyFileError",
     "KeyRing",
@@ -106,9 +108,9 @@ def write_public_key(path: str | Path, key: Ed25519PublicKey | Ed25519PrivateKey
 
 def _read(path: Path) -> bytes:
     try:
-        if path.stat().st_size > MAX_KEY_FILE:
-            raise KeyFileError(f"{path}: larger than {MAX_KEY_FILE} bytes, not a key file")
-        return path.read_bytes()
+        return read_regular_file(path, MAX_KEY_FILE)
+    except FileRefused as exc:
+        raise KeyFileError(f"{path}: {exc.strerror}, not a key file") from None
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from None
 

@@ -24,7 +24,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from wyneos_core.licensing.document import ID_PATTERN, format_time, parse_time
-from wyneos_core.licensing.envelope import FormatError, parse_envelope, seal, verify_envelope
+from wyneos_core.licensing.envelope import MAX_DOCUMENT_BYTES, FormatError, parse_envelope, seal, verify_envelope
+from wyneos_core.safeio import read_regular_file
 
 __all__ = ["FORMAT", "Revocation", "RevocationList", "write_atomic"]
 
@@ -111,8 +112,8 @@ class RevocationList:
     def load(cls, path: str | Path, keyring: Mapping[str, Any]) -> RevocationList:
         """Load a list file; a missing file is the empty list (version 0)."""
         path = Path(path)
-        try:
-            data = path.read_bytes()
+        try:  # a regular file, opened without blocking, its size checked before reading
+            data = read_regular_file(path, MAX_DOCUMENT_BYTES)
         except FileNotFoundError:
             return cls()
         except OSError as exc:

@@ -28,6 +28,7 @@ class LicenceSettings:
     ledger: Path | None = None
     cache_ttl: float = 300.0
     rescan: float = 5.0
+    source_timeout: float = 10.0
     outage_policy: str = "fail-open"
     outage_grace: float = 3600.0
     rollback_hold: float = 3600.0
@@ -50,6 +51,7 @@ class LicenceSettings:
             ledger=resolve(section["ledger"]) if section.get("ledger") else None,
             cache_ttl=float(section.get("cache_ttl", 300.0)),
             rescan=float(section.get("rescan", 5.0)),
+            source_timeout=float(section.get("source_timeout", 10.0)),
             outage_policy=outage.get("policy", "fail-open"),
             outage_grace=float(outage.get("grace", 3600.0)),
             rollback_hold=float(section.get("rollback_hold", 3600.0)),

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from stat import S_ISREG
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +38,9 @@ from typing import Any, Protocol, runtime_checkable
 from wyneos_core.licensing.document import parse_licence
 from wyneos_core.licensing.envelope import MAX_DOCUMENT_BYTES
 from wyneos_core.model import Node
+from wyneos_core.safeio import FileRefused, read_regular_file
 
-__all__ = ["FileSource", "LicenceRecord", "LicenceSource", "SourceUnavailable", "STATUSES"]
+__all__ = ["FileSource", "LicenceRecord", "LicenceSource", "SourceUnavailable", "STATUSES", "call_within"]
 
 STATUSES = frozenset({"active", "suspended"})
 SUFFIXES = (".licence", ".lic", ".json")
@@ -94,6 +97,10 @@ class FileSource:
     it changes, at most every ``rescan`` seconds (only changed files are read again).
     """
 
+    #: its calls never block (regular files only, opened with O_NONBLOCK, sizes checked
+    #: first): the engine calls it directly, without a deadline thread
+    bounded = True
+
     def __init__(self, directory: str | Path, mapping: Mapping[str, str] | None = None, *,
                  name: str = "file", rescan: float = 5.0) -> None:
         self.name = name
@@ -144,9 +151,18 @@ class FileSource:
                 seen[full] = old
                 continue
             path = self.directory / fname
-            try:
-                with open(path, "rb") as fh:
-                    data = fh.read(MAX_DOCUMENT_BYTES + 1)
+            if not S_ISREG(st.st_mode):  # a FIFO, a device, a directory: never opened
+                changed = True
+                seen[full] = _Entry(path, stamp, LicenceRecord(b"", self.name, origin=str(path),
+                                    error=f"{path}: not a regular file; only regular files are read"), None, 0.0)
+                continue
+            try:  # opened without blocking, checked to be regular and small enough before reading
+                data = read_regular_file(path, MAX_DOCUMENT_BYTES)
+            except FileRefused as exc:
+                changed = True
+                seen[full] = _Entry(path, stamp, LicenceRecord(b"", self.name, origin=str(path),
+                                    error=f"{path}: {exc.strerror}"), None, 0.0)
+                continue
             except OSError:
                 continue
             changed = True
@@ -190,6 +206,45 @@ class FileSource:
 
     def records(self) -> list[LicenceRecord]:
         return [e.record for e in self._entries.values()]
+
+
+_BUSY: dict[int, threading.Thread] = {}  # id(source) -> a call that overran its deadline, still running
+
+
+def call_within(source: Any, timeout: float, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` (a call on ``source``) with a deadline of ``timeout`` seconds.
+
+    A source marked ``bounded`` (its calls cannot block, like ``FileSource``) is called
+    directly. Any other call runs on a daemon thread; if it does not return in time the
+    tick goes on without it (``SourceUnavailable``: the outage policy applies), and while
+    that call is still hanging the source is not asked again (it stays unavailable). A
+    daemon thread never holds up the process at exit (SIGTERM stays prompt).
+    """
+    if getattr(source, "bounded", False) is True:
+        return fn(*args)
+    key = id(source)
+    hanging = _BUSY.get(key)
+    if hanging is not None:
+        if hanging.is_alive():
+            raise SourceUnavailable(f"a call that overran its {timeout:g} s deadline has not returned yet")
+        del _BUSY[key]
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"wyneos-licence-{getattr(source, 'name', '?')}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        _BUSY[key] = thread
+        raise SourceUnavailable(f"no answer within {timeout:g} s (licence.source_timeout)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 def describe(source: Any) -> str:

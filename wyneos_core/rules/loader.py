@@ -205,7 +205,7 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
     try:
         located = load_yaml(name, text=text)
         if text is None:
-            text = Path(name).read_text(encoding="utf-8")
+            text = located.text or ""
     except LocatedError as exc:
         raise RulesetError(exc.reason, file=exc.file, line=exc.line, column=exc.column, field=exc.field) from None
     except OSError as exc:

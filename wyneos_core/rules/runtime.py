@@ -35,7 +35,9 @@ from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, cluster_summary
 from wyneos_core.rules.loader import STAGES, Rule, Ruleset, RulesetError, load_ruleset, start_durable
 from wyneos_core.rules.native import NativeEngine
 from wyneos_core.rules.state import FIRING, INACTIVE, PENDING, RESOLVED, StateTracker
+from wyneos_core.safeio import read_regular_file
 from wyneos_core.wording import plural
+from wyneos_core.yamlio import MAX_YAML_BYTES
 
 __all__ = ["RulesetRunner", "resolve_paths", "shipped_rulesets_dir", "BUILTIN_PREFIX"]
 
@@ -101,8 +103,10 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 def _digest(path: Path) -> str | None:
+    """The file's digest; None when it cannot be read, is not a regular file or is too
+    big (the reload then reports why, naming the file)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashlib.sha256(read_regular_file(path, MAX_YAML_BYTES)).hexdigest()
     except OSError:
         return None
 

@@ -9,14 +9,16 @@ document only.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import math
 import time
+import urllib.parse
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from wyneos_core import __version__
@@ -28,6 +30,7 @@ from wyneos_core.service.identity import (
     SignedItem,
     verify_item,
 )
+from wyneos_core.service.limits import RateLimiter
 from wyneos_core.service.metrics import CONTENT_TYPE_LATEST
 from wyneos_core.service.overview import PerTick, licence_of, licence_overview, rule_overview
 
@@ -65,6 +68,14 @@ _ERRORS = {
     422: {"description": "body not valid (names the field)"},
     429: {"description": "rate limit: service.heartbeat_rate per node, service.enrol_rate per address"},
 }
+
+
+_COOKIE = "wyneos_read"
+_LOGIN_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>WyneOS: sign in</title></head>
+<body style="font-family: sans-serif; margin: 3em"><h1>WyneOS orchestrator</h1>
+<p>The dashboard needs the operator token (<code>service.read_token</code>).</p><p><b><!--msg--></b></p>
+<form method="post" action="/login"><input type="password" name="token" autocomplete="current-password" size="40">
+<button type="submit">Sign in</button></form></body></html>"""
 
 
 class _TooLarge(Exception):
@@ -125,7 +136,10 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
 
     @app.exception_handler(AuthError)
     async def _auth(request: Request, exc: AuthError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.reason)
+        answer = _error(exc.status, exc.code, exc.reason)
+        if exc.code == "read_token_required":
+            answer.headers["www-authenticate"] = 'Bearer realm="wyneos"'
+        return answer
 
     @app.exception_handler(Unprocessable)
     async def _unprocessable(request: Request, exc: Unprocessable) -> JSONResponse:
@@ -139,6 +153,27 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
     async def _slow_body(request: Request, exc: _SlowBody) -> JSONResponse:
         return JSONResponse({"status": 408, "code": "body_timeout", "error": str(exc)}, status_code=408,
                             headers={"connection": "close"})
+
+    read_token = settings.read_token
+    login_limit = RateLimiter(settings.enrol_rate, settings.enrol_burst, max_keys=65_536)
+
+    def has_reader(request: Request) -> bool:
+        if read_token is None:
+            return True
+        given = request.headers.get("authorization", "")
+        if given[:7].lower() == "bearer ":
+            given = given[7:].strip()
+        else:
+            given = request.cookies.get(_COOKIE, "")
+        return hmac.compare_digest(given.encode("utf-8", "replace"), read_token.encode())
+
+    async def reader(request: Request) -> None:
+        """The read API and the dashboard need the operator token (when one is set)."""
+        if not has_reader(request):
+            raise AuthError(401, "the read API needs the operator token (service.read_token): "
+                                 "send 'Authorization: Bearer <token>'", "read_token_required")
+
+    read = [Depends(reader)]
 
     def authenticate(request: Request, body: bytes, node_id: str | None = None) -> SignedItem:
         item = SignedItem.from_headers(request.headers, body)
@@ -240,7 +275,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
     # plain functions: FastAPI runs them in worker threads, so a big answer being built
     # never holds up the event loop (heartbeat intake).
 
-    @app.get("/v1/nodes", tags=["cluster"])
+    @app.get("/v1/nodes", tags=["cluster"], dependencies=read)
     def nodes(status: str | None = None, limit: int | None = None, offset: int = 0) -> dict[str, Any]:
         """Nodes of the registry as of the last tick (optionally only those with
         ``status``; ``limit`` and ``offset`` page through them). ``count`` is the number
@@ -251,7 +286,8 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         page = chosen[start:] if limit is None else chosen[start:start + max(0, limit)]
         return {"count": len(chosen), "tick": view.tick, "nodes": [_node(service, n) for n in page]}
 
-    @app.get("/v1/nodes/{node_id}", tags=["cluster"], responses={404: {"description": "unknown node"}})
+    @app.get("/v1/nodes/{node_id}", tags=["cluster"], responses={404: {"description": "unknown node"}},
+             dependencies=read)
     def node(node_id: str) -> JSONResponse:
         n = service.view.nodes.get(node_id)
         if n is None:
@@ -260,7 +296,8 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         data["pending_actions"] = service.outbox.pending(node_id)
         return JSONResponse(data)
 
-    @app.get("/v1/ticks/latest", tags=["cluster"], responses={404: {"description": "no tick yet"}})
+    @app.get("/v1/ticks/latest", tags=["cluster"], responses={404: {"description": "no tick yet"}},
+             dependencies=read)
     def latest_tick() -> JSONResponse:
         """The full report of the last tick (after a restart, before the first new tick:
         the last committed summary)."""
@@ -272,56 +309,84 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
             return JSONResponse({**summaries[0], "summary_only": True})
         return JSONResponse(report.to_dict())
 
-    @app.get("/v1/ticks", tags=["cluster"])
+    @app.get("/v1/ticks", tags=["cluster"], dependencies=read)
     def ticks(limit: int = 20) -> dict[str, Any]:
         """Summaries of the last ``limit`` committed ticks (kept: ``state.retention_ticks``)."""
         return {"ticks": service.committed_ticks(max(1, min(limit, 1000)))}
 
-    @app.get("/v1/actions", tags=["cluster"])
+    @app.get("/v1/actions", tags=["cluster"], dependencies=read)
     def actions() -> dict[str, Any]:
         """Committed decisions: actions in force, recent lifecycle events, agent acks."""
         return service.committed_actions()
 
     licences_of, rules_of = PerTick(licence_overview), PerTick(rule_overview)
 
-    @app.get("/v1/licences", tags=["cluster"])
+    @app.get("/v1/licences", tags=["cluster"], dependencies=read)
     def licences() -> dict[str, Any]:
         """Licence results of the last tick by state and reason code: count, meaning of
         the code, the first node's detail and a few node ids."""
         return licences_of(service.view.report)
 
-    @app.get("/v1/rules", tags=["cluster"])
+    @app.get("/v1/rules", tags=["cluster"], dependencies=read)
     def rules() -> dict[str, Any]:
         """Every rule of the last tick: nodes passed, failing and firing, the first
         failing node's message and a few node ids (failing rules first)."""
         return rules_of(service.view.report)
 
-    @app.get("/v1/mesh", tags=["cluster"])
+    @app.get("/v1/mesh", tags=["cluster"], dependencies=read)
     def mesh() -> dict[str, Any]:
         """The mesh for the dashboard: nodes with state, edges, isolated nodes."""
         return service.mesh_view()
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> JSONResponse:
-        """Liveness: the tick thread is running and ticks are recent."""
+        """Health of governance: ``ok``; ``degraded`` (200) when the state file cannot be
+        written (``state_error`` names the cause; decisions are kept in memory and
+        written once it works); ``failing`` (503) when the tick thread stopped or the
+        last tick is late (more than three intervals and 30 s old: a tick hangs)."""
         view = service.view
-        age = None if view.report is None else time.time() - view.report.started_at
-        ok = service.running and service.tick_error is None
-        body = {"status": "ok" if ok else "failing", "tick": view.tick, "last_tick_age": age,
+        now = time.time()
+        age = None if view.report is None else now - view.report.started_at
+        since = now - (view.report.started_at if view.report is not None else service.started_at)
+        late = service.running and since > 3 * service.interval + 30
+        state_error = getattr(orch, "state_error", None)
+        if not service.running or service.tick_error is not None or late:
+            status = "failing"
+        else:
+            status = "degraded" if state_error else "ok"
+        body = {"status": status, "tick": view.tick, "last_tick_age": age, "tick_late": late,
                 "nodes": len(view.nodes), "enrolled": service.keys.active_count(),
-                "tick_interval": service.interval, "tick_error": service.tick_error, "version": __version__}
-        return JSONResponse(body, status_code=200 if ok else 503)
+                "tick_interval": service.interval, "tick_error": service.tick_error, "state_error": state_error,
+                "version": __version__}
+        return JSONResponse(body, status_code=503 if status == "failing" else 200)
 
-    @app.get("/metrics", tags=["service"], response_class=Response)
+    @app.get("/metrics", tags=["service"], response_class=Response, dependencies=read)
     async def metrics() -> Response:
         """Prometheus text format."""
         service.metrics.queue.set(len(orch.intake))
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def dashboard() -> HTMLResponse:
+    async def dashboard(request: Request) -> HTMLResponse:
+        if not has_reader(request):
+            return HTMLResponse(_LOGIN_PAGE, status_code=401)
         page = resources.files("wyneos_core.service").joinpath("dashboard.html").read_text()
         return HTMLResponse(page)
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        """The dashboard's sign-in: the operator token in a form; a good one sets an
+        HttpOnly, SameSite=Strict cookie that the page's requests then carry."""
+        source = request.client.host if request.client else "-"
+        if not login_limit.allow(source, time.monotonic()):
+            return HTMLResponse(_LOGIN_PAGE.replace("<!--msg-->", "Too many attempts; wait a little."), status_code=429)
+        body = await _read_body(request, 4096, settings.body_timeout)
+        given = urllib.parse.parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
+        if read_token is None or not hmac.compare_digest(given.encode("utf-8", "replace"), read_token.encode()):
+            return HTMLResponse(_LOGIN_PAGE.replace("<!--msg-->", "Wrong token."), status_code=401)
+        answer = Response(status_code=303, headers={"location": "/"})
+        answer.set_cookie(_COOKIE, given, httponly=True, samesite="strict", path="/")
+        return answer
 
     return app
 

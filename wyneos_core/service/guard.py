@@ -15,8 +15,9 @@ protocol with three additions:
   else it is closed (``408``). Idle keep-alive connections close after
   ``idle_timeout`` (uvicorn's ``timeout_keep_alive``).
 * **shedding**: at most ``max_connections`` connections are kept. When a new one
-  would exceed it, the connection idle the longest (no request being served:
-  waiting for its head, or idle between requests) is closed to make room; only if
+  would exceed it, a connection with no request being served is closed to make room:
+  first the oldest of those that never completed a request (silent, or still
+  trickling their first head), then the longest idle keep-alive connection; only if
   every connection is busy serving a request is the new one refused (``503``). So
   slow or idle sockets can never lock out a heartbeat, an enrolment or ``/healthz``:
   those send their head at once and are served.
@@ -52,45 +53,61 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes = 0
         self._reading_head = True
+        self._body_in_chunk = 0  # body bytes of the message before, in the chunk being fed
+        self._skip = 0
         self._head_timer: asyncio.TimerHandle | None = None
-        idle, closing = _idle(self.server_state), _closing(self.server_state)
+        fresh, idle, closing = _fresh(self.server_state), _idle(self.server_state), _closing(self.server_state)
         # connections being closed still count in uvicorn's set until their
         # connection_lost: they are not counted here
-        while len(self.connections) - len(closing) > self.max_connections and idle:
-            _, victim = idle.popitem(last=False)  # the longest idle first
+        while len(self.connections) - len(closing) > self.max_connections and (fresh or idle):
+            # first those that never completed a request (silent or slow), then idle
+            # keep-alive ones (an agent's connection between heartbeats), the oldest first
+            _, victim = (fresh or idle).popitem(last=False)
             victim._shed()
         if len(self.connections) - len(closing) > self.max_connections:
             self._refuse(_BUSY)
             return
-        idle[id(self)] = self
-        self._arm_head_timer()
+        fresh[id(self)] = self
+        self._arm_head_timer()  # a connection that never says anything is closed too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        _idle(self.server_state).pop(id(self), None)
+        self._unlist()
         _closing(self.server_state).discard(id(self))
         self._cancel_head_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._reading_head:
-            self._head_bytes += len(data)
-            if self._head_timer is None:
-                self._arm_head_timer()
+        self._body_in_chunk = 0
+        self._skip = 0
         super().data_received(data)
-        if self._reading_head and self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
-            self._refuse(_TOO_LARGE)
+        if self._reading_head and not self.transport.is_closing():
+            # the head is still incomplete after this chunk: count the chunk's bytes
+            # from where the head began (not the previous message's body before it)
+            self._head_bytes += len(data) - self._skip
+            if self._head_bytes > self.max_header_bytes:
+                self._refuse(_TOO_LARGE)
+
+    def on_message_begin(self) -> None:
+        self._reading_head = True
+        self._head_bytes = 0
+        self._skip = self._body_in_chunk
+        if self._head_timer is None:
+            self._arm_head_timer()
+        super().on_message_begin()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_in_chunk += len(body)
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._cancel_head_timer()
-        _idle(self.server_state).pop(id(self), None)
+        self._unlist()
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
-            self._reading_head = True
-            self._head_bytes = 0
             idle = _idle(self.server_state)
             idle[id(self)] = self
             idle.move_to_end(id(self))
@@ -110,11 +127,15 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self._reading_head and self._head_bytes and not self.transport.is_closing():
             self._refuse(_TIMEOUT)
         elif not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
-            _idle(self.server_state).pop(id(self), None)
+            self._unlist()
             self._close()  # connected and never said anything
 
-    def _refuse(self, answer: bytes) -> None:
+    def _unlist(self) -> None:
+        _fresh(self.server_state).pop(id(self), None)
         _idle(self.server_state).pop(id(self), None)
+
+    def _refuse(self, answer: bytes) -> None:
+        self._unlist()
         self._cancel_head_timer()
         self.transport.write(answer)
         self._close()
@@ -134,6 +155,13 @@ def _idle(state: Any) -> OrderedDict[int, _GuardedProtocol]:
     if idle is None:
         idle = state.wyneos_idle = OrderedDict()
     return idle
+
+
+def _fresh(state: Any) -> OrderedDict[int, _GuardedProtocol]:
+    fresh = getattr(state, "wyneos_fresh", None)
+    if fresh is None:
+        fresh = state.wyneos_fresh = OrderedDict()
+    return fresh
 
 
 def _closing(state: Any) -> set[int]:

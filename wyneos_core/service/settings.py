@@ -26,9 +26,9 @@ idle_timeout           30          seconds an idle keep-alive connection stays o
 body_timeout           30          seconds a request body has to arrive in full (408)
 max_connections        4096        connections kept; past it the longest idle one is
                                    closed (only if all are serving requests: 503)
-enrol_rate             0.5         enrolment attempts per second per client address
+enrol_rate             10          enrolment attempts per second per client address
                                    (refill rate; 429 past the burst)
-enrol_burst            10          enrolment attempts a client address may make at once
+enrol_burst            100         enrolment attempts a client address may make at once
 heartbeat_rate         5           heartbeats per second per node (refill rate; 429
                                    past the burst); memory: one entry per enrolled node
 heartbeat_burst        20          heartbeats a node may send at once
@@ -41,12 +41,15 @@ read_token_file        (none)      file holding the read token (owner-only)
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
 from wyneos_core.config import Config, ConfigError
+from wyneos_core.safeio import read_regular_file
 
-__all__ = ["ServiceSettings"]
+__all__ = ["ServiceSettings", "is_loopback"]
 
 
 @dataclass(slots=True)
@@ -64,8 +67,8 @@ class ServiceSettings:
     idle_timeout: float = 30.0
     body_timeout: float = 30.0
     max_connections: int = 4096
-    enrol_rate: float = 0.5
-    enrol_burst: int = 10
+    enrol_rate: float = 10.0
+    enrol_burst: int = 100
     heartbeat_rate: float = 5.0
     heartbeat_burst: int = 20
     read_token: str | None = None
@@ -107,6 +110,12 @@ class ServiceSettings:
             if value < low:
                 raise ConfigError(f"must be at least {low:g}, got {value!r} (it would refuse every request)",
                                   file=config.source, field=f"{field_name}.{key}")
+        settings.read_token = _read_token(config, settings, field_name)
+        if settings.read_token is None and not is_loopback(settings.host):
+            raise ConfigError(f"binding to {settings.host} (not a loopback address) needs an operator token for the "
+                              "read API and the dashboard: set service.read_token or service.read_token_file "
+                              "(anyone who reaches the port could read hostnames, keys and licences)",
+                              file=config.source, field=f"{field_name}.read_token")
         if not settings.replay_window <= 86400:
             raise ConfigError(f"must be at most 86400 seconds, got {settings.replay_window!r}",
                               file=config.source, field=f"{field_name}.replay_window")
@@ -128,3 +137,47 @@ def _kind(default: Any) -> str:
     if isinstance(default, float):
         return "a number > 0"
     return "a non-empty string"
+
+
+#: the shortest operator token accepted (``secrets.token_urlsafe(24)`` gives 32 characters)
+MIN_TOKEN_LENGTH = 16
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_token(config: Config, settings: ServiceSettings, field_name: str) -> str | None:
+    """The operator token for the read API: ``read_token``, or the first line of
+    ``read_token_file`` (a regular file readable by its owner only)."""
+    token = settings.read_token
+    where = f"{field_name}.read_token"
+    if settings.read_token_file is not None:
+        where = f"{field_name}.read_token_file"
+        if token is not None:
+            raise ConfigError("set read_token or read_token_file, not both", file=config.source, field=where)
+        path = config.resolve(settings.read_token_file)
+        try:
+            st = os.stat(path)
+            if st.st_mode & 0o077:
+                raise ConfigError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}); "
+                                  f"chmod 600 it", file=config.source, field=where)
+            text = read_regular_file(path, 4096).decode("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", file=config.source, field=where) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not UTF-8 text", file=config.source, field=where) from None
+        token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if token is None:
+        return None
+    if len(token) < MIN_TOKEN_LENGTH or not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError(f"the operator token must be at least {MIN_TOKEN_LENGTH} printable ASCII characters "
+                          "without spaces (e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')",
+                          file=config.source, field=where)
+    return token
