@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import tracemalloc
 
 import pytest
@@ -160,6 +161,7 @@ def test_a_hanging_licence_source_is_cut_at_its_deadline(tmp_path):
     assert src.calls == 1
     src.release.set()
     for _ in range(50):  # the hanging call returns; then the source answers again
+        time.sleep(0.02)
         clock.advance(1)
         if bounded(orch.tick).licences["a"].reason == "ok":
             break
@@ -190,3 +192,49 @@ def test_the_licence_directory_reads_only_regular_files_without_blocking(tmp_pat
     report = bounded(orchestrator(config, FakeClock(T0)).tick)
     assert report.licences["a"].reason == "ok"
     assert report.licences["b"].reason == "malformed" and "not a regular file" in report.licences["b"].detail
+
+
+def test_a_fifo_in_the_licence_directory_never_stalls_wyneos_serve_and_sigterm_is_prompt(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    issuer = Issuer(tmp_path)
+    issuer.write(tmp_path / "licences", "good", issued=time.time() - 86400, expires=time.time() + 30 * 86400)
+    os.mkfifo(tmp_path / "licences" / "stuck.licence")
+    (tmp_path / "licences" / "zero.licence").symlink_to("/dev/zero")
+    (tmp_path / "c.yaml").write_text(
+        "cluster: fifo\ntick: {interval: 0.2}\n"
+        "heartbeat: {interval: 1, stale_after: 100, offline_after: 200}\n"
+        "licence: {directory: licences, trusted_keys: [keys], rescan: 0, customer: acme}\n"
+        "state: {path: state.db}\nreport: {stdout: none, json_path: null}\n"
+        "nodes:\n  - {id: a, licence: good}\n  - {id: b, licence: stuck}\n  - {id: c, licence: zero}\n")
+    server = subprocess.Popen([sys.executable, "-m", "wyneos_core.cli", "serve", "--config", "c.yaml", "--port", "0"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = server.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for _ in range(200):  # ticks go on (the FIFO used to hang the first one for ever)
+                health = client.get("/healthz").json()
+                if health["tick"] >= 3:
+                    break
+                time.sleep(0.05)
+            assert health["tick"] >= 3 and health["status"] == "ok"
+            report = client.get("/v1/ticks/latest").json()
+        licences = {r["node_id"]: r for r in report["licences"]}
+        assert licences.get("a", {"reason": "ok"})["reason"] == "ok"
+        assert licences["b"]["reason"] == "malformed"
+        assert "not a regular file" in licences["c"]["detail"] and "zero.licence" in licences["c"]["detail"]
+        assert "stuck.licence" in licences["b"]["detail"]
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(20) == 0  # prompt: well inside the 30 s an orchestrator manager waits
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+        server.stdout.close()

@@ -153,15 +153,14 @@ class FileSource:
             path = self.directory / fname
             if not S_ISREG(st.st_mode):  # a FIFO, a device, a directory: never opened
                 changed = True
-                seen[full] = _Entry(path, stamp, LicenceRecord(b"", self.name, origin=str(path),
-                                    error=f"{path}: not a regular file; only regular files are read"), None, 0.0)
+                seen[full] = _Entry(path, stamp, self._refused(path, "not a regular file; only regular files are "
+                                                                    "read"), None, 0.0)
                 continue
             try:  # opened without blocking, checked to be regular and small enough before reading
                 data = read_regular_file(path, MAX_DOCUMENT_BYTES)
             except FileRefused as exc:
                 changed = True
-                seen[full] = _Entry(path, stamp, LicenceRecord(b"", self.name, origin=str(path),
-                                    error=f"{path}: {exc.strerror}"), None, 0.0)
+                seen[full] = _Entry(path, stamp, self._refused(path, str(exc.strerror)), None, 0.0)
                 continue
             except OSError:
                 continue
@@ -189,6 +188,11 @@ class FileSource:
             self._by_stem = by_stem
             self._by_id = {k: v[1] for k, v in by_id.items()}
         return changed
+
+    def _refused(self, path: Path, why: str) -> LicenceRecord:
+        """The record of a file that is not read (its own digest: results are cached by it)."""
+        return LicenceRecord(b"", self.name, origin=str(path), error=why,
+                             digest=hashlib.sha256(f"refused\0{path}\0{why}".encode()).hexdigest())
 
     def reference(self, node: Node) -> str | None:
         return self.mapping.get(node.id) or node.licence_ref

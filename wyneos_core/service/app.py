@@ -343,12 +343,13 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         """Health of governance: ``ok``; ``degraded`` (200) when the state file cannot be
         written (``state_error`` names the cause; decisions are kept in memory and
         written once it works); ``failing`` (503) when the tick thread stopped or the
-        last tick is late (more than three intervals and 30 s old: a tick hangs)."""
+        last tick is late (started more than the interval plus ``service.late_tick``
+        seconds ago: a tick hangs)."""
         view = service.view
         now = time.time()
         age = None if view.report is None else now - view.report.started_at
         since = now - (view.report.started_at if view.report is not None else service.started_at)
-        late = service.running and since > 3 * service.interval + 30
+        late = service.running and since > service.interval + settings.late_tick
         state_error = getattr(orch, "state_error", None)
         if not service.running or service.tick_error is not None or late:
             status = "failing"

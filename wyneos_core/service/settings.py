@@ -32,6 +32,8 @@ enrol_burst            100         enrolment attempts a client address may make 
 heartbeat_rate         5           heartbeats per second per node (refill rate; 429
                                    past the burst); memory: one entry per enrolled node
 heartbeat_burst        20          heartbeats a node may send at once
+late_tick              60          seconds past the tick interval after which a tick that
+                                   has not ended makes ``/healthz`` answer 503 failing
 read_token             (none)      operator token for the read API and the dashboard
                                    (``Authorization: Bearer ...``); required to bind a
                                    non-loopback address
@@ -71,6 +73,7 @@ class ServiceSettings:
     enrol_burst: int = 100
     heartbeat_rate: float = 5.0
     heartbeat_burst: int = 20
+    late_tick: float = 60.0
     read_token: str | None = None
     read_token_file: str | None = None
 
