@@ -55,7 +55,8 @@ tick: {{interval: 1.0}}
 heartbeat: {{interval: 10, stale_after: 30, offline_after: 60, max_clock_skew: 60, max_queue: 2000000}}
 mesh: {{topology: star}}
 healing: {{isolate_offline: false}}
-plugins: {{disable: [licence], settings: {{service: {{port: 0, replay_window: 300, verify_threads: {threads}}}}}}}
+plugins: {{disable: [licence], settings: {{service: {{port: 0, replay_window: 300, verify_threads: {threads},
+                                                  heartbeat_rate: 1000000, heartbeat_burst: 1000000}}}}}}
 state: {{path: state.db}}
 report: {{json_path: null, stdout: none}}
 """
