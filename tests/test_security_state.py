@@ -38,6 +38,8 @@ DAMAGE = {
     "bad action params": ("INSERT INTO actions VALUES ('x1','isolate','n','o','r','critical','[1,',"
                           "'in_force',1,1)", "table actions ('x1'): params: not JSON"),
     "not WyneOS": ("DROP TABLE meta", "not a WyneOS state file"),
+    "stored surrogate": ("UPDATE nodes SET metadata = '{\"rack\": \"\\ud800\"}' WHERE rowid = 1",
+                         "metadata.rack: not valid Unicode"),
 }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wyneos_core.model import Node, NodeStatus, Severity
+from wyneos_core.safeio import bad_text, field_path
 
 if TYPE_CHECKING:
     from wyneos_core.registry import Registry
@@ -104,7 +105,11 @@ def _node_row_problem(row: tuple) -> dict[str, Any] | tuple[str, str]:
     why = _json_problem(metadata, dict)
     if why is not None:
         return "metadata", why
-    return json.loads(metadata)
+    value = json.loads(metadata)
+    where = bad_text(value)
+    if where is not None:  # stored by a release that let a lone surrogate in
+        return f"metadata.{field_path(where)}", "not valid Unicode text (a lone surrogate)"
+    return value
 
 
 def _action_row_problem(row: tuple) -> tuple[str, str] | None:
