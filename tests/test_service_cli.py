@@ -112,6 +112,10 @@ def test_serve_refuses_bad_startup_input_naming_it(tmp_path, capsys):
     finally:
         busy.close()
     assert main(["serve", "-c", str(config), "--host", "10.255.255.254", "--port", "0"]) == 2
+    assert "needs an operator token" in capsys.readouterr().err  # not loopback: the read API needs a token
+    config.write_text(config.read_text().replace("replay_window: 60}", "replay_window: 60, "
+                                                 "read_token: a-token-of-some-length}"))
+    assert main(["serve", "-c", str(config), "--host", "10.255.255.254", "--port", "0"]) == 2
     assert "cannot listen on 10.255.255.254:0" in capsys.readouterr().err
 
 

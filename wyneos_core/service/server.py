@@ -70,12 +70,13 @@ class _Server(uvicorn.Server):
 def _uvicorn_config(service: Service, log_level: str) -> uvicorn.Config:
     s = service.settings
     # the connection limit is the guard's (it sheds idle sockets instead of answering 503
-    # to everyone); uvicorn's limit_concurrency only bounds the requests being served
+    # to everyone); uvicorn's limit_concurrency (which also counts connections being
+    # closed, hence the margin) only bounds the requests being served
     protocol = guarded_protocol(max_header_bytes=s.max_header_bytes, header_timeout=s.header_timeout,
                                 max_connections=s.max_connections)
     return uvicorn.Config(create_app(service), http=protocol, log_level=log_level, access_log=False, lifespan="on",
-                          timeout_keep_alive=s.idle_timeout, limit_concurrency=s.max_connections + 64, backlog=2048,
-                          server_header=False)
+                          timeout_keep_alive=s.idle_timeout, limit_concurrency=2 * s.max_connections + 64,
+                          backlog=2048, server_header=False)
 
 
 def _raise_open_files(wanted: int) -> None:
