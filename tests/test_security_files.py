@@ -238,3 +238,34 @@ def test_a_fifo_in_the_licence_directory_never_stalls_wyneos_serve_and_sigterm_i
             server.kill()
             server.wait(10)
         server.stdout.close()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "sparse"])
+def test_hot_reload_refuses_a_hostile_ruleset_file_and_the_tick_goes_on(tmp_path, kind):
+    from tests.conftest import beat
+    from tests.test_rules_plugin import _make
+
+    clock = FakeClock(T0)
+    orch = _make(clock, tmp_path)
+    gov = tmp_path / "gov.yaml"
+    with orch:
+        beat(orch, clock, "n01", "n02", "n03", "n04", load=0.3)
+        assert orch.tick().rule_summary["has-region"]["failed"] == 4
+        gov.unlink()
+        if kind == "fifo":
+            os.mkfifo(gov)
+        elif kind == "dev-zero":
+            gov.symlink_to("/dev/zero")
+        else:
+            with open(gov, "wb") as fh:
+                fh.truncate(64 * 1024 * 1024)
+        clock.advance(5)
+        beat(orch, clock, "n01", "n02", "n03", "n04", load=0.3)
+        tracemalloc.start()
+        report = bounded(orch.tick)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 16 * 1024 * 1024, peak  # the 64 MB file (or /dev/zero) was never read
+        refused = [n for n in report.notes if "invalid edit" in n]
+        assert refused and "gov.yaml" in refused[0] and EXPECTED[kind] in refused[0], report.notes
+        assert report.rule_summary["has-region"]["failed"] == 4  # the last good version still runs
