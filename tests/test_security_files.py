@@ -269,3 +269,19 @@ def test_hot_reload_refuses_a_hostile_ruleset_file_and_the_tick_goes_on(tmp_path
         refused = [n for n in report.notes if "invalid edit" in n]
         assert refused and "gov.yaml" in refused[0] and EXPECTED[kind] in refused[0], report.notes
         assert report.rule_summary["has-region"]["failed"] == 4  # the last good version still runs
+
+
+def test_the_licence_ledger_and_revocation_list_are_read_without_blocking(tmp_path):
+    from wyneos_core.licensing.envelope import FormatError
+    from wyneos_core.licensing.ledger import Ledger
+    from wyneos_core.licensing.revocation import RevocationList
+
+    for kind, path in hostile_files(tmp_path, ".json").items():
+        if kind == "directory":
+            continue
+        with pytest.raises(ValueError) as err:
+            bounded(Ledger, path)
+        assert EXPECTED[kind] in str(err.value), (kind, str(err.value))
+        with pytest.raises(FormatError) as err:
+            bounded(RevocationList.load, path, {})
+        assert EXPECTED[kind] in str(err.value), (kind, str(err.value))

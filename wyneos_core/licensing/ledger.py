@@ -14,8 +14,12 @@ import json
 from pathlib import Path
 
 from wyneos_core.licensing.revocation import write_atomic
+from wyneos_core.safeio import FileRefused, read_regular_file
 
 __all__ = ["Ledger"]
+
+#: the largest ledger read (some hundred thousand licences)
+MAX_LEDGER_BYTES = 32 * 1024 * 1024
 
 
 class Ledger:
@@ -33,7 +37,8 @@ class Ledger:
         self.renewed = False
         if self.path is not None and self.path.exists():
             try:
-                data = json.loads(self.path.read_text("utf-8"))
+                # a regular file, opened without blocking, its size checked before reading
+                data = json.loads(read_regular_file(self.path, MAX_LEDGER_BYTES).decode("utf-8"))
                 self.newest = {str(k): float(v) for k, v in data.get("newest_issue", {}).items()}
                 self.revocation_version = int(data.get("revocation_version", 0))
                 document = data.get("revocation_list")
@@ -41,6 +46,8 @@ class Ledger:
                     raise TypeError("revocation_list is not an object")
                 self.revocation_document = document
                 self.revocation_new = [str(i) for i in data.get("revocation_new", [])]
+            except FileRefused as exc:
+                raise ValueError(f"{self.path}: not a licence ledger ({exc.strerror})") from None
             except (ValueError, TypeError, AttributeError, OSError) as exc:
                 raise ValueError(f"{self.path}: not a licence ledger ({exc}); move it away to start afresh") from None
 
