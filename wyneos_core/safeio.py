@@ -18,10 +18,9 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-__all__ = ["FileRefused", "bad_text", "read_regular_file", "read_regular_text"]
+__all__ = ["FileRefused", "bad_text", "field_path", "read_regular_file"]
 
 _FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -64,19 +63,6 @@ def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
-
-
-def read_regular_text(path: str | os.PathLike[str], limit: int) -> str:
-    """``read_regular_file`` decoded as UTF-8 (``UnicodeDecodeError`` when it is not)."""
-    return read_regular_file(path, limit).decode("utf-8")
-
-
-def is_regular_file(path: str | Path) -> bool:
-    """True when ``path`` (after symlinks) is a regular file; never opens it."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _kind(mode: int) -> str:
