@@ -90,6 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--node", metavar="ID", help="only this node may use it")
     t.add_argument("--uses", type=int, default=1, help="how many enrolments it allows (default 1)")
     t.add_argument("--ttl", type=float, default=3600.0, help="seconds it stays valid (default 3600)")
+    t.add_argument("--customer", metavar="NAME", help="the customer of the nodes it enrols (whose licences they may "
+                   "use; a node can never choose it itself)")
     t.set_defaults(func=cmd_enrol_token)
     ls = esub.add_parser("list", help="list enrolled node keys")
     _common(ls)
@@ -265,13 +267,16 @@ def cmd_enrol_token(args: argparse.Namespace) -> int:
     if args.node is not None and not NODE_ID_PATTERN.match(args.node):
         print(f"wyneos enrol token: --node {args.node!r} is not a valid node id", file=sys.stderr)
         return EXIT_USAGE
+    if args.customer is not None and not (0 < len(args.customer) <= 256 and args.customer.isprintable()):
+        print("wyneos enrol token: --customer must be 1-256 printable characters", file=sys.stderr)
+        return EXIT_USAGE
     if args.uses < 1 or args.ttl <= 0:
         print("wyneos enrol token: --uses must be at least 1 and --ttl positive", file=sys.stderr)
         return EXIT_USAGE
     store = _store(args)
     token = new_token()
     now = time.time()
-    store.add_enrol_token(hash_token(token), args.node, args.uses, now + args.ttl, now)
+    store.add_enrol_token(hash_token(token), args.node, args.uses, now + args.ttl, now, customer=args.customer)
     store.close()
     print(token)
     return EXIT_OK

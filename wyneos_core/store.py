@@ -430,6 +430,14 @@ class StateStore:
         expires_at REAL NOT NULL,
         created_at REAL NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS enrol_token_customers (
+        token_hash TEXT PRIMARY KEY,
+        customer TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS node_customers (
+        node_id TEXT PRIMARY KEY,
+        customer TEXT NOT NULL
+    );
     CREATE TABLE IF NOT EXISTS action_acks (
         action_id TEXT NOT NULL,
         node_id TEXT NOT NULL,
@@ -444,8 +452,24 @@ class StateStore:
         """Create the service-mode tables if missing (idempotent)."""
         self.conn.executescript(self._SERVICE_SCHEMA)
 
-    def add_enrol_token(self, token_hash: str, node_id: str | None, uses: int, expires_at: float, now: float) -> None:
-        self.conn.execute("INSERT INTO enrol_tokens VALUES (?,?,?,?,?)", (token_hash, node_id, uses, expires_at, now))
+    def add_enrol_token(self, token_hash: str, node_id: str | None, uses: int, expires_at: float, now: float,
+                        customer: str | None = None) -> None:
+        """Store a token (its hash); ``customer``: the customer of the nodes it enrols
+        (the operator's word, as the config's ``nodes[].metadata.customer``)."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("INSERT INTO enrol_tokens VALUES (?,?,?,?,?)", (token_hash, node_id, uses, expires_at, now))
+            if customer is not None:
+                c.execute("INSERT INTO enrol_token_customers VALUES (?,?)", (token_hash, customer))
+            c.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def node_customers(self) -> dict[str, str]:
+        """The customers enrolment tokens gave to nodes: ``{node_id: customer}``."""
+        return dict(self.conn.execute("SELECT node_id, customer FROM node_customers"))
 
     def enrol_tokens(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
@@ -631,13 +655,15 @@ class StateStore:
         return None
 
     def enrol_with_token(self, token_hash: str | None, node_id: str, public_key: bytes, fingerprint: str,
-                         now: float, join: Callable[[], None] | None = None) -> str | None:
+                         now: float, join: Callable[[str | None], None] | None = None) -> str | None:
         """Spend one use of a token (``None``: no token needed) and store the node's key,
         in one transaction: both or neither. None on success, else why the token is refused.
+        A token made with a customer gives the node that customer (kept in ``node_customers``).
 
-        ``join`` runs inside the transaction once the token is verified, before the
-        commit: it is where the caller changes its memory, and if it raises, nothing is
-        written. (If the commit itself fails, the caller undoes what ``join`` did.)
+        ``join(customer)`` runs inside the transaction once the token is verified, before
+        the commit (``customer``: the token's, or None): it is where the caller changes
+        its memory, and if it raises, nothing is written. (If the commit itself fails, the
+        caller undoes what ``join`` did.)
         """
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
@@ -647,8 +673,12 @@ class StateStore:
                 self._rollback()
                 return reason
             self.put_node_key(node_id, public_key, fingerprint, now)
+            row = None if token_hash is None else c.execute(
+                "SELECT customer FROM enrol_token_customers WHERE token_hash=?", (token_hash,)).fetchone()
+            if row is not None:
+                c.execute("INSERT OR REPLACE INTO node_customers VALUES (?,?)", (node_id, row[0]))
             if join is not None:
-                join()
+                join(None if row is None else row[0])
             c.execute("COMMIT")
         except BaseException:
             self._rollback()

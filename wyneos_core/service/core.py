@@ -230,9 +230,14 @@ class Service:
                         self._join(row["node_id"], row["fingerprint"])
                     except (RegistryError, MeshError) as exc:
                         log.warning("enrolled node %s cannot join: %s", row["node_id"], exc)
+            with self.db_lock:
+                customers = self.db.node_customers()
             for node in orch.registry:
                 if node.id in self.keys and node.fingerprint is None:
                     node.fingerprint = self.keys.fingerprint(node.id)
+                customer = customers.get(node.id)
+                if customer is not None and "customer" not in self._configured_metadata(node.id):
+                    node.metadata = {**node.metadata, "customer": customer}
                 if node.isolated and node.id in orch.mesh and not orch.mesh.is_isolated(node.id):
                     orch.mesh.isolate(node.id)
         with self.db_lock:
@@ -266,7 +271,8 @@ class Service:
     def _is_agent(self, node_id: str) -> bool:
         return node_id in self.keys and not self.keys.is_revoked(node_id)
 
-    def _join(self, node_id: str, fp: str, licence_ref: str | None = None) -> Callable[[], None]:
+    def _join(self, node_id: str, fp: str, licence_ref: str | None = None,
+              customer: str | None = None) -> Callable[[], None]:
         """Put an enrolled node in the registry and the mesh (caller holds the lock).
 
         All or nothing: if any step fails, what the earlier ones did is undone before the
@@ -279,6 +285,7 @@ class Service:
         added = node is None
         in_mesh = node_id in orch.mesh
         before = None if node is None else node.fingerprint
+        metadata = None if node is None else node.metadata
 
         def undo() -> None:
             if not in_mesh and node_id in orch.mesh:
@@ -290,11 +297,14 @@ class Service:
                 current = orch.registry.get(node_id)
                 if current is not None:
                     current.fingerprint = before
+                    current.metadata = metadata  # type: ignore[assignment]
 
         try:
             if node is None:
                 node = orch.add_node(node_id, fingerprint=fp, licence_ref=licence_ref)
             node.fingerprint = fp
+            if customer is not None and "customer" not in self._configured_metadata(node_id):
+                node.metadata = {**node.metadata, "customer": customer}  # the config's word wins
             if node_id not in orch.mesh:
                 orch.mesh.add_node(node_id)
                 orch.mesh.add_edges([(ORIGIN, node_id)])
@@ -481,7 +491,8 @@ class Service:
             try:
                 with self.db_lock:
                     why = self.db.enrol_with_token(None if pinned is not None else hash_token(token), node_id, raw,
-                                                   fp, now, lambda: undo.append(self._join(node_id, fp, licence_ref)))
+                                                   fp, now, lambda customer: undo.append(
+                                                       self._join(node_id, fp, licence_ref, customer)))
             except BaseException:
                 for step in undo:
                     step()
@@ -493,6 +504,12 @@ class Service:
         self.refresh_keys()
         log.info("enrolled node %s with key %s", node_id, fp)
         return 201, self._enrolled(node_id, fp, created=True)
+
+    def _configured_metadata(self, node_id: str) -> dict[str, Any]:
+        for spec in self.orchestrator.config["nodes"]:
+            if spec["id"] == node_id:
+                return spec.get("metadata") or {}
+        return {}
 
     def _pinned_fingerprint(self, node_id: str) -> str | None:
         for spec in self.orchestrator.config["nodes"]:
