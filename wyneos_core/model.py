@@ -25,6 +25,7 @@ __all__ = [
     "LicenceResult",
     "Node",
     "NodeStatus",
+    "Observation",
     "PluginError",
     "RuleResult",
     "Severity",
@@ -123,6 +124,50 @@ class Node:
         }
 
 
+@dataclass(slots=True)
+class Observation:
+    """What one node (a witness) saw of a mesh neighbour when it last probed it.
+
+    Observations travel with the observer's heartbeat (``Heartbeat.observations``) and
+    feed the consensus that severe actions wait for (``wyneos_core.consensus``).
+
+    :param observer: the node that probed (must be the heartbeat's sender).
+    :param subject: the neighbour it probed.
+    :param reachable: whether the neighbour answered.
+    :param rtt_ms: round-trip time of the probe in milliseconds (None when unanswered).
+    :param last_seq: the subject's last heartbeat sequence number the observer saw.
+    :param signed: whether the observer's node-key signature over it was verified on intake.
+    """
+
+    observer: str
+    subject: str
+    reachable: bool
+    rtt_ms: float | None = None
+    last_seq: int | None = None
+    signed: bool = False
+
+    def problem(self) -> str | None:
+        """What makes this observation unusable, or None."""
+        if type(self.observer) is not str or type(self.subject) is not str:
+            return "observer and subject must be strings"
+        if not 0 < len(self.subject) <= 256:
+            return "subject must be 1 to 256 characters"
+        if type(self.reachable) is not bool or type(self.signed) is not bool:
+            return "reachable and signed must be True or False"
+        rtt = self.rtt_ms
+        if rtt is not None and (isinstance(rtt, bool) or not isinstance(rtt, (int, float))
+                                or not 0 <= rtt <= 600_000):  # also catches nan
+            return f"rtt_ms must be a number of milliseconds in [0, 600000] or None, got {rtt!r:.40}"
+        seq = self.last_seq
+        if seq is not None and (type(seq) is not int or not 0 <= seq < 2**63):
+            return f"last_seq must be a whole number >= 0 or None, got {seq!r:.40}"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"observer": self.observer, "subject": self.subject, "reachable": self.reachable,
+                "rtt_ms": _finite(self.rtt_ms), "last_seq": self.last_seq, "signed": self.signed}
+
+
 @dataclass(slots=True, frozen=True)
 class Heartbeat:
     """A node reporting in. ``timestamp`` is the node's own clock, epoch seconds."""
@@ -133,9 +178,11 @@ class Heartbeat:
     metadata: dict[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None
     licence_ref: str | None = None
+    #: what the node saw of its mesh neighbours since its last heartbeat (witness reports)
+    observations: tuple[Observation, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "node_id": self.node_id,
             "timestamp": self.timestamp,
             "load": self.load,
@@ -143,6 +190,9 @@ class Heartbeat:
             "fingerprint": self.fingerprint,
             "licence_ref": self.licence_ref,
         }
+        if self.observations:
+            out["observations"] = [o.to_dict() for o in self.observations]
+        return out
 
 
 @dataclass(slots=True)
@@ -367,6 +417,8 @@ class TickReport:
     errors: list[PluginError] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     missed_ticks: int = 0
+    #: witness consensus before severe actions (filled by the decide step; see wyneos_core.consensus)
+    consensus: dict[str, Any] = field(default_factory=dict)
 
     def status_counts(self) -> dict[str, int]:
         """Nodes per status, plus ``isolated``."""
@@ -412,6 +464,7 @@ class TickReport:
             "errors": [e.to_dict() for e in self.errors],
             "notes": self.notes,
             "missed_ticks": self.missed_ticks,
+            "consensus": self.consensus,
         }
 
 

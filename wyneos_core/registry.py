@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from wyneos_core.model import ORIGIN, Heartbeat, Node, NodeStatus
+from wyneos_core.model import ORIGIN, Heartbeat, Node, NodeStatus, Observation
 
 __all__ = ["HeartbeatError", "Registry", "RegistryError", "NODE_ID_PATTERN", "RESERVED_METADATA",
            "RESERVED_NODE_IDS"]
@@ -77,6 +77,9 @@ class Registry:
         self.max_metadata_bytes = int(settings["max_metadata_bytes"])
         self.max_load = float(settings["max_load"])
         self.max_nodes = int(settings.get("max_nodes", 200_000))
+        self.max_observations = int(settings.get("max_observations", 32))
+        #: witness observations of the heartbeats accepted since ``take_observations`` was last called
+        self.observations: list[Observation] = []
 
     # -- membership -------------------------------------------------------------------
 
@@ -196,11 +199,37 @@ class Registry:
                 )
         elif not isinstance(metadata, dict):
             raise HeartbeatError(node_id, "metadata", "not a mapping", metadata)
+        if hb.observations:
+            self._check_observations(hb)
         if hb.fingerprint is not None or hb.licence_ref is not None:
             for name in ("fingerprint", "licence_ref"):
                 value = getattr(hb, name)
                 if value is not None and (not isinstance(value, str) or len(value) > 256):
                     raise HeartbeatError(node_id, name, "not a string of at most 256 characters", value)
+
+    def _check_observations(self, hb: Heartbeat) -> None:
+        observations = hb.observations
+        node_id = hb.node_id
+        if not isinstance(observations, (tuple, list)):
+            raise HeartbeatError(node_id, "observations", "not a list", type(observations).__name__)
+        if len(observations) > self.max_observations:
+            raise HeartbeatError(node_id, "observations", f"{len(observations)} observations, more than "
+                                 f"heartbeat.max_observations ({self.max_observations})", len(observations))
+        for index, obs in enumerate(observations):
+            if not isinstance(obs, Observation):
+                raise HeartbeatError(node_id, f"observations[{index}]", "not an observation", repr(obs)[:80])
+            if obs.observer != node_id:
+                raise HeartbeatError(node_id, f"observations[{index}].observer",
+                                     "a node reports only its own observations", str(obs.observer)[:80])
+            problem = obs.problem()
+            if problem is not None:
+                raise HeartbeatError(node_id, f"observations[{index}]", problem)
+
+    def take_observations(self) -> list[Observation]:
+        """The observations collected since the last call (and forget them)."""
+        out = self.observations
+        self.observations = []
+        return out
 
     def accept(self, hb: Heartbeat, now: float) -> Node:
         """Check ``hb`` and apply it. Older-than-seen heartbeats (within skew) are ignored.
@@ -234,6 +263,8 @@ class Registry:
             node.fingerprint = hb.fingerprint
         if hb.licence_ref is not None:
             node.licence_ref = hb.licence_ref
+        if hb.observations:
+            self.observations.extend(hb.observations)
         return node
 
     def accept_all(self, heartbeats: Iterable[Heartbeat], now: float) -> tuple[int, list[HeartbeatError]]:

@@ -12,7 +12,8 @@ from typing import Any
 from wyneos_core.config import Config
 from wyneos_core.intake import HeartbeatQueue
 from wyneos_core.mesh import Mesh, RoutingTree, build_topology
-from wyneos_core.model import ORIGIN, Action, Delivery, Heartbeat, LicenceResult, Node, NodeStatus, PluginError, RuleResult, TickReport
+from wyneos_core.model import (ORIGIN, Action, Delivery, Heartbeat, LicenceResult, Node, NodeStatus, Observation,
+                               PluginError, RuleResult, TickReport)
 from wyneos_core.plugins import PluginLoadError, PluginManager
 from wyneos_core.registry import Registry
 from wyneos_core.store import StateStore
@@ -37,6 +38,8 @@ class TickContext:
     report: TickReport
     #: scratch space shared by plugins for this tick only, by plugin name
     scratch: dict[str, Any] = field(default_factory=dict)
+    #: witness observations carried by this tick's accepted heartbeats (see ``wyneos_core.consensus``)
+    observations: list[Observation] = field(default_factory=list)
 
     def note(self, text: str) -> None:
         """Add a human-readable line to the tick report."""
@@ -265,6 +268,7 @@ class Orchestrator:
                 self.mesh.add_edges([(ORIGIN, node_id)])
                 report.notes.append(f"node {node_id} registered itself by heartbeat; linked to the orchestrator")
         self.registry.joined.clear()
+        ctx.observations = self.registry.take_observations()
         for node_id, (old, new) in self.registry.refresh(now).items():
             report.transitions.append({"kind": "status", "node_id": node_id, "from": old.value, "to": new.value})
         nodes = self.registry.nodes()

@@ -48,6 +48,12 @@ or whose target is not a node of the cluster, is ``rejected`` on its own: a life
 event and an ``invalid_result`` error naming the action and the field, once per run of
 proposals; the other actions of the tick go on.
 
+**Consensus** (``wyneos_core.consensus``): a severe action (``consensus.severe_actions``,
+by default isolate and revoke) against a node the orchestrator no longer hears waits,
+as ``awaiting_witnesses``, until ``consensus.witnesses`` of its mesh neighbours confirm
+it unreachable; the tick report's ``consensus`` section shows each one's witnesses or
+what it waits for. The safety stop above stays in force regardless.
+
 Flapping protection: the probation before a reinstate doubles with each isolation of
 the same node within ``decide.flap_window_ticks`` ticks (capped at
 ``decide.max_probation_ticks``), so a node that keeps coming and going is held out
@@ -61,6 +67,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from wyneos_core import consensus as _consensus
 from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem
 from wyneos_core.model import ORIGIN, Action, ActionType, NodeStatus, PluginError, Severity
@@ -386,6 +393,8 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
                  "isolations in force (not counted as a partition): "
                  + ", ".join(sorted(stranded)[:5]) + (" ..." if len(stranded) > 5 else ""))
     budget = settings["max_isolations_per_tick"]
+    gate = _consensus_gate(ctx, state)
+    verdicts: dict[str, _consensus.Verdict] = {}
 
     decided: list[Action] = []
     deferred = suppressed = 0
@@ -417,6 +426,15 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
             event(ctx, action, "approved", "resumed: the node is still isolated (probation interrupted)")
             event(ctx, action, "in_force", "edges still cut")
             continue
+        # -- consensus: a severe action on a silent node waits for its witnesses ----------------
+        if gate is not None and gate.gates(action) and not (action.type in ISOLATING and action.target in cut_off):
+            subject = gate.subject_of(action)
+            verdict = verdicts[action.id] = gate.verdict(action, registry.get(subject) if subject else None,
+                                                         len(registry))
+            if not verdict.approved:
+                _hold(ctx, state, action, "awaiting_witnesses", verdict.detail)
+                continue
+        # -- end of consensus ---------------------------------------------------------------------
         if action.type in ISOLATING and action.target not in cut_off:
             if safety_stop:
                 _hold(ctx, state, action, "suppressed", "safety stop")
@@ -446,7 +464,11 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
             approved_cuts.add(action.target)
         state.held.pop(action.id, None)
         event(ctx, action, "proposed", action.reason)
-        event(ctx, action, "approved")
+        verdict = verdicts.get(action.id)
+        if verdict is None:
+            event(ctx, action, "approved")
+        else:
+            event(ctx, action, "approved", f"{verdict.basis}: {verdict.detail}", witnesses=verdict.witnesses)
         state.in_force[action.id] = InForce(action, tick, tick)
         decided.append(action)
         if action.type in ISOLATING and action.target not in cut_off:
@@ -466,6 +488,9 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
     for action_id in [a for a in state.held if a not in unique]:
         del state.held[action_id]
 
+    if gate is not None:
+        _consensus_report(ctx, gate, verdicts, unique)
+
     _clear(ctx, state, settings, safety_stop, partitioned - stranded)
     decided.extend(_reinstate(ctx, state, settings))
     if tick % 100 == 0:
@@ -481,6 +506,40 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         "suppressed": suppressed,
     }
     return decided
+
+
+def _consensus_gate(ctx: TickContext, state: DecideState) -> _consensus.ConsensusState | None:
+    """The tick's consensus bookkeeping (witness observations in, suspects followed).
+
+    Suspects are the nodes the orchestrator no longer hears (``state.unhealthy_since``,
+    kept by ``_safety``); isolated ones are already cut off and left out.
+    """
+    gate = _consensus.state_of(ctx.orchestrator)
+    registry = ctx.registry
+    silent = {n: t for n, t in state.unhealthy_since.items() if (node := registry.get(n)) is not None
+              and not node.isolated}
+    weights = ctx.scratch.get("witness_weights")
+    gate.update(ctx.tick, ctx.now, ctx.observations, registry, silent,
+                float(ctx.config["heartbeat"]["interval"]), weights if isinstance(weights, dict) else None)
+    return gate
+
+
+def _consensus_report(ctx: TickContext, gate: _consensus.ConsensusState, verdicts: dict[str, _consensus.Verdict],
+                      unique: dict[str, Action]) -> None:
+    """The report's ``consensus`` section: every severe action decided on this tick with
+    its witnesses or what it waits for."""
+    listed = []
+    waiting = 0
+    for action_id, verdict in verdicts.items():
+        if not verdict.approved:
+            waiting += 1
+        if len(listed) < _consensus.REPORT_LIMIT:
+            listed.append(verdict.to_dict(unique[action_id]))
+    ctx.report.consensus = {**gate.summary(), "actions": listed, "waiting": waiting,
+                            "actions_omitted": max(0, len(verdicts) - len(listed))}
+    if waiting:
+        ctx.note(f"consensus: {waiting} severe action(s) wait for witness confirmation "
+                 f"(consensus.witnesses={gate.settings.witnesses})")
 
 
 def _trim(state: DecideState, tick: int, settings: dict[str, Any]) -> None:
