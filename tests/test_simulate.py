@@ -60,7 +60,7 @@ def test_partition_of_half_the_cluster_triggers_the_safety_stop_not_mass_isolati
 
 def test_without_the_correlated_failure_stop_the_same_partition_isolates_half_the_cluster():
     scenario = load_scenario(resolve_scenario("builtin:half-partition"))
-    scenario.config = {"decide": {"max_correlated_fraction": 1.0}}
+    scenario.config = {"decide": {"max_correlated_fraction": 1.0}, "consensus": {"enabled": False}}
     result = simulate(scenario)
     s = result.summary
     # 50% unhealthy is under max_unhealthy_fraction (0.55): nothing else stops it
@@ -71,6 +71,12 @@ def test_without_the_correlated_failure_stop_the_same_partition_isolates_half_th
     assert max(isolated) == 100 and isolated[12] == 10
     assert sorted(result.failures) == ["100 isolation(s) of nodes silenced by a partition, at most 0 expected",
                                        "safety stop in 0 tick(s), expected some"]
+    # consensus alone (still without the stop) holds most of them: only nodes on the edge of
+    # the cut, whose neighbours on the orchestrator's side really cannot reach them, are confirmed
+    scenario.config = {"decide": {"max_correlated_fraction": 1.0}}
+    s = simulate(scenario).summary
+    assert 0 < s["partition_isolations"] < 50 and s["false_isolations"] == 0
+    assert s["consensus"]["held_nodes"] > 50
 
 
 def test_flapping_node_is_not_isolated_and_reinstated_every_tick():

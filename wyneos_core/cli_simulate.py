@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("png", "svg"), default="png", help="plot format (default: png)")
     p.add_argument("--state", metavar="FILE", help="keep the orchestrator's SQLite state in FILE")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--compare-consensus", action="store_true",
+                   help="run the scenario a second time with consensus the other way round and report false "
+                        "isolations and detection latency of both side by side")
     p.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="show a progress bar (default: when stderr is a terminal or the run is long)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -73,6 +76,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if progress is None:
         progress = sys.stderr.isatty() or scenario.nodes * scenario.ticks >= 200_000
     result = simulate(scenario, progress=progress, state_path=args.state)
+    if args.compare_consensus:
+        from wyneos_core.simulate.runner import compare_consensus
+
+        result.summary["consensus_comparison"] = compare_consensus(result, progress=progress)
     paths = write_outputs(result, args.out, args.format)
     if args.json:
         print(json.dumps(result.summary, indent=1))

@@ -17,9 +17,12 @@ confirm it unreachable within ``consensus.window_ticks``:
   refutations, and the suspicion timeout has passed. The timeout shrinks as
   confirmations arrive (Lifeguard): ``max_timeout_ticks`` with none, down to
   ``min_timeout_ticks`` with ``k``, logarithmically in between;
-* a node that fewer than ``k`` witnesses can see at all (its neighbours are gone too)
-  cannot collect ``k`` confirmations: it is acted on once every witness that reported
-  agrees and its (longer) timeout has passed - never while a witness vouches for it;
+* a node with fewer than ``k`` mesh neighbours can never have ``k`` witnesses: all of its
+  neighbours must confirm (basis ``few_neighbours``), and the Lifeguard timeout for that
+  many confirmations applies; a node with none is judged on the orchestrator's evidence
+  (``no_neighbours``);
+* a node whose neighbours are themselves silent or discounted stays held (``waiting``)
+  until enough of them can speak: consensus prefers a late isolation to a false one;
 * in a cluster where no node reports observations at all (agents that do not probe their
   peers, the embedded demo) there is nobody to ask: basis ``no_witnesses``, the
   orchestrator's evidence alone, as before consensus;
@@ -153,7 +156,7 @@ class Verdict:
     """Whether a severe action may take effect this tick, and why."""
 
     approved: bool
-    #: confirmed | direct | small_cluster | no_witnesses | unconfirmable | disabled | waiting | refuted
+    #: confirmed | few_neighbours | no_neighbours | direct | small_cluster | no_witnesses | disabled | waiting | refuted
     basis: str
     detail: str
     witnesses: list[str] = field(default_factory=list)
@@ -324,8 +327,14 @@ class ConsensusState:
         node = action.params.get("node") if isinstance(action.params, dict) else None
         return node if isinstance(node, str) else None
 
-    def verdict(self, action: Action, node: Node | None, cluster_size: int) -> Verdict:
-        """Whether ``action`` (severe) may take effect this tick."""
+    def verdict(self, action: Action, node: Node | None, cluster_size: int, neighbours: int) -> Verdict:
+        """Whether ``action`` (severe) may take effect this tick.
+
+        :param node: the node the action is about (None: it names none).
+        :param cluster_size: nodes in the cluster (small-cluster fallback).
+        :param neighbours: the node's mesh neighbours, the orchestrator not counted: the
+            witnesses it can have at most.
+        """
         s = self.settings
         k = s.witnesses
         if not s.enabled:
@@ -342,31 +351,28 @@ class ConsensusState:
         if last is None or self.tick - last >= max(s.window_ticks, s.max_timeout_ticks):
             return Verdict(True, "no_witnesses", "no node of the cluster reports witness observations (agents "
                            "without peer probing): the orchestrator's evidence alone", since=sus.since)
+        needed = min(k, neighbours)
+        if needed <= 0:
+            return Verdict(True, "no_neighbours", "the node has no mesh neighbour to witness it: the orchestrator's "
+                           "evidence alone", since=sus.since)
         confirm, refute, yes, no = sus.tally(self.tick, s.window_ticks, self.weight_of)
         elapsed = self.tick - sus.since
         timeout = suspicion_timeout(confirm, k, s.min_timeout_ticks, s.max_timeout_ticks)
-        available = confirm + refute
-        base = dict(witnesses=yes, refuted_by=no, confirmations=confirm, needed=k, since=sus.since,
+        base = dict(witnesses=yes, refuted_by=no, confirmations=confirm, needed=needed, since=sus.since,
                     timeout_ticks=timeout)
-        if confirm >= k and confirm > refute:
+        if confirm >= needed and confirm > refute:
             if elapsed >= timeout:
-                return Verdict(True, "confirmed", f"{_n(confirm)} witness(es) confirm it unreachable: "
+                basis = "confirmed" if needed == k else "few_neighbours"
+                extra = "" if needed == k else f" (all it has: {neighbours} mesh neighbour(s), fewer than k={k})"
+                return Verdict(True, basis, f"{_n(confirm)} witness(es) confirm it unreachable{extra}: "
                                + ", ".join(yes[:5]), **base)
-            return Verdict(False, "waiting", f"confirmed by {_n(confirm)}, suspicion timeout {timeout:.1f} tick(s) "
+            return Verdict(False, "waiting", f"confirmed by {_n(confirm)}; suspicion timeout {timeout:.1f} tick(s) "
                            f"not reached ({elapsed} since the node fell silent)", **base)
         if refute and refute >= confirm:
             return Verdict(False, "refuted", f"{_n(refute)} witness(es) still reach it ("
-                           + ", ".join(no[:5]) + f"); {_n(confirm)} of {k} confirmation(s)", **base)
-        if available < k and refute == 0:
-            # fewer than k witnesses can see the node at all: Lifeguard's timeout, never against a witness
-            if elapsed >= timeout:
-                return Verdict(True, "unconfirmable",
-                               f"only {_n(available)} witness(es) can see it, all confirm; suspicion timeout "
-                               f"{timeout:.1f} tick(s) passed", **base)
-            return Verdict(False, "waiting", f"only {_n(available)} witness(es) can see it; acting after the "
-                           f"suspicion timeout ({timeout:.1f} tick(s), {elapsed} so far)", **base)
-        return Verdict(False, "waiting", f"waits for {k} confirmation(s), has {_n(confirm)} (against {_n(refute)})",
-                       **base)
+                           + ", ".join(no[:5]) + f"); {_n(confirm)} of {needed} confirmation(s)", **base)
+        return Verdict(False, "waiting", f"waits for {needed} confirmation(s), has {_n(confirm)}"
+                       + (f" (against {_n(refute)})" if refute else ""), **base)
 
     def summary(self) -> dict[str, Any]:
         return {"k": self.settings.witnesses, "enabled": self.settings.enabled,

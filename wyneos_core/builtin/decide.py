@@ -429,8 +429,10 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         # -- consensus: a severe action on a silent node waits for its witnesses ----------------
         if gate is not None and gate.gates(action) and not (action.type in ISOLATING and action.target in cut_off):
             subject = gate.subject_of(action)
+            adj = ctx.mesh.graph.adj
+            peers = sum(1 for v in adj[subject] if v != ORIGIN) if subject is not None and subject in adj else 0
             verdict = verdicts[action.id] = gate.verdict(action, registry.get(subject) if subject else None,
-                                                         len(registry))
+                                                         len(registry), peers)
             if not verdict.approved:
                 _hold(ctx, state, action, "awaiting_witnesses", verdict.detail)
                 continue
@@ -505,6 +507,9 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         "deferred": deferred,
         "suppressed": suppressed,
     }
+    if gate is not None:
+        ctx.scratch["consensus"] = {"discounted": set(gate.discounted),
+                                    "waiting": {unique[i].target for i, v in verdicts.items() if not v.approved}}
     return decided
 
 

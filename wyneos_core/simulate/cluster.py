@@ -14,6 +14,15 @@
   not acknowledged, a lossy link loses hops at random (seeded), and a load action
   acknowledged by its target moves the planned load to the receiving neighbours.
 
+* **witnesses**: every node the orchestrator hears reports, with its heartbeat, what
+  it saw of each of its mesh neighbours this tick (``model.Observation``: reachable
+  unless the neighbour is down or hung or the link between them is cut, a round-trip
+  time, the neighbour's last heartbeat sequence). ``liar`` nodes invert what they see.
+  Observations are only made when ``consensus.enabled`` (nothing else reads them);
+* ``orchestrator_link_loss`` cuts only the orchestrator's own link to its nodes: their
+  heartbeats never arrive and the orchestrator's hops to them fail, while their
+  peers still reach them and say so.
+
 Faults start and end at the tick boundaries the scenario gives. A partition cuts the
 links between a connected region and the rest in the simulated *network* only: the
 region's heartbeats stop arriving and every hop into it goes unacknowledged. The
@@ -29,7 +38,7 @@ from typing import Any
 
 from wyneos_core import hookimpl
 from wyneos_core.mesh import Mesh
-from wyneos_core.model import ORIGIN, Action, Heartbeat
+from wyneos_core.model import ORIGIN, Action, Heartbeat, Observation
 from wyneos_core.simulate.licences import SimLicences
 from wyneos_core.simulate.scenario import Fault, Scenario, pick_nodes
 from wyneos_core.tick import TickContext
@@ -78,6 +87,17 @@ class SimCluster:
                                      for n in self.targets.get(f.index, ())})
         self.refs: dict[str, str] = {}
         self.last_scratch: dict[str, Any] = {}
+        # witnesses: each node probes its configured mesh neighbours
+        self.neighbours = {v: tuple(w for w in mesh.graph.adj[v] if w != ORIGIN) for v in self.ids}
+        lat_rng = random.Random(scenario.seed + 4)
+        self.latency = {v: round(lat_rng.uniform(0.2, 2.0), 3) for v in self.ids}
+        #: heartbeats each node has sent (its sequence number)
+        self.seq: dict[str, int] = dict.fromkeys(self.ids, 0)
+        self.link_lost: set[str] = set()
+        self.liars: set[str] = set()
+        self.witnesses = True
+        #: the orchestrator's consensus section (for the summary)
+        self.consensus_settings: dict[str, Any] = {}
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -88,6 +108,8 @@ class SimCluster:
         self.extra = {}
         self.expired = set()
         self.forged = set()
+        self.link_lost = set()
+        self.liars = set()
         self.loss = 0.0
         hung: dict[str, float] = {}
         changed = False
@@ -130,6 +152,10 @@ class SimCluster:
                     self.skew[n] = float(fault.params.get("skew", 120.0))
             elif kind == "message_loss":
                 self.loss = max(self.loss, float(fault.params.get("probability", 0.3)))
+            elif kind == "orchestrator_link_loss":
+                self.link_lost.update(nodes)
+            elif kind == "liar":
+                self.liars.update(nodes)
         self.hung = hung
         if self.licences is not None:
             self.refs = {n: self.licences.reference(n, tick, self.scenario.faults) for n in self.licence_nodes}
@@ -206,21 +232,47 @@ class SimCluster:
         down, hung, skew, reach = self.down, self.hung, self.skew, self.reachable
         base, moved, extra = self.base_load, self.moved, self.extra
         refs = self.refs
+        lost = self.link_lost
+        seq = self.seq
+        for node_id in self.ids:
+            if node_id not in down and node_id not in hung:
+                seq[node_id] += 1
+        witnesses = self.witnesses
         out = []
         for node_id in self.ids:
             if node_id in down or (reach is not None and node_id not in reach):
                 continue
+            if lost and node_id in lost:
+                continue  # sent, but the orchestrator's own link to it is gone
             ts = hung.get(node_id)
             if ts is None:
                 ts = now + skew.get(node_id, 0.0)
             load = base[node_id]
             if moved or extra:
                 load = max(0.0, load + moved.get(node_id, 0.0) + extra.get(node_id, 0.0))
-            out.append(Heartbeat(node_id, ts, round(load, 4), licence_ref=refs.get(node_id) if refs else None))
+            observations = self._observe(node_id) if witnesses and node_id not in hung else ()
+            out.append(Heartbeat(node_id, ts, round(load, 4), licence_ref=refs.get(node_id) if refs else None,
+                                 observations=observations))
         return out
+
+    def _observe(self, node_id: str) -> tuple[Observation, ...]:
+        """What ``node_id`` saw of its neighbours this tick (inverted by a liar)."""
+        down, hung, physical = self.down, self.hung, self.physical[node_id]
+        liar = node_id in self.liars
+        lat = self.latency
+        mine = lat[node_id]
+        seq = self.seq
+        out = []
+        for w in self.neighbours[node_id]:
+            up = w in physical and w not in down and w not in hung
+            out.append(Observation(node_id, w, up != liar, round(mine + lat[w], 3) if up else None, seq[w], True))
+        return tuple(out)
 
     @hookimpl(tryfirst=True)
     def wyneos_deliver(self, ctx: TickContext, action: Action, sender: str, receiver: str) -> bool:
+        if sender == ORIGIN and receiver in self.link_lost:
+            self.counters["refused"] += 1  # the orchestrator's own link to it is gone
+            return False
         if receiver in self.down or receiver in self.hung:
             self.counters["refused"] += 1
             return False

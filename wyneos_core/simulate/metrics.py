@@ -9,6 +9,9 @@
   within the grace period before) and were heard from; **partition isolations**:
   isolations of healthy nodes that a partition had silenced (to an orchestrator on the
   other side, indistinguishable from crashed nodes unless the safety stop engages);
+* for ``orchestrator_link_loss``: detection is the orchestrator noticing the silence,
+  "acting" is holding the isolation back (awaiting witnesses, or a safety stop); for
+  ``liar``: detection is consensus discounting the node as a witness;
 * actions per tick, propagation coverage (delivered share of (action, target) pairs),
   safety stops, isolations per node (flapping), time per tick.
 """
@@ -37,6 +40,12 @@ _ACTS = {
     "forged_licence": {"isolate", "quarantine", "revoke"},
     "clock_skew": {"isolate"},
 }
+
+
+#: faults of healthy nodes the orchestrator cannot hear: holding isolation back is the right act
+_HOLDS = frozenset({"partition", "orchestrator_link_loss"})
+#: faults that call for no action at all (only detection is measured)
+NO_ACTION = frozenset({"liar", "message_loss"})
 
 
 @dataclass(slots=True)
@@ -98,6 +107,9 @@ class Recorder:
         self.partition_isolations: list[dict[str, Any]] = []
         self.safety_notes: list[str] = []
         self.no_capacity: list[str] = []
+        #: nodes a severe action waited on witnesses for; witnesses consensus discounted
+        self.awaited: set[str] = set()
+        self.discounted: set[str] = set()
 
     def _track(self, fault: Fault) -> _Track:
         track = self.tracks.get(fault.index)
@@ -110,6 +122,7 @@ class Recorder:
         tick = report.tick
         cluster = self.cluster
         scratch = cluster.last_scratch.get("decide", {})
+        gate = cluster.last_scratch.get("consensus", {})
         partitioned = scratch.get("partitioned", set())
         for node_id in list(cluster.down) + list(cluster.hung) + list(cluster.expired) + list(cluster.forged):
             self.last_node_fault[node_id] = tick
@@ -137,9 +150,12 @@ class Recorder:
                         self.partition_isolations.append(entry)
                     else:
                         self.false_isolations.append(entry)
+        if gate:
+            self.awaited.update(gate.get("waiting", ()))
+            self.discounted.update(gate.get("discounted", ()))
         moved = 0.0
         for e in report.lifecycle:
-            if e["state"] == "suppressed":
+            if e["state"] in ("suppressed", "awaiting_witnesses"):
                 acted_on.setdefault(e["target"], set()).add("held")
             if e["state"] == "in_force" and "effect" in e and isinstance(e["effect"], dict):
                 moved += float(e["effect"].get("moved", 0.0) or 0.0)
@@ -152,12 +168,14 @@ class Recorder:
         active = [f for f in self.scenario.faults if f.at <= tick]
         if active:
             by_id = {n.id: n for n in report.nodes} if any(f.kind in ("crash", "hang", "flapping", "overload",
-                                                                                 "partition")
+                                                                                 "partition", "orchestrator_link_loss")
                                                            for f in active) else {}
             rejected = {r["node_id"] for r in report.heartbeats_rejected if r.get("field") == "timestamp"}
+            for target in gate.get("waiting", ()):
+                acted_on.setdefault(target, set()).add("held")
             for fault in active:
                 self._observe(self._track(fault), tick, by_id, rejected, report, partitioned, acted_on,
-                              bool(scratch.get("safety_stop")))
+                              bool(scratch.get("safety_stop")), gate.get("discounted", set()))
 
         delivered = sum(1 for d in report.deliveries if d.delivered)
         loads = [n.load for n in report.nodes if n.load is not None]
@@ -170,13 +188,14 @@ class Recorder:
         return sample
 
     def _observe(self, track: _Track, tick: int, by_id: dict, rejected: set[str], report: TickReport,
-                 partitioned: set[str], acted_on: dict[str, set[str]], safety_stop: bool) -> None:
+                 partitioned: set[str], acted_on: dict[str, set[str]], safety_stop: bool,
+                 discounted: set[str]) -> None:
         kind = track.fault.kind
         wanted = _ACTS.get(kind, set())
         for node_id in track.nodes:
             if node_id not in track.detected:
                 seen = False
-                if kind in ("crash", "hang", "flapping", "partition"):
+                if kind in ("crash", "hang", "flapping", "partition", "orchestrator_link_loss"):
                     node = by_id.get(node_id)
                     seen = node is not None and node.status.value in ("stale", "offline")
                 elif kind == "overload":
@@ -187,13 +206,19 @@ class Recorder:
                     seen = result is not None and not result.valid
                 elif kind == "clock_skew":
                     seen = node_id in rejected
+                elif kind == "liar":
+                    seen = node_id in discounted
                 if seen:
                     track.detected[node_id] = tick
             if node_id not in track.acted and wanted & acted_on.get(node_id, set()):
                 track.acted[node_id] = tick
-            if kind == "partition" and node_id not in track.acted and (
+            if kind in _HOLDS and node_id not in track.acted and (
                     safety_stop or "held" in acted_on.get(node_id, set())):
                 track.acted[node_id] = tick  # holding isolation back is what a partition calls for
+            if (kind == "orchestrator_link_loss" and node_id not in track.acted
+                    and "isolate" in acted_on.get(node_id, set())
+                    and tick - self.last_node_fault.get(node_id, -10**9) <= self.grace_ticks):
+                track.acted[node_id] = tick  # it also crashed (or worse): isolating it is right
 
     # -- the summary --------------------------------------------------------------------------
 
@@ -221,6 +246,7 @@ class Recorder:
                 "detected": len(track.detected),
                 "detection_ticks": _stats(detected),
                 "detection_seconds": _stats([d * self.interval for d in detected]),
+                "acts": fault.kind not in NO_ACTION,
                 "acted": len(track.acted),
                 "action_ticks": _stats(acted),
                 "action_seconds": _stats([d * self.interval for d in acted]),
@@ -238,6 +264,7 @@ class Recorder:
             "seed": self.scenario.seed,
             "interval_s": self.interval,
             "faults": faults,
+            "consensus": self._consensus(),
             "false_isolations": len(self.false_isolations),
             "false_isolation_examples": self.false_isolations[:10],
             "partition_isolations": len(self.partition_isolations),
@@ -259,6 +286,12 @@ class Recorder:
                         "p95": round(_pct(durations, 0.95), 3), "max": round(max(durations, default=0.0), 3)},
             "wall_seconds": round(wall_seconds, 3),
         }
+
+
+    def _consensus(self) -> dict[str, Any]:
+        settings = self.cluster.consensus_settings
+        return {"enabled": bool(settings.get("enabled", True)), "witnesses": settings.get("witnesses", 2),
+                "held_nodes": len(self.awaited), "discounted_witnesses": len(self.discounted)}
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:
@@ -291,7 +324,7 @@ def check_expectations(summary: dict[str, Any], expect: dict[str, Any]) -> list[
                 failures.append(f"{fault['fault']}: detected on {fault['detected']}/{fault['tracked']} node(s)"
                                 f"{_worst(worst)}, expected on all within {plural(limit, 'tick')}")
         limit = expect.get("acted_within_ticks")
-        if limit is not None and fault["kind"] in _ACTS:
+        if limit is not None and (fault["kind"] in _ACTS or fault["kind"] == "orchestrator_link_loss"):
             worst = fault["action_ticks"]["max"] if fault["action_ticks"] else None
             if fault["acted"] < fault["tracked"] or worst is None or worst > limit:
                 failures.append(f"{fault['fault']}: acted on {fault['acted']}/{fault['tracked']} node(s)"

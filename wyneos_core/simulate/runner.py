@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -21,7 +22,7 @@ from wyneos_core.simulate.scenario import Scenario, node_ids
 from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator
 
-__all__ = ["SimClock", "SimResult", "simulate", "summary_text", "write_outputs"]
+__all__ = ["SimClock", "SimResult", "compare_consensus", "simulate", "summary_text", "write_outputs"]
 
 #: the simulated epoch: 2026-01-01T00:00:00Z
 EPOCH = 1_767_225_600.0
@@ -77,6 +78,8 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
             orchestrator.registry.register(node_id, now=clock.now, licence_ref=licences.initial[node_id])
     orchestrator.mesh = build_topology(ids, config["mesh"])
     cluster = SimCluster(scenario, ids, orchestrator.mesh)
+    cluster.witnesses = bool(config["consensus"]["enabled"])
+    cluster.consensus_settings = dict(config["consensus"])
     cluster.licences = licences
     orchestrator.pm.register(cluster, SimCluster.__wyneos_name__)
     return orchestrator, cluster, clock
@@ -119,6 +122,60 @@ def simulate(scenario: Scenario, *, progress: bool = False, state_path: str | Pa
     return SimResult(scenario, summary, recorder.samples, failures, orchestrator, cluster)
 
 
+def with_consensus(scenario: Scenario, enabled: bool) -> Scenario:
+    """A copy of ``scenario`` with ``consensus.enabled`` set."""
+    config = dict(scenario.config)
+    config["consensus"] = {**config.get("consensus", {}), "enabled": enabled}
+    return dataclasses.replace(scenario, config=config)
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "false_isolations": summary["false_isolations"],
+        "partition_isolations": summary["partition_isolations"],
+        "isolations": summary["isolations"],
+        "safety_stop_ticks": summary["safety_stop_ticks"],
+        "faults": [{k: f[k] for k in ("fault", "kind", "nodes", "tracked", "detected", "detection_ticks", "acts",
+                                      "acted", "action_ticks")} for f in summary["faults"]],
+    }
+
+
+def compare_consensus(result: SimResult, *, progress: bool = False, state_path: str | Path | None = None) -> dict[str, Any]:
+    """Run ``result``'s scenario again with consensus the other way round; both side by side.
+
+    :return: ``{"with_consensus": ..., "without_consensus": ...}`` (false isolations,
+        isolations, and per fault its detection and action latency).
+    """
+    enabled = bool(result.orchestrator.config["consensus"]["enabled"])
+    other = simulate(with_consensus(result.scenario, not enabled), progress=progress, state_path=state_path)
+    mine, theirs = _brief(result.summary), _brief(other.summary)
+    return {"with_consensus": mine if enabled else theirs, "without_consensus": theirs if enabled else mine}
+
+
+def comparison_text(comparison: dict[str, Any]) -> str:
+    """The side-by-side table of ``compare_consensus``."""
+    on, off = comparison["with_consensus"], comparison["without_consensus"]
+    row = "  {:<34}{:>16}{:>16}"
+    lines = ["consensus compared:" + " " * 17 + "with consensus         without",
+             row.format("false isolations", on["false_isolations"], off["false_isolations"]),
+             row.format("partition isolations", on["partition_isolations"], off["partition_isolations"]),
+             row.format("isolations decided", on["isolations"], off["isolations"])]
+
+    def latency(f: dict[str, Any], key: str, count: str) -> str:
+        stats = f[key]
+        done = f"{f[count]}/{f['tracked']}"
+        return f"{done}, -" if not stats else f"{done}, {stats['mean']:g}/{stats['max']:g}"
+
+    for a, b in zip(on["faults"], off["faults"]):
+        lines.append(f"  {a['fault']}")
+        lines.append(row.format("  detected (n, mean/max ticks)", latency(a, "detection_ticks", "detected"),
+                                latency(b, "detection_ticks", "detected")))
+        if a["acts"]:
+            lines.append(row.format("  acted (n, mean/max ticks)", latency(a, "action_ticks", "acted"),
+                                    latency(b, "action_ticks", "acted")))
+    return "\n".join(lines)
+
+
 def summary_text(summary: dict[str, Any]) -> str:
     """The human-readable summary printed by ``wyneos simulate``."""
     s = summary
@@ -139,8 +196,10 @@ def summary_text(summary: dict[str, Any]) -> str:
         else:
             text += (f"  detected {f['detected']}/{f['tracked']}"
                      + (f" in {det['mean']:g} ticks / {det['mean'] * s['interval_s']:g}s (max {det['max']})" if det else ""))
-            text += (f"; acted {f['acted']}/{f['tracked']}"
-                     + (f" in {act['mean']:g} ticks / {act['mean'] * s['interval_s']:g}s (max {act['max']})" if act else ""))
+            if f.get("acts", True):
+                text += (f"; acted {f['acted']}/{f['tracked']}"
+                         + (f" in {act['mean']:g} ticks / {act['mean'] * s['interval_s']:g}s (max {act['max']})"
+                            if act else ""))
         lines.append(text)
     lines += [
         f"false isolations: {s['false_isolations']}   isolations decided: {s['isolations']} "
@@ -155,6 +214,9 @@ def summary_text(summary: dict[str, Any]) -> str:
         f"load moved to neighbours: planned {s['moved_load']:g}, applied {s['transport']['moved_load']:g} "
         "(acknowledged by the overloaded node)",
         f"safety stop: {s['safety_stop_ticks']} tick(s)",
+        (f"consensus: k={s['consensus']['witnesses']}, {s['consensus']['held_nodes']} node(s) held for want of "
+         f"witnesses, {s['consensus']['discounted_witnesses']} witness(es) discounted"
+         if s["consensus"]["enabled"] else "consensus: off (severe actions on the orchestrator's evidence alone)"),
         f"time per tick: mean {s['tick_ms']['mean']:.1f} ms, p95 {s['tick_ms']['p95']:.1f} ms, "
         f"max {s['tick_ms']['max']:.1f} ms (run {s['wall_seconds']:.1f}s)",
     ]
@@ -162,6 +224,8 @@ def summary_text(summary: dict[str, Any]) -> str:
         lines.append(f"  {note}")
     for note in s["no_spare_capacity"][:1]:
         lines.append(f"  {note}")
+    if "consensus_comparison" in s:
+        lines.append(comparison_text(s["consensus_comparison"]))
     failed = s.get("expectations", {}).get("failed", [])
     checked = s.get("expectations", {}).get("checked", [])
     if checked:

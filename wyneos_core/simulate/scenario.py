@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 FAULT_KINDS = ("crash", "hang", "overload", "flapping", "partition", "licence_expiry", "forged_licence",
-               "clock_skew", "message_loss")
+               "clock_skew", "message_loss", "orchestrator_link_loss", "liar")
 
 #: Orchestrator settings of a simulation unless the scenario says otherwise: the tick and
 #: the heartbeat share one rhythm, nothing is written to stdout or files.
