@@ -245,3 +245,21 @@ def test_node_model_unchanged_for_plain_heartbeats():
     hb = Heartbeat("a", 1.0)
     assert "observations" not in hb.to_dict()
     assert Node("a").to_dict()["id"] == "a"
+
+
+def test_node_heard_but_refused_is_judged_on_what_it_sends(make_orchestrator, clock):
+    # n03's clock runs 120 s ahead: its heartbeats arrive and are refused; its peers reach it
+    orch = make_orchestrator(cluster_yaml(6))
+    reports = []
+    for t in range(1, 16):
+        beats = []
+        for node in RING:
+            obs = tuple(Observation(node, p, True) for p in neighbours(node))
+            ts = clock() + (120.0 if node == "n03" and t > 3 else 0.0)
+            beats.append(Heartbeat(node, ts, 0.3, {}, observations=obs))
+        orch.intake.put_many(beats)
+        reports.append(orch.tick())
+        clock.advance(5)
+    assert isolations(reports) == [(12, "n03")]
+    entry = next(a for a in reports[11].consensus["actions"] if a["target"] == "n03")
+    assert entry["basis"] == "direct" and "refused" in entry["detail"]

@@ -185,7 +185,7 @@ class ConsensusState:
     unreachable reports about nodes not yet silent, and each witness's contradictions."""
 
     __slots__ = ("settings", "suspicions", "early", "contradictions", "tick", "discounted", "_weights",
-                 "_registry", "_stats", "last_observed")
+                 "_registry", "_stats", "last_observed", "refused")
 
     def __init__(self, settings: ConsensusSettings) -> None:
         self.settings = settings
@@ -201,12 +201,14 @@ class ConsensusState:
         self._stats = {"observations": 0, "ignored": 0}
         #: last tick any witness observation arrived (None: never)
         self.last_observed: int | None = None
+        #: node -> last tick one of its heartbeats arrived and was refused (heard, but wrong)
+        self.refused: dict[str, int] = {}
 
     # -- bookkeeping, once per tick ---------------------------------------------------------
 
     def update(self, tick: int, now: float, observations: Iterable[Observation], registry: Any,
                silent_since: Mapping[str, int], fresh_seconds: float,
-               weights: Mapping[str, float] | None = None) -> None:
+               weights: Mapping[str, float] | None = None, refused: Iterable[str] = ()) -> None:
         """Take this tick's observations in and follow which nodes are silent.
 
         :param silent_since: node id -> first tick of its current run of silence (stale or
@@ -214,10 +216,14 @@ class ConsensusState:
         :param fresh_seconds: a node heard this recently is heard *directly*: a report that
             it is unreachable contradicts the orchestrator's own evidence.
         :param weights: optional witness weights (trust), multiplied in.
+        :param refused: nodes whose heartbeats arrived this tick but were refused (a clock
+            off, bad metadata): heard directly, so judged on what they sent.
         """
         s = self.settings
         self.tick = tick
         self._registry = registry
+        for node_id in refused:
+            self.refused[node_id] = tick
         self._weights = weights
         suspicions = self.suspicions
         # suspects: new silent nodes get a suspicion (with the unreachable reports seen early),
@@ -238,19 +244,28 @@ class ConsensusState:
         require_signed = s.require_signed
         get = registry.get
         cutoff = now - fresh_seconds
-        count = ignored = 0
+        ignored = 0
+        if not isinstance(observations, list):
+            observations = list(observations)
+        count = len(observations)
         for obs in observations:
-            count += 1
+            # the common case first: a node reachable that nobody suspects tells nothing new
+            if obs.reachable:
+                sus = suspicions.get(obs.subject)
+                if sus is None:
+                    continue
+                observer = obs.observer
+                if observer == sus.subject or (require_signed and not obs.signed):
+                    ignored += 1
+                    continue
+                sus.reports[observer] = (tick, True)
+                continue
             observer = obs.observer
             subject = obs.subject
             if subject == observer or (require_signed and not obs.signed):
                 ignored += 1
                 continue
             sus = suspicions.get(subject)
-            if obs.reachable:
-                if sus is not None:
-                    sus.reports[observer] = (tick, True)
-                continue
             if sus is not None:
                 sus.reports[observer] = (tick, False)
                 contradicted = False
@@ -296,6 +311,8 @@ class ConsensusState:
         window = self.settings.window_ticks
         for subject in [n for n, seen in self.early.items() if all(tick - t >= window for t in seen.values())]:
             del self.early[subject]
+        for node_id in [n for n, t in self.refused.items() if tick - t >= window]:
+            del self.refused[node_id]
         floor = 0.05
         for observer in [o for o, rec in self.contradictions.items()
                          if rec[1] * CONTRADICTION_DECAY ** (tick - rec[2]) < floor]:
@@ -343,6 +360,10 @@ class ConsensusState:
         sus = self.suspicions.get(subject) if subject is not None else None
         if sus is None or node is None or node.status not in _SILENT:
             return Verdict(True, "direct", "the orchestrator hears the node directly: the evidence is what it sent")
+        refused_at = self.refused.get(subject)
+        if refused_at is not None and self.tick - refused_at < s.window_ticks:
+            return Verdict(True, "direct", "the node's heartbeats arrive and are refused: the evidence is what "
+                           "it sent", since=sus.since)
         if cluster_size <= s.small_cluster_nodes or cluster_size - 1 < k:
             return Verdict(True, "small_cluster",
                            f"{cluster_size} node(s): too few for {k} witnesses (consensus.small_cluster_nodes="

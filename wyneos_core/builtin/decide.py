@@ -524,8 +524,10 @@ def _consensus_gate(ctx: TickContext, state: DecideState) -> _consensus.Consensu
     silent = {n: t for n, t in state.unhealthy_since.items() if (node := registry.get(n)) is not None
               and not node.isolated}
     weights = ctx.scratch.get("witness_weights")
+    refused = {r.get("node_id") for r in ctx.report.heartbeats_rejected if isinstance(r, dict)}
     gate.update(ctx.tick, ctx.now, ctx.observations, registry, silent,
-                float(ctx.config["heartbeat"]["interval"]), weights if isinstance(weights, dict) else None)
+                float(ctx.config["heartbeat"]["interval"]), weights if isinstance(weights, dict) else None,
+                (n for n in refused if isinstance(n, str) and n in registry))
     return gate
 
 
