@@ -70,6 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-backoff", type=_seconds, default=60.0, help="longest wait between retries (s)")
     p.add_argument("--timeout", type=_seconds, default=10.0,
                    help="deadline of each request, from connecting to the last byte of the answer (s)")
+    p.add_argument("--peer-port", type=int, metavar="PORT",
+                   help="serve the peer endpoint on PORT (0: any free port) and witness the mesh neighbours "
+                        "(their list must verify against the pinned orchestrator key)")
+    p.add_argument("--peer-host", default="127.0.0.1", metavar="HOST", help="address of the peer endpoint")
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("orchestrator-key", help="show or rotate the key that signs every action handed to nodes")
@@ -180,7 +184,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     try:
         agent = Agent(args.server, args.node, args.state_dir, token=args.token, interval=args.interval,
                       metadata=metadata, hook=args.hook, max_backoff=args.max_backoff, licence=args.licence,
-                      orchestrator_key=args.orchestrator_key, hook_types=args.hook_type, timeout=args.timeout)
+                      orchestrator_key=args.orchestrator_key, hook_types=args.hook_type, timeout=args.timeout,
+                      peer_port=None if args.init else args.peer_port, peer_host=args.peer_host)
         if args.init:
             print(agent.fingerprint)
             return EXIT_OK

@@ -37,6 +37,14 @@ before.
 ``licence`` names the node's licence (``licence_ref`` in the enrolment and in every
 heartbeat); the orchestrator pairs it with the fingerprint of the node's enrolled key.
 
+With ``peer_port`` the agent is also a witness of the compliance mesh
+(``wyneos_core.service.peer``, ``docs/mesh.md``): it serves a peer endpoint, takes the
+neighbour list the orchestrator signs into each answer (verified against the pinned
+orchestrator key), probes its neighbours and sends what it saw with its next
+heartbeat. Test switch: while a file ``cut-orchestrator`` exists in the state
+directory the agent does not contact the orchestrator at all (its link to it is
+"lost") but keeps answering and probing its peers.
+
 While the server cannot be reached the agent backs off exponentially (with jitter,
 up to ``max_backoff`` seconds) and keeps trying.
 
@@ -176,7 +184,8 @@ class Agent:
                  interval: float | None = None, metadata: dict[str, Any] | None = None, hook: str | None = None,
                  max_backoff: float = 60.0, timeout: float = 10.0, licence: str | None = None,
                  orchestrator_key: str | None = None, hook_types: tuple[str, ...] | list[str] = (),
-                 clock_tolerance: float = 300.0, max_clock_offset: float = 86400.0) -> None:
+                 clock_tolerance: float = 300.0, max_clock_offset: float = 86400.0,
+                 peer_port: int | None = None, peer_host: str = "127.0.0.1") -> None:
         parts = urlsplit(server)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AgentError(f"server URL {server!r} must look like http://HOST:PORT")
@@ -238,6 +247,15 @@ class Agent:
             if isinstance(pin, bytes) and not len(self.trusted):
                 self._pin(pin)
         self.pin = pin
+        self.peer: Any = None
+        if peer_port is not None:
+            from wyneos_core.service.peer import PeerNode
+
+            try:
+                self.peer = PeerNode(node_id, self.key, self._orchestrator_keyring, host=peer_host, port=peer_port,
+                                     interval=interval or 5.0)
+            except OSError as exc:
+                raise AgentError(f"peer endpoint {peer_host}:{peer_port} cannot be bound: {exc}") from None
 
     # -- files ---------------------------------------------------------------------------
 
@@ -499,6 +517,16 @@ class Agent:
             return
         self._pin(raw)
 
+    def _orchestrator_keyring(self) -> Any:
+        """The pinned orchestrator keys as a ``KeyRing`` (None while none is pinned)."""
+        if not len(self.trusted):
+            return None
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        from wyneos_core.licensing.keys import KeyRing
+
+        return KeyRing(Ed25519PublicKey.from_public_bytes(raw) for raw in self.trusted.raw())
+
     def heartbeat(self) -> int:
         """Send one heartbeat, apply and acknowledge the actions in the answer; the HTTP status."""
         metadata = {
@@ -506,14 +534,22 @@ class Agent:
             "python": platform.python_version(), "cpus": os.cpu_count() or 1, "pid": os.getpid(),
             "agent": __version__, "isolated": self.state["isolated"], **self.extra_metadata,
         }
+        witness: dict[str, Any] = {}
+        if self.peer is not None:
+            metadata["peer_address"] = self.peer.address
+            self.peer.seq = self.stats.sent + 1
+            witness["observations"] = self.peer.report()
         body = json.dumps({"timestamp": round(time.time() + self.offset, 3), "load": os_load(),
-                           "metadata": metadata, **({"licence_ref": self.licence} if self.licence else {})}).encode()
+                           "metadata": metadata, **({"licence_ref": self.licence} if self.licence else {}),
+                           **witness}).encode()
         status, data, headers = self._request("POST", "/v1/heartbeats", body)
         self.stats.sent += 1
         if status == 202:
             self.stats.accepted += 1
             self._sync_clock(data, headers)
             self._follow_key(data.get("orchestrator_key"))
+            if self.peer is not None:
+                self.peer.update(data.get("neighbours"))
             actions = _actions(data, "heartbeat")
             if actions or self.state["reports"]:
                 self.apply(actions)
@@ -675,8 +711,14 @@ class Agent:
         deadline = None if duration is None else time.monotonic() + duration
         self._deadline = deadline
         failures = 0
+        if self.peer is not None:
+            self.peer.start()
+        cut = self.state_dir / "cut-orchestrator"
         try:
             while not stop.is_set():
+                if cut.exists():  # test switch: the link to the orchestrator is "lost"; peers still see us
+                    stop.wait(self.interval or 1.0)
+                    continue
                 if count is not None and self.stats.attempts >= count:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
@@ -715,6 +757,8 @@ class Agent:
         finally:
             self._deadline = None
             self._close()
+            if self.peer is not None:
+                self.peer.close()
         return self.stats
 
 

@@ -48,6 +48,11 @@ _HEARTBEAT_SCHEMA = {
         "node_id": {"type": "string"}, "timestamp": {"type": "number"},
         "load": {"type": ["number", "null"]}, "metadata": {"type": "object"},
         "licence_ref": {"type": ["string", "null"]},
+        "observations": {"type": "array", "maxItems": 64, "description": "witness observations of mesh neighbours",
+                         "items": {"type": "object", "required": ["subject", "reachable"], "properties": {
+                             "subject": {"type": "string"}, "reachable": {"type": "boolean"},
+                             "rtt_ms": {"type": ["number", "null"]}, "last_seq": {"type": ["integer", "null"]}},
+                             "additionalProperties": False}},
     },
     "additionalProperties": False,
 }
@@ -231,7 +236,8 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
                               **({"field": result.field} if result.field else {}))
             return JSONResponse({"accepted": 1, "server_time": time.time(),
                                  "actions": service.outbox.signed(item.node_id),
-                                 "orchestrator_key": service.key_ref()}, status_code=202)
+                                 "orchestrator_key": service.key_ref(),
+                                 "neighbours": service.neighbours.signed_for(item.node_id)}, status_code=202)
         loop = asyncio.get_running_loop()  # parsing and verifying a batch keep off the event loop
         results = await loop.run_in_executor(None, _process_batch, service, body, settings.max_batch, now)
         accepted = sum(1 for r in results if r.status == 202)

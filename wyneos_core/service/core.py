@@ -36,7 +36,7 @@ from wyneos_core.licensing.keys import fingerprint
 from wyneos_core.loop import run
 from wyneos_core.config import ConfigError
 from wyneos_core.mesh import MeshError
-from wyneos_core.model import ORIGIN, Heartbeat, Node, TickReport
+from wyneos_core.model import ORIGIN, Heartbeat, Node, Observation, TickReport
 from wyneos_core.registry import NODE_ID_PATTERN, RESERVED_NODE_IDS, HeartbeatError, RegistryError
 from wyneos_core.safeio import bad_text, field_path
 from wyneos_core.service.limits import RateLimiter
@@ -205,6 +205,11 @@ class Service:
         self.handover = sa.load_handover(self.okey.path, self.okey.key_id)
         self.outbox = AgentOutbox(self._is_agent, sign=self._sign_action, ttl=ACTION_TTL)
         orchestrator.pm.register(self.outbox, AgentOutbox.__wyneos_name__)
+        # compliance mesh: each agent's signed neighbour list rides on the answer to its heartbeat
+        from wyneos_core.service.peer import NeighbourBook
+
+        self.neighbours = NeighbourBook(lambda fmt, payload: self.okey.seal(fmt, payload))
+        orchestrator.pm.register(self.neighbours, NeighbourBook.__wyneos_name__)
         threads = settings.verify_threads or (os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wyneos-verify")
         self.verify_threads = threads
@@ -770,7 +775,9 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-_FIELDS = frozenset(("node_id", "timestamp", "load", "metadata", "licence_ref"))
+_FIELDS = frozenset(("node_id", "timestamp", "load", "metadata", "licence_ref", "observations"))
+_OBSERVATION_FIELDS = frozenset(("subject", "reachable", "rtt_ms", "last_seq"))
+_MAX_OBSERVATIONS = 64  # read at most; heartbeat.max_observations is checked with the heartbeat
 
 
 def _heartbeat(item: SignedItem, ts: float, fp: str | None) -> Heartbeat:
@@ -784,7 +791,23 @@ def _heartbeat(item: SignedItem, ts: float, fp: str | None) -> Heartbeat:
         raise _Unprocessable(unknown[0], "unknown field (known: node_id, timestamp, load, metadata, licence_ref)")
     metadata = body.get("metadata")
     return Heartbeat(node_id, body.get("timestamp", ts), body.get("load"), {} if metadata is None else metadata, fp,
-                     body.get("licence_ref"))
+                     body.get("licence_ref"), _observations(node_id, body.get("observations")))
+
+
+def _observations(node_id: str, raw: Any) -> tuple[Observation, ...]:
+    """The witness observations of a heartbeat body (signed with it: ``signed=True``)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > _MAX_OBSERVATIONS:
+        raise _Unprocessable("observations", f"expected a list of at most {_MAX_OBSERVATIONS} observations")
+    out = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict) or not _OBSERVATION_FIELDS.issuperset(item) or "subject" not in item \
+                or "reachable" not in item:
+            raise _Unprocessable(f"observations[{index}]", "expected {subject, reachable, rtt_ms, last_seq}")
+        out.append(Observation(node_id, item["subject"], item["reachable"], item.get("rtt_ms"), item.get("last_seq"),
+                               True))
+    return tuple(out)
 
 
 def _verify_chunk(items: Sequence[SignedItem], keys: KeyCache) -> list[ItemResult | Verified]:

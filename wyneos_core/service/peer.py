@@ -1,0 +1,308 @@
+"""Agents as witnesses: signed neighbour lists, a peer endpoint, bounded probes.
+
+Service-mode half of the compliance mesh (``docs/mesh.md``):
+
+* ``NeighbourBook`` (orchestrator side, a plugin): after each tick it notes every
+  node's mesh neighbours - id, the peer address the node reported
+  (``metadata.peer_address``), the fingerprint of its enrolled key - and hands each
+  agent its own list, sealed with the orchestrator key (format
+  ``wyneos.neighbours/1``), in the answer to its heartbeat;
+* ``PeerNode`` (agent side): serves ``GET /v1/peer/ping?nonce=N`` on a loopback (or
+  given) address, answering with its id, its heartbeat sequence and its public key,
+  signed by its node key over the prober's nonce; probes each neighbour of the
+  *verified* list in turn (at most ``MAX_NEIGHBOURS``, ``PROBE_TIMEOUT`` each, the
+  round jittered), checks the answer's key against the listed fingerprint and its
+  signature, and keeps the latest observation of each, which the agent sends with its
+  next heartbeat (signed with it, like everything in the heartbeat body).
+
+A neighbour list that does not verify against the pinned orchestrator key is refused
+(the agent keeps the one it had); without a pinned key the agent does not probe at
+all: no unsigned trust. Sizes are bounded before they are read.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from wyneos_core import hookimpl
+from wyneos_core.licensing.envelope import EnvelopeError, open_envelope
+from wyneos_core.licensing.keys import KeyRing, fingerprint, public_bytes
+from wyneos_core.model import ORIGIN
+
+__all__ = ["NEIGHBOURS_FORMAT", "NeighbourBook", "PeerNode", "ping_message"]
+
+log = logging.getLogger("wyneos.peer")
+
+NEIGHBOURS_FORMAT = "wyneos.neighbours/1"
+PING_PATH = "/v1/peer/ping"
+#: neighbours an agent probes at most (the rest of a longer list is ignored)
+MAX_NEIGHBOURS = 16
+#: seconds one probe may take
+PROBE_TIMEOUT = 1.0
+#: bytes of a ping answer read at most
+MAX_ANSWER_BYTES = 4096
+_ADDRESS = re.compile(r"^[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}$")
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+
+
+def ping_message(node_id: str, nonce: str, seq: int) -> bytes:
+    """The bytes a node signs to answer a probe with ``nonce``."""
+    return f"wyneos.peer-ping/1\n{node_id}\n{nonce}\n{seq}".encode()
+
+
+def _b64e(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# -- orchestrator side -------------------------------------------------------------------
+
+
+class NeighbourBook:
+    """Each node's mesh neighbours, refreshed after every tick; sealed per node on demand.
+
+    :param sign: ``OrchestratorKey.seal`` (or any ``(fmt, payload) -> envelope``).
+    """
+
+    __wyneos_name__ = "neighbour-book"
+
+    def __init__(self, sign: Callable[[str, Mapping[str, Any]], dict[str, Any]]) -> None:
+        self._seal = sign
+        self._lists: dict[str, tuple[dict[str, Any], ...]] = {}
+        self._sealed: dict[str, tuple[tuple[dict[str, Any], ...], dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self.tick = 0
+
+    @hookimpl
+    def wyneos_tick_report(self, ctx: Any) -> None:
+        registry = ctx.registry
+        adj = ctx.mesh.graph.adj
+        lists: dict[str, tuple[dict[str, Any], ...]] = {}
+        for node in registry:
+            if node.id not in adj:
+                continue
+            out = []
+            for v in adj[node.id]:
+                if v == ORIGIN:
+                    continue
+                peer = registry.get(v)
+                if peer is None or peer.isolated or peer.fingerprint is None:
+                    continue
+                address = peer.metadata.get("peer_address")
+                if not isinstance(address, str) or not _ADDRESS.match(address):
+                    continue
+                out.append({"id": v, "address": address, "fingerprint": peer.fingerprint})
+            out.sort(key=lambda e: e["id"])
+            lists[node.id] = tuple(out[:MAX_NEIGHBOURS])
+        with self._lock:
+            self._lists = lists
+            self.tick = ctx.tick
+
+    def signed_for(self, node_id: str) -> dict[str, Any] | None:
+        """The sealed neighbour list of ``node_id`` (None before the first tick)."""
+        with self._lock:
+            current = self._lists.get(node_id)
+            cached = self._sealed.get(node_id)
+            tick = self.tick
+        if current is None:
+            return None
+        if cached is not None and cached[0] == current:
+            return cached[1]
+        envelope = self._seal(NEIGHBOURS_FORMAT, {"node": node_id, "tick": tick, "issued_at": int(time.time()),
+                                                  "neighbours": list(current)})
+        with self._lock:
+            self._sealed[node_id] = (current, envelope)
+        return envelope
+
+
+# -- agent side ------------------------------------------------------------------------------
+
+
+class PeerNode:
+    """An agent's peer endpoint and witness prober.
+
+    :param node_id: this node's id.
+    :param key: this node's private key (signs ping answers).
+    :param orchestrator_keys: the pinned orchestrator public keys (a ``KeyRing``, or a
+        function returning the current one, which follows rotations); None: neighbour
+        lists are refused and nothing is probed.
+    :param host: address to serve on (``127.0.0.1`` by default).
+    :param port: port to serve on (0: any free port).
+    """
+
+    def __init__(self, node_id: str, key: Ed25519PrivateKey,
+                 orchestrator_keys: KeyRing | Callable[[], KeyRing | None] | None, *,
+                 host: str = "127.0.0.1", port: int = 0, interval: float = 5.0) -> None:
+        self.node_id = node_id
+        self.key = key
+        self.public = _b64e(public_bytes(key))
+        self.keys = orchestrator_keys
+        self.seq = 0
+        self.interval = interval
+        self.neighbours: list[dict[str, Any]] = []
+        self.neighbours_tick = -1
+        self.refused_lists = 0
+        self.observations: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._started = False
+        node = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "wyneos-peer"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                parts = urlsplit(self.path[:512])
+                if parts.path != PING_PATH:
+                    self._send(404, {"error": "not found"})
+                    return
+                nonce = (parse_qs(parts.query).get("nonce") or [""])[0]
+                if not _NONCE.match(nonce):
+                    self._send(422, {"error": "nonce: 8-64 url-safe characters"})
+                    return
+                seq = node.seq
+                sig = node.key.sign(ping_message(node.node_id, nonce, seq))
+                self._send(200, {"node_id": node.node_id, "seq": seq, "public_key": node.public,
+                                 "signature": _b64e(sig)})
+
+            def _send(self, status: int, data: dict[str, Any]) -> None:
+                raw = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.address = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+        self._threads = [threading.Thread(target=self.server.serve_forever, name="wyneos-peer", daemon=True),
+                         threading.Thread(target=self._probe_loop, name="wyneos-witness", daemon=True)]
+
+    def start(self) -> PeerNode:
+        if not self._started:
+            self._started = True
+            for t in self._threads:
+                t.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._started:
+            self.server.shutdown()  # waits for serve_forever, so only once it runs
+        self.server.server_close()
+
+    # -- neighbour list --------------------------------------------------------------------
+
+    def update(self, envelope: Any) -> bool:
+        """Take a neighbour list from the orchestrator's answer; True when accepted."""
+        if envelope is None:
+            return False
+        keys = self.keys() if callable(self.keys) else self.keys
+        if keys is None:
+            self.refused_lists += 1
+            return False
+        try:
+            payload = open_envelope(envelope, NEIGHBOURS_FORMAT, keys)
+        except EnvelopeError as exc:
+            self.refused_lists += 1
+            log.warning("neighbour list refused: %s", exc)
+            return False
+        entries = payload.get("neighbours")
+        tick = payload.get("tick")
+        if payload.get("node") != self.node_id or not isinstance(entries, list) or type(tick) is not int:
+            self.refused_lists += 1
+            log.warning("neighbour list refused: not for %s", self.node_id)
+            return False
+        if tick < self.neighbours_tick:
+            return False  # an older list than the one held
+        good = []
+        for e in entries[:MAX_NEIGHBOURS]:
+            if (isinstance(e, dict) and isinstance(e.get("id"), str) and e["id"] != self.node_id
+                    and isinstance(e.get("address"), str) and _ADDRESS.match(e["address"])
+                    and isinstance(e.get("fingerprint"), str)):
+                good.append({"id": e["id"], "address": e["address"], "fingerprint": e["fingerprint"]})
+        with self._lock:
+            self.neighbours = good
+            self.neighbours_tick = tick
+            known = {e["id"] for e in good}
+            for gone in [n for n in self.observations if n not in known]:
+                del self.observations[gone]
+        return True
+
+    # -- probes ------------------------------------------------------------------------------
+
+    def probe(self, neighbour: dict[str, Any]) -> dict[str, Any]:
+        """Probe one neighbour: the observation (``reachable`` only when it proved its key)."""
+        host, _, port = neighbour["address"].rpartition(":")
+        nonce = _b64e(random.randbytes(12))
+        started = time.perf_counter()
+        obs: dict[str, Any] = {"subject": neighbour["id"], "reachable": False, "rtt_ms": None, "last_seq": None}
+        conn = http.client.HTTPConnection(host, int(port), timeout=PROBE_TIMEOUT)
+        try:
+            conn.request("GET", f"{PING_PATH}?nonce={nonce}")
+            response = conn.getresponse()
+            raw = response.read(MAX_ANSWER_BYTES + 1)
+            if response.status != 200 or len(raw) > MAX_ANSWER_BYTES:
+                return obs
+            data = json.loads(raw)
+            pub = _b64d(str(data.get("public_key", "")))
+            seq = data.get("seq")
+            if (data.get("node_id") != neighbour["id"] or len(pub) != 32 or fingerprint(pub) != neighbour["fingerprint"]
+                    or type(seq) is not int or seq < 0):
+                return obs
+            Ed25519PublicKey.from_public_bytes(pub).verify(_b64d(str(data.get("signature", ""))),
+                                                           ping_message(neighbour["id"], nonce, seq))
+        except (OSError, http.client.HTTPException, ValueError, InvalidSignature, TypeError):
+            return obs
+        finally:
+            conn.close()
+        obs.update(reachable=True, rtt_ms=round((time.perf_counter() - started) * 1000.0, 3), last_seq=seq)
+        return obs
+
+    def probe_round(self) -> int:
+        """Probe every neighbour once; the number probed."""
+        with self._lock:
+            neighbours = list(self.neighbours)
+        for n in neighbours:
+            if self._stop.is_set():
+                break
+            obs = self.probe(n)
+            with self._lock:
+                if any(e["id"] == n["id"] for e in self.neighbours):
+                    self.observations[n["id"]] = obs
+        return len(neighbours)
+
+    def _probe_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.probe_round()
+            except Exception:  # noqa: BLE001 - a probe bug must not kill the agent
+                log.exception("witness probe round failed")
+            self._stop.wait(self.interval * random.uniform(0.5, 1.0))  # jittered
+
+    def report(self) -> list[dict[str, Any]]:
+        """The latest observation of each neighbour, for the next heartbeat."""
+        with self._lock:
+            return [dict(o) for o in self.observations.values()]
+
