@@ -263,3 +263,28 @@ def test_node_heard_but_refused_is_judged_on_what_it_sends(make_orchestrator, cl
     assert isolations(reports) == [(12, "n03")]
     entry = next(a for a in reports[11].consensus["actions"] if a["target"] == "n03")
     assert entry["basis"] == "direct" and "refused" in entry["detail"]
+
+
+def test_after_a_restart_severe_actions_wait_for_the_first_witness_reports():
+    reg = Registry({"stale_after": 15, "offline_after": 40, "max_clock_skew": 30, "unknown_nodes": "reject",
+                    "max_metadata_bytes": 8192, "max_load": 64})
+    for n in ("a", "b", "c", "d", "e"):
+        reg.register(n, now=0.0)
+    reg["a"].status = NodeStatus.OFFLINE
+    act = Action("isolate", "a", "offline", "healing")
+    state = ConsensusState(ConsensusSettings())  # a fresh process, first tick 500: nothing heard yet
+    state.update(500, 5000.0, [], reg, {"a": 480}, 5.0)
+    held = state.verdict(act, reg["a"], len(reg), 2)
+    assert not held.approved and "since this orchestrator started" in held.detail
+    # the witnesses speak: the cut-off node is vouched for, not isolated on stale evidence
+    state.update(501, 5005.0, [Observation("b", "a", True), Observation("e", "a", True)], reg, {"a": 480}, 5.0)
+    assert state.verdict(act, reg["a"], len(reg), 2).basis == "refuted"
+    # a cluster whose nodes never report anything falls back once the start grace is over
+    quiet = ConsensusState(ConsensusSettings())
+    for t in range(500, 504):
+        quiet.update(t, 5000.0 + t, [], reg, {"a": 480}, 5.0)
+    assert quiet.verdict(act, reg["a"], len(reg), 2).basis == "no_witnesses"
+    # a node without mesh neighbours never waits
+    fresh = ConsensusState(ConsensusSettings())
+    fresh.update(500, 5000.0, [], reg, {"a": 480}, 5.0)
+    assert fresh.verdict(act, reg["a"], len(reg), 0).basis == "no_neighbours"

@@ -25,7 +25,9 @@ confirm it unreachable within ``consensus.window_ticks``:
   until enough of them can speak: consensus prefers a late isolation to a false one;
 * in a cluster where no node reports observations at all (agents that do not probe their
   peers, the embedded demo) there is nobody to ask: basis ``no_witnesses``, the
-  orchestrator's evidence alone, as before consensus;
+  orchestrator's evidence alone, as before consensus - except in the first
+  ``window_ticks`` ticks after a restart, when the witnesses' reports are still on their
+  way (a node cut off from the orchestrator is not isolated on the restart's silence);
 * in a **small cluster** (at most ``consensus.small_cluster_nodes`` nodes, or fewer than
   ``k`` other nodes to ask) no confirmation is asked for, as memberlist does at three
   members: the orchestrator's evidence is all there is;
@@ -185,7 +187,7 @@ class ConsensusState:
     unreachable reports about nodes not yet silent, and each witness's contradictions."""
 
     __slots__ = ("settings", "suspicions", "early", "contradictions", "tick", "discounted", "_weights",
-                 "_registry", "_stats", "last_observed", "refused")
+                 "_registry", "_stats", "last_observed", "refused", "first_tick")
 
     def __init__(self, settings: ConsensusSettings) -> None:
         self.settings = settings
@@ -203,6 +205,8 @@ class ConsensusState:
         self.last_observed: int | None = None
         #: node -> last tick one of its heartbeats arrived and was refused (heard, but wrong)
         self.refused: dict[str, int] = {}
+        #: the first tick this state saw (after a restart: the first tick of this process)
+        self.first_tick: int | None = None
 
     # -- bookkeeping, once per tick ---------------------------------------------------------
 
@@ -221,6 +225,8 @@ class ConsensusState:
         """
         s = self.settings
         self.tick = tick
+        if self.first_tick is None:
+            self.first_tick = tick
         self._registry = registry
         for node_id in refused:
             self.refused[node_id] = tick
@@ -368,14 +374,20 @@ class ConsensusState:
             return Verdict(True, "small_cluster",
                            f"{cluster_size} node(s): too few for {k} witnesses (consensus.small_cluster_nodes="
                            f"{s.small_cluster_nodes}); the orchestrator's evidence alone", since=sus.since)
-        last = self.last_observed
-        if last is None or self.tick - last >= max(s.window_ticks, s.max_timeout_ticks):
-            return Verdict(True, "no_witnesses", "no node of the cluster reports witness observations (agents "
-                           "without peer probing): the orchestrator's evidence alone", since=sus.since)
         needed = min(k, neighbours)
         if needed <= 0:
             return Verdict(True, "no_neighbours", "the node has no mesh neighbour to witness it: the orchestrator's "
                            "evidence alone", since=sus.since)
+        last = self.last_observed
+        first = self.first_tick or 1
+        if last is None and first > 1 and self.tick - first < s.window_ticks:
+            # restarted (tick numbers go on from the state file): the witnesses' reports are on their way
+            return Verdict(False, "waiting", f"no witness report yet since this orchestrator started (tick "
+                           f"{self.first_tick}); waiting {s.window_ticks} tick(s) for them", since=sus.since,
+                           needed=needed)
+        if last is None or self.tick - last >= max(s.window_ticks, s.max_timeout_ticks):
+            return Verdict(True, "no_witnesses", "no node of the cluster reports witness observations (agents "
+                           "without peer probing): the orchestrator's evidence alone", since=sus.since)
         confirm, refute, yes, no = sus.tally(self.tick, s.window_ticks, self.weight_of)
         elapsed = self.tick - sus.since
         timeout = suspicion_timeout(confirm, k, s.min_timeout_ticks, s.max_timeout_ticks)
