@@ -288,3 +288,17 @@ def test_after_a_restart_severe_actions_wait_for_the_first_witness_reports():
     fresh = ConsensusState(ConsensusSettings())
     fresh.update(500, 5000.0, [], reg, {"a": 480}, 5.0)
     assert fresh.verdict(act, reg["a"], len(reg), 0).basis == "no_neighbours"
+
+
+def test_explain_and_the_report_say_an_isolation_awaits_witnesses(make_orchestrator, clock):
+    from wyneos_core.builtin.report import _verbose_lines
+    from wyneos_core.causes import explain_actions
+
+    orch = make_orchestrator(cluster_yaml(6))
+    reports = run(orch, clock, 12, silent={"n03"})
+    events = [e for r in reports for e in r.lifecycle]
+    proposed = {a.id: a.to_dict() for a in reports[-1].proposed}
+    [entry] = explain_actions(orch, "n03", None, events, proposed)
+    assert entry["status"] == "awaiting_witnesses" and "still reach it" in entry["detail"]
+    held_tick = next(r for r in reports if any(e["state"] == "awaiting_witnesses" for e in r.lifecycle))
+    assert any("awaiting_witnesses isolate n03: " in line for line in _verbose_lines(held_tick, None))

@@ -176,7 +176,7 @@ def explain_actions(orchestrator: Any, node_id: str, licence: Any, events: list[
     seen = {e["id"] for e in out}
     last_hold: dict[str, dict[str, Any]] = {}
     for e in events:
-        if e.get("target") == node_id and e.get("state") in ("deferred", "suppressed", "rejected"):
+        if e.get("target") == node_id and e.get("state") in ("deferred", "suppressed", "awaiting_witnesses", "rejected"):
             last_hold[e["action_id"]] = e
     for action_id, e in last_hold.items():
         if action_id in seen or action_id not in held_state or action_id not in proposed:

@@ -278,7 +278,7 @@ def _verbose_lines(report: TickReport, previous: TickReport | None) -> list[str]
     for a in report.actions:
         lines.append(f"  action   {a.type} {a.target} ({a.severity.value}){_for(a)} by {a.origin}: {a.reason}")
     for e in report.lifecycle:
-        if e.get("state") in ("cleared", "deferred", "suppressed", "rejected"):
+        if e.get("state") in ("cleared", "deferred", "suppressed", "awaiting_witnesses", "rejected"):
             lines.append(f"  {e['state']:<8} {e.get('type')} {e.get('target')}: {e.get('detail', '')}")
     for d in report.deliveries:
         lines.append(f"  deliver  {d.action_id} to {d.target}: "
