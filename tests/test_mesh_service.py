@@ -12,16 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes, write_private_key, write_public_key
 from wyneos_core.licensing.envelope import seal
+from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes, write_private_key, write_public_key
 from wyneos_core.service.orchestrator_key import OrchestratorKey
 from wyneos_core.service.peer import NEIGHBOURS_FORMAT, NeighbourBook, PeerNode
-from wyneos_core.licensing.keys import KeyRing
 
 WYNEOS = [sys.executable, "-m", "wyneos_core.cli"]
 NODES = ["n1", "n2", "n3", "n4", "n5"]
@@ -201,10 +199,8 @@ def test_probe_checks_the_neighbours_key_and_signature(tmp_path):
 
 
 def test_service_refuses_bad_observations_naming_the_field(tmp_path):
-    from service_helpers import make_service, write_config
+    from wyneos_core.service.core import Unprocessable, _heartbeat
     from wyneos_core.service.identity import SignedItem, sign_request
-    from wyneos_core.service.core import _heartbeat, Unprocessable
-    from wyneos_core.registry import HeartbeatError
 
     key = generate_key()
     for obs, field in [("x", "observations"), ([{"subject": "n2"}], "observations[0]"),

@@ -28,6 +28,7 @@ import json
 import logging
 import random
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -255,7 +256,7 @@ class PeerNode:
     def probe(self, neighbour: dict[str, Any]) -> dict[str, Any]:
         """Probe one neighbour: the observation (``reachable`` only when it proved its key)."""
         host, _, port = neighbour["address"].rpartition(":")
-        nonce = _b64e(random.randbytes(12))
+        nonce = _b64e(secrets.token_bytes(12))  # unpredictable: an old signed answer cannot be replayed
         started = time.perf_counter()
         obs: dict[str, Any] = {"subject": neighbour["id"], "reachable": False, "rtt_ms": None, "last_seq": None}
         conn = http.client.HTTPConnection(host, int(port), timeout=PROBE_TIMEOUT)
