@@ -72,6 +72,7 @@ from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem
 from wyneos_core.model import ORIGIN, Action, ActionType, NodeStatus, PluginError, Severity
 from wyneos_core.tick import Orchestrator, TickContext
+from wyneos_core.wording import plural
 
 __all__ = [
     "DecideState",
@@ -545,7 +546,8 @@ def _consensus_report(ctx: TickContext, gate: _consensus.ConsensusState, verdict
     ctx.report.consensus = {**gate.summary(), "actions": listed, "waiting": waiting,
                             "actions_omitted": max(0, len(verdicts) - len(listed))}
     if waiting:
-        ctx.note(f"consensus: {waiting} severe action(s) wait for witness confirmation "
+        ctx.note(f"consensus: {plural(waiting, 'severe action')} {'waits' if waiting == 1 else 'wait'} for witness "
+                 "confirmation "
                  f"(consensus.witnesses={gate.settings.witnesses})")
 
 

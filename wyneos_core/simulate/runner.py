@@ -214,8 +214,8 @@ def summary_text(summary: dict[str, Any]) -> str:
         f"load moved to neighbours: planned {s['moved_load']:g}, applied {s['transport']['moved_load']:g} "
         "(acknowledged by the overloaded node)",
         f"safety stop: {s['safety_stop_ticks']} tick(s)",
-        (f"consensus: k={s['consensus']['witnesses']}, {s['consensus']['held_nodes']} node(s) held for want of "
-         f"witnesses, {s['consensus']['discounted_witnesses']} witness(es) discounted"
+        (f"consensus: k={s['consensus']['witnesses']}, {plural(s['consensus']['held_nodes'], 'node')} held for "
+         f"want of witnesses, {plural(s['consensus']['discounted_witnesses'], 'witness', 'witnesses')} discounted"
          if s["consensus"]["enabled"] else "consensus: off (severe actions on the orchestrator's evidence alone)"),
         f"time per tick: mean {s['tick_ms']['mean']:.1f} ms, p95 {s['tick_ms']['p95']:.1f} ms, "
         f"max {s['tick_ms']['max']:.1f} ms (run {s['wall_seconds']:.1f}s)",
