@@ -69,8 +69,8 @@ def test_bad_config_exits_2_naming_file_line_and_field(tmp_path):
     cfg.write_text("nodes:\n  - id: a\n    licnce: x\n")
     out = wyneos("tick", "--config", str(cfg), cwd=tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip() == f"wyneos: error: {cfg}:3:5: nodes[0].licnce: unknown field 'licnce' " \
-                                 "(allowed: fingerprint, id, licence, metadata)"
+    assert out.stderr.strip() == f"wyneos: error: {cfg}:3:5: nodes[0].licnce: unknown field 'licnce'; " \
+                                 "did you mean 'licence'?"
 
 
 def test_plugins_lists_builtins_with_versions_and_hooks(tmp_path):

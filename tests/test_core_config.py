@@ -43,7 +43,7 @@ def test_wrong_type_names_field_and_line():
           stale_after: soon
     """)
     assert e.field == "heartbeat.stale_after" and e.line == 2
-    assert "'soon' is not of type 'number'" in e.reason
+    assert "expected a number, got 'soon'" in e.reason
 
 
 def test_bad_enum_lists_the_choices():

@@ -12,6 +12,7 @@ from tests.test_licence_support import DAY, T0, Issuer, beat_all, licence_config
 from wyneos_core import hookimpl
 from wyneos_core.builtin.enforcement import LICENCE_ACTIONS
 from wyneos_core.builtin.licence import engine_of
+from wyneos_core.config import ConfigError
 from wyneos_core.licensing.entitlements import entitled, gate_feature_action, licence_entitled, require_feature
 from wyneos_core.licensing.keys import fingerprint, generate_key
 from wyneos_core.licensing.reasons import REASONS
@@ -321,14 +322,23 @@ def test_a_broken_source_never_takes_the_tick_down(tmp_path, issuer, clock):
 
     issuer.write(tmp_path / "licences", "l")
     config = licence_config(tmp_path, [{"id": "a", "licence": "l"}, {"id": "b"}],
-                            "sources: [broken, wrong, file, missing]\noutage: {policy: fail-closed}\n")
+                            "sources: [broken, wrong, file]\noutage: {policy: fail-closed}\n")
     orch = orchestrator(config, clock, (SourcePlugin(Broken(), WrongType()),))
     report = orch.tick()
     # a's licence is found by a later source; b has none anywhere, and two sources failed to answer
     assert report.licences["a"].reason == "ok" and report.licences["a"].source == "file"
     b = report.licences["b"]
     assert b.reason == "source_unavailable" and "bug in a plugin" in b.detail and "not a LicenceRecord" in b.detail
-    assert any("'missing'" in e.error for e in report.errors)
+
+
+def test_a_source_no_plugin_offers_is_refused_before_the_first_tick(tmp_path, issuer, clock):
+    config = licence_config(tmp_path, [{"id": "a", "licence": "l"}], "sources: [file, htp]\n")
+    with pytest.raises(ConfigError) as info:
+        orchestrator(config, clock)
+    error = info.value
+    assert error.file == str(tmp_path / "wyneos.yaml") and error.field == "licence.sources[1]" and error.line == 6
+    # the builtin file source is named among those available (it used to say "available: none")
+    assert "no loaded plugin offers a licence source named 'htp' (available: file)" in error.reason
 
 
 def test_entitlement_api_rule_helper_and_gate_action(tmp_path, issuer, clock):
@@ -360,13 +370,26 @@ def test_entitlement_api_rule_helper_and_gate_action(tmp_path, issuer, clock):
     assert [a.params["features"] for a in report.proposed if a.type == "gate_feature"] == [["analytics"]]
 
 
-def test_bad_trusted_key_file_is_reported_and_every_licence_unknown_key(tmp_path, issuer, clock):
+def test_bad_trusted_key_file_is_refused_before_the_first_tick(tmp_path, issuer, clock):
     issuer.write(tmp_path / "licences", "l")
     (tmp_path / "keys" / "broken.pub").write_text("-----BEGIN PUBLIC KEY-----\nnope\n")
-    orch = orchestrator(licence_config(tmp_path, [{"id": "a", "licence": "l"}]), clock)
-    report = orch.tick()
-    assert any("licence.trusted_keys" in e.error and "broken.pub" in e.error for e in report.errors)
-    assert report.licences["a"].reason == "unknown_key"
+    with pytest.raises(ConfigError) as info:
+        orchestrator(licence_config(tmp_path, [{"id": "a", "licence": "l"}]), clock)
+    assert info.value.field == "licence.trusted_keys[0]" and "broken.pub" in info.value.reason
+
+
+def test_licence_typos_are_refused_together_with_file_line_and_field(tmp_path, issuer, clock):
+    """A typo in a key file name or the licence directory used to isolate every node."""
+    issuer.write(tmp_path / "licences", "l")
+    config = licence_config(tmp_path, [{"id": "a", "licence": "l"}],
+                            "trusted_keys: [keys/isuer.pub]\ndirectory: licencs\n")
+    with pytest.raises(ConfigError) as info:
+        orchestrator(config, clock)
+    errors = {e.field: e for e in info.value.errors}
+    assert set(errors) == {"licence.trusted_keys[0]", "licence.directory"}
+    assert "no such key file or directory" in errors["licence.trusted_keys[0]"].reason
+    assert errors["licence.directory"].reason.endswith("did you mean 'licences'?")
+    assert all(e.line == 6 and e.column for e in errors.values())
 
 
 def test_corrupt_ledger_is_reported_left_untouched_and_checks_go_on(tmp_path, issuer, clock):

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import FakeClock
 from tests.test_licence_support import T0, Issuer, licence_config, orchestrator, reasons
+from wyneos_core.config import ConfigError
 from wyneos_core.licensing.sources import SourceUnavailable
 from wyneos_core.model import Node
 
@@ -165,7 +166,8 @@ def test_in_ticks_outages_follow_the_policy_and_the_report_says_so(http_plugin, 
         report = orch.tick()
         assert all(r.valid and r.in_grace and r.reason == "source_unavailable" for r in report.licences.values())
         assert any("policy fail-open" in n for n in report.notes), report.notes
-        assert not report.errors
+        # the API down for every node is the orchestrator's side: licence actions freeze, and it says so
+        assert [e.kind for e in report.errors] == ["licence_safety_stop"], report.errors
     clock.advance(61)
     report = orch.tick()
     assert all(not r.valid and "grace of 60s is over" in r.detail for r in report.licences.values())
@@ -234,19 +236,22 @@ def test_hostile_documents_in_an_answer_are_malformed_for_their_node_only(http_p
         src.lookup_many([Node("ok")], T0)
 
 
-@pytest.mark.parametrize("settings,match", [
-    ({"url": "http://127.0.0.1:9", "timeout": "abc"}, "licence-http.timeout: expected a number of seconds"),
-    ({"url": "http://127.0.0.1:9", "batch": 0}, "licence-http.batch: expected a whole number >= 1, got 0"),
-    ({"url": "http://127.0.0.1:9", "deadline": -1}, "licence-http.deadline"),
-    ({"url": "ftp://x"}, "licence-http.url: expected an http"),
-    ({"url": "http://127.0.0.1:9", "tiemout": 1}, "licence-http.tiemout: unknown setting"),
+@pytest.mark.parametrize("settings,match,field", [
+    ({"url": "http://127.0.0.1:9", "timeout": "abc"}, "expected a number, got 'abc'", "timeout"),
+    ({"url": "http://127.0.0.1:9", "batch": 0}, "must be at least 1, got 0", "batch"),
+    ({"url": "http://127.0.0.1:9", "deadline": -1}, "must be above 0, got -1", "deadline"),
+    ({"url": "ftp://x"}, "'ftp://x' does not match", "url"),
+    ({"url": "http://127.0.0.1:9", "tiemout": 3}, "unknown field 'tiemout'; did you mean 'timeout'?", "tiemout"),
 ])
-def test_bad_settings_are_refused_naming_the_setting(http_plugin, tmp_path, clock, settings, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_settings_are_refused_before_the_first_tick_naming_the_setting(http_plugin, tmp_path, clock, settings,
+                                                                             match, field):
+    with pytest.raises(ValueError, match=f"licence-http.{field}"):
         http_plugin.source_from_settings(settings)
     config = licence_config(tmp_path, [{"id": "a"}], "sources: [http, file]\n",
                             extra="plugins: {settings: {licence-http: %s}}\n" % json.dumps(settings))
-    orch = orchestrator(config, clock, (http_plugin,))
-    report = orch.tick()
-    assert any("licence-http." in e.error for e in [*orch.startup_errors, *report.errors]), report.errors
-    assert report.licences["a"].reason == "no_licence"
+    with pytest.raises(ConfigError) as info:
+        orchestrator(config, clock, (http_plugin,))
+    # the setting's own error, not "no source named http" besides it
+    [error] = info.value.errors
+    assert error.field == f"plugins.settings.licence-http.{field}" and error.line == 7 and error.column
+    assert match in error.reason

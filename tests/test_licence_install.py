@@ -63,7 +63,7 @@ report: {{json_path: null}}
         plugins = {p["name"]: p for p in json.loads(listed.stdout)}
         assert plugins["licence-http"]["origin"] == "entry point (wyneos-licence-http)"
         assert plugins["licence-kv"]["origin"] == "entry point (wyneos-licence-kv)"
-        assert plugins["licence-http"]["hooks"] == ["wyneos_licence_sources"]
+        assert plugins["licence-http"]["hooks"] == ["wyneos_check_config", "wyneos_licence_sources"]
 
         out = run_in(python, "tick", "--json", "--config", "wyneos.yaml", cwd=tmp_path)
         assert out.returncode == 0, out.stderr

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import FakeClock
 from tests.test_licence_support import T0, Issuer, licence_config, orchestrator, reasons
+from wyneos_core.config import ConfigError
 from wyneos_core.licensing.sources import SourceUnavailable
 from wyneos_core.model import Node
 
@@ -223,7 +224,16 @@ def test_command_errors_name_node_licence_and_file(kv, tmp_path, capsys):
 def test_path_setting_must_be_a_path(kv, tmp_path, clock):
     config = licence_config(tmp_path, [{"id": "a"}], "sources: [kv, file]\n",
                             extra="plugins: {settings: {licence-kv: {path: 42}}}\n")
-    orch = orchestrator(config, clock, (kv,))
-    report = orch.tick()
-    assert any("licence-kv.path: expected a file path, got 42" in e.error
-               for e in [*orch.startup_errors, *report.errors])
+    with pytest.raises(ConfigError) as info:
+        orchestrator(config, clock, (kv,))
+    [error] = info.value.errors
+    assert error.field == "plugins.settings.licence-kv.path" and error.reason == "expected a string, got 42"
+
+
+def test_a_registry_file_that_is_not_there_is_refused_at_start(kv, tmp_path, clock):
+    config = licence_config(tmp_path, [{"id": "a"}], "sources: [kv, file]\n",
+                            extra="plugins: {settings: {licence-kv: {path: licences.db}}}\n")
+    with pytest.raises(ConfigError) as info:
+        orchestrator(config, clock, (kv,))
+    [error] = info.value.errors
+    assert error.field == "plugins.settings.licence-kv.path" and "no such registry file" in error.reason

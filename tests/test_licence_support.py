@@ -54,6 +54,8 @@ def licence_config(root: Path, nodes: list[dict[str, Any]], licence: str = "", e
         """) + node_lines + "\n" + "licence: " + json.dumps(section) + "\n" + textwrap.dedent(extra)
     path = root / "wyneos.yaml"
     path.write_text(text)
+    for directory in ("licences", "keys"):  # a config naming a missing directory is refused at start
+        (root / directory).mkdir(exist_ok=True)
     return load_config(path)
 
 

@@ -176,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, LocatedError) as exc:
-        print(f"wyneos: error: {exc}", file=sys.stderr)
+        for error in getattr(exc, "errors", None) or [exc]:
+            print(f"wyneos: error: {LocatedError.__str__(error)}", file=sys.stderr)
         return EXIT_USAGE
     except (PluginLoadError, StoreError) as exc:
         print(f"wyneos: error: {exc}", file=sys.stderr)

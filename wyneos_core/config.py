@@ -16,9 +16,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from wyneos_core.yamlio import Located, LocatedError, load_yaml, validate_schema
+from wyneos_core.yamlio import Located, LocatedError, load_yaml
 
-__all__ = ["Config", "ConfigError", "load_config", "schema", "DEMO_CONFIG"]
+__all__ = ["Config", "ConfigError", "config_errors", "load_config", "schema", "DEMO_CONFIG"]
 
 DEMO_CONFIG = resources.files("wyneos_core") / "demo" / "demo.yaml"
 
@@ -28,7 +28,31 @@ MAX_FULL_MESH = 2000
 
 
 class ConfigError(LocatedError):
-    """A configuration that cannot be used; names the file, line and field."""
+    """A configuration that cannot be used; names the file, line and field.
+
+    ``errors`` holds every mistake found (this error is the first of them); ``str()``
+    gives one line per mistake.
+    """
+
+    errors: list[LocatedError]
+
+    def __init__(self, reason: str, **where: Any) -> None:
+        super().__init__(reason, **where)
+        self.errors = [self]
+
+    @classmethod
+    def of(cls, errors: list[LocatedError]) -> ConfigError:
+        """One error carrying all of ``errors`` (at least one)."""
+        first = errors[0]
+        out = cls(first.reason, file=first.file, line=first.line, column=first.column, field=first.field)
+        out.errors = [out, *errors[1:]]
+        return out
+
+    def __str__(self) -> str:
+        errors = getattr(self, "errors", None)
+        if not errors or len(errors) == 1:
+            return super().__str__()
+        return "\n".join(LocatedError.__str__(e) for e in errors)
 
 
 @cache
@@ -45,12 +69,38 @@ class Config:
     paths in it are resolved against.
     """
 
-    __slots__ = ("data", "source", "base_dir")
+    __slots__ = ("data", "source", "base_dir", "located")
 
-    def __init__(self, data: dict[str, Any], source: str = "<defaults>", base_dir: Path | None = None):
+    def __init__(self, data: dict[str, Any], source: str = "<defaults>", base_dir: Path | None = None,
+                 located: Located | None = None):
         self.data = data
         self.source = source
         self.base_dir = base_dir or Path.cwd()
+        #: the file as loaded, with the position of every value (None: not from a file)
+        self.located = located
+
+    def error(self, path: Any, reason: str) -> LocatedError:
+        """An error at ``path`` (a tuple such as ``("licence", "trusted_keys", 0)`` or a
+        dotted name), with the file, line and column it stands at in the config file."""
+        if isinstance(path, str):
+            path = tuple(int(p) if p.isdigit() else p for p in path.replace("[", ".").replace("]", "").split("."))
+        if self.located is None:
+            from wyneos_core.yamlio import field_name
+
+            return LocatedError(reason, file=self.source, field=field_name(path) or None)
+        return self.located.error(tuple(path), reason)
+
+    def given(self, path: tuple[Any, ...]) -> bool:
+        """Whether the config file itself sets ``path`` (not a default)."""
+        value: Any = self.located.data if self.located is not None else None
+        for part in path:
+            if isinstance(value, dict) and part in value:
+                value = value[part]
+            elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+                value = value[part]
+            else:
+                return False
+        return True
 
     def __getitem__(self, section: str) -> Any:
         return self.data[section]
@@ -107,56 +157,80 @@ def load_config(path: str | Path | None = None, *, text: str | None = None, over
 
 
 def _build(located: Located, base_dir: Path, overrides: dict) -> Config:
+    errors = config_errors(located)
+    if errors:
+        raise ConfigError.of(errors)
+    data = fill_defaults(schema(), located.data)
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        data[section][key] = value
+    return Config(data, source=located.file, base_dir=base_dir, located=located)
+
+
+def config_errors(located: Located) -> list[LocatedError]:
+    """Every mistake in a loaded config file, in file order (empty: it is usable)."""
+    from wyneos_core.diagnostics import schema_errors, sort_errors
+
     if located.data is None:
         located.data = {}
     if not isinstance(located.data, dict):
-        raise ConfigError("a config file must be a mapping of sections", file=located.file, line=1)
-    try:
-        validate_schema(located, schema())
-        data = fill_defaults(schema(), located.data)
-        for dotted, value in overrides.items():
-            section, _, key = dotted.partition(".")
-            data[section][key] = value
-        _check_semantics(located, data)
-    except LocatedError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(exc.reason, file=exc.file, line=exc.line, column=exc.column, field=exc.field) from None
-    return Config(data, source=located.file, base_dir=base_dir)
+        return [ConfigError("a config file must be a mapping of sections", file=located.file, line=1)]
+    errors = schema_errors(located, schema())
+    errors += _finite_errors(located, located.data)
+    if errors:  # the semantic checks need values of the right types
+        return sort_errors(errors)
+    data = fill_defaults(schema(), located.data)
+    return sort_errors(_semantic_errors(located, data))
 
 
-def _check_finite(located: Located, value: Any, path: tuple = ()) -> None:
+def _finite_errors(located: Located, value: Any, path: tuple = ()) -> list[LocatedError]:
     if isinstance(value, float) and not math.isfinite(value):
-        raise located.error(path, f"must be a finite number, got {value!r}")
+        return [located.error(path, f"must be a finite number, got {value!r}")]
+    out: list[LocatedError] = []
     if isinstance(value, dict):
         for key, item in value.items():
-            _check_finite(located, item, path + (key,))
+            out += _finite_errors(located, item, path + (key,))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _check_finite(located, item, path + (index,))
+            out += _finite_errors(located, item, path + (index,))
+    return out
 
 
-def _check_semantics(located: Located, data: dict[str, Any]) -> None:
-    _check_finite(located, located.data)
+def _semantic_errors(located: Located, data: dict[str, Any]) -> list[LocatedError]:
+    out: list[LocatedError] = []
     hb = data["heartbeat"]
     if hb["offline_after"] < hb["stale_after"]:
-        raise located.error(("heartbeat", "offline_after"),
-                            f"must be at least stale_after ({hb['stale_after']}), got {hb['offline_after']}")
+        out.append(located.error(("heartbeat", "offline_after"),
+                                 f"must be at least stale_after ({hb['stale_after']}), got {hb['offline_after']}"))
     seen: dict[str, int] = {}
     for index, node in enumerate(data["nodes"]):
         if node["id"] == "orchestrator":
             raise located.error(("nodes", index, "id"), "'orchestrator' is reserved (the origin of the mesh)")
         if node["id"] in seen:
-            raise located.error(("nodes", index, "id"),
-                                f"duplicate node id {node['id']!r} (first at nodes[{seen[node['id']]}])")
+            out.append(located.error(("nodes", index, "id"),
+                                     f"duplicate node id {node['id']!r} (first at nodes[{seen[node['id']]}])"))
+            continue
         seen[node["id"]] = index
     if data["mesh"]["topology"] == "full" and len(data["nodes"]) > MAX_FULL_MESH:
-        raise located.error(("mesh", "topology"),
-                            f"'full' links every node to every other: at most {MAX_FULL_MESH} nodes, "
-                            f"this config has {len(data['nodes'])}")
+        out.append(located.error(("mesh", "topology"),
+                                 f"'full' links every node to every other: at most {MAX_FULL_MESH} nodes, "
+                                 f"this config has {len(data['nodes'])}"))
     if data["mesh"]["topology"] == "explicit":
         known = set(seen) | {"orchestrator"}
         for index, (a, b) in enumerate(data["mesh"]["edges"]):
             for end in (a, b):
                 if end not in known:
-                    raise located.error(("mesh", "edges", index), f"edge names unknown node {end!r}")
+                    from wyneos_core.diagnostics import suggest
+
+                    out.append(located.error(("mesh", "edges", index),
+                                             f"edge names unknown node {end!r}" + suggest(end, known)))
+    return out
+
+
+def _check_semantics(located: Located, data: dict[str, Any]) -> None:
+    """Raise the first semantic mistake (for callers that check a config inside another file)."""
+    from wyneos_core.diagnostics import sort_errors
+
+    errors = sort_errors(_finite_errors(located, located.data) + _semantic_errors(located, data))
+    if errors:
+        raise errors[0]

@@ -49,6 +49,24 @@ def wyneos_configure(config: Config, pluginmanager: PluginManager) -> None:
 
 
 @hookspec
+def wyneos_check_config(config: Config, pluginmanager: PluginManager) -> Any:
+    """Check the settings this plugin reads, before anything runs; return the mistakes.
+
+    Called by ``wyneos run``, ``tick``, ``serve`` and ``simulate`` before the state file
+    is opened, and by ``wyneos validate`` (which runs nothing). Return None or a list of
+    ``(field, message)`` pairs, ``field`` a dotted name or a tuple such as
+    ``("plugins", "settings", "my-plugin", "timeout")``; each becomes an error naming
+    the config file, line and column of that field, and the command exits with status
+    2 before the first tick. Check only what the config says (files it names exist, values
+    make sense); never contact a service or write anything here.
+
+    A plugin can also declare ``WYNEOS_SETTINGS_SCHEMA``, a JSON Schema of its
+    ``plugins.settings.<name>`` section: the core checks it the same way, with "did you
+    mean" suggestions for unknown fields.
+    """
+
+
+@hookspec
 def wyneos_startup(orchestrator: Orchestrator) -> None:
     """Called once before the first tick, with registry, mesh and state store ready.
 

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from wyneos_core.config import Config
+from wyneos_core.checks import check_plugins
+from wyneos_core.config import Config, ConfigError
 from wyneos_core.intake import HeartbeatQueue
 from wyneos_core.mesh import Mesh, RoutingTree, build_topology
 from wyneos_core.model import (ORIGIN, Action, Delivery, Heartbeat, LicenceResult, Node, NodeStatus, Observation,
@@ -114,6 +115,19 @@ class Orchestrator:
         self.pm.check_names(settings["disable"], settings["only"] if load_entrypoints else None)
         if settings["trace"]:
             self.pm.trace_file = sys.stderr
+        #: notes for the first tick's report (nodes dropped from the config, ...)
+        self.startup_notes: list[str] = []
+        # a plugin that cannot configure itself is refused: the orchestrator does not start
+        # (a user file it names, such as a ruleset, is reported as that file's error)
+        failed: list[PluginError] = []
+        self.pm.call_each("wyneos_configure", failed, reraise=(LocatedError,), config=config, pluginmanager=self.pm)
+        if failed:
+            raise PluginLoadError("; ".join(f"plugin {e.plugin!r} failed in {e.hook}: {e.error}" for e in failed))
+        # settings the plugins read are checked before the state file is opened or a tick runs
+        problems, warnings = check_plugins(config, self.pm)
+        if problems:
+            raise ConfigError.of(problems)
+        self.startup_notes.extend(warnings)
         if store is True:
             path = config["state"]["path"]
             store = StateStore.open(path if path == ":memory:" else config.resolve(path))
@@ -127,8 +141,6 @@ class Orchestrator:
                 licence_ref=spec["licence"], fingerprint=spec["fingerprint"],
             )
         self.tick_number = 0
-        #: notes for the first tick's report (nodes dropped from the config, ...)
-        self.startup_notes: list[str] = []
         configured = [spec["id"] for spec in config["nodes"]]
         if self.store is not None:
             self.tick_number = self.store.last_tick()
@@ -147,12 +159,6 @@ class Orchestrator:
         self.missed_ticks = 0
         self.last_report: TickReport | None = None
         self._started = False
-        # a plugin that cannot configure itself is refused: the orchestrator does not start
-        # (a user file it names, such as a ruleset, is reported as that file's error)
-        failed: list[PluginError] = []
-        self.pm.call_each("wyneos_configure", failed, reraise=(LocatedError,), config=config, pluginmanager=self.pm)
-        if failed:
-            raise PluginLoadError("; ".join(f"plugin {e.plugin!r} failed in {e.hook}: {e.error}" for e in failed))
 
     # -- membership ----------------------------------------------------------------------
 

@@ -137,6 +137,8 @@ class DecideState:
     restricted: set[str] = field(default_factory=set)
     #: node id -> first tick of its current run of stale/offline ticks (correlated failures)
     unhealthy_since: dict[str, int] = field(default_factory=dict)
+    #: the reason code of the licence safety stop of the previous tick ("" when off)
+    licence_stopped: str = ""
 
 
 def event(ctx: TickContext, action: Action, state: str, detail: str = "", **extra: Any) -> None:
@@ -396,6 +398,8 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
     budget = settings["max_isolations_per_tick"]
     gate = _consensus_gate(ctx, state)
     verdicts: dict[str, _consensus.Verdict] = {}
+    licence_stop = _licence_stop(ctx, state, settings)
+    frozen = 0
 
     decided: list[Action] = []
     deferred = suppressed = 0
@@ -415,6 +419,10 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
                     "decide", "wyneos_decide",
                     f"action {action.type} for {action.target!r:.60} (origin {action.origin!r:.40}, id {action.id}) "
                     f"refused: {problem}", kind="invalid_result"))
+            continue
+        if licence_stop and action.params.get("licence_reason") == state.licence_stopped:
+            _hold(ctx, state, action, "suppressed", "licence safety stop")
+            frozen += 1
             continue
         if action.type in ISOLATING and action.target not in cut_off and action.target in state.probation:
             # the node is still cut off, waiting out its probation: the isolation resumes
@@ -494,7 +502,9 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
     if gate is not None:
         _consensus_report(ctx, gate, verdicts, unique)
 
-    _clear(ctx, state, settings, safety_stop, partitioned - stranded)
+    if frozen:
+        ctx.note(f"licence safety stop: {frozen} licence action(s) not approved")
+    _clear(ctx, state, settings, safety_stop, partitioned - stranded, licence_stop is not None)
     decided.extend(_reinstate(ctx, state, settings))
     if tick % 100 == 0:
         _trim(state, tick, settings)
@@ -507,6 +517,7 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         "stranded": stranded,
         "deferred": deferred,
         "suppressed": suppressed,
+        "licence_stop": licence_stop,
     }
     if gate is not None:
         ctx.scratch["consensus"] = {"discounted": set(gate.discounted),
@@ -558,8 +569,34 @@ def _trim(state: DecideState, tick: int, settings: dict[str, Any]) -> None:
         del state.isolations[node_id]
 
 
+def _licence_stop(ctx: TickContext, state: DecideState, settings: dict[str, Any]) -> str | None:
+    """The licence safety stop: why licence actions are frozen this tick (None: they are not).
+
+    When every licensed node fails for one orchestrator-side reason (``fleet_fault``) the
+    orchestrator does not punish the fleet for its own fault: no new action for that
+    ``licence_reason`` is approved and no licence action in force is cleared. Said in the notes and as
+    an error of kind ``licence_safety_stop`` every tick it holds.
+    """
+    from wyneos_core.builtin.licence import fleet_fault
+
+    fault = fleet_fault(ctx.report.licences, settings["licence_stop_min_nodes"])
+    if fault is None:
+        if state.licence_stopped:
+            ctx.note(f"licence safety stop lifted ({state.licence_stopped} no longer fails every node): "
+                     "licence actions resume")
+        state.licence_stopped = ""
+        return None
+    code, why = fault
+    state.licence_stopped = code
+    text = (f"licence safety stop: {why}; licence actions frozen (none for {code} approved, "
+            "none in force cleared)")
+    ctx.note(text)
+    ctx.report.errors.append(PluginError("decide", "wyneos_decide", text, kind="licence_safety_stop"))
+    return text
+
+
 def _clear(ctx: TickContext, state: DecideState, settings: dict[str, Any], safety_stop: bool,
-           partitioned: set[str]) -> None:
+           partitioned: set[str], licence_frozen: bool = False) -> None:
     tick = ctx.tick
     keep = settings["keep_firing_ticks"]
     for action_id, held in list(state.in_force.items()):
@@ -568,6 +605,8 @@ def _clear(ctx: TickContext, state: DecideState, settings: dict[str, Any], safet
         action = held.action
         if action.type in ISOLATING and (safety_stop or action.target in partitioned):
             continue  # do not release isolations on evidence we distrust
+        if licence_frozen and "licence_reason" in action.params:
+            continue  # nor licence actions while the licence step itself cannot be trusted
         del state.in_force[action_id]
         event(ctx, action, "cleared", f"cause resolved {tick - held.last_tick} tick(s) ago")
         still_isolated = any(h.action.target == action.target and h.action.type in ISOLATING

@@ -20,7 +20,7 @@ Replay protection and the accepted revocation list survive restarts in the ledge
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,14 @@ from wyneos_core.licensing.sources import FileSource
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, PluginError, Severity
 from wyneos_core.tick import Orchestrator, TickContext
 
-__all__ = ["engine_of", "settings_of"]
+__all__ = ["ORCHESTRATOR_SIDE", "engine_of", "fleet_fault", "settings_of"]
+
+#: licence reasons that, when every node has the same one, point at the orchestrator's own
+#: setup (its trusted keys, its licence sources) rather than at the nodes
+ORCHESTRATOR_SIDE = {
+    "unknown_key": "check licence.trusted_keys (a key file missing, unreadable or rotated out?)",
+    "source_unavailable": "check licence.sources: every source failed to answer",
+}
 
 
 LEDGER_NAME = "licence-ledger.json"
@@ -101,10 +108,78 @@ def _build(orchestrator: Orchestrator, errors: list[PluginError]) -> LicenceEngi
         errors.append(PluginError("licence", "wyneos_startup", f"licence.ledger: {exc}"))
         ledger = Ledger(None)
     engine = LicenceEngine(settings, keyring, sources, ledger)
+    engine.offered = sorted(sources)  # type: ignore[attr-defined]
     if not keyring:
         engine.notes.append("licence.trusted_keys names no usable key: every licence fails with unknown_key")
     orchestrator._licence_engine = engine  # type: ignore[attr-defined]
     return engine
+
+
+def offered_sources(config: Config, pluginmanager: Any) -> tuple[list[str], list[str]]:
+    """Names of the licence sources the loaded plugins offer with this config, and the
+    failures of plugins that could not make theirs. Sources are made, never asked."""
+    failed: list[PluginError] = []
+    names: list[str] = []
+    for _, batch in pluginmanager.call_each("wyneos_licence_sources", failed, config=config):
+        for source in batch if isinstance(batch, (list, tuple)) else [batch]:
+            name = getattr(source, "name", None)
+            if isinstance(name, str):
+                names.append(name)
+            close = getattr(source, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - a check never fails on a source's clean-up
+                    pass
+    return names, [f"plugin {e.plugin!r} could not make its source: {e.error}" for e in failed]
+
+
+def _missing(path: Path, what: str) -> str:
+    """Why ``path`` cannot be used, with a look-alike name in its directory if there is one."""
+    from wyneos_core.diagnostics import suggest
+
+    try:
+        siblings = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
+    except OSError:
+        siblings = []
+    return f"no such {what}: {path}" + suggest(path.name, siblings[:10000])
+
+
+@hookimpl
+def wyneos_check_config(config: Config, pluginmanager: Any) -> list[tuple[tuple, str]]:
+    """Mistakes in the ``licence`` section that would make every node fail: refused at start."""
+    from wyneos_core.diagnostics import suggest
+
+    section = config["licence"]
+    problems: list[tuple[tuple, str]] = []
+    demo = bool(config["demo"].get("enabled"))  # the demo makes its own keys and licences when it starts
+    names, failures = offered_sources(config, pluginmanager)
+    for index, name in enumerate(section["sources"]):
+        if name not in names:
+            why = f"; {'; '.join(failures)}" if failures else ""
+            if failures and not suggest(name, names):  # the failing plugin's own error is the one to read
+                problems.append((("licence", "sources", index), f"no licence source named {name!r}{why}"))
+                continue
+            problems.append((("licence", "sources", index),
+                             f"no loaded plugin offers a licence source named {name!r} (available: "
+                             f"{', '.join(names) or 'none'}){suggest(name, names)}{why}"))
+    if not demo:
+        for index, entry in enumerate(section["trusted_keys"]):
+            path = config.resolve(entry)
+            if not path.exists():
+                problems.append((("licence", "trusted_keys", index), _missing(path, "key file or directory")))
+                continue
+            try:
+                KeyRing.from_paths([path])
+            except KeyFileError as exc:
+                problems.append((("licence", "trusted_keys", index), str(exc)))
+        if "file" in section["sources"] and config.given(("licence", "directory")):
+            path = config.resolve(section["directory"])
+            if not path.exists():
+                problems.append((("licence", "directory"), _missing(path, "directory")))
+            elif not path.is_dir():
+                problems.append((("licence", "directory"), f"not a directory: {path}"))
+    return problems
 
 
 @hookimpl
@@ -116,7 +191,7 @@ def wyneos_startup(orchestrator: Orchestrator) -> None:
         orchestrator.startup_errors.append(PluginError(
             "licence", "wyneos_startup",
             f"licence.sources names {name!r}, but no installed plugin offers a source of that name "
-            f"(available: {', '.join(s.name for s in engine.sources) or 'none'})", kind="invalid_result"))
+            f"(available: {', '.join(engine.offered) or 'none'})", kind="invalid_result"))
 
 
 @hookimpl
@@ -132,6 +207,30 @@ def wyneos_licence_validate(ctx: TickContext, nodes: Sequence[Node]) -> list[Lic
                                              kind="revocation_list"))
     ctx.scratch["licence"] = dict(engine.stats)
     return results
+
+
+def fleet_fault(licences: Mapping[str, LicenceResult], min_nodes: int) -> tuple[str, str] | None:
+    """``(reason code, explanation)`` when the licence step failed for the whole fleet for one
+    orchestrator-side reason, else None.
+
+    Nodes that name no licence (``no_licence``) are left out: keys and sources do not
+    concern them. At least ``min_nodes`` others must all have the same reason, one of
+    ``ORCHESTRATOR_SIDE``; a node whose licence validates ends it.
+    """
+    count, reason, example = 0, None, None
+    for result in licences.values():
+        code = result.reason
+        if code == "no_licence":
+            continue
+        if code not in ORCHESTRATOR_SIDE or (reason is not None and code != reason):
+            return None
+        reason, example = code, result
+        count += 1
+    if reason is None or count < min_nodes or example is None:
+        return None
+    return reason, (f"the licences of all {count} licensed node(s) failed with {reason} "
+                    f"(e.g. {example.node_id}: {example.detail[:200]}); a fault on the orchestrator's side is likelier "
+                    f"than in every node: {ORCHESTRATOR_SIDE[reason]}")
 
 
 def revocation_action(engine: LicenceEngine) -> Action | None:

@@ -31,7 +31,7 @@ from wyneos_core.service.identity import (
     verify_item,
 )
 from wyneos_core.service.limits import RateLimiter
-from wyneos_core.service.metrics import CONTENT_TYPE_LATEST
+from wyneos_core.service.metrics import CONTENT_TYPE_LATEST, licence_stop
 from wyneos_core.service.overview import PerTick, licence_of, licence_overview, rule_overview
 
 __all__ = ["create_app"]
@@ -365,6 +365,9 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
                 "nodes": len(view.nodes), "enrolled": service.keys.active_count(),
                 "tick_interval": service.interval, "tick_error": service.tick_error, "state_error": state_error,
                 "version": __version__}
+        stop = licence_stop(view.report)
+        # the service is alive, but licence enforcement is frozen: say why (see docs/licences.md)
+        body["licence_safety_stop"] = None if stop is None else stop[1]
         return JSONResponse(body, status_code=503 if status == "failing" else 200)
 
     @app.get("/metrics", tags=["service"], response_class=Response, dependencies=read)

@@ -343,12 +343,27 @@ class Service:
             self._publish(report, in_force)
         self.metrics.observe_tick(report, self.orchestrator.missed_ticks, in_force)
         self.metrics.outbox.set(self.outbox.depth())
+        self._log_licence_stop(report)
         if report.tick % _ACK_PRUNE_EVERY == 0:
             with self.db_lock:
                 self.db.prune_action_acks(report.tick, self.orchestrator.config["state"]["retention_ticks"])
                 self.db.conn.execute("DELETE FROM signed_acks WHERE NOT EXISTS (SELECT 1 FROM action_acks a WHERE "
                                      "a.action_id = signed_acks.action_id AND a.node_id = signed_acks.node_id)")
         return report
+
+    def _log_licence_stop(self, report: TickReport) -> None:
+        """Log the licence safety stop when it starts and when it ends (not every tick)."""
+        from wyneos_core.service.metrics import licence_stop
+
+        stop = licence_stop(report)
+        code = None if stop is None else stop[0]
+        if code == getattr(self, "_licence_stopped", None):
+            return
+        if stop is not None:
+            log.error("%s", stop[1])
+        else:
+            log.warning("licence safety stop lifted: licence actions resume")
+        self._licence_stopped = code
 
     def _publish(self, report: TickReport | None, in_force: list[dict[str, Any]] | None = None) -> None:
         """Publish a fresh ``view`` (caller holds the lock)."""

@@ -63,8 +63,13 @@ class ServiceMetrics:
         self.in_force_by_reason = Gauge(
             "wyneos_actions_in_force_by_reason", "Actions in force after the last tick, by type and reason "
             "(licence:CODE, rule:RULESET/RULE, probation or plugin:NAME)", ["type", "reason"], registry=r)
+        self.licence_stop = Gauge("wyneos_licence_safety_stop",
+                                  "1 while licence actions are frozen because every licensed node fails for one "
+                                  "orchestrator-side reason (the label), else 0", ["reason"], registry=r)
         for status in [*(s.value for s in NodeStatus), "isolated"]:
             self.nodes.labels(status)
+        for reason in ("unknown_key", "source_unavailable"):
+            self.licence_stop.labels(reason).set(0)
         self._seen: dict[int, set[tuple[str, ...]]] = {}
         self._set_all(self.licences, {(reason,): 0 for reason in [*REASONS, "in_grace"]})
 
@@ -96,6 +101,10 @@ class ServiceMetrics:
             self.plugin_errors.labels(error.plugin, error.hook, error.kind).inc()
         if report.heartbeats_rejected:
             self.registry_rejected.inc(len(report.heartbeats_rejected))
+        stop = licence_stop(report)
+        for sample in list(self.licence_stop.collect()[0].samples):
+            reason = sample.labels["reason"]
+            self.licence_stop.labels(reason).set(1 if stop is not None and stop[0] == reason else 0)
 
     def _set_all(self, gauge: Gauge, values: dict[tuple[str, ...], int]) -> None:
         """Set ``gauge`` to ``values``; label sets set before that ``values`` lacks go to 0
@@ -110,3 +119,13 @@ class ServiceMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+
+def licence_stop(report: TickReport | None) -> tuple[str, str] | None:
+    """``(reason code, text)`` of the licence safety stop in force in ``report``, or None."""
+    if report is None:
+        return None
+    for error in report.errors:
+        if error.kind == "licence_safety_stop":
+            code = next((c for c in ("unknown_key", "source_unavailable") if f"failed with {c}" in error.error), "")
+            return code, error.error
+    return None

@@ -38,8 +38,27 @@ from wyneos_core.licensing.envelope import FormatError, load_json
 from wyneos_core.licensing.sources import STATUSES, LicenceRecord, SourceUnavailable
 from wyneos_core.model import Node
 
-__all__ = ["API_PATH", "HttpLicenceSource", "source_from_settings", "wyneos_licence_sources"]
+__all__ = ["API_PATH", "HttpLicenceSource", "WYNEOS_SETTINGS_SCHEMA", "source_from_settings",
+           "wyneos_licence_sources"]
 __version__ = "0.1.0"
+__wyneos_name__ = "licence-http"  # registered under its entry-point name however it is loaded
+
+_SECONDS = {"type": "number", "exclusiveMinimum": 0}
+#: ``plugins.settings.licence-http``, checked by the core before the first tick (a typo or a
+#: value of the wrong type is refused with its file, line and field, never met at run time)
+WYNEOS_SETTINGS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["url"],
+    "properties": {
+        "url": {"type": "string", "pattern": "^https?://[^/]"},
+        "timeout": _SECONDS,
+        "deadline": _SECONDS,
+        "batch": {"type": "integer", "minimum": 1},
+        "token_env": {"type": "string", "minLength": 1},
+        "name": {"type": "string", "minLength": 1},
+    },
+}
 
 API_PATH = "/v1/licences/lookup"
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -219,6 +238,23 @@ def source_from_settings(settings: Mapping[str, Any]) -> HttpLicenceSource:
     return HttpLicenceSource(settings["url"], timeout=_number(settings, "timeout", 2.0),
                              deadline=_number(settings, "deadline", 10.0),
                              batch=_number(settings, "batch", 500, integer=True), token=token, name=name)
+
+
+@hookimpl
+def wyneos_check_config(config: Any) -> list[tuple[str, str]]:
+    """What the schema cannot say: the whole settings make a source (checked, never contacted)."""
+    settings = config.plugin_settings("licence-http")
+    if not settings:
+        return []
+    try:
+        source_from_settings(settings)
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        return [(field, message or str(exc))]
+    if settings.get("token_env") and settings["token_env"] not in os.environ:
+        return [("plugins.settings.licence-http.token_env",
+                 f"the environment variable {settings['token_env']!r} is not set")]
+    return []
 
 
 @hookimpl

@@ -15,8 +15,32 @@ from typing import Any
 from wyneos_core import hookimpl
 from wyneos_licence_kv.registry import KVLicenceSource, LicenceRegistry
 
-__all__ = ["KVLicenceSource", "LicenceRegistry", "wyneos_licence_sources"]
+__all__ = ["KVLicenceSource", "LicenceRegistry", "WYNEOS_SETTINGS_SCHEMA", "wyneos_licence_sources"]
 __version__ = "0.1.0"
+__wyneos_name__ = "licence-kv"  # registered under its entry-point name however it is loaded
+
+#: ``plugins.settings.licence-kv``, checked by the core before the first tick
+WYNEOS_SETTINGS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["path"],
+    "properties": {
+        "path": {"type": "string", "minLength": 1},
+        "name": {"type": "string", "minLength": 1},
+    },
+}
+
+
+@hookimpl
+def wyneos_check_config(config: Any) -> list[tuple[str, str]]:
+    """The registry file must exist (the source opens it read-only; a typo would fail every node)."""
+    settings = config.plugin_settings("licence-kv")
+    if not settings.get("path") or not isinstance(settings["path"], str):
+        return []  # the settings schema says what is wrong
+    path = config.resolve(settings["path"])
+    if not path.is_file():
+        return [("plugins.settings.licence-kv.path", f"no such registry file: {path}")]
+    return []
 
 
 @hookimpl
