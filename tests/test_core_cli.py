@@ -89,7 +89,9 @@ def test_plugins_lists_builtins_with_versions_and_hooks(tmp_path):
     assert by_name["healing"]["origin"] == "disabled (builtin)" and by_name["healing"]["hooks"] == []
     assert by_name["governance"]["origin"] == "builtin"
     typo = wyneos("plugins", "--disable", "healnig", "--config", "c.yaml", cwd=tmp_path)
-    assert typo.returncode == 2 and "plugins.disable names 'healnig', which is no plugin here" in typo.stderr
+    # disabling a plugin that is not installed warns (one config serves machines with and without it)
+    assert typo.returncode == 0 and "wyneos: warning: plugins.disable names 'healnig', which is not installed " \
+        "here: nothing to disable; did you mean 'healing'?" in typo.stderr
     only = wyneos("plugins", "--only", "no-such-plugin", "--config", "c.yaml", cwd=tmp_path)
     assert only.returncode == 2 and "plugins.only names 'no-such-plugin'" in only.stderr
 

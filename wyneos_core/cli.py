@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "wyneos_core.cli_licence",
     "wyneos_core.cli_service",
     "wyneos_core.cli_rules",
+    "wyneos_core.validate",
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -160,6 +161,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _printable(text: str) -> str:
+    """A message naming what a user file held, printable whatever it held (lone surrogates)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import sqlite3
 
@@ -177,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ConfigError, LocatedError) as exc:
         for error in getattr(exc, "errors", None) or [exc]:
-            print(f"wyneos: error: {LocatedError.__str__(error)}", file=sys.stderr)
+            print(_printable(f"wyneos: error: {LocatedError.__str__(error)}"), file=sys.stderr)
         return EXIT_USAGE
     except (PluginLoadError, StoreError) as exc:
         print(f"wyneos: error: {exc}", file=sys.stderr)

@@ -137,7 +137,8 @@ def cmd_test(args: argparse.Namespace) -> int:
                 continue
             name, outcomes = run_test_file(path, engine=args.engine)
         except LocatedError as exc:
-            print(f"ERROR {exc}", file=sys.stderr)
+            for error in getattr(exc, "errors", None) or [exc]:
+                print(f"ERROR {LocatedError.__str__(error)}", file=sys.stderr)
             broken += 1
             continue
         for case in outcomes:

@@ -17,7 +17,7 @@ import jsonschema
 
 from wyneos_core.yamlio import Located, LocatedError
 
-__all__ = ["closest", "schema_errors", "suggest", "sort_errors", "short"]
+__all__ = ["closest", "schema_errors", "suggest", "sort_errors", "short", "unicode_errors"]
 
 #: how much of a user's value an error message echoes
 ECHO = 60
@@ -75,6 +75,10 @@ def _message(error: jsonschema.ValidationError) -> str:
         return f"must be below {error.validator_value}, got {short(value)}"
     if v == "minLength" and error.validator_value == 1:
         return "must not be empty"
+    if v == "maxLength" and isinstance(value, str):
+        return f"is {len(value)} characters long, more than {error.validator_value}"
+    if v == "maxItems" and isinstance(value, list):
+        return f"has {len(value)} items, more than {error.validator_value}"
     if v in ("minLength", "maxLength", "minItems", "maxItems"):
         return f"{v}: {error.validator_value}, got {short(value)}"
     if v == "pattern":
@@ -122,3 +126,34 @@ def schema_errors(located: Located, schema: Mapping[str, Any], *, prefix: tuple[
 def sort_errors(errors: list[LocatedError]) -> list[LocatedError]:
     """In file order (errors without a line last, in their given order)."""
     return sorted(errors, key=lambda e: (e.file, e.line is None, e.line or 0, e.column or 0))
+
+
+def _surrogate(text: str) -> int | None:
+    for index, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            return index
+    return None
+
+
+def unicode_errors(located: Located, skip: Any = None) -> list[LocatedError]:
+    """A located error for every string (key or value) that is not valid Unicode text (a
+    lone surrogate, which YAML's ``"\\ud800"`` escape makes); the text is never echoed.
+    ``skip(path)`` leaves out values another check locates better."""
+    out: list[LocatedError] = []
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), located.data)]
+    while stack and len(out) < 100:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            at = _surrogate(value)
+            if at is not None and not (skip and skip(path)):
+                out.append(located.error(path, f"not valid Unicode text: a lone surrogate "
+                                               f"U+{ord(value[at]):04X} at character {at + 1}"))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and _surrogate(key) is not None:
+                    out.append(located.error(path, "a key is not valid Unicode text (a lone surrogate)"))
+                    continue
+                stack.append((path + (key,), item))
+        elif isinstance(value, list):
+            stack.extend((path + (i,), item) for i, item in enumerate(value))
+    return sort_errors(out)

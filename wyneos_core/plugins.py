@@ -122,9 +122,12 @@ class PluginManager(pluggy.PluginManager):
                         "with @wyneos_core.hookimpl"
                     )
                 if callable(value) and not hasattr(self.hook, attr):
+                    from wyneos_core.diagnostics import suggest
+
+                    hint = suggest(attr, self.hook_names())
                     raise PluginLoadError(
-                        f"plugin {name!r}: {attr!r} matches no wyneos hook "
-                        f"(known hooks: {', '.join(self.hook_names())})"
+                        f"plugin {name!r}: {attr!r} matches no wyneos hook"
+                        + (hint or f" (known hooks: {', '.join(self.hook_names())})")
                     )
 
     def _impls_of(self, plugin: Any) -> list[pluggy.HookImpl]:
@@ -181,20 +184,28 @@ class PluginManager(pluggy.PluginManager):
                 loaded.append(ep.name)
         return loaded
 
-    def check_names(self, disable: Iterable[str], only: Iterable[str] | None) -> None:
-        """Refuse plugin names in ``plugins.disable`` / ``plugins.only`` that name nothing
-        (a typo there would silently leave a plugin running or not loaded)."""
+    def check_names(self, disable: Iterable[str], only: Iterable[str] | None) -> list[str]:
+        """Check plugin names in ``plugins.disable`` / ``plugins.only``; return warnings.
+
+        Disabling a plugin that is not installed is harmless (one config for machines with
+        and without it): a warning, with "did you mean" for a likely typo. ``only`` naming a
+        plugin that is not installed is refused (what it asks for cannot be loaded).
+        """
+        from wyneos_core.diagnostics import suggest
+
         installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
         known = set(BUILTIN_PLUGINS) | installed | {name for name, _ in self.list_name_plugin()}
+        warnings = []
         for name in disable:
             if name not in known:
-                raise PluginLoadError(
-                    f"plugins.disable names {name!r}, which is no plugin here (known: {', '.join(sorted(known))})")
+                warnings.append(f"plugins.disable names {name!r}, which is not installed here: nothing to disable"
+                                + (suggest(name, known) or f" (known: {', '.join(sorted(known))})"))
         for name in only or ():
             if name not in installed:
                 raise PluginLoadError(
                     f"plugins.only names {name!r}, which is no installed plugin "
-                    f"(installed: {', '.join(sorted(installed)) or 'none'})")
+                    f"(installed: {', '.join(sorted(installed)) or 'none'}){suggest(name, installed)}")
+        return warnings
 
     # -- introspection -------------------------------------------------------------------
 
@@ -300,9 +311,12 @@ def _summary(value: Any, limit: int = 160) -> str:
 def _explain_validation(name: str, exc: pluggy.PluginValidationError) -> str:
     message = str(exc).strip()
     if "unknown hook" in message:
+        from wyneos_core.diagnostics import suggest
+
         hook = message.split("'")[1] if "'" in message else "?"
-        return (f"plugin {name!r}: hook {hook!r} matches no wyneos hook "
-                f"(known hooks are declared in wyneos_core.hookspecs)")
+        known = [n for n in dir(hookspecs) if n.startswith("wyneos_")]
+        return (f"plugin {name!r}: hook {hook!r} matches no wyneos hook"
+                + (suggest(hook, known) or " (known hooks are declared in wyneos_core.hookspecs)"))
     if "can not be found in the hookspec" in message:
         # pluggy: "Plugin 'x' for hook 'y'\nhookimpl definition: ...\nArgument(s) {'z'} are declared ..."
         lines = message.splitlines()

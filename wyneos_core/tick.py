@@ -112,7 +112,7 @@ class Orchestrator:
                 self.pm.set_blocked(name)
                 continue
             self.pm.register(plugin, name)
-        self.pm.check_names(settings["disable"], settings["only"] if load_entrypoints else None)
+        name_warnings = self.pm.check_names(settings["disable"], settings["only"] if load_entrypoints else None)
         if settings["trace"]:
             self.pm.trace_file = sys.stderr
         #: notes for the first tick's report (nodes dropped from the config, ...)
@@ -127,7 +127,9 @@ class Orchestrator:
         problems, warnings = check_plugins(config, self.pm)
         if problems:
             raise ConfigError.of(problems)
-        self.startup_notes.extend(warnings)
+        self.startup_notes.extend([*name_warnings, *warnings])
+        for warning in [*name_warnings, *warnings]:  # said before anything runs, not only in tick 1
+            print(f"wyneos: warning: {warning}", file=sys.stderr)
         if store is True:
             path = config["state"]["path"]
             store = StateStore.open(path if path == ":memory:" else config.resolve(path))

@@ -141,17 +141,41 @@ def parse(text: str, stage: str = "governance") -> Expr:
         raise ExprError("empty expression")
     if "\x00" in text:
         raise ExprError("expression contains a NUL character")
+    bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None:  # a lone surrogate (from a "\ud800" escape): not text, and never echoed
+        line = text.count("\n", 0, bad) + 1
+        column = bad - (text.rfind("\n", 0, bad) + 1) + 1
+        raise ExprError(f"not valid Unicode text: a lone surrogate U+{ord(text[bad]):04X}", line, column)
     flat = text.replace("\r", " ").replace("\n", " ").replace("\t", " ")
     lead = len(flat) - len(flat.lstrip())
     try:
         tree = ast.parse(flat.strip(), mode="eval")
     except SyntaxError as exc:
         line, col = _position(text, flat, exc.offset - 1 if exc.offset else None, byte=False, lead=lead)
-        raise ExprError(f"syntax error: {exc.msg}", line, col) from None
+        raise ExprError(f"syntax error: {exc.msg}{_syntax_hint(flat, exc)}", line, col) from None
     except (RecursionError, MemoryError):
         raise ExprError("expression is nested too deeply") from None
     _check_size(tree, text, flat, lead)
     return _Converter(text, flat, lead, stage).convert(tree.body)
+
+
+def _syntax_hint(flat: str, exc: SyntaxError) -> str:
+    """A hint for the syntax errors people make most: ``=`` for ``==``."""
+    import re
+
+    if re.search(r"(?<![=!<>])=(?!=)", flat):
+        return "; did you mean '==' (comparison) instead of '='?"
+    return ""
+
+
+def _hint(name: str, candidates: Any) -> str:
+    """"; did you mean ..." for a mistyped name (true/false/none are Python's True/False/None)."""
+    from wyneos_core.diagnostics import suggest
+
+    literal = {"true": "True", "false": "False", "null": "None", "none": "None", "nil": "None"}.get(name.lower())
+    if literal is not None and name != literal:
+        return f"; did you mean {literal!r}?"
+    return suggest(name, candidates)
 
 
 def _position(text: str, flat: str, offset: int | None, byte: bool = True, lead: int = 0) -> tuple[int | None, int | None]:
@@ -244,6 +268,9 @@ class _Converter:
         if node.id in HELPERS:
             raise self.error(node, f"helper {node.id!r} must be called")
         known = ", ".join([*FIELDS, "missing"])
+        hint = _hint(node.id, [*FIELDS, "missing", *HELPERS])
+        if hint:
+            raise self.error(node, f"unknown name {node.id!r}{hint}")
         raise self.error(node, f"unknown name {node.id!r} (known names: {known}, and the helpers "
                                f"{', '.join(HELPERS)})")
 
@@ -281,11 +308,13 @@ class _Converter:
         if root not in FIELDS:
             if root in ("missing",) or root in HELPERS:
                 raise self.error(cur, f"{root!r} has no fields")
-            raise self.error(cur, f"unknown name {root!r} (known names: {', '.join(FIELDS)})")
+            raise self.error(cur, f"unknown name {root!r}{_hint(root, FIELDS) or ''} "
+                                  f"(known names: {', '.join(FIELDS)})")
         steps.reverse()
         first = steps[0]
         if not isinstance(first, str) or first not in FIELDS[root]:
-            raise self.error(node, f"{root} has no field {first!r} (fields: {', '.join(FIELDS[root])})")
+            raise self.error(node, f"{root} has no field {str(first)[:60]!r}{_hint(str(first), FIELDS[root])} "
+                                   f"(fields: {', '.join(FIELDS[root])})")
         rest = tuple(steps[1:])
         if rest and FIELDS[root][first] != "o":
             raise self.error(node, f"{root}.{first} is a plain value; it has no fields or keys")
@@ -361,7 +390,7 @@ class _Converter:
         name = node.func.id
         spec = HELPERS.get(name)
         if spec is None:
-            raise self.error(node, f"unknown function {name!r} (helpers: {', '.join(HELPERS)})")
+            raise self.error(node, f"unknown function {name!r}{_hint(name, HELPERS)} (helpers: {', '.join(HELPERS)})")
         if node.keywords:
             raise self.error(node, f"{name}() takes no keyword arguments")
         for arg in node.args:

@@ -24,7 +24,7 @@ from wyneos_core.rules.expr import ExprError, parse
 from wyneos_core.rules.ir import Expr, Not
 from wyneos_core.rules.state import Duration, parse_duration
 from wyneos_core.rules.template import Template, TemplateError
-from wyneos_core.yamlio import Located, LocatedError, load_yaml, validate_schema
+from wyneos_core.yamlio import Located, LocatedError, load_yaml
 
 __all__ = [
     "MAX_RULES",
@@ -217,18 +217,35 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
     if isinstance(rules_list, list) and len(rules_list) > MAX_RULES:
         raise RulesetError(f"{len(rules_list)} rules, more than {MAX_RULES} in one ruleset; split it into several "
                            "files", file=name, line=located.position(("rules",))[0], field="rules")
-    try:
-        validate_schema(located, ruleset_schema())
-    except LocatedError as exc:
-        raise RulesetError(exc.reason, file=exc.file, line=exc.line, column=exc.column, field=exc.field) from None
+    from wyneos_core.diagnostics import schema_errors, sort_errors, unicode_errors
 
-    def fail(where: tuple, reason: str) -> RulesetError:
-        e = located.error(where, reason)
+    def as_ruleset_error(e: LocatedError) -> RulesetError:
         return RulesetError(e.reason, file=e.file, line=e.line, column=e.column, field=e.field)
 
+    # every schema mistake at once; a rule with one is not compiled, the others still are
+    found = [as_ruleset_error(e) for e in sort_errors(
+        schema_errors(located, ruleset_schema())
+        + unicode_errors(located, skip=lambda path: len(path) == 3 and path[2] in ("require", "when")))]
+    if found:
+        if errors is None:
+            raise found[0]
+        errors.extend(found)
+    broken_rules = {e_path[1] for e_path in (_path_of(e.field) for e in found)
+                    if len(e_path) >= 2 and e_path[0] == "rules" and isinstance(e_path[1], int)}
+    top_broken = any(len(_path_of(e.field)) <= 1 and _path_of(e.field)[:1] in ((), ("stage",), ("rules",))
+                     for e in found)
+
+    def fail(where: tuple, reason: str) -> RulesetError:
+        return as_ruleset_error(located.error(where, reason))
+
+    if top_broken:  # no stage or no list of rules: the rules cannot be compiled
+        assert errors is not None
+        raise errors[0]
     stage = data["stage"]
     engine = engine or data.get("engine", default_engine)
-    rs_name = data["ruleset"]
+    if not isinstance(engine, str) or engine not in ("native", "durable"):
+        engine = default_engine
+    rs_name = data.get("ruleset") if isinstance(data.get("ruleset"), str) else "?"
     rules: list[Rule] = []
     seen: dict[str, int] = {}
     def compile_rule(index: int, spec: dict[str, Any]) -> Rule:
@@ -296,14 +313,19 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
         )
 
     for index, spec in enumerate(data["rules"]):
+        if index in broken_rules:
+            if isinstance(spec, dict) and isinstance(spec.get("id"), str):
+                seen.setdefault(spec["id"], index)
+            continue
         try:
             rules.append(compile_rule(index, spec))
         except RulesetError as exc:
             if errors is None:
                 raise
             errors.append(exc)
+    labels = data.get("labels", {})
     ruleset = Ruleset(rs_name, stage, engine, tuple(rules), name, data.get("description", ""),
-                      dict(data.get("labels", {})))
+                      dict(labels) if isinstance(labels, dict) else {})
     if engine == "durable":
         from wyneos_core.rules.durable import MAX_DURABLE_RULES, DurableUnsupported, translate
 
@@ -321,8 +343,24 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
                     raise exc2 from None
                 errors.append(exc2)
     if errors:
+        errors[:] = sort_errors(errors)
         raise errors[0]
     return ruleset
+
+
+def _path_of(field: str | None) -> tuple[Any, ...]:
+    """``"rules[2].when"`` -> ``("rules", 2, "when")``."""
+    if not field:
+        return ()
+    out: list[Any] = []
+    for part in field.replace("[", ".[").split("."):
+        if not part:
+            continue
+        if part.startswith("[") and part.endswith("]") and part[1:-1].isdigit():
+            out.append(int(part[1:-1]))
+        else:
+            out.append(part)
+    return tuple(out)
 
 
 def start_durable(ruleset: Ruleset, timeout: float = 60.0) -> Any:
