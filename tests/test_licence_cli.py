@@ -101,3 +101,45 @@ def test_demo_cluster_uses_real_signed_licences_each_failure_enforced(tmp_path, 
             enforced.setdefault(a.target, set()).add(a.params["licence_reason"])
     assert enforced == {"node-02": {"invalid_signature"}, "node-04": {"expired"}, "node-08": {"too_many_nodes"},
                         "node-09": {"machine_mismatch"}, "node-11": {"no_licence"}, "node-12": {"expired"}}
+
+
+def test_issue_refuses_to_overwrite_without_force(tmp_path, capsys):
+    run(capsys, "keygen", "--out", str(tmp_path))
+    lic = tmp_path / "l.licence"
+    issue = ["issue", "--key", str(tmp_path / "issuer.key"), "--customer", "acme", "--expires", "+30d", "-o", str(lic)]
+    assert run(capsys, *issue, "--id", "lic-1")[0] == 0
+    first = lic.read_text()
+    code, _, err = run(capsys, *issue, "--id", "lic-2")
+    assert code == 2 and f"{lic}: exists already (use --force to replace it)" in err
+    assert lic.read_text() == first  # the licence issued before is untouched
+    assert run(capsys, *issue, "--id", "lic-2", "--force")[0] == 0
+    assert json.loads(lic.read_text())["payload"]["licence_id"] == "lic-2"
+
+
+def test_revoke_of_an_unknown_id_says_so_and_inspect_reads_revocation_lists(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run(capsys, "keygen", "--out", "keys")
+    key = ["--key", "keys/issuer.key"]
+    (tmp_path / "licences").mkdir()
+    for licence_id in ("lic-acme-1", "lic-acme-2"):
+        assert run(capsys, "issue", *key, "--id", licence_id, "--customer", "acme", "--expires", "+30d",
+                   "-o", f"licences/{licence_id}.licence")[0] == 0
+    rev = "licences/revocations.json"
+    code, _, err = run(capsys, "revoke", "lic-acme-3", *key, "--list", rev)
+    assert code == 2 and "no licence with id 'lic-acme-3' in licences (2 licence(s) there); did you mean " \
+        "'lic-acme-2'? (--force revokes it anyway)" in err
+    assert not (tmp_path / rev).exists()  # a refused revocation changes nothing
+    code, out, _ = run(capsys, "revoke", "lic-acme-2", *key, "--list", rev, "--reason", "refund")
+    assert code == 0 and "version 1" in out
+    code, out, _ = run(capsys, "revoke", "lic-gone", *key, "--list", rev, "--force")
+    assert code == 0 and "version 2" in out
+    code, out, _ = run(capsys, "inspect", rev, "--trusted", "keys/issuer.pub")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("revocation list version 2, issued ") and lines[0].endswith("2 licence(s) revoked")
+    assert lines[1].startswith("  lic-acme-2  revoked ") and lines[1].endswith("(refund)")
+    assert lines[2].startswith("  lic-gone  revoked ") and lines[-1] == "signature  valid"
+    code, out, _ = run(capsys, "inspect", rev, "--json")
+    shown = json.loads(out)
+    assert shown["kind"] == "revocations" and shown["version"] == 2 and shown["signature"].startswith("not checked")
+    assert [e["licence_id"] for e in shown["revoked"]] == ["lic-acme-2", "lic-gone"]

@@ -87,6 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--not-before", help="valid from (default: now)")
     i.add_argument("--issued", help="issue time (default: now)")
     i.add_argument("--out", "-o", metavar="FILE", help="write here (default: stdout)")
+    i.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     i.set_defaults(func=cmd_issue)
 
     v = lsub.add_parser("verify", help="verify a licence file and check it as the orchestrator would")
@@ -102,7 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
-    n = lsub.add_parser("inspect", help="show a licence's fields (and whether its signature verifies)")
+    n = lsub.add_parser("inspect", help="show a licence's or a revocation list's fields (and whether its "
+                        "signature verifies)")
     n.add_argument("file")
     n.add_argument("--trusted", action="append", default=[], metavar="PUB")
     n.add_argument("--json", action="store_true")
@@ -115,6 +117,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--trusted", action="append", default=[], metavar="PUB",
                    help="other keys the existing list may be signed with (rotation)")
     r.add_argument("--reason", default="")
+    r.add_argument("--licences", action="append", default=[], metavar="DIR",
+                   help="directory of the issued licence files the id must be among (repeatable; default: "
+                        "./licences when it exists)")
+    r.add_argument("--force", action="store_true", help="revoke the id even if no licence file has it")
     r.set_defaults(func=cmd_revoke)
 
     p.set_defaults(func=lambda args: _help(p))
@@ -177,6 +183,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot issue: {exc}") from None
     text = json.dumps(doc, indent=1) + "\n"
     if args.out:
+        if Path(args.out).exists() and not args.force:
+            raise UsageError(f"{args.out}: exists already (use --force to replace it)")
         write_atomic(Path(args.out), text)
         print(f"licence {args.licence_id} written to {args.out} (key id {doc['payload']['key_id']})",
               file=sys.stderr)
@@ -221,7 +229,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from wyneos_core.licensing.revocation import FORMAT as REVOCATIONS
+
     data = _read(args.file)
+    try:
+        parse_envelope(data, REVOCATIONS)
+        return _inspect_revocations(args, data)
+    except EnvelopeError:
+        pass  # not a revocation list: a licence, or what is wrong is said below
     try:
         envelope = parse_envelope(data, FORMAT)
     except EnvelopeError as exc:
@@ -240,7 +255,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         except EnvelopeError as exc:
             signature = f"{exc.reason}: {exc}"
     if args.json:
-        print(json.dumps({"payload": fields, "signature": signature}, indent=1))
+        print(json.dumps({"kind": "licence", "payload": fields, "signature": signature}, indent=1))
         return EXIT_OK
     width = max(len(k) for k in fields)
     for name, value in fields.items():
@@ -248,6 +263,52 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {shown}")
     print(f"{'signature':<{width}}  {signature}")
     return EXIT_OK
+
+
+def _inspect_revocations(args: argparse.Namespace, data: bytes) -> int:
+    """A signed revocation list: version, issue time, every revoked id, the signature."""
+    try:
+        listed = RevocationList.from_document(data, {}, verify=False)
+    except EnvelopeError as exc:
+        raise UsageError(f"{args.file}: revocation list: {exc}") from None
+    signature = "not checked (give --trusted)"
+    if args.trusted:
+        try:
+            RevocationList.from_document(data, _keyring(args.trusted))
+            signature = "valid"
+        except EnvelopeError as exc:
+            signature = f"{exc.reason}: {exc}"
+    entries = [e.to_dict() for e in sorted(listed.entries.values(), key=lambda e: e.licence_id)]
+    if args.json:
+        print(json.dumps({"kind": "revocations", "version": listed.version, "issued": format_time(listed.issued),
+                          "key_id": listed.key_id, "revoked": entries, "signature": signature}, indent=1))
+        return EXIT_OK
+    print(f"revocation list version {listed.version}, issued {format_time(listed.issued)}, "
+          f"{len(entries)} licence(s) revoked")
+    for e in entries:
+        print(f"  {e['licence_id']}  revoked {e['revoked_at']}" + (f"  ({e['reason']})" if e["reason"] else ""))
+    print(f"signature  {signature}")
+    return EXIT_OK
+
+
+def _issued_ids(dirs: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Licence ids of the licence files in ``dirs`` (id -> file), and the directories read."""
+    ids: dict[str, str] = {}
+    read = []
+    for raw in dirs:
+        directory = Path(raw)
+        if not directory.is_dir():
+            raise UsageError(f"{directory}: no such licence directory")
+        read.append(str(directory))
+        for path in sorted(directory.iterdir()):
+            if not path.name.endswith((".licence", ".lic", ".json")) or not path.is_file():
+                continue
+            try:
+                _, lic = parse_licence(path.read_bytes()[: 1024 * 1024])
+            except Exception:  # noqa: BLE001 - not a licence (a revocation list, garbage): not an id
+                continue
+            ids.setdefault(lic.licence_id, str(path))
+    return ids, read
 
 
 @_guard
@@ -263,6 +324,18 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if args.licence_id in current:
         print(f"licence {args.licence_id} is already revoked (list version {current.version})", file=sys.stderr)
         return EXIT_OK
+    dirs = args.licences or (["licences"] if Path("licences").is_dir() else [])
+    if dirs:
+        ids, read = _issued_ids(dirs)
+        if args.licence_id not in ids and not args.force:
+            from wyneos_core.diagnostics import suggest
+
+            raise UsageError(f"no licence with id {args.licence_id!r} in {', '.join(read)} "
+                             f"({len(ids)} licence(s) there){suggest(args.licence_id, ids)} "
+                             "(--force revokes it anyway)")
+    else:
+        print(f"wyneos licence: warning: {args.licence_id!r} not checked against issued licences "
+              "(give --licences DIR)", file=sys.stderr)
     new = current.revoke(args.licence_id, now=time.time(), reason=args.reason)
     new.save(path, key)
     print(f"licence {args.licence_id} revoked: {path} is now version {new.version} "
