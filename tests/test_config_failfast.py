@@ -70,3 +70,20 @@ def test_every_mistake_is_named_in_one_run(tmp_path):
     out = wyneos("tick", "--config", str(config), cwd=tmp_path)
     fields = [line.split(": ")[3] for line in out.stderr.splitlines()]
     assert fields == ["licence.trusted_keys[0]", "licence.sources[1]", "licence.directory"], out.stderr
+
+
+def test_state_path_typo_is_refused_and_memory_state_is_not_a_path(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("nodes: [{id: a}]\nplugins: {disable: [licence]}\nreport: {json_path: null}\n"
+                      "state: {path: sate/data/s.db}\n")
+    out = wyneos("run", "--ticks", "1", "--interval", "0.1", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 2 and "neither" in out.stderr and "a typo in state.path?" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # no directory made for the typo
+    config.write_text(config.read_text().replace("sate/data/s.db", "data/s.db"))
+    out = wyneos("tick", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 0 and (tmp_path / "data" / "s.db").is_file()
+    assert f"created the directory {tmp_path / 'data'} for the state file" in out.stdout
+    config.write_text(config.read_text().replace("data/s.db", "':memory:'"))
+    out = wyneos("run", "--ticks", "1", "--interval", "0.1", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 0 and "state in memory only (state.path ':memory:')" in out.stdout
+    assert ":memory:" not in out.stdout.replace("state.path ':memory:'", "")

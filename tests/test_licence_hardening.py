@@ -13,7 +13,7 @@ from tests.conftest import FakeClock
 from tests.test_licence_cli import run
 from tests.test_licence_engine import SourcePlugin, StaticSource
 from tests.test_licence_support import DAY, T0, Issuer, licence_config, orchestrator, reasons
-from wyneos_core.builtin.licence import LEDGER_NAME, engine_of
+from wyneos_core.builtin.licence import engine_of, ledger_for
 from wyneos_core.licensing.revocation import RevocationList
 from wyneos_core.licensing.sources import LicenceRecord
 from wyneos_core.model import Heartbeat
@@ -201,7 +201,8 @@ def test_revocations_survive_restarts_in_the_default_ledger(tmp_path, issuer):
     report = orch.tick()
     assert reasons(report) == {"n1": "revoked"}
     orch.stop()
-    ledger = tmp_path / "state" / LEDGER_NAME  # the default: next to the state file
+    ledger = ledger_for(tmp_path / "state" / "state.db")  # the default: next to the state file, its own
+    assert ledger.name == "state.licence-ledger.json"
     assert json.loads(ledger.read_text())["revocation_version"] == 2
     assert oct(os.stat(ledger).st_mode & 0o777) == "0o600"
     # the list file deleted: the revocations kept in the ledger stay in force, and an error says so
@@ -272,3 +273,23 @@ def test_a_forged_document_is_revoked_by_its_hash_never_by_the_id_it_claims(tmp_
     assert {a.params["licence_id"] for a in revokes if a.origin == "enforcement"} == {thief.licence_id}
     clock.advance(5)
     assert orch.tick().licences["real"].reason == "ok"  # the real licence is untouched
+
+
+def test_two_state_files_in_one_directory_keep_their_own_revocations(tmp_path, issuer):
+    """The ledger used to be shared by every state file of a directory: a config without
+    revocations showed 'revoked' from another config's list."""
+    issuer.write(tmp_path / "licences", "lic-a")
+    RevocationList().revoke("lic-a", now=T0).save(tmp_path / "rev.json", issuer.key)
+    nodes = [{"id": "n1", "licence": "lic-a"}]
+    with_list = licence_config(tmp_path, nodes, "revocations: rev.json\n")
+    with_list["state"]["path"] = str(tmp_path / "shared" / "one.db")
+    orch = Orchestrator(with_list, clock=FakeClock(T0), load_entrypoints=False)
+    assert reasons(orch.tick()) == {"n1": "revoked"}
+    orch.stop()
+    without = licence_config(tmp_path, nodes)
+    without["state"]["path"] = str(tmp_path / "shared" / "two.db")
+    orch = Orchestrator(without, clock=FakeClock(T0), load_entrypoints=False)
+    assert reasons(orch.tick()) == {"n1": "ok"}
+    orch.stop()
+    assert sorted(p.name for p in (tmp_path / "shared").glob("*.json")) == [
+        "one.licence-ledger.json", "two.licence-ledger.json"]

@@ -25,6 +25,8 @@ from wyneos_core.yamlio import LocatedError
 __all__ = ["check_plugins", "SCHEMA_ATTRIBUTE"]
 
 SCHEMA_ATTRIBUTE = "WYNEOS_SETTINGS_SCHEMA"
+#: ``plugins.settings`` sections the core itself reads (``wyneos serve``'s settings)
+CORE_SETTINGS = frozenset({"service"})
 
 
 def _problems(config: Config, plugin: str, answer: Any) -> list[LocatedError]:
@@ -61,7 +63,7 @@ def check_plugins(config: Config, pm: Any) -> tuple[list[LocatedError], list[str
                 with_schema.add(name)
                 errors += found
     for name in settings:
-        if name not in loaded and name not in blocked:
+        if name not in loaded and name not in blocked and name not in CORE_SETTINGS:
             warnings.append(f"{config.source}: plugins.settings.{name}: no plugin of that name is loaded, "
                             f"its settings are not read{suggest(name, loaded)}")
     failed: list[PluginError] = []

@@ -121,9 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     if not args.json:
         cfg = orchestrator.config
+        path = cfg["state"]["path"]
+        where = "memory only (state.path ':memory:')" if path == ":memory:" else str(cfg.resolve(path))
         print(f"wyneos {__version__}: cluster {cfg['cluster']!r} from {cfg.source}, "
               f"{plural(len(orchestrator.registry), 'node')}, tick every {interval:g}s, "
-              f"state in {cfg.resolve(cfg['state']['path'])}", flush=True)
+              f"state in {where}", flush=True)
     with stop_on_signals(stop):
         done = run(orchestrator, interval=interval, ticks=args.ticks, stop=stop)
     if not args.json:

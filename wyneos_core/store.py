@@ -151,6 +151,7 @@ class StateStore:
     """SQLite-backed state. Use ``StateStore.open(path)``; ``":memory:"`` keeps nothing."""
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.created_dir: str | None = None
         self.conn = conn
         self.path = path
 
@@ -164,6 +165,13 @@ class StateStore:
         new cluster. ``wyneos state check`` looks deeper (integrity, every row).
         """
         path = str(path)
+        created = None
+        if path != ":memory:":
+            parent = Path(path).parent
+            if not parent.is_dir() and not parent.parent.is_dir():
+                # one missing directory (".wyneos/") is made; a chain of them is more likely a typo
+                raise StoreError(f"{path}: neither {parent} nor {parent.parent} exists (a typo in state.path?); "
+                                 "create the directory first")
         conn = None
         try:
             if path != ":memory:":
@@ -172,7 +180,9 @@ class StateStore:
                     raise StoreError(f"{path}: the state file is empty (0 bytes), not a WyneOS state file; it would "
                                      "start a new cluster (no nodes, keys or isolations). Restore a backup "
                                      "(docs/operations.md), or move the file away to start anew")
-                p.parent.mkdir(parents=True, exist_ok=True)
+                if not p.parent.is_dir():
+                    p.parent.mkdir()
+                    created = str(p.parent)
             conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables and "meta" not in tables:
@@ -195,7 +205,10 @@ class StateStore:
             raise StoreError(f"{path}: not a usable WyneOS state file (state.path): {exc}") from None
         if row is None:
             conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        return cls(conn, path)
+        store = cls(conn, path)
+        #: the directory made for the state file (None: it existed), said in the first report
+        store.created_dir = created
+        return store
 
     def _damaged(self, table: str, key: Any, column: str, why: str) -> StoreError:
         return StoreError(f"{self.path}: damaged row in table {table} ({key!r}): {column}: {why} "

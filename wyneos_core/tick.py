@@ -134,6 +134,9 @@ class Orchestrator:
             path = config["state"]["path"]
             store = StateStore.open(path if path == ":memory:" else config.resolve(path))
         self.store: StateStore | None = store or None
+        if self.store is not None and getattr(self.store, "created_dir", None):
+            self.startup_notes.append(f"created the directory {self.store.created_dir} for the state file "
+                                      "(state.path)")
         self.registry = Registry(config["heartbeat"])
         self.intake = HeartbeatQueue(maxlen=config["heartbeat"]["max_queue"])
         now = clock()

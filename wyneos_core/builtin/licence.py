@@ -15,7 +15,8 @@ licences it revokes; the decide step keeps it in force while that version is cur
 and propagation carries it to every reachable node once.
 
 Replay protection and the accepted revocation list survive restarts in the ledger
-(``licence.ledger``; by default ``licence-ledger.json`` next to the state file).
+(``licence.ledger``; by default ``<state file stem>.licence-ledger.json`` next to the state
+file: one ledger per state file, so two configs sharing a directory never share revocations).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ ORCHESTRATOR_SIDE = {
 }
 
 
+#: the ledger's name next to the state file ``STEM.db``: ``STEM`` + this
+LEDGER_SUFFIX = ".licence-ledger.json"
+#: the name every state file of a directory shared before (adopted by the only state file there)
 LEDGER_NAME = "licence-ledger.json"
 
 
@@ -51,14 +55,34 @@ def settings_of(config: Config) -> LicenceSettings:
     return LicenceSettings.from_config(config["licence"], config.resolve)
 
 
+def ledger_for(state_path: Path) -> Path:
+    """The default ledger of the state file ``state_path``: ``STEM.licence-ledger.json`` beside it."""
+    return state_path.parent / (state_path.stem + LEDGER_SUFFIX)
+
+
 def default_ledger(orchestrator: Orchestrator) -> Path | None:
-    """``licence-ledger.json`` next to the orchestrator's state file, or None without one."""
+    """The ledger next to the orchestrator's state file (its own), or None without one.
+
+    A directory whose only state file used the shared ``licence-ledger.json`` before
+    keeps it: the file is renamed to the state file's own ledger.
+    """
     if orchestrator.store is None:
         return None
     path = orchestrator.config["state"]["path"]
     if path == ":memory:":
         return None
-    return orchestrator.config.resolve(path).parent / LEDGER_NAME
+    state = orchestrator.config.resolve(path)
+    own = ledger_for(state)
+    shared = state.parent / LEDGER_NAME
+    if not own.exists() and shared.is_file():
+        others = [p for p in state.parent.glob("*.db") if p != state]
+        if not others:
+            try:
+                shared.rename(own)
+                orchestrator.startup_notes.append(f"licence ledger {shared} is now {own} (one per state file)")
+            except OSError:
+                pass
+    return own
 
 
 def engine_of(orchestrator: Orchestrator) -> LicenceEngine:
