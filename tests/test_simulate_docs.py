@@ -19,11 +19,13 @@ def blocks(name: str, lang: str, mark: str) -> list[str]:
     return found
 
 
-def test_simulation_doc_scenario_and_python_example_run(capsys):
+def test_simulation_doc_scenario_and_python_example_run(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     [scenario] = blocks("simulation.md", "yaml", "test-scenario")
-    for code in blocks("simulation.md", "python", "test"):
-        exec(compile(code, "docs/simulation.md", "exec"), {"SCENARIO": scenario})  # noqa: S102 - our own docs
-    assert "scenario docs-example: 40 nodes" in capsys.readouterr().out
+    for _ in range(2):  # twice in the same directory
+        for code in blocks("simulation.md", "python", "test"):
+            exec(compile(code, "docs/simulation.md", "exec"), {"SCENARIO": scenario})  # noqa: S102 - our own docs
+        assert "scenario docs-example: 40 nodes" in capsys.readouterr().out
 
 
 def test_healing_doc_config_is_valid_and_documents_every_setting():
@@ -41,6 +43,8 @@ def test_healing_doc_config_is_valid_and_documents_every_setting():
 
 
 @pytest.mark.parametrize("code", blocks("healing.md", "python", "test"))
-def test_healing_doc_python_example_runs(code, capsys):
-    exec(compile(code, "docs/healing.md", "exec"), {})  # noqa: S102 - our own docs
-    assert "in_force" in capsys.readouterr().out
+def test_healing_doc_python_example_runs(code, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # twice in the same directory
+        exec(compile(code, "docs/healing.md", "exec"), {})  # noqa: S102 - our own docs
+        assert "in_force" in capsys.readouterr().out

@@ -91,7 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plugins)
 
 
-def build(args: argparse.Namespace, *, stdout_mode: str | None = None, store: bool = True):
+def build(args: argparse.Namespace, *, stdout_mode: str | None = None, store: bool = True,
+          tolerate_broken_plugins: bool = False):
     """Load the config named by ``args`` and build an orchestrator from it."""
     from wyneos_core.config import load_config
     from wyneos_core.tick import Orchestrator
@@ -107,7 +108,7 @@ def build(args: argparse.Namespace, *, stdout_mode: str | None = None, store: bo
         config["state"]["path"] = args.state
     if stdout_mode is not None:
         config["report"]["stdout"] = stdout_mode
-    return Orchestrator(config, store=store)
+    return Orchestrator(config, store=store, tolerate_broken_plugins=tolerate_broken_plugins)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -141,17 +142,27 @@ def cmd_tick(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    orchestrator = build(args, store=False)
+    from wyneos_core.plugins import PluginInfo
+
+    # one broken installed plugin does not hide the others: it is listed with what is wrong
+    orchestrator = build(args, store=False, tolerate_broken_plugins=True)
     infos = orchestrator.pm.plugin_infos()
+    broken = orchestrator.broken_plugins
     if args.json:
-        print(json.dumps([i.to_dict() for i in infos], indent=2))
-        return EXIT_OK
-    width = max(len(i.name) for i in infos)
+        print(json.dumps([*(i.to_dict() for i in infos),
+                          *({"name": name, "version": "-", "origin": "broken", "hooks": [], "module": "",
+                             "error": why} for name, why in sorted(broken.items()))], indent=2))
+        return EXIT_FAIL if broken else EXIT_OK
+    width = max(len(i.name) for i in [*infos, *(PluginInfo(n, "", "", [], "") for n in broken)])
     for i in infos:
         print(f"{i.name:<{width}}  {i.version:<8}  {i.origin}")
         if i.hooks:
             print(f"{'':<{width}}  hooks: {', '.join(i.hooks)}")
-    return EXIT_OK
+    for name, why in sorted(broken.items()):
+        print(f"{name:<{width}}  {'-':<8}  BROKEN: {why}")
+        print(f"{'':<{width}}  not loaded; `wyneos run` refuses to start while it is installed and enabled: "
+              f"uninstall or fix it, or disable it (plugins.disable: [{name}], or --disable {name})")
+    return EXIT_FAIL if broken else EXIT_OK
 
 
 def parser() -> argparse.ArgumentParser:

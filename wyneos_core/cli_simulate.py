@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", metavar="DIR", default="sim-out", help="output directory (default: sim-out)")
     p.add_argument("--format", choices=("png", "svg"), default="png", help="plot format (default: png)")
     p.add_argument("--state", metavar="FILE", help="keep the orchestrator's SQLite state in FILE")
+    p.add_argument("--no-plugins", dest="plugins", action="store_false",
+                   help="do not load the installed plugins (by default they run, as in `wyneos run`)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--compare-consensus", action="store_true",
                    help="run the scenario a second time with consensus the other way round and report false "
@@ -75,7 +77,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     progress = args.progress
     if progress is None:
         progress = sys.stderr.isatty() or scenario.nodes * scenario.ticks >= 200_000
-    result = simulate(scenario, progress=progress, state_path=args.state)
+    result = simulate(scenario, progress=progress, state_path=args.state, plugins=args.plugins)
     if args.compare_consensus:
         from wyneos_core.simulate.runner import compare_consensus
 

@@ -149,11 +149,14 @@ class PluginManager(pluggy.PluginManager):
             self.register(module, name)
             self.origins[name] = "builtin"
 
-    def load_entrypoints(self, disable: Iterable[str] = (), only: Iterable[str] | None = None) -> list[str]:
+    def load_entrypoints(self, disable: Iterable[str] = (), only: Iterable[str] | None = None,
+                         broken: dict[str, str] | None = None) -> list[str]:
         """Load third-party plugins from the ``wyneos`` entry-point group.
 
         :param disable: entry-point names not to load.
         :param only: if given, load only these entry-point names.
+        :param broken: when given, a plugin that cannot be loaded is recorded here (name ->
+            why) and the others are still loaded; otherwise ``PluginLoadError`` is raised.
         :return: names of the plugins loaded.
         """
         disabled = set(disable)
@@ -172,13 +175,19 @@ class PluginManager(pluggy.PluginManager):
                 if self.get_plugin(ep.name) is not None or self.is_blocked(ep.name):
                     continue
                 try:
-                    plugin = ep.load()
-                except Exception as exc:  # noqa: BLE001 - any import error is reported
-                    raise PluginLoadError(
-                        f"plugin {ep.name!r} from {dist.metadata['name']} failed to import: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
-                self.register(plugin, ep.name)
+                    try:
+                        plugin = ep.load()
+                    except Exception as exc:  # noqa: BLE001 - any import error is reported
+                        raise PluginLoadError(
+                            f"plugin {ep.name!r} from {dist.metadata['name']} failed to import: "
+                            f"{type(exc).__name__}: {exc}"
+                        ) from exc
+                    self.register(plugin, ep.name)
+                except PluginLoadError as exc:
+                    if broken is None:
+                        raise
+                    broken[ep.name] = str(exc)
+                    continue
                 self._plugin_distinfo.append((plugin, pluggy._manager.DistFacade(dist)))
                 self.origins[ep.name] = f"entry point ({dist.metadata['name']})"
                 loaded.append(ep.name)

@@ -90,6 +90,7 @@ class Orchestrator:
         plugins: Iterable[Any] = (),
         load_entrypoints: bool = True,
         store: StateStore | None | bool = True,
+        tolerate_broken_plugins: bool = False,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -99,8 +100,11 @@ class Orchestrator:
         self.pm.budget = float(config["tick"]["plugin_budget"])
         settings = config["plugins"]
         self.pm.load_builtins(disable=settings["disable"])
+        #: installed plugins that could not be loaded (name -> why), with ``tolerate_broken_plugins``
+        self.broken_plugins: dict[str, str] = {}
         if load_entrypoints:
-            self.pm.load_entrypoints(disable=settings["disable"], only=settings["only"])
+            self.pm.load_entrypoints(disable=settings["disable"], only=settings["only"],
+                                     broken=self.broken_plugins if tolerate_broken_plugins else None)
         if config["demo"].get("enabled"):
             from wyneos_core.demo.simulator import DemoCluster
 

@@ -51,11 +51,13 @@ class SimResult:
 
 
 def build(scenario: Scenario, *, state_path: str | Path | None = None,
-          workdir: str | Path | None = None) -> tuple[Orchestrator, SimCluster, SimClock]:
+          workdir: str | Path | None = None, plugins: bool = False) -> tuple[Orchestrator, SimCluster, SimClock]:
     """The orchestrator, the simulated cluster plugin and the clock of ``scenario``.
 
     :param workdir: a new directory for the run's signed licences and issuer key
         (default: a temporary one, removed by ``simulate`` at the end).
+    :param plugins: also load the installed plugins (``wyneos simulate`` does, unless
+        ``--no-plugins``), as ``wyneos run`` would.
     """
     config = scenario.orchestrator_config()
     config["plugins"]["trace"] = False
@@ -71,7 +73,7 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
     config["licence"].update({"sources": ["file"], "directory": str(licences.directory),
                               "trusted_keys": [str(licences.issuer_key)], "customer": CUSTOMER,
                               "map": {}, "revocations": None, "ledger": None})
-    orchestrator = Orchestrator(config, clock=clock, load_entrypoints=False, store=store)
+    orchestrator = Orchestrator(config, clock=clock, load_entrypoints=plugins, store=store)
     orchestrator._sim_workdir = root if workdir is None else None  # type: ignore[attr-defined]
     for node_id in ids:
         if node_id not in orchestrator.registry:
@@ -85,13 +87,15 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
     return orchestrator, cluster, clock
 
 
-def simulate(scenario: Scenario, *, progress: bool = False, state_path: str | Path | None = None) -> SimResult:
+def simulate(scenario: Scenario, *, progress: bool = False, state_path: str | Path | None = None,
+             plugins: bool = False) -> SimResult:
     """Run ``scenario`` tick by tick and measure it.
 
     :param progress: show a progress bar (tqdm, on stderr).
     :param state_path: keep the orchestrator's SQLite state there (default: none).
+    :param plugins: load the installed plugins too (default: the builtin ones only).
     """
-    orchestrator, cluster, clock = build(scenario, state_path=state_path)
+    orchestrator, cluster, clock = build(scenario, state_path=state_path, plugins=plugins)
     config = orchestrator.config
     interval = float(config["tick"]["interval"])
     grace = math.ceil(config["heartbeat"]["offline_after"] / interval) + 1
