@@ -17,7 +17,7 @@ SHIPPED = shipped_rulesets_dir()
 def test_shipped_rulesets_pass_check(capsys) -> None:
     assert main(["check", str(SHIPPED)]) == 0
     out = capsys.readouterr().out
-    assert "ruleset 'governance' (governance, 4 rules)" in out
+    assert "ruleset 'governance' (governance, 5 rules)" in out
     assert "ruleset 'healing'" in out and "ruleset 'licence-enforcement'" in out
     assert "ruleset tests" in out  # the test files under rulesets/tests are checked too
 

@@ -169,7 +169,9 @@ def test_shipped_rulesets_resolve_by_builtin_prefix(clock, tmp_path: Path) -> No
         r = orch.tick()
     isolate = [a for a in r.proposed if a.type == "isolate"]
     assert {a.target for a in isolate} == {"n01", "n02", "n03", "n04"}  # no licence step: all unlicensed
-    assert {r.node_id for r in r.results if r.rule_id == "version-floor"} == {"n04"}  # n04 never reported
+    # n04 never reported: it fails version-reported ("no version reported"), not the version floor
+    assert {r.node_id for r in r.results if r.rule_id == "version-reported"} == {"n04"}
+    assert not [r for r in r.results if r.rule_id == "version-floor"]
     assert all(a.origin.startswith("ruleset:") for a in r.proposed)
     with pytest.raises(RulesetError, match="no shipped ruleset 'nope'"):
         _make(clock, tmp_path, paths=["builtin:nope"])

@@ -53,7 +53,7 @@ def wyneos_healing(ctx: TickContext, nodes: Sequence[Node]) -> list[Action]:
             if tick - first + 1 >= need:
                 actions.append(Action(
                     ActionType.REDUCE_LOAD, node.id,
-                    f"overloaded: load {node.load:.2f} > {threshold:g} for {tick - first + 1} tick(s)",
+                    f"overloaded: load {node.load:g} > {threshold:g} for {tick - first + 1} tick(s)",
                     "healing", Severity.WARNING, {"target_load": target_load},
                 ))
         elif node.id in runs:
