@@ -35,9 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("test", help="run ruleset unit tests written in YAML")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="test files or directories (searched recursively)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="test files, rulesets (their test file is found next to them) or directories "
+                        "(searched recursively)")
     p.add_argument("--engine", choices=["native", "durable"], help="run the rulesets on this engine")
     p.add_argument("--verbose", "-v", action="store_true", help="list passing cases too")
+    p.add_argument("--format", choices=["text", "junit", "json"], default="text",
+                   help="text (default), junit (JUnit XML for CI systems) or json, on stdout")
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("explain", help="show why each rule passed or failed for one node, and why its actions hold")
@@ -121,42 +125,138 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FAIL if failed else EXIT_OK
 
 
-def cmd_test(args: argparse.Namespace) -> int:
-    from wyneos_core.rules.testing import is_test_file, run_test_file
+def test_file_candidates(ruleset: Path) -> list[Path]:
+    """Where the test file of a ruleset ``DIR/NAME.yaml`` is looked for, in order."""
+    stem, here = ruleset.stem, ruleset.parent
+    names = [f"{stem}_test", f"{stem}.test", f"{stem}-test", f"test_{stem}"]
+    return [d / (n + suffix) for d in (here / "tests", here) for n in names for suffix in _SUFFIXES]
+
+
+def _test_files(paths: list[str]) -> tuple[list[Path], list[str]]:
+    """Test files to run, and problems (``path: why``) with the paths given."""
+    from wyneos_core.rules.testing import is_test_file
     from wyneos_core.yamlio import LocatedError, load_yaml
 
-    files, missing = _files(args.paths)
-    passed = failed = 0
-    broken = 0
-    for raw in missing:
-        print(f"{raw}: no such file or directory", file=sys.stderr)
-        broken += 1
+    out: list[Path] = []
+    problems: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            for f in sorted(f for f in p.rglob("*") if f.suffix in _SUFFIXES and f.is_file()):
+                try:
+                    if is_test_file(load_yaml(f)):
+                        out.append(f)
+                except LocatedError:
+                    out.append(f)  # reported as that file's error when it is run
+            continue
+        if not p.is_file():
+            problems.append(f"{raw}: no such file or directory")
+            continue
+        try:
+            located = load_yaml(p)
+        except LocatedError:
+            out.append(p)
+            continue
+        if is_test_file(located):
+            out.append(p)
+            continue
+        # a ruleset: its tests are in a file next to it
+        found = next((c for c in test_file_candidates(p) if c.is_file()), None)
+        if found is None:
+            looked = ", ".join(str(c) for c in test_file_candidates(p) if c.suffix == ".yaml")
+            problems.append(f"{raw}: a ruleset, not a test file, and no test file for it was found "
+                            f"(looked for {looked}, and the same with .yml)")
+        else:
+            out.append(found)
+    return list(dict.fromkeys(out)), problems
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from wyneos_core.rules.testing import run_test_file
+    from wyneos_core.yamlio import LocatedError
+
+    files, problems = _test_files(args.paths)
+    text = args.format == "text"
+    runs: list[dict[str, Any]] = []
+    for problem in problems:
+        runs.append({"file": problem.split(": ", 1)[0], "errors": [problem], "cases": []})
     for path in files:
         try:
-            if not is_test_file(load_yaml(path)):
-                continue
             name, outcomes = run_test_file(path, engine=args.engine)
         except LocatedError as exc:
-            for error in getattr(exc, "errors", None) or [exc]:
-                print(f"ERROR {LocatedError.__str__(error)}", file=sys.stderr)
-            broken += 1
+            runs.append({"file": str(path), "errors": [LocatedError.__str__(e)
+                                                       for e in getattr(exc, "errors", None) or [exc]],
+                         "cases": []})
             continue
-        for case in outcomes:
-            if case.passed:
-                passed += 1
-                if args.verbose:
-                    print(f"PASS  {path}: {name}: {case.name}")
-            else:
-                failed += 1
-                print(f"FAIL  {path}: {name}: {case.name}")
-                for line in case.failures:
-                    print(f"        {line}")
+        runs.append({"file": str(path), "ruleset": name, "errors": [], "cases": [
+            {"name": c.name, "passed": c.passed, "line": c.line,
+             "failures": [{"message": m, "place": pl} for m, pl in zip(c.failures, c.places)]}
+            for c in outcomes]})
+    passed = sum(c["passed"] for r in runs for c in r["cases"])
+    failed = sum(not c["passed"] for r in runs for c in r["cases"])
+    broken = sum(bool(r["errors"]) for r in runs)
+    if args.format == "json":
+        print(json.dumps({"ok": failed == 0 and broken == 0, "passed": passed, "failed": failed,
+                          "files_with_errors": broken, "files": runs}, indent=2))
+    elif args.format == "junit":
+        print(_junit(runs))
+    else:
+        for r in runs:
+            for error in r["errors"]:
+                print(error if error.startswith("ERROR ") else f"ERROR {error}", file=sys.stderr)
+            for case in r["cases"]:
+                where = f"{r['file']}:{case['line']}" if case["line"] else r["file"]
+                if case["passed"]:
+                    if args.verbose:
+                        print(f"PASS  {where}: {r['ruleset']}: {case['name']}")
+                    continue
+                print(f"FAIL  {where}: {r['ruleset']}: {case['name']}")
+                for failure in case["failures"]:
+                    print(f"        {failure['place']}: {failure['message']}" if failure["place"]
+                          else f"        {failure['message']}")
     total = passed + failed
-    print(f"{passed}/{total} ruleset test(s) passed" + (f", {broken} file(s) with errors" if broken else ""))
+    if text:
+        print(f"{passed}/{total} ruleset test(s) passed" + (f", {broken} file(s) with errors" if broken else ""))
     if total == 0 and not broken:
         print("wyneos test: no ruleset test files found", file=sys.stderr)
         return EXIT_FAIL
     return EXIT_OK if failed == 0 and broken == 0 else EXIT_FAIL
+
+
+def _junit(runs: list[dict[str, Any]]) -> str:
+    """JUnit XML (the format CI systems read): a testsuite per test file, a testcase per case."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("testsuites", name="wyneos test")
+    totals = {"tests": 0, "failures": 0, "errors": 0}
+    for r in runs:
+        cases = r["cases"]
+        suite = ET.SubElement(root, "testsuite", name=r.get("ruleset") or r["file"], file=r["file"],
+                              tests=str(len(cases) + (1 if r["errors"] else 0)),
+                              failures=str(sum(not c["passed"] for c in cases)),
+                              errors=str(1 if r["errors"] else 0))
+        if r["errors"]:
+            case = ET.SubElement(suite, "testcase", name="load", classname=r["file"], file=r["file"])
+            error = ET.SubElement(case, "error", message=r["errors"][0][:500], type="TestFileError")
+            error.text = "\n".join(r["errors"])
+            totals["tests"] += 1
+            totals["errors"] += 1
+        for c in cases:
+            attrs = {"name": c["name"], "classname": r.get("ruleset") or r["file"], "file": r["file"]}
+            if c["line"]:
+                attrs["line"] = str(c["line"])
+            case = ET.SubElement(suite, "testcase", attrs)
+            totals["tests"] += 1
+            if not c["passed"]:
+                totals["failures"] += 1
+                lines = [f"{f['place']}: {f['message']}" if f["place"] else f["message"] for f in c["failures"]]
+                failure = ET.SubElement(case, "failure", message=lines[0][:500] if lines else "failed",
+                                        type="ExpectationFailed")
+                failure.text = "\n".join(lines)
+    for key, value in totals.items():
+        root.set(key, str(value))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
