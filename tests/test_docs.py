@@ -39,3 +39,20 @@ def test_yaml_config_examples_are_valid_configs(page):
     assert blocks, f"{page} has no yaml examples"
     for block in blocks:
         load_config(text=block)  # raises ConfigError naming the field if the docs drift from the schema
+
+
+def test_the_validate_example_prints_what_the_page_says(tmp_path):
+    """docs/configuration.md: the `wyneos validate` session, run in a shell, twice in one directory."""
+    import subprocess
+    import sys
+
+    page = (DOCS / "configuration.md").read_text()
+    [script] = re.findall(r"```sh validate-example\n(.*?)```", page, re.S)
+    [expected] = re.findall(r"```text validate-output\n(.*?)```", page, re.S)
+    bindir = Path(sys.executable).parent
+    for _ in range(2):
+        out = subprocess.run(["bash", "-e", "-c", script.replace("wyneos validate", f"{bindir}/wyneos validate")],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1  # the page says: exit status 1
+        assert out.stdout.replace(str(tmp_path), "DIR") == expected, out.stdout + out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.yaml", "policy.yaml"]  # nothing else written

@@ -117,9 +117,19 @@ def _config_errors(path: Path, located: Located, plugins: bool) -> tuple[list[Lo
             checked += 1
             errors += _ruleset_errors(file, default_engine=rulesets.get("engine", "native"))
     del ConfigError
+    import os
+
     from wyneos_core.diagnostics import sort_errors
 
-    return sort_errors(errors), warnings, checked
+    for e in errors:  # a ruleset the config names: shown relative to here when it is below here
+        if e.file != located.file and os.path.isabs(e.file):
+            relative = os.path.relpath(e.file)
+            if not relative.startswith(".."):
+                e.file = relative
+    # the config's own mistakes first, then those of the rulesets it names
+    ordered = sort_errors(errors)
+    return [e for e in ordered if e.file == located.file] + [e for e in ordered if e.file != located.file], \
+        warnings, checked
 
 
 def _without(data: Any, errors: list[LocatedError]) -> Any:
