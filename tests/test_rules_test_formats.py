@@ -93,3 +93,20 @@ def test_junit_and_json_formats(tmp_path, capsys):
     [wrong] = [c for c in doc["files"][0]["cases"] if not c["passed"]]
     assert wrong["line"] == 7 and wrong["failures"] == [
         {"message": "expected action reduce_load on cool was not proposed", "place": f"{tests}:12:11"}]
+
+
+def test_check_names_every_mistake_of_a_test_file(tmp_path, capsys):
+    project(tmp_path)
+    bad = tmp_path / "tests" / "bad_test.yaml"
+    bad.write_text(textwrap.dedent("""\
+        ruleset: ../heal.yaml
+        tests:
+          - name: x
+            nodez: []
+            expect: {actions: [{type: reduce_lod, target: a}]}
+        """))
+    assert main(["check", str(bad)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{bad}:4:5: tests[0].nodez: unknown field 'nodez'; did you mean 'nodes'?"
+    assert err[1].startswith(f"{bad}:5:25: tests[0].expect.actions[0].type: unknown action type 'reduce_lod': "
+                             "did you mean 'reduce_load'?")

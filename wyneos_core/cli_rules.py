@@ -101,7 +101,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             report.append({"file": str(path), "ok": True, "kind": "ruleset", "ruleset": ruleset.name,
                            "stage": ruleset.stage, "rules": len(ruleset.rules)})
         except LocatedError as exc:
-            report.append({"file": str(path), "ok": False, "error": exc.to_dict(), "message": str(exc)})
+            every = getattr(exc, "errors", None) or [exc]  # a test file: every mistake at once
+            report.append({"file": str(path), "ok": False, "error": exc.to_dict(), "message": str(exc),
+                           "errors": [e.to_dict() for e in every],
+                           "messages": [LocatedError.__str__(e) for e in every]})
         except ValueError as exc:  # DurableUnsupported for an --engine override
             report.append({"file": str(path), "ok": False, "message": f"{path}: {exc}",
                            "error": {"file": str(path), "reason": str(exc)}})
