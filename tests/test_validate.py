@@ -166,7 +166,8 @@ def test_ruleset_checker_from_issue_9(tmp_path):
     lines = out.stdout.splitlines()
     assert out.returncode == 1 and max(len(line) for line in lines) < 400  # nothing echoed whole
     column = len("  - {id: a, description: d, ") + 1  # the key the value belongs to
-    assert lines[0] == f"{ruleset}:4:{column}: rules[0].require: expected a string, got 42"
+    assert lines[0] == f"{ruleset}:4:{column}: rules[0].require: expected a string, got 42 (YAML read the " \
+                       "expression as another type: quote it, e.g. require: \"True\")"
     assert lines[1] == f"{ruleset}:5:{column}: rules[1].require: is {len(long)} characters long, more than 2000"
     assert lines[2].startswith(f"{ruleset}:6:") and "rules[2].require: not valid Unicode text: a lone surrogate " \
         "U+D800" in lines[2]
@@ -175,7 +176,7 @@ def test_ruleset_checker_from_issue_9(tmp_path):
                                         "state: {path: ':memory:'}\nreport: {json_path: null}\n")
     tick = wyneos("tick", "--config", str(config), cwd=tmp_path)
     assert tick.returncode == 2 and "Traceback" not in tick.stderr and "UnicodeEncodeError" not in tick.stderr
-    assert f"{ruleset}:4:{column}: rules[0].require: expected a string, got 42" in tick.stderr
+    assert f"{ruleset}:4:{column}: rules[0].require: expected a string, got 42 (" in tick.stderr
 
 
 def test_scenarios_are_recognised_and_checked(tmp_path, capsys):

@@ -220,7 +220,10 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
     from wyneos_core.diagnostics import schema_errors, sort_errors, unicode_errors
 
     def as_ruleset_error(e: LocatedError) -> RulesetError:
-        return RulesetError(e.reason, file=e.file, line=e.line, column=e.column, field=e.field)
+        reason = e.reason
+        if e.field and e.field.endswith((".require", ".when")) and reason.startswith("expected a string, got "):
+            reason += " (YAML read the expression as another type: quote it, e.g. require: \"True\")"
+        return RulesetError(reason, file=e.file, line=e.line, column=e.column, field=e.field)
 
     # every schema mistake at once; a rule with one is not compiled, the others still are
     found = [as_ruleset_error(e) for e in sort_errors(
