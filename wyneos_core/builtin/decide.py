@@ -574,8 +574,8 @@ def _licence_stop(ctx: TickContext, state: DecideState, settings: dict[str, Any]
 
     When every licensed node fails for one orchestrator-side reason (``fleet_fault``) the
     orchestrator does not punish the fleet for its own fault: no new action for that
-    ``licence_reason`` is approved and no licence action in force is cleared. Said in the notes and as
-    an error of kind ``licence_safety_stop`` every tick it holds.
+    ``licence_reason`` is approved and no licence action in force is cleared. Said as an
+    error of kind ``licence_safety_stop`` every tick it holds (and a note when it lifts).
     """
     from wyneos_core.builtin.licence import fleet_fault
 
@@ -590,7 +590,6 @@ def _licence_stop(ctx: TickContext, state: DecideState, settings: dict[str, Any]
     state.licence_stopped = code
     text = (f"licence safety stop: {why}; licence actions frozen (none for {code} approved, "
             "none in force cleared)")
-    ctx.note(text)
     ctx.report.errors.append(PluginError("decide", "wyneos_decide", text, kind="licence_safety_stop"))
     return text
 
