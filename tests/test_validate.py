@@ -203,3 +203,11 @@ def test_shipped_files_are_valid(capsys):
     root = Path(wyneos_core.__file__).parent
     assert main(["validate", str(root / "shipped_rulesets"), str(root / "shipped_scenarios"),
                  str(root / "demo" / "demo.yaml")]) == 0, capsys.readouterr().out
+
+
+def test_service_settings_are_checked_as_serve_would(tmp_path, capsys):
+    config = write(tmp_path / "c.yaml", "nodes: [{id: a}]\nplugins: {settings: {service: {prot: 80}}}\n")
+    assert main(["validate", str(config)]) == 1
+    line = lines_of(capsys)[0]
+    assert line.startswith(f"{config}:2:32: plugins.settings.service.prot: unknown setting") and \
+        line.endswith("did you mean 'port'?")

@@ -103,6 +103,20 @@ def _config_errors(path: Path, located: Located, plugins: bool) -> tuple[list[Lo
     more, warned = check_plugins(config, pm)
     errors += more
     warnings += warned
+    if "service" in config["plugins"]["settings"]:  # read by `wyneos serve`: refused there, so here too
+        from wyneos_core.service.settings import ServiceSettings
+
+        try:
+            ServiceSettings.from_config(config)
+        except LocatedError as exc:
+            hint = ""
+            if exc.reason.startswith("unknown setting") and exc.field:
+                from dataclasses import fields
+
+                from wyneos_core.diagnostics import suggest
+
+                hint = suggest(exc.field.rsplit(".", 1)[-1], [f.name for f in fields(ServiceSettings)])
+            errors.append(config.error(exc.field or "plugins.settings.service", exc.reason + hint))
     checked = 0
     rulesets = config["rulesets"]
     for index, entry in enumerate(rulesets.get("paths") or []):
