@@ -150,8 +150,9 @@ def test_dashboard_shows_why_licences_rules_and_actions(tmp_path):
     assert in_force[("quarantine", "old-1")][4] == "1"  # since tick 1
 
     rules = {r[0]: r for r in rows("rules")}
-    assert set(rules) == {"version-floor", "required-metadata"}  # the failing ones only
-    assert rules["version-floor"][1:4] == ["2", "2", "6"] and rules["version-floor"][5] == "bare-1, old-1"
+    assert set(rules) == {"version-floor", "version-reported", "required-metadata"}  # the failing ones only
+    assert rules["version-floor"][1:4] == ["1", "1", "7"] and rules["version-floor"][5] == "old-1"
+    assert rules["version-reported"][1:4] == ["1", "1", "7"] and rules["version-reported"][5] == "bare-1"
     assert rules["required-metadata"][1:4] == ["1", "1", "7"]
     assert rules["required-metadata"][4] == "metadata incomplete: region=missing, version=missing"
 

@@ -50,8 +50,10 @@ def test_licences_rules_and_causes_over_http(served):
     assert [r["state"] for r in licences["reasons"]] == ["invalid", "invalid", "in_grace", "valid"]
 
     rules = {r["rule"]: r for r in client.get("/v1/rules").json()["rules"]}
-    assert rules["version-floor"]["failing"] == 2 and rules["version-floor"]["firing"] == 2
-    assert rules["version-floor"]["examples"] == ["bare-1", "old-1"]
+    assert rules["version-floor"]["failing"] == 1 and rules["version-floor"]["firing"] == 1
+    assert rules["version-floor"]["examples"] == ["old-1"]
+    # bare-1 reports no version at all: "no version reported", not a version below the floor
+    assert rules["version-reported"]["failing"] == 1 and rules["version-reported"]["examples"] == ["bare-1"]
     assert rules["required-metadata"] == {**rules["required-metadata"], "failing": 1, "passed": 7,
                                           "examples": ["bare-1"], "severity": "warning"}
     assert rules["load-ceiling"]["failing"] == 0 and rules["load-ceiling"]["examples"] == []
@@ -70,6 +72,7 @@ def test_licences_rules_and_causes_over_http(served):
     assert unlicensed["reason"] == "no licence: the node names no licence (sources: file)"
     assert in_force[("quarantine", "old-1")]["cause"]["label"] == "rule:version-floor"
     assert in_force[("quarantine", "old-1")]["cause"]["rule"] == "licence-enforcement/quarantine-below-version-floor"
+    assert in_force[("quarantine", "bare-1")]["cause"]["label"] == "rule:version-reported"
     assert in_force[("isolate", "bad-1")]["cause"]["label"] == "plugin:test-quarantine"
     first = service.committed_ticks(1000)[-1]
     assert unlicensed["first_tick"] == 1 and unlicensed["since"] == pytest.approx(first["started_at"])
@@ -83,13 +86,15 @@ def test_metrics_count_licences_rules_and_actions_by_reason(served):
     assert metric(text, "wyneos_licences", reason="expired") == 1  # the one past its grace
     assert metric(text, "wyneos_licences", reason="in_grace") == 1
     assert metric(text, "wyneos_licences", reason="revoked") == 0  # every code is there, at 0 when unused
-    assert metric(text, "wyneos_rule_failing_nodes", rule="version-floor") == 2
-    assert metric(text, "wyneos_rule_firing_nodes", rule="version-floor") == 2
+    assert metric(text, "wyneos_rule_failing_nodes", rule="version-floor") == 1
+    assert metric(text, "wyneos_rule_firing_nodes", rule="version-floor") == 1
+    assert metric(text, "wyneos_rule_failing_nodes", rule="version-reported") == 1
     assert metric(text, "wyneos_rule_failing_nodes", rule="load-ceiling") == 0
     assert metric(text, "wyneos_actions_in_force_by_reason", type="isolate", reason="licence:no_licence") == 1
     assert metric(text, "wyneos_actions_in_force_by_reason", type="isolate", reason="licence:expired") == 1
     assert metric(text, "wyneos_actions_in_force_by_reason", type="degrade", reason="licence:expired") == 1
-    assert metric(text, "wyneos_actions_in_force_by_reason", type="quarantine", reason="rule:version-floor") == 2
+    assert metric(text, "wyneos_actions_in_force_by_reason", type="quarantine", reason="rule:version-floor") == 1
+    assert metric(text, "wyneos_actions_in_force_by_reason", type="quarantine", reason="rule:version-reported") == 1
     assert metric(text, "wyneos_actions_in_force_by_reason", type="isolate", reason="plugin:test-quarantine") == 1
 
 
