@@ -160,23 +160,30 @@ def test_ruleset_checker_from_issue_9(tmp_path):
     ruleset.write_text("ruleset: gov\nstage: governance\nrules:\n"
                        "  - {id: a, description: d, require: 42}\n"
                        f"  - {{id: b, description: d, require: '{long}'}}\n"
-                       "  - {id: c, description: d, require: \"node.id == '\\ud800'\"}\n"
+                       "  - {id: c, description: d, require: node.id == 'x'}\n"
                        "  - {id: d, description: d, require: node.lod > 1}\n")
-    out = wyneos("validate", str(ruleset), cwd=tmp_path)
+    surrogate = tmp_path / "surrogate.yaml"
+    surrogate.write_text("ruleset: gov\nstage: governance\nrules:\n"
+                         "  - {id: c, description: d, require: \"node.id == '\\ud800'\"}\n")
+    out = wyneos("validate", str(ruleset), str(surrogate), cwd=tmp_path)
     lines = out.stdout.splitlines()
     assert out.returncode == 1 and max(len(line) for line in lines) < 400  # nothing echoed whole
     column = len("  - {id: a, description: d, ") + 1  # the key the value belongs to
     assert lines[0] == f"{ruleset}:4:{column}: rules[0].require: expected a string, got 42 (YAML read the " \
                        "expression as another type: quote it, e.g. require: \"True\")"
     assert lines[1] == f"{ruleset}:5:{column}: rules[1].require: is {len(long)} characters long, more than 2000"
-    assert lines[2].startswith(f"{ruleset}:6:") and "rules[2].require: not valid Unicode text: a lone surrogate " \
-        "U+D800" in lines[2]
-    assert lines[3].startswith(f"{ruleset}:7:") and "did you mean 'load'?" in lines[3]
+    assert lines[2].startswith(f"{ruleset}:7:") and "did you mean 'load'?" in lines[2]
+    # the surrogate is named by place, never echoed (the file is refused as it is read)
+    assert lines[3].startswith(f"{surrogate}:4:") and "not valid Unicode text" in lines[3]
+    assert "\\ud800" not in lines[3] and "codec" not in out.stdout + out.stderr
     config = write(tmp_path / "c.yaml", f"nodes: [{{id: a}}]\nrulesets: {{paths: [{ruleset}]}}\n"
                                         "state: {path: ':memory:'}\nreport: {json_path: null}\n")
     tick = wyneos("tick", "--config", str(config), cwd=tmp_path)
     assert tick.returncode == 2 and "Traceback" not in tick.stderr and "UnicodeEncodeError" not in tick.stderr
     assert f"{ruleset}:4:{column}: rules[0].require: expected a string, got 42 (" in tick.stderr
+    config.write_text(config.read_text().replace(str(ruleset), str(surrogate)))
+    tick = wyneos("tick", "--config", str(config), cwd=tmp_path)
+    assert tick.returncode == 2 and "Traceback" not in tick.stderr and f"{surrogate}:4:" in tick.stderr
 
 
 def test_scenarios_are_recognised_and_checked(tmp_path, capsys):

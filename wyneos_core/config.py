@@ -205,7 +205,8 @@ def _semantic_errors(located: Located, data: dict[str, Any]) -> list[LocatedErro
     seen: dict[str, int] = {}
     for index, node in enumerate(data["nodes"]):
         if node["id"] == "orchestrator":
-            raise located.error(("nodes", index, "id"), "'orchestrator' is reserved (the origin of the mesh)")
+            out.append(located.error(("nodes", index, "id"), "'orchestrator' is reserved (the origin of the mesh)"))
+            continue
         if node["id"] in seen:
             out.append(located.error(("nodes", index, "id"),
                                      f"duplicate node id {node['id']!r} (first at nodes[{seen[node['id']]}])"))
