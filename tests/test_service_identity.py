@@ -139,12 +139,12 @@ def _summary(v: object) -> tuple:
 
 
 def test_malformed_batch_items_are_refused_one_by_one():
-    from wyneos_core.service.app import _parse_batch
+    from wyneos_core.service.heartbeat_api import parse_batch
 
     good = {"node": "n1", "timestamp": "1.0", "nonce": "n" * 22, "signature": "AAAA", "body": "{}"}
     raw = [good, {**good, "node": 7}, {k: v for k, v in good.items() if k != "nonce"}, "text", None,
            {**good, "body": "\ud800"}]
-    items, early = _parse_batch(json.dumps({"heartbeats": raw}).encode(), 100)
+    items, early, _ = parse_batch(json.dumps({"heartbeats": raw}).encode(), 100)
     assert len(items) == 6 and sorted(early) == [1, 2, 3, 4, 5]
     assert {r.code for r in early.values()} == {"malformed"} and early[5].field == "heartbeats[5]"
     assert items[0].body == b"{}" and items[0].node_id == "n1"

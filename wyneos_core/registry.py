@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from wyneos_core.intake import CheckedHeartbeat
 from wyneos_core.model import ORIGIN, Heartbeat, Node, NodeStatus, Observation
 
 __all__ = ["HeartbeatError", "Registry", "RegistryError", "NODE_ID_PATTERN", "RESERVED_METADATA",
@@ -231,23 +232,36 @@ class Registry:
         self.observations = []
         return out
 
-    def accept(self, hb: Heartbeat, now: float) -> Node:
+    def accept(self, hb: Heartbeat, now: float, *, checked: bool = False) -> Node:
         """Check ``hb`` and apply it. Older-than-seen heartbeats (within skew) are ignored.
 
         A heartbeat refused for a clock rollback is remembered on its node
         (``Node.last_rollback``): licence validation treats a node whose clock went back
         as suspect (``clock_rollback``).
 
+        :param checked: ``hb`` passed ``check`` when it was received (the service's
+            intake; ``intake.CheckedHeartbeat``): only what may have changed since is
+            checked again (the node is still registered, the clock did not go back
+            behind a heartbeat applied meanwhile). Its types, ranges, metadata and
+            future skew (``now`` only grows) need no second look.
         :raises HeartbeatError: naming the field at fault; apart from that record, the
             registry is unchanged.
         """
-        try:
-            self.check(hb, now)
-        except HeartbeatError as exc:
-            if exc.field == "timestamp" and exc.reason.startswith("clock rollback"):
-                self._nodes[hb.node_id].last_rollback = now
-            raise
-        node = self._nodes.get(hb.node_id)
+        node = self._nodes.get(hb.node_id) if checked else None
+        if node is None:
+            try:
+                self.check(hb, now)
+            except HeartbeatError as exc:
+                if exc.field == "timestamp" and exc.reason.startswith("clock rollback"):
+                    self._nodes[hb.node_id].last_rollback = now
+                raise
+            node = self._nodes.get(hb.node_id)
+        elif node.last_seen is not None and hb.timestamp < node.last_seen - self.max_clock_skew:
+            node.last_rollback = now
+            raise HeartbeatError(
+                hb.node_id, "timestamp",
+                f"clock rollback: {node.last_seen - hb.timestamp:.1f}s before the last heartbeat seen", hb.timestamp,
+            )
         if node is None:
             node = self.register(hb.node_id, now=now)
             self.joined.append(node.id)
@@ -267,12 +281,15 @@ class Registry:
             self.observations.extend(hb.observations)
         return node
 
-    def accept_all(self, heartbeats: Iterable[Heartbeat], now: float) -> tuple[int, list[HeartbeatError]]:
+    def accept_all(self, heartbeats: Iterable[Heartbeat], now: float, *,
+                   trusted: bool = False) -> tuple[int, list[HeartbeatError]]:
+        """Apply heartbeats in order; ``trusted``: they come from the builtin intake, so
+        those made by it (``CheckedHeartbeat``) were checked on the way in."""
         accepted = 0
         rejected: list[HeartbeatError] = []
         for hb in heartbeats:
             try:
-                self.accept(hb, now)
+                self.accept(hb, now, checked=trusted and type(hb) is CheckedHeartbeat)
             except HeartbeatError as exc:
                 rejected.append(exc)
             else:

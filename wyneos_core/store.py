@@ -436,6 +436,7 @@ class StateStore:
         revoked_at REAL,
         seq INTEGER NOT NULL
     );
+    CREATE INDEX IF NOT EXISTS node_keys_by_seq ON node_keys (seq);
     CREATE TABLE IF NOT EXISTS enrol_tokens (
         token_hash TEXT PRIMARY KEY,
         node_id TEXT,

@@ -274,7 +274,8 @@ class Orchestrator:
         # 1 heartbeat
         t0 = time.perf_counter()
         for plugin, batch in call("wyneos_heartbeat", errors, ctx=ctx):
-            accepted, rejected = self.registry.accept_all(take(batch, plugin, "wyneos_heartbeat", Heartbeat), now)
+            accepted, rejected = self.registry.accept_all(take(batch, plugin, "wyneos_heartbeat", Heartbeat), now,
+                                                          trusted=origins.get(plugin) == "builtin")
             report.heartbeats_accepted += accepted
             report.heartbeats_rejected.extend(e.to_dict() for e in rejected)
         for node_id in self.registry.joined:  # registered by their own heartbeat: into the mesh

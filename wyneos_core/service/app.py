@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import math
 import time
 import urllib.parse
@@ -22,17 +21,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from wyneos_core import __version__
-from wyneos_core.service.core import ENROL_PATH, HEARTBEAT_PATH, ItemResult, Service, Unprocessable
-from wyneos_core.service.identity import (
-    HEADER_NODE,
-    HEADER_SIGNATURE,
-    AuthError,
-    SignedItem,
-    verify_item,
-)
+from wyneos_core.service.core import ENROL_PATH, HEARTBEAT_PATH, Service, Unprocessable
+from wyneos_core.service.heartbeat_api import HeartbeatAPI, fast_route
+from wyneos_core.service.identity import AuthError, SignedItem, verify_item
 from wyneos_core.service.limits import RateLimiter
 from wyneos_core.service.metrics import CONTENT_TYPE_LATEST, licence_stop
 from wyneos_core.service.overview import PerTick, licence_of, licence_overview, rule_overview
+from wyneos_core.service.sessions import NONCE_PATH, SESSION_PATH
 
 __all__ = ["create_app"]
 
@@ -59,10 +54,25 @@ _HEARTBEAT_SCHEMA = {
 _BATCH_SCHEMA = {
     "type": "object",
     "required": ["heartbeats"],
-    "properties": {"heartbeats": {"type": "array", "items": {
-        "type": "object", "required": ["node", "timestamp", "nonce", "signature", "body"],
-        "properties": {k: {"type": "string"} for k in ("node", "timestamp", "nonce", "signature", "body")},
-    }}},
+    "properties": {"heartbeats": {"type": "array", "items": {"oneOf": [
+        {"type": "object", "required": ["node", "timestamp", "nonce", "signature", "body"],
+         "properties": {k: {"type": "string"} for k in ("node", "timestamp", "nonce", "signature", "body")}},
+        {"type": "object", "required": ["session", "seq", "mac", "body"],
+         "properties": {"session": {"type": "string"}, "seq": {"type": "integer", "minimum": 1},
+                        "mac": {"type": "string"}, "body": {"type": "string"}}},
+    ]}}},
+}
+_SESSION_HEADERS = [
+    {"name": h, "in": "header", "required": False, "schema": {"type": "string"}, "description": d}
+    for h, d in (("X-Wyneos-Session", "session id (a session heartbeat)"),
+                 ("X-Wyneos-Seq", "sequence number, strictly increasing within the session"),
+                 ("X-Wyneos-Mac", "keyed BLAKE2b-128 of the sequence number and the exact body, hex"),
+                 ("X-Wyneos-Node", "signed heartbeat: node id"), ("X-Wyneos-Timestamp", "signed heartbeat"),
+                 ("X-Wyneos-Nonce", "signed heartbeat"), ("X-Wyneos-Signature", "signed heartbeat"))
+]
+_SESSION_ERRORS = {
+    429: {"description": "session over its rate (heartbeat_rate, heartbeat_burst)"},
+    503: {"description": "heartbeat queue or session table full: retry later"},
 }
 _ERRORS = {
     401: {"description": "unsigned, unknown node or bad signature"},
@@ -117,6 +127,23 @@ def _error(status: int, code: str, error: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"status": status, "code": code, "error": error, **extra}, status_code=status)
 
 
+class _App(FastAPI):
+    """FastAPI, with some routes served as plain ASGI callables in front of it (their
+    FastAPI twins stay in the OpenAPI document)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fast_routes: dict[str, Any] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route = self.fast_routes.get(scope["path"])
+            if route is not None:
+                await route(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(service: Service, *, manage: bool = True) -> FastAPI:
     """The FastAPI application for ``service``.
 
@@ -134,7 +161,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
             if manage:
                 await asyncio.get_running_loop().run_in_executor(None, service.stop)
 
-    app = FastAPI(title="WyneOS orchestrator", version=__version__, lifespan=lifespan,
+    app = _App(title="WyneOS orchestrator", version=__version__, lifespan=lifespan,
                   description="Heartbeats, node enrolment, cluster state and metrics of a WyneOS orchestrator.")
     settings = service.settings
     orch = service.orchestrator
@@ -216,35 +243,49 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         service.metrics.enrolments.labels("enrolled" if status == 201 else "again").inc()
         return JSONResponse(answer, status_code=status)
 
-    @app.post(HEARTBEAT_PATH, status_code=202, tags=["nodes"], responses=_ERRORS,
+    api = HeartbeatAPI(service)
+    app.fast_routes[HEARTBEAT_PATH] = fast_route(api)  # served in front of FastAPI, same code
+
+    @app.post(HEARTBEAT_PATH, status_code=202, tags=["nodes"], responses={**_ERRORS, **_SESSION_ERRORS},
+              openapi_extra={"parameters": _SESSION_HEADERS, "requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"oneOf": [_HEARTBEAT_SCHEMA, _BATCH_SCHEMA]}}}}})
+    async def heartbeats(request: Request) -> Response:
+        """A session heartbeat (``X-Wyneos-Session``, ``X-Wyneos-Seq``, ``X-Wyneos-Mac``
+        headers; the answer's ``X-Wyneos-Mac`` is the session key's MAC of its bytes), one
+        heartbeat signed in the request headers, or ``{"heartbeats": [...]}``: a batch
+        whose items each carry their own session id, sequence number and MAC, or their
+        own node, timestamp, nonce and signature, and their body (the exact bytes MACed
+        or signed). Accepted heartbeats are queued for the next tick (202); the answer
+        to a single heartbeat carries the actions waiting for the node. Served by a plain
+        ASGI route in front of FastAPI (``wyneos_core.service.heartbeat_api``)."""
+        get = request.headers.get
+        body = await _read_body(request, api.limit(get), settings.body_timeout)
+        status, data, extra = await api.handle(get, body)
+        return Response(data, status_code=status, media_type="application/json",
+                        headers={k.decode(): v.decode() for k, v in extra})
+
+    for path in (NONCE_PATH, SESSION_PATH):
+        app.fast_routes[path] = app.fast_routes[HEARTBEAT_PATH]
+
+    @app.post(NONCE_PATH, tags=["sessions"])
+    async def session_nonce() -> Response:
+        """A fresh server nonce for a session handshake (valid 60 s, usable once)."""
+        status, data = api.nonce()
+        return Response(data, status_code=status, media_type="application/json")
+
+    @app.post(SESSION_PATH, status_code=201, tags=["sessions"], responses={**_ERRORS, **_SESSION_ERRORS},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": {"oneOf": [_HEARTBEAT_SCHEMA, _BATCH_SCHEMA]}}}}})
-    async def heartbeats(request: Request) -> JSONResponse:
-        """One heartbeat signed in the request headers, or ``{"heartbeats": [...]}``: a
-        batch whose items each carry their own node, timestamp, nonce, signature and
-        body (the exact bytes signed). Accepted heartbeats are queued for the next tick
-        (202); the answer to a single heartbeat carries the actions waiting for the node."""
-        single = HEADER_SIGNATURE in request.headers or HEADER_NODE in request.headers
-        limit = settings.max_request_bytes if single else settings.max_body_bytes
-        body = await _read_body(request, limit, settings.body_timeout)
-        now = time.time()
-        if single:
-            item = SignedItem.from_headers(request.headers, body)
-            result = service.accept([item], service.verify_all([item], now), now)[0]
-            if result.status != 202:
-                return _error(result.status, result.code, result.error,
-                              **({"field": result.field} if result.field else {}))
-            return JSONResponse({"accepted": 1, "server_time": time.time(),
-                                 "actions": service.outbox.signed(item.node_id),
-                                 "orchestrator_key": service.key_ref(),
-                                 "neighbours": service.neighbours.signed_for(item.node_id)}, status_code=202)
-        loop = asyncio.get_running_loop()  # parsing and verifying a batch keep off the event loop
-        results = await loop.run_in_executor(None, _process_batch, service, body, settings.max_batch, now)
-        accepted = sum(1 for r in results if r.status == 202)
-        refused = [{"index": i, **r.to_dict()} for i, r in enumerate(results) if r.status != 202]
-        status = 202 if accepted or not refused else refused[0]["status"]
-        return JSONResponse({"accepted": accepted, "refused": len(refused), "results": refused[:1000],
-                             "server_time": time.time()}, status_code=status)
+                  "schema": {"type": "object", "required": ["node_id", "nonce", "agent_key", "signature"],
+                             "properties": {k: {"type": "string"} for k in
+                                            ("node_id", "nonce", "agent_key", "signature")}}}}}})
+    async def open_session(request: Request) -> Response:
+        """Open a heartbeat session: the node signs the nonce, its id and its ephemeral
+        X25519 key with its Ed25519 node key; the answer (a ``wyneos.session/1`` envelope
+        signed by the orchestrator key) carries the server's ephemeral key, the session
+        id and the expiry. See docs/sessions.md."""
+        body = await _read_body(request, settings.max_request_bytes, settings.body_timeout)
+        status, data = api.open_session(body)
+        return Response(data, status_code=status, media_type="application/json")
 
     @app.get("/v1/nodes/{node_id}/actions", tags=["nodes"], responses=_ERRORS, openapi_extra=_SIGNED)
     async def node_actions(node_id: str, request: Request) -> dict[str, Any]:
@@ -408,56 +449,3 @@ def _node(service: Service, n: Any) -> dict[str, Any]:
     report = service.view.report
     data["licence"] = licence_of(report.licences.get(n.id)) if report is not None else None
     return data
-
-
-_ITEM_FIELDS = ("node", "timestamp", "nonce", "signature", "body")
-
-
-def _parse_batch(body: bytes, max_batch: int) -> tuple[list[SignedItem], dict[int, ItemResult]]:
-    """Items of a batch; those malformed get their refusal in the second value."""
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Unprocessable("body", f"not JSON ({exc})") from None
-    except RecursionError:
-        raise Unprocessable("body", "JSON nested too deeply") from None
-    if not isinstance(data, dict) or "heartbeats" not in data:
-        raise AuthError(401, "unsigned request: a single heartbeat needs the X-Wyneos-* signature headers, "
-                             "a batch is {\"heartbeats\": [...]}", "unsigned")
-    raw = data["heartbeats"]
-    if not isinstance(raw, list):
-        raise Unprocessable("heartbeats", "expected a list")
-    if len(raw) > max_batch:
-        raise _TooLarge(f"batch of {len(raw)} heartbeats is larger than the limit of {max_batch}")
-    items: list[SignedItem] = []
-    early: dict[int, ItemResult] = {}
-    for i, entry in enumerate(raw):
-        try:
-            node, ts, nonce, signature, text = (entry["node"], entry["timestamp"], entry["nonce"], entry["signature"],
-                                                entry["body"])
-            if type(node) is not str or type(ts) is not str or type(nonce) is not str \
-                    or type(signature) is not str or type(text) is not str:
-                raise TypeError
-            signed_bytes = text.encode()
-        except (KeyError, TypeError, UnicodeEncodeError):  # lone surrogates cannot be the signed bytes
-            early[i] = ItemResult(401, "malformed", f"heartbeats[{i}]: needs string fields {', '.join(_ITEM_FIELDS)}",
-                                  field=f"heartbeats[{i}]")
-            items.append(SignedItem("-", "0", "-", "", b""))
-            continue
-        items.append(SignedItem(node, ts, nonce, signature, signed_bytes))
-    return items, early
-
-
-def _process_batch(service: Service, body: bytes, max_batch: int, now: float) -> list[ItemResult]:
-    items, early = _parse_batch(body, max_batch)
-    if not early:
-        return service.accept(items, service.verify_all(items, now), now)
-    good = [i for i in range(len(items)) if i not in early]
-    chosen = [items[i] for i in good]
-    results = service.accept(chosen, service.verify_all(chosen, now), now)
-    out: list[ItemResult] = [ItemResult(0)] * len(items)
-    for i, r in early.items():
-        out[i] = r
-    for i, r in zip(good, results):
-        out[i] = r
-    return out

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from wyneos_core.intake import QueueFull
+from wyneos_core.intake import CheckedHeartbeat, QueueFull
 from wyneos_core.licensing.keys import fingerprint
 from wyneos_core.loop import run
 from wyneos_core.config import ConfigError
@@ -45,6 +45,7 @@ from wyneos_core.service.metrics import ServiceMetrics
 from wyneos_core.service.orchestrator_key import OrchestratorKey
 from wyneos_core.service.outbox import AgentOutbox
 from wyneos_core.service import signed_actions as sa
+from wyneos_core.service.sessions import SessionTable
 from wyneos_core.service.settings import ServiceSettings
 from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator
@@ -203,6 +204,9 @@ class Service:
             self.db.conn.executescript(_SIGNING_SCHEMA)
         self._key_seq = 0
         self.handover = sa.load_handover(self.okey.path, self.okey.key_id)
+        self.sessions = SessionTable(self.keys, self.okey.seal, ttl=settings.session_ttl,
+                                     rate=settings.heartbeat_rate, burst=settings.heartbeat_burst,
+                                     max_sessions=settings.max_sessions)
         self.outbox = AgentOutbox(self._is_agent, sign=self._sign_action, ttl=ACTION_TTL)
         orchestrator.pm.register(self.outbox, AgentOutbox.__wyneos_name__)
         # compliance mesh: each agent's signed neighbour list rides on the answer to its heartbeat
@@ -323,8 +327,11 @@ class Service:
         with self.db_lock:
             rows = self.db.node_keys(self._key_seq)
         for row in rows:
-            self.keys.set(row["node_id"], row["public_key"], revoked=row["revoked_at"] is not None)
+            revoked = row["revoked_at"] is not None
+            self.keys.set(row["node_id"], row["public_key"], revoked=revoked)
             self._key_seq = max(self._key_seq, row["seq"])
+            if revoked and hasattr(self, "sessions"):
+                self.sessions.end_node(row["node_id"])  # a revoked key ends its sessions at once
         if rows:
             self.metrics.enrolled.set(self.keys.active_count())
         return len(rows)
@@ -805,8 +812,9 @@ def _heartbeat(item: SignedItem, ts: float, fp: str | None) -> Heartbeat:
         unknown = sorted(set(body) - _FIELDS)
         raise _Unprocessable(unknown[0], "unknown field (known: node_id, timestamp, load, metadata, licence_ref)")
     metadata = body.get("metadata")
-    return Heartbeat(node_id, body.get("timestamp", ts), body.get("load"), {} if metadata is None else metadata, fp,
-                     body.get("licence_ref"), _observations(node_id, body.get("observations")))
+    # made as checked: ``Service.accept`` queues it only after ``Registry.check`` passed
+    return CheckedHeartbeat(node_id, body.get("timestamp", ts), body.get("load"), {} if metadata is None else metadata,
+                            fp, body.get("licence_ref"), _observations(node_id, body.get("observations")))
 
 
 def _observations(node_id: str, raw: Any) -> tuple[Observation, ...]:

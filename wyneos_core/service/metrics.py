@@ -41,13 +41,17 @@ class ServiceMetrics:
                               ["type"], registry=r)
         self.plugin_errors = Counter("wyneos_plugin_errors", "Plugin failures recorded in ticks",
                                      ["plugin", "hook", "kind"], registry=r)
-        self.heartbeats = Counter("wyneos_heartbeats_received", "Signed heartbeats received, by outcome",
+        self.heartbeats = Counter("wyneos_heartbeats_received", "Heartbeats received (signed and session), by outcome",
                                   ["outcome"], registry=r)
         self.registry_rejected = Counter("wyneos_heartbeats_rejected_by_registry",
                                          "Queued heartbeats the tick's registry checks refused", registry=r)
+        self.applied = Counter("wyneos_heartbeats_applied", "Queued heartbeats the tick applied to the registry",
+                               registry=r)
         self.queue = Gauge("wyneos_heartbeat_queue_depth", "Heartbeats waiting for the next tick", registry=r)
         self.enrolled = Gauge("wyneos_enrolled_nodes", "Nodes with an enrolled key (not revoked)", registry=r)
         self.enrolments = Counter("wyneos_enrolments", "Enrolment requests, by outcome", ["outcome"], registry=r)
+        self.sessions = Counter("wyneos_session_handshakes", "Heartbeat session handshakes, by outcome", ["outcome"],
+                                registry=r)
         self.acks = Counter("wyneos_action_acks", "Action acknowledgements from agents, by status",
                             ["status"], registry=r)
         self.refusals = Counter("wyneos_action_refusals", "Actions agents refused and reported "
@@ -74,6 +78,9 @@ class ServiceMetrics:
         self._set_all(self.licences, {(reason,): 0 for reason in [*REASONS, "in_grace"]})
 
     def observe_tick(self, report: TickReport, missed: int, in_force: list[dict[str, Any]]) -> None:
+        self.applied.inc(report.heartbeats_accepted)  # before last_tick: a reader of both sees it
+        if report.heartbeats_rejected:
+            self.registry_rejected.inc(len(report.heartbeats_rejected))
         self.ticks.inc()
         self.tick_duration.observe(report.duration_ms / 1000.0)
         self.missed.set(missed)
@@ -99,8 +106,6 @@ class ServiceMetrics:
         self._set_all(self.in_force_by_reason, dict(_Tally((a["type"], action_cause(a).label) for a in in_force)))
         for error in report.errors:
             self.plugin_errors.labels(error.plugin, error.hook, error.kind).inc()
-        if report.heartbeats_rejected:
-            self.registry_rejected.inc(len(report.heartbeats_rejected))
         stop = licence_stop(report)
         for sample in list(self.licence_stop.collect()[0].samples):
             reason = sample.labels["reason"]

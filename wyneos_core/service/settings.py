@@ -30,7 +30,8 @@ enrol_rate             10          enrolment attempts per second per client addr
                                    (refill rate; 429 past the burst)
 enrol_burst            100         enrolment attempts a client address may make at once
 heartbeat_rate         5           heartbeats per second per node (refill rate; 429
-                                   past the burst); memory: one entry per enrolled node
+                                   past the burst); memory: one entry per enrolled node.
+                                   The same rate and burst bound each heartbeat session
 heartbeat_burst        20          heartbeats a node may send at once
 late_tick              60          seconds past the tick interval after which a tick that
                                    has not ended makes ``/healthz`` answer 503 failing
@@ -38,6 +39,9 @@ read_token             (none)      operator token for the read API and the dashb
                                    (``Authorization: Bearer ...``); required to bind a
                                    non-loopback address
 read_token_file        (none)      file holding the read token (owner-only)
+session_ttl            3600        seconds a heartbeat session lives (agents renew it
+                                   at two thirds of that, without a gap)
+max_sessions           250000      most heartbeat sessions open at once
 =====================  ==========  ===================================================
 """
 
@@ -76,6 +80,8 @@ class ServiceSettings:
     late_tick: float = 60.0
     read_token: str | None = None
     read_token_file: str | None = None
+    session_ttl: float = 3600.0
+    max_sessions: int = 250_000
 
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> ServiceSettings:
@@ -127,7 +133,8 @@ class ServiceSettings:
 
 #: the least value of a setting that still lets requests through
 _MINIMUM = {"max_batch": 1, "max_body_bytes": 1024, "max_request_bytes": 1024, "replay_window": 1.0,
-            "max_header_bytes": 1024, "max_connections": 1, "enrol_burst": 1, "heartbeat_burst": 1}
+            "max_header_bytes": 1024, "max_connections": 1, "enrol_burst": 1, "heartbeat_burst": 1,
+            "session_ttl": 1.0, "max_sessions": 1}
 
 
 def _kind(default: Any) -> str:

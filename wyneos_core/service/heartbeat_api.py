@@ -1,0 +1,439 @@
+"""``POST /v1/heartbeats`` on the lean path: session and signed heartbeats, single or batched.
+
+Three request shapes share the route:
+
+* **a session heartbeat**: headers ``X-Wyneos-Session``, ``X-Wyneos-Seq``,
+  ``X-Wyneos-Mac``; the body is the heartbeat (see ``wyneos_core.service.sessions``).
+  The answer carries ``X-Wyneos-Mac``: the session key's MAC of the answer's bytes.
+* **a signed heartbeat**: the four ``X-Wyneos-*`` signature headers
+  (``wyneos_core.service.identity``).
+* **a batch** ``{"heartbeats": [...]}`` whose items are either session items
+  (``session``, ``seq``, ``mac``, ``body``) or signed items (``node``, ``timestamp``,
+  ``nonce``, ``signature``, ``body``), mixed as a relay forwards them. Every item keeps
+  its own MAC or signature over its own exact body, so whoever carries the batch can
+  neither forge nor alter an item: a changed item is refused alone.
+
+Each body is decoded once into typed structs (msgspec), validated once
+(``Registry.check``) and the accepted heartbeats of a request are queued in one step,
+in order, as ``CheckedHeartbeat`` objects the tick applies without checking again.
+
+:func:`fast_route` serves the route as a plain ASGI callable in front of FastAPI (no
+routing, dependency or middleware layers: the per-request cost is what limits single
+heartbeats); the FastAPI route of the same path stays in the OpenAPI document and runs
+the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from wyneos_core.intake import CheckedHeartbeat, DecodeError, QueueFull, decode_body
+from wyneos_core.registry import HeartbeatError
+from wyneos_core.service.core import HEARTBEAT_PATH, ItemResult, Service, Unprocessable
+from wyneos_core.service.core import _observations  # the same parsing as for signed bodies
+from wyneos_core.service.identity import HEADER_NODE, HEADER_SIGNATURE, AuthError, SignedItem, b64e
+from wyneos_core.service.sessions import NONCE_PATH, SESSION_PATH, HandshakeRequest, ack_mac, answer_mac
+
+__all__ = ["HEADER_MAC", "HEADER_SEQ", "HEADER_SESSION", "HeartbeatAPI", "TooLarge", "fast_route", "parse_batch"]
+
+log = logging.getLogger("wyneos.service")
+
+HEADER_SESSION = "x-wyneos-session"
+HEADER_SEQ = "x-wyneos-seq"
+HEADER_MAC = "x-wyneos-mac"
+_INLINE_UP_TO = 64  # batches up to this many items are processed on the event loop
+
+
+class TooLarge(Exception):
+    """A body or batch larger than its limit (413)."""
+
+
+class _Item(msgspec.Struct, forbid_unknown_fields=True):
+    body: str
+    session: str | None = None
+    seq: int | None = None
+    mac: str | None = None
+    node: str | None = None
+    timestamp: str | None = None
+    nonce: str | None = None
+    signature: str | None = None
+
+
+class _Batch(msgspec.Struct):
+    heartbeats: list[_Item]
+    acks: bool = False
+
+
+_batch_decoder = msgspec.json.Decoder(_Batch)
+_handshake_decoder = msgspec.json.Decoder(HandshakeRequest)
+_encode = msgspec.json.encode
+_SIGNED_FIELDS = "node, timestamp, nonce, signature, body"
+_SESSION_FIELDS = "session, seq, mac, body"
+
+
+class HeartbeatAPI:
+    """The heartbeat route's work, independent of the web framework."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.settings = service.settings
+
+    # -- session heartbeats ----------------------------------------------------------------
+
+    def accept_session(self, items: list[tuple[int, str, Any, Any, bytes]], now: float,
+                       acks: dict[str, str] | None = None) -> dict[int, ItemResult]:
+        """Check and queue session items ``(index, session id, seq, mac, body)`` in order.
+
+        All of a request's accepted items are queued together; nothing is recorded
+        (sequence numbers, rate) unless they were queued. ``acks``, when given, gets
+        for each accepted item the session key's MAC of its acknowledgement
+        (``sessions.ack_mac``), by index: what a relay passes on to the agent.
+        """
+        service = self.service
+        table = service.sessions
+        orch = service.orchestrator
+        check = orch.registry.check
+        fingerprint = service.keys.fingerprint
+        orch_now = orch.clock()
+        results: dict[int, ItemResult] = {}
+        pending: dict[str, tuple[int, int]] = {}
+        sessions: dict[str, Any] = {}
+        accepted: list[tuple[int, CheckedHeartbeat]] = []
+        with table.lock:
+            for index, sid, seq, tag, body in items:
+                try:
+                    session = table.check(sid, seq, tag, body, now, pending)
+                except AuthError as exc:
+                    results[index] = ItemResult(exc.status, exc.code, exc.reason)
+                    continue
+                node_id = session.node_id
+                try:
+                    data = decode_body(body)
+                    if data.node_id is not None and data.node_id != node_id:
+                        raise AuthError(403, f"heartbeat for {data.node_id!r} in a session of {node_id!r}",
+                                        "node_mismatch")
+                    metadata = data.metadata
+                    # witness observations: MACed with the session key, so authenticated to the
+                    # orchestrator as a signature would make them (``signed``)
+                    observations = () if data.observations is None else _observations(node_id, data.observations)
+                    hb = CheckedHeartbeat(node_id, now if data.timestamp is None else data.timestamp, data.load,
+                                          {} if metadata is None else metadata, fingerprint(node_id),
+                                          data.licence_ref, observations)
+                    check(hb, orch_now)
+                except (DecodeError, Unprocessable) as exc:
+                    results[index] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
+                    continue
+                except HeartbeatError as exc:
+                    results[index] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
+                    continue
+                except AuthError as exc:
+                    results[index] = ItemResult(exc.status, exc.code, exc.reason, node_id)
+                    continue
+                earlier = pending.get(sid)
+                pending[sid] = (seq, 1 if earlier is None else earlier[1] + 1)
+                sessions[sid] = session
+                accepted.append((index, hb))
+            if accepted:
+                try:
+                    orch.intake.put_many([hb for _, hb in accepted])
+                except QueueFull as exc:
+                    for index, hb in accepted:
+                        results[index] = ItemResult(503, "queue_full", str(exc), hb.node_id)
+                else:
+                    for sid, (seq, count) in pending.items():
+                        table.commit(sessions[sid], seq, now, count)
+                    for index, hb in accepted:
+                        results[index] = ItemResult(202, "accepted", "", hb.node_id)
+                    if acks is not None:
+                        by_index = {i: (sid, seq) for i, sid, seq, _, _ in items}
+                        for index, _ in accepted:
+                            sid, seq = by_index[index]
+                            acks[str(index)] = ack_mac(sessions[sid].key, seq)
+        return results
+
+    def session_single(self, sid: str, seq_text: str | None, tag: str | None,
+                       body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """One session heartbeat: (status, answer bytes, extra headers)."""
+        try:
+            seq = int(seq_text) if seq_text is not None and len(seq_text) <= 20 and seq_text.isdigit() else None
+        except ValueError:
+            seq = None
+        now = time.time()
+        result = self.accept_session([(0, sid, seq, tag, body)], now)[0]
+        self._tally({result.code: 1})
+        if result.status != 202:
+            return result.status, _encode(_error_body(result)), []
+        session = self.service.sessions.get(sid)
+        node_id = result.node_id or ""
+        service = self.service
+        answer: dict[str, Any] = {"accepted": 1, "seq": seq, "server_time": time.time(),
+                                  "actions": service.outbox.signed(node_id), "orchestrator_key": service.key_ref(),
+                                  "neighbours": service.neighbours.signed_for(node_id)}
+        data = _encode(answer)
+        extra = [] if session is None else [(HEADER_MAC.encode(), answer_mac(session.key, seq or 0, data).encode())]
+        return 202, data, extra
+
+    # -- signed single -----------------------------------------------------------------------
+
+    def signed_single(self, headers: MutableMapping[str, str] | dict[str, str], body: bytes) -> tuple[int, bytes]:
+        service = self.service
+        now = time.time()
+        item = SignedItem.from_headers(headers, body)
+        result = service.accept([item], service.verify_all([item], now), now)[0]
+        if result.status != 202:
+            return result.status, _encode(_error_body(result))
+        return 202, _encode({"accepted": 1, "server_time": time.time(),
+                             "actions": service.outbox.signed(item.node_id), "orchestrator_key": service.key_ref(),
+                             "neighbours": service.neighbours.signed_for(item.node_id)})
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def batch(self, body: bytes) -> tuple[int, bytes]:
+        """A batch of session and/or signed items: (status, answer bytes)."""
+        now = time.time()
+        items, early, want_acks = parse_batch(body, self.settings.max_batch)
+        acks: dict[str, str] | None = {} if want_acks else None
+        results: list[ItemResult | None] = [None] * len(items)
+        for i, r in early.items():
+            results[i] = r
+        session_items: list[tuple[int, str, Any, Any, bytes]] = []
+        signed: list[tuple[int, SignedItem]] = []
+        for i, item in enumerate(items):
+            if type(item) is tuple:
+                session_items.append((i, *item))
+            elif item is not None:
+                signed.append((i, item))  # type: ignore[arg-type]
+        if session_items:
+            for i, r in self.accept_session(session_items, now, acks).items():
+                results[i] = r
+            tally: dict[str, int] = {}
+            for i, *_ in session_items:
+                code = results[i].code  # type: ignore[union-attr]
+                tally[code] = tally.get(code, 0) + 1
+            self._tally(tally)
+        if signed:
+            service = self.service
+            chosen = [s for _, s in signed]
+            for (i, _), r in zip(signed, service.accept(chosen, service.verify_all(chosen, now), now)):
+                results[i] = r
+        final = [r if r is not None else ItemResult(500, "internal", "not processed") for r in results]
+        accepted = sum(1 for r in final if r.status == 202)
+        refused = [{"index": i, **r.to_dict()} for i, r in enumerate(final) if r.status != 202]
+        status = 202 if accepted or not refused else refused[0]["status"]
+        answer = {"accepted": accepted, "refused": len(refused), "results": refused[:1000], "server_time": time.time()}
+        if acks is not None:
+            answer["acks"] = acks
+        return status, _encode(answer)
+
+    # -- session handshake ------------------------------------------------------------------
+
+    def nonce(self) -> tuple[int, bytes]:
+        return 200, _encode({"nonce": self.service.sessions.new_nonce(), "server_time": time.time()})
+
+    def open_session(self, body: bytes) -> tuple[int, bytes]:
+        """``POST /v1/sessions``: (status, answer bytes); see ``sessions.SessionTable.open``."""
+        service = self.service
+        try:
+            asked = _handshake_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise Unprocessable("body", str(exc)) from None
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise Unprocessable("body", f"not JSON ({exc})") from None
+        try:
+            envelope = service.sessions.open(asked)
+        except AuthError as exc:
+            service.metrics.sessions.labels(exc.code).inc()
+            raise
+        service.metrics.sessions.labels("opened").inc()
+        key = service.okey
+        return 201, _encode({"session": envelope, "orchestrator_key": b64e(key.public_raw),
+                             "orchestrator_fingerprint": key.fingerprint, "server_time": time.time()})
+
+    def _tally(self, tally: dict[str, int]) -> None:
+        counter = self.service.metrics.heartbeats
+        for code, count in tally.items():
+            counter.labels(code).inc(count)
+
+    # -- one entry for every framework ---------------------------------------------------------
+
+    async def handle(self, get_header: Callable[[str], str | None], body: bytes,
+                     path: str = HEARTBEAT_PATH) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Answer a POST to ``path`` whose body was read: (status, body, extra headers)."""
+        try:
+            if path == NONCE_PATH:
+                return (*self.nonce(), [])
+            if path == SESSION_PATH:  # Ed25519, X25519, HKDF, a signature: about 0.3 ms, here
+                return (*self.open_session(body), [])
+            sid = get_header(HEADER_SESSION)
+            if sid is not None:
+                return self.session_single(sid, get_header(HEADER_SEQ), get_header(HEADER_MAC), body)
+            if get_header(HEADER_SIGNATURE) is not None or get_header(HEADER_NODE) is not None:
+                headers = {h: v for h in ("x-wyneos-node", "x-wyneos-timestamp", "x-wyneos-nonce",
+                                          "x-wyneos-signature") if (v := get_header(h)) is not None}
+                status, data = self.signed_single(headers, body)
+                return status, data, []
+            if len(body) <= 64 * 200:  # small batch: cheaper here than a thread hop
+                status, data = self.batch(body)
+            else:  # parsing and verifying a big batch keep off the event loop
+                status, data = await asyncio.get_running_loop().run_in_executor(None, self.batch, body)
+            return status, data, []
+        except AuthError as exc:
+            return exc.status, _encode({"status": exc.status, "code": exc.code, "error": exc.reason}), []
+        except Unprocessable as exc:
+            return 422, _encode({"status": 422, "code": "invalid", "error": exc.reason, "field": exc.field}), []
+        except TooLarge as exc:
+            return 413, _encode({"status": 413, "code": "too_large", "error": str(exc)}), []
+
+    def limit(self, get_header: Callable[[str], str | None], path: str = HEARTBEAT_PATH) -> int:
+        """The body size limit of a request with these headers."""
+        single = path != HEARTBEAT_PATH or get_header(HEADER_SESSION) is not None or get_header(HEADER_SIGNATURE) is not None \
+            or get_header(HEADER_NODE) is not None
+        return self.settings.max_request_bytes if single else self.settings.max_body_bytes
+
+
+BatchEntry = tuple[str, int, str, bytes] | SignedItem | None
+
+
+def parse_batch(body: bytes, max_batch: int) -> tuple[list[BatchEntry], dict[int, ItemResult], bool]:
+    """The items of a batch, in order: ``(session id, seq, mac, body bytes)`` for a
+    session item, a ``SignedItem`` for a signed one, None for a malformed one (its
+    refusal in the second value, by index); third, whether acknowledgements of the
+    session items were asked for (``"acks": true``, as relays do).
+
+    :raises AuthError: (401) not a batch at all; :raises Unprocessable: not JSON, or
+        ``heartbeats`` not a list; :raises TooLarge: more than ``max_batch`` items.
+    """
+    try:
+        batch = _batch_decoder.decode(body)
+        items: list[Any] = batch.heartbeats
+        want_acks = batch.acks
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        items, want_acks = _loose_items(body, max_batch)  # one bad item, or no batch at all: look closer
+    if len(items) > max_batch:
+        raise TooLarge(f"batch of {len(items)} heartbeats is larger than the limit of {max_batch}")
+    out: list[BatchEntry] = []
+    early: dict[int, ItemResult] = {}
+    for i, item in enumerate(items):
+        entry: BatchEntry = None
+        if type(item) is _Item:
+            try:
+                raw = item.body.encode()
+            except UnicodeEncodeError:  # lone surrogates cannot be the MACed or signed bytes
+                raw = None
+            if raw is None:
+                pass
+            elif item.session is not None:
+                if item.node is None and item.signature is None and item.seq is not None and item.mac is not None:
+                    entry = (item.session, item.seq, item.mac, raw)
+            elif item.node is not None and item.timestamp is not None and item.nonce is not None \
+                    and item.signature is not None and item.seq is None and item.mac is None:
+                entry = SignedItem(item.node, item.timestamp, item.nonce, item.signature, raw)
+        if entry is None:
+            early[i] = ItemResult(401, "malformed", f"heartbeats[{i}]: needs string fields {_SIGNED_FIELDS} "
+                                  f"(signed) or {_SESSION_FIELDS} (session), body valid Unicode",
+                                  field=f"heartbeats[{i}]")
+        out.append(entry)
+    return out, early, want_acks
+
+
+def _loose_items(body: bytes, max_batch: int) -> tuple[list[Any], bool]:
+    """A batch that did not decode as a whole: its items one by one (bad ones as they are)."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Unprocessable("body", f"not JSON ({exc})") from None
+    except RecursionError:
+        raise Unprocessable("body", "JSON nested too deeply") from None
+    if not isinstance(data, dict) or "heartbeats" not in data:
+        raise AuthError(401, "unsigned request: a single heartbeat needs the X-Wyneos-* signature or session "
+                             "headers, a batch is {\"heartbeats\": [...]}", "unsigned")
+    raw = data["heartbeats"]
+    if not isinstance(raw, list):
+        raise Unprocessable("heartbeats", "expected a list")
+    if len(raw) > max_batch:
+        raise TooLarge(f"batch of {len(raw)} heartbeats is larger than the limit of {max_batch}")
+    out: list[Any] = []
+    for entry in raw:
+        try:
+            out.append(msgspec.convert(entry, _Item))
+        except msgspec.ValidationError:
+            out.append(None)
+    return out, data.get("acks") is True
+
+
+def _error_body(result: ItemResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": result.status, "code": result.code, "error": result.error}
+    if result.field:
+        out["field"] = result.field
+    return out
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def fast_route(api: HeartbeatAPI) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """``POST /v1/heartbeats`` (and the two session handshake routes) as a plain ASGI
+    callable (see the module docstring)."""
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        raw_headers = scope["headers"]
+        headers: dict[str, str] = {}
+        for name, value in raw_headers:
+            if name.startswith(b"x-wyneos-") or name == b"content-length":
+                headers[name.decode("latin-1")] = value.decode("latin-1")
+        get = headers.get
+        path = scope["path"]
+        limit = api.limit(get, path)
+        status, data, extra = 0, b"", []
+        length = get("content-length")
+        if length is not None and (not length.isdigit() or len(length) > 15):
+            status, data = 422, _encode({"status": 422, "code": "invalid", "error": "content-length: not a number",
+                                         "field": "content-length"})
+        elif length is not None and int(length) > limit:
+            status, data = 413, _encode({"status": 413, "code": "too_large",
+                                         "error": f"body of {int(length)} bytes is larger than the limit of {limit}"})
+        else:
+            chunks: list[bytes] = []
+            size = 0
+            more = True
+            deadline = api.settings.body_timeout
+            try:
+                async with asyncio.timeout(deadline):
+                    while more:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            return
+                        chunk = message.get("body", b"")
+                        size += len(chunk)
+                        if size > limit:
+                            status, data = 413, _encode({"status": 413, "code": "too_large",
+                                                         "error": f"body is larger than the limit of {limit} bytes"})
+                            break
+                        chunks.append(chunk)
+                        more = message.get("more_body", False)
+            except TimeoutError:
+                status, data = 408, _encode({"status": 408, "code": "body_timeout", "error": f"the body did not "
+                                             f"arrive within {deadline:g} s (service.body_timeout)"})
+                extra = [(b"connection", b"close")]
+            if not status:
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                try:
+                    status, data, extra = await api.handle(get, body, path)
+                except Exception:  # noqa: BLE001 - answered as 500, logged
+                    log.exception("heartbeat route failed")
+                    status, data = 500, _encode({"status": 500, "code": "internal", "error": "internal error"})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(data)).encode()), *extra]})
+        await send({"type": "http.response.body", "body": data})
+
+    return route
