@@ -1,0 +1,48 @@
+"""``wyneos relay``: a batching relay in front of an orchestrator (``wyneos_core.service.relay``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+__all__ = ["register"]
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("relay", help="relay agents' heartbeats to the orchestrator in batches (holds no key)")
+    p.add_argument("--upstream", required=True, metavar="URL", help="the orchestrator (or the next relay)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8421, help="port to listen on (0: any free port; default 8421)")
+    p.add_argument("--batch", type=int, default=1000, help="most heartbeats per forwarded batch (1-1000)")
+    p.add_argument("--flush", type=float, default=0.05, help="seconds a batch waits to fill (default 0.05)")
+    p.add_argument("--max-pending", type=int, default=100_000, help="most heartbeats waiting (then 503)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_relay)
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from wyneos_core.service.relay import Relay, RelayError, create_relay_app
+    from wyneos_core.service.server import BindError, bind
+    from wyneos_core.service.server import _Server as Server  # exits 0 on SIGTERM, as wyneos serve
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s %(message)s")
+    try:
+        relay = Relay(args.upstream, batch=args.batch, flush=args.flush, max_pending=args.max_pending)
+        sock = bind(args.host, args.port)
+    except (RelayError, BindError) as exc:
+        print(f"wyneos relay: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    host, port = sock.getsockname()[:2]
+    print(f"wyneos relay: listening on http://{host}:{port}, forwarding to {args.upstream} in batches of up to "
+          f"{args.batch}", flush=True)
+    server = Server(uvicorn.Config(create_relay_app(relay), log_level=args.log_level, access_log=False,
+                                           lifespan="on", timeout_keep_alive=30, server_header=False))
+    server.run(sockets=[sock])
+    print(f"wyneos relay: stopped after forwarding {relay.forwarded} heartbeats in {relay.batches} batches",
+          flush=True)
+    return EXIT_OK
