@@ -173,6 +173,8 @@ class Agent:
 
     ``interval`` and ``max_backoff`` below ``MIN_INTERVAL`` are raised to it (with a log
     line): no setting removes the delay between requests.
+    :param sessions: send heartbeats in a session (one signed handshake, then a MAC
+        per heartbeat: docs/sessions.md); False: sign every heartbeat.
     """
 
     #: issuances remembered for replay protection
@@ -185,7 +187,8 @@ class Agent:
                  max_backoff: float = 60.0, timeout: float = 10.0, licence: str | None = None,
                  orchestrator_key: str | None = None, hook_types: tuple[str, ...] | list[str] = (),
                  clock_tolerance: float = 300.0, max_clock_offset: float = 86400.0,
-                 peer_port: int | None = None, peer_host: str = "127.0.0.1") -> None:
+                 peer_port: int | None = None, peer_host: str = "127.0.0.1",
+                 sessions: bool = True) -> None:
         parts = urlsplit(server)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AgentError(f"server URL {server!r} must look like http://HOST:PORT")
@@ -232,6 +235,8 @@ class Agent:
         self._conn: http.client.HTTPConnection | None = None
         self.hook_types = frozenset(hook_types)
         self.clock_tolerance = float(clock_tolerance)
+        self.sessions = sessions
+        self._sessions: Any = None
         self._state_path = self.state_dir / "agent-state.json"
         self.state = self._load_state()
         self.trusted = sa.TrustedKeys(self.state["orchestrator_keys"])
@@ -542,7 +547,7 @@ class Agent:
         body = json.dumps({"timestamp": round(time.time() + self.offset, 3), "load": os_load(),
                            "metadata": metadata, **({"licence_ref": self.licence} if self.licence else {}),
                            **witness}).encode()
-        status, data, headers = self._request("POST", "/v1/heartbeats", body)
+        status, data, headers = self._send_heartbeat(body)
         self.stats.sent += 1
         if status == 202:
             self.stats.accepted += 1
@@ -568,6 +573,27 @@ class Agent:
             raise AgentError(f"the key of {self.node_id!r} is revoked: {data.get('error')}")
         log.warning("heartbeat refused (%s %s): %s", status, code, data.get("error"))
         return status
+
+    def _send_heartbeat(self, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """A session heartbeat (``wyneos_core.service.session_client``: one signed
+        handshake, then MACed heartbeats on a kept-open connection); a signed one when
+        sessions are off or the handshake fails for another reason than the key."""
+        if not self.sessions:
+            return self._request("POST", "/v1/heartbeats", body)
+        from wyneos_core.service.session_client import SessionClient, SessionError
+
+        if self._sessions is None:
+            self._sessions = SessionClient(f"{self.scheme}://{self.host}:{self.port}", self.node_id, self.key,
+                                           timeout=self.timeout)
+        self._sessions.pinned = tuple(self.trusted.fingerprints())  # the handshake answer: the pinned key only
+        try:
+            status, data = self._sessions.heartbeat(body)
+            return status, data, {}
+        except SessionError as exc:
+            if exc.code in ("revoked", "not_enrolled"):
+                return exc.status, {"code": exc.code, "error": str(exc)}, {}
+            log.warning("heartbeat session: %s; sending a signed heartbeat instead", exc)
+            return self._request("POST", "/v1/heartbeats", body)
 
     def poll(self) -> list[dict[str, Any]]:
         """Fetch and apply the actions waiting for this node (outside a heartbeat)."""
