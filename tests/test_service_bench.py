@@ -9,17 +9,36 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_heartbeats.py"
 
 
-def test_bench_heartbeats_runs_small_and_counts_applied_heartbeats(capsys):
+def _bench():
     spec = importlib.util.spec_from_file_location("bench_heartbeats", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.main(["--nodes", "200", "--rounds", "2", "--batch", "100", "--singles", "50",
-                       "--connections", "2", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    batched = result["batched"]
-    assert batched["heartbeats"] == batched["accepted_by_api"] == 400 and batched["rejected_by_registry"] == 0
-    assert batched["requests"] == 4 and result["single"]["heartbeats"] == 50
+    return bench
+
+
+def test_bench_heartbeats_runs_small_and_counts_applied_heartbeats(tmp_path):
+    out = tmp_path / "result.json"
+    assert _bench().main(["--nodes", "200", "--rounds", "2", "--batch", "100", "--singles", "50",
+                          "--connections", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["handshakes"]["sessions"] == 200
+    for mode in ("session_batched", "signed_batched"):
+        r = result[mode]
+        assert r["heartbeats"] == r["accepted_by_api"] == r["sent"] == 400 and r["rejected_by_registry"] == 0
+        assert r["requests"] == 4 and r["statuses"] == {"202": 4}
+    for mode in ("session_single", "signed_single"):
+        assert result[mode]["heartbeats"] == result[mode]["sent"] == 50
+    assert result["memory"]["nodes"] == 200
     # measured times and rates are reported, never asserted (a fast machine rounds them to 0)
-    for measure in (batched["seconds"], batched["sending_seconds"], batched["per_s"],
-                    result["baseline_verify_per_s_one_core"]):
-        assert isinstance(measure, (int, float)) and measure >= 0
+    for key in ("session_batched_per_s", "session_single_per_s", "signed_batched_per_s", "signed_single_per_s",
+                "ed25519_verify_per_s"):
+        assert isinstance(result[key], (int, float)) and result[key] >= 0
+
+
+def test_bench_heartbeats_soak_runs_small_and_loses_nothing(tmp_path):
+    out = tmp_path / "soak.json"
+    assert _bench().main(["--nodes", "100", "--soak", "5", "--interval", "1", "--connections", "2",
+                          "--json", str(out)]) == 0
+    soak = json.loads(out.read_text())["soak"]
+    assert soak["sent"] == soak["answered_202"] == soak["applied"] and soak["lost"] == 0
+    assert soak["sent"] >= 100 and soak["status_checks"] >= 1 and soak["stale_or_offline_seen_max"] == 0
