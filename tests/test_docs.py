@@ -10,7 +10,7 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 #: pages whose python blocks form one program, run top to bottom.
-PAGES = ["architecture.md", "quickstart.md", "configuration.md"]
+PAGES = ["architecture.md", "quickstart.md", "configuration.md", "sessions.md"]
 
 
 def python_blocks(page: Path) -> list[str]:
