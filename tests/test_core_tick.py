@@ -143,7 +143,7 @@ def test_report_matches_its_published_schema(make_orchestrator, clock):
     assert report["rule_summary"]["load-threshold"] == {"passed": 1, "failed": 3}
     assert {r["rule_id"] for r in report["results"]} == {"load-threshold", "heartbeat-fresh"}
     assert report["status_counts"]["online"] == 3
-    assert set(report["timings_ms"]) == {"heartbeat", "licence", "governance", "healing", "enforcement",
+    assert set(report["timings_ms"]) == {"heartbeat", "licence", "governance", "trust", "healing", "enforcement",
                                          "decide", "propagate", "report"}
 
 

@@ -154,6 +154,43 @@ def wyneos_governance(
 
 
 # ---------------------------------------------------------------------------
+# Step 3b: trust (after governance, before healing).
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def wyneos_trust(
+    ctx: TickContext,
+    nodes: Sequence[Node],
+    licences: Mapping[str, LicenceResult],
+    results: Sequence[RuleResult],
+) -> Mapping[str, tuple[float, str]] | None:
+    """Score each node's trust and place it in a tier.
+
+    The builtin ``trust`` plugin computes a behaviour score (beta reputation with
+    forgetting), a peer score (EigenTrust over the witness observations in
+    ``ctx.scratch["observations"]``) and a combined score gated by the licence, and
+    moves nodes between the tiers ``untrusted`` < ``probation`` < ``trusted`` <
+    ``attested`` with hysteresis; see ``docs/trust.md``.
+
+    Results of all implementations are merged per node: the lowest score and the lowest
+    tier win (a plugin can lower a node's trust, never raise it). To replace the
+    builtin, disable it (``plugins.disable: [trust]``) and return scores for every node.
+    The core writes the merged values to ``node.trust`` and ``node.trust_tier``, where
+    healing, enforcement, the rules of later steps, admission and feature gating read
+    them (governance rules see last tick's values); the report's ``trust`` section
+    counts nodes per tier.
+
+    :param ctx: the tick context; ``ctx.report.trust`` takes the plugin's summary.
+    :param nodes: every registered node.
+    :param licences: licence results by node id.
+    :param results: every governance result of this tick.
+    :return: node id -> ``(score in 0..1, tier name)`` for the nodes the plugin scores,
+        or None. Added in 0.2.
+    """
+
+
+# ---------------------------------------------------------------------------
 # Step 4: healing.
 # ---------------------------------------------------------------------------
 

@@ -102,11 +102,15 @@ class Node:
     isolated: bool = False
     #: When the node last reported a timestamp well before one it had reported already.
     last_rollback: float | None = None
+    #: Combined trust score 0..1 and tier, set by the trust step (docs/trust.md); None before it ran.
+    trust: float | None = None
+    trust_tier: str | None = None
 
     def snapshot(self) -> Node:
         """A copy frozen at this moment (metadata is replaced, never mutated, by the registry)."""
         return Node(self.id, self.status, self.last_seen, self.load, self.metadata, self.licence_ref,
-                    self.fingerprint, self.registered_at, self.isolated, self.last_rollback)
+                    self.fingerprint, self.registered_at, self.isolated, self.last_rollback,
+                    self.trust, self.trust_tier)
 
     def heartbeat_age(self, now: float) -> float | None:
         return None if self.last_seen is None else now - self.last_seen
@@ -121,6 +125,8 @@ class Node:
             "licence_ref": self.licence_ref,
             "fingerprint": self.fingerprint,
             "isolated": self.isolated,
+            "trust": None if self.trust is None else round(self.trust, 4),
+            "trust_tier": self.trust_tier,
         }
 
 
@@ -419,6 +425,8 @@ class TickReport:
     missed_ticks: int = 0
     #: witness consensus before severe actions (filled by the decide step; see wyneos_core.consensus)
     consensus: dict[str, Any] = field(default_factory=dict)
+    #: the trust step's summary (tiers, changes, admission, peer iteration); see docs/trust.md
+    trust: dict[str, Any] = field(default_factory=dict)
 
     def status_counts(self) -> dict[str, int]:
         """Nodes per status, plus ``isolated``."""
@@ -465,6 +473,7 @@ class TickReport:
             "notes": self.notes,
             "missed_ticks": self.missed_ticks,
             "consensus": self.consensus,
+            "trust": self.trust,
         }
 
 

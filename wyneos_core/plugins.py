@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "licence": "wyneos_core.builtin.licence",
     "governance": "wyneos_core.builtin.governance",
     "rulesets": "wyneos_core.builtin.rulesets",
+    "trust": "wyneos_core.builtin.trust",
     "healing": "wyneos_core.builtin.healing",
     "enforcement": "wyneos_core.builtin.enforcement",
     "decide": "wyneos_core.builtin.decide",

@@ -707,3 +707,58 @@ class StateStore:
                 self.conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+
+    # -- trust (builtin trust plugin, docs/trust.md) ----------------------------------------
+    # One row per node ever scored: kept when the node is deregistered, so that a node
+    # re-enrolling (same id, or the same key fingerprint) starts from its old evidence.
+
+    _TRUST_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS trust (
+        node_id TEXT PRIMARY KEY,
+        fingerprint TEXT,
+        trust REAL NOT NULL,
+        tier TEXT NOT NULL,
+        admission TEXT NOT NULL,
+        admission_reason TEXT,
+        joined_tick INTEGER NOT NULL,
+        evidence TEXT NOT NULL,
+        updated_tick INTEGER NOT NULL
+    );
+    """
+
+    def ensure_trust_tables(self) -> None:
+        """Create the trust table if missing (idempotent)."""
+        if not getattr(self, "_trust_ready", False):
+            self.conn.executescript(self._TRUST_SCHEMA)
+            self._trust_ready = True
+
+    def write_trust(self, rows: Iterable[tuple]) -> int:
+        """Upsert trust rows ``(node_id, fingerprint, trust, tier, admission,
+        admission_reason, joined_tick, evidence, updated_tick)`` in one transaction."""
+        self.ensure_trust_tables()
+        rows = list(rows)
+        if not rows:
+            return 0
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany(
+                "INSERT INTO trust VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(node_id) DO UPDATE SET "
+                "fingerprint=COALESCE(excluded.fingerprint, trust.fingerprint), trust=excluded.trust, "
+                "tier=excluded.tier, admission=excluded.admission, admission_reason=excluded.admission_reason, "
+                "joined_tick=excluded.joined_tick, evidence=excluded.evidence, updated_tick=excluded.updated_tick",
+                rows,
+            )
+            c.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return len(rows)
+
+    def trust_rows(self) -> list[dict[str, Any]]:
+        """Every stored trust row, as a dict per node."""
+        self.ensure_trust_tables()
+        cols = ("node_id", "fingerprint", "trust", "tier", "admission", "admission_reason", "joined_tick",
+                "evidence", "updated_tick")
+        return [dict(zip(cols, row)) for row in self.conn.execute(f"SELECT {', '.join(cols)} FROM trust")]
+    # -- end of trust -----------------------------------------------------------------------

@@ -229,8 +229,8 @@ class Orchestrator:
     # -- the tick ------------------------------------------------------------------------
 
     def tick(self) -> TickReport:
-        """Run one tick: heartbeat, licence, governance, healing, enforcement, decide,
-        propagate, report. Never raises because of a plugin.
+        """Run one tick: heartbeat, licence, governance, trust, healing, enforcement,
+        decide, propagate, report. Never raises because of a plugin.
 
         Python's cyclic garbage collector is paused for the tick (reference counting
         still frees everything at once): a tick of a large cluster allocates hundreds of
@@ -310,6 +310,13 @@ class Orchestrator:
         _summarise(report, results)
         timings["governance"] = _ms(t0)
 
+        # 3b trust
+        t0 = time.perf_counter()
+        scored = call("wyneos_trust", errors, ctx=ctx, nodes=nodes, licences=licences, results=results)
+        if scored:
+            _apply_trust(scored, nodes, report, errors, origins)
+        timings["trust"] = _ms(t0)
+
         # 4 healing, 5 enforcement
         proposed: list[Action] = []
         for step, hook in (("healing", "wyneos_healing"), ("enforcement", "wyneos_enforcement")):
@@ -373,6 +380,69 @@ def _items(batch: Any, plugin: str, hook: str, errors: list[PluginError], kind: 
         errors.append(PluginError(plugin, hook, f"returned {len(bad)} unusable item(s), dropped; first: {bad[0]}",
                                   kind="invalid_result"))
     return good
+
+
+_TIERS = ("untrusted", "probation", "trusted", "attested")
+_TIER_RANK = {name: rank for rank, name in enumerate(_TIERS)}
+
+
+def _apply_trust(scored: list[tuple[str, Any]], nodes: list[Node], report: TickReport,
+                 errors: list[PluginError], origins: dict[str, str]) -> None:
+    """Merge ``wyneos_trust`` results (lowest score and lowest tier win) onto the nodes."""
+    merged: dict[str, tuple[float, str]] | None = None
+    sources = []
+    for plugin, batch in scored:
+        if batch is None:
+            continue
+        if not isinstance(batch, dict):
+            errors.append(PluginError(plugin, "wyneos_trust", f"returned {type(batch).__name__}, expected a mapping",
+                                      kind="invalid_result"))
+            continue
+        if origins.get(plugin) != "builtin":
+            batch, bad = _checked_scores(batch)
+            if bad:
+                errors.append(PluginError(plugin, "wyneos_trust", f"returned {bad[0]} unusable score(s), dropped; "
+                                          f"first: {bad[1]}", kind="invalid_result"))
+        sources.append(plugin)
+        if merged is None:
+            merged = dict(batch)
+            continue
+        rank = _TIER_RANK
+        for node_id, (score, tier) in batch.items():
+            prior = merged.get(node_id)
+            if prior is None:
+                merged[node_id] = (score, tier)
+            else:
+                merged[node_id] = (min(prior[0], score), tier if rank[tier] < rank[prior[1]] else prior[1])
+    if merged is None:
+        return
+    counts = dict.fromkeys(_TIERS, 0)
+    get = merged.get
+    for node in nodes:
+        found = get(node.id)
+        if found is not None:
+            node.trust, node.trust_tier = found
+        if node.trust_tier is not None:
+            counts[node.trust_tier] += 1
+    report.trust["tiers"] = counts
+    report.trust["source"] = ", ".join(sources)
+
+
+def _checked_scores(batch: dict[Any, Any]) -> tuple[dict[str, tuple[float, str]], tuple[int, str]]:
+    good: dict[str, tuple[float, str]] = {}
+    bad: list[str] = []
+    for node_id, value in batch.items():
+        try:
+            score, tier = value
+        except (TypeError, ValueError):
+            bad.append(f"{node_id!r:.40}: expected (score, tier), got {value!r:.40}")
+            continue
+        if type(node_id) is not str or isinstance(score, bool) or not isinstance(score, (int, float)) \
+                or not 0.0 <= score <= 1.0 or tier not in _TIER_RANK:
+            bad.append(f"{node_id!r:.40}: score must be 0..1 and tier one of {', '.join(_TIERS)}, got {value!r:.60}")
+            continue
+        good[node_id] = (float(score), tier)
+    return good, (len(bad), bad[0] if bad else "")
 
 
 def _summarise(report: TickReport, results: list[RuleResult]) -> None:

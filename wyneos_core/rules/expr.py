@@ -55,7 +55,7 @@ MAX_MAGNITUDE: Final = float(2**63)
 FIELDS: Final[dict[str, dict[str, str]]] = {
     "node": {
         "id": "s", "status": "s", "last_seen": "n", "load": "n", "metadata": "o",
-        "licence_ref": "s", "fingerprint": "s", "isolated": "b",
+        "licence_ref": "s", "fingerprint": "s", "isolated": "b", "trust": "n", "trust_tier": "s",
     },
     "licence": {
         "valid": "b", "reason": "s", "detail": "s", "licence_id": "s", "customer": "s", "product": "s",

@@ -16,6 +16,9 @@ that they are checked (a regex compiles, a version parses) when the ruleset load
 ``length(x)``               length of a string or list (missing otherwise)
 ``violated("rule-id")``     (healing and enforcement rulesets) this tick, a governance
                             rule of that id is firing on the node
+``trust_at_least("tier")``  the node's trust tier is at least ``tier`` (``untrusted`` <
+                            ``probation`` < ``trusted`` < ``attested``); false before the
+                            trust step first ran (docs/trust.md)
 ==========================  ===============================================================
 
 Regular expressions run on RE2 (the ``google-re2`` package), whose matching time is
@@ -120,6 +123,29 @@ def _check_version(text: str) -> str | None:
     return None
 
 
+def _check_tier(text: str) -> str | None:
+    from wyneos_core.trust.tiers import TIER_NAMES, tier_rank
+
+    if tier_rank(text) is None:
+        return f"{text!r} is not a trust tier (tiers: {', '.join(TIER_NAMES)})"
+    return None
+
+
+def trust_at_least(tier: str) -> Callable[[Any], bool]:
+    """``tier name of a node -> is it at least tier`` (false for a node without a tier)."""
+    from wyneos_core.trust.tiers import tier_rank
+
+    floor = tier_rank(tier)
+    assert floor is not None
+    ranks = {name: tier_rank(name) for name in ("untrusted", "probation", "trusted", "attested")}
+
+    def run(value: Any) -> bool:
+        rank = ranks.get(value) if type(value) is str else None
+        return rank is not None and rank >= floor
+
+    return run
+
+
 def _check_rule_id(text: str) -> str | None:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", text):
         return f"{text!r} is not a rule id"
@@ -139,6 +165,8 @@ HELPERS: Final[dict[str, HelperSpec]] = {
         HelperSpec("length", ("value",), "length of a string or list"),
         HelperSpec("violated", ("const-str",), "a governance rule fires on this node",
                    stages=frozenset({"healing", "enforcement"}), check=_check_rule_id),
+        HelperSpec("trust_at_least", ("const-str",), "the node's trust tier is at least the one named",
+                   check=_check_tier),
     )
 }
 

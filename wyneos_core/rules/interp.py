@@ -172,6 +172,8 @@ def helper_function(name: str, const: str | None) -> Callable[..., Any]:
         return helpers.version_comparer(const or "0", False)
     if name == "length":
         return helpers.length_of
+    if name == "trust_at_least":
+        return helpers.trust_at_least(const or "")
     raise KeyError(name)
 
 
@@ -216,6 +218,8 @@ def call_helper(expr: Call, node: Node, lic: LicenceResult, env: EvalEnv) -> Any
         return bool(lic.valid) and expr.args[0].value in lic.features  # type: ignore[union-attr]
     if name == "violated":
         return node.id in env.violated.get(expr.args[0].value, ())  # type: ignore[union-attr]
+    if name == "trust_at_least":
+        return helper_function(name, expr.args[0].value)(node.trust_tier)  # type: ignore[union-attr]
     const = expr.args[1].value if len(expr.args) > 1 else None  # type: ignore[union-attr]
     return helper_function(name, const)(evaluate(expr.args[0], node, lic, env))
 
@@ -294,6 +298,8 @@ def explain(expr: Expr, node: Node, lic: LicenceResult, env: EvalEnv, indent: st
             lines.append(f"{indent}  node.last_seen  =>  {_show(node.last_seen)}; now = {env.now:.6g}")
         elif expr.name == "entitled":
             lines.append(f"{indent}  licence.valid  =>  {lic.valid!r}; licence.features  =>  {list(lic.features)!r}")
+        elif expr.name == "trust_at_least":
+            lines.append(f"{indent}  node.trust_tier  =>  {_show(node.trust_tier) if node.trust_tier else 'missing'}")
     for child in children:
         if type(child) in (Const, ListLit):
             continue

@@ -135,6 +135,9 @@ def _compile_call(expr: Call) -> Fn:
     if name == "violated":
         rule_id = expr.args[0].value  # type: ignore[union-attr]
         return lambda n, l, e: n.id in e.violated.get(rule_id, ())
+    if name == "trust_at_least":
+        at_least = helper_function(name, expr.args[0].value)  # type: ignore[union-attr]
+        return lambda n, l, e: at_least(n.trust_tier)
     const = expr.args[1].value if len(expr.args) > 1 else None  # type: ignore[union-attr]
     fn = helper_function(name, const)
     arg = compile_value(expr.args[0])

@@ -1,0 +1,230 @@
+"""Builtin trust: every node's trust score and tier, admission control and feature gating.
+
+The ``wyneos_trust`` step (after governance, before healing) gathers the tick's evidence
+per node (heartbeat status, failing governance results, licence result, outcomes of
+actions sent to it, refused messages, its witness reports checked against the
+orchestrator's own view), updates each signal's beta reputation, runs EigenTrust over
+the witness observations, combines both under the licence gate and moves nodes between
+tiers with hysteresis (``wyneos_core.trust``). New nodes start in probation and go
+through the admission rules. In ``wyneos_enforcement`` it proposes ``gate_feature`` for
+every node below the tier a feature needs (``trust.features``). In
+``wyneos_tick_report`` it writes changed trust rows to the state store, from which they
+are restored at the next start.
+
+Replace it by disabling it (``plugins.disable: [trust]``) and implementing
+``wyneos_trust``; add to it by implementing ``wyneos_trust`` beside it (a plugin can
+lower a node's trust, never raise it). See ``docs/trust.md``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from wyneos_core import hookimpl
+from wyneos_core.config import Config
+from wyneos_core.model import Action, ActionType, LicenceResult, Node, NodeStatus, RuleResult, Severity
+from wyneos_core.rules.interp import EvalEnv, cluster_summary
+from wyneos_core.tick import Orchestrator, TickContext
+from wyneos_core.trust.admission import AdmissionRules, load_admission
+from wyneos_core.trust.engine import STATUS_CODES, Evidence, TrustEngine
+from wyneos_core.trust.observations import observations_of
+from wyneos_core.trust.settings import TrustSettings, TrustSettingsError
+from wyneos_core.trust.tiers import TIER_NAMES, tier_rank
+from wyneos_core.yamlio import LocatedError
+
+__all__ = ["TrustState", "state_of", "record_refusals", "record_acks"]
+
+_STATUS = {s: STATUS_CODES[s.value] for s in NodeStatus}
+
+
+class TrustState:
+    """The trust plugin's state for one orchestrator: engine, admission rules, inbox."""
+
+    def __init__(self, settings: TrustSettings, admission: AdmissionRules) -> None:
+        self.settings = settings
+        self.admission = admission
+        self.engine = TrustEngine(settings)
+        self.last_now: float | None = None
+        self.first_scored = True
+        self._lock = threading.Lock()
+        self._refusals: Counter[str] = Counter()
+        self._acks: list[tuple[str, bool]] = []
+        self.slots = np.zeros(0, dtype=np.int64)
+
+    def add_refusals(self, node_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._refusals.update(node_ids)
+
+    def add_acks(self, acks: Iterable[tuple[str, bool]]) -> None:
+        with self._lock:
+            self._acks.extend(acks)
+
+    def drain(self) -> tuple[Counter[str], list[tuple[str, bool]]]:
+        with self._lock:
+            refusals, self._refusals = self._refusals, Counter()
+            acks, self._acks = self._acks, []
+        return refusals, acks
+
+
+def _settings(config: Config) -> TrustSettings:
+    try:
+        return TrustSettings.from_config(config["trust"])
+    except TrustSettingsError as exc:
+        raise LocatedError(exc.reason, file=config.source, field=f"trust.{exc.field}") from None
+
+
+def _admission(config: Config, settings: TrustSettings) -> AdmissionRules:
+    path = settings.admission_file
+    return load_admission(None if path is None else config.resolve(path), settings.probation_ticks)
+
+
+def state_of(orchestrator: Orchestrator) -> TrustState:
+    """The trust state of ``orchestrator``, restored from its store the first time."""
+    state = getattr(orchestrator, "_trust_state", None)
+    if state is None:
+        settings = _settings(orchestrator.config)
+        state = TrustState(settings, _admission(orchestrator.config, settings))
+        if orchestrator.store is not None:
+            state.engine.restore(orchestrator.store.trust_rows())
+        orchestrator._trust_state = state  # type: ignore[attr-defined]
+    return state
+
+
+def record_refusals(orchestrator: Orchestrator, node_ids: Iterable[str]) -> None:
+    """Count refused messages (replays, bad signatures, clock problems) against nodes;
+    the next trust step reads them. Safe to call from request threads."""
+    state_of(orchestrator).add_refusals(node_ids)
+
+
+def record_acks(orchestrator: Orchestrator, acks: Iterable[tuple[str, bool]]) -> None:
+    """Record action acknowledgements ``(node id, applied?)`` for the next trust step."""
+    state_of(orchestrator).add_acks(acks)
+
+
+@hookimpl
+def wyneos_configure(config: Config) -> None:
+    settings = _settings(config)  # a bad setting or admission file stops the start, named
+    _admission(config, settings)
+
+
+@hookimpl
+def wyneos_startup(orchestrator: Orchestrator) -> None:
+    state_of(orchestrator)
+
+
+def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences: Mapping[str, LicenceResult],
+           results: Sequence[RuleResult]) -> Evidence:
+    """This tick's evidence for the trust engine."""
+    status_of = _STATUS
+    status = np.fromiter((status_of[n.status] for n in nodes), dtype=np.int8, count=len(nodes))
+    get = licences.get
+    lic_codes = []
+    for n in nodes:
+        r = get(n.id)
+        lic_codes.append(3 if r is None else (2 if not r.valid else (1 if r.in_grace else 0)))
+    refusals, acks = state.drain()
+    for item in ctx.report.heartbeats_rejected:
+        node_id = item.get("node_id")
+        if isinstance(node_id, str):
+            refusals[node_id] += 1
+    since = state.last_now
+    if since is not None:
+        for n in nodes:
+            if n.last_rollback is not None and n.last_rollback > since:
+                refusals[n.id] += 1
+    state.last_now = ctx.now
+    last = ctx.orchestrator.last_report
+    if last is not None:
+        acks.extend((d.target, True) for d in last.deliveries if d.delivered)
+        acks.extend((d.target, False) for d in last.deliveries if not d.delivered and d.reason == "refused")
+    failed = [(r.node_id, r.severity.rank) for r in results if not r.passed]
+    return Evidence(
+        tick=ctx.tick, node_ids=[n.id for n in nodes], status=status,
+        licence=np.array(lic_codes, dtype=np.int8), fingerprints=[n.fingerprint for n in nodes],
+        failed=failed, governed=bool(results), refusals=refusals, acks=acks,
+        observations=observations_of(ctx), declared=frozenset(spec["id"] for spec in ctx.config["nodes"]),
+    )
+
+
+@hookimpl
+def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str, LicenceResult],
+                 results: Sequence[RuleResult]) -> dict[str, tuple[float, str]]:
+    state = state_of(ctx.orchestrator)
+    engine = state.engine
+    evidence = gather(ctx, state, nodes, licences, results)
+    scores = engine.score(evidence)
+    state.slots = scores.slots
+    pending = engine.pending()
+    decisions: dict[str, tuple[str, str, str]] = {}
+    if pending:
+        by_id = {n.id: n for n in nodes}
+        wanted = [by_id[i] for i in pending]
+        combined = dict(zip(evidence.node_ids, scores.combined.tolist()))
+        probes = []
+        for node in wanted:  # the rules see this tick's score and the tier it holds now
+            probe = node.snapshot()
+            probe.trust = combined[node.id]
+            probe.trust_tier = TIER_NAMES[engine.tier[engine.index[node.id]]]
+            probes.append(probe)
+        env = EvalEnv(ctx.now, cluster_summary(nodes, ctx.now))
+        ticks_in = {i: ctx.tick - int(engine.joined[engine.index[i]]) for i in pending}
+        decisions = state.admission.decide(probes, licences, env, ticks_in)
+    changes = engine.assign(decisions)
+    adm = engine.admission[scores.slots]
+    ctx.report.trust.update({
+        "changes": changes,
+        "admission": engine.admission_changes,
+        "in_admission": int(np.count_nonzero((adm == 0) | (adm == 3))),
+        "refused": int(np.count_nonzero(adm == 2)),
+        "new": scores.new[:1000],
+        "peer": {"iterations": scores.eigen.iterations, "converged": scores.eigen.converged,
+                 "residual": float(scores.eigen.residual), "observations": scores.observations_used,
+                 "observations_dropped": scores.observations_dropped},
+    })
+    return dict(zip(evidence.node_ids, zip(scores.combined.tolist(), engine.tier_names(scores.slots))))
+
+
+@hookimpl
+def wyneos_enforcement(ctx: TickContext, nodes: Sequence[Node]) -> list[Action]:
+    """``gate_feature`` for each node below the tier a feature needs (one action per node)."""
+    features = state_of(ctx.orchestrator).settings.features
+    if not features:
+        return []
+    out = []
+    for node in nodes:
+        rank = tier_rank(node.trust_tier)
+        if rank is None:
+            continue
+        gated = sorted(f for f, need in features.items() if rank < need)
+        if gated:
+            need = max(features[f] for f in gated)
+            out.append(Action(
+                ActionType.GATE_FEATURE, node.id,
+                f"trust tier {node.trust_tier} is below {TIER_NAMES[need]}, needed for {', '.join(gated)}",
+                origin="trust", severity=Severity.WARNING, params={"features": gated},
+            ))
+    ctx.report.trust["gated"] = len(out)
+    return out
+
+
+@hookimpl
+def wyneos_tick_report(ctx: TickContext) -> None:
+    store = ctx.store
+    if store is None:
+        return
+    state = state_of(ctx.orchestrator)
+    everything = state.first_scored
+    state.first_scored = False
+    fps = {n.id: n.fingerprint for n in ctx.report.nodes if n.fingerprint}
+    rows = state.engine.rows_to_persist(state.slots, fps, everything=everything)
+    store.write_trust(rows)
+
+
+def explain(orchestrator: Orchestrator, node_id: str) -> dict[str, Any] | None:
+    """The trust breakdown of one node (``wyneos explain``)."""
+    return state_of(orchestrator).engine.explain(node_id)

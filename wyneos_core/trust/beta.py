@@ -1,0 +1,58 @@
+"""Beta reputation with forgetting (Jøsang and Ismail, 2002), one per behaviour signal.
+
+For each node and signal the step keeps ``r`` (positive evidence) and ``s`` (negative
+evidence). Every tick both are multiplied by the forgetting factor ``λ`` and this
+tick's evidence is added, so evidence ``k`` ticks old weighs ``λ**k``; the score is the
+expected value of the Beta(r + 1, s + 1) distribution,
+
+    score = (r + 1) / (r + s + 2)
+
+which is 0.5 with no evidence at all and tends to 1 (or 0) with steady good (or bad)
+evidence. With ``λ = 0.9`` a node's evidence is worth at most ~10 ticks, so at most
+``(10 + 1) / (10 + 2) = 0.917`` per signal: old good behaviour cannot bank credit for
+ever, and a node that turns bad loses its score within a few ticks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["BetaEvidence"]
+
+
+class BetaEvidence:
+    """``r`` and ``s`` arrays of shape (signals, slots), grown on demand."""
+
+    __slots__ = ("r", "s")
+
+    def __init__(self, signals: int, capacity: int) -> None:
+        self.r = np.zeros((signals, capacity))
+        self.s = np.zeros((signals, capacity))
+
+    @property
+    def capacity(self) -> int:
+        return self.r.shape[1]
+
+    def grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        for name in ("r", "s"):
+            old = getattr(self, name)
+            new = np.zeros((old.shape[0], capacity))
+            new[:, : old.shape[1]] = old
+            setattr(self, name, new)
+
+    def update(self, forgetting: float, positive: np.ndarray, negative: np.ndarray) -> None:
+        """``r = λ r + positive``, ``s = λ s + negative`` (arrays shaped like ``r``)."""
+        self.r *= forgetting
+        self.r += positive
+        self.s *= forgetting
+        self.s += negative
+
+    def scores(self) -> np.ndarray:
+        """``(r + 1) / (r + s + 2)`` per signal and slot."""
+        return (self.r + 1.0) / (self.r + self.s + 2.0)
+
+    def reset(self, slot: int) -> None:
+        self.r[:, slot] = 0.0
+        self.s[:, slot] = 0.0

@@ -1,0 +1,481 @@
+"""The trust step's arithmetic: evidence in, scores and tiers out, for every node at once.
+
+``TrustEngine`` keeps, per node (a *slot* in its arrays; slot 0 is the orchestrator):
+the beta evidence of each behaviour signal, the smoothed peer score, last tick's global
+trust vector (the warm start of the next power iteration), the combined score, the
+tier and the admission state. A tick is two calls:
+
+1. ``score(evidence)``: forget old evidence, add this tick's, compute behaviour scores,
+   run EigenTrust over the witness observations, combine (licence as a gate);
+2. ``assign(decisions)``: apply the admission decisions of nodes still in admission
+   and move every node between tiers with hysteresis, under its cap.
+
+Everything is numpy over the slots, so the cost per tick is a few passes over the
+nodes and the observation edges (see ``bench/bench_trust.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from wyneos_core.model import ORIGIN
+from wyneos_core.trust.beta import BetaEvidence
+from wyneos_core.trust.eigentrust import EigenTrustResult, eigentrust, local_trust
+from wyneos_core.trust.settings import SIGNALS, TrustSettings
+from wyneos_core.trust.tiers import TIER_NAMES, Tier, next_tiers
+
+__all__ = ["Evidence", "TrustEngine", "STATUS_CODES", "LICENCE_CODES", "ADMITTED", "PENDING", "REFUSED", "HELD"]
+
+#: node status -> code in ``Evidence.status``
+STATUS_CODES: Final = {"online": 0, "stale": 1, "offline": 2, "unknown": 3}
+#: licence state -> code in ``Evidence.licence``
+LICENCE_CODES: Final = {"valid": 0, "grace": 1, "invalid": 2, "none": 3}
+#: admission states (``TrustEngine.admission``)
+PENDING: Final = 0
+ADMITTED: Final = 1
+REFUSED: Final = 2
+HELD: Final = 3
+ADMISSION_NAMES: Final = ("pending", "admitted", "refused", "held")
+
+_SIG = {name: i for i, name in enumerate(SIGNALS)}
+#: negative evidence of one failing governance result, by severity rank (info, warning, critical)
+SEVERITY_EVIDENCE: Final = (0.25, 0.5, 1.0)
+#: at most this much negative refusal evidence per node and tick (a flood counts as a few)
+MAX_REFUSALS_PER_TICK: Final = 3.0
+
+
+@dataclass(slots=True)
+class Evidence:
+    """One tick's evidence, gathered by the builtin plugin from the tick (or by a bench).
+
+    ``node_ids``, ``status``, ``licence`` and ``fingerprints`` are aligned: one entry
+    per registered node.
+    """
+
+    tick: int
+    node_ids: Sequence[str]
+    status: np.ndarray                       # STATUS_CODES per node
+    licence: np.ndarray                      # LICENCE_CODES per node
+    fingerprints: Sequence[str | None] = ()
+    #: governance results that did not pass: (node id, severity rank 0..2)
+    failed: Iterable[tuple[str, int]] = ()
+    #: did governance evaluate any rule this tick (else compliance gets no evidence)
+    governed: bool = False
+    #: refused messages per node: rejected heartbeats, clock rollbacks, replays, bad signatures
+    refusals: Mapping[str, float] = field(default_factory=dict)
+    #: (node id, acknowledged?) per action outcome: True delivered/applied, False refused/failed
+    acks: Iterable[tuple[str, bool]] = ()
+    #: witness observation edges (observer, subject, reachable)
+    observations: Sequence[tuple[str, str, bool]] = ()
+    #: nodes declared by the operator (config): admitted without admission rules
+    declared: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class Scores:
+    """What ``score`` computed for this tick's nodes (arrays aligned with ``slots``)."""
+
+    slots: np.ndarray
+    behaviour: np.ndarray
+    peer: np.ndarray
+    combined: np.ndarray
+    licence_capped: np.ndarray
+    eigen: EigenTrustResult
+    observations_used: int
+    observations_dropped: int
+    new: list[str]
+
+
+class TrustEngine:
+    """Trust of every node, across ticks. See the module docstring."""
+
+    def __init__(self, settings: TrustSettings, capacity: int = 1024) -> None:
+        self.settings = settings
+        capacity = max(2, capacity)
+        self.ids: list[str] = [ORIGIN]
+        self.index: dict[str, int] = {ORIGIN: 0}
+        self.evidence = BetaEvidence(len(SIGNALS), capacity)
+        self.previous_scores = np.full((len(SIGNALS), capacity), 0.5)
+        self.peer = np.zeros(capacity)
+        self.trust = np.zeros(capacity)
+        self.tier = np.full(capacity, int(Tier.PROBATION), dtype=np.int8)
+        self.admission = np.zeros(capacity, dtype=np.int8)
+        self.joined = np.zeros(capacity, dtype=np.int64)
+        self.global_trust = np.zeros(capacity)
+        self.admission_reason: dict[int, tuple[str, str]] = {}   # slot -> (rule, reason), not admitted
+        self.fingerprint_of: dict[str, int] = {}                  # key fingerprint -> slot
+        self.tick = 0
+        self._scores: Scores | None = None
+        self.persisted: dict[int, tuple[float, int, int]] = {}    # slot -> (trust, tier, admission) last written
+        #: admission decisions that changed in the last ``assign``
+        self.admission_changes: list[dict[str, Any]] = []
+
+    # -- slots --------------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self.peer.shape[0]
+
+    def _grow(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        capacity = max(needed, 2 * self.capacity)
+        self.evidence.grow(capacity)
+        for name, fill in (("previous_scores", 0.5), ("peer", 0.0), ("trust", 0.0), ("tier", int(Tier.PROBATION)),
+                           ("admission", PENDING), ("joined", 0), ("global_trust", 0.0)):
+            old = getattr(self, name)
+            shape = (old.shape[0], capacity) if old.ndim == 2 else (capacity,)
+            new = np.full(shape, fill, dtype=old.dtype)
+            new[..., : old.shape[-1]] = old
+            setattr(self, name, new)
+
+    def slot(self, node_id: str, fingerprint: str | None = None, declared: bool = False, tick: int = 0) -> int:
+        """The slot of ``node_id``, created at ``probation`` (admission pending) if new.
+
+        A new id whose key ``fingerprint`` belonged to a node seen before inherits that
+        node's evidence, tier and admission (no whitewashing by re-enrolling the same
+        key under another id).
+        """
+        slot = self.index.get(node_id)
+        if slot is not None:
+            return slot
+        slot = len(self.ids)
+        self._grow(slot + 1)
+        self.ids.append(node_id)
+        self.index[node_id] = slot
+        earlier = self.fingerprint_of.get(fingerprint) if fingerprint else None
+        if earlier is not None and earlier != slot:
+            for name in ("previous_scores",):
+                getattr(self, name)[:, slot] = getattr(self, name)[:, earlier]
+            self.evidence.r[:, slot] = self.evidence.r[:, earlier]
+            self.evidence.s[:, slot] = self.evidence.s[:, earlier]
+            self.trust[slot] = self.trust[earlier]
+            self.tier[slot] = min(int(self.tier[earlier]), int(Tier.PROBATION))
+            self.admission[slot] = self.admission[earlier] if self.admission[earlier] == REFUSED else PENDING
+            self.joined[slot] = tick
+        else:
+            self.evidence.reset(slot)
+            self.previous_scores[:, slot] = 0.5
+            self.trust[slot] = 0.0
+            self.tier[slot] = int(Tier.PROBATION)
+            self.admission[slot] = ADMITTED if declared else PENDING
+            self.joined[slot] = tick
+        if self.admission[slot] == ADMITTED and declared:
+            self.admission_reason.pop(slot, None)
+        if fingerprint:
+            self.fingerprint_of[fingerprint] = slot
+        self.peer[slot] = 0.0
+        self.global_trust[slot] = 0.0
+        return slot
+
+    # -- step 1: scores -----------------------------------------------------------------------
+
+    def score(self, ev: Evidence) -> Scores:
+        """Forget, add this tick's evidence, and compute behaviour, peer and combined scores."""
+        st = self.settings
+        self.tick = ev.tick
+        index = self.index
+        new: list[str] = []
+        fps = ev.fingerprints or [None] * len(ev.node_ids)
+        for node_id, fp in zip(ev.node_ids, fps):
+            if node_id not in index:
+                new.append(node_id)
+                self.slot(node_id, fp, node_id in ev.declared or node_id in st.attested, ev.tick)
+        attested = st.attested
+        for node_id in attested:
+            slot = index.get(node_id)
+            if slot is not None and self.admission[slot] != ADMITTED and self.admission[slot] != REFUSED:
+                self.admission[slot] = ADMITTED
+                self.admission_reason.pop(slot, None)
+        n_slots = len(self.ids)
+        slots = np.fromiter(map(index.__getitem__, ev.node_ids), dtype=np.int64, count=len(ev.node_ids))
+        cap = self.capacity
+        pos = np.zeros((len(SIGNALS), cap))
+        neg = np.zeros((len(SIGNALS), cap))
+        status = ev.status
+        online = slots[status == 0]
+
+        # heartbeat regularity: heard within stale_after (+1), stale (-0.5), offline (-1)
+        pos[_SIG["heartbeat"], online] = 1.0
+        neg[_SIG["heartbeat"], slots[status == 1]] = 0.5
+        neg[_SIG["heartbeat"], slots[status == 2]] = 1.0
+
+        # governance compliance over time: failing results by severity, capped at 1 a tick
+        if ev.governed:
+            failing = np.zeros(cap)
+            fail_list = list(ev.failed)
+            if fail_list:
+                f_slots = np.fromiter((index.get(n, 0) for n, _ in fail_list), dtype=np.int64, count=len(fail_list))
+                f_weight = np.take(SEVERITY_EVIDENCE, np.fromiter((s for _, s in fail_list), dtype=np.int64,
+                                                                  count=len(fail_list)))
+                np.add.at(failing, f_slots, f_weight)
+                failing[0] = 0.0
+            np.minimum(failing, 1.0, out=failing)
+            neg[_SIG["compliance"]] = failing
+            clean = slots[failing[slots] == 0]
+            pos[_SIG["compliance"], clean] = 1.0
+
+        # licence history: valid (+1), in grace (-0.5), invalid (-1), no result (nothing)
+        lic = ev.licence
+        pos[_SIG["licence"], slots[lic == 0]] = 1.0
+        neg[_SIG["licence"], slots[lic == 1]] = 0.5
+        neg[_SIG["licence"], slots[lic == 2]] = 1.0
+
+        # acknowledged actions
+        for node_id, good in ev.acks:
+            slot = index.get(node_id)
+            if slot:
+                if good:
+                    pos[_SIG["acknowledgements"], slot] += 1.0
+                else:
+                    neg[_SIG["acknowledgements"], slot] += 1.0
+
+        # refused messages: each refusal is negative; an online node with none is positive
+        refused = np.zeros(cap)
+        for node_id, count in ev.refusals.items():
+            slot = index.get(node_id)
+            if slot:
+                refused[slot] += count
+        np.minimum(refused, MAX_REFUSALS_PER_TICK, out=refused)
+        neg[_SIG["refusals"]] = refused
+        pos[_SIG["refusals"], online[refused[online] == 0]] = 1.0
+
+        # witness observations: to slot indexes (unknown ids and self-observations dropped)
+        src, dst, good, dropped = self._edges(ev.observations)
+        truth = np.full(cap, -1, dtype=np.int8)           # -1 unknown, 1 up, 0 down (orchestrator's own view)
+        truth[slots[status == 0]] = 1
+        truth[slots[status == 2]] = 0
+        if src.size:
+            verdict = truth[dst]
+            known = verdict >= 0
+            agree = known & (verdict == good)
+            disagree = known & (verdict != good)
+            pos[_SIG["witness"]] += np.bincount(src[agree], minlength=cap)[:cap]
+            neg[_SIG["witness"]] += np.bincount(src[disagree], minlength=cap)[:cap]
+            pos[_SIG["witness"], 0] = neg[_SIG["witness"], 0] = 0.0
+
+        ev_obj = self.evidence
+        self.previous_scores = ev_obj.scores()
+        ev_obj.update(st.forgetting, pos, neg)
+        scores = ev_obj.scores()
+        weights = np.asarray(st.weights)
+        behaviour_all = weights @ scores / weights.sum()
+
+        # peer score: EigenTrust over observations plus the orchestrator's own evidence
+        witness_score = scores[_SIG["witness"]]
+        o_src = np.zeros(online.size, dtype=np.int64)
+        e_src = np.concatenate((src, o_src))
+        e_dst = np.concatenate((dst, online))
+        e_w = np.concatenate((np.where(good, 1.0, -1.0), np.ones(online.size)))
+        e_w *= witness_score[e_dst]
+        c, dangling = local_trust(e_src, e_dst, e_w, n_slots)
+        p = np.zeros(n_slots)
+        p[0] = 1.0
+        for node_id in attested:
+            slot = index.get(node_id)
+            if slot is not None:
+                p[slot] = 1.0
+        active = np.zeros(n_slots, dtype=bool)
+        active[0] = True
+        active[slots] = True
+        p[~active] = 0.0
+        p /= p.sum()
+        start = self.global_trust[:n_slots].copy()
+        start[~active] = 0.0
+        eigen = eigentrust(c, dangling, p, st.teleport, tolerance=st.tolerance, max_iterations=st.max_iterations,
+                           start=start if start.sum() > 0 else None)
+        self.global_trust[:n_slots] = eigen.trust
+        self.global_trust[n_slots:] = 0.0
+        n_nodes = max(1, len(slots))
+        raw = np.minimum(eigen.trust[slots] * (n_nodes / st.saturation), 1.0)
+        peer = st.smoothing * self.peer[slots] + (1.0 - st.smoothing) * raw
+        self.peer[slots] = peer
+
+        behaviour = behaviour_all[slots]
+        combined = (st.behaviour_weight * behaviour + st.peer_weight * peer) / (st.behaviour_weight + st.peer_weight)
+        capped = lic == 2
+        combined = np.where(capped, np.minimum(combined, st.licence_cap), combined)
+        self.trust[slots] = combined
+        self._scores = Scores(slots, behaviour, peer, combined, capped, eigen, int(src.size), dropped, new)
+        return self._scores
+
+    def _edges(self, observations: Sequence[tuple[str, str, bool]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Observation triples as slot arrays; unknown ids and self-observations dropped."""
+        if not observations:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(0, dtype=np.int8), 0
+        observers, subjects, reachable = zip(*observations)
+        index = self.index
+        total = len(observers)
+        try:
+            src = np.array(operator.itemgetter(*observers)(index), dtype=np.int64).reshape(-1)
+            dst = np.array(operator.itemgetter(*subjects)(index), dtype=np.int64).reshape(-1)
+            good = np.array(reachable, dtype=bool).astype(np.int8)
+        except (KeyError, TypeError):
+            get = index.get
+            keep = [(get(o) if type(o) is str else None, get(s) if type(s) is str else None, r)
+                    for o, s, r in zip(observers, subjects, reachable)]
+            keep = [(a, b, 1 if r is True else 0) for a, b, r in keep
+                    if a is not None and b is not None and type(r) is bool]
+            if not keep:
+                empty = np.zeros(0, dtype=np.int64)
+                return empty, empty, np.zeros(0, dtype=np.int8), total
+            src, dst, good = (np.array(x) for x in zip(*keep))
+            src, dst, good = src.astype(np.int64), dst.astype(np.int64), good.astype(np.int8)
+        mask = (src != dst) & (dst != 0)
+        if not mask.all():
+            src, dst, good = src[mask], dst[mask], good[mask]
+        return src, dst, good, total - int(src.size)
+
+    # -- step 2: tiers ------------------------------------------------------------------------
+
+    def pending(self) -> list[str]:
+        """Ids of nodes of the last ``score`` still in admission (pending or held)."""
+        assert self._scores is not None
+        slots = self._scores.slots
+        states = self.admission[slots]
+        return [self.ids[s] for s in slots[(states == PENDING) | (states == HELD)]]
+
+    def assign(self, decisions: Mapping[str, tuple[str, str, str]] = {}) -> list[dict[str, Any]]:  # noqa: B006
+        """Apply admission decisions (node id -> (``admit``/``hold``/``refuse``, rule, reason))
+        and move every scored node between tiers. Returns the tier changes of this tick."""
+        assert self._scores is not None
+        sc = self._scores
+        changed_admission: list[dict[str, Any]] = []
+        for node_id, (decision, rule, reason) in decisions.items():
+            slot = self.index[node_id]
+            state = {"admit": ADMITTED, "hold": HELD, "refuse": REFUSED}[decision]
+            before = int(self.admission[slot])
+            self.admission[slot] = state
+            if state == ADMITTED:
+                self.admission_reason.pop(slot, None)
+            else:
+                self.admission_reason[slot] = (rule, reason)
+            if before != state:
+                changed_admission.append({"node_id": node_id, "from": ADMISSION_NAMES[before],
+                                          "decision": ADMISSION_NAMES[state], "rule": rule, "reason": reason})
+        self.admission_changes = changed_admission
+        slots = sc.slots
+        st = self.settings
+        cap = np.full(slots.size, int(Tier.TRUSTED), dtype=np.int8)
+        if st.attested:
+            is_att = np.fromiter((self.ids[s] in st.attested for s in slots), dtype=bool, count=slots.size)
+            cap[is_att] = int(Tier.ATTESTED)
+        adm = self.admission[slots]
+        cap[(adm == PENDING) | (adm == HELD)] = int(Tier.PROBATION)
+        cap[adm == REFUSED] = int(Tier.UNTRUSTED)
+        cap[sc.licence_capped] = int(Tier.UNTRUSTED)
+        current = self.tier[slots].astype(np.int64)
+        nxt = next_tiers(current, sc.combined, st.enter, st.leave, cap.astype(np.int64))
+        moved = np.flatnonzero(nxt != current)
+        changes = [{"node_id": self.ids[slots[i]], "from": TIER_NAMES[current[i]], "to": TIER_NAMES[nxt[i]],
+                    "trust": round(float(sc.combined[i]), 4)} for i in moved]
+        self.tier[slots] = nxt
+        return changes
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def tier_names(self, slots: np.ndarray) -> list[str]:
+        names = TIER_NAMES
+        return [names[t] for t in self.tier[slots].tolist()]
+
+    def explain(self, node_id: str) -> dict[str, Any] | None:
+        """Why ``node_id`` has its trust: each signal's evidence, score, weight and pull."""
+        slot = self.index.get(node_id)
+        if slot is None or slot == 0:
+            return None
+        st = self.settings
+        scores = self.evidence.scores()[:, slot]
+        prev = self.previous_scores[:, slot]
+        wsum = sum(st.weights)
+        share_b = st.behaviour_weight / (st.behaviour_weight + st.peer_weight)
+        signals = []
+        for i, name in enumerate(SIGNALS):
+            w = st.weights[i]
+            signals.append({
+                "signal": name, "weight": w, "positive": round(float(self.evidence.r[i, slot]), 4),
+                "negative": round(float(self.evidence.s[i, slot]), 4), "score": round(float(scores[i]), 4),
+                # how far this signal pulls the combined score away from the neutral 0.5 prior
+                "pull": round(float(share_b * w * (scores[i] - 0.5) / wsum), 4),
+                "change": round(float(scores[i] - prev[i]), 4),
+            })
+        behaviour = float(np.dot(st.weights, scores) / wsum)
+        reason = self.admission_reason.get(slot)
+        return {
+            "node_id": node_id, "trust": round(float(self.trust[slot]), 4), "tier": TIER_NAMES[self.tier[slot]],
+            "behaviour": round(behaviour, 4), "behaviour_weight": st.behaviour_weight,
+            "peer": round(float(self.peer[slot]), 4), "peer_weight": st.peer_weight,
+            "global_trust": float(self.global_trust[slot]),
+            "attested": node_id in st.attested,
+            "admission": ADMISSION_NAMES[self.admission[slot]],
+            "admission_rule": reason[0] if reason else None, "admission_reason": reason[1] if reason else None,
+            "signals": signals,
+        }
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def rows_to_persist(self, slots: np.ndarray, fingerprints: Mapping[str, str | None] | None = None,
+                        everything: bool = False) -> list[tuple]:
+        """Rows for the store's trust table: nodes whose trust moved by 0.01 or more, whose
+        tier or admission changed since last written (or all, with ``everything``)."""
+        out = []
+        trust = self.trust
+        tier = self.tier
+        adm = self.admission
+        persisted = self.persisted
+        r, s = self.evidence.r, self.evidence.s
+        for slot in slots.tolist():
+            now = (round(float(trust[slot]), 2), int(tier[slot]), int(adm[slot]))
+            if not everything and persisted.get(slot) == now:
+                continue
+            persisted[slot] = now
+            node_id = self.ids[slot]
+            reason = self.admission_reason.get(slot)
+            fp = fingerprints.get(node_id) if fingerprints else None
+            evidence = json.dumps({"r": np.round(r[:, slot], 6).tolist(), "s": np.round(s[:, slot], 6).tolist(),
+                                   "peer": round(float(self.peer[slot]), 6)}, separators=(",", ":"))
+            out.append((node_id, fp, float(trust[slot]), TIER_NAMES[tier[slot]], ADMISSION_NAMES[adm[slot]],
+                        json.dumps(list(reason)) if reason else None, int(self.joined[slot]), evidence, self.tick))
+        return out
+
+    def restore(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Bring back nodes' trust from the store's rows (``rows_to_persist`` shape)."""
+        count = 0
+        names = {n: i for i, n in enumerate(TIER_NAMES)}
+        adm_names = {n: i for i, n in enumerate(ADMISSION_NAMES)}
+        for row in rows:
+            try:
+                evidence = json.loads(row["evidence"])
+                r = [float(x) for x in evidence["r"]]
+                s = [float(x) for x in evidence["s"]]
+                tier = names[row["tier"]]
+                adm = adm_names[row["admission"]]
+            except (ValueError, KeyError, TypeError):
+                continue  # a row this version cannot read: the node starts over in probation
+            if len(r) != len(SIGNALS) or len(s) != len(SIGNALS):
+                continue
+            slot = self.slot(row["node_id"], row.get("fingerprint"), tick=int(row.get("joined_tick") or 0))
+            self.evidence.r[:, slot] = r
+            self.evidence.s[:, slot] = s
+            self.previous_scores[:, slot] = self.evidence.scores()[:, slot]
+            self.peer[slot] = float(evidence.get("peer", 0.0))
+            self.trust[slot] = float(row["trust"])
+            self.tier[slot] = tier
+            self.admission[slot] = adm
+            self.joined[slot] = int(row.get("joined_tick") or 0)
+            reason = row.get("admission_reason")
+            if reason:
+                try:
+                    rule, text = json.loads(reason)
+                    self.admission_reason[slot] = (str(rule), str(text))
+                except (ValueError, TypeError):
+                    pass
+            self.persisted[slot] = (round(float(row["trust"]), 2), tier, adm)
+            count += 1
+        return count
