@@ -5,7 +5,8 @@ from __future__ import annotations
 import gc
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from wyneos_core.model import (ORIGIN, Action, Delivery, Heartbeat, LicenceResul
 from wyneos_core.plugins import PluginLoadError, PluginManager
 from wyneos_core.registry import Registry
 from wyneos_core.store import StateStore
+from wyneos_core.trust.scores import TrustScores
 from wyneos_core.yamlio import LocatedError
 
 __all__ = ["Orchestrator", "TickContext"]
@@ -389,11 +391,18 @@ _TIER_RANK = {name: rank for rank, name in enumerate(_TIERS)}
 def _apply_trust(scored: list[tuple[str, Any]], nodes: list[Node], report: TickReport,
                  errors: list[PluginError], origins: dict[str, str]) -> None:
     """Merge ``wyneos_trust`` results (lowest score and lowest tier win) onto the nodes."""
+    batches = [(plugin, batch) for plugin, batch in scored if batch is not None]
+    if len(batches) == 1 and isinstance(batches[0][1], TrustScores) and batches[0][1].apply(nodes):
+        counts = dict.fromkeys(_TIERS, 0)
+        counts.update(Counter(batches[0][1].tiers))
+        report.trust["tiers"] = counts
+        report.trust["source"] = batches[0][0]
+        return
     merged: dict[str, tuple[float, str]] | None = None
     sources = []
-    for plugin, batch in scored:
-        if batch is None:
-            continue
+    for plugin, batch in batches:
+        if isinstance(batch, Mapping) and not isinstance(batch, dict):
+            batch = dict(batch.items())
         if not isinstance(batch, dict):
             errors.append(PluginError(plugin, "wyneos_trust", f"returned {type(batch).__name__}, expected a mapping",
                                       kind="invalid_result"))

@@ -33,6 +33,7 @@ from wyneos_core.tick import Orchestrator, TickContext
 from wyneos_core.trust.admission import AdmissionRules, load_admission
 from wyneos_core.trust.engine import STATUS_CODES, Evidence, TrustEngine
 from wyneos_core.trust.observations import observations_of
+from wyneos_core.trust.scores import TrustScores
 from wyneos_core.trust.settings import TrustSettings, TrustSettingsError
 from wyneos_core.trust.tiers import TIER_NAMES, tier_rank
 from wyneos_core.yamlio import LocatedError
@@ -153,7 +154,7 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
 
 @hookimpl
 def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str, LicenceResult],
-                 results: Sequence[RuleResult]) -> dict[str, tuple[float, str]]:
+                 results: Sequence[RuleResult]) -> TrustScores:
     state = state_of(ctx.orchestrator)
     engine = state.engine
     evidence = gather(ctx, state, nodes, licences, results)
@@ -161,19 +162,17 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
     state.slots = scores.slots
     pending = engine.pending()
     decisions: dict[str, tuple[str, str, str]] = {}
-    if pending:
-        by_id = {n.id: n for n in nodes}
-        wanted = [by_id[i] for i in pending]
-        combined = dict(zip(evidence.node_ids, scores.combined.tolist()))
+    if pending.size:
         probes = []
-        for node in wanted:  # the rules see this tick's score and the tier it holds now
-            probe = node.snapshot()
-            probe.trust = combined[node.id]
-            probe.trust_tier = TIER_NAMES[engine.tier[engine.index[node.id]]]
+        for position in pending.tolist():  # the rules see this tick's score and the tier held now
+            probe = nodes[position].snapshot()
+            probe.trust = float(scores.combined[position])
+            probe.trust_tier = TIER_NAMES[engine.tier[scores.slots[position]]]
             probes.append(probe)
-        env = EvalEnv(ctx.now, cluster_summary(nodes, ctx.now))
-        ticks_in = {i: ctx.tick - int(engine.joined[engine.index[i]]) for i in pending}
-        decisions = state.admission.decide(probes, licences, env, ticks_in)
+        rules = state.admission
+        env = EvalEnv(ctx.now, cluster_summary(nodes, ctx.now) if rules.reads_cluster else {})
+        ticks_in = {p.id: ctx.tick - int(engine.joined[engine.index[p.id]]) for p in probes}
+        decisions = rules.decide(probes, licences, env, ticks_in)
     changes = engine.assign(decisions)
     adm = engine.admission[scores.slots]
     ctx.report.trust.update({
@@ -186,7 +185,7 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
                  "residual": float(scores.eigen.residual), "observations": scores.observations_used,
                  "observations_dropped": scores.observations_dropped},
     })
-    return dict(zip(evidence.node_ids, zip(scores.combined.tolist(), engine.tier_names(scores.slots))))
+    return TrustScores(nodes, scores.combined.tolist(), engine.tier_names(scores.slots))
 
 
 @hookimpl

@@ -39,6 +39,7 @@ from typing import Any, Final
 from wyneos_core.model import LicenceResult, Node
 from wyneos_core.rules.expr import ExprError, parse
 from wyneos_core.rules.interp import NO_LICENCE, EvalEnv
+from wyneos_core.rules.ir import Ref, walk
 from wyneos_core.rules.native import compile_test
 from wyneos_core.yamlio import LocatedError, load_yaml
 
@@ -78,10 +79,13 @@ class AdmissionRule:
 class AdmissionRules:
     """Loaded admission rules; ``decide`` gives each pending node's decision."""
 
-    def __init__(self, rules: Sequence[AdmissionRule], probation_ticks: int, source: str) -> None:
+    def __init__(self, rules: Sequence[AdmissionRule], probation_ticks: int, source: str,
+                 reads_cluster: bool = False) -> None:
         self.rules = list(rules)
         self.probation_ticks = probation_ticks
         self.source = source
+        #: some rule reads ``cluster.*`` (the step then computes the cluster summary)
+        self.reads_cluster = reads_cluster
 
     def decide(self, nodes: Sequence[Node], licences: Mapping[str, LicenceResult], env: EvalEnv,
                ticks_in: Mapping[str, int]) -> dict[str, tuple[str, str, str]]:
@@ -127,6 +131,7 @@ def load_admission(path: str | Path | None, probation_ticks: int) -> AdmissionRu
         raise located.error(("admission",), f"more than {MAX_RULES} rules")
     rules: list[AdmissionRule] = []
     seen: set[str] = set()
+    reads_cluster = False
     for i, item in enumerate(items):
         at = ("admission", i)
         if not isinstance(item, dict):
@@ -159,4 +164,5 @@ def load_admission(path: str | Path | None, probation_ticks: int) -> AdmissionRu
                                    column=err.column, field=err.field)
             raise err from None
         rules.append(AdmissionRule(rid, description, decision, when, compile_test(expr)))
-    return AdmissionRules(rules, probation_ticks, located.file)
+        reads_cluster = reads_cluster or any(type(e) is Ref and e.root == "cluster" for e in walk(expr))
+    return AdmissionRules(rules, probation_ticks, located.file, reads_cluster)

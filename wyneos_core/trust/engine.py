@@ -27,6 +27,7 @@ import numpy as np
 from wyneos_core.model import ORIGIN
 from wyneos_core.trust.beta import BetaEvidence
 from wyneos_core.trust.eigentrust import EigenTrustResult, eigentrust, local_trust
+from wyneos_core.trust.observations import ObservationBatch
 from wyneos_core.trust.settings import SIGNALS, TrustSettings
 from wyneos_core.trust.tiers import TIER_NAMES, Tier, next_tiers
 
@@ -71,8 +72,8 @@ class Evidence:
     refusals: Mapping[str, float] = field(default_factory=dict)
     #: (node id, acknowledged?) per action outcome: True delivered/applied, False refused/failed
     acks: Iterable[tuple[str, bool]] = ()
-    #: witness observation edges (observer, subject, reachable)
-    observations: Sequence[tuple[str, str, bool]] = ()
+    #: witness observation edges (observer, subject, reachable), or one ``ObservationBatch``
+    observations: Any = ()
     #: nodes declared by the operator (config): admitted without admission rules
     declared: frozenset[str] = frozenset()
 
@@ -101,7 +102,6 @@ class TrustEngine:
         self.ids: list[str] = [ORIGIN]
         self.index: dict[str, int] = {ORIGIN: 0}
         self.evidence = BetaEvidence(len(SIGNALS), capacity)
-        self.previous_scores = np.full((len(SIGNALS), capacity), 0.5)
         self.peer = np.zeros(capacity)
         self.trust = np.zeros(capacity)
         self.tier = np.full(capacity, int(Tier.PROBATION), dtype=np.int8)
@@ -113,6 +113,9 @@ class TrustEngine:
         self.tick = 0
         self._scores: Scores | None = None
         self.persisted: dict[int, tuple[float, int, int]] = {}    # slot -> (trust, tier, admission) last written
+        self._vocabulary: tuple[Any, np.ndarray, int] | None = None
+        #: this tick's (positive, negative) evidence, for ``explain``'s change since last tick
+        self._last_evidence: tuple[np.ndarray, np.ndarray] | None = None
         #: admission decisions that changed in the last ``assign``
         self.admission_changes: list[dict[str, Any]] = []
 
@@ -127,7 +130,7 @@ class TrustEngine:
             return
         capacity = max(needed, 2 * self.capacity)
         self.evidence.grow(capacity)
-        for name, fill in (("previous_scores", 0.5), ("peer", 0.0), ("trust", 0.0), ("tier", int(Tier.PROBATION)),
+        for name, fill in (("peer", 0.0), ("trust", 0.0), ("tier", int(Tier.PROBATION)),
                            ("admission", PENDING), ("joined", 0), ("global_trust", 0.0)):
             old = getattr(self, name)
             shape = (old.shape[0], capacity) if old.ndim == 2 else (capacity,)
@@ -151,8 +154,6 @@ class TrustEngine:
         self.index[node_id] = slot
         earlier = self.fingerprint_of.get(fingerprint) if fingerprint else None
         if earlier is not None and earlier != slot:
-            for name in ("previous_scores",):
-                getattr(self, name)[:, slot] = getattr(self, name)[:, earlier]
             self.evidence.r[:, slot] = self.evidence.r[:, earlier]
             self.evidence.s[:, slot] = self.evidence.s[:, earlier]
             self.trust[slot] = self.trust[earlier]
@@ -161,7 +162,6 @@ class TrustEngine:
             self.joined[slot] = tick
         else:
             self.evidence.reset(slot)
-            self.previous_scores[:, slot] = 0.5
             self.trust[slot] = 0.0
             self.tier[slot] = int(Tier.PROBATION)
             self.admission[slot] = ADMITTED if declared else PENDING
@@ -261,8 +261,8 @@ class TrustEngine:
             pos[_SIG["witness"], 0] = neg[_SIG["witness"], 0] = 0.0
 
         ev_obj = self.evidence
-        self.previous_scores = ev_obj.scores()
         ev_obj.update(st.forgetting, pos, neg)
+        self._last_evidence = (pos, neg)
         scores = ev_obj.scores()
         weights = np.asarray(st.weights)
         behaviour_all = weights @ scores / weights.sum()
@@ -305,29 +305,67 @@ class TrustEngine:
         self._scores = Scores(slots, behaviour, peer, combined, capped, eigen, int(src.size), dropped, new)
         return self._scores
 
-    def _edges(self, observations: Sequence[tuple[str, str, bool]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Observation triples as slot arrays; unknown ids and self-observations dropped."""
-        if not observations:
-            empty = np.zeros(0, dtype=np.int64)
+    def _edges(self, observations: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Observation edges as slot arrays; unknown ids and self-observations dropped."""
+        empty = np.zeros(0, dtype=np.int64)
+        if observations is None or len(observations) == 0:
             return empty, empty, np.zeros(0, dtype=np.int8), 0
-        observers, subjects, reachable = zip(*observations)
+        if isinstance(observations, ObservationBatch):
+            return self._batch_edges(observations)
         index = self.index
-        total = len(observers)
+        total = len(observations)
         try:
+            observers, subjects, reachable = zip(*observations)
             src = np.array(operator.itemgetter(*observers)(index), dtype=np.int64).reshape(-1)
             dst = np.array(operator.itemgetter(*subjects)(index), dtype=np.int64).reshape(-1)
-            good = np.array(reachable, dtype=bool).astype(np.int8)
-        except (KeyError, TypeError):
+            if not all(type(r) is bool for r in reachable):
+                raise TypeError("reachable must be True or False")
+            good = np.array(reachable, dtype=np.int8)
+        except (KeyError, TypeError, ValueError):
             get = index.get
-            keep = [(get(o) if type(o) is str else None, get(s) if type(s) is str else None, r)
-                    for o, s, r in zip(observers, subjects, reachable)]
-            keep = [(a, b, 1 if r is True else 0) for a, b, r in keep
-                    if a is not None and b is not None and type(r) is bool]
-            if not keep:
-                empty = np.zeros(0, dtype=np.int64)
+            kept = []
+            for item in observations:
+                if not isinstance(item, tuple) or len(item) != 3:
+                    continue
+                o, sub, r = item
+                a = get(o) if type(o) is str else None
+                b = get(sub) if type(sub) is str else None
+                if a is not None and b is not None and type(r) is bool:
+                    kept.append((a, b, 1 if r else 0))
+            if not kept:
                 return empty, empty, np.zeros(0, dtype=np.int8), total
-            src, dst, good = (np.array(x) for x in zip(*keep))
-            src, dst, good = src.astype(np.int64), dst.astype(np.int64), good.astype(np.int8)
+            arr = np.array(kept, dtype=np.int64)
+            src, dst, good = arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int8)
+        return self._clean(src, dst, good, total)
+
+    def _batch_edges(self, batch: ObservationBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        cached = self._vocabulary
+        if cached is not None and cached[0] is batch.ids and cached[2] == len(self.ids):
+            slot_of = cached[1]
+        else:
+            get = self.index.get
+            slot_of = np.fromiter((get(i, -1) if type(i) is str else -1 for i in batch.ids), dtype=np.int64,
+                                  count=len(batch.ids))
+            self._vocabulary = (batch.ids, slot_of, len(self.ids))
+        total = len(batch)
+        n = len(slot_of)
+        obs = np.asarray(batch.observer, dtype=np.int64)
+        sub = np.asarray(batch.subject, dtype=np.int64)
+        inside = (obs >= 0) & (obs < n) & (sub >= 0) & (sub < n)
+        if not inside.all():
+            obs, sub = obs[inside], sub[inside]
+            reach = np.asarray(batch.reachable)[inside]
+        else:
+            reach = np.asarray(batch.reachable)
+        src, dst = slot_of[obs], slot_of[sub]
+        known = (src >= 0) & (dst >= 0)
+        if not known.all():
+            src, dst, reach = src[known], dst[known], reach[known]
+        return self._clean(src, dst, reach.astype(np.int8, copy=False), total)
+
+    @staticmethod
+    def _clean(src: np.ndarray, dst: np.ndarray, good: np.ndarray, total: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         mask = (src != dst) & (dst != 0)
         if not mask.all():
             src, dst, good = src[mask], dst[mask], good[mask]
@@ -335,12 +373,11 @@ class TrustEngine:
 
     # -- step 2: tiers ------------------------------------------------------------------------
 
-    def pending(self) -> list[str]:
-        """Ids of nodes of the last ``score`` still in admission (pending or held)."""
+    def pending(self) -> np.ndarray:
+        """Positions (in the last ``score``'s node order) of nodes still in admission."""
         assert self._scores is not None
-        slots = self._scores.slots
-        states = self.admission[slots]
-        return [self.ids[s] for s in slots[(states == PENDING) | (states == HELD)]]
+        states = self.admission[self._scores.slots]
+        return np.flatnonzero((states == PENDING) | (states == HELD))
 
     def assign(self, decisions: Mapping[str, tuple[str, str, str]] = {}) -> list[dict[str, Any]]:  # noqa: B006
         """Apply admission decisions (node id -> (``admit``/``hold``/``refuse``, rule, reason))
@@ -391,8 +428,14 @@ class TrustEngine:
         if slot is None or slot == 0:
             return None
         st = self.settings
-        scores = self.evidence.scores()[:, slot]
-        prev = self.previous_scores[:, slot]
+        r, s = self.evidence.r[:, slot], self.evidence.s[:, slot]
+        scores = (r + 1.0) / (r + s + 2.0)
+        if self._last_evidence is not None and slot < self._last_evidence[0].shape[1]:
+            pos, neg = self._last_evidence[0][:, slot], self._last_evidence[1][:, slot]
+            r0, s0 = (r - pos) / st.forgetting, (s - neg) / st.forgetting
+            prev = (r0 + 1.0) / (r0 + s0 + 2.0)
+        else:
+            prev = scores
         wsum = sum(st.weights)
         share_b = st.behaviour_weight / (st.behaviour_weight + st.peer_weight)
         signals = []
@@ -463,7 +506,6 @@ class TrustEngine:
             slot = self.slot(row["node_id"], row.get("fingerprint"), tick=int(row.get("joined_tick") or 0))
             self.evidence.r[:, slot] = r
             self.evidence.s[:, slot] = s
-            self.previous_scores[:, slot] = self.evidence.scores()[:, slot]
             self.peer[slot] = float(evidence.get("peer", 0.0))
             self.trust[slot] = float(row["trust"])
             self.tier[slot] = tier

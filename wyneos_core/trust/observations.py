@@ -9,6 +9,13 @@ each an ``Observation`` (or any 3-tuple ``(observer, subject, reachable)``):
 * ``reachable``: True when the observer reached the subject (a positive observation),
   False when it reports the subject down (a negative one).
 
+For large clusters the same edges can come as one ``ObservationBatch``: the ids
+involved once (``ids``), and three equal-length arrays, ``observer`` and ``subject``
+(positions in ``ids``) and ``reachable``, like a dictionary-encoded column. The step
+then maps ids to its own slots once per batch (and not at all when the same ``ids``
+list comes back next tick) instead of twice per edge: at 600,000 edges that is the
+difference between about a second and a few milliseconds.
+
 Whoever produces observations (the service's heartbeat path, the simulator, a plugin's
 ``wyneos_heartbeat``) appends them there during the tick, before the trust step. One
 function, ``observations_of``, reads them, so adapting to a richer model is a change
@@ -19,9 +26,12 @@ in one place. Observations naming unknown nodes, and a node's observations of it
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
-__all__ = ["Observation", "SCRATCH_KEY", "observations_of"]
+import numpy as np
+
+__all__ = ["Observation", "ObservationBatch", "SCRATCH_KEY", "observations_of"]
 
 #: where in ``TickContext.scratch`` the tick's observations are collected
 SCRATCH_KEY: Final = "observations"
@@ -35,9 +45,30 @@ class Observation(NamedTuple):
     reachable: bool
 
 
-def observations_of(ctx: Any) -> Sequence[tuple[str, str, bool]]:
-    """The tick's observation edges (possibly empty)."""
-    found: Iterable[Any] | None = ctx.scratch.get(SCRATCH_KEY)
-    if not found:
+@dataclass(frozen=True, slots=True)
+class ObservationBatch:
+    """Observation edges, dictionary-encoded: ``ids[observer[k]]`` saw ``ids[subject[k]]``
+    (``reachable[k]``). Positions outside ``ids`` are dropped by the step."""
+
+    ids: Sequence[str]
+    observer: np.ndarray
+    subject: np.ndarray
+    reachable: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not (len(self.observer) == len(self.subject) == len(self.reachable)):
+            raise ValueError("observer, subject and reachable must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.observer)
+
+
+def observations_of(ctx: Any) -> Sequence[tuple[str, str, bool]] | ObservationBatch:
+    """The tick's observation edges (possibly empty): a sequence of triples, or one
+    ``ObservationBatch``."""
+    found: Iterable[Any] | ObservationBatch | None = ctx.scratch.get(SCRATCH_KEY)
+    if found is None:
         return ()
+    if isinstance(found, ObservationBatch):
+        return found
     return found if isinstance(found, (list, tuple)) else list(found)
