@@ -292,8 +292,14 @@ class TrustEngine:
                            start=start if start.sum() > 0 else None)
         self.global_trust[:n_slots] = eigen.trust
         self.global_trust[n_slots:] = 0.0
-        n_nodes = max(1, len(slots))
-        raw = np.minimum(eigen.trust[slots] * (n_nodes / st.saturation), 1.0)
+        # scaled by the median share of the nodes that are not pre-trusted (robust to a
+        # few nodes holding much, and to a colluding minority holding little)
+        shares = eigen.trust[slots]
+        plain = shares[p[slots] == 0]
+        reference = float(np.median(plain)) if plain.size else 0.0
+        if reference <= 0:
+            reference = float(shares.mean()) if shares.size else 0.0
+        raw = np.minimum(shares / (st.saturation * reference), 1.0) if reference > 0 else np.zeros(slots.size)
         peer = st.smoothing * self.peer[slots] + (1.0 - st.smoothing) * raw
         self.peer[slots] = peer
 

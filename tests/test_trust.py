@@ -1,0 +1,394 @@
+"""The trust step: EigenTrust against networkx, beta reputation, tiers with hysteresis,
+licence gate, admission, feature gating, plugins adding to or replacing it, restarts."""
+
+from __future__ import annotations
+
+import json
+import random
+import textwrap
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from conftest import beat, cluster_yaml
+from wyneos_core import hookimpl
+from wyneos_core.config import Config
+from wyneos_core.model import ORIGIN, Heartbeat, LicenceResult
+from wyneos_core.plugins import PluginLoadError
+from wyneos_core.trust.eigentrust import eigentrust, local_trust
+from wyneos_core.trust.engine import Evidence, TrustEngine
+from wyneos_core.trust.observations import Observation, ObservationBatch
+from wyneos_core.trust.settings import SIGNALS, TrustSettings, TrustSettingsError
+from wyneos_core.trust.tiers import Tier, next_tiers
+
+
+def settings(**changes) -> TrustSettings:
+    section = Config.defaults()["trust"]
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            section[key].update(value)
+        else:
+            section[key] = value
+    return TrustSettings.from_config(section)
+
+
+def reference_pagerank(n, edges, pretrusted, teleport):
+    """EigenTrust the plain way: networkx personalised PageRank on the summed, clipped graph."""
+    g = nx.DiGraph()
+    g.add_nodes_from(range(n))
+    summed: dict[tuple[int, int], float] = {}
+    for a, b, w in edges:
+        if a != b:
+            summed[(a, b)] = summed.get((a, b), 0.0) + w
+    for (a, b), w in summed.items():
+        if w > 0:
+            g.add_edge(a, b, weight=w)
+    p = {i: (1.0 / len(pretrusted) if i in pretrusted else 0.0) for i in range(n)}
+    ref = nx.pagerank(g, alpha=1 - teleport, personalization=p, dangling=p, weight="weight",
+                      tol=1e-14, max_iter=5000)
+    return np.array([ref[i] for i in range(n)])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_eigentrust_equals_networkx_personalised_pagerank_on_random_graphs(seed):
+    rng = random.Random(seed)
+    n = rng.randint(5, 300)
+    edges = [(rng.randrange(n), rng.randrange(n), rng.choice([1.0, 1.0, 2.0, 0.5, -1.0, -3.0]))
+             for _ in range(rng.randint(n, 6 * n))]
+    pretrusted = set(rng.sample(range(n), rng.randint(1, 4)))
+    teleport = rng.choice([0.1, 0.15, 0.3, 0.5])
+    src, dst, w = (np.array(x) for x in zip(*edges))
+    c, dangling = local_trust(src.astype(np.int64), dst.astype(np.int64), w.astype(float), n)
+    p = np.zeros(n)
+    p[list(pretrusted)] = 1.0 / len(pretrusted)
+    got = eigentrust(c, dangling, p, teleport, tolerance=1e-13, max_iterations=5000)
+    assert got.converged
+    want = reference_pagerank(n, edges, pretrusted, teleport)
+    assert np.abs(got.trust - want).max() < 1e-9
+    assert got.trust.sum() == pytest.approx(1.0)
+    # the matrix is sparse: it holds the distinct positive edges, never n * n entries
+    assert c.nnz <= len(edges)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_trust_step_peer_vector_matches_a_plain_eigentrust(seed):
+    """The whole step (observations as node ids, the orchestrator's own evidence, witness
+    weighting) against networkx on the same edges built by hand."""
+    rng = random.Random(seed)
+    n = 120
+    ids = [f"n{i:03d}" for i in range(n)]
+    attested = set(rng.sample(ids, 3))
+    eng = TrustEngine(settings(attested=sorted(attested), peer={"tolerance": 1e-13, "max_iterations": 5000}))
+    status = np.array([rng.choice([0, 0, 0, 1, 2, 3]) for _ in ids], dtype=np.int8)
+    obs = [Observation(rng.choice(ids), rng.choice(ids), rng.random() < 0.8) for _ in range(700)]
+    obs.append(Observation("nobody", ids[0], True))  # unknown observer: dropped
+    eng.score(Evidence(1, ids, status, np.zeros(n, dtype=np.int8), observations=obs))
+    witness = eng.evidence.scores()[SIGNALS.index("witness")]
+    slot = eng.index
+    edges = [(slot[o], slot[s], (1.0 if r else -1.0) * witness[slot[s]]) for o, s, r in obs if o in slot]
+    edges += [(0, slot[i], witness[slot[i]]) for i, st in zip(ids, status) if st == 0]
+    pre = {0} | {slot[i] for i in attested}
+    want = reference_pagerank(n + 1, edges, pre, eng.settings.teleport)
+    assert np.abs(eng.global_trust[: n + 1] - want).max() < 1e-9
+
+
+def test_batches_and_triples_give_the_same_scores():
+    rng = random.Random(4)
+    ids = [f"n{i}" for i in range(50)]
+    triples = [(rng.choice(ids), rng.choice(ids), rng.random() < 0.7) for _ in range(300)]
+    position = {i: k for k, i in enumerate(ids)}
+    batch = ObservationBatch(ids, np.array([position[o] for o, _, _ in triples]),
+                             np.array([position[s] for _, s, _ in triples]), np.array([r for _, _, r in triples]))
+    out = []
+    for obs in (triples, batch):
+        eng = TrustEngine(settings())
+        status = np.zeros(50, dtype=np.int8)
+        eng.score(Evidence(1, ids, status, np.zeros(50, dtype=np.int8), observations=obs))
+        out.append(eng.global_trust[:51].copy())
+    assert np.allclose(out[0], out[1], atol=1e-12)
+
+
+def test_beta_reputation_with_forgetting_follows_the_formula():
+    eng = TrustEngine(settings(forgetting=0.8))
+    ids = ["a", "b"]
+    status = np.array([0, 2], dtype=np.int8)  # a online, b offline
+    for tick in range(1, 6):
+        eng.score(Evidence(tick, ids, status, np.array([3, 3], dtype=np.int8)))
+    r = sum(0.8 ** k for k in range(5))  # five ticks of +1, each older one forgotten by 0.8
+    hb = SIGNALS.index("heartbeat")
+    a, b = eng.index["a"], eng.index["b"]
+    assert eng.evidence.r[hb, a] == pytest.approx(r)
+    assert eng.evidence.scores()[hb, a] == pytest.approx((r + 1) / (r + 2))
+    assert eng.evidence.scores()[hb, b] == pytest.approx(1 / (r + 2))
+    # no licence result and no observations: those signals hold no evidence (0.5)
+    assert eng.evidence.scores()[SIGNALS.index("licence"), a] == 0.5
+    assert eng.evidence.scores()[SIGNALS.index("witness"), a] == 0.5
+
+
+def test_tiers_move_with_hysteresis_and_stay_under_their_cap():
+    s = settings()
+    enter, leave = s.enter, s.leave  # probation 0.35/0.25, trusted 0.7/0.6, attested 0.8/0.7
+    current = np.array([1, 2, 2, 1, 0, 2, 3, 1])
+    score = np.array([0.69, 0.61, 0.59, 0.95, 0.3, 0.95, 0.72, 0.1])
+    cap = np.array([2, 2, 2, 2, 2, 3, 3, 2])
+    got = next_tiers(current, score, enter, leave, cap)
+    # below the enter of trusted: stays; above trusted's leave: stays; below it: drops;
+    # 0.95 but capped at trusted; 0.3 below probation's enter: stays untrusted;
+    # attested only where allowed; attested held above its leave; 0.1 drops to untrusted
+    assert got.tolist() == [1, 2, 1, 2, 0, 3, 3, 0]
+
+
+def test_a_score_hovering_around_a_threshold_does_not_flap():
+    s = settings()
+    tier = np.array([1])
+    seen = []
+    for x in [0.71, 0.66, 0.69, 0.64, 0.68, 0.62, 0.7, 0.61, 0.59, 0.65, 0.69, 0.7]:
+        tier = next_tiers(tier, np.array([x]), s.enter, s.leave, np.array([2]))
+        seen.append(int(tier[0]))
+    assert seen == [2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 2]
+
+
+@pytest.mark.parametrize("section, field", [
+    ({"tiers": {"trusted": {"enter": 0.6, "leave": 0.7}}}, "tiers.trusted.leave"),
+    ({"licence_cap": 0.3}, "licence_cap"),
+    ({"features": {"gpu": "gold"}}, "features.gpu"),
+])
+def test_bad_settings_are_refused_naming_the_field(section, field):
+    with pytest.raises(TrustSettingsError) as info:
+        settings(**section)
+    assert info.value.field == field
+
+
+# -- the plugin inside the tick --------------------------------------------------------------
+
+
+def run(orch, clock, ticks, nodes=None, **metadata):
+    reports = []
+    for _ in range(ticks):
+        beat(orch, clock, *(nodes if nodes is not None else [n.id for n in orch.registry]), **metadata)
+        reports.append(orch.tick())
+        clock.advance(5)
+    return reports
+
+
+def test_declared_nodes_climb_to_trusted_and_a_silent_one_falls(make_orchestrator, clock):
+    orch = make_orchestrator(cluster_yaml(6))
+    reports = run(orch, clock, 6)
+    first, last = reports[0].to_dict(), reports[-1].to_dict()
+    assert first["trust"]["tiers"]["probation"] == 6          # everyone starts in probation
+    assert last["trust"]["tiers"]["trusted"] == 6
+    assert all(0.7 <= n["trust"] <= 1 and n["trust_tier"] == "trusted" for n in last["nodes"])
+    assert {c["node_id"] for r in reports for c in r.trust["changes"]} == {f"n0{i}" for i in range(1, 7)}
+    # n06 stops heartbeating: its heartbeat signal and its peer score sink, it drops a tier
+    reports = run(orch, clock, 14, nodes=[f"n0{i}" for i in range(1, 6)])
+    n06 = orch.registry.get("n06")
+    assert n06.trust_tier in ("probation", "untrusted") and n06.trust < 0.6
+    drops = [c for r in reports for c in r.trust["changes"] if c["node_id"] == "n06"]
+    assert drops and drops[0]["from"] == "trusted"
+    assert all(orch.registry.get(f"n0{i}").trust_tier == "trusted" for i in range(1, 6))
+
+
+def test_an_invalid_licence_caps_the_node_at_untrusted(make_orchestrator, clock):
+    class Licences:
+        @hookimpl
+        def wyneos_licence_validate(self, nodes):
+            return [LicenceResult(n.id, n.id != "n02", "ok" if n.id != "n02" else "expired") for n in nodes]
+
+    orch = make_orchestrator(cluster_yaml(3), plugins=[Licences()])
+    run(orch, clock, 8)
+    n02 = orch.registry.get("n02")
+    assert n02.trust_tier == "untrusted"
+    assert n02.trust <= Config.defaults()["trust"]["licence_cap"]
+    assert orch.registry.get("n01").trust_tier == "trusted"
+
+
+def test_a_raising_trust_plugin_is_recorded_and_the_tick_goes_on(make_orchestrator, clock):
+    class Broken:
+        @hookimpl
+        def wyneos_trust(self, nodes):
+            raise RuntimeError("trust oracle down")
+
+    orch = make_orchestrator(cluster_yaml(3), plugins=[Broken()])
+    report = run(orch, clock, 2)[-1]
+    assert any(e.hook == "wyneos_trust" and "trust oracle down" in e.error for e in report.errors)
+    assert report.trust["tiers"]["probation"] + report.trust["tiers"]["trusted"] == 3  # the builtin still ran
+    assert report.actions is not None and report.timings_ms["propagate"] >= 0
+
+
+def test_a_plugin_can_lower_trust_but_never_raise_it(make_orchestrator, clock):
+    class Opinion:
+        @hookimpl
+        def wyneos_trust(self, nodes):
+            return {"n01": (0.1, "untrusted"), "n02": (1.0, "attested"), "n03": ("high", "gold")}
+
+    orch = make_orchestrator(cluster_yaml(3), plugins=[Opinion()])
+    report = run(orch, clock, 6)[-1]
+    assert orch.registry.get("n01").trust == 0.1 and orch.registry.get("n01").trust_tier == "untrusted"
+    n02 = orch.registry.get("n02")
+    assert n02.trust < 1.0 and n02.trust_tier == "trusted"  # the builtin's lower values win
+    assert any(e.hook == "wyneos_trust" and e.kind == "invalid_result" for e in report.errors)
+    assert orch.registry.get("n03").trust_tier == "trusted"  # the garbage entry is dropped
+
+
+def test_the_builtin_can_be_replaced(make_orchestrator, clock):
+    class Flat:
+        @hookimpl
+        def wyneos_trust(self, nodes):
+            return {n.id: (0.5, "probation") for n in nodes}
+
+    text = cluster_yaml(3, disable="[licence, trust]")
+    orch = make_orchestrator(text, plugins=[Flat()])
+    report = run(orch, clock, 3)[-1]
+    assert report.trust["tiers"] == {"untrusted": 0, "probation": 3, "trusted": 0, "attested": 0}
+    assert "peer" not in report.trust  # no builtin step ran
+
+
+def test_feature_gating_by_tier(make_orchestrator, clock):
+    orch = make_orchestrator(cluster_yaml(3), sections={"trust": {"features": {"gpu": "trusted", "sso": "probation"}}})
+    first = run(orch, clock, 1)[0]
+    gated = [a for a in first.actions if a.type == "gate_feature"]
+    assert {a.target for a in gated} == {"n01", "n02", "n03"}  # probation is below trusted
+    assert all(a.params == {"features": ["gpu"]} and a.origin == "trust" for a in gated)
+    assert first.trust["gated"] == 3
+    later = run(orch, clock, 5)[-1]
+    assert later.trust["gated"] == 0  # trusted now: the gate's cause is gone
+    assert not [a for a in later.proposed if a.type == "gate_feature"]
+
+
+def test_attested_nodes_are_pre_trusted_and_can_reach_attested(make_orchestrator, clock):
+    orch = make_orchestrator(cluster_yaml(4), sections={"trust": {"attested": ["n01"]}})
+    run(orch, clock, 10)
+    assert orch.registry.get("n01").trust_tier == "attested"
+    assert {orch.registry.get(f"n0{i}").trust_tier for i in (2, 3, 4)} == {"trusted"}
+
+
+# -- admission ---------------------------------------------------------------------------------
+
+
+def test_a_node_registering_by_heartbeat_starts_in_probation_and_is_admitted_after_it(make_orchestrator, clock):
+    text = cluster_yaml(2) + "\n" + "trust: {admission: {probation_ticks: 3}}\n"
+    text = text.replace("max_clock_skew: 30}", "max_clock_skew: 30, unknown_nodes: register}")
+    orch = make_orchestrator(text)
+    decisions = []
+    tiers = []
+    for _ in range(10):
+        beat(orch, clock, "n01", "n02", "newcomer")
+        report = orch.tick()
+        decisions += [a for a in report.trust["admission"] if a["node_id"] == "newcomer"]
+        tiers.append(orch.registry.get("newcomer").trust_tier)
+        clock.advance(5)
+    assert tiers[0] == "probation"
+    assert decisions[0]["decision"] == "held"
+    assert decisions[0]["reason"]  # says why: its score, or the ticks of probation left
+    assert decisions[-1]["decision"] == "admitted"
+    first_trusted = tiers.index("trusted")
+    assert first_trusted >= 3 and all(t == "probation" for t in tiers[:first_trusted])
+
+
+def test_admission_rules_from_a_file_refuse_with_the_reason(make_orchestrator, clock, tmp_path):
+    rules = tmp_path / "admission.yaml"
+    rules.write_text(textwrap.dedent("""\
+        admission:
+          - id: refuse-untagged
+            description: nodes must say which site they are in
+            when: node.metadata.site is missing
+            decision: refuse
+        """))
+    text = cluster_yaml(1).replace("max_clock_skew: 30}", "max_clock_skew: 30, unknown_nodes: register}")
+    orch = make_orchestrator(text, sections={"trust": {"admission": {"rules": str(rules), "probation_ticks": 1}}})
+    for _ in range(6):
+        beat(orch, clock, "n01")
+        orch.intake.put_many([Heartbeat("drifter", clock(), 0.2, {}), Heartbeat("sited", clock(), 0.2, {"site": "x"})])
+        report = orch.tick()
+        clock.advance(5)
+        if report.tick == 1:
+            first = {a["node_id"]: a for a in report.trust["admission"]}
+    assert first["drifter"]["decision"] == "refused"
+    assert first["drifter"]["rule"] == "refuse-untagged"
+    assert first["drifter"]["reason"] == "nodes must say which site they are in"
+    assert orch.registry.get("drifter").trust_tier == "untrusted"
+    assert orch.registry.get("sited").trust_tier == "trusted"
+    assert report.trust["refused"] == 1
+
+
+def test_a_bad_admission_file_stops_the_start_naming_file_and_line(make_orchestrator, tmp_path):
+    rules = tmp_path / "admission.yaml"
+    rules.write_text("admission:\n  - id: x\n    when: node.trust <\n    decision: refuse\n")
+    with pytest.raises(Exception) as info:
+        make_orchestrator(cluster_yaml(1), sections={"trust": {"admission": {"rules": str(rules), "probation_ticks": 3}}})
+    text = str(info.value)
+    assert "admission.yaml:3" in text and "admission[0].when" in text and "syntax error" in text
+
+
+# -- persistence, restarts and whitewashing ----------------------------------------------------
+
+
+def test_trust_is_carried_across_a_restart(make_orchestrator, clock, tmp_path):
+    from wyneos_core.tick import Orchestrator
+    from conftest import config_from
+
+    path = tmp_path / "state.db"
+    config = config_from(cluster_yaml(3), state={"path": str(path)})
+    orch = Orchestrator(config, clock=clock, load_entrypoints=False)
+    run(orch, clock, 8)
+    before = {n.id: (n.trust, n.trust_tier) for n in orch.registry}
+    orch.stop()
+    assert all(t == "trusted" for _, t in before.values())
+    again = Orchestrator(config_from(cluster_yaml(3), state={"path": str(path)}), clock=clock, load_entrypoints=False)
+    try:
+        report = run(again, clock, 1)[0]
+        assert report.trust["tiers"]["trusted"] == 3  # a fresh start would put them in probation
+        assert report.trust["changes"] == []
+        for node in again.registry:
+            assert node.trust == pytest.approx(before[node.id][0], abs=0.05)
+    finally:
+        again.stop()
+    # and a fresh state file does start them over
+    fresh = Orchestrator(config_from(cluster_yaml(3), state={"path": str(tmp_path / "other.db")}), clock=clock,
+                         load_entrypoints=False)
+    try:
+        assert run(fresh, clock, 1)[0].trust["tiers"]["probation"] == 3
+    finally:
+        fresh.stop()
+
+
+def test_re_enrolling_the_same_key_under_a_new_id_keeps_the_old_record():
+    eng = TrustEngine(settings())
+    ids = ["good", "bad"]
+    fps = ["fp-good", "fp-bad"]
+    for tick in range(1, 8):  # "bad" is offline and refuses messages for a while
+        eng.score(Evidence(tick, ids, np.array([0, 2], dtype=np.int8), np.zeros(2, dtype=np.int8),
+                           fingerprints=fps, refusals={"bad": 3}))
+        eng.assign({})
+    bad = eng.trust[eng.index["bad"]]
+    # it comes back as "reborn" with the same key: no clean slate
+    eng.score(Evidence(8, ["good", "reborn"], np.array([0, 0], dtype=np.int8), np.zeros(2, dtype=np.int8),
+                       fingerprints=["fp-good", "fp-bad"]))
+    eng.assign({})
+    reborn = eng.index["reborn"]
+    assert eng.evidence.s[SIGNALS.index("refusals"), reborn] > 1
+    assert eng.trust[reborn] < 0.55 and bad < 0.4
+    fresh = TrustEngine(settings())
+    fresh.score(Evidence(1, ["reborn"], np.array([0], dtype=np.int8), np.zeros(1, dtype=np.int8),
+                         fingerprints=["fp-new"]))
+    assert fresh.trust[fresh.index["reborn"]] > eng.trust[reborn]
+
+
+def test_refused_messages_and_witness_lies_lower_the_behaviour_score():
+    eng = TrustEngine(settings())
+    ids = ["honest", "liar", "noisy", "x"]
+    status = np.zeros(4, dtype=np.int8)
+    for tick in range(1, 6):
+        obs = [("honest", "x", True), ("liar", "x", False), ("liar", "honest", False)]
+        eng.score(Evidence(tick, ids, status, np.zeros(4, dtype=np.int8), observations=obs,
+                           refusals={"noisy": 10}))
+    info = {i: eng.explain(i) for i in ids}
+    sig = {i: {s["signal"]: s for s in info[i]["signals"]} for i in ids}
+    assert sig["liar"]["witness"]["score"] < 0.2 < 0.8 < sig["honest"]["witness"]["score"]
+    assert sig["noisy"]["refusals"]["negative"] > 0 and sig["noisy"]["refusals"]["score"] < 0.2
+    assert info["liar"]["trust"] < info["honest"]["trust"]
+    assert info["noisy"]["trust"] < info["honest"]["trust"]
+    assert sig["liar"]["witness"]["pull"] < 0 < sig["honest"]["witness"]["pull"]
+    # a liar's word about "x" is discounted and its own peer score sinks
+    assert info["liar"]["peer"] < info["honest"]["peer"]
