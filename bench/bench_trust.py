@@ -73,10 +73,11 @@ def run_step(orch: Orchestrator, ids: list[str], licences: dict, obs: list, tick
     nodes = orch.registry.nodes()
     for node in nodes:
         node.status = NodeStatus.ONLINE
-    for i in rng.sample(range(len(nodes)), min(len(nodes), 300)):
+    few = max(1, len(nodes) * 3 // 1000)  # 0.3%: 300 of 100,000
+    for i in rng.sample(range(len(nodes)), few):
         nodes[i].status = NodeStatus.OFFLINE
     results = [RuleResult("load", nodes[i].id, False, severity=Severity.WARNING)
-               for i in rng.sample(range(len(nodes)), min(len(nodes), 300))]
+               for i in rng.sample(range(len(nodes)), few)]
     report = TickReport(tick=tick, started_at=T0 + tick)
     ctx = TickContext(tick=tick, now=T0 + tick, config=orch.config, registry=orch.registry, mesh=orch.mesh,
                       store=None, orchestrator=orch, report=report)
