@@ -274,6 +274,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     orchestrator = build(args, stdout_mode="none", store=False)
     orchestrator.config["report"]["json_path"] = None
     events: list[dict[str, Any]] = []
+    from wyneos_core.builtin import trust as trust_plugin
+
+    if "trust" in orchestrator.pm.origins:  # trust carries on from the state file, read only
+        trust_plugin.restore_read_only(orchestrator, orchestrator.config.resolve(orchestrator.config["state"]["path"]))
     with orchestrator:
         for _ in range(args.ticks):
             report = orchestrator.tick()
@@ -287,7 +291,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     nodes = orchestrator.registry.nodes()
     base = RulesetRunner.environment(nodes, report.started_at)
     out: dict[str, Any] = {"node": node.to_dict(), "tick": report.tick, "licence": lic.to_dict(), "rulesets": [],
-                           "python_rules": []}
+                           "python_rules": [],
+                           "trust": trust_plugin.explain(orchestrator, node.id) if "trust" in orchestrator.pm.origins
+                           else None}
     runner = runner_of(orchestrator.pm)
     for loaded in (runner.loaded.values() if runner is not None else []):
         rs = loaded.ruleset
@@ -343,6 +349,7 @@ def _print_explain(out: dict[str, Any], node: Any, lic: Any, report: Any, as_jso
         for r in out["python_rules"]:
             print(f"  {r['rule_id']} ({r['source']}): {r['message']}")
     _print_actions(node.id, out["actions"])
+    _print_trust(out["trust"])
 
 
 def _node_actions(orchestrator: Any, node_id: str, lic: Any, events: list[dict[str, Any]],
@@ -399,3 +406,18 @@ def _print_actions(node_id: str, actions: list[dict[str, Any]]) -> None:
             print("    not yet acknowledged by: " + ", ".join(f"{t} ({r})" for t, r in a["pending_delivery"].items()))
         if a["clears"]:
             print(f"    {a['clears']}")
+
+
+def _print_trust(t: dict[str, Any] | None) -> None:
+    if t is None:
+        return
+    adm = t["admission"] + (f" ({t['admission_rule']}: {t['admission_reason']})" if t["admission_reason"] else "")
+    print(f"\ntrust {t['trust']:.4f}, tier {t['tier']}{', attested' if t['attested'] else ''}; admission {adm}")
+    print(f"  behaviour {t['behaviour']:.4f} (weight {t['behaviour_weight']:g}), "
+          f"peer {t['peer']:.4f} (weight {t['peer_weight']:g}, global trust share {t['global_trust']:.3g})")
+    print(f"  {'signal':<17} {'weight':>6} {'score':>6} {'+evid':>7} {'-evid':>7} {'pull':>7} {'change':>7}")
+    for sig in sorted(t["signals"], key=lambda x: -abs(x["pull"])):
+        print(f"  {sig['signal']:<17} {sig['weight']:>6g} {sig['score']:>6.3f} {sig['positive']:>7.2f} "
+              f"{sig['negative']:>7.2f} {sig['pull']:>+7.3f} {sig['change']:>+7.3f}")
+    print("  (pull: how far the signal moves the combined score from its neutral 0.5; "
+          "change: since the tick before)")

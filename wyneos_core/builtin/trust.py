@@ -224,6 +224,31 @@ def wyneos_tick_report(ctx: TickContext) -> None:
     store.write_trust(rows)
 
 
+def restore_read_only(orchestrator: Orchestrator, path: Any) -> int:
+    """Restore trust from a state file without writing to it (``wyneos explain``).
+    Returns the rows restored (0 when there is no file or no trust table)."""
+    import sqlite3
+    from pathlib import Path
+
+    from wyneos_core.store import StateStore
+
+    if str(path) == ":memory:" or not Path(path).is_file():
+        return 0
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return 0
+    try:
+        store = StateStore(conn, str(path))
+        store._trust_ready = True  # type: ignore[attr-defined]  # read only: never create the table
+        rows = store.trust_rows()
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+    return state_of(orchestrator).engine.restore(rows)
+
+
 def explain(orchestrator: Orchestrator, node_id: str) -> dict[str, Any] | None:
     """The trust breakdown of one node (``wyneos explain``)."""
     return state_of(orchestrator).engine.explain(node_id)

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from wyneos_core.builtin.trust import record_acks, record_refusals
 from wyneos_core.intake import CheckedHeartbeat, QueueFull
 from wyneos_core.licensing.keys import fingerprint
 from wyneos_core.loop import run
@@ -403,7 +404,8 @@ class Service:
         for n in names:
             node = orch.registry.get(n)
             if node is not None:
-                states[n] = {"status": node.status.value, "isolated": node.isolated, "load": node.load}
+                states[n] = {"status": node.status.value, "isolated": node.isolated, "load": node.load,
+                             "trust_tier": node.trust_tier}
         return {"nodes": names, "edges": edges, "states": states, "truncated": len(graph) - 1 > _MESH_LIMIT,
                 "isolated": sorted(orch.mesh.isolated)}
 
@@ -628,6 +630,11 @@ class Service:
                 for i, hb in heartbeats:
                     results[i] = ItemResult(202, "accepted", "", hb.node_id)
         final = [r if r is not None else ItemResult(500, "internal", "not processed") for r in results]
+        # refused replays, bad signatures and clock problems count against the node's trust
+        refused = [r.node_id for r in final if r.status in (401, 403, 409) and r.code != "window_full"
+                   and r.node_id in self.orchestrator.registry]
+        if refused:
+            record_refusals(self.orchestrator, refused)
         tally: dict[str, int] = {}
         for r in final:
             tally[r.code] = tally.get(r.code, 0) + 1
@@ -714,6 +721,8 @@ class Service:
                     "INSERT INTO signed_acks VALUES (?,?,?,?,?) ON CONFLICT(action_id, node_id) DO UPDATE SET "
                     "issued_at=excluded.issued_at, envelope=excluded.envelope, acked_at=excluded.acked_at",
                     (action_id, node_id, ack["issued_at"], json.dumps(envelope, sort_keys=True), now))
+                if status != "ignored":
+                    record_acks(self.orchestrator, [(node_id, status == "applied")])
                 self.outbox.ack(node_id, action_id)
                 self.metrics.acks.labels(status).inc()
                 log.info("node %s acknowledged action %s: %s", node_id, action_id, status)

@@ -76,6 +76,11 @@ class ServiceMetrics:
             self.licence_stop.labels(reason).set(0)
         self._seen: dict[int, set[tuple[str, ...]]] = {}
         self._set_all(self.licences, {(reason,): 0 for reason in [*REASONS, "in_grace"]})
+        # trust (docs/trust.md)
+        self.trust_tiers = Gauge("wyneos_nodes_by_trust_tier", "Nodes per trust tier after the last tick", ["tier"],
+                                 registry=r)
+        for tier in ("untrusted", "probation", "trusted", "attested"):
+            self.trust_tiers.labels(tier)
 
     def observe_tick(self, report: TickReport, missed: int, in_force: list[dict[str, Any]]) -> None:
         self.applied.inc(report.heartbeats_accepted)  # before last_tick: a reader of both sees it
@@ -110,6 +115,8 @@ class ServiceMetrics:
         for sample in list(self.licence_stop.collect()[0].samples):
             reason = sample.labels["reason"]
             self.licence_stop.labels(reason).set(1 if stop is not None and stop[0] == reason else 0)
+        for tier, count in report.trust.get("tiers", {}).items():
+            self.trust_tiers.labels(tier).set(count)
 
     def _set_all(self, gauge: Gauge, values: dict[tuple[str, ...], int]) -> None:
         """Set ``gauge`` to ``values``; label sets set before that ``values`` lacks go to 0
