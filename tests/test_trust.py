@@ -33,18 +33,33 @@ def settings(**changes) -> TrustSettings:
     return TrustSettings.from_config(section)
 
 
-def reference_pagerank(n, edges, pretrusted, teleport):
-    """EigenTrust the plain way: networkx personalised PageRank on the summed, clipped graph."""
+def reference_pagerank(n, edges, pretrusted, teleport, credibility=None):
+    """EigenTrust the plain way: networkx personalised PageRank on the summed, clipped
+    graph. An observer's credibility c < 1 becomes explicit edges to the pre-trusted
+    vertices carrying (1 - c) of its row (c = 0: the row is left dangling)."""
     g = nx.DiGraph()
     g.add_nodes_from(range(n))
     summed: dict[tuple[int, int], float] = {}
     for a, b, w in edges:
         if a != b:
             summed[(a, b)] = summed.get((a, b), 0.0) + w
+    rows: dict[int, float] = {}
     for (a, b), w in summed.items():
         if w > 0:
             g.add_edge(a, b, weight=w)
+            rows[a] = rows.get(a, 0.0) + w
     p = {i: (1.0 / len(pretrusted) if i in pretrusted else 0.0) for i in range(n)}
+    if credibility is not None:
+        for a, total in rows.items():
+            c = credibility[a]
+            if c <= 0:
+                g.remove_edges_from(list(g.out_edges(a)))
+                continue
+            for j in pretrusted:
+                extra = total * (1 - c) / c * p[j]
+                if extra:
+                    old = g.edges[a, j]["weight"] if g.has_edge(a, j) else 0.0
+                    g.add_edge(a, j, weight=old + extra)
     ref = nx.pagerank(g, alpha=1 - teleport, personalization=p, dangling=p, weight="weight",
                       tol=1e-14, max_iter=5000)
     return np.array([ref[i] for i in range(n)])
@@ -71,10 +86,27 @@ def test_eigentrust_equals_networkx_personalised_pagerank_on_random_graphs(seed)
     assert c.nnz <= len(edges)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_eigentrust_with_observer_credibility_equals_networkx(seed):
+    rng = random.Random(100 + seed)
+    n = rng.randint(10, 200)
+    edges = [(rng.randrange(n), rng.randrange(n), rng.choice([1.0, 2.0, -1.0])) for _ in range(4 * n)]
+    pretrusted = {0, 1}
+    cred = np.array([rng.choice([0.0, 0.1, 0.5, 0.9, 1.0]) for _ in range(n)])
+    src, dst, w = (np.array(x) for x in zip(*edges))
+    c, leak = local_trust(src.astype(np.int64), dst.astype(np.int64), w.astype(float), n, cred)
+    p = np.zeros(n)
+    p[[0, 1]] = 0.5
+    got = eigentrust(c, leak, p, 0.15, tolerance=1e-13, max_iterations=5000)
+    want = reference_pagerank(n, edges, pretrusted, 0.15, cred)
+    assert np.abs(got.trust - want).max() < 1e-9
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_trust_step_peer_vector_matches_a_plain_eigentrust(seed):
     """The whole step (observations as node ids, the orchestrator's own evidence, witness
-    weighting) against networkx on the same edges built by hand."""
+    weighting of subjects and credibility of observers) against networkx on the same
+    edges built by hand."""
     rng = random.Random(seed)
     n = 120
     ids = [f"n{i:03d}" for i in range(n)]
@@ -89,7 +121,9 @@ def test_trust_step_peer_vector_matches_a_plain_eigentrust(seed):
     edges = [(slot[o], slot[s], (1.0 if r else -1.0) * witness[slot[s]]) for o, s, r in obs if o in slot]
     edges += [(0, slot[i], witness[slot[i]]) for i, st in zip(ids, status) if st == 0]
     pre = {0} | {slot[i] for i in attested}
-    want = reference_pagerank(n + 1, edges, pre, eng.settings.teleport)
+    credibility = witness.copy()
+    credibility[0] = 1.0
+    want = reference_pagerank(n + 1, edges, pre, eng.settings.teleport, credibility)
     assert np.abs(eng.global_trust[: n + 1] - want).max() < 1e-9
 
 

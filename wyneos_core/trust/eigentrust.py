@@ -3,7 +3,10 @@
 Each observer ``i`` holds local trust ``s_ij`` in each subject ``j`` (here: positive
 minus negative observations, times the weight of the evidence); negative totals count
 as 0. Rows are normalised, ``c_ij = max(s_ij, 0) / sum_j max(s_ij, 0)``; an observer
-that trusts nobody (a dangling row) trusts the pre-trusted set ``p``. Global trust is
+that trusts nobody (a dangling row) trusts the pre-trusted set ``p``. One extension:
+each row may be scaled by the observer's *credibility* (0..1, here its witness score),
+the remainder going to ``p`` as a dangling row's does, so that a clique of liars that
+vouch only for one another cannot trap the trust that reaches it. Global trust is
 the fixed point of
 
     t = (1 - a) * C^T t + a * p
@@ -38,11 +41,15 @@ class EigenTrustResult:
     converged: bool
 
 
-def local_trust(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n: int) -> tuple[sp.csr_array, np.ndarray]:
-    """The row-normalised local trust matrix ``C`` and the dangling mask.
+def local_trust(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n: int,
+                credibility: np.ndarray | None = None) -> tuple[sp.csr_array, np.ndarray]:
+    """The local trust matrix ``C`` and each row's *leak*.
 
     Duplicate ``(src, dst)`` pairs are summed first, then negative totals dropped, then
-    rows normalised; self-edges are dropped (nobody vouches for itself).
+    rows normalised; self-edges are dropped (nobody vouches for itself). With
+    ``credibility`` (per vertex, 0..1) row ``i`` is scaled to sum to ``credibility[i]``:
+    an observer's word counts only as much as it is credible. The rest of its row, its
+    *leak* (1 for an observer that trusts nobody), goes to the pre-trusted set.
     """
     keep = src != dst
     if not keep.all():
@@ -58,14 +65,19 @@ def local_trust(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n: int) ->
     rowsum[rows > 0] = sums
     dangling = rowsum <= 0
     scale = np.divide(1.0, rowsum, out=np.zeros(n), where=~dangling)
+    if credibility is not None:
+        scale *= np.clip(credibility[:n], 0.0, 1.0)
     m.data *= np.repeat(scale, rows)
-    return m, dangling
+    leak = np.where(dangling, 1.0, 1.0 - scale * rowsum)
+    return m, leak
 
 
-def eigentrust(c: sp.csr_array, dangling: np.ndarray, p: np.ndarray, teleport: float, *,
+def eigentrust(c: sp.csr_array, leak: np.ndarray, p: np.ndarray, teleport: float, *,
                tolerance: float = 1e-6, max_iterations: int = 100,
                start: np.ndarray | None = None) -> EigenTrustResult:
-    """Global trust from the local trust matrix ``c`` (rows sum to 1 or are dangling).
+    """Global trust from the local trust matrix ``c`` and its rows' ``leak`` (the share of
+    each row that goes to the pre-trusted set: 1 for a dangling row, 0 for a full one;
+    a boolean dangling mask works too).
 
     :param p: the pre-trusted distribution (non-negative, sums to 1).
     :param teleport: ``a``, the weight of ``p`` in every step (0 < a <= 1).
@@ -76,12 +88,12 @@ def eigentrust(c: sp.csr_array, dangling: np.ndarray, p: np.ndarray, teleport: f
     keep = 1.0 - teleport
     base = teleport * p
     residual = float("inf")
-    dangling_idx = np.flatnonzero(dangling)
+    leak = np.asarray(leak, dtype=np.float64)
     for iteration in range(1, max_iterations + 1):
         new = ct @ t
         new *= keep
         new += base
-        lost = t[dangling_idx].sum()
+        lost = float(t @ leak)
         if lost:
             new += (keep * lost) * p
         residual = float(np.abs(new - t).sum())

@@ -256,8 +256,11 @@ class TrustEngine:
             known = verdict >= 0
             agree = known & (verdict == good)
             disagree = known & (verdict != good)
-            pos[_SIG["witness"]] += np.bincount(src[agree], minlength=cap)[:cap]
-            neg[_SIG["witness"]] += np.bincount(src[disagree], minlength=cap)[:cap]
+            # per tick and observer: one lie taints the tick (-1); else any checked truth +1
+            lies = np.bincount(src[disagree], minlength=cap)[:cap] > 0
+            truths = np.bincount(src[agree], minlength=cap)[:cap] > 0
+            neg[_SIG["witness"], lies] = 1.0
+            pos[_SIG["witness"], truths & ~lies] = 1.0
             pos[_SIG["witness"], 0] = neg[_SIG["witness"], 0] = 0.0
 
         ev_obj = self.evidence
@@ -274,7 +277,9 @@ class TrustEngine:
         e_dst = np.concatenate((dst, online))
         e_w = np.concatenate((np.where(good, 1.0, -1.0), np.ones(online.size)))
         e_w *= witness_score[e_dst]
-        c, dangling = local_trust(e_src, e_dst, e_w, n_slots)
+        credibility = witness_score[:n_slots].copy()
+        credibility[0] = 1.0  # the orchestrator's own evidence
+        c, leak = local_trust(e_src, e_dst, e_w, n_slots, credibility)
         p = np.zeros(n_slots)
         p[0] = 1.0
         for node_id in attested:
@@ -288,7 +293,7 @@ class TrustEngine:
         p /= p.sum()
         start = self.global_trust[:n_slots].copy()
         start[~active] = 0.0
-        eigen = eigentrust(c, dangling, p, st.teleport, tolerance=st.tolerance, max_iterations=st.max_iterations,
+        eigen = eigentrust(c, leak, p, st.teleport, tolerance=st.tolerance, max_iterations=st.max_iterations,
                            start=start if start.sum() > 0 else None)
         self.global_trust[:n_slots] = eigen.trust
         self.global_trust[n_slots:] = 0.0
