@@ -18,6 +18,7 @@ lower a node's trust, never raise it). See ``docs/trust.md``.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,7 +41,11 @@ from wyneos_core.yamlio import LocatedError
 
 __all__ = ["TrustState", "state_of", "record_refusals", "record_acks"]
 
-_STATUS = {s: STATUS_CODES[s.value] for s in NodeStatus}
+#: status member's id() -> code (an int-keyed lookup: Enum's own __hash__ is Python code)
+_STATUS_BY_IDENTITY = {id(s): STATUS_CODES[s.value] for s in NodeStatus}
+_ID = operator.attrgetter("id")
+_STATUS_OF = operator.attrgetter("status")
+_FINGERPRINT = operator.attrgetter("fingerprint")
 
 
 class TrustState:
@@ -56,6 +61,7 @@ class TrustState:
         self._refusals: Counter[str] = Counter()
         self._acks: list[tuple[str, bool]] = []
         self.slots = np.zeros(0, dtype=np.int64)
+        self.declared: frozenset[str] | None = None
 
     def add_refusals(self, node_ids: Iterable[str]) -> None:
         with self._lock:
@@ -120,14 +126,13 @@ def wyneos_startup(orchestrator: Orchestrator) -> None:
 
 def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences: Mapping[str, LicenceResult],
            results: Sequence[RuleResult]) -> Evidence:
-    """This tick's evidence for the trust engine."""
-    status_of = _STATUS
-    status = np.fromiter((status_of[n.status] for n in nodes), dtype=np.int8, count=len(nodes))
-    get = licences.get
-    lic_codes = []
-    for n in nodes:
-        r = get(n.id)
-        lic_codes.append(3 if r is None else (2 if not r.valid else (1 if r.in_grace else 0)))
+    """This tick's evidence for the trust engine (one pass of C-level maps per field:
+    at 100,000 nodes every Python-level step per node costs milliseconds)."""
+    ids = list(map(_ID, nodes))
+    codes = _STATUS_BY_IDENTITY
+    status = np.fromiter(map(codes.__getitem__, map(id, map(_STATUS_OF, nodes))), dtype=np.int8, count=len(nodes))
+    lic_codes = [3 if r is None else (2 if not r.valid else (1 if r.in_grace else 0))
+                 for r in map(licences.get, ids)]
     refusals, acks = state.drain()
     for item in ctx.report.heartbeats_rejected:
         node_id = item.get("node_id")
@@ -144,11 +149,14 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
         acks.extend((d.target, True) for d in last.deliveries if d.delivered)
         acks.extend((d.target, False) for d in last.deliveries if not d.delivered and d.reason == "refused")
     failed = [(r.node_id, r.severity.rank) for r in results if not r.passed]
+    declared = state.declared
+    if declared is None:
+        declared = state.declared = frozenset(spec["id"] for spec in ctx.config["nodes"])
     return Evidence(
-        tick=ctx.tick, node_ids=[n.id for n in nodes], status=status,
-        licence=np.array(lic_codes, dtype=np.int8), fingerprints=[n.fingerprint for n in nodes],
+        tick=ctx.tick, node_ids=ids, status=status,
+        licence=np.array(lic_codes, dtype=np.int8), fingerprints=list(map(_FINGERPRINT, nodes)),
         failed=failed, governed=bool(results), refusals=refusals, acks=acks,
-        observations=observations_of(ctx), declared=frozenset(spec["id"] for spec in ctx.config["nodes"]),
+        observations=observations_of(ctx), declared=declared,
     )
 
 

@@ -233,7 +233,7 @@ class Recorder:
             track = self._track(fault)
             detected = [t - fault.at for t in track.detected.values()]
             acted = [t - fault.at for t in track.acted.values()]
-            detectable = fault.kind not in ("message_loss",) and not (
+            detectable = fault.kind not in ("message_loss", "colluders", "degrading") and not (
                 fault.kind == "clock_skew" and abs(float(fault.params.get("skew", 120))) <= self.max_skew)
             faults.append({
                 "fault": fault.label,

@@ -19,6 +19,7 @@ from wyneos_core.simulate.licences import CUSTOMER, write_licences
 from wyneos_core.wording import plural
 from wyneos_core.simulate.metrics import Recorder, TickSample, check_expectations
 from wyneos_core.simulate.scenario import Scenario, node_ids
+from wyneos_core.simulate.trust_faults import SimWitnesses, check_trust_expectations, trust_text
 from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator
 
@@ -84,6 +85,7 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
     cluster.consensus_settings = dict(config["consensus"])
     cluster.licences = licences
     orchestrator.pm.register(cluster, SimCluster.__wyneos_name__)
+    orchestrator.pm.register(SimWitnesses(scenario, cluster), SimWitnesses.__wyneos_name__)
     return orchestrator, cluster, clock
 
 
@@ -122,6 +124,10 @@ def simulate(scenario: Scenario, *, progress: bool = False, state_path: str | Pa
         shutil.rmtree(workdir, ignore_errors=True)
     summary = recorder.summary(time.perf_counter() - started)
     failures = check_expectations(summary, scenario.expect)
+    witnesses = orchestrator.pm.get_plugin(SimWitnesses.__wyneos_name__)
+    if witnesses is not None and "trust" in orchestrator.pm.origins:
+        summary["trust"] = witnesses.summary()
+        failures += check_trust_expectations(summary["trust"], scenario.expect)
     summary["expectations"] = {"checked": sorted(scenario.expect), "failed": failures}
     return SimResult(scenario, summary, recorder.samples, failures, orchestrator, cluster)
 
@@ -230,6 +236,8 @@ def summary_text(summary: dict[str, Any]) -> str:
         lines.append(f"  {note}")
     if "consensus_comparison" in s:
         lines.append(comparison_text(s["consensus_comparison"]))
+    if "trust" in s:
+        lines.append(trust_text(s["trust"]))
     failed = s.get("expectations", {}).get("failed", [])
     checked = s.get("expectations", {}).get("checked", [])
     if checked:

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 FAULT_KINDS = ("crash", "hang", "overload", "flapping", "partition", "licence_expiry", "forged_licence",
-               "clock_skew", "message_loss", "orchestrator_link_loss", "liar")
+               "clock_skew", "message_loss", "orchestrator_link_loss", "liar", "colluders", "degrading")
 
 #: Orchestrator settings of a simulation unless the scenario says otherwise: the tick and
 #: the heartbeat share one rhythm, nothing is written to stdout or files.
@@ -146,7 +146,7 @@ def load_scenario(path: str | Path | None = None, *, text: str | None = None, na
             raise located.error(("faults", index), "give exactly one of nodes, count or fraction")
         if raw["until"] is not None and raw["until"] <= raw["at"]:
             raise located.error(("faults", index, "until"), f"must be after at ({raw['at']}), got {raw['until']}")
-        params = {k: raw[k] for k in ("extra", "down", "up", "skew", "probability", "forgery") if k in raw}
+        params = {k: raw[k] for k in ("extra", "down", "up", "skew", "probability", "forgery", "rate") if k in raw}
         for name, value in params.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise located.error(("faults", index, name), f"must be a finite number, got {value}")
