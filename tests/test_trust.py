@@ -83,7 +83,7 @@ def test_eigentrust_equals_networkx_personalised_pagerank_on_random_graphs(seed)
     assert np.abs(got.trust - want).max() < 1e-9
     assert got.trust.sum() == pytest.approx(1.0)
     # the matrix is sparse: it holds the distinct positive edges, never n * n entries
-    assert c.nnz <= len(edges)
+    assert c.nnz <= len(edges)  # (c is C transposed: one row per subject)
 
 
 @pytest.mark.parametrize("seed", range(3))
