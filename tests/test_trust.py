@@ -426,3 +426,36 @@ def test_refused_messages_and_witness_lies_lower_the_behaviour_score():
     assert sig["liar"]["witness"]["pull"] < 0 < sig["honest"]["witness"]["pull"]
     # a liar's word about "x" is discounted and its own peer score sinks
     assert info["liar"]["peer"] < info["honest"]["peer"]
+
+
+def test_only_changed_rows_are_written_again():
+    eng = TrustEngine(settings())
+    ids = [f"n{i}" for i in range(20)]
+    scores = eng.score(Evidence(1, ids, np.zeros(20, dtype=np.int8), np.zeros(20, dtype=np.int8)))
+    eng.assign({})
+    assert len(eng.rows_to_persist(scores.slots, everything=True)) == 20
+    assert eng.rows_to_persist(scores.slots) == []          # nothing moved since
+    eng.tier[scores.slots[3]] = int(Tier.UNTRUSTED)          # one tier changes
+    rows = eng.rows_to_persist(scores.slots)
+    assert [r[0] for r in rows] == ["n3"] and rows[0][3] == "untrusted"
+    restored = TrustEngine(settings())
+    assert restored.restore([dict(zip(("node_id", "fingerprint", "trust", "tier", "admission", "admission_reason",
+                                       "joined_tick", "evidence", "updated_tick"), r)) for r in rows]) == 1
+    assert restored.tier[restored.index["n3"]] == int(Tier.UNTRUSTED)
+
+
+def test_an_empty_cluster_and_garbage_observations_do_not_break_the_step(make_orchestrator, clock):
+    class Garbage:
+        @hookimpl
+        def wyneos_heartbeat(self, ctx):
+            ctx.scratch["observations"] = [("n01", "n02", "yes"), ("ghost", "n01", True), (1, 2, 3), "x",
+                                           ("n01", "n02", True), ("n02", "n02", True)]
+
+    orch = make_orchestrator(cluster_yaml(2), plugins=[Garbage()])
+    report = run(orch, clock, 2)[-1]
+    assert not [e for e in report.errors if e.hook == "wyneos_trust"]
+    assert report.trust["peer"]["observations"] == 1        # only the well-formed edge between two nodes
+    assert report.trust["peer"]["observations_dropped"] == 5
+    empty = TrustEngine(settings())
+    scores = empty.score(Evidence(1, [], np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.int8)))
+    assert empty.assign({}) == [] and scores.combined.size == 0

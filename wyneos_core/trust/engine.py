@@ -112,7 +112,10 @@ class TrustEngine:
         self.fingerprint_of: dict[str, int] = {}                  # key fingerprint -> slot
         self.tick = 0
         self._scores: Scores | None = None
-        self.persisted: dict[int, tuple[float, int, int]] = {}    # slot -> (trust, tier, admission) last written
+        #: per slot, what was last written to the store: trust (rounded to 0.01; NaN: never), tier, admission
+        self.persisted_trust = np.full(capacity, np.nan)
+        self.persisted_tier = np.full(capacity, -1, dtype=np.int8)
+        self.persisted_admission = np.full(capacity, -1, dtype=np.int8)
         self._vocabulary: tuple[Any, np.ndarray, int] | None = None
         #: this tick's (positive, negative) evidence, for ``explain``'s change since last tick
         self._last_evidence: tuple[np.ndarray, np.ndarray] | None = None
@@ -130,7 +133,8 @@ class TrustEngine:
             return
         capacity = max(needed, 2 * self.capacity)
         self.evidence.grow(capacity)
-        for name, fill in (("peer", 0.0), ("trust", 0.0), ("tier", int(Tier.PROBATION)),
+        for name, fill in (("persisted_trust", np.nan), ("persisted_tier", -1), ("persisted_admission", -1),
+                           ("peer", 0.0), ("trust", 0.0), ("tier", int(Tier.PROBATION)),
                            ("admission", PENDING), ("joined", 0), ("global_trust", 0.0)):
             old = getattr(self, name)
             shape = (old.shape[0], capacity) if old.ndim == 2 else (capacity,)
@@ -478,24 +482,27 @@ class TrustEngine:
                         everything: bool = False) -> list[tuple]:
         """Rows for the store's trust table: nodes whose trust moved by 0.01 or more, whose
         tier or admission changed since last written (or all, with ``everything``)."""
+        rounded = np.round(self.trust[slots], 2)
+        if everything:
+            chosen = slots
+        else:
+            changed = ((rounded != self.persisted_trust[slots]) | (self.tier[slots] != self.persisted_tier[slots])
+                       | (self.admission[slots] != self.persisted_admission[slots]))
+            chosen = slots[changed]
+        self.persisted_trust[slots] = rounded
+        self.persisted_tier[slots] = self.tier[slots]
+        self.persisted_admission[slots] = self.admission[slots]
         out = []
-        trust = self.trust
-        tier = self.tier
-        adm = self.admission
-        persisted = self.persisted
         r, s = self.evidence.r, self.evidence.s
-        for slot in slots.tolist():
-            now = (round(float(trust[slot]), 2), int(tier[slot]), int(adm[slot]))
-            if not everything and persisted.get(slot) == now:
-                continue
-            persisted[slot] = now
+        for slot in chosen.tolist():
             node_id = self.ids[slot]
             reason = self.admission_reason.get(slot)
             fp = fingerprints.get(node_id) if fingerprints else None
             evidence = json.dumps({"r": np.round(r[:, slot], 6).tolist(), "s": np.round(s[:, slot], 6).tolist(),
                                    "peer": round(float(self.peer[slot]), 6)}, separators=(",", ":"))
-            out.append((node_id, fp, float(trust[slot]), TIER_NAMES[tier[slot]], ADMISSION_NAMES[adm[slot]],
-                        json.dumps(list(reason)) if reason else None, int(self.joined[slot]), evidence, self.tick))
+            out.append((node_id, fp, float(self.trust[slot]), TIER_NAMES[self.tier[slot]],
+                        ADMISSION_NAMES[self.admission[slot]], json.dumps(list(reason)) if reason else None,
+                        int(self.joined[slot]), evidence, self.tick))
         return out
 
     def restore(self, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -529,6 +536,8 @@ class TrustEngine:
                     self.admission_reason[slot] = (str(rule), str(text))
                 except (ValueError, TypeError):
                     pass
-            self.persisted[slot] = (round(float(row["trust"]), 2), tier, adm)
+            self.persisted_trust[slot] = round(float(row["trust"]), 2)
+            self.persisted_tier[slot] = tier
+            self.persisted_admission[slot] = adm
             count += 1
         return count
