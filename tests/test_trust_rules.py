@@ -97,3 +97,22 @@ def test_trust_at_least_refuses_an_unknown_tier_at_load_time() -> None:
         parse('trust_at_least("gold")')
     with pytest.raises(ExprError, match="string literal|constant|literal"):
         parse("trust_at_least(node.trust_tier)")
+
+
+@pytest.mark.parametrize("engine", ["native", "durable"])
+def test_a_ruleset_test_file_can_give_nodes_a_trust_and_a_tier(tmp_path, engine):
+    from wyneos_core.rules.testing import run_test_file
+
+    (tmp_path / "gates.yaml").write_text(
+        "ruleset: gates\nstage: enforcement\nrules:\n"
+        "  - id: quarantine-untrusted\n    description: untrusted nodes are quarantined\n    when: not trust_at_least('probation') or node.trust < 0.2\n"
+        "    then: [{quarantine: {}}]\n")
+    (tmp_path / "gates_test.yaml").write_text(
+        "ruleset: gates.yaml\ntests:\n  - name: untrusted nodes are quarantined\n    nodes:\n"
+        "      - {id: bad, trust: 0.1, trust_tier: untrusted}\n"
+        "      - {id: new, trust: 0.4, trust_tier: probation}\n"
+        "      - {id: never-scored}\n"
+        "    expect:\n      actions:\n        - {type: quarantine, target: bad}\n"
+        "        - {type: quarantine, target: never-scored}\n")
+    _, outcomes = run_test_file(tmp_path / "gates_test.yaml", engine=engine)
+    assert [o.passed for o in outcomes] == [True], [o.failures for o in outcomes]

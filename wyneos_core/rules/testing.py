@@ -43,6 +43,8 @@ _NODE = {
         "heartbeat_age": {"type": ["number", "null"]}, "last_seen": {"type": ["number", "null"]},
         "isolated": {"type": "boolean"}, "licence_ref": {"type": ["string", "null"]},
         "fingerprint": {"type": ["string", "null"]},
+        "trust": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "trust_tier": {"enum": ["untrusted", "probation", "trusted", "attested", None]},
     },
 }
 _LICENCE = {
@@ -144,7 +146,8 @@ def _node(spec: dict[str, Any], now: float) -> Node:
         status = "online" if last_seen is not None or "heartbeat_age" not in spec else "unknown"
     return Node(spec["id"], NodeStatus(status), last_seen=last_seen, load=spec.get("load"),
                 metadata=dict(spec.get("metadata", {})), licence_ref=spec.get("licence_ref"),
-                fingerprint=spec.get("fingerprint"), isolated=bool(spec.get("isolated", False)))
+                fingerprint=spec.get("fingerprint"), isolated=bool(spec.get("isolated", False)),
+                trust=spec.get("trust"), trust_tier=spec.get("trust_tier"))
 
 
 def _licence(node_id: str, spec: dict[str, Any]) -> LicenceResult:
