@@ -86,8 +86,9 @@ def run_step(orch: Orchestrator, ids: list[str], licences: dict, obs: list, tick
     scores = trust_plugin.wyneos_trust(ctx=ctx, nodes=nodes, licences=licences, results=results)
     _apply_trust([("trust", scores)], nodes, report, report.errors, {"trust": "builtin"})
     elapsed = time.perf_counter() - t0
+    parts = dict(trust_plugin.state_of(orch).engine.timings)
     return elapsed, {"scored": sum(1 for n in nodes if n.trust is not None), "peer": report.trust["peer"],
-                     "tiers": report.trust["tiers"]}
+                     "tiers": report.trust["tiers"], "parts": parts}
 
 
 def baseline(n: int, obs: ObservationBatch, tolerance: float, teleport: float) -> tuple[float, int]:
@@ -153,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{statistics.median(row['iterations']):>6} {statistics.median(row['baseline_iterations']):>10} "
           f"{row['scored']:>7} {row['observations_used']:>10}")
     print(f"tiers after the last tick: {row['tiers']}")
+    parts = {k: statistics.median(i["parts"][k] for i in infos) for k in infos[-1]["parts"]}
+    row["parts_s"] = parts
+    print("inside the engine (median s): " + ", ".join(f"{k} {v:.4f}" for k, v in parts.items())
+          + f"; the rest (gathering from the nodes, admission, tiers, applying): {step - sum(parts.values()):.4f}")
     if args.json:
         args.json.write_text(json.dumps(row, indent=2))
     return 0

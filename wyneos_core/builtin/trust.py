@@ -22,6 +22,7 @@ import operator
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,10 @@ _STATUS_BY_IDENTITY = {id(s): STATUS_CODES[s.value] for s in NodeStatus}
 _ID = operator.attrgetter("id")
 _STATUS_OF = operator.attrgetter("status")
 _FINGERPRINT = operator.attrgetter("fingerprint")
+_VALID = operator.attrgetter("valid")
+_GRACE = operator.attrgetter("in_grace")
+#: stands in for "no licence result" (the licence step is off, or has no opinion)
+_NO_RESULT = LicenceResult("", True, "none")
 
 
 class TrustState:
@@ -131,8 +136,12 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
     ids = list(map(_ID, nodes))
     codes = _STATUS_BY_IDENTITY
     status = np.fromiter(map(codes.__getitem__, map(id, map(_STATUS_OF, nodes))), dtype=np.int8, count=len(nodes))
-    lic_codes = [3 if r is None else (2 if not r.valid else (1 if r.in_grace else 0))
-                 for r in map(licences.get, ids)]
+    found = list(map(licences.get, ids, repeat(_NO_RESULT)))
+    count = len(found)
+    valid = np.fromiter(map(_VALID, found), dtype=bool, count=count)
+    grace = np.fromiter(map(_GRACE, found), dtype=bool, count=count)
+    absent = np.fromiter(map(operator.is_, found, repeat(_NO_RESULT)), dtype=bool, count=count)
+    lic_codes = np.where(absent, 3, np.where(~valid, 2, np.where(grace, 1, 0))).astype(np.int8)
     refusals, acks = state.drain()
     for item in ctx.report.heartbeats_rejected:
         node_id = item.get("node_id")
@@ -154,7 +163,7 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
         declared = state.declared = frozenset(spec["id"] for spec in ctx.config["nodes"])
     return Evidence(
         tick=ctx.tick, node_ids=ids, status=status,
-        licence=np.array(lic_codes, dtype=np.int8), fingerprints=list(map(_FINGERPRINT, nodes)),
+        licence=lic_codes, fingerprints=list(map(_FINGERPRINT, nodes)),
         failed=failed, governed=bool(results), refusals=refusals, acks=acks,
         observations=observations_of(ctx), declared=declared,
     )

@@ -90,11 +90,12 @@ def eigentrust(ct: sp.csr_array, leak: np.ndarray, p: np.ndarray, teleport: floa
     base = teleport * p
     residual = float("inf")
     leak = np.asarray(leak, dtype=np.float64)
+    scratch = np.empty_like(leak)
     for iteration in range(1, max_iterations + 1):
         new = ct @ t
         new *= keep
         new += base
-        lost = float(t @ leak)
+        lost = float(np.multiply(t, leak, out=scratch).sum())  # not t @ leak: a BLAS call, slow on a busy machine
         if lost:
             new += (keep * lost) * p
         residual = float(np.abs(new - t).sum())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import operator
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -119,6 +120,9 @@ class TrustEngine:
         self._vocabulary: tuple[Any, np.ndarray, int] | None = None
         #: this tick's (positive, negative) evidence, for ``explain``'s change since last tick
         self._last_evidence: tuple[np.ndarray, np.ndarray] | None = None
+        #: seconds spent in each part of the last ``score`` (evidence, beta, peer_matrix,
+        #: peer_iteration, combine): what ``bench/bench_trust.py`` reports
+        self.timings: dict[str, float] = {}
         #: admission decisions that changed in the last ``assign``
         self.admission_changes: list[dict[str, Any]] = []
 
@@ -185,12 +189,17 @@ class TrustEngine:
         st = self.settings
         self.tick = ev.tick
         index = self.index
+        timings = self.timings
+        t0 = time.perf_counter()
         new: list[str] = []
-        fps = ev.fingerprints or [None] * len(ev.node_ids)
-        for node_id, fp in zip(ev.node_ids, fps):
-            if node_id not in index:
-                new.append(node_id)
-                self.slot(node_id, fp, node_id in ev.declared or node_id in st.attested, ev.tick)
+        found = list(map(index.get, ev.node_ids))
+        if None in found:
+            fps = ev.fingerprints or [None] * len(ev.node_ids)
+            for node_id, fp, slot in zip(ev.node_ids, fps, found):
+                if slot is None and node_id not in index:
+                    new.append(node_id)
+                    self.slot(node_id, fp, node_id in ev.declared or node_id in st.attested, ev.tick)
+            found = list(map(index.get, ev.node_ids))
         attested = st.attested
         for node_id in attested:
             slot = index.get(node_id)
@@ -198,7 +207,7 @@ class TrustEngine:
                 self.admission[slot] = ADMITTED
                 self.admission_reason.pop(slot, None)
         n_slots = len(self.ids)
-        slots = np.fromiter(map(index.__getitem__, ev.node_ids), dtype=np.int64, count=len(ev.node_ids))
+        slots = np.array(found, dtype=np.int64).reshape(-1)
         cap = self.capacity
         pos = np.zeros((len(SIGNALS), cap))
         neg = np.zeros((len(SIGNALS), cap))
@@ -267,12 +276,15 @@ class TrustEngine:
             pos[_SIG["witness"], truths & ~lies] = 1.0
             pos[_SIG["witness"], 0] = neg[_SIG["witness"], 0] = 0.0
 
+        t1 = time.perf_counter()
+        timings["evidence"] = t1 - t0
         ev_obj = self.evidence
         ev_obj.update(st.forgetting, pos, neg)
         self._last_evidence = (pos, neg)
         scores = ev_obj.scores()
         weights = np.asarray(st.weights)
-        behaviour_all = weights @ scores / weights.sum()
+        # an explicit weighted sum, not weights @ scores: BLAS threads stall on a busy machine
+        behaviour_all = (scores * (weights / weights.sum())[:, None]).sum(axis=0)
 
         # peer score: EigenTrust over observations plus the orchestrator's own evidence
         witness_score = scores[_SIG["witness"]]
@@ -283,6 +295,8 @@ class TrustEngine:
         e_w *= witness_score[e_dst]
         credibility = witness_score[:n_slots].copy()
         credibility[0] = 1.0  # the orchestrator's own evidence
+        t2 = time.perf_counter()
+        timings["beta"] = t2 - t1
         c, leak = local_trust(e_src, e_dst, e_w, n_slots, credibility)
         p = np.zeros(n_slots)
         p[0] = 1.0
@@ -297,6 +311,8 @@ class TrustEngine:
         p /= p.sum()
         start = self.global_trust[:n_slots].copy()
         start[~active] = 0.0
+        t3 = time.perf_counter()
+        timings["peer_matrix"] = t3 - t2
         eigen = eigentrust(c, leak, p, st.teleport, tolerance=st.tolerance, max_iterations=st.max_iterations,
                            start=start if start.sum() > 0 else None)
         self.global_trust[:n_slots] = eigen.trust
@@ -312,12 +328,15 @@ class TrustEngine:
         peer = st.smoothing * self.peer[slots] + (1.0 - st.smoothing) * raw
         self.peer[slots] = peer
 
+        t4 = time.perf_counter()
+        timings["peer_iteration"] = t4 - t3
         behaviour = behaviour_all[slots]
         combined = (st.behaviour_weight * behaviour + st.peer_weight * peer) / (st.behaviour_weight + st.peer_weight)
         capped = lic == 2
         combined = np.where(capped, np.minimum(combined, st.licence_cap), combined)
         self.trust[slots] = combined
         self._scores = Scores(slots, behaviour, peer, combined, capped, eigen, int(src.size), dropped, new)
+        timings["combine"] = time.perf_counter() - t4
         return self._scores
 
     def _edges(self, observations: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
