@@ -459,3 +459,32 @@ def test_an_empty_cluster_and_garbage_observations_do_not_break_the_step(make_or
     empty = TrustEngine(settings())
     scores = empty.score(Evidence(1, [], np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.int8)))
     assert empty.assign({}) == [] and scores.combined.size == 0
+
+
+def test_explain_lists_the_signals_that_moved_trust_from_the_state_file(tmp_path, clock, capsys):
+    from conftest import config_from
+    from wyneos_core.cli import main
+    from wyneos_core.store import StateStore
+    from wyneos_core.tick import Orchestrator
+
+    text = cluster_yaml(2) + f"state: {{path: {tmp_path / 'state.db'}}}\n"
+    orch = Orchestrator(config_from(text), clock=clock, load_entrypoints=False)
+    run(orch, clock, 8)
+    orch.stop()
+    before = StateStore.open(tmp_path / "state.db").trust_rows()
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    assert main(["explain", "--node", "n01", "--config", str(cfg), "--ticks", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "tier trusted; admission admitted" in out          # carried on from the state file
+    table = out[out.index("\ntrust "):]
+    signals = {parts[0]: parts for parts in (line.split() for line in table.splitlines()) if parts
+               and parts[0] in SIGNALS}
+    assert set(signals) == set(SIGNALS)
+    assert float(signals["refusals"][1]) == 1.5                 # its weight
+    assert float(signals["licence"][5]) == 0                    # the licence step is off: no pull
+    assert main(["explain", "--node", "n01", "--config", str(cfg), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["trust"]
+    assert data["tier"] == "trusted" and data["behaviour_weight"] == 0.6
+    assert {s["signal"] for s in data["signals"]} == set(SIGNALS)
+    assert StateStore.open(tmp_path / "state.db").trust_rows() == before  # read only
