@@ -85,7 +85,8 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
     cluster.consensus_settings = dict(config["consensus"])
     cluster.licences = licences
     orchestrator.pm.register(cluster, SimCluster.__wyneos_name__)
-    orchestrator.pm.register(SimWitnesses(scenario, cluster), SimWitnesses.__wyneos_name__)
+    witnesses = SimWitnesses(scenario, cluster, int(config["heartbeat"].get("max_observations", 32)))
+    orchestrator.pm.register(witnesses, SimWitnesses.__wyneos_name__)
     return orchestrator, cluster, clock
 
 

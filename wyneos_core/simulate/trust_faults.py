@@ -1,14 +1,16 @@
 """Trust faults in simulation: colluding witnesses and slowly degrading nodes.
 
-``SimWitnesses`` is a plugin registered beside ``SimCluster``. Every tick it makes the
-witness observations of the simulated cluster (what each live node sees of its mesh
-neighbours over the simulated network: a neighbour is reachable when it is up, not hung
-and the link between them is not cut), puts them where the trust step reads them
-(``ctx.scratch["observations"]``, see ``wyneos_core/trust/observations.py``), and plays
+``SimWitnesses`` is a plugin registered beside ``SimCluster``. When the simulated nodes
+report their own witness observations with their heartbeats (the compliance mesh's
+simulated witnesses), it bends those for the faults below; otherwise it makes the
+observations itself every tick (what each live node sees of its mesh neighbours over
+the simulated network: a neighbour is reachable when it is up, not hung and the link
+between them is not cut) and puts them where the trust step reads them
+(``ctx.scratch["observations"]``, see ``wyneos_core/trust/observations.py``). It plays
 two fault kinds:
 
 * ``colluders`` (``count`` or ``fraction``): a group whose members vouch for one another
-  (each reports every other member reachable, neighbour or not) and report every other
+  (each reports other members reachable, neighbour or not) and report every other
   neighbour down;
 * ``degrading``: nodes whose behaviour slowly worsens. From the fault's start, with a
   chance growing by ``rate`` each tick (``min(1, rate * ticks since start)``), a
@@ -22,6 +24,7 @@ the median trust of honest nodes, and each degrading node's tier, from which
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 from typing import Any
@@ -45,9 +48,16 @@ class SimWitnesses:
 
     __wyneos_name__ = "simulated-witnesses"
 
-    def __init__(self, scenario: Scenario, cluster: Any) -> None:
+    def __init__(self, scenario: Scenario, cluster: Any, max_observations: int = 32) -> None:
         self.scenario = scenario
         self.cluster = cluster
+        self.max_observations = max_observations
+        #: the cluster's nodes report their own witness observations with their heartbeats
+        #: (the compliance mesh's simulated witnesses): the faults then bend those
+        #: instead of this plugin making observations of its own
+        self.bends = bool(getattr(cluster, "witnesses", False)) and hasattr(cluster, "_observe")
+        if self.bends:
+            self._wrap(cluster)
         self.rng = random.Random(scenario.seed + 7)
         self.faults = [f for f in scenario.faults if f.kind in TRUST_FAULTS]
         self.colluders: set[str] = set()
@@ -74,9 +84,45 @@ class SimWitnesses:
                 for n in nodes:
                     self.degrading[n] = max(self.degrading.get(n, 0.0), chance)
 
+    def _wrap(self, cluster: Any) -> None:
+        begin, observe = cluster.begin_tick, cluster._observe
+
+        def begin_tick(tick: int, now: float) -> None:
+            begin(tick, now)
+            self._begin(tick)
+
+        def bent(node_id: str) -> tuple[Any, ...]:
+            return self._bend(node_id, observe(node_id))
+
+        cluster.begin_tick = begin_tick
+        cluster._observe = bent
+
+    def _bend(self, node_id: str, seen: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A colluder's or a degrading node's version of what it saw."""
+        colluders = self.colluders
+        wrong = self.degrading.get(node_id, 0.0)
+        if node_id in colluders:
+            out = [dataclasses.replace(o, reachable=o.subject in colluders) for o in seen]
+            room = self.max_observations - len(out)
+            pool = [m for m in sorted(colluders) if m != node_id and m not in {o.subject for o in out}]
+            if room > 0 and pool:
+                from wyneos_core.model import Observation  # the compliance mesh's witness model
+
+                for other in (pool if len(pool) <= room else self.rng.sample(pool, room)):
+                    out.append(Observation(node_id, other, True, None, None, True))
+            seen = tuple(out)
+        elif wrong:
+            rng = self.rng
+            seen = tuple(dataclasses.replace(o, reachable=not o.reachable) if rng.random() < wrong else o
+                         for o in seen)
+        self.observations += len(seen)
+        return seen
+
     @hookimpl(trylast=True)
     def wyneos_heartbeat(self, ctx: TickContext) -> list[Heartbeat]:
         """Observations into the tick; malformed heartbeats of degrading nodes."""
+        if self.bends:
+            return self._malformed(ctx)  # the observations came with the heartbeats, bent
         self._begin(ctx.tick)
         cluster = self.cluster
         down, hung, reach = cluster.down, cluster.hung, cluster.reachable
@@ -104,11 +150,12 @@ class SimWitnesses:
                     out.append((node_id, other, True))
         ctx.scratch.setdefault(SCRATCH_KEY, []).extend(out)
         self.observations += len(out)
-        bad = []
-        for node_id, chance in degrading.items():
-            if node_id not in down and rng.random() < chance:
-                bad.append(Heartbeat(node_id, ctx.now, -1.0))  # load out of range: refused
-        return bad
+        return self._malformed(ctx)
+
+    def _malformed(self, ctx: TickContext) -> list[Heartbeat]:
+        down, rng = self.cluster.down, self.rng
+        return [Heartbeat(node_id, ctx.now, -1.0)  # load out of range: refused by the registry
+                for node_id, chance in self.degrading.items() if node_id not in down and rng.random() < chance]
 
     @hookimpl
     def wyneos_tick_report(self, ctx: TickContext, report: TickReport) -> None:

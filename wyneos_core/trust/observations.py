@@ -1,8 +1,10 @@
 """Witness observations: what one node saw of another, the peer score's input.
 
-Until the compliance mesh's typed witness model feeds the tick, the trust step reads a
-plain sequence of observation edges from the tick context: ``ctx.scratch["observations"]``,
-each an ``Observation`` (or any 3-tuple ``(observer, subject, reachable)``):
+The trust step reads the witness observations the tick's heartbeats carried (the
+compliance mesh's typed model, ``ctx.observations``, when the tick has it: each with
+``observer``, ``subject`` and ``reachable``) and a plain sequence of observation edges
+from the tick context, ``ctx.scratch["observations"]``, each an ``Observation`` (or any
+3-tuple ``(observer, subject, reachable)``):
 
 * ``observer``: id of the node that reports (or ``"orchestrator"`` for its own probes);
 * ``subject``: id of the node observed;
@@ -64,11 +66,25 @@ class ObservationBatch:
 
 
 def observations_of(ctx: Any) -> Sequence[tuple[str, str, bool]] | ObservationBatch:
-    """The tick's observation edges (possibly empty): a sequence of triples, or one
-    ``ObservationBatch``."""
+    """The tick's observation edges (possibly empty): the witness observations the
+    heartbeats carried (``ctx.observations``, the compliance mesh's typed model, when the
+    tick has them) and whatever plugins put in ``ctx.scratch["observations"]``: a
+    sequence of triples, or one ``ObservationBatch`` when nothing else came."""
     found: Iterable[Any] | ObservationBatch | None = ctx.scratch.get(SCRATCH_KEY)
+    typed = getattr(ctx, "observations", None)
+    if not typed:
+        if found is None:
+            return ()
+        if isinstance(found, ObservationBatch):
+            return found
+        return found if isinstance(found, (list, tuple)) else list(found)
+    edges = [(o.observer, o.subject, o.reachable) for o in typed]
     if found is None:
-        return ()
+        return edges
     if isinstance(found, ObservationBatch):
-        return found
-    return found if isinstance(found, (list, tuple)) else list(found)
+        ids = found.ids
+        found = [(ids[a], ids[b], bool(r)) for a, b, r in zip(found.observer.tolist(), found.subject.tolist(),
+                                                              np.asarray(found.reachable).tolist())
+                 if 0 <= a < len(ids) and 0 <= b < len(ids)]
+    edges.extend(found)
+    return edges
