@@ -186,7 +186,7 @@ def wyneos_trust(
     :param licences: licence results by node id.
     :param results: every governance result of this tick.
     :return: node id -> ``(score in 0..1, tier name)`` for the nodes the plugin scores,
-        or None. Added in 0.2.
+        or None.
     """
 
 
