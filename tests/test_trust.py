@@ -488,3 +488,14 @@ def test_explain_lists_the_signals_that_moved_trust_from_the_state_file(tmp_path
     assert data["tier"] == "trusted" and data["behaviour_weight"] == 0.6
     assert {s["signal"] for s in data["signals"]} == set(SIGNALS)
     assert StateStore.open(tmp_path / "state.db").trust_rows() == before  # read only
+
+
+def test_observations_of_a_node_that_left_are_dropped_and_its_record_kept():
+    eng = TrustEngine(settings())
+    status = np.zeros(3, dtype=np.int8)
+    eng.score(Evidence(1, ["a", "b", "c"], status, np.zeros(3, dtype=np.int8)))
+    scores = eng.score(Evidence(2, ["a", "b"], status[:2], np.zeros(2, dtype=np.int8),
+                                observations=[("a", "c", True), ("c", "a", True), ("a", "b", True)]))
+    assert (scores.observations_used, scores.observations_dropped) == (1, 2)
+    assert abs(eng.global_trust.sum() - 1) < 1e-9 and eng.global_trust[eng.index["c"]] == 0
+    assert "c" in eng.index  # kept: re-enrolling as "c" carries on from its record

@@ -261,6 +261,14 @@ class TrustEngine:
 
         # witness observations: to slot indexes (unknown ids and self-observations dropped)
         src, dst, good, dropped = self._edges(ev.observations)
+        active = np.zeros(n_slots, dtype=bool)
+        active[0] = True
+        active[slots] = True
+        if src.size:  # edges of nodes no longer registered (their slots are kept) are dropped too
+            live = active[src] & active[dst]
+            if not live.all():
+                dropped += int(src.size - np.count_nonzero(live))
+                src, dst, good = src[live], dst[live], good[live]
         truth = np.full(cap, -1, dtype=np.int8)           # -1 unknown, 1 up, 0 down (orchestrator's own view)
         truth[slots[status == 0]] = 1
         truth[slots[status == 2]] = 0
@@ -304,9 +312,6 @@ class TrustEngine:
             slot = index.get(node_id)
             if slot is not None:
                 p[slot] = 1.0
-        active = np.zeros(n_slots, dtype=bool)
-        active[0] = True
-        active[slots] = True
         p[~active] = 0.0
         p /= p.sum()
         start = self.global_trust[:n_slots].copy()
