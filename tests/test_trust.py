@@ -220,6 +220,12 @@ def test_declared_nodes_climb_to_trusted_and_a_silent_one_falls(make_orchestrato
     assert n06.trust_tier in ("probation", "untrusted") and n06.trust < 0.6
     drops = [c for r in reports for c in r.trust["changes"] if c["node_id"] == "n06"]
     assert drops and drops[0]["from"] == "trusted"
+    from wyneos_core.builtin.report import summary_lines
+
+    printed = [line for r in reports for line in summary_lines(r)]
+    assert any(line.startswith(f"  trust    1 trusted -> {drops[0]['to']} (n06") for line in printed), printed
+    verbose = [line for r in reports for line in summary_lines(r, verbosity="verbose")]
+    assert any(line.startswith(f"  trust    n06: trusted -> {drops[0]['to']} (score ") for line in verbose)
     assert all(orch.registry.get(f"n0{i}").trust_tier == "trusted" for i in range(1, 6))
 
 

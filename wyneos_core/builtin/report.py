@@ -41,6 +41,7 @@ def summary_lines(report: TickReport, previous: TickReport | None = None,
     lines += _licence_lines(report, previous, held)
     lines += _rule_lines(report, previous, held)
     lines += _grouped_transitions(report)
+    lines += _trust_lines(report)
     lines += _action_lines(report)
     lines += _delivery_lines(report)
     lines += _reject_lines(report, previous, held)
@@ -197,6 +198,24 @@ def _grouped_transitions(report: TickReport) -> list[str]:
     return _capped(lines, "status changes") + _capped(alert_lines, "alert changes")
 
 
+def _trust_lines(report: TickReport) -> list[str]:
+    """Tier moves and admission decisions of the tick, grouped (docs/trust.md)."""
+    trust = report.trust
+    moves: dict[tuple[str, str], list[str]] = {}
+    for c in trust.get("changes", []):
+        moves.setdefault((c["from"], c["to"]), []).append(c["node_id"])
+    total = trust.get("changes_total", 0)
+    lines = [f"  trust    {len(ids) if total <= len(trust.get('changes', [])) else str(len(ids)) + '+'} "
+             f"{old} -> {new} ({examples(ids)})"
+             for (old, new), ids in sorted(moves.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+    decided: dict[tuple[str, str, str], list[str]] = {}
+    for a in trust.get("admission", []):
+        decided.setdefault((a["decision"], a["rule"], a["reason"]), []).append(a["node_id"])
+    lines += [f"  admit    {len(ids)} {decision}" + (f" by {rule}: {reason}" if rule else "") + f" ({examples(ids)})"
+              for (decision, rule, reason), ids in sorted(decided.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+    return _capped(lines, "trust changes")
+
+
 def _for(action: Action) -> str:
     """`` for licence:CODE`` or `` for rule:RULE`` when the action's cause says more than
     its origin (``wyneos_core.causes``), else nothing."""
@@ -275,6 +294,10 @@ def _verbose_lines(report: TickReport, previous: TickReport | None) -> list[str]
             lines.append(f"  status   {t['node_id']}: {t['from']} -> {t['to']}")
         elif t.get("kind") == "rule":
             lines.append(f"  alert    {t['rule_id']} on {t['node_id']}: {t['from']} -> {t['to']}")
+    for c in report.trust.get("changes", []):
+        lines.append(f"  trust    {c['node_id']}: {c['from']} -> {c['to']} (score {c['trust']:.2f})")
+    for a in report.trust.get("admission", []):
+        lines.append(f"  admit    {a['node_id']}: {a['decision']}" + (f" by {a['rule']}: {a['reason']}" if a["rule"] else ""))
     for a in report.actions:
         lines.append(f"  action   {a.type} {a.target} ({a.severity.value}){_for(a)} by {a.origin}: {a.reason}")
     for e in report.lifecycle:
