@@ -505,3 +505,23 @@ def test_observations_of_a_node_that_left_are_dropped_and_its_record_kept():
     assert (scores.observations_used, scores.observations_dropped) == (1, 2)
     assert abs(eng.global_trust.sum() - 1) < 1e-9 and eng.global_trust[eng.index["c"]] == 0
     assert "c" in eng.index  # kept: re-enrolling as "c" carries on from its record
+
+
+def test_consensus_witnesses_are_weighted_by_tier(make_orchestrator, clock):
+    class Reader:
+        seen: list = []
+
+        @hookimpl
+        def wyneos_enforcement(self, ctx):
+            Reader.seen.append(dict(ctx.scratch.get("witness_weights", {})))
+            return []
+
+    class Licences:
+        @hookimpl
+        def wyneos_licence_validate(self, nodes):
+            return [LicenceResult(n.id, n.id != "n03", "ok" if n.id != "n03" else "revoked") for n in nodes]
+
+    orch = make_orchestrator(cluster_yaml(3), plugins=[Reader(), Licences()])
+    run(orch, clock, 6)
+    assert Reader.seen[0] == {"n01": 0.5, "n02": 0.5, "n03": 0.0}  # probation, probation, untrusted
+    assert Reader.seen[-1] == {"n03": 0.0}                           # n01, n02 trusted: weight 1, not listed

@@ -46,3 +46,7 @@ def test_yaml_examples_are_valid(tmp_path):
 def test_the_documented_defaults_are_the_schema_defaults():
     documented = re.search(r"```yaml\n(trust:\n  forgetting.*?)```", PAGE.read_text(), re.S).group(1)
     assert load_config(text=documented)["trust"] == load_config(text="{}")["trust"]
+    import yaml
+
+    shown = yaml.safe_load(documented)["trust"]
+    assert set(shown) == set(load_config(text="{}")["trust"])  # every setting is shown

@@ -191,6 +191,7 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
         ticks_in = {p.id: ctx.tick - int(engine.joined[engine.index[p.id]]) for p in probes}
         decisions = rules.decide(probes, licences, env, ticks_in)
     changes = engine.assign(decisions)
+    _witness_weights(ctx, state, evidence.node_ids, scores.slots)
     adm = engine.admission[scores.slots]
     ctx.report.trust.update({
         "changes": changes,
@@ -203,6 +204,20 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
                  "observations_dropped": scores.observations_dropped},
     })
     return TrustScores(nodes, scores.combined.tolist(), engine.tier_names(scores.slots))
+
+
+def _witness_weights(ctx: TickContext, state: TrustState, node_ids: Sequence[str], slots: np.ndarray) -> None:
+    """Consensus witnesses weighted by trust: ``ctx.scratch["witness_weights"]`` gets the
+    weight (``trust.witness_weights`` by tier) of every node whose weight is not 1; the
+    decide step's consensus multiplies its own weights by them."""
+    weights = state.settings.witness_weights[state.engine.tier[slots]]
+    lowered = np.flatnonzero(weights != 1.0)
+    if not lowered.size:
+        return
+    out = ctx.scratch.setdefault("witness_weights", {})
+    for i in lowered.tolist():
+        node_id = node_ids[i]
+        out[node_id] = out.get(node_id, 1.0) * float(weights[i])
 
 
 @hookimpl

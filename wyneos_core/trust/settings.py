@@ -50,6 +50,7 @@ class TrustSettings:
     features: dict[str, int]              # feature -> minimum tier rank
     probation_ticks: int
     admission_file: str | None
+    witness_weights: np.ndarray           # per tier rank: weight as a consensus witness
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> TrustSettings:
@@ -99,6 +100,7 @@ class TrustSettings:
             features=features,
             probation_ticks=int(section["admission"]["probation_ticks"]),
             admission_file=section["admission"]["rules"],
+            witness_weights=np.array([float(section["witness_weights"][name]) for name in TIER_NAMES]),
         )
 
     def tier_of_feature(self, feature: str) -> Tier | None:
