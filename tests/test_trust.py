@@ -525,3 +525,19 @@ def test_consensus_witnesses_are_weighted_by_tier(make_orchestrator, clock):
     run(orch, clock, 6)
     assert Reader.seen[0] == {"n01": 0.5, "n02": 0.5, "n03": 0.0}  # probation, probation, untrusted
     assert Reader.seen[-1] == {"n03": 0.0}                           # n01, n02 trusted: weight 1, not listed
+
+
+def test_agent_acknowledgements_and_service_refusals_reach_the_next_step(make_orchestrator, clock):
+    from wyneos_core.builtin.trust import explain, record_acks, record_refusals
+
+    orch = make_orchestrator(cluster_yaml(2))
+    run(orch, clock, 1)
+    record_acks(orch, [("n01", True), ("n01", True), ("n02", False)])
+    record_refusals(orch, ["n02", "n02", "ghost"])
+    run(orch, clock, 1)
+    sig = {i: {s["signal"]: s for s in explain(orch, i)["signals"]} for i in ("n01", "n02")}
+    assert sig["n01"]["acknowledgements"]["positive"] == 2.0
+    assert sig["n02"]["acknowledgements"]["negative"] == 1.0
+    assert sig["n02"]["refusals"]["negative"] == 2.0 and sig["n01"]["refusals"]["negative"] == 0.0
+    run(orch, clock, 1)  # drained: nothing counted twice
+    assert explain(orch, "n02")["signals"][SIGNALS.index("refusals")]["negative"] == pytest.approx(2.0 * 0.9)
