@@ -43,6 +43,8 @@ from wyneos_core.yamlio import LocatedError
 __all__ = ["TrustState", "state_of", "record_refusals", "record_acks"]
 
 #: status member's id() -> code (an int-keyed lookup: Enum's own __hash__ is Python code)
+#: tier changes and admission decisions listed one by one in a tick report at most (all are counted)
+REPORT_LIMIT = 1000
 _STATUS_BY_IDENTITY = {id(s): STATUS_CODES[s.value] for s in NodeStatus}
 _ID = operator.attrgetter("id")
 _STATUS_OF = operator.attrgetter("status")
@@ -193,12 +195,15 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
     changes = engine.assign(decisions)
     _witness_weights(ctx, state, evidence.node_ids, scores.slots)
     adm = engine.admission[scores.slots]
+    admission = engine.admission_changes
     ctx.report.trust.update({
-        "changes": changes,
-        "admission": engine.admission_changes,
+        "changes": changes[:REPORT_LIMIT],
+        "changes_total": len(changes),
+        "admission": admission[:REPORT_LIMIT],
+        "admission_total": len(admission),
         "in_admission": int(np.count_nonzero((adm == 0) | (adm == 3))),
         "refused": int(np.count_nonzero(adm == 2)),
-        "new": scores.new[:1000],
+        "new": scores.new[:REPORT_LIMIT],
         "peer": {"iterations": scores.eigen.iterations, "converged": scores.eigen.converged,
                  "residual": float(scores.eigen.residual), "observations": scores.observations_used,
                  "observations_dropped": scores.observations_dropped},
