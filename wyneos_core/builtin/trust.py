@@ -265,24 +265,19 @@ def restore_read_only(orchestrator: Orchestrator, path: Any) -> int:
     """Restore trust from a state file without writing to it (``wyneos explain``).
     Returns the rows restored (0 when there is no file or no trust table)."""
     import sqlite3
-    from pathlib import Path
 
     from wyneos_core.store import StateStore
 
-    if str(path) == ":memory:" or not Path(path).is_file():
+    store = StateStore.open_read_only(path)
+    if store is None:
         return 0
     try:
-        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return 0
-    try:
-        store = StateStore(conn, str(path))
         store._trust_ready = True  # type: ignore[attr-defined]  # read only: never create the table
         rows = store.trust_rows()
     except sqlite3.Error:
         return 0
     finally:
-        conn.close()
+        store.close()
     return state_of(orchestrator).engine.restore(rows)
 
 
