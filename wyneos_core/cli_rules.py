@@ -348,8 +348,8 @@ def _print_explain(out: dict[str, Any], node: Any, lic: Any, report: Any, as_jso
         print("\nother rules that failed on this node (Python rules and plugins):")
         for r in out["python_rules"]:
             print(f"  {r['rule_id']} ({r['source']}): {r['message']}")
-    _print_actions(node.id, out["actions"])
     _print_trust(out["trust"])
+    _print_actions(node.id, out["actions"])
 
 
 def _node_actions(orchestrator: Any, node_id: str, lic: Any, events: list[dict[str, Any]],
