@@ -523,6 +523,13 @@ def test_consensus_witnesses_are_weighted_by_tier(make_orchestrator, clock):
 
     orch = make_orchestrator(cluster_yaml(3), plugins=[Reader(), Licences()])
     run(orch, clock, 6)
+    assert Reader.seen[0] == {"n03": 0.0}   # untrusted (licence revoked); probation counts fully by default
+    assert Reader.seen[-1] == {"n03": 0.0}
+    Reader.seen.clear()
+    halved = make_orchestrator(cluster_yaml(3), plugins=[Reader(), Licences()],
+                               sections={"trust": {"witness_weights": {"untrusted": 0.0, "probation": 0.5,
+                                                                       "trusted": 1.0, "attested": 1.0}}})
+    run(halved, clock, 6)
     assert Reader.seen[0] == {"n01": 0.5, "n02": 0.5, "n03": 0.0}  # probation, probation, untrusted
     assert Reader.seen[-1] == {"n03": 0.0}                           # n01, n02 trusted: weight 1, not listed
 
