@@ -13,10 +13,13 @@ matrix-vector products, no trust logic) to the same tolerance from the uniform v
 over the same edges, including building its matrix. The ratio step / baseline is what
 to watch; the target is the step under 0.3 s per tick at the default size.
 
-    python bench/bench_trust.py [--nodes 100000] [--edges 600000] [--ticks 5] [--warmup 5] [--json FILE]
+    python bench/bench_trust.py [--nodes 100000] [--edges 600000] [--ticks 5] [--warmup 5]
+                                [--form batch|objects] [--json FILE]
 
-The observations come as one ``ObservationBatch`` (dictionary-encoded ids, see
-``wyneos_core/trust/observations.py``) over a fixed set of who-observes-whom edges.
+The observations come over a fixed set of who-observes-whom edges, as one
+``ObservationBatch`` (dictionary-encoded ids, see ``wyneos_core/trust/observations.py``)
+or, with ``--form objects``, as one ``model.Observation`` per edge in
+``ctx.observations``, the way the heartbeats carry them.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wyneos_core.builtin import trust as trust_plugin  # noqa: E402
 from wyneos_core.config import Config  # noqa: E402
-from wyneos_core.model import LicenceResult, NodeStatus, RuleResult, Severity, TickReport  # noqa: E402
+from wyneos_core.model import LicenceResult, NodeStatus, Observation, RuleResult, Severity, TickReport  # noqa: E402
 from wyneos_core.tick import Orchestrator, TickContext, _apply_trust  # noqa: E402
 from wyneos_core.trust.observations import ObservationBatch  # noqa: E402
 
@@ -63,9 +66,18 @@ def mesh_edges(rng: np.random.Generator, n: int, edges: int) -> tuple[np.ndarray
     return src, dst
 
 
-def observations(rng: np.random.Generator, ids: list[str], src: np.ndarray, dst: np.ndarray) -> ObservationBatch:
-    """This tick's reports over the fixed edges: 5% of them, drawn anew, say "down"."""
-    return ObservationBatch(ids, src, dst, rng.random(src.size) >= 0.05)
+def observations(rng: np.random.Generator, ids: list[str], src: np.ndarray, dst: np.ndarray,
+                 form: str = "batch") -> ObservationBatch | list[Observation]:
+    """This tick's reports over the fixed edges: 5% of them, drawn anew, say "down".
+
+    ``batch``: one dictionary-encoded ``ObservationBatch``; ``objects``: one
+    ``model.Observation`` per edge, as heartbeats carry them (built outside the timing).
+    """
+    reachable = rng.random(src.size) >= 0.05
+    if form == "batch":
+        return ObservationBatch(ids, src, dst, reachable)
+    return [Observation(ids[a], ids[b], r, None, None, True)
+            for a, b, r in zip(src.tolist(), dst.tolist(), reachable.tolist())]
 
 
 def run_step(orch: Orchestrator, ids: list[str], licences: dict, obs: list, tick: int,
@@ -81,7 +93,10 @@ def run_step(orch: Orchestrator, ids: list[str], licences: dict, obs: list, tick
     report = TickReport(tick=tick, started_at=T0 + tick)
     ctx = TickContext(tick=tick, now=T0 + tick, config=orch.config, registry=orch.registry, mesh=orch.mesh,
                       store=None, orchestrator=orch, report=report)
-    ctx.scratch["observations"] = obs
+    if isinstance(obs, ObservationBatch):
+        ctx.scratch["observations"] = obs
+    else:
+        ctx.observations = obs  # as the heartbeats carry them
     t0 = time.perf_counter()
     scores = trust_plugin.wyneos_trust(ctx=ctx, nodes=nodes, licences=licences, results=results)
     _apply_trust([("trust", scores)], nodes, report, report.errors, {"trust": "builtin"})
@@ -91,11 +106,11 @@ def run_step(orch: Orchestrator, ids: list[str], licences: dict, obs: list, tick
                      "tiers": report.trust["tiers"], "parts": parts}
 
 
-def baseline(n: int, obs: ObservationBatch, tolerance: float, teleport: float) -> tuple[float, int]:
+def baseline(n: int, src: np.ndarray, dst: np.ndarray, keep: np.ndarray, tolerance: float,
+             teleport: float) -> tuple[float, int]:
     """A plain sparse power iteration over the same edges, from the uniform vector."""
     t0 = time.perf_counter()
-    keep = obs.reachable
-    src, dst = obs.observer[keep], obs.subject[keep]
+    src, dst = src[keep], dst[keep]
     m = sp.csr_array((np.ones(src.size), (src, dst)), shape=(n, n))
     rowsum = np.asarray(m.sum(axis=1)).ravel()
     scale = np.divide(1.0, rowsum, out=np.zeros(n), where=rowsum > 0)
@@ -122,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5,
                     help="ticks first run untimed (new nodes pass admission, the power iteration warms up)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--form", choices=("batch", "objects"), default="batch",
+                    help="observations as one ObservationBatch, or one Observation object per edge "
+                         "(as heartbeats carry them)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.nodes < 10 or args.edges < 1 or args.ticks < 1:
@@ -133,18 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     src, dst = mesh_edges(nprng, args.nodes, args.edges)
     steps, bases, iterations, infos = [], [], [], []
     for tick in range(args.warmup + args.ticks):
-        obs = observations(nprng, ids, src, dst)
+        obs = observations(nprng, ids, src, dst, args.form)
         elapsed, info = run_step(orch, ids, licences, obs, tick + 1, rng)
         if tick < args.warmup:
             continue
-        base, its = baseline(args.nodes, obs, settings.tolerance, settings.teleport)
+        keep = (obs.reachable if isinstance(obs, ObservationBatch)
+                else np.fromiter((o.reachable for o in obs), dtype=bool, count=len(obs)))
+        base, its = baseline(args.nodes, src, dst, keep, settings.tolerance, settings.teleport)
         steps.append(elapsed)
         bases.append(base)
         iterations.append((info["peer"]["iterations"], its))
         infos.append(info)
     step, base = statistics.median(steps), statistics.median(bases)
     last = infos[-1]
-    row = {"nodes": args.nodes, "edges": args.edges, "ticks": args.ticks, "step_s": step, "baseline_s": base,
+    row = {"nodes": args.nodes, "edges": args.edges, "form": args.form, "ticks": args.ticks, "step_s": step, "baseline_s": base,
            "ratio": step / base, "scored": last["scored"], "observations_used": last["peer"]["observations"],
            "iterations": [a for a, _ in iterations], "baseline_iterations": [b for _, b in iterations],
            "tiers": last["tiers"]}

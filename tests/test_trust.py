@@ -548,3 +548,38 @@ def test_agent_acknowledgements_and_service_refusals_reach_the_next_step(make_or
     assert sig["n02"]["refusals"]["negative"] == 2.0 and sig["n01"]["refusals"]["negative"] == 0.0
     run(orch, clock, 1)  # drained: nothing counted twice
     assert explain(orch, "n02")["signals"][SIGNALS.index("refusals")]["negative"] == pytest.approx(2.0 * 0.9)
+
+
+def test_witness_observations_carried_by_heartbeats_feed_the_peer_score(make_orchestrator, clock):
+    from wyneos_core.model import Observation
+
+    orch = make_orchestrator(cluster_yaml(4))
+    ids = ["n01", "n02", "n03", "n04"]
+    for _ in range(6):
+        orch.intake.put_many(
+            Heartbeat(i, clock(), 0.3, {}, observations=tuple(
+                Observation(i, other, i != "n04", None, None, True) for other in ids if other != i))
+            for i in ids)  # n04 says everyone is down: a liar
+        report = orch.tick()
+        clock.advance(5)
+    assert report.trust["peer"]["observations"] == 12
+    from wyneos_core.builtin.trust import explain
+
+    liar = {s["signal"]: s for s in explain(orch, "n04")["signals"]}["witness"]
+    assert liar["negative"] > 3 and liar["score"] < 0.2
+    assert orch.registry.get("n04").trust < orch.registry.get("n01").trust
+
+
+def test_typed_observations_and_plugin_triples_are_read_together():
+    from types import SimpleNamespace
+
+    from wyneos_core.trust.observations import MixedObservations, observations_of
+
+    typed = [SimpleNamespace(observer="a", subject="b", reachable=True)]
+    ctx = SimpleNamespace(scratch={"observations": [("b", "a", False)]}, observations=typed)
+    both = observations_of(ctx)
+    assert isinstance(both, MixedObservations) and len(both) == 2
+    eng = TrustEngine(settings())
+    scores = eng.score(Evidence(1, ["a", "b"], np.zeros(2, dtype=np.int8), np.zeros(2, dtype=np.int8),
+                                observations=both))
+    assert (scores.observations_used, scores.observations_dropped) == (2, 0)

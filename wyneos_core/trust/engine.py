@@ -21,6 +21,7 @@ import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Final
 
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from wyneos_core.model import ORIGIN
 from wyneos_core.trust.beta import BetaEvidence
 from wyneos_core.trust.eigentrust import EigenTrustResult, eigentrust, local_trust
-from wyneos_core.trust.observations import ObservationBatch
+from wyneos_core.trust.observations import MixedObservations, ObservationBatch
 from wyneos_core.trust.settings import SIGNALS, TrustSettings
 from wyneos_core.trust.tiers import TIER_NAMES, Tier, next_tiers
 
@@ -46,6 +47,9 @@ HELD: Final = 3
 ADMISSION_NAMES: Final = ("pending", "admitted", "refused", "held")
 
 _SIG = {name: i for i, name in enumerate(SIGNALS)}
+_OBSERVER = operator.attrgetter("observer")
+_SUBJECT = operator.attrgetter("subject")
+_REACHABLE = operator.attrgetter("reachable")
 #: negative evidence of one failing governance result, by severity rank (info, warning, critical)
 SEVERITY_EVIDENCE: Final = (0.25, 0.5, 1.0)
 #: at most this much negative refusal evidence per node and tick (a flood counts as a few)
@@ -345,37 +349,75 @@ class TrustEngine:
         return self._scores
 
     def _edges(self, observations: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Observation edges as slot arrays; unknown ids and self-observations dropped."""
+        """Observation edges as slot arrays; unknown ids and self-observations dropped.
+
+        ``observations`` is an ``ObservationBatch``, or a sequence whose items are
+        ``(observer, subject, reachable)`` tuples or objects with those attributes (the
+        compliance mesh's ``model.Observation``), or a ``MixedObservations`` of such parts.
+        Ids are mapped with C-level ``map`` over ``dict.get`` (about 0.1 s for 600,000
+        edges), never one Python step per edge.
+        """
         empty = np.zeros(0, dtype=np.int64)
         if observations is None or len(observations) == 0:
             return empty, empty, np.zeros(0, dtype=np.int8), 0
         if isinstance(observations, ObservationBatch):
             return self._batch_edges(observations)
-        index = self.index
-        total = len(observations)
+        parts = observations.parts if isinstance(observations, MixedObservations) else (observations,)
+        total = 0
+        found = []
+        for part in parts:
+            if not len(part):
+                continue
+            total += len(part)
+            found.append(self._part_edges(part))
+        if not found:
+            return empty, empty, np.zeros(0, dtype=np.int8), total
+        src = np.concatenate([f[0] for f in found])
+        dst = np.concatenate([f[1] for f in found])
+        good = np.concatenate([f[2] for f in found])
+        return self._clean(src, dst, good, total)
+
+    def _part_edges(self, part: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        get = self.index.get
+        n = len(part)
+        if isinstance(part[0], tuple):
+            getters = (operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2))
+        else:
+            getters = (_OBSERVER, _SUBJECT, _REACHABLE)
         try:
-            observers, subjects, reachable = zip(*observations)
-            src = np.array(operator.itemgetter(*observers)(index), dtype=np.int64).reshape(-1)
-            dst = np.array(operator.itemgetter(*subjects)(index), dtype=np.int64).reshape(-1)
-            if not all(type(r) is bool for r in reachable):
+            src = np.fromiter(map(get, map(getters[0], part), repeat(-1)), dtype=np.int64, count=n)
+            dst = np.fromiter(map(get, map(getters[1], part), repeat(-1)), dtype=np.int64, count=n)
+            reach = np.array(list(map(getters[2], part)))
+            if reach.dtype != np.bool_:
                 raise TypeError("reachable must be True or False")
-            good = np.array(reachable, dtype=np.int8)
-        except (KeyError, TypeError, ValueError):
-            get = index.get
-            kept = []
-            for item in observations:
-                if not isinstance(item, tuple) or len(item) != 3:
+        except (TypeError, IndexError, AttributeError, ValueError):
+            return self._slow_edges(part)
+        keep = (src >= 0) & (dst >= 0)
+        if not keep.all():
+            src, dst, reach = src[keep], dst[keep], reach[keep]
+        return src, dst, reach.astype(np.int8)
+
+    def _slow_edges(self, part: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One edge at a time, for input with malformed items (those are dropped)."""
+        get = self.index.get
+        kept = []
+        for item in part:
+            if isinstance(item, tuple):
+                if len(item) != 3:
                     continue
                 o, sub, r = item
-                a = get(o) if type(o) is str else None
-                b = get(sub) if type(sub) is str else None
-                if a is not None and b is not None and type(r) is bool:
-                    kept.append((a, b, 1 if r else 0))
-            if not kept:
-                return empty, empty, np.zeros(0, dtype=np.int8), total
-            arr = np.array(kept, dtype=np.int64)
-            src, dst, good = arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int8)
-        return self._clean(src, dst, good, total)
+            else:
+                o, sub, r = (getattr(item, "observer", None), getattr(item, "subject", None),
+                             getattr(item, "reachable", None))
+            a = get(o) if type(o) is str else None
+            b = get(sub) if type(sub) is str else None
+            if a is not None and b is not None and type(r) is bool:
+                kept.append((a, b, 1 if r else 0))
+        if not kept:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(0, dtype=np.int8)
+        arr = np.array(kept, dtype=np.int64)
+        return arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int8)
 
     def _batch_edges(self, batch: ObservationBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         cached = self._vocabulary

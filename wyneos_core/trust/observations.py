@@ -33,7 +33,7 @@ from typing import Any, Final, NamedTuple
 
 import numpy as np
 
-__all__ = ["Observation", "ObservationBatch", "SCRATCH_KEY", "observations_of"]
+__all__ = ["MixedObservations", "Observation", "ObservationBatch", "SCRATCH_KEY", "observations_of"]
 
 #: where in ``TickContext.scratch`` the tick's observations are collected
 SCRATCH_KEY: Final = "observations"
@@ -65,26 +65,33 @@ class ObservationBatch:
         return len(self.observer)
 
 
-def observations_of(ctx: Any) -> Sequence[tuple[str, str, bool]] | ObservationBatch:
+@dataclass(frozen=True, slots=True)
+class MixedObservations:
+    """Several sequences of observations read in one step (heartbeat-borne ones and a
+    plugin's triples), without copying them into one list."""
+
+    parts: tuple[Sequence[Any], ...]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+
+def observations_of(ctx: Any) -> Sequence[Any] | ObservationBatch | MixedObservations:
     """The tick's observation edges (possibly empty): the witness observations the
     heartbeats carried (``ctx.observations``, the compliance mesh's typed model, when the
     tick has them) and whatever plugins put in ``ctx.scratch["observations"]``: a
-    sequence of triples, or one ``ObservationBatch`` when nothing else came."""
-    found: Iterable[Any] | ObservationBatch | None = ctx.scratch.get(SCRATCH_KEY)
+    sequence of triples, or one ``ObservationBatch``."""
+    found: Any = ctx.scratch.get(SCRATCH_KEY)
     typed = getattr(ctx, "observations", None)
+    if found is not None and not isinstance(found, (list, tuple, ObservationBatch)):
+        found = list(found)
     if not typed:
-        if found is None:
-            return ()
-        if isinstance(found, ObservationBatch):
-            return found
-        return found if isinstance(found, (list, tuple)) else list(found)
-    edges = [(o.observer, o.subject, o.reachable) for o in typed]
-    if found is None:
-        return edges
+        return () if found is None else found
+    if not found:
+        return typed
     if isinstance(found, ObservationBatch):
         ids = found.ids
         found = [(ids[a], ids[b], bool(r)) for a, b, r in zip(found.observer.tolist(), found.subject.tolist(),
                                                               np.asarray(found.reachable).tolist())
                  if 0 <= a < len(ids) and 0 <= b < len(ids)]
-    edges.extend(found)
-    return edges
+    return MixedObservations((typed, found))
