@@ -206,3 +206,22 @@ def test_the_quickstart_quiet_example_runs_as_written(tmp_path):
         if run_ == 0:
             assert [re.sub(r"in [\d.]+ ms$", "", line) for line in lines[1:-1]] == \
                    [re.sub(r"in [\d.]+ ms$", "", line) for line in expected]
+
+
+def test_a_reader_that_goes_away_ends_the_printing_not_the_run(tmp_path):
+    """``wyneos run | head -1``: no traceback, exit 0, and every tick still decided and stored."""
+    import sqlite3
+
+    proc = subprocess.Popen([sys.executable, "-m", "wyneos_core.cli", "run", "--ticks", "3", "--interval", "0.5"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"wyneos ")
+    proc.stdout.close()  # the reader goes away after one line, as `head -1` does
+    try:
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in err and "standard output was closed" in err
+    with sqlite3.connect(tmp_path / ".wyneos" / "state.db") as db:
+        assert db.execute("select max(tick) from ticks").fetchone() == (3,)

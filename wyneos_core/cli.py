@@ -208,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of our output has gone (`wyneos ... | head`): end quietly
+        from wyneos_core.builtin.report import close_stdout_quietly
+
+        close_stdout_quietly()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

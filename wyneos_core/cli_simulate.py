@@ -81,7 +81,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.compare_consensus:
         from wyneos_core.simulate.runner import compare_consensus
 
-        result.summary["consensus_comparison"] = compare_consensus(result, progress=progress)
+        result.summary["consensus_comparison"] = compare_consensus(result, progress=progress, plugins=args.plugins)
     paths = write_outputs(result, args.out, args.format)
     if args.json:
         print(json.dumps(result.summary, indent=1))

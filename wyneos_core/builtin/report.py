@@ -329,18 +329,37 @@ def write_json_atomic(path: Path, data: object) -> None:
         raise
 
 
+def close_stdout_quietly() -> None:
+    """Point standard output at /dev/null: its reader has gone (``wyneos run | head``)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+def _emit(text: str) -> None:
+    """Print ``text``; when the reader of standard output has gone, say so once and go on."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        close_stdout_quietly()
+        print("wyneos: standard output was closed; tick summaries are no longer printed "
+              "(the run goes on; the state file and report.json_path still get every tick)", file=sys.stderr)
+
+
 @hookimpl(trylast=True)
 def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
     settings = ctx.config["report"]
     mode = settings["stdout"]
     if mode in VERBOSITIES:
         # last_report is still the tick before: it is replaced once every report hook ran
-        print("\n".join(summary_lines(report, ctx.orchestrator.last_report, mode)), flush=True)
+        _emit("\n".join(summary_lines(report, ctx.orchestrator.last_report, mode)))
     limit = settings["max_nodes_in_file"]
     data = None
     if mode == "json":
         data = report.to_dict(limit)
-        print(json.dumps(data, separators=(",", ":")), flush=True, file=sys.stdout)
+        _emit(json.dumps(data, separators=(",", ":")))
     if settings["json_path"]:
         path = ctx.config.resolve(settings["json_path"])
         try:

@@ -151,14 +151,19 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def compare_consensus(result: SimResult, *, progress: bool = False, state_path: str | Path | None = None) -> dict[str, Any]:
+def compare_consensus(result: SimResult, *, progress: bool = False, state_path: str | Path | None = None,
+                      plugins: bool = False) -> dict[str, Any]:
     """Run ``result``'s scenario again with consensus the other way round; both side by side.
+
+    :param plugins: load the installed plugins in the second run too (give what the first
+        run was given, so the two differ only in consensus).
 
     :return: ``{"with_consensus": ..., "without_consensus": ...}`` (false isolations,
         isolations, and per fault its detection and action latency).
     """
     enabled = bool(result.orchestrator.config["consensus"]["enabled"])
-    other = simulate(with_consensus(result.scenario, not enabled), progress=progress, state_path=state_path)
+    other = simulate(with_consensus(result.scenario, not enabled), progress=progress, state_path=state_path,
+                     plugins=plugins)
     mine, theirs = _brief(result.summary), _brief(other.summary)
     return {"with_consensus": mine if enabled else theirs, "without_consensus": theirs if enabled else mine}
 
