@@ -80,3 +80,20 @@ def test_simulate_loads_installed_plugins_unless_told_not_to(tmp_path, site):
     out = wyneos(*args, cwd=tmp_path, site=site)
     assert out.returncode in (0, 1), out.stderr
     assert (tmp_path / "plugin-ticks.txt").read_text().split() == [str(t) for t in range(1, 9)]
+
+
+def test_the_consensus_comparison_run_loads_the_same_plugins_as_the_first(tmp_path, site):
+    import shutil
+
+    (site / "broken_plugin.py").unlink()
+    shutil.rmtree(site / "broken_plugin-1.0.dist-info")
+    args = ["simulate", "builtin:single-crash", "--nodes", "6", "--ticks", "6", "--out", "out", "--json",
+            "--no-progress", "--compare-consensus"]
+    out = wyneos(*args, "--no-plugins", cwd=tmp_path, site=site)
+    assert out.returncode in (0, 1), out.stderr
+    assert not (tmp_path / "plugin-ticks.txt").exists()  # neither run loaded it
+    out = wyneos(*args, cwd=tmp_path, site=site)
+    assert out.returncode in (0, 1), out.stderr
+    assert "consensus_comparison" in json.loads(out.stdout)
+    # both runs, with consensus and without, ticked through the installed plugin
+    assert (tmp_path / "plugin-ticks.txt").read_text().split() == [str(t) for t in range(1, 7)] * 2
