@@ -218,3 +218,28 @@ def test_service_settings_are_checked_as_serve_would(tmp_path, capsys):
     line = lines_of(capsys)[0]
     assert line.startswith(f"{config}:2:32: plugins.settings.service.prot: unknown setting") and \
         line.endswith("did you mean 'port'?")
+
+
+def test_every_semantic_mistake_of_a_scenario_is_reported_at_once(tmp_path, capsys):
+    scenario = write(tmp_path / "s.yaml", """\
+        scenario: x
+        nodes: 10
+        ticks: 5
+        faults:
+          - {kind: crash, at: 9, count: 1}
+          - {kind: crash, at: 2, until: 1, count: 40}
+          - {kind: crash, at: 2, nodes: [n-0099]}
+        load: {min: 0.5, max: 0.2}
+        """)
+    assert main(["validate", str(scenario)]) == 1
+    out = lines_of(capsys)
+    # one line per mistake, in file order, each with its line
+    assert [line.removeprefix(f"{scenario}:").split(":")[0] for line in out[:5]] == ["5", "6", "6", "7", "8"]
+    text = "\n".join(out)
+    for expected in ("faults[0].at: tick 9 is after the last tick (5)", "faults[1].until: must be after at (2)",
+                     "faults[1].count: 40 nodes asked for, the cluster has 10", "faults[2].nodes: unknown node 'n-0099'",
+                     "load.max: must be at least load.min (0.5)"):
+        assert expected in text
+    # the simulator itself refuses the same file with the same list, in one run
+    run = wyneos("simulate", str(scenario), "--out", "out", cwd=tmp_path)
+    assert run.returncode == 2 and run.stderr.count("wyneos: error:") == 5, run.stderr

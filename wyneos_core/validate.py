@@ -186,7 +186,7 @@ def _scenario_errors(located: Located) -> list[LocatedError]:
     try:
         load_scenario(located.file)
     except LocatedError as exc:
-        return [exc]
+        return list(getattr(exc, "errors", None) or [exc])
     return []
 
 

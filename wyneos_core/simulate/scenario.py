@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from wyneos_core.config import Config, _check_semantics, fill_defaults, schema as config_schema
+from wyneos_core.config import Config, ConfigError, _check_semantics, fill_defaults, schema as config_schema
 from wyneos_core.yamlio import Located, LocatedError, load_yaml, validate_schema
 
 __all__ = [
@@ -100,7 +100,9 @@ class Scenario:
         for option, value in (("--nodes", nodes), ("--ticks", ticks)):
             if value is not None and not 1 <= value <= 100_000:
                 raise LocatedError(f"must be between 1 and 100000, got {value}", file=option)
-        _check_faults(out)
+        problems = _fault_problems(out)
+        if problems:
+            raise ConfigError.of(problems)
         return out
 
     def orchestrator_config(self) -> Config:
@@ -130,7 +132,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def load_scenario(path: str | Path | None = None, *, text: str | None = None, name: str | None = None) -> Scenario:
     """Load and check a scenario file (or ``text``).
 
-    :raises LocatedError: naming file, line and field of the first mistake.
+    :raises LocatedError: naming file, line and field of a mistake; its ``errors`` (when
+        there) hold every mistake of the faults and load sections, in file order.
     """
     source = str(path) if path is not None else (name or "<scenario>")
     located = load_yaml(source, text=text)
@@ -139,25 +142,29 @@ def load_scenario(path: str | Path | None = None, *, text: str | None = None, na
     validate_schema(located, scenario_schema())
     data = fill_defaults(scenario_schema(), located.data)
     _check_config(located, data)
+    problems: list[LocatedError] = []
     faults = []
     for index, raw in enumerate(data["faults"]):
         picks = [k for k in ("nodes", "count", "fraction") if k in raw]
         if raw["kind"] != "message_loss" and len(picks) != 1:
-            raise located.error(("faults", index), "give exactly one of nodes, count or fraction")
+            problems.append(located.error(("faults", index), "give exactly one of nodes, count or fraction"))
         if raw["until"] is not None and raw["until"] <= raw["at"]:
-            raise located.error(("faults", index, "until"), f"must be after at ({raw['at']}), got {raw['until']}")
+            problems.append(located.error(("faults", index, "until"),
+                                          f"must be after at ({raw['at']}), got {raw['until']}"))
         params = {k: raw[k] for k in ("extra", "down", "up", "skew", "probability", "forgery", "rate") if k in raw}
         for name, value in params.items():
             if isinstance(value, float) and not math.isfinite(value):
-                raise located.error(("faults", index, name), f"must be a finite number, got {value}")
+                problems.append(located.error(("faults", index, name), f"must be a finite number, got {value}"))
         faults.append(Fault(raw["kind"], raw["at"], raw["until"], raw.get("nodes"), raw.get("count"),
                             raw.get("fraction"), params, index))
     load = data["load"]
     if load["max"] < load["min"]:
-        raise located.error(("load", "max"), f"must be at least load.min ({load['min']}), got {load['max']}")
+        problems.append(located.error(("load", "max"), f"must be at least load.min ({load['min']}), got {load['max']}"))
     scenario = Scenario(data["scenario"], data["description"], data["nodes"], data["ticks"], data["seed"],
                         data["mesh"], data["config"], load, faults, data["expect"], located.file, located)
-    _check_faults(scenario)
+    problems += _fault_problems(scenario)
+    if problems:  # every mistake at once, in file order
+        raise ConfigError.of(sorted(problems, key=lambda e: (e.line or 0, e.column or 0)))
     return scenario
 
 
@@ -182,26 +189,26 @@ def _check_config(located: Located, data: dict[str, Any]) -> None:
                            field=f"config.{exc.field}" if exc.field else "config") from None
 
 
-def _check_faults(scenario: Scenario) -> None:
+def _fault_problems(scenario: Scenario) -> list[LocatedError]:
+    """What is wrong with the faults given the scenario's size and length (every mistake)."""
+    problems = []
+
+    def problem(path: tuple[Any, ...], reason: str) -> None:
+        problems.append(scenario.located.error(path, reason) if scenario.located is not None
+                        else LocatedError(reason, file=scenario.source))
+
     known = set(node_ids(scenario.nodes))
     for fault in scenario.faults:
         for node_id in fault.nodes or ():
             if node_id not in known:
-                _raise(scenario, ("faults", fault.index, "nodes"),
-                       f"unknown node {node_id!r} (this run has {node_ids(scenario.nodes)[0]} .. "
-                       f"{node_ids(scenario.nodes)[-1]})")
+                problem(("faults", fault.index, "nodes"),
+                        f"unknown node {node_id!r} (this run has {node_ids(scenario.nodes)[0]} .. "
+                        f"{node_ids(scenario.nodes)[-1]})")
         if fault.count is not None and fault.count > scenario.nodes:
-            _raise(scenario, ("faults", fault.index, "count"),
-                   f"{fault.count} nodes asked for, the cluster has {scenario.nodes}")
+            problem(("faults", fault.index, "count"), f"{fault.count} nodes asked for, the cluster has {scenario.nodes}")
         if fault.at > scenario.ticks:
-            _raise(scenario, ("faults", fault.index, "at"),
-                   f"tick {fault.at} is after the last tick ({scenario.ticks})")
-
-
-def _raise(scenario: Scenario, path: tuple[Any, ...], reason: str) -> None:
-    if scenario.located is not None:
-        raise scenario.located.error(path, reason)
-    raise LocatedError(reason, file=scenario.source)
+            problem(("faults", fault.index, "at"), f"tick {fault.at} is after the last tick ({scenario.ticks})")
+    return problems
 
 
 def pick_nodes(fault: Fault, ids: Sequence[str], rng: random.Random) -> list[str]:
