@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build(args: argparse.Namespace, *, stdout_mode: str | None = None, store: bool = True,
-          tolerate_broken_plugins: bool = False):
+          tolerate_broken_plugins: bool = False, replica: tuple[str | None, str | None] = (None, None)):
     """Load the config named by ``args`` and build an orchestrator from it."""
     from wyneos_core.config import load_config
     from wyneos_core.tick import Orchestrator
@@ -107,9 +107,27 @@ def build(args: argparse.Namespace, *, stdout_mode: str | None = None, store: bo
         plugins["trace"] = True
     if getattr(args, "state", None):
         config["state"]["path"] = args.state
+    if getattr(args, "store", None):
+        use_store_url(config, args.store)
+    for name, value in zip(("replica_id", "advertise_url"), replica):
+        if value:
+            config["state"]["etcd"][name] = value
     if stdout_mode is not None:
         config["report"]["stdout"] = stdout_mode
     return Orchestrator(config, store=store, tolerate_broken_plugins=tolerate_broken_plugins)
+
+
+def use_store_url(config, url: str) -> None:  # noqa: ANN001
+    """``--store etcd://HOST:PORT[,HOST:PORT...]``: keep the state in etcd there."""
+    from wyneos_core.config import ConfigError
+    from wyneos_core.ha.etcd import parse_store_url
+
+    try:
+        endpoints = parse_store_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="--store") from None
+    config["state"]["backend"] = "etcd"
+    config["state"]["etcd"]["endpoints"] = [f"{h}:{p}" for h, p in endpoints]
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -1,7 +1,10 @@
-"""The state store: decisions, action lifecycle, node membership and tick history on SQLite.
+"""The state store: decisions, action lifecycle, node membership and tick history.
 
-One SQLite file in WAL mode (the embedded default). Each tick's writes are one
-transaction, so a crash loses at most the tick in flight, never a committed decision.
+``ClusterStateStore`` is the interface every backend implements; ``StateStore`` is the
+embedded default, one SQLite file in WAL mode. Each tick's writes are one transaction,
+so a crash loses at most the tick in flight, never a committed decision. The etcd
+backend (replicas past one machine) is ``wyneos_core.ha.store.EtcdStateStore``;
+``open_state_store`` opens the one the config's ``state.backend`` names.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from wyneos_core.model import Node, NodeStatus, Severity
 from wyneos_core.safeio import bad_text, field_path
@@ -18,7 +21,7 @@ from wyneos_core.safeio import bad_text, field_path
 if TYPE_CHECKING:
     from wyneos_core.registry import Registry
 
-__all__ = ["StateStore", "StoreError", "SCHEMA_VERSION"]
+__all__ = ["ClusterStateStore", "StateStore", "StoreError", "SCHEMA_VERSION", "open_state_store"]
 
 SCHEMA_VERSION = 1
 
@@ -147,6 +150,68 @@ def _check_version(path: str, row: tuple | None) -> None:
         raise StoreError(f"{path}: state schema {version} is newer than this wyneos-core ({SCHEMA_VERSION})")
 
 
+@runtime_checkable
+class ClusterStateStore(Protocol):
+    """What a state store holds for the orchestrator and ``wyneos serve``: ticks, node
+    registrations, the action lifecycle as target state, delivery outcomes, node keys,
+    enrolment tokens and acknowledgements. ``path`` names where it lives (in messages).
+
+    Rows are plain dicts as ``StateStore`` returns them. ``write_tick`` and
+    ``write_action_outcomes`` are the tick's decisions: a replicated backend writes them
+    only while its replica leads (and raises a ``StoreError`` otherwise).
+    """
+
+    path: str
+
+    def close(self) -> None: ...
+    def reopen(self) -> ClusterStateStore: ...
+    def last_tick(self) -> int: ...
+    def restore_nodes(self, registry: Registry) -> int: ...
+    def actions(self, state: str | None = None) -> list[dict[str, Any]]: ...
+    def action_events(self, since_tick: int = 0) -> list[dict[str, Any]]: ...
+    def tick_summaries(self, limit: int = 20) -> list[dict[str, Any]]: ...
+    def write_tick(self, tick: int, started_at: float, duration_ms: float, summary: dict[str, Any],
+                   nodes: Iterable[Node], actions: Iterable[dict[str, Any]],
+                   events: Iterable[tuple[str, str, str]], retention: int, cleared: Iterable[str] = ()) -> None: ...
+    def forget_node(self, node_id: str) -> None: ...
+    def meta(self, key: str, default: Any = None) -> Any: ...
+    def set_meta(self, key: str, value: Any) -> None: ...
+    def ensure_service_tables(self) -> None: ...
+    def add_enrol_token(self, token_hash: str, node_id: str | None, uses: int, expires_at: float,
+                        now: float) -> None: ...
+    def enrol_tokens(self) -> list[dict[str, Any]]: ...
+    def put_node_key(self, node_id: str, public_key: bytes, fingerprint: str, now: float) -> None: ...
+    def revoke_node_key(self, node_id: str, now: float) -> bool: ...
+    def node_keys(self, since_seq: int = 0) -> list[dict[str, Any]]: ...
+    def enrol_with_token(self, token_hash: str | None, node_id: str, public_key: bytes, fingerprint: str,
+                         now: float) -> str | None: ...
+    def record_action_ack(self, action_id: str, node_id: str, status: str, detail: str, now: float) -> None: ...
+    def action_acks(self) -> list[dict[str, Any]]: ...
+    def recent_action_acks(self, limit: int = 500) -> list[dict[str, Any]]: ...
+    def recent_action_events(self, since_tick: int, limit: int = 500) -> list[dict[str, Any]]: ...
+    def action_acks_of(self, node_id: str, action_ids: Iterable[str]) -> set[str]: ...
+    def prune_action_acks(self, tick: int, retention: int) -> int: ...
+    def ensure_delivery_tables(self) -> None: ...
+    def write_action_outcomes(self, tick: int, outcomes: Iterable[tuple[str, str, bool, str]],
+                              effects: Iterable[tuple[str, dict[str, Any] | None, dict[str, Any] | None]],
+                              retention: int) -> None: ...
+    def action_outcomes(self, action_ids: Iterable[str]) -> tuple[dict[str, dict[str, tuple[bool, str]]],
+                                                                   dict[str, dict[str, Any]]]: ...
+    def action_effects(self) -> dict[str, dict[str, Any]]: ...
+
+
+def open_state_store(config: Any) -> ClusterStateStore:
+    """The store the config's ``state`` section names: SQLite at ``state.path`` (the
+    default) or etcd at ``state.etcd.endpoints`` when ``state.backend`` is ``etcd``."""
+    state = config["state"]
+    if state.get("backend", "sqlite") == "etcd":
+        from wyneos_core.ha.replica import open_etcd_store
+
+        return open_etcd_store(config)
+    path = state["path"]
+    return StateStore.open(path if path == ":memory:" else config.resolve(path))
+
+
 class StateStore:
     """SQLite-backed state. Use ``StateStore.open(path)``; ``":memory:"`` keeps nothing."""
 
@@ -231,6 +296,10 @@ class StateStore:
         except sqlite3.Error:
             return None
         return cls(conn, path)
+
+    def reopen(self) -> StateStore:
+        """A second connection to the same file (reads see only committed state)."""
+        return StateStore.open(self.path)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from wyneos_core.model import (ORIGIN, Action, Delivery, Heartbeat, LicenceResul
                                PluginError, RuleResult, TickReport)
 from wyneos_core.plugins import PluginLoadError, PluginManager
 from wyneos_core.registry import Registry
-from wyneos_core.store import StateStore
+from wyneos_core.store import ClusterStateStore, StateStore, open_state_store
 from wyneos_core.trust.scores import TrustScores
 from wyneos_core.yamlio import LocatedError
 
@@ -36,7 +36,7 @@ class TickContext:
     config: Config
     registry: Registry
     mesh: Mesh
-    store: StateStore | None
+    store: ClusterStateStore | None
     orchestrator: Orchestrator
     report: TickReport
     #: scratch space shared by plugins for this tick only, by plugin name
@@ -80,8 +80,8 @@ class Orchestrator:
     :param plugins: extra plugin objects to register (after builtins and entry points).
     :param load_entrypoints: load third-party plugins from the ``wyneos`` group.
     :param store: ``True`` (default) opens the SQLite state file at ``state.path``
-        (``":memory:"`` keeps state in memory only); ``False`` or ``None`` runs without a
-        state store; or pass an open ``StateStore``.
+        (``":memory:"`` keeps state in memory only), or etcd when ``state.backend`` is
+        ``etcd``; ``False`` or ``None`` runs without a state store; or pass an open store.
     """
 
     def __init__(
@@ -91,7 +91,7 @@ class Orchestrator:
         clock: Clock = time.time,
         plugins: Iterable[Any] = (),
         load_entrypoints: bool = True,
-        store: StateStore | None | bool = True,
+        store: ClusterStateStore | None | bool = True,
         tolerate_broken_plugins: bool = False,
     ) -> None:
         self.config = config
@@ -137,9 +137,8 @@ class Orchestrator:
         for warning in [*name_warnings, *warnings]:  # said before anything runs, not only in tick 1
             print(f"wyneos: warning: {warning}", file=sys.stderr)
         if store is True:
-            path = config["state"]["path"]
-            store = StateStore.open(path if path == ":memory:" else config.resolve(path))
-        self.store: StateStore | None = store or None
+            store = open_state_store(config)
+        self.store: ClusterStateStore | None = store or None
         if self.store is not None and getattr(self.store, "created_dir", None):
             self.startup_notes.append(f"created the directory {self.store.created_dir} for the state file "
                                       "(state.path)")

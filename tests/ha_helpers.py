@@ -1,0 +1,246 @@
+"""Helpers for the replica tests: a real etcd cluster, `wyneos serve` replicas as child
+processes, and real agents (the ``Agent`` class over HTTP) on threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wyneos_core.ha.local import LocalEtcdCluster, etcd_binary
+from wyneos_core.service.agent import Agent
+
+WYNEOS = str(Path(sys.executable).with_name("wyneos"))
+
+RULESET = """\
+ruleset: ha-test
+stage: enforcement
+rules:
+  - id: gate-wanted
+    description: gate the feature a node asks for (a new decision each time it asks for another)
+    when: has(node.metadata.want)
+    severity: warning
+    message: "wants {node.metadata.want} gated"
+    then:
+      - gate_feature: {feature: "{node.metadata.want}"}
+"""
+
+CONFIG = """\
+cluster: {cluster}
+tick: {{interval: {tick}}}
+heartbeat: {{interval: {tick}, stale_after: {stale}, offline_after: {offline}, max_clock_skew: 30,
+            unknown_nodes: reject}}
+decide: {{probation_ticks: 1, max_unhealthy_fraction: 0.9}}
+mesh: {{topology: star}}
+rulesets: {{paths: [ruleset.yaml, 'builtin:healing']}}
+plugins: {{disable: [licence], settings: {{service: {{port: 0, replay_window: 60}}}}}}
+state: {{backend: etcd, etcd: {{lease_duration: {lease}, renew_deadline: {renew}, retry_period: {retry},
+         timeout: 1}}}}
+report: {{json_path: null, stdout: none}}
+"""
+
+#: the timings of the tests: a 2 s lease, so a failover takes a few seconds
+LEASE, RENEW, RETRY, TICK = 2.0, 1.5, 0.25, 0.25
+
+
+def need_etcd() -> None:
+    if etcd_binary() is None:
+        pytest.fail("etcd is not installed: run scripts/test-deps.sh as root (installs Debian's etcd-server)")
+
+
+def write_config(tmp: Path, cluster: str = "ha", *, stale: float = 3.0, offline: float = 6.0) -> Path:
+    (tmp / "ruleset.yaml").write_text(RULESET)
+    path = tmp / "config.yaml"
+    path.write_text(CONFIG.format(cluster=cluster, tick=TICK, stale=stale, offline=offline, lease=LEASE,
+                                  renew=RENEW, retry=RETRY))
+    return path
+
+
+def get_json(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - loopback http
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return json.loads(exc.read())
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for(what: str, check: Any, timeout: float, every: float = 0.1) -> Any:
+    """Poll ``check()`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+
+
+class Replica:
+    """One ``wyneos serve`` child process."""
+
+    def __init__(self, name: str, config: Path, store_url: str, log_dir: Path) -> None:
+        self.name = name
+        self.config = config
+        self.store_url = store_url
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.generation = 0
+
+    def start(self) -> None:
+        self.generation += 1
+        err = open(self.log_dir / f"{self.name}.{self.generation}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [WYNEOS, "serve", "-c", str(self.config), "--store", self.store_url, "--replica-id", self.name,
+             "--log-level", "warning", *(["--port", self.url.rsplit(":", 1)[1]] if self.url else [])],
+            stdout=subprocess.PIPE, stderr=err, text=True, cwd=self.config.parent, start_new_session=True)
+        err.close()
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if "listening on " not in line:
+            self.proc.kill()
+            log = (self.log_dir / f"{self.name}.{self.generation}.log").read_text()[-2000:]
+            raise RuntimeError(f"replica {self.name} did not start: {line!r} {log}")
+        self.url = line.split("listening on ", 1)[1].split(" ", 1)[0]
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            os.kill(self.proc.pid, sig)  # type: ignore[union-attr]
+
+    def kill(self) -> None:
+        if self.alive:
+            os.kill(self.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+            self.proc.wait(10)  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self.alive:
+            os.kill(self.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+            os.kill(self.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
+            try:
+                self.proc.wait(15)  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def health(self) -> dict[str, Any] | None:
+        return get_json(self.url + "/healthz", timeout=1.0) if self.alive else None
+
+    def metrics(self) -> str:
+        try:
+            with urllib.request.urlopen(self.url + "/metrics", timeout=2) as answer:  # noqa: S310
+                return answer.read().decode()
+        except OSError:
+            return ""
+
+
+class AgentThread:
+    """A real agent on a thread, counting every action it applies (by id)."""
+
+    def __init__(self, node_id: str, servers: str, state_dir: Path, token: str) -> None:
+        self.agent = Agent(servers, node_id, state_dir, token=token, interval=TICK, hook="true", max_backoff=0.5,
+                           timeout=2.0)
+        self.applied: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        original = self.agent._apply_one
+
+        def counting(action: dict[str, Any]) -> tuple[str, str]:
+            status, detail = original(action)
+            if status == "applied":
+                with self.lock:
+                    self.applied[action["id"]] += 1
+            return status, detail
+
+        self.agent._apply_one = counting  # type: ignore[method-assign]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.agent.run, kwargs={"stop": self.stop}, daemon=True)
+
+    def want(self, value: str) -> None:
+        self.agent.extra_metadata["want"] = value
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+class Fleet:
+    """An etcd cluster, ``n`` replicas and agents, ended by pid at exit."""
+
+    def __init__(self, tmp: Path, replicas: int = 3, agents: int = 3, cluster: str = "ha") -> None:
+        need_etcd()
+        self.tmp = tmp
+        self.etcd = LocalEtcdCluster(tmp / "etcd", 3, election_ms=500)
+        self.config = write_config(tmp, cluster)
+        self.replicas = [Replica(f"r{i}", self.config, self.etcd.url, tmp) for i in range(replicas)]
+        self.n_agents = agents
+        self.agents: list[AgentThread] = []
+
+    def __enter__(self) -> Fleet:
+        self.etcd.start()
+        try:
+            for r in self.replicas:
+                r.start()
+            self.wait_leader()
+            token = self.enrol_token(uses=self.n_agents)
+            servers = ",".join(r.url for r in self.replicas)
+            for i in range(self.n_agents):
+                a = AgentThread(f"n{i}", servers, self.tmp / f"agent{i}", token)
+                a.want("f0")
+                self.agents.append(a)
+                a.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for a in self.agents:
+            a.close()
+        for r in self.replicas:
+            r.stop()
+        self.etcd.stop()
+
+    def enrol_token(self, uses: int) -> str:
+        out = subprocess.run([WYNEOS, "enrol", "token", "-c", str(self.config), "--store", self.etcd.url,
+                              "--uses", str(uses)], capture_output=True, text=True, timeout=30, check=True)
+        return out.stdout.strip()
+
+    def healths(self) -> dict[str, dict[str, Any]]:
+        return {r.name: h for r in self.replicas if (h := r.health()) is not None}
+
+    def leader(self) -> Replica | None:
+        for r in self.replicas:
+            h = r.health()
+            if h is not None and h.get("role") == "leader" and h.get("deciding"):
+                return r
+        return None
+
+    def wait_leader(self, timeout: float = 20.0, other_than: Replica | None = None) -> Replica:
+        return wait_for("a deciding leader", lambda: (r := self.leader()) is not None and r is not other_than and r,
+                        timeout)
+
+    def store(self) -> Any:
+        from wyneos_core.ha.store import EtcdStateStore
+
+        return EtcdStateStore.open(self.etcd.endpoints, "/wyneos/ha/", timeout=2.0)

@@ -1,0 +1,177 @@
+"""The state-store interface and its etcd backend, against a real 3-member etcd cluster."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ha_helpers import need_etcd
+from wyneos_core.config import ConfigError, load_config
+from wyneos_core.ha.etcd import EtcdClient, parse_store_url
+from wyneos_core.ha.local import LocalEtcdCluster
+from wyneos_core.ha.store import EtcdStateStore, FencedWrite
+from wyneos_core.model import Action, ActionType, Severity
+from wyneos_core.store import ClusterStateStore, StateStore, StoreError
+from wyneos_core.tick import Orchestrator
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory):
+    need_etcd()
+    cluster = LocalEtcdCluster(tmp_path_factory.mktemp("etcd"), 3, election_ms=500).start()
+    yield cluster
+    cluster.stop()
+
+
+_prefixes = iter(range(1_000_000))
+
+
+@pytest.fixture
+def store(etcd: LocalEtcdCluster):
+    s = EtcdStateStore.open(etcd.endpoints, f"/test/{next(_prefixes)}/")
+    yield s
+    s.close()
+
+
+def lead(store: EtcdStateStore) -> int:
+    """Take the leader key by hand (what the elector does) and arm the fence with it."""
+    client = store.client
+    lease, _ = client.grant(30)
+    revision = client.put(store.fence.key, '{"id": "test"}', lease)
+    store.fence.token = revision
+    return revision
+
+
+def test_both_backends_implement_the_interface(store: EtcdStateStore, tmp_path: Path) -> None:
+    sqlite = StateStore.open(tmp_path / "s.db")
+    assert isinstance(sqlite, ClusterStateStore)
+    assert isinstance(store, ClusterStateStore)
+    assert isinstance(sqlite.reopen(), ClusterStateStore)
+    missing = [name for name in vars(StateStore) if not name.startswith("_") and callable(vars(StateStore)[name])
+               and name not in ("open",) and not hasattr(store, name)]
+    assert not missing, f"the etcd store lacks {missing}"
+
+
+def test_decisions_round_trip_and_survive_a_new_orchestrator(store: EtcdStateStore, tmp_path: Path) -> None:
+    lead(store)
+    config = load_config(text="cluster: rt\nnodes: [{id: a}, {id: b}]\nplugins: {disable: [licence]}\n"
+                              "report: {stdout: none, json_path: null}\n")
+
+    class Isolate:
+        __wyneos_name__ = "test-isolate"
+
+        from wyneos_core import hookimpl
+
+        @hookimpl
+        def wyneos_enforcement(self, ctx, nodes):  # noqa: ANN001, ANN201
+            return [Action(ActionType.DEGRADE, "a", "test", "test-isolate", Severity.WARNING)]
+
+    orch = Orchestrator(config, plugins=[Isolate()], load_entrypoints=False, store=store)
+    for _ in range(3):
+        report = orch.tick()
+        assert not report.errors, report.errors
+    assert store.last_tick() == 3
+    live = store.actions("in_force")
+    assert [(a["type"], a["target"]) for a in live] == [("degrade", "a")]
+    assert {e["state"] for e in store.action_events()} >= {"approved", "in_force"}
+    assert [s["tick"] for s in store.tick_summaries(2)] == [3, 2]
+    again = Orchestrator(config, plugins=[Isolate()], load_entrypoints=False, store=store.reopen())
+    assert again.tick_number == 3
+    assert again.tick().tick == 4
+    assert [a["id"] for a in store.actions("in_force")] == [a["id"] for a in live]  # kept, not decided twice
+    assert sum(1 for e in store.action_events() if e["state"] == "approved") == 1
+
+
+def test_a_deposed_leaders_write_is_refused_and_changes_nothing(store: EtcdStateStore) -> None:
+    token = lead(store)
+    store.write_tick(1, time.time(), 1.0, {"tick": 1}, [], [], [], 100)
+    # another term takes the key: the old token no longer matches its create revision
+    store.client.txn([], [{"request_delete_range": {"key": __import__("base64").b64encode(
+        store.fence.key.encode()).decode()}}])
+    lease, _ = store.client.grant(30)
+    store.client.put(store.fence.key, '{"id": "other"}', lease)
+    assert store.fence.token == token
+    row = {"id": "x1", "type": "degrade", "target": "a", "origin": "t", "reason": "r", "severity": "warning",
+           "params": {}, "state": "in_force", "first_tick": 2, "last_tick": 2}
+    with pytest.raises(FencedWrite):
+        store.write_tick(2, time.time(), 1.0, {"tick": 2}, [], [row], [("x1", "approved", "")], 100)
+    assert store.fence.refused == 1
+    assert store.last_tick() == 1
+    assert store.actions() == []
+    with pytest.raises(FencedWrite):
+        store.write_action_outcomes(2, [("x1", "a", True, "")], [], 100)
+    store.fence.token = None
+    with pytest.raises(FencedWrite, match="not the leader"):
+        store.write_tick(2, time.time(), 1.0, {}, [], [], [], 100)
+
+
+def test_an_enrolment_token_use_is_spent_once_across_replicas(store: EtcdStateStore) -> None:
+    now = time.time()
+    store.add_enrol_token("h1", None, 3, now + 60, now)
+    results: list[str | None] = []
+    lock = threading.Lock()
+
+    def enrol(i: int) -> None:
+        other = store.reopen()  # a replica of its own
+        why = other.enrol_with_token("h1", f"n{i}", bytes([i]) * 32, f"fp{i}", time.time())
+        with lock:
+            results.append(why)
+
+    threads = [threading.Thread(target=enrol, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results.count(None) == 3
+    assert all(r == "the enrolment token is used up" for r in results if r is not None)
+    assert store.enrol_tokens()[0]["uses_left"] == 0
+    keys = store.node_keys()
+    assert len(keys) == 3 and all(len(k["public_key"]) == 32 for k in keys)
+    assert store.node_keys(max(k["seq"] for k in keys)) == []
+    enrolled = keys[0]["node_id"]
+    assert store.revoke_node_key(enrolled, time.time()) is True
+    assert store.revoke_node_key(enrolled, time.time()) is False
+    assert [k["node_id"] for k in store.node_keys(max(k["seq"] for k in keys))] == [enrolled]
+    assert store.enrol_with_token("nope", "zz", b"z" * 32, "fp", now) == "unknown enrolment token"
+
+
+def test_acknowledgements_and_meta(store: EtcdStateStore) -> None:
+    store.record_action_ack("a/1", "n1", "applied", "x" * 900, 1.0)
+    store.record_action_ack("a2", "n1", "failed", "", 2.0)
+    assert store.action_acks_of("n1", ["a/1", "a2", "a3"]) == {"a/1", "a2"}
+    assert [a["action_id"] for a in store.recent_action_acks(1)] == ["a2"]
+    assert len(store.action_acks()[0]["detail"]) == 500
+    assert store.prune_action_acks(100, 10) == 2
+    store.set_meta("k", {"x": [1]})
+    assert store.meta("k") == {"x": [1]} and store.meta("missing", 5) == 5
+
+
+def test_bad_store_settings_are_refused_naming_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expected etcd://"):
+        parse_store_url("http://h:1")
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_store_url("etcd://h")
+    assert parse_store_url("etcd://a:1,b:2") == [("a", 1), ("b", 2)]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cluster: x\nstate: {backend: etcd, etcd: {lease_duration: 5, renew_deadline: 6}}\n")
+    with pytest.raises(ConfigError) as err:
+        Orchestrator(load_config(cfg), load_entrypoints=False)
+    assert "state.etcd.lease_duration" in str(err.value) and str(cfg) in str(err.value)
+
+
+def test_unreachable_etcd_is_a_clear_error() -> None:
+    from wyneos_core.ha.local import free_port
+
+    with pytest.raises(StoreError, match="etcd does not answer"):
+        EtcdStateStore.open([("127.0.0.1", free_port())], "/x/", timeout=0.5)
+
+
+def test_member_list_is_tried_in_turn(etcd: LocalEtcdCluster) -> None:
+    from wyneos_core.ha.local import free_port
+
+    client = EtcdClient([("127.0.0.1", free_port()), *etcd.endpoints], timeout=1.0)
+    client.put("/turn", "1")
+    assert client.get("/turn").value == b"1"

@@ -1,0 +1,127 @@
+"""A throwaway etcd cluster on 127.0.0.1: for tests, benchmarks and trying replicas out.
+
+Starts ``etcd`` (Debian's ``etcd-server``) members as child processes on free
+loopback ports, each with its data directory under ``root``; ends them by their pid.
+Not for production (see docs/ha.md for a real deployment).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from wyneos_core.ha.etcd import EtcdClient, EtcdError
+
+__all__ = ["LocalEtcdCluster", "etcd_binary", "free_port"]
+
+
+def etcd_binary() -> str | None:
+    """The etcd server program, if installed (``etcd-server`` on Debian)."""
+    return shutil.which("etcd") or next((p for p in ("/usr/bin/etcd", "/usr/sbin/etcd") if os.path.exists(p)), None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalEtcdCluster:
+    """``size`` etcd members on loopback. ``start()``, ``kill(i)``, ``restart(i)``, ``stop()``.
+
+    :param election_ms: etcd's election timeout (its heartbeat is a tenth): short values
+        make member loss heal fast; etcd's shortest lease is 1.5 times it.
+    """
+
+    def __init__(self, root: str | Path, size: int = 3, *, election_ms: int = 1000) -> None:
+        self.root = Path(root)
+        self.size = size
+        self.election_ms = election_ms
+        self.client_ports = [free_port() for _ in range(size)]
+        self.peer_ports = [free_port() for _ in range(size)]
+        self.procs: list[subprocess.Popen | None] = [None] * size
+        self.token = f"wyneos-test-{os.getpid()}-{self.client_ports[0]}"
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", p) for p in self.client_ports]
+
+    @property
+    def url(self) -> str:
+        return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
+
+    def _command(self, i: int, state: str) -> list[str]:
+        binary = etcd_binary()
+        if binary is None:
+            raise RuntimeError("etcd is not installed (Debian: apt-get install etcd-server; "
+                               "or run scripts/test-deps.sh as root)")
+        cluster = ",".join(f"m{j}=http://127.0.0.1:{p}" for j, p in enumerate(self.peer_ports))
+        client = f"http://127.0.0.1:{self.client_ports[i]}"
+        peer = f"http://127.0.0.1:{self.peer_ports[i]}"
+        return [binary, "--name", f"m{i}", "--data-dir", str(self.root / f"m{i}"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", cluster, "--initial-cluster-state", state,
+                "--initial-cluster-token", self.token,
+                "--heartbeat-interval", str(max(10, self.election_ms // 10)),
+                "--election-timeout", str(self.election_ms),
+                "--logger", "zap", "--log-outputs", str(self.root / f"m{i}.log")]
+
+    def _spawn(self, i: int, state: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.procs[i] = subprocess.Popen(self._command(i, state), stdout=subprocess.DEVNULL,
+                                         stderr=open(self.root / f"m{i}.err", "ab"),  # noqa: SIM115
+                                         start_new_session=True)
+
+    def start(self, timeout: float = 30.0) -> LocalEtcdCluster:
+        for i in range(self.size):
+            self._spawn(i, "new")
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until a write goes through (a quorum with a leader)."""
+        client = EtcdClient(self.endpoints, timeout=1.0)
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for i, proc in enumerate(self.procs):
+                if proc is not None and proc.poll() is not None:
+                    err = (self.root / f"m{i}.err").read_text(errors="replace")[-800:]
+                    raise RuntimeError(f"etcd member m{i} exited with {proc.returncode}: {err}")
+            try:
+                client.put("/wyneos-health", "ok")
+                client.close()
+                return
+            except EtcdError as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        client.close()
+        raise RuntimeError(f"etcd cluster not healthy after {timeout:g}s: {last}")
+
+    def kill(self, i: int) -> None:
+        """SIGKILL member ``i`` (by its pid)."""
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        self.procs[i] = None
+
+    def restart(self, i: int) -> None:
+        if self.procs[i] is None:
+            self._spawn(i, "existing")
+
+    def stop(self) -> None:
+        for i in range(self.size):
+            self.kill(i)
+
+    def __enter__(self) -> LocalEtcdCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

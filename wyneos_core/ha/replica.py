@@ -1,0 +1,317 @@
+"""One ``wyneos serve`` replica among several on etcd: leads and decides, or follows.
+
+``Replica`` is what ``Service`` asks each tick slot:
+
+- **leader** (the elector's renew deadline has not passed): on the first tick of a
+  term it takes over (``take_over``): the tick number, node registrations, the
+  decisions in force and the agents' outboxes come from etcd, and every node that was
+  heard from gets a full grace period (its last heartbeat counts as now, as the
+  Kubernetes node controller does after a restart), so no failover makes a node
+  stale, offline or isolated. Then it ticks; the tick's decisions are written under
+  the fence. A refused (fenced) write means another term exists: the tick's agent
+  notices are dropped, the refusal is counted and logged, and the replica steps down.
+- **follower**: it does not tick. Each slot it reads the committed state (tick number,
+  node registrations, keys enrolled at any replica, the actions in force and the
+  acknowledgements) so its read endpoints, its agents' action lists and its heartbeat
+  checks stay current. Heartbeats it accepts are forwarded to the leader
+  (``HeartbeatForwarder``): each item keeps its node's own signature, so the leader
+  verifies it as if the node had sent it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from wyneos_core.config import Config, ConfigError
+from wyneos_core.ha.election import ElectionConfig, Leadership, LeaderElector
+from wyneos_core.ha.etcd import EtcdError, parse_endpoints, parse_store_url
+from wyneos_core.ha.store import EtcdStateStore
+from wyneos_core.store import StoreError
+
+if TYPE_CHECKING:
+    from wyneos_core.model import TickReport
+    from wyneos_core.service.core import Service
+    from wyneos_core.service.identity import SignedItem
+
+__all__ = ["HeartbeatForwarder", "Replica", "election_config", "open_etcd_store"]
+
+log = logging.getLogger("wyneos.ha")
+
+#: how a failed write of the state plugin is described in a tick report
+_STORE_ERRORS = ("EtcdUnavailable:", "EtcdError:", "FencedWrite:", "StoreError:")
+
+
+def _field(config: Config, name: str) -> dict[str, Any]:
+    return {"file": config.source, "field": f"state.etcd.{name}"}
+
+
+def open_etcd_store(config: Config) -> EtcdStateStore:
+    """The etcd store the config names (``state.etcd``); a bad value is a ``ConfigError``
+    naming the field, an unreachable cluster a ``StoreError``."""
+    etcd = config["state"]["etcd"]
+    endpoints_text = etcd.get("url")
+    try:
+        endpoints = parse_store_url(endpoints_text) if endpoints_text else parse_endpoints(etcd["endpoints"])
+    except ValueError as exc:
+        raise ConfigError(str(exc), **_field(config, "endpoints")) from None
+    prefix = etcd.get("prefix") or f"/wyneos/{config['cluster']}/"
+    if not prefix.startswith("/"):
+        raise ConfigError(f"must start with '/', got {prefix!r}", **_field(config, "prefix"))
+    election_config(config)  # refuse bad timings before anything starts
+    return EtcdStateStore.open(endpoints, prefix, timeout=float(etcd["timeout"]))
+
+
+def election_config(config: Config) -> ElectionConfig:
+    etcd = config["state"]["etcd"]
+    try:
+        return ElectionConfig(float(etcd["lease_duration"]), float(etcd["renew_deadline"]),
+                              float(etcd["retry_period"]))
+    except ValueError as exc:
+        name = str(exc).split(" ", 1)[0].strip("(")
+        raise ConfigError(str(exc), **_field(config, name if name in etcd else "lease_duration")) from None
+
+
+class HeartbeatForwarder:
+    """Carries heartbeats a follower accepted to the leader, in batches, on one thread.
+
+    Bounded: at most ``max_items`` wait (the oldest go first when the leader is
+    unknown or unreachable for long: a heartbeat is soft state, the next one replaces
+    it). Each POST has a timeout.
+    """
+
+    def __init__(self, leader_url: Any, max_items: int = 20000, batch: int = 2000, timeout: float = 5.0) -> None:
+        self._leader_url = leader_url  # callable: the leader's URL or None
+        self._items: deque[dict[str, str]] = deque(maxlen=max_items)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.batch = batch
+        self.timeout = timeout
+        self.forwarded = 0
+        self.failed = 0
+        self._thread: threading.Thread | None = None
+
+    def put(self, items: Sequence[SignedItem]) -> None:
+        for it in items:
+            self._items.append({"node": it.node_id, "timestamp": it.timestamp, "nonce": it.nonce,
+                                "signature": it.signature, "body": it.body.decode("utf-8")})
+        self._wake.set()
+
+    def depth(self) -> int:
+        return len(self._items)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="wyneos-forward", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            while self._items and not self._stop.is_set():
+                url = self._leader_url()
+                if url is None:
+                    break
+                chunk = [self._items.popleft() for _ in range(min(self.batch, len(self._items)))]
+                body = json.dumps({"heartbeats": chunk}).encode()
+                request = urllib.request.Request(url.rstrip("/") + "/v1/heartbeats", data=body, method="POST",
+                                                 headers={"content-type": "application/json"})
+                try:
+                    with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310 - http only
+                        answer.read(1 << 20)
+                    self.forwarded += len(chunk)
+                except urllib.error.HTTPError as exc:  # refused items are refused for good
+                    self.forwarded += len(chunk)
+                    log.debug("leader refused forwarded heartbeats: %s", exc)
+                except (OSError, ValueError) as exc:
+                    self.failed += len(chunk)
+                    log.info("cannot forward %d heartbeat(s) to the leader %s: %s", len(chunk), url, exc)
+                    self._stop.wait(0.5)
+                    break
+
+
+class Replica:
+    """The leadership side of a ``Service`` whose store is etcd."""
+
+    def __init__(self, service: Service, store: EtcdStateStore, config: ElectionConfig,
+                 replica_id: str | None = None, url: str | None = None) -> None:
+        self.service = service
+        self.store = store
+        self.config = config
+        self.id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.url = url
+        store.writer = self.id
+        orch_store = service.orchestrator.store
+        if isinstance(orch_store, EtcdStateStore):  # the tick writes through it: same fence, same name
+            orch_store.writer = self.id
+        self.elector: LeaderElector | None = None
+        self.forwarder = HeartbeatForwarder(self._leader_url)
+        self._term_synced = 0
+        self._lock = threading.Lock()
+        self.leader_changes = 0
+        self.fenced_refused = 0
+        self.follow_error: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.elector is None:
+            identity = {"id": self.id, "url": self.url}
+            self.elector = LeaderElector(self.store.client, self.store.fence.key, identity, self.config,
+                                         on_started_leading=self._started, on_stopped_leading=self._stopped,
+                                         on_new_leader=self._new_leader)
+            self.elector.start()
+            self.forwarder.start()
+
+    def stop(self) -> None:
+        self.forwarder.stop()
+        if self.elector is not None:
+            self.elector.stop()
+
+    def _started(self, term: int) -> None:
+        self.store.fence.token = term
+
+    def _stopped(self) -> None:
+        self.store.fence.token = None
+
+    def _new_leader(self, leader: Leadership | None) -> None:
+        if leader is not None:
+            with self._lock:
+                self.leader_changes += 1
+            self.service.metrics.leader_changes.inc()
+
+    def _leader_url(self) -> str | None:
+        leader = self.elector.leader if self.elector is not None else None
+        if leader is None or leader.identity.get("id") == self.id:
+            return None
+        url = leader.identity.get("url")
+        return url if isinstance(url, str) and url.startswith("http") else None
+
+    # -- what the service asks -------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        return self.elector is not None and self.elector.leading
+
+    @property
+    def role(self) -> str:
+        return "leader" if self.leading else "follower"
+
+    def leader_info(self) -> dict[str, Any] | None:
+        leader = self.elector.leader if self.elector is not None else None
+        if leader is None:
+            return None
+        return {"id": leader.identity.get("id"), "url": leader.identity.get("url"), "term": leader.term}
+
+    def forward(self, items: Sequence[SignedItem]) -> None:
+        self.forwarder.put(items)
+
+    def tick(self) -> TickReport | None:
+        """One tick slot: lead (take over first in a new term) or follow."""
+        term = self.elector.may_decide() if self.elector is not None else None
+        if term is None:
+            self.follow()
+            return None
+        if term != self._term_synced:
+            try:
+                self.take_over()
+            except (EtcdError, StoreError) as exc:
+                log.warning("cannot take over (term %d): %s", term, exc)
+                return None
+            self._term_synced = term
+        service = self.service
+        fence = self.store.fence
+        refused_before, failed_before = fence.refused, fence.failed
+        service.outbox.hold()
+        try:
+            report = service.tick_now()
+        except (EtcdError, StoreError) as exc:  # reading etcd failed: nothing decided
+            service.outbox.release(keep=False)
+            log.warning("tick not run: %s", exc)
+            self._term_synced = 0
+            return None
+        except BaseException:
+            service.outbox.release(keep=False)
+            raise
+        fenced = fence.refused > refused_before
+        failed = fence.failed > failed_before or any(
+            e.plugin == "state" and e.error.startswith(_STORE_ERRORS) for e in report.errors)
+        service.outbox.release(keep=not (fenced or failed))
+        if fenced:
+            self.fenced_refused += 1
+            service.metrics.fenced_writes.inc()
+            log.warning("tick %d was not committed: another leader took over; stepping down", report.tick)
+            if self.elector is not None:
+                self.elector.step_down("a fenced write was refused")
+        if fenced or failed:
+            # memory ran ahead of what etcd holds: start again from etcd before deciding again
+            log.warning("tick %d: its decisions may not be committed; reading etcd again", report.tick)
+            self._term_synced = 0
+        return report
+
+    def take_over(self) -> None:
+        """Start a term from what etcd holds (see the module docstring)."""
+        service = self.service
+        orch = service.orchestrator
+        store = self.store
+        tick = store.last_tick()
+        rows = store.actions("in_force")
+        acked = {(a["action_id"], a["node_id"]) for a in store.action_acks()}
+        service.refresh_keys()
+        with service.lock:
+            orch.tick_number = tick
+            store.restore_nodes(orch.registry)
+            now = orch.clock()
+            for node in orch.registry:
+                if node.last_seen is not None:  # heard from before: a full grace period from now
+                    node.last_seen = max(node.last_seen, now)
+                if node.id in orch.mesh:
+                    if node.isolated and not orch.mesh.is_isolated(node.id):
+                        orch.mesh.isolate(node.id)
+                    elif not node.isolated and orch.mesh.is_isolated(node.id):
+                        orch.mesh.reinstate(node.id)
+            orch._decide_state = None  # type: ignore[attr-defined] # rebuilt from etcd by the next tick
+            orch._state_primed = False  # type: ignore[attr-defined] # the first tick writes every node row
+            service.outbox.replace(rows, acked)
+            service.publish_view()
+        log.warning("replica %s leads from tick %d: %d action(s) in force, %d node(s)", self.id, tick, len(rows),
+                    len(orch.registry))
+
+    def follow(self) -> None:
+        """Read the committed state (a follower's tick slot); etcd trouble is reported
+        by /healthz, never raised."""
+        service = self.service
+        orch = service.orchestrator
+        store = self.store
+        try:
+            tick = store.last_tick()
+            rows = store.actions("in_force")
+            acked = {(a["action_id"], a["node_id"]) for a in store.action_acks()}
+            service.refresh_keys()
+            with service.lock:
+                orch.tick_number = tick
+                store.restore_nodes(orch.registry)
+                service.outbox.replace(rows, acked)
+                service.publish_view()
+            self.follow_error = None
+        except (EtcdError, StoreError) as exc:
+            self.follow_error = str(exc)[:300]
+            log.info("follower cannot read etcd: %s", exc)
+        self._term_synced = 0
+

@@ -1,0 +1,437 @@
+"""The cluster state in etcd: the state-store interface of ``wyneos_core.store`` on etcd v3.
+
+Keys, all under one prefix (default ``/wyneos/<cluster>/``), values JSON:
+
+==========================  ===========================================================
+key                         holds
+==========================  ===========================================================
+``leader``                  the leader's identity, attached to its lease (election)
+``tick``                    the number of the last committed tick
+``ticks/<tick>``            that tick's summary (the last ``retention_ticks`` kept)
+``nodes/<id>``              a node's registration: status, isolation, metadata
+``actions/<id>``            an action's target state (``in_force``, ``cleared``, ...)
+``events/<tick>``           the action lifecycle events of that tick
+``targets/<action>/<t>``    per-target delivery outcome of an action in force
+``effects/<action>``        what an action carried and did (to undo it exactly)
+``keys/<node>``             a node's enrolled public key (seq: the key's mod revision)
+``tokens/<sha256>``         an enrolment token (only its hash), with uses left
+``acks/<action>/<node>``    a node's acknowledgement of an action
+``meta/<name>``             small JSON values (the configured nodes)
+==========================  ===========================================================
+
+Decisions (``write_tick``, ``write_action_outcomes``, node removals) are written only
+under a fence: every such transaction compares the leader key's create revision with
+the token of the term that decided; a deposed leader's late write fails with
+``FencedWrite`` (logged and counted) and changes nothing. Facts from nodes and
+operators (enrolments, tokens, acknowledgements, revocations) are written by any
+replica, each with compare-and-swap on the key's revision where it matters (a token
+spent once). Heartbeats are never written here one by one.
+
+etcd caps the operations of one transaction (``--max-txn-ops``, 128 by default): a
+tick with more node rows than fit writes them in earlier fenced transactions, and the
+tick's decisions, events and its number last, in one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from urllib.parse import quote, unquote
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from wyneos_core.ha.etcd import EtcdClient, EtcdUnavailable, cmp_create, cmp_mod, delete_op, prefix_end, put_op
+from wyneos_core.model import Node, NodeStatus
+from wyneos_core.store import StoreError
+
+if TYPE_CHECKING:
+    from wyneos_core.registry import Registry
+
+__all__ = ["EtcdStateStore", "Fence", "FencedWrite"]
+
+log = logging.getLogger("wyneos.ha.store")
+
+MAX_TXN_OPS = 120  # below etcd's default --max-txn-ops of 128, leaving room for the fence
+_ACK_DETAIL = 500
+_CAS_TRIES = 20
+
+
+class FencedWrite(StoreError):
+    """A decision written without (or after losing) the leadership it was made under."""
+
+
+class Fence:
+    """The fencing token of the term this replica leads (None: not leading)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.token: int | None = None
+        self.refused = 0  # writes etcd refused: another term holds the key
+        self.failed = 0  # writes that failed otherwise (etcd unavailable): outcome unknown
+        self.lock = threading.Lock()
+
+    def compare(self) -> dict[str, Any]:
+        token = self.token
+        if token is None:
+            raise FencedWrite("not the leader: decisions are written only by the leader")
+        return cmp_create(self.key, token)
+
+
+def _j(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _t(tick: int) -> str:
+    return f"{int(tick):012d}"
+
+
+class EtcdStateStore:
+    """The cluster state on etcd. ``EtcdStateStore.open(endpoints, prefix)``.
+
+    :param fence: shared with the replica's elector; every decision is written under it.
+        Without one (``wyneos enrol`` on the command line) decisions are refused.
+    """
+
+    backend = "etcd"
+
+    def __init__(self, client: EtcdClient, prefix: str, fence: Fence | None = None) -> None:
+        if not prefix.endswith("/"):
+            prefix += "/"
+        self.client = client
+        self.prefix = prefix
+        self.path = client.describe() + prefix  # what messages name as "the state"
+        self.fence = fence or Fence(prefix + "leader")
+
+    @classmethod
+    def open(cls, endpoints: list[tuple[str, int]], prefix: str, *, timeout: float = 5.0) -> EtcdStateStore:
+        store = cls(EtcdClient(endpoints, timeout=timeout), prefix)
+        try:
+            version = store.meta("schema_version")
+        except EtcdUnavailable as exc:
+            raise StoreError(f"{store.client.describe()}: etcd does not answer (state.etcd.endpoints): {exc}") \
+                from None
+        if version is None:
+            store.client.txn([cmp_create(store.prefix + "meta/schema_version", 0)],
+                             [put_op(store.prefix + "meta/schema_version", "1")])
+        elif int(version) > 1:
+            raise StoreError(f"{store.path}: state schema {version} is newer than this wyneos-core (1)")
+        return store
+
+    def reopen(self) -> EtcdStateStore:
+        """Another handle on the same state (the service's reader); shares the fence."""
+        return EtcdStateStore(self.client, self.prefix, self.fence)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _k(self, *parts: str) -> str:
+        """The key of ``parts`` (each quoted: an id with a slash stays one segment)."""
+        return self.prefix + "/".join(quote(p, safe=":.-_") for p in parts)
+
+    def _rows(self, *parts: str) -> list[tuple[Any, Any]]:
+        """``[(kv, decoded value)]`` under a key prefix."""
+        out = []
+        for kv in self.client.get_prefix(self._k(*parts) + "/"):
+            try:
+                out.append((kv, json.loads(kv.value)))
+            except ValueError:
+                log.warning("etcd key %s: not JSON, skipped", kv.key)
+        return out
+
+    def _fenced(self, ops: list[dict[str, Any]]) -> None:
+        """Write ``ops`` in transactions guarded by the fence, the last chunk last."""
+        for start in range(0, len(ops), MAX_TXN_OPS):
+            chunk = ops[start:start + MAX_TXN_OPS]
+            try:
+                ok, _ = self.client.txn([self.fence.compare()], chunk)
+            except Exception:
+                with self.fence.lock:
+                    self.fence.failed += 1  # committed or not: the replica reads etcd again before deciding
+                raise
+            if not ok:
+                with self.fence.lock:
+                    self.fence.refused += 1
+                log.warning("fenced write refused: term %s no longer holds %s", self.fence.token, self.fence.key)
+                raise FencedWrite(f"term {self.fence.token} no longer leads: etcd refused the write")
+
+    # -- reading -------------------------------------------------------------------------
+
+    def last_tick(self) -> int:
+        kv = self.client.get(self._k("tick"))
+        return int(json.loads(kv.value)) if kv is not None else 0
+
+    def restore_nodes(self, registry: Registry) -> int:
+        count = 0
+        for _, row in self._rows("nodes"):
+            node = registry.get(row["id"])
+            if node is None:
+                node = registry.register(row["id"], now=row["registered_at"])
+            node.status = NodeStatus(row["status"])
+            node.last_seen = row["last_seen"]
+            node.load = row["load"]
+            node.metadata = {**row["metadata"], **node.metadata}
+            node.licence_ref = node.licence_ref or row["licence_ref"]
+            node.fingerprint = node.fingerprint or row["fingerprint"]
+            node.registered_at = row["registered_at"]
+            node.isolated = bool(row["isolated"])
+            count += 1
+        return count
+
+    def node_rows(self) -> list[dict[str, Any]]:
+        return [row for _, row in self._rows("nodes")]
+
+    def actions(self, state: str | None = None) -> list[dict[str, Any]]:
+        rows = [row for _, row in self._rows("actions") if state is None or row["state"] == state]
+        rows.sort(key=lambda r: (r["first_tick"], r["id"]))
+        return rows
+
+    def action_events(self, since_tick: int = 0) -> list[dict[str, Any]]:
+        out = []
+        for kv in self.client.range(self._k("events", _t(since_tick)), prefix_end(self._k("events") + "/")):
+            tick = int(unquote(kv.key.rsplit("/", 1)[1]))
+            for aid, state, detail in json.loads(kv.value):
+                out.append({"tick": tick, "action_id": aid, "state": state, "detail": detail})
+        return out
+
+    def recent_action_events(self, since_tick: int, limit: int = 500) -> list[dict[str, Any]]:
+        return self.action_events(since_tick)[-limit:] if limit > 0 else []
+
+    def tick_summaries(self, limit: int = 20) -> list[dict[str, Any]]:
+        kvs = self.client.range(self._k("ticks") + "/", prefix_end(self._k("ticks") + "/"), limit=limit,
+                                descending=True)
+        return [json.loads(kv.value)["summary"] for kv in kvs]
+
+    def tick_rows(self) -> list[dict[str, Any]]:
+        """Every kept tick: ``tick``, ``started_at``, ``leader`` (who wrote it), ``term``,
+        ``writes`` (how many times its key was written: 1 unless a tick was written twice)."""
+        return [{**{k: v for k, v in row.items() if k != "summary"}, "writes": kv.version}
+                for kv, row in self._rows("ticks")]
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        kv = self.client.get(self._k("meta", key))
+        return default if kv is None else json.loads(kv.value)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.client.put(self._k("meta", key), _j(value))
+
+    # -- writing decisions (fenced) --------------------------------------------------------
+
+    #: who writes: set by the replica (shown in each tick row)
+    writer: str = ""
+
+    def write_tick(self, tick: int, started_at: float, duration_ms: float, summary: dict[str, Any],
+                   nodes: Iterable[Node], actions: Iterable[dict[str, Any]],
+                   events: Iterable[tuple[str, str, str]], retention: int, cleared: Iterable[str] = ()) -> None:
+        """One tick's decisions, under the fence (see the module docstring)."""
+        self.fence.compare()  # refuse early when not leading
+        node_ops = [put_op(self._k("nodes", n.id), _j({
+            "id": n.id, "status": n.status.value, "last_seen": n.last_seen, "load": n.load,
+            "metadata": n.metadata, "licence_ref": n.licence_ref, "fingerprint": n.fingerprint,
+            "registered_at": n.registered_at, "isolated": bool(n.isolated), "updated_tick": tick})) for n in nodes]
+        stored = {row["id"]: row for _, row in self._rows("actions")}
+        ops: list[dict[str, Any]] = []
+        for a in actions:
+            old = stored.get(a["id"])
+            row = {k: a[k] for k in ("id", "type", "target", "origin", "reason", "severity", "params", "state",
+                                     "first_tick", "last_tick")}
+            if old is not None:  # as SQLite's upsert: state, last tick and reason change
+                row = {**old, "state": a["state"], "last_tick": a["last_tick"], "reason": a["reason"]}
+            stored[a["id"]] = row
+            ops.append(put_op(self._k("actions", a["id"]), _j(row)))
+        for aid in cleared:
+            old = stored.get(aid)
+            if old is not None:
+                old = stored[aid] = {**old, "state": "cleared", "last_tick": tick}
+                ops.append(put_op(self._k("actions", aid), _j(old)))
+        events = [[aid, state, detail] for aid, state, detail in events]
+        if events:
+            kv = self.client.get(self._k("events", _t(tick)))
+            before = json.loads(kv.value) if kv is not None else []
+            ops.append(put_op(self._k("events", _t(tick)), _j(before + events)))
+        ops.append(put_op(self._k("ticks", _t(tick)), _j({
+            "tick": tick, "started_at": started_at, "duration_ms": duration_ms, "summary": summary,
+            "leader": self.writer, "term": self.fence.token})))
+        ops.extend(self._retention(tick, retention, stored))
+        ops.append(put_op(self._k("tick"), str(int(tick))))
+        # node rows first (in chunks of their own when many), the decisions and the tick number last
+        if len(node_ops) + len(ops) <= MAX_TXN_OPS:
+            self._fenced(node_ops + ops)
+        else:
+            self._fenced(node_ops)
+            if len(ops) > MAX_TXN_OPS:
+                self._fenced(ops[:-MAX_TXN_OPS])
+                ops = ops[-MAX_TXN_OPS:]
+            self._fenced(ops)
+
+    def _retention(self, tick: int, retention: int, stored: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Operations forgetting what ended ``retention`` ticks ago (as the SQLite store)."""
+        cut = tick - retention
+        if cut < 1:
+            return []
+        ops = [delete_op(self._k("ticks", _t(0)), self._k("ticks", _t(cut + 1)))]
+        live = {aid for aid, row in stored.items() if row["state"] == "in_force"}
+        for aid, row in list(stored.items()):
+            if row["state"] != "in_force" and row["last_tick"] <= cut:
+                ops.append(delete_op(self._k("actions", aid)))
+                del stored[aid]
+        for kv in self.client.range(self._k("events", _t(0)), self._k("events", _t(cut + 1))):
+            kept = [e for e in json.loads(kv.value) if e[0] in live]  # actions in force keep their history
+            ops.append(put_op(kv.key, _j(kept)) if kept else delete_op(kv.key))
+        return ops
+
+    def forget_node(self, node_id: str) -> None:
+        """Forget a node's registration (at startup, for nodes dropped from the config:
+        config, not a decision, so written by whichever replica starts)."""
+        self.client.txn([], [delete_op(self._k("nodes", node_id))])
+
+    # -- service mode: keys, tokens, acknowledgements (any replica) -------------------------
+
+    def ensure_service_tables(self) -> None:
+        """Nothing to create in etcd (kept for the interface)."""
+
+    def ensure_delivery_tables(self) -> None:
+        """Nothing to create in etcd (kept for the interface)."""
+
+    def add_enrol_token(self, token_hash: str, node_id: str | None, uses: int, expires_at: float, now: float) -> None:
+        key = self._k("tokens", token_hash)
+        ok, _ = self.client.txn([cmp_create(key, 0)], [put_op(key, _j({
+            "token_hash": token_hash, "node_id": node_id, "uses_left": uses, "expires_at": expires_at,
+            "created_at": now}))])
+        if not ok:
+            raise StoreError("an enrolment token with this hash exists already")
+
+    def enrol_tokens(self) -> list[dict[str, Any]]:
+        return sorted((row for _, row in self._rows("tokens")), key=lambda r: r["created_at"])
+
+    def put_node_key(self, node_id: str, public_key: bytes, fingerprint: str, now: float) -> None:
+        self.client.put(self._k("keys", node_id), _j(self._key_row(node_id, public_key, fingerprint, now)))
+
+    @staticmethod
+    def _key_row(node_id: str, public_key: bytes, fingerprint: str, now: float) -> dict[str, Any]:
+        return {"node_id": node_id, "public_key": public_key.hex(), "fingerprint": fingerprint, "enrolled_at": now,
+                "revoked_at": None}
+
+    def revoke_node_key(self, node_id: str, now: float) -> bool:
+        key = self._k("keys", node_id)
+        for _ in range(_CAS_TRIES):
+            kv = self.client.get(key)
+            if kv is None:
+                return False
+            row = json.loads(kv.value)
+            if row["revoked_at"] is not None:
+                return False
+            ok, _ = self.client.txn([cmp_mod(key, kv.mod_revision)], [put_op(key, _j({**row, "revoked_at": now}))])
+            if ok:
+                return True
+        raise StoreError(f"revoking {node_id!r}: the key kept changing ({_CAS_TRIES} tries)")
+
+    def node_keys(self, since_seq: int = 0) -> list[dict[str, Any]]:
+        out = []
+        for kv, row in self._rows("keys"):
+            if kv.mod_revision > since_seq:
+                out.append({**row, "public_key": bytes.fromhex(row["public_key"]), "seq": kv.mod_revision})
+        out.sort(key=lambda r: r["seq"])
+        return out
+
+    def enrol_with_token(self, token_hash: str | None, node_id: str, public_key: bytes, fingerprint: str,
+                         now: float) -> str | None:
+        """Spend one use of a token and store the key in one transaction (compare-and-swap
+        on the token's revision: two replicas never spend the same use)."""
+        key_op = put_op(self._k("keys", node_id), _j(self._key_row(node_id, public_key, fingerprint, now)))
+        if token_hash is None:
+            self.client.txn([], [key_op])
+            return None
+        tkey = self._k("tokens", token_hash)
+        for _ in range(_CAS_TRIES):
+            kv = self.client.get(tkey)
+            if kv is None:
+                return "unknown enrolment token"
+            row = json.loads(kv.value)
+            if row["node_id"] is not None and row["node_id"] != node_id:
+                return f"the enrolment token is for node {row['node_id']!r}"
+            if row["uses_left"] <= 0:
+                return "the enrolment token is used up"
+            if row["expires_at"] < now:
+                return "the enrolment token has expired"
+            spent = put_op(tkey, _j({**row, "uses_left": row["uses_left"] - 1}))
+            ok, _ = self.client.txn([cmp_mod(tkey, kv.mod_revision)], [spent, key_op])
+            if ok:
+                return None
+        raise StoreError("the enrolment token kept changing; try again")
+
+    def record_action_ack(self, action_id: str, node_id: str, status: str, detail: str, now: float) -> None:
+        self.client.put(self._k("acks", action_id, node_id), _j({
+            "action_id": action_id, "node_id": node_id, "status": status, "detail": detail[:_ACK_DETAIL],
+            "acked_at": now}))
+
+    def action_acks(self) -> list[dict[str, Any]]:
+        return sorted((row for _, row in self._rows("acks")), key=lambda r: r["acked_at"])
+
+    def recent_action_acks(self, limit: int = 500) -> list[dict[str, Any]]:
+        return self.action_acks()[-limit:] if limit > 0 else []
+
+    def action_acks_of(self, node_id: str, action_ids: Iterable[str]) -> set[str]:
+        found = set()
+        for aid in dict.fromkeys(action_ids):
+            if self.client.get(self._k("acks", aid, node_id)) is not None:
+                found.add(aid)
+        return found
+
+    def prune_action_acks(self, tick: int, retention: int) -> int:
+        keep = {row["id"] for row in self.actions() if row["state"] == "in_force" or row["last_tick"] > tick - retention}
+        removed = 0
+        for kv, row in self._rows("acks"):
+            if row["action_id"] not in keep:
+                ok, _ = self.client.txn([cmp_mod(kv.key, kv.mod_revision)], [delete_op(kv.key)])
+                removed += ok
+        return removed
+
+    # -- delivery outcomes and effects (fenced: written by the deciding tick) ---------------
+
+    def write_action_outcomes(self, tick: int, outcomes: Iterable[tuple[str, str, bool, str]],
+                              effects: Iterable[tuple[str, dict[str, Any] | None, dict[str, Any] | None]],
+                              retention: int) -> None:
+        self.fence.compare()
+        ops = [put_op(self._k("targets", a, t), _j([bool(ok), r, tick])) for a, t, ok, r in outcomes]
+        for aid, carried, effect in effects:
+            kv = self.client.get(self._k("effects", aid))
+            old = json.loads(kv.value) if kv is not None else {"carried": None, "effect": None}
+            ops.append(put_op(self._k("effects", aid), _j({
+                "carried": carried if carried is not None else old["carried"],
+                "effect": effect if effect is not None else old["effect"], "tick": tick})))
+        if tick % 10 == 0:  # retention every 10 ticks: it reads every stored outcome
+            live = {row["id"] for row in self.actions("in_force")}
+            for kv, value in self._rows("targets"):
+                aid = unquote(kv.key[len(self._k("targets")) + 1:].split("/", 1)[0])
+                if aid not in live and value[2] <= tick - retention:
+                    ops.append(delete_op(kv.key))
+            for kv, value in self._rows("effects"):
+                aid = unquote(kv.key.rsplit("/", 1)[1])
+                if aid not in live and value["tick"] <= tick - retention:
+                    ops.append(delete_op(kv.key))
+        if ops:
+            self._fenced(ops)
+
+    def action_outcomes(self, action_ids: Iterable[str]) -> tuple[dict[str, dict[str, tuple[bool, str]]],
+                                                                   dict[str, dict[str, Any]]]:
+        wanted = set(action_ids)
+        outcomes: dict[str, dict[str, tuple[bool, str]]] = {}
+        base = len(self._k("targets")) + 1
+        for kv, value in self._rows("targets"):
+            aid, _, target = (unquote(x) for x in kv.key[base:].partition("/"))
+            if aid in wanted:
+                outcomes.setdefault(aid, {})[target] = (bool(value[0]), value[1])
+        carried = {}
+        for kv, value in self._rows("effects"):
+            aid = unquote(kv.key.rsplit("/", 1)[1])
+            if aid in wanted and value["carried"] is not None:
+                carried[aid] = value["carried"]
+        return outcomes, carried
+
+    def action_effects(self) -> dict[str, dict[str, Any]]:
+        return {unquote(kv.key.rsplit("/", 1)[1]): {"carried": v["carried"], "effect": v["effect"]}
+                for kv, v in self._rows("effects")}
+
