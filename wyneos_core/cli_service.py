@@ -45,10 +45,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=_port, help="TCP port (default 8420; 0 picks a free one)")
     p.add_argument("--interval", type=_seconds, help="seconds between ticks (overrides tick.interval)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    _store_args(p)
+    p.add_argument("--replica-id", metavar="ID", help="this replica's name among replicas on etcd "
+                   "(default: host name and process id)")
+    p.add_argument("--advertise-url", metavar="URL", help="the URL other replicas forward heartbeats to "
+                   "(default: the address it listens on)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("agent", help="run a node agent: enrol, send signed heartbeats, apply actions")
-    p.add_argument("--server", required=True, metavar="URL", help="orchestrator URL, e.g. http://127.0.0.1:8420")
+    p.add_argument("--server", required=True, metavar="URL", help="orchestrator URL, e.g. http://127.0.0.1:8420 "
+                   "(replicas: several, comma-separated)")
     p.add_argument("--node", required=True, metavar="ID", help="this node's id")
     p.add_argument("--state-dir", required=True, metavar="DIR", help="keeps node.key, state and actions.log")
     p.add_argument("--token", help="enrolment token (first start only)")
@@ -91,6 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     esub = p.add_subparsers(dest="enrol_command", metavar="ACTION")
     t = esub.add_parser("token", help="create an enrolment token (printed once)")
     _common(t)
+    _store_args(t)
     t.add_argument("--node", metavar="ID", help="only this node may use it")
     t.add_argument("--uses", type=int, default=1, help="how many enrolments it allows (default 1)")
     t.add_argument("--ttl", type=float, default=3600.0, help="seconds it stays valid (default 3600)")
@@ -99,10 +106,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_enrol_token)
     ls = esub.add_parser("list", help="list enrolled node keys")
     _common(ls)
+    _store_args(ls)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_enrol_list)
     rv = esub.add_parser("revoke", help="revoke a node's key (takes effect at the server's next tick)")
     _common(rv)
+    _store_args(rv)
     rv.add_argument("node", metavar="ID")
     rv.set_defaults(func=cmd_enrol_revoke)
     p.set_defaults(func=lambda args: (p.print_help(), EXIT_USAGE)[1])
@@ -116,6 +125,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.set_defaults(func=lambda args: (st.print_help(), EXIT_USAGE)[1])
 
 
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="URL", help="keep the state in etcd: etcd://HOST:PORT[,HOST:PORT...] "
+                   "(sets state.backend: etcd; replicas on the same etcd elect one leader)")
+
+
 def _settings(args: argparse.Namespace, config):  # noqa: ANN001, ANN202
     from wyneos_core.service.settings import ServiceSettings
 
@@ -126,11 +140,15 @@ def _file_state_path(args: argparse.Namespace) -> None:
     """Refuse ``state.path: ":memory:"`` before anything starts (service mode keeps a file)."""
     from wyneos_core.config import ConfigError, load_config
 
+    if getattr(args, "store", None):
+        return
     if args.state == ":memory:":
         print("wyneos serve: --state: service mode keeps its state in a file, ':memory:' keeps nothing",
               file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
     config = load_config(args.config)
+    if config["state"]["backend"] == "etcd":
+        return
     if not args.state and config["state"]["path"] == ":memory:":
         raise ConfigError("service mode keeps its state in a file; ':memory:' keeps nothing across a restart "
                           "(give a file name)", file=config.source, field="state.path")
@@ -143,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s %(message)s")
     _file_state_path(args)
-    orchestrator = build(args, stdout_mode="none")
+    orchestrator = build(args, stdout_mode="none", replica=(args.replica_id, args.advertise_url))
     settings = _settings(args, orchestrator.config)
     try:
         service = Service(orchestrator, settings, interval=args.interval)
@@ -152,11 +170,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"wyneos serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     cfg = orchestrator.config
+    where = orchestrator.store.path if service.ha is not None else cfg.resolve(cfg["state"]["path"])
 
     def listening(url: str) -> None:
+        if service.ha is not None and not service.ha.url:
+            service.ha.url = url  # before the app starts the elector: the leader key names it
         print(f"wyneos serve: listening on {url} (dashboard {url}/, API docs {url}/docs); cluster "
               f"{cfg['cluster']!r}, {plural(len(orchestrator.registry), 'node')}, tick every {service.interval:g}s, "
-              f"state in {cfg.resolve(cfg['state']['path'])}", flush=True)
+              f"state in {where}" + (f", replica {service.ha.id}" if service.ha is not None else ""), flush=True)
 
     try:
         serve(service, log_level=args.log_level, on_listening=listening)
@@ -255,12 +276,16 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace):  # noqa: ANN202
+    from wyneos_core.cli import use_store_url
     from wyneos_core.config import load_config
-    from wyneos_core.store import StateStore
+    from wyneos_core.store import open_state_store
 
     config = load_config(args.config)
-    path = args.state or config["state"]["path"]
-    store = StateStore.open(config.resolve(path))
+    if args.state:
+        config["state"]["path"] = args.state
+    if getattr(args, "store", None):
+        use_store_url(config, args.store)
+    store = open_state_store(config)
     store.ensure_service_tables()
     return store
 

@@ -198,6 +198,15 @@ class ClusterStateStore(Protocol):
     def action_outcomes(self, action_ids: Iterable[str]) -> tuple[dict[str, dict[str, tuple[bool, str]]],
                                                                    dict[str, dict[str, Any]]]: ...
     def action_effects(self) -> dict[str, dict[str, Any]]: ...
+    def tick_times(self, ticks: Iterable[int]) -> dict[int, float]: ...
+    def ensure_signing_tables(self) -> None: ...
+    def put_signed_ack(self, action_id: str, node_id: str, issued_at: int | None, envelope: dict[str, Any],
+                       now: float) -> None: ...
+    def signed_ack(self, action_id: str, node_id: str) -> dict[str, Any] | None: ...
+    def prune_signed_acks(self) -> None: ...
+    def add_action_refusals(self, node_id: str, now: float, refusals: Iterable[tuple[str, str | None, str]],
+                            keep: int) -> None: ...
+    def recent_action_refusals(self, limit: int = 200) -> list[dict[str, Any]]: ...
 
 
 def open_state_store(config: Any) -> ClusterStateStore:
@@ -591,6 +600,64 @@ class StateStore:
     def action_acks(self) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT action_id, node_id, status, detail, acked_at FROM action_acks ORDER BY acked_at")
         return [{"action_id": a, "node_id": n, "status": s, "detail": d, "acked_at": t} for a, n, s, d, t in rows]
+
+    # -- service mode: node-signed acknowledgements and agents' refusal reports -------------
+
+    _SIGNING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS signed_acks (
+    action_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    issued_at INTEGER,
+    envelope TEXT NOT NULL,
+    acked_at REAL NOT NULL,
+    PRIMARY KEY (action_id, node_id)
+);
+CREATE TABLE IF NOT EXISTS action_refusals (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    node_id TEXT NOT NULL,
+    reported_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    action_id TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"""
+
+    def ensure_signing_tables(self) -> None:
+        """Create the tables of signed acknowledgements and refusals if missing (idempotent)."""
+        self.conn.executescript(self._SIGNING_SCHEMA)
+
+    def put_signed_ack(self, action_id: str, node_id: str, issued_at: int | None, envelope: dict[str, Any],
+                       now: float) -> None:
+        """Keep the node-signed acknowledgement of ``action_id`` (the latest per node)."""
+        self.conn.execute(
+            "INSERT INTO signed_acks VALUES (?,?,?,?,?) ON CONFLICT(action_id, node_id) DO UPDATE SET "
+            "issued_at=excluded.issued_at, envelope=excluded.envelope, acked_at=excluded.acked_at",
+            (action_id, node_id, issued_at, json.dumps(envelope, sort_keys=True), now))
+
+    def signed_ack(self, action_id: str, node_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT envelope FROM signed_acks WHERE action_id=? AND node_id=?",
+                                (action_id, node_id)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def prune_signed_acks(self) -> None:
+        """Forget signed acknowledgements whose acknowledgement is gone (pruned)."""
+        self.conn.execute("DELETE FROM signed_acks WHERE NOT EXISTS (SELECT 1 FROM action_acks a WHERE "
+                          "a.action_id = signed_acks.action_id AND a.node_id = signed_acks.node_id)")
+
+    def add_action_refusals(self, node_id: str, now: float, refusals: Iterable[tuple[str, str | None, str]],
+                            keep: int) -> None:
+        """Record ``(reason, action_id, detail)`` reports of ``node_id``; keep the latest ``keep``."""
+        self.conn.executemany("INSERT INTO action_refusals (node_id, reported_at, reason, action_id, detail) "
+                              "VALUES (?,?,?,?,?)", ((node_id, now, r, a, d) for r, a, d in refusals))
+        self.conn.execute("DELETE FROM action_refusals WHERE seq <= (SELECT MAX(seq) FROM action_refusals) - ?",
+                          (keep,))
+
+    def recent_action_refusals(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The ``limit`` latest refusal reports, oldest first."""
+        rows = self.conn.execute("SELECT node_id, reported_at, reason, action_id, detail FROM action_refusals "
+                                 "ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [{"node_id": n, "reported_at": t, "reason": r, "action_id": a, "detail": d}
+                for n, t, r, a, d in reversed(rows)]
 
     # -- per-target delivery outcomes and effects of actions (builtin state plugin) --------
 

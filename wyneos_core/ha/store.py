@@ -16,6 +16,8 @@ key                         holds
 ``keys/<node>``             a node's enrolled public key (seq: the key's mod revision)
 ``tokens/<sha256>``         an enrolment token (only its hash), with uses left
 ``acks/<action>/<node>``    a node's acknowledgement of an action
+``sacks/<action>/<node>``   the node-signed envelope of that acknowledgement
+``refusals/<time>-...``     agents' reports of actions they refused (the latest kept)
 ``meta/<name>``             small JSON values (the configured nodes)
 ==========================  ===========================================================
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from urllib.parse import quote, unquote
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -204,6 +207,29 @@ class EtcdStateStore:
                                 descending=True)
         return [json.loads(kv.value)["summary"] for kv in kvs]
 
+    def tick_times(self, ticks: Iterable[int]) -> dict[int, float]:
+        """When each of ``ticks`` started: from the kept tick rows, else from the actions
+        first decided in them (which keep it: what agents know an issuance by)."""
+        wanted = sorted(set(ticks))
+        out: dict[int, float] = {}
+        if not wanted:
+            return out
+        if len(wanted) <= 20:
+            for t in wanted:
+                kv = self.client.get(self._k("ticks", _t(t)))
+                if kv is not None:
+                    out[t] = float(json.loads(kv.value)["started_at"])
+        else:
+            for kv, row in self._rows("ticks"):
+                if row["tick"] in wanted:
+                    out[row["tick"]] = float(row["started_at"])
+        missing = set(wanted) - set(out)
+        if missing:
+            for _, row in self._rows("actions"):
+                if row["first_tick"] in missing and row.get("first_started_at") is not None:
+                    out[row["first_tick"]] = float(row["first_started_at"])
+        return out
+
     def tick_rows(self) -> list[dict[str, Any]]:
         """Every kept tick: ``tick``, ``started_at``, ``leader`` (who wrote it), ``term``,
         ``writes`` (how many times its key was written: 1 unless a tick was written twice)."""
@@ -239,6 +265,8 @@ class EtcdStateStore:
                                      "first_tick", "last_tick")}
             if old is not None:  # as SQLite's upsert: state, last tick and reason change
                 row = {**old, "state": a["state"], "last_tick": a["last_tick"], "reason": a["reason"]}
+            elif row["first_tick"] == tick:  # its issuance time, kept past the tick row's retention
+                row["first_started_at"] = started_at
             stored[a["id"]] = row
             ops.append(put_op(self._k("actions", a["id"]), _j(row)))
         for aid in cleared:
@@ -388,6 +416,46 @@ class EtcdStateStore:
                 ok, _ = self.client.txn([cmp_mod(kv.key, kv.mod_revision)], [delete_op(kv.key)])
                 removed += ok
         return removed
+
+    # -- node-signed acknowledgements and refusal reports (any replica) ---------------------
+
+    def ensure_signing_tables(self) -> None:
+        """Nothing to create in etcd (kept for the interface)."""
+
+    def put_signed_ack(self, action_id: str, node_id: str, issued_at: int | None, envelope: dict[str, Any],
+                       now: float) -> None:
+        self.client.put(self._k("sacks", action_id, node_id), _j({"issued_at": issued_at, "envelope": envelope,
+                                                                   "acked_at": now}))
+
+    def signed_ack(self, action_id: str, node_id: str) -> dict[str, Any] | None:
+        kv = self.client.get(self._k("sacks", action_id, node_id))
+        return None if kv is None else json.loads(kv.value)["envelope"]
+
+    def prune_signed_acks(self) -> None:
+        acked = {(row["action_id"], row["node_id"]) for _, row in self._rows("acks")}
+        base = len(self._k("sacks")) + 1
+        for kv in self.client.get_prefix(self._k("sacks") + "/", keys_only=True):
+            aid, _, node = (unquote(x) for x in kv.key[base:].partition("/"))
+            if (aid, node) not in acked:
+                self.client.txn([cmp_mod(kv.key, kv.mod_revision)], [delete_op(kv.key)])
+
+    def add_action_refusals(self, node_id: str, now: float, refusals: Iterable[tuple[str, str | None, str]],
+                            keep: int) -> None:
+        ops = []
+        for i, (reason, action_id, detail) in enumerate(refusals):
+            key = self._k("refusals", f"{time.time_ns():020d}-{i:04d}-{node_id}")
+            ops.append(put_op(key, _j({"node_id": node_id, "reported_at": now, "reason": reason,
+                                       "action_id": action_id, "detail": detail})))
+        for start in range(0, len(ops), MAX_TXN_OPS):
+            self.client.txn([], ops[start:start + MAX_TXN_OPS])
+        keys = [kv.key for kv in self.client.get_prefix(self._k("refusals") + "/", keys_only=True)]
+        if len(keys) > keep:  # keys sort by time: the oldest go
+            self.client.txn([], [delete_op(keys[0], keys[len(keys) - keep])])
+
+    def recent_action_refusals(self, limit: int = 200) -> list[dict[str, Any]]:
+        prefix = self._k("refusals") + "/"
+        kvs = self.client.range(prefix, prefix_end(prefix), limit=limit, descending=True)
+        return [json.loads(kv.value) for kv in reversed(kvs)]
 
     # -- delivery outcomes and effects (fenced: written by the deciding tick) ---------------
 

@@ -152,7 +152,8 @@ class AgentStats:
 class Agent:
     """One node's agent.
 
-    :param server: base URL of ``wyneos serve`` (``http://127.0.0.1:8420``).
+    :param server: base URL of ``wyneos serve`` (``http://127.0.0.1:8420``); with replicas
+        on etcd, several separated by commas (any of them: the next one when one fails).
     :param node_id: this node's id.
     :param state_dir: where the key (``node.key``), the state file and the action log live.
     :param token: enrolment token (``wyneos enrol token``), needed on first enrolment
@@ -189,9 +190,15 @@ class Agent:
                  clock_tolerance: float = 300.0, max_clock_offset: float = 86400.0,
                  peer_port: int | None = None, peer_host: str = "127.0.0.1",
                  sessions: bool = True) -> None:
-        parts = urlsplit(server)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise AgentError(f"server URL {server!r} must look like http://HOST:PORT")
+        self.servers: list[tuple[str, str, int | None]] = []
+        for url in server.split(","):  # replicas on etcd: any of them, the next one when one fails
+            parts = urlsplit(url.strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise AgentError(f"server URL {url!r} must look like http://HOST:PORT")
+            try:
+                self.servers.append((parts.scheme, parts.hostname, parts.port))
+            except ValueError as exc:
+                raise AgentError(f"server URL {url!r}: {exc}") from None
         if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
             raise AgentError(f"node id {node_id!r} is not valid: 1-128 letters, digits, '_', '.', ':' or '-', "
                              "starting with a letter or digit")
@@ -200,15 +207,12 @@ class Agent:
                 raise AgentError(f"{name} must be a finite number of seconds above 0, got {value!r}")
         if licence is not None and not 0 < len(licence) <= 256:
             raise AgentError("licence must be a reference of 1-256 characters")
-        try:
-            parts.port
-        except ValueError as exc:
-            raise AgentError(f"server URL {server!r}: {exc}") from None
         for kind in hook_types:
             if not isinstance(kind, str) or not sa.TYPE_PATTERN.match(kind):
                 raise AgentError(f"hook type {kind!r} is not an action type (lower-case letters and '_')")
         pin = None if orchestrator_key is None else _read_pin(orchestrator_key)
-        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
+        self._server = 0
+        self.scheme, self.host, self.port = self.servers[0]
         self.node_id = node_id
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -771,6 +775,12 @@ class Agent:
                     elif isinstance(exc, (ConnectionError, OSError, http.client.HTTPException)):
                         log.warning("server %s://%s:%s unreachable (%s); retrying in %.1fs",
                                     self.scheme, self.host, self.port, exc, wait)
+                        if len(self.servers) > 1:  # the next replica; at once while others are untried
+                            self._close()
+                            self._server = (self._server + 1) % len(self.servers)
+                            self.scheme, self.host, self.port = self.servers[self._server]
+                            if failures <= len(self.servers) - 1:
+                                wait = MIN_INTERVAL / 2
                     else:
                         self.stats.bad_answers += 1
                         log.warning("could not use the answer of %s://%s:%s (%s: %s); retrying in %.1fs",

@@ -391,12 +391,14 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         written (``state_error`` names the cause; decisions are kept in memory and
         written once it works); ``failing`` (503) when the tick thread stopped or the
         last tick is late (started more than the interval plus ``service.late_tick``
-        seconds ago: a tick hangs)."""
+        seconds ago: a tick hangs; a replica that does not decide is never late). With
+        replicas: ``role`` (leader or follower), the cluster's ``tick``, the ``leader``."""
         view = service.view
         now = time.time()
         age = None if view.report is None else now - view.report.started_at
         since = now - (view.report.started_at if view.report is not None else service.started_at)
-        late = service.running and since > service.interval + settings.late_tick
+        leadership = service.leadership()
+        late = service.running and leadership["deciding"] and since > service.interval + settings.late_tick
         state_error = getattr(orch, "state_error", None)
         if not service.running or service.tick_error is not None or late:
             status = "failing"
@@ -405,7 +407,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         body = {"status": status, "tick": view.tick, "last_tick_age": age, "tick_late": late,
                 "nodes": len(view.nodes), "enrolled": service.keys.active_count(),
                 "tick_interval": service.interval, "tick_error": service.tick_error, "state_error": state_error,
-                "version": __version__}
+                "version": __version__, **leadership}
         stop = licence_stop(view.report)
         # the service is alive, but licence enforcement is frozen: say why (see docs/licences.md)
         body["licence_safety_stop"] = None if stop is None else stop[1]

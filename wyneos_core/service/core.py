@@ -48,7 +48,6 @@ from wyneos_core.service.outbox import AgentOutbox
 from wyneos_core.service import signed_actions as sa
 from wyneos_core.service.sessions import SessionTable
 from wyneos_core.service.settings import ServiceSettings
-from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator
 
 __all__ = ["HEARTBEAT_PATH", "ClusterView", "ItemResult", "Service", "Verified", "hash_token", "new_token"]
@@ -70,24 +69,6 @@ MAX_REFUSALS = 100  # refusal reports per request
 _KEEP_REFUSALS = 10_000  # refusal reports kept in the state file
 _REFUSAL_CODES = frozenset(("malformed", "unsigned", "unknown_key", "bad_signature", "expired", "not_yet_valid",
                             "replayed", "other_node", "unknown_type", "bad_answer"))
-_SIGNING_SCHEMA = """
-CREATE TABLE IF NOT EXISTS signed_acks (
-    action_id TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    issued_at INTEGER,
-    envelope TEXT NOT NULL,
-    acked_at REAL NOT NULL,
-    PRIMARY KEY (action_id, node_id)
-);
-CREATE TABLE IF NOT EXISTS action_refusals (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    node_id TEXT NOT NULL,
-    reported_at REAL NOT NULL,
-    reason TEXT NOT NULL,
-    action_id TEXT,
-    detail TEXT NOT NULL DEFAULT ''
-);
-"""
 
 
 def new_token() -> str:
@@ -180,7 +161,8 @@ class Service:
     """
 
     def __init__(self, orchestrator: Orchestrator, settings: ServiceSettings, *, interval: float | None = None) -> None:
-        if orchestrator.store is None or orchestrator.store.path == ":memory:":
+        store = orchestrator.store
+        if store is None or store.path == ":memory:":
             raise ConfigError("service mode keeps its state in a file; ':memory:' keeps nothing across a restart "
                               "(give a file name)", file=orchestrator.config.source, field="state.path")
         self.orchestrator = orchestrator
@@ -196,13 +178,15 @@ class Service:
         self.enrol_limit = RateLimiter(settings.enrol_rate, settings.enrol_burst, max_keys=65_536)
         self.metrics = ServiceMetrics()
         #: signs every action handed to agents (made beside the state file on first start;
-        #: ``KeyFileError`` naming the file when it is unusable)
-        self.okey = OrchestratorKey.for_state(orchestrator.store.path)
-        self.db = StateStore.open(orchestrator.store.path)  # own connection: committed state only
+        #: ``KeyFileError`` naming the file when it is unusable; replicas on etcd: beside
+        #: ``state.path``, the same key copied to every replica)
+        self.okey = OrchestratorKey.for_state(store.path if getattr(store, "backend", "sqlite") == "sqlite"
+                                              else orchestrator.config.resolve(orchestrator.config["state"]["path"]))
+        self.db = store.reopen()  # own connection: committed state only
         self.db_lock = threading.Lock()
         with self.db_lock:
             self.db.ensure_service_tables()
-            self.db.conn.executescript(_SIGNING_SCHEMA)
+            self.db.ensure_signing_tables()
         self._key_seq = 0
         self.handover = sa.load_handover(self.okey.path, self.okey.key_id)
         self.sessions = SessionTable(self.keys, self.okey.seal, ttl=settings.session_ttl,
@@ -223,6 +207,14 @@ class Service:
         self.tick_error: str | None = None
         self._mesh_wanted = 0.0
         self.view = ClusterView(orchestrator.tick_number, {}, None)
+        #: the leadership side when the state is in etcd (replicas); None: the only server
+        self.ha: Any = None
+        if getattr(store, "backend", "sqlite") == "etcd":
+            from wyneos_core.ha.replica import Replica, election_config
+
+            etcd = orchestrator.config["state"]["etcd"]
+            self.ha = Replica(self, self.db, election_config(orchestrator.config), etcd.get("replica_id"),
+                              etcd.get("advertise_url"))
         self._restore()
         with self.lock:
             self._publish(None)
@@ -333,13 +325,31 @@ class Service:
             self._key_seq = max(self._key_seq, row["seq"])
             if revoked and hasattr(self, "sessions"):
                 self.sessions.end_node(row["node_id"])  # a revoked key ends its sessions at once
+        if rows and self.ha is not None:  # enrolled at another replica: join here too
+            with self.lock:
+                for row in rows:
+                    if row["revoked_at"] is None and row["node_id"] not in self.orchestrator.registry:
+                        try:
+                            self._join(row["node_id"], row["fingerprint"])
+                        except RegistryError as exc:
+                            log.warning("enrolled node %s cannot join: %s", row["node_id"], exc)
         if rows:
             self.metrics.enrolled.set(self.keys.active_count())
         return len(rows)
 
     # -- tick thread ---------------------------------------------------------------------
 
-    def tick(self) -> TickReport:
+    def tick(self) -> TickReport | None:
+        """One tick slot: with replicas, the replica leads (ticks) or follows."""
+        if self.ha is not None:
+            return self.ha.tick()
+        return self.tick_now()
+
+    def publish_view(self) -> None:
+        """Publish a fresh ``view`` of the registry (caller holds the lock)."""
+        self._publish(None)
+
+    def tick_now(self) -> TickReport:
         """One tick under the service lock, a new ``view`` published, then metrics."""
         from wyneos_core.builtin.decide import in_force_actions
 
@@ -355,8 +365,7 @@ class Service:
         if report.tick % _ACK_PRUNE_EVERY == 0:
             with self.db_lock:
                 self.db.prune_action_acks(report.tick, self.orchestrator.config["state"]["retention_ticks"])
-                self.db.conn.execute("DELETE FROM signed_acks WHERE NOT EXISTS (SELECT 1 FROM action_acks a WHERE "
-                                     "a.action_id = signed_acks.action_id AND a.node_id = signed_acks.node_id)")
+                self.db.prune_signed_acks()
         return report
 
     def _log_licence_stop(self, report: TickReport) -> None:
@@ -425,6 +434,8 @@ class Service:
     def start(self) -> None:
         if self._thread is not None:
             return
+        if self.ha is not None:
+            self.ha.start()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="wyneos-tick", daemon=True)
         self._thread.start()
@@ -441,9 +452,21 @@ class Service:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self.ha is not None:
+            self.ha.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         with self.db_lock:
             self.db.close()
+
+    def leadership(self) -> dict[str, Any]:
+        """``role`` (leader or follower), ``leader`` (id, url, term) and ``deciding``
+        for /healthz; the only server of an embedded (SQLite) state always leads."""
+        if self.ha is None:
+            return {"role": "leader", "deciding": True, "leader": {"id": "embedded", "url": None, "term": None},
+                    "backend": "sqlite"}
+        return {"role": self.ha.role, "deciding": self.ha.leading, "leader": self.ha.leader_info(),
+                "replica": self.ha.id, "backend": "etcd", "etcd_error": self.ha.follow_error,
+                "forward_queue": self.ha.forwarder.depth()}
 
     @property
     def running(self) -> bool:
@@ -619,7 +642,11 @@ class Service:
                     results[i] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
                     continue
                 heartbeats.append((i, v.heartbeat))  # type: ignore[arg-type]
-        if heartbeats:
+        if heartbeats and self.ha is not None and not self.ha.leading:  # a follower: on to the leader
+            self.ha.forward([items[i] for i, _ in heartbeats])
+            for i, hb in heartbeats:
+                results[i] = ItemResult(202, "accepted", "", hb.node_id)
+        elif heartbeats:
             try:
                 self.orchestrator.intake.put_many(hb for _, hb in heartbeats)
             except QueueFull as exc:
@@ -717,25 +744,19 @@ class Service:
                     continue
                 status = ack["status"]
                 self.db.record_action_ack(action_id, node_id, status, ack["detail"], now)
-                self.db.conn.execute(
-                    "INSERT INTO signed_acks VALUES (?,?,?,?,?) ON CONFLICT(action_id, node_id) DO UPDATE SET "
-                    "issued_at=excluded.issued_at, envelope=excluded.envelope, acked_at=excluded.acked_at",
-                    (action_id, node_id, ack["issued_at"], json.dumps(envelope, sort_keys=True), now))
+                self.db.put_signed_ack(action_id, node_id, ack["issued_at"], envelope, now)
                 if status != "ignored":
                     record_acks(self.orchestrator, [(node_id, status == "applied")])
                 self.outbox.ack(node_id, action_id)
                 self.metrics.acks.labels(status).inc()
                 log.info("node %s acknowledged action %s: %s", node_id, action_id, status)
                 done.append(action_id)
+            if cleaned:
+                self.db.add_action_refusals(node_id, now, cleaned, _KEEP_REFUSALS)
             for reason, action_id, detail in cleaned:
-                self.db.conn.execute("INSERT INTO action_refusals (node_id, reported_at, reason, action_id, detail) "
-                                     "VALUES (?,?,?,?,?)", (node_id, now, reason, action_id, detail))
                 self.metrics.refusals.labels(reason).inc()
                 log.warning("node %s refused an action handed to it (%s, action %s): %s", node_id, reason,
                             action_id, detail)
-            if cleaned:
-                self.db.conn.execute("DELETE FROM action_refusals WHERE seq <= (SELECT MAX(seq) FROM action_refusals)"
-                                     " - ?", (_KEEP_REFUSALS,))
         self.metrics.outbox.set(self.outbox.depth())
         answer: dict[str, Any] = {"acknowledged": done, "refused": refused, "reported": len(cleaned)}
         if refused and not done and not cleaned:
@@ -747,9 +768,7 @@ class Service:
     def signed_ack(self, action_id: str, node_id: str) -> dict[str, Any] | None:
         """The node-signed acknowledgement kept for ``action_id`` (None when there is none)."""
         with self.db_lock:
-            row = self.db.conn.execute("SELECT envelope FROM signed_acks WHERE action_id=? AND node_id=?",
-                                       (action_id, node_id)).fetchone()
-        return None if row is None else json.loads(row[0])
+            return self.db.signed_ack(action_id, node_id)
 
     # -- committed state (reads) ---------------------------------------------------------
 
@@ -763,10 +782,7 @@ class Service:
             recent = self.db.recent_action_events(max(0, last_tick - 50), 500)
             acks = self.db.recent_action_acks(500)
             started = self.db.tick_times(a["first_tick"] for a in in_force)
-            refusals = [{"node_id": n, "reported_at": t, "reason": r, "action_id": a, "detail": d}
-                        for n, t, r, a, d in reversed(self.db.conn.execute(
-                            "SELECT node_id, reported_at, reason, action_id, detail FROM action_refusals "
-                            "ORDER BY seq DESC LIMIT 200").fetchall())]
+            refusals = self.db.recent_action_refusals(200)
         return {"committed_tick": last_tick, "in_force": with_causes(in_force, started), "events": recent,
                 "acks": acks, "refusals": refusals}
 

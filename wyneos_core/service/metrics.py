@@ -70,6 +70,10 @@ class ServiceMetrics:
         self.licence_stop = Gauge("wyneos_licence_safety_stop",
                                   "1 while licence actions are frozen because every licensed node fails for one "
                                   "orchestrator-side reason (the label), else 0", ["reason"], registry=r)
+        self.leader_changes = Counter("wyneos_leader_changes", "New leaders seen by this replica (etcd replicas)",
+                                      registry=r)
+        self.fenced_writes = Counter("wyneos_fenced_writes_refused",
+                                     "Ticks whose decisions etcd refused because another leader took over", registry=r)
         for status in [*(s.value for s in NodeStatus), "isolated"]:
             self.nodes.labels(status)
         for reason in ("unknown_key", "source_unavailable"):

@@ -48,6 +48,39 @@ class AgentOutbox:
         self.queued_total = 0
         self._sign = sign
         self.ttl = ttl
+        self._staged: list[tuple[str, dict[str, Any]]] | None = None
+
+    def hold(self) -> None:
+        """Keep what the next deliveries queue aside until ``release`` (a replica's tick:
+        its notices reach agents only once its decisions are committed)."""
+        with self._lock:
+            self._staged = []
+
+    def release(self, keep: bool) -> None:
+        """Queue what was held (``keep``) or drop it (the tick's write was refused)."""
+        with self._lock:
+            staged, self._staged = self._staged or [], None
+        if keep:
+            for node_id, action in staged:
+                self.put(node_id, action)
+
+    def replace(self, rows: Iterable[dict[str, Any]], acked: set[tuple[str, str]],
+                issued: dict[int, int] | None = None) -> int:
+        """Make the queues exactly the stored in-force actions not yet acknowledged by
+        their agent target (a replica taking over, or following the leader)."""
+        with self._lock:
+            before = self._queues
+            self._queues = {}
+            total = self.queued_total
+        count = self.restore(rows, acked, issued)
+        with self._lock:  # keep the order notices were first queued in; count only new ones
+            self.queued_total = total + sum(1 for n, q in self._queues.items() for k in q if k not in before.get(n, {}))
+            for node_id, queue in self._queues.items():
+                old = before.get(node_id, {})
+                ordered = {k: queue[k] for k in old if k in queue}
+                ordered.update(queue)
+                self._queues[node_id] = ordered
+        return count
 
     @hookimpl(tryfirst=True)
     def wyneos_deliver(self, ctx: Any, action: Action, sender: str, receiver: str) -> bool | None:
@@ -61,6 +94,9 @@ class AgentOutbox:
         if not isinstance(action.get("issued_at"), int):
             action = {**action, "issued_at": int(time.time() * 1000)}
         with self._lock:
+            if self._staged is not None:
+                self._staged.append((node_id, action))
+                return
             queue = self._queues.setdefault(node_id, {})
             if action["id"] not in queue:
                 if len(queue) >= self.max_per_node:
