@@ -175,3 +175,27 @@ def test_member_list_is_tried_in_turn(etcd: LocalEtcdCluster) -> None:
     client = EtcdClient([("127.0.0.1", free_port()), *etcd.endpoints], timeout=1.0)
     client.put("/turn", "1")
     assert client.get("/turn").value == b"1"
+
+
+def test_rule_states_carry_over_to_a_new_leader(store: EtcdStateStore, tmp_path: Path) -> None:
+    """A rule pending for 2 of its 3 ticks fires on the new leader's first tick, not 3 later."""
+    from wyneos_core.ha.carry import Carried
+
+    (tmp_path / "slow.yaml").write_text(
+        "ruleset: slow\nstage: enforcement\nrules:\n  - id: degrade-a\n    description: d\n"
+        "    when: node.id == \"a\"\n    for: 2 ticks\n    severity: warning\n    message: m\n"
+        "    then:\n      - degrade: {}\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cluster: carry\nnodes: [{id: a}]\nplugins: {disable: [licence]}\nrulesets: {paths: [slow.yaml]}\n"
+                   "report: {stdout: none, json_path: null}\n")
+    lead(store)
+    first = Orchestrator(load_config(cfg), load_entrypoints=False, store=store)
+    store.carry = Carried(first).collect
+    assert [r.actions for r in (first.tick(), first.tick())] == [[], []]  # pending: ticks 1 and 2
+    second_store = store.reopen()
+    second = Orchestrator(load_config(cfg), load_entrypoints=False, store=second_store)
+    second.start()
+    assert Carried(second).restore(second_store.carried()) == ["rules/slow"]
+    assert [a.type for a in second.tick().actions] == ["degrade"]  # tick 3: served its 2 ticks
+    fresh = Orchestrator(load_config(cfg), load_entrypoints=False, store=False)
+    assert [fresh.tick().actions for _ in range(2)] == [[], []]  # without the carried state: pending again

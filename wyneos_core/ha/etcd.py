@@ -155,8 +155,11 @@ class EtcdClient:
     # -- key-value -----------------------------------------------------------------------
 
     def range(self, key: str | bytes, range_end: str | bytes | None = None, *, limit: int = 0,
-              descending: bool = False, keys_only: bool = False, serializable: bool = False) -> list[KV]:
+              descending: bool = False, keys_only: bool = False, serializable: bool = False,
+              min_mod_revision: int = 0) -> list[KV]:
         body: dict[str, Any] = {"key": _b64(key)}
+        if min_mod_revision:
+            body["min_mod_revision"] = str(min_mod_revision)
         if range_end is not None:
             body["range_end"] = _b64(range_end)
         if limit:

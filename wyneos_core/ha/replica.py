@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from wyneos_core.config import Config, ConfigError
+from wyneos_core.ha.carry import Carried
 from wyneos_core.ha.election import ElectionConfig, Leadership, LeaderElector
 from wyneos_core.ha.etcd import EtcdError, parse_endpoints, parse_store_url
 from wyneos_core.ha.store import EtcdStateStore
@@ -157,9 +158,11 @@ class Replica:
         self.id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self.url = url
         store.writer = self.id
+        self.carried = Carried(service.orchestrator)
         orch_store = service.orchestrator.store
         if isinstance(orch_store, EtcdStateStore):  # the tick writes through it: same fence, same name
             orch_store.writer = self.id
+            orch_store.carry = self.carried.collect
         self.elector: LeaderElector | None = None
         self.forwarder = HeartbeatForwarder(self._leader_url)
         self._term_synced = 0
@@ -273,8 +276,12 @@ class Replica:
         tick = store.last_tick()
         rows = store.actions("in_force")
         acked = {(a["action_id"], a["node_id"]) for a in store.action_acks()}
+        carried = store.carried()
         service.refresh_keys()
+        orch.start()  # plugins ready (rulesets loaded) before their state is put back
         with service.lock:
+            self.carried.forget()
+            restored = self.carried.restore(carried)
             orch.tick_number = tick
             store.restore_nodes(orch.registry)
             now = orch.clock()
@@ -290,8 +297,8 @@ class Replica:
             orch._state_primed = False  # type: ignore[attr-defined] # the first tick writes every node row
             service.outbox.replace(rows, acked)
             service.publish_view()
-        log.warning("replica %s leads from tick %d: %d action(s) in force, %d node(s)", self.id, tick, len(rows),
-                    len(orch.registry))
+        log.warning("replica %s leads from tick %d: %d action(s) in force, %d node(s), carried over: %s", self.id,
+                    tick, len(rows), len(orch.registry), ", ".join(restored) or "nothing")
 
     def follow(self) -> None:
         """Read the committed state (a follower's tick slot); etcd trouble is reported

@@ -19,6 +19,7 @@ key                         holds
 ``sacks/<action>/<node>``   the node-signed envelope of that acknowledgement
 ``refusals/<time>-...``     agents' reports of actions they refused (the latest kept)
 ``meta/<name>``             small JSON values (the configured nodes)
+``carry/...``               rule states and the licence ledger (``ha.carry``)
 ==========================  ===========================================================
 
 Decisions (``write_tick``, ``write_action_outcomes``, node removals) are written only
@@ -247,6 +248,13 @@ class EtcdStateStore:
 
     #: who writes: set by the replica (shown in each tick row)
     writer: str = ""
+    #: returns ``{name: document}`` of carried-over state to write with the tick (replica)
+    carry: Any = None
+
+    def carried(self) -> dict[str, Any]:
+        """``{name: document}`` of the carried-over state (``carry/...`` keys)."""
+        base = len(self._k("carry")) + 1
+        return {"/".join(unquote(p) for p in kv.key[base:].split("/")): value for kv, value in self._rows("carry")}
 
     def write_tick(self, tick: int, started_at: float, duration_ms: float, summary: dict[str, Any],
                    nodes: Iterable[Node], actions: Iterable[dict[str, Any]],
@@ -283,6 +291,9 @@ class EtcdStateStore:
             "tick": tick, "started_at": started_at, "duration_ms": duration_ms, "summary": summary,
             "leader": self.writer, "term": self.fence.token})))
         ops.extend(self._retention(tick, retention, stored))
+        if self.carry is not None:  # rule states, licence ledger: with the tick, or not at all
+            for name, doc in self.carry().items():
+                ops.append(put_op(self._k("carry", *name.split("/")), _j(doc)))
         ops.append(put_op(self._k("tick"), str(int(tick))))
         # node rows first (in chunks of their own when many), the decisions and the tick number last
         if len(node_ops) + len(ops) <= MAX_TXN_OPS:
@@ -358,7 +369,9 @@ class EtcdStateStore:
 
     def node_keys(self, since_seq: int = 0) -> list[dict[str, Any]]:
         out = []
-        for kv, row in self._rows("keys"):
+        prefix = self._k("keys") + "/"
+        for kv in self.client.range(prefix, prefix_end(prefix), min_mod_revision=since_seq + 1 if since_seq else 0):
+            row = json.loads(kv.value)
             if kv.mod_revision > since_seq:
                 out.append({**row, "public_key": bytes.fromhex(row["public_key"]), "seq": kv.mod_revision})
         out.sort(key=lambda r: r["seq"])

@@ -1,0 +1,94 @@
+"""What a new leader carries over besides decisions: rule states and the licence ledger.
+
+Rule states (pending since tick N, firing, keep firing until ...) live in each
+ruleset's ``StateTracker``; the licence ledger (newest issue seen per licence, the
+revocation list accepted last: what refuses a rolled-back licence or revocation list)
+lives in the licence engine. Both are in the leader's memory; without them a failover
+would restart every ``for: 3 ticks`` count and forget which revocation list is the
+newest. The leader writes them in its tick's own fenced transaction (only those that
+changed), and a replica taking over puts them back before its first tick.
+
+Keys: ``carry/rules/<ruleset>`` (``{rule id: {node: [state, active tick, active at,
+cleared tick, cleared at]}}``) and ``carry/licence-ledger``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from wyneos_core.rules.state import RuleState
+
+__all__ = ["Carried"]
+
+
+def _rulesets(orchestrator: Any) -> dict[str, Any]:
+    from wyneos_core.builtin.rulesets import runner_of
+
+    runner = runner_of(orchestrator.pm)
+    if runner is None:
+        return {}
+    return {loaded.ruleset.name: loaded for loaded in runner.loaded.values()}
+
+
+class Carried:
+    """The carried-over state of one orchestrator, and what was last written of it."""
+
+    def __init__(self, orchestrator: Any) -> None:
+        self.orchestrator = orchestrator
+        self._written: dict[str, str] = {}
+
+    def collect(self) -> dict[str, Any]:
+        """``{name: document}`` of what changed since the last ``collect`` (call it while
+        writing the tick; ``forget`` after a write that may have failed)."""
+        docs: dict[str, Any] = {}
+        for name, loaded in _rulesets(self.orchestrator).items():
+            docs[f"rules/{name}"] = {
+                rule_id: {node: [s.state, s.active_tick, s.active_at, s.cleared_tick, s.cleared_at]
+                          for node, s in tracker.states.items()}
+                for rule_id, tracker in loaded.trackers.items()}
+        engine = getattr(self.orchestrator, "_licence_engine", None)
+        if engine is not None:
+            ledger = engine.ledger
+            docs["licence-ledger"] = {"newest_issue": ledger.newest, "revocation_version": ledger.revocation_version,
+                                      "revocation_list": ledger.revocation_document,
+                                      "revocation_new": ledger.revocation_new}
+        changed = {}
+        for name, doc in docs.items():
+            text = json.dumps(doc, sort_keys=True, default=str)
+            if self._written.get(name) != text:
+                changed[name] = doc
+                self._written[name] = text
+        return changed
+
+    def forget(self) -> None:
+        self._written.clear()
+
+    def restore(self, docs: dict[str, Any]) -> list[str]:
+        """Put carried state back (a replica taking over); the names restored."""
+        done = []
+        rulesets = _rulesets(self.orchestrator)
+        for name, doc in docs.items():
+            if name.startswith("rules/") and name[6:] in rulesets and isinstance(doc, dict):
+                loaded = rulesets[name[6:]]
+                for rule_id, states in doc.items():
+                    tracker = loaded.trackers.get(rule_id)
+                    if tracker is None or not isinstance(states, dict):
+                        continue  # a rule no longer in the file
+                    tracker.states = {node: RuleState(*row) for node, row in states.items()
+                                      if isinstance(row, list) and len(row) == 5}
+                done.append(name)
+            elif name == "licence-ledger" and isinstance(doc, dict):
+                engine = getattr(self.orchestrator, "_licence_engine", None)
+                if engine is None:
+                    continue
+                ledger = engine.ledger
+                for lid, issued in dict(doc.get("newest_issue") or {}).items():
+                    if issued > ledger.newest.get(lid, float("-inf")):
+                        ledger.newest[lid] = float(issued)
+                version = int(doc.get("revocation_version") or 0)
+                if version > ledger.revocation_version:
+                    ledger.accept_revocations(version, doc.get("revocation_list"), list(doc.get("revocation_new") or []))
+                ledger.dirty = True
+                done.append(name)
+        return done
