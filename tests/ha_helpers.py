@@ -4,8 +4,6 @@ processes, and real agents (the ``Agent`` class over HTTP) on threads."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from wyneos_core.ha.local import LocalEtcdCluster, etcd_binary
+from wyneos_core.ha.local import LocalEtcdCluster, ReplicaProcess, etcd_binary
 from wyneos_core.service.agent import Agent
 
 WYNEOS = str(Path(sys.executable).with_name("wyneos"))
@@ -92,64 +90,7 @@ def wait_for(what: str, check: Any, timeout: float, every: float = 0.1) -> Any:
     pytest.fail(f"timed out waiting for {what} (last: {last!r})")
 
 
-class Replica:
-    """One ``wyneos serve`` child process."""
-
-    def __init__(self, name: str, config: Path, store_url: str, log_dir: Path) -> None:
-        self.name = name
-        self.config = config
-        self.store_url = store_url
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-        self.generation = 0
-
-    def start(self) -> None:
-        self.generation += 1
-        err = open(self.log_dir / f"{self.name}.{self.generation}.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [WYNEOS, "serve", "-c", str(self.config), "--store", self.store_url, "--replica-id", self.name,
-             "--log-level", "warning", *(["--port", self.url.rsplit(":", 1)[1]] if self.url else [])],
-            stdout=subprocess.PIPE, stderr=err, text=True, cwd=self.config.parent, start_new_session=True)
-        err.close()
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if "listening on " not in line:
-            self.proc.kill()
-            log = (self.log_dir / f"{self.name}.{self.generation}.log").read_text()[-2000:]
-            raise RuntimeError(f"replica {self.name} did not start: {line!r} {log}")
-        self.url = line.split("listening on ", 1)[1].split(" ", 1)[0]
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive:
-            os.kill(self.proc.pid, sig)  # type: ignore[union-attr]
-
-    def kill(self) -> None:
-        if self.alive:
-            os.kill(self.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
-            self.proc.wait(10)  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        if self.alive:
-            os.kill(self.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
-            os.kill(self.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
-            try:
-                self.proc.wait(15)  # type: ignore[union-attr]
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def health(self) -> dict[str, Any] | None:
-        return get_json(self.url + "/healthz", timeout=1.0) if self.alive else None
-
-    def metrics(self) -> str:
-        try:
-            with urllib.request.urlopen(self.url + "/metrics", timeout=2) as answer:  # noqa: S310
-                return answer.read().decode()
-        except OSError:
-            return ""
+Replica = ReplicaProcess
 
 
 class AgentThread:

@@ -199,3 +199,82 @@ def test_rule_states_carry_over_to_a_new_leader(store: EtcdStateStore, tmp_path:
     assert [a.type for a in second.tick().actions] == ["degrade"]  # tick 3: served its 2 ticks
     fresh = Orchestrator(load_config(cfg), load_entrypoints=False, store=False)
     assert [fresh.tick().actions for _ in range(2)] == [[], []]  # without the carried state: pending again
+
+
+def test_a_replica_whose_write_is_fenced_counts_it_and_steps_down(etcd: LocalEtcdCluster, tmp_path: Path) -> None:
+    """The leader key changes hands between two ticks while the elector still believes it
+    leads (inside its renew deadline): the tick's write is refused, counted in /metrics,
+    nothing of it is committed, and the replica stops deciding."""
+    from ha_helpers import wait_for
+    from wyneos_core.service.core import Service
+    from wyneos_core.service.settings import ServiceSettings
+
+    prefix = f"/test/{next(_prefixes)}/"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"cluster: fence\nnodes: [{{id: a}}]\nplugins: {{disable: [licence]}}\n"
+                   f"report: {{stdout: none, json_path: null}}\n"
+                   f"state: {{backend: etcd, etcd: {{prefix: '{prefix}', lease_duration: 30, renew_deadline: 20, "
+                   f"retry_period: 5, endpoints: [{', '.join(f'{h}:{p}' for h, p in etcd.endpoints)}]}}}}\n")
+    config = load_config(cfg)
+    service = Service(Orchestrator(config, load_entrypoints=False), ServiceSettings.from_config(config))
+    try:
+        service.ha.start()
+        wait_for("leading", lambda: service.ha.leading, 10)
+        assert service.tick().tick == 1 and service.tick().tick == 2
+        client = service.ha.store.client
+        key = service.ha.store.fence.key
+        from wyneos_core.ha.etcd import delete_op
+
+        client.txn([], [delete_op(key)])  # another term takes the key
+        lease, _ = client.grant(30)
+        client.put(key, '{"id": "usurper"}', lease)
+        assert service.ha.leading  # it does not know yet
+        report = service.tick()
+        assert report is not None and any("FencedWrite" in e.error for e in report.errors)
+        assert not service.ha.leading
+        assert service.ha.store.last_tick() == 2
+        assert "wyneos_fenced_writes_refused_total 1.0" in service.metrics.render().decode()
+        assert service.tick() is None  # a follower now: no tick
+    finally:
+        service.stop()
+
+
+def test_a_new_leader_gives_every_node_a_full_grace_period(etcd: LocalEtcdCluster, tmp_path: Path) -> None:
+    """Node rows in etcd carry the heartbeat time of their last status change, long ago;
+    a replica taking over counts every node it has heard from as seen now, so no node
+    goes offline (nor gets isolated) because of the failover itself."""
+    import json as _json
+
+    from ha_helpers import wait_for
+    from wyneos_core.service.core import Service
+    from wyneos_core.service.settings import ServiceSettings
+
+    prefix = f"/test/{next(_prefixes)}/"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"cluster: grace\nnodes: [{{id: a}}, {{id: b}}]\nplugins: {{disable: [licence]}}\n"
+                   f"rulesets: {{paths: ['builtin:healing']}}\n"
+                   f"heartbeat: {{interval: 1, stale_after: 3, offline_after: 5}}\n"
+                   f"report: {{stdout: none, json_path: null}}\n"
+                   f"state: {{backend: etcd, etcd: {{prefix: '{prefix}', lease_duration: 30, renew_deadline: 20, "
+                   f"retry_period: 5, endpoints: [{', '.join(f'{h}:{p}' for h, p in etcd.endpoints)}]}}}}\n")
+    long_ago = time.time() - 600
+    client = EtcdClient(etcd.endpoints)
+    for node_id, seen in (("a", long_ago), ("b", None)):  # b: never heard from
+        client.put(f"{prefix}nodes/{node_id}", _json.dumps({
+            "id": node_id, "status": "online" if seen else "unknown", "last_seen": seen, "load": 0.1, "metadata": {},
+            "licence_ref": None, "fingerprint": None, "registered_at": long_ago, "isolated": False,
+            "updated_tick": 7}))
+    client.put(f"{prefix}tick", "7")
+    config = load_config(cfg)
+    service = Service(Orchestrator(config, load_entrypoints=False), ServiceSettings.from_config(config))
+    try:
+        service.ha.start()
+        wait_for("leading", lambda: service.ha.leading, 10)
+        report = service.tick()
+        assert report is not None and report.tick == 8  # carries on from etcd's tick number
+        status = {n.id: n.status.value for n in report.nodes}
+        assert status["a"] == "online"  # 600 s since its heartbeat, but the failover is no reason to drop it
+        assert status["b"] == "offline"  # never heard from: no grace to give
+        assert not [a for a in report.actions if a.target == "a"]
+    finally:
+        service.stop()

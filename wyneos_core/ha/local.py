@@ -8,16 +8,21 @@ Not for production (see docs/ha.md for a real deployment).
 from __future__ import annotations
 
 import os
+import json
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from wyneos_core.ha.etcd import EtcdClient, EtcdError
 
-__all__ = ["LocalEtcdCluster", "etcd_binary", "free_port"]
+__all__ = ["LocalEtcdCluster", "ReplicaProcess", "etcd_binary", "free_port"]
 
 
 def etcd_binary() -> str | None:
@@ -125,3 +130,85 @@ class LocalEtcdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ReplicaProcess:
+    """One ``wyneos serve`` replica as a child process (``--port 0`` the first time, the
+    same port when started again), ended by its pid.
+
+    :param log_dir: where each start's standard error goes (``NAME.N.log``).
+    """
+
+    def __init__(self, name: str, config: Path, store_url: str, log_dir: Path, *,
+                 wyneos: str | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.config = Path(config)
+        self.store_url = store_url
+        self.log_dir = Path(log_dir)
+        self.wyneos = wyneos or str(Path(sys.executable).with_name("wyneos"))
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.generation = 0
+
+    def start(self) -> None:
+        self.generation += 1
+        log_path = self.log_dir / f"{self.name}.{self.generation}.log"
+        with open(log_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [self.wyneos, "serve", "-c", str(self.config), "--store", self.store_url, "--replica-id", self.name,
+                 "--log-level", "warning", *(["--port", self.url.rsplit(":", 1)[1]] if self.url else []),
+                 *self.extra],
+                stdout=subprocess.PIPE, stderr=err, text=True, cwd=self.config.parent, start_new_session=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if "listening on " not in line:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise RuntimeError(f"replica {self.name} did not start: {line!r} {log_path.read_text()[-2000:]}")
+        self.url = line.split("listening on ", 1)[1].split(" ", 1)[0]
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            os.kill(self.proc.pid, sig)  # type: ignore[union-attr]
+
+    def kill(self) -> None:
+        """SIGKILL (kill -9) by pid."""
+        if self.alive:
+            os.kill(self.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+            self.proc.wait(10)  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        """SIGTERM (after SIGCONT, in case it is paused); SIGKILL if it does not end."""
+        if self.alive:
+            os.kill(self.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+            os.kill(self.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
+            try:
+                self.proc.wait(15)  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def health(self) -> dict[str, Any] | None:
+        """``/healthz`` as JSON (also when it answers 503), None when it does not answer."""
+        if not self.alive:
+            return None
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=1.0) as answer:  # noqa: S310 - loopback
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                return json.loads(exc.read())
+            except ValueError:
+                return None
+        except (OSError, ValueError):
+            return None
+
+    def metrics(self) -> str:
+        try:
+            with urllib.request.urlopen(self.url + "/metrics", timeout=2) as answer:  # noqa: S310 - loopback
+                return answer.read().decode()
+        except OSError:
+            return ""

@@ -106,6 +106,9 @@ class EtcdStateStore:
         self.prefix = prefix
         self.path = client.describe() + prefix  # what messages name as "the state"
         self.fence = fence or Fence(prefix + "leader")
+        #: the leader's copy of what only the leader writes (actions, effects), valid for one
+        #: term and dropped after any failed write: ``(term, actions, effects)``
+        self._own: tuple[int, dict[str, Any], dict[str, Any]] | None = None
 
     @classmethod
     def open(cls, endpoints: list[tuple[str, int]], prefix: str, *, timeout: float = 5.0) -> EtcdStateStore:
@@ -145,6 +148,16 @@ class EtcdStateStore:
                 log.warning("etcd key %s: not JSON, skipped", kv.key)
         return out
 
+    def _owned(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(actions, effects)`` as stored, read once per term (only the leader writes them)."""
+        own = self._own
+        if own is None or own[0] != self.fence.token:
+            base = len(self._k("effects")) + 1
+            actions = {row["id"]: row for _, row in self._rows("actions")}
+            effects = {unquote(kv.key[base:]): value for kv, value in self._rows("effects")}
+            own = self._own = (self.fence.token or 0, actions, effects)
+        return own[1], own[2]
+
     def _fenced(self, ops: list[dict[str, Any]]) -> None:
         """Write ``ops`` in transactions guarded by the fence, the last chunk last."""
         for start in range(0, len(ops), MAX_TXN_OPS):
@@ -152,10 +165,12 @@ class EtcdStateStore:
             try:
                 ok, _ = self.client.txn([self.fence.compare()], chunk)
             except Exception:
+                self._own = None
                 with self.fence.lock:
                     self.fence.failed += 1  # committed or not: the replica reads etcd again before deciding
                 raise
             if not ok:
+                self._own = None
                 with self.fence.lock:
                     self.fence.refused += 1
                 log.warning("fenced write refused: term %s no longer holds %s", self.fence.token, self.fence.key)
@@ -265,7 +280,8 @@ class EtcdStateStore:
             "id": n.id, "status": n.status.value, "last_seen": n.last_seen, "load": n.load,
             "metadata": n.metadata, "licence_ref": n.licence_ref, "fingerprint": n.fingerprint,
             "registered_at": n.registered_at, "isolated": bool(n.isolated), "updated_tick": tick})) for n in nodes]
-        stored = {row["id"]: row for _, row in self._rows("actions")}
+        owned, _ = self._owned()
+        stored = dict(owned)
         ops: list[dict[str, Any]] = []
         for a in actions:
             old = stored.get(a["id"])
@@ -304,6 +320,9 @@ class EtcdStateStore:
                 self._fenced(ops[:-MAX_TXN_OPS])
                 ops = ops[-MAX_TXN_OPS:]
             self._fenced(ops)
+        if self._own is not None:  # committed: the copy follows
+            self._own[1].clear()
+            self._own[1].update(stored)
 
     def _retention(self, tick: int, retention: int, stored: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         """Operations forgetting what ended ``retention`` ticks ago (as the SQLite store)."""
@@ -477,24 +496,29 @@ class EtcdStateStore:
                               retention: int) -> None:
         self.fence.compare()
         ops = [put_op(self._k("targets", a, t), _j([bool(ok), r, tick])) for a, t, ok, r in outcomes]
+        actions, stored = self._owned()
+        written: dict[str, Any] = {}
         for aid, carried, effect in effects:
-            kv = self.client.get(self._k("effects", aid))
-            old = json.loads(kv.value) if kv is not None else {"carried": None, "effect": None}
-            ops.append(put_op(self._k("effects", aid), _j({
-                "carried": carried if carried is not None else old["carried"],
-                "effect": effect if effect is not None else old["effect"], "tick": tick})))
+            old = written.get(aid) or stored.get(aid) or {"carried": None, "effect": None}
+            row = written[aid] = {"carried": carried if carried is not None else old["carried"],
+                                  "effect": effect if effect is not None else old["effect"], "tick": tick}
+            ops.append(put_op(self._k("effects", aid), _j(row)))
+        gone: list[str] = []
         if tick % 10 == 0:  # retention every 10 ticks: it reads every stored outcome
-            live = {row["id"] for row in self.actions("in_force")}
+            live = {aid for aid, row in actions.items() if row["state"] == "in_force"}
             for kv, value in self._rows("targets"):
                 aid = unquote(kv.key[len(self._k("targets")) + 1:].split("/", 1)[0])
                 if aid not in live and value[2] <= tick - retention:
                     ops.append(delete_op(kv.key))
-            for kv, value in self._rows("effects"):
-                aid = unquote(kv.key.rsplit("/", 1)[1])
-                if aid not in live and value["tick"] <= tick - retention:
-                    ops.append(delete_op(kv.key))
+            for aid, value in stored.items():
+                if aid not in live and aid not in written and value["tick"] <= tick - retention:
+                    ops.append(delete_op(self._k("effects", aid)))
+                    gone.append(aid)
         if ops:
             self._fenced(ops)
+        stored.update(written)  # committed: the copy follows
+        for aid in gone:
+            stored.pop(aid, None)
 
     def action_outcomes(self, action_ids: Iterable[str]) -> tuple[dict[str, dict[str, tuple[bool, str]]],
                                                                    dict[str, dict[str, Any]]]:

@@ -449,6 +449,8 @@ class Service:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        if self.ha is not None:
+            self.ha.interrupt()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
