@@ -278,3 +278,33 @@ def test_a_new_leader_gives_every_node_a_full_grace_period(etcd: LocalEtcdCluste
         assert not [a for a in report.actions if a.target == "a"]
     finally:
         service.stop()
+
+
+def test_a_node_enrolled_at_one_replica_is_known_at_another_without_a_new_token(
+        etcd: LocalEtcdCluster, tmp_path: Path) -> None:
+    from service_helpers import Node
+
+    from wyneos_core.service.core import Service, hash_token
+    from wyneos_core.service.identity import SignedItem
+    from wyneos_core.service.settings import ServiceSettings
+
+    prefix = f"/test/{next(_prefixes)}/"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"cluster: enrol\nplugins: {{disable: [licence]}}\nreport: {{stdout: none, json_path: null}}\n"
+                   f"state: {{backend: etcd, etcd: {{prefix: '{prefix}', "
+                   f"endpoints: [{', '.join(f'{h}:{p}' for h, p in etcd.endpoints)}]}}}}\n")
+    config = load_config(cfg)
+    one, two = (Service(Orchestrator(load_config(cfg), load_entrypoints=False), ServiceSettings.from_config(config))
+                for _ in range(2))
+    try:
+        one.db.add_enrol_token(hash_token("wyn_t"), None, 1, time.time() + 60, time.time())
+        node = Node("moving")
+        status, _ = one.enrol(SignedItem.from_headers(*reversed(node.enrol_request("wyn_t"))))
+        assert status == 201
+        # the other replica has not looked at etcd since; the token is used up
+        status, answer = two.enrol(SignedItem.from_headers(*reversed(node.enrol_request("wyn_t"))))
+        assert status == 200 and answer["enrolled"] is False
+        assert "moving" in two.orchestrator.registry
+    finally:
+        one.stop()
+        two.stop()

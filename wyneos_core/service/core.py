@@ -188,6 +188,7 @@ class Service:
             self.db.ensure_service_tables()
             self.db.ensure_signing_tables()
         self._key_seq = 0
+        self._keys_read_at = 0.0
         self.handover = sa.load_handover(self.okey.path, self.okey.key_id)
         self.sessions = SessionTable(self.keys, self.okey.seal, ttl=settings.session_ttl,
                                      rate=settings.heartbeat_rate, burst=settings.heartbeat_burst,
@@ -336,6 +337,20 @@ class Service:
         if rows:
             self.metrics.enrolled.set(self.keys.active_count())
         return len(rows)
+
+    def _catch_up_keys(self) -> None:
+        """Replicas: read keys enrolled elsewhere now (at most twice a second; blocks on
+        etcd: worker threads only). A node that moved here from another replica before
+        this one saw its key gets 401 ``not_enrolled`` for a heartbeat, enrols again, and
+        is recognised here as already enrolled (no token spent)."""
+        now = time.monotonic()
+        if now - self._keys_read_at < 0.5:
+            return
+        self._keys_read_at = now
+        try:
+            self.refresh_keys()
+        except Exception as exc:  # noqa: BLE001 - etcd unreachable: the keys known so far decide
+            log.info("cannot read enrolled keys: %s", exc)
 
     # -- tick thread ---------------------------------------------------------------------
 
@@ -506,6 +521,8 @@ class Service:
         if licence_ref is not None and (not isinstance(licence_ref, str) or not 0 < len(licence_ref) <= 256):
             raise _Unprocessable("licence_ref", "not a string of 1-256 characters")
         fp = fingerprint(raw)
+        if self.ha is not None and node_id not in self.keys:
+            self._catch_up_keys()  # enrolled at another replica: this is a re-enrolment, not a new one
         existing = self.keys.get(node_id)
         if existing is not None:
             same = existing == raw
