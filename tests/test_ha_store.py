@@ -308,3 +308,26 @@ def test_a_node_enrolled_at_one_replica_is_known_at_another_without_a_new_token(
     finally:
         one.stop()
         two.stop()
+
+
+def test_signed_acks_refusals_and_issuance_times(store: EtcdStateStore) -> None:
+    store.ensure_signing_tables()
+    store.record_action_ack("a1", "n1", "applied", "", 1.0)
+    store.put_signed_ack("a1", "n1", 1000, {"sig": "x"}, 1.0)
+    store.put_signed_ack("a2", "n1", 2000, {"sig": "y"}, 2.0)  # its plain ack is gone
+    assert store.signed_ack("a1", "n1") == {"sig": "x"}
+    store.prune_signed_acks()
+    assert store.signed_ack("a1", "n1") == {"sig": "x"} and store.signed_ack("a2", "n1") is None
+    store.add_action_refusals("n1", 5.0, [("expired", "a1", "late"), ("unsigned", None, "")], keep=3)
+    store.add_action_refusals("n2", 6.0, [("replayed", "a2", "again"), ("bad_signature", "a3", "")], keep=3)
+    assert [r["reason"] for r in store.recent_action_refusals(10)] == ["unsigned", "replayed", "bad_signature"]
+    assert [r["node_id"] for r in store.recent_action_refusals(1)] == ["n2"]
+    # issuance times: from the tick row, and from the action itself once the row is gone
+    lead(store)
+    row = {"id": "x1", "type": "degrade", "target": "a", "origin": "t", "reason": "r", "severity": "warning",
+           "params": {}, "state": "in_force", "first_tick": 1, "last_tick": 1}
+    store.write_tick(1, 1234.5, 1.0, {"tick": 1}, [], [row], [("x1", "approved", "")], 100)
+    assert store.tick_times([1, 2]) == {1: 1234.5}
+    store.write_tick(2, 1300.0, 1.0, {"tick": 2}, [], [{**row, "last_tick": 2}], [], 1)  # retention 1: row 1 gone
+    assert store.tick_rows()[0]["tick"] == 2
+    assert store.tick_times([1]) == {1: 1234.5}

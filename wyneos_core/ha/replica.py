@@ -82,6 +82,12 @@ def election_config(config: Config) -> ElectionConfig:
         raise ConfigError(str(exc), **_field(config, name if name in etcd else "lease_duration")) from None
 
 
+def _issued(store: EtcdStateStore, rows: list[dict[str, Any]]) -> dict[int, int]:
+    """Issuance times (ms) of actions by their first tick: every replica hands an action
+    to agents with the same ``issued_at``, so an agent never takes it for a new one."""
+    return {t: int(at * 1000) for t, at in store.tick_times(r["first_tick"] for r in rows).items()}
+
+
 class HeartbeatForwarder:
     """Carries heartbeats a follower accepted to the leader, in batches, on one thread.
 
@@ -164,6 +170,8 @@ class Replica:
         if isinstance(orch_store, EtcdStateStore):  # the tick writes through it: same fence, same name
             orch_store.writer = self.id
             orch_store.carry = self.carried.collect
+            orch_store.more_nodes = self._nodes_changed
+        self._node_written: dict[str, str] = {}
         self.elector: LeaderElector | None = None
         self.forwarder = HeartbeatForwarder(self._leader_url)
         self._term_synced = 0
@@ -205,6 +213,28 @@ class Replica:
             with self._lock:
                 self.leader_changes += 1
             self.service.metrics.leader_changes.inc()
+
+    def _nodes_changed(self) -> list[Any]:
+        """Nodes whose metadata, licence or isolation changed since this term last wrote
+        them (status changes are written anyway): what a new leader decides on must be
+        what the last one saw, not the metadata of a much older heartbeat."""
+        out = []
+        written = self._node_written
+        for node in self.service.orchestrator.registry:
+            mark = json.dumps([node.metadata, node.licence_ref, node.isolated, node.status.value], sort_keys=True,
+                              default=str)
+            if written.get(node.id) != mark:
+                written[node.id] = mark
+                out.append(node.snapshot())
+        return out
+
+    def _fresh_metadata(self) -> None:
+        """Registrations as etcd holds them, the config's metadata on top (as at a fresh
+        start): a replica's own older copy never outlives what the leader wrote since."""
+        orch = self.service.orchestrator
+        configured = {spec["id"]: spec["metadata"] for spec in orch.config["nodes"]}
+        for node in orch.registry:
+            node.metadata = dict(configured.get(node.id) or {})
 
     def _leader_url(self) -> str | None:
         leader = self.elector.leader if self.elector is not None else None
@@ -290,13 +320,16 @@ class Replica:
         tick = store.last_tick()
         rows = store.actions("in_force")
         acked = {(a["action_id"], a["node_id"]) for a in store.action_acks()}
+        issued = _issued(store, rows)
         carried = store.carried()
         service.refresh_keys()
         orch.start()  # plugins ready (rulesets loaded) before their state is put back
         with service.lock:
             self.carried.forget()
+            self._node_written.clear()
             restored = self.carried.restore(carried)
             orch.tick_number = tick
+            self._fresh_metadata()
             store.restore_nodes(orch.registry)
             now = orch.clock()
             for node in orch.registry:
@@ -309,7 +342,7 @@ class Replica:
                         orch.mesh.reinstate(node.id)
             orch._decide_state = None  # type: ignore[attr-defined] # rebuilt from etcd by the next tick
             orch._state_primed = False  # type: ignore[attr-defined] # the first tick writes every node row
-            service.outbox.replace(rows, acked)
+            service.outbox.replace(rows, acked, issued)
             service.publish_view()
         log.warning("replica %s leads from tick %d: %d action(s) in force, %d node(s), carried over: %s", self.id,
                     tick, len(rows), len(orch.registry), ", ".join(restored) or "nothing")
@@ -324,11 +357,13 @@ class Replica:
             tick = store.last_tick()
             rows = store.actions("in_force")
             acked = {(a["action_id"], a["node_id"]) for a in store.action_acks()}
+            issued = _issued(store, rows)
             service.refresh_keys()
             with service.lock:
                 orch.tick_number = tick
+                self._fresh_metadata()
                 store.restore_nodes(orch.registry)
-                service.outbox.replace(rows, acked)
+                service.outbox.replace(rows, acked, issued)
                 service.publish_view()
             self.follow_error = None
         except (EtcdError, StoreError) as exc:

@@ -265,6 +265,8 @@ class EtcdStateStore:
     writer: str = ""
     #: returns ``{name: document}`` of carried-over state to write with the tick (replica)
     carry: Any = None
+    #: returns nodes whose registration changed otherwise (metadata), to write with the tick
+    more_nodes: Any = None
 
     def carried(self) -> dict[str, Any]:
         """``{name: document}`` of the carried-over state (``carry/...`` keys)."""
@@ -276,6 +278,10 @@ class EtcdStateStore:
                    events: Iterable[tuple[str, str, str]], retention: int, cleared: Iterable[str] = ()) -> None:
         """One tick's decisions, under the fence (see the module docstring)."""
         self.fence.compare()  # refuse early when not leading
+        nodes = list(nodes)
+        if self.more_nodes is not None:
+            seen = {n.id for n in nodes}
+            nodes.extend(n for n in self.more_nodes() if n.id not in seen)
         node_ops = [put_op(self._k("nodes", n.id), _j({
             "id": n.id, "status": n.status.value, "last_seen": n.last_seen, "load": n.load,
             "metadata": n.metadata, "licence_ref": n.licence_ref, "fingerprint": n.fingerprint,
