@@ -297,7 +297,7 @@ def test_a_node_enrolled_at_one_replica_is_known_at_another_without_a_new_token(
     one, two = (Service(Orchestrator(load_config(cfg), load_entrypoints=False), ServiceSettings.from_config(config))
                 for _ in range(2))
     try:
-        one.db.add_enrol_token(hash_token("wyn_t"), None, 1, time.time() + 60, time.time())
+        one.db.add_enrol_token(hash_token("wyn_t"), None, 1, time.time() + 60, time.time(), customer="acme")
         node = Node("moving")
         status, _ = one.enrol(SignedItem.from_headers(*reversed(node.enrol_request("wyn_t"))))
         assert status == 201
@@ -305,6 +305,8 @@ def test_a_node_enrolled_at_one_replica_is_known_at_another_without_a_new_token(
         status, answer = two.enrol(SignedItem.from_headers(*reversed(node.enrol_request("wyn_t"))))
         assert status == 200 and answer["enrolled"] is False
         assert "moving" in two.orchestrator.registry
+        assert two.db.node_customers() == {"moving": "acme"}
+        assert one.orchestrator.registry.get("moving").metadata.get("customer") == "acme"
     finally:
         one.stop()
         two.stop()

@@ -342,6 +342,9 @@ class Replica:
                         orch.mesh.reinstate(node.id)
             orch._decide_state = None  # type: ignore[attr-defined] # rebuilt from etcd by the next tick
             orch._state_primed = False  # type: ignore[attr-defined] # the first tick writes every node row
+            # ticks a failed write left waiting in memory are not written later: etcd holds
+            # what was committed, and a stale tick written under a newer term would undo it
+            orch._state_backlog = None  # type: ignore[attr-defined]
             service.outbox.replace(rows, acked, issued)
             service.publish_view()
         log.warning("replica %s leads from tick %d: %d action(s) in force, %d node(s), carried over: %s", self.id,

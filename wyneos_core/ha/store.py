@@ -14,7 +14,8 @@ key                         holds
 ``targets/<action>/<t>``    per-target delivery outcome of an action in force
 ``effects/<action>``        what an action carried and did (to undo it exactly)
 ``keys/<node>``             a node's enrolled public key (seq: the key's mod revision)
-``tokens/<sha256>``         an enrolment token (only its hash), with uses left
+``tokens/<sha256>``         an enrolment token (only its hash), with uses left and customer
+``customers/<node>``        the customer a token gave to the node it enrolled
 ``acks/<action>/<node>``    a node's acknowledgement of an action
 ``sacks/<action>/<node>``   the node-signed envelope of that acknowledgement
 ``refusals/<time>-...``     agents' reports of actions they refused (the latest kept)
@@ -359,16 +360,39 @@ class EtcdStateStore:
     def ensure_delivery_tables(self) -> None:
         """Nothing to create in etcd (kept for the interface)."""
 
-    def add_enrol_token(self, token_hash: str, node_id: str | None, uses: int, expires_at: float, now: float) -> None:
+    def add_enrol_token(self, token_hash: str, node_id: str | None, uses: int, expires_at: float, now: float,
+                        customer: str | None = None) -> None:
         key = self._k("tokens", token_hash)
         ok, _ = self.client.txn([cmp_create(key, 0)], [put_op(key, _j({
             "token_hash": token_hash, "node_id": node_id, "uses_left": uses, "expires_at": expires_at,
-            "created_at": now}))])
+            "created_at": now, "customer": customer}))])
         if not ok:
             raise StoreError("an enrolment token with this hash exists already")
 
     def enrol_tokens(self) -> list[dict[str, Any]]:
-        return sorted((row for _, row in self._rows("tokens")), key=lambda r: r["created_at"])
+        rows = sorted((row for _, row in self._rows("tokens")), key=lambda r: r["created_at"])
+        return [{k: r[k] for k in ("token_hash", "node_id", "uses_left", "expires_at", "created_at")} for r in rows]
+
+    def node_customers(self) -> dict[str, str]:
+        """The customers enrolment tokens gave to nodes: ``{node_id: customer}``."""
+        base = len(self._k("customers")) + 1
+        return {unquote(kv.key[base:]): value for kv, value in self._rows("customers")}
+
+    def check(self, *, full: bool = True) -> list[str]:
+        """Problems of the state in etcd, one line each (empty: sound): the schema
+        version, and every value under the prefix decoded as JSON."""
+        problems = []
+        version = self.meta("schema_version")
+        if not isinstance(version, int):
+            problems.append(f"meta/schema_version: {version!r} is not a number")
+        for kv in self.client.get_prefix(self.prefix):
+            if kv.key == self.fence.key:
+                continue
+            try:
+                json.loads(kv.value)
+            except ValueError:
+                problems.append(f"{kv.key}: not JSON")
+        return problems
 
     def put_node_key(self, node_id: str, public_key: bytes, fingerprint: str, now: float) -> None:
         self.client.put(self._k("keys", node_id), _j(self._key_row(node_id, public_key, fingerprint, now)))
@@ -403,27 +427,42 @@ class EtcdStateStore:
         return out
 
     def enrol_with_token(self, token_hash: str | None, node_id: str, public_key: bytes, fingerprint: str,
-                         now: float) -> str | None:
+                         now: float, join: Any = None) -> str | None:
         """Spend one use of a token and store the key in one transaction (compare-and-swap
-        on the token's revision: two replicas never spend the same use)."""
+        on the token's revision: two replicas never spend the same use). ``join(customer)``
+        runs once the token is verified, before the write (as for the SQLite store); if the
+        token changed meanwhile and is no longer good, ``StoreError`` (the caller undoes)."""
         key_op = put_op(self._k("keys", node_id), _j(self._key_row(node_id, public_key, fingerprint, now)))
         if token_hash is None:
+            if join is not None:
+                join(None)
             self.client.txn([], [key_op])
             return None
         tkey = self._k("tokens", token_hash)
+        joined = False
         for _ in range(_CAS_TRIES):
             kv = self.client.get(tkey)
-            if kv is None:
-                return "unknown enrolment token"
-            row = json.loads(kv.value)
-            if row["node_id"] is not None and row["node_id"] != node_id:
-                return f"the enrolment token is for node {row['node_id']!r}"
-            if row["uses_left"] <= 0:
-                return "the enrolment token is used up"
-            if row["expires_at"] < now:
-                return "the enrolment token has expired"
+            why = None
+            row = json.loads(kv.value) if kv is not None else None
+            if row is None:
+                why = "unknown enrolment token"
+            elif row["node_id"] is not None and row["node_id"] != node_id:
+                why = f"the enrolment token is for node {row['node_id']!r}"
+            elif row["uses_left"] <= 0:
+                why = "the enrolment token is used up"
+            elif row["expires_at"] < now:
+                why = "the enrolment token has expired"
+            if why is not None:
+                if joined:  # it was good a moment ago: another replica spent it meanwhile
+                    raise StoreError(f"enrolment token refused while enrolling: {why}")
+                return why
             spent = put_op(tkey, _j({**row, "uses_left": row["uses_left"] - 1}))
-            ok, _ = self.client.txn([cmp_mod(tkey, kv.mod_revision)], [spent, key_op])
+            customer = row.get("customer")
+            if join is not None and not joined:
+                join(customer)
+                joined = True
+            ops = [spent, key_op] + ([put_op(self._k("customers", node_id), _j(customer))] if customer else [])
+            ok, _ = self.client.txn([cmp_mod(tkey, kv.mod_revision)], ops)
             if ok:
                 return None
         raise StoreError("the enrolment token kept changing; try again")
