@@ -18,7 +18,7 @@ from wyneos_core.model import (ORIGIN, Action, Delivery, Heartbeat, LicenceResul
                                PluginError, RuleResult, TickReport)
 from wyneos_core.plugins import PluginLoadError, PluginManager
 from wyneos_core.registry import Registry
-from wyneos_core.store import ClusterStateStore, StateStore, open_state_store
+from wyneos_core.store import ClusterStateStore, open_state_store
 from wyneos_core.trust.scores import TrustScores
 from wyneos_core.yamlio import LocatedError
 
