@@ -267,6 +267,12 @@ class HeartbeatAPI:
                      path: str = HEARTBEAT_PATH) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         """Answer a POST to ``path`` whose body was read: (status, body, extra headers)."""
         try:
+            if path in (NONCE_PATH, SESSION_PATH) and self.service.ha is not None:
+                # a session's keys live in one server's memory: replicas on etcd take signed
+                # heartbeats (which any replica can check, and forward to the leader)
+                return 501, _encode({"status": 501, "code": "sessions_unavailable",
+                                     "error": "heartbeat sessions are per server; replicas on etcd take signed "
+                                              "heartbeats"}), []
             if path == NONCE_PATH:
                 return (*self.nonce(), [])
             if path == SESSION_PATH:  # Ed25519, X25519, HKDF, a signature: about 0.3 ms, here
