@@ -21,6 +21,7 @@ key                         holds
 ``refusals/<time>-...``     agents' reports of actions they refused (the latest kept)
 ``meta/<name>``             small JSON values (the configured nodes)
 ``carry/...``               rule states and the licence ledger (``ha.carry``)
+``trust/<node>``            a node's trust score, tier and admission (the trust step)
 ==========================  ===========================================================
 
 Decisions (``write_tick``, ``write_action_outcomes``, node removals) are written only
@@ -533,6 +534,31 @@ class EtcdStateStore:
         prefix = self._k("refusals") + "/"
         kvs = self.client.range(prefix, prefix_end(prefix), limit=limit, descending=True)
         return [json.loads(kv.value) for kv in reversed(kvs)]
+
+    # -- trust (fenced: written by the deciding tick) --------------------------------------
+
+    _TRUST_COLS = ("node_id", "fingerprint", "trust", "tier", "admission", "admission_reason", "joined_tick",
+                   "evidence", "updated_tick")
+
+    def ensure_trust_tables(self) -> None:
+        """Nothing to create in etcd (kept for the interface)."""
+
+    def write_trust(self, rows: Iterable[tuple]) -> int:
+        """Upsert trust rows (as the SQLite store: a missing fingerprint keeps the stored one)."""
+        rows = [dict(zip(self._TRUST_COLS, row)) for row in rows]
+        if not rows:
+            return 0
+        self.fence.compare()
+        if any(r["fingerprint"] is None for r in rows):
+            stored = {r["node_id"]: r for r in self.trust_rows()}
+            for r in rows:
+                if r["fingerprint"] is None and r["node_id"] in stored:
+                    r["fingerprint"] = stored[r["node_id"]]["fingerprint"]
+        self._fenced([put_op(self._k("trust", r["node_id"]), _j(r)) for r in rows])
+        return len(rows)
+
+    def trust_rows(self) -> list[dict[str, Any]]:
+        return [row for _, row in self._rows("trust")]
 
     # -- delivery outcomes and effects (fenced: written by the deciding tick) ---------------
 
