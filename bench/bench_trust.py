@@ -14,12 +14,17 @@ over the same edges, including building its matrix. The ratio step / baseline is
 to watch; the target is the step under 0.3 s per tick at the default size.
 
     python bench/bench_trust.py [--nodes 100000] [--edges 600000] [--ticks 5] [--warmup 5]
-                                [--form batch|objects] [--json FILE]
+                                [--form registry|batch|objects] [--json FILE]
 
-The observations come over a fixed set of who-observes-whom edges, as one
-``ObservationBatch`` (dictionary-encoded ids, see ``wyneos_core/trust/observations.py``)
-or, with ``--form objects``, as one ``model.Observation`` per edge in
-``ctx.observations``, the way the heartbeats carry them.
+The observations come over a fixed set of who-observes-whom edges. By default
+(``--form registry``) the way the real tick gets them: one heartbeat per observing
+node (a ``CheckedHeartbeat``, as the service's intake queues it, built outside the
+timing) carrying its ``model.Observation`` objects, applied to the registry
+(``Registry.accept_all``, timed separately), then ``Registry.take_observations`` into
+``ctx.observations`` (timed separately: that is where the ids are dictionary-encoded
+now, in the tick's heartbeat step) and the trust step. ``--form batch`` hands the step one ``ObservationBatch`` in
+``ctx.scratch`` directly; ``--form objects`` a plain list of ``model.Observation`` in
+``ctx.observations`` (no registry: each id looked up per edge, the old path).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wyneos_core.builtin import trust as trust_plugin  # noqa: E402
 from wyneos_core.config import Config  # noqa: E402
+from wyneos_core.intake import CheckedHeartbeat  # noqa: E402
 from wyneos_core.model import LicenceResult, NodeStatus, Observation, RuleResult, Severity, TickReport  # noqa: E402
 from wyneos_core.tick import Orchestrator, TickContext, _apply_trust  # noqa: E402
 from wyneos_core.trust.observations import ObservationBatch  # noqa: E402
@@ -67,21 +74,40 @@ def mesh_edges(rng: np.random.Generator, n: int, edges: int) -> tuple[np.ndarray
 
 
 def observations(rng: np.random.Generator, ids: list[str], src: np.ndarray, dst: np.ndarray,
-                 form: str = "batch") -> ObservationBatch | list[Observation]:
-    """This tick's reports over the fixed edges: 5% of them, drawn anew, say "down".
+                 form: str = "batch", tick: int = 1) -> tuple[Any, np.ndarray]:
+    """This tick's reports over the fixed edges: 5% of them, drawn anew, say "down";
+    and the reachable flag of every edge (for the baseline).
 
     ``batch``: one dictionary-encoded ``ObservationBatch``; ``objects``: one
-    ``model.Observation`` per edge, as heartbeats carry them (built outside the timing).
+    ``model.Observation`` per edge; ``registry``: one ``CheckedHeartbeat`` per observing
+    node carrying its observations (``src`` sorted, so each node's edges are together).
+    All built outside the timing.
     """
     reachable = rng.random(src.size) >= 0.05
     if form == "batch":
-        return ObservationBatch(ids, src, dst, reachable)
-    return [Observation(ids[a], ids[b], r, None, None, True)
-            for a, b, r in zip(src.tolist(), dst.tolist(), reachable.tolist())]
+        return ObservationBatch(ids, src, dst, reachable), reachable
+    objects = [Observation(ids[a], ids[b], r, None, None, True)
+               for a, b, r in zip(src.tolist(), dst.tolist(), reachable.tolist())]
+    if form == "objects":
+        return objects, reachable
+    starts = np.flatnonzero(np.r_[True, src[1:] != src[:-1]]).tolist() + [src.size]
+    now = T0 + tick
+    return [CheckedHeartbeat(ids[src[a]], now, 0.3, observations=tuple(objects[a:b]))
+            for a, b in zip(starts, starts[1:])], reachable
 
 
-def run_step(orch: Orchestrator, ids: list[str], licences: dict, obs: list, tick: int,
-             rng: random.Random) -> tuple[float, dict]:
+def run_step(orch: Orchestrator, ids: list[str], licences: dict, obs: Any, tick: int,
+             rng: random.Random, form: str) -> tuple[float, dict]:
+    intake = take = 0.0
+    if form == "registry":
+        t0 = time.perf_counter()
+        accepted, rejected = orch.registry.accept_all(obs, T0 + tick, trusted=True)
+        intake = time.perf_counter() - t0
+        if rejected or accepted != len(obs):
+            raise SystemExit(f"bench heartbeats refused: {rejected[:3]}")
+        t0 = time.perf_counter()
+        obs = orch.registry.take_observations()
+        take = time.perf_counter() - t0
     nodes = orch.registry.nodes()
     for node in nodes:
         node.status = NodeStatus.ONLINE
@@ -102,7 +128,7 @@ def run_step(orch: Orchestrator, ids: list[str], licences: dict, obs: list, tick
     _apply_trust([("trust", scores)], nodes, report, report.errors, {"trust": "builtin"})
     elapsed = time.perf_counter() - t0
     parts = dict(trust_plugin.state_of(orch).engine.timings)
-    return elapsed, {"scored": sum(1 for n in nodes if n.trust is not None), "peer": report.trust["peer"],
+    return elapsed, {"intake": intake, "take": take, "scored": sum(1 for n in nodes if n.trust is not None), "peer": report.trust["peer"],
                      "tiers": report.trust["tiers"], "parts": parts}
 
 
@@ -137,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5,
                     help="ticks first run untimed (new nodes pass admission, the power iteration warms up)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--form", choices=("batch", "objects"), default="batch",
-                    help="observations as one ObservationBatch, or one Observation object per edge "
-                         "(as heartbeats carry them)")
+    ap.add_argument("--form", choices=("registry", "batch", "objects"), default="registry",
+                    help="observations through the registry's heartbeat intake (the real tick's path), "
+                         "as one ObservationBatch, or as a plain list of Observation objects")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.nodes < 10 or args.edges < 1 or args.ticks < 1:
@@ -149,14 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     orch, ids, licences = build(args.nodes, args.seed)
     settings = trust_plugin.state_of(orch).settings
     src, dst = mesh_edges(nprng, args.nodes, args.edges)
+    if args.form == "registry":  # a heartbeat carries one node's observations: its edges together
+        order = np.argsort(src, kind="stable")
+        src, dst = src[order], dst[order]
+        most = int(np.bincount(src).max())
+        orch.registry.max_observations = max(orch.registry.max_observations, most)
     steps, bases, iterations, infos = [], [], [], []
     for tick in range(args.warmup + args.ticks):
-        obs = observations(nprng, ids, src, dst, args.form)
-        elapsed, info = run_step(orch, ids, licences, obs, tick + 1, rng)
+        obs, keep = observations(nprng, ids, src, dst, args.form, tick + 1)
+        elapsed, info = run_step(orch, ids, licences, obs, tick + 1, rng, args.form)
+        del obs
         if tick < args.warmup:
             continue
-        keep = (obs.reachable if isinstance(obs, ObservationBatch)
-                else np.fromiter((o.reachable for o in obs), dtype=bool, count=len(obs)))
         base, its = baseline(args.nodes, src, dst, keep, settings.tolerance, settings.teleport)
         steps.append(elapsed)
         bases.append(base)
@@ -174,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{statistics.median(row['iterations']):>6} {statistics.median(row['baseline_iterations']):>10} "
           f"{row['scored']:>7} {row['observations_used']:>10}")
     print(f"tiers after the last tick: {row['tiers']}")
+    if args.form == "registry":
+        row["intake_s"] = statistics.median(i["intake"] for i in infos)
+        row["take_s"] = statistics.median(i["take"] for i in infos)
+        print(f"heartbeat step, not in the trust step (median s): Registry.accept_all of {len(np.unique(src))} "
+              f"heartbeats with their observations {row['intake_s']:.4f}; take_observations (encoding the "
+              f"observations) {row['take_s']:.4f}")
     parts = {k: statistics.median(i["parts"][k] for i in infos) for k in infos[-1]["parts"]}
     row["parts_s"] = parts
     print("inside the engine (median s): " + ", ".join(f"{k} {v:.4f}" for k, v in parts.items())

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from wyneos_core.model import Action, Node, NodeStatus, Observation
+from wyneos_core.trust.observations import HeartbeatObservations
 
 __all__ = [
     "ConsensusSettings",
@@ -254,6 +255,8 @@ class ConsensusState:
         if not isinstance(observations, list):
             observations = list(observations)
         count = len(observations)
+        if isinstance(observations, HeartbeatObservations):  # skip, vectorised, what the loop would skip
+            observations = observations.relevant(suspicions)
         for obs in observations:
             # the common case first: a node reachable that nobody suspects tells nothing new
             if obs.reachable:

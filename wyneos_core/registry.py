@@ -10,6 +10,7 @@ from typing import Any
 
 from wyneos_core.intake import CheckedHeartbeat
 from wyneos_core.model import ORIGIN, Heartbeat, Node, NodeStatus, Observation
+from wyneos_core.trust.observations import HeartbeatObservations, ObservationLog
 
 __all__ = ["HeartbeatError", "Registry", "RegistryError", "NODE_ID_PATTERN", "RESERVED_METADATA",
            "RESERVED_NODE_IDS"]
@@ -79,8 +80,9 @@ class Registry:
         self.max_load = float(settings["max_load"])
         self.max_nodes = int(settings.get("max_nodes", 200_000))
         self.max_observations = int(settings.get("max_observations", 32))
-        #: witness observations of the heartbeats accepted since ``take_observations`` was last called
-        self.observations: list[Observation] = []
+        #: witness observations of the heartbeats accepted since ``take_observations`` was
+        #: last called, dictionary-encoded as they come in (``trust.observations``)
+        self.observations = ObservationLog(max_ids=2 * self.max_nodes + 4096)
 
     # -- membership -------------------------------------------------------------------
 
@@ -226,11 +228,10 @@ class Registry:
             if problem is not None:
                 raise HeartbeatError(node_id, f"observations[{index}]", problem)
 
-    def take_observations(self) -> list[Observation]:
-        """The observations collected since the last call (and forget them)."""
-        out = self.observations
-        self.observations = []
-        return out
+    def take_observations(self) -> HeartbeatObservations:
+        """The observations collected since the last call (and forget them): a list of
+        ``Observation`` that also carries them as one ``ObservationBatch`` (``.batch``)."""
+        return self.observations.take()
 
     def accept(self, hb: Heartbeat, now: float, *, checked: bool = False) -> Node:
         """Check ``hb`` and apply it. Older-than-seen heartbeats (within skew) are ignored.
@@ -278,7 +279,7 @@ class Registry:
         if hb.licence_ref is not None:
             node.licence_ref = hb.licence_ref
         if hb.observations:
-            self.observations.extend(hb.observations)
+            self.observations.add(node.id, hb.observations)
         return node
 
     def accept_all(self, heartbeats: Iterable[Heartbeat], now: float, *,

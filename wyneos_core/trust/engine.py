@@ -121,7 +121,8 @@ class TrustEngine:
         self.persisted_trust = np.full(capacity, np.nan)
         self.persisted_tier = np.full(capacity, -1, dtype=np.int8)
         self.persisted_admission = np.full(capacity, -1, dtype=np.int8)
-        self._vocabulary: tuple[Any, np.ndarray, int] | None = None
+        #: id(ids list) -> (ids list, slot of each id, len(self.ids) when mapped): batches' vocabularies
+        self._vocabulary: dict[int, tuple[Any, np.ndarray, int]] = {}
         #: this tick's (positive, negative) evidence, for ``explain``'s change since last tick
         self._last_evidence: tuple[np.ndarray, np.ndarray] | None = None
         #: seconds spent in each part of the last ``score`` (evidence, beta, peer_matrix,
@@ -369,7 +370,7 @@ class TrustEngine:
             if not len(part):
                 continue
             total += len(part)
-            found.append(self._part_edges(part))
+            found.append(self._batch_slots(part) if isinstance(part, ObservationBatch) else self._part_edges(part))
         if not found:
             return empty, empty, np.zeros(0, dtype=np.int8), total
         src = np.concatenate([f[0] for f in found])
@@ -420,15 +421,25 @@ class TrustEngine:
         return arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int8)
 
     def _batch_edges(self, batch: ObservationBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        cached = self._vocabulary
-        if cached is not None and cached[0] is batch.ids and cached[2] == len(self.ids):
-            slot_of = cached[1]
+        return self._clean(*self._batch_slots(batch), len(batch))
+
+    def _batch_slots(self, batch: ObservationBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A batch's edges as slots (unknown ids dropped). The ids are mapped once per
+        ``ids`` list: when the same list comes back (the registry's vocabulary, which
+        only grows), only ids added since are mapped."""
+        ids = batch.ids
+        cache = self._vocabulary
+        entry = cache.get(id(ids))
+        if entry is not None and entry[0] is ids and entry[2] == len(self.ids) and len(entry[1]) <= len(ids):
+            slot_of = entry[1]
+            if len(slot_of) < len(ids):
+                slot_of = np.concatenate([slot_of, self._slots_of(ids[len(slot_of):])])
+                cache[id(ids)] = (ids, slot_of, len(self.ids))
         else:
-            get = self.index.get
-            slot_of = np.fromiter((get(i, -1) if type(i) is str else -1 for i in batch.ids), dtype=np.int64,
-                                  count=len(batch.ids))
-            self._vocabulary = (batch.ids, slot_of, len(self.ids))
-        total = len(batch)
+            slot_of = self._slots_of(ids)
+            if len(cache) >= 4:
+                cache.clear()
+            cache[id(ids)] = (ids, slot_of, len(self.ids))
         n = len(slot_of)
         obs = np.asarray(batch.observer, dtype=np.int64)
         sub = np.asarray(batch.subject, dtype=np.int64)
@@ -442,7 +453,11 @@ class TrustEngine:
         known = (src >= 0) & (dst >= 0)
         if not known.all():
             src, dst, reach = src[known], dst[known], reach[known]
-        return self._clean(src, dst, reach.astype(np.int8, copy=False), total)
+        return src, dst, reach.astype(np.int8, copy=False)
+
+    def _slots_of(self, ids: Sequence[Any]) -> np.ndarray:
+        get = self.index.get
+        return np.fromiter((get(i, -1) if type(i) is str else -1 for i in ids), dtype=np.int64, count=len(ids))
 
     @staticmethod
     def _clean(src: np.ndarray, dst: np.ndarray, good: np.ndarray, total: int
