@@ -80,20 +80,28 @@ def observations(rng: np.random.Generator, ids: list[str], src: np.ndarray, dst:
 
     ``batch``: one dictionary-encoded ``ObservationBatch``; ``objects``: one
     ``model.Observation`` per edge; ``registry``: one ``CheckedHeartbeat`` per observing
-    node carrying its observations (``src`` sorted, so each node's edges are together).
-    All built outside the timing.
+    node carrying its observations (``src`` sorted, so each node's edges are together),
+    the heartbeats in a random order, each one's objects made together (as decoding a
+    request does). All built outside the timing.
     """
     reachable = rng.random(src.size) >= 0.05
     if form == "batch":
         return ObservationBatch(ids, src, dst, reachable), reachable
-    objects = [Observation(ids[a], ids[b], r, None, None, True)
-               for a, b, r in zip(src.tolist(), dst.tolist(), reachable.tolist())]
     if form == "objects":
-        return objects, reachable
-    starts = np.flatnonzero(np.r_[True, src[1:] != src[:-1]]).tolist() + [src.size]
+        return [Observation(ids[a], ids[b], r, None, None, True)
+                for a, b, r in zip(src.tolist(), dst.tolist(), reachable.tolist())], reachable
+    starts = np.flatnonzero(np.r_[True, src[1:] != src[:-1]]).tolist()
+    ends = starts[1:] + [src.size]
+    order = rng.permutation(len(starts)).tolist()  # heartbeats arrive in no particular order
     now = T0 + tick
-    return [CheckedHeartbeat(ids[src[a]], now, 0.3, observations=tuple(objects[a:b]))
-            for a, b in zip(starts, starts[1:])], reachable
+    subjects, flags = dst.tolist(), reachable.tolist()
+    out = []
+    for k in order:
+        a, b = starts[k], ends[k]
+        observer = ids[src[a]]
+        out.append(CheckedHeartbeat(observer, now, 0.3, observations=tuple(
+            Observation(observer, ids[subjects[j]], flags[j], None, None, True) for j in range(a, b))))
+    return out, reachable
 
 
 def run_step(orch: Orchestrator, ids: list[str], licences: dict, obs: Any, tick: int,
