@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Final
 
+import msgspec
 import numpy as np
 
 from wyneos_core.model import ORIGIN
@@ -47,6 +48,8 @@ HELD: Final = 3
 ADMISSION_NAMES: Final = ("pending", "admitted", "refused", "held")
 
 _SIG = {name: i for i, name in enumerate(SIGNALS)}
+#: the trust table's JSON columns, compact (msgspec: about 5x the standard library's encoder)
+_JSON_ENCODER: Final = msgspec.json.Encoder()
 _OBSERVER = operator.attrgetter("observer")
 _SUBJECT = operator.attrgetter("subject")
 _REACHABLE = operator.attrgetter("reachable")
@@ -573,17 +576,29 @@ class TrustEngine:
         self.persisted_trust[slots] = rounded
         self.persisted_tier[slots] = self.tier[slots]
         self.persisted_admission[slots] = self.admission[slots]
+        # one vectorised pass for every number, then one compact JSON encoding per row
+        # (100k rows a tick at 100k nodes while trust still moves)
+        chosen_list = chosen.tolist()
+        r_rows = np.ascontiguousarray(np.round(self.evidence.r[:, chosen], 6).T).tolist()
+        s_rows = np.ascontiguousarray(np.round(self.evidence.s[:, chosen], 6).T).tolist()
+        peers = np.round(self.peer[chosen], 6).tolist()
+        trusts = self.trust[chosen].tolist()
+        tiers = self.tier[chosen].tolist()
+        admissions = self.admission[chosen].tolist()
+        joined = self.joined[chosen].tolist()
+        encode_bytes = _JSON_ENCODER.encode
+
+        def encode(value: Any) -> str:
+            return encode_bytes(value).decode()
+
         out = []
-        r, s = self.evidence.r, self.evidence.s
-        for slot in chosen.tolist():
+        for k, slot in enumerate(chosen_list):
             node_id = self.ids[slot]
             reason = self.admission_reason.get(slot)
             fp = fingerprints.get(node_id) if fingerprints else None
-            evidence = json.dumps({"r": np.round(r[:, slot], 6).tolist(), "s": np.round(s[:, slot], 6).tolist(),
-                                   "peer": round(float(self.peer[slot]), 6)}, separators=(",", ":"))
-            out.append((node_id, fp, float(self.trust[slot]), TIER_NAMES[self.tier[slot]],
-                        ADMISSION_NAMES[self.admission[slot]], json.dumps(list(reason)) if reason else None,
-                        int(self.joined[slot]), evidence, self.tick))
+            evidence = encode({"r": r_rows[k], "s": s_rows[k], "peer": peers[k]})
+            out.append((node_id, fp, trusts[k], TIER_NAMES[tiers[k]], ADMISSION_NAMES[admissions[k]],
+                        encode(list(reason)) if reason else None, int(joined[k]), evidence, self.tick))
         return out
 
     def restore(self, rows: Iterable[Mapping[str, Any]]) -> int:
