@@ -25,8 +25,8 @@ from wyneos_core.yamlio import LocatedError
 __all__ = ["check_plugins", "SCHEMA_ATTRIBUTE"]
 
 SCHEMA_ATTRIBUTE = "WYNEOS_SETTINGS_SCHEMA"
-#: ``plugins.settings`` sections the core itself reads (``wyneos serve``'s settings)
-CORE_SETTINGS = frozenset({"service"})
+#: ``plugins.settings`` sections the core itself reads (``wyneos serve``'s settings, its relay)
+CORE_SETTINGS = frozenset({"service", "relay"})
 
 
 def _problems(config: Config, plugin: str, answer: Any) -> list[LocatedError]:

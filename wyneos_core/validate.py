@@ -117,6 +117,13 @@ def _config_errors(path: Path, located: Located, plugins: bool) -> tuple[list[Lo
 
                 hint = suggest(exc.field.rsplit(".", 1)[-1], [f.name for f in fields(ServiceSettings)])
             errors.append(config.error(exc.field or "plugins.settings.service", exc.reason + hint))
+    if "relay" in config["plugins"]["settings"]:  # read by `wyneos serve` (signed-action relay)
+        from wyneos_core.service.action_relay import relay_settings
+
+        try:
+            relay_settings(config)
+        except LocatedError as exc:
+            errors.append(config.error(exc.field or "plugins.settings.relay", exc.reason))
     checked = 0
     rulesets = config["rulesets"]
     for index, entry in enumerate(rulesets.get("paths") or []):

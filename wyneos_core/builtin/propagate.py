@@ -62,6 +62,9 @@ LOAD_ACTIONS = frozenset({ActionType.REDUCE_LOAD.value, ActionType.REDISTRIBUTE.
 RESTRICTING = frozenset({ActionType.QUARANTINE.value, ActionType.GATE_FEATURE.value, ActionType.DEGRADE.value})
 _EPS = 1e-9
 _WITH_NEIGHBOURS = frozenset({ActionType.ISOLATE.value, ActionType.REINSTATE.value})
+#: the plugin name of a transport that relays through peers (``wyneos_core.service.action_relay``):
+#: while one is registered, an offline node that witnesses still reach is routed through them
+RELAY_PLUGIN = "relay-desk"
 
 
 @hookimpl
@@ -157,6 +160,33 @@ class _Carrier:
         self.mesh = ctx.mesh
         self.hops = 0
         self.retried = 0
+        #: offline target -> the witness the route goes through (relay, see ``witness_route``)
+        self.via: dict[str, str] = {}
+        self.relaying = ctx.orchestrator.pm.get_plugin(RELAY_PLUGIN) is not None
+
+    def witness_route(self, target: str) -> str | None:
+        """The witness through which an offline ``target`` is reached, when a relaying
+        transport is registered and a routable witness reports it reachable (else None)."""
+        if not self.relaying or self.avoid.get(target) != "offline":
+            return None
+        if target in self.via:
+            return self.via[target]
+        from wyneos_core.consensus import state_of
+
+        consensus = state_of(self.ctx.orchestrator)
+        sus = consensus.suspicions.get(target)
+        if sus is None:
+            return None
+        tick, window = self.ctx.tick, consensus.settings.window_ticks
+        registry = self.ctx.registry
+        for observer in sorted(sus.reports):
+            at, reachable = sus.reports[observer]
+            node = registry.get(observer)
+            if (reachable and tick - at < window and observer != target and observer in self.parent
+                    and node is not None and not node.isolated and self.mesh.graph.has_edge(observer, target)):
+                self.via[target] = observer
+                return observer
+        return None
 
     def _hop(self, action: Action, sender: str, receiver: str) -> bool:
         for attempt in range(self.retries + 1):
@@ -180,6 +210,8 @@ class _Carrier:
                 out.append(Delivery(action.id, target, False, [], "unknown_node"))
             elif target in parent or target == direct:
                 reachable.append(target)
+            elif self.witness_route(target) is not None:
+                reachable.append(target)  # offline to the orchestrator, reached through a witness
             elif target in self.avoid:
                 out.append(Delivery(action.id, target, False, [], self.avoid[target]))
             else:
@@ -191,7 +223,7 @@ class _Carrier:
             chain = []
             v = target
             while v not in seen:
-                p = parent.get(v, ORIGIN)
+                p = parent[v] if v in parent else self.via.get(v, ORIGIN)
                 chain.append((p, v))
                 seen.add(v)
                 v = p
@@ -201,7 +233,12 @@ class _Carrier:
             if sender in failed or not self._hop(action, sender, receiver):
                 failed.add(receiver)
         for target in reachable:
-            path = self.tree.path(target) if target in parent else [ORIGIN, target]
+            if target in parent:
+                path = self.tree.path(target)
+            elif target in self.via:
+                path = [*self.tree.path(self.via[target]), target]
+            else:
+                path = [ORIGIN, target]
             if target in failed:
                 out.append(Delivery(action.id, target, False, path, "relay_failed"))
             else:
@@ -324,7 +361,7 @@ def _redeliver(ctx: TickContext, state: DecideState, carrier: _Carrier, fresh: s
             action = held.carried or held.action
             if RESEND in held.pending:  # restored after a restart without its delivery record
                 held.pending = {t: "restart" for t in targets_of(action, carrier.mesh, ctx)}
-            ready = [t for t in held.pending if t in parent][:budget]
+            ready = [t for t in held.pending if t in parent or carrier.witness_route(t) is not None][:budget]
             if not ready:
                 continue
             budget -= len(ready)

@@ -147,6 +147,8 @@ class AgentStats:
     attempts: int = 0
     #: answers refused as malformed, too big or too slow
     bad_answers: int = 0
+    #: signed actions pushed to neighbours as a relay
+    relayed: int = 0
 
 
 class Agent:
@@ -265,6 +267,8 @@ class Agent:
                                      interval=interval or 5.0)
             except OSError as exc:
                 raise AgentError(f"peer endpoint {peer_host}:{peer_port} cannot be bound: {exc}") from None
+            self.peer.on_relay = self.receive_relayed  # signed actions a neighbour relays to us
+        self._apply_lock = threading.RLock()  # the heartbeat loop and relayed actions apply one at a time
 
     # -- files ---------------------------------------------------------------------------
 
@@ -562,6 +566,8 @@ class Agent:
             actions = _actions(data, "heartbeat")
             if actions or self.state["reports"]:
                 self.apply(actions)
+            if self.peer is not None and data.get("relay"):
+                self.relay_actions(data["relay"])
             return status
         if status < 400:
             raise BadAnswer(f"heartbeat answered with status {status} (expected 202)")
@@ -637,6 +643,12 @@ class Agent:
     def apply(self, actions: list[Any]) -> None:
         """Verify, apply and acknowledge signed actions; send the acknowledgements and any
         refusal reports to the server."""
+        with self._apply_lock:
+            acks = self._take(actions)
+        self._send_acks(acks)
+
+    def _take(self, actions: list[Any]) -> list[dict[str, Any]]:
+        """Verify and apply signed actions (each issuance once): the signed acks."""
         acks = []
         verified = []
         for item in actions:
@@ -674,10 +686,19 @@ class Agent:
             log.warning("action %s %s (%s): %s - %s", action["type"], action["target"], action["reason"], status,
                         detail)
             acks.append(sa.seal_ack(self.key, self.node_id, action["id"], action["issued_at"], status, detail))
+        return acks
+
+    def _send_acks(self, acks: list[dict[str, Any]], relayed: list[dict[str, Any]] | None = None) -> None:
+        """Send acks, the refusal reports kept, and (as a relay) the answers of relayed nodes."""
         reports = list(self.state["reports"])
         if acks or reports:
             self._save_state()
-        for part in _batches(acks, reports):  # each request well under the server's body limit
+        parts = _batches(acks, reports)
+        if relayed:
+            if not parts:
+                parts = [{"acks": [], "refusals": []}]
+            parts[0] = {**parts[0], "relayed": relayed}
+        for part in parts:  # each request well under the server's body limit
             body = json.dumps(part).encode()
             status, data, _ = self._request("POST", f"/v1/nodes/{self.node_id}/actions/ack", body)
             if status == 200:
@@ -686,6 +707,74 @@ class Agent:
                     self._save_state()
             else:
                 log.warning("acknowledgement refused (%s): %s", status, data.get("error"))
+
+    # -- relay (``wyneos_core.service.action_relay``) -------------------------------------------------
+
+    def relay_actions(self, work: Any) -> int:
+        """Carry signed actions the orchestrator hands over for neighbours it cannot reach.
+
+        ``work``: ``[{"to": node, "envelopes": [...]}]`` from the answer to a heartbeat.
+        Each envelope is verified with the pinned orchestrator key first and must be
+        addressed to ``to`` (or ``*``); what does not verify is never forwarded. The
+        envelopes go unchanged to the neighbour's peer endpoint (its address from the
+        signed neighbour list); the neighbour's answer (its signed acks, its refusal
+        reports) goes to the orchestrator with this node's own acknowledgement request.
+        Returns the number of envelopes pushed. Test switches in the state directory:
+        ``relay-tamper`` flips a byte of each envelope pushed, ``relay-drop`` pushes
+        nothing (a relay that misbehaves, for the detection tests).
+        """
+        if not isinstance(work, list):
+            return 0
+        answers = []
+        pushed = 0
+        for item in work[:16]:
+            if not isinstance(item, dict) or not isinstance(item.get("to"), str) \
+                    or not isinstance(item.get("envelopes"), list):
+                continue
+            target = item["to"]
+            neighbour = self.peer.neighbour(target)
+            if neighbour is None:
+                log.warning("relay for %s refused: not a neighbour in the signed list", target[:128])
+                continue
+            good = []
+            for envelope in item["envelopes"][:32]:
+                try:
+                    payload = sa.open_action(envelope, self.trusted, tolerance=self.clock_tolerance)
+                except sa.Refused as exc:
+                    log.warning("not relaying an action for %s that does not verify (%s): %s", target, exc.reason,
+                                exc.detail)
+                    continue
+                if payload["target"] not in (target, "*"):
+                    log.warning("not relaying action %s addressed to %s as one for %s", payload["id"],
+                                payload["target"], target)
+                    continue
+                good.append(envelope)
+            if not good or (self.state_dir / "relay-drop").exists():
+                continue
+            if (self.state_dir / "relay-tamper").exists():
+                good = [_flip(e) for e in good]
+            try:
+                answers.append(self.peer.push(neighbour, good))
+                pushed += len(good)
+                self.stats.relayed += len(good)
+            except ConnectionError as exc:
+                log.warning("%s", exc)
+        for answer in answers:  # one request each: each well under the server's body limit
+            self._send_acks([], [answer])
+        return pushed
+
+    def receive_relayed(self, sender: str, envelopes: list[Any]) -> dict[str, Any]:
+        """Signed actions a neighbour relays: verified and applied exactly as those the
+        orchestrator hands over directly; the answer carries the signed acks and the
+        refusal reports (kept too, for the orchestrator directly once it is reachable)."""
+        with self._apply_lock:
+            before = len(self.state["reports"])
+            acks = self._take(envelopes)
+            refusals = [dict(r) for r in self.state["reports"][before:]]
+            self._save_state()
+        log.info("%d relayed action(s) from %s: %d acknowledged, %d refused", len(envelopes), sender[:128],
+                 len(acks), len(refusals))
+        return {"node": self.node_id, "acks": acks, "refusals": refusals}
 
     def _apply_one(self, action: dict[str, Any]) -> tuple[str, str]:
         """Apply one action: ``(status, detail)``. The isolation flag changes only when
@@ -831,6 +920,17 @@ def _actions(data: dict[str, Any], what: str) -> list[Any]:
     if len(actions) > MAX_ACTIONS:
         raise BadAnswer(f"{what} answer: {len(actions)} actions, more than {MAX_ACTIONS}")
     return actions
+
+
+def _flip(envelope: Any) -> Any:
+    """A copy of ``envelope`` with one character of its reason changed (test switch)."""
+    try:
+        copy = json.loads(json.dumps(envelope))
+        reason = copy["payload"]["reason"]
+        copy["payload"]["reason"] = ("X" if reason[:1] != "X" else "Y") + reason[1:]
+        return copy
+    except (KeyError, TypeError, ValueError):
+        return envelope
 
 
 def _cut(conn: http.client.HTTPConnection, flag: threading.Event) -> None:

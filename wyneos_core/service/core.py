@@ -200,6 +200,14 @@ class Service:
 
         self.neighbours = NeighbourBook(lambda fmt, payload: self.okey.seal(fmt, payload))
         orchestrator.pm.register(self.neighbours, NeighbourBook.__wyneos_name__)
+        # relay: waiting signed actions of nodes heard only through their witnesses go by a peer
+        from wyneos_core.service.action_relay import SCHEMA as RELAY_SCHEMA, RelayDesk
+
+        with self.db_lock:
+            if getattr(self.db, "conn", None) is not None:  # SQLite; other stores keep relay outcomes in memory
+                self.db.conn.executescript(RELAY_SCHEMA)
+        self.relay_desk = RelayDesk(self, _relay_ack_ticks(orchestrator))
+        orchestrator.pm.register(self.relay_desk, RelayDesk.__wyneos_name__)
         threads = settings.verify_threads or (os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wyneos-verify")
         self.verify_threads = threads
@@ -706,8 +714,53 @@ class Service:
         (``/v1/actions`` ``refusals``). The status: 200 when something was acknowledged
         or reported (or nothing was asked), else 422. Writes the state file: call it
         from a worker thread.
+
+        ``relayed`` (optional): what this node, as a relay of signed actions (``action_relay``), brings
+        back from nodes it pushed signed actions to: ``[{"node", "acks", "refusals"}]``.
+        Each node's acks are checked with *that node's* enrolled key, as if it had sent
+        them itself (a relay cannot forge them), and only from a relay that was handed
+        an action for that node; a relayed part that does not verify is refused on its
+        own (its ``error`` in the answer's ``relayed``) and the relay named ``forged``
+        (``RelayDesk``); the rest of the request is taken as usual.
         """
         data = _json_object(body)
+        relayed = data.get("relayed", [])
+        if not isinstance(relayed, list) or len(relayed) > 16:
+            raise _Unprocessable("relayed", "expected a list of at most 16 relayed answers")
+        for index, part in enumerate(relayed):
+            if not isinstance(part, dict) or not isinstance(part.get("node"), str) \
+                    or not set(part) <= {"node", "acks", "refusals"}:
+                raise _Unprocessable(f"relayed[{index}]", "expected {node, acks, refusals}")
+        status, answer = self._acknowledge(node_id, data, None)
+        if relayed:
+            answer["relayed"] = self._relayed(node_id, relayed)
+            if status == 422 and any(r.get("acknowledged") or r.get("reported") for r in answer["relayed"]):
+                status = 200
+                answer = {k: v for k, v in answer.items() if k not in ("status", "code", "error", "field")}
+        self.relay_desk.flush()
+        return status, answer
+
+    def _relayed(self, relay: str, relayed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Take the answers ``relay`` brought back from the nodes it relayed to."""
+        out = []
+        for part in relayed:
+            target = part["node"]
+            if target == relay or not self.relay_desk.was_handed(relay, target):
+                out.append({"node": target[:128], "error": f"nothing was handed to {relay} for this node"})
+                continue
+            try:
+                _, answer = self._acknowledge(target, {"acks": part.get("acks", []),
+                                                       "refusals": part.get("refusals", [])}, relay)
+            except (_Unprocessable, AuthError) as exc:
+                self.relay_desk.forged(relay, target, str(exc))
+                out.append({"node": target, "error": str(exc)})
+                continue
+            out.append({"node": target, **{k: v for k, v in answer.items()
+                                           if k in ("acknowledged", "refused", "reported", "relay_named")}})
+        return out
+
+    def _acknowledge(self, node_id: str, data: dict[str, Any], via: str | None) -> tuple[int, dict[str, Any]]:
+        """``acknowledge`` of one node's acks and reports (``via``: the relay that carried them)."""
         acks = data.get("acks", [])
         if not isinstance(acks, list) or len(acks) > 1000:
             raise _Unprocessable("acks", "expected a list of at most 1000 acknowledgements")
@@ -747,6 +800,7 @@ class Service:
             known |= self.db.action_acks_of(node_id, (a for a in asked if a not in known))
         done: list[str] = []
         refused: list[dict[str, Any]] = []
+        named: list[str] = []
         now = time.time()
         with self.db_lock:
             for index, (ack, envelope) in enumerate(zip(opened, acks)):
@@ -767,10 +821,22 @@ class Service:
                 if status != "ignored":
                     record_acks(self.orchestrator, [(node_id, status == "applied")])
                 self.outbox.ack(node_id, action_id)
+                self.relay_desk.acked(node_id, action_id, via)
                 self.metrics.acks.labels(status).inc()
-                log.info("node %s acknowledged action %s: %s", node_id, action_id, status)
+                log.info("node %s acknowledged action %s: %s%s", node_id, action_id, status,
+                         f" (through relay {via})" if via else "")
                 done.append(action_id)
-            if cleaned:
+            if cleaned:  # through a relay: said so; a refusal that means the relay altered it names the relay
+                named_cleaned = []
+                for reason, action_id, detail in cleaned:
+                    if via is not None:
+                        detail = f"(reported through relay {via}) {detail}"[:MAX_ACK_DETAIL]
+                    culprit = self.relay_desk.refused(node_id, action_id, reason, detail, via)
+                    if culprit is not None:
+                        named.append(culprit)
+                        detail = f"{detail} [relay {culprit} named: it altered the action]"[:MAX_ACK_DETAIL]
+                    named_cleaned.append((reason, action_id, detail))
+                cleaned = named_cleaned
                 self.db.add_action_refusals(node_id, now, cleaned, _KEEP_REFUSALS)
             for reason, action_id, detail in cleaned:
                 self.metrics.refusals.labels(reason).inc()
@@ -778,6 +844,8 @@ class Service:
                             action_id, detail)
         self.metrics.outbox.set(self.outbox.depth())
         answer: dict[str, Any] = {"acknowledged": done, "refused": refused, "reported": len(cleaned)}
+        if named:
+            answer["relay_named"] = sorted(set(named))
         if refused and not done and not cleaned:
             first = refused[0]
             return 422, {"status": 422, "code": "unknown_action", "error": first["error"], "field": first["field"],
@@ -803,11 +871,18 @@ class Service:
             started = self.db.tick_times(a["first_tick"] for a in in_force)
             refusals = self.db.recent_action_refusals(200)
         return {"committed_tick": last_tick, "in_force": with_causes(in_force, started), "events": recent,
-                "acks": acks, "refusals": refusals}
+                "acks": acks, "refusals": refusals, "relays": self.relay_desk.recent()}
 
     def committed_ticks(self, limit: int) -> list[dict[str, Any]]:
         with self.db_lock:
             return self.db.tick_summaries(limit)
+
+
+def _relay_ack_ticks(orchestrator: Orchestrator) -> int:
+    """``plugins.settings.relay.ack_ticks`` (default 5), checked (``relay.relay_settings``)."""
+    from wyneos_core.service.action_relay import relay_settings
+
+    return relay_settings(orchestrator.config)["ack_ticks"]
 
 
 class _Unprocessable(Exception):

@@ -176,6 +176,9 @@ class HeartbeatAPI:
         answer: dict[str, Any] = {"accepted": 1, "seq": seq, "server_time": time.time(),
                                   "actions": service.outbox.signed(node_id), "orchestrator_key": service.key_ref(),
                                   "neighbours": service.neighbours.signed_for(node_id)}
+        relay = service.relay_desk.for_relay(node_id)  # signed actions to carry to silent peers (action_relay)
+        if relay:
+            answer["relay"] = relay
         data = _encode(answer)
         extra = [] if session is None else [(HEADER_MAC.encode(), answer_mac(session.key, seq or 0, data).encode())]
         return 202, data, extra
@@ -189,9 +192,14 @@ class HeartbeatAPI:
         result = service.accept([item], service.verify_all([item], now), now)[0]
         if result.status != 202:
             return result.status, _encode(_error_body(result))
-        return 202, _encode({"accepted": 1, "server_time": time.time(),
-                             "actions": service.outbox.signed(item.node_id), "orchestrator_key": service.key_ref(),
-                             "neighbours": service.neighbours.signed_for(item.node_id)})
+        answer: dict[str, Any] = {"accepted": 1, "server_time": time.time(),
+                                  "actions": service.outbox.signed(item.node_id),
+                                  "orchestrator_key": service.key_ref(),
+                                  "neighbours": service.neighbours.signed_for(item.node_id)}
+        relay = service.relay_desk.for_relay(item.node_id)  # signed actions to carry to silent peers (action_relay)
+        if relay:
+            answer["relay"] = relay
+        return 202, _encode(answer)
 
     # -- batches ------------------------------------------------------------------------------
 

@@ -44,12 +44,18 @@ from wyneos_core.licensing.envelope import EnvelopeError, open_envelope
 from wyneos_core.licensing.keys import KeyRing, fingerprint, public_bytes
 from wyneos_core.model import ORIGIN
 
-__all__ = ["NEIGHBOURS_FORMAT", "NeighbourBook", "PeerNode", "ping_message"]
+__all__ = ["NEIGHBOURS_FORMAT", "RELAY_PATH", "NeighbourBook", "PeerNode", "ping_message"]
 
 log = logging.getLogger("wyneos.peer")
 
 NEIGHBOURS_FORMAT = "wyneos.neighbours/1"
 PING_PATH = "/v1/peer/ping"
+#: where a peer pushes signed actions it relays (``wyneos_core.service.action_relay``)
+RELAY_PATH = "/v1/peer/relay"
+#: bytes of a relay request (or its answer) read at most
+MAX_RELAY_BYTES = 512 * 1024
+#: signed actions in one relay request at most
+MAX_RELAYED = 32
 #: neighbours an agent probes at most (the rest of a longer list is ignored)
 MAX_NEIGHBOURS = 16
 #: seconds one probe may take
@@ -161,6 +167,9 @@ class PeerNode:
         self.neighbours_tick = -1
         self.refused_lists = 0
         self.observations: dict[str, dict[str, Any]] = {}
+        #: ``(sender, envelopes) -> {"node", "acks", "refusals"}``: takes actions a peer
+        #: relays (the agent's ``receive_relayed``); None: the relay route answers 404
+        self.on_relay: Callable[[str, list[Any]], dict[str, Any]] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._started = False
@@ -185,6 +194,38 @@ class PeerNode:
                 sig = node.key.sign(ping_message(node.node_id, nonce, seq))
                 self._send(200, {"node_id": node.node_id, "seq": seq, "public_key": node.public,
                                  "signature": _b64e(sig)})
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                if urlsplit(self.path[:512]).path != RELAY_PATH or node.on_relay is None:
+                    self._send(404, {"error": "not found"})
+                    return
+                try:
+                    length = int(self.headers.get("content-length", ""))
+                except ValueError:
+                    self._send(411, {"error": "content-length required"})
+                    return
+                if not 0 < length <= MAX_RELAY_BYTES:
+                    self._send(413, {"error": f"a relay request has 1-{MAX_RELAY_BYTES} bytes"})
+                    return
+                self.connection.settimeout(PROBE_TIMEOUT * 5)
+                try:
+                    data = json.loads(self.rfile.read(length).decode("utf-8"))
+                except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+                    self._send(422, {"error": "body: not JSON"})
+                    return
+                envelopes = data.get("envelopes") if isinstance(data, dict) else None
+                sender = data.get("from") if isinstance(data, dict) else None
+                if not isinstance(envelopes, list) or not 0 < len(envelopes) <= MAX_RELAYED \
+                        or not isinstance(sender, str) or len(sender) > 128:
+                    self._send(422, {"error": f"expected {{from, envelopes: 1-{MAX_RELAYED} signed actions}}"})
+                    return
+                try:
+                    answer = node.on_relay(sender, envelopes)
+                except Exception:  # noqa: BLE001 - whatever was pushed, the endpoint stays up
+                    log.exception("relayed actions from %s could not be taken", sender[:128])
+                    self._send(500, {"error": "internal"})
+                    return
+                self._send(200, answer)
 
             def _send(self, status: int, data: dict[str, Any]) -> None:
                 raw = json.dumps(data).encode()
@@ -301,6 +342,38 @@ class PeerNode:
             except Exception:  # noqa: BLE001 - a probe bug must not kill the agent
                 log.exception("witness probe round failed")
             self._stop.wait(self.interval * random.uniform(0.5, 1.0))  # jittered
+
+    # -- relay -------------------------------------------------------------------------------
+
+    def neighbour(self, node_id: str) -> dict[str, Any] | None:
+        """The entry of ``node_id`` in the verified neighbour list (None: not a neighbour)."""
+        with self._lock:
+            return next((dict(e) for e in self.neighbours if e["id"] == node_id), None)
+
+    def push(self, neighbour: dict[str, Any], envelopes: list[Any], timeout: float = 3.0) -> dict[str, Any]:
+        """Push signed action envelopes, unchanged, to a neighbour's relay route; its
+        answer (``{"node", "acks", "refusals"}``, sizes bounded) or ``ConnectionError``."""
+        host, _, port = neighbour["address"].rpartition(":")
+        body = json.dumps({"from": self.node_id, "envelopes": envelopes}).encode()
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        try:
+            conn.request("POST", RELAY_PATH, body, {"content-type": "application/json"})
+            response = conn.getresponse()
+            raw = response.read(MAX_RELAY_BYTES + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ConnectionError(f"relay to {neighbour['id']} at {neighbour['address']}: {exc}") from None
+        finally:
+            conn.close()
+        if response.status != 200 or len(raw) > MAX_RELAY_BYTES:
+            raise ConnectionError(f"relay to {neighbour['id']}: answered {response.status}")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ConnectionError(f"relay to {neighbour['id']}: the answer is not JSON") from None
+        if (not isinstance(data, dict) or data.get("node") != neighbour["id"] or not isinstance(data.get("acks"), list)
+                or not isinstance(data.get("refusals"), list)):
+            raise ConnectionError(f"relay to {neighbour['id']}: the answer is not {{node, acks, refusals}}")
+        return {"node": data["node"], "acks": data["acks"][:MAX_RELAYED * 2], "refusals": data["refusals"][:100]}
 
     def report(self) -> list[dict[str, Any]]:
         """The latest observation of each neighbour, for the next heartbeat."""
