@@ -14,15 +14,17 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
 from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes, write_private_key, write_public_key
+from wyneos_core.licensing.revocation import RevocationList
 from wyneos_core.service import signed_actions as sa
 from wyneos_core.service.identity import sign_request
 from wyneos_core.service.orchestrator_key import OrchestratorKey
-from wyneos_core.service.peer import PeerNode
+from wyneos_core.service.peer import NEIGHBOURS_FORMAT, PeerNode, RateLimiter
 
 from tests.test_mesh_service import node, observations_flowing, wait_for
 
@@ -37,7 +39,8 @@ decide: {{probation_ticks: 1, max_unhealthy_fraction: 0.9, max_correlated_fracti
 consensus: {{window_ticks: 8}}
 mesh: {{topology: ring, origin_links: 5}}
 rulesets: {{paths: [relay.yaml]}}
-plugins: {{disable: [licence], settings: {{service: {{port: 0, replay_window: 60}}, relay: {{ack_ticks: 10}}}}}}
+licence: {{trusted_keys: [issuer.pub], revocations: revocations.json, rescan: 1}}
+plugins: {{disable: [enforcement], settings: {{service: {{port: 0, replay_window: 60}}, relay: {{ack_ticks: 10}}}}}}
 state: {{path: state.db}}
 report: {{json_path: null, stdout: none}}
 nodes:
@@ -70,6 +73,11 @@ def ring(tmp_path):
     nodes = "\n".join(f"  - {{id: {n}, fingerprint: '{fingerprint(public_bytes(keys[n]))}'}}" for n in NODES)
     (tmp_path / "config.yaml").write_text(CONFIG.format(nodes=nodes))
     (tmp_path / "relay.yaml").write_text(RULES)
+    # the licence step reads a signed revocation list (none revoked yet); its enforcement is
+    # off (the nodes carry no licence): only the fleet-wide ``revoke`` of the list is decided
+    issuer = generate_key()
+    write_public_key(tmp_path / "issuer.pub", issuer)
+    RevocationList().save(tmp_path / "revocations.json", issuer)
     okey = OrchestratorKey.for_state(tmp_path / "state.db")
     write_public_key(tmp_path / "orchestrator.pub", okey.private)
     procs: dict[str, subprocess.Popen] = {}
@@ -92,7 +100,7 @@ def ring(tmp_path):
         for n in NODES:
             start(n)
         with httpx.Client(base_url=url, timeout=5) as client:
-            yield tmp_path, client, keys
+            yield tmp_path, client, keys, issuer
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -136,7 +144,7 @@ def ready(client):
 
 
 def test_an_action_reaches_a_node_cut_off_from_the_orchestrator_through_a_peer(ring):
-    tmp, client, keys = ring
+    tmp, client, keys, issuer = ring
     ready(client)
     (tmp / "n3" / "cut-orchestrator").write_text("")
     wait_for(lambda: node(client, "n3")["status"] == "offline")
@@ -157,6 +165,27 @@ def test_an_action_reaches_a_node_cut_off_from_the_orchestrator_through_a_peer(r
     assert not relays(client, "n3", "altered") and not relays(client, "n3", "dropped")
     assert node(client, "n3")["pending_actions"] == []
 
+    # a licence is revoked: the list's one fleet-wide ``revoke`` (target "*") reaches n3 through a
+    # peer too, is applied once, and n3's own signed acknowledgement comes back the same way
+    RevocationList().revoke("lic-gone", now=time.time(), reason="chargeback").save(tmp / "revocations.json", issuer)
+    revoke = wait_for(lambda: next((a for a in client.get("/v1/actions").json()["in_force"]
+                                    if a["type"] == "revoke"), None), timeout=30)
+    assert revoke["target"] == "*" and revoke["params"]["licence_ids"] == ["lic-gone"]
+    [carried] = wait_for(lambda: [e for e in relays(client, "n3", "delivered") if e["action_id"] == revoke["id"]],
+                         timeout=30)
+    assert carried["relay"] in ("n2", "n4")
+    opened = sa.open_ack(signed_ack_row(tmp, revoke["id"], "n3"), "n3", public_bytes(keys["n3"]))
+    assert opened["status"] == "applied" and opened["action_id"] == revoke["id"]
+    [entry] = applied(tmp, "n3", revoke["id"])
+    assert entry["status"] == "applied" and entry["action"]["target"] == "*"
+    assert entry["action"]["params"]["licence_ids"] == ["lic-gone"]
+    assert node(client, "n3")["status"] == "offline" and node(client, "n3")["pending_actions"] == []
+    # the nodes the orchestrator hears got it directly, once each
+    for n in ("n1", "n5"):
+        [entry] = wait_for(lambda n=n: applied(tmp, n, revoke["id"]))
+        assert entry["status"] == "applied"
+    assert [e["action_id"] for e in relays(client, "n3", "delivered")] == [action_id, revoke["id"]]
+
     # what a node that relayed nothing for n3 brings back is not taken, even a real signature
     def post_ack(as_node, data):
         body = json.dumps(data).encode()
@@ -176,11 +205,13 @@ def test_an_action_reaches_a_node_cut_off_from_the_orchestrator_through_a_peer(r
 
 
 def test_a_relay_that_alters_is_named_and_one_that_drops_is_reported(ring):
-    tmp, client, keys = ring
+    tmp, client, keys, issuer = ring
     ready(client)
-    # n3's two witnesses misbehave: n2 flips a byte of what it relays, n4 carries nothing
+    # n3's two witnesses misbehave: n2 flips a byte of what it relays; n4 does too, and keeps
+    # n3's refusal from the orchestrator (so only n3 itself can tell, once its link is back)
     (tmp / "n2" / "relay-tamper").write_text("")
-    (tmp / "n4" / "relay-drop").write_text("")
+    (tmp / "n4" / "relay-tamper").write_text("")
+    (tmp / "n4" / "relay-quiet").write_text("")
     (tmp / "n3" / "cut-orchestrator").write_text("")
     wait_for(lambda: node(client, "n3")["status"] == "offline")
     action_id = wait_for(lambda: quarantine_of(client, "n3"))
@@ -191,9 +222,10 @@ def test_a_relay_that_alters_is_named_and_one_that_drops_is_reported(ring):
     refusals = client.get("/v1/actions").json()["refusals"]
     assert any(r["node_id"] == "n3" and r["reason"] == "bad_signature" and "relay n2 named" in r["detail"]
                for r in refusals)
-    # the next tick hands it to the other witness, which drops it: reported after ack_ticks
+    # the next tick hands it to the other witness: nothing comes back, reported after ack_ticks
     [dropped] = wait_for(lambda: relays(client, "n3", "dropped"), timeout=30)
     assert dropped["relay"] == "n4" and dropped["action_id"] == action_id
+    assert [e["relay"] for e in relays(client, "n3", "altered")] == ["n2"]  # n4's alteration: not told yet
     handed = [e["relay"] for e in relays(client, "n3", "handed")]
     assert handed[:2] == ["n2", "n4"]
     # nothing altered was applied, nothing was acknowledged for n3
@@ -210,13 +242,27 @@ def test_a_relay_that_alters_is_named_and_one_that_drops_is_reported(ring):
     assert signed_ack_row(tmp, action_id, "n3") is None
     assert [a["id"] for a in node(client, "n3")["pending_actions"]] == [action_id]
 
-    # the link comes back: the node fetches the action itself and acknowledges it directly
+    # the link comes back: the node reports its refusals directly - each names the relay whose
+    # signed push it refused, so n4 is named too - then fetches the action and acknowledges it
     (tmp / "n3" / "cut-orchestrator").unlink()
     wait_for(lambda: signed_ack_row(tmp, action_id, "n3"), timeout=30)
+    [late] = wait_for(lambda: [e for e in relays(client, "n3", "altered") if e["relay"] == "n4"], timeout=30)
+    assert late["action_id"] == action_id and "bad_signature" in late["detail"]
+    refusals = client.get("/v1/actions").json()["refusals"]
+    assert any(r["node_id"] == "n3" and "relay n4 named" in r["detail"] and "reported through relay" not in r["detail"]
+               for r in refusals)
     [entry] = applied(tmp, "n3", action_id)
     assert entry["status"] == "applied"
     assert not relays(client, "n3", "delivered")  # no relay gets the credit
-    assert [e["relay"] for e in relays(client, "n3", "altered")] == ["n2"]  # named once
+    assert [e["relay"] for e in relays(client, "n3", "altered")] == ["n2", "n4"]  # each named once
+
+
+def knows(peer, okey, *neighbours):
+    """Give ``peer`` a neighbour list sealed by the orchestrator key, naming ``neighbours``."""
+    entries = [{"id": n.node_id, "address": n.address, "fingerprint": fingerprint(public_bytes(n.key))}
+               for n in neighbours]
+    assert peer.update(okey.seal(NEIGHBOURS_FORMAT, {"node": peer.node_id, "tick": 1, "issued_at": int(time.time()),
+                                                     "neighbours": entries}))
 
 
 def test_the_relay_route_takes_only_bounded_json_and_hands_it_to_the_agent(tmp_path):
@@ -226,8 +272,18 @@ def test_the_relay_route_takes_only_bounded_json_and_hands_it_to_the_agent(tmp_p
     target.on_relay = lambda sender, envelopes: got.append((sender, envelopes)) or {
         "node": "b", "acks": [], "refusals": [{"reason": "unsigned", "detail": "x", "action_id": None}]}
     target.start()
+    target.limiter = RateLimiter(rate=1000.0, burst=1000)  # this test is not about the rate limit
     relay = PeerNode("a", generate_key(), okey.keyring(), interval=60)
+    knows(target, okey, relay)
     try:
+        # a push is taken only signed by the key of a neighbour in the target's signed list:
+        # a node outside it, or one that claims a listed neighbour's name, is refused (403)
+        for pusher in (PeerNode("c", generate_key(), okey.keyring(), interval=60),
+                       PeerNode("a", generate_key(), okey.keyring(), interval=60)):
+            with pytest.raises(ConnectionError, match="403"):
+                pusher.push({"id": "b", "address": target.address, "fingerprint": "sha256:x"}, [{}])
+            pusher.close()
+        assert got == []
         entry = {"id": "b", "address": target.address, "fingerprint": "sha256:x"}
         answer = relay.push(entry, [{"not": "signed"}])
         assert answer == {"node": "b", "acks": [], "refusals": [{"reason": "unsigned", "detail": "x",
@@ -251,6 +307,65 @@ def test_the_relay_route_takes_only_bounded_json_and_hands_it_to_the_agent(tmp_p
     finally:
         relay.close()
         target.close()
+
+
+def test_the_relay_route_is_rate_limited_per_source_address(tmp_path):
+    """A real agent's peer endpoint on 127.0.0.1: past the burst, pushes from the same
+    address get 429 before their body is read, and nothing reaches the agent; the
+    limiter remembers a bounded number of addresses."""
+    from wyneos_core.service.agent import Agent
+
+    okey = OrchestratorKey.for_state(tmp_path / "state.db")
+    write_public_key(tmp_path / "orchestrator.pub", okey.private)
+    write_private_key(tmp_path / "node.key", generate_key())
+    from wyneos_core.service.agent import AgentError
+
+    with pytest.raises(AgentError, match="--peer-relay-rate/--peer-relay-burst: relay burst"):
+        Agent("http://127.0.0.1:9", "b", tmp_path, orchestrator_key=str(tmp_path / "orchestrator.pub"),
+              peer_port=0, peer_relay_burst=0)
+    # (``wyneos agent --peer-relay-rate 0.001 --peer-relay-burst 3``): one token back in ~17
+    # minutes, so none during the test
+    agent = Agent("http://127.0.0.1:9", "b", tmp_path, orchestrator_key=str(tmp_path / "orchestrator.pub"),
+                  peer_port=0, peer_relay_rate=0.001, peer_relay_burst=3)
+    target = agent.peer
+    target.start()
+    relay = PeerNode("a", generate_key(), okey.keyring(), interval=60)
+    knows(target, okey, relay)
+    entry = {"id": "b", "address": target.address, "fingerprint": "sha256:x"}
+    try:
+        for _ in range(3):  # the burst: taken by the agent (an unsigned action: refused and reported)
+            answer = relay.push(entry, [{"not": "signed"}])
+            assert answer["node"] == "b" and answer["refusals"][0]["reason"] in ("unsigned", "malformed")
+            assert answer["refusals"][0]["via"] == "a"  # the node notes which relay pushed what it refused
+        reports = len(agent.state["reports"])
+        with pytest.raises(ConnectionError, match="429"):
+            relay.push(entry, [{"not": "signed"}])
+        host, port = target.address.split(":")
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=5) as client:
+            refused = client.post("/v1/peer/relay", content=b"x" * 100)
+            assert refused.status_code == 429 and "127.0.0.1" in refused.json()["error"]
+            assert int(refused.headers["retry-after"]) >= 1
+            assert client.get("/v1/peer/ping", params={"nonce": "abcdefgh"}).status_code == 200  # probes unaffected
+        assert len(agent.state["reports"]) == reports  # the refused pushes reached nothing
+        assert target.limiter.limited == 2
+    finally:
+        relay.close()
+        target.close()
+
+    # the buckets: refilled at the rate, never above the burst, at most max_sources addresses
+    now = [0.0]
+    limiter = RateLimiter(rate=2.0, burst=2, max_sources=100, clock=lambda: now[0])
+    assert [limiter.allow("10.0.0.1") for _ in range(3)] == [True, True, False]
+    now[0] += 0.5  # one token back
+    assert [limiter.allow("10.0.0.1") for _ in range(2)] == [True, False]
+    now[0] += 3600  # refilled to the burst, not beyond
+    assert [limiter.allow("10.0.0.1") for _ in range(3)] == [True, True, False]
+    for i in range(1000):
+        limiter.allow(f"10.1.{i // 256}.{i % 256}")
+    assert len(limiter) == 100
+    for bad in ({"rate": 0}, {"burst": 0}, {"max_sources": 0}, {"rate": "2"}):
+        with pytest.raises(ValueError):
+            RateLimiter(**bad)
 
 
 def test_the_relay_setting_in_the_docs_is_the_default_and_a_bad_one_names_its_field(tmp_path):

@@ -80,6 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve the peer endpoint on PORT (0: any free port) and witness the mesh neighbours "
                         "(their list must verify against the pinned orchestrator key)")
     p.add_argument("--peer-host", default="127.0.0.1", metavar="HOST", help="address of the peer endpoint")
+    p.add_argument("--peer-relay-rate", type=float, default=2.0, metavar="PER_SECOND",
+                   help="relay pushes one source address may make per second on average (429 past it)")
+    p.add_argument("--peer-relay-burst", type=int, default=8, metavar="N",
+                   help="relay pushes one source address may make at once")
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("orchestrator-key", help="show or rotate the key that signs every action handed to nodes")
@@ -206,7 +210,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         agent = Agent(args.server, args.node, args.state_dir, token=args.token, interval=args.interval,
                       metadata=metadata, hook=args.hook, max_backoff=args.max_backoff, licence=args.licence,
                       orchestrator_key=args.orchestrator_key, hook_types=args.hook_type, timeout=args.timeout,
-                      peer_port=None if args.init else args.peer_port, peer_host=args.peer_host)
+                      peer_port=None if args.init else args.peer_port, peer_host=args.peer_host,
+                      peer_relay_rate=args.peer_relay_rate, peer_relay_burst=args.peer_relay_burst)
         if args.init:
             print(agent.fingerprint)
             return EXIT_OK

@@ -27,7 +27,10 @@ Orchestrator half (``RelayDesk``, a plugin of ``wyneos serve``); the agent half 
   ``altered`` (the node refused what the relay pushed as badly signed or malformed:
   the relay changed it), ``dropped`` (no signed ack from the node within
   ``ack_ticks`` ticks of the hand-over), ``forged`` (the relay brought back an answer
-  of the node that does not verify with the node's key). A relay caught altering,
+  of the node that does not verify with the node's key). ``altered`` has a second
+  path: a relay that alters and hides the refusal is first ``dropped``; the node sends
+  the refusal directly once its link is back, naming (``via``) the relay whose signed
+  push it refused, and that relay is named ``altered`` if it was handed the action. A relay caught altering,
   dropping or forging is not used for that action again; the next tick hands it to
   another witness.
 """
@@ -37,6 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -55,6 +59,8 @@ TAMPER_CODES = frozenset(("bad_signature", "malformed", "unsigned", "unknown_key
 MAX_PER_ANSWER = 32
 #: relay outcomes kept in the state file
 KEEP_EVENTS = 10_000
+#: (target, action) pairs whose relays the desk remembers after delivery, at most
+KEEP_HANDED = 100_000
 _SILENT = (NodeStatus.STALE, NodeStatus.OFFLINE)
 
 SCHEMA = """
@@ -134,6 +140,11 @@ class RelayDesk:
         self.trails: dict[tuple[str, str], _Trail] = {}
         #: (target, action id) -> the witness whose hop the routing tree chose
         self.preferred: dict[tuple[str, str], str] = {}
+        #: (target, action id) -> every relay handed it, kept after delivery (bounded,
+        #: oldest first out): a refusal the node reports later names one of these only
+        self.handed: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
+        #: (target, action id, relay) named ``altered`` already (bounded likewise)
+        self.altered: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         #: outcomes not yet written to the state file (written after each tick)
         self._events: list[tuple[int, float, str, str, str, str, str]] = []
         self.counts: dict[str, int] = {}
@@ -267,6 +278,10 @@ class RelayDesk:
                     h.handed_tick = self.tick
                     trail = self.trails.setdefault((h.target, h.action_id), _Trail())
                     trail.relays.append(relay)
+                    key = (h.target, h.action_id)
+                    self.handed[key] = (*self.handed.pop(key, ()), relay)
+                    while len(self.handed) > KEEP_HANDED:
+                        self.handed.popitem(last=False)
                     self._event(h, "handed", f"handed to {relay} for {h.target}")
         outbox = self.service.outbox
         work: dict[str, list[dict[str, Any]]] = {}
@@ -298,26 +313,41 @@ class RelayDesk:
             self.trails.pop((target, action_id), None)
             self.preferred.pop((target, action_id), None)
 
-    def refused(self, target: str, action_id: str | None, reason: str, detail: str, via: str | None) -> str | None:
+    def refused(self, target: str, action_id: str | None, reason: str, detail: str, via: str | None,
+                pusher: str | None = None) -> str | None:
         """The node refused an envelope (reported through ``via`` or directly). When the
         refusal means the envelope was changed and it reached the node through a relay,
-        that relay is named (``altered``) and returned."""
+        that relay is named (``altered``) and returned.
+
+        ``pusher``: the relay the node says pushed what it refused (it checked that the
+        push was signed by that relay's key); taken only when the desk handed that relay
+        the action. A report sent directly, once the node's link is back, thus names the
+        relay even when that relay kept the refusal from the orchestrator, and even
+        after another relay delivered the action since. Each relay is named ``altered``
+        once per action, however many times (and ways) the refusal is reported."""
         if action_id is None or reason not in TAMPER_CODES:
             return None
         with self._lock:
             key = (target, action_id)
             h = self.handovers.get(key)
-            trail = self.trails.get(key)
+            handed = self.handed.get(key, ())
             if via is not None:
                 culprit = via  # what the node refused is what this relay pushed
+            elif pusher is not None:
+                if pusher not in handed:
+                    return None  # the node names a relay that was never given this action
+                culprit = pusher
             elif h is not None and h.handed_tick is not None:
                 culprit = h.relay
-            elif trail is not None and trail.relays:
-                culprit = trail.relays[-1]
+            elif handed:
+                culprit = handed[-1]
             else:
                 return None
-            if trail is not None and culprit in trail.failed:
+            if (target, action_id, culprit) in self.altered:
                 return culprit  # named already (the same refusal, reported again directly)
+            self.altered[(target, action_id, culprit)] = None
+            while len(self.altered) > KEEP_HANDED:
+                self.altered.popitem(last=False)
             record = h if h is not None and h.relay == culprit else Handover(target, action_id, culprit, self.tick)
             # (when another relay holds the action now, its hand-over is left alone)
             self._fail(record, "altered", f"{target} refused what {culprit} relayed as {reason}: {detail[:300]}")

@@ -191,6 +191,7 @@ class Agent:
                  orchestrator_key: str | None = None, hook_types: tuple[str, ...] | list[str] = (),
                  clock_tolerance: float = 300.0, max_clock_offset: float = 86400.0,
                  peer_port: int | None = None, peer_host: str = "127.0.0.1",
+                 peer_relay_rate: float = 2.0, peer_relay_burst: int = 8,
                  sessions: bool = True) -> None:
         self.servers: list[tuple[str, str, int | None]] = []
         for url in server.split(","):  # replicas on etcd: any of them, the next one when one fails
@@ -264,9 +265,12 @@ class Agent:
 
             try:
                 self.peer = PeerNode(node_id, self.key, self._orchestrator_keyring, host=peer_host, port=peer_port,
-                                     interval=interval or 5.0)
+                                     interval=interval or 5.0, relay_rate=peer_relay_rate,
+                                     relay_burst=peer_relay_burst)
             except OSError as exc:
                 raise AgentError(f"peer endpoint {peer_host}:{peer_port} cannot be bound: {exc}") from None
+            except ValueError as exc:  # the relay rate limit's settings
+                raise AgentError(f"--peer-relay-rate/--peer-relay-burst: {exc}") from None
             self.peer.on_relay = self.receive_relayed  # signed actions a neighbour relays to us
         self._apply_lock = threading.RLock()  # the heartbeat loop and relayed actions apply one at a time
 
@@ -721,7 +725,8 @@ class Agent:
         reports) goes to the orchestrator with this node's own acknowledgement request.
         Returns the number of envelopes pushed. Test switches in the state directory:
         ``relay-tamper`` flips a byte of each envelope pushed, ``relay-drop`` pushes
-        nothing (a relay that misbehaves, for the detection tests).
+        nothing, ``relay-quiet`` pushes but keeps the neighbour's answer from the
+        orchestrator (a relay that misbehaves, for the detection tests).
         """
         if not isinstance(work, list):
             return 0
@@ -754,7 +759,9 @@ class Agent:
             if (self.state_dir / "relay-tamper").exists():
                 good = [_flip(e) for e in good]
             try:
-                answers.append(self.peer.push(neighbour, good))
+                answer = self.peer.push(neighbour, good)
+                if not (self.state_dir / "relay-quiet").exists():
+                    answers.append(answer)
                 pushed += len(good)
                 self.stats.relayed += len(good)
             except ConnectionError as exc:
@@ -768,9 +775,13 @@ class Agent:
         orchestrator hands over directly; the answer carries the signed acks and the
         refusal reports (kept too, for the orchestrator directly once it is reachable)."""
         with self._apply_lock:
-            before = len(self.state["reports"])
+            before = len(self.stats.refused_actions)  # one entry per report made (the kept list is trimmed)
             acks = self._take(envelopes)
-            refusals = [dict(r) for r in self.state["reports"][before:]]
+            made = len(self.stats.refused_actions) - before
+            new = self.state["reports"][-made:] if made else []
+            for report in new:  # which relay pushed it (the node checked its push was signed by its key)
+                report["via"] = sender
+            refusals = [dict(r) for r in new]
             self._save_state()
         log.info("%d relayed action(s) from %s: %d acknowledged, %d refused", len(envelopes), sender[:128],
                  len(acks), len(refusals))

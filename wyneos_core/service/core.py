@@ -779,6 +779,7 @@ class Service:
                                      + (" (acknowledgements are wyneos.ack/1 envelopes signed by the node key)"
                                         if exc.reason == "unsigned" else "")) from None
         cleaned: list[tuple[str, str | None, str]] = []
+        pushers: list[str | None] = []
         for index, report in enumerate(reports):
             if not isinstance(report, dict) or report.get("reason") not in _REFUSAL_CODES:
                 raise _Unprocessable(f"refusals[{index}].reason", "expected one of " + ", ".join(sorted(_REFUSAL_CODES)))
@@ -792,7 +793,11 @@ class Service:
                 detail.encode("utf-8")
             except UnicodeEncodeError:
                 raise _Unprocessable(f"refusals[{index}]", "not valid Unicode text") from None
+            pusher = report.get("via")  # the relay that pushed what the node refused (it checked the push's signature)
+            if pusher is not None and (not isinstance(pusher, str) or not 0 < len(pusher) <= 128):
+                raise _Unprocessable(f"refusals[{index}].via", "expected a node id of 1-128 characters")
             cleaned.append((report["reason"], action_id, detail))
+            pushers.append(pusher)
         issuances = {a["id"]: a.get("issued_at") for a in self.outbox.pending(node_id)}
         known = set(issuances) | self.view.in_force.get(node_id, frozenset())
         asked = [a["action_id"] for a in opened]
@@ -828,10 +833,10 @@ class Service:
                 done.append(action_id)
             if cleaned:  # through a relay: said so; a refusal that means the relay altered it names the relay
                 named_cleaned = []
-                for reason, action_id, detail in cleaned:
+                for (reason, action_id, detail), pusher in zip(cleaned, pushers):
                     if via is not None:
                         detail = f"(reported through relay {via}) {detail}"[:MAX_ACK_DETAIL]
-                    culprit = self.relay_desk.refused(node_id, action_id, reason, detail, via)
+                    culprit = self.relay_desk.refused(node_id, action_id, reason, detail, via, pusher)
                     if culprit is not None:
                         named.append(culprit)
                         detail = f"{detail} [relay {culprit} named: it altered the action]"[:MAX_ACK_DETAIL]

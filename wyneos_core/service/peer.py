@@ -15,6 +15,10 @@ Service-mode half of the compliance mesh (``docs/mesh.md``):
   signature, and keeps the latest observation of each, which the agent sends with its
   next heartbeat (signed with it, like everything in the heartbeat body).
 
+``POST /v1/peer/relay`` (signed actions a neighbour relays) takes a push only signed
+by the key of a neighbour in the verified list, and is rate limited per source address
+(``RateLimiter``: a bounded table of token buckets; 429 past it).
+
 A neighbour list that does not verify against the pinned orchestrator key is refused
 (the agent keeps the one it had); without a pinned key the agent does not probe at
 all: no unsigned trust. Sizes are bounded before they are read.
@@ -31,6 +35,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -44,7 +49,7 @@ from wyneos_core.licensing.envelope import EnvelopeError, open_envelope
 from wyneos_core.licensing.keys import KeyRing, fingerprint, public_bytes
 from wyneos_core.model import ORIGIN
 
-__all__ = ["NEIGHBOURS_FORMAT", "RELAY_PATH", "NeighbourBook", "PeerNode", "ping_message"]
+__all__ = ["NEIGHBOURS_FORMAT", "RELAY_PATH", "NeighbourBook", "PeerNode", "RateLimiter", "ping_message", "relay_message"]
 
 log = logging.getLogger("wyneos.peer")
 
@@ -56,6 +61,12 @@ RELAY_PATH = "/v1/peer/relay"
 MAX_RELAY_BYTES = 512 * 1024
 #: signed actions in one relay request at most
 MAX_RELAYED = 32
+#: relay requests one source address may make per second on average (token bucket refill)
+RELAY_RATE = 2.0
+#: relay requests one source address may make at once (the bucket's size)
+RELAY_BURST = 8
+#: source addresses the rate limiter remembers at most (the least recently seen go first)
+RELAY_RATE_SOURCES = 1024
 #: neighbours an agent probes at most (the rest of a longer list is ignored)
 MAX_NEIGHBOURS = 16
 #: seconds one probe may take
@@ -69,6 +80,49 @@ _NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 def ping_message(node_id: str, nonce: str, seq: int) -> bytes:
     """The bytes a node signs to answer a probe with ``nonce``."""
     return f"wyneos.peer-ping/1\n{node_id}\n{nonce}\n{seq}".encode()
+
+
+def relay_message(body: bytes) -> bytes:
+    """The bytes a relay signs, with its node key, to push ``body`` (``POST /v1/peer/relay``)."""
+    return b"wyneos.peer-relay/1\n" + body
+
+
+class RateLimiter:
+    """A token bucket per source address: ``rate`` requests a second on average, ``burst``
+    at once; at most ``max_sources`` addresses remembered (the least recently seen are
+    forgotten first, so memory stays bounded whoever sends)."""
+
+    def __init__(self, rate: float = RELAY_RATE, burst: int = RELAY_BURST, max_sources: int = RELAY_RATE_SOURCES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not (isinstance(rate, (int, float)) and 0 < rate <= 1e6):
+            raise ValueError(f"relay rate: expected requests per second above 0 (at most 1e6), got {rate!r}")
+        if type(burst) is not int or not 1 <= burst <= 1_000_000:
+            raise ValueError(f"relay burst: expected a whole number of requests from 1 to 1000000, got {burst!r}")
+        if type(max_sources) is not int or not 1 <= max_sources <= 10_000_000:
+            raise ValueError(f"relay max_sources: expected a whole number from 1 to 10000000, got {max_sources!r}")
+        self.rate, self.burst, self.max_sources = float(rate), burst, max_sources
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # source -> (tokens, at)
+        self._lock = threading.Lock()
+        self.limited = 0
+
+    def allow(self, source: str) -> bool:
+        """Take a token for ``source``; False (the request is refused) when its bucket is empty."""
+        now = self._clock()
+        with self._lock:
+            tokens, at = self._buckets.pop(source, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+            ok = tokens >= 1.0
+            self._buckets[source] = (tokens - 1.0 if ok else tokens, now)
+            while len(self._buckets) > self.max_sources:
+                self._buckets.popitem(last=False)
+            if not ok:
+                self.limited += 1
+            return ok
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._buckets)
 
 
 def _b64e(raw: bytes) -> str:
@@ -156,7 +210,9 @@ class PeerNode:
 
     def __init__(self, node_id: str, key: Ed25519PrivateKey,
                  orchestrator_keys: KeyRing | Callable[[], KeyRing | None] | None, *,
-                 host: str = "127.0.0.1", port: int = 0, interval: float = 5.0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, interval: float = 5.0,
+                 relay_rate: float = RELAY_RATE, relay_burst: int = RELAY_BURST,
+                 relay_sources: int = RELAY_RATE_SOURCES) -> None:
         self.node_id = node_id
         self.key = key
         self.public = _b64e(public_bytes(key))
@@ -170,6 +226,8 @@ class PeerNode:
         #: ``(sender, envelopes) -> {"node", "acks", "refusals"}``: takes actions a peer
         #: relays (the agent's ``receive_relayed``); None: the relay route answers 404
         self.on_relay: Callable[[str, list[Any]], dict[str, Any]] | None = None
+        #: the per-source rate limit of the relay route (checked before anything is read)
+        self.limiter = RateLimiter(relay_rate, relay_burst, relay_sources)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._started = False
@@ -199,6 +257,12 @@ class PeerNode:
                 if urlsplit(self.path[:512]).path != RELAY_PATH or node.on_relay is None:
                     self._send(404, {"error": "not found"})
                     return
+                if not node.limiter.allow(self.client_address[0]):
+                    self.close_connection = True
+                    self._send(429, {"error": f"too many relay requests from {self.client_address[0]}: at most "
+                                              f"{node.limiter.burst} at once, {node.limiter.rate:g} a second"},
+                               {"retry-after": str(max(1, round(1 / node.limiter.rate)))})
+                    return
                 try:
                     length = int(self.headers.get("content-length", ""))
                 except ValueError:
@@ -209,7 +273,8 @@ class PeerNode:
                     return
                 self.connection.settimeout(PROBE_TIMEOUT * 5)
                 try:
-                    data = json.loads(self.rfile.read(length).decode("utf-8"))
+                    raw = self.rfile.read(length)
+                    data = json.loads(raw.decode("utf-8"))
                 except (OSError, ValueError, UnicodeDecodeError, RecursionError):
                     self._send(422, {"error": "body: not JSON"})
                     return
@@ -219,6 +284,11 @@ class PeerNode:
                         or not isinstance(sender, str) or len(sender) > 128:
                     self._send(422, {"error": f"expected {{from, envelopes: 1-{MAX_RELAYED} signed actions}}"})
                     return
+                why = node._check_pusher(sender, self.headers.get("x-wyneos-peer-key", ""),
+                                         self.headers.get("x-wyneos-peer-signature", ""), raw)
+                if why is not None:
+                    self._send(403, {"error": why})
+                    return
                 try:
                     answer = node.on_relay(sender, envelopes)
                 except Exception:  # noqa: BLE001 - whatever was pushed, the endpoint stays up
@@ -227,9 +297,11 @@ class PeerNode:
                     return
                 self._send(200, answer)
 
-            def _send(self, status: int, data: dict[str, Any]) -> None:
+            def _send(self, status: int, data: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 raw = json.dumps(data).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(raw)))
                 self.end_headers()
@@ -350,6 +422,21 @@ class PeerNode:
         with self._lock:
             return next((dict(e) for e in self.neighbours if e["id"] == node_id), None)
 
+    def _check_pusher(self, sender: str, key: str, signature: str, body: bytes) -> str | None:
+        """None when ``body`` was signed by the key of ``sender``, a neighbour in the
+        verified list (its fingerprint there); else why the push is refused."""
+        entry = self.neighbour(sender)
+        if entry is None:
+            return f"{sender[:128]!r} is not a neighbour in this node's signed list"
+        try:
+            pub = _b64d(key[:64])
+            if len(pub) != 32 or fingerprint(pub) != entry["fingerprint"]:
+                return f"the key of the push is not the one listed for {sender}"
+            Ed25519PublicKey.from_public_bytes(pub).verify(_b64d(signature[:128]), relay_message(body))
+        except (ValueError, InvalidSignature):
+            return f"the push is not signed by {sender}'s key"
+        return None
+
     def push(self, neighbour: dict[str, Any], envelopes: list[Any], timeout: float = 3.0) -> dict[str, Any]:
         """Push signed action envelopes, unchanged, to a neighbour's relay route; its
         answer (``{"node", "acks", "refusals"}``, sizes bounded) or ``ConnectionError``."""
@@ -357,7 +444,8 @@ class PeerNode:
         body = json.dumps({"from": self.node_id, "envelopes": envelopes}).encode()
         conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
         try:
-            conn.request("POST", RELAY_PATH, body, {"content-type": "application/json"})
+            conn.request("POST", RELAY_PATH, body, {"content-type": "application/json", "x-wyneos-peer-key": self.public,
+                                                    "x-wyneos-peer-signature": _b64e(self.key.sign(relay_message(body)))})
             response = conn.getresponse()
             raw = response.read(MAX_RELAY_BYTES + 1)
         except (OSError, http.client.HTTPException) as exc:
