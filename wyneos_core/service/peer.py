@@ -49,7 +49,8 @@ from wyneos_core.licensing.envelope import EnvelopeError, open_envelope
 from wyneos_core.licensing.keys import KeyRing, fingerprint, public_bytes
 from wyneos_core.model import ORIGIN
 
-__all__ = ["NEIGHBOURS_FORMAT", "RELAY_PATH", "NeighbourBook", "PeerNode", "RateLimiter", "ping_message", "relay_message"]
+__all__ = ["NEIGHBOURS_FORMAT", "RELAY_PATH", "NeighbourBook", "PeerNode", "RateLimiter", "ping_message",
+           "relay_message"]
 
 log = logging.getLogger("wyneos.peer")
 
@@ -94,7 +95,7 @@ class RateLimiter:
 
     def __init__(self, rate: float = RELAY_RATE, burst: int = RELAY_BURST, max_sources: int = RELAY_RATE_SOURCES,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if not (isinstance(rate, (int, float)) and 0 < rate <= 1e6):
+        if isinstance(rate, bool) or not (isinstance(rate, (int, float)) and 0 < rate <= 1e6):
             raise ValueError(f"relay rate: expected requests per second above 0 (at most 1e6), got {rate!r}")
         if type(burst) is not int or not 1 <= burst <= 1_000_000:
             raise ValueError(f"relay burst: expected a whole number of requests from 1 to 1000000, got {burst!r}")
@@ -444,8 +445,10 @@ class PeerNode:
         body = json.dumps({"from": self.node_id, "envelopes": envelopes}).encode()
         conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
         try:
-            conn.request("POST", RELAY_PATH, body, {"content-type": "application/json", "x-wyneos-peer-key": self.public,
-                                                    "x-wyneos-peer-signature": _b64e(self.key.sign(relay_message(body)))})
+            signature = _b64e(self.key.sign(relay_message(body)))  # taken from listed neighbours only
+            conn.request("POST", RELAY_PATH, body, {"content-type": "application/json",
+                                                    "x-wyneos-peer-key": self.public,
+                                                    "x-wyneos-peer-signature": signature})
             response = conn.getresponse()
             raw = response.read(MAX_RELAY_BYTES + 1)
         except (OSError, http.client.HTTPException) as exc:
