@@ -255,3 +255,14 @@ def test_a_structured_enrolment_refusal_stops_the_agent(tmp_path, okey):
     with HostileServer(handler) as server:
         with pytest.raises(AgentError, match="bad_token"):
             Agent(server.url, NODE, tmp_path / "a", token="t").run(count=3)
+
+
+def test_the_agents_kept_lists_stay_bounded_however_many_refusals_a_server_causes(tmp_path):
+    from wyneos_core.service.agent import AgentStats
+
+    agent = Agent("http://127.0.0.1:9", NODE, tmp_path / "a", token="t")  # never contacted
+    for i in range(AgentStats.KEPT + 50):
+        agent._report("unsigned", "no signature", f"a{i}")
+    assert agent.stats.refusals_made == AgentStats.KEPT + 50
+    assert len(agent.stats.refused_actions) == AgentStats.KEPT
+    assert agent.stats.refused_actions[-1] == f"unsigned:a{AgentStats.KEPT + 49}"

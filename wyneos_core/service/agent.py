@@ -77,7 +77,7 @@ import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from wyneos_core import __version__
@@ -129,6 +129,10 @@ def os_load() -> float:
 
 @dataclass(slots=True)
 class AgentStats:
+    """What an agent did since it started; the lists keep only their latest ``KEPT`` entries."""
+
+    KEPT: ClassVar[int] = 1000
+
     sent: int = 0
     accepted: int = 0
     refused: int = 0
@@ -139,8 +143,11 @@ class AgentStats:
     backoffs: list[float] = field(default_factory=list)
     #: actions failed or ignored, as ``type:target:status``
     not_applied: list[str] = field(default_factory=list)
-    #: actions refused before use (unsigned, bad signature, expired...), as ``reason:action id``
+    #: the latest actions refused before use (unsigned, bad signature, expired...), as
+    #: ``reason:action id`` (the last ``KEPT`` of them: a hostile server cannot grow it)
     refused_actions: list[str] = field(default_factory=list)
+    #: every refusal made since start (``refused_actions`` keeps only the latest)
+    refusals_made: int = 0
     #: issuances delivered again (replays, redeliveries): not applied twice
     replayed: int = 0
     #: heartbeat attempts (sent or not): what ``count`` counts
@@ -626,7 +633,9 @@ class Agent:
             action_id = None  # whatever the sender put there, the report must be one the server takes
         detail = detail[:1000].encode("utf-8", "replace").decode("utf-8")
         log.warning("refused an action%s (%s): %s", f" {action_id}" if action_id else "", reason, detail)
+        self.stats.refusals_made += 1
         self.stats.refused_actions.append(f"{reason}:{action_id}")
+        del self.stats.refused_actions[:-AgentStats.KEPT]
         reports = self.state["reports"]
         reports.append({"reason": reason, "detail": detail, "action_id": action_id})
         del reports[:-self.MAX_REPORTS]
@@ -681,9 +690,10 @@ class Agent:
             status, detail = self._apply_one(action)
             self._remember(key, status, detail, action["expires_at"])
             self._save_state()
-            (self.stats.applied if status == "applied" else self.stats.not_applied).append(
-                f"{action['type']}:{action['target']}:{status}" if status != "applied"
-                else f"{action['type']}:{action['target']}")
+            kept = self.stats.applied if status == "applied" else self.stats.not_applied
+            kept.append(f"{action['type']}:{action['target']}:{status}" if status != "applied"
+                        else f"{action['type']}:{action['target']}")
+            del kept[:-AgentStats.KEPT]
             entry = {"time": time.time(), "action": action, "status": status, "detail": detail}
             with open(self.state_dir / "actions.log", "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
@@ -775,9 +785,9 @@ class Agent:
         orchestrator hands over directly; the answer carries the signed acks and the
         refusal reports (kept too, for the orchestrator directly once it is reachable)."""
         with self._apply_lock:
-            before = len(self.stats.refused_actions)  # one entry per report made (the kept list is trimmed)
+            before = self.stats.refusals_made
             acks = self._take(envelopes)
-            made = len(self.stats.refused_actions) - before
+            made = self.stats.refusals_made - before
             new = self.state["reports"][-made:] if made else []
             for report in new:  # which relay pushed it (the node checked its push was signed by its key)
                 report["via"] = sender
