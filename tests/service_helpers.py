@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from wyneos_core import hookimpl
 from wyneos_core.config import load_config
 from wyneos_core.licensing.keys import generate_key, public_bytes
@@ -109,3 +111,18 @@ def acks_body(node: "Node", *action_ids: str, status: str = "applied", service: 
     issued = {a["id"]: a["issued_at"] for a in service.outbox.pending(node.id)} if service is not None else {}
     return json.dumps({"acks": [seal_ack(node.key, node.id, a, issued.get(a, 1), status, "")
                                 for a in action_ids]}).encode()
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, step: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something true; a bounded loop (a request that
+    fails meanwhile counts as "not yet"). Fails the test when ``timeout`` runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"condition not reached within {timeout:g}s")

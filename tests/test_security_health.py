@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from typing import Any
 
 import httpx
-from service_helpers import make_service, write_config
+from service_helpers import make_service, wait_for, write_config
 
 from wyneos_core import hookimpl
 from wyneos_core.service.server import ServerThread
 from wyneos_core.store import StateStore
-
-
-def wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def test_a_failing_state_write_makes_healthz_degraded_and_names_the_cause(tmp_path, monkeypatch):

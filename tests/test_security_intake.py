@@ -9,21 +9,11 @@ import time
 
 import httpx
 import pytest
-from service_helpers import Node, add_token, make_service, write_config
+from service_helpers import Node, add_token, make_service, wait_for, write_config
 
 from wyneos_core.mesh import MeshError
 from wyneos_core.service.identity import sign_request
 from wyneos_core.service.server import ServerThread
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def enrol(client, node: Node, token: str | None):

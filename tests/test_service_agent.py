@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import pytest
-from service_helpers import Quarantine, add_token, make_service, signed, write_config, write_pem
+from service_helpers import Quarantine, add_token, make_service, signed, wait_for, write_config, write_pem
 
 from wyneos_core.service.agent import Agent, AgentError, os_load
 from wyneos_core.service.orchestrator_key import OrchestratorKey
 from wyneos_core.service.server import ServerThread, bind
-
-
-def wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def test_agent_applies_isolate_and_reinstate_and_acknowledges(tmp_path):

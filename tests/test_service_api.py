@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from service_helpers import Node, acks_body, add_token, make_service, write_config
+from service_helpers import Node, acks_body, add_token, make_service, wait_for, write_config
 
 from wyneos_core.service.server import ServerThread
 
@@ -18,16 +18,6 @@ def served(tmp_path):
     service = make_service(write_config(tmp_path))
     with ServerThread(service) as url, httpx.Client(base_url=url, timeout=10) as client:
         yield service, client
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def enrol(client, node: Node, token: str | None):

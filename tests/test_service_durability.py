@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import Node, write_config
+from service_helpers import Node, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -40,19 +40,6 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(20)
-
-
-def wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 class Heartbeats:

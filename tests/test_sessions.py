@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from service_helpers import Node, add_token, make_service, write_config
+from service_helpers import Node, add_token, make_service, wait_for, write_config
 
 from wyneos_core import hookimpl
 from wyneos_core.intake import CheckedHeartbeat
@@ -21,16 +21,6 @@ from wyneos_core.service.identity import b64e
 from wyneos_core.service.server import ServerThread
 from wyneos_core.service.session_client import SessionClient, SessionError
 from wyneos_core.service.sessions import HANDSHAKE_FORMAT, handshake_bytes, mac
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture

@@ -14,21 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import uvicorn
-from service_helpers import Node, add_token, make_service, write_config
+from service_helpers import Node, add_token, make_service, wait_for, write_config
 
 from wyneos_core.service.relay import Relay, create_relay_app
 from wyneos_core.service.server import ServerThread, bind
 from wyneos_core.service.session_client import SessionClient
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 class RelayThread:

@@ -6,24 +6,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-import time
 
 import httpx
 import pytest
-from service_helpers import Node, add_token, make_service, write_config
+from service_helpers import Node, add_token, make_service, wait_for, write_config
 
 from wyneos_core.builtin.trust import explain
 from wyneos_core.service.server import ServerThread
-
-
-def wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def test_an_enrolled_node_shows_its_trust_everywhere_and_replays_count_against_it(tmp_path):
