@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from wyneos_core.safeio import FileRefused, bad_text, read_regular_file
+from wyneos_core.safeio import FileRefused, bad_text, field_path, read_regular_file
 
 __all__ = ["LocatedError", "Located", "load_yaml", "validate_schema"]
 
@@ -62,15 +62,9 @@ class LocatedError(ValueError):
         }
 
 
-def field_name(path: Iterable[Any]) -> str:
-    """``("rules", 2, "id")`` -> ``rules[2].id``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
+#: ``("rules", 2, "id")`` -> ``rules[2].id`` (the one spelling of a field's place, shared
+#: with the service's checks of request bodies)
+field_name = field_path
 
 
 @dataclass(slots=True)
