@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,17 @@ def wait_for(predicate: Any, timeout: float = 20.0, step: float = 0.05) -> Any:
             return value
         time.sleep(step)
     raise AssertionError(f"condition not reached within {timeout:g}s")
+
+
+def end_processes(procs: Any) -> None:
+    """Terminate the processes this test started (by their own handles), then kill any
+    that has not ended within 20 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

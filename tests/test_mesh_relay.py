@@ -18,6 +18,7 @@ import time
 
 import httpx
 import pytest
+from service_helpers import end_processes
 
 from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes, write_private_key, write_public_key
 from wyneos_core.licensing.revocation import RevocationList
@@ -102,15 +103,7 @@ def ring(tmp_path):
         with httpx.Client(base_url=url, timeout=5) as client:
             yield tmp_path, client, keys, issuer
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        end_processes(procs.values())
 
 
 def quarantine_of(client, target):
