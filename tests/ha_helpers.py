@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from wyneos_core.ha.local import LocalEtcdCluster, ReplicaProcess, etcd_binary
+from wyneos_core.ha.local import LocalEtcdCluster, ReplicaProcess, etcd_binary, get_json  # noqa: F401 - used by the ha tests
 from wyneos_core.service.agent import Agent
 
 WYNEOS = str(Path(sys.executable).with_name("wyneos"))
@@ -65,17 +65,6 @@ def write_config(tmp: Path, cluster: str = "ha", *, stale: float = 3.0, offline:
     return path
 
 
-def get_json(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - loopback http
-            return json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            return json.loads(exc.read())
-        except ValueError:
-            return None
-    except (OSError, ValueError):
-        return None
 
 
 def wait_for(what: str, check: Any, timeout: float, every: float = 0.1) -> Any:

@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 from service_helpers import Node, add_token, make_service, wait_for, write_config
 
+from tests.test_sessions import enrolled, served  # noqa: F401 - served is a fixture
 from wyneos_core.service.relay import Relay, create_relay_app
 from wyneos_core.service.server import ServerThread, bind
 from wyneos_core.service.session_client import SessionClient
@@ -44,19 +45,6 @@ class RelayThread:
         self.thread.join(30)
         self.sock.close()
 
-
-@pytest.fixture
-def served(tmp_path):
-    service = make_service(write_config(tmp_path, interval=0.2, stale=5, offline=10), heartbeat_burst=50)
-    with ServerThread(service) as url, httpx.Client(base_url=url, timeout=10) as client:
-        yield service, client, url
-
-
-def enrolled(service, client, node_id: str) -> Node:
-    node = Node(node_id)
-    body, headers = node.enrol_request(add_token(service))
-    assert client.post("/v1/enrol", content=body, headers=headers).status_code == 201
-    return node
 
 
 def test_wyneos_relay_forwards_session_and_signed_heartbeats_in_batches(served):

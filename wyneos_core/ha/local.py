@@ -36,6 +36,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+
+def get_json(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The JSON a local replica answers at ``url`` (also an error status's body), or None
+    when nothing answers or the answer is not JSON."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - loopback http
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return json.loads(exc.read())
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+
 class LocalEtcdCluster:
     """``size`` etcd members on loopback. ``start()``, ``kill(i)``, ``restart(i)``, ``stop()``.
 
@@ -193,18 +208,7 @@ class ReplicaProcess:
 
     def health(self) -> dict[str, Any] | None:
         """``/healthz`` as JSON (also when it answers 503), None when it does not answer."""
-        if not self.alive:
-            return None
-        try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=1.0) as answer:  # noqa: S310 - loopback
-                return json.loads(answer.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                return json.loads(exc.read())
-            except ValueError:
-                return None
-        except (OSError, ValueError):
-            return None
+        return get_json(self.url + "/healthz", timeout=1.0) if self.alive else None
 
     def metrics(self) -> str:
         try:
