@@ -1,0 +1,1 @@
+"""Telemetry, forecasts and anomaly scores (docs/prediction.md)."""
