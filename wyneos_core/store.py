@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS action_events (
     detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS action_events_tick ON action_events (tick);
+CREATE TABLE IF NOT EXISTS carried (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
 
 
@@ -209,6 +210,7 @@ class ClusterStateStore(Protocol):
     def add_action_refusals(self, node_id: str, now: float, refusals: Iterable[tuple[str, str | None, str]],
                             keep: int) -> None: ...
     def recent_action_refusals(self, limit: int = 200) -> list[dict[str, Any]]: ...
+    def carried(self) -> dict[str, Any]: ...
 
 
 def open_state_store(config: Any) -> ClusterStateStore:
@@ -225,6 +227,10 @@ def open_state_store(config: Any) -> ClusterStateStore:
 
 class StateStore:
     """SQLite-backed state. Use ``StateStore.open(path)``; ``":memory:"`` keeps nothing."""
+
+    #: returns ``{name: document}`` of state kept with each tick (rule states,
+    #: ``wyneos_core.rules.memory``): written in the tick's transaction, read by ``carried``
+    carry: Any = None
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.created_dir: str | None = None
@@ -489,10 +495,24 @@ class StateStore:
             c.execute("DELETE FROM actions WHERE state != 'in_force' AND last_tick <= ?", (tick - retention,))
             c.execute("DELETE FROM action_events WHERE tick <= ? AND action_id NOT IN "
                       "(SELECT id FROM actions WHERE state = 'in_force')", (tick - retention,))
+            if self.carry is not None:  # rule states: with the tick, or not at all
+                c.executemany("INSERT OR REPLACE INTO carried VALUES (?, ?)",
+                              ((name, json.dumps(doc, sort_keys=True)) for name, doc in self.carry().items()))
             c.execute("COMMIT")
         except BaseException:
             self._rollback()
+            forget = getattr(self.carry, "forget", None)
+            if forget is not None:  # what the failed write held is written again next time
+                forget()
             raise
+
+    def carried(self) -> dict[str, Any]:
+        """``{name: document}`` kept with the ticks (a damaged document is left out)."""
+        out = {}
+        for name, text in self.conn.execute("SELECT name, doc FROM carried"):
+            if _json_problem(text, dict) is None:
+                out[name] = json.loads(text)
+        return out
 
     def forget_node(self, node_id: str) -> None:
         self.conn.execute("DELETE FROM nodes WHERE id = ?", (node_id,))

@@ -19,7 +19,9 @@ from wyneos_core import hookimpl
 from wyneos_core.config import Config
 from wyneos_core.model import Action, LicenceResult, Node, PluginError, RuleResult
 from wyneos_core.rules.interp import EvalEnv
+from wyneos_core.rules.memory import RuleMemory, restore
 from wyneos_core.rules.runtime import RulesetRunner
+from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = ["runner_of"]
@@ -116,6 +118,22 @@ def wyneos_healing(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[st
 def wyneos_enforcement(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str, LicenceResult],
                        results: Sequence[RuleResult]) -> list[Action]:
     return _act("enforcement", ctx, nodes, licences, results)
+
+
+@hookimpl
+def wyneos_startup(orchestrator: Orchestrator) -> None:
+    """Rule states come back from the state file, and go into it with every tick: a
+    restart never restarts a ``for:`` nor clears an action to issue it again. (The etcd
+    replicas carry them over themselves, ``wyneos_core.ha.carry``.)"""
+    store = orchestrator.store
+    runner = runner_of(orchestrator.pm)
+    if runner is None or not isinstance(store, StateStore) or store.carry is not None:
+        return
+    memory = RuleMemory(runner)
+    kept = {name: doc for name, doc in store.carried().items() if name.startswith("rules/")}
+    restore(runner, kept)
+    memory.remember(kept)
+    store.carry = memory
 
 
 @hookimpl
