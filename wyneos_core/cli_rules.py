@@ -263,9 +263,9 @@ def _junit(runs: list[dict[str, Any]]) -> str:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from wyneos_core.builtin.rulesets import _violated, runner_of
+    from wyneos_core.builtin.rulesets import _violated, env_of, runner_of
     from wyneos_core.cli import build
-    from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, explain, truthy, evaluate
+    from wyneos_core.rules.interp import NO_LICENCE, explain, truthy, evaluate
     from wyneos_core.rules.runtime import RulesetRunner
 
     if args.ticks < 1:
@@ -289,7 +289,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     lic = report.licences.get(node.id) or NO_LICENCE
     nodes = orchestrator.registry.nodes()
-    base = RulesetRunner.environment(nodes, report.started_at)
+    base = env_of(orchestrator.pm) or RulesetRunner.environment(nodes, report.started_at)
     out: dict[str, Any] = {"node": node.to_dict(), "tick": report.tick, "licence": lic.to_dict(), "rulesets": [],
                            "python_rules": [],
                            "trust": trust_plugin.explain(orchestrator, node.id) if "trust" in orchestrator.pm.origins
@@ -297,7 +297,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     runner = runner_of(orchestrator.pm)
     for loaded in (runner.loaded.values() if runner is not None else []):
         rs = loaded.ruleset
-        env = base if rs.stage == "governance" else EvalEnv(base.now, base.cluster, _violated(report.results))
+        env = base if rs.stage == "governance" else base.staged(_violated(report.results))
         rules = []
         for rule in rs.rules:
             value = truthy(evaluate(rule.condition, node, lic, env))

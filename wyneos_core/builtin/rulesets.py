@@ -24,7 +24,7 @@ from wyneos_core.rules.runtime import RulesetRunner
 from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator, TickContext
 
-__all__ = ["runner_of"]
+__all__ = ["env_of", "runner_of"]
 
 _RUNNERS: weakref.WeakKeyDictionary[Any, _Slot] = weakref.WeakKeyDictionary()
 
@@ -42,6 +42,12 @@ def runner_of(pluginmanager: Any) -> RulesetRunner | None:
     """The ruleset runner of an orchestrator's plugin manager (None without rulesets)."""
     slot = _RUNNERS.get(pluginmanager)
     return slot.runner if slot is not None else None
+
+
+def env_of(pluginmanager: Any) -> EvalEnv | None:
+    """The environment the rulesets saw in the last tick (predictions and drift included)."""
+    slot = _RUNNERS.get(pluginmanager)
+    return slot.env if slot is not None else None
 
 
 @hookimpl
@@ -67,6 +73,8 @@ def _prepare(ctx: TickContext, nodes: Sequence[Node]) -> tuple[RulesetRunner, Ev
         # the environment first: whatever happens to the reload, this tick's steps never
         # see the previous tick's cluster
         slot.env = RulesetRunner.environment(nodes, ctx.now)
+        slot.env.predictions = ctx.scratch.get("predict")  # left by the predict step (docs/prediction.md)
+        slot.env.drift = ctx.scratch.get("drift")  # left by the drift step (docs/drift.md)
         slot.tick = ctx.tick
         try:
             slot.runner.check_reload(ctx.report.notes, ctx.report.errors, ctx.report.transitions)
@@ -103,7 +111,7 @@ def _act(stage: str, ctx: TickContext, nodes: Sequence[Node], licences: Mapping[
     runner, env = prepared
     if not runner.rulesets(stage):
         return []
-    stage_env = EvalEnv(env.now, env.cluster, _violated(results))
+    stage_env = env.staged(_violated(results))
     return runner.actions(stage, nodes, licences, tick=ctx.tick, env=stage_env,
                           transitions=ctx.report.transitions, errors=ctx.report.errors)
 

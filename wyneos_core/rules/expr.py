@@ -23,7 +23,7 @@ import ast
 import math
 from typing import Any, Final
 
-from wyneos_core.rules.helpers import HELPERS
+from wyneos_core.rules.helpers import DURATION_VALUED, HELPERS, duration_seconds
 from wyneos_core.rules.ir import (
     MISSING,
     Arith,
@@ -56,6 +56,7 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
     "node": {
         "id": "s", "status": "s", "last_seen": "n", "load": "n", "metadata": "o",
         "licence_ref": "s", "fingerprint": "s", "isolated": "b", "trust": "n", "trust_tier": "s",
+        "metrics": "o", "drift": "o",
     },
     "licence": {
         "valid": "b", "reason": "s", "detail": "s", "licence_id": "s", "customer": "s", "product": "s",
@@ -318,6 +319,8 @@ class _Converter:
         rest = tuple(steps[1:])
         if rest and FIELDS[root][first] != "o":
             raise self.error(node, f"{root}.{first} is a plain value; it has no fields or keys")
+        if root == "node" and first == "metrics" and (len(rest) != 1 or not isinstance(rest[0], str)):
+            raise self.error(node, "name one telemetry metric: node.metrics.NAME (e.g. node.metrics.cpu)")
         return Ref(root, first, rest)
 
     def _BoolOp(self, node: ast.BoolOp) -> Expr:
@@ -380,9 +383,23 @@ class _Converter:
             return In(item, container, negated=isinstance(op, ast.NotIn))
         symbol = _CMP[type(op)]
         left, right = self.convert(left_node), self.convert(right_node)
+        left, right = self.duration(node, left, right), self.duration(node, right, left)
         if symbol not in ("==", "!=") and any(isinstance(s, Const) and type(s.value) is bool for s in (left, right)):
             raise self.error(node, f"booleans cannot be ordered with {symbol}")
         return Cmp(symbol, left, right)
+
+    def duration(self, node: ast.AST, side: Expr, other: Expr) -> Expr:
+        """A duration string compared with a helper that gives seconds, as seconds."""
+        if not (isinstance(side, Const) and type(side.value) is str
+                and isinstance(other, Call) and other.name in DURATION_VALUED):
+            return side
+        seconds = duration_seconds(side.value)
+        if seconds is None and other.name == "heartbeat_age":
+            return side  # as it always was: a string, unequal to every number
+        if seconds is None:
+            raise self.error(node, f"{other.name}() gives seconds: compare it with a number or a duration "
+                                   f"such as '30s', '15m' or '2h', not {side.value[:40]!r}")
+        return Const(seconds)
 
     def _Call(self, node: ast.Call) -> Expr:
         if not isinstance(node.func, ast.Name):
@@ -406,6 +423,26 @@ class _Converter:
                 if not (isinstance(arg, ast.Name) and arg.id == kind):
                     raise self.error(arg, f"{name}() takes {kind!r} itself as this argument, e.g. {name}({kind}"
                                           + (", ...)" if len(spec.args) > 1 else ")"))
+                continue
+            if kind == "metric":
+                ref = self.convert(arg) if isinstance(arg, (ast.Attribute, ast.Subscript)) else None
+                if not (isinstance(ref, Ref) and ref.root == "node" and ref.field == "metrics"):
+                    raise self.error(arg, f"{name}() takes a telemetry metric here, written node.metrics.NAME")
+                args.append(ref)
+                continue
+            if kind == "const-num":
+                value = self.literal(arg) if isinstance(arg, (ast.Constant, ast.UnaryOp)) else None
+                if type(value) not in (int, float):
+                    raise self.error(arg, f"{name}() needs a number literal here")
+                args.append(Const(value))
+                continue
+            if kind == "duration":
+                if not (isinstance(arg, ast.Constant) and type(arg.value) is str):
+                    raise self.error(arg, f"{name}() needs a duration string here, e.g. \"1h\"")
+                problem = spec.check(arg.value) if spec.check else None
+                if problem:
+                    raise self.error(arg, f"{name}(): {problem}")
+                args.append(Const(self.literal(arg)))
                 continue
             if kind == "const-str":
                 if not (isinstance(arg, ast.Constant) and type(arg.value) is str):

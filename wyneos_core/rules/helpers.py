@@ -19,7 +19,19 @@ that they are checked (a regex compiles, a version parses) when the ruleset load
 ``trust_at_least("tier")``  the node's trust tier is at least ``tier`` (``untrusted`` <
                             ``probation`` < ``trusted`` < ``attested``); false before the
                             trust step first ran (docs/trust.md)
+``forecast(m, "1h")``       the value metric ``m`` (``node.metrics.NAME``) is expected to
+                            have after the duration (docs/prediction.md)
+``time_to(m, level)``       seconds until metric ``m`` is expected to reach ``level``
+``anomaly(m)``              how unusual metric ``m``'s latest value is, 0 to 1
+``trend(m)``                metric ``m``'s slope, in its units per second
+``drift_age()``             seconds since the node's state first differed from what was
+                            declared (missing while it does not; docs/drift.md)
 ==========================  ===============================================================
+
+``time_to``, ``drift_age`` and ``heartbeat_age`` give seconds: compared with a duration
+string (``time_to(node.metrics.disk_used, 1.0) < "2h"``) the string is read as seconds
+when the ruleset loads (any other string is refused, except beside ``heartbeat_age``,
+where it stays a string and so unequal to every number, as it always was).
 
 Regular expressions run on RE2 (the ``google-re2`` package), whose matching time is
 linear in the length of the text whatever the pattern: a pattern like ``^(a+)+$``
@@ -31,6 +43,7 @@ of at most ``MAX_MATCH_LENGTH`` characters; a longer string gives missing.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +53,7 @@ import re2
 
 from wyneos_core.rules.ir import MISSING
 
-__all__ = ["HELPERS", "HelperSpec", "parse_version", "MAX_PATTERN_LENGTH", "MAX_MATCH_LENGTH", "compile_regex"]
+__all__ = ["HELPERS", "PREDICTIVE", "DURATION_VALUED", "HelperSpec", "parse_version", "duration_seconds", "MAX_PATTERN_LENGTH", "MAX_MATCH_LENGTH", "compile_regex"]
 
 MAX_PATTERN_LENGTH: Final = 200
 #: strings longer than this are not matched by globs or regular expressions (missing)
@@ -67,8 +80,10 @@ class HelperSpec:
     """A helper's calling convention.
 
     ``args`` describes each positional argument: ``"node"`` / ``"licence"`` (that bare
-    name must be passed), ``"value"`` (any expression) or ``"const-str"`` (a string
-    literal, checked at load time by ``check``).
+    name must be passed), ``"value"`` (any expression), ``"const-str"`` (a string
+    literal, checked at load time by ``check``), ``"const-num"`` (a number literal),
+    ``"duration"`` (a duration string such as ``"1h"``, kept as seconds) or ``"metric"``
+    (a telemetry metric written ``node.metrics.NAME``).
     """
 
     name: str
@@ -146,6 +161,24 @@ def trust_at_least(tier: str) -> Callable[[Any], bool]:
     return run
 
 
+def duration_seconds(text: str) -> float | None:
+    """``"1h30m"`` -> 5400.0; None if ``text`` is not a duration in seconds, minutes,
+    hours or days."""
+    from wyneos_core.rules.state import parse_duration
+
+    try:
+        duration = parse_duration(text)
+    except ValueError:
+        return None
+    return duration.amount if duration.unit == "seconds" else None
+
+
+def _check_duration(text: str) -> str | None:
+    if duration_seconds(text) is None:
+        return f"{text!r} is not a duration: write '30s', '15m', '2h' or '1d'"
+    return None
+
+
 def _check_rule_id(text: str) -> str | None:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", text):
         return f"{text!r} is not a rule id"
@@ -167,8 +200,19 @@ HELPERS: Final[dict[str, HelperSpec]] = {
                    stages=frozenset({"healing", "enforcement"}), check=_check_rule_id),
         HelperSpec("trust_at_least", ("const-str",), "the node's trust tier is at least the one named",
                    check=_check_tier),
+        HelperSpec("forecast", ("metric", "duration"), "the metric's expected value after the duration",
+                   check=_check_duration),
+        HelperSpec("time_to", ("metric", "const-num"), "seconds until the metric is expected to reach the level"),
+        HelperSpec("anomaly", ("metric",), "how unusual the metric's latest value is, 0 to 1"),
+        HelperSpec("trend", ("metric",), "the metric's slope per second"),
+        HelperSpec("drift_age", (), "seconds since the node's state first differed from the declared state"),
     )
 }
+
+#: helpers whose value is a prediction (rules using them warn by default and never isolate alone)
+PREDICTIVE: Final = frozenset({"forecast", "time_to", "anomaly", "trend"})
+#: helpers whose value is seconds (a duration string compared with them is read as seconds)
+DURATION_VALUED: Final = frozenset({"time_to", "drift_age", "heartbeat_age"})
 
 
 # -- implementations (shared by the interpreter and the native compiler) --------------------
@@ -232,6 +276,30 @@ def version_comparer(floor: str, at_least: bool) -> Callable[[Any], Any]:
         return (v >= bound) if at_least else (v < bound)  # type: ignore[operator]
 
     return run
+
+
+def predicted(name: str, predictions: Any, node_id: str, metric: str, arg: Any) -> Any:
+    """The value of prediction helper ``name`` for one node (MISSING when the predict
+    step left nothing, or it has nothing to say); total, never raises on its answers."""
+    if predictions is None:
+        return MISSING
+    try:
+        if name == "forecast":
+            value = predictions.forecast(node_id, metric, arg)
+        elif name == "time_to":
+            value = predictions.time_to(node_id, metric, arg)
+        elif name == "anomaly":
+            value = predictions.anomaly(node_id, metric)
+        elif name == "trend":
+            value = predictions.trend(node_id, metric)
+        else:
+            value = predictions.latest(node_id, metric)
+    except Exception:  # noqa: BLE001 - a failing detector gives missing, never a failed tick
+        return MISSING
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # None, or anything else
+        return MISSING
+    value = float(value)  # numpy's floats too
+    return value if math.isfinite(value) else MISSING
 
 
 def length_of(value: Any) -> Any:

@@ -38,6 +38,9 @@ __all__ = [
     "cluster_summary",
     "compare",
     "contains",
+    "drift_age",
+    "drift_of",
+    "prediction_args",
     "equal",
     "evaluate",
     "explain",
@@ -59,6 +62,31 @@ class EvalEnv:
     cluster: dict[str, Any] = field(default_factory=dict)
     #: governance rule id -> ids of nodes on which it fires (for ``violated``)
     violated: Mapping[str, frozenset[str] | set[str]] = field(default_factory=dict)
+    #: what the predict step left (``wyneos_core.predict.interface.Predictions``), if anything
+    predictions: Any = None
+    #: node id -> its drift record (``node.drift``, docs/drift.md); anything with ``get``
+    drift: Any = None
+
+    def staged(self, violated: Mapping[str, frozenset[str] | set[str]]) -> EvalEnv:
+        """This environment for a later step, with that step's ``violated``."""
+        return EvalEnv(self.now, self.cluster, violated, self.predictions, self.drift)
+
+
+def drift_of(env: EvalEnv, node_id: str) -> Any:
+    """The node's drift record (a dict) or MISSING when nothing was declared for it."""
+    if env.drift is None:
+        return MISSING
+    record = env.drift.get(node_id)
+    return MISSING if record is None else record
+
+
+def drift_age(env: EvalEnv, node_id: str) -> Any:
+    """Seconds since the node first differed from its declared state (MISSING while it does not)."""
+    record = drift_of(env, node_id)
+    if record is MISSING:
+        return MISSING
+    since = record.get("since")
+    return MISSING if since is None else max(0.0, env.now - since)
 
 
 def cluster_summary(nodes: Sequence[Node], now: float) -> dict[str, Any]:
@@ -96,7 +124,9 @@ def _descend(value: Any, path: tuple[str | int, ...]) -> Any:
 def read_ref(ref: Ref, node: Node, lic: LicenceResult, env: EvalEnv) -> Any:
     """The value of ``node.x`` / ``licence.x`` / ``cluster.x`` (MISSING when absent)."""
     if ref.root == "node":
-        value = getattr(node, ref.field)
+        if ref.field == "metrics":
+            return helpers.predicted("latest", env.predictions, node.id, ref.path[0], None)  # type: ignore[arg-type]
+        value = drift_of(env, node.id) if ref.field == "drift" else getattr(node, ref.field)
         if ref.field == "status":
             value = value.value
     elif ref.root == "licence":
@@ -220,8 +250,24 @@ def call_helper(expr: Call, node: Node, lic: LicenceResult, env: EvalEnv) -> Any
         return node.id in env.violated.get(expr.args[0].value, ())  # type: ignore[union-attr]
     if name == "trust_at_least":
         return helper_function(name, expr.args[0].value)(node.trust_tier)  # type: ignore[union-attr]
+    if name in helpers.PREDICTIVE:
+        return helpers.predicted(name, env.predictions, node.id, *prediction_args(expr))
+    if name == "drift_age":
+        return drift_age(env, node.id)
     const = expr.args[1].value if len(expr.args) > 1 else None  # type: ignore[union-attr]
     return helper_function(name, const)(evaluate(expr.args[0], node, lic, env))
+
+
+def prediction_args(expr: Call) -> tuple[str, Any]:
+    """(metric name, constant argument) of a prediction helper's call: the horizon in
+    seconds for ``forecast``, the level for ``time_to``."""
+    metric = expr.args[0].path[0]  # type: ignore[union-attr]
+    if len(expr.args) < 2:
+        return metric, None  # type: ignore[return-value]
+    value = expr.args[1].value  # type: ignore[union-attr]
+    if expr.name == "forecast":
+        value = helpers.duration_seconds(value)
+    return metric, value  # type: ignore[return-value]
 
 
 # -- rendering and explaining ---------------------------------------------------------------
@@ -279,6 +325,19 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def _evidence(env: EvalEnv, node_id: str, metric: str) -> str:
+    """The predict step's explanation of a metric's finding, on one line."""
+    if env.predictions is None:
+        return "missing (no predict step ran)"
+    try:
+        found = env.predictions.evidence(node_id, metric)
+    except Exception as exc:  # noqa: BLE001 - explain shows the failure, never raises
+        return f"missing ({type(exc).__name__}: {exc})"
+    if not found:
+        return "missing (no history for this metric)"
+    return ", ".join(f"{key}={_show(value)}" for key, value in found.items())
+
+
 def explain(expr: Expr, node: Node, lic: LicenceResult, env: EvalEnv, indent: str = "") -> list[str]:
     """One line per part of ``expr``: its text and its value for this node, as a tree."""
     lines = [f"{indent}{render(expr)}  =>  {_show(evaluate(expr, node, lic, env))}"]
@@ -300,6 +359,10 @@ def explain(expr: Expr, node: Node, lic: LicenceResult, env: EvalEnv, indent: st
             lines.append(f"{indent}  licence.valid  =>  {lic.valid!r}; licence.features  =>  {list(lic.features)!r}")
         elif expr.name == "trust_at_least":
             lines.append(f"{indent}  node.trust_tier  =>  {_show(node.trust_tier) if node.trust_tier else 'missing'}")
+        elif expr.name in helpers.PREDICTIVE:
+            lines.append(f"{indent}  evidence  =>  {_evidence(env, node.id, prediction_args(expr)[0])}")
+        elif expr.name == "drift_age":
+            lines.append(f"{indent}  node.drift  =>  {_show(drift_of(env, node.id))}")
     for child in children:
         if type(child) in (Const, ListLit):
             continue

@@ -16,12 +16,16 @@ from typing import Any
 
 from wyneos_core.model import LicenceResult, Node, NodeStatus
 from wyneos_core.rules.expr import arith
+from wyneos_core.rules.helpers import PREDICTIVE, predicted
 from wyneos_core.rules.interp import (
     EvalEnv,
     _descend,
     compare,
     contains,
+    drift_age,
+    drift_of,
     helper_function,
+    prediction_args,
 )
 from wyneos_core.rules.ir import (
     MISSING,
@@ -87,6 +91,13 @@ def _compile_ref(ref: Ref) -> Fn:
         if field == "status":
             sv = _STATUS_VALUE
             return lambda n, l, e: sv[n.status]
+        if field == "metrics":
+            metric = path[0]
+            return lambda n, l, e: predicted("latest", e.predictions, n.id, metric, None)  # type: ignore[arg-type]
+        if field == "drift":
+            if path:
+                return lambda n, l, e: _descend(drift_of(e, n.id), path)
+            return lambda n, l, e: drift_of(e, n.id)
         if field == "metadata":
             if not path:
                 return lambda n, l, e: n.metadata
@@ -138,6 +149,11 @@ def _compile_call(expr: Call) -> Fn:
     if name == "trust_at_least":
         at_least = helper_function(name, expr.args[0].value)  # type: ignore[union-attr]
         return lambda n, l, e: at_least(n.trust_tier)
+    if name in PREDICTIVE:
+        metric, arg = prediction_args(expr)
+        return lambda n, l, e: predicted(name, e.predictions, n.id, metric, arg)
+    if name == "drift_age":
+        return lambda n, l, e: drift_age(e, n.id)
     const = expr.args[1].value if len(expr.args) > 1 else None  # type: ignore[union-attr]
     fn = helper_function(name, const)
     arg = compile_value(expr.args[0])
