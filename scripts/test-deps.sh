@@ -5,6 +5,9 @@
 #   `wyneos serve` on 127.0.0.1. Installing needs root (CI runs as root on a fresh
 #   machine); elsewhere the missing browser is reported and the dashboard test fails
 #   with a message saying how to install it.
+# - prometheus (for its promtool): tests/test_service_metrics.py checks a live /metrics
+#   scrape with `promtool check metrics` and the scrape config of docs/operations.md with
+#   `promtool check config` (without it, the client's parser checks the scrape); same rules.
 # - etcd-server: the replica tests (tests/test_ha_*.py) and bench/bench_failover.py start a
 #   3-member etcd cluster on 127.0.0.1 (Debian's etcd 3.4); same rules as chromium.
 set -euo pipefail
@@ -49,5 +52,13 @@ if ! have_etcd; then
         apt_install "etcd for the replica tests" etcd-server
     else
         echo "test-deps: etcd is missing; install it as root: apt-get install -y etcd-server" >&2
+    fi
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+    if can_apt; then
+        apt_install "promtool for the metrics tests" prometheus
+    else
+        echo "test-deps: promtool is missing; install it as root: apt-get install -y prometheus" >&2
     fi
 fi

@@ -333,7 +333,7 @@ def test_plugin_error_and_action_metrics_count_what_the_ticks_did(tmp_path):
                        kind="exception") == 3
         assert _metric(text, "wyneos_actions_decided_total", type="isolate") == 1  # decided once, then in force
         assert _metric(text, "wyneos_actions_in_force", type="isolate") == 1
-        assert _metric(text, "wyneos_nodes", status="isolated") == 1
+        assert _metric(text, "wyneos_nodes_isolated") == 1
         service.orchestrator.registry["q1"].metadata = {"role": "ok"}  # the cause clears
         service.tick()
         text = service.metrics.render().decode()

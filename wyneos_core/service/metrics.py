@@ -3,6 +3,13 @@
 Each ``Service`` has its own ``CollectorRegistry`` so several can live in one process
 (tests). Tick metrics are updated from each finished ``TickReport``; request metrics
 as requests are answered.
+
+Conventions (Prometheus' naming guide, checked by ``promtool check metrics`` in the
+tests): what only grows is a counter (``_total``); a time is in seconds and says so
+(``_seconds``); the series of one gauge never overlap, so ``sum(wyneos_nodes)`` is the
+number of nodes (isolation is its own gauge); ``wyneos_build_info`` carries the
+version, and the standard ``process_*`` and ``python_*`` series are exported.
+``RENAMED`` lists the names older versions used.
 """
 
 from __future__ import annotations
@@ -10,14 +17,33 @@ from __future__ import annotations
 from collections import Counter as _Tally
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from wyneos_core import __version__
 from wyneos_core.causes import action_cause
 from wyneos_core.licensing.reasons import REASONS
 from wyneos_core.model import NodeStatus, TickReport, licence_summary
 
-__all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "RENAMED", "ServiceMetrics"]
+
+#: old metric name (or series) -> what it is now (docs/operations.md, "Renamed metrics")
+RENAMED: dict[str, str] = {
+    "wyneos_ticks_missed": "wyneos_ticks_missed_total (a counter; it was a gauge)",
+    'wyneos_nodes{status="isolated"}': "wyneos_nodes_isolated (wyneos_nodes{status} no longer overlaps)",
+}
 
 
 class ServiceMetrics:
@@ -32,10 +58,14 @@ class ServiceMetrics:
         self.tick_duration = Histogram(
             "wyneos_tick_duration_seconds", "Wall time of one tick", registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
-        self.missed = Gauge("wyneos_ticks_missed", "Tick slots skipped because a tick overran", registry=r)
+        self.missed = Counter("wyneos_ticks_missed", "Tick slots skipped because a tick overran", registry=r)
+        self._missed = 0
         self.last_tick = Gauge("wyneos_last_tick", "Number of the last finished tick", registry=r)
         self.last_tick_time = Gauge("wyneos_last_tick_timestamp_seconds", "When the last tick started", registry=r)
-        self.nodes = Gauge("wyneos_nodes", "Nodes by heartbeat status (and isolated)", ["status"], registry=r)
+        self.nodes = Gauge("wyneos_nodes", "Nodes by heartbeat status (each node in one status)", ["status"],
+                           registry=r)
+        self.isolated = Gauge("wyneos_nodes_isolated", "Nodes isolated from the mesh after the last tick",
+                              registry=r)
         self.decided = Counter("wyneos_actions_decided", "Actions decided, by type", ["type"], registry=r)
         self.in_force = Gauge("wyneos_actions_in_force", "Actions in force after the last tick, by type",
                               ["type"], registry=r)
@@ -74,8 +104,12 @@ class ServiceMetrics:
                                       registry=r)
         self.fenced_writes = Counter("wyneos_fenced_writes_refused",
                                      "Ticks whose decisions etcd refused because another leader took over", registry=r)
-        for status in [*(s.value for s in NodeStatus), "isolated"]:
-            self.nodes.labels(status)
+        for status in NodeStatus:
+            self.nodes.labels(status.value)
+        Info("wyneos_build", "The running WyneOS: version and Python", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=r)  # python_info
         for reason in ("unknown_key", "source_unavailable"):
             self.licence_stop.labels(reason).set(0)
         self._seen: dict[int, set[tuple[str, ...]]] = {}
@@ -92,10 +126,14 @@ class ServiceMetrics:
             self.registry_rejected.inc(len(report.heartbeats_rejected))
         self.ticks.inc()
         self.tick_duration.observe(report.duration_ms / 1000.0)
-        self.missed.set(missed)
+        if missed > self._missed:
+            self.missed.inc(missed - self._missed)
+        self._missed = max(self._missed, missed)
         self.last_tick.set(report.tick)
         self.last_tick_time.set(report.started_at)
-        for status, count in report.status_counts().items():
+        counts = report.status_counts()
+        self.isolated.set(counts.pop("isolated", 0))
+        for status, count in counts.items():
             self.nodes.labels(status).set(count)
         for action in report.actions:
             self.decided.labels(action.type).inc()
