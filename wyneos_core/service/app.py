@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from wyneos_core import __version__
 from wyneos_core.service.core import ENROL_PATH, HEARTBEAT_PATH, Service, Unprocessable
+from wyneos_core.service.fleet_api import add_fleet_routes
 from wyneos_core.service.heartbeat_api import HeartbeatAPI, fast_route
 from wyneos_core.service.identity import AuthError, SignedItem, verify_item
 from wyneos_core.service.limits import RateLimiter
@@ -441,6 +442,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         answer.set_cookie(_COOKIE, given, httponly=True, samesite="strict", path="/")
         return answer
 
+    add_fleet_routes(app, service, read)  # /v1/fleet/*, explain, tokens: service/fleet_api.py
     return app
 
 
