@@ -231,6 +231,8 @@ class StateStore:
     #: returns ``{name: document}`` of state kept with each tick (rule states,
     #: ``wyneos_core.rules.memory``): written in the tick's transaction, read by ``carried``
     carry: Any = None
+    #: the rulesets plugin hands this store its rule states (etcd replicas carry their own)
+    keeps_rule_states = True
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.created_dir: str | None = None

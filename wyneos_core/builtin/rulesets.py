@@ -21,7 +21,6 @@ from wyneos_core.model import Action, LicenceResult, Node, PluginError, RuleResu
 from wyneos_core.rules.interp import EvalEnv
 from wyneos_core.rules.memory import RuleMemory, restore
 from wyneos_core.rules.runtime import RulesetRunner
-from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = ["env_of", "runner_of"]
@@ -135,7 +134,7 @@ def wyneos_startup(orchestrator: Orchestrator) -> None:
     replicas carry them over themselves, ``wyneos_core.ha.carry``.)"""
     store = orchestrator.store
     runner = runner_of(orchestrator.pm)
-    if runner is None or not isinstance(store, StateStore) or store.carry is not None:
+    if runner is None or not getattr(store, "keeps_rule_states", False) or store.carry is not None:
         return
     memory = RuleMemory(runner)
     kept = {name: doc for name, doc in store.carried().items() if name.startswith("rules/")}
