@@ -388,7 +388,7 @@ def memory_per_node(n: int) -> dict:
     from wyneos_core.intake import CheckedHeartbeat
     from wyneos_core.registry import Registry
     from wyneos_core.service.identity import KeyCache
-    from wyneos_core.service.sessions import Session, SessionTable
+    from wyneos_core.service.sessions import Bucket, Session, SessionTable
 
     settings = {"stale_after": 18, "offline_after": 48, "max_clock_skew": 60, "unknown_nodes": "reject",
                 "max_metadata_bytes": 8192, "max_load": 64, "max_nodes": n + 1}
@@ -405,7 +405,7 @@ def memory_per_node(n: int) -> dict:
     table = SessionTable(KeyCache(), lambda fmt, payload: {}, max_sessions=n + 1)
     for node_id in ids:
         sid = os.urandom(18).hex()[:24]
-        table._sessions[sid] = Session(sid, node_id, os.urandom(32), now + 3600, 10.0, now)  # noqa: SLF001
+        table._sessions[sid] = Session(sid, node_id, os.urandom(32), now + 3600, Bucket(10.0, now))  # noqa: SLF001
         table._by_node[node_id] = [sid]  # noqa: SLF001
     session_bytes = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()

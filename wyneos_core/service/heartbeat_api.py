@@ -245,8 +245,9 @@ class HeartbeatAPI:
     def nonce(self) -> tuple[int, bytes]:
         return 200, _encode({"nonce": self.service.sessions.new_nonce(), "server_time": time.time()})
 
-    def open_session(self, body: bytes) -> tuple[int, bytes]:
-        """``POST /v1/sessions``: (status, answer bytes); see ``sessions.SessionTable.open``."""
+    def open_session(self, body: bytes, source: str | None = None) -> tuple[int, bytes]:
+        """``POST /v1/sessions``: (status, answer bytes); see ``sessions.SessionTable.open``
+        (``source``: the client address, whose failed handshakes are rate limited)."""
         service = self.service
         try:
             asked = _handshake_decoder.decode(body)
@@ -255,7 +256,7 @@ class HeartbeatAPI:
         except (msgspec.DecodeError, RecursionError) as exc:
             raise Unprocessable("body", f"not JSON ({exc})") from None
         try:
-            envelope = service.sessions.open(asked)
+            envelope = service.sessions.open(asked, source=source)
         except AuthError as exc:
             service.metrics.sessions.labels(exc.code).inc()
             raise
@@ -271,9 +272,10 @@ class HeartbeatAPI:
 
     # -- one entry for every framework ---------------------------------------------------------
 
-    async def handle(self, get_header: Callable[[str], str | None], body: bytes,
-                     path: str = HEARTBEAT_PATH) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        """Answer a POST to ``path`` whose body was read: (status, body, extra headers)."""
+    async def handle(self, get_header: Callable[[str], str | None], body: bytes, path: str = HEARTBEAT_PATH,
+                     source: str | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Answer a POST to ``path`` whose body was read: (status, body, extra headers);
+        ``source`` is the client's address."""
         try:
             if path in (NONCE_PATH, SESSION_PATH) and self.service.ha is not None:
                 # a session's keys live in one server's memory: replicas on etcd take signed
@@ -284,7 +286,7 @@ class HeartbeatAPI:
             if path == NONCE_PATH:
                 return (*self.nonce(), [])
             if path == SESSION_PATH:  # Ed25519, X25519, HKDF, a signature: about 0.3 ms, here
-                return (*self.open_session(body), [])
+                return (*self.open_session(body, source), [])
             sid = get_header(HEADER_SESSION)
             if sid is not None:
                 return self.session_single(sid, get_header(HEADER_SEQ), get_header(HEADER_MAC), body)
@@ -441,7 +443,8 @@ def fast_route(api: HeartbeatAPI) -> Callable[[Scope, Receive, Send], Awaitable[
             if not status:
                 body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 try:
-                    status, data, extra = await api.handle(get, body, path)
+                    client = scope.get("client")
+                    status, data, extra = await api.handle(get, body, path, client[0] if client else None)
                 except Exception:  # noqa: BLE001 - answered as 500, logged
                     log.exception("heartbeat route failed")
                     status, data = 500, _encode({"status": 500, "code": "internal", "error": "internal error"})

@@ -26,7 +26,16 @@ within the session and a MAC: keyed BLAKE2b-128 (``hashlib``) of
 refuses, changing nothing: an unknown session (401 ``unknown_session``), an expired one
 (401 ``session_expired``), a revoked node key (403 ``revoked``), a wrong MAC (401
 ``bad_mac``), a sequence number not above the last accepted one (409 ``replay``), a
-session over its rate (429 ``rate_limited``).
+node over its rate (429 ``rate_limited``).
+
+**Rate limits hold per node, not per session**: a node's sessions share one token
+bucket (a session opened after a 429 inherits the emptied bucket of the node's open
+ones). Handshakes are limited too: per node, successful handshakes
+(``HANDSHAKE_RATE``/``HANDSHAKE_BURST``, counted after the signature checked out, so
+nobody else can spend a node's budget); per client address, *failed* handshakes
+(``FAILED_RATE``/``FAILED_BURST``): an address whose budget is spent is refused (429)
+before its nonce or signature is checked, so a flood of junk handshakes costs a dict
+lookup each, and the agents of an honest relay (one address) are not held back.
 
 **Renewal without a gap**: an agent opens its next session before the current one
 expires (at two thirds of its life); a node may hold ``MAX_PER_NODE`` sessions at once,
@@ -58,6 +67,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from wyneos_core.service.identity import AuthError, KeyCache, b64d, b64e, verify_signature
+from wyneos_core.service.limits import RateLimiter
 
 __all__ = [
     "HANDSHAKE_FORMAT",
@@ -81,6 +91,10 @@ NONCE_PATH: Final = "/v1/sessions/nonce"
 HANDSHAKE_FORMAT: Final = "wyneos.session/1"
 NONCE_TTL: Final = 60.0
 MAX_PER_NODE: Final = 2
+HANDSHAKE_RATE: Final = 1.0  # successful handshakes per second per node (refill)
+HANDSHAKE_BURST: Final = 10
+FAILED_RATE: Final = 5.0  # failed handshakes per second per client address (refill)
+FAILED_BURST: Final = 50
 MAX_SEQ: Final = 2**63 - 1
 MAC_BYTES: Final = 16
 _HANDSHAKE_PREFIX: Final = "wyneos-session-v1"
@@ -138,19 +152,28 @@ def answer_mac(key: bytes, seq: int, body: bytes) -> str:
                            digest_size=MAC_BYTES).hexdigest()
 
 
+class Bucket:
+    """A node's heartbeat rate bucket, shared by all of its sessions."""
+
+    __slots__ = ("tokens", "refilled")
+
+    def __init__(self, tokens: float, now: float) -> None:
+        self.tokens = tokens
+        self.refilled = now
+
+
 class Session:
-    """One open session: its key, the last accepted sequence number, its rate bucket."""
+    """One open session: its key, the last accepted sequence number, its node's rate bucket."""
 
-    __slots__ = ("id", "node_id", "key", "expires", "seq", "tokens", "refilled")
+    __slots__ = ("id", "node_id", "key", "expires", "seq", "bucket")
 
-    def __init__(self, session_id: str, node_id: str, key: bytes, expires: float, burst: float, now: float) -> None:
+    def __init__(self, session_id: str, node_id: str, key: bytes, expires: float, bucket: Bucket) -> None:
         self.id = session_id
         self.node_id = node_id
         self.key = key
         self.expires = expires
         self.seq = 0
-        self.tokens = burst
-        self.refilled = now
+        self.bucket = bucket
 
 
 @dataclass(slots=True)
@@ -167,8 +190,8 @@ class SessionTable:
     :param keys: the enrolled node keys (revocations are read from it too).
     :param sign: the orchestrator key's envelope signer (``OrchestratorKey.seal``).
     :param ttl: seconds a session lives.
-    :param rate: heartbeats per second a session may send on average.
-    :param burst: heartbeats a session may send at once above that rate.
+    :param rate: heartbeats per second a node may send on average (all its sessions).
+    :param burst: heartbeats a node may send at once above that rate.
     :param max_sessions: most sessions held at once.
     """
 
@@ -190,6 +213,8 @@ class SessionTable:
         self._used_nonces: dict[str, float] = {}
         self._secret = os.urandom(32)
         self._next_purge = 0.0
+        self.handshakes = RateLimiter(HANDSHAKE_RATE, HANDSHAKE_BURST)  # successful ones, per node
+        self.failures = RateLimiter(FAILED_RATE, FAILED_BURST, max_keys=65_536)  # failed ones, per address
 
     # -- nonces ---------------------------------------------------------------------------
 
@@ -214,13 +239,25 @@ class SessionTable:
 
     # -- handshake ------------------------------------------------------------------------
 
-    def open(self, request: HandshakeRequest, now: float | None = None) -> dict[str, Any]:
-        """Check a handshake and open its session; the signed answer.
+    def open(self, request: HandshakeRequest, now: float | None = None, source: str | None = None) -> dict[str, Any]:
+        """Check a handshake and open its session; the signed answer. A refusal counts
+        against ``source``'s (the client address's) budget of failed handshakes.
 
         :raises AuthError: 401 (bad nonce, not enrolled, bad signature), 403 (revoked),
-            409 (stale or used nonce), 422 (agent key not X25519), 503 (table full).
+            409 (stale or used nonce), 422 (agent key not X25519), 429 (too many failed
+            handshakes from ``source``, too many handshakes of the node), 503 (table full).
         """
         now = self.clock() if now is None else now
+        if source is not None and self.failures.retry_after(source) > 0:
+            raise AuthError(429, "too many failed handshakes from this address; retry later", "rate_limited")
+        try:
+            return self._open(request, now)
+        except AuthError as exc:
+            if source is not None and exc.code != "rate_limited":
+                self.failures.allow(source, now)
+            raise
+
+    def _open(self, request: HandshakeRequest, now: float) -> dict[str, Any]:
         node_id = request.node_id
         self._check_nonce(request.nonce, now)
         public = self.keys.get(node_id)
@@ -234,6 +271,9 @@ class SessionTable:
             signature = b""
         if not verify_signature(public, signature, handshake_bytes(node_id, request.nonce, request.agent_key)):
             raise AuthError(401, f"bad handshake signature from node {node_id!r}", "bad_signature")
+        if not self.handshakes.allow(node_id, now):
+            raise AuthError(429, f"node {node_id!r} opens sessions too often (at most {HANDSHAKE_RATE:g}/s, burst "
+                            f"{HANDSHAKE_BURST}); retry later", "rate_limited")
         try:
             agent_raw = b64d(request.agent_key)
             if len(agent_raw) != 32:
@@ -261,9 +301,11 @@ class SessionTable:
                 raise AuthError(503, "too many handshakes in the last minute; retry later", "sessions_full")
             self._used_nonces[request.nonce] = now + NONCE_TTL + 1.0
             ids = self._by_node.setdefault(node_id, [])
+            # the node's rate bucket outlives any one of its sessions (a new session is no fresh burst)
+            bucket = self._sessions[ids[-1]].bucket if ids else Bucket(self.burst, now)
             while len(ids) >= MAX_PER_NODE or (ids and len(self._sessions) >= self.max_sessions):
                 self._sessions.pop(ids.pop(0), None)  # the node's oldest session ends
-            self._sessions[session_id] = Session(session_id, node_id, key, expires, self.burst, now)
+            self._sessions[session_id] = Session(session_id, node_id, key, expires, bucket)
             ids.append(session_id)
         payload = {"node_id": node_id, "nonce": request.nonce, "agent_key": request.agent_key,
                    "server_key": server_key, "session_id": session_id, "issued_at": int(now),
@@ -277,7 +319,8 @@ class SessionTable:
         """Check one session heartbeat (caller holds ``lock``); changes nothing.
 
         ``pending`` maps session ids to ``(last sequence number, count)`` of heartbeats
-        accepted earlier in the same batch but not committed yet (see :meth:`commit`).
+        accepted earlier in the same batch but not committed yet (see :meth:`commit`);
+        the counts of all the node's sessions are taken from its one bucket.
 
         :raises AuthError: with the status and code of the refusal.
         """
@@ -295,24 +338,32 @@ class SessionTable:
                                 digest_size=MAC_BYTES).hexdigest(), tag):
             raise AuthError(401, "bad MAC for this session", "bad_mac")
         earlier = None if pending is None else pending.get(session_id)
-        last, used = (session.seq, 0) if earlier is None else earlier
+        last = session.seq if earlier is None else earlier[0]
         if seq <= last:
             raise AuthError(409, f"sequence number {seq} is not above {last}, the last accepted", "replay")
-        elapsed = now - session.refilled
-        tokens = min(self.burst, session.tokens + elapsed * self.rate) if elapsed > 0 else session.tokens
+        used = 0
+        if pending:
+            for sid in self._by_node.get(session.node_id, ()):
+                counted = pending.get(sid)
+                if counted is not None:
+                    used += counted[1]
+        bucket = session.bucket
+        elapsed = now - bucket.refilled
+        tokens = min(self.burst, bucket.tokens + elapsed * self.rate) if elapsed > 0 else bucket.tokens
         if tokens - used < 1.0:
-            raise AuthError(429, f"session over its rate of {self.rate:g} heartbeats/s (burst {self.burst:g})",
-                            "rate_limited")
+            raise AuthError(429, f"node {session.node_id!r} over its rate of {self.rate:g} heartbeats/s (burst "
+                            f"{self.burst:g}, all its sessions together)", "rate_limited")
         return session
 
     def commit(self, session: Session, seq: int, now: float, count: int = 1) -> None:
         """Record accepted heartbeats of ``session`` (caller holds ``lock``): the last
-        sequence number and ``count`` tokens of its rate bucket."""
-        elapsed = now - session.refilled
+        sequence number and ``count`` tokens of its node's rate bucket."""
+        bucket = session.bucket
+        elapsed = now - bucket.refilled
         if elapsed > 0:
-            session.tokens = min(self.burst, session.tokens + elapsed * self.rate)
-            session.refilled = now
-        session.tokens -= count
+            bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
+            bucket.refilled = now
+        bucket.tokens -= count
         if seq > session.seq:
             session.seq = seq
 
