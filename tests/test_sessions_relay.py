@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ import uvicorn
 from service_helpers import Node, add_token, make_service, wait_for, write_config
 
 from tests.test_sessions import enrolled, served  # noqa: F401 - served is a fixture
-from wyneos_core.service.relay import Relay, create_relay_app
+from wyneos_core.service.relay import Relay, relay_config
 from wyneos_core.service.server import ServerThread, bind
 from wyneos_core.service.session_client import SessionClient
 
@@ -25,11 +26,11 @@ from wyneos_core.service.session_client import SessionClient
 class RelayThread:
     """A relay served by uvicorn on 127.0.0.1 in a background thread."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, **limits: Any) -> None:
         self.relay = relay
         self.sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(create_relay_app(relay), log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(relay_config(relay, **limits))  # serve's connection guard
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> str:

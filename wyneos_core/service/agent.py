@@ -110,6 +110,8 @@ class BadAnswer(ConnectionError):
 
 #: the largest answer the agent reads (a longer one is refused unread)
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
+#: marks (in the headers ``_send_heartbeat`` returns) an answer whose MAC checked out
+_VERIFIED = "x-wyneos-verified-by-agent"
 #: most actions one answer may carry
 MAX_ACTIONS = 1000
 #: bounds on the heartbeat interval a server may ask for (seconds)
@@ -570,7 +572,10 @@ class Agent:
         self.stats.sent += 1
         if status == 202:
             self.stats.accepted += 1
-            self._sync_clock(data, headers)
+            if data.get("relayed") is not True or headers.get(_VERIFIED) == "1":
+                # a relay's own answer to a signed heartbeat is not the orchestrator's: its
+                # server time is not taken (through a relay, a session answer's is, MACed)
+                self._sync_clock(data, headers)
             self._follow_key(data.get("orchestrator_key"))
             if self.peer is not None:
                 self.peer.update(data.get("neighbours"))
@@ -588,6 +593,13 @@ class Agent:
             self.enrolled = False
         elif status == 409:
             self._sync_clock({}, headers)
+        elif status == 422 and data.get("field") == "timestamp" and self.offset:
+            # refused for its clock: the offset learned from an earlier answer is dropped (this
+            # machine's clock again) and taken anew from the next authenticated answer, so one
+            # answer with a wrong server time cannot silence the agent for good
+            log.warning("heartbeat refused for its timestamp with a clock offset of %.1fs: the offset is dropped",
+                        self.offset)
+            self.offset = 0.0
         elif status >= 500:
             raise ConnectionError(f"server error {status}: {data.get('error')}")
         if status == 403 and code == "revoked":
@@ -600,7 +612,7 @@ class Agent:
         handshake, then MACed heartbeats on a kept-open connection); a signed one when
         sessions are off or the handshake fails for another reason than the key."""
         if not self.sessions:
-            return self._request("POST", "/v1/heartbeats", body)
+            return self._signed_heartbeat(body)
         from wyneos_core.service.session_client import SessionClient, SessionError
 
         if self._sessions is None:
@@ -609,12 +621,17 @@ class Agent:
         self._sessions.pinned = tuple(self.trusted.fingerprints())  # the handshake answer: the pinned key only
         try:
             status, data = self._sessions.heartbeat(body)
-            return status, data, {}
+            return status, data, {_VERIFIED: "1"} if status == 202 else {}
         except SessionError as exc:
             if exc.code in ("revoked", "not_enrolled"):
                 return exc.status, {"code": exc.code, "error": str(exc)}, {}
             log.warning("heartbeat session: %s; sending a signed heartbeat instead", exc)
-            return self._request("POST", "/v1/heartbeats", body)
+            return self._signed_heartbeat(body)
+
+    def _signed_heartbeat(self, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        status, data, headers = self._request("POST", "/v1/heartbeats", body)
+        headers.pop(_VERIFIED, None)  # only the session client vouches for an answer
+        return status, data, headers
 
     def poll(self) -> list[dict[str, Any]]:
         """Fetch and apply the actions waiting for this node (outside a heartbeat)."""

@@ -21,17 +21,25 @@ protocol with three additions:
   every connection is busy serving a request is the new one refused (``503``). So
   slow or idle sockets can never lock out a heartbeat, an enrolment or ``/healthz``:
   those send their head at once and are served.
+
+:func:`loopback_hosts_only` guards a server without an operator token against DNS
+rebinding: such a server listens on loopback only, but a web page whose name resolves
+to 127.0.0.1 could still make a browser on the same machine read it. A browser always
+sends the name it resolved in ``Host``; so a request whose ``Host`` is not a loopback
+address or ``localhost`` (with any port) is refused (``421 Misdirected Request``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+import ipaddress
+import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["guarded_protocol"]
+__all__ = ["guarded_protocol", "loopback_hosts_only"]
 
 
 def _response(status: bytes, text: bytes) -> bytes:
@@ -175,3 +183,47 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, max_connec
     """uvicorn's httptools protocol with these limits (pass it as ``uvicorn.Config(http=...)``)."""
     return type("WyneosHttpProtocol", (_GuardedProtocol,), {
         "max_header_bytes": max_header_bytes, "header_timeout": header_timeout, "max_connections": max_connections})
+
+
+def _loopback_host(value: bytes) -> bool:
+    """Whether a ``Host`` header names a loopback address or ``localhost`` (any port)."""
+    try:
+        text = value.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return False
+    if text.startswith("["):  # [::1] or [::1]:8420
+        host, _, rest = text[1:].partition("]")
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return False
+    else:
+        host, _, port = text.partition(":")
+        if port and not port.isdigit():
+            return False
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_hosts_only(app: Any) -> Any:
+    """``app`` (ASGI) refusing HTTP requests whose ``Host`` header is not a loopback
+    name (421, ``bad_host``): for servers that run without an operator token."""
+
+    refusal = json.dumps({"status": 421, "code": "bad_host", "error": "this server has no operator token and "
+                          "answers requests for a loopback address or localhost only (Host header); set "
+                          "service.read_token to serve other names"}).encode()
+
+    async def guarded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = next((v for k, v in scope["headers"] if k == b"host"), b"")
+            if not _loopback_host(host):
+                await send({"type": "http.response.start", "status": 421,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(refusal)).encode())]})
+                await send({"type": "http.response.body", "body": refusal})
+                return
+        await app(scope, receive, send)
+
+    return guarded

@@ -94,7 +94,8 @@ class HeartbeatAPI:
         All of a request's accepted items are queued together; nothing is recorded
         (sequence numbers, rate) unless they were queued. ``acks``, when given, gets
         for each accepted item the session key's MAC of its acknowledgement
-        (``sessions.ack_mac``), by index: what a relay passes on to the agent.
+        (``sessions.ack_mac``, covering ``now`` as the server time), by index: what a
+        relay passes on to the agent.
         """
         service = self.service
         table = service.sessions
@@ -155,7 +156,7 @@ class HeartbeatAPI:
                         by_index = {i: (sid, seq) for i, sid, seq, _, _ in items}
                         for index, _ in accepted:
                             sid, seq = by_index[index]
-                            acks[str(index)] = ack_mac(sessions[sid].key, seq)
+                            acks[str(index)] = ack_mac(sessions[sid].key, seq, now)
         return results
 
     def session_single(self, sid: str, seq_text: str | None, tag: str | None,
@@ -235,7 +236,9 @@ class HeartbeatAPI:
         accepted = sum(1 for r in final if r.status == 202)
         refused = [{"index": i, **r.to_dict()} for i, r in enumerate(final) if r.status != 202]
         status = 202 if accepted or not refused else refused[0]["status"]
-        answer = {"accepted": accepted, "refused": len(refused), "results": refused[:1000], "server_time": time.time()}
+        # the acknowledgements cover ``now`` as the server time (a relay cannot move it)
+        answer = {"accepted": accepted, "refused": len(refused), "results": refused[:1000],
+                  "server_time": now if acks is not None else time.time()}
         if acks is not None:
             answer["acks"] = acks
         return status, _encode(answer)

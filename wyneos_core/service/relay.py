@@ -21,6 +21,27 @@ Every other request (enrolment, the session handshake, action polls and acks) is
 passed through as it is: they are signed end to end, and the handshake's answer is
 signed by the orchestrator key. The queue of items waiting is bounded (``max_pending``;
 503 when full).
+
+**Limits** (a relay faces the same hostile network as ``wyneos serve``):
+
+* connections are served by the same guard as serve (``service.guard``): bounded
+  request heads (431), a deadline for each head (408), idle keep-alive connections
+  closed, and at most ``max_connections`` connections, silent and idle ones shed first;
+  a request body must arrive in full within ``body_timeout`` seconds (408);
+* only the agent routes are passed through (enrolment, the session handshake, a node's
+  action poll and acknowledgements): the read API, ``/metrics`` and the dashboard of
+  the orchestrator are never reachable through a relay (404), whatever its token;
+* each item is bounded (``MAX_ITEM`` bytes, known fields only, strings where strings
+  belong) and checked **before** it joins an upstream batch: a bad item is refused
+  alone (413/422), and a batch never grows past ``max_batch_bytes``, so one client
+  cannot make the orchestrator refuse a whole batch; if the orchestrator still refuses
+  a batch as too large (413), the relay splits it and sends the halves;
+* every upstream request has **one deadline** (``timeout`` seconds, for sending,
+  the answer's head and its body together) and its answer a size cap: a trickled or
+  huge answer costs at most the deadline and the cap, never a stalled queue or memory;
+* a relay binds a non-loopback address only when its upstream is not on loopback
+  (:func:`check_bind`): a loopback orchestrator (which may run without a read token) is
+  not made reachable from the network through a relay.
 """
 
 from __future__ import annotations
@@ -29,13 +50,17 @@ import asyncio
 import http.client
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-__all__ = ["Relay", "RelayError", "create_relay_app"]
+from wyneos_core.service.bounded_http import exchange
+from wyneos_core.service.settings import is_loopback
+
+__all__ = ["MAX_ITEM", "Relay", "RelayError", "check_bind", "create_relay_app", "relay_config"]
 
 log = logging.getLogger("wyneos.relay")
 
@@ -44,6 +69,50 @@ _PASSED_HEADERS = ("content-type", "x-wyneos-node", "x-wyneos-timestamp", "x-wyn
                    "x-wyneos-session", "x-wyneos-seq", "x-wyneos-mac")
 _MAX_BODY = 8 * 1024 * 1024
 _MAX_SINGLE = 64 * 1024
+#: largest batch item (its JSON) the relay forwards: a single heartbeat's limit plus room for its fields
+MAX_ITEM = _MAX_SINGLE + 1024
+_ITEM_FIELDS = {"body": str, "session": str, "seq": int, "mac": str, "node": str, "timestamp": str, "nonce": str,
+                "signature": str}
+#: the routes an agent uses; nothing else is passed through (never the read API)
+_AGENT_ROUTES = (("POST", re.compile(r"/v1/enrol")), ("POST", re.compile(r"/v1/sessions(/nonce)?")),
+                 ("GET", re.compile(r"/v1/nodes/[^/\s]{1,256}/actions")),
+                 ("POST", re.compile(r"/v1/nodes/[^/\s]{1,256}/actions/ack")))
+_MAX_ANSWER = 8 * 1024 * 1024  # bytes of an upstream answer read at most
+
+
+def check_bind(host: str, upstream: str) -> None:
+    """Refuse to serve a loopback orchestrator on a non-loopback address.
+
+    :raises RelayError: naming both addresses and what to do instead.
+    """
+    upstream_host = urlsplit(upstream).hostname or ""
+    if not is_loopback(host) and is_loopback(upstream_host):
+        raise RelayError(f"binding {host} (not a loopback address) would make the orchestrator at {upstream}, which "
+                         "listens on loopback only (and may run without a read token), reachable from the network; "
+                         "bind a loopback address (--host 127.0.0.1) or point --upstream at the orchestrator's "
+                         "network address (serve needs service.read_token to bind one)")
+
+
+def check_item(raw: Any) -> tuple[bytes | None, tuple[int, dict[str, Any]] | None]:
+    """A batch item as forwarded (compact JSON), or its refusal: bounded and of known
+    fields before it may join an upstream batch."""
+    if not isinstance(raw, dict) or "body" not in raw:
+        return None, _answer(422, "invalid", "a batch item is an object with a body and its session or signature "
+                             "fields", field="heartbeats")
+    for key, value in raw.items():
+        kind = _ITEM_FIELDS.get(key)
+        if kind is None or type(value) is not kind:
+            return None, _answer(422, "invalid", f"unknown field or wrong type in a batch item: {str(key)[:64]!r}",
+                                 field=f"heartbeats.{str(key)[:64]}")
+    item = json.dumps(raw, separators=(",", ":")).encode()
+    if len(item) > MAX_ITEM:
+        return None, _answer(413, "too_large", f"a batch item of {len(item)} bytes is larger than the limit of "
+                             f"{MAX_ITEM}")
+    return item, None
+
+
+def _agent_route(method: str, path: str) -> bool:
+    return any(method == m and pattern.fullmatch(path) for m, pattern in _AGENT_ROUTES)
 
 
 class RelayError(RuntimeError):
@@ -62,23 +131,29 @@ class Relay:
         orchestrator's answer lists every refusal).
     :param flush: seconds a batch waits for more items after its first one.
     :param max_pending: most items waiting to be forwarded.
-    :param timeout: seconds to wait for the upstream.
+    :param timeout: seconds one upstream request may take in all (sending, the
+        answer's head and body): one deadline, however the answer trickles.
+    :param max_batch_bytes: most bytes of items in one upstream batch.
     :param alter: test hook only: a function given each forwarded batch's items (JSON
         bytes) that may return them changed (what a hostile relay would do).
     """
 
     def __init__(self, upstream: str, *, batch: int = 1000, flush: float = 0.05, max_pending: int = 100_000,
-                 timeout: float = 30.0, alter: Callable[[list[bytes]], list[bytes]] | None = None) -> None:
+                 timeout: float = 10.0, max_batch_bytes: int = 4 * 1024 * 1024,
+                 alter: Callable[[list[bytes]], list[bytes]] | None = None) -> None:
         parts = urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RelayError(f"upstream URL {upstream!r} must look like http://HOST:PORT")
-        if not 1 <= batch <= 1000 or not flush > 0 or max_pending < 1:
-            raise RelayError("batch must be 1-1000, flush above 0, max_pending at least 1")
+        if not 1 <= batch <= 1000 or not flush > 0 or max_pending < 1 or not timeout > 0 \
+                or max_batch_bytes < MAX_ITEM:
+            raise RelayError(f"batch must be 1-1000, flush and timeout above 0, max_pending at least 1, "
+                             f"max_batch_bytes at least {MAX_ITEM}")
         self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
         self.batch = batch
         self.flush = flush
         self.max_pending = max_pending
         self.timeout = timeout
+        self.max_batch_bytes = max_batch_bytes
         self.alter = alter
         self.forwarded = 0
         self.batches = 0
@@ -106,14 +181,15 @@ class Relay:
 
     def _send(self, which: str, method: str, path: str, body: bytes,
               headers: dict[str, str]) -> tuple[int, bytes, list[tuple[str, str]]]:
+        deadline = time.monotonic() + self.timeout  # one deadline for the whole request
         for attempt in (0, 1):
             conn = self._connection(which)
             try:
-                conn.request(method, path, body=body or None, headers=headers)
-                response = conn.getresponse()
-                return response.status, response.read(), response.getheaders()
+                response, raw = exchange(conn, method, path, body or None, headers, deadline=deadline,
+                                         max_bytes=_MAX_ANSWER)
+                return response.status, raw, response.getheaders()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                conn.close()
+                conn.close()  # a kept-alive connection the upstream closed: once more on a new one
                 setattr(self._holder(which), which, None)
                 if attempt:
                     raise
@@ -127,6 +203,9 @@ class Relay:
         """Send one batch upstream; one (status, answer) per item. Blocking."""
         if self.alter is not None:
             items = self.alter(list(items))
+        return self._forward(items)
+
+    def _forward(self, items: list[bytes]) -> list[tuple[int, dict[str, Any]]]:
         body = b'{"acks":true,"heartbeats":[' + b",".join(items) + b"]}"
         try:
             status, raw, _ = self._send("_conn", "POST", HEARTBEAT_PATH, body, {"content-type": "application/json"})
@@ -136,13 +215,17 @@ class Relay:
             data = json.loads(raw)
         except ValueError:
             data = {}
+        if status == 413 and len(items) > 1:  # too large for the orchestrator's limit: the halves go alone
+            half = len(items) // 2
+            return self._forward(items[:half]) + self._forward(items[half:])
         if not isinstance(data, dict) or "results" not in data:  # the whole batch was refused
             code = data.get("code", "upstream_error") if isinstance(data, dict) else "upstream_error"
             error = data.get("error", "") if isinstance(data, dict) else ""
             return [_answer(status if status >= 400 else 502, code, f"the orchestrator refused the batch: {error}")] \
                 * len(items)
-        refused = {r.get("index"): r for r in data["results"] if isinstance(r, dict)}
-        acks = data.get("acks") or {}
+        results = data["results"] if isinstance(data["results"], list) else []
+        refused = {r.get("index"): r for r in results if isinstance(r, dict)}
+        acks = data.get("acks") if isinstance(data.get("acks"), dict) else {}
         out: list[tuple[int, dict[str, Any]]] = []
         for i in range(len(items)):
             r = refused.get(i)
@@ -153,7 +236,9 @@ class Relay:
                     answer["ack"] = ack
                 out.append((202, answer))
             else:
-                out.append((int(r.get("status", 502)), {k: v for k, v in r.items() if k != "index"}))
+                code = r.get("status")
+                out.append((code if type(code) is int and 400 <= code <= 599 else 502,
+                            {k: v for k, v in r.items() if k != "index"}))
         self.forwarded += len(items)
         self.batches += 1
         return out
@@ -208,7 +293,12 @@ class Relay:
             if len(self._pending) < self.batch:
                 await asyncio.sleep(self.flush)  # let a batch fill
             while self._pending:
-                chunk, self._pending = self._pending[:self.batch], self._pending[self.batch:]
+                count, size = 0, 0
+                for item, _ in self._pending[:self.batch]:
+                    if count and size + len(item) + 1 > self.max_batch_bytes:
+                        break
+                    count, size = count + 1, size + len(item) + 1
+                chunk, self._pending = self._pending[:count], self._pending[count:]
                 try:
                     results = await loop.run_in_executor(None, self.forward, [item for item, _ in chunk])
                 except Exception as exc:  # noqa: BLE001 - every waiting agent gets an answer
@@ -219,7 +309,7 @@ class Relay:
                         future.set_result(result)
 
 
-def _item_from_session(headers: dict[str, str], body: bytes) -> bytes | None:
+def _item_from_session(headers: dict[str, str], body: bytes) -> dict[str, Any] | None:
     seq = headers.get("x-wyneos-seq", "")
     try:
         text = body.decode("utf-8")
@@ -227,18 +317,18 @@ def _item_from_session(headers: dict[str, str], body: bytes) -> bytes | None:
         return None
     if not seq.isdigit() or len(seq) > 20:
         return None
-    return json.dumps({"session": headers["x-wyneos-session"], "seq": int(seq), "mac": headers.get("x-wyneos-mac", ""),
-                       "body": text}, separators=(",", ":")).encode()
+    return {"session": headers["x-wyneos-session"], "seq": int(seq), "mac": headers.get("x-wyneos-mac", ""),
+            "body": text}
 
 
-def _item_from_signed(headers: dict[str, str], body: bytes) -> bytes | None:
+def _item_from_signed(headers: dict[str, str], body: bytes) -> dict[str, Any] | None:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return json.dumps({"node": headers.get("x-wyneos-node", ""), "timestamp": headers.get("x-wyneos-timestamp", ""),
-                       "nonce": headers.get("x-wyneos-nonce", ""), "signature": headers.get("x-wyneos-signature", ""),
-                       "body": text}, separators=(",", ":")).encode()
+    return {"node": headers.get("x-wyneos-node", ""), "timestamp": headers.get("x-wyneos-timestamp", ""),
+            "nonce": headers.get("x-wyneos-nonce", ""), "signature": headers.get("x-wyneos-signature", ""),
+            "body": text}
 
 
 Scope = MutableMapping[str, Any]
@@ -246,13 +336,39 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
-def create_relay_app(relay: Relay) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The relay as an ASGI application."""
+def create_relay_app(relay: Relay, *, body_timeout: float = 30.0) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The relay as an ASGI application (``body_timeout``: seconds a request body has
+    to arrive in full)."""
 
-    async def respond(send: Send, status: int, data: bytes, content_type: str = "application/json") -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(data)).encode())]})
+    async def respond(send: Send, status: int, data: bytes, content_type: str = "application/json",
+                      close: bool = False) -> None:
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(data)).encode())]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
+
+    async def refuse(send: Send, status: int, code: str, error: str, **extra: Any) -> None:
+        await respond(send, status, json.dumps(_answer(status, code, error, **extra)[1]).encode(),
+                      close=status == 408)
+
+    async def read_body(receive: Receive, limit: int) -> bytes | tuple[int, str, str] | None:
+        chunks, size, more = [], 0, True
+        try:
+            async with asyncio.timeout(body_timeout):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        return 413, "too_large", f"body is larger than the limit of {limit} bytes"
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            return 408, "body_timeout", f"the body did not arrive within {body_timeout:g} s"
+        return b"".join(chunks)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -270,59 +386,75 @@ def create_relay_app(relay: Relay) -> Callable[[Scope, Receive, Send], Awaitable
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
                    if k.decode("latin-1") in _PASSED_HEADERS}
         path, method = scope["path"], scope["method"]
-        limit = _MAX_BODY if path == HEARTBEAT_PATH and "x-wyneos-session" not in headers \
-            and "x-wyneos-signature" not in headers else _MAX_SINGLE
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                status, answer = _answer(413, "too_large", f"body is larger than the limit of {limit} bytes")
-                await respond(send, status, json.dumps(answer).encode())
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
         if path == "/healthz" and method == "GET":
             await respond(send, 200, json.dumps({"status": "ok", "relay": True, "forwarded": relay.forwarded,
                                                  "batches": relay.batches, "pending": len(relay._pending)}).encode())
             return
-        if path != HEARTBEAT_PATH or method != "POST":
+        heartbeat = path == HEARTBEAT_PATH and method == "POST"
+        if not heartbeat and not _agent_route(method, path):  # never the read API, metrics or the dashboard
+            await refuse(send, 404, "not_relayed", f"{method} {path[:200]} is not an agent route; a relay passes "
+                         "on heartbeats, enrolment, session handshakes and a node's action poll and acks only")
+            return
+        limit = _MAX_BODY if heartbeat and "x-wyneos-session" not in headers \
+            and "x-wyneos-signature" not in headers and "x-wyneos-node" not in headers else _MAX_SINGLE
+        body = await read_body(receive, limit)
+        if body is None:
+            return
+        if isinstance(body, tuple):
+            await refuse(send, *body)
+            return
+        if not heartbeat:
             query = scope.get("query_string", b"").decode("latin-1")
             status, raw, content_type = await asyncio.get_running_loop().run_in_executor(
-                None, relay.proxy, method, path + (f"?{query}" if query else ""), body, headers)
+                None, relay.proxy, method, quote(path) + (f"?{query}" if query else ""), body, headers)
             await respond(send, status, raw, content_type)
             return
-        if "x-wyneos-session" in headers:
-            item = _item_from_session(headers, body)
-        elif "x-wyneos-signature" in headers or "x-wyneos-node" in headers:
-            item = _item_from_signed(headers, body)
-        else:  # a batch from agents or a relay further down: its items travel on unchanged
-            try:
-                data = json.loads(body)
-                items = [json.dumps(x, separators=(",", ":")).encode() for x in data["heartbeats"]]
-                if not isinstance(data["heartbeats"], list) or len(items) > 20_000:
-                    raise TypeError
-            except (ValueError, KeyError, TypeError):
-                status, answer = _answer(422, "invalid", "a batch is {\"heartbeats\": [...]} of at most 20000 items",
-                                         field="body")
-                await respond(send, status, json.dumps(answer).encode())
+        if "x-wyneos-session" in headers or "x-wyneos-signature" in headers or "x-wyneos-node" in headers:
+            fields = _item_from_session(headers, body) if "x-wyneos-session" in headers \
+                else _item_from_signed(headers, body)
+            if fields is None:
+                await refuse(send, 422, "invalid", "the heartbeat body is not UTF-8 or the sequence number not a "
+                             "whole number", field="body")
                 return
-            results = await relay.submit(items)
-            refused = [{"index": i, **r} for i, (s, r) in enumerate(results) if s != 202]
-            accepted = len(results) - len(refused)
-            status = 202 if accepted or not refused else refused[0].get("status", 502)
-            await respond(send, status, json.dumps({"accepted": accepted, "refused": len(refused),
-                                                    "results": refused[:1000], "server_time": time.time()}).encode())
+            item, refusal = check_item(fields)
+            status, answer = refusal if item is None else (await relay.submit([item]))[0]
+            await respond(send, status, json.dumps(answer).encode())
             return
-        if item is None:
-            status, answer = _answer(422, "invalid", "the heartbeat body is not UTF-8 or the sequence number not a "
-                                     "whole number", field="body")
-        else:
-            status, answer = (await relay.submit([item]))[0]
-        await respond(send, status, json.dumps(answer).encode())
+        # a batch from agents or a relay further down: its items travel on unchanged, each
+        # checked and bounded first (a bad one is refused alone)
+        try:
+            data = json.loads(body)
+            raw_items = data["heartbeats"]
+            if not isinstance(raw_items, list) or len(raw_items) > 20_000:
+                raise TypeError
+        except (ValueError, KeyError, TypeError, RecursionError):
+            await refuse(send, 422, "invalid", "a batch is {\"heartbeats\": [...]} of at most 20000 items",
+                         field="body")
+            return
+        checked = [check_item(x) for x in raw_items]
+        forwarded = await relay.submit([item for item, _ in checked if item is not None])
+        got = iter(forwarded)
+        results = [refusal if item is None else next(got) for item, refusal in checked]  # type: ignore[misc]
+        refused = [{"index": i, **r} for i, (s, r) in enumerate(results) if s != 202]
+        accepted = len(results) - len(refused)
+        status = 202 if accepted or not refused else refused[0].get("status", 502)
+        await respond(send, status, json.dumps({"accepted": accepted, "refused": len(refused),
+                                                "results": refused[:1000], "server_time": time.time()}).encode())
 
     return app
+
+
+def relay_config(relay: Relay, *, log_level: str = "warning", max_header_bytes: int = 32 * 1024,
+                 header_timeout: float = 10.0, idle_timeout: float = 30.0, body_timeout: float = 30.0,
+                 max_connections: int = 4096) -> Any:
+    """The uvicorn config serving ``relay`` behind serve's connection guard
+    (``service.guard``: head size and deadline, idle timeout, shedding)."""
+    import uvicorn
+
+    from wyneos_core.service.guard import guarded_protocol
+
+    protocol = guarded_protocol(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
+                                max_connections=max_connections)
+    return uvicorn.Config(create_relay_app(relay, body_timeout=body_timeout), http=protocol, log_level=log_level,
+                          access_log=False, lifespan="on", timeout_keep_alive=idle_timeout,
+                          limit_concurrency=2 * max_connections + 64, backlog=2048, server_header=False)

@@ -15,7 +15,7 @@ import uvicorn
 from wyneos_core.config import Config
 from wyneos_core.service.app import create_app
 from wyneos_core.service.core import Service
-from wyneos_core.service.guard import guarded_protocol
+from wyneos_core.service.guard import guarded_protocol, loopback_hosts_only
 from wyneos_core.service.settings import ServiceSettings
 from wyneos_core.tick import Orchestrator
 
@@ -74,7 +74,10 @@ def _uvicorn_config(service: Service, log_level: str) -> uvicorn.Config:
     # closed, hence the margin) only bounds the requests being served
     protocol = guarded_protocol(max_header_bytes=s.max_header_bytes, header_timeout=s.header_timeout,
                                 max_connections=s.max_connections)
-    return uvicorn.Config(create_app(service), http=protocol, log_level=log_level, access_log=False, lifespan="on",
+    app = create_app(service)
+    if s.read_token is None:  # a loopback-only server: no DNS rebinding from a browser on this machine
+        app = loopback_hosts_only(app)
+    return uvicorn.Config(app, http=protocol, log_level=log_level, access_log=False, lifespan="on",
                           timeout_keep_alive=s.idle_timeout, limit_concurrency=2 * s.max_connections + 64,
                           backlog=2048, server_header=False)
 

@@ -9,8 +9,11 @@ the orchestrator key: pinned, or trusted on first use and then kept), and derive
 session key. At two thirds of the session's life it opens the next one before the
 current one expires, so there is never a moment without a valid session; when the
 server forgets a session (restart, expiry, table full) the client opens a new one and
-sends the heartbeat again. Answers to session heartbeats carry the session key's MAC;
-an answer without a valid one is refused (:class:`SessionError`).
+sends the heartbeat again. Answers to session heartbeats carry the session key's MAC:
+straight from the orchestrator, over the answer's exact bytes; through a relay, the
+orchestrator's acknowledgement over the sequence number and the server time (and only
+those are kept of a relay's answer). An answer without a valid one is refused
+(:class:`SessionError`).
 
 :meth:`SessionClient.item` builds a batch item (``session``, ``seq``, ``mac``, ``body``)
 instead, for a relay to forward.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hmac
 import http.client
 import json
+import math
 import threading
 import time
 from typing import Any
@@ -238,10 +242,12 @@ class SessionClient:
                 got = response.getheader("x-wyneos-mac")
                 if got is not None:  # straight from the orchestrator: the MAC of the whole answer
                     ok = session is not None and hmac.compare_digest(answer_mac(session.key, seq, raw), got)
-                else:  # through a relay: the orchestrator's acknowledgement of this heartbeat
-                    ack = data.get("ack")
-                    ok = session is not None and isinstance(ack, str) and hmac.compare_digest(
-                        ack_mac(session.key, seq), ack)
+                else:  # through a relay: the orchestrator's acknowledgement of this heartbeat and of
+                    # the server time it gives (the rest of a relay's answer is the relay's own)
+                    ack, at = data.get("ack"), data.get("server_time")
+                    ok = session is not None and isinstance(ack, str) and type(at) in (int, float) \
+                        and math.isfinite(at) and hmac.compare_digest(ack_mac(session.key, seq, at), ack)
+                    data = {"accepted": 1, "relayed": True, "server_time": at, "ack": ack}
                 if not ok:
                     raise SessionError("the answer to a session heartbeat carries no valid MAC of the session key")
                 return status, data

@@ -138,11 +138,13 @@ def mac(key: bytes, seq: int, body: bytes) -> str:
     return hashlib.blake2b(mac_message(seq, body), key=key, digest_size=MAC_BYTES).hexdigest()
 
 
-def ack_mac(key: bytes, seq: int) -> str:
-    """The orchestrator's acknowledgement that it accepted session heartbeat ``seq``:
-    what it answers, per item, to a relay that asked (``"acks": true``) and the relay
-    passes on to the agent (``ack``). Only the orchestrator and the agent hold the key."""
-    return answer_mac(key, seq, b"accepted")
+def ack_mac(key: bytes, seq: int, server_time: float) -> str:
+    """The orchestrator's acknowledgement that it accepted session heartbeat ``seq`` at
+    ``server_time``: what it answers, per item, to a relay that asked (``"acks": true``)
+    and the relay passes on to the agent (``ack``) with the batch's ``server_time``.
+    Only the orchestrator and the agent hold the key, so a relay can neither invent an
+    acknowledgement nor move the server time the agent sets its clock by."""
+    return answer_mac(key, seq, b"accepted " + repr(float(server_time)).encode())
 
 
 def answer_mac(key: bytes, seq: int, body: bytes) -> str:
