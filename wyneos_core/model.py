@@ -427,6 +427,8 @@ class TickReport:
     consensus: dict[str, Any] = field(default_factory=dict)
     #: the trust step's summary (tiers, changes, admission, peer iteration); see docs/trust.md
     trust: dict[str, Any] = field(default_factory=dict)
+    #: the drift step's counts per state (docs/drift.md); empty when nothing is declared
+    drift: dict[str, Any] = field(default_factory=dict)
 
     def status_counts(self) -> dict[str, int]:
         """Nodes per status, plus ``isolated``."""
@@ -474,6 +476,7 @@ class TickReport:
             "missed_ticks": self.missed_ticks,
             "consensus": self.consensus,
             "trust": self.trust,
+            "drift": self.drift,
         }
 
 

@@ -39,6 +39,7 @@ ENTRY_POINT_GROUP = PROJECT_NAME
 BUILTIN_PLUGINS: dict[str, str] = {
     "heartbeat": "wyneos_core.builtin.heartbeat",
     "licence": "wyneos_core.builtin.licence",
+    "drift": "wyneos_core.builtin.drift",
     "governance": "wyneos_core.builtin.governance",
     "rulesets": "wyneos_core.builtin.rulesets",
     "trust": "wyneos_core.builtin.trust",
