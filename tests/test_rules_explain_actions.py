@@ -68,6 +68,7 @@ licence: {sources: [file], directory: lic, trusted_keys: [], customer: acme}
 rulesets: {paths: ["builtin:"]}
 plugins: {disable: [governance, healing, enforcement]}
 decide: {max_isolations_per_tick: 1, max_unhealthy_fraction: 1.0}
+enforcement: {licence: enforce}  # without a trusted key licences are audited unless told
 state: {path: s.db}
 """)
     (tmp_path / "lic").mkdir()

@@ -143,8 +143,10 @@ def explain_actions(orchestrator: Any, node_id: str, licence: Any, events: list[
             rules[f"{loaded.ruleset.name}/{rule.id}"] = rule
     stored = {a["id"]: a for a in committed or () if a.get("target") == node_id}
     times = tick_times or {}
+    from wyneos_core.enforcement import HOLDS, gate_of
+
     state = state_of(orchestrator)
-    held_state = state.held
+    held_state = {**state.held, **gate_of(orchestrator).reported}
     out: list[dict[str, Any]] = []
 
     def one(action: Mapping[str, Any], status: str, run_first: int | None, run_last: int | None,
@@ -176,7 +178,7 @@ def explain_actions(orchestrator: Any, node_id: str, licence: Any, events: list[
     seen = {e["id"] for e in out}
     last_hold: dict[str, dict[str, Any]] = {}
     for e in events:
-        if e.get("target") == node_id and e.get("state") in ("deferred", "suppressed", "awaiting_witnesses", "rejected"):
+        if e.get("target") == node_id and e.get("state") in ("deferred", "suppressed", "awaiting_witnesses", "rejected", *HOLDS):
             last_hold[e["action_id"]] = e
     for action_id, e in last_hold.items():
         if action_id in seen or action_id not in held_state or action_id not in proposed:
@@ -184,6 +186,7 @@ def explain_actions(orchestrator: Any, node_id: str, licence: Any, events: list[
         action = proposed[action_id]
         entry = one(action, e["state"], None, None, detail=e.get("detail", ""))
         entry["clears"] = None  # not in force: nothing to clear; the detail says why it waits
+        entry.update({k: e[k] for k in ("mode", "exception", "budget", "by") if k in e})
         out.append(entry)
         seen.add(action_id)
     for action_id, row in stored.items():

@@ -252,6 +252,20 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> Sequence[Acti
     """
 
 
+@hookspec
+def wyneos_decision_log(records: list[dict[str, Any]]) -> None:
+    """Receive the decision records of one tick (a sink: a log shipper, an audit store).
+
+    Called once per tick by the builtin ``decide`` plugin, after its decisions, with the
+    same records it appends to ``enforcement.decision_log.path``: one ``inputs`` record
+    (the nodes and licence results seen, and their digest) and one ``decision`` record per
+    lifecycle event (see docs/enforcement.md). Every implementation is called; one that
+    raises is recorded in the tick report and the tick goes on.
+
+    :param records: JSON-ready dicts with ``schema: wyneos.decision/1``.
+    """
+
+
 # ---------------------------------------------------------------------------
 # Step 7: propagate.
 # ---------------------------------------------------------------------------

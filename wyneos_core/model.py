@@ -429,6 +429,8 @@ class TickReport:
     trust: dict[str, Any] = field(default_factory=dict)
     #: the drift step's counts per state (docs/drift.md); empty when nothing is declared
     drift: dict[str, Any] = field(default_factory=dict)
+    #: graduated enforcement: modes, holds, overrides, exceptions, shadow (see docs/enforcement.md)
+    enforcement: dict[str, Any] = field(default_factory=dict)
 
     def status_counts(self) -> dict[str, int]:
         """Nodes per status, plus ``isolated``."""
@@ -477,6 +479,7 @@ class TickReport:
             "consensus": self.consensus,
             "trust": self.trust,
             "drift": self.drift,
+            "enforcement": self.enforcement,
         }
 
 

@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wyneos_core import consensus as _consensus
+from wyneos_core import enforcement as _enforcement
 from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem
 from wyneos_core.model import ORIGIN, Action, ActionType, NodeStatus, PluginError, Severity
@@ -380,6 +381,7 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
     unique: dict[str, Action] = {}
     for action in proposed:
         unique.setdefault(action.id, action)
+    unique = _graduated(ctx, state, unique)
 
     partitioned = _partitioned(ctx)
     stranded = _stranded(ctx, partitioned)
@@ -408,6 +410,7 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
     approved_cuts: set[str] = set()
     cut_off = {h.action.target for h in state.in_force.values() if h.action.type in ISOLATING}
     for action in unique.values():
+        manual = action.origin == _enforcement.OPERATOR  # an operator override: no automatic limit holds it
         held = state.in_force.get(action.id)
         if held is not None:
             held.last_tick = tick
@@ -436,7 +439,7 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
             event(ctx, action, "in_force", "edges still cut")
             continue
         # -- consensus: a severe action on a silent node waits for its witnesses ----------------
-        if gate is not None and gate.gates(action) and not (action.type in ISOLATING and action.target in cut_off):
+        if gate is not None and not manual and gate.gates(action) and not (action.type in ISOLATING and action.target in cut_off):
             subject = gate.subject_of(action)
             adj = ctx.mesh.graph.adj
             peers = sum(1 for v in adj[subject] if v != ORIGIN) if subject is not None and subject in adj else 0
@@ -446,7 +449,7 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
                 _hold(ctx, state, action, "awaiting_witnesses", verdict.detail)
                 continue
         # -- end of consensus ---------------------------------------------------------------------
-        if action.type in ISOLATING and action.target not in cut_off:
+        if action.type in ISOLATING and action.target not in cut_off and not manual:
             if safety_stop:
                 _hold(ctx, state, action, "suppressed", "safety stop")
                 suppressed += 1
@@ -519,10 +522,21 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         "suppressed": suppressed,
         "licence_stop": licence_stop,
     }
+    _enforcement.journal_of(ctx.orchestrator).record(ctx, _enforcement.gate_of(ctx.orchestrator), decided)
     if gate is not None:
         ctx.scratch["consensus"] = {"discounted": set(gate.discounted),
                                     "waiting": {unique[i].target for i, v in verdicts.items() if not v.approved}}
     return decided
+
+
+def _graduated(ctx: TickContext, state: DecideState, unique: dict[str, Action]) -> dict[str, Action]:
+    """Overrides, modes, exceptions and disruption budgets (``wyneos_core.enforcement.gate``)."""
+    from wyneos_core.builtin.rulesets import runner_of
+
+    gate = _enforcement.gate_of(ctx.orchestrator)
+    runner = runner_of(ctx.orchestrator.pm)
+    gate.learn_rulesets(runner.rulesets() if runner is not None else [])
+    return gate.screen(ctx, unique, state.in_force, event)
 
 
 def _consensus_gate(ctx: TickContext, state: DecideState) -> _consensus.ConsensusState | None:

@@ -51,7 +51,8 @@ __all__ = [
 ]
 
 #: What a node without a licence result sees as ``licence``.
-NO_LICENCE = LicenceResult("", False, "no_licence", "no licence result for this node")
+NO_LICENCE = LicenceResult("", False, "not_evaluated",
+                           "not evaluated: no licence step answered for this node (switched off?)")
 
 
 @dataclass(slots=True)

@@ -76,6 +76,8 @@ class Rule:
     message: Template
     actions: tuple[ActionSpec, ...] = ()
     line: int | None = None
+    #: enforce | warn | audit (None: the ruleset's; see wyneos_core.enforcement.modes)
+    mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,9 @@ class Ruleset:
     file: str
     description: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: enforce | warn | audit (None: the config's); ``reload_mode`` when hot reload brought it
+    mode: str | None = None
+    reload_mode: str | None = None
 
     def conditions(self) -> list[Expr]:
         return [r.active for r in self.rules]
@@ -312,7 +317,7 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
         return Rule(
             rule_id, spec["description"], source, condition, active, durations["for"],
             durations["keep_firing_for"], Severity(spec.get("severity", "warning")),
-            dict(spec.get("labels", {})), message, tuple(actions), line,
+            dict(spec.get("labels", {})), message, tuple(actions), line, spec.get("mode"),
         )
 
     for index, spec in enumerate(data["rules"]):
@@ -328,7 +333,7 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
             errors.append(exc)
     labels = data.get("labels", {})
     ruleset = Ruleset(rs_name, stage, engine, tuple(rules), name, data.get("description", ""),
-                      dict(labels) if isinstance(labels, dict) else {})
+                      dict(labels) if isinstance(labels, dict) else {}, data.get("mode"), data.get("reload_mode"))
     if engine == "durable":
         from wyneos_core.rules.durable import MAX_DURABLE_RULES, DurableUnsupported, translate
 

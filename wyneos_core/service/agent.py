@@ -558,7 +558,7 @@ class Agent:
         metadata = {
             "hostname": socket.gethostname(), "platform": platform.system().lower(),
             "python": platform.python_version(), "cpus": os.cpu_count() or 1, "pid": os.getpid(),
-            "agent": __version__, "isolated": self.state["isolated"], **self.extra_metadata,
+            "agent": __version__, "version": __version__, "isolated": self.state["isolated"], **self.extra_metadata,
         }
         witness: dict[str, Any] = {}
         if self.peer is not None:
