@@ -143,7 +143,7 @@ def explain_actions(orchestrator: Any, node_id: str, licence: Any, events: list[
             rules[f"{loaded.ruleset.name}/{rule.id}"] = rule
     stored = {a["id"]: a for a in committed or () if a.get("target") == node_id}
     times = tick_times or {}
-    from wyneos_core.enforcement import HOLDS, gate_of
+    from wyneos_core.enforcement.gate import HOLDS, gate_of
 
     state = state_of(orchestrator)
     held_state = {**state.held, **gate_of(orchestrator).reported}

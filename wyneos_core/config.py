@@ -216,6 +216,9 @@ def _semantic_errors(located: Located, data: dict[str, Any]) -> list[LocatedErro
         out.append(located.error(("mesh", "topology"),
                                  f"'full' links every node to every other: at most {MAX_FULL_MESH} nodes, "
                                  f"this config has {len(data['nodes'])}"))
+    from wyneos_core.enforcement.check import section_errors
+
+    out += [located.error(path, reason) for path, reason in section_errors(data["enforcement"])]
     if data["mesh"]["topology"] == "explicit":
         known = set(seen) | {"orchestrator"}
         for index, (a, b) in enumerate(data["mesh"]["edges"]):

@@ -68,7 +68,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wyneos_core import consensus as _consensus
-from wyneos_core import enforcement as _enforcement
+from wyneos_core.enforcement.gate import gate_of as _gate_of
+from wyneos_core.enforcement.journal import journal_of as _journal_of
+from wyneos_core.enforcement.overrides import OPERATOR
 from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem
 from wyneos_core.model import ORIGIN, Action, ActionType, NodeStatus, PluginError, Severity
@@ -410,7 +412,7 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
     approved_cuts: set[str] = set()
     cut_off = {h.action.target for h in state.in_force.values() if h.action.type in ISOLATING}
     for action in unique.values():
-        manual = action.origin == _enforcement.OPERATOR  # an operator override: no automatic limit holds it
+        manual = action.origin == OPERATOR  # an operator override: no automatic limit holds it
         held = state.in_force.get(action.id)
         if held is not None:
             held.last_tick = tick
@@ -522,7 +524,7 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         "suppressed": suppressed,
         "licence_stop": licence_stop,
     }
-    _enforcement.journal_of(ctx.orchestrator).record(ctx, _enforcement.gate_of(ctx.orchestrator), decided)
+    _journal_of(ctx.orchestrator).record(ctx, _gate_of(ctx.orchestrator), decided)
     if gate is not None:
         ctx.scratch["consensus"] = {"discounted": set(gate.discounted),
                                     "waiting": {unique[i].target for i, v in verdicts.items() if not v.approved}}
@@ -533,7 +535,7 @@ def _graduated(ctx: TickContext, state: DecideState, unique: dict[str, Action]) 
     """Overrides, modes, exceptions and disruption budgets (``wyneos_core.enforcement.gate``)."""
     from wyneos_core.builtin.rulesets import runner_of
 
-    gate = _enforcement.gate_of(ctx.orchestrator)
+    gate = _gate_of(ctx.orchestrator)
     runner = runner_of(ctx.orchestrator.pm)
     gate.learn_rulesets(runner.rulesets() if runner is not None else [])
     return gate.screen(ctx, unique, state.in_force, event)

@@ -13,6 +13,8 @@ API, with the operator write token), kept in the state store's ``meta`` under
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -42,6 +44,12 @@ class ExceptionError(ValueError):
         super().__init__(f"{field_name}: {reason}")
         self.field = field_name
         self.reason = reason
+
+
+def _derived_id(raw: Mapping[str, Any]) -> str:
+    """An id for an exception given none: ``ex-`` and a digest of what it says."""
+    text = json.dumps({k: raw.get(k) for k in _FIELDS[1:9]}, sort_keys=True, default=str)
+    return "ex-" + hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 
 
 def parse_time(value: Any, field_name: str = "expires") -> float:
@@ -97,7 +105,7 @@ class PolicyException:
                 raise ExceptionError(name, "required: a non-empty text of at most 1,000 characters")
         if "expires" not in raw:
             raise ExceptionError("expires", "required: every exception ends (an ISO 8601 time)")
-        ident = raw.get("id") or default_id
+        ident = raw.get("id") or default_id or _derived_id(raw)
         if not isinstance(ident, str) or not _ID.match(ident):
             raise ExceptionError("id", f"expected 1-64 letters, digits, '.', '_' or '-', got {ident!r:.60}")
         node = raw.get("node")
