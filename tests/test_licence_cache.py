@@ -20,7 +20,7 @@ import pytest
 
 from tests.test_licence_support import DAY, T0
 from wyneos_core.licensing.document import issue_licence
-from wyneos_core.licensing.engine import LicenceEngine
+from wyneos_core.licensing.engine import _FRESH, LicenceEngine
 from wyneos_core.licensing.keys import KeyRing, generate_key
 from wyneos_core.licensing.ledger import Ledger
 from wyneos_core.licensing.revocation import RevocationList
@@ -142,11 +142,11 @@ def test_refreshes_are_spread_evenly_and_within_the_ttl(tmp_path):
     now = T0
     for _ in range(160):  # 960 s: three cache lifetimes and more
         engine.begin(now)
-        before = {k: v[5] for k, v in engine._cache.items()}
+        before = {k: v[_FRESH] for k, v in engine._cache.items()}
         engine.validate(nodes, now)
         per_tick.append(engine.stats["looked_up"])
         for node_id, entry in engine._cache.items():
-            if before.get(node_id) != entry[5]:
+            if before.get(node_id) != entry[_FRESH]:
                 asked_at[node_id].append(now)
         now += 6.0
     later = per_tick[60:]  # after the first lifetime, each tick asks for about 3000 * 6 / 240 nodes

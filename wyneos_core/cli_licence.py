@@ -83,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--seats", type=int, help="how many nodes may use it at once")
     i.add_argument("--fingerprint", action="append", default=[], help="node key fingerprint it is paired with "
                    "(repeatable)")
+    i.add_argument("--integrity", metavar="DIGEST|FILE", help="pin the integrity digest of what it licenses "
+                   "(sha256:<hex>, or a file whose digest is taken); a node reporting another is refused "
+                   "(integrity_mismatch)")
     i.add_argument("--grace-days", type=int, default=0)
     i.add_argument("--not-before", help="valid from (default: now)")
     i.add_argument("--issued", help="issue time (default: now)")
@@ -167,6 +170,19 @@ def _read(path: str) -> bytes:
         raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+def _integrity(value: str | None) -> str | None:
+    """``--integrity``: a digest as it is, or a file whose sha256 digest is pinned."""
+    if value is None or value.startswith("sha256:"):
+        return value
+    from wyneos_core.service.integrity import file_digest
+
+    try:
+        return file_digest(value)
+    except OSError as exc:
+        raise UsageError(f"--integrity {value!r}: neither sha256:<64 hex digits> nor a readable file "
+                         f"({exc.strerror or exc})") from None
+
+
 @_guard
 def cmd_issue(args: argparse.Namespace) -> int:
     now = time.time()
@@ -178,6 +194,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
             features=args.feature, issued=issued, expires=parse_when(args.expires, now, "--expires"),
             not_before=parse_when(args.not_before, now, "--not-before") if args.not_before else None,
             grace_days=args.grace_days, seats=args.seats, fingerprints=args.fingerprint,
+            integrity=_integrity(args.integrity),
         )
     except EnvelopeError as exc:
         raise UsageError(f"cannot issue: {exc}") from None

@@ -64,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="create the node key if missing, print its fingerprint and exit (to issue a licence first)")
     p.add_argument("--interval", type=_seconds, help="seconds between heartbeats (default: the server's)")
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="extra metadata (repeatable)")
+    p.add_argument("--integrity-file", metavar="PATH", help="report the sha256 digest of PATH (the licensed "
+                   "software) as metadata 'integrity' in every heartbeat; checked against a licence that pins one")
     p.add_argument("--hook", metavar="PROGRAM", help="run PROGRAM TYPE TARGET for each action (JSON on stdin)")
     p.add_argument("--hook-type", action="append", default=[], metavar="TYPE",
                    help="also hand actions of this type (a plugin's own) to the hook (repeatable); "
@@ -211,7 +213,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
                       metadata=metadata, hook=args.hook, max_backoff=args.max_backoff, licence=args.licence,
                       orchestrator_key=args.orchestrator_key, hook_types=args.hook_type, timeout=args.timeout,
                       peer_port=None if args.init else args.peer_port, peer_host=args.peer_host,
-                      peer_relay_rate=args.peer_relay_rate, peer_relay_burst=args.peer_relay_burst)
+                      peer_relay_rate=args.peer_relay_rate, peer_relay_burst=args.peer_relay_burst,
+                      integrity_file=args.integrity_file)
         if args.init:
             print(agent.fingerprint)
             return EXIT_OK

@@ -33,6 +33,7 @@ LICENCE_ACTIONS: dict[str, tuple[ActionType, ...]] = {
     "malformed": (I,),
     "superseded": (I,),
     "clock_rollback": (Q,),
+    "integrity_mismatch": (Q,),
 }
 
 

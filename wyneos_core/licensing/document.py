@@ -59,6 +59,10 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 TIME_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 FIELDS = ("licence_id", "customer", "product", "tier", "features", "issued", "not_before", "expires",
           "grace_days", "seats", "fingerprints", "key_id")
+#: fields a licence may leave out (a licence issued before they existed verifies unchanged)
+OPTIONAL = ("integrity",)
+#: ``sha256:`` and 64 lowercase hex digits: the digest of the licensed artefact
+INTEGRITY_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def parse_time(text: Any, field: str) -> float:
@@ -93,6 +97,8 @@ class Licence:
     seats: int | None
     fingerprints: frozenset[str]
     key_id: str
+    #: the integrity digest of what it licenses; a node must report the same (None: not pinned)
+    integrity: str | None = None
 
     @property
     def grace_until(self) -> float:
@@ -101,7 +107,7 @@ class Licence:
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Licence:
         """Check every field strictly; raise ``FormatError`` naming the first bad one."""
-        extra = sorted(set(payload) - set(FIELDS))
+        extra = sorted(set(payload) - set(FIELDS) - set(OPTIONAL))
         if extra:
             raise FormatError(f"unknown field {extra[0]!r}", f"payload.{extra[0]}")
         for name in FIELDS:
@@ -130,6 +136,10 @@ class Licence:
         seats = payload["seats"]
         if seats is not None and (isinstance(seats, bool) or not isinstance(seats, int) or seats < 1):
             raise FormatError(f"expected a positive integer or null, got {seats!r}", "payload.seats")
+        integrity = payload.get("integrity")
+        if integrity is not None and (not isinstance(integrity, str) or not INTEGRITY_PATTERN.match(integrity)):
+            raise FormatError(f"expected sha256: and 64 lowercase hex digits, got {integrity!r:.80}",
+                              "payload.integrity")
         not_before = parse_time(payload["not_before"], "payload.not_before")
         expires = parse_time(payload["expires"], "payload.expires")
         if expires <= not_before:
@@ -147,6 +157,7 @@ class Licence:
             seats=seats,
             fingerprints=frozenset(strings("fingerprints")),
             key_id=text("key_id"),
+            integrity=integrity,
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -163,6 +174,7 @@ class Licence:
             "seats": self.seats,
             "fingerprints": sorted(self.fingerprints),
             "key_id": self.key_id,
+            **({"integrity": self.integrity} if self.integrity is not None else {}),
         }
 
 
@@ -180,6 +192,7 @@ def issue_licence(
     grace_days: int = 0,
     seats: int | None = None,
     fingerprints: Sequence[str] = (),
+    integrity: str | None = None,
 ) -> dict[str, Any]:
     """Build, check and sign a licence; return the envelope (write it with ``json.dump``)."""
     payload = {
@@ -195,6 +208,7 @@ def issue_licence(
         "seats": seats,
         "fingerprints": sorted(set(fingerprints)),
         "key_id": "-",
+        **({"integrity": integrity} if integrity is not None else {}),
     }
     Licence.from_payload(payload)  # refuse to sign what would not parse
     return seal(FORMAT, payload, key)

@@ -57,7 +57,7 @@ _UNSET = object()
 #: share of the cluster per tick, whatever tick the results were made in
 _MIN_SHARE = 0.2
 #: cache entry fields (a tuple per node; the warm loop reads them by position)
-_REF, _FP, _ROLLBACK, _FEATURES, _CUSTOMER, _FRESH, _RESULT, _SEAT, _RECORD, _UNTIL, _VERDICTS = range(11)
+_REF, _FP, _ROLLBACK, _FEATURES, _CUSTOMER, _INTEGRITY, _FRESH, _RESULT, _SEAT, _RECORD, _UNTIL, _VERDICTS = range(12)
 
 
 def _second(moment: float) -> int:
@@ -93,6 +93,7 @@ class LicenceEngine:
         #: node id -> features granted, for nodes refused with entitlement_missing
         self._granted_to: dict[str, frozenset[str]] = {}
         #: node id -> (licence_ref, fingerprint, last_rollback, metadata features, metadata customer,
+        #:             metadata integrity,
         #:             fresh_until, result, seat (licence_id, seats) or
         #:             None, record the result was made from (None: not reusable), the moment the
         #:             result changes by time alone, verdicts counter when it was made).
@@ -252,15 +253,15 @@ class LicenceEngine:
             if e is not None and e[0] == node.licence_ref and e[1] == node.fingerprint and \
                     e[2] == node.last_rollback:
                 md = node.metadata
-                if (md.get("features") == e[3] and md.get("customer") == e[4]) if md else \
-                        (e[3] is None and e[4] is None):
-                    if e[7] is not None:  # _SEAT
+                if (md.get("features") == e[3] and md.get("customer") == e[4] and md.get("integrity") == e[5]) \
+                        if md else (e[3] is None and e[4] is None and e[5] is None):
+                    if e[8] is not None:  # _SEAT
                         seat_at(len(out))
-                    append(e[6])  # _RESULT
+                    append(e[7])  # _RESULT
                     continue
             md = node.metadata
             miss((len(out), node, (node.licence_ref, node.fingerprint, node.last_rollback, md.get("features"),
-                                   md.get("customer")), e if e is not None else stale.get(node.id)))
+                                   md.get("customer"), md.get("integrity")), e if e is not None else stale.get(node.id)))
             append(None)
         self.stats["cached"] = len(nodes) - len(misses)
         if misses:
@@ -345,7 +346,7 @@ class LicenceEngine:
             return False
         if old[_VERDICTS] < self._touched.get(old[_RESULT].licence_id, 0):
             return False
-        return (old[0], old[1], old[2], old[3], old[4]) == key
+        return (old[0], old[1], old[2], old[3], old[4], old[5]) == key
 
     # -- sources --------------------------------------------------------------------------
 
@@ -573,6 +574,12 @@ class LicenceEngine:
             shown = node.fingerprint if node.fingerprint is None else node.fingerprint[:23] + "..."
             return result(False, "machine_mismatch", f"licence {lid} is paired with {len(lic.fingerprints)} "
                           f"machine(s); node key {shown} is not one of them"), fresh, None
+        if lic.integrity is not None:
+            reported = node.metadata.get("integrity") if node.metadata else None
+            if reported != lic.integrity:
+                shown = "nothing" if reported is None else repr(str(reported)[:23] + "...")
+                return result(False, "integrity_mismatch", f"licence {lid} pins integrity "
+                              f"{lic.integrity[:23]}...; the node reports {shown}"), fresh, None
         rollback = node.last_rollback
         if rollback is not None and now - rollback < settings.rollback_hold:
             return result(False, "clock_rollback", f"node reported a time well before its last one at "

@@ -34,4 +34,5 @@ REASONS: Final[dict[str, str]] = {
     "clock_rollback": "the node reported a time well before one it reported earlier",
     "entitlement_missing": "the node uses features its licence does not grant",
     "source_unavailable": "no source could answer (outage policy applied)",
+    "integrity_mismatch": "the licence pins the integrity digest of what it licenses; the node reports another",
 }

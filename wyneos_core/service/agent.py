@@ -81,6 +81,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from wyneos_core import __version__
+from wyneos_core.service.integrity import FileDigest
 from wyneos_core.licensing.keys import (
     KeyFileError,
     fingerprint,
@@ -201,7 +202,7 @@ class Agent:
                  clock_tolerance: float = 300.0, max_clock_offset: float = 86400.0,
                  peer_port: int | None = None, peer_host: str = "127.0.0.1",
                  peer_relay_rate: float = 2.0, peer_relay_burst: int = 8,
-                 sessions: bool = True) -> None:
+                 sessions: bool = True, integrity_file: str | Path | None = None) -> None:
         self.servers: list[tuple[str, str, int | None]] = []
         for url in server.split(","):  # replicas on etcd: any of them, the next one when one fails
             parts = urlsplit(url.strip())
@@ -237,6 +238,8 @@ class Agent:
             max_backoff = MIN_INTERVAL
         self.interval = interval
         self.extra_metadata = dict(metadata or {})
+        #: the licensed artefact whose digest each heartbeat reports (``integrity``)
+        self.integrity = None if integrity_file is None else FileDigest(integrity_file)
         self.hook = hook
         self.licence = licence
         self.max_backoff = max_backoff
@@ -560,6 +563,8 @@ class Agent:
             "python": platform.python_version(), "cpus": os.cpu_count() or 1, "pid": os.getpid(),
             "agent": __version__, "version": __version__, "isolated": self.state["isolated"], **self.extra_metadata,
         }
+        if self.integrity is not None:
+            metadata["integrity"] = self.integrity.current()
         witness: dict[str, Any] = {}
         if self.peer is not None:
             metadata["peer_address"] = self.peer.address
