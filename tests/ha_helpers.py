@@ -44,7 +44,7 @@ mesh: {{topology: star}}
 rulesets: {{paths: [ruleset.yaml, 'builtin:healing']}}
 plugins: {{disable: [licence], settings: {{service: {{port: 0, replay_window: 60}}}}}}
 state: {{backend: etcd, etcd: {{lease_duration: {lease}, renew_deadline: {renew}, retry_period: {retry},
-         timeout: 1}}}}
+         timeout: {timeout}}}}}
 report: {{json_path: null, stdout: none}}
 """
 
@@ -57,11 +57,12 @@ def need_etcd() -> None:
         pytest.fail("etcd is not installed: run scripts/test-deps.sh as root (installs Debian's etcd-server)")
 
 
-def write_config(tmp: Path, cluster: str = "ha", *, stale: float = 3.0, offline: float = 6.0) -> Path:
+def write_config(tmp: Path, cluster: str = "ha", *, stale: float = 3.0, offline: float = 6.0,
+                 timeout: float = 1.0) -> Path:
     (tmp / "ruleset.yaml").write_text(RULESET)
     path = tmp / "config.yaml"
     path.write_text(CONFIG.format(cluster=cluster, tick=TICK, stale=stale, offline=offline, lease=LEASE,
-                                  renew=RENEW, retry=RETRY))
+                                  renew=RENEW, retry=RETRY, timeout=timeout))
     return path
 
 
@@ -117,11 +118,12 @@ class AgentThread:
 class Fleet:
     """An etcd cluster, ``n`` replicas and agents, ended by pid at exit."""
 
-    def __init__(self, tmp: Path, replicas: int = 3, agents: int = 3, cluster: str = "ha") -> None:
+    def __init__(self, tmp: Path, replicas: int = 3, agents: int = 3, cluster: str = "ha", *,
+                 etcd_timeout: float = 1.0) -> None:
         need_etcd()
         self.tmp = tmp
         self.etcd = LocalEtcdCluster(tmp / "etcd", 3, election_ms=500)
-        self.config = write_config(tmp, cluster)
+        self.config = write_config(tmp, cluster, timeout=etcd_timeout)
         self.replicas = [Replica(f"r{i}", self.config, self.etcd.url, tmp) for i in range(replicas)]
         self.n_agents = agents
         self.agents: list[AgentThread] = []

@@ -23,11 +23,14 @@ from urllib.parse import urlsplit
 import etcd3gw
 from etcd3gw import exceptions as gw_errors
 
+from wyneos_core.store import StoreError
+
 __all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "KV", "parse_store_url", "prefix_end"]
 
 
-class EtcdError(RuntimeError):
-    """etcd refused a request (a bad request, a compaction, ...)."""
+class EtcdError(StoreError):
+    """etcd refused a request (a bad request, a compaction, ...): a ``StoreError``, so
+    the service answers 503 ``state_unavailable`` and changes nothing."""
 
 
 class EtcdUnavailable(EtcdError):

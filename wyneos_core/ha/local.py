@@ -136,6 +136,17 @@ class LocalEtcdCluster:
         if self.procs[i] is None:
             self._spawn(i, "existing")
 
+    def pause(self, i: int) -> None:
+        """SIGSTOP member ``i``: it holds its sockets open and answers nothing."""
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGSTOP)
+
+    def resume(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         for i in range(self.size):
             self.kill(i)

@@ -34,9 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 from wyneos_core.config import Config, ConfigError
 from wyneos_core.ha.carry import Carried
+from wyneos_core.ha.reads import TICKS_KEPT, CommittedReads
 from wyneos_core.ha.election import ElectionConfig, Leadership, LeaderElector
 from wyneos_core.ha.etcd import EtcdError, parse_endpoints, parse_store_url
 from wyneos_core.ha.store import EtcdStateStore
+from wyneos_core.model import NodeStatus
 from wyneos_core.store import StoreError
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ log = logging.getLogger("wyneos.ha")
 
 #: how a failed write of the state plugin is described in a tick report
 _STORE_ERRORS = ("EtcdUnavailable:", "EtcdError:", "FencedWrite:", "StoreError:")
+_HEARD = (NodeStatus.ONLINE, NodeStatus.STALE)
 
 
 def _field(config: Config, name: str) -> dict[str, Any]:
@@ -80,6 +83,16 @@ def election_config(config: Config) -> ElectionConfig:
     except ValueError as exc:
         name = str(exc).split(" ", 1)[0].strip("(")
         raise ConfigError(str(exc), **_field(config, name if name in etcd else "lease_duration")) from None
+
+
+def _grace(node: Any) -> bool:
+    """Whether a new leader grants ``node`` a full grace period: only a node the
+    committed state shows as heard (online or stale) and not isolated. The grace period
+    means "no new severe action until it has passed", never "every node was just
+    heard": a node committed offline or isolated keeps its committed last heartbeat, so
+    a dead node stays offline and isolated across a failover (heartbeats are not in
+    etcd: the committed status is the cluster's last word on it)."""
+    return node.last_seen is not None and not node.isolated and node.status in _HEARD
 
 
 def _issued(store: EtcdStateStore, rows: list[dict[str, Any]]) -> dict[int, int]:
@@ -171,6 +184,7 @@ class Replica:
             orch_store.writer = self.id
             orch_store.carry = self.carried.collect
             orch_store.more_nodes = self._nodes_changed
+            orch_store.notices = service.outbox.staged
         self._node_written: dict[str, str] = {}
         self.elector: LeaderElector | None = None
         self.forwarder = HeartbeatForwarder(self._leader_url)
@@ -180,6 +194,10 @@ class Replica:
         self.fenced_refused = 0
         self.follow_error: str | None = None
         self._won = threading.Event()  # set when a term is won: a waiting follower slot leads at once
+        #: the last tick etcd holds as committed (what /healthz reports)
+        self.committed_tick = 0
+        reader = store.reopen()
+        self.reads = CommittedReads(lambda: service.read_committed(reader, TICKS_KEPT), service.interval)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -191,12 +209,14 @@ class Replica:
                                          on_new_leader=self._new_leader)
             self.elector.start()
             self.forwarder.start()
+            self.reads.start()
 
     def interrupt(self) -> None:
         """End a follower slot's wait for leadership now (the service is stopping)."""
         self._won.set()
 
     def stop(self) -> None:
+        self.reads.stop()
         self.forwarder.stop()
         if self.elector is not None:
             self.elector.stop()
@@ -300,6 +320,9 @@ class Replica:
         failed = fence.failed > failed_before or any(
             e.plugin == "state" and e.error.startswith(_STORE_ERRORS) for e in report.errors)
         service.outbox.release(keep=not (fenced or failed))
+        if not (fenced or failed) and report.tick > self.committed_tick:
+            self.committed_tick = report.tick
+            self.reads.poke()
         if fenced:
             self.fenced_refused += 1
             service.metrics.fenced_writes.inc()
@@ -319,6 +342,7 @@ class Replica:
         store = self.store
         tick = store.last_tick()
         rows = store.actions("in_force")
+        notices = store.notice_rows()
         acked = {(a["action_id"], a["node_id"]) for a in store.action_acks()}
         issued = _issued(store, rows)
         carried = store.carried()
@@ -328,13 +352,13 @@ class Replica:
             self.carried.forget()
             self._node_written.clear()
             restored = self.carried.restore(carried)
-            orch.tick_number = tick
+            orch.tick_number = self.committed_tick = tick
             self._fresh_metadata()
             store.restore_nodes(orch.registry)
             now = orch.clock()
             for node in orch.registry:
-                if node.last_seen is not None:  # heard from before: a full grace period from now
-                    node.last_seen = max(node.last_seen, now)
+                if _grace(node):  # committed as heard: a full grace period from now
+                    node.last_seen = max(node.last_seen, now)  # type: ignore[type-var]
                 if node.id in orch.mesh:
                     if node.isolated and not orch.mesh.is_isolated(node.id):
                         orch.mesh.isolate(node.id)
@@ -345,7 +369,7 @@ class Replica:
             # ticks a failed write left waiting in memory are not written later: etcd holds
             # what was committed, and a stale tick written under a newer term would undo it
             orch._state_backlog = None  # type: ignore[attr-defined]
-            service.outbox.replace(rows, acked, issued)
+            service.outbox.replace(rows, acked, issued, notices)
             service.publish_view()
         log.warning("replica %s leads from tick %d: %d action(s) in force, %d node(s), carried over: %s", self.id,
                     tick, len(rows), len(orch.registry), ", ".join(restored) or "nothing")
@@ -359,14 +383,15 @@ class Replica:
         try:
             tick = store.last_tick()
             rows = store.actions("in_force")
+            notices = store.notice_rows()
             acked = {(a["action_id"], a["node_id"]) for a in store.action_acks()}
             issued = _issued(store, rows)
             service.refresh_keys()
             with service.lock:
-                orch.tick_number = tick
+                orch.tick_number = self.committed_tick = tick
                 self._fresh_metadata()
                 store.restore_nodes(orch.registry)
-                service.outbox.replace(rows, acked, issued)
+                service.outbox.replace(rows, acked, issued, notices)
                 service.publish_view()
             self.follow_error = None
         except (EtcdError, StoreError) as exc:

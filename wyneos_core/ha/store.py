@@ -22,6 +22,9 @@ key                         holds
 ``meta/<name>``             small JSON values (the configured nodes)
 ``carry/...``               rule states and the licence ledger (``ha.carry``)
 ``trust/<node>``            a node's trust score, tier and admission (the trust step)
+``notices/<node>/<action>`` an action queued for a node's agent by a tick that did not
+                            leave it in force (a reinstate): every replica hands it out
+                            until the agent acknowledges it
 ==========================  ===========================================================
 
 Decisions (``write_tick``, ``write_action_outcomes``, node removals) are written only
@@ -269,6 +272,20 @@ class EtcdStateStore:
     carry: Any = None
     #: returns nodes whose registration changed otherwise (metadata), to write with the tick
     more_nodes: Any = None
+    #: returns ``[(node, action)]`` queued for agents by the tick (the replica's held outbox)
+    notices: Any = None
+
+    def notice_rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """``[(node, action)]`` of the stored notices (``notices/<node>/<action>``)."""
+        base = len(self._k("notices")) + 1
+        out = []
+        for kv, value in self._rows("notices"):
+            node = unquote(kv.key[base:].split("/", 1)[0])
+            if isinstance(value, dict) and isinstance(value.get("id"), str) and value.get("target") == node:
+                out.append((node, value))
+            else:
+                log.warning("etcd key %s: not a notice for %s, skipped", kv.key, node)
+        return out
 
     def carried(self) -> dict[str, Any]:
         """``{name: document}`` of the carried-over state (``carry/...`` keys)."""
@@ -306,6 +323,10 @@ class EtcdStateStore:
             if old is not None:
                 old = stored[aid] = {**old, "state": "cleared", "last_tick": tick}
                 ops.append(put_op(self._k("actions", aid), _j(old)))
+        if self.notices is not None:  # lifecycle steps that left force in this tick still reach agents
+            for node_id, item in self.notices():
+                if stored.get(item["id"], {}).get("state") != "in_force":
+                    ops.append(put_op(self._k("notices", node_id, item["id"]), _j(item)))
         events = [[aid, state, detail] for aid, state, detail in events]
         if events:
             kv = self.client.get(self._k("events", _t(tick)))
@@ -343,6 +364,10 @@ class EtcdStateStore:
             if row["state"] != "in_force" and row["last_tick"] <= cut:
                 ops.append(delete_op(self._k("actions", aid)))
                 del stored[aid]
+        base = len(self._k("notices")) + 1
+        for kv in self.client.get_prefix(self._k("notices") + "/", keys_only=True):
+            if unquote(kv.key[base:].partition("/")[2]) not in stored:  # its action is forgotten
+                ops.append(delete_op(kv.key))
         for kv in self.client.range(self._k("events", _t(0)), self._k("events", _t(cut + 1))):
             kept = [e for e in json.loads(kv.value) if e[0] in live]  # actions in force keep their history
             ops.append(put_op(kv.key, _j(kept)) if kept else delete_op(kv.key))

@@ -29,6 +29,7 @@ from wyneos_core.service.limits import RateLimiter
 from wyneos_core.service.metrics import CONTENT_TYPE_LATEST, licence_stop
 from wyneos_core.service.overview import PerTick, licence_of, licence_overview, rule_overview
 from wyneos_core.service.sessions import NONCE_PATH, SESSION_PATH
+from wyneos_core.store import StoreError
 
 __all__ = ["create_app"]
 
@@ -177,6 +178,11 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
     @app.exception_handler(Unprocessable)
     async def _unprocessable(request: Request, exc: Unprocessable) -> JSONResponse:
         return _error(422, "invalid", exc.reason, field=exc.field)
+
+    @app.exception_handler(StoreError)
+    async def _store(request: Request, exc: StoreError) -> JSONResponse:
+        # the state cannot be written now (replicas: etcd has no quorum): nothing changed, retry
+        return _error(503, "state_unavailable", str(exc)[:300])
 
     @app.exception_handler(_TooLarge)
     async def _too_large(request: Request, exc: _TooLarge) -> JSONResponse:

@@ -489,9 +489,11 @@ class Service:
         if self.ha is None:
             return {"role": "leader", "deciding": True, "leader": {"id": "embedded", "url": None, "term": None},
                     "backend": "sqlite"}
+        # ``tick`` (it overrides the view's in /healthz): the last tick etcd committed, never
+        # one a failed or fenced write left in memory
         return {"role": self.ha.role, "deciding": self.ha.leading, "leader": self.ha.leader_info(),
                 "replica": self.ha.id, "backend": "etcd", "etcd_error": self.ha.follow_error,
-                "forward_queue": self.ha.forwarder.depth()}
+                "forward_queue": self.ha.forwarder.depth(), "tick": self.ha.committed_tick}
 
     @property
     def running(self) -> bool:
@@ -865,22 +867,34 @@ class Service:
     # -- committed state (reads) ---------------------------------------------------------
 
     def committed_actions(self) -> dict[str, Any]:
-        """Committed decisions (reads the state file: call it from a worker thread)."""
-        from wyneos_core.service.overview import with_causes
-
+        """Committed decisions (reads the state file: call it from a worker thread).
+        Replicas answer from the last committed view (``ha.reads``): never waiting on etcd."""
+        if self.ha is not None:
+            return {**self.ha.reads.actions(), "relays": self.relay_desk.recent()}
         with self.db_lock:
-            last_tick = self.db.last_tick()
-            in_force = self.db.actions("in_force")
-            recent = self.db.recent_action_events(max(0, last_tick - 50), 500)
-            acks = self.db.recent_action_acks(500)
-            started = self.db.tick_times(a["first_tick"] for a in in_force)
-            refusals = self.db.recent_action_refusals(200)
-        return {"committed_tick": last_tick, "in_force": with_causes(in_force, started), "events": recent,
-                "acks": acks, "refusals": refusals, "relays": self.relay_desk.recent()}
+            answer = self.read_committed(self.db, 0)["actions"]
+        return {**answer, "relays": self.relay_desk.recent()}
 
     def committed_ticks(self, limit: int) -> list[dict[str, Any]]:
+        if self.ha is not None:
+            return self.ha.reads.ticks(limit)
         with self.db_lock:
             return self.db.tick_summaries(limit)
+
+    @staticmethod
+    def read_committed(db: Any, ticks: int) -> dict[str, Any]:
+        """The committed decisions (``/v1/actions``) and the last ``ticks`` tick summaries."""
+        from wyneos_core.service.overview import with_causes
+
+        last_tick = db.last_tick()
+        in_force = db.actions("in_force")
+        recent = db.recent_action_events(max(0, last_tick - 50), 500)
+        acks = db.recent_action_acks(500)
+        started = db.tick_times(a["first_tick"] for a in in_force)
+        refusals = db.recent_action_refusals(200)
+        return {"actions": {"committed_tick": last_tick, "in_force": with_causes(in_force, started), "events": recent,
+                            "acks": acks, "refusals": refusals},
+                "ticks": db.tick_summaries(ticks) if ticks else []}
 
 
 def _relay_ack_ticks(orchestrator: Orchestrator) -> int:

@@ -64,15 +64,28 @@ class AgentOutbox:
             for node_id, action in staged:
                 self.put(node_id, action)
 
+    def staged(self) -> list[tuple[str, dict[str, Any]]]:
+        """What the running tick queued so far, held until ``release``: ``[(node, action)]``
+        (a replica writes the notices that are not in force after the tick with it)."""
+        with self._lock:
+            return list(self._staged or ())
+
     def replace(self, rows: Iterable[dict[str, Any]], acked: set[tuple[str, str]],
-                issued: dict[int, int] | None = None) -> int:
+                issued: dict[int, int] | None = None,
+                notices: Iterable[tuple[str, dict[str, Any]]] = ()) -> int:
         """Make the queues exactly the stored in-force actions not yet acknowledged by
-        their agent target (a replica taking over, or following the leader)."""
+        their agent target, plus the stored ``notices`` (``(node, action)`` queued by a
+        tick for actions no longer in force, as a reinstate: a lifecycle step its agent
+        must still apply) not yet acknowledged (a replica taking over, or following)."""
         with self._lock:
             before = self._queues
             self._queues = {}
             total = self.queued_total
         count = self.restore(rows, acked, issued)
+        for node_id, action in notices:
+            if (action["id"], node_id) not in acked and self._is_agent(node_id):
+                self.put(node_id, action)
+                count += 1
         with self._lock:  # keep the order notices were first queued in; count only new ones
             self.queued_total = total + sum(1 for n, q in self._queues.items() for k in q if k not in before.get(n, {}))
             for node_id, queue in self._queues.items():
