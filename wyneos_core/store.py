@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from wyneos_core.model import Node, NodeStatus, Severity
+from wyneos_core.registry import NODE_ID_PATTERN
 from wyneos_core.safeio import bad_text, field_path
 
 if TYPE_CHECKING:
@@ -96,8 +97,9 @@ def _number(value: Any, optional: bool = True) -> bool:
 def _node_row_problem(row: tuple) -> dict[str, Any] | tuple[str, str]:
     """The stored metadata of a nodes row, or ``(column, why)`` when the row is damaged."""
     node_id, status, last_seen, load, metadata, _ref, _fp, registered_at, isolated = row
-    if not isinstance(node_id, str) or not node_id:
-        return "id", "not a node id"
+    if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
+        return "id", (f"not a node id ({str(node_id)[:40]!r}: 1-128 letters, digits, '_', '.', ':' or '-', "
+                      "starting with a letter or digit)")
     if status not in _STATUSES:
         return "status", f"unknown status {str(status)[:40]!r} (known: {', '.join(sorted(_STATUSES))})"
     for column, value, optional in (("last_seen", last_seen, True), ("load", load, True),

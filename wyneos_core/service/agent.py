@@ -93,6 +93,7 @@ from wyneos_core.licensing.keys import (
 )
 from wyneos_core.licensing.envelope import FormatError, load_json
 from wyneos_core.registry import NODE_ID_PATTERN
+from wyneos_core.safeio import read_regular_file
 from wyneos_core.service import signed_actions as sa
 from wyneos_core.service.identity import b64d, b64e, sign_request
 
@@ -311,10 +312,8 @@ class Agent:
         if not self._state_path.exists():
             state: Any = {}
         else:  # damaged: refused, never silently reset (it holds the pinned orchestrator key)
-            try:
-                if self._state_path.stat().st_size > 64 * 1024 * 1024:
-                    raise ValueError("larger than 64 MiB")
-                state = json.loads(self._state_path.read_text())
+            try:  # a regular file opened without blocking (a FIFO or a device there would hang us)
+                state = json.loads(read_regular_file(self._state_path, 64 * 1024 * 1024))
                 if not isinstance(state, dict):
                     raise ValueError("not a JSON object")
             except (OSError, ValueError) as exc:
@@ -624,6 +623,7 @@ class Agent:
             self._sessions = SessionClient(f"{self.scheme}://{self.host}:{self.port}", self.node_id, self.key,
                                            timeout=self.timeout)
         self._sessions.pinned = tuple(self.trusted.fingerprints())  # the handshake answer: the pinned key only
+        self._sessions.deadline = self._deadline  # never past the end of the run
         try:
             status, data = self._sessions.heartbeat(body)
             return status, data, {_VERIFIED: "1"} if status == 202 else {}

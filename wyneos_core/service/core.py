@@ -330,7 +330,13 @@ class Service:
             rows = self.db.node_keys(self._key_seq)
         for row in rows:
             revoked = row["revoked_at"] is not None
-            self.keys.set(row["node_id"], row["public_key"], revoked=revoked)
+            try:
+                self.keys.set(row["node_id"], row["public_key"], revoked=revoked)
+            except (ValueError, TypeError):  # a damaged row: that node cannot authenticate; the rest go on
+                log.error("state file: damaged row in table node_keys (%r): public_key: not a 32-byte Ed25519 key "
+                          "(check the file with `wyneos state check`; enrol the node again)", row["node_id"])
+                self._key_seq = max(self._key_seq, row["seq"])
+                continue
             self._key_seq = max(self._key_seq, row["seq"])
             if revoked and hasattr(self, "sessions"):
                 self.sessions.end_node(row["node_id"])  # a revoked key ends its sessions at once

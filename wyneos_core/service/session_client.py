@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from wyneos_core.licensing.envelope import EnvelopeError, open_envelope
 from wyneos_core.licensing.keys import fingerprint, key_id
+from wyneos_core.service.bounded_http import AnswerTooLarge, AnswerTooSlow, exchange
 from wyneos_core.service.identity import b64d, b64e
 from wyneos_core.service.sessions import (
     HANDSHAKE_FORMAT,
@@ -103,6 +104,8 @@ class SessionClient:
         self.orchestrator_fingerprint: str | None = self.pinned[0] if self.pinned else None
         self.timeout = timeout
         self.clock = clock
+        #: ``time.monotonic()`` past which no request may run (the end of the agent's run)
+        self.deadline: float | None = None
         self.session: ClientSession | None = None
         self.opened = 0
         self._conn: http.client.HTTPConnection | None = None
@@ -111,19 +114,23 @@ class SessionClient:
     # -- HTTP -----------------------------------------------------------------------------
 
     def _post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
+        # one deadline for the request, answer included (a trickled answer cannot hold the
+        # agent), never past ``deadline`` (the end of the agent's run)
+        deadline = time.monotonic() + self.timeout
+        if self.deadline is not None:
+            deadline = min(deadline, self.deadline)
         for attempt in (0, 1):
             if self._conn is None:
                 cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
                 self._conn = cls(self.host, self.port, timeout=self.timeout)
-            try:
-                self._conn.request("POST", path, body=body,
-                                   headers={"content-type": "application/json", **(headers or {})})
-                response = self._conn.getresponse()
-                raw = response.read(MAX_ANSWER + 1)  # an answer is hostile until checked: bounded
-                if len(raw) > MAX_ANSWER:
-                    self.close()
-                    raise SessionError(f"an answer of more than {MAX_ANSWER} bytes")
+            try:  # an answer is hostile until checked: bounded in size and time
+                response, raw = exchange(self._conn, "POST", path, body,
+                                         {"content-type": "application/json", **(headers or {})},
+                                         deadline=deadline, max_bytes=MAX_ANSWER)
                 return response.status, raw, response
+            except (AnswerTooLarge, AnswerTooSlow) as exc:
+                self.close()
+                raise SessionError(str(exc)) from None
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()  # a keep-alive connection the server closed: once more on a new one
                 if attempt:
