@@ -4,7 +4,9 @@ As Gatekeeper's ``enforcementAction`` (deny / warn / dryrun) and Kyverno's
 Enforce / Audit. A finding is an action a step proposed. Its mode is the most specific
 one set, first match wins:
 
-1. the rule (``enforcement.rules`` in the config, then the rule's own ``mode:``);
+1. the rule (``enforcement.rules`` in the config, then the rule's own ``mode:``; a rule
+   that calls a prediction helper is ``warn`` when neither names a mode, or the
+   ruleset's mode if that is milder: ``wyneos_core.rules.predictive``);
 2. the ruleset (``enforcement.rulesets``, then the file's ``mode:``; a ruleset that hot
    reload added or changed takes its ``reload_mode:`` instead, until a restart);
 3. the action type (``enforcement.actions``);
@@ -63,6 +65,8 @@ class ModeSettings:
     #: ruleset name -> its file's mode; rule "ruleset/id" -> its own mode
     file_rulesets: dict[str, str] = field(default_factory=dict)
     file_rules: dict[str, str] = field(default_factory=dict)
+    #: rules "ruleset/id" whose condition predicts: warn unless a mode is set for the rule
+    predictive: set[str] = field(default_factory=set)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], licence_keyed: bool = True) -> ModeSettings:
@@ -75,6 +79,7 @@ class ModeSettings:
         fresh = {id(r) for r in reloaded}
         self.file_rulesets.clear()
         self.file_rules.clear()
+        self.predictive.clear()
         for rs in rulesets:
             mode = rs.reload_mode if id(rs) in fresh and rs.reload_mode else rs.mode
             if mode:
@@ -84,6 +89,8 @@ class ModeSettings:
             for rule in rs.rules:
                 if rule.mode:
                     self.file_rules[f"{rs.name}/{rule.id}"] = rule.mode
+                if getattr(rule, "predictive", False):
+                    self.predictive.add(f"{rs.name}/{rule.id}")
 
     def mode_of(self, action_type: str, origin: str, params: Mapping[str, Any]) -> tuple[str, str]:
         """The mode of an action and the setting that gave it (``enforcement.rules[...]``...)."""
@@ -103,6 +110,9 @@ class ModeSettings:
                     return self.rules[key], f"enforcement.rules[{key}]"
             if full in self.file_rules:
                 return self.file_rules[full], f"rule {full} mode"
+            if full in self.predictive:  # predictions warn by default; a milder ruleset mode wins
+                base = self.rulesets.get(ruleset) or self.file_rulesets.get(ruleset)
+                return (mildest(WARN, base) if base else WARN), f"rule {full} predicts (warn by default)"
             if ruleset in self.rulesets:
                 return self.rulesets[ruleset], f"enforcement.rulesets[{ruleset}]"
             if ruleset in self.file_rulesets:

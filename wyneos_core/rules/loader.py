@@ -20,6 +20,8 @@ from typing import Any
 
 from wyneos_core.action_params import param_problem
 from wyneos_core.model import ActionType, Severity
+from wyneos_core.rules.flapguard import PREDICTIVE_FOR
+from wyneos_core.rules.predictive import NEVER_ALONE, alone_reason, uses_prediction
 from wyneos_core.rules.expr import ExprError, parse
 from wyneos_core.rules.ir import Expr, Not
 from wyneos_core.rules.state import Duration, parse_duration
@@ -78,6 +80,8 @@ class Rule:
     line: int | None = None
     #: enforce | warn | audit (None: the ruleset's; see wyneos_core.enforcement.modes)
     mode: str | None = None
+    #: the condition calls a prediction helper: warn by default (wyneos_core.rules.predictive)
+    predictive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,8 +288,9 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
                                field=f"rules[{index}].{key}") from None
         durations = {}
         for dkey in ("for", "keep_firing_for"):
+            default = PREDICTIVE_FOR if dkey == "for" and uses_prediction(condition) else 0
             try:
-                durations[dkey] = parse_duration(spec.get(dkey, 0))
+                durations[dkey] = parse_duration(spec.get(dkey, default))
             except ValueError as exc:
                 raise fail(at + (dkey,), str(exc)) from None
         static = {"rule.id": rule_id, "rule.description": spec["description"],
@@ -312,12 +317,17 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
                     raise fail(at + ("then", a_index, a_type, p_name), f"{a_type} param {p_name} {problem}")
                 compiled.append((p_name, p_value))
             actions.append(ActionSpec(a_type, tuple(compiled)))
+        alone = alone_reason(condition, [a.type for a in actions])
+        if alone is not None:
+            index_of = next(i for i, a in enumerate(actions) if a.type in NEVER_ALONE)
+            raise fail(at + ("then", index_of, actions[index_of].type), alone)
         active = Not(condition) if stage == "governance" else condition
         line, _ = located.position(at)
         return Rule(
             rule_id, spec["description"], source, condition, active, durations["for"],
             durations["keep_firing_for"], Severity(spec.get("severity", "warning")),
             dict(spec.get("labels", {})), message, tuple(actions), line, spec.get("mode"),
+            uses_prediction(condition),
         )
 
     for index, spec in enumerate(data["rules"]):

@@ -31,6 +31,7 @@ from typing import Any
 import wyneos_core
 from wyneos_core.model import Action, LicenceResult, Node, PluginError, RuleResult
 from wyneos_core.rules.durable import DurableEngine, DurableEngineError
+from wyneos_core.rules.flapguard import FlapGuard
 from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, cluster_summary
 from wyneos_core.rules.loader import STAGES, Rule, Ruleset, RulesetError, load_ruleset, start_durable
 from wyneos_core.rules.native import NativeEngine
@@ -127,6 +128,8 @@ class Loaded:
     engine: Any
     native: NativeEngine
     trackers: dict[str, StateTracker] = field(default_factory=dict)
+    #: the flap guards of the predictive rules, by rule id (wyneos_core.rules.flapguard)
+    guards: dict[str, FlapGuard] = field(default_factory=dict)
     digest: str | None = None
     #: consecutive ticks the durable engine failed; the tick it may be tried again
     failures: int = 0
@@ -221,7 +224,9 @@ class RulesetRunner:
             if previous is not None and rule.id in previous.trackers:
                 tracker.states = previous.trackers[rule.id].states  # states survive a reload
             trackers[rule.id] = tracker
-        return Loaded(ruleset, path, stamp, engine, native, trackers)
+        guards = {rule.id: (previous.guards.get(rule.id) if previous is not None else None) or FlapGuard()
+                  for rule in ruleset.rules if rule.predictive}
+        return Loaded(ruleset, path, stamp, engine, native, trackers, guards)
 
     def reset_states(self) -> None:
         """Forget every rule state (all rules inactive everywhere), silently."""
@@ -361,6 +366,11 @@ class RulesetRunner:
         tracker = loaded.trackers[rule.id]
         if present is not None and len(tracker.states) and not present.issuperset(tracker.states):
             _end_states(loaded, rule.id, present, transitions)
+        guard = loaded.guards.get(rule.id)
+        if guard is not None:  # a predictive rule: benign periodic bursts held back
+            if present is not None and not (present.issuperset(guard.onset) and present.issuperset(guard.benign)):
+                guard.forget(present)
+            ids = guard.filter(ids, now)
         for node_id, before, after in tracker.step(ids, tick, now):
             transitions.append({"kind": "rule", "rule_id": rule.id, "node_id": node_id, "from": before,
                                 "to": after, "ruleset": loaded.ruleset.name})
