@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 ARGS ?= --ticks 15
 PYTEST_ARGS ?=
+# both cores: test files spread over two workers (a file's tests stay on one worker)
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 .PHONY: run test bench install clean
 
@@ -12,7 +14,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	bash scripts/test-deps.sh
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/run_all.py

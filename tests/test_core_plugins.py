@@ -79,8 +79,10 @@ def test_plugin_over_budget_is_recorded(make_orchestrator, clock):
     orch = make_orchestrator(cluster_yaml(2), plugins=[Slow()], sections={"tick": {"plugin_budget": 0.01}})
     orch.pm.budget = 0.01
     report = orch.tick()
-    assert [e.kind for e in report.errors] == ["budget"]
-    assert "over its budget" in report.errors[0].error
+    # on a loaded machine a builtin may overrun 10 ms too: only overruns are recorded, and the slow one is
+    assert {e.kind for e in report.errors} == {"budget"}
+    [slow] = [e for e in report.errors if e.hook == "wyneos_governance" and orch.pm.origins.get(e.plugin) != "builtin"]
+    assert "over its budget" in slow.error
 
 
 def test_disabled_builtin_does_not_run(make_orchestrator, clock):

@@ -127,13 +127,18 @@ class Orchestrator:
         # (a user file it names, such as a ruleset, is reported as that file's error)
         failed: list[PluginError] = []
         self.pm.call_each("wyneos_configure", failed, reraise=(LocatedError,), config=config, pluginmanager=self.pm)
+        # the per-call budget is the tick's: a configuration that was merely slow (a large
+        # ruleset compiled on a loaded machine) is said, never a reason not to start
+        slow = [e for e in failed if e.kind == "budget"]
+        failed = [e for e in failed if e.kind != "budget"]
         if failed:
             raise PluginLoadError("; ".join(f"plugin {e.plugin!r} failed in {e.hook}: {e.error}" for e in failed))
         # settings the plugins read are checked before the state file is opened or a tick runs
         problems, warnings = check_plugins(config, self.pm)
         if problems:
             raise ConfigError.of(problems)
-        self.startup_notes.extend([*name_warnings, *warnings])
+        self.startup_notes.extend([*name_warnings, *warnings, *(f"plugin {e.plugin} was slow in {e.hook}: {e.error}"
+                                                              for e in slow)])
         for warning in [*name_warnings, *warnings]:  # said before anything runs, not only in tick 1
             print(f"wyneos: warning: {warning}", file=sys.stderr)
         if store is True:
