@@ -116,10 +116,10 @@ def test_a_server_and_licensed_agents_as_the_page_says(tmp_path):
             assert all(n["enrolled"] for n in nodes.values())
             assert "wyneos_enrolled_nodes 3.0" in client.get("/metrics").text
             assert client.get("/").status_code == 200
-            # the page's backup example, against the live server
-            namespace: dict = {}
-            exec(compile(blocks("python")[0], "operations.md", "exec"), namespace)  # noqa: S102 - our docs
-            namespace["backup_state"](str(tmp_path / "state.db"), str(tmp_path / "backup.db"))
+            # the page's backup command, against the live server (online)
+            done = subprocess.run([*WYNEOS, "state", "backup", "backup-live", "--config", "cluster.yaml"],
+                                  cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0 and "orchestrator.key" in done.stdout, done.stdout + done.stderr
         for name, agent in agents.items():
             out, _ = agent.communicate(timeout=30)
             assert agent.returncode == 0, out
@@ -141,7 +141,7 @@ def test_a_server_and_licensed_agents_as_the_page_says(tmp_path):
             out = server.communicate(timeout=30)[0]
     assert server.returncode == 0, out
     assert "stopped after tick" in out
-    copy = sqlite3.connect(tmp_path / "backup.db")
+    copy = sqlite3.connect(tmp_path / "backup-live" / "state.db")
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert {r[0] for r in copy.execute("SELECT node_id FROM node_keys")} == {"node-a", "node-b", "node-c"}
     copy.close()
