@@ -212,6 +212,15 @@ def _semantic_errors(located: Located, data: dict[str, Any]) -> list[LocatedErro
                                      f"duplicate node id {node['id']!r} (first at nodes[{seen[node['id']]}])"))
             continue
         seen[node["id"]] = index
+    names: dict[str, int] = {}
+    for index, metric in enumerate(data["telemetry"]["metrics"]):
+        if metric["name"] in names:
+            out.append(located.error(("telemetry", "metrics", index, "name"), f"duplicate metric {metric['name']!r} "
+                                     f"(first at telemetry.metrics[{names[metric['name']]}])"))
+        names.setdefault(metric["name"], index)
+        if not metric["min"] < metric["max"]:
+            out.append(located.error(("telemetry", "metrics", index, "max"),
+                                     f"must be more than min ({metric['min']}), got {metric['max']}"))
     if data["mesh"]["topology"] == "full" and len(data["nodes"]) > MAX_FULL_MESH:
         out.append(located.error(("mesh", "topology"),
                                  f"'full' links every node to every other: at most {MAX_FULL_MESH} nodes, "

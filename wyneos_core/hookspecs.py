@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from wyneos_core.mesh import Mesh
     from wyneos_core.model import Action, Delivery, Heartbeat, LicenceResult, Node, RuleResult, TickReport
     from wyneos_core.plugins import PluginManager
+    from wyneos_core.predict.interface import Predictions
     from wyneos_core.tick import Orchestrator, TickContext
 
 PROJECT_NAME = "wyneos"
@@ -132,6 +133,34 @@ def wyneos_licence_validate(
     :param ctx: the tick context.
     :param nodes: every registered node, after heartbeat intake.
     :return: one ``LicenceResult`` per node the plugin has an opinion on, or None.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Step 2b: predict (after licence, before governance). Added in 0.2.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def wyneos_predict(ctx: TickContext, nodes: Sequence[Node]) -> Predictions | None:
+    """Feed this tick's telemetry to the detectors and answer for every node and metric.
+
+    The builtin ``predict`` plugin takes the metrics the accepted heartbeats carried
+    (``ctx.registry.take_metrics()``: names and bounds of ``telemetry.metrics`` were
+    checked on intake), steps its online detectors over the whole fleet at once (the
+    state of each node and metric in 128 bytes of columns, kept in the state store) and
+    returns an object implementing ``wyneos_core.predict.interface.Predictions``:
+    ``latest``, ``forecast``, ``time_to``, ``anomaly``, ``trend`` and ``evidence`` (the
+    metric, what was observed, the expected band, the horizon). See docs/prediction.md.
+
+    The core leaves the first result (in call order) in ``ctx.scratch["predict"]``,
+    where the rule helpers ``forecast()``, ``time_to()``, ``anomaly()``, ``trend()``
+    and ``node.metrics.NAME`` read it. To replace the builtin detectors, disable it
+    (``plugins.disable: [predict]``) and return your own ``Predictions``.
+
+    :param ctx: the tick context (``ctx.now`` is the time of the answers).
+    :param nodes: every registered node.
+    :return: a ``Predictions`` object, or None.
     """
 
 

@@ -51,6 +51,8 @@ class HeartbeatBody(msgspec.Struct, forbid_unknown_fields=True):
     licence_ref: str | None = None
     #: witness observations (``{subject, reachable, rtt_ms, last_seq}``), checked as for signed bodies
     observations: list[Any] | None = None
+    #: numeric telemetry, metric name -> value (names and bounds checked by ``Registry.check``)
+    metrics: dict[str, float] | None = None
 
 
 _decoder = msgspec.json.Decoder(HeartbeatBody)
@@ -71,7 +73,7 @@ def decode_body(body: bytes) -> HeartbeatBody:
             field = where.rstrip("`")
         if text.startswith("Object contains unknown field"):
             field = text.split("`", 2)[1]
-            text = "unknown field (known: node_id, timestamp, load, metadata, licence_ref, observations)"
+            text = "unknown field (known: node_id, timestamp, load, metadata, licence_ref, observations, metrics)"
         raise DecodeError(field, text) from None
     except msgspec.DecodeError as exc:
         raise DecodeError("body", f"not JSON ({exc})") from None

@@ -12,6 +12,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
@@ -186,6 +187,8 @@ class Heartbeat:
     licence_ref: str | None = None
     #: what the node saw of its mesh neighbours since its last heartbeat (witness reports)
     observations: tuple[Observation, ...] = ()
+    #: numeric telemetry, name -> value (the names and bounds of ``telemetry.metrics``)
+    metrics: Mapping[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -198,6 +201,8 @@ class Heartbeat:
         }
         if self.observations:
             out["observations"] = [o.to_dict() for o in self.observations]
+        if self.metrics:
+            out["metrics"] = dict(self.metrics)
         return out
 
 

@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "heartbeat": "wyneos_core.builtin.heartbeat",
     "licence": "wyneos_core.builtin.licence",
     "drift": "wyneos_core.builtin.drift",
+    "predict": "wyneos_core.builtin.predict",
     "governance": "wyneos_core.builtin.governance",
     "rulesets": "wyneos_core.builtin.rulesets",
     "trust": "wyneos_core.builtin.trust",

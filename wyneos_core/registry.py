@@ -83,6 +83,19 @@ class Registry:
         #: witness observations of the heartbeats accepted since ``take_observations`` was
         #: last called, dictionary-encoded as they come in (``trust.observations``)
         self.observations = ObservationLog(max_ids=2 * self.max_nodes + 4096)
+        #: declared telemetry: metric name -> (min, max) (``telemetry.metrics``; ``declare_metrics``)
+        self.metric_bounds: dict[str, tuple[float, float]] = {}
+        #: the latest metrics of each node since ``take_metrics`` (one entry per node: bounded)
+        self.metrics_inbox: dict[str, tuple[float, Mapping[str, float]]] = {}
+
+    def declare_metrics(self, declared: Iterable[Mapping[str, Any]]) -> None:
+        """The metrics a heartbeat may carry (the config's ``telemetry.metrics``)."""
+        self.metric_bounds = {m["name"]: (float(m["min"]), float(m["max"])) for m in declared}
+
+    def take_metrics(self) -> dict[str, tuple[float, Mapping[str, float]]]:
+        """node id -> (heartbeat timestamp, metrics) accepted since the last call (and forget them)."""
+        inbox, self.metrics_inbox = self.metrics_inbox, {}
+        return inbox
 
     # -- membership -------------------------------------------------------------------
 
@@ -204,11 +217,33 @@ class Registry:
             raise HeartbeatError(node_id, "metadata", "not a mapping", metadata)
         if hb.observations:
             self._check_observations(hb)
+        if hb.metrics is not None:
+            self._check_metrics(hb)
         if hb.fingerprint is not None or hb.licence_ref is not None:
             for name in ("fingerprint", "licence_ref"):
                 value = getattr(hb, name)
                 if value is not None and (not isinstance(value, str) or len(value) > 256):
                     raise HeartbeatError(node_id, name, "not a string of at most 256 characters", value)
+
+    def _check_metrics(self, hb: Heartbeat) -> None:
+        metrics = hb.metrics
+        node_id = hb.node_id
+        if not isinstance(metrics, Mapping):
+            raise HeartbeatError(node_id, "metrics", "not a mapping of metric name to number", type(metrics).__name__)
+        if len(metrics) > len(self.metric_bounds):
+            raise HeartbeatError(node_id, "metrics", f"{len(metrics)} metrics, more than the "
+                                 f"{len(self.metric_bounds)} declared in telemetry.metrics", len(metrics))
+        for name, value in metrics.items():
+            bounds = self.metric_bounds.get(name) if type(name) is str else None
+            if bounds is None:
+                known = ", ".join(sorted(self.metric_bounds)) or "none declared"
+                raise HeartbeatError(node_id, f"metrics.{str(name)[:48]}",
+                                     f"unknown metric (telemetry.metrics: {known})")
+            if type(value) is not float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise HeartbeatError(node_id, f"metrics.{name}", "not a number", repr(value)[:80])
+            low, high = bounds
+            if not (low <= value <= high):  # also catches nan
+                raise HeartbeatError(node_id, f"metrics.{name}", f"out of range [{low:g}, {high:g}]", value)
 
     def _check_observations(self, hb: Heartbeat) -> None:
         observations = hb.observations
@@ -280,6 +315,8 @@ class Registry:
             node.licence_ref = hb.licence_ref
         if hb.observations:
             self.observations.add(node.id, hb.observations)
+        if hb.metrics:
+            self.metrics_inbox[node.id] = (float(hb.timestamp), hb.metrics)
         return node
 
     def accept_all(self, heartbeats: Iterable[Heartbeat], now: float, *,

@@ -521,6 +521,19 @@ class StateStore:
     def forget_node(self, node_id: str) -> None:
         self.conn.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
 
+    def put_blob(self, name: str, data: bytes) -> None:
+        """Keep one binary state (``name``: who owns it, e.g. ``telemetry``), replacing the last."""
+        self.conn.execute("CREATE TABLE IF NOT EXISTS blobs (name TEXT PRIMARY KEY, data BLOB NOT NULL)")
+        self.conn.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?)", (name, sqlite3.Binary(data)))
+
+    def blob(self, name: str) -> bytes | None:
+        """The binary state kept under ``name`` (None: never kept)."""
+        try:
+            row = self.conn.execute("SELECT data FROM blobs WHERE name = ?", (name,)).fetchone()
+        except sqlite3.OperationalError:  # no blobs table yet
+            return None
+        return None if row is None else bytes(row[0])
+
     def meta(self, key: str, default: Any = None) -> Any:
         """A JSON value kept in the ``meta`` table (``default`` when absent)."""
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -148,6 +148,7 @@ class Orchestrator:
             self.startup_notes.append(f"created the directory {self.store.created_dir} for the state file "
                                       "(state.path)")
         self.registry = Registry(config["heartbeat"])
+        self.registry.declare_metrics(config["telemetry"]["metrics"])
         self.intake = HeartbeatQueue(maxlen=config["heartbeat"]["max_queue"])
         now = clock()
         for spec in config["nodes"]:
@@ -307,6 +308,13 @@ class Orchestrator:
                     licences[result.node_id] = result
         report.licences = licences
         timings["licence"] = _ms(t0)
+
+        # 2b predict: telemetry into the detectors; rules read ctx.scratch["predict"]
+        t0 = time.perf_counter()
+        for plugin, found in call("wyneos_predict", errors, ctx=ctx, nodes=nodes):
+            if found is not None and "predict" not in ctx.scratch:
+                ctx.scratch["predict"] = found
+        timings["predict"] = _ms(t0)
 
         # 3 governance
         t0 = time.perf_counter()

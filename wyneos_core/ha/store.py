@@ -42,6 +42,7 @@ tick's decisions, events and its number last, in one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -263,6 +264,37 @@ class EtcdStateStore:
 
     def set_meta(self, key: str, value: Any) -> None:
         self.client.put(self._k("meta", key), _j(value))
+
+    #: bytes per etcd value of a kept binary state (below etcd's 1.5 MiB request limit)
+    BLOB_CHUNK = 512 * 1024
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        """Keep one binary state (e.g. ``telemetry``) in chunks, under the fence; the head
+        naming the new chunks (count, size, SHA-256) is written last, then the old go."""
+        old = self.meta(f"blob:{name}")
+        generation = (old["generation"] + 1) if isinstance(old, dict) and isinstance(old.get("generation"), int) else 1
+        chunks = [data[i:i + self.BLOB_CHUNK] for i in range(0, len(data), self.BLOB_CHUNK)] or [b""]
+        self._fenced([put_op(self._k("blobs", name, str(generation), f"{i:08d}"), chunk)
+                      for i, chunk in enumerate(chunks)])
+        head = {"generation": generation, "chunks": len(chunks), "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest()}
+        self._fenced([put_op(self._k("meta", f"blob:{name}"), _j(head))])
+        if isinstance(old, dict) and isinstance(old.get("generation"), int):
+            stale = self._k("blobs", name, str(old["generation"])) + "/"
+            self.client.txn([], [delete_op(stale, prefix_end(stale))])
+
+    def blob(self, name: str) -> bytes | None:
+        """The binary state kept under ``name``; None when never kept or not whole (a
+        missing chunk or another digest: values read back from etcd are checked)."""
+        head = self.meta(f"blob:{name}")
+        if not isinstance(head, dict) or not isinstance(head.get("generation"), int):
+            return None
+        kvs = self.client.get_prefix(self._k("blobs", name, str(head["generation"])) + "/")
+        data = b"".join(kv.value for kv in sorted(kvs, key=lambda kv: kv.key))
+        if len(kvs) != head.get("chunks") or hashlib.sha256(data).hexdigest() != head.get("sha256"):
+            log.warning("etcd: kept state %s is not whole (%d chunks); ignored", name, len(kvs))
+            return None
+        return data
 
     # -- writing decisions (fenced) --------------------------------------------------------
 

@@ -21,7 +21,9 @@ The anomaly score (docs/prediction.md has the measurements behind the choice):
 5. The first 100 samples of a series only learn (score 0).
 
 The forecast is Holt's linear trend on the sample times (level and slope per second,
-both smoothed), with the band ``forecast +- 3 * mean absolute error``.
+both smoothed), with the band ``forecast +- 3 * its mean absolute error``; each sample's
+one-step forecast is kept (``expected``) to explain a finding. Change points: a
+two-sided CUSUM of the forecast's error in units of its mean error (drift 0.5, limit 5).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ HISTORY: Final = 8
 FIELDS: Final = (
     "count", "latest", "low", "high", "level", "error", "short", "long_mean", "long_var",
     "surprise", "lik_mean", "lik_var", "quiet", "score", "holt_level", "slope", "slope_error",
-    "change_up", "change_down", "changes", "raw", "spare",
+    "change_up", "change_down", "changes", "raw", "expected",
 )
 F: Final = {name: i for i, name in enumerate(FIELDS)}
 
@@ -163,12 +165,6 @@ def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np
     new_quiet = np.where(fire & (quiet <= 0), float(p.quiet), quiet - 1.0)
     score = np.where(ok, score, 0.0)
 
-    # change points: a two-sided CUSUM of the level error in units of its mean error
-    signed = (x - level) / (s[F["error"]] + tiny)
-    up = np.maximum(0.0, s[F["change_up"]] + signed - p.change_drift)
-    down = np.maximum(0.0, s[F["change_down"]] - signed - p.change_drift)
-    changed = (up > p.change_limit) | (down > p.change_limit)
-
     # forecast: Holt's level and slope per second
     now_arr = np.broadcast_to(np.asarray(now, dtype=np.float64), cols.last_t.shape)
     dt = now_arr - cols.last_t
@@ -176,6 +172,12 @@ def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np
     holt = s[F["holt_level"]].astype(np.float64)
     slope = s[F["slope"]].astype(np.float64)
     predicted = holt + slope * dt
+
+    # change points: a two-sided CUSUM of the forecast's error in units of its mean error
+    signed = np.where(count >= 2, (x - predicted) / (s[F["slope_error"]] + tiny), 0.0)
+    up = np.maximum(0.0, s[F["change_up"]] + signed - p.change_drift)
+    down = np.maximum(0.0, s[F["change_down"]] - signed - p.change_drift)
+    changed = (count > p.learn) & ((up > p.change_limit) | (down > p.change_limit))
     new_holt = predicted + p.holt_alpha * (x - predicted)
     step_slope = np.where(dt > 0, (new_holt - holt) / np.where(dt > 0, dt, 1.0), slope)
     new_slope = np.where(count >= 1, slope + p.slope_alpha * (step_slope - slope), 0.0)
@@ -206,6 +208,7 @@ def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np
     put("change_down", np.where(changed, 0.0, down))
     put("changes", s[F["changes"]] + changed)
     put("latest", x)
+    put("expected", np.where(count >= 2, predicted, x))
     slot = (count % HISTORY).astype(np.intp)
     rows = np.flatnonzero(ok)
     cols.history[slot[rows], rows] = x[rows]

@@ -941,7 +941,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-_FIELDS = frozenset(("node_id", "timestamp", "load", "metadata", "licence_ref", "observations"))
+_FIELDS = frozenset(("node_id", "timestamp", "load", "metadata", "licence_ref", "observations", "metrics"))
 _OBSERVATION_FIELDS = frozenset(("subject", "reachable", "rtt_ms", "last_seq"))
 _MAX_OBSERVATIONS = 64  # read at most; heartbeat.max_observations is checked with the heartbeat
 
@@ -954,11 +954,13 @@ def _heartbeat(item: SignedItem, ts: float, fp: str | None) -> Heartbeat:
         raise AuthError(403, f"heartbeat for {node_id!r} signed by {item.node_id!r}", "node_mismatch")
     if not _FIELDS.issuperset(body):
         unknown = sorted(set(body) - _FIELDS)
-        raise _Unprocessable(unknown[0], "unknown field (known: node_id, timestamp, load, metadata, licence_ref)")
+        raise _Unprocessable(unknown[0], "unknown field (known: node_id, timestamp, load, metadata, licence_ref, "
+                                          "observations, metrics)")
     metadata = body.get("metadata")
     # made as checked: ``Service.accept`` queues it only after ``Registry.check`` passed
     return CheckedHeartbeat(node_id, body.get("timestamp", ts), body.get("load"), {} if metadata is None else metadata,
-                            fp, body.get("licence_ref"), _observations(node_id, body.get("observations")))
+                            fp, body.get("licence_ref"), _observations(node_id, body.get("observations")),
+                            body.get("metrics"))
 
 
 def _observations(node_id: str, raw: Any) -> tuple[Observation, ...]:

@@ -126,7 +126,7 @@ class HeartbeatAPI:
                     observations = () if data.observations is None else _observations(node_id, data.observations)
                     hb = CheckedHeartbeat(node_id, now if data.timestamp is None else data.timestamp, data.load,
                                           {} if metadata is None else metadata, fingerprint(node_id),
-                                          data.licence_ref, observations)
+                                          data.licence_ref, observations, data.metrics)
                     check(hb, orch_now)
                 except (DecodeError, Unprocessable) as exc:
                     results[index] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
