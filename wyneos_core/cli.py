@@ -24,6 +24,7 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS: tuple[str, ...] = (
     "wyneos_core.cli",  # run, tick, plugins
     "wyneos_core.cli_simulate",
+    "wyneos_core.cli_predict",
     "wyneos_core.cli_licence",
     "wyneos_core.cli_service",
     "wyneos_core.cli_backup",

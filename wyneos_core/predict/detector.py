@@ -13,9 +13,10 @@ The anomaly score (docs/prediction.md has the measurements behind the choice):
    of a short mean (alpha 0.03) from the long mean in long standard deviations (alpha
    0.002). Their weighted mean (1 : 2) is the raw surprise.
 2. The raw surprise is smoothed (alpha 0.1) and compared with its own long-run mean and
-   variance (alpha 0.0005): the Gaussian tail probability ``p`` of that is the
+   variance (alpha 0.0005, a running mean over the first 2,000 samples): the Gaussian tail probability ``p`` of that is the
    surprise's likelihood, and ``-log10(p) / 5`` clipped to [0, 1] is the score.
-3. A value beyond the range seen so far by more than 5 % of that range scores 1.
+3. A value beyond the range seen so far by more than 5 % of that range scores 1 (from
+   the 301st sample on: the range must be known first).
 4. After a score of 0.5 or more, the next 150 samples of that series score 0: one
    finding per episode, not one per sample.
 5. The first 100 samples of a series only learn (score 0).
@@ -23,7 +24,7 @@ The anomaly score (docs/prediction.md has the measurements behind the choice):
 The forecast is Holt's linear trend on the sample times (level and slope per second,
 both smoothed), with the band ``forecast +- 3 * its mean absolute error``; each sample's
 one-step forecast is kept (``expected``) to explain a finding. Change points: a
-two-sided CUSUM of the forecast's error in units of its mean error (drift 0.5, limit 5).
+two-sided CUSUM of the forecast's error in units of its mean error (drift 1, limit 8).
 """
 
 from __future__ import annotations
@@ -64,12 +65,13 @@ class Params:
     log10_scale: float = 5.0
     range_tolerance: float = 0.05
     learn: int = 100
+    range_learn: int = 300
     fire: float = 0.5
     quiet: int = 150
     holt_alpha: float = 0.2
     slope_alpha: float = 0.05
-    change_drift: float = 0.5
-    change_limit: float = 5.0
+    change_drift: float = 1.0
+    change_limit: float = 8.0
 
 
 @dataclass
@@ -156,7 +158,7 @@ def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np
 
     # 3. beyond the range seen so far
     margin = p.range_tolerance * span
-    score = np.where(((x > high + margin) | (x < low - margin)) & (count > p.learn), 1.0, score)
+    score = np.where(((x > high + margin) | (x < low - margin)) & (count > p.range_learn), 1.0, score)
 
     # 4. one finding per episode
     quiet = s[F["quiet"]]
@@ -174,7 +176,7 @@ def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np
     predicted = holt + slope * dt
 
     # change points: a two-sided CUSUM of the forecast's error in units of its mean error
-    signed = np.where(count >= 2, (x - predicted) / (s[F["slope_error"]] + tiny), 0.0)
+    signed = np.where(count > p.learn, (x - predicted) / (s[F["slope_error"]] + tiny), 0.0)
     up = np.maximum(0.0, s[F["change_up"]] + signed - p.change_drift)
     down = np.maximum(0.0, s[F["change_down"]] - signed - p.change_drift)
     changed = (count > p.learn) & ((up > p.change_limit) | (down > p.change_limit))
@@ -187,8 +189,12 @@ def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np
         s[F[name]] = np.where(ok, value, s[F[name]])
 
     dev = x - long_mean
-    put("lik_mean", s[F["lik_mean"]] + p.likelihood_alpha * d)
-    put("lik_var", s[F["lik_var"]] + p.likelihood_alpha * (d * d - s[F["lik_var"]]))
+    # slow averages start as running means (alpha 1/n until it falls to theirs): no
+    # false finding just after learning because a variance has not grown yet
+    warm = 1.0 / (count + 1.0)
+    lik_alpha = np.maximum(p.likelihood_alpha, warm)
+    put("lik_mean", s[F["lik_mean"]] + lik_alpha * d)
+    put("lik_var", s[F["lik_var"]] + lik_alpha * (d * d - s[F["lik_var"]]))
     put("error", np.where(count == 0, 0.0, s[F["error"]] + p.error_alpha * (level_err - s[F["error"]])))
     put("slope_error", np.where(count == 0, 0.0,
                                 s[F["slope_error"]] + p.error_alpha * (np.abs(x - predicted) - s[F["slope_error"]])))
@@ -202,8 +208,8 @@ def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np
     put("raw", raw)
     put("low", np.minimum(low, x))
     put("high", np.maximum(high, x))
-    put("holt_level", new_holt)
-    put("slope", new_slope)
+    put("holt_level", np.where(changed, x, new_holt))  # after a change point the old trend is void
+    put("slope", np.where(changed, 0.0, new_slope))
     put("change_up", np.where(changed, 0.0, up))
     put("change_down", np.where(changed, 0.0, down))
     put("changes", s[F["changes"]] + changed)
