@@ -143,8 +143,8 @@ def test_report_matches_its_published_schema(make_orchestrator, clock):
     assert report["rule_summary"]["load-threshold"] == {"passed": 1, "failed": 3}
     assert {r["rule_id"] for r in report["results"]} == {"load-threshold", "heartbeat-fresh"}
     assert report["status_counts"]["online"] == 3
-    assert set(report["timings_ms"]) == {"heartbeat", "licence", "governance", "trust", "healing", "enforcement",
-                                         "decide", "propagate", "report"}
+    assert set(report["timings_ms"]) == {"heartbeat", "licence", "predict", "governance", "trust", "healing",
+                                         "enforcement", "decide", "propagate", "report"}
 
 
 def test_action_ids_are_stable_across_ticks():
