@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from wyneos_core import __version__
 from wyneos_core.service.core import ENROL_PATH, HEARTBEAT_PATH, Service, Unprocessable
+from wyneos_core.service.enforcement_api import add_enforcement_routes
 from wyneos_core.service.fleet_api import add_fleet_routes
 from wyneos_core.service.heartbeat_api import HeartbeatAPI, fast_route
 from wyneos_core.service.identity import AuthError, SignedItem, verify_item
@@ -449,6 +450,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         return answer
 
     add_fleet_routes(app, service, read)  # /v1/fleet/*, explain, tokens: service/fleet_api.py
+    add_enforcement_routes(app, service, read)  # overrides, exceptions, shadow: service/enforcement_api.py
     return app
 
 

@@ -39,6 +39,11 @@ read_token             (none)      operator token for the read API and the dashb
                                    (``Authorization: Bearer ...``); required to bind a
                                    non-loopback address
 read_token_file        (none)      file holding the read token (owner-only)
+write_token            (none)      operator write token (overrides, exceptions:
+                                   ``Authorization: Bearer ...``); without one every
+                                   write request is refused. Must differ from the read
+                                   token
+write_token_file       (none)      file holding the write token (owner-only)
 session_ttl            3600        seconds a heartbeat session lives (agents renew it
                                    at two thirds of that, without a gap)
 max_sessions           250000      most heartbeat sessions open at once
@@ -80,6 +85,8 @@ class ServiceSettings:
     late_tick: float = 60.0
     read_token: str | None = None
     read_token_file: str | None = None
+    write_token: str | None = None
+    write_token_file: str | None = None
     session_ttl: float = 3600.0
     max_sessions: int = 250_000
 
@@ -120,6 +127,10 @@ class ServiceSettings:
                 raise ConfigError(f"must be at least {low:g}, got {value!r} (it would refuse every request)",
                                   file=config.source, field=f"{field_name}.{key}")
         settings.read_token = _read_token(config, settings, field_name)
+        settings.write_token = _read_token(config, settings, field_name, "write")
+        if settings.write_token is not None and settings.write_token == settings.read_token:
+            raise ConfigError("the write token must differ from the read token (a reader must not be able to act)",
+                              file=config.source, field=f"{field_name}.write_token")
         if settings.read_token is None and not is_loopback(settings.host):
             raise ConfigError(f"binding to {settings.host} (not a loopback address) needs an operator token for the "
                               "read API and the dashboard: set service.read_token or service.read_token_file "
@@ -163,16 +174,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _read_token(config: Config, settings: ServiceSettings, field_name: str) -> str | None:
-    """The operator token for the read API: ``read_token``, or the first line of
-    ``read_token_file`` (a regular file readable by its owner only)."""
-    token = settings.read_token
-    where = f"{field_name}.read_token"
-    if settings.read_token_file is not None:
-        where = f"{field_name}.read_token_file"
+def _read_token(config: Config, settings: ServiceSettings, field_name: str, kind: str = "read") -> str | None:
+    """An operator token (``kind`` read or write): ``KIND_token``, or the first line of
+    ``KIND_token_file`` (a regular file readable by its owner only)."""
+    token = getattr(settings, f"{kind}_token")
+    where = f"{field_name}.{kind}_token"
+    token_file = getattr(settings, f"{kind}_token_file")
+    if token_file is not None:
+        where = f"{field_name}.{kind}_token_file"
         if token is not None:
-            raise ConfigError("set read_token or read_token_file, not both", file=config.source, field=where)
-        path = config.resolve(settings.read_token_file)
+            raise ConfigError(f"set {kind}_token or {kind}_token_file, not both", file=config.source, field=where)
+        path = config.resolve(token_file)
         try:
             st = os.stat(path)
             if st.st_mode & 0o077:

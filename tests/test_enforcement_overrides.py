@@ -1,0 +1,118 @@
+"""Operator overrides on a real server with a real agent: set with the write token (a
+request without it is refused and changes nothing), signed and delivered like any other
+action, acknowledged by the agent, and never undone by the rules until lifted."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+from service_helpers import add_token, make_service, wait_for, write_config
+
+from wyneos_core import hookimpl
+from wyneos_core.enforcement.overrides import META_KEY
+from wyneos_core.model import Action, ActionType, Severity
+from wyneos_core.service.agent import Agent
+from wyneos_core.service.server import ServerThread
+
+READ, WRITE = "r" * 24, "w" * 24
+
+
+class Forgiving:
+    """Test rules that would undo an operator: every isolated node is reinstated at once."""
+
+    __wyneos_name__ = "test-forgiving"
+
+    @hookimpl
+    def wyneos_healing(self, ctx, nodes):
+        return [Action(ActionType.REINSTATE, n.id, "forgiven", "test-forgiving", Severity.INFO)
+                for n in nodes if n.isolated]
+
+
+def bearer(token):
+    return {"authorization": f"Bearer {token}"}
+
+
+def acked(client, action_type, status="applied"):
+    data = client.get("/v1/actions", headers=bearer(READ)).json()
+    types = {a["id"]: a["type"] for a in data["in_force"]}
+    return [a for a in data["acks"] if a["node_id"] == "worker-1" and a["status"] == status
+            and types.get(a["action_id"]) == action_type]
+
+
+def test_an_operator_isolation_is_delivered_acknowledged_and_kept_until_lifted(tmp_path):
+    service = make_service(write_config(tmp_path), plugins=(Forgiving(),), read_token=READ, write_token=WRITE)
+    with ServerThread(service) as url, httpx.Client(base_url=url) as client:
+        agent = Agent(url, "worker-1", tmp_path / "agent", token=add_token(service), interval=0.1)
+        stop = threading.Event()
+        thread = threading.Thread(target=agent.run, kwargs={"duration": 60, "stop": stop})
+        thread.start()
+        try:
+            wait_for(lambda: client.get("/v1/nodes/worker-1", headers=bearer(READ)).json().get("status") == "online")
+            body = {"node": "worker-1", "kind": "isolate", "reason": "suspected compromise", "by": "alice"}
+            # without the write token (or with the read token) nothing changes
+            for headers in ({}, bearer(READ)):
+                answer = client.post("/v1/overrides", json=body, headers=headers)
+                assert answer.status_code == 401 and answer.json()["code"] == "write_token_required"
+            with service.db_lock:
+                assert service.db.meta(META_KEY, {}) == {}
+            answer = client.post("/v1/overrides", json=body, headers=bearer(WRITE))
+            assert answer.status_code == 201, answer.text
+            # delivered, signed, applied and acknowledged by the agent
+            wait_for(lambda: agent.state["isolated"])
+            (ack,) = wait_for(lambda: acked(client, "isolate"))
+            listed = client.get("/v1/overrides", headers=bearer(READ)).json()["overrides"]
+            assert [(o["node"], o["kind"], o["by"], o["reason"]) for o in listed] == [
+                ("worker-1", "isolate", "alice", "suspected compromise")]
+            # the rules propose a reinstate every tick: held, the node stays isolated
+            start = service.orchestrator.tick_number
+            wait_for(lambda: service.orchestrator.tick_number >= start + 5)
+            assert agent.state["isolated"] and service.orchestrator.registry.get("worker-1").isolated
+            report = service.view.report
+            assert report.enforcement["overrides"][0]["by"] == "alice"
+            held = report.enforcement["held_by_override"]
+            assert [(h["type"], h["origin"], h["by"]) for h in held] == [("reinstate", "test-forgiving", "alice")]
+            in_force = client.get("/v1/actions", headers=bearer(READ)).json()["in_force"]
+            (isolation,) = [a for a in in_force if a["type"] == "isolate"]
+            assert isolation["origin"] == "operator" and "alice: suspected compromise" in isolation["reason"]
+            # the operator reinstates: delivered and acknowledged too
+            answer = client.post("/v1/overrides", headers=bearer(WRITE),
+                                 json={"node": "worker-1", "kind": "reinstate", "reason": "cleared", "by": "bob"})
+            assert answer.status_code == 201
+            wait_for(lambda: not agent.state["isolated"])
+            wait_for(lambda: acked(client, "reinstate"))
+            answer = client.post("/v1/overrides", headers=bearer(WRITE),
+                                 json={"node": "worker-1", "kind": "uncordon", "reason": "back to the rules"})
+            assert answer.status_code == 200
+            assert client.get("/v1/overrides", headers=bearer(READ)).json()["overrides"] == []
+        finally:
+            stop.set()
+            thread.join(10)
+    assert agent.stats.refused == 0
+
+
+def test_without_a_write_token_the_write_api_is_off_and_bad_requests_name_the_field(tmp_path):
+    service = make_service(write_config(tmp_path))
+    with ServerThread(service) as url, httpx.Client(base_url=url) as client:
+        answer = client.post("/v1/overrides", json={"node": "x", "kind": "isolate", "reason": "r"})
+        assert answer.status_code == 403 and answer.json()["code"] == "write_disabled"
+    service = make_service(write_config(tmp_path), write_token=WRITE)
+    with ServerThread(service) as url, httpx.Client(base_url=url) as client:
+        answer = client.post("/v1/overrides", headers=bearer(WRITE), json={"node": "x", "kind": "evict", "reason": "r"})
+        assert answer.status_code == 422 and answer.json()["field"] == "kind"
+        answer = client.post("/v1/overrides", headers=bearer(WRITE), json={"node": "x", "kind": "isolate"})
+        assert answer.status_code == 422 and answer.json()["field"] == "reason"
+        answer = client.post("/v1/exceptions", headers=bearer(WRITE), json={"owner": "o", "reason": "r", "node": "x"})
+        assert answer.status_code == 422 and answer.json()["field"] == "expires"
+        answer = client.post("/v1/exceptions", headers=bearer(WRITE), content=b"x" * 20000)
+        assert answer.status_code == 413
+        with service.db_lock:
+            assert service.db.meta(META_KEY, {}) == {} and service.db.meta("enforcement.exceptions", []) == []
+
+
+def test_the_write_token_must_differ_from_the_read_token(tmp_path):
+    from wyneos_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="must differ from the read token"):
+        make_service(write_config(tmp_path), read_token=READ, write_token=READ)
