@@ -74,7 +74,9 @@ class Journal:
         term = getattr(getattr(ctx.store, "fence", None), "token", None)
         base = {"schema": SCHEMA, "tick": ctx.tick, "time": round(ctx.now, 3), "term": term}
         proposed = sorted({(a.type, a.target, a.origin) for a in report.proposed})
-        head = {**base, "kind": "inputs", "digest": d, "proposed": [list(p) for p in proposed]}
+        failing, _ = live_evaluation(report)
+        head = {**base, "kind": "inputs", "digest": d, "proposed": [list(p) for p in proposed],
+                "failing": {rule: sorted(nodes) for rule, nodes in sorted(failing.items())}}
         if self.log_inputs:
             head.update(inputs)
         out = [head]
