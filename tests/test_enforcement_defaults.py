@@ -42,7 +42,7 @@ def test_licence_step_on_without_keys_enforces_no_licence_and_says_so_every_tick
     assert not any(n.isolated for n in orch.registry)
     for r in reports:
         assert r.enforcement["licence_enforced"] is False
-        assert any("licences not enforced" in n for n in r.notes)
+        assert any("licences are not enforced" in n for n in r.notes)
     first = reports[0]
     # the real reason is reported (no licence found), and the finding is audited, not acted on
     assert first.licences["n01"].reason == "no_licence"
@@ -113,3 +113,14 @@ def test_modes_by_rule_action_type_and_the_rules_own_field(make_orchestrator, cl
     assert sorted({a.type for a in report.actions}) == ["degrade"]
     assert report.enforcement["modes"] == {"enforce": 3, "warn": 6, "audit": 3}
     assert report.to_dict()["enforcement"]["modes"]["warn"] == 6
+
+
+def test_validate_warns_when_no_licence_can_be_enforced(tmp_path):
+    from wyneos_core.validate import validate_file
+
+    config = tmp_path / "c.yaml"
+    config.write_text(cluster_yaml(2, disable="[]"))
+    (warning,) = [w for w in validate_file(config)["warnings"] if "trusted_keys" in w]
+    assert "licences are not enforced" in warning
+    config.write_text(cluster_yaml(2, disable="[licence]"))
+    assert not [w for w in validate_file(config)["warnings"] if "trusted_keys" in w]

@@ -64,7 +64,10 @@ def test_nothing_runs_and_nothing_is_written(tmp_path):
         """)
     out = wyneos("validate", str(config), cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.splitlines() == [f"ok    {config} (config, 3 ruleset file(s) it names)",
+    from wyneos_core.enforcement.check import UNKEYED
+
+    # no trusted key: the licence step enforces nothing, and validate says so (docs/enforcement.md)
+    assert out.stdout.splitlines() == [f"warning: {UNKEYED}", f"ok    {config} (config, 3 ruleset file(s) it names)",
                                        "1 file(s) valid, 0 with 0 error(s)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.yaml"]  # no state, no report, no .wyneos
 

@@ -103,6 +103,9 @@ def _config_errors(path: Path, located: Located, plugins: bool) -> tuple[list[Lo
     more, warned = check_plugins(config, pm)
     errors += more
     warnings += warned
+    from wyneos_core.enforcement.check import config_warnings
+
+    warnings += config_warnings(config, pm.get_plugin("licence") is not None)
     if "service" in config["plugins"]["settings"]:  # read by `wyneos serve`: refused there, so here too
         from wyneos_core.service.settings import ServiceSettings
 

@@ -134,7 +134,12 @@ def _build(orchestrator: Orchestrator, errors: list[PluginError]) -> LicenceEngi
     engine = LicenceEngine(settings, keyring, sources, ledger)
     engine.offered = sorted(sources)  # type: ignore[attr-defined]
     if not keyring:
-        engine.notes.append("licence.trusted_keys names no usable key: every licence fails with unknown_key")
+        if settings.trusted_keys:
+            engine.notes.append("licence.trusted_keys names no usable key: every licence fails with unknown_key")
+        elif orchestrator.config["enforcement"].get("licence") is None:
+            from wyneos_core.enforcement.check import UNKEYED
+
+            orchestrator.startup_notes.append(UNKEYED)  # and the decide step says it in every report
     orchestrator._licence_engine = engine  # type: ignore[attr-defined]
     return engine
 

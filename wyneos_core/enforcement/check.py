@@ -9,7 +9,21 @@ from typing import Any
 from wyneos_core.enforcement.budgets import Budget, BudgetError
 from wyneos_core.enforcement.exceptions import ExceptionError, PolicyException
 
-__all__ = ["section_errors"]
+__all__ = ["UNKEYED", "config_warnings", "section_errors"]
+
+#: said at start-up, in every report and by ``wyneos validate`` when no licence is enforced
+UNKEYED = ("licence.trusted_keys names no key: licences are not enforced (no_licence and unknown_key "
+           "findings are audited only); add the issuer's public key to enforce them")
+
+
+def config_warnings(config: Any, licence_step: bool) -> list[str]:
+    """What a config does that its author may not expect (``wyneos validate`` warns)."""
+    out = []
+    licence = config["licence"]
+    if (licence_step and not licence["trusted_keys"] and config["enforcement"].get("licence") is None
+            and not config["demo"].get("enabled")):
+        out.append(UNKEYED)
+    return out
 
 
 def section_errors(section: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str]]:

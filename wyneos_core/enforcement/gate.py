@@ -24,6 +24,7 @@ from typing import Any
 from wyneos_core.enforcement import exceptions as _exceptions
 from wyneos_core.enforcement import overrides as _overrides
 from wyneos_core.enforcement.budgets import BudgetBook
+from wyneos_core.enforcement.check import UNKEYED
 from wyneos_core.enforcement.exceptions import PolicyException
 from wyneos_core.enforcement.modes import AUDIT, ENFORCE, WARN, ModeSettings
 
@@ -82,9 +83,9 @@ class Gate:
         section: dict[str, Any] = {"licence_enforced": self.modes.licence_keyed, "modes": {}, "findings": [],
                                    "held_by_budget": [], "excepted": [], "held_by_override": [],
                                    "overrides": [], "exceptions_expired": []}
-        if not self.modes.licence_keyed and ctx.report.licences:
-            ctx.note("licences not enforced: licence.trusted_keys names no key, so no licence can be verified; "
-                     "licence actions are audited only (add a trusted key to enforce them)")
+        if not self.modes.licence_keyed and self.modes.licence is None and ctx.report.licences \
+                and UNKEYED not in ctx.report.notes:
+            ctx.note(UNKEYED)
         held_now: dict[str, str] = {}
 
         def hold(action: Any, kind: str, detail: str, **extra: Any) -> None:
