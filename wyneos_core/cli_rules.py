@@ -334,6 +334,11 @@ def _print_explain(out: dict[str, Any], node: Any, lic: Any, report: Any, as_jso
           f"metadata {json.dumps(node.metadata, sort_keys=True)}")
     print(f"licence: {'valid' if lic.valid else 'INVALID'} ({lic.reason}) {lic.detail}")
     print(f"after tick {report.tick}")
+    drift = out.get("drift")
+    if drift:
+        since = f" since {drift['since']:.0f}" if drift.get("since") is not None else ""
+        fields = f" ({', '.join(drift['fields'])})" if drift.get("fields") else ""
+        print(f"drift: {drift['state']}{fields}{since}, declared by {drift.get('declared_by')}")
     if not out["rulesets"]:
         print("no YAML rulesets are configured (rulesets.paths)")
     for rs in out["rulesets"]:

@@ -24,6 +24,7 @@ def explain_node(orchestrator: Any, node: Any, report: Any, events: list[dict[st
     from wyneos_core.builtin import trust as trust_plugin
     from wyneos_core.builtin.rulesets import _violated, env_of, runner_of
     from wyneos_core.causes import explain_actions
+    from wyneos_core.builtin.drift import drift_record
     from wyneos_core.rules.interp import NO_LICENCE, evaluate, explain, truthy
     from wyneos_core.rules.runtime import RulesetRunner
 
@@ -32,6 +33,7 @@ def explain_node(orchestrator: Any, node: Any, report: Any, events: list[dict[st
     out: dict[str, Any] = {
         "node": node.to_dict(), "tick": report.tick, "licence": lic.to_dict(), "rulesets": [], "python_rules": [],
         "trust": trust_plugin.explain(orchestrator, node.id) if "trust" in orchestrator.pm.origins else None}
+    out["drift"] = drift_record(orchestrator, node.id)  # docs/drift.md
     runner = runner_of(orchestrator.pm)
     for loaded in (runner.loaded.values() if runner is not None else []):
         rs = loaded.ruleset

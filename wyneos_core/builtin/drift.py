@@ -20,12 +20,12 @@ from typing import Any, Final
 
 from wyneos_core import hookimpl
 from wyneos_core.config import Config
-from wyneos_core.drift.declared import Declaration, DeclarationError, declaration_from, load_manifests
+from wyneos_core.drift.declared import DeclarationError, declaration_from, load_manifests
 from wyneos_core.drift.engine import DriftEngine
 from wyneos_core.model import Node, RuleResult
 from wyneos_core.tick import TickContext
 
-__all__ = ["SCRATCH_KEY", "engine_of"]
+__all__ = ["SCRATCH_KEY", "drift_record", "engine_of"]
 
 SCRATCH_KEY: Final = "drift"
 #: drift transitions listed one by one in a tick report at most (all are counted)
@@ -89,6 +89,12 @@ def engine_of(pluginmanager: Any) -> DriftEngine | None:
     return plugin.engine if plugin is not None else None
 
 
+def drift_record(orchestrator: Any, node_id: str) -> dict[str, Any] | None:
+    """A node's drift record as the last tick left it (None: nothing declared for it)."""
+    engine = engine_of(orchestrator.pm)
+    return engine.record(node_id) if engine is not None and engine.declarations else None
+
+
 @hookimpl
 def wyneos_check_config(config: Config) -> list[tuple[tuple, str]]:
     problems = []
@@ -124,5 +130,3 @@ def wyneos_governance(ctx: TickContext, nodes: Sequence[Node]) -> list[RuleResul
         report.transitions.append({"kind": "drift", "node_id": node_id, "from": old, "to": new, "fields": fields})
     return []
 
-
-__all__ += ["Declaration"]

@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from wyneos_core import __version__
+from wyneos_core.builtin.drift import drift_record
 from wyneos_core.service.core import ENROL_PATH, HEARTBEAT_PATH, Service, Unprocessable
 from wyneos_core.service.enforcement_api import add_enforcement_routes
 from wyneos_core.service.fleet_api import add_fleet_routes
@@ -460,4 +461,5 @@ def _node(service: Service, n: Any) -> dict[str, Any]:
     data["revoked"] = service.keys.is_revoked(n.id)
     report = service.view.report
     data["licence"] = licence_of(report.licences.get(n.id)) if report is not None else None
+    data["drift"] = drift_record(service.orchestrator, n.id)  # docs/drift.md
     return data

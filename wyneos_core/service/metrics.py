@@ -119,6 +119,11 @@ class ServiceMetrics:
                                  registry=r)
         for tier in ("untrusted", "probation", "trusted", "attested"):
             self.trust_tiers.labels(tier)
+        # drift (docs/drift.md)
+        self.drift = Gauge("wyneos_nodes_by_drift_state", "Nodes per drift state after the last tick (declared "
+                           "state against reported)", ["state"], registry=r)
+        self.drift_changes = Counter("wyneos_drift_transitions", "Changes of a node's drift state, by the state "
+                                     "it entered", ["state"], registry=r)
 
     def observe_tick(self, report: TickReport, missed: int, in_force: list[dict[str, Any]]) -> None:
         self.applied.inc(report.heartbeats_accepted)  # before last_tick: a reader of both sees it
@@ -159,6 +164,12 @@ class ServiceMetrics:
             self.licence_stop.labels(reason).set(1 if stop is not None and stop[0] == reason else 0)
         for tier, count in report.trust.get("tiers", {}).items():
             self.trust_tiers.labels(tier).set(count)
+        drift = getattr(report, "drift", None) or {}
+        for state, count in drift.get("counts", {}).items():
+            self.drift.labels(state).set(count)
+        for t in report.transitions:
+            if t.get("kind") == "drift":
+                self.drift_changes.labels(t["to"]).inc()
 
     def _set_all(self, gauge: Gauge, values: dict[tuple[str, ...], int]) -> None:
         """Set ``gauge`` to ``values``; label sets set before that ``values`` lacks go to 0
