@@ -28,6 +28,7 @@ COMMANDS: tuple[str, ...] = (
     "wyneos_core.cli_licence",
     "wyneos_core.cli_service",
     "wyneos_core.cli_backup",
+    "wyneos_core.cli_get",
     "wyneos_core.cli_relay",
     "wyneos_core.cli_rules",
     "wyneos_core.validate",

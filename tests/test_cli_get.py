@@ -1,0 +1,125 @@
+"""`wyneos get | describe | watch` against a real server with an operator token."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from service_helpers import Node, Quarantine, add_token, make_service, wait_for, write_config
+from wyneos_core.service.server import ServerThread
+
+TOKEN = "an-operator-token-long-enough-0123456789"
+NODES = """nodes:
+  - {id: q1, metadata: {role: bad, zone: eu}}
+  - {id: c2, metadata: {zone: eu}}
+  - {id: c3, metadata: {zone: us}}
+"""
+
+
+def wyneos(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wyneos_core.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("get")
+    service = make_service(write_config(tmp, stale=30, offline=60, extra=NODES), plugins=(Quarantine(),),
+                           read_token=TOKEN)
+    (tmp / "token").write_text(TOKEN + "\n")
+    with ServerThread(service) as url, httpx.Client(base_url=url, timeout=10,
+                                                    headers={"authorization": f"Bearer {TOKEN}"}) as client:
+        agent = Node("agent-1")
+        body, headers = agent.enrol_request(add_token(service))
+        assert client.post("/v1/enrol", content=body, headers=headers).status_code == 201
+        body, headers = agent.heartbeat(load=0.5, metadata={"zone": "eu"})
+        assert client.post("/v1/heartbeats", content=body, headers=headers).status_code == 202
+        wait_for(lambda: client.get("/v1/nodes/q1").json().get("isolated"))
+        wait_for(lambda: client.get("/v1/nodes/agent-1").json().get("status") == "online")
+        yield service, url, tmp / "token", client, agent
+
+
+def test_get_nodes_with_selectors_problems_and_formats(server) -> None:
+    _, url, token, _, _ = server
+    done = wyneos("get", "nodes", "--server", url, "--token-file", str(token))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "LOAD", "TIER", "ZONE", "LICENCE", "PROBLEMS"]
+    assert lines[1].startswith("q1 ") and "unknown,isolated" in lines[1]  # worst first
+    assert len(lines) == 1 + 4
+    done = wyneos("get", "nodes", "-l", "zone=eu,status!=online", "-o", "json", "--server", url,
+                  env={"WYNEOS_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stderr
+    assert sorted(n["id"] for n in json.loads(done.stdout)["items"]) == ["c2", "q1"]
+    done = wyneos("get", "nodes", "--problem", "isolated", "-o", "yaml", env={"WYNEOS_SERVER": url,
+                                                                           "WYNEOS_TOKEN_FILE": str(token)})
+    assert [n["id"] for n in yaml.safe_load(done.stdout)["items"]] == ["q1"]
+    done = wyneos("get", "nodes", "--sort=-load", "--search", "agent", "--server", url, "--token-file",
+                  str(token))
+    assert done.stdout.splitlines()[1].split()[:3] == ["agent-1", "online", "0.50"]
+
+
+def test_get_other_kinds(server) -> None:
+    _, url, token, _, _ = server
+    common = ["--server", url, "--token-file", str(token)]
+    actions = json.loads(wyneos("get", "actions", "-o", "json", "-l", "type=isolate", *common).stdout)["items"]
+    assert [(a["type"], a["target"]) for a in actions] == [("isolate", "q1")]
+    rules = wyneos("get", "rules", "--problem", "failing", *common)
+    assert rules.returncode == 0 and "heartbeat-fresh" in rules.stdout
+    licences = wyneos("get", "licences", *common)
+    assert licences.returncode == 0 and licences.stdout == "No licences found.\n"  # the licence step is off
+    tokens = wyneos("get", "tokens", *common)
+    assert tokens.returncode == 0 and tokens.stdout.splitlines()[0].split() == ["NAME", "NODE", "USES", "EXPIRES"]
+
+
+def test_describe_a_node_enrolled_by_an_agent(server) -> None:
+    _, url, token, _, _ = server
+    done = wyneos("describe", "node", "agent-1", "--server", url, "--token-file", str(token))
+    assert done.returncode == 0, done.stderr
+    described = yaml.safe_load(done.stdout)
+    assert described["kind"] == "node" and described["id"] == "agent-1" and described["enrolled"] is True
+    assert described["explain"]["node"]["id"] == "agent-1"
+    missing = wyneos("describe", "node", "nope", "--server", url, "--token-file", str(token))
+    assert missing.returncode == 1 and "404" in missing.stderr and "no node 'nope'" in missing.stderr
+
+
+def test_plain_errors_for_no_token_a_bad_selector_and_no_server(server) -> None:
+    _, url, token, _, _ = server
+    no_token = wyneos("get", "nodes", "--server", url, env={"WYNEOS_TOKEN": "", "WYNEOS_TOKEN_FILE": ""})
+    assert no_token.returncode == 1 and "needs the operator token" in no_token.stderr
+    bad = wyneos("get", "nodes", "-l", "load>0.9", "--server", url, "--token-file", str(token))
+    assert bad.returncode == 2 and "no <, > or quotes" in bad.stderr
+    unknown = wyneos("get", "pods", "--server", url, "--token-file", str(token))
+    assert unknown.returncode == 1 and "unknown kind 'pods'" in unknown.stderr
+    gone = wyneos("get", "nodes", "--server", "http://127.0.0.1:9", "--timeout", "2")
+    assert gone.returncode == 1 and "cannot reach the server" in gone.stderr
+    for out in (no_token, bad, unknown, gone):
+        assert "Traceback" not in out.stderr
+
+
+def test_watch_streams_a_change_and_ends_at_its_count(server) -> None:
+    _, url, token, client, agent = server
+    proc = subprocess.Popen([sys.executable, "-m", "wyneos_core.cli", "watch", "nodes", "-l", "zone=eu",
+                             "--interval", "0.2", "--count", "1", "--duration", "60", "--server", url,
+                             "--token-file", str(token)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("watching 3 nodes"), first
+        body, headers = agent.heartbeat(load=0.97, metadata={"zone": "eu"})  # its load changes
+        assert client.post("/v1/heartbeats", content=body, headers=headers).status_code == 202
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    [line] = out.strip().splitlines()
+    assert "MODIFIED  node agent-1: load 0.50 -> 0.97" in line
