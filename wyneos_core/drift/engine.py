@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from wyneos_core.drift.declared import FIELDS, Declaration, canonical, in_force
+from wyneos_core.drift.declared import FIELDS, MAX_TEXT, Declaration, canonical, in_force
 
 __all__ = ["DriftEngine", "DriftView", "STATES", "DriftStep"]
 
@@ -41,6 +41,9 @@ _BITS = np.array([1 << i for i in range(_NF)], dtype=np.uint8)
 _UNSET: Final = -1  # a field the declaration does not name
 _NONE: Final = -2  # a field the node does not report (or reports unusably)
 _metadata = operator.attrgetter("metadata")
+_NO_CODES: Final = [_NONE] * _NF
+#: memoised label sets and package lists at most (then the memo starts again)
+_MEMO: Final = 100_000
 _id = operator.attrgetter("id")
 
 
@@ -60,11 +63,14 @@ class DriftEngine:
         self.rows: dict[str, int] = {}
         self.ids: list[str] = []
         self._values: dict[str, int] = {}
+        self._packages: dict[tuple, int] = {}
+        self._by_labels: dict[Any, int] = {}
+        self._by_node = False
         self._keys: dict[tuple, int] = {}  # declaration identity -> its key (stable across reloads)
         self.declarations: list[Declaration] = []
         self._decl_keys = np.zeros(0, np.int64)
         self._decl_codes = np.zeros((0, _NF), np.int32)
-        self._last_ids: list[str] | None = None
+        self._last_nodes: list[Any] | None = None
         self._row_index = np.zeros(0, np.int64)
         self._cap = 0
         self._grow(1024)
@@ -92,6 +98,7 @@ class DriftEngine:
         self.prev_key = more(None if first else self.prev_key, -1, np.int64)
         self.drift_declared = more(None if first else self.drift_declared, _UNSET, np.int32, _NF)
         self.drift_fields = more(None if first else self.drift_fields, 0, np.uint8)
+        self.decl_moved = more(None if first else self.decl_moved, False, bool)
         self.reported = more(None if first else self.reported, _NONE, np.int32, _NF)
         self.declared = more(None if first else self.declared, _UNSET, np.int32, _NF)
         self.prev_declared = more(None if first else self.prev_declared, _UNSET, np.int32, _NF)
@@ -124,81 +131,147 @@ class DriftEngine:
                 codes[i, FIELDS.index(field)] = self._code(canonical(field, value, value))
         self._decl_keys = np.array(keys, np.int64)
         self._decl_codes = codes
+        self._by_labels.clear()
+        self._by_node = any(d.node is not None for d in self.declarations)
         self.meta_id[:] = -1  # every row looked at again
 
     # -- the tick -----------------------------------------------------------------------------
 
     def _rows_of(self, nodes: Sequence[Any]) -> np.ndarray:
-        ids = list(map(_id, nodes))
-        if ids == self._last_ids:
+        """Each node's row; the same node objects in the same order as last tick reuse
+        the last answer (the registry keeps its node objects)."""
+        last = self._last_nodes
+        if last is not None and len(last) == len(nodes) and all(map(operator.is_, nodes, last)):
             return self._row_index
         rows = self.rows
+        ids = list(map(_id, nodes))
         missing = [i for i in ids if i not in rows]
         if missing:
             self._grow(len(self.ids) + len(missing))
             for node_id in missing:
                 rows[node_id] = len(self.ids)
                 self.ids.append(node_id)
-        self._last_ids = ids
+        self._last_nodes = list(nodes)
         self._row_index = np.fromiter(map(rows.__getitem__, ids), np.int64, len(ids))
         return self._row_index
 
-    def _refresh(self, nodes: Sequence[Any], rows: np.ndarray, now: float) -> np.ndarray:
-        """Re-read the nodes whose metadata or declaration changed; the rows whose
-        declaration changed this tick."""
-        metas = list(map(_metadata, nodes))
-        mids = np.fromiter(map(id, metas), np.int64, len(metas))
-        stale = np.flatnonzero(mids != self.meta_id[rows])
-        moved = []
+    def _decl_index(self, node_id: str, labels: Any) -> int:
+        """The declaration in force for a node (memoised on its labels when no declaration
+        names single nodes)."""
+        if self._by_node:
+            return in_force(self.declarations, node_id, labels)
+        key = tuple(sorted(labels.items())) if type(labels) is dict else None
+        found = self._by_labels.get(key)
+        if found is None:
+            if len(self._by_labels) > _MEMO:
+                self._by_labels.clear()
+            try:
+                found = self._by_labels[key] = in_force(self.declarations, node_id, labels)
+            except TypeError:  # labels that do not sort (mixed key types): not memoised
+                return in_force(self.declarations, node_id, labels)
+        return found
+
+    def _field_code(self, field: str, value: Any, declared: Any) -> int:
+        """The code of a reported value (memoised for strings and package lists)."""
+        t = type(value)
+        if t is str and field != "labels":
+            code = self._values.get(value[:MAX_TEXT])
+            return code if code is not None else self._code(canonical(field, value))
+        if t is list and field == "packages":
+            try:
+                key = tuple(value)
+            except TypeError:
+                return _NONE
+            code = self._packages.get(key)
+            if code is None:
+                if len(self._packages) > _MEMO:
+                    self._packages.clear()
+                code = self._packages[key] = self._code(canonical(field, value))
+            return code
+        return self._code(canonical(field, value, declared))
+
+    def _read(self, nodes: Sequence[Any], rows: np.ndarray, mids: np.ndarray, stale: np.ndarray) -> np.ndarray:
+        """Read again the nodes at positions ``stale`` (their metadata object changed, or
+        their declaration must be looked up again); their rows. Only the fields the
+        declaration in force names are read (the others cannot differ)."""
+        out = rows[stale]
+        self.meta_id[out] = mids[stale]
         declarations, decl_codes, decl_keys = self.declarations, self._decl_codes, self._decl_keys
-        code = self._code
-        for i in stale.tolist():
-            row = int(rows[i])
-            md = metas[i]
-            self.meta[row] = md  # kept: its id cannot be reused while it is held
-            self.meta_id[row] = mids[i]
-            labels = md.get("labels") if type(md) is dict else None
-            index = in_force(declarations, nodes[i].id, labels) if declarations else -1
-            key = int(decl_keys[index]) if index >= 0 else -1
-            if key != self.decl_key[row]:
-                moved.append(row)
-                self.prev_key[row] = self.decl_key[row]
-                self.prev_declared[row] = self.declared[row]
-                self.decl_key[row] = key
-                self.declared[row] = decl_codes[index] if index >= 0 else _UNSET
-            self.decl[row] = index
-            declared_labels = declarations[index].value("labels") if index >= 0 else None
-            get = md.get if type(md) is dict else (lambda _k: None)
-            self.reported[row] = [code(canonical(f, get(f), declared_labels if f == "labels" else None))
-                                  for f in FIELDS]
-        return np.array(moved, np.int64)
+        field_code = self._field_code
+        meta = self.meta
+        indexes = []
+        codes = []
+        for i, row in zip(stale.tolist(), out.tolist()):
+            node = nodes[i]
+            md = node.metadata
+            meta[row] = md  # kept: its id cannot be reused while it is held
+            if type(md) is not dict:
+                md = {}
+            index = self._decl_index(node.id, md.get("labels")) if declarations else -1
+            indexes.append(index)
+            if index < 0:
+                codes.append(_NO_CODES)
+                continue
+            decl = declarations[index]
+            row_codes = [_NONE] * _NF
+            for field, value in decl.declared:
+                row_codes[FIELDS.index(field)] = field_code(field, md.get(field), value)
+            codes.append(row_codes)
+        idx = np.array(indexes, np.int64)
+        keys = np.where(idx >= 0, decl_keys[idx] if len(decl_keys) else -1, -1)
+        moved = keys != self.decl_key[out]
+        if moved.any():
+            mr = out[moved]
+            self.prev_key[mr] = self.decl_key[mr]
+            self.prev_declared[mr] = self.declared[mr]
+            self.decl_key[mr] = keys[moved]
+            mi = idx[moved]
+            self.declared[mr] = np.where((mi >= 0)[:, None], decl_codes[mi] if len(decl_codes) else _UNSET, _UNSET)
+            self.decl_moved[mr] = True
+        self.decl[out] = idx
+        self.reported[out] = np.array(codes, np.int32).reshape(len(out), _NF)
+        return out
 
     def step(self, nodes: Sequence[Any], now: float) -> DriftStep:
-        """Compare every node with its declaration and classify; one call per tick."""
+        """Compare every node with its declaration and classify; one call per tick.
+
+        Only the rows whose reported or declared state changed can change state, so
+        only they are classified (vectorised); a tick where nothing changed costs the
+        two passes that find that out.
+        """
         rows = self._rows_of(nodes)
-        before_reported = self.reported[rows].copy()
-        moved = self._refresh(nodes, rows, now)
-        declared = self.declared[rows]
-        reported = self.reported[rows]
+        mids = np.fromiter(map(id, map(_metadata, nodes)), np.int64, len(nodes))
+        stale = np.flatnonzero(mids != self.meta_id[rows])
+        transitions: list[tuple[str, str, str, list[str]]] = []
+        if len(stale):
+            before = self.reported[rows[stale]]  # a copy (fancy indexing): the codes before reading again
+            changed = self._read(nodes, rows, mids, stale)
+            transitions = self._classify(changed, before, now)
+        counts = np.bincount(self.state[rows], minlength=len(STATES))
+        return DriftStep({name: int(counts[k]) for k, name in enumerate(STATES)}, transitions)
+
+    def _classify(self, r: np.ndarray, before_reported: np.ndarray, now: float) -> list:
+        """Classify rows ``r`` (those read again this tick); their transitions."""
+        declared = self.declared[r]
+        reported = self.reported[r]
         differs = (declared != _UNSET) & (reported != declared)
         mask = (differs * _BITS).sum(axis=1).astype(np.uint8)
-        state = self.state[rows]
-        undeclared = self.decl_key[rows] == -1
+        state = self.state[r]
+        undeclared = self.decl_key[r] == -1
         drifted = (mask != 0) & ~undeclared
         was = (state == UNEXPLAINED) | (state == PENDING)
-        prev = self.prev_declared[rows]
-        catching = drifted & (self.prev_key[rows] != -1) & np.all((prev == _UNSET) | (reported == prev), axis=1)
-        moved_now = np.zeros(len(rows), bool)
-        if len(moved):
-            moved_now = np.isin(rows, moved)
+        prev = self.prev_declared[r]
+        catching = drifted & (self.prev_key[r] != -1) & np.all((prev == _UNSET) | (reported == prev), axis=1)
+        moved_now = self.decl_moved[r]
+        self.decl_moved[r] = False
         changed_report = np.any(reported != before_reported, axis=1)
 
         start = drifted & ~was
-        at_start = self.drift_declared[rows]
+        at_start = self.drift_declared[r]
         at_start[start] = declared[start]
-        self.drift_declared[rows] = at_start
-        seen = np.where(start, 0, self.drift_fields[rows]) | mask
-        self.drift_fields[rows] = seen
+        self.drift_declared[r] = at_start
+        seen = np.where(start, 0, self.drift_fields[r]) | mask
+        self.drift_fields[r] = seen
 
         new = state.copy()
         new[drifted] = np.where(catching[drifted], PENDING, UNEXPLAINED)
@@ -207,31 +280,26 @@ class DriftEngine:
         redeclared = ((at_start != declared) * _BITS).sum(axis=1).astype(np.uint8)
         explained = (state == PENDING) | ((redeclared & seen) != 0)
         new[ended] = np.where(explained[ended], INTENDED, REPAIRED)
-        together = ~drifted & ~was & ~undeclared & moved_now & changed_report & (self.prev_key[rows] != -1)
+        together = ~drifted & ~was & ~undeclared & moved_now & changed_report & (self.prev_key[r] != -1)
         new[together] = INTENDED
         first = ~drifted & ~undeclared & (state == UNDECLARED)
         new[first & ~together] = IN_SYNC
         new[undeclared] = UNDECLARED
 
-        since = self.since[rows]
+        since = self.since[r]
         since[start] = now
         since[~drifted] = np.nan
-        self.since[rows] = since
-        self.mask[rows] = np.where(drifted, mask, 0)
-        changed = np.flatnonzero(new != state)
-        transitions = []
-        quiet = (state == UNDECLARED) & (new == IN_SYNC)  # first seen in line: counted, not listed
-        changed = changed[~quiet[changed]]
-        if len(changed):
-            at = self.changed_at[rows]
-            at[changed] = now
-            self.changed_at[rows] = at
-            for i in changed.tolist():
-                row = int(rows[i])
-                transitions.append((self.ids[row], STATES[state[i]], STATES[new[i]], self.fields(row)))
-        self.state[rows] = new
-        counts = np.bincount(new, minlength=len(STATES))
-        return DriftStep({name: int(counts[k]) for k, name in enumerate(STATES)}, transitions)
+        self.since[r] = since
+        self.mask[r] = np.where(drifted, mask, 0)
+        self.state[r] = new
+        moved = np.flatnonzero((new != state) & ~((state == UNDECLARED) & (new == IN_SYNC)))
+        out = []
+        if len(moved):
+            self.changed_at[r[moved]] = now
+            for i in moved.tolist():
+                row = int(r[i])
+                out.append((self.ids[row], STATES[state[i]], STATES[new[i]], self.fields(row)))
+        return out
 
     # -- reading ------------------------------------------------------------------------------
 
