@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import random
+
+import networkx as nx
 import pytest
 
 from wyneos_core.config import Config
@@ -101,3 +104,45 @@ def test_reachable_if_reinstated_follows_cut_edges_both_ways():
     assert m.routing_tree().reachable("a") and not m.routing_tree().reachable("b")
     assert m.reachable_if_reinstated() == {ORIGIN, "a", "x", "b", "y", "c", "d"}
     assert dict(m.kept_edges) == {"x": ("a", "b"), "y": ("b", "c", "d")}
+
+
+def _reference_depths(mesh: Mesh, blocked: set[str]) -> dict[str, int]:
+    """Breadth-first depths over the networkx graph itself, not entering ``blocked``."""
+    graph = mesh.graph.subgraph(v for v in mesh.graph if v not in blocked or v == ORIGIN)
+    return nx.single_source_shortest_path_length(graph, ORIGIN)
+
+
+def test_array_search_matches_networkx_through_isolations_faults_and_joins():
+    rng = random.Random(7)
+    ids = [f"n{i}" for i in range(300)]
+    mesh = build_topology(ids, settings(topology="small_world", degree=4, seed=3, origin_links=2))
+    for round_ in range(12):
+        kind = round_ % 4
+        if kind == 0:
+            for v in rng.sample(ids, 6):
+                mesh.isolate(v)
+        elif kind == 1:
+            for v in rng.sample(sorted(mesh.isolated), min(3, len(mesh.isolated))):
+                mesh.reinstate(v)
+        elif kind == 2:
+            a = rng.choice(ids)
+            for b in list(mesh.graph.adj[a])[:2]:
+                mesh.cut_edge(a, b)
+        else:
+            new = f"j{round_}"
+            ids.append(new)
+            mesh.add_node(new)
+            mesh.add_edges([(new, rng.choice(ids[:-1]))])
+        avoid = {v: "offline" for v in rng.sample(ids, 10)}
+        tree = mesh.routing_tree(avoid)
+        depths = _reference_depths(mesh, set(avoid))
+        reached = {v for v in depths if v != ORIGIN}
+        assert set(tree.parent) == reached
+        for v in reached:  # a parent is a live neighbour one level up
+            p = tree.parent[v]
+            assert mesh.graph.has_edge(v, p) and depths[p] == depths[v] - 1
+            assert tree.path(v)[0] == ORIGIN and len(tree.path(v)) == depths[v] + 1
+        assert "nowhere" not in tree.parent and tree.parent.get("nowhere") is None
+        expected = {frozenset(c) for c in nx.connected_components(mesh.graph.subgraph(
+            v for v in mesh.graph if v != ORIGIN and v not in reached and v not in avoid and v not in mesh.isolated))}
+        assert {frozenset(g) for g in mesh.partitions(tree)} == expected

@@ -4,20 +4,31 @@ Routing is one breadth-first tree per tick from the origin over healthy vertices
 search per action), so propagation costs O(nodes + edges) per tick. Isolating a node
 cuts its edges (kept aside so reinstating restores them); vertices that are offline are
 routed around for the tick without changing the graph.
+
+The searches run over a compressed sparse row copy of the adjacency (``MeshArrays``,
+scipy's ``csgraph``), made again only when the mesh's shape changes: the graph with
+every isolated vertex's cut edges put back, so isolating and reinstating (every tick in
+a failing cluster) never rebuild it; an isolated vertex is simply not entered. A tree's
+parents are read from the predecessor array (``ArrayParents``), never copied into a
+dict of a million entries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import networkx as nx
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from wyneos_core.model import ORIGIN
 
-__all__ = ["Mesh", "MeshError", "RoutingTree", "build_topology", "TOPOLOGIES"]
+__all__ = ["ArrayParents", "Mesh", "MeshArrays", "MeshError", "RoutingTree", "build_topology", "TOPOLOGIES"]
 
 TOPOLOGIES = ("explicit", "ring", "star", "random_regular", "small_world", "full")
 
@@ -26,11 +37,121 @@ class MeshError(ValueError):
     """A mesh that cannot be built or an operation on a vertex it does not have."""
 
 
+class MeshArrays:
+    """The mesh's adjacency as arrays: vertex names by index, a name-to-index map and a
+    CSR adjacency (``indptr``, ``indices``) of the graph with the isolated vertices' cut
+    edges put back (see the module docstring)."""
+
+    __slots__ = ("names", "index", "indptr", "indices", "rows", "key")
+
+    def __init__(self, mesh: Mesh, key: tuple[int, int]) -> None:
+        adj = mesh.graph._adj  # noqa: SLF001 - read only
+        names = list(adj)
+        index = {name: i for i, name in enumerate(names)}
+        extra: dict[str, list[str]] = {}
+        for v, neighbours in mesh._cut.items():  # noqa: SLF001 - the mesh's own state
+            for w in neighbours:
+                if w in index:
+                    extra.setdefault(v, []).append(w)
+                    extra.setdefault(w, []).append(v)
+        get = index.__getitem__
+        counts = np.fromiter((len(adj[v]) + len(extra.get(v, ())) for v in names), np.int64, len(names))
+        indptr = np.zeros(len(names) + 1, np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        flat = [w for v in names for w in (*adj[v], *extra.get(v, ()))] if extra else \
+            [w for v in names for w in adj[v]]
+        self.names = names
+        self.index = index
+        self.indptr = indptr
+        self.indices = np.fromiter(map(get, flat), np.int32, len(flat))
+        self.rows = np.repeat(np.arange(len(names), dtype=np.int32), counts)
+        self.key = key
+
+    def mask(self, vertices: Iterable[str]) -> np.ndarray:
+        """A boolean mask over the vertices with ``vertices`` (those in the mesh) set."""
+        out = np.zeros(len(self.names), bool)
+        get = self.index.get
+        picked = [i for i in map(get, vertices) if i is not None]
+        out[picked] = True
+        return out
+
+    def search(self, blocked: np.ndarray | None) -> np.ndarray:
+        """Predecessors of a breadth-first search from the origin not entering ``blocked``
+        vertices (negative: not reached; the origin has none)."""
+        n = len(self.names)
+        indices, rows = self.indices, self.rows
+        if blocked is not None and blocked.any():
+            keep = ~(blocked[rows] | blocked[indices])
+            indices, rows = indices[keep], rows[keep]
+            indptr = np.zeros(n + 1, np.int64)
+            np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+        else:
+            indptr = self.indptr
+        graph = csr_matrix((np.ones(len(indices), np.int8), indices, indptr), shape=(n, n))
+        _, pred = breadth_first_order(graph, self.index[ORIGIN], directed=True, return_predecessors=True)
+        return pred
+
+    def components(self, within: np.ndarray) -> list[list[str]]:
+        """The connected groups of the ``within`` vertices (edges among them only)."""
+        keep = within[self.rows] & within[self.indices]
+        n = len(self.names)
+        graph = csr_matrix((np.ones(int(keep.sum()), np.int8), (self.rows[keep], self.indices[keep])), shape=(n, n))
+        _, labels = connected_components(graph, directed=False)
+        picked = np.flatnonzero(within)
+        groups: dict[int, list[str]] = {}
+        names = self.names
+        for i, label in zip(picked.tolist(), labels[picked].tolist()):
+            groups.setdefault(label, []).append(names[i])
+        return [sorted(g) for g in groups.values()]
+
+
+class ArrayParents(Mapping[str, str]):
+    """Read-only ``{vertex: parent}`` of a search, backed by its predecessor array."""
+
+    __slots__ = ("_arrays", "_pred")
+
+    def __init__(self, arrays: MeshArrays, pred: np.ndarray) -> None:
+        self._arrays = arrays
+        self._pred = pred
+
+    def __getitem__(self, vertex: str) -> str:
+        i = self._arrays.index.get(vertex)
+        if i is None or self._pred[i] < 0:
+            raise KeyError(vertex)
+        return self._arrays.names[self._pred[i]]
+
+    def get(self, vertex: str, default: Any = None) -> Any:
+        i = self._arrays.index.get(vertex)
+        if i is None:
+            return default
+        p = self._pred[i]
+        return default if p < 0 else self._arrays.names[p]
+
+    def __contains__(self, vertex: object) -> bool:
+        i = self._arrays.index.get(vertex)  # type: ignore[call-overload]
+        return i is not None and self._pred[i] >= 0
+
+    def reached(self) -> np.ndarray:
+        """Indexes (into ``MeshArrays.names``) of the vertices that have a parent."""
+        return np.flatnonzero(self._pred >= 0)
+
+    def __iter__(self) -> Iterator[str]:
+        names = self._arrays.names
+        return (names[i] for i in self.reached().tolist())
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._pred >= 0))
+
+    def items(self) -> Any:  # one pass over the arrays, not a lookup per key
+        names, reached = self._arrays.names, self.reached()
+        return list(zip([names[i] for i in reached.tolist()], [names[p] for p in self._pred[reached].tolist()]))
+
+
 @dataclass(slots=True)
 class RoutingTree:
     """Parents of every vertex reachable from the origin over healthy vertices."""
 
-    parent: dict[str, str]
+    parent: Mapping[str, str]
     avoided: dict[str, str] = field(default_factory=dict)  # vertex -> why it was routed around
 
     def reachable(self, node_id: str) -> bool:
@@ -62,21 +183,34 @@ class Mesh:
     ['orchestrator', 'a', 'b']
     """
 
-    __slots__ = ("graph", "_cut")
+    __slots__ = ("graph", "_cut", "_version", "_arrays")
 
     def __init__(self, graph: nx.Graph | None = None) -> None:
         self.graph: nx.Graph = graph if graph is not None else nx.Graph()
         self.graph.add_node(ORIGIN)
         self._cut: dict[str, list[str]] = {}  # isolated vertex -> neighbours it had
+        #: bumped by every change of shape (isolation is not one: see the module docstring)
+        self._version = 0
+        self._arrays: MeshArrays | None = None
+
+    def arrays(self) -> MeshArrays:
+        """The adjacency as arrays, made again only after the mesh's shape changed."""
+        key = (self._version, self.graph.number_of_nodes())
+        arrays = self._arrays
+        if arrays is None or arrays.key != key:
+            arrays = self._arrays = MeshArrays(self, key)
+        return arrays
 
     # -- shape ---------------------------------------------------------------------------
 
     def add_node(self, node_id: str) -> None:
+        self._version += 1
         self.graph.add_node(node_id)
 
     def remove_node(self, node_id: str) -> None:
         if node_id == ORIGIN:
             raise MeshError("the orchestrator cannot be removed from the mesh")
+        self._version += 1
         if node_id in self.graph:
             self.graph.remove_node(node_id)
         self._cut.pop(node_id, None)
@@ -85,6 +219,7 @@ class Mesh:
                 neighbours.remove(node_id)
 
     def add_edges(self, edges: Iterable[tuple[str, str]]) -> None:
+        self._version += 1
         for a, b in edges:
             if a == b:
                 raise MeshError(f"edge from {a!r} to itself")
@@ -135,14 +270,12 @@ class Mesh:
     def reachable_if_reinstated(self) -> set[str]:
         """Vertices that would have a path to the origin if every isolation were undone
         (the cut edges counted in both directions), origin included."""
-        extra: dict[str, list[str]] = {}
-        for v, neighbours in self._cut.items():
-            for w in neighbours:
-                extra.setdefault(v, []).append(w)
-                extra.setdefault(w, []).append(v)
-        reached = self._bfs(ORIGIN, extra=extra)
-        reached[ORIGIN] = ORIGIN
-        return set(reached)
+        arrays = self.arrays()
+        pred = arrays.search(None)
+        names = arrays.names
+        reached = {names[i] for i in np.flatnonzero(pred >= 0).tolist()}
+        reached.add(ORIGIN)
+        return reached
 
     def is_isolated(self, node_id: str) -> bool:
         return node_id in self._cut
@@ -160,73 +293,35 @@ class Mesh:
             Such a vertex is not given a route either: an action for it is undeliverable.
         """
         avoided = dict(avoid or {})
-        parent = self._bfs(ORIGIN, blocked=avoided.keys())
+        arrays = self.arrays()
+        blocked = arrays.mask([*avoided, *self._cut])
+        blocked[arrays.index[ORIGIN]] = False
         for vertex in self._cut:
             avoided.setdefault(vertex, "isolated")
-        return RoutingTree(parent=parent, avoided=avoided)
+        return RoutingTree(parent=ArrayParents(arrays, arrays.search(blocked)), avoided=avoided)
 
     def partitions(self, tree: RoutingTree | None = None) -> list[list[str]]:
         """Groups of vertices that are neither avoided nor isolated yet have no path from
         the origin (largest first), computed from a routing tree (made here if not given)."""
         tree = tree if tree is not None else self.routing_tree()
-        parent, avoided = tree.parent, tree.avoided
-        left = {v for v in self.graph if v != ORIGIN and v not in parent and v not in avoided}
-        groups = []
-        while left:
-            start = left.pop()
-            members = self._bfs(start, within=left)  # takes what it reaches out of ``left``
-            groups.append(sorted([start, *members]))
+        arrays = self.arrays()
+        parent = tree.parent
+        if isinstance(parent, ArrayParents) and parent._arrays is arrays:  # noqa: SLF001 - same module
+            left = parent._pred < 0  # noqa: SLF001
+        else:
+            left = ~arrays.mask(parent)
+        left &= ~arrays.mask(tree.avoided)
+        left[arrays.index[ORIGIN]] = False
+        if not left.any():
+            return []
+        groups = arrays.components(left)
         groups.sort(key=lambda g: (-len(g), g[0]))
         return groups
-
-    def _bfs(self, source: str, *, blocked: Iterable[str] = (), within: set[str] | None = None,
-             extra: Mapping[str, Iterable[str]] | None = None) -> dict[str, str]:
-        """Parents of the vertices reached breadth-first from ``source``.
-
-        Vertices in ``blocked`` are not entered. With ``within``, only vertices of that
-        set are entered, and each one reached is removed from it (so repeated searches
-        over what is left cost O(edges) in all). ``extra`` adds adjacency the graph does
-        not have (cut edges, for "what if reinstated").
-
-        Walks networkx's own adjacency storage (``Graph._adj``, a dict of dicts) level by
-        level: on a 100k-node mesh this is about 3.5x faster than ``nx.bfs_predecessors``
-        (whose views and generators dominate; measured in bench/bench_tick.py), and the
-        tick needs it several times. The graph itself is never written here.
-        """
-        adj = self.graph._adj  # noqa: SLF001 - read only, see the docstring
-        if extra:
-            adj = {v: [*adj[v], *extra.get(v, ())] for v in adj}
-        parent: dict[str, str] = {}
-        frontier = [source]
-        if within is None:
-            seen = set(blocked)  # one membership test per edge: blocked vertices count as seen
-            seen.add(source)
-            while frontier:
-                nxt = []
-                for v in frontier:
-                    for w in adj[v]:
-                        if w not in seen:
-                            seen.add(w)
-                            parent[w] = v
-                            nxt.append(w)
-                frontier = nxt
-            return parent
-        todo = within
-        todo.discard(source)
-        while frontier:
-            nxt = []
-            for v in frontier:
-                for w in adj[v]:
-                    if w in todo:
-                        todo.discard(w)
-                        parent[w] = v
-                        nxt.append(w)
-            frontier = nxt
-        return parent
 
     def cut_edge(self, a: str, b: str) -> None:
         """Remove one edge (a network fault), also from an isolated node's kept edges,
         so reinstating it cannot bring back a link the network no longer has."""
+        self._version += 1
         if self.graph.has_edge(a, b):
             self.graph.remove_edge(a, b)
             return
@@ -239,6 +334,7 @@ class Mesh:
         """Bring one edge back (a fault healed); for an isolated end it waits for reinstate."""
         if a not in self.graph or b not in self.graph:
             return
+        self._version += 1
         for x, y in ((a, b), (b, a)):
             if x in self._cut:
                 if y not in self._cut[x]:
@@ -297,6 +393,7 @@ def build_topology(node_ids: Sequence[str], settings: Mapping[str, Any]) -> Mesh
     else:
         raise MeshError(f"unknown topology {topology!r} (choose from {', '.join(TOPOLOGIES)})")
     mesh.graph.add_edges_from((node_ids[a], node_ids[b]) for a, b in base.edges)
+    mesh._version += 1  # noqa: SLF001 - written straight to the graph above
     links = min(settings.get("origin_links", 3), n)
     step = n / links
     mesh.add_edges((ORIGIN, node_ids[int(i * step)]) for i in range(links))
