@@ -583,3 +583,21 @@ def test_typed_observations_and_plugin_triples_are_read_together():
     scores = eng.score(Evidence(1, ["a", "b"], np.zeros(2, dtype=np.int8), np.zeros(2, dtype=np.int8),
                                 observations=both))
     assert (scores.observations_used, scores.observations_dropped) == (2, 0)
+
+
+def test_moved_trust_is_written_a_share_per_tick_and_tier_changes_at_once():
+    eng = TrustEngine(settings())
+    ids = [f"n{i}" for i in range(20)]
+    scores = eng.score(Evidence(1, ids, np.zeros(20, dtype=np.int8), np.zeros(20, dtype=np.int8)))
+    eng.assign({})
+    eng.rows_to_persist(scores.slots, everything=True)
+    eng.trust[scores.slots] += 0.2                           # every node's trust moves
+    eng.tier[scores.slots[1]] = int(Tier.UNTRUSTED)          # and one tier changes
+    written: list[str] = []
+    for _ in range(4):
+        rows = eng.rows_to_persist(scores.slots, spread=4)
+        assert len(rows) <= 20 // 4 + 1
+        written += [r[0] for r in rows]
+        eng.tick += 1
+    assert sorted(written) == sorted(ids)                    # each node once within 4 ticks
+    assert eng.rows_to_persist(scores.slots, spread=4) == []

@@ -45,6 +45,11 @@ __all__ = ["TrustState", "state_of", "record_refusals", "record_acks"]
 #: status member's id() -> code (an int-keyed lookup: Enum's own __hash__ is Python code)
 #: tier changes and admission decisions listed one by one in a tick report at most (all are counted)
 REPORT_LIMIT = 1000
+#: moved trust scores written per tick, about: a fleet of more nodes writes a moved score for
+#: one node in ``ceil(nodes / PERSIST_ROWS)`` each tick (tier and admission changes always at
+#: once), so while a whole fleet's trust moves a tick writes a share of it, and a restart
+#: finds every row at most that many ticks old (``TrustEngine.rows_to_persist``)
+PERSIST_ROWS = 12_500
 _STATUS_BY_IDENTITY = {id(s): STATUS_CODES[s.value] for s in NodeStatus}
 _ID = operator.attrgetter("id")
 _STATUS_OF = operator.attrgetter("status")
@@ -256,9 +261,23 @@ def wyneos_tick_report(ctx: TickContext) -> None:
     state = state_of(ctx.orchestrator)
     everything = state.first_scored
     state.first_scored = False
-    fps = {n.id: n.fingerprint for n in ctx.report.nodes if n.fingerprint}
-    rows = state.engine.rows_to_persist(state.slots, fps, everything=everything)
-    store.write_trust(rows)
+    rows = state.engine.rows_to_persist(state.slots, _Fingerprints(ctx.registry), everything=everything,
+                                        spread=-(-len(state.slots) // PERSIST_ROWS))
+    if rows:
+        store.write_trust(rows)
+
+
+class _Fingerprints:
+    """Node id -> fingerprint read from the registry, only for the rows written."""
+
+    __slots__ = ("registry",)
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def get(self, node_id: str, default: Any = None) -> Any:
+        node = self.registry.get(node_id)
+        return default if node is None else node.fingerprint
 
 
 def restore_read_only(orchestrator: Orchestrator, path: Any) -> int:

@@ -563,19 +563,32 @@ class TrustEngine:
     # -- persistence --------------------------------------------------------------------------
 
     def rows_to_persist(self, slots: np.ndarray, fingerprints: Mapping[str, str | None] | None = None,
-                        everything: bool = False) -> list[tuple]:
-        """Rows for the store's trust table: nodes whose trust moved by 0.01 or more, whose
-        tier or admission changed since last written (or all, with ``everything``)."""
+                        everything: bool = False, spread: int = 1) -> list[tuple]:
+        """Rows for the store's trust table: nodes whose tier or admission changed since
+        last written, and those whose trust moved by 0.01 or more (or all, with
+        ``everything``).
+
+        :param spread: a moved trust is written for one slot in ``spread`` each tick
+            (``slot % spread == tick % spread``), so a fleet whose trust all moves at once
+            writes a ``1/spread`` share per tick and every row is at most ``spread`` ticks
+            behind; tier and admission changes are written at once.
+        """
         rounded = np.round(self.trust[slots], 2)
         if everything:
             chosen = slots
         else:
-            changed = ((rounded != self.persisted_trust[slots]) | (self.tier[slots] != self.persisted_tier[slots])
-                       | (self.admission[slots] != self.persisted_admission[slots]))
-            chosen = slots[changed]
-        self.persisted_trust[slots] = rounded
-        self.persisted_tier[slots] = self.tier[slots]
-        self.persisted_admission[slots] = self.admission[slots]
+            changed = (self.tier[slots] != self.persisted_tier[slots]) | \
+                (self.admission[slots] != self.persisted_admission[slots])
+            moved = rounded != self.persisted_trust[slots]
+            if spread > 1:
+                moved &= (slots % spread) == (self.tick % spread)
+            chosen = slots[changed | moved]
+        if chosen is slots or len(chosen) == len(slots):
+            self.persisted_trust[slots] = rounded
+        else:
+            self.persisted_trust[chosen] = np.round(self.trust[chosen], 2)
+        self.persisted_tier[chosen] = self.tier[chosen]
+        self.persisted_admission[chosen] = self.admission[chosen]
         # one vectorised pass for every number, then one compact JSON encoding per row
         # (100k rows a tick at 100k nodes while trust still moves)
         chosen_list = chosen.tolist()
