@@ -146,3 +146,13 @@ def test_array_search_matches_networkx_through_isolations_faults_and_joins():
         expected = {frozenset(c) for c in nx.connected_components(mesh.graph.subgraph(
             v for v in mesh.graph if v != ORIGIN and v not in reached and v not in avoid and v not in mesh.isolated))}
         assert {frozenset(g) for g in mesh.partitions(tree)} == expected
+
+
+def test_a_change_made_straight_on_the_graph_reaches_the_next_search():
+    m = build_topology(IDS, settings(topology="star"))
+    assert "n3" in m.routing_tree().parent
+    m.graph.remove_edge(ORIGIN, "n3")
+    assert "n3" not in m.routing_tree().parent
+    assert m.partitions() == [["n3"]]
+    m.graph.add_edge("n3", "n4")
+    assert m.routing_tree().path("n3") == [ORIGIN, "n4", "n3"]

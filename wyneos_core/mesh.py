@@ -37,6 +37,27 @@ class MeshError(ValueError):
     """A mesh that cannot be built or an operation on a vertex it does not have."""
 
 
+class _Graph(nx.Graph):
+    """A networkx graph that counts the changes of its shape (``version``), so the
+    arrays made from it are made again after any change, also one made straight on the
+    graph (``mesh.graph.remove_edge`` by a simulation or a test)."""
+
+    version = 0
+
+    def _changed(self) -> None:
+        self.version += 1
+
+
+for _name in ("add_node", "add_nodes_from", "remove_node", "remove_nodes_from", "add_edge", "add_edges_from",
+              "add_weighted_edges_from", "remove_edge", "remove_edges_from", "update", "clear", "clear_edges"):
+    def _counting(self: _Graph, *args: Any, __name: str = _name, **kw: Any) -> Any:
+        self.version += 1
+        return getattr(nx.Graph, __name)(self, *args, **kw)
+
+    _counting.__name__ = _name
+    setattr(_Graph, _name, _counting)
+
+
 class MeshArrays:
     """The mesh's adjacency as arrays: vertex names by index, a name-to-index map and a
     CSR adjacency (``indptr``, ``indices``) of the graph with the isolated vertices' cut
@@ -44,7 +65,7 @@ class MeshArrays:
 
     __slots__ = ("names", "index", "indptr", "indices", "rows", "key")
 
-    def __init__(self, mesh: Mesh, key: tuple[int, int]) -> None:
+    def __init__(self, mesh: Mesh, key: tuple[int, int, int]) -> None:
         adj = mesh.graph._adj  # noqa: SLF001 - read only
         names = list(adj)
         index = {name: i for i, name in enumerate(names)}
@@ -186,16 +207,17 @@ class Mesh:
     __slots__ = ("graph", "_cut", "_version", "_arrays")
 
     def __init__(self, graph: nx.Graph | None = None) -> None:
-        self.graph: nx.Graph = graph if graph is not None else nx.Graph()
+        self.graph: nx.Graph = _Graph(graph) if graph is not None else _Graph()
         self.graph.add_node(ORIGIN)
         self._cut: dict[str, list[str]] = {}  # isolated vertex -> neighbours it had
-        #: bumped by every change of shape (isolation is not one: see the module docstring)
+        #: bumped by the mesh's own changes of shape that keep the graph's (cut edges);
+        #: isolating and reinstating are not changes of shape (see the module docstring)
         self._version = 0
         self._arrays: MeshArrays | None = None
 
     def arrays(self) -> MeshArrays:
         """The adjacency as arrays, made again only after the mesh's shape changed."""
-        key = (self._version, self.graph.number_of_nodes())
+        key = (self._version, getattr(self.graph, "version", -1), self.graph.number_of_nodes())
         arrays = self._arrays
         if arrays is None or arrays.key != key:
             arrays = self._arrays = MeshArrays(self, key)
@@ -245,7 +267,7 @@ class Mesh:
         if node_id in self._cut:
             return []
         neighbours = list(self.graph.adj[node_id])
-        self.graph.remove_edges_from((node_id, n) for n in neighbours)
+        nx.Graph.remove_edges_from(self.graph, ((node_id, n) for n in neighbours))  # not a change of shape
         self._cut[node_id] = neighbours
         return neighbours
 
@@ -255,7 +277,7 @@ class Mesh:
         if neighbours is None:
             return []
         restored = [n for n in neighbours if n in self.graph and n not in self._cut]
-        self.graph.add_edges_from((node_id, n) for n in restored)
+        nx.Graph.add_edges_from(self.graph, ((node_id, n) for n in restored))  # not a change of shape
         # an edge to another isolated vertex comes back when that one is reinstated
         for n in neighbours:
             if n in self._cut and node_id not in self._cut[n]:
@@ -393,7 +415,6 @@ def build_topology(node_ids: Sequence[str], settings: Mapping[str, Any]) -> Mesh
     else:
         raise MeshError(f"unknown topology {topology!r} (choose from {', '.join(TOPOLOGIES)})")
     mesh.graph.add_edges_from((node_ids[a], node_ids[b]) for a, b in base.edges)
-    mesh._version += 1  # noqa: SLF001 - written straight to the graph above
     links = min(settings.get("origin_links", 3), n)
     step = n / links
     mesh.add_edges((ORIGIN, node_ids[int(i * step)]) for i in range(links))
