@@ -105,3 +105,51 @@ def test_register_refuses_bad_and_duplicate_ids():
     r.deregister("a")
     with pytest.raises(RegistryError, match="not registered"):
         r.deregister("a")
+
+
+def test_a_batch_is_applied_exactly_as_one_heartbeat_at_a_time():
+    """``accept_all`` checks the common heartbeat inline: the same outcome as ``accept``
+    one by one, on hostile values, duplicates, reordering and clock rollbacks."""
+    import random
+
+    from wyneos_core.intake import CheckedHeartbeat
+
+    def fresh() -> Registry:
+        r = registry(unknown_nodes="reject")
+        r.register("b", now=NOW)
+        r.register("c", now=NOW)
+        return r
+
+    rng = random.Random(5)
+    ids = ["a", "b", "c", "gone", ["x"], "bad id!"]
+    loads = [None, 0.0, 0.5, 1e9, -1.0, math.nan, math.inf, 3, True, "1"]
+    stamps = [NOW, NOW - 5, NOW - 100, NOW + 10, NOW + 31, math.nan, -math.inf, math.inf, int(NOW), "t"]
+    batch = []
+    for _ in range(600):
+        cls = rng.choice([Heartbeat, CheckedHeartbeat])
+        extra = rng.choice([{}, {"metadata": {"zone": "eu"}}, {"metadata": None}, {"fingerprint": "fp"},
+                            {"licence_ref": "l1"}, {}, {}])
+        stamp = rng.choice(stamps)
+        if type(stamp) is float and rng.random() < 0.5:
+            stamp += rng.uniform(-40, 5)
+        hb = cls(rng.choice(ids), stamp, rng.choice(loads), **extra)
+        if cls is CheckedHeartbeat:  # the intake makes one only of a heartbeat that passed its check
+            try:
+                fresh().check(hb, NOW)
+            except HeartbeatError:
+                hb = Heartbeat(hb.node_id, hb.timestamp, hb.load, **extra)
+        batch.append(hb)
+
+    together, alone = fresh(), fresh()
+    accepted, rejected = together.accept_all(batch, NOW, trusted=True)
+    one_by_one: list[dict] = []
+    count = 0
+    for hb in batch:
+        try:
+            alone.accept(hb, NOW, checked=type(hb) is CheckedHeartbeat)
+            count += 1
+        except HeartbeatError as exc:
+            one_by_one.append(exc.to_dict())
+    assert accepted == count and [e.to_dict() for e in rejected] == one_by_one
+    assert [n.to_dict() | {"rollback": n.last_rollback} for n in together] == \
+        [n.to_dict() | {"rollback": n.last_rollback} for n in alone]

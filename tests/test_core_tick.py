@@ -35,7 +35,7 @@ def test_steps_run_in_order_each_seeing_the_previous_output(make_orchestrator, c
 
         @hookimpl
         def wyneos_enforcement(self, licences, results):
-            seen.append(("enforcement", len(results)))
+            seen.append(("enforcement", len(results), sum(results.passed_counts.values())))
 
         @hookimpl(tryfirst=True)
         def wyneos_decide(self, proposed):
@@ -51,7 +51,8 @@ def test_steps_run_in_order_each_seeing_the_previous_output(make_orchestrator, c
     assert seen == [
         ("licence", 3),
         ("governance", ["n02"]),
-        ("enforcement", 6),  # 2 builtin rules x 3 nodes
+        # 2 builtin rules x 3 nodes, all passing: counted, not listed (RuleResults)
+        ("enforcement", 0, 6),
         ("decide", [("isolate", "n02")]),  # builtin enforcement: expired licence -> isolate
         ("report", ["n02"]),
     ]

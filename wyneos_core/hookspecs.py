@@ -175,6 +175,11 @@ def wyneos_governance(
 ) -> Sequence[RuleResult] | None:
     """Evaluate governance rules against nodes: one result per (rule, node).
 
+    Over a large fleet, return a ``model.RuleResults`` instead: it lists the results
+    that failed (or whose rule state changed) and counts the passed ones per rule
+    (``passed_counts``); the builtin governance plugin does. The ``results`` later steps
+    receive is one such ``RuleResults`` for the whole tick.
+
     :param ctx: the tick context.
     :param nodes: every registered node.
     :param licences: the licence result of each node, by node id.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ __all__ = [
     "Observation",
     "PluginError",
     "RuleResult",
+    "RuleResults",
     "Severity",
     "TickReport",
 ]
@@ -301,6 +303,30 @@ class RuleResult:
         }
 
 
+class RuleResults(list):  # type: ignore[type-arg]
+    """Rule results that list only those worth a look and count the rest.
+
+    A list of the ``RuleResult`` that failed (or whose rule state changed), with
+    ``passed_counts``: per rule id, how many results passed and are not listed. A
+    governance step over a large fleet returns this instead of one object per passing
+    (rule, node) pair; the tick's rule summary adds the counts. Truthy when it lists or
+    counts anything.
+    """
+
+    __slots__ = ("passed_counts",)
+
+    def __init__(self, items: Any = (), passed_counts: dict[str, int] | None = None) -> None:
+        super().__init__(items)
+        self.passed_counts: dict[str, int] = dict(passed_counts or {})
+
+    def count_passed(self, counts: dict[str, int]) -> None:
+        for rule_id, count in counts.items():
+            self.passed_counts[rule_id] = self.passed_counts.get(rule_id, 0) + count
+
+    def __bool__(self) -> bool:
+        return len(self) > 0 or any(self.passed_counts.values())
+
+
 @dataclass(slots=True)
 class LicenceResult:
     """The outcome of validating one node's licence.
@@ -436,13 +462,27 @@ class TickReport:
     drift: dict[str, Any] = field(default_factory=dict)
     #: graduated enforcement: modes, holds, overrides, exceptions, shadow (see docs/enforcement.md)
     enforcement: dict[str, Any] = field(default_factory=dict)
+    #: counts computed once per list of nodes and of licences (several outputs ask for them)
+    counted: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def status_counts(self) -> dict[str, int]:
-        """Nodes per status, plus ``isolated``."""
-        by_status = Counter(node.status for node in self.nodes)
-        counts = {s.value: by_status.get(s, 0) for s in NodeStatus}
-        counts["isolated"] = sum(1 for node in self.nodes if node.isolated)
-        return counts
+        """Nodes per status, plus ``isolated`` (counted once for a list of nodes)."""
+        key = (id(self.nodes), len(self.nodes))
+        cached = self.counted.get("status")
+        if cached is None or cached[0] != key:
+            by_status = Counter(map(_STATUS, self.nodes))
+            counts = {s.value: by_status.get(s, 0) for s in NodeStatus}
+            counts["isolated"] = sum(map(_ISOLATED, self.nodes))
+            cached = self.counted["status"] = (key, counts)
+        return dict(cached[1])
+
+    def licence_counts(self) -> dict[str, int]:
+        """``licence_summary`` of this tick's licence results (counted once)."""
+        key = (id(self.licences), len(self.licences))
+        cached = self.counted.get("licences")
+        if cached is None or cached[0] != key:
+            cached = self.counted["licences"] = (key, licence_summary(self.licences.values()))
+        return dict(cached[1])
 
     def to_dict(self, max_nodes: int | None = None) -> dict[str, Any]:
         """The JSON form. With ``max_nodes``, a cluster larger than that lists only the
@@ -469,7 +509,7 @@ class TickReport:
                 "rejected": self.heartbeats_rejected,
             },
             "licences": [r.to_dict() for r in self.licences.values() if not r.valid or r.in_grace],
-            "licence_summary": licence_summary(self.licences.values()),
+            "licence_summary": self.licence_counts(),
             "results": [r.to_dict() for r in self.results],
             "rule_summary": self.rule_summary,
             "transitions": self.transitions,
@@ -490,4 +530,18 @@ class TickReport:
 
 def licence_summary(results: Any) -> dict[str, int]:
     """Licence results per reason code (``in_grace`` for valid results in grace)."""
-    return dict(Counter("in_grace" if (r.valid and r.in_grace) else r.reason for r in results))
+    results = list(results)
+    counts = Counter(map(_REASON, results))
+    graced = Counter(map(_REASON, [r for r in results if r.in_grace and r.valid]))
+    for reason, count in graced.items():  # valid results in grace count as in_grace, not by reason
+        counts[reason] -= count
+        if not counts[reason]:
+            del counts[reason]
+    if graced:
+        counts["in_grace"] = counts.get("in_grace", 0) + sum(graced.values())
+    return dict(counts)
+
+
+_STATUS = operator.attrgetter("status")
+_ISOLATED = operator.attrgetter("isolated")
+_REASON = operator.attrgetter("reason")

@@ -15,7 +15,7 @@ from wyneos_core.config import Config, ConfigError
 from wyneos_core.intake import HeartbeatQueue
 from wyneos_core.mesh import Mesh, RoutingTree, build_topology
 from wyneos_core.model import (ORIGIN, Action, Delivery, Heartbeat, LicenceResult, Node, NodeStatus, Observation,
-                               PluginError, RuleResult, TickReport)
+                               PluginError, RuleResult, RuleResults, TickReport)
 from wyneos_core.plugins import PluginLoadError, PluginManager
 from wyneos_core.registry import Registry
 from wyneos_core.store import ClusterStateStore, open_state_store
@@ -318,9 +318,11 @@ class Orchestrator:
 
         # 3 governance
         t0 = time.perf_counter()
-        results: list[RuleResult] = []
+        results = RuleResults()
         for plugin, batch in call("wyneos_governance", errors, ctx=ctx, nodes=nodes, licences=licences):
             results.extend(take(batch, plugin, "wyneos_governance", RuleResult))
+            if isinstance(batch, RuleResults):
+                results.count_passed(_checked_counts(batch.passed_counts, plugin, errors))
         _summarise(report, results)
         timings["governance"] = _ms(t0)
 
@@ -466,9 +468,21 @@ def _checked_scores(batch: dict[Any, Any]) -> tuple[dict[str, tuple[float, str]]
     return good, (len(bad), bad[0] if bad else "")
 
 
-def _summarise(report: TickReport, results: list[RuleResult]) -> None:
+def _checked_counts(counts: Any, plugin: str, errors: list[PluginError]) -> dict[str, int]:
+    """A plugin's ``RuleResults.passed_counts``, if it is a mapping of rule ids to counts."""
+    if isinstance(counts, dict) and all(type(k) is str and type(v) is int and v >= 0 for k, v in counts.items()):
+        return counts
+    errors.append(PluginError(plugin, "wyneos_governance", "passed_counts must map rule ids to counts; ignored",
+                              kind="invalid_result"))
+    return {}
+
+
+def _summarise(report: TickReport, results: RuleResults) -> None:
     summary = report.rule_summary
     kept = report.results
+    for rule_id, count in results.passed_counts.items():
+        if count:
+            summary[rule_id] = {"passed": count, "failed": 0}
     for r in results:
         counts = summary.get(r.rule_id)
         if counts is None:

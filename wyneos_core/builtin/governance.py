@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from wyneos_core import hookimpl
-from wyneos_core.model import LicenceResult, Node, NodeStatus, RuleResult, Severity
-from wyneos_core.pyrules import Rule, evaluate
+from wyneos_core.model import LicenceResult, Node, NodeStatus, RuleResult, RuleResults, Severity
+from wyneos_core.pyrules import Rule
 from wyneos_core.tick import TickContext
 
 
@@ -31,5 +31,16 @@ def rules(threshold: float) -> tuple[Rule, ...]:
 
 
 @hookimpl
-def wyneos_governance(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str, LicenceResult]) -> list[RuleResult]:
-    return evaluate(rules(ctx.config["healing"]["overload_threshold"]), nodes, ctx, source="builtin")
+def wyneos_governance(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str, LicenceResult]) -> RuleResults:
+    """The two rules as two filters: only the nodes that fail become results; those that
+    pass are counted (``RuleResults``). Same outcomes as ``evaluate(rules(...), nodes)``."""
+    threshold = ctx.config["healing"]["overload_threshold"]
+    fresh, load = rules(threshold)
+    online = _ONLINE
+    stale = [n.id for n in nodes if n.status is not online]
+    hot = [n.id for n in nodes if (v := n.load) is not None and not v < threshold]
+    out = RuleResults(passed_counts={fresh.id: len(nodes) - len(stale), load.id: len(nodes) - len(hot)})
+    for rule, failed in ((fresh, stale), (load, hot)):
+        message = rule.message or rule.description
+        out.extend(RuleResult(rule.id, node_id, False, message, rule.severity, "builtin") for node_id in failed)
+    return out

@@ -28,7 +28,7 @@ from typing import Any
 
 from wyneos_core import hookimpl
 from wyneos_core.builtin.decide import DecideState, state_of
-from wyneos_core.model import TickReport, licence_summary
+from wyneos_core.model import TickReport
 from wyneos_core.store import StoreError
 from wyneos_core.tick import TickContext
 
@@ -69,7 +69,7 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
         "duration_ms": round(report.duration_ms, 3),
         "status_counts": report.status_counts(),
         "rule_summary": report.rule_summary,
-        "licence_summary": licence_summary(report.licences.values()),
+        "licence_summary": report.licence_counts(),
         "actions": [a.to_dict() for a in report.actions],
         "errors": [e.to_dict() for e in report.errors],
         "notes": report.notes,
