@@ -152,6 +152,19 @@ class ArrayParents(Mapping[str, str]):
         i = self._arrays.index.get(vertex)  # type: ignore[call-overload]
         return i is not None and self._pred[i] >= 0
 
+    def unreached(self) -> list[str]:
+        """The vertices without a parent, the origin left out."""
+        names = self._arrays.names
+        return [names[i] for i in np.flatnonzero(self._pred < 0).tolist() if names[i] != ORIGIN]
+
+    def children(self, vertex: str) -> list[str]:
+        """The vertices whose parent is ``vertex`` (one pass over the array)."""
+        i = self._arrays.index.get(vertex)
+        if i is None:
+            return []
+        names = self._arrays.names
+        return [names[j] for j in np.flatnonzero(self._pred == i).tolist()]
+
     def reached(self) -> np.ndarray:
         """Indexes (into ``MeshArrays.names``) of the vertices that have a parent."""
         return np.flatnonzero(self._pred >= 0)

@@ -73,6 +73,7 @@ from wyneos_core.enforcement.journal import journal_of as _journal_of
 from wyneos_core.enforcement.overrides import OPERATOR
 from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem
+from wyneos_core.mesh import ArrayParents
 from wyneos_core.model import ORIGIN, Action, ActionType, NodeStatus, PluginError, Severity
 from wyneos_core.tick import Orchestrator, TickContext
 from wyneos_core.wording import plural
@@ -216,7 +217,10 @@ def _partitioned(ctx: TickContext) -> set[str]:
     mesh = ctx.mesh
     reach = ctx.mesh_tree().parent
     isolated = mesh.isolated
-    return {n.id for n in ctx.registry if n.id not in reach and n.id not in isolated and n.id in mesh}
+    registry = ctx.registry
+    if isinstance(reach, ArrayParents):  # the few vertices without a path, from the arrays
+        return {v for v in reach.unreached() if v not in isolated and v in registry}
+    return {n.id for n in registry if n.id not in reach and n.id not in isolated and n.id in mesh}
 
 
 def _stranded(ctx: TickContext, partitioned: set[str]) -> set[str]:
@@ -227,7 +231,7 @@ def _stranded(ctx: TickContext, partitioned: set[str]) -> set[str]:
     return partitioned & ctx.mesh.reachable_if_reinstated()
 
 
-def would_strand(ctx: TickContext, target: str, blocked: set[str], children: dict[str, list[str]]) -> list[str]:
+def would_strand(ctx: TickContext, target: str, blocked: set[str], children: Any) -> list[str]:
     """The vertices that cutting ``target`` (with ``blocked`` cut too) would leave without
     a mesh path to the orchestrator.
 
@@ -280,11 +284,27 @@ def would_strand(ctx: TickContext, target: str, blocked: set[str], children: dic
     return stranded
 
 
-def _children(ctx: TickContext) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for v, p in ctx.mesh_tree().parent.items():
-        out.setdefault(p, []).append(v)
-    return out
+class _Children:
+    """The structural tree's children by parent, found when asked (``get``)."""
+
+    __slots__ = ("parent", "_by_parent")
+
+    def __init__(self, parent: Any) -> None:
+        self.parent = parent
+        self._by_parent: dict[str, list[str]] | None = None
+
+    def get(self, vertex: str, default: Any = ()) -> Any:
+        if isinstance(self.parent, ArrayParents):
+            return self.parent.children(vertex) or default
+        if self._by_parent is None:
+            self._by_parent = {}
+            for v, p in self.parent.items():
+                self._by_parent.setdefault(p, []).append(v)
+        return self._by_parent.get(vertex, default)
+
+
+def _children(ctx: TickContext) -> _Children:
+    return _Children(ctx.mesh_tree().parent)
 
 
 def _correlated(state: DecideState, window: int) -> tuple[int, int]:
@@ -408,7 +428,7 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
     decided: list[Action] = []
     deferred = suppressed = 0
     strand_notes: list[str] = []
-    children: dict[str, list[str]] | None = None
+    children: _Children | None = None
     approved_cuts: set[str] = set()
     cut_off = {h.action.target for h in state.in_force.values() if h.action.type in ISOLATING}
     for action in unique.values():
