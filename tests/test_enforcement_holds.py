@@ -144,3 +144,22 @@ enforcement:
     assert sorted(e["target"] for e in held) == ["n02", "n03", "n04"]
     assert held[0]["budget"] == "fleet" and "rate 0.2/s (burst 1) used up" in held[0]["detail"]
     assert [len(r.enforcement["held_by_budget"]) for r in reports] == [3, 2, 1, 0, 0]
+
+
+def test_the_zone_outage_scenario_is_held_by_its_budget_and_without_it_the_zone_is_isolated():
+    import dataclasses
+
+    from wyneos_core.simulate import load_scenario, resolve_scenario, simulate
+
+    scenario = load_scenario(resolve_scenario("builtin:zone-outage-budget"))
+    result = simulate(scenario)
+    zone, lone = result.summary["faults"]
+    assert zone["nodes"] == 10 and zone["detected"] == 10 and zone["acted"] == 0
+    assert lone["acted"] == 1 and result.orchestrator.registry["node-0025"].isolated
+    assert not any(result.orchestrator.registry[f"node-{i:04d}"].isolated for i in range(1, 11))
+    assert result.orchestrator.registry["node-0001"].metadata["zone"] == "zone-1"
+    assert result.failures == []
+    # the same outage without the budget: nodes of the zone are isolated
+    unbudgeted = dataclasses.replace(scenario, config={**scenario.config, "enforcement": {"budgets": []}})
+    bare = simulate(unbudgeted)
+    assert bare.summary["faults"][0]["acted"] >= 1

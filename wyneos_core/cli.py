@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "wyneos_core.cli_get",
     "wyneos_core.cli_relay",
     "wyneos_core.cli_rules",
+    "wyneos_core.cli_enforcement",
     "wyneos_core.validate",
 )
 

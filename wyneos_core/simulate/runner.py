@@ -18,7 +18,7 @@ from wyneos_core.simulate.cluster import SimCluster, fault_targets
 from wyneos_core.simulate.licences import CUSTOMER, write_licences
 from wyneos_core.wording import plural
 from wyneos_core.simulate.metrics import Recorder, TickSample, check_expectations
-from wyneos_core.simulate.scenario import Scenario, node_ids
+from wyneos_core.simulate.scenario import Scenario, node_ids, zone_of
 from wyneos_core.simulate.trust_faults import SimWitnesses, check_trust_expectations, trust_text
 from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator
@@ -76,9 +76,11 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
                               "map": {}, "revocations": None, "ledger": None})
     orchestrator = Orchestrator(config, clock=clock, load_entrypoints=plugins, store=store)
     orchestrator._sim_workdir = root if workdir is None else None  # type: ignore[attr-defined]
-    for node_id in ids:
+    for index, node_id in enumerate(ids):
         if node_id not in orchestrator.registry:
-            orchestrator.registry.register(node_id, now=clock.now, licence_ref=licences.initial[node_id])
+            zone = {"zone": zone_of(index, len(ids), scenario.zones)} if scenario.zones > 1 else None
+            orchestrator.registry.register(node_id, now=clock.now, licence_ref=licences.initial[node_id],
+                                           metadata=zone)
     orchestrator.mesh = build_topology(ids, config["mesh"])
     cluster = SimCluster(scenario, ids, orchestrator.mesh)
     cluster.witnesses = bool(config["consensus"]["enabled"])

@@ -89,6 +89,8 @@ class Scenario:
     expect: dict[str, Any]
     source: str = "<scenario>"
     located: Located | None = None
+    #: zones the nodes are spread over (metadata ``zone``), in blocks of consecutive ids
+    zones: int = 1
 
     def with_overrides(self, *, nodes: int | None = None, ticks: int | None = None,
                        seed: int | None = None) -> Scenario:
@@ -96,7 +98,7 @@ class Scenario:
         out = Scenario(self.name, self.description, self.nodes if nodes is None else nodes,
                        self.ticks if ticks is None else ticks,
                        self.seed if seed is None else seed, dict(self.mesh), self.config, self.load,
-                       self.faults, self.expect, self.source, self.located)
+                       self.faults, self.expect, self.source, self.located, self.zones)
         for option, value in (("--nodes", nodes), ("--ticks", ticks)):
             if value is not None and not 1 <= value <= 100_000:
                 raise LocatedError(f"must be between 1 and 100000, got {value}", file=option)
@@ -111,6 +113,11 @@ class Scenario:
         data["mesh"] = {**data.get("mesh", {}), **self.mesh, "seed": self.seed}
         data["cluster"] = f"sim-{self.name}"
         return Config(fill_defaults(config_schema(), data), source=self.source)
+
+
+def zone_of(index: int, count: int, zones: int) -> str:
+    """The zone of the ``index``-th (0-based) of ``count`` nodes spread over ``zones``."""
+    return f"zone-{index * zones // count + 1}"
 
 
 def node_ids(count: int) -> list[str]:
@@ -161,7 +168,8 @@ def load_scenario(path: str | Path | None = None, *, text: str | None = None, na
     if load["max"] < load["min"]:
         problems.append(located.error(("load", "max"), f"must be at least load.min ({load['min']}), got {load['max']}"))
     scenario = Scenario(data["scenario"], data["description"], data["nodes"], data["ticks"], data["seed"],
-                        data["mesh"], data["config"], load, faults, data["expect"], located.file, located)
+                        data["mesh"], data["config"], load, faults, data["expect"], located.file, located,
+                        data["zones"])
     problems += _fault_problems(scenario)
     if problems:  # every mistake at once, in file order
         raise ConfigError.of(sorted(problems, key=lambda e: (e.line or 0, e.column or 0)))
