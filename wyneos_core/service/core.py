@@ -692,8 +692,11 @@ class Service:
                 for i, hb in heartbeats:
                     results[i] = ItemResult(202, "accepted", "", hb.node_id)
         final = [r if r is not None else ItemResult(500, "internal", "not processed") for r in results]
-        # refused replays, bad signatures and clock problems count against the node's trust
-        refused = [r.node_id for r in final if r.status in (401, 403, 409) and r.code != "window_full"
+        # refused replays and clock problems count against the node's trust, only when the
+        # node's own signature checked out: anyone can send junk naming a node (a bad
+        # signature, an unknown key) and it says nothing about that node
+        refused = [r.node_id for r, v in zip(final, verified) if type(v) is not ItemResult
+                   and r.status in (401, 403, 409) and r.code != "window_full"
                    and r.node_id in self.orchestrator.registry]
         if refused:
             record_refusals(self.orchestrator, refused)
