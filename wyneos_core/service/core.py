@@ -45,6 +45,7 @@ from wyneos_core.service.identity import AuthError, KeyCache, NonceWindow, Signe
 from wyneos_core.service.metrics import ServiceMetrics
 from wyneos_core.service.orchestrator_key import OrchestratorKey
 from wyneos_core.service.outbox import AgentOutbox
+from wyneos_core.service.peer import MAX_OBSERVATION_AGE
 from wyneos_core.service import signed_actions as sa
 from wyneos_core.service.sessions import SessionTable
 from wyneos_core.service.settings import ServiceSettings
@@ -945,7 +946,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 
 _FIELDS = frozenset(("node_id", "timestamp", "load", "metadata", "licence_ref", "observations", "metrics"))
-_OBSERVATION_FIELDS = frozenset(("subject", "reachable", "rtt_ms", "last_seq"))
+_OBSERVATION_FIELDS = frozenset(("subject", "reachable", "rtt_ms", "last_seq", "age_s"))
 _MAX_OBSERVATIONS = 64  # read at most; heartbeat.max_observations is checked with the heartbeat
 
 
@@ -976,7 +977,12 @@ def _observations(node_id: str, raw: Any) -> tuple[Observation, ...]:
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not _OBSERVATION_FIELDS.issuperset(item) or "subject" not in item \
                 or "reachable" not in item:
-            raise _Unprocessable(f"observations[{index}]", "expected {subject, reachable, rtt_ms, last_seq}")
+            raise _Unprocessable(f"observations[{index}]", "expected {subject, reachable, rtt_ms, last_seq, age_s}")
+        age = item.get("age_s", 0.0)
+        if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e9:  # also catches nan
+            raise _Unprocessable(f"observations[{index}].age_s", "expected seconds >= 0")
+        if age > MAX_OBSERVATION_AGE:
+            continue  # stale: what the witness saw then says nothing about now
         out.append(Observation(node_id, item["subject"], item["reachable"], item.get("rtt_ms"), item.get("last_seq"),
                                True))
     return tuple(out)

@@ -9,11 +9,21 @@ Service-mode half of the compliance mesh (``docs/mesh.md``):
   ``wyneos.neighbours/1``), in the answer to its heartbeat;
 * ``PeerNode`` (agent side): serves ``GET /v1/peer/ping?nonce=N`` on a loopback (or
   given) address, answering with its id, its heartbeat sequence and its public key,
-  signed by its node key over the prober's nonce; probes each neighbour of the
-  *verified* list in turn (at most ``MAX_NEIGHBOURS``, ``PROBE_TIMEOUT`` each, the
-  round jittered), checks the answer's key against the listed fingerprint and its
-  signature, and keeps the latest observation of each, which the agent sends with its
-  next heartbeat (signed with it, like everything in the heartbeat body).
+  signed by its node key over the prober's nonce; probes the neighbours of the
+  *verified* list (at most ``MAX_NEIGHBOURS``), ``PROBE_WORKERS`` at a time, each
+  probe with one deadline of ``PROBE_TIMEOUT`` seconds for all of it (connect, send,
+  the whole answer: a tarpit neighbour costs one deadline, never more), so a round
+  takes at most ``ROUND_TIMEOUT``; the rounds are jittered. It checks the answer's key
+  against the listed fingerprint and its signature, and keeps the latest observation
+  of each, which the agent sends with its next heartbeat (signed with it, like
+  everything in the heartbeat body) with its **age** (``age_s``): an observation older
+  than ``MAX_OBSERVATION_AGE`` is not sent, and the orchestrator does not count one
+  that old (a dead neighbour is never reported reachable from stale data).
+
+The peer endpoint is bounded like ``wyneos serve``: at most ``MAX_PEER_CONNECTIONS``
+connections at once (more are closed at once, before a thread is started), and a
+connection that does not deliver its request within ``PEER_TIMEOUT`` seconds is
+closed: 1,000 silent sockets hold no more than that many threads, for that long.
 
 ``POST /v1/peer/relay`` (signed actions a neighbour relays) takes a push only signed
 by the key of a neighbour in the verified list, and is rate limited per source address
@@ -36,6 +46,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -48,6 +59,7 @@ from wyneos_core import hookimpl
 from wyneos_core.licensing.envelope import EnvelopeError, open_envelope
 from wyneos_core.licensing.keys import KeyRing, fingerprint, public_bytes
 from wyneos_core.model import ORIGIN
+from wyneos_core.service.bounded_http import exchange
 
 __all__ = ["NEIGHBOURS_FORMAT", "RELAY_PATH", "NeighbourBook", "PeerNode", "RateLimiter", "ping_message",
            "relay_message"]
@@ -70,8 +82,18 @@ RELAY_BURST = 8
 RELAY_RATE_SOURCES = 1024
 #: neighbours an agent probes at most (the rest of a longer list is ignored)
 MAX_NEIGHBOURS = 16
-#: seconds one probe may take
+#: seconds one probe may take, in all
 PROBE_TIMEOUT = 1.0
+#: probes run at once
+PROBE_WORKERS = 8
+#: seconds a probe round takes at most (every probe bounded by PROBE_TIMEOUT)
+ROUND_TIMEOUT = PROBE_TIMEOUT * -(-MAX_NEIGHBOURS // PROBE_WORKERS) + 1.0
+#: seconds after which an observation is stale: not sent, and not counted by the orchestrator
+MAX_OBSERVATION_AGE = 30.0
+#: connections the peer endpoint serves at once (more are closed at once)
+MAX_PEER_CONNECTIONS = 64
+#: seconds a connection to the peer endpoint has for each read of its request
+PEER_TIMEOUT = 2.0
 #: bytes of a ping answer read at most
 MAX_ANSWER_BYTES = 4096
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}$")
@@ -132,6 +154,35 @@ def _b64e(raw: bytes) -> str:
 
 def _b64d(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` serving at most ``MAX_PEER_CONNECTIONS`` connections at once:
+    one more is closed at once, before any thread is started for it."""
+
+    request_queue_size = 128  # the listen backlog (socketserver's 5 makes connecting clients wait)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_PEER_CONNECTIONS)
+        self.shed = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shed += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 # -- orchestrator side -------------------------------------------------------------------
@@ -224,6 +275,7 @@ class PeerNode:
         self.neighbours_tick = -1
         self.refused_lists = 0
         self.observations: dict[str, dict[str, Any]] = {}
+        self._observed_at: dict[str, float] = {}  # subject -> time.monotonic() of its observation
         #: ``(sender, envelopes) -> {"node", "acks", "refusals"}``: takes actions a peer
         #: relays (the agent's ``receive_relayed``); None: the relay route answers 404
         self.on_relay: Callable[[str, list[Any]], dict[str, Any]] | None = None
@@ -236,6 +288,7 @@ class PeerNode:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "wyneos-peer"
+            timeout = PEER_TIMEOUT  # a silent or slow connection is closed, its thread freed
 
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
@@ -308,8 +361,9 @@ class PeerNode:
                 self.end_headers()
                 self.wfile.write(raw)
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = _BoundedServer((host, port), Handler)
         self.server.daemon_threads = True
+        self._pool = ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="wyneos-probe")
         self.address = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
         self._threads = [threading.Thread(target=self.server.serve_forever, name="wyneos-peer", daemon=True),
                          threading.Thread(target=self._probe_loop, name="wyneos-witness", daemon=True)]
@@ -326,6 +380,7 @@ class PeerNode:
         if self._started:
             self.server.shutdown()  # waits for serve_forever, so only once it runs
         self.server.server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- neighbour list --------------------------------------------------------------------
 
@@ -363,22 +418,23 @@ class PeerNode:
             known = {e["id"] for e in good}
             for gone in [n for n in self.observations if n not in known]:
                 del self.observations[gone]
+                self._observed_at.pop(gone, None)
         return True
 
     # -- probes ------------------------------------------------------------------------------
 
     def probe(self, neighbour: dict[str, Any]) -> dict[str, Any]:
-        """Probe one neighbour: the observation (``reachable`` only when it proved its key)."""
+        """Probe one neighbour: the observation (``reachable`` only when it proved its key
+        within ``PROBE_TIMEOUT`` seconds, answer included)."""
         host, _, port = neighbour["address"].rpartition(":")
         nonce = _b64e(secrets.token_bytes(12))  # unpredictable: an old signed answer cannot be replayed
         started = time.perf_counter()
         obs: dict[str, Any] = {"subject": neighbour["id"], "reachable": False, "rtt_ms": None, "last_seq": None}
         conn = http.client.HTTPConnection(host, int(port), timeout=PROBE_TIMEOUT)
         try:
-            conn.request("GET", f"{PING_PATH}?nonce={nonce}")
-            response = conn.getresponse()
-            raw = response.read(MAX_ANSWER_BYTES + 1)
-            if response.status != 200 or len(raw) > MAX_ANSWER_BYTES:
+            response, raw = exchange(conn, "GET", f"{PING_PATH}?nonce={nonce}", None, {},
+                                     deadline=time.monotonic() + PROBE_TIMEOUT, max_bytes=MAX_ANSWER_BYTES)
+            if response.status != 200:
                 return obs
             data = json.loads(raw)
             pub = _b64d(str(data.get("public_key", "")))
@@ -388,7 +444,7 @@ class PeerNode:
                 return obs
             Ed25519PublicKey.from_public_bytes(pub).verify(_b64d(str(data.get("signature", ""))),
                                                            ping_message(neighbour["id"], nonce, seq))
-        except (OSError, http.client.HTTPException, ValueError, InvalidSignature, TypeError):
+        except (OSError, http.client.HTTPException, ValueError, InvalidSignature, TypeError, AttributeError):
             return obs
         finally:
             conn.close()
@@ -396,16 +452,26 @@ class PeerNode:
         return obs
 
     def probe_round(self) -> int:
-        """Probe every neighbour once; the number probed."""
+        """Probe every neighbour once, ``PROBE_WORKERS`` at a time, within
+        ``ROUND_TIMEOUT`` seconds; the number probed."""
         with self._lock:
             neighbours = list(self.neighbours)
-        for n in neighbours:
-            if self._stop.is_set():
-                break
-            obs = self.probe(n)
+        if not neighbours or self._stop.is_set():
+            return 0
+        futures = {self._pool.submit(self.probe, n): n for n in neighbours}
+        done, _ = wait(futures, timeout=ROUND_TIMEOUT)
+        observed_at = time.monotonic()
+        for future in done:
+            n = futures[future]
+            try:
+                obs = future.result()
+            except Exception:  # noqa: BLE001 - a probe bug is an unreachable neighbour
+                log.exception("probing %s failed", n["id"])
+                continue
             with self._lock:
                 if any(e["id"] == n["id"] for e in self.neighbours):
                     self.observations[n["id"]] = obs
+                    self._observed_at[n["id"]] = observed_at
         return len(neighbours)
 
     def _probe_loop(self) -> None:
@@ -467,7 +533,14 @@ class PeerNode:
         return {"node": data["node"], "acks": data["acks"][:MAX_RELAYED * 2], "refusals": data["refusals"][:100]}
 
     def report(self) -> list[dict[str, Any]]:
-        """The latest observation of each neighbour, for the next heartbeat."""
+        """The latest observation of each neighbour, with its age in seconds (``age_s``),
+        for the next heartbeat; one older than ``MAX_OBSERVATION_AGE`` is not sent."""
+        now = time.monotonic()
+        out = []
         with self._lock:
-            return [dict(o) for o in self.observations.values()]
+            for subject, obs in self.observations.items():
+                age = now - self._observed_at.get(subject, now)
+                if age <= MAX_OBSERVATION_AGE:
+                    out.append({**obs, "age_s": round(age, 3)})
+        return out
 
