@@ -124,3 +124,28 @@ def test_validate_warns_when_no_licence_can_be_enforced(tmp_path):
     assert "licences are not enforced" in warning
     config.write_text(cluster_yaml(2, disable="[licence]"))
     assert not [w for w in validate_file(config)["warnings"] if "trusted_keys" in w]
+
+
+def test_a_ruleset_changed_by_hot_reload_can_start_in_audit(make_orchestrator, clock, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES.replace("ruleset: hot\n", "ruleset: hot\nreload_mode: audit\n"))
+    orch = make_orchestrator(cluster_yaml(3, disable="[governance, healing, enforcement]",
+                                          extra="rulesets: {paths: [rules.yaml]}\n"))
+    beat(orch, clock, "n01", "n02", "n03", load=0.95)
+    first = orch.tick()
+    assert "isolate" in {a.type for a in first.actions}  # loaded at start: its own modes
+    # the file changes while running: the new version runs in audit until a restart
+    rules.write_text(RULES.replace("ruleset: hot\n", "ruleset: hot\nreload_mode: audit\n")
+                     .replace("node.load > 0.5", "node.load > 0.6"))
+    import os
+
+    os.utime(rules, (clock() + 10, clock() + 10))
+    clock.advance(5)
+    beat(orch, clock, "n01", "n02", "n03", load=0.95)
+    second = orch.tick()
+    assert any("rules.yaml" in n for n in second.notes)  # reloaded
+    assert not [a for a in second.actions if a.origin.startswith("ruleset:hot/")]
+    settings = {f["setting"] for f in second.enforcement["findings"]}
+    assert settings == {"ruleset hot mode"}
+    assert second.enforcement["modes"]["enforce"] == 0
