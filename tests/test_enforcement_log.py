@@ -64,6 +64,13 @@ def test_shadow_shows_what_candidates_would_change_and_never_act(make_orchestrat
     assert shadow["totals"] == {"newly_failing": 0, "newly_passing": 0, "actions_added": 1, "actions_removed": 0}
     assert sorted(n.id for n in orch.registry if n.isolated) == ["n01"]  # the candidate acted on nothing
     assert any(n.startswith("shadow: candidates hot would") for n in report.notes)
+    from wyneos_core.service.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    metrics.observe_tick(report, 0, [])
+    text = metrics.render().decode()
+    assert 'wyneos_shadow_differences{kind="actions_added"} 1.0' in text
+    assert 'wyneos_enforcement_findings{mode="enforce"} 1.0' in text
 
 
 def test_every_decision_is_logged_with_its_cause_and_mode_and_sent_to_the_hook(make_orchestrator, clock, tmp_path,

@@ -9,6 +9,7 @@ import threading
 import httpx
 import pytest
 from service_helpers import add_token, make_service, wait_for, write_config
+from test_service_why import metric
 
 from wyneos_core import hookimpl
 from wyneos_core.enforcement.overrides import META_KEY
@@ -73,6 +74,9 @@ def test_an_operator_isolation_is_delivered_acknowledged_and_kept_until_lifted(t
             assert report.enforcement["overrides"][0]["by"] == "alice"
             held = report.enforcement["held_by_override"]
             assert [(h["type"], h["origin"], h["by"]) for h in held] == [("reinstate", "test-forgiving", "alice")]
+            metrics = client.get("/metrics", headers=bearer(READ)).text
+            assert metric(metrics, "wyneos_enforcement_overrides") == 1
+            assert metric(metrics, "wyneos_enforcement_held", kind="held_by_override") == 1
             in_force = client.get("/v1/actions", headers=bearer(READ)).json()["in_force"]
             (isolation,) = [a for a in in_force if a["type"] == "isolate"]
             assert isolation["origin"] == "operator" and "alice: suspected compromise" in isolation["reason"]

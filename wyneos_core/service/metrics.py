@@ -124,6 +124,20 @@ class ServiceMetrics:
                            "state against reported)", ["state"], registry=r)
         self.drift_changes = Counter("wyneos_drift_transitions", "Changes of a node's drift state, by the state "
                                      "it entered", ["state"], registry=r)
+        # graduated enforcement (docs/enforcement.md)
+        self.findings = Gauge("wyneos_enforcement_findings", "Findings (proposed actions) of the last tick by mode: "
+                              "enforce, warn, audit", ["mode"], registry=r)
+        self.held = Gauge("wyneos_enforcement_held", "Actions held in the last tick by what held them: "
+                          "held_by_budget, excepted, held_by_override", ["kind"], registry=r)
+        self.overrides = Gauge("wyneos_enforcement_overrides", "Operator overrides standing", registry=r)
+        self.licence_enforced = Gauge("wyneos_licence_enforced", "1 when the licence step enforces (a trusted key "
+                                      "is named), 0 when its findings are audited only", registry=r)
+        self.shadow = Gauge("wyneos_shadow_differences", "What the candidate rulesets would change in the last tick: "
+                            "newly_failing, newly_passing, actions_added, actions_removed", ["kind"], registry=r)
+        for mode in ("enforce", "warn", "audit"):
+            self.findings.labels(mode)
+        for kind in ("held_by_budget", "excepted", "held_by_override"):
+            self.held.labels(kind)
 
     def observe_tick(self, report: TickReport, missed: int, in_force: list[dict[str, Any]]) -> None:
         self.applied.inc(report.heartbeats_accepted)  # before last_tick: a reader of both sees it
@@ -170,6 +184,15 @@ class ServiceMetrics:
         for t in report.transitions:
             if t.get("kind") == "drift":
                 self.drift_changes.labels(t["to"]).inc()
+        section = getattr(report, "enforcement", None) or {}
+        for mode, count in section.get("modes", {}).items():
+            self.findings.labels(mode).set(count)
+        for kind in ("held_by_budget", "excepted", "held_by_override"):
+            self.held.labels(kind).set(len(section.get(kind, ())))
+        self.overrides.set(len(section.get("overrides", ())))
+        self.licence_enforced.set(1 if section.get("licence_enforced", True) else 0)
+        for kind, count in ((section.get("shadow") or {}).get("totals") or {}).items():
+            self.shadow.labels(kind).set(count)
 
     def _set_all(self, gauge: Gauge, values: dict[tuple[str, ...], int]) -> None:
         """Set ``gauge`` to ``values``; label sets set before that ``values`` lacks go to 0
