@@ -292,7 +292,7 @@ def test_after_a_restart_severe_actions_wait_for_the_first_witness_reports():
 
 def test_explain_and_the_report_say_an_isolation_awaits_witnesses(make_orchestrator, clock):
     from wyneos_core.builtin.report import _verbose_lines
-    from wyneos_core.causes import explain_actions
+    from wyneos_core.explain import explain_actions
 
     orch = make_orchestrator(cluster_yaml(6))
     reports = run(orch, clock, 12, silent={"n03"})

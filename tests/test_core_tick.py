@@ -226,13 +226,14 @@ def test_decide_replacement_returning_garbage_is_recorded(make_orchestrator, clo
 def test_demo_reports_match_the_schema(tmp_path, monkeypatch):
     """Every plugin's contributions (rulesets, licences, healing...) keep the report valid."""
     from wyneos_core.config import load_config
+    from wyneos_core.demo import demo_plugins
     from wyneos_core.tick import Orchestrator
 
     monkeypatch.chdir(tmp_path)
     config = load_config(None)
     config["report"]["stdout"] = "none"
     now = [time.time()]  # the demo's licences are dated from the real clock
-    with Orchestrator(config, clock=lambda: now[0], load_entrypoints=False) as orch:
+    with Orchestrator(config, clock=lambda: now[0], plugins=demo_plugins(config), load_entrypoints=False) as orch:
         kinds = set()
         for _ in range(8):
             report = orch.tick()

@@ -8,6 +8,7 @@ import stat
 
 from wyneos_core.cli import main
 from wyneos_core.config import load_config
+from wyneos_core.demo import demo_plugins
 from wyneos_core.licensing.keys import fingerprint, generate_key
 from wyneos_core.tick import Orchestrator
 
@@ -78,7 +79,7 @@ def test_demo_cluster_uses_real_signed_licences_each_failure_enforced(tmp_path, 
     monkeypatch.chdir(tmp_path)
     config = load_config(None)
     config["report"]["stdout"] = "none"
-    orch = Orchestrator(config, load_entrypoints=False, store=False)
+    orch = Orchestrator(config, plugins=demo_plugins(config), load_entrypoints=False, store=False)
     with orch:
         for _ in range(5):
             report = orch.tick()

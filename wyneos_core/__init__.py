@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pluggy
 
-from wyneos_core.hookspecs import PROJECT_NAME
-
 __version__ = "0.1.0"
+
+#: the pluggy project name: hook markers and the entry-point group (``wyneos_core.hookspecs``)
+PROJECT_NAME = "wyneos"
 
 #: Marker for hook implementations: ``@wyneos_core.hookimpl``.
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)

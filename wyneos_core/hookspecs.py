@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from wyneos_core import PROJECT_NAME
+
 if TYPE_CHECKING:
     from wyneos_core.config import Config
     from wyneos_core.mesh import Mesh
@@ -30,8 +32,6 @@ if TYPE_CHECKING:
     from wyneos_core.plugins import PluginManager
     from wyneos_core.predict.interface import Predictions
     from wyneos_core.tick import Orchestrator, TickContext
-
-PROJECT_NAME = "wyneos"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 

@@ -2,9 +2,11 @@
 
 ``ClusterStateStore`` is the interface every backend implements; ``StateStore`` is the
 embedded default, one SQLite file in WAL mode. Each tick's writes are one transaction,
-so a crash loses at most the tick in flight, never a committed decision. The etcd
-backend (replicas past one machine) is ``wyneos_core.ha.store.EtcdStateStore``;
-``open_state_store`` opens the one the config's ``state.backend`` names.
+so a crash loses at most the tick in flight, never a committed decision.
+``open_state_store`` opens the backend the config's ``state.backend`` names. Backends
+register themselves here (``register_backend``) rather than being imported by this
+module: SQLite below, etcd (replicas past one machine, ``wyneos_core.ha``) when the
+``wyneos_core.ha`` package is imported, as the CLI and the service do.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from wyneos_core.safeio import bad_text, field_path
 if TYPE_CHECKING:
     from wyneos_core.registry import Registry
 
-__all__ = ["ClusterStateStore", "StateStore", "StoreError", "SCHEMA_VERSION", "open_state_store"]
+__all__ = ["ClusterStateStore", "StateStore", "StoreError", "SCHEMA_VERSION", "backends", "open_state_store", "register_backend"]
 
 SCHEMA_VERSION = 1
 
@@ -215,15 +217,37 @@ class ClusterStateStore(Protocol):
     def carried(self) -> dict[str, Any]: ...
 
 
+#: backend name (``state.backend``) -> opener taking the config; see ``register_backend``
+_BACKENDS: dict[str, Callable[[Any], ClusterStateStore]] = {}
+#: the module that registers a backend this module does not hold, named when it is missing
+_BACKEND_MODULES = {"etcd": "wyneos_core.ha"}
+
+
+def register_backend(name: str, opener: Callable[[Any], ClusterStateStore]) -> None:
+    """Make ``state.backend: NAME`` open its store with ``opener(config)``."""
+    _BACKENDS[name] = opener
+
+
+def backends() -> list[str]:
+    """The names of the registered store backends."""
+    return sorted(_BACKENDS)
+
+
 def open_state_store(config: Any) -> ClusterStateStore:
     """The store the config's ``state`` section names: SQLite at ``state.path`` (the
-    default) or etcd at ``state.etcd.endpoints`` when ``state.backend`` is ``etcd``."""
-    state = config["state"]
-    if state.get("backend", "sqlite") == "etcd":
-        from wyneos_core.ha.replica import open_etcd_store
+    default) or another registered backend (etcd at ``state.etcd.endpoints`` once
+    ``wyneos_core.ha`` is imported)."""
+    name = config["state"].get("backend", "sqlite")
+    opener = _BACKENDS.get(name)
+    if opener is None:
+        hint = (f"import {_BACKEND_MODULES[name]} to register it (the wyneos command does)"
+                if name in _BACKEND_MODULES else f"registered: {', '.join(backends())}")
+        raise StoreError(f"state.backend {name!r}: no store backend of that name is registered; {hint}")
+    return opener(config)
 
-        return open_etcd_store(config)
-    path = state["path"]
+
+def _open_sqlite(config: Any) -> StateStore:
+    path = config["state"]["path"]
     return StateStore.open(path if path == ":memory:" else config.resolve(path))
 
 
@@ -937,3 +961,6 @@ CREATE TABLE IF NOT EXISTS action_refusals (
                 "evidence", "updated_tick")
         return [dict(zip(cols, row)) for row in self.conn.execute(f"SELECT {', '.join(cols)} FROM trust")]
     # -- end of trust -----------------------------------------------------------------------
+
+
+register_backend("sqlite", _open_sqlite)

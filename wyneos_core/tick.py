@@ -22,6 +22,9 @@ from wyneos_core.store import ClusterStateStore, open_state_store
 from wyneos_core.trust.scores import TrustScores
 from wyneos_core.yamlio import LocatedError
 
+#: the name the demo cluster's plugin registers under (``wyneos_core.demo``, registered by the CLI)
+DEMO_PLUGIN = "demo-cluster"
+
 __all__ = ["Orchestrator", "TickContext"]
 
 Clock = Callable[[], float]
@@ -107,10 +110,6 @@ class Orchestrator:
         if load_entrypoints:
             self.pm.load_entrypoints(disable=settings["disable"], only=settings["only"],
                                      broken=self.broken_plugins if tolerate_broken_plugins else None)
-        if config["demo"].get("enabled"):
-            from wyneos_core.demo.simulator import DemoCluster
-
-            plugins = [DemoCluster(config["demo"]), *plugins]
         for plugin in plugins:
             name = getattr(plugin, "__wyneos_name__", None) or getattr(plugin, "__name__", None)
             name = name if isinstance(name, str) else None
@@ -119,6 +118,11 @@ class Orchestrator:
                 continue
             self.pm.register(plugin, name)
         name_warnings = self.pm.check_names(settings["disable"], settings["only"] if load_entrypoints else None)
+        if config["demo"].get("enabled") and self.pm.get_plugin(DEMO_PLUGIN) is None \
+                and not self.pm.is_blocked(DEMO_PLUGIN):
+            name_warnings.append(f"demo.enabled is true but no {DEMO_PLUGIN!r} plugin is registered: the demo nodes "
+                                 "send no heartbeats (pass plugins=wyneos_core.demo.demo_plugins(config), "
+                                 "as `wyneos run` does)")
         if settings["trace"]:
             self.pm.trace_file = sys.stderr
         #: notes for the first tick's report (nodes dropped from the config, ...)

@@ -65,7 +65,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wyneos_core import consensus as _consensus
 from wyneos_core.enforcement.gate import gate_of as _gate_of
@@ -75,8 +75,10 @@ from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem
 from wyneos_core.mesh import ArrayParents
 from wyneos_core.model import ORIGIN, Action, ActionType, NodeStatus, PluginError, Severity
-from wyneos_core.tick import Orchestrator, TickContext
 from wyneos_core.wording import plural
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = [
     "DecideState",

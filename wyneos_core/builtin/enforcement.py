@@ -8,10 +8,13 @@ this one (``plugins.disable: [enforcement]``) to take over completely.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from wyneos_core import hookimpl
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, RuleResult, Severity
-from wyneos_core.tick import TickContext
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import TickContext
 
 I, Q, R, G, D = ActionType.ISOLATE, ActionType.QUARANTINE, ActionType.REVOKE, ActionType.GATE_FEATURE, ActionType.DEGRADE
 

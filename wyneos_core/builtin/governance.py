@@ -9,11 +9,14 @@ Turn them off with ``plugins.disable: [governance]`` (YAML rulesets then take ov
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from wyneos_core import hookimpl
 from wyneos_core.model import LicenceResult, Node, NodeStatus, RuleResult, RuleResults, Severity
 from wyneos_core.pyrules import Rule
-from wyneos_core.tick import TickContext
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import TickContext
 
 
 _ONLINE = NodeStatus.ONLINE

@@ -15,10 +15,13 @@ target, origin and params), which is what makes that work.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from wyneos_core import hookimpl
 from wyneos_core.model import Action, ActionType, Node, NodeStatus, Severity
-from wyneos_core.tick import Orchestrator, TickContext
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = ["overloaded_since"]
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from wyneos_core import hookimpl
 from wyneos_core.model import Heartbeat
-from wyneos_core.tick import TickContext
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import TickContext
 
 
 @hookimpl(trylast=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wyneos_core import hookimpl
 from wyneos_core.config import Config
@@ -33,7 +33,9 @@ from wyneos_core.licensing.ledger import Ledger
 from wyneos_core.licensing.settings import LicenceSettings
 from wyneos_core.licensing.sources import FileSource
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, PluginError, Severity
-from wyneos_core.tick import Orchestrator, TickContext
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = ["ORCHESTRATOR_SIDE", "engine_of", "fleet_fault", "settings_of"]
 

@@ -38,14 +38,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem, gated_features
 from wyneos_core.builtin.decide import RESEND, RETRYABLE, DecideState, _stranded, event, state_of
 from wyneos_core.mesh import Mesh, RoutingTree
 from wyneos_core.model import ORIGIN, Action, ActionType, Delivery, NodeStatus, PluginError
-from wyneos_core.tick import Orchestrator, TickContext
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = [
     "LOAD_ACTIONS",

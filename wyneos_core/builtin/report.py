@@ -8,12 +8,15 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wyneos_core import hookimpl
 from wyneos_core.causes import action_cause
 from wyneos_core.model import Action, RuleResult, TickReport
-from wyneos_core.tick import TickContext
 from wyneos_core.wording import examples, plural
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import TickContext
 
 #: how much ``wyneos run`` prints per tick (``report.stdout``): ``quiet`` one line,
 #: ``summary`` what changed grouped with counts, ``verbose`` every item of every node

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wyneos_core import hookimpl
 from wyneos_core.config import Config
@@ -21,7 +21,9 @@ from wyneos_core.model import Action, LicenceResult, Node, PluginError, RuleResu
 from wyneos_core.rules.interp import EvalEnv
 from wyneos_core.rules.memory import RuleMemory, restore
 from wyneos_core.rules.runtime import RulesetRunner
-from wyneos_core.tick import Orchestrator, TickContext
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = ["env_of", "runner_of"]
 

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wyneos_core import hookimpl
 from wyneos_core.builtin.decide import DecideState, state_of
 from wyneos_core.model import TickReport
 from wyneos_core.store import StoreError
-from wyneos_core.tick import TickContext
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import TickContext
 
 
 @hookimpl

@@ -23,7 +23,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,7 +31,6 @@ from wyneos_core import hookimpl
 from wyneos_core.config import Config
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, NodeStatus, RuleResult, Severity
 from wyneos_core.rules.interp import EvalEnv, cluster_summary
-from wyneos_core.tick import Orchestrator, TickContext
 from wyneos_core.trust.admission import AdmissionRules, load_admission
 from wyneos_core.trust.engine import STATUS_CODES, Evidence, TrustEngine
 from wyneos_core.trust.observations import observations_of
@@ -39,6 +38,9 @@ from wyneos_core.trust.scores import TrustScores
 from wyneos_core.trust.settings import TrustSettings, TrustSettingsError
 from wyneos_core.trust.tiers import TIER_NAMES, tier_rank
 from wyneos_core.yamlio import LocatedError
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = ["TrustState", "state_of", "record_refusals", "record_acks"]
 

@@ -39,7 +39,7 @@ from wyneos_core.ha.election import ElectionConfig, Leadership, LeaderElector
 from wyneos_core.ha.etcd import EtcdError, parse_endpoints, parse_store_url
 from wyneos_core.ha.store import EtcdStateStore
 from wyneos_core.model import NodeStatus
-from wyneos_core.store import StoreError
+from wyneos_core.store import StoreError, register_backend
 
 if TYPE_CHECKING:
     from wyneos_core.model import TickReport
@@ -399,3 +399,5 @@ class Replica:
             log.info("follower cannot read etcd: %s", exc)
         self._term_synced = 0
 
+
+register_backend("etcd", open_etcd_store)

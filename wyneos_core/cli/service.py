@@ -10,7 +10,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from wyneos_core.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, _common, _seconds, build
+from wyneos_core.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, _common, _seconds, build
 from wyneos_core.wording import plural
 
 __all__ = ["register"]
@@ -284,7 +284,8 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace):  # noqa: ANN202
-    from wyneos_core.cli import use_store_url
+    import wyneos_core.ha  # noqa: F401  (registers the etcd store backend)
+    from wyneos_core.cli.common import use_store_url
     from wyneos_core.config import load_config
     from wyneos_core.store import open_state_store
 

@@ -264,7 +264,7 @@ def _junit(runs: list[dict[str, Any]]) -> str:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from wyneos_core.builtin.rulesets import _violated, env_of, runner_of
-    from wyneos_core.cli import build
+    from wyneos_core.cli.common import build
     from wyneos_core.rules.interp import NO_LICENCE, explain, truthy, evaluate
     from wyneos_core.rules.runtime import RulesetRunner
 
@@ -359,9 +359,9 @@ def _print_explain(out: dict[str, Any], node: Any, lic: Any, report: Any, as_jso
 
 def _node_actions(orchestrator: Any, node_id: str, lic: Any, events: list[dict[str, Any]],
                   report: Any) -> list[dict[str, Any]]:
-    """The actions on ``node_id`` (``wyneos_core.causes.explain_actions``), with the
+    """The actions on ``node_id`` (``wyneos_core.explain.explain_actions``), with the
     actions in force of the state file when there is one (read only)."""
-    from wyneos_core.causes import explain_actions
+    from wyneos_core.explain import explain_actions
     from wyneos_core.store import StateStore
 
     config = orchestrator.config

@@ -42,7 +42,7 @@ def _where(p: argparse.ArgumentParser) -> None:
 
 def _companions(args: argparse.Namespace):  # noqa: ANN202
     from wyneos_core.backup import companions_of
-    from wyneos_core.cli import use_store_url
+    from wyneos_core.cli.common import use_store_url
     from wyneos_core.config import load_config
 
     config = load_config(args.config)
