@@ -23,13 +23,13 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 #: lowest first; a module belongs to the layer of the longest entry naming it or a package
 #: above it (names relative to ``wyneos_core``; ``__init__`` is the package's own face)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("model", ("__init__", "model", "safeio", "yamlio", "wording", "diagnostics", "action_params")),
+    ("model", ("__init__", "model", "safeio", "yamlio", "wording", "diagnostics", "action_params", "selectors")),
     ("engines", ("config", "checks", "pyrules", "intake", "registry", "store", "causes", "consensus", "mesh",
                  "rules", "licensing", "trust", "enforcement", "predict", "drift")),
     ("builtin plugins", ("builtin",)),
     ("tick", ("hookspecs", "plugins", "tick", "loop", "explain")),
     ("service, replicas, simulation", ("service", "ha", "simulate", "demo")),
-    ("cli", ("cli", "validate")),
+    ("cli", ("cli", "validate", "remote", "fleetview")),
 ]
 
 

@@ -16,14 +16,16 @@ import os
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from wyneos_core import hookimpl
 from wyneos_core.config import Config
 from wyneos_core.drift.declared import DeclarationError, declaration_from, load_manifests
 from wyneos_core.drift.engine import DriftEngine
 from wyneos_core.model import Node, RuleResult
-from wyneos_core.tick import TickContext
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import TickContext
 
 __all__ = ["SCRATCH_KEY", "drift_record", "engine_of"]
 
