@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                  "rules", "licensing", "trust", "enforcement", "predict", "drift")),
     ("builtin plugins", ("builtin",)),
     ("tick", ("hookspecs", "plugins", "tick", "loop", "explain")),
-    ("service, replicas, simulation", ("service", "ha", "simulate", "demo")),
+    ("service, replicas, simulation", ("service", "ha", "simulate", "demo", "backup")),
     ("cli", ("cli", "validate", "remote", "fleetview")),
 ]
 
@@ -91,7 +91,7 @@ def imports_of(module: str, path: Path, known: dict[str, Path], package: str) ->
                 continue
             while target not in known:
                 target = target.rpartition(".")[0]
-            if target != module:
+            if target != module and (node.lineno, target) not in out:
                 out.append((node.lineno, target))
     return out
 

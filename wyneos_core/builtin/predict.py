@@ -19,14 +19,16 @@ Replace it by disabling it (``plugins.disable: [predict]``) and implementing
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wyneos_core import hookimpl
 from wyneos_core.model import Node
 from wyneos_core.predict.telemetry import FINDING, FleetPredictions, Telemetry, TelemetryStateError
-from wyneos_core.tick import Orchestrator, TickContext
+
+if TYPE_CHECKING:
+    from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = ["telemetry_of"]
 
