@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "wyneos_core.cli.licence",
     "wyneos_core.cli.service",
     "wyneos_core.cli.backup",
+    "wyneos_core.cli.get",
     "wyneos_core.cli.relay",
     "wyneos_core.cli.rules",
     "wyneos_core.validate",
