@@ -28,6 +28,7 @@ COMMANDS: tuple[str, ...] = (
     "wyneos_core.cli.get",
     "wyneos_core.cli.relay",
     "wyneos_core.cli.rules",
+    "wyneos_core.cli.enforcement",
     "wyneos_core.validate",
 )
 
