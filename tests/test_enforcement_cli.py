@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from service_helpers import make_service, wait_for, write_config
+from enforcement_helpers import hot
+from service_helpers import make_service, write_config
 
 from wyneos_core.cli import main
 from wyneos_core.enforcement.overrides import META_KEY
@@ -52,26 +53,17 @@ def test_cordon_and_exceptions_against_a_server_need_the_write_token(tmp_path, c
             assert service.db.meta(META_KEY, {}) == {}
 
 
-HOT = """
-ruleset: hot
-stage: healing
-rules:
-  - id: isolate-hot
-    description: hot nodes are isolated
-    when: node.load > {threshold}
-    then: [{{isolate: {{}}}}]
-"""
 
 
 def test_shadow_of_a_state_file_and_explain_naming_the_exception(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "hot.yaml").write_text(HOT.format(threshold=0.9) + """
+    (tmp_path / "hot.yaml").write_text(hot(0.9, """
   - id: isolate-flagged
     description: nodes flagged hot by the operator are isolated
     when: node.metadata.flag == "hot"
     then: [{isolate: {}}]
-""")
-    (tmp_path / "next.yaml").write_text(HOT.format(threshold=0.5))
+"""))
+    (tmp_path / "next.yaml").write_text(hot(0.5))
     (tmp_path / "c.yaml").write_text("""
 nodes:
   - {id: a, metadata: {flag: hot}}
@@ -103,6 +95,6 @@ report: {stdout: none, json_path: null}
 
 def test_replay_refuses_a_file_that_is_not_a_decision_log(tmp_path, capsys):
     (tmp_path / "x.jsonl").write_text('{"hello": 1}\n')
-    (tmp_path / "r.yaml").write_text(HOT.format(threshold=0.5))
+    (tmp_path / "r.yaml").write_text(hot(0.5))
     assert main(["replay", str(tmp_path / "x.jsonl"), "--ruleset", str(tmp_path / "r.yaml")]) == 1
     assert f"{tmp_path / 'x.jsonl'}:1: not a decision log record" in capsys.readouterr().err

@@ -3,6 +3,8 @@ nobody; warn and audit findings are reported and never acted on."""
 
 from __future__ import annotations
 
+from enforcement_helpers import hot
+
 from tests.conftest import beat, cluster_yaml
 
 QUICKSTART_RULESETS = 'rulesets: {paths: ["builtin:"]}\n'
@@ -75,15 +77,7 @@ enforcement:
   rules: {hot/isolate-hot: warn}
 """
 
-RULES = """
-ruleset: hot
-stage: healing
-rules:
-  - id: isolate-hot
-    description: hot nodes are isolated
-    when: node.load > 0.9
-    then: [{isolate: {}}]
-  - id: quarantine-warm
+RULES = hot(0.9, """  - id: quarantine-warm
     description: warm nodes are quarantined
     when: node.load > 0.5
     then: [{quarantine: {}}]
@@ -96,7 +90,7 @@ rules:
     description: warm nodes run degraded
     when: node.load > 0.5
     then: [{degrade: {}}]
-"""
+""")
 
 
 def test_modes_by_rule_action_type_and_the_rules_own_field(make_orchestrator, clock, tmp_path, monkeypatch):

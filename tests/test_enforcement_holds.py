@@ -5,25 +5,17 @@ actions are released in order as room returns."""
 from __future__ import annotations
 
 import pytest
+from enforcement_helpers import hot
 
 from tests.conftest import beat, cluster_yaml, config_from
 from wyneos_core.config import ConfigError
 
 START = 1_700_000_000.0  # the fake clock's start
-HOT = """
-ruleset: hot
-stage: healing
-rules:
-  - id: isolate-hot
-    description: hot nodes are isolated
-    when: node.load > 0.9
-    then: [{isolate: {}}]
-"""
 
 
 def hot_cluster(make_orchestrator, tmp_path, monkeypatch, n, extra):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "hot.yaml").write_text(HOT)
+    (tmp_path / "hot.yaml").write_text(hot())
     return make_orchestrator(cluster_yaml(n, topology="star", disable="[governance, healing, enforcement]",
                                           extra="rulesets: {paths: [hot.yaml]}\n"
                                                 "decide: {max_isolations_per_tick: 100}\n" + extra))

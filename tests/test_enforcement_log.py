@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import json
 
+from enforcement_helpers import hot
+
 from tests.conftest import beat, cluster_yaml
 from wyneos_core import hookimpl
 from wyneos_core.enforcement.decision_log import DecisionLog, read_log
 from wyneos_core.enforcement.replay import render, replay
 
-RULES = """
-ruleset: hot
-stage: healing
-rules:
-  - id: isolate-hot
-    description: hot nodes are isolated
-    when: node.load > {threshold}
-    then: [{{isolate: {{}}}}]
-"""
 
 
 class Sink:
@@ -35,8 +28,8 @@ class Sink:
 def setup(tmp_path, monkeypatch, make_orchestrator, extra="", plugins=()):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cand").mkdir()
-    (tmp_path / "hot.yaml").write_text(RULES.format(threshold=0.9))
-    (tmp_path / "cand" / "hot.yaml").write_text(RULES.format(threshold=0.5))
+    (tmp_path / "hot.yaml").write_text(hot(0.9))
+    (tmp_path / "cand" / "hot.yaml").write_text(hot(0.5))
     return make_orchestrator(cluster_yaml(3, topology="star", disable="[governance, healing, enforcement]", extra=f"""
 rulesets: {{paths: [hot.yaml], candidates: [cand/hot.yaml]}}
 decide: {{max_isolations_per_tick: 100}}

@@ -196,7 +196,7 @@ def cmd_exception_add(args: argparse.Namespace) -> int:
 def cmd_exception_list(args: argparse.Namespace) -> int:
     import time
 
-    from wyneos_core.enforcement.exceptions import PolicyException, stored
+    from wyneos_core.enforcement.exceptions import configured, stored
 
     if args.server:
         status, data = _request(args, "GET", "/v1/exceptions", "read")
@@ -210,8 +210,7 @@ def cmd_exception_list(args: argparse.Namespace) -> int:
 
         store = open_state_store(config)
         try:
-            found = [PolicyException.parse(raw, f"ex-{i + 1}", "config")
-                     for i, raw in enumerate(config["enforcement"]["exceptions"])] + stored(store)
+            found = configured(config["enforcement"]) + stored(store)
         finally:
             store.close()
         rows = [{**e.to_dict(), "expired": e.expired(now)} for e in found]

@@ -25,7 +25,7 @@ from typing import Any
 from wyneos_core.enforcement.modes import rule_of
 from wyneos_core.enforcement.selectors import matches
 
-__all__ = ["MAX_EXCEPTIONS", "META_KEY", "ExceptionError", "PolicyException", "parse_time", "stored", "store_all"]
+__all__ = ["configured", "MAX_EXCEPTIONS", "META_KEY", "ExceptionError", "PolicyException", "parse_time", "stored", "store_all"]
 
 META_KEY = "enforcement.exceptions"
 #: most exceptions kept in the store (an operator adding more is refused)
@@ -155,6 +155,11 @@ class PolicyException:
         out = asdict(self)
         out["expires_at"] = datetime.fromtimestamp(self.expires, timezone.utc).isoformat().replace("+00:00", "Z")
         return {k: v for k, v in out.items() if v not in (None, {})}
+
+
+def configured(section: Mapping[str, Any]) -> list[PolicyException]:
+    """The exceptions of the config's ``enforcement`` section (checked when it loaded)."""
+    return [PolicyException.parse(raw, f"ex-{i + 1}", "config") for i, raw in enumerate(section["exceptions"])]
 
 
 def stored(store: Any) -> list[PolicyException]:

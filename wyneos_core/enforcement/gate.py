@@ -49,8 +49,7 @@ class Gate:
         section = config["enforcement"]
         self.modes = ModeSettings.from_config(section, _licence_keyed(config))
         self.budgets = BudgetBook.from_config(section)
-        self.config_exceptions = [PolicyException.parse(raw, f"ex-{i + 1}", "config")
-                                  for i, raw in enumerate(section["exceptions"])]
+        self.config_exceptions = _exceptions.configured(section)
         self.store = store
         #: action id -> kind of hold last reported (a hold is reported when it starts or changes)
         self.reported: dict[str, str] = {}

@@ -70,6 +70,11 @@ def add_enforcement_routes(app: FastAPI, service: Any, read: list[Any]) -> None:
             return answer
         return None
 
+    async def write_body(request: Request) -> Any:
+        """The JSON body of a write request, or the answer refusing it (no token, too large, not JSON)."""
+        no = refused(request)
+        return no if no is not None else await _body(request)
+
     async def locked(fn: Any, *args: Any) -> Any:
         def run() -> Any:
             with service.db_lock:
@@ -79,9 +84,7 @@ def add_enforcement_routes(app: FastAPI, service: Any, read: list[Any]) -> None:
     @app.post("/v1/overrides", tags=["enforcement"])
     async def set_override(request: Request) -> JSONResponse:
         """Set (cordon, isolate, reinstate) or lift (uncordon) the override of one node."""
-        if (no := refused(request)) is not None:
-            return no
-        body = await _body(request)
+        body = await write_body(request)
         if isinstance(body, JSONResponse):
             return body
         if not isinstance(body, dict):
@@ -106,9 +109,7 @@ def add_enforcement_routes(app: FastAPI, service: Any, read: list[Any]) -> None:
     @app.post("/v1/exceptions", tags=["enforcement"])
     async def add_exception(request: Request) -> JSONResponse:
         """Add an exception (kept in the state store); an id already used is refused."""
-        if (no := refused(request)) is not None:
-            return no
-        body = await _body(request)
+        body = await write_body(request)
         if isinstance(body, JSONResponse):
             return body
         try:
