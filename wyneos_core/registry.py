@@ -10,6 +10,7 @@ from typing import Any
 
 from wyneos_core.intake import CheckedHeartbeat
 from wyneos_core.model import ORIGIN, Heartbeat, Node, NodeStatus, Observation
+from wyneos_core.telemetry_inbox import MetricBatch, MetricInbox
 from wyneos_core.trust.observations import HeartbeatObservations, ObservationLog
 
 __all__ = ["HeartbeatError", "Registry", "RegistryError", "NODE_ID_PATTERN", "RESERVED_METADATA",
@@ -85,17 +86,17 @@ class Registry:
         self.observations = ObservationLog(max_ids=2 * self.max_nodes + 4096)
         #: declared telemetry: metric name -> (min, max) (``telemetry.metrics``; ``declare_metrics``)
         self.metric_bounds: dict[str, tuple[float, float]] = {}
-        #: the latest metrics of each node since ``take_metrics`` (one entry per node: bounded)
-        self.metrics_inbox: dict[str, tuple[float, Mapping[str, float]]] = {}
+        #: the metrics of the heartbeats accepted since ``take_metrics`` (bounded)
+        self.metrics_inbox = MetricInbox((), limit=2 * self.max_nodes)
 
     def declare_metrics(self, declared: Iterable[Mapping[str, Any]]) -> None:
         """The metrics a heartbeat may carry (the config's ``telemetry.metrics``)."""
         self.metric_bounds = {m["name"]: (float(m["min"]), float(m["max"])) for m in declared}
+        self.metrics_inbox = MetricInbox(self.metric_bounds, limit=2 * self.max_nodes)
 
-    def take_metrics(self) -> dict[str, tuple[float, Mapping[str, float]]]:
-        """node id -> (heartbeat timestamp, metrics) accepted since the last call (and forget them)."""
-        inbox, self.metrics_inbox = self.metrics_inbox, {}
-        return inbox
+    def take_metrics(self) -> MetricBatch:
+        """The metrics accepted since the last call, in arrival order (and forget them)."""
+        return self.metrics_inbox.take()
 
     # -- membership -------------------------------------------------------------------
 
@@ -316,7 +317,7 @@ class Registry:
         if hb.observations:
             self.observations.add(node.id, hb.observations)
         if hb.metrics:
-            self.metrics_inbox[node.id] = (float(hb.timestamp), hb.metrics)
+            self.metrics_inbox.add(node.id, float(hb.timestamp), hb.metrics)
         return node
 
     def accept_all(self, heartbeats: Iterable[Heartbeat], now: float, *,

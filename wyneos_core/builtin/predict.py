@@ -73,11 +73,11 @@ def save(orchestrator: Orchestrator) -> None:
 @hookimpl
 def wyneos_predict(ctx: TickContext, nodes: Sequence[Node]) -> FleetPredictions | None:
     state = telemetry_of(ctx.orchestrator)
-    inbox = ctx.registry.take_metrics()
+    batch = ctx.registry.take_metrics()
     if not state.width:
         return None
-    scores = state.feed(inbox)
-    summary: dict[str, Any] = {"samples": len(inbox), "series": len(state.node_ids) * state.width}
+    scores = state.feed(batch)
+    summary: dict[str, Any] = {"samples": len(batch), "series": len(state.node_ids) * state.width}
     answers = FleetPredictions(state, ctx.now)
     rows, cols = np.nonzero(scores >= FINDING)
     summary["findings"] = int(len(rows))

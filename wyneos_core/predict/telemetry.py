@@ -14,12 +14,14 @@ import json
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import Any, Final
 
 import numpy as np
 
 from wyneos_core.predict import detector
 from wyneos_core.predict.detector import F, FIELDS, HISTORY
+from wyneos_core.telemetry_inbox import MetricBatch
 
 MAGIC: Final = b"WYNTEL1\n"
 #: the largest header a saved state may have (node ids and metric names), read before anything else
@@ -73,24 +75,21 @@ class Telemetry:
         self.node_index = {n: i for i, n in enumerate(self.node_ids)}
         return len(gone)
 
-    def feed(self, inbox: Mapping[str, tuple[float, Mapping[str, float]]]) -> np.ndarray:
-        """Step every column with this tick's samples (``node id -> (time, metrics)``);
-        returns the scores, shape (nodes, metrics)."""
+    def feed(self, batch: MetricBatch) -> np.ndarray:
+        """Step every column with one tick's samples (``Registry.take_metrics``); returns
+        the scores, shape (nodes, metrics). A node that reported twice counts its last."""
         m = self.width
-        for node_id in inbox:
-            if node_id not in self.node_index:
-                self.slot(node_id)
+        rows = np.fromiter(map(self.node_index.get, batch.node_ids, repeat(-1)), dtype=np.intp, count=len(batch))
+        for at in np.flatnonzero(rows < 0).tolist():  # nodes heard for the first time
+            rows[at] = self.slot(batch.node_ids[at])
         size = self.cols.size
         values = np.full(size, np.nan)
         times = np.full(size, np.nan)
-        if inbox and m:
-            rows = np.fromiter(map(self.node_index.__getitem__, inbox), dtype=np.intp, count=len(inbox))
-            samples = list(inbox.values())
-            stamps = np.fromiter((s[0] for s in samples), dtype=np.float64, count=len(samples))
-            for j, name in enumerate(self.metrics):
-                got = np.fromiter((s[1].get(name, math.nan) for s in samples), dtype=np.float64, count=len(samples))
-                values[rows * m + j] = got
-                times[rows * m + j] = stamps
+        if len(batch) and m:
+            order = [self.metric_index[name] for name in batch.names]
+            flat = rows[:, None] * m + np.array(order, dtype=np.intp)[None, :]
+            values[flat] = batch.values
+            times[flat] = batch.stamps[:, None]
         return self.step(values, times)
 
     def step(self, values: np.ndarray, times: np.ndarray) -> np.ndarray:

