@@ -173,3 +173,27 @@ def test_columns_take_128_bytes_per_node_and_metric_in_the_plugin(tmp_path: Path
     assert per_series == 128
     assert np.count_nonzero(state.cols.get("count")) == 3  # n1 cpu and disk_used, n2 cpu
     orch.stop()
+
+
+def test_a_real_agent_reports_metrics_from_a_command_and_a_file(tmp_path: Path) -> None:
+    """``wyneos agent --metric NAME=COMMAND --metrics-file PATH`` as a process: its values
+    reach the detectors; a metric the server does not declare is refused once, then left
+    out (the node's heartbeats go on)."""
+    import subprocess
+    import sys
+
+    service = make_service(write_config(tmp_path, extra=TELEMETRY + "nodes:\n  - {id: edge-2}\n"))
+    metrics_file = tmp_path / "metrics.json"
+    metrics_file.write_text(json.dumps({"disk_used": 0.625, "undeclared": 3}))
+    with ServerThread(service) as url:
+        command = [sys.executable, "-m", "wyneos_core.cli", "agent", "--server", url, "--node", "edge-2",
+                   "--state-dir", str(tmp_path / "agent"), "--token", add_token(service), "--interval", "0.2",
+                   "--count", "6", "--metric", f"cpu={sys.executable} -c 'print(0.375)'",
+                   "--metrics-file", str(metrics_file)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "refused metric 'undeclared'" in done.stderr
+        answers = FleetPredictions(telemetry_of(service.orchestrator), time.time())
+        assert wait_for(lambda: answers.latest("edge-2", "cpu") == 0.375)
+        assert answers.latest("edge-2", "disk_used") == 0.625
+        assert wait_for(lambda: answers.evidence("edge-2", "cpu").get("samples", 0) >= 4)

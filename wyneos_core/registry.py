@@ -6,6 +6,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
 from typing import Any
 
 from wyneos_core.intake import CheckedHeartbeat
@@ -231,10 +232,8 @@ class Registry:
         node_id = hb.node_id
         if not isinstance(metrics, Mapping):
             raise HeartbeatError(node_id, "metrics", "not a mapping of metric name to number", type(metrics).__name__)
-        if len(metrics) > len(self.metric_bounds):
-            raise HeartbeatError(node_id, "metrics", f"{len(metrics)} metrics, more than the "
-                                 f"{len(self.metric_bounds)} declared in telemetry.metrics", len(metrics))
-        for name, value in metrics.items():
+        # names are distinct: among the first (declared + 1) an unknown one shows, named
+        for name, value in islice(metrics.items(), len(self.metric_bounds) + 1):
             bounds = self.metric_bounds.get(name) if type(name) is str else None
             if bounds is None:
                 known = ", ".join(sorted(self.metric_bounds)) or "none declared"
@@ -245,6 +244,9 @@ class Registry:
             low, high = bounds
             if not (low <= value <= high):  # also catches nan
                 raise HeartbeatError(node_id, f"metrics.{name}", f"out of range [{low:g}, {high:g}]", value)
+        if len(metrics) > len(self.metric_bounds):  # not reached: an unknown name came first
+            raise HeartbeatError(node_id, "metrics", f"{len(metrics)} metrics, more than the "
+                                 f"{len(self.metric_bounds)} declared in telemetry.metrics", len(metrics))
 
     def _check_observations(self, hb: Heartbeat) -> None:
         observations = hb.observations
@@ -339,7 +341,7 @@ class Registry:
             if node is not None and type(ts := hb.timestamp) is float and ts <= limit \
                     and ((load := hb.load) is None or (type(load) is float and 0 <= load <= max_load)) \
                     and type(hb.metadata) is dict and not hb.metadata and not hb.observations \
-                    and hb.fingerprint is None and hb.licence_ref is None:
+                    and hb.fingerprint is None and hb.licence_ref is None and hb.metrics is None:
                 last = node.last_seen
                 if last is None or ts > last:
                     node.last_seen = ts

@@ -66,6 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="extra metadata (repeatable)")
     p.add_argument("--integrity-file", metavar="PATH", help="report the sha256 digest of PATH (the licensed "
                    "software) as metadata 'integrity' in every heartbeat; checked against a licence that pins one")
+    p.add_argument("--metric", action="append", default=[], metavar="NAME=COMMAND",
+                   help="report metric NAME in every heartbeat: COMMAND's output, one number (repeatable; "
+                        "declared in the server's telemetry.metrics; docs/prediction.md)")
+    p.add_argument("--metrics-file", metavar="PATH", help="report the metrics of a JSON object {name: number} "
+                   "in PATH (read for every heartbeat)")
     p.add_argument("--hook", metavar="PROGRAM", help="run PROGRAM TYPE TARGET for each action (JSON on stdin)")
     p.add_argument("--hook-type", action="append", default=[], metavar="TYPE",
                    help="also hand actions of this type (a plugin's own) to the hook (repeatable); "
@@ -208,13 +213,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
             print(f"wyneos agent: --meta {item!r}: expected KEY=VALUE", file=sys.stderr)
             return EXIT_USAGE
         metadata[key] = value
+    from wyneos_core.service.agent_metrics import MetricSource, MetricSourceError, parse_metric_flag
+
+    try:
+        source = MetricSource([parse_metric_flag(m) for m in args.metric], args.metrics_file) \
+            if args.metric or args.metrics_file else None
+    except MetricSourceError as exc:
+        print(f"wyneos agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         agent = Agent(args.server, args.node, args.state_dir, token=args.token, interval=args.interval,
                       metadata=metadata, hook=args.hook, max_backoff=args.max_backoff, licence=args.licence,
                       orchestrator_key=args.orchestrator_key, hook_types=args.hook_type, timeout=args.timeout,
                       peer_port=None if args.init else args.peer_port, peer_host=args.peer_host,
                       peer_relay_rate=args.peer_relay_rate, peer_relay_burst=args.peer_relay_burst,
-                      integrity_file=args.integrity_file)
+                      integrity_file=args.integrity_file, metrics=source)
         if args.init:
             print(agent.fingerprint)
             return EXIT_OK

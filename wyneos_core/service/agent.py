@@ -81,6 +81,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from wyneos_core import __version__
+from wyneos_core.service.agent_metrics import MetricSource
 from wyneos_core.service.integrity import FileDigest
 from wyneos_core.licensing.keys import (
     KeyFileError,
@@ -203,7 +204,8 @@ class Agent:
                  clock_tolerance: float = 300.0, max_clock_offset: float = 86400.0,
                  peer_port: int | None = None, peer_host: str = "127.0.0.1",
                  peer_relay_rate: float = 2.0, peer_relay_burst: int = 8,
-                 sessions: bool = True, integrity_file: str | Path | None = None) -> None:
+                 sessions: bool = True, integrity_file: str | Path | None = None,
+                 metrics: MetricSource | None = None) -> None:
         self.servers: list[tuple[str, str, int | None]] = []
         for url in server.split(","):  # replicas on etcd: any of them, the next one when one fails
             parts = urlsplit(url.strip())
@@ -241,6 +243,8 @@ class Agent:
         self.extra_metadata = dict(metadata or {})
         #: the licensed artefact whose digest each heartbeat reports (``integrity``)
         self.integrity = None if integrity_file is None else FileDigest(integrity_file)
+        #: telemetry read for every heartbeat (``--metric``, ``--metrics-file``; docs/prediction.md)
+        self.metrics = metrics
         self.hook = hook
         self.licence = licence
         self.max_backoff = max_backoff
@@ -571,7 +575,8 @@ class Agent:
             witness["observations"] = self.peer.report()
         body = json.dumps({"timestamp": round(time.time() + self.offset, 3), "load": os_load(),
                            "metadata": metadata, **({"licence_ref": self.licence} if self.licence else {}),
-                           **witness}).encode()
+                           **witness, **({"metrics": self.metrics.read()} if self.metrics is not None else {}),
+                           }).encode()
         status, data, headers = self._send_heartbeat(body)
         self.stats.sent += 1
         if status == 202:
@@ -597,6 +602,8 @@ class Agent:
             self.enrolled = False
         elif status == 409:
             self._sync_clock({}, headers)
+        elif status == 422 and str(data.get("field", "")).startswith("metrics.") and self.metrics is not None:
+            self.metrics.refuse(str(data["field"])[len("metrics."):])  # one bad metric never silences the node
         elif status == 422 and data.get("field") == "timestamp" and self.offset:
             # refused for its clock: the offset learned from an earlier answer is dropped (this
             # machine's clock again) and taken anew from the next authenticated answer, so one
