@@ -46,6 +46,7 @@ def server(tmp_path_factory):
         wait_for(lambda: client.get("/v1/nodes/q1").json().get("isolated"))
         wait_for(lambda: client.get("/v1/nodes/agent-1").json().get("status") == "online")
         yield service, url, tmp / "token", client, agent
+    service.orchestrator.stop()
 
 
 def test_get_nodes_with_selectors_problems_and_formats(server) -> None:
@@ -123,3 +124,24 @@ def test_watch_streams_a_change_and_ends_at_its_count(server) -> None:
     assert proc.returncode == 0, err
     [line] = out.strip().splitlines()
     assert "MODIFIED  node agent-1: load 0.50 -> 0.97" in line
+
+
+def test_enrol_token_list_and_revoke_while_the_server_runs(server) -> None:
+    _, url, token_file, client, _ = server
+    config = str(token_file.parent / "config.yaml")
+    made = wyneos("enrol", "token", "--node", "late-1", "--uses", "2", "--config", config)
+    assert made.returncode == 0 and made.stdout.startswith("wyn_"), made.stderr
+    token = made.stdout.strip()
+    listed = json.loads(wyneos("enrol", "token", "list", "--json", "--config", config).stdout)
+    [row] = [r for r in listed if r["node_id"] == "late-1"]
+    assert row["uses_left"] == 2 and row["state"] == "usable" and token not in json.dumps(listed)
+    served = wyneos("get", "tokens", "-o", "json", "--server", url, "--token-file", str(token_file))
+    assert row["id"] in [t["id"] for t in json.loads(served.stdout)["items"]]
+    done = wyneos("enrol", "token", "revoke", row["id"], "--config", config)
+    assert done.returncode == 0 and "revoked enrolment token" in done.stdout, done.stderr
+    late = Node("late-1")
+    body, headers = late.enrol_request(token)
+    refused = client.post("/v1/enrol", content=body, headers=headers)
+    assert refused.status_code in (401, 403), refused.text  # the server reads tokens from the state: gone
+    again = wyneos("enrol", "token", "revoke", row["id"], "--config", config)
+    assert again.returncode == 1 and "no enrolment token has the id" in again.stderr

@@ -187,6 +187,7 @@ class ClusterStateStore(Protocol):
     def node_customers(self) -> dict[str, str]: ...
     def check(self, *, full: bool = True) -> list[str]: ...
     def enrol_tokens(self) -> list[dict[str, Any]]: ...
+    def revoke_enrol_token(self, token_hash: str) -> bool: ...
     def put_node_key(self, node_id: str, public_key: bytes, fingerprint: str, now: float) -> None: ...
     def revoke_node_key(self, node_id: str, now: float) -> bool: ...
     def node_keys(self, since_seq: int = 0) -> list[dict[str, Any]]: ...
@@ -631,6 +632,19 @@ class StateStore:
             "SELECT token_hash, node_id, uses_left, expires_at, created_at FROM enrol_tokens ORDER BY created_at")
         return [{"token_hash": t, "node_id": n, "uses_left": u, "expires_at": e, "created_at": c}
                 for t, n, u, e, c in rows]
+
+    def revoke_enrol_token(self, token_hash: str) -> bool:
+        """Delete the enrolment token with this hash (no node can enrol with it any more)."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            gone = c.execute("DELETE FROM enrol_tokens WHERE token_hash = ?", (token_hash,)).rowcount
+            c.execute("DELETE FROM enrol_token_customers WHERE token_hash = ?", (token_hash,))
+            c.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return gone > 0
 
     def put_node_key(self, node_id: str, public_key: bytes, fingerprint: str, now: float) -> None:
         """Enrol (or re-enrol, clearing a revocation) ``node_id`` with ``public_key``."""

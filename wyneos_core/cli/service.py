@@ -106,9 +106,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("enrol", help="manage node enrolment: tokens, enrolled keys, revocation")
     esub = p.add_subparsers(dest="enrol_command", metavar="ACTION")
-    t = esub.add_parser("token", help="create an enrolment token (printed once)")
+    t = esub.add_parser("token", help="create an enrolment token (printed once); `token list` lists them, "
+                        "`token revoke ID` revokes one")
+    t.add_argument("verb", nargs="?", choices=("create", "list", "revoke"), default="create",
+                   help="create (default), list, or revoke")
+    t.add_argument("token_id", nargs="?", metavar="ID", help="revoke: the token's id, as `token list` shows it")
     _common(t)
     _store_args(t)
+    t.add_argument("--json", action="store_true", help="list: as JSON")
     t.add_argument("--node", metavar="ID", help="only this node may use it")
     t.add_argument("--uses", type=int, default=1, help="how many enrolments it allows (default 1)")
     t.add_argument("--ttl", type=float, default=3600.0, help="seconds it stays valid (default 3600)")
@@ -314,6 +319,11 @@ def _store(args: argparse.Namespace):  # noqa: ANN202
 
 def cmd_enrol_token(args: argparse.Namespace) -> int:
     from wyneos_core.registry import NODE_ID_PATTERN
+
+    if args.verb != "create":
+        from wyneos_core.cli_tokens import cmd_token_list, cmd_token_revoke
+
+        return (cmd_token_list if args.verb == "list" else cmd_token_revoke)(args, _store(args))
     from wyneos_core.service.core import hash_token, new_token
 
     if args.node is not None and not NODE_ID_PATTERN.match(args.node):

@@ -431,6 +431,14 @@ class EtcdStateStore:
         rows = sorted((row for _, row in self._rows("tokens")), key=lambda r: r["created_at"])
         return [{k: r[k] for k in ("token_hash", "node_id", "uses_left", "expires_at", "created_at")} for r in rows]
 
+    def revoke_enrol_token(self, token_hash: str) -> bool:
+        """Delete the enrolment token with this hash (no node can enrol with it any more)."""
+        key = self._k("tokens", token_hash)
+        if self.client.get(key) is None:
+            return False
+        self.client.txn([], [delete_op(key)])
+        return True
+
     def node_customers(self) -> dict[str, str]:
         """The customers enrolment tokens gave to nodes: ``{node_id: customer}``."""
         base = len(self._k("customers")) + 1
