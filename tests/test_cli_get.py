@@ -145,3 +145,16 @@ def test_enrol_token_list_and_revoke_while_the_server_runs(server) -> None:
     assert refused.status_code in (401, 403), refused.text  # the server reads tokens from the state: gone
     again = wyneos("enrol", "token", "revoke", row["id"], "--config", config)
     assert again.returncode == 1 and "no enrolment token has the id" in again.stderr
+
+
+def test_explain_an_agent_enrolled_node_against_the_server(server) -> None:
+    _, url, token_file, _, _ = server
+    done = wyneos("explain", "agent-1", "--server", url, "--token-file", str(token_file))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("node agent-1: status online, load 0.")
+    assert "\nactions on agent-1:" in done.stdout
+    isolated = json.loads(wyneos("explain", "q1", "--server", url, "--token-file", str(token_file), "--json").stdout)
+    assert [a["type"] for a in isolated["actions"]] == ["isolate"] and isolated["actions"][0]["status"] == "in_force"
+    config = str(token_file.parent / "config.yaml")
+    local = wyneos("explain", "agent-1", "--config", config)  # the config alone does not know it: a hint
+    assert local.returncode == 2 and "--server URL" in local.stderr

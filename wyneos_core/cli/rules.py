@@ -45,7 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("explain", help="show why each rule passed or failed for one node, and why its actions hold")
-    p.add_argument("--node", required=True, metavar="ID", help="the node to explain")
+    p.add_argument("node_id", nargs="?", metavar="NODE", help="the node to explain")
+    p.add_argument("--node", metavar="ID", help="the node to explain (as NODE)")
+    p.add_argument("--server", metavar="URL", help="ask this running server (sees agent-enrolled nodes; "
+                   "GET /v1/nodes/NODE/explain) instead of running the config")
+    p.add_argument("--token-file", metavar="FILE", help="with --server: the operator token's file "
+                   "(default: $WYNEOS_TOKEN_FILE, else $WYNEOS_TOKEN)")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML config (default: the demo cluster)")
     p.add_argument("--state", metavar="FILE",
                    help="state file to read the actions in force from, read only (default: state.path)")
@@ -263,11 +268,15 @@ def _junit(runs: list[dict[str, Any]]) -> str:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from wyneos_core.builtin.rulesets import _violated, env_of, runner_of
     from wyneos_core.cli.common import build
-    from wyneos_core.rules.interp import NO_LICENCE, explain, truthy, evaluate
-    from wyneos_core.rules.runtime import RulesetRunner
+    from wyneos_core.explain import explain_node
 
+    node_id = args.node_id or args.node
+    if not node_id:
+        print("wyneos explain: name the node: wyneos explain NODE", file=sys.stderr)
+        return EXIT_USAGE
+    if args.server:
+        return _explain_remote(args, node_id)
     if args.ticks < 1:
         print("wyneos explain: --ticks must be at least 1", file=sys.stderr)
         return EXIT_USAGE
@@ -282,43 +291,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for _ in range(args.ticks):
             report = orchestrator.tick()
             events.extend(report.lifecycle)
-    node = orchestrator.registry.get(args.node)
+    node = orchestrator.registry.get(node_id)
     if node is None:
         known = ", ".join(n.id for n in orchestrator.registry)
-        print(f"wyneos explain: no node {args.node!r} (nodes: {known})", file=sys.stderr)
+        print(f"wyneos explain: no node {node_id!r} (nodes: {known}); a node enrolled by an agent is known to the "
+              "server: wyneos explain NODE --server URL", file=sys.stderr)
         return EXIT_USAGE
-    lic = report.licences.get(node.id) or NO_LICENCE
-    nodes = orchestrator.registry.nodes()
-    base = env_of(orchestrator.pm) or RulesetRunner.environment(nodes, report.started_at)
-    out: dict[str, Any] = {"node": node.to_dict(), "tick": report.tick, "licence": lic.to_dict(), "rulesets": [],
-                           "python_rules": [],
-                           "trust": trust_plugin.explain(orchestrator, node.id) if "trust" in orchestrator.pm.origins
-                           else None}
-    runner = runner_of(orchestrator.pm)
-    for loaded in (runner.loaded.values() if runner is not None else []):
-        rs = loaded.ruleset
-        env = base if rs.stage == "governance" else base.staged(_violated(report.results))
-        rules = []
-        for rule in rs.rules:
-            value = truthy(evaluate(rule.condition, node, lic, env))
-            state = loaded.trackers[rule.id].state_of(node.id)
-            if rs.stage == "governance":
-                verdict = "passes" if value else "fails"
-            else:
-                verdict = "applies" if value else "does not apply"
-            rules.append({"id": rule.id, "description": rule.description, "condition": rule.source,
-                          "value": value, "verdict": verdict, "state": state, "for": str(rule.for_),
-                          "keep_firing_for": str(rule.keep_firing_for),
-                          "trace": explain(rule.condition, node, lic, env),
-                          "actions": [a.type for a in rule.actions]})
-        out["rulesets"].append({"name": rs.name, "stage": rs.stage, "engine": rs.engine, "file": rs.file,
-                                "rules": rules})
-    for r in report.results:
-        if r.node_id == node.id and not any(r.source == rs["name"] for rs in out["rulesets"]):
-            out["python_rules"].append(r.to_dict())
-    out["actions"] = _node_actions(orchestrator, node.id, lic, events, report)
+    committed, times = _committed(orchestrator.config, node.id)
+    out = explain_node(orchestrator, node, report, events, committed, times)
+    return _print_guarded(out, args.json)
+
+
+def _explain_remote(args: argparse.Namespace, node_id: str) -> int:
+    """``wyneos explain NODE --server URL``: the running server's explanation."""
+    from urllib.parse import quote
+
+    from wyneos_core.remote import Remote, RemoteError, read_token, server_url
+
     try:
-        _print_explain(out, node, lic, report, args.json)
+        remote = Remote(server_url(args.server), read_token(args.token_file))
+        out = remote.get(f"/v1/nodes/{quote(node_id, safe='')}/explain")
+    except RemoteError as exc:
+        print(f"wyneos explain: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    return _print_guarded(out, args.json)
+
+
+def _print_guarded(out: dict[str, Any], as_json: bool) -> int:
+    try:
+        _print_explain(out, as_json)
     except BrokenPipeError:  # `wyneos explain ... | head`: the reader has what it wanted
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # what is left to flush at exit goes nowhere
@@ -326,14 +327,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_explain(out: dict[str, Any], node: Any, lic: Any, report: Any, as_json: bool) -> None:
+def _print_explain(out: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(out, indent=2, default=str))
         return
-    print(f"node {node.id}: status {node.status.value}, load {node.load}, isolated {node.isolated}, "
-          f"metadata {json.dumps(node.metadata, sort_keys=True)}")
-    print(f"licence: {'valid' if lic.valid else 'INVALID'} ({lic.reason}) {lic.detail}")
-    print(f"after tick {report.tick}")
+    node, lic = out["node"], out["licence"]
+    print(f"node {node['id']}: status {node['status']}, load {node['load']}, isolated {node['isolated']}, "
+          f"metadata {json.dumps(node['metadata'], sort_keys=True)}")
+    print(f"licence: {'valid' if lic['valid'] else 'INVALID'} ({lic['reason']}) {lic['detail']}")
+    print(f"after tick {out['tick']}")
     drift = out.get("drift")
     if drift:
         since = f" since {drift['since']:.0f}" if drift.get("since") is not None else ""
@@ -354,29 +356,23 @@ def _print_explain(out: dict[str, Any], node: Any, lic: Any, report: Any, as_jso
         for r in out["python_rules"]:
             print(f"  {r['rule_id']} ({r['source']}): {r['message']}")
     _print_trust(out["trust"])
-    _print_actions(node.id, out["actions"])
+    _print_actions(node["id"], out["actions"])
 
 
-def _node_actions(orchestrator: Any, node_id: str, lic: Any, events: list[dict[str, Any]],
-                  report: Any) -> list[dict[str, Any]]:
-    """The actions on ``node_id`` (``wyneos_core.explain.explain_actions``), with the
-    actions in force of the state file when there is one (read only)."""
-    from wyneos_core.explain import explain_actions
+def _committed(config: Any, node_id: str) -> tuple[list[dict[str, Any]], dict[int, float]]:
+    """The state file's actions in force on ``node_id`` and when their ticks started
+    (read only; none without a state file)."""
     from wyneos_core.store import StateStore
 
-    config = orchestrator.config
-    committed: list[dict[str, Any]] = []
-    times: dict[int, float] = {}
     path = config["state"]["path"]
     store = StateStore.open_read_only(path if path == ":memory:" else config.resolve(path))
-    if store is not None:
-        try:
-            committed = [a for a in store.actions("in_force") if a["target"] == node_id]
-            times = store.tick_times(a["first_tick"] for a in committed)
-        finally:
-            store.close()
-    proposed = {a.id: a.to_dict() for a in report.proposed}
-    return explain_actions(orchestrator, node_id, lic, events, proposed, committed, times)
+    if store is None:
+        return [], {}
+    try:
+        committed = [a for a in store.actions("in_force") if a["target"] == node_id]
+        return committed, store.tick_times(a["first_tick"] for a in committed)
+    finally:
+        store.close()
 
 
 def _print_actions(node_id: str, actions: list[dict[str, Any]]) -> None:
