@@ -123,7 +123,7 @@ def test_watch_streams_a_change_and_ends_at_its_count(server) -> None:
             proc.kill()
     assert proc.returncode == 0, err
     [line] = out.strip().splitlines()
-    assert "MODIFIED  node agent-1: load 0.50 -> 0.97" in line
+    assert "MODIFIED  node agent-1: " in line and "load 0.50 -> 0.97" in line
 
 
 def test_enrol_token_list_and_revoke_while_the_server_runs(server) -> None:
