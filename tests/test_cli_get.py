@@ -22,6 +22,10 @@ NODES = """nodes:
   - {id: q1, metadata: {role: bad, zone: eu}}
   - {id: c2, metadata: {zone: eu}}
   - {id: c3, metadata: {zone: us}}
+enforcement:
+  exceptions:
+    - {id: us-maintenance, owner: ops@example.com, reason: racks moved, expires: "2099-01-01T00:00:00Z",
+       selector: {zone: us}, action: isolate}
 """
 
 
@@ -33,7 +37,7 @@ def wyneos(*args: str, env: dict | None = None, timeout: float = 60) -> subproce
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("get")
-    service = make_service(write_config(tmp, stale=30, offline=60, extra=NODES), plugins=(Quarantine(),),
+    service = make_service(write_config(tmp, stale=600, offline=1200, extra=NODES), plugins=(Quarantine(),),
                            read_token=TOKEN)
     (tmp / "token").write_text(TOKEN + "\n")
     with ServerThread(service) as url, httpx.Client(base_url=url, timeout=10,
@@ -78,6 +82,11 @@ def test_get_other_kinds(server) -> None:
     assert rules.returncode == 0 and "heartbeat-fresh" in rules.stdout
     licences = wyneos("get", "licences", *common)
     assert licences.returncode == 0 and licences.stdout == "No licences found.\n"  # the licence step is off
+    exceptions = wyneos("get", "exceptions", *common)
+    assert exceptions.returncode == 0, exceptions.stderr
+    header, row = exceptions.stdout.splitlines()
+    assert header.split()[:3] == ["NAME", "APPLIES", "TO"]
+    assert row.split()[:5] == ["us-maintenance", "zone=us", "isolate", "2099-01-01T00:00:00Z", "ops@example.com"]
     tokens = wyneos("get", "tokens", *common)
     assert tokens.returncode == 0 and tokens.stdout.splitlines()[0].split() == ["NAME", "NODE", "USES", "EXPIRES"]
 

@@ -91,9 +91,14 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          order=lambda r: ({"invalid": 0, "in_grace": 1}.get(r["state"], 2), -r["count"])),
     Kind("exceptions", ("exception", "exc"), "/v1/exceptions", lambda a: a.get("exceptions", []),
          lambda r: str(r.get("id")), (
-             ("NAME", lambda r: str(r.get("id"))), ("RULE", lambda r: str(r.get("rule") or "-")),
-             ("SELECTOR", lambda r: str(r.get("selector") or r.get("nodes") or "-")),
-             ("EXPIRES", lambda r: _when(r.get("expires_at"))), ("REASON", lambda r: str(r.get("reason") or "-")))),
+             ("NAME", lambda r: str(r.get("id"))),
+             ("APPLIES TO", lambda r: r.get("node") or ",".join(f"{k}={v}" for k, v in (r.get("selector") or {}).items())
+              or "all nodes"),
+             ("HOLDS", lambda r: ",".join(str(r[k]) for k in ("rule", "action", "licence_reason") if r.get(k)) or "all"),
+             ("EXPIRES", lambda r: _when(r.get("expires")) + (" (expired)" if r.get("expired") else "")),
+             ("OWNER", lambda r: str(r.get("owner") or "-"))),
+         problem=lambda r, p: p in ("any", "expired") and bool(r.get("expired")),
+         order=lambda r: (bool(r.get("expired")), r.get("expires") or 0)),
     Kind("tokens", ("token",), "/v1/enrol/tokens", lambda a: a["tokens"], lambda r: r["id"], (
         ("NAME", lambda r: r["id"]), ("NODE", lambda r: r.get("node_id") or "(any)"),
         ("USES", lambda r: str(r["uses_left"])), ("EXPIRES", lambda r: _when(r.get("expires_at"))))),
