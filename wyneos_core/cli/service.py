@@ -321,7 +321,7 @@ def cmd_enrol_token(args: argparse.Namespace) -> int:
     from wyneos_core.registry import NODE_ID_PATTERN
 
     if args.verb != "create":
-        from wyneos_core.cli_tokens import cmd_token_list, cmd_token_revoke
+        from wyneos_core.cli.tokens import cmd_token_list, cmd_token_revoke
 
         return (cmd_token_list if args.verb == "list" else cmd_token_revoke)(args, _store(args))
     from wyneos_core.service.core import hash_token, new_token
