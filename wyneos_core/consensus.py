@@ -123,17 +123,30 @@ class Suspicion:
     since: int
     #: witness -> (tick of its latest report, reachable)
     reports: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    #: witness -> tick it turned: it reached the node during this suspicion, then said it could not
+    turned: dict[str, int] = field(default_factory=dict)
 
     def report(self, observer: str, tick: int, reachable: bool) -> None:
-        self.reports[observer] = (tick, reachable)
+        reports = self.reports
+        if reachable:
+            self.turned.pop(observer, None)
+        else:
+            before = reports.get(observer)
+            if before is not None and before[1] and observer not in self.turned:
+                self.turned[observer] = tick
+        reports[observer] = (tick, reachable)
 
-    def tally(self, tick: int, window: int, weight_of: Any) -> tuple[float, float, list[str], list[str]]:
+    def tally(self, tick: int, window: int, weight_of: Any,
+              hold: int = 0) -> tuple[float, float, list[str], list[str]]:
         """Confirmation weight, refutation weight, confirming and refuting witnesses
-        (reports inside the window, weight above 0), dropping expired reports."""
+        (reports inside the window, weight above 0), dropping expired reports. A witness
+        that turned (it reached the node during this suspicion, then did not) confirms
+        only once it has said so for ``hold`` ticks."""
         confirm = refute = 0.0
         yes: list[str] = []
         no: list[str] = []
         expired = []
+        turned = self.turned
         for observer, (at, reachable) in self.reports.items():
             if tick - at >= window:
                 expired.append(observer)
@@ -141,6 +154,8 @@ class Suspicion:
             w = weight_of(observer)
             if w <= 0.0:
                 continue
+            if not reachable and observer in turned and tick - turned[observer] < hold:
+                continue  # a late liar's first ticks: by the end of the hold its lies have been counted
             if reachable:
                 refute += w
                 no.append(observer)
@@ -149,6 +164,7 @@ class Suspicion:
                 yes.append(observer)
         for observer in expired:
             del self.reports[observer]
+            turned.pop(observer, None)
         yes.sort()
         no.sort()
         return confirm, refute, yes, no
@@ -267,7 +283,7 @@ class ConsensusState:
                 if observer == sus.subject or (require_signed and not obs.signed):
                     ignored += 1
                     continue
-                sus.reports[observer] = (tick, True)
+                sus.report(observer, tick, True)
                 continue
             observer = obs.observer
             subject = obs.subject
@@ -276,7 +292,7 @@ class ConsensusState:
                 continue
             sus = suspicions.get(subject)
             if sus is not None:
-                sus.reports[observer] = (tick, False)
+                sus.report(observer, tick, False)
                 contradicted = False
             else:
                 node = get(subject)
@@ -326,6 +342,18 @@ class ConsensusState:
         for observer in [o for o, rec in self.contradictions.items()
                          if rec[1] * CONTRADICTION_DECAY ** (tick - rec[2]) < floor]:
             del self.contradictions[observer]
+
+    @property
+    def turn_hold(self) -> int:
+        """Ticks a witness that turned (see ``Suspicion.turned``) must keep saying the node
+        is unreachable before it confirms: as many as a liar naming a single node the
+        orchestrator hears needs to reach ``min_contradictions`` (decayed), so a late liar
+        is discounted before its first lie can count."""
+        need, total, n = self.settings.min_contradictions, 0.0, 0
+        while total < need and n < 100:
+            total += CONTRADICTION_DECAY ** n
+            n += 1
+        return n
 
     # -- verdicts --------------------------------------------------------------------------
 
@@ -391,7 +419,7 @@ class ConsensusState:
         if last is None or self.tick - last >= max(s.window_ticks, s.max_timeout_ticks):
             return Verdict(True, "no_witnesses", "no node of the cluster reports witness observations (agents "
                            "without peer probing): the orchestrator's evidence alone", since=sus.since)
-        confirm, refute, yes, no = sus.tally(self.tick, s.window_ticks, self.weight_of)
+        confirm, refute, yes, no = sus.tally(self.tick, s.window_ticks, self.weight_of, self.turn_hold)
         elapsed = self.tick - sus.since
         timeout = suspicion_timeout(confirm, k, s.min_timeout_ticks, s.max_timeout_ticks)
         base = dict(witnesses=yes, refuted_by=no, confirmations=confirm, needed=needed, since=sus.since,
