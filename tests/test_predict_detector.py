@@ -84,7 +84,7 @@ def test_forecast_and_time_to_follow_a_trend() -> None:
     falling = Columns.empty(1)
     for t in range(0, 3000, 10):
         falling.step(np.array([5.0 - 0.001 * t]), np.array([True]), float(t))
-    assert float(detector.time_to(falling, at, 9.0, 2990.0)[0]) == 0.0  # already crossed, going down
+    assert math.isnan(float(detector.time_to(falling, at, 9.0, 2990.0)[0]))  # above it and going down: never
     flat = Columns.empty(1)
     for t in range(0, 3000, 10):
         flat.step(np.array([5.0]), np.array([True]), float(t))

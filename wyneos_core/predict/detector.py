@@ -286,7 +286,13 @@ def band(cols: Columns, index: np.ndarray, horizon_s: float, now: float) -> tupl
 
 
 def time_to(cols: Columns, index: np.ndarray, level: float, now: float) -> np.ndarray:
-    """Seconds until the forecast reaches ``level``: 0 if there already, NaN if never."""
+    """Seconds until the forecast reaches ``level``: 0 if there already, NaN if never.
+
+    A level above the latest value is reached only by a rising series (a falling or flat
+    one never gets there: NaN, so a healthy node's noise never reads as "memory full
+    now"); a level at or below it is reached by a falling series in ``gap / slope``
+    seconds, and is already reached (0) by one that is not falling.
+    """
     s = cols.fields
     current = forecast(cols, index, 0.0, now)
     slope = s[F["slope"], index].astype(np.float64)
@@ -294,8 +300,10 @@ def time_to(cols: Columns, index: np.ndarray, level: float, now: float) -> np.nd
     with np.errstate(divide="ignore", invalid="ignore"):
         seconds = gap / slope
     latest = s[F["latest"], index]
-    reached = np.where(slope >= 0, latest >= level, latest <= level)
-    out = np.where(reached, 0.0, np.where((seconds > 0) & np.isfinite(seconds), seconds, np.nan))
+    ahead = (seconds > 0) & np.isfinite(seconds)
+    above = level > latest  # only rising gets there
+    out = np.where(above, np.where((slope > 0) & ahead, seconds, np.nan),
+                   np.where((slope < 0) & ahead, seconds, 0.0))
     return np.where(s[F["count"], index] >= 2, out, np.nan)
 
 

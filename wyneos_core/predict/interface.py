@@ -28,8 +28,9 @@ class Predictions(Protocol):
         """The value expected ``horizon_s`` seconds from now."""
 
     def time_to(self, node_id: str, metric: str, level: float) -> float | None:
-        """Seconds until the metric is expected to reach ``level`` (0 if already there;
-        None if the forecast never reaches it)."""
+        """Seconds until the metric is expected to reach ``level``: a level above the
+        latest value only by rising (None if it is flat or falling), one at or below it by
+        falling (0 if it is not falling: already there)."""
 
     def anomaly(self, node_id: str, metric: str) -> float | None:
         """How unusual the latest value is, in [0, 1]."""

@@ -98,6 +98,8 @@ class SimCluster:
         self.witnesses = True
         #: the orchestrator's consensus section (for the summary)
         self.consensus_settings: dict[str, Any] = {}
+        #: the nodes' telemetry and reported state (``predict_faults.SimTelemetry``), when played
+        self.telemetry: Any = None
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -157,6 +159,9 @@ class SimCluster:
             elif kind == "liar":
                 self.liars.update(nodes)
         self.hung = hung
+        if self.telemetry is not None:
+            self.telemetry.begin_tick(tick)
+            self.down.update(self.telemetry.down)  # a leak or a full disk ran its course: crashed
         if self.licences is not None:
             self.refs = {n: self.licences.reference(n, tick, self.scenario.faults) for n in self.licence_nodes}
         if changed:
@@ -238,6 +243,7 @@ class SimCluster:
             if node_id not in down and node_id not in hung:
                 seq[node_id] += 1
         witnesses = self.witnesses
+        telemetry = self.telemetry
         out = []
         for node_id in self.ids:
             if node_id in down or (reach is not None and node_id not in reach):
@@ -251,6 +257,11 @@ class SimCluster:
             if moved or extra:
                 load = max(0.0, load + moved.get(node_id, 0.0) + extra.get(node_id, 0.0))
             observations = self._observe(node_id) if witnesses and node_id not in hung else ()
+            if telemetry is not None:
+                out.append(Heartbeat(node_id, ts, round(load, 4), telemetry.metadata_of(node_id),
+                                     licence_ref=refs.get(node_id) if refs else None, observations=observations,
+                                     metrics=telemetry.metrics_of(node_id)))
+                continue
             out.append(Heartbeat(node_id, ts, round(load, 4), licence_ref=refs.get(node_id) if refs else None,
                                  observations=observations))
         return out

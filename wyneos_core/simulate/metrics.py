@@ -44,8 +44,9 @@ _ACTS = {
 
 #: faults of healthy nodes the orchestrator cannot hear: holding isolation back is the right act
 _HOLDS = frozenset({"partition", "orchestrator_link_loss"})
-#: faults that call for no action at all (only detection is measured)
-NO_ACTION = frozenset({"liar", "message_loss"})
+#: faults that call for no action at all (only detection is measured): for leaks, disk
+#: fills and drift that is a warning or a drift state (predict_faults measures the rest)
+NO_ACTION = frozenset({"liar", "message_loss", "leak", "disk_fill", "cron_burst", "drift"})
 
 
 @dataclass(slots=True)
@@ -208,6 +209,10 @@ class Recorder:
                     seen = node_id in rejected
                 elif kind == "liar":
                     seen = node_id in discounted
+                elif kind in ("leak", "disk_fill") and self.cluster.telemetry is not None:
+                    seen = node_id in self.cluster.telemetry.warned  # a predictive rule warned
+                elif kind == "drift" and self.cluster.telemetry is not None:
+                    seen = node_id in self.cluster.telemetry.drift_seen
                 if seen:
                     track.detected[node_id] = tick
             if node_id not in track.acted and wanted & acted_on.get(node_id, set()):
@@ -233,7 +238,7 @@ class Recorder:
             track = self._track(fault)
             detected = [t - fault.at for t in track.detected.values()]
             acted = [t - fault.at for t in track.acted.values()]
-            detectable = fault.kind not in ("message_loss", "colluders", "degrading") and not (
+            detectable = fault.kind not in ("message_loss", "colluders", "degrading", "cron_burst") and not (
                 fault.kind == "clock_skew" and abs(float(fault.params.get("skew", 120))) <= self.max_skew)
             faults.append({
                 "fault": fault.label,

@@ -18,6 +18,13 @@ from wyneos_core.simulate.cluster import SimCluster, fault_targets
 from wyneos_core.simulate.licences import CUSTOMER, write_licences
 from wyneos_core.wording import plural
 from wyneos_core.simulate.metrics import Recorder, TickSample, check_expectations
+from wyneos_core.simulate.predict_faults import (
+    KINDS,
+    SimTelemetry,
+    check_predict_expectations,
+    declare_telemetry,
+    predict_text,
+)
 from wyneos_core.simulate.scenario import Scenario, node_ids, zone_of
 from wyneos_core.simulate.trust_faults import SimWitnesses, check_trust_expectations, trust_text
 from wyneos_core.store import StateStore
@@ -74,6 +81,9 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
     config["licence"].update({"sources": ["file"], "directory": str(licences.directory),
                               "trusted_keys": [str(licences.issuer_key)], "customer": CUSTOMER,
                               "map": {}, "revocations": None, "ledger": None})
+    telemetry = any(f.kind in KINDS for f in scenario.faults)
+    if telemetry:
+        declare_telemetry(config)
     orchestrator = Orchestrator(config, clock=clock, load_entrypoints=plugins, store=store)
     orchestrator._sim_workdir = root if workdir is None else None  # type: ignore[attr-defined]
     for index, node_id in enumerate(ids):
@@ -89,6 +99,9 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
     orchestrator.pm.register(cluster, SimCluster.__wyneos_name__)
     witnesses = SimWitnesses(scenario, cluster, int(config["heartbeat"].get("max_observations", 32)))
     orchestrator.pm.register(witnesses, SimWitnesses.__wyneos_name__)
+    if telemetry:
+        cluster.telemetry = SimTelemetry(scenario, ids, cluster.targets, interval)
+        orchestrator.pm.register(cluster.telemetry, SimTelemetry.__wyneos_name__)
     return orchestrator, cluster, clock
 
 
@@ -131,6 +144,9 @@ def simulate(scenario: Scenario, *, progress: bool = False, state_path: str | Pa
     if witnesses is not None and "trust" in orchestrator.pm.origins:
         summary["trust"] = witnesses.summary()
         failures += check_trust_expectations(summary["trust"], scenario.expect)
+    if cluster.telemetry is not None:
+        summary["prediction"] = cluster.telemetry.summary()
+        failures += check_predict_expectations(summary["prediction"], scenario.expect)
     summary["expectations"] = {"checked": sorted(scenario.expect), "failed": failures}
     return SimResult(scenario, summary, recorder.samples, failures, orchestrator, cluster)
 
@@ -246,6 +262,10 @@ def summary_text(summary: dict[str, Any]) -> str:
         lines.append(comparison_text(s["consensus_comparison"]))
     if "trust" in s:
         lines.append(trust_text(s["trust"]))
+    if s.get("prediction"):
+        text = predict_text(s["prediction"])
+        if text:
+            lines.append(text)
     failed = s.get("expectations", {}).get("failed", [])
     checked = s.get("expectations", {}).get("checked", [])
     if checked:

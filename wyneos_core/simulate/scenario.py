@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 FAULT_KINDS = ("crash", "hang", "overload", "flapping", "partition", "licence_expiry", "forged_licence",
-               "clock_skew", "message_loss", "orchestrator_link_loss", "liar", "colluders", "degrading")
+               "clock_skew", "message_loss", "orchestrator_link_loss", "liar", "colluders", "degrading",
+               "leak", "disk_fill", "cron_burst", "drift")
 
 #: Orchestrator settings of a simulation unless the scenario says otherwise: the tick and
 #: the heartbeat share one rhythm, nothing is written to stdout or files.
@@ -112,7 +113,8 @@ class Scenario:
         data = _merge(SIM_DEFAULTS, self.config)
         data["mesh"] = {**data.get("mesh", {}), **self.mesh, "seed": self.seed}
         data["cluster"] = f"sim-{self.name}"
-        return Config(fill_defaults(config_schema(), data), source=self.source)
+        base = Path(self.source).parent if self.source and Path(self.source).is_file() else None
+        return Config(fill_defaults(config_schema(), data), source=self.source, base_dir=base)
 
 
 def zone_of(index: int, count: int, zones: int) -> str:
@@ -158,7 +160,8 @@ def load_scenario(path: str | Path | None = None, *, text: str | None = None, na
         if raw["until"] is not None and raw["until"] <= raw["at"]:
             problems.append(located.error(("faults", index, "until"),
                                           f"must be after at ({raw['at']}), got {raw['until']}"))
-        params = {k: raw[k] for k in ("extra", "down", "up", "skew", "probability", "forgery", "rate") if k in raw}
+        params = {k: raw[k] for k in ("extra", "down", "up", "skew", "probability", "forgery", "rate", "metric",
+                                      "per_tick", "period", "length", "height", "field") if k in raw}
         for name, value in params.items():
             if isinstance(value, float) and not math.isfinite(value):
                 problems.append(located.error(("faults", index, name), f"must be a finite number, got {value}"))
