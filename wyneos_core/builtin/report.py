@@ -207,10 +207,14 @@ def _trust_lines(report: TickReport) -> list[str]:
     moves: dict[tuple[str, str], list[str]] = {}
     for c in trust.get("changes", []):
         moves.setdefault((c["from"], c["to"]), []).append(c["node_id"])
-    total = trust.get("changes_total", 0)
-    lines = [f"  trust    {len(ids) if total <= len(trust.get('changes', [])) else str(len(ids)) + '+'} "
-             f"{old} -> {new} ({examples(ids)})"
-             for (old, new), ids in sorted(moves.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+    counted = trust.get("moves") or {}  # every move counted; the listed ones are a sample of them
+    for move in counted:
+        old, _, new = move.partition(" -> ")
+        moves.setdefault((old, new), [])  # moved, none of them in the listed sample
+    rows = sorted(((counted.get(f"{old} -> {new}", len(ids)), old, new, ids) for (old, new), ids in moves.items()),
+                  key=lambda row: (-row[0], row[1], row[2]))
+    lines = [f"  trust    {count} {old} -> {new}" + (f" ({examples(ids, total=count)})" if ids else "")
+             for count, old, new, ids in rows]
     decided: dict[tuple[str, str, str], list[str]] = {}
     for a in trust.get("admission", []):
         decided.setdefault((a["decision"], a["rule"], a["reason"]), []).append(a["node_id"])

@@ -206,6 +206,8 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
     ctx.report.trust.update({
         "changes": changes[:REPORT_LIMIT],
         "changes_total": len(changes),
+        # every move counted, listed or not (the report's trust line says how many moved)
+        "moves": dict(Counter(f"{c['from']} -> {c['to']}" for c in changes)),
         "admission": admission[:REPORT_LIMIT],
         "admission_total": len(admission),
         "in_admission": int(np.count_nonzero((adm == 0) | (adm == 3))),
