@@ -134,3 +134,20 @@ def test_the_flap_guard_holds_back_a_nightly_burst_but_not_a_lasting_failure() -
     assert not any(out[:60]) and all(out[61:])
     # another node, same time of day, never burst before: not held
     assert guard.filter(["n2"], start + 120) == ["n2"]
+
+
+def test_the_ruleset_of_docs_prediction_loads_as_predictive(tmp_path) -> None:
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "prediction.md").read_text()
+    [block] = re.findall(r"```yaml ruleset\n(.*?)```", page, re.S)
+    path = tmp_path / "capacity.yaml"
+    path.write_text(block)
+    rules = {r.id: r for r in load_ruleset(path).rules}
+    assert rules["disk-fills"].predictive and rules["disk-fills"].for_.amount == 900
+    assert rules["cpu-climbing"].predictive and rules["cpu-climbing"].mode == "enforce"
+    # the isolation the page refuses is refused
+    path.write_text(block.replace("- degrade: {}", "- isolate: {}", 1))
+    with pytest.raises(RulesetError, match="prediction alone"):
+        load_ruleset(path)

@@ -261,6 +261,8 @@ def test_shipped_scenarios_are_the_repository_files_and_go_into_the_wheel(tmp_pa
     names = zipfile.ZipFile(wheel).namelist()
     for stem in repo:
         assert f"wyneos_core/shipped_scenarios/{stem}.yaml" in names, stem
+    for rules in (ROOT / "scenarios" / "rules").glob("*.yaml"):  # the rulesets scenarios name
+        assert f"wyneos_core/shipped_scenarios/rules/{rules.name}" in names, rules.name
     assert "wyneos_core/simulate/scenario.schema.json" in names
 
 
