@@ -189,3 +189,49 @@ def test_only_changed_nodes_are_read_again() -> None:
     step = engine.step(nodes, 2.0)
     assert calls == [("version", "2", "1")]  # one node, the one field declared
     assert step.transitions == [("n7", "in_sync", "unexplained", ["version"])]
+
+
+def test_drift_is_kept_across_a_restart(tmp_path, clock) -> None:
+    from tests.conftest import config_from
+    from wyneos_core.builtin.drift import engine_of
+    from wyneos_core.tick import Orchestrator
+
+    text = cluster_yaml(3, extra=textwrap.dedent("""\
+        drift:
+          declared:
+            - selector: {labels: {role: web}}
+              version: "1.0"
+        """))
+    state = tmp_path / "state.db"
+    fleet = {"n01": {"labels": {"role": "web"}, "version": "1.0"}, "n02": {"labels": {"role": "web"}, "version": "0.9"},
+             "n03": {"labels": {"role": "web"}, "version": "1.0"}}
+
+    def run(ticks: int, reports: dict) -> Orchestrator:
+        config = config_from(text, state={"path": str(state)})
+        orch = Orchestrator(config, clock=clock, load_entrypoints=False)
+        with orch:
+            for _ in range(ticks):
+                tick(orch, clock, reports)
+        return orch
+
+    first = run(3, fleet)
+    since = engine_of(first.pm).record("n02")["since"]
+    assert engine_of(first.pm).record("n02")["state"] == "unexplained"
+    clock.advance(600)  # down for ten minutes
+    second = run(1, fleet)
+    record = engine_of(second.pm).record("n02")
+    assert record["state"] == "unexplained" and record["since"] == since  # not "since the restart"
+    assert engine_of(second.pm).record("n01")["state"] == "in_sync"
+    # the hand edit is undone after the restart: repaired, not intended
+    third = run(1, {**fleet, "n02": {"labels": {"role": "web"}, "version": "1.0"}})
+    assert engine_of(third.pm).record("n02")["state"] == "repaired"
+    # a damaged saved state is refused, said, and drift found again
+    import sqlite3
+
+    with sqlite3.connect(state) as conn:
+        conn.execute("UPDATE blobs SET data = ? WHERE name = 'drift'", (b"WYNDRIFT1\n" + b"\xff" * 20,))
+    config = config_from(text, state={"path": str(state)})
+    with Orchestrator(config, clock=clock, load_entrypoints=False) as orch:
+        report = tick(orch, clock, fleet)
+    assert any(n.startswith("drift: the saved drift state was not used") for n in report.notes)
+    assert report.drift["counts"]["unexplained"] == 1

@@ -7,7 +7,10 @@ trusted keys when that list is empty; a changed directory is read again every
 first), the step compares every node (``wyneos_core.drift.DriftEngine``), leaves the
 records for the rules in ``ctx.scratch["drift"]`` (``node.drift``, ``drift_age()``),
 counts the states in the report (``report.drift``) and lists each node's change of
-drift state among the report's transitions (kind ``drift``). See docs/drift.md.
+drift state among the report's transitions (kind ``drift``). The columns are kept in
+the state store (``put_blob``: SQLite, or etcd on replicas) every ``SAVE_EVERY`` ticks
+if a node changed state, and at shutdown, and restored at the first tick. See
+docs/drift.md.
 """
 
 from __future__ import annotations
@@ -34,8 +37,15 @@ SCRATCH_KEY: Final = "drift"
 REPORT_LIMIT: Final = 1000
 
 
+#: the name of the drift columns in the state store (``put_blob``)
+BLOB_NAME: Final = "drift"
+#: at most every this many ticks the drift columns are saved, if a node changed state since
+SAVE_EVERY: Final = 60
+
+
 class _DriftPlugin:
-    __slots__ = ("engine", "config_decls", "manifests", "keys", "rescan", "checked_at", "stamp", "problems")
+    __slots__ = ("engine", "config_decls", "manifests", "keys", "rescan", "checked_at", "stamp", "problems",
+                 "loaded", "dirty")
 
     def __init__(self, config: Config) -> None:
         section = config["drift"]
@@ -49,6 +59,31 @@ class _DriftPlugin:
         self.stamp: Any = None
         self.problems: list[str] = []
         self.engine = DriftEngine(self.config_decls)
+        self.loaded = False  # the saved state was looked for
+        self.dirty = False
+
+    def restore(self, orchestrator: Any, notes: list[str]) -> None:
+        """The drift columns saved by the last run, once (SQLite, or etcd on replicas)."""
+        self.loaded = True
+        blob = getattr(orchestrator.store, "blob", None)
+        saved = blob(BLOB_NAME) if blob is not None else None
+        if saved is None:
+            return
+        from wyneos_core.drift.saved import DriftStateError, restore
+
+        try:
+            restore(self.engine, saved)
+        except DriftStateError as exc:
+            self.engine = DriftEngine(self.engine.declarations)
+            notes.append(f"drift: the saved drift state was not used ({exc}); drift is found again from now")
+
+    def save(self, orchestrator: Any) -> None:
+        put = getattr(orchestrator.store, "put_blob", None)
+        if put is not None and self.engine.ids:
+            from wyneos_core.drift.saved import to_bytes
+
+            put(BLOB_NAME, to_bytes(self.engine))
+            self.dirty = False
 
     def reload(self, now: float, notes: list[str]) -> None:
         """Read the manifests again if the directory changed (at most every ``rescan`` s)."""
@@ -124,11 +159,23 @@ def wyneos_governance(ctx: TickContext, nodes: Sequence[Node]) -> list[RuleResul
     plugin.reload(ctx.now, ctx.report.notes)
     if not plugin.engine.declarations:
         return []
+    if not plugin.loaded:
+        plugin.restore(ctx.orchestrator, ctx.report.notes)
     step = plugin.engine.step(nodes, ctx.now)
+    plugin.dirty = plugin.dirty or bool(step.transitions)
+    if plugin.dirty and ctx.tick % SAVE_EVERY == 0:
+        plugin.save(ctx.orchestrator)
     ctx.scratch[SCRATCH_KEY] = plugin.engine.view()
     report = ctx.report
     report.drift = {"counts": step.counts, "changed": len(step.transitions)}
     for node_id, old, new, fields in step.transitions[:REPORT_LIMIT]:
         report.transitions.append({"kind": "drift", "node_id": node_id, "from": old, "to": new, "fields": fields})
     return []
+
+
+@hookimpl
+def wyneos_shutdown(orchestrator: Any) -> None:
+    plugin = _PLUGINS.get(orchestrator.pm)
+    if plugin is not None and plugin.loaded and plugin.engine.declarations:
+        plugin.save(orchestrator)
 

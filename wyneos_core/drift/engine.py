@@ -99,6 +99,7 @@ class DriftEngine:
         self.drift_declared = more(None if first else self.drift_declared, _UNSET, np.int32, _NF)
         self.drift_fields = more(None if first else self.drift_fields, 0, np.uint8)
         self.decl_moved = more(None if first else self.decl_moved, False, bool)
+        self.restored = more(None if first else self.restored, False, bool)
         self.reported = more(None if first else self.reported, _NONE, np.int32, _NF)
         self.declared = more(None if first else self.declared, _UNSET, np.int32, _NF)
         self.prev_declared = more(None if first else self.prev_declared, _UNSET, np.int32, _NF)
@@ -154,6 +155,25 @@ class DriftEngine:
         self._last_nodes = list(nodes)
         self._row_index = np.fromiter(map(rows.__getitem__, ids), np.int64, len(ids))
         return self._row_index
+
+    def adopt(self, ids: Sequence[str], state: np.ndarray, mask: np.ndarray, since: np.ndarray,
+              changed_at: np.ndarray) -> None:
+        """Take a saved state (``wyneos_core.drift.saved``) for these node ids: the rows
+        are read again at the next step, which keeps a drift's since-when, and a roll-out
+        that was pending stays pending while the node still differs."""
+        for node_id in ids:
+            if node_id not in self.rows:
+                self._grow(len(self.ids) + 1)
+                self.rows[node_id] = len(self.ids)
+                self.ids.append(node_id)
+        r = np.fromiter((self.rows[i] for i in ids), np.int64, len(ids))
+        self.state[r] = state
+        self.mask[r] = mask
+        self.drift_fields[r] = mask
+        self.since[r] = since
+        self.changed_at[r] = changed_at
+        self.restored[r] = True
+        self.meta_id[r] = -1
 
     def _decl_index(self, node_id: str, labels: Any) -> int:
         """The declaration in force for a node (memoised on its labels when no declaration
@@ -266,9 +286,13 @@ class DriftEngine:
         self.decl_moved[r] = False
         changed_report = np.any(reported != before_reported, axis=1)
 
+        restored = self.restored[r]
+        if restored.any():  # first read after a restart: the drift began under today's declaration
+            self.restored[r] = False
+            catching |= restored & drifted & (state == PENDING)
         start = drifted & ~was
         at_start = self.drift_declared[r]
-        at_start[start] = declared[start]
+        at_start[start | restored] = declared[start | restored]
         self.drift_declared[r] = at_start
         seen = np.where(start, 0, self.drift_fields[r]) | mask
         self.drift_fields[r] = seen
