@@ -41,7 +41,7 @@ BAD = [
     # (text, line, field, words)
     ("ruleset: x\nstage: governance\nrules: [\n", 4, None, "invalid YAML"),
     ("ruleset: x\nstage: governance\nrules: []\nextra: 1\n", 4, "extra", "unknown field"),
-    ("ruleset: X Y\nstage: governance\nrules: []\n", 1, "ruleset", "does not match"),
+    ("ruleset: X Y\nstage: governance\nrules: []\n", 1, "ruleset", "lowercase letters, digits, '.', '_' or '-'"),
     ("ruleset: x\nstage: policing\nrules: []\n", 2, "stage", "not one of"),
     ("ruleset: x\nstage: governance\nrules:\n  - id: a\n    description: d\n    require: node.load < 1\n"
      "  - id: a\n    description: d\n    require: node.load < 2\n", 7, "rules[1].id", "duplicate rule id"),

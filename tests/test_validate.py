@@ -85,7 +85,8 @@ def test_a_ruleset_reports_every_rule_and_top_level_mistake(tmp_path, capsys):
     assert main(["validate", str(ruleset)]) == 1
     out = lines_of(capsys)
     # the bad stage no longer hides the bad name
-    assert out[0] == f"{ruleset}:1:1: ruleset: 'Heal Me' does not match '^[a-z0-9][a-z0-9_.-]{{0,63}}$'"
+    assert out[0] == (f"{ruleset}:1:1: ruleset: 'Heal Me' is not allowed: 1 to 64 lowercase letters, digits, '.', '_' "
+                      "or '-', starting with a letter or digit (no spaces or capitals); e.g. 'heal-me'")
     assert out[1].startswith(f"{ruleset}:2:1: stage: 'healin' is not one of") and \
         out[1].endswith("did you mean 'healing'?")
 
@@ -172,8 +173,8 @@ def test_ruleset_checker_from_issue_9(tmp_path):
     lines = out.stdout.splitlines()
     assert out.returncode == 1 and max(len(line) for line in lines) < 400  # nothing echoed whole
     column = len("  - {id: a, description: d, ") + 1  # the key the value belongs to
-    assert lines[0] == f"{ruleset}:4:{column}: rules[0].require: expected a string, got 42 (YAML read the " \
-                       "expression as another type: quote it, e.g. require: \"True\")"
+    assert lines[0] == f"{ruleset}:4:{column}: rules[0].require: expected a string, got 42 (a condition compares " \
+                       "a field with a value, e.g. require: node.load < 42; YAML read the bare number as a number)"
     assert lines[1] == f"{ruleset}:5:{column}: rules[1].require: is {len(long)} characters long, more than 2000"
     assert lines[2].startswith(f"{ruleset}:7:") and "did you mean 'load'?" in lines[2]
     # the surrogate is named by place, never echoed (the file is refused as it is read)

@@ -55,10 +55,13 @@ def check_plugins(config: Config, pm: Any) -> tuple[list[LocatedError], list[str
     with_schema: set[str] = set()
     for name, plugin in loaded.items():
         sch = getattr(plugin, SCHEMA_ATTRIBUTE, None)
-        if isinstance(sch, dict) and name in settings:
+        if isinstance(sch, dict) and (name in settings or sch.get("required")):
             path = ("plugins", "settings", name)
-            found = schema_errors(config.located, sch, prefix=path, data=settings[name]) \
+            found = schema_errors(config.located, sch, prefix=path, data=settings.get(name, {})) \
                 if config.located is not None else []
+            if name not in settings:  # the section is missing, yet the schema requires fields in it
+                found = [config.error(path, f"plugin {name!r} needs this section: {e.reason} "
+                                            f"(plugins.settings.{name} is missing)") for e in found]
             if found:
                 with_schema.add(name)
                 errors += found

@@ -82,9 +82,27 @@ def _message(error: jsonschema.ValidationError) -> str:
     if v in ("minLength", "maxLength", "minItems", "maxItems"):
         return f"{v}: {error.validator_value}, got {short(value)}"
     if v == "pattern":
-        return f"{short(value)} does not match {error.validator_value!r}"
+        said = error.schema.get("x-pattern")  # the pattern in words, when the schema gives them
+        if not isinstance(said, str):
+            return f"{short(value)} does not match {error.validator_value!r}"
+        return f"{short(value)} is not allowed: {said}" + _conforming(value, error.validator_value)
     message = error.message
     return message if len(message) <= 200 else message[:197] + "..."
+
+
+def _conforming(value: Any, pattern: str) -> str:
+    """"; e.g. 'my-rules'" when lower-casing ``value`` and joining its words with '-' fits
+    ``pattern``, else ""."""
+    import re
+
+    if not isinstance(value, str):
+        return ""
+    candidate = re.sub(r"[^a-z0-9_.-]+", "-", value.lower()).strip("-_.")[:64]
+    try:
+        fits = bool(candidate) and re.search(pattern, candidate) is not None
+    except re.error:
+        return ""
+    return f"; e.g. {candidate!r}" if fits else ""
 
 
 def schema_errors(located: Located, schema: Mapping[str, Any], *, prefix: tuple[Any, ...] = (),

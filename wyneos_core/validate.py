@@ -205,7 +205,7 @@ def validate_file(path: str | Path, *, plugins: bool = True) -> dict[str, Any]:
     path = Path(path)
     out: dict[str, Any] = {"file": str(path), "kind": None, "errors": [], "warnings": []}
     try:
-        located = load_yaml(path)
+        located = load_yaml(path, surrogates=True)  # the checks of each kind report them, located
     except LocatedError as exc:
         out["errors"] = [exc]
         out["ok"] = False

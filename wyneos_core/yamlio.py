@@ -93,13 +93,15 @@ class Located:
         )
 
 
-def load_yaml(source: str | Path, *, text: str | None = None) -> Located:
+def load_yaml(source: str | Path, *, text: str | None = None, surrogates: bool = False) -> Located:
     """Load one YAML document from ``source`` (a path), or from ``text`` named ``source``.
 
     Raises ``LocatedError`` for unreadable files, anything but a regular file (a FIFO,
     a device such as ``/dev/zero``), files over 2 MiB (checked before reading), syntax
     errors, duplicate keys, anchors/aliases, text that is not valid Unicode and
-    integers of more than 100 digits.
+    integers of more than 100 digits. With ``surrogates`` a string holding a lone
+    surrogate (YAML's ``"\\ud800"`` escape) is let through, for a caller that reports
+    every such place with the file's other mistakes (``diagnostics.unicode_errors``).
     """
     name = str(source)
     if text is None:
@@ -126,7 +128,7 @@ def load_yaml(source: str | Path, *, text: str | None = None) -> Located:
     positions: dict[PathKey, tuple[int, int]] = {}
     if node is None:
         return Located(None, name, positions, text)
-    _walk(node, (), positions, name, set(), 0)
+    _walk(node, (), positions, name, set(), 0, surrogates)
     loader = yaml.SafeLoader("")
     try:
         data = loader.construct_document(node)
@@ -151,7 +153,8 @@ def _marked(exc: yaml.MarkedYAMLError, name: str) -> LocatedError:
 MAX_YAML_DEPTH = 64
 
 
-def _walk(node: yaml.Node, path: PathKey, out: dict, name: str, seen: set[int], depth: int) -> None:
+def _walk(node: yaml.Node, path: PathKey, out: dict, name: str, seen: set[int], depth: int,
+          surrogates: bool = False) -> None:
     if depth > MAX_YAML_DEPTH:
         raise LocatedError(
             f"nested deeper than {MAX_YAML_DEPTH} levels",
@@ -173,7 +176,7 @@ def _walk(node: yaml.Node, path: PathKey, out: dict, name: str, seen: set[int], 
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
             if isinstance(key_node, yaml.ScalarNode):
-                _check_scalar(key_node, path, name)
+                _check_scalar(key_node, path, name, surrogates)
             if key == "<<":
                 raise LocatedError(
                     "merge keys (<<) are not allowed",
@@ -191,13 +194,13 @@ def _walk(node: yaml.Node, path: PathKey, out: dict, name: str, seen: set[int], 
                 )
             keys.add(key)
             child = path + (key,)
-            _walk(value_node, child, out, name, seen, depth + 1)
+            _walk(value_node, child, out, name, seen, depth + 1, surrogates)
             out[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _walk(item, path + (index,), out, name, seen, depth + 1)
+            _walk(item, path + (index,), out, name, seen, depth + 1, surrogates)
     elif isinstance(node, yaml.ScalarNode):
-        _check_scalar(node, path, name)
+        _check_scalar(node, path, name, surrogates)
 
 
 #: the most digits an integer in a user file may have (Python refuses to convert more
@@ -205,13 +208,13 @@ def _walk(node: yaml.Node, path: PathKey, out: dict, name: str, seen: set[int], 
 MAX_INT_DIGITS = 100
 
 
-def _check_scalar(node: yaml.ScalarNode, path: PathKey, name: str) -> None:
+def _check_scalar(node: yaml.ScalarNode, path: PathKey, name: str, surrogates: bool = False) -> None:
     """Refuse text that is not valid Unicode and integers too long to be a setting,
     naming the place (the value is not echoed: it may be huge)."""
     value = node.value
     where = {"file": name, "line": node.start_mark.line + 1, "column": node.start_mark.column + 1,
              "field": field_name(path) or None}
-    if bad_text(value) is not None:
+    if not surrogates and bad_text(value) is not None:
         raise LocatedError("not valid Unicode text (a lone surrogate escape)", **where)
     if node.tag == "tag:yaml.org,2002:int" and len(value) > MAX_INT_DIGITS:
         raise LocatedError(f"an integer of {len(value)} characters; at most {MAX_INT_DIGITS} digits are accepted",

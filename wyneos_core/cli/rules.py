@@ -86,7 +86,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                                                             "reason": "no such file or directory"}})
     for path in files:
         try:
-            located = load_yaml(path)
+            located = load_yaml(path, surrogates=True)  # the loaders below report each, located
             if is_test_file(located):
                 run_test_file(path, engine=args.engine)  # loads the ruleset and validates every case
                 report.append({"file": str(path), "ok": True, "kind": "tests"})
@@ -152,7 +152,7 @@ def _test_files(paths: list[str]) -> tuple[list[Path], list[str]]:
         if p.is_dir():
             for f in sorted(f for f in p.rglob("*") if f.suffix in _SUFFIXES and f.is_file()):
                 try:
-                    if is_test_file(load_yaml(f)):
+                    if is_test_file(load_yaml(f, surrogates=True)):
                         out.append(f)
                 except LocatedError:
                     out.append(f)  # reported as that file's error when it is run
@@ -161,7 +161,7 @@ def _test_files(paths: list[str]) -> tuple[list[Path], list[str]]:
             problems.append(f"{raw}: no such file or directory")
             continue
         try:
-            located = load_yaml(p)
+            located = load_yaml(p, surrogates=True)
         except LocatedError:
             out.append(p)
             continue

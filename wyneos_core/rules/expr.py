@@ -68,6 +68,9 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
     },
 }
 
+#: the values of ``node.status``
+STATUSES: Final = ("online", "stale", "offline", "unknown")
+
 _CMP = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 _ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%"}
 _REFUSED_NODES = {
@@ -132,8 +135,12 @@ def arith(op: str, a: Any, b: Any) -> Any:
     return r
 
 
-def parse(text: str, stage: str = "governance") -> Expr:
-    """Parse one rule condition into the IR; raise ``ExprError`` for anything refused."""
+def parse(text: str, stage: str = "governance", *, strict: bool = False) -> Expr:
+    """Parse one rule condition into the IR; raise ``ExprError`` for anything refused.
+
+    ``strict`` (rulesets as they load, ``wyneos check``, ``wyneos validate``) also refuses
+    a comparison that can never be true: a field and a literal of different kinds
+    (``node.load < "0.9"``), or ``node.status`` against a value it never has."""
     if not isinstance(text, str):
         raise ExprError(f"an expression must be a string, got {type(text).__name__}")
     if len(text) > MAX_LENGTH:
@@ -152,21 +159,65 @@ def parse(text: str, stage: str = "governance") -> Expr:
     try:
         tree = ast.parse(flat.strip(), mode="eval")
     except SyntaxError as exc:
-        line, col = _position(text, flat, exc.offset - 1 if exc.offset else None, byte=False, lead=lead)
-        raise ExprError(f"syntax error: {exc.msg}{_syntax_hint(flat, exc)}", line, col) from None
+        reason, offset = _syntax_problem(flat.strip(), exc)
+        line, col = _position(text, flat, offset, byte=False, lead=lead)
+        raise ExprError(f"syntax error: {reason}", line, col) from None
     except (RecursionError, MemoryError):
         raise ExprError("expression is nested too deeply") from None
     _check_size(tree, text, flat, lead)
-    return _Converter(text, flat, lead, stage).convert(tree.body)
+    return _Converter(text, flat, lead, stage, strict).convert(tree.body)
 
 
-def _syntax_hint(flat: str, exc: SyntaxError) -> str:
-    """A hint for the syntax errors people make most: ``=`` for ``==``."""
+#: operators of other languages, and the word a rule writes instead
+_FOREIGN_OPERATORS = (("&&", "and"), ("||", "or"))
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+
+
+def _syntax_problem(stripped: str, exc: SyntaxError) -> tuple[str, int | None]:
+    """What is wrong with an expression Python cannot parse, said for the mistakes people
+    make most, and where (an offset in ``stripped``; Python's own place otherwise)."""
     import re
 
-    if re.search(r"(?<![=!<>])=(?!=)", flat):
-        return "; did you mean '==' (comparison) instead of '='?"
-    return ""
+    for foreign, word in _FOREIGN_OPERATORS:
+        at = _outside_strings(stripped, foreign)
+        if at is not None:
+            return f"{foreign!r} is not an operator here: use {word!r}", at
+    m = _outside_strings_re(stripped, re.compile(rf"(?<![\w.]){_NUMBER}\s*%(?!\s*[\w(.\[\"'])"))
+    if m is not None:
+        number = m.group(0).rstrip("% \t")
+        return f"percent is not an operator: {float(number) / 100:g} (for {number}%)", m.start()
+    m = _outside_strings_re(stripped, re.compile(r"!(?!=)"))
+    if m is not None:
+        return "'!' is not an operator here: use 'not'", m.start()
+    m = re.search(r"(?:^|(?<=[\s)]))(and|or|not)\s*$", stripped)
+    if m is not None:
+        return (f"the expression ends with {m.group(1)!r}: add the condition that follows it, or remove "
+                f"{m.group(1)!r}"), m.start(1)
+    m = re.match(r"\s*(and|or)\b", stripped)
+    if m is not None:
+        return f"the expression starts with {m.group(1)!r}: add the condition before it, or remove it", m.start(1)
+    offset = exc.offset - 1 if exc.offset else None
+    if _outside_strings_re(stripped, re.compile(r"(?<![=!<>])=(?!=)")) is not None:
+        return f"{exc.msg}; did you mean '==' (comparison) instead of '='?", offset
+    return exc.msg, offset
+
+
+def _blank_strings(text: str) -> str:
+    """``text`` with the inside of its string literals blanked (same length), so an
+    operator is not looked for inside a string."""
+    import re
+
+    return re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", lambda m: m.group(0)[0] + " " * (len(m.group(0)) - 2)
+                  + m.group(0)[-1], text)
+
+
+def _outside_strings(text: str, needle: str) -> int | None:
+    at = _blank_strings(text).find(needle)
+    return None if at < 0 else at
+
+
+def _outside_strings_re(text: str, pattern: Any) -> Any:
+    return pattern.search(_blank_strings(text))
 
 
 def _hint(name: str, candidates: Any) -> str:
@@ -213,11 +264,12 @@ def _check_size(tree: ast.AST, text: str, flat: str, lead: int) -> None:
 
 
 class _Converter:
-    def __init__(self, text: str, flat: str, lead: int, stage: str) -> None:
+    def __init__(self, text: str, flat: str, lead: int, stage: str, strict: bool = False) -> None:
         self.text = text
         self.flat = flat
         self.lead = lead
         self.stage = stage
+        self.strict = strict
 
     def error(self, node: ast.AST, reason: str) -> ExprError:
         line, col = _position(self.text, self.flat, getattr(node, "col_offset", None), lead=self.lead)
@@ -380,13 +432,47 @@ class _Converter:
                 container = self.convert(right_node)
                 if isinstance(container, Const) and type(container.value) is not str:
                     raise self.error(right_node, "'in' needs a list, a string or a field on its right")
+            if self.strict and isinstance(container, ListLit):
+                for element, value in zip(right_node.elts, container.items):  # type: ignore[union-attr]
+                    self.never_true(element, item, value)
             return In(item, container, negated=isinstance(op, ast.NotIn))
         symbol = _CMP[type(op)]
         left, right = self.convert(left_node), self.convert(right_node)
         left, right = self.duration(node, left, right), self.duration(node, right, left)
         if symbol not in ("==", "!=") and any(isinstance(s, Const) and type(s.value) is bool for s in (left, right)):
             raise self.error(node, f"booleans cannot be ordered with {symbol}")
+        if self.strict:
+            for field_side, const_side, const_node in ((left, right, right_node), (right, left, left_node)):
+                if isinstance(const_side, Const):
+                    self.never_true(const_node, field_side, const_side.value)
         return Cmp(symbol, left, right)
+
+    def never_true(self, node: ast.AST, side: Expr, value: Any) -> None:
+        """Refuse comparing a field with a literal it can never equal or be ordered with."""
+        if not isinstance(side, Ref) or side.path:
+            return
+        kind = FIELDS.get(side.root, {}).get(side.field)
+        if kind not in ("n", "s", "b"):
+            return
+        name = f"{side.root}.{side.field}"
+        if (side.root, side.field) == ("node", "status") and type(value) is str and value not in STATUSES:
+            raise self.error(node, f"{value[:40]!r} is never a node's status: status is one of "
+                                   f"{', '.join(STATUSES)}" + (f"; did you mean {value.lower()!r}?" if value.lower() in STATUSES
+                                                 else _hint(value, STATUSES) or ""))
+        got = {bool: "b", int: "n", float: "n", str: "s"}.get(type(value))
+        if got is None or got == kind:
+            return
+        kinds = {"n": "a number", "s": "a string", "b": "a boolean (True or False)"}
+        fix = ""
+        if kind == "n" and got == "s":
+            try:
+                fix = f": write {float(value):g} without quotes"
+            except ValueError:
+                fix = ""
+        elif kind == "s" and got != "s":
+            fix = f": quote it, \"{value}\"" if got == "n" else ""
+        raise self.error(node, f"{name} is {kinds[kind]} and {value!r} is {kinds[got]}: they are never equal "
+                               f"or ordered, so the comparison is never true{fix}")
 
     def duration(self, node: ast.AST, side: Expr, other: Expr) -> Expr:
         """A duration string compared with a helper that gives seconds, as seconds."""

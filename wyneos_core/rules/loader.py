@@ -212,7 +212,7 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
     """
     name = str(path)
     try:
-        located = load_yaml(name, text=text)
+        located = load_yaml(name, text=text, surrogates=True)  # each reported with the rule holding it
         if text is None:
             text = located.text or ""
     except LocatedError as exc:
@@ -229,15 +229,14 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
     from wyneos_core.diagnostics import schema_errors, sort_errors, unicode_errors
 
     def as_ruleset_error(e: LocatedError) -> RulesetError:
-        reason = e.reason
-        if e.field and e.field.endswith((".require", ".when")) and reason.startswith("expected a string, got "):
-            reason += " (YAML read the expression as another type: quote it, e.g. require: \"True\")"
-        return RulesetError(reason, file=e.file, line=e.line, column=e.column, field=e.field)
+        return RulesetError(e.reason + _schema_hint(data, e), file=e.file, line=e.line, column=e.column,
+                            field=e.field)
 
     # every schema mistake at once; a rule with one is not compiled, the others still are
+    bad_text = unicode_errors(located, skip=lambda path: len(path) == 3 and path[2] in ("require", "when"))
+    unreadable = {e.field for e in bad_text}  # said once: not valid text (never echoed), not also its pattern
     found = [as_ruleset_error(e) for e in sort_errors(
-        schema_errors(located, ruleset_schema())
-        + unicode_errors(located, skip=lambda path: len(path) == 3 and path[2] in ("require", "when")))]
+        [e for e in schema_errors(located, ruleset_schema()) if e.field not in unreadable] + bad_text)]
     if found:
         if errors is None:
             raise found[0]
@@ -281,7 +280,7 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
             raise fail(at, f"'then' (the actions) is required in a {stage} ruleset")
         source = spec[key]
         try:
-            condition = parse(source, stage)
+            condition = parse(source, stage, strict=True)
         except ExprError as exc:
             line, column, suffix = _expr_position(located, text, at + (key,), source, exc)
             raise RulesetError(exc.reason + suffix, file=name, line=line, column=column,
@@ -364,6 +363,36 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
         errors[:] = sort_errors(errors)
         raise errors[0]
     return ruleset
+
+
+def _schema_hint(data: Any, e: LocatedError) -> str:
+    """What to write instead, for the schema mistakes people make most in a rule: a
+    condition YAML read as a number or boolean, and actions not written as a list of
+    one-key mappings (``then: isolate``)."""
+    path = _path_of(e.field)
+    if len(path) < 3 or path[0] != "rules" or not isinstance(path[1], int):
+        return ""
+    try:
+        value = data["rules"][path[1]][path[2]]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    key = path[2]
+    if key in ("require", "when") and len(path) == 3 and e.reason.startswith("expected a string, got "):
+        if isinstance(value, bool):
+            return f" (YAML read the expression as a boolean: quote it, e.g. {key}: \"{value}\")"
+        if isinstance(value, (int, float)):
+            return (f" (a condition compares a field with a value, e.g. {key}: node.load < {value}; YAML read "
+                    "the bare number as a number)")
+        return f" (write the condition as one string, e.g. {key}: node.load < 0.9)"
+    if key != "then":
+        return ""
+    if len(path) == 3 and isinstance(value, str):
+        return f" (each action is a mapping from its type to its params: then: [{{{value}: {{}}}}], or one item per line: - {value}: {{}})"
+    if len(path) == 4 and isinstance(value, list) and isinstance(path[3], int) and path[3] < len(value) \
+            and isinstance(value[path[3]], str):
+        name = value[path[3]]
+        return f" (write the action as a mapping from its type to its params: - {name}: {{}})"
+    return ""
 
 
 def _path_of(field: str | None) -> tuple[Any, ...]:

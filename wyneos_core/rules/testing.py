@@ -194,6 +194,21 @@ def _check(expect: dict[str, Any], results: list[RuleResult], actions: list[Acti
     return failures
 
 
+def _missing_ruleset(spec: Any, test_file: Path) -> str | None:
+    """Why the ruleset file a test file names cannot be found, or None."""
+    from wyneos_core.diagnostics import suggest
+
+    if not isinstance(spec, str) or not spec or spec.startswith(BUILTIN_PREFIX):
+        return None
+    path = Path(spec)
+    where = path if path.is_absolute() else test_file.parent / path
+    if where.is_file():
+        return None
+    near = sorted(p.name for p in where.parent.glob("*.y*ml") if p.is_file()) if where.parent.is_dir() else []
+    return (f"no ruleset file {spec!r} (looked for {where}; a path is relative to the test file){suggest(where.name, near)}"
+            if near else f"no ruleset file {spec!r} (looked for {where}; a path is relative to the test file)")
+
+
 def find_ruleset(spec: Any, test_file: Path) -> str:
     """Where a test file's ``ruleset:`` points (for messages)."""
     if isinstance(spec, dict):
@@ -216,7 +231,7 @@ def check_test_file(path: str | Path, *, engine: str | None = None) -> tuple[Loc
     from wyneos_core.rules.loader import action_type_problem
 
     path = Path(path)
-    located = load_yaml(path)
+    located = load_yaml(path, surrogates=True)  # unicode_errors below reports each, located
     name = str(path)
 
     def err(e: LocatedError) -> TestFileError:
@@ -246,7 +261,10 @@ def check_test_file(path: str | Path, *, engine: str | None = None) -> tuple[Loc
                                             "nothing is checked and it could never fail")))
     ruleset = None
     spec = data.get("ruleset")
-    if isinstance(spec, (str, dict)) and (not isinstance(spec, str) or spec):
+    missing = _missing_ruleset(spec, path)
+    if missing is not None:
+        errors.append(err(located.error(("ruleset",), missing)))
+    elif isinstance(spec, (str, dict)) and (not isinstance(spec, str) or spec):
         found: list[Any] = []
         try:
             ruleset = _load_ruleset(spec, path, engine or data.get("engine"), found)
