@@ -24,7 +24,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 #: above it (names relative to ``wyneos_core``; ``__init__`` is the package's own face)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("__init__", "model", "safeio", "yamlio", "wording", "diagnostics", "action_params", "selectors")),
-    ("engines", ("config", "checks", "pyrules", "intake", "registry", "store", "causes", "consensus", "mesh",
+    ("engines", ("config", "checks", "pyrules", "intake", "telemetry_inbox", "registry", "store", "causes",
+                 "consensus", "mesh",
                  "rules", "licensing", "trust", "enforcement", "predict", "drift")),
     ("builtin plugins", ("builtin",)),
     ("tick", ("hookspecs", "plugins", "tick", "loop", "explain")),
