@@ -274,8 +274,8 @@ class EtcdStateStore:
         old = self.meta(f"blob:{name}")
         generation = (old["generation"] + 1) if isinstance(old, dict) and isinstance(old.get("generation"), int) else 1
         chunks = [data[i:i + self.BLOB_CHUNK] for i in range(0, len(data), self.BLOB_CHUNK)] or [b""]
-        self._fenced([put_op(self._k("blobs", name, str(generation), f"{i:08d}"), chunk)
-                      for i, chunk in enumerate(chunks)])
+        for i, chunk in enumerate(chunks):  # one chunk per transaction: etcd caps a request at 1.5 MiB
+            self._fenced([put_op(self._k("blobs", name, str(generation), f"{i:08d}"), chunk)])
         head = {"generation": generation, "chunks": len(chunks), "bytes": len(data),
                 "sha256": hashlib.sha256(data).hexdigest()}
         self._fenced([put_op(self._k("meta", f"blob:{name}"), _j(head))])
