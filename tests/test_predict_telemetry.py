@@ -53,7 +53,8 @@ def test_heartbeats_carry_declared_metrics_and_bad_ones_are_refused_by_field(tmp
             assert r.json()["field"] == field, r.json()
         assert len(service.orchestrator.registry.metrics_inbox) == 0  # a refused heartbeat leaves nothing
         for i in range(5):
-            raw, headers = signed(node, {"timestamp": time.time(), "metrics": {"cpu": 0.25, "disk_used": 0.5 + i / 100}})
+            metrics = {"cpu": 0.25, "disk_used": 0.5 + i / 100}
+            raw, headers = signed(node, {"timestamp": time.time(), "metrics": metrics})
             assert client.post("/v1/heartbeats", content=raw, headers=headers).status_code == 202
             time.sleep(0.25)
         state = telemetry_of(service.orchestrator)

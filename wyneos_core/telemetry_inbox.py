@@ -17,18 +17,43 @@ from itertools import repeat
 
 import numpy as np
 
-__all__ = ["MetricInbox", "MetricBatch"]
+__all__ = ["MetricInbox", "MetricBatch", "NodeRows"]
+
+
+class NodeRows:
+    """A row number per node id, given the first time a node's metrics are accepted and
+    kept (the detector columns of the predict step are laid out by it): the tick never
+    looks node ids up one by one."""
+
+    __slots__ = ("index", "ids")
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+
+    def row(self, node_id: str) -> int:
+        found = self.index.get(node_id)
+        if found is None:
+            found = self.index[node_id] = len(self.ids)
+            self.ids.append(node_id)
+        return found
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class MetricBatch:
-    """One tick of metrics: ``node_ids[i]`` reported ``values[i, j]`` (NaN: not sent) of
-    metric ``names[j]`` at ``stamps[i]`` (its heartbeat's timestamp)."""
+    """One tick of metrics: ``node_ids[i]`` (row ``rows[i]`` of ``NodeRows``) reported
+    ``values[i, j]`` (NaN: not sent) of metric ``names[j]`` at ``stamps[i]`` (its
+    heartbeat's timestamp)."""
 
-    __slots__ = ("names", "node_ids", "stamps", "values")
+    __slots__ = ("names", "node_ids", "rows", "stamps", "values")
 
-    def __init__(self, names: tuple[str, ...], node_ids: list[str], stamps: np.ndarray, values: np.ndarray) -> None:
+    def __init__(self, names: tuple[str, ...], node_ids: list[str], rows: np.ndarray, stamps: np.ndarray,
+                 values: np.ndarray) -> None:
         self.names = names
         self.node_ids = node_ids
+        self.rows = rows
         self.stamps = stamps
         self.values = values
 
@@ -46,15 +71,17 @@ class MetricBatch:
 class MetricInbox:
     """Accepted metrics in arrival order, flat; ``take`` empties it."""
 
-    __slots__ = ("names", "limit", "_ids", "_stamps", "_values")
+    __slots__ = ("names", "limit", "rows", "_ids", "_rows", "_stamps", "_values")
 
     def __init__(self, names: Iterable[str] = (), limit: int = 1_000_000) -> None:
         self.names = tuple(names)
         self.limit = limit
+        self.rows = NodeRows()
         self._reset()
 
     def _reset(self) -> None:
         self._ids: list[str] = []
+        self._rows = array("q")
         self._stamps = array("d")
         self._values = array("d")
 
@@ -62,6 +89,7 @@ class MetricInbox:
         if len(self._ids) >= self.limit:  # nobody takes them: the old ones are of no use
             self._reset()
         self._ids.append(node_id)
+        self._rows.append(self.rows.row(node_id))
         self._stamps.append(stamp)
         self._values.extend(map(metrics.get, self.names, repeat(math.nan)))
 
@@ -72,6 +100,7 @@ class MetricInbox:
         width = len(self.names)
         values = np.frombuffer(self._values, dtype=np.float64).reshape(len(self._ids), width) if width else \
             np.zeros((len(self._ids), 0))
-        batch = MetricBatch(self.names, self._ids, np.frombuffer(self._stamps, dtype=np.float64), values)
+        batch = MetricBatch(self.names, self._ids, np.frombuffer(self._rows, dtype=np.int64),
+                            np.frombuffer(self._stamps, dtype=np.float64), values)
         self._reset()
         return batch

@@ -47,7 +47,9 @@ def telemetry_of(orchestrator: Orchestrator) -> Telemetry:
     """The telemetry columns of ``orchestrator``, restored from its store the first time."""
     state = getattr(orchestrator, "_telemetry", None)
     if state is None:
-        state = Telemetry(orchestrator.config["telemetry"]["metrics"])
+        metrics = orchestrator.config["telemetry"]["metrics"]
+        rows = orchestrator.registry.metrics_inbox.rows
+        state = Telemetry(metrics, rows=rows)
         store = orchestrator.store
         blob = getattr(store, "blob", None)
         if blob is not None and state.width:
@@ -56,7 +58,7 @@ def telemetry_of(orchestrator: Orchestrator) -> Telemetry:
                 try:
                     state.restore(saved)
                 except TelemetryStateError as exc:
-                    state = Telemetry(orchestrator.config["telemetry"]["metrics"])
+                    state = Telemetry(metrics, rows=rows)
                     orchestrator.startup_notes.append(f"telemetry: the saved detector state was not used ({exc}); "
                                                       "the detectors learn again")
         orchestrator._telemetry = state  # type: ignore[attr-defined]

@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
-from itertools import repeat
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
 
 from wyneos_core.predict import detector
 from wyneos_core.predict.detector import F, FIELDS, HISTORY
-from wyneos_core.telemetry_inbox import MetricBatch
+from wyneos_core.telemetry_inbox import MetricBatch, NodeRows
 
 MAGIC: Final = b"WYNTEL1\n"
 #: the largest header a saved state may have (node ids and metric names), read before anything else
@@ -37,59 +36,56 @@ class TelemetryStateError(ValueError):
 class Telemetry:
     """The detector columns of every node and declared metric."""
 
-    def __init__(self, metrics: Sequence[Mapping[str, Any]], params: detector.Params | None = None) -> None:
+    def __init__(self, metrics: Sequence[Mapping[str, Any]], params: detector.Params | None = None,
+                 rows: NodeRows | None = None) -> None:
         self.metrics = [m["name"] for m in metrics]
         self.units = {m["name"]: m.get("unit", "") for m in metrics}
         self.metric_index = {name: i for i, name in enumerate(self.metrics)}
-        self.node_ids: list[str] = []
-        self.node_index: dict[str, int] = {}
+        #: node id -> row, shared with the registry's metric inbox (which numbers nodes at intake)
+        self.rows = rows if rows is not None else NodeRows()
         self.cols = detector.Columns.empty(0, params)
+        self._values = np.zeros(0)
+        self._times = np.zeros(0)
 
     @property
     def width(self) -> int:
         return len(self.metrics)
 
-    def slot(self, node_id: str) -> int:
-        """The node's row, added (empty) if new."""
-        index = self.node_index.get(node_id)
-        if index is None:
-            index = self.node_index[node_id] = len(self.node_ids)
-            self.node_ids.append(node_id)
-            needed = len(self.node_ids) * self.width
-            if needed > self.cols.size:
-                self.cols.grow(max(needed, 2 * self.cols.size, 64 * max(1, self.width)))
-        return index
+    @property
+    def node_ids(self) -> list[str]:
+        return self.rows.ids
 
-    def forget(self, keep: Iterable[str]) -> int:
-        """Drop the nodes not in ``keep`` (removed from the cluster); returns how many went."""
-        keep = set(keep)
-        gone = [n for n in self.node_ids if n not in keep]
-        if not gone:
-            return 0
-        rows = np.array([self.node_index[n] for n in self.node_ids if n in keep], dtype=np.intp)
-        m = self.width
-        index = (rows[:, None] * m + np.arange(m)[None, :]).ravel()
-        cols = self.cols
-        cols.fields, cols.last_t, cols.history = cols.fields[:, index], cols.last_t[index], cols.history[:, index]
-        self.node_ids = [n for n in self.node_ids if n in keep]
-        self.node_index = {n: i for i, n in enumerate(self.node_ids)}
-        return len(gone)
+    def slot(self, node_id: str) -> int:
+        """The node's row (added, empty, if new)."""
+        row = self.rows.row(node_id)
+        self._room()
+        return row
+
+    def _room(self) -> None:
+        needed = len(self.rows) * self.width
+        if needed > self.cols.size:
+            self.cols.grow(max(needed, 2 * self.cols.size, 64 * max(1, self.width)))
 
     def feed(self, batch: MetricBatch) -> np.ndarray:
         """Step every column with one tick's samples (``Registry.take_metrics``); returns
         the scores, shape (nodes, metrics). A node that reported twice counts its last."""
         m = self.width
-        rows = np.fromiter(map(self.node_index.get, batch.node_ids, repeat(-1)), dtype=np.intp, count=len(batch))
-        for at in np.flatnonzero(rows < 0).tolist():  # nodes heard for the first time
-            rows[at] = self.slot(batch.node_ids[at])
+        self._room()
         size = self.cols.size
-        values = np.full(size, np.nan)
-        times = np.full(size, np.nan)
+        if self._values.shape[0] != size:
+            self._values, self._times = np.empty(size), np.empty(size)
+        values, times = self._values, self._times
+        values.fill(np.nan)
+        times.fill(np.nan)
         if len(batch) and m:
             order = [self.metric_index[name] for name in batch.names]
-            flat = rows[:, None] * m + np.array(order, dtype=np.intp)[None, :]
-            values[flat] = batch.values
-            times[flat] = batch.stamps[:, None]
+            by_node = values.reshape(-1, m)
+            rows = batch.rows
+            if order == list(range(m)):
+                by_node[rows] = batch.values
+            else:
+                by_node[rows[:, None], np.array(order)[None, :]] = batch.values
+            times.reshape(-1, m)[rows] = batch.stamps[:, None]
         return self.step(values, times)
 
     def step(self, values: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -99,7 +95,7 @@ class Telemetry:
         return scores[: len(self.node_ids) * self.width].reshape(len(self.node_ids), self.width)
 
     def index(self, node_id: str, metric: str) -> int | None:
-        row = self.node_index.get(node_id)
+        row = self.rows.index.get(node_id)
         col = self.metric_index.get(metric)
         if row is None or col is None:
             return None
