@@ -49,11 +49,12 @@ def test_drift_is_shown_in_metrics_nodes_explain_and_the_dashboard(tmp_path) -> 
                              d["state"] == "unexplained" and d)
             assert drift["fields"] == ["config_digest"] and drift["declared_by"] == "drift.declared[0]"
             assert drift["since"] <= time.time()
-            assert client.get("/v1/nodes/web-1").json()["drift"]["state"] == "in_sync"
-            metrics = client.get("/metrics").text
+            # every node heard at least once: one drifted, two in sync
+            metrics = wait_for(lambda: (m := client.get("/metrics").text) and re.search(
+                r'^wyneos_nodes_by_drift_state\{state="in_sync"\} 2\.0$', m, re.M) and m)
             assert re.search(r'^wyneos_nodes_by_drift_state\{state="unexplained"\} 1\.0$', metrics, re.M)
-            assert re.search(r'^wyneos_nodes_by_drift_state\{state="in_sync"\} 2\.0$', metrics, re.M)
             assert re.search(r'^wyneos_drift_transitions_total\{state="unexplained"\} 1\.0$', metrics, re.M)
+            assert client.get("/v1/nodes/web-1").json()["drift"]["state"] == "in_sync"
             assert client.get("/v1/ticks/latest").json()["drift"]["counts"]["unexplained"] == 1
             explained = client.get("/v1/nodes/web-2/explain").json()
             assert explained["drift"]["state"] == "unexplained"
