@@ -102,6 +102,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     k = ksub.add_parser("rotate", help="make a new key; the old one signs the hand-over and stays trusted")
     _common(k)
     k.set_defaults(func=cmd_key_rotate)
+    k = ksub.add_parser("retire", help="retire the previous key (after a rotate): agents stop trusting it at the date")
+    _common(k)
+    k.add_argument("--at", metavar="WHEN", default=None,
+                   help="when the retirement takes effect: an ISO 8601 date and time (UTC unless it says) or "
+                        "seconds since the epoch (default: now)")
+    k.set_defaults(func=cmd_key_retire)
     p.set_defaults(func=lambda args: (p.print_help(), EXIT_USAGE)[1])
 
     p = sub.add_parser("enrol", help="manage node enrolment: tokens, enrolled keys, revocation")
@@ -298,6 +304,40 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     print(f"rotated: new key {new.key_id} ({new.fingerprint}); the old key {old.key_id} signed the hand-over and "
           "stays trusted. Restart `wyneos serve` to sign with the new key.")
+    return EXIT_OK
+
+
+def cmd_key_retire(args: argparse.Namespace) -> int:
+    import datetime
+    import time
+
+    from wyneos_core.licensing.keys import KeyFileError
+    from wyneos_core.service.orchestrator_key import OrchestratorKey, retire
+
+    when = time.time()
+    if args.at is not None:
+        try:
+            when = float(args.at)
+        except ValueError:
+            try:
+                parsed = datetime.datetime.fromisoformat(args.at)
+            except ValueError:
+                print(f"wyneos orchestrator-key retire: error: --at {args.at!r}: neither an ISO 8601 date and time "
+                      "nor seconds since the epoch", file=sys.stderr)
+                return EXIT_USAGE
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+            when = parsed.timestamp()
+    try:
+        key = OrchestratorKey.load_or_create(_key_path(args))
+        kid, at = retire(key, int(when * 1000))
+    except (KeyFileError, OSError) as exc:
+        print(f"wyneos orchestrator-key: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    stamp = datetime.datetime.fromtimestamp(at / 1000, datetime.timezone.utc).isoformat(timespec="seconds")
+    print(f"retired: key {kid} from {stamp}, signed by the current key {key.key_id}. Restart `wyneos serve`: agents "
+          "then stop trusting it at that date (actions it signed are refused), and every key at once when you "
+          f"delete {key.path.name}.previous.pub.")
     return EXIT_OK
 
 

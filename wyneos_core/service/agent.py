@@ -264,6 +264,7 @@ class Agent:
         self._state_path = self.state_dir / "agent-state.json"
         self.state = self._load_state()
         self.trusted = sa.TrustedKeys(self.state["orchestrator_keys"])
+        self._keyring_seen: str | None = None  # signature of the last keyring statement applied
         if pin is not None:
             if isinstance(pin, bytes):
                 pin_fp = fingerprint(pin)
@@ -340,7 +341,9 @@ class Agent:
             if isinstance(state.get("reports"), list) else []
         horizon = state.get("horizon") if isinstance(state.get("horizon"), int) else 0
         isolation_at = state.get("isolation_at") if isinstance(state.get("isolation_at"), int) else 0
-        return {"isolated": bool(state.get("isolated")), "isolation_at": isolation_at,
+        retired = state.get("retired") if isinstance(state.get("retired"), dict) else {}
+        retired = {str(k)[:64]: v for k, v in list(retired.items())[-16:] if type(v) is int}
+        return {"isolated": bool(state.get("isolated")), "isolation_at": isolation_at, "retired": retired,
                 "seen": dict(list(seen.items())[-self.MAX_SEEN:]),
                 "horizon": horizon, "orchestrator_keys": [k for k in keys if len(k) == 32],
                 "reports": reports[-self.MAX_REPORTS:]}
@@ -355,6 +358,10 @@ class Agent:
         os.replace(tmp, self._state_path)
 
     def _pin(self, raw: bytes) -> None:
+        retired_at = self.state.get("retired", {}).get(sa.key_entry(raw)["key_id"])
+        if retired_at is not None and retired_at <= sa.now_ms():
+            log.warning("not pinning orchestrator key %s: it is retired", fingerprint(raw))
+            return
         kid = self.trusted.add(raw)
         self._save_state()
         log.warning("pinned orchestrator key %s (%s)", kid, fingerprint(raw))
@@ -538,16 +545,60 @@ class Agent:
         self._pin(raw)  # trust on first use: pin what the enrolment answer says
 
     def _follow_key(self, ref: Any) -> None:
-        """Trust the successor of a pinned key after a rotation (from its signed hand-over)."""
-        if not isinstance(ref, dict) or not isinstance(ref.get("key_id"), str) or ref["key_id"] in self.trusted \
-                or "handover" not in ref:
+        """Trust the successor of a pinned key after a rotation (from its signed hand-over),
+        then apply the orchestrator's keyring statement (retired and dropped keys)."""
+        if not isinstance(ref, dict) or not isinstance(ref.get("key_id"), str):
+            return
+        if ref["key_id"] not in self.trusted and "handover" in ref:
+            try:
+                raw = sa.open_rotation(ref["handover"], self.trusted)
+            except sa.Refused as exc:
+                self._report(exc.reason, f"orchestrator key hand-over refused: {exc.detail}", None)
+            else:
+                self._pin(raw)
+        if ref.get("keyring") is not None:
+            self._apply_keyring(ref["keyring"])
+
+    def _apply_keyring(self, statement: Any) -> None:
+        """Stop trusting the keys the orchestrator's keyring statement (signed by the
+        newest pinned key) no longer lists, and note its retirements (``_retire_due``)."""
+        signature = statement.get("signature") if isinstance(statement, dict) else None
+        if signature is not None and signature == self._keyring_seen:
+            self._retire_due()
             return
         try:
-            raw = sa.open_rotation(ref["handover"], self.trusted)
+            listed, retired = sa.open_keyring(statement, self.trusted)
         except sa.Refused as exc:
-            self._report(exc.reason, f"orchestrator key hand-over refused: {exc.detail}", None)
+            if exc.reason != "stale":  # an older key's statement (answers in flight during a rotation): ignored
+                log.warning("orchestrator keyring statement refused (%s): %s", exc.reason, exc.detail)
             return
-        self._pin(raw)
+        self._keyring_seen = signature
+        changed = False
+        known = self.state.setdefault("retired", {})
+        for kid, at in retired.items():
+            if known.get(kid) != at:
+                known[kid] = at
+                changed = True
+        for kid in list(known)[:-16]:  # bounded
+            del known[kid]
+        for kid in self.trusted.ids():
+            if kid not in listed and self.trusted.remove(kid):
+                log.warning("orchestrator key %s is no longer held by the orchestrator: not trusted any more", kid)
+                changed = True
+        if self._retire_due() or changed:
+            self._save_state()
+
+    def _retire_due(self) -> bool:
+        """Stop trusting, for good, the retired keys whose date has passed; whether any was."""
+        now = sa.now_ms()
+        dropped = False
+        for kid, at in self.state.get("retired", {}).items():
+            if at <= now and kid in self.trusted and len(self.trusted) > 1 and self.trusted.remove(kid):
+                log.warning("orchestrator key %s retired: actions signed by it are refused from now on", kid)
+                dropped = True
+        if dropped:
+            self._save_state()
+        return dropped
 
     def _orchestrator_keyring(self) -> Any:
         """The pinned orchestrator keys as a ``KeyRing`` (None while none is pinned)."""
@@ -685,6 +736,7 @@ class Agent:
     def apply(self, actions: list[Any]) -> None:
         """Verify, apply and acknowledge signed actions; send the acknowledgements and any
         refusal reports to the server."""
+        self._retire_due()  # a key retired meanwhile signs nothing any more
         with self._apply_lock:
             acks = self._take(actions)
         self._send_acks(acks)

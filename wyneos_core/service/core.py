@@ -43,7 +43,7 @@ from wyneos_core.safeio import bad_text, field_path
 from wyneos_core.service.limits import RateLimiter
 from wyneos_core.service.identity import AuthError, KeyCache, NonceWindow, SignedItem, b64d, verify_item
 from wyneos_core.service.metrics import ServiceMetrics
-from wyneos_core.service.orchestrator_key import OrchestratorKey
+from wyneos_core.service.orchestrator_key import OrchestratorKey, keyring_statement
 from wyneos_core.service.outbox import AgentOutbox
 from wyneos_core.service.peer import MAX_OBSERVATION_AGE
 from wyneos_core.service import signed_actions as sa
@@ -191,6 +191,8 @@ class Service:
         self._key_seq = 0
         self._keys_read_at = 0.0
         self.handover = sa.load_handover(self.okey.path, self.okey.key_id)
+        # the keys held and retired, signed by the current key (agents drop the others)
+        self.keyring_statement = keyring_statement(self.okey)
         self.sessions = SessionTable(self.keys, self.okey.seal, ttl=settings.session_ttl,
                                      rate=settings.heartbeat_rate, burst=settings.heartbeat_burst,
                                      max_sessions=settings.max_sessions)
@@ -270,12 +272,13 @@ class Service:
         info["previous"] = [sa.key_entry(k) for kid, k in self.okey.keyring().items() if kid != self.okey.key_id]
         if self.handover is not None:
             info["handover"] = self.handover
+        info["keyring"] = self.keyring_statement
         return info
 
     def key_ref(self) -> dict[str, Any]:
         """What each answer to an agent says about the signing key: its id, and the
         hand-over to it after a rotation (so an agent that pinned the old key moves on)."""
-        ref: dict[str, Any] = {"key_id": self.okey.key_id}
+        ref: dict[str, Any] = {"key_id": self.okey.key_id, "keyring": self.keyring_statement}
         if self.handover is not None:
             ref["handover"] = self.handover
         return ref

@@ -15,10 +15,18 @@ pin at enrolment.
 Rotation: :meth:`OrchestratorKey.rotate` writes a new key and keeps the old public key
 in ``<key file>.previous.pub``, so a verifier given :meth:`OrchestratorKey.keyring` still
 accepts what the old key signed until the operator removes that file.
+
+Retirement: :func:`retire` (``wyneos orchestrator-key retire [--at WHEN]``) writes the
+*new* key's signed statement that the previous key is retired from a date on
+(``<key file>.retired.json``). :func:`keyring_statement` is what the server hands every
+agent: the keys it holds and the retirements, signed by the current key
+(``signed_actions.seal_keyring``). Agents stop trusting a retired key at its date, and
+any key the statement no longer lists (``.previous.pub`` deleted) at once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Mapping
@@ -28,6 +36,8 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from wyneos_core.licensing.envelope import seal
+from wyneos_core.safeio import read_regular_file
+from wyneos_core.service import signed_actions as sa
 from wyneos_core.licensing.keys import (
     KeyFileError,
     KeyRing,
@@ -41,10 +51,11 @@ from wyneos_core.licensing.keys import (
     write_public_key,
 )
 
-__all__ = ["KEY_SUFFIX", "OrchestratorKey", "key_path_for"]
+__all__ = ["KEY_SUFFIX", "OrchestratorKey", "key_path_for", "keyring_statement", "retire", "retirements"]
 
 KEY_SUFFIX: Final = ".orchestrator.key"
 PREVIOUS_SUFFIX: Final = ".previous.pub"
+RETIRED_SUFFIX: Final = ".retired.json"
 
 
 def key_path_for(state_path: str | Path) -> Path:
@@ -119,3 +130,60 @@ class OrchestratorKey:
     def keyring(self) -> KeyRing:
         """The public keys a verifier should trust: this key and the previous one, if kept."""
         return KeyRing((self.private.public_key(), *self._previous))
+
+
+def _retired_path(okey: OrchestratorKey) -> Path:
+    return okey.path.with_name(okey.path.name + RETIRED_SUFFIX)
+
+
+def retire(okey: OrchestratorKey, at_ms: int) -> tuple[str, int]:
+    """Retire the previous key (kept in ``.previous.pub``) from ``at_ms`` on, in a
+    statement signed by the current key; (retired key id, date).
+
+    :raises KeyFileError: there is no previous key to retire.
+    """
+    previous = [raw for kid, raw in ((k, public_bytes(v)) for k, v in okey.keyring().items())
+                if kid != okey.key_id]
+    if not previous:
+        raise KeyFileError(f"{okey.path}: there is no previous key to retire (no {okey.path.name}{PREVIOUS_SUFFIX}; "
+                           "`wyneos orchestrator-key rotate` makes one)")
+    statements = [s for s in _read_retirements(okey) if s[1][0] != sa.key_entry(previous[0])["key_id"]]
+    statement = sa.seal_retirement(okey.private, previous[0], at_ms)
+    path = _retired_path(okey)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump([*(raw for raw, _ in statements), statement], fh, sort_keys=True)
+    os.replace(tmp, path)
+    return sa.open_retirement(statement, okey.public_raw)
+
+
+def _read_retirements(okey: OrchestratorKey) -> list[tuple[Any, tuple[str, int]]]:
+    """The retirement statements kept beside the key that the current key signed."""
+    path = _retired_path(okey)
+    try:
+        data = json.loads(read_regular_file(path, sa.MAX_ENVELOPE_BYTES * sa.MAX_KEYRING))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"{path}: not a list of retirement statements ({exc}); remove it and retire again") \
+            from None
+    out = []
+    for statement in data if isinstance(data, list) else []:
+        try:
+            out.append((statement, sa.open_retirement(statement, okey.public_raw)))
+        except sa.Refused:
+            continue  # signed by an earlier key (an earlier rotation): it retired a key agents dropped since
+    return out[-sa.MAX_KEYRING:]
+
+
+def retirements(okey: OrchestratorKey) -> dict[str, int]:
+    """Retired key id -> date (ms), as the current key signed them."""
+    return dict(entry for _, entry in _read_retirements(okey))
+
+
+def keyring_statement(okey: OrchestratorKey) -> dict[str, Any]:
+    """The current key's signed statement of the keys the orchestrator holds and the
+    retirements (what every answer to an agent carries)."""
+    kept = [okey.public_raw, *(public_bytes(v) for k, v in okey.keyring().items() if k != okey.key_id)]
+    return sa.seal_keyring(okey.private, kept, retirements(okey))

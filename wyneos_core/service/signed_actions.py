@@ -34,6 +34,16 @@ Key hand-over on rotation: ``wyneos orchestrator-key rotate`` signs the new publ
 with the old private key (format ``wyneos.orchestrator-key/1``); an agent that pinned
 the old key verifies that statement and then trusts the new key too.
 
+Retirement: ``wyneos orchestrator-key retire`` has the *new* key sign that the old one
+is retired from a date on (format ``wyneos.orchestrator-key-retired/1``). Every answer
+then carries the orchestrator's **keyring statement**, signed by its current key
+(format ``wyneos.orchestrator-keyring/1``): the keys it still holds (the current one,
+and the previous one while ``.previous.pub`` is kept) and the retirements with their
+dates. An agent applies it only when it is signed by the newest key it trusts (an old
+statement signed by an older key cannot make it drop a newer one): it stops trusting
+every key not listed, and a retired key once its date has passed, for good - actions
+signed by it are refused from then on.
+
 Signatures are verified with libsodium's strict Ed25519 (``identity.verify_signature``),
 as node requests are.
 """
@@ -62,21 +72,31 @@ __all__ = [
     "BROADCAST_TYPES",
     "KNOWN_TYPES",
     "MAX_ENVELOPE_BYTES",
+    "KEYRING_FORMAT",
+    "RETIRE_FORMAT",
     "ROTATION_FORMAT",
     "Refused",
     "TrustedKeys",
     "key_entry",
     "open_ack",
     "open_action",
+    "open_keyring",
+    "open_retirement",
     "open_rotation",
     "seal_ack",
     "seal_action",
+    "seal_keyring",
+    "seal_retirement",
     "seal_rotation",
 ]
 
 ACTION_FORMAT: Final = "wyneos.action/1"
 ACK_FORMAT: Final = "wyneos.ack/1"
 ROTATION_FORMAT: Final = "wyneos.orchestrator-key/1"
+RETIRE_FORMAT: Final = "wyneos.orchestrator-key-retired/1"
+KEYRING_FORMAT: Final = "wyneos.orchestrator-keyring/1"
+#: keys and retirements a keyring statement lists at most
+MAX_KEYRING: Final = 8
 #: the largest signed envelope (its JSON text) a node or the server reads
 MAX_ENVELOPE_BYTES: Final = 64 * 1024
 #: the types an agent knows; others are refused and never reach ``--hook``
@@ -140,6 +160,14 @@ class TrustedKeys:
 
     def get(self, kid: str) -> bytes | None:
         return self._keys.get(kid)
+
+    def remove(self, kid: str) -> bool:
+        """Stop trusting ``kid``; False when it was not trusted."""
+        return self._keys.pop(kid, None) is not None
+
+    def ids(self) -> list[str]:
+        """The key ids, oldest first (the last is the newest)."""
+        return list(self._keys)
 
     def raw(self) -> list[bytes]:
         return list(self._keys.values())
@@ -384,3 +412,68 @@ def load_handover(key_path: Any, current_key_id: str) -> dict[str, Any] | None:
     if not isinstance(successor, dict) or successor.get("key_id") != current_key_id:
         return None  # a statement about an older rotation
     return data
+
+
+# -- retirement and the keyring statement -------------------------------------------------
+
+
+def seal_retirement(new: Ed25519PrivateKey, old_public: bytes, retired_at: int) -> dict[str, Any]:
+    """The new key's signed statement that the key ``old_public`` is retired from
+    ``retired_at`` (milliseconds since the epoch) on."""
+    return seal(RETIRE_FORMAT, {"retired": key_entry(old_public), "retired_at": int(retired_at)}, new)
+
+
+def open_retirement(data: Any, signer: bytes) -> tuple[str, int]:
+    """(retired key id, retired_at) of a retirement statement signed by ``signer``.
+
+    :raises Refused: not signed by ``signer``, or malformed.
+    """
+    envelope = _parse(data, RETIRE_FORMAT)
+    payload = envelope["payload"]
+    if payload["key_id"] != key_entry(signer)["key_id"]:
+        raise Refused("unknown_key", f"retirement signed by {payload['key_id'][:40]!r}, not by the current key")
+    _check_signature(envelope, signer)
+    retired, at = payload.get("retired"), payload.get("retired_at")
+    if not isinstance(retired, Mapping) or not isinstance(retired.get("key_id"), str) or type(at) is not int:
+        raise Refused("malformed", "payload: expected {retired: key entry, retired_at: milliseconds}")
+    return retired["key_id"][:64], at
+
+
+def seal_keyring(current: Ed25519PrivateKey, kept: Iterable[bytes], retired: Mapping[str, int],
+                 at: int | None = None) -> dict[str, Any]:
+    """The current key's signed statement of the keys the orchestrator holds (``kept``:
+    raw public keys, the current one included) and the retired ones (key id -> date)."""
+    return seal(KEYRING_FORMAT, {"keys": [key_entry(raw)["key_id"] for raw in kept][:MAX_KEYRING],
+                                 "retired": [{"key_id": kid, "retired_at": int(when)}
+                                             for kid, when in list(retired.items())[:MAX_KEYRING]],
+                                 "issued_at": now_ms() if at is None else at}, current)
+
+
+def open_keyring(data: Any, keys: TrustedKeys) -> tuple[set[str], dict[str, int]]:
+    """(listed key ids, retired key id -> date) of a keyring statement signed by the
+    newest key in ``keys``.
+
+    :raises Refused: signed by another key (``stale``: an older trusted one), listing
+        its own signer as retired or not at all, or malformed.
+    """
+    envelope = _parse(data, KEYRING_FORMAT)
+    payload = envelope["payload"]
+    signer = payload["key_id"]
+    newest = keys.ids()[-1] if len(keys) else None
+    if signer != newest:
+        raise Refused("stale" if signer in keys else "unknown_key",
+                      f"keyring statement signed by {signer[:40]!r}, not by the newest pinned key")
+    _check_signature(envelope, keys.get(signer))  # type: ignore[arg-type]
+    listed, retired = payload.get("keys"), payload.get("retired")
+    if not isinstance(listed, list) or not isinstance(retired, list) or len(listed) > MAX_KEYRING \
+            or len(retired) > MAX_KEYRING or not all(isinstance(k, str) for k in listed):
+        raise Refused("malformed", "payload: expected {keys: [key id], retired: [{key_id, retired_at}]}")
+    out: dict[str, int] = {}
+    for entry in retired:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("key_id"), str) \
+                or type(entry.get("retired_at")) is not int:
+            raise Refused("malformed", "payload.retired: expected [{key_id, retired_at}]")
+        out[entry["key_id"][:64]] = entry["retired_at"]
+    if signer not in listed or signer in out:
+        raise Refused("malformed", "a keyring statement must list its signer, and not as retired")
+    return set(listed), out
