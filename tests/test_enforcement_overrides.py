@@ -120,3 +120,34 @@ def test_the_write_token_must_differ_from_the_read_token(tmp_path):
 
     with pytest.raises(ConfigError, match="must differ from the read token"):
         make_service(write_config(tmp_path), read_token=READ, write_token=READ)
+
+
+def test_stock_agents_under_the_shipped_rulesets_without_keys_are_neither_isolated_nor_quarantined(tmp_path):
+    # the quick start as a new user runs it: shipped rulesets, the licence step on with no key, stock agents
+    config = write_config(tmp_path, extra='rulesets: {paths: ["builtin:"]}\n')
+    config.write_text(config.read_text().replace("disable: [licence]", "disable: [governance, healing, enforcement]"))
+    service = make_service(config, read_token=READ)
+    with ServerThread(service) as url, httpx.Client(base_url=url, headers=bearer(READ)) as client:
+        agents = [Agent(url, f"stock-{i}", tmp_path / f"agent-{i}", token=add_token(service), interval=0.1)
+                  for i in range(3)]
+        stop = threading.Event()
+        threads = [threading.Thread(target=a.run, kwargs={"duration": 60, "stop": stop}) for a in agents]
+        for t in threads:
+            t.start()
+        try:
+            start = wait_for(lambda: len(client.get("/v1/nodes").json().get("nodes", [])) == 3
+                             and service.orchestrator.tick_number)
+            wait_for(lambda: service.orchestrator.tick_number >= start + 5)
+            nodes = {n["id"]: n for n in client.get("/v1/nodes").json()["nodes"]}
+            assert all(n["metadata"]["version"] for n in nodes.values())  # the agent reports its version
+            in_force = client.get("/v1/actions").json()["in_force"]
+            assert not [a for a in in_force if a["type"] in ("isolate", "quarantine")]  # (load may be shed)
+            assert not any(n["isolated"] for n in nodes.values())
+            report = service.view.report
+            assert report.enforcement["licence_enforced"] is False
+            assert {f["mode"] for f in report.enforcement["findings"]} <= {"audit", "warn"}
+            assert not any(a.state["isolated"] for a in agents)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
