@@ -93,7 +93,9 @@ def test_explain_shows_each_rule_and_its_parts(tmp_path: Path, capsys) -> None:
     assert "version-floor: fails; state firing" in out
     assert "version_at_least(node.metadata.version, '2.4.0')  =>  False" in out
     assert "node.metadata.version  =>  '2.3.9'" in out
-    assert "isolate-unlicensed: applies; state firing -> isolate" in out
+    # the licence step is off: not evaluated, never a failure (docs/enforcement.md)
+    assert "isolate-unlicensed: does not apply; state inactive -> isolate" in out
+    assert "licence.reason  =>  'not_evaluated'" in out
     assert main(["explain", "--node", "a", "--config", str(cfg), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     gov = next(rs for rs in data["rulesets"] if rs["name"] == "governance")

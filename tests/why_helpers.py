@@ -48,7 +48,7 @@ licence:
   trusted_keys: [keys/issuer.pub]
   customer: acme
 rulesets: {{paths: ["builtin:"]}}
-enforcement: {{rules: {{quarantine-below-version-floor: enforce}}}}  # the shipped rule warns
+enforcement: {{rules: {{quarantine-below-version-floor: enforce, quarantine-unknown-version: enforce}}}}  # they warn
 plugins:
   disable: [governance, healing, enforcement]
   settings: {{service: {{port: 0, replay_window: 60}}}}
