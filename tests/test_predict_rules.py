@@ -169,3 +169,42 @@ def test_explain_shows_the_forecast_and_its_evidence() -> None:
     assert "forecast(node.metrics.disk_used, '1h')  =>  1.5" in text
     assert "evidence  =>  metric='disk_used', observed=0.9, expected=" in text
     assert "horizon_s=3600" in text
+
+
+def test_explain_shows_the_real_detectors_evidence(make_orchestrator, clock, tmp_path) -> None:
+    """Telemetry through the real intake and the builtin predict step; explain's trace of a
+    forecast rule shows the forecast's value and the evidence (metric, observed, band, horizon)."""
+    import textwrap
+
+    from wyneos_core.explain import explain_node
+    from wyneos_core.model import Heartbeat
+
+    rules = tmp_path / "capacity.yaml"
+    rules.write_text(textwrap.dedent("""\
+        ruleset: capacity
+        stage: healing
+        rules:
+          - id: disk-fills
+            description: the disk fills within two hours
+            when: 'time_to(node.metrics.disk_used, 1.0) < "2h"'
+            then: [{degrade: {}}]
+        """))
+    from tests.conftest import cluster_yaml
+
+    orch = make_orchestrator(cluster_yaml(1, extra=textwrap.dedent(f"""\
+        telemetry:
+          metrics: [{{name: disk_used, unit: ratio, min: 0, max: 1}}]
+        rulesets: {{paths: [{rules}]}}
+        """)))
+    for k in range(40):  # 0.2% a tick of 5 s from 50%: full in about 40 minutes
+        orch.intake.put_many([Heartbeat("n01", clock(), 0.2, {}, metrics={"disk_used": 0.5 + 0.002 * k})])
+        report = orch.tick()
+        clock.advance(5)
+    node = orch.registry.get("n01")
+    out = explain_node(orch, node, report, [])
+    [rule] = [r for rs in out["rulesets"] for r in rs["rules"] if r["id"] == "disk-fills"]
+    trace = "\n".join(rule["trace"])
+    assert rule["value"] is True
+    assert "time_to(node.metrics.disk_used, 1.0)  =>  " in trace
+    assert "evidence  =>  metric='disk_used', unit='ratio', observed=0.578" in trace
+    assert "expected=[" in trace and "horizon_s=" in trace and "trend_per_s=" in trace

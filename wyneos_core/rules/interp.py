@@ -323,6 +323,8 @@ def _show(value: Any) -> str:
         return "missing"
     if isinstance(value, float):
         return f"{value:.6g}"
+    if type(value) is list and value and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(f"{v:.6g}" for v in value) + "]"  # a band, a recent history
     return repr(value)
 
 
