@@ -31,7 +31,7 @@ enrol_rate             10          enrolment attempts per second per client addr
 enrol_burst            100         enrolment attempts a client address may make at once
 heartbeat_rate         5           heartbeats per second per node (refill rate; 429
                                    past the burst); memory: one entry per enrolled node.
-                                   The same rate and burst bound each heartbeat session
+                                   The same rate and burst bound a node's sessions together
 heartbeat_burst        20          heartbeats a node may send at once
 late_tick              60          seconds past the tick interval after which a tick that
                                    has not ended makes ``/healthz`` answer 503 failing
