@@ -22,9 +22,10 @@ def blocks(name: str, lang: str, mark: str) -> list[str]:
 def test_simulation_doc_scenario_and_python_example_run(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     [scenario] = blocks("simulation.md", "yaml", "test-scenario")
-    for _ in range(2):  # twice in the same directory
+    (tmp_path / "docs-example.yaml").write_text(scenario)  # the page says: saved as docs-example.yaml
+    for _ in range(2):  # twice in the same directory, each block a complete program
         for code in blocks("simulation.md", "python", "test"):
-            exec(compile(code, "docs/simulation.md", "exec"), {"SCENARIO": scenario})  # noqa: S102 - our own docs
+            exec(compile(code, "docs/simulation.md", "exec"), {"__name__": "docs_simulation"})  # noqa: S102
         assert "scenario docs-example: 40 nodes" in capsys.readouterr().out
 
 
