@@ -4,6 +4,7 @@ action, acknowledged by the agent, and never undone by the rules until lifted.""
 
 from __future__ import annotations
 
+import re
 import threading
 
 import httpx
@@ -151,3 +152,24 @@ def test_stock_agents_under_the_shipped_rulesets_without_keys_are_neither_isolat
             stop.set()
             for t in threads:
                 t.join(10)
+
+
+@pytest.mark.slow
+def test_the_dashboard_shows_modes_overrides_and_what_held(tmp_path):
+    from test_service_dashboard import browse
+
+    config = write_config(tmp_path, extra="nodes: [{id: web-1}, {id: web-2}]\n"
+                                          "enforcement: {actions: {quarantine: warn}}\n")
+    service = make_service(config, plugins=(Forgiving(),), write_token=WRITE)
+    with ServerThread(service) as url, httpx.Client(base_url=url) as client:
+        answer = client.post("/v1/overrides", headers=bearer(WRITE),
+                             json={"node": "web-1", "kind": "isolate", "reason": "audit", "by": "alice"})
+        assert answer.status_code == 201
+        wait_for(lambda: service.view.report is not None and service.view.report.enforcement.get("overrides"))
+        dom = browse(url + "/", tmp_path, "--dump-dom")
+    html = dom.stdout
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "<h2>Enforcement</h2>" in html
+    assert re.search(r"<td>isolate</td><td>web-1</td><td[^>]*>operator</td><td>alice</td>", html), html[-3000:]
+    assert "<span>overrides: 1</span>" in html
+    assert "licences not enforced (no trusted key)" in html
