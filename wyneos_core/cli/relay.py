@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_relay(args: argparse.Namespace) -> int:
     from wyneos_core.service.relay import Relay, RelayError, check_bind, relay_config
     from wyneos_core.service.server import BindError, bind
+    from wyneos_core.service.server import _raise_open_files as raise_open_files
     from wyneos_core.service.server import _Server as Server  # exits 0 on SIGTERM, as wyneos serve
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s %(message)s")
@@ -47,6 +48,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
             raise RelayError("--max-connections must be at least 1, --max-header-bytes at least 1024, the timeouts "
                              "above 0")
         check_bind(args.host, args.upstream)
+        raise_open_files(args.max_connections + 256)  # each connection is a descriptor, as for serve
         sock = bind(args.host, args.port)
     except (RelayError, BindError) as exc:
         print(f"wyneos relay: error: {exc}", file=sys.stderr)

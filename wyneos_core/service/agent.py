@@ -96,6 +96,7 @@ from wyneos_core.licensing.envelope import FormatError, load_json
 from wyneos_core.registry import NODE_ID_PATTERN
 from wyneos_core.safeio import read_regular_file
 from wyneos_core.service import signed_actions as sa
+from wyneos_core.service.bounded_http import AnswerTooLarge, AnswerTooSlow, exchange
 from wyneos_core.service.identity import b64d, b64e, sign_request
 
 __all__ = ["Agent", "AgentError", "AgentStats", "os_load"]
@@ -387,34 +388,26 @@ class Agent:
             if self._conn is None:
                 cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
                 self._conn = cls(self.host, self.port, timeout=remaining)
-            conn = self._conn
-            conn.timeout = remaining
-            if conn.sock is not None:
-                conn.sock.settimeout(remaining)
-            cut = threading.Event()
-            watchdog = threading.Timer(remaining, _cut, args=(conn, cut))
-            watchdog.daemon = True
-            watchdog.start()
-            try:
-                conn.request(method, path, body=body or None, headers=headers)
-                response = conn.getresponse()
-                raw = _read_capped(response, deadline)
+            try:  # one deadline for all of it, the answer capped (``bounded_http``)
+                response, raw = exchange(self._conn, method, path, body or None, headers, deadline=deadline,
+                                         max_bytes=MAX_ANSWER_BYTES)
                 break
+            except AnswerTooLarge as exc:
+                self._close()
+                raise BadAnswer(str(exc)) from None
+            except (AnswerTooSlow, TimeoutError) as exc:
+                self._close()
+                raise BadAnswer(f"the answer did not arrive within the request deadline ({exc})") from None
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._close()
-                if cut.is_set():
-                    raise BadAnswer("the answer did not arrive within the request deadline") from None
                 if attempt:
                     raise ConnectionError(str(exc)) from None
-            except (OSError, http.client.HTTPException, ValueError) as exc:
+            except (OSError, http.client.HTTPException):
                 self._close()
-                if cut.is_set() or isinstance(exc, TimeoutError):
-                    raise BadAnswer(f"the answer did not arrive within the request deadline ({exc})") from None
-                if isinstance(exc, (OSError, http.client.HTTPException)) and not isinstance(exc, BadAnswer):
-                    raise
+                raise
+            except ValueError as exc:
+                self._close()
                 raise BadAnswer(str(exc)) from None
-            finally:
-                watchdog.cancel()
         try:
             data = load_json(raw) if raw.strip() else {}
         except FormatError as exc:
@@ -1033,41 +1026,6 @@ def _flip(envelope: Any) -> Any:
         return copy
     except (KeyError, TypeError, ValueError):
         return envelope
-
-
-def _cut(conn: http.client.HTTPConnection, flag: threading.Event) -> None:
-    """The request deadline passed: shut the socket so a blocked read returns at once."""
-    flag.set()
-    sock = conn.sock
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-def _read_capped(response: http.client.HTTPResponse, deadline: float) -> bytes:
-    """The answer's body, at most ``MAX_ANSWER_BYTES``, read piece by piece before ``deadline``."""
-    if response.length is not None and response.length > MAX_ANSWER_BYTES:
-        raise BadAnswer(f"answer of {response.length} bytes is larger than {MAX_ANSWER_BYTES}; not read")
-    chunks: list[bytes] = []
-    size = 0
-    while response.length != 0:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BadAnswer("the answer was still arriving at the request deadline")
-        sock = response.fp.raw._sock if hasattr(response.fp, "raw") and hasattr(response.fp.raw, "_sock") else None
-        if sock is not None:
-            sock.settimeout(remaining)
-        piece = response.read1(65536)
-        if not piece:
-            break
-        size += len(piece)
-        if size > MAX_ANSWER_BYTES:
-            raise BadAnswer(f"answer larger than {MAX_ANSWER_BYTES} bytes; the rest not read")
-        chunks.append(piece)
-    response.close()  # read to its end: the connection can carry the next request
-    return b"".join(chunks)
 
 
 def _read_pin(text: str) -> bytes | str:
