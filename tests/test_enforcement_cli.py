@@ -89,7 +89,7 @@ report: {stdout: none, json_path: null}
     assert main(["explain", "--node", "a", "--config", "c.yaml", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     (held,) = data["actions"]
-    assert held["status"] == "excepted" and held["exception"] == "keep-a"
+    assert held["status"] == "excepted" and held["exception"] == "keep-a" and held["mode"] == "enforce"
     assert "exception keep-a (owner ops" in held["detail"]
 
 

@@ -102,6 +102,7 @@ def explain_actions(orchestrator: Any, node_id: str, licence: Any, events: list[
             "id": action["id"], "type": action["type"], "target": action["target"],
             "severity": action.get("severity"), "origin": action["origin"], "reason": action["reason"],
             "params": action.get("params") or {}, "status": status, "detail": detail, "cause": cause.to_dict(),
+            "mode": "enforce",  # a finding in warn or audit says so in its hold (wyneos_core.enforcement.modes)
             "rule_description": rule.description if rule is not None else None,
             "rule_condition": rule.source if rule is not None else None,
             "since_tick": since_tick, "since_source": "state file" if row is not None else "this run",
