@@ -97,3 +97,34 @@ def test_the_consensus_comparison_run_loads_the_same_plugins_as_the_first(tmp_pa
     assert "consensus_comparison" in json.loads(out.stdout)
     # both runs, with consensus and without, ticked through the installed plugin
     assert (tmp_path / "plugin-ticks.txt").read_text().split() == [str(t) for t in range(1, 7)] * 2
+
+
+def test_the_output_names_the_installed_plugins_taking_part(tmp_path, site):
+    """The demo (`run`, `tick`), `simulate` and `explain` change with an installed plugin:
+    their output names it, and does not when it is left out."""
+    import shutil
+
+    (site / "broken_plugin.py").unlink()
+    shutil.rmtree(site / "broken_plugin-1.0.dist-info")
+    named = "installed plugins: ticks-file 1.0"
+    out = wyneos("run", "--ticks", "1", "--interval", "0.2", "-q", cwd=tmp_path, site=site)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].endswith(f"; {named}")
+    out = wyneos("tick", cwd=tmp_path, site=site)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == named
+    out = wyneos("tick", "--disable", "ticks-file", cwd=tmp_path, site=site)
+    assert out.returncode == 0, out.stderr
+    assert "installed plugins" not in out.stdout
+    out = wyneos("explain", "node-01", cwd=tmp_path, site=site)
+    assert out.returncode == 0, out.stderr
+    assert "installed plugins taking part: ticks-file 1.0" in out.stdout
+    out = wyneos("explain", "node-01", "--json", cwd=tmp_path, site=site)
+    assert json.loads(out.stdout)["installed_plugins"] == ["ticks-file 1.0"]
+    args = ["simulate", "builtin:single-crash", "--nodes", "6", "--ticks", "6", "--out", "out", "--no-progress"]
+    out = wyneos(*args, cwd=tmp_path, site=site)
+    assert out.returncode in (0, 1), out.stderr
+    assert "installed plugins taking part: ticks-file 1.0 (--no-plugins leaves them out)" in out.stdout
+    out = wyneos(*args, "--no-plugins", cwd=tmp_path, site=site)
+    assert out.returncode in (0, 1), out.stderr
+    assert "installed plugins" not in out.stdout

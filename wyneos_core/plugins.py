@@ -245,6 +245,11 @@ class PluginManager(pluggy.PluginManager):
         out.sort(key=lambda i: (order.index(i.name) if i.name in order else len(order), i.name))
         return out
 
+    def installed_plugins(self) -> list[str]:
+        """``NAME VERSION`` of each loaded plugin installed through an entry point, for the
+        output of commands they change (``run``, ``tick``, ``simulate``, ``explain``)."""
+        return [f"{i.name} {i.version}" for i in self.plugin_infos() if i.origin.startswith("entry point")]
+
     # -- calling -------------------------------------------------------------------------
 
     def call_each(

@@ -299,6 +299,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     committed, times = _committed(orchestrator.config, node.id)
     out = explain_node(orchestrator, node, report, events, committed, times)
+    out["installed_plugins"] = orchestrator.pm.installed_plugins()  # they took part in what is explained
     return _print_guarded(out, args.json)
 
 
@@ -336,6 +337,8 @@ def _print_explain(out: dict[str, Any], as_json: bool) -> None:
           f"metadata {json.dumps(node['metadata'], sort_keys=True)}")
     print(f"licence: {'valid' if lic['valid'] else 'INVALID'} ({lic['reason']}) {lic['detail']}")
     print(f"after tick {out['tick']}")
+    if out.get("installed_plugins"):
+        print(f"installed plugins taking part: {', '.join(out['installed_plugins'])}")
     drift = out.get("drift")
     if drift:
         since = f" since {drift['since']:.0f}" if drift.get("since") is not None else ""

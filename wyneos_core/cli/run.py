@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         where = "memory only (state.path ':memory:')" if path == ":memory:" else str(cfg.resolve(path))
         print(f"wyneos {__version__}: cluster {cfg['cluster']!r} from {cfg.source}, "
               f"{plural(len(orchestrator.registry), 'node')}, tick every {interval:g}s, "
-              f"state in {where}", flush=True)
+              f"state in {where}{_installed(orchestrator)}", flush=True)
     with stop_on_signals(stop):
         done = run(orchestrator, interval=interval, ticks=args.ticks, stop=stop)
     if not args.json:
@@ -58,8 +58,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _installed(orchestrator) -> str:  # noqa: ANN001
+    """"; installed plugins: NAME VERSION, ..." when plugins installed through entry points
+    take part (they change what the demo and any config do), else ""."""
+    names = orchestrator.pm.installed_plugins()
+    return f"; installed plugins: {', '.join(names)}" if names else ""
+
+
 def cmd_tick(args: argparse.Namespace) -> int:
     orchestrator = build(args, stdout_mode=_stdout_mode(args, "summary"))
+    if not args.json and _installed(orchestrator):
+        print(_installed(orchestrator).removeprefix("; "), flush=True)
     with orchestrator:
         orchestrator.tick()
     return EXIT_OK

@@ -147,6 +147,7 @@ def simulate(scenario: Scenario, *, progress: bool = False, state_path: str | Pa
     if cluster.telemetry is not None:
         summary["prediction"] = cluster.telemetry.summary()
         failures += check_predict_expectations(summary["prediction"], scenario.expect)
+    summary["installed_plugins"] = orchestrator.pm.installed_plugins()  # they change what is measured
     summary["expectations"] = {"checked": sorted(scenario.expect), "failed": failures}
     return SimResult(scenario, summary, recorder.samples, failures, orchestrator, cluster)
 
@@ -219,6 +220,8 @@ def summary_text(summary: dict[str, Any]) -> str:
     ]
     if s["description"]:
         lines.append(f"  {s['description'].strip()}")
+    if s.get("installed_plugins"):
+        lines.append(f"installed plugins taking part: {', '.join(s['installed_plugins'])} (--no-plugins leaves them out)")
     lines.append("faults:")
     for f in s["faults"]:
         det = f["detection_ticks"]
