@@ -139,8 +139,14 @@ def test_docs_example_plugin_installs_and_runs(tmp_path):
     assert ran.returncode == 0, ran.stderr
     assert "has-owner: failing on 1 node, 1 new (web-2)" in ran.stdout
     assert "quarantine (warning) by owner-check (web-2)" in ran.stdout  # third tick without an owner
+    assert ran.stdout.splitlines()[0].endswith("; installed plugins: owner-check 1.2.0")  # it changes the run
     log = (work / "owner-check.log").read_text().splitlines()
     assert log == [f"tick {i}: 1 node(s) without owner" for i in (1, 2, 3)]
+    # the page's example again in the same directory: it carries on from the state it left
+    again = run_in(python, "run", "--ticks", "3", "--interval", "0.01", "--config", "wyneos.yaml", cwd=work)
+    assert again.returncode == 0, again.stderr
+    assert (work / "owner-check.log").read_text().splitlines()[3:] == \
+           [f"tick {i}: 1 node(s) without owner" for i in (4, 5, 6)]
 
     disabled = run_in(python, "tick", "--config", "wyneos.yaml", "--disable", "owner-check", cwd=work)
     assert disabled.returncode == 0 and "has-owner" not in disabled.stdout
