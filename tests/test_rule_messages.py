@@ -51,6 +51,8 @@ def test_percent_says_the_number_to_write(tmp_path):
     e = one_error(tmp_path, "    require: node.load < 90%\n")
     assert e.reason.startswith("syntax error: percent is not an operator: 0.9")
     assert (e.line, e.column) == (LINE, START + len("node.load < "))
+    e = one_error(tmp_path, '    require: node.load < 85.5% and node.status == "online"\n')
+    assert e.reason.startswith("syntax error: percent is not an operator: 0.855")
 
 
 def test_a_status_it_never_has_lists_the_statuses(tmp_path):

@@ -182,7 +182,7 @@ def _syntax_problem(stripped: str, exc: SyntaxError) -> tuple[str, int | None]:
         at = _outside_strings(stripped, foreign)
         if at is not None:
             return f"{foreign!r} is not an operator here: use {word!r}", at
-    m = _outside_strings_re(stripped, re.compile(rf"(?<![\w.]){_NUMBER}\s*%(?!\s*[\w(.\[\"'])"))
+    m = _outside_strings_re(stripped, re.compile(rf"(?<![\w.]){_NUMBER}\s*%(?!\s*(?!(?:and|or|not|in|is)\b)[\w(.\[\"'])"))
     if m is not None:
         number = m.group(0).rstrip("% \t")
         return f"percent is not an operator: {float(number) / 100:g} (for {number}%)", m.start()
