@@ -115,3 +115,12 @@ def test_selector_parsing_names_what_is_wrong() -> None:
                         ("zone in (a,b", "unbalanced"), ("x" * 1001, "at most 1000")):
         with pytest.raises(SelectorError, match=words):
             parse(text)
+
+
+def test_the_last_tick_in_brief(fleet) -> None:
+    _, client = fleet
+    brief = client.get("/v1/fleet/tick").json()
+    full = client.get("/v1/ticks/latest").json()
+    assert brief["tick"] >= 1 and sum(brief["status_counts"][s] for s in ("online", "stale", "offline", "unknown")) == 6
+    assert brief["actions_total"] == len(brief["actions"]) and "nodes" not in brief
+    assert brief["tick"] <= full["tick"]

@@ -45,6 +45,8 @@ class NodeRow:
     isolated: bool
     last_seen: float | None
     licence: str
+    licence_state: str | None  # valid, in_grace, invalid; None without a licence step
+    licence_detail: str
     labels: dict[str, str]
     problems: list[str]
     text: str  # what the search looks in (lower case)
@@ -52,6 +54,7 @@ class NodeRow:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "load": self.load, "trust": self.trust, "tier": self.tier,
                 "zone": self.zone, "isolated": self.isolated, "last_seen": self.last_seen, "licence": self.licence,
+                "licence_state": self.licence_state, "licence_detail": self.licence_detail,
                 "labels": self.labels, "problems": self.problems}
 
 
@@ -80,8 +83,11 @@ def _row(node: Any, licence: Any, failing: list[str]) -> NodeRow:
     if tier in ("untrusted", "probation"):
         problems.append(f"tier:{tier}")
     text = " ".join([node.id, *meta.values(), *problems]).lower()
+    state = None if licence is None else ("in_grace" if licence.valid and licence.in_grace
+                                          else ("valid" if licence.valid else "invalid"))
     return NodeRow(node.id, node.status.value, node.load, node.trust, tier, meta.get("zone", ""), bool(node.isolated),
-                   node.last_seen, reason, labels, problems, text)
+                   node.last_seen, reason, state, "" if licence is None else str(licence.detail), labels, problems,
+                   text)
 
 
 def _matches_problem(row: NodeRow, problem: str) -> bool:

@@ -3,15 +3,17 @@
 * ``GET /v1/fleet/nodes``: nodes filtered by label ``selector``, ``problem`` and search
   text ``q``, sorted (``sort``), one page (``limit``, ``offset``);
 * ``GET /v1/fleet/summary``: counts by status, zone and tier, nodes per problem;
+* ``GET /v1/fleet/tick``: the last tick in brief (the dashboard's headline);
 * ``GET /v1/fleet/history``: the last committed ticks as the dashboard charts them;
 * ``GET /v1/mesh/around/{id}``: the mesh within ``depth`` hops of one node;
 * ``GET /v1/nodes/{id}/explain``: why the node is as it is (``wyneos explain --server``);
 * ``GET /v1/enrol/tokens``: enrolment tokens (never the token: its hash's first 12
   characters, the node it is for, uses left, expiry).
 
-All read the published view or the committed state (never a tick in flight, except the
-mesh and the explanation, which wait for it in a worker thread), and need the operator
-token when one is set. See docs/operations.md.
+All read the published view or the committed state (never waiting for a tick in flight,
+except the explanation, which waits for it in a worker thread; the mesh is read beside
+it and read again when the tick changed it meanwhile), and need the operator token when
+one is set. See docs/operations.md.
 """
 
 from __future__ import annotations
@@ -64,7 +66,11 @@ def add_fleet_routes(app: FastAPI, service: Any, read: list[Any]) -> None:
         in the fleet, ``nodes`` the page (worst first by default)."""
         try:
             chosen = parse(selector)
-            return index().query(chosen, problem or None, q or None, sort, limit, offset)
+            page = index().query(chosen, problem or None, q or None, sort, limit, offset)
+            keys = service.keys
+            for row in page["nodes"]:
+                row["enrolled"] = row["id"] in keys and not keys.is_revoked(row["id"])
+            return page
         except SelectorError as exc:
             return _error(422, "bad_selector", str(exc), field="selector")
         except ValueError as exc:
@@ -75,6 +81,20 @@ def add_fleet_routes(app: FastAPI, service: Any, read: list[Any]) -> None:
         """Nodes by status, by zone and by trust tier (each with statuses, nodes with
         problems and isolated), and the 50 most frequent problems."""
         return index().summary()
+
+    @app.get("/v1/fleet/tick", tags=["fleet"], dependencies=read,
+             responses={404: {"description": "no tick yet"}})
+    def fleet_tick() -> Any:
+        """The last tick in brief, whatever the size of the fleet: number, duration,
+        nodes per status, the actions decided (the first 200, and how many), drift counts
+        (``/v1/ticks/latest`` has the whole report)."""
+        report = service.view.report
+        if report is None:
+            return _error(404, "no_tick", "no tick has run yet")
+        return {"tick": report.tick, "started_at": report.started_at, "duration_ms": round(report.duration_ms, 3),
+                "status_counts": report.status_counts(), "actions_total": len(report.actions),
+                "actions": [a.to_dict() for a in report.actions[:200]], "drift": report.drift,
+                "errors": [e.to_dict() for e in report.errors[:50]]}
 
     @app.get("/v1/fleet/history", tags=["fleet"], dependencies=read)
     def fleet_history(limit: int = Query(60, ge=1, le=1000)) -> dict[str, Any]:
@@ -87,10 +107,18 @@ def add_fleet_routes(app: FastAPI, service: Any, read: list[Any]) -> None:
     def mesh_around(node_id: str, depth: int = Query(1, ge=1, le=4), limit: int = Query(200, ge=1, le=1000)) -> Any:
         """The mesh within ``depth`` hops of ``node_id`` (at most ``limit`` vertices),
         with each vertex's hop count and state, and the edges between them."""
-        with service.lock:  # the tick changes the mesh: wait for it (a worker thread)
-            mesh = service.orchestrator.mesh
-            around = neighbourhood(mesh.graph, node_id, depth, limit)
-            cut = set(mesh.isolated)
+        mesh = service.orchestrator.mesh
+        for _ in range(3):  # read beside a running tick; one that changes the mesh meanwhile: read again
+            try:
+                around = neighbourhood(mesh.graph, node_id, depth, limit)
+                cut = set(mesh.isolated)
+                break
+            except RuntimeError:  # "changed size during iteration"
+                continue
+        else:
+            with service.lock:  # the mesh keeps moving: wait for the tick (a worker thread)
+                around = neighbourhood(mesh.graph, node_id, depth, limit)
+                cut = set(mesh.isolated)
         if around is None:
             return _error(404, "unknown_node", f"no node {node_id!r} in the mesh")
         nodes = service.view.nodes
