@@ -174,4 +174,5 @@ def test_helpers() -> None:
     assert _eval("'gpu' in licence.features", n, lic) is True
     assert _eval("violated('version-floor')", n, stage="healing", violated={"version-floor": {"edge-7"}}) is True
     assert _eval("node.status == 'online'", n) is True
-    assert _eval("licence.reason == 'no_licence' and not licence.valid", n) is True
+    # no licence result: the licence step did not run (switched off), which is not a failure of the node
+    assert _eval("licence.reason == 'not_evaluated' and not licence.valid", n) is True
