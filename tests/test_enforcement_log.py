@@ -105,3 +105,31 @@ def test_replay_re_evaluates_the_logged_inputs_with_other_rulesets(make_orchestr
     # the live rulesets themselves replay to no difference
     same = replay(log, [str(tmp_path / "hot.yaml")])
     assert same["ticks"] == [] and same["replayed"] == 3
+
+
+def test_a_log_line_past_the_bound_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
+    import pytest
+
+    from wyneos_core.enforcement import decision_log
+
+    monkeypatch.setattr(decision_log, "MAX_LINE", 1000)
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"schema": "wyneos.decision/1", "kind": "x"}\n' + "x" * 5000)
+    with pytest.raises(ValueError, match=r"d.jsonl:2: line longer than 1000 characters"):
+        list(read_log([path]))
+
+
+def test_overrides_read_back_from_a_store_are_checked(tmp_path):
+    from wyneos_core.enforcement.overrides import META_KEY, stored
+    from wyneos_core.store import StateStore
+
+    store = StateStore.open(tmp_path / "s.db")
+    try:  # rows as a damaged or hostile store could hold them
+        store.set_meta(META_KEY, {"ok-1": {"kind": "isolate", "reason": "r", "by": "a", "at": 1.0},
+                                  "nan-1": {"kind": "isolate", "reason": "r", "by": "a", "at": float("nan")},
+                                  "bad kind": {"kind": "evict", "reason": "r", "by": "a"},
+                                  "no-reason": {"kind": "cordon", "reason": "", "by": "a"},
+                                  "junk": "not a mapping"})
+        assert list(stored(store)) == ["ok-1"]
+    finally:
+        store.close()

@@ -76,10 +76,12 @@ def read_log(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
     """The records of ``paths`` in order; a line that is not a JSON object is refused
     with the file and line."""
     for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            number = 0
+            while line := fh.readline(MAX_LINE + 1):  # never more than MAX_LINE read at once
+                number += 1
                 if len(line) > MAX_LINE:
-                    raise ValueError(f"{path}:{number}: line longer than {MAX_LINE} bytes")
+                    raise ValueError(f"{path}:{number}: line longer than {MAX_LINE} characters")
                 if not line.strip():
                     continue
                 try:

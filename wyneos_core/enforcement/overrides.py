@@ -21,6 +21,7 @@ state store's ``meta`` under ``enforcement.overrides``.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -85,8 +86,9 @@ def stored(store: Any) -> dict[str, Override]:
     for node, row in (raw.items() if isinstance(raw, dict) else ()):
         try:
             check(node, row.get("kind"), row.get("reason"), row.get("by"))
-            if row["kind"] in KINDS:
-                out[node] = Override(node, row["kind"], row["reason"], row["by"], float(row.get("at", 0)))
+            at = float(row.get("at", 0))
+            if row["kind"] in KINDS and math.isfinite(at):
+                out[node] = Override(node, row["kind"], row["reason"], row["by"], at)
         except (OverrideError, AttributeError, TypeError, ValueError):
             continue
     return out
