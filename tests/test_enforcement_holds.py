@@ -155,3 +155,20 @@ def test_the_zone_outage_scenario_is_held_by_its_budget_and_without_it_the_zone_
     unbudgeted = dataclasses.replace(scenario, config={**scenario.config, "enforcement": {"budgets": []}})
     bare = simulate(unbudgeted)
     assert bare.summary["faults"][0]["acted"] >= 1
+
+
+def test_a_budget_token_is_spent_only_on_an_action_the_decide_step_approves(make_orchestrator, clock, tmp_path,
+                                                                            monkeypatch):
+    # the per-tick isolation limit defers n02: the token it was admitted with comes back
+    orch = hot_cluster(make_orchestrator, tmp_path, monkeypatch, 2, """
+enforcement:
+  budgets: [{name: fleet, rate: {per_second: 0.001, burst: 2}}]
+""")
+    orch.config["decide"]["max_isolations_per_tick"] = 1
+    beat(orch, clock, "n01", "n02", load=0.95)
+    first = orch.tick()
+    assert approved(first) == ["n01"]
+    assert [e["state"] for e in first.lifecycle if e["target"] == "n02"] == ["deferred"]
+    clock.advance(5)  # (the bucket refills 0.005 of a token meanwhile)
+    beat(orch, clock, "n01", "n02", load=0.95)
+    assert approved(orch.tick()) == ["n02"]  # the second token was given back, so n02 goes now

@@ -107,6 +107,19 @@ class BudgetBook:
     buckets: dict[tuple[str, str], _Bucket] = field(default_factory=dict)
     #: action id -> tick it was first held (release order: oldest first)
     held_since: dict[str, int] = field(default_factory=dict)
+    #: action id -> the buckets it took a token from this tick (refunded unless it is approved)
+    spent: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def settle(self, approved: set[str]) -> None:
+        """Give back the tokens of admitted actions the decide step did not approve (held
+        for witnesses, by the safety stop...): a token is spent only on an action that acts."""
+        for action_id, keys in self.spent.items():
+            if action_id not in approved:
+                for key in keys:
+                    bucket = self.buckets.get(key)
+                    if bucket is not None:
+                        bucket.tokens += 1
+        self.spent = {}
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> BudgetBook:
@@ -127,6 +140,7 @@ class BudgetBook:
         :return: the admitted actions, and ``{action id: why held}`` for the others.
         """
         candidates = list(candidates)
+        self.spent = {}
         if not self.budgets or not candidates:
             self.held_since = {k: v for k, v in self.held_since.items() if any(a.id == k for a in candidates)}
             return candidates, {}
@@ -187,6 +201,7 @@ class BudgetBook:
             for b, key in keys:
                 if b.rate:
                     self.buckets[key].tokens -= 1
+                    self.spent.setdefault(action.id, []).append(key)
                 if action.target not in taken:
                     used[key] = used.get(key, 0) + 1
             taken.add(action.target)

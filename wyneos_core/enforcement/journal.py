@@ -99,7 +99,9 @@ class Journal:
         return out
 
     def record(self, ctx: Any, gate: Gate, decided: list[Any]) -> None:
-        """The shadow difference into the report, the decision records out."""
+        """Budget tokens of actions not approved given back; the shadow difference into the
+        report; the decision records out."""
+        gate.budgets.settle({a.id for a in decided})
         self.shadow(ctx)
         self.write(ctx, gate, decided)
 
