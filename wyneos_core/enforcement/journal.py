@@ -8,6 +8,7 @@ the ``wyneos_decision_log`` hook (``decision_log``).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from wyneos_core.enforcement import shadow as _shadow
@@ -136,4 +137,6 @@ def journal_of(orchestrator: Any) -> Journal:
     if journal is None:
         journal = Journal(orchestrator.config)
         orchestrator._enforcement_journal = journal
+        if journal.candidates is not None:  # a durable engine's worker ends with its orchestrator
+            weakref.finalize(orchestrator, journal.close)
     return journal
