@@ -167,3 +167,23 @@ def test_explain_an_agent_enrolled_node_against_the_server(server) -> None:
     config = str(token_file.parent / "config.yaml")
     local = wyneos("explain", "agent-1", "--config", config)  # the config alone does not know it: a hint
     assert local.returncode == 2 and "--server URL" in local.stderr
+
+
+def test_the_session_in_the_docs_runs_twice_against_a_live_server(server, tmp_path) -> None:
+    import re
+
+    _, url, token_file, _, _ = server
+    page = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    [script] = re.findall(r"```sh get-example\n(.*?)```", page, re.S)
+    (tmp_path / "read-token").write_text(token_file.read_text())
+    bindir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WYNEOS_")}
+    for _ in range(2):
+        run = script.replace("wyneos ", f"{bindir}/wyneos ").replace("http://127.0.0.1:8420", url)
+        done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", run], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = done.stdout
+        assert out.startswith("NAME ") and '"kind": "nodes"' in out and "isolate" in out
+        assert "kind: node\nname: q1\n" in out and "watching 1 nodes" in out
+        assert out.rstrip().splitlines()[-1].startswith("node agent-1: status ")
