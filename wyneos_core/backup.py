@@ -36,7 +36,8 @@ from typing import Any
 
 from wyneos_core import __version__
 
-__all__ = ["BackupError", "Companions", "FORMAT", "MANIFEST", "backup", "companions_of", "read_manifest", "restore"]
+__all__ = ["BackupError", "Companions", "FORMAT", "MANIFEST", "backup", "companions_of", "read_manifest",
+           "refuse_key_change", "restore"]
 
 FORMAT = "wyneos.backup/1"
 MANIFEST = "wyneos-backup.json"
@@ -240,6 +241,19 @@ def _in_use(state: Path) -> bool:
         conn.close()
 
 
+def refuse_key_change(manifest: Mapping[str, Any], where: Companions, replace_key: bool) -> None:
+    """Refuse (``BackupError``) a restore of ``manifest`` that would replace the
+    orchestrator key in place by another, unless ``replace_key``."""
+    key = where.paths()["key"]
+    present = _key_fingerprint(key)
+    restored_key = manifest.get("orchestrator_key")
+    if present is not None and present != restored_key and not replace_key:
+        raise BackupError(
+            f"{key}: the backup's orchestrator key is {restored_key}, the key in place is {present}: "
+            "restoring would change the key, and every agent pinned to the present one would refuse the server. "
+            "Pass --replace-key to restore anyway (then pin the agents to the backup's key)")
+
+
 def restore(src: str | Path, where: Companions, *, replace_key: bool = False) -> dict[str, Any]:
     """Restore the backup ``src`` into the files ``where`` names.
 
@@ -251,14 +265,8 @@ def restore(src: str | Path, where: Companions, *, replace_key: bool = False) ->
     """
     src = Path(src)
     manifest = read_manifest(src)
+    refuse_key_change(manifest, where, replace_key)
     paths = where.paths()
-    present = _key_fingerprint(paths["key"])
-    restored_key = manifest.get("orchestrator_key")
-    if present is not None and present != restored_key and not replace_key:
-        raise BackupError(
-            f"{paths['key']}: the backup's orchestrator key is {restored_key}, the key in place is {present}: "
-            "restoring would change the key, and every agent pinned to the present one would refuse the server. "
-            "Pass --replace-key to restore anyway (then pin the agents to the backup's key)")
     if "state" in manifest["files"]:
         if _in_use(paths["state"]):
             raise BackupError(f"{paths['state']}: the state file is in use (a running server?); stop it first")

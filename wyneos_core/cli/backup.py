@@ -56,10 +56,11 @@ def _companions(args: argparse.Namespace):  # noqa: ANN202
 def cmd_backup(args: argparse.Namespace) -> int:
     from wyneos_core.backup import BackupError, backup
 
+    extra: dict = {}
     try:
         config, where = _companions(args)
-        extra, meta = {}, {}
-        if config["state"].get("backend") == "etcd":
+        meta: dict = {}
+        if config["state"].get("backend") == "etcd":  # the cluster's keys, read at one revision
             from wyneos_core.ha.backup import snapshot
 
             extra, meta = snapshot(config, args.dest)
@@ -67,17 +68,21 @@ def cmd_backup(args: argparse.Namespace) -> int:
     except BackupError as exc:
         print(f"wyneos state backup: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    finally:
+        for path in extra.values():
+            path.unlink(missing_ok=True)
     files = ", ".join(f"{e['name']} ({e['size']} bytes)" for e in manifest["files"].values())
-    print(f"backed up to {args.dest}: {files}; last tick {manifest['last_tick']}, "
+    print(f"backed up to {args.dest}: {files}; last tick {manifest['last_tick'] or '-'}, "
           f"orchestrator key {manifest['orchestrator_key']}")
     return EXIT_OK
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from wyneos_core.backup import BackupError, restore
+    from wyneos_core.backup import BackupError, read_manifest, refuse_key_change, restore
 
     try:
         config, where = _companions(args)
+        refuse_key_change(read_manifest(args.src), where, args.replace_key)  # before anything is written
         if config["state"].get("backend") == "etcd":
             from wyneos_core.ha.backup import restore_snapshot
 
@@ -86,6 +91,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
     except BackupError as exc:
         print(f"wyneos state restore: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    print(f"restored {args.src} into {where.state.parent}: last tick {manifest['last_tick']}, "
+    print(f"restored {args.src} into {where.state.parent}: last tick {manifest['last_tick'] or '-'}, "
           f"orchestrator key {manifest['orchestrator_key']}")
     return EXIT_OK
