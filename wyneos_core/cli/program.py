@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "wyneos_core.cli.simulate",
     "wyneos_core.cli.predict",
     "wyneos_core.cli.licence",
+    "wyneos_core.cli.licences",  # licence list, renew
     "wyneos_core.cli.service",
     "wyneos_core.cli.backup",
     "wyneos_core.cli.get",
