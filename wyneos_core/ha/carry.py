@@ -17,18 +17,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from wyneos_core.rules.state import RuleState
+from wyneos_core.rules import memory
 
 __all__ = ["Carried"]
 
 
-def _rulesets(orchestrator: Any) -> dict[str, Any]:
+def _runner(orchestrator: Any) -> Any:
     from wyneos_core.builtin.rulesets import runner_of
 
-    runner = runner_of(orchestrator.pm)
-    if runner is None:
-        return {}
-    return {loaded.ruleset.name: loaded for loaded in runner.loaded.values()}
+    return runner_of(orchestrator.pm)
 
 
 class Carried:
@@ -41,12 +38,7 @@ class Carried:
     def collect(self) -> dict[str, Any]:
         """``{name: document}`` of what changed since the last ``collect`` (call it while
         writing the tick; ``forget`` after a write that may have failed)."""
-        docs: dict[str, Any] = {}
-        for name, loaded in _rulesets(self.orchestrator).items():
-            docs[f"rules/{name}"] = {
-                rule_id: {node: [s.state, s.active_tick, s.active_at, s.cleared_tick, s.cleared_at]
-                          for node, s in tracker.states.items()}
-                for rule_id, tracker in loaded.trackers.items()}
+        docs: dict[str, Any] = dict(memory.documents(_runner(self.orchestrator)))  # rule states
         engine = getattr(self.orchestrator, "_licence_engine", None)
         if engine is not None:
             ledger = engine.ledger
@@ -66,19 +58,11 @@ class Carried:
 
     def restore(self, docs: dict[str, Any]) -> list[str]:
         """Put carried state back (a replica taking over); the names restored."""
-        done = []
-        rulesets = _rulesets(self.orchestrator)
+        # rule states: every row checked as it is read back (rules no longer in a file skipped)
+        done = memory.restore(_runner(self.orchestrator),
+                              {n: d for n, d in docs.items() if n.startswith(memory.PREFIX)})
         for name, doc in docs.items():
-            if name.startswith("rules/") and name[6:] in rulesets and isinstance(doc, dict):
-                loaded = rulesets[name[6:]]
-                for rule_id, states in doc.items():
-                    tracker = loaded.trackers.get(rule_id)
-                    if tracker is None or not isinstance(states, dict):
-                        continue  # a rule no longer in the file
-                    tracker.states = {node: RuleState(*row) for node, row in states.items()
-                                      if isinstance(row, list) and len(row) == 5}
-                done.append(name)
-            elif name == "licence-ledger" and isinstance(doc, dict):
+            if name == "licence-ledger" and isinstance(doc, dict):
                 engine = getattr(self.orchestrator, "_licence_engine", None)
                 if engine is None:
                     continue
