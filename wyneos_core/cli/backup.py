@@ -12,13 +12,9 @@ __all__ = ["register"]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def subcommands(sub: argparse._SubParsersAction, name: str) -> argparse._SubParsersAction:
-    """The sub-command group of the command ``name`` another module added."""
-    parser = sub.choices[name]
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-
-
 def register(sub: argparse._SubParsersAction) -> None:
+    from wyneos_core.cli.common import subcommands
+
     ssub = subcommands(sub, "state")
     b = ssub.add_parser("backup", help="back up the state file, orchestrator key and licence ledger into a new "
                         "directory (online: the server keeps running)")

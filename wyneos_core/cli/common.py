@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "build", "use_store_url"]
+__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "build", "subcommands", "use_store_url"]
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -88,3 +88,10 @@ def use_store_url(config, url: str) -> None:  # noqa: ANN001
         raise ConfigError(str(exc), field="--store") from None
     config["state"]["backend"] = "etcd"
     config["state"]["etcd"]["endpoints"] = [f"{h}:{p}" for h, p in endpoints]
+
+
+def subcommands(sub: argparse._SubParsersAction, name: str) -> argparse._SubParsersAction:
+    """The sub-command group of the command ``name`` another module registered, for a
+    module that adds actions to it (``state backup`` to ``state``)."""
+    parser = sub.choices[name]
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -25,13 +25,10 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DAY = 86400.0
 
 
-def _group(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    parser = sub.choices["licence"]
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    lsub = _group(sub)
+    from wyneos_core.cli.common import subcommands
+
+    lsub = subcommands(sub, "licence")
     ls = lsub.add_parser("list", help="list licence files: id, customer, tier, seats, expiry and state")
     ls.add_argument("dirs", nargs="*", metavar="DIR", help="directories of licence files (default: the config's "
                     "licence.directory)")
