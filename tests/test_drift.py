@@ -235,3 +235,37 @@ def test_drift_is_kept_across_a_restart(tmp_path, clock) -> None:
         report = tick(orch, clock, fleet)
     assert any(n.startswith("drift: the saved drift state was not used") for n in report.notes)
     assert report.drift["counts"]["unexplained"] == 1
+
+
+def test_the_cli_signs_and_checks_manifests(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    wyneos = [sys.executable, "-m", "wyneos_core.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*wyneos, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+    assert run("licence", "keygen", "--name", "release").returncode == 0
+    (tmp_path / "web.yaml").write_text(textwrap.dedent("""\
+        manifest_id: web-2.4.0
+        serial: 3
+        selector: {labels: {role: web}}
+        version: "2.4.0"
+        packages: [nginx=1.24.0, openssl=3.0.13]
+        """))
+    (tmp_path / "manifests").mkdir()
+    signed = run("drift", "sign", "--key", "release.key", "web.yaml", "-o", "manifests/web.json")
+    assert signed.returncode == 0, signed.stderr
+    assert "signed manifest web-2.4.0 (serial 3)" in signed.stdout
+    assert run("drift", "sign", "--key", "release.key", "web.yaml", "-o", "manifests/web.json").returncode == 2
+    checked = run("drift", "check", "manifests", "--trusted-key", "release.pub")
+    assert checked.returncode == 0 and "ok       web.json: web-2.4.0 serial 3, labels role=web" in checked.stdout
+    doc = json.loads((tmp_path / "manifests" / "web.json").read_text())
+    doc["payload"]["version"] = "6.6.6"
+    (tmp_path / "manifests" / "edited.json").write_text(json.dumps(doc))
+    checked = run("drift", "check", "manifests", "--trusted-key", "release.pub")
+    assert checked.returncode == 1 and "REFUSED  edited.json: signature: does not verify" in checked.stdout
+    (tmp_path / "bad.yaml").write_text("manifest_id: x\nserial: 1\nselector: {node: a}\nverison: '1'\n")
+    bad = run("drift", "sign", "--key", "release.key", "bad.yaml")
+    assert bad.returncode == 2 and "unknown field 'verison'" in bad.stderr and "did you mean 'version'" in bad.stderr

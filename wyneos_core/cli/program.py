@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "wyneos_core.cli.run",  # run, tick, plugins
     "wyneos_core.cli.simulate",
     "wyneos_core.cli.predict",
+    "wyneos_core.cli.drift",
     "wyneos_core.cli.licence",
     "wyneos_core.cli.licences",  # licence list, renew
     "wyneos_core.cli.service",
