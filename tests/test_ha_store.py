@@ -13,6 +13,7 @@ from wyneos_core.config import ConfigError, load_config
 from wyneos_core.ha.etcd import EtcdClient, parse_store_url
 from wyneos_core.ha.local import LocalEtcdCluster
 from wyneos_core.ha.store import EtcdStateStore, FencedWrite
+from wyneos_core.ha.values import Sealer
 from wyneos_core.model import Action, ActionType, Severity
 from wyneos_core.store import ClusterStateStore, StateStore, StoreError
 from wyneos_core.tick import Orchestrator
@@ -32,8 +33,19 @@ _prefixes = iter(range(1_000_000))
 @pytest.fixture
 def store(etcd: LocalEtcdCluster):
     s = EtcdStateStore.open(etcd.endpoints, f"/test/{next(_prefixes)}/")
+    s.sealer = make_sealer()
     yield s
     s.close()
+
+
+def make_sealer() -> Sealer:
+    """Signs enrolment data as the orchestrator key does (a key of the test's own)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    return Sealer(key.sign, [key.public_key().verify])
+
+
 
 
 def lead(store: EtcdStateStore) -> int:

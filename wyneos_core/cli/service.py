@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 from wyneos_core.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, _common, _seconds, build
 from wyneos_core.wording import plural
@@ -142,6 +143,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ssub = st.add_subparsers(dest="state_command", metavar="ACTION")
     ck = ssub.add_parser("check", help="check the state file: SQLite integrity, schema, every row (read only)")
     _common(ck)
+    _store_args(ck)
     ck.add_argument("--quick", action="store_true", help="SQLite's quick_check instead of the full integrity_check")
     ck.set_defaults(func=cmd_state_check)
     st.set_defaults(func=lambda args: (st.print_help(), EXIT_USAGE)[1])
@@ -354,7 +356,20 @@ def _store(args: argparse.Namespace):  # noqa: ANN202
         use_store_url(config, args.store)
     store = open_state_store(config)
     store.ensure_service_tables()
+    if getattr(store, "backend", "sqlite") == "etcd":
+        store.sealer = _etcd_sealer(config)
     return store
+
+
+def _etcd_sealer(config: Any) -> Any:
+    """The orchestrator key's sealer for enrolment data in etcd (keys, tokens and
+    customers are signed with it); None when the key file is not here (then such data
+    can be read, unchecked, but not written)."""
+    from wyneos_core.ha.values import Sealer
+    from wyneos_core.service.orchestrator_key import OrchestratorKey, key_path_for
+
+    path = key_path_for(config.resolve(config["state"]["path"]))
+    return Sealer.of(OrchestratorKey.load_or_create(path)) if path.exists() else None
 
 
 def cmd_enrol_token(args: argparse.Namespace) -> int:
@@ -419,6 +434,8 @@ def cmd_state_check(args: argparse.Namespace) -> int:
     from wyneos_core.store import StateStore
 
     config = load_config(args.config)
+    if getattr(args, "store", None) or config["state"]["backend"] == "etcd":
+        return _check_etcd(args)
     path = Path(config.resolve(args.state or config["state"]["path"]))
     if not path.is_file():
         print(f"{path}: no state file", file=sys.stderr)
@@ -446,4 +463,28 @@ def cmd_state_check(args: argparse.Namespace) -> int:
     conn.close()
     print(f"{path}: ok ({'quick_check' if args.quick else 'integrity_check'}, schema, {counts['nodes']} nodes, "
           f"{counts['actions']} actions, {counts['ticks']} ticks)")
+    return EXIT_OK
+
+
+def _check_etcd(args: argparse.Namespace) -> int:
+    """``wyneos state check`` of a state in etcd: every value under the prefix decoded
+    and checked (shape; keys, tokens and customers against the orchestrator key when
+    it is here); exit 1 with one line per unusable key."""
+    store = _store(args)
+    try:
+        problems = store.check()
+        counts = {kind: len(store.client.get_prefix(store.prefix + kind + "/", keys_only=True))
+                  for kind in ("nodes", "actions", "keys")}
+    finally:
+        store.close()
+    where = store.path
+    if problems:
+        for line in problems[:200]:
+            print(f"{where}: damaged: {line}")
+        print(f"{where}: {len(problems)} problem(s); fix or delete those keys (docs/ha.md, Backups)")
+        return EXIT_FAIL
+    sealed = "signatures checked" if store.sealer is not None else \
+        "signatures NOT checked: no orchestrator key beside state.path"
+    print(f"{where}: ok (every value checked, {sealed}; {counts['nodes']} nodes, {counts['actions']} actions, "
+          f"{counts['keys']} keys)")
     return EXIT_OK

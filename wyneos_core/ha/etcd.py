@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import etcd3gw
+import requests
 from etcd3gw import exceptions as gw_errors
 
 from wyneos_core.store import StoreError
@@ -56,8 +57,8 @@ def parse_endpoints(items: Iterable[str]) -> list[tuple[str, int]]:
         if not text:
             raise ValueError("empty endpoint (expected HOST:PORT)")
         parts = urlsplit(text if "://" in text else "http://" + text)
-        if parts.scheme != "http":
-            raise ValueError(f"{item!r}: only plain http endpoints are supported (put TLS in front, see docs/ha.md)")
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{item!r}: expected http:// or https:// (TLS: state.etcd.ca_file, docs/ha.md)")
         try:
             port = parts.port
         except ValueError:
@@ -103,23 +104,64 @@ class KV:
         self.lease = int(raw.get("lease", 0))
 
 
+def uses_tls(items: Iterable[str]) -> bool:
+    """Whether endpoints given as text name ``https://``."""
+    return any(str(item).strip().lower().startswith("https://") for item in items)
+
+
 class EtcdClient:
     """Several etcd endpoints, one tried after another.
 
     :param endpoints: ``[(host, port), ...]`` of the etcd members' client URLs.
     :param timeout: seconds one request may take on one endpoint.
+    :param tls: speak HTTPS; ``ca_file`` the CA that signed the members' certificates
+        (default: the system's), ``cert_file``/``key_file`` a client certificate.
+    :param username, password: etcd authentication (a token from ``auth/authenticate``
+        sent with every request, renewed when etcd says it expired). etcd's gRPC
+        gateway, which this client speaks to, ignores the names in client certificates
+        (CVE-2018-16886): with ``--client-cert-auth`` the certificate proves a client
+        may connect, the user and password say who it is.
     """
 
-    def __init__(self, endpoints: Sequence[tuple[str, int]], timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: Sequence[tuple[str, int]], timeout: float = 5.0, *, tls: bool = False,
+                 ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None,
+                 username: str | None = None, password: str | None = None) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoint")
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        if (username is None) != (password is None):
+            raise ValueError("etcd authentication needs both a username and a password")
         self.endpoints = list(endpoints)
         self.timeout = float(timeout)
+        self.scheme = "https" if tls or ca_file or cert_file else "http"
+        self._tls = {"ca_cert": ca_file, "cert_cert": cert_file, "cert_key": key_file}
+        self._auth = (username, password) if username is not None else None
+        self._tokens: dict[int, str] = {}
         self._local = threading.local()
         self._first = 0  # the endpoint that answered last
 
     def describe(self) -> str:
         return "etcd://" + ",".join(f"{h}:{p}" for h, p in self.endpoints)
+
+    def _token(self, index: int, client: etcd3gw.Etcd3Client, *, renew: bool = False) -> str | None:
+        """The auth token for endpoint ``index`` (asked for once, again when it expired)."""
+        if self._auth is None:
+            return None
+        token = None if renew else self._tokens.get(index)
+        if token is None:
+            try:
+                answer = client.post(client.get_url("auth/authenticate"),
+                                     json={"name": self._auth[0], "password": self._auth[1]})
+            except gw_errors.Etcd3Exception as exc:
+                if isinstance(exc, (gw_errors.ConnectionFailedError, gw_errors.ConnectionTimeoutError)):
+                    raise
+                text = str(getattr(exc, "detail_text", "") or exc)[:200]
+                raise EtcdError(f"etcd {client.host}:{client.port} refused user {self._auth[0]!r}: {text} "
+                                "(state.etcd.username, state.etcd.password_file)") from None
+            token = str(answer.get("token") or "")
+            self._tokens[index] = token
+        return token
 
     def _client(self, index: int) -> etcd3gw.Etcd3Client:
         clients = getattr(self._local, "clients", None)
@@ -128,7 +170,14 @@ class EtcdClient:
         client = clients.get(index)
         if client is None:
             host, port = self.endpoints[index]
-            client = clients[index] = etcd3gw.Etcd3Client(host=host, port=port, timeout=self.timeout, api_path="/v3/")
+            session = requests.Session()
+            session.trust_env = False  # no proxy or CA bundle from the environment overrides ours
+            if self._tls["ca_cert"]:
+                session.verify = self._tls["ca_cert"]
+            if self._tls["cert_cert"]:
+                session.cert = (self._tls["cert_cert"], self._tls["cert_key"])
+            client = clients[index] = etcd3gw.Etcd3Client(host=host, port=port, protocol=self.scheme,
+                                                          timeout=self.timeout, api_path="/v3/", session=session)
         return client
 
     def call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
@@ -141,7 +190,7 @@ class EtcdClient:
             client = self._client(index)
             client.timeout = self.timeout if timeout is None else max(0.05, timeout)
             try:
-                answer = client.post(client.get_url(path), json=body)
+                answer = self._post(index, client, path, body)
             except (gw_errors.ConnectionFailedError, gw_errors.ConnectionTimeoutError) as exc:
                 problems.append(f"{client.host}:{client.port}: {str(exc)[:160]}")
                 continue
@@ -154,6 +203,19 @@ class EtcdClient:
             self._first = index
             return answer if isinstance(answer, dict) else {}
         raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(problems))
+
+    def _post(self, index: int, client: etcd3gw.Etcd3Client, path: str, body: dict[str, Any]) -> Any:
+        token = self._token(index, client)
+        if token is None:
+            return client.post(client.get_url(path), json=body)
+        try:
+            return client.post(client.get_url(path), json=body, headers={"Authorization": token})
+        except gw_errors.Etcd3Exception as exc:
+            text = str(getattr(exc, "detail_text", "") or exc)
+            if "token" not in text and "user name is empty" not in text:
+                raise
+        token = self._token(index, client, renew=True)  # expired (etcd's simple tokens live 5 minutes)
+        return client.post(client.get_url(path), json=body, headers={"Authorization": token or ""})
 
     # -- key-value -----------------------------------------------------------------------
 

@@ -58,7 +58,12 @@ class LocalEtcdCluster:
         make member loss heal fast; etcd's shortest lease is 1.5 times it.
     """
 
-    def __init__(self, root: str | Path, size: int = 3, *, election_ms: int = 1000) -> None:
+    def __init__(self, root: str | Path, size: int = 3, *, election_ms: int = 1000,
+                 tls: tuple[str, str, str] | None = None) -> None:
+        """``tls``: ``(cert_file, key_file, ca_file)``: clients speak HTTPS and must show a
+        certificate the CA signed (``--client-cert-auth``); the same certificate serves
+        both sides here."""
+        self.tls = tls
         self.root = Path(root)
         self.size = size
         self.election_ms = election_ms
@@ -72,6 +77,13 @@ class LocalEtcdCluster:
         return [("127.0.0.1", p) for p in self.client_ports]
 
     @property
+    def client_options(self) -> dict[str, Any]:
+        """``EtcdClient`` keyword arguments to reach this cluster."""
+        if self.tls is None:
+            return {}
+        return {"cert_file": self.tls[0], "key_file": self.tls[1], "ca_file": self.tls[2]}
+
+    @property
     def url(self) -> str:
         return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
 
@@ -81,7 +93,7 @@ class LocalEtcdCluster:
             raise RuntimeError("etcd is not installed (Debian: apt-get install etcd-server; "
                                "or run scripts/test-deps.sh as root)")
         cluster = ",".join(f"m{j}=http://127.0.0.1:{p}" for j, p in enumerate(self.peer_ports))
-        client = f"http://127.0.0.1:{self.client_ports[i]}"
+        client = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_ports[i]}"
         peer = f"http://127.0.0.1:{self.peer_ports[i]}"
         return [binary, "--name", f"m{i}", "--data-dir", str(self.root / f"m{i}"),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
@@ -90,7 +102,9 @@ class LocalEtcdCluster:
                 "--initial-cluster-token", self.token,
                 "--heartbeat-interval", str(max(10, self.election_ms // 10)),
                 "--election-timeout", str(self.election_ms),
-                "--logger", "zap", "--log-outputs", str(self.root / f"m{i}.log")]
+                "--logger", "zap", "--log-outputs", str(self.root / f"m{i}.log"),
+                *(["--cert-file", self.tls[0], "--key-file", self.tls[1], "--trusted-ca-file", self.tls[2],
+                   "--client-cert-auth"] if self.tls else [])]
 
     def _spawn(self, i: int, state: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -106,7 +120,7 @@ class LocalEtcdCluster:
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until a write goes through (a quorum with a leader)."""
-        client = EtcdClient(self.endpoints, timeout=1.0)
+        client = EtcdClient(self.endpoints, timeout=1.0, **self.client_options)
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:

@@ -36,9 +36,10 @@ from wyneos_core.config import Config, ConfigError
 from wyneos_core.ha.carry import Carried
 from wyneos_core.ha.reads import TICKS_KEPT, CommittedReads
 from wyneos_core.ha.election import ElectionConfig, Leadership, LeaderElector
-from wyneos_core.ha.etcd import EtcdError, parse_endpoints, parse_store_url
+from wyneos_core.ha.etcd import EtcdError, parse_endpoints, parse_store_url, uses_tls
 from wyneos_core.ha.store import EtcdStateStore
 from wyneos_core.model import NodeStatus
+from wyneos_core.safeio import read_regular_file
 from wyneos_core.store import StoreError, register_backend
 
 if TYPE_CHECKING:
@@ -72,7 +73,36 @@ def open_etcd_store(config: Config) -> EtcdStateStore:
     if not prefix.startswith("/"):
         raise ConfigError(f"must start with '/', got {prefix!r}", **_field(config, "prefix"))
     election_config(config)  # refuse bad timings before anything starts
-    return EtcdStateStore.open(endpoints, prefix, timeout=float(etcd["timeout"]))
+    return EtcdStateStore.open(endpoints, prefix, timeout=float(etcd["timeout"]), **client_options(config))
+
+
+def client_options(config: Config) -> dict[str, Any]:
+    """TLS and authentication of the etcd client (``state.etcd``): files resolved
+    against the config's directory and checked, the password read from its file."""
+    etcd = config["state"]["etcd"]
+    out: dict[str, Any] = {"tls": uses_tls(etcd.get("endpoints") or [])}  # also with ca_file or cert_file
+    for name in ("ca_file", "cert_file", "key_file"):
+        if etcd.get(name):
+            path = config.resolve(etcd[name])
+            if not os.path.isfile(path):
+                raise ConfigError(f"{path}: no such file", **_field(config, name))
+            out[name] = str(path)
+    if (etcd.get("cert_file") is None) != (etcd.get("key_file") is None):
+        raise ConfigError("a client certificate needs both cert_file and key_file", **_field(config, "cert_file"))
+    if etcd.get("username") is not None or etcd.get("password_file") is not None:
+        if etcd.get("username") is None or etcd.get("password_file") is None:
+            raise ConfigError("etcd authentication needs both username and password_file",
+                              **_field(config, "username" if etcd.get("username") is None else "password_file"))
+        path = config.resolve(etcd["password_file"])
+        try:
+            password = read_regular_file(path, 4096).decode("utf-8").strip("\r\n")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: cannot read the etcd password: {exc}", **_field(config, "password_file")) \
+                from None
+        if not password:
+            raise ConfigError(f"{path}: the etcd password file is empty", **_field(config, "password_file"))
+        out["username"], out["password"] = etcd["username"], password
+    return out
 
 
 def election_config(config: Config) -> ElectionConfig:

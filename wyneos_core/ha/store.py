@@ -51,8 +51,10 @@ from urllib.parse import quote, unquote
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from wyneos_core.ha.etcd import EtcdClient, EtcdUnavailable, cmp_create, cmp_mod, delete_op, prefix_end, put_op
+from wyneos_core.ha.etcd import KV, EtcdClient, EtcdUnavailable, cmp_create, cmp_mod, delete_op, prefix_end, put_op
+from wyneos_core.ha.values import SEALED, Sealer, problem
 from wyneos_core.model import Node, NodeStatus
+from wyneos_core.registry import RegistryError
 from wyneos_core.store import StoreError
 
 if TYPE_CHECKING:
@@ -65,6 +67,8 @@ log = logging.getLogger("wyneos.ha.store")
 MAX_TXN_OPS = 120  # below etcd's default --max-txn-ops of 128, leaving room for the fence
 _ACK_DETAIL = 500
 _CAS_TRIES = 20
+_PROBLEMS_KEPT = 100
+_BAD = object()  # a value that failed its checks (reported, skipped)
 
 
 class FencedWrite(StoreError):
@@ -115,10 +119,18 @@ class EtcdStateStore:
         #: the leader's copy of what only the leader writes (actions, effects), valid for one
         #: term and dropped after any failed write: ``(term, actions, effects)``
         self._own: tuple[int, dict[str, Any], dict[str, Any]] | None = None
+        #: signs and checks keys, tokens and customers with the orchestrator key (the
+        #: service sets it; without one they are read unchecked and cannot be written)
+        self.sealer: Sealer | None = None
+        #: values that failed their checks: ``{key: why}`` (the latest ``_PROBLEMS_KEPT``)
+        self.problems: dict[str, str] = {}
+        self._reported: dict[str, int] = {}
 
     @classmethod
-    def open(cls, endpoints: list[tuple[str, int]], prefix: str, *, timeout: float = 5.0) -> EtcdStateStore:
-        store = cls(EtcdClient(endpoints, timeout=timeout), prefix)
+    def open(cls, endpoints: list[tuple[str, int]], prefix: str, *, timeout: float = 5.0,
+             **client: Any) -> EtcdStateStore:
+        """Open the state under ``prefix``; ``client``: TLS and authentication (``EtcdClient``)."""
+        store = cls(EtcdClient(endpoints, timeout=timeout, **client), prefix)
         try:
             version = store.meta("schema_version")
         except EtcdUnavailable as exc:
@@ -133,7 +145,10 @@ class EtcdStateStore:
 
     def reopen(self) -> EtcdStateStore:
         """Another handle on the same state (the service's reader); shares the fence."""
-        return EtcdStateStore(self.client, self.prefix, self.fence)
+        other = EtcdStateStore(self.client, self.prefix, self.fence)
+        other.sealer = self.sealer
+        other.problems, other._reported = self.problems, self._reported  # one report of each bad value
+        return other
 
     def close(self) -> None:
         self.client.close()
@@ -144,15 +159,61 @@ class EtcdStateStore:
         """The key of ``parts`` (each quoted: an id with a slash stays one segment)."""
         return self.prefix + "/".join(quote(p, safe=":.-_") for p in parts)
 
+    def _name(self, key: str) -> str:
+        return key[len(self.prefix):] if key.startswith(self.prefix) else key
+
+    def _decode(self, kv: KV) -> Any:
+        """A value read from etcd, checked (``ha.values``): decoded, or ``_BAD`` after
+        the problem was reported with its key (once per version of the value)."""
+        name = self._name(kv.key)
+        kind = name.split("/", 1)[0]
+        try:
+            value = json.loads(kv.value)
+        except (ValueError, RecursionError):
+            why: str | None = "not JSON"
+        else:
+            why = problem(kind, value)
+            if why is None and kind in SEALED and self.sealer is not None:
+                why = self.sealer.check(name, value)
+        if why is None:
+            if kv.key in self.problems:  # fixed: reported as fixed once
+                del self.problems[kv.key]
+                self._reported.pop(kv.key, None)
+                log.warning("etcd key %s: usable again", kv.key)
+            return value
+        if self._reported.get(kv.key) != kv.mod_revision:
+            self._reported[kv.key] = kv.mod_revision
+            log.error("etcd key %s: %s; skipped (fix or delete it: wyneos state check lists every such key)",
+                      kv.key, why)
+        self.problems[kv.key] = why
+        while len(self.problems) > _PROBLEMS_KEPT:
+            self.problems.pop(next(iter(self.problems)))
+        if len(self._reported) > 10 * _PROBLEMS_KEPT:
+            self._reported.clear()
+        return _BAD
+
+    def _get(self, *parts: str) -> Any:
+        """The checked value at a key; None when absent or unusable."""
+        kv = self.client.get(self._k(*parts))
+        if kv is None:
+            return None
+        value = self._decode(kv)
+        return None if value is _BAD else value
+
     def _rows(self, *parts: str) -> list[tuple[Any, Any]]:
-        """``[(kv, decoded value)]`` under a key prefix."""
+        """``[(kv, checked value)]`` under a key prefix (unusable values skipped)."""
         out = []
         for kv in self.client.get_prefix(self._k(*parts) + "/"):
-            try:
-                out.append((kv, json.loads(kv.value)))
-            except ValueError:
-                log.warning("etcd key %s: not JSON, skipped", kv.key)
+            value = self._decode(kv)
+            if value is not _BAD:
+                out.append((kv, value))
         return out
+
+    def _sealed(self, *parts: str, value: dict[str, Any]) -> str:
+        """``value`` (of a sealed kind) as written: signed with the orchestrator key."""
+        if self.sealer is None:
+            raise StoreError("writing enrolment data into etcd needs the orchestrator key (beside state.path)")
+        return _j(self.sealer.seal(self._name(self._k(*parts)), value))
 
     def _owned(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(actions, effects)`` as stored, read once per term (only the leader writes them)."""
@@ -185,15 +246,24 @@ class EtcdStateStore:
     # -- reading -------------------------------------------------------------------------
 
     def last_tick(self) -> int:
-        kv = self.client.get(self._k("tick"))
-        return int(json.loads(kv.value)) if kv is not None else 0
+        tick = self._get("tick")
+        return 0 if tick is None else tick
 
     def restore_nodes(self, registry: Registry) -> int:
         count = 0
-        for _, row in self._rows("nodes"):
+        base = len(self._k("nodes")) + 1
+        for kv, row in self._rows("nodes"):
             node = registry.get(row["id"])
             if node is None:
-                node = registry.register(row["id"], now=row["registered_at"])
+                try:
+                    if unquote(kv.key[base:]) != row["id"]:
+                        raise RegistryError(f"holds node {row['id']!r}")
+                    node = registry.register(row["id"], now=row["registered_at"])
+                except RegistryError as exc:
+                    if self.problems.get(kv.key) != str(exc):
+                        log.error("etcd key %s: %s; skipped", kv.key, exc)
+                    self.problems[kv.key] = str(exc)
+                    continue
             node.status = NodeStatus(row["status"])
             node.last_seen = row["last_seen"]
             node.load = row["load"]
@@ -217,7 +287,8 @@ class EtcdStateStore:
         out = []
         for kv in self.client.range(self._k("events", _t(since_tick)), prefix_end(self._k("events") + "/")):
             tick = int(unquote(kv.key.rsplit("/", 1)[1]))
-            for aid, state, detail in json.loads(kv.value):
+            value = self._decode(kv)
+            for aid, state, detail in [] if value is _BAD else value:
                 out.append({"tick": tick, "action_id": aid, "state": state, "detail": detail})
         return out
 
@@ -227,7 +298,7 @@ class EtcdStateStore:
     def tick_summaries(self, limit: int = 20) -> list[dict[str, Any]]:
         kvs = self.client.range(self._k("ticks") + "/", prefix_end(self._k("ticks") + "/"), limit=limit,
                                 descending=True)
-        return [json.loads(kv.value)["summary"] for kv in kvs]
+        return [v["summary"] for v in map(self._decode, kvs) if v is not _BAD]
 
     def tick_times(self, ticks: Iterable[int]) -> dict[int, float]:
         """When each of ``ticks`` started: from the kept tick rows, else from the actions
@@ -238,9 +309,9 @@ class EtcdStateStore:
             return out
         if len(wanted) <= 20:
             for t in wanted:
-                kv = self.client.get(self._k("ticks", _t(t)))
-                if kv is not None:
-                    out[t] = float(json.loads(kv.value)["started_at"])
+                row = self._get("ticks", _t(t))
+                if row is not None:
+                    out[t] = float(row["started_at"])
         else:
             for kv, row in self._rows("ticks"):
                 if row["tick"] in wanted:
@@ -259,8 +330,8 @@ class EtcdStateStore:
                 for kv, row in self._rows("ticks")]
 
     def meta(self, key: str, default: Any = None) -> Any:
-        kv = self.client.get(self._k("meta", key))
-        return default if kv is None else json.loads(kv.value)
+        value = self._get("meta", key)
+        return default if value is None else value
 
     def set_meta(self, key: str, value: Any) -> None:
         self.client.put(self._k("meta", key), _j(value))
@@ -361,8 +432,7 @@ class EtcdStateStore:
                     ops.append(put_op(self._k("notices", node_id, item["id"]), _j(item)))
         events = [[aid, state, detail] for aid, state, detail in events]
         if events:
-            kv = self.client.get(self._k("events", _t(tick)))
-            before = json.loads(kv.value) if kv is not None else []
+            before = self._get("events", _t(tick)) or []
             ops.append(put_op(self._k("events", _t(tick)), _j(before + events)))
         ops.append(put_op(self._k("ticks", _t(tick)), _j({
             "tick": tick, "started_at": started_at, "duration_ms": duration_ms, "summary": summary,
@@ -401,7 +471,8 @@ class EtcdStateStore:
             if unquote(kv.key[base:].partition("/")[2]) not in stored:  # its action is forgotten
                 ops.append(delete_op(kv.key))
         for kv in self.client.range(self._k("events", _t(0)), self._k("events", _t(cut + 1))):
-            kept = [e for e in json.loads(kv.value) if e[0] in live]  # actions in force keep their history
+            value = self._decode(kv)
+            kept = [e for e in ([] if value is _BAD else value) if e[0] in live]  # in force: history kept
             ops.append(put_op(kv.key, _j(kept)) if kept else delete_op(kv.key))
         return ops
 
@@ -421,7 +492,7 @@ class EtcdStateStore:
     def add_enrol_token(self, token_hash: str, node_id: str | None, uses: int, expires_at: float, now: float,
                         customer: str | None = None) -> None:
         key = self._k("tokens", token_hash)
-        ok, _ = self.client.txn([cmp_create(key, 0)], [put_op(key, _j({
+        ok, _ = self.client.txn([cmp_create(key, 0)], [put_op(key, self._sealed("tokens", token_hash, value={
             "token_hash": token_hash, "node_id": node_id, "uses_left": uses, "expires_at": expires_at,
             "created_at": now, "customer": customer}))])
         if not ok:
@@ -442,7 +513,7 @@ class EtcdStateStore:
     def node_customers(self) -> dict[str, str]:
         """The customers enrolment tokens gave to nodes: ``{node_id: customer}``."""
         base = len(self._k("customers")) + 1
-        return {unquote(kv.key[base:]): value for kv, value in self._rows("customers")}
+        return {unquote(kv.key[base:]): value["customer"] for kv, value in self._rows("customers")}
 
     def check(self, *, full: bool = True) -> list[str]:
         """Problems of the state in etcd, one line each (empty: sound): the schema
@@ -452,16 +523,13 @@ class EtcdStateStore:
         if not isinstance(version, int):
             problems.append(f"meta/schema_version: {version!r} is not a number")
         for kv in self.client.get_prefix(self.prefix):
-            if kv.key == self.fence.key:
-                continue
-            try:
-                json.loads(kv.value)
-            except ValueError:
-                problems.append(f"{kv.key}: not JSON")
+            if kv.key != self.fence.key and self._decode(kv) is _BAD:
+                problems.append(f"{kv.key}: {self.problems.get(kv.key, 'unusable')}")
         return problems
 
     def put_node_key(self, node_id: str, public_key: bytes, fingerprint: str, now: float) -> None:
-        self.client.put(self._k("keys", node_id), _j(self._key_row(node_id, public_key, fingerprint, now)))
+        self.client.put(self._k("keys", node_id),
+                        self._sealed("keys", node_id, value=self._key_row(node_id, public_key, fingerprint, now)))
 
     @staticmethod
     def _key_row(node_id: str, public_key: bytes, fingerprint: str, now: float) -> dict[str, Any]:
@@ -472,12 +540,16 @@ class EtcdStateStore:
         key = self._k("keys", node_id)
         for _ in range(_CAS_TRIES):
             kv = self.client.get(key)
-            if kv is None:
+            row = None if kv is None else self._decode(kv)
+            if row is None:
                 return False
-            row = json.loads(kv.value)
+            if row is _BAD:
+                raise StoreError(f"{key}: {self.problems.get(key, 'unusable')}")
             if row["revoked_at"] is not None:
                 return False
-            ok, _ = self.client.txn([cmp_mod(key, kv.mod_revision)], [put_op(key, _j({**row, "revoked_at": now}))])
+            revoked = self._sealed("keys", node_id, value={k: v for k, v in {**row, "revoked_at": now}.items()
+                                                             if k != "sig"})
+            ok, _ = self.client.txn([cmp_mod(key, kv.mod_revision)], [put_op(key, revoked)])
             if ok:
                 return True
         raise StoreError(f"revoking {node_id!r}: the key kept changing ({_CAS_TRIES} tries)")
@@ -486,9 +558,17 @@ class EtcdStateStore:
         out = []
         prefix = self._k("keys") + "/"
         for kv in self.client.range(prefix, prefix_end(prefix), min_mod_revision=since_seq + 1 if since_seq else 0):
-            row = json.loads(kv.value)
-            if kv.mod_revision > since_seq:
-                out.append({**row, "public_key": bytes.fromhex(row["public_key"]), "seq": kv.mod_revision})
+            if kv.mod_revision <= since_seq:
+                continue
+            row = self._decode(kv)
+            if row is _BAD:  # reported; taken when fixed (a fix is a newer revision)
+                continue
+            if row["node_id"] != unquote(kv.key[len(prefix):]):
+                self.problems[kv.key] = f"holds the key of {row['node_id']!r}"
+                log.error("etcd key %s: holds the key of %r; skipped", kv.key, row["node_id"])
+                continue
+            out.append({**{k: v for k, v in row.items() if k != "sig"}, "public_key": bytes.fromhex(row["public_key"]),
+                        "seq": kv.mod_revision})
         out.sort(key=lambda r: r["seq"])
         return out
 
@@ -498,7 +578,8 @@ class EtcdStateStore:
         on the token's revision: two replicas never spend the same use). ``join(customer)``
         runs once the token is verified, before the write (as for the SQLite store); if the
         token changed meanwhile and is no longer good, ``StoreError`` (the caller undoes)."""
-        key_op = put_op(self._k("keys", node_id), _j(self._key_row(node_id, public_key, fingerprint, now)))
+        key_op = put_op(self._k("keys", node_id),
+                        self._sealed("keys", node_id, value=self._key_row(node_id, public_key, fingerprint, now)))
         if token_hash is None:
             if join is not None:
                 join(None)
@@ -509,8 +590,8 @@ class EtcdStateStore:
         for _ in range(_CAS_TRIES):
             kv = self.client.get(tkey)
             why = None
-            row = json.loads(kv.value) if kv is not None else None
-            if row is None:
+            row = self._decode(kv) if kv is not None else None
+            if row is None or row is _BAD:  # a token not sealed by the orchestrator key is no token
                 why = "unknown enrolment token"
             elif row["node_id"] is not None and row["node_id"] != node_id:
                 why = f"the enrolment token is for node {row['node_id']!r}"
@@ -522,12 +603,14 @@ class EtcdStateStore:
                 if joined:  # it was good a moment ago: another replica spent it meanwhile
                     raise StoreError(f"enrolment token refused while enrolling: {why}")
                 return why
-            spent = put_op(tkey, _j({**row, "uses_left": row["uses_left"] - 1}))
+            spent = put_op(tkey, self._sealed("tokens", token_hash, value={
+                k: v for k, v in {**row, "uses_left": row["uses_left"] - 1}.items() if k != "sig"}))
             customer = row.get("customer")
             if join is not None and not joined:
                 join(customer)
                 joined = True
-            ops = [spent, key_op] + ([put_op(self._k("customers", node_id), _j(customer))] if customer else [])
+            ops = [spent, key_op] + ([put_op(self._k("customers", node_id), self._sealed(
+                "customers", node_id, value={"customer": customer}))] if customer else [])
             ok, _ = self.client.txn([cmp_mod(tkey, kv.mod_revision)], ops)
             if ok:
                 return None
@@ -571,8 +654,8 @@ class EtcdStateStore:
                                                                    "acked_at": now}))
 
     def signed_ack(self, action_id: str, node_id: str) -> dict[str, Any] | None:
-        kv = self.client.get(self._k("sacks", action_id, node_id))
-        return None if kv is None else json.loads(kv.value)["envelope"]
+        row = self._get("sacks", action_id, node_id)
+        return None if row is None else row["envelope"]
 
     def prune_signed_acks(self) -> None:
         acked = {(row["action_id"], row["node_id"]) for _, row in self._rows("acks")}
@@ -598,7 +681,7 @@ class EtcdStateStore:
     def recent_action_refusals(self, limit: int = 200) -> list[dict[str, Any]]:
         prefix = self._k("refusals") + "/"
         kvs = self.client.range(prefix, prefix_end(prefix), limit=limit, descending=True)
-        return [json.loads(kv.value) for kv in reversed(kvs)]
+        return [v for v in map(self._decode, reversed(kvs)) if v is not _BAD]
 
     # -- trust (fenced: written by the deciding tick) --------------------------------------
 

@@ -183,6 +183,10 @@ class Service:
         #: ``state.path``, the same key copied to every replica)
         self.okey = OrchestratorKey.for_state(store.path if getattr(store, "backend", "sqlite") == "sqlite"
                                               else orchestrator.config.resolve(orchestrator.config["state"]["path"]))
+        if getattr(store, "backend", "sqlite") == "etcd":  # keys, tokens, customers: signed with the key
+            from wyneos_core.ha.values import Sealer
+
+            store.sealer = Sealer.of(self.okey)
         self.db = store.reopen()  # own connection: committed state only
         self.db_lock = threading.Lock()
         with self.db_lock:
