@@ -134,7 +134,7 @@ class Fleet:
             for r in self.replicas:
                 r.start()
             self.wait_leader()
-            token = self.enrol_token(uses=self.n_agents)
+            token = self.enrol_token(uses=self.n_agents) if self.n_agents else ""
             servers = ",".join(r.url for r in self.replicas)
             for i in range(self.n_agents):
                 a = AgentThread(f"n{i}", servers, self.tmp / f"agent{i}", token)

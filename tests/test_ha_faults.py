@@ -167,3 +167,41 @@ def _b64(text: str) -> str:
     import base64
 
     return base64.b64encode(text.encode()).decode()
+
+
+def test_agents_keep_their_heartbeat_sessions_across_a_failover(tmp_path: Path) -> None:
+    """Sessions on every replica: agents open one session each (at the leader, or at a
+    follower that forwards their MACed heartbeats as they are); the leader is killed,
+    the agents move to another replica and go on with the same session (its ticket),
+    without a new handshake, and no node goes offline or isolated."""
+    with Fleet(tmp_path, replicas=3, agents=0) as fleet:
+        leader = fleet.wait_leader()
+        others = [r for r in fleet.replicas if r is not leader]
+        token = fleet.enrol_token(uses=2)
+        # one agent talks to the leader first, one to a follower (forwarded)
+        agents = [AgentThread("s0", ",".join(r.url for r in [leader, *others]), tmp_path / "s0", token),
+                  AgentThread("s1", ",".join(r.url for r in [*others, leader]), tmp_path / "s1", token)]
+        fleet.agents.extend(agents)
+        for a in agents:
+            a.start()
+        wait_for("both agents heard through their sessions", lambda: all(
+            a.agent._sessions is not None and a.agent._sessions.opened == 1 and a.agent.stats.accepted >= 3
+            for a in agents), 60)
+        wait_for("both nodes committed online", lambda: all(
+            (r := _rows(fleet)[0].get(a.agent.node_id)) is not None and r["status"] == "online" for a in agents), 30)
+        sessions = [a.agent._sessions.session.id for a in agents]
+        leader.kill()
+        new = fleet.wait_leader(timeout=30, other_than=leader)
+        start = wait_for("the new leader's tick", lambda: (h := new.health()) is not None
+                         and h["leader"]["id"] == new.name and h["tick"], 30)
+        counts = [a.agent.stats.accepted for a in agents]
+        wait_for("heartbeats accepted after the failover", lambda: all(
+            a.agent.stats.accepted >= n + 8 for a, n in zip(agents, counts)), 60)
+        wait_for("ticks of the new term", lambda: ((new.health() or {}).get("tick") or 0) >= start + 8, 30)
+        for a, sid in zip(agents, sessions):
+            assert a.agent._sessions.opened == 1 and a.agent._sessions.session.id == sid, \
+                f"{a.agent.node_id} opened a new session"
+        nodes, actions = _rows(fleet)
+        for a in agents:
+            assert nodes[a.agent.node_id]["status"] == "online" and not nodes[a.agent.node_id]["isolated"]
+        assert not [x for x in actions if x["type"] == "isolate"]

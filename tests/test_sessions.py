@@ -367,3 +367,31 @@ def test_the_tick_keeps_running_while_intake_is_flooded(tmp_path):
             for t in threads:
                 t.join(30)
         assert service.tick_error is None
+
+
+def test_a_session_survives_a_server_restart_without_a_new_handshake(tmp_path):
+    """Session tickets: the restarted server (same state directory, so the same
+    orchestrator key) takes the session up from its id; the agent never re-handshakes,
+    and a ticket altered by one character is no session."""
+    config = write_config(tmp_path, interval=0.2, stale=5, offline=10)
+    service = make_service(config, heartbeat_burst=50)
+    with ServerThread(service) as url, httpx.Client(base_url=url, timeout=10) as client:
+        node = enrolled(service, client, "s-restart")
+        agent = SessionClient(url, node.id, node.key)
+        assert agent.heartbeat(b'{"load": 0.3}')[0] == 202
+        session = agent.session
+    again = make_service(config, heartbeat_burst=50)  # a new process as far as sessions go
+    with ServerThread(again) as url2, httpx.Client(base_url=url2, timeout=10) as client:
+        parts = httpx.URL(url2)
+        agent.move_to(parts.scheme, parts.host, parts.port)
+        for _ in range(3):
+            assert agent.heartbeat(b'{"load": 0.4}')[0] == 202
+        assert agent.opened == 1 and agent.session is session, "the agent had to open a new session"
+        assert again.sessions.taken_up == 1
+        wait_for(lambda: (n := again.view.nodes.get("s-restart")) is not None and n.load == 0.4, 10)
+        handle, _, ticket = session.id.partition(".")
+        forged = f"{handle}.{ticket[:-2]}{'A' if ticket[-2] != 'A' else 'B'}{ticket[-1]}"
+        r = session_post(client, forged, 50, b'{"load": 0.9}', session.key)
+        assert r.status_code == 401 and r.json()["code"] == "unknown_session"
+        r = session_post(client, session.id, 1, b'{"load": 0.9}', session.key)  # not above the last seq
+        assert r.status_code == 409 and r.json()["code"] == "replay"

@@ -156,6 +156,13 @@ class HeartbeatForwarder:
                                 "signature": it.signature, "body": it.body.decode("utf-8")})
         self._wake.set()
 
+    def put_sessions(self, items: Sequence[tuple[str, int, str, bytes]]) -> None:
+        """Session heartbeats as ``(session id, seq, mac, body)``: the leader takes the
+        session up from its ticket and checks the MAC itself."""
+        for sid, seq, tag, body in items:
+            self._items.append({"session": sid, "seq": seq, "mac": tag, "body": body.decode("utf-8")})
+        self._wake.set()
+
     def depth(self) -> int:
         return len(self._items)
 
@@ -311,6 +318,9 @@ class Replica:
 
     def forward(self, items: Sequence[SignedItem]) -> None:
         self.forwarder.put(items)
+
+    def forward_sessions(self, items: Sequence[tuple[str, int, str, bytes]]) -> None:
+        self.forwarder.put_sessions(items)
 
     def tick(self) -> TickReport | None:
         """One tick slot: lead (take over first in a new term) or follow."""

@@ -961,9 +961,10 @@ class Agent:
                                     self.scheme, self.host, self.port, exc, wait)
                         if len(self.servers) > 1:  # the next replica; at once while others are untried
                             self._close()
-                            self._sessions = None  # a session belongs to the server it was opened with
                             self._server = (self._server + 1) % len(self.servers)
                             self.scheme, self.host, self.port = self.servers[self._server]
+                            if self._sessions is not None:  # its ticket is good at every replica
+                                self._sessions.move_to(self.scheme, self.host, self.port)
                             if failures <= len(self.servers) - 1:
                                 wait = MIN_INTERVAL / 2
                     else:

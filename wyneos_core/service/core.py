@@ -197,9 +197,12 @@ class Service:
         self.handover = sa.load_handover(self.okey.path, self.okey.key_id)
         # the keys held and retired, signed by the current key (agents drop the others)
         self.keyring_statement = keyring_statement(self.okey)
+        # session tickets sealed under a key derived from the orchestrator key: every replica
+        # holds it, and so does this server after a restart (no new handshake after either)
         self.sessions = SessionTable(self.keys, self.okey.seal, ttl=settings.session_ttl,
                                      rate=settings.heartbeat_rate, burst=settings.heartbeat_burst,
-                                     max_sessions=settings.max_sessions)
+                                     max_sessions=settings.max_sessions,
+                                     secret=self.okey.sign(b"wyneos-session-tickets-v1"))
         self.outbox = AgentOutbox(self._is_agent, sign=self._sign_action, ttl=ACTION_TTL)
         orchestrator.pm.register(self.outbox, AgentOutbox.__wyneos_name__)
         # compliance mesh: each agent's signed neighbour list rides on the answer to its heartbeat

@@ -143,7 +143,11 @@ class HeartbeatAPI:
                 accepted.append((index, hb))
             if accepted:
                 try:
-                    orch.intake.put_many([hb for _, hb in accepted])
+                    if service.ha is not None and not service.ha.leading:  # a follower: on to the leader
+                        raw = {i: (sid, seq, tag, body) for i, sid, seq, tag, body in items}
+                        service.ha.forward_sessions([raw[i] for i, _ in accepted])  # MACs intact (tickets)
+                    else:
+                        orch.intake.put_many([hb for _, hb in accepted])
                 except QueueFull as exc:
                     for index, hb in accepted:
                         results[index] = ItemResult(503, "queue_full", str(exc), hb.node_id)
@@ -280,12 +284,6 @@ class HeartbeatAPI:
         """Answer a POST to ``path`` whose body was read: (status, body, extra headers);
         ``source`` is the client's address."""
         try:
-            if path in (NONCE_PATH, SESSION_PATH) and self.service.ha is not None:
-                # a session's keys live in one server's memory: replicas on etcd take signed
-                # heartbeats (which any replica can check, and forward to the leader)
-                return 501, _encode({"status": 501, "code": "sessions_unavailable",
-                                     "error": "heartbeat sessions are per server; replicas on etcd take signed "
-                                              "heartbeats"}), []
             if path == NONCE_PATH:
                 return (*self.nonce(), [])
             if path == SESSION_PATH:  # Ed25519, X25519, HKDF, a signature: about 0.3 ms, here

@@ -140,6 +140,13 @@ class SessionClient:
                 raise
         raise ConnectionError("unreachable")  # pragma: no cover
 
+    def move_to(self, scheme: str, host: str, port: int | None) -> None:
+        """Talk to another server from now on (a replica of the same cluster: the
+        session's ticket is good there too; a server that does not take it answers
+        ``unknown_session`` and a new session is opened)."""
+        self.close()
+        self.scheme, self.host, self.port = scheme, host, port
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

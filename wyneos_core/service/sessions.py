@@ -45,6 +45,22 @@ and every session heartbeat checks the key's revocation too.
 
 The table is bounded (``max_sessions``): expired sessions are purged when it is full;
 when it is still full a handshake is refused (503 ``sessions_full``).
+
+**Session tickets** (as TLS session tickets): the session id the agent sends is
+``HANDLE.TICKET``, where the ticket is the session's key, node and expiry sealed
+(ChaCha20-Poly1305, the handle as associated data) under a ticket key derived from a
+secret every replica shares (the service derives it from the orchestrator key, which
+lives on each replica's disk). The session key is derived over the handle only, so
+the ticket can carry it. A server that does not hold the session in its table (it
+restarted, or the agent moved to another replica) opens the ticket on first sight and
+takes the session up: no new handshake after a restart or a failover, and a follower
+can forward session heartbeats to the leader as they are (MAC intact), which checks
+them with the same ticket. Server nonces are made under a key derived from the same
+secret, so the two requests of a handshake may reach different replicas. What a
+ticket cannot carry is the last sequence number: a server taking a session up accepts
+any sequence number above 0 once (a heartbeat captured on the wire could be replayed
+once to each server that has not seen its session yet; it only repeats what the node
+said, and the heartbeat's own timestamp must still pass the registry's checks).
 """
 
 from __future__ import annotations
@@ -61,7 +77,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -101,6 +119,7 @@ _HANDSHAKE_PREFIX: Final = "wyneos-session-v1"
 _HB_PREFIX: Final = b"wyneos-hb-v1\n"
 _ANSWER_PREFIX: Final = b"wyneos-hb-answer-v1\n"
 _HKDF_INFO: Final = b"wyneos-session-key-v1"
+_MAX_TICKET_ID: Final = 512  # characters of a ``HANDLE.TICKET`` session id read at most
 
 
 class HandshakeRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -124,7 +143,8 @@ def x25519_public(key: X25519PrivateKey) -> bytes:
 def derive_key(shared: bytes, *, nonce: str, session_id: str, node_id: str, agent_key: str, server_key: str) -> bytes:
     """The 32-byte session key: HKDF-SHA256 of the X25519 shared secret, salted with the
     server nonce and bound to the node, the session and both public keys."""
-    info = b"\n".join((_HKDF_INFO, session_id.encode(), node_id.encode(), agent_key.encode(), server_key.encode()))
+    handle = session_id.split(".", 1)[0]  # ``HANDLE.TICKET``: the ticket carries the key, so only the handle
+    info = b"\n".join((_HKDF_INFO, handle.encode(), node_id.encode(), agent_key.encode(), server_key.encode()))
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=nonce.encode(), info=info).derive(shared)
 
 
@@ -195,11 +215,14 @@ class SessionTable:
     :param rate: heartbeats per second a node may send on average (all its sessions).
     :param burst: heartbeats a node may send at once above that rate.
     :param max_sessions: most sessions held at once.
+    :param secret: what the nonce and ticket keys are derived from (every replica the
+        same, and the same across restarts: sessions survive both); None: a secret of
+        this process only (sessions end with it).
     """
 
     def __init__(self, keys: KeyCache, sign: Callable[[str, dict[str, Any]], dict[str, Any]], *,
                  ttl: float = 3600.0, rate: float = 10.0, burst: int = 20, max_sessions: int = 250_000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, secret: bytes | None = None) -> None:
         if not (ttl > 0 and rate > 0 and burst >= 1 and max_sessions >= 1):
             raise ValueError("ttl and rate must be above 0, burst and max_sessions at least 1")
         self.keys = keys
@@ -213,7 +236,10 @@ class SessionTable:
         self._sessions: dict[str, Session] = {}
         self._by_node: dict[str, list[str]] = {}
         self._used_nonces: dict[str, float] = {}
-        self._secret = os.urandom(32)
+        base = os.urandom(32) if secret is None else secret
+        self._secret = _subkey(base, b"nonce")
+        self._tickets = ChaCha20Poly1305(_subkey(base, b"ticket"))
+        self.taken_up = 0  # sessions taken up from their ticket (opened elsewhere or before a restart)
         self._next_purge = 0.0
         self.handshakes = RateLimiter(HANDSHAKE_RATE, HANDSHAKE_BURST)  # successful ones, per node
         self.failures = RateLimiter(FAILED_RATE, FAILED_BURST, max_keys=65_536)  # failed ones, per address
@@ -286,10 +312,11 @@ class SessionTable:
             raise AuthError(422, "agent_key: not a usable X25519 public key (base64url, 32 bytes)",
                             "invalid") from None
         server_key = b64e(x25519_public(server_private))
-        session_id = secrets.token_urlsafe(18)
+        handle = secrets.token_urlsafe(18)
         expires = now + self.ttl
-        key = derive_key(shared, nonce=request.nonce, session_id=session_id, node_id=node_id,
+        key = derive_key(shared, nonce=request.nonce, session_id=handle, node_id=node_id,
                          agent_key=request.agent_key, server_key=server_key)
+        session_id = self._ticket(handle, node_id, key, expires)
         with self.lock:
             if request.nonce in self._used_nonces:  # a concurrent handshake with the same nonce won
                 raise AuthError(409, "nonce already used; ask for a fresh one", "replay")
@@ -314,6 +341,42 @@ class SessionTable:
                    "expires_at": int(expires), "ttl": int(self.ttl)}
         return self.sign(HANDSHAKE_FORMAT, payload)
 
+    # -- tickets --------------------------------------------------------------------------
+
+    def _ticket(self, handle: str, node_id: str, key: bytes, expires: float) -> str:
+        """The session id ``HANDLE.TICKET`` (see the module docstring)."""
+        nonce = os.urandom(12)
+        sealed = self._tickets.encrypt(nonce, struct.pack(">d", expires) + key + node_id.encode(), handle.encode())
+        return f"{handle}.{b64e(nonce + sealed)}"
+
+    def _take_up(self, session_id: str, now: float) -> Session | None:
+        """The session a ticket carries, put in the table (caller holds ``lock``); None
+        when ``session_id`` is no ticket of this secret."""
+        if type(session_id) is not str or len(session_id) > _MAX_TICKET_ID or "." not in session_id:
+            return None
+        handle, _, text = session_id.partition(".")
+        try:
+            raw = b64d(text)
+            plain = self._tickets.decrypt(raw[:12], raw[12:], handle.encode()) if len(raw) > 28 else b""
+            expires = struct.unpack(">d", plain[:8])[0]
+            key, node_id = plain[8:40], plain[40:].decode()
+        except (ValueError, InvalidTag, struct.error, UnicodeDecodeError):
+            return None
+        if len(key) != 32 or not node_id or self.keys.get(node_id) is None or self.keys.is_revoked(node_id):
+            return None
+        if len(self._sessions) >= self.max_sessions:
+            self._purge(now)
+        ids = self._by_node.setdefault(node_id, [])
+        if len(self._sessions) >= self.max_sessions and not ids:
+            return None
+        bucket = self._sessions[ids[-1]].bucket if ids else Bucket(self.burst, now)
+        while len(ids) >= MAX_PER_NODE:
+            self._sessions.pop(ids.pop(0), None)
+        session = self._sessions[session_id] = Session(session_id, node_id, key, expires, bucket)
+        ids.append(session_id)
+        self.taken_up += 1
+        return session
+
     # -- heartbeats -----------------------------------------------------------------------
 
     def check(self, session_id: str, seq: int, tag: str, body: bytes, now: float,
@@ -327,6 +390,8 @@ class SessionTable:
         :raises AuthError: with the status and code of the refusal.
         """
         session = self._sessions.get(session_id)
+        if session is None:
+            session = self._take_up(session_id, now)  # opened at another replica, or before a restart
         if session is None:
             raise AuthError(401, "unknown session (open one: POST /v1/sessions)", "unknown_session")
         if now >= session.expires:
@@ -405,3 +470,8 @@ class SessionTable:
     def of_node(self, node_id: str) -> list[str]:
         with self.lock:
             return list(self._by_node.get(node_id, ()))
+
+
+def _subkey(secret: bytes, label: bytes) -> bytes:
+    """A 32-byte key for ``label`` derived from ``secret`` (HKDF-SHA256)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"wyneos-sessions-v1-" + label).derive(secret)
