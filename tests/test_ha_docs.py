@@ -54,3 +54,23 @@ def test_the_example_runs_twice_in_the_same_directory(tmp_path, monkeypatch, cap
         exec(code, {"__name__": "docs_ha"})  # noqa: S102 - our own documentation
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert out["killed"] != out["new leader"] and out["to"] > out["ticks on from"]
+
+
+def test_the_tls_config_is_valid_and_its_files_are_checked(tmp_path: Path) -> None:
+    from wyneos_core.config import ConfigError
+    from wyneos_core.ha.replica import client_options
+
+    text = blocks("yaml")[1]
+    assert "https://" in text and "password_file" in text
+    (tmp_path / "cluster.yaml").write_text("cluster: lab\n" + text)
+    config = load_config(tmp_path / "cluster.yaml")
+    with pytest.raises(ConfigError) as refused:  # the files named are not on this machine
+        client_options(config)
+    assert refused.value.field == "state.etcd.ca_file"
+    etcd = config["state"]["etcd"]
+    for name in ("ca_file", "cert_file", "key_file", "password_file"):
+        local = tmp_path / Path(etcd[name]).name
+        local.write_text("s3cret\n" if name == "password_file" else "-")
+        etcd[name] = str(local)
+    options = client_options(config)
+    assert options["tls"] and options["username"] == "wyneos" and options["password"] == "s3cret"

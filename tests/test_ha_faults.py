@@ -205,3 +205,45 @@ def test_agents_keep_their_heartbeat_sessions_across_a_failover(tmp_path: Path) 
         for a in agents:
             assert nodes[a.agent.node_id]["status"] == "online" and not nodes[a.agent.node_id]["isolated"]
         assert not [x for x in actions if x["type"] == "isolate"]
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{" if labels else name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_followers_tell_the_committed_truth(tmp_path: Path) -> None:
+    """Issue 21 item 4: a follower's /metrics and /v1/nodes show the committed cluster
+    state (nodes by status, the last tick, trust tiers, licences as the leader has them),
+    and every replica exports its role and the leader's identity."""
+    with Fleet(tmp_path, replicas=2, agents=2) as fleet:
+        leader = fleet.wait_leader()
+        follower = next(r for r in fleet.replicas if r is not leader)
+        wait_for("both nodes online and trusted at the leader", lambda: all(
+            n["status"] == "online" and n.get("trust_tier") for n in _get(leader.url + "/v1/nodes", 5)[1]["nodes"]),
+            60)
+
+        def same() -> bool:
+            lead = {n["id"]: n for n in _get(leader.url + "/v1/nodes", 5)[1]["nodes"]}
+            follow = {n["id"]: n for n in _get(follower.url + "/v1/nodes", 5)[1]["nodes"]}
+            return lead.keys() == follow.keys() and all(
+                follow[i]["status"] == lead[i]["status"] and follow[i]["trust_tier"] == lead[i]["trust_tier"]
+                and follow[i]["licence"] == lead[i]["licence"] for i in lead)
+
+        wait_for("the follower's nodes as the leader's", same, 30)
+        text = follower.metrics()
+        assert _metric(text, "wyneos_nodes", status="online") == 2, text
+        assert (_metric(text, "wyneos_last_tick") or 0) >= 1
+        assert _metric(text, "wyneos_role", role="follower") == 1 and _metric(text, "wyneos_role", role="leader") == 0
+        assert _metric(text, "wyneos_leader_info", id=leader.name) == 1
+        assert (_metric(text, "wyneos_leader_changes_total") or 0) >= 1
+        tiers = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith("wyneos_nodes_by_trust_tier{")]
+        assert sum(tiers) == 2, f"trust tiers on the follower: {tiers}"
+        lead_text = leader.metrics()
+        assert _metric(lead_text, "wyneos_role", role="leader") == 1
+        assert _metric(lead_text, "wyneos_leader_info", id=leader.name) == 1
