@@ -244,6 +244,11 @@ def test_followers_tell_the_committed_truth(tmp_path: Path) -> None:
         tiers = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                  if line.startswith("wyneos_nodes_by_trust_tier{")]
         assert sum(tiers) == 2, f"trust tiers on the follower: {tiers}"
+        # the follower follows etcd's watch: events flow in, the prefix is not read again
+        watch = (follower.health() or {})["watch"]
+        wait_for("watch events", lambda: (w := (follower.health() or {})["watch"])["synced"]
+                 and w["events"] >= watch["events"] + 10, 30)
+        assert (follower.health() or {})["watch"]["reloads"] <= 2, "the follower re-read the whole prefix"
         lead_text = leader.metrics()
         assert _metric(lead_text, "wyneos_role", role="leader") == 1
         assert _metric(lead_text, "wyneos_leader_info", id=leader.name) == 1

@@ -10,10 +10,16 @@ changed), and a replica taking over puts them back before its first tick.
 
 Keys: ``carry/rules/<ruleset>`` (``{rule id: {node: [state, active tick, active at,
 cleared tick, cleared at]}}``) and ``carry/licence-ledger``.
+
+``carry/view`` is what followers show besides registrations and decisions: the last
+committed tick's licence results per node, rule summary and trust summary (written
+when they change), so a follower's ``/metrics`` and ``/v1/nodes`` tell the committed
+truth (licence, trust) instead of nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -34,6 +40,8 @@ class Carried:
     def __init__(self, orchestrator: Any) -> None:
         self.orchestrator = orchestrator
         self._written: dict[str, str] = {}
+        #: the report of the tick being written (set by the replica's report tap)
+        self.report: Any = None
 
     def collect(self) -> dict[str, Any]:
         """``{name: document}`` of what changed since the last ``collect`` (call it while
@@ -45,6 +53,10 @@ class Carried:
             docs["licence-ledger"] = {"newest_issue": ledger.newest, "revocation_version": ledger.revocation_version,
                                       "revocation_list": ledger.revocation_document,
                                       "revocation_new": ledger.revocation_new}
+        report = self.report
+        if report is not None:
+            docs["view"] = {"licences": {n: dataclasses.asdict(r) for n, r in report.licences.items()},
+                            "rule_summary": report.rule_summary, "trust": report.trust}
         changed = {}
         for name, doc in docs.items():
             text = json.dumps(doc, sort_keys=True, default=str)

@@ -217,6 +217,14 @@ class EtcdClient:
         token = self._token(index, client, renew=True)  # expired (etcd's simple tokens live 5 minutes)
         return client.post(client.get_url(path), json=body, headers={"Authorization": token or ""})
 
+    def stream_target(self, path: str) -> tuple[int, Any, str, dict[str, str]]:
+        """``(endpoint index, HTTP session, URL, headers)`` for a streaming request to
+        ``/v3/<path>`` (a watch) on the endpoint that answered last (this thread's session)."""
+        index = self._first
+        client = self._client(index)
+        token = self._token(index, client)
+        return index, client.session, client.get_url(path), ({"Authorization": token} if token else {})
+
     # -- key-value -----------------------------------------------------------------------
 
     def range(self, key: str | bytes, range_end: str | bytes | None = None, *, limit: int = 0,

@@ -32,9 +32,11 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from wyneos_core import hookimpl
 from wyneos_core.config import Config, ConfigError
 from wyneos_core.ha.carry import Carried
 from wyneos_core.ha.reads import TICKS_KEPT, CommittedReads
+from wyneos_core.ha.watch import MirrorClient, PrefixMirror
 from wyneos_core.ha.election import ElectionConfig, Leadership, LeaderElector
 from wyneos_core.ha.etcd import EtcdError, parse_endpoints, parse_store_url, uses_tls
 from wyneos_core.ha.store import EtcdStateStore
@@ -123,6 +125,43 @@ def _grace(node: Any) -> bool:
     a dead node stays offline and isolated across a failover (heartbeats are not in
     etcd: the committed status is the cluster's last word on it)."""
     return node.last_seen is not None and not node.isolated and node.status in _HEARD
+
+
+class _ReportTap:
+    """Hands the report of the tick being written to ``Carried`` (before the state
+    plugin writes it: ``tryfirst``), so its licence and trust summaries go with it."""
+
+    __wyneos_name__ = "replica-report-tap"
+
+    def __init__(self, carried: Carried) -> None:
+        self.carried = carried
+
+    @hookimpl(tryfirst=True)
+    def wyneos_tick_report(self, ctx: Any, report: TickReport) -> None:
+        self.carried.report = report
+
+
+def _committed_report(tick: int, started_at: float, registry: Any, view: dict[str, Any] | None) -> TickReport:
+    """A follower's report of the committed state: node snapshots, and the licence,
+    rule and trust summaries the leader committed with its last tick (each licence
+    result checked: a bad one is left out)."""
+    from wyneos_core.model import LicenceResult, TickReport
+
+    licences = {}
+    view = view if isinstance(view, dict) else {}
+    for node_id, raw in dict(view.get("licences") or {}).items():
+        try:
+            result = LicenceResult(**{**raw, "features": tuple(raw.get("features") or ())})
+        except (TypeError, ValueError):
+            continue
+        if result.problem() is None and result.node_id == node_id:
+            licences[node_id] = result
+    rules = view.get("rule_summary")
+    trust = view.get("trust")
+    return TickReport(tick=tick, started_at=float(started_at or 0.0), nodes=[n.snapshot() for n in registry],
+                      licences=licences, rule_summary=rules if isinstance(rules, dict) else {},
+                      trust=trust if isinstance(trust, dict) else {},
+                      notes=["committed state as a follower reads it (this replica did not run the tick)"])
 
 
 def _issued(store: EtcdStateStore, rows: list[dict[str, Any]]) -> dict[int, int]:
@@ -231,10 +270,16 @@ class Replica:
         self.fenced_refused = 0
         self.follow_error: str | None = None
         self._won = threading.Event()  # set when a term is won: a waiting follower slot leads at once
+        service.orchestrator.pm.register(_ReportTap(self.carried), _ReportTap.__wyneos_name__)
         #: the last tick etcd holds as committed (what /healthz reports)
         self.committed_tick = 0
         reader = store.reopen()
         self.reads = CommittedReads(lambda: service.read_committed(reader, TICKS_KEPT), service.interval)
+        #: what a follower reads: etcd's state mirrored by one watch (``ha.watch``)
+        self.mirror = PrefixMirror(store.client, store.prefix, retry=config.retry_period)
+        self.mirrored = store.reopen()
+        self.mirrored.client = MirrorClient(store.client, self.mirror)  # type: ignore[assignment]
+        self.mirrored.memo = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -247,12 +292,14 @@ class Replica:
             self.elector.start()
             self.forwarder.start()
             self.reads.start()
+            self.mirror.start()
 
     def interrupt(self) -> None:
         """End a follower slot's wait for leadership now (the service is stopping)."""
         self._won.set()
 
     def stop(self) -> None:
+        self.mirror.stop()
         self.reads.stop()
         self.forwarder.stop()
         if self.elector is not None:
@@ -316,6 +363,16 @@ class Replica:
             return None
         return {"id": leader.identity.get("id"), "url": leader.identity.get("url"), "term": leader.term}
 
+    def watch_info(self) -> dict[str, Any]:
+        """The follower's etcd watch, for /healthz: synced, revision, events, reloads."""
+        m = self.mirror
+        return {"synced": m.synced, "revision": m.revision, "events": m.events, "reloads": m.reloads,
+                "error": m.error}
+
+    def observe_role(self) -> None:
+        """``wyneos_role`` and ``wyneos_leader_info`` as of now."""
+        self.service.metrics.observe_role(self.role, self.leader_info())
+
     def forward(self, items: Sequence[SignedItem]) -> None:
         self.forwarder.put(items)
 
@@ -325,6 +382,7 @@ class Replica:
     def tick(self) -> TickReport | None:
         """One tick slot: lead (take over first in a new term) or follow."""
         term = self.elector.may_decide() if self.elector is not None else None
+        self.observe_role()
         if term is None:
             started = time.monotonic()
             self._won.clear()
@@ -419,20 +477,29 @@ class Replica:
         by /healthz, never raised."""
         service = self.service
         orch = service.orchestrator
-        store = self.store
+        store = self.mirrored  # from the watch's copy: no etcd round trip
         try:
             tick = store.last_tick()
             rows = store.actions("in_force")
             notices = store.notice_rows()
             acked = {(a["action_id"], a["node_id"]) for a in store.action_acks()}
             issued = _issued(store, rows)
+            view = store.committed_view()
+            started_at = store.tick_times([tick]).get(tick, 0.0)
+            trust = {r["node_id"]: r for r in store.trust_rows()}
             service.refresh_keys()
             with service.lock:
                 orch.tick_number = self.committed_tick = tick
                 self._fresh_metadata()
                 store.restore_nodes(orch.registry)
+                for node in orch.registry:
+                    row = trust.get(node.id)
+                    if row is not None:
+                        node.trust, node.trust_tier = row.get("trust"), row.get("tier")
                 service.outbox.replace(rows, acked, issued, notices)
-                service.publish_view()
+                report = _committed_report(tick, started_at, orch.registry, view)
+                service.publish_committed(report, rows)
+            service.metrics.observe_committed(report, rows)
             self.follow_error = None
         except (EtcdError, StoreError) as exc:
             self.follow_error = str(exc)[:300]

@@ -125,6 +125,9 @@ class EtcdStateStore:
         #: values that failed their checks: ``{key: why}`` (the latest ``_PROBLEMS_KEPT``)
         self.problems: dict[str, str] = {}
         self._reported: dict[str, int] = {}
+        #: decoded values by key: ``(mod revision, value)`` (a follower's mirror: each value
+        #: is decoded once per version, not once per read); None: no memo
+        self.memo: dict[str, tuple[int, Any]] | None = None
 
     @classmethod
     def open(cls, endpoints: list[tuple[str, int]], prefix: str, *, timeout: float = 5.0,
@@ -165,6 +168,11 @@ class EtcdStateStore:
     def _decode(self, kv: KV) -> Any:
         """A value read from etcd, checked (``ha.values``): decoded, or ``_BAD`` after
         the problem was reported with its key (once per version of the value)."""
+        memo = self.memo
+        if memo is not None:
+            hit = memo.get(kv.key)
+            if hit is not None and hit[0] == kv.mod_revision:
+                return hit[1]
         name = self._name(kv.key)
         kind = name.split("/", 1)[0]
         try:
@@ -180,6 +188,10 @@ class EtcdStateStore:
                 del self.problems[kv.key]
                 self._reported.pop(kv.key, None)
                 log.warning("etcd key %s: usable again", kv.key)
+            if memo is not None and kv.mod_revision:
+                if len(memo) > 4 * max(1000, len(self._reported)) + 200_000:
+                    memo.clear()
+                memo[kv.key] = (kv.mod_revision, value)
             return value
         if self._reported.get(kv.key) != kv.mod_revision:
             self._reported[kv.key] = kv.mod_revision
@@ -389,6 +401,10 @@ class EtcdStateStore:
             else:
                 log.warning("etcd key %s: not a notice for %s, skipped", kv.key, node)
         return out
+
+    def committed_view(self) -> dict[str, Any] | None:
+        """What followers show besides registrations and decisions (``carry/view``)."""
+        return self._get("carry", "view")
 
     def carried(self) -> dict[str, Any]:
         """``{name: document}`` of the carried-over state (``carry/...`` keys)."""

@@ -117,7 +117,9 @@ class PrefixMirror:
             try:
                 self._load()
                 self._follow()
-            except (EtcdError, OSError, ValueError, requests.RequestException) as exc:
+            except Exception as exc:  # noqa: BLE001 - the watch never dies: it reads again
+                if self._stop.is_set():
+                    return  # stop() closed the stream under it
                 with self._lock:
                     self.synced = False
                     self.error = f"{type(exc).__name__}: {exc}"[:300]

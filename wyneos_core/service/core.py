@@ -385,6 +385,10 @@ class Service:
             return self.ha.tick()
         return self.tick_now()
 
+    def publish_committed(self, report: TickReport, in_force: list[dict[str, Any]]) -> None:
+        """Publish the committed state a follower read (caller holds the lock)."""
+        self._publish(report, in_force)
+
     def publish_view(self) -> None:
         """Publish a fresh ``view`` of the registry (caller holds the lock)."""
         self._publish(None)
@@ -510,7 +514,8 @@ class Service:
         # one a failed or fenced write left in memory
         return {"role": self.ha.role, "deciding": self.ha.leading, "leader": self.ha.leader_info(),
                 "replica": self.ha.id, "backend": "etcd", "etcd_error": self.ha.follow_error,
-                "forward_queue": self.ha.forwarder.depth(), "tick": self.ha.committed_tick}
+                "forward_queue": self.ha.forwarder.depth(), "tick": self.ha.committed_tick,
+                "watch": self.ha.watch_info()}
 
     @property
     def running(self) -> bool:

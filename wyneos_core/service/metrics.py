@@ -104,6 +104,10 @@ class ServiceMetrics:
                                       registry=r)
         self.fenced_writes = Counter("wyneos_fenced_writes_refused",
                                      "Ticks whose decisions etcd refused because another leader took over", registry=r)
+        self.role = Gauge("wyneos_role", "1 for this server's role: leader (deciding) or follower", ["role"],
+                          registry=r)
+        self.leader = Gauge("wyneos_leader_info", "The leader this server knows of (1), by id, url and term",
+                            ["id", "url", "term"], registry=r)
         for status in NodeStatus:
             self.nodes.labels(status.value)
         Info("wyneos_build", "The running WyneOS: version and Python", registry=r).info(
@@ -193,6 +197,35 @@ class ServiceMetrics:
         self.licence_enforced.set(1 if section.get("licence_enforced", True) else 0)
         for kind, count in ((section.get("shadow") or {}).get("totals") or {}).items():
             self.shadow.labels(kind).set(count)
+
+    def observe_committed(self, report: TickReport, in_force: list[dict[str, Any]]) -> None:
+        """The gauges of the committed cluster state, on a replica that does not tick (a
+        follower): nodes, licences, trust tiers and actions in force as the leader
+        committed them; no counter moves (this server ran no tick)."""
+        self.last_tick.set(report.tick)
+        self.last_tick_time.set(report.started_at)
+        counts = report.status_counts()
+        self.isolated.set(counts.pop("isolated", 0))
+        for status, count in counts.items():
+            self.nodes.labels(status).set(count)
+        tally = _Tally(a["type"] for a in in_force)
+        for sample in list(self.in_force.collect()[0].samples):
+            tally.setdefault(sample.labels["type"], 0)
+        for type_, count in tally.items():
+            self.in_force.labels(type_).set(count)
+        self._set_all(self.licences, {(k,): v for k, v in licence_summary(report.licences.values()).items()})
+        failing = {(rule,): counts.get("failed", 0) for rule, counts in report.rule_summary.items()}
+        self._set_all(self.rule_failing, failing)
+        for tier, count in report.trust.get("tiers", {}).items():
+            self.trust_tiers.labels(tier).set(count)
+
+    def observe_role(self, role: str, leader: dict[str, Any] | None) -> None:
+        """``wyneos_role`` and ``wyneos_leader_info`` (every server, every tick slot)."""
+        for name in ("leader", "follower"):
+            self.role.labels(name).set(1 if name == role else 0)
+        self.leader.clear()
+        if leader is not None:
+            self.leader.labels(str(leader.get("id")), str(leader.get("url")), str(leader.get("term"))).set(1)
 
     def _set_all(self, gauge: Gauge, values: dict[tuple[str, ...], int]) -> None:
         """Set ``gauge`` to ``values``; label sets set before that ``values`` lacks go to 0
