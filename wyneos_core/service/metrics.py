@@ -152,26 +152,13 @@ class ServiceMetrics:
         if missed > self._missed:
             self.missed.inc(missed - self._missed)
         self._missed = max(self._missed, missed)
-        self.last_tick.set(report.tick)
-        self.last_tick_time.set(report.started_at)
-        counts = report.status_counts()
-        self.isolated.set(counts.pop("isolated", 0))
-        for status, count in counts.items():
-            self.nodes.labels(status).set(count)
         for action in report.actions:
             self.decided.labels(action.type).inc()
-        tally = _Tally(a["type"] for a in in_force)
-        for sample in list(self.in_force.collect()[0].samples):
-            tally.setdefault(sample.labels["type"], 0)
-        for type_, count in tally.items():
-            self.in_force.labels(type_).set(count)
-        self._set_all(self.licences, {(k,): v for k, v in licence_summary(report.licences.values()).items()})
-        failing = {(rule,): counts.get("failed", 0) for rule, counts in report.rule_summary.items()}
+        failing = self._state(report, in_force)
         firing: dict[tuple[str, ...], int] = {}
         for result in report.results:
             if result.state in (None, "firing"):
                 firing[(result.rule_id,)] = firing.get((result.rule_id,), 0) + 1
-        self._set_all(self.rule_failing, failing)
         self._set_all(self.rule_firing, {**{k: 0 for k in failing}, **firing})
         self._set_all(self.in_force_by_reason, dict(_Tally((a["type"], action_cause(a).label) for a in in_force)))
         for error in report.errors:
@@ -202,6 +189,13 @@ class ServiceMetrics:
         """The gauges of the committed cluster state, on a replica that does not tick (a
         follower): nodes, licences, trust tiers and actions in force as the leader
         committed them; no counter moves (this server ran no tick)."""
+        self._state(report, in_force)
+        for tier, count in report.trust.get("tiers", {}).items():
+            self.trust_tiers.labels(tier).set(count)
+
+    def _state(self, report: TickReport, in_force: list[dict[str, Any]]) -> dict[tuple[str, ...], int]:
+        """The gauges of the cluster state after ``report`` (a tick run here, or the one a
+        follower read); returns the failing count per rule."""
         self.last_tick.set(report.tick)
         self.last_tick_time.set(report.started_at)
         counts = report.status_counts()
@@ -214,10 +208,9 @@ class ServiceMetrics:
         for type_, count in tally.items():
             self.in_force.labels(type_).set(count)
         self._set_all(self.licences, {(k,): v for k, v in licence_summary(report.licences.values()).items()})
-        failing = {(rule,): counts.get("failed", 0) for rule, counts in report.rule_summary.items()}
+        failing = {(rule,): n.get("failed", 0) for rule, n in report.rule_summary.items()}
         self._set_all(self.rule_failing, failing)
-        for tier, count in report.trust.get("tiers", {}).items():
-            self.trust_tiers.labels(tier).set(count)
+        return failing
 
     def observe_role(self, role: str, leader: dict[str, Any] | None) -> None:
         """``wyneos_role`` and ``wyneos_leader_info`` (every server, every tick slot)."""
