@@ -22,7 +22,17 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SEALED", "Sealer", "problem"]
+__all__ = ["BAD", "MAX_TXN_OPS", "SEALED", "Sealer", "encode", "problem"]
+
+#: operations per transaction, below etcd's default ``--max-txn-ops`` of 128 (room for the fence)
+MAX_TXN_OPS = 120
+#: what a checked read gives for a value that failed its checks (reported, skipped)
+BAD = object()
+
+
+def encode(value: Any) -> str:
+    """A value as written to etcd: compact JSON with sorted keys."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 #: kinds whose values carry the orchestrator key's signature (``sig``)
 SEALED = frozenset(("keys", "tokens", "customers"))
