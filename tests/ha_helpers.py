@@ -155,7 +155,7 @@ class Fleet:
 
     def enrol_token(self, uses: int) -> str:
         out = subprocess.run([WYNEOS, "enrol", "token", "-c", str(self.config), "--store", self.etcd.url,
-                              "--uses", str(uses)], capture_output=True, text=True, timeout=30, check=True)
+                              "--uses", str(uses)], capture_output=True, text=True, timeout=120, check=True)
         return out.stdout.strip()
 
     def healths(self) -> dict[str, dict[str, Any]]:
