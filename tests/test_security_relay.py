@@ -68,8 +68,9 @@ def test_a_giant_head_is_cut_and_silent_sockets_are_closed_and_shed():
             r = httpx.post(url + "/v1/heartbeats", json={"heartbeats": [_signed_item(1)]}, timeout=10)
             assert r.status_code == 202 and r.json()["accepted"] == 1
             assert httpx.get(url + "/healthz", timeout=10).status_code == 200
-            # and a silent socket is closed at the head deadline, not held for ever
-            assert _read_all(silent[-1]) == b""
+            # and a silent socket is closed (shed, or at the head deadline), not held for ever:
+            # recv returns b"" (a socket left open would time out, failing the test)
+            assert silent[-1].recv(1) == b""
         finally:
             for s in silent:
                 s.close()
