@@ -17,7 +17,7 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "ha.md"
 
 
 def blocks(kind: str) -> list[str]:
-    return re.findall(rf"```{kind}\n(.*?)```", PAGE.read_text(), re.S)
+    return re.findall(rf"```{kind}(?: [^\n]*)?\n(.*?)```", PAGE.read_text(), re.S)
 
 
 def test_the_replica_config_is_valid_and_names_etcd(tmp_path: Path) -> None:
