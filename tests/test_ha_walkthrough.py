@@ -166,6 +166,10 @@ def test_the_walkthrough_runs_as_written_twice_in_one_directory(tmp_path: Path) 
                            for i in (1, 2)]
                 assert sorted(h["role"] for h in healths) == ["follower", "leader"], healths
                 ticks.append(max(h["tick"] for h in healths))
+                leader = 1 + [h["role"] for h in healths].index("leader")
+                on_leader = node_query.replace("10.0.1.1:", f"10.0.1.{leader}:")
+                decided = wait_json(work, machines.command(on_leader, None), lambda n: n.get("licence") is not None)
+                assert decided["licence"]["reason"] == "no_licence" and decided["isolated"] is False, decided
                 # the read API refuses a request without the token (the reason the token is there)
                 refused = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                                           machines.local("http://10.0.1.1:8420/v1/nodes")],
