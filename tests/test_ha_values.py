@@ -250,3 +250,37 @@ def test_auth_settings_are_checked_naming_the_field(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as refused:
             client_options(load_config(cfg))
         assert refused.value.field == field, (extra, refused.value)
+
+
+def test_after_a_key_rotation_a_new_leader_signs_enrolment_data_again(etcd: LocalEtcdCluster, tmp_path: Path) -> None:
+    """Enrolment data signed by the previous orchestrator key is signed again by the
+    next leader, so retiring the previous key locks no node out."""
+    from service_helpers import Node
+
+    from wyneos_core.service.core import hash_token
+    from wyneos_core.service.identity import SignedItem
+    from wyneos_core.service.orchestrator_key import OrchestratorKey
+
+    prefix = "/rotated/"
+    cfg = _config(tmp_path, etcd, prefix)
+    first = _service(cfg)
+    try:
+        first.db.add_enrol_token(hash_token("wyn_r"), None, 1, time.time() + 600, time.time(), customer="acme")
+        node = Node("kept")
+        assert first.enrol(SignedItem.from_headers(*reversed(node.enrol_request("wyn_r"))))[0] == 201
+        key_path = first.okey.path
+    finally:
+        first.stop()
+    OrchestratorKey.load_or_create(key_path).rotate()
+    second = _service(cfg)
+    try:
+        second.start()
+        wait_for("the new key's leader took over", lambda: second.ha.committed_tick >= 1, 30)
+    finally:
+        second.stop()
+    key_path.with_name(key_path.name + ".previous.pub").unlink()  # the previous key retired
+    third = _service(cfg)
+    try:
+        assert "kept" in third.keys and third.db.node_customers() == {"kept": "acme"}
+    finally:
+        third.stop()

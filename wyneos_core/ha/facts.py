@@ -30,7 +30,9 @@ class NodeFacts:
 
     # provided by EtcdStateStore
     client: Any
+    sealer: Any
     problems: dict[str, str]
+    _name: Any
     _k: Any
     _decode: Any
     _get: Any
@@ -71,6 +73,24 @@ class NodeFacts:
         """The customers enrolment tokens gave to nodes: ``{node_id: customer}``."""
         base = len(self._k("customers")) + 1
         return {unquote(kv.key[base:]): value["customer"] for kv, value in self._rows("customers")}
+
+    def reseal(self) -> int:
+        """Sign again with the current orchestrator key what a previous one signed (keys,
+        tokens, customers), each with compare-and-swap on its revision, so the previous
+        key can be retired without locking nodes out; how many were signed again."""
+        sealer = self.sealer
+        if sealer is None:
+            return 0
+        done = 0
+        for kind in ("keys", "tokens", "customers"):
+            for kv, value in self._rows(kind):
+                name = self._name(kv.key)
+                if sealer.current(name, value):
+                    continue
+                fresh = _j(sealer.seal(name, {k: v for k, v in value.items() if k != "sig"}))
+                ok, _ = self.client.txn([cmp_mod(kv.key, kv.mod_revision)], [put_op(kv.key, fresh)])
+                done += ok
+        return done
 
     def put_node_key(self, node_id: str, public_key: bytes, fingerprint: str, now: float) -> None:
         self.client.put(self._k("keys", node_id),

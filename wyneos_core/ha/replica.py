@@ -444,6 +444,9 @@ class Replica:
         acked = {(a["action_id"], a["node_id"]) for a in store.action_acks()}
         issued = _issued(store, rows)
         carried = store.carried()
+        resealed = store.reseal()  # after a rotation: the previous key can be retired
+        if resealed:
+            log.warning("signed %d enrolment value(s) again with the current orchestrator key", resealed)
         service.refresh_keys()
         orch.start()  # plugins ready (rulesets loaded) before their state is put back
         with service.lock:

@@ -140,6 +140,14 @@ class Sealer:
         sig = self._sign(_message(name, value))
         return {**value, "sig": base64.b64encode(sig).decode()}
 
+    def current(self, name: str, value: dict[str, Any]) -> bool:
+        """Whether ``value`` is signed by the current key (not only a previous one)."""
+        try:
+            self._verifiers[0](base64.b64decode(value["sig"], validate=True), _message(name, value))
+            return True
+        except Exception:  # noqa: BLE001 - no signature, or another key's
+            return False
+
     def check(self, name: str, value: dict[str, Any]) -> str | None:
         sig = value.get("sig")
         if not isinstance(sig, str):
