@@ -152,8 +152,11 @@ def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np
                 kept_t = cols.last_t[a:b][absent] if absent is not None else None
                 slot = fields[F["count"]].astype(np.intp) % HISTORY
                 part = _update(p, fields, x_all[span], now_all[span] - cols.last_t[span])
-                rows = np.arange(b - a) if absent is None else np.flatnonzero(here)
-                cols.history[slot[rows], a + rows] = x_all[a + rows]
+                if absent is None and slot[0] == slot[-1] and (slot == slot[0]).all():
+                    cols.history[slot[0], span] = x_all[span]  # series in step: one row, a slice
+                else:
+                    rows = np.arange(b - a) if absent is None else np.flatnonzero(here)
+                    cols.history[slot[rows], a + rows] = x_all[a + rows]
                 cols.last_t[span] = now_all[span]
                 if absent is not None:
                     fields[:, absent] = kept
