@@ -469,6 +469,9 @@ class TickReport:
         """Nodes per status, plus ``isolated`` (counted once for a list of nodes)."""
         key = (id(self.nodes), len(self.nodes))
         cached = self.counted.get("status")
+        counter = getattr(self.nodes, "status_counts", None)  # nodes copied from the columns count there
+        if counter is not None:
+            return counter()
         if cached is None or cached[0] != key:
             by_status = Counter(map(_STATUS, self.nodes))
             counts = {s.value: by_status.get(s, 0) for s in NodeStatus}
@@ -493,7 +496,9 @@ class TickReport:
         if max_nodes is not None and len(nodes) > max_nodes:
             changed = {t["node_id"] for t in self.transitions if t.get("kind") == "status"}
             online = NodeStatus.ONLINE
-            nodes = [n for n in nodes if n.status is not online or n.isolated or n.id in changed]
+            pick = getattr(nodes, "worth_a_look", None)  # nodes copied from the columns pick there
+            nodes = pick(changed) if pick is not None else \
+                [n for n in nodes if n.status is not online or n.isolated or n.id in changed]
             omitted = len(self.nodes) - len(nodes)
         return {
             "schema": "wyneos.tick-report/1",

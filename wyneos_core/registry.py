@@ -9,9 +9,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
+import numpy as np
+
 from wyneos_core.intake import CheckedHeartbeat
 from wyneos_core.model import ORIGIN, Heartbeat, Node, NodeStatus, Observation
 from wyneos_core.telemetry_inbox import MetricBatch, MetricInbox
+from wyneos_core.nodetable import OFFLINE, ONLINE, STALE, STATUSES, UNKNOWN, NodeList, NodeTable, NodeView
 from wyneos_core.trust.observations import HeartbeatObservations, ObservationLog
 
 __all__ = ["HeartbeatError", "Registry", "RegistryError", "NODE_ID_PATTERN", "RESERVED_METADATA",
@@ -65,13 +68,18 @@ class HeartbeatError(ValueError):
 class Registry:
     """Nodes by id, heartbeat intake with checks, and status derivation.
 
+    The nodes live in a ``NodeTable`` (``table``): typed columns by slot. ``get``,
+    ``registry[id]`` and iteration give ``NodeView`` objects made when asked for;
+    ``nodes()`` gives the ``NodeList`` of the registered nodes (views on demand, and the
+    slots for code that reads the columns).
+
     :param settings: the ``heartbeat`` section of the config (``stale_after``,
         ``offline_after``, ``max_clock_skew``, ``unknown_nodes``,
         ``max_metadata_bytes``, ``max_load``).
     """
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        self._nodes: dict[str, Node] = {}
+        self.table = NodeTable()
         #: nodes registered by their own heartbeat (``unknown_nodes: register``), not yet in the mesh
         self.joined: list[str] = []
         self.stale_after = float(settings["stale_after"])
@@ -117,41 +125,45 @@ class Registry:
             )
         if node_id in RESERVED_NODE_IDS:
             raise RegistryError(f"node id {node_id!r} is reserved (the orchestrator's own place in the mesh)")
-        if node_id in self._nodes:
+        if node_id in self.table.index:
             raise RegistryError(f"node {node_id!r} is already registered")
-        node = Node(
-            id=node_id,
-            metadata=dict(metadata or {}),
-            licence_ref=licence_ref,
-            fingerprint=fingerprint,
-            registered_at=now,
-        )
-        self._nodes[node_id] = node
-        return node
+        slot = self.table.add(node_id, registered_at=now, metadata=metadata, licence_ref=licence_ref,
+                              fingerprint=fingerprint)
+        return self.table.view(slot)
 
     def deregister(self, node_id: str) -> Node:
+        """Remove ``node_id``; return its last fields as a ``Node`` value (its slot is freed)."""
         try:
-            return self._nodes.pop(node_id)
+            return self.table.remove(node_id)
         except KeyError:
             raise RegistryError(f"node {node_id!r} is not registered") from None
 
-    def get(self, node_id: str) -> Node | None:
-        return self._nodes.get(node_id)
+    def get(self, node_id: str) -> NodeView | None:
+        slot = self.table.index.get(node_id) if type(node_id) is str else None
+        return None if slot is None else self.table.view(slot)
 
-    def __getitem__(self, node_id: str) -> Node:
-        return self._nodes[node_id]
+    def __getitem__(self, node_id: str) -> NodeView:
+        return self.table.view(self.table.index[node_id])
 
     def __contains__(self, node_id: object) -> bool:
-        return node_id in self._nodes
+        return type(node_id) is str and node_id in self.table.index
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return len(self.table)
 
     def __iter__(self) -> Iterator[Node]:
-        return iter(self._nodes.values())
+        return iter(NodeList(self.table))
 
-    def nodes(self) -> list[Node]:
-        return list(self._nodes.values())
+    def nodes(self) -> NodeList:
+        """The registered nodes now (a sequence of views; ``.table`` and ``.slots`` for columns)."""
+        return NodeList(self.table)
+
+    def ids_with_status(self, status: NodeStatus) -> list[str]:
+        """The ids of the nodes whose status is ``status`` (read from the columns)."""
+        t = self.table
+        slots = t.slots()
+        ids = t.ids
+        return [ids[s] for s in slots[t.status[slots] == STATUSES.index(status)].tolist()]  # type: ignore[misc]
 
     # -- heartbeats ---------------------------------------------------------------------
 
@@ -159,7 +171,7 @@ class Registry:
         """Raise ``HeartbeatError`` if ``hb`` must not touch the registry. Changes nothing
         (safe to call from a request handler before queueing the heartbeat)."""
         node_id = hb.node_id
-        node = self._nodes.get(node_id) if type(node_id) is str else None
+        node = self.get(node_id) if type(node_id) is str else None
         if node is None:
             if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
                 raise HeartbeatError(str(node_id)[:64], "node_id", "not a valid node id", node_id)
@@ -168,7 +180,7 @@ class Registry:
             if self.unknown_nodes == "reject":
                 raise HeartbeatError(node_id, "node_id", "unknown node (heartbeat.unknown_nodes is 'reject')",
                                      node_id)
-            if len(self._nodes) >= self.max_nodes:
+            if len(self.table) >= self.max_nodes:
                 raise HeartbeatError(node_id, "node_id",
                                      f"registry full: heartbeat.max_nodes ({self.max_nodes}) nodes registered", node_id)
         ts = hb.timestamp
@@ -286,15 +298,15 @@ class Registry:
         :raises HeartbeatError: naming the field at fault; apart from that record, the
             registry is unchanged.
         """
-        node = self._nodes.get(hb.node_id) if checked and type(hb.node_id) is str else None
+        node = self.get(hb.node_id) if checked and type(hb.node_id) is str else None
         if node is None:
             try:
                 self.check(hb, now)
             except HeartbeatError as exc:
                 if exc.field == "timestamp" and exc.reason.startswith("clock rollback"):
-                    self._nodes[hb.node_id].last_rollback = now
+                    self[hb.node_id].last_rollback = now
                 raise
-            node = self._nodes.get(hb.node_id)
+            node = self.get(hb.node_id)
         elif node.last_seen is not None and hb.timestamp < node.last_seen - self.max_clock_skew:
             node.last_rollback = now
             raise HeartbeatError(
@@ -326,32 +338,47 @@ class Registry:
                    trusted: bool = False) -> tuple[int, list[HeartbeatError]]:
         """Apply heartbeats in order; ``trusted``: they come from the builtin intake, so
         those made by it (``CheckedHeartbeat``) were checked on the way in."""
-        accepted = 0
-        rejected: list[HeartbeatError] = []
-        get = self._nodes.get
-        limit = now + self.max_clock_skew
-        skew = self.max_clock_skew
-        max_load = self.max_load
+        batch = heartbeats if isinstance(heartbeats, list) else list(heartbeats)
         plain = (Heartbeat, CheckedHeartbeat)
-        for hb in heartbeats:
-            # the common heartbeat (a known node, a float timestamp and load, nothing else)
-            # is checked and applied inline; any other goes through ``accept``, which
-            # checks everything (the outcome is the same, only cheaper here)
-            node = get(hb.node_id) if type(hb) in plain and type(hb.node_id) is str else None
-            if node is not None and type(ts := hb.timestamp) is float and ts <= limit \
-                    and ((load := hb.load) is None or (type(load) is float and 0 <= load <= max_load)) \
-                    and type(hb.metadata) is dict and not hb.metadata and not hb.observations \
-                    and hb.fingerprint is None and hb.licence_ref is None and hb.metrics is None:
-                last = node.last_seen
-                if last is None or ts > last:
-                    node.last_seen = ts
-                    if load is not None:
-                        node.load = load
-                    accepted += 1
-                    continue
-                if ts >= last - skew:  # late duplicate or reordered delivery: nothing newer to learn
-                    accepted += 1
-                    continue
+        # the common heartbeat (a float timestamp and load, nothing else) of a known node
+        # seen once in the batch is checked and applied over the columns at once; every
+        # other goes through ``accept`` in order, which checks everything (same outcome)
+        common = [type(h) in plain and type(h.node_id) is str and type(h.timestamp) is float
+                  and ((v := h.load) is None or type(v) is float) and type(h.metadata) is dict and not h.metadata
+                  and not h.observations and h.fingerprint is None and h.licence_ref is None and h.metrics is None
+                  for h in batch]
+        t = self.table
+        get = t.index.get
+        picked = [i for i, ok in enumerate(common) if ok]
+        slots_list = [get(batch[i].node_id) for i in picked]
+        known = [k for k, slot in enumerate(slots_list) if slot is not None]
+        picked = [picked[k] for k in known]
+        slots = np.fromiter((slots_list[k] for k in known), np.int64, len(known))
+        ts = np.fromiter((batch[i].timestamp for i in picked), np.float64, len(picked))
+        load = np.fromiter((_NAN if (v := batch[i].load) is None else v for i in picked), np.float64, len(picked))
+        last = t.last_seen[slots]
+        with np.errstate(invalid="ignore"):
+            fine = (ts <= now + self.max_clock_skew) & ~(ts < last - self.max_clock_skew) \
+                & (np.isnan(load) | ((load >= 0) & (load <= self.max_load)))
+        fine &= _once(slots)
+        # a node seen twice, or also in a heartbeat of another shape, goes the ordered way
+        rest = set(range(len(batch))).difference(np.asarray(picked, dtype=np.int64)[fine].tolist())
+        if rest:
+            others = {t.index.get(batch[i].node_id) for i in rest if type(batch[i].node_id) is str}
+            others.discard(None)
+            if others:
+                shared = np.isin(slots, np.fromiter(others, np.int64, len(others)))
+                fine &= ~shared
+                rest.update(np.asarray(picked, dtype=np.int64)[shared].tolist())
+        slots, ts, load, last = slots[fine], ts[fine], load[fine], last[fine]
+        newer = np.isnan(last) | (ts > last)  # an older one (within the skew) has nothing newer to say
+        t.last_seen[slots[newer]] = ts[newer]
+        with_load = newer & ~np.isnan(load)
+        t.load[slots[with_load]] = load[with_load]
+        accepted = int(fine.sum())
+        rejected: list[HeartbeatError] = []
+        for i in sorted(rest):
+            hb = batch[i]
             try:
                 self.accept(hb, now, checked=trusted and type(hb) is CheckedHeartbeat)
             except HeartbeatError as exc:
@@ -374,24 +401,30 @@ class Registry:
         return NodeStatus.OFFLINE
 
     def refresh(self, now: float) -> dict[str, tuple[NodeStatus, NodeStatus]]:
-        """Derive every node's status at ``now``; return the changes ``{id: (old, new)}``."""
-        stale_cut = now - self.stale_after
-        offline_cut = now - self.offline_after
-        online, stale, offline, unknown = (
-            NodeStatus.ONLINE, NodeStatus.STALE, NodeStatus.OFFLINE, NodeStatus.UNKNOWN,
-        )
-        changes: dict[str, tuple[NodeStatus, NodeStatus]] = {}
-        for node in self._nodes.values():
-            seen = node.last_seen
-            if seen is None:
-                new = unknown if node.registered_at >= offline_cut else offline
-            elif seen >= stale_cut:
-                new = online
-            elif seen >= offline_cut:
-                new = stale
-            else:
-                new = offline
-            if new is not node.status:
-                changes[node.id] = (node.status, new)
-                node.status = new
-        return changes
+        """Derive every node's status at ``now`` over the columns; return the changes
+        ``{id: (old, new)}``."""
+        t = self.table
+        slots = t.slots()
+        seen = t.last_seen[slots]
+        never = np.isnan(seen)
+        with np.errstate(invalid="ignore"):
+            new = np.where(seen >= now - self.stale_after, ONLINE,
+                           np.where(seen >= now - self.offline_after, STALE, OFFLINE)).astype(np.int8)
+        new[never] = np.where(t.registered_at[slots][never] >= now - self.offline_after, UNKNOWN, OFFLINE)
+        old = t.status[slots]
+        moved = np.flatnonzero(new != old)
+        t.status[slots] = new
+        ids = t.ids
+        return {ids[s]: (STATUSES[o], STATUSES[n])  # type: ignore[misc]
+                for s, o, n in zip(slots[moved].tolist(), old[moved].tolist(), new[moved].tolist())}
+
+
+_NAN = float("nan")
+
+
+def _once(slots: np.ndarray) -> np.ndarray:
+    """True where a slot appears only once in ``slots``."""
+    if not len(slots):
+        return np.ones(0, bool)
+    counts = np.bincount(slots)
+    return counts[slots] == 1

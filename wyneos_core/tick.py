@@ -61,7 +61,7 @@ class TickContext:
         tree = self.scratch.get("routing_tree")
         if tree is None or refresh:
             offline = NodeStatus.OFFLINE
-            avoid = {n.id: "offline" for n in self.registry if n.status is offline}
+            avoid = dict.fromkeys(self.registry.ids_with_status(offline), "offline")
             tree = self.scratch["routing_tree"] = self.mesh.routing_tree(avoid)
         return tree
 
@@ -361,7 +361,7 @@ class Orchestrator:
         )
         timings["propagate"] = _ms(t0)
 
-        report.nodes = [n.snapshot() for n in nodes]
+        report.nodes = self.registry.table.freeze()  # type: ignore[assignment]  # the columns copied
         report.duration_ms = _ms(started)
         # 8 report
         t0 = time.perf_counter()

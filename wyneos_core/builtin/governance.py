@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from wyneos_core import hookimpl
 from wyneos_core.model import LicenceResult, Node, NodeStatus, RuleResult, RuleResults, Severity
+from wyneos_core.nodetable import ONLINE
 from wyneos_core.pyrules import Rule
 
 if TYPE_CHECKING:
@@ -39,9 +42,16 @@ def wyneos_governance(ctx: TickContext, nodes: Sequence[Node], licences: Mapping
     pass are counted (``RuleResults``). Same outcomes as ``evaluate(rules(...), nodes)``."""
     threshold = ctx.config["healing"]["overload_threshold"]
     fresh, load = rules(threshold)
-    online = _ONLINE
-    stale = [n.id for n in nodes if n.status is not online]
-    hot = [n.id for n in nodes if (v := n.load) is not None and not v < threshold]
+    table = getattr(nodes, "table", None)
+    if table is not None:  # the columns
+        slots, ids = nodes.slots, table.ids  # type: ignore[attr-defined]
+        stale = [ids[s] for s in slots[table.status[slots] != ONLINE].tolist()]
+        with np.errstate(invalid="ignore"):
+            hot = [ids[s] for s in slots[table.load[slots] >= threshold].tolist()]  # NaN (no load) passes
+    else:
+        online = _ONLINE
+        stale = [n.id for n in nodes if n.status is not online]
+        hot = [n.id for n in nodes if (v := n.load) is not None and not v < threshold]
     out = RuleResults(passed_counts={fresh.id: len(nodes) - len(stale), load.id: len(nodes) - len(hot)})
     for rule, failed in ((fresh, stale), (load, hot)):
         message = rule.message or rule.description

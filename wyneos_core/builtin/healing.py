@@ -17,8 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from wyneos_core import hookimpl
 from wyneos_core.model import Action, ActionType, Node, NodeStatus, Severity
+from wyneos_core.nodetable import OFFLINE
 
 if TYPE_CHECKING:
     from wyneos_core.tick import Orchestrator, TickContext
@@ -42,11 +45,38 @@ def wyneos_healing(ctx: TickContext, nodes: Sequence[Node]) -> list[Action]:
     need = settings["overload_ticks"]
     isolate_offline = settings["isolate_offline"]
     runs = overloaded_since(ctx.orchestrator)
-    offline = NodeStatus.OFFLINE
     tick = ctx.tick
     actions = []
+    table = getattr(nodes, "table", None)
+    if table is not None:  # the columns: only offline and overloaded nodes are looked at
+        slots = nodes.slots  # type: ignore[attr-defined]
+        status = table.status[slots]
+        load = table.load[slots]
+        offline = status == OFFLINE
+        with np.errstate(invalid="ignore"):
+            hot = ~offline & (load > threshold) & ~table.isolated[slots]
+        ids = table.ids
+        hot_ids = {ids[s] for s in slots[hot].tolist()}
+        for node_id in [k for k in runs if k not in hot_ids]:  # a run ends when the node cools or goes offline
+            del runs[node_id]
+        for position in np.flatnonzero(offline | hot).tolist():
+            node_id = ids[slots[position]]
+            if offline[position]:
+                if isolate_offline:
+                    actions.append(Action(ActionType.ISOLATE, node_id, "offline: no heartbeat within the grace "
+                                          "period", "healing", Severity.CRITICAL))
+                continue
+            first = runs.setdefault(node_id, tick)
+            if tick - first + 1 >= need:
+                actions.append(Action(
+                    ActionType.REDUCE_LOAD, node_id,
+                    f"overloaded: load {float(load[position]):g} > {threshold:g} for {tick - first + 1} tick(s)",
+                    "healing", Severity.WARNING, {"target_load": target_load},
+                ))
+        return actions
+    offline_status = NodeStatus.OFFLINE
     for node in nodes:
-        if node.status is offline:
+        if node.status is offline_status:
             runs.pop(node.id, None)
             if isolate_offline:
                 actions.append(Action(ActionType.ISOLATE, node.id, "offline: no heartbeat within the grace period",

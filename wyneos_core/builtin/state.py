@@ -63,7 +63,9 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
     changed = {t["node_id"] for t in report.transitions if t.get("kind") == "status"}
     changed.update(a.target for a in report.actions)
     first = ctx.tick == 1 or not getattr(ctx.orchestrator, "_state_primed", False)
-    nodes = report.nodes if first else [n for n in report.nodes if n.id in changed]
+    with_ids = getattr(report.nodes, "with_ids", None)  # nodes copied from the columns pick there
+    nodes = report.nodes if first else (with_ids(changed) if with_ids is not None
+                                        else [n for n in report.nodes if n.id in changed])
     ctx.orchestrator._state_primed = True  # type: ignore[attr-defined]
     summary = {
         "tick": report.tick,

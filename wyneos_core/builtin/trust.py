@@ -30,6 +30,7 @@ import numpy as np
 from wyneos_core import hookimpl
 from wyneos_core.config import Config
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, NodeStatus, RuleResult, Severity
+from wyneos_core.nodetable import STATUSES
 from wyneos_core.rules.interp import EvalEnv, cluster_summary
 from wyneos_core.trust.admission import AdmissionRules, load_admission
 from wyneos_core.trust.engine import STATUS_CODES, Evidence, TrustEngine
@@ -53,6 +54,8 @@ REPORT_LIMIT = 1000
 #: finds every row at most that many ticks old (``TrustEngine.rows_to_persist``)
 PERSIST_ROWS = 12_500
 _STATUS_BY_IDENTITY = {id(s): STATUS_CODES[s.value] for s in NodeStatus}
+#: the node table's status codes (``nodetable.STATUSES``) to the trust engine's
+_TABLE_TO_TRUST = np.array([STATUS_CODES[s.value] for s in STATUSES], dtype=np.int8)
 _ID = operator.attrgetter("id")
 _STATUS_OF = operator.attrgetter("status")
 _FINGERPRINT = operator.attrgetter("fingerprint")
@@ -142,9 +145,18 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
            results: Sequence[RuleResult]) -> Evidence:
     """This tick's evidence for the trust engine (one pass of C-level maps per field:
     at 100,000 nodes every Python-level step per node costs milliseconds)."""
-    ids = list(map(_ID, nodes))
-    codes = _STATUS_BY_IDENTITY
-    status = np.fromiter(map(codes.__getitem__, map(id, map(_STATUS_OF, nodes))), dtype=np.int8, count=len(nodes))
+    table = getattr(nodes, "table", None)
+    if table is not None:  # the columns
+        slots = nodes.slots  # type: ignore[attr-defined]
+        ids = nodes.ids()  # type: ignore[attr-defined]
+        status = _TABLE_TO_TRUST[table.status[slots]]
+        fingerprints = [table.fingerprint[s] for s in slots.tolist()]
+    else:
+        ids = list(map(_ID, nodes))
+        codes = _STATUS_BY_IDENTITY
+        status = np.fromiter(map(codes.__getitem__, map(id, map(_STATUS_OF, nodes))), dtype=np.int8,
+                             count=len(nodes))
+        fingerprints = list(map(_FINGERPRINT, nodes))
     found = list(map(licences.get, ids, repeat(_NO_RESULT)))
     count = len(found)
     valid = np.fromiter(map(_VALID, found), dtype=bool, count=count)
@@ -157,7 +169,12 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
         if isinstance(node_id, str):
             refusals[node_id] += 1
     since = state.last_now
-    if since is not None:
+    if since is not None and table is not None:
+        with np.errstate(invalid="ignore"):
+            rolled = np.flatnonzero(table.last_rollback[slots] > since)
+        for position in rolled.tolist():
+            refusals[ids[position]] += 1
+    elif since is not None:
         for n in nodes:
             if n.last_rollback is not None and n.last_rollback > since:
                 refusals[n.id] += 1
@@ -172,7 +189,7 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
         declared = state.declared = frozenset(spec["id"] for spec in ctx.config["nodes"])
     return Evidence(
         tick=ctx.tick, node_ids=ids, status=status,
-        licence=lic_codes, fingerprints=list(map(_FINGERPRINT, nodes)),
+        licence=lic_codes, fingerprints=fingerprints,
         failed=failed, governed=bool(results), refusals=refusals, acks=acks,
         observations=observations_of(ctx), declared=declared,
     )
@@ -217,7 +234,7 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
                  "residual": float(scores.eigen.residual), "observations": scores.observations_used,
                  "observations_dropped": scores.observations_dropped},
     })
-    return TrustScores(nodes, scores.combined.tolist(), engine.tier_names(scores.slots))
+    return TrustScores(nodes, scores.combined, engine.tier_names(scores.slots))
 
 
 def _witness_weights(ctx: TickContext, state: TrustState, node_ids: Sequence[str], slots: np.ndarray) -> None:

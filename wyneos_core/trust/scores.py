@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 __all__ = ["TrustScores"]
 
 
@@ -29,7 +31,7 @@ class TrustScores(Mapping[str, tuple[float, str]]):
 
     def _map(self) -> dict[str, tuple[float, str]]:
         if self._by_id is None:
-            self._by_id = {n.id: (s, t) for n, s, t in zip(self.nodes, self.scores, self.tiers)}
+            self._by_id = {n.id: (s, t) for n, s, t in zip(self.nodes, _floats(self.scores), self.tiers)}
         return self._by_id
 
     def __getitem__(self, node_id: str) -> tuple[float, str]:
@@ -46,7 +48,19 @@ class TrustScores(Mapping[str, tuple[float, str]]):
         object); False (nothing written) otherwise."""
         if nodes is not self.nodes:
             return False
-        for node, score, tier in zip(nodes, self.scores, self.tiers):
+        table = getattr(nodes, "table", None)
+        if table is not None:  # the columns, in one pass
+            slots = nodes.slots  # type: ignore[attr-defined]
+            table.trust[slots] = np.asarray(self.scores, dtype=np.float64)
+            codes = {name: table.tier_code(name) for name in set(self.tiers)}
+            table.tier[slots] = np.fromiter(map(codes.__getitem__, self.tiers), np.int8, len(slots))
+            return True
+        for node, score, tier in zip(nodes, _floats(self.scores), self.tiers):
             node.trust = score
             node.trust_tier = tier
         return True
+
+
+def _floats(scores: Any) -> Sequence[float]:
+    """Scores as Python floats (an array's ``tolist``)."""
+    return scores.tolist() if hasattr(scores, "tolist") else scores
