@@ -158,6 +158,17 @@ class Registry:
         """The registered nodes now (a sequence of views; ``.table`` and ``.slots`` for columns)."""
         return NodeList(self.table)
 
+    def ids(self) -> list[str]:
+        """Every registered id, in slot order."""
+        return NodeList(self.table).ids()
+
+    def isolated_ids(self) -> list[str]:
+        """The ids of the isolated nodes (read from the column)."""
+        t = self.table
+        slots = t.slots()
+        ids = t.ids
+        return [ids[s] for s in slots[t.isolated[slots]].tolist()]  # type: ignore[misc]
+
     def ids_with_status(self, status: NodeStatus) -> list[str]:
         """The ids of the nodes whose status is ``status`` (read from the columns)."""
         t = self.table

@@ -67,6 +67,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from wyneos_core import consensus as _consensus
 from wyneos_core.enforcement.gate import gate_of as _gate_of
 from wyneos_core.enforcement.journal import journal_of as _journal_of
@@ -74,6 +76,7 @@ from wyneos_core.enforcement.overrides import OPERATOR
 from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem
 from wyneos_core.mesh import ArrayParents
+from wyneos_core.nodetable import STATUS_CODE
 from wyneos_core.model import ORIGIN, Action, ActionType, NodeStatus, PluginError, Severity
 from wyneos_core.wording import plural
 
@@ -93,6 +96,7 @@ __all__ = [
 
 ISOLATING = frozenset({ActionType.ISOLATE.value})
 _UNHEALTHY = (NodeStatus.OFFLINE, NodeStatus.STALE)
+_UNHEALTHY_CODES = [STATUS_CODE[s] for s in _UNHEALTHY]
 #: action types whose target must be a registered node (their effect changes that node)
 _NODE_TARGETED = frozenset({
     ActionType.ISOLATE.value, ActionType.REINSTATE.value, ActionType.REDUCE_LOAD.value,
@@ -184,9 +188,9 @@ def _restore(state: DecideState, orchestrator: Orchestrator) -> None:
             state.isolations.setdefault(row["target"], []).append(ev["tick"])
     isolated_by_action = {h.action.target for h in state.in_force.values() if h.action.type in ISOLATING}
     probation = orchestrator.config["decide"]["probation_ticks"]
-    for node in orchestrator.registry:
-        if node.isolated and node.id not in isolated_by_action:
-            state.probation[node.id] = Probation(tick, probation)
+    for node_id in orchestrator.registry.isolated_ids():
+        if node_id not in isolated_by_action:
+            state.probation[node_id] = Probation(tick, probation)
 
 
 def _restore_deliveries(state: DecideState, store: Any) -> None:
@@ -359,20 +363,22 @@ def _safety(ctx: TickContext, state: DecideState, settings: dict[str, Any], part
     """Why automatic isolation must stop this tick (empty: it need not), and the
     unhealthy fraction."""
     tick = ctx.tick
-    nodes = ctx.registry
-    total = len(nodes)
+    total = len(ctx.registry)
     since = state.unhealthy_since
-    unhealthy = 0
-    for n in nodes:
-        if n.status in _UNHEALTHY:
-            unhealthy += 1
-            if n.id not in since:
-                since[n.id] = tick
-        else:
-            if n.id in since:
-                del since[n.id]
-            if n.id in partitioned and n.id not in stranded:
-                unhealthy += 1
+    table = ctx.registry.table  # stale or offline, from the status column, in slot order
+    slots = table.slots()
+    status = table.status[slots]
+    ids = table.ids
+    sick_ids = [ids[s] for s in slots[np.isin(status, _UNHEALTHY_CODES)].tolist()]
+    sick = set(sick_ids)
+    unhealthy = len(sick)
+    for node_id in [k for k in since if k not in sick]:
+        del since[node_id]
+    for node_id in sick_ids:
+        if node_id not in since:
+            since[node_id] = tick
+    unhealthy += sum(1 for node_id in partitioned if node_id not in sick and node_id not in stranded
+                     and node_id in ctx.registry)
     cut = len(partitioned) - len(stranded & partitioned)
     reasons: list[str] = []
     if not total:

@@ -72,9 +72,9 @@ RELAY_PLUGIN = "relay-desk"
 @hookimpl
 def wyneos_startup(orchestrator: Orchestrator) -> None:
     """Re-cut the mesh edges of nodes that were isolated when the orchestrator last stopped."""
-    for node in orchestrator.registry:
-        if node.isolated and node.id in orchestrator.mesh:
-            orchestrator.mesh.isolate(node.id)
+    for node_id in orchestrator.registry.isolated_ids():
+        if node_id in orchestrator.mesh:
+            orchestrator.mesh.isolate(node_id)
 
 
 # -- routing -------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def wyneos_startup(orchestrator: Orchestrator) -> None:
 def targets_of(action: Action, mesh: Mesh, ctx: TickContext) -> list[str]:
     """The nodes that must know ``action``, the target first."""
     if action.target == "*" or action.type == ActionType.REVOKE.value:
-        return [n.id for n in ctx.registry]
+        return ctx.registry.ids()
     if action.type in _WITH_NEIGHBOURS and action.target in mesh:
         return [action.target, *sorted(n for n in mesh.neighbours(action.target) if n != ORIGIN)]
     if action.type in LOAD_ACTIONS:
@@ -446,14 +446,17 @@ def sync_restrictions(ctx: TickContext, state: DecideState) -> None:
     Metadata dicts are replaced, never mutated (earlier tick reports share them).
     """
     wanted = restrictions_of(state)
-    for node in ctx.registry:
-        entry = wanted.get(node.id)
+    table = ctx.registry.table  # the metadata column: one list, no view per node
+    metadata, ids = table.metadata, table.ids
+    for slot in table.slots().tolist():
+        md = metadata[slot]
+        entry = wanted.get(ids[slot]) if wanted else None
         if entry is not None:
-            if node.metadata.get("restrictions") != entry:
-                node.metadata = {**node.metadata, "restrictions": entry}
-        elif "restrictions" in node.metadata:
+            if md.get("restrictions") != entry:
+                metadata[slot] = {**md, "restrictions": entry}
+        elif "restrictions" in md:
             # lifted, or claimed by a heartbeat: only the orchestrator sets restrictions
-            node.metadata = {k: v for k, v in node.metadata.items() if k != "restrictions"}
+            metadata[slot] = {k: v for k, v in md.items() if k != "restrictions"}
     state.restricted = set(wanted)
 
 

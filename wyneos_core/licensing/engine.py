@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from heapq import heappop, heappush
 from typing import Any
 
@@ -248,20 +248,17 @@ class LicenceEngine:
         cache_get = cache.get
         # the hot loop of a warm tick: no allocation per node unless something changed; an
         # entry in the cache is fresh (expired ones were moved out) and of this epoch
-        for node in nodes:
-            e = cache_get(node.id)
-            if e is not None and e[0] == node.licence_ref and e[1] == node.fingerprint and \
-                    e[2] == node.last_rollback:
-                md = node.metadata
+        for position, (node_id, ref, fp, rollback, md) in enumerate(_fields(nodes)):
+            e = cache_get(node_id)
+            if e is not None and e[0] == ref and e[1] == fp and e[2] == rollback:
                 if (md.get("features") == e[3] and md.get("customer") == e[4] and md.get("integrity") == e[5]) \
                         if md else (e[3] is None and e[4] is None and e[5] is None):
                     if e[8] is not None:  # _SEAT
                         seat_at(len(out))
                     append(e[7])  # _RESULT
                     continue
-            md = node.metadata
-            miss((len(out), node, (node.licence_ref, node.fingerprint, node.last_rollback, md.get("features"),
-                                   md.get("customer"), md.get("integrity")), e if e is not None else stale.get(node.id)))
+            miss((len(out), nodes[position], (ref, fp, rollback, md.get("features"), md.get("customer"),
+                                               md.get("integrity")), e if e is not None else stale.get(node_id)))
             append(None)
         self.stats["cached"] = len(nodes) - len(misses)
         if misses:
@@ -311,7 +308,7 @@ class LicenceEngine:
 
     def _forget_departed(self, nodes: Sequence[Node]) -> None:
         """Drop what is kept of nodes that are no longer in the cluster."""
-        live = {n.id for n in nodes}
+        live = set(nodes.ids()) if hasattr(nodes, "ids") else {n.id for n in nodes}
         for table in (self._cache, self._last_good, self._granted_to):
             for node_id in [k for k in table if k not in live]:
                 del table[node_id]
@@ -651,3 +648,18 @@ def _lookup_each(source: Any, nodes: list[Node], now: float, failures: dict[str,
         except SourceUnavailable as exc:
             failures[node.id] = str(exc)
     return answers
+
+
+def _fields(nodes: Sequence[Node]) -> Iterable[tuple[str, str | None, str | None, float | None, Any]]:
+    """Each node's id, licence reference, fingerprint, last rollback and metadata: read
+    from the node table's columns when ``nodes`` come from it, else from the nodes."""
+    table = getattr(nodes, "table", None)
+    if table is None:
+        return ((n.id, n.licence_ref, n.fingerprint, n.last_rollback, n.metadata) for n in nodes)
+    slots = nodes.slots.tolist()  # type: ignore[attr-defined]
+    rollbacks = table.last_rollback[nodes.slots]  # type: ignore[attr-defined]
+    rolled = [None if r != r else r for r in rollbacks.tolist()] if (rollbacks == rollbacks).any() \
+        else [None] * len(slots)
+    ids, refs, fps, mds = table.ids, table.licence_ref, table.fingerprint, table.metadata
+    return zip([ids[s] for s in slots], [refs[s] for s in slots], [fps[s] for s in slots], rolled,
+               [mds[s] for s in slots])
