@@ -153,3 +153,34 @@ def test_a_batch_is_applied_exactly_as_one_heartbeat_at_a_time():
     assert accepted == count and [e.to_dict() for e in rejected] == one_by_one
     assert [n.to_dict() | {"rollback": n.last_rollback} for n in together] == \
         [n.to_dict() | {"rollback": n.last_rollback} for n in alone]
+
+
+def test_a_batch_of_the_common_shape_is_applied_as_one_at_a_time():
+    """The whole-batch path (every heartbeat of the common shape), duplicates, reordering,
+    rollbacks, future stamps and loads out of range included."""
+    import random
+
+    rng = random.Random(11)
+    ids = ["a", "b", "c", "d", "zzz"]
+
+    def fresh() -> Registry:
+        r = registry()
+        for node_id in ("b", "c", "d"):
+            r.register(node_id, now=NOW)
+        r.accept(Heartbeat("d", NOW - 2.0, 0.5), NOW)
+        return r
+
+    batch = [Heartbeat(rng.choice(ids), NOW + rng.uniform(-60.0, 40.0), rng.choice([None, 0.1, 0.7, 99.0, -0.5]))
+             for _ in range(400)]
+    together, alone = fresh(), fresh()
+    accepted, rejected = together.accept_all(batch, NOW)
+    errors, count = [], 0
+    for hb in batch:
+        try:
+            alone.accept(hb, NOW)
+            count += 1
+        except HeartbeatError as exc:
+            errors.append(exc.to_dict())
+    assert accepted == count and sorted(map(str, (e.to_dict() for e in rejected))) == sorted(map(str, errors))
+    assert [n.to_dict() | {"rollback": n.last_rollback} for n in together] == \
+        [n.to_dict() | {"rollback": n.last_rollback} for n in alone]

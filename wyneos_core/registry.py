@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
@@ -354,19 +355,34 @@ class Registry:
         # the common heartbeat (a float timestamp and load, nothing else) of a known node
         # seen once in the batch is checked and applied over the columns at once; every
         # other goes through ``accept`` in order, which checks everything (same outcome)
-        common = [type(h) in plain and type(h.node_id) is str and type(h.timestamp) is float
-                  and ((v := h.load) is None or type(v) is float) and type(h.metadata) is dict and not h.metadata
-                  and not h.observations and h.fingerprint is None and h.licence_ref is None and h.metrics is None
-                  for h in batch]
         t = self.table
         get = t.index.get
-        picked = [i for i, ok in enumerate(common) if ok]
-        slots_list = [get(batch[i].node_id) for i in picked]
-        known = [k for k, slot in enumerate(slots_list) if slot is not None]
-        picked = [picked[k] for k in known]
-        slots = np.fromiter((slots_list[k] for k in known), np.int64, len(known))
-        ts = np.fromiter((batch[i].timestamp for i in picked), np.float64, len(picked))
-        load = np.fromiter((_NAN if (v := batch[i].load) is None else v for i in picked), np.float64, len(picked))
+        if _all_common(batch):  # the usual batch: every field read column-wise, in C
+            slots_list = list(map(get, map(_NODE_ID, batch)))
+            picked = [i for i, slot in enumerate(slots_list) if slot is not None]
+            if len(picked) < len(batch):
+                slots_list = [slots_list[i] for i in picked]
+                common_batch = [batch[i] for i in picked]
+            else:
+                common_batch = batch
+            slots = np.fromiter(slots_list, np.int64, len(picked))
+            ts = np.fromiter(map(_TIMESTAMP, common_batch), np.float64, len(picked))
+            loads = list(map(_LOAD, common_batch))
+            load = np.array(loads, dtype=np.float64) if None not in loads else \
+                np.array([_NAN if v is None else v for v in loads], dtype=np.float64)
+        else:
+            common = [type(h) in plain and type(h.node_id) is str and type(h.timestamp) is float
+                      and ((v := h.load) is None or type(v) is float) and type(h.metadata) is dict
+                      and not h.metadata and not h.observations and h.fingerprint is None and h.licence_ref is None
+                      and h.metrics is None for h in batch]
+            picked = [i for i, ok in enumerate(common) if ok]
+            slots_list = [get(batch[i].node_id) for i in picked]
+            known = [k for k, slot in enumerate(slots_list) if slot is not None]
+            picked = [picked[k] for k in known]
+            slots = np.fromiter((slots_list[k] for k in known), np.int64, len(known))
+            ts = np.fromiter((batch[i].timestamp for i in picked), np.float64, len(picked))
+            load = np.fromiter((_NAN if (v := batch[i].load) is None else v for i in picked), np.float64,
+                               len(picked))
         last = t.last_seen[slots]
         with np.errstate(invalid="ignore"):
             fine = (ts <= now + self.max_clock_skew) & ~(ts < last - self.max_clock_skew) \
@@ -431,6 +447,28 @@ class Registry:
 
 
 _NAN = float("nan")
+_NODE_ID = operator.attrgetter("node_id")
+_TIMESTAMP = operator.attrgetter("timestamp")
+_LOAD = operator.attrgetter("load")
+_PLAIN = frozenset({Heartbeat, CheckedHeartbeat})
+
+
+def _all_common(batch: list[Heartbeat]) -> bool:
+    """Whether every heartbeat of ``batch`` has the common shape (see ``accept_all``),
+    asked one field at a time over the whole batch (C loops, no Python per heartbeat)."""
+    if not batch or not _PLAIN.issuperset(map(type, batch)):
+        return False
+    if set(map(type, map(_NODE_ID, batch))) != {str} or set(map(type, map(_TIMESTAMP, batch))) != {float}:
+        return False
+    if not {float, type(None)}.issuperset(map(type, map(_LOAD, batch))):
+        return False
+    metadata = list(map(operator.attrgetter("metadata"), batch))
+    if set(map(type, metadata)) != {dict} or any(metadata):
+        return False
+    getters = (operator.attrgetter("observations"), operator.attrgetter("fingerprint"),
+               operator.attrgetter("licence_ref"), operator.attrgetter("metrics"))
+    return not any(any(map(getter, batch)) for getter in getters[:1]) and \
+        all(list(map(getter, batch)).count(None) == len(batch) for getter in getters[1:])
 
 
 def _once(slots: np.ndarray) -> np.ndarray:
