@@ -128,3 +128,70 @@ def test_the_output_names_the_installed_plugins_taking_part(tmp_path, site):
     out = wyneos(*args, "--no-plugins", cwd=tmp_path, site=site)
     assert out.returncode in (0, 1), out.stderr
     assert "installed plugins" not in out.stdout
+
+
+def _dist(root: Path, name: str, module: str, code: str) -> Path:
+    dist = root / name
+    dist.mkdir()
+    (dist / "pyproject.toml").write_text(textwrap.dedent(f"""\
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "{name}"
+        version = "1.0"
+
+        [project.entry-points.wyneos]
+        {name} = "{module}"
+        """))
+    (dist / f"{module}.py").write_text(code)
+    return dist
+
+
+@pytest.mark.slow
+def test_a_plugin_may_read_nodes_one_by_one_or_as_a_table(tmp_path):
+    """Two pip-installed plugins: one iterates ``nodes`` and reads ``node.load`` (views made
+    as it reads), one reads the load column (docs/writing-plugins.md); the same nodes fail."""
+    import re
+
+    from venvtools import make_venv, pip_install, run_in
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md").read_text()
+    [table_code] = re.findall(r"<!-- table-example: wyneos_hot_nodes.py -->\n```python\n(.*?)```", page, re.S)
+    one_by_one = textwrap.dedent("""\
+        from wyneos_core import Heartbeat, RuleResult, Severity, hookimpl
+
+        LOADS = {"a": 0.9, "b": 0.5, "c": None, "d": 0.95, "e": 0.8}
+
+        @hookimpl
+        def wyneos_heartbeat(ctx):
+            return [Heartbeat(node_id, ctx.now, load) for node_id, load in LOADS.items()]
+
+        @hookimpl
+        def wyneos_governance(ctx, nodes):
+            out = []
+            for node in nodes:
+                hot = node.load is not None and node.load > 0.8
+                out.append(RuleResult("hot-by-node", node.id, not hot, "" if not hot else "load above 0.8",
+                                      Severity.WARNING, "by-node"))
+            return out
+        """)
+    python = make_venv(tmp_path / "venv")
+    pip_install(python, _dist(tmp_path, "hot-nodes", "wyneos_hot_nodes", table_code),
+                _dist(tmp_path, "by-node", "wyneos_by_node", one_by_one))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "c.yaml").write_text("nodes: [{id: a}, {id: b}, {id: c}, {id: d}, {id: e}]\n"
+                                 "plugins: {disable: [licence]}\nstate: {path: ':memory:'}\n"
+                                 "report: {json_path: report.json, stdout: none}\n")
+    ran = run_in(python, "run", "--ticks", "4", "--interval", "0.01", "--config", "c.yaml", cwd=work)
+    assert ran.returncode == 0, ran.stderr
+    report = json.loads((work / "report.json").read_text())
+    summary = report["rule_summary"]
+    assert summary["hot-node"] == summary["hot-by-node"] == {"passed": 3, "failed": 2}
+    failed = {}
+    for r in report["results"]:
+        failed.setdefault(r["rule_id"], set()).add(r["node_id"])
+    assert failed["hot-node"] == failed["hot-by-node"] == {"a", "d"}
+    assert not report["errors"]
