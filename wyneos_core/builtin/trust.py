@@ -297,8 +297,9 @@ class _Fingerprints:
         self.registry = registry
 
     def get(self, node_id: str, default: Any = None) -> Any:
-        node = self.registry.get(node_id)
-        return default if node is None else node.fingerprint
+        table = self.registry.table
+        slot = table.index.get(node_id)
+        return default if slot is None else table.fingerprint[slot]
 
 
 def restore_read_only(orchestrator: Orchestrator, path: Any) -> int:
