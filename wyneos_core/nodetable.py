@@ -189,6 +189,30 @@ def _node(t: NodeTable, slot: int, node_id: Any) -> Node:
                 None if tier < 0 else t.tier_names[tier])
 
 
+def _opt_of(t: NodeTable, v: Any) -> float | None:
+    return None if v != v else float(v)
+
+
+def _nan_of(t: NodeTable, v: float | None) -> float:
+    return _NAN if v is None else v
+
+
+def _column(name: str, read: Any = None, write: Any = None) -> property:
+    """A ``Node`` field as a property reading and writing the table's column ``name``
+    (``read``/``write`` convert between the column's values and the field's)."""
+
+    def get(self: NodeView) -> Any:
+        t = self._t
+        value = getattr(t, name)[self._slot()]
+        return value if read is None else read(t, value)
+
+    def put(self: NodeView, value: Any) -> None:
+        t = self._t
+        getattr(t, name)[self._slot()] = value if write is None else write(t, value)
+
+    return property(get, put)
+
+
 class NodeView(Node):
     """A ``Node`` whose fields are a ``NodeTable``'s columns (see the module docstring)."""
 
@@ -204,94 +228,17 @@ class NodeView(Node):
     def id(self) -> str:
         return self._id
 
-    @property  # type: ignore[override]
-    def status(self) -> NodeStatus:
-        return STATUSES[self._t.status[self._slot()]]
-
-    @status.setter
-    def status(self, value: NodeStatus) -> None:
-        self._t.status[self._slot()] = STATUS_CODE[NodeStatus(value)]
-
-    @property  # type: ignore[override]
-    def last_seen(self) -> float | None:
-        return _opt(self._t.last_seen.item(self._slot()))
-
-    @last_seen.setter
-    def last_seen(self, value: float | None) -> None:
-        self._t.last_seen[self._slot()] = _NAN if value is None else value
-
-    @property  # type: ignore[override]
-    def load(self) -> float | None:
-        return _opt(self._t.load.item(self._slot()))
-
-    @load.setter
-    def load(self, value: float | None) -> None:
-        self._t.load[self._slot()] = _NAN if value is None else value
-
-    @property  # type: ignore[override]
-    def metadata(self) -> Mapping[str, Any]:
-        return self._t.metadata[self._slot()]
-
-    @metadata.setter
-    def metadata(self, value: Mapping[str, Any]) -> None:
-        self._t.metadata[self._slot()] = value
-
-    @property  # type: ignore[override]
-    def licence_ref(self) -> str | None:
-        return self._t.licence_ref[self._slot()]
-
-    @licence_ref.setter
-    def licence_ref(self, value: str | None) -> None:
-        self._t.licence_ref[self._slot()] = value
-
-    @property  # type: ignore[override]
-    def fingerprint(self) -> str | None:
-        return self._t.fingerprint[self._slot()]
-
-    @fingerprint.setter
-    def fingerprint(self, value: str | None) -> None:
-        self._t.fingerprint[self._slot()] = value
-
-    @property  # type: ignore[override]
-    def registered_at(self) -> float:
-        return self._t.registered_at.item(self._slot())
-
-    @registered_at.setter
-    def registered_at(self, value: float) -> None:
-        self._t.registered_at[self._slot()] = value
-
-    @property  # type: ignore[override]
-    def isolated(self) -> bool:
-        return bool(self._t.isolated[self._slot()])
-
-    @isolated.setter
-    def isolated(self, value: bool) -> None:
-        self._t.isolated[self._slot()] = bool(value)
-
-    @property  # type: ignore[override]
-    def last_rollback(self) -> float | None:
-        return _opt(self._t.last_rollback.item(self._slot()))
-
-    @last_rollback.setter
-    def last_rollback(self, value: float | None) -> None:
-        self._t.last_rollback[self._slot()] = _NAN if value is None else value
-
-    @property  # type: ignore[override]
-    def trust(self) -> float | None:
-        return _opt(self._t.trust.item(self._slot()))
-
-    @trust.setter
-    def trust(self, value: float | None) -> None:
-        self._t.trust[self._slot()] = _NAN if value is None else value
-
-    @property  # type: ignore[override]
-    def trust_tier(self) -> str | None:
-        code = int(self._t.tier[self._slot()])
-        return None if code < 0 else self._t.tier_names[code]
-
-    @trust_tier.setter
-    def trust_tier(self, value: str | None) -> None:
-        self._t.tier[self._slot()] = self._t.tier_code(value)
+    status = _column("status", lambda t, v: STATUSES[v], lambda t, v: STATUS_CODE[NodeStatus(v)])
+    last_seen = _column("last_seen", _opt_of, _nan_of)
+    load = _column("load", _opt_of, _nan_of)
+    registered_at = _column("registered_at", lambda t, v: float(v), lambda t, v: v)
+    isolated = _column("isolated", lambda t, v: bool(v), lambda t, v: bool(v))
+    last_rollback = _column("last_rollback", _opt_of, _nan_of)
+    trust = _column("trust", _opt_of, _nan_of)
+    trust_tier = _column("tier", lambda t, v: None if v < 0 else t.tier_names[v], lambda t, v: t.tier_code(v))
+    metadata = _column("metadata")
+    licence_ref = _column("licence_ref")
+    fingerprint = _column("fingerprint")
 
     def snapshot(self) -> Node:
         return _node(self._t, self._slot(), self._id)

@@ -1,0 +1,83 @@
+"""The node table: columns by slot, views that read and write them, slots reused safely."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from wyneos_core.config import Config
+from wyneos_core.model import Heartbeat, Node, NodeStatus
+from wyneos_core.registry import Registry
+
+NOW = 1_700_000_000.0
+
+
+def registry() -> Registry:
+    return Registry(dict(Config.defaults()["heartbeat"]))
+
+
+def test_a_view_reads_and_writes_the_columns_and_is_a_node():
+    r = registry()
+    view = r.register("a", now=NOW, metadata={"zone": "eu"}, licence_ref="l1")
+    assert isinstance(view, Node)
+    assert (view.status, view.last_seen, view.load, view.trust, view.trust_tier) == \
+        (NodeStatus.UNKNOWN, None, None, None, None)
+    r.accept(Heartbeat("a", NOW, 0.25), NOW)
+    assert r["a"].load == 0.25 and type(r["a"].load) is float and r["a"].last_seen == NOW
+    view.isolated = True
+    view.trust, view.trust_tier = 0.75, "trusted"
+    view.trust_tier = "quarantined-by-plugin"          # a name the table did not know: encoded too
+    slot = r.table.index["a"]
+    assert r.table.isolated[slot] and r.table.trust[slot] == 0.75
+    assert r.get("a").trust_tier == "quarantined-by-plugin"
+    assert view.snapshot() == Node("a", NodeStatus.UNKNOWN, NOW, 0.25, {"zone": "eu"}, "l1", None, NOW, True,
+                                   None, 0.75, "quarantined-by-plugin")
+    view.load = None
+    assert math.isnan(r.table.load[slot]) and view.load is None
+
+
+def test_a_slot_is_reused_and_an_old_view_refuses_to_read_the_new_node():
+    r = registry()
+    old = r.register("a", now=NOW)
+    r.register("b", now=NOW)
+    old.isolated = True
+    slot_a = r.table.index["a"]
+    gone = r.deregister("a")
+    assert gone.id == "a" and gone.isolated and type(gone) is Node   # a value, no longer a view
+    new = r.register("c", now=NOW + 1)
+    assert r.table.index["c"] == slot_a                                    # the freed slot is taken
+    assert not new.isolated and new.registered_at == NOW + 1                # ... and starts clean
+    with pytest.raises(LookupError, match="'a' left the registry"):
+        old.status
+    assert [n.id for n in r] == ["c", "b"] and len(r) == 2 and "a" not in r
+
+
+def test_a_frozen_copy_keeps_its_values_while_the_columns_change():
+    r = registry()
+    for i in range(5):
+        r.register(f"n{i}", now=NOW)
+    r.accept_all([Heartbeat(f"n{i}", NOW, 0.1 * i) for i in range(5)], NOW)
+    r.refresh(NOW)
+    frozen = r.table.freeze()
+    r.accept_all([Heartbeat("n1", NOW + 5, 0.9)], NOW + 5)
+    r["n2"].isolated = True
+    r.deregister("n3")
+    assert [n.load for n in frozen] == [0.0, 0.1, 0.2, pytest.approx(0.3), 0.4]
+    assert frozen.status_counts() == {"online": 5, "stale": 0, "offline": 0, "unknown": 0, "isolated": 0}
+    assert [n.id for n in frozen.worth_a_look({"n4"})] == ["n4"]
+    assert [n.id for n in frozen.with_ids({"n3", "n0"})] == ["n0", "n3"]
+    assert r.table.freeze().status_counts()["isolated"] == 1
+
+
+def test_status_over_the_columns_matches_status_of():
+    r = registry()
+    ages = [None, 0.0, 17.9, 18.0, 18.1, 47.9, 48.0, 48.1, 1e9, math.inf]
+    for i, age in enumerate(ages):
+        r.register(f"n{i}", now=NOW - 100 if i % 2 else NOW)
+        if age is not None:
+            r[f"n{i}"].last_seen = NOW - age
+    changes = r.refresh(NOW)
+    for node in r:
+        assert node.status is r.status_of(node, NOW), node.id
+    assert set(changes) == {n.id for n in r if n.status is not NodeStatus.UNKNOWN}
