@@ -191,3 +191,67 @@ def test_a_hung_durable_worker_is_killed_after_the_timeout() -> None:
                 time.sleep(0.1)
     finally:
         engine.close()
+
+
+from wyneos_core.rules.expr import MAX_STRING  # noqa: E402
+
+
+def column_leaf(rng: random.Random) -> str:
+    """A condition the node table's columns answer: status, isolation, load, last heartbeat."""
+    term = rng.choice(["node.load", "node.last_seen", "heartbeat_age(node)", "node.status", "node.isolated"])
+    shape = rng.random()
+    if shape < 0.7:
+        op = rng.choice(["==", "!=", "<", "<=", ">", ">="])
+        consts = [*map(repr, NUM_CONSTS), "0.5", "1.0", "-0.0", "1e308", "-1e308", "12.5", "9e15",
+                  "9007199254740992", "-9007199254740992", "1e-300"]
+        if op in ("==", "!=") or term == "node.status":
+            consts += [*map(repr, STR_CONSTS), "'online'", "'stale'", "'offline'", "'unknown'",
+                       repr("o" * MAX_STRING)]
+        if op in ("==", "!="):
+            consts += ["True", "False"]
+        const = rng.choice(consts)
+        return f"{const} {_flip(op)} {term}" if rng.random() < 0.2 else f"{term} {op} {const}"
+    if shape < 0.85:
+        return f"{term} is {'not ' if rng.random() < 0.5 else ''}missing"
+    return "node.isolated"
+
+
+def column_condition(rng: random.Random, depth: int = 0) -> str:
+    if depth >= 2 or rng.random() < 0.35:
+        return column_leaf(rng)
+    r = rng.random()
+    if r < 0.2:
+        return f"not ({column_condition(rng, depth + 1)})"
+    op = "and" if r < 0.6 else "or"
+    return "(" + f" {op} ".join(column_condition(rng, depth + 1) for _ in range(rng.randint(2, 3))) + ")"
+
+
+def in_registry(nodes: list[Node]):
+    """The same nodes in a registry's node table; its ``nodes()`` (the columns) in the same order."""
+    from wyneos_core.config import Config
+    from wyneos_core.registry import Registry
+
+    registry = Registry(dict(Config.defaults()["heartbeat"]))
+    for n in nodes:
+        view = registry.register(n.id, now=0.0, metadata=n.metadata)
+        view.status, view.last_seen, view.load, view.isolated = n.status, n.last_seen, n.load, n.isolated
+    return registry.nodes()
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_the_columns_answer_as_the_reference_interpreter(seed: int) -> None:
+    """Conditions over the node table (vector masks where the columns can, closures for
+    the rest), on random nodes with missing loads and heartbeats, huge and long constants."""
+    from wyneos_core.rules.vector import compile_mask
+
+    rng = random.Random(seed)
+    nodes, lics, env = random_cluster(rng, 700)
+    texts = [column_condition(rng) for _ in range(60)] + [random_condition(rng) for _ in range(20)]
+    conds = [parse(t, "enforcement") for t in texts]
+    conds += [Not(c) for c in conds]
+    names = texts + [f"not ({t})" for t in texts]
+    assert sum(compile_mask(c) is not None for c in conds) >= 100  # most run over the columns
+    got = NativeEngine(conds).evaluate(in_registry(nodes), lics, env)
+    want = reference(conds, nodes, lics, env)
+    for text, g, w in zip(names, got, want):
+        assert g == w, text

@@ -92,6 +92,16 @@ def drift_age(env: EvalEnv, node_id: str) -> Any:
 
 def cluster_summary(nodes: Sequence[Node], now: float) -> dict[str, Any]:
     """The ``cluster`` values: size, status counts, isolated, mean load, now."""
+    table = getattr(nodes, "table", None)
+    if table is not None:  # the node table's columns (same sums, in the same order)
+        slots = nodes.slots  # type: ignore[attr-defined]
+        counted = table.status_counts(slots)
+        loads = table.load[slots]
+        present = loads[loads == loads].tolist()
+        return {
+            "size": len(nodes), **{s.value: counted[s.value] for s in NodeStatus}, "isolated": counted["isolated"],
+            "mean_load": (sum(present) / len(present)) if present else MISSING, "now": now,
+        }
     counts = {s.value: 0 for s in NodeStatus}
     isolated = 0
     loads = 0.0

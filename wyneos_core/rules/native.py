@@ -5,6 +5,8 @@ compared with a literal, a metadata key compared with a literal, ``in`` a litera
 get closures that do no more work than a hand-written predicate would, and everything
 else falls back to closures over the shared semantics of ``wyneos_core.rules.interp``.
 Evaluation runs each rule over all nodes with ``map`` (the loop itself stays in C).
+A condition the node table's columns can answer is evaluated over them instead, for the
+whole fleet at once (``wyneos_core.rules.vector``), when the nodes are the registry's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import operator
 from collections.abc import Callable, Sequence
 from itertools import compress, repeat
 from typing import Any
+
+import numpy as np
 
 from wyneos_core.model import LicenceResult, Node, NodeStatus
 from wyneos_core.rules.expr import arith
@@ -42,6 +46,7 @@ from wyneos_core.rules.ir import (
     Not,
     Ref,
 )
+from wyneos_core.rules.vector import MaskFn, compile_mask
 
 __all__ = ["NativeEngine", "compile_test", "compile_value"]
 
@@ -413,6 +418,8 @@ class NativeEngine:
     name = "native"
 
     def __init__(self, conditions: Sequence[Expr]) -> None:
+        #: each condition over the node table's columns, where it can be (``rules.vector``)
+        self.masks: list[MaskFn | None] = [compile_mask(cond) for cond in conditions]
         self.tests: list[tuple[Fn, bool]] = []
         for cond in conditions:
             if type(cond) is Not:
@@ -429,8 +436,12 @@ class NativeEngine:
         count = len(nodes)
         indexes = range(count)
         not_ = operator.not_
+        table = getattr(nodes, "table", None)
         out = []
-        for fn, negated in self.tests:
+        for (fn, negated), mask in zip(self.tests, self.masks):
+            if table is not None and mask is not None:  # over the columns, the whole fleet at once
+                out.append(np.flatnonzero(mask(table, nodes.slots, env)).tolist())  # type: ignore[attr-defined]
+                continue
             hits = map(fn, nodes, lics, repeat(env, count))
             if negated:
                 hits = map(not_, hits)

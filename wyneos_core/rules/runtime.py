@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import wyneos_core
-from wyneos_core.model import Action, LicenceResult, Node, PluginError, RuleResult
+from wyneos_core.model import Action, LicenceResult, Node, PluginError, RuleResult, RuleResults
 from wyneos_core.rules.durable import DurableEngine, DurableEngineError
 from wyneos_core.rules.flapguard import FlapGuard
 from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, cluster_summary
@@ -386,33 +386,36 @@ class RulesetRunner:
         transitions: list[dict[str, Any]],
         errors: list[PluginError],
     ) -> list[RuleResult]:
-        """One ``RuleResult`` per (governance rule, node), with its state."""
-        out: list[RuleResult] = []
+        """The (governance rule, node) results with a state (pending, firing, resolved...)
+        as ``RuleResult`` objects, in the order of ``nodes``; the inactive ones, which
+        pass, counted per rule (``RuleResults.passed_counts``)."""
+        out = RuleResults()
         loaded_list = [l for l in self.loaded.values() if l.ruleset.stage == "governance"]
         if not loaded_list:
             return out
-        lics = [licences.get(n.id) or NO_LICENCE for n in nodes]
-        present = {n.id for n in nodes}
-        index = {n.id: i for i, n in enumerate(nodes)}
+        ids = _ids(nodes)
+        lics = [licences.get(i) or NO_LICENCE for i in ids]
+        present = set(ids)
+        index = {node_id: i for i, node_id in enumerate(ids)}
         append = out.append
         for loaded in loaded_list:
             name = loaded.ruleset.name
             active = self._active(loaded, nodes, lics, env, "wyneos_governance", errors, tick)
             for rule, hits in zip(loaded.ruleset.rules, active):
-                tracker = self._step(loaded, rule, [nodes[i].id for i in hits], tick, env.now, transitions, present)
+                tracker = self._step(loaded, rule, [ids[i] for i in hits], tick, env.now, transitions, present)
                 states = tracker.states
                 severity = rule.severity
                 rid = rule.id
-                for node in nodes:
-                    st = states.get(node.id)
-                    if st is None:
-                        append(RuleResult(rid, node.id, True, "", severity, name, "inactive"))
-                    elif st.state == PENDING or st.state == FIRING:
-                        i = index[node.id]
-                        append(RuleResult(rid, node.id, False, rule.message.render(node, lics[i], env), severity,
-                                          name, st.state))
+                listed = sorted(index[node_id] for node_id in states if node_id in index)
+                out.count_passed({rid: len(ids) - len(listed)})
+                for i in listed:
+                    node_id = ids[i]
+                    st = states[node_id]
+                    if st.state == PENDING or st.state == FIRING:
+                        append(RuleResult(rid, node_id, False, rule.message.render(nodes[i], lics[i], env),
+                                          severity, name, st.state))
                     else:
-                        append(RuleResult(rid, node.id, True, "", severity, name, st.state))
+                        append(RuleResult(rid, node_id, True, "", severity, name, st.state))
         return out
 
     def actions(
@@ -432,14 +435,15 @@ class RulesetRunner:
         loaded_list = [l for l in self.loaded.values() if l.ruleset.stage == stage]
         if not loaded_list:
             return out
-        lics = [licences.get(n.id) or NO_LICENCE for n in nodes]
-        present = {n.id for n in nodes}
-        index = {n.id: i for i, n in enumerate(nodes)}
+        ids = _ids(nodes)
+        lics = [licences.get(i) or NO_LICENCE for i in ids]
+        present = set(ids)
+        index = {node_id: i for i, node_id in enumerate(ids)}
         for loaded in loaded_list:
             name = loaded.ruleset.name
             active = self._active(loaded, nodes, lics, env, f"wyneos_{stage}", errors, tick)
             for rule, hits in zip(loaded.ruleset.rules, active):
-                tracker = self._step(loaded, rule, [nodes[i].id for i in hits], tick, env.now, transitions, present)
+                tracker = self._step(loaded, rule, [ids[i] for i in hits], tick, env.now, transitions, present)
                 origin = f"ruleset:{name}/{rule.id}"
                 for node_id, st in sorted(tracker.states.items()):
                     if st.state != FIRING:
@@ -452,3 +456,9 @@ class RulesetRunner:
                                   for k, v in spec.params}
                         out.append(Action(spec.type, node_id, reason, origin, rule.severity, params))
         return out
+
+
+def _ids(nodes: Sequence[Node]) -> list[str]:
+    """The nodes' ids in order (from the node table's id column when they are its nodes)."""
+    ids = getattr(nodes, "ids", None)
+    return ids() if callable(ids) else [n.id for n in nodes]
