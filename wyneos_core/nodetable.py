@@ -243,6 +243,15 @@ class NodeView(Node):
     def snapshot(self) -> Node:
         return _node(self._t, self._slot(), self._id)
 
+    def __eq__(self, other: object) -> bool:
+        """Views are equal when they are of the same node of the same table (never read:
+        a view of a node that left compares without raising)."""
+        if type(other) is NodeView:
+            return self._t is other._t and self._id is other._id
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # as Node
+
     def __repr__(self) -> str:
         return "View" + repr(self.snapshot())
 

@@ -616,7 +616,7 @@ class LicenceEngine:
         cache = self._cache
         seated = [nodes[i] for i in positions]
         # same holders in the same states as last tick: same losers (no per-node allocation)
-        signature = (self.epoch, tuple(seated), tuple([n.status for n in seated]),
+        signature = (self.epoch, tuple([n.id for n in seated]), tuple([n.status for n in seated]),
                      tuple([n.registered_at for n in seated]), tuple([cache[n.id][_SEAT] for n in seated]))
         if signature == self._seat_signature:
             losers = self._seat_losers
