@@ -4,7 +4,10 @@ charts, and the mesh around one node instead of the whole ring; with a screensho
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -93,10 +96,21 @@ def test_a_dashboard_for_ten_thousand_nodes(tmp_path: Path) -> None:
             shot = tmp_path / "fleet.png"
             browse(url + f"/?problem=isolated&selector=zone%3Deu&sort=id&node={chosen}", tmp_path,
                    f"--screenshot={shot}", "--window-size=1400,1300")
+            # `wyneos get` reads every page: all 10,000, not the server's first 1,000
+            listed = subprocess.run([sys.executable, "-m", "wyneos_core.cli", "get", "nodes", "--sort", "id",
+                                     "-o", "json", "--server", url, "--timeout", "60"],
+                                    capture_output=True, text=True, timeout=600)
+            capped = subprocess.run([sys.executable, "-m", "wyneos_core.cli", "get", "nodes", "--sort", "id",
+                                     "--limit", "1500", "-o", "json", "--server", url, "--timeout", "60"],
+                                    capture_output=True, text=True, timeout=600)
         finally:
             stop.set()
             sender.join(10)
     assert front.returncode == 0 and filtered.returncode == 0, front.stderr[-2000:]
+    assert listed.returncode == 0 and capped.returncode == 0, (listed.stderr, capped.stderr)
+    every = [n["id"] for n in json.loads(listed.stdout)["items"]]
+    assert every == [_node(i) for i in range(N)]
+    assert [n["id"] for n in json.loads(capped.stdout)["items"]] == every[:1500]
 
     html = front.stdout
     assert "10000 nodes" in re.search(r'<div id="status">(.*?)</div>', html).group(1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from test_service_why import metric
 
 from wyneos_core import hookimpl
 from wyneos_core.enforcement.overrides import META_KEY
-from wyneos_core.model import Action, ActionType, Severity
+from wyneos_core.model import Action, ActionType, Heartbeat, Severity
 from wyneos_core.service.agent import Agent
 from wyneos_core.service.server import ServerThread
 
@@ -173,3 +174,34 @@ def test_the_dashboard_shows_modes_overrides_and_what_held(tmp_path):
     assert re.search(r"<td>isolate</td><td>web-1</td><td[^>]*>operator</td><td>alice</td>", html), html[-3000:]
     assert "<span>overrides: 1</span>" in html
     assert "licences not enforced (no trusted key)" in html
+
+
+def test_the_dashboard_shows_the_candidates_difference_rule_by_rule(tmp_path):
+    """Shadow rulesets on the dashboard: per rule, the nodes that would newly fail and the
+    actions that would be added, not only totals."""
+    from enforcement_helpers import hot
+    from test_service_dashboard import browse
+
+    (tmp_path / "hot.yaml").write_text(hot(0.9))
+    (tmp_path / "cand").mkdir()
+    (tmp_path / "cand" / "hot.yaml").write_text(hot(0.5))
+    config = write_config(tmp_path, interval=0.3, stale=30, offline=60,
+                          extra="nodes: [{id: web-1}, {id: web-2}]\n"
+                                f"rulesets: {{paths: ['{tmp_path / 'hot.yaml'}'], "
+                                f"candidates: ['{tmp_path / 'cand' / 'hot.yaml'}']}}\n")
+    service = make_service(config)
+    with ServerThread(service) as url:
+        def shadowed():
+            now = time.time()
+            service.orchestrator.intake.put_many([Heartbeat("web-1", now, 0.7), Heartbeat("web-2", now, 0.2)])
+            report = service.view.report
+            shadow = report is not None and report.enforcement.get("shadow")
+            return bool(shadow and shadow["totals"]["actions_added"])
+
+        wait_for(shadowed)
+        dom = browse(url + "/", tmp_path, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r'<tbody id="shadow">(.*?)</tbody>', dom.stdout, re.S).group(1)
+    cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", body, re.S)]
+    # web-1 (load 0.7) is over the candidate's 0.5 ceiling: it would be isolated; web-2 would not
+    assert cells == ["hot/isolate-hot", "-", "-", "1: isolate web-1", "-"], cells

@@ -12,7 +12,7 @@ import datetime as _dt
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -112,13 +112,26 @@ def kind_of(name: str) -> Kind:
     raise RemoteError(f"unknown kind {name!r}: one of {', '.join(KINDS)}")
 
 
+#: the most rows the server hands out in one page (``/v1/fleet/nodes``' own bound)
+PAGE: Final = 1000
+
+
 def fetch(remote: Remote, kind: Kind, selector: Selector, problem: str | None = None, search: str | None = None,
-          sort: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """The rows of ``kind`` that match, in order (worst first unless ``sort`` says)."""
+          sort: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The rows of ``kind`` that match, in order (worst first unless ``sort`` says);
+    every one of them unless ``limit`` says fewer. Nodes come a page at a time."""
     if kind.name == "nodes":
-        answer = remote.get(kind.path, selector=str(selector) or None, problem=problem, q=search,
-                            sort=sort or "problems", limit=limit)
-        return list(answer["nodes"])
+        rows: list[dict[str, Any]] = []
+        while limit is None or len(rows) < limit:
+            want = PAGE if limit is None else min(PAGE, limit - len(rows))
+            answer = remote.get(kind.path, selector=str(selector) or None, problem=problem, q=search,
+                                sort=sort or "problems", limit=want, offset=len(rows))
+            page = list(answer["nodes"])
+            rows.extend(page)
+            if len(page) < want or len(rows) >= int(answer.get("count", 0)):
+                break  # the last page (a fleet that shrank between pages ends it too)
+        # a tick between two pages can move a node across their boundary: list it once
+        return list({r["id"]: r for r in rows}.values())
     try:
         rows = kind.rows(remote.get(kind.path))
     except RemoteError as exc:
@@ -137,7 +150,7 @@ def fetch(remote: Remote, kind: Kind, selector: Selector, problem: str | None = 
                                  else r.get(field)), reverse=sort.startswith("-"))
     elif kind.order is not None:
         rows.sort(key=kind.order)
-    return rows[:limit]
+    return rows if limit is None else rows[:limit]
 
 
 def render(kind: Kind, rows: list[dict[str, Any]], fmt: str) -> str:

@@ -39,7 +39,8 @@ def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", "-q", metavar="TEXT", help="only those whose id, labels or problems hold TEXT")
     p.add_argument("--sort", metavar="FIELD", help="sort by FIELD (nodes: problems, id, status, load, trust, "
                    "zone, tier, last_seen; a leading '-' reverses: --sort=-load; default: worst first)")
-    p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    p.add_argument("--limit", type=int, help="at most this many (default: every match, read a page of 1000 "
+                   "at a time)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,7 +98,7 @@ def _rows(args: argparse.Namespace, remote):  # noqa: ANN001, ANN202
 
     kind = kind_of(args.kind)
     return kind, fetch(remote, kind, parse(args.selector), args.problem, args.search, args.sort,
-                       max(1, min(args.limit, 1000)))
+                       None if args.limit is None else max(1, args.limit))
 
 
 def cmd_get(args: argparse.Namespace) -> int:

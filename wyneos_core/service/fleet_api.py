@@ -86,7 +86,8 @@ def add_fleet_routes(app: FastAPI, service: Any, read: list[Any]) -> None:
              responses={404: {"description": "no tick yet"}})
     def fleet_tick() -> Any:
         """The last tick in brief, whatever the size of the fleet: number, duration,
-        nodes per status, the actions decided (the first 200, and how many), drift counts
+        nodes per status, the actions decided (the first 200, and how many), drift counts,
+        the enforcement section (modes, holds, shadow difference per rule)
         (``/v1/ticks/latest`` has the whole report)."""
         report = service.view.report
         if report is None:
@@ -94,6 +95,7 @@ def add_fleet_routes(app: FastAPI, service: Any, read: list[Any]) -> None:
         return {"tick": report.tick, "started_at": report.started_at, "duration_ms": round(report.duration_ms, 3),
                 "status_counts": report.status_counts(), "actions_total": len(report.actions),
                 "actions": [a.to_dict() for a in report.actions[:200]], "drift": report.drift,
+                "enforcement": report.enforcement,  # its lists are bounded where they are made
                 "errors": [e.to_dict() for e in report.errors[:50]]}
 
     @app.get("/v1/fleet/history", tags=["fleet"], dependencies=read)
