@@ -199,6 +199,12 @@ def test_a_tokenless_server_refuses_foreign_host_headers(served):
     port = _address(url)[1]
     for host in (f"127.0.0.1:{port}", "localhost", f"localhost:{port}", "[::1]:8420", "127.0.0.2"):
         assert httpx.get(url + "/v1/nodes", headers={"host": host}, timeout=10).status_code == 200, host
+    # no Host header at all (HTTP/1.0 allows it): refused as well
+    with socket.create_connection(_address(url), timeout=10) as sock:
+        sock.sendall(b"GET /v1/nodes HTTP/1.0\r\n\r\n")
+        answer = _read_all(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"421" and json.loads(body)["code"] == "bad_host", answer[:300]
 
 
 def test_wyneos_relay_refuses_to_expose_a_loopback_orchestrator():
