@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,17 @@ LEASE, RENEW, RETRY, TICK = 2.0, 1.5, 0.25, 0.25
 def need_etcd() -> None:
     if etcd_binary() is None:
         pytest.fail("etcd is not installed: run scripts/test-deps.sh as root (installs Debian's etcd-server)")
+
+
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory, members: int = 3) -> Iterator[LocalEtcdCluster]:
+    """A test module's etcd cluster on loopback ports, stopped when the module is done:
+    ``yield from etcd_cluster(tmp_path_factory)`` in a module-scoped fixture."""
+    need_etcd()
+    cluster = LocalEtcdCluster(tmp_path_factory.mktemp("etcd"), members, election_ms=500).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def write_config(tmp: Path, cluster: str = "ha", *, stale: float = 3.0, offline: float = 6.0,

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from ha_helpers import need_etcd
+from ha_helpers import etcd_cluster
 
 from tests.conftest import beat, cluster_yaml, config_from
 from wyneos_core.enforcement.exceptions import PolicyException, store_all, stored
 from wyneos_core.enforcement.overrides import set_override
-from wyneos_core.ha.local import LocalEtcdCluster
 from wyneos_core.ha.store import EtcdStateStore
 from wyneos_core.tick import Orchestrator
 
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory):
-    need_etcd()
-    cluster = LocalEtcdCluster(tmp_path_factory.mktemp("etcd"), 1, election_ms=500).start()
-    yield cluster
-    cluster.stop()
+    yield from etcd_cluster(tmp_path_factory, 1)
 
 
 def test_an_override_and_an_exception_in_etcd_act_on_the_next_tick(etcd, clock):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ha_helpers import need_etcd, wait_for
+from ha_helpers import etcd_cluster, need_etcd, wait_for
 from wyneos_core.ha.election import ElectionConfig, LeaderElector
 from wyneos_core.ha.etcd import EtcdClient
 from wyneos_core.ha.local import LocalEtcdCluster, free_port
@@ -35,10 +35,7 @@ def test_bad_timings_are_refused_when_made(args: tuple, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory):
-    need_etcd()
-    cluster = LocalEtcdCluster(tmp_path_factory.mktemp("etcd"), 3, election_ms=500).start()
-    yield cluster
-    cluster.stop()
+    yield from etcd_cluster(tmp_path_factory)
 
 
 class Candidate:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ha_helpers import need_etcd
+from ha_helpers import etcd_cluster
 from wyneos_core.config import ConfigError, load_config
 from wyneos_core.ha.etcd import EtcdClient, parse_store_url
 from wyneos_core.ha.local import LocalEtcdCluster
@@ -21,10 +21,7 @@ from wyneos_core.tick import Orchestrator
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory):
-    need_etcd()
-    cluster = LocalEtcdCluster(tmp_path_factory.mktemp("etcd"), 3, election_ms=500).start()
-    yield cluster
-    cluster.stop()
+    yield from etcd_cluster(tmp_path_factory)
 
 
 _prefixes = iter(range(1_000_000))

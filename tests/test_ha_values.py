@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ha_helpers import WYNEOS, need_etcd, wait_for
+from ha_helpers import WYNEOS, etcd_cluster, need_etcd, wait_for
 from wyneos_core.config import load_config
 from wyneos_core.ha.etcd import EtcdClient, EtcdError
 from wyneos_core.ha.local import LocalEtcdCluster
@@ -25,10 +25,7 @@ from wyneos_core.tick import Orchestrator
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory):
-    need_etcd()
-    cluster = LocalEtcdCluster(tmp_path_factory.mktemp("etcd"), 1, election_ms=500).start()
-    yield cluster
-    cluster.stop()
+    yield from etcd_cluster(tmp_path_factory, 1)
 
 
 def _config(tmp: Path, etcd: LocalEtcdCluster, prefix: str, extra: str = "") -> Path:

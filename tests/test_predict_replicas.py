@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from ha_helpers import need_etcd
+from ha_helpers import etcd_cluster
 
 from wyneos_core import hookimpl
 from wyneos_core.builtin.predict import telemetry_of
@@ -22,10 +22,7 @@ from wyneos_core.tick import Orchestrator
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory):
-    need_etcd()
-    cluster = LocalEtcdCluster(tmp_path_factory.mktemp("etcd"), 3, election_ms=500).start()
-    yield cluster
-    cluster.stop()
+    yield from etcd_cluster(tmp_path_factory)
 
 
 _prefixes = iter(range(1_000_000))
