@@ -15,6 +15,7 @@ from wyneos_core.rules.expr import parse
 from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, cluster_summary, evaluate, truthy
 from wyneos_core.rules.ir import Not
 from wyneos_core.rules.native import NativeEngine
+from wyneos_core.rules.runtime import RulesetRunner
 
 KEYS = ["region", "version", "tier", "rack", "gpu", "zone", "tags"]
 #: includes the values durable-rules chokes on when sent as themselves
@@ -196,24 +197,39 @@ def test_a_hung_durable_worker_is_killed_after_the_timeout() -> None:
 from wyneos_core.rules.expr import MAX_STRING  # noqa: E402
 
 
+COLUMN_NUMBERS = ["node.load", "node.last_seen", "heartbeat_age(node)", "node.trust", "node.registered_at",
+                  "node.last_rollback"]
+COLUMN_CODES = ["node.status", "node.isolated", "node.trust_tier", "trust_at_least('trusted')"]
+COLUMN_CONSTS = [*map(repr, NUM_CONSTS), "0.5", "1.0", "-0.0", "1e308", "-1e308", "12.5", "9e15",
+                 "9007199254740992", "-9007199254740992", "1e-300", "9007199254740994.0", "1.7976931348623157e308"]
+CODE_CONSTS = [*map(repr, STR_CONSTS), "'online'", "'stale'", "'offline'", "'unknown'", "'trusted'",
+               "'probation'", "'attested'", "'untrusted'", repr("o" * MAX_STRING)]
+
+
 def column_leaf(rng: random.Random) -> str:
-    """A condition the node table's columns answer: status, isolation, load, last heartbeat."""
-    term = rng.choice(["node.load", "node.last_seen", "heartbeat_age(node)", "node.status", "node.isolated"])
+    """A condition the node table's columns answer: the number columns, the code columns
+    and the cluster's values, against literals, each other and literal lists."""
+    term = rng.choice([*COLUMN_NUMBERS, *COLUMN_CODES, "cluster.mean_load", "cluster.size"])
     shape = rng.random()
-    if shape < 0.7:
+    if shape < 0.55:
         op = rng.choice(["==", "!=", "<", "<=", ">", ">="])
-        consts = [*map(repr, NUM_CONSTS), "0.5", "1.0", "-0.0", "1e308", "-1e308", "12.5", "9e15",
-                  "9007199254740992", "-9007199254740992", "1e-300"]
-        if op in ("==", "!=") or term == "node.status":
-            consts += [*map(repr, STR_CONSTS), "'online'", "'stale'", "'offline'", "'unknown'",
-                       repr("o" * MAX_STRING)]
+        consts = list(COLUMN_CONSTS)
+        if op in ("==", "!=") or term in COLUMN_CODES:
+            consts += CODE_CONSTS
         if op in ("==", "!="):
             consts += ["True", "False"]
         const = rng.choice(consts)
         return f"{const} {_flip(op)} {term}" if rng.random() < 0.2 else f"{term} {op} {const}"
-    if shape < 0.85:
+    if shape < 0.65:  # two columns, or a column and a cluster value
+        op = rng.choice(["==", "!=", "<", "<=", ">", ">="])
+        other = rng.choice([*COLUMN_NUMBERS, "cluster.mean_load", "cluster.size", "cluster.now"])
+        return f"{term if term in COLUMN_NUMBERS else 'node.load'} {op} {other}"
+    if shape < 0.78:
+        items = rng.sample([*COLUMN_CONSTS, *CODE_CONSTS, "True", "False"], rng.randint(0, 4))
+        return f"{term} {'not in' if rng.random() < 0.4 else 'in'} [{', '.join(items)}]"
+    if shape < 0.9:
         return f"{term} is {'not ' if rng.random() < 0.5 else ''}missing"
-    return "node.isolated"
+    return term
 
 
 def column_condition(rng: random.Random, depth: int = 0) -> str:
@@ -233,9 +249,26 @@ def in_registry(nodes: list[Node]):
 
     registry = Registry(dict(Config.defaults()["heartbeat"]))
     for n in nodes:
-        view = registry.register(n.id, now=0.0, metadata=n.metadata)
+        view = registry.register(n.id, now=n.registered_at, metadata=n.metadata)
         view.status, view.last_seen, view.load, view.isolated = n.status, n.last_seen, n.load, n.isolated
+        view.last_rollback, view.trust, view.trust_tier = n.last_rollback, n.trust, n.trust_tier
     return registry.nodes()
+
+
+def with_table_fields(rng: random.Random, nodes: list[Node]) -> list[Node]:
+    """The nodes with trust, tier, registration and rollback times (some missing, some
+    extreme), loads and heartbeats as large as a float holds."""
+    tiers = [None, "untrusted", "probation", "trusted", "attested"]
+    for n in nodes:
+        n.trust = rng.choice([None, 0.0, 0.25, 0.5, 0.8, 1.0, -0.0])
+        n.trust_tier = rng.choice(tiers)
+        n.registered_at = rng.choice([0.0, 9_000.0, 9_999.5, 1e308, -1e308, float("nan")])
+        n.last_rollback = rng.choice([None, None, 9_990.0, 1e308])
+        if rng.random() < 0.05:
+            n.load = rng.choice([1e308, -1e308, float(2**63), 0.0])
+        if rng.random() < 0.03:
+            n.last_seen = rng.choice([1e308, -1e308])
+    return nodes
 
 
 @pytest.mark.parametrize("seed", [21, 22, 23])
@@ -245,13 +278,42 @@ def test_the_columns_answer_as_the_reference_interpreter(seed: int) -> None:
     from wyneos_core.rules.vector import compile_mask
 
     rng = random.Random(seed)
-    nodes, lics, env = random_cluster(rng, 700)
-    texts = [column_condition(rng) for _ in range(60)] + [random_condition(rng) for _ in range(20)]
+    nodes, lics, _ = random_cluster(rng, 700)
+    table_nodes = in_registry(with_table_fields(rng, nodes))
+    env = RulesetRunner.environment(table_nodes, 10_000.0)
+    texts = [column_condition(rng) for _ in range(90)] + [random_condition(rng) for _ in range(20)]
     conds = [parse(t, "enforcement") for t in texts]
     conds += [Not(c) for c in conds]
     names = texts + [f"not ({t})" for t in texts]
-    assert sum(compile_mask(c) is not None for c in conds) >= 100  # most run over the columns
-    got = NativeEngine(conds).evaluate(in_registry(nodes), lics, env)
-    want = reference(conds, nodes, lics, env)
+    assert sum(compile_mask(c) is not None for c in conds) >= 160  # most run over the columns
+    got = NativeEngine(conds).evaluate(table_nodes, lics, env)
+    assert sum(map(len, got)) > 20_000  # the conditions do hold on many nodes
+    want = reference(conds, list(table_nodes), lics, env)
     for text, g, w in zip(names, got, want):
         assert g == w, text
+
+
+def test_a_number_column_against_any_number_compares_as_python_does() -> None:
+    """Integers no float equals (past 2**53, past 2**63, past the float range), NaN and
+    infinities, on both sides: the column's answer is ``compare``'s for every pair."""
+    from wyneos_core.nodetable import NodeTable
+    from wyneos_core.rules.interp import compare
+    from wyneos_core.rules.vector import compile_mask
+
+    values = [0.0, -0.0, 1.0, 2.0**53, 2.0**53 + 2, 2.0**63, -2.0**63, 2.0**64, 1e308, -1e308, float("inf"),
+              float("-inf"), 1.7976931348623157e308, 0.5, float("nan")]
+    table = NodeTable()
+    for i, v in enumerate(values):
+        table.add(f"n{i}", registered_at=v)  # a present NaN there: never missing
+    slots = table.slots()
+    consts = [0, 1, 2**53 + 1, 2**53 + 3, 2**63, 2**63 + 1, -2**63 - 1, 2**64 + 1, 10**400, -10**400, 2**1024 - 1,
+              float("inf"), float("nan"), 0.5, True, "1.0", None]
+    checked = 0
+    for op in ("==", "!=", "<", "<=", ">", ">="):
+        mask = compile_mask(parse(f"node.registered_at {op} cluster.mean_load"))
+        for c in consts:
+            got = mask(table, slots, EvalEnv(0.0, {"mean_load": c})).tolist()
+            want = [compare(op, v, c) for v in values]
+            assert got == want, (op, c)
+            checked += sum(want)
+    assert checked > 200

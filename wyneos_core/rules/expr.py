@@ -56,7 +56,7 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
     "node": {
         "id": "s", "status": "s", "last_seen": "n", "load": "n", "metadata": "o",
         "licence_ref": "s", "fingerprint": "s", "isolated": "b", "trust": "n", "trust_tier": "s",
-        "metrics": "o", "drift": "o",
+        "metrics": "o", "drift": "o", "registered_at": "n", "last_rollback": "n",
     },
     "licence": {
         "valid": "b", "reason": "s", "detail": "s", "licence_id": "s", "customer": "s", "product": "s",

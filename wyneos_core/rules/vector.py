@@ -1,47 +1,129 @@
 """Rule conditions compiled to masks over the node table's columns.
 
 The native engine (``rules.native``) hands each condition here first. A condition made
-only of what the columns hold (``node.status``, ``node.load``, ``node.last_seen``,
-``node.isolated``, ``heartbeat_age(node)``, compared with literals, under ``and``,
-``or``, ``not`` and ``is missing``) becomes one function that evaluates it for the
-whole fleet at once with numpy: a boolean mask, of which only the true positions become
-Python integers. Anything else (metadata, licences, helpers, cluster values) is left to
-the closures, node by node; so is every condition when the nodes are not the
-registry's (a list of ``Node`` in a test).
+only of what the columns hold becomes one function that evaluates it for the whole
+fleet at once with numpy: a boolean mask, of which only the true positions become
+Python integers. Anything else (metadata, licences, the other helpers) is left to the
+closures, node by node; so is every condition when the nodes are not the registry's
+(a list of ``Node`` in a test).
 
-Semantics are the reference interpreter's (``rules.interp``), column by column: a
-missing value (NaN in a float column: never reported) makes every comparison false; a
-field of a small domain (status, isolation) is compared through a lookup table built
-with the interpreter's own ``compare`` for each of its values.
+What the columns answer (a *term*):
 
-Chosen by measurement (docs/performance.md, "Rules over columns"): numpy, because the
-columns already are numpy arrays and a condition is a handful of ufuncs over them;
-numexpr would save temporaries only on long arithmetic expressions, which rules do not
-have, and polars would need the columns copied into a frame every tick.
+* numbers, a float column each (NaN: missing): ``node.load``, ``node.last_seen``,
+  ``node.last_rollback``, ``node.trust``, ``node.registered_at`` (never missing: a NaN
+  there is a present NaN, as ``Node.registered_at`` gives it) and ``heartbeat_age(node)``;
+* fields of a few values, a code column each with the Python value of every code:
+  ``node.status``, ``node.isolated``, ``node.trust_tier`` and ``trust_at_least(...)``;
+* ``cluster.x``, one value for the tick, and literals.
+
+and over them: comparisons of a term with a literal or ``cluster.x``, of two number
+columns with each other, ``in`` / ``not in`` a literal list, ``is missing``, a term's
+truthiness, ``and``, ``or`` and ``not``.
+
+Semantics are the reference interpreter's (``rules.interp``), exactly: a code column
+is compared through a lookup table built with the interpreter's own ``compare`` /
+``contains`` / ``truthy`` for each value the column can hold; a number column against
+a number compares the float64 values as Python compares them, also with integers past
+2**53 (compared with their float neighbours, so ``v < 2**63 + 1`` is what Python says),
+NaN literals and infinities; a missing value makes every comparison false.
+
+Chosen by measurement (docs/performance.md, "Rulesets": numpy, numexpr and polars on the
+same rules and nodes in one run, ``bench/bench_vector_rules.py``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from wyneos_core.nodetable import STATUSES
-from wyneos_core.rules.interp import EvalEnv, compare
-from wyneos_core.rules.ir import BoolOp, Call, Cmp, Const, Expr, IsMissing, Not, Ref, kind_of
+from wyneos_core.rules.interp import EvalEnv, compare, contains, helper_function, truthy
+from wyneos_core.rules.ir import MISSING, BoolOp, Call, Cmp, Const, Expr, In, IsMissing, ListLit, Not, Ref, kind_of
 
 __all__ = ["MaskFn", "compile_mask"]
 
 #: ``f(table, slots, env)`` -> a boolean mask over ``slots``
 MaskFn = Callable[[Any, np.ndarray, EvalEnv], np.ndarray]
+#: a number column: ``f(table, slots, env)`` -> float64 values (NaN: missing unless ``nan_present``)
+NumFn = Callable[[Any, np.ndarray, EvalEnv], np.ndarray]
+#: a code column: ``f(table, slots, env)`` -> (codes as indexes into values, the Python value of each code)
+CodeFn = Callable[[Any, np.ndarray, EvalEnv], tuple[np.ndarray, list[Any]]]
 
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
-_NUMERIC = {"load": "load", "last_seen": "last_seen"}
 _UFUNC = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal,
           "!=": np.not_equal}
-#: integers beyond this are not exact as float64: left to the closures
-_EXACT = 2 ** 53
+#: node fields held as float columns with NaN for missing
+_NUMERIC = ("load", "last_seen", "last_rollback", "trust")
+_STATUS_VALUES = [s.value for s in STATUSES]
+
+
+class _Num:
+    """A number column; ``nan_present``: a NaN is a value (not missing)."""
+
+    __slots__ = ("get", "nan_present")
+
+    def __init__(self, get: NumFn, nan_present: bool = False) -> None:
+        self.get = get
+        self.nan_present = nan_present
+
+    def present(self, v: np.ndarray) -> np.ndarray:
+        return np.ones(len(v), bool) if self.nan_present else ~np.isnan(v)
+
+
+class _Codes:
+    __slots__ = ("get",)
+
+    def __init__(self, get: CodeFn) -> None:
+        self.get = get
+
+
+class _Scalar:
+    """One value for the whole tick: a literal or a ``cluster`` value."""
+
+    __slots__ = ("get",)
+
+    def __init__(self, get: Callable[[EvalEnv], Any]) -> None:
+        self.get = get
+
+
+def _term(expr: Expr) -> _Num | _Codes | _Scalar | None:
+    t = type(expr)
+    if t is Const:
+        value = expr.value
+        return _Scalar(lambda env: value)
+    if t is Ref:
+        if expr.path:
+            return None
+        if expr.root == "cluster":
+            name = expr.field
+            return _Scalar(lambda env: env.cluster.get(name, MISSING))
+        if expr.root != "node":
+            return None
+        field = expr.field
+        if field in _NUMERIC:
+            return _Num(lambda table, slots, env: getattr(table, field)[slots])
+        if field == "registered_at":
+            return _Num(lambda table, slots, env: table.registered_at[slots], nan_present=True)
+        if field == "status":
+            return _Codes(lambda table, slots, env: (table.status[slots].astype(np.intp), _STATUS_VALUES))
+        if field == "isolated":
+            return _Codes(lambda table, slots, env: (table.isolated[slots].astype(np.intp), [False, True]))
+        if field == "trust_tier":  # code -1: none yet (missing); the names grow as tiers appear
+            return _Codes(lambda table, slots, env: (table.tier[slots].astype(np.intp) + 1,
+                                                     [MISSING, *table.tier_names]))
+        return None
+    if t is Call:
+        if expr.name == "heartbeat_age":
+            return _Num(lambda table, slots, env: env.now - table.last_seen[slots])
+        if expr.name == "trust_at_least":
+            at_least = helper_function("trust_at_least", expr.args[0].value)  # type: ignore[union-attr]
+            return _Codes(lambda table, slots, env: (
+                table.tier[slots].astype(np.intp) + 1,
+                [at_least(None), *map(at_least, table.tier_names)]))
+    return None
 
 
 def compile_mask(expr: Expr) -> MaskFn | None:
@@ -65,73 +147,138 @@ def compile_mask(expr: Expr) -> MaskFn | None:
         if inner is None:
             return None
         return lambda table, slots, env: ~inner(table, slots, env)
-    if t is Const:
-        value = bool(expr.value)
-        return lambda table, slots, env: np.full(len(slots), value)
-    if t is IsMissing:
-        values = _numeric(expr.operand)
-        if values is None:
-            if _small_domain(expr.operand) is not None:  # status and isolation are never missing
-                never = bool(expr.negated)
-                return lambda table, slots, env: np.full(len(slots), never)
-            return None
-        negated = expr.negated
-        return lambda table, slots, env: np.isnan(values(table, slots, env)) != negated
-    if t is Ref and expr.root == "node" and not expr.path and expr.field == "isolated":
-        return lambda table, slots, env: table.isolated[slots].copy()
     if t is Cmp:
         return _compare(expr)
-    return None
+    if t is In:
+        return _member(expr)
+    if t is IsMissing:
+        return _lookup(_term(expr.operand), lambda v: (v is MISSING) != expr.negated,
+                       lambda num, v: np.full(len(v), expr.negated) if num.nan_present else np.isnan(v) != expr.negated)
+    # a term alone: its truthiness (missing, 0, "", false are false; NaN is true)
+    return _lookup(_term(expr), truthy, lambda num, v: num.present(v) & (v != 0) if not num.nan_present else v != 0)
 
 
-def _numeric(expr: Expr) -> Callable[[Any, np.ndarray, EvalEnv], np.ndarray] | None:
-    """A float column (NaN: missing) for ``node.load``, ``node.last_seen``, ``heartbeat_age(node)``."""
-    if type(expr) is Ref and expr.root == "node" and not expr.path and expr.field in _NUMERIC:
-        name = _NUMERIC[expr.field]
-        return lambda table, slots, env: getattr(table, name)[slots]
-    if type(expr) is Call and expr.name == "heartbeat_age":
-        return lambda table, slots, env: env.now - table.last_seen[slots]
-    return None
+def _lookup(term: Any, of_value: Callable[[Any], bool],
+            of_numbers: Callable[[_Num, np.ndarray], np.ndarray]) -> MaskFn | None:
+    """A mask from ``of_value`` of each value a code column or scalar can hold, or
+    ``of_numbers`` over a number column."""
+    if term is None:
+        return None
+    if type(term) is _Scalar:
+        return lambda table, slots, env: np.full(len(slots), bool(of_value(term.get(env))))
+    if type(term) is _Codes:
+        def codes(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
+            c, values = term.get(table, slots, env)
+            return np.array([of_value(v) for v in values], dtype=bool)[c]
 
-
-def _small_domain(expr: Expr) -> tuple[str, list[Any]] | None:
-    """``(column, value of each code)`` for a field of a few values."""
-    if type(expr) is Ref and expr.root == "node" and not expr.path:
-        if expr.field == "status":
-            return "status", [s.value for s in STATUSES]
-        if expr.field == "isolated":
-            return "isolated", [False, True]
-    return None
+        return codes
+    return lambda table, slots, env: of_numbers(term, term.get(table, slots, env))
 
 
 def _compare(expr: Cmp) -> MaskFn | None:
-    left, right, op = expr.left, expr.right, expr.op
-    if type(left) is Const and type(right) is not Const:
+    op = expr.op
+    left, right = _term(expr.left), _term(expr.right)
+    if left is None or right is None:
+        return None
+    if type(left) is _Scalar and type(right) is not _Scalar:
         left, right, op = right, left, _FLIP[op]
-    if type(right) is not Const or type(left) is Const:
-        return None
-    c = right.value
-    domain = _small_domain(left)
-    if domain is not None:  # the interpreter's answer for each value the column can hold
-        column, values = domain
-        lookup = np.array([compare(op, v, c) for v in values], dtype=bool)
-        return lambda table, slots, env: lookup[getattr(table, column)[slots].astype(np.intp)]
-    values = _numeric(left)
-    if values is None:
-        return None
-    if kind_of(c) is None:  # null: nothing compares with it
-        return lambda table, slots, env: np.zeros(len(slots), bool)
-    number = type(c) in (int, float)
-    if number and (type(c) is int and abs(c) > _EXACT or c != c):
-        return None
-    ufunc = _UFUNC[op]
+    if type(left) is _Scalar:  # two values of the tick (a literal, cluster.x): the same for every node
+        return lambda table, slots, env: np.full(len(slots), compare(op, left.get(env), right.get(env)))
+    if type(right) is _Scalar:
+        if type(left) is _Codes:
+            return _codes_vs(left, op, right)
+        return _numbers_vs(left, op, right)
+    if type(left) is _Num and type(right) is _Num:
+        ufunc = _UFUNC[op]
 
-    def cmp(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
-        v = values(table, slots, env)
-        present = ~np.isnan(v)
-        if not number:  # another kind: never equal, never ordered; "!=" holds when present
-            return present if op == "!=" else np.zeros(len(v), bool)
-        with np.errstate(invalid="ignore"):
-            return present & ufunc(v, c)
+        def both(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
+            a, b = left.get(table, slots, env), right.get(table, slots, env)
+            with np.errstate(invalid="ignore"):
+                return left.present(a) & right.present(b) & ufunc(a, b)
 
-    return cmp
+        return both
+    return None  # two code columns, or a code column against a number column: the closures
+
+
+def _codes_vs(term: _Codes, op: str, scalar: _Scalar) -> MaskFn:
+    def codes(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
+        c, values = term.get(table, slots, env)
+        s = scalar.get(env)
+        return np.array([compare(op, v, s) for v in values], dtype=bool)[c]
+
+    return codes
+
+
+def _numbers_vs(term: _Num, op: str, scalar: _Scalar) -> MaskFn:
+    def numbers(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
+        v = term.get(table, slots, env)
+        return _against(term, v, op, scalar.get(env))
+
+    return numbers
+
+
+def _against(term: _Num, v: np.ndarray, op: str, c: Any) -> np.ndarray:
+    """``v op c`` for every value of a number column, as ``rules.interp.compare`` gives it."""
+    kind = kind_of(c)
+    if kind is None:  # missing: nothing compares with it
+        return np.zeros(len(v), bool)
+    if kind != "n":  # another kind: never equal, never ordered; "!=" holds when present
+        return term.present(v) if op == "!=" else np.zeros(len(v), bool)
+    with np.errstate(invalid="ignore"):
+        exact = _as_float(c)
+        if exact is not None:
+            return term.present(v) & _UFUNC[op](v, exact) if op == "!=" else _UFUNC[op](v, exact)
+        lo, hi = _neighbours(c)  # an integer between two floats: never equal to a float
+        if op == "==":
+            return np.zeros(len(v), bool)
+        if op == "!=":
+            return term.present(v)
+        if op in ("<", "<="):
+            return v <= lo
+        return v >= hi
+
+
+def _as_float(c: int | float) -> float | None:
+    """``c`` as the float equal to it, None for an integer no float equals."""
+    if type(c) is float:
+        return c
+    try:
+        f = float(c)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) and int(f) == c else None
+
+
+def _neighbours(c: int) -> tuple[float, float]:
+    """The floats just below and just above an integer no float equals."""
+    try:
+        f = float(c)
+    except OverflowError:
+        f = math.inf if c > 0 else -math.inf
+    if math.isinf(f):
+        return (math.nextafter(math.inf, 0), math.inf) if f > 0 else (-math.inf, math.nextafter(-math.inf, 0))
+    if int(f) > c:
+        return math.nextafter(f, -math.inf), f
+    return f, math.nextafter(f, math.inf)
+
+
+def _member(expr: In) -> MaskFn | None:
+    if type(expr.container) is not ListLit:
+        return None
+    items = expr.container.items
+    negated = expr.negated
+    term = _term(expr.item)
+    if term is None:
+        return None
+    if type(term) is not _Num:
+        return _lookup(term, lambda v: contains(v, items, negated), None)
+    numbers = [c for c in items if kind_of(c) == "n"]
+
+    def member(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
+        v = term.get(table, slots, env)
+        found = np.zeros(len(v), bool)
+        for c in numbers:
+            found |= _against(term, v, "==", c)
+        return term.present(v) & ~found if negated else found
+
+    return member
