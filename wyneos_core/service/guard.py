@@ -22,6 +22,12 @@ protocol with three additions:
   slow or idle sockets can never lock out a heartbeat, an enrolment or ``/healthz``:
   those send their head at once and are served.
 
+Besides, a response's head and the first write after it leave in **one** send
+(:class:`_Coalescing`): uvicorn writes the head and the body of a response
+separately, and on loopback each ``send`` costs the server the receiver's side of
+TCP too (a third of a single heartbeat's CPU was there before; see
+docs/performance.md, "Heartbeat API").
+
 :func:`loopback_hosts_only` guards a server without an operator token against DNS
 rebinding: such a server listens on loopback only, but a web page whose name resolves
 to 127.0.0.1 could still make a browser on the same machine read it. A browser always
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+import functools
 import ipaddress
 import json
 from typing import Any
@@ -52,13 +59,57 @@ _TIMEOUT = _response(b"408 Request Timeout", b"request head not complete in time
 _BUSY = _response(b"503 Service Unavailable", b"too many connections serving requests\n")
 
 
+class _Coalescing:
+    """A transport that holds a response head back until the next write (the body),
+    or until the event loop's next turn, and sends both at once; everything else is
+    the real transport's."""
+
+    __slots__ = ("_transport", "_loop", "_held")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data[:7] == b"HTTP/1." and not self._transport.is_closing():
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + (len(self._held) if self._held is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _GuardedProtocol(HttpToolsProtocol):
     max_header_bytes = 32 * 1024
     header_timeout = 10.0
     max_connections = 4096
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_Coalescing(transport, self.loop))  # type: ignore[arg-type]
         self._head_bytes = 0
         self._reading_head = True
         self._body_in_chunk = 0  # body bytes of the message before, in the chunk being fed
@@ -185,6 +236,7 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, max_connec
         "max_header_bytes": max_header_bytes, "header_timeout": header_timeout, "max_connections": max_connections})
 
 
+@functools.lru_cache(maxsize=256)  # bounded; a server sees a handful of Host values
 def _loopback_host(value: bytes) -> bool:
     """Whether a ``Host`` header names a loopback address or ``localhost`` (any port)."""
     try:
