@@ -57,6 +57,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import msgspec
+
 from wyneos_core.service.bounded_http import exchange
 from wyneos_core.service.settings import is_loopback
 
@@ -93,6 +95,64 @@ def check_bind(host: str, upstream: str) -> None:
                          "network address (serve needs service.read_token to bind one)")
 
 
+_Unset = msgspec.UnsetType
+_UNSET = msgspec.UNSET
+
+
+class _Item(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch item with its known fields typed (strings and a whole-number ``seq``; no
+    null: a field is there with its type or absent); re-encoded compactly as it is
+    forwarded, its values unchanged."""
+
+    body: str
+    session: str | _Unset = _UNSET
+    seq: int | _Unset = _UNSET
+    mac: str | _Unset = _UNSET
+    node: str | _Unset = _UNSET
+    timestamp: str | _Unset = _UNSET
+    nonce: str | _Unset = _UNSET
+    signature: str | _Unset = _UNSET
+
+
+class _Batch(msgspec.Struct):
+    heartbeats: list[_Item]
+
+
+_batch_decoder = msgspec.json.Decoder(_Batch)
+_encode = msgspec.json.encode
+_MAX_ITEMS = 20_000  # items in one batch a relay takes
+
+
+def check_batch(body: bytes) -> list[tuple[bytes | None, tuple[int, dict[str, Any]] | None]] | None:
+    """A batch's items as :func:`check_item` returns them, or None when the batch is not
+    ``{"heartbeats": [...]}`` of at most ``_MAX_ITEMS`` items. Every item is decoded
+    typed at once (msgspec); a batch with one bad item is looked at item by item."""
+    try:
+        typed = _batch_decoder.decode(body).heartbeats
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        typed = None
+    if typed is not None:
+        if len(typed) > _MAX_ITEMS:
+            return None
+        out: list[tuple[bytes | None, tuple[int, dict[str, Any]] | None]] = []
+        for item in typed:
+            raw = _encode(item)
+            if len(raw) > MAX_ITEM:
+                out.append((None, _answer(413, "too_large", f"a batch item of {len(raw)} bytes is larger than the "
+                                          f"limit of {MAX_ITEM}")))
+            else:
+                out.append((raw, None))
+        return out
+    try:
+        data = json.loads(body)
+        raw_items = data["heartbeats"]
+        if not isinstance(raw_items, list) or len(raw_items) > _MAX_ITEMS:
+            raise TypeError
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return [check_item(x) for x in raw_items]
+
+
 def check_item(raw: Any) -> tuple[bytes | None, tuple[int, dict[str, Any]] | None]:
     """A batch item as forwarded (compact JSON), or its refusal: bounded and of known
     fields before it may join an upstream batch."""
@@ -101,7 +161,7 @@ def check_item(raw: Any) -> tuple[bytes | None, tuple[int, dict[str, Any]] | Non
                              "fields", field="heartbeats")
     for key, value in raw.items():
         kind = _ITEM_FIELDS.get(key)
-        if kind is None or type(value) is not kind:
+        if kind is None or type(value) is not kind:  # (bool is no int here: ``type`` is exact)
             return None, _answer(422, "invalid", f"unknown field or wrong type in a batch item: {str(key)[:64]!r}",
                                  field=f"heartbeats.{str(key)[:64]}")
     item = json.dumps(raw, separators=(",", ":")).encode()
@@ -157,7 +217,7 @@ class Relay:
         self.alter = alter
         self.forwarded = 0
         self.batches = 0
-        self._pending: list[tuple[bytes, asyncio.Future[tuple[int, dict[str, Any]]]]] = []
+        self._pending: list[tuple[bytes, _Group, int]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._conn: http.client.HTTPConnection | None = None
@@ -265,22 +325,23 @@ class Relay:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for _, future in self._pending:
-            if not future.done():
-                future.set_result(_answer(503, "relay_stopping", "the relay is stopping"))
+        for _, group, index in self._pending:
+            group.settle(index, _answer(503, "relay_stopping", "the relay is stopping"))
         self._pending.clear()
 
     async def submit(self, items: list[bytes]) -> list[tuple[int, dict[str, Any]]]:
-        """Queue items for the next batches; their results, in order."""
+        """Queue items for the next batches; their results, in order (one future for the
+        request's items together, not one per item)."""
         if len(self._pending) + len(items) > self.max_pending:
             return [_answer(503, "relay_full", f"the relay holds {self.max_pending} heartbeats already; retry later")] \
                 * len(items)
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in items]
-        self._pending.extend(zip(items, futures))
+        if not items:
+            return []
+        group = _Group(asyncio.get_running_loop().create_future(), len(items))
+        self._pending.extend((item, group, i) for i, item in enumerate(items))
         assert self._wake is not None
         self._wake.set()
-        return list(await asyncio.gather(*futures))
+        return await group.future
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -294,19 +355,36 @@ class Relay:
                 await asyncio.sleep(self.flush)  # let a batch fill
             while self._pending:
                 count, size = 0, 0
-                for item, _ in self._pending[:self.batch]:
+                for item, _, _ in self._pending[:self.batch]:
                     if count and size + len(item) + 1 > self.max_batch_bytes:
                         break
                     count, size = count + 1, size + len(item) + 1
                 chunk, self._pending = self._pending[:count], self._pending[count:]
                 try:
-                    results = await loop.run_in_executor(None, self.forward, [item for item, _ in chunk])
+                    results = await loop.run_in_executor(None, self.forward, [item for item, _, _ in chunk])
                 except Exception as exc:  # noqa: BLE001 - every waiting agent gets an answer
                     log.exception("forwarding a batch failed")
                     results = [_answer(502, "relay_error", f"{type(exc).__name__}: {exc}")] * len(chunk)
-                for (_, future), result in zip(chunk, results):
-                    if not future.done():
-                        future.set_result(result)
+                for (_, group, index), result in zip(chunk, results):
+                    group.settle(index, result)
+
+
+class _Group:
+    """The items of one request waiting for their results (one future for all)."""
+
+    __slots__ = ("future", "results", "left")
+
+    def __init__(self, future: asyncio.Future[list[tuple[int, dict[str, Any]]]], count: int) -> None:
+        self.future = future
+        self.results: list[tuple[int, dict[str, Any]] | None] = [None] * count
+        self.left = count
+
+    def settle(self, index: int, result: tuple[int, dict[str, Any]]) -> None:
+        if self.results[index] is None:
+            self.results[index] = result
+            self.left -= 1
+            if not self.left and not self.future.done():
+                self.future.set_result(self.results)  # type: ignore[arg-type]
 
 
 def _item_from_session(headers: dict[str, str], body: bytes) -> dict[str, Any] | None:
@@ -422,16 +500,11 @@ def create_relay_app(relay: Relay, *, body_timeout: float = 30.0) -> Callable[[S
             return
         # a batch from agents or a relay further down: its items travel on unchanged, each
         # checked and bounded first (a bad one is refused alone)
-        try:
-            data = json.loads(body)
-            raw_items = data["heartbeats"]
-            if not isinstance(raw_items, list) or len(raw_items) > 20_000:
-                raise TypeError
-        except (ValueError, KeyError, TypeError, RecursionError):
-            await refuse(send, 422, "invalid", "a batch is {\"heartbeats\": [...]} of at most 20000 items",
+        checked = check_batch(body)
+        if checked is None:
+            await refuse(send, 422, "invalid", f"a batch is {{\"heartbeats\": [...]}} of at most {_MAX_ITEMS} items",
                          field="body")
             return
-        checked = [check_item(x) for x in raw_items]
         forwarded = await relay.submit([item for item, _ in checked if item is not None])
         got = iter(forwarded)
         results = [refusal if item is None else next(got) for item, refusal in checked]  # type: ignore[misc]
