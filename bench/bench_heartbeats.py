@@ -39,9 +39,19 @@ relays would) for that long, with the tick running; it fails unless every heartb
 was answered 202 and applied, and no node was ever reported stale. Every loop is
 bounded; the server is stopped at the end.
 
+``--relays K`` puts K real ``wyneos relay`` processes between the generator and the
+server in the soak (each node always through the same relay, so its heartbeats stay in
+order); ``--sessions ticket`` opens the soak's sessions without a handshake each: the
+generator holds the server's ticket secret (derived from the orchestrator key of the
+state it provisioned, as a replica would) and seals each node's session ticket, which
+the server takes up on the node's first heartbeat (``sessions.SessionTable``). The cost
+of the handshakes this skips is measured on ``--handshake-sample`` real handshakes and
+reported per handshake and extrapolated to N.
+
     python bench/bench_heartbeats.py                       # 10,000 nodes, 10 batched rounds
     python bench/bench_heartbeats.py --nodes 100000 --rounds 2 --json out.json
     python bench/bench_heartbeats.py --nodes 100000 --soak 60 --interval 6
+    python bench/bench_heartbeats.py --nodes 1000000 --soak 60 --interval 30 --relays 2 --sessions ticket
 """
 
 from __future__ import annotations
@@ -64,7 +74,8 @@ from pathlib import Path
 from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes
 from wyneos_core.service.identity import canonical_bytes, sign_request, verify_signature
 from wyneos_core.service.session_client import SessionClient
-from wyneos_core.service.sessions import mac
+from wyneos_core.service.orchestrator_key import OrchestratorKey
+from wyneos_core.service.sessions import SessionTable, mac
 from wyneos_core.store import StateStore
 
 CONFIG = """\
@@ -286,6 +297,48 @@ def open_sessions(url: str, nodes: list[SimNode], connections: int) -> float:
     return time.perf_counter() - t0
 
 
+def mint_sessions(state: Path, nodes: list[SimNode], ttl: float) -> float:
+    """Each node's session sealed as a ticket under the server's ticket secret (derived
+    from the orchestrator key of ``state``, as the service derives it); seconds taken."""
+    from wyneos_core.service.identity import KeyCache
+
+    t0 = time.perf_counter()
+    okey = OrchestratorKey.for_state(state)  # made here if the server has not run yet; it loads the same
+    table = SessionTable(KeyCache(), okey.seal, secret=okey.sign(b"wyneos-session-tickets-v1"))
+    expires = time.time() + ttl
+    for node in nodes:
+        node.skey = os.urandom(32)
+        node.sid, node.seq = table.issue_ticket(node.id, node.skey, expires), 0
+    return time.perf_counter() - t0
+
+
+def start_relays(url: str, count: int, cwd: str) -> tuple[list[subprocess.Popen], list[tuple[str, int]]]:
+    """``count`` real ``wyneos relay`` processes forwarding to ``url``; (processes, addresses)."""
+    procs, addresses = [], []
+    for _ in range(count):
+        proc = subprocess.Popen([sys.executable, "-m", "wyneos_core.cli", "relay", "--upstream", url, "--port", "0",
+                                 "--max-pending", "1000000", "--timeout", "120"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+        procs.append(proc)
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"wyneos relay did not start: {line}")
+        host, port = line.split("listening on http://")[1].split(",")[0].rsplit(":", 1)
+        addresses.append((host, int(port)))
+    return procs, addresses
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def batches(items: list[bytes], size: int) -> list[bytes]:
     return [b'{"heartbeats":[' + b",".join(items[i:i + size]) + b"]}" for i in range(0, len(items), size)]
 
@@ -418,7 +471,7 @@ def memory_per_node(n: int) -> dict:
 
 
 def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, interval: float,
-         connections: int) -> dict:
+         connections: int, targets: list[tuple[str, int]] | None = None, relay_pids: list[int] | None = None) -> dict:
     """Every node sends a session heartbeat every ``interval`` s for ``seconds`` s, in
     batches every 0.1 s (each node at its own phase in the interval).
 
@@ -426,7 +479,10 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
     its connection (slot k always goes to connection k mod C, so a node's heartbeats
     stay in order); the senders write and read on their keep-alive connections without
     holding the schedule up. How far the schedule fell behind is reported: a run whose
-    generator could not keep up says nothing about the server."""
+    generator could not keep up says nothing about the server.
+
+    ``targets``: where the batches go (relays: connection k to ``targets[k % len]``);
+    the server itself when None. ``/metrics`` is always read from the server."""
     import queue as queue_mod
 
     n = len(nodes)
@@ -440,9 +496,11 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
     lat: list[float] = []
     errors: list[BaseException] = []
 
-    def sender(lane: queue_mod.Queue) -> None:
+    targets = targets or [(host, port)]
+
+    def sender(lane: queue_mod.Queue, target: tuple[str, int]) -> None:
         try:
-            sock = socket.create_connection((host, port), timeout=300)
+            sock = socket.create_connection(target, timeout=300)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             buf = bytearray()
             while True:
@@ -463,7 +521,7 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
         except BaseException as exc:  # noqa: BLE001 - reported after the join
             errors.append(exc)
 
-    senders = [threading.Thread(target=sender, args=(lane,)) for lane in lanes]
+    senders = [threading.Thread(target=sender, args=(lane, targets[k % len(targets)])) for k, lane in enumerate(lanes)]
     for t in senders:
         t.start()
     sent = 0
@@ -471,6 +529,7 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
     warm_at: float | None = None
     before = scrape(host, port)
     cpu0 = cpu_seconds(pid)
+    relay_cpu0 = [cpu_seconds(p) for p in relay_pids or ()]
     t_start = time.monotonic()
     tick = 0
     next_check = t_start + interval
@@ -511,6 +570,7 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
         raise errors[0]
     after = drained(host, port)
     cpu1 = cpu_seconds(pid)
+    relay_cpu = sum((cpu_seconds(p) or 0.0) - (c or 0.0) for p, c in zip(relay_pids or (), relay_cpu0))
     ok = tally["ok"]
     applied = int(after.get("wyneos_heartbeats_applied_total", 0) - before.get("wyneos_heartbeats_applied_total", 0))
     stale_end = int(after.get('wyneos_nodes{status="stale"}', 0) + after.get('wyneos_nodes{status="offline"}', 0))
@@ -524,6 +584,8 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
             "p99_batch_ms": round(pct(lat, 99), 2), "generator_behind_max_s": round(behind, 2),
             "server_cpu_us_per_heartbeat": None if cpu0 is None or cpu1 is None or not applied
             else round((cpu1 - cpu0) / applied * 1e6, 1),
+            "relays": len(relay_pids or ()),
+            "relay_cpu_us_per_heartbeat": round(relay_cpu / applied * 1e6, 1) if relay_pids and applied else None,
             # the status checks run while heartbeats flow; at the end, after the drain, a
             # node may turn stale only because the generator stopped (reported, not judged)
             "ok": sent == ok == applied and checks > 0 and stale_seen == 0}
@@ -543,9 +605,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="session_batched,session_single,signed_batched,signed_single")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="run the soak instead of the modes")
     p.add_argument("--interval", type=float, default=6.0, help="soak: seconds between a node's heartbeats")
+    p.add_argument("--relays", type=int, default=0, help="soak: wyneos relay processes between generator and server")
+    p.add_argument("--sessions", choices=["handshake", "ticket"], default="handshake",
+                   help="soak: open every session by a handshake, or seal tickets (then --handshake-sample measures)")
+    p.add_argument("--handshake-sample", type=int, default=2000,
+                   help="with --sessions ticket: real handshakes measured, then extrapolated to --nodes")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     args = p.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
+    if (args.relays or args.sessions == "ticket") and not args.soak > 0:
+        p.error("--relays and --sessions ticket go with --soak")
 
     load0 = load_average()
     result: dict = {"nodes": args.nodes, "cpus": os.cpu_count(), "load_average_start": load0,
@@ -572,16 +641,34 @@ def main(argv: list[str] | None = None) -> int:
             url = line.split("listening on ")[1].split()[0]
             host, port_text = url.removeprefix("http://").rsplit(":", 1)
             port = int(port_text)
+            relays: list[subprocess.Popen] = []
             cpu0 = cpu_seconds(server.pid)
-            seconds = open_sessions(url, nodes, min(args.connections, 4)) \
+            minted = args.sessions == "ticket"
+            sample = nodes[:min(args.handshake_sample, len(nodes))] if minted else nodes
+            seconds = open_sessions(url, sample, min(args.connections, 4)) \
                 if soaking or any(m.startswith("session") for m in modes) else 0.0
             cpu1 = cpu_seconds(server.pid)
-            result["handshakes"] = {"sessions": args.nodes, "seconds": round(seconds, 2),
-                                    "per_s": round(args.nodes / seconds) if seconds else 0,
-                                    "server_cpu_us_per_handshake": None if cpu0 is None or cpu1 is None
-                                    else round((cpu1 - cpu0) / args.nodes * 1e6, 1)}
-            if soaking:
-                result["soak"] = soak(host, port, server.pid, nodes, args.soak, args.interval, args.connections)
+            per = None if cpu0 is None or cpu1 is None or not sample else (cpu1 - cpu0) / len(sample)
+            result["handshakes"] = {"sessions": len(sample), "seconds": round(seconds, 2),
+                                    "per_s": round(len(sample) / seconds) if seconds else 0,
+                                    "server_cpu_us_per_handshake": None if per is None else round(per * 1e6, 1)}
+            if minted:
+                result["handshakes"]["extrapolated_to"] = args.nodes
+                result["handshakes"]["extrapolated_seconds"] = round(seconds * args.nodes / max(1, len(sample)))
+                result["handshakes"]["extrapolated_server_cpu_s"] = None if per is None else round(per * args.nodes)
+                result["minted_sessions_s"] = round(mint_sessions(tmp_path / "state.db", nodes[len(sample):],
+                                                                  7200.0), 2)
+            try:
+                if args.relays:
+                    relays, targets = start_relays(url, args.relays, tmp)
+                    result["relays"] = args.relays
+                else:
+                    targets = None
+                if soaking:
+                    result["soak"] = soak(host, port, server.pid, nodes, args.soak, args.interval, args.connections,
+                                          targets, [r.pid for r in relays])
+            finally:
+                stop(relays)
             singles = [m for m in modes if m.endswith("_single")]
             if singles and not soaking:
                 # untimed: the first answer to each node seals its neighbour list (an Ed25519
@@ -662,6 +749,10 @@ def report(result: dict, modes: list[str], args: argparse.Namespace) -> None:
     h = result["handshakes"]
     print(f"handshakes: {h['sessions']} sessions opened in {h['seconds']} s ({h['per_s']}/s), server CPU "
           f"{h['server_cpu_us_per_handshake']} us each")
+    if "extrapolated_to" in h:
+        print(f"  the other {h['extrapolated_to'] - h['sessions']} sessions sealed as tickets in "
+              f"{result['minted_sessions_s']} s (no handshake); {h['extrapolated_to']} handshakes at this rate: "
+              f"{h['extrapolated_seconds']} s, {h['extrapolated_server_cpu_s']} s of server CPU")
     if "soak" in result:
         s = result["soak"]
         print(f"soak: {s['nodes']} nodes every {s['interval']} s for {s['seconds']} s: {s['sent']} sent, "
@@ -669,7 +760,9 @@ def report(result: dict, modes: list[str], args: argparse.Namespace) -> None:
               f"{s['all_online_after_s']} s, then stale or offline seen "
               f"{s['stale_or_offline_seen_max']} in {s['status_checks']} checks, {s['online_at_end']} online after "
               f"the drain; {s['rate_per_s']}/s, "
-              f"server CPU {s['server_cpu_us_per_heartbeat']} us per heartbeat, generator behind by at most "
+              f"server CPU {s['server_cpu_us_per_heartbeat']} us per heartbeat"
+              + (f", {s['relays']} relays {s['relay_cpu_us_per_heartbeat']} us per heartbeat" if s["relays"] else "")
+              + f", generator behind by at most "
               f"{s['generator_behind_max_s']} s -> {'ok' if s['ok'] else 'FAILED'}")
     else:
         print(f"{'mode':<16} {'applied':>9} {'sent':>9} {'seconds':>8} {'per s':>8} {'x verify':>8} {'p50 ms':>8} "

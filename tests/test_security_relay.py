@@ -214,3 +214,30 @@ def test_wyneos_relay_refuses_to_expose_a_loopback_orchestrator():
     done = subprocess.run([sys.executable, "-m", "wyneos_core.cli", "relay", "--upstream", "http://127.0.0.1:8420",
                            "--host", "0.0.0.0", "--port", "0"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "loopback" in done.stderr and "--host 127.0.0.1" in done.stderr
+
+
+def test_a_typed_batch_keeps_the_limits_item_by_item(served):
+    """A batch whose items all decode typed at once (the relay's fast path) is bounded as
+    the item-by-item path bounds it: an item over ``MAX_ITEM`` is refused alone (413);
+    a null field, a true or a fractional ``seq`` are refused alone (422); the honest
+    items around them are forwarded and applied."""
+    service, client, url = served
+    nodes = [enrolled(service, client, f"t-{i}") for i in range(3)]
+    with RelayThread(Relay(url, flush=0.2), **LIMITS) as relay_url:
+        honest = [n.batch_item(load=0.1 * (i + 1)) for i, n in enumerate(nodes)]
+        big = {**nodes[0].batch_item(), "body": "y" * (MAX_ITEM + 10)}  # typed well, only too large
+        r = httpx.post(relay_url + "/v1/heartbeats", json={"heartbeats": [honest[0], big, honest[1]]}, timeout=30)
+        assert r.status_code == 202, r.text
+        assert r.json()["accepted"] == 2
+        assert [(x["index"], x["status"]) for x in r.json()["results"]] == [(1, 413)]
+        odd = [{"session": None, "seq": 1, "mac": "0" * 32, "body": "{}"},
+               {"session": "s", "seq": True, "mac": "0" * 32, "body": "{}"},
+               {"session": "s", "seq": 1.5, "mac": "0" * 32, "body": "{}"}]
+        r = httpx.post(relay_url + "/v1/heartbeats", json={"heartbeats": [*odd, honest[2]]}, timeout=30)
+        assert r.status_code == 202, r.text
+        assert [(x["index"], x["status"]) for x in r.json()["results"]] == [(0, 422), (1, 422), (2, 422)]
+        too_many = b'{"heartbeats":[' + b",".join([b'{"body":"{}"}'] * 20_001) + b"]}"
+        r = httpx.post(relay_url + "/v1/heartbeats", content=too_many, timeout=30)
+        assert r.status_code == 422 and "20000" in r.json()["error"]
+    for i in range(3):
+        wait_for(lambda i=i: client.get(f"/v1/nodes/t-{i}").json()["load"] == round(0.1 * (i + 1), 1))

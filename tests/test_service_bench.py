@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_heartbeats.py"
 
@@ -42,3 +45,33 @@ def test_bench_heartbeats_soak_runs_small_and_loses_nothing(tmp_path):
     soak = json.loads(out.read_text())["soak"]
     assert soak["sent"] == soak["answered_202"] == soak["applied"] and soak["lost"] == 0
     assert soak["sent"] >= 100 and soak["status_checks"] >= 1 and soak["stale_or_offline_seen_max"] == 0
+
+
+def test_bench_heartbeats_relay_soak_runs_small_and_loses_nothing(tmp_path):
+    """The relay soak at a few hundred nodes: real ``wyneos relay`` processes between the
+    generator and the server, most sessions sealed as tickets (taken up by the server on
+    the first heartbeat), a sample opened by handshakes; counts only."""
+    out = tmp_path / "relay-soak.json"
+    assert _bench().main(["--nodes", "300", "--soak", "7", "--interval", "1", "--connections", "2", "--relays", "2",
+                          "--sessions", "ticket", "--handshake-sample", "50", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["relays"] == 2 and result["handshakes"]["sessions"] == 50
+    assert result["handshakes"]["extrapolated_to"] == 300
+    soak = result["soak"]
+    assert soak["relays"] == 2 and soak["sent"] >= 300
+    assert soak["sent"] == soak["answered_202"] == soak["applied"] and soak["lost"] == 0
+    assert soak["status_checks"] >= 1 and soak["stale_or_offline_seen_max"] == 0
+
+
+@pytest.mark.ha_soak
+@pytest.mark.skipif(not os.environ.get("WYNEOS_HA_SOAK"), reason="set WYNEOS_HA_SOAK=1 (see docs/performance.md)")
+def test_a_million_nodes_through_relays_for_a_minute(tmp_path):
+    """1,000,000 nodes at a 30 s interval for 60 s through two relays: nothing lost,
+    no node stale (``WYNEOS_SOAK_NODES`` sets another size)."""
+    out = tmp_path / "million.json"
+    nodes = int(os.environ.get("WYNEOS_SOAK_NODES", "1000000"))
+    assert _bench().main(["--nodes", str(nodes), "--soak", "60", "--interval", "30", "--relays", "2",
+                          "--sessions", "ticket", "--json", str(out)]) == 0
+    soak = json.loads(out.read_text())["soak"]
+    assert soak["sent"] == soak["answered_202"] == soak["applied"] == 2 * nodes and soak["lost"] == 0
+    assert soak["stale_or_offline_seen_max"] == 0

@@ -4,14 +4,19 @@ per client address (failed ones)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
+
 import httpx
+import pytest
 from service_helpers import Node, make_service, write_config
 
 from tests.test_sessions import enrolled, served, session_post  # noqa: F401 - served is a fixture
-from wyneos_core.service.identity import b64e
+from wyneos_core.service.identity import AuthError, KeyCache, b64e
 from wyneos_core.service.server import ServerThread
 from wyneos_core.service.session_client import SessionClient, SessionError
-from wyneos_core.service.sessions import FAILED_BURST, HANDSHAKE_BURST, handshake_bytes
+from wyneos_core.service.sessions import FAILED_BURST, HANDSHAKE_BURST, SessionTable, handshake_bytes, mac
 
 
 def test_a_new_session_after_a_429_gets_no_fresh_burst(tmp_path):
@@ -60,3 +65,29 @@ def test_handshakes_are_limited_per_node_and_failed_ones_per_address(served):
     assert codes[:FAILED_BURST] == ["bad_signature"] * FAILED_BURST
     assert set(codes[FAILED_BURST:]) == {"rate_limited"}
     assert len(service.sessions) == 2  # MAX_PER_NODE of the node's own; nothing else opened
+
+
+def test_a_ticket_issued_under_the_shared_secret_is_taken_up_and_no_other_is():
+    """``issue_ticket`` seals a session as the handshake does: a table holding the same
+    secret takes it up on the first heartbeat (MAC checked with the ticket's key); a
+    table of another secret, a revoked node or a bent ticket get ``unknown_session``."""
+    keys = KeyCache()
+    keys.set("n-1", hashlib.sha256(b"n-1").digest())
+    secret = os.urandom(32)
+    issuer, server = SessionTable(keys, lambda f, p: {}, secret=secret), SessionTable(keys, lambda f, p: {}, secret=secret)
+    other = SessionTable(keys, lambda f, p: {}, secret=os.urandom(32))
+    key, now = os.urandom(32), time.time()
+    sid = issuer.issue_ticket("n-1", key, now + 60)
+    body = b'{"load": 0.5}'
+    with server.lock:
+        assert server.check(sid, 1, mac(key, 1, body), body, now).node_id == "n-1"
+    assert server.taken_up == 1
+    for table, session_id in ((other, sid), (server, sid[:-2] + ("AA" if sid[-2:] != "AA" else "BB"))):
+        with table.lock, pytest.raises(AuthError) as caught:
+            table.check(session_id, 1, mac(key, 1, body), body, now)
+        assert caught.value.code == "unknown_session"
+    with server.lock, pytest.raises(AuthError) as caught:
+        server.check(sid, 2, mac(os.urandom(32), 2, body), body, now)
+    assert caught.value.code == "bad_mac"
+    with pytest.raises(ValueError):
+        issuer.issue_ticket("n-1", b"short", now + 60)

@@ -349,6 +349,15 @@ class SessionTable:
         sealed = self._tickets.encrypt(nonce, struct.pack(">d", expires) + key + node_id.encode(), handle.encode())
         return f"{handle}.{b64e(nonce + sealed)}"
 
+    def issue_ticket(self, node_id: str, key: bytes, expires: float) -> str:
+        """A session id ``HANDLE.TICKET`` for ``key`` (32 bytes), sealed as the handshake
+        seals it: what a process holding the same secret (another replica; a benchmark
+        that plays a fleet whose sessions were opened earlier) hands out. The server
+        takes the session up on its first heartbeat (:meth:`check`)."""
+        if len(key) != 32:
+            raise ValueError("a session key is 32 bytes")
+        return self._ticket(secrets.token_urlsafe(18), node_id, key, expires)
+
     def _take_up(self, session_id: str, now: float) -> Session | None:
         """The session a ticket carries, put in the table (caller holds ``lock``); None
         when ``session_id`` is no ticket of this secret."""
