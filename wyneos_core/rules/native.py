@@ -46,7 +46,7 @@ from wyneos_core.rules.ir import (
     Not,
     Ref,
 )
-from wyneos_core.rules.vector import MaskFn, compile_mask
+from wyneos_core.rules.vector import Columns, MaskFn, compile_mask
 
 __all__ = ["NativeEngine", "compile_test", "compile_value"]
 
@@ -437,10 +437,11 @@ class NativeEngine:
         indexes = range(count)
         not_ = operator.not_
         table = getattr(nodes, "table", None)
+        cols = None if table is None else Columns(table, nodes.slots)  # type: ignore[attr-defined]
         out = []
         for (fn, negated), mask in zip(self.tests, self.masks):
-            if table is not None and mask is not None:  # over the columns, the whole fleet at once
-                out.append(np.flatnonzero(mask(table, nodes.slots, env)).tolist())  # type: ignore[attr-defined]
+            if cols is not None and mask is not None:  # over the columns, the whole fleet at once
+                out.append(np.flatnonzero(mask(cols, env)).tolist())
                 continue
             hits = map(fn, nodes, lics, repeat(env, count))
             if negated:

@@ -43,14 +43,55 @@ from wyneos_core.nodetable import STATUSES
 from wyneos_core.rules.interp import EvalEnv, compare, contains, helper_function, truthy
 from wyneos_core.rules.ir import MISSING, BoolOp, Call, Cmp, Const, Expr, In, IsMissing, ListLit, Not, Ref, kind_of
 
-__all__ = ["MaskFn", "compile_mask"]
+__all__ = ["Columns", "MaskFn", "compile_mask"]
 
-#: ``f(table, slots, env)`` -> a boolean mask over ``slots``
-MaskFn = Callable[[Any, np.ndarray, EvalEnv], np.ndarray]
-#: a number column: ``f(table, slots, env)`` -> float64 values (NaN: missing unless ``nan_present``)
-NumFn = Callable[[Any, np.ndarray, EvalEnv], np.ndarray]
-#: a code column: ``f(table, slots, env)`` -> (codes as indexes into values, the Python value of each code)
-CodeFn = Callable[[Any, np.ndarray, EvalEnv], tuple[np.ndarray, list[Any]]]
+
+class Columns:
+    """The node table's columns for the nodes at ``slots``, each gathered once per
+    evaluation (a view, not a copy, when the slots are all the first ones)."""
+
+    __slots__ = ("table", "slots", "_cache", "_whole")
+
+    def __init__(self, table: Any, slots: np.ndarray) -> None:
+        self.table = table
+        self.slots = slots
+        self._cache: dict[str, np.ndarray] = {}
+        n = len(slots)
+        # slots 0..n-1 in order: strictly increasing from 0 to n - 1
+        self._whole = n == 0 or (int(slots[0]) == 0 and int(slots[-1]) == n - 1 and bool(np.all(slots[1:] > slots[:-1])))
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        out = self._cache.get(name)
+        if out is None:
+            column = getattr(self.table, name)
+            out = self._cache[name] = column[:len(self.slots)] if self._whole else column[self.slots]
+        return out
+
+    def age(self, env: EvalEnv) -> np.ndarray:
+        """``heartbeat_age(node)``: seconds since the last heartbeat (NaN: never heard from)."""
+        out = self._cache.get("age")
+        if out is None:
+            out = self._cache["age"] = env.now - self["last_seen"]
+        return out
+
+    def codes(self, name: str, offset: int = 0) -> np.ndarray:
+        """A small-integer column as indexes (``offset`` added: -1 codes become 0)."""
+        key = f"{name}+{offset}"
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = self[name].astype(np.intp) + offset if offset else self[name].astype(np.intp)
+        return out
+
+
+#: ``f(columns, env)`` -> a boolean mask over the columns' nodes
+MaskFn = Callable[[Columns, EvalEnv], np.ndarray]
+#: a number column: ``f(columns, env)`` -> float64 values (NaN: missing unless ``nan_present``)
+NumFn = Callable[[Columns, EvalEnv], np.ndarray]
+#: a code column: ``f(columns, env)`` -> (codes as indexes into values, the Python value of each code)
+CodeFn = Callable[[Columns, EvalEnv], tuple[np.ndarray, list[Any]]]
 
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 _UFUNC = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal,
@@ -104,25 +145,23 @@ def _term(expr: Expr) -> _Num | _Codes | _Scalar | None:
             return None
         field = expr.field
         if field in _NUMERIC:
-            return _Num(lambda table, slots, env: getattr(table, field)[slots])
+            return _Num(lambda cols, env: cols[field])
         if field == "registered_at":
-            return _Num(lambda table, slots, env: table.registered_at[slots], nan_present=True)
+            return _Num(lambda cols, env: cols["registered_at"], nan_present=True)
         if field == "status":
-            return _Codes(lambda table, slots, env: (table.status[slots].astype(np.intp), _STATUS_VALUES))
+            return _Codes(lambda cols, env: (cols.codes("status"), _STATUS_VALUES))
         if field == "isolated":
-            return _Codes(lambda table, slots, env: (table.isolated[slots].astype(np.intp), [False, True]))
+            return _Codes(lambda cols, env: (cols.codes("isolated"), [False, True]))
         if field == "trust_tier":  # code -1: none yet (missing); the names grow as tiers appear
-            return _Codes(lambda table, slots, env: (table.tier[slots].astype(np.intp) + 1,
-                                                     [MISSING, *table.tier_names]))
+            return _Codes(lambda cols, env: (cols.codes("tier", 1), [MISSING, *cols.table.tier_names]))
         return None
     if t is Call:
         if expr.name == "heartbeat_age":
-            return _Num(lambda table, slots, env: env.now - table.last_seen[slots])
+            return _Num(lambda cols, env: cols.age(env))
         if expr.name == "trust_at_least":
             at_least = helper_function("trust_at_least", expr.args[0].value)  # type: ignore[union-attr]
-            return _Codes(lambda table, slots, env: (
-                table.tier[slots].astype(np.intp) + 1,
-                [at_least(None), *map(at_least, table.tier_names)]))
+            return _Codes(lambda cols, env: (cols.codes("tier", 1),
+                                             [at_least(None), *map(at_least, cols.table.tier_names)]))
     return None
 
 
@@ -135,10 +174,10 @@ def compile_mask(expr: Expr) -> MaskFn | None:
             return None
         combine = np.logical_and if expr.op == "and" else np.logical_or
 
-        def boolop(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
-            out = parts[0](table, slots, env)  # type: ignore[misc]
+        def boolop(cols: Columns, env: EvalEnv) -> np.ndarray:
+            out = parts[0](cols, env)  # type: ignore[misc]
             for part in parts[1:]:
-                out = combine(out, part(table, slots, env))  # type: ignore[misc]
+                out = combine(out, part(cols, env))  # type: ignore[misc]
             return out
 
         return boolop
@@ -146,7 +185,7 @@ def compile_mask(expr: Expr) -> MaskFn | None:
         inner = compile_mask(expr.operand)
         if inner is None:
             return None
-        return lambda table, slots, env: ~inner(table, slots, env)
+        return lambda cols, env: ~inner(cols, env)
     if t is Cmp:
         return _compare(expr)
     if t is In:
@@ -165,14 +204,14 @@ def _lookup(term: Any, of_value: Callable[[Any], bool],
     if term is None:
         return None
     if type(term) is _Scalar:
-        return lambda table, slots, env: np.full(len(slots), bool(of_value(term.get(env))))
+        return lambda cols, env: np.full(len(cols), bool(of_value(term.get(env))))
     if type(term) is _Codes:
-        def codes(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
-            c, values = term.get(table, slots, env)
+        def codes(cols: Columns, env: EvalEnv) -> np.ndarray:
+            c, values = term.get(cols, env)
             return np.array([of_value(v) for v in values], dtype=bool)[c]
 
         return codes
-    return lambda table, slots, env: of_numbers(term, term.get(table, slots, env))
+    return lambda cols, env: of_numbers(term, term.get(cols, env))
 
 
 def _compare(expr: Cmp) -> MaskFn | None:
@@ -183,7 +222,7 @@ def _compare(expr: Cmp) -> MaskFn | None:
     if type(left) is _Scalar and type(right) is not _Scalar:
         left, right, op = right, left, _FLIP[op]
     if type(left) is _Scalar:  # two values of the tick (a literal, cluster.x): the same for every node
-        return lambda table, slots, env: np.full(len(slots), compare(op, left.get(env), right.get(env)))
+        return lambda cols, env: np.full(len(cols), compare(op, left.get(env), right.get(env)))
     if type(right) is _Scalar:
         if type(left) is _Codes:
             return _codes_vs(left, op, right)
@@ -191,8 +230,8 @@ def _compare(expr: Cmp) -> MaskFn | None:
     if type(left) is _Num and type(right) is _Num:
         ufunc = _UFUNC[op]
 
-        def both(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
-            a, b = left.get(table, slots, env), right.get(table, slots, env)
+        def both(cols: Columns, env: EvalEnv) -> np.ndarray:
+            a, b = left.get(cols, env), right.get(cols, env)
             with np.errstate(invalid="ignore"):
                 return left.present(a) & right.present(b) & ufunc(a, b)
 
@@ -201,8 +240,8 @@ def _compare(expr: Cmp) -> MaskFn | None:
 
 
 def _codes_vs(term: _Codes, op: str, scalar: _Scalar) -> MaskFn:
-    def codes(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
-        c, values = term.get(table, slots, env)
+    def codes(cols: Columns, env: EvalEnv) -> np.ndarray:
+        c, values = term.get(cols, env)
         s = scalar.get(env)
         return np.array([compare(op, v, s) for v in values], dtype=bool)[c]
 
@@ -210,8 +249,8 @@ def _codes_vs(term: _Codes, op: str, scalar: _Scalar) -> MaskFn:
 
 
 def _numbers_vs(term: _Num, op: str, scalar: _Scalar) -> MaskFn:
-    def numbers(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
-        v = term.get(table, slots, env)
+    def numbers(cols: Columns, env: EvalEnv) -> np.ndarray:
+        v = term.get(cols, env)
         return _against(term, v, op, scalar.get(env))
 
     return numbers
@@ -274,8 +313,8 @@ def _member(expr: In) -> MaskFn | None:
         return _lookup(term, lambda v: contains(v, items, negated), None)
     numbers = [c for c in items if kind_of(c) == "n"]
 
-    def member(table: Any, slots: np.ndarray, env: EvalEnv) -> np.ndarray:
-        v = term.get(table, slots, env)
+    def member(cols: Columns, env: EvalEnv) -> np.ndarray:
+        v = term.get(cols, env)
         found = np.zeros(len(v), bool)
         for c in numbers:
             found |= _against(term, v, "==", c)
