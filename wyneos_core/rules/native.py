@@ -431,22 +431,25 @@ class NativeEngine:
             else:
                 self.tests.append((compile_test(cond), False))
 
-    def evaluate(self, nodes: Sequence[Node], lics: Sequence[LicenceResult], env: EvalEnv) -> list[list[int]]:
-        """For each condition, the indexes of the nodes on which it is true."""
+    def evaluate(self, nodes: Sequence[Node], lics: Sequence[LicenceResult], env: EvalEnv,
+                 masks: bool = False) -> list[Any]:
+        """For each condition, the indexes of the nodes on which it is true (``masks``: a
+        boolean array over the nodes instead)."""
         count = len(nodes)
         indexes = range(count)
         not_ = operator.not_
-        table = getattr(nodes, "table", None)
+        table = getattr(nodes, "table", None) if hasattr(nodes, "slots") else None
         cols = None if table is None else Columns(table, nodes.slots)  # type: ignore[attr-defined]
-        out = []
+        out: list[Any] = []
         for (fn, negated), mask in zip(self.tests, self.masks):
             if cols is not None and mask is not None:  # over the columns, the whole fleet at once
-                out.append(np.flatnonzero(mask(cols, env)).tolist())
+                m = mask(cols, env)
+                out.append(m if masks else np.flatnonzero(m).tolist())
                 continue
             hits = map(fn, nodes, lics, repeat(env, count))
             if negated:
                 hits = map(not_, hits)
-            out.append(list(compress(indexes, hits)))
+            out.append(np.fromiter(hits, bool, count) if masks else list(compress(indexes, hits)))
         return out
 
     def close(self) -> None:

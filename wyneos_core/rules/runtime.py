@@ -28,6 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import wyneos_core
 from wyneos_core.model import Action, LicenceResult, Node, PluginError, RuleResult, RuleResults
 from wyneos_core.rules.durable import DurableEngine, DurableEngineError
@@ -35,7 +37,7 @@ from wyneos_core.rules.flapguard import FlapGuard
 from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, cluster_summary
 from wyneos_core.rules.loader import STAGES, Rule, Ruleset, RulesetError, load_ruleset, start_durable
 from wyneos_core.rules.native import NativeEngine
-from wyneos_core.rules.state import FIRING, INACTIVE, PENDING, RESOLVED, StateTracker
+from wyneos_core.rules.state import FIRING, INACTIVE, NAMES, PENDING, RESOLVED, IdSlots, Place, StateTracker, firing
 from wyneos_core.safeio import read_regular_file
 from wyneos_core.wording import plural
 from wyneos_core.yamlio import MAX_YAML_BYTES
@@ -181,6 +183,9 @@ class RulesetRunner:
         self.reload = reload
         self.loaded: dict[Path, Loaded] = {}
         self._refused: dict[Path, tuple[int, int] | None] = {}
+        #: slots of nodes handed over as a plain list; the slot space the trackers are in
+        self._id_slots = IdSlots()
+        self._space: Any = None
         names: dict[str, Path] = {}
         for path in resolve_paths(self.entries, base_dir):
             loaded = self._load(path)
@@ -222,7 +227,7 @@ class RulesetRunner:
         for rule in ruleset.rules:
             tracker = StateTracker(rule.for_, rule.keep_firing_for)
             if previous is not None and rule.id in previous.trackers:
-                tracker.states = previous.trackers[rule.id].states  # states survive a reload
+                tracker.adopt(previous.trackers[rule.id])  # states survive a reload
             trackers[rule.id] = tracker
         guards = {rule.id: (previous.guards.get(rule.id) if previous is not None else None) or FlapGuard()
                   for rule in ruleset.rules if rule.predictive}
@@ -332,7 +337,7 @@ class RulesetRunner:
         every tick; while it rests, every tick report carries a standing error.
         """
         if loaded.engine is loaded.native:
-            return loaded.native.evaluate(nodes, lics, env)
+            return loaded.native.evaluate(nodes, lics, env, masks=True)
         name = loaded.ruleset.name
         if tick < loaded.retry_tick:
             errors.append(PluginError(
@@ -341,7 +346,7 @@ class RulesetRunner:
                 f"{loaded.last_error}); evaluated with the native engine until tick {loaded.retry_tick}",
                 kind="engine",
             ))
-            return loaded.native.evaluate(nodes, lics, env)
+            return loaded.native.evaluate(nodes, lics, env, masks=True)
         try:
             result = loaded.engine.evaluate(nodes, lics, env)
         except DurableEngineError as exc:
@@ -357,24 +362,55 @@ class RulesetRunner:
                 f"ruleset {name!r}: {exc}; evaluated with the native engine for this tick{rest}",
                 kind="engine",
             ))
-            return loaded.native.evaluate(nodes, lics, env)
+            return loaded.native.evaluate(nodes, lics, env, masks=True)
         loaded.failures = 0
         return result
 
-    def _step(self, loaded: Loaded, rule: Rule, ids: list[str], tick: int, now: float,
-              transitions: list[dict[str, Any]], present: set[str] | None) -> StateTracker:
+    def _place(self, nodes: Sequence[Node], ids: list[str]) -> Place:
+        """Where ``nodes`` are: the node table's slots, or stable slots given to a plain list.
+
+        When the nodes come another way than last time (another table, a list), the rule
+        states move over by node id."""
+        table = getattr(nodes, "table", None) if hasattr(nodes, "slots") else None
+        space = self._id_slots if table is None else table
+        if space is not self._space:
+            if self._space is not None:
+                for loaded in self.loaded.values():
+                    for tracker in loaded.trackers.values():
+                        tracker.states = tracker.states
+            self._space = space
+        if table is None:
+            return self._id_slots.place(ids)
+        return Place(nodes.slots, table.ids, table.index)  # type: ignore[attr-defined]
+
+    def _step(self, loaded: Loaded, rule: Rule, hits: Any, place: Place, ids: list[str], tick: int, now: float,
+              transitions: list[dict[str, Any]]) -> np.ndarray:
+        """Advance ``rule``'s states one tick; ``hits``: the engine's answer (a mask, or
+        the positions where the condition holds). :return: the state code of each position."""
         tracker = loaded.trackers[rule.id]
-        if present is not None and len(tracker.states) and not present.issuperset(tracker.states):
-            _end_states(loaded, rule.id, present, transitions)
+        name = loaded.ruleset.name
+        for node_id, before in tracker.depart(place):
+            transitions.append({"kind": "rule", "rule_id": rule.id, "node_id": node_id, "from": before,
+                                "to": RESOLVED if before == FIRING else INACTIVE, "ruleset": name,
+                                "why": "node left the cluster"})
+        count = len(ids)
+        if isinstance(hits, np.ndarray) and hits.dtype == bool:
+            mask = hits
+        else:
+            mask = np.zeros(count, bool)
+            mask[np.asarray(hits, dtype=np.intp)] = True
         guard = loaded.guards.get(rule.id)
         if guard is not None:  # a predictive rule: benign periodic bursts held back
-            if present is not None and not (present.issuperset(guard.onset) and present.issuperset(guard.benign)):
+            present = set(ids)
+            if not (present.issuperset(guard.onset) and present.issuperset(guard.benign)):
                 guard.forget(present)
-            ids = guard.filter(ids, now)
-        for node_id, before, after in tracker.step(ids, tick, now):
+            kept = set(guard.filter([ids[i] for i in np.flatnonzero(mask).tolist()], now))
+            mask = np.fromiter((node_id in kept for node_id in ids), bool, count) if kept else np.zeros(count, bool)
+        changes, codes = tracker.advance(mask, place, tick, now)
+        for _, node_id, before, after in changes:
             transitions.append({"kind": "rule", "rule_id": rule.id, "node_id": node_id, "from": before,
-                                "to": after, "ruleset": loaded.ruleset.name})
-        return tracker
+                                "to": after, "ruleset": name})
+        return codes
 
     def governance(
         self,
@@ -395,27 +431,24 @@ class RulesetRunner:
             return out
         ids = _ids(nodes)
         lics = [licences.get(i) or NO_LICENCE for i in ids]
-        present = set(ids)
-        index = {node_id: i for i, node_id in enumerate(ids)}
+        place = self._place(nodes, ids)
         append = out.append
         for loaded in loaded_list:
             name = loaded.ruleset.name
             active = self._active(loaded, nodes, lics, env, "wyneos_governance", errors, tick)
             for rule, hits in zip(loaded.ruleset.rules, active):
-                tracker = self._step(loaded, rule, [ids[i] for i in hits], tick, env.now, transitions, present)
-                states = tracker.states
+                codes = self._step(loaded, rule, hits, place, ids, tick, env.now, transitions)
                 severity = rule.severity
                 rid = rule.id
-                listed = sorted(index[node_id] for node_id in states if node_id in index)
+                listed = np.flatnonzero(codes).tolist()  # positions in order: only these become objects
                 out.count_passed({rid: len(ids) - len(listed)})
                 for i in listed:
-                    node_id = ids[i]
-                    st = states[node_id]
-                    if st.state == PENDING or st.state == FIRING:
-                        append(RuleResult(rid, node_id, False, rule.message.render(nodes[i], lics[i], env),
-                                          severity, name, st.state))
+                    state = NAMES[codes[i]]
+                    if state == PENDING or state == FIRING:
+                        append(RuleResult(rid, ids[i], False, rule.message.render(nodes[i], lics[i], env),
+                                          severity, name, state))
                     else:
-                        append(RuleResult(rid, node_id, True, "", severity, name, st.state))
+                        append(RuleResult(rid, ids[i], True, "", severity, name, state))
         return out
 
     def actions(
@@ -437,18 +470,15 @@ class RulesetRunner:
             return out
         ids = _ids(nodes)
         lics = [licences.get(i) or NO_LICENCE for i in ids]
-        present = set(ids)
-        index = {node_id: i for i, node_id in enumerate(ids)}
+        place = self._place(nodes, ids)
         for loaded in loaded_list:
             name = loaded.ruleset.name
             active = self._active(loaded, nodes, lics, env, f"wyneos_{stage}", errors, tick)
             for rule, hits in zip(loaded.ruleset.rules, active):
-                tracker = self._step(loaded, rule, [ids[i] for i in hits], tick, env.now, transitions, present)
+                codes = self._step(loaded, rule, hits, place, ids, tick, env.now, transitions)
                 origin = f"ruleset:{name}/{rule.id}"
-                for node_id, st in sorted(tracker.states.items()):
-                    if st.state != FIRING:
-                        continue
-                    i = index[node_id]
+                for i in sorted(firing(codes).tolist(), key=ids.__getitem__):
+                    node_id = ids[i]
                     node, lic = nodes[i], lics[i]
                     reason = rule.message.render(node, lic, env)
                     for spec in rule.actions:

@@ -12,18 +12,26 @@ Prometheus' alerting rule state machine):
 * resolved -> inactive: still false on the next tick; resolved -> pending/firing: true
   again.
 
-Only non-inactive states are stored, so a 100k-node cluster where little is wrong
-costs little memory.
+The states live in small arrays by node slot (``StateTracker``): a state code (one
+byte) and, for a rule with a ``for`` or ``keep_firing_for``, the tick (and, for a
+duration in seconds, the time) its current wait started. A tick advances every node at
+once over a boolean mask of the condition (numpy); only the (rule, node) pairs whose
+state is not inactive (they fail, or have just passed) or changes become Python objects.
+A slot belongs to one node at a time: a node's state ends when it leaves, before the
+next node to take its slot is looked at, so no counter carries over to it (``depart``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["Duration", "RuleState", "StateTracker", "parse_duration", "INACTIVE", "PENDING", "FIRING", "RESOLVED"]
+import numpy as np
+
+__all__ = ["Duration", "IdSlots", "NAMES", "Place", "firing", "RuleState", "StateTracker", "parse_duration", "INACTIVE", "PENDING",
+           "FIRING", "RESOLVED"]
 
 INACTIVE: Final = "inactive"
 PENDING: Final = "pending"
@@ -85,6 +93,8 @@ def parse_duration(value: object) -> Duration:
 
 @dataclass(slots=True)
 class RuleState:
+    """One (rule, node) state as stored (``rules.memory``) and read back."""
+
     state: str
     active_tick: int
     active_at: float
@@ -92,52 +102,271 @@ class RuleState:
     cleared_at: float | None = None
 
 
-class StateTracker:
-    """The states of one rule on every node."""
+#: state codes; KEEPING is firing with the condition false (keep_firing_for running)
+_I, _P, _F, _K, _R = range(5)
+NAMES: Final = (INACTIVE, PENDING, FIRING, FIRING, RESOLVED)
+_CODE = {INACTIVE: _I, PENDING: _P, FIRING: _F, RESOLVED: _R}
+_TICK_MAX = 2**31 - 1
 
-    __slots__ = ("for_", "keep", "states")
+
+def firing(codes: np.ndarray) -> np.ndarray:
+    """The positions whose state code (``StateTracker.advance``) is firing."""
+    return np.flatnonzero((codes == _F) | (codes == _K))
+
+
+class Place:
+    """Where the nodes of one evaluation are: the slot of each position, the node id in
+    each slot (None: free) and the slot of each node id."""
+
+    __slots__ = ("slots", "ids", "index", "_here")
+
+    def __init__(self, slots: np.ndarray, ids: Sequence[str | None], index: Mapping[str, int]) -> None:
+        self.slots = slots
+        self.ids = ids
+        self.index = index
+        self._here: np.ndarray | None = None
+
+    def here(self) -> np.ndarray:
+        """By slot: is its node one of this evaluation's."""
+        if self._here is None:
+            self._here = np.zeros(len(self.ids), bool)
+            self._here[self.slots] = True
+        return self._here
+
+
+class IdSlots:
+    """Stable slots for nodes handed over as a plain list (no node table): a node keeps
+    its slot while it is listed; the slot of one no longer listed is freed for the next."""
+
+    def __init__(self) -> None:
+        self.ids: list[str | None] = []
+        self.index: dict[str, int] = {}
+        self.free: list[int] = []
+
+    def place(self, ids: Sequence[str]) -> Place:
+        listed = set(ids)
+        for node_id in [n for n in self.index if n not in listed]:
+            slot = self.index.pop(node_id)
+            self.ids[slot] = None
+            self.free.append(slot)
+        for node_id in ids:
+            if node_id not in self.index:
+                if self.free:
+                    slot = self.free.pop()
+                    self.ids[slot] = node_id
+                else:
+                    slot = len(self.ids)
+                    self.ids.append(node_id)
+                self.index[node_id] = slot
+        index = self.index
+        return Place(np.fromiter((index[n] for n in ids), np.intp, len(ids)), self.ids, index)
+
+
+class StateTracker:
+    """The states of one rule on every node, in arrays by slot (see the module docstring).
+
+    ``code`` is the state of each slot; ``since_tick`` / ``since_at`` (only when a
+    duration needs them) when the current wait began: ``for`` while pending,
+    ``keep_firing_for`` while firing with the condition false. ``owner`` names the node
+    of every slot whose state is not inactive.
+    """
+
+    __slots__ = ("for_", "keep", "code", "since_tick", "since_at", "owner", "_restore", "_own")
 
     def __init__(self, for_: Duration = ZERO, keep: Duration = ZERO) -> None:
         self.for_ = for_
         self.keep = keep
-        self.states: dict[str, RuleState] = {}
+        self.code = np.zeros(0, np.int8)
+        timed = [d for d in (for_, keep) if d.amount]
+        self.since_tick: np.ndarray | None = np.zeros(0, np.int32) if timed else None
+        self.since_at: np.ndarray | None = np.zeros(0) if any(d.unit == "seconds" for d in timed) else None
+        self.owner: dict[int, str] = {}
+        self._restore: dict[str, RuleState] = {}
+        self._own: IdSlots | None = None
 
-    def state_of(self, node_id: str) -> str:
-        st = self.states.get(node_id)
-        return INACTIVE if st is None else st.state
+    # -- advancing --------------------------------------------------------------------
+
+    def _fit(self, size: int) -> None:
+        if len(self.code) >= size:
+            return
+        size = max(size, 2 * len(self.code), 16)
+        self.code = np.concatenate([self.code, np.zeros(size - len(self.code), np.int8)])
+        if self.since_tick is not None:
+            self.since_tick = np.concatenate([self.since_tick, np.zeros(size - len(self.since_tick), np.int32)])
+        if self.since_at is not None:  # NaN: unknown (the wait restarts when next looked at)
+            self.since_at = np.concatenate([self.since_at, np.full(size - len(self.since_at), np.nan)])
+
+    def depart(self, place: Place) -> list[tuple[str, str]]:
+        """End the states of nodes that are not at ``place`` any more (left, or their slot
+        now another node's), before the slot is looked at again.
+
+        :return: ``(node_id, state it was in)`` of each state ended.
+        """
+        ended: list[tuple[str, str]] = []
+        if self._restore:
+            for node_id, st in self._restore.items():
+                slot = place.index.get(node_id)
+                if slot is None or not place.here()[slot]:
+                    ended.append((node_id, st.state))
+                    continue
+                self._fit(len(place.ids))
+                self._set(slot, node_id, st)
+            self._restore = {}
+        if self.owner:
+            ids, here = place.ids, place.here()
+            size = len(ids)
+            gone = [(slot, node_id) for slot, node_id in self.owner.items()
+                    if slot >= size or not here[slot] or ids[slot] != node_id]
+            for slot, node_id in gone:
+                ended.append((node_id, NAMES[self.code[slot]]))
+                self.code[slot] = _I
+                del self.owner[slot]
+        return ended
+
+    def advance(self, active: np.ndarray, place: Place, tick: int,
+                now: float) -> tuple[list[tuple[int, str, str, str]], np.ndarray]:
+        """Advance every node at ``place`` one tick; ``active[i]``: the condition holds on
+        the node at position ``i``. Call ``depart`` first.
+
+        :return: the transitions ``(position, node_id, from, to)`` and the state code of
+            each position after the tick (``NAMES`` names them; 0 is inactive).
+        """
+        self._fit(len(place.ids))
+        slots = place.slots
+        code = self.code
+        cur = code[slots]
+        new = cur.copy()
+        on = np.asarray(active, bool)
+        start = on & ((cur == _I) | (cur == _R))
+        new[on & (cur == _K)] = _F
+        off = ~on
+        new[off & ((cur == _P) | (cur == _R))] = _I
+        clear = off & (cur == _F)
+        new[start] = _P
+        new[clear] = _K
+        began = np.flatnonzero(start | clear)
+        if len(began):
+            self._begin(slots[began], tick, now)
+        self._serve(new, on & (new == _P), self.for_, slots, _F, tick, now)
+        self._serve(new, off & (new == _K), self.keep, slots, _R, tick, now)
+        code[slots] = new
+        seen_old, seen_new = np.where(cur == _K, _F, cur), np.where(new == _K, _F, new)
+        changes = []
+        ids = place.ids
+        owner = self.owner
+        for position in np.flatnonzero(seen_old != seen_new).tolist():
+            slot = int(slots[position])
+            before, after = int(cur[position]), int(new[position])
+            node_id = ids[slot]
+            changes.append((position, node_id, NAMES[before], NAMES[after]))
+            if after == _I:
+                owner.pop(slot, None)
+            else:
+                owner[slot] = node_id  # type: ignore[assignment]
+        return changes, new
+
+    def _begin(self, slots: np.ndarray, tick: int, now: float) -> None:
+        if self.since_tick is not None:
+            self.since_tick[slots] = min(tick, _TICK_MAX)
+        if self.since_at is not None:
+            self.since_at[slots] = now
+
+    def _serve(self, new: np.ndarray, waiting: np.ndarray, duration: Duration, slots: np.ndarray, to: int,
+               tick: int, now: float) -> None:
+        """Move the ``waiting`` positions whose wait reached ``duration`` to state ``to``."""
+        positions = np.flatnonzero(waiting)
+        if not len(positions):
+            return
+        if not duration.amount:
+            new[positions] = to
+            return
+        at = slots[positions]
+        if duration.unit == "ticks":
+            served = (min(tick, _TICK_MAX) - self.since_tick[at].astype(np.int64)) >= duration.amount  # type: ignore[index]
+        else:
+            since = self.since_at[at]  # type: ignore[index]
+            unknown = np.isnan(since)
+            if unknown.any():  # a wait begun under another duration unit: it starts now
+                self.since_at[at[unknown]] = now  # type: ignore[index]
+                since = np.where(unknown, now, since)
+            served = (now - since) >= duration.amount
+        new[positions[served]] = to
+
+    # -- by node id ---------------------------------------------------------------------
 
     def step(self, active: Iterable[str], tick: int, now: float) -> list[tuple[str, str, str]]:
-        """Advance every node one tick; ``active`` are the nodes whose condition is true.
+        """``advance`` for callers without a node table: ``active`` are the ids of the
+        nodes whose condition is true; the nodes with a state are advanced too.
 
         :return: the transitions ``(node_id, from, to)``.
         """
-        states = self.states
-        active = set(active)
-        changes: list[tuple[str, str, str]] = []
-        for node_id in active:
-            st = states.get(node_id)
-            before = INACTIVE if st is None else st.state
-            if st is None or st.state == RESOLVED:
-                st = states[node_id] = RuleState(PENDING, tick, now)
-            st.cleared_tick = st.cleared_at = None
-            if st.state == PENDING and self.for_.served(tick - st.active_tick, now - st.active_at):
-                st.state = FIRING
-            if st.state != before:
-                changes.append((node_id, before, st.state))
-        for node_id in [n for n in states if n not in active]:
-            st = states[node_id]
-            before = st.state
-            if before == PENDING or before == RESOLVED:
-                del states[node_id]
-                changes.append((node_id, before, INACTIVE))
-                continue
-            # firing, condition false: keep firing for keep_firing_for, then resolve
-            if st.cleared_tick is None:
-                st.cleared_tick, st.cleared_at = tick, now
-            if self.keep.served(tick - st.cleared_tick, now - (st.cleared_at or now)):
-                st.state = RESOLVED
-                changes.append((node_id, FIRING, RESOLVED))
-        return changes
+        active = list(dict.fromkeys(active))
+        on = set(active)
+        listed = active + [n for n in dict.fromkeys([*self.owner.values(), *self._restore]) if n not in on]
+        if self._own is None:
+            self._own = IdSlots()
+        place = self._own.place(listed)
+        self.depart(place)
+        mask = np.zeros(len(listed), bool)
+        mask[:len(active)] = True
+        changes, _ = self.advance(mask, place, tick, now)
+        return [(node_id, before, after) for _, node_id, before, after in changes]
+
+    def state_of(self, node_id: str) -> str:
+        for slot, owner in self.owner.items():
+            if owner == node_id:
+                return NAMES[self.code[slot]]
+        st = self._restore.get(node_id)
+        return INACTIVE if st is None else st.state
+
+    def _state_at(self, slot: int) -> RuleState:
+        """The state in ``slot`` (a time NaN when this rule keeps none)."""
+        code = int(self.code[slot])
+        tick = int(self.since_tick[slot]) if self.since_tick is not None else 0
+        at = float(self.since_at[slot]) if self.since_at is not None else float("nan")
+        if code == _K:
+            return RuleState(FIRING, 0, 0.0, tick, at)
+        return RuleState(NAMES[code], tick, at)
+
+    @property
+    def states(self) -> dict[str, RuleState]:
+        """Every state that is not inactive, by node id (what ``rules.memory`` stores)."""
+        out = dict(self._restore)
+        for slot, node_id in self.owner.items():
+            st = out[node_id] = self._state_at(slot)
+            if st.active_at != st.active_at:
+                st.active_at = 0.0
+            if st.cleared_at is not None and st.cleared_at != st.cleared_at:
+                st.cleared_at = 0.0
+        return out
+
+    @states.setter
+    def states(self, states: Mapping[str, RuleState]) -> None:
+        """Replace every state: these (by node id) take their slots at the next tick."""
+        for slot in self.owner:
+            self.code[slot] = _I
+        self.owner = {}
+        self._restore = dict(states)
+
+    def _set(self, slot: int, node_id: str, st: RuleState) -> None:
+        if st.state == FIRING and st.cleared_tick is not None:
+            code, tick, at = _K, st.cleared_tick, st.cleared_at
+        else:
+            code, tick, at = _CODE[st.state], st.active_tick, st.active_at
+        self.code[slot] = code
+        if self.since_tick is not None:
+            self.since_tick[slot] = max(-_TICK_MAX, min(int(tick), _TICK_MAX))
+        if self.since_at is not None:
+            self.since_at[slot] = float("nan") if at is None else at
+        self.owner[slot] = node_id
+
+    def adopt(self, other: StateTracker) -> None:
+        """Take over ``other``'s states in their slots (the same rule reloaded; a wait
+        kept in another unit than the new duration's starts again)."""
+        self.states = other._restore
+        self._fit(len(other.code))
+        for slot, node_id in other.owner.items():
+            self._set(slot, node_id, other._state_at(slot))
 
     def forget(self, keep_only: set[str] | None = None) -> list[tuple[str, str]]:
         """Drop the states of nodes not in ``keep_only`` (all when None).
@@ -145,7 +374,12 @@ class StateTracker:
         :return: ``(node_id, state it was in)`` of every state dropped, so that the
             caller can report how they ended.
         """
-        dropped = [(n, st.state) for n, st in self.states.items() if keep_only is None or n not in keep_only]
+        dropped = [(n, st.state) for n, st in self._restore.items() if keep_only is None or n not in keep_only]
         for node_id, _ in dropped:
-            del self.states[node_id]
+            del self._restore[node_id]
+        for slot, node_id in list(self.owner.items()):
+            if keep_only is None or node_id not in keep_only:
+                dropped.append((node_id, NAMES[self.code[slot]]))
+                self.code[slot] = _I
+                del self.owner[slot]
         return dropped
