@@ -97,7 +97,7 @@ def test_overload_is_redistributed_to_neighbours_and_returns_when_the_burst_ends
     threshold = result.orchestrator.config["healing"]["overload_threshold"]
     # precondition: the burst overloads every hot node (that it is brought back below the
     # threshold while the burst lasts is the next test's)
-    assert all(cluster.base_load[node_id] + 0.6 > threshold for node_id in hot)
+    assert all(cluster.base_load[cluster.position(node_id)] + 0.6 > threshold for node_id in hot)
     assert all(x.counts["online"] == 60 for x in result.samples)
     # after the burst the moved load is gone again everywhere
     assert all(abs(v) < 1e-9 for v in cluster.moved.values())
@@ -190,8 +190,10 @@ def test_overrides_are_checked_against_the_scenario():
     scenario = load_scenario(text="scenario: x\nnodes: 20\nfaults:\n  - {kind: crash, at: 2, count: 15}\n")
     with pytest.raises(LocatedError, match="15 nodes asked for, the cluster has 10"):
         scenario.with_overrides(nodes=10)
+    with pytest.raises(LocatedError, match="between 1 and 1000000"):
+        scenario.with_overrides(nodes=1_000_001)
     with pytest.raises(LocatedError, match="between 1 and 100000"):
-        scenario.with_overrides(nodes=200_000)
+        scenario.with_overrides(ticks=100_001)
 
 
 def test_outputs_summary_timeline_and_plot(tmp_path):
@@ -266,12 +268,13 @@ def test_shipped_scenarios_are_the_repository_files_and_go_into_the_wheel(tmp_pa
     assert "wyneos_core/simulate/scenario.schema.json" in names
 
 
-@pytest.mark.parametrize(("option", "value"), [("--nodes", "0"), ("--ticks", "0"), ("--ticks", "-3"),
-                                               ("--nodes", "100001")])
-def test_cli_refuses_out_of_range_overrides_naming_the_option(tmp_path, option, value):
+@pytest.mark.parametrize(("option", "value", "most"), [("--nodes", "0", 1_000_000), ("--ticks", "0", 100_000),
+                                                       ("--ticks", "-3", 100_000), ("--nodes", "1000001", 1_000_000),
+                                                       ("--ticks", "100001", 100_000)])
+def test_cli_refuses_out_of_range_overrides_naming_the_option(tmp_path, option, value, most):
     out = wyneos("simulate", "builtin:single-crash", option, value, "--out", "o", cwd=tmp_path)
     assert out.returncode == 2
-    assert f"argument {option}" in out.stderr and "must be between 1 and 100000" in out.stderr
+    assert f"argument {option}" in out.stderr and f"must be between 1 and {most}" in out.stderr
     assert not (tmp_path / "o").exists()
 
 

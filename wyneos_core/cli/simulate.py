@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 __all__ = ["register", "cmd_simulate"]
 
@@ -23,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "of a YAML scenario; print and write the summary and a plot.")
     p.add_argument("scenario", nargs="?", help="scenario file, or builtin:NAME for a shipped one")
     p.add_argument("--list", action="store_true", help="list the shipped scenarios and exit")
-    p.add_argument("--nodes", "-n", type=_count, help="cluster size (overrides the scenario; 1 to 100000)")
-    p.add_argument("--ticks", "-t", type=_count, help="ticks to run (overrides the scenario; 1 to 100000)")
+    p.add_argument("--nodes", "-n", type=_count(1_000_000), help="cluster size (overrides the scenario; 1 to 1000000)")
+    p.add_argument("--ticks", "-t", type=_count(100_000), help="ticks to run (overrides the scenario; 1 to 100000)")
     p.add_argument("--seed", "-s", type=int, help="seed of every random choice (overrides the scenario)")
     p.add_argument("--out", "-o", metavar="DIR", default="sim-out", help="output directory (default: sim-out)")
     p.add_argument("--format", choices=("png", "svg"), default="png", help="plot format (default: png)")
@@ -41,15 +42,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_simulate)
 
 
-def _count(text: str) -> int:
-    """An option value between 1 and 100000 (argparse names the option in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 100000, got {value}")
-    return value
+def _count(most: int) -> Any:
+    """An option value between 1 and ``most`` (argparse names the option in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be between 1 and {most}, got {value}")
+        return value
+
+    return parse
 
 
 def _list(builtin: dict) -> int:

@@ -34,12 +34,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from typing import Any
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import breadth_first_order
 
 from wyneos_core import hookimpl
 from wyneos_core.mesh import Mesh
 from wyneos_core.model import ORIGIN, Action, Heartbeat, Observation
 from wyneos_core.simulate.licences import SimLicences
+from wyneos_core.simulate.observations import SimObservationLog, TickEdges
 from wyneos_core.simulate.scenario import Fault, Scenario, pick_nodes
 from wyneos_core.tick import TickContext
 
@@ -51,24 +57,44 @@ _LOAD_ACTIONS = frozenset({"reduce_load", "redistribute"})
 
 
 class SimCluster:
-    """The plugin that plays every node of a simulated cluster."""
+    """The plugin that plays every node of a simulated cluster.
+
+    The nodes are columns indexed by their position in ``ids`` (base load, probe
+    latency, heartbeat sequence number; this tick's masks of who is down, hung, cut
+    off...); what faults do is kept by node id, in sets and mappings as big as the
+    faults. The physical network is a CSR adjacency over the positions, the
+    orchestrator at position ``len(ids)``, with a flag per link a partition cut.
+    """
 
     __wyneos_name__ = "simulated-cluster"
 
     def __init__(self, scenario: Scenario, ids: Sequence[str], mesh: Mesh) -> None:
         self.scenario = scenario
         self.ids = list(ids)
+        n = self.n = len(self.ids)
         self.mesh = mesh
         rng = random.Random(scenario.seed)
         lo, hi = scenario.load["min"], scenario.load["max"]
-        self.base_load = {i: round(rng.uniform(lo, hi), 4) for i in self.ids}
+        uniform = rng.uniform
+        #: each node's own load, by position (``load_of`` adds what faults and moves change)
+        self.base_load = np.array([round(uniform(lo, hi), 4) for _ in range(n)], dtype=np.float64)
         self.moved: dict[str, float] = {}
         self.rng = random.Random(scenario.seed + 1)
         self.targets = fault_targets(scenario, self.ids)
         self._partition_rng = random.Random(scenario.seed + 3)
-        self.physical = {v: set(mesh.graph.adj[v]) for v in mesh.graph}
-        self.cut: dict[int, list[tuple[str, str]]] = {}
-        self.reachable: set[str] | None = None
+        self.indptr, self.indices = _adjacency(mesh, self.ids)
+        #: per adjacency entry: the link is cut (by a partition)
+        self.link_cut = np.zeros(len(self.indices), dtype=bool)
+        self.cut: dict[int, np.ndarray] = {}
+        #: positions (the orchestrator's at ``n`` included) with a physical path to the
+        #: orchestrator while a partition lasts; None: every one
+        self.reachable: np.ndarray | None = None
+        # the witness probes: one per adjacency entry between two nodes
+        rows = np.repeat(np.arange(n + 1, dtype=np.int32), np.diff(self.indptr))
+        probe = (rows < n) & (self.indices < n)
+        self.probe_entry = np.flatnonzero(probe)
+        self.probe_observer = rows[probe]
+        self.probe_subject = self.indices[probe]
         # per tick state
         self.down: set[str] = set()
         self.hung: dict[str, float] = {}
@@ -87,19 +113,51 @@ class SimCluster:
                                      for n in self.targets.get(f.index, ())})
         self.refs: dict[str, str] = {}
         self.last_scratch: dict[str, Any] = {}
-        # witnesses: each node probes its configured mesh neighbours
-        self.neighbours = {v: tuple(w for w in mesh.graph.adj[v] if w != ORIGIN) for v in self.ids}
         lat_rng = random.Random(scenario.seed + 4)
-        self.latency = {v: round(lat_rng.uniform(0.2, 2.0), 3) for v in self.ids}
-        #: heartbeats each node has sent (its sequence number)
-        self.seq: dict[str, int] = dict.fromkeys(self.ids, 0)
+        lat = lat_rng.uniform
+        self.latency = np.array([round(lat(0.2, 2.0), 3) for _ in range(n)], dtype=np.float64)
+        #: heartbeats each node has sent (its sequence number), by position
+        self.seq = np.zeros(n, dtype=np.int64)
         self.link_lost: set[str] = set()
         self.liars: set[str] = set()
         self.witnesses = True
+        #: where the witnesses' observations go (set by ``attach``), and the last tick's
+        self.observation_log: SimObservationLog | None = None
+        self.last_edges: TickEdges | None = None
+        #: the plugin that bends observations for trust faults (``trust_faults.SimWitnesses``)
+        self.bender: Any = None
         #: the orchestrator's consensus section (for the summary)
         self.consensus_settings: dict[str, Any] = {}
         #: the nodes' telemetry and reported state (``predict_faults.SimTelemetry``), when played
         self.telemetry: Any = None
+
+    def attach(self, registry: Any) -> None:
+        """Hand the witnesses' observations to ``registry`` as columns (see ``observations``)."""
+        self.observation_log = SimObservationLog(registry.observations, registry, self.position)
+        registry.observations = self.observation_log
+
+    def position(self, node_id: str) -> int | None:
+        """``node_id``'s position in ``ids`` (``len(ids)`` for the orchestrator; None: not ours)."""
+        if node_id == ORIGIN:
+            return self.n
+        if type(node_id) is not str:
+            return None
+        digits = node_id.rpartition("-")[2]
+        if digits.isdigit():
+            p = int(digits) - 1
+            if 0 <= p < self.n and self.ids[p] == node_id:
+                return p
+        try:
+            return self.ids.index(node_id)
+        except ValueError:
+            return None
+
+    def mask(self, node_ids: Iterable[str]) -> np.ndarray:
+        """A mask over the positions with ``node_ids`` set."""
+        out = np.zeros(self.n, dtype=bool)
+        found = [p for p in map(self.position, node_ids) if p is not None and p < self.n]
+        out[found] = True
+        return out
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -122,7 +180,7 @@ class SimCluster:
                     self._partition(fault)
                     changed = True
                 elif not active and fault.index in self.cut:
-                    self._heal(fault)
+                    self.link_cut[self.cut.pop(fault.index)] = False
                     changed = True
                 continue
             if not active:
@@ -165,7 +223,7 @@ class SimCluster:
         if self.licences is not None:
             self.refs = {n: self.licences.reference(n, tick, self.scenario.faults) for n in self.licence_nodes}
         if changed:
-            self.reachable = _reach(self.physical) if self.cut else None
+            self.reachable = self._reach() if self.cut else None
 
     def _partition(self, fault: Fault) -> None:
         if fault.nodes is not None:
@@ -174,11 +232,17 @@ class SimCluster:
             size = fault.count if fault.count is not None else max(1, round((fault.fraction or 0) * len(self.ids)))
             region = self._region(size)
         self.targets[fault.index] = sorted(region)
-        edges = [(a, b) for a in region for b in self.physical.get(a, ()) if b not in region]
-        for a, b in edges:
-            self.physical[a].discard(b)
-            self.physical[b].discard(a)
-        self.cut[fault.index] = edges
+        inside = np.zeros(self.n + 1, dtype=bool)
+        inside[:self.n] = self.mask(region)
+        rows = np.repeat(np.arange(self.n + 1), np.diff(self.indptr))
+        crossing = np.flatnonzero((inside[rows] != inside[self.indices]) & ~self.link_cut)
+        self.link_cut[crossing] = True
+        self.cut[fault.index] = crossing
+
+    def _neighbours(self, v: int) -> np.ndarray:
+        """Positions linked to ``v`` by a link no partition cut."""
+        lo, hi = self.indptr[v], self.indptr[v + 1]
+        return self.indices[lo:hi][~self.link_cut[lo:hi]]
 
     def _region(self, size: int) -> set[str]:
         """``size`` nodes to cut off: what is left after growing the orchestrator's side.
@@ -189,26 +253,34 @@ class SimCluster:
         """
         rng = self._partition_rng
         keep = len(self.ids) - size
-        side: set[str] = set()
-        seen = {ORIGIN}
-        frontier = [ORIGIN]
-        while frontier and len(side) < keep:
+        side = np.zeros(self.n + 1, dtype=bool)
+        seen = np.zeros(self.n + 1, dtype=bool)
+        seen[self.n] = True
+        taken = 0
+        frontier = [self.n]
+        while frontier and taken < keep:
             nxt = []
             for v in frontier:
-                neighbours = sorted(self.physical[v])
+                neighbours = sorted(self._neighbours(v).tolist())  # ids sort as their positions
                 rng.shuffle(neighbours)
                 for w in neighbours:
-                    if w not in seen and len(side) < keep:
-                        seen.add(w)
-                        side.add(w)
+                    if not seen[w] and taken < keep:
+                        seen[w] = side[w] = True
+                        taken += 1
                         nxt.append(w)
             frontier = nxt
-        return {i for i in self.ids if i not in side}
+        return {self.ids[p] for p in np.flatnonzero(~side[:self.n]).tolist()}
 
-    def _heal(self, fault: Fault) -> None:
-        for a, b in self.cut.pop(fault.index):
-            self.physical[a].add(b)
-            self.physical[b].add(a)
+    def _reach(self) -> np.ndarray:
+        """Positions with a path of uncut links to the orchestrator (its own included)."""
+        keep = ~self.link_cut
+        rows = np.repeat(np.arange(self.n + 1), np.diff(self.indptr))
+        graph = csr_matrix((np.ones(int(keep.sum()), np.int8), (rows[keep], self.indices[keep])),
+                           shape=(self.n + 1, self.n + 1))
+        order = breadth_first_order(graph, self.n, directed=True, return_predecessors=False)
+        out = np.zeros(self.n + 1, dtype=bool)
+        out[order] = True
+        return out
 
     def _undo_moves(self, nodes: Iterable[str]) -> None:
         """The burst behind an overload is over: the load it pushed away ends too."""
@@ -221,63 +293,93 @@ class SimCluster:
                 self.moved[receiver] = self.moved.get(receiver, 0.0) - amount
 
     def load_of(self, node_id: str) -> float:
-        load = self.base_load[node_id] + self.moved.get(node_id, 0.0) + self.extra.get(node_id, 0.0)
+        p = self.position(node_id)
+        load = float(self.base_load[p]) + self.moved.get(node_id, 0.0) + self.extra.get(node_id, 0.0)
         return round(max(0.0, load), 4)
 
     def is_node_faulty(self, node_id: str) -> bool:
         return (node_id in self.down or node_id in self.hung or node_id in self.expired
                 or node_id in self.forged or node_id in self.skew)
 
+    def reaches(self, node_id: str) -> bool:
+        """Whether ``node_id`` has a physical path to the orchestrator now."""
+        reach = self.reachable
+        if reach is None:
+            return True
+        p = self.position(node_id)
+        return p is not None and bool(reach[p])
+
     # -- hooks -------------------------------------------------------------------------------
 
     @hookimpl(tryfirst=True)
     def wyneos_heartbeat(self, ctx: TickContext) -> list[Heartbeat]:
         self.begin_tick(ctx.tick, ctx.now)
+        if self.bender is not None:
+            self.bender.begin(ctx.tick)
         now = ctx.now
-        down, hung, skew, reach = self.down, self.hung, self.skew, self.reachable
-        base, moved, extra = self.base_load, self.moved, self.extra
-        refs = self.refs
-        lost = self.link_lost
-        seq = self.seq
-        for node_id in self.ids:
-            if node_id not in down and node_id not in hung:
-                seq[node_id] += 1
-        witnesses = self.witnesses
+        ids, n = self.ids, self.n
+        down = self.mask(self.down)
+        hung = self.mask(self.hung)
+        self.seq = self.seq + ~(down | hung)  # a new array: last tick's observations keep theirs
+        sends = ~down
+        if self.reachable is not None:
+            sends &= self.reachable[:n]
+        heard = sends & ~self.mask(self.link_lost) if self.link_lost else sends  # lost: sent, never arrives
+        ts = np.full(n, now, dtype=np.float64)
+        for node_id, skew in self.skew.items():
+            ts[self.position(node_id)] = now + skew
+        for node_id, since in self.hung.items():
+            ts[self.position(node_id)] = since
+        load = self.base_load
+        if self.moved or self.extra:
+            load = load.copy()
+            for node_id in set(self.moved).union(self.extra):
+                load[self.position(node_id)] = self.load_of(node_id)
+        if self.witnesses:
+            observers = heard & ~hung
+            self.last_edges = self._witness_edges(observers, down | hung, np.where(heard, ts, np.nan))
+            if self.bender is not None:
+                self.last_edges = self.bender.bend(self.last_edges, observers)
+            if self.observation_log is not None:
+                self.observation_log.put(self.last_edges)
+        sent = np.flatnonzero(heard)
+        names = list(map(ids.__getitem__, sent.tolist()))
         telemetry = self.telemetry
-        out = []
-        for node_id in self.ids:
-            if node_id in down or (reach is not None and node_id not in reach):
-                continue
-            if lost and node_id in lost:
-                continue  # sent, but the orchestrator's own link to it is gone
-            ts = hung.get(node_id)
-            if ts is None:
-                ts = now + skew.get(node_id, 0.0)
-            load = base[node_id]
-            if moved or extra:
-                load = max(0.0, load + moved.get(node_id, 0.0) + extra.get(node_id, 0.0))
-            observations = self._observe(node_id) if witnesses and node_id not in hung else ()
-            if telemetry is not None:
-                out.append(Heartbeat(node_id, ts, round(load, 4), telemetry.metadata_of(node_id),
-                                     licence_ref=refs.get(node_id) if refs else None, observations=observations,
-                                     metrics=telemetry.metrics_of(node_id)))
-                continue
-            out.append(Heartbeat(node_id, ts, round(load, 4), licence_ref=refs.get(node_id) if refs else None,
-                                 observations=observations))
+        if telemetry is not None:
+            out = [Heartbeat(node_id, t, v, telemetry.metadata_of(node_id), metrics=telemetry.metrics_of(node_id))
+                   for node_id, t, v in zip(names, ts[sent].tolist(), load[sent].tolist())]
+        else:
+            out = list(map(Heartbeat, names, ts[sent].tolist(), load[sent].tolist()))
+        for node_id, ref in self.refs.items():
+            p = self.position(node_id)
+            if heard[p]:
+                k = int(np.searchsorted(sent, p))
+                hb = out[k]
+                out[k] = Heartbeat(node_id, hb.timestamp, hb.load, hb.metadata, licence_ref=ref, metrics=hb.metrics)
         return out
 
+    def _witness_edges(self, observers: np.ndarray, unanswering: np.ndarray, sent: np.ndarray) -> TickEdges:
+        """What every observing node saw of its mesh neighbours this tick (inverted by a liar):
+        a neighbour answers unless it is down or hung, or the link between them is cut."""
+        picked = np.flatnonzero(observers[self.probe_observer])
+        o, s = self.probe_observer[picked], self.probe_subject[picked]
+        up = ~self.link_cut[self.probe_entry[picked]] & ~unanswering[s]
+        reachable = up != self.mask(self.liars)[o] if self.liars else up
+        return TickEdges(self.ids, o, s, reachable, up, np.zeros(len(o), dtype=bool), self.latency, self.seq, sent)
+
+    def probe_edges(self, observers: np.ndarray, unanswering: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(observer, subject, answered)`` of every probe of the ``observers`` over a link
+        no partition cut (what a node sees when nobody asks it to report)."""
+        picked = np.flatnonzero(observers[self.probe_observer] & ~self.link_cut[self.probe_entry])
+        o, s = self.probe_observer[picked], self.probe_subject[picked]
+        return o, s, ~unanswering[s]
+
     def _observe(self, node_id: str) -> tuple[Observation, ...]:
-        """What ``node_id`` saw of its neighbours this tick (inverted by a liar)."""
-        down, hung, physical = self.down, self.hung, self.physical[node_id]
-        liar = node_id in self.liars
-        lat = self.latency
-        mine = lat[node_id]
-        seq = self.seq
-        out = []
-        for w in self.neighbours[node_id]:
-            up = w in physical and w not in down and w not in hung
-            out.append(Observation(node_id, w, up != liar, round(mine + lat[w], 3) if up else None, seq[w], True))
-        return tuple(out)
+        """What ``node_id`` reported of its neighbours in the last tick."""
+        p = self.position(node_id)
+        if self.last_edges is None or p is None:
+            return ()
+        return self.last_edges.of_observer(p)
 
     @hookimpl(tryfirst=True)
     def wyneos_deliver(self, ctx: TickContext, action: Action, sender: str, receiver: str) -> bool:
@@ -287,8 +389,7 @@ class SimCluster:
         if receiver in self.down or receiver in self.hung:
             self.counters["refused"] += 1
             return False
-        reach = self.reachable
-        if reach is not None and (receiver not in reach or sender not in reach):
+        if self.reachable is not None and not (self.reaches(receiver) and self.reaches(sender)):
             self.counters["refused"] += 1  # the hop crosses (or sits behind) a failed link
             return False
         if self.loss and self.rng.random() < self.loss:
@@ -308,7 +409,8 @@ class SimCluster:
         known = self.moves_from.get(source)
         if known is not None and known[0] == action.id:
             return  # already carried out (a redelivery)
-        moves = [(n, float(a)) for n, a in action.params.get("moves", {}).items() if n in self.base_load]
+        moves = [(n, float(a)) for n, a in action.params.get("moves", {}).items()
+                 if self.position(n) is not None and n != ORIGIN]
         if not moves:
             return
         for receiver, amount in moves:
@@ -330,15 +432,22 @@ def fault_targets(scenario: Scenario, ids: Sequence[str]) -> dict[int, list[str]
     return targets
 
 
-def _reach(adj: dict[str, set[str]]) -> set[str]:
-    seen = {ORIGIN}
-    frontier = [ORIGIN]
-    while frontier:
-        nxt = []
-        for v in frontier:
-            for w in adj.get(v, ()):
-                if w not in seen:
-                    seen.add(w)
-                    nxt.append(w)
-        frontier = nxt
-    return seen
+def _adjacency(mesh: Mesh, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh's links as CSR arrays over the positions of ``ids``, the orchestrator at
+    ``len(ids)``; each vertex's neighbours in the mesh's own order."""
+    order = [*ids, ORIGIN]
+    index = {v: i for i, v in enumerate(order)}
+    adj = mesh.graph.adj
+    empty: dict[str, Any] = {}
+    rows = [adj[v] if v in adj else empty for v in order]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(order))
+    indptr = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    # a neighbour outside ``order`` (not a simulated node) has no position: it is left out
+    indices = np.fromiter(map(index.get, chain.from_iterable(rows), [-1] * int(indptr[-1])), dtype=np.int64,
+                          count=int(indptr[-1]))
+    if (indices < 0).any():
+        keep = indices >= 0
+        kept = np.concatenate([[0], np.cumsum(keep)])
+        indptr, indices = kept[indptr], indices[keep]
+    return indptr, indices.astype(np.int32)

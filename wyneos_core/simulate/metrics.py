@@ -24,12 +24,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from wyneos_core.model import TickReport
 from wyneos_core.simulate.cluster import SimCluster
 from wyneos_core.simulate.scenario import Fault, Scenario
 from wyneos_core.wording import plural
 
-__all__ = ["Recorder", "TickSample"]
+__all__ = ["Recorder", "TickSample", "fleet_column"]
 
 #: node faults tracked per node for latency; bigger faults are sampled (seeded order)
 TRACK_LIMIT = 1000
@@ -91,9 +93,11 @@ class Recorder:
     """Collects one ``TickSample`` per tick and the fault latencies; ``summary()`` at the end."""
 
     def __init__(self, scenario: Scenario, cluster: SimCluster, interval: float, threshold: float,
-                 max_skew: float, grace_ticks: int) -> None:
+                 max_skew: float, grace_ticks: int, registry: Any) -> None:
         self.scenario = scenario
         self.cluster = cluster
+        #: the orchestrator's registry: the tracked nodes' status and load are read there
+        self.registry = registry
         self.interval = interval
         self.threshold = threshold
         self.max_skew = max_skew
@@ -103,8 +107,8 @@ class Recorder:
         self.isolations: Counter[str] = Counter()
         self.false_isolations: list[dict[str, Any]] = []
         self.last_node_fault: dict[str, int] = {}
-        #: node -> last tick a partition kept it from being heard
-        self.last_silenced: dict[str, int] = {}
+        #: by position: last tick a partition kept the node from being heard
+        self.last_silenced = np.full(len(cluster.ids), -10**9, dtype=np.int64)
         self.partition_isolations: list[dict[str, Any]] = []
         self.safety_notes: list[str] = []
         self.no_capacity: list[str] = []
@@ -131,10 +135,7 @@ class Recorder:
             if abs(skew) > self.max_skew:
                 self.last_node_fault[node_id] = tick
         if cluster.reachable is not None:
-            reach = cluster.reachable
-            for node_id in cluster.ids:
-                if node_id not in reach:
-                    self.last_silenced[node_id] = tick
+            self.last_silenced[~cluster.reachable[:len(cluster.ids)]] = tick
 
         actions: Counter[str] = Counter()
         acted_on: dict[str, set[str]] = {}
@@ -145,7 +146,8 @@ class Recorder:
                 self.isolations[a.target] += 1
                 last = self.last_node_fault.get(a.target)
                 if last is None or tick - last > self.grace_ticks:
-                    silenced = self.last_silenced.get(a.target)
+                    p = cluster.position(a.target)
+                    silenced = None if p is None or p >= len(cluster.ids) else int(self.last_silenced[p])
                     entry = {"tick": tick, "node": a.target, "reason": a.reason}
                     if silenced is not None and tick - silenced <= self.grace_ticks:
                         self.partition_isolations.append(entry)
@@ -168,39 +170,38 @@ class Recorder:
 
         active = [f for f in self.scenario.faults if f.at <= tick]
         if active:
-            by_id = {n.id: n for n in report.nodes} if any(f.kind in ("crash", "hang", "flapping", "overload",
-                                                                                 "partition", "orchestrator_link_loss")
-                                                           for f in active) else {}
             rejected = {r["node_id"] for r in report.heartbeats_rejected if r.get("field") == "timestamp"}
             for target in gate.get("waiting", ()):
                 acted_on.setdefault(target, set()).add("held")
             for fault in active:
-                self._observe(self._track(fault), tick, by_id, rejected, report, partitioned, acted_on,
+                self._observe(self._track(fault), tick, rejected, report, partitioned, acted_on,
                               bool(scratch.get("safety_stop")), gate.get("discounted", set()))
 
         delivered = sum(1 for d in report.deliveries if d.delivered)
-        loads = [n.load for n in report.nodes if n.load is not None]
+        loads = fleet_column(self.registry, "load")
+        loads = loads[~np.isnan(loads)]
         sample = TickSample(tick, report.started_at, report.duration_ms, report.status_counts(), dict(actions),
                             delivered, len(report.deliveries), bool(scratch.get("safety_stop")),
                             len(partitioned), len(report.heartbeats_rejected), moved,
-                            statistics.fmean(loads) if loads else None, max(loads) if loads else None,
-                            sum(1 for v in loads if v > self.threshold))
+                            float(loads.mean()) if len(loads) else None, float(loads.max()) if len(loads) else None,
+                            int(np.count_nonzero(loads > self.threshold)))
         self.samples.append(sample)
         return sample
 
-    def _observe(self, track: _Track, tick: int, by_id: dict, rejected: set[str], report: TickReport,
+    def _observe(self, track: _Track, tick: int, rejected: set[str], report: TickReport,
                  partitioned: set[str], acted_on: dict[str, set[str]], safety_stop: bool,
                  discounted: set[str]) -> None:
         kind = track.fault.kind
         wanted = _ACTS.get(kind, set())
+        get = self.registry.get
         for node_id in track.nodes:
             if node_id not in track.detected:
                 seen = False
                 if kind in ("crash", "hang", "flapping", "partition", "orchestrator_link_loss"):
-                    node = by_id.get(node_id)
+                    node = get(node_id)
                     seen = node is not None and node.status.value in ("stale", "offline")
                 elif kind == "overload":
-                    node = by_id.get(node_id)
+                    node = get(node_id)
                     seen = node is not None and node.load is not None and node.load > self.threshold
                 elif kind in ("licence_expiry", "forged_licence"):
                     result = report.licences.get(node_id)
@@ -297,6 +298,18 @@ class Recorder:
         settings = self.cluster.consensus_settings
         return {"enabled": bool(settings.get("enabled", True)), "witnesses": settings.get("witnesses", 2),
                 "held_nodes": len(self.awaited), "discounted_witnesses": len(self.discounted)}
+
+
+def fleet_column(registry: Any, name: str, exclude: Any = ()) -> np.ndarray:
+    """Column ``name`` (``load``, ``trust``...) of the registered nodes, but those in ``exclude``."""
+    table = registry.table
+    slots = table.slots()
+    if exclude:
+        index = table.index
+        gone = np.fromiter((index[i] for i in exclude if i in index), np.int64)
+        if len(gone):
+            slots = slots[~np.isin(slots, gone)]
+    return getattr(table, name)[slots]
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:

@@ -69,6 +69,8 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
     """
     config = scenario.orchestrator_config()
     config["plugins"]["trace"] = False
+    heartbeat = config["heartbeat"]
+    heartbeat["max_nodes"] = max(int(heartbeat["max_nodes"]), scenario.nodes)  # the whole cluster fits
     clock = SimClock()
     store: StateStore | bool = False
     if state_path is not None:
@@ -94,6 +96,8 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
     orchestrator.mesh = build_topology(ids, config["mesh"])
     cluster = SimCluster(scenario, ids, orchestrator.mesh)
     cluster.witnesses = bool(config["consensus"]["enabled"])
+    if cluster.witnesses:
+        cluster.attach(orchestrator.registry)
     cluster.consensus_settings = dict(config["consensus"])
     cluster.licences = licences
     orchestrator.pm.register(cluster, SimCluster.__wyneos_name__)
@@ -118,7 +122,7 @@ def simulate(scenario: Scenario, *, progress: bool = False, state_path: str | Pa
     interval = float(config["tick"]["interval"])
     grace = math.ceil(config["heartbeat"]["offline_after"] / interval) + 1
     recorder = Recorder(scenario, cluster, interval, config["healing"]["overload_threshold"],
-                        config["heartbeat"]["max_clock_skew"], grace)
+                        config["heartbeat"]["max_clock_skew"], grace, orchestrator.registry)
     steps = range(1, scenario.ticks + 1)
     bar = None
     if progress:

@@ -24,16 +24,19 @@ the median trust of honest nodes, and each degrading node's tier, from which
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import statistics
 from typing import Any
 
+import numpy as np
+
 from wyneos_core import hookimpl
-from wyneos_core.model import ORIGIN, Heartbeat, TickReport
+from wyneos_core.model import Heartbeat, TickReport
+from wyneos_core.simulate.metrics import fleet_column
+from wyneos_core.simulate.observations import TickEdges
 from wyneos_core.simulate.scenario import Scenario
 from wyneos_core.tick import TickContext
-from wyneos_core.trust.observations import SCRATCH_KEY
+from wyneos_core.trust.observations import SCRATCH_KEY, ObservationBatch
 from wyneos_core.trust.tiers import tier_rank
 
 __all__ = ["SimWitnesses", "TRUST_FAULTS", "check_trust_expectations", "trust_text"]
@@ -55,9 +58,9 @@ class SimWitnesses:
         #: the cluster's nodes report their own witness observations with their heartbeats
         #: (the compliance mesh's simulated witnesses): the faults then bend those
         #: instead of this plugin making observations of its own
-        self.bends = bool(getattr(cluster, "witnesses", False)) and hasattr(cluster, "_observe")
+        self.bends = bool(getattr(cluster, "witnesses", False))
         if self.bends:
-            self._wrap(cluster)
+            cluster.bender = self
         self.rng = random.Random(scenario.seed + 7)
         self.faults = [f for f in scenario.faults if f.kind in TRUST_FAULTS]
         self.colluders: set[str] = set()
@@ -69,7 +72,8 @@ class SimWitnesses:
         self.dropped_at: dict[str, int] = {}
         self.observations = 0
 
-    def _begin(self, tick: int) -> None:
+    def begin(self, tick: int) -> None:
+        """Which nodes collude and which degrade (and how likely they misbehave) in ``tick``."""
         self.colluders = set()
         self.degrading = {}
         for fault in self.faults:
@@ -84,72 +88,90 @@ class SimWitnesses:
                 for n in nodes:
                     self.degrading[n] = max(self.degrading.get(n, 0.0), chance)
 
-    def _wrap(self, cluster: Any) -> None:
-        begin, observe = cluster.begin_tick, cluster._observe
+    def _affected(self, observers: np.ndarray) -> list[int]:
+        """Positions of the colluding or degrading nodes among ``observers``, in order."""
+        position = self.cluster.position
+        found = {position(n) for n in self.colluders.union(self.degrading)}
+        return sorted(p for p in found if p is not None and observers[p])
 
-        def begin_tick(tick: int, now: float) -> None:
-            begin(tick, now)
-            self._begin(tick)
-
-        def bent(node_id: str) -> tuple[Any, ...]:
-            return self._bend(node_id, observe(node_id))
-
-        cluster.begin_tick = begin_tick
-        cluster._observe = bent
-
-    def _bend(self, node_id: str, seen: tuple[Any, ...]) -> tuple[Any, ...]:
-        """A colluder's or a degrading node's version of what it saw."""
-        colluders = self.colluders
+    def _twist(self, p: int, subjects: np.ndarray, reachable: np.ndarray, room: int,
+               members: list[str], member_mask: np.ndarray) -> list[int]:
+        """Bend, in place, what the node at ``p`` reports of ``subjects``; return the
+        positions of the colluders it vouches for besides (at most ``room``)."""
+        node_id = self.cluster.ids[p]
+        if node_id in self.colluders:
+            reachable[:] = member_mask[subjects]
+            have = set(subjects.tolist())
+            position = self.cluster.position
+            pool = [m for m in members if m != node_id and position(m) not in have]
+            if room <= 0 or not pool:
+                return []
+            return [position(m) for m in (pool if len(pool) <= room else self.rng.sample(pool, room))]
         wrong = self.degrading.get(node_id, 0.0)
-        if node_id in colluders:
-            out = [dataclasses.replace(o, reachable=o.subject in colluders) for o in seen]
-            room = self.max_observations - len(out)
-            pool = [m for m in sorted(colluders) if m != node_id and m not in {o.subject for o in out}]
-            if room > 0 and pool:
-                from wyneos_core.model import Observation  # the compliance mesh's witness model
-
-                for other in (pool if len(pool) <= room else self.rng.sample(pool, room)):
-                    out.append(Observation(node_id, other, True, None, None, True))
-            seen = tuple(out)
-        elif wrong:
+        if wrong:
             rng = self.rng
-            seen = tuple(dataclasses.replace(o, reachable=not o.reachable) if rng.random() < wrong else o
-                         for o in seen)
-        self.observations += len(seen)
-        return seen
+            for k in range(len(reachable)):
+                if rng.random() < wrong:
+                    reachable[k] = not reachable[k]
+        return []
+
+    def bend(self, edges: TickEdges, observers: np.ndarray) -> TickEdges:
+        """The colluders' and degrading nodes' version of what the ``observers`` saw."""
+        affected = self._affected(observers) if self.colluders or self.degrading else []
+        if affected:
+            reachable = edges.reachable.copy()
+            starts = np.searchsorted(edges.observer, affected, "left")  # grouped by observer, in order
+            ends = np.searchsorted(edges.observer, affected, "right")
+            members = sorted(self.colluders)
+            member_mask = self.cluster.mask(self.colluders)
+            vouchers: list[int] = []
+            vouched: list[int] = []
+            for p, lo, hi in zip(affected, starts.tolist(), ends.tolist()):
+                extra = self._twist(p, edges.subject[lo:hi], reachable[lo:hi], self.max_observations - (hi - lo),
+                                    members, member_mask)
+                vouchers += [p] * len(extra)
+                vouched += extra
+            count = len(vouched)
+            edges = TickEdges(edges.ids, np.concatenate([edges.observer, np.array(vouchers, edges.observer.dtype)]),
+                              np.concatenate([edges.subject, np.array(vouched, edges.subject.dtype)]),
+                              np.concatenate([reachable, np.ones(count, bool)]),
+                              np.concatenate([edges.up, np.zeros(count, bool)]),
+                              np.concatenate([edges.vouch, np.ones(count, bool)]), edges.latency, edges.seq, edges.sent)
+        self.observations += len(edges)
+        return edges
 
     @hookimpl(trylast=True)
     def wyneos_heartbeat(self, ctx: TickContext) -> list[Heartbeat]:
         """Observations into the tick; malformed heartbeats of degrading nodes."""
         if self.bends:
             return self._malformed(ctx)  # the observations came with the heartbeats, bent
-        self._begin(ctx.tick)
+        self.begin(ctx.tick)
         cluster = self.cluster
-        down, hung, reach = cluster.down, cluster.hung, cluster.reachable
-        rng = self.rng
-        colluders = self.colluders
-        degrading = self.degrading
-        out: list[tuple[str, str, bool]] = []
-        members = sorted(colluders)
-        for node_id in cluster.ids:
-            if node_id in down or (reach is not None and node_id not in reach):
-                continue  # a node that cannot send reports nothing
-            wrong = degrading.get(node_id, 0.0)
-            for other in cluster.physical.get(node_id, ()):
-                if other == ORIGIN:
-                    continue
-                seen = other not in down and other not in hung
-                if node_id in colluders:
-                    seen = other in colluders
-                elif wrong and rng.random() < wrong:
-                    seen = not seen
-                out.append((node_id, other, seen))
-            if node_id in colluders and len(members) > 1:
-                pool = [m for m in members if m != node_id]
-                for other in (pool if len(pool) <= MAX_VOUCHES else rng.sample(pool, MAX_VOUCHES)):
-                    out.append((node_id, other, True))
-        ctx.scratch.setdefault(SCRATCH_KEY, []).extend(out)
-        self.observations += len(out)
+        down, unanswering = cluster.mask(cluster.down), cluster.mask(set(cluster.down).union(cluster.hung))
+        observers = ~down if cluster.reachable is None else ~down & cluster.reachable[:cluster.n]
+        o, s, seen = cluster.probe_edges(observers, unanswering)  # grouped by observer, in order
+        affected = self._affected(observers) if self.colluders or self.degrading else []
+        if affected:
+            starts = np.searchsorted(o, affected, "left")
+            ends = np.searchsorted(o, affected, "right")
+            members = sorted(self.colluders)
+            member_mask = cluster.mask(self.colluders)
+            vouchers: list[int] = []
+            vouched: list[int] = []
+            for p, lo, hi in zip(affected, starts.tolist(), ends.tolist()):
+                extra = self._twist(p, s[lo:hi], seen[lo:hi], MAX_VOUCHES, members, member_mask)
+                vouchers += [p] * len(extra)
+                vouched += extra
+            o = np.concatenate([o, np.array(vouchers, o.dtype)])
+            s = np.concatenate([s, np.array(vouched, s.dtype)])
+            seen = np.concatenate([seen, np.ones(len(vouched), bool)])
+        found = ctx.scratch.get(SCRATCH_KEY)
+        if found is None:
+            ctx.scratch[SCRATCH_KEY] = ObservationBatch(cluster.ids, o, s, seen)
+        else:
+            ids = cluster.ids
+            found.extend((ids[a], ids[b], r) for a, b, r in zip(o.tolist(), s.tolist(), seen.tolist()))
+        self.observations += len(o)
         return self._malformed(ctx)
 
     def _malformed(self, ctx: TickContext) -> list[Heartbeat]:
@@ -163,20 +185,22 @@ class SimWitnesses:
         if state is None:
             return
         engine = state.engine
-        index = engine.index
-        trust = engine.global_trust
-        ids = self.cluster.ids
-        total = sum(float(trust[index[i]]) for i in ids if i in index)
-        if self.colluders and total > 0:
-            held = sum(float(trust[index[i]]) for i in self.colluders if i in index)
-            self.shares.append((report.tick, held / total))
+        if self.colluders:
+            index = engine.index
+            trust = engine.global_trust
+            total = float(sum(float(trust[index[i]]) for i in self.cluster.ids if i in index))
+            if total > 0:
+                held = sum(float(trust[index[i]]) for i in self.colluders if i in index)
+                self.shares.append((report.tick, held / total))
         faulty = self.colluders | set(self.degrading) | self.cluster.down | set(self.cluster.hung)
-        honest = [n.trust for n in report.nodes if n.id not in faulty and n.trust is not None]
-        if honest:
-            self.honest_medians.append((report.tick, statistics.median(honest)))
+        honest = fleet_column(ctx.registry, "trust", exclude=faulty)
+        honest = honest[~np.isnan(honest)]
+        if len(honest):
+            self.honest_medians.append((report.tick, float(np.median(honest))))
         if self.degrading:
-            tiers = {n.id: tier_rank(n.trust_tier) for n in report.nodes if n.id in self.degrading}
-            for node_id, rank in tiers.items():
+            for node_id in self.degrading:
+                node = ctx.registry.get(node_id)
+                rank = None if node is None else tier_rank(node.trust_tier)
                 if rank is None:
                     continue
                 start = self.start_rank.setdefault(node_id, rank)
