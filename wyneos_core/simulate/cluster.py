@@ -46,7 +46,7 @@ from wyneos_core.mesh import Mesh
 from wyneos_core.model import ORIGIN, Action, Heartbeat, Observation
 from wyneos_core.simulate.licences import SimLicences
 from wyneos_core.simulate.observations import SimObservationLog, TickEdges
-from wyneos_core.simulate.scenario import Fault, Scenario, pick_nodes
+from wyneos_core.simulate.scenario import Fault, Scenario, pick_nodes, position_of
 from wyneos_core.tick import TickContext
 
 __all__ = ["SimCluster", "NODE_FAULTS", "fault_targets"]
@@ -138,19 +138,7 @@ class SimCluster:
 
     def position(self, node_id: str) -> int | None:
         """``node_id``'s position in ``ids`` (``len(ids)`` for the orchestrator; None: not ours)."""
-        if node_id == ORIGIN:
-            return self.n
-        if type(node_id) is not str:
-            return None
-        digits = node_id.rpartition("-")[2]
-        if digits.isdigit():
-            p = int(digits) - 1
-            if 0 <= p < self.n and self.ids[p] == node_id:
-                return p
-        try:
-            return self.ids.index(node_id)
-        except ValueError:
-            return None
+        return self.n if node_id == ORIGIN else position_of(node_id, self.ids)
 
     def mask(self, node_ids: Iterable[str]) -> np.ndarray:
         """A mask over the positions with ``node_ids`` set."""
@@ -437,7 +425,8 @@ def _adjacency(mesh: Mesh, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     ``len(ids)``; each vertex's neighbours in the mesh's own order."""
     order = [*ids, ORIGIN]
     index = {v: i for i, v in enumerate(order)}
-    adj = mesh.graph.adj
+    graph = mesh.graph
+    adj = getattr(graph, "_adj", None) or graph.adj  # networkx's own dict of dicts: no view per vertex
     empty: dict[str, Any] = {}
     rows = [adj[v] if v in adj else empty for v in order]
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(order))

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from wyneos_core.licensing.document import issue_licence
 from wyneos_core.licensing.keys import write_public_key
-from wyneos_core.simulate.scenario import Fault
+from wyneos_core.simulate.scenario import Fault, position_of
 
 __all__ = ["CUSTOMER", "POOL_SIZE", "SimLicences", "write_licences"]
 
@@ -51,20 +51,33 @@ class SimLicences:
 
     directory: Path
     issuer_key: Path
-    #: node id -> licence reference it is registered with
-    initial: dict[str, str]
-    #: node id -> its pool licence (what a renewed node moves to)
-    pool: dict[str, str]
+    #: the cluster's node ids (a node's pool is its position's)
+    ids: Sequence[str]
+    #: the pool licences' references, by pool number
+    pools: list[str]
+    #: node id -> its own licence (a node ``licence_expiry`` hits)
+    own: dict[str, str] = field(default_factory=dict)
     #: (fault index, node id) -> the reference of its forged document
     forged: dict[tuple[int, str], str] = field(default_factory=dict)
 
+    def pool(self, node_id: str, position: int | None = None) -> str:
+        """The pool licence of ``node_id`` (what a renewed node moves to)."""
+        p = position_of(node_id, self.ids) if position is None else position
+        if p is None:
+            raise KeyError(node_id)
+        return self.pools[p // POOL_SIZE]
+
+    def initial(self, node_id: str, position: int | None = None) -> str:
+        """The licence reference ``node_id`` is registered with."""
+        return self.own.get(node_id) or self.pool(node_id, position)
+
     def reference(self, node_id: str, tick: int, faults: Iterable[Fault]) -> str:
         """The licence reference ``node_id`` presents in ``tick``."""
-        ref = self.initial[node_id]
+        ref = self.initial(node_id)
         for fault in faults:
             if fault.kind == "licence_expiry" and fault.until is not None and tick >= fault.until \
                     and ref.startswith("exp-"):
-                ref = self.pool[node_id]
+                ref = self.pool(node_id)
             elif fault.kind == "forged_licence" and fault.active(tick) and (fault.index, node_id) in self.forged:
                 ref = self.forged[(fault.index, node_id)]
         return ref
@@ -87,23 +100,20 @@ def write_licences(root: Path, ids: Sequence[str], faults: Sequence[Fault], targ
         (directory / f"{ref}.licence").write_text(json.dumps(doc, indent=1) + "\n")
         return ref
 
-    pool: dict[str, str] = {}
+    pools = []
     for start in range(0, len(ids), POOL_SIZE):
         ref = f"pool-{start // POOL_SIZE + 1:04d}"
-        write(ref, issue_licence(key, licence_id=ref, customer=CUSTOMER, issued=issued, expires=expires,
-                                 features=["core"]))
-        for node_id in ids[start:start + POOL_SIZE]:
-            pool[node_id] = ref
-    initial = dict(pool)
-    forged: dict[tuple[int, str], str] = {}
+        pools.append(write(ref, issue_licence(key, licence_id=ref, customer=CUSTOMER, issued=issued,
+                                               expires=expires, features=["core"])))
+    licences = SimLicences(directory, issuer_pub, ids, pools)
     untrusted = _key(seed, "untrusted")
     for fault in faults:
         for node_id in targets.get(fault.index, ()):
-            if fault.kind == "licence_expiry" and initial[node_id] == pool[node_id]:
+            if fault.kind == "licence_expiry" and node_id not in licences.own:
                 ref = f"exp-{node_id}"
                 write(ref, issue_licence(key, licence_id=ref, customer=CUSTOMER, issued=issued,
                                          expires=epoch + fault.at * interval, features=["core"]))
-                initial[node_id] = ref
+                licences.own[node_id] = ref
             elif fault.kind == "forged_licence":
                 ref = f"forged-{fault.index}-{node_id}"
                 signer = untrusted if fault.params.get("forgery") == "untrusted_key" else key
@@ -111,5 +121,5 @@ def write_licences(root: Path, ids: Sequence[str], faults: Sequence[Fault], targ
                                     features=["core"])
                 if signer is key:
                     doc["payload"]["features"] = ["core", "everything"]  # edited after signing
-                forged[(fault.index, node_id)] = write(ref, doc)
-    return SimLicences(directory, issuer_pub, initial, pool, forged)
+                licences.forged[(fault.index, node_id)] = write(ref, doc)
+    return licences

@@ -91,7 +91,7 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
     for index, node_id in enumerate(ids):
         if node_id not in orchestrator.registry:
             zone = {"zone": zone_of(index, len(ids), scenario.zones)} if scenario.zones > 1 else None
-            orchestrator.registry.register(node_id, now=clock.now, licence_ref=licences.initial[node_id],
+            orchestrator.registry.register(node_id, now=clock.now, licence_ref=licences.initial(node_id, index),
                                            metadata=zone)
     orchestrator.mesh = build_topology(ids, config["mesh"])
     cluster = SimCluster(scenario, ids, orchestrator.mesh)

@@ -32,6 +32,7 @@ __all__ = [
     "builtin_scenarios",
     "load_scenario",
     "node_ids",
+    "position_of",
     "resolve_scenario",
 ]
 
@@ -132,6 +133,22 @@ def node_ids(count: int) -> list[str]:
     """The ids of a simulated cluster of ``count`` nodes: ``node-0001``..."""
     width = max(4, len(str(count)))
     return [f"node-{i:0{width}d}" for i in range(1, count + 1)]
+
+
+def position_of(node_id: str, ids: Sequence[str]) -> int | None:
+    """Where ``node_id`` is in ``ids`` (None: not there): read from the id's number when
+    ``ids`` are ``node_ids(len(ids))``, searched for otherwise."""
+    if type(node_id) is not str:
+        return None
+    digits = node_id.rpartition("-")[2]
+    if digits.isdigit():
+        p = int(digits) - 1
+        if 0 <= p < len(ids) and ids[p] == node_id:
+            return p
+    try:
+        return ids.index(node_id)
+    except ValueError:
+        return None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
