@@ -115,22 +115,33 @@ class SimWitnesses:
                     reachable[k] = not reachable[k]
         return []
 
+    def _twist_all(self, observer: np.ndarray, subject: np.ndarray, reachable: np.ndarray,
+                   observers: np.ndarray, room: int | None) -> tuple[list[int], list[int]]:
+        """Bend, in place, what every colluding or degrading node among ``observers``
+        reports (``observer`` grouped by node, in order); return the vouches they add
+        besides, as ``(vouchers, vouched)`` positions. ``room``: vouches per colluder at
+        most (None: what its report has room for, ``max_observations``)."""
+        affected = self._affected(observers) if self.colluders or self.degrading else []
+        vouchers: list[int] = []
+        vouched: list[int] = []
+        if not affected:
+            return vouchers, vouched
+        starts = np.searchsorted(observer, affected, "left").tolist()
+        ends = np.searchsorted(observer, affected, "right").tolist()
+        members = sorted(self.colluders)
+        member_mask = self.cluster.mask(self.colluders)
+        for p, lo, hi in zip(affected, starts, ends):
+            extra = self._twist(p, subject[lo:hi], reachable[lo:hi],
+                                self.max_observations - (hi - lo) if room is None else room, members, member_mask)
+            vouchers += [p] * len(extra)
+            vouched += extra
+        return vouchers, vouched
+
     def bend(self, edges: TickEdges, observers: np.ndarray) -> TickEdges:
         """The colluders' and degrading nodes' version of what the ``observers`` saw."""
-        affected = self._affected(observers) if self.colluders or self.degrading else []
-        if affected:
+        if self.colluders or self.degrading:
             reachable = edges.reachable.copy()
-            starts = np.searchsorted(edges.observer, affected, "left")  # grouped by observer, in order
-            ends = np.searchsorted(edges.observer, affected, "right")
-            members = sorted(self.colluders)
-            member_mask = self.cluster.mask(self.colluders)
-            vouchers: list[int] = []
-            vouched: list[int] = []
-            for p, lo, hi in zip(affected, starts.tolist(), ends.tolist()):
-                extra = self._twist(p, edges.subject[lo:hi], reachable[lo:hi], self.max_observations - (hi - lo),
-                                    members, member_mask)
-                vouchers += [p] * len(extra)
-                vouched += extra
+            vouchers, vouched = self._twist_all(edges.observer, edges.subject, reachable, observers, None)
             count = len(vouched)
             edges = TickEdges(edges.ids, np.concatenate([edges.observer, np.array(vouchers, edges.observer.dtype)]),
                               np.concatenate([edges.subject, np.array(vouched, edges.subject.dtype)]),
@@ -150,18 +161,8 @@ class SimWitnesses:
         down, unanswering = cluster.mask(cluster.down), cluster.mask(set(cluster.down).union(cluster.hung))
         observers = ~down if cluster.reachable is None else ~down & cluster.reachable[:cluster.n]
         o, s, seen = cluster.probe_edges(observers, unanswering)  # grouped by observer, in order
-        affected = self._affected(observers) if self.colluders or self.degrading else []
-        if affected:
-            starts = np.searchsorted(o, affected, "left")
-            ends = np.searchsorted(o, affected, "right")
-            members = sorted(self.colluders)
-            member_mask = cluster.mask(self.colluders)
-            vouchers: list[int] = []
-            vouched: list[int] = []
-            for p, lo, hi in zip(affected, starts.tolist(), ends.tolist()):
-                extra = self._twist(p, s[lo:hi], seen[lo:hi], MAX_VOUCHES, members, member_mask)
-                vouchers += [p] * len(extra)
-                vouched += extra
+        vouchers, vouched = self._twist_all(o, s, seen, observers, MAX_VOUCHES)
+        if vouched:
             o = np.concatenate([o, np.array(vouchers, o.dtype)])
             s = np.concatenate([s, np.array(vouched, s.dtype)])
             seen = np.concatenate([seen, np.ones(len(vouched), bool)])
