@@ -20,7 +20,7 @@ import pytest
 
 from tests.test_licence_support import DAY, T0
 from wyneos_core.licensing.document import issue_licence
-from wyneos_core.licensing.engine import _FRESH, LicenceEngine
+from wyneos_core.licensing.engine import LicenceEngine
 from wyneos_core.licensing.keys import KeyRing, generate_key
 from wyneos_core.licensing.ledger import Ledger
 from wyneos_core.licensing.revocation import RevocationList
@@ -116,7 +116,7 @@ def test_cached_results_equal_full_checks_under_random_changes(tmp_path, seed):
         now += rng.choice([1.0, 6.0, 6.0, 13.0, 40.0])
         for engine in (cached, reference):
             engine.begin(now)
-        reference._cache.clear()  # nothing cached: every node looked up and checked afresh
+        reference.forget()  # nothing cached: every node looked up and checked afresh
         got, want = cached.validate(nodes, now), reference.validate(nodes, now)
         assert reference.stats["reused"] == 0 and reference.stats["cached"] == 0
         reused += cached.stats["reused"]
@@ -142,11 +142,11 @@ def test_refreshes_are_spread_evenly_and_within_the_ttl(tmp_path):
     now = T0
     for _ in range(160):  # 960 s: three cache lifetimes and more
         engine.begin(now)
-        before = {k: v[_FRESH] for k, v in engine._cache.items()}
+        before = engine.cached()
         engine.validate(nodes, now)
         per_tick.append(engine.stats["looked_up"])
-        for node_id, entry in engine._cache.items():
-            if before.get(node_id) != entry[_FRESH]:
+        for node_id, fresh in engine.cached().items():
+            if before.get(node_id) != fresh:
                 asked_at[node_id].append(now)
         now += 6.0
     later = per_tick[60:]  # after the first lifetime, each tick asks for about 3000 * 6 / 240 nodes

@@ -353,7 +353,7 @@ def test_entitlement_api_rule_helper_and_gate_action(tmp_path, issuer, clock):
     assert p.features == ("analytics", "core", "export") and b.features == ("core",)
     assert entitled(p, "analytics") and entitled(b, "core") and not entitled(b, "analytics")
     assert not entitled(None, "core")
-    orch.registry["b"].metadata["features"] = ["analytics"]
+    orch.registry["b"].metadata = {**orch.registry["b"].metadata, "features": ["analytics"]}
     rule = require_feature("analytics")
     report = orch.tick()
     assert report.licences["b"].reason == "entitlement_missing"

@@ -159,7 +159,7 @@ def test_entitled_is_false_for_a_seat_loser(tmp_path, issuer, clock):
     orch.remove_node("a")  # the seat is free again: b takes it
     clock.advance(5)
     assert reasons(orch.tick()) == {"b": "ok"} and engine.entitled("b", "analytics")
-    assert "a" not in engine._cache  # departed nodes are forgotten
+    assert "a" not in engine.cached()  # departed nodes are forgotten
 
 
 def test_fail_open_outage_does_not_keep_revoked_or_expired_licences_valid(tmp_path, issuer, clock):

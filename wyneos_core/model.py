@@ -133,6 +133,45 @@ class Node:
         }
 
 
+#: licence reason code -> what it means (``licensing.reasons.REASONS``)
+LICENCE_REASON_TEXT: Final[dict[str, str]] = {
+    "ok": "the licence is valid",
+    "no_licence": "no configured source has a licence for the node",
+    "malformed": "the licence document is truncated, garbage or misses a field",
+    "invalid_signature": "the signature does not verify (forged signature or edited payload)",
+    "unknown_key": "the licence is signed with a key that is not trusted",
+    "expired": "past its expiry (valid while in its grace period)",
+    "not_yet_valid": "before its not-before date",
+    "customer_mismatch": "issued to another customer than the cluster's",
+    "product_mismatch": "issued for another product",
+    "machine_mismatch": "the node's key fingerprint is not among the licence's machines",
+    "too_many_nodes": "more nodes use the licence than it has seats; this node lost out",
+    "revoked": "listed in the signed revocation list",
+    "suspended": "the source reports the licence suspended",
+    "superseded": "an older issue of a licence replayed after a newer one was seen",
+    "clock_rollback": "the node reported a time well before one it reported earlier",
+    "entitlement_missing": "the node uses features its licence does not grant",
+    "source_unavailable": "no source could answer (outage policy applied)",
+    "integrity_mismatch": "the licence pins the integrity digest of what it licenses; the node reports another",
+}
+
+
+_VERSION = re.compile(r"^\s*[vV]?(\d{1,9}(?:\.\d{1,9}){0,7})")
+
+
+def parse_version(value: Any) -> tuple[int, ...] | None:
+    """``"v2.4.1-rc1"`` -> ``(2, 4, 1)``: the leading dot-separated numbers; None if none."""
+    if type(value) is not str:
+        return None
+    m = _VERSION.match(value)
+    if m is None:
+        return None
+    parts = [int(p) for p in m.group(1).split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
 @dataclass(slots=True)
 class Observation:
     """What one node (a witness) saw of a mesh neighbour when it last probed it.
@@ -484,8 +523,17 @@ class TickReport:
         key = (id(self.licences), len(self.licences))
         cached = self.counted.get("licences")
         if cached is None or cached[0] != key:
-            cached = self.counted["licences"] = (key, licence_summary(self.licences.values()))
+            summary = getattr(self.licences, "summary", None)  # licence columns count without objects
+            cached = self.counted["licences"] = (key, summary() if summary is not None else
+                                                 licence_summary(self.licences.values()))
         return dict(cached[1])
+
+    def licence_problems(self) -> list[LicenceResult]:
+        """The licence results that are invalid or in grace (from the columns when they are)."""
+        problems = getattr(self.licences, "problems", None)
+        if problems is not None:
+            return problems()
+        return [r for r in self.licences.values() if not r.valid or r.in_grace]
 
     def to_dict(self, max_nodes: int | None = None) -> dict[str, Any]:
         """The JSON form. With ``max_nodes``, a cluster larger than that lists only the
@@ -513,7 +561,7 @@ class TickReport:
                 "accepted": self.heartbeats_accepted,
                 "rejected": self.heartbeats_rejected,
             },
-            "licences": [r.to_dict() for r in self.licences.values() if not r.valid or r.in_grace],
+            "licences": [r.to_dict() for r in self.licence_problems()],
             "licence_summary": self.licence_counts(),
             "results": [r.to_dict() for r in self.results],
             "rule_summary": self.rule_summary,

@@ -4,8 +4,34 @@ The registry keeps its nodes here instead of one Python object per node. Every f
 tick reads has its column (numpy arrays: status as a small code, last heartbeat, load,
 registration time, isolation, last clock rollback, trust and its tier as a code); ids
 live in one list with an id-to-slot index; metadata, licence reference and fingerprint
-in plain lists by slot (each node its own metadata mapping, as a ``Node`` has). A node that
+in lists by slot (each node its own metadata mapping, as a ``Node`` has). A node that
 leaves frees its slot, which the next node to join takes.
+
+Columns for vector code (rules, licence), a small API (every array is indexed by slot:
+index it with ``slots()``; a slot's values are only meaningful while ``alive[slot]``):
+
+* ``metadata_codes(key)`` -> ``(codes, values)``: ``key``'s metadata values
+  dictionary-encoded, ``codes[slot]`` an ``int32`` index into ``values`` (-1: the node has
+  no such key). The first call for a key declares it (one pass over the nodes); from then
+  on every metadata write keeps its codes current. Codes are stable (``values`` only
+  grows): a code compared once stays comparable. NaN is one value; lists and mappings
+  are encoded by their JSON text. ``declared_metadata`` names the declared keys.
+* ``version()`` -> ``VersionColumn``: ``metadata.version`` parsed once per distinct value
+  (``parse_version``: ``"v2.4.1-rc1"`` -> ``(2, 4, 1)``): ``codes`` as above, ``parsed[code]``
+  the tuple (None: not a version), ``rank[code]`` its order among the parsed ones (-1:
+  none), and ``at_least(bound)`` -> ``(mask, known)`` over all slots.
+* ``licence_state`` (``int8``: ``LICENCE_UNCHECKED`` -1, ``LICENCE_INVALID`` 0,
+  ``LICENCE_VALID`` 1, ``LICENCE_IN_GRACE`` 2) and ``licence_reason`` (``int16``, an index
+  into ``LICENCE_REASONS``; -1 unchecked): written by the licence step each tick.
+* ``licence_stamp`` (``int64``): changes whenever what a node's licence result depends on
+  changes (its licence reference, fingerprint, ``metadata`` ``features``/``customer``/
+  ``integrity``; and a new node in the slot), so the licence step compares one column to
+  find what to check again. ``born`` (``int64``) is new for every node that takes a slot.
+
+Metadata, licence reference and fingerprint are written by replacing a slot's value
+(``table.metadata[slot] = {...}``; a view's ``node.metadata = {...}``): the lists note it.
+A metadata mapping is never changed in place (earlier tick reports share it): such a
+change is not noted (the licence step sees it at the node's next refresh point).
 
 Code that wants a ``Node`` gets a ``NodeView``: a ``Node`` whose fields read and write
 the columns, made only when asked for. A view holds its node's id, and a view whose
@@ -19,14 +45,18 @@ read-only sequence of ``Node`` values made as they are read: the tick report's n
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from wyneos_core.model import Node, NodeStatus
+from wyneos_core.model import LICENCE_REASON_TEXT, Node, NodeStatus, parse_version
 
-__all__ = ["FrozenNodes", "NodeList", "NodeTable", "NodeView", "STATUSES", "STATUS_CODE", "TIERS"]
+__all__ = ["FrozenNodes", "LICENCE_IN_GRACE", "LICENCE_INVALID", "LICENCE_REASONS", "LICENCE_UNCHECKED",
+           "LICENCE_VALID", "NodeList", "NodeTable", "NodeView", "STATUSES", "STATUS_CODE", "TIERS", "VersionColumn"]
 
 #: status codes, in the order of the ``status`` column's values
 STATUSES: tuple[NodeStatus, ...] = (NodeStatus.ONLINE, NodeStatus.STALE, NodeStatus.OFFLINE, NodeStatus.UNKNOWN)
@@ -36,6 +66,61 @@ ONLINE, STALE, OFFLINE, UNKNOWN = range(4)
 TIERS = ("untrusted", "probation", "trusted", "attested")
 _EMPTY: Mapping[str, Any] = {}
 _NAN = float("nan")
+#: ``licence_state`` codes
+LICENCE_UNCHECKED, LICENCE_INVALID, LICENCE_VALID, LICENCE_IN_GRACE = -1, 0, 1, 2
+#: ``licence_reason`` codes: the reasons of ``licensing.reasons`` first, others appended as met
+LICENCE_REASONS: list[str] = list(LICENCE_REASON_TEXT)
+#: the metadata keys a licence result depends on (a change bumps ``licence_stamp``)
+LICENCE_METADATA = ("features", "customer", "integrity")
+_stamps = itertools.count(1)
+
+
+def _value_key(value: Any) -> Any:
+    """The dictionary key of a metadata value: the value itself when hashable (with its
+    type, so ``1``, ``1.0`` and ``True`` stay apart), one key for NaN, JSON text otherwise."""
+    if type(value) is float and value != value:
+        return ("nan",)
+    try:
+        hash(value)
+    except TypeError:
+        try:
+            return ("json", json.dumps(value, sort_keys=True, default=repr))
+        except (TypeError, ValueError, RecursionError):
+            return ("repr", repr(value))
+    return (type(value), value)
+
+
+class _Dictionary:
+    """One declared metadata key: ``codes`` by slot and the distinct values met."""
+
+    __slots__ = ("codes", "values", "lookup")
+
+    def __init__(self, capacity: int) -> None:
+        self.codes = np.full(capacity, -1, np.int32)
+        self.values: list[Any] = []
+        self.lookup: dict[Any, int] = {}
+
+    def code(self, metadata: Mapping[str, Any], key: str) -> int:
+        if key not in metadata:
+            return -1
+        value = metadata[key]
+        k = _value_key(value)
+        code = self.lookup.get(k)
+        if code is None:
+            code = self.lookup[k] = len(self.values)
+            self.values.append(value)
+        return code
+
+
+class _Noted(list):
+    """A list by slot that tells its table when a slot is given a new value."""
+
+    __slots__ = ("changed",)
+
+    def __setitem__(self, slot: Any, value: Any) -> None:  # type: ignore[override]
+        old = list.__getitem__(self, slot)
+        list.__setitem__(self, slot, value)
+        self.changed(slot, old, value)
 
 
 class NodeTable:
@@ -45,13 +130,17 @@ class NodeTable:
         self.ids: list[str | None] = []
         self.index: dict[str, int] = {}
         self.free: list[int] = []
-        self.metadata: list[Mapping[str, Any]] = []
-        self.licence_ref: list[str | None] = []
-        self.fingerprint: list[str | None] = []
+        self.metadata: list[Mapping[str, Any]] = _Noted()
+        self.licence_ref: list[str | None] = _Noted()
+        self.fingerprint: list[str | None] = _Noted()
+        self.metadata.changed = self._metadata_changed  # type: ignore[attr-defined]
+        self.licence_ref.changed = self.fingerprint.changed = self._licence_input_changed  # type: ignore[attr-defined]
         self.tier_names: list[str] = list(TIERS)
+        self._declared: dict[str, _Dictionary] = {}
+        self._version: VersionColumn | None = None
         self._grow(max(16, capacity))
         #: bumped whenever a node joins or leaves (``NodeList`` and ``slots`` follow it)
-        self.version = 0
+        self.membership = 0
         self._slots: np.ndarray | None = None
 
     def _grow(self, capacity: int) -> None:
@@ -72,6 +161,69 @@ class NodeTable:
         self.trust = grown("trust", np.float64, _NAN)
         self.tier = grown("tier", np.int8, -1)
         self.alive = grown("alive", bool, False)
+        self.born = grown("born", np.int64, 0)
+        self.licence_stamp = grown("licence_stamp", np.int64, 0)
+        self.licence_state = grown("licence_state", np.int8, LICENCE_UNCHECKED)
+        self.licence_reason = grown("licence_reason", np.int16, -1)
+        for column in getattr(self, "_declared", {}).values():
+            codes = np.full(capacity, -1, np.int32)
+            codes[:old] = column.codes[:old]
+            column.codes = codes
+
+    # -- change notes -----------------------------------------------------------------
+
+    def _licence_input_changed(self, slot: int, old: Any, new: Any) -> None:
+        if old != new:
+            self.licence_stamp[slot] = next(_stamps)
+
+    def _metadata_changed(self, slot: int, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        if old is new:
+            return
+        for key, column in self._declared.items():
+            column.codes[slot] = column.code(new, key)
+        for key in LICENCE_METADATA:
+            if old.get(key) != new.get(key) or (key in old) != (key in new):
+                self.licence_stamp[slot] = next(_stamps)
+                break
+
+    # -- encoded metadata (see the module docstring) -----------------------------------
+
+    @property
+    def declared_metadata(self) -> list[str]:
+        return list(self._declared)
+
+    def metadata_codes(self, key: str) -> tuple[np.ndarray, list[Any]]:
+        """``(codes by slot, values by code)`` of metadata ``key`` (declared on first use)."""
+        column = self._declared.get(key)
+        if column is None:
+            column = _Dictionary(len(self.status))
+            metadata, code = self.metadata, column.code
+            for slot in self.slots().tolist():
+                column.codes[slot] = code(metadata[slot], key)
+            self._declared[key] = column
+        return column.codes, column.values
+
+    def version(self) -> VersionColumn:
+        """``metadata.version`` parsed once per distinct value (see ``VersionColumn``)."""
+        codes, values = self.metadata_codes("version")
+        v = self._version
+        if v is None:
+            v = self._version = VersionColumn(codes, [], np.full(0, -1, np.int32))
+        v.codes = codes
+        if len(v.parsed) < len(values):
+            v.parsed.extend(parse_version(value) for value in values[len(v.parsed):])
+            known = [i for i, p in enumerate(v.parsed) if p is not None]
+            order = sorted(known, key=lambda i: _padded(v.parsed[i]))  # type: ignore[arg-type]
+            rank = np.full(len(v.parsed), -1, np.int32)
+            r = -1
+            last: Any = None
+            for i in order:  # equal versions (2.4 and 2.4.0) share a rank
+                padded = _padded(v.parsed[i])  # type: ignore[arg-type]
+                if padded != last:
+                    r, last = r + 1, padded
+                rank[i] = r
+            v.rank = rank
+        return v
 
     # -- membership -------------------------------------------------------------------
 
@@ -89,9 +241,15 @@ class NodeTable:
             if slot >= len(self.status):
                 self._grow(2 * len(self.status))
             self.ids.append(node_id)
-            self.metadata.append(dict(metadata or ()))
+            md = dict(metadata or ())
+            self.metadata.append(md)
             self.licence_ref.append(licence_ref)
             self.fingerprint.append(fingerprint)
+            for key, column in self._declared.items():
+                column.codes[slot] = column.code(md, key)
+        self.born[slot] = self.licence_stamp[slot] = next(_stamps)
+        self.licence_state[slot] = LICENCE_UNCHECKED
+        self.licence_reason[slot] = -1
         self.index[node_id] = slot
         self.status[slot] = UNKNOWN
         self.last_seen[slot] = _NAN
@@ -102,8 +260,39 @@ class NodeTable:
         self.trust[slot] = _NAN
         self.tier[slot] = -1
         self.alive[slot] = True
-        self.version += 1
+        self.membership += 1
         return slot
+
+    def add_many(self, node_ids: Sequence[str], *, registered_at: float,
+                 licence_refs: Sequence[str | None] | None = None) -> np.ndarray:
+        """Slots for many new nodes at once (new slots at the end; freed ones are left for
+        ``add``), each with empty metadata and no fingerprint; return their slots."""
+        count = len(node_ids)
+        first = len(self.ids)
+        if first + count > len(self.status):
+            self._grow(max(2 * len(self.status), first + count))
+        slots = np.arange(first, first + count, dtype=np.int64)
+        list.extend(self.ids, node_ids)
+        self.index.update(zip(node_ids, range(first, first + count)))
+        list.extend(self.metadata, [{} for _ in range(count)])
+        list.extend(self.licence_ref, licence_refs if licence_refs is not None else [None] * count)
+        list.extend(self.fingerprint, [None] * count)
+        stamps = np.fromiter(itertools.islice(_stamps, count), np.int64, count)
+        end = first + count
+        self.born[first:end] = self.licence_stamp[first:end] = stamps
+        self.status[first:end] = UNKNOWN
+        self.last_seen[first:end] = self.load[first:end] = self.last_rollback[first:end] = _NAN
+        self.trust[first:end] = _NAN
+        self.registered_at[first:end] = registered_at
+        self.isolated[first:end] = False
+        self.tier[first:end] = -1
+        self.licence_state[first:end] = LICENCE_UNCHECKED
+        self.licence_reason[first:end] = -1
+        self.alive[first:end] = True
+        for column in self._declared.values():
+            column.codes[first:end] = -1
+        self.membership += 1
+        return slots
 
     def remove(self, node_id: str) -> Node:
         """Free ``node_id``'s slot; return its last fields as a ``Node`` value."""
@@ -111,11 +300,13 @@ class NodeTable:
         value = self.value(slot)
         self.ids[slot] = None
         self.metadata[slot] = _EMPTY
+        self.licence_state[slot] = LICENCE_UNCHECKED
+        self.licence_reason[slot] = -1
         self.licence_ref[slot] = None
         self.fingerprint[slot] = None
         self.alive[slot] = False
         self.free.append(slot)
-        self.version += 1
+        self.membership += 1
         return value
 
     def __len__(self) -> int:
@@ -123,9 +314,9 @@ class NodeTable:
 
     def slots(self) -> np.ndarray:
         """The slots of the registered nodes, in slot order (cached until one joins or leaves)."""
-        if self._slots is None or self._slots_version != self.version:
+        if self._slots is None or self._slots_version != self.membership:
             self._slots = np.flatnonzero(self.alive[:len(self.ids)])
-            self._slots_version = self.version
+            self._slots_version = self.membership
         return self._slots
 
     # -- views and values -------------------------------------------------------------
@@ -162,19 +353,59 @@ class NodeTable:
         """The registered nodes' fields now, copied (the columns go on changing)."""
         slots = self.slots()
         frozen = NodeTable.__new__(NodeTable)
-        frozen.ids = [self.ids[s] for s in slots.tolist()]
-        frozen.metadata = [self.metadata[s] for s in slots.tolist()]
-        frozen.licence_ref = [self.licence_ref[s] for s in slots.tolist()]
-        frozen.fingerprint = [self.fingerprint[s] for s in slots.tolist()]
+        if len(slots) == len(self.ids):  # no free slot: the lists as they are (plain copies)
+            frozen.ids, frozen.metadata = list(self.ids), list(self.metadata)
+            frozen.licence_ref, frozen.fingerprint = list(self.licence_ref), list(self.fingerprint)
+        else:
+            at = slots.tolist()
+            frozen.ids, frozen.metadata, frozen.licence_ref, frozen.fingerprint = (
+                list(map(values.__getitem__, at)) for values in (self.ids, self.metadata, self.licence_ref,
+                                                                 self.fingerprint))
         frozen.tier_names = list(self.tier_names)
         for name in ("status", "last_seen", "load", "registered_at", "isolated", "last_rollback", "trust", "tier",
-                     "alive"):
+                     "alive", "born", "licence_stamp", "licence_state", "licence_reason"):
             setattr(frozen, name, getattr(self, name)[slots])
         frozen.free = []
-        frozen.version = 0
+        frozen.membership = 0
         frozen._slots = None
         frozen.index = {}
+        frozen._declared = {}
+        frozen._version = None
         return FrozenNodes(frozen)
+
+    def licence_reason_code(self, reason: str) -> int:
+        """The ``licence_reason`` code of ``reason`` (a reason not met before is appended)."""
+        try:
+            return LICENCE_REASONS.index(reason)
+        except ValueError:
+            LICENCE_REASONS.append(reason)
+            return len(LICENCE_REASONS) - 1
+
+
+def _padded(version: tuple[int, ...]) -> tuple[int, ...]:
+    return version + (0,) * (8 - len(version))
+
+
+@dataclass
+class VersionColumn:
+    """``metadata.version`` parsed once per distinct value (``NodeTable.version()``).
+
+    ``codes[slot]``: index into ``parsed`` (-1: no version key); ``parsed[code]``: the
+    version tuple (None: the value is not a version); ``rank[code]``: its order among
+    the distinct parsed versions, equal versions equal (-1: not a version).
+    """
+
+    codes: np.ndarray
+    parsed: list[tuple[int, ...] | None]
+    rank: np.ndarray
+
+    def at_least(self, bound: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """``(mask, known)`` over all slots: the version is ``>= bound``, and the node has a
+        parseable version at all (where ``known`` is False, ``mask`` is False)."""
+        floor = _padded(bound)
+        ok = np.array([p is not None and _padded(p) >= floor for p in self.parsed] + [False], bool)
+        known = np.append(self.rank >= 0, False)
+        return ok[self.codes], known[self.codes]  # code -1 reads the appended False
 
 
 def _opt(value: float) -> float | None:
@@ -236,9 +467,18 @@ class NodeView(Node):
     last_rollback = _column("last_rollback", _opt_of, _nan_of)
     trust = _column("trust", _opt_of, _nan_of)
     trust_tier = _column("tier", lambda t, v: None if v < 0 else t.tier_names[v], lambda t, v: t.tier_code(v))
-    metadata = _column("metadata")
     licence_ref = _column("licence_ref")
     fingerprint = _column("fingerprint")
+
+    @property  # type: ignore[override]
+    def metadata(self) -> dict[str, Any]:
+        """The node's metadata mapping: replace it (``node.metadata = {...}``) to change it;
+        the table notes a replacement, not a change made in place (see the module docstring)."""
+        return self._t.metadata[self._slot()]  # type: ignore[return-value]
+
+    @metadata.setter
+    def metadata(self, value: Mapping[str, Any]) -> None:
+        self._t.metadata[self._slot()] = dict(value)
 
     def snapshot(self) -> Node:
         return _node(self._t, self._slot(), self._id)
@@ -335,3 +575,4 @@ class FrozenNodes(Sequence[Node]):
         if not wanted:
             return []
         return self.select(i for i, node_id in enumerate(self.table.ids) if node_id in wanted)
+

@@ -13,6 +13,7 @@ from typing import Any
 from wyneos_core.checks import check_plugins
 from wyneos_core.config import Config, ConfigError
 from wyneos_core.intake import HeartbeatQueue
+from wyneos_core.licensing.results import LicenceResults
 from wyneos_core.mesh import Mesh, RoutingTree, build_topology
 from wyneos_core.model import (ORIGIN, Action, Delivery, Heartbeat, LicenceResult, Node, NodeStatus, Observation,
                                PluginError, RuleResult, RuleResults, TickReport)
@@ -304,13 +305,22 @@ class Orchestrator:
 
         # 2 licence
         t0 = time.perf_counter()
-        licences: dict[str, LicenceResult] = {}
-        for plugin, batch in call("wyneos_licence_validate", errors, ctx=ctx, nodes=nodes):
-            for result in take(batch, plugin, "wyneos_licence_validate", LicenceResult):
-                prior = licences.get(result.node_id)
-                if prior is None or (prior.valid and not result.valid):
-                    licences[result.node_id] = result
-        report.licences = licences
+        licences: Mapping[str, LicenceResult] = {}
+        validated = call("wyneos_licence_validate", errors, ctx=ctx, nodes=nodes)
+        if len(validated) == 1 and isinstance(validated[0][1], LicenceResults) \
+                and origins.get(validated[0][0]) == "builtin":
+            licences = validated[0][1].mapping()  # columns; result objects only when read
+        else:
+            merged: dict[str, LicenceResult] = {}
+            for plugin, batch in validated:
+                if isinstance(batch, LicenceResults):
+                    batch = batch.list()
+                for result in take(batch, plugin, "wyneos_licence_validate", LicenceResult):
+                    prior = merged.get(result.node_id)
+                    if prior is None or (prior.valid and not result.valid):
+                        merged[result.node_id] = result
+            licences = merged
+        report.licences = licences  # type: ignore[assignment]
         timings["licence"] = _ms(t0)
 
         # 2b predict: telemetry into the detectors; rules read ctx.scratch["predict"]

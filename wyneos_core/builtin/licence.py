@@ -30,6 +30,7 @@ from wyneos_core.config import Config
 from wyneos_core.licensing.engine import LicenceEngine
 from wyneos_core.licensing.keys import KeyFileError, KeyRing
 from wyneos_core.licensing.ledger import Ledger
+from wyneos_core.licensing.results import LicenceResults
 from wyneos_core.licensing.settings import LicenceSettings
 from wyneos_core.licensing.sources import FileSource
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, PluginError, Severity
@@ -226,7 +227,9 @@ def wyneos_startup(orchestrator: Orchestrator) -> None:
 
 
 @hookimpl
-def wyneos_licence_validate(ctx: TickContext, nodes: Sequence[Node]) -> list[LicenceResult]:
+def wyneos_licence_validate(ctx: TickContext, nodes: Sequence[Node]) -> LicenceResults:
+    """The nodes' results as columns (``licensing.results``): the tick makes them the
+    report's ``licences`` mapping, whose result objects are made when read."""
     engine = engine_of(ctx.orchestrator)
     pending_notes = engine.notes
     engine.begin(ctx.now)
@@ -248,6 +251,17 @@ def fleet_fault(licences: Mapping[str, LicenceResult], min_nodes: int) -> tuple[
     concern them. At least ``min_nodes`` others must all have the same reason, one of
     ``ORCHESTRATOR_SIDE``; a node whose licence validates ends it.
     """
+    counts = getattr(licences, "counts", None)
+    if counts is not None:  # licence columns: counted without a result object per node
+        found = counts()
+        found.pop("no_licence", None)
+        if len(found) != 1:
+            return None
+        (reason, count), = found.items()
+        if reason not in ORCHESTRATOR_SIDE or count < min_nodes:
+            return None
+        example = licences.last_with(reason)  # type: ignore[attr-defined]
+        return reason, _fault_text(count, reason, example)
     count, reason, example = 0, None, None
     for result in licences.values():
         code = result.reason
@@ -259,9 +273,13 @@ def fleet_fault(licences: Mapping[str, LicenceResult], min_nodes: int) -> tuple[
         count += 1
     if reason is None or count < min_nodes or example is None:
         return None
-    return reason, (f"the licences of all {count} licensed node(s) failed with {reason} "
-                    f"(e.g. {example.node_id}: {example.detail[:200]}); a fault on the orchestrator's side is likelier "
-                    f"than in every node: {ORCHESTRATOR_SIDE[reason]}")
+    return reason, _fault_text(count, reason, example)
+
+
+def _fault_text(count: int, reason: str, example: LicenceResult) -> str:
+    return (f"the licences of all {count} licensed node(s) failed with {reason} "
+            f"(e.g. {example.node_id}: {example.detail[:200]}); a fault on the orchestrator's side is likelier "
+            f"than in every node: {ORCHESTRATOR_SIDE[reason]}")
 
 
 def revocation_action(engine: LicenceEngine) -> Action | None:

@@ -1,7 +1,14 @@
 """The licence step's work: ask sources, verify, check, count seats, cache.
 
-``LicenceEngine.validate(nodes, now)`` returns one ``LicenceResult`` per node. It is
-kept apart from the plugin so that tests and benchmarks can drive it directly.
+``LicenceEngine.validate(nodes, now)`` returns the results of the nodes as columns
+(``licensing.results.LicenceResults``: a sequence of ``LicenceResult`` made when read).
+It is kept apart from the plugin so that tests and benchmarks can drive it directly.
+
+The cache is columns by node table slot (``licensing.slots.SlotCache``): a warm tick
+compares the table's ``licence_stamp`` and rollback columns and the refresh points with
+what each slot's result was made for, over whole columns, and looks up only the slots
+that differ. Results are codes into a pool of distinct results; the node table's
+``licence_state`` and ``licence_reason`` columns are written every tick.
 
 Caching: a node's result is kept until the first of
 
@@ -27,11 +34,11 @@ allocation is reused while the holders, their states and their licences are unch
 
 from __future__ import annotations
 
-import math
 import zlib
-from collections.abc import Iterable, Sequence
-from heapq import heappop, heappush
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from wyneos_core.licensing.document import Licence, format_time, verify_licence
 from wyneos_core.licensing.entitlements import Entitlements, requested_features
@@ -42,27 +49,24 @@ from wyneos_core.licensing.revocation import Revocation, RevocationList
 from wyneos_core.licensing.seats import allocate_seats
 from wyneos_core.licensing.settings import LicenceSettings
 from wyneos_core.licensing.sources import LicenceRecord, SourceUnavailable, call_within
-from wyneos_core.model import LicenceResult, Node, NodeStatus
+from wyneos_core.licensing.results import LicenceResults, ResultObjects, ResultPool
+from wyneos_core.licensing.slots import SlotCache, columns_of, licence_inputs, same_rollback
+from wyneos_core.model import LicenceResult, Node
+from wyneos_core.nodetable import OFFLINE, NodeTable
 
 __all__ = ["LicenceEngine"]
 
 _MAX_VERIFIED = 200_000
 _INF = float("inf")
-_FAR = 10**15
 _UNSET = object()
+#: positions in a ``ResultPool`` entry (a ``LicenceResult``'s fields after ``node_id``)
+_VALID, _REASON, _LICENCE_ID, _FEATURES = 0, 1, 3, 7
 #: a cached result is kept at least this share of ``cache_ttl``; it is refreshed at the
 #: node's own point of a grid of period ``(1 - _MIN_SHARE) * cache_ttl`` (its phase fixed
 #: by a hash of the node id), so its life is in ``[_MIN_SHARE * ttl, ttl)`` and, once a
 #: node is on its grid, every node is re-asked once per period at the same phase: an even
 #: share of the cluster per tick, whatever tick the results were made in
 _MIN_SHARE = 0.2
-#: cache entry fields (a tuple per node; the warm loop reads them by position)
-_REF, _FP, _ROLLBACK, _FEATURES, _CUSTOMER, _INTEGRITY, _FRESH, _RESULT, _SEAT, _RECORD, _UNTIL, _VERDICTS = range(12)
-
-
-def _second(moment: float) -> int:
-    """The whole second a refresh point is filed under (far-off or odd moments: the last one)."""
-    return math.floor(moment) if -_FAR < moment < _FAR else (-_FAR if moment <= -_FAR else _FAR)
 
 
 class LicenceEngine:
@@ -90,25 +94,13 @@ class LicenceEngine:
         self._rev_stamp: Any = _UNSET
         self._verified: dict[str, Licence | EnvelopeError] = {}
         self._granted: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {}  # by document digest
-        #: node id -> features granted, for nodes refused with entitlement_missing
-        self._granted_to: dict[str, frozenset[str]] = {}
-        #: node id -> (licence_ref, fingerprint, last_rollback, metadata features, metadata customer,
-        #:             metadata integrity,
-        #:             fresh_until, result, seat (licence_id, seats) or
-        #:             None, record the result was made from (None: not reusable), the moment the
-        #:             result changes by time alone, verdicts counter when it was made).
-        #: Only fresh entries of the current epoch: the warm loop checks the node's inputs alone.
-        self._cache: dict[str, list[Any]] = {}
+        #: the cache, by slot of the node table the nodes come from (``_own`` for plain nodes)
+        self._own = NodeTable(capacity=16)
+        self._slots: SlotCache | None = None
+        self._pool = ResultPool()
+        self._objects = ResultObjects()
         self._cache_epoch = 0
-        #: the cache's refresh points: node ids by whole second of their fresh_until (an id may
-        #: be filed more than once; the entry's own fresh_until decides), and a heap of the seconds
-        self._due: dict[int, list[str]] = {}
-        self._due_seconds: list[int] = []
-        self._due_count = 0
-        #: entries taken out of the cache this tick (expired, or of an older epoch): a re-asked
-        #: node may keep its result from them
-        self._stale: dict[str, list[Any]] = {}
-        self._last_good: dict[str, tuple[LicenceResult, float]] = {}
+        self._last_granted: frozenset[str] | None = None
         self._generations: tuple[Any, ...] = ()
         self._seat_signature: tuple[Any, ...] = ()
         self._seat_losers: dict[str, tuple[str, int, int, int]] = {}
@@ -228,90 +220,71 @@ class LicenceEngine:
         self.notes.append(f"revocation list version {fresh.version} accepted: {len(fresh.entries)} revoked "
                           f"licence(s), {len(added)} new")
 
-    def validate(self, nodes: Sequence[Node], now: float) -> list[LicenceResult]:
-        """One result per node, in the order of ``nodes``."""
-        cache = self._cache
+    def validate(self, nodes: Sequence[Node], now: float) -> LicenceResults:
+        """The results of ``nodes``, in their order (columns; objects made when read)."""
+        table, slots, ids = columns_of(nodes, self._own)
+        c = self._slots
+        if c is None or c.table is not table:  # another table: nothing of the old one applies
+            c = self._slots = SlotCache(table)
+            self._objects = ResultObjects()
+            self._seat_signature, self._seat_losers = (), {}
+        c.fit()
+        c.adopt(slots)
         if self._cache_epoch != self.epoch:  # everything is looked up again; old entries may be reused
             self._cache_epoch = self.epoch
-            self._stale, self._cache = cache, {}
-            self._due, self._due_seconds, self._due_count = {}, [], 0
-            cache = self._cache
-        else:
-            self._expire(now)
-        stale = self._stale
-        out: list[LicenceResult | None] = []
-        append = out.append
-        misses: list[tuple[int, Node, tuple, list | None]] = []
-        miss = misses.append
-        seated: list[int] = []  # positions of the nodes whose valid licence has a seat limit
-        seat_at = seated.append
-        cache_get = cache.get
-        # the hot loop of a warm tick: no allocation per node unless something changed; an
-        # entry in the cache is fresh (expired ones were moved out) and of this epoch
-        for position, (node_id, ref, fp, rollback, md) in enumerate(_fields(nodes)):
-            e = cache_get(node_id)
-            if e is not None and e[0] == ref and e[1] == fp and e[2] == rollback:
-                if (md.get("features") == e[3] and md.get("customer") == e[4] and md.get("integrity") == e[5]) \
-                        if md else (e[3] is None and e[4] is None and e[5] is None):
-                    if e[8] is not None:  # _SEAT
-                        seat_at(len(out))
-                    append(e[7])  # _RESULT
-                    continue
-            miss((len(out), nodes[position], (ref, fp, rollback, md.get("features"), md.get("customer"),
-                                               md.get("integrity")), e if e is not None else stale.get(node_id)))
-            append(None)
-        self.stats["cached"] = len(nodes) - len(misses)
-        if misses:
-            self._resolve(misses, out, seated, now)
-        if len(cache) > len(nodes) or any(nid not in cache for nid in stale):
-            self._forget_departed(nodes)
-        self._stale = {}
-        if misses:
-            seated.sort()  # in the order of ``nodes``, as on a tick without misses
-        if seated:
-            self._seats(seated, out, nodes)
+            c.fresh[:] = -np.inf
+        # the warm tick: one comparison over the columns; only the slots that differ are looked up
+        rollback = table.last_rollback[slots]
+        hit = (c.key[slots] == table.licence_stamp[slots]) & same_rollback(c.rollback[slots], rollback) \
+            & (c.fresh[slots] > now)
+        misses = np.flatnonzero(~hit)
+        self.stats["cached"] = len(slots) - len(misses)
+        if len(misses):
+            self._resolve(nodes, table, c, slots, misses, now)
+        codes = c.code[slots]
+        seated = np.flatnonzero(c.seat[slots] >= 0)
+        if len(seated):
+            self._seats(nodes, ids, table, c, slots, seated, codes)
         else:
             self._seat_signature, self._seat_losers = (), {}
+        if len(self._pool) > 2 * len(slots) + 1024:  # many results no node has any more: renumber
+            codes = self._renumber(c, slots, codes)
+        state, reason = self._pool.codes()
+        if len(codes):
+            table.licence_state[slots] = state[codes]
+            table.licence_reason[slots] = reason[codes]
         self.ledger.save()
-        return out  # type: ignore[return-value]
+        return LicenceResults(ids, slots, table.born[slots], codes, self._pool, self._objects)
 
-    def _expire(self, now: float) -> None:
-        """Move the cache entries due for a refresh at ``now`` out of the cache (into ``_stale``)."""
-        due, seconds, cache, stale = self._due, self._due_seconds, self._cache, self._stale
-        current = _second(now)
-        later: list[str] = []
-        while seconds and seconds[0] <= current:
-            second = heappop(seconds)
-            ids = due.pop(second)
-            self._due_count -= len(ids)
-            for node_id in ids:
-                e = cache.get(node_id)
-                if e is not None:
-                    if e[_FRESH] <= now:
-                        stale[node_id] = cache.pop(node_id)
-                    elif second == current and _second(e[_FRESH]) == second:
-                        later.append(node_id)  # due later in this very second
-        if later:
-            self._schedule([(current, node_id) for node_id in later])
+    def _renumber(self, c: SlotCache, slots: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """A new pool of the results in use (this tick's and the cached ones)."""
+        old, pool = self._pool, ResultPool()
+        used = np.unique(np.concatenate([codes, c.code[slots]]))
+        used = used[used >= 0]
+        remap = np.full(len(old), -1, np.int64)
+        for code in used.tolist():
+            remap[code] = pool.add(LicenceResult("", *old.fields[code]))
+        live = c.code >= 0
+        c.code[live] = remap[c.code[live]]
+        c.key[live & (c.code < 0)] = -1  # an entry no node used: looked up again if ever needed
+        self._pool = pool
+        self._objects.forget()
+        return remap[codes]
 
-    def _schedule(self, items: list[tuple[int, str]]) -> None:
-        """File ``(second, node_id)`` refresh points."""
-        due, seconds = self._due, self._due_seconds
-        for second, node_id in items:
-            ids = due.get(second)
-            if ids is None:
-                due[second] = [node_id]
-                heappush(seconds, second)
-            else:
-                ids.append(node_id)
-        self._due_count += len(items)
+    def forget(self) -> None:
+        """Drop every cached result (the next ``validate`` looks every node up and checks it)."""
+        self._slots = None
 
-    def _forget_departed(self, nodes: Sequence[Node]) -> None:
-        """Drop what is kept of nodes that are no longer in the cluster."""
-        live = set(nodes.ids()) if hasattr(nodes, "ids") else {n.id for n in nodes}
-        for table in (self._cache, self._last_good, self._granted_to):
-            for node_id in [k for k in table if k not in live]:
-                del table[node_id]
+    def cached(self) -> dict[str, float]:
+        """Node id -> the moment its cached result is to be looked up again (the nodes of
+        the table last validated that have a result)."""
+        c = self._slots
+        if c is None:
+            return {}
+        t = c.table
+        slots = t.slots()
+        slots = slots[(c.code[slots] >= 0) & (c.born[slots] == t.born[slots])]
+        return dict(zip([t.ids[s] for s in slots.tolist()], c.fresh[slots].tolist()))  # type: ignore[misc]
 
     def _fresh_until(self, node_id: str, now: float) -> float:
         """When a result made now for ``node_id`` is to be looked up again.
@@ -329,28 +302,30 @@ class LicenceEngine:
         phase = period * (zlib.crc32(node_id.encode("utf-8", "surrogatepass")) / 4294967296.0)
         return base + (phase - base) % period
 
-    def _reusable(self, old: list | None, key: tuple, record: LicenceRecord, now: float) -> bool:
-        """Whether the cached entry ``old`` still holds for ``record``, handed over again now.
+    def _reusable(self, c: SlotCache, slot: int, same_inputs: bool, record: LicenceRecord, now: float) -> bool:
+        """Whether the cached entry of ``slot`` still holds for ``record``, handed over again now.
 
         It does when it was made from the same document (bytes, source, origin, status),
         for the same node inputs, its licence's state has not changed with time since, and
         neither the revocation list nor a renewal has touched its licence since.
         """
-        if old is None:
+        code = int(c.code[slot])
+        if code < 0 or not same_inputs:
             return False
-        kept = old[_RECORD]
-        if kept is None or now >= old[_UNTIL] or not (kept is record or kept == record):
+        kept = c.record[slot]
+        if kept is None or now >= c.until[slot] or not (kept is record or kept == record):
             return False
-        if old[_VERDICTS] < self._touched.get(old[_RESULT].licence_id, 0):
-            return False
-        return (old[0], old[1], old[2], old[3], old[4], old[5]) == key
+        return int(c.verdicts[slot]) >= self._touched.get(self._pool.fields[code][_LICENCE_ID], 0)
 
     # -- sources --------------------------------------------------------------------------
 
-    def _resolve(self, misses: list[tuple[int, Node, tuple, list | None]], out: list, seated: list[int],
-                 now: float) -> None:
+    def _resolve(self, nodes: Sequence[Node], table: NodeTable, c: SlotCache, slots: np.ndarray,
+                 misses: np.ndarray, now: float) -> None:
+        """Look up and check the nodes at positions ``misses``; write their entries."""
         self.stats["looked_up"] = len(misses)
-        pending = [node for _, node, _, _ in misses]
+        positions = misses.tolist()
+        pending = [nodes[i] for i in positions]
+        missed = [(i, node) for i, node in zip(positions, pending)]
         records: dict[str, LicenceRecord] = {}
         failures: dict[str, list[str]] = {}
         for source in self.sources:
@@ -367,55 +342,46 @@ class LicenceEngine:
             pending = still
         unavailable_nodes = reused = 0
         policy = self.settings.outage_policy
-        cache = self._cache
-        scheduled: list[tuple[int, str]] = []
-        for index, node, key, old in misses:
+        at = slots[misses]
+        stamps, rollbacks = table.licence_stamp[at], table.last_rollback[at]
+        same = (c.key[at] == stamps) & same_rollback(c.rollback[at], rollbacks)
+        pool_add, seat_code = self._pool.add, c.seat_code
+        for k, (index, node) in enumerate(missed):
+            slot = int(at[k])
             nid = node.id
             record = records.get(nid)
+            inputs = licence_inputs(node)
+            self._last_granted = None
             if record is None:
                 if nid in failures:
                     unavailable_nodes += 1
-                    result, seat = self._outage(node, failures[nid], now)
+                    result, seat = self._outage(c, slot, node, failures[nid], now)
                     # kept for entitlements and seats, but never fresh: asked again next tick
-                    cache[nid] = [*key, now, result, seat, None, _INF, self._verdicts]
-                    scheduled.append((_second(now), nid))
-                    out[index] = result
-                    if seat is not None:
-                        seated.append(index)
-                    continue
-                asked = ", ".join(s.name for s in self.sources) or "none configured"
-                result = LicenceResult(nid, False, "no_licence",
-                                       f"no source ({asked}) has a licence for reference {node.licence_ref!r}"
-                                       if node.licence_ref else f"the node names no licence (sources: {asked})")
-                until, seat = _INF, None
+                    fresh, until, record = now, _INF, None
+                else:
+                    asked = ", ".join(s.name for s in self.sources) or "none configured"
+                    result = LicenceResult(nid, False, "no_licence",
+                                           f"no source ({asked}) has a licence for reference {node.licence_ref!r}"
+                                           if node.licence_ref else f"the node names no licence (sources: {asked})")
+                    until, seat = _INF, None
+                    fresh = min(self._fresh_until(nid, now), until)
+            elif self._reusable(c, slot, bool(same[k]) and c.inputs[slot] == inputs, record, now):
+                c.fresh[slot] = min(self._fresh_until(nid, now), c.until[slot])  # kept as it is
+                reused += 1
+                if self._pool.fields[c.code[slot]][_VALID]:
+                    c.good[slot] = (record, now)
+                continue
             else:
-                if self._reusable(old, key, record, now):
-                    # kept as it is, in place: the entry stays where it is in memory, so the warm
-                    # loop keeps walking entries laid out in the order they were first made
-                    old[_FRESH] = fresh = min(self._fresh_until(nid, now), old[_UNTIL])  # type: ignore[index]
-                    cache[nid] = old  # type: ignore[assignment]
-                    reused += 1
-                    out[index] = old[_RESULT]  # type: ignore[index]
-                    if old[_SEAT] is not None:  # type: ignore[index]
-                        seated.append(index)
-                    if old[_RESULT].valid:  # type: ignore[index]
-                        self._last_good[nid] = (record, now)
-                    scheduled.append((_second(fresh), nid))
-                    continue
                 result, until, seat = self.check(node, record, now)
                 if result.valid:
-                    self._last_good[nid] = (record, now)
-            fresh = min(self._fresh_until(nid, now), until)
-            cache[nid] = [*key, fresh, result, seat, record, until, self._verdicts]
-            scheduled.append((_second(fresh), nid))
-            out[index] = result
-            if seat is not None:
-                seated.append(index)
+                    c.good[slot] = (record, now)
+                fresh = min(self._fresh_until(nid, now), until)
+            c.key[slot], c.rollback[slot] = stamps[k], rollbacks[k]
+            c.fresh[slot], c.until[slot], c.verdicts[slot] = fresh, until, self._verdicts
+            c.code[slot], c.seat[slot], c.record[slot] = pool_add(result), seat_code(seat), record
+            c.granted[slot] = self._last_granted if result.reason == "entitlement_missing" else None
+            c.inputs[slot] = inputs
         self.stats["reused"] = reused
-        if self._due_count + len(scheduled) > 2 * len(cache) + 1024:  # many superseded points: file anew
-            self._due, self._due_seconds, self._due_count = {}, [], 0
-            scheduled = [(_second(e[_FRESH]), k) for k, e in cache.items()]
-        self._schedule(scheduled)
         if unavailable_nodes:
             self.stats["unavailable"] = unavailable_nodes
             self.notes.append(f"licence sources could not answer for {unavailable_nodes} node(s); outage policy "
@@ -450,7 +416,8 @@ class LicenceEngine:
             answers[nid] = None
         return answers
 
-    def _outage(self, node: Node, why: list[str], now: float) -> tuple[LicenceResult, tuple[str, int] | None]:
+    def _outage(self, c: SlotCache, slot: int, node: Node, why: list[str], now: float
+                ) -> tuple[LicenceResult, tuple[str, int] | None]:
         """The result of a node no source could answer for: ``(result, seat or None)``.
 
         Fail-open re-checks the last document a source gave for the node, now: a licence
@@ -460,7 +427,7 @@ class LicenceEngine:
         settings = self.settings
         reasons = "; ".join(why)
         if settings.outage_policy == "fail-open":
-            good = self._last_good.get(node.id)
+            good = c.good[slot]
             if good is not None and now - good[1] <= settings.outage_grace:
                 record, since = good
                 r, _, seat = self.check(node, record, now)
@@ -486,14 +453,17 @@ class LicenceEngine:
 
     def entitled(self, node_id: str, feature: str) -> bool:
         """Whether ``node_id`` may use ``feature`` according to its latest licence result."""
-        entry = self._cache.get(node_id)
-        if entry is None or node_id in self._seat_losers:
+        c = self._slots
+        if c is None or node_id in self._seat_losers:
             return False
-        result = entry[_RESULT]
-        if result.valid:
-            return feature in result.features
-        if result.reason == "entitlement_missing":
-            return feature in self._granted_to.get(node_id, frozenset())
+        slot = c.table.index.get(node_id)
+        if slot is None or slot >= len(c.code) or c.code[slot] < 0 or c.born[slot] != c.table.born[slot]:
+            return False
+        fields = self._pool.fields[c.code[slot]]
+        if fields[_VALID]:
+            return feature in fields[_FEATURES]
+        if fields[_REASON] == "entitlement_missing":
+            return feature in (c.granted[slot] or frozenset())
         return False
 
     def verify(self, record: LicenceRecord) -> Licence | EnvelopeError:
@@ -594,7 +564,7 @@ class LicenceEngine:
         if wanted:
             missing = self.entitlements.missing(granted, wanted)
             if missing:
-                self._granted_to[nid] = granted
+                self._last_granted = granted
                 return result(False, "entitlement_missing", f"licence {lid} (tier {lic.tier}) does not grant "
                               f"{', '.join(missing)}", feats=tuple(missing)), grace_until, None
         seat = (lid, lic.seats) if lic.seats is not None else None
@@ -604,38 +574,42 @@ class LicenceEngine:
         return result(True, "ok", f"licence {lid} valid until {format_time(lic.expires)}"), \
             lic.expires, seat
 
-    def _seats(self, positions: list[int], out: list, nodes: Sequence[Node]) -> None:
-        """Turn the results of the nodes over their licence's seat limit into ``too_many_nodes``.
+    def _seats(self, nodes: Sequence[Node], ids: list[str], table: NodeTable, c: SlotCache, slots: np.ndarray,
+               positions: np.ndarray, codes: np.ndarray) -> None:
+        """Turn the results of the nodes over their licence's seat limit into ``too_many_nodes``
+        (in ``codes``, this tick's result codes by position; the cache keeps the results).
 
         :param positions: where in ``nodes`` the holders of a seat-limited valid licence are,
             in ascending order (the same holders give the same signature whichever of them
             were looked up again this tick).
         """
-        count_offline = self.settings.count_offline_seats
-        offline = NodeStatus.OFFLINE
-        cache = self._cache
-        seated = [nodes[i] for i in positions]
+        at = slots[positions]
         # same holders in the same states as last tick: same losers (no per-node allocation)
-        signature = (self.epoch, tuple([n.id for n in seated]), tuple([n.status for n in seated]),
-                     tuple([n.registered_at for n in seated]), tuple([cache[n.id][_SEAT] for n in seated]))
+        signature = (self.epoch, at.tobytes(), table.born[at].tobytes(), table.status[at].tobytes(),
+                     table.registered_at[at].tobytes(), c.seat[at].tobytes())
         if signature == self._seat_signature:
             losers = self._seat_losers
         else:
-            holders = [(cache[node.id][_SEAT], node) for node in seated if count_offline or node.status is not offline]
+            count_offline = self.settings.count_offline_seats
+            seats, status = c.seats, table.status
+            holders = [(seats[c.seat[slot]], nodes[i]) for i, slot in zip(positions.tolist(), at.tolist())
+                       if count_offline or status[slot] != OFFLINE]
             losers = allocate_seats(holders)
             self._seat_signature, self._seat_losers = signature, losers
         if not losers:
             return
-        for i, node in zip(positions, seated):
-            lost = losers.get(node.id)
+        fields = self._pool.fields
+        for i in positions.tolist():
+            nid = ids[i]
+            lost = losers.get(nid)
             if lost is None:
                 continue
-            lid, seats, users, rank = lost
-            r = out[i]
-            out[i] = LicenceResult(node.id, False, "too_many_nodes",
-                                   f"licence {lid} has {seats} seat(s) and {users} nodes use it; this node is "
-                                   f"number {rank} by registration time then id", r.licence_id, r.customer,
-                                   r.product, r.tier, r.features, r.expires, False, r.source)
+            lid, seats_, users, rank = lost
+            r = LicenceResult(nid, *fields[codes[i]])
+            codes[i] = self._pool.add(LicenceResult(
+                nid, False, "too_many_nodes", f"licence {lid} has {seats_} seat(s) and {users} nodes use it; this "
+                f"node is number {rank} by registration time then id", r.licence_id, r.customer, r.product, r.tier,
+                r.features, r.expires, False, r.source))
 
 
 def _lookup_each(source: Any, nodes: list[Node], now: float, failures: dict[str, str]) -> dict[str, Any]:
@@ -648,18 +622,3 @@ def _lookup_each(source: Any, nodes: list[Node], now: float, failures: dict[str,
         except SourceUnavailable as exc:
             failures[node.id] = str(exc)
     return answers
-
-
-def _fields(nodes: Sequence[Node]) -> Iterable[tuple[str, str | None, str | None, float | None, Any]]:
-    """Each node's id, licence reference, fingerprint, last rollback and metadata: read
-    from the node table's columns when ``nodes`` come from it, else from the nodes."""
-    table = getattr(nodes, "table", None)
-    if table is None:
-        return ((n.id, n.licence_ref, n.fingerprint, n.last_rollback, n.metadata) for n in nodes)
-    slots = nodes.slots.tolist()  # type: ignore[attr-defined]
-    rollbacks = table.last_rollback[nodes.slots]  # type: ignore[attr-defined]
-    rolled = [None if r != r else r for r in rollbacks.tolist()] if (rollbacks == rollbacks).any() \
-        else [None] * len(slots)
-    ids, refs, fps, mds = table.ids, table.licence_ref, table.fingerprint, table.metadata
-    return zip([ids[s] for s in slots], [refs[s] for s in slots], [fps[s] for s in slots], rolled,
-               [mds[s] for s in slots])

@@ -10,29 +10,13 @@ from __future__ import annotations
 
 from typing import Final
 
+from wyneos_core.model import LICENCE_REASON_TEXT
+
 __all__ = ["REASONS", "OK"]
 
 OK: Final = "ok"
 
 #: code -> what it means. Enforcement maps codes to actions
-#: (``wyneos_core.builtin.enforcement.LICENCE_ACTIONS``).
-REASONS: Final[dict[str, str]] = {
-    "ok": "the licence is valid",
-    "no_licence": "no configured source has a licence for the node",
-    "malformed": "the licence document is truncated, garbage or misses a field",
-    "invalid_signature": "the signature does not verify (forged signature or edited payload)",
-    "unknown_key": "the licence is signed with a key that is not trusted",
-    "expired": "past its expiry (valid while in its grace period)",
-    "not_yet_valid": "before its not-before date",
-    "customer_mismatch": "issued to another customer than the cluster's",
-    "product_mismatch": "issued for another product",
-    "machine_mismatch": "the node's key fingerprint is not among the licence's machines",
-    "too_many_nodes": "more nodes use the licence than it has seats; this node lost out",
-    "revoked": "listed in the signed revocation list",
-    "suspended": "the source reports the licence suspended",
-    "superseded": "an older issue of a licence replayed after a newer one was seen",
-    "clock_rollback": "the node reported a time well before one it reported earlier",
-    "entitlement_missing": "the node uses features its licence does not grant",
-    "source_unavailable": "no source could answer (outage policy applied)",
-    "integrity_mismatch": "the licence pins the integrity digest of what it licenses; the node reports another",
-}
+#: (``wyneos_core.builtin.enforcement.LICENCE_ACTIONS``). Kept in the model layer, where
+#: the node table's ``licence_reason`` column codes them.
+REASONS: Final[dict[str, str]] = LICENCE_REASON_TEXT

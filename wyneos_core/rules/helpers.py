@@ -52,28 +52,13 @@ from typing import Any, Final
 import re2
 
 from wyneos_core.rules.ir import MISSING
+from wyneos_core.model import parse_version
 
 __all__ = ["HELPERS", "PREDICTIVE", "DURATION_VALUED", "HelperSpec", "parse_version", "duration_seconds", "MAX_PATTERN_LENGTH", "MAX_MATCH_LENGTH", "compile_regex"]
 
 MAX_PATTERN_LENGTH: Final = 200
 #: strings longer than this are not matched by globs or regular expressions (missing)
 MAX_MATCH_LENGTH: Final = 10_000
-
-_VERSION = re.compile(r"^\s*[vV]?(\d{1,9}(?:\.\d{1,9}){0,7})")
-
-
-def parse_version(value: Any) -> tuple[int, ...] | None:
-    """``"v2.4.1-rc1"`` -> ``(2, 4, 1)``: the leading dot-separated numbers; None if none."""
-    if type(value) is not str:
-        return None
-    m = _VERSION.match(value)
-    if m is None:
-        return None
-    parts = [int(p) for p in m.group(1).split(".")]
-    while len(parts) > 1 and parts[-1] == 0:
-        parts.pop()
-    return tuple(parts)
-
 
 @dataclass(frozen=True, slots=True)
 class HelperSpec:
