@@ -19,6 +19,19 @@ by index, the two rules as masks, healing and decide on the few rows a mask pick
 breadth-first tree over a CSR adjacency with scipy, delivery along it): the fastest
 honest way to do this tick's work in Python, the bar a columnar core is held to.
 
+The nodes are enrolled in bulk (``Registry.register_many``: as a fleet enrolled through
+the service, not a config list of a million node dicts) and placed in the small-world
+mesh the config's ``mesh`` section gives. Heartbeats reach the tick as one batch of
+columns (``HeartbeatColumns`` through ``intake.put_columns``, as a relay or the session
+route hands them over); the two baselines take the same batch: the plain loop walks it
+node by node, the numpy floor reads its arrays.
+
+Each round redoes the same work: the overloaded and silent nodes are the same, the
+isolated ones are reinstated by hand, and the decide step is given an empty state in
+memory (``DecideState()``), so every action is new again, as in a tick where these
+problems first appear. (It used to be set to None, which made decide read its state
+back from the state file every round: work no running orchestrator does per tick.)
+
 Every (size, measurement) runs in a fresh subprocess, so its peak resident memory
 (``ru_maxrss``) is that of the measurement alone: ``peak_rss_bytes_per_node`` is the
 peak of the process that ran the tick with the default outputs, divided by the nodes.
@@ -29,7 +42,6 @@ peak of the process that ran the tick with the default outputs, divided by the n
 from __future__ import annotations
 
 import argparse
-import operator
 import resource
 import subprocess
 import contextlib
@@ -44,12 +56,17 @@ import time
 from collections import deque
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from wyneos_core.builtin.decide import DecideState  # noqa: E402
 from wyneos_core.config import load_config  # noqa: E402
+from wyneos_core.intake import HeartbeatColumns  # noqa: E402
 from wyneos_core.licensing.document import issue_licence  # noqa: E402
 from wyneos_core.licensing.keys import generate_key, write_public_key  # noqa: E402
-from wyneos_core.model import ORIGIN, Heartbeat  # noqa: E402
+from wyneos_core.mesh import build_topology  # noqa: E402
+from wyneos_core.model import ORIGIN  # noqa: E402
 from wyneos_core.tick import Orchestrator  # noqa: E402
 
 
@@ -100,18 +117,23 @@ def make(n: int, seed: int = 1, outputs: bool = False):
         "cache_ttl: 3600, rescan: 3600}\n"
     )
     config = load_config(text=text)
-    config.data["nodes"] = [{"id": i, "licence": f"lic-{k % count:05d}", "fingerprint": None, "metadata": {}}
-                            for k, i in enumerate(ids)]
     clock = Clock()
     orch = Orchestrator(config, clock=clock, load_entrypoints=False, store=outputs)
+    orch.registry.register_many(ids, now=clock.now, licence_refs=[f"lic-{k % count:05d}" for k in range(n)])
+    orch.mesh = build_topology(ids, config["mesh"])
     rng = random.Random(seed)
     overloaded = set(rng.sample(ids, n // 100))
     silent = set(rng.sample(ids, n // 200))
     return orch, clock, ids, overloaded, silent
 
 
-def heartbeats(ids, overloaded, silent, now):
-    return [Heartbeat(i, now, 0.95 if i in overloaded else 0.4) for i in ids if i not in silent]
+def heartbeats(ids, overloaded, silent, now) -> HeartbeatColumns:
+    """One round's heartbeats as columns: every node but the silent ones, loaded 0.4 (0.95
+    the overloaded ones), sent ``now``."""
+    reporting = [i for i in ids if i not in silent]
+    load = np.full(len(reporting), 0.4)
+    load[[k for k, i in enumerate(reporting) if i in overloaded]] = 0.95
+    return HeartbeatColumns(reporting, np.full(len(reporting), float(now)), load)
 
 
 def time_ticks(n: int, repeat: int, outputs: bool = False) -> tuple[float, int]:
@@ -122,20 +144,20 @@ def time_ticks(n: int, repeat: int, outputs: bool = False) -> tuple[float, int]:
 
 def _time_ticks(orch, clock, ids, overloaded, silent, repeat: int) -> tuple[float, int]:
     # warm-up tick with everyone reporting; then the silent ones go quiet for 60 s
-    orch.intake.put_many(heartbeats(ids, set(), set(), clock.now))
+    orch.intake.put_columns(heartbeats(ids, set(), set(), clock.now))
     orch.tick()
     clock.now += 60
     times = []
     actions = 0
     for _ in range(repeat):
         batch = heartbeats(ids, overloaded, silent, clock.now)
-        orch.intake.put_many(batch)
+        orch.intake.put_columns(batch)
         t0 = time.perf_counter()
         report = orch.tick()
         times.append(time.perf_counter() - t0)
         assert not any(not r.valid for r in report.licences.values()), "bench licences must be valid"
         actions = max(actions, len(report.actions))
-        orch._decide_state = None  # type: ignore[attr-defined]  # same work every round: actions are new again
+        orch._decide_state = DecideState()  # type: ignore[attr-defined]  # same work every round: actions new again
         for node_id in list(orch.mesh.isolated):
             orch.mesh.reinstate(node_id)
             orch.registry[node_id].isolated = False
@@ -156,14 +178,14 @@ def baseline(n: int, repeat: int) -> float:
         batch = heartbeats(ids, overloaded, silent, clock.now)
         t0 = time.perf_counter()
         now = clock.now
-        for hb in batch:  # checks + intake
-            node = nodes.get(hb.node_id)
-            if node is None or not math.isfinite(hb.timestamp) or hb.timestamp > now + 30:
+        for node_id, ts, ld in zip(batch.node_ids, batch.timestamp.tolist(), batch.load.tolist()):  # intake
+            node = nodes.get(node_id)
+            if node is None or not math.isfinite(ts) or ts > now + 30:
                 continue
-            if not isinstance(hb.load, float) or not 0 <= hb.load <= 64:
+            if not 0 <= ld <= 64:
                 continue
-            node["last_seen"] = hb.timestamp
-            node["load"] = hb.load
+            node["last_seen"] = ts
+            node["load"] = ld
         changes = 0
         for node in nodes.values():  # status
             age = now - node["last_seen"]
@@ -222,7 +244,6 @@ def baseline(n: int, repeat: int) -> float:
 
 def numpy_floor(n: int, repeat: int) -> float:
     """The same work as ``baseline`` hand-written over numpy columns (see the docstring)."""
-    import numpy as np
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import breadth_first_order
 
@@ -250,10 +271,9 @@ def numpy_floor(n: int, repeat: int) -> float:
         batch = heartbeats(ids, overloaded, silent, clock.now)
         t0 = time.perf_counter()
         now = clock.now
-        count = len(batch)  # checks + intake: the batch as columns, checked and scattered
-        slots = np.fromiter(map(slot_of.get, map(operator.attrgetter("node_id"), batch)), np.int64, count)
-        ts = np.fromiter(map(operator.attrgetter("timestamp"), batch), float, count)
-        ld = np.fromiter(map(operator.attrgetter("load"), batch), float, count)
+        count = len(batch)  # checks + intake: the batch's columns, checked and scattered
+        slots = np.fromiter(map(slot_of.get, batch.node_ids), np.int64, count)
+        ts, ld = batch.timestamp, batch.load
         ok = np.isfinite(ts) & (ts <= now + 30) & (ld >= 0) & (ld <= 64)
         last_seen[slots[ok]] = ts[ok]
         load[slots[ok]] = ld[ok]

@@ -6,13 +6,13 @@ import json
 import math
 import operator
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
 import numpy as np
 
-from wyneos_core.intake import CheckedHeartbeat
+from wyneos_core.intake import CheckedHeartbeat, HeartbeatColumns
 from wyneos_core.model import ORIGIN, Heartbeat, Node, NodeStatus, Observation
 from wyneos_core.telemetry_inbox import MetricBatch, MetricInbox
 from wyneos_core.nodetable import OFFLINE, ONLINE, STALE, STATUSES, UNKNOWN, NodeList, NodeTable, NodeView
@@ -131,6 +131,36 @@ class Registry:
         slot = self.table.add(node_id, registered_at=now, metadata=metadata, licence_ref=licence_ref,
                               fingerprint=fingerprint)
         return self.table.view(slot)
+
+    def register_many(self, node_ids: Sequence[str], *, now: float,
+                      licence_refs: Sequence[str | None] | None = None) -> np.ndarray:
+        """Register many new nodes at once (enrolment in bulk: no metadata, no fingerprint
+        yet); each id is checked as ``register`` checks it, and one bad id refuses them all.
+
+        :return: their slots in the node table.
+        :raises RegistryError: naming the first id at fault; nothing is registered.
+        """
+        ids = list(node_ids)
+        if licence_refs is not None and len(licence_refs) != len(ids):
+            raise RegistryError(f"{len(licence_refs)} licence references for {len(ids)} node ids")
+        known = self.table.index
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            twice = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            raise RegistryError(f"node {twice!r} appears twice")
+        match = NODE_ID_PATTERN.match
+        for node_id in ids:
+            if type(node_id) is not str or not match(node_id):
+                raise RegistryError(
+                    f"node id {node_id!r} is not valid: 1-128 letters, digits, '_', '.', ':' or '-', "
+                    "starting with a letter or digit")
+        taken = RESERVED_NODE_IDS.intersection(ids) or {i for i in ids if i in known}
+        if taken:
+            node_id = min(taken)
+            why = "reserved (the orchestrator's own place in the mesh)" if node_id in RESERVED_NODE_IDS else \
+                "already registered"
+            raise RegistryError(f"node id {node_id!r} is {why}")
+        return self.table.add_many(ids, registered_at=now, licence_refs=licence_refs)
 
     def deregister(self, node_id: str) -> Node:
         """Remove ``node_id``; return its last fields as a ``Node`` value (its slot is freed)."""
@@ -349,8 +379,19 @@ class Registry:
     def accept_all(self, heartbeats: Iterable[Heartbeat], now: float, *,
                    trusted: bool = False) -> tuple[int, list[HeartbeatError]]:
         """Apply heartbeats in order; ``trusted``: they come from the builtin intake, so
-        those made by it (``CheckedHeartbeat``) were checked on the way in."""
+        those made by it (``CheckedHeartbeat``) were checked on the way in. The column
+        batches the intake drained with them (``intake.Drained.columns``) follow, in order
+        (``accept_columns``)."""
         batch = heartbeats if isinstance(heartbeats, list) else list(heartbeats)
+        columns = getattr(heartbeats, "columns", None)  # ``intake.Drained``: column batches too
+        accepted, rejected = self._accept_objects(batch, now, trusted) if batch else (0, [])
+        for block in columns or ():
+            got, refused = self.accept_columns(block, now)
+            accepted += got
+            rejected.extend(refused)
+        return accepted, rejected
+
+    def _accept_objects(self, batch: list[Heartbeat], now: float, trusted: bool) -> tuple[int, list[HeartbeatError]]:
         plain = (Heartbeat, CheckedHeartbeat)
         # the common heartbeat (a float timestamp and load, nothing else) of a known node
         # seen once in the batch is checked and applied over the columns at once; every
@@ -413,6 +454,69 @@ class Registry:
             else:
                 accepted += 1
         return accepted, rejected
+
+    def accept_columns(self, batch: HeartbeatColumns, now: float) -> tuple[int, list[HeartbeatError]]:
+        """Check and apply a batch of heartbeat columns (``intake.HeartbeatColumns``, one
+        heartbeat per node) over the registry's columns: no object per heartbeat.
+
+        Each heartbeat is judged alone, as ``accept`` judges one: a node the registry does
+        not know goes through ``accept`` (registered or refused, as ``heartbeat.unknown_nodes``
+        says); a timestamp too far ahead or behind the node's last one (a rollback, noted in
+        ``last_rollback``) or a load above ``heartbeat.max_load`` is refused for that node
+        alone; an older-than-seen timestamp (within the skew) teaches nothing and is ignored.
+
+        :return: ``(accepted, rejected)`` as ``accept_all``.
+        """
+        t = self.table
+        ids = batch.node_ids
+        found = list(map(t.index.get, ids))
+        accepted = 0
+        rejected: list[HeartbeatError] = []
+        if None in found:  # nodes the registry does not know: one by one, in full
+            known = [i for i, slot in enumerate(found) if slot is not None]
+            for i in (i for i, slot in enumerate(found) if slot is None):
+                load = batch.load.item(i)
+                try:
+                    self.accept(Heartbeat(ids[i], batch.timestamp.item(i), None if load != load else load), now)
+                except HeartbeatError as exc:
+                    rejected.append(exc)
+                else:
+                    accepted += 1
+            pick = np.array(known, dtype=np.int64)
+            slots = np.array([found[i] for i in known], dtype=np.int64)
+            ts, load = batch.timestamp[pick], batch.load[pick]
+        else:
+            pick = None
+            slots = np.array(found, dtype=np.int64)
+            ts, load = batch.timestamp, batch.load
+        last = t.last_seen[slots]
+        skew = self.max_clock_skew
+        with np.errstate(invalid="ignore"):
+            future = ts > now + skew
+            rolled = ~future & (ts < last - skew)
+            heavy = ~future & ~rolled & (load > self.max_load)
+        bad = future | rolled | heavy
+        if bad.any():
+            for k in np.flatnonzero(bad).tolist():
+                i = k if pick is None else int(pick[k])
+                stamp = float(ts[k])
+                if future[k]:
+                    rejected.append(HeartbeatError(ids[i], "timestamp", f"{stamp - now:.1f}s in the future (allowed "
+                                                   f"skew {skew:g}s)", stamp))
+                elif rolled[k]:
+                    t.last_rollback[slots[k]] = now
+                    rejected.append(HeartbeatError(ids[i], "timestamp", f"clock rollback: {float(last[k]) - stamp:.1f}s "
+                                                   "before the last heartbeat seen", stamp))
+                else:
+                    rejected.append(HeartbeatError(ids[i], "load", f"out of range [0, {self.max_load:g}]",
+                                                   float(load[k])))
+            fine = ~bad
+            slots, ts, load, last = slots[fine], ts[fine], load[fine], last[fine]
+        newer = np.isnan(last) | (ts > last)
+        t.last_seen[slots[newer]] = ts[newer]
+        with_load = newer & ~np.isnan(load)
+        t.load[slots[with_load]] = load[with_load]
+        return accepted + len(slots), rejected
 
     # -- status -------------------------------------------------------------------------
 
