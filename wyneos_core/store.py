@@ -937,6 +937,14 @@ CREATE TABLE IF NOT EXISTS action_refusals (
         evidence TEXT NOT NULL,
         updated_tick INTEGER NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS trust_chunks (
+        first_slot INTEGER PRIMARY KEY,
+        ids TEXT NOT NULL,
+        extra TEXT NOT NULL,
+        records BLOB NOT NULL,
+        layout TEXT NOT NULL,
+        updated_tick INTEGER NOT NULL
+    );
     """
 
     def ensure_trust_tables(self) -> None:
@@ -968,12 +976,48 @@ CREATE TABLE IF NOT EXISTS action_refusals (
             raise
         return len(rows)
 
-    def trust_rows(self) -> list[dict[str, Any]]:
-        """Every stored trust row, as a dict per node."""
+    def trust_rows(self, chunks: bool = True) -> list[dict[str, Any]]:
+        """Every stored trust row, as a dict per node (with ``chunks``, the nodes of the
+        chunks too: ``write_trust_chunks``)."""
         self.ensure_trust_tables()
         cols = ("node_id", "fingerprint", "trust", "tier", "admission", "admission_reason", "joined_tick",
                 "evidence", "updated_tick")
-        return [dict(zip(cols, row)) for row in self.conn.execute(f"SELECT {', '.join(cols)} FROM trust")]
+        rows = [dict(zip(cols, row)) for row in self.conn.execute(f"SELECT {', '.join(cols)} FROM trust")]
+        if chunks:
+            from wyneos_core.trust.persist import chunk_rows
+
+            rows += chunk_rows(self.trust_chunks())
+        return rows
+
+    def write_trust_chunks(self, chunks: Iterable[tuple], replace: bool = False) -> int:
+        """Upsert chunks of the trust engine's slots ``(first_slot, ids, extra, records,
+        layout, tick)`` (``wyneos_core.trust.persist``) in one transaction; with
+        ``replace``, they are the whole state: every other chunk and per-node row goes."""
+        self.ensure_trust_tables()
+        chunks = list(chunks)
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if replace:
+                c.execute("DELETE FROM trust_chunks")
+                c.execute("DELETE FROM trust")
+            c.executemany("INSERT OR REPLACE INTO trust_chunks VALUES (?,?,?,?,?,?)",
+                          ((first, ids, extra, sqlite3.Binary(data), layout, tick)
+                           for first, ids, extra, data, layout, tick in chunks))
+            c.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return len(chunks)
+
+    def trust_chunks(self) -> list[tuple]:
+        """Every stored chunk of trust slots, as written (``write_trust_chunks``)."""
+        self.ensure_trust_tables()
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'trust_chunks'").fetchone() is None:
+            return []  # a file of an earlier version, read only
+        return [(first, ids, extra, bytes(data) if isinstance(data, (bytes, memoryview)) else data, layout, tick)
+                for first, ids, extra, data, layout, tick in self.conn.execute(
+                    "SELECT first_slot, ids, extra, records, layout, updated_tick FROM trust_chunks ORDER BY first_slot")]
     # -- end of trust -----------------------------------------------------------------------
 
 

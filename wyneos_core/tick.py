@@ -422,7 +422,7 @@ def _apply_trust(scored: list[tuple[str, Any]], nodes: list[Node], report: TickR
     batches = [(plugin, batch) for plugin, batch in scored if batch is not None]
     if len(batches) == 1 and isinstance(batches[0][1], TrustScores) and batches[0][1].apply(nodes):
         counts = dict.fromkeys(_TIERS, 0)
-        counts.update(Counter(batches[0][1].tiers))
+        counts.update(batches[0][1].tier_counts())
         report.trust["tiers"] = counts
         report.trust["source"] = batches[0][0]
         return

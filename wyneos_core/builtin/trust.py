@@ -32,6 +32,7 @@ from wyneos_core.config import Config
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, NodeStatus, RuleResult, Severity
 from wyneos_core.nodetable import STATUSES
 from wyneos_core.rules.interp import EvalEnv, cluster_summary
+from wyneos_core.trust import persist
 from wyneos_core.trust.admission import AdmissionRules, load_admission
 from wyneos_core.trust.engine import STATUS_CODES, Evidence, TrustEngine
 from wyneos_core.trust.observations import observations_of
@@ -114,7 +115,7 @@ def state_of(orchestrator: Orchestrator) -> TrustState:
         settings = _settings(orchestrator.config)
         state = TrustState(settings, _admission(orchestrator.config, settings))
         if orchestrator.store is not None:
-            state.engine.restore(orchestrator.store.trust_rows())
+            restore(state.engine, orchestrator.store)
         orchestrator._trust_state = state  # type: ignore[attr-defined]
     return state
 
@@ -234,7 +235,7 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
                  "residual": float(scores.eigen.residual), "observations": scores.observations_used,
                  "observations_dropped": scores.observations_dropped},
     })
-    return TrustScores(nodes, scores.combined, engine.tier_names(scores.slots))
+    return TrustScores(nodes, scores.combined, tier_codes=engine.tier[scores.slots])
 
 
 def _witness_weights(ctx: TickContext, state: TrustState, node_ids: Sequence[str], slots: np.ndarray) -> None:
@@ -253,21 +254,30 @@ def _witness_weights(ctx: TickContext, state: TrustState, node_ids: Sequence[str
 
 @hookimpl
 def wyneos_enforcement(ctx: TickContext, nodes: Sequence[Node]) -> list[Action]:
-    """``gate_feature`` for each node below the tier a feature needs (one action per node)."""
+    """``gate_feature`` for each node below the tier a feature needs (one action per node;
+    only the nodes below the highest tier a feature needs are looked at)."""
     features = state_of(ctx.orchestrator).settings.features
     if not features:
         return []
+    table = getattr(nodes, "table", None)
+    if table is not None:  # the tier column: a mask picks the nodes below what a feature needs
+        ranks = np.array([-1 if (r := tier_rank(name)) is None else r for name in table.tier_names] + [-1],
+                         dtype=np.int64)
+        slots = nodes.slots  # type: ignore[attr-defined]
+        rank_of = ranks[table.tier[slots]]  # code -1 (no tier yet) reads the last entry: -1
+        low = np.flatnonzero((rank_of >= 0) & (rank_of < max(features.values())))
+        ids = table.ids
+        picked = [(ids[s], int(r)) for s, r in zip(slots[low].tolist(), rank_of[low].tolist())]
+    else:
+        picked = [(n.id, r) for n in nodes if (r := tier_rank(n.trust_tier)) is not None]
     out = []
-    for node in nodes:
-        rank = tier_rank(node.trust_tier)
-        if rank is None:
-            continue
+    for node_id, rank in picked:
         gated = sorted(f for f, need in features.items() if rank < need)
         if gated:
             need = max(features[f] for f in gated)
             out.append(Action(
-                ActionType.GATE_FEATURE, node.id,
-                f"trust tier {node.trust_tier} is below {TIER_NAMES[need]}, needed for {', '.join(gated)}",
+                ActionType.GATE_FEATURE, node_id,
+                f"trust tier {TIER_NAMES[rank]} is below {TIER_NAMES[need]}, needed for {', '.join(gated)}",
                 origin="trust", severity=Severity.WARNING, params={"features": gated},
             ))
     ctx.report.trust["gated"] = len(out)
@@ -276,16 +286,42 @@ def wyneos_enforcement(ctx: TickContext, nodes: Sequence[Node]) -> list[Action]:
 
 @hookimpl
 def wyneos_tick_report(ctx: TickContext) -> None:
+    """Write what changed of trust: chunks of slots in one transaction (SQLite), or one
+    row per changed node (stores without chunks). The markers of what the store holds
+    move only once the write committed: a refused write is tried again next tick."""
     store = ctx.store
     if store is None:
         return
     state = state_of(ctx.orchestrator)
+    engine = state.engine
     everything = state.first_scored
+    spread = -(-len(state.slots) // PERSIST_ROWS)
+    write_chunks = getattr(store, "write_trust_chunks", None)
+    if write_chunks is None:
+        state.first_scored = False
+        rows = engine.rows_to_persist(state.slots, _Fingerprints(ctx.registry), everything=everything, spread=spread)
+        if rows:
+            store.write_trust(rows)
+        return
+    chunks = persist.chunks_changed(engine, everything=everything, spread=spread)
+    if chunks.size:
+        write_chunks(persist.encode_chunks(engine, chunks), replace=everything)
+        persist.mark_written(engine, chunks)
     state.first_scored = False
-    rows = state.engine.rows_to_persist(state.slots, _Fingerprints(ctx.registry), everything=everything,
-                                        spread=-(-len(state.slots) // PERSIST_ROWS))
-    if rows:
-        store.write_trust(rows)
+
+
+def restore(engine: TrustEngine, store: Any) -> int:
+    """Bring back trust from ``store``: its chunks first (each node in the slot it had),
+    then per-node rows of nodes the chunks do not hold (an earlier version's table, or a
+    store without chunks). Returns the nodes restored."""
+    count = 0
+    chunks = getattr(store, "trust_chunks", None)
+    if chunks is not None:
+        count += persist.restore_chunks(engine, chunks())
+        rows = store.trust_rows(chunks=False)
+    else:
+        rows = store.trust_rows()
+    return count + engine.restore(r for r in rows if r.get("node_id") not in engine.index)
 
 
 class _Fingerprints:
@@ -314,12 +350,11 @@ def restore_read_only(orchestrator: Orchestrator, path: Any) -> int:
         return 0
     try:
         store._trust_ready = True  # type: ignore[attr-defined]  # read only: never create the table
-        rows = store.trust_rows()
+        return restore(state_of(orchestrator).engine, store)
     except sqlite3.Error:
         return 0
     finally:
         store.close()
-    return state_of(orchestrator).engine.restore(rows)
 
 
 def explain(orchestrator: Orchestrator, node_id: str) -> dict[str, Any] | None:

@@ -16,7 +16,6 @@ nodes and the observation edges (see ``bench/bench_trust.py``).
 
 from __future__ import annotations
 
-import json
 import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,10 +23,10 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Final
 
-import msgspec
 import numpy as np
 
 from wyneos_core.model import ORIGIN
+from wyneos_core.trust import persist
 from wyneos_core.trust.beta import BetaEvidence
 from wyneos_core.trust.eigentrust import EigenTrustResult, eigentrust, local_trust
 from wyneos_core.trust.observations import MixedObservations, ObservationBatch
@@ -45,11 +44,9 @@ PENDING: Final = 0
 ADMITTED: Final = 1
 REFUSED: Final = 2
 HELD: Final = 3
-ADMISSION_NAMES: Final = ("pending", "admitted", "refused", "held")
+ADMISSION_NAMES: Final = persist.ADMISSION_NAMES
 
 _SIG = {name: i for i, name in enumerate(SIGNALS)}
-#: the trust table's JSON columns, compact (msgspec: about 5x the standard library's encoder)
-_JSON_ENCODER: Final = msgspec.json.Encoder()
 _OBSERVER = operator.attrgetter("observer")
 _SUBJECT = operator.attrgetter("subject")
 _REACHABLE = operator.attrgetter("reachable")
@@ -110,23 +107,28 @@ class TrustEngine:
         self.ids: list[str] = [ORIGIN]
         self.index: dict[str, int] = {ORIGIN: 0}
         self.evidence = BetaEvidence(len(SIGNALS), capacity)
-        self.peer = np.zeros(capacity)
-        self.trust = np.zeros(capacity)
+        # compact columns: scores and trust in float32 (a tier threshold is 0.01 wide), the
+        # power iteration's warm start in float64
+        self.peer = np.zeros(capacity, dtype=np.float32)
+        self.trust = np.zeros(capacity, dtype=np.float32)
         self.tier = np.full(capacity, int(Tier.PROBATION), dtype=np.int8)
         self.admission = np.zeros(capacity, dtype=np.int8)
-        self.joined = np.zeros(capacity, dtype=np.int64)
+        self.joined = np.zeros(capacity, dtype=np.int32)
         self.global_trust = np.zeros(capacity)
         self.admission_reason: dict[int, tuple[str, str]] = {}   # slot -> (rule, reason), not admitted
         self.fingerprint_of: dict[str, int] = {}                  # key fingerprint -> slot
+        #: slot -> the node's key fingerprint (last seen; None: none known)
+        self.fingerprint = np.full(capacity, None, dtype=object)
         self.tick = 0
         self._scores: Scores | None = None
-        #: per slot, what was last written to the store: trust (rounded to 0.01; NaN: never), tier, admission
-        self.persisted_trust = np.full(capacity, np.nan)
+        #: per slot, what the store holds: trust (rounded to 0.01; NaN: never written), tier, admission
+        self.persisted_trust = np.full(capacity, np.nan, dtype=np.float32)
         self.persisted_tier = np.full(capacity, -1, dtype=np.int8)
         self.persisted_admission = np.full(capacity, -1, dtype=np.int8)
         #: id(ids list) -> (ids list, slot of each id, len(self.ids) when mapped): batches' vocabularies
         self._vocabulary: dict[int, tuple[Any, np.ndarray, int]] = {}
         #: this tick's (positive, negative) evidence, for ``explain``'s change since last tick
+        #: (float16: evidence comes in quarters, exact up to 512 a tick)
         self._last_evidence: tuple[np.ndarray, np.ndarray] | None = None
         #: seconds spent in each part of the last ``score`` (evidence, beta, peer_matrix,
         #: peer_iteration, combine): what ``bench/bench_trust.py`` reports
@@ -147,7 +149,7 @@ class TrustEngine:
         self.evidence.grow(capacity)
         for name, fill in (("persisted_trust", np.nan), ("persisted_tier", -1), ("persisted_admission", -1),
                            ("peer", 0.0), ("trust", 0.0), ("tier", int(Tier.PROBATION)),
-                           ("admission", PENDING), ("joined", 0), ("global_trust", 0.0)):
+                           ("admission", PENDING), ("joined", 0), ("global_trust", 0.0), ("fingerprint", None)):
             old = getattr(self, name)
             shape = (old.shape[0], capacity) if old.ndim == 2 else (capacity,)
             new = np.full(shape, fill, dtype=old.dtype)
@@ -168,6 +170,7 @@ class TrustEngine:
         self._grow(slot + 1)
         self.ids.append(node_id)
         self.index[node_id] = slot
+        self.fingerprint[slot] = fingerprint or None
         earlier = self.fingerprint_of.get(fingerprint) if fingerprint else None
         if earlier is not None and earlier != slot:
             self.evidence.r[:, slot] = self.evidence.r[:, earlier]
@@ -202,6 +205,7 @@ class TrustEngine:
         new: list[str] = []
         found = list(map(index.get, ev.node_ids))
         if None in found:
+            self._grow(len(self.ids) + found.count(None))  # once, to the size needed
             fps = ev.fingerprints or [None] * len(ev.node_ids)
             for node_id, fp, slot in zip(ev.node_ids, fps, found):
                 if slot is None and node_id not in index:
@@ -216,9 +220,11 @@ class TrustEngine:
                 self.admission_reason.pop(slot, None)
         n_slots = len(self.ids)
         slots = np.array(found, dtype=np.int64).reshape(-1)
+        if len(ev.fingerprints) == len(slots):
+            self._learn_fingerprints(slots, ev.fingerprints)
         cap = self.capacity
-        pos = np.zeros((len(SIGNALS), cap))
-        neg = np.zeros((len(SIGNALS), cap))
+        pos = np.zeros((len(SIGNALS), cap), dtype=np.float32)
+        neg = np.zeros((len(SIGNALS), cap), dtype=np.float32)
         status = ev.status
         online = slots[status == 0]
 
@@ -229,7 +235,7 @@ class TrustEngine:
 
         # governance compliance over time: failing results by severity, capped at 1 a tick
         if ev.governed:
-            failing = np.zeros(cap)
+            failing = np.zeros(cap, dtype=np.float32)
             fail_list = list(ev.failed)
             if fail_list:
                 f_slots = np.fromiter((index.get(n, 0) for n, _ in fail_list), dtype=np.int64, count=len(fail_list))
@@ -258,7 +264,7 @@ class TrustEngine:
                     neg[_SIG["acknowledgements"], slot] += 1.0
 
         # refused messages: each refusal is negative; an online node with none is positive
-        refused = np.zeros(cap)
+        refused = np.zeros(cap, dtype=np.float32)
         for node_id, count in ev.refusals.items():
             slot = index.get(node_id)
             if slot:
@@ -296,7 +302,7 @@ class TrustEngine:
         timings["evidence"] = t1 - t0
         ev_obj = self.evidence
         ev_obj.update(st.forgetting, pos, neg)
-        self._last_evidence = (pos, neg)
+        self._last_evidence = (pos.astype(np.float16), neg.astype(np.float16))
         scores = ev_obj.scores()
         weights = np.asarray(st.weights)
         # an explicit weighted sum, not weights @ scores: BLAS threads stall on a busy machine
@@ -351,6 +357,16 @@ class TrustEngine:
         self._scores = Scores(slots, behaviour, peer, combined, capped, eigen, int(src.size), dropped, new)
         timings["combine"] = time.perf_counter() - t4
         return self._scores
+
+    def _learn_fingerprints(self, slots: np.ndarray, fingerprints: Sequence[str | None]) -> None:
+        """Keep each node's key fingerprint as the registry has it now (compared over the
+        whole list in C; only the few that changed are touched)."""
+        now = np.empty(len(fingerprints), dtype=object)
+        now[:] = fingerprints
+        changed = np.flatnonzero((now != self.fingerprint[slots]) & (now != None))  # noqa: E711
+        for k in changed.tolist():
+            self.fingerprint[slots[k]] = now[k]
+            self.fingerprint_of[now[k]] = int(slots[k])
 
     def _edges(self, observations: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Observation edges as slot arrays; unknown ids and self-observations dropped.
@@ -560,93 +576,13 @@ class TrustEngine:
             "signals": signals,
         }
 
-    # -- persistence --------------------------------------------------------------------------
+    # -- persistence (``wyneos_core.trust.persist``) -------------------------------------------
 
     def rows_to_persist(self, slots: np.ndarray, fingerprints: Mapping[str, str | None] | None = None,
                         everything: bool = False, spread: int = 1) -> list[tuple]:
-        """Rows for the store's trust table: nodes whose tier or admission changed since
-        last written, and those whose trust moved by 0.01 or more (or all, with
-        ``everything``).
-
-        :param spread: a moved trust is written for one slot in ``spread`` each tick
-            (``slot % spread == tick % spread``), so a fleet whose trust all moves at once
-            writes a ``1/spread`` share per tick and every row is at most ``spread`` ticks
-            behind; tier and admission changes are written at once.
-        """
-        rounded = np.round(self.trust[slots], 2)
-        if everything:
-            chosen = slots
-        else:
-            changed = (self.tier[slots] != self.persisted_tier[slots]) | \
-                (self.admission[slots] != self.persisted_admission[slots])
-            moved = rounded != self.persisted_trust[slots]
-            if spread > 1:
-                moved &= (slots % spread) == (self.tick % spread)
-            chosen = slots[changed | moved]
-        if chosen is slots or len(chosen) == len(slots):
-            self.persisted_trust[slots] = rounded
-        else:
-            self.persisted_trust[chosen] = np.round(self.trust[chosen], 2)
-        self.persisted_tier[chosen] = self.tier[chosen]
-        self.persisted_admission[chosen] = self.admission[chosen]
-        # one vectorised pass for every number, then one compact JSON encoding per row
-        # (100k rows a tick at 100k nodes while trust still moves)
-        chosen_list = chosen.tolist()
-        r_rows = np.ascontiguousarray(np.round(self.evidence.r[:, chosen], 6).T).tolist()
-        s_rows = np.ascontiguousarray(np.round(self.evidence.s[:, chosen], 6).T).tolist()
-        peers = np.round(self.peer[chosen], 6).tolist()
-        trusts = self.trust[chosen].tolist()
-        tiers = self.tier[chosen].tolist()
-        admissions = self.admission[chosen].tolist()
-        joined = self.joined[chosen].tolist()
-        encode_bytes = _JSON_ENCODER.encode
-
-        def encode(value: Any) -> str:
-            return encode_bytes(value).decode()
-
-        out = []
-        for k, slot in enumerate(chosen_list):
-            node_id = self.ids[slot]
-            reason = self.admission_reason.get(slot)
-            fp = fingerprints.get(node_id) if fingerprints else None
-            evidence = encode({"r": r_rows[k], "s": s_rows[k], "peer": peers[k]})
-            out.append((node_id, fp, trusts[k], TIER_NAMES[tiers[k]], ADMISSION_NAMES[admissions[k]],
-                        encode(list(reason)) if reason else None, int(joined[k]), evidence, self.tick))
-        return out
+        """Per-node rows of what changed, for stores without chunks (``persist.rows_to_persist``)."""
+        return persist.rows_to_persist(self, slots, fingerprints, everything, spread)
 
     def restore(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Bring back nodes' trust from the store's rows (``rows_to_persist`` shape)."""
-        count = 0
-        names = {n: i for i, n in enumerate(TIER_NAMES)}
-        adm_names = {n: i for i, n in enumerate(ADMISSION_NAMES)}
-        for row in rows:
-            try:
-                evidence = json.loads(row["evidence"])
-                r = [float(x) for x in evidence["r"]]
-                s = [float(x) for x in evidence["s"]]
-                tier = names[row["tier"]]
-                adm = adm_names[row["admission"]]
-            except (ValueError, KeyError, TypeError):
-                continue  # a row this version cannot read: the node starts over in probation
-            if len(r) != len(SIGNALS) or len(s) != len(SIGNALS):
-                continue
-            slot = self.slot(row["node_id"], row.get("fingerprint"), tick=int(row.get("joined_tick") or 0))
-            self.evidence.r[:, slot] = r
-            self.evidence.s[:, slot] = s
-            self.peer[slot] = float(evidence.get("peer", 0.0))
-            self.trust[slot] = float(row["trust"])
-            self.tier[slot] = tier
-            self.admission[slot] = adm
-            self.joined[slot] = int(row.get("joined_tick") or 0)
-            reason = row.get("admission_reason")
-            if reason:
-                try:
-                    rule, text = json.loads(reason)
-                    self.admission_reason[slot] = (str(rule), str(text))
-                except (ValueError, TypeError):
-                    pass
-            self.persisted_trust[slot] = round(float(row["trust"]), 2)
-            self.persisted_tier[slot] = tier
-            self.persisted_admission[slot] = adm
-            count += 1
-        return count
+        """Bring back nodes' trust from per-node rows (``persist.restore_rows``)."""
+        return persist.restore_rows(self, rows)

@@ -1,0 +1,191 @@
+"""Trust in the state file as chunks of slots: only what changed is written, in one
+transaction; a refused write changes nothing and is tried again; a restart brings back
+the same trust, tiers and admission; a file of the per-node table is carried over."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from conftest import beat, cluster_yaml, config_from
+from wyneos_core.builtin.trust import state_of
+from wyneos_core.store import StateStore
+from wyneos_core.tick import Orchestrator
+from wyneos_core.trust import persist
+from wyneos_core.trust.engine import Evidence, TrustEngine
+from wyneos_core.trust.tiers import Tier
+from test_trust import settings
+
+
+def scored_engine(n: int) -> tuple[TrustEngine, np.ndarray]:
+    eng = TrustEngine(settings())
+    ids = [f"n{i:05d}" for i in range(n)]
+    status = np.zeros(n, dtype=np.int8)
+    status[::7] = 2
+    scores = eng.score(Evidence(1, ids, status, np.zeros(n, dtype=np.int8)))
+    eng.assign({})
+    return eng, scores.slots
+
+
+def written(path, tick: int) -> list[int]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT first_slot FROM trust_chunks WHERE updated_tick = ? "
+                                           "ORDER BY first_slot", (tick,))]
+    finally:
+        conn.close()
+
+
+def state(eng: TrustEngine) -> dict[str, tuple]:
+    return {node_id: (round(float(eng.trust[s]), 2), int(eng.tier[s]), int(eng.admission[s]),
+                      eng.evidence.r[:, s].tolist(), eng.evidence.s[:, s].tolist(), int(eng.joined[s]))
+            for s, node_id in enumerate(eng.ids) if s}
+
+
+def test_only_the_chunks_holding_a_change_are_written(tmp_path):
+    path = tmp_path / "state.db"
+    store = StateStore.open(path)
+    eng, slots = scored_engine(2500)                            # 2,501 slots: three chunks
+    assert store.write_trust_chunks(persist.encode_chunks(eng, persist.chunks_changed(eng, everything=True)),
+                                    replace=True) == 3
+    persist.mark_written(eng, range(3))
+    assert written(path, 1) == [0, 1024, 2048]
+    assert persist.chunks_changed(eng).size == 0                # nothing moved since
+    eng.tick = 2
+    eng.tier[eng.index["n01500"]] = int(Tier.UNTRUSTED)         # one tier, in the second chunk
+    chunks = persist.chunks_changed(eng)
+    assert chunks.tolist() == [1]
+    store.write_trust_chunks(persist.encode_chunks(eng, chunks))
+    persist.mark_written(eng, chunks)
+    assert written(path, 2) == [1024] and written(path, 1) == [0, 2048]
+    rows = {r["node_id"]: r for r in StateStore.open(path).trust_rows()}
+    assert len(rows) == 2500 and rows["n01500"]["tier"] == "untrusted"
+    # moved trust: a chunk in ``spread`` each tick, every chunk within ``spread`` ticks
+    eng.trust[slots] += 0.2
+    seen: list[int] = []
+    for tick in range(3, 6):
+        eng.tick = tick
+        chunks = persist.chunks_changed(eng, spread=3)
+        assert chunks.size <= 1
+        persist.mark_written(eng, chunks)
+        seen += chunks.tolist()
+    assert sorted(seen) == [0, 1, 2]
+
+
+def test_a_refused_write_changes_nothing_and_is_written_next_tick(tmp_path, clock):
+    path = tmp_path / "state.db"
+    orch = Orchestrator(config_from(cluster_yaml(4), state={"path": str(path)}), clock=clock, load_entrypoints=False)
+    try:
+        for _ in range(2):
+            beat(orch, clock, "n01", "n02", "n03", "n04")
+            orch.tick()
+            clock.advance(5)
+        before = StateStore.open(path).trust_chunks()
+        assert before and before[0][5] == 2
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON trust_chunks BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        conn.close()
+        beat(orch, clock, "n01", "n02", "n03")                  # n04 falls silent: trust moves
+        report = orch.tick()
+        clock.advance(5)
+        assert [e.hook for e in report.errors if e.plugin == "trust"] == ["wyneos_tick_report"]
+        assert StateStore.open(path).trust_chunks() == before     # nothing half-written
+        engine = orch._trust_state.engine
+        pending = persist.chunks_changed(engine)
+        assert pending.tolist() == [0]                          # still owed to the store
+        conn = sqlite3.connect(path)
+        conn.execute("DROP TRIGGER refuse")
+        conn.close()
+        beat(orch, clock, "n01", "n02", "n03")
+        report = orch.tick()
+        assert not report.errors
+        stored = {r["node_id"]: r for r in StateStore.open(path).trust_rows()}
+        live = engine.index["n04"]
+        assert stored["n04"]["trust"] == pytest.approx(float(engine.trust[live]), abs=1e-6)
+    finally:
+        orch.stop()
+
+
+def test_a_restart_from_the_state_file_gives_the_same_trust_and_decisions(tmp_path, clock):
+    path = tmp_path / "state.db"
+    text = cluster_yaml(6)
+
+    def start() -> Orchestrator:
+        return Orchestrator(config_from(text, state={"path": str(path)}), clock=clock, load_entrypoints=False)
+
+    orch = start()
+    try:
+        for tick in range(8):
+            # n06 falls silent after three ticks: offline, isolated by the healing step
+            beat(orch, clock, *(f"n0{i}" for i in range(1, 7 if tick < 3 else 6)))
+            orch.tick()
+            clock.advance(10)
+        engine = orch._trust_state.engine
+        assert not persist.chunks_changed(engine).size          # the store holds what the engine holds
+        kept = state(engine)
+        in_force = sorted((h.action.type, h.action.target) for h in orch._decide_state.in_force.values())
+        assert ("isolate", "n06") in in_force
+    finally:
+        orch.stop()
+    again = start()
+    try:
+        restored = state(state_of(again).engine)
+        assert restored.keys() == kept.keys()
+        for node_id, (trust, tier, adm, r, s, joined) in kept.items():
+            got = restored[node_id]
+            assert got[:3] == (trust, tier, adm) and got[5] == joined, node_id
+            assert got[3] == pytest.approx(r, abs=1e-6) and got[4] == pytest.approx(s, abs=1e-6)
+        beat(again, clock, *(f"n0{i}" for i in range(1, 6)))
+        report = again.tick()
+        assert report.trust["changes"] == []                    # no node starts over
+        assert sorted((h.action.type, h.action.target) for h in again._decide_state.in_force.values()) == in_force
+    finally:
+        again.stop()
+
+
+def test_a_state_file_of_per_node_rows_is_carried_over_to_chunks(tmp_path, clock):
+    path = tmp_path / "state.db"
+    old = TrustEngine(settings())
+    ids = ["n01", "n02", "n03"]
+    for tick in range(1, 7):
+        old.score(Evidence(tick, ids, np.zeros(3, dtype=np.int8), np.zeros(3, dtype=np.int8)))
+        old.assign({})
+    store = StateStore.open(path)
+    store.write_trust(old.rows_to_persist(old._scores.slots, everything=True))   # an earlier version's table
+    store.close()
+    orch = Orchestrator(config_from(cluster_yaml(3), state={"path": str(path)}), clock=clock, load_entrypoints=False)
+    try:
+        engine = state_of(orch).engine
+        for node_id in ids:
+            assert engine.tier[engine.index[node_id]] == old.tier[old.index[node_id]]
+        beat(orch, clock, *ids)
+        orch.tick()
+    finally:
+        orch.stop()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM trust").fetchone()[0] == 0   # now in the chunks
+        assert conn.execute("SELECT COUNT(*) FROM trust_chunks").fetchone()[0] == 1
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("damage", ["layout", "length", "ids", "nan"])
+def test_a_damaged_chunk_is_not_read_its_nodes_start_over(tmp_path, damage):
+    eng, _ = scored_engine(10)
+    chunk = list(persist.encode_chunks(eng, [0])[0])
+    if damage == "layout":
+        chunk[4] = "trust-record/99:6"
+    elif damage == "length":
+        chunk[3] = chunk[3][:-3]
+    elif damage == "ids":
+        chunk[1] = '["n1", 5]'
+    else:
+        rec = np.frombuffer(chunk[3], dtype=persist.RECORD).copy()
+        rec["trust"][2] = np.nan
+        chunk[3] = rec.tobytes()
+    fresh = TrustEngine(settings())
+    assert persist.restore_chunks(fresh, [tuple(chunk)]) == 0 and fresh.ids == ["orchestrator"]
+    assert persist.restore_chunks(fresh, persist.encode_chunks(eng, [0])) == 10
