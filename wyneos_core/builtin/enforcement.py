@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from wyneos_core import hookimpl
+from wyneos_core.builtin.listing import licence_problems
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, RuleResult, Severity
 
 if TYPE_CHECKING:
@@ -65,9 +66,8 @@ def wyneos_enforcement(
     ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str, LicenceResult], results: Sequence[RuleResult]
 ) -> list[Action]:
     actions: list[Action] = []
-    for result in licences.values():
-        if not result.valid or result.in_grace:
-            actions.extend(licence_actions(result))
+    for result in licence_problems(licences):  # the few not plainly valid, over the licence columns
+        actions.extend(licence_actions(result))
     for r in results:
         if not r.passed and r.severity is Severity.CRITICAL and r.state in (None, "firing"):
             actions.append(Action(Q, r.node_id, f"rule {r.rule_id}: {r.message}", "enforcement",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from wyneos_core import hookimpl
+from wyneos_core.builtin.listing import licence_problems, report_dict
 from wyneos_core.causes import action_cause
 from wyneos_core.model import Action, RuleResult, TickReport
 from wyneos_core.wording import examples, plural
@@ -70,8 +72,9 @@ def quiet_line(report: TickReport) -> str:
     counts = report.status_counts()
     status = " ".join(f"{k}={v}" for k, v in counts.items() if v)
     parts = []
-    failing = sum(1 for r in report.licences.values() if not r.valid)
-    grace = sum(1 for r in report.licences.values() if r.valid and r.in_grace)
+    problems = licence_problems(report.licences)
+    failing = sum(1 for r in problems if not r.valid)
+    grace = len(problems) - failing
     if failing or grace:
         parts.append("licences: " + ", ".join(t for t in (f"{failing} invalid" if failing else "",
                                                           f"{grace} in grace" if grace else "") if t))
@@ -113,15 +116,17 @@ def _one_text(texts: Sequence[str]) -> str:
     return f"{distinct[0]} (and {plural(len(distinct) - 1, 'other')})"
 
 
-def _licence_key(report: TickReport | None) -> dict[str, tuple[bool, str, bool]]:
+def _licence_key(report: TickReport | None) -> tuple[dict[str, tuple[bool, str, bool]], dict[str, Any]]:
+    """The results that are not plainly valid, by node: their key and the result."""
     if report is None:
-        return {}
-    return {r.node_id: (r.valid, r.reason, r.in_grace) for r in report.licences.values() if not r.valid or r.in_grace}
+        return {}, {}
+    found = {r.node_id: r for r in licence_problems(report.licences)}
+    return {n: (r.valid, r.reason, r.in_grace) for n, r in found.items()}, found
 
 
 def _licence_lines(report: TickReport, previous: TickReport | None, still: list[str]) -> list[str]:
-    now = _licence_key(report)
-    before = _licence_key(previous)
+    now, results = _licence_key(report)
+    before, _ = _licence_key(previous)
     groups: dict[tuple[str, str], list[str]] = {}
     held: dict[str, int] = {}
     for node_id, (valid, reason, _grace) in now.items():
@@ -133,10 +138,14 @@ def _licence_lines(report: TickReport, previous: TickReport | None, still: list[
             groups.setdefault((state, reason), []).append(node_id)
     lines = []
     for (state, reason), node_ids in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        detail = _one_text([report.licences[n].detail for n in sorted(node_ids)])
+        detail = _one_text([results[n].detail for n in sorted(node_ids)])
         lines.append(f"  licence  {len(node_ids)} {state} {reason} ({examples(node_ids)}): {detail}")
     lines = _capped(lines, "licence reasons")
-    recovered = [n for n in before if n not in now and n in report.licences]
+    recovered = [n for n in before if n not in now]
+    if recovered:  # and still have a result (still registered): one pass in C over the ids
+        ids = getattr(getattr(report.licences, "results", None), "ids", None)  # the licence columns' ids
+        present = set(ids) if ids is not None else report.licences
+        recovered = [n for n in recovered if n in present]
     if recovered:
         lines.append(f"  licence  {len(recovered)} valid again ({examples(recovered)})")
     if held:
@@ -291,7 +300,7 @@ def _verbose_lines(report: TickReport, previous: TickReport | None) -> list[str]
     """Everything: one line per node of every licence failure, rule failure,
     transition, action, delivery and rejected heartbeat."""
     lines = [_header(report)]
-    for r in sorted(report.licences.values(), key=lambda r: r.node_id):
+    for r in sorted(licence_problems(report.licences), key=lambda r: r.node_id):
         if not r.valid or r.in_grace:
             lines.append(f"  licence  {r.node_id}: {'in grace' if r.valid else 'INVALID'} {r.reason} - {r.detail}")
     for r in sorted(report.results, key=lambda r: (r.rule_id, r.node_id)):
@@ -324,12 +333,24 @@ def _verbose_lines(report: TickReport, previous: TickReport | None) -> list[str]
     return lines
 
 
+def _plain(value: Any) -> Any:
+    """A numpy number as the Python number it holds (for the JSON encoder)."""
+    item = getattr(value, "item", None)
+    if item is None:
+        raise TypeError(f"cannot write {type(value).__name__} into the report")
+    return item()
+
+
+#: the report's JSON, compact (msgspec: the standard library's format at a fraction of its cost)
+encode_json = msgspec.json.Encoder(enc_hook=_plain).encode
+
+
 def write_json_atomic(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, separators=(",", ":")))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(encode_json(data))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -365,12 +386,12 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
     limit = settings["max_nodes_in_file"]
     data = None
     if mode == "json":
-        data = report.to_dict(limit)
-        _emit(json.dumps(data, separators=(",", ":")))
+        data = report_dict(report, ctx.registry, limit)
+        _emit(encode_json(data).decode())
     if settings["json_path"]:
         path = ctx.config.resolve(settings["json_path"])
         try:
-            write_json_atomic(path, data if data is not None else report.to_dict(limit))
+            write_json_atomic(path, data if data is not None else report_dict(report, ctx.registry, limit))
         except OSError as exc:  # say it now: the report of this tick is already printed
             print(f"wyneos: cannot write report.json_path {path}: {exc.strerror or exc}", file=sys.stderr)
             raise

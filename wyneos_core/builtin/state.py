@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from wyneos_core import hookimpl
 from wyneos_core.builtin.decide import DecideState, state_of
+from wyneos_core.builtin.listing import changed_ids, licence_summary, pick
 from wyneos_core.model import TickReport
 from wyneos_core.store import StoreError
 
@@ -60,12 +61,9 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
             rows.append({**action.to_dict(), "state": state, "first_tick": ctx.tick, "last_tick": ctx.tick})
         elif state == "cleared":
             cleared.append(action_id)
-    changed = {t["node_id"] for t in report.transitions if t.get("kind") == "status"}
-    changed.update(a.target for a in report.actions)
     first = ctx.tick == 1 or not getattr(ctx.orchestrator, "_state_primed", False)
-    with_ids = getattr(report.nodes, "with_ids", None)  # nodes copied from the columns pick there
-    nodes = report.nodes if first else (with_ids(changed) if with_ids is not None
-                                        else [n for n in report.nodes if n.id in changed])
+    # the nodes whose row changed, found through the registry's index (not a walk over the fleet)
+    nodes = report.nodes if first else pick(report.nodes, ctx.registry, changed_ids(report))
     ctx.orchestrator._state_primed = True  # type: ignore[attr-defined]
     summary = {
         "tick": report.tick,
@@ -73,7 +71,7 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
         "duration_ms": round(report.duration_ms, 3),
         "status_counts": report.status_counts(),
         "rule_summary": report.rule_summary,
-        "licence_summary": report.licence_counts(),
+        "licence_summary": licence_summary(report),
         "actions": [a.to_dict() for a in report.actions],
         "errors": [e.to_dict() for e in report.errors],
         "notes": report.notes,

@@ -1,0 +1,102 @@
+"""The report file and the state writes list what changed, found over the columns: the
+report file is the same document as ``TickReport.to_dict`` (whole list or not), and the
+state file's node rows written in a tick are exactly the nodes that changed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+
+import pytest
+
+from conftest import beat, cluster_yaml, config_from
+from wyneos_core.builtin.listing import node_dicts, pick, report_dict
+from wyneos_core.tick import Orchestrator
+
+N = 40
+
+
+def start(tmp_path, max_nodes: int):
+    """A cluster's config with a state file and a report file listing at most ``max_nodes``."""
+    config = config_from(cluster_yaml(N), state={"path": str(tmp_path / "state.db")})
+    config["report"]["json_path"] = str(tmp_path / "report.json")
+    config["report"]["max_nodes_in_file"] = max_nodes
+    return config
+
+
+def ticks(orch: Orchestrator, clock, count: int, silent: set[str], hot: set[str] = frozenset()):
+    for _ in range(count):
+        for i in range(1, N + 1):
+            node_id = f"n{i:02d}"
+            if node_id not in silent:
+                beat(orch, clock, node_id, load=0.99 if node_id in hot else 0.3)
+        yield orch.tick()
+        clock.advance(10)
+
+
+@pytest.mark.parametrize("max_nodes", [5, 1000])
+def test_the_report_file_is_the_reports_own_document(tmp_path, clock, max_nodes):
+    config = start(tmp_path, max_nodes)
+    orch = Orchestrator(config, clock=clock, load_entrypoints=False)
+    try:
+        seen_listed = set()
+        for report in ticks(orch, clock, 8, silent={"n07", "n21"}, hot={"n30"}):
+            written = json.loads((tmp_path / "report.json").read_text())
+            want = json.loads(json.dumps(report.to_dict(max_nodes)))
+            for doc in (written, want):  # the report step's own time is added once it returned
+                doc.pop("timings_ms")
+            assert written == want
+            seen_listed.add(len(written["nodes"]))
+            assert report_dict(report, orch.registry, max_nodes) == report.to_dict(max_nodes)
+            plain = dataclasses.replace(report, nodes=list(report.nodes), licences=dict(report.licences))
+            assert report_dict(plain, orch.registry, max_nodes) == report.to_dict(max_nodes)  # a plugin's lists
+        if max_nodes == 5:
+            assert written["nodes_omitted"] == N - len(written["nodes"]) > 0
+            assert {n["id"] for n in written["nodes"]} >= {"n07", "n21"}   # offline and isolated
+        else:
+            assert seen_listed == {N}
+    finally:
+        orch.stop()
+
+
+def test_node_rows_are_made_from_the_columns_as_node_to_dict(tmp_path, clock):
+    orch = Orchestrator(start(tmp_path, 1000), clock=clock, load_entrypoints=False)
+    try:
+        report = list(ticks(orch, clock, 5, silent={"n03"}))[-1]
+        assert node_dicts(report.nodes) == [n.to_dict() for n in report.nodes]
+        wanted = {"n03", "n40", "n01", "gone"}
+        assert [n.id for n in pick(report.nodes, orch.registry, wanted)] == ["n01", "n03", "n40"]
+        assert pick(list(report.nodes), orch.registry, wanted) == pick(report.nodes, orch.registry, wanted)
+    finally:
+        orch.stop()
+
+
+def test_the_state_file_gets_a_row_for_each_changed_node_only(tmp_path, clock):
+    orch = Orchestrator(start(tmp_path, 1000), clock=clock, load_entrypoints=False)
+    path = tmp_path / "state.db"
+    try:
+        changed_per_tick = []
+        for report in ticks(orch, clock, 7, silent={"n05", "n06"}):
+            status = {t["node_id"] for t in report.transitions if t.get("kind") == "status"}
+            changed_per_tick.append((report.tick, status | {a.target for a in report.actions}))
+    finally:
+        orch.stop()
+    conn = sqlite3.connect(path)
+    try:
+        rows = dict(conn.execute("SELECT updated_tick, COUNT(*) FROM nodes GROUP BY updated_tick"))
+        latest = {tick: {r[0] for r in conn.execute("SELECT id FROM nodes WHERE updated_tick = ?", (tick,))}
+                  for tick in rows}
+    finally:
+        conn.close()
+    assert sum(rows.values()) == N
+    last_written = {}
+    for tick, changed in changed_per_tick[1:]:
+        for node_id in changed:
+            last_written[node_id] = tick
+    assert any(changed for _, changed in changed_per_tick[1:])   # n05 and n06 went stale, offline, isolated
+    for tick, ids in latest.items():
+        if tick == 1:
+            assert ids == {f"n{i:02d}" for i in range(1, N + 1)} - set(last_written)
+        else:
+            assert ids == {n for n, t in last_written.items() if t == tick}

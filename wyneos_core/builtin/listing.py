@@ -1,0 +1,174 @@
+"""What the report and the state writes list: the nodes and licence results worth a line,
+found over the columns, so their cost grows with what changed, not with the fleet.
+
+The tick report's ``nodes`` are the node table's columns copied at the end of the tick
+(``nodetable.FrozenNodes``, positions in slot order); its ``licences`` answer
+``problems()`` and ``summary()`` over the licence columns when the licence step keeps
+them. Every function here also takes plain lists (a plugin's own report), walked as
+before.
+
+* ``changed_ids``: nodes whose status changed this tick or that an action targets;
+* ``pick``: the report's nodes of a few ids, found through the registry's id index and
+  checked against the copy (no walk over the ids);
+* ``worth_a_look``: nodes not online, isolated or changed (a mask over the columns);
+* ``node_dicts``: ``Node.to_dict`` rows made from the columns, without a ``Node`` each;
+* ``licence_problems`` and ``licence_summary``: the results that are not plainly valid,
+  and the counts per reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from wyneos_core.model import Node, NodeStatus, TickReport
+from wyneos_core.nodetable import ONLINE, STATUSES
+
+__all__ = ["changed_ids", "licence_problems", "licence_summary", "node_dicts", "pick", "report_dict",
+           "worth_a_look"]
+
+_STATUS_VALUES = [s.value for s in STATUSES]
+
+
+def changed_ids(report: TickReport) -> set[str]:
+    """Nodes whose status changed this tick, and the targets of its new actions."""
+    changed = {t["node_id"] for t in report.transitions if t.get("kind") == "status"}
+    changed.update(a.target for a in report.actions)
+    return changed
+
+
+def _columns(nodes: Any) -> Any:
+    """The copied columns behind the report's nodes (None: a plain list)."""
+    table = getattr(nodes, "table", None)
+    return table if table is not None and hasattr(table, "status") else None
+
+
+def positions(nodes: Any, registry: Any, wanted: Iterable[str]) -> np.ndarray | None:
+    """Positions in the report's node copy of the ``wanted`` ids that are in it (None: the
+    copy has no columns). Each id is looked up in the registry's index; its slot's rank
+    among the registered slots is its position in the copy, which is checked to hold that
+    id (a node that joined or left since the copy is looked for by a walk)."""
+    t = _columns(nodes)
+    if t is None:
+        return None
+    ids = t.ids
+    wanted = [w for w in wanted if isinstance(w, str)]
+    live = getattr(registry, "table", None)
+    found: list[int] = []
+    missed: list[str] = []
+    if live is not None and wanted:
+        slots = live.slots()
+        index = live.index
+        for node_id in wanted:
+            slot = index.get(node_id)
+            if slot is None:
+                missed.append(node_id)
+                continue
+            at = int(np.searchsorted(slots, slot))
+            if at < len(ids) and ids[at] == node_id:
+                found.append(at)
+            else:
+                missed.append(node_id)
+    else:
+        missed = wanted
+    if missed:
+        rest = set(missed)
+        found += [i for i, node_id in enumerate(ids) if node_id in rest]
+    return np.unique(np.array(found, dtype=np.int64))
+
+
+def pick(nodes: Sequence[Node], registry: Any, wanted: set[str]) -> list[Node]:
+    """The report's nodes whose id is in ``wanted``, in the report's order."""
+    if not wanted:
+        return []
+    at = positions(nodes, registry, wanted)
+    if at is None:
+        return [n for n in nodes if n.id in wanted]
+    return [nodes[i] for i in at.tolist()]
+
+
+def worth_a_look(nodes: Sequence[Node], registry: Any, changed: set[str]) -> np.ndarray | list[Node]:
+    """Positions of the nodes not online, isolated, or in ``changed`` (a list of nodes
+    when the report's nodes are a plain list)."""
+    t = _columns(nodes)
+    if t is None:
+        online = NodeStatus.ONLINE
+        return [n for n in nodes if n.status is not online or n.isolated or n.id in changed]
+    count = len(t.ids)
+    mask = (t.status[:count] != ONLINE) | t.isolated[:count]
+    at = positions(nodes, registry, changed)
+    if at is not None and at.size:
+        mask[at] = True
+    return np.flatnonzero(mask)
+
+
+def _optional(values: np.ndarray) -> list[Any]:
+    """Floats with NaN as None (and infinities as None: JSON has neither)."""
+    out = values.astype(object)
+    out[~np.isfinite(values)] = None
+    return out.tolist()
+
+
+def node_dicts(nodes: Sequence[Node], at: np.ndarray | list[Node] | None = None) -> list[dict[str, Any]]:
+    """``Node.to_dict()`` of the nodes at positions ``at`` (all when None), made from the
+    columns: one dict per node listed and no ``Node``."""
+    t = _columns(nodes)
+    if t is None or isinstance(at, list):
+        return [n.to_dict() for n in (nodes if at is None else at)]
+    if at is None:
+        at = np.arange(len(t.ids))
+    where = at.tolist()
+    ids, metadata, licence_ref, fingerprint = t.ids, t.metadata, t.licence_ref, t.fingerprint
+    trust = t.trust[at]
+    tiers = list(t.tier_names) + [None]  # code -1: no tier yet
+    rounded = [None if v != v else round(v, 4) for v in trust.tolist()] if len(where) else []
+    keys = ("id", "status", "last_seen", "load", "metadata", "licence_ref", "fingerprint", "isolated", "trust",
+            "trust_tier")
+    columns = (
+        [ids[i] for i in where],
+        [_STATUS_VALUES[c] for c in t.status[at].tolist()],
+        _optional(t.last_seen[at]),
+        _optional(t.load[at]),
+        [metadata[i] for i in where],
+        [licence_ref[i] for i in where],
+        [fingerprint[i] for i in where],
+        t.isolated[at].tolist(),
+        rounded,
+        [tiers[c] for c in t.tier[at].tolist()],
+    )
+    return [dict(zip(keys, row)) for row in zip(*columns)]
+
+
+def licence_problems(licences: Any) -> list[Any]:
+    """The licence results that are not plainly valid (invalid, or valid in grace)."""
+    problems = getattr(licences, "problems", None)
+    if problems is not None:
+        return problems()
+    return [r for r in licences.values() if not r.valid or r.in_grace]
+
+
+def licence_summary(report: TickReport) -> dict[str, int]:
+    """Licence results per reason code, over the columns when the licences have them."""
+    summary = getattr(report.licences, "summary", None)
+    return summary() if summary is not None else report.licence_counts()
+
+
+def report_dict(report: TickReport, registry: Any, max_nodes: int | None = None) -> dict[str, Any]:
+    """``report.to_dict(max_nodes)``, its node and licence lists found over the columns
+    (the same document: same keys, same order, same values)."""
+    nodes = report.nodes
+    listed: Any = None
+    omitted = 0
+    if max_nodes is not None and len(nodes) > max_nodes:
+        listed = worth_a_look(nodes, registry, changed_ids(report))
+        omitted = len(nodes) - len(listed)
+    data = dataclasses.replace(report, nodes=[], licences={}, counted={}).to_dict()
+    data["status_counts"] = report.status_counts()
+    data["nodes"] = node_dicts(nodes, listed)
+    data["nodes_omitted"] = omitted
+    data["licences"] = [r.to_dict() for r in licence_problems(report.licences)]
+    data["licence_summary"] = licence_summary(report)
+    return data
