@@ -151,7 +151,7 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
         slots = nodes.slots  # type: ignore[attr-defined]
         ids = nodes.ids()  # type: ignore[attr-defined]
         status = _TABLE_TO_TRUST[table.status[slots]]
-        fingerprints = [table.fingerprint[s] for s in slots.tolist()]
+        fingerprints = list(map(table.fingerprint.__getitem__, slots.tolist()))
     else:
         ids = list(map(_ID, nodes))
         codes = _STATUS_BY_IDENTITY
