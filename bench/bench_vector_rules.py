@@ -15,6 +15,12 @@ registered nodes, each evaluated to a boolean mask per condition:
   built beforehand;
 * ``closures``: the native engine node by node over plain ``Node`` values.
 
+Then the whole governance step on numpy (``governance_tick``): 40 conditions of the same
+shapes with thresholds that few nodes cross (a fleet where little is wrong) as a
+governance ruleset with ``for: 2 ticks``, through ``RulesetRunner.governance`` (masks,
+state arrays by slot, a ``RuleResult`` per failing pair), ticks 2 and later timed, and
+the bytes of rule state per node.
+
 Every backend must give the same masks. ``--json PATH`` writes the timings.
 
     python bench/bench_vector_rules.py [--nodes 100000] [--repeat 5] [--no-closures]
@@ -45,17 +51,20 @@ from wyneos_core.rules.native import NativeEngine  # noqa: E402
 from wyneos_core.rules.vector import Columns  # noqa: E402
 
 NOW = 1_700_000_000.0
-STALE, OFFLINE = STATUS_CODE[NodeStatus.STALE], STATUS_CODE[NodeStatus.OFFLINE]
+STALE, OFFLINE, UNKNOWN = (STATUS_CODE[s] for s in (NodeStatus.STALE, NodeStatus.OFFLINE, NodeStatus.UNKNOWN))
 TRUSTED = TIERS.index("trusted")
 
 
-def conditions(rng: random.Random, count: int) -> list[tuple[str, str, object]]:
-    """(rule text, numexpr text, polars expression builder) for ``count`` conditions."""
+def conditions(rng: random.Random, count: int, rare: bool = False) -> list[tuple[str, str, object]]:
+    """(rule text, numexpr text, polars expression builder) for ``count`` conditions
+    (``rare``: thresholds that hold on about 1% of the nodes or fewer)."""
     out = []
     for _ in range(count):
-        t = round(rng.uniform(0.5, 0.95), 2)
-        age = rng.choice([18, 30, 48, 120])
-        trust = round(rng.uniform(0.2, 0.8), 2)
+        t = round(rng.uniform(0.985, 0.999) if rare else rng.uniform(0.5, 0.95), 3)
+        age = rng.choice([79, 79.5] if rare else [18, 30, 48, 120])
+        trust = round(rng.uniform(0.001, 0.01) if rare else rng.uniform(0.2, 0.8), 3)
+        stale, code = ("unknown", UNKNOWN) if rare else ("stale", STALE)
+        below = ">" if rare else "<"
         shape = rng.randrange(7)
         if shape == 0:
             out.append((f"node.load > {t}", f"load > {t}", lambda pl, t=t: pl.col("load") > t))
@@ -64,25 +73,31 @@ def conditions(rng: random.Random, count: int) -> list[tuple[str, str, object]]:
                         f"((now - last_seen) > {age}) & (status != {OFFLINE})",
                         lambda pl, age=age: ((NOW - pl.col("last_seen")) > age) & (pl.col("status") != OFFLINE)))
         elif shape == 2:
-            out.append((f"(node.load > {t} or node.status == 'stale') and not node.isolated",
-                        f"((load > {t}) | (status == {STALE})) & ~isolated",
-                        lambda pl, t=t: ((pl.col("load") > t) | (pl.col("status") == STALE)) & ~pl.col("isolated")))
+            out.append((f"(node.load > {t} or node.status == '{stale}') and not node.isolated",
+                        f"((load > {t}) | (status == {code})) & ~isolated",
+                        lambda pl, t=t, c=code: ((pl.col("load") > t) | (pl.col("status") == c)) & ~pl.col("isolated")))
+        elif shape == 3 and rare:
+            out.append((f"node.load is not missing and heartbeat_age(node) >= {age}",
+                        f"(load == load) & ((now - last_seen) >= {age})",
+                        lambda pl, age=age: pl.col("load").is_not_null() & ((NOW - pl.col("last_seen")) >= age)))
         elif shape == 3:
             out.append((f"node.load is missing or heartbeat_age(node) >= {age}",
                         f"(load != load) | ((now - last_seen) >= {age})",
                         lambda pl, age=age: pl.col("load").is_null() | ((NOW - pl.col("last_seen")) >= age)))
         elif shape == 4:
-            out.append((f"node.status in ['stale', 'offline'] or node.load >= {t}",
-                        f"(status == {STALE}) | (status == {OFFLINE}) | (load >= {t})",
-                        lambda pl, t=t: pl.col("status").is_in([STALE, OFFLINE]) | (pl.col("load") >= t)))
+            other, other_code = ("unknown", UNKNOWN) if rare else ("offline", OFFLINE)
+            out.append((f"node.status in ['{stale}', '{other}'] or node.load >= {t}",
+                        f"(status == {code}) | (status == {other_code}) | (load >= {t})",
+                        lambda pl, t=t, c=code, o=other_code: pl.col("status").is_in([c, o]) | (pl.col("load") >= t)))
         elif shape == 5:
             out.append((f"node.trust < {trust} and node.load > {t}",
                         f"(trust < {trust}) & (load > {t})",
                         lambda pl, t=t, trust=trust: (pl.col("trust") < trust) & (pl.col("load") > t)))
         else:
-            out.append((f"not trust_at_least('trusted') and heartbeat_age(node) < {age}",
-                        f"(tier < {TRUSTED}) & ((now - last_seen) < {age})",
-                        lambda pl, age=age: (pl.col("tier") < TRUSTED) & ((NOW - pl.col("last_seen")) < age)))
+            out.append((f"not trust_at_least('trusted') and heartbeat_age(node) {below} {age}",
+                        f"(tier < {TRUSTED}) & ((now - last_seen) {below} {age})",
+                        (lambda pl, age=age: (pl.col("tier") < TRUSTED) & ((NOW - pl.col("last_seen")) > age)) if rare
+                        else (lambda pl, age=age: (pl.col("tier") < TRUSTED) & ((NOW - pl.col("last_seen")) < age))))
     return out
 
 
@@ -168,13 +183,49 @@ def main() -> None:
         results["closures"], hits = timed(lambda: engine.evaluate(plain, lics, env), max(1, args.repeat // 3))
         assert hits == [np.flatnonzero(m).tolist() for m in want], "the closures disagree"
 
+    rare = [text for text, _, _ in conditions(random.Random(7), args.rules, rare=True)]
+    results["governance_tick"], state_bytes = governance(nodes, rare, args.repeat)
+
     base = results["numpy"]
     print(f"{n} nodes x {args.rules} conditions, median of {args.repeat} "
           f"({sum(int(m.sum()) for m in want)} true (rule, node) pairs):")
     for name, seconds in results.items():
         print(f"  {name:20s} {seconds * 1000:9.1f} ms   {seconds / base:6.2f}x numpy")
+    print(f"  rule state: {state_bytes / n:.0f} B per node ({args.rules} rules)")
     if args.json:
-        args.json.write_text(json.dumps({"nodes": n, "rules": args.rules, "seconds": results}, indent=1))
+        args.json.write_text(json.dumps({"nodes": n, "rules": args.rules, "seconds": results,
+                                         "state_bytes_per_node": state_bytes / n}, indent=1))
+
+
+def governance(nodes, texts: list[str], repeat: int) -> tuple[float, int]:
+    """Median seconds of a governance tick (after the first) and the rule state's bytes."""
+    import tempfile
+
+    from wyneos_core.rules.loader import load_ruleset
+    from wyneos_core.rules.runtime import RulesetRunner
+
+    lines = ["ruleset: bench", "stage: governance", "rules:"]
+    for i, text in enumerate(texts):
+        lines += [f"  - id: r{i}", "    description: bench", f"    require: not ({text})", "    for: 2 ticks",
+                  "    message: failed"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.yaml"
+        path.write_text("\n".join(lines) + "\n")
+        runner = RulesetRunner.from_rulesets([load_ruleset(path)])
+    env = RulesetRunner.environment(nodes, NOW)
+    times = []
+    failing = 0
+    for tick in range(1, repeat + 2):
+        t0 = time.perf_counter()
+        results = runner.governance(nodes, {}, tick=tick, env=env, transitions=[], errors=[])
+        if tick > 1:
+            times.append(time.perf_counter() - t0)
+        failing = len(results)
+    print(f"  governance: {failing} failing (rule, node) pairs of {len(texts) * len(nodes)}")
+    state = sum(t.code.nbytes + (t.since_tick.nbytes if t.since_tick is not None else 0)
+                + (t.since_at.nbytes if t.since_at is not None else 0)
+                for loaded in runner.loaded.values() for t in loaded.trackers.values())
+    return statistics.median(times), state
 
 
 if __name__ == "__main__":

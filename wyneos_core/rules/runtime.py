@@ -381,7 +381,7 @@ class RulesetRunner:
             self._space = space
         if table is None:
             return self._id_slots.place(ids)
-        return Place(nodes.slots, table.ids, table.index)  # type: ignore[attr-defined]
+        return Place(nodes.slots, table.ids, table.index, table.version)  # type: ignore[attr-defined]
 
     def _step(self, loaded: Loaded, rule: Rule, hits: Any, place: Place, ids: list[str], tick: int, now: float,
               transitions: list[dict[str, Any]]) -> np.ndarray:
@@ -430,7 +430,7 @@ class RulesetRunner:
         if not loaded_list:
             return out
         ids = _ids(nodes)
-        lics = [licences.get(i) or NO_LICENCE for i in ids]
+        lics = _Licences(ids, licences)
         place = self._place(nodes, ids)
         append = out.append
         for loaded in loaded_list:
@@ -469,7 +469,7 @@ class RulesetRunner:
         if not loaded_list:
             return out
         ids = _ids(nodes)
-        lics = [licences.get(i) or NO_LICENCE for i in ids]
+        lics = _Licences(ids, licences)
         place = self._place(nodes, ids)
         for loaded in loaded_list:
             name = loaded.ruleset.name
@@ -486,6 +486,33 @@ class RulesetRunner:
                                   for k, v in spec.params}
                         out.append(Action(spec.type, node_id, reason, origin, rule.severity, params))
         return out
+
+
+class _Licences(Sequence[LicenceResult]):
+    """Each node's licence result, looked up when read: rules over the columns read none,
+    a failing pair's message one; the first engine going over them all makes the list."""
+
+    __slots__ = ("ids", "licences", "_all")
+
+    def __init__(self, ids: list[str], licences: Mapping[str, LicenceResult]) -> None:
+        self.ids = ids
+        self.licences = licences
+        self._all: list[LicenceResult] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, position: Any) -> Any:
+        if self._all is None and not isinstance(position, slice):
+            return self.licences.get(self.ids[position]) or NO_LICENCE
+        iter(self)  # makes the list
+        return self._all[position]  # type: ignore[index]
+
+    def __iter__(self) -> Any:
+        if self._all is None:
+            get = self.licences.get
+            self._all = [get(i) or NO_LICENCE for i in self.ids]
+        return iter(self._all)
 
 
 def _ids(nodes: Sequence[Node]) -> list[str]:

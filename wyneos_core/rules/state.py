@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -106,6 +106,22 @@ class RuleState:
 _I, _P, _F, _K, _R = range(5)
 NAMES: Final = (INACTIVE, PENDING, FIRING, FIRING, RESOLVED)
 _CODE = {INACTIVE: _I, PENDING: _P, FIRING: _F, RESOLVED: _R}
+_VISIBLE = (_I, _P, _F, _F, _R)
+
+
+def _tables(for_: Duration, keep: Duration) -> tuple[np.ndarray, np.ndarray]:
+    """By ``2 * state + condition``: the state after a tick (before waits are served),
+    and whether a wait begins (``for`` on turning true, ``keep_firing_for`` on turning false)."""
+    turned_on = _P if for_.amount else _F
+    turned_off = _K if keep.amount else _R
+    nxt = [_I, turned_on,  # inactive
+           _I, _P,  # pending
+           turned_off, _F,  # firing
+           _K, _F,  # firing, condition false
+           _I, turned_on]  # resolved
+    begins = [False, bool(for_.amount), False, False, bool(keep.amount), False, False, False, False,
+              bool(for_.amount)]
+    return np.array(nxt, np.int8), np.array(begins, bool)
 _TICK_MAX = 2**31 - 1
 
 
@@ -118,13 +134,24 @@ class Place:
     """Where the nodes of one evaluation are: the slot of each position, the node id in
     each slot (None: free) and the slot of each node id."""
 
-    __slots__ = ("slots", "ids", "index", "_here")
+    __slots__ = ("slots", "ids", "index", "version", "_here", "_whole")
 
-    def __init__(self, slots: np.ndarray, ids: Sequence[str | None], index: Mapping[str, int]) -> None:
+    def __init__(self, slots: np.ndarray, ids: Sequence[str | None], index: Mapping[str, int],
+                 version: int | None = None) -> None:
         self.slots = slots
         self.ids = ids
         self.index = index
+        #: changes whenever a node joins or leaves (None: unknown, look every time)
+        self.version = version
         self._here: np.ndarray | None = None
+        self._whole: bool | None = None
+
+    def whole(self) -> bool:
+        """Are the slots 0, 1, ... n - 1 in order (then a slice reads them, no gather)."""
+        if self._whole is None:
+            s, n = self.slots, len(self.slots)
+            self._whole = n == 0 or (int(s[0]) == 0 and int(s[-1]) == n - 1 and bool(np.all(s[1:] > s[:-1])))
+        return self._whole
 
     def here(self) -> np.ndarray:
         """By slot: is its node one of this evaluation's."""
@@ -171,7 +198,8 @@ class StateTracker:
     of every slot whose state is not inactive.
     """
 
-    __slots__ = ("for_", "keep", "code", "since_tick", "since_at", "owner", "_restore", "_own")
+    __slots__ = ("for_", "keep", "code", "since_tick", "since_at", "owner", "_restore", "_own", "_seen", "_next",
+                 "_begins")
 
     def __init__(self, for_: Duration = ZERO, keep: Duration = ZERO) -> None:
         self.for_ = for_
@@ -183,6 +211,9 @@ class StateTracker:
         self.owner: dict[int, str] = {}
         self._restore: dict[str, RuleState] = {}
         self._own: IdSlots | None = None
+        #: the place last looked at by ``depart`` (no node joined or left since: nothing to do)
+        self._seen: tuple[Any, ...] = ()
+        self._next, self._begins = _tables(for_, keep)
 
     # -- advancing --------------------------------------------------------------------
 
@@ -212,6 +243,11 @@ class StateTracker:
                 self._fit(len(place.ids))
                 self._set(slot, node_id, st)
             self._restore = {}
+        seen = (place.ids, place.slots, place.version)
+        if place.version is not None and len(self._seen) == 3 and all(a is b for a, b in zip(seen[:2], self._seen)) \
+                and seen[2] == self._seen[2]:
+            return ended
+        self._seen = seen
         if self.owner:
             ids, here = place.ids, place.here()
             size = len(ids)
@@ -233,33 +269,32 @@ class StateTracker:
         """
         self._fit(len(place.ids))
         slots = place.slots
-        code = self.code
-        cur = code[slots]
-        new = cur.copy()
-        on = np.asarray(active, bool)
-        start = on & ((cur == _I) | (cur == _R))
-        new[on & (cur == _K)] = _F
-        off = ~on
-        new[off & ((cur == _P) | (cur == _R))] = _I
-        clear = off & (cur == _F)
-        new[start] = _P
-        new[clear] = _K
-        began = np.flatnonzero(start | clear)
-        if len(began):
-            self._begin(slots[began], tick, now)
-        self._serve(new, on & (new == _P), self.for_, slots, _F, tick, now)
-        self._serve(new, off & (new == _K), self.keep, slots, _R, tick, now)
-        code[slots] = new
-        seen_old, seen_new = np.where(cur == _K, _F, cur), np.where(new == _K, _F, new)
+        at = slice(0, len(slots)) if place.whole() else slots
+        cur = self.code[at]
+        step = np.left_shift(cur, 1)
+        step |= np.asarray(active, bool).view(np.int8)
+        new = self._next.take(step)
+        if self._begins.any():
+            began = np.flatnonzero(self._begins.take(step))
+            if len(began):
+                self._begin(slots[began], tick, now)
+        if self.for_.amount:
+            self._serve(new, _P, self.for_, slots, _F, tick, now)
+        if self.keep.amount:
+            self._serve(new, _K, self.keep, slots, _R, tick, now)
+        changed = np.flatnonzero(new != cur)
+        before, after = cur[changed].tolist(), new[changed].tolist()  # before cur (maybe a view) is written
+        self.code[at] = new
         changes = []
         ids = place.ids
         owner = self.owner
-        for position in np.flatnonzero(seen_old != seen_new).tolist():
+        for position, b, a in zip(changed.tolist(), before, after):
+            if _VISIBLE[b] == _VISIBLE[a]:
+                continue  # firing -> firing (keep_firing_for began or ended)
             slot = int(slots[position])
-            before, after = int(cur[position]), int(new[position])
             node_id = ids[slot]
-            changes.append((position, node_id, NAMES[before], NAMES[after]))
-            if after == _I:
+            changes.append((position, node_id, NAMES[b], NAMES[a]))
+            if a == _I:
                 owner.pop(slot, None)
             else:
                 owner[slot] = node_id  # type: ignore[assignment]
@@ -271,14 +306,11 @@ class StateTracker:
         if self.since_at is not None:
             self.since_at[slots] = now
 
-    def _serve(self, new: np.ndarray, waiting: np.ndarray, duration: Duration, slots: np.ndarray, to: int,
+    def _serve(self, new: np.ndarray, waiting: int, duration: Duration, slots: np.ndarray, to: int,
                tick: int, now: float) -> None:
-        """Move the ``waiting`` positions whose wait reached ``duration`` to state ``to``."""
-        positions = np.flatnonzero(waiting)
+        """Move the positions in state ``waiting`` whose wait reached ``duration`` to ``to``."""
+        positions = np.flatnonzero(new == waiting)
         if not len(positions):
-            return
-        if not duration.amount:
-            new[positions] = to
             return
         at = slots[positions]
         if duration.unit == "ticks":
