@@ -35,11 +35,11 @@ from typing import Any
 import msgspec
 
 from wyneos_core.intake import CheckedHeartbeat, DecodeError, QueueFull, decode_body
-from wyneos_core.registry import HeartbeatError
+from wyneos_core.registry import RESERVED_METADATA, HeartbeatError
 from wyneos_core.service.core import HEARTBEAT_PATH, ItemResult, Service, Unprocessable
 from wyneos_core.service.core import _observations  # the same parsing as for signed bodies
 from wyneos_core.service.identity import HEADER_NODE, HEADER_SIGNATURE, AuthError, SignedItem, b64e
-from wyneos_core.service.sessions import NONCE_PATH, SESSION_PATH, HandshakeRequest, ack_mac, answer_mac
+from wyneos_core.service.sessions import NONCE_PATH, SESSION_PATH, HandshakeRequest, Session, ack_mac, answer_mac
 
 __all__ = ["HEADER_MAC", "HEADER_SEQ", "HEADER_SESSION", "HeartbeatAPI", "TooLarge", "fast_route", "parse_batch"]
 
@@ -76,6 +76,19 @@ _handshake_decoder = msgspec.json.Decoder(HandshakeRequest)
 _encode = msgspec.json.encode
 _SIGNED_FIELDS = "node, timestamp, nonce, signature, body"
 _SESSION_FIELDS = "session, seq, mac, body"
+_MAC_HEADER = HEADER_MAC.encode()
+
+
+def _holds(node: Any, metadata: dict[str, Any], encoded: bytes) -> bool:
+    """Whether ``node`` (a registry view, or None) holds every key of ``metadata`` with
+    the same value as encoded (``encoded``: ``metadata`` encoded)."""
+    if node is None:
+        return False
+    stored = node.metadata
+    try:
+        return all(k in stored for k in metadata) and _encode({k: stored[k] for k in metadata}) == encoded
+    except (TypeError, msgspec.EncodeError):  # a value msgspec cannot encode: never equal
+        return False
 
 
 class HeartbeatAPI:
@@ -84,43 +97,62 @@ class HeartbeatAPI:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.settings = service.settings
+        self._counters: dict[str, Any] = {}  # outcome code -> its labelled counter
 
     # -- session heartbeats ----------------------------------------------------------------
 
     def accept_session(self, items: list[tuple[int, str, Any, Any, bytes]], now: float,
-                       acks: dict[str, str] | None = None) -> dict[int, ItemResult]:
-        """Check and queue session items ``(index, session id, seq, mac, body)`` in order.
+                       acks: dict[str, str] | None = None) -> tuple[dict[int, ItemResult], list[tuple[int, Session]]]:
+        """Check and queue session items ``(index, session id, seq, mac, body)`` in order:
+        the refusals by index, and the items accepted (index, session), in order.
 
         All of a request's accepted items are queued together; nothing is recorded
         (sequence numbers, rate) unless they were queued. ``acks``, when given, gets
         for each accepted item the session key's MAC of its acknowledgement
         (``sessions.ack_mac``, covering ``now`` as the server time), by index: what a
         relay passes on to the agent.
+
+        Metadata that repeats the session's last accepted metadata and that the node
+        already holds, value for value (as encoded: ``1``, ``1.0`` and ``true`` differ),
+        would change nothing when applied: the heartbeat is queued without it, so neither
+        its check (its JSON size and depth) nor the tick's merge is paid again. Only
+        small bodies qualify (their metadata cannot exceed ``max_metadata_bytes``), never
+        reserved keys (refused as before).
         """
         service = self.service
         table = service.sessions
         orch = service.orchestrator
-        check = orch.registry.check
+        registry = orch.registry
+        check = registry.check
+        lookup = registry.get
+        small = registry.max_metadata_bytes // 6  # JSON re-encoded is at most 4.5x its bytes
         fingerprint = service.keys.fingerprint
         orch_now = orch.clock()
-        results: dict[int, ItemResult] = {}
-        pending: dict[str, tuple[int, int]] = {}
-        sessions: dict[str, Any] = {}
-        accepted: list[tuple[int, CheckedHeartbeat]] = []
+        refused: dict[int, ItemResult] = {}
+        pending: dict[str, list[Any]] = {}  # session id -> [last seq, count, session, last metadata]
+        accepted: list[tuple[int, Session]] = []
+        queued: list[CheckedHeartbeat] = []
         with table.lock:
             for index, sid, seq, tag, body in items:
                 try:
                     session = table.check(sid, seq, tag, body, now, pending)
                 except AuthError as exc:
-                    results[index] = ItemResult(exc.status, exc.code, exc.reason)
+                    refused[index] = ItemResult(exc.status, exc.code, exc.reason)
                     continue
                 node_id = session.node_id
+                meta = None
                 try:
                     data = decode_body(body)
                     if data.node_id is not None and data.node_id != node_id:
                         raise AuthError(403, f"heartbeat for {data.node_id!r} in a session of {node_id!r}",
                                         "node_mismatch")
                     metadata = data.metadata
+                    if metadata:
+                        meta = _encode(metadata)
+                        earlier = pending.get(sid)
+                        if meta == (session.meta if earlier is None else earlier[3]) and len(body) <= small \
+                                and RESERVED_METADATA.isdisjoint(metadata) and _holds(lookup(node_id), metadata, meta):
+                            metadata = None
                     # witness observations: MACed with the session key, so authenticated to the
                     # orchestrator as a signature would make them (``signed``)
                     observations = () if data.observations is None else _observations(node_id, data.observations)
@@ -128,55 +160,58 @@ class HeartbeatAPI:
                                           {} if metadata is None else metadata, fingerprint(node_id),
                                           data.licence_ref, observations, data.metrics)
                     check(hb, orch_now)
-                except (DecodeError, Unprocessable) as exc:
-                    results[index] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
-                    continue
-                except HeartbeatError as exc:
-                    results[index] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
+                except (DecodeError, Unprocessable, HeartbeatError) as exc:
+                    refused[index] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
                     continue
                 except AuthError as exc:
-                    results[index] = ItemResult(exc.status, exc.code, exc.reason, node_id)
+                    refused[index] = ItemResult(exc.status, exc.code, exc.reason, node_id)
                     continue
                 earlier = pending.get(sid)
-                pending[sid] = (seq, 1 if earlier is None else earlier[1] + 1)
-                sessions[sid] = session
-                accepted.append((index, hb))
-            if accepted:
-                try:
-                    if service.ha is not None and not service.ha.leading:  # a follower: on to the leader
-                        raw = {i: (sid, seq, tag, body) for i, sid, seq, tag, body in items}
-                        service.ha.forward_sessions([raw[i] for i, _ in accepted])  # MACs intact (tickets)
-                    else:
-                        orch.intake.put_many([hb for _, hb in accepted])
-                except QueueFull as exc:
-                    for index, hb in accepted:
-                        results[index] = ItemResult(503, "queue_full", str(exc), hb.node_id)
+                if earlier is None:
+                    pending[sid] = [seq, 1, session, meta if meta is not None else session.meta]
                 else:
-                    for sid, (seq, count) in pending.items():
-                        table.commit(sessions[sid], seq, now, count)
-                    for index, hb in accepted:
-                        results[index] = ItemResult(202, "accepted", "", hb.node_id)
-                    if acks is not None:
-                        by_index = {i: (sid, seq) for i, sid, seq, _, _ in items}
-                        for index, _ in accepted:
-                            sid, seq = by_index[index]
-                            acks[str(index)] = ack_mac(sessions[sid].key, seq, now)
-        return results
+                    earlier[0] = seq
+                    earlier[1] += 1
+                    if meta is not None:
+                        earlier[3] = meta
+                accepted.append((index, session))
+                queued.append(hb)
+            if not queued:
+                return refused, []
+            try:
+                if service.ha is not None and not service.ha.leading:  # a follower: on to the leader
+                    raw = {i: (sid, seq, tag, body) for i, sid, seq, tag, body in items}
+                    service.ha.forward_sessions([raw[i] for i, _ in accepted])  # MACs intact (tickets)
+                else:
+                    orch.intake.put_many(queued)
+            except QueueFull as exc:
+                for (index, _), hb in zip(accepted, queued):
+                    refused[index] = ItemResult(503, "queue_full", str(exc), hb.node_id)
+                return refused, []
+            for seq, count, session, meta in pending.values():
+                table.commit(session, seq, now, count)
+                session.meta = meta
+            if acks is not None:
+                seqs = {i: seq for i, _, seq, _, _ in items}
+                for index, session in accepted:
+                    acks[str(index)] = ack_mac(session.key, seqs[index], now)
+        return refused, accepted
 
     def session_single(self, sid: str, seq_text: str | None, tag: str | None,
                        body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         """One session heartbeat: (status, answer bytes, extra headers)."""
         try:
             seq = int(seq_text) if seq_text is not None and len(seq_text) <= 20 and seq_text.isdigit() else None
-        except ValueError:
+        except ValueError:  # digits int() does not read (superscripts)
             seq = None
-        now = time.time()
-        result = self.accept_session([(0, sid, seq, tag, body)], now)[0]
-        self._tally({result.code: 1})
-        if result.status != 202:
+        refused, accepted = self.accept_session([(0, sid, seq, tag, body)], time.time())
+        if refused:
+            result = refused[0]
+            self._count(result.code)
             return result.status, _encode(_error_body(result)), []
-        session = self.service.sessions.get(sid)
-        node_id = result.node_id or ""
+        self._count("accepted")
+        session = accepted[0][1]
+        node_id = session.node_id
         service = self.service
         answer: dict[str, Any] = {"accepted": 1, "seq": seq, "server_time": time.time(),
                                   "actions": service.outbox.signed(node_id), "orchestrator_key": service.key_ref(),
@@ -185,8 +220,7 @@ class HeartbeatAPI:
         if relay:
             answer["relay"] = relay
         data = _encode(answer)
-        extra = [] if session is None else [(HEADER_MAC.encode(), answer_mac(session.key, seq or 0, data).encode())]
-        return 202, data, extra
+        return 202, data, [(_MAC_HEADER, answer_mac(session.key, seq or 0, data).encode())]
 
     # -- signed single -----------------------------------------------------------------------
 
@@ -211,11 +245,8 @@ class HeartbeatAPI:
     def batch(self, body: bytes) -> tuple[int, bytes]:
         """A batch of session and/or signed items: (status, answer bytes)."""
         now = time.time()
-        items, early, want_acks = parse_batch(body, self.settings.max_batch)
+        items, refused, want_acks = parse_batch(body, self.settings.max_batch)
         acks: dict[str, str] | None = {} if want_acks else None
-        results: list[ItemResult | None] = [None] * len(items)
-        for i, r in early.items():
-            results[i] = r
         session_items: list[tuple[int, str, Any, Any, bytes]] = []
         signed: list[tuple[int, SignedItem]] = []
         for i, item in enumerate(items):
@@ -223,25 +254,29 @@ class HeartbeatAPI:
                 session_items.append((i, *item))
             elif item is not None:
                 signed.append((i, item))  # type: ignore[arg-type]
+        tally: dict[str, int] = {}
+        accepted = 0
         if session_items:
-            for i, r in self.accept_session(session_items, now, acks).items():
-                results[i] = r
-            tally: dict[str, int] = {}
-            for i, *_ in session_items:
-                code = results[i].code  # type: ignore[union-attr]
-                tally[code] = tally.get(code, 0) + 1
-            self._tally(tally)
+            session_refused, taken = self.accept_session(session_items, now, acks)
+            refused.update(session_refused)
+            accepted += len(taken)
+            if taken:
+                tally["accepted"] = len(taken)
+            for r in session_refused.values():
+                tally[r.code] = tally.get(r.code, 0) + 1
+        self._tally(tally)
         if signed:
             service = self.service
             chosen = [s for _, s in signed]
             for (i, _), r in zip(signed, service.accept(chosen, service.verify_all(chosen, now), now)):
-                results[i] = r
-        final = [r if r is not None else ItemResult(500, "internal", "not processed") for r in results]
-        accepted = sum(1 for r in final if r.status == 202)
-        refused = [{"index": i, **r.to_dict()} for i, r in enumerate(final) if r.status != 202]
-        status = 202 if accepted or not refused else refused[0]["status"]
+                if r.status == 202:
+                    accepted += 1
+                else:
+                    refused[i] = r
+        listed = [{"index": i, **refused[i].to_dict()} for i in sorted(refused)[:1000]]
+        status = 202 if accepted or not refused else listed[0]["status"]
         # the acknowledgements cover ``now`` as the server time (a relay cannot move it)
-        answer = {"accepted": accepted, "refused": len(refused), "results": refused[:1000],
+        answer = {"accepted": accepted, "refused": len(refused), "results": listed,
                   "server_time": now if acks is not None else time.time()}
         if acks is not None:
             answer["acks"] = acks
@@ -273,9 +308,15 @@ class HeartbeatAPI:
                              "orchestrator_fingerprint": key.fingerprint, "server_time": time.time()})
 
     def _tally(self, tally: dict[str, int]) -> None:
-        counter = self.service.metrics.heartbeats
         for code, count in tally.items():
-            counter.labels(code).inc(count)
+            self._count(code, count)
+
+    def _count(self, code: str, count: int = 1) -> None:
+        """Count heartbeats by outcome (the labelled counters are kept: ``labels`` costs)."""
+        child = self._counters.get(code)
+        if child is None:
+            child = self._counters[code] = self.service.metrics.heartbeats.labels(code)
+        child.inc(count)
 
     # -- one entry for every framework ---------------------------------------------------------
 

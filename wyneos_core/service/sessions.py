@@ -72,7 +72,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -185,9 +185,11 @@ class Bucket:
 
 
 class Session:
-    """One open session: its key, the last accepted sequence number, its node's rate bucket."""
+    """One open session: its key, the last accepted sequence number, its node's rate
+    bucket, and (``meta``) the metadata of its last accepted heartbeat, encoded (the
+    intake's test for metadata that repeats itself; see ``heartbeat_api``)."""
 
-    __slots__ = ("id", "node_id", "key", "expires", "seq", "bucket")
+    __slots__ = ("id", "node_id", "key", "expires", "seq", "bucket", "meta")
 
     def __init__(self, session_id: str, node_id: str, key: bytes, expires: float, bucket: Bucket) -> None:
         self.id = session_id
@@ -196,6 +198,7 @@ class Session:
         self.expires = expires
         self.seq = 0
         self.bucket = bucket
+        self.meta: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -389,10 +392,10 @@ class SessionTable:
     # -- heartbeats -----------------------------------------------------------------------
 
     def check(self, session_id: str, seq: int, tag: str, body: bytes, now: float,
-              pending: dict[str, tuple[int, int]] | None = None) -> Session:
+              pending: Mapping[str, Sequence[Any]] | None = None) -> Session:
         """Check one session heartbeat (caller holds ``lock``); changes nothing.
 
-        ``pending`` maps session ids to ``(last sequence number, count)`` of heartbeats
+        ``pending`` maps session ids to ``(last sequence number, count, ...)`` of heartbeats
         accepted earlier in the same batch but not committed yet (see :meth:`commit`);
         the counts of all the node's sessions are taken from its one bucket.
 
