@@ -15,8 +15,9 @@ from service_helpers import Node, add_token, make_service, wait_for, write_confi
 from wyneos_core import hookimpl
 from wyneos_core.intake import CheckedHeartbeat
 from wyneos_core.licensing.envelope import open_envelope
-from wyneos_core.licensing.keys import key_id
+from wyneos_core.licensing.keys import key_id, public_bytes
 from wyneos_core.model import Heartbeat
+from wyneos_core.service.heartbeat_api import HeartbeatAPI
 from wyneos_core.service.identity import b64e
 from wyneos_core.service.server import ServerThread
 from wyneos_core.service.session_client import SessionClient, SessionError
@@ -252,6 +253,49 @@ def test_items_of_one_session_in_a_batch_keep_their_order(served):
     answer = r.json()
     assert answer["accepted"] == 2 and [(x["index"], x["code"]) for x in answer["results"]] == [(2, "replay")]
     wait_for(lambda: client.get("/v1/nodes/o-1").json()["load"] == 0.3)
+
+
+def test_repeated_metadata_is_queued_without_it_only_when_applying_it_changes_nothing(tmp_path):
+    """Metadata that repeats the session's last and that the node holds already, value for
+    value, is left out of the queued heartbeat (nothing to check or merge again); a change
+    of value or of type only (1 against true), or a repeat after another value earlier in
+    the same batch, is queued and applied."""
+    service = make_service(write_config(tmp_path, interval=0.2, stale=5, offline=10), heartbeat_burst=50)
+    orch = service.orchestrator
+    orch.registry.register("m-1", now=time.time())
+    service.keys.set("m-1", public_bytes(Node("m-1").key))
+    api = HeartbeatAPI(service)
+    key = bytes(range(32))
+    sid = service.sessions.issue_ticket("m-1", key, time.time() + 600)
+    seq = iter(range(1, 100))
+    t0 = time.time()
+
+    def send(*metadatas):
+        items = []
+        for i, metadata in enumerate(metadatas):
+            n = next(seq)
+            body = json.dumps({"timestamp": t0 + n / 100, "load": 0.5, "metadata": metadata}).encode()
+            items.append((i, sid, n, mac(key, n, body), body))
+        refused, accepted = api.accept_session(items, time.time())
+        assert not refused and len(accepted) == len(items)
+        queued = orch.intake.drain()
+        orch.intake.put_many(queued)  # looked at, then applied by the tick
+        orch.tick()
+        return [hb.metadata for hb in queued]
+
+    def stored():
+        return orch.registry.get("m-1").metadata
+
+    assert send({"v": 1, "rack": "r1"}) == [{"v": 1, "rack": "r1"}]  # first time: checked and merged
+    assert send({"v": 1, "rack": "r1"}) == [{}] and stored() == {"v": 1, "rack": "r1"}  # a repeat: left out
+    assert send({"v": True, "rack": "r1"}) == [{"v": True, "rack": "r1"}]  # 1 and true differ
+    assert stored()["v"] is True
+    # in one batch: another value first, then the stored one again: both applied, in order
+    assert send({"v": 2, "rack": "r1"}, {"v": True, "rack": "r1"}) == [{"v": 2, "rack": "r1"}, {"v": True, "rack": "r1"}]
+    assert stored() == {"v": True, "rack": "r1"}
+    # the node lost a key meanwhile (as if re-registered): the repeat is applied again
+    orch.registry.get("m-1").metadata = {"rack": "r1"}
+    assert send({"v": True, "rack": "r1"}) == [{"v": True, "rack": "r1"}] and stored()["v"] is True
 
 
 def test_openapi_documents_sessions_and_the_session_heartbeat(served):
