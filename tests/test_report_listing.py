@@ -100,3 +100,80 @@ def test_the_state_file_gets_a_row_for_each_changed_node_only(tmp_path, clock):
             assert ids == {f"n{i:02d}" for i in range(1, N + 1)} - set(last_written)
         else:
             assert ids == {n for n, t in last_written.items() if t == tick}
+
+
+def test_licence_columns_and_the_walk_give_the_same_trust_evidence_and_actions(tmp_path):
+    """The trust step's licence codes and the enforcement step's licence actions read the
+    licence step's columns; a plain dict of the same results gives the same."""
+    from tests.conftest import FakeClock
+    from tests.test_licence_support import DAY, T0, Issuer, licence_config, orchestrator
+    from wyneos_core.builtin.enforcement import wyneos_enforcement
+    from wyneos_core.builtin.trust import _licence_codes
+
+    issuer = Issuer(tmp_path)
+    d = tmp_path / "licences"
+    issuer.write(d, "ok")
+    issuer.write(d, "grace", expires=T0 - DAY, issued=T0 - 30 * DAY, grace_days=7)
+    issuer.write(d, "old", expires=T0 - DAY, issued=T0 - 30 * DAY)
+    nodes = [{"id": f"n{i}", "licence": ("ok", "grace", "old", None)[i % 4]} for i in range(12)]
+    for spec in nodes:
+        if spec["licence"] is None:
+            del spec["licence"]
+    clock = FakeClock(T0)
+    orch = orchestrator(licence_config(tmp_path, nodes), clock)
+    report = orch.tick()
+    lic = report.licences
+    assert hasattr(lic, "results")                              # the builtin's columns
+    plain = dict(lic.items())
+    node_list = orch.registry.nodes()
+    columns = _licence_codes(node_list, node_list.ids(), lic)
+    walked = _licence_codes(node_list, node_list.ids(), plain)
+    assert columns.tolist() == walked.tolist() and set(columns.tolist()) == {0, 1, 2}
+    from types import SimpleNamespace
+
+    def actions(licences):
+        return sorted((a.type, a.target, a.reason) for a in wyneos_enforcement(
+            SimpleNamespace(), node_list, licences, []))
+
+    assert actions(lic) == actions(plain) and len(actions(plain)) == 9
+
+
+def test_disruption_budgets_count_groups_over_the_columns_as_node_by_node(clock):
+    """Budget groups (selector, per label) counted over the node table's columns equal
+    the count node by node, with labels missing, null, nested, numeric and boolean."""
+    from wyneos_core.enforcement.budgets import BudgetBook
+
+    zones = ["eu", "us", None, {"nested": 1}, 7, True, "eu", "us"]
+    lines = "\n".join(
+        f"  - {{id: n{i:02d}, metadata: {{tier: {'gold' if i % 3 else 'silver'}"
+        + ("" if i % 8 == 2 else f", zone: {json.dumps(zones[i % 8])}")
+        + "}}" for i in range(40))
+    text = f"""
+heartbeat: {{interval: 5, stale_after: 15, offline_after: 40, max_clock_skew: 30}}
+mesh: {{topology: ring, origin_links: 2, seed: 1}}
+plugins: {{disable: [licence]}}
+nodes:
+{lines}
+"""
+    orch = Orchestrator(config_from(text), clock=clock, load_entrypoints=False, store=False)
+    try:
+        for _ in range(6):
+            beat(orch, clock, *(f"n{i:02d}" for i in range(40) if i % 5))  # every fifth falls silent
+            orch.tick()
+            clock.advance(10)
+        orch.registry.get("n01").isolated = True
+        book = BudgetBook.from_config({"budgets": [
+            {"name": "fleet", "max_disrupted": "10%"},
+            {"name": "zones", "per": "zone", "max_disrupted": 1},
+            {"name": "gold", "selector": {"tier": "gold"}, "per": "zone", "unhealthy_threshold": 0.5},
+        ], "severe_actions": ["isolate"]})
+        disrupted = {"n03", "n04", "gone"}
+        columns = book.counts(orch.registry, disrupted)
+        walked = book._counts_walk(list(orch.registry), disrupted)
+        assert columns == walked
+        size, unhealthy, used = columns
+        out = sum(1 for n in orch.registry if n.isolated or n.id in disrupted)
+        assert size[("fleet", "*")] == 40 and unhealthy[("fleet", "*")] == 8 and used[("fleet", "*")] == out > 3
+        assert ("zones", "7") in size and ("zones", "True") in size and not any("nested" in g for _, g in size)
+    finally:
+        orch.stop()

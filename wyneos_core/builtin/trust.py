@@ -30,11 +30,11 @@ import numpy as np
 from wyneos_core import hookimpl
 from wyneos_core.config import Config
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, NodeStatus, RuleResult, Severity
-from wyneos_core.nodetable import STATUSES
+from wyneos_core.nodetable import LICENCE_IN_GRACE, LICENCE_INVALID, LICENCE_VALID, STATUSES
 from wyneos_core.rules.interp import EvalEnv, cluster_summary
 from wyneos_core.trust import persist
 from wyneos_core.trust.admission import AdmissionRules, load_admission
-from wyneos_core.trust.engine import STATUS_CODES, Evidence, TrustEngine
+from wyneos_core.trust.engine import LICENCE_CODES, STATUS_CODES, Evidence, TrustEngine
 from wyneos_core.trust.observations import observations_of
 from wyneos_core.trust.scores import TrustScores
 from wyneos_core.trust.settings import TrustSettings, TrustSettingsError
@@ -62,6 +62,10 @@ _STATUS_OF = operator.attrgetter("status")
 _FINGERPRINT = operator.attrgetter("fingerprint")
 _VALID = operator.attrgetter("valid")
 _GRACE = operator.attrgetter("in_grace")
+#: the licence results' state codes (``nodetable.LICENCE_*``) to the trust engine's ``LICENCE_CODES``
+_LICENCE_TO_TRUST = np.zeros(3, dtype=np.int8)
+_LICENCE_TO_TRUST[[LICENCE_INVALID, LICENCE_VALID, LICENCE_IN_GRACE]] = [
+    LICENCE_CODES["invalid"], LICENCE_CODES["valid"], LICENCE_CODES["grace"]]
 #: stands in for "no licence result" (the licence step is off, or has no opinion)
 _NO_RESULT = LicenceResult("", True, "none")
 
@@ -158,12 +162,7 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
         status = np.fromiter(map(codes.__getitem__, map(id, map(_STATUS_OF, nodes))), dtype=np.int8,
                              count=len(nodes))
         fingerprints = list(map(_FINGERPRINT, nodes))
-    found = list(map(licences.get, ids, repeat(_NO_RESULT)))
-    count = len(found)
-    valid = np.fromiter(map(_VALID, found), dtype=bool, count=count)
-    grace = np.fromiter(map(_GRACE, found), dtype=bool, count=count)
-    absent = np.fromiter(map(operator.is_, found, repeat(_NO_RESULT)), dtype=bool, count=count)
-    lic_codes = np.where(absent, 3, np.where(~valid, 2, np.where(grace, 1, 0))).astype(np.int8)
+    lic_codes = _licence_codes(nodes, ids, licences)
     refusals, acks = state.drain()
     for item in ctx.report.heartbeats_rejected:
         node_id = item.get("node_id")
@@ -194,6 +193,22 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
         failed=failed, governed=bool(results), refusals=refusals, acks=acks,
         observations=observations_of(ctx), declared=declared,
     )
+
+
+def _licence_codes(nodes: Sequence[Node], ids: list[str], licences: Mapping[str, LicenceResult]) -> np.ndarray:
+    """``LICENCE_CODES`` of each node: from the licence results' state column when they
+    are the builtin's columns over these very nodes, else one C-level lookup per node."""
+    columns = getattr(licences, "results", None)
+    slots = getattr(nodes, "slots", None)
+    if columns is not None and slots is not None and len(columns.slots) == len(slots) \
+            and np.array_equal(columns.slots, slots):
+        return _LICENCE_TO_TRUST[columns.state]
+    found = list(map(licences.get, ids, repeat(_NO_RESULT)))
+    count = len(found)
+    valid = np.fromiter(map(_VALID, found), dtype=bool, count=count)
+    grace = np.fromiter(map(_GRACE, found), dtype=bool, count=count)
+    absent = np.fromiter(map(operator.is_, found, repeat(_NO_RESULT)), dtype=bool, count=count)
+    return np.where(absent, 3, np.where(~valid, 2, np.where(grace, 1, 0))).astype(np.int8)
 
 
 @hookimpl

@@ -25,12 +25,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wyneos_core.enforcement.selectors import label_of, matches
+import numpy as np
+
+from wyneos_core.enforcement.selectors import label_of, label_value, matches
+from wyneos_core.model import NodeStatus
+from wyneos_core.nodetable import STATUS_CODE
 
 __all__ = ["Budget", "BudgetBook", "BudgetError"]
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _UNHEALTHY = ("stale", "offline")
+_UNHEALTHY_CODES = [STATUS_CODE[NodeStatus(s)] for s in _UNHEALTHY]
 
 
 class BudgetError(ValueError):
@@ -131,21 +136,49 @@ class BudgetBook:
                 raise BudgetError(f"enforcement.budgets[{index}].{exc.field}", str(exc).split(": ", 1)[1]) from None
         return cls(budgets, frozenset(section["severe_actions"]))
 
-    def admit(self, tick: int, now: float, candidates: Iterable[Any], nodes: Any,
-              disrupted: set[str]) -> tuple[list[Any], dict[str, str]]:
-        """Which of ``candidates`` (new severe actions, in proposal order) fit the budgets.
+    def counts(self, nodes: Any, disrupted: set[str]) -> tuple[dict[tuple[str, str], int], ...]:
+        """Per (budget, group): nodes, unhealthy nodes, disrupted nodes (isolated, or in
+        ``disrupted``). Over the node table's columns when ``nodes`` is the registry (label
+        values dictionary-encoded once per distinct value); node by node otherwise."""
+        table = getattr(nodes, "table", None)
+        if table is None or not hasattr(table, "metadata_codes"):
+            return self._counts_walk(nodes, disrupted)
+        slots = table.slots()
+        sick = np.isin(table.status[slots], _UNHEALTHY_CODES)
+        taken = table.isolated[slots].copy()
+        for node_id in disrupted:  # the targets of actions in force: few
+            slot = table.index.get(node_id)
+            if slot is not None:
+                taken[np.searchsorted(slots, slot)] = True
+        size: dict[tuple[str, str], int] = {}
+        unhealthy: dict[tuple[str, str], int] = {}
+        used: dict[tuple[str, str], int] = {}
+        for b in self.budgets:
+            covered = np.ones(len(slots), dtype=bool)
+            for key, want in b.selector.items():
+                codes, values = table.metadata_codes(key)
+                match = np.array([label_value(v) == want for v in values] + [False], dtype=bool)
+                covered &= match[codes[slots]]  # code -1 (no such label) reads the last entry
+            if b.per is None:
+                names, group = ["*"], np.zeros(len(slots), dtype=np.int64)
+            else:
+                codes, values = table.metadata_codes(b.per)
+                labels = [label_value(v) for v in values]
+                names = sorted({label for label in labels if label is not None})
+                at = {name: i for i, name in enumerate(names)}
+                lookup = np.array([at.get(label, -1) if label is not None else -1 for label in labels] + [-1],
+                                  dtype=np.int64)
+                group = lookup[codes[slots]]
+                covered &= group >= 0
+            g = group[covered]
+            for counted, out in ((np.bincount(g, minlength=len(names)), size),
+                                 (np.bincount(g[sick[covered]], minlength=len(names)), unhealthy),
+                                 (np.bincount(g[taken[covered]], minlength=len(names)), used)):
+                for i in np.flatnonzero(counted).tolist():
+                    out[(b.name, names[i])] = int(counted[i])
+        return size, unhealthy, used
 
-        :param nodes: the registry (``get(id)`` and iteration).
-        :param disrupted: nodes isolated or quarantined now (by actions in force).
-        :return: the admitted actions, and ``{action id: why held}`` for the others.
-        """
-        candidates = list(candidates)
-        self.spent = {}
-        if not self.budgets or not candidates:
-            self.held_since = {k: v for k, v in self.held_since.items() if any(a.id == k for a in candidates)}
-            return candidates, {}
-        order = sorted(range(len(candidates)),
-                       key=lambda i: (self.held_since.get(candidates[i].id, tick), i))
+    def _counts_walk(self, nodes: Any, disrupted: set[str]) -> tuple[dict[tuple[str, str], int], ...]:
         size: dict[tuple[str, str], int] = {}
         unhealthy: dict[tuple[str, str], int] = {}
         used: dict[tuple[str, str], int] = {}
@@ -161,6 +194,24 @@ class BudgetBook:
                     unhealthy[key] = unhealthy.get(key, 0) + 1
                 if node.id in disrupted or node.isolated:
                     used[key] = used.get(key, 0) + 1
+        return size, unhealthy, used
+
+    def admit(self, tick: int, now: float, candidates: Iterable[Any], nodes: Any,
+              disrupted: set[str]) -> tuple[list[Any], dict[str, str]]:
+        """Which of ``candidates`` (new severe actions, in proposal order) fit the budgets.
+
+        :param nodes: the registry (``get(id)`` and iteration).
+        :param disrupted: nodes isolated or quarantined now (by actions in force).
+        :return: the admitted actions, and ``{action id: why held}`` for the others.
+        """
+        candidates = list(candidates)
+        self.spent = {}
+        if not self.budgets or not candidates:
+            self.held_since = {k: v for k, v in self.held_since.items() if any(a.id == k for a in candidates)}
+            return candidates, {}
+        order = sorted(range(len(candidates)),
+                       key=lambda i: (self.held_since.get(candidates[i].id, tick), i))
+        size, unhealthy, used = self.counts(nodes, disrupted)
         for (name, g), bucket in self.buckets.items():
             budget = next((b for b in self.budgets if b.name == name), None)
             if budget is not None and budget.rate:

@@ -9,12 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["label_of", "matches"]
+__all__ = ["label_of", "label_value", "matches"]
 
 
 def label_of(node: Any, key: str) -> str | None:
     """The value of label ``key`` of ``node`` (a string), or None when it has none."""
-    value = node.metadata.get(key) if isinstance(getattr(node, "metadata", None), dict) else None
+    return label_value(node.metadata.get(key) if isinstance(getattr(node, "metadata", None), dict) else None)
+
+
+def label_value(value: Any) -> str | None:
+    """A metadata value as a label: its text; None for none, a mapping or a list."""
     if value is None or isinstance(value, (dict, list)):
         return None
     return str(value)
