@@ -1,22 +1,33 @@
-"""The mesh: a networkx graph of the nodes plus the orchestrator as origin.
+"""The mesh: the nodes' communication graph plus the orchestrator as origin, kept as arrays.
 
-Routing is one breadth-first tree per tick from the origin over healthy vertices (not a
-search per action), so propagation costs O(nodes + edges) per tick. Isolating a node
-cuts its edges (kept aside so reinstating restores them); vertices that are offline are
-routed around for the tick without changing the graph.
+**Store.** Vertices are numbered (the orchestrator is 0): names by number, a
+name-to-number map, an ``isolated`` boolean array, and the edges as a compressed sparse
+row adjacency (``MeshArrays``: ``indptr``, ``indices``, both directions of every edge).
+The edges are the *physical* ones: an isolated vertex keeps its edges in the store (its
+"cut edges"), they simply do not count while it is isolated, so isolating and
+reinstating (every tick in a failing cluster) only flip one boolean. Changes of shape
+(a node joins or leaves, a link fails or heals) go into two small overlays (edges added
+since, edges gone since) and are folded into a new CSR, with numpy, at the next search.
+A removed vertex's number is given to the next vertex that joins. No Python object is
+held per vertex beyond its name and its entry in the name map.
 
-The searches run over a compressed sparse row copy of the adjacency (``MeshArrays``,
-scipy's ``csgraph``), made again only when the mesh's shape changes: the graph with
-every isolated vertex's cut edges put back, so isolating and reinstating (every tick in
-a failing cluster) never rebuild it; an isolated vertex is simply not entered. A tree's
+**Routing** is one breadth-first tree per tick from the origin over healthy vertices
+(not a search per action), in scipy's ``csgraph``: O(nodes + edges) per tick. A tree's
 parents are read from the predecessor array (``ArrayParents``), never copied into a
-dict of a million entries.
+dict of a million entries. Vertices that are offline are routed around for the tick
+without changing the mesh.
+
+**networkx stays the API.** ``Mesh.graph`` is a live ``networkx.Graph`` view of the
+mesh (``wyneos_core.mesh_graph.MeshGraph``): every networkx read and algorithm works on
+it, and its changes (``remove_edge``, ``add_edge``, ``add_node``, ``remove_node``...)
+are written through to the arrays, so a test or a simulated link failure that edits the
+graph reaches the next search. It shows the edges that count: an isolated vertex has
+none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -26,73 +37,54 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order, connected_components
 
+from wyneos_core import mesh_topology
+from wyneos_core.mesh_graph import MeshGraph
 from wyneos_core.model import ORIGIN
 
 __all__ = ["ArrayParents", "Mesh", "MeshArrays", "MeshError", "RoutingTree", "build_topology", "TOPOLOGIES"]
 
 TOPOLOGIES = ("explicit", "ring", "star", "random_regular", "small_world", "full")
+_NONE = np.zeros(0, np.int32)
 
 
 class MeshError(ValueError):
     """A mesh that cannot be built or an operation on a vertex it does not have."""
 
 
-class _Graph(nx.Graph):
-    """A networkx graph that counts the changes of its shape (``version``), so the
-    arrays made from it are made again after any change, also one made straight on the
-    graph (``mesh.graph.remove_edge`` by a simulation or a test)."""
-
-    version = 0
-
-    def _changed(self) -> None:
-        self.version += 1
-
-
-for _name in ("add_node", "add_nodes_from", "remove_node", "remove_nodes_from", "add_edge", "add_edges_from",
-              "add_weighted_edges_from", "remove_edge", "remove_edges_from", "update", "clear", "clear_edges"):
-    def _counting(self: _Graph, *args: Any, __name: str = _name, **kw: Any) -> Any:
-        self.version += 1
-        return getattr(nx.Graph, __name)(self, *args, **kw)
-
-    _counting.__name__ = _name
-    setattr(_Graph, _name, _counting)
-
-
 class MeshArrays:
-    """The mesh's adjacency as arrays: vertex names by index, a name-to-index map and a
-    CSR adjacency (``indptr``, ``indices``) of the graph with the isolated vertices' cut
-    edges put back (see the module docstring)."""
+    """One immutable snapshot of the mesh's adjacency: vertex names by number (``None``
+    for a free number), the live name-to-number map, and the CSR of every physical edge
+    in both directions (isolated vertices' cut edges included, see the module docstring).
+    Old snapshots stay valid for the trees made from them."""
 
-    __slots__ = ("names", "index", "indptr", "indices", "rows", "key")
+    __slots__ = ("names", "index", "indptr", "indices", "alive", "version")
 
-    def __init__(self, mesh: Mesh, key: tuple[int, int, int]) -> None:
-        adj = mesh.graph._adj  # noqa: SLF001 - read only
-        names = list(adj)
-        index = {name: i for i, name in enumerate(names)}
-        extra: dict[str, list[str]] = {}
-        for v, neighbours in mesh._cut.items():  # noqa: SLF001 - the mesh's own state
-            for w in neighbours:
-                if w in index:
-                    extra.setdefault(v, []).append(w)
-                    extra.setdefault(w, []).append(v)
-        get = index.__getitem__
-        counts = np.fromiter((len(adj[v]) + len(extra.get(v, ())) for v in names), np.int64, len(names))
-        indptr = np.zeros(len(names) + 1, np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        flat = [w for v in names for w in (*adj[v], *extra.get(v, ()))] if extra else \
-            [w for v in names for w in adj[v]]
+    def __init__(self, names: list[str | None], index: Mapping[str, int], indptr: np.ndarray,
+                 indices: np.ndarray, alive: np.ndarray, version: int) -> None:
         self.names = names
         self.index = index
         self.indptr = indptr
-        self.indices = np.fromiter(map(get, flat), np.int32, len(flat))
-        self.rows = np.repeat(np.arange(len(names), dtype=np.int32), counts)
-        self.key = key
+        self.indices = indices
+        self.alive = alive
+        self.version = version
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def number(self, vertex: object) -> int | None:
+        """The vertex's number in this snapshot (None: not in it)."""
+        i = self.index.get(vertex)  # type: ignore[call-overload]
+        return i if i is not None and i < len(self.names) and self.names[i] == vertex else None
+
+    def rows(self) -> np.ndarray:
+        """The row (source vertex) of every entry of ``indices``."""
+        return np.repeat(np.arange(len(self.names), dtype=np.int32), np.diff(self.indptr))
 
     def mask(self, vertices: Iterable[str]) -> np.ndarray:
         """A boolean mask over the vertices with ``vertices`` (those in the mesh) set."""
         out = np.zeros(len(self.names), bool)
-        get = self.index.get
-        picked = [i for i in map(get, vertices) if i is not None]
+        number = self.number
+        picked = [i for i in map(number, vertices) if i is not None]
         out[picked] = True
         return out
 
@@ -100,29 +92,31 @@ class MeshArrays:
         """Predecessors of a breadth-first search from the origin not entering ``blocked``
         vertices (negative: not reached; the origin has none)."""
         n = len(self.names)
-        indices, rows = self.indices, self.rows
+        indptr, indices = self.indptr, self.indices
         if blocked is not None and blocked.any():
-            keep = ~(blocked[rows] | blocked[indices])
-            indices, rows = indices[keep], rows[keep]
+            # a blocked vertex loses its own edges: reached, it relays nothing (unset below)
+            degree = np.diff(indptr)
+            indices = indices[np.repeat(~blocked, degree)]
             indptr = np.zeros(n + 1, np.int64)
-            np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-        else:
-            indptr = self.indptr
+            np.cumsum(np.where(blocked, 0, degree), out=indptr[1:])
         graph = csr_matrix((np.ones(len(indices), np.int8), indices, indptr), shape=(n, n))
-        _, pred = breadth_first_order(graph, self.index[ORIGIN], directed=True, return_predecessors=True)
+        _, pred = breadth_first_order(graph, 0, directed=True, return_predecessors=True)
+        if blocked is not None:
+            pred[blocked] = -9999
         return pred
 
     def components(self, within: np.ndarray) -> list[list[str]]:
         """The connected groups of the ``within`` vertices (edges among them only)."""
-        keep = within[self.rows] & within[self.indices]
+        rows, cols = self.rows(), self.indices
+        keep = within[rows] & within[cols]
         n = len(self.names)
-        graph = csr_matrix((np.ones(int(keep.sum()), np.int8), (self.rows[keep], self.indices[keep])), shape=(n, n))
+        graph = csr_matrix((np.ones(int(keep.sum()), np.int8), (rows[keep], cols[keep])), shape=(n, n))
         _, labels = connected_components(graph, directed=False)
         picked = np.flatnonzero(within)
         groups: dict[int, list[str]] = {}
         names = self.names
         for i, label in zip(picked.tolist(), labels[picked].tolist()):
-            groups.setdefault(label, []).append(names[i])
+            groups.setdefault(label, []).append(names[i])  # type: ignore[arg-type]
         return [sorted(g) for g in groups.values()]
 
 
@@ -136,42 +130,43 @@ class ArrayParents(Mapping[str, str]):
         self._pred = pred
 
     def __getitem__(self, vertex: str) -> str:
-        i = self._arrays.index.get(vertex)
+        i = self._arrays.number(vertex)
         if i is None or self._pred[i] < 0:
             raise KeyError(vertex)
-        return self._arrays.names[self._pred[i]]
+        return self._arrays.names[self._pred[i]]  # type: ignore[return-value]
 
     def get(self, vertex: str, default: Any = None) -> Any:
-        i = self._arrays.index.get(vertex)
+        i = self._arrays.number(vertex)
         if i is None:
             return default
         p = self._pred[i]
         return default if p < 0 else self._arrays.names[p]
 
     def __contains__(self, vertex: object) -> bool:
-        i = self._arrays.index.get(vertex)  # type: ignore[call-overload]
+        i = self._arrays.number(vertex)
         return i is not None and self._pred[i] >= 0
 
     def unreached(self) -> list[str]:
         """The vertices without a parent, the origin left out."""
         names = self._arrays.names
-        return [names[i] for i in np.flatnonzero(self._pred < 0).tolist() if names[i] != ORIGIN]
+        missed = np.flatnonzero((self._pred < 0) & self._arrays.alive)
+        return [names[i] for i in missed.tolist() if i != 0]  # type: ignore[misc]
 
     def children(self, vertex: str) -> list[str]:
         """The vertices whose parent is ``vertex`` (one pass over the array)."""
-        i = self._arrays.index.get(vertex)
+        i = self._arrays.number(vertex)
         if i is None:
             return []
         names = self._arrays.names
-        return [names[j] for j in np.flatnonzero(self._pred == i).tolist()]
+        return [names[j] for j in np.flatnonzero(self._pred == i).tolist()]  # type: ignore[misc]
 
     def reached(self) -> np.ndarray:
-        """Indexes (into ``MeshArrays.names``) of the vertices that have a parent."""
+        """Numbers (into ``MeshArrays.names``) of the vertices that have a parent."""
         return np.flatnonzero(self._pred >= 0)
 
     def __iter__(self) -> Iterator[str]:
         names = self._arrays.names
-        return (names[i] for i in self.reached().tolist())
+        return (names[i] for i in self.reached().tolist())  # type: ignore[misc]
 
     def __len__(self) -> int:
         return int(np.count_nonzero(self._pred >= 0))
@@ -209,117 +204,327 @@ class RoutingTree:
 
 
 class Mesh:
-    """The cluster's communication graph.
+    """The cluster's communication graph (see the module docstring for how it is kept).
 
     >>> m = Mesh()
     >>> m.add_edges([("orchestrator", "a"), ("a", "b")])
     >>> m.routing_tree().path("b")
     ['orchestrator', 'a', 'b']
+    >>> m.graph.remove_edge("a", "b")  # networkx, written through
+    >>> m.routing_tree().reachable("b")
+    False
     """
 
-    __slots__ = ("graph", "_cut", "_version", "_arrays")
+    __slots__ = ("_names", "_index", "_free", "_alive", "_isolated", "_base", "_added", "_gone", "_version",
+                 "_isolated_names", "_graph", "attributes")
 
     def __init__(self, graph: nx.Graph | None = None) -> None:
-        self.graph: nx.Graph = _Graph(graph) if graph is not None else _Graph()
-        self.graph.add_node(ORIGIN)
-        self._cut: dict[str, list[str]] = {}  # isolated vertex -> neighbours it had
-        #: bumped by the mesh's own changes of shape that keep the graph's (cut edges);
-        #: isolating and reinstating are not changes of shape (see the module docstring)
+        self._names: list[str | None] = [ORIGIN]
+        self._index: dict[str, int] = {ORIGIN: 0}
+        self._free: list[int] = []
+        self._alive = np.ones(1, bool)
+        self._isolated = np.zeros(1, bool)
+        #: the last snapshot; the overlays below are changes since it was made
+        self._base = MeshArrays([ORIGIN], self._index, np.zeros(2, np.int64), _NONE, self._alive.copy(), 0)
+        self._added: dict[int, list[int]] = {}  # vertex -> neighbours gained since the snapshot
+        self._gone: set[tuple[int, int]] = set()  # snapshot edges (low, high) removed since
         self._version = 0
-        self._arrays: MeshArrays | None = None
+        self._isolated_names: frozenset[str] | None = frozenset()
+        self._graph: MeshGraph | None = None
+        #: the networkx view's graph attributes (``mesh.graph.graph``)
+        self.attributes: dict[str, Any] = {}
+        if graph is not None:
+            self.add_nodes(graph.nodes)
+            self.add_edges(graph.edges)
+
+    @classmethod
+    def from_arrays(cls, names: Sequence[str], a: np.ndarray, b: np.ndarray) -> Mesh:
+        """A mesh of ``names`` (vertex ``i + 1`` is ``names[i]``; 0 is the orchestrator)
+        and the edges ``a[j] - b[j]`` given by vertex number: no self-loop, no
+        duplicate (the generators of ``mesh_topology`` guarantee both)."""
+        mesh = cls()
+        mesh.add_nodes(names)
+        n = len(mesh._names)
+        if n != len(names) + 1:
+            raise MeshError("duplicate vertex names (or the orchestrator's) in the node list")
+        a = np.asarray(a, np.int32)
+        b = np.asarray(b, np.int32)
+        if len(a) and (int(min(a.min(), b.min())) < 0 or int(max(a.max(), b.max())) >= n):
+            raise MeshError("edge ends outside the vertices")
+        # both directions of each edge, in edge order, sorted stably by source vertex
+        rows = np.stack([a, b], 1).ravel()
+        cols = np.stack([b, a], 1).ravel()
+        del a, b
+        order = np.argsort(rows, kind="stable")
+        indices = cols[order]
+        del cols, order
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+        mesh._version += 1
+        mesh._base = MeshArrays(list(mesh._names), mesh._index, indptr, indices, mesh._alive[:n].copy(),
+                               mesh._version)
+        return mesh
+
+    # -- the snapshot ----------------------------------------------------------------------
 
     def arrays(self) -> MeshArrays:
-        """The adjacency as arrays, made again only after the mesh's shape changed."""
-        key = (self._version, getattr(self.graph, "version", -1), self.graph.number_of_nodes())
-        arrays = self._arrays
-        if arrays is None or arrays.key != key:
-            arrays = self._arrays = MeshArrays(self, key)
-        return arrays
+        """The adjacency as arrays, folded anew only after the mesh's shape changed."""
+        base = self._base
+        if base.version == self._version:
+            return base
+        n = len(self._names)
+        if not self._gone and not self._added:  # vertices joined or left, no edge changed
+            indptr = np.concatenate([base.indptr, np.full(n - len(base.names), base.indptr[-1])])
+            self._base = MeshArrays(list(self._names), self._index, indptr, base.indices, self._alive[:n].copy(),
+                                    self._version)
+            return self._base
+        rows, cols = base.rows(), base.indices
+        if self._gone:
+            gone = np.fromiter((lo << 32 | hi for lo, hi in self._gone), np.int64, len(self._gone))
+            gone.sort()
+            keys = (np.minimum(rows, cols).astype(np.int64) << 32) | np.maximum(rows, cols)
+            at = np.minimum(np.searchsorted(gone, keys), len(gone) - 1)
+            keep = gone[at] != keys
+            rows, cols = rows[keep], cols[keep]
+        if self._added:
+            extra_rows = np.fromiter((v for v, ws in self._added.items() for _ in ws), np.int32)
+            extra_cols = np.fromiter((w for ws in self._added.values() for w in ws), np.int32)
+            rows = np.concatenate([rows, extra_rows])
+            cols = np.concatenate([cols, extra_cols])
+        order = np.argsort(rows, kind="stable")  # old edges first, then new ones, per vertex
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+        base = self._base = MeshArrays(list(self._names), self._index, indptr, cols[order],
+                                       self._alive[:n].copy(), self._version)
+        self._added = {}
+        self._gone = set()
+        return base
 
-    # -- shape ---------------------------------------------------------------------------
+    # -- vertices --------------------------------------------------------------------------
+
+    def _number(self, node_id: str) -> int:
+        i = self._index.get(node_id)
+        if i is None:
+            raise MeshError(f"{node_id!r} is not in the mesh")
+        return i
 
     def add_node(self, node_id: str) -> None:
+        if node_id in self._index:
+            return
+        if not isinstance(node_id, str):
+            raise MeshError(f"a mesh vertex is named by a string, not {type(node_id).__name__} {node_id!r}")
         self._version += 1
-        self.graph.add_node(node_id)
+        if self._free:
+            i = self._free.pop()
+            self._names[i] = node_id
+        else:
+            i = len(self._names)
+            self._names.append(node_id)
+            if i >= len(self._alive):
+                grow = max(16, i // 2)
+                self._alive = np.concatenate([self._alive, np.zeros(grow, bool)])
+                self._isolated = np.concatenate([self._isolated, np.zeros(grow, bool)])
+        self._index[node_id] = i
+        self._alive[i] = True
+        self._isolated[i] = False
+
+    def add_nodes(self, node_ids: Iterable[str]) -> None:
+        for node_id in node_ids:
+            self.add_node(node_id)
 
     def remove_node(self, node_id: str) -> None:
+        """Take a vertex and its edges (cut ones included) out of the mesh."""
         if node_id == ORIGIN:
             raise MeshError("the orchestrator cannot be removed from the mesh")
+        i = self._index.get(node_id)
+        if i is None:
+            return
+        for j in self._links(i):
+            self._unlink(i, j)
         self._version += 1
-        if node_id in self.graph:
-            self.graph.remove_node(node_id)
-        self._cut.pop(node_id, None)
-        for neighbours in self._cut.values():
-            if node_id in neighbours:
-                neighbours.remove(node_id)
+        del self._index[node_id]
+        self._names[i] = None
+        self._alive[i] = False
+        if self._isolated[i]:
+            self._isolated[i] = False
+            self._isolated_names = None
+        self._free.append(i)
+
+    def vertices(self) -> list[str]:
+        """Every vertex name, the orchestrator included (in number order)."""
+        return [v for v in self._names if v is not None]
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    # -- edges -----------------------------------------------------------------------------
+
+    def _links(self, i: int) -> list[int]:
+        """Numbers of the physical neighbours of vertex ``i`` (cut edges included)."""
+        base = self._base
+        out = base.indices[base.indptr[i]:base.indptr[i + 1]].tolist() if i < len(base.names) else []
+        if self._gone and out:
+            gone = self._gone
+            out = [j for j in out if ((i, j) if i < j else (j, i)) not in gone]
+        extra = self._added.get(i)
+        return out + extra if extra else out
+
+    def _linked(self, i: int, j: int) -> bool:
+        indptr, n = self._base.indptr, len(self._base.names)
+        if i < n and j < n and indptr[i + 1] - indptr[i] > indptr[j + 1] - indptr[j]:
+            i, j = j, i  # look through the shorter list (the orchestrator's may hold every node)
+        return j in self._links(i)
+
+    def _link(self, i: int, j: int) -> bool:
+        key = (i, j) if i < j else (j, i)
+        if key in self._gone:
+            self._gone.discard(key)
+        elif self._linked(i, j):
+            return False
+        else:
+            self._added.setdefault(i, []).append(j)
+            self._added.setdefault(j, []).append(i)
+        self._version += 1
+        return True
+
+    def _unlink(self, i: int, j: int) -> bool:
+        added = self._added.get(i)
+        if added is not None and j in added:
+            added.remove(j)
+            self._added[j].remove(i)
+            for v in (i, j):
+                if not self._added[v]:
+                    del self._added[v]
+        elif self._linked(i, j):
+            self._gone.add((i, j) if i < j else (j, i))
+        else:
+            return False
+        self._version += 1
+        return True
 
     def add_edges(self, edges: Iterable[tuple[str, str]]) -> None:
-        self._version += 1
+        """Add edges (and their vertices, if new); an edge to an isolated vertex counts
+        once it is reinstated."""
         for a, b in edges:
             if a == b:
                 raise MeshError(f"edge from {a!r} to itself")
-            self.graph.add_edge(a, b)
+            self.add_node(a)
+            self.add_node(b)
+            self._link(self._index[a], self._index[b])
 
     def neighbours(self, node_id: str) -> list[str]:
-        self._require(node_id)
-        return list(self.graph.adj[node_id])
+        """The vertices ``node_id`` has a live edge to (none while it is isolated)."""
+        i = self._number(node_id)
+        iso = self._isolated
+        if iso[i]:
+            return []
+        names = self._names
+        return [names[j] for j in self._links(i) if not iso[j]]  # type: ignore[misc]
 
-    def __contains__(self, node_id: object) -> bool:
-        return node_id in self.graph
+    def has_edge(self, a: str, b: str) -> bool:
+        """Whether ``a`` and ``b`` have a live edge (neither isolated)."""
+        i, j = self._index.get(a), self._index.get(b)
+        if i is None or j is None or self._isolated[i] or self._isolated[j]:
+            return False
+        return self._linked(i, j)
 
-    def __len__(self) -> int:
-        return self.graph.number_of_nodes()
+    def edges(self, within: Collection[str] | None = None) -> list[tuple[str, str]]:
+        """Every live edge once (neither end isolated), as name pairs; with ``within``,
+        only the edges between those vertices (found from their neighbours)."""
+        if within is not None:
+            index = self._index
+            picked = sorted(index[v] for v in within if v in index)
+            names = self._names
+            return [(names[i], w) for i in picked for w in self.neighbours(names[i])  # type: ignore[misc]
+                    if w in within and index[w] > i]
+        arrays = self.arrays()
+        rows, cols = arrays.rows(), arrays.indices
+        iso = self._isolated[:len(arrays.names)]
+        keep = (rows < cols) & ~iso[rows] & ~iso[cols]
+        names = arrays.names
+        return [(names[i], names[j]) for i, j in zip(rows[keep].tolist(), cols[keep].tolist())]  # type: ignore[misc]
 
-    # -- isolation -----------------------------------------------------------------------
+    def number_of_edges(self) -> int:
+        arrays = self.arrays()
+        rows, cols = arrays.rows(), arrays.indices
+        iso = self._isolated[:len(arrays.names)]
+        return int(np.count_nonzero((rows < cols) & ~iso[rows] & ~iso[cols]))
+
+    def cut_edge(self, a: str, b: str) -> None:
+        """Remove one edge (a network fault), also an isolated node's cut one, so
+        reinstating it cannot bring back a link the network no longer has."""
+        i, j = self._index.get(a), self._index.get(b)
+        if i is not None and j is not None:
+            self._unlink(i, j)
+
+    def restore_edge(self, a: str, b: str) -> None:
+        """Bring one edge back (a fault healed); for an isolated end it waits for reinstate."""
+        i, j = self._index.get(a), self._index.get(b)
+        if i is not None and j is not None and i != j:
+            self._link(i, j)
+
+    @property
+    def graph(self) -> MeshGraph:
+        """The mesh as a live ``networkx.Graph`` (reads and changes go to the arrays)."""
+        if self._graph is None:
+            self._graph = MeshGraph(mesh=self)
+        return self._graph
+
+    # -- isolation -------------------------------------------------------------------------
 
     def isolate(self, node_id: str) -> list[str]:
         """Cut every edge of ``node_id``; return the neighbours it was cut from."""
-        self._require(node_id)
-        if node_id == ORIGIN:
+        i = self._number(node_id)
+        if i == 0:
             raise MeshError("the orchestrator cannot be isolated")
-        if node_id in self._cut:
+        if self._isolated[i]:
             return []
-        neighbours = list(self.graph.adj[node_id])
-        nx.Graph.remove_edges_from(self.graph, ((node_id, n) for n in neighbours))  # not a change of shape
-        self._cut[node_id] = neighbours
-        return neighbours
+        cut = self.neighbours(node_id)
+        self._isolated[i] = True
+        self._isolated_names = None
+        return cut
 
     def reinstate(self, node_id: str) -> list[str]:
-        """Restore the edges cut by ``isolate`` (to neighbours still in the mesh)."""
-        neighbours = self._cut.pop(node_id, None)
-        if neighbours is None:
+        """Restore the edges cut by ``isolate`` (to neighbours not isolated themselves:
+        an edge to another isolated vertex comes back when that one is reinstated)."""
+        i = self._index.get(node_id)
+        if i is None or not self._isolated[i]:
             return []
-        restored = [n for n in neighbours if n in self.graph and n not in self._cut]
-        nx.Graph.add_edges_from(self.graph, ((node_id, n) for n in restored))  # not a change of shape
-        # an edge to another isolated vertex comes back when that one is reinstated
-        for n in neighbours:
-            if n in self._cut and node_id not in self._cut[n]:
-                self._cut[n].append(node_id)
-        return restored
+        self._isolated[i] = False
+        self._isolated_names = None
+        return self.neighbours(node_id)
 
     @property
     def kept_edges(self) -> Mapping[str, tuple[str, ...]]:
         """Isolated vertex -> the neighbours its isolation cut it from (read only)."""
-        return MappingProxyType({v: tuple(ns) for v, ns in self._cut.items()})
+        names = self._names
+        return MappingProxyType({v: tuple(names[j] for j in self._links(self._index[v]))  # type: ignore[misc]
+                                 for v in sorted(self.isolated, key=self._index.__getitem__)})
 
     def reachable_if_reinstated(self) -> set[str]:
         """Vertices that would have a path to the origin if every isolation were undone
         (the cut edges counted in both directions), origin included."""
         arrays = self.arrays()
-        pred = arrays.search(None)
         names = arrays.names
-        reached = {names[i] for i in np.flatnonzero(pred >= 0).tolist()}
+        reached = {names[i] for i in np.flatnonzero(arrays.search(None) >= 0).tolist()}
         reached.add(ORIGIN)
-        return reached
+        return reached  # type: ignore[return-value]
 
     def is_isolated(self, node_id: str) -> bool:
-        return node_id in self._cut
+        i = self._index.get(node_id)
+        return i is not None and bool(self._isolated[i])
 
     @property
     def isolated(self) -> frozenset[str]:
-        return frozenset(self._cut)
+        if self._isolated_names is None:
+            names = self._names
+            self._isolated_names = frozenset(names[i] for i in np.flatnonzero(self._isolated).tolist())  # type: ignore[misc]
+        return self._isolated_names
 
-    # -- routing -------------------------------------------------------------------------
+    # -- routing ---------------------------------------------------------------------------
 
     def routing_tree(self, avoid: Mapping[str, str] | None = None) -> RoutingTree:
         """One breadth-first tree from the origin, not entering vertices in ``avoid``.
@@ -329,9 +534,10 @@ class Mesh:
         """
         avoided = dict(avoid or {})
         arrays = self.arrays()
-        blocked = arrays.mask([*avoided, *self._cut])
-        blocked[arrays.index[ORIGIN]] = False
-        for vertex in self._cut:
+        blocked = arrays.mask(avoided)
+        blocked |= self._isolated[:len(arrays.names)]
+        blocked[0] = False
+        for vertex in self.isolated:
             avoided.setdefault(vertex, "isolated")
         return RoutingTree(parent=ArrayParents(arrays, arrays.search(blocked)), avoided=avoided)
 
@@ -345,47 +551,19 @@ class Mesh:
             left = parent._pred < 0  # noqa: SLF001
         else:
             left = ~arrays.mask(parent)
-        left &= ~arrays.mask(tree.avoided)
-        left[arrays.index[ORIGIN]] = False
+        left &= arrays.alive & ~arrays.mask(tree.avoided) & ~self._isolated[:len(arrays.names)]
+        left[0] = False
         if not left.any():
             return []
         groups = arrays.components(left)
         groups.sort(key=lambda g: (-len(g), g[0]))
         return groups
 
-    def cut_edge(self, a: str, b: str) -> None:
-        """Remove one edge (a network fault), also from an isolated node's kept edges,
-        so reinstating it cannot bring back a link the network no longer has."""
-        self._version += 1
-        if self.graph.has_edge(a, b):
-            self.graph.remove_edge(a, b)
-            return
-        for x, y in ((a, b), (b, a)):
-            kept = self._cut.get(x)
-            if kept is not None and y in kept:
-                kept.remove(y)
-
-    def restore_edge(self, a: str, b: str) -> None:
-        """Bring one edge back (a fault healed); for an isolated end it waits for reinstate."""
-        if a not in self.graph or b not in self.graph:
-            return
-        self._version += 1
-        for x, y in ((a, b), (b, a)):
-            if x in self._cut:
-                if y not in self._cut[x]:
-                    self._cut[x].append(y)
-                return
-        self.graph.add_edge(a, b)
-
-    def _require(self, node_id: str) -> None:
-        if node_id not in self.graph:
-            raise MeshError(f"{node_id!r} is not in the mesh")
-
     def to_dict(self) -> dict[str, Any]:
         return {
-            "nodes": sorted(self.graph.nodes),
-            "edges": sorted(sorted(e) for e in self.graph.edges),
-            "isolated": sorted(self._cut),
+            "nodes": sorted(self._index),
+            "edges": sorted(sorted(e) for e in self.edges()),
+            "isolated": sorted(self.isolated),
         }
 
 
@@ -394,41 +572,49 @@ def build_topology(node_ids: Sequence[str], settings: Mapping[str, Any]) -> Mesh
 
     Generated topologies link the orchestrator to ``origin_links`` nodes spread evenly
     over the node list (the hub, for ``star``). ``explicit`` uses ``edges`` as given.
+    The shapes are drawn as arrays (``wyneos_core.mesh_topology``).
     """
     topology = settings["topology"]
+    if topology == "explicit":
+        mesh = Mesh()
+        mesh.add_nodes(node_ids)
+        mesh.add_edges((a, b) for a, b in settings.get("edges", []))
+        return mesh
+    if topology not in TOPOLOGIES:
+        raise MeshError(f"unknown topology {topology!r} (choose from {', '.join(TOPOLOGIES)})")
+    if not node_ids:
+        return Mesh()
+    try:
+        return _generated(node_ids, topology, settings)
+    except mesh_topology.TopologyError as exc:
+        raise MeshError(str(exc)) from exc
+
+
+def _generated(node_ids: Sequence[str], topology: str, settings: Mapping[str, Any]) -> Mesh:
     n = len(node_ids)
     seed = settings.get("seed", 0)
     degree = settings.get("degree", 4)
-    mesh = Mesh()
-    mesh.graph.add_nodes_from(node_ids)
-    if topology == "explicit":
-        mesh.add_edges((a, b) for a, b in settings.get("edges", []))
-        return mesh
-    if n == 0:
-        return mesh
     if topology == "star":
-        mesh.add_edges((ORIGIN, v) for v in node_ids)
-        return mesh
-    if topology == "ring":
-        base = nx.cycle_graph(n) if n > 2 else nx.path_graph(n)
-    elif topology == "full":
-        base = nx.complete_graph(n)
-    elif topology == "random_regular":
-        d = min(degree, n - 1)
-        if (d * n) % 2:
-            d -= 1
-        base = nx.random_regular_graph(d, n, seed=seed) if d > 0 else nx.empty_graph(n)
-    elif topology == "small_world":
-        k = min(degree, n - 1)
-        base = (
-            nx.connected_watts_strogatz_graph(n, k, settings.get("rewire", 0.1), seed=seed)
-            if k >= 2 and n > 2
-            else nx.path_graph(n)
-        )
+        a, b = np.zeros(0, np.int32), np.zeros(0, np.int32)
+        hubs = np.arange(n, dtype=np.int32)
     else:
-        raise MeshError(f"unknown topology {topology!r} (choose from {', '.join(TOPOLOGIES)})")
-    mesh.graph.add_edges_from((node_ids[a], node_ids[b]) for a, b in base.edges)
-    links = min(settings.get("origin_links", 3), n)
-    step = n / links
-    mesh.add_edges((ORIGIN, node_ids[int(i * step)]) for i in range(links))
-    return mesh
+        if topology == "ring":
+            a, b = mesh_topology.ring(n)
+        elif topology == "full":
+            a, b = mesh_topology.full(n)
+        elif topology == "random_regular":
+            d = min(degree, n - 1)
+            if (d * n) % 2:
+                d -= 1
+            a, b = mesh_topology.random_regular(d, n, seed)
+        else:
+            k = min(degree, n - 1)
+            a, b = (mesh_topology.small_world(n, k, settings.get("rewire", 0.1), seed)
+                    if k >= 2 and n > 2 else mesh_topology.path(n))
+        links = min(settings.get("origin_links", 3), n)
+        step = n / links
+        hubs = np.array([int(i * step) for i in range(links)], np.int32)
+    # vertex numbers: 0 is the orchestrator, node i is i + 1
+    a = np.concatenate([a + 1, np.zeros(len(hubs), np.int32)])
+    b = np.concatenate([b + 1, hubs + 1])
+    return Mesh.from_arrays(node_ids, a, b)

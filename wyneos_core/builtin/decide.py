@@ -248,7 +248,7 @@ def would_strand(ctx: TickContext, target: str, blocked: set[str], children: Any
     :param children: the structural tree's children by parent (see ``_children``).
     """
     parent = ctx.mesh_tree().parent
-    adj = ctx.mesh.graph._adj  # noqa: SLF001 - read only
+    neighbours = ctx.mesh.neighbours
     cut = blocked | {target}
 
     def way_in(v: str) -> bool:
@@ -272,7 +272,7 @@ def would_strand(ctx: TickContext, target: str, blocked: set[str], children: Any
         while frontier and not ok:
             nxt = []
             for v in frontier:
-                for w in adj[v]:
+                for w in neighbours(v):
                     if w in seen or w in cut:
                         continue
                     if w in escaped or way_in(w):
@@ -471,8 +471,9 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         # -- consensus: a severe action on a silent node waits for its witnesses ----------------
         if gate is not None and not manual and gate.gates(action) and not (action.type in ISOLATING and action.target in cut_off):
             subject = gate.subject_of(action)
-            adj = ctx.mesh.graph.adj
-            peers = sum(1 for v in adj[subject] if v != ORIGIN) if subject is not None and subject in adj else 0
+            mesh = ctx.mesh
+            peers = (sum(1 for v in mesh.neighbours(subject) if v != ORIGIN)
+                     if subject is not None and subject in mesh else 0)
             verdict = verdicts[action.id] = gate.verdict(action, registry.get(subject) if subject else None,
                                                          len(registry), peers)
             if not verdict.approved:

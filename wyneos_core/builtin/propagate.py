@@ -185,7 +185,7 @@ class _Carrier:
             at, reachable = sus.reports[observer]
             node = registry.get(observer)
             if (reachable and tick - at < window and observer != target and observer in self.parent
-                    and node is not None and not node.isolated and self.mesh.graph.has_edge(observer, target)):
+                    and node is not None and not node.isolated and self.mesh.has_edge(observer, target)):
                 self.via[target] = observer
                 return observer
         return None

@@ -443,23 +443,22 @@ class Service:
             for a in in_force:
                 grouped.setdefault(a["target"], set()).add(a["id"])
             targets = {t: frozenset(ids) for t, ids in grouped.items()}
-        wanted = len(orch.mesh.graph) <= _MESH_ALWAYS or time.monotonic() - self._mesh_wanted < _MESH_DEMAND
+        wanted = len(orch.mesh) <= _MESH_ALWAYS or time.monotonic() - self._mesh_wanted < _MESH_DEMAND
         self.view = ClusterView(orch.tick_number, nodes, report, targets, self._mesh_data() if wanted else None)
 
     def _mesh_data(self) -> dict[str, Any]:
         """The mesh for the dashboard (caller holds the lock)."""
         orch = self.orchestrator
-        graph = orch.mesh.graph
-        names = sorted(n for n in graph.nodes if n != ORIGIN)[:_MESH_LIMIT]
-        keep = set(names) | {ORIGIN}
-        edges = [[a, b] for a, b in graph.edges if a in keep and b in keep][:20000]
+        mesh = orch.mesh
+        names = sorted(n for n in mesh.vertices() if n != ORIGIN)[:_MESH_LIMIT]
+        edges = [[a, b] for a, b in mesh.edges(within={*names, ORIGIN})][:20000]
         states = {}
         for n in names:
             node = orch.registry.get(n)
             if node is not None:
                 states[n] = {"status": node.status.value, "isolated": node.isolated, "load": node.load,
                              "trust_tier": node.trust_tier}
-        return {"nodes": names, "edges": edges, "states": states, "truncated": len(graph) - 1 > _MESH_LIMIT,
+        return {"nodes": names, "edges": edges, "states": states, "truncated": len(mesh) - 1 > _MESH_LIMIT,
                 "isolated": sorted(orch.mesh.isolated)}
 
     def mesh_view(self) -> dict[str, Any]:

@@ -206,13 +206,13 @@ class NeighbourBook:
     @hookimpl
     def wyneos_tick_report(self, ctx: Any) -> None:
         registry = ctx.registry
-        adj = ctx.mesh.graph.adj
+        mesh = ctx.mesh
         lists: dict[str, tuple[dict[str, Any], ...]] = {}
         for node in registry:
-            if node.id not in adj:
+            if node.id not in mesh:
                 continue
             out = []
-            for v in adj[node.id]:
+            for v in mesh.neighbours(node.id):
                 if v == ORIGIN:
                     continue
                 peer = registry.get(v)
