@@ -329,8 +329,32 @@ class Mesh:
         self._isolated[i] = False
 
     def add_nodes(self, node_ids: Iterable[str]) -> None:
-        for node_id in node_ids:
-            self.add_node(node_id)
+        """Add many vertices at once (those already in the mesh are skipped)."""
+        index = self._index
+        fresh = [v for v in node_ids if v not in index]
+        if self._free or not all(isinstance(v, str) for v in fresh):
+            for v in fresh:  # free numbers first (and a clear error for a bad name), one by one
+                self.add_node(v)
+            return
+        if not fresh:
+            return
+        start = len(self._names)
+        end = start + len(fresh)
+        index.update(zip(fresh, range(start, end)))
+        if len(index) != end:  # a name given twice: undo, then one by one
+            for v in fresh:
+                index.pop(v, None)
+            for v in fresh:
+                self.add_node(v)
+            return
+        self._version += 1
+        self._names.extend(fresh)
+        if end > len(self._alive):
+            grow = end - len(self._alive) + end // 8
+            self._alive = np.concatenate([self._alive, np.zeros(grow, bool)])
+            self._isolated = np.concatenate([self._isolated, np.zeros(grow, bool)])
+        self._alive[start:end] = True
+        self._isolated[start:end] = False
 
     def remove_node(self, node_id: str) -> None:
         """Take a vertex and its edges (cut ones included) out of the mesh."""

@@ -52,11 +52,14 @@ def path(n: int) -> Edges:
 
 
 def ring(n: int) -> Edges:
-    """A cycle (a path for fewer than three vertices)."""
+    """A cycle (a path for fewer than three vertices), its edges in the order networkx
+    lists those of ``cycle_graph(n)`` (so neighbours, and ties in a search, come in the
+    same order as they always did)."""
     if n <= 2:
         return path(n)
-    a = np.arange(n, dtype=np.int32)
-    return a, np.roll(a, -1)
+    a = np.concatenate([[0], np.arange(n - 1)]).astype(np.int32)
+    b = np.concatenate([[1, n - 1], np.arange(2, n)]).astype(np.int32)
+    return a, b
 
 
 def full(n: int) -> Edges:
