@@ -101,6 +101,10 @@ def check(mesh: Mesh, ref: Reference, rng: random.Random, exact: bool) -> None:
         assert mesh.neighbours(v) == list(ref.live().adj[v]) or not exact
         assert sorted(mesh.neighbours(v)) == sorted(ref.live().adj[v])
     assert mesh.reachable_if_reinstated() == set(nx.node_connected_component(ref.physical, ORIGIN))
+    order = rng.sample(ids, len(ids) // 2) + [ORIGIN]  # some vertices left out
+    indptr, indices = mesh.adjacency(order)
+    for p, v in enumerate(order):
+        assert [order[j] for j in indices[indptr[p]:indptr[p + 1]]] == [w for w in mesh.neighbours(v) if w in order]
 
 
 @pytest.mark.parametrize("topology", ["small_world", "random_regular", "ring", "explicit"])

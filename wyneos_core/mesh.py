@@ -61,6 +61,8 @@ class MeshArrays:
 
     def __init__(self, names: list[str | None], index: Mapping[str, int], indptr: np.ndarray,
                  indices: np.ndarray, alive: np.ndarray, version: int) -> None:
+        for array in (indptr, indices, alive):
+            array.flags.writeable = False  # shared by every tree made from it: never changed
         self.names = names
         self.index = index
         self.indptr = indptr
@@ -470,6 +472,25 @@ class Mesh:
         keep = (rows < cols) & ~iso[rows] & ~iso[cols]
         names = arrays.names
         return [(names[i], names[j]) for i, j in zip(rows[keep].tolist(), cols[keep].tolist())]  # type: ignore[misc]
+
+    def adjacency(self, order: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The live edges as CSR arrays ``(indptr, indices)`` over the positions of
+        ``order`` (a vertex not in it is left out), each vertex's neighbours in the order
+        ``neighbours`` gives them: for code that works over arrays of its own."""
+        arrays = self.arrays()
+        n = len(arrays.names)
+        index = self._index
+        numbers = np.fromiter((index.get(v, -1) for v in order), np.int64, len(order))
+        position = np.full(n, -1, np.int64)
+        present = numbers >= 0
+        position[numbers[present]] = np.flatnonzero(present)
+        rows, cols = arrays.rows(), arrays.indices
+        iso = self._isolated[:n]
+        keep = ~iso[rows] & ~iso[cols] & (position[rows] >= 0) & (position[cols] >= 0)
+        r, c = position[rows[keep]], position[cols[keep]]
+        indptr = np.zeros(len(order) + 1, np.int64)
+        np.cumsum(np.bincount(r, minlength=len(order)), out=indptr[1:])
+        return indptr, c[np.argsort(r, kind="stable")].astype(np.int32)
 
     def number_of_edges(self) -> int:
         arrays = self.arrays()

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -422,21 +421,6 @@ def fault_targets(scenario: Scenario, ids: Sequence[str]) -> dict[int, list[str]
 
 def _adjacency(mesh: Mesh, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The mesh's links as CSR arrays over the positions of ``ids``, the orchestrator at
-    ``len(ids)``; each vertex's neighbours in the mesh's own order."""
-    order = [*ids, ORIGIN]
-    index = {v: i for i, v in enumerate(order)}
-    graph = mesh.graph
-    adj = getattr(graph, "_adj", None) or graph.adj  # networkx's own dict of dicts: no view per vertex
-    empty: dict[str, Any] = {}
-    rows = [adj[v] if v in adj else empty for v in order]
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(order))
-    indptr = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    # a neighbour outside ``order`` (not a simulated node) has no position: it is left out
-    indices = np.fromiter(map(index.get, chain.from_iterable(rows), [-1] * int(indptr[-1])), dtype=np.int64,
-                          count=int(indptr[-1]))
-    if (indices < 0).any():
-        keep = indices >= 0
-        kept = np.concatenate([[0], np.cumsum(keep)])
-        indptr, indices = kept[indptr], indices[keep]
-    return indptr, indices.astype(np.int32)
+    ``len(ids)``; each vertex's neighbours in the mesh's own order (read from the mesh's
+    arrays, no view per vertex)."""
+    return mesh.adjacency([*ids, ORIGIN])
