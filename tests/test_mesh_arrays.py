@@ -324,3 +324,42 @@ def test_bad_meshes_are_refused_with_a_reason():
         build_topology(["a"], settings(topology="torus"))
     with pytest.raises(MeshError, match="string"):
         Mesh().add_node(7)  # type: ignore[arg-type]
+
+
+def test_a_reader_thread_sees_consistent_neighbours_while_the_tick_changes_the_mesh():
+    """The service reads neighbourhoods beside a running tick: a reader never sees an edge
+    twice or one that never existed, whatever moment it reads at."""
+    import threading
+
+    ids = [f"n{i}" for i in range(200)]
+    mesh = build_topology(ids, settings(topology="ring", origin_links=2))
+    ever = {frozenset(e) for e in mesh.edges()}
+    extra = [(ids[i], ids[(i + 50) % 200]) for i in range(0, 200, 5)]
+    ever |= {frozenset(e) for e in extra}
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            for v in ids[::7]:
+                seen = mesh.graph.adj[v]
+                names = list(seen)
+                if len(names) != len(set(names)) or any(frozenset((v, w)) not in ever for w in names):
+                    problems.append(f"{v}: {names}")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for round_ in range(60):
+            for a, b in extra:
+                if round_ % 2:
+                    mesh.cut_edge(a, b)
+                else:
+                    mesh.add_edges([(a, b)])
+            mesh.cut_edge(ids[round_], ids[round_ + 1])
+            mesh.routing_tree({ids[(3 * round_) % 200]: "offline"})  # folds the changes into new arrays
+            mesh.restore_edge(ids[round_], ids[round_ + 1])
+    finally:
+        stop.set()
+        reader.join()
+    assert problems == []

@@ -217,7 +217,7 @@ class Mesh:
     False
     """
 
-    __slots__ = ("_names", "_index", "_free", "_alive", "_isolated", "_base", "_added", "_gone", "_version",
+    __slots__ = ("_names", "_index", "_free", "_alive", "_isolated", "_state", "_version",
                  "_isolated_names", "_graph", "attributes")
 
     def __init__(self, graph: nx.Graph | None = None) -> None:
@@ -226,10 +226,11 @@ class Mesh:
         self._free: list[int] = []
         self._alive = np.ones(1, bool)
         self._isolated = np.zeros(1, bool)
-        #: the last snapshot; the overlays below are changes since it was made
-        self._base = MeshArrays([ORIGIN], self._index, np.zeros(2, np.int64), _NONE, self._alive.copy(), 0)
-        self._added: dict[int, list[int]] = {}  # vertex -> neighbours gained since the snapshot
-        self._gone: set[tuple[int, int]] = set()  # snapshot edges (low, high) removed since
+        #: the last snapshot and the changes since: vertex -> neighbours gained, and the
+        #: snapshot's edges (low, high) removed; one tuple, replaced in one step, so a reader
+        #: in another thread (the service's views) never pairs a snapshot with older changes
+        self._state: tuple[MeshArrays, dict[int, list[int]], set[tuple[int, int]]] = (
+            MeshArrays([ORIGIN], self._index, np.zeros(2, np.int64), _NONE, self._alive.copy(), 0), {}, set())
         self._version = 0
         self._isolated_names: frozenset[str] | None = frozenset()
         self._graph: MeshGraph | None = None
@@ -238,6 +239,18 @@ class Mesh:
         if graph is not None:
             self.add_nodes(graph.nodes)
             self.add_edges(graph.edges)
+
+    @property
+    def _base(self) -> MeshArrays:
+        return self._state[0]
+
+    @property
+    def _added(self) -> dict[int, list[int]]:
+        return self._state[1]
+
+    @property
+    def _gone(self) -> set[tuple[int, int]]:
+        return self._state[2]
 
     @classmethod
     def from_arrays(cls, names: Sequence[str], a: np.ndarray, b: np.ndarray) -> Mesh:
@@ -263,44 +276,44 @@ class Mesh:
         indptr = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
         mesh._version += 1
-        mesh._base = MeshArrays(list(mesh._names), mesh._index, indptr, indices, mesh._alive[:n].copy(),
-                               mesh._version)
+        mesh._state = (MeshArrays(list(mesh._names), mesh._index, indptr, indices, mesh._alive[:n].copy(),
+                                  mesh._version), {}, set())
         return mesh
 
     # -- the snapshot ----------------------------------------------------------------------
 
     def arrays(self) -> MeshArrays:
-        """The adjacency as arrays, folded anew only after the mesh's shape changed."""
-        base = self._base
-        if base.version == self._version:
+        """The adjacency as arrays, folded anew only after the mesh's shape changed.
+
+        Changes and searches belong to one thread (the tick's); another thread may read
+        neighbours and the networkx view at any time."""
+        state, version = self._state, self._version
+        base, added, gone = state
+        if base.version == version:
             return base
         n = len(self._names)
-        if not self._gone and not self._added:  # vertices joined or left, no edge changed
+        names, alive = list(self._names), self._alive[:n].copy()
+        if not gone and not added:  # vertices joined or left, no edge changed
             indptr = np.concatenate([base.indptr, np.full(n - len(base.names), base.indptr[-1])])
-            self._base = MeshArrays(list(self._names), self._index, indptr, base.indices, self._alive[:n].copy(),
-                                    self._version)
-            return self._base
-        rows, cols = base.rows(), base.indices
-        if self._gone:
-            gone = np.fromiter((lo << 32 | hi for lo, hi in self._gone), np.int64, len(self._gone))
-            gone.sort()
-            keys = (np.minimum(rows, cols).astype(np.int64) << 32) | np.maximum(rows, cols)
-            at = np.minimum(np.searchsorted(gone, keys), len(gone) - 1)
-            keep = gone[at] != keys
-            rows, cols = rows[keep], cols[keep]
-        if self._added:
-            extra_rows = np.fromiter((v for v, ws in self._added.items() for _ in ws), np.int32)
-            extra_cols = np.fromiter((w for ws in self._added.values() for w in ws), np.int32)
-            rows = np.concatenate([rows, extra_rows])
-            cols = np.concatenate([cols, extra_cols])
-        order = np.argsort(rows, kind="stable")  # old edges first, then new ones, per vertex
-        indptr = np.zeros(n + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-        base = self._base = MeshArrays(list(self._names), self._index, indptr, cols[order],
-                                       self._alive[:n].copy(), self._version)
-        self._added = {}
-        self._gone = set()
-        return base
+            fresh = MeshArrays(names, self._index, indptr, base.indices, alive, version)
+        else:
+            rows, cols = base.rows(), base.indices
+            if gone:
+                keys = np.fromiter((lo << 32 | hi for lo, hi in gone), np.int64, len(gone))
+                keys.sort()
+                pairs = (np.minimum(rows, cols).astype(np.int64) << 32) | np.maximum(rows, cols)
+                keep = keys[np.minimum(np.searchsorted(keys, pairs), len(keys) - 1)] != pairs
+                rows, cols = rows[keep], cols[keep]
+            if added:
+                rows = np.concatenate([rows, np.fromiter((v for v, ws in added.items() for _ in ws), np.int32)])
+                cols = np.concatenate([cols, np.fromiter((w for ws in added.values() for w in ws), np.int32)])
+            order = np.argsort(rows, kind="stable")  # old edges first, then new ones, per vertex
+            indptr = np.zeros(n + 1, np.int64)
+            np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+            fresh = MeshArrays(names, self._index, indptr, cols[order], alive, version)
+        if self._state is state and self._version == version:  # nothing changed meanwhile
+            self._state = (fresh, {}, set())
+        return fresh
 
     # -- vertices --------------------------------------------------------------------------
 
@@ -390,12 +403,11 @@ class Mesh:
 
     def _links(self, i: int) -> list[int]:
         """Numbers of the physical neighbours of vertex ``i`` (cut edges included)."""
-        base = self._base
+        base, added, gone = self._state
         out = base.indices[base.indptr[i]:base.indptr[i + 1]].tolist() if i < len(base.names) else []
-        if self._gone and out:
-            gone = self._gone
+        if gone and out:
             out = [j for j in out if ((i, j) if i < j else (j, i)) not in gone]
-        extra = self._added.get(i)
+        extra = added.get(i)
         return out + extra if extra else out
 
     def _linked(self, i: int, j: int) -> bool:
