@@ -88,12 +88,9 @@ class SimCluster:
         #: positions (the orchestrator's at ``n`` included) with a physical path to the
         #: orchestrator while a partition lasts; None: every one
         self.reachable: np.ndarray | None = None
-        # the witness probes: one per adjacency entry between two nodes
-        rows = np.repeat(np.arange(n + 1, dtype=np.int32), np.diff(self.indptr))
-        probe = (rows < n) & (self.indices < n)
-        self.probe_entry = np.flatnonzero(probe)
-        self.probe_observer = rows[probe]
-        self.probe_subject = self.indices[probe]
+        #: the vertex each adjacency entry starts from; whether it ends at a node (not the orchestrator)
+        self.rows = np.repeat(np.arange(n + 1, dtype=np.int32), np.diff(self.indptr))
+        self.to_node = self.indices < n
         # per tick state
         self.down: set[str] = set()
         self.hung: dict[str, float] = {}
@@ -221,8 +218,7 @@ class SimCluster:
         self.targets[fault.index] = sorted(region)
         inside = np.zeros(self.n + 1, dtype=bool)
         inside[:self.n] = self.mask(region)
-        rows = np.repeat(np.arange(self.n + 1), np.diff(self.indptr))
-        crossing = np.flatnonzero((inside[rows] != inside[self.indices]) & ~self.link_cut)
+        crossing = np.flatnonzero((inside[self.rows] != inside[self.indices]) & ~self.link_cut)
         self.link_cut[crossing] = True
         self.cut[fault.index] = crossing
 
@@ -261,8 +257,7 @@ class SimCluster:
     def _reach(self) -> np.ndarray:
         """Positions with a path of uncut links to the orchestrator (its own included)."""
         keep = ~self.link_cut
-        rows = np.repeat(np.arange(self.n + 1), np.diff(self.indptr))
-        graph = csr_matrix((np.ones(int(keep.sum()), np.int8), (rows[keep], self.indices[keep])),
+        graph = csr_matrix((np.ones(int(keep.sum()), np.int8), (self.rows[keep], self.indices[keep])),
                            shape=(self.n + 1, self.n + 1))
         order = breadth_first_order(graph, self.n, directed=True, return_predecessors=False)
         out = np.zeros(self.n + 1, dtype=bool)
@@ -348,18 +343,27 @@ class SimCluster:
     def _witness_edges(self, observers: np.ndarray, unanswering: np.ndarray, sent: np.ndarray) -> TickEdges:
         """What every observing node saw of its mesh neighbours this tick (inverted by a liar):
         a neighbour answers unless it is down or hung, or the link between them is cut."""
-        picked = np.flatnonzero(observers[self.probe_observer])
-        o, s = self.probe_observer[picked], self.probe_subject[picked]
-        up = ~self.link_cut[self.probe_entry[picked]] & ~unanswering[s]
+        picked = self._probes(observers)
+        o, s = self.rows[picked], self.indices[picked]
+        up = ~self.link_cut[picked] & ~unanswering[s]
         reachable = up != self.mask(self.liars)[o] if self.liars else up
         return TickEdges(self.ids, o, s, reachable, up, np.zeros(len(o), dtype=bool), self.latency, self.seq, sent)
 
     def probe_edges(self, observers: np.ndarray, unanswering: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(observer, subject, answered)`` of every probe of the ``observers`` over a link
         no partition cut (what a node sees when nobody asks it to report)."""
-        picked = np.flatnonzero(observers[self.probe_observer] & ~self.link_cut[self.probe_entry])
-        o, s = self.probe_observer[picked], self.probe_subject[picked]
+        picked = self._probes(observers, uncut=True)
+        o, s = self.rows[picked], self.indices[picked]
         return o, s, ~unanswering[s]
+
+    def _probes(self, observers: np.ndarray, uncut: bool = False) -> np.ndarray:
+        """The adjacency entries from an observer to a node (over a link no partition cut)."""
+        from_observer = np.zeros(self.n + 1, dtype=bool)
+        from_observer[:self.n] = observers
+        wanted = from_observer[self.rows] & self.to_node
+        if uncut:
+            wanted &= ~self.link_cut
+        return np.flatnonzero(wanted)
 
     def _observe(self, node_id: str) -> tuple[Observation, ...]:
         """What ``node_id`` reported of its neighbours in the last tick."""
