@@ -132,21 +132,38 @@ class ArrayParents(Mapping[str, str]):
         self._pred = pred
 
     def __getitem__(self, vertex: str) -> str:
-        i = self._arrays.number(vertex)
-        if i is None or self._pred[i] < 0:
+        parent = self.get(vertex)
+        if parent is None:
             raise KeyError(vertex)
-        return self._arrays.names[self._pred[i]]  # type: ignore[return-value]
+        return parent  # type: ignore[no-any-return]
 
     def get(self, vertex: str, default: Any = None) -> Any:
-        i = self._arrays.number(vertex)
-        if i is None:
+        names = self._arrays.names  # MeshArrays.number, inlined: the hot lookup of delivery
+        i = self._arrays.index.get(vertex)
+        if i is None or i >= len(names) or names[i] != vertex:
             return default
-        p = self._pred[i]
-        return default if p < 0 else self._arrays.names[p]
+        p = int(self._pred[i])
+        return default if p < 0 else names[p]
 
     def __contains__(self, vertex: object) -> bool:
-        i = self._arrays.number(vertex)
-        return i is not None and self._pred[i] >= 0
+        names = self._arrays.names
+        i = self._arrays.index.get(vertex)  # type: ignore[call-overload]
+        return i is not None and i < len(names) and names[i] == vertex and self._pred[i] >= 0
+
+    def path(self, vertex: str) -> list[str]:
+        """Hops from the origin to ``vertex`` (``[]`` when it has no parent), walked in
+        vertex numbers."""
+        arrays = self._arrays
+        i = arrays.number(vertex)
+        pred = self._pred
+        if i is None or pred[i] < 0:
+            return []
+        hops = [i]
+        while i != 0:
+            i = int(pred[i])
+            hops.append(i)
+        names = arrays.names
+        return [names[j] for j in reversed(hops)]  # type: ignore[misc]
 
     def unreached(self) -> list[str]:
         """The vertices without a parent, the origin left out."""
@@ -192,10 +209,12 @@ class RoutingTree:
         """Hops from the origin to ``node_id`` (``[]`` when unreachable)."""
         if node_id == ORIGIN:
             return [ORIGIN]
-        if node_id not in self.parent:
+        parent = self.parent
+        if isinstance(parent, ArrayParents):
+            return parent.path(node_id)
+        if node_id not in parent:
             return []
         hops = [node_id]
-        parent = self.parent
         while hops[-1] != ORIGIN:
             hops.append(parent[hops[-1]])
         hops.reverse()

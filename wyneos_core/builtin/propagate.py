@@ -225,7 +225,9 @@ class _Carrier:
             chain = []
             v = target
             while v not in seen:
-                p = parent[v] if v in parent else self.via.get(v, ORIGIN)
+                p = parent.get(v)
+                if p is None:
+                    p = self.via.get(v, ORIGIN)
                 chain.append((p, v))
                 seen.add(v)
                 v = p
