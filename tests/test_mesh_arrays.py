@@ -63,13 +63,10 @@ class Reference:
         return nx.subgraph_view(self.physical, filter_edge=lambda a, b: a not in iso and b not in iso)
 
     def tree(self, avoid) -> dict[str, str]:
-        """networkx's breadth-first tree, neighbours taken in the order the vertices
-        joined (the mesh's vertex numbers: how its search breaks ties)."""
+        """networkx's own breadth-first tree over the live graph."""
         blocked = (set(avoid) | self.isolated) - {ORIGIN}
         graph = nx.subgraph_view(self.live(), filter_node=lambda v: v not in blocked)
-        joined = {v: i for i, v in enumerate(self.physical)}
-        edges = nx.bfs_edges(graph, ORIGIN, sort_neighbors=lambda vs: sorted(vs, key=joined.__getitem__))
-        return {child: parent for parent, child in edges}
+        return dict(nx.bfs_predecessors(graph, ORIGIN))
 
     def partitions(self, reached, avoid) -> set[frozenset[str]]:
         left = [v for v in self.physical if v != ORIGIN and v not in reached and v not in avoid
@@ -83,7 +80,7 @@ def check(mesh: Mesh, ref: Reference, rng: random.Random, exact: bool) -> None:
     tree = mesh.routing_tree(avoid)
     expected = ref.tree(avoid)
     assert set(tree.parent) == set(expected)
-    if exact:  # vertices numbered in the order they joined: the very same breadth-first tree
+    if exact:  # neighbours in the same order as networkx's: the very same breadth-first tree
         assert dict(tree.parent.items()) == expected
     else:  # a parent is a live neighbour one level up
         depth = nx.single_source_shortest_path_length(

@@ -101,7 +101,9 @@ class MeshArrays:
             indices = indices[np.repeat(~blocked, degree)]
             indptr = np.zeros(n + 1, np.int64)
             np.cumsum(np.where(blocked, 0, degree), out=indptr[1:])
-        graph = csr_matrix((np.ones(len(indices), np.int8), indices, indptr), shape=(n, n))
+        # float64 weights: csgraph's own type, so it takes the arrays as they are (no copy
+        # of the edges, and each vertex's neighbours searched in the mesh's order)
+        graph = csr_matrix((np.ones(len(indices)), indices, indptr), shape=(n, n))
         _, pred = breadth_first_order(graph, 0, directed=True, return_predecessors=True)
         if blocked is not None:
             pred[blocked] = -9999
@@ -112,7 +114,7 @@ class MeshArrays:
         rows, cols = self.rows(), self.indices
         keep = within[rows] & within[cols]
         n = len(self.names)
-        graph = csr_matrix((np.ones(int(keep.sum()), np.int8), (rows[keep], cols[keep])), shape=(n, n))
+        graph = csr_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n))
         _, labels = connected_components(graph, directed=False)
         picked = np.flatnonzero(within)
         groups: dict[int, list[str]] = {}
