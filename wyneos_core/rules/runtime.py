@@ -440,13 +440,14 @@ class RulesetRunner:
                 codes = self._step(loaded, rule, hits, place, ids, tick, env.now, transitions)
                 severity = rule.severity
                 rid = rule.id
-                listed = np.flatnonzero(codes).tolist()  # positions in order: only these become objects
+                listed = np.flatnonzero(codes)  # positions in order: only these become objects
                 out.count_passed({rid: len(ids) - len(listed)})
-                for i in listed:
-                    state = NAMES[codes[i]]
+                static = rule.message.render(None, None, env) if rule.message.is_static else None  # type: ignore[arg-type]
+                for i, code in zip(listed.tolist(), codes[listed].tolist()):
+                    state = NAMES[code]
                     if state == PENDING or state == FIRING:
-                        append(RuleResult(rid, ids[i], False, rule.message.render(nodes[i], lics[i], env),
-                                          severity, name, state))
+                        message = static if static is not None else rule.message.render(nodes[i], lics[i], env)
+                        append(RuleResult(rid, ids[i], False, message, severity, name, state))
                     else:
                         append(RuleResult(rid, ids[i], True, "", severity, name, state))
         return out
@@ -503,7 +504,9 @@ class _Licences(Sequence[LicenceResult]):
         return len(self.ids)
 
     def __getitem__(self, position: Any) -> Any:
-        if self._all is None and not isinstance(position, slice):
+        if self._all is not None:
+            return self._all[position]
+        if type(position) is int:
             return self.licences.get(self.ids[position]) or NO_LICENCE
         iter(self)  # makes the list
         return self._all[position]  # type: ignore[index]
