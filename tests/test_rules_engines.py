@@ -322,3 +322,20 @@ def test_a_number_column_against_any_number_compares_as_python_does() -> None:
             assert got == want, (op, c)
             checked += sum(want)
     assert checked > 200
+
+
+def test_a_cluster_value_of_none_is_missing_over_the_columns() -> None:
+    from wyneos_core.nodetable import NodeTable
+    from wyneos_core.rules.interp import truthy
+    from wyneos_core.rules.vector import Columns, compile_mask
+
+    table = NodeTable()
+    node = Node("n0", load=0.5)
+    table.add("n0", registered_at=0.0)
+    table.load[0] = 0.5
+    env = EvalEnv(0.0, {"mean_load": None})
+    for text in ("cluster.mean_load is missing", "cluster.mean_load is not missing", "cluster.mean_load",
+                 "node.load != cluster.mean_load", "not cluster.mean_load"):
+        cond = parse(text)
+        want = truthy(evaluate(cond, node, NO_LICENCE, env))
+        assert compile_mask(cond)(Columns(table, table.slots()), env).tolist() == [want], text

@@ -140,7 +140,7 @@ def _term(expr: Expr) -> _Num | _Codes | _Scalar | None:
             return None
         if expr.root == "cluster":
             name = expr.field
-            return _Scalar(lambda env: env.cluster.get(name, MISSING))
+            return _Scalar(lambda env: _present(env.cluster.get(name, MISSING)))
         if expr.root != "node":
             return None
         field = expr.field
@@ -163,6 +163,10 @@ def _term(expr: Expr) -> _Num | _Codes | _Scalar | None:
             return _Codes(lambda cols, env: (cols.codes("tier", 1),
                                              [at_least(None), *map(at_least, cols.table.tier_names)]))
     return None
+
+
+def _present(value: Any) -> Any:
+    return MISSING if value is None else value
 
 
 def compile_mask(expr: Expr) -> MaskFn | None:
