@@ -199,7 +199,12 @@ from wyneos_core.rules.expr import MAX_STRING  # noqa: E402
 
 COLUMN_NUMBERS = ["node.load", "node.last_seen", "heartbeat_age(node)", "node.trust", "node.registered_at",
                   "node.last_rollback"]
-COLUMN_CODES = ["node.status", "node.isolated", "node.trust_tier", "trust_at_least('trusted')"]
+COLUMN_CODES = ["node.status", "node.isolated", "node.trust_tier", "trust_at_least('trusted')",
+                # metadata, dictionary-encoded by the table, and helpers over its values
+                "node.metadata.region", "node.metadata['version']", "node.metadata.tags", "node.metadata.gpu",
+                "version_at_least(node.metadata.version, '2.4.0')", "version_below(node.metadata.tier, '10')",
+                "matches(node.metadata.region, 'eu*')", "regex(node.metadata.rack, '^[0-9]')",
+                "length(node.metadata.tags)"]
 COLUMN_CONSTS = [*map(repr, NUM_CONSTS), "0.5", "1.0", "-0.0", "1e308", "-1e308", "12.5", "9e15",
                  "9007199254740992", "-9007199254740992", "1e-300", "9007199254740994.0", "1.7976931348623157e308"]
 CODE_CONSTS = [*map(repr, STR_CONSTS), "'online'", "'stale'", "'offline'", "'unknown'", "'trusted'",

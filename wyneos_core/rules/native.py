@@ -46,7 +46,7 @@ from wyneos_core.rules.ir import (
     Not,
     Ref,
 )
-from wyneos_core.rules.vector import Columns, MaskFn, compile_mask
+from wyneos_core.rules.vector import Columns, MaskFn, NoColumn, compile_mask
 
 __all__ = ["NativeEngine", "compile_test", "compile_value"]
 
@@ -443,9 +443,13 @@ class NativeEngine:
         out: list[Any] = []
         for (fn, negated), mask in zip(self.tests, self.masks):
             if cols is not None and mask is not None:  # over the columns, the whole fleet at once
-                m = mask(cols, env)
-                out.append(m if masks else np.flatnonzero(m).tolist())
-                continue
+                try:
+                    m = mask(cols, env)
+                except NoColumn:  # a table without that column: node by node
+                    pass
+                else:
+                    out.append(m if masks else np.flatnonzero(m).tolist())
+                    continue
             hits = map(fn, nodes, lics, repeat(env, count))
             if negated:
                 hits = map(not_, hits)

@@ -34,7 +34,7 @@ same rules and nodes in one run, ``bench/bench_vector_rules.py``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,11 @@ from wyneos_core.nodetable import STATUSES
 from wyneos_core.rules.interp import EvalEnv, compare, contains, helper_function, truthy
 from wyneos_core.rules.ir import MISSING, BoolOp, Call, Cmp, Const, Expr, In, IsMissing, ListLit, Not, Ref, kind_of
 
-__all__ = ["Columns", "MaskFn", "compile_mask"]
+__all__ = ["Columns", "MaskFn", "NoColumn", "compile_mask"]
+
+
+class NoColumn(LookupError):
+    """The table at hand does not hold a column a mask needs (the closures answer instead)."""
 
 
 class Columns:
@@ -77,6 +81,19 @@ class Columns:
             out = self._cache["age"] = env.now - self["last_seen"]
         return out
 
+    def metadata(self, key: str) -> tuple[np.ndarray, list[Any], int]:
+        """Metadata ``key`` dictionary-encoded (``NodeTable.metadata_codes``): the code of
+        each node plus one (0: no such key), the values by code, and that shift."""
+        out = self._cache.get(("metadata", key))  # type: ignore[call-overload]
+        if out is None:
+            encode = getattr(self.table, "metadata_codes", None)
+            if encode is None:
+                raise NoColumn("metadata")
+            codes, values = encode(key)
+            c = codes[:len(self.slots)] if self._whole else codes[self.slots]
+            out = self._cache[("metadata", key)] = (c.astype(np.intp) + 1, values, 1)  # type: ignore[index]
+        return out  # type: ignore[return-value]
+
     def codes(self, name: str, offset: int = 0) -> np.ndarray:
         """A small-integer column as indexes (``offset`` added: -1 codes become 0)."""
         key = f"{name}+{offset}"
@@ -90,8 +107,9 @@ class Columns:
 MaskFn = Callable[[Columns, EvalEnv], np.ndarray]
 #: a number column: ``f(columns, env)`` -> float64 values (NaN: missing unless ``nan_present``)
 NumFn = Callable[[Columns, EvalEnv], np.ndarray]
-#: a code column: ``f(columns, env)`` -> (codes as indexes into values, the Python value of each code)
-CodeFn = Callable[[Columns, EvalEnv], tuple[np.ndarray, list[Any]]]
+#: a code column: ``f(columns, env)`` -> (codes, values, shift): ``codes - shift`` indexes ``values``
+#: (whose None is missing); with ``shift`` 1, code 0 is missing
+CodeFn = Callable[[Columns, EvalEnv], tuple[np.ndarray, Sequence[Any], int]]
 
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 _UFUNC = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal,
@@ -99,6 +117,7 @@ _UFUNC = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_e
 #: node fields held as float columns with NaN for missing
 _NUMERIC = ("load", "last_seen", "last_rollback", "trust")
 _STATUS_VALUES = [s.value for s in STATUSES]
+_BOOLS = [False, True]
 
 
 class _Num:
@@ -115,27 +134,69 @@ class _Num:
 
 
 class _Codes:
-    __slots__ = ("get",)
+    """A column of codes; ``transform`` (a helper) applies to the value of every code."""
 
-    def __init__(self, get: CodeFn) -> None:
+    __slots__ = ("get", "transform")
+
+    def __init__(self, get: CodeFn, transform: Callable[[Any], Any] | None = None) -> None:
         self.get = get
+        self.transform = transform
 
 
 class _Scalar:
-    """One value for the whole tick: a literal or a ``cluster`` value."""
+    """One value for the whole tick: a literal (``constant``) or a ``cluster`` value."""
 
-    __slots__ = ("get",)
+    __slots__ = ("get", "constant")
 
-    def __init__(self, get: Callable[[EvalEnv], Any]) -> None:
+    def __init__(self, get: Callable[[EvalEnv], Any], constant: bool = False) -> None:
         self.get = get
+        self.constant = constant
+
+
+class _Lookup:
+    """``f`` of the value of every code of a code column, as a boolean array indexed by
+    code; kept from tick to tick and extended as the values grow (dictionary codes are
+    stable: values are only ever appended)."""
+
+    __slots__ = ("f", "transform", "values", "shift", "array")
+
+    def __init__(self, f: Callable[[Any], bool], transform: Callable[[Any], Any] | None) -> None:
+        self.f = f
+        self.transform = transform
+        self.values: Any = None
+        self.shift = 0
+        self.array = np.zeros(0, bool)
+
+    def _of(self, value: Any) -> bool:
+        value = MISSING if value is None else value
+        if self.transform is not None:
+            value = self.transform(value)
+        return bool(self.f(value))
+
+    def __call__(self, codes: np.ndarray, values: Sequence[Any], shift: int) -> np.ndarray:
+        done = len(self.array) - self.shift
+        if values is not self.values or shift != self.shift or done > len(values):
+            self.values, self.shift, done = values, shift, 0
+            self.array = np.array([self._of(MISSING)] * shift, bool)
+        if done < len(values):
+            more = np.fromiter((self._of(v) for v in values[done:]), bool, len(values) - done)
+            self.array = np.concatenate([self.array, more])
+        return self.array[codes]
+
+
+#: helpers of one value and a literal, applied to each value of a code column
+_VALUE_HELPERS = frozenset({"matches", "regex", "version_at_least", "version_below", "length"})
 
 
 def _term(expr: Expr) -> _Num | _Codes | _Scalar | None:
     t = type(expr)
     if t is Const:
         value = expr.value
-        return _Scalar(lambda env: value)
+        return _Scalar(lambda env: value, constant=True)
     if t is Ref:
+        if expr.root == "node" and expr.field == "metadata" and len(expr.path) == 1 and type(expr.path[0]) is str:
+            key = expr.path[0]
+            return _Codes(lambda cols, env: cols.metadata(key))
         if expr.path:
             return None
         if expr.root == "cluster":
@@ -149,19 +210,26 @@ def _term(expr: Expr) -> _Num | _Codes | _Scalar | None:
         if field == "registered_at":
             return _Num(lambda cols, env: cols["registered_at"], nan_present=True)
         if field == "status":
-            return _Codes(lambda cols, env: (cols.codes("status"), _STATUS_VALUES))
+            return _Codes(lambda cols, env: (cols.codes("status"), _STATUS_VALUES, 0))
         if field == "isolated":
-            return _Codes(lambda cols, env: (cols.codes("isolated"), [False, True]))
+            return _Codes(lambda cols, env: (cols.codes("isolated"), _BOOLS, 0))
         if field == "trust_tier":  # code -1: none yet (missing); the names grow as tiers appear
-            return _Codes(lambda cols, env: (cols.codes("tier", 1), [MISSING, *cols.table.tier_names]))
+            return _Codes(lambda cols, env: (cols.codes("tier", 1), cols.table.tier_names, 1))
         return None
     if t is Call:
         if expr.name == "heartbeat_age":
             return _Num(lambda cols, env: cols.age(env))
         if expr.name == "trust_at_least":
             at_least = helper_function("trust_at_least", expr.args[0].value)  # type: ignore[union-attr]
-            return _Codes(lambda cols, env: (cols.codes("tier", 1),
-                                             [at_least(None), *map(at_least, cols.table.tier_names)]))
+            return _Codes(lambda cols, env: (cols.codes("tier", 1), cols.table.tier_names, 1),
+                          lambda v: at_least(None if v is MISSING else v))
+        if expr.name in _VALUE_HELPERS:
+            inner = _term(expr.args[0])
+            if type(inner) is not _Codes:
+                return None
+            const = expr.args[1].value if len(expr.args) > 1 else None  # type: ignore[union-attr]
+            fn, first = helper_function(expr.name, const), inner.transform
+            return _Codes(inner.get, fn if first is None else (lambda v: fn(first(v))))
     return None
 
 
@@ -210,11 +278,8 @@ def _lookup(term: Any, of_value: Callable[[Any], bool],
     if type(term) is _Scalar:
         return lambda cols, env: np.full(len(cols), bool(of_value(term.get(env))))
     if type(term) is _Codes:
-        def codes(cols: Columns, env: EvalEnv) -> np.ndarray:
-            c, values = term.get(cols, env)
-            return np.array([of_value(v) for v in values], dtype=bool)[c]
-
-        return codes
+        lookup = _Lookup(of_value, term.transform)
+        return lambda cols, env: lookup(*term.get(cols, env))
     return lambda cols, env: of_numbers(term, term.get(cols, env))
 
 
@@ -244,10 +309,13 @@ def _compare(expr: Cmp) -> MaskFn | None:
 
 
 def _codes_vs(term: _Codes, op: str, scalar: _Scalar) -> MaskFn:
+    if scalar.constant:  # the lookup is kept from tick to tick
+        c = scalar.get(None)  # type: ignore[arg-type]
+        return _lookup(term, lambda v: compare(op, v, c), None)  # type: ignore[return-value]
+
     def codes(cols: Columns, env: EvalEnv) -> np.ndarray:
-        c, values = term.get(cols, env)
-        s = scalar.get(env)
-        return np.array([compare(op, v, s) for v in values], dtype=bool)[c]
+        s = scalar.get(env)  # a cluster value: this tick's
+        return _Lookup(lambda v: compare(op, v, s), term.transform)(*term.get(cols, env))
 
     return codes
 
