@@ -7,6 +7,7 @@ import random
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from wyneos_core.model import LicenceResult, Node, NodeStatus
@@ -280,7 +281,7 @@ def with_table_fields(rng: random.Random, nodes: list[Node]) -> list[Node]:
 def test_the_columns_answer_as_the_reference_interpreter(seed: int) -> None:
     """Conditions over the node table (vector masks where the columns can, closures for
     the rest), on random nodes with missing loads and heartbeats, huge and long constants."""
-    from wyneos_core.rules.vector import compile_mask
+    from wyneos_core.rules.vector import Columns, compile_mask
 
     rng = random.Random(seed)
     nodes, lics, _ = random_cluster(rng, 700)
@@ -296,6 +297,14 @@ def test_the_columns_answer_as_the_reference_interpreter(seed: int) -> None:
     want = reference(conds, list(table_nodes), lics, env)
     for text, g, w in zip(names, got, want):
         assert g == w, text
+    cols = Columns(table_nodes.table, table_nodes.slots)
+    on_metadata = 0
+    for text, cond, w in zip(names, conds, want):  # each mask itself (none left to the closures)
+        mask = compile_mask(cond)
+        if mask is not None:
+            assert np.flatnonzero(mask(cols, env)).tolist() == w, text
+            on_metadata += "metadata" in text
+    assert on_metadata >= 30
     some = table_nodes[1::3]  # not the first slots in order: the columns gathered, not viewed
     got = NativeEngine(conds).evaluate(some, lics[1::3], env)
     want = reference(conds, list(some), lics[1::3], env)
