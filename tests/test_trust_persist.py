@@ -189,3 +189,29 @@ def test_a_damaged_chunk_is_not_read_its_nodes_start_over(tmp_path, damage):
     fresh = TrustEngine(settings())
     assert persist.restore_chunks(fresh, [tuple(chunk)]) == 0 and fresh.ids == ["orchestrator"]
     assert persist.restore_chunks(fresh, persist.encode_chunks(eng, [0])) == 10
+
+
+def test_admission_probes_made_from_the_columns_are_the_nodes_snapshots(clock):
+    from wyneos_core.builtin.trust import _probes
+
+    text = cluster_yaml(6).replace("{id: n03, licence: lic-03}", "{id: n03, licence: lic-03, metadata: {zone: eu}}")
+    orch = Orchestrator(config_from(text), clock=clock, load_entrypoints=False, store=False)
+    try:
+        beat(orch, clock, "n01", "n02", "n03", "n05")
+        orch.tick()
+        clock.advance(20)
+        beat(orch, clock, "n01", "n03")
+        orch.tick()
+        nodes = orch.registry.nodes()
+        at = np.array([0, 1, 2, 3, 5])
+        trust, tiers = [0.25, 0.5, 0.75, 1.0, 0.0], ["probation", "untrusted", "trusted", "probation", "trusted"]
+        want = []
+        for k, i in enumerate(at.tolist()):
+            snap = nodes[i].snapshot()
+            snap.trust, snap.trust_tier = trust[k], tiers[k]
+            want.append(snap)
+        assert _probes(nodes, at, trust, tiers) == want
+        assert _probes(list(nodes), at, trust, tiers) == want
+        assert {n.status.value for n in want} == {"online", "stale", "unknown"} and want[2].metadata == {"zone": "eu"}
+    finally:
+        orch.stop()

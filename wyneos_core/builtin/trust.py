@@ -222,27 +222,24 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
     pending = engine.pending()
     decisions: dict[str, tuple[str, str, str]] = {}
     if pending.size:
-        probes = []
-        for position in pending.tolist():  # the rules see this tick's score and the tier held now
-            probe = nodes[position].snapshot()
-            probe.trust = float(scores.combined[position])
-            probe.trust_tier = TIER_NAMES[engine.tier[scores.slots[position]]]
-            probes.append(probe)
+        # the rules see this tick's score and the tier held now
+        probes = _probes(nodes, pending, scores.combined[pending].tolist(),
+                         [TIER_NAMES[t] for t in engine.tier[scores.slots[pending]].tolist()])
         rules = state.admission
         env = EvalEnv(ctx.now, cluster_summary(nodes, ctx.now) if rules.reads_cluster else {})
-        ticks_in = {p.id: ctx.tick - int(engine.joined[engine.index[p.id]]) for p in probes}
+        spent = (ctx.tick - engine.joined[scores.slots[pending]].astype(np.int64)).tolist()
+        ticks_in = dict(zip([p.id for p in probes], spent))
         decisions = rules.decide(probes, licences, env, ticks_in)
-    changes = engine.assign(decisions)
+    changes = engine.assign(decisions, limit=REPORT_LIMIT)
     _witness_weights(ctx, state, evidence.node_ids, scores.slots)
     adm = engine.admission[scores.slots]
-    admission = engine.admission_changes
     ctx.report.trust.update({
-        "changes": changes[:REPORT_LIMIT],
-        "changes_total": len(changes),
+        "changes": changes,
+        "changes_total": sum(engine.moves.values()),
         # every move counted, listed or not (the report's trust line says how many moved)
-        "moves": dict(Counter(f"{c['from']} -> {c['to']}" for c in changes)),
-        "admission": admission[:REPORT_LIMIT],
-        "admission_total": len(admission),
+        "moves": engine.moves,
+        "admission": engine.admission_changes,
+        "admission_total": engine.admission_changed,
         "in_admission": int(np.count_nonzero((adm == 0) | (adm == 3))),
         "refused": int(np.count_nonzero(adm == 2)),
         "new": scores.new[:REPORT_LIMIT],
@@ -251,6 +248,33 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
                  "observations_dropped": scores.observations_dropped},
     })
     return TrustScores(nodes, scores.combined, tier_codes=engine.tier[scores.slots])
+
+
+def _probes(nodes: Sequence[Node], positions: np.ndarray, trust: list[float], tiers: list[str]) -> list[Node]:
+    """The nodes at ``positions`` as detached ``Node`` values with ``trust`` and ``tiers``
+    in place of their own: made from the columns' lists in bulk when the nodes are the
+    table's (a snapshot each otherwise)."""
+    table = getattr(nodes, "table", None)
+    if table is None:
+        out = []
+        for k, position in enumerate(positions.tolist()):
+            probe = nodes[position].snapshot()
+            probe.trust, probe.trust_tier = trust[k], tiers[k]
+            out.append(probe)
+        return out
+    slots = nodes.slots[positions]  # type: ignore[attr-defined]
+    at = slots.tolist()
+
+    def floats(column: np.ndarray) -> list[float | None]:
+        values = column[slots].astype(object)
+        values[np.isnan(column[slots])] = None
+        return values.tolist()
+
+    return list(map(
+        Node, [table.ids[s] for s in at], [STATUSES[c] for c in table.status[slots].tolist()],
+        floats(table.last_seen), floats(table.load), [table.metadata[s] for s in at],
+        [table.licence_ref[s] for s in at], [table.fingerprint[s] for s in at], table.registered_at[slots].tolist(),
+        table.isolated[slots].tolist(), floats(table.last_rollback), trust, tiers))
 
 
 def _witness_weights(ctx: TickContext, state: TrustState, node_ids: Sequence[str], slots: np.ndarray) -> None:

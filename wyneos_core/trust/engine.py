@@ -133,8 +133,11 @@ class TrustEngine:
         #: seconds spent in each part of the last ``score`` (evidence, beta, peer_matrix,
         #: peer_iteration, combine): what ``bench/bench_trust.py`` reports
         self.timings: dict[str, float] = {}
-        #: admission decisions that changed in the last ``assign``
+        #: admission decisions that changed in the last ``assign`` (listed up to its limit; all counted)
         self.admission_changes: list[dict[str, Any]] = []
+        self.admission_changed = 0
+        #: tier moves of the last ``assign``, counted per "from -> to"
+        self.moves: dict[str, int] = {}
 
     # -- slots --------------------------------------------------------------------------------
 
@@ -494,25 +497,40 @@ class TrustEngine:
         states = self.admission[self._scores.slots]
         return np.flatnonzero((states == PENDING) | (states == HELD))
 
-    def assign(self, decisions: Mapping[str, tuple[str, str, str]] = {}) -> list[dict[str, Any]]:  # noqa: B006
+    def assign(self, decisions: Mapping[str, tuple[str, str, str]] = {},  # noqa: B006
+               limit: int | None = None) -> list[dict[str, Any]]:
         """Apply admission decisions (node id -> (``admit``/``hold``/``refuse``, rule, reason))
-        and move every scored node between tiers. Returns the tier changes of this tick."""
+        and move every scored node between tiers. Returns the tier changes of this tick
+        (the first ``limit`` of them: ``moves`` counts them all, per move).
+
+        Decisions are applied per distinct decision (a whole fleet admitted at once is one
+        group: its slots found with one C-level map, its states set over the column)."""
         assert self._scores is not None
         sc = self._scores
+        groups: dict[tuple[str, str, str], list[str]] = {}
+        for node_id, decided in decisions.items():
+            groups.setdefault(decided, []).append(node_id)
         changed_admission: list[dict[str, Any]] = []
-        for node_id, (decision, rule, reason) in decisions.items():
-            slot = self.index[node_id]
+        changed_total = 0
+        reasons = self.admission_reason
+        for (decision, rule, reason), node_ids in groups.items():
             state = {"admit": ADMITTED, "hold": HELD, "refuse": REFUSED}[decision]
-            before = int(self.admission[slot])
-            self.admission[slot] = state
+            slots = np.fromiter(map(self.index.__getitem__, node_ids), dtype=np.int64, count=len(node_ids))
+            before = self.admission[slots]
+            self.admission[slots] = state
             if state == ADMITTED:
-                self.admission_reason.pop(slot, None)
+                if reasons:
+                    list(map(reasons.pop, slots.tolist(), repeat(None)))
             else:
-                self.admission_reason[slot] = (rule, reason)
-            if before != state:
-                changed_admission.append({"node_id": node_id, "from": ADMISSION_NAMES[before],
-                                          "decision": ADMISSION_NAMES[state], "rule": rule, "reason": reason})
+                reasons.update(zip(slots.tolist(), repeat((rule, reason))))
+            moved = np.flatnonzero(before != state)
+            changed_total += moved.size
+            room = moved.size if limit is None else max(0, limit - len(changed_admission))
+            changed_admission += [{"node_id": node_ids[i], "from": ADMISSION_NAMES[before[i]],
+                                   "decision": ADMISSION_NAMES[state], "rule": rule, "reason": reason}
+                                  for i in moved[:room].tolist()]
         self.admission_changes = changed_admission
+        self.admission_changed = changed_total
         slots = sc.slots
         st = self.settings
         cap = np.full(slots.size, int(Tier.TRUSTED), dtype=np.int8)
@@ -526,8 +544,13 @@ class TrustEngine:
         current = self.tier[slots].astype(np.int64)
         nxt = next_tiers(current, sc.combined, st.enter, st.leave, cap.astype(np.int64))
         moved = np.flatnonzero(nxt != current)
+        pairs = current[moved] * len(TIER_NAMES) + nxt[moved]
+        counted = np.bincount(pairs, minlength=len(TIER_NAMES) ** 2)
+        self.moves = {f"{TIER_NAMES[k // len(TIER_NAMES)]} -> {TIER_NAMES[k % len(TIER_NAMES)]}": int(counted[k])
+                      for k in np.flatnonzero(counted).tolist()}
+        listed = moved if limit is None else moved[:limit]
         changes = [{"node_id": self.ids[slots[i]], "from": TIER_NAMES[current[i]], "to": TIER_NAMES[nxt[i]],
-                    "trust": round(float(sc.combined[i]), 4)} for i in moved]
+                    "trust": round(float(sc.combined[i]), 4)} for i in listed.tolist()]
         self.tier[slots] = nxt
         return changes
 
