@@ -177,3 +177,16 @@ nodes:
         assert ("zones", "7") in size and ("zones", "True") in size and not any("nested" in g for _, g in size)
     finally:
         orch.stop()
+
+
+def test_the_step_benchmark_runs_at_a_small_size():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_tick_steps.py"
+    out = subprocess.run([sys.executable, str(bench), "--nodes", "300", "--ticks", "3"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    steps = json.loads(out.stdout)
+    assert {"trust", "decide", "report", "total"} <= set(steps) and steps["total"] > 0
