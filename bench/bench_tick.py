@@ -21,7 +21,9 @@ honest way to do this tick's work in Python, the bar a columnar core is held to.
 
 The nodes are enrolled in bulk (``Registry.register_many``: as a fleet enrolled through
 the service, not a config list of a million node dicts) and placed in the small-world
-mesh the config's ``mesh`` section gives. Heartbeats reach the tick as one batch of
+mesh the config's ``mesh`` section gives. Enrolled nodes go through trust admission
+(config nodes do not): the warm-up ticks run until they are past their probation
+(``trust.admission.probation_ticks``), as in a fleet that has been running. Heartbeats reach the tick as one batch of
 columns (``HeartbeatColumns`` through ``intake.put_columns``, as a relay or the session
 route hands them over); the two baselines take the same batch: the plain loop walks it
 node by node, the numpy floor reads its arrays.
@@ -143,9 +145,12 @@ def time_ticks(n: int, repeat: int, outputs: bool = False) -> tuple[float, int]:
 
 
 def _time_ticks(orch, clock, ids, overloaded, silent, repeat: int) -> tuple[float, int]:
-    # warm-up tick with everyone reporting; then the silent ones go quiet for 60 s
-    orch.intake.put_columns(heartbeats(ids, set(), set(), clock.now))
-    orch.tick()
+    # warm-up ticks with everyone reporting, until enrolled nodes are past their probation
+    # (trust admission: a fleet in its steady state); then the silent ones go quiet for 60 s
+    for _ in range(orch.config["trust"]["admission"]["probation_ticks"] + 1):
+        orch.intake.put_columns(heartbeats(ids, set(), set(), clock.now))
+        orch.tick()
+        clock.now += 6
     clock.now += 60
     times = []
     actions = 0
