@@ -369,12 +369,12 @@ class LicenceEngine:
                 c.fresh[slot] = min(self._fresh_until(nid, now), c.until[slot])  # kept as it is
                 reused += 1
                 if self._pool.fields[c.code[slot]][_VALID]:
-                    c.good[slot] = (record, now)
+                    c.good[slot], c.good_at[slot] = record, now
                 continue
             else:
                 result, until, seat = self.check(node, record, now)
                 if result.valid:
-                    c.good[slot] = (record, now)
+                    c.good[slot], c.good_at[slot] = record, now
                 fresh = min(self._fresh_until(nid, now), until)
             c.key[slot], c.rollback[slot] = stamps[k], rollbacks[k]
             c.fresh[slot], c.until[slot], c.verdicts[slot] = fresh, until, self._verdicts
@@ -428,8 +428,8 @@ class LicenceEngine:
         reasons = "; ".join(why)
         if settings.outage_policy == "fail-open":
             good = c.good[slot]
-            if good is not None and now - good[1] <= settings.outage_grace:
-                record, since = good
+            if good is not None and now - c.good_at[slot] <= settings.outage_grace:
+                record, since = good, float(c.good_at[slot])
                 r, _, seat = self.check(node, record, now)
                 if not r.valid:
                     return LicenceResult(

@@ -5,7 +5,8 @@ the node in it: its ``ResultPool`` index (``code``, -1: none), the ``licence_sta
 last rollback it was made for (``key``, ``rollback``), when it is to be looked up again
 (``fresh``), when it changes by time alone (``until``), the verdicts counter it was made
 under, its seat (an index into ``seats``, -1: no seat limit), the source record it was
-made from (None: not reusable), the last good record (fail-open outages), the
+made from (None: not reusable), the last good record and when it was good (fail-open
+outages), the
 features granted to a node refused with ``entitlement_missing`` and a copy of the
 metadata it was made for (``licence_inputs``; compared when the node is looked up again,
 so a change made in place, which the table cannot note, is seen at the next refresh).
@@ -34,7 +35,7 @@ __all__ = ["SlotCache", "columns_of", "licence_inputs", "same_rollback"]
 _NAN = float("nan")
 _NUMERIC = (("born", np.int64, 0), ("key", np.int64, -1), ("rollback", np.float64, _NAN),
             ("fresh", np.float64, -np.inf), ("until", np.float64, np.inf), ("verdicts", np.int64, 0),
-            ("code", np.int32, -1), ("seat", np.int32, -1))
+            ("code", np.int32, -1), ("seat", np.int32, -1), ("good_at", np.float64, _NAN))
 _OBJECTS = ("record", "good", "granted", "inputs")
 
 
