@@ -222,3 +222,22 @@ def test_the_pool_of_distinct_results_is_renumbered_without_changing_any_result(
     assert "'ref-1099'" in latest[1].detail and engine.stats["cached"] == 2
     assert [(x.node_id, x.reason, x.detail) for x in first] == first_list  # a past tick's results as they were
     assert "export" in latest[0].features and engine.entitled("a", "export") and not engine.entitled("b", "export")
+
+
+def test_a_few_lookups_make_a_few_results_and_many_make_them_all(licensing):
+    engine, source, record = licensing
+    r = registry()
+    r.register_many([f"n{i:04d}" for i in range(2000)], now=NOW, licence_refs=["x"] * 2000)
+    source.records.update({f"n{i:04d}": record("lic") for i in range(0, 2000, 2)})
+    mapping = engine.validate(r.nodes(), NOW).mapping()
+    assert mapping["n0003"].reason == "no_licence" and mapping.get("n0004").valid and "n1999" in mapping
+    fresh = engine.validate(r.nodes(), NOW + 6).mapping()
+    assert [fresh.get(f"n{i:04d}").valid for i in range(5)] == [True, False, True, False, True]
+    assert fresh._dict is None                                       # five reads: no dict of 2000
+    r.deregister("n0002")                                            # after the tick: found by the dict
+    assert fresh["n0002"].valid and fresh._dict is not None and len(fresh) == 2000
+    again = engine.validate(r.nodes(), NOW + 12).mapping()
+    got = [again.get(f"n{i:04d}") for i in range(3, 2000)]          # many reads: the dict, then dict.get
+    assert again._dict is not None and again.get == again._dict.get and sum(g.valid for g in got) == 998
+    with pytest.raises(KeyError):
+        again["nobody"]

@@ -254,7 +254,7 @@ class LicenceEngine:
             table.licence_state[slots] = state[codes]
             table.licence_reason[slots] = reason[codes]
         self.ledger.save()
-        return LicenceResults(ids, slots, table.born[slots], codes, self._pool, self._objects)
+        return LicenceResults(ids, slots, table.born[slots], codes, self._pool, self._objects, table.index)
 
     def _renumber(self, c: SlotCache, slots: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """A new pool of the results in use (this tick's and the cached ones)."""

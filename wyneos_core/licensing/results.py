@@ -100,8 +100,10 @@ class LicenceResults(Sequence[LicenceResult]):
     """One tick's licence results by position (see the module docstring)."""
 
     def __init__(self, ids: list[str], slots: np.ndarray, born: np.ndarray, codes: np.ndarray, pool: ResultPool,
-                 objects: ResultObjects | None) -> None:
+                 objects: ResultObjects | None, index: Mapping[str, int] | None = None) -> None:
         self.ids = ids
+        self._index = index  # the table's id -> slot (finds one node's position without a dict)
+        self._sorted: bool | None = None
         self.slots = slots
         self.born = born
         self.codes = codes
@@ -126,7 +128,29 @@ class LicenceResults(Sequence[LicenceResult]):
             position += len(self)
         if not 0 <= position < len(self):
             raise IndexError(position)
-        return LicenceResult(self.ids[position], *self.fields[self.codes[position]])
+        return self._item(position)
+
+    def _item(self, position: int) -> LicenceResult:
+        """The result at ``position``: the object kept for its slot if there is one, else a new one."""
+        keep, slot, code = self._objects, int(self.slots[position]), self.codes[position]
+        if keep is not None and slot < len(keep.code) and keep.code[slot] == code \
+                and keep.born[slot] == self.born[position] and self.fields is self._pool.fields:
+            return keep.objects[slot]
+        return LicenceResult(self.ids[position], *self.fields[code])
+
+    def position(self, node_id: str) -> int | None:
+        """Where ``node_id`` is, found through the table's index (None: not found that way)."""
+        index = self._index
+        slot = index.get(node_id) if index is not None else None
+        if slot is None:
+            return None
+        slots = self.slots
+        if self._sorted is None:
+            self._sorted = bool(np.all(slots[1:] > slots[:-1]))
+        if not self._sorted:
+            return None
+        at = int(np.searchsorted(slots, slot))
+        return at if at < len(slots) and slots[at] == slot and self.ids[at] == node_id else None
 
     def __iter__(self) -> Iterator[LicenceResult]:
         return iter(self.list())
@@ -192,29 +216,50 @@ class LicenceResults(Sequence[LicenceResult]):
         return [LicenceResult(ids[i], *fields[c]) for i, c in zip(at.tolist(), codes[at].tolist())]
 
 
+_ABSENT = object()
+
+
 class LicenceMap(Mapping[str, LicenceResult]):
-    """``TickReport.licences`` over ``LicenceResults``: read-only; its dict is made the first
-    time a node's result is read (``get`` is that dict's own ``get``)."""
+    """``TickReport.licences`` over ``LicenceResults``: read-only. A few nodes' results are
+    found one by one (each made alone); a reader that goes on asking (more than a
+    sixteenth of the nodes) makes the dict of them all, and ``get`` is then that dict's own
+    ``get`` (C speed for readers that ask for every node); iterating makes it at once."""
 
     def __init__(self, results: LicenceResults) -> None:
         self.results = results
         self._dict: dict[str, LicenceResult] | None = None
+        self._reads = 0
+        self._budget = max(64, len(results) // 16)
 
     def _full(self) -> dict[str, LicenceResult]:
         if self._dict is None:
             self._dict = dict(zip(self.results.ids, self.results.list()))
         return self._dict
 
+    def _one(self, key: Any, default: Any = None) -> Any:
+        found = self._dict
+        if found is None:
+            self._reads += 1
+            if self._reads <= self._budget and type(key) is str:
+                position = self.results.position(key)
+                if position is not None:
+                    return self.results._item(position)
+            found = self._full()  # not found through the index (left since?), or many reads
+        return found.get(key, default)
+
     @property
     def get(self) -> Any:  # type: ignore[override]
-        """The dict's own ``get`` (C speed for readers that ask for every node)."""
-        return self._full().get
+        """``get(node_id, default=None)``: see the class docstring."""
+        return self._dict.get if self._dict is not None else self._one
 
     def __getitem__(self, key: str) -> LicenceResult:
-        return self._full()[key]
+        found = self._one(key, _ABSENT)
+        if found is _ABSENT:
+            raise KeyError(key)
+        return found
 
     def __contains__(self, key: object) -> bool:
-        return key in self._full()
+        return self._one(key, _ABSENT) is not _ABSENT
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._full())
