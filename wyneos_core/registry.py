@@ -165,9 +165,11 @@ class Registry:
     def deregister(self, node_id: str) -> Node:
         """Remove ``node_id``; return its last fields as a ``Node`` value (its slot is freed)."""
         try:
-            return self.table.remove(node_id)
+            node = self.table.remove(node_id)
         except KeyError:
             raise RegistryError(f"node {node_id!r} is not registered") from None
+        self.metrics_inbox.forget(node_id)  # its detector row is freed (and cleared for the next node)
+        return node
 
     def get(self, node_id: str) -> NodeView | None:
         slot = self.table.index.get(node_id) if type(node_id) is str else None

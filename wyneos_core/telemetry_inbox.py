@@ -23,22 +23,47 @@ __all__ = ["MetricInbox", "MetricBatch", "NodeRows"]
 class NodeRows:
     """A row number per node id, given the first time a node's metrics are accepted and
     kept (the detector columns of the predict step are laid out by it): the tick never
-    looks node ids up one by one."""
+    looks node ids up one by one. A node that leaves (``release``) frees its row for the
+    next new node; ``freed`` lists the rows freed since the detector last cleared them
+    (``take_freed``), so that a node taking a row starts from empty columns."""
 
-    __slots__ = ("index", "ids")
+    __slots__ = ("index", "ids", "free", "freed")
 
     def __init__(self) -> None:
         self.index: dict[str, int] = {}
-        self.ids: list[str] = []
+        #: row -> node id (None: a free row)
+        self.ids: list[str | None] = []
+        self.free: list[int] = []
+        self.freed: list[int] = []
 
     def row(self, node_id: str) -> int:
         found = self.index.get(node_id)
         if found is None:
-            found = self.index[node_id] = len(self.ids)
-            self.ids.append(node_id)
+            if self.free:
+                found = self.free.pop()
+                self.ids[found] = node_id
+            else:
+                found = len(self.ids)
+                self.ids.append(node_id)
+            self.index[node_id] = found
         return found
 
+    def release(self, node_id: str) -> int | None:
+        """Free ``node_id``'s row (a node deregistered); returns it (None: it had none)."""
+        found = self.index.pop(node_id, None)
+        if found is not None:
+            self.ids[found] = None
+            self.free.append(found)
+            self.freed.append(found)
+        return found
+
+    def take_freed(self) -> list[int]:
+        """The rows freed since the last call (their columns are to be cleared)."""
+        freed, self.freed = self.freed, []
+        return freed
+
     def __len__(self) -> int:
+        """Rows in use or free (the height of the columns laid out by them)."""
         return len(self.ids)
 
 
@@ -92,6 +117,19 @@ class MetricInbox:
         self._rows.append(self.rows.row(node_id))
         self._stamps.append(stamp)
         self._values.extend(map(metrics.get, self.names, repeat(math.nan)))
+
+    def forget(self, node_id: str) -> None:
+        """``node_id`` left: free its row and drop the metrics it sent since the last ``take``."""
+        if self.rows.release(node_id) is not None and node_id in self._ids:
+            kept = [i for i, other in enumerate(self._ids) if other != node_id]
+            width = len(self.names)
+            ids, rows, stamps, values = self._ids, self._rows, self._stamps, self._values
+            self._reset()
+            for i in kept:
+                self._ids.append(ids[i])
+                self._rows.append(rows[i])
+                self._stamps.append(stamps[i])
+                self._values.extend(values[i * width:(i + 1) * width])
 
     def __len__(self) -> int:
         return len(self._ids)

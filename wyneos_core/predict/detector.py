@@ -36,13 +36,15 @@ from typing import Final
 
 import numpy as np
 
+from wyneos_core.predict import seasonal
+
 HISTORY: Final = 8
 
 #: the float32 fields of a column, in order
 FIELDS: Final = (
     "count", "latest", "low", "high", "level", "error", "short", "long_mean", "long_var",
     "surprise", "lik_mean", "lik_var", "quiet", "score", "holt_level", "slope", "slope_error",
-    "change_up", "change_down", "changes", "raw", "expected",
+    "change_up", "change_down", "changes", "base", "expected",
 )
 F: Final = {name: i for i, name in enumerate(FIELDS)}
 
@@ -73,23 +75,34 @@ class Params:
     slope_alpha: float = 0.05
     change_drift: float = 1.0
     change_limit: float = 8.0
+    season_tau: float = 6 * 3600.0
+    season_gain: float = 0.5
+    season_level_tau: float = 1800.0
+    season_slope_tau: float = 2 * 3600.0
 
 
 @dataclass
 class Columns:
     """The state of ``size`` series: ``fields`` (len(FIELDS), size) float32, ``last_t``
     (size,) float64 seconds, ``history`` (HISTORY, size) float32 (ring, newest at
-    ``count % HISTORY - 1``)."""
+    ``count % HISTORY - 1``; for a seasonal series its daily profile instead:
+    ``wyneos_core.predict.seasonal``). ``pattern`` says which series are seasonal
+    (``daily``), repeating: series ``i`` is if ``pattern[i % len(pattern)]`` (the
+    configuration, not state: ``seasonal`` is it laid out over the columns)."""
 
     fields: np.ndarray
     last_t: np.ndarray
     history: np.ndarray
     params: Params = field(default_factory=Params)
+    pattern: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=bool))
+    seasonal: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @classmethod
-    def empty(cls, size: int, params: Params | None = None) -> Columns:
+    def empty(cls, size: int, params: Params | None = None, pattern: np.ndarray | None = None) -> Columns:
+        pattern = np.zeros(1, dtype=bool) if pattern is None or not len(pattern) else np.asarray(pattern, dtype=bool)
         return cls(np.zeros((len(FIELDS), size), dtype=np.float32), np.full(size, np.nan),
-                   np.full((HISTORY, size), np.nan, dtype=np.float32), params or Params())
+                   np.full((HISTORY, size), np.nan, dtype=np.float32), params or Params(), pattern,
+                   np.resize(pattern, size))
 
     @property
     def size(self) -> int:
@@ -107,6 +120,7 @@ class Columns:
         self.fields = np.concatenate([self.fields, extra.fields], axis=1)
         self.last_t = np.concatenate([self.last_t, extra.last_t])
         self.history = np.concatenate([self.history, extra.history], axis=1)
+        self.seasonal = np.resize(self.pattern, size)
 
     def reset(self, index: np.ndarray) -> None:
         """Forget the series at ``index`` (a node removed, a metric redeclared)."""
@@ -135,6 +149,12 @@ def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np
     size = cols.size
     now_all = np.broadcast_to(np.asarray(now, dtype=np.float64), (size,))
     x_all = np.asarray(values, dtype=np.float32)
+    daily = np.flatnonzero(ok & cols.seasonal) if cols.pattern.any() else None
+    if daily is not None and len(daily):  # the detector proper sees them without their daily cycle
+        x_daily = x_all[daily]
+        y, now_profile, blocks = seasonal.before(cols, daily, x_daily, now_all[daily])
+        x_all = x_all.copy()
+        x_all[daily] = y
     score = np.zeros(size, dtype=np.float32)
     p = cols.params
     with np.errstate(all="ignore"):  # series without a sample compute on NaN, then are put back
@@ -151,7 +171,8 @@ def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np
                 kept = fields[:, absent] if absent is not None else None
                 kept_t = cols.last_t[a:b][absent] if absent is not None else None
                 slot = fields[F["count"]].astype(np.intp) % HISTORY
-                part = _update(p, fields, x_all[span], now_all[span] - cols.last_t[span])
+                part = _update(p, fields, x_all[span], now_all[span] - cols.last_t[span],
+                               cols.seasonal[span] if daily is not None else None)
                 if absent is None and slot[0] == slot[-1] and (slot == slot[0]).all():
                     cols.history[slot[0], span] = x_all[span]  # series in step: one row, a slice
                 else:
@@ -167,10 +188,13 @@ def step(cols: Columns, values: np.ndarray, present: np.ndarray, now: float | np
                 index = a + np.flatnonzero(here)
                 fields = cols.fields[:, index]
                 slot = fields[F["count"]].astype(np.intp) % HISTORY
-                score[index] = _update(p, fields, x_all[index], now_all[index] - cols.last_t[index])
+                score[index] = _update(p, fields, x_all[index], now_all[index] - cols.last_t[index],
+                                       cols.seasonal[index] if daily is not None else None)
                 cols.fields[:, index] = fields
                 cols.history[slot, index] = x_all[index]
                 cols.last_t[index] = now_all[index]
+    if daily is not None and len(daily):
+        seasonal.after(cols, daily, x_daily, now_profile, blocks)
     return score
 
 
@@ -191,8 +215,9 @@ def upper_tail_surprise(z: np.ndarray) -> np.ndarray:
     return a * a * np.float32(0.5) + np.log(mills) + np.float32(_LOG_SQRT_2PI)
 
 
-def _update(p: Params, s: np.ndarray, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
-    """Update the columns ``s`` (all with a sample ``x``, ``dt`` seconds after their last) in place."""
+def _update(p: Params, s: np.ndarray, x: np.ndarray, dt: np.ndarray, daily: np.ndarray | None = None) -> np.ndarray:
+    """Update the columns ``s`` (all with a sample ``x``, ``dt`` seconds after their last) in
+    place; ``daily``: which are seasonal (their slope is smoothed over time, not samples)."""
     count = s[F["count"]]
     first = count == 0
     if first.any():
@@ -242,10 +267,14 @@ def _update(p: Params, s: np.ndarray, x: np.ndarray, dt: np.ndarray) -> np.ndarr
     up = np.maximum(0.0, s[F["change_up"]] + signed - np.float32(p.change_drift))
     down = np.maximum(0.0, s[F["change_down"]] - signed - np.float32(p.change_drift))
     changed = learnt & ((up > p.change_limit) | (down > p.change_limit))
-    new_holt = predicted + np.float32(p.holt_alpha) * (x - predicted)
+    holt_alpha, slope_alpha = np.float32(p.holt_alpha), np.float32(p.slope_alpha)
+    if daily is not None and daily.any():  # smoothed over time: an hour's leftover of the day is no trend
+        holt_alpha = np.where(daily, 1.0 - np.exp(-dt / np.float32(p.season_level_tau)), holt_alpha)
+        slope_alpha = np.where(daily, 1.0 - np.exp(-dt / np.float32(p.season_slope_tau)), slope_alpha)
+    new_holt = predicted + holt_alpha * (x - predicted)
     moved = dt > 0
     step_slope = slope + moved * ((new_holt - holt) / np.maximum(dt, np.float32(1e-9)) - slope)
-    new_slope = (slope + np.float32(p.slope_alpha) * (step_slope - slope)) * (count >= 1)
+    new_slope = (slope + slope_alpha * (step_slope - slope)) * (count >= 1)
 
     # write back (at a first sample every error and variance below stays 0 by itself)
     warm = np.maximum(np.float32(p.likelihood_alpha), 1.0 / (count + np.float32(1.0)))
@@ -261,7 +290,6 @@ def _update(p: Params, s: np.ndarray, x: np.ndarray, dt: np.ndarray) -> np.ndarr
     s[F["surprise"]] = surprise
     s[F["quiet"]] = new_quiet
     s[F["score"]] = score
-    s[F["raw"]] = raw
     np.minimum(low, x, out=low)
     np.maximum(high, x, out=high)
     s[F["holt_level"]] = new_holt + changed * (x - new_holt)  # after a change point the old trend is void
@@ -280,6 +308,7 @@ def forecast(cols: Columns, index: np.ndarray, horizon_s: float, now: float) -> 
     s = cols.fields
     since = np.maximum(0.0, now - cols.last_t[index])
     value = s[F["holt_level"], index] + s[F["slope"], index] * (since + horizon_s)
+    value = value + seasonal.profile_at(cols, index, np.full(len(index), now + horizon_s))
     return np.where(s[F["count"], index] >= 2, value, np.nan)
 
 
@@ -308,11 +337,19 @@ def time_to(cols: Columns, index: np.ndarray, level: float, now: float) -> np.nd
     above = level > latest  # only rising gets there
     out = np.where(above, np.where((slope > 0) & ahead, seconds, np.nan),
                    np.where((slope < 0) & ahead, seconds, 0.0))
+    daily = np.flatnonzero(cols.seasonal[index])
+    if len(daily):  # along the daily profile
+        at = index[daily]
+        line = forecast(cols, at, 0.0, now) - seasonal.profile_at(cols, at, np.full(len(at), now))
+        out = out.astype(np.float64)
+        out[daily] = seasonal.time_to(cols, at, level, now, line, slope[daily], latest[daily])
     return np.where(s[F["count"], index] >= 2, out, np.nan)
 
 
 def history(cols: Columns, index: int) -> list[float]:
-    """The series' last values, oldest first."""
+    """The series' last values, oldest first (none kept for a seasonal series)."""
+    if cols.seasonal[index]:
+        return []
     count = int(cols.fields[F["count"], index])
     kept = min(count, HISTORY)
     slots = [(count - kept + i) % HISTORY for i in range(kept)]
@@ -320,12 +357,13 @@ def history(cols: Columns, index: int) -> list[float]:
 
 
 def run_series(values: list[np.ndarray], times: list[np.ndarray] | None = None,
-               params: Params | None = None) -> list[np.ndarray]:
+               params: Params | None = None, daily: list[bool] | None = None) -> list[np.ndarray]:
     """Run the detector over whole series side by side (one column each), as the tick
-    would feed them one sample at a time; returns each series' scores."""
+    would feed them one sample at a time; returns each series' scores. ``daily``: which
+    series are seasonal (none by default)."""
     size = len(values)
     length = max((len(v) for v in values), default=0)
-    cols = Columns.empty(size, params)
+    cols = Columns.empty(size, params, None if daily is None else np.array(daily, dtype=bool))
     grid = np.full((length, size), np.nan)
     clock = np.zeros((length, size))
     for j, series in enumerate(values):

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from wyneos_core.predict import detector
+from wyneos_core.predict import detector, seasonal
 from wyneos_core.predict.detector import F, FIELDS, HISTORY
 from wyneos_core.telemetry_inbox import MetricBatch, NodeRows
 
@@ -41,9 +41,11 @@ class Telemetry:
         self.metrics = [m["name"] for m in metrics]
         self.units = {m["name"]: m.get("unit", "") for m in metrics}
         self.metric_index = {name: i for i, name in enumerate(self.metrics)}
+        #: metrics with a daily profile (``seasonal: daily``)
+        self.daily = [m.get("seasonal") == "daily" for m in metrics]
         #: node id -> row, shared with the registry's metric inbox (which numbers nodes at intake)
         self.rows = rows if rows is not None else NodeRows()
-        self.cols = detector.Columns.empty(0, params)
+        self.cols = detector.Columns.empty(0, params, np.array(self.daily, dtype=bool))
         self._values = np.zeros(0)
         self._times = np.zeros(0)
 
@@ -71,6 +73,7 @@ class Telemetry:
         the scores, shape (nodes, metrics). A node that reported twice counts its last."""
         m = self.width
         self._room()
+        self.clear_freed()
         size = self.cols.size
         if self._values.shape[0] != size:
             self._values, self._times = np.empty(size), np.empty(size)
@@ -87,6 +90,15 @@ class Telemetry:
                 by_node[rows[:, None], np.array(order)[None, :]] = batch.values
             times.reshape(-1, m)[rows] = batch.stamps[:, None]
         return self.step(values, times)
+
+    def clear_freed(self) -> None:
+        """Empty the columns of the nodes that left (``NodeRows.release``), so that a node
+        given one of their rows starts from nothing."""
+        freed = self.rows.take_freed()
+        if freed and self.width:
+            rows = np.array(freed, dtype=np.intp)
+            index = (rows[:, None] * self.width + np.arange(self.width)[None, :]).ravel()
+            self.cols.reset(index[index < self.cols.size])
 
     def step(self, values: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Step every column with flat ``values``/``times`` (NaN: no sample)."""
@@ -105,14 +117,19 @@ class Telemetry:
     # -- kept across restarts ----------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        used = len(self.node_ids) * self.width
-        header = json.dumps({"metrics": self.metrics, "nodes": self.node_ids, "fields": list(FIELDS),
-                             "history": HISTORY}).encode()
+        """The columns of the nodes present (a left node's row is not saved)."""
+        self.clear_freed()
+        live = [(row, node_id) for row, node_id in enumerate(self.node_ids) if node_id is not None]
+        rows = np.array([row for row, _ in live], dtype=np.intp)
+        index = (rows[:, None] * self.width + np.arange(self.width)[None, :]).ravel()
+        header = json.dumps({"metrics": self.metrics, "nodes": [node_id for _, node_id in live],
+                             "fields": list(FIELDS), "history": HISTORY, "daily": self.daily}).encode()
         cols = self.cols
+        # the history is saved as its bytes: a seasonal series keeps signed bytes in it
         return b"".join((MAGIC, struct.pack("<Q", len(header)), header,
-                         np.ascontiguousarray(cols.fields[:, :used], dtype="<f4").tobytes(),
-                         np.ascontiguousarray(cols.last_t[:used], dtype="<f8").tobytes(),
-                         np.ascontiguousarray(cols.history[:, :used], dtype="<f4").tobytes()))
+                         np.ascontiguousarray(cols.fields[:, index], dtype="<f4").tobytes(),
+                         np.ascontiguousarray(cols.last_t[index], dtype="<f8").tobytes(),
+                         np.ascontiguousarray(cols.history[:, index]).view(np.uint32).astype("<u4").tobytes()))
 
     def restore(self, blob: bytes) -> int:
         """Put saved columns back (for the metrics still declared); returns the nodes restored.
@@ -129,12 +146,14 @@ class Telemetry:
             header = json.loads(blob[start:start + size])
             metrics, nodes = header["metrics"], header["nodes"]
             same_layout = header["fields"] == list(FIELDS) and header["history"] == HISTORY
+            daily = header.get("daily")
         except (ValueError, KeyError, TypeError) as exc:
             raise TelemetryStateError(f"damaged header ({exc})") from None
         if not same_layout:
             raise TelemetryStateError("saved by another detector layout")
-        if not (isinstance(metrics, list) and isinstance(nodes, list)
-                and all(isinstance(x, str) for x in metrics + nodes) and len(set(nodes)) == len(nodes)):
+        if not (isinstance(metrics, list) and isinstance(nodes, list) and isinstance(daily, list)
+                and all(isinstance(x, str) for x in metrics + nodes) and len(set(nodes)) == len(nodes)
+                and len(daily) == len(metrics) and all(isinstance(x, bool) for x in daily)):
             raise TelemetryStateError("damaged header (metrics and nodes must be lists of distinct names)")
         used = len(nodes) * len(metrics)
         body = memoryview(blob)[start + size:]
@@ -145,13 +164,13 @@ class Telemetry:
         b = a + 8 * used
         fields = np.frombuffer(body[:a], dtype="<f4").reshape(len(FIELDS), used)
         last_t = np.frombuffer(body[a:b], dtype="<f8")
-        hist = np.frombuffer(body[b:], dtype="<f4").reshape(HISTORY, used)
+        hist = np.frombuffer(body[b:], dtype="<u4").astype(np.uint32).view(np.float32).reshape(HISTORY, used)
         for row, node_id in enumerate(nodes):
             mine = self.slot(node_id)
             for j, metric in enumerate(metrics):
                 col = self.metric_index.get(metric)
-                if col is None:
-                    continue  # no longer declared
+                if col is None or daily[j] != self.daily[col]:
+                    continue  # no longer declared, or its seasonality changed: it learns again
                 src, dst = row * len(metrics) + j, mine * self.width + col
                 self.cols.fields[:, dst] = fields[:, src]
                 self.cols.last_t[dst] = last_t[src]
@@ -223,6 +242,10 @@ class FleetPredictions:
             "samples": int(f[F["count"]]),
             "recent": detector.history(cols, i),
         }
+        if cols.seasonal[i]:  # the expected band and the forecast follow the daily profile
+            out["seasonal"] = "daily"
+            out["profile"] = seasonal.profile(cols, i)
+            out["profile_now"] = float(seasonal.profile_at(cols, np.array([i]), np.array([self.now]))[0])
         return out
 
 

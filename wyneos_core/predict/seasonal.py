@@ -1,0 +1,191 @@
+"""Daily seasonality for the series configured ``seasonal: daily``, in the same 128 bytes.
+
+A seasonal series keeps, in place of its last 8 values (the 32 bytes of its
+``history``), a daily profile: 24 hourly bins of one signed byte each (``-128``: the
+hour was never seen), the profile's scale (float32: a bin's value is ``byte * scale``)
+and the running mean of the current hour (float32). Its ``base`` field is the
+series' slow level without the daily cycle.
+
+Per sample ``x`` at time ``t`` (hours of the day in UTC):
+
+1. When the hour changed since the series' last sample, that hour's mean of
+   ``x - base`` goes into its bin (the first time as it is, then moving it by
+   ``season_gain``, 0.5: each day counts half), the profile is centred (the bins seen
+   average 0: a level shift or a leak moves ``base``, not the profile) and requantised.
+2. ``y = x - profile[hour(t)]`` is what the detector proper sees: the level, the
+   surprises, the likelihood, the range, Holt's forecast and the change points are all
+   of the series without its daily cycle, so a usual day scores as usual.
+3. ``base`` follows ``y`` with a time constant of ``season_tau`` (6 hours), and the
+   current hour's mean of ``x - base`` (time-weighted) takes the sample.
+
+Only what came before a sample is used for its score (the bin of the current hour was
+written at the end of that hour on an earlier day). Forecasts add the profile of the
+hour forecast (``profile_at``); ``time_to`` follows the forecast hour by hour
+(``time_to``). The byte layout is little-endian, saved and restored with the rest.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from wyneos_core.predict.detector import Columns
+
+HOURS: Final = 24
+HOUR: Final = 3600.0
+DAY: Final = 86400.0
+EMPTY: Final = -128
+#: bytes of a seasonal column's block (the 8 float32 of a plain column's history)
+BLOCK: Final = 32
+_SCALE, _ACC = 6, 7  # float32 slots of the block after the 24 bins
+
+
+def hour_of(t: np.ndarray) -> np.ndarray:
+    return (np.mod(np.asarray(t, dtype=np.float64), DAY) // HOUR).astype(np.intp)
+
+
+def _blocks(cols: Columns, index: np.ndarray) -> np.ndarray:
+    """The series' 32-byte blocks as (n, 8) float32, a copy (bins through ``.view(np.int8)``)."""
+    return np.ascontiguousarray(cols.history[:, index].T)
+
+
+def _profile(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bins as float32 (n, 24) (0 where never seen) and which were seen."""
+    q = block.view(np.int8)[:, :HOURS]
+    seen = q != EMPTY
+    scale = block[:, _SCALE:_SCALE + 1]
+    return np.where(seen, q.astype(np.float32) * scale, np.float32(0.0)), seen
+
+
+def _interpolate(values: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The profile ``values`` (n, 24) at times ``t`` ((n,) or (n, k)): linear between the
+    middles of the hours (a bin is its hour's mean), so a ramp is followed, not stepped."""
+    u = np.mod(t, DAY) / HOUR - 0.5
+    low = np.floor(u)
+    frac = (u - low).astype(np.float32)
+    h0 = np.mod(low, HOURS).astype(np.intp)
+    h1 = np.mod(h0 + 1, HOURS)
+    if h0.ndim == 1:
+        rows = np.arange(len(values))
+        a, b = values[rows, h0], values[rows, h1]
+    else:
+        a, b = np.take_along_axis(values, h0, axis=1), np.take_along_axis(values, h1, axis=1)
+    return a + frac * (b - a)
+
+
+def _store(block: np.ndarray, values: np.ndarray, seen: np.ndarray) -> None:
+    """Centre the seen bins on 0 and quantise them into ``block`` (in place)."""
+    count = seen.sum(axis=1)
+    mean = np.where(count > 0, (values * seen).sum(axis=1) / np.maximum(count, 1), 0.0).astype(np.float32)
+    centred = (values - mean[:, None]) * seen
+    top = np.abs(centred).max(axis=1)
+    scale = np.where(top > 0, top / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.rint(centred / scale[:, None]), -127, 127).astype(np.int8)
+    block.view(np.int8)[:, :HOURS] = np.where(seen, q, np.int8(EMPTY))
+    block[:, _SCALE] = scale
+
+
+def before(cols: Columns, index: np.ndarray, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Update the profiles of the seasonal series ``index`` (each with a sample ``x`` at
+    ``t``); returns what the detector is to see (``x`` less the hour's profile), the
+    profile's value at ``t`` and the new blocks (written back by ``after``)."""
+    from wyneos_core.predict.detector import F
+
+    p = cols.params
+    x = x.astype(np.float32)
+    block = _blocks(cols, index)
+    base = cols.fields[F["base"], index]
+    first = cols.fields[F["count"], index] == 0
+    last_t = cols.last_t[index]
+    hour = hour_of(t)
+    with np.errstate(invalid="ignore"):
+        dt = np.where(first, 0.0, np.fmax(t - last_t, 0.0))
+        last_hour = np.where(first, hour, hour_of(np.where(first, t, last_t)))
+    moved = ~first & ((last_hour != hour) | (dt >= HOUR))
+    if first.any():
+        block.view(np.int8)[first, :HOURS] = EMPTY
+        block[first, _SCALE] = 1.0
+        block[first, _ACC] = 0.0
+    if moved.any():  # close the hour just ended into its bin
+        rows = np.flatnonzero(moved)
+        values, seen = _profile(block[rows])
+        at = last_hour[rows]
+        old = values[np.arange(len(rows)), at]
+        mean = block[rows, _ACC]
+        was = seen[np.arange(len(rows)), at]
+        values[np.arange(len(rows)), at] = np.where(was, old + np.float32(p.season_gain) * (mean - old), mean)
+        seen[np.arange(len(rows)), at] = True
+        sub = block[rows]
+        _store(sub, values, seen)
+        block[rows] = sub
+    now_profile = _interpolate(_profile(block)[0], t)
+    y = x - now_profile
+    deviation = np.where(first, np.float32(0.0), x - base)
+    into_hour = np.mod(t, HOUR)
+    weight = np.where(moved | first | (into_hour <= 0), 1.0, np.minimum(1.0, dt / np.maximum(into_hour, 1e-9)))
+    block[:, _ACC] += (weight * (deviation - block[:, _ACC])).astype(np.float32)
+    follow = (1.0 - np.exp(-dt / p.season_tau)).astype(np.float32)
+    cols.fields[F["base"], index] = np.where(first, y, base + follow * (y - base))
+    return y, now_profile, block
+
+
+def after(cols: Columns, index: np.ndarray, x: np.ndarray, now_profile: np.ndarray, block: np.ndarray) -> None:
+    """After the detector's update: the blocks back in place of the history it wrote, the
+    latest value and the expected one in the series' own terms (with the profile)."""
+    from wyneos_core.predict.detector import F
+
+    cols.history[:, index] = block.T
+    cols.fields[F["latest"], index] = x
+    cols.fields[F["expected"], index] += now_profile
+
+
+def profile_at(cols: Columns, index: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The profile's value at times ``t`` (shape (n,) or (n, k) for the n series
+    ``index``); 0 for series that are not seasonal or have not seen that hour."""
+    index = np.asarray(index)
+    t = np.asarray(t, dtype=np.float64)
+    t = np.broadcast_to(t, index.shape) if t.ndim < 2 else t
+    out = np.zeros(t.shape, dtype=np.float32)
+    rows = np.flatnonzero(cols.seasonal[index])
+    if not len(rows):
+        return out
+    values, _ = _profile(_blocks(cols, index[rows]))
+    out[rows] = _interpolate(values, t[rows])
+    return out
+
+
+def profile(cols: Columns, index: int) -> list[float | None]:
+    """The series' daily profile, hour 0 to 23 UTC (None: an hour never seen)."""
+    values, seen = _profile(_blocks(cols, np.array([index])))
+    return [float(v) if s else None for v, s in zip(values[0], seen[0])]
+
+
+def time_to(cols: Columns, index: np.ndarray, level: float, now: float, line: np.ndarray, slope: np.ndarray,
+            latest: np.ndarray) -> np.ndarray:
+    """Seconds until the forecast with the daily profile reaches ``level`` (the rules of
+    ``detector.time_to``; ``line`` is the forecast without the profile at ``now``):
+    followed for a day exactly (between the middles of two hours the forecast is a
+    line); past that day the line plus the profile's highest (rising) or lowest (falling)
+    hour gives the earliest it can be."""
+    n = len(index)
+    first_middle = (np.floor(now / HOUR - 0.5) + 1.5) * HOUR - now  # the next middle of an hour
+    knots = np.concatenate([[0.0], first_middle + HOUR * np.arange(HOURS + 1)])
+    at = np.broadcast_to(now + knots, (n, len(knots))).copy()
+    slope = slope.astype(np.float64)
+    f = line[:, None] + slope[:, None] * knots + profile_at(cols, index, at).astype(np.float64)
+    f0, f1 = f[:, :-1], f[:, 1:]
+    k0, width = knots[:-1], np.diff(knots)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = k0 + (level - f0) / (f1 - f0) * width
+        up = np.where(f0 >= level, k0, np.where(f1 >= level, inside, np.inf)).min(axis=1)
+        down = np.where(f0 <= level, k0, np.where(f1 <= level, inside, np.inf)).min(axis=1)
+        values, seen = _profile(_blocks(cols, index))
+        top = np.where(seen.any(axis=1), np.where(seen, values, -np.inf).max(axis=1), 0.0)
+        bottom = np.where(seen.any(axis=1), np.where(seen, values, np.inf).min(axis=1), 0.0)
+        later_up = np.where(slope > 0, np.maximum(knots[-1], (level - line - top) / slope), np.nan)
+        later_down = np.where(slope < 0, np.maximum(knots[-1], (level - line - bottom) / slope), 0.0)
+    above = level > latest
+    first = np.where(above, up, down)
+    return np.where(np.isfinite(first), first, np.where(above, later_up, later_down))
