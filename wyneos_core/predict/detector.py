@@ -293,7 +293,9 @@ def _update(p: Params, s: np.ndarray, x: np.ndarray, dt: np.ndarray, daily: np.n
     np.minimum(low, x, out=low)
     np.maximum(high, x, out=high)
     s[F["holt_level"]] = new_holt + changed * (x - new_holt)  # after a change point the old trend is void
-    s[F["slope"]] = new_slope * ~changed
+    # (a seasonal series keeps its trend: its level is slow, so a leak's first hours read as
+    # a change point, and voiding the trend there would never let it learn the leak)
+    s[F["slope"]] = new_slope * ~changed if daily is None else np.where(changed & ~daily, 0.0, new_slope)
     s[F["change_up"]] = up * ~changed
     s[F["change_down"]] = down * ~changed
     s[F["changes"]] += changed
