@@ -14,9 +14,12 @@ the least an online detector must do per sample. The ratio step / baseline is wh
 watch; the target is the step under 0.15 s per tick at the default size.
 
     python bench/bench_predict.py [--nodes 100000] [--metrics 8] [--ticks 5] [--warmup 3]
-                                  [--share 1.0] [--step-only] [--json FILE]
+                                  [--share 1.0] [--daily 0] [--step-only] [--json FILE]
 
-``--share`` is the fraction of nodes whose heartbeat arrives in each tick (1.0: all).
+``--share`` is the fraction of nodes whose heartbeat arrives in each tick (1.0: all);
+``--daily N`` declares the first N metrics ``seasonal: daily`` (their daily profile is
+updated every tick; the ticks are 10 s apart and, with the default warm-up, the first
+timed one begins an hour: every seasonal series closes the hour before into its profile).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from wyneos_core.model import TickReport  # noqa: E402
 from wyneos_core.predict.detector import BYTES_PER_SERIES, Columns  # noqa: E402
 from wyneos_core.tick import Orchestrator, TickContext  # noqa: E402
 
-T0 = 1_700_000_000.0
+T0 = 1_700_002_800.0 - 40.0  # the first timed tick (after 3 warm-up ticks) begins an hour
 
 
 def baseline(values: np.ndarray, mean: np.ndarray, var: np.ndarray) -> None:
@@ -49,10 +52,12 @@ def baseline(values: np.ndarray, mean: np.ndarray, var: np.ndarray) -> None:
     var += 0.0099 * d * d
 
 
-def build(nodes: int, metrics: int) -> tuple[Orchestrator, list[str], list[str]]:
+def build(nodes: int, metrics: int, daily: int = 0) -> tuple[Orchestrator, list[str], list[str]]:
     config = Config.defaults()
     names = [f"m{j}" for j in range(metrics)]
-    config.data["telemetry"]["metrics"] = [{"name": n, "unit": "", "min": -1e9, "max": 1e9} for n in names]
+    config.data["telemetry"]["metrics"] = [{"name": n, "unit": "", "min": -1e9, "max": 1e9,
+                                            "seasonal": "daily" if j < daily else "none"}
+                                           for j, n in enumerate(names)]
     orch = Orchestrator(config, store=False, load_entrypoints=False, clock=lambda: T0)
     ids = [f"node-{i:06d}" for i in range(nodes)]
     for node_id in ids:
@@ -67,17 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--share", type=float, default=1.0)
+    parser.add_argument("--daily", type=int, default=0)
     parser.add_argument("--step-only", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(1)
-    orch, ids, names = build(args.nodes, args.metrics)
+    orch, ids, names = build(args.nodes, args.metrics, args.daily)
     series = args.nodes * args.metrics
     level = rng.uniform(0.1, 0.9, size=(args.nodes, args.metrics))
     mean = np.zeros(series)
     var = np.zeros(series)
     step_ms, base_ms = [], []
-    cols = Columns.empty(series)
+    cols = Columns.empty(series, pattern=np.arange(args.metrics) < args.daily)
     for tick in range(args.warmup + args.ticks):
         now = T0 + 10.0 * (tick + 1)
         sample = np.clip(level + rng.normal(0, 0.02, size=level.shape), 0, 1)
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     step, base = statistics.median(step_ms), statistics.median(base_ms)
     what = "Columns.step" if args.step_only else "wyneos_predict"
     print(f"{args.nodes} nodes x {args.metrics} metrics = {series} series, {BYTES_PER_SERIES} bytes each "
-          f"({series * BYTES_PER_SERIES / 1e6:.0f} MB), share {args.share:g}")
+          f"({series * BYTES_PER_SERIES / 1e6:.0f} MB), share {args.share:g}, daily {args.daily} metric(s)")
     print(f"{what:<16} median {step:8.1f} ms per tick, fastest {min(step_ms):6.1f}  "
           f"(runs: {', '.join(f'{x:.0f}' for x in step_ms)})")
     print(f"{'baseline EWMA':<16} median {base:8.1f} ms per tick, fastest {min(base_ms):6.1f}")
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
           f"target under 150 ms: {'met' if step < 150 else 'NOT met'} (median)")
     if args.json:
         args.json.write_text(json.dumps({"nodes": args.nodes, "metrics": args.metrics, "share": args.share,
-                                         "step_ms": step_ms, "baseline_ms": base_ms, "what": what}, indent=2))
+                                         "daily": args.daily, "step_ms": step_ms, "baseline_ms": base_ms, "what": what}, indent=2))
     return 0
 
 

@@ -43,7 +43,8 @@ _SCALE, _ACC = 6, 7  # float32 slots of the block after the 24 bins
 
 
 def hour_of(t: np.ndarray) -> np.ndarray:
-    return (np.mod(np.asarray(t, dtype=np.float64), DAY) // HOUR).astype(np.intp)
+    """The hour of the day (UTC) of epoch seconds ``t``."""
+    return (np.asarray(t, dtype=np.float64) * (1.0 / HOUR)).astype(np.int64) % HOURS
 
 
 def _blocks(cols: Columns, index: np.ndarray) -> np.ndarray:
@@ -75,57 +76,92 @@ def _interpolate(values: np.ndarray, t: np.ndarray) -> np.ndarray:
     return a + frac * (b - a)
 
 
-def _store(block: np.ndarray, values: np.ndarray, seen: np.ndarray) -> None:
-    """Centre the seen bins on 0 and quantise them into ``block`` (in place)."""
-    count = seen.sum(axis=1)
-    mean = np.where(count > 0, (values * seen).sum(axis=1) / np.maximum(count, 1), 0.0).astype(np.float32)
-    centred = (values - mean[:, None]) * seen
-    top = np.abs(centred).max(axis=1)
-    scale = np.where(top > 0, top / np.float32(127.0), np.float32(1.0)).astype(np.float32)
-    q = np.clip(np.rint(centred / scale[:, None]), -127, 127).astype(np.int8)
-    block.view(np.int8)[:, :HOURS] = np.where(seen, q, np.int8(EMPTY))
-    block[:, _SCALE] = scale
+def _close_hours(sub: np.ndarray, at: np.ndarray, gain: float) -> None:
+    """Put each block's hour mean into bin ``at`` (moving it by ``gain`` if seen before),
+    centre the seen bins on 0 and quantise them again; ``sub`` is (m, 8), in place, a few
+    thousand rows at a time (the temporaries stay in the processor's cache)."""
+    for a in range(0, len(sub), _CLOSE_ROWS):
+        blk = sub[a:a + _CLOSE_ROWS]
+        hours = at[a:a + _CLOSE_ROWS]
+        line = np.arange(len(blk))
+        q = blk.view(np.int8)[:, :HOURS]
+        seen = q != EMPTY
+        values = q.astype(np.float32)
+        values *= blk[:, _SCALE:_SCALE + 1]
+        old = values[line, hours]
+        mean = blk[:, _ACC]
+        values[line, hours] = np.where(seen[line, hours], old + np.float32(gain) * (mean - old), mean)
+        seen[line, hours] = True
+        values *= seen
+        values -= (values.sum(axis=1) / seen.sum(axis=1))[:, None]
+        values *= seen
+        top = np.abs(values).max(axis=1)
+        scale = np.where(top > 0, top / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+        values *= (np.float32(1.0) / scale)[:, None]
+        packed = np.rint(values, out=values).astype(np.int8)  # within +-127 by the scale
+        np.copyto(packed, np.int8(EMPTY), where=~seen)
+        q[:] = packed
+        blk[:, _SCALE] = scale
+
+
+#: rows of blocks closed at once (24 bins each: 400 KB of float32)
+_CLOSE_ROWS: Final = 4096
+
+
+#: a float32 whose four bytes are each ``EMPTY``
+_EMPTY4: Final = np.array([0x80808080], dtype=np.uint32).view(np.float32)[0]
+
+
+def _now_value(block: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The profile at ``t`` of the blocks ``block`` laid out as in ``history`` ((8, n)
+    float32): only the two bins around ``t`` are read."""
+    n = block.shape[1]
+    u = np.mod(t, DAY) / HOUR - 0.5
+    low = np.floor(u)
+    frac = (u - low).astype(np.float32)
+    h0 = np.mod(low, HOURS).astype(np.intp)
+    h1 = np.where(h0 == HOURS - 1, 0, h0 + 1)
+    b8 = block.view(np.int8)  # (8, 4n): bin h of series r at [h // 4, 4 r + h % 4]
+    base = 4 * np.arange(n)
+    q0 = b8[h0 >> 2, base + (h0 & 3)]
+    q1 = b8[h1 >> 2, base + (h1 & 3)]
+    scale = block[_SCALE]
+    v0 = np.where(q0 != EMPTY, q0 * scale, np.float32(0.0))
+    v1 = np.where(q1 != EMPTY, q1 * scale, np.float32(0.0))
+    return v0 + frac * (v1 - v0)
 
 
 def before(cols: Columns, index: np.ndarray, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Update the profiles of the seasonal series ``index`` (each with a sample ``x`` at
-    ``t``); returns what the detector is to see (``x`` less the hour's profile), the
-    profile's value at ``t`` and the new blocks (written back by ``after``)."""
+    ``t``); returns what the detector is to see (``x`` less the profile at ``t``), that
+    profile value and the new blocks ((8, n), written back by ``after``)."""
     from wyneos_core.predict.detector import F
 
     p = cols.params
     x = x.astype(np.float32)
-    block = _blocks(cols, index)
+    block = np.ascontiguousarray(cols.history.take(index, axis=1))
     base = cols.fields[F["base"], index]
     first = cols.fields[F["count"], index] == 0
     last_t = cols.last_t[index]
-    hour = hour_of(t)
     with np.errstate(invalid="ignore"):
         dt = np.where(first, 0.0, np.fmax(t - last_t, 0.0))
-        last_hour = np.where(first, hour, hour_of(np.where(first, t, last_t)))
-    moved = ~first & ((last_hour != hour) | (dt >= HOUR))
+        last_hour = hour_of(np.where(first, t, last_t))
+    moved = ~first & ((last_hour != hour_of(t)) | (dt >= HOUR))
     if first.any():
-        block.view(np.int8)[first, :HOURS] = EMPTY
-        block[first, _SCALE] = 1.0
-        block[first, _ACC] = 0.0
+        block[:HOURS // 4, first] = _EMPTY4
+        block[_SCALE, first] = 1.0
+        block[_ACC, first] = 0.0
     if moved.any():  # close the hour just ended into its bin
         rows = np.flatnonzero(moved)
-        values, seen = _profile(block[rows])
-        at = last_hour[rows]
-        old = values[np.arange(len(rows)), at]
-        mean = block[rows, _ACC]
-        was = seen[np.arange(len(rows)), at]
-        values[np.arange(len(rows)), at] = np.where(was, old + np.float32(p.season_gain) * (mean - old), mean)
-        seen[np.arange(len(rows)), at] = True
-        sub = block[rows]
-        _store(sub, values, seen)
-        block[rows] = sub
-    now_profile = _interpolate(_profile(block)[0], t)
+        sub = np.ascontiguousarray(block[:, rows].T)
+        _close_hours(sub, last_hour[rows], p.season_gain)
+        block[:, rows] = sub.T
+    now_profile = _now_value(block, t)
     y = x - now_profile
     deviation = np.where(first, np.float32(0.0), x - base)
     into_hour = np.mod(t, HOUR)
     weight = np.where(moved | first | (into_hour <= 0), 1.0, np.minimum(1.0, dt / np.maximum(into_hour, 1e-9)))
-    block[:, _ACC] += (weight * (deviation - block[:, _ACC])).astype(np.float32)
+    block[_ACC] += (weight * (deviation - block[_ACC])).astype(np.float32)
     follow = (1.0 - np.exp(-dt / p.season_tau)).astype(np.float32)
     cols.fields[F["base"], index] = np.where(first, y, base + follow * (y - base))
     return y, now_profile, block
@@ -136,7 +172,7 @@ def after(cols: Columns, index: np.ndarray, x: np.ndarray, now_profile: np.ndarr
     latest value and the expected one in the series' own terms (with the profile)."""
     from wyneos_core.predict.detector import F
 
-    cols.history[:, index] = block.T
+    cols.history[:, index] = block
     cols.fields[F["latest"], index] = x
     cols.fields[F["expected"], index] += now_profile
 
