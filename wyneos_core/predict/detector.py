@@ -269,8 +269,8 @@ def _update(p: Params, s: np.ndarray, x: np.ndarray, dt: np.ndarray, daily: np.n
     changed = learnt & ((up > p.change_limit) | (down > p.change_limit))
     holt_alpha, slope_alpha = np.float32(p.holt_alpha), np.float32(p.slope_alpha)
     if daily is not None and daily.any():  # smoothed over time: an hour's leftover of the day is no trend
-        holt_alpha = np.where(daily, 1.0 - np.exp(-dt / np.float32(p.season_level_tau)), holt_alpha)
-        slope_alpha = np.where(daily, 1.0 - np.exp(-dt / np.float32(p.season_slope_tau)), slope_alpha)
+        holt_alpha = np.where(daily, dt / (dt + np.float32(p.season_level_tau)), holt_alpha)
+        slope_alpha = np.where(daily, dt / (dt + np.float32(p.season_slope_tau)), slope_alpha)
     new_holt = predicted + holt_alpha * (x - predicted)
     moved = dt > 0
     step_slope = slope + moved * ((new_holt - holt) / np.maximum(dt, np.float32(1e-9)) - slope)

@@ -112,22 +112,25 @@ _CLOSE_ROWS: Final = 4096
 _EMPTY4: Final = np.array([0x80808080], dtype=np.uint32).view(np.float32)[0]
 
 
-def _now_value(block: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """The profile at ``t`` of the blocks ``block`` laid out as in ``history`` ((8, n)
-    float32): only the two bins around ``t`` are read."""
+def _now_value(block: np.ndarray, hours: np.ndarray) -> np.ndarray:
+    """The profile at ``hours`` (epoch hours, float) of the blocks ``block`` laid out as in
+    ``history`` ((8, n) float32): only the two bins around it are read."""
     n = block.shape[1]
-    u = np.mod(t, DAY) / HOUR - 0.5
+    u = hours - 0.5
     low = np.floor(u)
     frac = (u - low).astype(np.float32)
-    h0 = np.mod(low, HOURS).astype(np.intp)
-    h1 = np.where(h0 == HOURS - 1, 0, h0 + 1)
+    h0 = low.astype(np.int64) % HOURS
+    h1 = h0 + 1
+    h1[h1 == HOURS] = 0
     b8 = block.view(np.int8)  # (8, 4n): bin h of series r at [h // 4, 4 r + h % 4]
     base = 4 * np.arange(n)
     q0 = b8[h0 >> 2, base + (h0 & 3)]
     q1 = b8[h1 >> 2, base + (h1 & 3)]
     scale = block[_SCALE]
-    v0 = np.where(q0 != EMPTY, q0 * scale, np.float32(0.0))
-    v1 = np.where(q1 != EMPTY, q1 * scale, np.float32(0.0))
+    v0 = q0 * scale
+    v0[q0 == EMPTY] = 0.0
+    v1 = q1 * scale
+    v1[q1 == EMPTY] = 0.0
     return v0 + frac * (v1 - v0)
 
 
@@ -143,10 +146,13 @@ def before(cols: Columns, index: np.ndarray, x: np.ndarray, t: np.ndarray) -> tu
     base = cols.fields[F["base"], index]
     first = cols.fields[F["count"], index] == 0
     last_t = cols.last_t[index]
+    hours = t * (1.0 / HOUR)  # epoch hours
+    hour = np.floor(hours)
     with np.errstate(invalid="ignore"):
-        dt = np.where(first, 0.0, np.fmax(t - last_t, 0.0))
-        last_hour = hour_of(np.where(first, t, last_t))
-    moved = ~first & ((last_hour != hour_of(t)) | (dt >= HOUR))
+        dt = np.fmax(t - last_t, 0.0)
+        moved = np.floor(last_t * (1.0 / HOUR)) != hour  # another hour since the last sample
+    dt[first] = 0.0
+    moved &= ~first
     if first.any():
         block[:HOURS // 4, first] = _EMPTY4
         block[_SCALE, first] = 1.0
@@ -154,16 +160,20 @@ def before(cols: Columns, index: np.ndarray, x: np.ndarray, t: np.ndarray) -> tu
     if moved.any():  # close the hour just ended into its bin
         rows = np.flatnonzero(moved)
         sub = np.ascontiguousarray(block[:, rows].T)
-        _close_hours(sub, last_hour[rows], p.season_gain)
+        _close_hours(sub, hour_of(last_t[rows]), p.season_gain)
         block[:, rows] = sub.T
-    now_profile = _now_value(block, t)
+    now_profile = _now_value(block, hours)
     y = x - now_profile
-    deviation = np.where(first, np.float32(0.0), x - base)
-    into_hour = np.mod(t, HOUR)
-    weight = np.where(moved | first | (into_hour <= 0), 1.0, np.minimum(1.0, dt / np.maximum(into_hour, 1e-9)))
-    block[_ACC] += (weight * (deviation - block[_ACC])).astype(np.float32)
-    follow = (1.0 - np.exp(-dt / p.season_tau)).astype(np.float32)
-    cols.fields[F["base"], index] = np.where(first, y, base + follow * (y - base))
+    deviation = x - base
+    deviation[first] = 0.0
+    # the hour's mean so far, weighted by time: this sample stands for the dt before it
+    weight = (dt / np.maximum((hours - hour) * HOUR, np.maximum(dt, 1e-9))).astype(np.float32)
+    weight[moved | first] = 1.0
+    block[_ACC] += weight * (deviation - block[_ACC])
+    follow = (dt / (dt + p.season_tau)).astype(np.float32)  # 1 - exp(-dt / tau) for dt << tau, cheaper
+    new_base = base + follow * (y - base)
+    new_base[first] = y[first]
+    cols.fields[F["base"], index] = new_base
     return y, now_profile, block
 
 
