@@ -33,6 +33,7 @@ library it is the deep size of one series' detector object after the file (Pytho
 objects, dicts, lists and numpy arrays walked), which is what a fleet would keep per
 node and metric.
 
+    pip install -e '.[bench]'          # river, statsmodels, ruptures
     python bench/bench_detectors.py [NAB_DIR] [--detectors wyneos,river-hst,...] [--json FILE]
 
 ``NAB_DIR`` defaults to the repository's test copy (tests/data/nab, three files); give
@@ -244,10 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'detector':<18} {'standard':>8} {'low FP':>7} {'low FN':>7} {'us/point':>9} {'bytes/series':>13}")
     rows = {}
     for module in ("river.anomaly", "river.time_series", "statsmodels.tsa.holtwinters", "ruptures"):
-        __import__(module)  # imported before any timing
+        try:
+            __import__(module)  # imported before any timing
+        except ImportError:
+            pass  # its candidates say so below
     for name in args.detectors.split(","):
+        if name not in CANDIDATES:
+            raise SystemExit(f"--detectors: unknown {name!r} (known: {', '.join(CANDIDATES)})")
         started = time.perf_counter()
-        scores, size = CANDIDATES[name](series)
+        try:
+            scores, size = CANDIDATES[name](series)
+        except ImportError as exc:
+            print(f"{name:<18} skipped: {exc.name} is not installed (pip install -e '.[bench]')")
+            continue
         seconds = time.perf_counter() - started
         for s in scores:
             if not (np.all(np.isfinite(s)) and s.min() >= 0.0 and s.max() <= 1.0):

@@ -15,7 +15,7 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "prediction.md"
 
 def test_python_examples_run_twice_and_print_what_they_say(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
         namespace: dict = {"__name__": "docs_prediction"}
@@ -34,3 +34,4 @@ def test_yaml_example_is_a_valid_config():
     [block] = re.findall(r"```yaml\n(.*?)```", PAGE.read_text(), re.S)
     config = load_config(text=block)
     assert [m["name"] for m in config["telemetry"]["metrics"]] == ["cpu", "disk_used", "temperature"]
+    assert [m["seasonal"] for m in config["telemetry"]["metrics"]] == ["daily", "none", "none"]

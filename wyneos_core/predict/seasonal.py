@@ -138,13 +138,11 @@ def before(cols: Columns, index: np.ndarray, x: np.ndarray, t: np.ndarray) -> tu
     """Update the profiles of the seasonal series ``index`` (each with a sample ``x`` at
     ``t``); returns what the detector is to see (``x`` less the profile at ``t``), that
     profile value and the new blocks ((8, n), written back by ``after``)."""
-    from wyneos_core.predict.detector import F
-
     p = cols.params
     x = x.astype(np.float32)
     block = np.ascontiguousarray(cols.history.take(index, axis=1))
-    base = cols.fields[F["base"], index]
-    first = cols.fields[F["count"], index] == 0
+    base = cols.get("base")[index]
+    first = cols.get("count")[index] == 0
     last_t = cols.last_t[index]
     hours = t * (1.0 / HOUR)  # epoch hours
     hour = np.floor(hours)
@@ -173,18 +171,16 @@ def before(cols: Columns, index: np.ndarray, x: np.ndarray, t: np.ndarray) -> tu
     follow = (dt / (dt + p.season_tau)).astype(np.float32)  # 1 - exp(-dt / tau) for dt << tau, cheaper
     new_base = base + follow * (y - base)
     new_base[first] = y[first]
-    cols.fields[F["base"], index] = new_base
+    cols.get("base")[index] = new_base
     return y, now_profile, block
 
 
 def after(cols: Columns, index: np.ndarray, x: np.ndarray, now_profile: np.ndarray, block: np.ndarray) -> None:
     """After the detector's update: the blocks back in place of the history it wrote, the
     latest value and the expected one in the series' own terms (with the profile)."""
-    from wyneos_core.predict.detector import F
-
     cols.history[:, index] = block
-    cols.fields[F["latest"], index] = x
-    cols.fields[F["expected"], index] += now_profile
+    cols.get("latest")[index] = x
+    cols.get("expected")[index] += now_profile
 
 
 def profile_at(cols: Columns, index: np.ndarray, t: np.ndarray) -> np.ndarray:
