@@ -215,3 +215,88 @@ def test_admission_probes_made_from_the_columns_are_the_nodes_snapshots(clock):
         assert {n.status.value for n in want} == {"online", "stale", "unknown"} and want[2].metadata == {"zone": "eu"}
     finally:
         orch.stop()
+
+
+def test_admission_over_the_columns_decides_as_node_by_node(tmp_path):
+    """``decide_columns`` (masks, one evaluation per distinct licence result, closures for
+    the rest) against ``decide`` (every rule node by node) on random scores, tiers and
+    probation times, with rules of each kind and in an order where each one matters."""
+    import random
+
+    from tests.conftest import FakeClock
+    from tests.test_licence_support import DAY, T0, Issuer, licence_config, orchestrator
+    from wyneos_core.builtin.trust import _probes, _Scored
+    from wyneos_core.rules.interp import EvalEnv
+    from wyneos_core.rules.vector import Columns
+    from wyneos_core.trust.admission import load_admission
+    from wyneos_core.trust.tiers import TIER_NAMES
+
+    issuer = Issuer(tmp_path)
+    d = tmp_path / "licences"
+    issuer.write(d, "ok")
+    issuer.write(d, "old", expires=T0 - DAY, issued=T0 - 30 * DAY)
+    issuer.write(d, "other", customer="globex")
+    specs = []
+    for i in range(60):
+        spec = {"id": f"n{i:02d}", "metadata": {"zone": "eu" if i % 3 else "us"}}
+        if i % 5:
+            spec["licence"] = ("ok", "old", "other", "ok")[i % 4]
+        specs.append(spec)
+    rules_file = tmp_path / "admission.yaml"
+    rules_file.write_text("""
+admission:
+  - id: refuse-foreign
+    when: licence.reason == "customer_mismatch"
+    decision: refuse
+  - id: hold-us
+    when: node.metadata.zone == "us" and node.trust > 0.3
+    decision: hold
+  - id: hold-offline
+    when: node.status != "online" or heartbeat_age(node) > 50
+    decision: hold
+  - id: refuse-expired-and-low
+    when: licence.reason == "expired" and node.trust < 0.5
+    decision: refuse
+  - id: hold-low
+    when: node.trust < 0.4 or not trust_at_least("probation")
+    decision: hold
+  - id: hold-valid-busy
+    when: licence.valid and node.load > 0.5
+    decision: hold
+""")
+    clock = FakeClock(T0)
+    orch = orchestrator(licence_config(tmp_path, specs), clock)
+    try:
+        from conftest import beat
+
+        beat(orch, clock, *(s["id"] for s in specs if int(s["id"][1:]) % 7))
+        orch.tick()
+        clock.advance(30)
+        beat(orch, clock, *(s["id"] for s in specs if int(s["id"][1:]) % 7 and int(s["id"][1:]) % 11))
+        report = orch.tick()
+        nodes = orch.registry.nodes()
+        rules = load_admission(rules_file, probation_ticks=3)
+        assert [r.mask is not None for r in rules.rules] == [False, True, True, False, True, False]
+        assert [r.licence_only for r in rules.rules] == [True, False, False, False, False, False]
+        env = EvalEnv(clock(), {})
+        rng = random.Random(5)
+        seen = set()
+        for _ in range(5):
+            trust = np.array([rng.random() for _ in nodes])
+            tiers = np.array([rng.randrange(4) for _ in nodes], dtype=np.int8)
+            spent = np.array([rng.randrange(6) for _ in nodes])
+            pending = np.array(sorted(rng.sample(range(len(nodes)), 45)))
+
+            def probe(at, trust=trust, tiers=tiers):
+                return _probes(nodes, at, trust[at].tolist(), [TIER_NAMES[t] for t in tiers[at].tolist()])
+
+            probes = probe(pending)
+            want = rules.decide(probes, report.licences, env, {p.id: int(s) for p, s in zip(probes, spent[pending])})
+            columns = Columns(_Scored(orch.registry.table, nodes.slots, trust, tiers), nodes.slots[pending])
+            got = rules.decide_columns(nodes, pending, probe, report.licences, columns, env, spent[pending])
+            assert got == want
+            seen.update((d, rule) for d, rule, _ in want.values())
+        assert {d for d, _ in seen} == {"admit", "hold", "refuse"}
+        assert {rule for _, rule in seen} >= {"refuse-foreign", "hold-us", "hold-offline", "hold-low", "probation_ticks"}
+    finally:
+        orch.stop()

@@ -32,6 +32,7 @@ from wyneos_core.config import Config
 from wyneos_core.model import Action, ActionType, LicenceResult, Node, NodeStatus, RuleResult, Severity
 from wyneos_core.nodetable import LICENCE_IN_GRACE, LICENCE_INVALID, LICENCE_VALID, STATUSES
 from wyneos_core.rules.interp import EvalEnv, cluster_summary
+from wyneos_core.rules.vector import Columns
 from wyneos_core.trust import persist
 from wyneos_core.trust.admission import AdmissionRules, load_admission
 from wyneos_core.trust.engine import LICENCE_CODES, STATUS_CODES, Evidence, TrustEngine
@@ -223,13 +224,23 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
     decisions: dict[str, tuple[str, str, str]] = {}
     if pending.size:
         # the rules see this tick's score and the tier held now
-        probes = _probes(nodes, pending, scores.combined[pending].tolist(),
-                         [TIER_NAMES[t] for t in engine.tier[scores.slots[pending]].tolist()])
         rules = state.admission
         env = EvalEnv(ctx.now, cluster_summary(nodes, ctx.now) if rules.reads_cluster else {})
-        spent = (ctx.tick - engine.joined[scores.slots[pending]].astype(np.int64)).tolist()
-        ticks_in = dict(zip([p.id for p in probes], spent))
-        decisions = rules.decide(probes, licences, env, ticks_in)
+        spent = ctx.tick - engine.joined[scores.slots[pending]].astype(np.int64)
+        table = getattr(nodes, "table", None)
+        held_tiers = engine.tier[scores.slots]
+
+        def probe(positions: np.ndarray) -> list[Node]:
+            return _probes(nodes, positions, scores.combined[positions].tolist(),
+                           [TIER_NAMES[t] for t in held_tiers[positions].tolist()])
+
+        if table is not None:
+            columns = Columns(_Scored(table, nodes.slots, scores.combined, held_tiers),  # type: ignore[attr-defined]
+                              nodes.slots[pending])  # type: ignore[attr-defined]
+            decisions = rules.decide_columns(nodes, pending, probe, licences, columns, env, spent)
+        else:
+            probes = probe(pending)
+            decisions = rules.decide(probes, licences, env, dict(zip([p.id for p in probes], spent.tolist())))
     changes = engine.assign(decisions, limit=REPORT_LIMIT)
     _witness_weights(ctx, state, evidence.node_ids, scores.slots)
     adm = engine.admission[scores.slots]
@@ -248,6 +259,21 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
                  "observations_dropped": scores.observations_dropped},
     })
     return TrustScores(nodes, scores.combined, tier_codes=engine.tier[scores.slots])
+
+
+class _Scored:
+    """The node table as the admission rules see it: this tick's trust score and the tier
+    held now in place of the columns' (which the core writes after the step)."""
+
+    def __init__(self, table: Any, slots: np.ndarray, trust: np.ndarray, tiers: np.ndarray) -> None:
+        self._table = table
+        self.trust = table.trust.copy()
+        self.trust[slots] = trust
+        self.tier = table.tier.copy()
+        self.tier[slots] = np.array([table.tier_code(name) for name in TIER_NAMES], dtype=np.int8)[tiers]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
 
 
 def _probes(nodes: Sequence[Node], positions: np.ndarray, trust: list[float], tiers: list[str]) -> list[Node]:

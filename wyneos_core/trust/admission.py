@@ -31,16 +31,20 @@ the file, line and field.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
+
 from wyneos_core.model import LicenceResult, Node
 from wyneos_core.rules.expr import ExprError, parse
 from wyneos_core.rules.interp import NO_LICENCE, EvalEnv
-from wyneos_core.rules.ir import Ref, walk
+from wyneos_core.rules.ir import Call, Ref, walk
 from wyneos_core.rules.native import compile_test
+from wyneos_core.rules.vector import Columns, compile_mask
 from wyneos_core.yamlio import LocatedError, load_yaml
 
 __all__ = ["AdmissionRule", "AdmissionRules", "DEFAULT_RULES", "load_admission"]
@@ -74,6 +78,16 @@ class AdmissionRule:
     decision: str
     when: str
     test: Any  # compiled condition: (node, licence, env) -> bool
+    #: the condition over the node table's columns (``rules.vector``), None when they cannot
+    mask: Any = None
+    #: the condition reads only the licence result's fields (not its node id): its truth is
+    #: one per distinct licence result
+    licence_only: bool = False
+
+
+def _licence_only(expr: Any) -> bool:
+    return all(type(e) is not Call and (type(e) is not Ref or (e.root == "licence" and e.field != "node_id"))
+               for e in walk(expr))
 
 
 class AdmissionRules:
@@ -109,6 +123,65 @@ class AdmissionRules:
                                     f"in probation for {left} more tick{'s' if left != 1 else ''}")
                 else:
                     out[node.id] = ("admit", "", "no admission rule held it back")
+        return out
+
+
+    def decide_columns(self, nodes: Any, positions: np.ndarray, probe: Callable[[np.ndarray], list[Node]],
+                       licences: Any, columns: Columns, env: EvalEnv, ticks_in: np.ndarray
+                       ) -> dict[str, tuple[str, str, str]]:
+        """``decide`` for the nodes at ``positions`` of the table's node list ``nodes``: a
+        rule the columns can answer is one mask over them (``columns``: the table's, with
+        this tick's trust and tier), a rule that reads only the licence is evaluated once
+        per distinct licence result (the licence step's columns), any other rule node by
+        node on ``probe(positions)`` (detached nodes with this tick's trust and tier), each
+        only over the nodes no earlier rule decided. Same decisions as ``decide``."""
+        ids = nodes.ids()
+        undecided = np.ones(len(positions), dtype=bool)
+        out: dict[str, tuple[str, str, str]] = {}
+        results = getattr(licences, "results", None)
+        by_licence = results is not None and len(results.slots) == len(nodes.slots) \
+            and np.array_equal(results.slots, nodes.slots)
+        for rule in self.rules:
+            at = np.flatnonzero(undecided)
+            if not at.size:
+                break
+            if rule.mask is not None:
+                try:
+                    fired = np.asarray(rule.mask(columns, env), dtype=bool)[at]
+                except Exception:  # noqa: BLE001 - as a closure that raises: not firing
+                    fired = np.zeros(at.size, dtype=bool)
+            elif rule.licence_only and by_licence:
+                codes = results.codes[positions[at]]
+                distinct, inverse = np.unique(codes, return_inverse=True)
+                truth = np.zeros(distinct.size, dtype=bool)
+                for k, code in enumerate(distinct.tolist()):
+                    example = results[int(positions[at][np.argmax(codes == code)])]
+                    try:
+                        truth[k] = bool(rule.test(None, example, env))
+                    except Exception:  # noqa: BLE001
+                        truth[k] = False
+                fired = truth[inverse.reshape(-1)]
+            else:
+                fired = np.zeros(at.size, dtype=bool)
+                for k, node in enumerate(probe(positions[at])):
+                    try:
+                        fired[k] = bool(rule.test(node, licences.get(node.id, NO_LICENCE), env))
+                    except Exception:  # noqa: BLE001
+                        pass
+            hit = at[fired]
+            decided = (rule.decision, rule.id, rule.description or f"{rule.when} holds")
+            out.update(zip([ids[p] for p in positions[hit].tolist()], repeat(decided)))
+            undecided[hit] = False
+        rest = np.flatnonzero(undecided)
+        spent = ticks_in[rest]
+        admit = rest[spent >= self.probation_ticks]
+        out.update(zip([ids[p] for p in positions[admit].tolist()],
+                       repeat(("admit", "", "no admission rule held it back"))))
+        held = rest[spent < self.probation_ticks]
+        left = self.probation_ticks - ticks_in[held]
+        for value in np.unique(left).tolist():  # one decision per number of ticks left
+            decided = ("hold", "probation_ticks", f"in probation for {value} more tick{'s' if value != 1 else ''}")
+            out.update(zip([ids[p] for p in positions[held[left == value]].tolist()], repeat(decided)))
         return out
 
 
@@ -163,6 +236,7 @@ def load_admission(path: str | Path | None, probation_ticks: int) -> AdmissionRu
                 err = LocatedError(exc.reason, file=err.file, line=err.line + exc.line - 1,
                                    column=err.column, field=err.field)
             raise err from None
-        rules.append(AdmissionRule(rid, description, decision, when, compile_test(expr)))
+        rules.append(AdmissionRule(rid, description, decision, when, compile_test(expr), compile_mask(expr),
+                                   _licence_only(expr)))
         reads_cluster = reads_cluster or any(type(e) is Ref and e.root == "cluster" for e in walk(expr))
     return AdmissionRules(rules, probation_ticks, located.file, reads_cluster)
