@@ -27,18 +27,16 @@ none.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import networkx as nx
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from wyneos_core import mesh_topology
 from wyneos_core.mesh_graph import MeshGraph
+from wyneos_core.mesh_search import ArrayParents, MeshArrays, RoutingTree
 from wyneos_core.model import ORIGIN
 
 __all__ = ["ArrayParents", "Mesh", "MeshArrays", "MeshError", "RoutingTree", "build_topology", "TOPOLOGIES"]
@@ -49,181 +47,6 @@ _NONE = np.zeros(0, np.int32)
 
 class MeshError(ValueError):
     """A mesh that cannot be built or an operation on a vertex it does not have."""
-
-
-class MeshArrays:
-    """One immutable snapshot of the mesh's adjacency: vertex names by number (``None``
-    for a free number), the live name-to-number map, and the CSR of every physical edge
-    in both directions (isolated vertices' cut edges included, see the module docstring).
-    Old snapshots stay valid for the trees made from them."""
-
-    __slots__ = ("names", "index", "indptr", "indices", "alive", "version")
-
-    def __init__(self, names: list[str | None], index: Mapping[str, int], indptr: np.ndarray,
-                 indices: np.ndarray, alive: np.ndarray, version: int) -> None:
-        for array in (indptr, indices, alive):
-            array.flags.writeable = False  # shared by every tree made from it: never changed
-        self.names = names
-        self.index = index
-        self.indptr = indptr
-        self.indices = indices
-        self.alive = alive
-        self.version = version
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def number(self, vertex: object) -> int | None:
-        """The vertex's number in this snapshot (None: not in it)."""
-        i = self.index.get(vertex)  # type: ignore[call-overload]
-        return i if i is not None and i < len(self.names) and self.names[i] == vertex else None
-
-    def rows(self) -> np.ndarray:
-        """The row (source vertex) of every entry of ``indices``."""
-        return np.repeat(np.arange(len(self.names), dtype=np.int32), np.diff(self.indptr))
-
-    def mask(self, vertices: Iterable[str]) -> np.ndarray:
-        """A boolean mask over the vertices with ``vertices`` (those in the mesh) set."""
-        out = np.zeros(len(self.names), bool)
-        number = self.number
-        picked = [i for i in map(number, vertices) if i is not None]
-        out[picked] = True
-        return out
-
-    def search(self, blocked: np.ndarray | None) -> np.ndarray:
-        """Predecessors of a breadth-first search from the origin not entering ``blocked``
-        vertices (negative: not reached; the origin has none)."""
-        n = len(self.names)
-        indptr, indices = self.indptr, self.indices
-        if blocked is not None and blocked.any():
-            # a blocked vertex loses its own edges: reached, it relays nothing (unset below)
-            degree = np.diff(indptr)
-            indices = indices[np.repeat(~blocked, degree)]
-            indptr = np.zeros(n + 1, np.int64)
-            np.cumsum(np.where(blocked, 0, degree), out=indptr[1:])
-        # float64 weights: csgraph's own type, so it takes the arrays as they are (no copy
-        # of the edges, and each vertex's neighbours searched in the mesh's order)
-        graph = csr_matrix((np.ones(len(indices)), indices, indptr), shape=(n, n))
-        _, pred = breadth_first_order(graph, 0, directed=True, return_predecessors=True)
-        if blocked is not None:
-            pred[blocked] = -9999
-        return pred
-
-    def components(self, within: np.ndarray) -> list[list[str]]:
-        """The connected groups of the ``within`` vertices (edges among them only)."""
-        rows, cols = self.rows(), self.indices
-        keep = within[rows] & within[cols]
-        n = len(self.names)
-        graph = csr_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n))
-        _, labels = connected_components(graph, directed=False)
-        picked = np.flatnonzero(within)
-        groups: dict[int, list[str]] = {}
-        names = self.names
-        for i, label in zip(picked.tolist(), labels[picked].tolist()):
-            groups.setdefault(label, []).append(names[i])  # type: ignore[arg-type]
-        return [sorted(g) for g in groups.values()]
-
-
-class ArrayParents(Mapping[str, str]):
-    """Read-only ``{vertex: parent}`` of a search, backed by its predecessor array."""
-
-    __slots__ = ("_arrays", "_pred")
-
-    def __init__(self, arrays: MeshArrays, pred: np.ndarray) -> None:
-        self._arrays = arrays
-        self._pred = pred
-
-    def __getitem__(self, vertex: str) -> str:
-        parent = self.get(vertex)
-        if parent is None:
-            raise KeyError(vertex)
-        return parent  # type: ignore[no-any-return]
-
-    def get(self, vertex: str, default: Any = None) -> Any:
-        names = self._arrays.names  # MeshArrays.number, inlined: the hot lookup of delivery
-        i = self._arrays.index.get(vertex)
-        if i is None or i >= len(names) or names[i] != vertex:
-            return default
-        p = int(self._pred[i])
-        return default if p < 0 else names[p]
-
-    def __contains__(self, vertex: object) -> bool:
-        names = self._arrays.names
-        i = self._arrays.index.get(vertex)  # type: ignore[call-overload]
-        return i is not None and i < len(names) and names[i] == vertex and self._pred[i] >= 0
-
-    def path(self, vertex: str) -> list[str]:
-        """Hops from the origin to ``vertex`` (``[]`` when it has no parent), walked in
-        vertex numbers."""
-        arrays = self._arrays
-        i = arrays.number(vertex)
-        pred = self._pred
-        if i is None or pred[i] < 0:
-            return []
-        hops = [i]
-        while i != 0:
-            i = int(pred[i])
-            hops.append(i)
-        names = arrays.names
-        return [names[j] for j in reversed(hops)]  # type: ignore[misc]
-
-    def unreached(self) -> list[str]:
-        """The vertices without a parent, the origin left out."""
-        names = self._arrays.names
-        missed = np.flatnonzero((self._pred < 0) & self._arrays.alive)
-        return [names[i] for i in missed.tolist() if i != 0]  # type: ignore[misc]
-
-    def children(self, vertex: str) -> list[str]:
-        """The vertices whose parent is ``vertex`` (one pass over the array)."""
-        i = self._arrays.number(vertex)
-        if i is None:
-            return []
-        names = self._arrays.names
-        return [names[j] for j in np.flatnonzero(self._pred == i).tolist()]  # type: ignore[misc]
-
-    def reached(self) -> np.ndarray:
-        """Numbers (into ``MeshArrays.names``) of the vertices that have a parent."""
-        return np.flatnonzero(self._pred >= 0)
-
-    def __iter__(self) -> Iterator[str]:
-        names = self._arrays.names
-        return (names[i] for i in self.reached().tolist())  # type: ignore[misc]
-
-    def __len__(self) -> int:
-        return int(np.count_nonzero(self._pred >= 0))
-
-    def items(self) -> Any:  # one pass over the arrays, not a lookup per key
-        names, reached = self._arrays.names, self.reached()
-        return list(zip([names[i] for i in reached.tolist()], [names[p] for p in self._pred[reached].tolist()]))
-
-
-@dataclass(slots=True)
-class RoutingTree:
-    """Parents of every vertex reachable from the origin over healthy vertices."""
-
-    parent: Mapping[str, str]
-    avoided: dict[str, str] = field(default_factory=dict)  # vertex -> why it was routed around
-
-    def reachable(self, node_id: str) -> bool:
-        return node_id == ORIGIN or node_id in self.parent
-
-    def path(self, node_id: str) -> list[str]:
-        """Hops from the origin to ``node_id`` (``[]`` when unreachable)."""
-        if node_id == ORIGIN:
-            return [ORIGIN]
-        parent = self.parent
-        if isinstance(parent, ArrayParents):
-            return parent.path(node_id)
-        if node_id not in parent:
-            return []
-        hops = [node_id]
-        while hops[-1] != ORIGIN:
-            hops.append(parent[hops[-1]])
-        hops.reverse()
-        return hops
-
-    def depth(self, node_id: str) -> int:
-        return len(self.path(node_id)) - 1
 
 
 class Mesh:
