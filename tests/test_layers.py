@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("__init__", "model", "nodetable", "safeio", "yamlio", "wording", "diagnostics", "action_params",
                "selectors")),
     ("engines", ("config", "checks", "pyrules", "intake", "telemetry_inbox", "registry", "store", "causes",
-                 "consensus", "mesh",
+                 "consensus", "mesh", "mesh_graph", "mesh_search", "mesh_topology",
                  "rules", "licensing", "trust", "enforcement", "predict", "drift")),
     ("builtin plugins", ("builtin",)),
     ("tick", ("hookspecs", "plugins", "tick", "loop", "explain")),
