@@ -41,6 +41,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order
 
 from wyneos_core import hookimpl
+from wyneos_core.intake import HeartbeatColumns
 from wyneos_core.mesh import Mesh
 from wyneos_core.model import ORIGIN, Action, Heartbeat, Observation
 from wyneos_core.simulate.licences import SimLicences
@@ -324,20 +325,22 @@ class SimCluster:
                 self.last_edges = self.bender.bend(self.last_edges, observers)
             if self.observation_log is not None:
                 self.observation_log.put(self.last_edges)
-        sent = np.flatnonzero(heard)
-        names = list(map(ids.__getitem__, sent.tolist()))
         telemetry = self.telemetry
-        if telemetry is not None:
-            out = [Heartbeat(node_id, t, v, telemetry.metadata_of(node_id), metrics=telemetry.metrics_of(node_id))
-                   for node_id, t, v in zip(names, ts[sent].tolist(), load[sent].tolist())]
-        else:
-            out = list(map(Heartbeat, names, ts[sent].tolist(), load[sent].tolist()))
-        for node_id, ref in self.refs.items():
-            p = self.position(node_id)
-            if heard[p]:
-                k = int(np.searchsorted(sent, p))
-                hb = out[k]
-                out[k] = Heartbeat(node_id, hb.timestamp, hb.load, hb.metadata, licence_ref=ref, metrics=hb.metrics)
+        if telemetry is not None:  # what the nodes report besides: one object per heartbeat
+            sent = np.flatnonzero(heard)
+            return [Heartbeat(node_id, t, v, telemetry.metadata_of(node_id), metrics=telemetry.metrics_of(node_id),
+                              licence_ref=self.refs.get(node_id))
+                    for node_id, t, v in zip(map(ids.__getitem__, sent.tolist()), ts[sent].tolist(),
+                                             load[sent].tolist())]
+        out = []
+        if self.refs:  # a licence reference travels in a heartbeat object
+            named = self.mask(self.refs) & heard
+            out = [Heartbeat(ids[p], float(ts[p]), float(load[p]), licence_ref=self.refs[ids[p]])
+                   for p in np.flatnonzero(named).tolist()]
+            heard = heard & ~named
+        sent = np.flatnonzero(heard)
+        names = ids if len(sent) == n else list(map(ids.__getitem__, sent.tolist()))
+        ctx.orchestrator.intake.put_columns(HeartbeatColumns(names, ts[sent], load[sent]))
         return out
 
     def _witness_edges(self, observers: np.ndarray, unanswering: np.ndarray, sent: np.ndarray) -> TickEdges:

@@ -71,6 +71,7 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
     config["plugins"]["trace"] = False
     heartbeat = config["heartbeat"]
     heartbeat["max_nodes"] = max(int(heartbeat["max_nodes"]), scenario.nodes)  # the whole cluster fits
+    heartbeat["max_queue"] = max(int(heartbeat["max_queue"]), scenario.nodes)  # and its heartbeats of a tick
     clock = SimClock()
     store: StateStore | bool = False
     if state_path is not None:
@@ -88,11 +89,13 @@ def build(scenario: Scenario, *, state_path: str | Path | None = None,
         declare_telemetry(config)
     orchestrator = Orchestrator(config, clock=clock, load_entrypoints=plugins, store=store)
     orchestrator._sim_workdir = root if workdir is None else None  # type: ignore[attr-defined]
-    for index, node_id in enumerate(ids):
-        if node_id not in orchestrator.registry:
-            zone = {"zone": zone_of(index, len(ids), scenario.zones)} if scenario.zones > 1 else None
-            orchestrator.registry.register(node_id, now=clock.now, licence_ref=licences.initial(node_id, index),
-                                           metadata=zone)
+    registry = orchestrator.registry
+    new = [(index, node_id) for index, node_id in enumerate(ids) if node_id not in registry]
+    registry.register_many([node_id for _, node_id in new], now=clock.now,
+                           licence_refs=[licences.initial(node_id, index) for index, node_id in new])
+    if scenario.zones > 1:
+        for index, node_id in new:
+            registry[node_id].metadata = {"zone": zone_of(index, len(ids), scenario.zones)}
     orchestrator.mesh = build_topology(ids, config["mesh"])
     cluster = SimCluster(scenario, ids, orchestrator.mesh)
     cluster.witnesses = bool(config["consensus"]["enabled"])
