@@ -107,8 +107,8 @@ class Recorder:
         self.isolations: Counter[str] = Counter()
         self.false_isolations: list[dict[str, Any]] = []
         self.last_node_fault: dict[str, int] = {}
-        #: by position: last tick a partition kept the node from being heard
-        self.last_silenced = np.full(len(cluster.ids), -10**9, dtype=np.int64)
+        #: by position: last tick a partition kept the node from being heard (made by the first partition)
+        self.last_silenced: np.ndarray | None = None
         self.partition_isolations: list[dict[str, Any]] = []
         self.safety_notes: list[str] = []
         self.no_capacity: list[str] = []
@@ -135,6 +135,8 @@ class Recorder:
             if abs(skew) > self.max_skew:
                 self.last_node_fault[node_id] = tick
         if cluster.reachable is not None:
+            if self.last_silenced is None:
+                self.last_silenced = np.full(len(cluster.ids), -10**9, dtype=np.int64)
             self.last_silenced[~cluster.reachable[:len(cluster.ids)]] = tick
 
         actions: Counter[str] = Counter()
@@ -147,7 +149,8 @@ class Recorder:
                 last = self.last_node_fault.get(a.target)
                 if last is None or tick - last > self.grace_ticks:
                     p = cluster.position(a.target)
-                    silenced = None if p is None or p >= len(cluster.ids) else int(self.last_silenced[p])
+                    silenced = None if p is None or p >= len(cluster.ids) or self.last_silenced is None \
+                        else int(self.last_silenced[p])
                     entry = {"tick": tick, "node": a.target, "reason": a.reason}
                     if silenced is not None and tick - silenced <= self.grace_ticks:
                         self.partition_isolations.append(entry)
