@@ -117,7 +117,9 @@ class HeartbeatAPI:
         would change nothing when applied: the heartbeat is queued without it, so neither
         its check (its JSON size and depth) nor the tick's merge is paid again. Only
         small bodies qualify (their metadata cannot exceed ``max_metadata_bytes``), never
-        reserved keys (refused as before).
+        reserved keys (refused as before). Likewise the key fingerprint is left out when the
+        node has it already. A heartbeat left with a timestamp and a load only is applied
+        by the tick over the registry's columns (``Registry.accept_all``).
         """
         service = self.service
         table = service.sessions
@@ -146,19 +148,23 @@ class HeartbeatAPI:
                     if data.node_id is not None and data.node_id != node_id:
                         raise AuthError(403, f"heartbeat for {data.node_id!r} in a session of {node_id!r}",
                                         "node_mismatch")
+                    node = lookup(node_id)
+                    fp = fingerprint(node_id)
+                    if node is not None and fp is not None and node.fingerprint == fp:
+                        fp = None  # the node has it: nothing to set (the tick's column-wise path takes it)
                     metadata = data.metadata
                     if metadata:
                         meta = _encode(metadata)
                         earlier = pending.get(sid)
                         if meta == (session.meta if earlier is None else earlier[3]) and len(body) <= small \
-                                and RESERVED_METADATA.isdisjoint(metadata) and _holds(lookup(node_id), metadata, meta):
+                                and RESERVED_METADATA.isdisjoint(metadata) and _holds(node, metadata, meta):
                             metadata = None
                     # witness observations: MACed with the session key, so authenticated to the
                     # orchestrator as a signature would make them (``signed``)
                     observations = () if data.observations is None else _observations(node_id, data.observations)
                     hb = CheckedHeartbeat(node_id, now if data.timestamp is None else data.timestamp, data.load,
-                                          {} if metadata is None else metadata, fingerprint(node_id),
-                                          data.licence_ref, observations, data.metrics)
+                                          {} if metadata is None else metadata, fp, data.licence_ref,
+                                          observations, data.metrics)
                     check(hb, orch_now)
                 except (DecodeError, Unprocessable, HeartbeatError) as exc:
                     refused[index] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
