@@ -91,3 +91,19 @@ def test_a_ticket_issued_under_the_shared_secret_is_taken_up_and_no_other_is():
     assert caught.value.code == "bad_mac"
     with pytest.raises(ValueError):
         issuer.issue_ticket("n-1", b"short", now + 60)
+
+
+def test_a_forwarded_for_header_does_not_pick_the_address_whose_failures_count(served):
+    """The failed-handshake budget is the peer's own: an ``X-Forwarded-For`` header (which
+    any local client can write) neither escapes a spent budget nor spends another's."""
+    service, client, url = served
+    enrolled(service, client, "x-1")
+    codes = []
+    for i in range(FAILED_BURST + 3):
+        nonce = client.post("/v1/sessions/nonce").json()["nonce"]
+        r = client.post("/v1/sessions", headers={"x-forwarded-for": f"10.0.{i // 250}.{i % 250}"},
+                        json={"node_id": "x-1", "nonce": nonce, "agent_key": b64e(bytes(range(1, 33))),
+                              "signature": b64e(bytes(64))})
+        codes.append(r.json()["code"])
+    assert codes[:FAILED_BURST] == ["bad_signature"] * FAILED_BURST
+    assert "rate_limited" in codes[FAILED_BURST:]

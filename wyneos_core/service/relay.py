@@ -530,4 +530,5 @@ def relay_config(relay: Relay, *, log_level: str = "warning", max_header_bytes: 
                                 max_connections=max_connections)
     return uvicorn.Config(create_relay_app(relay, body_timeout=body_timeout), http=protocol, log_level=log_level,
                           access_log=False, lifespan="on", timeout_keep_alive=idle_timeout,
-                          limit_concurrency=2 * max_connections + 64, backlog=2048, server_header=False)
+                          limit_concurrency=2 * max_connections + 64, backlog=2048, server_header=False,
+                          proxy_headers=False)
