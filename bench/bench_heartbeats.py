@@ -48,6 +48,9 @@ the server takes up on the node's first heartbeat (``sessions.SessionTable``). T
 of the handshakes this skips is measured on ``--handshake-sample`` real handshakes and
 reported per handshake and extrapolated to N.
 
+The generator's raw HTTP and ``/metrics`` reading live in ``heartbeat_http.py``, the
+soak in ``heartbeat_soak.py`` (both beside this script).
+
     python bench/bench_heartbeats.py                       # 10,000 nodes, 10 batched rounds
     python bench/bench_heartbeats.py --nodes 100000 --rounds 2 --json out.json
     python bench/bench_heartbeats.py --nodes 100000 --soak 60 --interval 6
@@ -60,23 +63,25 @@ import argparse
 import json
 import os
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes
-from wyneos_core.service.identity import canonical_bytes, sign_request, verify_signature
-from wyneos_core.service.session_client import SessionClient
-from wyneos_core.service.orchestrator_key import OrchestratorKey
-from wyneos_core.service.sessions import SessionTable, mac
-from wyneos_core.store import StateStore
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its two helper modules, however it is loaded
+
+from heartbeat_http import (PATH, batches, body_of, cpu_seconds, drained, load_average, pct,  # noqa: E402
+                            request_bytes, scrape, send_parts)
+from heartbeat_soak import mint_sessions, soak, start_relays, stop  # noqa: E402
+
+from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes  # noqa: E402
+from wyneos_core.service.identity import canonical_bytes, sign_request, verify_signature  # noqa: E402
+from wyneos_core.service.session_client import SessionClient  # noqa: E402
+from wyneos_core.service.sessions import mac  # noqa: E402
+from wyneos_core.store import StateStore  # noqa: E402
 
 CONFIG = """\
 cluster: bench
@@ -90,25 +95,6 @@ plugins: {{disable: [licence], settings: {{service: {{port: 0, replay_window: 60
 state: {{path: state.db}}
 report: {{json_path: null, stdout: none}}
 """
-PATH = "/v1/heartbeats"
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` (all threads), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
-
 def provision(db: Path, n: int) -> list[tuple[str, object]]:
     store = StateStore.open(db)
     store.ensure_service_tables()
@@ -126,134 +112,7 @@ def provision(db: Path, n: int) -> list[tuple[str, object]]:
     return nodes
 
 
-# -- the generator's HTTP: raw HTTP/1.1 on keep-alive sockets ----------------------------------
-
-
-def request_bytes(host: str, port: int, body: bytes, headers: dict[str, str]) -> bytes:
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    return (f"POST {PATH} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n{head}\r\n").encode() + body
-
-
-def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes]:
-    while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            break
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buf += chunk
-    head = bytes(buf[:end]).decode("latin-1")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split("\r\n")[1:]:
-        name, _, value = line.partition(":")
-        if name.lower() == "content-length":
-            length = int(value)
-    total = end + 4 + length
-    while len(buf) < total:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buf += chunk
-    body = bytes(buf[end + 4:total])
-    del buf[:total]
-    return status, body
-
-
-def send_parts(host: str, port: int, parts: list[list[bytes]], count_accepted: bool = False):
-    """Send each part's requests in order on its own connection (one thread each).
-
-    Returns (latencies, statuses, accepted, elapsed): ``accepted`` sums the answers'
-    ``accepted`` (batches) or counts 202s (singles)."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    accepted = [0]
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def worker(part: list[bytes]) -> None:
-        try:
-            sock = socket.create_connection((host, port), timeout=300)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            buf = bytearray()
-            mine, seen, ok = [], {}, 0
-            perf = time.perf_counter
-            for req in part:
-                t0 = perf()
-                sock.sendall(req)
-                status, body = _read_response(sock, buf)
-                mine.append(perf() - t0)
-                seen[status] = seen.get(status, 0) + 1
-                if status == 202:
-                    ok += json.loads(body)["accepted"] if count_accepted else 1
-            sock.close()
-            with lock:
-                latencies.extend(mine)
-                for k, v in seen.items():
-                    statuses[k] = statuses.get(k, 0) + v
-                accepted[0] += ok
-        except BaseException as exc:  # noqa: BLE001 - reported after the join
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(p,)) for p in parts if p]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    if errors:
-        raise errors[0]
-    return latencies, statuses, accepted[0], time.perf_counter() - t0
-
-
-def scrape(host: str, port: int) -> dict[str, float]:
-    """The server's metric samples (``name`` or ``name{labels}`` -> value)."""
-    sock = socket.create_connection((host, port), timeout=30)
-    sock.sendall(f"GET /metrics HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
-    _, body = _read_response(sock, bytearray())
-    sock.close()
-    out = {}
-    for line in body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
-def drained(host: str, port: int, timeout: float = 600.0) -> dict[str, float]:
-    """Wait until the tick has applied every queued heartbeat: the queue is empty and a
-    tick that started after that has finished (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        m = scrape(host, port)
-        if m.get("wyneos_heartbeat_queue_depth", 1) == 0:
-            empty_at, last = time.time(), m.get("wyneos_last_tick", 0)
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError("the heartbeat queue did not drain")
-        time.sleep(0.05)
-    while True:
-        m = scrape(host, port)
-        if m.get("wyneos_last_tick", 0) > last and m.get("wyneos_last_tick_timestamp_seconds", 0) >= empty_at - 1.5:
-            return m
-        if time.monotonic() > deadline:
-            raise TimeoutError("no tick after the queue drained")
-        time.sleep(0.05)
-
-
-def pct(values: list[float], q: int) -> float:
-    if not values:
-        return 0.0
-    return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) >= 2 else values[0] * 1000
-
-
 # -- what the nodes send ---------------------------------------------------------------------------
-
-
-def body_of(load: float, ts: float) -> bytes:
-    return b'{"timestamp":%.3f,"load":%.2f,"metadata":{"sim":true}}' % (ts, load)
 
 
 class SimNode:
@@ -295,52 +154,6 @@ def open_sessions(url: str, nodes: list[SimNode], connections: int) -> float:
     with ThreadPoolExecutor(connections) as pool:
         list(pool.map(work, [nodes[i::connections] for i in range(connections)]))
     return time.perf_counter() - t0
-
-
-def mint_sessions(state: Path, nodes: list[SimNode], ttl: float) -> float:
-    """Each node's session sealed as a ticket under the server's ticket secret (derived
-    from the orchestrator key of ``state``, as the service derives it); seconds taken."""
-    from wyneos_core.service.identity import KeyCache
-
-    t0 = time.perf_counter()
-    okey = OrchestratorKey.for_state(state)  # made here if the server has not run yet; it loads the same
-    table = SessionTable(KeyCache(), okey.seal, secret=okey.sign(b"wyneos-session-tickets-v1"))
-    expires = time.time() + ttl
-    for node in nodes:
-        node.skey = os.urandom(32)
-        node.sid, node.seq = table.issue_ticket(node.id, node.skey, expires), 0
-    return time.perf_counter() - t0
-
-
-def start_relays(url: str, count: int, cwd: str) -> tuple[list[subprocess.Popen], list[tuple[str, int]]]:
-    """``count`` real ``wyneos relay`` processes forwarding to ``url``; (processes, addresses)."""
-    procs, addresses = [], []
-    for _ in range(count):
-        proc = subprocess.Popen([sys.executable, "-m", "wyneos_core.cli", "relay", "--upstream", url, "--port", "0",
-                                 "--max-pending", "1000000", "--timeout", "120"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
-        procs.append(proc)
-        line = proc.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"wyneos relay did not start: {line}")
-        host, port = line.split("listening on http://")[1].split(",")[0].rsplit(":", 1)
-        addresses.append((host, int(port)))
-    return procs, addresses
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def batches(items: list[bytes], size: int) -> list[bytes]:
-    return [b'{"heartbeats":[' + b",".join(items[i:i + size]) + b"]}" for i in range(0, len(items), size)]
 
 
 def run_batched(host: str, port: int, pid: int, rounds: list[list[bytes]], connections: int) -> dict:
@@ -465,130 +278,6 @@ def memory_per_node(n: int) -> dict:
     del registry, table
     return {"nodes": n, "registry_bytes_per_node": round(registry_bytes / n),
             "session_bytes_per_session": round(session_bytes / n)}
-
-
-# -- the soak --------------------------------------------------------------------------------------
-
-
-def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, interval: float,
-         connections: int, targets: list[tuple[str, int]] | None = None, relay_pids: list[int] | None = None) -> dict:
-    """Every node sends a session heartbeat every ``interval`` s for ``seconds`` s, in
-    batches every 0.1 s (each node at its own phase in the interval).
-
-    A scheduler thread builds each slot's batch on time and hands it to the sender of
-    its connection (slot k always goes to connection k mod C, so a node's heartbeats
-    stay in order); the senders write and read on their keep-alive connections without
-    holding the schedule up. How far the schedule fell behind is reported: a run whose
-    generator could not keep up says nothing about the server.
-
-    ``targets``: where the batches go (relays: connection k to ``targets[k % len]``);
-    the server itself when None. ``/metrics`` is always read from the server."""
-    import queue as queue_mod
-
-    n = len(nodes)
-    step = 0.1
-    slots = max(1, round(interval / step))
-    per_slot = [nodes[i::slots] for i in range(slots)]
-    lanes = [queue_mod.Queue() for _ in range(connections)]
-    lock = threading.Lock()
-    tally = {"ok": 0, "requests": 0}
-    statuses: dict[int, int] = {}
-    lat: list[float] = []
-    errors: list[BaseException] = []
-
-    targets = targets or [(host, port)]
-
-    def sender(lane: queue_mod.Queue, target: tuple[str, int]) -> None:
-        try:
-            sock = socket.create_connection(target, timeout=300)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            buf = bytearray()
-            while True:
-                req = lane.get()
-                if req is None:
-                    break
-                t0 = time.perf_counter()
-                sock.sendall(req)
-                status, body = _read_response(sock, buf)
-                took = time.perf_counter() - t0
-                got = json.loads(body)["accepted"] if status == 202 else 0
-                with lock:
-                    lat.append(took)
-                    statuses[status] = statuses.get(status, 0) + 1
-                    tally["ok"] += got
-                    tally["requests"] += 1
-            sock.close()
-        except BaseException as exc:  # noqa: BLE001 - reported after the join
-            errors.append(exc)
-
-    senders = [threading.Thread(target=sender, args=(lane, targets[k % len(targets)])) for k, lane in enumerate(lanes)]
-    for t in senders:
-        t.start()
-    sent = 0
-    stale_seen = checks = 0
-    warm_at: float | None = None
-    before = scrape(host, port)
-    cpu0 = cpu_seconds(pid)
-    relay_cpu0 = [cpu_seconds(p) for p in relay_pids or ()]
-    t_start = time.monotonic()
-    tick = 0
-    next_check = t_start + interval
-    behind = 0.0
-    try:
-        while True:
-            due = t_start + tick * step
-            now = time.monotonic()
-            if due - t_start >= seconds:
-                break
-            if due > now:
-                time.sleep(due - now)
-            else:
-                behind = max(behind, now - due)
-            wall = time.time()
-            items = [node.session_item(body_of(0.5, wall)) for node in per_slot[tick % slots]]
-            for body in batches(items, 2000):
-                lanes[tick % connections].put(request_bytes(host, port, body, {}))
-            sent += len(items)
-            tick += 1
-            if time.monotonic() >= next_check:
-                # before the soak, nodes had sent nothing (offline): once a tick has seen
-                # every node online, none may turn stale or offline while they keep sending
-                m = scrape(host, port)
-                down = int(m.get('wyneos_nodes{status="stale"}', 0) + m.get('wyneos_nodes{status="offline"}', 0))
-                if warm_at is None and int(m.get('wyneos_nodes{status="online"}', 0)) == n:
-                    warm_at = time.monotonic() - t_start
-                elif warm_at is not None:
-                    checks += 1
-                    stale_seen = max(stale_seen, down)
-                next_check = time.monotonic() + 1.0
-    finally:
-        for lane in lanes:
-            lane.put(None)
-        for t in senders:
-            t.join(600)
-    if errors:
-        raise errors[0]
-    after = drained(host, port)
-    cpu1 = cpu_seconds(pid)
-    relay_cpu = sum((cpu_seconds(p) or 0.0) - (c or 0.0) for p, c in zip(relay_pids or (), relay_cpu0))
-    ok = tally["ok"]
-    applied = int(after.get("wyneos_heartbeats_applied_total", 0) - before.get("wyneos_heartbeats_applied_total", 0))
-    stale_end = int(after.get('wyneos_nodes{status="stale"}', 0) + after.get('wyneos_nodes{status="offline"}', 0))
-    online = int(after.get('wyneos_nodes{status="online"}', 0))
-    return {"nodes": n, "seconds": seconds, "interval": interval, "sent": sent, "answered_202": ok,
-            "applied": applied, "lost": sent - applied, "statuses": statuses,
-            "all_online_after_s": None if warm_at is None else round(warm_at, 1),
-            "status_checks": checks, "stale_or_offline_seen_max": stale_seen,
-            "stale_or_offline_at_end": stale_end, "online_at_end": online,
-            "rate_per_s": round(sent / seconds), "p50_batch_ms": round(pct(lat, 50), 2),
-            "p99_batch_ms": round(pct(lat, 99), 2), "generator_behind_max_s": round(behind, 2),
-            "server_cpu_us_per_heartbeat": None if cpu0 is None or cpu1 is None or not applied
-            else round((cpu1 - cpu0) / applied * 1e6, 1),
-            "relays": len(relay_pids or ()),
-            "relay_cpu_us_per_heartbeat": round(relay_cpu / applied * 1e6, 1) if relay_pids and applied else None,
-            # the status checks run while heartbeats flow; at the end, after the drain, a
-            # node may turn stale only because the generator stopped (reported, not judged)
-            "ok": sent == ok == applied and checks > 0 and stale_seen == 0}
 
 
 # -- main ----------------------------------------------------------------------------------------
