@@ -54,7 +54,7 @@ soak in ``heartbeat_soak.py`` (both beside this script).
     python bench/bench_heartbeats.py                       # 10,000 nodes, 10 batched rounds
     python bench/bench_heartbeats.py --nodes 100000 --rounds 2 --json out.json
     python bench/bench_heartbeats.py --nodes 100000 --soak 60 --interval 6
-    python bench/bench_heartbeats.py --nodes 1000000 --soak 60 --interval 30 --relays 2 --sessions ticket
+    python bench/bench_heartbeats.py --nodes 1000000 --soak 60 --interval 30 --relays 2 --sessions ticket --warm-up
 """
 
 from __future__ import annotations
@@ -299,11 +299,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="soak: open every session by a handshake, or seal tickets (then --handshake-sample measures)")
     p.add_argument("--handshake-sample", type=int, default=2000,
                    help="with --sessions ticket: real handshakes measured, then extrapolated to --nodes")
+    p.add_argument("--warm-up", action="store_true",
+                   help="soak: one untimed heartbeat per node and every node online before the clock starts")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     args = p.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
-    if (args.relays or args.sessions == "ticket") and not args.soak > 0:
-        p.error("--relays and --sessions ticket go with --soak")
+    if (args.relays or args.sessions == "ticket" or args.warm_up) and not args.soak > 0:
+        p.error("--relays, --sessions ticket and --warm-up go with --soak")
 
     load0 = load_average()
     result: dict = {"nodes": args.nodes, "cpus": os.cpu_count(), "load_average_start": load0,
@@ -355,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                     targets = None
                 if soaking:
                     result["soak"] = soak(host, port, server.pid, nodes, args.soak, args.interval, args.connections,
-                                          targets, [r.pid for r in relays])
+                                          targets, [r.pid for r in relays], warm_up=args.warm_up)
             finally:
                 stop(relays)
             singles = [m for m in modes if m.endswith("_single")]
@@ -445,6 +447,8 @@ def report(result: dict, modes: list[str], args: argparse.Namespace) -> None:
               f"{h['extrapolated_seconds']} s, {h['extrapolated_server_cpu_s']} s of server CPU")
     if "soak" in result:
         s = result["soak"]
+        if s.get("warm_up_s") is not None:
+            print(f"warm-up: one heartbeat per node, every node online after {s['warm_up_s']} s (untimed)")
         print(f"soak: {s['nodes']} nodes every {s['interval']} s for {s['seconds']} s: {s['sent']} sent, "
               f"{s['answered_202']} answered 202, {s['applied']} applied ({s['lost']} lost), all online after "
               f"{s['all_online_after_s']} s, then stale or offline seen "

@@ -113,9 +113,10 @@ def send_parts(host: str, port: int, parts: list[list[bytes]], count_accepted: b
     return latencies, statuses, accepted[0], time.perf_counter() - t0
 
 
-def scrape(host: str, port: int) -> dict[str, float]:
-    """The server's metric samples (``name`` or ``name{labels}`` -> value)."""
-    sock = socket.create_connection((host, port), timeout=30)
+def scrape(host: str, port: int, timeout: float = 120.0) -> dict[str, float]:
+    """The server's metric samples (``name`` or ``name{labels}`` -> value); a server busy
+    with a million-node tick may take a while to answer, hence the long ``timeout``."""
+    sock = socket.create_connection((host, port), timeout=timeout)
     sock.sendall(f"GET /metrics HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
     _, body = read_response(sock, bytearray())
     sock.close()

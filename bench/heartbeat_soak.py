@@ -67,7 +67,8 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, interval: float,
-         connections: int, targets: list[tuple[str, int]] | None = None, relay_pids: list[int] | None = None) -> dict:
+         connections: int, targets: list[tuple[str, int]] | None = None, relay_pids: list[int] | None = None,
+         warm_up: bool = False) -> dict:
     """Every node sends a session heartbeat every ``interval`` s for ``seconds`` s, in
     batches every 0.1 s (each node at its own phase in the interval).
 
@@ -78,11 +79,18 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
     generator could not keep up says nothing about the server.
 
     ``targets``: where the batches go (relays: connection k to ``targets[k % len]``);
-    the server itself when None. ``/metrics`` is always read from the server."""
+    the server itself when None. ``/metrics`` is always read from the server, by a
+    thread of its own once a second (a slow answer never holds the schedule up).
+
+    ``warm_up``: before the clock starts, every node sends one heartbeat (untimed; a
+    session sealed as a ticket is taken up by the server then) and the soak waits until
+    a tick has seen every node online: the timed part starts from a fleet in its steady
+    state, and every status check counts."""
     import queue as queue_mod
 
     n = len(nodes)
     step = 0.1
+    t_start = time.monotonic()
     slots = max(1, round(interval / step))
     per_slot = [nodes[i::slots] for i in range(slots)]
     lanes = [queue_mod.Queue() for _ in range(connections)]
@@ -120,15 +128,54 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
     senders = [threading.Thread(target=sender, args=(lane, targets[k % len(targets)])) for k, lane in enumerate(lanes)]
     for t in senders:
         t.start()
+
+    def online_count() -> int:
+        return int(scrape(host, port).get('wyneos_nodes{status="online"}', 0))
+
+    warm_s = None
+    if warm_up:
+        t0 = time.monotonic()
+        wall = time.time() - interval  # older than every timed heartbeat
+        for k, part in enumerate(per_slot):
+            for body in batches([node.session_item(body_of(0.5, wall)) for node in part], 2000):
+                lanes[k % connections].put(request_bytes(host, port, body, {}))
+        deadline = time.monotonic() + 600 + n / 1000
+        while online_count() < n:
+            if time.monotonic() > deadline or errors:
+                raise TimeoutError(f"warm-up: not every node online within {deadline - t0:.0f} s")
+            time.sleep(1.0)
+        warm_s = round(time.monotonic() - t0, 1)
+
+    state = {"warm_at": 0.0 if warm_up else None, "checks": 0, "stale_seen": 0, "unanswered": 0}
+    done = threading.Event()
+
+    def checker() -> None:
+        # before the soak, nodes had sent nothing (offline): once a tick has seen every
+        # node online, none may turn stale or offline while they keep sending
+        while not done.wait(1.0):
+            try:
+                m = scrape(host, port)
+            except OSError:
+                state["unanswered"] += 1
+                continue
+            if done.is_set():
+                break
+            down = int(m.get('wyneos_nodes{status="stale"}', 0) + m.get('wyneos_nodes{status="offline"}', 0))
+            if state["warm_at"] is None:
+                if int(m.get('wyneos_nodes{status="online"}', 0)) == n:
+                    state["warm_at"] = time.monotonic() - t_start
+            else:
+                state["checks"] += 1
+                state["stale_seen"] = max(state["stale_seen"], down)
+
     sent = 0
-    stale_seen = checks = 0
-    warm_at: float | None = None
     before = scrape(host, port)
     cpu0 = cpu_seconds(pid)
     relay_cpu0 = [cpu_seconds(p) for p in relay_pids or ()]
     t_start = time.monotonic()
+    watcher = threading.Thread(target=checker)
+    watcher.start()
     tick = 0
-    next_check = t_start + interval
     behind = 0.0
     try:
         while True:
@@ -146,34 +193,27 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
                 lanes[tick % connections].put(request_bytes(host, port, body, {}))
             sent += len(items)
             tick += 1
-            if time.monotonic() >= next_check:
-                # before the soak, nodes had sent nothing (offline): once a tick has seen
-                # every node online, none may turn stale or offline while they keep sending
-                m = scrape(host, port)
-                down = int(m.get('wyneos_nodes{status="stale"}', 0) + m.get('wyneos_nodes{status="offline"}', 0))
-                if warm_at is None and int(m.get('wyneos_nodes{status="online"}', 0)) == n:
-                    warm_at = time.monotonic() - t_start
-                elif warm_at is not None:
-                    checks += 1
-                    stale_seen = max(stale_seen, down)
-                next_check = time.monotonic() + 1.0
     finally:
+        done.set()
         for lane in lanes:
             lane.put(None)
         for t in senders:
             t.join(600)
+        watcher.join(300)
+    warm_at, checks, stale_seen = state["warm_at"], state["checks"], state["stale_seen"]
     if errors:
         raise errors[0]
     after = drained(host, port)
     cpu1 = cpu_seconds(pid)
     relay_cpu = sum((cpu_seconds(p) or 0.0) - (c or 0.0) for p, c in zip(relay_pids or (), relay_cpu0))
-    ok = tally["ok"]
+    ok = tally["ok"] - (n if warm_up else 0)  # the warm-up's answers were counted too
     applied = int(after.get("wyneos_heartbeats_applied_total", 0) - before.get("wyneos_heartbeats_applied_total", 0))
     stale_end = int(after.get('wyneos_nodes{status="stale"}', 0) + after.get('wyneos_nodes{status="offline"}', 0))
     online = int(after.get('wyneos_nodes{status="online"}', 0))
     return {"nodes": n, "seconds": seconds, "interval": interval, "sent": sent, "answered_202": ok,
             "applied": applied, "lost": sent - applied, "statuses": statuses,
-            "all_online_after_s": None if warm_at is None else round(warm_at, 1),
+            "warm_up_s": warm_s, "all_online_after_s": None if warm_at is None else round(warm_at, 1),
+            "metrics_unanswered": state["unanswered"],
             "status_checks": checks, "stale_or_offline_seen_max": stale_seen,
             "stale_or_offline_at_end": stale_end, "online_at_end": online,
             "rate_per_s": round(sent / seconds), "p50_batch_ms": round(pct(lat, 50), 2),
