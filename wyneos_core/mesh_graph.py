@@ -3,10 +3,10 @@
 networkx is the graph API users and plugins know (and the project documents): every
 read, view and algorithm of networkx runs on ``mesh.graph``. The store is the mesh's
 arrays (``wyneos_core.mesh``): a networkx graph of a million vertices costs about 450
-bytes each in dicts, the arrays about 70. So ``MeshGraph`` is a networkx ``Graph``
-whose node and adjacency dicts are live read-only views of the mesh (made per vertex
-when asked, never for the whole mesh at once), and whose changing methods write
-through to the mesh:
+bytes each in dicts, the arrays about 110 (docs/performance.md). So ``MeshGraph`` is a
+networkx ``Graph`` whose node and adjacency dicts are live read-only views of the mesh
+(made per vertex when asked, never for the whole mesh at once), and whose changing
+methods write through to the mesh:
 
 ==========================================  ===========================================
 networkx call                               what the mesh does
