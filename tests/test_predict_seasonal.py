@@ -303,3 +303,26 @@ def test_metrics_a_departed_node_sent_in_its_last_tick_do_not_reach_the_next_nod
     assert batch.rows.tolist() == [inbox.rows.index["here"], inbox.rows.index["next"]]
     assert inbox.rows.index["next"] == 0  # the freed row
     assert inbox.rows.take_freed() == [0] and inbox.rows.take_freed() == []
+
+
+def test_explain_shows_the_forecast_along_the_profile() -> None:
+    from wyneos_core.model import Node, NodeStatus
+    from wyneos_core.predict.telemetry import FleetPredictions
+    from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, explain
+    from wyneos_core.rules.expr import parse
+
+    tel = Telemetry([{"name": "memory", "unit": "ratio", "seasonal": "daily"}])
+    tel.slot("n")
+    t, x = cycle(3, 300.0)
+    pad = np.full(tel.cols.size - 1, np.nan)
+    for i in range(len(t)):
+        tel.step(np.concatenate([[x[i]], pad]), np.concatenate([[t[i]], pad]))
+    now = float(t[-1])  # 23:55: in ten hours the morning ramp, which the profile expects
+    answers = FleetPredictions(tel, now)
+    env = EvalEnv(now, {}, {}, answers, None)
+    node = Node("n", NodeStatus.ONLINE, last_seen=now)
+    text = "\n".join(explain(parse('forecast(node.metrics.memory, "10h") > 0.8'), node, NO_LICENCE, env))
+    ahead = answers.forecast("n", "memory", 36000.0)
+    assert ahead == pytest.approx(office_day(np.array([now + 36000.0]))[0], abs=0.07)
+    assert f"forecast(node.metrics.memory, '10h')  =>  {ahead:.6g}" in text
+    assert "seasonal='daily'" in text and "profile=[" in text and "profile_now=" in text

@@ -244,7 +244,7 @@ class FleetPredictions:
         }
         if cols.seasonal[i]:  # the expected band and the forecast follow the daily profile
             out["seasonal"] = "daily"
-            out["profile"] = seasonal.profile(cols, i)
+            out["profile"] = [None if v is None else round(v, 6) for v in seasonal.profile(cols, i)]
             out["profile_now"] = float(seasonal.profile_at(cols, np.array([i]), np.array([self.now]))[0])
         return out
 
