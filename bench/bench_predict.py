@@ -20,7 +20,8 @@ watch; the target is the step under 0.15 s per tick at the default size.
 ``--daily N`` declares the first N metrics ``seasonal: daily`` (with ``--step-only`` the
 same values also step columns without seasonality, in turn, for a same-run ratio) (their daily profile is
 updated every tick; the ticks are 10 s apart and, with the default warm-up, the first
-timed one begins an hour: every seasonal series closes the hour before into its profile).
+timed one begins an hour: a sixth of the seasonal series close the hour before into
+their profile there, the next sixth a minute later, and so on).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'baseline EWMA':<16} median {base:8.1f} ms per tick, fastest {min(base_ms):6.1f}")
     if plain_ms:
         print(f"{'step, no daily':<16} median {statistics.median(plain_ms):8.1f} ms per tick (runs: "
-              f"{', '.join(f'{x:.0f}' for x in plain_ms)}); seasonal / not: first (hour closes) "
+              f"{', '.join(f'{x:.0f}' for x in plain_ms)}); seasonal / not: first (a sixth close an hour) "
               f"{step_ms[0] / plain_ms[0]:.2f}x, others {statistics.median(step_ms[1:] or step_ms) / statistics.median(plain_ms[1:] or plain_ms):.2f}x")
     print(f"ratio {step / base:.1f}x (fastest runs {min(step_ms) / min(base_ms):.1f}x); "
           f"target under 150 ms: {'met' if step < 150 else 'NOT met'} (median)")

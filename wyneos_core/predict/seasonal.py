@@ -18,6 +18,10 @@ Per sample ``x`` at time ``t`` (hours of the day in UTC):
 3. ``base`` follows ``y`` with a time constant of ``season_tau`` (6 hours), and the
    current hour's mean of ``x - base`` (time-weighted) takes the sample.
 
+Series ``i``'s hours begin ``60 * (i % 6)`` seconds after the clock's, so that a fleet
+whose samples come in step closes its hours over six minutes, not all in one tick (a
+bin is that much late: nothing at an hour's resolution).
+
 Only what came before a sample is used for its score (the bin of the current hour was
 written at the end of that hour on an earlier day). Forecasts add the profile of the
 hour forecast (``profile_at``); ``time_to`` follows the forecast hour by hour
@@ -37,6 +41,9 @@ HOURS: Final = 24
 HOUR: Final = 3600.0
 DAY: Final = 86400.0
 EMPTY: Final = -128
+#: series close their hours ``LAG`` seconds apart, in ``SPREAD`` groups (``before``)
+SPREAD: Final = 6
+LAG: Final = 60.0
 #: bytes of a seasonal column's block (the 8 float32 of a plain column's history)
 BLOCK: Final = 32
 _SCALE, _ACC = 6, 7  # float32 slots of the block after the 24 bins
@@ -145,10 +152,13 @@ def before(cols: Columns, index: np.ndarray, x: np.ndarray, t: np.ndarray) -> tu
     first = cols.get("count")[index] == 0
     last_t = cols.last_t[index]
     hours = t * (1.0 / HOUR)  # epoch hours
-    hour = np.floor(hours)
+    # series i's hours begin ``LAG * (i % SPREAD)`` seconds late: a fleet in step closes its
+    # hours over several ticks, not all in one (a bin is then a mean up to 5 minutes late)
+    lag = (index % SPREAD) * (LAG / HOUR)
+    hour = np.floor(hours - lag)
     with np.errstate(invalid="ignore"):
         dt = np.fmax(t - last_t, 0.0)
-        moved = np.floor(last_t * (1.0 / HOUR)) != hour  # another hour since the last sample
+        moved = np.floor(last_t * (1.0 / HOUR) - lag) != hour  # another hour since the last sample
     dt[first] = 0.0
     moved &= ~first
     if first.any():
@@ -158,14 +168,14 @@ def before(cols: Columns, index: np.ndarray, x: np.ndarray, t: np.ndarray) -> tu
     if moved.any():  # close the hour just ended into its bin
         rows = np.flatnonzero(moved)
         sub = np.ascontiguousarray(block[:, rows].T)
-        _close_hours(sub, hour_of(last_t[rows]), p.season_gain)
+        _close_hours(sub, hour_of(last_t[rows] - lag[rows] * HOUR), p.season_gain)
         block[:, rows] = sub.T
     now_profile = _now_value(block, hours)
     y = x - now_profile
     deviation = x - base
     deviation[first] = 0.0
     # the hour's mean so far, weighted by time: this sample stands for the dt before it
-    weight = (dt / np.maximum((hours - hour) * HOUR, np.maximum(dt, 1e-9))).astype(np.float32)
+    weight = (dt / np.maximum((hours - lag - hour) * HOUR, np.maximum(dt, 1e-9))).astype(np.float32)
     weight[moved | first] = 1.0
     block[_ACC] += weight * (deviation - block[_ACC])
     follow = (dt / (dt + p.season_tau)).astype(np.float32)  # 1 - exp(-dt / tau) for dt << tau, cheaper
