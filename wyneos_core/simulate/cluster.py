@@ -3,9 +3,11 @@
 ``SimCluster`` is an ordinary WyneOS plugin registered with the real ``Orchestrator``:
 
 * ``wyneos_heartbeat`` (first) sends one heartbeat per live node per tick, with the
-  node's load and its clock (skewed or frozen when a fault says so). A node sends
-  nothing when it is down, or when a partition leaves it no physical path to the
-  orchestrator;
+  node's load and its clock (skewed or frozen when a fault says so), all of them as
+  one column batch into the orchestrator's intake (``intake.HeartbeatColumns``; a
+  heartbeat that carries more, a licence reference or telemetry, is an object). A
+  node sends nothing when it is down, or when a partition leaves it no physical path
+  to the orchestrator;
 * heartbeats name the licence each node presents (``licence_ref``): real signed
   licences (``wyneos_core.simulate.licences``) that the orchestrator's own licence
   step validates: an expiry is a real ``expires`` date reached in simulated time, a
@@ -18,7 +20,8 @@
   it saw of each of its mesh neighbours this tick (``model.Observation``: reachable
   unless the neighbour is down or hung or the link between them is cut, a round-trip
   time, the neighbour's last heartbeat sequence). ``liar`` nodes invert what they see.
-  Observations are only made when ``consensus.enabled`` (nothing else reads them);
+  Observations are only made when ``consensus.enabled`` (nothing else reads them),
+  and reach the tick as columns (``simulate.observations``);
 * ``orchestrator_link_loss`` cuts only the orchestrator's own link to its nodes: their
   heartbeats never arrive and the orchestrator's hops to them fail, while their
   peers still reach them and say so.
