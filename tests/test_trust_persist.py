@@ -48,7 +48,7 @@ def test_only_the_chunks_holding_a_change_are_written(tmp_path):
     path = tmp_path / "state.db"
     store = StateStore.open(path)
     eng, slots = scored_engine(2500)                            # 2,501 slots: three chunks
-    assert store.write_trust_chunks(persist.encode_chunks(eng, persist.chunks_changed(eng, everything=True)),
+    assert store.trust_chunk_table.write(persist.encode_chunks(eng, persist.chunks_changed(eng, everything=True)),
                                     replace=True) == 3
     persist.mark_written(eng, range(3))
     assert written(path, 1) == [0, 1024, 2048]
@@ -57,7 +57,7 @@ def test_only_the_chunks_holding_a_change_are_written(tmp_path):
     eng.tier[eng.index["n01500"]] = int(Tier.UNTRUSTED)         # one tier, in the second chunk
     chunks = persist.chunks_changed(eng)
     assert chunks.tolist() == [1]
-    store.write_trust_chunks(persist.encode_chunks(eng, chunks))
+    store.trust_chunk_table.write(persist.encode_chunks(eng, chunks))
     persist.mark_written(eng, chunks)
     assert written(path, 2) == [1024] and written(path, 1) == [0, 2048]
     rows = {r["node_id"]: r for r in StateStore.open(path).trust_rows()}
@@ -82,7 +82,7 @@ def test_a_refused_write_changes_nothing_and_is_written_next_tick(tmp_path, cloc
             beat(orch, clock, "n01", "n02", "n03", "n04")
             orch.tick()
             clock.advance(5)
-        before = StateStore.open(path).trust_chunks()
+        before = StateStore.open(path).trust_chunk_table.read()
         assert before and before[0][5] == 2
         conn = sqlite3.connect(path)
         conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON trust_chunks BEGIN SELECT RAISE(ABORT, 'refused'); END")
@@ -91,7 +91,7 @@ def test_a_refused_write_changes_nothing_and_is_written_next_tick(tmp_path, cloc
         report = orch.tick()
         clock.advance(5)
         assert [e.hook for e in report.errors if e.plugin == "trust"] == ["wyneos_tick_report"]
-        assert StateStore.open(path).trust_chunks() == before     # nothing half-written
+        assert StateStore.open(path).trust_chunk_table.read() == before     # nothing half-written
         engine = orch._trust_state.engine
         pending = persist.chunks_changed(engine)
         assert pending.tolist() == [0]                          # still owed to the store

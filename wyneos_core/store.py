@@ -978,7 +978,7 @@ CREATE TABLE IF NOT EXISTS action_refusals (
 
     def trust_rows(self, chunks: bool = True) -> list[dict[str, Any]]:
         """Every stored trust row, as a dict per node (with ``chunks``, the nodes of the
-        chunks too: ``write_trust_chunks``)."""
+        chunks too: ``trust_chunk_table``)."""
         self.ensure_trust_tables()
         cols = ("node_id", "fingerprint", "trust", "tier", "admission", "admission_reason", "joined_tick",
                 "evidence", "updated_tick")
@@ -986,16 +986,34 @@ CREATE TABLE IF NOT EXISTS action_refusals (
         if chunks:
             from wyneos_core.trust.persist import chunk_rows
 
-            rows += chunk_rows(self.trust_chunks())
+            rows += chunk_rows(self.trust_chunk_table.read())
         return rows
 
-    def write_trust_chunks(self, chunks: Iterable[tuple], replace: bool = False) -> int:
-        """Upsert chunks of the trust engine's slots ``(first_slot, ids, extra, records,
-        layout, tick)`` (``wyneos_core.trust.persist``) in one transaction; with
-        ``replace``, they are the whole state: every other chunk and per-node row goes."""
-        self.ensure_trust_tables()
+    @property
+    def trust_chunk_table(self) -> TrustChunkTable:
+        """The trust engine's slots kept as chunks (``wyneos_core.trust.persist``): a
+        capability of this backend, not of every store (etcd keeps a row per node)."""
+        return TrustChunkTable(self)
+
+    # -- end of trust -----------------------------------------------------------------------
+
+
+class TrustChunkTable:
+    """Table ``trust_chunks`` of a SQLite state file: chunks of the trust engine's slots
+    ``(first_slot, ids, extra, records, layout, tick)`` as ``trust.persist`` makes them."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def write(self, chunks: Iterable[tuple], replace: bool = False) -> int:
+        """Upsert ``chunks`` in one transaction; with ``replace``, they are the whole
+        state: every other chunk and per-node trust row goes."""
+        store = self.store
+        store.ensure_trust_tables()
         chunks = list(chunks)
-        c = self.conn
+        c = store.conn
         c.execute("BEGIN IMMEDIATE")
         try:
             if replace:
@@ -1006,19 +1024,19 @@ CREATE TABLE IF NOT EXISTS action_refusals (
                            for first, ids, extra, data, layout, tick in chunks))
             c.execute("COMMIT")
         except BaseException:
-            self._rollback()
+            store._rollback()
             raise
         return len(chunks)
 
-    def trust_chunks(self) -> list[tuple]:
-        """Every stored chunk of trust slots, as written (``write_trust_chunks``)."""
-        self.ensure_trust_tables()
-        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'trust_chunks'").fetchone() is None:
+    def read(self) -> list[tuple]:
+        """Every stored chunk, as written."""
+        store = self.store
+        store.ensure_trust_tables()
+        if store.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'trust_chunks'").fetchone() is None:
             return []  # a file of an earlier version, read only
-        return [(first, ids, extra, bytes(data) if isinstance(data, (bytes, memoryview)) else data, layout, tick)
-                for first, ids, extra, data, layout, tick in self.conn.execute(
-                    "SELECT first_slot, ids, extra, records, layout, updated_tick FROM trust_chunks ORDER BY first_slot")]
-    # -- end of trust -----------------------------------------------------------------------
+        return [(first, ids, extra, bytes(data), layout, tick) for first, ids, extra, data, layout, tick in
+                store.conn.execute("SELECT first_slot, ids, extra, records, layout, updated_tick FROM trust_chunks "
+                                   "ORDER BY first_slot")]
 
 
 register_backend("sqlite", _open_sqlite)

@@ -361,8 +361,8 @@ def wyneos_tick_report(ctx: TickContext) -> None:
     engine = state.engine
     everything = state.first_scored
     spread = -(-len(state.slots) // PERSIST_ROWS)
-    write_chunks = getattr(store, "write_trust_chunks", None)
-    if write_chunks is None:
+    chunk_table = getattr(store, "trust_chunk_table", None)
+    if chunk_table is None:
         state.first_scored = False
         rows = engine.rows_to_persist(state.slots, _Fingerprints(ctx.registry), everything=everything, spread=spread)
         if rows:
@@ -370,7 +370,7 @@ def wyneos_tick_report(ctx: TickContext) -> None:
         return
     chunks = persist.chunks_changed(engine, everything=everything, spread=spread)
     if chunks.size:
-        write_chunks(persist.encode_chunks(engine, chunks), replace=everything)
+        chunk_table.write(persist.encode_chunks(engine, chunks), replace=everything)
         persist.mark_written(engine, chunks)
     state.first_scored = False
 
@@ -380,9 +380,9 @@ def restore(engine: TrustEngine, store: Any) -> int:
     then per-node rows of nodes the chunks do not hold (an earlier version's table, or a
     store without chunks). Returns the nodes restored."""
     count = 0
-    chunks = getattr(store, "trust_chunks", None)
-    if chunks is not None:
-        count += persist.restore_chunks(engine, chunks())
+    chunk_table = getattr(store, "trust_chunk_table", None)
+    if chunk_table is not None:
+        count += persist.restore_chunks(engine, chunk_table.read())
         rows = store.trust_rows(chunks=False)
     else:
         rows = store.trust_rows()
