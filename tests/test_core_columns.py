@@ -241,3 +241,17 @@ def test_a_few_lookups_make_a_few_results_and_many_make_them_all(licensing):
     assert again._dict is not None and again.get == again._dict.get and sum(g.valid for g in got) == 998
     with pytest.raises(KeyError):
         again["nobody"]
+
+
+def test_result_objects_are_kept_only_while_someone_reads_them_all(licensing):
+    engine, source, record = licensing
+    r = registry()
+    r.register_many([f"n{i}" for i in range(10)], now=NOW, licence_refs=["x"] * 10)
+    source.records.update({f"n{i}": record("lic") for i in range(10)})
+    first = engine.validate(r.nodes(), NOW).list()
+    second = engine.validate(r.nodes(), NOW + 6).list()
+    assert all(a is b for a, b in zip(first, second))                 # read every tick: made once
+    engine.validate(r.nodes(), NOW + 12)                               # a tick nobody reads in full
+    third = engine.validate(r.nodes(), NOW + 18)
+    assert len(engine._objects.objects) == 0                           # ... and they are let go
+    assert third.list() == second and not any(a is b for a, b in zip(third.list(), second))

@@ -101,6 +101,7 @@ class LicenceEngine:
         self._objects = ResultObjects()
         self._cache_epoch = 0
         self._last_granted: frozenset[str] | None = None
+        self._last_results: LicenceResults | None = None
         self._generations: tuple[Any, ...] = ()
         self._seat_signature: tuple[Any, ...] = ()
         self._seat_losers: dict[str, tuple[str, int, int, int]] = {}
@@ -230,6 +231,9 @@ class LicenceEngine:
             self._seat_signature, self._seat_losers = (), {}
         c.fit()
         c.adopt(slots)
+        last = self._last_results
+        if last is not None and last._list is None and len(self._objects.objects):
+            self._objects = ResultObjects()  # nobody read every result last tick: let the objects go
         if self._cache_epoch != self.epoch:  # everything is looked up again; old entries may be reused
             self._cache_epoch = self.epoch
             c.fresh[:] = -np.inf
@@ -254,7 +258,9 @@ class LicenceEngine:
             table.licence_state[slots] = state[codes]
             table.licence_reason[slots] = reason[codes]
         self.ledger.save()
-        return LicenceResults(ids, slots, table.born[slots], codes, self._pool, self._objects, table.index)
+        results = LicenceResults(ids, slots, table.born[slots], codes, self._pool, self._objects, table.index)
+        self._last_results = results
+        return results
 
     def _renumber(self, c: SlotCache, slots: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """A new pool of the results in use (this tick's and the cached ones)."""
