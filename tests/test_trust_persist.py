@@ -300,3 +300,19 @@ admission:
         assert {rule for _, rule in seen} >= {"refuse-foreign", "hold-us", "hold-offline", "hold-low", "probation_ticks"}
     finally:
         orch.stop()
+
+
+def test_a_fingerprint_learnt_after_joining_is_kept_and_inherited():
+    eng = TrustEngine(settings())
+    zeros = np.zeros(2, dtype=np.int8)
+    eng.score(Evidence(1, ["a", "c"], zeros, zeros))              # no key yet
+    eng.assign({})
+    eng.tier[eng.index["a"]] = int(Tier.UNTRUSTED)
+    eng.score(Evidence(2, ["a", "c"], zeros, zeros, fingerprints=["fp-a", None]))
+    assert eng.fingerprint_of == {"fp-a": eng.index["a"]} and eng.fingerprint[eng.index["a"]] == "fp-a"
+    assert eng.fingerprint_of["fp-a"] is eng.index["a"]         # one int object for both
+    chunks = persist.encode_chunks(eng, [0])
+    again = TrustEngine(settings())
+    assert persist.restore_chunks(again, chunks) == 2 and again.fingerprint_of == {"fp-a": again.index["a"]}
+    again.score(Evidence(3, ["b"], np.zeros(1, dtype=np.int8), np.zeros(1, dtype=np.int8), fingerprints=["fp-a"]))
+    assert again.tier[again.index["b"]] == int(Tier.UNTRUSTED)  # the same key under a new id: no fresh start

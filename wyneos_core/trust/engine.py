@@ -224,7 +224,7 @@ class TrustEngine:
         n_slots = len(self.ids)
         slots = np.array(found, dtype=np.int64).reshape(-1)
         if len(ev.fingerprints) == len(slots):
-            self._learn_fingerprints(slots, ev.fingerprints)
+            self._learn_fingerprints(slots, found, ev.fingerprints)
         cap = self.capacity
         pos = np.zeros((len(SIGNALS), cap), dtype=np.float32)
         neg = np.zeros((len(SIGNALS), cap), dtype=np.float32)
@@ -361,15 +361,16 @@ class TrustEngine:
         timings["combine"] = time.perf_counter() - t4
         return self._scores
 
-    def _learn_fingerprints(self, slots: np.ndarray, fingerprints: Sequence[str | None]) -> None:
+    def _learn_fingerprints(self, slots: np.ndarray, found: list[Any], fingerprints: Sequence[str | None]) -> None:
         """Keep each node's key fingerprint as the registry has it now (compared over the
-        whole list in C; only the few that changed are touched)."""
+        whole list in C; only those that changed are touched). ``found`` holds the slots
+        as the index's own int objects, shared rather than made again for each entry."""
         now = np.empty(len(fingerprints), dtype=object)
         now[:] = fingerprints
         changed = np.flatnonzero((now != self.fingerprint[slots]) & (now != None))  # noqa: E711
-        for k in changed.tolist():
-            self.fingerprint[slots[k]] = now[k]
-            self.fingerprint_of[now[k]] = int(slots[k])
+        if changed.size:
+            self.fingerprint[slots[changed]] = now[changed]
+            self.fingerprint_of.update(zip(now[changed].tolist(), [found[k] for k in changed.tolist()]))
 
     def _edges(self, observations: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Observation edges as slot arrays; unknown ids and self-observations dropped.
