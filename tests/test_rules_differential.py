@@ -16,6 +16,7 @@ import dataclasses
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_rules_engines import (
     COLUMN_CODES,
@@ -99,6 +100,14 @@ def licences_for(rng: random.Random, ids: list[str]) -> dict[str, LicenceResult]
     return out
 
 
+def licence_results(nodes, lics: dict[str, LicenceResult]):
+    from wyneos_core.licensing.results import LicenceResults, ResultPool
+
+    pool = ResultPool()
+    codes = np.array([pool.add(lics.get(i) or NO_LICENCE) for i in nodes.ids()], np.int64)
+    return LicenceResults(nodes.ids(), nodes.slots, nodes.table.born[nodes.slots], codes, pool, None)
+
+
 def ruleset_of(tmp_path: Path, rng: random.Random, count: int):
     """A governance ruleset of ``count`` random rules (parsed as written, not strictly:
     conditions that can never hold are part of the test)."""
@@ -177,6 +186,8 @@ def test_the_vector_engine_and_durable_rules_agree_tick_after_tick(tmp_path: Pat
                     set_fields(rng, registry.get(node_id))
             nodes = registry.nodes()
             lics = licences_for(rng, nodes.ids())
+            if tick % 2:  # as the licence step hands them over: columns of a pool of distinct results
+                lics = licence_results(nodes, lics).mapping()
             env = RulesetRunner.environment(nodes, NOW)
             got = {}
             for name, runner in (("native", native), ("durable", durable)):

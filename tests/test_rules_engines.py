@@ -261,6 +261,20 @@ def in_registry(nodes: list[Node]):
     return registry.nodes()
 
 
+def licence_columns(nodes, lics: list[LicenceResult]):
+    """``lics`` as the licence step hands them to the rules: ``LicenceResults`` (codes into
+    a pool of distinct results) read by the runner by position."""
+    from wyneos_core.licensing.results import LicenceResults, ResultPool
+    from wyneos_core.rules.runtime import _Licences
+
+    pool = ResultPool()
+    codes = np.array([pool.add(lic) for lic in lics], np.int64)
+    results = LicenceResults(nodes.ids(), nodes.slots, nodes.table.born[nodes.slots], codes, pool, None)
+    wrapped = _Licences(nodes.ids(), results.mapping(), nodes)
+    assert wrapped.columns() is not None
+    return wrapped
+
+
 def with_table_fields(rng: random.Random, nodes: list[Node]) -> list[Node]:
     """The nodes with trust, tier, registration and rollback times (some missing, some
     extreme), loads and heartbeats as large as a float holds."""
@@ -297,14 +311,20 @@ def test_the_columns_answer_as_the_reference_interpreter(seed: int) -> None:
     want = reference(conds, list(table_nodes), lics, env)
     for text, g, w in zip(names, got, want):
         assert g == w, text
-    cols = Columns(table_nodes.table, table_nodes.slots)
-    on_metadata = 0
+    # the licence step's results as columns (a pool of distinct results), as the tick hands them over
+    licences = licence_columns(table_nodes, lics)
+    cols = Columns(table_nodes.table, table_nodes.slots, licences)
+    on_metadata = on_licence = 0
     for text, cond, w in zip(names, conds, want):  # each mask itself (none left to the closures)
         mask = compile_mask(cond)
         if mask is not None:
             assert np.flatnonzero(mask(cols, env)).tolist() == w, text
             on_metadata += "metadata" in text
-    assert on_metadata >= 30
+            on_licence += "licence" in text
+    assert on_metadata >= 30 and on_licence >= 6
+    got = NativeEngine(conds).evaluate(table_nodes, licences, env)
+    for text, g, w in zip(names, got, want):
+        assert g == w, text
     some = table_nodes[1::3]  # not the first slots in order: the columns gathered, not viewed
     got = NativeEngine(conds).evaluate(some, lics[1::3], env)
     want = reference(conds, list(some), lics[1::3], env)

@@ -439,7 +439,7 @@ class NativeEngine:
         indexes = range(count)
         not_ = operator.not_
         table = getattr(nodes, "table", None) if hasattr(nodes, "slots") else None
-        cols = None if table is None else Columns(table, nodes.slots)  # type: ignore[attr-defined]
+        cols = None if table is None else Columns(table, nodes.slots, lics)  # type: ignore[attr-defined]
         out: list[Any] = []
         for (fn, negated), mask in zip(self.tests, self.masks):
             if cols is not None and mask is not None:  # over the columns, the whole fleet at once

@@ -430,7 +430,7 @@ class RulesetRunner:
         if not loaded_list:
             return out
         ids = _ids(nodes)
-        lics = _Licences(ids, licences)
+        lics = _Licences(ids, licences, nodes)
         place = self._place(nodes, ids)
         append = out.append
         for loaded in loaded_list:
@@ -470,7 +470,7 @@ class RulesetRunner:
         if not loaded_list:
             return out
         ids = _ids(nodes)
-        lics = _Licences(ids, licences)
+        lics = _Licences(ids, licences, nodes)
         place = self._place(nodes, ids)
         for loaded in loaded_list:
             name = loaded.ruleset.name
@@ -491,14 +491,23 @@ class RulesetRunner:
 
 class _Licences(Sequence[LicenceResult]):
     """Each node's licence result, looked up when read: rules over the columns read none,
-    a failing pair's message one; the first engine going over them all makes the list."""
+    a failing pair's message one; the first engine going over them all makes the list.
 
-    __slots__ = ("ids", "licences", "_all")
+    When the results are the licence step's columns for these very nodes (same slots,
+    same nodes in them), they are read by position and answer ``columns()``: the rules
+    on licences then run once per distinct result (``rules.vector``)."""
 
-    def __init__(self, ids: list[str], licences: Mapping[str, LicenceResult]) -> None:
+    __slots__ = ("ids", "licences", "results", "_all")
+
+    def __init__(self, ids: list[str], licences: Mapping[str, LicenceResult], nodes: Sequence[Node]) -> None:
         self.ids = ids
         self.licences = licences
         self._all: list[LicenceResult] | None = None
+        self.results = _aligned(getattr(licences, "results", None), nodes)
+
+    def columns(self) -> tuple[np.ndarray, list[Any]] | None:
+        """``(pool index of each node's result, the pool's fields)``, or None."""
+        return None if self.results is None else (self.results.codes, self.results.fields)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -507,15 +516,34 @@ class _Licences(Sequence[LicenceResult]):
         if self._all is not None:
             return self._all[position]
         if type(position) is int:
+            if self.results is not None:
+                return self.results[position]
             return self.licences.get(self.ids[position]) or NO_LICENCE
         iter(self)  # makes the list
         return self._all[position]  # type: ignore[index]
 
     def __iter__(self) -> Any:
         if self._all is None:
-            get = self.licences.get
-            self._all = [get(i) or NO_LICENCE for i in self.ids]
+            if self.results is not None:
+                self._all = self.results.list()
+            else:
+                get = self.licences.get
+                self._all = [get(i) or NO_LICENCE for i in self.ids]
         return iter(self._all)
+
+
+def _aligned(results: Any, nodes: Sequence[Node]) -> Any:
+    """``results`` (the licence step's ``LicenceResults``) when they are by position the
+    results of ``nodes`` (the same slots, and the same nodes in them); None otherwise."""
+    table = getattr(nodes, "table", None) if hasattr(nodes, "slots") else None
+    if table is None or results is None or not all(hasattr(results, a) for a in ("slots", "born", "codes", "fields")):
+        return None
+    slots = nodes.slots  # type: ignore[attr-defined]
+    if len(results.codes) != len(slots) or not (results.slots is slots or np.array_equal(results.slots, slots)):
+        return None
+    if not np.array_equal(results.born, table.born[slots]) or (len(results.codes) and results.codes.min() < 0):
+        return None
+    return results
 
 
 def _ids(nodes: Sequence[Node]) -> list[str]:

@@ -3,9 +3,9 @@
 The native engine (``rules.native``) hands each condition here first. A condition made
 only of what the columns hold becomes one function that evaluates it for the whole
 fleet at once with numpy: a boolean mask, of which only the true positions become
-Python integers. Anything else (metadata, licences, the other helpers) is left to the
-closures, node by node; so is every condition when the nodes are not the registry's
-(a list of ``Node`` in a test).
+Python integers. Anything else (nested metadata, ``violated``, predictions, drift,
+arithmetic) is left to the closures, node by node; so is every condition when the nodes
+are not the registry's (a list of ``Node`` in a test).
 
 What the columns answer (a *term*):
 
@@ -13,7 +13,12 @@ What the columns answer (a *term*):
   ``node.last_rollback``, ``node.trust``, ``node.registered_at`` (never missing: a NaN
   there is a present NaN, as ``Node.registered_at`` gives it) and ``heartbeat_age(node)``;
 * fields of a few values, a code column each with the Python value of every code:
-  ``node.status``, ``node.isolated``, ``node.trust_tier`` and ``trust_at_least(...)``;
+  ``node.status``, ``node.isolated``, ``node.trust_tier`` and ``trust_at_least(...)``,
+  a top-level metadata key (``NodeTable.metadata_codes``: dictionary codes, stable as
+  values are appended) and ``version_at_least`` / ``version_below`` / ``matches`` /
+  ``regex`` / ``length`` of one, the licence fields and ``entitled(...)`` (codes into
+  the licence step's pool of distinct results, when the runner has them: ``NoColumn``
+  otherwise, and the closures answer);
 * ``cluster.x``, one value for the tick, and literals.
 
 and over them: comparisons of a term with a literal or ``cluster.x``, of two number
@@ -22,7 +27,7 @@ truthiness, ``and``, ``or`` and ``not``.
 
 Semantics are the reference interpreter's (``rules.interp``), exactly: a code column
 is compared through a lookup table built with the interpreter's own ``compare`` /
-``contains`` / ``truthy`` for each value the column can hold; a number column against
+``contains`` / ``truthy`` (and helper) for each value the column can hold; a number column against
 a number compares the float64 values as Python compares them, also with integers past
 2**53 (compared with their float neighbours, so ``v < 2**63 + 1`` is what Python says),
 NaN literals and infinities; a missing value makes every comparison false.
@@ -40,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from wyneos_core.nodetable import STATUSES
-from wyneos_core.rules.interp import EvalEnv, compare, contains, helper_function, truthy
+from wyneos_core.model import LicenceResult
+from wyneos_core.rules.interp import NO_LICENCE, EvalEnv, compare, contains, evaluate, helper_function, truthy
 from wyneos_core.rules.ir import MISSING, BoolOp, Call, Cmp, Const, Expr, In, IsMissing, ListLit, Not, Ref, kind_of
 
 __all__ = ["Columns", "MaskFn", "NoColumn", "compile_mask"]
@@ -54,11 +60,13 @@ class Columns:
     """The node table's columns for the nodes at ``slots``, each gathered once per
     evaluation (a view, not a copy, when the slots are all the first ones)."""
 
-    __slots__ = ("table", "slots", "_cache", "_whole")
+    __slots__ = ("table", "slots", "lics", "_cache", "_whole")
 
-    def __init__(self, table: Any, slots: np.ndarray) -> None:
+    def __init__(self, table: Any, slots: np.ndarray, lics: Any = None) -> None:
         self.table = table
         self.slots = slots
+        #: the nodes' licence results; answer ``columns()`` when they are the licence step's
+        self.lics = lics
         self._cache: dict[str, np.ndarray] = {}
         n = len(slots)
         # slots 0..n-1 in order: strictly increasing from 0 to n - 1
@@ -92,6 +100,18 @@ class Columns:
             codes, values = encode(key)
             c = codes[:len(self.slots)] if self._whole else codes[self.slots]
             out = self._cache[("metadata", key)] = (c.astype(np.intp) + 1, values, 1)  # type: ignore[index]
+        return out  # type: ignore[return-value]
+
+    def licences(self) -> tuple[np.ndarray, list[Any], int]:
+        """The licence results as codes into their pool of distinct results (code 0: none)."""
+        out = self._cache.get("licences")  # type: ignore[call-overload]
+        if out is None:
+            columns = getattr(self.lics, "columns", None)
+            got = columns() if columns is not None else None
+            if got is None:
+                raise NoColumn("licence")
+            codes, fields = got
+            out = self._cache["licences"] = (codes.astype(np.intp) + 1, fields, 1)  # type: ignore[assignment]
         return out  # type: ignore[return-value]
 
     def codes(self, name: str, offset: int = 0) -> np.ndarray:
@@ -188,8 +208,19 @@ class _Lookup:
 _VALUE_HELPERS = frozenset({"matches", "regex", "version_at_least", "version_below", "length"})
 
 
+def _licence_value(expr: Expr) -> Callable[[Any], Any]:
+    """The value of a licence field or ``entitled`` for one distinct licence result."""
+    def value(fields: Any) -> Any:
+        lic = NO_LICENCE if fields is MISSING else LicenceResult("", *fields)
+        return evaluate(expr, None, lic, None)  # type: ignore[arg-type]
+
+    return value
+
+
 def _term(expr: Expr) -> _Num | _Codes | _Scalar | None:
     t = type(expr)
+    if t is Ref and expr.root == "licence" or t is Call and expr.name == "entitled":
+        return _Codes(lambda cols, env: cols.licences(), _licence_value(expr))
     if t is Const:
         value = expr.value
         return _Scalar(lambda env: value, constant=True)
