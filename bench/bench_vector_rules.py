@@ -144,7 +144,11 @@ def main() -> None:
     results["numpy"], want = timed(lambda: [m(cols, env) for cols in [Columns(table, slots)] for m in engine.masks],
                                     args.repeat)
 
-    import numexpr as ne
+    try:  # measured, not dependencies: pip install numexpr polars
+        import numexpr as ne
+        import polars as pl
+    except ImportError as exc:
+        sys.exit(f"bench_vector_rules compares numpy with numexpr and polars: {exc} (pip install numexpr polars)")
 
     if args.threads:
         ne.set_num_threads(args.threads)
@@ -157,8 +161,6 @@ def main() -> None:
 
     results["numexpr"], got = timed(numexpr_masks, args.repeat)
     assert all(np.array_equal(a, b) for a, b in zip(got, want)), "numexpr disagrees"
-
-    import polars as pl
 
     exprs = [build(pl).fill_null(False).alias(f"r{i}") for i, (_, _, build) in enumerate(conds)]
 
