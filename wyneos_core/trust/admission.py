@@ -44,7 +44,7 @@ from wyneos_core.rules.expr import ExprError, parse
 from wyneos_core.rules.interp import NO_LICENCE, EvalEnv
 from wyneos_core.rules.ir import Call, Ref, walk
 from wyneos_core.rules.native import compile_test
-from wyneos_core.rules.vector import Columns, compile_mask
+from wyneos_core.rules.vector import Columns, NoColumn, compile_mask
 from wyneos_core.yamlio import LocatedError, load_yaml
 
 __all__ = ["AdmissionRule", "AdmissionRules", "DEFAULT_RULES", "load_admission"]
@@ -145,11 +145,16 @@ class AdmissionRules:
             at = np.flatnonzero(undecided)
             if not at.size:
                 break
+            fired = None
             if rule.mask is not None:
                 try:
                     fired = np.asarray(rule.mask(columns, env), dtype=bool)[at]
+                except NoColumn:  # a column these columns lack (the licences): as below
+                    fired = None
                 except Exception:  # noqa: BLE001 - as a closure that raises: not firing
                     fired = np.zeros(at.size, dtype=bool)
+            if fired is not None:
+                pass
             elif rule.licence_only and by_licence:
                 codes = results.codes[positions[at]]
                 distinct, inverse = np.unique(codes, return_inverse=True)
