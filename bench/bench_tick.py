@@ -138,13 +138,13 @@ def heartbeats(ids, overloaded, silent, now) -> HeartbeatColumns:
     return HeartbeatColumns(reporting, np.full(len(reporting), float(now)), load)
 
 
-def time_ticks(n: int, repeat: int, outputs: bool = False) -> tuple[float, int]:
+def time_ticks(n: int, repeat: int, outputs: bool = False) -> tuple[float, list[int]]:
     orch, clock, ids, overloaded, silent = make(n, outputs=outputs)
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         return _time_ticks(orch, clock, ids, overloaded, silent, repeat)
 
 
-def _time_ticks(orch, clock, ids, overloaded, silent, repeat: int) -> tuple[float, int]:
+def _time_ticks(orch, clock, ids, overloaded, silent, repeat: int) -> tuple[float, list[int]]:
     # warm-up ticks with everyone reporting, until enrolled nodes are past their probation
     # (trust admission: a fleet in its steady state); then the silent ones go quiet for 60 s
     for _ in range(orch.config["trust"]["admission"]["probation_ticks"] + 1):
@@ -153,7 +153,7 @@ def _time_ticks(orch, clock, ids, overloaded, silent, repeat: int) -> tuple[floa
         clock.now += 6
     clock.now += 60
     times = []
-    actions = 0
+    actions: list[int] = []  # per round: the same work each round gives the same count
     for _ in range(repeat):
         batch = heartbeats(ids, overloaded, silent, clock.now)
         orch.intake.put_columns(batch)
@@ -161,7 +161,7 @@ def _time_ticks(orch, clock, ids, overloaded, silent, repeat: int) -> tuple[floa
         report = orch.tick()
         times.append(time.perf_counter() - t0)
         assert not any(not r.valid for r in report.licences.values()), "bench licences must be valid"
-        actions = max(actions, len(report.actions))
+        actions.append(len(report.actions))
         orch._decide_state = DecideState()  # type: ignore[attr-defined]  # same work every round: actions new again
         for node_id in list(orch.mesh.isolated):
             orch.mesh.reinstate(node_id)
@@ -335,7 +335,8 @@ def measure(kind: str, n: int, repeat: int) -> dict:
     else:
         seconds = numpy_floor(n, repeat)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return {"seconds": seconds, "peak_rss_bytes": rss, "actions": actions}
+    return {"seconds": seconds, "peak_rss_bytes": rss, "actions": max(actions) if actions else None,
+            "actions_per_round": actions}
 
 
 def run_child(kind: str, n: int, repeat: int) -> dict:
