@@ -81,3 +81,19 @@ def test_status_over_the_columns_matches_status_of():
     for node in r:
         assert node.status is r.status_of(node, NOW), node.id
     assert set(changes) == {n.id for n in r if n.status is not NodeStatus.UNKNOWN}
+
+
+def test_names_and_slots_in_bulk_follow_joins_and_leaves():
+    r = registry()
+    t = r.table
+    r.register_many([f"n{i}" for i in range(6)], now=NOW)
+    slots = t.slots_of(["n3", "n0", "n5"])
+    assert slots.dtype.kind == "i" and slots.tolist() == [3, 0, 5]
+    assert t.ids_at(slots) == ["n3", "n0", "n5"] and t.ids_at([1]) == ["n1"]
+    r.deregister("n3")
+    assert t.slots_of(["n3", "n4", 7, "nope"]).tolist() == [-1, 4, -1, -1]    # not registered: -1
+    assert t.slots_of(["n3", "n1"], missing=-9).tolist() == [-9, 1]
+    assert t.slot_of("n3") is None and t.slot_of(["unhashable"]) is None and t.slot_of("n4") == 4
+    r.register("late", now=NOW)
+    assert t.slot_of("late") == 3 and t.slots_of(["late"]).tolist() == [3]   # the freed slot, taken
+    assert t.slots_of([]).tolist() == []

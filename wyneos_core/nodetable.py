@@ -312,6 +312,28 @@ class NodeTable:
     def __len__(self) -> int:
         return len(self.index)
 
+    # -- names and slots (the stable API: code outside this module looks names up here) --
+
+    def slot_of(self, node_id: str) -> int | None:
+        """The slot of ``node_id`` (None: not registered)."""
+        return self.index.get(node_id) if type(node_id) is str else None
+
+    def slots_of(self, node_ids: Sequence[str], missing: int = -1) -> np.ndarray:
+        """The slots of ``node_ids`` (``int64``, in their order; ``missing`` for an id not
+        registered): one bulk lookup."""
+        get = self.index.get
+        count = len(node_ids)
+        try:
+            return np.fromiter(map(self.index.__getitem__, node_ids), np.int64, count)
+        except (KeyError, TypeError):
+            return np.fromiter((missing if (s := get(i) if type(i) is str else None) is None else s
+                                for i in node_ids), np.int64, count)
+
+    def ids_at(self, slots: Iterable[int] | np.ndarray) -> list[str]:
+        """The ids of the nodes in ``slots`` (each a registered node's slot), in order."""
+        at = slots.tolist() if isinstance(slots, np.ndarray) else slots
+        return list(map(self.ids.__getitem__, at))  # type: ignore[arg-type]
+
     def slots(self) -> np.ndarray:
         """The slots of the registered nodes, in slot order (cached until one joins or leaves)."""
         if self._slots is None or self._slots_version != self.membership:
