@@ -177,18 +177,24 @@ def test_a_past_ticks_results_stay_as_they_were(licensing):
     assert np.array_equal(before.state, [LICENCE_VALID])
 
 
-def test_metadata_changed_in_place_is_seen_at_the_nodes_next_refresh(licensing):
-    """The table notes replaced mappings at once; a mapping changed in place (against the
-    contract) is still caught when the node's result is looked up again (within cache_ttl)."""
+def test_metadata_cannot_be_changed_in_place_and_a_replacement_is_noted(licensing):
+    """Metadata in the table is shared (equal mappings are one object): a change in place
+    is refused with a clear error and changes nothing; a replaced mapping is noted at once."""
     engine, source, record = licensing
     r = registry()
     r.register("a", now=NOW, licence_ref="x", metadata={"customer": "acme"})
+    r.register("b", now=NOW, licence_ref="x", metadata={"customer": "acme"})
+    assert r["a"].metadata is r["b"].metadata                         # equal metadata: one object
     source.records["a"] = record("lic-a")
     assert engine.validate(r.nodes(), NOW).mapping()["a"].valid
-    r.table.metadata[r.table.index["a"]]["customer"] = "globex"       # in place: not noted
-    assert engine.validate(r.nodes(), NOW + 6).mapping()["a"].valid  # served from the cache
-    later = engine.validate(r.nodes(), NOW + 3600).mapping()["a"]    # its refresh point has passed
-    assert later.reason == "customer_mismatch"
+    with pytest.raises(TypeError, match="never changed in place: replace it"):
+        r.table.metadata[r.table.index["a"]]["customer"] = "globex"
+    with pytest.raises(TypeError, match="replace it"):
+        r["a"].metadata.pop("customer")
+    assert r["b"].metadata == {"customer": "acme"} == r["a"].metadata  # nothing changed, for either
+    r["a"].metadata = {**r["a"].metadata, "customer": "globex"}        # replaced: noted at once
+    assert engine.validate(r.nodes(), NOW + 6).mapping()["a"].reason == "customer_mismatch"
+    assert r["b"].metadata == {"customer": "acme"}
 
 
 def test_the_columns_example_of_the_plugin_guide_runs(tmp_path, monkeypatch, capsys):

@@ -105,7 +105,8 @@ def test_a_cause_that_clears_reads_zero(tmp_path):
             service.tick()
         text = service.metrics.render().decode()
         assert metric(text, "wyneos_actions_in_force_by_reason", type="isolate", reason="plugin:test-quarantine") == 1
-        service.orchestrator.registry["bad-1"].metadata.pop("role")
+        node = service.orchestrator.registry["bad-1"]
+        node.metadata = {k: v for k, v in node.metadata.items() if k != "role"}  # replaced, never changed in place
         keep = service.orchestrator.config["decide"]["keep_firing_ticks"]
         for _ in range(keep + 2):
             service.tick()

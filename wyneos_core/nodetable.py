@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from wyneos_core.model import LICENCE_REASON_TEXT, Node, NodeStatus, parse_version
+from wyneos_core.sharing import EMPTY_METADATA, FrozenMetadata, MetadataPool, shared_ref
 
 __all__ = ["FrozenNodes", "LICENCE_IN_GRACE", "LICENCE_INVALID", "LICENCE_REASONS", "LICENCE_UNCHECKED",
            "LICENCE_VALID", "NodeList", "NodeTable", "NodeView", "STATUSES", "STATUS_CODE", "TIERS", "VersionColumn"]
@@ -64,7 +65,6 @@ STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 ONLINE, STALE, OFFLINE, UNKNOWN = range(4)
 #: the trust tiers the trust step gives, coded in the ``tier`` column (-1: none yet)
 TIERS = ("untrusted", "probation", "trusted", "attested")
-_EMPTY: Mapping[str, Any] = {}
 _NAN = float("nan")
 #: ``licence_state`` codes
 LICENCE_UNCHECKED, LICENCE_INVALID, LICENCE_VALID, LICENCE_IN_GRACE = -1, 0, 1, 2
@@ -113,12 +113,14 @@ class _Dictionary:
 
 
 class _Noted(list):
-    """A list by slot that tells its table when a slot is given a new value."""
+    """A list by slot that tells its table when a slot is given a new value, stored as
+    ``share`` gives it (one object for equal values: ``wyneos_core.sharing``)."""
 
-    __slots__ = ("changed",)
+    __slots__ = ("changed", "share")
 
     def __setitem__(self, slot: Any, value: Any) -> None:  # type: ignore[override]
         old = list.__getitem__(self, slot)
+        value = self.share(value)
         list.__setitem__(self, slot, value)
         self.changed(slot, old, value)
 
@@ -130,11 +132,14 @@ class NodeTable:
         self.ids: list[str | None] = []
         self.index: dict[str, int] = {}
         self.free: list[int] = []
-        self.metadata: list[Mapping[str, Any]] = _Noted()
+        self.metadata: list[FrozenMetadata] = _Noted()
         self.licence_ref: list[str | None] = _Noted()
         self.fingerprint: list[str | None] = _Noted()
         self.metadata.changed = self._metadata_changed  # type: ignore[attr-defined]
         self.licence_ref.changed = self.fingerprint.changed = self._licence_input_changed  # type: ignore[attr-defined]
+        self.metadata.share = self._share_metadata = MetadataPool()  # type: ignore[attr-defined]
+        self.licence_ref.share = shared_ref  # type: ignore[attr-defined]
+        self.fingerprint.share = _same  # type: ignore[attr-defined]  # one per machine: nothing to share
         self.tier_names: list[str] = list(TIERS)
         self._declared: dict[str, _Dictionary] = {}
         self._version: VersionColumn | None = None
@@ -233,7 +238,7 @@ class NodeTable:
         if self.free:
             slot = self.free.pop()
             self.ids[slot] = node_id
-            self.metadata[slot] = dict(metadata or ())
+            self.metadata[slot] = metadata  # type: ignore[assignment]  # stored shared and frozen
             self.licence_ref[slot] = licence_ref
             self.fingerprint[slot] = fingerprint
         else:
@@ -241,9 +246,9 @@ class NodeTable:
             if slot >= len(self.status):
                 self._grow(2 * len(self.status))
             self.ids.append(node_id)
-            md = dict(metadata or ())
+            md = self._share_metadata(metadata)
             self.metadata.append(md)
-            self.licence_ref.append(licence_ref)
+            self.licence_ref.append(shared_ref(licence_ref))
             self.fingerprint.append(fingerprint)
             for key, column in self._declared.items():
                 column.codes[slot] = column.code(md, key)
@@ -274,8 +279,8 @@ class NodeTable:
         slots = np.arange(first, first + count, dtype=np.int64)
         list.extend(self.ids, node_ids)
         self.index.update(zip(node_ids, range(first, first + count)))
-        list.extend(self.metadata, [{} for _ in range(count)])
-        list.extend(self.licence_ref, licence_refs if licence_refs is not None else [None] * count)
+        list.extend(self.metadata, [EMPTY_METADATA] * count)
+        list.extend(self.licence_ref, map(shared_ref, licence_refs) if licence_refs is not None else [None] * count)
         list.extend(self.fingerprint, [None] * count)
         stamps = np.fromiter(itertools.islice(_stamps, count), np.int64, count)
         end = first + count
@@ -299,7 +304,7 @@ class NodeTable:
         slot = self.index.pop(node_id)
         value = self.value(slot)
         self.ids[slot] = None
-        self.metadata[slot] = _EMPTY
+        self.metadata[slot] = EMPTY_METADATA
         self.licence_state[slot] = LICENCE_UNCHECKED
         self.licence_reason[slot] = -1
         self.licence_ref[slot] = None
@@ -404,6 +409,10 @@ class NodeTable:
             return len(LICENCE_REASONS) - 1
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def _padded(version: tuple[int, ...]) -> tuple[int, ...]:
     return version + (0,) * (8 - len(version))
 
@@ -500,7 +509,7 @@ class NodeView(Node):
 
     @metadata.setter
     def metadata(self, value: Mapping[str, Any]) -> None:
-        self._t.metadata[self._slot()] = dict(value)
+        self._t.metadata[self._slot()] = value  # type: ignore[assignment]  # stored shared and frozen
 
     def snapshot(self) -> Node:
         return _node(self._t, self._slot(), self._id)
