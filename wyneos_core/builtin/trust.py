@@ -311,10 +311,13 @@ def _witness_weights(ctx: TickContext, state: TrustState, node_ids: Sequence[str
     lowered = np.flatnonzero(weights != 1.0)
     if not lowered.size:
         return
-    out = ctx.scratch.setdefault("witness_weights", {})
-    for i in lowered.tolist():
-        node_id = node_ids[i]
-        out[node_id] = out.get(node_id, 1.0) * float(weights[i])
+    found = dict(zip(map(node_ids.__getitem__, lowered.tolist()), weights[lowered].tolist()))
+    out = ctx.scratch.get("witness_weights")
+    if out is None:
+        ctx.scratch["witness_weights"] = found
+        return
+    for node_id, weight in found.items():  # another plugin's weights first: they multiply
+        out[node_id] = out.get(node_id, 1.0) * weight
 
 
 @hookimpl

@@ -63,6 +63,16 @@ class BetaEvidence:
         r += 1.0
         return np.divide(r, out, out=r)
 
+    def score(self, signal: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        """One signal's ``(r + 1) / (r + s + 2)`` over the first ``count`` slots, in float64
+        (``out``: a float64 array of ``count`` to write into): one row at a time, so the
+        step never holds every signal's scores at once."""
+        r = self.r[signal, :count]
+        den = np.add(r, self.s[signal, :count], dtype=np.float64)
+        den += 2.0
+        out = np.add(r, 1.0, dtype=np.float64, out=out)
+        return np.divide(out, den, out=out)
+
     def reset(self, slot: int) -> None:
         self.r[:, slot] = 0.0
         self.s[:, slot] = 0.0

@@ -127,9 +127,10 @@ class TrustEngine:
         self.persisted_admission = np.full(capacity, -1, dtype=np.int8)
         #: id(ids list) -> (ids list, slot of each id, len(self.ids) when mapped): batches' vocabularies
         self._vocabulary: dict[int, tuple[Any, np.ndarray, int]] = {}
-        #: this tick's (positive, negative) evidence, for ``explain``'s change since last tick
-        #: (float16: evidence comes in quarters, exact up to 512 a tick)
-        self._last_evidence: tuple[np.ndarray, np.ndarray] | None = None
+        #: this tick's (positive, negative) evidence per signal and slot, for ``explain``'s
+        #: change since last tick: in quarters (uint8: evidence comes in quarters; exact up
+        #: to 63.75 a tick, more acknowledgements than that in one tick read as 63.75)
+        self._last_evidence: np.ndarray | None = None
         #: seconds spent in each part of the last ``score`` (evidence, beta, peer_matrix,
         #: peer_iteration, combine): what ``bench/bench_trust.py`` reports
         self.timings: dict[str, float] = {}
@@ -226,55 +227,73 @@ class TrustEngine:
         if len(ev.fingerprints) == len(slots):
             self._learn_fingerprints(slots, found, ev.fingerprints)
         cap = self.capacity
-        pos = np.zeros((len(SIGNALS), cap), dtype=np.float32)
-        neg = np.zeros((len(SIGNALS), cap), dtype=np.float32)
         status = ev.status
         online = slots[status == 0]
+        lic = ev.licence
+        # this tick's evidence, one signal at a time (two float32 columns, reused), and its
+        # record in quarters for ``explain``'s change since last tick
+        pos = np.zeros(cap, dtype=np.float32)
+        neg = np.zeros(cap, dtype=np.float32)
+        last = self._last_evidence
+        if last is None or last.shape[2] != cap:
+            last = self._last_evidence = np.zeros((2, len(SIGNALS), cap), dtype=np.uint8)
+        lam = np.float32(st.forgetting)
+        r_all, s_all = self.evidence.r, self.evidence.s
+
+        def add(signal: str) -> None:
+            """``r = λ r + pos``, ``s = λ s + neg`` for ``signal``; pos and neg zeroed again."""
+            k = _SIG[signal]
+            for got, kept, rec in ((pos, r_all[k], last[0, k]), (neg, s_all[k], last[1, k])):
+                kept *= lam
+                kept += got
+                np.multiply(got, 4.0, out=got)
+                np.minimum(got, 255.0, out=got)
+                rec[...] = got  # quarters (exact: evidence comes in quarters), saturated at 63.75
+                got.fill(0.0)
 
         # heartbeat regularity: heard within stale_after (+1), stale (-0.5), offline (-1)
-        pos[_SIG["heartbeat"], online] = 1.0
-        neg[_SIG["heartbeat"], slots[status == 1]] = 0.5
-        neg[_SIG["heartbeat"], slots[status == 2]] = 1.0
+        pos[online] = 1.0
+        neg[slots[status == 1]] = 0.5
+        neg[slots[status == 2]] = 1.0
+        add("heartbeat")
 
         # governance compliance over time: failing results by severity, capped at 1 a tick
         if ev.governed:
-            failing = np.zeros(cap, dtype=np.float32)
             fail_list = list(ev.failed)
             if fail_list:
                 f_slots = np.fromiter((index.get(n, 0) for n, _ in fail_list), dtype=np.int64, count=len(fail_list))
                 f_weight = np.take(SEVERITY_EVIDENCE, np.fromiter((s for _, s in fail_list), dtype=np.int64,
                                                                   count=len(fail_list)))
-                np.add.at(failing, f_slots, f_weight)
-                failing[0] = 0.0
-            np.minimum(failing, 1.0, out=failing)
-            neg[_SIG["compliance"]] = failing
-            clean = slots[failing[slots] == 0]
-            pos[_SIG["compliance"], clean] = 1.0
+                np.add.at(neg, f_slots, f_weight)
+                neg[0] = 0.0
+            np.minimum(neg, 1.0, out=neg)
+            pos[slots[neg[slots] == 0]] = 1.0
+        add("compliance")
 
         # licence history: valid (+1), in grace (-0.5), invalid (-1), no result (nothing)
-        lic = ev.licence
-        pos[_SIG["licence"], slots[lic == 0]] = 1.0
-        neg[_SIG["licence"], slots[lic == 1]] = 0.5
-        neg[_SIG["licence"], slots[lic == 2]] = 1.0
+        pos[slots[lic == 0]] = 1.0
+        neg[slots[lic == 1]] = 0.5
+        neg[slots[lic == 2]] = 1.0
+        add("licence")
 
         # acknowledged actions
         for node_id, good in ev.acks:
             slot = index.get(node_id)
             if slot:
                 if good:
-                    pos[_SIG["acknowledgements"], slot] += 1.0
+                    pos[slot] += 1.0
                 else:
-                    neg[_SIG["acknowledgements"], slot] += 1.0
+                    neg[slot] += 1.0
+        add("acknowledgements")
 
         # refused messages: each refusal is negative; an online node with none is positive
-        refused = np.zeros(cap, dtype=np.float32)
         for node_id, count in ev.refusals.items():
             slot = index.get(node_id)
             if slot:
-                refused[slot] += count
-        np.minimum(refused, MAX_REFUSALS_PER_TICK, out=refused)
-        neg[_SIG["refusals"]] = refused
-        pos[_SIG["refusals"], online[refused[online] == 0]] = 1.0
+                neg[slot] += count
+        np.minimum(neg, MAX_REFUSALS_PER_TICK, out=neg)
+        pos[online[neg[online] == 0]] = 1.0
+        add("refusals")
 
         # witness observations: to slot indexes (unknown ids and self-observations dropped)
         src, dst, good, dropped = self._edges(ev.observations)
@@ -286,43 +305,57 @@ class TrustEngine:
             if not live.all():
                 dropped += int(src.size - np.count_nonzero(live))
                 src, dst, good = src[live], dst[live], good[live]
-        truth = np.full(cap, -1, dtype=np.int8)           # -1 unknown, 1 up, 0 down (orchestrator's own view)
-        truth[slots[status == 0]] = 1
-        truth[slots[status == 2]] = 0
         if src.size:
+            truth = np.full(cap, -1, dtype=np.int8)           # -1 unknown, 1 up, 0 down (orchestrator's own view)
+            truth[online] = 1
+            truth[slots[status == 2]] = 0
             verdict = truth[dst]
+            del truth
             known = verdict >= 0
             agree = known & (verdict == good)
             disagree = known & (verdict != good)
             # per tick and observer: one lie taints the tick (-1); else any checked truth +1
             lies = np.bincount(src[disagree], minlength=cap)[:cap] > 0
             truths = np.bincount(src[agree], minlength=cap)[:cap] > 0
-            neg[_SIG["witness"], lies] = 1.0
-            pos[_SIG["witness"], truths & ~lies] = 1.0
-            pos[_SIG["witness"], 0] = neg[_SIG["witness"], 0] = 0.0
+            neg[lies] = 1.0
+            pos[truths & ~lies] = 1.0
+            pos[0] = neg[0] = 0.0
+        add("witness")
+        del pos, neg
 
         t1 = time.perf_counter()
         timings["evidence"] = t1 - t0
-        ev_obj = self.evidence
-        ev_obj.update(st.forgetting, pos, neg)
-        self._last_evidence = (pos.astype(np.float16), neg.astype(np.float16))
-        scores = ev_obj.scores()
-        weights = np.asarray(st.weights)
-        # an explicit weighted sum, not weights @ scores: BLAS threads stall on a busy machine
-        behaviour_all = (scores * (weights / weights.sum())[:, None]).sum(axis=0)
+        # behaviour: the weighted mean of the signals' scores, summed one signal at a time
+        weights = np.asarray(st.weights, dtype=np.float64)
+        weights = weights / weights.sum()
+        behaviour_all = np.zeros(n_slots)
+        one = np.empty(n_slots)
+        for k in range(len(SIGNALS)):
+            if k != _SIG["witness"]:
+                behaviour_all += np.multiply(self.evidence.score(k, n_slots, out=one), weights[k], out=one)
+        del one
+        witness_score = self.evidence.score(_SIG["witness"], n_slots)
+        behaviour_all += witness_score * weights[_SIG["witness"]]
 
-        # peer score: EigenTrust over observations plus the orchestrator's own evidence
-        witness_score = scores[_SIG["witness"]]
-        o_src = np.zeros(online.size, dtype=np.int64)
-        e_src = np.concatenate((src, o_src))
-        e_dst = np.concatenate((dst, online))
-        e_w = np.concatenate((np.where(good, 1.0, -1.0), np.ones(online.size)))
-        e_w *= witness_score[e_dst]
-        credibility = witness_score[:n_slots].copy()
-        credibility[0] = 1.0  # the orchestrator's own evidence
+        # peer score: EigenTrust over the observations and the orchestrator's own evidence (its
+        # row kept dense: it vouches for every online node, weighted by their witness scores)
+        e_w = np.where(good == 1, witness_score[dst], -witness_score[dst])
+        row = np.zeros(n_slots)
+        row[online] = witness_score[online]
+        mine = src == 0
+        if mine.any():  # the orchestrator's own observations join its row
+            np.add.at(row, dst[mine], e_w[mine])
+            src, dst, e_w = src[~mine], dst[~mine], e_w[~mine]
+        np.maximum(row, 0.0, out=row)
+        total = float(row.sum())
+        if total > 0:
+            row /= total
+        witness_score[0] = 1.0  # the orchestrator's own credibility
         t2 = time.perf_counter()
         timings["beta"] = t2 - t1
-        c, leak = local_trust(e_src, e_dst, e_w, n_slots, credibility)
+        c, leak = local_trust(src, dst, e_w, n_slots, witness_score)
+        del src, dst, e_w, witness_score
+        leak[0] = 0.0 if total > 0 else 1.0
         p = np.zeros(n_slots)
         p[0] = 1.0
         for node_id in attested:
@@ -331,33 +364,46 @@ class TrustEngine:
                 p[slot] = 1.0
         p[~active] = 0.0
         p /= p.sum()
-        start = self.global_trust[:n_slots].copy()
+        start = self.global_trust[:n_slots]
         start[~active] = 0.0
         t3 = time.perf_counter()
         timings["peer_matrix"] = t3 - t2
         eigen = eigentrust(c, leak, p, st.teleport, tolerance=st.tolerance, max_iterations=st.max_iterations,
-                           start=start if start.sum() > 0 else None)
+                           start=start if start.sum() > 0 else None, row=(0, row) if total > 0 else None)
+        del c, leak, row, start
         self.global_trust[:n_slots] = eigen.trust
         self.global_trust[n_slots:] = 0.0
         # scaled by the median share of the nodes that are not pre-trusted (robust to a
         # few nodes holding much, and to a colluding minority holding little)
-        shares = eigen.trust[slots]
-        plain = shares[p[slots] == 0]
-        reference = float(np.median(plain)) if plain.size else 0.0
+        peer = eigen.trust[slots]
+        pre = np.zeros(n_slots, dtype=bool)
+        pre[np.flatnonzero(p)] = True
+        del p
+        plain = peer[~pre[slots]]
+        reference = float(np.median(plain, overwrite_input=True)) if plain.size else 0.0
+        del plain, pre
         if reference <= 0:
-            reference = float(shares.mean()) if shares.size else 0.0
-        raw = np.minimum(shares / (st.saturation * reference), 1.0) if reference > 0 else np.zeros(slots.size)
-        peer = st.smoothing * self.peer[slots] + (1.0 - st.smoothing) * raw
+            reference = float(peer.mean()) if peer.size else 0.0
+        if reference > 0:
+            peer /= st.saturation * reference
+            np.minimum(peer, 1.0, out=peer)
+        else:
+            peer.fill(0.0)
+        peer *= 1.0 - st.smoothing
+        peer += st.smoothing * self.peer[slots]
         self.peer[slots] = peer
 
         t4 = time.perf_counter()
         timings["peer_iteration"] = t4 - t3
         behaviour = behaviour_all[slots]
-        combined = (st.behaviour_weight * behaviour + st.peer_weight * peer) / (st.behaviour_weight + st.peer_weight)
+        del behaviour_all
+        combined = behaviour * st.behaviour_weight
+        combined += st.peer_weight * peer
+        combined /= st.behaviour_weight + st.peer_weight
         capped = lic == 2
-        combined = np.where(capped, np.minimum(combined, st.licence_cap), combined)
+        np.minimum(combined, st.licence_cap, out=combined, where=capped)
         self.trust[slots] = combined
-        self._scores = Scores(slots, behaviour, peer, combined, capped, eigen, int(src.size), dropped, new)
+        self._scores = Scores(slots, behaviour, peer, combined, capped, eigen, int(good.size), dropped, new)
         timings["combine"] = time.perf_counter() - t4
         return self._scores
 
@@ -569,8 +615,9 @@ class TrustEngine:
         st = self.settings
         r, s = self.evidence.r[:, slot], self.evidence.s[:, slot]
         scores = (r + 1.0) / (r + s + 2.0)
-        if self._last_evidence is not None and slot < self._last_evidence[0].shape[1]:
-            pos, neg = self._last_evidence[0][:, slot], self._last_evidence[1][:, slot]
+        last = self._last_evidence
+        if last is not None and slot < last.shape[2]:
+            pos, neg = last[0, :, slot] / 4.0, last[1, :, slot] / 4.0
             r0, s0 = (r - pos) / st.forgetting, (s - neg) / st.forgetting
             prev = (r0 + 1.0) / (r0 + s0 + 2.0)
         else:
