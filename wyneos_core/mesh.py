@@ -9,7 +9,9 @@ reinstating (every tick in a failing cluster) only flip one boolean. Changes of 
 (a node joins or leaves, a link fails or heals) go into two small overlays (edges added
 since, edges gone since) and are folded into a new CSR, with numpy, at the next search.
 A removed vertex's number is given to the next vertex that joins. No Python object is
-held per vertex beyond its name and its entry in the name map.
+held per vertex beyond its name: the name map is a ``NameIndex`` (``wyneos_core.names``:
+``int32`` numbers in an open-addressing table over the names list, about 16 bytes a
+vertex where a dict took about 70).
 
 **Routing** is one breadth-first tree per tick from the origin over healthy vertices
 (not a search per action), in scipy's ``csgraph``: O(nodes + edges) per tick. A tree's
@@ -38,6 +40,7 @@ from wyneos_core import mesh_topology
 from wyneos_core.mesh_graph import MeshGraph
 from wyneos_core.mesh_search import ArrayParents, MeshArrays, RoutingTree
 from wyneos_core.model import ORIGIN
+from wyneos_core.names import NameIndex
 
 __all__ = ["ArrayParents", "Mesh", "MeshArrays", "MeshError", "RoutingTree", "build_topology", "TOPOLOGIES"]
 
@@ -66,7 +69,7 @@ class Mesh:
 
     def __init__(self, graph: nx.Graph | None = None) -> None:
         self._names: list[str | None] = [ORIGIN]
-        self._index: dict[str, int] = {ORIGIN: 0}
+        self._index = NameIndex(self._names)
         self._free: list[int] = []
         self._alive = np.ones(1, bool)
         self._isolated = np.zeros(1, bool)
@@ -161,6 +164,11 @@ class Mesh:
 
     # -- vertices --------------------------------------------------------------------------
 
+    def numbers(self, node_ids: Sequence[object]) -> np.ndarray:
+        """The vertex numbers of ``node_ids`` in one bulk lookup (``int64``; -1: not in
+        the mesh); the orchestrator is 0."""
+        return self._index.numbers(node_ids)
+
     def _number(self, node_id: str) -> int:
         i = self._index.get(node_id)
         if i is None:
@@ -183,31 +191,26 @@ class Mesh:
                 grow = max(16, i // 2)
                 self._alive = np.concatenate([self._alive, np.zeros(grow, bool)])
                 self._isolated = np.concatenate([self._isolated, np.zeros(grow, bool)])
-        self._index[node_id] = i
+        self._index.add(node_id, i)
         self._alive[i] = True
         self._isolated[i] = False
 
     def add_nodes(self, node_ids: Iterable[str]) -> None:
         """Add many vertices at once (those already in the mesh are skipped)."""
-        index = self._index
-        fresh = [v for v in node_ids if v not in index]
-        if self._free or not all(isinstance(v, str) for v in fresh):
-            for v in fresh:  # free numbers first (and a clear error for a bad name), one by one
-                self.add_node(v)
-            return
+        node_ids = node_ids if isinstance(node_ids, Sequence) else list(node_ids)
+        known = self._index.numbers(node_ids)
+        fresh = [node_ids[k] for k in np.flatnonzero(known < 0).tolist()] if (known >= 0).any() else list(node_ids)
         if not fresh:
+            return
+        if self._free or not all(type(v) is str for v in fresh) or len(set(fresh)) != len(fresh):
+            for v in fresh:  # free numbers first (a clear error for a bad name; a name twice once), one by one
+                self.add_node(v)
             return
         start = len(self._names)
         end = start + len(fresh)
-        index.update(zip(fresh, range(start, end)))
-        if len(index) != end:  # a name given twice: undo, then one by one
-            for v in fresh:
-                index.pop(v, None)
-            for v in fresh:
-                self.add_node(v)
-            return
         self._version += 1
         self._names.extend(fresh)
+        self._index.add_many(fresh, np.arange(start, end))
         if end > len(self._alive):
             grow = end - len(self._alive) + end // 8
             self._alive = np.concatenate([self._alive, np.zeros(grow, bool)])
@@ -225,7 +228,7 @@ class Mesh:
         for j in self._links(i):
             self._unlink(i, j)
         self._version += 1
-        del self._index[node_id]
+        self._index.remove(node_id)
         self._names[i] = None
         self._alive[i] = False
         if self._isolated[i]:
@@ -335,8 +338,7 @@ class Mesh:
         ``neighbours`` gives them: for code that works over arrays of its own."""
         arrays = self.arrays()
         n = len(arrays.names)
-        index = self._index
-        numbers = np.fromiter((index.get(v, -1) for v in order), np.int64, len(order))
+        numbers = self._index.numbers(order)
         position = np.full(n, -1, np.int64)
         present = numbers >= 0
         position[numbers[present]] = np.flatnonzero(present)

@@ -1,0 +1,210 @@
+"""Names to numbers without a dict entry per name: ``NameIndex``.
+
+The node table and the mesh each number their names (a slot, a vertex) and keep them in
+a list by number. A ``dict`` from name to number costs about 73 bytes a name on top of
+that list (its entry and a Python ``int`` per number), more than the rest of a node's
+columns; ``NameIndex`` costs about 16: an open-addressing hash table of ``int32``
+numbers (at most two thirds full) over the owner's list, and each number's string hash
+(``int64``, so a table can grow and a bulk lookup compare without touching the strings).
+A hit is always confirmed by comparing the name itself, so two names with one hash stay
+apart. Measured in ``bench/bench_names.py`` (docs/performance.md).
+
+One name at a time (``get``, ``in``, ``[]``) it reads like a dict, a few hundred
+nanoseconds a lookup in plain Python; in bulk (``numbers``, ``add_many``) it works over
+numpy arrays. It does not own the names: the owner writes ``names[number]`` and tells
+the index (``add``, ``remove``); a freed number holds ``None``.
+"""
+
+from __future__ import annotations
+
+import operator
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["NameIndex"]
+
+_EMPTY, _GONE = -1, -2  # a cell never used; a cell whose name was removed (probing goes on past it)
+
+
+class NameIndex(Mapping[str, int]):
+    """``name -> number`` over the owner's ``names`` list (``names[number] == name``)."""
+
+    __slots__ = ("names", "_table", "_mask", "_hashes", "_count", "_used")
+
+    def __init__(self, names: list[str | None]) -> None:
+        self.names = names
+        self._hashes = np.zeros(max(16, len(names)), np.int64)
+        self._count = 0
+        self._used = 0
+        self._table = array("i", [_EMPTY]) * 16
+        self._mask = 15
+        present = [i for i, name in enumerate(names) if name is not None]
+        if present:
+            self.add_many([names[i] for i in present], np.asarray(present, np.int64))  # type: ignore[misc]
+
+    # -- one name --------------------------------------------------------------------------
+
+    def get(self, name: object, default: int | None = None) -> int | None:  # type: ignore[override]
+        try:
+            i = hash(name) & self._mask
+        except TypeError:
+            return default
+        n = self._table[i]  # the first cell: the usual answer, without the loop's set-up
+        if n >= 0:
+            if self.names[n] == name:
+                return n
+        elif n == _EMPTY:
+            return default
+        return self._probe(name, i, default)
+
+    def _probe(self, name: object, i: int, default: int | None) -> int | None:
+        table, names, mask = self._table, self.names, self._mask
+        while True:
+            i = (i + 1) & mask
+            n = table[i]
+            if n == _EMPTY:
+                return default
+            if n >= 0 and names[n] == name:
+                return n
+
+    def __getitem__(self, name: str) -> int:
+        n = self.get(name)
+        if n is None:
+            raise KeyError(name)
+        return n
+
+    def __contains__(self, name: object) -> bool:
+        return self.get(name) is not None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        """The names, in number order."""
+        return (name for name in self.names if name is not None)
+
+    def add(self, name: str, number: int) -> None:
+        """Note that ``names[number]`` is now ``name`` (a name not in the index)."""
+        if (self._used + 1) * 3 > len(self._table) * 2:
+            self._resize(self._count + 1)
+        h = hash(name)
+        table, mask = self._table, self._mask
+        i = h & mask
+        while table[i] >= 0:
+            i = (i + 1) & mask
+        if table[i] == _EMPTY:
+            self._used += 1
+        table[i] = number
+        self._count += 1
+        if number >= len(self._hashes):
+            self._hashes = np.concatenate([self._hashes, np.zeros(max(number + 1, 2 * len(self._hashes))
+                                                                   - len(self._hashes), np.int64)])
+        self._hashes[number] = h
+
+    def remove(self, name: str) -> int | None:
+        """Forget ``name`` (before its owner frees ``names[number]``); return its number."""
+        h = hash(name)
+        table, names, mask = self._table, self.names, self._mask
+        i = h & mask
+        while True:
+            n = table[i]
+            if n == _EMPTY:
+                return None
+            if n >= 0 and names[n] == name:
+                table[i] = _GONE
+                self._count -= 1
+                return n
+            i = (i + 1) & mask
+
+    # -- many names ------------------------------------------------------------------------
+
+    def add_many(self, names: Sequence[str], numbers: np.ndarray) -> None:
+        """Note many new names at once (distinct, none in the index yet): ``names[k]`` is
+        now ``self.names[numbers[k]]``."""
+        count = len(names)
+        if not count:
+            return
+        numbers = np.asarray(numbers, np.int64)
+        top = int(numbers.max()) + 1
+        if top > len(self._hashes):
+            grown = np.zeros(max(top, len(self._hashes) + len(self._hashes) // 8), np.int64)
+            grown[:len(self._hashes)] = self._hashes
+            self._hashes = grown
+        hashes = np.fromiter(map(hash, names), np.int64, count)
+        self._hashes[numbers] = hashes
+        if (self._used + count) * 3 > len(self._table) * 2:
+            self._resize(self._count + count)  # the new names go in below
+        self._place(hashes, numbers)
+        self._count += count
+
+    def _place(self, hashes: np.ndarray, numbers: np.ndarray) -> None:
+        """Put ``numbers`` into their first free cells along their probe sequences, all
+        at once: a round writes every number still waiting into its cell, keeps those that
+        read back their own (one per cell) and moves the others one cell on."""
+        table = np.frombuffer(self._table, np.int32)
+        mask = self._mask
+        pos = hashes & mask
+        waiting = np.arange(len(numbers))
+        while len(waiting):
+            at = pos[waiting]
+            free = table[at] < 0
+            table[at[free]] = numbers[waiting[free]]
+            # of the numbers written into one cell in a round the last stays: the others
+            # (and those whose cell was taken) move one cell on
+            lost = waiting[~(free & (table[at] == numbers[waiting]))]
+            pos[lost] = (pos[lost] + 1) & mask
+            waiting = lost
+        self._used = int(np.count_nonzero(table != _EMPTY))
+        del table
+
+    def _resize(self, count: int) -> None:
+        size = 16
+        while size * 2 < count * 3 + 3:
+            size *= 2
+        old = np.frombuffer(self._table, np.int32)
+        live = old[old >= 0].astype(np.int64)
+        del old
+        self._table = array("i", [_EMPTY]) * size
+        self._mask = size - 1
+        self._used = 0
+        self._place(self._hashes[live], live)
+
+    def numbers(self, names: Sequence[object], missing: int = -1) -> np.ndarray:
+        """The numbers of ``names`` (``int64``, in order; ``missing`` for a name not in
+        the index), probed over numpy arrays and each hit confirmed by its name."""
+        count = len(names)
+        try:
+            hashes = np.fromiter(map(hash, names), np.int64, count)
+        except TypeError:  # an unhashable name: one at a time
+            return np.fromiter((missing if (n := self.get(name)) is None else n for name in names), np.int64, count)
+        table = np.frombuffer(self._table, np.int32)
+        stored = self._hashes
+        mask = self._mask
+        out = np.full(count, missing, np.int64)
+        matched = np.zeros(count, bool)
+        pos = hashes & mask
+        waiting = np.arange(count)
+        while len(waiting):
+            at = pos[waiting]
+            cells = table[at].astype(np.int64)
+            hit = (cells >= 0) & (stored[np.maximum(cells, 0)] == hashes[waiting])
+            out[waiting[hit]] = cells[hit]
+            matched[waiting[hit]] = True
+            go_on = ~hit & (cells != _EMPTY)
+            waiting = waiting[go_on]
+            pos[waiting] = (pos[waiting] + 1) & mask
+        del table
+        found = np.flatnonzero(matched)
+        if len(found):  # confirm each hit by its name (equal hashes, different names: looked up alone)
+            at = found.tolist()
+            same = list(map(operator.eq, map(self.names.__getitem__, out[found].tolist()),
+                            map(names.__getitem__, at)))
+            if not all(same):
+                for k, ok in zip(at, same):
+                    if not ok:
+                        n = self.get(names[k])
+                        out[k] = missing if n is None else n
+                        matched[k] = n is not None
+        return out
