@@ -70,6 +70,35 @@ def test_a_frozen_copy_keeps_its_values_while_the_columns_change():
     assert r.table.freeze().status_counts()["isolated"] == 1
 
 
+@pytest.mark.parametrize("with_a_free_slot", [False, True])
+def test_consecutive_frozen_copies_share_what_did_not_change(with_a_free_slot):
+    r = registry()
+    r.register_many([f"n{i}" for i in range(6)], now=NOW, licence_refs=["l"] * 6)
+    if with_a_free_slot:
+        r.deregister("n5")
+    r.accept_all([Heartbeat(f"n{i}", NOW, 0.1 * i) for i in range(5)], NOW)
+    first = r.table.freeze()
+    second = r.table.freeze()
+    t1, t2 = first.table, second.table
+    assert t2.load is t1.load and t2.registered_at is t1.registered_at and t2.ids is t1.ids
+    assert t2.metadata is t1.metadata and t2.licence_ref is t1.licence_ref
+    with pytest.raises(ValueError):
+        t2.load[0] = 1.0                                                 # shared: read only
+    r.accept_all([Heartbeat("n1", NOW + 5, 0.9)], NOW + 5)
+    r["n2"].metadata = {"zone": "eu"}
+    third = r.table.freeze()
+    t3 = third.table
+    assert t3.load is not t2.load and t3.metadata is not t2.metadata
+    assert t3.registered_at is t2.registered_at and t3.licence_ref is t2.licence_ref and t3.ids is t2.ids
+    assert [n.load for n in first] == [n.load for n in second] == [0.0, 0.1, 0.2, pytest.approx(0.3), 0.4][:5] + \
+        ([] if with_a_free_slot else [None])
+    assert third[1].load == 0.9 and third[2].metadata == {"zone": "eu"} and second[2].metadata == {}
+    r.register("late", now=NOW + 6)                                      # membership changed: copied anew
+    fourth = r.table.freeze()
+    assert fourth.table.registered_at is not t3.registered_at and "late" in fourth.ids()
+    assert "late" not in third.ids()
+
+
 def test_status_over_the_columns_matches_status_of():
     r = registry()
     ages = [None, 0.0, 17.9, 18.0, 18.1, 47.9, 48.0, 48.1, 1e9, math.inf]

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,12 +117,13 @@ class _Noted(list):
     """A list by slot that tells its table when a slot is given a new value, stored as
     ``share`` gives it (one object for equal values: ``wyneos_core.sharing``)."""
 
-    __slots__ = ("changed", "share")
+    __slots__ = ("changed", "share", "version")
 
     def __setitem__(self, slot: Any, value: Any) -> None:  # type: ignore[override]
         old = list.__getitem__(self, slot)
         value = self.share(value)
         list.__setitem__(self, slot, value)
+        self.version += 1
         self.changed(slot, old, value)
 
 
@@ -140,6 +142,8 @@ class NodeTable:
         self.metadata.share = self._share_metadata = MetadataPool()  # type: ignore[attr-defined]
         self.licence_ref.share = shared_ref  # type: ignore[attr-defined]
         self.fingerprint.share = _same  # type: ignore[attr-defined]  # one per machine: nothing to share
+        self.metadata.version = self.licence_ref.version = self.fingerprint.version = 0  # type: ignore[attr-defined]
+        self._last_frozen: weakref.ref[FrozenNodes] | None = None
         self.tier_names: list[str] = list(TIERS)
         self._declared: dict[str, _Dictionary] = {}
         self._version: VersionColumn | None = None
@@ -377,28 +381,47 @@ class NodeTable:
         return out
 
     def freeze(self) -> FrozenNodes:
-        """The registered nodes' fields now, copied (the columns go on changing)."""
+        """The registered nodes' fields now, copied (the columns go on changing). A list
+        or column equal to the one of the previous freeze (while that is still held) is
+        that one, shared and read only: consecutive tick reports of a steady fleet hold
+        what did not change between them once."""
         slots = self.slots()
+        whole = len(slots) == len(self.ids)
+        at = None if whole else slots.tolist()
+        last = self._last_frozen() if self._last_frozen is not None else None
+        last = last.table if last is not None and last.table.membership == self.membership else None
         frozen = NodeTable.__new__(NodeTable)
-        if len(slots) == len(self.ids):  # no free slot: the lists as they are (plain copies)
-            frozen.ids, frozen.metadata = list(self.ids), list(self.metadata)
-            frozen.licence_ref, frozen.fingerprint = list(self.licence_ref), list(self.fingerprint)
-        else:
-            at = slots.tolist()
-            frozen.ids, frozen.metadata, frozen.licence_ref, frozen.fingerprint = (
-                list(map(values.__getitem__, at)) for values in (self.ids, self.metadata, self.licence_ref,
-                                                                 self.fingerprint))
+        frozen.versions = {}
+        for name in ("ids", "metadata", "licence_ref", "fingerprint"):
+            values = getattr(self, name)
+            version = frozen.versions[name] = getattr(values, "version", 0)  # ids change with membership
+            if last is not None and last.versions[name] == version:
+                copy = getattr(last, name)
+            else:
+                copy = list(values) if at is None else list(map(values.__getitem__, at))
+            setattr(frozen, name, copy)
         frozen.tier_names = list(self.tier_names)
-        for name in ("status", "last_seen", "load", "registered_at", "isolated", "last_rollback", "trust", "tier",
-                     "alive", "born", "licence_stamp", "licence_state", "licence_reason"):
-            setattr(frozen, name, getattr(self, name)[slots])
+        for name in _COLUMNS:
+            column = getattr(self, name)
+            before = getattr(last, name) if last is not None else None
+            if before is not None and at is None and _equal(before, column[:len(slots)]):
+                copy = before  # unchanged since the last freeze: no copy at all
+            else:
+                copy = column[slots]
+                if before is not None and at is not None and _equal(before, copy):
+                    copy = before
+                copy.flags.writeable = False
+            setattr(frozen, name, copy)
         frozen.free = []
-        frozen.membership = 0
+        frozen.membership = self.membership
         frozen._slots = None
         frozen.index = {}
         frozen._declared = {}
         frozen._version = None
-        return FrozenNodes(frozen)
+        frozen._last_frozen = None
+        out = FrozenNodes(frozen)
+        self._last_frozen = weakref.ref(out)
+        return out
 
     def licence_reason_code(self, reason: str) -> int:
         """The ``licence_reason`` code of ``reason`` (a reason not met before is appended)."""
@@ -407,6 +430,14 @@ class NodeTable:
         except ValueError:
             LICENCE_REASONS.append(reason)
             return len(LICENCE_REASONS) - 1
+
+
+_COLUMNS = ("status", "last_seen", "load", "registered_at", "isolated", "last_rollback", "trust", "tier", "alive",
+            "born", "licence_stamp", "licence_state", "licence_reason")
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
 
 
 def _same(value: Any) -> Any:
@@ -563,7 +594,7 @@ class NodeList(Sequence[Node]):
 class FrozenNodes(Sequence[Node]):
     """Nodes copied at a moment (``NodeTable.freeze``): ``Node`` values made when read."""
 
-    __slots__ = ("table",)
+    __slots__ = ("table", "__weakref__")
 
     def __init__(self, table: NodeTable) -> None:
         self.table = table
