@@ -26,6 +26,7 @@ import pluggy
 from wyneos_core import PROJECT_NAME
 
 if TYPE_CHECKING:
+    from wyneos_core.builtin.carry import HopBatch
     from wyneos_core.config import Config
     from wyneos_core.mesh import Mesh
     from wyneos_core.model import Action, Delivery, Heartbeat, LicenceResult, Node, RuleResult, TickReport
@@ -312,7 +313,8 @@ def wyneos_propagate(
     """Route each decided action over the mesh to the nodes that must know it.
 
     First result: the builtin ``propagate`` plugin (``trylast``) computes one routing
-    tree per tick and calls ``wyneos_deliver`` for every hop.
+    tree per tick and walks it level by level, calling ``wyneos_deliver_batch`` once per
+    level (and retry) with the hops of every action.
 
     :param ctx: the tick context.
     :param actions: the decided actions.
@@ -334,6 +336,26 @@ def wyneos_deliver(ctx: TickContext, action: Action, sender: str, receiver: str)
     :param action: the action being carried.
     :param sender: mesh node (or ``orchestrator``) sending.
     :param receiver: mesh node receiving.
+    """
+
+
+@hookspec(firstresult=True)
+def wyneos_deliver_batch(ctx: TickContext, hops: HopBatch) -> Sequence[bool] | bool | None:
+    """Carry the hops of one level of the routing tree, for every action at once.
+
+    Added in 0.2. First result: a transport that sends in bulk returns one bool per hop
+    (a list or a numpy bool array; True: the receiver acknowledged), or True / False for
+    the whole batch; None passes the batch to the next implementation. A transport that
+    raises has delivered none of the batch. Unacknowledged hops are tried again in a
+    batch of their own (``hops.attempt`` counts); a hop that never is acknowledged fails
+    the action's hops below it. The builtin implementation (``trylast``) acknowledges
+    every hop, unless another plugin implements ``wyneos_deliver``: then each hop goes
+    through that per-hop hook, as it did before batches.
+
+    :param ctx: the tick context.
+    :param hops: a ``wyneos_core.builtin.carry.HopBatch``: ``actions``, and per hop the
+        action's index (``action``), ``senders`` and ``receivers`` (node ids); iterating
+        it yields ``(action, sender, receiver)``.
     """
 
 

@@ -138,6 +138,72 @@ class ArrayParents(Mapping[str, str]):
         names = arrays.names
         return [names[j] for j in reversed(hops)]  # type: ignore[misc]
 
+    @classmethod
+    def of(cls, parent: Mapping[str, str]) -> ArrayParents:
+        """The same tree as arrays, from ``{vertex: parent}`` (the origin numbered 0)."""
+        names: list[str | None] = [ORIGIN, *(v for v in parent if v != ORIGIN)]
+        index = {v: i for i, v in enumerate(names)}
+        pred = np.fromiter((-9999 if v == ORIGIN else index[parent[v]] for v in names), np.int32, len(names))  # type: ignore[index]
+        none = np.zeros(0, np.int32)
+        arrays = MeshArrays(names, index, np.zeros(len(names) + 1, np.int64), none, np.ones(len(names), bool), -1)
+        return cls(arrays, pred)
+
+    @property
+    def arrays(self) -> MeshArrays:
+        """The snapshot the tree was searched in (its vertex numbers and names)."""
+        return self._arrays
+
+    @property
+    def pred(self) -> np.ndarray:
+        """The predecessor array, by vertex number (negative: no parent; read only)."""
+        return self._pred
+
+    def numbers(self, vertices: Iterable[str]) -> np.ndarray:
+        """Vertex numbers of ``vertices`` in the tree's snapshot (-1: not in it)."""
+        number = self._arrays.number
+        return np.fromiter((-1 if (i := number(v)) is None else i for v in vertices), np.int64)
+
+    def depths(self, numbers: np.ndarray) -> np.ndarray:
+        """Hops from the origin to each vertex number (-1: no parent; the origin 0): the
+        tree walked up for all of them at once, one step per level."""
+        pred = self._pred
+        numbers = np.asarray(numbers, np.int64)
+        out = np.full(len(numbers), -1, np.int64)
+        safe = np.where(numbers >= 0, numbers, 0)
+        reached = (numbers >= 0) & ((safe == 0) | (pred[safe] >= 0))
+        out[reached] = 0
+        walking = np.flatnonzero(reached & (safe > 0))
+        cur = safe[walking]
+        while len(walking):
+            out[walking] += 1
+            cur = pred[cur]
+            up = cur > 0
+            walking, cur = walking[up], cur[up]
+        return out
+
+    def paths(self, numbers: np.ndarray) -> list[list[str]]:
+        """``path`` of each vertex number (``[]``: no parent, or not in the snapshot), the
+        tree walked up for all of them at once."""
+        numbers = np.asarray(numbers, np.int64)
+        depth = self.depths(numbers)
+        if not len(numbers):
+            return []
+        top = int(depth.max())
+        if top < 0:
+            return [[] for _ in range(len(numbers))]
+        steps = np.zeros((len(numbers), top + 1), np.int64)  # vertex numbers, origin first
+        rows = np.arange(len(numbers))
+        cur = np.where(depth >= 0, numbers, 0)
+        pred = self._pred
+        for k in range(top + 1):
+            col = depth - k
+            at = col >= 0
+            steps[rows[at], col[at]] = cur[at]
+            cur = np.where(cur > 0, pred[np.maximum(cur, 0)], 0)
+        names = self._arrays.names
+        return [[names[j] for j in row[:d + 1]] if d >= 0 else []  # type: ignore[misc]
+                for row, d in zip(steps.tolist(), depth.tolist())]
+
     def unreached(self) -> list[str]:
         """The vertices without a parent, the origin left out."""
         names = self._arrays.names

@@ -37,20 +37,24 @@ status; isolated nodes are not counted) are detected each tick and listed in
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem, gated_features
+from wyneos_core.builtin.carry import RELAY_PLUGIN, Carrier, HopBatch
 from wyneos_core.builtin.decide import RESEND, RETRYABLE, DecideState, _stranded, event, state_of
 from wyneos_core.mesh import Mesh, RoutingTree
-from wyneos_core.model import ORIGIN, Action, ActionType, Delivery, NodeStatus, PluginError
+from wyneos_core.model import ORIGIN, Action, ActionType, Delivery, PluginError
+from wyneos_core.nodetable import ONLINE
 
 if TYPE_CHECKING:
     from wyneos_core.tick import Orchestrator, TickContext
 
 __all__ = [
     "LOAD_ACTIONS",
+    "RELAY_PLUGIN",
     "RESTRICTING",
     "plan_load_moves",
     "restrictions_of",
@@ -64,9 +68,6 @@ LOAD_ACTIONS = frozenset({ActionType.REDUCE_LOAD.value, ActionType.REDISTRIBUTE.
 RESTRICTING = frozenset({ActionType.QUARANTINE.value, ActionType.GATE_FEATURE.value, ActionType.DEGRADE.value})
 _EPS = 1e-9
 _WITH_NEIGHBOURS = frozenset({ActionType.ISOLATE.value, ActionType.REINSTATE.value})
-#: the plugin name of a transport that relays through peers (``wyneos_core.service.action_relay``):
-#: while one is registered, an offline node that witnesses still reach is routed through them
-RELAY_PLUGIN = "relay-desk"
 
 
 @hookimpl
@@ -107,9 +108,13 @@ def plan_load_moves(
     :return: ``{"moves": {neighbour: amount}, "moved": x, "unplaced": y, "load": l}``.
     """
     healing = ctx.config["healing"]
-    node = ctx.registry.get(action.target)
-    load = planned.get(action.target, node.load if node is not None else None)
-    if node is None or load is None or action.target not in ctx.mesh:
+    table = ctx.registry.table  # the columns themselves: no node view per neighbour
+    index, loads = table.index, table.load
+    slot = index.get(action.target)
+    load = planned.get(action.target)
+    if load is None and slot is not None:
+        load = _opt(loads.item(slot))
+    if slot is None or load is None or action.target not in ctx.mesh:
         return {"moves": {}, "moved": 0.0, "unplaced": 0.0, "load": load, "why": "load unknown"}
     default = healing["target_load"] if action.type == ActionType.REDUCE_LOAD.value else 0.0
     goal = float(action.params.get("target_load", default))
@@ -117,27 +122,28 @@ def plan_load_moves(
     if excess <= _EPS:
         return {"moves": {}, "moved": 0.0, "unplaced": 0.0, "load": load, "why": "at or below target"}
     ceiling = healing["neighbour_max_load"]
-    registry = ctx.registry
-    spare: list[tuple[float, str]] = []
-    for n in ctx.mesh.neighbours(action.target):
-        other = registry.get(n)
-        if other is None or other.isolated or other.status is not NodeStatus.ONLINE or n not in parent:
+    neighbours = [n for n in ctx.mesh.neighbours(action.target) if n in index]
+    slots = [index[n] for n in neighbours]
+    healthy = ((table.status[slots] == ONLINE) & ~table.isolated[slots]).tolist()
+    spare: list[tuple[float, str, float]] = []
+    for n, ok, base in zip(neighbours, healthy, loads[slots].tolist()):
+        if not ok or n not in parent:
             continue
-        other_load = planned.get(n, other.load)
-        if other_load is None:
+        other_load = planned.get(n, base)
+        if other_load != other_load:  # NaN: load unknown
             continue
         room = ceiling - other_load
         if room > _EPS:
-            spare.append((room, n))
+            spare.append((room, n, other_load))
     spare.sort(key=lambda item: (-item[0], item[1]))
     moves: dict[str, float] = {}
     left = excess
-    for room, n in spare:
+    for room, n, before in spare:
         if left <= _EPS:
             break
         amount = min(room, left)
         moves[n] = round(amount, 6)
-        planned[n] = planned.get(n, registry[n].load or 0.0) + amount
+        planned[n] = before + amount
         left -= amount
     moved = excess - left
     planned[action.target] = load - moved
@@ -145,113 +151,16 @@ def plan_load_moves(
             "why": "" if left <= _EPS else "no healthy neighbour with spare capacity for the rest"}
 
 
+def _opt(value: float) -> float | None:
+    return None if value != value else value
+
+
 # -- delivery ------------------------------------------------------------------------------
 
-
-class _Carrier:
-    """Carries actions down the tick's routing tree, hop by hop, with retries."""
-
-    def __init__(self, ctx: TickContext, tree: RoutingTree, retries: int) -> None:
-        self.ctx = ctx
-        self.tree = tree
-        self.parent = tree.parent
-        self.avoid = tree.avoided
-        self.retries = retries
-        self.call = ctx.orchestrator.pm.call_each
-        self.errors = ctx.report.errors
-        self.mesh = ctx.mesh
-        self.hops = 0
-        self.retried = 0
-        #: offline target -> the witness the route goes through (relay, see ``witness_route``)
-        self.via: dict[str, str] = {}
-        self.relaying = ctx.orchestrator.pm.get_plugin(RELAY_PLUGIN) is not None
-
-    def witness_route(self, target: str) -> str | None:
-        """The witness through which an offline ``target`` is reached, when a relaying
-        transport is registered and a routable witness reports it reachable (else None)."""
-        if not self.relaying or self.avoid.get(target) != "offline":
-            return None
-        if target in self.via:
-            return self.via[target]
-        from wyneos_core.consensus import state_of
-
-        consensus = state_of(self.ctx.orchestrator)
-        sus = consensus.suspicions.get(target)
-        if sus is None:
-            return None
-        tick, window = self.ctx.tick, consensus.settings.window_ticks
-        registry = self.ctx.registry
-        for observer in sorted(sus.reports):
-            at, reachable = sus.reports[observer]
-            node = registry.get(observer)
-            if (reachable and tick - at < window and observer != target and observer in self.parent
-                    and node is not None and not node.isolated and self.mesh.has_edge(observer, target)):
-                self.via[target] = observer
-                return observer
-        return None
-
-    def _hop(self, action: Action, sender: str, receiver: str) -> bool:
-        for attempt in range(self.retries + 1):
-            self.hops += 1
-            if attempt:
-                self.retried += 1
-            answer = self.call("wyneos_deliver", self.errors, firstresult=True, ctx=self.ctx, action=action,
-                               sender=sender, receiver=receiver)
-            if answer and answer[0][1] is True:
-                return True
-        return False
-
-    def carry(self, action: Action, targets: Sequence[str], direct: str | None = None) -> list[Delivery]:
-        """Deliver ``action`` to ``targets``; ``direct`` may be reached from the origin in one hop."""
-        parent = self.parent
-        mesh = self.mesh
-        out: list[Delivery] = []
-        reachable: list[str] = []
-        for target in targets:
-            if target not in mesh:
-                out.append(Delivery(action.id, target, False, [], "unknown_node"))
-            elif target in parent or target == direct:
-                reachable.append(target)
-            elif self.witness_route(target) is not None:
-                reachable.append(target)  # offline to the orchestrator, reached through a witness
-            elif target in self.avoid:
-                out.append(Delivery(action.id, target, False, [], self.avoid[target]))
-            else:
-                out.append(Delivery(action.id, target, False, [], "partition"))
-        # the hops needed: union of tree paths, each parent before its children
-        hops: list[tuple[str, str]] = []
-        seen = {ORIGIN}
-        for target in reachable:
-            chain = []
-            v = target
-            while v not in seen:
-                p = parent.get(v)
-                if p is None:
-                    p = self.via.get(v, ORIGIN)
-                chain.append((p, v))
-                seen.add(v)
-                v = p
-            hops.extend(reversed(chain))
-        failed: set[str] = set()
-        for sender, receiver in hops:
-            if sender in failed or not self._hop(action, sender, receiver):
-                failed.add(receiver)
-        for target in reachable:
-            if target in parent:
-                path = self.tree.path(target)
-            elif target in self.via:
-                path = [*self.tree.path(self.via[target]), target]
-            else:
-                path = [ORIGIN, target]
-            if target in failed:
-                out.append(Delivery(action.id, target, False, path, "relay_failed"))
-            else:
-                out.append(Delivery(action.id, target, True, path))
-        return out
+_Carrier = Carrier  # the name tests and older code import
 
 
-def _summary(routed: Sequence[Delivery]) -> str:
-    ok = sum(1 for d in routed if d.delivered)
+def _summary(routed: Sequence[Delivery], ok: int) -> str:
     text = f"delivered to {ok}/{len(routed)}"
     missed = [d for d in routed if not d.delivered]
     if missed:
@@ -309,10 +218,11 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
     if actions or pending_redelivery:
         tree = ctx.routing_tree(refresh=reinstated)  # redrawn if reinstatements restored edges
         parent = tree.parent
-        carrier = _Carrier(ctx, tree, settings["retries"])
+        carrier = Carrier(ctx, tree, settings["retries"])
         planned: dict[str, float] = {}
         effects: dict[str, dict[str, Any]] = {}
-        carried_ok: list[Action] = []
+        jobs: list[tuple[Action, Sequence[str], str | None]] = []
+        fresh_ok: list[Action] = []
         for action in actions:
             try:
                 carried = action
@@ -320,25 +230,30 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
                     plan = plan_load_moves(ctx, action, parent, planned)
                     carried = Action(action.type, action.target, action.reason, action.origin, action.severity,
                                      {**action.params, "moves": plan["moves"]}, id=action.id)
+                    effects[action.id] = plan
                 direct = action.target if action.type == ActionType.REINSTATE.value else None
-                routed = carrier.carry(carried, targets_of(carried, mesh, ctx), direct)
+                jobs.append((carried, targets_of(carried, mesh, ctx), direct))
             except Exception as exc:  # noqa: BLE001 - one action never stops the others
                 _refuse(ctx, state, action, "exception", f"{type(exc).__name__}: {exc}")
+                effects.pop(action.id, None)
                 continue
-            if action.type in LOAD_ACTIONS:
-                effects[action.id] = plan
-            carried_ok.append(action)
+            fresh_ok.append(action)
+        held_again: list[Any] = []
+        if settings["redeliver"]:
+            fresh = {a.id for a in actions}
+            held_again = _redelivery_jobs(ctx, state, carrier, fresh, settings["max_redeliveries_per_tick"], jobs)
+        routed_all = carrier.carry_all(jobs)
+        for action, (carried, _, _), routed in zip(fresh_ok, jobs, routed_all):
             deliveries.extend(routed)
-            event(ctx, action, "propagated", _summary(routed),
-                  delivered=sum(1 for d in routed if d.delivered), targets=len(routed))
+            ok = sum(1 for d in routed if d.delivered)
+            event(ctx, action, "propagated", _summary(routed, ok), delivered=ok, targets=len(routed))
             held = state.in_force.get(action.id)
             if held is not None:
                 held.carried = carried
                 held.pending = {d.target: d.reason for d in routed if not d.delivered and d.reason in RETRYABLE}
-        if settings["redeliver"]:
-            fresh = {a.id for a in actions}
-            deliveries.extend(_redeliver(ctx, state, carrier, fresh, settings["max_redeliveries_per_tick"]))
-        _apply_effects(ctx, state, carried_ok, mesh, effects)
+        for held, routed in zip(held_again, routed_all[len(fresh_ok):]):
+            deliveries.extend(_redelivered(ctx, held, routed))
+        _apply_effects(ctx, state, fresh_ok, mesh, effects)
         ctx.scratch["propagate"] = {"hops": carrier.hops, "retried": carrier.retried}
     # partitions: after the effects, over the mesh as it now is
     # structural: offline nodes count as members of the partition they sit in
@@ -353,8 +268,11 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
     return deliveries
 
 
-def _redeliver(ctx: TickContext, state: DecideState, carrier: _Carrier, fresh: set[str], budget: int) -> list[Delivery]:
-    out: list[Delivery] = []
+def _redelivery_jobs(ctx: TickContext, state: DecideState, carrier: Carrier, fresh: set[str], budget: int,
+                     jobs: list[tuple[Action, Sequence[str], str | None]]) -> list[Any]:
+    """Append to ``jobs`` the actions in force with targets still to reach that now have a
+    route (at most ``budget`` targets in all); return their ``InForce`` records, in order."""
+    held_again: list[Any] = []
     parent = carrier.parent
     for action_id, held in list(state.in_force.items()):
         if budget <= 0:
@@ -366,24 +284,28 @@ def _redeliver(ctx: TickContext, state: DecideState, carrier: _Carrier, fresh: s
             if RESEND in held.pending:  # restored after a restart without its delivery record
                 held.pending = {t: "restart" for t in targets_of(action, carrier.mesh, ctx)}
             ready = [t for t in held.pending if t in parent or carrier.witness_route(t) is not None][:budget]
-            if not ready:
-                continue
-            budget -= len(ready)
-            routed = carrier.carry(action, ready)
         except Exception as exc:  # noqa: BLE001 - one action never stops the others
             _refuse(ctx, state, held.action, "exception", f"redelivery: {type(exc).__name__}: {exc}")
             continue
-        for d in routed:
-            if d.delivered:
-                held.pending.pop(d.target, None)
-            elif d.reason in RETRYABLE:
-                held.pending[d.target] = d.reason
-            else:
-                held.pending.pop(d.target, None)
-        event(ctx, held.action, "redelivered", _summary(routed),
-              delivered=sum(1 for d in routed if d.delivered), targets=len(routed))
-        out.extend(routed)
-    return out
+        if not ready:
+            continue
+        budget -= len(ready)
+        jobs.append((action, ready, None))
+        held_again.append(held)
+    return held_again
+
+
+def _redelivered(ctx: TickContext, held: Any, routed: list[Delivery]) -> list[Delivery]:
+    for d in routed:
+        if d.delivered:
+            held.pending.pop(d.target, None)
+        elif d.reason in RETRYABLE:
+            held.pending[d.target] = d.reason
+        else:
+            held.pending.pop(d.target, None)
+    ok = sum(1 for d in routed if d.delivered)
+    event(ctx, held.action, "redelivered", _summary(routed, ok), delivered=ok, targets=len(routed))
+    return routed
 
 
 def _apply_effects(ctx: TickContext, state: DecideState, actions: Sequence[Action], mesh: Mesh,
@@ -445,14 +367,23 @@ def restrictions_of(state: DecideState) -> dict[str, dict[str, Any]]:
 def sync_restrictions(ctx: TickContext, state: DecideState) -> None:
     """Write each node's restrictions into ``metadata["restrictions"]``; lift cleared ones.
 
-    Metadata dicts are replaced, never mutated (earlier tick reports share them).
+    Metadata dicts are replaced, never mutated (earlier tick reports share them). Only the
+    nodes restricted now or at the last sync are looked at, except on the first sync of a
+    node table and after nodes joined or left: then every node is (restrictions restored
+    from the state file, or given with a node's metadata, are taken in hand there).
     """
     wanted = restrictions_of(state)
     table = ctx.registry.table  # the metadata column: one list, no view per node
-    metadata, ids = table.metadata, table.ids
-    for slot in table.slots().tolist():
+    metadata, ids, index = table.metadata, table.ids, table.index
+    orchestrator = ctx.orchestrator
+    synced = getattr(orchestrator, "_restrictions_synced", None)
+    if synced is not None and synced[0] is table and synced[1] == table.membership:
+        slots = [index[n] for n in state.restricted | wanted.keys() if n in index]
+    else:
+        slots = table.slots().tolist()
+    for slot in slots:
         md = metadata[slot]
-        entry = wanted.get(ids[slot]) if wanted else None
+        entry = wanted.get(ids[slot]) if wanted else None  # type: ignore[arg-type]
         if entry is not None:
             if md.get("restrictions") != entry:
                 metadata[slot] = {**md, "restrictions": entry}
@@ -460,10 +391,35 @@ def sync_restrictions(ctx: TickContext, state: DecideState) -> None:
             # lifted, or claimed by a heartbeat: only the orchestrator sets restrictions
             metadata[slot] = {k: v for k, v in md.items() if k != "restrictions"}
     state.restricted = set(wanted)
+    orchestrator._restrictions_synced = (table, table.membership)  # type: ignore[attr-defined]
+
+
+@hookimpl(trylast=True)
+def wyneos_deliver_batch(ctx: TickContext, hops: HopBatch) -> Any:
+    """The builtin batch transport: acknowledges every hop (in-process cluster), unless
+    another plugin implements the per-hop ``wyneos_deliver``: then each hop goes through
+    that hook (first result; this module's own per-hop transport answers last)."""
+    pm = ctx.orchestrator.pm
+    here = sys.modules[__name__]
+    if any(impl.plugin is not here for impl in pm.hook.wyneos_deliver.get_hookimpls()):
+        call, errors = pm.call_each, ctx.report.errors
+        acks = []
+        for action, sender, receiver in hops:
+            answer = call("wyneos_deliver", errors, firstresult=True, ctx=ctx, action=action, sender=sender,
+                          receiver=receiver)
+            acks.append(bool(answer) and answer[0][1] is True)
+        return acks
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("tick %d: level %d, attempt %d: %d hop(s) of %d action(s) acknowledged", ctx.tick, hops.level,
+                  hops.attempt, len(hops), len(hops.actions))
+        for action, sender, receiver in hops:
+            log.debug("tick %d: %s %s: %s -> %s", ctx.tick, action.type, action.target, sender, receiver)
+    return True
 
 
 @hookimpl(trylast=True)
 def wyneos_deliver(ctx: TickContext, action: Action, sender: str, receiver: str) -> bool:
-    """The builtin transport: logs the hop and acknowledges it (in-process cluster)."""
-    log.debug("tick %d: %s %s: %s -> %s", ctx.tick, action.type, action.target, sender, receiver)
+    """The builtin per-hop transport: logs the hop and acknowledges it (in-process cluster)."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("tick %d: %s %s: %s -> %s", ctx.tick, action.type, action.target, sender, receiver)
     return True
