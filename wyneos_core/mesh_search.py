@@ -160,8 +160,10 @@ class ArrayParents(Mapping[str, str]):
 
     def numbers(self, vertices: Iterable[str]) -> np.ndarray:
         """Vertex numbers of ``vertices`` in the tree's snapshot (-1: not in it)."""
-        number = self._arrays.number
-        return np.fromiter((-1 if (i := number(v)) is None else i for v in vertices), np.int64)
+        arrays = self._arrays
+        get, names, size = arrays.index.get, arrays.names, len(arrays.names)
+        found = [i if (i := get(v, -1)) >= 0 and i < size and names[i] == v else -1 for v in vertices]
+        return np.array(found, np.int64)
 
     def depths(self, numbers: np.ndarray) -> np.ndarray:
         """Hops from the origin to each vertex number (-1: no parent; the origin 0): the

@@ -145,10 +145,12 @@ class Carrier:
         seeds: list[tuple[int, int, int]] = []  # (job, target number, sender number: -1 for its tree parent)
         verdicts: list[list[tuple[str, int, int]]] = []  # per job: (target, seed index or -1, reason code)
         reasons: list[str] = []
+        flat = [t for _, targets, _ in jobs for t in targets]
+        numbers = tree.numbers(flat).tolist()
+        at = 0
         for j, (_, targets, direct) in enumerate(jobs):
-            numbers = tree.numbers(targets)
             out = []
-            for target, i in zip(targets, numbers.tolist()):
+            for target, i in zip(targets, numbers[at:at + len(targets)]):
                 if target not in mesh:
                     out.append((target, -1, _reason(reasons, "unknown_node")))
                 elif i > 0 and pred[i] >= 0:
@@ -163,6 +165,7 @@ class Carrier:
                 else:
                     out.append((target, -1, _reason(reasons, avoid.get(target, "partition"))))
             verdicts.append(out)
+            at += len(targets)
         failed = self._walk(jobs, seeds, names, pred) if seeds else np.zeros(0, bool)
         # 2. the deliveries, with every reached target's path from the tree (all at once)
         reached = np.array([t if via < 0 else via for _, t, via in seeds], np.int64)  # whose tree path

@@ -41,11 +41,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from wyneos_core import hookimpl
 from wyneos_core.action_params import action_problem, gated_features
 from wyneos_core.builtin.carry import RELAY_PLUGIN, Carrier, HopBatch
 from wyneos_core.builtin.decide import RESEND, RETRYABLE, DecideState, _stranded, event, state_of
-from wyneos_core.mesh import Mesh, RoutingTree
+from wyneos_core.mesh import Mesh
+from wyneos_core.mesh_search import ArrayParents
 from wyneos_core.model import ORIGIN, Action, ActionType, Delivery, PluginError
 from wyneos_core.nodetable import ONLINE
 
@@ -56,6 +59,7 @@ __all__ = [
     "LOAD_ACTIONS",
     "RELAY_PLUGIN",
     "RESTRICTING",
+    "load_receivers",
     "plan_load_moves",
     "restrictions_of",
     "sync_restrictions",
@@ -68,6 +72,8 @@ LOAD_ACTIONS = frozenset({ActionType.REDUCE_LOAD.value, ActionType.REDISTRIBUTE.
 RESTRICTING = frozenset({ActionType.QUARANTINE.value, ActionType.GATE_FEATURE.value, ActionType.DEGRADE.value})
 _EPS = 1e-9
 _WITH_NEIGHBOURS = frozenset({ActionType.ISOLATE.value, ActionType.REINSTATE.value})
+_REDUCE_LOAD, _REINSTATE, _ISOLATE, _REVOKE = (ActionType.REDUCE_LOAD.value, ActionType.REINSTATE.value,
+                                                ActionType.ISOLATE.value, ActionType.REVOKE.value)
 
 
 @hookimpl
@@ -83,7 +89,7 @@ def wyneos_startup(orchestrator: Orchestrator) -> None:
 
 def targets_of(action: Action, mesh: Mesh, ctx: TickContext) -> list[str]:
     """The nodes that must know ``action``, the target first."""
-    if action.target == "*" or action.type == ActionType.REVOKE.value:
+    if action.target == "*" or action.type == _REVOKE:
         return ctx.registry.ids()
     if action.type in _WITH_NEIGHBOURS and action.target in mesh:
         return [action.target, *sorted(n for n in mesh.neighbours(action.target) if n != ORIGIN)]
@@ -96,7 +102,8 @@ def targets_of(action: Action, mesh: Mesh, ctx: TickContext) -> list[str]:
 
 
 def plan_load_moves(
-    ctx: TickContext, action: Action, parent: Mapping[str, str], planned: dict[str, float]
+    ctx: TickContext, action: Action, parent: Mapping[str, str], planned: dict[str, float],
+    receivers: Mapping[str, tuple[list[str], list[float]]] | None = None,
 ) -> dict[str, Any]:
     """Plan where the load of ``action.target`` goes; update ``planned`` loads.
 
@@ -104,31 +111,30 @@ def plan_load_moves(
     ``healing.target_load``); ``redistribute`` moves it down to ``params["target_load"]``
     (default 0: all of it). Receivers are the target's neighbours that are online, not
     isolated, reachable and below ``healing.neighbour_max_load``; the most spare first.
+    ``receivers`` (from ``load_receivers``, for many actions at once) gives each
+    target's healthy reachable neighbours and their loads; without it they are read here.
 
     :return: ``{"moves": {neighbour: amount}, "moved": x, "unplaced": y, "load": l}``.
     """
     healing = ctx.config["healing"]
+    target = action.target
     table = ctx.registry.table  # the columns themselves: no node view per neighbour
-    index, loads = table.index, table.load
-    slot = index.get(action.target)
-    load = planned.get(action.target)
+    slot = table.index.get(target)
+    load = planned.get(target)
     if load is None and slot is not None:
-        load = _opt(loads.item(slot))
-    if slot is None or load is None or action.target not in ctx.mesh:
+        load = _opt(table.load.item(slot))
+    if slot is None or load is None or target not in ctx.mesh:
         return {"moves": {}, "moved": 0.0, "unplaced": 0.0, "load": load, "why": "load unknown"}
-    default = healing["target_load"] if action.type == ActionType.REDUCE_LOAD.value else 0.0
+    default = healing["target_load"] if action.type == _REDUCE_LOAD else 0.0
     goal = float(action.params.get("target_load", default))
     excess = load - goal
     if excess <= _EPS:
         return {"moves": {}, "moved": 0.0, "unplaced": 0.0, "load": load, "why": "at or below target"}
     ceiling = healing["neighbour_max_load"]
-    neighbours = [n for n in ctx.mesh.neighbours(action.target) if n in index]
-    slots = [index[n] for n in neighbours]
-    healthy = ((table.status[slots] == ONLINE) & ~table.isolated[slots]).tolist()
+    found = receivers.get(target) if receivers is not None else None
+    names, loads = found if found is not None else load_receivers(ctx, [target], parent)[target]
     spare: list[tuple[float, str, float]] = []
-    for n, ok, base in zip(neighbours, healthy, loads[slots].tolist()):
-        if not ok or n not in parent:
-            continue
+    for n, base in zip(names, loads):
         other_load = planned.get(n, base)
         if other_load != other_load:  # NaN: load unknown
             continue
@@ -146,9 +152,38 @@ def plan_load_moves(
         planned[n] = before + amount
         left -= amount
     moved = excess - left
-    planned[action.target] = load - moved
+    planned[target] = load - moved
     return {"moves": moves, "moved": round(moved, 6), "unplaced": round(max(left, 0.0), 6), "load": load,
             "why": "" if left <= _EPS else "no healthy neighbour with spare capacity for the rest"}
+
+
+def load_receivers(ctx: TickContext, targets: Sequence[str],
+                   parent: Mapping[str, str]) -> dict[str, tuple[list[str], list[float]]]:
+    """Target -> its neighbours that may take load (online, not isolated, reachable) and
+    their loads before any plan (NaN: unknown), read from the columns for all targets at
+    once."""
+    mesh = ctx.mesh
+    table = ctx.registry.table
+    index = table.index
+    distinct = list(dict.fromkeys(t for t in targets if t in mesh))
+    lists = [[n for n in mesh.neighbours(t) if n in index] for t in distinct]
+    flat = [n for names in lists for n in names]
+    slots = np.fromiter(map(index.__getitem__, flat), np.int64, len(flat))
+    ok = (table.status[slots] == ONLINE) & ~table.isolated[slots]
+    if isinstance(parent, ArrayParents):
+        numbers = parent.numbers(flat)
+        ok &= (numbers > 0) & (parent.pred[np.maximum(numbers, 0)] >= 0)
+    else:
+        ok &= np.fromiter((n in parent for n in flat), bool, len(flat))
+    ok_list, loads = ok.tolist(), table.load[slots].tolist()
+    out: dict[str, tuple[list[str], list[float]]] = {}
+    at = 0
+    for target, names in zip(distinct, lists):
+        end = at + len(names)
+        keep = [i for i in range(at, end) if ok_list[i]]
+        out[target] = ([flat[i] for i in keep], [loads[i] for i in keep])
+        at = end
+    return out
 
 
 def _opt(value: float) -> float | None:
@@ -205,7 +240,7 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
     # reinstate first: its edges are back before the tree is drawn, so it hears of it
     reinstated = False
     for action in actions:
-        if action.type == ActionType.REINSTATE.value and action.target in mesh:
+        if action.type == _REINSTATE and action.target in mesh:
             restored = mesh.reinstate(action.target)
             node = ctx.registry.get(action.target)
             if node is not None:
@@ -220,6 +255,7 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
         parent = tree.parent
         carrier = Carrier(ctx, tree, settings["retries"])
         planned: dict[str, float] = {}
+        receivers = load_receivers(ctx, [a.target for a in actions if a.type in LOAD_ACTIONS], parent)
         effects: dict[str, dict[str, Any]] = {}
         jobs: list[tuple[Action, Sequence[str], str | None]] = []
         fresh_ok: list[Action] = []
@@ -227,11 +263,11 @@ def wyneos_propagate(ctx: TickContext, actions: Sequence[Action], mesh: Mesh) ->
             try:
                 carried = action
                 if action.type in LOAD_ACTIONS:
-                    plan = plan_load_moves(ctx, action, parent, planned)
+                    plan = plan_load_moves(ctx, action, parent, planned, receivers)
                     carried = Action(action.type, action.target, action.reason, action.origin, action.severity,
                                      {**action.params, "moves": plan["moves"]}, id=action.id)
                     effects[action.id] = plan
-                direct = action.target if action.type == ActionType.REINSTATE.value else None
+                direct = action.target if action.type == _REINSTATE else None
                 jobs.append((carried, targets_of(carried, mesh, ctx), direct))
             except Exception as exc:  # noqa: BLE001 - one action never stops the others
                 _refuse(ctx, state, action, "exception", f"{type(exc).__name__}: {exc}")
@@ -324,11 +360,11 @@ def _apply_effects(ctx: TickContext, state: DecideState, actions: Sequence[Actio
 def _apply_one(ctx: TickContext, action: Action, mesh: Mesh, effects: Mapping[str, dict[str, Any]],
                unplaced: list[str]) -> None:
     node = ctx.registry.get(action.target)
-    if action.type == ActionType.ISOLATE.value and node is not None and action.target in mesh:
+    if action.type == _ISOLATE and node is not None and action.target in mesh:
         cut = mesh.isolate(action.target)
         node.isolated = True
         event(ctx, action, "in_force", f"cut {len(cut)} edge(s)", effect={"cut": sorted(cut)})
-    elif action.type == ActionType.REINSTATE.value:
+    elif action.type == _REINSTATE:
         event(ctx, action, "in_force", "edges restored")
         event(ctx, action, "cleared", "reinstated")
     elif action.type in LOAD_ACTIONS and action.id in effects:
