@@ -130,32 +130,13 @@ def test_the_output_names_the_installed_plugins_taking_part(tmp_path, site):
     assert "installed plugins" not in out.stdout
 
 
-def _dist(root: Path, name: str, module: str, code: str) -> Path:
-    dist = root / name
-    dist.mkdir()
-    (dist / "pyproject.toml").write_text(textwrap.dedent(f"""\
-        [build-system]
-        requires = ["setuptools>=61"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "{name}"
-        version = "1.0"
-
-        [project.entry-points.wyneos]
-        {name} = "{module}"
-        """))
-    (dist / f"{module}.py").write_text(code)
-    return dist
-
-
 @pytest.mark.slow
 def test_a_plugin_may_read_nodes_one_by_one_or_as_a_table(tmp_path):
     """Two pip-installed plugins: one iterates ``nodes`` and reads ``node.load`` (views made
     as it reads), one reads the load column (docs/writing-plugins.md); the same nodes fail."""
     import re
 
-    from venvtools import make_venv, pip_install, run_in
+    from venvtools import make_dist, make_venv, pip_install, run_in
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md").read_text()
     [table_code] = re.findall(r"<!-- table-example: wyneos_hot_nodes.py -->\n```python\n(.*?)```", page, re.S)
@@ -178,8 +159,8 @@ def test_a_plugin_may_read_nodes_one_by_one_or_as_a_table(tmp_path):
             return out
         """)
     python = make_venv(tmp_path / "venv")
-    pip_install(python, _dist(tmp_path, "hot-nodes", "wyneos_hot_nodes", table_code),
-                _dist(tmp_path, "by-node", "wyneos_by_node", one_by_one))
+    pip_install(python, make_dist(tmp_path, "hot-nodes", "wyneos_hot_nodes", table_code),
+                make_dist(tmp_path, "by-node", "wyneos_by_node", one_by_one))
     work = tmp_path / "work"
     work.mkdir()
     (work / "c.yaml").write_text("nodes: [{id: a}, {id: b}, {id: c}, {id: d}, {id: e}]\n"

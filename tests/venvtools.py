@@ -12,10 +12,11 @@ import os
 import subprocess
 import sys
 import sysconfig
+import textwrap
 import venv
 from pathlib import Path
 
-__all__ = ["make_venv", "pip_install", "run_in"]
+__all__ = ["make_dist", "make_venv", "pip_install", "run_in"]
 
 
 def make_venv(root: Path) -> Path:
@@ -46,3 +47,24 @@ def run_in(python: Path, *args: str, cwd: Path | None = None, timeout: float = 1
     """Run ``python -m wyneos_core.cli ARGS`` in the venv."""
     return subprocess.run([str(python), "-m", "wyneos_core.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
+
+
+def make_dist(root: Path, name: str, module: str, code: str) -> Path:
+    """A one-module distribution ``name`` at ``root/name`` whose ``wyneos`` entry point
+    ``name`` is ``module`` (with ``code``), for ``pip_install``."""
+    dist = root / name
+    dist.mkdir()
+    (dist / "pyproject.toml").write_text(textwrap.dedent(f"""\
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "{name}"
+        version = "1.0"
+
+        [project.entry-points.wyneos]
+        {name} = "{module}"
+        """))
+    (dist / f"{module}.py").write_text(code)
+    return dist

@@ -119,7 +119,7 @@ def plan_load_moves(
     healing = ctx.config["healing"]
     target = action.target
     table = ctx.registry.table  # the columns themselves: no node view per neighbour
-    slot = table.index.get(target)
+    slot = table.slot_of(target)
     load = planned.get(target)
     if load is None and slot is not None:
         load = _opt(table.load.item(slot))
@@ -164,12 +164,11 @@ def load_receivers(ctx: TickContext, targets: Sequence[str],
     once."""
     mesh = ctx.mesh
     table = ctx.registry.table
-    index = table.index
     distinct = list(dict.fromkeys(t for t in targets if t in mesh))
-    lists = [[n for n in mesh.neighbours(t) if n in index] for t in distinct]
+    lists = [mesh.neighbours(t) for t in distinct]
     flat = [n for names in lists for n in names]
-    slots = np.fromiter(map(index.__getitem__, flat), np.int64, len(flat))
-    ok = (table.status[slots] == ONLINE) & ~table.isolated[slots]
+    slots = table.slots_of(flat)  # -1: not a registered node (the orchestrator)
+    ok = (slots >= 0) & (table.status[slots] == ONLINE) & ~table.isolated[slots]
     if isinstance(parent, ArrayParents):
         numbers = parent.numbers(flat)
         ok &= (numbers > 0) & (parent.pred[np.maximum(numbers, 0)] >= 0)
@@ -410,11 +409,11 @@ def sync_restrictions(ctx: TickContext, state: DecideState) -> None:
     """
     wanted = restrictions_of(state)
     table = ctx.registry.table  # the metadata column: one list, no view per node
-    metadata, ids, index = table.metadata, table.ids, table.index
+    metadata, ids = table.metadata, table.ids
     orchestrator = ctx.orchestrator
     synced = getattr(orchestrator, "_restrictions_synced", None)
     if synced is not None and synced[0] is table and synced[1] == table.membership:
-        slots = [index[n] for n in state.restricted | wanted.keys() if n in index]
+        slots = [s for s in table.slots_of(list(state.restricted | wanted.keys())).tolist() if s >= 0]
     else:
         slots = table.slots().tolist()
     for slot in slots:
