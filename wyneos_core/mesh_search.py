@@ -9,6 +9,7 @@ tick's steps share (see ``wyneos_core.mesh``).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,9 +162,19 @@ class ArrayParents(Mapping[str, str]):
     def numbers(self, vertices: Iterable[str]) -> np.ndarray:
         """Vertex numbers of ``vertices`` in the tree's snapshot (-1: not in it)."""
         arrays = self._arrays
-        get, names, size = arrays.index.get, arrays.names, len(arrays.names)
-        found = [i if (i := get(v, -1)) >= 0 and i < size and names[i] == v else -1 for v in vertices]
-        return np.array(found, np.int64)
+        names, size = arrays.names, len(arrays.names)
+        vertices = vertices if isinstance(vertices, list) else list(vertices)
+        bulk = getattr(arrays.index, "numbers", None)  # a NameIndex looks names up in bulk
+        if bulk is None:
+            get = arrays.index.get
+            found = [i if (i := get(v, -1)) >= 0 and i < size and names[i] == v else -1 for v in vertices]
+            return np.array(found, np.int64)
+        found = bulk(vertices)
+        # the index is the live mesh's: a number counts only if the snapshot has that name there
+        found[found >= size] = -1
+        same = list(map(operator.eq, map(names.__getitem__, np.maximum(found, 0).tolist()), vertices))
+        found[~np.array(same, bool)] = -1
+        return found
 
     def depths(self, numbers: np.ndarray) -> np.ndarray:
         """Hops from the origin to each vertex number (-1: no parent; the origin 0): the
