@@ -126,3 +126,15 @@ def test_names_and_slots_in_bulk_follow_joins_and_leaves():
     r.register("late", now=NOW)
     assert t.slot_of("late") == 3 and t.slots_of(["late"]).tolist() == [3]   # the freed slot, taken
     assert t.slots_of([]).tolist() == []
+
+
+def test_ids_in_bulk_with_and_without_free_slots():
+    r = registry()
+    t = r.table
+    names = [f"n{i}" for i in range(1000)]
+    r.register_many(names, now=NOW)
+    assert r.ids() == names and r.nodes().ids() is not t.ids               # a copy, not the live list
+    picked = t.slots_of(names[::-3])
+    assert t.ids_at(picked) == names[::-3] and t.ids_at(picked[:5]) == names[::-3][:5]
+    r.deregister("n7")
+    assert r.ids() == names[:7] + names[8:] and t.ids_at(t.slots()) == r.ids()

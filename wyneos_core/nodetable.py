@@ -339,9 +339,17 @@ class NodeTable:
                                 for i in node_ids), np.int64, count)
 
     def ids_at(self, slots: Iterable[int] | np.ndarray) -> list[str]:
-        """The ids of the nodes in ``slots`` (each a registered node's slot), in order."""
-        at = slots.tolist() if isinstance(slots, np.ndarray) else slots
-        return list(map(self.ids.__getitem__, at))  # type: ignore[arg-type]
+        """The ids of the nodes in ``slots`` (each a registered node's slot), in order:
+        every slot in order is a copy of ``ids``; many are gathered as pointers (no Python
+        ``int`` per slot)."""
+        ids = self.ids
+        if isinstance(slots, np.ndarray):
+            if len(slots) == len(ids) and slots is self._slots and self._slots_version == self.membership:
+                return list(ids)  # type: ignore[arg-type]  # slots() with no free slot: every slot, in order
+            if len(slots) > 256:
+                return np.asarray(ids, dtype=object)[slots].tolist()  # type: ignore[no-any-return]
+            slots = slots.tolist()
+        return list(map(ids.__getitem__, slots))  # type: ignore[arg-type]
 
     def slots(self) -> np.ndarray:
         """The slots of the registered nodes, in slot order (cached until one joins or leaves)."""
@@ -586,8 +594,7 @@ class NodeList(Sequence[Node]):
     def ids(self) -> list[str]:
         """The nodes' ids in order (one list, no views)."""
         if self._ids is None:
-            ids = self.table.ids
-            self._ids = [ids[s] for s in self.slots.tolist()]  # type: ignore[misc]
+            self._ids = self.table.ids_at(self.slots)
         return self._ids
 
 
