@@ -155,13 +155,15 @@ def _time_ticks(orch, clock, ids, overloaded, silent, repeat: int) -> tuple[floa
     times = []
     actions: list[int] = []  # per round: the same work each round gives the same count
     for _ in range(repeat):
-        batch = heartbeats(ids, overloaded, silent, clock.now)
-        orch.intake.put_columns(batch)
+        # the batch and the report are not held here through the next tick (as a running
+        # orchestrator: the queue hands the batch over, last_report keeps the report)
+        orch.intake.put_columns(heartbeats(ids, overloaded, silent, clock.now))
         t0 = time.perf_counter()
         report = orch.tick()
         times.append(time.perf_counter() - t0)
         assert not any(not r.valid for r in report.licences.values()), "bench licences must be valid"
         actions.append(len(report.actions))
+        del report
         orch._decide_state = DecideState()  # type: ignore[attr-defined]  # same work every round: actions new again
         for node_id in list(orch.mesh.isolated):
             orch.mesh.reinstate(node_id)
