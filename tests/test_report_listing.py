@@ -190,3 +190,27 @@ def test_the_step_benchmark_runs_at_a_small_size():
     assert out.returncode == 0, out.stderr
     steps = json.loads(out.stdout)
     assert {"trust", "decide", "report", "total"} <= set(steps) and steps["total"] > 0
+
+
+@pytest.mark.parametrize("max_nodes", [5, 1000])
+def test_the_report_file_is_written_in_chunks_as_the_same_bytes(tmp_path, clock, max_nodes, monkeypatch):
+    """The report file's node list is encoded a chunk of rows at a time (the first tick of a
+    large fleet lists every node): the same bytes as the whole document encoded at once."""
+    from wyneos_core.builtin import listing
+    from wyneos_core.builtin.report import encode_json, report_json
+    monkeypatch.setattr(listing, "CHUNK", 3)
+    monkeypatch.setattr(listing.node_chunks, "__defaults__", (None, 3))
+    config = start(tmp_path, max_nodes)
+    orch = Orchestrator(config, clock=clock, load_entrypoints=False)
+    try:
+        for report in ticks(orch, clock, 4, silent={"n07"}, hot={"n30"}):
+            pieces = list(report_json(report, orch.registry, max_nodes))
+            whole = encode_json(report_dict(report, orch.registry, max_nodes))
+            assert b"".join(pieces) == whole
+            listed = len(json.loads(whole)["nodes"])
+            assert len(pieces) >= 2 * len(report.to_dict()) + listed // 3  # a piece per chunk of 3 rows
+            plain = dataclasses.replace(report, nodes=list(report.nodes), licences=dict(report.licences))
+            assert b"".join(report_json(plain, orch.registry, max_nodes)) == encode_json(
+                report_dict(plain, orch.registry, max_nodes))
+    finally:
+        orch.stop()

@@ -19,7 +19,8 @@ before.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,8 @@ import numpy as np
 from wyneos_core.model import Node, NodeStatus, TickReport
 from wyneos_core.nodetable import ONLINE, STATUSES
 
-__all__ = ["changed_ids", "licence_problems", "licence_summary", "node_dicts", "pick", "report_dict",
-           "worth_a_look"]
+__all__ = ["CHUNK", "changed_ids", "licence_problems", "licence_summary", "node_chunks", "node_dicts", "pick",
+           "report_dict", "report_parts", "worth_a_look"]
 
 _STATUS_VALUES = [s.value for s in STATUSES]
 
@@ -50,34 +51,31 @@ def positions(nodes: Any, registry: Any, wanted: Iterable[str]) -> np.ndarray | 
     """Positions in the report's node copy of the ``wanted`` ids that are in it (None: the
     copy has no columns). Each id is looked up in the registry's index; its slot's rank
     among the registered slots is its position in the copy, which is checked to hold that
-    id (a node that joined or left since the copy is looked for by a walk)."""
+    id (a node that joined or left since the copy is looked for by a walk). One lookup
+    per id and a few array operations: no numpy call per id."""
     t = _columns(nodes)
     if t is None:
         return None
     ids = t.ids
     wanted = [w for w in wanted if isinstance(w, str)]
     live = getattr(registry, "table", None)
-    found: list[int] = []
-    missed: list[str] = []
+    found = np.zeros(0, dtype=np.int64)
+    missed: list[str] = wanted
     if live is not None and wanted:
         slots = live.slots()
-        index = live.index
-        for node_id in wanted:
-            slot = index.get(node_id)
-            if slot is None:
-                missed.append(node_id)
-                continue
-            at = int(np.searchsorted(slots, slot))
-            if at < len(ids) and ids[at] == node_id:
-                found.append(at)
-            else:
-                missed.append(node_id)
-    else:
-        missed = wanted
+        get = live.index.get
+        slot = np.fromiter((get(node_id, -1) for node_id in wanted), np.int64, len(wanted))
+        at = np.minimum(np.searchsorted(slots, slot), max(len(ids) - 1, 0))
+        hit = (slot >= 0) & (at < len(ids))
+        if len(ids):
+            hit[hit] = [ids[i] == node_id for i, node_id in zip(at[hit].tolist(), compress(wanted, hit.tolist()))]
+        found = at[hit]
+        missed = list(compress(wanted, (~hit).tolist())) if not hit.all() else []
     if missed:
         rest = set(missed)
-        found += [i for i, node_id in enumerate(ids) if node_id in rest]
-    return np.unique(np.array(found, dtype=np.int64))
+        found = np.concatenate([found, np.array([i for i, node_id in enumerate(ids) if node_id in rest],
+                                                dtype=np.int64)])
+    return np.unique(found)
 
 
 def pick(nodes: Sequence[Node], registry: Any, wanted: set[str]) -> list[Node]:
@@ -156,9 +154,10 @@ def licence_summary(report: TickReport) -> dict[str, int]:
     return summary() if summary is not None else report.licence_counts()
 
 
-def report_dict(report: TickReport, registry: Any, max_nodes: int | None = None) -> dict[str, Any]:
-    """``report.to_dict(max_nodes)``, its node and licence lists found over the columns
-    (the same document: same keys, same order, same values)."""
+def report_parts(report: TickReport, registry: Any, max_nodes: int | None = None) -> tuple[dict[str, Any], Any]:
+    """``report.to_dict(max_nodes)`` without its node list (``nodes`` is empty, in its
+    place), and which nodes the list holds: positions in the columns, nodes of a plain
+    list, or None for all (``node_chunks`` makes their rows a chunk at a time)."""
     nodes = report.nodes
     listed: Any = None
     omitted = 0
@@ -167,8 +166,29 @@ def report_dict(report: TickReport, registry: Any, max_nodes: int | None = None)
         omitted = len(nodes) - len(listed)
     data = dataclasses.replace(report, nodes=[], licences={}, counted={}).to_dict()
     data["status_counts"] = report.status_counts()
-    data["nodes"] = node_dicts(nodes, listed)
+    data["nodes"] = []
     data["nodes_omitted"] = omitted
     data["licences"] = [r.to_dict() for r in licence_problems(report.licences)]
     data["licence_summary"] = licence_summary(report)
+    return data, listed
+
+
+#: nodes per chunk of listed rows: what the report step holds at once, whatever the fleet
+CHUNK = 4096
+
+
+def node_chunks(nodes: Sequence[Node], at: np.ndarray | list[Node] | None = None,
+                size: int = CHUNK) -> Iterator[list[dict[str, Any]]]:
+    """``node_dicts(nodes, at)`` in consecutive chunks of at most ``size`` rows."""
+    if at is None:
+        at = np.arange(len(nodes)) if _columns(nodes) is not None else list(nodes)
+    for lo in range(0, len(at), size):
+        yield node_dicts(nodes, at[lo:lo + size])
+
+
+def report_dict(report: TickReport, registry: Any, max_nodes: int | None = None) -> dict[str, Any]:
+    """``report.to_dict(max_nodes)``, its node and licence lists found over the columns
+    (the same document: same keys, same order, same values)."""
+    data, listed = report_parts(report, registry, max_nodes)
+    data["nodes"] = node_dicts(report.nodes, listed)
     return data

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from wyneos_core import hookimpl
-from wyneos_core.builtin.listing import licence_problems, report_dict
+from wyneos_core.builtin.listing import licence_problems, node_chunks, report_parts
 from wyneos_core.causes import action_cause
 from wyneos_core.model import Action, RuleResult, TickReport
 from wyneos_core.wording import examples, plural
@@ -345,12 +345,41 @@ def _plain(value: Any) -> Any:
 encode_json = msgspec.json.Encoder(enc_hook=_plain).encode
 
 
+def report_json(report: TickReport, registry: Any, max_nodes: int | None = None) -> Iterator[bytes]:
+    """``encode_json(report_dict(report, registry, max_nodes))`` in pieces, the node list a
+    chunk of rows at a time (``listing.CHUNK``): the same bytes, without the whole list's
+    dicts or text in memory at once (the first tick of a large fleet lists every node)."""
+    data, listed = report_parts(report, registry, max_nodes)
+    yield b"{"
+    for k, (key, value) in enumerate(data.items()):
+        yield (b"," if k else b"") + encode_json(key) + b":"
+        if key != "nodes":
+            yield encode_json(value)
+            continue
+        yield b"["
+        sep = b""
+        for chunk in node_chunks(report.nodes, listed):
+            body = encode_json(chunk)[1:-1]
+            if body:
+                yield sep + body
+                sep = b","
+        yield b"]"
+    yield b"}"
+
+
 def write_json_atomic(path: Path, data: object) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (a reader sees the old file or the new)."""
+    write_atomic(path, [encode_json(data)])
+
+
+def write_atomic(path: Path, pieces: Iterable[bytes]) -> None:
+    """Write the bytes of ``pieces`` to ``path`` atomically (a temporary file, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(encode_json(data))
+            for piece in pieces:
+                fh.write(piece)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -384,14 +413,14 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
         # last_report is still the tick before: it is replaced once every report hook ran
         _emit("\n".join(summary_lines(report, ctx.orchestrator.last_report, mode)))
     limit = settings["max_nodes_in_file"]
-    data = None
+    whole = None
     if mode == "json":
-        data = report_dict(report, ctx.registry, limit)
-        _emit(encode_json(data).decode())
+        whole = b"".join(report_json(report, ctx.registry, limit))
+        _emit(whole.decode())
     if settings["json_path"]:
         path = ctx.config.resolve(settings["json_path"])
         try:
-            write_json_atomic(path, data if data is not None else report_dict(report, ctx.registry, limit))
+            write_atomic(path, [whole] if whole is not None else report_json(report, ctx.registry, limit))
         except OSError as exc:  # say it now: the report of this tick is already printed
             print(f"wyneos: cannot write report.json_path {path}: {exc.strerror or exc}", file=sys.stderr)
             raise
