@@ -14,8 +14,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
+from itertools import islice, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import msgspec
 
 from wyneos_core.model import Node, NodeStatus, Severity
 from wyneos_core.registry import NODE_ID_PATTERN
@@ -74,6 +77,51 @@ CREATE TABLE IF NOT EXISTS action_events (
 CREATE INDEX IF NOT EXISTS action_events_tick ON action_events (tick);
 CREATE TABLE IF NOT EXISTS carried (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
+
+
+#: the store's JSON text: compact, keys sorted where the old text sorted them (msgspec: one
+#: call encodes a tick's actions, events or effects, a fraction of ``json.dumps`` each)
+_ENCODE = msgspec.json.Encoder()
+_ENCODE_SORTED = msgspec.json.Encoder(order="sorted")
+_ENCODE_SORTED_TEXT = msgspec.json.Encoder(order="sorted", enc_hook=str)  # what JSON lacks, as its text
+#: rows per chunk of node rows written (bounds what a write of the whole fleet holds at once)
+_ROWS_CHUNK = 4096
+
+
+def encode_each(encoder: msgspec.json.Encoder, items: list[Any], fallback: Callable[[Any], str] = json.dumps) -> list[str]:
+    """The JSON text of each of ``items``, encoded in one call; ``fallback`` encodes them one
+    by one when the encoder refuses one (text that is not valid Unicode, a type it lacks),
+    as the store always did."""
+    if not items:
+        return []
+    try:
+        return encoder.encode_lines(items).decode().split("\n")[:-1]
+    except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError
+        return [fallback(item) for item in items]
+
+
+def _sorted(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _node_columns(nodes: Iterable[Node]) -> Iterable[tuple[list[Any], ...]]:
+    """``Node`` values as chunks of stored columns (``Listed.column_chunks``' shape)."""
+    it = iter(nodes)
+    while chunk := list(islice(it, _ROWS_CHUNK)):
+        yield ([n.id for n in chunk], [n.status.value for n in chunk], [n.last_seen for n in chunk],
+               [n.load for n in chunk], [n.metadata for n in chunk], [n.licence_ref for n in chunk],
+               [n.fingerprint for n in chunk], [n.registered_at for n in chunk], [n.isolated for n in chunk])
+
+
+def _node_rows(nodes: Iterable[Node], tick: int) -> Iterable[tuple[Any, ...]]:
+    """The ``nodes`` rows of ``nodes``, made a chunk at a time: from columns when the nodes
+    offer them (``column_chunks``, the report's nodes listed over its column copy), else
+    from each ``Node``."""
+    columns = getattr(nodes, "column_chunks", None)
+    for ids, status, last_seen, load, metadata, ref, fingerprint, registered, isolated in (
+            columns() if columns is not None else _node_columns(nodes)):
+        yield from zip(ids, status, last_seen, load, encode_each(_ENCODE, metadata), ref, fingerprint, registered,
+                       map(int, isolated), repeat(tick))
 
 
 _STATUSES = frozenset(s.value for s in NodeStatus)
@@ -492,20 +540,15 @@ class StateStore:
                 "status=excluded.status, last_seen=excluded.last_seen, load=excluded.load, "
                 "metadata=excluded.metadata, licence_ref=excluded.licence_ref, fingerprint=excluded.fingerprint, "
                 "isolated=excluded.isolated, updated_tick=excluded.updated_tick",
-                (
-                    (n.id, n.status.value, n.last_seen, n.load, json.dumps(n.metadata), n.licence_ref,
-                     n.fingerprint, n.registered_at, int(n.isolated), tick)
-                    for n in nodes
-                ),
+                _node_rows(nodes, tick),
             )
+            actions = list(actions)
             c.executemany(
                 "INSERT INTO actions VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
                 "state=excluded.state, last_tick=excluded.last_tick, reason=excluded.reason",
-                (
-                    (a["id"], a["type"], a["target"], a["origin"], a["reason"], a["severity"],
-                     json.dumps(a["params"], sort_keys=True), a["state"], a["first_tick"], a["last_tick"])
-                    for a in actions
-                ),
+                ((a["id"], a["type"], a["target"], a["origin"], a["reason"], a["severity"], params, a["state"],
+                  a["first_tick"], a["last_tick"])
+                 for a, params in zip(actions, encode_each(_ENCODE_SORTED, [a["params"] for a in actions], _sorted))),
             )
             c.executemany(
                 "UPDATE actions SET state='cleared', last_tick=? WHERE id=?", ((tick, aid) for aid in cleared)
@@ -516,7 +559,7 @@ class StateStore:
             )
             c.execute(
                 "INSERT OR REPLACE INTO ticks VALUES (?,?,?,?)",
-                (tick, started_at, duration_ms, json.dumps(summary, sort_keys=True)),
+                (tick, started_at, duration_ms, encode_each(_ENCODE_SORTED, [summary], _sorted)[0]),
             )
             c.execute("DELETE FROM ticks WHERE tick <= ?", (tick - retention,))
             # the lifecycle of actions that ended more than ``retention`` ticks ago goes too
@@ -785,12 +828,15 @@ CREATE TABLE IF NOT EXISTS action_refusals (
                 "delivered=excluded.delivered, reason=excluded.reason, tick=excluded.tick",
                 ((a, t, int(ok), r, tick) for a, t, ok, r in outcomes),
             )
+            effects = list(effects)
+            carried = iter(encode_each(_ENCODE_SORTED, [p for _a, p, _e in effects if p is not None], _sorted))
+            done = iter(encode_each(_ENCODE_SORTED_TEXT, [e for _a, _p, e in effects if e is not None],
+                                    lambda e: json.dumps(e, sort_keys=True, default=str)))
             c.executemany(
                 "INSERT INTO action_effects VALUES (?,?,?,?) ON CONFLICT(action_id) DO UPDATE SET "
                 "carried=COALESCE(excluded.carried, carried), effect=COALESCE(excluded.effect, effect), "
                 "tick=excluded.tick",
-                ((a, None if p is None else json.dumps(p, sort_keys=True),
-                  None if e is None else json.dumps(e, sort_keys=True, default=str), tick)
+                ((a, None if p is None else next(carried), None if e is None else next(done), tick)
                  for a, p, e in effects),
             )
             live = "SELECT id FROM actions WHERE state = 'in_force'"

@@ -10,6 +10,7 @@ before.
 * ``changed_ids``: nodes whose status changed this tick or that an action targets;
 * ``pick``: the report's nodes of a few ids, found through the registry's id index and
   checked against the copy (no walk over the ids);
+* ``listed``: the same as a ``Listed``, read a chunk at a time (rows for the state file);
 * ``worth_a_look``: nodes not online, isolated or changed (a mask over the columns);
 * ``node_dicts``: ``Node.to_dict`` rows made from the columns, without a ``Node`` each;
 * ``licence_problems`` and ``licence_summary``: the results that are not plainly valid,
@@ -28,10 +29,12 @@ import numpy as np
 from wyneos_core.model import Node, NodeStatus, TickReport
 from wyneos_core.nodetable import ONLINE, STATUSES
 
-__all__ = ["CHUNK", "changed_ids", "licence_problems", "licence_summary", "node_chunks", "node_dicts", "pick",
+__all__ = ["CHUNK", "Listed", "changed_ids", "licence_problems", "licence_summary", "listed", "node_chunks", "node_dicts", "pick",
            "report_dict", "report_parts", "worth_a_look"]
 
 _STATUS_VALUES = [s.value for s in STATUSES]
+#: nodes per chunk of listed rows: what the report step holds at once, whatever the fleet
+CHUNK = 4096
 
 
 def changed_ids(report: TickReport) -> set[str]:
@@ -86,6 +89,56 @@ def pick(nodes: Sequence[Node], registry: Any, wanted: set[str]) -> list[Node]:
     if at is None:
         return [n for n in nodes if n.id in wanted]
     return [nodes[i] for i in at.tolist()]
+
+
+class Listed(Sequence[Node]):
+    """Some of the report's nodes (``at``: positions in its column copy; None: all), read
+    a chunk at a time: ``Node`` values made one by one when iterated, or, for a store
+    that writes rows, ``column_chunks``: the stored fields as lists, no ``Node`` at all."""
+
+    __slots__ = ("nodes", "at")
+
+    def __init__(self, nodes: Sequence[Node], at: np.ndarray | None = None) -> None:
+        self.nodes = nodes
+        self.at = np.arange(len(nodes)) if at is None else at
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def __getitem__(self, position: Any) -> Any:
+        if isinstance(position, slice):
+            return [self.nodes[i] for i in self.at[position].tolist()]
+        return self.nodes[int(self.at[position])]
+
+    def __iter__(self) -> Iterator[Node]:
+        t = self.nodes.table  # type: ignore[attr-defined]
+        for lo in range(0, len(self.at), CHUNK):
+            yield from map(t.value, self.at[lo:lo + CHUNK].tolist())
+
+    def column_chunks(self, size: int = CHUNK) -> Iterator[tuple[list[Any], ...]]:
+        """Chunks of at most ``size`` nodes as columns: ids, status values, last seen and
+        load (None for none), metadata, licence refs, fingerprints, registration times and
+        isolation (the fields of a stored node row, in that order)."""
+        t = self.nodes.table  # type: ignore[attr-defined]
+        ids, metadata, licence_ref, fingerprint = t.ids, t.metadata, t.licence_ref, t.fingerprint
+        for lo in range(0, len(self.at), size):
+            at = self.at[lo:lo + size]
+            where = at.tolist()
+            yield ([ids[i] for i in where], [_STATUS_VALUES[c] for c in t.status[at].tolist()],
+                   _optional(t.last_seen[at]), _optional(t.load[at]), [metadata[i] for i in where],
+                   [licence_ref[i] for i in where], [fingerprint[i] for i in where], t.registered_at[at].tolist(),
+                   t.isolated[at].tolist())
+
+
+def listed(nodes: Sequence[Node], registry: Any, wanted: set[str] | None = None) -> Sequence[Node]:
+    """The report's nodes whose id is in ``wanted`` (all when None), in the report's order:
+    a ``Listed`` over the columns, or a list of the nodes of a plain list."""
+    if wanted is None:
+        return Listed(nodes) if _columns(nodes) is not None else list(nodes)
+    at = positions(nodes, registry, wanted) if wanted else np.zeros(0, dtype=np.int64)
+    if at is None:
+        return [n for n in nodes if n.id in wanted]
+    return Listed(nodes, at)
 
 
 def worth_a_look(nodes: Sequence[Node], registry: Any, changed: set[str]) -> np.ndarray | list[Node]:
@@ -171,10 +224,6 @@ def report_parts(report: TickReport, registry: Any, max_nodes: int | None = None
     data["licences"] = [r.to_dict() for r in licence_problems(report.licences)]
     data["licence_summary"] = licence_summary(report)
     return data, listed
-
-
-#: nodes per chunk of listed rows: what the report step holds at once, whatever the fleet
-CHUNK = 4096
 
 
 def node_chunks(nodes: Sequence[Node], at: np.ndarray | list[Node] | None = None,

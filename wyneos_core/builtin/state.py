@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from wyneos_core import hookimpl
 from wyneos_core.builtin.decide import DecideState, state_of
-from wyneos_core.builtin.listing import changed_ids, licence_summary, pick
+from wyneos_core.builtin.listing import changed_ids, licence_summary, listed
 from wyneos_core.model import TickReport
 from wyneos_core.store import StoreError
 
@@ -63,7 +63,8 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
             cleared.append(action_id)
     first = ctx.tick == 1 or not getattr(ctx.orchestrator, "_state_primed", False)
     # the nodes whose row changed, found through the registry's index (not a walk over the fleet)
-    nodes = report.nodes if first else pick(report.nodes, ctx.registry, changed_ids(report))
+    # (every node the first time: a chunk at a time from the report's column copy)
+    nodes = listed(report.nodes, ctx.registry, None if first else changed_ids(report))
     ctx.orchestrator._state_primed = True  # type: ignore[attr-defined]
     summary = {
         "tick": report.tick,
@@ -77,7 +78,7 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
         "notes": report.notes,
     }
     entry = (_outcomes(ctx, report, decide), (
-        report.tick, report.started_at, report.duration_ms, summary, list(nodes), rows,
+        report.tick, report.started_at, report.duration_ms, summary, nodes, rows,
         [(e["action_id"], e["state"], e.get("detail", "")) for e in report.lifecycle],
         ctx.config["state"]["retention_ticks"], cleared))
     _write(ctx, report, decide, entry)
@@ -113,10 +114,19 @@ def _write(ctx: TickContext, report: TickReport, decide: DecideState, entry: tup
             store.write_tick(*tick_args)
             backlog.popleft()
     except (sqlite3.Error, OSError) as exc:
+        _keep(backlog)
         orch.state_error = (f"state file not written: {exc} ({len(backlog)} tick(s) kept in memory, "  # type: ignore[attr-defined]
                             f"retried at every tick)")
         raise StoreError(f"{store.path}: {orch.state_error}") from None
     orch.state_error = None  # type: ignore[attr-defined]
+
+
+def _keep(backlog: deque[tuple]) -> None:
+    """Make the waiting ticks' node lists plain lists of ``Node`` values: a list over a
+    tick's column copy would keep the whole copy alive while the disk stays full."""
+    for k, (outcomes, tick_args) in enumerate(backlog):
+        if not isinstance(tick_args[4], list):
+            backlog[k] = (outcomes, (*tick_args[:4], list(tick_args[4]), *tick_args[5:]))
 
 
 def _full_entry(ctx: TickContext, report: TickReport, decide: DecideState, entry: tuple) -> tuple:
@@ -133,7 +143,8 @@ def _full_entry(ctx: TickContext, report: TickReport, decide: DecideState, entry
     except sqlite3.Error:
         stored = set()
     cleared = sorted(set(cleared) | (stored - set(decide.in_force)))
-    return outcomes, (tick, started, duration, summary, list(report.nodes), rows, events, retention, cleared)
+    return outcomes, (tick, started, duration, summary, listed(report.nodes, ctx.registry), rows, events, retention,
+                      cleared)
 
 
 def _outcomes(ctx: TickContext, report: TickReport, decide: DecideState) -> tuple | None:
