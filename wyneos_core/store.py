@@ -1058,21 +1058,26 @@ class TrustChunkTable:
         state: every other chunk and per-node trust row goes."""
         store = self.store
         store.ensure_trust_tables()
-        chunks = list(chunks)
+        written = 0
+
+        def counted() -> Iterable[tuple]:  # made and written a chunk at a time
+            nonlocal written
+            for first, ids, extra, data, layout, tick in chunks:
+                written += 1
+                yield first, ids, extra, sqlite3.Binary(data), layout, tick
+
         c = store.conn
         c.execute("BEGIN IMMEDIATE")
         try:
             if replace:
                 c.execute("DELETE FROM trust_chunks")
                 c.execute("DELETE FROM trust")
-            c.executemany("INSERT OR REPLACE INTO trust_chunks VALUES (?,?,?,?,?,?)",
-                          ((first, ids, extra, sqlite3.Binary(data), layout, tick)
-                           for first, ids, extra, data, layout, tick in chunks))
+            c.executemany("INSERT OR REPLACE INTO trust_chunks VALUES (?,?,?,?,?,?)", counted())
             c.execute("COMMIT")
         except BaseException:
             store._rollback()
             raise
-        return len(chunks)
+        return written
 
     def read(self) -> list[tuple]:
         """Every stored chunk, as written."""

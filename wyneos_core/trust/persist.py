@@ -17,7 +17,7 @@ Stores without chunks (etcd replicas) keep one row per node (``rows_to_persist``
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -30,7 +30,7 @@ from wyneos_core.trust.tiers import TIER_NAMES
 if TYPE_CHECKING:
     from wyneos_core.trust.engine import TrustEngine
 
-__all__ = ["CHUNK", "LAYOUT", "RECORD", "TrustChunk", "chunk_rows", "chunks_changed", "decode_chunk", "encode_chunks",
+__all__ = ["CHUNK", "EncodedChunks", "LAYOUT", "RECORD", "TrustChunk", "chunk_rows", "chunks_changed", "decode_chunk", "encode_chunks",
            "mark_written", "restore_chunks", "restore_rows", "rows_to_persist"]
 
 #: slots per chunk row
@@ -74,17 +74,38 @@ def chunks_changed(engine: TrustEngine, everything: bool = False, spread: int = 
     return np.flatnonzero(urgent | drifted)
 
 
-def encode_chunks(engine: TrustEngine, chunks: Iterable[int]) -> list[TrustChunk]:
-    """The stored form of ``chunks`` (each slot's current values)."""
-    n = len(engine.ids)
-    wanted = np.asarray(chunks, dtype=np.int64).tolist()
-    reasons: dict[int, dict[str, list[str]]] = {c: {} for c in wanted}
-    for slot, reason in engine.admission_reason.items():  # the few nodes held out of admission
-        found = reasons.get(slot // CHUNK)
-        if found is not None:
-            found[str(slot % CHUNK)] = list(reason)
-    out = []
-    for chunk in wanted:
+def encode_chunks(engine: TrustEngine, chunks: Iterable[int]) -> EncodedChunks:
+    """The stored form of ``chunks`` (each slot's current values), each encoded when read:
+    a write of every chunk holds one chunk's records at a time, not the whole fleet's."""
+    return EncodedChunks(engine, chunks)
+
+
+class EncodedChunks(Sequence[TrustChunk]):
+    """The stored form of some chunks of an engine's slots (``encode_chunks``), made one
+    chunk at a time as they are read."""
+
+    __slots__ = ("engine", "chunks", "_reason_slots")
+
+    def __init__(self, engine: TrustEngine, chunks: Iterable[int]) -> None:
+        self.engine = engine
+        self.chunks: list[int] = np.asarray(chunks, dtype=np.int64).tolist()
+        #: the slots with an admission reason (the nodes held out of admission), sorted
+        self._reason_slots = np.sort(np.fromiter(engine.admission_reason, np.int64, len(engine.admission_reason)))
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self._encode(c) for c in self.chunks[k]]
+        return self._encode(self.chunks[k])
+
+    def __iter__(self) -> Iterator[TrustChunk]:
+        return map(self._encode, self.chunks)
+
+    def _encode(self, chunk: int) -> TrustChunk:
+        engine = self.engine
+        n = len(engine.ids)
         lo, hi = chunk * CHUNK, min(n, (chunk + 1) * CHUNK)
         rec = np.zeros(hi - lo, dtype=RECORD)
         rec["r"] = engine.evidence.r[:, lo:hi].T
@@ -97,9 +118,11 @@ def encode_chunks(engine: TrustEngine, chunks: Iterable[int]) -> list[TrustChunk
         fingerprints = engine.fingerprint[lo:hi]
         known = np.flatnonzero(fingerprints != None).tolist()  # noqa: E711 (elementwise)
         fps = dict(zip(map(str, known), fingerprints[known].tolist()))
-        extra = _ENCODE({"fingerprints": fps, "reasons": reasons[chunk]}).decode()
-        out.append((lo, _ENCODE(engine.ids[lo:hi]).decode(), extra, rec.tobytes(), LAYOUT, engine.tick))
-    return out
+        held = self._reason_slots[np.searchsorted(self._reason_slots, lo):np.searchsorted(self._reason_slots, hi)]
+        reasons = engine.admission_reason
+        extra = _ENCODE({"fingerprints": fps,
+                         "reasons": {str(slot - lo): list(reasons[slot]) for slot in held.tolist()}}).decode()
+        return lo, _ENCODE(engine.ids[lo:hi]).decode(), extra, rec.tobytes(), LAYOUT, engine.tick
 
 
 def mark_written(engine: TrustEngine, chunks: Iterable[int]) -> None:
