@@ -91,7 +91,8 @@ _ENCODE_SORTED_TEXT = msgspec.json.Encoder(order="sorted", enc_hook=str)  # what
 _ROWS_CHUNK = 4096
 
 
-def encode_each(encoder: msgspec.json.Encoder, items: list[Any], fallback: Callable[[Any], str] = json.dumps) -> list[str]:
+def encode_each(encoder: msgspec.json.Encoder, items: list[Any],
+                fallback: Callable[[Any], str] = json.dumps) -> list[str]:
     """The JSON text of each of ``items``, encoded in one call; ``fallback`` encodes them one
     by one when the encoder refuses one (text that is not valid Unicode, a type it lacks),
     as the store always did."""
