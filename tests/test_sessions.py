@@ -279,9 +279,18 @@ def test_repeated_metadata_is_queued_without_it_only_when_applying_it_changes_no
         refused, accepted = api.accept_session(items, time.time())
         assert not refused and len(accepted) == len(items)
         queued = orch.intake.drain()
-        orch.intake.put_many(queued)  # looked at, then applied by the tick
+        # looked at, then applied by the tick: heartbeats as objects, and batches of columns
+        # (timestamp and load only: no metadata), in the order they were queued
+        seen, done = [], 0
+        for mark, batch in zip(queued.marks, queued.columns):
+            orch.intake.put_many(queued[done:mark])
+            seen += [hb.metadata for hb in queued[done:mark]] + [{}] * len(batch)
+            orch.intake.put_columns(batch)
+            done = mark
+        orch.intake.put_many(queued[done:])
+        seen += [hb.metadata for hb in queued[done:]]
         orch.tick()
-        return [hb.metadata for hb in queued]
+        return seen
 
     def stored():
         return orch.registry.get("m-1").metadata

@@ -193,10 +193,12 @@ def _floats(field: str, values: Any, n: int, node_ids: list[str]) -> np.ndarray:
 
 
 class Drained(list):
-    """What ``HeartbeatQueue.drain`` hands the tick: the heartbeats, and in ``columns`` the
-    batches of heartbeat columns queued since (in order)."""
+    """What ``HeartbeatQueue.drain`` hands the tick: the heartbeats, in ``columns`` the
+    batches of heartbeat columns queued since (in order), and in ``marks`` how many of
+    the heartbeats were queued before each of those batches (so the tick applies both in
+    the order they came: ``Registry.accept_all``)."""
 
-    __slots__ = ("columns",)
+    __slots__ = ("columns", "marks")
 
 
 @dataclass(slots=True, frozen=True)
@@ -214,11 +216,12 @@ class HeartbeatQueue:
     tick longer than that swap, and the tick takes at most ``maxlen`` heartbeats.
     """
 
-    __slots__ = ("_items", "_columns", "_queued", "_lock", "maxlen", "refused")
+    __slots__ = ("_items", "_columns", "_marks", "_queued", "_lock", "maxlen", "refused")
 
     def __init__(self, maxlen: int = 1_000_000) -> None:
         self._items: deque[Heartbeat] = deque()
         self._columns: list[HeartbeatColumns] = []
+        self._marks: list[int] = []  # len(_items) when each batch of ``_columns`` was queued
         self._queued = 0  # heartbeats in ``_columns``
         self._lock = threading.Lock()
         self.maxlen = maxlen
@@ -247,6 +250,7 @@ class HeartbeatQueue:
                 self.refused += len(batch)
                 raise QueueFull(f"heartbeat queue is full ({self.maxlen} waiting)")
             self._columns.append(batch)
+            self._marks.append(len(self._items))
             self._queued += len(batch)
 
     def room(self) -> int:
@@ -258,8 +262,10 @@ class HeartbeatQueue:
         with self._lock:
             items, self._items = self._items, deque()
             columns, self._columns, self._queued = self._columns, [], 0
+            marks, self._marks = self._marks, []
         out = Drained(items)
         out.columns = columns
+        out.marks = marks
         return out
 
     def __len__(self) -> int:

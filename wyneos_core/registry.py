@@ -382,13 +382,24 @@ class Registry:
                    trusted: bool = False) -> tuple[int, list[HeartbeatError]]:
         """Apply heartbeats in order; ``trusted``: they come from the builtin intake, so
         those made by it (``CheckedHeartbeat``) were checked on the way in. The column
-        batches the intake drained with them (``intake.Drained.columns``) follow, in order
-        (``accept_columns``)."""
+        batches the intake drained with them (``intake.Drained.columns``) are applied where
+        they were queued among the heartbeats (``Drained.marks``; ``accept_columns``)."""
         batch = heartbeats if isinstance(heartbeats, list) else list(heartbeats)
-        columns = getattr(heartbeats, "columns", None)  # ``intake.Drained``: column batches too
-        accepted, rejected = self._accept_objects(batch, now, trusted) if batch else (0, [])
-        for block in columns or ():
+        columns = getattr(heartbeats, "columns", None) or ()  # ``intake.Drained``: column batches too
+        marks = getattr(heartbeats, "marks", None) or [len(batch)] * len(columns)
+        accepted, done = 0, 0
+        rejected: list[HeartbeatError] = []
+        for mark, block in zip(marks, columns):  # in the order they were queued
+            if mark > done:
+                got, refused = self._accept_objects(batch[done:mark], now, trusted)
+                accepted += got
+                rejected.extend(refused)
+                done = mark
             got, refused = self.accept_columns(block, now)
+            accepted += got
+            rejected.extend(refused)
+        if done < len(batch):
+            got, refused = self._accept_objects(batch[done:] if done else batch, now, trusted)
             accepted += got
             rejected.extend(refused)
         return accepted, rejected
