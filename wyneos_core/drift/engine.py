@@ -31,6 +31,7 @@ from typing import Any, Final
 import numpy as np
 
 from wyneos_core.drift.declared import FIELDS, MAX_TEXT, Declaration, canonical, in_force
+from wyneos_core.sharing import FrozenMetadata
 
 __all__ = ["DriftEngine", "DriftView", "STATES", "DriftStep"]
 
@@ -225,7 +226,7 @@ class DriftEngine:
             node = nodes[i]
             md = node.metadata
             meta[row] = md  # kept: its id cannot be reused while it is held
-            if type(md) is not dict:
+            if type(md) is not dict and type(md) is not FrozenMetadata:  # a node's own metadata is frozen
                 md = {}
             index = self._decl_index(node.id, md.get("labels")) if declarations else -1
             indexes.append(index)

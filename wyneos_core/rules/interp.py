@@ -15,6 +15,7 @@ from typing import Any, Callable
 from wyneos_core.model import LicenceResult, Node, NodeStatus
 from wyneos_core.rules import helpers
 from wyneos_core.rules.expr import arith
+from wyneos_core.sharing import FrozenMetadata
 from wyneos_core.rules.ir import (
     MISSING,
     Arith,
@@ -122,7 +123,7 @@ def cluster_summary(nodes: Sequence[Node], now: float) -> dict[str, Any]:
 def _descend(value: Any, path: tuple[str | int, ...]) -> Any:
     for step in path:
         if isinstance(step, str):
-            if type(value) is not dict:
+            if type(value) is not dict and type(value) is not FrozenMetadata:  # a JSON object (a node's own: frozen)
                 return MISSING
             value = value.get(step, MISSING)
         else:
@@ -191,7 +192,7 @@ def contains(item: Any, container: Any, negated: bool) -> bool:
         found = item in container
     elif t in (list, tuple):
         found = any(equal(item, x) for x in container)
-    elif t is dict:
+    elif t is dict or t is FrozenMetadata:
         if type(item) is not str:
             return False
         found = item in container
