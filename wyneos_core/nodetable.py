@@ -3,9 +3,12 @@
 The registry keeps its nodes here instead of one Python object per node. Every field the
 tick reads has its column (numpy arrays: status as a small code, last heartbeat, load,
 registration time, isolation, last clock rollback, trust and its tier as a code); ids
-live in one list with an id-to-slot index; metadata, licence reference and fingerprint
-in lists by slot (each node its own metadata mapping, as a ``Node`` has). A node that
-leaves frees its slot, which the next node to join takes.
+live in one list with an id-to-slot index, the one every other part of the core looks
+names up in (``slot_of``, ``slots_of``, ``ids_at``); metadata, licence reference and
+fingerprint in lists by slot, whose values are shared (``wyneos_core.sharing``: nodes
+without metadata or with equal metadata hold one ``FrozenMetadata``, equal licence
+references one string). A node that leaves frees its slot, which the next node to join
+takes.
 
 Columns for vector code (rules, licence), a small API (every array is indexed by slot:
 index it with ``slots()``; a slot's values are only meaningful while ``alive[slot]``):
@@ -30,8 +33,8 @@ index it with ``slots()``; a slot's values are only meaningful while ``alive[slo
 
 Metadata, licence reference and fingerprint are written by replacing a slot's value
 (``table.metadata[slot] = {...}``; a view's ``node.metadata = {...}``): the lists note it.
-A metadata mapping is never changed in place (earlier tick reports share it): such a
-change is not noted (the licence step sees it at the node's next refresh point).
+A metadata mapping is never changed in place (other nodes and earlier tick reports share
+it): ``FrozenMetadata`` refuses such a change with a ``TypeError``.
 
 Code that wants a ``Node`` gets a ``NodeView``: a ``Node`` whose fields read and write
 the columns, made only when asked for. A view holds its node's id, and a view whose
@@ -41,20 +44,21 @@ another node's fields. Builtin steps read the columns themselves (``NodeTable`` 
 
 ``freeze()`` copies the columns at a moment (the end of a tick) into ``FrozenNodes``, a
 read-only sequence of ``Node`` values made as they are read: the tick report's nodes.
+What did not change since the previous freeze (while that one is still held) is shared
+with it, read only.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from wyneos_core.model import LICENCE_REASON_TEXT, Node, NodeStatus, parse_version
+from wyneos_core.metadata_codes import VersionColumn, _Dictionary
+from wyneos_core.model import LICENCE_REASON_TEXT, Node, NodeStatus
 from wyneos_core.sharing import EMPTY_METADATA, FrozenMetadata, MetadataPool, shared_ref
 
 __all__ = ["FrozenNodes", "LICENCE_IN_GRACE", "LICENCE_INVALID", "LICENCE_REASONS", "LICENCE_UNCHECKED",
@@ -74,43 +78,6 @@ LICENCE_REASONS: list[str] = list(LICENCE_REASON_TEXT)
 #: the metadata keys a licence result depends on (a change bumps ``licence_stamp``)
 LICENCE_METADATA = ("features", "customer", "integrity")
 _stamps = itertools.count(1)
-
-
-def _value_key(value: Any) -> Any:
-    """The dictionary key of a metadata value: the value itself when hashable (with its
-    type, so ``1``, ``1.0`` and ``True`` stay apart), one key for NaN, JSON text otherwise."""
-    if type(value) is float and value != value:
-        return ("nan",)
-    try:
-        hash(value)
-    except TypeError:
-        try:
-            return ("json", json.dumps(value, sort_keys=True, default=repr))
-        except (TypeError, ValueError, RecursionError):
-            return ("repr", repr(value))
-    return (type(value), value)
-
-
-class _Dictionary:
-    """One declared metadata key: ``codes`` by slot and the distinct values met."""
-
-    __slots__ = ("codes", "values", "lookup")
-
-    def __init__(self, capacity: int) -> None:
-        self.codes = np.full(capacity, -1, np.int32)
-        self.values: list[Any] = []
-        self.lookup: dict[Any, int] = {}
-
-    def code(self, metadata: Mapping[str, Any], key: str) -> int:
-        if key not in metadata:
-            return -1
-        value = metadata[key]
-        k = _value_key(value)
-        code = self.lookup.get(k)
-        if code is None:
-            code = self.lookup[k] = len(self.values)
-            self.values.append(value)
-        return code
 
 
 class _Noted(list):
@@ -215,24 +182,10 @@ class NodeTable:
     def version(self) -> VersionColumn:
         """``metadata.version`` parsed once per distinct value (see ``VersionColumn``)."""
         codes, values = self.metadata_codes("version")
-        v = self._version
-        if v is None:
-            v = self._version = VersionColumn(codes, [], np.full(0, -1, np.int32))
-        v.codes = codes
-        if len(v.parsed) < len(values):
-            v.parsed.extend(parse_version(value) for value in values[len(v.parsed):])
-            known = [i for i, p in enumerate(v.parsed) if p is not None]
-            order = sorted(known, key=lambda i: _padded(v.parsed[i]))  # type: ignore[arg-type]
-            rank = np.full(len(v.parsed), -1, np.int32)
-            r = -1
-            last: Any = None
-            for i in order:  # equal versions (2.4 and 2.4.0) share a rank
-                padded = _padded(v.parsed[i])  # type: ignore[arg-type]
-                if padded != last:
-                    r, last = r + 1, padded
-                rank[i] = r
-            v.rank = rank
-        return v
+        if self._version is None:
+            self._version = VersionColumn(codes, [], np.full(0, -1, np.int32))
+        self._version.follow(codes, values)
+        return self._version
 
     # -- membership -------------------------------------------------------------------
 
@@ -450,32 +403,6 @@ def _equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 def _same(value: Any) -> Any:
     return value
-
-
-def _padded(version: tuple[int, ...]) -> tuple[int, ...]:
-    return version + (0,) * (8 - len(version))
-
-
-@dataclass
-class VersionColumn:
-    """``metadata.version`` parsed once per distinct value (``NodeTable.version()``).
-
-    ``codes[slot]``: index into ``parsed`` (-1: no version key); ``parsed[code]``: the
-    version tuple (None: the value is not a version); ``rank[code]``: its order among
-    the distinct parsed versions, equal versions equal (-1: not a version).
-    """
-
-    codes: np.ndarray
-    parsed: list[tuple[int, ...] | None]
-    rank: np.ndarray
-
-    def at_least(self, bound: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """``(mask, known)`` over all slots: the version is ``>= bound``, and the node has a
-        parseable version at all (where ``known`` is False, ``mask`` is False)."""
-        floor = _padded(bound)
-        ok = np.array([p is not None and _padded(p) >= floor for p in self.parsed] + [False], bool)
-        known = np.append(self.rank >= 0, False)
-        return ok[self.codes], known[self.codes]  # code -1 reads the appended False
 
 
 def _opt(value: float) -> float | None:
