@@ -70,28 +70,6 @@ class VersionColumn:
     parsed: list[tuple[int, ...] | None]
     rank: np.ndarray
 
-    def at_least(self, bound: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """``(mask, known)`` over all slots: the version is ``>= bound``, and the node has a
-        parseable version at all (where ``known`` is False, ``mask`` is False)."""
-        floor = _padded(bound)
-        ok = np.array([p is not None and _padded(p) >= floor for p in self.parsed] + [False], bool)
-        known = np.append(self.rank >= 0, False)
-        return ok[self.codes], known[self.codes]  # code -1 reads the appended False
-
-
-@dataclass
-class VersionColumn:
-    """``metadata.version`` parsed once per distinct value (``NodeTable.version()``).
-
-    ``codes[slot]``: index into ``parsed`` (-1: no version key); ``parsed[code]``: the
-    version tuple (None: the value is not a version); ``rank[code]``: its order among
-    the distinct parsed versions, equal versions equal (-1: not a version).
-    """
-
-    codes: np.ndarray
-    parsed: list[tuple[int, ...] | None]
-    rank: np.ndarray
-
     def follow(self, codes: np.ndarray, values: Sequence[Any]) -> None:
         """Take the key's current codes; parse and rank the values met since."""
         self.codes = codes
