@@ -230,3 +230,21 @@ def test_lifecycle_is_persisted_and_survives_a_restart(make_orchestrator, clock,
     assert states[-1] == "cleared"
     assert any(r["type"] == "reinstate" for r in store.actions())
     store.close()
+
+
+def test_ids_worked_out_for_many_targets_are_those_of_each_action():
+    """``action_ids`` (healing's ids in one pass) gives each target the id ``Action`` works
+    out on its own: the ids of actions in force stay the same from one release to the next."""
+    from wyneos_core.model import ActionType, action_id, action_ids
+
+    targets = ["n01", "node-000042", "zone.a:host_1", "é-ünicode", 'quote"and\\back', "\ud800lone", "*"]
+    for type_, origin, params in [(ActionType.ISOLATE, "healing", {}),
+                                  ("reduce_load", "healing", {"target_load": 0.7}),
+                                  ("reduce_load", "healing", {"target_load": 1}),
+                                  ("quarantine", "rule:x", {"b": [1, 2.5, None], "a": {"z": "é", "y": True}}),
+                                  ("gate_feature", "trust", {"features": ("x", "y"), "when": object})]:
+        got = action_ids(type_, targets, origin, params)
+        want = [Action(type_, t, "why", origin, params=params).id for t in targets]
+        assert got == want
+        assert want == [action_id(getattr(type_, "value", type_), t, origin, params) for t in targets]
+    assert len(set(action_ids("isolate", targets, "healing", {}))) == len(targets)

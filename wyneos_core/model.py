@@ -13,15 +13,17 @@ import math
 import operator
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from json.encoder import encode_basestring_ascii as _json_text  # json.dumps of a str
 from typing import Any, Final
 
 __all__ = [
     "ORIGIN",
     "Action",
     "ActionType",
+    "action_ids",
     "Delivery",
     "Heartbeat",
     "LicenceResult",
@@ -302,6 +304,18 @@ class Action:
 def action_id(type_: str, target: str, origin: str, params: dict[str, Any]) -> str:
     raw = json.dumps([type_, target, origin, params], sort_keys=True, default=str)
     return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
+
+
+def action_ids(type_: str, targets: Iterable[str], origin: str, params: dict[str, Any]) -> list[str]:
+    """``action_id(type_, target, origin, params)`` for each of ``targets``: the parts they
+    share encoded once, each target as ``json.dumps`` encodes a string (the same text, so
+    the same ids), for a step that proposes one kind of action to many nodes."""
+    if isinstance(type_, Enum):
+        type_ = type_.value
+    head = "[" + json.dumps(type_) + ", "
+    tail = ", " + json.dumps(origin) + ", " + json.dumps(params, sort_keys=True, default=str) + "]"
+    blake2b = hashlib.blake2b
+    return [blake2b((head + _json_text(t) + tail).encode(), digest_size=8).hexdigest() for t in targets]
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wyneos_core import hookimpl
-from wyneos_core.model import Action, ActionType, Node, NodeStatus, Severity
+from wyneos_core.model import Action, ActionType, Node, NodeStatus, Severity, action_ids
 from wyneos_core.nodetable import OFFLINE
 
 if TYPE_CHECKING:
@@ -59,20 +59,28 @@ def wyneos_healing(ctx: TickContext, nodes: Sequence[Node]) -> list[Action]:
         hot_ids = {ids[s] for s in slots[hot].tolist()}
         for node_id in [k for k in runs if k not in hot_ids]:  # a run ends when the node cools or goes offline
             del runs[node_id]
+        chosen: list[tuple[bool, str, str]] = []  # (isolate?, node id, reason), in slot order
         for position in np.flatnonzero(offline | hot).tolist():
             node_id = ids[slots[position]]
             if offline[position]:
                 if isolate_offline:
-                    actions.append(Action(ActionType.ISOLATE, node_id, "offline: no heartbeat within the grace "
-                                          "period", "healing", Severity.CRITICAL))
+                    chosen.append((True, node_id, "offline: no heartbeat within the grace period"))
                 continue
             first = runs.setdefault(node_id, tick)
             if tick - first + 1 >= need:
-                actions.append(Action(
-                    ActionType.REDUCE_LOAD, node_id,
-                    f"overloaded: load {float(load[position]):g} > {threshold:g} for {tick - first + 1} tick(s)",
-                    "healing", Severity.WARNING, {"target_load": target_load},
-                ))
+                chosen.append((False, node_id, f"overloaded: load {float(load[position]):g} > {threshold:g} for "
+                                               f"{tick - first + 1} tick(s)"))
+        # the ids of each kind in one pass (the same ids ``Action`` would work out one by one)
+        isolate_ids = iter(action_ids(ActionType.ISOLATE, (c[1] for c in chosen if c[0]), "healing", {}))
+        reduce_ids = iter(action_ids(ActionType.REDUCE_LOAD, (c[1] for c in chosen if not c[0]), "healing",
+                                     {"target_load": target_load}))
+        for isolate, node_id, reason in chosen:
+            if isolate:
+                actions.append(Action("isolate", node_id, reason, "healing", Severity.CRITICAL, {},
+                                      next(isolate_ids)))
+            else:
+                actions.append(Action("reduce_load", node_id, reason, "healing", Severity.WARNING,
+                                      {"target_load": target_load}, next(reduce_ids)))
         return actions
     offline_status = NodeStatus.OFFLINE
     for node in nodes:
