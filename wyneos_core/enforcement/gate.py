@@ -141,8 +141,10 @@ class Gate:
                 else:
                     hold(action, "audited", f"mode audit ({setting}): recorded only", mode=mode)
                 continue
-            node = registry.get(action.target)
-            exc = next((e for e in active if e.covers(action, node)), None)
+            exc = None
+            if active:  # the node is read only when an exception may cover it
+                node = registry.get(action.target)
+                exc = next((e for e in active if e.covers(action, node)), None)
             if exc is not None:
                 note["exception"] = exc.id
                 hold(action, "excepted", f"exception {exc.id} (owner {exc.owner}, until "
