@@ -5,6 +5,7 @@ state file's node rows written in a tick are exactly the nodes that changed."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sqlite3
 
@@ -72,14 +73,28 @@ def test_node_rows_are_made_from_the_columns_as_node_to_dict(tmp_path, clock):
         orch.stop()
 
 
+def stored_fields(node) -> dict:
+    """A node's fields the state file keeps that are not soft state (heartbeat time, load)."""
+    row = node.to_dict()
+    return {k: row[k] for k in ("id", "status", "metadata", "licence_ref", "fingerprint", "isolated")}
+
+
 def test_the_state_file_gets_a_row_for_each_changed_node_only(tmp_path, clock):
     orch = Orchestrator(start(tmp_path, 1000), clock=clock, load_entrypoints=False)
     path = tmp_path / "state.db"
     try:
         changed_per_tick = []
-        for report in ticks(orch, clock, 7, silent={"n05", "n06"}):
+        before: dict[str, dict] = {}
+        targets_unchanged = 0
+        for report in itertools.chain(ticks(orch, clock, 3, silent={"n05", "n06"}),
+                                      ticks(orch, clock, 4, silent={"n05", "n06"}, hot={"n30"})):
             status = {t["node_id"] for t in report.transitions if t.get("kind") == "status"}
-            changed_per_tick.append((report.tick, status | {a.target for a in report.actions}))
+            now = {n.id: stored_fields(n) for n in report.nodes}
+            targets = {a.target for a in report.actions if a.target in now}
+            moved = {t for t in targets if before.get(t) != now[t]}  # an isolation, not a load reduction
+            targets_unchanged += len(targets - moved - status)
+            changed_per_tick.append((report.tick, status | moved))
+            before = now
     finally:
         orch.stop()
     conn = sqlite3.connect(path)
@@ -95,6 +110,7 @@ def test_the_state_file_gets_a_row_for_each_changed_node_only(tmp_path, clock):
         for node_id in changed:
             last_written[node_id] = tick
     assert any(changed for _, changed in changed_per_tick[1:])   # n05 and n06 went stale, offline, isolated
+    assert targets_unchanged  # n30's load reductions changed nothing stored: no row written for them
     for tick, ids in latest.items():
         if tick == 1:
             assert ids == {f"n{i:02d}" for i in range(1, N + 1)} - set(last_written)

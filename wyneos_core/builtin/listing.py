@@ -11,6 +11,7 @@ before.
 * ``pick``: the report's nodes of a few ids, found through the registry's id index and
   checked against the copy (no walk over the ids);
 * ``listed``: the same as a ``Listed``, read a chunk at a time (rows for the state file);
+* ``rows_changed``: which of some nodes' stored rows changed since the previous copy;
 * ``worth_a_look``: nodes not online, isolated or changed (a mask over the columns);
 * ``node_dicts``: ``Node.to_dict`` rows made from the columns, without a ``Node`` each;
 * ``licence_problems`` and ``licence_summary``: the results that are not plainly valid,
@@ -30,7 +31,7 @@ from wyneos_core.model import Node, NodeStatus, TickReport
 from wyneos_core.nodetable import ONLINE, STATUSES
 
 __all__ = ["CHUNK", "Listed", "changed_ids", "licence_problems", "licence_summary", "listed", "node_chunks", "node_dicts", "pick",
-           "report_dict", "report_parts", "worth_a_look"]
+           "report_dict", "report_parts", "rows_changed", "worth_a_look"]
 
 _STATUS_VALUES = [s.value for s in STATUSES]
 #: nodes per chunk of listed rows: what the report step holds at once, whatever the fleet
@@ -79,6 +80,30 @@ def positions(nodes: Any, registry: Any, wanted: Iterable[str]) -> np.ndarray | 
         found = np.concatenate([found, np.array([i for i, node_id in enumerate(ids) if node_id in rest],
                                                 dtype=np.int64)])
     return np.unique(found)
+
+
+def rows_changed(nodes: Sequence[Node], before: Any, registry: Any, wanted: set[str]) -> set[str]:
+    """Those of ``wanted`` whose stored fields (status, isolation, metadata, licence
+    reference, fingerprint, registration time: not the soft state of the last heartbeat)
+    differ between ``before``, the previous tick's copy, and ``nodes``; all of ``wanted``
+    when a copy has no columns or nodes joined or left in between."""
+    t, b = _columns(nodes), _columns(getattr(before, "nodes", None))
+    if not wanted or t is None or b is None or len(t.ids) != len(b.ids) \
+            or getattr(t, "membership", None) is None or getattr(t, "membership", None) != getattr(b, "membership", -1):
+        return set(wanted)
+    at = positions(nodes, registry, wanted)  # the same slots in both copies: the same positions
+    if at is None:
+        return set(wanted)
+    changed = (t.status[at] != b.status[at]) | (t.isolated[at] != b.isolated[at]) \
+        | (t.registered_at[at] != b.registered_at[at])
+    where = at.tolist()
+    for name in ("ids", "metadata", "licence_ref", "fingerprint"):
+        now, then = getattr(t, name), getattr(b, name)
+        if now is not then:  # the copies share a list that did not change
+            changed |= np.fromiter((now[i] != then[i] for i in where), bool, len(where))
+    out = {t.ids[i] for i in at[changed].tolist()}
+    found = {t.ids[i] for i in where}
+    return out | {w for w in wanted if w not in found}  # not in the copy: written as before (a plain walk)
 
 
 def pick(nodes: Sequence[Node], registry: Any, wanted: set[str]) -> list[Node]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from wyneos_core import hookimpl
 from wyneos_core.builtin.decide import DecideState, state_of
-from wyneos_core.builtin.listing import changed_ids, licence_summary, listed
+from wyneos_core.builtin.listing import licence_summary, listed, rows_changed
 from wyneos_core.model import TickReport
 from wyneos_core.store import StoreError
 
@@ -62,9 +62,16 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
         elif state == "cleared":
             cleared.append(action_id)
     first = ctx.tick == 1 or not getattr(ctx.orchestrator, "_state_primed", False)
-    # the nodes whose row changed, found through the registry's index (not a walk over the fleet)
-    # (every node the first time: a chunk at a time from the report's column copy)
-    nodes = listed(report.nodes, ctx.registry, None if first else changed_ids(report))
+    # the nodes whose row changed, found through the registry's index (not a walk over the fleet):
+    # status changes, and the targets of new actions whose stored fields changed since the
+    # tick before (an isolation; not a load reduction); every node the first time, a chunk
+    # at a time from the report's column copy
+    wanted = None
+    if not first:
+        wanted = {t["node_id"] for t in report.transitions if t.get("kind") == "status"}
+        targets = {a.target for a in report.actions} - wanted
+        wanted |= rows_changed(report.nodes, ctx.orchestrator.last_report, ctx.registry, targets)
+    nodes = listed(report.nodes, ctx.registry, wanted)
     ctx.orchestrator._state_primed = True  # type: ignore[attr-defined]
     summary = {
         "tick": report.tick,
