@@ -243,8 +243,17 @@ def _for(action: Action) -> str:
 
 def _action_lines(report: TickReport) -> list[str]:
     groups: dict[tuple[str, str, str, str], list[Action]] = {}
+    why: dict[tuple[Any, ...], str] = {}  # _for of the first action of each cause (its origin, type, params)
     for a in report.actions:
-        groups.setdefault((a.type, a.severity.value, _for(a), a.origin), []).append(a)
+        params = a.params if isinstance(a.params, dict) else {}
+        key = (a.origin, a.type, params.get("licence_reason"), params.get("rule"))
+        try:
+            text = why.get(key)
+            if text is None:
+                text = why[key] = _for(a)
+        except TypeError:  # a param that cannot be a key
+            text = _for(a)
+        groups.setdefault((a.type, a.severity.value, text, a.origin), []).append(a)
     lines = [f"  action   {len(acts)} {type_} ({severity}){why} by {origin} ({examples([a.target for a in acts])}): "
              + _one_text([a.reason for a in acts])
              for (type_, severity, why, origin), acts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
