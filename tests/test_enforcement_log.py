@@ -133,3 +133,31 @@ def test_overrides_read_back_from_a_store_are_checked(tmp_path):
         assert list(stored(store)) == ["ok-1"]
     finally:
         store.close()
+
+
+def test_without_logged_inputs_the_digest_is_the_same_made_a_chunk_at_a_time(make_orchestrator, clock, tmp_path,
+                                                                             monkeypatch):
+    """``inputs: false`` digests the nodes and licence results a chunk at a time
+    (``digest_chunks``): the same digest as the logged inputs' (``digest``), so a log
+    with inputs verifies one without."""
+    from wyneos_core.enforcement import decision_log
+    from wyneos_core.enforcement.decision_log import digest, digest_chunks
+
+    monkeypatch.setattr(decision_log, "CHUNK", 2)
+    weird = {"nodes": [{"id": "é", "b": [1, 2.5, None], "a": {"z": "\ud800", "y": True}}, {"when": object}, {}],
+             "licences": [], "extra": ({"k": i} for i in range(5))}
+    listed = {k: list(v) for k, v in weird.items()}
+    assert digest_chunks({k: iter(v) for k, v in listed.items()}) == digest(listed)
+    digests = {}
+    for name, extra in (("logged", ""), ("unlogged", ", inputs: false")):
+        path = tmp_path / name
+        path.mkdir()
+        clock.now = 1_000_000.0  # both runs see the same times
+        orch = setup(path, monkeypatch, make_orchestrator, extra=extra)
+        run(orch, clock, 3)
+        records = [r for r in read_log([path / "log" / "decisions.jsonl"]) if r["kind"] == "inputs"]
+        assert ("nodes" in records[0]) == (name == "logged")
+        if name == "logged":
+            assert all(r["digest"] == digest({"nodes": r["nodes"], "licences": r["licences"]}) for r in records)
+        digests[name] = [r["digest"] for r in records]
+    assert digests["logged"] == digests["unlogged"] and len(set(digests["logged"])) == 3

@@ -16,20 +16,46 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DecisionLog", "SCHEMA", "digest", "read_log"]
+__all__ = ["DecisionLog", "SCHEMA", "digest", "digest_chunks", "read_log"]
 
 SCHEMA = "wyneos.decision/1"
 #: largest line read back (a tick's inputs of a large fleet)
 MAX_LINE = 256 * 1024 * 1024
 
 
+def _text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def digest(inputs: dict[str, Any]) -> str:
     """A stable digest of a tick's inputs."""
-    raw = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
+    return "sha256:" + hashlib.sha256(_text(inputs).encode()).hexdigest()
+
+
+#: items per chunk of a streamed digest (what ``digest_chunks`` holds at once)
+CHUNK = 4096
+
+
+def digest_chunks(inputs: dict[str, Iterable[Any]]) -> str:
+    """``digest(inputs)`` of a dict of lists given as iterables, read a chunk of items at
+    a time: the same text digested (JSON is written item by item), without the lists or
+    their text in memory at once."""
+    h = hashlib.sha256()
+    h.update(b"{")
+    for k, key in enumerate(sorted(inputs)):
+        h.update((b"," if k else b"") + _text(key).encode() + b":[")
+        items = iter(inputs[key])
+        sep = b""
+        while chunk := list(islice(items, CHUNK)):
+            h.update(sep + _text(chunk)[1:-1].encode())
+            sep = b","
+        h.update(b"]")
+    h.update(b"}")
+    return "sha256:" + h.hexdigest()
 
 
 class DecisionLog:

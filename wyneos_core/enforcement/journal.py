@@ -12,7 +12,7 @@ import weakref
 from typing import Any
 
 from wyneos_core.enforcement import shadow as _shadow
-from wyneos_core.enforcement.decision_log import SCHEMA, DecisionLog, digest
+from wyneos_core.enforcement.decision_log import SCHEMA, DecisionLog, digest, digest_chunks
 from wyneos_core.enforcement.gate import Gate
 from wyneos_core.model import PluginError
 
@@ -69,9 +69,13 @@ class Journal:
 
     def records(self, ctx: Any, gate: Gate, decided: list[Any]) -> list[dict[str, Any]]:
         report = ctx.report
-        inputs = {"nodes": [n.to_dict() for n in report.nodes],
-                  "licences": [r.to_dict() for r in report.licences.values()]}
-        d = digest(inputs)
+        if self.log_inputs:
+            inputs = {"nodes": [n.to_dict() for n in report.nodes],
+                      "licences": [r.to_dict() for r in report.licences.values()]}
+            d = digest(inputs)
+        else:  # the same digest, the rows made and digested a chunk at a time (none of them logged)
+            d = digest_chunks({"nodes": (n.to_dict() for n in report.nodes),
+                               "licences": (r.to_dict() for r in report.licences.values())})
         term = getattr(getattr(ctx.store, "fence", None), "token", None)
         base = {"schema": SCHEMA, "tick": ctx.tick, "time": round(ctx.now, 3), "term": term}
         proposed = sorted({(a.type, a.target, a.origin) for a in report.proposed})
