@@ -1,4 +1,4 @@
-"""Builtin propagation: one routing tree per tick, hop-by-hop delivery, effects.
+"""Builtin propagation: one routing tree per tick, delivery level by level, effects.
 
 Who must know an action:
 
@@ -10,9 +10,12 @@ Who must know an action:
 
 The tick computes one breadth-first routing tree from the orchestrator over the mesh,
 avoiding offline nodes (O(nodes + edges), not a search per action). Each action goes
-down the tree: every tree edge on the way to its targets is crossed once, through the
-``wyneos_deliver`` hook, and a hop that is not acknowledged is retried up to
-``propagate.retries`` times. A target that could not be reached is reported with the
+down the tree: every tree edge on the way to its targets is crossed once. The tick's
+actions go down together, one tree level at a time, each level's hops in one call of
+the ``wyneos_deliver_batch`` hook (``builtin/carry.py``); a hop that is not
+acknowledged is retried up to ``propagate.retries`` times. The builtin batch transport
+acknowledges every hop, or hands each hop to the per-hop ``wyneos_deliver`` hook when
+another plugin implements it. A target that could not be reached is reported with the
 reason: ``offline``, ``isolated``, ``partition`` (no mesh path from the orchestrator),
 ``relay_failed`` (a hop on its path never acknowledged) or ``unknown_node``. Targets
 that did not acknowledge an action in force are tried again in later ticks once a route
@@ -413,7 +416,8 @@ def sync_restrictions(ctx: TickContext, state: DecideState) -> None:
     orchestrator = ctx.orchestrator
     synced = getattr(orchestrator, "_restrictions_synced", None)
     if synced is not None and synced[0] is table and synced[1] == table.membership:
-        slots = [s for s in table.slots_of(list(state.restricted | wanted.keys())).tolist() if s >= 0]
+        touched = list(synced[2] | state.restricted | wanted.keys())  # (a decide state may be replaced)
+        slots = [s for s in table.slots_of(touched).tolist() if s >= 0]
     else:
         slots = table.slots().tolist()
     for slot in slots:
@@ -426,7 +430,7 @@ def sync_restrictions(ctx: TickContext, state: DecideState) -> None:
             # lifted, or claimed by a heartbeat: only the orchestrator sets restrictions
             metadata[slot] = {k: v for k, v in md.items() if k != "restrictions"}
     state.restricted = set(wanted)
-    orchestrator._restrictions_synced = (table, table.membership)  # type: ignore[attr-defined]
+    orchestrator._restrictions_synced = (table, table.membership, state.restricted)  # type: ignore[attr-defined]
 
 
 @hookimpl(trylast=True)
