@@ -306,3 +306,76 @@ def test_restrictions_are_kept_lifted_and_taken_from_nodes_that_join_with_some(m
     orch.tick()
     assert "restrictions" not in orch.registry["n02"].metadata
     assert "restrictions" in before  # the old mapping, shared with earlier reports, untouched
+
+
+def _plan_node_by_node(ctx, action, parent, planned):
+    """The load plan as it was made before the columns: a node view per neighbour."""
+    from wyneos_core.model import NodeStatus
+
+    healing = ctx.config["healing"]
+    node = ctx.registry.get(action.target)
+    load = planned.get(action.target, node.load if node is not None else None)
+    if node is None or load is None or action.target not in ctx.mesh:
+        return {"moves": {}, "moved": 0.0, "unplaced": 0.0, "load": load, "why": "load unknown"}
+    goal = float(action.params.get("target_load", healing["target_load"] if action.type == "reduce_load" else 0.0))
+    excess = load - goal
+    if excess <= 1e-9:
+        return {"moves": {}, "moved": 0.0, "unplaced": 0.0, "load": load, "why": "at or below target"}
+    ceiling = healing["neighbour_max_load"]
+    spare = []
+    for n in ctx.mesh.neighbours(action.target):
+        other = ctx.registry.get(n)
+        if other is None or other.isolated or other.status is not NodeStatus.ONLINE or n not in parent:
+            continue
+        other_load = planned.get(n, other.load)
+        if other_load is not None and ceiling - other_load > 1e-9:
+            spare.append((ceiling - other_load, n))
+    spare.sort(key=lambda item: (-item[0], item[1]))
+    moves, left = {}, excess
+    for room, n in spare:
+        if left <= 1e-9:
+            break
+        amount = min(room, left)
+        moves[n] = round(amount, 6)
+        planned[n] = planned.get(n, ctx.registry[n].load or 0.0) + amount
+        left -= amount
+    planned[action.target] = load - (excess - left)
+    return {"moves": moves, "moved": round(excess - left, 6), "unplaced": round(max(left, 0.0), 6), "load": load,
+            "why": "" if left <= 1e-9 else "no healthy neighbour with spare capacity for the rest"}
+
+
+def test_load_plans_from_the_columns_equal_the_node_by_node_plans(make_orchestrator, clock):
+    from wyneos_core.builtin.propagate import load_receivers, plan_load_moves
+    from wyneos_core.model import TickReport
+    from wyneos_core.tick import TickContext
+
+    rng = random.Random(3)
+    ids = [f"n{i:02d}" for i in range(1, 81)]
+    orch = make_orchestrator(cluster_yaml(80, topology="small_world"))
+    for node_id in ids:
+        beat(orch, clock, node_id, load=rng.choice([0.1, 0.5, 0.7, 0.79, 0.95, 1.0]))
+    orch.tick()
+    for node_id in rng.sample(ids, 8):
+        orch.mesh.isolate(node_id)
+        orch.registry[node_id].isolated = True
+    for node_id in rng.sample(ids, 8):
+        orch.registry[node_id].load = None  # never reported a load
+    clock.advance(60)
+    alive = rng.sample(ids, 60)
+    beat(orch, clock, *alive)  # the others go offline: neither receivers nor reached
+    clock.advance(20)
+    beat(orch, clock, *alive[10:])  # ten go stale: reached, but no receivers
+    orch.tick()
+    assert {orch.registry[n].status.value for n in ids} == {"online", "stale", "offline"}
+    ctx = TickContext(tick=9, now=clock(), config=orch.config, registry=orch.registry, mesh=orch.mesh,
+                      store=None, orchestrator=orch, report=TickReport(tick=9, started_at=clock()))
+    tree = ctx.routing_tree()
+    actions = [Action(rng.choice(["reduce_load", "redistribute"]), t, "test", "test",
+                      params=rng.choice([{}, {"target_load": 0.2}])) for t in rng.choices(ids + ["ghost"], k=60)]
+    receivers = load_receivers(ctx, [a.target for a in actions], tree.parent)
+    ours, theirs = {}, {}
+    plans = [(plan_load_moves(ctx, a, tree.parent, ours, receivers), _plan_node_by_node(ctx, a, tree.parent, theirs))
+             for a in actions]
+    assert [p for p, _ in plans] == [p for _, p in plans]
+    assert ours == theirs
+    assert sum(bool(p["moves"]) for p, _ in plans) > 10 and any(p["unplaced"] for p, _ in plans)

@@ -176,6 +176,22 @@ class ArrayParents(Mapping[str, str]):
         found[~np.array(same, bool)] = -1
         return found
 
+    def reached_neighbours(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The neighbours of each vertex number (negative: none) in the snapshot that the
+        tree reaches, all at once: ``(position in numbers, neighbour number)`` pairs, each
+        vertex's in the snapshot's order."""
+        arrays, pred = self._arrays, self._pred
+        numbers = np.asarray(numbers, np.int64)
+        picked = np.flatnonzero(numbers >= 0)
+        starts = arrays.indptr[numbers[picked]]
+        counts = arrays.indptr[numbers[picked] + 1] - starts
+        owner = np.repeat(picked, counts)
+        # each entry's place in indices: its vertex's start plus its rank among that vertex's
+        offsets = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+        neighbour = arrays.indices[np.repeat(starts, counts) + offsets].astype(np.int64)
+        keep = (neighbour > 0) & (pred[neighbour] >= 0)
+        return owner[keep], neighbour[keep]
+
     def depths(self, numbers: np.ndarray) -> np.ndarray:
         """Hops from the origin to each vertex number (-1: no parent; the origin 0): the
         tree walked up for all of them at once, one step per level."""

@@ -163,28 +163,36 @@ def plan_load_moves(
 def load_receivers(ctx: TickContext, targets: Sequence[str],
                    parent: Mapping[str, str]) -> dict[str, tuple[list[str], list[float]]]:
     """Target -> its neighbours that may take load (online, not isolated, reachable) and
-    their loads before any plan (NaN: unknown), read from the columns for all targets at
-    once."""
+    their loads before any plan (NaN: unknown), read from the mesh's and the node table's
+    columns for all targets at once."""
     mesh = ctx.mesh
     table = ctx.registry.table
     distinct = list(dict.fromkeys(t for t in targets if t in mesh))
-    lists = [mesh.neighbours(t) for t in distinct]
-    flat = [n for names in lists for n in names]
-    slots = table.slots_of(flat)  # -1: not a registered node (the orchestrator)
-    ok = (slots >= 0) & (table.status[slots] == ONLINE) & ~table.isolated[slots]
-    if isinstance(parent, ArrayParents):
-        numbers = parent.numbers(flat)
-        ok &= (numbers > 0) & (parent.pred[np.maximum(numbers, 0)] >= 0)
+    if isinstance(parent, ArrayParents) and parent.arrays is mesh.arrays():
+        # the tree's own snapshot of the edges: neighbours by number, those it reaches
+        at_slots = table.slots_of(distinct)
+        numbers = parent.numbers(distinct)
+        numbers[(at_slots < 0) | table.isolated[at_slots]] = -1  # an isolated node has no live edge
+        owner, neighbour = parent.reached_neighbours(numbers)
+        names = parent.arrays.names
+        flat: list[str] = [names[i] for i in neighbour.tolist()]  # type: ignore[misc]
+        owners = owner.tolist()
+        reached = None
     else:
-        ok &= np.fromiter((n in parent for n in flat), bool, len(flat))
-    ok_list, loads = ok.tolist(), table.load[slots].tolist()
-    out: dict[str, tuple[list[str], list[float]]] = {}
-    at = 0
-    for target, names in zip(distinct, lists):
-        end = at + len(names)
-        keep = [i for i in range(at, end) if ok_list[i]]
-        out[target] = ([flat[i] for i in keep], [loads[i] for i in keep])
-        at = end
+        lists = [mesh.neighbours(t) for t in distinct]
+        flat = [n for names in lists for n in names]
+        owners = [k for k, names in enumerate(lists) for _ in names]
+        reached = np.fromiter((n in parent for n in flat), bool, len(flat))
+    slots = table.slots_of(flat)  # -1: not a registered node
+    ok = (slots >= 0) & (table.status[slots] == ONLINE) & ~table.isolated[slots]
+    if reached is not None:
+        ok &= reached
+    out: dict[str, tuple[list[str], list[float]]] = {t: ([], []) for t in distinct}
+    for k, n, good, load in zip(owners, flat, ok.tolist(), table.load[slots].tolist()):
+        if good:
+            names_, loads = out[distinct[k]]
+            names_.append(n)
+            loads.append(load)
     return out
 
 
