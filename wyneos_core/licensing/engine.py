@@ -34,8 +34,9 @@ allocation is reused while the holders, their states and their licences are unch
 
 from __future__ import annotations
 
+import operator
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,9 @@ __all__ = ["LicenceEngine"]
 
 _MAX_VERIFIED = 200_000
 _INF = float("inf")
+_ID = operator.attrgetter("id")
+#: nodes checked per chunk of a cold tick (bounds the slot arrays it gathers)
+_CHUNK = 65536
 _UNSET = object()
 #: positions in a ``ResultPool`` entry (a ``LicenceResult``'s fields after ``node_id``)
 _VALID, _REASON, _LICENCE_ID, _FEATURES = 0, 1, 3, 7
@@ -329,15 +333,18 @@ class LicenceEngine:
                  misses: np.ndarray, now: float) -> None:
         """Look up and check the nodes at positions ``misses``; write their entries."""
         self.stats["looked_up"] = len(misses)
-        positions = misses.tolist()
-        pending = [nodes[i] for i in positions]
-        missed = [(i, node) for i, node in zip(positions, pending)]
-        records: dict[str, LicenceRecord] = {}
+        # a cold tick looks every node up: nothing per node is kept beside what the sources'
+        # API needs (the nodes asked, the answers), the rest goes chunk by chunk over arrays
+        pending: list[Node] = list(map(nodes.__getitem__, misses.tolist()))
+        records: dict[str, LicenceRecord | None] = {}
         failures: dict[str, list[str]] = {}
         for source in self.sources:
             if not pending:
                 break
             answers = self._ask(source, pending, now, failures)
+            if not records and len(answers) >= len(pending) and all(map(answers.get, map(_ID, pending))):
+                records, pending = answers, []  # the usual case: one source answers for every node
+                break
             still = []
             for node in pending:
                 record = answers.get(node.id)
@@ -346,13 +353,31 @@ class LicenceEngine:
                 else:
                     records[node.id] = record
             pending = still
+        del pending
         unavailable_nodes = reused = 0
         policy = self.settings.outage_policy
-        at = slots[misses]
+        for lo in range(0, len(misses), _CHUNK):
+            chunk = misses[lo:lo + _CHUNK]
+            counted = self._resolve_chunk(nodes, table, c, slots[chunk], chunk.tolist(), records, failures, now)
+            unavailable_nodes += counted[0]
+            reused += counted[1]
+        self.stats["reused"] = reused
+        if unavailable_nodes:
+            self.stats["unavailable"] = unavailable_nodes
+            self.notes.append(f"licence sources could not answer for {unavailable_nodes} node(s); outage policy "
+                              f"{policy} applied (grace {self.settings.outage_grace:g}s)")
+
+    def _resolve_chunk(self, nodes: Sequence[Node], table: NodeTable, c: SlotCache, at: np.ndarray,
+                       positions: list[int], records: Mapping[str, LicenceRecord | None],
+                       failures: dict[str, list[str]], now: float) -> tuple[int, int]:
+        """Check the nodes at ``positions`` (slots ``at``) against the records found and write
+        their entries; returns (nodes no source could answer for, entries kept as they were)."""
+        unavailable_nodes = reused = 0
         stamps, rollbacks = table.licence_stamp[at], table.last_rollback[at]
         same = (c.key[at] == stamps) & same_rollback(c.rollback[at], rollbacks)
         pool_add, seat_code = self._pool.add, c.seat_code
-        for k, (index, node) in enumerate(missed):
+        for k, index in enumerate(positions):
+            node = nodes[index]
             slot = int(at[k])
             nid = node.id
             record = records.get(nid)
@@ -387,11 +412,7 @@ class LicenceEngine:
             c.code[slot], c.seat[slot], c.record[slot] = pool_add(result), seat_code(seat), record
             c.granted[slot] = self._last_granted if result.reason == "entitlement_missing" else None
             c.inputs[slot] = inputs
-        self.stats["reused"] = reused
-        if unavailable_nodes:
-            self.stats["unavailable"] = unavailable_nodes
-            self.notes.append(f"licence sources could not answer for {unavailable_nodes} node(s); outage policy "
-                              f"{policy} applied (grace {self.settings.outage_grace:g}s)")
+        return unavailable_nodes, reused
 
     def _ask(self, source: Any, pending: list[Node], now: float, failures: dict[str, list[str]]) -> dict:
         many = getattr(source, "lookup_many", None)
