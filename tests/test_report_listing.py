@@ -208,6 +208,19 @@ def test_the_step_benchmark_runs_at_a_small_size():
     assert {"trust", "decide", "report", "total"} <= set(steps) and steps["total"] > 0
 
 
+def test_the_cpu_step_benchmark_runs_at_a_small_size():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_tick_cpu.py"
+    out = subprocess.run([sys.executable, str(bench), "--nodes", "300", "--rounds", "2"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    steps = json.loads(out.stdout)
+    assert steps["tick_report"] > 0 and steps["decide"] > 0 and steps["total"] >= steps["tick_report"]
+
+
 @pytest.mark.parametrize("max_nodes", [5, 1000])
 def test_the_report_file_is_written_in_chunks_as_the_same_bytes(tmp_path, clock, max_nodes, monkeypatch):
     """The report file's node list is encoded a chunk of rows at a time (the first tick of a
