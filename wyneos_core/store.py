@@ -361,6 +361,8 @@ class StateStore:
             # into the file (and synced it) at nearly every tick; fewer, larger checkpoints
             # write each page rewritten tick after tick (the same nodes, the same actions) once
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            # and a log that one large write grew (a large fleet's first tick) is cut back after it
+            conn.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_PAGES * 4096}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
         except StoreError:
