@@ -19,6 +19,7 @@ from wyneos_core.licensing.keys import public_bytes
 from wyneos_core.model import Heartbeat
 from wyneos_core.registry import Registry
 from wyneos_core.config import Config
+from wyneos_core.service import heartbeat_api
 from wyneos_core.service.heartbeat_api import HeartbeatAPI
 from wyneos_core.service.sessions import mac
 
@@ -71,10 +72,16 @@ def body(rng: random.Random, now: float, node_id: str, clean: bool) -> bytes:
     return text.encode() if rng.random() > 0.02 else b"{not json"
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_a_batch_gets_the_same_answers_and_registry_as_item_by_item(tmp_path, seed):
+@pytest.mark.parametrize("few", [0, 8], ids=["columns", "few-as-objects"])
+@pytest.mark.parametrize("seed", range(5))
+def test_a_batch_gets_the_same_answers_and_registry_as_item_by_item(tmp_path, monkeypatch, seed, few):
+    """``few``: batches of up to this many are checked on Python floats and queued as objects."""
+    monkeypatch.setattr(heartbeat_api, "_FEW", few)
     rng = random.Random(seed)
     twins = [twin(tmp_path, "columns", True), twin(tmp_path, "objects", False)]
+    taken = []
+    as_columns = twins[0][1]._as_columns  # noqa: SLF001
+    twins[0][1]._as_columns = lambda items, now: taken.append(as_columns(items, now)) or taken[-1]  # noqa: SLF001
     keys = {node_id: bytes([i + 1] * 32) for i, node_id in enumerate(IDS)}
     expires = time.time() + 600
     sids = [{n: service.sessions.issue_ticket(n, keys[n], expires) for n in IDS} for service, _ in twins]
@@ -84,7 +91,7 @@ def test_a_batch_gets_the_same_answers_and_registry_as_item_by_item(tmp_path, se
         now = time.time()
         plan = []
         clean = rng.random() < 0.5
-        for _ in range(rng.choice([1, 3, 10])):
+        for _ in range(rng.choice([1, 1, 2, 3, 10, 20])):
             node_id = rng.choice(IDS[:-1] if clean else IDS)
             if clean or rng.random() < 0.8 or not seqs[node_id]:
                 seqs[node_id] += 1
@@ -113,23 +120,26 @@ def test_a_batch_gets_the_same_answers_and_registry_as_item_by_item(tmp_path, se
         for a, b in zip(*states):
             assert all(x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y)) for x, y in zip(a, b)), \
                 (a, b)
-    assert column_batches  # the column path was taken
+    assert any(t is not None for t in taken)  # the quick path was taken
+    assert column_batches or few
 
 
 def test_the_usual_batch_is_queued_as_columns(tmp_path):
     service, api = twin(tmp_path, "usual", True)
+    for node_id in IDS[:10]:  # the key fingerprints known: nothing to set
+        service.orchestrator.registry.get(node_id).fingerprint = service.keys.fingerprint(node_id)
     key = bytes(32)
     now = time.time()
     items = []
-    for i, node_id in enumerate(IDS[1:11:2]):
+    for i, node_id in enumerate(IDS[:10]):
         sid = service.sessions.issue_ticket(node_id, key, now + 600)
         raw = json.dumps({"timestamp": now, "load": 0.25 * i}).encode()
         items.append((i, sid, 1, mac(key, 1, raw), raw))
     refused, accepted = api.accept_session(items, now)
-    assert not refused and len(accepted) == 5
+    assert not refused and len(accepted) == 10
     drained = service.orchestrator.intake.drain()
-    assert list(drained) == [] and len(drained.columns) == 1 and drained.columns[0].node_ids == IDS[1:11:2]
-    assert drained.columns[0].load.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert list(drained) == [] and len(drained.columns) == 1 and drained.columns[0].node_ids == IDS[:10]
+    assert drained.columns[0].load.tolist() == [0.25 * i for i in range(10)]
 
 
 def test_objects_and_column_batches_are_applied_in_the_order_they_were_queued():

@@ -138,6 +138,7 @@ class _App(FastAPI):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fast_routes: dict[str, Any] = {}
+        self.heartbeat_api: Any = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -253,6 +254,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         return JSONResponse(answer, status_code=status)
 
     api = HeartbeatAPI(service)
+    app.heartbeat_api = api  # the protocol answers single session heartbeats with it (service.fast_single)
     app.fast_routes[HEARTBEAT_PATH] = fast_route(api)  # served in front of FastAPI, same code
 
     @app.post(HEARTBEAT_PATH, status_code=202, tags=["nodes"], responses={**_ERRORS, **_SESSION_ERRORS},

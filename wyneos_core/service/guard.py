@@ -22,6 +22,10 @@ protocol with three additions:
   slow or idle sockets can never lock out a heartbeat, an enrolment or ``/healthz``:
   those send their head at once and are served.
 
+A protocol made with ``single`` (a ``service.fast_single.FastSingle``) answers the
+common single session heartbeat itself, without uvicorn's request cycle and task: the
+same answer, in one write (see that module).
+
 Besides, a response's head and the first write after it leave in **one** send
 (:class:`_Coalescing`): uvicorn writes the head and the body of a response
 separately, and on loopback each ``send`` costs the server the receiver's side of
@@ -44,9 +48,9 @@ import ipaddress
 import json
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-__all__ = ["guarded_protocol", "loopback_hosts_only"]
+__all__ = ["guarded_protocol", "loopback_host", "loopback_hosts_only"]
 
 
 def _response(status: bytes, text: bytes) -> bytes:
@@ -82,6 +86,11 @@ class _Coalescing:
         else:
             self._transport.write(data)
 
+    def write_whole(self, data: bytes) -> None:
+        """Write a whole response (head and body) at once."""
+        self.flush()
+        self._transport.write(data)
+
     def flush(self) -> None:
         held = self._held
         if held is not None:
@@ -107,8 +116,14 @@ class _GuardedProtocol(HttpToolsProtocol):
     max_header_bytes = 32 * 1024
     header_timeout = 10.0
     max_connections = 4096
+    single: Any = None  # a ``fast_single.FastSingle``: single session heartbeats answered here
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._fast_body: list[bytes] | None = None  # the body of a request taken by ``single``
+        self._fast_headers: dict[str, str] = {}
+        self._fast_timer: asyncio.TimerHandle | None = None
+        self._fast_skip = False  # the rest of a message answered already (408): ignored
+        self._fast_close = False  # shutting down: close after the answer
         super().connection_made(_Coalescing(transport, self.loop))  # type: ignore[arg-type]
         self._head_bytes = 0
         self._reading_head = True
@@ -133,6 +148,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._unlist()
         _closing(self.server_state).discard(id(self))
         self._cancel_head_timer()
+        self._fast_end()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -147,6 +163,7 @@ class _GuardedProtocol(HttpToolsProtocol):
                 self._refuse(_TOO_LARGE)
 
     def on_message_begin(self) -> None:
+        self._fast_skip = False
         self._reading_head = True
         self._head_bytes = 0
         self._skip = self._body_in_chunk
@@ -156,13 +173,88 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_in_chunk += len(body)
-        super().on_body(body)
+        if self._fast_body is not None:
+            self._fast_body.append(body)
+        elif not self._fast_skip:
+            super().on_body(body)
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._cancel_head_timer()
         self._unlist()
-        super().on_headers_complete()
+        if self.single is None or not self._fast_take():
+            super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        chunks = self._fast_body
+        if chunks is None:
+            if not self._fast_skip:
+                super().on_message_complete()
+            return
+        self._fast_end()
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._fast_reply(*self.single.answer(self._fast_headers, body), self.parser.should_keep_alive())
+
+    def shutdown(self) -> None:
+        if self._fast_body is not None:
+            self._fast_close = True  # answered, then closed
+        else:
+            super().shutdown()
+
+    # -- single session heartbeats (``single``) ---------------------------------------------
+
+    def _fast_take(self) -> bool:
+        """Take this request (its head complete) if ``single`` answers it; else uvicorn's way."""
+        single = self.single
+        if self.url != single.url or self.parser.get_method() != b"POST" or self.parser.get_http_version() != "1.1" \
+                or self.pipeline or (self.cycle is not None and not self.cycle.response_complete) \
+                or self.parser.should_upgrade():
+            return False
+        limit = self.limit_concurrency  # uvicorn would answer 503: its way
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            return False
+        wanted = single.wanted(self.headers)
+        if wanted is None:
+            return False
+        self._fast_headers = wanted
+        self._fast_body = []
+        self._fast_timer = self.loop.call_later(single.body_timeout, self._fast_timed_out)
+        return True
+
+    def _fast_end(self) -> None:
+        self._fast_body = None
+        if self._fast_timer is not None:
+            self._fast_timer.cancel()
+            self._fast_timer = None
+
+    def _fast_timed_out(self) -> None:
+        self._fast_timer = None
+        if self._fast_body is None or self.transport.is_closing():
+            return
+        self._fast_end()
+        self._fast_skip = True
+        self._fast_reply(*self.single.too_slow(), False)
+
+    def _fast_reply(self, status: int, data: bytes, extra: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        """Write the answer as uvicorn writes the ASGI route's (head and body at once)."""
+        content = [STATUS_LINE[status]]
+        close = False
+        for name, value in (*self.server_state.default_headers, (b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode()), *extra):
+            name = name.lower()
+            if name == b"connection" and b"close" in [t.lower().strip() for t in value.split(b",")]:
+                close = True
+            content += (name, b": ", value, b"\r\n")
+        if not (keep_alive and not self._fast_close) and not close:
+            content.append(b"connection: close\r\n")
+            close = True
+        content += (b"\r\n", data)
+        if self.transport.is_closing():
+            return
+        self.transport.write_whole(b"".join(content))  # type: ignore[attr-defined]
+        if close:
+            self._close()
+        self.on_response_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -230,14 +322,17 @@ def _closing(state: Any) -> set[int]:
     return closing
 
 
-def guarded_protocol(*, max_header_bytes: int, header_timeout: float, max_connections: int) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with these limits (pass it as ``uvicorn.Config(http=...)``)."""
+def guarded_protocol(*, max_header_bytes: int, header_timeout: float, max_connections: int,
+                     single: Any = None) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with these limits (pass it as ``uvicorn.Config(http=...)``);
+    ``single``: a ``fast_single.FastSingle`` that answers single session heartbeats."""
     return type("WyneosHttpProtocol", (_GuardedProtocol,), {
-        "max_header_bytes": max_header_bytes, "header_timeout": header_timeout, "max_connections": max_connections})
+        "max_header_bytes": max_header_bytes, "header_timeout": header_timeout, "max_connections": max_connections,
+        "single": single})
 
 
 @functools.lru_cache(maxsize=256)  # bounded; a server sees a handful of Host values
-def _loopback_host(value: bytes) -> bool:
+def loopback_host(value: bytes) -> bool:
     """Whether a ``Host`` header names a loopback address or ``localhost`` (any port)."""
     try:
         text = value.decode("ascii").strip().lower()
@@ -270,7 +365,7 @@ def loopback_hosts_only(app: Any) -> Any:
     async def guarded(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             host = next((v for k, v in scope["headers"] if k == b"host"), b"")
-            if not _loopback_host(host):
+            if not loopback_host(host):
                 await send({"type": "http.response.start", "status": 421,
                             "headers": [(b"content-type", b"application/json"),
                                         (b"content-length", str(len(refusal)).encode())]})

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -43,7 +44,8 @@ from wyneos_core.service.core import _observations  # the same parsing as for si
 from wyneos_core.service.identity import HEADER_NODE, HEADER_SIGNATURE, AuthError, SignedItem, b64e
 from wyneos_core.service.sessions import NONCE_PATH, SESSION_PATH, HandshakeRequest, Session, ack_mac, answer_mac
 
-__all__ = ["HEADER_MAC", "HEADER_SEQ", "HEADER_SESSION", "HeartbeatAPI", "TooLarge", "fast_route", "parse_batch"]
+__all__ = ["HEADER_MAC", "HEADER_SEQ", "HEADER_SESSION", "INTERNAL_ERROR", "HeartbeatAPI", "TooLarge", "fast_route",
+           "parse_batch", "slow_body"]
 
 log = logging.getLogger("wyneos.service")
 
@@ -76,6 +78,7 @@ class _Batch(msgspec.Struct):
 _batch_decoder = msgspec.json.Decoder(_Batch)
 _body_decoder = msgspec.json.Decoder(HeartbeatBody)
 _NAN = float("nan")
+_FEW = 8  # session batches of up to this many usual heartbeats are queued as objects, more as columns
 _handshake_decoder = msgspec.json.Decoder(HandshakeRequest)
 _encode = msgspec.json.encode
 _SIGNED_FIELDS = "node, timestamp, nonce, signature, body"
@@ -148,7 +151,7 @@ class HeartbeatAPI:
 
     def _as_columns(self, items: list[tuple[int, str, Any, Any, bytes]], now: float
                     ) -> tuple[dict[int, ItemResult], list[tuple[int, Session]], dict[str, list[Any]],
-                               HeartbeatColumns] | None:
+                               HeartbeatColumns | list[CheckedHeartbeat]] | None:
         """``accept_session`` for the usual batch, as one ``HeartbeatColumns`` (caller holds
         the lock): every item whose session checks out is a heartbeat of a registered node
         with a timestamp, a load and at most metadata that repeats itself (see
@@ -156,7 +159,9 @@ class HeartbeatAPI:
         body not valid, observations, metrics, a licence reference, new metadata or key
         fingerprint, a timestamp or load the registry refuses): then the whole request goes
         item by item (``_as_objects``), which answers exactly as before. Nothing is changed
-        here (the sequence numbers and rates are recorded when queued)."""
+        here (the sequence numbers and rates are recorded when queued). A few heartbeats
+        (a single one) are checked on Python floats and queued as ``CheckedHeartbeat``
+        objects of the common shape (the tick applies those over the columns too)."""
         service = self.service
         check = service.sessions.check
         registry = service.orchestrator.registry
@@ -214,9 +219,24 @@ class HeartbeatAPI:
             return refused, accepted, pending, HeartbeatColumns([], [])
         if len(set(ids)) != len(ids):  # a node twice: in order, item by item
             return None
+        skew = registry.max_clock_skew
+        if len(ids) <= _FEW:  # a few: the same checks on Python floats (numpy's overhead would dominate)
+            limit = service.orchestrator.clock() + skew
+            top = registry.max_load
+            seen = nodes.last_seen
+            queued: list[CheckedHeartbeat] = []
+            for node_id, slot, stamp, value in zip(ids, slots, stamps, loads):
+                try:
+                    last = float(seen[slot])
+                except IndexError:  # the table changed meanwhile (the tick thread): the careful way
+                    return None
+                if not (math.isfinite(stamp) and stamp <= limit and not stamp < last - skew
+                        and (value != value or 0 <= value <= top)):
+                    return None
+                queued.append(CheckedHeartbeat(node_id, stamp, None if value != value else value, {}))
+            return refused, accepted, pending, queued
         ts = np.array(stamps, dtype=np.float64)
         load = np.array(loads, dtype=np.float64)
-        skew = registry.max_clock_skew
         try:
             last = nodes.last_seen[np.array(slots, dtype=np.int64)]
         except IndexError:  # the table changed meanwhile (the tick thread): the careful way
@@ -460,9 +480,8 @@ class HeartbeatAPI:
                 return (*self.nonce(), [])
             if path == SESSION_PATH:  # Ed25519, X25519, HKDF, a signature: about 0.3 ms, here
                 return (*self.open_session(body, source), [])
-            sid = get_header(HEADER_SESSION)
-            if sid is not None:
-                return self.session_single(sid, get_header(HEADER_SEQ), get_header(HEADER_MAC), body)
+            if get_header(HEADER_SESSION) is not None:
+                return self.handle_session(get_header, body)
             if get_header(HEADER_SIGNATURE) is not None or get_header(HEADER_NODE) is not None:
                 headers = {h: v for h in ("x-wyneos-node", "x-wyneos-timestamp", "x-wyneos-nonce",
                                           "x-wyneos-signature") if (v := get_header(h)) is not None}
@@ -473,12 +492,17 @@ class HeartbeatAPI:
             else:  # parsing and verifying a big batch keep off the event loop
                 status, data = await asyncio.get_running_loop().run_in_executor(None, self.batch, body)
             return status, data, []
-        except AuthError as exc:
-            return exc.status, _encode({"status": exc.status, "code": exc.code, "error": exc.reason}), []
-        except Unprocessable as exc:
-            return 422, _encode({"status": 422, "code": "invalid", "error": exc.reason, "field": exc.field}), []
-        except TooLarge as exc:
-            return 413, _encode({"status": 413, "code": "too_large", "error": str(exc)}), []
+        except (AuthError, Unprocessable, TooLarge) as exc:
+            return _refusal(exc)
+
+    def handle_session(self, get_header: Callable[[str], str | None],
+                       body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Answer a session heartbeat whose body was read: (status, body, extra headers)."""
+        try:
+            return self.session_single(get_header(HEADER_SESSION), get_header(HEADER_SEQ),  # type: ignore[arg-type]
+                                       get_header(HEADER_MAC), body)
+        except (AuthError, Unprocessable, TooLarge) as exc:
+            return _refusal(exc)
 
     def limit(self, get_header: Callable[[str], str | None], path: str = HEARTBEAT_PATH) -> int:
         """The body size limit of a request with these headers."""
@@ -557,6 +581,24 @@ def _loose_items(body: bytes, max_batch: int) -> tuple[list[Any], bool]:
     return out, data.get("acks") is True
 
 
+#: the answer to a request whose handling failed (logged)
+INTERNAL_ERROR = _encode({"status": 500, "code": "internal", "error": "internal error"})
+
+
+def slow_body(deadline: float) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The answer to a request whose body did not arrive within ``deadline`` seconds."""
+    return 408, _encode({"status": 408, "code": "body_timeout", "error": f"the body did not arrive within "
+                         f"{deadline:g} s (service.body_timeout)"}), [(b"connection", b"close")]
+
+
+def _refusal(exc: AuthError | Unprocessable | TooLarge) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    if isinstance(exc, AuthError):
+        return exc.status, _encode({"status": exc.status, "code": exc.code, "error": exc.reason}), []
+    if isinstance(exc, Unprocessable):
+        return 422, _encode({"status": 422, "code": "invalid", "error": exc.reason, "field": exc.field}), []
+    return 413, _encode({"status": 413, "code": "too_large", "error": str(exc)}), []
+
+
 def _error_body(result: ItemResult) -> dict[str, Any]:
     out: dict[str, Any] = {"status": result.status, "code": result.code, "error": result.error}
     if result.field:
@@ -610,9 +652,7 @@ def fast_route(api: HeartbeatAPI) -> Callable[[Scope, Receive, Send], Awaitable[
                         chunks.append(chunk)
                         more = message.get("more_body", False)
             except TimeoutError:
-                status, data = 408, _encode({"status": 408, "code": "body_timeout", "error": f"the body did not "
-                                             f"arrive within {deadline:g} s (service.body_timeout)"})
-                extra = [(b"connection", b"close")]
+                status, data, extra = slow_body(deadline)
             if not status:
                 body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 try:
@@ -620,7 +660,7 @@ def fast_route(api: HeartbeatAPI) -> Callable[[Scope, Receive, Send], Awaitable[
                     status, data, extra = await api.handle(get, body, path, client[0] if client else None)
                 except Exception:  # noqa: BLE001 - answered as 500, logged
                     log.exception("heartbeat route failed")
-                    status, data = 500, _encode({"status": 500, "code": "internal", "error": "internal error"})
+                    status, data = 500, INTERNAL_ERROR
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(data)).encode()), *extra]})

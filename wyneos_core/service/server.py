@@ -15,7 +15,8 @@ import uvicorn
 from wyneos_core.config import Config
 from wyneos_core.service.app import create_app
 from wyneos_core.service.core import Service
-from wyneos_core.service.guard import guarded_protocol, loopback_hosts_only
+from wyneos_core.service.fast_single import FastSingle
+from wyneos_core.service.guard import guarded_protocol, loopback_host, loopback_hosts_only
 from wyneos_core.service.settings import ServiceSettings
 from wyneos_core.tick import Orchestrator
 
@@ -72,9 +73,11 @@ def _uvicorn_config(service: Service, log_level: str) -> uvicorn.Config:
     # the connection limit is the guard's (it sheds idle sockets instead of answering 503
     # to everyone); uvicorn's limit_concurrency (which also counts connections being
     # closed, hence the margin) only bounds the requests being served
-    protocol = guarded_protocol(max_header_bytes=s.max_header_bytes, header_timeout=s.header_timeout,
-                                max_connections=s.max_connections)
     app = create_app(service)
+    # single session heartbeats are answered in the protocol (the same answers; see fast_single)
+    single = FastSingle(app.heartbeat_api, loopback_only=s.read_token is None, host_check=loopback_host)  # type: ignore[attr-defined]
+    protocol = guarded_protocol(max_header_bytes=s.max_header_bytes, header_timeout=s.header_timeout,
+                                max_connections=s.max_connections, single=single)
     if s.read_token is None:  # a loopback-only server: no DNS rebinding from a browser on this machine
         app = loopback_hosts_only(app)
     # proxy_headers off: no X-Forwarded-For is believed (the failed-handshake limit counts the
