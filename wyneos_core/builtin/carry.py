@@ -146,16 +146,18 @@ class Carrier:
         verdicts: list[list[tuple[str, int, int]]] = []  # per job: (target, seed index or -1, reason code)
         reasons: list[str] = []
         flat = [t for _, targets, _ in jobs for t in targets]
-        numbers = tree.numbers(flat).tolist()
+        found = tree.numbers(flat)  # a number in the snapshot: a vertex of the mesh
+        numbers = found.tolist()
+        in_tree = ((found > 0) & (pred[np.maximum(found, 0)] >= 0)).tolist()
         at = 0
         for j, (_, targets, direct) in enumerate(jobs):
             out = []
-            for target, i in zip(targets, numbers[at:at + len(targets)]):
-                if target not in mesh:
-                    out.append((target, -1, _reason(reasons, "unknown_node")))
-                elif i > 0 and pred[i] >= 0:
+            for target, i, reached in zip(targets, numbers[at:at + len(targets)], in_tree[at:at + len(targets)]):
+                if reached:
                     out.append((target, len(seeds), 0))
                     seeds.append((j, i, -1))
+                elif target not in mesh:
+                    out.append((target, -1, _reason(reasons, "unknown_node")))
                 elif i > 0 and target == direct:
                     out.append((target, len(seeds), 0))
                     seeds.append((j, i, 0))

@@ -126,7 +126,8 @@ def plan_load_moves(
     load = planned.get(target)
     if load is None and slot is not None:
         load = _opt(table.load.item(slot))
-    if slot is None or load is None or target not in ctx.mesh:
+    found = receivers.get(target) if receivers is not None else None  # found: the target is in the mesh
+    if slot is None or load is None or (found is None and target not in ctx.mesh):
         return {"moves": {}, "moved": 0.0, "unplaced": 0.0, "load": load, "why": "load unknown"}
     default = healing["target_load"] if action.type == _REDUCE_LOAD else 0.0
     goal = float(action.params.get("target_load", default))
@@ -134,7 +135,6 @@ def plan_load_moves(
     if excess <= _EPS:
         return {"moves": {}, "moved": 0.0, "unplaced": 0.0, "load": load, "why": "at or below target"}
     ceiling = healing["neighbour_max_load"]
-    found = receivers.get(target) if receivers is not None else None
     names, loads = found if found is not None else load_receivers(ctx, [target], parent)[target]
     spare: list[tuple[float, str, float]] = []
     for n, base in zip(names, loads):
@@ -369,8 +369,8 @@ def _apply_effects(ctx: TickContext, state: DecideState, actions: Sequence[Actio
 
 def _apply_one(ctx: TickContext, action: Action, mesh: Mesh, effects: Mapping[str, dict[str, Any]],
                unplaced: list[str]) -> None:
-    node = ctx.registry.get(action.target)
-    if action.type == _ISOLATE and node is not None and action.target in mesh:
+    node = ctx.registry.get(action.target) if action.type == _ISOLATE else None
+    if node is not None and action.target in mesh:
         cut = mesh.isolate(action.target)
         node.isolated = True
         event(ctx, action, "in_force", f"cut {len(cut)} edge(s)", effect={"cut": sorted(cut)})
