@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -88,6 +89,7 @@ def run(nodes: int, repeat: int, per_hop: bool) -> dict:
                 orch.registry[node_id].isolated = False
             clock.now += 6
     orch.stop()
+    shutil.rmtree(bench_tick.WORK, ignore_errors=True)  # its state and report files: up to 300 MB at 1M
     out = {k: round(statistics.median(r[k] for r in rows), 4) for k in rows[0]}
     return {"nodes": nodes, "per_hop": per_hop, **out}
 
