@@ -19,7 +19,7 @@ from wyneos_core.licensing.keys import public_bytes
 from wyneos_core.model import Heartbeat
 from wyneos_core.registry import Registry
 from wyneos_core.config import Config
-from wyneos_core.service import heartbeat_api
+from wyneos_core.service import session_intake
 from wyneos_core.service.heartbeat_api import HeartbeatAPI
 from wyneos_core.service.sessions import mac
 
@@ -40,7 +40,7 @@ def twin(tmp_path, name: str, columns: bool):
                                                fingerprint=service.keys.fingerprint(node_id) if i % 2 else None)
     api = HeartbeatAPI(service)
     if not columns:
-        api._as_columns = lambda items, now: None  # noqa: SLF001 - the item-by-item path, for comparison
+        api.intake._as_columns = lambda items, now: None  # noqa: SLF001 - the item-by-item path, for comparison
     return service, api
 
 
@@ -76,12 +76,13 @@ def body(rng: random.Random, now: float, node_id: str, clean: bool) -> bytes:
 @pytest.mark.parametrize("seed", range(5))
 def test_a_batch_gets_the_same_answers_and_registry_as_item_by_item(tmp_path, monkeypatch, seed, few):
     """``few``: batches of up to this many are checked on Python floats and queued as objects."""
-    monkeypatch.setattr(heartbeat_api, "_FEW", few)
+    monkeypatch.setattr(session_intake, "_FEW", few)
     rng = random.Random(seed)
     twins = [twin(tmp_path, "columns", True), twin(tmp_path, "objects", False)]
     taken = []
-    as_columns = twins[0][1]._as_columns  # noqa: SLF001
-    twins[0][1]._as_columns = lambda items, now: taken.append(as_columns(items, now)) or taken[-1]  # noqa: SLF001
+    intake = twins[0][1].intake
+    as_columns = intake._as_columns  # noqa: SLF001
+    intake._as_columns = lambda items, now: taken.append(as_columns(items, now)) or taken[-1]  # noqa: SLF001
     keys = {node_id: bytes([i + 1] * 32) for i, node_id in enumerate(IDS)}
     expires = time.time() + 600
     sids = [{n: service.sessions.issue_ticket(n, keys[n], expires) for n in IDS} for service, _ in twins]

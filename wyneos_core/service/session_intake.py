@@ -1,0 +1,291 @@
+"""Session heartbeats into the intake queue: checked once, queued in one step per request.
+
+``SessionIntake.accept`` takes the session items of a request (a single heartbeat, or a
+batch as a relay forwards it): each item's session, MAC, sequence number and rate are
+checked (``sessions.SessionTable.check``), its body decoded once (msgspec) and checked
+against the registry, and the accepted items are queued together. The usual batch goes
+as one ``HeartbeatColumns`` batch with the registry's checks over whole columns
+(``_as_columns``); any other goes item by item as ``CheckedHeartbeat`` objects
+(``_as_objects``), with the same answers (``tests/test_heartbeat_intake_columns.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from wyneos_core.intake import BatchError, CheckedHeartbeat, DecodeError, HeartbeatBody, HeartbeatColumns, QueueFull, \
+    decode_body
+from wyneos_core.registry import RESERVED_METADATA, HeartbeatError
+from wyneos_core.service.core import ItemResult, Service, Unprocessable
+from wyneos_core.service.core import _observations  # the same parsing as for signed bodies
+from wyneos_core.service.identity import AuthError
+from wyneos_core.service.sessions import Session, ack_mac
+
+__all__ = ["SessionIntake"]
+
+_body_decoder = msgspec.json.Decoder(HeartbeatBody)
+_encode = msgspec.json.encode
+_NAN = float("nan")
+_FEW = 8  # session batches of up to this many usual heartbeats are queued as objects, more as columns
+
+_EXACT = frozenset({str, bool, int, type(None)})  # equal values of these types encode the same
+
+
+def _holds(stored: Any, metadata: dict[str, Any], encoded: bytes) -> bool:
+    """Whether ``stored`` (a node's metadata mapping, or None) holds every key of
+    ``metadata`` with the same value as encoded (``encoded``: ``metadata`` encoded)."""
+    if stored is None:
+        return False
+    for key, value in metadata.items():
+        held = stored.get(key, _holds)
+        kind = type(value)
+        if type(held) is not kind:
+            return False
+        if kind not in _EXACT:  # floats (``0.0`` and ``-0.0``), lists, mappings: compared encoded
+            break
+        if held != value:
+            return False
+    else:
+        return True
+    try:
+        return all(k in stored for k in metadata) and _encode({k: stored[k] for k in metadata}) == encoded
+    except (TypeError, msgspec.EncodeError):  # a value msgspec cannot encode: never equal
+        return False
+
+
+class SessionIntake:
+    """Session items of a request into the orchestrator's intake queue (see the module)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def accept(self, items: list[tuple[int, str, Any, Any, bytes]], now: float,
+                       acks: dict[str, str] | None = None) -> tuple[dict[int, ItemResult], list[tuple[int, Session]]]:
+        """Check and queue session items ``(index, session id, seq, mac, body)`` in order:
+        the refusals by index, and the items accepted (index, session), in order.
+
+        All of a request's accepted items are queued together; nothing is recorded
+        (sequence numbers, rate) unless they were queued. ``acks``, when given, gets
+        for each accepted item the session key's MAC of its acknowledgement
+        (``sessions.ack_mac``, covering ``now`` as the server time), by index: what a
+        relay passes on to the agent.
+
+        Metadata that repeats the session's last accepted metadata and that the node
+        already holds, value for value (as encoded: ``1``, ``1.0`` and ``true`` differ),
+        would change nothing when applied: the heartbeat is queued without it, so neither
+        its check (its JSON size and depth) nor the tick's merge is paid again. Only
+        small bodies qualify (their metadata cannot exceed ``max_metadata_bytes``), never
+        reserved keys (refused as before). Likewise the key fingerprint is left out when the
+        node has it already. A heartbeat left with a timestamp and a load only is applied
+        by the tick over the registry's columns (``Registry.accept_all``).
+        """
+        service = self.service
+        table = service.sessions
+        with table.lock:
+            fast = self._as_columns(items, now)
+            if fast is not None:
+                return self._queued(items, now, acks, *fast)
+            return self._as_objects(items, now, acks)
+
+    def _as_columns(self, items: list[tuple[int, str, Any, Any, bytes]], now: float
+                    ) -> tuple[dict[int, ItemResult], list[tuple[int, Session]], dict[str, list[Any]],
+                               HeartbeatColumns | list[CheckedHeartbeat]] | None:
+        """``accept_session`` for the usual batch, as one ``HeartbeatColumns`` (caller holds
+        the lock): every item whose session checks out is a heartbeat of a registered node
+        with a timestamp, a load and at most metadata that repeats itself (see
+        ``accept_session``), each node once. None as soon as an item is anything else (its
+        body not valid, observations, metrics, a licence reference, new metadata or key
+        fingerprint, a timestamp or load the registry refuses): then the whole request goes
+        item by item (``_as_objects``), which answers exactly as before. Nothing is changed
+        here (the sequence numbers and rates are recorded when queued). A few heartbeats
+        (a single one) are checked on Python floats and queued as ``CheckedHeartbeat``
+        objects of the common shape (the tick applies those over the columns too)."""
+        service = self.service
+        check = service.sessions.check
+        registry = service.orchestrator.registry
+        nodes = registry.table
+        slot_of = nodes.index.get
+        held_fp = nodes.fingerprint
+        held_meta = nodes.metadata
+        fingerprint = service.keys.fingerprint
+        small = registry.max_metadata_bytes // 6
+        decode = _body_decoder.decode
+        refused: dict[int, ItemResult] = {}
+        pending: dict[str, list[Any]] = {}  # session id -> [last seq, count, session, last metadata]
+        accepted: list[tuple[int, Session]] = []
+        ids: list[str] = []
+        slots: list[int] = []
+        stamps: list[float] = []
+        loads: list[float] = []
+        for index, sid, seq, tag, body in items:
+            try:
+                session = check(sid, seq, tag, body, now, pending)
+            except AuthError as exc:
+                refused[index] = ItemResult(exc.status, exc.code, exc.reason)
+                continue
+            node_id = session.node_id
+            slot = slot_of(node_id)
+            try:
+                data = decode(body)
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                return None
+            if slot is None or (data.node_id is not None and data.node_id != node_id) \
+                    or data.observations is not None or data.metrics is not None or data.licence_ref is not None:
+                return None
+            fp = fingerprint(node_id)
+            if fp is not None and held_fp[slot] != fp:
+                return None
+            earlier = pending.get(sid)
+            metadata = data.metadata
+            if metadata:
+                meta = _encode(metadata)
+                if meta != (session.meta if earlier is None else earlier[3]) or len(body) > small \
+                        or not RESERVED_METADATA.isdisjoint(metadata) or not _holds(held_meta[slot], metadata, meta):
+                    return None
+            if earlier is None:
+                pending[sid] = [seq, 1, session, session.meta]
+            else:
+                earlier[0] = seq
+                earlier[1] += 1
+            accepted.append((index, session))
+            ids.append(node_id)
+            slots.append(slot)
+            stamps.append(now if data.timestamp is None else data.timestamp)
+            load = data.load
+            loads.append(_NAN if load is None else load)
+        if not accepted:
+            return refused, accepted, pending, HeartbeatColumns([], [])
+        if len(set(ids)) != len(ids):  # a node twice: in order, item by item
+            return None
+        skew = registry.max_clock_skew
+        if len(ids) <= _FEW:  # a few: the same checks on Python floats (numpy's overhead would dominate)
+            limit = service.orchestrator.clock() + skew
+            top = registry.max_load
+            seen = nodes.last_seen
+            queued: list[CheckedHeartbeat] = []
+            for node_id, slot, stamp, value in zip(ids, slots, stamps, loads):
+                try:
+                    last = float(seen[slot])
+                except IndexError:  # the table changed meanwhile (the tick thread): the careful way
+                    return None
+                if not (math.isfinite(stamp) and stamp <= limit and not stamp < last - skew
+                        and (value != value or 0 <= value <= top)):
+                    return None
+                queued.append(CheckedHeartbeat(node_id, stamp, None if value != value else value, {}))
+            return refused, accepted, pending, queued
+        ts = np.array(stamps, dtype=np.float64)
+        load = np.array(loads, dtype=np.float64)
+        try:
+            last = nodes.last_seen[np.array(slots, dtype=np.int64)]
+        except IndexError:  # the table changed meanwhile (the tick thread): the careful way
+            return None
+        with np.errstate(invalid="ignore"):
+            fine = np.isfinite(ts) & (ts <= service.orchestrator.clock() + skew) & ~(ts < last - skew) \
+                & (np.isnan(load) | ((load >= 0) & (load <= registry.max_load)))
+        if not fine.all():  # its answer names the field: item by item
+            return None
+        try:
+            batch = HeartbeatColumns(ids, ts, load)
+        except BatchError:
+            return None
+        return refused, accepted, pending, batch
+
+    def _as_objects(self, items: list[tuple[int, str, Any, Any, bytes]], now: float,
+                    acks: dict[str, str] | None) -> tuple[dict[int, ItemResult], list[tuple[int, Session]]]:
+        """``accept_session`` item by item, each a ``CheckedHeartbeat`` (caller holds the lock)."""
+        service = self.service
+        table = service.sessions
+        orch = service.orchestrator
+        registry = orch.registry
+        check = registry.check
+        lookup = registry.get
+        small = registry.max_metadata_bytes // 6  # JSON re-encoded is at most 4.5x its bytes
+        fingerprint = service.keys.fingerprint
+        orch_now = orch.clock()
+        refused: dict[int, ItemResult] = {}
+        pending: dict[str, list[Any]] = {}  # session id -> [last seq, count, session, last metadata]
+        accepted: list[tuple[int, Session]] = []
+        queued: list[CheckedHeartbeat] = []
+        for index, sid, seq, tag, body in items:
+            try:
+                session = table.check(sid, seq, tag, body, now, pending)
+            except AuthError as exc:
+                refused[index] = ItemResult(exc.status, exc.code, exc.reason)
+                continue
+            node_id = session.node_id
+            meta = None
+            try:
+                data = decode_body(body)
+                if data.node_id is not None and data.node_id != node_id:
+                    raise AuthError(403, f"heartbeat for {data.node_id!r} in a session of {node_id!r}",
+                                    "node_mismatch")
+                node = lookup(node_id)
+                fp = fingerprint(node_id)
+                if node is not None and fp is not None and node.fingerprint == fp:
+                    fp = None  # the node has it: nothing to set (the tick's column-wise path takes it)
+                metadata = data.metadata
+                if metadata:
+                    meta = _encode(metadata)
+                    earlier = pending.get(sid)
+                    if meta == (session.meta if earlier is None else earlier[3]) and len(body) <= small \
+                            and RESERVED_METADATA.isdisjoint(metadata) and _holds(None if node is None else node.metadata, metadata, meta):
+                        metadata = None
+                # witness observations: MACed with the session key, so authenticated to the
+                # orchestrator as a signature would make them (``signed``)
+                observations = () if data.observations is None else _observations(node_id, data.observations)
+                hb = CheckedHeartbeat(node_id, now if data.timestamp is None else data.timestamp, data.load,
+                                      {} if metadata is None else metadata, fp, data.licence_ref,
+                                      observations, data.metrics)
+                check(hb, orch_now)
+            except (DecodeError, Unprocessable, HeartbeatError) as exc:
+                refused[index] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
+                continue
+            except AuthError as exc:
+                refused[index] = ItemResult(exc.status, exc.code, exc.reason, node_id)
+                continue
+            earlier = pending.get(sid)
+            if earlier is None:
+                pending[sid] = [seq, 1, session, meta if meta is not None else session.meta]
+            else:
+                earlier[0] = seq
+                earlier[1] += 1
+                if meta is not None:
+                    earlier[3] = meta
+            accepted.append((index, session))
+            queued.append(hb)
+        return self._queued(items, now, acks, refused, accepted, pending, queued)
+
+    def _queued(self, items: list[tuple[int, str, Any, Any, bytes]], now: float, acks: dict[str, str] | None,
+                refused: dict[int, ItemResult], accepted: list[tuple[int, Session]], pending: dict[str, list[Any]],
+                queued: list[CheckedHeartbeat] | HeartbeatColumns
+                ) -> tuple[dict[int, ItemResult], list[tuple[int, Session]]]:
+        """Queue what ``accept_session`` accepted, all of it or nothing, and record it (caller
+        holds the lock)."""
+        if not accepted:
+            return refused, []
+        service = self.service
+        try:
+            if service.ha is not None and not service.ha.leading:  # a follower: on to the leader
+                raw = {i: (sid, seq, tag, body) for i, sid, seq, tag, body in items}
+                service.ha.forward_sessions([raw[i] for i, _ in accepted])  # MACs intact (tickets)
+            elif isinstance(queued, list):
+                service.orchestrator.intake.put_many(queued)
+            else:
+                service.orchestrator.intake.put_columns(queued)
+        except QueueFull as exc:
+            for index, session in accepted:
+                refused[index] = ItemResult(503, "queue_full", str(exc), session.node_id)
+            return refused, []
+        commit = service.sessions.commit
+        for seq, count, session, meta in pending.values():
+            commit(session, seq, now, count)
+            session.meta = meta
+        if acks is not None:
+            seqs = {i: seq for i, _, seq, _, _ in items}
+            for index, session in accepted:
+                acks[str(index)] = ack_mac(session.key, seqs[index], now)
+        return refused, accepted
