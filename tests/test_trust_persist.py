@@ -321,3 +321,56 @@ def test_a_fingerprint_learnt_after_joining_is_kept_and_inherited():
     assert persist.restore_chunks(again, chunks) == 2 and again.fingerprint_of == {"fp-a": again.index["a"]}
     again.score(Evidence(3, ["b"], np.zeros(1, dtype=np.int8), np.zeros(1, dtype=np.int8), fingerprints=["fp-a"]))
     assert again.tier[again.index["b"]] == int(Tier.UNTRUSTED)  # the same key under a new id: no fresh start
+
+
+def test_a_departed_nodes_trust_never_reaches_the_node_that_takes_its_table_slot():
+    """The engine finds its slots through the node table (no dict of every id): a node
+    that leaves is unbound, the node reusing its table slot starts afresh, and the one
+    that left comes back (in another table slot) to its own record."""
+    from wyneos_core.model import ORIGIN
+    from wyneos_core.nodetable import NodeTable
+    from wyneos_core.trust.settings import SIGNALS
+
+    table = NodeTable()
+    for node_id in ("a", "b", "c"):
+        table.add(node_id, registered_at=0.0)
+    eng = TrustEngine(settings())
+    refused = SIGNALS.index("refusals")
+
+    def tick(number: int, offline: frozenset = frozenset(), refusals: dict | None = None):
+        slots = table.slots()
+        ids = table.ids_at(slots)
+        status = np.array([2 if i in offline else 0 for i in ids], dtype=np.int8)
+        eng.score(Evidence(number, ids, status, np.zeros(len(ids), dtype=np.int8), refusals=refusals or {},
+                           table=table, table_slots=slots))
+        eng.assign({})
+
+    for number in range(1, 8):
+        tick(number, frozenset({"b"}), {"b": 3})
+    b = eng.index["b"]
+    b_trust, b_evidence = float(eng.trust[b]), float(eng.evidence.s[refused, b])
+    assert b_evidence > 1 and set(eng.index.detached) == {ORIGIN}     # registered ids: none in a dict
+    freed = table.index["b"]
+    table.remove("b")
+    assert table.add("d", registered_at=1.0) == freed                  # d takes b's table slot
+    tick(8)
+    d = eng.index["d"]
+    assert d != b and eng.evidence.s[refused, d] == 0 and eng.tier[d] == int(Tier.PROBATION)
+    assert eng.trust[d] > b_trust
+    # kept (detached), forgotten by the tick like every record
+    assert eng.index["b"] == b and eng.evidence.s[refused, b] == pytest.approx(b_evidence * 0.9)
+    table.add("b", registered_at=2.0)                                   # b comes back elsewhere
+    tick(9)
+    assert eng.index["b"] == b and eng.evidence.s[refused, b] == pytest.approx(b_evidence * 0.81)
+    assert set(eng.index.detached) == {ORIGIN}
+    # persisted and restored: every node back by id, bound again through another table
+    again = TrustEngine(settings())
+    assert persist.restore_chunks(again, persist.encode_chunks(eng, persist.chunks_changed(eng, everything=True))) == 4
+    other = NodeTable()
+    for node_id in ("d", "b"):
+        other.add(node_id, registered_at=0.0)
+    slots = other.slots()
+    again.score(Evidence(10, other.ids_at(slots), np.zeros(2, dtype=np.int8), np.zeros(2, dtype=np.int8),
+                         table=other, table_slots=slots))
+    assert again.evidence.s[refused, again.index["b"]] == pytest.approx(b_evidence * 0.729)
+    assert set(again.index.detached) == {ORIGIN, "a", "c"}              # restored, not registered here

@@ -193,6 +193,7 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
         licence=lic_codes, fingerprints=fingerprints,
         failed=failed, governed=bool(results), refusals=refusals, acks=acks,
         observations=observations_of(ctx), declared=declared,
+        table=table, table_slots=None if table is None else slots,
     )
 
 

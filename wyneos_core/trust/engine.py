@@ -29,6 +29,7 @@ from wyneos_core.model import ORIGIN
 from wyneos_core.trust import persist
 from wyneos_core.trust.beta import BetaEvidence
 from wyneos_core.trust.eigentrust import EigenTrustResult, eigentrust, local_trust
+from wyneos_core.trust.names import SlotNames
 from wyneos_core.trust.observations import MixedObservations, ObservationBatch
 from wyneos_core.trust.settings import SIGNALS, TrustSettings
 from wyneos_core.trust.tiers import TIER_NAMES, Tier, next_tiers
@@ -81,6 +82,10 @@ class Evidence:
     observations: Any = ()
     #: nodes declared by the operator (config): admitted without admission rules
     declared: frozenset[str] = frozenset()
+    #: the node table the nodes are registered in, and their slots there (aligned with
+    #: ``node_ids``): the engine finds its slots through the table (no lookup by id)
+    table: Any = None
+    table_slots: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -105,7 +110,9 @@ class TrustEngine:
         self.settings = settings
         capacity = max(2, capacity)
         self.ids: list[str] = [ORIGIN]
-        self.index: dict[str, int] = {ORIGIN: 0}
+        #: node id -> slot: the registered nodes through the node table the engine is bound
+        #: to (``Evidence.table``), the others in a small dict (``wyneos_core.trust.names``)
+        self.index = SlotNames(self.ids)
         self.evidence = BetaEvidence(len(SIGNALS), capacity)
         # compact columns: scores and trust in float32 (a tier threshold is 0.01 wide), the
         # power iteration's warm start in float64
@@ -206,16 +213,7 @@ class TrustEngine:
         index = self.index
         timings = self.timings
         t0 = time.perf_counter()
-        new: list[str] = []
-        found = list(map(index.get, ev.node_ids))
-        if None in found:
-            self._grow(len(self.ids) + found.count(None))  # once, to the size needed
-            fps = ev.fingerprints or [None] * len(ev.node_ids)
-            for node_id, fp, slot in zip(ev.node_ids, fps, found):
-                if slot is None and node_id not in index:
-                    new.append(node_id)
-                    self.slot(node_id, fp, node_id in ev.declared or node_id in st.attested, ev.tick)
-            found = list(map(index.get, ev.node_ids))
+        slots, new = self._slots(ev)
         attested = st.attested
         for node_id in attested:
             slot = index.get(node_id)
@@ -223,9 +221,8 @@ class TrustEngine:
                 self.admission[slot] = ADMITTED
                 self.admission_reason.pop(slot, None)
         n_slots = len(self.ids)
-        slots = np.array(found, dtype=np.int64).reshape(-1)
         if len(ev.fingerprints) == len(slots):
-            self._learn_fingerprints(slots, found, ev.fingerprints)
+            self._learn_fingerprints(slots, ev.fingerprints)
         cap = self.capacity
         status = ev.status
         online = slots[status == 0]
@@ -373,6 +370,7 @@ class TrustEngine:
         del c, leak, row, start
         self.global_trust[:n_slots] = eigen.trust
         self.global_trust[n_slots:] = 0.0
+        eigen.trust = self.global_trust[:n_slots]  # the result keeps a view, not a second vector
         # scaled by the median share of the nodes that are not pre-trusted (robust to a
         # few nodes holding much, and to a colluding minority holding little)
         peer = eigen.trust[slots]
@@ -407,16 +405,42 @@ class TrustEngine:
         timings["combine"] = time.perf_counter() - t4
         return self._scores
 
-    def _learn_fingerprints(self, slots: np.ndarray, found: list[Any], fingerprints: Sequence[str | None]) -> None:
+    def _slots(self, ev: Evidence) -> tuple[np.ndarray, list[str]]:
+        """The slots of ``ev``'s nodes (int64) and the ids given a new slot: through the node
+        table when ``ev`` has one (``SlotNames.bind``), else by id."""
+        st = self.settings
+        fps = ev.fingerprints
+
+        def create(node_id: str, position: int) -> int:
+            return self.slot(node_id, fps[position] if fps else None,
+                             node_id in ev.declared or node_id in st.attested, ev.tick)
+
+        if ev.table is not None and ev.table_slots is not None:
+            return self.index.bind(ev.table, ev.table_slots, create,
+                                   lambda count: self._grow(len(self.ids) + count))  # once, to the size needed
+        found = self.index.slots_of(ev.node_ids)
+        fresh = np.flatnonzero(found < 0)
+        new: list[str] = []
+        if fresh.size:
+            self._grow(len(self.ids) + fresh.size)  # once, to the size needed
+            ids = ev.node_ids
+            for k in fresh.tolist():
+                slot = self.index.get(ids[k])
+                if slot is None:  # (an id twice in the list gets one slot)
+                    new.append(ids[k])
+                    slot = create(ids[k], k)
+                found[k] = slot
+        return found, new
+
+    def _learn_fingerprints(self, slots: np.ndarray, fingerprints: Sequence[str | None]) -> None:
         """Keep each node's key fingerprint as the registry has it now (compared over the
-        whole list in C; only those that changed are touched). ``found`` holds the slots
-        as the index's own int objects, shared rather than made again for each entry."""
+        whole list in C; only those that changed are touched)."""
         now = np.empty(len(fingerprints), dtype=object)
         now[:] = fingerprints
         changed = np.flatnonzero((now != self.fingerprint[slots]) & (now != None))  # noqa: E711
         if changed.size:
             self.fingerprint[slots[changed]] = now[changed]
-            self.fingerprint_of.update(zip(now[changed].tolist(), [found[k] for k in changed.tolist()]))
+            self.fingerprint_of.update(zip(now[changed].tolist(), slots[changed].tolist()))
 
     def _edges(self, observations: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Observation edges as slot arrays; unknown ids and self-observations dropped.
@@ -448,15 +472,14 @@ class TrustEngine:
         return self._clean(src, dst, good, total)
 
     def _part_edges(self, part: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        get = self.index.get
-        n = len(part)
+        slots_of = self.index.slots_of
         if isinstance(part[0], tuple):
             getters = (operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2))
         else:
             getters = (_OBSERVER, _SUBJECT, _REACHABLE)
         try:
-            src = np.fromiter(map(get, map(getters[0], part), repeat(-1)), dtype=np.int64, count=n)
-            dst = np.fromiter(map(get, map(getters[1], part), repeat(-1)), dtype=np.int64, count=n)
+            src = slots_of(list(map(getters[0], part)))
+            dst = slots_of(list(map(getters[1], part)))
             reach = np.array(list(map(getters[2], part)))
             if reach.dtype != np.bool_:
                 raise TypeError("reachable must be True or False")
@@ -525,8 +548,7 @@ class TrustEngine:
         return src, dst, reach.astype(np.int8, copy=False)
 
     def _slots_of(self, ids: Sequence[Any]) -> np.ndarray:
-        get = self.index.get
-        return np.fromiter((get(i, -1) if type(i) is str else -1 for i in ids), dtype=np.int64, count=len(ids))
+        return self.index.slots_of(ids)
 
     @staticmethod
     def _clean(src: np.ndarray, dst: np.ndarray, good: np.ndarray, total: int
@@ -562,7 +584,9 @@ class TrustEngine:
         reasons = self.admission_reason
         for (decision, rule, reason), node_ids in groups.items():
             state = {"admit": ADMITTED, "hold": HELD, "refuse": REFUSED}[decision]
-            slots = np.fromiter(map(self.index.__getitem__, node_ids), dtype=np.int64, count=len(node_ids))
+            slots = self.index.slots_of(node_ids)
+            if (slots < 0).any():
+                raise KeyError(node_ids[int(np.flatnonzero(slots < 0)[0])])
             before = self.admission[slots]
             self.admission[slots] = state
             if state == ADMITTED:
