@@ -156,7 +156,10 @@ def gather(ctx: TickContext, state: TrustState, nodes: Sequence[Node], licences:
         slots = nodes.slots  # type: ignore[attr-defined]
         ids = nodes.ids()  # type: ignore[attr-defined]
         status = _TABLE_TO_TRUST[table.status[slots]]
-        fingerprints = list(map(table.fingerprint.__getitem__, slots.tolist()))
+        every = np.empty(len(table.fingerprint), dtype=object)  # the column as an array, taken at the slots
+        every[:] = table.fingerprint
+        fingerprints = every[slots]
+        del every
     else:
         ids = list(map(_ID, nodes))
         codes = _STATUS_BY_IDENTITY

@@ -407,7 +407,7 @@ class TrustEngine:
         fps = ev.fingerprints
 
         def create(node_id: str, position: int) -> int:
-            return self.slot(node_id, fps[position] if fps else None,
+            return self.slot(node_id, fps[position] if len(fps) else None,
                              node_id in ev.declared or node_id in st.attested, ev.tick)
 
         if ev.table is not None and ev.table_slots is not None:
@@ -430,8 +430,11 @@ class TrustEngine:
     def _learn_fingerprints(self, slots: np.ndarray, fingerprints: Sequence[str | None]) -> None:
         """Keep each node's key fingerprint as the registry has it now (compared over the
         whole list in C; only those that changed are touched)."""
-        now = np.empty(len(fingerprints), dtype=object)
-        now[:] = fingerprints
+        if isinstance(fingerprints, np.ndarray) and fingerprints.dtype == object:
+            now = fingerprints
+        else:
+            now = np.empty(len(fingerprints), dtype=object)
+            now[:] = fingerprints
         changed = np.flatnonzero((now != self.fingerprint[slots]) & (now != None))  # noqa: E711
         if changed.size:
             self.fingerprint[slots[changed]] = now[changed]
