@@ -44,6 +44,7 @@ peak of the process that ran the tick with the default outputs, divided by the n
 from __future__ import annotations
 
 import argparse
+import atexit
 import resource
 import subprocess
 import contextlib
@@ -51,6 +52,7 @@ import json
 import os
 import math
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -85,6 +87,8 @@ class Clock:
 
 T0 = 1_700_000_000.0
 WORK = Path(tempfile.mkdtemp(prefix="wyneos-bench-"))
+# each process removes its scratch directory (a 1M run leaves 300 MB of state and report)
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 
 
 def licences(n: int) -> int:
