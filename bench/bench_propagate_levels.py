@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_tick  # noqa: E402
 
 from wyneos_core import hookimpl  # noqa: E402
-from wyneos_core.builtin.decide import DecideState  # noqa: E402
 
 
 class PerHop:
@@ -83,10 +82,7 @@ def run(nodes: int, repeat: int, per_hop: bool) -> dict:
             rows.append({"propagate_s": report.timings_ms["propagate"] / 1000, "propagate_cpu_s": cpu[-1],
                          "tick_outputs_s": tick_s,
                          "actions": len(report.actions), "deliveries": len(report.deliveries)})
-            orch._decide_state = DecideState()  # type: ignore[attr-defined]  # the same new actions every round
-            for node_id in list(orch.mesh.isolated):
-                orch.mesh.reinstate(node_id)
-                orch.registry[node_id].isolated = False
+            bench_tick.next_round(orch)
             clock.now += 6
     orch.stop()
     shutil.rmtree(bench_tick.WORK, ignore_errors=True)  # its state and report files: up to 300 MB at 1M

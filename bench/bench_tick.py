@@ -168,12 +168,18 @@ def _time_ticks(orch, clock, ids, overloaded, silent, repeat: int) -> tuple[floa
         assert not any(not r.valid for r in report.licences.values()), "bench licences must be valid"
         actions.append(len(report.actions))
         del report
-        orch._decide_state = DecideState()  # type: ignore[attr-defined]  # same work every round: actions new again
-        for node_id in list(orch.mesh.isolated):
-            orch.mesh.reinstate(node_id)
-            orch.registry[node_id].isolated = False
+        next_round(orch)
         clock.now += 6
     return statistics.median(times), actions
+
+
+def next_round(orch) -> None:
+    """The same work every round: last round's actions are new again and its isolated
+    nodes are back in the mesh."""
+    orch._decide_state = DecideState()  # type: ignore[attr-defined]
+    for node_id in list(orch.mesh.isolated):
+        orch.mesh.reinstate(node_id)
+        orch.registry[node_id].isolated = False
 
 
 def baseline(n: int, repeat: int) -> float:

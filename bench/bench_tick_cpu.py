@@ -27,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_tick  # noqa: E402
 
-from wyneos_core.builtin.decide import DecideState  # noqa: E402
 
 STEPS = ("heartbeat", "licence_validate", "governance", "trust", "healing", "enforcement", "decide", "propagate",
          "tick_report")
@@ -64,10 +63,7 @@ def main() -> None:
             t0 = time.process_time()
             orch.tick()
             rows.append({**spent, "total": (time.process_time() - t0) * 1000})
-            orch._decide_state = DecideState()  # type: ignore[attr-defined]  # the same new actions every round
-            for node_id in list(orch.mesh.isolated):
-                orch.mesh.reinstate(node_id)
-                orch.registry[node_id].isolated = False
+            bench_tick.next_round(orch)
             clock.now += 6
     orch.stop()
     print(json.dumps({k: round(statistics.median(r.get(k, 0.0) for r in rows), 1) for k in (*STEPS, "total")}))
