@@ -17,22 +17,10 @@ other known types (``reduce_load``, ``revoke``...) are handed to the hook (or
                acknowledged as ``ignored`` without one); a type the agent does not
                know (nor was told with ``hook_types``) never reaches the hook.
 
-Trust: the agent pins the orchestrator's public key at its first enrolment (from the
-enrolment answer), or in advance (``orchestrator_key``: a fingerprint or a key file),
-and then refuses an enrolment answer that carries another key. It refuses, logs and
-reports to the server (with its next acknowledgement) every action that is unsigned,
-badly signed, signed by another key, malformed or expired. A validly signed action
-addressed to another node, of a type it does not know, or seen before (a replay, or a
-redelivery after a lost acknowledgement) is not applied: it is acknowledged as
-``ignored`` (a replay: with the outcome it had) saying why. Each issuance (action id
-and ``issued_at``) is remembered in the state file (bounded: the oldest are forgotten
-once expired, or past the bound, after which anything issued before them is refused as
-a replay). The actions of one answer are applied in the order they were issued, and an
-``isolate`` or ``reinstate`` issued before the one that last changed the node's
-isolation is not applied (``superseded``), so reordering or holding back envelopes
-cannot undo a later decision. After a key rotation the agent follows the old key's
-signed hand-over to the new key and keeps trusting the old one for what it signed
-before.
+Trust: the agent pins the orchestrator's public key and follows its rotations
+(``wyneos_core.service.agent_keys``); it verifies every action before use, applies
+each issuance once and in the order decided, and reports what it refuses
+(``wyneos_core.service.agent_actions``).
 
 ``licence`` names the node's licence (``licence_ref`` in the enrolment and in every
 heartbeat); the orchestrator pairs it with the fingerprint of the node's enrolled key.
@@ -57,8 +45,7 @@ outside ``MIN_INTERVAL``-``MAX_INTERVAL`` seconds is clamped (one that is not a 
 number is ignored), and every malformed answer (not JSON, ``{"actions": 5}``, an
 unexpected status...) is logged and retried with backoff, never fatal. ``count`` counts
 heartbeat attempts, so ``count`` and ``duration`` end the agent also while the server
-is down. Every applied action is logged to
-``<state-dir>/actions.log`` (JSON lines).
+is down.
 """
 
 from __future__ import annotations
@@ -71,45 +58,30 @@ import os
 import platform
 import random
 import socket
-import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from wyneos_core import __version__
 from wyneos_core.service.agent_metrics import MetricSource
 from wyneos_core.service.integrity import FileDigest
-from wyneos_core.licensing.keys import (
-    KeyFileError,
-    fingerprint,
-    generate_key,
-    load_private_key,
-    load_public_key,
-    public_bytes,
-    write_private_key,
-)
+from wyneos_core.licensing.keys import fingerprint, generate_key, load_private_key, public_bytes, write_private_key
 from wyneos_core.licensing.envelope import FormatError, load_json
 from wyneos_core.registry import NODE_ID_PATTERN
 from wyneos_core.safeio import read_regular_file
 from wyneos_core.service import signed_actions as sa
+from wyneos_core.service.agent_actions import AgentActions, AgentStats
+from wyneos_core.service.agent_errors import AgentError, BadAnswer
+from wyneos_core.service.agent_keys import AgentKeys, _read_pin
 from wyneos_core.service.bounded_http import AnswerTooLarge, AnswerTooSlow, exchange
 from wyneos_core.service.identity import b64d, b64e, sign_request
 
 __all__ = ["Agent", "AgentError", "AgentStats", "os_load"]
 
 log = logging.getLogger("wyneos.agent")
-
-
-class AgentError(RuntimeError):
-    """The agent cannot go on (enrolment refused, bad key file, ...)."""
-
-
-class BadAnswer(ConnectionError):
-    """The server's answer cannot be used (too big, too slow, malformed): retried."""
 
 
 #: the largest answer the agent reads (a longer one is refused unread)
@@ -133,38 +105,7 @@ def os_load() -> float:
     return round(one / (os.cpu_count() or 1), 4)
 
 
-@dataclass(slots=True)
-class AgentStats:
-    """What an agent did since it started; the lists keep only their latest ``KEPT`` entries."""
-
-    KEPT: ClassVar[int] = 1000
-
-    sent: int = 0
-    accepted: int = 0
-    refused: int = 0
-    failures: int = 0
-    enrolments: int = 0
-    applied: list[str] = field(default_factory=list)
-    #: the latest waits (seconds) before retrying an unreachable server
-    backoffs: list[float] = field(default_factory=list)
-    #: actions failed or ignored, as ``type:target:status``
-    not_applied: list[str] = field(default_factory=list)
-    #: the latest actions refused before use (unsigned, bad signature, expired...), as
-    #: ``reason:action id`` (the last ``KEPT`` of them: a hostile server cannot grow it)
-    refused_actions: list[str] = field(default_factory=list)
-    #: every refusal made since start (``refused_actions`` keeps only the latest)
-    refusals_made: int = 0
-    #: issuances delivered again (replays, redeliveries): not applied twice
-    replayed: int = 0
-    #: heartbeat attempts (sent or not): what ``count`` counts
-    attempts: int = 0
-    #: answers refused as malformed, too big or too slow
-    bad_answers: int = 0
-    #: signed actions pushed to neighbours as a relay
-    relayed: int = 0
-
-
-class Agent:
+class Agent(AgentKeys, AgentActions):
     """One node's agent.
 
     :param server: base URL of ``wyneos serve`` (``http://127.0.0.1:8420``); with replicas
@@ -192,11 +133,6 @@ class Agent:
     :param sessions: send heartbeats in a session (one signed handshake, then a MAC
         per heartbeat: docs/sessions.md); False: sign every heartbeat.
     """
-
-    #: issuances remembered for replay protection
-    MAX_SEEN = 4096
-    #: refusal reports kept until the server has them
-    MAX_REPORTS = 100
 
     def __init__(self, server: str, node_id: str, state_dir: str | Path, *, token: str | None = None,
                  interval: float | None = None, metadata: dict[str, Any] | None = None, hook: str | None = None,
@@ -358,15 +294,6 @@ class Agent:
             os.fsync(fh.fileno())
         os.replace(tmp, self._state_path)
 
-    def _pin(self, raw: bytes) -> None:
-        retired_at = self.state.get("retired", {}).get(sa.key_entry(raw)["key_id"])
-        if retired_at is not None and retired_at <= sa.now_ms():
-            log.warning("not pinning orchestrator key %s: it is retired", fingerprint(raw))
-            return
-        kid = self.trusted.add(raw)
-        self._save_state()
-        log.warning("pinned orchestrator key %s (%s)", kid, fingerprint(raw))
-
     # -- HTTP ----------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -489,120 +416,6 @@ class Agent:
             raise BadAnswer(f"enrolment answered {status} {str(code)[:60] if code is not None else ''}".rstrip())
         raise AgentError(f"enrolment of {self.node_id!r} refused ({status} {code}): {str(data.get('error'))[:500]}")
 
-    def _check_enrolment_key(self, info: Any) -> None:
-        """Pin the orchestrator key of an enrolment answer, or refuse the answer
-        (``AgentError``) when it carries another key than the one pinned."""
-        try:
-            if not isinstance(info, dict):
-                raise ValueError("no orchestrator_key")
-            raw = b64d(info["public_key"])
-            if len(raw) != 32:
-                raise ValueError("not 32 bytes")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadAnswer(f"the enrolment answer carries no usable orchestrator key ({exc})") from None
-        fp = fingerprint(raw)
-        kid = sa.key_entry(raw)["key_id"]
-        if kid in self.trusted:
-            return
-        handover = info.get("handover")
-        if len(self.trusted) or self.pin is not None:
-            if handover is not None and len(self.trusted):
-                try:
-                    if sa.open_rotation(handover, self.trusted) == raw:
-                        self._pin(raw)
-                        return
-                except sa.Refused:
-                    pass
-            if isinstance(self.pin, str) and not len(self.trusted):
-                if fp == self.pin:
-                    self._pin(raw)
-                    return
-                for entry in info.get("previous") or []:  # rotated after the operator read the fingerprint
-                    try:
-                        old = b64d(entry["public_key"])
-                    except (KeyError, TypeError, ValueError):
-                        continue
-                    if fingerprint(old) == self.pin and handover is not None:
-                        try:
-                            if sa.open_rotation(handover, sa.TrustedKeys([old])) == raw:
-                                self._pin(old)
-                                self._pin(raw)
-                                return
-                        except sa.Refused:
-                            pass
-            pinned = ", ".join(self.trusted.fingerprints()) or str(self.pin)
-            raise AgentError(f"the enrolment answer carries orchestrator key {fp}, not the pinned {pinned}: "
-                             "refusing it (another orchestrator, or someone in between); if the orchestrator's key "
-                             f"was replaced without `wyneos orchestrator-key rotate`, remove {self._state_path} "
-                             "and pin the new key with --orchestrator-key")
-        self._pin(raw)  # trust on first use: pin what the enrolment answer says
-
-    def _follow_key(self, ref: Any) -> None:
-        """Trust the successor of a pinned key after a rotation (from its signed hand-over),
-        then apply the orchestrator's keyring statement (retired and dropped keys)."""
-        if not isinstance(ref, dict) or not isinstance(ref.get("key_id"), str):
-            return
-        if ref["key_id"] not in self.trusted and "handover" in ref:
-            try:
-                raw = sa.open_rotation(ref["handover"], self.trusted)
-            except sa.Refused as exc:
-                self._report(exc.reason, f"orchestrator key hand-over refused: {exc.detail}", None)
-            else:
-                self._pin(raw)
-        if ref.get("keyring") is not None:
-            self._apply_keyring(ref["keyring"])
-
-    def _apply_keyring(self, statement: Any) -> None:
-        """Stop trusting the keys the orchestrator's keyring statement (signed by the
-        newest pinned key) no longer lists, and note its retirements (``_retire_due``)."""
-        signature = statement.get("signature") if isinstance(statement, dict) else None
-        if signature is not None and signature == self._keyring_seen:
-            self._retire_due()
-            return
-        try:
-            listed, retired = sa.open_keyring(statement, self.trusted)
-        except sa.Refused as exc:
-            if exc.reason != "stale":  # an older key's statement (answers in flight during a rotation): ignored
-                log.warning("orchestrator keyring statement refused (%s): %s", exc.reason, exc.detail)
-            return
-        self._keyring_seen = signature
-        changed = False
-        known = self.state.setdefault("retired", {})
-        for kid, at in retired.items():
-            if known.get(kid) != at:
-                known[kid] = at
-                changed = True
-        for kid in list(known)[:-16]:  # bounded
-            del known[kid]
-        for kid in self.trusted.ids():
-            if kid not in listed and self.trusted.remove(kid):
-                log.warning("orchestrator key %s is no longer held by the orchestrator: not trusted any more", kid)
-                changed = True
-        if self._retire_due() or changed:
-            self._save_state()
-
-    def _retire_due(self) -> bool:
-        """Stop trusting, for good, the retired keys whose date has passed; whether any was."""
-        now = sa.now_ms()
-        dropped = False
-        for kid, at in self.state.get("retired", {}).items():
-            if at <= now and kid in self.trusted and len(self.trusted) > 1 and self.trusted.remove(kid):
-                log.warning("orchestrator key %s retired: actions signed by it are refused from now on", kid)
-                dropped = True
-        if dropped:
-            self._save_state()
-        return dropped
-
-    def _orchestrator_keyring(self) -> Any:
-        """The pinned orchestrator keys as a ``KeyRing`` (None while none is pinned)."""
-        if not len(self.trusted):
-            return None
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-        from wyneos_core.licensing.keys import KeyRing
-
-        return KeyRing(Ed25519PublicKey.from_public_bytes(raw) for raw in self.trusted.raw())
-
     def heartbeat(self) -> int:
         """Send one heartbeat, apply and acknowledge the actions in the answer; the HTTP status."""
         metadata = {
@@ -700,218 +513,6 @@ class Agent:
             self.apply(actions)
         return actions
 
-    def _report(self, reason: str, detail: str, action_id: str | None) -> None:
-        """Log a refusal and keep it for the server (sent with the next acknowledgement)."""
-        if action_id is not None and not sa.ID_PATTERN.match(action_id):
-            action_id = None  # whatever the sender put there, the report must be one the server takes
-        detail = detail[:1000].encode("utf-8", "replace").decode("utf-8")
-        log.warning("refused an action%s (%s): %s", f" {action_id}" if action_id else "", reason, detail)
-        self.stats.refusals_made += 1
-        self.stats.refused_actions.append(f"{reason}:{action_id}")
-        del self.stats.refused_actions[:-AgentStats.KEPT]
-        reports = self.state["reports"]
-        reports.append({"reason": reason, "detail": detail, "action_id": action_id})
-        del reports[:-self.MAX_REPORTS]
-
-    def _remember(self, key: str, status: str, detail: str, expires_at: int) -> None:
-        seen = self.state["seen"]
-        seen.pop(key, None)
-        seen[key] = [status, detail, expires_at]
-        now_ms = sa.now_ms() - int(self.clock_tolerance * 1000)
-        for old in [k for k, v in seen.items() if v[2] < now_ms]:  # expired: refused as such anyway
-            del seen[old]
-        while len(seen) > self.MAX_SEEN:
-            oldest = next(iter(seen))
-            del seen[oldest]
-            issued = int(oldest.rpartition("@")[2])
-            self.state["horizon"] = max(self.state["horizon"], issued)
-
-    def apply(self, actions: list[Any]) -> None:
-        """Verify, apply and acknowledge signed actions; send the acknowledgements and any
-        refusal reports to the server."""
-        self._retire_due()  # a key retired meanwhile signs nothing any more
-        with self._apply_lock:
-            acks = self._take(actions)
-        self._send_acks(acks)
-
-    def _take(self, actions: list[Any]) -> list[dict[str, Any]]:
-        """Verify and apply signed actions (each issuance once): the signed acks."""
-        acks = []
-        verified = []
-        for item in actions:
-            try:
-                verified.append(sa.open_action(item, self.trusted, tolerance=self.clock_tolerance))
-            except sa.Refused as exc:
-                self._report(exc.reason, exc.detail, exc.action_id)
-        verified.sort(key=lambda a: a["issued_at"])  # in the order decided, however they arrived
-        for action in verified:
-            key = f"{action['id']}@{action['issued_at']}"
-            earlier = self.state["seen"].get(key)
-            if earlier is None and action["issued_at"] <= self.state["horizon"]:
-                self._report("replayed", f"{action['type']} of {action['target']} issued before the oldest "
-                                         "issuance the agent still remembers", action["id"])
-                continue
-            if earlier is not None:  # delivered again: a lost acknowledgement, or a replay
-                self.stats.replayed += 1
-                status, detail = earlier[0], f"{earlier[1]} (delivered again: not applied twice)"
-                if action["expires_at"] > earlier[2]:
-                    earlier[2] = action["expires_at"]
-                log.warning("action %s (%s of %s, issued %s) delivered again (a lost acknowledgement or a replay): "
-                            "not applied twice", action["id"], action["type"], action["target"], action["issued_at"])
-                acks.append(sa.seal_ack(self.key, self.node_id, action["id"], action["issued_at"], status,
-                                        detail[:1000]))
-                continue
-            status, detail = self._apply_one(action)
-            self._remember(key, status, detail, action["expires_at"])
-            self._save_state()
-            kept = self.stats.applied if status == "applied" else self.stats.not_applied
-            kept.append(f"{action['type']}:{action['target']}:{status}" if status != "applied"
-                        else f"{action['type']}:{action['target']}")
-            del kept[:-AgentStats.KEPT]
-            entry = {"time": time.time(), "action": action, "status": status, "detail": detail}
-            with open(self.state_dir / "actions.log", "a") as fh:
-                fh.write(json.dumps(entry) + "\n")
-            log.warning("action %s %s (%s): %s - %s", action["type"], action["target"], action["reason"], status,
-                        detail)
-            acks.append(sa.seal_ack(self.key, self.node_id, action["id"], action["issued_at"], status, detail))
-        return acks
-
-    def _send_acks(self, acks: list[dict[str, Any]], relayed: list[dict[str, Any]] | None = None) -> None:
-        """Send acks, the refusal reports kept, and (as a relay) the answers of relayed nodes."""
-        reports = list(self.state["reports"])
-        if acks or reports:
-            self._save_state()
-        parts = _batches(acks, reports)
-        if relayed:
-            if not parts:
-                parts = [{"acks": [], "refusals": []}]
-            parts[0] = {**parts[0], "relayed": relayed}
-        for part in parts:  # each request well under the server's body limit
-            body = json.dumps(part).encode()
-            status, data, _ = self._request("POST", f"/v1/nodes/{self.node_id}/actions/ack", body)
-            if status == 200:
-                if part["refusals"]:
-                    del self.state["reports"][:len(part["refusals"])]
-                    self._save_state()
-            else:
-                log.warning("acknowledgement refused (%s): %s", status, data.get("error"))
-
-    # -- relay (``wyneos_core.service.action_relay``) -------------------------------------------------
-
-    def relay_actions(self, work: Any) -> int:
-        """Carry signed actions the orchestrator hands over for neighbours it cannot reach.
-
-        ``work``: ``[{"to": node, "envelopes": [...]}]`` from the answer to a heartbeat.
-        Each envelope is verified with the pinned orchestrator key first and must be
-        addressed to ``to`` (or ``*``); what does not verify is never forwarded. The
-        envelopes go unchanged to the neighbour's peer endpoint (its address from the
-        signed neighbour list); the neighbour's answer (its signed acks, its refusal
-        reports) goes to the orchestrator with this node's own acknowledgement request.
-        Returns the number of envelopes pushed. Test switches in the state directory:
-        ``relay-tamper`` flips a byte of each envelope pushed, ``relay-drop`` pushes
-        nothing, ``relay-quiet`` pushes but keeps the neighbour's answer from the
-        orchestrator (a relay that misbehaves, for the detection tests).
-        """
-        if not isinstance(work, list):
-            return 0
-        answers = []
-        pushed = 0
-        for item in work[:16]:
-            if not isinstance(item, dict) or not isinstance(item.get("to"), str) \
-                    or not isinstance(item.get("envelopes"), list):
-                continue
-            target = item["to"]
-            neighbour = self.peer.neighbour(target)
-            if neighbour is None:
-                log.warning("relay for %s refused: not a neighbour in the signed list", target[:128])
-                continue
-            good = []
-            for envelope in item["envelopes"][:32]:
-                try:
-                    payload = sa.open_action(envelope, self.trusted, tolerance=self.clock_tolerance)
-                except sa.Refused as exc:
-                    log.warning("not relaying an action for %s that does not verify (%s): %s", target, exc.reason,
-                                exc.detail)
-                    continue
-                if payload["target"] not in (target, "*"):
-                    log.warning("not relaying action %s addressed to %s as one for %s", payload["id"],
-                                payload["target"], target)
-                    continue
-                good.append(envelope)
-            if not good or (self.state_dir / "relay-drop").exists():
-                continue
-            if (self.state_dir / "relay-tamper").exists():
-                good = [_flip(e) for e in good]
-            try:
-                answer = self.peer.push(neighbour, good)
-                if not (self.state_dir / "relay-quiet").exists():
-                    answers.append(answer)
-                pushed += len(good)
-                self.stats.relayed += len(good)
-            except ConnectionError as exc:
-                log.warning("%s", exc)
-        for answer in answers:  # one request each: each well under the server's body limit
-            self._send_acks([], [answer])
-        return pushed
-
-    def receive_relayed(self, sender: str, envelopes: list[Any]) -> dict[str, Any]:
-        """Signed actions a neighbour relays: verified and applied exactly as those the
-        orchestrator hands over directly; the answer carries the signed acks and the
-        refusal reports (kept too, for the orchestrator directly once it is reachable)."""
-        with self._apply_lock:
-            before = self.stats.refusals_made
-            acks = self._take(envelopes)
-            made = self.stats.refusals_made - before
-            new = self.state["reports"][-made:] if made else []
-            for report in new:  # which relay pushed it (the node checked its push was signed by its key)
-                report["via"] = sender
-            refusals = [dict(r) for r in new]
-            self._save_state()
-        log.info("%d relayed action(s) from %s: %d acknowledged, %d refused", len(envelopes), sender[:128],
-                 len(acks), len(refusals))
-        return {"node": self.node_id, "acks": acks, "refusals": refusals}
-
-    def _apply_one(self, action: dict[str, Any]) -> tuple[str, str]:
-        """Apply one action: ``(status, detail)``. The isolation flag changes only when
-        the action is applied (a failing hook leaves it as it was)."""
-        kind, target = action["type"], action["target"]
-        if target == "*" and kind not in sa.BROADCAST_TYPES:
-            return "ignored", f"refused: {kind} cannot be addressed to every node ('*'); not applied"
-        if target not in (self.node_id, "*"):
-            return "ignored", f"addressed to {target}, not to {self.node_id}: not applied"
-        if kind not in sa.KNOWN_TYPES and kind not in self.hook_types:
-            return "ignored", f"unknown action type {kind!r}: not applied and not handed to the hook"
-        if kind in ("isolate", "reinstate") and action["issued_at"] < self.state["isolation_at"]:
-            return "ignored", (f"superseded: an isolate or reinstate issued later "
-                               f"({self.state['isolation_at']}) was applied already; not applied")
-        if kind == "isolate":
-            isolated: bool | None = True
-            detail = "node marked isolated until reinstated"
-        elif kind == "reinstate":
-            isolated = False
-            detail = "node reinstated"
-        elif self.hook is None:
-            return "ignored", f"no handler for {kind!r} (give --hook)"
-        else:
-            isolated = None
-            detail = f"{kind} handed to the hook"
-        if self.hook is not None:
-            try:
-                done = subprocess.run([self.hook, str(kind), str(target)], input=json.dumps(action).encode(),
-                                      capture_output=True, timeout=60, check=False)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                return "failed", f"hook failed: {exc}"
-            if done.returncode != 0:
-                return "failed", f"hook exited {done.returncode}: {done.stderr[-200:].decode(errors='replace')}"
-            if isolated is not None:
-                detail += "; hook applied it"
-        elif isolated is not None:
-            detail += " (recorded only: give --hook to act on the machine)"
-        if isolated is not None:
-            self.state["isolated"] = isolated
-            self.state["isolation_at"] = action["issued_at"]
-        return "applied", detail
-
     # -- loop ----------------------------------------------------------------------------
 
     def run(self, *, count: int | None = None, duration: float | None = None,
@@ -984,28 +585,6 @@ class Agent:
         return self.stats
 
 
-#: the largest acknowledgement request the agent sends (the server's default limit is 64 KiB)
-MAX_ACK_REQUEST = 48 * 1024
-
-
-def _batches(acks: list[dict[str, Any]], reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Acknowledgement request bodies of at most ``MAX_ACK_REQUEST`` bytes each (reports
-    go with the first)."""
-    parts: list[dict[str, Any]] = []
-    current: dict[str, Any] = {"acks": [], "refusals": reports}
-    size = len(json.dumps(reports))
-    for ack in acks:
-        length = len(json.dumps(ack)) + 2
-        if current["acks"] and size + length > MAX_ACK_REQUEST:
-            parts.append(current)
-            current, size = {"acks": [], "refusals": []}, 0
-        current["acks"].append(ack)
-        size += length
-    if current["acks"] or current["refusals"]:
-        parts.append(current)
-    return parts
-
-
 def _actions(data: dict[str, Any], what: str) -> list[Any]:
     """The ``actions`` of an answer: a list of at most ``MAX_ACTIONS`` (else ``BadAnswer``)."""
     actions = data.get("actions", [])
@@ -1016,37 +595,3 @@ def _actions(data: dict[str, Any], what: str) -> list[Any]:
     if len(actions) > MAX_ACTIONS:
         raise BadAnswer(f"{what} answer: {len(actions)} actions, more than {MAX_ACTIONS}")
     return actions
-
-
-def _flip(envelope: Any) -> Any:
-    """A copy of ``envelope`` with one character of its reason changed (test switch)."""
-    try:
-        copy = json.loads(json.dumps(envelope))
-        reason = copy["payload"]["reason"]
-        copy["payload"]["reason"] = ("X" if reason[:1] != "X" else "Y") + reason[1:]
-        return copy
-    except (KeyError, TypeError, ValueError):
-        return envelope
-
-
-def _read_pin(text: str) -> bytes | str:
-    """``--orchestrator-key``: a fingerprint, or a file with the PEM public key or a fingerprint."""
-    import re
-
-    if re.fullmatch(r"sha256:[0-9a-f]{64}", text.strip()):
-        return text.strip()
-    path = Path(text)
-    try:
-        if not path.is_file():
-            raise AgentError(f"--orchestrator-key {text!r}: neither a fingerprint (sha256:<64 hex digits>) nor a file")
-        if path.stat().st_size > 16 * 1024:
-            raise AgentError(f"{path}: larger than 16 KiB; not a key file")
-        content = path.read_text(errors="replace").strip()
-    except OSError as exc:
-        raise AgentError(f"{path}: cannot read the orchestrator key: {exc.strerror or exc}") from None
-    if re.fullmatch(r"sha256:[0-9a-f]{64}", content):
-        return content
-    try:
-        return public_bytes(load_public_key(path))
-    except KeyFileError as exc:
-        raise AgentError(f"{exc}; expected a PEM public key or a fingerprint (sha256:...)") from None
