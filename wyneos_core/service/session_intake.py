@@ -7,6 +7,11 @@ against the registry, and the accepted items are queued together. The usual batc
 as one ``HeartbeatColumns`` batch with the registry's checks over whole columns
 (``_as_columns``); any other goes item by item as ``CheckedHeartbeat`` objects
 (``_as_objects``), with the same answers (``tests/test_heartbeat_intake_columns.py``).
+A relay's batch whose every item passes (``accept_usual``) is taken in a few passes over
+the whole batch instead of an item at a time: the sessions checked at once
+(``SessionTable.check_all``), the bodies decoded in one list, the registry's checks with
+numpy, every step all-or-nothing; any other batch goes the way above
+(``tests/test_heartbeat_batch_fast.py`` compares the two, answer and state).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from wyneos_core.registry import RESERVED_METADATA, HeartbeatError
 from wyneos_core.service.core import ItemResult, Service, Unprocessable
 from wyneos_core.service.core import _observations  # the same parsing as for signed bodies
 from wyneos_core.service.identity import AuthError
-from wyneos_core.service.sessions import Session, ack_mac
+from wyneos_core.service.sessions import Session, ack_mac, ack_macs
 
 __all__ = ["SessionIntake"]
 
@@ -33,6 +38,11 @@ _NAN = float("nan")
 _FEW = 8  # session batches of up to this many usual heartbeats are queued as objects, more as columns
 
 _EXACT = frozenset({str, bool, int, type(None)})  # equal values of these types encode the same
+
+
+def _other(given: Any, own: Any) -> bool:
+    """Whether ``given`` is set and not ``own``."""
+    return given is not None and given != own
 
 
 def _holds(stored: Any, metadata: dict[str, Any], encoded: bytes) -> bool:
@@ -90,6 +100,94 @@ class SessionIntake:
             if fast is not None:
                 return self._queued(items, now, acks, *fast)
             return self._as_objects(items, now, acks)
+
+    def accept_usual(self, session_ids: list[str], seqs: list[int], tags: list[str], bodies: list[bytes],
+                     now: float, acks: bool) -> tuple[int, dict[str, str] | None] | None:
+        """A whole batch of usual session heartbeats accepted and queued at once, as one
+        ``HeartbeatColumns`` batch, each step over the whole batch (``SessionTable.check_all``,
+        the bodies decoded in one pass, the registry's checks with numpy): how many, and
+        the acknowledgements by index when ``acks``. None, having changed nothing, unless
+        every item passes (a usual batch as ``_as_columns`` takes it, each node once, more
+        than a few items, no session to take up from its ticket, this server leading):
+        then ``accept`` looks at the items one by one and answers, as for any batch
+        (``tests/test_heartbeat_batch_fast.py`` compares the two)."""
+        service = self.service
+        n = len(bodies)
+        if n <= _FEW or (service.ha is not None and not service.ha.leading):
+            return None
+        registry = service.orchestrator.registry
+        if max(map(len, bodies)) > registry.max_metadata_bytes // 6:  # metadata that repeats itself: small bodies
+            return None
+        table = service.sessions
+        decode = _body_decoder.decode
+        with table.lock:
+            sessions = table.check_all(session_ids, seqs, tags, bodies, now)
+            if sessions is None:
+                return None
+            try:
+                datas = [decode(body) for body in bodies]
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                return None
+            ids = [s.node_id for s in sessions]
+            nodes = registry.table
+            slot_of = nodes.index.get
+            slots = [slot_of(node_id) for node_id in ids]
+            if None in slots or [d.observations for d in datas].count(None) != n \
+                    or [d.metrics for d in datas].count(None) != n or [d.licence_ref for d in datas].count(None) != n:
+                return None
+            named = [d.node_id for d in datas]
+            if named.count(None) != n and any(map(_other, named, ids)):
+                return None
+            fingerprint = service.keys.fingerprint
+            held_fp = nodes.fingerprint
+            fps = [fingerprint(node_id) for node_id in ids]
+            if fps != [held_fp[slot] for slot in slots] and any(map(_other, fps, [held_fp[slot] for slot in slots])):
+                return None
+            metas = [d.metadata for d in datas]
+            if metas.count(None) != n and not self._repeats(metas, sessions, slots, nodes.metadata):
+                return None
+            stamps = np.array([now if d.timestamp is None else d.timestamp for d in datas], dtype=np.float64)
+            load = np.array([_NAN if d.load is None else d.load for d in datas], dtype=np.float64)
+            skew = registry.max_clock_skew
+            try:
+                last = nodes.last_seen[np.array(slots, dtype=np.int64)]
+            except IndexError:  # the table changed meanwhile (the tick thread): the careful way
+                return None
+            with np.errstate(invalid="ignore"):
+                fine = np.isfinite(stamps) & (stamps <= service.orchestrator.clock() + skew) \
+                    & ~(stamps < last - skew) & (np.isnan(load) | ((load >= 0) & (load <= registry.max_load)))
+            if not fine.all():
+                return None
+            try:
+                service.orchestrator.intake.put_columns(HeartbeatColumns(ids, stamps, load))
+            except (BatchError, QueueFull):  # the careful way answers (503 per item for a full queue)
+                return None
+            table.commit_all(sessions, seqs, now)
+            if not acks:
+                return n, None
+            return n, dict(zip(map(str, range(n)), ack_macs([s.key for s in sessions], seqs, now)))
+
+    @staticmethod
+    def _repeats(metas: list[dict[str, Any] | None], sessions: list[Session], slots: list[int],
+                 held: list[Any]) -> bool:
+        """Whether every metadata given repeats its session's last accepted metadata and
+        is held by its node already, no reserved key among them (``accept``'s rule)."""
+        looked: dict[tuple[int, bytes], tuple[Any, bool]] = {}  # one look per stored mapping and value
+        for metadata, session, slot in zip(metas, sessions, slots):
+            if not metadata:
+                continue
+            meta = _encode(metadata)
+            if meta != session.meta:
+                return False
+            stored = held[slot]
+            key = (id(stored), meta)
+            seen = looked.get(key)
+            if seen is None:
+                seen = looked[key] = (stored, RESERVED_METADATA.isdisjoint(metadata)
+                                      and _holds(stored, metadata, meta))  # ``stored`` kept: its id stays its own
+            if not seen[1]:
+                return False
+        return True
 
     def _as_columns(self, items: list[tuple[int, str, Any, Any, bytes]], now: float
                     ) -> tuple[dict[int, ItemResult], list[tuple[int, Session]], dict[str, list[Any]],
