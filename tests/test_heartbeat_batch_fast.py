@@ -44,6 +44,14 @@ def twin(tmp_path, name: str, usual: bool):
     return service, api
 
 
+def watched(api: HeartbeatAPI) -> list:
+    """What ``accept_usual`` answers on ``api``, call by call (None: it left the batch)."""
+    seen: list = []
+    accept_usual = api.intake.accept_usual
+    api.intake.accept_usual = lambda *a: seen.append(r := accept_usual(*a)) or r
+    return seen
+
+
 def answer(api: HeartbeatAPI, body: bytes):
     try:
         return api.batch(body)
@@ -122,10 +130,7 @@ def registry_state(service) -> list:
 def test_a_batch_gets_the_same_answer_and_state_as_item_by_item(tmp_path, seed):
     rng = random.Random(seed)
     twins = [twin(tmp_path, "usual", True), twin(tmp_path, "items", False)]
-    taken: list[bool] = []
-    fast_api = twins[0][1]
-    accept_usual = fast_api.intake.accept_usual
-    fast_api.intake.accept_usual = lambda *a: taken.append((r := accept_usual(*a)) is not None) or r
+    seen = watched(twins[0][1])
     keys = {node_id: bytes([i + 1] * 32) for i, node_id in enumerate(IDS)}
     clock = [time.time()]
     sids = []
@@ -168,14 +173,13 @@ def test_a_batch_gets_the_same_answer_and_state_as_item_by_item(tmp_path, seed):
         assert answers[0] == answers[1], step
         assert states[0] == states[1], step
         assert registry_state(twins[0][0]) == registry_state(twins[1][0]), step
+    taken = [r is not None for r in seen]
     assert any(taken) and not all(taken)  # both ways were compared
 
 
 def test_the_usual_batch_is_answered_whole_and_acknowledged(tmp_path):
     service, api = twin(tmp_path, "usual", True)
-    seen = []
-    accept_usual = api.intake.accept_usual
-    api.intake.accept_usual = lambda *a: seen.append(r := accept_usual(*a)) or r
+    seen = watched(api)
     key = bytes(range(32))
     now = time.time()
     known = [n for i, n in enumerate(IDS[:-1]) if i % 3]  # nodes whose key fingerprint the registry holds
@@ -235,9 +239,7 @@ def test_a_non_ascii_mac_is_a_bad_mac_not_an_error(tmp_path):
 def test_few_items_go_the_item_by_item_way(tmp_path, monkeypatch):
     monkeypatch.setattr(session_intake, "_FEW", 8)
     service, api = twin(tmp_path, "usual", True)
-    seen = []
-    accept_usual = api.intake.accept_usual
-    api.intake.accept_usual = lambda *a: seen.append(r := accept_usual(*a)) or r
+    seen = watched(api)
     key = bytes(range(32))
     now = time.time()
     sids = [service.sessions.issue_ticket(n, key, now + 600) for n in IDS[:8]]
