@@ -225,7 +225,7 @@ def wyneos_trust(ctx: TickContext, nodes: Sequence[Node], licences: Mapping[str,
     scores = engine.score(evidence)
     state.slots = scores.slots
     pending = engine.pending()
-    decisions: dict[str, tuple[str, str, str]] = {}
+    decisions: Mapping[str, tuple[str, str, str]] = {}
     if pending.size:
         # the rules see this tick's score and the tier held now
         rules = state.admission

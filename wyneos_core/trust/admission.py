@@ -31,8 +31,7 @@ the file, line and field.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from itertools import repeat
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -47,7 +46,7 @@ from wyneos_core.rules.native import compile_test
 from wyneos_core.rules.vector import Columns, NoColumn, compile_mask
 from wyneos_core.yamlio import LocatedError, load_yaml
 
-__all__ = ["AdmissionRule", "AdmissionRules", "DEFAULT_RULES", "load_admission"]
+__all__ = ["AdmissionRule", "AdmissionRules", "DEFAULT_RULES", "Decisions", "load_admission"]
 
 DECISIONS: Final = ("refuse", "hold")
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
@@ -90,6 +89,41 @@ def _licence_only(expr: Any) -> bool:
                for e in walk(expr))
 
 
+class Decisions(Mapping[str, tuple[str, str, str]]):
+    """What ``AdmissionRules.decide_columns`` decided, by group: each distinct decision
+    with the positions (in the node list) of the nodes it was made for. The trust engine
+    applies a group with one scatter (``TrustEngine.assign``); it reads as the mapping
+    node id -> (decision, rule id, reason) that ``decide`` returns, made when read."""
+
+    __slots__ = ("ids", "groups", "_dict")
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.ids = ids
+        #: ((decision, rule id, reason), positions in ``ids``), in the order decided
+        self.groups: list[tuple[tuple[str, str, str], np.ndarray]] = []
+        self._dict: dict[str, tuple[str, str, str]] | None = None
+
+    def add(self, decided: tuple[str, str, str], positions: np.ndarray) -> None:
+        if positions.size:
+            self.groups.append((decided, positions))
+            self._dict = None
+
+    def _mapping(self) -> dict[str, tuple[str, str, str]]:
+        if self._dict is None:
+            ids = self.ids
+            self._dict = {ids[p]: decided for decided, positions in self.groups for p in positions.tolist()}
+        return self._dict
+
+    def __getitem__(self, node_id: str) -> tuple[str, str, str]:
+        return self._mapping()[node_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return sum(int(positions.size) for _, positions in self.groups)
+
+
 class AdmissionRules:
     """Loaded admission rules; ``decide`` gives each pending node's decision."""
 
@@ -128,16 +162,16 @@ class AdmissionRules:
 
     def decide_columns(self, nodes: Any, positions: np.ndarray, probe: Callable[[np.ndarray], list[Node]],
                        licences: Any, columns: Columns, env: EvalEnv, ticks_in: np.ndarray
-                       ) -> dict[str, tuple[str, str, str]]:
+                       ) -> Decisions:
         """``decide`` for the nodes at ``positions`` of the table's node list ``nodes``: a
         rule the columns can answer is one mask over them (``columns``: the table's, with
         this tick's trust and tier), a rule that reads only the licence is evaluated once
         per distinct licence result (the licence step's columns), any other rule node by
         node on ``probe(positions)`` (detached nodes with this tick's trust and tier), each
-        only over the nodes no earlier rule decided. Same decisions as ``decide``."""
-        ids = nodes.ids()
+        only over the nodes no earlier rule decided. Same decisions as ``decide``, by group
+        (no entry per node)."""
         undecided = np.ones(len(positions), dtype=bool)
-        out: dict[str, tuple[str, str, str]] = {}
+        out = Decisions(nodes.ids())
         results = getattr(licences, "results", None)
         by_licence = results is not None and len(results.slots) == len(nodes.slots) \
             and np.array_equal(results.slots, nodes.slots)
@@ -174,19 +208,16 @@ class AdmissionRules:
                     except Exception:  # noqa: BLE001
                         pass
             hit = at[fired]
-            decided = (rule.decision, rule.id, rule.description or f"{rule.when} holds")
-            out.update(zip([ids[p] for p in positions[hit].tolist()], repeat(decided)))
+            out.add((rule.decision, rule.id, rule.description or f"{rule.when} holds"), positions[hit])
             undecided[hit] = False
         rest = np.flatnonzero(undecided)
         spent = ticks_in[rest]
-        admit = rest[spent >= self.probation_ticks]
-        out.update(zip([ids[p] for p in positions[admit].tolist()],
-                       repeat(("admit", "", "no admission rule held it back"))))
+        out.add(("admit", "", "no admission rule held it back"), positions[rest[spent >= self.probation_ticks]])
         held = rest[spent < self.probation_ticks]
         left = self.probation_ticks - ticks_in[held]
         for value in np.unique(left).tolist():  # one decision per number of ticks left
             decided = ("hold", "probation_ticks", f"in probation for {value} more tick{'s' if value != 1 else ''}")
-            out.update(zip([ids[p] for p in positions[held[left == value]].tolist()], repeat(decided)))
+            out.add(decided, positions[held[left == value]])
         return out
 
 

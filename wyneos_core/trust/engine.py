@@ -17,9 +17,8 @@ nodes and the observation edges (see ``bench/bench_trust.py``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any, Final
 
 import numpy as np
@@ -30,6 +29,7 @@ from wyneos_core.trust.beta import BetaEvidence
 from wyneos_core.trust.edges import EdgeReader
 from wyneos_core.trust.eigentrust import EigenTrustResult, eigentrust, local_trust
 from wyneos_core.trust.names import SlotNames
+from wyneos_core.trust.reasons import SlotReasons
 from wyneos_core.trust.settings import SIGNALS, TrustSettings
 from wyneos_core.trust.tiers import TIER_NAMES, Tier, next_tiers
 
@@ -118,7 +118,8 @@ class TrustEngine:
         self.admission = np.zeros(capacity, dtype=np.int8)
         self.joined = np.zeros(capacity, dtype=np.int32)
         self.global_trust = np.zeros(capacity)
-        self.admission_reason: dict[int, tuple[str, str]] = {}   # slot -> (rule, reason), not admitted
+        #: slot -> (rule, reason) of the nodes not admitted (a code per slot: ``trust.reasons``)
+        self.admission_reason = SlotReasons(capacity)
         self.fingerprint_of: dict[str, int] = {}                  # key fingerprint -> slot
         #: slot -> the node's key fingerprint (last seen; None: none known)
         self.fingerprint = np.full(capacity, None, dtype=object)
@@ -153,6 +154,7 @@ class TrustEngine:
             return
         capacity = max(needed, 2 * self.capacity)
         self.evidence.grow(capacity)
+        self.admission_reason.grow(capacity)
         for name, fill in (("persisted_trust", np.nan), ("persisted_tier", -1), ("persisted_admission", -1),
                            ("peer", 0.0), ("trust", 0.0), ("tier", int(Tier.PROBATION)),
                            ("admission", PENDING), ("joined", 0), ("global_trust", 0.0), ("fingerprint", None)):
@@ -459,31 +461,41 @@ class TrustEngine:
         (the first ``limit`` of them: ``moves`` counts them all, per move).
 
         Decisions are applied per distinct decision (a whole fleet admitted at once is one
-        group: its slots found with one C-level map, its states set over the column)."""
+        group, its states and reasons set over the columns): ``decisions`` made by
+        ``AdmissionRules.decide_columns`` come in groups of positions in the last
+        ``score``'s node order (their ``groups``), a plain mapping is grouped here."""
         assert self._scores is not None
         sc = self._scores
-        groups: dict[tuple[str, str, str], list[str]] = {}
-        for node_id, decided in decisions.items():
-            groups.setdefault(decided, []).append(node_id)
+        groups: list[tuple[tuple[str, str, str], np.ndarray, Callable[[int], str]]] = []
+        by_position = getattr(decisions, "groups", None)
+        if by_position is not None:
+            named = decisions.ids  # type: ignore[attr-defined]
+            for decided, positions in by_position:
+                groups.append((decided, sc.slots[positions], lambda i, p=positions: named[p[i]]))
+        else:
+            by_decision: dict[tuple[str, str, str], list[str]] = {}
+            for node_id, decided in decisions.items():
+                by_decision.setdefault(decided, []).append(node_id)
+            for decided, node_ids in by_decision.items():
+                slots = self.index.slots_of(node_ids)
+                if (slots < 0).any():
+                    raise KeyError(node_ids[int(np.flatnonzero(slots < 0)[0])])
+                groups.append((decided, slots, node_ids.__getitem__))
         changed_admission: list[dict[str, Any]] = []
         changed_total = 0
         reasons = self.admission_reason
-        for (decision, rule, reason), node_ids in groups.items():
+        for (decision, rule, reason), slots, name in groups:
             state = {"admit": ADMITTED, "hold": HELD, "refuse": REFUSED}[decision]
-            slots = self.index.slots_of(node_ids)
-            if (slots < 0).any():
-                raise KeyError(node_ids[int(np.flatnonzero(slots < 0)[0])])
             before = self.admission[slots]
             self.admission[slots] = state
             if state == ADMITTED:
-                if reasons:
-                    list(map(reasons.pop, slots.tolist(), repeat(None)))
+                reasons.clear_many(slots)
             else:
-                reasons.update(zip(slots.tolist(), repeat((rule, reason))))
+                reasons.set_many(slots, (rule, reason))
             moved = np.flatnonzero(before != state)
             changed_total += moved.size
             room = moved.size if limit is None else max(0, limit - len(changed_admission))
-            changed_admission += [{"node_id": node_ids[i], "from": ADMISSION_NAMES[before[i]],
+            changed_admission += [{"node_id": name(i), "from": ADMISSION_NAMES[before[i]],
                                    "decision": ADMISSION_NAMES[state], "rule": rule, "reason": reason}
                                   for i in moved[:room].tolist()]
         self.admission_changes = changed_admission
@@ -498,10 +510,11 @@ class TrustEngine:
         cap[(adm == PENDING) | (adm == HELD)] = int(Tier.PROBATION)
         cap[adm == REFUSED] = int(Tier.UNTRUSTED)
         cap[sc.licence_capped] = int(Tier.UNTRUSTED)
-        current = self.tier[slots].astype(np.int64)
-        nxt = next_tiers(current, sc.combined, st.enter, st.leave, cap.astype(np.int64))
+        current = self.tier[slots]
+        nxt = next_tiers(current, sc.combined, st.enter, st.leave, cap)  # int8 ranks
+        del cap, adm
         moved = np.flatnonzero(nxt != current)
-        pairs = current[moved] * len(TIER_NAMES) + nxt[moved]
+        pairs = current[moved].astype(np.int64) * len(TIER_NAMES) + nxt[moved]
         counted = np.bincount(pairs, minlength=len(TIER_NAMES) ** 2)
         self.moves = {f"{TIER_NAMES[k // len(TIER_NAMES)]} -> {TIER_NAMES[k % len(TIER_NAMES)]}": int(counted[k])
                       for k in np.flatnonzero(counted).tolist()}

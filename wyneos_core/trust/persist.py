@@ -90,7 +90,7 @@ class EncodedChunks(Sequence[TrustChunk]):
         self.engine = engine
         self.chunks: list[int] = np.asarray(chunks, dtype=np.int64).tolist()
         #: the slots with an admission reason (the nodes held out of admission), sorted
-        self._reason_slots = np.sort(np.fromiter(engine.admission_reason, np.int64, len(engine.admission_reason)))
+        self._reason_slots = engine.admission_reason.slots()
 
     def __len__(self) -> int:
         return len(self.chunks)

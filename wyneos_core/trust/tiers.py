@@ -55,8 +55,19 @@ def next_tiers(current: np.ndarray, score: np.ndarray, enter: np.ndarray, leave:
     when its score falls below its tier's ``leave``, to the highest tier whose ``leave``
     its score still reaches; otherwise it stays. Then the cap applies.
     """
-    up = np.searchsorted(enter, score, side="right") - 1          # highest k with enter[k] <= score
-    down = np.searchsorted(leave, score, side="right") - 1        # highest k with leave[k] <= score
-    cur_leave = leave[current]
-    out = np.where(up > current, up, np.where(score < cur_leave, down, current))
-    return np.minimum(out, cap)
+    # in one-byte ranks, one wide temporary at a time (at a million nodes each int64 or
+    # float64 temporary is 8 MB): the result in the dtype of ``current`` and ``cap``
+    current = np.asarray(current)
+    out = np.where(score < leave[current], _rank(leave, score), current).astype(np.int8, copy=False)
+    up = _rank(enter, score)
+    np.copyto(out, up, where=up > current)
+    del up
+    np.minimum(out, cap, out=out, casting="unsafe")
+    return out.astype(np.result_type(current.dtype, np.asarray(cap).dtype), copy=False)
+
+
+def _rank(thresholds: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """The highest rank ``k`` with ``thresholds[k] <= score``, per score (int8)."""
+    found = np.searchsorted(thresholds, score, side="right")
+    found -= 1
+    return found.astype(np.int8)
