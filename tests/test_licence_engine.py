@@ -331,6 +331,54 @@ def test_a_broken_source_never_takes_the_tick_down(tmp_path, issuer, clock):
     assert b.reason == "source_unavailable" and "bug in a plugin" in b.detail and "not a LicenceRecord" in b.detail
 
 
+def test_a_cold_tick_in_chunks_gives_the_results_of_one_pass_and_asks_a_failed_source_once(
+        tmp_path, issuer, clock, monkeypatch):
+    """A cold tick looks nodes up chunk by chunk (a chunk's node views and answers at a
+    time): with chunks of 3 nodes the results are those of one pass, and a source whose
+    call fails is asked once per tick, its failure given to the nodes of every chunk."""
+    from wyneos_core.licensing import engine as licence_engine
+
+    class Broken:
+        name = "broken"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def lookup(self, node, now):  # noqa: ANN001
+            return self.lookup_many([node], now)
+
+        def lookup_many(self, nodes, now):  # noqa: ANN001
+            self.calls += 1
+            raise ZeroDivisionError("bug in a plugin")
+
+    doc = json.dumps(issuer.licence("l")).encode()
+    ids = [f"n{i:02d}" for i in range(11)]
+
+    def run(root, chunk):  # noqa: ANN001, ANN202
+        monkeypatch.setattr(licence_engine, "_CHUNK", chunk)
+        (root / "keys").mkdir(parents=True)
+        (root / "keys" / "issuer.pub").write_bytes(issuer.public_path.read_bytes())
+        issuer.write(root / "licences", "l")
+        broken = Broken()
+        down = StaticSource("down", {i: LicenceRecord(doc, "down") for i in ids[:4]}, down=True)
+        backup = StaticSource("backup", {i: LicenceRecord(doc, "backup") for i in ids[6:]})
+        config = licence_config(root, [{"id": i, "licence": "l"} if i in ids[8:] else {"id": i} for i in ids],
+                                "sources: [broken, down, backup, file]\ncache_ttl: 0\n"
+                                "outage: {policy: fail-closed}\n")
+        orch = orchestrator(config, FakeClock(T0), (SourcePlugin(broken, down, backup),))
+        reports = [orch.tick(), orch.tick()]
+        return broken.calls, [{k: (r.valid, r.reason, r.detail, r.source) for k, r in rep.licences.items()}
+                              for rep in reports], [rep.notes for rep in reports]
+
+    calls, results, notes = run(tmp_path / "chunked", 3)
+    assert calls == 2  # once per tick, not once per chunk
+    assert (calls, results, notes) == (2, *run(tmp_path / "whole", 65536)[1:])
+    got = results[0]
+    assert {k for k, r in got.items() if r[1] == "ok"} == set(ids[6:])
+    assert all("broken: ZeroDivisionError: bug in a plugin" in r[2] for k, r in got.items() if not r[0])
+    assert sum("licence source 'broken' unavailable" in n for n in notes[0]) == 1
+
+
 def test_a_source_no_plugin_offers_is_refused_before_the_first_tick(tmp_path, issuer, clock):
     config = licence_config(tmp_path, [{"id": "a", "licence": "l"}], "sources: [file, htp]\n")
     with pytest.raises(ConfigError) as info:

@@ -60,7 +60,8 @@ __all__ = ["LicenceEngine"]
 _MAX_VERIFIED = 200_000
 _INF = float("inf")
 _ID = operator.attrgetter("id")
-#: nodes checked per chunk of a cold tick (bounds the slot arrays it gathers)
+#: nodes looked up and checked per chunk of a cold tick (bounds the node views, answers and
+#: slot arrays held at once)
 _CHUNK = 65536
 _UNSET = object()
 #: positions in a ``ResultPool`` entry (a ``LicenceResult``'s fields after ``node_id``)
@@ -331,20 +332,43 @@ class LicenceEngine:
 
     def _resolve(self, nodes: Sequence[Node], table: NodeTable, c: SlotCache, slots: np.ndarray,
                  misses: np.ndarray, now: float) -> None:
-        """Look up and check the nodes at positions ``misses``; write their entries."""
+        """Look up and check the nodes at positions ``misses``; write their entries.
+
+        A cold tick looks every node up: chunk by chunk (``_CHUNK`` nodes), the sources
+        asked for a chunk's nodes at a time, so the node views and the answers held at
+        once are a chunk's, not the fleet's. A source that fails is not asked again in
+        the same tick: the nodes of the later chunks get the same failure."""
         self.stats["looked_up"] = len(misses)
-        # a cold tick looks every node up: nothing per node is kept beside what the sources'
-        # API needs (the nodes asked, the answers), the rest goes chunk by chunk over arrays
-        pending: list[Node] = list(map(nodes.__getitem__, misses.tolist()))
+        unavailable_nodes = reused = 0
+        down: dict[int, str] = {}
+        for lo in range(0, len(misses), _CHUNK):
+            chunk = misses[lo:lo + _CHUNK]
+            positions = chunk.tolist()
+            views: list[Node] = list(map(nodes.__getitem__, positions))
+            records, failures = self._lookup(views, now, down)
+            counted = self._resolve_chunk(views, table, c, slots[chunk], records, failures, now)
+            del views, records, failures
+            unavailable_nodes += counted[0]
+            reused += counted[1]
+        self.stats["reused"] = reused
+        if unavailable_nodes:
+            self.stats["unavailable"] = unavailable_nodes
+            self.notes.append(f"licence sources could not answer for {unavailable_nodes} node(s); outage policy "
+                              f"{self.settings.outage_policy} applied (grace {self.settings.outage_grace:g}s)")
+
+    def _lookup(self, views: list[Node], now: float, down: dict[int, str]
+                ) -> tuple[dict[str, LicenceRecord | None], dict[str, list[str]]]:
+        """Ask the sources, in order, for the nodes ``views`` (each source only for the
+        nodes no earlier one answered for): ``(records, failures)`` by node id."""
+        pending = views
         records: dict[str, LicenceRecord | None] = {}
         failures: dict[str, list[str]] = {}
-        for source in self.sources:
+        for number, source in enumerate(self.sources):
             if not pending:
                 break
-            answers = self._ask(source, pending, now, failures)
+            answers = self._ask(source, pending, now, failures, down, number)
             if not records and len(answers) >= len(pending) and all(map(answers.get, map(_ID, pending))):
-                records, pending = answers, []  # the usual case: one source answers for every node
-                break
+                return answers, failures  # the usual case: one source answers for every node
             still = []
             for node in pending:
                 record = answers.get(node.id)
@@ -353,31 +377,18 @@ class LicenceEngine:
                 else:
                     records[node.id] = record
             pending = still
-        del pending
-        unavailable_nodes = reused = 0
-        policy = self.settings.outage_policy
-        for lo in range(0, len(misses), _CHUNK):
-            chunk = misses[lo:lo + _CHUNK]
-            counted = self._resolve_chunk(nodes, table, c, slots[chunk], chunk.tolist(), records, failures, now)
-            unavailable_nodes += counted[0]
-            reused += counted[1]
-        self.stats["reused"] = reused
-        if unavailable_nodes:
-            self.stats["unavailable"] = unavailable_nodes
-            self.notes.append(f"licence sources could not answer for {unavailable_nodes} node(s); outage policy "
-                              f"{policy} applied (grace {self.settings.outage_grace:g}s)")
+        return records, failures
 
-    def _resolve_chunk(self, nodes: Sequence[Node], table: NodeTable, c: SlotCache, at: np.ndarray,
-                       positions: list[int], records: Mapping[str, LicenceRecord | None],
-                       failures: dict[str, list[str]], now: float) -> tuple[int, int]:
-        """Check the nodes at ``positions`` (slots ``at``) against the records found and write
+    def _resolve_chunk(self, views: list[Node], table: NodeTable, c: SlotCache, at: np.ndarray,
+                       records: Mapping[str, LicenceRecord | None], failures: dict[str, list[str]],
+                       now: float) -> tuple[int, int]:
+        """Check the nodes ``views`` (slots ``at``) against the records found and write
         their entries; returns (nodes no source could answer for, entries kept as they were)."""
         unavailable_nodes = reused = 0
         stamps, rollbacks = table.licence_stamp[at], table.last_rollback[at]
         same = (c.key[at] == stamps) & same_rollback(c.rollback[at], rollbacks)
         pool_add, seat_code = self._pool.add, c.seat_code
-        for k, index in enumerate(positions):
-            node = nodes[index]
+        for k, node in enumerate(views):
             slot = int(at[k])
             nid = node.id
             record = records.get(nid)
@@ -414,7 +425,15 @@ class LicenceEngine:
             c.inputs[slot] = inputs
         return unavailable_nodes, reused
 
-    def _ask(self, source: Any, pending: list[Node], now: float, failures: dict[str, list[str]]) -> dict:
+    def _ask(self, source: Any, pending: list[Node], now: float, failures: dict[str, list[str]],
+             down: dict[int, str], number: int) -> dict:
+        """``source``'s answers for ``pending``; a source that failed earlier in this tick
+        (``down``, by its ``number``) is not asked again: its failure holds for them too."""
+        failed = down.get(number)
+        if failed is not None:
+            for node in pending:
+                failures.setdefault(node.id, []).append(f"{source.name}: {failed}")
+            return {}
         many = getattr(source, "lookup_many", None)
         try:
             if many is not None:
@@ -430,6 +449,7 @@ class LicenceEngine:
         except Exception as exc:  # noqa: BLE001 - any failure of a source is an outage for its nodes
             what = str(exc) if isinstance(exc, SourceUnavailable) else f"{type(exc).__name__}: {exc}"
             self.notes.append(f"licence source {source.name!r} unavailable: {what}")
+            down[number] = what
             for node in pending:
                 failures.setdefault(node.id, []).append(f"{source.name}: {what}")
             return {}
