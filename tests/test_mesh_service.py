@@ -145,7 +145,7 @@ def test_neighbour_list_is_signed_and_a_forged_one_refused(tmp_path):
     try:
         other = generate_key()
         entries = [{"id": "n2", "address": "127.0.0.1:9", "fingerprint": fingerprint(public_bytes(other))}]
-        book._lists = {"n1": tuple(entries)}
+        book.neighbours_of = {"n1": tuple(entries)}.get  # the list the mesh would give (see the test below)
         book.tick = 7
         good = book.signed_for("n1")
         assert peer.update(good) and peer.neighbours == entries
@@ -158,7 +158,7 @@ def test_neighbour_list_is_signed_and_a_forged_one_refused(tmp_path):
         assert not peer.update(altered)
         assert peer.neighbours == entries and peer.refused_lists == 2
         # a list for another node is refused too
-        book._lists = {"n9": tuple(entries)}
+        book.neighbours_of = {"n9": tuple(entries)}.get
         assert not peer.update(book.signed_for("n9"))
         # without a pinned key nothing is trusted
         blind = PeerNode("n1", me, None, interval=60)
@@ -209,3 +209,37 @@ def test_service_refuses_bad_observations_naming_the_field(tmp_path):
     item = SignedItem.from_headers(sign_request(key, "n1", "POST", "/v1/heartbeats", body), body)
     hb = _heartbeat(item, time.time(), None)
     assert [(o.observer, o.subject, o.reachable, o.signed) for o in hb.observations] == [("n1", "n2", False, True)]
+
+
+def test_neighbour_lists_are_made_when_a_node_asks_from_the_last_ticks_mesh(tmp_path, make_orchestrator):
+    from conftest import cluster_yaml
+
+    orch = make_orchestrator(cluster_yaml(5, topology="ring"))
+    okey = OrchestratorKey.for_state(tmp_path / "state.db")
+    book = NeighbourBook(okey.seal, max_sealed=2)
+    orch.pm.register(book, NeighbourBook.__wyneos_name__)
+    assert book.signed_for("n01") is None  # before the first tick: nothing to hand out
+    for i in range(1, 6):
+        node = orch.registry[f"n0{i}"]
+        node.fingerprint = f"fp-{i}"
+        node.metadata = {"peer_address": f"127.0.0.1:90{i:02d}"}
+    orch.tick()
+    ring = {v for v in orch.mesh.neighbours("n01") if v.startswith("n")}
+    assert len(ring) == 2
+    first = book.signed_for("n01")
+    listed = first["payload"]["neighbours"]
+    assert [e["id"] for e in listed] == sorted(ring)
+    assert all(e["fingerprint"] == f"fp-{e['id'][-1]}" and e["address"].endswith(e["id"][-1]) for e in listed)
+    assert book.signed_for("n01") is first  # unchanged: not sealed again
+    # a neighbour without a peer address, or isolated, drops out at the next ask
+    gone = min(ring)
+    orch.registry[gone].metadata = {}
+    orch.tick()
+    again = book.signed_for("n01")
+    assert again is not first and [e["id"] for e in again["payload"]["neighbours"]] == sorted(ring - {gone})
+    assert again["payload"]["tick"] == orch.tick_number
+    assert book.signed_for("nobody") is None
+    # the sealed lists are bounded: the least recently asked is forgotten (sealed again when it asks)
+    book.signed_for("n02")
+    book.signed_for("n03")
+    assert len(book) == 2 and book.signed_for("n01") is not again

@@ -44,8 +44,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 from wyneos_core import hookimpl
 from wyneos_core.model import ORIGIN, Action, NodeStatus
+from wyneos_core.nodetable import OFFLINE, STALE
 
 __all__ = ["RELAY_PATH_KEY", "RelayDesk", "TAMPER_CODES", "relay_settings"]
 
@@ -171,6 +174,28 @@ class RelayDesk:
                 with self._lock:
                     self.preferred[(receiver, action.id)] = sender
         return None
+
+    def note_hops(self, ctx: Any, hops: Any) -> None:
+        """``wyneos_deliver`` for a level's hops at once (``AgentOutbox.hop_notes``): the
+        receivers' statuses read over the registry's columns, a note per silent one."""
+        table = ctx.registry.table
+        relayed = np.flatnonzero(hops.sender != 0)  # vertex 0: the orchestrator itself
+        if not len(relayed):
+            return
+        receivers = hops.receivers
+        names = [receivers[i] for i in relayed.tolist()]
+        slots = table.slots_of(names)
+        known = slots >= 0
+        status = np.full(len(names), -1, np.int64)
+        status[known] = table.status[slots[known]]
+        silent = np.flatnonzero((status == STALE) | (status == OFFLINE))
+        if not len(silent):
+            return
+        senders, actions, which = hops.senders, hops.actions, hops.action
+        noted = [((names[j], actions[which[i]].id), senders[i]) for j, i in
+                 ((j, int(relayed[j])) for j in silent.tolist())]
+        with self._lock:
+            self.preferred.update(noted)
 
     @hookimpl
     def wyneos_tick_report(self, ctx: Any) -> None:

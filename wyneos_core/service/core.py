@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from wyneos_core.builtin.trust import record_acks, record_refusals
@@ -48,6 +48,7 @@ from wyneos_core.service.outbox import AgentOutbox
 from wyneos_core.service.peer import MAX_OBSERVATION_AGE
 from wyneos_core.service import signed_actions as sa
 from wyneos_core.service.sessions import SessionTable
+from wyneos_core.service.view import ClusterView, NodeMap
 from wyneos_core.service.settings import ServiceSettings
 from wyneos_core.tick import Orchestrator
 
@@ -110,23 +111,6 @@ class Verified:
     ts: float
     heartbeat: Heartbeat | None
     problem: ItemResult | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterView:
-    """What the read endpoints show: a snapshot published after each tick.
-
-    Nothing in it changes after it is published (the node objects are the tick's
-    snapshots), so readers use it without any lock while the next tick runs.
-    """
-
-    tick: int
-    nodes: dict[str, Node]
-    report: TickReport | None
-    #: ``{target: {action id, ...}}`` of the actions in force
-    in_force: dict[str, frozenset[str]] = field(default_factory=dict)
-    #: the mesh as the dashboard draws it, when a recent request asked for it
-    mesh: dict[str, Any] | None = None
 
 
 class _Ticking:
@@ -208,7 +192,7 @@ class Service:
         # compliance mesh: each agent's signed neighbour list rides on the answer to its heartbeat
         from wyneos_core.service.peer import NeighbourBook
 
-        self.neighbours = NeighbourBook(lambda fmt, payload: self.okey.seal(fmt, payload))
+        self.neighbours = NeighbourBook(lambda fmt, payload: self.okey.seal(fmt, payload), settings.max_sessions)
         orchestrator.pm.register(self.neighbours, NeighbourBook.__wyneos_name__)
         # relay: waiting signed actions of nodes heard only through their witnesses go by a peer
         from wyneos_core.service.action_relay import SCHEMA as RELAY_SCHEMA, RelayDesk
@@ -218,6 +202,7 @@ class Service:
                 self.db.conn.executescript(RELAY_SCHEMA)
         self.relay_desk = RelayDesk(self, _relay_ack_ticks(orchestrator))
         orchestrator.pm.register(self.relay_desk, RelayDesk.__wyneos_name__)
+        self.outbox.hop_notes.append(self.relay_desk.note_hops)  # both see a level's hops at once
         threads = settings.verify_threads or (os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wyneos-verify")
         self.verify_threads = threads
@@ -429,12 +414,14 @@ class Service:
     def _publish(self, report: TickReport | None, in_force: list[dict[str, Any]] | None = None) -> None:
         """Publish a fresh ``view`` (caller holds the lock)."""
         orch = self.orchestrator
+        nodes: Any
         if report is not None:
-            nodes = {n.id: n for n in report.nodes}
+            nodes = report.nodes  # the tick's frozen copy of the columns: nothing made per node
             if len(nodes) != len(orch.registry):  # joined after the tick's snapshot, or removed
-                nodes = {n.id: nodes.get(n.id) or n.snapshot() for n in orch.registry}
+                held = NodeMap(nodes)
+                nodes = [held.get(n.id) or n.snapshot() for n in orch.registry]
         else:
-            nodes = {n.id: n.snapshot() for n in orch.registry}
+            nodes = orch.registry.table.freeze()  # the columns now, copied (no Node per node)
             report = self.view.report
         if in_force is None:
             targets = self.view.in_force
@@ -444,7 +431,8 @@ class Service:
                 grouped.setdefault(a["target"], set()).add(a["id"])
             targets = {t: frozenset(ids) for t, ids in grouped.items()}
         wanted = len(orch.mesh) <= _MESH_ALWAYS or time.monotonic() - self._mesh_wanted < _MESH_DEMAND
-        self.view = ClusterView(orch.tick_number, nodes, report, targets, self._mesh_data() if wanted else None)
+        self.view = ClusterView(orch.tick_number, NodeMap(nodes), report, targets,
+                                self._mesh_data() if wanted else None)
 
     def _mesh_data(self) -> dict[str, Any]:
         """The mesh for the dashboard (caller holds the lock)."""

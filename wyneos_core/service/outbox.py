@@ -49,6 +49,9 @@ class AgentOutbox:
         self._sign = sign
         self.ttl = ttl
         self._staged: list[tuple[str, dict[str, Any]]] | None = None
+        #: ``(ctx, hops) -> None`` of plugins whose per-hop ``wyneos_deliver`` only takes
+        #: note (the relay desk): called with each level's hops when they go in bulk
+        self.hop_notes: list[Callable[[Any, Any], None]] = []
 
     def hold(self) -> None:
         """Keep what the next deliveries queue aside until ``release`` (a replica's tick:
@@ -102,21 +105,53 @@ class AgentOutbox:
         self.put(receiver, {**action.to_dict(), "tick": ctx.tick, "issued_at": int(ctx.now * 1000)})
         return True
 
+    @hookimpl(tryfirst=True)
+    def wyneos_deliver_batch(self, ctx: Any, hops: Any) -> bool | None:
+        """A level's hops at once, with the outcome they get hop by hop (``wyneos_deliver``
+        here, then the builtin's acknowledgement): every agent receiver's outbox gets the
+        action, every hop is acknowledged, and each ``hop_notes`` sees the hops. None
+        (hop by hop, as before) when another plugin carries hops (``wyneos_deliver``)."""
+        covered = {id(self), *(id(getattr(note, "__self__", note)) for note in self.hop_notes)}
+        for impl in ctx.orchestrator.pm.hook.wyneos_deliver.get_hookimpls():
+            if id(impl.plugin) not in covered and getattr(impl.plugin, "__name__", "") != "wyneos_core.builtin.propagate":
+                return None
+        for note in self.hop_notes:
+            note(ctx, hops)
+        is_agent = self._is_agent
+        extra = {"tick": ctx.tick, "issued_at": int(ctx.now * 1000)}
+        made: dict[int, dict[str, Any]] = {}
+        queued = []
+        for k, receiver in zip(hops.action.tolist(), hops.receivers):
+            if is_agent(receiver):
+                action = made.get(k)
+                if action is None:
+                    action = made[k] = {**hops.actions[k].to_dict(), **extra}
+                queued.append((receiver, dict(action)))
+        self.put_many(queued)
+        return True
+
     def put(self, node_id: str, action: dict[str, Any]) -> None:
         """Queue ``action`` (with its ``issued_at`` in ms; now when missing) for ``node_id``."""
-        if not isinstance(action.get("issued_at"), int):
-            action = {**action, "issued_at": int(time.time() * 1000)}
+        self.put_many([(node_id, action)])
+
+    def put_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """``put`` of each ``(node_id, action)``, in order, under one hold of the lock."""
+        now_ms = None
         with self._lock:
-            if self._staged is not None:
-                self._staged.append((node_id, action))
-                return
-            queue = self._queues.setdefault(node_id, {})
-            if action["id"] not in queue:
-                if len(queue) >= self.max_per_node:
-                    oldest = next(iter(queue))  # the oldest notice goes first
-                    queue.pop(oldest)
-                queue[action["id"]] = action
-                self.queued_total += 1
+            for node_id, action in items:
+                if not isinstance(action.get("issued_at"), int):
+                    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+                    action = {**action, "issued_at": now_ms}
+                if self._staged is not None:
+                    self._staged.append((node_id, action))
+                    continue
+                queue = self._queues.setdefault(node_id, {})
+                if action["id"] not in queue:
+                    if len(queue) >= self.max_per_node:
+                        oldest = next(iter(queue))  # the oldest notice goes first
+                        queue.pop(oldest)
+                    queue[action["id"]] = action
+                    self.queued_total += 1
 
     def restore(self, rows: Iterable[dict[str, Any]], acked: set[tuple[str, str]],
                 issued: dict[int, int] | None = None) -> int:

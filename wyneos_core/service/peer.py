@@ -2,11 +2,11 @@
 
 Service-mode half of the compliance mesh (``docs/mesh.md``):
 
-* ``NeighbourBook`` (orchestrator side, a plugin): after each tick it notes every
-  node's mesh neighbours - id, the peer address the node reported
-  (``metadata.peer_address``), the fingerprint of its enrolled key - and hands each
-  agent its own list, sealed with the orchestrator key (format
-  ``wyneos.neighbours/1``), in the answer to its heartbeat;
+* ``NeighbourBook`` (orchestrator side, a plugin): hands each agent its own list of
+  mesh neighbours - id, the peer address the node reported (``metadata.peer_address``),
+  the fingerprint of its enrolled key - sealed with the orchestrator key (format
+  ``wyneos.neighbours/1``), in the answer to its heartbeat; the list is made when the
+  node asks, from the registry and mesh of the last tick (the tick does nothing per node);
 * ``PeerNode`` (agent side): serves ``GET /v1/peer/ping?nonce=N`` on a loopback (or
   given) address, answering with its id, its heartbeat sequence and its public key,
   signed by its node key over the prober's nonce; probes the neighbours of the
@@ -189,60 +189,93 @@ class _BoundedServer(ThreadingHTTPServer):
 
 
 class NeighbourBook:
-    """Each node's mesh neighbours, refreshed after every tick; sealed per node on demand.
+    """Each node's mesh neighbours as of the last tick, listed and sealed when the node asks.
+
+    The tick only notes which registry and mesh to read (nothing per node: a tick over a
+    million nodes pays nothing here). A node's list is made when the answer to its
+    heartbeat asks for it (``signed_for``: a few microseconds for its handful of
+    neighbours) and sealed again only when it changed; sealed lists are kept for at most
+    ``max_sealed`` nodes, the least recently asked forgotten first (one more signature
+    when such a node asks again).
 
     :param sign: ``OrchestratorKey.seal`` (or any ``(fmt, payload) -> envelope``).
+    :param max_sealed: nodes whose sealed list is kept (the service: ``max_sessions``).
     """
 
     __wyneos_name__ = "neighbour-book"
 
-    def __init__(self, sign: Callable[[str, Mapping[str, Any]], dict[str, Any]]) -> None:
+    def __init__(self, sign: Callable[[str, Mapping[str, Any]], dict[str, Any]], max_sealed: int = 250_000) -> None:
         self._seal = sign
-        self._lists: dict[str, tuple[dict[str, Any], ...]] = {}
-        self._sealed: dict[str, tuple[tuple[dict[str, Any], ...], dict[str, Any]]] = {}
+        self._source: tuple[Any, Any] | None = None  # (registry, mesh) of the last tick
+        self._sealed: OrderedDict[str, tuple[tuple[dict[str, Any], ...], dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
+        self.max_sealed = max_sealed
         self.tick = 0
 
     @hookimpl
     def wyneos_tick_report(self, ctx: Any) -> None:
-        registry = ctx.registry
-        mesh = ctx.mesh
-        lists: dict[str, tuple[dict[str, Any], ...]] = {}
-        for node in registry:
-            if node.id not in mesh:
-                continue
-            out = []
-            for v in mesh.neighbours(node.id):
-                if v == ORIGIN:
-                    continue
-                peer = registry.get(v)
-                if peer is None or peer.isolated or peer.fingerprint is None:
-                    continue
-                address = peer.metadata.get("peer_address")
-                if not isinstance(address, str) or not _ADDRESS.match(address):
-                    continue
-                out.append({"id": v, "address": address, "fingerprint": peer.fingerprint})
-            out.sort(key=lambda e: e["id"])
-            lists[node.id] = tuple(out[:MAX_NEIGHBOURS])
         with self._lock:
-            self._lists = lists
+            self._source = (ctx.registry, ctx.mesh)
             self.tick = ctx.tick
 
+    def neighbours_of(self, node_id: str) -> tuple[dict[str, Any], ...] | None:
+        """The neighbours ``node_id`` is to probe: mesh neighbours with an enrolled key, a
+        peer address and not isolated, by id, at most ``MAX_NEIGHBOURS`` (None before the
+        first tick, for a node not in the registry or the mesh, or when the tick thread
+        kept changing them while they were read)."""
+        source = self._source
+        if source is None:
+            return None
+        for _ in range(3):  # read beside a running tick: one that changes them meanwhile, read again
+            try:
+                return _listed(*source, node_id)
+            except (LookupError, RuntimeError, ValueError):  # ValueError: MeshError (it left the mesh)
+                continue
+        return None
+
     def signed_for(self, node_id: str) -> dict[str, Any] | None:
-        """The sealed neighbour list of ``node_id`` (None before the first tick)."""
-        with self._lock:
-            current = self._lists.get(node_id)
-            cached = self._sealed.get(node_id)
-            tick = self.tick
+        """The sealed neighbour list of ``node_id`` (None when ``neighbours_of`` is None)."""
+        current = self.neighbours_of(node_id)
         if current is None:
             return None
+        with self._lock:
+            cached = self._sealed.get(node_id)
+            if cached is not None:
+                self._sealed.move_to_end(node_id)
+            tick = self.tick
         if cached is not None and cached[0] == current:
             return cached[1]
         envelope = self._seal(NEIGHBOURS_FORMAT, {"node": node_id, "tick": tick, "issued_at": int(time.time()),
                                                   "neighbours": list(current)})
         with self._lock:
             self._sealed[node_id] = (current, envelope)
+            self._sealed.move_to_end(node_id)
+            while len(self._sealed) > self.max_sealed:
+                self._sealed.popitem(last=False)
         return envelope
+
+    def __len__(self) -> int:
+        """Nodes whose sealed list is kept."""
+        return len(self._sealed)
+
+
+def _listed(registry: Any, mesh: Any, node_id: str) -> tuple[dict[str, Any], ...] | None:
+    """``NeighbourBook.neighbours_of`` read from ``registry`` and ``mesh`` once."""
+    if node_id not in registry or node_id not in mesh:
+        return None
+    out = []
+    for v in mesh.neighbours(node_id):
+        if v == ORIGIN:
+            continue
+        peer = registry.get(v)
+        if peer is None or peer.isolated or peer.fingerprint is None:
+            continue
+        address = peer.metadata.get("peer_address")
+        if not isinstance(address, str) or not _ADDRESS.match(address):
+            continue
+        out.append({"id": v, "address": address, "fingerprint": peer.fingerprint})
+    out.sort(key=lambda e: e["id"])
+    return tuple(out[:MAX_NEIGHBOURS])
 
 
 # -- agent side ------------------------------------------------------------------------------
