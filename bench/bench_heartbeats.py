@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--handshake-sample", type=int, default=2000,
                    help="with --sessions ticket: real handshakes measured, then extrapolated to --nodes")
     p.add_argument("--warm-up", action="store_true",
-                   help="soak: one untimed heartbeat per node and every node online before the clock starts")
+                   help="soak: the nodes send on their schedule, untimed, until a tick has seen every node "
+                        "online; then the clock starts")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     args = p.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
@@ -448,7 +449,8 @@ def report(result: dict, modes: list[str], args: argparse.Namespace) -> None:
     if "soak" in result:
         s = result["soak"]
         if s.get("warm_up_s") is not None:
-            print(f"warm-up: one heartbeat per node, every node online after {s['warm_up_s']} s (untimed)")
+            print(f"warm-up: the nodes on their schedule, untimed: every node online after {s['warm_up_s']} s "
+                  f"({s['warm_up_sent']} heartbeats; counted below with the {s['sent_timed']} of the timed part)")
         print(f"soak: {s['nodes']} nodes every {s['interval']} s for {s['seconds']} s: {s['sent']} sent, "
               f"{s['answered_202']} answered 202, {s['applied']} applied ({s['lost']} lost), all online after "
               f"{s['all_online_after_s']} s, then stale or offline seen "

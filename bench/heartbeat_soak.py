@@ -82,15 +82,20 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
     the server itself when None. ``/metrics`` is always read from the server, by a
     thread of its own once a second (a slow answer never holds the schedule up).
 
-    ``warm_up``: before the clock starts, every node sends one heartbeat (untimed; a
-    session sealed as a ticket is taken up by the server then) and the soak waits until
-    a tick has seen every node online: the timed part starts from a fleet in its steady
-    state, and every status check counts."""
+    ``warm_up``: the nodes start sending on their schedule before the clock starts (a
+    session sealed as a ticket is taken up by the server on its first heartbeat), and
+    the timed part begins, on the same schedule without a pause, once a tick has seen
+    every node online: it starts from a fleet in its steady state, and every status
+    check counts. (An earlier warm-up sent one heartbeat per node, stamped an interval
+    old, and then nothing until every node was online: a tick slower than
+    ``stale_after`` less that interval found them all stale, and they stayed so, as
+    nodes that stopped sending would.) Nothing is left out of the counts: ``sent``,
+    ``answered_202`` and ``applied`` cover the warm-up and the timed part (``lost``
+    compares them); ``sent_timed`` is the timed part's share, ``warm_up_sent`` the rest."""
     import queue as queue_mod
 
     n = len(nodes)
     step = 0.1
-    t_start = time.monotonic()
     slots = max(1, round(interval / step))
     per_slot = [nodes[i::slots] for i in range(slots)]
     lanes = [queue_mod.Queue() for _ in range(connections)]
@@ -129,29 +134,17 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
     for t in senders:
         t.start()
 
-    def online_count() -> int:
-        return int(scrape(host, port).get('wyneos_nodes{status="online"}', 0))
-
-    warm_s = None
-    if warm_up:
-        t0 = time.monotonic()
-        wall = time.time() - interval  # older than every timed heartbeat
-        for k, part in enumerate(per_slot):
-            for body in batches([node.session_item(body_of(0.5, wall)) for node in part], 2000):
-                lanes[k % connections].put(request_bytes(host, port, body, {}))
-        deadline = time.monotonic() + 600 + n / 1000
-        while online_count() < n:
-            if time.monotonic() > deadline or errors:
-                raise TimeoutError(f"warm-up: not every node online within {deadline - t0:.0f} s")
-            time.sleep(1.0)
-        warm_s = round(time.monotonic() - t0, 1)
-
-    state = {"warm_at": 0.0 if warm_up else None, "checks": 0, "stale_seen": 0, "unanswered": 0}
+    relay_pids = list(relay_pids or ())
+    # warm_at: seconds from the first heartbeat to the first tick that saw every node online;
+    # at that moment the timed part starts (its CPU readings are taken then, by the checker)
+    state: dict = {"warm_at": None, "checks": 0, "stale_seen": 0, "unanswered": 0, "cpu0": None, "relay_cpu0": None}
     done = threading.Event()
+    before = scrape(host, port)
+    t_begin = time.monotonic()
 
     def checker() -> None:
-        # before the soak, nodes had sent nothing (offline): once a tick has seen every
-        # node online, none may turn stale or offline while they keep sending
+        # before it, nodes had sent nothing (offline): once a tick has seen every node
+        # online, none may turn stale or offline while they keep sending
         while not done.wait(1.0):
             try:
                 m = scrape(host, port)
@@ -163,36 +156,45 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
             down = int(m.get('wyneos_nodes{status="stale"}', 0) + m.get('wyneos_nodes{status="offline"}', 0))
             if state["warm_at"] is None:
                 if int(m.get('wyneos_nodes{status="online"}', 0)) == n:
-                    state["warm_at"] = time.monotonic() - t_start
+                    state["cpu0"], state["relay_cpu0"] = cpu_seconds(pid), [cpu_seconds(p) for p in relay_pids]
+                    state["warm_at"] = time.monotonic() - t_begin
             else:
                 state["checks"] += 1
                 state["stale_seen"] = max(state["stale_seen"], down)
 
-    sent = 0
-    before = scrape(host, port)
-    cpu0 = cpu_seconds(pid)
-    relay_cpu0 = [cpu_seconds(p) for p in relay_pids or ()]
-    t_start = time.monotonic()
+    if not warm_up:
+        state["cpu0"], state["relay_cpu0"] = cpu_seconds(pid), [cpu_seconds(p) for p in relay_pids]
     watcher = threading.Thread(target=checker)
     watcher.start()
-    tick = 0
+    sent = warm_sent = 0
+    k = 0
+    timed_from: int | None = None if warm_up else 0  # the slot the timed part starts at
+    warm_deadline = t_begin + 600 + n / 1000
     behind = 0.0
     try:
         while True:
-            due = t_start + tick * step
-            now = time.monotonic()
-            if due - t_start >= seconds:
+            if timed_from is None:
+                if state["warm_at"] is not None:
+                    timed_from = k
+                elif errors or time.monotonic() > warm_deadline:
+                    raise TimeoutError(f"warm-up: not every node online within {warm_deadline - t_begin:.0f} s")
+            if timed_from is not None and (k - timed_from) * step >= seconds:
                 break
+            due = t_begin + k * step
+            now = time.monotonic()
             if due > now:
                 time.sleep(due - now)
             else:
                 behind = max(behind, now - due)
             wall = time.time()
-            items = [node.session_item(body_of(0.5, wall)) for node in per_slot[tick % slots]]
+            items = [node.session_item(body_of(0.5, wall)) for node in per_slot[k % slots]]
             for body in batches(items, 2000):
-                lanes[tick % connections].put(request_bytes(host, port, body, {}))
-            sent += len(items)
-            tick += 1
+                lanes[k % connections].put(request_bytes(host, port, body, {}))
+            if timed_from is None:
+                warm_sent += len(items)
+            else:
+                sent += len(items)
+            k += 1
     finally:
         done.set()
         for lane in lanes:
@@ -204,24 +206,28 @@ def soak(host: str, port: int, pid: int, nodes: list[SimNode], seconds: float, i
     if errors:
         raise errors[0]
     after = drained(host, port)
-    cpu1 = cpu_seconds(pid)
-    relay_cpu = sum((cpu_seconds(p) or 0.0) - (c or 0.0) for p, c in zip(relay_pids or (), relay_cpu0))
-    ok = tally["ok"] - (n if warm_up else 0)  # the warm-up's answers were counted too
+    cpu0, cpu1 = state["cpu0"], cpu_seconds(pid)
+    relay_cpu = sum((cpu_seconds(p) or 0.0) - (c or 0.0) for p, c in zip(relay_pids, state["relay_cpu0"] or ()))
+    total = sent + warm_sent
+    ok = tally["ok"]
     applied = int(after.get("wyneos_heartbeats_applied_total", 0) - before.get("wyneos_heartbeats_applied_total", 0))
     stale_end = int(after.get('wyneos_nodes{status="stale"}', 0) + after.get('wyneos_nodes{status="offline"}', 0))
     online = int(after.get('wyneos_nodes{status="online"}', 0))
-    return {"nodes": n, "seconds": seconds, "interval": interval, "sent": sent, "answered_202": ok,
-            "applied": applied, "lost": sent - applied, "statuses": statuses,
-            "warm_up_s": warm_s, "all_online_after_s": None if warm_at is None else round(warm_at, 1),
+    return {"nodes": n, "seconds": seconds, "interval": interval, "sent": total, "answered_202": ok,
+            "applied": applied, "lost": total - applied, "sent_timed": sent, "warm_up_sent": warm_sent,
+            "statuses": statuses,
+            "warm_up_s": round(warm_at, 1) if warm_up and warm_at is not None else None,
+            "all_online_after_s": None if warm_at is None else round(warm_at, 1),
             "metrics_unanswered": state["unanswered"],
             "status_checks": checks, "stale_or_offline_seen_max": stale_seen,
             "stale_or_offline_at_end": stale_end, "online_at_end": online,
             "rate_per_s": round(sent / seconds), "p50_batch_ms": round(pct(lat, 50), 2),
             "p99_batch_ms": round(pct(lat, 99), 2), "generator_behind_max_s": round(behind, 2),
-            "server_cpu_us_per_heartbeat": None if cpu0 is None or cpu1 is None or not applied
-            else round((cpu1 - cpu0) / applied * 1e6, 1),
-            "relays": len(relay_pids or ()),
-            "relay_cpu_us_per_heartbeat": round(relay_cpu / applied * 1e6, 1) if relay_pids and applied else None,
+            # per heartbeat sent in the timed part (a cost per tick is spread over them)
+            "server_cpu_us_per_heartbeat": None if cpu0 is None or cpu1 is None or not sent
+            else round((cpu1 - cpu0) / sent * 1e6, 1),
+            "relays": len(relay_pids),
+            "relay_cpu_us_per_heartbeat": round(relay_cpu / sent * 1e6, 1) if relay_pids and sent else None,
             # the status checks run while heartbeats flow; at the end, after the drain, a
             # node may turn stale only because the generator stopped (reported, not judged)
-            "ok": sent == ok == applied and checks > 0 and stale_seen == 0}
+            "ok": total == ok == applied and checks > 0 and stale_seen == 0 and warm_at is not None}

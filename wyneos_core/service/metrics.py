@@ -35,7 +35,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from wyneos_core import __version__
 from wyneos_core.causes import action_cause
 from wyneos_core.licensing.reasons import REASONS
-from wyneos_core.model import NodeStatus, TickReport, licence_summary
+from wyneos_core.model import NodeStatus, TickReport
 
 __all__ = ["CONTENT_TYPE_LATEST", "RENAMED", "ServiceMetrics"]
 
@@ -207,7 +207,7 @@ class ServiceMetrics:
             tally.setdefault(sample.labels["type"], 0)
         for type_, count in tally.items():
             self.in_force.labels(type_).set(count)
-        self._set_all(self.licences, {(k,): v for k, v in licence_summary(report.licences.values()).items()})
+        self._set_all(self.licences, {(k,): v for k, v in report.licence_counts().items()})
         failing = {(rule,): n.get("failed", 0) for rule, n in report.rule_summary.items()}
         self._set_all(self.rule_failing, failing)
         return failing

@@ -207,7 +207,8 @@ class NeighbourBook:
     def __init__(self, sign: Callable[[str, Mapping[str, Any]], dict[str, Any]], max_sealed: int = 250_000) -> None:
         self._seal = sign
         self._source: tuple[Any, Any] | None = None  # (registry, mesh) of the last tick
-        self._sealed: OrderedDict[str, tuple[tuple[dict[str, Any], ...], dict[str, Any]]] = OrderedDict()
+        #: node -> (tick it was made at, the list, its envelope), least recently asked first
+        self._sealed: OrderedDict[str, tuple[int, tuple[dict[str, Any], ...], dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
         self.max_sealed = max_sealed
         self.tick = 0
@@ -234,21 +235,26 @@ class NeighbourBook:
         return None
 
     def signed_for(self, node_id: str) -> dict[str, Any] | None:
-        """The sealed neighbour list of ``node_id`` (None when ``neighbours_of`` is None)."""
-        current = self.neighbours_of(node_id)
-        if current is None:
-            return None
+        """The sealed neighbour list of ``node_id`` (None when ``neighbours_of`` is None).
+        Made once per tick at most: a node that asks again before the next tick gets
+        the same envelope."""
         with self._lock:
             cached = self._sealed.get(node_id)
             if cached is not None:
                 self._sealed.move_to_end(node_id)
             tick = self.tick
-        if cached is not None and cached[0] == current:
-            return cached[1]
-        envelope = self._seal(NEIGHBOURS_FORMAT, {"node": node_id, "tick": tick, "issued_at": int(time.time()),
-                                                  "neighbours": list(current)})
+        if cached is not None and cached[0] == tick:
+            return cached[2]
+        current = self.neighbours_of(node_id)
+        if current is None:
+            return None
+        if cached is not None and cached[1] == current:
+            envelope = cached[2]
+        else:
+            envelope = self._seal(NEIGHBOURS_FORMAT, {"node": node_id, "tick": tick, "issued_at": int(time.time()),
+                                                      "neighbours": list(current)})
         with self._lock:
-            self._sealed[node_id] = (current, envelope)
+            self._sealed[node_id] = (tick, current, envelope)
             self._sealed.move_to_end(node_id)
             while len(self._sealed) > self.max_sealed:
                 self._sealed.popitem(last=False)
