@@ -421,7 +421,10 @@ class LicenceEngine:
             c.key[slot], c.rollback[slot] = stamps[k], rollbacks[k]
             c.fresh[slot], c.until[slot], c.verdicts[slot] = fresh, until, self._verdicts
             c.code[slot], c.seat[slot], c.record[slot] = pool_add(result), seat_code(seat), record
-            c.granted[slot] = self._last_granted if result.reason == "entitlement_missing" else None
+            if result.reason == "entitlement_missing" and self._last_granted is not None:
+                c.granted[slot] = self._last_granted
+            elif c.granted:
+                c.granted.pop(slot, None)
             c.inputs[slot] = inputs
         return unavailable_nodes, reused
 
@@ -510,7 +513,7 @@ class LicenceEngine:
         if fields[_VALID]:
             return feature in fields[_FEATURES]
         if fields[_REASON] == "entitlement_missing":
-            return feature in (c.granted[slot] or frozenset())
+            return feature in c.granted.get(slot, ())
         return False
 
     def verify(self, record: LicenceRecord) -> Licence | EnvelopeError:

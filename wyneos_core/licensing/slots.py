@@ -6,10 +6,11 @@ last rollback it was made for (``key``, ``rollback``), when it is to be looked u
 (``fresh``), when it changes by time alone (``until``), the verdicts counter it was made
 under, its seat (an index into ``seats``, -1: no seat limit), the source record it was
 made from (None: not reusable), the last good record and when it was good (fail-open
-outages), the
-features granted to a node refused with ``entitlement_missing`` and a copy of the
-metadata it was made for (``licence_inputs``; compared when the node is looked up again,
-so a change made in place, which the table cannot note, is seen at the next refresh).
+outages), the features granted to a node refused with ``entitlement_missing``
+(``granted``: few nodes, a dict by slot) and a copy of the metadata it was made for
+(``licence_inputs``; compared when the node is looked up again, so a change made in
+place, which the table cannot note, is seen at the next refresh). The verdicts counter
+is int32.
 
 A slot's entry belongs to the node that was in it: when the table's ``born`` stamp of
 the slot is not the one the entry was made for, ``adopt`` clears it, so nothing of a
@@ -34,9 +35,9 @@ __all__ = ["SlotCache", "columns_of", "licence_inputs", "same_rollback"]
 
 _NAN = float("nan")
 _NUMERIC = (("born", np.int64, 0), ("key", np.int64, -1), ("rollback", np.float64, _NAN),
-            ("fresh", np.float64, -np.inf), ("until", np.float64, np.inf), ("verdicts", np.int64, 0),
+            ("fresh", np.float64, -np.inf), ("until", np.float64, np.inf), ("verdicts", np.int32, 0),
             ("code", np.int32, -1), ("seat", np.int32, -1), ("good_at", np.float64, _NAN))
-_OBJECTS = ("record", "good", "granted", "inputs")
+_OBJECTS = ("record", "good", "inputs")
 
 
 class SlotCache:
@@ -48,6 +49,8 @@ class SlotCache:
             setattr(self, name, np.full(0, fill, dtype))
         for name in _OBJECTS:
             setattr(self, name, np.empty(0, object))
+        #: slot -> the features its licence grants, for nodes refused with ``entitlement_missing``
+        self.granted: dict[int, frozenset[str]] = {}
         self.seats: list[tuple[str, int]] = []
         self._seat_index: dict[tuple[str, int], int] = {}
 
@@ -74,6 +77,9 @@ class SlotCache:
                 getattr(self, name)[moved] = fill
             for name in _OBJECTS:
                 getattr(self, name)[moved] = None
+            if self.granted:
+                for slot in moved.tolist():
+                    self.granted.pop(slot, None)
             self.born[moved] = self.table.born[moved]
 
     def seat_code(self, seat: tuple[str, int] | None) -> int:
