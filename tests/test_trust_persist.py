@@ -15,7 +15,7 @@ from wyneos_core.builtin.trust import state_of
 from wyneos_core.store import StateStore
 from wyneos_core.tick import Orchestrator
 from wyneos_core.trust import persist
-from wyneos_core.trust.engine import Evidence, TrustEngine
+from wyneos_core.trust.engine import ADMITTED, PENDING, REFUSED, Evidence, TrustEngine
 from wyneos_core.trust.tiers import Tier
 from test_trust import settings
 
@@ -314,13 +314,46 @@ def test_a_fingerprint_learnt_after_joining_is_kept_and_inherited():
     eng.assign({})
     eng.tier[eng.index["a"]] = int(Tier.UNTRUSTED)
     eng.score(Evidence(2, ["a", "c"], zeros, zeros, fingerprints=["fp-a", None]))
-    assert eng.fingerprint_of == {"fp-a": eng.index["a"]} and eng.fingerprint[eng.index["a"]] == "fp-a"
-    assert eng.fingerprint_of["fp-a"] is eng.index["a"]         # one int object for both
+    assert eng.fingerprint_of.get("fp-a") == eng.index["a"] and len(eng.fingerprint_of) == 1
+    assert eng.fingerprint[eng.index["a"]] == "fp-a" and eng.fingerprint_of.get("fp-c") is None
     chunks = persist.encode_chunks(eng, [0])
     again = TrustEngine(settings())
-    assert persist.restore_chunks(again, chunks) == 2 and again.fingerprint_of == {"fp-a": again.index["a"]}
+    assert persist.restore_chunks(again, chunks) == 2 and again.fingerprint_of.get("fp-a") == again.index["a"]
     again.score(Evidence(3, ["b"], np.zeros(1, dtype=np.int8), np.zeros(1, dtype=np.int8), fingerprints=["fp-a"]))
     assert again.tier[again.index["b"]] == int(Tier.UNTRUSTED)  # the same key under a new id: no fresh start
+
+
+@pytest.mark.parametrize("scans", [0, 1000])
+def test_new_ids_inherit_from_the_slot_that_last_had_their_key(monkeypatch, scans):
+    """Whichever way the key log is searched (a sort for a batch, or a scan per node): a
+    new id takes over the tier cap and refusal of the node that last had its key, a key
+    rotated to another node is that node's from then on, and a node of the same batch
+    inherits what an earlier one with its key inherited."""
+    from wyneos_core.trust import fingerprints
+
+    monkeypatch.setattr(fingerprints, "_SCANS", scans)
+    eng = TrustEngine(settings())
+
+    def score(tick, ids, fps):  # noqa: ANN001, ANN202
+        zeros = np.zeros(len(ids), dtype=np.int8)
+        return eng.score(Evidence(tick, ids, zeros, zeros, fingerprints=fps))
+
+    first = [f"a{i}" for i in range(10)]
+    score(1, first, [f"k{i}" for i in range(10)])
+    for i, node_id in enumerate(first):
+        slot = eng.index[node_id]
+        eng.tier[slot] = int(Tier.UNTRUSTED) if i % 3 == 0 else int(Tier.TRUSTED)
+        eng.admission[slot] = REFUSED if i % 2 else ADMITTED
+    score(2, first, [f"k{i}" if i != 4 else "k7" for i in range(10)])  # a4 now has a7's key
+    batch = [f"b{j:02d}" for j in range(40)]
+    score(3, batch, [f"k{j % 10}" for j in range(40)])
+    for j, node_id in enumerate(batch):
+        source = "a4" if j % 10 == 7 else f"a{j % 10}"
+        want_tier = min(int(eng.tier[eng.index[source]]), int(Tier.PROBATION))
+        want_admission = REFUSED if eng.admission[eng.index[source]] == REFUSED else PENDING
+        slot = eng.index[node_id]
+        assert (int(eng.tier[slot]), int(eng.admission[slot])) == (want_tier, want_admission), node_id
+    assert eng.fingerprint_of.get("k7") == eng.index["b37"]
 
 
 def test_a_departed_nodes_trust_never_reaches_the_node_that_takes_its_table_slot():

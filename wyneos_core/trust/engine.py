@@ -27,6 +27,7 @@ from wyneos_core.model import ORIGIN
 from wyneos_core.trust import persist
 from wyneos_core.trust.beta import BetaEvidence
 from wyneos_core.trust.edges import EdgeReader
+from wyneos_core.trust.fingerprints import FingerprintLog
 from wyneos_core.trust.eigentrust import EigenTrustResult, eigentrust, local_trust
 from wyneos_core.trust.names import SlotNames
 from wyneos_core.trust.reasons import SlotReasons
@@ -120,7 +121,11 @@ class TrustEngine:
         self.global_trust = np.zeros(capacity)
         #: slot -> (rule, reason) of the nodes not admitted (a code per slot: ``trust.reasons``)
         self.admission_reason = SlotReasons(capacity)
-        self.fingerprint_of: dict[str, int] = {}                  # key fingerprint -> slot
+        #: key fingerprint -> the slot that last had it (``trust.fingerprints``)
+        self.fingerprint_of = FingerprintLog()
+        #: while ``_slots`` creates slots: where in ``fingerprint_of`` its new pairs start
+        #: (their inheritance is looked up for all of them at once, ``_inherit_all``)
+        self._batch: int | None = None
         #: slot -> the node's key fingerprint (last seen; None: none known)
         self.fingerprint = np.full(capacity, None, dtype=object)
         self.tick = 0
@@ -164,12 +169,14 @@ class TrustEngine:
             new[..., : old.shape[-1]] = old
             setattr(self, name, new)
 
-    def slot(self, node_id: str, fingerprint: str | None = None, declared: bool = False, tick: int = 0) -> int:
+    def slot(self, node_id: str, fingerprint: str | None = None, declared: bool = False, tick: int = 0,
+             inherit: bool = True) -> int:
         """The slot of ``node_id``, created at ``probation`` (admission pending) if new.
 
         A new id whose key ``fingerprint`` belonged to a node seen before inherits that
         node's evidence, tier and admission (no whitewashing by re-enrolling the same
-        key under another id).
+        key under another id); not with ``inherit=False`` (a restore, which sets all of
+        that itself).
         """
         slot = self.index.get(node_id)
         if slot is not None:
@@ -179,27 +186,39 @@ class TrustEngine:
         self.ids.append(node_id)
         self.index[node_id] = slot
         self.fingerprint[slot] = fingerprint or None
-        earlier = self.fingerprint_of.get(fingerprint) if fingerprint else None
-        if earlier is not None and earlier != slot:
-            self.evidence.r[:, slot] = self.evidence.r[:, earlier]
-            self.evidence.s[:, slot] = self.evidence.s[:, earlier]
-            self.trust[slot] = self.trust[earlier]
-            self.tier[slot] = min(int(self.tier[earlier]), int(Tier.PROBATION))
-            self.admission[slot] = self.admission[earlier] if self.admission[earlier] == REFUSED else PENDING
-            self.joined[slot] = tick
-        else:
-            self.evidence.reset(slot)
-            self.trust[slot] = 0.0
-            self.tier[slot] = int(Tier.PROBATION)
-            self.admission[slot] = ADMITTED if declared else PENDING
-            self.joined[slot] = tick
-        if self.admission[slot] == ADMITTED and declared:
+        self.evidence.reset(slot)
+        self.trust[slot] = 0.0
+        self.tier[slot] = int(Tier.PROBATION)
+        self.admission[slot] = ADMITTED if declared else PENDING
+        self.joined[slot] = tick
+        if declared:
             self.admission_reason.pop(slot, None)
-        if fingerprint:
-            self.fingerprint_of[fingerprint] = slot
         self.peer[slot] = 0.0
         self.global_trust[slot] = 0.0
+        if fingerprint:
+            at = self.fingerprint_of.add(fingerprint, slot)
+            if inherit and self._batch is None:
+                self._inherit_all(at, tick)
         return slot
+
+    def _inherit_all(self, start: int, tick: int) -> None:
+        """Each slot created with a key since position ``start`` of ``fingerprint_of``
+        takes over the record of the slot that had its key before (in the order created:
+        a node inherits what an earlier one of the same batch inherited)."""
+        log = self.fingerprint_of
+        positions = np.arange(start, len(log))
+        if not positions.size:
+            return
+        new = log.slots[positions]
+        earlier = log.earlier_many(positions)
+        for k in np.flatnonzero((earlier >= 0) & (earlier != new)).tolist():
+            slot, before = int(new[k]), int(earlier[k])
+            self.evidence.r[:, slot] = self.evidence.r[:, before]
+            self.evidence.s[:, slot] = self.evidence.s[:, before]
+            self.trust[slot] = self.trust[before]
+            self.tier[slot] = min(int(self.tier[before]), int(Tier.PROBATION))
+            self.admission[slot] = self.admission[before] if self.admission[before] == REFUSED else PENDING
+            self.joined[slot] = tick
 
     # -- step 1: scores -----------------------------------------------------------------------
 
@@ -412,6 +431,15 @@ class TrustEngine:
             return self.slot(node_id, fps[position] if len(fps) else None,
                              node_id in ev.declared or node_id in st.attested, ev.tick)
 
+        start = self._batch = len(self.fingerprint_of)
+        try:
+            found, new = self._bind(ev, create)
+        finally:
+            self._batch = None
+        self._inherit_all(start, ev.tick)
+        return found, new
+
+    def _bind(self, ev: Evidence, create: Callable[[str, int], int]) -> tuple[np.ndarray, list[str]]:
         if ev.table is not None and ev.table_slots is not None:
             return self.index.bind(ev.table, ev.table_slots, create,
                                    lambda count: self._grow(len(self.ids) + count))  # once, to the size needed
@@ -440,7 +468,7 @@ class TrustEngine:
         changed = np.flatnonzero((now != self.fingerprint[slots]) & (now != None))  # noqa: E711
         if changed.size:
             self.fingerprint[slots[changed]] = now[changed]
-            self.fingerprint_of.update(zip(now[changed].tolist(), slots[changed].tolist()))
+            self.fingerprint_of.add_many(now[changed].tolist(), slots[changed])
 
     def _edges(self, observations: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Observation edges as slot arrays (``wyneos_core.trust.edges``)."""

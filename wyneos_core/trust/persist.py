@@ -195,7 +195,7 @@ def restore_chunks(engine: TrustEngine, rows: Iterable[Any]) -> int:
             slot = slot_of.get(key)
             if slot is not None and isinstance(fp, str) and fp:
                 engine.fingerprint[slot] = fp
-                engine.fingerprint_of[fp] = slot
+                engine.fingerprint_of.add(fp, slot)
         for key, reason in reasons.items():
             slot = slot_of.get(key)
             if slot is not None and isinstance(reason, list) and len(reason) == 2:
@@ -283,7 +283,9 @@ def restore_rows(engine: TrustEngine, rows: Iterable[Mapping[str, Any]]) -> int:
             continue  # a row this version cannot read: the node starts over in probation
         if len(r) != len(SIGNALS) or len(s) != len(SIGNALS):
             continue
-        slot = engine.slot(row["node_id"], row.get("fingerprint"), tick=int(row.get("joined_tick") or 0))
+        # (no inheritance by key: the row sets all of it)
+        slot = engine.slot(row["node_id"], row.get("fingerprint"), tick=int(row.get("joined_tick") or 0),
+                           inherit=False)
         engine.evidence.r[:, slot] = r
         engine.evidence.s[:, slot] = s
         engine.peer[slot] = float(evidence.get("peer", 0.0))
