@@ -52,6 +52,7 @@ class AgentOutbox:
         #: ``(ctx, hops) -> None`` of plugins whose per-hop ``wyneos_deliver`` only takes
         #: note (the relay desk): called with each level's hops when they go in bulk
         self.hop_notes: list[Callable[[Any, Any], None]] = []
+        self._made: tuple[int, dict[int, dict[str, Any]]] = (-1, {})  # (tick, id(Action) -> its queued dict)
 
     def hold(self) -> None:
         """Keep what the next deliveries queue aside until ``release`` (a replica's tick:
@@ -119,14 +120,17 @@ class AgentOutbox:
             note(ctx, hops)
         is_agent = self._is_agent
         extra = {"tick": ctx.tick, "issued_at": int(ctx.now * 1000)}
-        made: dict[int, dict[str, Any]] = {}
+        actions = hops.actions
+        if self._made[0] != ctx.tick:
+            self._made = (ctx.tick, {})
+        made = self._made[1]  # one dict per action and tick, shared by its receivers (read only)
         queued = []
         for k, receiver in zip(hops.action.tolist(), hops.receivers):
             if is_agent(receiver):
-                action = made.get(k)
+                action = made.get(id(actions[k]))
                 if action is None:
-                    action = made[k] = {**hops.actions[k].to_dict(), **extra}
-                queued.append((receiver, dict(action)))
+                    action = made[id(actions[k])] = {**actions[k].to_dict(), **extra}
+                queued.append((receiver, action))
         self.put_many(queued)
         return True
 
@@ -137,21 +141,27 @@ class AgentOutbox:
     def put_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """``put`` of each ``(node_id, action)``, in order, under one hold of the lock."""
         now_ms = None
+        added = 0
+        limit = self.max_per_node
         with self._lock:
+            queues, staged = self._queues, self._staged
             for node_id, action in items:
                 if not isinstance(action.get("issued_at"), int):
                     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
                     action = {**action, "issued_at": now_ms}
-                if self._staged is not None:
-                    self._staged.append((node_id, action))
+                if staged is not None:
+                    staged.append((node_id, action))
                     continue
-                queue = self._queues.setdefault(node_id, {})
-                if action["id"] not in queue:
-                    if len(queue) >= self.max_per_node:
-                        oldest = next(iter(queue))  # the oldest notice goes first
-                        queue.pop(oldest)
-                    queue[action["id"]] = action
-                    self.queued_total += 1
+                queue = queues.get(node_id)
+                if queue is None:
+                    queue = queues[node_id] = {}
+                key = action["id"]
+                if key not in queue:
+                    if len(queue) >= limit:
+                        del queue[next(iter(queue))]  # the oldest notice goes first
+                    queue[key] = action
+                    added += 1
+            self.queued_total += added
 
     def restore(self, rows: Iterable[dict[str, Any]], acked: set[tuple[str, str]],
                 issued: dict[int, int] | None = None) -> int:
