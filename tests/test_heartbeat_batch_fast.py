@@ -14,12 +14,15 @@ import math
 import random
 import time
 
+import httpx
 import pytest
 from service_helpers import Node, make_service, write_config
 
 from wyneos_core.licensing.keys import public_bytes
 from wyneos_core.service import session_intake
 from wyneos_core.service.heartbeat_api import HeartbeatAPI, TooLarge
+from wyneos_core.service.identity import sign_request
+from wyneos_core.service.server import ServerThread
 from wyneos_core.service.sessions import ack_mac, mac
 
 IDS = [f"f-{i:02d}" for i in range(24)]
@@ -249,3 +252,50 @@ def test_few_items_go_the_item_by_item_way(tmp_path, monkeypatch):
     status, data = api.batch(b'{"heartbeats":[' + b",".join(item_bytes(s, 1, mac(key, 1, raw), raw) for s in sids)
                              + b"]}")
     assert status == 202 and json.loads(data)["accepted"] == 8 and seen == [None]
+
+
+
+def test_big_batches_over_http_take_the_batch_thread_or_the_pool(tmp_path):
+    """On a real server: a big usual batch is answered whole on the batch thread, a big
+    batch with a bad item goes on to the item-by-item way, a signed batch is verified."""
+    ids = [f"h-{i:03d}" for i in range(60)]  # 60 items of about 300 bytes: past the inline size
+    nodes = {n: Node(n) for n in ids}
+    service = make_service(write_config(tmp_path, interval=0.2, stale=5, offline=10), heartbeat_burst=100)
+    now = time.time()
+    for n in ids:
+        service.keys.set(n, public_bytes(nodes[n].key))
+        service.orchestrator.registry.register(n, now=now, fingerprint=service.keys.fingerprint(n))
+    key = bytes(range(32))
+    sids = {n: service.sessions.issue_ticket(n, key, now + 600) for n in ids}
+    thread = ServerThread(service)
+    seen = watched(thread.server.config.http.single.api)
+    with thread as url:
+        def post(items: list[bytes]) -> dict:
+            body = b'{"heartbeats":[' + b",".join(items) + b"]}"
+            assert len(body) > 64 * 200
+            answer = httpx.post(url + "/v1/heartbeats", content=body, headers={"content-type": "application/json"})
+            return {"status": answer.status_code, **answer.json()}
+
+        def good() -> bytes:
+            return json.dumps({"timestamp": time.time(), "load": 0.5}).encode()
+
+        for seq in (1, 2):  # the tickets taken up item by item first, then the batch whole
+            body = good()
+            got = post([item_bytes(sids[n], seq, mac(key, seq, body), body) for n in ids])
+            assert (got["status"], got["accepted"], got["refused"]) == (202, 60, 0)
+        assert seen[0] is None and seen[1] == (60, None)
+        body = good()
+        items = [item_bytes(sids[n], 3, mac(key, 3, body), body) for n in ids]
+        items[7] = item_bytes(sids[ids[7]], 3, "0" * 32, body)
+        got = post(items)
+        assert (got["status"], got["accepted"], got["refused"]) == (202, 59, 1) and seen[2] is None
+        assert [(r["index"], r["code"]) for r in got["results"]] == [(7, "bad_mac")]
+        signed = []
+        for n in ids:
+            body = good()
+            h = sign_request(nodes[n].key, n, "POST", "/v1/heartbeats", body)
+            signed.append(json.dumps({"node": n, "timestamp": h["x-wyneos-timestamp"], "nonce": h["x-wyneos-nonce"],
+                                      "signature": h["x-wyneos-signature"], "body": body.decode()}).encode())
+        got = post(signed)
+        assert (got["status"], got["accepted"], got["refused"]) == (202, 60, 0)
+    assert [service.sessions.get(sids[n]).seq for n in ids] == [2 if n == ids[7] else 3 for n in ids]
