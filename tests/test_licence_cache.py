@@ -154,3 +154,37 @@ def test_refreshes_are_spread_evenly_and_within_the_ttl(tmp_path):
     for times in asked_at.values():
         gaps = [b - a for a, b in pairwise(times)]
         assert gaps and all(60 <= g <= 300 for g in gaps)  # never longer than cache_ttl, never a churn
+
+
+def test_the_slot_cache_shares_what_checks_made_and_lets_go_of_what_no_slot_has():
+    """Slots whose checks made the same outcome (record, result, until, seat, verdicts)
+    share one entry; entries no slot has any more are let go, the others read the same;
+    renumbered result codes reach every slot, and a result gone is named."""
+    import numpy as np
+
+    from wyneos_core.licensing.slots import SlotCache
+    from wyneos_core.nodetable import NodeTable
+
+    table = NodeTable()
+    slots = np.array([table.add(f"n{i}", registered_at=0.0) for i in range(3)], dtype=np.int64)
+    c = SlotCache(table)
+    c.fit()
+    assert c.codes(slots).tolist() == [-1, -1, -1] and c.made(int(slots[0])) == (None, float("inf"), 0)
+    record = object()
+    c.set(int(slots[0]), record, 5, 100.0, -1, 1)
+    c.set(int(slots[1]), record, 5, 100.0, -1, 1)
+    c.set(int(slots[2]), None, 7, float("inf"), 3, 1)
+    assert c.entry[slots[0]] == c.entry[slots[1]] and c.entries.count == 2
+    for verdicts in range(2, 2000):  # outcomes nobody keeps
+        c.set(int(slots[2]), None, 7, float("inf"), 3, verdicts)
+    assert c.entries.count == 2000
+    c.compact(slots)
+    assert c.entries.count == 2
+    assert c.codes(slots).tolist() == [5, 5, 7] and c.seat_codes(slots).tolist() == [-1, -1, 3]
+    assert c.made(int(slots[0]))[0] is record and c.made(int(slots[2])) == (None, float("inf"), 1999)
+    remap = np.full(8, -1, dtype=np.int64)
+    remap[5] = 0
+    assert c.recode(remap).tolist() == [int(slots[2])]
+    assert c.codes(slots).tolist() == [0, 0, -1]
+    c.set(int(slots[2]), record, 0, 100.0, -1, 1)  # the same outcome as the others again: their entry
+    assert c.entry[slots[2]] == c.entry[slots[0]] and c.codes(slots).tolist() == [0, 0, 0]

@@ -250,14 +250,15 @@ class LicenceEngine:
         self.stats["cached"] = len(slots) - len(misses)
         if len(misses):
             self._resolve(nodes, table, c, slots, misses, now)
-        codes = c.code[slots]
-        seated = np.flatnonzero(c.seat[slots] >= 0)
+        codes = c.codes(slots)
+        seated = np.flatnonzero(c.seat_codes(slots) >= 0)
         if len(seated):
             self._seats(nodes, ids, table, c, slots, seated, codes)
         else:
             self._seat_signature, self._seat_losers = (), {}
         if len(self._pool) > 2 * len(slots) + 1024:  # many results no node has any more: renumber
             codes = self._renumber(c, slots, codes)
+        c.compact(slots)
         state, reason = self._pool.codes()
         if len(codes):
             table.licence_state[slots] = state[codes]
@@ -270,14 +271,12 @@ class LicenceEngine:
     def _renumber(self, c: SlotCache, slots: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """A new pool of the results in use (this tick's and the cached ones)."""
         old, pool = self._pool, ResultPool()
-        used = np.unique(np.concatenate([codes, c.code[slots]]))
+        used = np.unique(np.concatenate([codes, c.codes(slots)]))
         used = used[used >= 0]
         remap = np.full(len(old), -1, np.int64)
         for code in used.tolist():
             remap[code] = pool.add(LicenceResult("", *old.fields[code]))
-        live = c.code >= 0
-        c.code[live] = remap[c.code[live]]
-        c.key[live & (c.code < 0)] = -1  # an entry no node used: looked up again if ever needed
+        c.key[c.recode(remap)] = -1  # an entry no node used: looked up again if ever needed
         self._pool = pool
         self._objects.forget()
         return remap[codes]
@@ -294,7 +293,7 @@ class LicenceEngine:
             return {}
         t = c.table
         slots = t.slots()
-        slots = slots[(c.code[slots] >= 0) & (c.born[slots] == t.born[slots])]
+        slots = slots[(c.codes(slots) >= 0) & (c.born[slots] == t.born[slots])]
         return dict(zip([t.ids[s] for s in slots.tolist()], c.fresh[slots].tolist()))  # type: ignore[misc]
 
     def _fresh_until(self, node_id: str, now: float) -> float:
@@ -320,13 +319,13 @@ class LicenceEngine:
         for the same node inputs, its licence's state has not changed with time since, and
         neither the revocation list nor a renewal has touched its licence since.
         """
-        code = int(c.code[slot])
+        code = c.code_at(slot)
         if code < 0 or not same_inputs:
             return False
-        kept = c.record[slot]
-        if kept is None or now >= c.until[slot] or not (kept is record or kept == record):
+        kept, until, verdicts = c.made(slot)
+        if kept is None or now >= until or not (kept is record or kept == record):
             return False
-        return int(c.verdicts[slot]) >= self._touched.get(self._pool.fields[code][_LICENCE_ID], 0)
+        return verdicts >= self._touched.get(self._pool.fields[code][_LICENCE_ID], 0)
 
     # -- sources --------------------------------------------------------------------------
 
@@ -408,9 +407,9 @@ class LicenceEngine:
                     until, seat = _INF, None
                     fresh = min(self._fresh_until(nid, now), until)
             elif self._reusable(c, slot, bool(same[k]) and c.inputs[slot] == inputs, record, now):
-                c.fresh[slot] = min(self._fresh_until(nid, now), c.until[slot])  # kept as it is
+                c.fresh[slot] = min(self._fresh_until(nid, now), c.made(slot)[1])  # kept as it is
                 reused += 1
-                if self._pool.fields[c.code[slot]][_VALID]:
+                if self._pool.fields[c.code_at(slot)][_VALID]:
                     c.good[slot], c.good_at[slot] = record, now
                 continue
             else:
@@ -419,8 +418,8 @@ class LicenceEngine:
                     c.good[slot], c.good_at[slot] = record, now
                 fresh = min(self._fresh_until(nid, now), until)
             c.key[slot], c.rollback[slot] = stamps[k], rollbacks[k]
-            c.fresh[slot], c.until[slot], c.verdicts[slot] = fresh, until, self._verdicts
-            c.code[slot], c.seat[slot], c.record[slot] = pool_add(result), seat_code(seat), record
+            c.fresh[slot] = fresh
+            c.set(slot, record, pool_add(result), until, seat_code(seat), self._verdicts)
             if result.reason == "entitlement_missing" and self._last_granted is not None:
                 c.granted[slot] = self._last_granted
             elif c.granted:
@@ -507,9 +506,9 @@ class LicenceEngine:
         if c is None or node_id in self._seat_losers:
             return False
         slot = c.table.index.get(node_id)
-        if slot is None or slot >= len(c.code) or c.code[slot] < 0 or c.born[slot] != c.table.born[slot]:
+        if slot is None or slot >= len(c.entry) or c.code_at(slot) < 0 or c.born[slot] != c.table.born[slot]:
             return False
-        fields = self._pool.fields[c.code[slot]]
+        fields = self._pool.fields[c.code_at(slot)]
         if fields[_VALID]:
             return feature in fields[_FEATURES]
         if fields[_REASON] == "entitlement_missing":
@@ -636,13 +635,14 @@ class LicenceEngine:
         at = slots[positions]
         # same holders in the same states as last tick: same losers (no per-node allocation)
         signature = (self.epoch, at.tobytes(), table.born[at].tobytes(), table.status[at].tobytes(),
-                     table.registered_at[at].tobytes(), c.seat[at].tobytes())
+                     table.registered_at[at].tobytes(), c.seat_codes(at).tobytes())
         if signature == self._seat_signature:
             losers = self._seat_losers
         else:
             count_offline = self.settings.count_offline_seats
             seats, status = c.seats, table.status
-            holders = [(seats[c.seat[slot]], nodes[i]) for i, slot in zip(positions.tolist(), at.tolist())
+            holders = [(seats[seat], nodes[i]) for i, slot, seat in zip(positions.tolist(), at.tolist(),
+                                                                        c.seat_codes(at).tolist())
                        if count_offline or status[slot] != OFFLINE]
             losers = allocate_seats(holders)
             self._seat_signature, self._seat_losers = signature, losers
