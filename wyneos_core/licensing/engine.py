@@ -34,7 +34,6 @@ allocation is reused while the holders, their states and their licences are unch
 
 from __future__ import annotations
 
-import operator
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -49,7 +48,8 @@ from wyneos_core.licensing.ledger import Ledger
 from wyneos_core.licensing.revocation import Revocation, RevocationList
 from wyneos_core.licensing.seats import allocate_seats
 from wyneos_core.licensing.settings import LicenceSettings
-from wyneos_core.licensing.sources import LicenceRecord, SourceUnavailable, call_within
+from wyneos_core.licensing.asking import ask_sources
+from wyneos_core.licensing.sources import LicenceRecord, call_within
 from wyneos_core.licensing.results import LicenceResults, ResultObjects, ResultPool
 from wyneos_core.licensing.slots import SlotCache, columns_of, licence_inputs, same_rollback
 from wyneos_core.model import LicenceResult, Node
@@ -59,7 +59,6 @@ __all__ = ["LicenceEngine"]
 
 _MAX_VERIFIED = 200_000
 _INF = float("inf")
-_ID = operator.attrgetter("id")
 #: nodes looked up and checked per chunk of a cold tick (bounds the node views, answers and
 #: slot arrays held at once)
 _CHUNK = 65536
@@ -344,7 +343,8 @@ class LicenceEngine:
             chunk = misses[lo:lo + _CHUNK]
             positions = chunk.tolist()
             views: list[Node] = list(map(nodes.__getitem__, positions))
-            records, failures = self._lookup(views, now, down)
+            records, failures = ask_sources(self.sources, views, now, self.settings.source_timeout, down,
+                                            self.notes)
             counted = self._resolve_chunk(views, table, c, slots[chunk], records, failures, now)
             del views, records, failures
             unavailable_nodes += counted[0]
@@ -354,29 +354,6 @@ class LicenceEngine:
             self.stats["unavailable"] = unavailable_nodes
             self.notes.append(f"licence sources could not answer for {unavailable_nodes} node(s); outage policy "
                               f"{self.settings.outage_policy} applied (grace {self.settings.outage_grace:g}s)")
-
-    def _lookup(self, views: list[Node], now: float, down: dict[int, str]
-                ) -> tuple[dict[str, LicenceRecord | None], dict[str, list[str]]]:
-        """Ask the sources, in order, for the nodes ``views`` (each source only for the
-        nodes no earlier one answered for): ``(records, failures)`` by node id."""
-        pending = views
-        records: dict[str, LicenceRecord | None] = {}
-        failures: dict[str, list[str]] = {}
-        for number, source in enumerate(self.sources):
-            if not pending:
-                break
-            answers = self._ask(source, pending, now, failures, down, number)
-            if not records and len(answers) >= len(pending) and all(map(answers.get, map(_ID, pending))):
-                return answers, failures  # the usual case: one source answers for every node
-            still = []
-            for node in pending:
-                record = answers.get(node.id)
-                if record is None:
-                    still.append(node)
-                else:
-                    records[node.id] = record
-            pending = still
-        return records, failures
 
     def _resolve_chunk(self, views: list[Node], table: NodeTable, c: SlotCache, at: np.ndarray,
                        records: Mapping[str, LicenceRecord | None], failures: dict[str, list[str]],
@@ -426,44 +403,6 @@ class LicenceEngine:
                 c.granted.pop(slot, None)
             c.inputs[slot] = inputs
         return unavailable_nodes, reused
-
-    def _ask(self, source: Any, pending: list[Node], now: float, failures: dict[str, list[str]],
-             down: dict[int, str], number: int) -> dict:
-        """``source``'s answers for ``pending``; a source that failed earlier in this tick
-        (``down``, by its ``number``) is not asked again: its failure holds for them too."""
-        failed = down.get(number)
-        if failed is not None:
-            for node in pending:
-                failures.setdefault(node.id, []).append(f"{source.name}: {failed}")
-            return {}
-        many = getattr(source, "lookup_many", None)
-        try:
-            if many is not None:
-                answers = call_within(source, self.settings.source_timeout, many, pending, now)
-                if not isinstance(answers, dict):
-                    raise SourceUnavailable(f"lookup_many returned {type(answers).__name__}, expected a dict")
-            else:
-                failures_of: dict[str, str] = {}
-                answers = call_within(source, self.settings.source_timeout, _lookup_each, source, pending, now,
-                                      failures_of)
-                for nid, why in failures_of.items():
-                    failures.setdefault(nid, []).append(f"{source.name}: {why}")
-        except Exception as exc:  # noqa: BLE001 - any failure of a source is an outage for its nodes
-            what = str(exc) if isinstance(exc, SourceUnavailable) else f"{type(exc).__name__}: {exc}"
-            self.notes.append(f"licence source {source.name!r} unavailable: {what}")
-            down[number] = what
-            for node in pending:
-                failures.setdefault(node.id, []).append(f"{source.name}: {what}")
-            return {}
-        for node in pending:
-            if node.id not in answers and node.id not in failures:
-                failures.setdefault(node.id, []).append(f"{source.name}: no answer for this node")
-        bad = [nid for nid, rec in answers.items() if rec is not None and not isinstance(rec, LicenceRecord)]
-        for nid in bad:
-            failures.setdefault(nid, []).append(f"{source.name}: returned {type(answers[nid]).__name__}, "
-                                                "not a LicenceRecord")
-            answers[nid] = None
-        return answers
 
     def _outage(self, c: SlotCache, slot: int, node: Node, why: list[str], now: float
                 ) -> tuple[LicenceResult, tuple[str, int] | None]:
@@ -660,15 +599,3 @@ class LicenceEngine:
                 nid, False, "too_many_nodes", f"licence {lid} has {seats_} seat(s) and {users} nodes use it; this "
                 f"node is number {rank} by registration time then id", r.licence_id, r.customer, r.product, r.tier,
                 r.features, r.expires, False, r.source))
-
-
-def _lookup_each(source: Any, nodes: list[Node], now: float, failures: dict[str, str]) -> dict[str, Any]:
-    """``source.lookup`` for each node (a source without ``lookup_many``), in one call
-    that ``call_within`` can bound."""
-    answers: dict[str, Any] = {}
-    for node in nodes:
-        try:
-            answers[node.id] = source.lookup(node, now)
-        except SourceUnavailable as exc:
-            failures[node.id] = str(exc)
-    return answers
