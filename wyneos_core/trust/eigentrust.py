@@ -78,14 +78,17 @@ def local_trust(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n: int,
     return m, leak
 
 
-def eigentrust(ct: sp.csr_array, leak: np.ndarray, p: np.ndarray, teleport: float, *,
+def eigentrust(ct: sp.csr_array, leak: np.ndarray, p: np.ndarray | None, teleport: float, *,
                tolerance: float = 1e-6, max_iterations: int = 100,
-               start: np.ndarray | None = None, row: tuple[int, np.ndarray] | None = None) -> EigenTrustResult:
+               start: np.ndarray | None = None, row: tuple[int, np.ndarray] | None = None,
+               pre: tuple[np.ndarray, np.ndarray] | None = None) -> EigenTrustResult:
     """Global trust from the transposed local trust matrix ``ct`` (``local_trust``) and
     the observers' ``leak`` (the share of each observer's trust that goes to the
     pre-trusted set: 1 for an observer that trusts nobody, 0 for a full row).
 
-    :param p: the pre-trusted distribution (non-negative, sums to 1).
+    :param p: the pre-trusted distribution (non-negative, sums to 1); None with ``pre``.
+    :param pre: ``(vertices, weights)``: the non-zero entries of ``p`` instead of ``p``
+        (no vector of every vertex for a few pre-trusted ones).
     :param teleport: ``a``, the weight of ``p`` in every step (0 < a <= 1).
     :param start: a starting vector (last tick's trust); ``p`` when None.
     :param row: ``(i, c_i)``: observer ``i``'s row of ``C`` given dense (already
@@ -96,10 +99,18 @@ def eigentrust(ct: sp.csr_array, leak: np.ndarray, p: np.ndarray, teleport: floa
     Each step holds four vectors (``t``, the next ``t``, a scratch one and ``leak``) and
     the non-zero entries of ``p`` (few: the pre-trusted vertices), nothing else per vertex.
     """
-    t = p.copy() if start is None else start / start.sum()
+    if pre is None:
+        assert p is not None
+        pre_at, pre_weight = np.flatnonzero(p), p[np.flatnonzero(p)]
+    else:
+        pre_at, pre_weight = pre
+    del p
+    if start is None:
+        t = np.zeros(ct.shape[0])
+        t[pre_at] = pre_weight
+    else:
+        t = start / start.sum()
     keep = 1.0 - teleport
-    pre = np.flatnonzero(p)
-    pre_weight = p[pre]
     residual = float("inf")
     leak = np.asarray(leak, dtype=np.float64)
     scratch = np.empty_like(leak)
@@ -109,7 +120,7 @@ def eigentrust(ct: sp.csr_array, leak: np.ndarray, p: np.ndarray, teleport: floa
             new += np.multiply(row[1], t[row[0]], out=scratch)
         new *= keep
         lost = float(np.multiply(t, leak, out=scratch).sum())  # not t @ leak: a BLAS call, slow on a busy machine
-        new[pre] += (teleport + keep * lost) * pre_weight
+        new[pre_at] += (teleport + keep * lost) * pre_weight
         residual = float(np.abs(np.subtract(new, t, out=scratch), out=scratch).sum())
         t = new
         if residual < tolerance:

@@ -338,23 +338,13 @@ class TrustEngine:
 
         t1 = time.perf_counter()
         timings["evidence"] = t1 - t0
-        # behaviour: the weighted mean of the signals' scores, summed one signal at a time
-        weights = np.asarray(st.weights, dtype=np.float64)
-        weights = weights / weights.sum()
-        behaviour_all = np.zeros(n_slots)
-        one = np.empty(n_slots)
-        for k in range(len(SIGNALS)):
-            if k != _SIG["witness"]:
-                behaviour_all += np.multiply(self.evidence.score(k, n_slots, out=one), weights[k], out=one)
-        del one
-        witness_score = self.evidence.score(_SIG["witness"], n_slots)
-        behaviour_all += witness_score * weights[_SIG["witness"]]
-
         # peer score: EigenTrust over the observations and the orchestrator's own evidence (its
         # row kept dense: it vouches for every online node, weighted by their witness scores)
+        witness_score = self.evidence.score(_SIG["witness"], n_slots)
         e_w = np.where(good == 1, witness_score[dst], -witness_score[dst])
         row = np.zeros(n_slots)
         row[online] = witness_score[online]
+        del online
         mine = src == 0
         if mine.any():  # the orchestrator's own observations join its row
             np.add.at(row, dst[mine], e_w[mine])
@@ -369,20 +359,21 @@ class TrustEngine:
         c, leak = local_trust(src, dst, e_w, n_slots, witness_score)
         del src, dst, e_w, witness_score
         leak[0] = 0.0 if total > 0 else 1.0
-        p = np.zeros(n_slots)
-        p[0] = 1.0
+        # the pre-trusted: the orchestrator and the attested nodes registered now, in equal shares
+        pre_slots = {0}
         for node_id in attested:
             slot = index.get(node_id)
-            if slot is not None:
-                p[slot] = 1.0
-        p[~active] = 0.0
-        p /= p.sum()
+            if slot is not None and active[slot]:
+                pre_slots.add(slot)
+        pre = np.array(sorted(pre_slots), dtype=np.int64)
+        pre_weight = np.full(pre.size, 1.0 / pre.size)
         start = self.global_trust[:n_slots]
         start[~active] = 0.0
         t3 = time.perf_counter()
         timings["peer_matrix"] = t3 - t2
-        eigen = eigentrust(c, leak, p, st.teleport, tolerance=st.tolerance, max_iterations=st.max_iterations,
-                           start=start if start.sum() > 0 else None, row=(0, row) if total > 0 else None)
+        eigen = eigentrust(c, leak, None, st.teleport, tolerance=st.tolerance, max_iterations=st.max_iterations,
+                           start=start if start.sum() > 0 else None, row=(0, row) if total > 0 else None,
+                           pre=(pre, pre_weight))
         del c, leak, row, start
         self.global_trust[:n_slots] = eigen.trust
         self.global_trust[n_slots:] = 0.0
@@ -390,12 +381,11 @@ class TrustEngine:
         # scaled by the median share of the nodes that are not pre-trusted (robust to a
         # few nodes holding much, and to a colluding minority holding little)
         peer = eigen.trust[slots]
-        pre = np.zeros(n_slots, dtype=bool)
-        pre[np.flatnonzero(p)] = True
-        del p
-        plain = peer[~pre[slots]]
+        is_pre = np.zeros(n_slots, dtype=bool)
+        is_pre[pre] = True
+        plain = peer[~is_pre[slots]]
         reference = float(np.median(plain, overwrite_input=True)) if plain.size else 0.0
-        del plain, pre
+        del plain, is_pre
         if reference <= 0:
             reference = float(peer.mean()) if peer.size else 0.0
         if reference > 0:
@@ -409,8 +399,22 @@ class TrustEngine:
 
         t4 = time.perf_counter()
         timings["peer_iteration"] = t4 - t3
+        # behaviour: the weighted mean of the signals' scores, summed one signal at a time (the
+        # witness score last), after the power iteration, so that its vectors are not held together
+        weights = np.asarray(st.weights, dtype=np.float64)
+        weights = weights / weights.sum()
+        behaviour_all = np.zeros(n_slots)
+        one = np.empty(n_slots)
+        for k in range(len(SIGNALS)):
+            if k != _SIG["witness"]:
+                behaviour_all += np.multiply(self.evidence.score(k, n_slots, out=one), weights[k], out=one)
+        behaviour_all += np.multiply(self.evidence.score(_SIG["witness"], n_slots, out=one), weights[_SIG["witness"]],
+                                     out=one)
+        del one
         behaviour = behaviour_all[slots]
         del behaviour_all
+        t5 = time.perf_counter()
+        timings["beta"] += t5 - t4
         combined = behaviour * st.behaviour_weight
         combined += st.peer_weight * peer
         combined /= st.behaviour_weight + st.peer_weight
@@ -418,7 +422,7 @@ class TrustEngine:
         np.minimum(combined, st.licence_cap, out=combined, where=capped)
         self.trust[slots] = combined
         self._scores = Scores(slots, behaviour, peer, combined, capped, eigen, int(good.size), dropped, new)
-        timings["combine"] = time.perf_counter() - t4
+        timings["combine"] = time.perf_counter() - t5
         return self._scores
 
     def _slots(self, ev: Evidence) -> tuple[np.ndarray, list[str]]:

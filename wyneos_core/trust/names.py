@@ -32,6 +32,9 @@ from wyneos_core.model import ORIGIN
 
 __all__ = ["SlotNames"]
 
+#: table slots bound per chunk of a tick that binds many (their positions as Python ints)
+_CHUNK = 65536
+
 
 class SlotNames(Mapping[str, int]):
     """Node id -> trust engine slot (see the module docstring)."""
@@ -148,16 +151,18 @@ class SlotNames(Mapping[str, int]):
             if reserve is not None:
                 reserve(int(fresh.size))
             ids, detached = table.ids, self.detached
-            for k, at in zip(fresh.tolist(), table_slots[fresh].tolist()):
-                node_id = ids[at]
-                slot = detached.pop(node_id, None)
-                if slot is None:
-                    slot = create(node_id, k)
-                    detached.pop(node_id, None)
-                    new.append(node_id)
-                of_table[at] = slot
-                born[at] = table.born[at]
-                slots[k] = slot
+            for lo in range(0, fresh.size, _CHUNK):  # Python ints for a chunk at a time (a cold tick: every node)
+                part = fresh[lo:lo + _CHUNK]
+                for k, at in zip(part.tolist(), table_slots[part].tolist()):
+                    node_id = ids[at]
+                    slot = detached.pop(node_id, None)
+                    if slot is None:
+                        slot = create(node_id, k)
+                        detached.pop(node_id, None)
+                        new.append(node_id)
+                    of_table[at] = slot
+                    born[at] = table.born[at]
+                    slots[k] = slot
             if len(detached) < 64 and fresh.size > 1024:
                 self.detached = dict(detached)  # a dict keeps its size after deletions: let it go
         return slots, new
