@@ -223,8 +223,10 @@ class RelayDesk:
                                              f"tick(s) of handing action {h.action_id} to {h.relay}")
                 elif h.handed_tick is None and tick - h.planned_tick > self.ack_ticks:
                     del self.handovers[key]  # the relay never came for it (silent itself?): plan again
-            # 2. plans: every waiting action of a silent node that witnesses still reach
-            for sus in suspicions.values():
+            # 2. plans: every waiting action of a silent node that witnesses still reach (only
+            # suspected nodes with an action waiting: a million silent nodes with none cost nothing)
+            waiting_for = outbox.targets()
+            for sus in [s for subject, s in suspicions.items() if subject in waiting_for] if waiting_for else ():
                 target = sus.subject
                 node = registry.get(target)
                 if node is None or node.status not in _SILENT or node.isolated or not is_agent(target):

@@ -204,6 +204,11 @@ class AgentOutbox:
                 self._signed = {k: v for k, v in self._signed.items() if k in waiting}
         return envelope
 
+    def targets(self) -> set[str]:
+        """The nodes with at least one action waiting."""
+        with self._lock:
+            return {node_id for node_id, queue in self._queues.items() if queue}
+
     def queued_now(self) -> int:
         """Actions waiting in all queues (caller may hold the lock: reads only)."""
         return sum(len(q) for q in self._queues.values())
