@@ -138,3 +138,48 @@ def test_ids_in_bulk_with_and_without_free_slots():
     assert t.ids_at(picked) == names[::-3] and t.ids_at(picked[:5]) == names[::-3][:5]
     r.deregister("n7")
     assert r.ids() == names[:7] + names[8:] and t.ids_at(t.slots()) == r.ids()
+
+
+def test_the_id_index_follows_churn_as_a_dict_would_and_costs_a_fraction_of_one():
+    import random
+    import tracemalloc
+
+    from wyneos_core.model import Heartbeat as Hb
+    from wyneos_core.names import NameIndex
+
+    r = registry()
+    t = r.table
+    assert isinstance(t.index, NameIndex)
+    rng = random.Random(3)
+    want: dict[str, int] = {}
+    for step in range(400):
+        if rng.random() < 0.3 and want:                                     # leave: the slot is freed
+            gone = rng.choice(sorted(want))
+            r.deregister(gone)
+            del want[gone]
+        elif rng.random() < 0.2:                                            # many join at once
+            fresh = [f"m{step}-{k}" for k in range(rng.randrange(1, 40))]
+            want.update(zip(fresh, r.register_many(fresh, now=NOW).tolist()))
+        else:
+            node_id = f"n{rng.randrange(300)}"
+            if node_id not in want:
+                r.register(node_id, now=NOW)
+                want[node_id] = t.slot_of(node_id)
+        asked = rng.sample(sorted(want), min(5, len(want))) + ["never", "n-1"]
+        assert t.slots_of(asked).tolist() == [want.get(a, -1) for a in asked]
+        assert all(t.ids[want[a]] == a for a in asked if a in want) and len(r) == len(want)
+    with pytest.raises(Exception, match="already registered"):
+        r.register_many(["fresh-1", next(iter(want))], now=NOW)
+    assert "fresh-1" not in r                                               # one bad id refuses them all
+    accepted, rejected = r.accept_all([Hb(a, NOW, 0.5) for a in sorted(want)] + [Hb("stranger", NOW, 0.5)], NOW)
+    assert accepted == len(want) and all(t.load[s] == 0.5 for s in want.values())
+
+    names = [f"node-{i:06d}" for i in range(50_000)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    table = registry().table
+    table.add_many(names, registered_at=NOW)
+    per_node = (tracemalloc.get_traced_memory()[0] - before) / len(names)
+    tracemalloc.stop()
+    assert per_node < 62 + 8 + 32 + 24, per_node  # columns, ids, metadata/licence/fingerprint lists, index
+    assert table.slots_of(names[::-7]).tolist() == list(range(len(names)))[::-7]

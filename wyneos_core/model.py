@@ -19,6 +19,8 @@ from enum import Enum
 from json.encoder import encode_basestring_ascii as _json_text  # json.dumps of a str
 from typing import Any, Final
 
+from wyneos_core.transitions import status_ids
+
 __all__ = [
     "ORIGIN",
     "Action",
@@ -498,6 +500,7 @@ class TickReport:
     licences: dict[str, LicenceResult] = field(default_factory=dict)
     results: list[RuleResult] = field(default_factory=list)
     rule_summary: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: a list, or a ``transitions.Transitions`` (the tick's: status changes held as columns)
     transitions: list[dict[str, Any]] = field(default_factory=list)
     proposed: list[Action] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
@@ -556,7 +559,7 @@ class TickReport:
         nodes = self.nodes
         omitted = 0
         if max_nodes is not None and len(nodes) > max_nodes:
-            changed = {t["node_id"] for t in self.transitions if t.get("kind") == "status"}
+            changed = set(status_ids(self.transitions))
             online = NodeStatus.ONLINE
             pick = getattr(nodes, "worth_a_look", None)  # nodes copied from the columns pick there
             nodes = pick(changed) if pick is not None else \
@@ -579,7 +582,7 @@ class TickReport:
             "licence_summary": self.licence_counts(),
             "results": [r.to_dict() for r in self.results],
             "rule_summary": self.rule_summary,
-            "transitions": self.transitions,
+            "transitions": list(self.transitions),
             "proposed": [a.to_dict() for a in self.proposed],
             "actions": [a.to_dict() for a in self.actions],
             "lifecycle": self.lifecycle,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import operator
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,15 +32,14 @@ _EMPTY, _GONE = -1, -2  # a cell never used; a cell whose name was removed (prob
 class NameIndex(Mapping[str, int]):
     """``name -> number`` over the owner's ``names`` list (``names[number] == name``)."""
 
-    __slots__ = ("names", "_table", "_mask", "_hashes", "_count", "_used")
+    __slots__ = ("names", "_table", "_hashes", "_count", "_used")
 
     def __init__(self, names: list[str | None]) -> None:
         self.names = names
         self._hashes = np.zeros(max(16, len(names)), np.int64)
         self._count = 0
         self._used = 0
-        self._table = array("i", [_EMPTY]) * 16
-        self._mask = 15
+        self._table = array("i", [_EMPTY]) * 16  # its size a power of two: the mask is the size less one
         present = [i for i, name in enumerate(names) if name is not None]
         if present:
             self.add_many([names[i] for i in present], np.asarray(present, np.int64))  # type: ignore[misc]
@@ -47,20 +47,21 @@ class NameIndex(Mapping[str, int]):
     # -- one name --------------------------------------------------------------------------
 
     def get(self, name: object, default: int | None = None) -> int | None:  # type: ignore[override]
+        table = self._table  # read once: a resize swaps in a whole new table (and its mask)
         try:
-            i = hash(name) & self._mask
+            i = hash(name) & (len(table) - 1)
         except TypeError:
             return default
-        n = self._table[i]  # the first cell: the usual answer, without the loop's set-up
+        n = table[i]  # the first cell: the usual answer, without the loop's set-up
         if n >= 0:
             if self.names[n] == name:
                 return n
         elif n == _EMPTY:
             return default
-        return self._probe(name, i, default)
+        return self._probe(table, name, i, default)
 
-    def _probe(self, name: object, i: int, default: int | None) -> int | None:
-        table, names, mask = self._table, self.names, self._mask
+    def _probe(self, table: array, name: object, i: int, default: int | None) -> int | None:
+        names, mask = self.names, len(table) - 1
         while True:
             i = (i + 1) & mask
             n = table[i]
@@ -90,7 +91,8 @@ class NameIndex(Mapping[str, int]):
         if (self._used + 1) * 3 > len(self._table) * 2:
             self._resize(self._count + 1)
         h = hash(name)
-        table, mask = self._table, self._mask
+        table = self._table
+        mask = len(table) - 1
         i = h & mask
         while table[i] >= 0:
             i = (i + 1) & mask
@@ -106,7 +108,8 @@ class NameIndex(Mapping[str, int]):
     def remove(self, name: str) -> int | None:
         """Forget ``name`` (before its owner frees ``names[number]``); return its number."""
         h = hash(name)
-        table, names, mask = self._table, self.names, self._mask
+        table, names = self._table, self.names
+        mask = len(table) - 1
         i = h & mask
         while True:
             n = table[i]
@@ -136,15 +139,17 @@ class NameIndex(Mapping[str, int]):
         self._hashes[numbers] = hashes
         if (self._used + count) * 3 > len(self._table) * 2:
             self._resize(self._count + count)  # the new names go in below
-        self._place(hashes, numbers)
+        self._used = self._place(self._table, hashes, numbers)
         self._count += count
 
-    def _place(self, hashes: np.ndarray, numbers: np.ndarray) -> None:
-        """Put ``numbers`` into their first free cells along their probe sequences, all
-        at once: a round writes every number still waiting into its cell, keeps those that
-        read back their own (one per cell) and moves the others one cell on."""
-        table = np.frombuffer(self._table, np.int32)
-        mask = self._mask
+    @staticmethod
+    def _place(cells: array, hashes: np.ndarray, numbers: np.ndarray) -> int:
+        """Put ``numbers`` into their first free cells of ``cells`` along their probe
+        sequences, all at once: a round writes every number still waiting into its cell,
+        keeps those that read back their own (one per cell) and moves the others one cell
+        on. Return how many cells are used."""
+        table = np.frombuffer(cells, np.int32)
+        mask = len(table) - 1
         pos = hashes & mask
         waiting = np.arange(len(numbers))
         while len(waiting):
@@ -156,20 +161,23 @@ class NameIndex(Mapping[str, int]):
             lost = waiting[~(free & (table[at] == numbers[waiting]))]
             pos[lost] = (pos[lost] + 1) & mask
             waiting = lost
-        self._used = int(np.count_nonzero(table != _EMPTY))
+        used = int(np.count_nonzero(table != _EMPTY))
         del table
+        return used
 
     def _resize(self, count: int) -> None:
+        """A table for ``count`` names, filled before it replaces the old one (a reader
+        meanwhile reads the old table whole)."""
         size = 16
         while size * 2 < count * 3 + 3:
             size *= 2
         old = np.frombuffer(self._table, np.int32)
         live = old[old >= 0].astype(np.int64)
         del old
-        self._table = array("i", [_EMPTY]) * size
-        self._mask = size - 1
-        self._used = 0
-        self._place(self._hashes[live], live)
+        table = array("i", [_EMPTY]) * size
+        used = self._place(table, self._hashes[live], live)
+        self._table = table
+        self._used = used
 
     def numbers(self, names: Sequence[object], missing: int = -1) -> np.ndarray:
         """The numbers of ``names`` (``int64``, in order; ``missing`` for a name not in
@@ -181,7 +189,7 @@ class NameIndex(Mapping[str, int]):
             return np.fromiter((missing if (n := self.get(name)) is None else n for name in names), np.int64, count)
         table = np.frombuffer(self._table, np.int32)
         stored = self._hashes
-        mask = self._mask
+        mask = len(table) - 1
         out = np.full(count, missing, np.int64)
         matched = np.zeros(count, bool)
         pos = hashes & mask
@@ -198,9 +206,13 @@ class NameIndex(Mapping[str, int]):
         del table
         found = np.flatnonzero(matched)
         if len(found):  # confirm each hit by its name (equal hashes, different names: looked up alone)
-            at = found.tolist()
-            same = list(map(operator.eq, map(self.names.__getitem__, out[found].tolist()),
-                            map(names.__getitem__, at)))
+            if len(found) == count:  # the usual answer: every name found
+                at: Any = range(count)
+                same = list(map(operator.eq, map(self.names.__getitem__, out.tolist()), names))
+            else:
+                at = found.tolist()
+                same = list(map(operator.eq, map(self.names.__getitem__, out[found].tolist()),
+                                map(names.__getitem__, at)))
             if not all(same):
                 for k, ok in zip(at, same):
                     if not ok:

@@ -15,6 +15,7 @@ import numpy as np
 from wyneos_core.intake import CheckedHeartbeat, HeartbeatColumns
 from wyneos_core.model import ORIGIN, Heartbeat, Node, NodeStatus, Observation
 from wyneos_core.telemetry_inbox import MetricBatch, MetricInbox
+from wyneos_core.transitions import StatusChanges
 from wyneos_core.nodetable import OFFLINE, ONLINE, STALE, STATUSES, UNKNOWN, NodeList, NodeTable, NodeView
 from wyneos_core.trust.observations import HeartbeatObservations, ObservationLog
 
@@ -143,7 +144,6 @@ class Registry:
         ids = list(node_ids)
         if licence_refs is not None and len(licence_refs) != len(ids):
             raise RegistryError(f"{len(licence_refs)} licence references for {len(ids)} node ids")
-        known = self.table.index
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
             twice = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
@@ -154,7 +154,8 @@ class Registry:
                 raise RegistryError(
                     f"node id {node_id!r} is not valid: 1-128 letters, digits, '_', '.', ':' or '-', "
                     "starting with a letter or digit")
-        taken = RESERVED_NODE_IDS.intersection(ids) or {i for i in ids if i in known}
+        taken = RESERVED_NODE_IDS.intersection(ids) or \
+            {ids[k] for k in np.flatnonzero(self.table.slots_of(ids) >= 0).tolist()}
         if taken:
             node_id = min(taken)
             why = "reserved (the orchestrator's own place in the mesh)" if node_id in RESERVED_NODE_IDS else \
@@ -172,14 +173,14 @@ class Registry:
         return node
 
     def get(self, node_id: str) -> NodeView | None:
-        slot = self.table.index.get(node_id) if type(node_id) is str else None
+        slot = self.table.slot_of(node_id)
         return None if slot is None else self.table.view(slot)
 
     def __getitem__(self, node_id: str) -> NodeView:
         return self.table.view(self.table.index[node_id])
 
     def __contains__(self, node_id: object) -> bool:
-        return type(node_id) is str and node_id in self.table.index
+        return self.table.slot_of(node_id) is not None  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.table)
@@ -410,16 +411,16 @@ class Registry:
         # seen once in the batch is checked and applied over the columns at once; every
         # other goes through ``accept`` in order, which checks everything (same outcome)
         t = self.table
-        get = t.index.get
         if _all_common(batch):  # the usual batch: every field read column-wise, in C
-            slots_list = list(map(get, map(_NODE_ID, batch)))
-            picked = [i for i, slot in enumerate(slots_list) if slot is not None]
-            if len(picked) < len(batch):
-                slots_list = [slots_list[i] for i in picked]
+            slots = t.slots_of(list(map(_NODE_ID, batch)))
+            if slots.min(initial=0) < 0:
+                known_at = np.flatnonzero(slots >= 0)
+                picked = known_at.tolist()
+                slots = slots[known_at]
                 common_batch = [batch[i] for i in picked]
             else:
+                picked = range(len(batch))  # type: ignore[assignment]
                 common_batch = batch
-            slots = np.fromiter(slots_list, np.int64, len(picked))
             ts = np.fromiter(map(_TIMESTAMP, common_batch), np.float64, len(picked))
             loads = list(map(_LOAD, common_batch))
             load = np.array(loads, dtype=np.float64) if None not in loads else \
@@ -430,10 +431,10 @@ class Registry:
                       and not h.metadata and not h.observations and h.fingerprint is None and h.licence_ref is None
                       and h.metrics is None for h in batch]
             picked = [i for i, ok in enumerate(common) if ok]
-            slots_list = [get(batch[i].node_id) for i in picked]
-            known = [k for k, slot in enumerate(slots_list) if slot is not None]
-            picked = [picked[k] for k in known]
-            slots = np.fromiter((slots_list[k] for k in known), np.int64, len(known))
+            slots = t.slots_of([batch[i].node_id for i in picked])
+            known_at = np.flatnonzero(slots >= 0)
+            picked = [picked[k] for k in known_at.tolist()]
+            slots = slots[known_at]
             ts = np.fromiter((batch[i].timestamp for i in picked), np.float64, len(picked))
             load = np.fromiter((_NAN if (v := batch[i].load) is None else v for i in picked), np.float64,
                                len(picked))
@@ -445,7 +446,7 @@ class Registry:
         # a node seen twice, or also in a heartbeat of another shape, goes the ordered way
         rest = set(range(len(batch))).difference(np.asarray(picked, dtype=np.int64)[fine].tolist())
         if rest:
-            others = {t.index.get(batch[i].node_id) for i in rest if type(batch[i].node_id) is str}
+            others = {t.slot_of(batch[i].node_id) for i in rest}
             others.discard(None)
             if others:
                 shared = np.isin(slots, np.fromiter(others, np.int64, len(others)))
@@ -484,14 +485,10 @@ class Registry:
         ids = batch.node_ids
         accepted = 0
         rejected: list[HeartbeatError] = []
-        try:  # the usual batch: every node known, its slots read in one C loop
-            slots = np.fromiter(map(t.index.__getitem__, ids), np.int64, len(ids))
-            found = None
-        except KeyError:
-            found = list(map(t.index.get, ids))
-        if found is not None:  # nodes the registry does not know: one by one, in full
-            known = [i for i, slot in enumerate(found) if slot is not None]
-            for i in (i for i, slot in enumerate(found) if slot is None):
+        slots = t.slots_of(ids)  # the usual batch: every node known, its slots found in one bulk lookup
+        if slots.min(initial=0) < 0:  # nodes the registry does not know: one by one, in full
+            known_at = np.flatnonzero(slots >= 0)
+            for i in np.flatnonzero(slots < 0).tolist():
                 load = batch.load.item(i)
                 try:
                     self.accept(Heartbeat(ids[i], batch.timestamp.item(i), None if load != load else load), now)
@@ -499,8 +496,8 @@ class Registry:
                     rejected.append(exc)
                 else:
                     accepted += 1
-            pick = np.array(known, dtype=np.int64)
-            slots = np.array([found[i] for i in known], dtype=np.int64)
+            pick = known_at
+            slots = slots[known_at]
             ts, load = batch.timestamp[pick], batch.load[pick]
         else:
             pick = None
@@ -550,6 +547,13 @@ class Registry:
     def refresh(self, now: float) -> dict[str, tuple[NodeStatus, NodeStatus]]:
         """Derive every node's status at ``now`` over the columns; return the changes
         ``{id: (old, new)}``."""
+        changes = self.refresh_changes(now)
+        return {node_id: (STATUSES[o], STATUSES[n])
+                for node_id, o, n in zip(changes.ids, changes.old.tolist(), changes.new.tolist())}
+
+    def refresh_changes(self, now: float) -> StatusChanges:
+        """``refresh`` with the changes as columns (no object per node: on a first tick
+        every node changes)."""
         t = self.table
         slots = t.slots()
         seen = t.last_seen[slots]
@@ -561,12 +565,11 @@ class Registry:
         old = t.status[slots]
         moved = np.flatnonzero(new != old)
         t.status[slots] = new
-        ids = t.ids
-        return {ids[s]: (STATUSES[o], STATUSES[n])  # type: ignore[misc]
-                for s, o, n in zip(slots[moved].tolist(), old[moved].tolist(), new[moved].tolist())}
+        return StatusChanges(t.ids_at(slots[moved]), old[moved], new[moved], _STATUS_VALUES)
 
 
 _NAN = float("nan")
+_STATUS_VALUES = tuple(s.value for s in STATUSES)
 _NODE_ID = operator.attrgetter("node_id")
 _TIMESTAMP = operator.attrgetter("timestamp")
 _LOAD = operator.attrgetter("load")

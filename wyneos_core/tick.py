@@ -20,6 +20,7 @@ from wyneos_core.model import (ORIGIN, Action, Delivery, Heartbeat, LicenceResul
 from wyneos_core.plugins import PluginLoadError, PluginManager
 from wyneos_core.registry import Registry
 from wyneos_core.store import ClusterStateStore, open_state_store
+from wyneos_core.transitions import Transitions
 from wyneos_core.trust.scores import TrustScores
 from wyneos_core.yamlio import LocatedError
 
@@ -262,7 +263,8 @@ class Orchestrator:
         self.start()
         now = self.clock()
         self.tick_number += 1
-        report = TickReport(tick=self.tick_number, started_at=now, missed_ticks=self.missed_ticks)
+        report = TickReport(tick=self.tick_number, started_at=now, missed_ticks=self.missed_ticks,
+                            transitions=Transitions())
         if self.startup_errors:
             report.errors.extend(self.startup_errors)
             self.startup_errors = []
@@ -297,8 +299,7 @@ class Orchestrator:
                 report.notes.append(f"node {node_id} registered itself by heartbeat; linked to the orchestrator")
         self.registry.joined.clear()
         ctx.observations = self.registry.take_observations()
-        for node_id, (old, new) in self.registry.refresh(now).items():
-            report.transitions.append({"kind": "status", "node_id": node_id, "from": old.value, "to": new.value})
+        report.transitions.add_status(self.registry.refresh_changes(now))  # dicts made when read
         nodes = self.registry.nodes()
         report.nodes = nodes
         timings["heartbeat"] = _ms(t0)

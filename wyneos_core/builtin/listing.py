@@ -29,9 +29,10 @@ import numpy as np
 
 from wyneos_core.model import Node, NodeStatus, TickReport
 from wyneos_core.nodetable import ONLINE, STATUSES
+from wyneos_core.transitions import status_ids
 
 __all__ = ["CHUNK", "Listed", "changed_ids", "licence_problems", "licence_summary", "listed", "node_chunks", "node_dicts", "pick",
-           "report_dict", "report_parts", "rows_changed", "worth_a_look"]
+           "report_dict", "report_parts", "rows_changed", "transition_chunks", "worth_a_look"]
 
 _STATUS_VALUES = [s.value for s in STATUSES]
 #: nodes per chunk of listed rows: what the report step holds at once, whatever the fleet
@@ -40,7 +41,7 @@ CHUNK = 4096
 
 def changed_ids(report: TickReport) -> set[str]:
     """Nodes whose status changed this tick, and the targets of its new actions."""
-    changed = {t["node_id"] for t in report.transitions if t.get("kind") == "status"}
+    changed = set(status_ids(report.transitions))
     changed.update(a.target for a in report.actions)
     return changed
 
@@ -67,8 +68,7 @@ def positions(nodes: Any, registry: Any, wanted: Iterable[str]) -> np.ndarray | 
     missed: list[str] = wanted
     if live is not None and wanted:
         slots = live.slots()
-        get = live.index.get
-        slot = np.fromiter((get(node_id, -1) for node_id in wanted), np.int64, len(wanted))
+        slot = live.slots_of(wanted)
         at = np.minimum(np.searchsorted(slots, slot), max(len(ids) - 1, 0))
         hit = (slot >= 0) & (at < len(ids))
         if len(ids):
@@ -233,16 +233,17 @@ def licence_summary(report: TickReport) -> dict[str, int]:
 
 
 def report_parts(report: TickReport, registry: Any, max_nodes: int | None = None) -> tuple[dict[str, Any], Any]:
-    """``report.to_dict(max_nodes)`` without its node list (``nodes`` is empty, in its
-    place), and which nodes the list holds: positions in the columns, nodes of a plain
-    list, or None for all (``node_chunks`` makes their rows a chunk at a time)."""
+    """``report.to_dict(max_nodes)`` without its node list and its transitions (both
+    empty, in their place), and which nodes the list holds: positions in the columns,
+    nodes of a plain list, or None for all (``node_chunks`` makes their rows a chunk at a
+    time; ``transition_chunks`` the transitions)."""
     nodes = report.nodes
     listed: Any = None
     omitted = 0
     if max_nodes is not None and len(nodes) > max_nodes:
         listed = worth_a_look(nodes, registry, changed_ids(report))
         omitted = len(nodes) - len(listed)
-    data = dataclasses.replace(report, nodes=[], licences={}, counted={}).to_dict()
+    data = dataclasses.replace(report, nodes=[], licences={}, counted={}, transitions=[]).to_dict()
     data["status_counts"] = report.status_counts()
     data["nodes"] = []
     data["nodes_omitted"] = omitted
@@ -265,4 +266,17 @@ def report_dict(report: TickReport, registry: Any, max_nodes: int | None = None)
     (the same document: same keys, same order, same values)."""
     data, listed = report_parts(report, registry, max_nodes)
     data["nodes"] = node_dicts(report.nodes, listed)
+    data["transitions"] = list(report.transitions)
     return data
+
+
+def transition_chunks(report: TickReport, size: int = CHUNK) -> Iterator[list[dict[str, Any]]]:
+    """The report's transitions in consecutive chunks of at most ``size`` (made as read
+    when they are a ``Transitions``: a first tick changes every node's status)."""
+    transitions = report.transitions
+    chunks = getattr(transitions, "chunks", None)
+    if chunks is not None:
+        yield from chunks(size)
+        return
+    for lo in range(0, len(transitions), size):
+        yield transitions[lo:lo + size]

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from wyneos_core import hookimpl
-from wyneos_core.builtin.listing import licence_problems, node_chunks, report_parts
+from wyneos_core.builtin.listing import licence_problems, node_chunks, report_parts, transition_chunks
 from wyneos_core.causes import action_cause
 from wyneos_core.model import Action, RuleResult, TickReport
+from wyneos_core.transitions import Transitions
 from wyneos_core.wording import examples, plural
 
 if TYPE_CHECKING:
@@ -198,8 +199,12 @@ def _rule_lines(report: TickReport, previous: TickReport | None, still: list[str
 def _grouped_transitions(report: TickReport) -> list[str]:
     status: dict[tuple[str, str], list[str]] = {}
     alerts: dict[tuple[str, str, str], list[str]] = {}
-    for t in report.transitions:
-        if t.get("kind") == "status":
+    transitions = report.transitions
+    columns = isinstance(transitions, Transitions)  # status changes grouped over their columns
+    if columns:
+        status = transitions.status_groups()  # type: ignore[attr-defined]
+    for t in transitions.held() if columns else transitions:  # type: ignore[attr-defined]
+        if t.get("kind") == "status" and not columns:
             status.setdefault((t["from"], t["to"]), []).append(t["node_id"])
         elif t.get("kind") == "rule":
             alerts.setdefault((t["rule_id"], t["from"], t["to"]), []).append(t["node_id"])
@@ -355,19 +360,20 @@ encode_json = msgspec.json.Encoder(enc_hook=_plain).encode
 
 
 def report_json(report: TickReport, registry: Any, max_nodes: int | None = None) -> Iterator[bytes]:
-    """``encode_json(report_dict(report, registry, max_nodes))`` in pieces, the node list a
-    chunk of rows at a time (``listing.CHUNK``): the same bytes, without the whole list's
-    dicts or text in memory at once (the first tick of a large fleet lists every node)."""
+    """``encode_json(report_dict(report, registry, max_nodes))`` in pieces, the node list
+    and the transitions a chunk of rows at a time (``listing.CHUNK``): the same bytes,
+    without the whole lists' dicts or text in memory at once (the first tick of a large
+    fleet lists every node, and every node's status changes)."""
     data, listed = report_parts(report, registry, max_nodes)
     yield b"{"
     for k, (key, value) in enumerate(data.items()):
         yield (b"," if k else b"") + encode_json(key) + b":"
-        if key != "nodes":
+        if key not in ("nodes", "transitions"):
             yield encode_json(value)
             continue
         yield b"["
         sep = b""
-        for chunk in node_chunks(report.nodes, listed):
+        for chunk in node_chunks(report.nodes, listed) if key == "nodes" else transition_chunks(report):
             body = encode_json(chunk)[1:-1]
             if body:
                 yield sep + body

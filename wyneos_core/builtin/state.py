@@ -31,6 +31,7 @@ from wyneos_core.builtin.decide import DecideState, state_of
 from wyneos_core.builtin.listing import licence_summary, listed, rows_changed
 from wyneos_core.model import TickReport
 from wyneos_core.store import StoreError
+from wyneos_core.transitions import status_ids
 
 if TYPE_CHECKING:
     from wyneos_core.tick import TickContext
@@ -68,7 +69,7 @@ def wyneos_tick_report(ctx: TickContext, report: TickReport) -> None:
     # at a time from the report's column copy
     wanted = None
     if not first:
-        wanted = {t["node_id"] for t in report.transitions if t.get("kind") == "status"}
+        wanted = set(status_ids(report.transitions))
         targets = {a.target for a in report.actions} - wanted
         wanted |= rows_changed(report.nodes, ctx.orchestrator.last_report, ctx.registry, targets)
     nodes = listed(report.nodes, ctx.registry, wanted)
