@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from wyneos_core.config import Config
+from wyneos_core.intake import HeartbeatColumns
 from wyneos_core.model import Heartbeat, Node, NodeStatus
 from wyneos_core.registry import Registry
 
@@ -183,3 +185,28 @@ def test_the_id_index_follows_churn_as_a_dict_would_and_costs_a_fraction_of_one(
     tracemalloc.stop()
     assert per_node < 62 + 8 + 32 + 24, per_node  # columns, ids, metadata/licence/fingerprint lists, index
     assert table.slots_of(names[::-7]).tolist() == list(range(len(names)))[::-7]
+
+
+def test_a_frozen_copy_keeps_only_a_nodes_fields_and_one_value_columns_as_that_value():
+    import tracemalloc
+
+    r = registry()
+    n = 20_000
+    r.register_many([f"n{i}" for i in range(n)], now=NOW)
+    r.accept_columns(HeartbeatColumns([f"n{i}" for i in range(n)], np.full(n, NOW), np.arange(n) / n), NOW)
+    r["n7"].isolated = True
+    r.refresh(NOW)
+    tracemalloc.start()
+    frozen = r.table.freeze()
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    t = frozen.table
+    for name in ("last_seen", "registered_at", "last_rollback", "trust", "tier", "status"):
+        assert getattr(t, name).strides == (0,), name                   # one value: held as that value
+    assert t.load.strides != (0,) and t.isolated.strides != (0,) and not hasattr(t, "licence_stamp")
+    # ids, metadata, licence refs, fingerprints (8 bytes each), load and isolation: nothing else per node
+    assert held < (4 * 8 + 8 + 1) * n + 4096, held / n
+    assert frozen[7].isolated and frozen[8].load == 8 / n and math.isnan(t.last_rollback[3])
+    assert [n.id for n in frozen.worth_a_look(set())] == ["n7"] and frozen.status_counts()["isolated"] == 1
+    r["n8"].last_rollback = NOW
+    assert frozen[8].last_rollback is None and r.table.freeze()[8].last_rollback == NOW

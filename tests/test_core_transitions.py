@@ -83,7 +83,7 @@ def test_the_fleets_status_changes_cost_a_few_bytes_a_node_not_a_dict_each():
 def test_a_first_tick_lists_every_status_change(clock):
     n = 300
     config = config_from(cluster_yaml(n))
-    orch = Orchestrator(config, clock=clock, load_entrypoints=False)
+    orch = Orchestrator(config, clock=clock, load_entrypoints=False, store=False)
     try:
         clock.advance(1)
         beat(orch, clock, *[f"n{i:02d}" for i in range(1, n + 1)])

@@ -341,10 +341,12 @@ class NodeTable:
         return out
 
     def freeze(self) -> FrozenNodes:
-        """The registered nodes' fields now, copied (the columns go on changing). A list
-        or column equal to the one of the previous freeze (while that is still held) is
-        that one, shared and read only: consecutive tick reports of a steady fleet hold
-        what did not change between them once."""
+        """The registered nodes' fields now, copied (the columns go on changing): the
+        columns a ``Node`` is made of, not the live steps' own (licence state and stamps).
+        A list or column equal to the one of the previous freeze (while that is still
+        held) is that one, shared and read only: consecutive tick reports of a steady
+        fleet hold what did not change between them once. A column whose values are all
+        one value (no rollback seen, a fleet enrolled at once) is held as that value."""
         slots = self.slots()
         whole = len(slots) == len(self.ids)
         at = None if whole else slots.tolist()
@@ -361,17 +363,21 @@ class NodeTable:
                 copy = list(values) if at is None else list(map(values.__getitem__, at))
             setattr(frozen, name, copy)
         frozen.tier_names = list(self.tier_names)
-        for name in _COLUMNS:
+        for name in _FROZEN_COLUMNS:
             column = getattr(self, name)
             before = getattr(last, name) if last is not None else None
             if before is not None and at is None and _equal(before, column[:len(slots)]):
                 copy = before  # unchanged since the last freeze: no copy at all
             else:
-                copy = column[slots]
+                values = column[:len(slots)] if at is None else column[slots]
+                copy = _one_value(values)
+                if copy is None:
+                    copy = values.copy() if at is None else values
+                    copy.flags.writeable = False
                 if before is not None and at is not None and _equal(before, copy):
                     copy = before
-                copy.flags.writeable = False
             setattr(frozen, name, copy)
+        frozen.alive = np.broadcast_to(np.ones(1, bool), (len(slots),))
         frozen.free = []
         frozen.membership = self.membership
         frozen._slots = None
@@ -392,8 +398,23 @@ class NodeTable:
             return len(LICENCE_REASONS) - 1
 
 
-_COLUMNS = ("status", "last_seen", "load", "registered_at", "isolated", "last_rollback", "trust", "tier", "alive",
-            "born", "licence_stamp", "licence_state", "licence_reason")
+
+#: the columns a frozen copy keeps (a ``Node``'s fields; every slot of a copy is alive)
+_FROZEN_COLUMNS = ("status", "last_seen", "load", "registered_at", "isolated", "last_rollback", "trust", "tier")
+
+
+def _one_value(values: np.ndarray) -> np.ndarray | None:
+    """``values`` as their one value broadcast (read only, no memory per slot) when they
+    are all one value (NaN included); None otherwise."""
+    if len(values) < 2:
+        return None
+    first = values[:1].copy()
+    v = first[0]
+    if values.dtype.kind == "f" and v != v:
+        same = bool(np.isnan(values).all())
+    else:
+        same = not bool((values != v).any())
+    return np.broadcast_to(first, values.shape) if same else None
 
 
 def _equal(a: np.ndarray, b: np.ndarray) -> bool:
