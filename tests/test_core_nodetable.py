@@ -138,8 +138,14 @@ def test_ids_in_bulk_with_and_without_free_slots():
     assert r.ids() == names and r.nodes().ids() is not t.ids               # a copy, not the live list
     picked = t.slots_of(names[::-3])
     assert t.ids_at(picked) == names[::-3] and t.ids_at(picked[:5]) == names[::-3][:5]
+    shared = r.nodes().ids()
+    assert shared is r.nodes().ids() is t.freeze().ids() == names               # one copy per membership
+    assert r.ids() is not shared and r.ids() == names                        # the caller's own list
     r.deregister("n7")
     assert r.ids() == names[:7] + names[8:] and t.ids_at(t.slots()) == r.ids()
+    assert shared == names and r.nodes().ids() == r.ids()                    # the old copy did not change
+    r.register("n7b", now=NOW)                                               # every slot taken again
+    assert r.nodes().ids() == names[:7] + ["n7b"] + names[8:] and shared == names
 
 
 def test_the_id_index_follows_churn_as_a_dict_would_and_costs_a_fraction_of_one():
@@ -204,8 +210,12 @@ def test_a_frozen_copy_keeps_only_a_nodes_fields_and_one_value_columns_as_that_v
     for name in ("last_seen", "registered_at", "last_rollback", "trust", "tier", "status"):
         assert getattr(t, name).strides == (0,), name                   # one value: held as that value
     assert t.load.strides != (0,) and t.isolated.strides != (0,) and not hasattr(t, "licence_stamp")
-    # ids, metadata, licence refs, fingerprints (8 bytes each), load and isolation: nothing else per node
-    assert held < (4 * 8 + 8 + 1) * n + 4096, held / n
+    assert len(t.metadata) == len(t.fingerprint) == n and list(t.fingerprint[:3]) == [None] * 3
+    assert t.metadata[n - 1] == {} and t.metadata[-1] == {} and type(t.fingerprint) is not list  # one value
+    with pytest.raises(IndexError):
+        t.metadata[n]
+    # ids (8 bytes), load (8) and isolation (1): metadata, licence refs, fingerprints are one value each
+    assert held < (8 + 8 + 1) * n + 4096, held / n
     assert frozen[7].isolated and frozen[8].load == 8 / n and math.isnan(t.last_rollback[3])
     assert [n.id for n in frozen.worth_a_look(set())] == ["n7"] and frozen.status_counts()["isolated"] == 1
     r["n8"].last_rollback = NOW

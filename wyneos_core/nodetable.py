@@ -52,6 +52,7 @@ with it, read only.
 from __future__ import annotations
 
 import itertools
+import operator
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -114,6 +115,7 @@ class NodeTable:
         self.fingerprint.share = _same  # type: ignore[attr-defined]  # one per machine: nothing to share
         self.metadata.version = self.licence_ref.version = self.fingerprint.version = 0  # type: ignore[attr-defined]
         self._last_frozen: weakref.ref[FrozenNodes] | None = None
+        self._ids_copy: tuple[int, list[str]] | None = None
         self.tier_names: list[str] = list(TIERS)
         self._declared: dict[str, _Dictionary] = {}
         self._version: VersionColumn | None = None
@@ -303,6 +305,14 @@ class NodeTable:
             slots = slots.tolist()
         return list(map(ids.__getitem__, slots))  # type: ignore[arg-type]
 
+    def ids_copy(self) -> list[str]:
+        """A copy of ``ids`` (every slot taken: no free slot), made once per membership:
+        every ``NodeList.ids`` and frozen copy of one membership share it (never change it)."""
+        held = self._ids_copy
+        if held is None or held[0] != self.membership:
+            held = self._ids_copy = (self.membership, list(self.ids))  # type: ignore[arg-type]
+        return held[1]
+
     def slots(self) -> np.ndarray:
         """The slots of the registered nodes, in slot order (cached until one joins or leaves)."""
         if self._slots is None or self._slots_version != self.membership:
@@ -359,8 +369,11 @@ class NodeTable:
             version = frozen.versions[name] = getattr(values, "version", 0)  # ids change with membership
             if last is not None and last.versions[name] == version:
                 copy = getattr(last, name)
+            elif name == "ids":
+                copy = self.ids_copy() if at is None else list(map(values.__getitem__, at))
             else:
-                copy = list(values) if at is None else list(map(values.__getitem__, at))
+                copy = _Repeated.of(values, len(slots)) if at is None else None
+                copy = copy or (list(values) if at is None else list(map(values.__getitem__, at)))
             setattr(frozen, name, copy)
         frozen.tier_names = list(self.tier_names)
         for name in _FROZEN_COLUMNS:
@@ -397,6 +410,37 @@ class NodeTable:
             LICENCE_REASONS.append(reason)
             return len(LICENCE_REASONS) - 1
 
+
+
+class _Repeated(Sequence[Any]):
+    """One value at every position (a frozen list whose items are all one object)."""
+
+    __slots__ = ("value", "count")
+
+    def __init__(self, value: Any, count: int) -> None:
+        self.value, self.count = value, count
+
+    @classmethod
+    def of(cls, values: list[Any], count: int) -> _Repeated | None:
+        """``values[:count]`` as one value repeated when every item is one object; else None."""
+        if count < 2:
+            return None
+        first = values[0]
+        same = all(map(operator.is_, itertools.islice(values, count), itertools.repeat(first)))
+        return cls(first, count) if same else None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, position: Any) -> Any:
+        if isinstance(position, slice):
+            return [self.value] * len(range(*position.indices(self.count)))
+        if not -self.count <= position < self.count:
+            raise IndexError(position)
+        return self.value
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.repeat(self.value, self.count)
 
 
 #: the columns a frozen copy keeps (a ``Node``'s fields; every slot of a copy is alive)
@@ -539,9 +583,11 @@ class NodeList(Sequence[Node]):
         return map(view, self.slots.tolist())
 
     def ids(self) -> list[str]:
-        """The nodes' ids in order (one list, no views)."""
+        """The nodes' ids in order (one list, no views: shared, never change it)."""
         if self._ids is None:
-            self._ids = self.table.ids_at(self.slots)
+            t = self.table
+            whole = len(self.slots) == len(t.ids) and self.slots is t._slots and t._slots_version == t.membership
+            self._ids = t.ids_copy() if whole else t.ids_at(self.slots)
         return self._ids
 
 

@@ -193,8 +193,8 @@ class Registry:
         return NodeList(self.table)
 
     def ids(self) -> list[str]:
-        """Every registered id, in slot order."""
-        return NodeList(self.table).ids()
+        """Every registered id, in slot order (a list of the caller's own)."""
+        return self.table.ids_at(self.table.slots())
 
     def isolated_ids(self) -> list[str]:
         """The ids of the isolated nodes (read from the column)."""
