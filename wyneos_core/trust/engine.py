@@ -27,6 +27,7 @@ from wyneos_core.model import ORIGIN
 from wyneos_core.trust import persist
 from wyneos_core.trust.beta import BetaEvidence
 from wyneos_core.trust.edges import EdgeReader
+from wyneos_core.trust.explain import explain_slot
 from wyneos_core.trust.fingerprints import FingerprintLog
 from wyneos_core.trust.eigentrust import EigenTrustResult, eigentrust, local_trust
 from wyneos_core.trust.names import SlotNames
@@ -563,44 +564,9 @@ class TrustEngine:
         return [names[t] for t in self.tier[slots].tolist()]
 
     def explain(self, node_id: str) -> dict[str, Any] | None:
-        """Why ``node_id`` has its trust: each signal's evidence, score, weight and pull."""
-        slot = self.index.get(node_id)
-        if slot is None or slot == 0:
-            return None
-        st = self.settings
-        r, s = self.evidence.r[:, slot], self.evidence.s[:, slot]
-        scores = (r + 1.0) / (r + s + 2.0)
-        last = self._last_evidence
-        if last is not None and slot < last.shape[2]:
-            pos, neg = last[0, :, slot] / 4.0, last[1, :, slot] / 4.0
-            r0, s0 = (r - pos) / st.forgetting, (s - neg) / st.forgetting
-            prev = (r0 + 1.0) / (r0 + s0 + 2.0)
-        else:
-            prev = scores
-        wsum = sum(st.weights)
-        share_b = st.behaviour_weight / (st.behaviour_weight + st.peer_weight)
-        signals = []
-        for i, name in enumerate(SIGNALS):
-            w = st.weights[i]
-            signals.append({
-                "signal": name, "weight": w, "positive": round(float(self.evidence.r[i, slot]), 4),
-                "negative": round(float(self.evidence.s[i, slot]), 4), "score": round(float(scores[i]), 4),
-                # how far this signal pulls the combined score away from the neutral 0.5 prior
-                "pull": round(float(share_b * w * (scores[i] - 0.5) / wsum), 4),
-                "change": round(float(scores[i] - prev[i]), 4),
-            })
-        behaviour = float(np.dot(st.weights, scores) / wsum)
-        reason = self.admission_reason.get(slot)
-        return {
-            "node_id": node_id, "trust": round(float(self.trust[slot]), 4), "tier": TIER_NAMES[self.tier[slot]],
-            "behaviour": round(behaviour, 4), "behaviour_weight": st.behaviour_weight,
-            "peer": round(float(self.peer[slot]), 4), "peer_weight": st.peer_weight,
-            "global_trust": float(self.global_trust[slot]),
-            "attested": node_id in st.attested,
-            "admission": ADMISSION_NAMES[self.admission[slot]],
-            "admission_rule": reason[0] if reason else None, "admission_reason": reason[1] if reason else None,
-            "signals": signals,
-        }
+        """Why ``node_id`` has its trust: each signal's evidence, score, weight and pull
+        (``wyneos_core.trust.explain``)."""
+        return explain_slot(self, node_id)
 
     # -- persistence (``wyneos_core.trust.persist``) -------------------------------------------
 
