@@ -190,33 +190,29 @@ class NameIndex(Mapping[str, int]):
         table = np.frombuffer(self._table, np.int32)
         stored = self._hashes
         mask = len(table) - 1
-        out = np.full(count, missing, np.int64)
-        matched = np.zeros(count, bool)
         pos = hashes & mask
-        waiting = np.arange(count)
-        while len(waiting):
-            at = pos[waiting]
-            cells = table[at].astype(np.int64)
-            hit = (cells >= 0) & (stored[np.maximum(cells, 0)] == hashes[waiting])
+        cells = table[pos].astype(np.int64)  # the first cell of each: most names are there
+        hit = (cells >= 0) & (stored[cells] == hashes)  # a negative cell reads a hash it then ignores
+        matched = hit
+        out = np.where(hit, cells, missing)
+        waiting = np.flatnonzero(~hit & (cells != _EMPTY))
+        while len(waiting):  # the others: one cell on, a round at a time
+            pos[waiting] = (pos[waiting] + 1) & mask
+            cells = table[pos[waiting]].astype(np.int64)
+            hit = (cells >= 0) & (stored[cells] == hashes[waiting])
             out[waiting[hit]] = cells[hit]
             matched[waiting[hit]] = True
-            go_on = ~hit & (cells != _EMPTY)
-            waiting = waiting[go_on]
-            pos[waiting] = (pos[waiting] + 1) & mask
+            waiting = waiting[~hit & (cells != _EMPTY)]
         del table
         found = np.flatnonzero(matched)
         if len(found):  # confirm each hit by its name (equal hashes, different names: looked up alone)
-            if len(found) == count:  # the usual answer: every name found
-                at: Any = range(count)
-                same = list(map(operator.eq, map(self.names.__getitem__, out.tolist()), names))
-            else:
-                at = found.tolist()
-                same = list(map(operator.eq, map(self.names.__getitem__, out[found].tolist()),
-                                map(names.__getitem__, at)))
-            if not all(same):
-                for k, ok in zip(at, same):
-                    if not ok:
-                        n = self.get(names[k])
-                        out[k] = missing if n is None else n
-                        matched[k] = n is not None
+            at: Any = range(count) if len(found) == count else found.tolist()
+            mine = out.tolist() if len(found) == count else out[found].tolist()
+            asked = names if len(found) == count else [names[k] for k in at]
+            if len(mine) > 1 and list(operator.itemgetter(*mine)(self.names)) == list(asked):
+                return out  # every hit is its own name (one C comparison of two lists)
+            for k, ok in zip(at, map(operator.eq, map(self.names.__getitem__, mine), asked)):
+                if not ok:
+                    n = self.get(names[k])
+                    out[k] = missing if n is None else n
         return out
