@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="session_batched,session_single,signed_batched,signed_single")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="run the soak instead of the modes")
     p.add_argument("--interval", type=float, default=6.0, help="soak: seconds between a node's heartbeats")
+    p.add_argument("--tick", type=float, default=None, metavar="SECONDS",
+                   help="the server's tick interval (default: 1 s for the modes, 2 s for the soak)")
     p.add_argument("--relays", type=int, default=0, help="soak: wyneos relay processes between generator and server")
     p.add_argument("--sessions", choices=["handshake", "ticket"], default="handshake",
                    help="soak: open every session by a handshake, or seal tickets (then --handshake-sample measures)")
@@ -309,13 +311,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--relays, --sessions ticket and --warm-up go with --soak")
 
     load0 = load_average()
-    result: dict = {"nodes": args.nodes, "cpus": os.cpu_count(), "load_average_start": load0,
+    if args.tick is not None and not 0.05 <= args.tick <= 3600:
+        p.error("--tick must be 0.05-3600 seconds")
+    result: dict = {"nodes": args.nodes, "cpus": os.cpu_count(), "load_average_start": load0, "tick_s": args.tick,
                     "connections": args.connections, "batch": args.batch}
     with tempfile.TemporaryDirectory(prefix="wyneos-bench-") as tmp:
         tmp_path = Path(tmp)
         soaking = args.soak > 0
         (tmp_path / "config.yaml").write_text(CONFIG.format(
-            threads=args.verify_threads, tick=1.0 if not soaking else 2.0,
+            threads=args.verify_threads, tick=args.tick or (1.0 if not soaking else 2.0),
             interval=args.interval, stale=3 * args.interval, offline=8 * args.interval,
             max_nodes=args.nodes + 10, rate=1000000.0 if not soaking else 1.0, burst=1000000 if not soaking else 10,
             max_sessions=2 * args.nodes + 10))
