@@ -294,13 +294,13 @@ class NodeTable:
 
     def ids_at(self, slots: Iterable[int] | np.ndarray) -> list[str]:
         """The ids of the nodes in ``slots`` (each a registered node's slot), in order:
-        every slot in order is a copy of ``ids``; many are gathered as pointers (no Python
-        ``int`` per slot)."""
+        every slot in order is a copy of ``ids``; a large share of them are gathered as
+        pointers (no Python ``int`` per slot), a few one by one (no pass over every id)."""
         ids = self.ids
         if isinstance(slots, np.ndarray):
             if len(slots) == len(ids) and slots is self._slots and self._slots_version == self.membership:
                 return list(ids)  # type: ignore[arg-type]  # slots() with no free slot: every slot, in order
-            if len(slots) > 256:
+            if len(slots) > 256 and len(slots) * 8 > len(ids):
                 return np.asarray(ids, dtype=object)[slots].tolist()  # type: ignore[no-any-return]
             slots = slots.tolist()
         return list(map(ids.__getitem__, slots))  # type: ignore[arg-type]
