@@ -24,12 +24,32 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NameIndex"]
+__all__ = ["LookupMapping", "NameIndex"]
 
 _EMPTY, _GONE = -1, -2  # a cell never used; a cell whose name was removed (probing goes on past it)
 
 
-class NameIndex(Mapping[str, int]):
+class LookupMapping(Mapping[Any, Any]):
+    """A read-only mapping whose ``get`` is the one lookup (None: missing; no value is
+    None): ``[]`` and ``in`` are made from it. Subclasses give ``get``, ``__iter__``
+    and ``__len__``."""
+
+    __slots__ = ()
+
+    def get(self, key: Any, default: Any = None) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None
+
+
+class NameIndex(LookupMapping):
     """``name -> number`` over the owner's ``names`` list (``names[number] == name``)."""
 
     __slots__ = ("names", "_table", "_hashes", "_count", "_used")
@@ -69,15 +89,6 @@ class NameIndex(Mapping[str, int]):
                 return default
             if n >= 0 and names[n] == name:
                 return n
-
-    def __getitem__(self, name: str) -> int:
-        n = self.get(name)
-        if n is None:
-            raise KeyError(name)
-        return n
-
-    def __contains__(self, name: object) -> bool:
-        return self.get(name) is not None
 
     def __len__(self) -> int:
         return self._count

@@ -22,13 +22,14 @@ is bound to the engine slot of its id (from ``detached``) or to a new one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
 import numpy as np
 
 from wyneos_core.model import ORIGIN
+from wyneos_core.names import LookupMapping
 
 __all__ = ["SlotNames"]
 
@@ -36,7 +37,7 @@ __all__ = ["SlotNames"]
 _CHUNK = 65536
 
 
-class SlotNames(Mapping[str, int]):
+class SlotNames(LookupMapping):
     """Node id -> trust engine slot (see the module docstring)."""
 
     __slots__ = ("ids", "detached", "table", "of_table", "born")
@@ -64,15 +65,6 @@ class SlotNames(Mapping[str, int]):
     def get(self, node_id: Any, default: Any = None) -> Any:
         slot = self._bound(node_id)
         return self.detached.get(node_id, default) if slot is None else slot
-
-    def __getitem__(self, node_id: str) -> int:
-        slot = self.get(node_id)
-        if slot is None:
-            raise KeyError(node_id)
-        return slot
-
-    def __contains__(self, node_id: object) -> bool:
-        return self.get(node_id) is not None
 
     def __iter__(self) -> Iterator[str]:
         yield from self.detached

@@ -12,15 +12,17 @@ groups of slots are set or cleared with one scatter (``set_many``, ``clear_many`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from wyneos_core.names import LookupMapping
+
 __all__ = ["SlotReasons"]
 
 
-class SlotReasons(Mapping[int, tuple[str, str]]):
+class SlotReasons(LookupMapping):
     """Engine slot -> (rule, reason) of the nodes held out of admission (module docstring)."""
 
     __slots__ = ("code", "pairs", "_code_of")
@@ -63,15 +65,6 @@ class SlotReasons(Mapping[int, tuple[str, str]]):
             return default
         code = int(self.code[slot])
         return default if code < 0 else self.pairs[code]
-
-    def __getitem__(self, slot: int) -> tuple[str, str]:
-        pair = self.get(slot)
-        if pair is None:
-            raise KeyError(slot)
-        return pair
-
-    def __contains__(self, slot: object) -> bool:
-        return self.get(slot) is not None
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.slots().tolist())
