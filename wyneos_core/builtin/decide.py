@@ -60,287 +60,59 @@ the same node within ``decide.flap_window_ticks`` ticks (capped at
 longer and longer instead of being isolated and reinstated every few ticks.
 """
 
+
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from wyneos_core import consensus as _consensus
+from wyneos_core import hookimpl
+from wyneos_core.action_params import action_problem
+from wyneos_core.builtin.decide_consensus import consensus_gate, report_consensus
+from wyneos_core.builtin.decide_mesh import TreeChildren, partitioned_nodes, stranded_nodes, tree_children, would_strand
+from wyneos_core.builtin.decide_safety import flap_probation, licence_safety_stop, safety_reasons, trim_flap_history
+from wyneos_core.builtin.decide_state import (
+    ISOLATING,
+    RESEND,
+    RETRYABLE,
+    DecideState,
+    InForce,
+    Probation,
+    event,
+    in_force_actions,
+    state_of,
+)
 from wyneos_core.enforcement.gate import gate_of as _gate_of
 from wyneos_core.enforcement.journal import journal_of as _journal_of
 from wyneos_core.enforcement.overrides import OPERATOR
-from wyneos_core import hookimpl
-from wyneos_core.action_params import action_problem
-from wyneos_core.mesh import ArrayParents
-from wyneos_core.nodetable import STATUS_CODE
 from wyneos_core.model import ORIGIN, Action, ActionType, NodeStatus, PluginError, Severity
-from wyneos_core.wording import plural
 
 if TYPE_CHECKING:
-    from wyneos_core.tick import Orchestrator, TickContext
+    from wyneos_core.tick import TickContext
 
 __all__ = [
     "DecideState",
     "InForce",
     "ISOLATING",
     "Probation",
+    "RESEND",
+    "RETRYABLE",
     "event",
     "in_force_actions",
     "state_of",
     "would_strand",
 ]
 
-ISOLATING = frozenset({ActionType.ISOLATE.value})
-_UNHEALTHY = (NodeStatus.OFFLINE, NodeStatus.STALE)
-_UNHEALTHY_CODES = [STATUS_CODE[s] for s in _UNHEALTHY]
+#: the name ``builtin.propagate`` imports it by
+_stranded = stranded_nodes
+
 #: action types whose target must be a registered node (their effect changes that node)
 _NODE_TARGETED = frozenset({
     ActionType.ISOLATE.value, ActionType.REINSTATE.value, ActionType.REDUCE_LOAD.value,
     ActionType.REDISTRIBUTE.value, ActionType.QUARANTINE.value, ActionType.GATE_FEATURE.value,
     ActionType.DEGRADE.value,
 })
-#: undelivered reasons worth another try in a later tick
-RETRYABLE = frozenset({"offline", "partition", "relay_failed"})
-#: pending marker of an action restored without its delivery record: carry it to all targets again
-RESEND = "*"
-
-
-@dataclass(slots=True)
-class InForce:
-    """An approved action and what is known of it since."""
-
-    action: Action
-    first_tick: int
-    #: last tick its cause proposed it
-    last_tick: int
-    #: target -> reason, for targets that have not acknowledged it yet (redelivered later)
-    pending: dict[str, str] = field(default_factory=dict)
-    #: the action as carried to its targets (with the load moves planned for it)
-    carried: Action | None = None
-
-
-@dataclass(slots=True)
-class Probation:
-    """A node whose isolation cleared, waiting to be reinstated."""
-
-    since: int
-    required: int
-
-
-@dataclass(slots=True)
-class DecideState:
-    """What the decide step remembers across ticks (rebuilt from the store on restart)."""
-
-    in_force: dict[str, InForce] = field(default_factory=dict)
-    probation: dict[str, Probation] = field(default_factory=dict)
-    #: node id -> ticks at which it was isolated (flap history, trimmed to the window)
-    isolations: dict[str, list[int]] = field(default_factory=dict)
-    #: action id -> "deferred" | "suppressed" | "rejected", to report a hold once rather than every tick
-    held: dict[str, str] = field(default_factory=dict)
-    #: whether a safety stop was on in the previous tick
-    stopped: bool = False
-    #: nodes whose ``metadata["restrictions"]`` the orchestrator maintains
-    restricted: set[str] = field(default_factory=set)
-    #: node id -> first tick of its current run of stale/offline ticks (correlated failures)
-    unhealthy_since: dict[str, int] = field(default_factory=dict)
-    #: the reason code of the licence safety stop of the previous tick ("" when off)
-    licence_stopped: str = ""
-
-
-def event(ctx: TickContext, action: Action, state: str, detail: str = "", **extra: Any) -> None:
-    """Append one lifecycle transition of ``action`` to the tick report."""
-    entry = {"action_id": action.id, "type": action.type, "target": action.target, "state": state,
-             "detail": detail}
-    if extra:
-        entry.update(extra)
-    ctx.report.lifecycle.append(entry)
-
-
-def state_of(orchestrator: Orchestrator) -> DecideState:
-    """The decide state of ``orchestrator``, restored from its store the first time."""
-    state = getattr(orchestrator, "_decide_state", None)
-    if state is None:
-        state = DecideState()
-        if orchestrator.store is not None:
-            _restore(state, orchestrator)
-        orchestrator._decide_state = state  # type: ignore[attr-defined]
-    return state
-
-
-def _restore(state: DecideState, orchestrator: Orchestrator) -> None:
-    store = orchestrator.store
-    assert store is not None
-    tick = store.last_tick()
-    for row in store.actions("in_force"):
-        action = Action(row["type"], row["target"], row["reason"], row["origin"],
-                        Severity(row["severity"]), row["params"], row["id"])
-        state.in_force[action.id] = InForce(action, row["first_tick"], row["last_tick"])
-    _restore_deliveries(state, store)
-    window = orchestrator.config["decide"]["flap_window_ticks"]
-    kinds = {row["id"]: row for row in store.actions()}
-    for ev in store.action_events(since_tick=max(0, tick - window)):
-        row = kinds.get(ev["action_id"])
-        if row is not None and row["type"] in ISOLATING and ev["state"] == "approved":
-            state.isolations.setdefault(row["target"], []).append(ev["tick"])
-    isolated_by_action = {h.action.target for h in state.in_force.values() if h.action.type in ISOLATING}
-    probation = orchestrator.config["decide"]["probation_ticks"]
-    for node_id in orchestrator.registry.isolated_ids():
-        if node_id not in isolated_by_action:
-            state.probation[node_id] = Probation(tick, probation)
-
-
-def _restore_deliveries(state: DecideState, store: Any) -> None:
-    """Pending targets and carried params of the actions in force, from the store.
-
-    An action in force with no stored delivery outcome at all (the orchestrator stopped
-    between approving it and recording its deliveries) is carried again, to every
-    target, in the next tick.
-    """
-    reader = getattr(store, "action_outcomes", None)
-    if reader is None or not state.in_force:
-        return
-    outcomes, carried = reader(list(state.in_force))
-    for action_id, held in state.in_force.items():
-        rows = outcomes.get(action_id)
-        params = carried.get(action_id)
-        if params is not None:
-            a = held.action
-            held.carried = Action(a.type, a.target, a.reason, a.origin, a.severity, params, id=a.id)
-        if rows is None:
-            held.pending = {RESEND: "restart"}  # marker: carry again to all its targets
-            continue
-        held.pending = {t: r for t, (ok, r) in rows.items() if not ok and r in RETRYABLE}
-
-
-# -- what the mesh says --------------------------------------------------------------------
-
-
-def _partitioned(ctx: TickContext) -> set[str]:
-    mesh = ctx.mesh
-    reach = ctx.mesh_tree().parent
-    isolated = mesh.isolated
-    registry = ctx.registry
-    if isinstance(reach, ArrayParents):  # the few vertices without a path, from the arrays
-        return {v for v in reach.unreached() if v not in isolated and v in registry}
-    return {n.id for n in registry if n.id not in reach and n.id not in isolated and n.id in mesh}
-
-
-def _stranded(ctx: TickContext, partitioned: set[str]) -> set[str]:
-    """The nodes of ``partitioned`` that only the orchestrator's own isolations cut off:
-    they would have a mesh path again if the isolated nodes' edges were back."""
-    if not partitioned or not ctx.mesh.isolated:
-        return set()
-    return partitioned & ctx.mesh.reachable_if_reinstated()
-
-
-def would_strand(ctx: TickContext, target: str, blocked: set[str], children: Any) -> list[str]:
-    """The vertices that cutting ``target`` (with ``blocked`` cut too) would leave without
-    a mesh path to the orchestrator.
-
-    Searches outward from ``target``'s children in the tick's structural tree and stops
-    at the first vertex whose tree path avoids ``target`` and ``blocked`` (a way in),
-    so on a well-meshed cluster it looks at a handful of vertices.
-
-    :param children: the structural tree's children by parent (see ``_children``).
-    """
-    parent = ctx.mesh_tree().parent
-    neighbours = ctx.mesh.neighbours
-    cut = blocked | {target}
-
-    def way_in(v: str) -> bool:
-        while v != ORIGIN:
-            if v in cut:
-                return False
-            nxt = parent.get(v)
-            if nxt is None:
-                return False
-            v = nxt
-        return True
-
-    escaped: set[str] = set()
-    stranded: list[str] = []
-    for child in children.get(target, ()):
-        if child in escaped or child in cut:
-            continue
-        seen = {child}
-        frontier = [child]
-        ok = False
-        while frontier and not ok:
-            nxt = []
-            for v in frontier:
-                for w in neighbours(v):
-                    if w in seen or w in cut:
-                        continue
-                    if w in escaped or way_in(w):
-                        ok = True
-                        break
-                    seen.add(w)
-                    nxt.append(w)
-                if ok:
-                    break
-            frontier = nxt
-        if ok:
-            escaped |= seen
-        else:
-            stranded.extend(seen)
-    return stranded
-
-
-class _Children:
-    """The structural tree's children by parent, found when asked (``get``)."""
-
-    __slots__ = ("parent", "_by_parent")
-
-    def __init__(self, parent: Any) -> None:
-        self.parent = parent
-        self._by_parent: dict[str, list[str]] | None = None
-
-    def get(self, vertex: str, default: Any = ()) -> Any:
-        if isinstance(self.parent, ArrayParents):
-            return self.parent.children(vertex) or default
-        if self._by_parent is None:
-            self._by_parent = {}
-            for v, p in self.parent.items():
-                self._by_parent.setdefault(p, []).append(v)
-        return self._by_parent.get(vertex, default)
-
-
-def _children(ctx: TickContext) -> _Children:
-    return _Children(ctx.mesh_tree().parent)
-
-
-def _correlated(state: DecideState, window: int) -> tuple[int, int]:
-    """Largest number of still-unhealthy nodes that turned unhealthy within ``window``
-    ticks of each other, and the first tick of that span."""
-    counts = Counter(state.unhealthy_since.values())
-    if not counts:
-        return 0, 0
-    ticks = sorted(counts)
-    best = best_start = 0
-    total = 0
-    lo = 0
-    for hi, t in enumerate(ticks):
-        total += counts[t]
-        while t - ticks[lo] >= window:
-            total -= counts[ticks[lo]]
-            lo += 1
-        if total > best:
-            best, best_start = total, ticks[lo]
-    return best, best_start
-
-
-def _flap_probation(state: DecideState, node_id: str, tick: int, settings: dict[str, Any]) -> int:
-    history = state.isolations.get(node_id, [])
-    recent = [t for t in history if tick - t <= settings["flap_window_ticks"]]
-    state.isolations[node_id] = recent
-    base = settings["probation_ticks"]
-    if len(recent) <= 1:
-        return base
-    return min(settings["max_probation_ticks"], max(base, 1) * 2 ** (len(recent) - 1))
 
 
 def _hold(ctx: TickContext, state: DecideState, action: Action, kind: str, detail: str) -> bool:
@@ -358,48 +130,6 @@ def _problem(action: Action, registry: Any) -> str | None:
     return action_problem(action.type, action.params)
 
 
-def _safety(ctx: TickContext, state: DecideState, settings: dict[str, Any], partitioned: set[str],
-            stranded: set[str]) -> tuple[list[str], float]:
-    """Why automatic isolation must stop this tick (empty: it need not), and the
-    unhealthy fraction."""
-    tick = ctx.tick
-    total = len(ctx.registry)
-    since = state.unhealthy_since
-    table = ctx.registry.table  # stale or offline, from the status column, in slot order
-    slots = table.slots()
-    status = table.status[slots]
-    ids = table.ids
-    sick_ids = [ids[s] for s in slots[np.isin(status, _UNHEALTHY_CODES)].tolist()]
-    sick = set(sick_ids)
-    unhealthy = len(sick)
-    for node_id in [k for k in since if k not in sick]:
-        del since[node_id]
-    for node_id in sick_ids:
-        if node_id not in since:
-            since[node_id] = tick
-    unhealthy += sum(1 for node_id in partitioned if node_id not in sick and node_id not in stranded
-                     and node_id in ctx.registry)
-    cut = len(partitioned) - len(stranded & partitioned)
-    reasons: list[str] = []
-    if not total:
-        return reasons, 0.0
-    fraction = unhealthy / total
-    if fraction > settings["max_unhealthy_fraction"]:
-        reasons.append(f"{unhealthy}/{total} nodes ({fraction:.0%}) look unhealthy, more than "
-                       f"decide.max_unhealthy_fraction={settings['max_unhealthy_fraction']:g}")
-    if cut / total > settings["max_partitioned_fraction"]:
-        reasons.append(f"{cut}/{total} nodes ({cut / total:.0%}) have no mesh path to the "
-                       f"orchestrator, more than decide.max_partitioned_fraction="
-                       f"{settings['max_partitioned_fraction']:g}")
-    window = settings["correlated_window_ticks"]
-    group, start = _correlated(state, window)
-    if group >= settings["min_correlated_nodes"] and group / total > settings["max_correlated_fraction"]:
-        reasons.append(f"{group}/{total} nodes ({group / total:.0%}) went silent within {window} tick(s) of "
-                       f"each other (from tick {start}) and are still silent, more than "
-                       f"decide.max_correlated_fraction={settings['max_correlated_fraction']:g}: a partition or "
-                       "an outage on the orchestrator's side is likelier than that many failures at once")
-    return reasons, fraction
-
 
 @hookimpl(trylast=True)
 def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
@@ -413,9 +143,9 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         unique.setdefault(action.id, action)
     unique = _graduated(ctx, state, unique)
 
-    partitioned = _partitioned(ctx)
-    stranded = _stranded(ctx, partitioned)
-    reasons, fraction = _safety(ctx, state, settings, partitioned, stranded)
+    partitioned = partitioned_nodes(ctx)
+    stranded = stranded_nodes(ctx, partitioned)
+    reasons, fraction = safety_reasons(ctx, state, settings, partitioned, stranded)
     safety_stop = bool(reasons)
     if safety_stop:
         ctx.note("safety stop: " + "; ".join(reasons) + ": automatic isolation paused "
@@ -428,15 +158,15 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
                  "isolations in force (not counted as a partition): "
                  + ", ".join(sorted(stranded)[:5]) + (" ..." if len(stranded) > 5 else ""))
     budget = settings["max_isolations_per_tick"]
-    gate = _consensus_gate(ctx, state)
+    gate = consensus_gate(ctx, state)
     verdicts: dict[str, _consensus.Verdict] = {}
-    licence_stop = _licence_stop(ctx, state, settings)
+    licence_stop = licence_safety_stop(ctx, state, settings)
     frozen = 0
 
     decided: list[Action] = []
     deferred = suppressed = 0
     strand_notes: list[str] = []
-    children: _Children | None = None
+    children: TreeChildren | None = None
     approved_cuts: set[str] = set()
     cut_off = {h.action.target for h in state.in_force.values() if h.action.type in ISOLATING}
     for action in unique.values():
@@ -494,7 +224,7 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
                 deferred += 1
                 continue
             if children is None:
-                children = _children(ctx)
+                children = tree_children(ctx)
             cut_away = would_strand(ctx, action.target, cut_off | approved_cuts, children)
             healthy = sorted(v for v in cut_away if (n := registry.get(v)) is not None
                              and n.status is NodeStatus.ONLINE and not n.isolated)
@@ -534,14 +264,14 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         del state.held[action_id]
 
     if gate is not None:
-        _consensus_report(ctx, gate, verdicts, unique)
+        report_consensus(ctx, gate, verdicts, unique)
 
     if frozen:
         ctx.note(f"licence safety stop: {frozen} licence action(s) not approved")
     _clear(ctx, state, settings, safety_stop, partitioned - stranded, licence_stop is not None)
     decided.extend(_reinstate(ctx, state, settings))
     if tick % 100 == 0:
-        _trim(state, tick, settings)
+        trim_flap_history(state, tick, settings)
     ctx.scratch["decide"] = {
         "in_force": len(state.in_force),
         "safety_stop": safety_stop,
@@ -570,75 +300,6 @@ def _graduated(ctx: TickContext, state: DecideState, unique: dict[str, Action]) 
     return gate.screen(ctx, unique, state.in_force, event)
 
 
-def _consensus_gate(ctx: TickContext, state: DecideState) -> _consensus.ConsensusState | None:
-    """The tick's consensus bookkeeping (witness observations in, suspects followed).
-
-    Suspects are the nodes the orchestrator no longer hears (``state.unhealthy_since``,
-    kept by ``_safety``); isolated ones are already cut off and left out.
-    """
-    gate = _consensus.state_of(ctx.orchestrator)
-    registry = ctx.registry
-    silent = {n: t for n, t in state.unhealthy_since.items() if (node := registry.get(n)) is not None
-              and not node.isolated}
-    weights = ctx.scratch.get("witness_weights")
-    refused = {r.get("node_id") for r in ctx.report.heartbeats_rejected if isinstance(r, dict)}
-    gate.update(ctx.tick, ctx.now, ctx.observations, registry, silent,
-                float(ctx.config["heartbeat"]["interval"]), weights if isinstance(weights, dict) else None,
-                (n for n in refused if isinstance(n, str) and n in registry))
-    return gate
-
-
-def _consensus_report(ctx: TickContext, gate: _consensus.ConsensusState, verdicts: dict[str, _consensus.Verdict],
-                      unique: dict[str, Action]) -> None:
-    """The report's ``consensus`` section: every severe action decided on this tick with
-    its witnesses or what it waits for."""
-    listed = []
-    waiting = 0
-    for action_id, verdict in verdicts.items():
-        if not verdict.approved:
-            waiting += 1
-        if len(listed) < _consensus.REPORT_LIMIT:
-            listed.append(verdict.to_dict(unique[action_id]))
-    ctx.report.consensus = {**gate.summary(), "actions": listed, "waiting": waiting,
-                            "actions_omitted": max(0, len(verdicts) - len(listed))}
-    if waiting:
-        ctx.note(f"consensus: {plural(waiting, 'severe action')} {'waits' if waiting == 1 else 'wait'} for witness "
-                 "confirmation "
-                 f"(consensus.witnesses={gate.settings.witnesses})")
-
-
-def _trim(state: DecideState, tick: int, settings: dict[str, Any]) -> None:
-    """Forget flap history older than the window (nodes that stopped flapping long ago)."""
-    window = settings["flap_window_ticks"]
-    for node_id in [n for n, ticks in state.isolations.items() if not ticks or tick - ticks[-1] > window]:
-        del state.isolations[node_id]
-
-
-def _licence_stop(ctx: TickContext, state: DecideState, settings: dict[str, Any]) -> str | None:
-    """The licence safety stop: why licence actions are frozen this tick (None: they are not).
-
-    When every licensed node fails for one orchestrator-side reason (``fleet_fault``) the
-    orchestrator does not punish the fleet for its own fault: no new action for that
-    ``licence_reason`` is approved and no licence action in force is cleared. Said as an
-    error of kind ``licence_safety_stop`` every tick it holds (and a note when it lifts).
-    """
-    from wyneos_core.builtin.licence import fleet_fault
-
-    fault = fleet_fault(ctx.report.licences, settings["licence_stop_min_nodes"])
-    if fault is None:
-        if state.licence_stopped:
-            ctx.note(f"licence safety stop lifted ({state.licence_stopped} no longer fails every node): "
-                     "licence actions resume")
-        state.licence_stopped = ""
-        return None
-    code, why = fault
-    state.licence_stopped = code
-    text = (f"licence safety stop: {why}; licence actions frozen (none for {code} approved, "
-            "none in force cleared)")
-    ctx.report.errors.append(PluginError("decide", "wyneos_decide", text, kind="licence_safety_stop"))
-    return text
-
-
 def _clear(ctx: TickContext, state: DecideState, settings: dict[str, Any], safety_stop: bool,
            partitioned: set[str], licence_frozen: bool = False) -> None:
     tick = ctx.tick
@@ -656,7 +317,7 @@ def _clear(ctx: TickContext, state: DecideState, settings: dict[str, Any], safet
         still_isolated = any(h.action.target == action.target and h.action.type in ISOLATING
                              for h in state.in_force.values())
         if action.type in ISOLATING and action.target in ctx.registry and not still_isolated:
-            required = _flap_probation(state, action.target, tick, settings)
+            required = flap_probation(state, action.target, tick, settings)
             state.probation[action.target] = Probation(tick, required)
 
 
@@ -681,13 +342,3 @@ def _reinstate(ctx: TickContext, state: DecideState, settings: dict[str, Any]) -
             event(ctx, action, "approved", f"probation {prob.required} tick(s)")
             out.append(action)
     return out
-
-
-def in_force_actions(orchestrator: Orchestrator) -> list[dict[str, Any]]:
-    """Every action in force, as dicts with ``first_tick``, ``last_tick`` and ``pending``."""
-    state = state_of(orchestrator)
-    return [
-        {**held.action.to_dict(), "first_tick": held.first_tick, "last_tick": held.last_tick,
-         "pending": dict(held.pending)}
-        for held in state.in_force.values()
-    ]
