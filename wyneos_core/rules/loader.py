@@ -344,7 +344,7 @@ def load_ruleset(path: str | Path, *, text: str | None = None, default_engine: s
     ruleset = Ruleset(rs_name, stage, engine, tuple(rules), name, data.get("description", ""),
                       dict(labels) if isinstance(labels, dict) else {}, data.get("mode"), data.get("reload_mode"))
     if engine == "durable":
-        from wyneos_core.rules.durable import MAX_DURABLE_RULES, DurableUnsupported, translate
+        from wyneos_core.rules.durable_translate import MAX_DURABLE_RULES, DurableUnsupported, translate
 
         if len(rules) > MAX_DURABLE_RULES:
             raise fail(("rules",), f"{len(rules)} rules, more than the {MAX_DURABLE_RULES} the durable engine "
