@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load0 = load_average()
     if args.tick is not None and not 0.05 <= args.tick <= 3600:
-        p.error("--tick must be 0.05-3600 seconds")
+        p.error(f"--tick must be 0.05-3600 seconds, not {args.tick:g}")
     result: dict = {"nodes": args.nodes, "cpus": os.cpu_count(), "load_average_start": load0, "tick_s": args.tick,
                     "connections": args.connections, "batch": args.batch}
     with tempfile.TemporaryDirectory(prefix="wyneos-bench-") as tmp:

@@ -38,6 +38,14 @@ def test_bench_heartbeats_runs_small_and_counts_applied_heartbeats(tmp_path):
         assert isinstance(result[key], (int, float)) and result[key] >= 0
 
 
+def test_bench_heartbeats_names_a_bad_tick_and_its_value(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _bench().main(["--tick", "0.01"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--tick must be 0.05-3600 seconds, not 0.01" in err
+
+
 def test_bench_heartbeats_soak_runs_small_and_loses_nothing(tmp_path):
     out = tmp_path / "soak.json"
     assert _bench().main(["--nodes", "100", "--soak", "5", "--interval", "1", "--connections", "2",
