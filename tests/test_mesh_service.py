@@ -192,7 +192,8 @@ def test_probe_checks_the_neighbours_key_and_signature(tmp_path):
 
 
 def test_service_refuses_bad_observations_naming_the_field(tmp_path):
-    from wyneos_core.service.core import Unprocessable, _heartbeat
+    from wyneos_core.service.outcomes import Unprocessable
+    from wyneos_core.service.signed_intake import _heartbeat
     from wyneos_core.service.identity import SignedItem, sign_request
 
     key = generate_key()

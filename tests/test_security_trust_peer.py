@@ -102,11 +102,11 @@ def test_observations_carry_their_age_and_stale_ones_count_for_nothing(tmp_path,
     finally:
         prober.close()
     # the orchestrator does not count an observation older than the bound either
-    from wyneos_core.service.core import _observations
+    from wyneos_core.service.signed_intake import observations
 
     fresh = {"subject": "b", "reachable": True, "rtt_ms": 1.0, "last_seq": 3, "age_s": 2.5}
-    assert [o.subject for o in _observations("a", [fresh])] == ["b"]
-    assert _observations("a", [{**fresh, "age_s": 31.0}]) == ()
+    assert [o.subject for o in observations("a", [fresh])] == ["b"]
+    assert observations("a", [{**fresh, "age_s": 31.0}]) == ()
 
 
 def test_silent_sockets_on_the_peer_endpoint_hold_a_bounded_number_of_threads(tmp_path):

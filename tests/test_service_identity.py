@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from service_helpers import Node, add_token, make_service, write_config
 
 from wyneos_core.licensing.keys import generate_key, public_bytes
-from wyneos_core.service.core import ItemResult, _verify_chunk
+from wyneos_core.service.outcomes import ItemResult
+from wyneos_core.service.signed_intake import verify_chunk
 from wyneos_core.service.identity import SignedItem, b64e, sign_request, verify_signature
 from wyneos_core.service.server import ServerThread
 
@@ -115,7 +116,7 @@ def test_threaded_batch_verification_answers_like_one_thread_item_by_item(enroll
     expected.append("replay")
     now = time.time()
     threaded = service.verify_all(items, now)
-    serial = _verify_chunk(items, service.keys)
+    serial = verify_chunk(items, service.keys)
     assert len(threaded) == len(items) >= 64  # big enough for the verifier threads
     assert [_summary(v) for v in threaded] == [_summary(v) for v in serial]
     results = service.accept(items, threaded, now)

@@ -22,7 +22,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from wyneos_core import __version__
 from wyneos_core.builtin.drift import drift_record
-from wyneos_core.service.core import ENROL_PATH, HEARTBEAT_PATH, Service, Unprocessable
+from wyneos_core.service.core import Service
+from wyneos_core.service.outcomes import ENROL_PATH, HEARTBEAT_PATH, Unprocessable
 from wyneos_core.service.enforcement_api import add_enforcement_routes
 from wyneos_core.service.fleet_api import add_fleet_routes
 from wyneos_core.service.heartbeat_api import HeartbeatAPI, fast_route

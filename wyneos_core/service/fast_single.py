@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from wyneos_core.service.core import HEARTBEAT_PATH
+from wyneos_core.service.outcomes import HEARTBEAT_PATH
 from wyneos_core.service.heartbeat_api import HEADER_SESSION, INTERNAL_ERROR, HeartbeatAPI, slow_body
 
 __all__ = ["FastSingle"]

@@ -38,7 +38,8 @@ from typing import Any
 
 import msgspec
 
-from wyneos_core.service.core import HEARTBEAT_PATH, ItemResult, Service, Unprocessable
+from wyneos_core.service.core import Service
+from wyneos_core.service.outcomes import HEARTBEAT_PATH, ItemResult, Unprocessable
 from wyneos_core.service.identity import HEADER_NODE, HEADER_SIGNATURE, AuthError, SignedItem, b64e
 from wyneos_core.service.session_intake import SessionIntake
 from wyneos_core.service.sessions import NONCE_PATH, SESSION_PATH, HandshakeRequest, Session, answer_mac

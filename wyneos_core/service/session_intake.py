@@ -25,8 +25,9 @@ import numpy as np
 from wyneos_core.intake import BatchError, CheckedHeartbeat, DecodeError, HeartbeatBody, HeartbeatColumns, QueueFull, \
     decode_body
 from wyneos_core.registry import RESERVED_METADATA, HeartbeatError
-from wyneos_core.service.core import ItemResult, Service, Unprocessable
-from wyneos_core.service.core import _observations  # the same parsing as for signed bodies
+from wyneos_core.service.core import Service
+from wyneos_core.service.outcomes import ItemResult, Unprocessable
+from wyneos_core.service.signed_intake import observations  # the same parsing as for signed bodies
 from wyneos_core.service.identity import AuthError
 from wyneos_core.service.sessions import Session, ack_mac, ack_macs
 
@@ -334,10 +335,10 @@ class SessionIntake:
                         metadata = None
                 # witness observations: MACed with the session key, so authenticated to the
                 # orchestrator as a signature would make them (``signed``)
-                observations = () if data.observations is None else _observations(node_id, data.observations)
+                witnessed = () if data.observations is None else observations(node_id, data.observations)
                 hb = CheckedHeartbeat(node_id, now if data.timestamp is None else data.timestamp, data.load,
                                       {} if metadata is None else metadata, fp, data.licence_ref,
-                                      observations, data.metrics)
+                                      witnessed, data.metrics)
                 check(hb, orch_now)
             except (DecodeError, Unprocessable, HeartbeatError) as exc:
                 refused[index] = ItemResult(422, "invalid", exc.reason, node_id, exc.field)
