@@ -16,9 +16,11 @@ verified and the session key derived), prepares every request before the clock s
 Batched rounds go one after the other (every node once per round, a round only after
 the previous one was answered), so no heartbeat overtakes an older one of its node;
 single requests of one node always travel on the same connection, in order. Each
-batched phase ends when the server's tick has **applied** the queue to the registry
-(``/metrics``: empty queue, then one more finished tick), and its rate counts the
-heartbeats applied (``wyneos_heartbeats_applied_total``), not HTTP answers. The
+batched phase ends when every heartbeat the API accepted has been **applied** to the
+registry (``/metrics``: ``wyneos_heartbeats_applied_total`` plus
+``..._rejected_by_registry_total`` up by that many; the server applies relays' batches
+to the registry's columns as they are queued, between ticks, ``service.applier``), and
+its rate counts the heartbeats applied, not HTTP answers. The
 requests go over ``--connections`` keep-alive connections, one thread each, written
 and read as raw HTTP/1.1 on sockets (so the generator's own cost stays small).
 
@@ -73,8 +75,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its two helper modules, however it is loaded
 
-from heartbeat_http import (PATH, batches, body_of, cpu_seconds, drained, load_average, pct,  # noqa: E402
-                            request_bytes, scrape, send_parts)
+from heartbeat_http import (PATH, applied_all, batches, body_of, cpu_seconds, drained, load_average,  # noqa: E402
+                            pct, request_bytes, scrape, send_parts)
 from heartbeat_soak import mint_sessions, soak, start_relays, stop  # noqa: E402
 
 from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes  # noqa: E402
@@ -172,7 +174,7 @@ def run_batched(host: str, port: int, pid: int, rounds: list[list[bytes]], conne
         for k, v in rs.items():
             statuses[k] = statuses.get(k, 0) + v
     sent_s = time.perf_counter() - t0
-    after = drained(host, port)
+    after = applied_all(host, port, before, ok)  # every heartbeat the API accepted, applied to the registry
     elapsed = time.perf_counter() - t0
     cpu1 = cpu_seconds(pid)
     applied = int(after.get("wyneos_heartbeats_applied_total", 0) - before.get("wyneos_heartbeats_applied_total", 0))

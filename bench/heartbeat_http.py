@@ -149,6 +149,23 @@ def drained(host: str, port: int, timeout: float = 600.0) -> dict[str, float]:
         time.sleep(0.05)
 
 
+def applied_all(host: str, port: int, before: dict[str, float], want: int, timeout: float = 600.0) -> dict[str, float]:
+    """Wait until ``want`` more heartbeats than at ``before`` (a ``scrape``) were applied to
+    the registry or refused by it (``wyneos_heartbeats_applied_total`` and
+    ``..._rejected_by_registry_total``; the server applies relays' batches as they come,
+    between ticks, and a tick applies the rest; bounded)."""
+    deadline = time.monotonic() + timeout
+    a0 = before.get("wyneos_heartbeats_applied_total", 0) + before.get("wyneos_heartbeats_rejected_by_registry_total", 0)
+    while True:
+        m = scrape(host, port)
+        done = m.get("wyneos_heartbeats_applied_total", 0) + m.get("wyneos_heartbeats_rejected_by_registry_total", 0)
+        if done - a0 >= want:
+            return m
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{int(done - a0)} of {want} heartbeats applied")
+        time.sleep(0.01)
+
+
 def pct(values: list[float], q: int) -> float:
     if not values:
         return 0.0

@@ -38,6 +38,7 @@ from wyneos_core.model import ORIGIN, TickReport
 from wyneos_core.registry import RegistryError
 from wyneos_core.service import signed_actions as sa
 from wyneos_core.service.action_acks import ActionAcks
+from wyneos_core.service.applier import Applier
 from wyneos_core.service.enrolment import Enrolment, hash_token, new_token
 from wyneos_core.service.identity import KeyCache, NonceWindow
 from wyneos_core.service.limits import RateLimiter
@@ -141,6 +142,9 @@ class Service(Enrolment, SignedIntake, ActionAcks):
                                      secret=self.okey.sign(b"wyneos-session-tickets-v1"))
         self.outbox = AgentOutbox(self._is_agent, sign=self._sign_action, ttl=ACTION_TTL)
         orchestrator.pm.register(self.outbox, AgentOutbox.__wyneos_name__)
+        # relays' batches applied to the registry's columns as they come, between ticks (applier)
+        self.applier = Applier(self)
+        orchestrator.pm.register(self.applier, Applier.__wyneos_name__)
         # compliance mesh: each agent's signed neighbour list rides on the answer to its heartbeat
         from wyneos_core.service.peer import NeighbourBook
 
@@ -340,7 +344,7 @@ class Service(Enrolment, SignedIntake, ActionAcks):
             report = self.orchestrator.tick()
             in_force = in_force_actions(self.orchestrator)
             self._publish(report, in_force)
-        self.metrics.observe_tick(report, self.orchestrator.missed_ticks, in_force)
+        self.metrics.observe_tick(report, self.orchestrator.missed_ticks, in_force, self.applier.taken)
         self.metrics.outbox.set(self.outbox.depth())
         self._log_licence_stop(report)
         if report.tick % _ACK_PRUNE_EVERY == 0:
@@ -422,6 +426,7 @@ class Service(Enrolment, SignedIntake, ActionAcks):
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="wyneos-tick", daemon=True)
         self._thread.start()
+        self.applier.start()
 
     def _run(self) -> None:
         try:
@@ -432,6 +437,7 @@ class Service(Enrolment, SignedIntake, ActionAcks):
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self.applier.stop(timeout)
         if self.ha is not None:
             self.ha.interrupt()
         if self._thread is not None:

@@ -196,6 +196,8 @@ class HeartbeatAPI:
                     accepted += 1
                 else:
                     refused[i] = r
+        if accepted:
+            self.service.applier.wake()
         listed = [{"index": i, **refused[i].to_dict()} for i in sorted(refused)[:1000]]
         status = 202 if accepted or not refused else listed[0]["status"]
         # the acknowledgements cover ``now`` as the server time (a relay cannot move it)
@@ -222,6 +224,7 @@ class HeartbeatAPI:
         if taken is None:
             return None
         count, acks = taken
+        self.service.applier.wake()  # applied to the registry's columns now, not at the next tick
         self._count("accepted", count)
         answer: dict[str, Any] = {"accepted": count, "refused": 0, "results": [],
                                   "server_time": now if acks is not None else self.clock()}

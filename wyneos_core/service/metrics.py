@@ -143,10 +143,13 @@ class ServiceMetrics:
         for kind in ("held_by_budget", "excepted", "held_by_override"):
             self.held.labels(kind)
 
-    def observe_tick(self, report: TickReport, missed: int, in_force: list[dict[str, Any]]) -> None:
-        self.applied.inc(report.heartbeats_accepted)  # before last_tick: a reader of both sees it
-        if report.heartbeats_rejected:
-            self.registry_rejected.inc(len(report.heartbeats_rejected))
+    def observe_tick(self, report: TickReport, missed: int, in_force: list[dict[str, Any]],
+                     counted: tuple[int, int] = (0, 0)) -> None:
+        """The tick's figures; ``counted``: of its heartbeats accepted and rejected, how many
+        were counted already, when applied between ticks (``service.applier``)."""
+        self.applied.inc(report.heartbeats_accepted - counted[0])  # before last_tick: a reader of both sees it
+        if len(report.heartbeats_rejected) > counted[1]:
+            self.registry_rejected.inc(len(report.heartbeats_rejected) - counted[1])
         self.ticks.inc()
         self.tick_duration.observe(report.duration_ms / 1000.0)
         if missed > self._missed:
