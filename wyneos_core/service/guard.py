@@ -26,6 +26,13 @@ A protocol made with ``single`` (a ``service.fast_single.FastSingle``) answers t
 common single session heartbeat itself, without uvicorn's request cycle and task: the
 same answer, in one write (see that module).
 
+Timers cost a single heartbeat's CPU too (each ``call_later`` and its ``cancel`` a few
+µs): the head and body deadlines are armed only when a chunk ends with the head or the
+body still incomplete (counted from that chunk, as before), and each connection keeps
+one keep-alive timer, moved on when it fires, instead of one armed after every answer
+and cancelled by the next request (the same rule: closed when no byte came within
+``timeout_keep_alive`` of the last answer).
+
 Besides, a response's head and the first write after it leave in **one** send
 (:class:`_Coalescing`): uvicorn writes the head and the body of a response
 separately, and on loopback each ``send`` costs the server the receiver's side of
@@ -124,6 +131,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._fast_timer: asyncio.TimerHandle | None = None
         self._fast_skip = False  # the rest of a message answered already (408): ignored
         self._fast_close = False  # shutting down: close after the answer
+        self._idle_since: float | None = None  # when the last answer was complete, no byte since (keep-alive)
+        self._keepalive: asyncio.TimerHandle | None = None
         super().connection_made(_Coalescing(transport, self.loop))  # type: ignore[arg-type]
         self._head_bytes = 0
         self._reading_head = True
@@ -149,11 +158,15 @@ class _GuardedProtocol(HttpToolsProtocol):
         _closing(self.server_state).discard(id(self))
         self._cancel_head_timer()
         self._fast_end()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self._body_in_chunk = 0
         self._skip = 0
+        self._idle_since = None  # not idle: the keep-alive deadline counts from the next answer
         super().data_received(data)
         if self._reading_head and not self.transport.is_closing():
             # the head is still incomplete after this chunk: count the chunk's bytes
@@ -161,14 +174,17 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._head_bytes += len(data) - self._skip
             if self._head_bytes > self.max_header_bytes:
                 self._refuse(_TOO_LARGE)
+            elif self._head_timer is None:  # its deadline counts from this chunk, where it began
+                self._arm_head_timer()
+        elif self._fast_body is not None and self._fast_timer is None and not self.transport.is_closing():
+            # a body taken by ``single`` still incomplete: its deadline counts from this chunk
+            self._fast_timer = self.loop.call_later(self.single.body_timeout, self._fast_timed_out)
 
     def on_message_begin(self) -> None:
         self._fast_skip = False
         self._reading_head = True
         self._head_bytes = 0
         self._skip = self._body_in_chunk
-        if self._head_timer is None:
-            self._arm_head_timer()
         super().on_message_begin()
 
     def on_body(self, body: bytes) -> None:
@@ -217,8 +233,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         if wanted is None:
             return False
         self._fast_headers = wanted
-        self._fast_body = []
-        self._fast_timer = self.loop.call_later(single.body_timeout, self._fast_timed_out)
+        self._fast_body = []  # its deadline is armed only if the body is still incomplete after this chunk
         return True
 
     def _fast_end(self) -> None:
@@ -237,10 +252,10 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def _fast_reply(self, status: int, data: bytes, extra: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         """Write the answer as uvicorn writes the ASGI route's (head and body at once)."""
-        content = [STATUS_LINE[status]]
+        content = [STATUS_LINE[status], _defaults(self.server_state),
+                   b"content-type: application/json\r\ncontent-length: ", str(len(data)).encode(), b"\r\n"]
         close = False
-        for name, value in (*self.server_state.default_headers, (b"content-type", b"application/json"),
-                            (b"content-length", str(len(data)).encode()), *extra):
+        for name, value in extra:
             name = name.lower()
             if name == b"connection" and b"close" in [t.lower().strip() for t in value.split(b",")]:
                 close = True
@@ -257,11 +272,36 @@ class _GuardedProtocol(HttpToolsProtocol):
         self.on_response_complete()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            idle = _idle(self.server_state)
-            idle[id(self)] = self
-            idle.move_to_end(id(self))
+        # uvicorn's, with one keep-alive timer per connection moved on when it fires instead
+        # of one armed after every answer and cancelled by the next request (see the module)
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_since = now = self.loop.time()
+            if self._keepalive is None:
+                self._keepalive = self.loop.call_at(now + self.timeout_keep_alive, self._keepalive_due)
+        idle = _idle(self.server_state)
+        idle[id(self)] = self
+        idle.move_to_end(id(self))
+
+    def _keepalive_due(self) -> None:
+        """Close the connection if no byte came in ``timeout_keep_alive`` seconds after the
+        last answer (uvicorn's rule); else look again when that time is up."""
+        self._keepalive = None
+        since = self._idle_since
+        if since is None or self.transport.is_closing():  # a request since: its answer arms it again
+            return
+        due = since + self.timeout_keep_alive
+        if self.loop.time() < due:
+            self._keepalive = self.loop.call_at(due, self._keepalive_due)
+        else:
+            self.timeout_keep_alive_handler()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -299,6 +339,16 @@ class _GuardedProtocol(HttpToolsProtocol):
     def _close(self) -> None:
         _closing(self.server_state).add(id(self))
         self.transport.close()
+
+
+def _defaults(state: Any) -> bytes:
+    """uvicorn's default headers (``date``, set again every second) as they are written."""
+    headers = state.default_headers
+    held = getattr(state, "wyneos_defaults", None)
+    if held is None or held[0] is not headers:
+        block = b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value in headers)
+        held = state.wyneos_defaults = (headers, block)
+    return held[1]
 
 
 def _idle(state: Any) -> OrderedDict[int, _GuardedProtocol]:
