@@ -64,6 +64,7 @@ longer and longer instead of being isolated and reinstated every few ticks.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from wyneos_core import consensus as _consensus
@@ -130,13 +131,174 @@ def _problem(action: Action, registry: Any) -> str | None:
     return action_problem(action.type, action.params)
 
 
+@dataclass(slots=True)
+class _Round:
+    """One tick's decisions: what the checks read, and what they counted."""
+
+    ctx: TickContext
+    state: DecideState
+    safety_stop: bool
+    partitioned: set[str]
+    stranded: set[str]
+    #: new automatic isolations still allowed this tick (``decide.max_isolations_per_tick``)
+    budget: int
+    gate: _consensus.ConsensusState | None
+    licence_stop: str | None
+    #: targets of the isolations in force or approved this tick
+    cut_off: set[str]
+    verdicts: dict[str, _consensus.Verdict] = field(default_factory=dict)
+    #: targets of the automatic isolations approved this tick (cut too when checking strands)
+    approved_cuts: set[str] = field(default_factory=set)
+    children: TreeChildren | None = None
+    frozen: int = 0
+    deferred: int = 0
+    suppressed: int = 0
+    strand_notes: list[str] = field(default_factory=list)
+
+    def hold(self, action: Action, kind: str, detail: str) -> bool:
+        return _hold(self.ctx, self.state, action, kind, detail)
+
+    def new_isolation(self, action: Action) -> bool:
+        """Whether ``action`` is a new automatic isolation (the limits below hold those)."""
+        return action.type in ISOLATING and action.target not in self.cut_off and action.origin != OPERATOR
+
+
+# -- the checks, in order: the first that returns True has dealt with the action this tick ---
+
+
+def _in_force_already(r: _Round, action: Action) -> bool:
+    held = r.state.in_force.get(action.id)
+    if held is None:
+        return False
+    held.last_tick = r.ctx.tick  # its cause still holds
+    return True
+
+
+def _rejected(r: _Round, action: Action) -> bool:
+    problem = _problem(action, r.ctx.registry)
+    if problem is None:
+        return False
+    if r.hold(action, "rejected", problem):
+        r.ctx.report.errors.append(PluginError(
+            "decide", "wyneos_decide",
+            f"action {action.type} for {action.target!r:.60} (origin {action.origin!r:.40}, id {action.id}) "
+            f"refused: {problem}", kind="invalid_result"))
+    return True
+
+
+def _licence_frozen(r: _Round, action: Action) -> bool:
+    if not (r.licence_stop and action.params.get("licence_reason") == r.state.licence_stopped):
+        return False
+    r.hold(action, "suppressed", "licence safety stop")
+    r.frozen += 1
+    return True
+
+
+def _isolation_resumed(r: _Round, action: Action) -> bool:
+    """The node is still cut off, waiting out its probation: the isolation resumes."""
+    state, tick = r.state, r.ctx.tick
+    if not (action.type in ISOLATING and action.target not in r.cut_off and action.target in state.probation):
+        return False
+    del state.probation[action.target]
+    r.cut_off.add(action.target)
+    state.isolations.setdefault(action.target, []).append(tick)
+    state.held.pop(action.id, None)
+    state.in_force[action.id] = InForce(action, tick, tick)
+    event(r.ctx, action, "proposed", action.reason)
+    event(r.ctx, action, "approved", "resumed: the node is still isolated (probation interrupted)")
+    event(r.ctx, action, "in_force", "edges still cut")
+    return True
+
+
+def _awaiting_witnesses(r: _Round, action: Action) -> bool:
+    """Consensus: a severe action on a silent node waits for its witnesses."""
+    gate = r.gate
+    if (gate is None or action.origin == OPERATOR or not gate.gates(action)
+            or (action.type in ISOLATING and action.target in r.cut_off)):
+        return False
+    subject = gate.subject_of(action)
+    mesh, registry = r.ctx.mesh, r.ctx.registry
+    peers = (sum(1 for v in mesh.neighbours(subject) if v != ORIGIN)
+             if subject is not None and subject in mesh else 0)
+    verdict = r.verdicts[action.id] = gate.verdict(action, registry.get(subject) if subject else None,
+                                                   len(registry), peers)
+    if verdict.approved:
+        return False
+    r.hold(action, "awaiting_witnesses", verdict.detail)
+    return True
+
+
+def _safety_stopped(r: _Round, action: Action) -> bool:
+    if not (r.safety_stop and r.new_isolation(action)):
+        return False
+    r.hold(action, "suppressed", "safety stop")
+    r.suppressed += 1
+    return True
+
+
+def _partition_held(r: _Round, action: Action) -> bool:
+    if not (r.new_isolation(action) and action.target in r.partitioned and action.target not in r.stranded):
+        return False
+    r.hold(action, "suppressed", "target is in a mesh partition")
+    r.suppressed += 1
+    return True
+
+
+def _rate_limited(r: _Round, action: Action) -> bool:
+    if not (r.budget <= 0 and r.new_isolation(action)):
+        return False
+    r.hold(action, "deferred", "decide.max_isolations_per_tick reached")
+    r.deferred += 1
+    return True
+
+
+def _strand_held(r: _Round, action: Action) -> bool:
+    """An isolation that would cut healthy nodes off from the orchestrator waits for an operator."""
+    if not r.new_isolation(action):
+        return False
+    if r.children is None:
+        r.children = tree_children(r.ctx)
+    registry = r.ctx.registry
+    cut_away = would_strand(r.ctx, action.target, r.cut_off | r.approved_cuts, r.children)
+    healthy = sorted(v for v in cut_away if (n := registry.get(v)) is not None
+                     and n.status is NodeStatus.ONLINE and not n.isolated)
+    if not healthy:
+        return False
+    names = ", ".join(healthy[:5]) + (f" and {len(healthy) - 5} more" if len(healthy) > 5 else "")
+    r.hold(action, "suppressed", f"would cut {len(healthy)} healthy node(s) off from the orchestrator: {names}")
+    r.strand_notes.append(f"{action.target} (would strand {names})")
+    r.suppressed += 1
+    return True
+
+
+_CHECKS = (_in_force_already, _rejected, _licence_frozen, _isolation_resumed, _awaiting_witnesses,
+           _safety_stopped, _partition_held, _rate_limited, _strand_held)
+
+
+def _approve(r: _Round, action: Action) -> None:
+    state, tick, ctx = r.state, r.ctx.tick, r.ctx
+    if r.new_isolation(action):
+        r.budget -= 1
+        r.approved_cuts.add(action.target)
+    state.held.pop(action.id, None)
+    event(ctx, action, "proposed", action.reason)
+    verdict = r.verdicts.get(action.id)
+    if verdict is None:
+        event(ctx, action, "approved")
+    else:
+        event(ctx, action, "approved", f"{verdict.basis}: {verdict.detail}", witnesses=verdict.witnesses)
+    state.in_force[action.id] = InForce(action, tick, tick)
+    if action.type in ISOLATING and action.target not in r.cut_off:
+        r.cut_off.add(action.target)
+        state.probation.pop(action.target, None)
+        state.isolations.setdefault(action.target, []).append(tick)
+
 
 @hookimpl(trylast=True)
 def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
     state = state_of(ctx.orchestrator)
     settings = ctx.config["decide"]
     tick = ctx.tick
-    registry = ctx.registry
 
     unique: dict[str, Action] = {}
     for action in proposed:
@@ -157,106 +319,23 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         ctx.note(f"stranded: {len(stranded)} node(s) have no mesh path to the orchestrator only because of "
                  "isolations in force (not counted as a partition): "
                  + ", ".join(sorted(stranded)[:5]) + (" ..." if len(stranded) > 5 else ""))
-    budget = settings["max_isolations_per_tick"]
     gate = consensus_gate(ctx, state)
-    verdicts: dict[str, _consensus.Verdict] = {}
     licence_stop = licence_safety_stop(ctx, state, settings)
-    frozen = 0
+    r = _Round(ctx, state, safety_stop, partitioned, stranded, settings["max_isolations_per_tick"], gate,
+               licence_stop, {h.action.target for h in state.in_force.values() if h.action.type in ISOLATING})
 
     decided: list[Action] = []
-    deferred = suppressed = 0
-    strand_notes: list[str] = []
-    children: TreeChildren | None = None
-    approved_cuts: set[str] = set()
-    cut_off = {h.action.target for h in state.in_force.values() if h.action.type in ISOLATING}
     for action in unique.values():
-        manual = action.origin == OPERATOR  # an operator override: no automatic limit holds it
-        held = state.in_force.get(action.id)
-        if held is not None:
-            held.last_tick = tick
-            continue
-        problem = _problem(action, registry)
-        if problem is not None:
-            if _hold(ctx, state, action, "rejected", problem):
-                ctx.report.errors.append(PluginError(
-                    "decide", "wyneos_decide",
-                    f"action {action.type} for {action.target!r:.60} (origin {action.origin!r:.40}, id {action.id}) "
-                    f"refused: {problem}", kind="invalid_result"))
-            continue
-        if licence_stop and action.params.get("licence_reason") == state.licence_stopped:
-            _hold(ctx, state, action, "suppressed", "licence safety stop")
-            frozen += 1
-            continue
-        if action.type in ISOLATING and action.target not in cut_off and action.target in state.probation:
-            # the node is still cut off, waiting out its probation: the isolation resumes
-            del state.probation[action.target]
-            cut_off.add(action.target)
-            state.isolations.setdefault(action.target, []).append(tick)
-            state.held.pop(action.id, None)
-            state.in_force[action.id] = InForce(action, tick, tick)
-            event(ctx, action, "proposed", action.reason)
-            event(ctx, action, "approved", "resumed: the node is still isolated (probation interrupted)")
-            event(ctx, action, "in_force", "edges still cut")
-            continue
-        # -- consensus: a severe action on a silent node waits for its witnesses ----------------
-        if gate is not None and not manual and gate.gates(action) and not (action.type in ISOLATING and action.target in cut_off):
-            subject = gate.subject_of(action)
-            mesh = ctx.mesh
-            peers = (sum(1 for v in mesh.neighbours(subject) if v != ORIGIN)
-                     if subject is not None and subject in mesh else 0)
-            verdict = verdicts[action.id] = gate.verdict(action, registry.get(subject) if subject else None,
-                                                         len(registry), peers)
-            if not verdict.approved:
-                _hold(ctx, state, action, "awaiting_witnesses", verdict.detail)
-                continue
-        # -- end of consensus ---------------------------------------------------------------------
-        if action.type in ISOLATING and action.target not in cut_off and not manual:
-            if safety_stop:
-                _hold(ctx, state, action, "suppressed", "safety stop")
-                suppressed += 1
-                continue
-            if action.target in partitioned and action.target not in stranded:
-                _hold(ctx, state, action, "suppressed", "target is in a mesh partition")
-                suppressed += 1
-                continue
-            if budget <= 0:
-                _hold(ctx, state, action, "deferred", "decide.max_isolations_per_tick reached")
-                deferred += 1
-                continue
-            if children is None:
-                children = tree_children(ctx)
-            cut_away = would_strand(ctx, action.target, cut_off | approved_cuts, children)
-            healthy = sorted(v for v in cut_away if (n := registry.get(v)) is not None
-                             and n.status is NodeStatus.ONLINE and not n.isolated)
-            if healthy:
-                names = ", ".join(healthy[:5]) + (f" and {len(healthy) - 5} more" if len(healthy) > 5 else "")
-                _hold(ctx, state, action, "suppressed",
-                      f"would cut {len(healthy)} healthy node(s) off from the orchestrator: {names}")
-                strand_notes.append(f"{action.target} (would strand {names})")
-                suppressed += 1
-                continue
-            budget -= 1
-            approved_cuts.add(action.target)
-        state.held.pop(action.id, None)
-        event(ctx, action, "proposed", action.reason)
-        verdict = verdicts.get(action.id)
-        if verdict is None:
-            event(ctx, action, "approved")
-        else:
-            event(ctx, action, "approved", f"{verdict.basis}: {verdict.detail}", witnesses=verdict.witnesses)
-        state.in_force[action.id] = InForce(action, tick, tick)
-        decided.append(action)
-        if action.type in ISOLATING and action.target not in cut_off:
-            cut_off.add(action.target)
-            state.probation.pop(action.target, None)
-            state.isolations.setdefault(action.target, []).append(tick)
-    if deferred:
-        ctx.note(f"rate limit: {deferred} isolation(s) deferred to the next tick "
+        if not any(check(r, action) for check in _CHECKS):
+            _approve(r, action)
+            decided.append(action)
+    if r.deferred:
+        ctx.note(f"rate limit: {r.deferred} isolation(s) deferred to the next tick "
                  f"(decide.max_isolations_per_tick={settings['max_isolations_per_tick']})")
-    if strand_notes:
+    if r.strand_notes:
         ctx.note("strand hold: isolation not applied automatically, the target is the only way in for healthy "
-                 "nodes: " + "; ".join(strand_notes[:5]) + (" ..." if len(strand_notes) > 5 else ""))
-    partition_holds = suppressed - len(strand_notes)
+                 "nodes: " + "; ".join(r.strand_notes[:5]) + (" ..." if len(r.strand_notes) > 5 else ""))
+    partition_holds = r.suppressed - len(r.strand_notes)
     if partition_holds and not safety_stop:
         ctx.note(f"partition hold: {partition_holds} isolation(s) of nodes in a mesh partition not approved")
     # holds whose cause went away are forgotten, so a new hold is reported again
@@ -264,10 +343,10 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         del state.held[action_id]
 
     if gate is not None:
-        report_consensus(ctx, gate, verdicts, unique)
+        report_consensus(ctx, gate, r.verdicts, unique)
 
-    if frozen:
-        ctx.note(f"licence safety stop: {frozen} licence action(s) not approved")
+    if r.frozen:
+        ctx.note(f"licence safety stop: {r.frozen} licence action(s) not approved")
     _clear(ctx, state, settings, safety_stop, partitioned - stranded, licence_stop is not None)
     decided.extend(_reinstate(ctx, state, settings))
     if tick % 100 == 0:
@@ -279,14 +358,14 @@ def wyneos_decide(ctx: TickContext, proposed: Sequence[Action]) -> list[Action]:
         "unhealthy_fraction": round(fraction, 4),
         "partitioned": partitioned - stranded,
         "stranded": stranded,
-        "deferred": deferred,
-        "suppressed": suppressed,
+        "deferred": r.deferred,
+        "suppressed": r.suppressed,
         "licence_stop": licence_stop,
     }
     _journal_of(ctx.orchestrator).record(ctx, _gate_of(ctx.orchestrator), decided)
     if gate is not None:
         ctx.scratch["consensus"] = {"discounted": set(gate.discounted),
-                                    "waiting": {unique[i].target for i, v in verdicts.items() if not v.approved}}
+                                    "waiting": {unique[i].target for i, v in r.verdicts.items() if not v.approved}}
     return decided
 
 
