@@ -1,0 +1,479 @@
+"""A hostile review of the heartbeat intake: the applier (batches applied between ticks),
+the connection guard's timers and the single session fast path, each attacked on a real
+``wyneos serve`` (and ``wyneos relay``) on 127.0.0.1. Every wait is a bounded loop; no
+test asserts a duration."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pytest
+from service_helpers import Node, make_service, wait_for, write_config
+
+from wyneos_core import hookimpl
+from wyneos_core.licensing.keys import public_bytes
+from wyneos_core.service.server import ServerThread
+from wyneos_core.service.sessions import mac
+
+KEY = bytes(range(32))
+LIMITS = {"header_timeout": 1.0, "idle_timeout": 1.0, "body_timeout": 1.0}
+
+
+class Reports:
+    """Test plugin: the sum of every tick report's accepted heartbeats and refusals."""
+
+    __wyneos_name__ = "test-reports"
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.rejected = 0
+        self.ticks = 0
+
+    @hookimpl
+    def wyneos_tick_report(self, ctx: Any, report: Any) -> None:
+        self.accepted += report.heartbeats_accepted
+        self.rejected += len(report.heartbeats_rejected)
+        self.ticks += 1
+
+
+def _config(tmp_path, interval: float = 0.2, max_queue: int | None = None):
+    path = write_config(tmp_path, interval=interval, stale=3600, offline=7200)
+    if max_queue is not None:
+        path.write_text(path.read_text().replace("unknown_nodes: reject}", f"unknown_nodes: reject, max_queue: {max_queue}}}"))
+    return path
+
+
+@contextmanager
+def serving(tmp_path, *, interval: float = 0.2, max_queue: int | None = None, plugins: tuple = (),
+            **settings: Any) -> Iterator[tuple[Any, str]]:
+    settings = {"heartbeat_burst": 10_000, "heartbeat_rate": 10_000.0, **settings}
+    service = make_service(_config(tmp_path, interval, max_queue), plugins, **settings)
+    with ServerThread(service) as url:
+        yield service, url
+
+
+def sessions_for(service: Any, ids: list[str]) -> list[str]:
+    """Register ``ids`` and open a session (key ``KEY``) for each: their session ids."""
+    now = time.time()
+    with service.lock:
+        for node_id in ids:
+            service.keys.set(node_id, public_bytes(Node(node_id).key))
+            service.orchestrator.registry.register(node_id, now=now - 60)
+    return [service.sessions.issue_ticket(node_id, KEY, now + 600) for node_id in ids]
+
+
+def item(sid: str, seq: int, body: bytes) -> dict[str, Any]:
+    return {"session": sid, "seq": seq, "mac": mac(KEY, seq, body), "body": body.decode()}
+
+
+def hb_body(timestamp: float, load: float) -> bytes:
+    return json.dumps({"timestamp": timestamp, "load": load}).encode()
+
+
+class Raw:
+    """One connection written and read as raw bytes; every read bounded by a timeout."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> bool:
+        """Send ``data``; False if the server closed the connection already."""
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def answered(self) -> bool:
+        """Whether the server wrote something (or closed) without waiting for it."""
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def answer(self) -> bytes:
+        """One whole answer (head and content-length body)."""
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed; got {self.buffer!r}")
+            self.buffer += chunk
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed in the body")
+            rest += chunk
+        self.buffer = rest[length:]
+        return head + b"\r\n\r\n" + rest[:length]
+
+    def rest_until_closed(self) -> bytes:
+        """Everything until the server closes (each read bounded by the socket timeout)."""
+        data = self.buffer
+        self.buffer = b""
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def session_request(sid: str, seq: int, body: bytes, *, tag: str | None = None, extra: bytes = b"",
+                    path: bytes = b"/v1/heartbeats", length: int | None = None) -> bytes:
+    tag = mac(KEY, seq, body) if tag is None else tag
+    return (b"POST " + path + b" HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b"x-wyneos-session: " + sid.encode() + b"\r\nx-wyneos-seq: " + str(seq).encode()
+            + b"\r\nx-wyneos-mac: " + tag.encode() + b"\r\ncontent-length: "
+            + str(len(body) if length is None else length).encode() + b"\r\n" + extra + b"\r\n" + body)
+
+
+def endless_head(path: bytes = b"/healthz") -> Iterator[bytes]:
+    """A request head that never ends, a line at a time."""
+    yield b"GET " + path + b" HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+    i = 0
+    while True:
+        yield b"x-pad-%d: %s\r\n" % (i, b"a" * 20)
+        i += 1
+
+
+def trickle(conn: Raw, data: bytes, pause: float = 0.02, most: int = 5000) -> int:
+    """Send ``data`` a byte at a time until the server answers or closes (at most ``most``
+    bytes): how many were sent."""
+    sent = 0
+    for byte in data[:most]:
+        if conn.answered() or not conn.send(bytes([byte])):
+            break
+        sent += 1
+        time.sleep(pause)
+    return sent
+
+
+def seq_of(service: Any, sid: str) -> int:
+    session = service.sessions.get(sid)  # a ticket never used has no session held yet
+    return 0 if session is None else session.seq
+
+
+# -- the applier: every accepted heartbeat applied and reported once, in order -------------------
+
+
+def test_batches_racing_ticks_are_applied_in_order_and_counted_once(tmp_path):
+    """Two relays send rounds of batches while the server ticks every 50 ms: each round
+    newer than the last. Whatever the interleaving of the applier and the ticks, every
+    node ends on its newest heartbeat, the tick reports add up to what the API accepted,
+    and the applied counter counts each heartbeat once."""
+    reports = Reports()
+    with serving(tmp_path, interval=0.05, plugins=(reports,)) as (service, url):
+        ids = [[f"a{k}-{i}" for i in range(12)] for k in range(2)]
+        sids = [sessions_for(service, group) for group in ids]
+        total = [0, 0]
+        last: dict[str, tuple[float, float]] = {}
+        rounds = 25
+
+        def relay(k: int) -> None:
+            import httpx
+
+            with httpx.Client(base_url=url, timeout=30) as client:
+                for r in range(1, rounds + 1):
+                    stamp = time.time()
+                    items = []
+                    for node_id, sid in zip(ids[k], sids[k]):
+                        load = round(((r * 7 + len(node_id)) % 100) / 100, 2)
+                        items.append(item(sid, r, hb_body(stamp, load)))
+                        last[node_id] = (stamp, load)
+                    answer = client.post("/v1/heartbeats", content=json.dumps({"heartbeats": items, "acks": True}),
+                                         headers={"content-type": "application/json"})
+                    assert answer.status_code == 202, answer.text
+                    total[k] += answer.json()["accepted"]
+                    time.sleep(0.005 * (r % 3))
+
+        threads = [threading.Thread(target=relay, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads)
+        sent = 2 * 12 * rounds
+        assert sum(total) == sent
+        wait_for(lambda: len(service.orchestrator.intake) == 0 and service.metrics.applied._value.get() == sent)
+        wait_for(lambda: reports.accepted == sent, timeout=30)  # reported by the ticks that followed
+        registry = service.orchestrator.registry
+        for node_id, (stamp, load) in last.items():
+            assert (registry[node_id].last_seen, registry[node_id].load) == (stamp, load), node_id
+        ticks = reports.ticks
+        wait_for(lambda: reports.ticks >= ticks + 3)
+        assert reports.accepted == sent and reports.rejected == 0  # never reported twice
+        assert service.metrics.applied._value.get() == sent  # noqa: SLF001 - never counted twice
+        assert service.applier.applies >= 1  # the applier did take part
+
+
+def test_an_older_heartbeat_queued_after_a_newer_one_does_not_move_the_node_back(tmp_path):
+    """Within one batch and across batches applied between ticks: a later sequence number
+    carrying an older timestamp (within the skew) teaches nothing."""
+    import httpx
+
+    with serving(tmp_path, interval=3600) as (service, url), httpx.Client(base_url=url, timeout=30) as client:
+        wait_for(lambda: client.get("/healthz").json()["tick"] >= 1)
+        sid, sid2 = sessions_for(service, ["o-1", "o-2"])
+        now = time.time()
+        batch = {"heartbeats": [item(sid, 1, hb_body(now, 0.9)), item(sid, 2, hb_body(now - 5, 0.1))]}
+        assert client.post("/v1/heartbeats", content=json.dumps(batch)).status_code == 202
+        registry = service.orchestrator.registry
+        wait_for(lambda: registry["o-1"].last_seen == now)
+        assert registry["o-1"].load == 0.9
+        # the same across two batches, each applied on its own between ticks
+        r = client.post("/v1/heartbeats", content=json.dumps({"heartbeats": [item(sid2, 1, hb_body(now, 0.8))]}))
+        assert r.status_code == 202
+        wait_for(lambda: registry["o-2"].last_seen == now)
+        applies = service.applier.applies
+        r = client.post("/v1/heartbeats", content=json.dumps({"heartbeats": [item(sid2, 2, hb_body(now - 5, 0.2))]}))
+        assert r.status_code == 202
+        wait_for(lambda: service.applier.applies > applies or len(service.orchestrator.intake) == 0)
+        wait_for(lambda: len(service.orchestrator.intake) == 0)
+        assert (registry["o-2"].last_seen, registry["o-2"].load) == (now, 0.8)
+        assert registry["o-1"].load == 0.9
+
+
+def test_a_full_queue_refuses_the_whole_batch_and_the_same_items_go_through_later(tmp_path):
+    """Nothing of a batch the queue cannot take is queued or recorded: the sessions'
+    sequence numbers stay, so the relay's retry of the very same items is accepted and
+    applied once."""
+    import httpx
+
+    with serving(tmp_path, interval=3600, max_queue=4) as (service, url), \
+            httpx.Client(base_url=url, timeout=30) as client:
+        wait_for(lambda: client.get("/healthz").json()["tick"] >= 1)
+        ids = [f"q-{i}" for i in range(6)]
+        sids = sessions_for(service, ids)
+        now = time.time()
+        items = [item(sid, 1, hb_body(now, 0.5)) for sid in sids]
+        registry = service.orchestrator.registry
+        before = [registry[i].last_seen for i in ids]
+        r = client.post("/v1/heartbeats", content=json.dumps({"heartbeats": items}))
+        assert r.status_code == 503 and r.json()["accepted"] == 0, r.text
+        assert {x["code"] for x in r.json()["results"]} == {"queue_full"}
+        assert [seq_of(service, s) for s in sids] == [0] * 6 and len(service.orchestrator.intake) == 0
+        assert [registry[i].last_seen for i in ids] == before
+        for part in (items[:4], items[4:]):
+            r = client.post("/v1/heartbeats", content=json.dumps({"heartbeats": part}))
+            assert r.status_code == 202 and r.json()["accepted"] == len(part), r.text
+            wait_for(lambda: len(service.orchestrator.intake) == 0)
+        wait_for(lambda: all(registry[i].last_seen == now for i in ids))
+        assert service.metrics.applied._value.get() == 6  # noqa: SLF001
+        # a replay of the accepted items changes nothing
+        r = client.post("/v1/heartbeats", content=json.dumps({"heartbeats": items}))
+        assert r.json()["accepted"] == 0
+        assert service.tick().heartbeats_accepted == 6
+
+
+# -- the guard: head and body deadlines, sizes, idle and pipelined connections ---------------------
+
+
+def test_a_head_trickled_a_byte_at_a_time_is_closed_on_a_fresh_and_on_a_kept_alive_connection(tmp_path):
+    with serving(tmp_path, **LIMITS) as (service, url):
+        sid, = sessions_for(service, ["t-1"])
+        fresh = Raw(url)
+        head = b"".join(part for _, part in zip(range(400), endless_head()))
+        sent = trickle(fresh, head)
+        assert sent < len(head)  # the server ended it before the head could end
+        assert fresh.rest_until_closed().startswith(b"HTTP/1.1 408 ")
+        # the same after a heartbeat answered on the connection (the second head's deadline)
+        kept = Raw(url)
+        kept.send(session_request(sid, 1, hb_body(time.time(), 0.5)))
+        assert kept.answer().startswith(b"HTTP/1.1 202 ")
+        sent = trickle(kept, head)
+        assert sent < len(head)
+        assert kept.rest_until_closed().startswith(b"HTTP/1.1 408 ")
+        # and a head trickled into the same chunk as a whole request before it
+        piped = Raw(url)
+        piped.send(session_request(sid, 2, hb_body(time.time(), 0.5)) + b"GET /healthz HTTP/1.1\r\n")
+        assert piped.answer().startswith(b"HTTP/1.1 202 ")
+        assert trickle(piped, head[len(b"GET /healthz HTTP/1.1\r\n"):]) < len(head)
+        assert piped.rest_until_closed().startswith(b"HTTP/1.1 408 ")
+        assert seq_of(service, sid) == 2
+
+
+@pytest.mark.parametrize("where", ["fresh", "kept alive", "after a pipelined request"])
+def test_the_head_size_limit_holds_across_chunks(tmp_path, where):
+    with serving(tmp_path, max_header_bytes=4096, header_timeout=30.0) as (service, url):
+        sid, = sessions_for(service, ["h-1"])
+        conn = Raw(url)
+        if where == "kept alive":
+            conn.send(session_request(sid, 1, hb_body(time.time(), 0.5)))
+            assert conn.answer().startswith(b"HTTP/1.1 202 ")
+        prefix = session_request(sid, 1, hb_body(time.time(), 0.5)) if where == "after a pipelined request" else b""
+        parts = endless_head()
+        conn.send(prefix + next(parts))
+        if prefix:
+            assert conn.answer().startswith(b"HTTP/1.1 202 ")
+        sent = 0
+        for part in parts:
+            if sent > 64 * 1024 or conn.answered() or not conn.send(part):
+                break
+            sent += len(part)
+            time.sleep(0.001)
+        assert sent <= 64 * 1024, "the head was never refused"
+        rest = conn.rest_until_closed()
+        assert rest.startswith(b"HTTP/1.1 431 "), rest[:80]
+        assert seq_of(service, sid) == (0 if where == "fresh" else 1)
+
+
+def test_an_idle_kept_alive_connection_is_closed_and_one_that_keeps_talking_is_not(tmp_path):
+    with serving(tmp_path, **LIMITS) as (service, url):
+        sid, = sessions_for(service, ["i-1"])
+        idle = Raw(url)
+        idle.send(session_request(sid, 1, hb_body(time.time(), 0.5)))
+        assert idle.answer().startswith(b"HTTP/1.1 202 ")
+        assert idle.rest_until_closed() == b""  # closed by the server, nothing more said
+        # a connection that asks again and again stays open and answered (its timer moved on)
+        busy = Raw(url)
+        for seq in range(2, 12):
+            busy.send(session_request(sid, seq, hb_body(time.time(), 0.5)))
+            assert busy.answer().startswith(b"HTTP/1.1 202 "), seq
+            time.sleep(0.3)
+        assert seq_of(service, sid) == 11
+        assert busy.rest_until_closed() == b""  # and closed once it stops
+
+
+@pytest.mark.parametrize("kind", ["single", "batch", "enrol", "ack"])
+def test_a_complete_head_then_a_stalled_body_is_refused_on_every_route(tmp_path, kind):
+    with serving(tmp_path, **LIMITS) as (service, url):
+        sid, = sessions_for(service, ["b-1"])
+        body = hb_body(time.time(), 0.5)
+        if kind == "single":
+            data = session_request(sid, 1, body)
+        else:
+            path = {"batch": b"/v1/heartbeats", "enrol": b"/v1/enrol", "ack": b"/v1/nodes/b-1/actions/ack"}[kind]
+            payload = json.dumps({"heartbeats": [item(sid, 1, body)]}).encode() if kind == "batch" else b'{"x": 1}'
+            data = (b"POST " + path + b" HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                    b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        conn = Raw(url)
+        conn.send(data[:-3])  # the head whole, the body three bytes short, never finished
+        answer = conn.rest_until_closed()
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+        assert seq_of(service, sid) == 0
+        assert len(service.orchestrator.intake) == 0
+
+
+def test_pipelined_requests_are_answered_in_order_on_both_paths(tmp_path):
+    with serving(tmp_path, **LIMITS) as (service, url):
+        sid, = sessions_for(service, ["p-1"])
+        now = time.time()
+        conn = Raw(url)
+        conn.send(session_request(sid, 1, hb_body(now - 4, 0.1)) + b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+                  + session_request(sid, 2, hb_body(now - 3, 0.2)) + session_request(sid, 2, hb_body(now - 2, 0.3))
+                  + session_request(sid, 3, hb_body(now - 1, 0.4), tag="00" * 16)
+                  + session_request(sid, 3, hb_body(now, 0.5)))
+        statuses = [conn.answer().split(b"\r\n", 1)[0] for _ in range(6)]
+        assert [s.split(b" ")[1] for s in statuses] == [b"202", b"200", b"202", b"409", b"401", b"202"], statuses
+        assert seq_of(service, sid) == 3
+        service.tick()
+        assert service.orchestrator.registry["p-1"].last_seen == now
+        assert service.orchestrator.registry["p-1"].load == 0.5
+
+
+def test_silent_and_idle_connections_never_lock_out_a_heartbeat(tmp_path):
+    """Twice ``max_connections`` sockets that connect and say nothing, or half a head, or
+    are idle after an answer: a heartbeat on a new connection is still answered."""
+    with serving(tmp_path, max_connections=8, header_timeout=30.0, idle_timeout=30.0) as (service, url):
+        sid, = sessions_for(service, ["c-1"])
+        hogs = []
+        try:
+            for k in range(16):
+                hog = Raw(url)
+                if k % 3 == 1:
+                    hog.send(b"GET /healthz HTTP/1.1\r\nhost: 1")
+                elif k % 3 == 2:
+                    hog.send(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+                    hog.answer()
+                hogs.append(hog)
+            for seq in (1, 2, 3):
+                conn = Raw(url)
+                conn.send(session_request(sid, seq, hb_body(time.time(), 0.5)))
+                assert conn.answer().startswith(b"HTTP/1.1 202 "), seq
+                conn.close()
+            shed = sum(1 for h in hogs if h.answered())
+            assert shed >= 16 - 8  # the excess was closed to make room
+        finally:
+            for hog in hogs:
+                hog.close()
+
+
+# -- the single fast path: every check, and refusals change nothing -------------------------------
+
+
+def test_refused_single_heartbeats_change_nothing(tmp_path):
+    with serving(tmp_path, **LIMITS) as (service, url):
+        sid, = sessions_for(service, ["f-1"])
+        registry = service.orchestrator.registry
+        now = time.time()
+        conn = Raw(url)
+        conn.send(session_request(sid, 1, hb_body(now, 0.5)))
+        assert conn.answer().startswith(b"HTTP/1.1 202 ")
+        wait_for(lambda: registry["f-1"].last_seen == now)
+        single = None
+
+        def state() -> tuple:
+            return seq_of(service, sid), registry["f-1"].last_seen, registry["f-1"].load, len(service.orchestrator.intake)
+
+        held = state()
+        later = hb_body(now + 1, 0.9)
+        cases = [
+            ("replayed seq", session_request(sid, 1, later), b"409"),
+            ("bad mac", session_request(sid, 2, later, tag="00" * 16), b"401"),
+            ("mac of another body", session_request(sid, 2, later, tag=mac(KEY, 2, hb_body(now + 1, 0.1))), b"401"),
+            ("mac of another seq", session_request(sid, 2, later, tag=mac(KEY, 3, later)), b"401"),
+            # the MAC is checked before the body is decoded: garbage with a bad MAC is 401, not 422
+            ("garbage, bad mac", session_request(sid, 2, b"{nope" * 10, tag="00" * 16), b"401"),
+            ("unknown session", session_request("x" * len(sid), 2, later), b"401"),
+        ]
+        for name, data, status in cases:
+            conn.send(data)
+            answer = conn.answer()
+            assert answer.split(b" ")[1] == status, (name, answer[:200])
+            assert state() == held, name
+        del single
+
+
+def test_a_body_above_the_limit_is_refused_before_it_is_sent(tmp_path):
+    with serving(tmp_path, max_request_bytes=2048, **LIMITS) as (service, url):
+        sid, = sessions_for(service, ["s-1"])
+        for length in (2049, 10**12, 10**30):
+            conn = Raw(url)
+            head = session_request(sid, 1, b"", length=length)
+            conn.send(head)  # no body at all: the answer must come from the head alone
+            answer = conn.answer()
+            # 413 (too large), or 400 from the parser for a length it cannot hold
+            assert answer.split(b" ")[1] in (b"413", b"400") if length > 2**63 else answer.startswith(b"HTTP/1.1 413 "), \
+                answer[:100]
+            conn.close()
+        assert seq_of(service, sid) == 0
+
+
+def test_a_body_longer_than_its_content_length_is_not_taken_as_a_second_heartbeat(tmp_path):
+    """The bytes past ``Content-Length`` are the next request: here not a valid one, so
+    the connection ends with 400 and nothing of it is applied."""
+    with serving(tmp_path, **LIMITS) as (service, url):
+        sid, = sessions_for(service, ["l-1"])
+        now = time.time()
+        body = hb_body(now, 0.5)
+        conn = Raw(url)
+        conn.send(session_request(sid, 1, body, length=len(body)) + b'{"timestamp": 1, "load": 1.0}\r\n\r\n')
+        first = conn.answer()
+        assert first.startswith(b"HTTP/1.1 202 ")
+        rest = conn.rest_until_closed()
+        assert rest.startswith(b"HTTP/1.1 400 ") or rest == b"", rest[:100]
+        assert seq_of(service, sid) == 1
+        service.tick()
+        assert service.orchestrator.registry["l-1"].load == 0.5
