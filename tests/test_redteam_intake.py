@@ -422,7 +422,6 @@ def test_refused_single_heartbeats_change_nothing(tmp_path):
         conn.send(session_request(sid, 1, hb_body(now, 0.5)))
         assert conn.answer().startswith(b"HTTP/1.1 202 ")
         wait_for(lambda: registry["f-1"].last_seen == now)
-        single = None
 
         def state() -> tuple:
             return seq_of(service, sid), registry["f-1"].last_seen, registry["f-1"].load, len(service.orchestrator.intake)
@@ -443,7 +442,6 @@ def test_refused_single_heartbeats_change_nothing(tmp_path):
             answer = conn.answer()
             assert answer.split(b" ")[1] == status, (name, answer[:200])
             assert state() == held, name
-        del single
 
 
 def test_a_body_above_the_limit_is_refused_before_it_is_sent(tmp_path):
