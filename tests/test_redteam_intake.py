@@ -475,3 +475,59 @@ def test_a_body_longer_than_its_content_length_is_not_taken_as_a_second_heartbea
         assert seq_of(service, sid) == 1
         service.tick()
         assert service.orchestrator.registry["l-1"].load == 0.5
+
+
+# -- ``wyneos relay``: the same guard --------------------------------------------------------------
+
+
+@contextmanager
+def relaying(tmp_path) -> Iterator[tuple[Any, str, str]]:
+    from tests.test_sessions_relay import RelayThread
+    from wyneos_core.service.relay import Relay
+
+    limits = {"max_header_bytes": 4096, "header_timeout": 1.0, "idle_timeout": 1.0, "body_timeout": 1.0,
+              "max_connections": 8}
+    with serving(tmp_path) as (service, url), RelayThread(Relay(url, flush=0.05), **limits) as relay_url:
+        yield service, url, relay_url
+
+
+def test_the_relay_holds_the_guard_limits_on_every_path(tmp_path):
+    with relaying(tmp_path) as (service, url, relay_url):
+        sid, = sessions_for(service, ["r-1"])
+        head = b"".join(part for _, part in zip(range(400), endless_head(b"/v1/heartbeats")))
+        # a trickled head, on a fresh connection and on one kept alive after an answer
+        fresh = Raw(relay_url)
+        assert trickle(fresh, head) < len(head)
+        assert fresh.rest_until_closed().startswith(b"HTTP/1.1 408 ")
+        kept = Raw(relay_url)
+        kept.send(session_request(sid, 1, hb_body(time.time(), 0.5)))
+        assert kept.answer().startswith(b"HTTP/1.1 202 ")
+        assert trickle(kept, head) < len(head)
+        assert kept.rest_until_closed().startswith(b"HTTP/1.1 408 ")
+        # a head above the limit
+        big = Raw(relay_url)
+        big.send(head[:3000])
+        for part in endless_head():
+            if big.answered() or not big.send(part):
+                break
+        assert big.rest_until_closed().startswith(b"HTTP/1.1 431 ")
+        # a complete head, then a stalled body
+        stalled = Raw(relay_url)
+        stalled.send(session_request(sid, 2, hb_body(time.time(), 0.5))[:-2])
+        assert stalled.rest_until_closed().startswith(b"HTTP/1.1 408 ")
+        # an idle kept-alive connection
+        idle = Raw(relay_url)
+        idle.send(session_request(sid, 2, hb_body(time.time(), 0.5)))
+        assert idle.answer().startswith(b"HTTP/1.1 202 ")
+        assert idle.rest_until_closed() == b""
+        assert seq_of(service, sid) == 2
+        # silent sockets past max_connections never lock a heartbeat out
+        hogs = [Raw(relay_url) for _ in range(16)]
+        try:
+            conn = Raw(relay_url)
+            conn.send(session_request(sid, 3, hb_body(time.time(), 0.5)))
+            assert conn.answer().startswith(b"HTTP/1.1 202 ")
+        finally:
+            for hog in hogs:
+                hog.close()
+        wait_for(lambda: seq_of(service, sid) == 3)
