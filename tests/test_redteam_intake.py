@@ -51,11 +51,15 @@ def _config(tmp_path, interval: float = 0.2, max_queue: int | None = None):
 
 @contextmanager
 def serving(tmp_path, *, interval: float = 0.2, max_queue: int | None = None, plugins: tuple = (),
-            **settings: Any) -> Iterator[tuple[Any, str]]:
+            loop: str = "auto", **settings: Any) -> Iterator[tuple[Any, str]]:
     settings = {"heartbeat_burst": 10_000, "heartbeat_rate": 10_000.0, **settings}
     service = make_service(_config(tmp_path, interval, max_queue), plugins, **settings)
-    with ServerThread(service) as url:
+    thread = ServerThread(service)
+    thread.server.config.loop = loop  # the event loop uvicorn runs (auto: uvloop if installed)
+    with thread as url:
+        service.server_thread = thread
         yield service, url
+    assert not thread.thread.is_alive()  # stopped cleanly
 
 
 def sessions_for(service: Any, ids: list[str]) -> list[str]:
@@ -531,3 +535,36 @@ def test_the_relay_holds_the_guard_limits_on_every_path(tmp_path):
             for hog in hogs:
                 hog.close()
         wait_for(lambda: seq_of(service, sid) == 3)
+
+
+# -- the event loop: the same limits under asyncio's and uvloop's ---------------------------------
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_guard_limits_hold_under_either_event_loop(tmp_path, loop):
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    with serving(tmp_path, loop=loop, max_header_bytes=4096, **LIMITS) as (service, url):
+        running = service.server_thread.server.servers[0].get_loop()
+        assert type(running).__module__.split(".")[0] == loop
+        sid, = sessions_for(service, ["u-1"])
+        now = time.time()
+        head = b"".join(part for _, part in zip(range(400), endless_head()))
+        trickled = Raw(url)
+        assert trickle(trickled, head) < len(head)
+        assert trickled.rest_until_closed().startswith(b"HTTP/1.1 408 ")
+        big = Raw(url)
+        for part in endless_head():
+            if big.answered() or not big.send(part):
+                break
+        assert big.rest_until_closed().startswith(b"HTTP/1.1 431 ")
+        stalled = Raw(url)
+        stalled.send(session_request(sid, 1, hb_body(now, 0.5))[:-2])
+        assert stalled.rest_until_closed().startswith(b"HTTP/1.1 408 ")
+        conn = Raw(url)
+        conn.send(session_request(sid, 1, hb_body(now - 1, 0.25)) + b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+                  + session_request(sid, 1, hb_body(now, 0.75)) + session_request(sid, 2, hb_body(now, 0.75)))
+        statuses = [conn.answer().split(b" ")[1] for _ in range(4)]
+        assert statuses == [b"202", b"200", b"409", b"202"]
+        assert conn.rest_until_closed() == b""  # idle, then closed
+        assert seq_of(service, sid) == 2
