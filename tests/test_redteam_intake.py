@@ -568,3 +568,29 @@ def test_the_guard_limits_hold_under_either_event_loop(tmp_path, loop):
         assert statuses == [b"202", b"200", b"409", b"202"]
         assert conn.rest_until_closed() == b""  # idle, then closed
         assert seq_of(service, sid) == 2
+
+
+def test_forged_and_replayed_single_heartbeats_do_not_spend_the_nodes_rate(tmp_path):
+    """Who knows a session id (a relay sees them all) but not its key cannot use up the
+    node's rate: the MAC and the sequence number are checked before the rate, which is
+    charged only when a heartbeat is queued; over the rate, a real heartbeat gets 429 and
+    changes nothing."""
+    with serving(tmp_path, heartbeat_burst=2, heartbeat_rate=0.001, **LIMITS) as (service, url):
+        sid, = sessions_for(service, ["z-1"])
+        now = time.time()
+        conn = Raw(url)
+        conn.send(session_request(sid, 1, hb_body(now - 3, 0.5)))
+        assert conn.answer().split(b" ")[1] == b"202"
+        for k in range(20):
+            forged = session_request(sid, 2 + k, hb_body(now, 0.9), tag=f"{k:032x}")
+            replayed = session_request(sid, 1, hb_body(now - 3, 0.5))
+            conn.send(forged + replayed)
+            assert [conn.answer().split(b" ")[1] for _ in range(2)] == [b"401", b"409"]
+        conn.send(session_request(sid, 2, hb_body(now - 2, 0.25)))
+        assert conn.answer().split(b" ")[1] == b"202"  # the burst of two: still one left for it
+        queued = len(service.orchestrator.intake)
+        conn.send(session_request(sid, 3, hb_body(now - 1, 0.75)))
+        assert conn.answer().split(b" ")[1] == b"429"
+        assert seq_of(service, sid) == 2 and len(service.orchestrator.intake) == queued
+        service.tick()
+        assert service.orchestrator.registry["z-1"].load == 0.25
