@@ -594,3 +594,63 @@ def test_forged_and_replayed_single_heartbeats_do_not_spend_the_nodes_rate(tmp_p
         assert seq_of(service, sid) == 2 and len(service.orchestrator.intake) == queued
         service.tick()
         assert service.orchestrator.registry["z-1"].load == 0.25
+
+
+# -- ``wyneos serve`` and ``wyneos relay`` with uvloop missing (or present) ------------------------
+
+_RUN_CLI = ("import runpy, sys\n"
+            "if sys.argv[1] == 'missing':\n"
+            "    sys.modules['uvloop'] = None  # import uvloop raises ImportError, as when not installed\n"
+            "sys.argv = ['wyneos', *sys.argv[2:]]\n"
+            "runpy.run_module('wyneos_core.cli', run_name='__main__')\n")
+
+
+def _required(name: str) -> bool:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    return any(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0].strip().lower() == name
+               for dep in project.get("dependencies", []))
+
+
+@pytest.mark.parametrize("uvloop", ["missing", "present"])
+def test_serve_and_relay_start_hold_the_limits_and_stop_cleanly_with_uvloop(tmp_path, uvloop):
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    from service_helpers import end_processes
+
+    if uvloop == "present":
+        pytest.importorskip("uvloop")
+    elif _required("uvloop"):
+        pytest.skip("uvloop is a required dependency: it cannot be missing")
+    path = _config(tmp_path)
+    path.write_text(path.read_text().replace("replay_window: 60", "replay_window: 60, header_timeout: 1, idle_timeout: 1"))
+    procs = []
+
+    def start(*args: str) -> str:
+        proc = subprocess.Popen([sys.executable, "-c", _RUN_CLI, uvloop, *args], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(proc)
+        line = proc.stdout.readline()
+        assert "listening on" in line, line + (proc.stdout.read() if proc.poll() is not None else "")
+        return line.split("listening on ")[1].split()[0].rstrip(",")
+
+    try:
+        url = start("serve", "-c", str(path), "--port", "0")
+        relay_url = start("relay", "--upstream", url, "--port", "0", "--flush", "0.05", "--header-timeout", "1")
+        for target in (url, relay_url):
+            assert httpx.get(target + "/healthz", timeout=10).status_code == 200
+            conn = Raw(target)
+            head = b"".join(part for _, part in zip(range(400), endless_head()))
+            assert trickle(conn, head) < len(head)
+            assert conn.rest_until_closed().startswith(b"HTTP/1.1 408 ")
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, proc.stdout.read()
+    finally:
+        end_processes(procs)
