@@ -51,11 +51,12 @@ def _config(tmp_path, interval: float = 0.2, max_queue: int | None = None):
 
 @contextmanager
 def serving(tmp_path, *, interval: float = 0.2, max_queue: int | None = None, plugins: tuple = (),
-            loop: str = "auto", **settings: Any) -> Iterator[tuple[Any, str]]:
+            loop: str | None = None, **settings: Any) -> Iterator[tuple[Any, str]]:
     settings = {"heartbeat_burst": 10_000, "heartbeat_rate": 10_000.0, **settings}
     service = make_service(_config(tmp_path, interval, max_queue), plugins, **settings)
     thread = ServerThread(service)
-    thread.server.config.loop = loop  # the event loop uvicorn runs (auto: uvloop if installed)
+    if loop is not None:  # else the loop serve names
+        thread.server.config.loop = loop
     with thread as url:
         service.server_thread = thread
         yield service, url
