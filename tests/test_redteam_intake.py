@@ -655,3 +655,41 @@ def test_serve_and_relay_start_hold_the_limits_and_stop_cleanly_with_uvloop(tmp_
             assert proc.wait(30) == 0, proc.stdout.read()
     finally:
         end_processes(procs)
+
+
+def test_stopping_while_the_applier_waits_for_a_tick_loses_nothing(tmp_path):
+    """The applier woken while a tick holds the lock, and stopped meanwhile: what it
+    drained is applied (nothing drained and dropped) or still queued; heartbeats queued
+    after it stopped stay queued for the next tick, which applies and reports them all,
+    once."""
+    from wyneos_core.intake import CheckedHeartbeat
+
+    path = _config(tmp_path, interval=3600)
+    path.write_text(path.read_text().replace("unknown_nodes: reject}", "unknown_nodes: reject}\nnodes: [{id: a}, {id: b}]"))
+    reports = Reports()
+    service = make_service(path, (reports,))
+    try:
+        orch, applier = service.orchestrator, service.applier
+        applier.start()
+        now = time.time()
+        with service.lock:  # as a tick does
+            orch.intake.put_many([CheckedHeartbeat("a", now, 0.5, {})])
+            applier.wake()
+            wait_for(lambda: not applier._wanted.is_set())  # noqa: SLF001 - taken up: on its way to the lock
+            stopper = threading.Thread(target=applier.stop)
+            stopper.start()
+            wait_for(lambda: applier._stop.is_set())  # noqa: SLF001 - stop asked while the apply waits
+        stopper.join(30)
+        assert not stopper.is_alive()
+        applied = orch.registry["a"].last_seen == now
+        assert len(orch.intake) == (0 if applied else 1)  # applied, or still queued: never dropped
+        orch.intake.put_many([CheckedHeartbeat("b", now, 0.25, {})])  # after the stop: left for the tick
+        applier.wake()
+        assert len(orch.intake) == (1 if applied else 2)
+        report = service.tick()
+        assert report.heartbeats_accepted == 2 and orch.registry["b"].load == 0.25
+        assert orch.registry["a"].last_seen == now and len(orch.intake) == 0
+        assert service.metrics.applied._value.get() == 2  # noqa: SLF001 - each counted once
+        assert service.tick().heartbeats_accepted == 0 and reports.accepted == 2
+    finally:
+        service.stop()
