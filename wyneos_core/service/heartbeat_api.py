@@ -122,16 +122,19 @@ class HeartbeatAPI:
             seq = int(seq_text) if seq_text is not None and len(seq_text) <= 20 and seq_text.isdigit() else None
         except ValueError:  # digits int() does not read (superscripts)
             seq = None
-        refused, accepted = self.accept_session([(0, sid, seq, tag, body)], time.time())
-        if refused:
-            result = refused[0]
-            self._count(result.code)
-            return result.status, _encode(_error_body(result)), []
+        now = self.clock()
+        session = self.intake.accept_one(sid, seq, tag, body, now)  # the usual one; else item by item
+        if session is None:
+            refused, accepted = self.accept_session([(0, sid, seq, tag, body)], now)
+            if refused:
+                result = refused[0]
+                self._count(result.code)
+                return result.status, _encode(_error_body(result)), []
+            session = accepted[0][1]
         self._count("accepted")
-        session = accepted[0][1]
         node_id = session.node_id
         service = self.service
-        answer: dict[str, Any] = {"accepted": 1, "seq": seq, "server_time": time.time(),
+        answer: dict[str, Any] = {"accepted": 1, "seq": seq, "server_time": self.clock(),
                                   "actions": service.outbox.signed(node_id), "orchestrator_key": service.key_ref(),
                                   "neighbours": service.neighbours.signed_for(node_id)}
         relay = service.relay_desk.for_relay(node_id)  # signed actions to carry to silent peers (action_relay)

@@ -102,6 +102,59 @@ class SessionIntake:
                 return self._queued(items, now, acks, *fast)
             return self._as_objects(items, now, acks)
 
+    def accept_one(self, sid: str, seq: Any, tag: Any, body: bytes, now: float) -> Session | None:
+        """A single session heartbeat of the usual shape accepted and queued: its session.
+        The same checks as ``accept`` (``_as_columns`` on one item), without its lists and
+        pending records: a single heartbeat's cost is mostly per request. None, having
+        changed nothing, for any other (refused, a body ``_as_columns`` would not take, a
+        follower, a full queue): then ``accept`` looks at it and answers
+        (``tests/test_heartbeat_single_fast.py`` compares the two)."""
+        service = self.service
+        if service.ha is not None and not service.ha.leading:
+            return None
+        table = service.sessions
+        registry = service.orchestrator.registry
+        nodes = registry.table
+        with table.lock:
+            try:
+                session = table.check(sid, seq, tag, body, now)
+            except AuthError:
+                return None
+            node_id = session.node_id
+            slot = nodes.index.get(node_id)
+            try:
+                data = _body_decoder.decode(body)
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                return None
+            if slot is None or (data.node_id is not None and data.node_id != node_id) \
+                    or data.observations is not None or data.metrics is not None or data.licence_ref is not None:
+                return None
+            fp = service.keys.fingerprint(node_id)
+            if fp is not None and nodes.fingerprint[slot] != fp:
+                return None
+            metadata = data.metadata
+            if metadata:
+                meta = _encode(metadata)
+                if meta != session.meta or len(body) > registry.max_metadata_bytes // 6 \
+                        or not RESERVED_METADATA.isdisjoint(metadata) or not _holds(nodes.metadata[slot], metadata, meta):
+                    return None
+            stamp = now if data.timestamp is None else data.timestamp
+            value = data.load
+            skew = registry.max_clock_skew
+            try:
+                last = float(nodes.last_seen[slot])
+            except IndexError:  # the table changed meanwhile (the tick thread): the careful way
+                return None
+            if not (math.isfinite(stamp) and stamp <= service.orchestrator.clock() + skew and not stamp < last - skew
+                    and (value is None or 0 <= value <= registry.max_load)):
+                return None
+            try:
+                service.orchestrator.intake.put_many([CheckedHeartbeat(node_id, stamp, value, {})])
+            except QueueFull:
+                return None
+            table.commit(session, seq, now, 1)
+            return session
+
     def accept_usual(self, session_ids: list[str], seqs: list[int], tags: list[str], bodies: list[bytes],
                      now: float, acks: bool) -> tuple[int, dict[str, str] | None] | None:
         """A whole batch of usual session heartbeats accepted and queued at once, as one
