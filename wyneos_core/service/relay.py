@@ -528,7 +528,8 @@ def relay_config(relay: Relay, *, log_level: str = "warning", max_header_bytes: 
 
     protocol = guarded_protocol(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
                                 max_connections=max_connections)
-    return uvicorn.Config(create_relay_app(relay, body_timeout=body_timeout), http=protocol, log_level=log_level,
+    return uvicorn.Config(create_relay_app(relay, body_timeout=body_timeout), http=protocol, loop="asyncio",  # as serve
+                          log_level=log_level,
                           access_log=False, lifespan="on", timeout_keep_alive=idle_timeout,
                           limit_concurrency=2 * max_connections + 64, backlog=2048, server_header=False,
                           proxy_headers=False)

@@ -82,7 +82,9 @@ def _uvicorn_config(service: Service, log_level: str) -> uvicorn.Config:
         app = loopback_hosts_only(app)
     # proxy_headers off: no X-Forwarded-For is believed (the failed-handshake limit counts the
     # peer's own address), and one ASGI layer less on every request
-    return uvicorn.Config(app, http=protocol, log_level=log_level, access_log=False, lifespan="on",
+    # loop "asyncio", not uvicorn's "auto" (uvloop when installed): with uvloop a single heartbeat
+    # cost the server more CPU here (docs/performance.md, "Heartbeat API", fourth pass)
+    return uvicorn.Config(app, http=protocol, loop="asyncio", log_level=log_level, access_log=False, lifespan="on",
                           timeout_keep_alive=s.idle_timeout, limit_concurrency=2 * s.max_connections + 64,
                           backlog=2048, server_header=False, proxy_headers=False)
 
