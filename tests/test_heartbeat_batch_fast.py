@@ -129,31 +129,44 @@ def registry_state(service) -> list:
     return out
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_a_batch_gets_the_same_answer_and_state_as_item_by_item(tmp_path, seed):
-    rng = random.Random(seed)
-    twins = [twin(tmp_path, "usual", True), twin(tmp_path, "items", False)]
-    seen = watched(twins[0][1])
+def held_still(twins) -> tuple[dict[str, bytes], list[float], list[dict[str, str]]]:
+    """Session keys by node, one clock (``clock[0]``) held still for both twins, and each
+    twin's session ids by node (a session of every node, from its ticket)."""
     keys = {node_id: bytes([i + 1] * 32) for i, node_id in enumerate(IDS)}
     clock = [time.time()]
     sids = []
     for service, api in twins:
         api.clock = service.orchestrator.clock = lambda: clock[0]  # one clock held still per request
         sids.append({n: service.sessions.issue_ticket(n, keys[n], clock[0] + 600) for n in IDS})
+    return keys, clock, sids
+
+
+def trouble(twins, sids, step: int, revoke: tuple[int, str], expire: tuple[int, str], now: float) -> None:
+    """At step ``revoke[0]`` node ``revoke[1]``'s key revoked, at ``expire[0]`` the session of
+    node ``expire[1]`` past its expiry (on both twins)."""
+    if step == revoke[0]:
+        for service, _ in twins:
+            service.keys.set(revoke[1], service.keys.get(revoke[1]), revoked=True)
+    if step == expire[0]:
+        for (service, _), sid_of in zip(twins, sids):
+            session = service.sessions.get(sid_of[expire[1]])
+            if session is not None:
+                session.expires = now - 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_batch_gets_the_same_answer_and_state_as_item_by_item(tmp_path, seed):
+    rng = random.Random(seed)
+    twins = [twin(tmp_path, "usual", True), twin(tmp_path, "items", False)]
+    seen = watched(twins[0][1])
+    keys, clock, sids = held_still(twins)
     seqs = {n: 0 for n in IDS}
     revoked = rng.choice(IDS[:-1])
     expired = rng.choice(IDS[:-1])
     for step in range(30):
         clock[0] += rng.choice([0.0, 0.5, 3.0, 20.0])
         now = clock[0]
-        if step == 12:  # one node's key revoked, another's session past its expiry (on both twins)
-            for service, _ in twins:
-                service.keys.set(revoked, service.keys.get(revoked), revoked=True)
-        if step == 18:
-            for (service, _), sid_of in zip(twins, sids):
-                session = service.sessions.get(sid_of[expired])
-                if session is not None:
-                    session.expires = now - 1
+        trouble(twins, sids, step, (12, revoked), (18, expired), now)
         clean = step < 2 or rng.random() < 0.55
         size = rng.choice([9, 12, 20, MAX_BATCH, MAX_BATCH + 1]) if not clean else rng.choice([9, 15, 23])
         pool = IDS[:-1] if clean else IDS

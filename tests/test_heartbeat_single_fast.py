@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import random
-import time
 
 import pytest
-from test_heartbeat_batch_fast import IDS, bad_body, good_body, registry_state, state, twin
+from test_heartbeat_batch_fast import IDS, bad_body, good_body, held_still, registry_state, state, trouble, twin
 
 from wyneos_core.service.sessions import mac
 
@@ -56,25 +55,13 @@ def test_a_single_heartbeat_gets_the_same_answer_and_state_as_item_by_item(tmp_p
     accept_one = twins[0][1].intake.accept_one
     twins[0][1].intake.accept_one = lambda *a: taken.append(r := accept_one(*a)) or r
     twins[1][1].intake.accept_one = lambda *a: None  # the item-by-item path, for comparison
-    keys = {node_id: bytes([i + 1] * 32) for i, node_id in enumerate(IDS)}
-    clock = [time.time()]
-    sids = []
-    for service, api in twins:
-        api.clock = service.orchestrator.clock = lambda: clock[0]  # one clock held still per request
-        sids.append({n: service.sessions.issue_ticket(n, keys[n], clock[0] + 600) for n in IDS})
+    keys, clock, sids = held_still(twins)
     seqs = {n: 0 for n in IDS}
     revoked, expired = rng.choice(IDS[:-1]), rng.choice(IDS[:-1])
     for step in range(120):
         clock[0] += rng.choice([0.0, 0.0, 0.5, 3.0, 20.0])
         now = clock[0]
-        if step == 50:  # one node's key revoked, another's session past its expiry (on both twins)
-            for service, _ in twins:
-                service.keys.set(revoked, service.keys.get(revoked), revoked=True)
-        if step == 80:
-            for (service, _), sid_of in zip(twins, sids):
-                session = service.sessions.get(sid_of[expired])
-                if session is not None:
-                    session.expires = now - 1
+        trouble(twins, sids, step, (50, revoked), (80, expired), now)
         node_id = rng.choice(IDS)
         seqs[node_id] += 1
         seq = seqs[node_id]
