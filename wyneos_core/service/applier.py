@@ -99,9 +99,10 @@ class Applier:
                 self.accepted += accepted
                 self.rejected.extend(refused)
             self.applies += 1
-        service.metrics.applied.inc(accepted)
-        if refused:
-            service.metrics.registry_rejected.inc(len(refused))
+            # counted under the lock: a tick that reports them comes after (and subtracts them)
+            service.metrics.applied.inc(accepted)
+            if refused:
+                service.metrics.registry_rejected.inc(len(refused))
         return accepted
 
     @hookimpl(tryfirst=True)
