@@ -23,7 +23,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 #: lowest first; a module belongs to the layer of the longest entry naming it or a package
 #: above it (names relative to ``wyneos_core``; ``__init__`` is the package's own face)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("model", ("__init__", "model", "nodetable", "metadata_codes", "sharing", "names", "transitions", "safeio", "yamlio", "wording",
+    ("model", ("__init__", "model", "licence_result", "nodetable", "metadata_codes", "sharing", "names", "transitions", "safeio", "yamlio", "wording",
                "diagnostics", "action_params", "selectors")),
     ("engines", ("config", "checks", "pyrules", "intake", "telemetry_inbox", "registry", "store", "causes",
                  "consensus", "mesh", "mesh_graph", "mesh_search", "mesh_topology",

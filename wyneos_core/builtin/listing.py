@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from wyneos_core.model import Node, NodeStatus, TickReport
+from wyneos_core.model import Node, NodeStatus, TickReport, licence_problems
 from wyneos_core.nodetable import ONLINE, STATUSES
 from wyneos_core.transitions import status_ids
 
@@ -216,14 +216,6 @@ def node_dicts(nodes: Sequence[Node], at: np.ndarray | list[Node] | None = None)
         [tiers[c] for c in t.tier[at].tolist()],
     )
     return [dict(zip(keys, row)) for row in zip(*columns)]
-
-
-def licence_problems(licences: Any) -> list[Any]:
-    """The licence results that are not plainly valid (invalid, or valid in grace)."""
-    problems = getattr(licences, "problems", None)
-    if problems is not None:
-        return problems()
-    return [r for r in licences.values() if not r.valid or r.in_grace]
 
 
 def licence_summary(report: TickReport) -> dict[str, int]:
