@@ -22,8 +22,10 @@ Service-mode half of the compliance mesh (``docs/mesh.md``):
 
 The peer endpoint is bounded like ``wyneos serve``: at most ``MAX_PEER_CONNECTIONS``
 connections at once (more are closed at once, before a thread is started), and a
-connection that does not deliver its request within ``PEER_TIMEOUT`` seconds is
-closed: 1,000 silent sockets hold no more than that many threads, for that long.
+connection that does not deliver its whole request (head and body) within
+``PEER_TIMEOUT`` seconds is closed - one deadline for the request, not per read, so a
+request trickled a byte at a time holds its thread no longer (``deadline_request``):
+1,000 silent or trickling sockets hold no more than that many threads, for that long.
 
 ``POST /v1/peer/relay`` (signed actions a neighbour relays) takes a push only signed
 by the key of a neighbour in the verified list, and is rate limited per source address
@@ -48,7 +50,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -60,6 +62,7 @@ from wyneos_core.licensing.envelope import EnvelopeError, open_envelope
 from wyneos_core.licensing.keys import KeyRing, fingerprint, public_bytes
 from wyneos_core.model import ORIGIN
 from wyneos_core.service.bounded_http import exchange
+from wyneos_core.service.deadline_request import DeadlineRequestHandler
 
 __all__ = ["NEIGHBOURS_FORMAT", "RELAY_PATH", "NeighbourBook", "PeerNode", "RateLimiter", "ping_message",
            "relay_message"]
@@ -92,7 +95,7 @@ ROUND_TIMEOUT = PROBE_TIMEOUT * -(-MAX_NEIGHBOURS // PROBE_WORKERS) + 1.0
 MAX_OBSERVATION_AGE = 30.0
 #: connections the peer endpoint serves at once (more are closed at once)
 MAX_PEER_CONNECTIONS = 64
-#: seconds a connection to the peer endpoint has for each read of its request
+#: seconds a connection to the peer endpoint has to deliver a whole request (head and body)
 PEER_TIMEOUT = 2.0
 #: bytes of a ping answer read at most
 MAX_ANSWER_BYTES = 4096
@@ -325,9 +328,9 @@ class PeerNode:
         self._started = False
         node = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(DeadlineRequestHandler):
             server_version = "wyneos-peer"
-            timeout = PEER_TIMEOUT  # a silent or slow connection is closed, its thread freed
+            timeout = PEER_TIMEOUT  # one deadline for a request: a silent or trickling connection is closed
 
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
@@ -364,11 +367,15 @@ class PeerNode:
                 if not 0 < length <= MAX_RELAY_BYTES:
                     self._send(413, {"error": f"a relay request has 1-{MAX_RELAY_BYTES} bytes"})
                     return
-                self.connection.settimeout(PROBE_TIMEOUT * 5)
                 try:
                     raw = self.rfile.read(length)
+                except OSError:  # TimeoutError: not all of it before the request's deadline
+                    self.close_connection = True
+                    self._send(408, {"error": f"the request was not delivered within {PEER_TIMEOUT:g} s"})
+                    return
+                try:
                     data = json.loads(raw.decode("utf-8"))
-                except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+                except (ValueError, UnicodeDecodeError, RecursionError):
                     self._send(422, {"error": "body: not JSON"})
                     return
                 envelopes = data.get("envelopes") if isinstance(data, dict) else None
