@@ -55,6 +55,7 @@ import ipaddress
 import json
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 __all__ = ["guarded_protocol", "loopback_host", "loopback_hosts_only"]
@@ -68,6 +69,23 @@ def _response(status: bytes, text: bytes) -> bytes:
 _TOO_LARGE = _response(b"431 Request Header Fields Too Large", b"request head larger than the limit\n")
 _TIMEOUT = _response(b"408 Request Timeout", b"request head not complete in time\n")
 _BUSY = _response(b"503 Service Unavailable", b"too many connections serving requests\n")
+
+# a head's bytes besides its URL and header fields: the method (counted as four bytes), the
+# spaces and version of the request line, its line end and the empty line after the headers
+_HEAD_FRAME = len(b"POST  HTTP/1.1\r\n\r\n")
+
+
+class _Refused(Exception):
+    """Raised in a parser callback once the connection is answered and closed: stops the
+    parser (the rest of the chunk is not read)."""
+
+
+def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """A parsed head's size: request line and header lines (``name: value\\r\\n``)."""
+    size = _HEAD_FRAME + len(url)
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+    return size
 
 
 class _Coalescing:
@@ -134,10 +152,12 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._idle_since: float | None = None  # when the last answer was complete, no byte since (keep-alive)
         self._keepalive: asyncio.TimerHandle | None = None
         super().connection_made(_Coalescing(transport, self.loop))  # type: ignore[arg-type]
-        self._head_bytes = 0
         self._reading_head = True
-        self._body_in_chunk = 0  # body bytes of the message before, in the chunk being fed
-        self._skip = 0
+        self._head_raw = 0  # bytes of the head being read received in chunks before this one
+        self._chunk = 0  # the size of the chunk being fed to the parser
+        self._skip = 0  # where in that chunk the message being read began (< 0: in a chunk before)
+        self._head_ended = False  # that message's head ended in this chunk
+        self._body_in_chunk = 0  # its body bytes in this chunk
         self._head_timer: asyncio.TimerHandle | None = None
         fresh, idle, closing = _fresh(self.server_state), _idle(self.server_state), _closing(self.server_state)
         # connections being closed still count in uvicorn's set until their
@@ -164,15 +184,31 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        # uvicorn's, without its keep-alive timer (see on_response_complete) and with the
+        # head size checked in the parser's callbacks (431 and stopped there)
+        self._chunk = len(data)
+        self._skip = -self._head_raw
+        self._head_ended = False
         self._body_in_chunk = 0
-        self._skip = 0
-        self._idle_since = None  # not idle: the keep-alive deadline counts from the next answer
-        super().data_received(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            if isinstance(error.__context__, _Refused):
+                return
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
         if self._reading_head and not self.transport.is_closing():
-            # the head is still incomplete after this chunk: count the chunk's bytes
-            # from where the head began (not the previous message's body before it)
-            self._head_bytes += len(data) - self._skip
-            if self._head_bytes > self.max_header_bytes:
+            # the head is still incomplete after this chunk: its bytes so far are the
+            # chunk's from where it began (after the messages before it in the chunk)
+            self._head_raw = max(len(data) - self._skip, 1)
+            if self._head_raw > self.max_header_bytes:
                 self._refuse(_TOO_LARGE)
             elif self._head_timer is None:  # its deadline counts from this chunk, where it began
                 self._arm_head_timer()
@@ -181,10 +217,18 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._fast_timer = self.loop.call_later(self.single.body_timeout, self._fast_timed_out)
 
     def on_message_begin(self) -> None:
+        self._idle_since = None  # not idle: the keep-alive deadline counts from the next answer
         self._fast_skip = False
         self._reading_head = True
-        self._head_bytes = 0
-        self._skip = self._body_in_chunk
+        self._head_raw = 0
+        # where this message begins in the chunk: after the message before, whose head ended
+        # in the chunk (its size as parsed) or before it, and its body bytes in the chunk
+        skip = self._body_in_chunk
+        if self._head_ended:
+            skip += self._skip + _head_size(self.url, self.headers)
+            self._head_ended = False
+        self._skip = skip
+        self._body_in_chunk = 0
         super().on_message_begin()
 
     def on_body(self, body: bytes) -> None:
@@ -196,6 +240,13 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        self._head_ended = True
+        # the head has at most the chunk's bytes and those of the chunks before where it
+        # began: counted as parsed only when those are above the limit (a read that big)
+        if self._chunk - min(self._skip, 0) > self.max_header_bytes \
+                and _head_size(self.url, self.headers) > self.max_header_bytes:
+            self._refuse(_TOO_LARGE)
+            raise _Refused
         self._cancel_head_timer()
         self._unlist()
         if self.single is None or not self._fast_take():
@@ -282,7 +333,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
-        else:
+        elif not self._reading_head:  # (else the next head began: its deadline counts)
             self._idle_since = now = self.loop.time()
             if self._keepalive is None:
                 self._keepalive = self.loop.call_at(now + self.timeout_keep_alive, self._keepalive_due)
@@ -315,7 +366,7 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self._reading_head and self._head_bytes and not self.transport.is_closing():
+        if self._reading_head and self._head_raw and not self.transport.is_closing():
             self._refuse(_TIMEOUT)
         elif not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
             self._unlist()
