@@ -7,13 +7,21 @@ once that many connections are open, so 4,100 sockets that trickle their headers
 lock heartbeats and ``/healthz`` out. ``guarded_protocol`` returns uvicorn's httptools
 protocol with three additions:
 
-* **head size**: bytes received while a request's head is incomplete are counted;
-  past ``max_header_bytes`` the connection gets ``431 Request Header Fields Too
-  Large`` and is closed (memory per connection stays under the limit plus one read).
+* **head size**: a request's head (request line and headers) is counted while it
+  arrives: the bytes received while it is incomplete after a read; and once whole, as
+  parsed (URL, header names and values and their separators: :func:`_head_size`), when
+  the reads it came in hold more bytes than the limit (so a head that came whole in one
+  read is counted too; a smaller read cannot hold a bigger head). Past
+  ``max_header_bytes`` the connection gets ``431 Request Header Fields Too Large`` and
+  is closed, on every route (memory per connection stays under the limit plus one
+  read). Where a message begins in a read is known from the heads and bodies parsed
+  before it, so requests pipelined in the same read do not count as the next head.
 * **head deadline**: a connection must deliver a complete request head within
   ``header_timeout`` seconds of connecting (or of the first byte of its next request);
   else it is closed (``408``). Idle keep-alive connections close after
-  ``idle_timeout`` (uvicorn's ``timeout_keep_alive``).
+  ``idle_timeout`` (uvicorn's ``timeout_keep_alive``) counted from the last answer
+  until a request begins: line breaks between requests (which the parser skips
+  without beginning one) keep no connection open.
 * **shedding**: at most ``max_connections`` connections are kept. When a new one
   would exceed it, a connection with no request being served is closed to make room:
   first the oldest of those that never completed a request (silent, or still
@@ -30,7 +38,7 @@ Timers cost a single heartbeat's CPU too (each ``call_later`` and its ``cancel``
 µs): the head and body deadlines are armed only when a chunk ends with the head or the
 body still incomplete (counted from that chunk, as before), and each connection keeps
 one keep-alive timer, moved on when it fires, instead of one armed after every answer
-and cancelled by the next request (the same rule: closed when no byte came within
+and cancelled by the next request (closed when no request began within
 ``timeout_keep_alive`` of the last answer).
 
 Besides, a response's head and the first write after it leave in **one** send
@@ -342,8 +350,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         idle.move_to_end(id(self))
 
     def _keepalive_due(self) -> None:
-        """Close the connection if no byte came in ``timeout_keep_alive`` seconds after the
-        last answer (uvicorn's rule); else look again when that time is up."""
+        """Close the connection if no request began in ``timeout_keep_alive`` seconds after
+        the last answer; else look again when that time is up."""
         self._keepalive = None
         since = self._idle_since
         if since is None or self.transport.is_closing():  # a request since: its answer arms it again
