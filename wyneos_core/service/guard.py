@@ -9,7 +9,8 @@ protocol with three additions:
 
 * **head size**: a request's head (request line and headers) is counted while it
   arrives: the bytes received while it is incomplete after a read; and once whole, as
-  parsed (URL, header names and values and their separators: :func:`_head_size`), when
+  parsed (URL, header names and values and their separators: :func:`_head_size`; the
+  whitespace the parser drops around a value is not counted there), when
   the reads it came in hold more bytes than the limit (so a head that came whole in one
   read is counted too; a smaller read cannot hold a bigger head). Past
   ``max_header_bytes`` the connection gets ``431 Request Header Fields Too Large`` and
