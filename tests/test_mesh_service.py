@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -19,6 +20,9 @@ from service_helpers import end_processes
 
 from wyneos_core.licensing.envelope import seal
 from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes, write_private_key, write_public_key
+from wyneos_core.mesh import Mesh
+from wyneos_core.model import ORIGIN
+from wyneos_core.registry import Registry
 from wyneos_core.service.orchestrator_key import OrchestratorKey
 from wyneos_core.service.peer import NEIGHBOURS_FORMAT, NeighbourBook, PeerNode
 
@@ -137,6 +141,10 @@ def test_ring_of_agents_witnesses_a_cut_link_and_confirms_a_killed_agent(ring):
     assert node(client, "n3")["isolated"] is False
 
 
+REGISTRY_SETTINGS = {"stale_after": 18, "offline_after": 48, "max_clock_skew": 60, "unknown_nodes": "reject",
+                     "max_metadata_bytes": 8192, "max_load": 64, "max_nodes": 100}
+
+
 def test_neighbour_list_is_signed_and_a_forged_one_refused(tmp_path):
     okey = OrchestratorKey.for_state(tmp_path / "state.db")
     book = NeighbourBook(okey.seal)
@@ -145,8 +153,12 @@ def test_neighbour_list_is_signed_and_a_forged_one_refused(tmp_path):
     try:
         other = generate_key()
         entries = [{"id": "n2", "address": "127.0.0.1:9", "fingerprint": fingerprint(public_bytes(other))}]
-        book.neighbours_of = {"n1": tuple(entries)}.get  # the list the mesh would give (see the test below)
-        book.tick = 7
+        registry, mesh = Registry(REGISTRY_SETTINGS), Mesh()
+        registry.register("n1", now=0.0)
+        registry.register("n9", now=0.0)
+        registry.register("n2", now=0.0, metadata={"peer_address": "127.0.0.1:9"}, fingerprint=entries[0]["fingerprint"])
+        mesh.add_edges([(ORIGIN, "n1"), ("n1", "n2"), ("n9", "n2")])
+        book.wyneos_tick_report(SimpleNamespace(registry=registry, mesh=mesh, tick=7))
         good = book.signed_for("n1")
         assert peer.update(good) and peer.neighbours == entries
         # the same list signed by another key, or altered after signing, is refused
@@ -158,7 +170,7 @@ def test_neighbour_list_is_signed_and_a_forged_one_refused(tmp_path):
         assert not peer.update(altered)
         assert peer.neighbours == entries and peer.refused_lists == 2
         # a list for another node is refused too
-        book.neighbours_of = {"n9": tuple(entries)}.get
+        assert book.neighbours_of("n9") == tuple(entries)
         assert not peer.update(book.signed_for("n9"))
         # without a pinned key nothing is trusted
         blind = PeerNode("n1", me, None, interval=60)

@@ -65,7 +65,7 @@ class Mesh:
     """
 
     __slots__ = ("_names", "_index", "_free", "_alive", "_isolated", "_state", "_version",
-                 "_isolated_names", "_graph", "attributes")
+                 "_cuts", "_isolated_names", "_graph", "attributes")
 
     def __init__(self, graph: nx.Graph | None = None) -> None:
         self._names: list[str | None] = [ORIGIN]
@@ -79,6 +79,7 @@ class Mesh:
         self._state: tuple[MeshArrays, dict[int, list[int]], set[tuple[int, int]]] = (
             MeshArrays([ORIGIN], self._index, np.zeros(2, np.int64), _NONE, self._alive.copy(), 0), {}, set())
         self._version = 0
+        self._cuts = 0  # isolations and reinstatements (``generation``)
         self._isolated_names: frozenset[str] | None = frozenset()
         self._graph: MeshGraph | None = None
         #: the networkx view's graph attributes (``mesh.graph.graph``)
@@ -387,6 +388,7 @@ class Mesh:
             return []
         cut = self.neighbours(node_id)
         self._isolated[i] = True
+        self._cuts += 1
         self._isolated_names = None
         return cut
 
@@ -397,6 +399,7 @@ class Mesh:
         if i is None or not self._isolated[i]:
             return []
         self._isolated[i] = False
+        self._cuts += 1
         self._isolated_names = None
         return self.neighbours(node_id)
 
@@ -415,6 +418,13 @@ class Mesh:
         reached = {names[i] for i in np.flatnonzero(arrays.search(None) >= 0).tolist()}
         reached.add(ORIGIN)
         return reached  # type: ignore[return-value]
+
+    @property
+    def generation(self) -> tuple[int, int]:
+        """Changes whenever a vertex's live neighbours may have changed (vertices and edges
+        added or removed, isolations and reinstatements); equal generations, equal
+        ``neighbours`` for every vertex."""
+        return self._version, self._cuts
 
     def is_isolated(self, node_id: str) -> bool:
         i = self._index.get(node_id)

@@ -296,6 +296,8 @@ class RelayDesk:
     def for_relay(self, relay: str) -> list[dict[str, Any]]:
         """The relay work for ``relay`` in the answer to its heartbeat:
         ``[{"to": node, "envelopes": [signed action, ...]}]`` (empty when none)."""
+        if not self.handovers:  # the usual answer: no relay work at all (one read, no lock)
+            return []
         with self._lock:
             mine = [h for h in self.handovers.values() if h.relay == relay][:MAX_PER_ANSWER]
             if not mine:

@@ -217,6 +217,8 @@ class AgentOutbox:
         """The actions waiting for ``node_id`` as signed envelopes (what agents get)."""
         if self._sign is None:
             raise RuntimeError("this outbox has no signing key")
+        if not self._queues.get(node_id):  # the usual answer: nothing waits (one read, no lock)
+            return []
         return [self._envelope(node_id, a) for a in self.pending(node_id)]
 
     def ack(self, node_id: str, action_id: str) -> bool:

@@ -199,7 +199,12 @@ class NeighbourBook:
     heartbeat asks for it (``signed_for``: a few microseconds for its handful of
     neighbours) and sealed again only when it changed; sealed lists are kept for at most
     ``max_sealed`` nodes, the least recently asked forgotten first (one more signature
-    when such a node asks again).
+    when such a node asks again). A list is kept with what it was read from: the mesh's
+    ``generation`` and, per mesh neighbour, its slot, metadata, fingerprint and isolation
+    in the registry's table. After a tick, a list whose sources are all the same objects
+    is the list again (``_unchanged``: a few comparisons, where listing it again walks
+    the mesh and the registry); any difference, or a read that races the tick, lists it
+    again.
 
     :param sign: ``OrchestratorKey.seal`` (or any ``(fmt, payload) -> envelope``).
     :param max_sealed: nodes whose sealed list is kept (the service: ``max_sessions``).
@@ -210,8 +215,9 @@ class NeighbourBook:
     def __init__(self, sign: Callable[[str, Mapping[str, Any]], dict[str, Any]], max_sealed: int = 250_000) -> None:
         self._seal = sign
         self._source: tuple[Any, Any] | None = None  # (registry, mesh) of the last tick
-        #: node -> (tick it was made at, the list, its envelope), least recently asked first
-        self._sealed: OrderedDict[str, tuple[int, tuple[dict[str, Any], ...], dict[str, Any]]] = OrderedDict()
+        #: node -> (tick it was last made or found unchanged at, the list, its envelope, what
+        #: it was read from), least recently asked first
+        self._sealed: OrderedDict[str, tuple[int, tuple[dict[str, Any], ...], dict[str, Any], Any]] = OrderedDict()
         self._lock = threading.Lock()
         self.max_sealed = max_sealed
         self.tick = 0
@@ -227,6 +233,11 @@ class NeighbourBook:
         peer address and not isolated, by id, at most ``MAX_NEIGHBOURS`` (None before the
         first tick, for a node not in the registry or the mesh, or when the tick thread
         kept changing them while they were read)."""
+        listed = self._read(node_id)
+        return None if listed is None else listed[0]
+
+    def _read(self, node_id: str) -> tuple[tuple[dict[str, Any], ...], Any] | None:
+        """(``neighbours_of``, what it was read from), or None."""
         source = self._source
         if source is None:
             return None
@@ -240,24 +251,32 @@ class NeighbourBook:
     def signed_for(self, node_id: str) -> dict[str, Any] | None:
         """The sealed neighbour list of ``node_id`` (None when ``neighbours_of`` is None).
         Made once per tick at most: a node that asks again before the next tick gets
-        the same envelope."""
+        the same envelope; after a tick, the same envelope too when what its list was read
+        from is unchanged."""
         with self._lock:
             cached = self._sealed.get(node_id)
             if cached is not None:
                 self._sealed.move_to_end(node_id)
-            tick = self.tick
-        if cached is not None and cached[0] == tick:
-            return cached[2]
-        current = self.neighbours_of(node_id)
-        if current is None:
+            tick, source = self.tick, self._source
+        if cached is not None:
+            if cached[0] == tick:
+                return cached[2]
+            if source is not None and _unchanged(*source, node_id, cached[3]):
+                with self._lock:
+                    if node_id in self._sealed:
+                        self._sealed[node_id] = (tick, *cached[1:])
+                return cached[2]
+        listed = self._read(node_id)
+        if listed is None:
             return None
+        current, read_from = listed
         if cached is not None and cached[1] == current:
             envelope = cached[2]
         else:
             envelope = self._seal(NEIGHBOURS_FORMAT, {"node": node_id, "tick": tick, "issued_at": int(time.time()),
                                                       "neighbours": list(current)})
         with self._lock:
-            self._sealed[node_id] = (tick, current, envelope)
+            self._sealed[node_id] = (tick, current, envelope, read_from)
             self._sealed.move_to_end(node_id)
             while len(self._sealed) > self.max_sealed:
                 self._sealed.popitem(last=False)
@@ -268,23 +287,61 @@ class NeighbourBook:
         return len(self._sealed)
 
 
-def _listed(registry: Any, mesh: Any, node_id: str) -> tuple[dict[str, Any], ...] | None:
-    """``NeighbourBook.neighbours_of`` read from ``registry`` and ``mesh`` once."""
-    if node_id not in registry or node_id not in mesh:
+def _listed(registry: Any, mesh: Any, node_id: str) -> tuple[tuple[dict[str, Any], ...], Any] | None:
+    """``NeighbourBook.neighbours_of`` read from ``registry`` and ``mesh`` once, and what
+    it was read from (for ``_unchanged``): the mesh's generation, the node's slot, and per
+    mesh neighbour its slot (-1: not registered), metadata, fingerprint and isolation."""
+    table = registry.table
+    slot = table.index.get(node_id)
+    if slot is None or node_id not in mesh:
         return None
-    out = []
+    generation = mesh.generation
+    ids, index, metadata, fingerprints, isolated = (table.ids, table.index, table.metadata, table.fingerprint,
+                                                    table.isolated)
+    out, read = [], []
     for v in mesh.neighbours(node_id):
         if v == ORIGIN:
             continue
-        peer = registry.get(v)
-        if peer is None or peer.isolated or peer.fingerprint is None:
+        s = index.get(v)
+        if s is None:
+            read.append((v, -1, None, None, False))
             continue
-        address = peer.metadata.get("peer_address")
+        meta, fp, cut = metadata[s], fingerprints[s], bool(isolated[s])
+        if ids[s] != v:
+            raise LookupError(v)  # it left meanwhile: read again
+        read.append((v, s, meta, fp, cut))
+        if cut or fp is None:
+            continue
+        address = meta.get("peer_address")
         if not isinstance(address, str) or not _ADDRESS.match(address):
             continue
-        out.append({"id": v, "address": address, "fingerprint": peer.fingerprint})
+        out.append({"id": v, "address": address, "fingerprint": fp})
     out.sort(key=lambda e: e["id"])
-    return tuple(out[:MAX_NEIGHBOURS])
+    return tuple(out[:MAX_NEIGHBOURS]), (table, mesh, generation, slot, tuple(read))
+
+
+def _unchanged(registry: Any, mesh: Any, node_id: str, read_from: Any) -> bool:
+    """Whether ``_listed`` would read the same as when it gave ``read_from``: the same mesh
+    generation, and every neighbour's slot, metadata and fingerprint the same objects and
+    its isolation the same (a metadata mapping or fingerprint replaced by an equal one
+    counts as a change: listed again, to the same list)."""
+    table, was_mesh, generation, slot, read = read_from
+    if table is not registry.table or was_mesh is not mesh or mesh.generation != generation:
+        return False
+    ids, index, metadata, fingerprints, isolated = (table.ids, table.index, table.metadata, table.fingerprint,
+                                                    table.isolated)
+    try:
+        if ids[slot] != node_id:
+            return False
+        for v, s, meta, fp, cut in read:
+            if s < 0:
+                if index.get(v) is not None:
+                    return False
+            elif ids[s] != v or metadata[s] is not meta or fingerprints[s] is not fp or bool(isolated[s]) is not cut:
+                return False
+    except (LookupError, RuntimeError, ValueError):  # the tick changed the table meanwhile
+        return False
+    return True
 
 
 # -- agent side ------------------------------------------------------------------------------
