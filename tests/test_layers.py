@@ -24,7 +24,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 #: above it (names relative to ``wyneos_core``; ``__init__`` is the package's own face)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("__init__", "model", "licence_result", "nodetable", "metadata_codes", "sharing", "names", "transitions", "safeio", "yamlio", "wording",
-               "diagnostics", "action_params", "selectors")),
+               "diagnostics", "action_params", "selectors", "nodeviews", "nodecodes")),
     ("engines", ("config", "checks", "pyrules", "intake", "telemetry_inbox", "registry", "store", "causes",
                  "consensus", "mesh", "mesh_graph", "mesh_search", "mesh_topology",
                  "rules", "licensing", "trust", "enforcement", "predict", "drift")),
