@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import select
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -141,3 +144,76 @@ def end_processes(procs: Any) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+class RawConnection:
+    """One keep-alive connection to a loopback server, written and read as raw HTTP/1.1
+    bytes (for what a client library would not send); every read bounded by ``timeout``."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> bool:
+        """Send ``data``; False if the server closed the connection already."""
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def ask(self, data: bytes) -> bytes:
+        """Send ``data`` and read one whole answer."""
+        self.sock.sendall(data)
+        return self.answer()
+
+    def answered(self) -> bool:
+        """Whether the server wrote something (or closed) without waiting for it."""
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def answer(self) -> bytes:
+        """One whole answer (head and content-length body)."""
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed; got {self.buffer!r}")
+            self.buffer += chunk
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        found = re.search(rb"(?im)^content-length: *(\d+)", head)
+        if found is None:
+            raise ConnectionError(f"an answer without content-length: {head!r}")
+        length = int(found.group(1))
+        while len(rest) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed in the body")
+            rest += chunk
+        self.buffer = rest[length:]
+        return head + b"\r\n\r\n" + rest[:length]
+
+    def rest_until_closed(self) -> bytes:
+        """Everything until the server closes (each read bounded by the socket timeout)."""
+        data = self.buffer
+        self.buffer = b""
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    def closed(self) -> bool:
+        """Whether the server closed the connection (waiting at most ``timeout`` for it);
+        False when it stays open or writes more."""
+        try:
+            return self.sock.recv(1) == b""
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()

@@ -10,11 +10,12 @@ import socket
 import time
 
 import pytest
+from service_helpers import RawConnection
 
-from test_redteam_intake import LIMITS, Raw, hb_body, relaying, seq_of, serving, session_request, sessions_for
+from test_redteam_intake import LIMITS, hb_body, relaying, seq_of, serving, session_request, sessions_for
 
 
-def _closed_within(conn: Raw, seconds: float) -> bytes:
+def _closed_within(conn: RawConnection, seconds: float) -> bytes:
     """What the server sent until it closed; fails if it is still open after ``seconds``."""
     conn.sock.settimeout(seconds)
     try:
@@ -33,7 +34,7 @@ def test_a_stray_line_break_after_an_answer_is_closed_by_the_idle_timeout(tmp_pa
     start no head deadline, and must not stop the idle one either."""
     with serving(tmp_path, **LIMITS) as (service, url):  # idle_timeout and header_timeout 1 s
         sid, = sessions_for(service, ["k-1"])
-        conn = Raw(url)
+        conn = RawConnection(url)
         if route == "healthz":
             conn.send(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             assert conn.answer().startswith(b"HTTP/1.1 200 ")
@@ -50,7 +51,7 @@ def test_line_breaks_alone_do_not_keep_an_idle_connection_open(tmp_path):
     never begins a request: it is idle, and closed by the idle timeout."""
     with serving(tmp_path, **LIMITS) as (service, url):
         sid, = sessions_for(service, ["k-2"])
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.send(session_request(sid, 1, hb_body(time.time(), 0.5)))
         assert conn.answer().startswith(b"HTTP/1.1 202 ")
         sent = 0
@@ -65,7 +66,7 @@ def test_line_breaks_alone_do_not_keep_an_idle_connection_open(tmp_path):
 def test_the_relay_closes_a_connection_left_with_a_stray_line_break(tmp_path):
     with relaying(tmp_path, **LIMITS) as (service, url, relay_url):
         sid, = sessions_for(service, ["k-3"])
-        conn = Raw(relay_url)
+        conn = RawConnection(relay_url)
         conn.send(session_request(sid, 1, hb_body(time.time(), 0.5)))
         assert conn.answer().startswith(b"HTTP/1.1 202 ")
         conn.send(b"\r\n")
@@ -84,7 +85,7 @@ def test_a_whole_head_above_max_header_bytes_in_one_read_is_refused(tmp_path, si
     """The single heartbeat route (answered by the fast path): 431, nothing applied."""
     with serving(tmp_path, **LIMITS) as (service, url):  # max_header_bytes 32 KiB
         sid, = sessions_for(service, ["m-1"])
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.send(session_request(sid, 1, hb_body(time.time(), 0.5), extra=_pad(size)))
         answer = conn.rest_until_closed()
         assert answer.startswith(b"HTTP/1.1 431 "), answer[:60]
@@ -101,7 +102,7 @@ def test_a_whole_head_above_the_limit_is_refused_on_the_asgi_path_too(tmp_path, 
         sid, = sessions_for(service, ["m-2"])
         body = b'{"heartbeats": []}'
         pad = b"" if b"?" in request_line else _pad(40_000)
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.send(request_line + b"\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: "
                   + str(len(body)).encode() + b"\r\n" + pad + b"\r\n" + body)
         answer = conn.rest_until_closed()
@@ -117,7 +118,7 @@ def test_a_head_just_under_the_limit_is_served_in_one_read_in_pieces_and_after_p
         pad = b"".join(b"x-pad-%d: %s\r\n" % (i, b"a" * 40) for i in range(70))
         whole = session_request(sid, 1, hb_body(time.time(), 0.5), extra=pad)
         assert 3800 < len(whole.partition(b"\r\n\r\n")[0]) < 4000
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.send(whole)
         assert conn.answer().startswith(b"HTTP/1.1 202 ")
         pieces = session_request(sid, 2, hb_body(time.time(), 0.5), extra=pad)
@@ -153,7 +154,7 @@ def test_pipelined_complete_requests_are_not_counted_as_the_next_head(tmp_path, 
             requests = b"".join(session_request(sid, seq, hb_body(now, 0.5)) for seq in range(1, 201))
             expected = b"202"
         assert len(requests) > 32 * 1024
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.send(requests + b"GET /healthz HTTP/1.1\r\n")
         statuses = [conn.answer().split(b" ")[1] for _ in range(200)]
         assert set(statuses) == {expected}
@@ -171,15 +172,15 @@ def test_the_three_holes_stay_closed_under_either_event_loop(tmp_path, loop):
     with serving(tmp_path, loop=loop, **LIMITS) as (service, url):
         sid, = sessions_for(service, ["e-1"])
         now = time.time()
-        stray = Raw(url)
+        stray = RawConnection(url)
         stray.send(session_request(sid, 1, hb_body(now, 0.5)))
         assert stray.answer().startswith(b"HTTP/1.1 202 ")
         stray.send(b"\r\n")
         assert _closed_within(stray, 20) == b""
-        big = Raw(url)
+        big = RawConnection(url)
         big.send(session_request(sid, 2, hb_body(now, 0.5), extra=_pad(100_000)))
         assert big.rest_until_closed().startswith(b"HTTP/1.1 431 ")
-        piped = Raw(url)
+        piped = RawConnection(url)
         piped.send(b"".join(session_request(sid, seq, hb_body(now, 0.5)) for seq in range(2, 202))
                    + b"GET /healthz HTTP/1.1\r\n")
         assert [piped.answer().split(b" ")[1] for _ in range(200)] == [b"202"] * 200

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 
 import pytest
-from service_helpers import Node, make_service, write_config
+from service_helpers import Node, RawConnection, make_service, write_config
 
 from wyneos_core.licensing.keys import public_bytes
 from wyneos_core.service import heartbeat_api
@@ -21,41 +20,6 @@ from wyneos_core.service.server import ServerThread
 from wyneos_core.service.sessions import mac
 
 KEY = bytes(range(32))
-
-
-class Raw:
-    """One keep-alive connection, written and read as raw HTTP/1.1."""
-
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        self.buffer = b""
-
-    def ask(self, data: bytes) -> bytes:
-        self.sock.sendall(data)
-        return self.answer()
-
-    def answer(self) -> bytes:
-        while b"\r\n\r\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed; got {self.buffer!r}")
-            self.buffer += chunk
-        head, _, rest = self.buffer.partition(b"\r\n\r\n")
-        length = int(re.search(rb"content-length: (\d+)", head).group(1))
-        while len(rest) < length:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed in the body")
-            rest += chunk
-        self.buffer = rest[length:]
-        return head + b"\r\n\r\n" + rest[:length]
-
-    def closed(self) -> bool:
-        try:
-            return self.sock.recv(1) == b""
-        except OSError:
-            return True
 
 
 def request(path: str, sid: str, seq: str, tag: str, body: bytes, *, host: bytes = b"127.0.0.1",
@@ -109,7 +73,7 @@ def test_the_protocol_answers_single_session_heartbeats_as_the_asgi_route_does(s
         ("more headers", "10", good, None, b"x-other: 1\r\n"),
         ("closes", "11", good, None, b"connection: close\r\n"),
     ]
-    fast, asgi = Raw(url), Raw(url)
+    fast, asgi = RawConnection(url), RawConnection(url)
     before = single.answered
     for name, seq, body, tag, extra in cases:
         tag = tag if tag is not None else mac(KEY, int(seq), body)
@@ -125,7 +89,7 @@ def test_the_statuses_cover_acceptance_and_every_refusal(served):
     """The cases above are not all one answer: each path's statuses, asked one by one."""
     service, url, now, single = served
     sid = service.sessions.issue_ticket("f-1", KEY, now + 600)
-    conn = Raw(url)
+    conn = RawConnection(url)
     body = json.dumps({"timestamp": now, "load": 0.5}).encode()
     seen = []
     for seq, raw, tag in [("1", body, None), ("1", body, None), ("2", body, "00" * 16), ("2", b"{", None),
@@ -146,7 +110,7 @@ def test_requests_the_protocol_does_not_take_are_refused_the_asgi_way(served, ca
     sid = service.sessions.issue_ticket("f-1", KEY, now + 600)
     answers = []
     for path in ("/v1/heartbeats", "/v1/heartbeats?asgi"):
-        conn = Raw(url)
+        conn = RawConnection(url)
         if case == "too large":
             data = request(path, sid, "1", "00" * 16, b"") .replace(
                 b"content-length: 0", b"content-length: " + str(service.settings.max_request_bytes + 1).encode())
@@ -168,7 +132,7 @@ def test_a_trickling_body_is_refused_with_408_and_closed(served):
     sid = service.sessions.issue_ticket("f-1", KEY, now + 600)
     answers = []
     for path in ("/v1/heartbeats", "/v1/heartbeats?asgi"):
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.sock.sendall(request(path, sid, "1", "00" * 16, b"{}")[:-1])  # one byte short, never sent
         answers.append(undated(conn.answer()))
         assert conn.closed()

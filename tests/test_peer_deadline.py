@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 
-from service_helpers import wait_for
-from test_redteam_intake import Raw
+from service_helpers import RawConnection, wait_for
 
 from wyneos_core.licensing.keys import fingerprint, generate_key, public_bytes
 from wyneos_core.service.orchestrator_key import OrchestratorKey
@@ -29,7 +28,7 @@ def test_the_peer_endpoint_closes_a_request_trickled_past_its_deadline(tmp_path)
     okey = OrchestratorKey.for_state(tmp_path / "state.db")
     peer = PeerNode("b", generate_key(), okey.keyring(), interval=60).start()
     try:
-        conn = Raw("http://" + peer.address)
+        conn = RawConnection("http://" + peer.address)
         line = PING_LINE
         sent = 0
         for byte in line[:41]:  # a byte every 0.5 s, each within PEER_TIMEOUT of the last
@@ -43,7 +42,7 @@ def test_the_peer_endpoint_closes_a_request_trickled_past_its_deadline(tmp_path)
         peer.close()
 
 
-def _trickle_until_closed(conns: list[Raw], data: bytes, every: float) -> list[Raw]:
+def _trickle_until_closed(conns: list[RawConnection], data: bytes, every: float) -> list[RawConnection]:
     """Send ``data`` a byte at a time to every connection, a byte each ``every`` seconds,
     while the server keeps it open; the connections still open when ``data`` runs out."""
     open_ = list(conns)
@@ -62,7 +61,7 @@ def test_a_body_trickled_past_the_deadline_is_not_read_and_the_connection_closed
     peer.on_relay = lambda sender, envelopes: taken.append(sender) or {"node": "b", "acks": [], "refusals": []}
     try:
         body = b'{"from": "a", "envelopes": [{}]}' + b" " * 60
-        conn = Raw("http://" + peer.address)
+        conn = RawConnection("http://" + peer.address)
         assert conn.send(b"POST /v1/peer/relay HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                          b"content-length: " + str(len(body)).encode() + b"\r\n\r\n")
         # the head came at once; the body a byte every PEER_TIMEOUT / 4 (92 bytes: 23 deadlines)
@@ -83,10 +82,10 @@ def test_trickling_sockets_on_every_slot_do_not_lock_a_witness_ping_out(tmp_path
     okey = OrchestratorKey.for_state(tmp_path / "state.db")
     target = PeerNode("b", generate_key(), okey.keyring(), interval=60).start()
     prober = PeerNode("a", generate_key(), okey.keyring(), interval=60)
-    conns: list[Raw] = []
+    conns: list[RawConnection] = []
     try:
-        conns = [Raw("http://" + target.address) for _ in range(MAX_PEER_CONNECTIONS)]
-        conns.append(Raw("http://" + target.address))  # one more: shed, as every slot is taken
+        conns = [RawConnection("http://" + target.address) for _ in range(MAX_PEER_CONNECTIONS)]
+        conns.append(RawConnection("http://" + target.address))  # one more: shed, as every slot is taken
         wait_for(lambda: target.server.shed == 1, timeout=10)
         # each trickler sends a byte every PEER_TIMEOUT / 4 for 20 deadlines: the server
         # closes every one of them long before (bounded loop; no timing asserted)

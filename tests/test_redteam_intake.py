@@ -6,15 +6,13 @@ test asserts a duration."""
 from __future__ import annotations
 
 import json
-import select
-import socket
 import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import pytest
-from service_helpers import Node, make_service, wait_for, write_config
+from service_helpers import Node, RawConnection, make_service, wait_for, write_config
 
 from wyneos_core import hookimpl
 from wyneos_core.licensing.keys import public_bytes
@@ -81,60 +79,6 @@ def hb_body(timestamp: float, load: float) -> bytes:
     return json.dumps({"timestamp": timestamp, "load": load}).encode()
 
 
-class Raw:
-    """One connection written and read as raw bytes; every read bounded by a timeout."""
-
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=30)
-        self.buffer = b""
-
-    def send(self, data: bytes) -> bool:
-        """Send ``data``; False if the server closed the connection already."""
-        try:
-            self.sock.sendall(data)
-            return True
-        except OSError:
-            return False
-
-    def answered(self) -> bool:
-        """Whether the server wrote something (or closed) without waiting for it."""
-        return bool(select.select([self.sock], [], [], 0)[0])
-
-    def answer(self) -> bytes:
-        """One whole answer (head and content-length body)."""
-        while b"\r\n\r\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed; got {self.buffer!r}")
-            self.buffer += chunk
-        head, _, rest = self.buffer.partition(b"\r\n\r\n")
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        while len(rest) < length:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed in the body")
-            rest += chunk
-        self.buffer = rest[length:]
-        return head + b"\r\n\r\n" + rest[:length]
-
-    def rest_until_closed(self) -> bytes:
-        """Everything until the server closes (each read bounded by the socket timeout)."""
-        data = self.buffer
-        self.buffer = b""
-        while True:
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                return data
-            if not chunk:
-                return data
-            data += chunk
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def session_request(sid: str, seq: int, body: bytes, *, tag: str | None = None, extra: bytes = b"",
                     path: bytes = b"/v1/heartbeats", length: int | None = None) -> bytes:
     tag = mac(KEY, seq, body) if tag is None else tag
@@ -153,7 +97,7 @@ def endless_head(path: bytes = b"/healthz") -> Iterator[bytes]:
         i += 1
 
 
-def trickle(conn: Raw, data: bytes, pause: float = 0.02, most: int = 5000) -> int:
+def trickle(conn: RawConnection, data: bytes, pause: float = 0.02, most: int = 5000) -> int:
     """Send ``data`` a byte at a time until the server answers or closes (at most ``most``
     bytes): how many were sent."""
     sent = 0
@@ -288,20 +232,20 @@ def test_a_full_queue_refuses_the_whole_batch_and_the_same_items_go_through_late
 def test_a_head_trickled_a_byte_at_a_time_is_closed_on_a_fresh_and_on_a_kept_alive_connection(tmp_path):
     with serving(tmp_path, **{**LIMITS, "idle_timeout": 60.0}) as (service, url):  # only the head deadline closes
         sid, = sessions_for(service, ["t-1"])
-        fresh = Raw(url)
+        fresh = RawConnection(url)
         head = b"".join(part for _, part in zip(range(400), endless_head()))
         sent = trickle(fresh, head)
         assert sent < len(head)  # the server ended it before the head could end
         assert fresh.rest_until_closed().startswith(b"HTTP/1.1 408 ")
         # the same after a heartbeat answered on the connection (the second head's deadline)
-        kept = Raw(url)
+        kept = RawConnection(url)
         kept.send(session_request(sid, 1, hb_body(time.time(), 0.5)))
         assert kept.answer().startswith(b"HTTP/1.1 202 ")
         sent = trickle(kept, head)
         assert sent < len(head)
         assert kept.rest_until_closed().startswith(b"HTTP/1.1 408 ")
         # and a head trickled into the same chunk as a whole request before it
-        piped = Raw(url)
+        piped = RawConnection(url)
         piped.send(session_request(sid, 2, hb_body(time.time(), 0.5)) + b"GET /healthz HTTP/1.1\r\n")
         assert piped.answer().startswith(b"HTTP/1.1 202 ")
         assert trickle(piped, head[len(b"GET /healthz HTTP/1.1\r\n"):]) < len(head)
@@ -313,7 +257,7 @@ def test_a_head_trickled_a_byte_at_a_time_is_closed_on_a_fresh_and_on_a_kept_ali
 def test_the_head_size_limit_holds_across_chunks(tmp_path, where):
     with serving(tmp_path, max_header_bytes=4096, header_timeout=30.0) as (service, url):
         sid, = sessions_for(service, ["h-1"])
-        conn = Raw(url)
+        conn = RawConnection(url)
         if where == "kept alive":
             conn.send(session_request(sid, 1, hb_body(time.time(), 0.5)))
             assert conn.answer().startswith(b"HTTP/1.1 202 ")
@@ -337,12 +281,12 @@ def test_the_head_size_limit_holds_across_chunks(tmp_path, where):
 def test_an_idle_kept_alive_connection_is_closed_and_one_that_keeps_talking_is_not(tmp_path):
     with serving(tmp_path, **LIMITS) as (service, url):
         sid, = sessions_for(service, ["i-1"])
-        idle = Raw(url)
+        idle = RawConnection(url)
         idle.send(session_request(sid, 1, hb_body(time.time(), 0.5)))
         assert idle.answer().startswith(b"HTTP/1.1 202 ")
         assert idle.rest_until_closed() == b""  # closed by the server, nothing more said
         # a connection that asks again and again stays open and answered (its timer moved on)
-        busy = Raw(url)
+        busy = RawConnection(url)
         began, seq = time.monotonic(), 1
         while seq < 300 and (time.monotonic() - began < 2.5 or seq < 3):  # past idle_timeout, never idle long
             seq += 1
@@ -365,7 +309,7 @@ def test_a_complete_head_then_a_stalled_body_is_refused_on_every_route(tmp_path,
             payload = json.dumps({"heartbeats": [item(sid, 1, body)]}).encode() if kind == "batch" else b'{"x": 1}'
             data = (b"POST " + path + b" HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                     b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.send(data[:-3])  # the head whole, the body three bytes short, never finished
         answer = conn.rest_until_closed()
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
@@ -377,7 +321,7 @@ def test_pipelined_requests_are_answered_in_order_on_both_paths(tmp_path):
     with serving(tmp_path, **LIMITS) as (service, url):
         sid, = sessions_for(service, ["p-1"])
         now = time.time()
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.send(session_request(sid, 1, hb_body(now - 4, 0.1)) + b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
                   + session_request(sid, 2, hb_body(now - 3, 0.2)) + session_request(sid, 2, hb_body(now - 2, 0.3))
                   + session_request(sid, 3, hb_body(now - 1, 0.4), tag="00" * 16)
@@ -398,7 +342,7 @@ def test_silent_and_idle_connections_never_lock_out_a_heartbeat(tmp_path):
         hogs = []
         try:
             for k in range(16):
-                hog = Raw(url)
+                hog = RawConnection(url)
                 if k % 3 == 1:
                     hog.send(b"GET /healthz HTTP/1.1\r\nhost: 1")
                 elif k % 3 == 2:
@@ -406,7 +350,7 @@ def test_silent_and_idle_connections_never_lock_out_a_heartbeat(tmp_path):
                     hog.answer()
                 hogs.append(hog)
             for seq in (1, 2, 3):
-                conn = Raw(url)
+                conn = RawConnection(url)
                 conn.send(session_request(sid, seq, hb_body(time.time(), 0.5)))
                 assert conn.answer().startswith(b"HTTP/1.1 202 "), seq
                 conn.close()
@@ -425,7 +369,7 @@ def test_refused_single_heartbeats_change_nothing(tmp_path):
         sid, = sessions_for(service, ["f-1"])
         registry = service.orchestrator.registry
         now = time.time()
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.send(session_request(sid, 1, hb_body(now, 0.5)))
         assert conn.answer().startswith(b"HTTP/1.1 202 ")
         wait_for(lambda: registry["f-1"].last_seen == now)
@@ -455,7 +399,7 @@ def test_a_body_above_the_limit_is_refused_before_it_is_sent(tmp_path):
     with serving(tmp_path, max_request_bytes=2048, **LIMITS) as (service, url):
         sid, = sessions_for(service, ["s-1"])
         for length in (2049, 10**12, 10**30):
-            conn = Raw(url)
+            conn = RawConnection(url)
             head = session_request(sid, 1, b"", length=length)
             conn.send(head)  # no body at all: the answer must come from the head alone
             answer = conn.answer()
@@ -473,7 +417,7 @@ def test_a_body_longer_than_its_content_length_is_not_taken_as_a_second_heartbea
         sid, = sessions_for(service, ["l-1"])
         now = time.time()
         body = hb_body(now, 0.5)
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.send(session_request(sid, 1, body, length=len(body)) + b'{"timestamp": 1, "load": 1.0}\r\n\r\n')
         first = conn.answer()
         assert first.startswith(b"HTTP/1.1 202 ")
@@ -509,36 +453,36 @@ def test_the_relay_holds_the_guard_limits_on_every_path(tmp_path):
         sid, = sessions_for(service, ["r-1"])
         head = b"".join(part for _, part in zip(range(400), endless_head(b"/v1/heartbeats")))
         # a trickled head, on a fresh connection and on one kept alive after an answer
-        fresh = Raw(relay_url)
+        fresh = RawConnection(relay_url)
         assert trickle(fresh, head) < len(head)
         assert fresh.rest_until_closed().startswith(b"HTTP/1.1 408 ")
-        kept = Raw(relay_url)
+        kept = RawConnection(relay_url)
         kept.send(session_request(sid, 1, hb_body(time.time(), 0.5)))
         assert kept.answer().startswith(b"HTTP/1.1 202 ")
         assert trickle(kept, head) < len(head)
         assert kept.rest_until_closed().startswith(b"HTTP/1.1 408 ")
         # a head above the limit
-        big = Raw(relay_url)
+        big = RawConnection(relay_url)
         big.send(head[:3000])
         for part in endless_head():
             if big.answered() or not big.send(part):
                 break
         assert big.rest_until_closed().startswith(b"HTTP/1.1 431 ")
         # a complete head, then a stalled body
-        stalled = Raw(relay_url)
+        stalled = RawConnection(relay_url)
         stalled.send(session_request(sid, 2, hb_body(time.time(), 0.5))[:-2])
         assert stalled.rest_until_closed().startswith(b"HTTP/1.1 408 ")
         # an idle kept-alive connection (a relay closing idle ones after 1 s)
         with relay_thread(url) as quick_url:
-            idle = Raw(quick_url)
+            idle = RawConnection(quick_url)
             idle.send(session_request(sid, 2, hb_body(time.time(), 0.5)))
             assert idle.answer().startswith(b"HTTP/1.1 202 ")
             assert idle.rest_until_closed() == b""
         assert seq_of(service, sid) == 2
         # silent sockets past max_connections never lock a heartbeat out
-        hogs = [Raw(relay_url) for _ in range(16)]
+        hogs = [RawConnection(relay_url) for _ in range(16)]
         try:
-            conn = Raw(relay_url)
+            conn = RawConnection(relay_url)
             conn.send(session_request(sid, 3, hb_body(time.time(), 0.5)))
             assert conn.answer().startswith(b"HTTP/1.1 202 ")
         finally:
@@ -560,18 +504,18 @@ def test_the_guard_limits_hold_under_either_event_loop(tmp_path, loop):
         sid, = sessions_for(service, ["u-1"])
         now = time.time()
         head = b"".join(part for _, part in zip(range(400), endless_head()))
-        trickled = Raw(url)
+        trickled = RawConnection(url)
         assert trickle(trickled, head) < len(head)
         assert trickled.rest_until_closed().startswith(b"HTTP/1.1 408 ")
-        big = Raw(url)
+        big = RawConnection(url)
         for part in endless_head():
             if big.answered() or not big.send(part):
                 break
         assert big.rest_until_closed().startswith(b"HTTP/1.1 431 ")
-        stalled = Raw(url)
+        stalled = RawConnection(url)
         stalled.send(session_request(sid, 1, hb_body(now, 0.5))[:-2])
         assert stalled.rest_until_closed().startswith(b"HTTP/1.1 408 ")
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.send(session_request(sid, 1, hb_body(now - 1, 0.25)) + b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
                   + session_request(sid, 1, hb_body(now, 0.75)) + session_request(sid, 2, hb_body(now, 0.75)))
         statuses = [conn.answer().split(b" ")[1] for _ in range(4)]
@@ -589,7 +533,7 @@ def test_forged_and_replayed_single_heartbeats_do_not_spend_the_nodes_rate(tmp_p
             as (service, url):
         sid, = sessions_for(service, ["z-1"])
         now = time.time()
-        conn = Raw(url)
+        conn = RawConnection(url)
         conn.send(session_request(sid, 1, hb_body(now - 3, 0.5)))
         assert conn.answer().split(b" ")[1] == b"202"
         for k in range(20):
@@ -656,7 +600,7 @@ def test_serve_and_relay_start_hold_the_limits_and_stop_cleanly_with_uvloop(tmp_
         relay_url = start("relay", "--upstream", url, "--port", "0", "--flush", "0.05", "--header-timeout", "1")
         for target in (url, relay_url):
             assert httpx.get(target + "/healthz", timeout=10).status_code == 200
-            conn = Raw(target)
+            conn = RawConnection(target)
             head = b"".join(part for _, part in zip(range(400), endless_head()))
             assert trickle(conn, head) < len(head)
             assert conn.rest_until_closed().startswith(b"HTTP/1.1 408 ")
