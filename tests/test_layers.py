@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("__init__", "model", "licence_result", "nodetable", "metadata_codes", "sharing", "names", "transitions", "safeio", "yamlio", "wording",
                "diagnostics", "action_params", "selectors", "nodeviews", "nodecodes")),
     ("engines", ("config", "checks", "pyrules", "intake", "telemetry_inbox", "registry", "store", "causes",
-                 "consensus", "mesh", "mesh_graph", "mesh_search", "mesh_topology",
+                 "heartbeat_checks", "consensus", "mesh", "mesh_graph", "mesh_search", "mesh_topology",
                  "rules", "licensing", "trust", "enforcement", "predict", "drift")),
     ("builtin plugins", ("builtin",)),
     ("tick", ("hookspecs", "plugins", "tick", "loop", "explain")),

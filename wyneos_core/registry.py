@@ -1,19 +1,23 @@
-"""The node registry: who is in the cluster, what they last reported, their status."""
+"""The node registry: who is in the cluster, what they last reported, their status.
+
+What a heartbeat may carry is checked in ``wyneos_core.heartbeat_checks`` (its
+``HeartbeatError`` and ``RESERVED_METADATA`` are importable from here too); the
+registry checks what depends on the node (who it is, its clock) and applies it.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import islice
 from typing import Any
 
 import numpy as np
 
+from wyneos_core.heartbeat_checks import RESERVED_METADATA, HeartbeatError, check_content
 from wyneos_core.intake import CheckedHeartbeat, HeartbeatColumns
-from wyneos_core.model import ORIGIN, Heartbeat, Node, NodeStatus, Observation
+from wyneos_core.model import ORIGIN, Heartbeat, Node, NodeStatus
 from wyneos_core.telemetry_inbox import MetricBatch, MetricInbox
 from wyneos_core.transitions import StatusChanges
 from wyneos_core.nodetable import OFFLINE, ONLINE, STALE, STATUSES, UNKNOWN, NodeList, NodeTable, NodeView
@@ -27,44 +31,9 @@ NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 #: node ids no node can take: the orchestrator's own place in the mesh
 RESERVED_NODE_IDS = frozenset({ORIGIN})
 
-#: metadata keys only the orchestrator or the operator write (a node cannot set or lift
-#: them): ``restrictions`` are the orchestrator's, ``customer`` (whose licences the node
-#: may use) is the operator's, set in the config's ``nodes[].metadata``
-RESERVED_METADATA = frozenset({"restrictions", "customer"})
-#: how deeply heartbeat metadata may nest (mappings and lists)
-MAX_METADATA_DEPTH = 16
-
-
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of JSON-like ``value``, counting no further than ``limit + 1``."""
-    if limit < 0:
-        return 1
-    if isinstance(value, dict):
-        return 1 + max((_depth(v, limit - 1) for v in value.values()), default=0)
-    if isinstance(value, (list, tuple)):
-        return 1 + max((_depth(v, limit - 1) for v in value), default=0)
-    return 0
-
 
 class RegistryError(ValueError):
     """Registering or removing a node failed."""
-
-
-class HeartbeatError(ValueError):
-    """A heartbeat was refused; ``field`` names what was wrong with it."""
-
-    def __init__(self, node_id: str, field: str, reason: str, value: Any = None) -> None:
-        self.node_id = node_id
-        self.field = field
-        self.reason = reason
-        self.value = value
-        super().__init__(f"heartbeat from {node_id!r}: {field}: {reason}")
-
-    def to_dict(self) -> dict[str, Any]:
-        value = self.value if isinstance(self.value, (int, float, str, bool, type(None))) else repr(self.value)[:80]
-        if isinstance(value, float) and not math.isfinite(value):
-            value = repr(value)
-        return {"node_id": self.node_id, "field": self.field, "reason": self.reason, "value": value}
 
 
 class Registry:
@@ -245,83 +214,7 @@ class Registry:
                 node_id, "timestamp",
                 f"clock rollback: {node.last_seen - ts:.1f}s before the last heartbeat seen", ts,
             )
-        load = hb.load
-        if load is not None:
-            if type(load) is not float and (isinstance(load, bool) or not isinstance(load, (int, float))):
-                raise HeartbeatError(node_id, "load", "not a number", load)
-            if not (0 <= load <= self.max_load):  # also catches nan
-                raise HeartbeatError(node_id, "load", f"out of range [0, {self.max_load:g}]", load)
-        metadata = hb.metadata
-        if metadata:
-            if not isinstance(metadata, dict):
-                raise HeartbeatError(node_id, "metadata", "not a mapping", metadata)
-            reserved = RESERVED_METADATA.intersection(metadata)
-            if reserved:
-                key = min(reserved)
-                raise HeartbeatError(node_id, f"metadata.{key}",
-                                     "reserved: only the operator sets it (config nodes[].metadata)"
-                                     if key == "customer" else "reserved: only the orchestrator sets it", key)
-            depth = _depth(metadata, MAX_METADATA_DEPTH)
-            if depth > MAX_METADATA_DEPTH:
-                raise HeartbeatError(node_id, "metadata", f"nested deeper than {MAX_METADATA_DEPTH} levels")
-            try:
-                size = len(json.dumps(metadata, allow_nan=False))
-            except (TypeError, ValueError) as exc:
-                raise HeartbeatError(node_id, "metadata", f"not JSON data ({exc})") from None
-            if size > self.max_metadata_bytes:
-                raise HeartbeatError(
-                    node_id, "metadata", f"{size} bytes as JSON, more than {self.max_metadata_bytes}", size
-                )
-        elif not isinstance(metadata, dict):
-            raise HeartbeatError(node_id, "metadata", "not a mapping", metadata)
-        if hb.observations:
-            self._check_observations(hb)
-        if hb.metrics is not None:
-            self._check_metrics(hb)
-        if hb.fingerprint is not None or hb.licence_ref is not None:
-            for name in ("fingerprint", "licence_ref"):
-                value = getattr(hb, name)
-                if value is not None and (not isinstance(value, str) or len(value) > 256):
-                    raise HeartbeatError(node_id, name, "not a string of at most 256 characters", value)
-
-    def _check_metrics(self, hb: Heartbeat) -> None:
-        metrics = hb.metrics
-        node_id = hb.node_id
-        if not isinstance(metrics, Mapping):
-            raise HeartbeatError(node_id, "metrics", "not a mapping of metric name to number", type(metrics).__name__)
-        # names are distinct: among the first (declared + 1) an unknown one shows, named
-        for name, value in islice(metrics.items(), len(self.metric_bounds) + 1):
-            bounds = self.metric_bounds.get(name) if type(name) is str else None
-            if bounds is None:
-                known = ", ".join(sorted(self.metric_bounds)) or "none declared"
-                raise HeartbeatError(node_id, f"metrics.{str(name)[:48]}",
-                                     f"unknown metric (telemetry.metrics: {known})")
-            if type(value) is not float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise HeartbeatError(node_id, f"metrics.{name}", "not a number", repr(value)[:80])
-            low, high = bounds
-            if not (low <= value <= high):  # also catches nan
-                raise HeartbeatError(node_id, f"metrics.{name}", f"out of range [{low:g}, {high:g}]", value)
-        if len(metrics) > len(self.metric_bounds):  # not reached: an unknown name came first
-            raise HeartbeatError(node_id, "metrics", f"{len(metrics)} metrics, more than the "
-                                 f"{len(self.metric_bounds)} declared in telemetry.metrics", len(metrics))
-
-    def _check_observations(self, hb: Heartbeat) -> None:
-        observations = hb.observations
-        node_id = hb.node_id
-        if not isinstance(observations, (tuple, list)):
-            raise HeartbeatError(node_id, "observations", "not a list", type(observations).__name__)
-        if len(observations) > self.max_observations:
-            raise HeartbeatError(node_id, "observations", f"{len(observations)} observations, more than "
-                                 f"heartbeat.max_observations ({self.max_observations})", len(observations))
-        for index, obs in enumerate(observations):
-            if not isinstance(obs, Observation):
-                raise HeartbeatError(node_id, f"observations[{index}]", "not an observation", repr(obs)[:80])
-            if obs.observer != node_id:
-                raise HeartbeatError(node_id, f"observations[{index}].observer",
-                                     "a node reports only its own observations", str(obs.observer)[:80])
-            problem = obs.problem()
-            if problem is not None:
-                raise HeartbeatError(node_id, f"observations[{index}]", problem)
+        check_content(hb, self)
 
     def take_observations(self) -> HeartbeatObservations:
         """The observations collected since the last call (and forget them): a list of
