@@ -46,6 +46,7 @@ from wyneos_core.licensing.envelope import EnvelopeError, FormatError
 from wyneos_core.licensing.keys import KeyRing
 from wyneos_core.licensing.ledger import Ledger
 from wyneos_core.licensing.revocation import Revocation, RevocationList
+from wyneos_core.licensing.revocation_accept import kept_revocations, read_revocations
 from wyneos_core.licensing.seats import allocate_seats
 from wyneos_core.licensing.settings import LicenceSettings
 from wyneos_core.licensing.asking import ask_sources
@@ -125,20 +126,11 @@ class LicenceEngine:
 
     def _restore_revocations(self) -> None:
         """Take the revocation list accepted before a restart from the ledger."""
-        document = self.ledger.revocation_document
-        if document is None:
+        kept, note = kept_revocations(self.ledger, self.keyring)
+        if note is not None:
+            self.notes.append(note)
+        if kept is None:
             return
-        try:
-            kept = RevocationList.from_document(document, self.keyring)
-        except EnvelopeError as exc:
-            try:  # our own copy: its key may have been rotated out since; the revocations still hold
-                kept = RevocationList.from_document(document, self.keyring, verify=False)
-            except EnvelopeError:
-                self.notes.append(f"licence.ledger: the kept revocation list is unreadable ({exc}); "
-                                  "revocations are known again once a list is provided")
-                return
-            self.notes.append(f"licence.ledger: the kept revocation list version {kept.version} no longer "
-                              f"verifies ({exc.reason}); its revocations stay in force")
         self.revocations = kept
         self.revocation_new = list(self.ledger.revocation_new)
         self.epoch += 1
@@ -179,39 +171,11 @@ class LicenceEngine:
         if stamp == self._rev_stamp:
             return
         self._rev_stamp = stamp
-        kept = self.revocations.version
-        if stamp is None:
-            self.revocation_problem = None
-            if kept:
-                self.revocation_problem = (f"revocation list {path} is missing; the {len(self.revocations.entries)} "
-                                           f"revocation(s) of version {kept} accepted earlier stay in force")
-            elif self.ledger.revocation_version:
-                self.revocation_problem = (f"revocation list {path} is missing, and version "
-                                           f"{self.ledger.revocation_version} was accepted before: revoked "
-                                           "licences are unknown until that list (or a newer one) is provided")
-            if self.revocation_problem:
-                self.notes.append(self.revocation_problem)
-            return
-        try:
-            fresh = RevocationList.load(path, self.keyring)
-        except EnvelopeError as exc:
-            self.revocation_problem = (f"revocation list {path} refused ({exc.reason}): {exc}; "
-                                       f"keeping version {kept}")
+        fresh, self.revocation_problem = read_revocations(path, stamp is not None, self.keyring, self.revocations,
+                                                          self.ledger.revocation_version)
+        if self.revocation_problem:
             self.notes.append(self.revocation_problem)
-            return
-        floor = max(kept, self.ledger.revocation_version)
-        if fresh.version < floor:
-            self.revocation_problem = (f"revocation list {path} has version {fresh.version}, older than version "
-                                       f"{floor} already accepted: refused (replayed old list?)")
-            if kept:
-                self.revocation_problem += f"; the revocations of version {kept} stay in force"
-            else:
-                self.revocation_problem += ("; no accepted list is known: revoked licences are unknown until a list "
-                                            "at least as new is provided")
-            self.notes.append(self.revocation_problem)
-            return
-        self.revocation_problem = None
-        if fresh.version == kept:
+        if fresh is None or fresh.version == self.revocations.version:
             return
         added = [fresh.entries[i] for i in sorted(set(fresh.entries) - set(self.revocations.entries))]
         self.ledger.accept_revocations(fresh.version, fresh.document, [e.licence_id for e in added])
