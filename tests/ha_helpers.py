@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,7 @@ class Fleet:
     def __enter__(self) -> Fleet:
         self.etcd.start()
         try:
-            for r in self.replicas:
-                r.start()
+            self._each_replica(Replica.start)  # at once, as machines would: each waits for its own start
             self.wait_leader()
             token = self.enrol_token(uses=self.n_agents) if self.n_agents else ""
             servers = ",".join(r.url for r in self.replicas)
@@ -160,10 +160,18 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         for a in self.agents:
+            a.stop.set()  # all told first, then each waited for
+        for a in self.agents:
             a.close()
-        for r in self.replicas:
-            r.stop()
+        self._each_replica(Replica.stop)
         self.etcd.stop()
+
+    def _each_replica(self, step: Any) -> None:
+        """``step(replica)`` for every replica on threads of its own; the first error raised."""
+        if self.replicas:
+            with ThreadPoolExecutor(len(self.replicas)) as pool:
+                for _ in pool.map(step, self.replicas):
+                    pass
 
     def enrol_token(self, uses: int) -> str:
         out = subprocess.run([WYNEOS, "enrol", "token", "-c", str(self.config), "--store", self.etcd.url,
