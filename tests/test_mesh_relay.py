@@ -32,10 +32,17 @@ from tests.test_mesh_service import node, observations_flowing, wait_for
 WYNEOS = [sys.executable, "-m", "wyneos_core.cli"]
 NODES = ["n1", "n2", "n3", "n4", "n5"]
 
+# The agents report the machine's real load average per CPU with every heartbeat. Under the
+# default ``healing.overload_threshold`` (0.9) a busy test machine makes every node "overloaded"
+# and healing decides a ``reduce_load`` for it: one decided for n3 around its cut is relayed to
+# it too (first, while n3 is still only stale), which is right, but not what these tests are
+# about. The threshold is out of reach so that the quarantine (and the revoke) are all that is
+# decided for n3 after its cut, whatever the load of the machine running the tests.
 CONFIG = """\
 cluster: relay-test
 tick: {{interval: 0.3}}
 heartbeat: {{interval: 0.3, stale_after: 1.5, offline_after: 3.0, max_clock_skew: 30, unknown_nodes: reject}}
+healing: {{overload_threshold: 1000}}
 decide: {{probation_ticks: 1, max_unhealthy_fraction: 0.9, max_correlated_fraction: 1.0}}
 consensus: {{window_ticks: 8}}
 mesh: {{topology: ring, origin_links: 5}}
@@ -130,10 +137,20 @@ def applied(tmp, n, action_id):
     return [e for e in map(json.loads, log.read_text().splitlines()) if e["action"]["id"] == action_id]
 
 
+def settled(client):
+    """Every node online, none isolated, nothing waiting for any of them."""
+    return all((n := node(client, name))["status"] == "online" and not n["isolated"] and not n["pending_actions"]
+               for name in NODES)
+
+
 def ready(client):
     wait_for(lambda: all(node(client, n)["status"] == "online" for n in NODES))
     # witnesses at work: observations flow with the heartbeats
     wait_for(lambda: observations_flowing(client))
+    # what a slow start decided (the quarantines and, before the first witness observations,
+    # isolations of nodes not heard yet, then their reinstates) has been taken by each node
+    # directly: what is relayed to a node cut off after this was decided after its cut
+    wait_for(lambda: settled(client))
 
 
 def test_an_action_reaches_a_node_cut_off_from_the_orchestrator_through_a_peer(ring):
