@@ -144,7 +144,8 @@ class Fleet:
     def __enter__(self) -> Fleet:
         self.etcd.start()
         try:
-            self._each_replica(Replica.start)  # at once, as machines would: each waits for its own start
+            for r in self.replicas:  # one after the other (the first to start leads)
+                r.start()
             self.wait_leader()
             token = self.enrol_token(uses=self.n_agents) if self.n_agents else ""
             servers = ",".join(r.url for r in self.replicas)
