@@ -141,3 +141,18 @@ def test_random_changes_between_ticks_always_give_the_list_made_from_scratch():
             assert (None if envelope is None else envelope["payload"]["neighbours"]) == \
                 fresh_list(registry, mesh, v), (number, v)
     assert sealer.count < 3 * 119  # unchanged lists were handed out again, not sealed again
+
+
+def test_a_tick_over_another_registry_and_mesh_lists_again():
+    """A replica that takes over builds its own registry and mesh: a list kept from the
+    old ones is not handed out because the new ones happen to read alike."""
+    registry, mesh = fleet()
+    book = NeighbourBook(Sealer())
+    tick(book, registry, mesh, 1)
+    assert [e["id"] for e in book.signed_for("n1")["payload"]["neighbours"]] == ["n0", "n2"]
+    other, other_mesh = fleet()
+    other.get("n2").metadata = {"peer_address": "127.0.0.1:7777"}
+    tick(book, other, other_mesh, 2)
+    assert book.signed_for("n1")["payload"]["neighbours"] == fresh_list(other, other_mesh, "n1")
+    assert [e["address"] for e in book.signed_for("n1")["payload"]["neighbours"]] == ["127.0.0.1:9000",
+                                                                                       "127.0.0.1:7777"]

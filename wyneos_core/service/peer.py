@@ -215,16 +215,23 @@ class NeighbourBook:
     def __init__(self, sign: Callable[[str, Mapping[str, Any]], dict[str, Any]], max_sealed: int = 250_000) -> None:
         self._seal = sign
         self._source: tuple[Any, Any] | None = None  # (registry, mesh) of the last tick
-        #: node -> (tick it was last made or found unchanged at, the list, its envelope, what
-        #: it was read from), least recently asked first
-        self._sealed: OrderedDict[str, tuple[int, tuple[dict[str, Any], ...], dict[str, Any], Any]] = OrderedDict()
+        #: node -> (tick it was last made or found unchanged at, the list, its envelope, the
+        #: source it was read from (``_epoch``), what it read there), least recently asked first
+        self._sealed: OrderedDict[str, tuple[int, tuple[dict[str, Any], ...], dict[str, Any], int, Any]] = \
+            OrderedDict()
         self._lock = threading.Lock()
         self.max_sealed = max_sealed
         self.tick = 0
+        self._epoch = 0  # bumped when a tick names another registry, table or mesh
+        self._seen: tuple[int, int, int] | None = None  # their ids, kept with ``_source``
 
     @hookimpl
     def wyneos_tick_report(self, ctx: Any) -> None:
         with self._lock:
+            seen = (id(ctx.registry), id(ctx.registry.table), id(ctx.mesh))
+            if seen != self._seen:  # (the source it replaces is still referenced here: its ids are not reused yet)
+                self._epoch += 1
+                self._seen = seen
             self._source = (ctx.registry, ctx.mesh)
             self.tick = ctx.tick
 
@@ -236,9 +243,10 @@ class NeighbourBook:
         listed = self._read(node_id)
         return None if listed is None else listed[0]
 
-    def _read(self, node_id: str) -> tuple[tuple[dict[str, Any], ...], Any] | None:
+    def _read(self, node_id: str,
+              source: tuple[Any, Any] | None = None) -> tuple[tuple[dict[str, Any], ...], Any] | None:
         """(``neighbours_of``, what it was read from), or None."""
-        source = self._source
+        source = self._source if source is None else source
         if source is None:
             return None
         for _ in range(3):  # read beside a running tick: one that changes them meanwhile, read again
@@ -257,16 +265,16 @@ class NeighbourBook:
             cached = self._sealed.get(node_id)
             if cached is not None:
                 self._sealed.move_to_end(node_id)
-            tick, source = self.tick, self._source
+            tick, source, epoch = self.tick, self._source, self._epoch
         if cached is not None:
             if cached[0] == tick:
                 return cached[2]
-            if source is not None and _unchanged(*source, node_id, cached[3]):
+            if source is not None and cached[3] == epoch and _unchanged(*source, node_id, cached[4]):
                 with self._lock:
                     if node_id in self._sealed:
                         self._sealed[node_id] = (tick, *cached[1:])
                 return cached[2]
-        listed = self._read(node_id)
+        listed = self._read(node_id, source)
         if listed is None:
             return None
         current, read_from = listed
@@ -276,7 +284,7 @@ class NeighbourBook:
             envelope = self._seal(NEIGHBOURS_FORMAT, {"node": node_id, "tick": tick, "issued_at": int(time.time()),
                                                       "neighbours": list(current)})
         with self._lock:
-            self._sealed[node_id] = (tick, current, envelope, read_from)
+            self._sealed[node_id] = (tick, current, envelope, epoch, read_from)
             self._sealed.move_to_end(node_id)
             while len(self._sealed) > self.max_sealed:
                 self._sealed.popitem(last=False)
@@ -317,7 +325,7 @@ def _listed(registry: Any, mesh: Any, node_id: str) -> tuple[tuple[dict[str, Any
             continue
         out.append({"id": v, "address": address, "fingerprint": fp})
     out.sort(key=lambda e: e["id"])
-    return tuple(out[:MAX_NEIGHBOURS]), (table, mesh, generation, slot, tuple(read))
+    return tuple(out[:MAX_NEIGHBOURS]), (generation, slot, tuple(read))
 
 
 def _unchanged(registry: Any, mesh: Any, node_id: str, read_from: Any) -> bool:
@@ -325,9 +333,10 @@ def _unchanged(registry: Any, mesh: Any, node_id: str, read_from: Any) -> bool:
     generation, and every neighbour's slot, metadata and fingerprint the same objects and
     its isolation the same (a metadata mapping or fingerprint replaced by an equal one
     counts as a change: listed again, to the same list)."""
-    table, was_mesh, generation, slot, read = read_from
-    if table is not registry.table or was_mesh is not mesh or mesh.generation != generation:
+    generation, slot, read = read_from
+    if mesh.generation != generation:
         return False
+    table = registry.table
     ids, index, metadata, fingerprints, isolated = (table.ids, table.index, table.metadata, table.fingerprint,
                                                     table.isolated)
     try:
