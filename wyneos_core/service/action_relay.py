@@ -137,8 +137,11 @@ class RelayDesk:
         self.ack_ticks = ack_ticks
         self._lock = threading.Lock()
         self.tick = 0
-        #: (target, action id) -> the current hand-over
+        #: (target, action id) -> the current hand-over (changed only by ``_hand`` and ``_drop``)
         self.handovers: dict[tuple[str, str], Handover] = {}
+        #: relay -> the keys of its hand-overs, in the order handed (each answer to a
+        #: heartbeat looks up its sender's: no scan of every hand-over)
+        self._by_relay: dict[str, dict[tuple[str, str], None]] = {}
         #: (target, action id) -> relays used / failed (bounded: pruned with the outbox)
         self.trails: dict[tuple[str, str], _Trail] = {}
         #: (target, action id) -> the witness whose hop the routing tree chose
@@ -222,7 +225,7 @@ class RelayDesk:
                     self._fail(h, "dropped", f"no signed acknowledgement from {h.target} within {self.ack_ticks} "
                                              f"tick(s) of handing action {h.action_id} to {h.relay}")
                 elif h.handed_tick is None and tick - h.planned_tick > self.ack_ticks:
-                    del self.handovers[key]  # the relay never came for it (silent itself?): plan again
+                    self._drop(key)  # the relay never came for it (silent itself?): plan again
             # 2. plans: every waiting action of a silent node that witnesses still reach (only
             # suspected nodes with an action waiting: a million silent nodes with none cost nothing)
             waiting_for = outbox.targets()
@@ -246,7 +249,7 @@ class RelayDesk:
                         choices.insert(0, first)
                     if not choices:
                         continue
-                    self.handovers[key] = Handover(target, action["id"], choices[0], tick)
+                    self._hand(key, Handover(target, action["id"], choices[0], tick))
             # 3. forget what no outbox waits for any more
             if len(self.trails) > 4 * len(self.handovers) + 1000:
                 waiting = {(t, a["id"]) for t in {k[0] for k in self.trails} for a in outbox.pending(t)}
@@ -274,7 +277,22 @@ class RelayDesk:
         """The relay failed this action: named, not used for it again (caller holds the lock)."""
         self._event(h, outcome, detail)
         self.trails.setdefault((h.target, h.action_id), _Trail()).failed.add(h.relay)
-        self.handovers.pop((h.target, h.action_id), None)
+        self._drop((h.target, h.action_id))
+
+    def _hand(self, key: tuple[str, str], h: Handover) -> None:
+        """Hand ``key``'s action to ``h.relay`` (caller holds the lock; ``key`` not handed)."""
+        self.handovers[key] = h
+        self._by_relay.setdefault(h.relay, {})[key] = None
+
+    def _drop(self, key: tuple[str, str]) -> Handover | None:
+        """End ``key``'s hand-over, if any (caller holds the lock)."""
+        h = self.handovers.pop(key, None)
+        if h is not None:
+            keys = self._by_relay[h.relay]
+            del keys[key]
+            if not keys:
+                del self._by_relay[h.relay]
+        return h
 
     def _store(self, events: list[tuple[int, float, str, str, str, str, str]]) -> None:
         if not events:
@@ -296,10 +314,11 @@ class RelayDesk:
     def for_relay(self, relay: str) -> list[dict[str, Any]]:
         """The relay work for ``relay`` in the answer to its heartbeat:
         ``[{"to": node, "envelopes": [signed action, ...]}]`` (empty when none)."""
-        if not self.handovers:  # the usual answer: no relay work at all (one read, no lock)
+        if relay not in self._by_relay:  # the usual answer: no work for this relay (one read, no lock)
             return []
         with self._lock:
-            mine = [h for h in self.handovers.values() if h.relay == relay][:MAX_PER_ANSWER]
+            keys = self._by_relay.get(relay, ())
+            mine = [self.handovers[key] for key, _ in zip(keys, range(MAX_PER_ANSWER))]
             if not mine:
                 return []
             for h in mine:
@@ -331,7 +350,7 @@ class RelayDesk:
     def acked(self, target: str, action_id: str, via: str | None) -> None:
         """The node's signed ack of ``action_id`` arrived (through ``via``, or directly)."""
         with self._lock:
-            h = self.handovers.pop((target, action_id), None)
+            h = self._drop((target, action_id))
             if h is None and via is not None:  # a late ack from a relay reported before (dropped)
                 h = Handover(target, action_id, via, self.tick)
             if h is not None:
