@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 ARGS ?= --ticks 15
 PYTEST_ARGS ?=
-# both cores: test files spread over two workers (a file's tests stay on one worker)
-PYTEST_WORKERS ?= -n 2 --dist loadfile
+# both cores: tests spread over two workers; a worker that runs out takes queued tests from
+# the other (worksteal), so a long file handed out late does not leave one core idle at the
+# end (with loadfile one worker ran 108 s alone after the other had finished)
+PYTEST_WORKERS ?= -n 2 --dist worksteal
 
 .PHONY: run test bench install clean
 
