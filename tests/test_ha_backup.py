@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def test_a_replica_backup_restored_on_a_fresh_etcd_keeps_pinned_agents_working(t
             agent.close()
         replica.stop()
         etcd.stop()
+    # the leader ended on SIGTERM by itself (its etcd watch let go at once), not killed after 15 s
+    assert replica.proc.returncode != -signal.SIGKILL, "the leading replica did not end on SIGTERM"
     manifest = json.loads((backup / "wyneos-backup.json").read_text())
     assert set(manifest["files"]) == {"etcd", "key"} and manifest["backend"] == "etcd"
     assert manifest["etcd_keys"] > 5 and manifest["last_tick"] >= 1

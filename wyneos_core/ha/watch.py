@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 import threading
 from bisect import bisect_left, insort
 from typing import Any
@@ -35,6 +36,19 @@ _MAX_LINE = 64 << 20  # one watch response at most (etcd caps a request at 1.5 M
 
 def _b64(data: str | bytes) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _unblock(response: requests.Response) -> None:
+    """Shut down the socket of a streamed response, so that a read blocked on it in the
+    watch thread returns at once: closing a socket does not wake a read blocked on it in
+    another thread, which then waited for etcd's next event or its read timeout (a
+    leader took 15 s to end on SIGTERM, and was killed)."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # closed already
+            pass
 
 
 class PrefixMirror:
@@ -107,6 +121,7 @@ class PrefixMirror:
         self._stop.set()
         response = self._response
         if response is not None:
+            _unblock(response)
             response.close()
         if self._thread is not None:
             self._thread.join(10)
