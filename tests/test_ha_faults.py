@@ -185,9 +185,11 @@ def test_followers_tell_the_committed_truth(tmp_path: Path) -> None:
     with Fleet(tmp_path, replicas=2, agents=2) as fleet:
         leader = fleet.wait_leader()
         follower = next(r for r in fleet.replicas if r is not leader)
-        wait_for("both nodes online and trusted at the leader", lambda: all(
-            n["status"] == "online" and n.get("trust_tier") for n in _get(leader.url + "/v1/nodes", 5)[1]["nodes"]),
-            60)
+        # both nodes, not "every node of an empty list": agents that enrolled at the
+        # follower are not yet in the leader's registry for a moment
+        wait_for("both nodes online and trusted at the leader", lambda: len(
+            nodes := _get(leader.url + "/v1/nodes", 5)[1]["nodes"]) == len(fleet.agents) and all(
+            n["status"] == "online" and n.get("trust_tier") for n in nodes), 60)
 
         def same() -> bool:
             lead = {n["id"]: n for n in _get(leader.url + "/v1/nodes", 5)[1]["nodes"]}
@@ -197,6 +199,8 @@ def test_followers_tell_the_committed_truth(tmp_path: Path) -> None:
                 and follow[i]["licence"] == lead[i]["licence"] for i in lead)
 
         wait_for("the follower's nodes as the leader's", same, 30)
+        # read once, no wait: a follower sets its gauges before it publishes the view
+        # /v1/nodes answers from (Replica.follow), so they are never older than it
         text = follower.metrics()
         assert _metric(text, "wyneos_nodes", status="online") == 2, text
         assert (_metric(text, "wyneos_last_tick") or 0) >= 1

@@ -501,8 +501,9 @@ class Replica:
                         node.trust, node.trust_tier = row.get("trust"), row.get("tier")
                 service.outbox.replace(rows, acked, issued, notices)
                 report = _committed_report(tick, started_at, orch.registry, view)
+                # the gauges first, then the view: /metrics is never older than /v1/nodes
+                service.metrics.observe_committed(report, rows)
                 service.publish_committed(report, rows)
-            service.metrics.observe_committed(report, rows)
             self.follow_error = None
         except (EtcdError, StoreError) as exc:
             self.follow_error = str(exc)[:300]
