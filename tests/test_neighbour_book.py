@@ -1,4 +1,4 @@
-"""The neighbour lists the orchestrator seals for agents (``service.peer.NeighbourBook``),
+"""The neighbour lists the orchestrator seals for agents (``service.neighbour_book.NeighbourBook``),
 read from a real registry and mesh: after a tick, a list whose sources did not change is
 handed out again without being listed or sealed again, and any change to what it was
 read from (the mesh's edges and isolations; a neighbour's registration, metadata,
@@ -15,7 +15,7 @@ import pytest
 from wyneos_core.mesh import Mesh
 from wyneos_core.model import ORIGIN
 from wyneos_core.registry import Registry
-from wyneos_core.service.peer import NeighbourBook
+from wyneos_core.service.neighbour_book import NeighbourBook
 
 SETTINGS = {"stale_after": 18, "offline_after": 48, "max_clock_skew": 60, "unknown_nodes": "reject",
             "max_metadata_bytes": 8192, "max_load": 64, "max_nodes": 1000}

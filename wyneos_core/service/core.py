@@ -146,7 +146,7 @@ class Service(Enrolment, SignedIntake, ActionAcks):
         self.applier = Applier(self)
         orchestrator.pm.register(self.applier, Applier.__wyneos_name__)
         # compliance mesh: each agent's signed neighbour list rides on the answer to its heartbeat
-        from wyneos_core.service.peer import NeighbourBook
+        from wyneos_core.service.neighbour_book import NeighbourBook
 
         self.neighbours = NeighbourBook(lambda fmt, payload: self.okey.seal(fmt, payload), settings.max_sessions)
         orchestrator.pm.register(self.neighbours, NeighbourBook.__wyneos_name__)
