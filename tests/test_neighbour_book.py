@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from wyneos_core.licensing.envelope import seal
+from wyneos_core.licensing.keys import generate_key
 from wyneos_core.mesh import Mesh
 from wyneos_core.model import ORIGIN
 from wyneos_core.registry import Registry
@@ -22,15 +24,16 @@ SETTINGS = {"stale_after": 18, "offline_after": 48, "max_clock_skew": 60, "unkno
 
 
 class Sealer:
-    """A stand-in for the orchestrator key's ``seal`` that counts its signatures (the
-    envelope carries the payload, as a sealed one does)."""
+    """Seals as the orchestrator key does (``licensing.envelope.seal``, a real Ed25519
+    signature, with a key of its own) and counts its signatures."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.key = generate_key()
 
     def __call__(self, fmt: str, payload: dict) -> dict:
         self.count += 1
-        return {"format": fmt, "payload": payload, "signature": f"sig-{self.count}"}
+        return seal(fmt, payload, self.key)
 
 
 def fleet(n: int = 6) -> tuple[Registry, Mesh]:

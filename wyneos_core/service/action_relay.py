@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from itertools import islice
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -318,7 +319,7 @@ class RelayDesk:
             return []
         with self._lock:
             keys = self._by_relay.get(relay, ())
-            mine = [self.handovers[key] for key, _ in zip(keys, range(MAX_PER_ANSWER))]
+            mine = [self.handovers[key] for key in islice(keys, MAX_PER_ANSWER)]
             if not mine:
                 return []
             for h in mine:
@@ -343,8 +344,8 @@ class RelayDesk:
     def was_handed(self, relay: str, target: str) -> bool:
         """Whether ``relay`` was given an action for ``target`` (and so may bring its answer)."""
         with self._lock:
-            return any(h.relay == relay and h.target == target and h.handed_tick is not None
-                       for h in self.handovers.values()) or any(
+            return any(key[0] == target and self.handovers[key].handed_tick is not None
+                       for key in self._by_relay.get(relay, ())) or any(
                 k[0] == target and relay in t.relays for k, t in self.trails.items())
 
     def acked(self, target: str, action_id: str, via: str | None) -> None:
